@@ -1,0 +1,169 @@
+"""The Python API: `codegen.compile(model, example_input, calib_data, ...)` -> CompileResult.
+
+The CLI is a thin wrapper over this module.
+"""
+from __future__ import annotations
+
+import copy
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import report as report_mod
+from . import serialize
+from .emit.c import banner_lines, check_prefix, render, write_atomic
+from .errors import UserError
+from .fixed import dequantize
+from .frontend import from_exported_program, from_module, load_model
+from .hostcheck import HostModel, VerifyResult, verify as host_verify
+from .ir import Graph
+from .passes import calibrate, fold_bn, fuse_activation, plan_memory, quantize, run_pipeline
+from .reference import quantize_input, run_int, to_torch_layout
+
+VERIFY_SAMPLES_SAVED = 64  # int8 inputs stored next to the C for `qgen verify` without --data
+
+
+@dataclass
+class CompileResult:
+    graph: Graph  # quantised, memory-planned IR
+    float_graph: Graph  # calibrated float IR (after folding/fusion), same tensor names
+    prefix: str
+    files: dict[str, str | bytes]
+    report: dict
+    out_dir: Path | None = None
+    _host: HostModel | None = field(default=None, repr=False)
+
+    # -- the integer reference (the spec)
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        """Float input in PyTorch layout (N, C, H, W) / (N, F) -> int8 (N, H, W, C) / (N, F)."""
+        return quantize_input(self.graph, x).astype(np.int8)
+
+    def reference(self, x_i8: np.ndarray) -> np.ndarray:
+        """int8 outputs (N, OUTPUT_SIZE) of the integer reference, exactly what the C must produce."""
+        values = run_int(self.graph, x_i8)
+        n = x_i8.shape[0]
+        return np.concatenate([values[o].reshape(n, -1) for o in self.graph.outputs], axis=1).astype(np.int8)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Float in, dequantised float out (first output, PyTorch layout), via the integer reference."""
+        values = run_int(self.graph, self.quantize_input(x))
+        out = self.graph.outputs[0]
+        return to_torch_layout(dequantize(values[out], self.graph.tensors[out].qformat))
+
+    # -- the generated C, compiled for the host
+    def host(self) -> HostModel:
+        if self._host is None:
+            model_dir = self.out_dir
+            if model_dir is None:
+                model_dir = Path(tempfile.mkdtemp(prefix="qgen-"))
+                write_atomic(self.files, model_dir / "model")
+                model_dir = model_dir / "model"
+            inp = self.graph.tensors[self.graph.inputs[0]]
+            out_size = sum(self.graph.tensors[o].size for o in self.graph.outputs)
+            self._host = HostModel(model_dir, self.prefix, inp.size, out_size)
+        return self._host
+
+    def verify(self, x: np.ndarray | None = None) -> VerifyResult:
+        """C (host, cffi) == reference on float inputs x (PyTorch layout), or the saved samples."""
+        x_i8 = self.quantize_input(x) if x is not None else self.saved_inputs()
+        return host_verify(self.graph, self.host(), x_i8)
+
+    def saved_inputs(self) -> np.ndarray:
+        import io
+
+        return np.load(io.BytesIO(self.files["qgen_verify_inputs.npy"]))
+
+
+def _frontend(model: Any, example_input: Any) -> Graph:
+    import torch
+
+    if isinstance(model, (str, Path)):
+        shape = tuple(example_input) if isinstance(example_input, (tuple, list)) else None
+        model, example = load_model(str(model), shape)
+        example_input = example if example is not None else example_input
+    if isinstance(model, torch.export.ExportedProgram):
+        return from_exported_program(model, source=type(model.module()).__name__ if hasattr(model, "module") else "")
+    if isinstance(model, torch.nn.Module):
+        if example_input is None:
+            raise UserError("give an example input (a tensor of the model's input shape) to export the module")
+        if not isinstance(example_input, torch.Tensor):
+            example_input = torch.as_tensor(np.asarray(example_input), dtype=torch.float32)
+        return from_module(model, example_input)
+    raise UserError(f"cannot compile a {type(model).__name__}; give an nn.Module, an ExportedProgram, "
+                    "a 'model.pt2' path or a 'file.py:factory' string")
+
+
+def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None = None, *,
+            prefix: str = "model", out_dir: str | Path | None = None, command: str | None = None,
+            eval_data: np.ndarray | None = None) -> CompileResult:
+    """Compile a PyTorch model to Q-format C.
+
+    model: nn.Module (with example_input), torch.export.ExportedProgram, 'model.pt2' or 'file.py:factory'.
+    calib_data: float samples in PyTorch layout (N, C, H, W) / (N, F) for activation ranges. If None,
+        standard-normal random inputs are used (fine for size/speed, poor for accuracy).
+    out_dir: where to write the generated files (atomically); None keeps them in memory.
+    eval_data: samples for the report's per-layer error (defaults to calib_data).
+    """
+    start = time.perf_counter()
+    check_prefix(prefix)
+    graph = _frontend(model, example_input)
+    in_shape = graph.tensors[graph.inputs[0]].shape
+    torch_shape = (in_shape[2], in_shape[0], in_shape[1]) if len(in_shape) == 3 else in_shape
+    if calib_data is None:
+        calib_data = np.random.default_rng(0).standard_normal((64, *torch_shape)).astype(np.float32)
+    calib_data = np.asarray(calib_data)
+    graph = run_pipeline(graph, [("fold_bn", fold_bn.run), ("fuse_activation", fuse_activation.run),
+                                 ("calibrate", lambda g: calibrate.run(g, calib_data))])
+    float_graph = copy.deepcopy(graph)
+    graph = run_pipeline(graph, [("quantize", quantize.run), ("plan_memory", plan_memory.run)])
+    eval_x = np.asarray(eval_data if eval_data is not None else calib_data, dtype=np.float32)
+    x_i8 = quantize_input(graph, eval_x).astype(np.int8)
+    eval_hwc = eval_x.transpose(0, 2, 3, 1) if eval_x.ndim == 4 else eval_x
+    rep = report_mod.build(graph, float_graph, eval_hwc.astype(np.float64), x_i8, prefix)
+    if command is None:
+        command = "codegen.compile(...)" if not sys.argv else "qgen " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, command)))
+    graph_json, graph_npz = serialize.dumps(graph)
+    files["qgen_graph.json"], files["qgen_graph.npz"] = graph_json, graph_npz
+    files["qgen_verify_inputs.npy"] = _npy_bytes(x_i8[:VERIFY_SAMPLES_SAVED])
+    rep["compile_seconds"] = time.perf_counter() - start
+    files["report.md"] = report_mod.to_markdown({**rep, "compile_seconds": 0.0} | {})
+    files["report.json"] = report_mod.to_json({k: v for k, v in rep.items() if k != "compile_seconds"})
+    result = CompileResult(graph, float_graph, prefix, files, rep)
+    if out_dir is not None:
+        write_atomic(files, Path(out_dir))
+        result.out_dir = Path(out_dir)
+    return result
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def load_compiled(out_dir: str | Path) -> CompileResult:
+    """Re-open a generated output directory (for `qgen verify`)."""
+    out_dir = Path(out_dir)
+    gj, gz = out_dir / "qgen_graph.json", out_dir / "qgen_graph.npz"
+    if not gj.is_file() or not gz.is_file():
+        raise UserError(f"'{out_dir}' is not a qgen output directory (no qgen_graph.json); run qgen compile first")
+    graph = serialize.loads(gj.read_text(), gz.read_bytes())
+    prefix = next((p.name[: -len("_model.h")] for p in out_dir.glob("*_model.h")), None)
+    if prefix is None:
+        raise UserError(f"'{out_dir}' has no <prefix>_model.h")
+    files = {p.name: p.read_bytes() for p in out_dir.iterdir() if p.is_file()}
+    report = {}
+    if (out_dir / "report.json").is_file():
+        import json
+
+        report = json.loads((out_dir / "report.json").read_text())
+    return CompileResult(graph, graph, prefix, files, report, out_dir)

@@ -1,0 +1,1 @@
+"""Emitters: prepare plain data from the quantised IR and render the Jinja templates."""

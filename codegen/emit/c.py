@@ -1,0 +1,282 @@
+"""Emit C for a quantised, memory-planned graph: <prefix>_model.h/.c, <prefix>_weights.h/.c, kernels.
+
+All decisions are made here, in Python; the templates only loop over the prepared data.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from .. import __version__
+from ..errors import UserError
+from ..ir import Graph, Node, Op
+from ..resources import data_dir, kernel_dir
+
+C_KEYWORDS = {
+    "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else", "enum", "extern",
+    "float", "for", "goto", "if", "inline", "int", "long", "register", "restrict", "return", "short", "signed",
+    "sizeof", "static", "struct", "switch", "typedef", "union", "unsigned", "void", "volatile", "while",
+}
+CTYPES = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t"}
+
+
+def check_prefix(prefix: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix or "") or prefix in C_KEYWORDS or len(prefix) > 40:
+        raise UserError(f"prefix '{prefix}' is not a valid C identifier; use letters, digits and '_' "
+                        "(not starting with a digit, at most 40 characters), e.g. 'digits'")
+    return prefix
+
+
+@dataclass
+class CArray:
+    name: str
+    ctype: str
+    values: list[str]  # formatted rows
+    count: int
+    comment: str
+    nbytes: int
+
+
+@dataclass
+class Layer:
+    index: int
+    title: str  # "conv2d 'features.0' (model.py:12)"
+    shapes: str  # "[8,8,1] s8.f6 -> [8,8,8] s8.f4"
+    struct_type: str | None
+    struct_name: str | None
+    fields: list[tuple[str, str]]  # (field, C expression)
+    call: str | None  # the full call statement, or None (reshape: no code)
+    out_expr: str
+    out_size: int
+    macs: int
+
+
+@dataclass
+class CModel:
+    prefix: str
+    PREFIX: str
+    banner: list[str]
+    arrays: list[CArray] = field(default_factory=list)
+    layers: list[Layer] = field(default_factory=list)
+    input: dict = field(default_factory=dict)
+    outputs: list[dict] = field(default_factory=list)
+    output_size: int = 0
+    arena_size: int = 0
+    weight_bytes: int = 0
+    macs: int = 0
+
+
+def layer_macs(g: Graph, n: Node) -> int:
+    out = g.tensors[n.outputs[0]]
+    if n.op is Op.CONV2D:
+        _, kh, kw, cin = g.tensors[n.inputs[1]].shape
+        return out.size * kh * kw * cin
+    if n.op is Op.DEPTHWISE_CONV2D:
+        _, kh, kw, _ = g.tensors[n.inputs[1]].shape
+        return out.size * kh * kw
+    if n.op is Op.LINEAR:
+        return int(np.prod(g.tensors[n.inputs[1]].shape))
+    return 0
+
+
+def _fmt_int(v: int) -> str:
+    return "(-2147483647 - 1)" if v == -(1 << 31) else str(int(v))
+
+
+def _rows(values: np.ndarray, per_row: int = 16) -> list[str]:
+    flat = [_fmt_int(v) for v in np.asarray(values).reshape(-1)]
+    return [", ".join(flat[i:i + per_row]) for i in range(0, len(flat), per_row)]
+
+
+def _symbol(prefix: str, text: str) -> str:
+    return f"{prefix}_" + re.sub(r"[^A-Za-z0-9_]", "_", text)
+
+
+class _Builder:
+    def __init__(self, g: Graph, prefix: str, banner: list[str]):
+        self.g, self.prefix = g, prefix
+        self.model = CModel(prefix, prefix.upper(), banner)
+
+    def array(self, base: str, data: np.ndarray, dtype: str, comment: str) -> str:
+        name = _symbol(self.prefix, base)
+        assert all(a.name != name for a in self.model.arrays), name
+        arr = np.asarray(data)
+        nbytes = arr.size * {"int8_t": 1, "int16_t": 2, "int32_t": 4}[CTYPES[dtype]]
+        self.model.arrays.append(CArray(name, CTYPES[dtype], _rows(arr), arr.size, comment, nbytes))
+        self.model.weight_bytes += nbytes
+        return name
+
+    def buffer(self, tensor: str, const: bool) -> str:
+        region, offset = self.g.memory[tensor]
+        base = {"input": "in", "output": "out", "arena": f"{self.prefix}_arena"}[region]
+        return base if offset == 0 else f"{base} + {offset}"
+
+    def const_tensor(self, node_sym: str, tensor: str, role: str) -> str:
+        t = self.g.tensors[tensor]
+        data = t.data
+        comment = (f"{role} {list(t.shape)} {t.dtype} {t.qformat}, values [{int(data.min()) if data.size else 0}, "
+                   f"{int(data.max()) if data.size else 0}]")
+        return self.array(f"{node_sym}_{role}", data, t.dtype, comment)
+
+    def build(self) -> CModel:
+        g, m = self.g, self.model
+        x = g.tensors[g.inputs[0]]
+        shape = x.shape if len(x.shape) == 3 else (1, 1, x.shape[0])
+        m.input = {"name": x.name, "shape": list(x.shape), "size": x.size, "frac": x.qformat.frac,
+                   "h": shape[0], "w": shape[1], "c": shape[2], "scale": _pow2_literal(x.qformat.frac)}
+        for name in g.outputs:
+            t = g.tensors[name]
+            shape = t.shape if len(t.shape) == 3 else (1, 1, t.shape[0])
+            m.outputs.append({"name": name, "shape": list(t.shape), "size": t.size, "frac": t.qformat.frac,
+                              "offset": g.memory[name][1], "h": shape[0], "w": shape[1], "c": shape[2],
+                              "inv_scale": _pow2_literal(-t.qformat.frac)})
+        m.output_size = sum(o["size"] for o in m.outputs)
+        m.arena_size = g.arena_size
+        for index, node in enumerate(g.nodes):
+            m.layers.append(self.layer(index, node))
+        m.macs = sum(layer.macs for layer in m.layers)
+        return m
+
+    def layer(self, index: int, n: Node) -> Layer:
+        g = self.g
+        sym = f"l{index}_{n.op.value}"
+        xs = [t for t in n.inputs if not g.tensors[t].is_const]
+        out = n.outputs[0]
+        shapes = " + ".join(f"{list(g.tensors[t].shape)} {g.tensors[t].qformat}" for t in xs)
+        shapes += f" -> {list(g.tensors[out].shape)} {g.tensors[out].qformat}"
+        title = n.where()
+        ins = [self.buffer(t, True) for t in xs]
+        out_expr = self.buffer(out, False)
+        struct_type = struct_name = call = None
+        fields: list[tuple[str, str]] = []
+        struct_name = _symbol(self.prefix, sym)
+        if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
+            h, w, c = g.tensors[xs[0]].shape
+            oh, ow, oc = g.tensors[out].shape
+            _, kh, kw, _ = g.tensors[n.inputs[1]].shape
+            weights = self.const_tensor(sym, n.inputs[1], "weights")
+            bias = self.const_tensor(sym, n.inputs[2], "bias")
+            shift = self.array(f"{sym}_shift", np.array(n.attrs["shift"]), "int8", "requantisation shift per output channel")
+            struct_type = "qg_conv2d_params_t"
+            fields = [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
+                      ("k_h", kh), ("k_w", kw), ("stride_h", n.attrs["stride"][0]), ("stride_w", n.attrs["stride"][1]),
+                      ("pad_top", n.attrs["padding"][0]), ("pad_left", n.attrs["padding"][1]),
+                      ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]),
+                      ("weights", weights), ("bias", bias), ("shift", shift)]
+            fn = "qg_conv2d_s8" if n.op is Op.CONV2D else "qg_depthwise_conv2d_s8"
+            call = f"{fn}(&{struct_name}, {ins[0]}, {out_expr});"
+        elif n.op is Op.LINEAR:
+            o, i = g.tensors[n.inputs[1]].shape
+            weights = self.const_tensor(sym, n.inputs[1], "weights")
+            bias = self.const_tensor(sym, n.inputs[2], "bias")
+            shift = self.array(f"{sym}_shift", np.array(n.attrs["shift"]), "int8", "requantisation shift per output")
+            struct_type = "qg_fully_connected_params_t"
+            fields = [("in_features", i), ("out_features", o), ("act_min", n.attrs["act_min"]),
+                      ("act_max", n.attrs["act_max"]), ("weights", weights), ("bias", bias), ("shift", shift)]
+            call = f"qg_fully_connected_s8(&{struct_name}, {ins[0]}, {out_expr});"
+        elif n.op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
+            h, w, c = g.tensors[xs[0]].shape
+            oh, ow, _ = g.tensors[out].shape
+            avg = n.op is Op.AVGPOOL2D
+            struct_type = "qg_pool2d_params_t"
+            fields = [("in_h", h), ("in_w", w), ("channels", c), ("out_h", oh), ("out_w", ow),
+                      ("k_h", n.attrs["kernel"][0]), ("k_w", n.attrs["kernel"][1]),
+                      ("stride_h", n.attrs["stride"][0]), ("stride_w", n.attrs["stride"][1]),
+                      ("pad_top", n.attrs["padding"][0]), ("pad_left", n.attrs["padding"][1]),
+                      ("act_min", n.attrs.get("act_min", -128)), ("act_max", n.attrs.get("act_max", 127)),
+                      ("avg_mult", n.attrs.get("avg_mult", 0) if avg else 0),
+                      ("avg_shift", n.attrs.get("avg_shift", 0) if avg else 0)]
+            fn = "qg_avgpool2d_s8" if avg else "qg_maxpool2d_s8"
+            call = f"{fn}(&{struct_name}, {ins[0]}, {out_expr});"
+        elif n.op is Op.ADD:
+            struct_type = "qg_add_params_t"
+            fields = [("size", g.tensors[out].size), ("shift_a", n.attrs["shift_a"]), ("shift_b", n.attrs["shift_b"]),
+                      ("shift", n.attrs["shift"]), ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+            call = f"qg_add_s8(&{struct_name}, {ins[0]}, {ins[1]}, {out_expr});"
+        elif n.op is Op.RELU:
+            struct_name = None
+            call = (f"qg_clamp_s8({g.tensors[out].size}, {n.attrs['act_min']}, {n.attrs['act_max']}, "
+                    f"{ins[0]}, {out_expr});")
+        elif n.op is Op.RESHAPE:
+            struct_name = None  # same bytes, new shape: the planner aliased the buffers
+        else:
+            raise UserError(f"{n.where()}: no C kernel for op {n.op.value}")
+        return Layer(index, title, shapes, struct_type, struct_name if struct_type else None,
+                     [(k, str(v)) for k, v in fields], call, out_expr, g.tensors[out].size, layer_macs(g, n))
+
+
+def _pow2_literal(exp: int) -> str:
+    """2**exp as an exact C float literal."""
+    return f"{float(2.0 ** exp)!r}f" if -126 <= exp <= 127 else "0.0f"
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                              trim_blocks=True, lstrip_blocks=True)
+
+
+def render(g: Graph, prefix: str, banner: list[str]) -> dict[str, str]:
+    """Render the model's C files in memory: {relative path: text}. Deterministic."""
+    check_prefix(prefix)
+    model = _Builder(g, prefix, banner).build()
+    env = _environment()
+    files = {}
+    for template, name in (("c/model.h.j2", f"{prefix}_model.h"), ("c/model.c.j2", f"{prefix}_model.c"),
+                           ("c/weights.h.j2", f"{prefix}_weights.h"), ("c/weights.c.j2", f"{prefix}_weights.c")):
+        files[name] = env.get_template(template).render(m=model)
+    for path in sorted(kernel_dir().iterdir()):
+        if path.suffix in (".c", ".h"):
+            files[f"kernels/{path.name}"] = path.read_text()
+    return files
+
+
+def model_data(g: Graph, prefix: str) -> CModel:
+    return _Builder(g, prefix, []).build()
+
+
+def banner_lines(source: str, command: str) -> list[str]:
+    return [f"Generated by qgen {__version__} - do not edit.", f"Source model: {source}",
+            f"Command: {command}"]
+
+
+def write_atomic(files: dict[str, str | bytes], out_dir: Path) -> None:
+    """Write all files into a temporary sibling directory, then swap it into place.
+
+    A failure at any point leaves the previous output directory untouched and no partial directory.
+    """
+    out_dir = Path(out_dir)
+    parent = out_dir.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output directory '{out_dir}': {exc.strerror}") from None
+    import tempfile
+
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+    except OSError as exc:
+        raise UserError(f"output path '{out_dir}' is not writable: {exc.strerror}") from None
+    try:
+        for rel, content in sorted(files.items()):
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content)
+        old = None
+        if out_dir.exists():
+            old = parent / f".{out_dir.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

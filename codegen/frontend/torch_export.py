@@ -1,0 +1,531 @@
+"""PyTorch -> qgen IR through torch.export.
+
+One handler per aten op, looked up in a table keyed by the op itself (never by name substrings).
+Activations are converted from PyTorch's NCHW to qgen's channels-last (H, W, C); weights are permuted
+to match, including the columns of a Linear that reads a flattened image.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..ir import Graph, Node, Op, Tensor
+
+aten = torch.ops.aten
+
+
+def load_model(target: str, input_shape: tuple[int, ...] | None = None) -> tuple[Any, torch.Tensor | None]:
+    """Resolve a CLI model target: `model.pt2`, `file.py:factory` or `package.module:factory`.
+
+    Returns (nn.Module or ExportedProgram, example input or None).
+    """
+    if target.endswith(".pt2"):
+        path = Path(target)
+        if not path.is_file():
+            raise UserError(f"model file '{target}' does not exist")
+        try:
+            program = torch.export.load(str(path))
+        except Exception as exc:  # torch raises many types for a bad archive
+            raise UserError(f"cannot read '{target}' as a torch.export program ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}). Save it with "
+                            "torch.export.save(torch.export.export(model, (x,)), 'model.pt2').") from None
+        return program, None
+    if ":" not in target:
+        raise UserError(f"model '{target}': give a saved program 'model.pt2' or a factory "
+                        "'file.py:make_model' / 'package.module:make_model'")
+    where, factory_name = target.rsplit(":", 1)
+    module = _import(where)
+    factory = getattr(module, factory_name, None)
+    if factory is None or not callable(factory):
+        raise UserError(f"'{where}' has no callable '{factory_name}'")
+    try:
+        made = factory()
+    except Exception as exc:
+        raise UserError(f"calling {target}() failed: {type(exc).__name__}: {exc}") from None
+    example = None
+    if isinstance(made, tuple) and len(made) == 2:
+        made, example = made
+    if not isinstance(made, torch.nn.Module):
+        raise UserError(f"{target}() returned {type(made).__name__}, expected a torch.nn.Module "
+                        "(or a (module, example_input) pair)")
+    if example is None:
+        if input_shape is None:
+            raise UserError(f"{target}: pass --input-shape (e.g. 1,1,8,8) or return (model, example_input)")
+        example = torch.zeros(input_shape)
+    return made, example
+
+
+def _import(where: str):
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise UserError(f"model file '{where}' does not exist")
+        name = f"qgen_user_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise UserError(f"importing '{where}' failed: {type(exc).__name__}: {exc}") from None
+        return module
+    try:
+        return importlib.import_module(where)
+    except Exception as exc:
+        raise UserError(f"cannot import module '{where}': {type(exc).__name__}: {exc}") from None
+
+
+def from_module(model: torch.nn.Module, example: torch.Tensor) -> Graph:
+    """Export an nn.Module in eval mode with a fixed-shape example input and lower it."""
+    model = model.eval()
+    try:
+        program = torch.export.export(model, (example,))
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()
+        raise UserError(f"torch.export failed on {type(model).__name__}: {type(exc).__name__}: "
+                        f"{msg[0] if msg else ''}. qgen needs a model torch.export can trace with a fixed "
+                        "input shape (no data-dependent control flow).") from None
+    return from_exported_program(program, source=type(model).__name__)
+
+
+# ---------------------------------------------------------------------------------- lowering
+
+
+class _Lowering:
+    def __init__(self, program: torch.export.ExportedProgram, source: str):
+        self.program = program
+        self.graph = Graph(tensors={}, nodes=[], inputs=[], outputs=[], source=source)
+        self.env: dict[str, Any] = {}  # fx node name -> IR tensor name, or a python constant
+        self.flat_from_image: dict[str, tuple[int, int, int]] = {}  # tensor -> (H, W, C) it flattened
+        self.used_names: set[str] = set()
+
+    # -- helpers
+    def const(self, base: str, array: np.ndarray) -> str:
+        name = self.graph.fresh_name(base)
+        self.graph.tensors[name] = Tensor(name, tuple(array.shape), "float32", data=np.asarray(array, np.float64))
+        return name
+
+    def act(self, name: str, shape: tuple[int, ...]) -> str:
+        name = self.graph.fresh_name(name)
+        self.graph.tensors[name] = Tensor(name, tuple(int(s) for s in shape))
+        return name
+
+    def node_name(self, fx_node) -> str:
+        stack = fx_node.meta.get("nn_module_stack") or {}
+        path = list(stack.values())[-1][0] if stack else ""
+        name = path or fx_node.name
+        if name in self.used_names:
+            name = f"{name}.{fx_node.name}" if path else name
+        self.used_names.add(name)
+        return name
+
+    def add(self, fx_node, op: Op, inputs: list[str], out_shape: tuple[int, ...], **attrs) -> str:
+        out = self.act(fx_node.name, out_shape)
+        self.graph.nodes.append(Node(self.node_name(fx_node), op, inputs, [out], attrs, source_of(fx_node)))
+        return out
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        return self.graph.tensors[name].shape
+
+    def value(self, arg):
+        if isinstance(arg, torch.fx.Node):
+            return self.env[arg.name]
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self.value(a) for a in arg)
+        return arg
+
+    def param(self, fx_node, arg) -> np.ndarray | None:
+        value = self.value(arg)
+        if value is None:
+            return None
+        if isinstance(value, np.ndarray):
+            return value
+        raise UserError(f"{fx_node.target} '{self.node_name(fx_node)}' ({source_of(fx_node)}): expected a "
+                        "parameter (weight/bias) but got a computed tensor; qgen needs constant weights.")
+
+    # -- main loop
+    def run(self) -> Graph:
+        sig = self.program.graph_signature
+        state = dict(self.program.state_dict)
+        consts = dict(getattr(self.program, "constants", {}) or {})
+        lifted = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
+                  **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
+        for fx_node in self.program.graph.nodes:
+            if fx_node.op == "placeholder":
+                if fx_node.name in lifted:
+                    key = lifted[fx_node.name]
+                    tensor = state[key] if key in state else consts[key]
+                    self.env[fx_node.name] = tensor.detach().double().numpy()
+                else:
+                    self.placeholder(fx_node)
+            elif fx_node.op == "call_function":
+                handler = HANDLERS.get(fx_node.target)
+                if handler is None:
+                    raise unsupported(fx_node)
+                self.env[fx_node.name] = handler(self, fx_node)
+            elif fx_node.op == "output":
+                outs = fx_node.args[0]
+                outs = outs if isinstance(outs, (list, tuple)) else [outs]
+                for o in outs:
+                    name = self.value(o)
+                    if not isinstance(name, str):
+                        raise UserError("model output is a constant; qgen compiles computed outputs only")
+                    if name in self.flat_from_image:
+                        h, w, c = self.flat_from_image[name]
+                        if h * w > 1 and c > 1:
+                            raise UserError(f"model output '{o.name}' is a flattened {c}x{h}x{w} image; its "
+                                            "element order would differ from PyTorch's. Return the 4-D "
+                                            "tensor or end with a Linear layer.")
+                    self.graph.outputs.append(name)
+            else:
+                raise UserError(f"unsupported FX node kind '{fx_node.op}' ({fx_node.name})")
+        if not self.graph.inputs:
+            raise UserError("the model has no tensor input")
+        return self.graph
+
+    def placeholder(self, fx_node) -> None:
+        val = fx_node.meta.get("val")
+        shape = tuple(val.shape)
+        if any(not isinstance(s, int) for s in shape):
+            raise UserError(f"input '{fx_node.name}' has a dynamic shape {shape}; qgen compiles fixed shapes. "
+                            "Export without dynamic_shapes (or give --input-shape).")
+        if self.graph.inputs:
+            raise UserError(f"the model has more than one input ('{self.graph.inputs[0]}', '{fx_node.name}'); "
+                            "qgen compiles single-input models")
+        if len(shape) not in (2, 4) or shape[0] != 1:
+            raise UserError(f"input '{fx_node.name}' has shape {list(shape)}; qgen supports (1, C, H, W) "
+                            "images and (1, F) vectors with batch size 1")
+        ir_shape = (shape[2], shape[3], shape[1]) if len(shape) == 4 else (shape[1],)
+        name = self.act(fx_node.name, ir_shape)
+        self.graph.inputs.append(name)
+        self.env[fx_node.name] = name
+
+
+def source_of(fx_node) -> str:
+    """'model.py:42' for the innermost user frame of the node's stack trace (skipping torch itself)."""
+    trace = fx_node.meta.get("stack_trace") or ""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
+    for path, line in reversed(frames):  # innermost user frame: the layer call site in forward()
+        if "/torch/" not in path.replace("\\", "/"):
+            return f"{Path(path).name}:{line}"
+    return ""
+
+
+SUPPORTED = ("Conv2d (groups=1 or depthwise), Linear, BatchNorm (after conv/linear), ReLU, ReLU6/Hardtanh, "
+             "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, flatten/view/reshape, residual add, Dropout (eval)")
+
+
+def unsupported(fx_node) -> UserError:
+    where = source_of(fx_node)
+    stack = fx_node.meta.get("nn_module_stack") or {}
+    module = list(stack.values())[-1] if stack else None
+    what = f"'{module[0]}' ({module[1].rsplit('.', 1)[-1]})" if module and module[0] else f"'{fx_node.name}'"
+    return UserError(f"node {what} uses {fx_node.target}{' at ' + where if where else ''}, which qgen does not "
+                     f"support. Supported: {SUPPORTED}. Replace the op or open an issue.")
+
+
+def _err(lw: _Lowering, fx_node, message: str) -> UserError:
+    where = source_of(fx_node)
+    return UserError(f"{fx_node.target} '{lw.node_name(fx_node)}'{' (' + where + ')' if where else ''}: {message}")
+
+
+# ---------------------------------------------------------------------------------- op handlers
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, (list, tuple)):
+        return (int(v[0]), int(v[-1])) if len(v) else (1, 1)
+    return (int(v), int(v))
+
+
+def _conv2d(lw: _Lowering, n) -> str:
+    args = list(n.args) + [None] * (7 - len(n.args))
+    x, w_arg, b_arg, stride, padding, dilation, groups = args[:7]
+    stride = _pair(n.kwargs.get("stride", stride or 1))
+    padding = n.kwargs.get("padding", padding if padding is not None else 0)
+    dilation = _pair(n.kwargs.get("dilation", dilation or 1))
+    groups = int(n.kwargs.get("groups", groups or 1))
+    xin = lw.value(x)
+    w = lw.param(n, w_arg)  # (Cout, Cin/groups, KH, KW)
+    b = lw.param(n, b_arg)
+    h, wd, cin = lw.shape_of(xin)
+    cout, _, kh, kw = w.shape
+    if dilation != (1, 1):
+        raise _err(lw, n, f"dilation={list(dilation)}; qgen supports dilation 1")
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = (0, 0, 0, 0)
+        elif padding == "same":
+            ph, pw = kh - 1, kw - 1
+            pads = (ph // 2, pw // 2, ph - ph // 2, pw - pw // 2)
+        else:
+            raise _err(lw, n, f"padding='{padding}' is not supported")
+    else:
+        ph, pw = _pair(padding)
+        pads = (ph, pw, ph, pw)
+    if groups == 1:
+        op, weight = Op.CONV2D, w.transpose(0, 2, 3, 1)
+    elif groups == cin and w.shape[1] == 1:
+        op, weight = Op.DEPTHWISE_CONV2D, w.transpose(0, 2, 3, 1)
+    else:
+        raise _err(lw, n, f"groups={groups}; qgen supports groups=1 or depthwise (groups=in_channels). "
+                          "Split the layer or use depthwise.")
+    bias = b if b is not None else np.zeros(cout)
+    oh, ow, _ = (  # shape rule of ir.py, recomputed to cross-check torch
+        (h + pads[0] + pads[2] - kh) // stride[0] + 1, (wd + pads[1] + pads[3] - kw) // stride[1] + 1, cout)
+    _check_shape(lw, n, (oh, ow, cout))
+    wname, bname = lw.const(f"{n.name}_w", weight), lw.const(f"{n.name}_b", bias)
+    return lw.add(n, op, [xin, wname, bname], (oh, ow, cout), stride=stride, padding=pads)
+
+
+def _check_shape(lw: _Lowering, n, ir_shape: tuple[int, ...]) -> None:
+    val = n.meta.get("val")
+    if val is None:
+        return
+    torch_shape = tuple(val.shape)
+    expect = (1, ir_shape[2], ir_shape[0], ir_shape[1]) if len(ir_shape) == 3 else (1, ir_shape[0])
+    if torch_shape != expect:
+        raise _err(lw, n, f"internal: shape {ir_shape} does not match torch's {torch_shape}")
+
+
+def _linear(lw: _Lowering, n) -> str:
+    x, w_arg = n.args[0], n.args[1]
+    b_arg = n.args[2] if len(n.args) > 2 else n.kwargs.get("bias")
+    xin = lw.value(x)
+    w = lw.param(n, w_arg)
+    b = lw.param(n, b_arg)
+    if len(lw.shape_of(xin)) != 1:
+        raise _err(lw, n, f"Linear on a {len(lw.shape_of(xin))}-D input {list(lw.shape_of(xin))}; "
+                          "flatten first (qgen supports Linear on (1, F) inputs)")
+    if xin in lw.flat_from_image:  # PyTorch flattened C,H,W; qgen flattened H,W,C: permute columns
+        h, wd, c = lw.flat_from_image[xin]
+        w = w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+    bias = b if b is not None else np.zeros(w.shape[0])
+    wname, bname = lw.const(f"{n.name}_w", w), lw.const(f"{n.name}_b", bias)
+    return lw.add(n, Op.LINEAR, [xin, wname, bname], (w.shape[0],))
+
+
+def _batch_norm(lw: _Lowering, n) -> str:
+    x, gamma, beta, mean, var = (n.args + (None,) * 5)[:5]
+    if n.target is aten._native_batch_norm_legit_no_training.default:
+        eps = n.args[6]
+    else:
+        if n.args[5]:
+            raise _err(lw, n, "batch norm in training mode; call model.eval() before compiling")
+        eps = n.args[7]
+    xin = lw.value(x)
+    c = lw.shape_of(xin)[-1]
+    gamma = lw.param(n, gamma) if gamma is not None else np.ones(c)
+    beta = lw.param(n, beta) if beta is not None else np.zeros(c)
+    scale = gamma / np.sqrt(lw.param(n, var) + eps)
+    shift = beta - lw.param(n, mean) * scale
+    sname, tname = lw.const(f"{n.name}_scale", scale), lw.const(f"{n.name}_shift", shift)
+    return lw.add(n, Op.BATCH_NORM, [xin, sname, tname], lw.shape_of(xin))
+
+
+def _getitem(lw: _Lowering, n) -> Any:
+    src, index = n.args
+    value = lw.value(src)
+    if src.target is aten._native_batch_norm_legit_no_training.default:
+        if index != 0:
+            raise _err(lw, n, "uses batch-norm statistics outputs, which qgen does not support")
+        return value
+    raise unsupported(n)
+
+
+def _relu(lw: _Lowering, n) -> str:
+    xin = lw.value(n.args[0])
+    return lw.add(n, Op.RELU, [xin], lw.shape_of(xin), lo=0.0, hi=None)
+
+
+def _hardtanh(lw: _Lowering, n) -> str:
+    xin = lw.value(n.args[0])
+    lo = float(n.args[1]) if len(n.args) > 1 else -1.0
+    hi = float(n.args[2]) if len(n.args) > 2 else 1.0
+    return lw.add(n, Op.RELU, [xin], lw.shape_of(xin), lo=lo, hi=hi)
+
+
+def _clamp(lw: _Lowering, n) -> str:
+    xin = lw.value(n.args[0])
+    lo = n.args[1] if len(n.args) > 1 else n.kwargs.get("min")
+    hi = n.args[2] if len(n.args) > 2 else n.kwargs.get("max")
+    if isinstance(lo, torch.fx.Node) or isinstance(hi, torch.fx.Node):
+        raise _err(lw, n, "clamp bounds must be numbers")
+    return lw.add(n, Op.RELU, [xin], lw.shape_of(xin), lo=None if lo is None else float(lo),
+                  hi=None if hi is None else float(hi))
+
+
+def _pool_common(lw: _Lowering, n, kernel, stride, padding, ceil_mode: bool) -> tuple:
+    xin = lw.value(n.args[0])
+    h, w, c = lw.shape_of(xin)
+    kernel = _pair(kernel)
+    stride = _pair(stride) if stride not in (None, [], ()) else kernel
+    ph, pw = _pair(padding if padding is not None else 0)
+    if ceil_mode:
+        raise _err(lw, n, "ceil_mode=True; qgen supports ceil_mode=False (pad the input instead)")
+    pads = (ph, pw, ph, pw)
+    oh, ow = (h + 2 * ph - kernel[0]) // stride[0] + 1, (w + 2 * pw - kernel[1]) // stride[1] + 1
+    _check_shape(lw, n, (oh, ow, c))
+    return xin, kernel, stride, pads, (oh, ow, c)
+
+
+def _max_pool2d(lw: _Lowering, n) -> str:
+    a = list(n.args) + [None] * (6 - len(n.args))
+    if _pair(a[4] or 1) != (1, 1):
+        raise _err(lw, n, "dilation is not supported for max pooling")
+    xin, kernel, stride, pads, shape = _pool_common(lw, n, a[1], a[2], a[3], bool(a[5]))
+    return lw.add(n, Op.MAXPOOL2D, [xin], shape, kernel=kernel, stride=stride, padding=pads)
+
+
+def _avg_pool2d(lw: _Lowering, n) -> str:
+    a = list(n.args) + [None] * (7 - len(n.args))
+    count_include_pad = True if a[5] is None else bool(a[5])
+    if a[6] is not None:
+        raise _err(lw, n, "divisor_override is not supported")
+    xin, kernel, stride, pads, shape = _pool_common(lw, n, a[1], a[2], a[3], bool(a[4]))
+    if any(pads) and not count_include_pad:
+        raise _err(lw, n, "count_include_pad=False with padding; qgen supports it only without padding")
+    return lw.add(n, Op.AVGPOOL2D, [xin], shape, kernel=kernel, stride=stride, padding=pads)
+
+
+def _adaptive_avg_pool2d(lw: _Lowering, n) -> str:
+    xin = lw.value(n.args[0])
+    h, w, c = lw.shape_of(xin)
+    oh, ow = _pair(n.args[1])
+    if h % oh or w % ow:
+        raise _err(lw, n, f"adaptive pooling {h}x{w} -> {oh}x{ow} needs sizes that divide evenly")
+    kernel = (h // oh, w // ow)
+    return lw.add(n, Op.AVGPOOL2D, [xin], (oh, ow, c), kernel=kernel, stride=kernel, padding=(0, 0, 0, 0))
+
+
+def _mean(lw: _Lowering, n) -> str:
+    xin = lw.value(n.args[0])
+    dims = n.args[1] if len(n.args) > 1 else None
+    keepdim = bool(n.args[2]) if len(n.args) > 2 else bool(n.kwargs.get("keepdim", False))
+    shape = lw.shape_of(xin)
+    if len(shape) != 3 or dims is None or sorted(d % 4 for d in dims) != [2, 3]:
+        raise _err(lw, n, f"mean over dims {dims}; qgen supports the global average over H and W only")
+    h, w, c = shape
+    pooled = lw.add(n, Op.AVGPOOL2D, [xin], (1, 1, c), kernel=(h, w), stride=(h, w), padding=(0, 0, 0, 0))
+    if keepdim:
+        return pooled
+    return _reshape_to(lw, n, pooled, (c,))
+
+
+def _reshape_to(lw: _Lowering, n, xin: str, shape: tuple[int, ...]) -> str:
+    src = lw.shape_of(xin)
+    out = lw.add(n, Op.RESHAPE, [xin], shape, shape=shape)
+    if len(src) == 3:
+        lw.flat_from_image[out] = src
+    elif xin in lw.flat_from_image:
+        lw.flat_from_image[out] = lw.flat_from_image[xin]
+    return out
+
+
+def _flatten_like(lw: _Lowering, n) -> str:
+    xin = lw.value(n.args[0])
+    val = n.meta.get("val")
+    torch_shape = tuple(val.shape)
+    if any(not isinstance(s, int) for s in torch_shape):
+        raise _err(lw, n, f"dynamic shape {torch_shape}")
+    size = math.prod(torch_shape)
+    src = lw.shape_of(xin)
+    if len(torch_shape) == 4 and torch_shape[0] == 1:  # view back to an image: only a no-op one
+        target = (torch_shape[2], torch_shape[3], torch_shape[1])
+        if target == src:
+            return xin
+        raise _err(lw, n, f"reshape {list(src)} -> {list(torch_shape)}; qgen supports flattening to (1, F)")
+    if len(torch_shape) != 2 or torch_shape[0] != 1 or torch_shape[1] != size:
+        raise _err(lw, n, f"reshape to {list(torch_shape)}; qgen supports flattening to (1, F)")
+    if src == (size,):
+        return xin  # already flat: no node needed
+    return _reshape_to(lw, n, xin, (size,))
+
+
+def _add(lw: _Lowering, n) -> str:
+    a, b = n.args[0], n.args[1]
+    alpha = n.kwargs.get("alpha", 1)
+    if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)) or alpha != 1:
+        raise _err(lw, n, "add of a constant (or with alpha); qgen supports adding two activations "
+                          "(residual add). Fold the constant into a bias.")
+    an, bn = lw.value(a), lw.value(b)
+    if not (isinstance(an, str) and isinstance(bn, str)):
+        raise _err(lw, n, "add with a parameter tensor; fold it into the preceding layer's bias")
+    if lw.shape_of(an) != lw.shape_of(bn):
+        raise _err(lw, n, f"add of shapes {lw.shape_of(an)} and {lw.shape_of(bn)}; broadcasting is not supported")
+    return lw.add(n, Op.ADD, [an, bn], lw.shape_of(an))
+
+
+def _identity(lw: _Lowering, n) -> Any:
+    return lw.value(n.args[0])
+
+
+def _dropout(lw: _Lowering, n) -> Any:
+    return lw.value(n.args[0])
+
+
+HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
+    aten.conv2d.default: _conv2d,
+    aten.conv2d.padding: _conv2d,
+    aten.linear.default: _linear,
+    aten.batch_norm.default: _batch_norm,
+    aten._native_batch_norm_legit_no_training.default: _batch_norm,
+    aten.relu.default: _relu,
+    aten.relu_.default: _relu,
+    aten.hardtanh.default: _hardtanh,
+    aten.hardtanh_.default: _hardtanh,
+    aten.relu6.default: lambda lw, n: lw.add(n, Op.RELU, [lw.value(n.args[0])], lw.shape_of(lw.value(n.args[0])),
+                                             lo=0.0, hi=6.0),
+    aten.clamp.default: _clamp,
+    aten.max_pool2d.default: _max_pool2d,
+    aten.avg_pool2d.default: _avg_pool2d,
+    aten.adaptive_avg_pool2d.default: _adaptive_avg_pool2d,
+    aten.mean.dim: _mean,
+    aten.flatten.using_ints: _flatten_like,
+    aten.view.default: _flatten_like,
+    aten.reshape.default: _flatten_like,
+    aten._unsafe_view.default: _flatten_like,
+    aten.add.Tensor: _add,
+    aten.add_.Tensor: _add,
+    aten.dropout.default: _dropout,
+    aten.clone.default: _identity,
+    aten.contiguous.default: _identity,
+    aten.alias.default: _identity,
+    aten.detach.default: _identity,
+}
+try:  # getitem comes from the operator module in FX graphs
+    import operator
+
+    HANDLERS[operator.getitem] = _getitem
+except ImportError:  # pragma: no cover
+    pass
+
+
+def from_exported_program(program: torch.export.ExportedProgram, source: str = "") -> Graph:
+    """Lower an ExportedProgram (float) into qgen IR (float)."""
+    from ..ir import verify
+
+    graph = _Lowering(program, source or "exported program").run()
+    _reject_non_finite(graph)
+    verify(graph)
+    return graph
+
+
+def _reject_non_finite(graph: Graph) -> None:
+    for node in graph.nodes:
+        for name in node.inputs:
+            t = graph.tensors[name]
+            if t.is_const and not np.all(np.isfinite(t.data)):
+                bad = np.argwhere(~np.isfinite(t.data))[0]
+                raise UserError(f"{node.where()}: parameter '{name}' contains {t.data[tuple(bad)]} at index "
+                                f"{tuple(int(i) for i in bad)}. Fix the trained weights (NaN/Inf cannot be "
+                                "quantised).")

@@ -1,0 +1,168 @@
+"""Compile generated C for the host with cffi, run it, and compare with the reference bit for bit.
+
+On a mismatch, the sample is re-run with the per-layer trace hook and the first differing layer,
+element index and both values are reported.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .ir import Graph
+from .reference import run_int
+
+HOST_CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]
+
+
+def cache_root() -> Path:
+    root = Path(os.environ.get("QGEN_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qgen"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+class HostModel:
+    """The generated model compiled for the host (a cffi extension), callable on int8 batches."""
+
+    def __init__(self, model_dir: Path, prefix: str, input_size: int, output_size: int):
+        self.prefix, self.input_size, self.output_size = prefix, input_size, output_size
+        self._mod = _build(Path(model_dir), prefix)
+        self.ffi, self.lib = self._mod.ffi, self._mod.lib
+        self._run = getattr(self.lib, f"{prefix}_run")
+
+    def run(self, x_i8: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(x_i8, dtype=np.int8).reshape(-1, self.input_size))
+        out = np.zeros((x.shape[0], self.output_size), dtype=np.int8)
+        out_buf = self.ffi.from_buffer("int8_t[]", out)
+        for i in range(x.shape[0]):
+            status = self._run(self.ffi.from_buffer("int8_t[]", x[i]), out_buf + i * self.output_size)
+            if status != 0:
+                raise RuntimeError(f"{self.prefix}_run returned {status}")
+        return out
+
+    def trace(self, x_i8: np.ndarray) -> list[np.ndarray]:
+        """Run one sample with the trace hook; the output of every layer in order."""
+        layers: list[np.ndarray] = []
+
+        @self.ffi.callback(f"void(int32_t, const int8_t *, int32_t)")
+        def on_layer(index, data, size):
+            layers.append(np.frombuffer(self.ffi.buffer(data, size), dtype=np.int8).copy())
+
+        getattr(self.lib, f"{self.prefix}_set_trace")(on_layer)
+        try:
+            self.run(np.asarray(x_i8).reshape(1, -1))
+        finally:
+            getattr(self.lib, f"{self.prefix}_set_trace")(self.ffi.NULL)
+        return layers
+
+    def quantize_input(self, x_chw: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(x_chw, dtype=np.float32).reshape(-1))
+        out = np.zeros(self.input_size, dtype=np.int8)
+        getattr(self.lib, f"{self.prefix}_quantize_input")(self.ffi.from_buffer("float[]", x),
+                                                            self.ffi.from_buffer("int8_t[]", out))
+        return out
+
+
+def _sources(model_dir: Path, prefix: str) -> list[Path]:
+    return [model_dir / f"{prefix}_model.c", model_dir / f"{prefix}_weights.c"] + sorted((model_dir / "kernels").glob("*.c"))
+
+
+def _build(model_dir: Path, prefix: str):
+    import cffi
+
+    sources = _sources(model_dir, prefix)
+    headers = sorted(model_dir.glob("*.h")) + sorted((model_dir / "kernels").glob("*.h"))
+    digest = hashlib.sha256()
+    for path in sources + headers:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(" ".join(HOST_CFLAGS).encode())
+    name = f"_qgen_host_{prefix}_{digest.hexdigest()[:16]}"
+    build_dir = cache_root() / "host" / name
+    built = sorted(build_dir.glob(f"{name}*.so")) + sorted(build_dir.glob(f"{name}*.pyd"))
+    if not built:
+        ffi = cffi.FFI()
+        ffi.cdef(f"""
+            int {prefix}_run(const int8_t *in, int8_t *out);
+            void {prefix}_quantize_input(const float *in, int8_t *out);
+            void {prefix}_dequantize_output(const int8_t *in, float *out);
+            typedef void (*{prefix}_trace_fn)(int32_t layer, const int8_t *data, int32_t size);
+            void {prefix}_set_trace({prefix}_trace_fn fn);
+        """)
+        ffi.set_source(name, f'#include "{prefix}_model.h"', sources=[str(s) for s in sources],
+                       include_dirs=[str(model_dir), str(model_dir / "kernels")],
+                       define_macros=[(f"{prefix.upper()}_ENABLE_TRACE", "1")], extra_compile_args=HOST_CFLAGS)
+        build_dir.mkdir(parents=True, exist_ok=True)
+        tmp = build_dir / f"tmp-{os.getpid()}"
+        lib_path = Path(ffi.compile(tmpdir=str(tmp), verbose=False))
+        final = build_dir / lib_path.name
+        os.replace(lib_path, final)
+        built = [final]
+    spec = importlib.util.spec_from_file_location(name, built[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class Mismatch:
+    sample: int
+    layer: int
+    layer_name: str
+    index: int
+    c_value: int
+    ref_value: int
+
+    def __str__(self) -> str:
+        return (f"sample {self.sample}: first difference in layer {self.layer} ({self.layer_name}) at element "
+                f"{self.index}: C = {self.c_value}, reference = {self.ref_value}")
+
+
+@dataclass
+class VerifyResult:
+    samples: int
+    matching: int
+    mismatch: Mismatch | None
+    outputs: np.ndarray  # C outputs (N, OUTPUT_SIZE) int8
+
+    @property
+    def exact(self) -> bool:
+        return self.matching == self.samples
+
+    def __str__(self) -> str:
+        head = f"bit-exact: {'yes' if self.exact else 'NO'} ({self.matching}/{self.samples} samples)"
+        return head if self.mismatch is None else f"{head}\n{self.mismatch}"
+
+
+def reference_outputs(g: Graph, values: dict[str, np.ndarray]) -> np.ndarray:
+    n = values[g.inputs[0]].shape[0]
+    return np.concatenate([values[o].reshape(n, -1) for o in g.outputs], axis=1).astype(np.int8)
+
+
+def verify(g: Graph, host: HostModel, x_i8: np.ndarray) -> VerifyResult:
+    """Run C and the reference on the same int8 inputs (N, *input_shape) and compare every byte."""
+    values = run_int(g, x_i8)
+    expect = reference_outputs(g, values)
+    got = host.run(x_i8.reshape(x_i8.shape[0], -1))
+    equal = np.all(got == expect, axis=1)
+    mismatch = None
+    if not equal.all():
+        sample = int(np.argmin(equal))
+        mismatch = first_difference(g, host, x_i8[sample], {k: v[sample] for k, v in values.items()}, sample)
+    return VerifyResult(int(x_i8.shape[0]), int(equal.sum()), mismatch, got)
+
+
+def first_difference(g: Graph, host: HostModel, x_i8: np.ndarray, ref: dict[str, np.ndarray], sample: int) -> Mismatch:
+    layers = host.trace(x_i8.reshape(1, -1))
+    for index, node in enumerate(g.nodes):
+        expect = ref[node.outputs[0]].reshape(-1).astype(np.int64)
+        got = layers[index].astype(np.int64) if index < len(layers) else np.array([], dtype=np.int64)
+        if got.shape != expect.shape or np.any(got != expect):
+            if got.shape != expect.shape:
+                return Mismatch(sample, index, node.where(), -1, -1, -1)
+            i = int(np.argmax(got != expect))
+            return Mismatch(sample, index, node.where(), i, int(got[i]), int(expect[i]))
+    return Mismatch(sample, -1, "final output", -1, -1, -1)

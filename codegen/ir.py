@@ -1,0 +1,219 @@
+"""qgen's small typed IR: Graph, Node, Tensor, and a verifier run after every pass.
+
+Layout: activations carry no batch dimension. Image tensors are (H, W, C) — channels last, so a
+kernel's inner loop walks contiguous channels; vectors are (F,). Weights: conv (Cout, KH, KW, Cin),
+depthwise (Cout, KH, KW, 1) with Cout = Cin * multiplier, linear (Out, In).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .fixed import QFormat
+
+
+class Op(str, enum.Enum):
+    CONV2D = "conv2d"
+    DEPTHWISE_CONV2D = "depthwise_conv2d"
+    LINEAR = "linear"
+    BATCH_NORM = "batch_norm"  # only before fold_bn
+    RELU = "relu"  # clamp(x, lo, hi) with attrs lo/hi (None = unbounded); fused away where possible
+    MAXPOOL2D = "maxpool2d"
+    AVGPOOL2D = "avgpool2d"
+    RESHAPE = "reshape"  # flatten / view: no data movement
+    ADD = "add"
+
+
+@dataclass
+class Tensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"  # float32 | int8 | int16 | int32
+    qformat: QFormat | None = None
+    data: np.ndarray | None = None  # constants (weights, biases)
+
+    @property
+    def is_const(self) -> bool:
+        return self.data is not None
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * DTYPE_BYTES[self.dtype]
+
+    def __str__(self) -> str:
+        q = f" {self.qformat}" if self.qformat else ""
+        return f"%{self.name}:{self.dtype}{list(self.shape)}{q}"
+
+
+DTYPE_BYTES = {"float32": 4, "int8": 1, "int16": 2, "int32": 4}
+
+
+@dataclass
+class Node:
+    name: str  # user-facing: the module path ("features.3") or the export node name
+    op: Op
+    inputs: list[str]  # tensor names: activation(s) first, then weight, bias
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # "model.py:42" when torch gives it
+
+    def __str__(self) -> str:
+        attrs = " ".join(f"{k}={v}" for k, v in self.attrs.items() if not isinstance(v, np.ndarray))
+        return f"{', '.join('%' + o for o in self.outputs)} = {self.op.value}({', '.join('%' + i for i in self.inputs)}) {attrs}  # {self.name}"
+
+    def where(self) -> str:
+        return f"{self.op.value} '{self.name}'" + (f" ({self.source})" if self.source else "")
+
+
+@dataclass
+class Graph:
+    tensors: dict[str, Tensor]
+    nodes: list[Node]
+    inputs: list[str]
+    outputs: list[str]
+    source: str = ""  # what it was compiled from, for banners and reports
+    ranges: dict[str, float] = field(default_factory=dict)  # calibrate: max |x| per activation
+    memory: dict[str, tuple[str, int]] = field(default_factory=dict)  # plan_memory: tensor -> (region, offset)
+    arena_size: int = 0
+
+    def producer(self, tensor: str) -> Node | None:
+        for node in self.nodes:
+            if tensor in node.outputs:
+                return node
+        return None
+
+    def consumers(self, tensor: str) -> list[Node]:
+        return [n for n in self.nodes if tensor in n.inputs]
+
+    def activation_inputs(self, node: Node) -> list[Tensor]:
+        return [self.tensors[t] for t in node.inputs if not self.tensors[t].is_const]
+
+    def fresh_name(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.tensors:
+            name, i = f"{base}_{i}", i + 1
+        return name
+
+    def __str__(self) -> str:
+        lines = [f"graph({', '.join(str(self.tensors[t]) for t in self.inputs)}):"]
+        lines += [f"  {n}" for n in self.nodes]
+        lines.append(f"  return {', '.join(str(self.tensors[t]) for t in self.outputs)}")
+        return "\n".join(lines)
+
+
+class VerifyError(Exception):
+    """The IR broke an invariant; always a bug in qgen (a pass), never the user's fault."""
+
+
+# ---------------------------------------------------------------- shape rules, one per op
+
+
+def conv_out_size(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: int, dilation: int = 1) -> int:
+    return (size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _conv_shape(g: Graph, n: Node) -> tuple[int, ...]:
+    h, w, _ = g.tensors[n.inputs[0]].shape
+    cout, kh, kw, _ = g.tensors[n.inputs[1]].shape
+    (sh, sw), (pt, pl, pb, pr) = n.attrs["stride"], n.attrs["padding"]
+    return (conv_out_size(h, kh, sh, pt, pb), conv_out_size(w, kw, sw, pl, pr), cout)
+
+
+def _pool_shape(g: Graph, n: Node) -> tuple[int, ...]:
+    h, w, c = g.tensors[n.inputs[0]].shape
+    (kh, kw), (sh, sw), (pt, pl, pb, pr) = n.attrs["kernel"], n.attrs["stride"], n.attrs["padding"]
+    return (conv_out_size(h, kh, sh, pt, pb), conv_out_size(w, kw, sw, pl, pr), c)
+
+
+def _same_shape(g: Graph, n: Node) -> tuple[int, ...]:
+    return g.tensors[n.inputs[0]].shape
+
+
+def _linear_shape(g: Graph, n: Node) -> tuple[int, ...]:
+    return (g.tensors[n.inputs[1]].shape[0],)
+
+
+def _reshape_shape(g: Graph, n: Node) -> tuple[int, ...]:
+    return tuple(n.attrs["shape"])
+
+
+SHAPE_RULES: dict[Op, Callable[[Graph, Node], tuple[int, ...]]] = {
+    Op.CONV2D: _conv_shape,
+    Op.DEPTHWISE_CONV2D: _conv_shape,
+    Op.LINEAR: _linear_shape,
+    Op.BATCH_NORM: _same_shape,
+    Op.RELU: _same_shape,
+    Op.MAXPOOL2D: _pool_shape,
+    Op.AVGPOOL2D: _pool_shape,
+    Op.RESHAPE: _reshape_shape,
+    Op.ADD: _same_shape,
+}
+
+
+def _check_node_specific(g: Graph, n: Node) -> None:
+    t = g.tensors
+    if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
+        x, w = t[n.inputs[0]], t[n.inputs[1]]
+        if len(x.shape) != 3 or len(w.shape) != 4:
+            raise VerifyError(f"{n.where()}: expects (H,W,C) input and 4-D weight, got {x.shape}, {w.shape}")
+        cin = w.shape[3] if n.op is Op.CONV2D else 1
+        if n.op is Op.CONV2D and cin != x.shape[2]:
+            raise VerifyError(f"{n.where()}: weight Cin {cin} != input channels {x.shape[2]}")
+        if n.op is Op.DEPTHWISE_CONV2D and w.shape[0] % x.shape[2]:
+            raise VerifyError(f"{n.where()}: depthwise Cout {w.shape[0]} not a multiple of C {x.shape[2]}")
+    if n.op is Op.LINEAR:
+        x, w = t[n.inputs[0]], t[n.inputs[1]]
+        if x.shape != (w.shape[1],):
+            raise VerifyError(f"{n.where()}: input {x.shape} does not match weight {w.shape}")
+    if n.op is Op.ADD and t[n.inputs[0]].shape != t[n.inputs[1]].shape:
+        raise VerifyError(f"{n.where()}: add of shapes {t[n.inputs[0]].shape} and {t[n.inputs[1]].shape}")
+    if n.op is Op.RESHAPE and int(np.prod(n.attrs["shape"])) != t[n.inputs[0]].size:
+        raise VerifyError(f"{n.where()}: reshape {t[n.inputs[0]].shape} -> {n.attrs['shape']} changes size")
+
+
+def verify(g: Graph, quantized: bool = False) -> None:
+    """Check single producer, defined-before-use, shapes, and (if quantized) dtypes and Q-formats."""
+    produced: set[str] = set(g.inputs)
+    for name in g.inputs:
+        if name not in g.tensors:
+            raise VerifyError(f"graph input %{name} has no tensor")
+    for n in g.nodes:
+        for i in n.inputs:
+            if i not in g.tensors:
+                raise VerifyError(f"{n.where()}: input %{i} is not a tensor of the graph")
+            if not g.tensors[i].is_const and i not in produced:
+                raise VerifyError(f"{n.where()}: input %{i} is used before it is produced")
+        for o in n.outputs:
+            if o in produced or (o in g.tensors and g.tensors[o].is_const):
+                raise VerifyError(f"{n.where()}: %{o} has more than one producer")
+            produced.add(o)
+        _check_node_specific(g, n)
+        expect = SHAPE_RULES[n.op](g, n)
+        got = g.tensors[n.outputs[0]].shape
+        if tuple(expect) != tuple(got):
+            raise VerifyError(f"{n.where()}: output shape {got}, shape rule says {expect}")
+        if quantized:
+            _verify_quantized_node(g, n)
+    for o in g.outputs:
+        if o not in produced:
+            raise VerifyError(f"graph output %{o} is never produced")
+
+
+def _verify_quantized_node(g: Graph, n: Node) -> None:
+    if n.op is Op.BATCH_NORM:
+        raise VerifyError(f"{n.where()}: batch_norm left after folding")
+    for name in n.inputs + n.outputs:
+        tensor = g.tensors[name]
+        if tensor.dtype == "float32" or tensor.qformat is None:
+            raise VerifyError(f"{n.where()}: %{name} is not quantised ({tensor.dtype}, {tensor.qformat})")
+        if tensor.data is not None:
+            lo, hi = -(1 << (tensor.qformat.bits - 1)), (1 << (tensor.qformat.bits - 1)) - 1
+            if tensor.data.size and (tensor.data.min() < lo or tensor.data.max() > hi):
+                raise VerifyError(f"{n.where()}: constant %{name} exceeds {tensor.qformat}")

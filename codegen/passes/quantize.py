@@ -1,0 +1,113 @@
+"""Quantise the calibrated float IR to power-of-two Q-format integers.
+
+- Activations: int8, one frac per tensor from its calibrated range (fixed.frac_for_range: the largest
+  frac at which the calibration maximum does not saturate). Pooling and reshape keep their input's
+  format (max/avg of values cannot exceed the input range), so they need no requantisation.
+- Weights: int8, one frac per output channel (per-channel), bias: int32 at frac (f_in + f_w[c]).
+- Each conv/linear output channel requantises its int32 accumulator by shift[c] = f_in + f_w[c] - f_out
+  (fixed.requantize), and the fused activation becomes integer bounds act_min/act_max.
+- The int32 accumulator bound sum|w_q| * 128 + |b_q| is proven <= 2**31 - 1 for every channel; where
+  it is not, that channel's weight frac is lowered, and a layer that cannot be made safe is refused.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import UserError
+from ..fixed import MAX_SHIFT, QFormat, frac_for_range, quantize as quantize_array
+from ..ir import Graph, Node, Op
+
+INT32_MAX = (1 << 31) - 1
+ACT_BITS = 8
+ADD_ALIGN_MAX = 22  # |int8 << 22| * 2 < 2**31: the aligned add cannot overflow
+
+
+def run(graph: Graph) -> Graph:
+    if not graph.ranges:
+        raise UserError("quantize needs calibration ranges: run calibration with sample data first")
+    act = lambda frac: QFormat(ACT_BITS, int(frac))  # noqa: E731
+    x = graph.tensors[graph.inputs[0]]
+    _set_act(x, act(frac_for_range(graph.ranges[x.name], ACT_BITS)))
+    for node in graph.nodes:
+        out = graph.tensors[node.outputs[0]]
+        fin = graph.tensors[node.inputs[0]].qformat.frac
+        if node.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR):
+            _set_act(out, act(frac_for_range(graph.ranges[out.name], ACT_BITS)))
+            _quantize_weighted(graph, node, fin, out.qformat.frac)
+        elif node.op is Op.ADD:
+            _set_act(out, act(frac_for_range(graph.ranges[out.name], ACT_BITS)))
+            _quantize_add(graph, node, out.qformat.frac)
+        elif node.op is Op.AVGPOOL2D:
+            _set_act(out, act(fin))
+            kh, kw = node.attrs["kernel"]
+            node.attrs.update(avg_params(kh * kw), act_min=-128, act_max=127)
+        elif node.op in (Op.MAXPOOL2D, Op.RESHAPE):
+            _set_act(out, act(fin))
+        elif node.op is Op.RELU:
+            _set_act(out, act(fin))
+            node.attrs["act_min"], node.attrs["act_max"] = _act_bounds((node.attrs["lo"], node.attrs["hi"]), fin)
+        else:
+            raise UserError(f"{node.where()}: cannot quantise op {node.op.value} (fold or lower it first)")
+    return graph
+
+
+def _set_act(t, fmt: QFormat) -> None:
+    t.qformat, t.dtype = fmt, "int8"
+
+
+def avg_params(count: int) -> dict[str, int]:
+    """Average = sum * avg_mult >> avg_shift (rounded). Exact for power-of-two windows."""
+    if count & (count - 1) == 0:
+        return {"avg_mult": 1, "avg_shift": count.bit_length() - 1}
+    shift = 23  # sum * mult <= 128 * 2**23 + 64 * count < 2**31 for count < 2**24
+    return {"avg_mult": int(round(2**shift / count)), "avg_shift": shift}
+
+
+def _act_bounds(act: tuple, frac: int) -> tuple[int, int]:
+    lo, hi = act
+    fmt = QFormat(ACT_BITS, frac)
+    qlo = fmt.min_int if lo is None else int(quantize_array(np.array(lo), fmt))
+    qhi = fmt.max_int if hi is None else int(quantize_array(np.array(hi), fmt))
+    return qlo, qhi
+
+
+def _quantize_weighted(graph: Graph, node: Node, fin: int, fout: int) -> None:
+    w_t, b_t = graph.tensors[node.inputs[1]], graph.tensors[node.inputs[2]]
+    w, b = w_t.data, b_t.data
+    cout = w.shape[0]
+    wmax = np.abs(w.reshape(cout, -1)).max(axis=1) if w.size else np.zeros(cout)
+    fw = np.array([frac_for_range(float(m), 8) for m in wmax])
+    fw = np.minimum(fw, MAX_SHIFT + fout - fin)  # requantise shift <= 31
+    for c in range(cout):  # bias must fit int32 with headroom for the accumulator
+        if b[c] != 0:
+            fw[c] = min(fw[c], math.floor(math.log2(2**30 / abs(b[c]))) - fin)
+    in_max = 128  # |int8| worst case
+    for _ in range(64):
+        w_q = quantize_array(w, QFormat(8, tuple(int(f) for f in fw)))
+        b_q = quantize_array(b, QFormat(32, tuple(int(fin + f) for f in fw)))
+        bound = np.abs(w_q.reshape(cout, -1)).sum(axis=1) * in_max + np.abs(b_q)
+        bad = bound > INT32_MAX
+        if not bad.any():
+            break
+        fw = np.where(bad, fw - 1, fw)
+    else:
+        raise UserError(f"{node.where()}: the int32 accumulator can overflow (worst case "
+                        f"{int(bound.max())} > 2^31-1) even with coarser weights; reduce the layer's fan-in.")
+    shift = fin + fw - fout
+    if np.any(shift < -MAX_SHIFT):
+        raise UserError(f"{node.where()}: needs a requantisation shift of {int(shift.min())} (weights too large "
+                        f"for Q-format: max |w| = {float(wmax.max()):.3g}); rescale the layer.")
+    w_t.data, w_t.dtype, w_t.qformat = w_q.astype(np.int8), "int8", QFormat(8, tuple(int(f) for f in fw))
+    b_t.data, b_t.dtype, b_t.qformat = b_q.astype(np.int32), "int32", QFormat(32, tuple(int(fin + f) for f in fw))
+    lo, hi = _act_bounds(node.attrs.get("act", (None, None)), fout)
+    node.attrs.update(shift=[int(s) for s in shift], act_min=lo, act_max=hi, acc_bound=int(bound.max()))
+
+
+def _quantize_add(graph: Graph, node: Node, fout: int) -> None:
+    fa, fb = (graph.tensors[i].qformat.frac for i in node.inputs)
+    common = min(max(fa, fb), min(fa, fb) + ADD_ALIGN_MAX)
+    common = max(min(common, fout + MAX_SHIFT), fout - MAX_SHIFT)
+    lo, hi = _act_bounds(node.attrs.get("act", (None, None)), fout)
+    node.attrs.update(shift_a=fa - common, shift_b=fb - common, shift=common - fout, act_min=lo, act_max=hi)

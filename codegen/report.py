@@ -1,0 +1,117 @@
+"""Per-layer and whole-model report: MACs, bytes, Q-formats, float-vs-int error; table, markdown, JSON."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .emit.c import model_data
+from .fixed import dequantize
+from .ir import Graph, Op
+from .reference import run_float, run_int
+
+
+def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
+    signal = float(np.sum(np.square(reference)))
+    noise = float(np.sum(np.square(reference - approx)))
+    if noise == 0.0:
+        return float("inf")
+    if signal == 0.0:
+        return float("-inf")
+    return 10.0 * np.log10(signal / noise)
+
+
+def build(g: Graph, float_graph: Graph, x_float_hwc: np.ndarray, x_i8: np.ndarray, prefix: str) -> dict:
+    """Collect the report. x_float_hwc/x_i8: the same samples as float (qgen layout) and int8."""
+    fvals = run_float(float_graph, x_float_hwc)
+    ivals = run_int(g, x_i8)
+    cm = model_data(g, prefix)
+    array_bytes = {a.name: a.nbytes for a in cm.arrays}
+    layers = []
+    for index, (node, cl) in enumerate(zip(g.nodes, cm.layers)):
+        out = g.tensors[node.outputs[0]]
+        deq = dequantize(ivals[out.name], out.qformat)
+        ref = fvals[out.name]
+        wbytes = sum(b for name, b in array_bytes.items() if name.startswith(f"{prefix}_l{index}_"))
+        layers.append({
+            "index": index, "name": node.name, "op": node.op.value, "source": node.source,
+            "shape": list(out.shape),
+            "q_in": " ".join(str(g.tensors[t].qformat) for t in node.inputs if not g.tensors[t].is_const),
+            "q_out": str(out.qformat),
+            "q_weights": str(g.tensors[node.inputs[1]].qformat) if node.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR) else "",
+            "macs": cl.macs, "weight_bytes": wbytes,
+            "activation_bytes": 0 if node.op is Op.RESHAPE else out.nbytes,
+            "max_abs_error": float(np.max(np.abs(deq - ref))) if ref.size else 0.0,
+            "sqnr_db": sqnr_db(ref, deq),
+        })
+    inp = g.tensors[g.inputs[0]]
+    return {
+        "model": g.source, "prefix": prefix, "layers": layers,
+        "input": {"shape": list(inp.shape), "qformat": str(inp.qformat)},
+        "outputs": [{"shape": list(g.tensors[o].shape), "qformat": str(g.tensors[o].qformat)} for o in g.outputs],
+        "arena_bytes": g.arena_size, "flash_bytes": cm.weight_bytes, "macs": cm.macs,
+        "activation_bytes_total": sum(layer["activation_bytes"] for layer in layers),
+        "samples": int(x_i8.shape[0]),
+    }
+
+
+def _fmt_db(v: float) -> str:
+    return "exact" if v == float("inf") else f"{v:.1f}"
+
+
+COLUMNS = ("#", "layer", "op", "output", "Q in", "Q w", "Q out", "MACs", "weights B", "act B", "max err", "SQNR dB")
+
+
+def _row(layer: dict) -> list[str]:
+    return [str(layer["index"]), layer["name"], layer["op"], "x".join(map(str, layer["shape"])), layer["q_in"],
+            layer["q_weights"], layer["q_out"], f"{layer['macs']:,}", f"{layer['weight_bytes']:,}",
+            f"{layer['activation_bytes']:,}", f"{layer['max_abs_error']:.4f}", _fmt_db(layer["sqnr_db"])]
+
+
+def _totals(r: dict) -> list[str]:
+    lines = [f"arena (RAM): {r['arena_bytes']:,} B", f"flash (constant data): {r['flash_bytes']:,} B",
+             f"MACs/inference: {r['macs']:,}", f"input {r['input']['shape']} {r['input']['qformat']}"]
+    for key in ("float_accuracy", "int8_accuracy_reference", "int8_accuracy_c"):
+        if key in r:
+            lines.append(f"{key.replace('_', ' ')}: {r[key]:.4f}")
+    if "bit_exact" in r:
+        lines.append(f"bit-exact: {r['bit_exact']}")
+    if "compile_seconds" in r:
+        lines.append(f"compile time: {r['compile_seconds']:.2f} s")
+    return lines
+
+
+def to_markdown(r: dict) -> str:
+    out = [f"# qgen report: {r['model']} (prefix `{r['prefix']}`)", "",
+           "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(_row(layer)) + " |" for layer in r["layers"]]
+    out += ["", *[f"- {line}" for line in _totals(r)], "",
+            f"Errors are float model vs int8 reference (dequantised) over {r['samples']} samples.", ""]
+    return "\n".join(out)
+
+
+def to_json(r: dict) -> str:
+    def clean(v):
+        if isinstance(v, float) and not np.isfinite(v):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(r), indent=1, sort_keys=True) + "\n"
+
+
+def print_table(r: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"qgen: {r['model']}", show_lines=False)
+    for col in COLUMNS:
+        table.add_column(col, justify="right" if col in ("#", "MACs", "weights B", "act B", "max err", "SQNR dB") else "left")
+    for layer in r["layers"]:
+        table.add_row(*_row(layer))
+    console.print(table)
+    for line in _totals(r):
+        console.print(line)

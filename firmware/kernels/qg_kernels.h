@@ -1,0 +1,84 @@
+/*
+ * qg_kernels.h - qgen's integer kernel library (int8 activations and weights, int32 accumulators).
+ *
+ * Layout: activations are channels-last (H, W, C) without a batch dimension; weights are
+ * (Cout, KH, KW, Cin) for conv, (Cout, KH, KW) for depthwise (Cout = Cin * multiplier, output
+ * channel o reads input channel o / multiplier), (Out, In) for fully connected.
+ * Q-format: symmetric, no zero point, so zero padding is exact. Every output is requantised with
+ * qg_requantize_s8 (qg_fixed.h) using a per-output-channel shift and the fused activation bounds.
+ * The reference for every kernel is codegen/reference.py; tests check C == reference byte for byte.
+ *
+ * Buffers: `in` and `out` never alias (the memory planner guarantees it), hence `restrict`.
+ * These kernels cannot fail on valid parameters, which the generator proves; they return nothing.
+ */
+#ifndef QG_KERNELS_H
+#define QG_KERNELS_H
+
+#include <stdint.h>
+#include "qg_fixed.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define QG_ALIGN(n) __attribute__((aligned(n)))
+#else
+#define QG_ALIGN(n)
+#endif
+
+typedef struct {
+    uint16_t in_h, in_w, in_c;
+    uint16_t out_h, out_w, out_c;
+    uint8_t k_h, k_w, stride_h, stride_w, pad_top, pad_left;
+    int8_t act_min, act_max;
+    const int8_t *weights; /* conv (out_c, k_h, k_w, in_c); depthwise (out_c, k_h, k_w) */
+    const int32_t *bias;   /* (out_c), frac = in_frac + weight_frac[c] */
+    const int8_t *shift;   /* (out_c) requantisation shift in [-31, 31] */
+} qg_conv2d_params_t;
+
+typedef struct {
+    uint16_t in_features, out_features;
+    int8_t act_min, act_max;
+    const int8_t *weights; /* (out_features, in_features) */
+    const int32_t *bias;
+    const int8_t *shift;
+} qg_fully_connected_params_t;
+
+typedef struct {
+    uint16_t in_h, in_w, channels;
+    uint16_t out_h, out_w;
+    uint8_t k_h, k_w, stride_h, stride_w, pad_top, pad_left;
+    int8_t act_min, act_max;
+    int32_t avg_mult; /* average = round_shift(sum * avg_mult, avg_shift); unused by max pooling */
+    int8_t avg_shift;
+} qg_pool2d_params_t;
+
+typedef struct {
+    int32_t size;
+    int8_t shift_a, shift_b; /* align each input to a common frac (round_shift; negative = exact left) */
+    int8_t shift;            /* requantise the sum to the output frac */
+    int8_t act_min, act_max;
+} qg_add_params_t;
+
+void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out);
+void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out);
+void qg_fully_connected_s8(const qg_fully_connected_params_t *p, const int8_t *restrict in,
+                           int8_t *restrict out);
+void qg_maxpool2d_s8(const qg_pool2d_params_t *p, const int8_t *restrict in, int8_t *restrict out);
+void qg_avgpool2d_s8(const qg_pool2d_params_t *p, const int8_t *restrict in, int8_t *restrict out);
+void qg_add_s8(const qg_add_params_t *p, const int8_t *restrict a, const int8_t *restrict b,
+               int8_t *restrict out);
+void qg_clamp_s8(int32_t size, int8_t lo, int8_t hi, const int8_t *restrict in, int8_t *restrict out);
+
+/* float <-> Q-format at the model boundary. `scale` = 2^frac, `inv_scale` = 2^-frac.
+ * Images convert between PyTorch's (C, H, W) float layout and qgen's (H, W, C) int8 layout. */
+void qg_quantize_chw_to_hwc_f32(const float *in, int8_t *out, int32_t c, int32_t h, int32_t w, float scale);
+void qg_dequantize_hwc_to_chw_s8(const int8_t *in, float *out, int32_t c, int32_t h, int32_t w,
+                                 float inv_scale);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QG_KERNELS_H */
