@@ -166,3 +166,61 @@ def first_difference(g: Graph, host: HostModel, x_i8: np.ndarray, ref: dict[str,
             i = int(np.argmax(got != expect))
             return Mismatch(sample, index, node.where(), i, int(got[i]), int(expect[i]))
     return Mismatch(sample, -1, "final output", -1, -1, -1)
+
+
+STRICT_CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-Wconversion", "-Wsign-conversion", "-Wshadow"]
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g", "-O1"]
+
+HARNESS_C = r"""
+/* qgen host harness: reads N input vectors from argv[1], writes N outputs to argv[2]. */
+#include <stdio.h>
+#include <stdlib.h>
+#include "%(prefix)s_model.h"
+
+int main(int argc, char **argv)
+{
+    static int8_t in[%(PREFIX)s_INPUT_SIZE];
+    static int8_t out[%(PREFIX)s_OUTPUT_SIZE];
+    FILE *fi, *fo;
+    if (argc != 3) { return 2; }
+    fi = fopen(argv[1], "rb");
+    fo = fopen(argv[2], "wb");
+    if (fi == NULL || fo == NULL) { return 3; }
+    while (fread(in, 1, sizeof in, fi) == sizeof in) {
+        if (%(prefix)s_run(in, out) != 0) { return 4; }
+        if (fwrite(out, 1, sizeof out, fo) != sizeof out) { return 5; }
+    }
+    fclose(fi);
+    fclose(fo);
+    return 0;
+}
+"""
+
+
+def build_native(model_dir: Path, prefix: str, out: Path, extra_flags: list[str] | None = None,
+                 cc: str = "gcc") -> Path:
+    """Build the generated model + a file-driven harness as a native executable (strict flags)."""
+    import subprocess
+
+    model_dir, out = Path(model_dir), Path(out)
+    harness = out.with_suffix(".harness.c")
+    harness.write_text(HARNESS_C % {"prefix": prefix, "PREFIX": prefix.upper()})
+    cmd = [cc, *STRICT_CFLAGS, *(extra_flags or []), "-I", str(model_dir), "-I", str(model_dir / "kernels"),
+           str(harness), *map(str, _sources(model_dir, prefix)), "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"native build failed:\n{' '.join(cmd)}\n{proc.stderr}")
+    return out
+
+
+def run_native(exe: Path, x_i8: np.ndarray, output_size: int) -> np.ndarray:
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fin, fout = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
+        np.ascontiguousarray(x_i8, dtype=np.int8).tofile(fin)
+        proc = subprocess.run([str(exe), str(fin), str(fout)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{exe.name} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+        return np.fromfile(fout, dtype=np.int8).reshape(-1, output_size)
