@@ -1,0 +1,16 @@
+/* Instruction-count markers; see qg_count.h. */
+#include "qg_count.h"
+
+/* Distinct side effects keep the two functions from being merged by identical-code folding
+ * (they must have different addresses) and show the state in a debugger. */
+volatile unsigned qg_count_open;
+
+__attribute__((noinline, noipa)) void qg_count_begin(void)
+{
+    qg_count_open = 1u;
+}
+
+__attribute__((noinline, noipa)) void qg_count_end(void)
+{
+    qg_count_open = 0u;
+}
