@@ -32,12 +32,23 @@ def load_model(target: str, input_shape: tuple[int, ...] | None = None) -> tuple
         path = Path(target)
         if not path.is_file():
             raise UserError(f"model file '{target}' does not exist")
+        import logging
+        import zipfile
+
+        hint = "Save it with torch.export.save(torch.export.export(model, (x,)), 'model.pt2')."
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"cannot read '{target}': not a torch.export archive (corrupted or another format). {hint}")
+        torch_log = logging.getLogger("torch.export")
+        level = torch_log.level
+        torch_log.setLevel(logging.CRITICAL)  # torch logs its own traceback before raising
         try:
             program = torch.export.load(str(path))
         except Exception as exc:  # torch raises many types for a bad archive
             raise UserError(f"cannot read '{target}' as a torch.export program ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''}). Save it with "
                             "torch.export.save(torch.export.export(model, (x,)), 'model.pt2').") from None
+        finally:
+            torch_log.setLevel(level)
         return program, None
     if ":" not in target:
         raise UserError(f"model '{target}': give a saved program 'model.pt2' or a factory "
