@@ -15,6 +15,7 @@ import numpy as np
 from .. import __version__
 from ..errors import UserError
 from ..ir import Graph, Node, Op
+from ..passes.plan_memory import scratch_key
 from ..resources import data_dir, kernel_dir
 
 C_KEYWORDS = {
@@ -152,6 +153,7 @@ class _Builder:
         title = n.where()
         ins = [self.buffer(t, True) for t in xs]
         out_expr = self.buffer(out, False)
+        scratch = self.buffer(scratch_key(index), False) if scratch_key(index) in g.memory else "NULL"
         struct_type = struct_name = call = None
         fields: list[tuple[str, str]] = []
         struct_name = _symbol(self.prefix, sym)
@@ -169,7 +171,7 @@ class _Builder:
                       ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]),
                       ("weights", weights), ("bias", bias), ("shift", shift)]
             fn = "qg_conv2d_s8" if n.op is Op.CONV2D else "qg_depthwise_conv2d_s8"
-            call = f"{fn}(&{struct_name}, {ins[0]}, {out_expr});"
+            call = f"{fn}(&{struct_name}, {ins[0]}, {out_expr}, {scratch});"
         elif n.op is Op.LINEAR:
             o, i = g.tensors[n.inputs[1]].shape
             weights = self.const_tensor(sym, n.inputs[1], "weights")
@@ -178,7 +180,7 @@ class _Builder:
             struct_type = "qg_fully_connected_params_t"
             fields = [("in_features", i), ("out_features", o), ("act_min", n.attrs["act_min"]),
                       ("act_max", n.attrs["act_max"]), ("weights", weights), ("bias", bias), ("shift", shift)]
-            call = f"qg_fully_connected_s8(&{struct_name}, {ins[0]}, {out_expr});"
+            call = f"qg_fully_connected_s8(&{struct_name}, {ins[0]}, {out_expr}, {scratch});"
         elif n.op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
             h, w, c = g.tensors[xs[0]].shape
             oh, ow, _ = g.tensors[out].shape

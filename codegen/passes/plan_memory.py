@@ -6,6 +6,8 @@ Algorithm (greedy by size, as TFLite Micro's greedy planner): reshape outputs al
 Groups are placed largest first, each at the lowest 4-byte-aligned offset that does not intersect any
 already-placed group alive at the same time. The model input is read from the caller's `in` buffer
 and outputs are written straight into the caller's `out` buffer (concatenated), so neither needs arena.
+A kernel's scratch memory (kernel_abi.scratch_bytes) is one more buffer, alive during its own step
+only, recorded as `graph.memory[scratch_key(step)]`.
 `check_overlap` proves the result and runs after every plan.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from ..ir import Graph, Op
+from ..kernel_abi import scratch_bytes
 
 ALIGN = 4
 
@@ -36,6 +39,10 @@ def storage_groups(graph: Graph) -> dict[str, str]:
     return owner
 
 
+def scratch_key(step: int) -> str:
+    return f"scratch:{step}"
+
+
 def lifetimes(graph: Graph) -> list[Buffer]:
     owner = storage_groups(graph)
     groups: dict[str, Buffer] = {}
@@ -53,6 +60,9 @@ def lifetimes(graph: Graph) -> list[Buffer]:
                 groups[root] = Buffer([], graph.tensors[name].nbytes, step, step)
             if name not in groups[root].tensors:
                 groups[root].tensors.append(name)
+        size = scratch_bytes(graph, node)
+        if size:
+            groups[scratch_key(step)] = Buffer([scratch_key(step)], size, step, step)
     return list(groups.values())
 
 

@@ -1,10 +1,18 @@
 /* Convolutions (standard and depthwise), int8 x int8 -> int32 -> int8, channels-last. */
 #include "qg_kernels.h"
 
-void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out)
+int32_t qg_conv2d_s8_buffer_size(const qg_conv2d_params_t *p)
+{
+    (void)p;
+    return 0;
+}
+
+void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+                  int8_t *restrict scratch)
 {
     const int32_t in_c = p->in_c, k_w = p->k_w;
     int32_t oy, ox, oc, ky, kx, ic;
+    (void)scratch;
     for (oy = 0; oy < p->out_h; oy++) {
         const int32_t iy0 = oy * p->stride_h - p->pad_top;
         for (ox = 0; ox < p->out_w; ox++) {
@@ -37,10 +45,18 @@ void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t
     }
 }
 
-void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out)
+int32_t qg_depthwise_conv2d_s8_buffer_size(const qg_conv2d_params_t *p)
+{
+    (void)p;
+    return 0;
+}
+
+void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+                            int8_t *restrict scratch)
 {
     const int32_t in_c = p->in_c, mult = p->out_c / p->in_c;
     int32_t oy, ox, oc, ky, kx;
+    (void)scratch;
     for (oy = 0; oy < p->out_h; oy++) {
         const int32_t iy0 = oy * p->stride_h - p->pad_top;
         for (ox = 0; ox < p->out_w; ox++) {

@@ -9,6 +9,9 @@
  * The reference for every kernel is codegen/reference.py; tests check C == reference byte for byte.
  *
  * Buffers: `in` and `out` never alias (the memory planner guarantees it), hence `restrict`.
+ * Scratch: kernels that want working memory (e.g. im2col) say how much through their
+ * `*_buffer_size()` partner; the generator reserves it in the arena (4-byte aligned) and passes it
+ * as `scratch` (NULL when the size is 0). codegen/kernel_abi.py mirrors every `*_buffer_size()`.
  * These kernels cannot fail on valid parameters, which the generator proves; they return nothing.
  */
 #ifndef QG_KERNELS_H
@@ -61,10 +64,15 @@ typedef struct {
     int8_t act_min, act_max;
 } qg_add_params_t;
 
-void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out);
-void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out);
+void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+                  int8_t *restrict scratch);
+int32_t qg_conv2d_s8_buffer_size(const qg_conv2d_params_t *p);
+void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+                            int8_t *restrict scratch);
+int32_t qg_depthwise_conv2d_s8_buffer_size(const qg_conv2d_params_t *p);
 void qg_fully_connected_s8(const qg_fully_connected_params_t *p, const int8_t *restrict in,
-                           int8_t *restrict out);
+                           int8_t *restrict out, int8_t *restrict scratch);
+int32_t qg_fully_connected_s8_buffer_size(const qg_fully_connected_params_t *p);
 void qg_maxpool2d_s8(const qg_pool2d_params_t *p, const int8_t *restrict in, int8_t *restrict out);
 void qg_avgpool2d_s8(const qg_pool2d_params_t *p, const int8_t *restrict in, int8_t *restrict out);
 void qg_add_s8(const qg_add_params_t *p, const int8_t *restrict a, const int8_t *restrict b,

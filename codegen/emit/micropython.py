@@ -1,0 +1,310 @@
+"""Emit a pure-MicroPython module `<prefix>.py` for a quantised, memory-planned graph.
+
+The module is data + calls, like the C: hand-written integer kernels (templates/micropython/
+_kernels.py, the twin of firmware/kernels/), the weights as `bytes` literals (int8 two's complement)
+and biases as `array('i')`, one parameter tuple per layer, and `predict()` calling the kernels in
+graph order over memoryviews of one preallocated arena. It runs unchanged on MicroPython (any port,
+no native emitter needed) and on CPython, and is bit-exact with codegen.reference.run_int.
+
+Requantisation per output channel c with shift s (fixed.requantize) is prepared here as three
+integers so the kernel has no branch: y = (acc * mul[c] + rnd[c]) >> shr[c], then clamp, with
+mul = 2**-s, rnd = 0, shr = 0 for s <= 0 (exact left shift) and mul = 1, rnd = 2**(s-1), shr = s for
+s > 0 (round half up). Python ints never overflow, so the result is the mathematical definition; on
+32-bit ports intermediates beyond 2**30 become big ints (slower, still exact). quantize.py bounds
+the conv/linear accumulator by 2**31 - 1, so that only happens for accumulators near that bound.
+
+All decisions are made here; the templates only loop over the prepared data.
+"""
+from __future__ import annotations
+
+import copy
+import keyword
+from dataclasses import dataclass, field
+
+import jinja2
+import numpy as np
+
+from .. import __version__
+from ..errors import UserError
+from ..ir import Graph, Node, Op
+from ..resources import data_dir
+from .c import check_prefix, layer_macs
+
+BYTES_PER_LINE = 24  # bytes per `b'...'` source line (4 characters each: \xNN)
+INTS_PER_LINE = 12
+
+
+@dataclass
+class PyConst:
+    """A module-level constant, rendered as `head` + indented `lines` + `tail`."""
+
+    comment: str
+    head: str
+    lines: list[str]
+    tail: str
+    nbytes: int
+
+
+@dataclass
+class PyView:
+    name: str
+    expr: str
+    comment: str
+
+
+@dataclass
+class PyLayer:
+    index: int
+    title: str  # "conv2d 'features.0' (model.py:12)"
+    shapes: str  # "[8, 8, 1] s8.f6 -> [8, 8, 8] s8.f4"
+    params_name: str | None
+    params: list[tuple[str, str]]  # (field, Python expression), in the kernel's unpacking order
+    call: str | None  # None: reshape (same bytes, no code)
+
+
+@dataclass
+class PyModel:
+    prefix: str
+    banner: list[str]
+    version: str
+    input: dict = field(default_factory=dict)
+    outputs: list[dict] = field(default_factory=list)
+    output_size: int = 0
+    output_frac: int = 0
+    arena_size: int = 0
+    weight_bytes: int = 0
+    macs: int = 0
+    patch_size: int = 0  # conv im2col scratch (int8), the largest KH*KW*Cin
+    zeros_size: int = 0  # zero source for padded patch rows, the largest KW*Cin
+    consts: list[PyConst] = field(default_factory=list)
+    views: list[PyView] = field(default_factory=list)
+    layers: list[PyLayer] = field(default_factory=list)
+
+
+def check_module_name(prefix: str) -> str:
+    check_prefix(prefix)
+    if keyword.iskeyword(prefix) or prefix in ("micropython", "array", "builtins"):
+        raise UserError(f"prefix '{prefix}' cannot name a Python module (it is a keyword or shadows a "
+                        "module the generated code imports); choose another, e.g. 'digits'")
+    return prefix
+
+
+def _bytes_lines(data: np.ndarray) -> list[str]:
+    raw = np.asarray(data, dtype=np.int8).reshape(-1).tobytes()
+    return ["b'" + "".join(f"\\x{b:02x}" for b in raw[i:i + BYTES_PER_LINE]) + "'"
+            for i in range(0, len(raw), BYTES_PER_LINE)]
+
+
+def _int_lines(values) -> list[str]:
+    flat = [str(int(v)) for v in np.asarray(values).reshape(-1)]
+    return [", ".join(flat[i:i + INTS_PER_LINE]) + "," for i in range(0, len(flat), INTS_PER_LINE)]
+
+
+def _tuple_expr(values) -> str:
+    items = [str(int(v)) for v in values]
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+def _pow2_expr(exp: int) -> str:
+    """2**exp as an exact float expression on any port (no float parsing, no libm)."""
+    return f"{float(1 << exp)!r}" if exp >= 0 else f"(1.0 / {1 << -exp})"
+
+
+def requant_triples(shifts) -> tuple[list[int], list[int], list[int]]:
+    """Per-channel shift -> (mul, rnd, shr) with round_shift(x, s) == (x * mul + rnd) >> shr."""
+    mul, rnd, shr = [], [], []
+    for s in (int(v) for v in np.atleast_1d(shifts)):
+        mul.append(1 << -s if s < 0 else 1)
+        rnd.append(1 << (s - 1) if s > 0 else 0)
+        shr.append(s if s > 0 else 0)
+    return mul, rnd, shr
+
+
+def _hwc(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    return tuple(shape) if len(shape) == 3 else (1, 1, int(np.prod(shape)))  # type: ignore[return-value]
+
+
+class _Builder:
+    def __init__(self, g: Graph, prefix: str, banner: list[str]):
+        self.g = g
+        self.model = PyModel(prefix, banner, __version__)
+        self.view_names: dict[tuple[str, int, int], str] = {}
+
+    # -- data
+    def const(self, name: str, comment: str, head: str, lines: list[str], tail: str, nbytes: int) -> str:
+        assert all(c.head != head for c in self.model.consts), head
+        self.model.consts.append(PyConst(comment, head, lines, tail, nbytes))
+        self.model.weight_bytes += nbytes
+        return name
+
+    def weight_rows(self, sym: str, tensor: str) -> str:
+        """int8 weights (Cout, ...) as one bytes literal, split at import into one int8 row per channel."""
+        t = self.g.tensors[tensor]
+        data = t.data
+        rows, row_len = data.shape[0], int(np.prod(data.shape[1:]))
+        name = f"_{sym}_W"
+        comment = (f"weights {list(t.shape)} int8 {t.qformat}, values [{int(data.min()) if data.size else 0}, "
+                   f"{int(data.max()) if data.size else 0}]: {rows} rows of {row_len}")
+        return self.const(name, comment, f"{name} = _int8_rows((", _bytes_lines(data), f"), {row_len})",
+                          data.size)
+
+    def bias(self, sym: str, tensor: str) -> str:
+        t = self.g.tensors[tensor]
+        data = t.data
+        name = f"_{sym}_B"
+        comment = (f"bias [{data.size}] int32 {t.qformat}, values [{int(data.min()) if data.size else 0}, "
+                   f"{int(data.max()) if data.size else 0}]")
+        return self.const(name, comment, f"{name} = array('i', (", _int_lines(data), "))", 4 * data.size)
+
+    def requant(self, sym: str, shifts) -> tuple[str, str, str]:
+        triples = requant_triples(shifts)
+        comment = (f"requantisation per output channel, shift {[int(v) for v in np.atleast_1d(shifts)]}: "
+                   "y = (acc * MUL + RND) >> SHR")
+        names = []
+        for part, values in zip(("MUL", "RND", "SHR"), triples):
+            name = f"_{sym}_{part}"
+            names.append(self.const(name, comment if not names else "", f"{name} = (", _int_lines(values), ")", 0))
+        return names[0], names[1], names[2]
+
+    # -- buffers
+    def view(self, tensor: str) -> str:
+        region, offset = self.g.memory[tensor]
+        size = self.g.tensors[tensor].size
+        if region == "input":
+            return "x"  # the caller's input, converted to array('b') by predict
+        key = (region, offset, size)
+        if key not in self.view_names:
+            base = {"output": ("_O", "_OUT_MV"), "arena": ("_A", "_ARENA_MV")}[region]
+            name = f"{base[0]}{offset}_{size}"
+            self.view_names[key] = name
+            self.model.views.append(PyView(name, f"{base[1]}[{offset}:{offset + size}]",
+                                           f"%{tensor} {list(self.g.tensors[tensor].shape)}"))
+        return self.view_names[key]
+
+    # -- model
+    def build(self) -> PyModel:
+        g, m = self.g, self.model
+        x = g.tensors[g.inputs[0]]
+        h, w, c = _hwc(x.shape)
+        m.input = {"name": x.name, "shape": _tuple_expr(x.shape), "size": x.size, "frac": x.qformat.frac,
+                   "h": h, "w": w, "c": c, "scale": _pow2_expr(x.qformat.frac), "qformat": str(x.qformat)}
+        offset = 0
+        for name in g.outputs:
+            t = g.tensors[name]
+            h, w, c = _hwc(t.shape)
+            region, planned = g.memory[name]
+            if region != "output" or planned != offset:
+                raise AssertionError(f"output %{name} planned at {region}+{planned}, expected output+{offset}")
+            m.outputs.append({"name": name, "shape": _tuple_expr(t.shape), "size": t.size, "frac": t.qformat.frac,
+                              "offset": offset, "h": h, "w": w, "c": c, "inv_scale": _pow2_expr(-t.qformat.frac),
+                              "qformat": str(t.qformat)})
+            offset += t.size
+        m.output_size = offset
+        m.output_frac = m.outputs[0]["frac"]
+        m.arena_size = g.arena_size
+        for index, node in enumerate(g.nodes):
+            m.layers.append(self.layer(index, node))
+        m.macs = sum(layer_macs(g, n) for n in g.nodes)
+        return m
+
+    def layer(self, index: int, n: Node) -> PyLayer:
+        g = self.g
+        sym = f"L{index}"
+        xs = [t for t in n.inputs if not g.tensors[t].is_const]
+        out = n.outputs[0]
+        shapes = " + ".join(f"{list(g.tensors[t].shape)} {g.tensors[t].qformat}" for t in xs)
+        shapes += f" -> {list(g.tensors[out].shape)} {g.tensors[out].qformat}"
+        if n.op is Op.RESHAPE:
+            return PyLayer(index, n.where(), shapes, None, [], None)  # the planner aliased the buffers
+        ins = [self.view(t) for t in xs]
+        y = self.view(out)
+        params: list[tuple[str, object]]
+        extra = ""
+        if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
+            h, w, c = g.tensors[xs[0]].shape
+            oh, ow, oc = g.tensors[out].shape
+            _, kh, kw, _ = g.tensors[n.inputs[1]].shape
+            weights, bias = self.weight_rows(sym, n.inputs[1]), self.bias(sym, n.inputs[2])
+            mul, rnd, shr = self.requant(sym, n.attrs["shift"])
+            params = [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
+                      ("k_h", kh), ("k_w", kw), ("stride_h", n.attrs["stride"][0]),
+                      ("stride_w", n.attrs["stride"][1]), ("pad_top", n.attrs["padding"][0]),
+                      ("pad_left", n.attrs["padding"][1]), ("weights", weights), ("bias", bias),
+                      ("mul", mul), ("rnd", rnd), ("shr", shr),
+                      ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+            if n.op is Op.CONV2D:
+                fn, extra = "_conv2d", ", _PATCH_MV, _ZEROS_MV"
+                self.model.patch_size = max(self.model.patch_size, kh * kw * c)
+                self.model.zeros_size = max(self.model.zeros_size, kw * c)
+            else:
+                fn = "_depthwise_conv2d"
+        elif n.op is Op.LINEAR:
+            o, i = g.tensors[n.inputs[1]].shape
+            weights, bias = self.weight_rows(sym, n.inputs[1]), self.bias(sym, n.inputs[2])
+            mul, rnd, shr = self.requant(sym, n.attrs["shift"])
+            params = [("in_features", i), ("out_features", o), ("weights", weights), ("bias", bias),
+                      ("mul", mul), ("rnd", rnd), ("shr", shr),
+                      ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+            fn = "_linear"
+        elif n.op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
+            h, w, c = g.tensors[xs[0]].shape
+            oh, ow, _ = g.tensors[out].shape
+            params = [("in_h", h), ("in_w", w), ("channels", c), ("out_h", oh), ("out_w", ow),
+                      ("k_h", n.attrs["kernel"][0]), ("k_w", n.attrs["kernel"][1]),
+                      ("stride_h", n.attrs["stride"][0]), ("stride_w", n.attrs["stride"][1]),
+                      ("pad_top", n.attrs["padding"][0]), ("pad_left", n.attrs["padding"][1])]
+            if n.op is Op.AVGPOOL2D:
+                (mul,), (rnd,), (shr,) = requant_triples([n.attrs["avg_shift"]])
+                params += [("avg_mult", n.attrs["avg_mult"] * mul), ("rnd", rnd), ("shr", shr),
+                           ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+                fn = "_avgpool2d"
+            else:
+                fn = "_maxpool2d"
+        elif n.op is Op.ADD:
+            (ma,), (ra,), (sa,) = requant_triples([n.attrs["shift_a"]])
+            (mb,), (rb,), (sb,) = requant_triples([n.attrs["shift_b"]])
+            (mo,), (ro,), (so,) = requant_triples([n.attrs["shift"]])
+            params = [("size", g.tensors[out].size), ("mul_a", ma), ("rnd_a", ra), ("shr_a", sa),
+                      ("mul_b", mb), ("rnd_b", rb), ("shr_b", sb), ("mul", mo), ("rnd", ro), ("shr", so),
+                      ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+            fn = "_add"
+        elif n.op is Op.RELU:
+            params = [("size", g.tensors[out].size), ("act_min", n.attrs["act_min"]),
+                      ("act_max", n.attrs["act_max"])]
+            fn = "_clamp"
+        else:
+            raise UserError(f"{n.where()}: no MicroPython kernel for op {n.op.value}; qgen's MicroPython target "
+                            "supports conv2d, depthwise_conv2d, linear, relu, maxpool2d, avgpool2d, reshape, add")
+        pname = f"_{sym}"
+        call = f"{fn}({', '.join(ins)}, {y}, {pname}{extra})"
+        return PyLayer(index, n.where(), shapes, pname, [(k, str(v)) for k, v in params], call)
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                              trim_blocks=True, lstrip_blocks=True)
+
+
+def model_data(graph: Graph, prefix: str, banner: list[str] | None = None) -> PyModel:
+    if not graph.memory:
+        from ..passes import plan_memory
+
+        graph = plan_memory.run(copy.deepcopy(graph))
+    for n in graph.nodes:
+        if n.op is Op.BATCH_NORM or any(graph.tensors[t].qformat is None for t in n.inputs + n.outputs):
+            raise UserError(f"{n.where()}: the graph is not quantised; compile it first (codegen.compile)")
+    return _Builder(graph, prefix, list(banner or [])).build()
+
+
+def render_micropython(graph: Graph, prefix: str, banner: list[str]) -> dict[str, str]:
+    """Render the model as one pure-MicroPython module: {f"{prefix}.py": source}. Deterministic.
+
+    The module exposes predict(input_bytes) -> bytes (int8, qgen layout (H, W, C) in and the
+    concatenated outputs out), predict_float(values) -> list of floats (PyTorch layout in and out),
+    and INPUT_SHAPE, INPUT_SIZE, INPUT_FRAC, OUTPUT_SIZE, OUTPUT_FRAC, ARENA_SIZE, WEIGHT_BYTES, MACS.
+    """
+    check_module_name(prefix)
+    model = model_data(graph, prefix, banner)
+    text = _environment().get_template("micropython/model.py.j2").render(m=model)
+    return {f"{prefix}.py": text}

@@ -1,0 +1,34 @@
+"""What the generator must know about the C kernels: scratch sizes, mirrored from C.
+
+Each function here mirrors a `qg_*_buffer_size()` in firmware/kernels/ exactly (same arguments
+from the layer's parameters, same result); tests/test_kernel_abi.py compares them through cffi.
+A kernel whose size is 0 gets scratch = NULL.
+"""
+from __future__ import annotations
+
+from .ir import Graph, Node, Op
+
+
+def conv2d_buffer_size(in_c: int, k_h: int, k_w: int, out_c: int) -> int:
+    return 0
+
+
+def depthwise_conv2d_buffer_size(in_c: int, k_h: int, k_w: int, out_c: int) -> int:
+    return 0
+
+
+def fully_connected_buffer_size(in_features: int, out_features: int) -> int:
+    return 0
+
+
+def scratch_bytes(g: Graph, n: Node) -> int:
+    """Scratch bytes the kernel chosen for node `n` needs (0: none)."""
+    if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
+        cout, kh, kw, _ = g.tensors[n.inputs[1]].shape
+        cin = g.tensors[n.inputs[0]].shape[2]
+        fn = conv2d_buffer_size if n.op is Op.CONV2D else depthwise_conv2d_buffer_size
+        return fn(cin, kh, kw, cout)
+    if n.op is Op.LINEAR:
+        out_f, in_f = g.tensors[n.inputs[1]].shape
+        return fully_connected_buffer_size(in_f, out_f)
+    return 0
