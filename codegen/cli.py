@@ -81,6 +81,54 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _model_dir(args, tmp: Path) -> Path:
+    """A qgen output directory, or compile the model target first (same options as `qgen compile`)."""
+    target = Path(args.model)
+    if target.is_dir():
+        return target
+    from . import compile as qcompile
+
+    calib = _load_array(args.calib, "calibration data") if args.calib else None
+    qcompile(args.model, args.input_shape, calib, prefix=args.prefix, out_dir=tmp / "model")
+    return tmp / "model"
+
+
+def cmd_firmware(args) -> int:
+    import tempfile
+
+    from . import deploy
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = _model_dir(args, Path(tmp))
+        fw = deploy.build(model_dir, args.board, Path(tmp) / "build", project_dir=args.out)
+        s = fw.elf.sizes
+    print(f"board {fw.board.name}: {fw.board.description}")
+    print(f".text {s.text:,} B  .rodata {s.rodata:,} B  .data {s.data:,} B  .bss {s.bss:,} B  (harness included)")
+    print(deploy.fit_line(fw.elf))
+    print(f"wrote {args.out}/ (Makefile project: `make`, `make run` under QEMU)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    import tempfile
+
+    from . import deploy
+
+    if not args.qemu:
+        raise UserError("only --qemu runs are supported here (no board is attached); add --qemu")
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = _model_dir(args, Path(tmp))
+        x = None
+        if args.data:
+            from .api import load_compiled
+
+            x = load_compiled(model_dir).quantize_input(_load_array(args.data, "input data"))
+        result = deploy.run(model_dir, args.board, x, args.n)
+    for line in result.summary():
+        print(line)
+    return 0 if result.exact else 3
+
+
 def cmd_demo(args) -> int:
     from rich.console import Console
 
@@ -115,6 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="print the per-layer report of a compiled model")
     r.add_argument("dir")
     r.set_defaults(fn=cmd_report)
+
+    def model_args(cmd):
+        cmd.add_argument("model", help="a qgen output directory, or a model target as for `qgen compile`")
+        cmd.add_argument("--board", required=True, help="board name (boards/*.toml), e.g. stm32f446, rp2040")
+        cmd.add_argument("--input-shape", type=_shape)
+        cmd.add_argument("--calib")
+        cmd.add_argument("--prefix", default="model")
+
+    f = sub.add_parser("firmware", help="build the model for a Cortex-M board: Makefile project, ELF, sizes, fit")
+    model_args(f)
+    f.add_argument("--out", default="build/firmware", help="project directory (written atomically)")
+    f.set_defaults(fn=cmd_firmware)
+
+    q = sub.add_parser("run", help="run the model on a board under QEMU: bit-exact check, instruction count")
+    model_args(q)
+    q.add_argument("--qemu", action="store_true", help="run under QEMU (the only runner supported)")
+    q.add_argument("--data", help="float samples .npy (default: the samples saved at compile time)")
+    q.add_argument("-n", type=int, default=None, help="run only the first N samples")
+    q.set_defaults(fn=cmd_run)
 
     d = sub.add_parser("demo", help="digits CNN: train/load, compile, verify, report")
     d.add_argument("--out", default="build/demo")
