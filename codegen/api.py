@@ -11,7 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -101,7 +101,8 @@ def _frontend(model: Any, example_input: Any) -> Graph:
 
 def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None = None, *,
             prefix: str = "model", out_dir: str | Path | None = None, command: str | None = None,
-            eval_data: np.ndarray | None = None) -> CompileResult:
+            eval_data: np.ndarray | None = None,
+            extra_passes: list[tuple[str, Callable[[Graph], Graph]]] | None = None) -> CompileResult:
     """Compile a PyTorch model to Q-format C.
 
     model: nn.Module (with example_input), torch.export.ExportedProgram, 'model.pt2' or 'file.py:factory'.
@@ -109,6 +110,8 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
         standard-normal random inputs are used (fine for size/speed, poor for accuracy).
     out_dir: where to write the generated files (atomically); None keeps them in memory.
     eval_data: samples for the report's per-layer error (defaults to calib_data).
+    extra_passes: (name, fn) float-IR passes run after folding/fusion and before calibration
+        (compression: channel pruning, low-rank...), each verified like the built-in ones.
     """
     start = time.perf_counter()
     check_prefix(prefix)
@@ -119,7 +122,7 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
         calib_data = np.random.default_rng(0).standard_normal((64, *torch_shape)).astype(np.float32)
     calib_data = np.asarray(calib_data)
     graph = run_pipeline(graph, [("fold_bn", fold_bn.run), ("fuse_activation", fuse_activation.run),
-                                 ("calibrate", lambda g: calibrate.run(g, calib_data))])
+                                 *(extra_passes or []), ("calibrate", lambda g: calibrate.run(g, calib_data))])
     float_graph = copy.deepcopy(graph)
     graph = run_pipeline(graph, [("quantize", quantize.run), ("plan_memory", plan_memory.run)])
     eval_x = np.asarray(eval_data if eval_data is not None else calib_data, dtype=np.float32)

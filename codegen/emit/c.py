@@ -157,7 +157,13 @@ class _Builder:
         struct_type = struct_name = call = None
         fields: list[tuple[str, str]] = []
         struct_name = _symbol(self.prefix, sym)
-        if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
+        weight_format = n.attrs.get("weight_format", "dense")
+        if weight_format != "dense":
+            # compressed weight storage (sparse, clustered): same integers, another encoding and kernel
+            from .weight_formats import layer_parts
+
+            struct_type, fields, call = layer_parts(self, index, n, sym, struct_name, ins, out_expr, scratch)
+        elif n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
             h, w, c = g.tensors[xs[0]].shape
             oh, ow, oc = g.tensors[out].shape
             _, kh, kw, _ = g.tensors[n.inputs[1]].shape

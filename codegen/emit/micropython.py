@@ -116,7 +116,7 @@ def requant_triples(shifts) -> tuple[list[int], list[int], list[int]]:
     for s in (int(v) for v in np.atleast_1d(shifts)):
         mul.append(1 << -s if s < 0 else 1)
         rnd.append(1 << (s - 1) if s > 0 else 0)
-        shr.append(s if s > 0 else 0)
+        shr.append(max(0, s))
     return mul, rnd, shr
 
 

@@ -3,7 +3,8 @@
 - Activations: int8, one frac per tensor from its calibrated range (fixed.frac_for_range: the largest
   frac at which the calibration maximum does not saturate). Pooling and reshape keep their input's
   format (max/avg of values cannot exceed the input range), so they need no requantisation.
-- Weights: int8, one frac per output channel (per-channel), bias: int32 at frac (f_in + f_w[c]).
+- Weights: int8, one frac per output channel (per-channel; `attrs["weight_per_tensor"]` forces one
+  frac for the tensor), bias: int32 at frac (f_in + f_w[c]).
 - Each conv/linear output channel requantises its int32 accumulator by shift[c] = f_in + f_w[c] - f_out
   (fixed.requantize), and the fused activation becomes integer bounds act_min/act_max.
 - The int32 accumulator bound sum|w_q| * 128 + |b_q| is proven <= 2**31 - 1 for every channel; where
@@ -79,6 +80,8 @@ def _quantize_weighted(graph: Graph, node: Node, fin: int, fout: int) -> None:
     cout = w.shape[0]
     wmax = np.abs(w.reshape(cout, -1)).max(axis=1) if w.size else np.zeros(cout)
     fw = np.array([frac_for_range(float(m), 8) for m in wmax])
+    if node.attrs.get("weight_per_tensor"):  # one format for the whole tensor (e.g. shared codebooks)
+        fw = np.full(cout, fw.min())
     fw = np.minimum(fw, MAX_SHIFT + fout - fin)  # requantise shift <= 31
     for c in range(cout):  # bias must fit int32 with headroom for the accumulator
         if b[c] != 0:
