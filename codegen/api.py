@@ -23,8 +23,8 @@ from .fixed import dequantize
 from .frontend import from_exported_program, from_module, load_model
 from .hostcheck import HostModel, VerifyResult, verify as host_verify
 from .ir import Graph
-from .passes import calibrate, fold_bn, fuse_activation, plan_memory, quantize, run_pipeline
-from .reference import quantize_input, run_int, to_torch_layout
+from .passes import calibrate, fold_bn, fold_pad, fuse_activation, plan_memory, quantize, run_pipeline
+from .reference import quantize_input, run_int, to_qgen_layout, to_torch_layout
 
 VERIFY_SAMPLES_SAVED = 64  # int8 inputs stored next to the C for `qgen verify` without --data
 
@@ -54,7 +54,8 @@ class CompileResult:
         """Float in, dequantised float out (first output, PyTorch layout), via the integer reference."""
         values = run_int(self.graph, self.quantize_input(x))
         out = self.graph.outputs[0]
-        return to_torch_layout(dequantize(values[out], self.graph.tensors[out].qformat))
+        return to_torch_layout(dequantize(values[out], self.graph.tensors[out].qformat),
+                               self.graph.io_layout.get(out))
 
     # -- the generated C, compiled for the host
     def host(self) -> HostModel:
@@ -83,6 +84,10 @@ class CompileResult:
 def _frontend(model: Any, example_input: Any) -> Graph:
     import torch
 
+    if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
+        from .frontend.onnx_import import from_onnx_file  # optional dependency: the `onnx` package
+
+        return from_onnx_file(str(model))
     if isinstance(model, (str, Path)):
         shape = tuple(example_input) if isinstance(example_input, (tuple, list)) else None
         model, example = load_model(str(model), shape)
@@ -117,17 +122,23 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     check_prefix(prefix)
     graph = _frontend(model, example_input)
     in_shape = graph.tensors[graph.inputs[0]].shape
-    torch_shape = (in_shape[2], in_shape[0], in_shape[1]) if len(in_shape) == 3 else in_shape
+    layout = graph.io_layout.get(graph.inputs[0], "nf")
+    if layout == "nchw":
+        torch_shape = (in_shape[2], in_shape[0], in_shape[1])
+    elif layout == "ncl":
+        torch_shape = (in_shape[2], in_shape[1])
+    else:
+        torch_shape = in_shape
     if calib_data is None:
         calib_data = np.random.default_rng(0).standard_normal((64, *torch_shape)).astype(np.float32)
     calib_data = np.asarray(calib_data)
-    graph = run_pipeline(graph, [("fold_bn", fold_bn.run), ("fuse_activation", fuse_activation.run),
+    graph = run_pipeline(graph, [("fold_pad", fold_pad.run), ("fold_bn", fold_bn.run), ("fuse_activation", fuse_activation.run),
                                  *(extra_passes or []), ("calibrate", lambda g: calibrate.run(g, calib_data))])
     float_graph = copy.deepcopy(graph)
     graph = run_pipeline(graph, [("quantize", quantize.run), ("plan_memory", plan_memory.run)])
     eval_x = np.asarray(eval_data if eval_data is not None else calib_data, dtype=np.float32)
     x_i8 = quantize_input(graph, eval_x).astype(np.int8)
-    eval_hwc = eval_x.transpose(0, 2, 3, 1) if eval_x.ndim == 4 else eval_x
+    eval_hwc = to_qgen_layout(graph, eval_x)
     rep = report_mod.build(graph, float_graph, eval_hwc.astype(np.float64), x_i8, prefix)
     if command is None:
         command = "codegen.compile(...)" if not sys.argv else "qgen " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -129,6 +129,25 @@ def cmd_run(args) -> int:
     return 0 if result.exact else 3
 
 
+def cmd_micropython(args) -> int:
+    import tempfile
+
+    from .api import load_compiled
+    from .emit.c import banner_lines, write_atomic
+    from .emit.micropython import render_micropython
+
+    if args.mode != "pure":
+        raise UserError(f"--mode {args.mode} is not available yet; use --mode pure (a plain MicroPython module)")
+    with tempfile.TemporaryDirectory() as tmp:
+        compiled = load_compiled(_model_dir(args, Path(tmp)))
+        command = "qgen micropython " + " ".join(sys.argv[2:])
+        files = render_micropython(compiled.graph, args.prefix, banner_lines(compiled.graph.source, command))
+    write_atomic(files, Path(args.out))
+    print(f"wrote {args.out}/{args.prefix}.py: `mpremote cp {args.out}/{args.prefix}.py :` then "
+          f"`import {args.prefix}; {args.prefix}.predict(input_bytes)`")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from rich.console import Console
 
@@ -182,6 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", help="float samples .npy (default: the samples saved at compile time)")
     q.add_argument("-n", type=int, default=None, help="run only the first N samples")
     q.set_defaults(fn=cmd_run)
+
+    m = sub.add_parser("micropython", help="generate a MicroPython module of the model (bit-exact)")
+    m.add_argument("model", help="a qgen output directory, or a model target as for `qgen compile`")
+    m.add_argument("--out", default="build/micropython")
+    m.add_argument("--mode", default="pure", choices=["pure", "natmod", "usercmod"])
+    m.add_argument("--input-shape", type=_shape)
+    m.add_argument("--calib")
+    m.add_argument("--prefix", default="model", help="module name (a Python/C identifier)")
+    m.set_defaults(fn=cmd_micropython)
 
     d = sub.add_parser("demo", help="digits CNN: train/load, compile, verify, report")
     d.add_argument("--out", default="build/demo")

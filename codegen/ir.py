@@ -25,6 +25,10 @@ class Op(str, enum.Enum):
     AVGPOOL2D = "avgpool2d"
     RESHAPE = "reshape"  # flatten / view: no data movement
     ADD = "add"
+    PAD = "pad"  # zero padding (top, left, bottom, right); folded into a following conv where possible
+    CONCAT = "concat"  # along attrs["axis"] of the (batch-less) IR shape
+    SOFTMAX = "softmax"  # over the last IR axis (channels / features)
+    LUT = "lut"  # element-wise function through a 256-entry int8 table (sigmoid, tanh, ...)
 
 
 @dataclass
@@ -79,6 +83,8 @@ class Graph:
     inputs: list[str]
     outputs: list[str]
     source: str = ""  # what it was compiled from, for banners and reports
+    # PyTorch layout of inputs/outputs: "nchw" (image), "ncl" (sequence, IR (1, L, C)), "nf" (vector)
+    io_layout: dict[str, str] = field(default_factory=dict)
     ranges: dict[str, float] = field(default_factory=dict)  # calibrate: max |x| per activation
     memory: dict[str, tuple[str, int]] = field(default_factory=dict)  # plan_memory: tensor -> (region, offset)
     arena_size: int = 0
@@ -144,6 +150,20 @@ def _reshape_shape(g: Graph, n: Node) -> tuple[int, ...]:
     return tuple(n.attrs["shape"])
 
 
+def _pad_shape(g: Graph, n: Node) -> tuple[int, ...]:
+    h, w, c = g.tensors[n.inputs[0]].shape
+    top, left, bottom, right = n.attrs["padding"]
+    return (h + top + bottom, w + left + right, c)
+
+
+def _concat_shape(g: Graph, n: Node) -> tuple[int, ...]:
+    shapes = [g.tensors[t].shape for t in n.inputs]
+    axis = n.attrs["axis"]
+    out = list(shapes[0])
+    out[axis] = sum(s[axis] for s in shapes)
+    return tuple(out)
+
+
 SHAPE_RULES: dict[Op, Callable[[Graph, Node], tuple[int, ...]]] = {
     Op.CONV2D: _conv_shape,
     Op.DEPTHWISE_CONV2D: _conv_shape,
@@ -154,6 +174,10 @@ SHAPE_RULES: dict[Op, Callable[[Graph, Node], tuple[int, ...]]] = {
     Op.AVGPOOL2D: _pool_shape,
     Op.RESHAPE: _reshape_shape,
     Op.ADD: _same_shape,
+    Op.PAD: _pad_shape,
+    Op.CONCAT: _concat_shape,
+    Op.SOFTMAX: _same_shape,
+    Op.LUT: _same_shape,
 }
 
 
@@ -174,6 +198,12 @@ def _check_node_specific(g: Graph, n: Node) -> None:
             raise VerifyError(f"{n.where()}: input {x.shape} does not match weight {w.shape}")
     if n.op is Op.ADD and t[n.inputs[0]].shape != t[n.inputs[1]].shape:
         raise VerifyError(f"{n.where()}: add of shapes {t[n.inputs[0]].shape} and {t[n.inputs[1]].shape}")
+    if n.op is Op.CONCAT:
+        shapes = [t[i].shape for i in n.inputs]
+        axis = n.attrs["axis"]
+        if any(len(s) != len(shapes[0]) or s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:]
+               for s in shapes):
+            raise VerifyError(f"{n.where()}: concat on axis {axis} of mismatched shapes {shapes}")
     if n.op is Op.RESHAPE and int(np.prod(n.attrs["shape"])) != t[n.inputs[0]].size:
         raise VerifyError(f"{n.where()}: reshape {t[n.inputs[0]].shape} -> {n.attrs['shape']} changes size")
 

@@ -100,7 +100,50 @@ def _f_reshape(g, n, x):
     return x.reshape((x.shape[0],) + tuple(n.attrs["shape"]))
 
 
+def _f_pad(g, n, x):
+    return pad_hw(x, n.attrs["padding"], 0.0)
+
+
+def _f_softmax(g, n, x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _f_lut(g, n, x):
+    return lut_function(n.attrs)(x)
+
+
+def lut_function(attrs: dict) -> Callable[[np.ndarray], np.ndarray]:
+    """The float function behind a LUT node (also used to build its integer table)."""
+    from math import sqrt
+
+    fn = attrs["fn"]
+    sigmoid = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
+    if fn == "sigmoid":
+        return sigmoid
+    if fn == "tanh":
+        return np.tanh
+    if fn == "hardsigmoid":
+        return lambda v: np.clip(v / 6.0 + 0.5, 0.0, 1.0)
+    if fn == "hardswish":
+        return lambda v: v * np.clip(v + 3.0, 0.0, 6.0) / 6.0
+    if fn == "silu":
+        return lambda v: v * sigmoid(v)
+    if fn == "gelu":
+        if attrs.get("approximate", "none") == "tanh":
+            return lambda v: 0.5 * v * (1.0 + np.tanh(sqrt(2.0 / np.pi) * (v + 0.044715 * v**3)))
+        from scipy.special import erf  # noqa: PLC0415 - only for exact GELU
+
+        return lambda v: 0.5 * v * (1.0 + erf(v / sqrt(2.0)))
+    if fn == "leaky_relu":
+        return lambda v: np.where(v >= 0, v, v * attrs["alpha"])
+    if fn == "elu":
+        return lambda v: np.where(v >= 0, v, attrs["alpha"] * (np.exp(np.minimum(v, 0)) - 1.0))
+    raise KeyError(fn)
+
+
 FLOAT_OPS: dict[Op, Callable] = {
+    Op.PAD: _f_pad, Op.SOFTMAX: _f_softmax, Op.LUT: _f_lut,
     Op.CONV2D: _f_conv, Op.DEPTHWISE_CONV2D: _f_dw, Op.LINEAR: _f_linear, Op.RELU: _f_relu,
     Op.BATCH_NORM: _f_bn, Op.MAXPOOL2D: _f_maxpool, Op.AVGPOOL2D: _f_avgpool, Op.RESHAPE: _f_reshape,
 }
@@ -113,6 +156,8 @@ def run_float(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
         xs = [values[t] for t in n.inputs if not g.tensors[t].is_const]
         if n.op is Op.ADD:
             y = _f_act(n, xs[0] + xs[1])
+        elif n.op is Op.CONCAT:
+            y = np.concatenate(xs, axis=n.attrs["axis"] + 1)
         else:
             y = FLOAT_OPS[n.op](g, n, xs[0])
         values[n.outputs[0]] = y
@@ -172,7 +217,35 @@ def _i_add(g, n, a, b):
     return requantize(acc, n.attrs["shift"], lo, hi)
 
 
+def _i_pad(g, n, x):
+    return pad_hw(x, n.attrs["padding"], 0)
+
+
+def _i_concat(g, n, xs):
+    # each input is requantised to the output format (round_shift + saturate), then concatenated
+    parts = [requantize(x, shift, -128, 127) for x, shift in zip(xs, n.attrs["shifts"])]
+    return np.concatenate(parts, axis=n.attrs["axis"] + 1)
+
+
+def _i_softmax(g, n, x):
+    """Integer softmax over the last axis; output s8.f7.
+
+    e = exp_table[max - x] (Q14 values of exp(-k * 2^-f_in), k = 0..255); out = round_half_up(128 * e /
+    sum(e)) computed as floor((256 * e + sum) / (2 * sum)), then saturated to 127.
+    """
+    table = g.tensors[n.inputs[1]].data.astype(np.int64)
+    d = x.max(axis=-1, keepdims=True) - x
+    e = table[d]
+    total = e.sum(axis=-1, keepdims=True)
+    return np.minimum((256 * e + total) // (2 * total), 127)
+
+
+def _i_lut(g, n, x):
+    return g.tensors[n.inputs[1]].data.astype(np.int64)[x + 128]
+
+
 INT_OPS: dict[Op, Callable] = {
+    Op.PAD: _i_pad, Op.SOFTMAX: _i_softmax, Op.LUT: _i_lut,
     Op.CONV2D: _i_conv, Op.DEPTHWISE_CONV2D: _i_dw, Op.LINEAR: _i_linear, Op.RELU: _i_relu,
     Op.MAXPOOL2D: _i_maxpool, Op.AVGPOOL2D: _i_avgpool, Op.RESHAPE: _i_reshape,
 }
@@ -186,19 +259,34 @@ def run_int(g: Graph, x_q: np.ndarray) -> dict[str, np.ndarray]:
     values = {g.inputs[0]: x_q.astype(np.int64)}
     for n in g.nodes:
         xs = [values[t] for t in n.inputs if not g.tensors[t].is_const]
-        y = _i_add(g, n, xs[0], xs[1]) if n.op is Op.ADD else INT_OPS[n.op](g, n, xs[0])
+        if n.op is Op.ADD:
+            y = _i_add(g, n, xs[0], xs[1])
+        elif n.op is Op.CONCAT:
+            y = _i_concat(g, n, xs)
+        else:
+            y = INT_OPS[n.op](g, n, xs[0])
         values[n.outputs[0]] = y.astype(np.int64)
     return values
 
 
-def quantize_input(g: Graph, x_nchw: np.ndarray) -> np.ndarray:
-    """Float input in PyTorch layout (N, C, H, W) or (N, F) -> int8 in qgen layout (N, H, W, C)."""
-    x = np.asarray(x_nchw, dtype=np.float32)
+def to_qgen_layout(g: Graph, x: np.ndarray) -> np.ndarray:
+    """Input batch in PyTorch layout -> qgen layout: (N,C,H,W) -> (N,H,W,C), (N,C,L) -> (N,1,L,C)."""
+    x = np.asarray(x)
     if x.ndim == 4:
-        x = x.transpose(0, 2, 3, 1)
+        return x.transpose(0, 2, 3, 1)
+    if x.ndim == 3:
+        return x.transpose(0, 2, 1)[:, None, :, :]
+    return x
+
+
+def quantize_input(g: Graph, x_torch: np.ndarray) -> np.ndarray:
+    """Float input in PyTorch layout -> int8 in qgen layout, with the rounding rule (fixed.quantize)."""
+    x = to_qgen_layout(g, np.asarray(x_torch, dtype=np.float32))
     return quantize(x, g.tensors[g.inputs[0]].qformat).astype(np.int8)
 
 
-def to_torch_layout(x: np.ndarray) -> np.ndarray:
-    """qgen layout (N, H, W, C) -> PyTorch layout (N, C, H, W); vectors unchanged."""
+def to_torch_layout(x: np.ndarray, layout: str | None = None) -> np.ndarray:
+    """qgen layout -> PyTorch layout: (N,H,W,C) -> (N,C,H,W); with layout 'ncl', (N,1,L,C) -> (N,C,L)."""
+    if x.ndim == 4 and layout == "ncl":
+        return x[:, 0].transpose(0, 2, 1)
     return x.transpose(0, 3, 1, 2) if x.ndim == 4 else x

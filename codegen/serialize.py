@@ -43,7 +43,7 @@ def dumps(g: Graph) -> tuple[str, bytes]:
             arrays[name] = t.data
     doc = {
         "format": "qgen-graph-1", "source": g.source, "inputs": g.inputs, "outputs": g.outputs,
-        "tensors": tensors, "arena_size": g.arena_size,
+        "tensors": tensors, "arena_size": g.arena_size, "io_layout": dict(sorted(g.io_layout.items())),
         "memory": {k: list(v) for k, v in sorted(g.memory.items())},
         "nodes": [{"name": n.name, "op": n.op.value, "inputs": n.inputs, "outputs": n.outputs,
                    "attrs": {k: _attr(v) for k, v in n.attrs.items()}, "source": n.source} for n in g.nodes],
@@ -81,4 +81,5 @@ def loads(text: str, npz: bytes) -> Graph:
     g = Graph(tensors, nodes, doc["inputs"], doc["outputs"], doc["source"])
     g.memory = {k: (v[0], int(v[1])) for k, v in doc["memory"].items()}
     g.arena_size = doc["arena_size"]
+    g.io_layout = dict(doc.get("io_layout", {}))
     return g

@@ -72,4 +72,34 @@ class Unsupported(nn.Module):
         self.c = nn.Conv2d(1, 4, 3)
 
     def forward(self, x):
-        return torch.sigmoid(self.c(x))  # line reported in the error
+        return torch.cumsum(self.c(x), 1)  # line reported in the error
+
+
+class SequenceNet(nn.Module):
+    """Conv1d / BatchNorm1d / pool1d / cat / activation functions on a (1, C, L) input."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv1d(3, 4, 5, padding=2)
+        self.bn = nn.BatchNorm1d(4)
+        self.mp = nn.MaxPool1d(2)
+        self.ap = nn.AvgPool1d(2)
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, x):
+        a = self.ap(self.mp(torch.relu(self.bn(self.c(x)))))
+        b = torch.cat([torch.tanh(a), torch.nn.functional.silu(a)], 1)
+        return torch.softmax(self.fc(b.flatten(1)), 1)
+
+
+class PadCatNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pad = nn.ZeroPad2d((1, 1, 4, 5))
+        self.c = nn.Conv2d(1, 4, (10, 4), stride=2)
+
+    def forward(self, x):
+        y = self.c(self.pad(x))
+        y = torch.cat([torch.sigmoid(y), nn.functional.hardswish(y), nn.functional.leaky_relu(y, 0.2),
+                       nn.functional.gelu(y), nn.functional.elu(y), nn.functional.hardsigmoid(y)], 1)
+        return nn.functional.max_pool2d(nn.functional.pad(y, (0, 1, 1, 0)), 2)

@@ -56,3 +56,17 @@ def test_quantize_input_matches_c_helper():
     host = r.host()
     for sample in calib * 3:
         np.testing.assert_array_equal(host.quantize_input(sample), r.quantize_input(sample[None]).reshape(-1))
+
+
+def test_new_ops_end_to_end_bit_exact_and_accurate():
+    from models import PadCatNet, SequenceNet, randomize_bn
+
+    torch.manual_seed(6)
+    for model, shape, tol in ((randomize_bn(SequenceNet()), (3, 16), 0.05), (PadCatNet().eval(), (1, 49, 10), 0.1)):
+        x = np.random.default_rng(2).standard_normal((32, *shape)).astype(np.float32)
+        r = qcompile(model, torch.from_numpy(x[:1]), x)
+        check = r.verify(np.concatenate([x, 8 * x]))
+        assert check.exact, str(check)
+        with torch.no_grad():
+            expect = model(torch.from_numpy(x)).numpy()
+        assert np.max(np.abs(r.predict(x) - expect)) < tol * max(1.0, np.abs(expect).max())

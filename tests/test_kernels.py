@@ -124,3 +124,103 @@ def test_clamp_and_reshape(rng, tmp_path):
                         Node("flat", Op.RESHAPE, ["r"], ["y"], {"shape": (24,)})], ["x"], ["y"], source="test")
     g = finish(g)
     assert_c_equals_reference(g, build_host(g, tmp_path), edge_inputs(rng, (2, 3, 4)))
+
+
+# ------------------------------------------------------------------ ops added for the MLPerf Tiny models
+
+
+def _const_input_graph(op: Op, shape, out_shape, table: np.ndarray | None, fout: int = 7, **attrs) -> Graph:
+    from qgen_testing import const
+
+    tensors = {"x": act("x", shape, 3), "y": act("y", out_shape, fout)}
+    inputs = ["x"]
+    if table is not None:
+        bits = 16 if table.dtype == np.int16 else 8
+        tensors["t"] = const("t", table, bits, 14 if bits == 16 else fout)
+        inputs.append("t")
+    return Graph(tensors, [Node("layer", op, inputs, ["y"], attrs)], ["x"], ["y"], source="test")
+
+
+@pytest.mark.parametrize("pad", [(1, 1, 1, 1), (4, 1, 5, 1), (0, 3, 2, 0)])
+def test_pad(pad, rng, tmp_path):
+    shape = (5, 3, 7)
+    out = (5 + pad[0] + pad[2], 3 + pad[1] + pad[3], 7)
+    g = finish(_unary_graph(Op.PAD, shape, out, padding=pad))
+    assert_c_equals_reference(g, build_host(g, tmp_path), edge_inputs(rng, shape))
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_concat_requantises_each_input(axis, rng, tmp_path):
+    shape = [3, 4, 5]
+    shape_b = list(shape)
+    shape_b[axis] = 2
+    out = list(shape)
+    out[axis] += 2
+    tensors = {"x": act("x", shape, 3), "b": act("b", shape_b, 3), "y": act("y", out, 2)}
+    # b comes from x through a pad/clamp-free path: a second input made by a strided pool is simpler —
+    # use a clamp of a pad-free copy: build b as maxpool of x with a window that yields shape_b
+    k = [1, 1]
+    if axis < 2:
+        k[axis] = shape[axis] - 1
+    nodes = [Node("pool", Op.MAXPOOL2D, ["x"], ["b0"], {"kernel": tuple(k), "stride": (1, 1), "padding": (0, 0, 0, 0)})]
+    tensors["b0"] = act("b0", [shape[0] - k[0] + 1, shape[1] - k[1] + 1, shape[2]], 3)
+    if axis == 2:  # channel concat: b must have 2 channels -> use a 1x1 conv
+        w = rng.integers(-128, 128, (2, 1, 1, 5))
+        from qgen_testing import const
+
+        tensors["w"], tensors["bias"] = const("w", w, 8, (3, 3)), const("bias", np.zeros(2, np.int64), 32, (6, 6))
+        nodes = [Node("conv", Op.CONV2D, ["x", "w", "bias"], ["b"], {"stride": (1, 1), "padding": (0, 0, 0, 0),
+                                                                     "shift": [4, 5], "act_min": -128, "act_max": 127})]
+    else:
+        tensors["b"] = tensors.pop("b0")
+        tensors["b"].name = "b"
+        nodes[0].outputs = ["b"]
+    nodes.append(Node("cat", Op.CONCAT, ["x", "b"], ["y"], {"axis": axis, "shifts": [2, -3]}))
+    g = finish(Graph(tensors, nodes, ["x"], ["y"], source="test"))
+    assert_c_equals_reference(g, build_host(g, tmp_path), edge_inputs(rng, shape))
+
+
+@pytest.mark.parametrize("fin", [0, 3, 5, 7])
+def test_softmax(fin, rng, tmp_path):
+    from codegen.passes.quantize import softmax_exp_table
+
+    shape = (2, 3, 9)
+    g = _const_input_graph(Op.SOFTMAX, shape, shape, softmax_exp_table(fin).astype(np.int16))
+    g.tensors["x"].qformat = QFormat(8, fin)
+    g = finish(g)
+    x = edge_inputs(rng, shape)
+    host = build_host(g, tmp_path)
+    assert_c_equals_reference(g, host, x)
+    probs = host.run(x.reshape(len(x), -1)).reshape(len(x), -1, 9).astype(np.float64) / 128
+    assert np.all(np.abs(probs.sum(axis=-1) - 1.0) < 0.06)  # rows still sum to ~1
+
+
+def test_lut(rng, tmp_path):
+    table = rng.integers(-128, 128, 256)
+    table[0], table[255] = -128, 127
+    g = finish(_const_input_graph(Op.LUT, (4, 5, 3), (4, 5, 3), table.astype(np.int8), fn="sigmoid"))
+    assert_c_equals_reference(g, build_host(g, tmp_path), edge_inputs(rng, (4, 5, 3)))
+
+
+def test_in_place_elementwise_ops_share_memory(rng, tmp_path):
+    """conv -> clamp -> lut -> conv: the clamp and lut overwrite their dying inputs."""
+    from qgen_testing import const
+
+    w = rng.integers(-128, 128, (4, 3, 3, 4))
+    tensors = {"x": act("x", (6, 6, 4), 3), "a": act("a", (6, 6, 4), 3), "r": act("r", (6, 6, 4), 3),
+               "l": act("l", (6, 6, 4), 3), "y": act("y", (6, 6, 4), 3),
+               "w": const("w", w, 8, (3,) * 4), "b": const("b", np.zeros(4, np.int64), 32, (6,) * 4),
+               "w2": const("w2", w, 8, (3,) * 4), "b2": const("b2", np.zeros(4, np.int64), 32, (6,) * 4),
+               "t": const("t", rng.integers(-128, 128, 256), 8, 3)}
+    conv = {"stride": (1, 1), "padding": (1, 1, 1, 1), "shift": [9] * 4, "act_min": -128, "act_max": 127}
+    nodes = [Node("c1", Op.CONV2D, ["x", "w", "b"], ["a"], dict(conv)),
+             Node("relu", Op.RELU, ["a"], ["r"], {"lo": 0.0, "hi": None, "act_min": 0, "act_max": 100}),
+             Node("lut", Op.LUT, ["r", "t"], ["l"], {"fn": "tanh"}),
+             Node("c2", Op.CONV2D, ["l", "w2", "b2"], ["y"], dict(conv))]
+    g = finish(Graph(tensors, nodes, ["x"], ["y"], source="test"))
+    from codegen.kernel_abi import scratch_bytes
+
+    assert g.memory["a"] == g.memory["r"] == g.memory["l"]
+    scratch = max(scratch_bytes(g, n) for n in g.nodes)
+    assert g.arena_size == 6 * 6 * 4 + (scratch + 3) // 4 * 4  # one activation buffer (+ kernel scratch)
+    assert_c_equals_reference(g, build_host(g, tmp_path), edge_inputs(rng, (6, 6, 4)))

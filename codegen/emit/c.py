@@ -70,6 +70,7 @@ class CModel:
     arena_size: int = 0
     weight_bytes: int = 0
     macs: int = 0
+    arena_symbol: str | None = None  # external shared arena instead of the model's own
 
 
 def layer_macs(g: Graph, n: Node) -> int:
@@ -114,7 +115,7 @@ class _Builder:
 
     def buffer(self, tensor: str, const: bool) -> str:
         region, offset = self.g.memory[tensor]
-        base = {"input": "in", "output": "out", "arena": f"{self.prefix}_arena"}[region]
+        base = {"input": "in", "output": "out", "arena": f"{self.prefix}_arena"}[region]  # see model.c.j2
         return base if offset == 0 else f"{base} + {offset}"
 
     def const_tensor(self, node_sym: str, tensor: str, role: str) -> str:
@@ -212,6 +213,35 @@ class _Builder:
                     f"{ins[0]}, {out_expr});")
         elif n.op is Op.RESHAPE:
             struct_name = None  # same bytes, new shape: the planner aliased the buffers
+        elif n.op is Op.PAD:
+            h, w, c = g.tensors[xs[0]].shape
+            top, left, bottom, right = n.attrs["padding"]
+            struct_type = "qg_pad_params_t"
+            fields = [("in_h", h), ("in_w", w), ("channels", c), ("pad_top", top), ("pad_left", left),
+                      ("pad_bottom", bottom), ("pad_right", right)]
+            call = f"qg_pad_s8(&{struct_name}, {ins[0]}, {out_expr});"
+        elif n.op is Op.CONCAT:
+            shape, axis = g.tensors[out].shape, n.attrs["axis"]
+            inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+            blocks = [g.tensors[t].shape[axis] * inner for t in xs]
+            block_arr = self.array(f"{sym}_block_size", np.array(blocks), "int32", "bytes per input block")
+            shift_arr = self.array(f"{sym}_shift", np.array(n.attrs["shifts"]), "int8", "requantisation shift per input")
+            struct_type = "qg_concat_params_t"
+            fields = [("n_inputs", len(xs)), ("outer", int(np.prod(shape[:axis], dtype=np.int64))),
+                      ("out_block", sum(blocks)), ("block_size", block_arr), ("shift", shift_arr)]
+            call = (f"{{ const int8_t *const parts[{len(xs)}] = {{{', '.join(ins)}}}; "
+                    f"qg_concat_s8(&{struct_name}, parts, {out_expr}); }}")
+        elif n.op is Op.SOFTMAX:
+            shape = g.tensors[out].shape
+            table = self.const_tensor(sym, n.inputs[1], "exp_table")
+            struct_type = "qg_softmax_params_t"
+            fields = [("rows", g.tensors[out].size // shape[-1]), ("row_size", shape[-1]), ("exp_table", table)]
+            call = f"qg_softmax_s8(&{struct_name}, {ins[0]}, {out_expr});"
+        elif n.op is Op.LUT:
+            table = self.const_tensor(sym, n.inputs[1], f"{n.attrs['fn']}_table")
+            struct_type = "qg_lut_params_t"
+            fields = [("size", g.tensors[out].size), ("table", table)]
+            call = f"qg_lut_s8(&{struct_name}, {ins[0]}, {out_expr});"
         else:
             raise UserError(f"{n.where()}: no C kernel for op {n.op.value}")
         return Layer(index, title, shapes, struct_type, struct_name if struct_type else None,
@@ -229,10 +259,17 @@ def _environment() -> jinja2.Environment:
                               trim_blocks=True, lstrip_blocks=True)
 
 
-def render(g: Graph, prefix: str, banner: list[str]) -> dict[str, str]:
-    """Render the model's C files in memory: {relative path: text}. Deterministic."""
+def render(g: Graph, prefix: str, banner: list[str], arena_symbol: str | None = None) -> dict[str, str]:
+    """Render the model's C files in memory: {relative path: text}. Deterministic.
+
+    arena_symbol: use this external `int8_t[]` (e.g. an arena shared by several models that never run
+    at the same time, sized to the largest) instead of defining the model's own static arena.
+    """
     check_prefix(prefix)
     model = _Builder(g, prefix, banner).build()
+    if arena_symbol is not None:
+        check_prefix(arena_symbol)
+        model.arena_symbol = arena_symbol
     env = _environment()
     files = {}
     for template, name in (("c/model.h.j2", f"{prefix}_model.h"), ("c/model.c.j2", f"{prefix}_model.c"),

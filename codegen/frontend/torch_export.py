@@ -197,6 +197,8 @@ class _Lowering:
                                             "element order would differ from PyTorch's. Return the 4-D "
                                             "tensor or end with a Linear layer.")
                     self.graph.outputs.append(name)
+                    val = o.meta.get("val") if isinstance(o, torch.fx.Node) else None
+                    self.graph.io_layout[name] = LAYOUTS.get(len(val.shape) if val is not None else 2, "nf")
             else:
                 raise UserError(f"unsupported FX node kind '{fx_node.op}' ({fx_node.name})")
         if not self.graph.inputs:
@@ -212,13 +214,37 @@ class _Lowering:
         if self.graph.inputs:
             raise UserError(f"the model has more than one input ('{self.graph.inputs[0]}', '{fx_node.name}'); "
                             "qgen compiles single-input models")
-        if len(shape) not in (2, 4) or shape[0] != 1:
+        if len(shape) not in (2, 3, 4) or shape[0] != 1:
             raise UserError(f"input '{fx_node.name}' has shape {list(shape)}; qgen supports (1, C, H, W) "
-                            "images and (1, F) vectors with batch size 1")
-        ir_shape = (shape[2], shape[3], shape[1]) if len(shape) == 4 else (shape[1],)
-        name = self.act(fx_node.name, ir_shape)
+                            "images, (1, C, L) sequences and (1, F) vectors with batch size 1")
+        name = self.act(fx_node.name, ir_shape_of(shape))
         self.graph.inputs.append(name)
+        self.graph.io_layout[name] = LAYOUTS[len(shape)]
         self.env[fx_node.name] = name
+
+
+LAYOUTS = {2: "nf", 3: "ncl", 4: "nchw"}
+
+
+def ir_shape_of(torch_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """PyTorch (1, C, H, W) / (1, C, L) / (1, F) -> qgen (H, W, C) / (1, L, C) / (F,)."""
+    if len(torch_shape) == 4:
+        return (torch_shape[2], torch_shape[3], torch_shape[1])
+    if len(torch_shape) == 3:
+        return (1, torch_shape[2], torch_shape[1])
+    return tuple(torch_shape[1:])
+
+
+def ir_axis(torch_dim: int, rank: int) -> int:
+    """The IR axis of a PyTorch dimension (batch is dim 0 in PyTorch, absent in the IR)."""
+    d = torch_dim % rank
+    if d == 0:
+        raise ValueError("batch dimension")
+    if rank == 4:
+        return {1: 2, 2: 0, 3: 1}[d]
+    if rank == 3:
+        return {1: 2, 2: 1}[d]
+    return 0
 
 
 def source_of(fx_node) -> str:
@@ -231,8 +257,10 @@ def source_of(fx_node) -> str:
     return ""
 
 
-SUPPORTED = ("Conv2d (groups=1 or depthwise), Linear, BatchNorm (after conv/linear), ReLU, ReLU6/Hardtanh, "
-             "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, flatten/view/reshape, residual add, Dropout (eval)")
+SUPPORTED = ("Conv1d/Conv2d (groups=1 or depthwise), Linear, BatchNorm, ReLU, ReLU6/Hardtanh/clamp, "
+             "MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool2d, mean over H,W, zero padding, flatten/view/reshape, "
+             "residual add, torch.cat, softmax, sigmoid, tanh, hardsigmoid, hardswish, SiLU, GELU, LeakyReLU, ELU, "
+             "Dropout (eval)")
 
 
 def unsupported(fx_node) -> UserError:
@@ -265,37 +293,55 @@ def _conv2d(lw: _Lowering, n) -> str:
     padding = n.kwargs.get("padding", padding if padding is not None else 0)
     dilation = _pair(n.kwargs.get("dilation", dilation or 1))
     groups = int(n.kwargs.get("groups", groups or 1))
-    xin = lw.value(x)
     w = lw.param(n, w_arg)  # (Cout, Cin/groups, KH, KW)
-    b = lw.param(n, b_arg)
+    if isinstance(padding, str):
+        pads = padding
+    else:
+        ph, pw = _pair(padding)
+        pads = (ph, pw, ph, pw)
+    return _conv_core(lw, n, lw.value(x), w, lw.param(n, b_arg), stride, pads, dilation, groups)
+
+
+def _conv1d(lw: _Lowering, n) -> str:
+    args = list(n.args) + [None] * (7 - len(n.args))
+    x, w_arg, b_arg, stride, padding, dilation, groups = args[:7]
+    w = lw.param(n, w_arg)[:, :, None, :]  # (Cout, Cin/groups, 1, K): a 1 x K image kernel
+    padding = n.kwargs.get("padding", padding if padding is not None else 0)
+    if not isinstance(padding, str):
+        p = int(padding[0] if isinstance(padding, (list, tuple)) else padding)
+        padding = (0, p, 0, p)
+    stride = int((stride or [1])[0] if isinstance(stride, (list, tuple)) else stride or 1)
+    dilation = int((dilation or [1])[0] if isinstance(dilation, (list, tuple)) else dilation or 1)
+    return _conv_core(lw, n, lw.value(x), w, lw.param(n, b_arg), (1, stride), padding, (1, dilation),
+                      int(groups or 1))
+
+
+def _conv_core(lw: _Lowering, n, xin: str, w: np.ndarray, b, stride, pads, dilation, groups: int) -> str:
     h, wd, cin = lw.shape_of(xin)
     cout, _, kh, kw = w.shape
     if dilation != (1, 1):
         raise _err(lw, n, f"dilation={list(dilation)}; qgen supports dilation 1")
-    if isinstance(padding, str):
-        if padding == "valid":
+    if isinstance(pads, str):
+        if pads == "valid":
             pads = (0, 0, 0, 0)
-        elif padding == "same":
+        elif pads == "same":
             ph, pw = kh - 1, kw - 1
             pads = (ph // 2, pw // 2, ph - ph // 2, pw - pw // 2)
         else:
-            raise _err(lw, n, f"padding='{padding}' is not supported")
-    else:
-        ph, pw = _pair(padding)
-        pads = (ph, pw, ph, pw)
+            raise _err(lw, n, f"padding='{pads}' is not supported")
     if groups == 1:
-        op, weight = Op.CONV2D, w.transpose(0, 2, 3, 1)
+        op = Op.CONV2D
     elif groups == cin and w.shape[1] == 1:
-        op, weight = Op.DEPTHWISE_CONV2D, w.transpose(0, 2, 3, 1)
+        op = Op.DEPTHWISE_CONV2D
     else:
         raise _err(lw, n, f"groups={groups}; qgen supports groups=1 or depthwise (groups=in_channels). "
                           "Split the layer or use depthwise.")
     bias = b if b is not None else np.zeros(cout)
-    oh, ow, _ = (  # shape rule of ir.py, recomputed to cross-check torch
-        (h + pads[0] + pads[2] - kh) // stride[0] + 1, (wd + pads[1] + pads[3] - kw) // stride[1] + 1, cout)
+    oh = (h + pads[0] + pads[2] - kh) // stride[0] + 1  # shape rule of ir.py, cross-checked with torch
+    ow = (wd + pads[1] + pads[3] - kw) // stride[1] + 1
     _check_shape(lw, n, (oh, ow, cout))
-    wname, bname = lw.const(f"{n.name}_w", weight), lw.const(f"{n.name}_b", bias)
-    return lw.add(n, op, [xin, wname, bname], (oh, ow, cout), stride=stride, padding=pads)
+    wname, bname = lw.const(f"{n.name}_w", w.transpose(0, 2, 3, 1)), lw.const(f"{n.name}_b", bias)
+    return lw.add(n, op, [xin, wname, bname], (oh, ow, cout), stride=tuple(stride), padding=tuple(pads))
 
 
 def _check_shape(lw: _Lowering, n, ir_shape: tuple[int, ...]) -> None:
@@ -303,8 +349,9 @@ def _check_shape(lw: _Lowering, n, ir_shape: tuple[int, ...]) -> None:
     if val is None:
         return
     torch_shape = tuple(val.shape)
-    expect = (1, ir_shape[2], ir_shape[0], ir_shape[1]) if len(ir_shape) == 3 else (1, ir_shape[0])
-    if torch_shape != expect:
+    if any(not isinstance(d, int) for d in torch_shape):
+        raise _err(lw, n, f"dynamic shape {torch_shape}; qgen compiles fixed shapes")
+    if ir_shape_of(torch_shape) != tuple(ir_shape):
         raise _err(lw, n, f"internal: shape {ir_shape} does not match torch's {torch_shape}")
 
 
@@ -397,6 +444,27 @@ def _max_pool2d(lw: _Lowering, n) -> str:
     return lw.add(n, Op.MAXPOOL2D, [xin], shape, kernel=kernel, stride=stride, padding=pads)
 
 
+def _max_pool1d(lw: _Lowering, n) -> str:
+    a = list(n.args) + [None] * (6 - len(n.args))
+    if _pair(a[4] or 1) != (1, 1):
+        raise _err(lw, n, "dilation is not supported for max pooling")
+    xin, kernel, stride, pads, shape = _pool_common(lw, n, (1, _pair(a[1])[0]),
+                                                    (1, _pair(a[2])[0]) if a[2] else None, (0, _pair(a[3] or 0)[0]),
+                                                    bool(a[5]))
+    return lw.add(n, Op.MAXPOOL2D, [xin], shape, kernel=kernel, stride=stride, padding=pads)
+
+
+def _avg_pool1d(lw: _Lowering, n) -> str:
+    a = list(n.args) + [None] * (6 - len(n.args))
+    count_include_pad = True if a[5] is None else bool(a[5])
+    xin, kernel, stride, pads, shape = _pool_common(lw, n, (1, _pair(a[1])[0]),
+                                                    (1, _pair(a[2])[0]) if a[2] else None, (0, _pair(a[3] or 0)[0]),
+                                                    bool(a[4]))
+    if any(pads) and not count_include_pad:
+        raise _err(lw, n, "count_include_pad=False with padding; qgen supports it only without padding")
+    return lw.add(n, Op.AVGPOOL2D, [xin], shape, kernel=kernel, stride=stride, padding=pads)
+
+
 def _avg_pool2d(lw: _Lowering, n) -> str:
     a = list(n.args) + [None] * (7 - len(n.args))
     count_include_pad = True if a[5] is None else bool(a[5])
@@ -450,9 +518,8 @@ def _flatten_like(lw: _Lowering, n) -> str:
         raise _err(lw, n, f"dynamic shape {torch_shape}")
     size = math.prod(torch_shape)
     src = lw.shape_of(xin)
-    if len(torch_shape) == 4 and torch_shape[0] == 1:  # view back to an image: only a no-op one
-        target = (torch_shape[2], torch_shape[3], torch_shape[1])
-        if target == src:
+    if len(torch_shape) in (3, 4) and torch_shape[0] == 1:  # view back to an image: only a no-op one
+        if ir_shape_of(torch_shape) == src:
             return xin
         raise _err(lw, n, f"reshape {list(src)} -> {list(torch_shape)}; qgen supports flattening to (1, F)")
     if len(torch_shape) != 2 or torch_shape[0] != 1 or torch_shape[1] != size:
@@ -476,6 +543,66 @@ def _add(lw: _Lowering, n) -> str:
     return lw.add(n, Op.ADD, [an, bn], lw.shape_of(an))
 
 
+def _pad(lw: _Lowering, n) -> str:
+    xin = lw.value(n.args[0])
+    pad = list(n.args[1])
+    mode = n.args[2] if len(n.args) > 2 else n.kwargs.get("mode", "constant")
+    value = n.args[3] if len(n.args) > 3 else n.kwargs.get("value", 0.0)
+    if n.target is aten.constant_pad_nd.default:
+        mode, value = "constant", n.args[2] if len(n.args) > 2 else 0.0
+    if mode != "constant" or (value or 0.0) != 0.0:
+        raise _err(lw, n, f"padding mode '{mode}' with value {value}; qgen supports zero padding")
+    shape = lw.shape_of(xin)
+    pad = pad + [0] * (4 - len(pad))
+    left, right, top, bottom = (int(p) for p in pad[:4])
+    if len(shape) != 3 or len(n.args[1]) > 4 or min(left, right, top, bottom) < 0:
+        raise _err(lw, n, f"padding {list(n.args[1])}; qgen supports non-negative zero padding of H and W")
+    h, w, c = shape
+    out = (h + top + bottom, w + left + right, c)
+    _check_shape(lw, n, out)
+    return lw.add(n, Op.PAD, [xin], out, padding=(top, left, bottom, right))
+
+
+def _cat(lw: _Lowering, n) -> str:
+    parts = [lw.value(t) for t in n.args[0]]
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+    rank = len(n.meta["val"].shape)
+    if not all(isinstance(p, str) for p in parts):
+        raise _err(lw, n, "concatenation with a constant tensor is not supported")
+    try:
+        axis = ir_axis(int(dim), rank)
+    except ValueError:
+        raise _err(lw, n, "concatenation along the batch dimension is not supported") from None
+    shape = list(lw.shape_of(parts[0]))
+    shape[axis] = sum(lw.shape_of(p)[axis] for p in parts)
+    _check_shape(lw, n, tuple(shape))
+    return lw.add(n, Op.CONCAT, parts, tuple(shape), axis=axis)
+
+
+def _softmax(lw: _Lowering, n) -> str:
+    xin = lw.value(n.args[0])
+    dim = int(n.args[1])
+    rank = len(n.meta["val"].shape)
+    if ir_axis(dim, rank) != len(lw.shape_of(xin)) - 1:
+        raise _err(lw, n, f"softmax over dim {dim}; qgen supports softmax over the channel/feature dimension")
+    return lw.add(n, Op.SOFTMAX, [xin], lw.shape_of(xin))
+
+
+def _lut(fn: str, **params):
+    def handler(lw: _Lowering, n) -> str:
+        xin = lw.value(n.args[0])
+        attrs = dict(params)
+        if fn == "leaky_relu":
+            attrs["alpha"] = float(n.args[1]) if len(n.args) > 1 else 0.01
+        if fn == "elu":
+            attrs["alpha"] = float(n.args[1]) if len(n.args) > 1 else 1.0
+        if fn == "gelu":
+            approx = n.kwargs.get("approximate", "none")
+            attrs["approximate"] = approx
+        return lw.add(n, Op.LUT, [xin], lw.shape_of(xin), fn=fn, **attrs)
+    return handler
+
+
 def _identity(lw: _Lowering, n) -> Any:
     return lw.value(n.args[0])
 
@@ -486,6 +613,24 @@ def _dropout(lw: _Lowering, n) -> Any:
 
 HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.conv2d.default: _conv2d,
+    aten.conv1d.default: _conv1d,
+    aten.conv1d.padding: _conv1d,
+    aten.max_pool1d.default: _max_pool1d,
+    aten.avg_pool1d.default: _avg_pool1d,
+    aten.pad.default: _pad,
+    aten.constant_pad_nd.default: _pad,
+    aten.cat.default: _cat,
+    aten.concat.default: _cat,
+    aten.softmax.int: _softmax,
+    aten._softmax.default: _softmax,
+    aten.sigmoid.default: _lut("sigmoid"),
+    aten.tanh.default: _lut("tanh"),
+    aten.hardsigmoid.default: _lut("hardsigmoid"),
+    aten.hardswish.default: _lut("hardswish"),
+    aten.silu.default: _lut("silu"),
+    aten.gelu.default: _lut("gelu"),
+    aten.leaky_relu.default: _lut("leaky_relu"),
+    aten.elu.default: _lut("elu"),
     aten.conv2d.padding: _conv2d,
     aten.linear.default: _linear,
     aten.batch_norm.default: _batch_norm,

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..ir import Graph
-from ..reference import run_float
+from ..reference import run_float, to_qgen_layout
 
 
 def run(graph: Graph, calib: np.ndarray, batch: int = 256) -> Graph:
@@ -18,14 +18,14 @@ def run(graph: Graph, calib: np.ndarray, batch: int = 256) -> Graph:
         raise UserError(f"calibration data has dtype {x.dtype}; give float samples")
     if x.ndim >= 1 and x.shape[0] == 0:
         raise UserError("calibration set is empty; give at least one sample (more is better: ~100+)")
-    x = x.astype(np.float64)
-    if x.ndim == 4:  # PyTorch layout (N, C, H, W) -> qgen layout
-        x = x.transpose(0, 2, 3, 1)
-    if tuple(x.shape[1:]) != tuple(expect):
-        torch_shape = [expect[2], expect[0], expect[1]] if len(expect) == 3 else list(expect)
+    layout = graph.io_layout.get(graph.inputs[0], "nchw" if len(expect) == 3 else "nf")
+    torch_shape = {"nchw": lambda: [expect[2], expect[0], expect[1]], "ncl": lambda: [expect[2], expect[1]],
+                   "nf": lambda: list(expect)}[layout]()
+    if list(x.shape[1:]) != torch_shape:
         got = list(np.asarray(calib).shape)
         raise UserError(f"calibration data has shape {got}; the model input is {torch_shape} per sample, "
                         f"so give an array of shape [N, {', '.join(map(str, torch_shape))}]")
+    x = to_qgen_layout(graph, x.astype(np.float64))
     if not np.all(np.isfinite(x)):
         raise UserError("calibration data contains NaN or Inf")
     ranges: dict[str, float] = {}

@@ -30,12 +30,41 @@ class Buffer:
     offset: int = -1
 
 
+# Element-wise kernels that may write over one of their inputs (each output element depends only on
+# the same element of the inputs, read before it is written; their C kernels take no `restrict`).
+IN_PLACE_OPS = (Op.RELU, Op.LUT, Op.ADD, Op.SOFTMAX)
+
+
 def storage_groups(graph: Graph) -> dict[str, str]:
-    """tensor -> the tensor that owns its storage (reshape outputs share their input's)."""
+    """tensor -> the tensor that owns its storage.
+
+    Reshape outputs share their input's storage. An element-wise op also writes in place into an
+    input that dies at that step (lives in the arena, same size, read by no later node).
+    """
     owner = {name: name for name in graph.tensors if not graph.tensors[name].is_const}
     for node in graph.nodes:
         if node.op is Op.RESHAPE:
             owner[node.outputs[0]] = owner[node.inputs[0]]
+    last_use: dict[str, int] = {}
+    for step, node in enumerate(graph.nodes):
+        for name in node.inputs:
+            if name in owner:
+                last_use[owner[name]] = step
+    pinned = {owner[t] for t in graph.inputs + graph.outputs}
+    for step, node in enumerate(graph.nodes):
+        out = node.outputs[0]
+        if node.op not in IN_PLACE_OPS or owner[out] in pinned:
+            continue
+        for name in node.inputs:
+            root = owner.get(name)
+            if (root is not None and root not in pinned and last_use.get(root) == step
+                    and graph.tensors[name].nbytes == graph.tensors[out].nbytes):
+                old = owner[out]
+                for t, r in owner.items():
+                    if r == old:
+                        owner[t] = root
+                last_use[root] = last_use.get(old, step)
+                break
     return owner
 
 

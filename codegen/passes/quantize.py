@@ -49,9 +49,55 @@ def run(graph: Graph) -> Graph:
         elif node.op is Op.RELU:
             _set_act(out, act(fin))
             node.attrs["act_min"], node.attrs["act_max"] = _act_bounds((node.attrs["lo"], node.attrs["hi"]), fin)
+        elif node.op is Op.PAD:
+            _set_act(out, act(fin))
+        elif node.op is Op.CONCAT:
+            _set_act(out, act(frac_for_range(graph.ranges[out.name], ACT_BITS)))
+            fy = out.qformat.frac
+            node.attrs["shifts"] = [max(-MAX_SHIFT, min(MAX_SHIFT, graph.tensors[i].qformat.frac - fy))
+                                    for i in node.inputs]
+        elif node.op is Op.SOFTMAX:
+            _set_act(out, act(SOFTMAX_FRAC))
+            _add_table(graph, node, "exp_table", softmax_exp_table(fin), 16, EXP_TABLE_FRAC)
+        elif node.op is Op.LUT:
+            fixed_frac = LUT_OUTPUT_FRAC.get(node.attrs["fn"])
+            fout = fixed_frac if fixed_frac is not None else frac_for_range(graph.ranges[out.name], ACT_BITS)
+            _set_act(out, act(fout))
+            _add_table(graph, node, "table", lut_table(node.attrs, fin, fout), 8, fout)
         else:
             raise UserError(f"{node.where()}: cannot quantise op {node.op.value} (fold or lower it first)")
     return graph
+
+
+SOFTMAX_FRAC = 7  # softmax output s8.f7: probabilities in [0, 127/128]
+EXP_TABLE_FRAC = 14  # exp table entries are Q14 (16384 = 1.0), int16
+LUT_OUTPUT_FRAC = {"sigmoid": 7, "tanh": 7, "hardsigmoid": 7}  # bounded functions: fixed output format
+
+
+def softmax_exp_table(fin: int) -> np.ndarray:
+    """exp(-k * 2^-fin) in Q14 for k = 0..255 (the difference max - x of two int8 values)."""
+    k = np.arange(256, dtype=np.float64)
+    return quantize_array(np.exp(-k * 2.0**-fin), QFormat(16, EXP_TABLE_FRAC))
+
+
+def lut_table(attrs: dict, fin: int, fout: int) -> np.ndarray:
+    """table[i] = f((i - 128) * 2^-fin) quantised to s8.f<fout>: the op's whole integer semantics."""
+    from ..reference import lut_function
+
+    x = (np.arange(256, dtype=np.float64) - 128) * 2.0**-fin
+    return quantize_array(lut_function(attrs)(x), QFormat(8, fout))
+
+
+def _add_table(graph: Graph, node: Node, role: str, data: np.ndarray, bits: int, frac: int) -> None:
+    from ..ir import Tensor
+
+    if len(node.inputs) > 1:  # re-quantising: replace the previous table
+        del graph.tensors[node.inputs[1]]
+        node.inputs = node.inputs[:1]
+    name = graph.fresh_name(f"{node.outputs[0]}_{role}")
+    dtype = {8: "int8", 16: "int16"}[bits]
+    graph.tensors[name] = Tensor(name, data.shape, dtype, QFormat(bits, frac), data.astype(dtype))
+    node.inputs.append(name)
 
 
 def _set_act(t, fmt: QFormat) -> None:

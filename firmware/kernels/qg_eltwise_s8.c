@@ -1,8 +1,8 @@
-/* Element-wise kernels: residual add with per-input alignment, clamp; boundary conversions. */
+/* Element-wise kernels (residual add with per-input alignment, clamp, table lookup, softmax), pad and
+ * concat copies, and the float conversions at the model boundary. */
 #include "qg_kernels.h"
 
-void qg_add_s8(const qg_add_params_t *p, const int8_t *restrict a, const int8_t *restrict b,
-               int8_t *restrict out)
+void qg_add_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out)
 {
     int32_t i;
     for (i = 0; i < p->size; i++) {
@@ -11,11 +11,85 @@ void qg_add_s8(const qg_add_params_t *p, const int8_t *restrict a, const int8_t 
     }
 }
 
-void qg_clamp_s8(int32_t size, int8_t lo, int8_t hi, const int8_t *restrict in, int8_t *restrict out)
+void qg_clamp_s8(int32_t size, int8_t lo, int8_t hi, const int8_t *in, int8_t *out)
 {
     int32_t i;
     for (i = 0; i < size; i++) {
         out[i] = (int8_t)qg_saturate(in[i], lo, hi);
+    }
+}
+
+void qg_lut_s8(const qg_lut_params_t *p, const int8_t *in, int8_t *out)
+{
+    const int8_t *table = p->table;
+    int32_t i;
+    for (i = 0; i < p->size; i++) {
+        out[i] = table[in[i] + 128];
+    }
+}
+
+void qg_softmax_s8(const qg_softmax_params_t *p, const int8_t *in, int8_t *out)
+{
+    const int32_t row_size = p->row_size;
+    const int16_t *exp_table = p->exp_table;
+    int32_t r, i;
+    for (r = 0; r < p->rows; r++) {
+        const int8_t *x = in + r * row_size;
+        int8_t *y = out + r * row_size;
+        int32_t max_i32 = -128, sum_i32 = 0;
+        for (i = 0; i < row_size; i++) {
+            max_i32 = x[i] > max_i32 ? x[i] : max_i32;
+        }
+        for (i = 0; i < row_size; i++) {
+            sum_i32 += exp_table[max_i32 - x[i]];
+        }
+        /* sum >= exp_table[0] = 16384 > 0; out = round_half_up(128 * e / sum) = (256 e + sum) / (2 sum) */
+        for (i = 0; i < row_size; i++) {
+            const int32_t e = exp_table[max_i32 - x[i]];
+            const int32_t q = (256 * e + sum_i32) / (2 * sum_i32);
+            y[i] = (int8_t)(q > 127 ? 127 : q);
+        }
+    }
+}
+
+void qg_pad_s8(const qg_pad_params_t *p, const int8_t *restrict in, int8_t *restrict out)
+{
+    const int32_t c = p->channels;
+    const int32_t out_w = p->in_w + p->pad_left + p->pad_right;
+    const int32_t out_h = p->in_h + p->pad_top + p->pad_bottom;
+    int32_t y, i;
+    for (i = 0; i < out_h * out_w * c; i++) {
+        out[i] = 0;
+    }
+    for (y = 0; y < p->in_h; y++) {
+        const int8_t *src = in + y * p->in_w * c;
+        int8_t *dst = out + ((y + p->pad_top) * out_w + p->pad_left) * c;
+        for (i = 0; i < p->in_w * c; i++) {
+            dst[i] = src[i];
+        }
+    }
+}
+
+void qg_concat_s8(const qg_concat_params_t *p, const int8_t *const *inputs, int8_t *restrict out)
+{
+    int32_t b, k, i;
+    for (b = 0; b < p->outer; b++) {
+        int8_t *dst = out + b * p->out_block;
+        for (k = 0; k < p->n_inputs; k++) {
+            const int32_t n = p->block_size[k];
+            const int8_t *src = inputs[k] + b * n;
+            const int32_t shift = p->shift[k];
+            if (shift == 0) {
+                for (i = 0; i < n; i++) {
+                    dst[i] = src[i];
+                }
+            } else {
+                for (i = 0; i < n; i++) {
+                    dst[i] = qg_requantize_s8(src[i], shift, -128, 127);
+                }
+            }
+            dst += n;
+        }
     }
 }
 

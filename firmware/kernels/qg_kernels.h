@@ -75,15 +75,94 @@ void qg_fully_connected_s8(const qg_fully_connected_params_t *p, const int8_t *r
 int32_t qg_fully_connected_s8_buffer_size(const qg_fully_connected_params_t *p);
 void qg_maxpool2d_s8(const qg_pool2d_params_t *p, const int8_t *restrict in, int8_t *restrict out);
 void qg_avgpool2d_s8(const qg_pool2d_params_t *p, const int8_t *restrict in, int8_t *restrict out);
-void qg_add_s8(const qg_add_params_t *p, const int8_t *restrict a, const int8_t *restrict b,
-               int8_t *restrict out);
-void qg_clamp_s8(int32_t size, int8_t lo, int8_t hi, const int8_t *restrict in, int8_t *restrict out);
+/* Element-wise kernels may run in place (out == an input): each output element is computed from the
+ * same element of the inputs, read before it is written, so these take no `restrict`. */
+void qg_add_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out);
+void qg_clamp_s8(int32_t size, int8_t lo, int8_t hi, const int8_t *in, int8_t *out);
+/* out[i] = table[in[i] + 128]: any element-wise function, tabulated by the generator */
+typedef struct {
+    int32_t size;
+    const int8_t *table; /* 256 entries */
+} qg_lut_params_t;
+void qg_lut_s8(const qg_lut_params_t *p, const int8_t *in, int8_t *out);
+
+/* softmax over `rows` rows of `row_size` int8 values; output s8.f7 */
+typedef struct {
+    int32_t rows, row_size;
+    const int16_t *exp_table; /* exp(-k * 2^-in_frac) in Q14, k = 0..255 */
+} qg_softmax_params_t;
+void qg_softmax_s8(const qg_softmax_params_t *p, const int8_t *in, int8_t *out);
+
+typedef struct {
+    uint16_t in_h, in_w, channels;
+    uint8_t pad_top, pad_left, pad_bottom, pad_right;
+} qg_pad_params_t;
+void qg_pad_s8(const qg_pad_params_t *p, const int8_t *restrict in, int8_t *restrict out);
+
+/* Concatenation: the output is `outer` blocks of `out_block` bytes; block b takes block_size[i]
+ * bytes from each input i in turn, requantised by shift[i] (round_shift + saturate; 0 = copy). */
+typedef struct {
+    int32_t n_inputs, outer, out_block;
+    const int32_t *block_size;
+    const int8_t *shift;
+} qg_concat_params_t;
+void qg_concat_s8(const qg_concat_params_t *p, const int8_t *const *inputs, int8_t *restrict out);
 
 /* float <-> Q-format at the model boundary. `scale` = 2^frac, `inv_scale` = 2^-frac.
  * Images convert between PyTorch's (C, H, W) float layout and qgen's (H, W, C) int8 layout. */
 void qg_quantize_chw_to_hwc_f32(const float *in, int8_t *out, int32_t c, int32_t h, int32_t w, float scale);
 void qg_dequantize_hwc_to_chw_s8(const int8_t *in, float *out, int32_t c, int32_t h, int32_t w,
                                  float inv_scale);
+
+/* ---- compressed weight formats ----
+ * Same int8 weights as the dense kernels, another encoding (codegen/emit/weight_formats.py writes
+ * it, and documents it); the result is byte-identical to the dense kernel on the same integers.
+ * A fully connected layer runs as a 1x1 convolution on a 1x1xIn input (conv.in_c = In).
+ *
+ * Sparse (qg_sparse_s8.c): the weights of output channel oc are cut into segments, one per kernel
+ * tap (ky, kx), each covering the in_c input channels of that tap; only nonzero weights are stored,
+ * in (out_c, k_h, k_w, in_c) order, in `values`. Where they sit is given by one of two maps:
+ *   QG_SPARSE_BITMAP: `map` holds ceil(in_c / 8) bytes per segment, bit i (LSB first) set when
+ *                     channel i is nonzero.
+ *   QG_SPARSE_INDEX:  each segment is cut further into chunks of QG_SPARSE_CHUNK channels; `map`
+ *                     holds one count byte per chunk, `index` the position of each nonzero in its
+ *                     chunk (uint8).
+ * The kernels walk only the nonzero weights (zero weights cost no multiply-accumulate).
+ *
+ * Clustered (qg_cluster_s8.c): every weight is codebook[i] for a `bits`-bit index i (1..8); the
+ * indices are packed LSB first in weight order (conv (out_c, k_h, k_w, in_c), depthwise
+ * (out_c, k_h, k_w)), with one padding byte at the end, and decoded on the fly. */
+
+#define QG_SPARSE_BITMAP 0
+#define QG_SPARSE_INDEX 1
+#define QG_SPARSE_CHUNK 255
+
+typedef struct {
+    qg_conv2d_params_t conv; /* geometry, bias, shift, activation; conv.weights is NULL */
+    uint8_t format;          /* QG_SPARSE_BITMAP or QG_SPARSE_INDEX */
+    const uint8_t *map;      /* bitmap bytes, or chunk counts */
+    const uint8_t *index;    /* QG_SPARSE_INDEX: position of each nonzero in its chunk; else NULL */
+    const int8_t *values;    /* the nonzero weights */
+} qg_conv2d_sparse_params_t;
+
+typedef struct {
+    qg_conv2d_params_t conv; /* geometry, bias, shift, activation; conv.weights is NULL */
+    uint8_t bits;            /* index width, 1..8 */
+    const uint8_t *indices;  /* packed indices + 1 padding byte */
+    const int8_t *codebook;  /* 2^bits int8 values */
+} qg_conv2d_cluster_params_t;
+
+void qg_conv2d_sparse_s8(const qg_conv2d_sparse_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+                         int8_t *restrict scratch);
+void qg_fully_connected_sparse_s8(const qg_conv2d_sparse_params_t *p, const int8_t *restrict in,
+                                  int8_t *restrict out, int8_t *restrict scratch);
+void qg_conv2d_cluster_s8(const qg_conv2d_cluster_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+                          int8_t *restrict scratch);
+void qg_depthwise_conv2d_cluster_s8(const qg_conv2d_cluster_params_t *p, const int8_t *restrict in,
+                                    int8_t *restrict out, int8_t *restrict scratch);
+void qg_fully_connected_cluster_s8(const qg_conv2d_cluster_params_t *p, const int8_t *restrict in,
+                                   int8_t *restrict out, int8_t *restrict scratch);
+/* ---- end of compressed weight formats ---- */
 
 #ifdef __cplusplus
 }

@@ -10,7 +10,7 @@ from codegen.errors import UserError
 from codegen.frontend import from_module
 from codegen.ir import Op
 from codegen.reference import run_float, to_torch_layout
-from models import MLP, GlobalPoolNet, Unsupported, make_residual, randomize_bn
+from models import MLP, GlobalPoolNet, PadCatNet, SequenceNet, Unsupported, make_residual, randomize_bn
 
 
 def _float_ir_matches_torch(model, x):
@@ -56,7 +56,7 @@ def test_unsupported_op_names_node_and_source_line():
     with pytest.raises(UserError) as e:
         from_module(Unsupported(), torch.randn(1, 1, 5, 5))
     msg = str(e.value)
-    assert "sigmoid" in msg and "models.py:" in msg and "Supported:" in msg
+    assert "cumsum" in msg and "models.py:" in msg and "Supported:" in msg
 
 
 def test_grouped_conv_refused_with_advice():
@@ -99,3 +99,30 @@ def test_batchnorm_alone_becomes_depthwise():
     with torch.no_grad():
         np.testing.assert_allclose(to_torch_layout(run_float(g, x.numpy().transpose(0, 2, 3, 1))[g.outputs[0]]),
                                    model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_sequence_ops_match_torch():
+    torch.manual_seed(4)
+    model = randomize_bn(SequenceNet())
+    x = torch.randn(6, 3, 16)
+    g = from_module(model, x[:1])
+    assert g.tensors[g.inputs[0]].shape == (1, 16, 3) and g.io_layout[g.inputs[0]] == "ncl"
+    got = run_float(g, x.numpy().transpose(0, 2, 1)[:, None])[g.outputs[0]]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_pad_cat_and_activation_functions_match_torch():
+    torch.manual_seed(5)
+    g = _float_ir_matches_torch(PadCatNet().eval(), torch.randn(3, 1, 49, 10))
+    assert [n.op for n in g.nodes].count(Op.PAD) == 2
+
+
+def test_pad_folds_into_conv_but_not_maxpool():
+    from codegen.passes import fold_pad
+
+    torch.manual_seed(5)
+    g = fold_pad.run(from_module(PadCatNet().eval(), torch.randn(1, 1, 49, 10)))
+    conv = next(n for n in g.nodes if n.op is Op.CONV2D)
+    assert conv.attrs["padding"] == (4, 1, 5, 1)
+    assert [n.op for n in g.nodes].count(Op.PAD) == 1  # the one before max pooling stays

@@ -1,0 +1,21 @@
+"""Fold explicit zero padding (nn.ZeroPad2d, F.pad) into the convolution or average pooling that
+consumes it: they already pad with zeros, so the copy disappears. Max pooling pads with -inf, so a
+zero pad before it stays (qg_pad_s8)."""
+from __future__ import annotations
+
+from ..ir import Graph, Op
+
+FOLDS_INTO = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.AVGPOOL2D)
+
+
+def run(graph: Graph) -> Graph:
+    for pad in [n for n in graph.nodes if n.op is Op.PAD]:
+        users = graph.consumers(pad.outputs[0])
+        if len(users) != 1 or users[0].op not in FOLDS_INTO or pad.outputs[0] in graph.outputs:
+            continue
+        user = users[0]
+        user.attrs["padding"] = tuple(a + b for a, b in zip(user.attrs["padding"], pad.attrs["padding"]))
+        user.inputs[0] = pad.inputs[0]
+        graph.nodes.remove(pad)
+        del graph.tensors[pad.outputs[0]]
+    return graph
