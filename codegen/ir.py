@@ -114,6 +114,13 @@ class Graph:
         return "\n".join(lines)
 
 
+def signature(g: Graph, n: Node) -> str:
+    """'[8, 8, 1] s8.f6 -> [8, 8, 8] s8.f4': activation inputs and output with Q-formats (for comments)."""
+    xs = [g.tensors[t] for t in n.inputs if not g.tensors[t].is_const]
+    out = g.tensors[n.outputs[0]]
+    return " + ".join(f"{list(t.shape)} {t.qformat}" for t in xs) + f" -> {list(out.shape)} {out.qformat}"
+
+
 class VerifyError(Exception):
     """The IR broke an invariant; always a bug in qgen (a pass), never the user's fault."""
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UserError
-from ..ir import Graph, Node, Op
+from ..ir import Graph, Node, Op, signature
 from ..passes.plan_memory import scratch_key
 from ..resources import data_dir, kernel_dir
 
@@ -113,7 +113,7 @@ class _Builder:
         self.model.weight_bytes += nbytes
         return name
 
-    def buffer(self, tensor: str, const: bool) -> str:
+    def buffer(self, tensor: str) -> str:
         region, offset = self.g.memory[tensor]
         base = {"input": "in", "output": "out", "arena": f"{self.prefix}_arena"}[region]  # see model.c.j2
         return base if offset == 0 else f"{base} + {offset}"
@@ -149,12 +149,11 @@ class _Builder:
         sym = f"l{index}_{n.op.value}"
         xs = [t for t in n.inputs if not g.tensors[t].is_const]
         out = n.outputs[0]
-        shapes = " + ".join(f"{list(g.tensors[t].shape)} {g.tensors[t].qformat}" for t in xs)
-        shapes += f" -> {list(g.tensors[out].shape)} {g.tensors[out].qformat}"
+        shapes = signature(g, n)
         title = n.where()
-        ins = [self.buffer(t, True) for t in xs]
-        out_expr = self.buffer(out, False)
-        scratch = self.buffer(scratch_key(index), False) if scratch_key(index) in g.memory else "NULL"
+        ins = [self.buffer(t) for t in xs]
+        out_expr = self.buffer(out)
+        scratch = self.buffer(scratch_key(index)) if scratch_key(index) in g.memory else "NULL"
         struct_type = struct_name = call = None
         fields: list[tuple[str, str]] = []
         struct_name = _symbol(self.prefix, sym)

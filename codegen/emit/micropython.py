@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UserError
-from ..ir import Graph, Node, Op
+from ..ir import Graph, Node, Op, signature
 from ..resources import data_dir
 from .c import check_prefix, layer_macs
 
@@ -212,8 +212,7 @@ class _Builder:
         sym = f"L{index}"
         xs = [t for t in n.inputs if not g.tensors[t].is_const]
         out = n.outputs[0]
-        shapes = " + ".join(f"{list(g.tensors[t].shape)} {g.tensors[t].qformat}" for t in xs)
-        shapes += f" -> {list(g.tensors[out].shape)} {g.tensors[out].qformat}"
+        shapes = signature(g, n)
         if n.op is Op.RESHAPE:
             return PyLayer(index, n.where(), shapes, None, [], None)  # the planner aliased the buffers
         ins = [self.view(t) for t in xs]
