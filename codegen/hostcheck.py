@@ -30,7 +30,7 @@ class HostModel:
 
     def __init__(self, model_dir: Path, prefix: str, input_size: int, output_size: int):
         self.prefix, self.input_size, self.output_size = prefix, input_size, output_size
-        self._mod = _build(Path(model_dir), prefix)
+        self._mod = _build(Path(model_dir).resolve(), prefix)  # cffi compiles in another directory
         self.ffi, self.lib = self._mod.ffi, self._mod.lib
         self._run = getattr(self.lib, f"{prefix}_run")
 

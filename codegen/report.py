@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 
@@ -106,7 +107,7 @@ def print_table(r: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 160)  # logs get the full table
     table = Table(title=f"qgen: {r['model']}", show_lines=False)
     for col in COLUMNS:
         table.add_column(col, justify="right" if col in ("#", "MACs", "weights B", "act B", "max err", "SQNR dB") else "left")
