@@ -9,12 +9,20 @@ from __future__ import annotations
 from .ir import Graph, Node, Op
 
 
+def _round_up4(n: int) -> int:
+    return (n + 3) & ~3
+
+
 def conv2d_buffer_size(in_c: int, k_h: int, k_w: int, out_c: int) -> int:
-    return 0
+    """Four im2col columns of K = k_h*k_w*in_c values (rounded up to 4) as int16, plus one int8
+    column to gather into when in_c is not a multiple of 4."""
+    k4 = _round_up4(k_h * k_w * in_c)
+    return 8 * k4 + (k4 if in_c % 4 else 0)
 
 
 def depthwise_conv2d_buffer_size(in_c: int, k_h: int, k_w: int, out_c: int) -> int:
-    return 0
+    """The weights transposed to (k_h, k_w, channels); multiplier 1 only (others use none)."""
+    return _round_up4(k_h * k_w * out_c) if out_c == in_c else 0
 
 
 def fully_connected_buffer_size(in_features: int, out_features: int) -> int:
@@ -23,6 +31,8 @@ def fully_connected_buffer_size(in_features: int, out_features: int) -> int:
 
 def scratch_bytes(g: Graph, n: Node) -> int:
     """Scratch bytes the kernel chosen for node `n` needs (0: none)."""
+    if n.attrs.get("weight_format", "dense") != "dense":
+        return 0  # the compressed-weight kernels (qg_sparse_s8.c, qg_cluster_s8.c) take no scratch
     if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
         cout, kh, kw, _ = g.tensors[n.inputs[1]].shape
         cin = g.tensors[n.inputs[0]].shape[2]

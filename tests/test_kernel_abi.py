@@ -45,9 +45,22 @@ def test_conv_buffer_sizes_match(clib, in_c, k_h, k_w, out_c):
     p = clib.ffi.new("qg_conv2d_params_t *", {"in_h": 16, "in_w": 16, "in_c": in_c, "out_h": 16, "out_w": 16,
                                               "out_c": out_c, "k_h": k_h, "k_w": k_w, "stride_h": 1, "stride_w": 1})
     assert clib.lib.qg_conv2d_s8_buffer_size(p) == kernel_abi.conv2d_buffer_size(in_c, k_h, k_w, out_c)
-    p.out_c = in_c * 2
-    assert clib.lib.qg_depthwise_conv2d_s8_buffer_size(p) == kernel_abi.depthwise_conv2d_buffer_size(
-        in_c, k_h, k_w, in_c * 2)
+    for mult in (1, 2):  # depthwise: multiplier 1 transposes its weights into scratch, others take none
+        p.out_c = in_c * mult
+        assert clib.lib.qg_depthwise_conv2d_s8_buffer_size(p) == kernel_abi.depthwise_conv2d_buffer_size(
+            in_c, k_h, k_w, in_c * mult)
+
+
+def test_scratch_sizes_are_word_multiples_and_cover_the_kernels_needs():
+    """Sizes the C kernels rely on: 4 int16 columns of K rounded to 4 (+ an int8 column when in_c % 4),
+    the transposed depthwise weights; compressed-weight kernels take none."""
+    assert kernel_abi.conv2d_buffer_size(8, 3, 3, 16) == 8 * 72
+    assert kernel_abi.conv2d_buffer_size(7, 3, 5, 5) == 8 * 108 + 108
+    assert kernel_abi.depthwise_conv2d_buffer_size(5, 3, 3, 5) == 48
+    assert kernel_abi.depthwise_conv2d_buffer_size(5, 3, 3, 10) == 0
+    for in_c, k_h, k_w, out_c in SHAPES:
+        assert kernel_abi.conv2d_buffer_size(in_c, k_h, k_w, out_c) % 4 == 0
+        assert kernel_abi.depthwise_conv2d_buffer_size(in_c, k_h, k_w, in_c) % 4 == 0
 
 
 @pytest.mark.parametrize("n_in,n_out", [(1, 1), (256, 10), (784, 128), (33, 7)])

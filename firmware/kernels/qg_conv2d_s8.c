@@ -1,85 +1,421 @@
-/* Convolutions (standard and depthwise), int8 x int8 -> int32 -> int8, channels-last. */
+/* Convolutions (standard and depthwise), int8 x int8 -> int32 -> int8, channels-last.
+ *
+ * Standard convolution = im2col + matrix product. For each output pixel the receptive field
+ * (k_h x k_w x in_c values, zeros where it hangs over the padding) is gathered into one contiguous
+ * column of K = k_h*k_w*in_c values, the same order as a weight row (out_c, k_h, k_w, in_c), so every
+ * output is a K-long dot product of a weight row with a column.
+ *   DSP (M4/M7/M33/M55): four columns at a time, widened to int16 in the (x0, x2, x1, x3) order of
+ *   qg_simd.h and interleaved, times one weight row: each weight word is loaded and unpacked once
+ *   for 4 pixels, i.e. 16 MACs per 1 weight load + 2 unpacks + 4 LDRD + 8 SMLAD (+ loop test).
+ *   Plain C (M0+/M3/host): one int8 column (pointing straight into the input for an unpadded 1x1
+ *   convolution) times two weight rows at a time (qg_dot_s8.h).
+ * Scratch (qg_conv2d_s8_buffer_size): 4 int16 columns of K rounded up to 4, plus one int8 column
+ * to gather into when in_c is not a multiple of 4; the plain path uses its first K bytes.
+ *
+ * Depthwise convolution (multiplier 1): the weights are first transposed into scratch as
+ * (k_h, k_w, channels), so that one tap of four neighbouring channels is one word, like the input.
+ * Each output pixel then walks the taps that fall inside the image (no per-tap bounds test) for
+ * four channels at a time: with DSP one word load of inputs and one of weights, unpacked to int16
+ * pairs and multiplied with SMLABB/SMLATT. A multiplier other than 1 takes the generic path.
+ */
 #include "qg_kernels.h"
+#include "qg_dot_s8.h"
+
+static int32_t round_up4(int32_t n)
+{
+    return (n + 3) & ~3;
+}
 
 int32_t qg_conv2d_s8_buffer_size(const qg_conv2d_params_t *p)
 {
-    (void)p;
-    return 0;
+    /* 4 int16 columns, and an int8 column to gather into when in_c is not a multiple of 4 */
+    const int32_t k4 = round_up4((int32_t)p->k_h * p->k_w * p->in_c);
+    return 8 * k4 + ((p->in_c & 3) != 0 ? k4 : 0);
 }
 
-void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
-                  int8_t *restrict scratch)
+/* Copy n int8 values; word copies when n and both addresses allow them. */
+static void copy_s8(int8_t *restrict dst, const int8_t *restrict src, int32_t n)
 {
-    const int32_t in_c = p->in_c, k_w = p->k_w;
-    int32_t oy, ox, oc, ky, kx, ic;
-    (void)scratch;
-    for (oy = 0; oy < p->out_h; oy++) {
-        const int32_t iy0 = oy * p->stride_h - p->pad_top;
-        for (ox = 0; ox < p->out_w; ox++) {
-            const int32_t ix0 = ox * p->stride_w - p->pad_left;
-            for (oc = 0; oc < p->out_c; oc++) {
-                int32_t acc_i32 = p->bias[oc];
-                for (ky = 0; ky < p->k_h; ky++) {
-                    const int32_t iy = iy0 + ky;
-                    if (iy < 0 || iy >= p->in_h) {
-                        continue; /* zero padding contributes nothing */
-                    }
-                    for (kx = 0; kx < k_w; kx++) {
-                        const int32_t ix = ix0 + kx;
-                        const int8_t *x_i8;
-                        const int8_t *w_i8;
-                        if (ix < 0 || ix >= p->in_w) {
-                            continue;
-                        }
-                        x_i8 = in + (iy * p->in_w + ix) * in_c;
-                        w_i8 = p->weights + ((oc * p->k_h + ky) * k_w + kx) * in_c;
-                        for (ic = 0; ic < in_c; ic++) {
-                            acc_i32 += (int32_t)x_i8[ic] * (int32_t)w_i8[ic];
-                        }
-                    }
+    int32_t i;
+    if (((n | (int32_t)(uintptr_t)dst | (int32_t)(uintptr_t)src) & 3) == 0) {
+        for (i = 0; i < n; i += 4) {
+            int32_t v;
+            memcpy(&v, src + i, 4);
+            memcpy(dst + i, &v, 4);
+        }
+    } else {
+        for (i = 0; i < n; i++) {
+            dst[i] = src[i];
+        }
+    }
+}
+
+static void zero_s8(int8_t *dst, int32_t n)
+{
+    int32_t i;
+    for (i = 0; i < n; i++) {
+        dst[i] = 0;
+    }
+}
+
+/* Gather the receptive field of output pixel (oy, ox) into col (K int8 values). */
+static void im2col_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t oy, int32_t ox,
+                      int8_t *restrict col)
+{
+    const int32_t in_c = p->in_c, k_w = p->k_w, row_len = k_w * in_c;
+    const int32_t iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left;
+    const int32_t inside = ix0 >= 0 && ix0 + k_w <= p->in_w; /* the whole window row is in the image */
+    int32_t ky, kx;
+    for (ky = 0; ky < p->k_h; ky++, col += row_len) {
+        const int32_t iy = iy0 + ky;
+        if (iy < 0 || iy >= p->in_h) {
+            zero_s8(col, row_len);
+        } else if (inside) {
+            copy_s8(col, in + (iy * p->in_w + ix0) * in_c, row_len);
+        } else {
+            for (kx = 0; kx < k_w; kx++) {
+                const int32_t ix = ix0 + kx;
+                if (ix < 0 || ix >= p->in_w) {
+                    zero_s8(col + kx * in_c, in_c);
+                } else {
+                    copy_s8(col + kx * in_c, in + (iy * p->in_w + ix) * in_c, in_c);
                 }
-                out[(oy * p->out_w + ox) * p->out_c + oc] =
-                    qg_requantize_s8(acc_i32, p->shift[oc], p->act_min, p->act_max);
             }
         }
     }
 }
 
+#if QG_DSP
+/* DSP path: QG_COLS output pixels at a time. Their columns are widened to int16 and interleaved by
+ * groups of 4 values: group g of pixel c is the words (x0, x2) and (x1, x3) at int16 index
+ * g * 4 * QG_COLS + 4 * c (qg_simd.h order), so one weight word (unpacked once) meets the 4 pixels'
+ * words at consecutive addresses. The last K % 4 values of each pixel sit in plain order in a
+ * final group. This 1 channel x 4 pixel block needs 11 registers in its inner loop (4 accumulators,
+ * 2 unpacked weights, 2 column words, 3 pointers): 17 instructions per 16 MACs, no spills. A 2x2
+ * block needs 15 registers and GCC spills 3 of them per iteration (25 per 16 MACs, measured). */
+#define QG_COLS 4
+#define QG_GROUP (4 * QG_COLS) /* int16 values per group of 4 k's, all pixels */
+
+/* n int8 values (a run of one pixel's column starting at a multiple of 4) -> its interleaved slots. */
+static void widen_s16(int16_t *dst, const int8_t *src, int32_t n)
+{
+    int32_t i;
+    for (i = n >> 2; i > 0; i--) {
+        const int32_t v = qg_load_s8x4(src);
+        src += 4;
+        qg_store_s16x2(dst, qg_sxtb16(v));
+        qg_store_s16x2(dst + 2, qg_sxtb16_ror8(v));
+        dst += QG_GROUP;
+    }
+    for (i = 0; i < (n & 3); i++) {
+        dst[i] = src[i];
+    }
+}
+
+static void zero_s16(int16_t *dst, int32_t n_groups)
+{
+    for (; n_groups > 0; n_groups--, dst += QG_GROUP) {
+        qg_store_s16x2(dst, 0);
+        qg_store_s16x2(dst + 2, 0);
+    }
+}
+
+/* Column slot `c` (0..QG_COLS-1) of `cols` <- output pixel (oy, ox). With in_c a multiple of 4
+ * every window cell is a whole number of groups and is widened straight from the input; otherwise
+ * the int8 column is gathered into `stage` first. */
+static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t oy, int32_t ox,
+                     int16_t *cols, int32_t c, int8_t *stage)
+{
+    const int32_t in_c = p->in_c, k_w = p->k_w;
+    int16_t *dst = cols + 4 * c;
+    if ((in_c & 3) == 0) {
+        const int32_t iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left;
+        const int32_t cell = (in_c >> 2) * QG_GROUP;
+        int32_t ky, kx;
+        for (ky = 0; ky < p->k_h; ky++) {
+            const int32_t iy = iy0 + ky;
+            for (kx = 0; kx < k_w; kx++, dst += cell) {
+                const int32_t ix = ix0 + kx;
+                if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
+                    zero_s16(dst, in_c >> 2);
+                } else {
+                    widen_s16(dst, in + (iy * p->in_w + ix) * in_c, in_c);
+                }
+            }
+        }
+    } else {
+        im2col_s8(p, in, oy, ox, stage);
+        widen_s16(dst, stage, p->k_h * k_w * in_c);
+    }
+}
+
+/* acc[c] += w . column c for one weight row w of k values and the QG_COLS interleaved columns. */
+static inline void mac_1x4(const int8_t *w, const int16_t *cols, int32_t k, int32_t acc[QG_COLS])
+{
+    const qg_word_t *x = (const qg_word_t *)(const void *)cols; /* scratch: 4-byte aligned */
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    int32_t i;
+    for (i = k >> 2; i > 0; i--) {
+        const int32_t wv = qg_load_s8x4(w);
+        const int32_t we = qg_sxtb16(wv), wo = qg_sxtb16_ror8(wv);
+        int32_t xe, xo;
+        w += 4;
+        qg_load_pair(&x, &xe, &xo);
+        a0 = __smlad(we, xe, a0);
+        a0 = __smlad(wo, xo, a0);
+        qg_load_pair(&x, &xe, &xo);
+        a1 = __smlad(we, xe, a1);
+        a1 = __smlad(wo, xo, a1);
+        qg_load_pair(&x, &xe, &xo);
+        a2 = __smlad(we, xe, a2);
+        a2 = __smlad(wo, xo, a2);
+        qg_load_pair(&x, &xe, &xo);
+        a3 = __smlad(we, xe, a3);
+        a3 = __smlad(wo, xo, a3);
+    }
+    cols = (const int16_t *)(const void *)x;
+    for (i = 0; i < (k & 3); i++) {
+        const int32_t wi = w[i];
+        a0 += wi * cols[i];
+        a1 += wi * cols[4 + i];
+        a2 += wi * cols[8 + i];
+        a3 += wi * cols[12 + i];
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+
+/* Requantise and store the 4 outputs of one channel: same shift (>= 1), `kind` a constant. */
+static inline void store_1x4(const int32_t acc[QG_COLS], int32_t shift_m1, int32_t kind, int32_t act_min,
+                             int32_t act_max, int8_t *out, int32_t stride)
+{
+    out[0] = qg_requantize_pos_s8(acc[0], shift_m1, kind, act_min, act_max);
+    out[stride] = qg_requantize_pos_s8(acc[1], shift_m1, kind, act_min, act_max);
+    out[2 * stride] = qg_requantize_pos_s8(acc[2], shift_m1, kind, act_min, act_max);
+    out[3 * stride] = qg_requantize_pos_s8(acc[3], shift_m1, kind, act_min, act_max);
+}
+
+/* Outputs of the n_valid (1..QG_COLS) pixels whose columns are in `cols`; out = the first one's.
+ * Parameters are read into locals: stores through int8_t pointers may alias anything, so the
+ * compiler would otherwise reload them from *p after every output byte. */
+static void conv_block_dsp(const qg_conv2d_params_t *p, const int16_t *cols, int32_t n_valid, int8_t *out)
+{
+    const int32_t out_c = p->out_c, k = p->k_h * p->k_w * p->in_c;
+    const int32_t act_min = p->act_min, act_max = p->act_max;
+    const int32_t kind = n_valid == QG_COLS ? qg_clamp_kind(act_min, act_max) : -1;
+    const int8_t *w = p->weights;
+    const int32_t *bias = p->bias;
+    const int8_t *shift = p->shift;
+    int32_t oc, c;
+    for (oc = 0; oc < out_c; oc++, w += k) {
+        const int32_t s = shift[oc];
+        int32_t acc[QG_COLS];
+        for (c = 0; c < QG_COLS; c++) {
+            acc[c] = bias[oc];
+        }
+        mac_1x4(w, cols, k, acc);
+        if (s > 0 && kind == QG_CLAMP_S8) {
+            store_1x4(acc, s - 1, QG_CLAMP_S8, act_min, act_max, out + oc, out_c);
+        } else if (s > 0 && kind == QG_CLAMP_RELU) {
+            store_1x4(acc, s - 1, QG_CLAMP_RELU, act_min, act_max, out + oc, out_c);
+        } else if (s > 0 && kind == QG_CLAMP_ANY) {
+            store_1x4(acc, s - 1, QG_CLAMP_ANY, act_min, act_max, out + oc, out_c);
+        } else {
+            for (c = 0; c < n_valid; c++) {
+                out[c * out_c + oc] = qg_requantize_s8(acc[c], s, act_min, act_max);
+            }
+        }
+    }
+}
+#endif /* QG_DSP */
+
+void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+                  int8_t *restrict scratch)
+{
+    const int32_t out_w = p->out_w, out_c = p->out_c, n_pix = p->out_h * out_w;
+    int32_t pix, oy = 0, ox = 0;
+#if QG_DSP
+    const int32_t k = p->k_h * p->k_w * p->in_c;
+    int16_t *cols = (int16_t *)(void *)scratch;
+    int8_t *stage = scratch + 2 * QG_COLS * round_up4(k);
+    for (pix = 0; pix < n_pix; pix += QG_COLS) {
+        const int32_t n_valid = n_pix - pix < QG_COLS ? n_pix - pix : QG_COLS;
+        int32_t c;
+        for (c = 0; c < QG_COLS; c++) {
+            /* past the last pixel, slots repeat it: their results are computed and dropped */
+            fill_col(p, in, oy, ox, cols, c, stage);
+            if (c + 1 < n_valid && ++ox == out_w) {
+                ox = 0;
+                oy++;
+            }
+        }
+        conv_block_dsp(p, cols, n_valid, out + pix * out_c);
+        if (++ox == out_w) {
+            ox = 0;
+            oy++;
+        }
+    }
+#else
+    const int32_t k = p->k_h * p->k_w * p->in_c;
+    const int32_t act_min = p->act_min, act_max = p->act_max;
+    const int32_t direct = p->k_h == 1 && p->k_w == 1; /* 1x1: a column is one input pixel */
+    for (pix = 0; pix < n_pix; pix++, out += out_c) {
+        const int32_t iy = oy * p->stride_h - p->pad_top, ix = ox * p->stride_w - p->pad_left;
+        const int8_t *col;
+        const int8_t *w = p->weights;
+        int32_t oc;
+        if (direct && iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w) {
+            col = in + (iy * p->in_w + ix) * k;
+        } else {
+            im2col_s8(p, in, oy, ox, scratch);
+            col = scratch;
+        }
+        for (oc = 0; oc + 1 < out_c; oc += 2, w += 2 * k) {
+            int32_t acc0 = p->bias[oc], acc1 = p->bias[oc + 1];
+            qg_dot_1x2_s8(col, w, w + k, k, &acc0, &acc1);
+            out[oc] = qg_requantize_s8(acc0, p->shift[oc], act_min, act_max);
+            out[oc + 1] = qg_requantize_s8(acc1, p->shift[oc + 1], act_min, act_max);
+        }
+        if (oc < out_c) {
+            out[oc] = qg_requantize_s8(qg_dot_1x1_s8(col, w, k, p->bias[oc]), p->shift[oc], act_min, act_max);
+        }
+        if (++ox == out_w) {
+            ox = 0;
+            oy++;
+        }
+    }
+#endif
+}
+
+/* ------------------------------------------------------------------------------------ depthwise */
+
 int32_t qg_depthwise_conv2d_s8_buffer_size(const qg_conv2d_params_t *p)
 {
-    (void)p;
-    return 0;
+    /* transposed weights, multiplier 1 only */
+    return p->out_c == p->in_c ? round_up4((int32_t)p->k_h * p->k_w * p->out_c) : 0;
+}
+
+/* Any multiplier: output channel c * mult + m reads input channel c; weights (out_c, k_h, k_w). */
+static void depthwise_generic(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out)
+{
+    const int32_t in_c = p->in_c, mult = p->out_c / p->in_c, k_w = p->k_w, taps = p->k_h * k_w;
+    int32_t oy, ox, c, m, ky, kx;
+    for (oy = 0; oy < p->out_h; oy++) {
+        const int32_t iy0 = oy * p->stride_h - p->pad_top;
+        const int32_t ky0 = iy0 < 0 ? -iy0 : 0, ky1 = iy0 + p->k_h > p->in_h ? p->in_h - iy0 : p->k_h;
+        for (ox = 0; ox < p->out_w; ox++) {
+            const int32_t ix0 = ox * p->stride_w - p->pad_left;
+            const int32_t kx0 = ix0 < 0 ? -ix0 : 0, kx1 = ix0 + k_w > p->in_w ? p->in_w - ix0 : k_w;
+            int32_t oc = 0;
+            for (c = 0; c < in_c; c++) {
+                for (m = 0; m < mult; m++, oc++) {
+                    const int8_t *w_i8 = p->weights + oc * taps;
+                    int32_t acc_i32 = p->bias[oc];
+                    for (ky = ky0; ky < ky1; ky++) {
+                        const int8_t *x_i8 = in + ((iy0 + ky) * p->in_w + ix0) * in_c + c;
+                        for (kx = kx0; kx < kx1; kx++) {
+                            acc_i32 += (int32_t)x_i8[kx * in_c] * w_i8[ky * k_w + kx];
+                        }
+                    }
+                    *out++ = qg_requantize_s8(acc_i32, p->shift[oc], p->act_min, p->act_max);
+                }
+            }
+        }
+    }
+}
+
+/* Requantise 4 neighbouring channels (one shift each); a constant `kind` picks the clamp. */
+static inline void store_4_kind(int32_t a0, int32_t a1, int32_t a2, int32_t a3, const int8_t *shift, int32_t kind,
+                                int32_t act_min, int32_t act_max, int8_t *out)
+{
+    const int32_t s0 = shift[0], s1 = shift[1], s2 = shift[2], s3 = shift[3];
+    if (s0 > 0 && s1 > 0 && s2 > 0 && s3 > 0) {
+        out[0] = qg_requantize_pos_s8(a0, s0 - 1, kind, act_min, act_max);
+        out[1] = qg_requantize_pos_s8(a1, s1 - 1, kind, act_min, act_max);
+        out[2] = qg_requantize_pos_s8(a2, s2 - 1, kind, act_min, act_max);
+        out[3] = qg_requantize_pos_s8(a3, s3 - 1, kind, act_min, act_max);
+    } else {
+        out[0] = qg_requantize_s8(a0, s0, act_min, act_max);
+        out[1] = qg_requantize_s8(a1, s1, act_min, act_max);
+        out[2] = qg_requantize_s8(a2, s2, act_min, act_max);
+        out[3] = qg_requantize_s8(a3, s3, act_min, act_max);
+    }
+}
+
+static void store_4(int32_t a0, int32_t a1, int32_t a2, int32_t a3, const int8_t *shift, int32_t kind,
+                    int32_t act_min, int32_t act_max, int8_t *out)
+{
+    if (kind == QG_CLAMP_S8) {
+        store_4_kind(a0, a1, a2, a3, shift, QG_CLAMP_S8, act_min, act_max, out);
+    } else if (kind == QG_CLAMP_RELU) {
+        store_4_kind(a0, a1, a2, a3, shift, QG_CLAMP_RELU, act_min, act_max, out);
+    } else {
+        store_4_kind(a0, a1, a2, a3, shift, QG_CLAMP_ANY, act_min, act_max, out);
+    }
 }
 
 void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
                             int8_t *restrict scratch)
 {
-    const int32_t in_c = p->in_c, mult = p->out_c / p->in_c;
-    int32_t oy, ox, oc, ky, kx;
-    (void)scratch;
+    const int32_t ch = p->in_c, k_w = p->k_w, taps = p->k_h * k_w;
+    const int32_t act_min = p->act_min, act_max = p->act_max, kind = qg_clamp_kind(act_min, act_max);
+    const int8_t *shift = p->shift;
+    int8_t *w_t = scratch; /* (k_h, k_w, ch) */
+    int32_t oy, ox, c, t;
+    if (p->out_c != ch) {
+        depthwise_generic(p, in, out);
+        return;
+    }
+    for (c = 0; c < ch; c++) {
+        for (t = 0; t < taps; t++) {
+            w_t[t * ch + c] = p->weights[c * taps + t];
+        }
+    }
     for (oy = 0; oy < p->out_h; oy++) {
         const int32_t iy0 = oy * p->stride_h - p->pad_top;
-        for (ox = 0; ox < p->out_w; ox++) {
+        const int32_t ky0 = iy0 < 0 ? -iy0 : 0, ky1 = iy0 + p->k_h > p->in_h ? p->in_h - iy0 : p->k_h;
+        for (ox = 0; ox < p->out_w; ox++, out += ch) {
             const int32_t ix0 = ox * p->stride_w - p->pad_left;
-            for (oc = 0; oc < p->out_c; oc++) {
-                const int32_t ic = oc / mult;
-                const int8_t *w_i8 = p->weights + oc * p->k_h * p->k_w;
-                int32_t acc_i32 = p->bias[oc];
-                for (ky = 0; ky < p->k_h; ky++) {
-                    const int32_t iy = iy0 + ky;
-                    if (iy < 0 || iy >= p->in_h) {
-                        continue;
-                    }
-                    for (kx = 0; kx < p->k_w; kx++) {
-                        const int32_t ix = ix0 + kx;
-                        if (ix < 0 || ix >= p->in_w) {
-                            continue;
-                        }
-                        acc_i32 += (int32_t)in[(iy * p->in_w + ix) * in_c + ic] * (int32_t)w_i8[ky * p->k_w + kx];
+            const int32_t kx0 = ix0 < 0 ? -ix0 : 0, kx1 = ix0 + k_w > p->in_w ? p->in_w - ix0 : k_w;
+            /* first tap inside the image, and the step from the end of one window row to the next */
+            const int8_t *x0 = in + ((iy0 + ky0) * p->in_w + ix0 + kx0) * ch;
+            const int8_t *w0 = w_t + (ky0 * k_w + kx0) * ch;
+            const int32_t x_row_step = (p->in_w - (kx1 - kx0)) * ch, w_row_step = (k_w - (kx1 - kx0)) * ch;
+            int32_t ky, kx;
+            for (c = 0; c + 3 < ch; c += 4) {
+                const int8_t *x_i8 = x0 + c, *w_i8 = w0 + c;
+                int32_t a0 = p->bias[c], a1 = p->bias[c + 1], a2 = p->bias[c + 2], a3 = p->bias[c + 3];
+                for (ky = ky0; ky < ky1; ky++, x_i8 += x_row_step, w_i8 += w_row_step) {
+                    for (kx = kx0; kx < kx1; kx++, x_i8 += ch, w_i8 += ch) {
+#if QG_DSP
+                        const int32_t xv = qg_load_s8x4(x_i8), wv = qg_load_s8x4(w_i8);
+                        const int32_t xe = qg_sxtb16(xv), we = qg_sxtb16(wv);
+                        const int32_t xo = qg_sxtb16_ror8(xv), wo = qg_sxtb16_ror8(wv);
+                        a0 = __smlabb(xe, we, a0);
+                        a2 = __smlatt(xe, we, a2);
+                        a1 = __smlabb(xo, wo, a1);
+                        a3 = __smlatt(xo, wo, a3);
+#else
+                        a0 += x_i8[0] * w_i8[0];
+                        a1 += x_i8[1] * w_i8[1];
+                        a2 += x_i8[2] * w_i8[2];
+                        a3 += x_i8[3] * w_i8[3];
+#endif
                     }
                 }
-                out[(oy * p->out_w + ox) * p->out_c + oc] =
-                    qg_requantize_s8(acc_i32, p->shift[oc], p->act_min, p->act_max);
+                store_4(a0, a1, a2, a3, shift + c, kind, act_min, act_max, out + c);
+            }
+            for (; c < ch; c++) {
+                const int8_t *x_i8 = x0 + c, *w_i8 = w0 + c;
+                int32_t acc_i32 = p->bias[c];
+                for (ky = ky0; ky < ky1; ky++, x_i8 += x_row_step, w_i8 += w_row_step) {
+                    for (kx = kx0; kx < kx1; kx++, x_i8 += ch, w_i8 += ch) {
+                        acc_i32 += x_i8[0] * w_i8[0];
+                    }
+                }
+                out[c] = qg_requantize_s8(acc_i32, p->shift[c], act_min, act_max);
             }
         }
     }

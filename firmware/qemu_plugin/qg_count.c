@@ -68,13 +68,58 @@ static uint64_t region_insns;
 static uint64_t regions;
 static bool region_open;
 
+static uint64_t layer_address = NO_ADDRESS;
+static uint64_t segment_start;  /* insns_total at the last cut of the open region */
+static uint64_t marker_insns;   /* layer-marker bodies run in the open region (not counted) */
+static uint64_t *layer_insns;   /* slot sums over all regions */
+static size_t layer_slots;      /* allocated slots */
+static size_t marks_in_region;  /* layer markers seen in the open region */
+static long long layer_marks = -2; /* markers per region: -2 none yet, -1 regions disagree */
+
+/* Add n to slot i, growing the table as needed. */
+static void add_to_slot(size_t i, uint64_t n)
+{
+    if (i >= layer_slots) {
+        size_t slots = layer_slots ? layer_slots : 16;
+        while (slots <= i) {
+            slots *= 2;
+        }
+        uint64_t *grown = realloc(layer_insns, slots * sizeof *grown);
+        if (grown == NULL) {
+            fprintf(stderr, "qg_count: out of memory\n");
+            abort();
+        }
+        memset(grown + layer_slots, 0, (slots - layer_slots) * sizeof *grown);
+        layer_insns = grown;
+        layer_slots = slots;
+    }
+    layer_insns[i] += n;
+}
+
 static void on_begin(unsigned int vcpu_index, void *userdata)
 {
     (void)vcpu_index;
     (void)userdata;
     /* insns_total already includes this whole block, i.e. the begin marker's own body. */
     region_start = insns_total;
+    segment_start = insns_total;
+    marker_insns = 0;
+    marks_in_region = 0;
     region_open = true;
+}
+
+static void on_layer(unsigned int vcpu_index, void *userdata)
+{
+    (void)vcpu_index;
+    /* as in on_end: the marker's instructions are already in insns_total but not yet run */
+    const uint64_t not_yet_run = (uint64_t)(uintptr_t)userdata;
+    if (region_open) {
+        add_to_slot(marks_in_region, insns_total - not_yet_run - segment_start);
+        marks_in_region += 1;
+        /* the marker is one block (a store and a return): the next cut starts after it */
+        segment_start = insns_total;
+        marker_insns += not_yet_run;
+    }
 }
 
 static void on_end(unsigned int vcpu_index, void *userdata)
@@ -84,9 +129,17 @@ static void on_end(unsigned int vcpu_index, void *userdata)
      * have not run yet and belong to the marker: userdata holds how many they are. */
     const uint64_t not_yet_run = (uint64_t)(uintptr_t)userdata;
     if (region_open) {
-        region_insns += insns_total - not_yet_run - region_start;
+        region_insns += insns_total - not_yet_run - region_start - marker_insns;
         regions += 1;
         region_open = false;
+        if (layer_address != NO_ADDRESS) {
+            add_to_slot(marks_in_region, insns_total - not_yet_run - segment_start);
+            if (layer_marks == -2) {
+                layer_marks = (long long)marks_in_region;
+            } else if (layer_marks != (long long)marks_in_region) {
+                layer_marks = -1;
+            }
+        }
     }
 }
 
@@ -106,6 +159,9 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
         } else if (address == end_address) {
             void *not_yet_run = (void *)(uintptr_t)(n_insns - i);
             qemu_plugin_register_vcpu_insn_exec_cb(insn, on_end, QEMU_PLUGIN_CB_NO_REGS, not_yet_run);
+        } else if (address == layer_address) {
+            void *not_yet_run = (void *)(uintptr_t)(n_insns - i);
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, on_layer, QEMU_PLUGIN_CB_NO_REGS, not_yet_run);
         }
     }
 }
@@ -118,6 +174,15 @@ static void print_counts(qemu_plugin_id_t id, void *userdata)
     snprintf(text, sizeof text, "insns_total=%" PRIu64 "\nregion_insns=%" PRIu64 "\nregions=%" PRIu64 "\n",
              insns_total, region_insns, regions);
     qemu_plugin_outs(text);
+    if (layer_marks != -2) {
+        snprintf(text, sizeof text, "layer_marks=%lld\nlayer_insns=", layer_marks);
+        qemu_plugin_outs(text);
+        for (size_t i = 0; i < layer_slots && (long long)i <= layer_marks; ++i) {
+            snprintf(text, sizeof text, "%s%" PRIu64, i ? "," : "", layer_insns[i]);
+            qemu_plugin_outs(text);
+        }
+        qemu_plugin_outs("\n");
+    }
 }
 
 /* Parse "key=0xADDR"; Thumb function symbols have bit 0 set, instruction addresses do not. */
@@ -137,13 +202,18 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
     (void)info;
     for (int i = 0; i < argc; ++i) {
         if (!parse_address(argv[i], "begin", &begin_address) &&
-            !parse_address(argv[i], "end", &end_address)) {
-            fprintf(stderr, "qg_count: unknown argument '%s' (expected begin=ADDR,end=ADDR)\n", argv[i]);
+            !parse_address(argv[i], "end", &end_address) && !parse_address(argv[i], "layer", &layer_address)) {
+            fprintf(stderr, "qg_count: unknown argument '%s' (expected begin=ADDR,end=ADDR[,layer=ADDR])\n",
+                    argv[i]);
             return -1;
         }
     }
     if ((begin_address == NO_ADDRESS) != (end_address == NO_ADDRESS)) {
         fprintf(stderr, "qg_count: give both begin= and end=, or neither\n");
+        return -1;
+    }
+    if (layer_address != NO_ADDRESS && begin_address == NO_ADDRESS) {
+        fprintf(stderr, "qg_count: layer= needs begin= and end=\n");
         return -1;
     }
     qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);

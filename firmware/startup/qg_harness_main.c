@@ -7,7 +7,10 @@
  * success, else one of HARNESS_EXIT_* (codegen/target.py maps them to messages).
  *
  * harness_config.h is generated per model: it includes <prefix>_model.h and defines HARNESS_RUN,
- * HARNESS_INPUT_SIZE and HARNESS_OUTPUT_SIZE, so this file works for any prefix.
+ * HARNESS_INPUT_SIZE and HARNESS_OUTPUT_SIZE, so this file works for any prefix. For per-layer
+ * instruction counts it also defines HARNESS_SET_TRACE (`<prefix>_set_trace`, the model being built
+ * with -D<PREFIX>_ENABLE_TRACE): the harness then installs the layer marker qg_count_layer as the
+ * model's trace callback (see qg_count.h).
  */
 #include <stdint.h>
 
@@ -61,6 +64,9 @@ static int run_all(int in_handle, int out_handle, long n_vectors)
 int main(void)
 {
     const long input_size = (long)sizeof input_i8;
+#ifdef HARNESS_SET_TRACE
+    HARNESS_SET_TRACE(qg_count_layer);
+#endif
     const int in_handle = qg_semihost_open(HARNESS_INPUT_FILE, QG_SEMIHOST_MODE_RB);
     if (in_handle < 0) {
         return fail(HARNESS_EXIT_OPEN_INPUT, "cannot open " HARNESS_INPUT_FILE);

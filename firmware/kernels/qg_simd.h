@@ -1,0 +1,125 @@
+/*
+ * qg_simd.h - internal helpers of the kernel library: word loads of int8 data and the Arm DSP
+ * (SIMD within a register) instructions the kernels use where the core has them.
+ *
+ * QG_DSP is 1 when the target has the DSP extension (__ARM_FEATURE_DSP: Cortex-M4, M7, M33, M55):
+ * then the kernels multiply two int16 pairs per instruction with SMLAD (acc + a.lo*b.lo + a.hi*b.hi).
+ * Elsewhere (M0+, M3, the host) QG_DSP is 0 and the kernels use their plain C paths; the results
+ * are the same integers either way, because integer sums do not depend on their order.
+ *
+ * Packing convention (little-endian, as every Cortex-M): a word holding int8 x0..x3 (x0 in the low
+ * byte) unpacks into two int16 pairs, qg_sxtb16(v) = (x0, x2) and qg_sxtb16_ror8(v) = (x1, x3).
+ * Multiplying two such unpacked words with SMLAD therefore pairs x0 with w0 and x2 with w2, and
+ * x1 with w1 and x3 with w3: a 4-element dot product in 2 SMLADs plus 4 unpacks, with no reordering.
+ * Buffers that hold pre-unpacked int16 data store each group of 4 as (x0, x2, x1, x3).
+ *
+ * Loads go through memcpy: it compiles to one LDR on ARMv7-M and later (which allows unaligned
+ * word loads) and never faults on ARMv6-M, where the DSP paths are not compiled anyway.
+ */
+#ifndef QG_SIMD_H
+#define QG_SIMD_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "qg_fixed.h"
+
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#include <arm_acle.h>
+#define QG_DSP 1
+#else
+#define QG_DSP 0
+#endif
+
+/* Four int8 values as one 32-bit word (x0 in the low byte on a little-endian core). */
+static inline int32_t qg_load_s8x4(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline int32_t qg_load_s16x2(const int16_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void qg_store_s16x2(int16_t *p, int32_t v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+/* A word of a 4-byte aligned scratch buffer that is also accessed as int8/int16: direct loads of
+ * this type may be paired into LDRD (memcpy loads may not, as they might be unaligned). */
+typedef int32_t qg_word_t __attribute__((may_alias, aligned(4)));
+#else
+typedef int32_t qg_word_t;
+#endif
+
+#if QG_DSP
+/* (x0, x2) of a word of four int8, sign-extended to int16 each. */
+static inline int32_t qg_sxtb16(int32_t v)
+{
+    return __sxtb16(v);
+}
+
+/* Two consecutive words at *p (4-byte aligned), then *p += 2 words: one LDRD with post-increment.
+ * GCC 12 splits such loads into two LDRs, even from an aligned int64; the "m" operand tells it which
+ * memory the load reads. */
+static inline void qg_load_pair(const qg_word_t **p, int32_t *lo, int32_t *hi)
+{
+    __asm__("ldrd %0, %1, [%2], #8" : "=r"(*lo), "=r"(*hi), "+r"(*p) : "m"(*(const qg_word_t(*)[2]) * p));
+}
+
+/* (x1, x3): SXTB16 with its built-in rotation (GCC does not fold a C rotate into it). */
+static inline int32_t qg_sxtb16_ror8(int32_t v)
+{
+    int32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return r;
+}
+#endif
+
+/* Requantisation for shift >= 1, given shift - 1: the same int8 as qg_requantize_s8.
+ * Rounding as ((acc >> (shift - 1)) + 1) >> 1, which equals floor(acc / 2^shift + 1/2) (the bit
+ * below the kept ones decides). The +1 saturates on DSP cores (QADD), so for acc = INT32_MAX with
+ * shift 1 it gives 2^30 - 1 instead of 2^30: both clamp to act_max <= 127, the result is the same.
+ * Without DSP the two-term form of qg_round_shift is used. The clamp kind lets DSP cores clamp in
+ * one instruction for the two common activation ranges: none (SSAT) and ReLU (USAT); callers pass
+ * a constant kind so that each use compiles to one variant. tests/test_kernels_fast.py checks all
+ * of this against qg_requantize_s8 on every shift and on edge accumulators, on the target cores. */
+enum { QG_CLAMP_ANY = 0, QG_CLAMP_S8 = 1, QG_CLAMP_RELU = 2 };
+
+static inline int32_t qg_clamp_kind(int32_t act_min, int32_t act_max)
+{
+    if (act_max == 127 && (act_min == -128 || act_min == 0)) {
+        return act_min == 0 ? QG_CLAMP_RELU : QG_CLAMP_S8;
+    }
+    return QG_CLAMP_ANY;
+}
+
+static inline int8_t qg_requantize_pos_s8(int32_t acc, int32_t shift_m1, int32_t kind, int32_t act_min,
+                                          int32_t act_max)
+{
+#if QG_DSP
+    int32_t r = __qadd(acc >> shift_m1, 1) >> 1;
+    /* the builtins behind ACLE's __ssat/__usat: the macros trip -Wsign-conversion in GCC 12 */
+    if (kind == QG_CLAMP_S8) {
+        return (int8_t)(int32_t)__builtin_arm_ssat(r, 8);
+    }
+    if (kind == QG_CLAMP_RELU) {
+        return (int8_t)(int32_t)__builtin_arm_usat(r, 7);
+    }
+#else
+    int32_t r = (acc >> (shift_m1 + 1)) + ((acc >> shift_m1) & 1);
+    (void)kind;
+#endif
+    r = r < act_min ? act_min : r;
+    r = r > act_max ? act_max : r;
+    return (int8_t)r;
+}
+
+#endif /* QG_SIMD_H */
