@@ -123,7 +123,7 @@ def cmd_run(args) -> int:
             from .api import load_compiled
 
             x = load_compiled(model_dir).quantize_input(_load_array(args.data, "input data"))
-        result = deploy.run(model_dir, args.board, x, args.n)
+        result = deploy.run(model_dir, args.board, x, args.n, per_layer=args.per_layer)
     for line in result.summary():
         print(line)
     return 0 if result.exact else 3
@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--qemu", action="store_true", help="run under QEMU (the only runner supported)")
     q.add_argument("--data", help="float samples .npy (default: the samples saved at compile time)")
     q.add_argument("-n", type=int, default=None, help="run only the first N samples")
+    q.add_argument("--per-layer", action="store_true", help="also count instructions per layer")
     q.set_defaults(fn=cmd_run)
 
     m = sub.add_parser("micropython", help="generate a MicroPython module of the model (bit-exact)")

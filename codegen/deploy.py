@@ -39,6 +39,7 @@ class TargetRun:
     instructions_per_inference: float | None
     macs: int
     elf: ElfInfo
+    per_layer: list[tuple[str, int, float]] | None = None  # (layer, MACs, instructions per inference)
 
     @property
     def exact(self) -> bool:
@@ -61,6 +62,9 @@ class TargetRun:
             per_mac = f", {self.instructions_per_mac:.2f} instructions/MAC" if self.macs else ""
             lines.append(f"instructions/inference: {ipi:,.0f}{per_mac}; "
                          f"~{ipi / (b.clock_mhz * 1e3):.3f} ms at {b.clock_mhz} MHz if 1 instruction/cycle")
+        for name, macs, count in self.per_layer or []:
+            per = f"  ({count / macs:.2f}/MAC)" if macs else ""
+            lines.append(f"  {name:<40} {count:>12,.0f} instructions{per}")
         return lines
 
 
@@ -80,7 +84,7 @@ def model_sources(model_dir: Path, prefix: str) -> list[Path]:
 
 
 def build(model_dir: str | Path, board: str | Board, build_dir: str | Path, opt: str = "-O2",
-          project_dir: str | Path | None = None) -> FirmwareBuild:
+          project_dir: str | Path | None = None, count_layers: bool = False) -> FirmwareBuild:
     """Cross-compile a qgen output directory for `board`; optionally also write a Makefile project.
 
     Raises UserError (with the sizes) when the image does not fit the board's flash or RAM.
@@ -90,7 +94,7 @@ def build(model_dir: str | Path, board: str | Board, build_dir: str | Path, opt:
     compiled = _compiled(model_dir)
     prefix = compiled.prefix
     elf = build_elf(board, model_sources(model_dir, prefix), [model_dir, model_dir / "kernels"], prefix,
-                    Path(build_dir), opt, extra_cflags=MODEL_CFLAGS)
+                    Path(build_dir), opt, extra_cflags=MODEL_CFLAGS, count_layers=count_layers)
     project = None
     if project_dir is not None:
         project = write_project(board, model_dir, Path(project_dir), prefix)
@@ -100,13 +104,15 @@ def build(model_dir: str | Path, board: str | Board, build_dir: str | Path, opt:
 
 
 def run(model_dir: str | Path, board: str | Board, x_i8: np.ndarray | None = None, n: int | None = None,
-        build_dir: str | Path | None = None, opt: str = "-O2") -> TargetRun:
+        build_dir: str | Path | None = None, opt: str = "-O2", per_layer: bool = False) -> TargetRun:
     """Build for `board`, run under QEMU on int8 inputs (default: the samples saved at compile time),
-    compare every output byte with the reference, count instructions."""
+    compare every output byte with the reference, count instructions (per layer too if asked: the
+    trace hook then adds ~6 instructions per layer)."""
     model_dir = Path(model_dir)
     board = load_board(board) if isinstance(board, str) else board
     with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
-        fw = build(model_dir, board, Path(build_dir) if build_dir else Path(tmp) / "build", opt)
+        fw = build(model_dir, board, Path(build_dir) if build_dir else Path(tmp) / "build", opt,
+                   count_layers=per_layer)
         g = fw.compiled.graph
         x = fw.compiled.saved_inputs() if x_i8 is None else np.asarray(x_i8, dtype=np.int8)
         if n is not None:
@@ -123,4 +129,9 @@ def run(model_dir: str | Path, board: str | Board, x_i8: np.ndarray | None = Non
         mismatch = (f"sample {s}: first differing output byte {i}: target {int(result.outputs[s, i])}, "
                     f"reference {int(expect[s, i])} (use `qgen verify` on the host to locate the layer)")
     macs = int(fw.compiled.report.get("macs", 0))
-    return TargetRun(board, len(x), int(equal.sum()), mismatch, result.instructions_per_inference, macs, fw.elf)
+    layers = None
+    if result.instructions_per_layer is not None:
+        layers = [(n.where(), int(fw.compiled.report["layers"][i]["macs"]) if fw.compiled.report.get("layers") else 0,
+                   count) for i, (n, count) in enumerate(zip(g.nodes, result.instructions_per_layer))]
+    return TargetRun(board, len(x), int(equal.sum()), mismatch, result.instructions_per_inference, macs, fw.elf,
+                     layers)

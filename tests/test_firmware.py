@@ -90,6 +90,10 @@ def test_cli_run_and_unknown_board(digits_dir):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "bit-exact on cortex-m0plus: yes (8/8 samples)" in r.stdout and "instructions/MAC" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "codegen.cli", "run", str(out), "--board", "stm32f446", "--qemu",
+                        "-n", "2", "--per-layer"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "conv2d '3'" in r.stdout and "/MAC)" in r.stdout
     r = subprocess.run([sys.executable, "-m", "codegen.cli", "run", str(out), "--board", "esp32", "--qemu"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "esp32" in r.stderr and "stm32f446" in r.stderr and "Traceback" not in r.stderr
