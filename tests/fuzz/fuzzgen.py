@@ -1,0 +1,617 @@
+"""Random small models of the ops qgen supports, and the check every one of them must pass.
+
+A model is a *spec*: a JSON-able dict (input shape, a list of layers, weight/calibration seeds). The
+hypothesis strategy `specs()` draws specs; `build_model` turns one into an `nn.Module`; `check_spec`
+compiles it, builds the generated C with ASan/UBSan and compares the C with the integer reference
+on extreme and random int8 inputs. A failing case is therefore a literal dict that can be pasted
+into tests/fuzz/test_regressions.py and replayed without hypothesis.
+
+Layer specs (`op` and its fields):
+    conv      out, k [kh, kw], stride [sh, sw], pad [ph, pw], bias, w, wexp, b, bexp
+    dw        mult (depthwise multiplier), k, stride, pad, bias, w, wexp, b, bexp
+    linear    out, bias, w, wexp, b, bexp
+    bn        kind ("normal" | "extreme": tiny variances, large and zero gammas)
+    relu | relu6 | hardtanh lo hi | clamp lo hi
+    maxpool   k, stride, pad            avgpool  k, stride, pad, include_pad
+    adaptive  out [oh, ow] (divides the input)      gap  how ("mean" | "mean_keepdim" | "adaptive")
+    flatten   (an image to a vector)
+    res       body (shape-preserving layers; [] is x + x), relu: y = x + body(x) (then ReLU)
+    cat       body: y = torch.cat([x, body(x)], dim=1) (channels / features double)
+    pad       pad [left, right, top, bottom] (F.pad, zeros)
+    lut       fn: sigmoid | tanh | hardsigmoid | hardswish | silu | gelu | gelu_tanh | leaky_relu | elu
+    softmax   over channels (images) or features (vectors)
+Weight kinds `w`: normal, extreme (every entry +-max: quantises to exactly +-127), zero, onehot
+(one large entry), channels (output channels at scales 1e-4..1e4); `wexp`: the whole tensor times
+10**wexp. Bias kinds `b`: zero, normal, huge, tiny; `bexp` likewise.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from hypothesis import strategies as st
+from torch import nn
+
+from codegen import compile as qcompile
+from codegen.errors import UserError
+from codegen.hostcheck import SANITIZE_FLAGS, STRICT_CFLAGS, build_native, cache_root, run_native
+from codegen.hostcheck import verify as host_verify
+
+PREFIX = "fz"
+
+# Refusals that are correct answers for a random model: the message names the layer and the fix.
+# Anything else (another UserError text, or any other exception) fails the fuzz test.
+EXPECTED_REFUSALS = (
+    "needs a requantisation shift",  # weights/activations too far apart for a 31-bit shift
+    "the int32 accumulator can overflow",  # fan-in too large even at the coarsest weight format
+)
+
+# Open bugs (each has a strict-xfail reproducer in test_regressions.py). The generator avoids the
+# first; the second is recognised by its message and counted instead of failing the run. Remove an
+# entry when its bug is fixed, so that the fuzzer checks the case again.
+AVOID_DUPLICATE_OUTPUTS = True  # `return y, y` / `return y, y.flatten(1)`: one output copy is never written
+KNOWN_BUGS = {
+    "add-align-shift": re.compile(r"shift -?\d+ outside \[-31, 31\]"),  # quantize._quantize_add: shift_a/_b > 31
+}
+
+
+# ------------------------------------------------------------------------------------ limits
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_hw: int = 12  # input height/width
+    max_c: int = 4  # input channels
+    max_ch: int = 6  # conv output channels
+    max_f: int = 40  # input features / linear outputs
+    max_layers: int = 6  # top-level layers
+    max_body: int = 2  # layers in a residual body
+
+
+QUICK = Limits()
+LONG = Limits(max_hw=20, max_c=6, max_ch=12, max_f=96, max_layers=9, max_body=3)
+
+
+# ------------------------------------------------------------------------------------ strategy
+
+
+def _out(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+@st.composite
+def _weights(draw) -> dict:
+    w = draw(st.sampled_from(["normal"] * 4 + ["extreme", "zero", "onehot", "channels"]))
+    wexp = draw(st.sampled_from([0] * 8 + [-4, -2, 2, 4, -12, 8]))
+    b = draw(st.sampled_from(["normal", "normal", "zero", "huge", "tiny"]))
+    bexp = draw(st.sampled_from([0] * 4 + [-3, 3]))
+    return {"bias": draw(st.booleans()) or b != "normal", "w": w, "wexp": wexp, "b": b, "bexp": bexp}
+
+
+@st.composite
+def _window(draw, h: int, w: int, max_k: int, pool: bool) -> dict | None:
+    """Kernel, stride, padding (per dimension) with an output of at least 1x1; torch's pool rule pad <= k/2."""
+    kh, kw = draw(st.integers(1, max_k)), draw(st.integers(1, max_k))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph = draw(st.integers(0, kh // 2 if pool else 2))
+    pw = draw(st.integers(0, kw // 2 if pool else 2))
+    kh, kw = min(kh, h + 2 * ph), min(kw, w + 2 * pw)
+    if pool:
+        ph, pw = min(ph, kh // 2), min(pw, kw // 2)
+    if _out(h, kh, sh, ph) < 1 or _out(w, kw, sw, pw) < 1:
+        return None
+    return {"k": [kh, kw], "stride": [sh, sw], "pad": [ph, pw]}
+
+
+LUT_FNS = ("sigmoid", "tanh", "hardsigmoid", "hardswish", "silu", "gelu", "gelu_tanh", "leaky_relu", "elu")
+
+
+def _act_layer(draw) -> dict:
+    op = draw(st.sampled_from(["relu", "relu", "relu6", "hardtanh", "clamp", "lut", "lut"]))
+    if op == "lut":
+        return {"op": "lut", "fn": draw(st.sampled_from(LUT_FNS))}
+    if op in ("hardtanh", "clamp"):
+        lo = draw(st.sampled_from([-1.0, -0.5, 0.0, 0.25]))
+        hi = draw(st.sampled_from([0.5, 1.0, 2.0, 6.0]))
+        return {"op": op, "lo": lo, "hi": hi}
+    return {"op": op}
+
+
+@st.composite
+def _image_body(draw, shape: tuple[int, int, int], lim: Limits) -> list[dict]:
+    """Layers that keep the (C, H, W) shape, for the branch of a residual add."""
+    c = shape[0]
+    body: list[dict] = []
+    for _ in range(draw(st.integers(0, lim.max_body))):
+        kind = draw(st.sampled_from(["conv", "conv", "dw", "bn", "act", "maxpool", "avgpool"]))
+        kh, kw = draw(st.sampled_from([1, 3, 5])), draw(st.sampled_from([1, 3, 5]))
+        same = {"k": [kh, kw], "stride": [1, 1], "pad": [kh // 2, kw // 2]}
+        if kind == "conv":
+            body.append({"op": "conv", "out": c, **same, **draw(_weights())})
+        elif kind == "dw":
+            body.append({"op": "dw", "mult": 1, **same, **draw(_weights())})
+        elif kind == "bn":
+            body.append({"op": "bn", "kind": draw(st.sampled_from(["normal", "extreme"]))})
+        elif kind == "act":
+            body.append(_act_layer(draw))
+        else:
+            body.append({"op": kind, **same, **({"include_pad": True} if kind == "avgpool" else {})})
+    return body
+
+
+@st.composite
+def specs(draw, lim: Limits = QUICK) -> dict:
+    image = draw(st.integers(0, 3)) > 0  # images 3:1
+    if image:
+        shape: tuple[int, ...] = (draw(st.integers(1, lim.max_c)), draw(st.integers(1, lim.max_hw)),
+                                  draw(st.integers(1, lim.max_hw)))
+    else:
+        shape = (draw(st.integers(1, lim.max_f)),)
+    spec: dict = {"input": list(shape), "layers": [], "taps": [], "seed": draw(st.integers(0, 2**16)),
+                  "calib": {"n": draw(st.integers(1, 16)), "seed": draw(st.integers(0, 2**16)),
+                            "kind": draw(st.sampled_from(["normal", "normal", "uniform", "const", "zeros"])),
+                            "exp": draw(st.sampled_from([0, 0, 0, -3, -1, 1, 3]))}}
+    layers = spec["layers"]
+    flat_image = False  # current vector is a flattened image with more than one pixel and channel
+    for _ in range(draw(st.integers(1, lim.max_layers))):
+        if len(shape) == 3:
+            c, h, w = shape
+            op = draw(st.sampled_from(["conv", "conv", "conv", "dw", "dw", "bn", "act", "act", "maxpool", "avgpool",
+                                       "adaptive", "res", "res", "cat", "pad", "softmax", "gap", "flatten"]))
+            if op == "conv":
+                win = draw(_window(h, w, 5, pool=False))
+                if win is None:
+                    continue
+                layers.append({"op": "conv", "out": draw(st.integers(1, lim.max_ch)), **win, **draw(_weights())})
+                shape = (layers[-1]["out"], _out(h, *_kph(win, 0)), _out(w, *_kph(win, 1)))
+            elif op == "dw":
+                win = draw(_window(h, w, 5, pool=False))
+                mult = draw(st.integers(1, 3))
+                if win is None or c * mult > 2 * lim.max_ch:
+                    continue
+                layers.append({"op": "dw", "mult": mult, **win, **draw(_weights())})
+                shape = (c * mult, _out(h, *_kph(win, 0)), _out(w, *_kph(win, 1)))
+            elif op == "bn":
+                layers.append({"op": "bn", "kind": draw(st.sampled_from(["normal", "normal", "extreme"]))})
+            elif op == "act":
+                layers.append(_act_layer(draw))
+            elif op in ("maxpool", "avgpool"):
+                win = draw(_window(h, w, 3, pool=True))
+                if win is None:
+                    continue
+                extra = {}
+                if op == "avgpool":  # count_include_pad=False is supported only without padding
+                    extra["include_pad"] = draw(st.booleans()) or win["pad"] != [0, 0]
+                layers.append({"op": op, **win, **extra})
+                shape = (c, _out(h, *_kph(win, 0)), _out(w, *_kph(win, 1)))
+            elif op == "adaptive":
+                oh = draw(st.sampled_from([d for d in range(1, h + 1) if h % d == 0]))
+                ow = draw(st.sampled_from([d for d in range(1, w + 1) if w % d == 0]))
+                layers.append({"op": "adaptive", "out": [oh, ow]})
+                shape = (c, oh, ow)
+            elif op == "res":
+                layers.append({"op": "res", "body": draw(_image_body(shape, lim)), "relu": draw(st.booleans())})
+            elif op == "cat":
+                if 2 * c > 2 * lim.max_ch:
+                    continue
+                layers.append({"op": "cat", "body": draw(_image_body(shape, lim))})
+                shape = (2 * c, h, w)
+            elif op == "pad":
+                pad = [draw(st.integers(0, 2)) for _ in range(4)]
+                layers.append({"op": "pad", "pad": pad})
+                shape = (c, h + pad[2] + pad[3], w + pad[0] + pad[1])
+            elif op == "softmax":
+                layers.append({"op": "softmax"})
+            elif op == "gap":
+                layers.append({"op": "gap", "how": draw(st.sampled_from(["mean", "mean_keepdim", "adaptive"]))})
+                shape, flat_image = (c,), False
+            else:
+                layers.append({"op": "flatten"})
+                shape, flat_image = (c * h * w,), h * w > 1 and c > 1
+        else:
+            (f,) = shape
+            prev = layers[-1]["op"] if layers else None
+            op = draw(st.sampled_from(["linear", "linear", "linear", "act", "bn", "res", "cat", "softmax"]))
+            if op == "bn" and prev != "linear":  # a vector BatchNorm folds only into a Linear
+                op = "linear"
+            if op == "linear":
+                if f > 4 * lim.max_f and draw(st.booleans()):
+                    continue
+                layers.append({"op": "linear", "out": draw(st.integers(1, lim.max_f)), **draw(_weights())})
+                shape, flat_image = (layers[-1]["out"],), False
+            elif op == "bn":
+                layers.append({"op": "bn", "kind": draw(st.sampled_from(["normal", "extreme"]))})
+            elif op == "act":
+                layers.append(_act_layer(draw))
+            elif op == "softmax":
+                layers.append({"op": "softmax"})
+            elif op == "cat" and 2 * f <= 4 * lim.max_f:
+                layers.append({"op": "cat", "body": [_act_layer(draw)] if draw(st.booleans()) else []})
+                shape, flat_image = (2 * f,), False
+            elif op == "res":
+                body = []
+                if draw(st.booleans()):
+                    body.append({"op": "linear", "out": f, **draw(_weights())})
+                    if draw(st.booleans()):
+                        body.append({"op": "bn", "kind": "normal"})
+                if draw(st.booleans()):
+                    body.append(_act_layer(draw))
+                layers.append({"op": "res", "body": body, "relu": draw(st.booleans())})
+    if not layers or flat_image or layers[-1]["op"] == "flatten":  # a flatten alone computes nothing
+        layers.append({"op": "linear", "out": draw(st.integers(1, 10)), **draw(_weights())})
+    if len(layers) > 1 and draw(st.integers(0, 4)) == 0:  # a second output: an intermediate tensor
+        spec["taps"] = [draw(st.integers(0, len(layers) - (2 if AVOID_DUPLICATE_OUTPUTS else 1)))]
+        if not tap_ok(spec):
+            spec["taps"] = []
+    return spec
+
+
+def _kph(win: dict, axis: int) -> tuple[int, int, int]:
+    return win["k"][axis], win["stride"][axis], win["pad"][axis]
+
+
+def tap_ok(spec: dict) -> bool:
+    """An extra output must be a tensor qgen can return: not a flattened image, and not the input of
+    a vector BatchNorm (which must fold into its Linear)."""
+    (i,) = spec["taps"]
+    layers = spec["layers"]
+    before = spec_shape_before(spec, i)
+    after = layers[i + 1]["op"] if i + 1 < len(layers) else None
+    if layers[i]["op"] == "flatten":  # a flattened image as output: refused, or an alias of the input
+        return False
+    if AVOID_DUPLICATE_OUTPUTS and after == "flatten":  # the flatten output aliases the tapped tensor
+        return False
+    return not (after == "bn" and len(layer_shape(layers[i], before)) == 1)
+
+
+def spec_shape_before(spec: dict, index: int) -> tuple[int, ...]:
+    shape = tuple(spec["input"])
+    for layer in spec["layers"][:index]:
+        shape = layer_shape(layer, shape)
+    return shape
+
+
+def layer_shape(layer: dict, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """PyTorch shape (without batch) after one layer."""
+    op = layer["op"]
+    if op in ("conv", "dw", "maxpool", "avgpool"):
+        c = layer["out"] if op == "conv" else shape[0] * layer["mult"] if op == "dw" else shape[0]
+        return (c, _out(shape[1], *_kph(layer, 0)), _out(shape[2], *_kph(layer, 1)))
+    if op == "adaptive":
+        return (shape[0], *layer["out"])
+    if op == "gap":
+        return (shape[0],)
+    if op == "flatten":
+        return (math.prod(shape),)
+    if op == "linear":
+        return (layer["out"],)
+    if op == "cat":
+        return (2 * shape[0], *shape[1:])
+    if op == "pad":
+        left, right, top, bottom = layer["pad"]
+        return (shape[0], shape[1] + top + bottom, shape[2] + left + right)
+    return shape
+
+
+# ------------------------------------------------------------------------------------ model
+
+
+class Clamp(nn.Module):
+    def __init__(self, lo: float, hi: float):
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def forward(self, x):
+        return torch.clamp(x, self.lo, self.hi)
+
+
+class GlobalMean(nn.Module):
+    def __init__(self, keepdim: bool):
+        super().__init__()
+        self.keepdim = keepdim
+
+    def forward(self, x):
+        y = x.mean((2, 3), keepdim=self.keepdim)
+        return torch.flatten(y, 1) if self.keepdim else y
+
+
+class Residual(nn.Module):
+    def __init__(self, body: nn.Sequential, relu: bool):
+        super().__init__()
+        self.body, self.relu = body, relu
+
+    def forward(self, x):
+        y = x + self.body(x)
+        return torch.relu(y) if self.relu else y
+
+
+class Cat(nn.Module):
+    def __init__(self, body: nn.Sequential):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return torch.cat([x, self.body(x)], dim=1)
+
+
+class Pad(nn.Module):
+    def __init__(self, pad: list[int]):
+        super().__init__()
+        self.pad = tuple(pad)
+
+    def forward(self, x):
+        return torch.nn.functional.pad(x, self.pad)
+
+
+class Softmax(nn.Module):
+    def forward(self, x):
+        return torch.softmax(x, dim=1)
+
+
+LUT_MODULES = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "hardsigmoid": nn.Hardsigmoid, "hardswish": nn.Hardswish,
+               "silu": nn.SiLU, "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+               "leaky_relu": lambda: nn.LeakyReLU(0.1), "elu": nn.ELU}
+
+
+class SpecNet(nn.Module):
+    def __init__(self, spec: dict):
+        super().__init__()
+        self.taps = set(spec.get("taps", []))
+        rng = np.random.default_rng(spec["seed"])
+        self.layers = nn.ModuleList()
+        shape = tuple(spec["input"])
+        for layer in spec["layers"]:
+            self.layers.append(_module(layer, shape, rng))
+            shape = layer_shape(layer, shape)
+
+    def forward(self, x):
+        outs = []
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i in self.taps:
+                outs.append(x)
+        return tuple(outs + [x]) if outs else x
+
+
+def _module(layer: dict, shape: tuple[int, ...], rng: np.random.Generator) -> nn.Module:
+    op = layer["op"]
+    if op in ("conv", "dw"):
+        cin = shape[0]
+        cout, groups = (layer["out"], 1) if op == "conv" else (cin * layer["mult"], cin)
+        m = nn.Conv2d(cin, cout, tuple(layer["k"]), tuple(layer["stride"]), tuple(layer["pad"]), groups=groups,
+                      bias=layer["bias"])
+        _set_weights(m, layer, rng)
+        return m
+    if op == "linear":
+        m = nn.Linear(shape[0], layer["out"], bias=layer["bias"])
+        _set_weights(m, layer, rng)
+        return m
+    if op == "bn":
+        m = nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0])
+        _set_bn(m, layer["kind"], rng)
+        return m
+    if op == "relu":
+        return nn.ReLU()
+    if op == "relu6":
+        return nn.ReLU6()
+    if op == "hardtanh":
+        return nn.Hardtanh(layer["lo"], layer["hi"])
+    if op == "clamp":
+        return Clamp(layer["lo"], layer["hi"])
+    if op == "maxpool":
+        return nn.MaxPool2d(tuple(layer["k"]), tuple(layer["stride"]), tuple(layer["pad"]))
+    if op == "avgpool":
+        return nn.AvgPool2d(tuple(layer["k"]), tuple(layer["stride"]), tuple(layer["pad"]),
+                            count_include_pad=layer["include_pad"])
+    if op == "adaptive":
+        return nn.AdaptiveAvgPool2d(tuple(layer["out"]))
+    if op == "gap":
+        if layer["how"] == "adaptive":
+            return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        return GlobalMean(layer["how"] == "mean_keepdim")
+    if op == "flatten":
+        return nn.Flatten()
+    if op in ("res", "cat"):
+        body, inner = [], shape
+        for sub in layer["body"]:
+            body.append(_module(sub, inner, rng))
+            inner = layer_shape(sub, inner)
+        return Residual(nn.Sequential(*body), layer["relu"]) if op == "res" else Cat(nn.Sequential(*body))
+    if op == "pad":
+        return Pad(layer["pad"])
+    if op == "softmax":
+        return Softmax()
+    if op == "lut":
+        return LUT_MODULES[layer["fn"]]()
+    raise ValueError(f"unknown layer op {op!r}")
+
+
+def _set_weights(m: nn.Module, layer: dict, rng: np.random.Generator) -> None:
+    w = m.weight.detach().numpy()
+    cout = w.shape[0]
+    fan_in = max(1, w[0].size)
+    kind = layer["w"]
+    if kind == "normal":
+        v = rng.standard_normal(w.shape) / math.sqrt(fan_in)
+    elif kind == "extreme":  # +-127/64 everywhere: every channel's maximum is exactly the int8 maximum
+        v = np.where(rng.random(w.shape) < 0.5, -1.0, 1.0) * 127 / 64
+    elif kind == "zero":
+        v = np.zeros(w.shape)
+    elif kind == "onehot":
+        v = rng.standard_normal(w.shape) * 1e-3
+        v.reshape(cout, -1)[:, rng.integers(0, fan_in)] = 50.0
+    else:  # channels at wildly different scales
+        v = rng.standard_normal(w.shape) * 10.0 ** rng.integers(-4, 5, size=(cout,) + (1,) * (w.ndim - 1))
+    v = v * 10.0 ** layer["wexp"]
+    with torch.no_grad():
+        m.weight.copy_(torch.from_numpy(v))
+        if m.bias is not None:
+            b = {"zero": np.zeros(cout), "normal": rng.standard_normal(cout) * 0.5,
+                 "huge": rng.standard_normal(cout) * 1e4, "tiny": rng.standard_normal(cout) * 1e-6}[layer["b"]]
+            m.bias.copy_(torch.from_numpy(b * 10.0 ** layer["bexp"]))
+
+
+def _set_bn(m: nn.Module, kind: str, rng: np.random.Generator) -> None:
+    c = m.num_features
+    with torch.no_grad():
+        m.running_mean.copy_(torch.from_numpy(rng.standard_normal(c)))
+        if kind == "normal":
+            m.running_var.copy_(torch.from_numpy(rng.random(c) * 1.5 + 0.5))
+            m.weight.copy_(torch.from_numpy(rng.random(c) + 0.5))
+        else:  # tiny variances (scale ~300), zero and negative gammas
+            m.running_var.copy_(torch.from_numpy(rng.random(c) * 1e-5))
+            m.weight.copy_(torch.from_numpy(rng.choice([0.0, -1.0, 1.0, 3.0], size=c)))
+        m.bias.copy_(torch.from_numpy(rng.standard_normal(c)))
+
+
+def build_model(spec: dict) -> nn.Module:
+    torch.manual_seed(spec["seed"])
+    return SpecNet(spec).eval()
+
+
+def calib_data(spec: dict) -> np.ndarray:
+    cal = spec["calib"]
+    rng = np.random.default_rng(cal["seed"])
+    shape = (cal["n"], *spec["input"])
+    x = {"normal": lambda: rng.standard_normal(shape), "uniform": lambda: rng.random(shape),
+         "const": lambda: np.full(shape, rng.standard_normal()), "zeros": lambda: np.zeros(shape)}[cal["kind"]]()
+    return (x * 10.0 ** cal["exp"]).astype(np.float32)
+
+
+def int8_inputs(spec: dict, shape: tuple[int, ...], x_calib_i8: np.ndarray, n_random: int = 8) -> np.ndarray:
+    """All -128, all 127, alternating extremes (both phases), zeros, random int8, the quantised calibration."""
+    size = math.prod(shape)
+    rng = np.random.default_rng(spec["seed"] + 1)
+    alt = np.where(np.arange(size) % 2, 127, -128)
+    fixed = [np.full(size, -128), np.full(size, 127), alt, -1 - alt, np.zeros(size)]
+    rand = [rng.integers(-128, 128, size) for _ in range(n_random)]
+    x = np.stack(fixed + rand).astype(np.int8).reshape((-1, *shape))
+    return np.concatenate([x, x_calib_i8.astype(np.int8)])
+
+
+# ------------------------------------------------------------------------------------ the check
+
+
+@dataclass
+class Stats:
+    graphs: int = 0  # compiled, built with sanitizers and compared
+    refused: int = 0  # refused with an expected UserError
+    inputs: int = 0  # int8 input vectors run through the sanitised C and the reference
+    layers: int = 0  # IR nodes in compiled graphs
+    ops: dict = field(default_factory=dict)  # IR op -> count
+    refusals: dict = field(default_factory=dict)  # expected refusal -> count
+    known_bugs: dict = field(default_factory=dict)  # KNOWN_BUGS key -> count
+
+    def to_dict(self) -> dict:
+        return {"graphs": self.graphs, "refused": self.refused, "inputs": self.inputs, "layers": self.layers,
+                "ops": dict(sorted(self.ops.items())), "refusals": self.refusals, "known_bugs": self.known_bugs}
+
+
+STATS = Stats()
+
+
+def check_spec(spec: dict, workdir: Path | None = None, stats: Stats = STATS) -> str:
+    """Compile `spec`; C (ASan+UBSan) must equal the reference on every input. 'ok' or 'refused: ...'."""
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="qgen-fuzz-") as tmp:
+            return check_spec(spec, Path(tmp), stats)
+    model = build_model(spec)
+    calib = calib_data(spec)
+    example = torch.from_numpy(calib[:1])
+    where = f"spec = {json.dumps(spec)}"
+    try:
+        result = qcompile(model, example, calib, prefix=PREFIX, out_dir=workdir / "model", command="qgen fuzz")
+    except UserError as exc:
+        message = str(exc)
+        assert any(m in message for m in EXPECTED_REFUSALS), f"unexpected refusal: {message}\n{where}"
+        key = next(m for m in EXPECTED_REFUSALS if m in message)
+        stats.refused += 1
+        stats.refusals[key] = stats.refusals.get(key, 0) + 1
+        return f"refused: {message}"
+    except Exception as exc:  # an internal error: a bug, unless it is a known open one
+        known = [k for k, pattern in KNOWN_BUGS.items() if pattern.search(str(exc))]
+        if not known:
+            raise AssertionError(f"internal error {type(exc).__name__}: {exc}\n{where}") from exc
+        stats.known_bugs[known[0]] = stats.known_bugs.get(known[0], 0) + 1
+        return f"known bug: {known[0]}"
+    if spec["seed"] % 4 == 0:  # determinism on a quarter of the graphs (a second export costs time)
+        again = qcompile(build_model(spec), example, calib, prefix=PREFIX, command="qgen fuzz")
+        for name, content in result.files.items():
+            assert again.files[name] == content, f"compiling twice gave different {name}\n{where}"
+    g = result.graph
+    shape = g.tensors[g.inputs[0]].shape
+    x = int8_inputs(spec, shape, np.concatenate([result.quantize_input(calib), result.quantize_input(calib * 8)]))
+    expect = result.reference(x)
+    exe = build_sanitized(workdir / "model", workdir / "fz_asan")
+    try:
+        got = run_native(exe, x.reshape(len(x), -1), expect.shape[1])
+    except RuntimeError as exc:  # a sanitizer report (or a failing status) ends the program
+        raise AssertionError(f"sanitised C failed: {exc}\n{where}\n{g}") from None
+    if not np.array_equal(got, expect):
+        check = host_verify(g, result.host(), x)  # cffi build with the trace hook: first differing layer
+        raise AssertionError(f"C != reference: {check}\n{where}\n{g}")
+    stats.graphs += 1
+    stats.inputs += len(x)
+    stats.layers += len(g.nodes)
+    for node in g.nodes:
+        stats.ops[node.op.value] = stats.ops.get(node.op.value, 0) + 1
+    return "ok"
+
+
+def build_sanitized(model_dir: Path, exe: Path) -> Path:
+    """build_native(..., SANITIZE_FLAGS), with the kernel library compiled once per kernel source.
+
+    The kernels are the same files for every model, so their sanitised objects are cached (keyed by
+    the kernel sources' hash); each model then compiles only its model/weights files and the harness.
+    """
+    kernels = sorted((model_dir / "kernels").glob("*.c"))
+    objects = _kernel_objects(model_dir / "kernels")
+    for path in kernels:  # build_native compiles every kernels/*.c it finds: hand it the objects instead
+        path.rename(path.with_suffix(".c.prebuilt"))
+    try:
+        return build_native(model_dir, PREFIX, exe, [*SANITIZE_FLAGS, *map(str, objects)])
+    finally:
+        for path in kernels:
+            path.with_suffix(".c.prebuilt").rename(path)
+
+
+def _kernel_objects(kernel_dir: Path) -> list[Path]:
+    import hashlib
+    import subprocess
+
+    files = sorted(kernel_dir.glob("*.[ch]"))
+    digest = hashlib.sha256(" ".join(STRICT_CFLAGS + SANITIZE_FLAGS).encode())
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    out = cache_root() / "fuzz-kernels" / digest.hexdigest()[:16]
+    sources = [p for p in files if p.suffix == ".c"]
+    objects = [out / f"{p.stem}.o" for p in sources]
+    if not all(o.is_file() for o in objects):
+        tmp = Path(tempfile.mkdtemp(prefix="build-", dir=cache_root()))
+        for src in sources:
+            cmd = ["gcc", *STRICT_CFLAGS, *SANITIZE_FLAGS, "-I", str(kernel_dir), "-c", str(src), "-o",
+                   str(tmp / f"{src.stem}.o")]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise AssertionError(f"kernel build failed:\n{' '.join(cmd)}\n{proc.stderr}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process won the race: use its objects
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return objects
+
+
+def dump_stats(stats: Stats = STATS) -> None:
+    path = os.environ.get("QGEN_FUZZ_STATS")
+    if path:
+        Path(path).write_text(json.dumps(stats.to_dict(), indent=2) + "\n")

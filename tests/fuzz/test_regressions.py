@@ -1,0 +1,146 @@
+"""Cases found by the model fuzzer, replayed as plain specs (no hypothesis needed).
+
+FIXED: cases that once failed and must keep passing. OPEN: bugs not fixed yet, kept as strict xfails
+so that the fix turns them into failures here ("XPASS(strict)"): then move the spec to FIXED and drop
+the matching AVOID_*/KNOWN_BUGS entry in fuzzgen.py so the fuzzer covers the pattern again.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fuzzgen import check_spec
+from torch import nn
+
+from codegen import compile as qcompile
+
+
+def linear(out: int, **kw) -> dict:
+    return {"op": "linear", "out": out, "bias": True, "w": "normal", "wexp": 0, "b": "normal", "bexp": 0, **kw}
+
+
+def conv(out: int, k=(1, 1), stride=(1, 1), pad=(0, 0), **kw) -> dict:
+    return {"op": "conv", "out": out, "k": list(k), "stride": list(stride), "pad": list(pad), "bias": True,
+            "w": "normal", "wexp": 0, "b": "normal", "bexp": 0, **kw}
+
+
+CALIB = {"n": 4, "seed": 0, "kind": "normal", "exp": 0}
+
+FIXED = {
+    # fuzzer, live tree: depthwise (a BatchNorm after a pool became a 1x1 depthwise conv) wrote
+    # through a NULL scratch pointer (UBSan: store to null pointer in qg_conv2d_s8.c)
+    "bn-after-pool-as-depthwise": {
+        "input": [2, 4, 8], "taps": [], "seed": 136, "calib": {"n": 4, "seed": 228, "kind": "zeros", "exp": -1},
+        "layers": [{"op": "maxpool", "k": [1, 2], "stride": [2, 2], "pad": [0, 0]}, {"op": "bn", "kind": "normal"},
+                   {"op": "flatten"}, linear(3, w="channels", wexp=-4)]},
+    # edge shapes kept as regressions: padding larger than the kernel (border outputs are bias only),
+    # stride larger than the kernel, depthwise multiplier 3 on a 1-pixel image, x + x
+    "pad-beyond-kernel": {
+        "input": [1, 1, 3], "taps": [], "seed": 3, "calib": CALIB,
+        "layers": [conv(2, k=(1, 2), stride=(3, 1), pad=(2, 2), w="extreme", b="huge"), {"op": "relu6"}]},
+    "depthwise-mult3-one-pixel": {
+        "input": [2, 1, 1], "taps": [], "seed": 5, "calib": {"n": 1, "seed": 1, "kind": "const", "exp": 3},
+        "layers": [{"op": "dw", "mult": 3, "k": [1, 1], "stride": [1, 1], "pad": [0, 0], "bias": True,
+                    "w": "onehot", "wexp": 0, "b": "tiny", "bexp": 0}, {"op": "res", "body": [], "relu": True},
+                   {"op": "gap", "how": "mean"}]},
+    "all-zero-weights-and-calibration": {
+        "input": [3, 5, 7], "taps": [1], "seed": 8, "calib": {"n": 2, "seed": 0, "kind": "zeros", "exp": 0},
+        "layers": [conv(4, k=(3, 5), stride=(2, 3), pad=(1, 2), w="zero", b="zero"),
+                   {"op": "avgpool", "k": [3, 1], "stride": [1, 1], "pad": [1, 0], "include_pad": True},
+                   {"op": "flatten"}, linear(3, w="zero")]},
+}
+
+OPEN = {
+    # plan_memory.run gives both graph outputs the same `out` offset when they are one tensor (or one
+    # storage group, e.g. y and y.flatten(1)); the C writes one copy, the reference concatenates two.
+    "duplicate-output": pytest.param(
+        {"input": [4], "taps": [0], "seed": 1, "calib": CALIB, "layers": [linear(3)]},
+        marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                reason="bug: plan_memory.run, same tensor returned twice -> one output copy unwritten")),
+    "output-and-its-flatten": pytest.param(
+        {"input": [3, 1, 1], "taps": [0], "seed": 1, "calib": CALIB, "layers": [conv(3), {"op": "flatten"}]},
+        marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                reason="bug: plan_memory.run, outputs sharing storage (reshape alias) -> one unwritten")),
+    # quantize._quantize_add: a residual add of two tensors whose fracs differ by more than 53 gets an
+    # alignment shift > 31: fixed.round_shift raises ValueError (internal error, exit 2), and the C
+    # qg_round_shift would shift an int32 by >= 32 (undefined behaviour).
+    "add-align-shift-over-31": pytest.param(
+        {"input": [4], "taps": [], "seed": 1, "calib": CALIB,
+         "layers": [{"op": "res", "body": [linear(4, wexp=-20, b="zero")], "relu": False}]},
+        marks=pytest.mark.xfail(strict=True, raises=ValueError,
+                                reason="bug: quantize._quantize_add, shift_a/shift_b not capped at 31")),
+    # The kernel parameter structs (firmware/kernels/qg_kernels.h) hold sizes in narrow fields:
+    # qg_fully_connected_params_t.in_features/out_features uint16_t, qg_pool2d_params_t.k_h/k_w
+    # uint8_t. Larger layers compile in Python, then the C fails -Werror=overflow (host build) -- or,
+    # where model warnings are not fatal (the firmware build), truncates silently and computes garbage.
+    # Fix: refuse in quantize/emit with a UserError (add its text to EXPECTED_REFUSALS) or widen.
+    "linear-in-features-over-65535": pytest.param(
+        {"input": [70000], "taps": [], "seed": 2, "calib": CALIB, "layers": [linear(2)]},
+        marks=pytest.mark.xfail(strict=True, raises=RuntimeError,
+                                reason="bug: qg_fully_connected_params_t.in_features is uint16_t")),
+    "global-pool-window-over-255": pytest.param(
+        {"input": [2, 1, 300], "taps": [], "seed": 2, "calib": CALIB, "layers": [{"op": "gap", "how": "mean"}]},
+        marks=pytest.mark.xfail(strict=True, raises=RuntimeError,
+                                reason="bug: qg_pool2d_params_t.k_w is uint8_t (window 300)")),
+}
+
+
+@pytest.mark.parametrize("spec", list(FIXED.values()), ids=list(FIXED))
+def test_fixed_case_stays_fixed(spec):
+    assert check_spec(spec) == "ok"
+
+
+def _raw_check(spec: dict) -> None:
+    """check_spec without the KNOWN_BUGS allowance: the original exception propagates."""
+    import fuzzgen
+
+    saved = dict(fuzzgen.KNOWN_BUGS)
+    fuzzgen.KNOWN_BUGS.clear()
+    try:
+        outcome = check_spec(spec)
+        assert outcome == "ok" or outcome.startswith("refused: "), outcome
+    except AssertionError as exc:
+        if isinstance(exc.__cause__, Exception) and not isinstance(exc.__cause__, AssertionError):
+            raise exc.__cause__ from None
+        raise
+    finally:
+        fuzzgen.KNOWN_BUGS.update(saved)
+
+
+@pytest.mark.parametrize("spec", list(OPEN.values()), ids=list(OPEN))
+def test_open_bug(spec):
+    _raw_check(spec)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: frontend/torch_export.py _cat does not carry flat_from_image, so a "
+                                       "Linear after cat(flatten(x), ...) reads channels-last data with unpermuted "
+                                       "PyTorch (C, H, W) columns")
+def test_linear_after_concatenated_flattened_images_matches_torch():
+    class FlatCat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2 * 3 * 4 * 4, 5)
+
+        def forward(self, x):
+            f = torch.flatten(x, 1)
+            return self.fc(torch.cat([f, torch.relu(f)], dim=1))
+
+    torch.manual_seed(0)
+    model = FlatCat().eval()
+    calib = np.random.default_rng(0).standard_normal((64, 3, 4, 4)).astype(np.float32)
+    result = qcompile(model, torch.from_numpy(calib[:1]), calib, prefix="m")
+    with torch.no_grad():
+        expect = model(torch.from_numpy(calib)).numpy()
+    # quantisation error is a few LSBs; a permutation bug gives errors the size of the outputs
+    assert np.abs(result.predict(calib) - expect).max() < 0.1 * np.abs(expect).max()
+
+
+@pytest.mark.xfail(strict=True, reason="bug: emit/c.py _pow2_literal gives 0.0f for an input frac > 127 (input "
+                                       "range below ~1e-36), so <prefix>_quantize_input returns zeros")
+def test_c_quantize_input_with_a_tiny_input_range():
+    model = nn.Sequential(nn.Linear(4, 2)).eval()
+    calib = (np.random.default_rng(0).standard_normal((8, 4)) * 1e-42).astype(np.float32)
+    result = qcompile(model, torch.from_numpy(calib[:1]), calib, prefix="tiny")
+    host = result.host()
+    got = np.stack([host.quantize_input(x) for x in calib])
+    np.testing.assert_array_equal(got, result.quantize_input(calib))
