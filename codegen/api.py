@@ -23,7 +23,8 @@ from .fixed import dequantize
 from .frontend import from_exported_program, from_module, load_model
 from .hostcheck import HostModel, VerifyResult, verify as host_verify
 from .ir import Graph
-from .passes import calibrate, fold_bn, fold_pad, fuse_activation, plan_memory, quantize, run_pipeline
+from .passes import (calibrate, fold_bn, fold_pad, fuse_activation, plan_memory, quantize, run_pipeline,
+                     separate_outputs)
 from .reference import quantize_input, run_int, to_qgen_layout, to_torch_layout
 
 VERIFY_SAMPLES_SAVED = 64  # int8 inputs stored next to the C for `qgen verify` without --data
@@ -132,7 +133,8 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     if calib_data is None:
         calib_data = np.random.default_rng(0).standard_normal((64, *torch_shape)).astype(np.float32)
     calib_data = np.asarray(calib_data)
-    graph = run_pipeline(graph, [("fold_pad", fold_pad.run), ("fold_bn", fold_bn.run), ("fuse_activation", fuse_activation.run),
+    graph = run_pipeline(graph, [("separate_outputs", separate_outputs.run), ("fold_pad", fold_pad.run),
+                                 ("fold_bn", fold_bn.run), ("fuse_activation", fuse_activation.run),
                                  *(extra_passes or []), ("calibrate", lambda g: calibrate.run(g, calib_data))])
     float_graph = copy.deepcopy(graph)
     graph = run_pipeline(graph, [("quantize", quantize.run), ("plan_memory", plan_memory.run)])

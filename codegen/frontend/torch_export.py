@@ -116,7 +116,9 @@ class _Lowering:
         self.program = program
         self.graph = Graph(tensors={}, nodes=[], inputs=[], outputs=[], source=source)
         self.env: dict[str, Any] = {}  # fx node name -> IR tensor name, or a python constant
-        self.flat_from_image: dict[str, tuple[int, int, int]] = {}  # tensor -> (H, W, C) it flattened
+        # Flattened images hold their elements in qgen's (H, W, C) order, not PyTorch's (C, H, W):
+        # flat_order[t][j] = PyTorch's index of element j of vector t (absent: the same order).
+        self.flat_order: dict[str, np.ndarray] = {}
         self.used_names: set[str] = set()
 
     # -- helpers
@@ -142,7 +144,20 @@ class _Lowering:
     def add(self, fx_node, op: Op, inputs: list[str], out_shape: tuple[int, ...], **attrs) -> str:
         out = self.act(fx_node.name, out_shape)
         self.graph.nodes.append(Node(self.node_name(fx_node), op, inputs, [out], attrs, source_of(fx_node)))
+        self._carry_order(fx_node, op, inputs, out)
         return out
+
+    def _carry_order(self, fx_node, op: Op, inputs: list[str], out: str) -> None:
+        """Element-wise ops keep a flattened vector's element order; adding two orders must agree."""
+        orders = [self.flat_order.get(t) for t in inputs if not self.graph.tensors[t].is_const]
+        if op in (Op.RELU, Op.LUT, Op.SOFTMAX, Op.BATCH_NORM) and orders[0] is not None:
+            self.flat_order[out] = orders[0]
+        elif op is Op.ADD and any(o is not None for o in orders):
+            a, b = (o if o is not None else np.arange(self.graph.tensors[out].size) for o in orders)
+            if not np.array_equal(a, b):
+                raise _err(self, fx_node, "adds a flattened image to a vector in another element order; "
+                                          "add before flattening")
+            self.flat_order[out] = a
 
     def shape_of(self, name: str) -> tuple[int, ...]:
         return self.graph.tensors[name].shape
@@ -190,12 +205,10 @@ class _Lowering:
                     name = self.value(o)
                     if not isinstance(name, str):
                         raise UserError("model output is a constant; qgen compiles computed outputs only")
-                    if name in self.flat_from_image:
-                        h, w, c = self.flat_from_image[name]
-                        if h * w > 1 and c > 1:
-                            raise UserError(f"model output '{o.name}' is a flattened {c}x{h}x{w} image; its "
-                                            "element order would differ from PyTorch's. Return the 4-D "
-                                            "tensor or end with a Linear layer.")
+                    if name in self.flat_order:
+                        raise UserError(f"model output '{o.name}' is a flattened image; its element order "
+                                        "would differ from PyTorch's. Return the 4-D tensor or end with a "
+                                        "Linear layer.")
                     self.graph.outputs.append(name)
                     val = o.meta.get("val") if isinstance(o, torch.fx.Node) else None
                     self.graph.io_layout[name] = LAYOUTS.get(len(val.shape) if val is not None else 2, "nf")
@@ -210,7 +223,8 @@ class _Lowering:
         shape = tuple(val.shape)
         if any(not isinstance(s, int) for s in shape):
             raise UserError(f"input '{fx_node.name}' has a dynamic shape {shape}; qgen compiles fixed shapes. "
-                            "Export without dynamic_shapes (or give --input-shape).")
+                            "Export again without dynamic_shapes (torch.export.export(model, (x,))), or "
+                            "compile the model's factory with --input-shape.")
         if self.graph.inputs:
             raise UserError(f"the model has more than one input ('{self.graph.inputs[0]}', '{fx_node.name}'); "
                             "qgen compiles single-input models")
@@ -364,9 +378,8 @@ def _linear(lw: _Lowering, n) -> str:
     if len(lw.shape_of(xin)) != 1:
         raise _err(lw, n, f"Linear on a {len(lw.shape_of(xin))}-D input {list(lw.shape_of(xin))}; "
                           "flatten first (qgen supports Linear on (1, F) inputs)")
-    if xin in lw.flat_from_image:  # PyTorch flattened C,H,W; qgen flattened H,W,C: permute columns
-        h, wd, c = lw.flat_from_image[xin]
-        w = w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+    if xin in lw.flat_order:  # column j must weigh the element qgen holds at position j
+        w = w[:, lw.flat_order[xin]]
     bias = b if b is not None else np.zeros(w.shape[0])
     wname, bname = lw.const(f"{n.name}_w", w), lw.const(f"{n.name}_b", bias)
     return lw.add(n, Op.LINEAR, [xin, wname, bname], (w.shape[0],))
@@ -386,6 +399,8 @@ def _batch_norm(lw: _Lowering, n) -> str:
     beta = lw.param(n, beta) if beta is not None else np.zeros(c)
     scale = gamma / np.sqrt(lw.param(n, var) + eps)
     shift = beta - lw.param(n, mean) * scale
+    if xin in lw.flat_order:  # per-feature parameters follow the vector's element order
+        scale, shift = scale[lw.flat_order[xin]], shift[lw.flat_order[xin]]
     sname, tname = lw.const(f"{n.name}_scale", scale), lw.const(f"{n.name}_shift", shift)
     return lw.add(n, Op.BATCH_NORM, [xin, sname, tname], lw.shape_of(xin))
 
@@ -503,10 +518,11 @@ def _mean(lw: _Lowering, n) -> str:
 def _reshape_to(lw: _Lowering, n, xin: str, shape: tuple[int, ...]) -> str:
     src = lw.shape_of(xin)
     out = lw.add(n, Op.RESHAPE, [xin], shape, shape=shape)
-    if len(src) == 3:
-        lw.flat_from_image[out] = src
-    elif xin in lw.flat_from_image:
-        lw.flat_from_image[out] = lw.flat_from_image[xin]
+    if len(src) == 3 and src[2] > 1 and src[0] * src[1] > 1:
+        h, w, c = src
+        lw.flat_order[out] = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+    elif xin in lw.flat_order:
+        lw.flat_order[out] = lw.flat_order[xin]
     return out
 
 
@@ -576,7 +592,12 @@ def _cat(lw: _Lowering, n) -> str:
     shape = list(lw.shape_of(parts[0]))
     shape[axis] = sum(lw.shape_of(p)[axis] for p in parts)
     _check_shape(lw, n, tuple(shape))
-    return lw.add(n, Op.CONCAT, parts, tuple(shape), axis=axis)
+    out = lw.add(n, Op.CONCAT, parts, tuple(shape), axis=axis)
+    if len(shape) == 1 and any(p in lw.flat_order for p in parts):
+        offsets = np.cumsum([0] + [lw.shape_of(p)[0] for p in parts])
+        lw.flat_order[out] = np.concatenate([lw.flat_order.get(p, np.arange(lw.shape_of(p)[0])) + off
+                                             for p, off in zip(parts, offsets)])
+    return out
 
 
 def _softmax(lw: _Lowering, n) -> str:

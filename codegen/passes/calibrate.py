@@ -1,17 +1,100 @@
-"""Record the float range of every activation on calibration data (runs the float interpreter).
+"""Record the range every activation's Q-format must cover, from calibration data (float interpreter).
 
-Stored as `graph.ranges[tensor] = max |x|` for quantize to read.
+Stored as `graph.ranges[tensor]` = the *effective maximum* |x| for that tensor; quantize.py maps it to
+a frac with fixed.frac_for_range (the one place ranges become formats). The method chooses it:
+
+- "minmax" (default): the largest |x| seen. No calibration value saturates.
+- "percentile": the `percentile`-th percentile of |x| (e.g. 99.99): rare outliers saturate, the bulk of
+  the values gets finer steps. Falls back to the maximum when the percentile is 0 (a mostly-zero tensor).
+- "mse": the frac minimising the total squared error sum (x - dequant(quant(x)))^2 over the calibration
+  values, rounding and saturation included (int8, the exact fixed.quantize rule). Candidates run from the
+  min/max frac (no saturation) to 8 bits finer; ties go to the coarser frac. Stored as the effective
+  max 127 * 2^-frac, which frac_for_range maps back to exactly that frac.
+
+percentile/mse work on a sample of each tensor's values: every value when a tensor has at most
+SAMPLE_SIZE values over the calibration set, else a seeded uniform random sample of about that many
+(deterministic: same data, same formats). The exact maximum is always kept.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import UserError
+from ..fixed import QFormat, dequantize, frac_for_range, quantize
 from ..ir import Graph
 from ..reference import run_float, to_qgen_layout
 
+METHODS = ("minmax", "percentile", "mse")
+SAMPLE_SIZE = 1 << 18
+MSE_FRAC_SEARCH = 8  # how many bits finer than min/max the MSE search may go
+ACT_BITS = 8
 
-def run(graph: Graph, calib: np.ndarray, batch: int = 256) -> Graph:
+
+def run(graph: Graph, calib: np.ndarray, batch: int = 256, method: str = "minmax",
+        percentile: float = 99.99) -> Graph:
+    if method not in METHODS:
+        raise UserError(f"calibration method '{method}' is not known; use one of {', '.join(METHODS)}")
+    if method == "percentile" and not 0.0 < percentile <= 100.0:
+        raise UserError(f"percentile {percentile} is outside (0, 100]; typical values are 99.9 to 99.999")
+    x = _check_and_convert(graph, calib)
+    n = x.shape[0]
+    rng = np.random.default_rng(0)
+    maxima: dict[str, float] = {}
+    samples: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n, batch):
+        values = run_float(graph, x[start:start + batch])
+        for name, v in values.items():
+            if v.size and not np.all(np.isfinite(v)):
+                node = graph.producer(name)
+                where = node.where() if node is not None else f"input %{name}"
+                raise UserError(f"{where}: the float model produces NaN or Inf on the calibration data "
+                                f"(tensor %{name}); check the model's weights and the input scaling")
+            maxima[name] = max(maxima.get(name, 0.0), float(np.max(np.abs(v))) if v.size else 0.0)
+            if method != "minmax" and v.size:
+                samples.setdefault(name, []).append(_subsample(v.ravel(), n * v[0].size, rng))
+    if method == "minmax":
+        graph.ranges = maxima
+        return graph
+    ranges: dict[str, float] = {}
+    for name, top in maxima.items():
+        values = np.concatenate(samples[name]) if name in samples else np.zeros(0)
+        ranges[name] = effective_max(values, top, method, percentile)
+    graph.ranges = ranges
+    return graph
+
+
+def effective_max(values: np.ndarray, top: float, method: str, percentile: float = 99.99) -> float:
+    """The range to give frac_for_range for one tensor's calibration values (top = exact max |x|)."""
+    if method == "minmax" or values.size == 0 or top == 0.0:
+        return top
+    if method == "percentile":
+        p = float(np.percentile(np.abs(values), percentile))
+        return p if p > 0.0 else top
+    return 127.0 * 2.0 ** -mse_frac(values, top)
+
+
+def mse_frac(values: np.ndarray, top: float, bits: int = ACT_BITS) -> int:
+    """The frac with the least squared quantisation error (rounding + saturation) over `values`."""
+    base = frac_for_range(top, bits)
+    best, best_err = base, np.inf
+    for frac in range(base, base + MSE_FRAC_SEARCH + 1):
+        fmt = QFormat(bits, frac)
+        err = float(np.sum(np.square(values - dequantize(quantize(values, fmt), fmt))))
+        if err < best_err:  # strict: ties keep the coarser (less saturating) frac
+            best, best_err = frac, err
+    return best
+
+
+def _subsample(v: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """About SAMPLE_SIZE * len(v) / total values of v, uniformly (all of them when total is small)."""
+    if total <= SAMPLE_SIZE:
+        return v.astype(np.float64, copy=True)
+    k = max(1, round(SAMPLE_SIZE * v.size / total))
+    return v[rng.choice(v.size, size=min(k, v.size), replace=False)].astype(np.float64)
+
+
+def _check_and_convert(graph: Graph, calib: np.ndarray) -> np.ndarray:
+    """Validate calibration data (PyTorch layout) and return it in qgen layout, float64."""
     x = np.asarray(calib)
     expect = graph.tensors[graph.inputs[0]].shape
     if x.dtype.kind not in "fiu":
@@ -27,11 +110,7 @@ def run(graph: Graph, calib: np.ndarray, batch: int = 256) -> Graph:
                         f"so give an array of shape [N, {', '.join(map(str, torch_shape))}]")
     x = to_qgen_layout(graph, x.astype(np.float64))
     if not np.all(np.isfinite(x)):
-        raise UserError("calibration data contains NaN or Inf")
-    ranges: dict[str, float] = {}
-    for start in range(0, x.shape[0], batch):
-        values = run_float(graph, x[start:start + batch])
-        for name, v in values.items():
-            ranges[name] = max(ranges.get(name, 0.0), float(np.max(np.abs(v))) if v.size else 0.0)
-    graph.ranges = ranges
-    return graph
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise UserError(f"calibration data contains NaN or Inf ({x[tuple(bad)]} in sample {int(bad[0])} at "
+                        f"{tuple(int(i) for i in bad[1:])}); remove or repair the non-finite samples")
+    return x

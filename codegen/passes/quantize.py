@@ -1,10 +1,11 @@
 """Quantise the calibrated float IR to power-of-two Q-format integers.
 
-- Activations: int8, one frac per tensor from its calibrated range (fixed.frac_for_range: the largest
-  frac at which the calibration maximum does not saturate). Pooling and reshape keep their input's
+- Activations: int8, one frac per tensor from its calibrated range graph.ranges[t] (fixed.frac_for_range:
+  the largest frac at which that range does not saturate). The range is the effective maximum chosen
+  by the calibration method (calibrate.py: min/max, percentile, MSE; QAT pins it to 127 * 2^-frac). Pooling and reshape keep their input's
   format (max/avg of values cannot exceed the input range), so they need no requantisation.
 - Weights: int8, one frac per output channel (per-channel; `attrs["weight_per_tensor"]` forces one
-  frac for the tensor), bias: int32 at frac (f_in + f_w[c]).
+  frac for the tensor), bias: int32 at frac (f_in + f_w[c]); chosen by weight_formats (also used by QAT).
 - Each conv/linear output channel requantises its int32 accumulator by shift[c] = f_in + f_w[c] - f_out
   (fixed.requantize), and the fused activation becomes integer bounds act_min/act_max.
 - The int32 accumulator bound sum|w_q| * 128 + |b_q| is proven <= 2**31 - 1 for every channel; where
@@ -22,13 +23,15 @@ from ..ir import Graph, Node, Op
 
 INT32_MAX = (1 << 31) - 1
 ACT_BITS = 8
+MAX_ACT_FRAC = 120  # 2**+-120 is an exact float32 (an input range below 1e-36 gets the 2**-120 step)
 ADD_ALIGN_MAX = 22  # |int8 << 22| * 2 < 2**31: the aligned add cannot overflow
 
 
 def run(graph: Graph) -> Graph:
     if not graph.ranges:
         raise UserError("quantize needs calibration ranges: run calibration with sample data first")
-    act = lambda frac: QFormat(ACT_BITS, int(frac))  # noqa: E731
+    # activation fracs stay within float32's exponent range so the C float helpers can scale exactly
+    act = lambda frac: QFormat(ACT_BITS, max(-MAX_ACT_FRAC, min(int(frac), MAX_ACT_FRAC)))  # noqa: E731
     x = graph.tensors[graph.inputs[0]]
     _set_act(x, act(frac_for_range(graph.ranges[x.name], ACT_BITS)))
     for node in graph.nodes:
@@ -120,13 +123,17 @@ def _act_bounds(act: tuple, frac: int) -> tuple[int, int]:
     return qlo, qhi
 
 
-def _quantize_weighted(graph: Graph, node: Node, fin: int, fout: int) -> None:
-    w_t, b_t = graph.tensors[node.inputs[1]], graph.tensors[node.inputs[2]]
-    w, b = w_t.data, b_t.data
+def weight_formats(w: np.ndarray, b: np.ndarray, fin: int, fout: int, per_tensor: bool = False,
+                   where: str = "layer") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The weight/bias quantisation of one conv/linear: (fw, w_q, b_q, acc_bound) per output channel.
+
+    The one place that chooses weight fracs (codegen/qat.py calls it on the live float weights, so
+    QAT's fake quantisation and the compiled integer model use identical formats).
+    """
     cout = w.shape[0]
     wmax = np.abs(w.reshape(cout, -1)).max(axis=1) if w.size else np.zeros(cout)
     fw = np.array([frac_for_range(float(m), 8) for m in wmax])
-    if node.attrs.get("weight_per_tensor"):  # one format for the whole tensor (e.g. shared codebooks)
+    if per_tensor:  # one format for the whole tensor (e.g. shared codebooks)
         fw = np.full(cout, fw.min())
     fw = np.minimum(fw, MAX_SHIFT + fout - fin)  # requantise shift <= 31
     for c in range(cout):  # bias must fit int32 with headroom for the accumulator
@@ -142,12 +149,20 @@ def _quantize_weighted(graph: Graph, node: Node, fin: int, fout: int) -> None:
             break
         fw = np.where(bad, fw - 1, fw)
     else:
-        raise UserError(f"{node.where()}: the int32 accumulator can overflow (worst case "
+        raise UserError(f"{where}: the int32 accumulator can overflow (worst case "
                         f"{int(bound.max())} > 2^31-1) even with coarser weights; reduce the layer's fan-in.")
     shift = fin + fw - fout
     if np.any(shift < -MAX_SHIFT):
-        raise UserError(f"{node.where()}: needs a requantisation shift of {int(shift.min())} (weights too large "
+        raise UserError(f"{where}: needs a requantisation shift of {int(shift.min())} (weights too large "
                         f"for Q-format: max |w| = {float(wmax.max()):.3g}); rescale the layer.")
+    return fw, w_q, b_q, bound
+
+
+def _quantize_weighted(graph: Graph, node: Node, fin: int, fout: int) -> None:
+    w_t, b_t = graph.tensors[node.inputs[1]], graph.tensors[node.inputs[2]]
+    fw, w_q, b_q, bound = weight_formats(w_t.data, b_t.data, fin, fout,
+                                         bool(node.attrs.get("weight_per_tensor")), node.where())
+    shift = fin + fw - fout
     w_t.data, w_t.dtype, w_t.qformat = w_q.astype(np.int8), "int8", QFormat(8, tuple(int(f) for f in fw))
     b_t.data, b_t.dtype, b_t.qformat = b_q.astype(np.int32), "int32", QFormat(32, tuple(int(fin + f) for f in fw))
     lo, hi = _act_bounds(node.attrs.get("act", (None, None)), fout)
@@ -159,4 +174,6 @@ def _quantize_add(graph: Graph, node: Node, fout: int) -> None:
     common = min(max(fa, fb), min(fa, fb) + ADD_ALIGN_MAX)
     common = max(min(common, fout + MAX_SHIFT), fout - MAX_SHIFT)
     lo, hi = _act_bounds(node.attrs.get("act", (None, None)), fout)
-    node.attrs.update(shift_a=fa - common, shift_b=fb - common, shift=common - fout, act_min=lo, act_max=hi)
+    # a right shift of an int8 value by 8 or more gives 0 or -1 exactly as by 31: cap it for the C shift
+    node.attrs.update(shift_a=min(fa - common, MAX_SHIFT), shift_b=min(fb - common, MAX_SHIFT),
+                      shift=common - fout, act_min=lo, act_max=hi)

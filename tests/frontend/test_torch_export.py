@@ -126,3 +126,19 @@ def test_pad_folds_into_conv_but_not_maxpool():
     conv = next(n for n in g.nodes if n.op is Op.CONV2D)
     assert conv.attrs["padding"] == (4, 1, 5, 1)
     assert [n.op for n in g.nodes].count(Op.PAD) == 1  # the one before max pooling stays
+
+
+def test_flattened_image_order_survives_elementwise_ops_cat_and_batchnorm():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(2 * 3 * 4 * 4)
+            self.fc = nn.Linear(2 * 3 * 4 * 4, 5)
+
+        def forward(self, x):
+            f = torch.flatten(x, 1)
+            y = torch.cat([torch.relu(f) + f, torch.sigmoid(f)], 1)
+            return self.fc(self.bn(y))
+
+    torch.manual_seed(7)
+    _float_ir_matches_torch(randomize_bn(M()), torch.randn(4, 3, 4, 4))

@@ -50,39 +50,25 @@ FIXED = {
                    {"op": "flatten"}, linear(3, w="zero")]},
 }
 
-OPEN = {
-    # plan_memory.run gives both graph outputs the same `out` offset when they are one tensor (or one
-    # storage group, e.g. y and y.flatten(1)); the C writes one copy, the reference concatenates two.
-    "duplicate-output": pytest.param(
-        {"input": [4], "taps": [0], "seed": 1, "calib": CALIB, "layers": [linear(3)]},
-        marks=pytest.mark.xfail(strict=True, raises=AssertionError,
-                                reason="bug: plan_memory.run, same tensor returned twice -> one output copy unwritten")),
-    "output-and-its-flatten": pytest.param(
-        {"input": [3, 1, 1], "taps": [0], "seed": 1, "calib": CALIB, "layers": [conv(3), {"op": "flatten"}]},
-        marks=pytest.mark.xfail(strict=True, raises=AssertionError,
-                                reason="bug: plan_memory.run, outputs sharing storage (reshape alias) -> one unwritten")),
-    # quantize._quantize_add: a residual add of two tensors whose fracs differ by more than 53 gets an
-    # alignment shift > 31: fixed.round_shift raises ValueError (internal error, exit 2), and the C
-    # qg_round_shift would shift an int32 by >= 32 (undefined behaviour).
-    "add-align-shift-over-31": pytest.param(
-        {"input": [4], "taps": [], "seed": 1, "calib": CALIB,
-         "layers": [{"op": "res", "body": [linear(4, wexp=-20, b="zero")], "relu": False}]},
-        marks=pytest.mark.xfail(strict=True, raises=ValueError,
-                                reason="bug: quantize._quantize_add, shift_a/shift_b not capped at 31")),
-    # The kernel parameter structs (firmware/kernels/qg_kernels.h) hold sizes in narrow fields:
-    # qg_fully_connected_params_t.in_features/out_features uint16_t, qg_pool2d_params_t.k_h/k_w
-    # uint8_t. Larger layers compile in Python, then the C fails -Werror=overflow (host build) -- or,
-    # where model warnings are not fatal (the firmware build), truncates silently and computes garbage.
-    # Fix: refuse in quantize/emit with a UserError (add its text to EXPECTED_REFUSALS) or widen.
-    "linear-in-features-over-65535": pytest.param(
-        {"input": [70000], "taps": [], "seed": 2, "calib": CALIB, "layers": [linear(2)]},
-        marks=pytest.mark.xfail(strict=True, raises=RuntimeError,
-                                reason="bug: qg_fully_connected_params_t.in_features is uint16_t")),
-    "global-pool-window-over-255": pytest.param(
-        {"input": [2, 1, 300], "taps": [], "seed": 2, "calib": CALIB, "layers": [{"op": "gap", "how": "mean"}]},
-        marks=pytest.mark.xfail(strict=True, raises=RuntimeError,
-                                reason="bug: qg_pool2d_params_t.k_w is uint8_t (window 300)")),
+# Bugs found by the fuzzer and fixed since (each was a strict xfail here until its fix):
+FIXED.update({
+    # two outputs naming one tensor or one storage group: passes/separate_outputs.py inserts a copy
+    "duplicate-output": {"input": [4], "taps": [0], "seed": 1, "calib": CALIB, "layers": [linear(3)]},
+    "output-and-its-flatten": {"input": [3, 1, 1], "taps": [0], "seed": 1, "calib": CALIB,
+                               "layers": [conv(3), {"op": "flatten"}]},
+    # a residual add whose input fracs differ by > 53: alignment shifts are capped at 31 (same result)
+    "add-align-shift-over-31": {"input": [4], "taps": [], "seed": 1, "calib": CALIB,
+                                "layers": [{"op": "res", "body": [linear(4, wexp=-20, b="zero")], "relu": False}]},
+})
+
+# Sizes beyond the kernel struct fields (qg_kernels.h) are refused with a UserError, not truncated.
+REFUSED = {
+    "linear-in-features-over-65535": {"input": [70000], "taps": [], "seed": 2, "calib": CALIB, "layers": [linear(2)]},
+    "global-pool-window-over-255": {"input": [2, 1, 300], "taps": [], "seed": 2, "calib": CALIB,
+                                    "layers": [{"op": "gap", "how": "mean"}]},
 }
+
+OPEN: dict = {}
 
 
 @pytest.mark.parametrize("spec", list(FIXED.values()), ids=list(FIXED))
@@ -107,14 +93,19 @@ def _raw_check(spec: dict) -> None:
         fuzzgen.KNOWN_BUGS.update(saved)
 
 
-@pytest.mark.parametrize("spec", list(OPEN.values()), ids=list(OPEN))
-def test_open_bug(spec):
-    _raw_check(spec)
+@pytest.mark.parametrize("spec", list(REFUSED.values()), ids=list(REFUSED))
+def test_oversized_layer_refused(spec):
+    outcome = check_spec(spec)
+    assert outcome.startswith("refused: ") and "does not fit the kernel's" in outcome, outcome
 
 
-@pytest.mark.xfail(strict=True, reason="bug: frontend/torch_export.py _cat does not carry flat_from_image, so a "
-                                       "Linear after cat(flatten(x), ...) reads channels-last data with unpermuted "
-                                       "PyTorch (C, H, W) columns")
+if OPEN:  # a new bug: add its spec to OPEN as a strict xfail, move it to FIXED with the fix
+    @pytest.mark.parametrize("spec", list(OPEN.values()), ids=list(OPEN))
+    def test_open_bug(spec):
+        _raw_check(spec)
+
+
+# fixed: the front end tracks the element order of flattened vectors through cat/relu/add/BatchNorm
 def test_linear_after_concatenated_flattened_images_matches_torch():
     class FlatCat(nn.Module):
         def __init__(self):
@@ -135,8 +126,6 @@ def test_linear_after_concatenated_flattened_images_matches_torch():
     assert np.abs(result.predict(calib) - expect).max() < 0.1 * np.abs(expect).max()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: emit/c.py _pow2_literal gives 0.0f for an input frac > 127 (input "
-                                       "range below ~1e-36), so <prefix>_quantize_input returns zeros")
 def test_c_quantize_input_with_a_tiny_input_range():
     model = nn.Sequential(nn.Linear(4, 2)).eval()
     calib = (np.random.default_rng(0).standard_normal((8, 4)) * 1e-42).astype(np.float32)
