@@ -44,12 +44,24 @@ def conv2d_acc(x: np.ndarray, w: np.ndarray, stride, padding) -> np.ndarray:
 
 
 def depthwise_acc(x: np.ndarray, w: np.ndarray, stride, padding) -> np.ndarray:
-    """Depthwise sums: output channel o reads input channel o // multiplier (PyTorch groups order)."""
+    """Depthwise sums: output channel o reads input channel o // multiplier (PyTorch groups order).
+
+    One vectorised multiply-add per kernel tap over the strided, padded input (exact in float64).
+    """
     cout, kh, kw, _ = w.shape
     mult = cout // x.shape[3]
-    cols = windows(pad_hw(x, padding), (kh, kw), stride).astype(np.float64)  # (N,OH,OW,KH,KW,C)
-    cols = np.repeat(cols, mult, axis=5)
-    return np.einsum("nhwijc,cij->nhwc", cols, w[..., 0].astype(np.float64))
+    xp = pad_hw(x, padding).astype(np.float64)
+    if mult > 1:
+        xp = np.repeat(xp, mult, axis=3)
+    sh, sw = stride
+    oh = (xp.shape[1] - kh) // sh + 1
+    ow = (xp.shape[2] - kw) // sw + 1
+    acc = np.zeros((x.shape[0], oh, ow, cout))
+    taps = w[..., 0].astype(np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            acc += xp[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] * taps[:, i, j]
+    return acc
 
 
 def pool_windows(x: np.ndarray, node: Node, pad_value) -> np.ndarray:
