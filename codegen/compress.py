@@ -1,0 +1,323 @@
+"""Compression that pays off in the generated code: options, the pass list, fine-tuning, reports.
+
+    opts = compress.parse_cli(prune=0.8, channels=0.5, rank="energy:0.95", cluster=4)
+    result = codegen.compile(model, example, calib, extra_passes=compress.passes(opts, train=(x, y)))
+    compress.summary(result.graph)   # per layer: chosen weight format, bytes, MACs executed
+
+Every technique is a float-IR pass (codegen/passes/): prune_channels and low_rank change the graph's
+shapes; prune_magnitude zeroes weights and cluster shares them, and both mark the layers so that the
+C emitter stores them compressed (codegen/emit/weight_formats.py) and runs kernels that skip zeros or
+decode indices. Order: channels -> low rank -> fine-tune -> magnitude pruning -> fine-tune (masked)
+-> clustering. Fine-tuning (optional, needs labelled training data) trains the float IR itself with
+PyTorch (`GraphModule`), so it works the same after any structural change; pruned weights stay zero.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from .errors import UserError
+from .ir import Graph, Op
+from .passes import cluster, low_rank, prune_channels, prune_magnitude
+
+Pass = tuple[str, Callable[[Graph], Graph]]
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    prune: float | None = None  # unstructured sparsity, 0 <= s < 1
+    prune_scope: str = "layer"  # "layer" | "global"
+    importance: str = "magnitude"  # "magnitude" | "gradient" (|w * dL/dw|, needs training data)
+    prune_layers: tuple[str, ...] | None = None  # None: every conv2d / linear
+    channels: float | None = None  # fraction of channels removed, 0 <= r < 1
+    channel_criterion: str = "l1"  # "l1" | "l2" | "bn" (BatchNorm |gamma|, needs the torch model)
+    rank_energy: float | None = None  # low-rank: energy kept (0, 1]
+    rank: int | None = None  # low-rank: explicit rank >= 1
+    cluster: int | None = None  # weight sharing: bits per weight (2..6 useful)
+    finetune_epochs: int = 0  # after each structural / pruning step, when training data is given
+    prune_steps: int = 1  # gradual pruning: sparsity reached in this many prune + fine-tune rounds
+    lr: float = 3e-3
+    batch: int = 64
+    seed: int = 0
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in (self.prune, self.channels, self.rank_energy, self.rank, self.cluster))
+
+
+def parse_rank(text: str | int | None) -> tuple[float | None, int | None]:
+    """'energy:0.95' -> (0.95, None); '8' or 8 -> (None, 8)."""
+    if text is None:
+        return None, None
+    if isinstance(text, (int, np.integer)):
+        return None, int(text)
+    s = str(text).strip()
+    try:
+        if s.startswith("energy:"):
+            return float(s[len("energy:"):]), None
+        return None, int(s)
+    except ValueError:
+        raise UserError(f"--rank '{text}' is not understood; use an explicit rank (e.g. 8) or an energy "
+                        "threshold (e.g. energy:0.95)") from None
+
+
+def parse_cli(prune: float | None = None, channels: float | None = None, rank: str | int | None = None,
+              cluster: int | None = None, *, prune_scope: str = "layer", importance: str = "magnitude",
+              channel_criterion: str = "l1", finetune_epochs: int = 0, prune_steps: int = 1,
+              lr: float = 3e-3, prune_layers: list[str] | None = None) -> CompressOptions:
+    """The options of `qgen compile/compress --prune --channels --rank --cluster`, validated (UserError)."""
+    energy, explicit = parse_rank(rank)
+    opts = CompressOptions(prune=prune, prune_scope=prune_scope, importance=importance, channels=channels,
+                           channel_criterion=channel_criterion, rank_energy=energy, rank=explicit,
+                           cluster=cluster, finetune_epochs=finetune_epochs, prune_steps=prune_steps, lr=lr,
+                           prune_layers=tuple(prune_layers) if prune_layers is not None else None)
+    validate(opts)
+    return opts
+
+
+def validate(opts: CompressOptions) -> None:
+    if opts.prune is not None:
+        prune_magnitude.check_sparsity(opts.prune)
+    if opts.prune_scope not in ("layer", "global"):
+        raise UserError(f"pruning scope '{opts.prune_scope}' is unknown; use 'layer' or 'global'")
+    if opts.importance not in ("magnitude", "gradient"):
+        raise UserError(f"importance '{opts.importance}' is unknown; use 'magnitude' or 'gradient'")
+    if opts.channels is not None and not (isinstance(opts.channels, (int, float)) and 0 <= opts.channels < 1):
+        raise UserError(f"channel pruning ratio {opts.channels!r} is impossible: 0 <= ratio < 1 (e.g. 0.5)")
+    if opts.channel_criterion not in ("l1", "l2", "bn"):
+        raise UserError(f"channel criterion '{opts.channel_criterion}' is unknown; use l1, l2 or bn")
+    if opts.rank_energy is not None or opts.rank is not None:
+        low_rank.check(opts.rank_energy, opts.rank)
+    if opts.cluster is not None:
+        cluster.check_bits(opts.cluster)
+    if not isinstance(opts.prune_steps, int) or opts.prune_steps < 1:
+        raise UserError(f"prune_steps must be >= 1, got {opts.prune_steps!r}")
+    if opts.finetune_epochs < 0:
+        raise UserError(f"fine-tuning epochs must be >= 0, got {opts.finetune_epochs}")
+
+
+def passes(opts: CompressOptions, train: tuple[np.ndarray, np.ndarray] | None = None, model=None,
+           example=None) -> list[Pass]:
+    """The float-IR passes for `codegen.compile(..., extra_passes=...)`.
+
+    train: (x, y) float samples in PyTorch layout and integer class labels, for fine-tuning and for
+        gradient importance. model/example: the torch module, for the 'bn' channel criterion.
+    """
+    validate(opts)
+    if opts.importance == "gradient" and opts.prune is not None and train is None:
+        raise UserError("gradient importance (|w * dL/dw|) needs training data: pass train=(x, y)")
+    result: list[Pass] = []
+    tune = opts.finetune_epochs > 0 and train is not None
+    if opts.channels is not None:
+        scores = None
+        criterion = opts.channel_criterion
+        if criterion == "bn":
+            if model is None or example is None:
+                raise UserError("the 'bn' channel criterion needs the torch model and an example input")
+            scores, criterion = bn_importance(model, example), "scores"
+        result.append(("prune_channels", partial(prune_channels.run, ratio=opts.channels, criterion=criterion,
+                                                 scores=scores)))
+    if opts.rank_energy is not None or opts.rank is not None:
+        result.append(("low_rank", partial(low_rank.run, energy=opts.rank_energy, rank=opts.rank)))
+    if tune and (opts.channels is not None or opts.rank_energy is not None or opts.rank is not None):
+        result.append(("finetune", partial(finetune, train=train, opts=opts)))
+    if opts.prune is not None:
+        steps = opts.prune_steps if tune else 1
+        for step in range(1, steps + 1):
+            sparsity = opts.prune * step / steps
+            suffix = f"_{step}" if steps > 1 else ""
+            result.append((f"prune_magnitude{suffix}", partial(_prune, sparsity=sparsity, opts=opts, train=train)))
+            if tune:
+                result.append((f"finetune_sparse{suffix}", partial(finetune, train=train, opts=opts)))
+    if opts.cluster is not None:
+        result.append(("cluster", partial(cluster.run, bits=opts.cluster)))
+    return result
+
+
+def _prune(graph: Graph, sparsity: float, opts: CompressOptions, train) -> Graph:
+    imp = gradient_importance(graph, *train, batch=opts.batch) if opts.importance == "gradient" else None
+    layers = list(opts.prune_layers) if opts.prune_layers is not None else None
+    return prune_magnitude.run(graph, sparsity, opts.prune_scope, imp, layers)
+
+
+# ------------------------------------------------------------------ the float IR as a torch module
+
+
+def _torch_layout(x: np.ndarray) -> np.ndarray:
+    return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+
+
+class GraphModule:
+    """Runs a float IR graph with torch (channels-last, like run_float), its weights as parameters.
+
+    `params[tensor name]` are the trainable weights and biases; `write_back()` copies them into the IR.
+    """
+
+    def __init__(self, graph: Graph):
+        import torch
+
+        self.graph = graph
+        self.params = {name: torch.nn.Parameter(torch.tensor(t.data, dtype=torch.float32))
+                       for name, t in graph.tensors.items() if t.is_const}
+
+    def write_back(self) -> None:
+        for name, p in self.params.items():
+            self.graph.tensors[name].data = p.detach().double().numpy().copy()
+
+    def __call__(self, x):
+        import torch
+        import torch.nn.functional as F
+
+        g = self.graph
+        values = {g.inputs[0]: x}
+        for n in g.nodes:
+            xs = [values[t] for t in n.inputs if not g.tensors[t].is_const]
+            a = n.attrs
+            if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
+                w, b = self.params[n.inputs[1]], self.params[n.inputs[2]]
+                top, left, bottom, right = a["padding"]
+                y = F.pad(xs[0].permute(0, 3, 1, 2), (left, right, top, bottom))
+                groups = xs[0].shape[-1] if n.op is Op.DEPTHWISE_CONV2D else 1
+                y = F.conv2d(y, w.permute(0, 3, 1, 2), b, stride=tuple(a["stride"]), groups=groups).permute(0, 2, 3, 1)
+            elif n.op is Op.LINEAR:
+                y = xs[0] @ self.params[n.inputs[1]].T + self.params[n.inputs[2]]
+            elif n.op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
+                top, left, bottom, right = a["padding"]
+                fill = float("-inf") if n.op is Op.MAXPOOL2D else 0.0
+                y = F.pad(xs[0].permute(0, 3, 1, 2), (left, right, top, bottom), value=fill)
+                pool = F.max_pool2d if n.op is Op.MAXPOOL2D else F.avg_pool2d
+                y = pool(y, tuple(a["kernel"]), tuple(a["stride"])).permute(0, 2, 3, 1)
+            elif n.op is Op.RELU:
+                y = _clamp(xs[0], a["lo"], a["hi"])
+            elif n.op is Op.ADD:
+                y = xs[0] + xs[1]
+            elif n.op is Op.RESHAPE:
+                y = xs[0].reshape((xs[0].shape[0],) + tuple(a["shape"]))
+            elif n.op.value == "pad":
+                top, left, bottom, right = a["padding"]
+                y = F.pad(xs[0], (0, 0, left, right, top, bottom))
+            elif n.op.value == "concat":
+                y = torch.cat(xs, dim=a["axis"] + 1)
+            elif n.op.value == "softmax":
+                y = torch.softmax(xs[0], dim=-1)
+            else:
+                raise UserError(f"{n.where()}: fine-tuning does not support op {n.op.value}; compress without "
+                                "fine-tuning (finetune_epochs=0)")
+            if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR, Op.ADD):
+                y = _clamp(y, *a.get("act", (None, None)))
+            values[n.outputs[0]] = y
+        out = values[g.outputs[0]]
+        return out.permute(0, 3, 1, 2) if out.dim() == 4 else out
+
+
+def _clamp(y, lo, hi):
+    return y if lo is None and hi is None else y.clamp(min=lo, max=hi)
+
+
+def gradient_importance(graph: Graph, x: np.ndarray, y: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
+    """|w * dL/dw| accumulated over the training data (first-order Taylor estimate of the loss change
+    when the weight is removed), per conv2d / linear node name."""
+    import torch
+
+    module = GraphModule(graph)
+    xt, yt = torch.tensor(_torch_layout(np.asarray(x)), dtype=torch.float32), torch.as_tensor(np.asarray(y))
+    for start in range(0, len(xt), batch):
+        loss = torch.nn.functional.cross_entropy(module(xt[start:start + batch]), yt[start:start + batch],
+                                                 reduction="sum")
+        loss.backward()
+    out = {}
+    for n in graph.nodes:
+        if n.op in prune_magnitude.PRUNABLE:
+            p = module.params[n.inputs[1]]
+            out[n.name] = (p.detach() * p.grad).abs().double().numpy()
+    return out
+
+
+def finetune(graph: Graph, train: tuple[np.ndarray, np.ndarray], opts: CompressOptions) -> Graph:
+    """A few epochs of Adam on the float IR (cross-entropy on class labels). Weights that are exactly
+    zero (pruned) stay zero. Run it before clustering (as `passes` does): training would undo sharing."""
+    import torch
+
+    if opts.finetune_epochs <= 0:
+        return graph
+    torch.manual_seed(opts.seed)
+    module = GraphModule(graph)
+    masks = {}
+    for n in graph.nodes:
+        if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR) and n.attrs.get("weight_format", "dense") != "dense":
+            masks[n.inputs[1]] = (module.params[n.inputs[1]] != 0).float()
+    params = list(module.params.values())
+    opt = torch.optim.Adam(params, lr=opts.lr)
+    x, y = train
+    xt, yt = torch.tensor(_torch_layout(np.asarray(x)), dtype=torch.float32), torch.as_tensor(np.asarray(y))
+    gen = torch.Generator().manual_seed(opts.seed)
+    for _ in range(opts.finetune_epochs):
+        for idx in torch.randperm(len(xt), generator=gen).split(opts.batch):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(module(xt[idx]), yt[idx]).backward()
+            opt.step()
+            with torch.no_grad():
+                for name, m in masks.items():
+                    module.params[name].mul_(m)
+    module.write_back()
+    return graph
+
+
+def bn_importance(model, example) -> dict[str, np.ndarray]:
+    """BatchNorm |gamma| of each conv2d / linear that a BatchNorm follows (network slimming's channel
+    importance), keyed by the producer's IR node name; read from the module before BN is folded."""
+    from .frontend import from_module
+
+    g = from_module(model, example)
+    scores = {}
+    for bn in (n for n in g.nodes if n.op is Op.BATCH_NORM):
+        producer = g.producer(bn.inputs[0])
+        if producer is None or producer.op not in (Op.CONV2D, Op.LINEAR):
+            continue
+        try:
+            gamma = model.get_submodule(bn.name).weight
+        except AttributeError:
+            gamma = None
+        if gamma is None:  # affine=False or an unnamed node: the folded scale gamma / sqrt(var + eps)
+            scores[producer.name] = np.abs(g.tensors[bn.inputs[1]].data)
+        else:
+            scores[producer.name] = np.abs(gamma.detach().double().numpy())
+    if not scores:
+        raise UserError("the 'bn' channel criterion found no BatchNorm after a conv2d/linear; use l1 or l2")
+    return scores
+
+
+# ------------------------------------------------------------------ what it bought
+
+
+def summary(graph: Graph) -> list[dict]:
+    """Per weighted layer of a quantised graph: format, bytes (dense and as emitted), MACs (dense and executed)."""
+    from .emit.weight_formats import summary as layer_summary
+
+    return layer_summary(graph)
+
+
+def totals(graph: Graph) -> dict:
+    layers = summary(graph)
+    keys = ("weights", "nonzero", "dense_bytes", "bytes", "dense_layer_bytes", "layer_bytes", "macs", "macs_executed")
+    return {k: int(sum(layer[k] for layer in layers)) for k in keys}
+
+
+def summary_lines(graph: Graph) -> list[str]:
+    """A small table for the CLI: one line per weighted layer plus a total."""
+    lines = [f"{'layer':<24} {'format':<9} {'nonzero':>15} {'bytes':>17} {'MACs executed':>21}"]
+    for s in summary(graph):
+        fmt = s["format"] + (f"/{s['bits']}b" if s["format"] == "cluster" else "")
+        lines.append(f"{s['name'][:24]:<24} {fmt:<9} {s['nonzero']:>7}/{s['weights']:<7} "
+                     f"{s['bytes']:>7} of {s['dense_bytes']:<7} {s['macs_executed']:>9} of {s['macs']:<9}")
+    t = totals(graph)
+    lines.append(f"{'total':<24} {'':<9} {t['nonzero']:>7}/{t['weights']:<7} {t['bytes']:>7} of {t['dense_bytes']:<7} "
+                 f"{t['macs_executed']:>9} of {t['macs']:<9}")
+    return lines
+
+
+__all__ = ["CompressOptions", "GraphModule", "bn_importance", "finetune", "gradient_importance", "parse_cli",
+           "parse_rank", "passes", "summary", "summary_lines", "totals", "validate"]
