@@ -40,6 +40,25 @@ def _load_array(path: str, what: str) -> np.ndarray:
     return data
 
 
+def _compress_passes(args):
+    """Float-IR compression passes from the --prune/--channels/--rank/--cluster flags (None: no flags)."""
+    from . import compress
+
+    if not any(getattr(args, k, None) is not None for k in ("prune", "channels", "rank", "cluster")):
+        return None
+    opts = compress.parse_cli(prune=args.prune, channels=args.channels, rank=args.rank, cluster=args.cluster,
+                              prune_scope=args.prune_scope, importance=args.importance,
+                              finetune_epochs=args.finetune_epochs)
+    train = None
+    if args.train:
+        if not args.labels:
+            raise UserError("--train needs --labels (integer class labels, .npy) for fine-tuning")
+        train = (_load_array(args.train, "training data"), _load_array(args.labels, "labels").astype(np.int64))
+    elif args.finetune_epochs or args.importance == "gradient":
+        raise UserError("fine-tuning and gradient importance need --train x.npy --labels y.npy")
+    return compress.passes(opts, train=train)
+
+
 def cmd_compile(args) -> int:
     from . import compile as qcompile
     from . import report
@@ -48,8 +67,29 @@ def cmd_compile(args) -> int:
     if calib is None:
         print("warning: no --calib given; calibrating on random N(0,1) inputs. Pass real samples for "
               "accuracy.", file=sys.stderr)
-    result = qcompile(args.model, args.input_shape, calib, prefix=args.prefix, out_dir=args.out)
+    passes = _compress_passes(args)
+    split_at = getattr(args, "split_at", None)
+    result = qcompile(args.model, args.input_shape, calib, prefix=args.prefix,
+                      out_dir=None if split_at else args.out, extra_passes=passes)
     report.print_table(result.report)
+    if passes is not None or args.command == "compress":
+        from . import compress
+
+        print("\n".join(compress.summary_lines(result.graph)))
+    if getattr(args, "boards", None):
+        from . import split
+
+        print(split.suggestions_markdown(split.suggest_splits(result.graph, args.boards)))
+    if split_at:
+        import shlex
+
+        from . import split
+
+        parts = split.split_model(result, split_at, out_dir=args.out,
+                                  command="qgen " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+        print(parts.files[f"{args.prefix}_split.md"])
+        print(f"wrote {args.out}/part0 .. part{len(split_at)} and {args.prefix}_split.h/.c")
+        return 0
     if args.verify:
         check = result.verify()
         print(check)
@@ -148,6 +188,14 @@ def cmd_micropython(args) -> int:
     return 0
 
 
+def cmd_bundle(args) -> int:
+    from .bundle import bundle
+
+    r = bundle(args.models, args.out, name=args.name, command="qgen " + " ".join(sys.argv[1:]))
+    print(f"wrote {args.out}/ ({', '.join(m.prefix for m in r.models)}; shared arena {r.arena_size:,} B)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from rich.console import Console
 
@@ -155,6 +203,19 @@ def cmd_demo(args) -> int:
 
     demo.run(out_dir=args.out, console=Console(), cache=not args.no_cache)
     return 0
+
+
+def add_compress_args(cmd) -> None:
+    g = cmd.add_argument_group("compression (stored compactly in the generated C)")
+    g.add_argument("--prune", type=float, help="unstructured sparsity, e.g. 0.8 (zero weights are not stored)")
+    g.add_argument("--prune-scope", default="layer", choices=["layer", "global"])
+    g.add_argument("--importance", default="magnitude", choices=["magnitude", "gradient"])
+    g.add_argument("--channels", type=float, help="fraction of output channels to remove, e.g. 0.5")
+    g.add_argument("--rank", help="low-rank factorisation: energy:0.95 or an explicit rank")
+    g.add_argument("--cluster", type=int, help="weight sharing: bits per weight index (2..6)")
+    g.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune after pruning (needs --train)")
+    g.add_argument("--train", help="training samples .npy for fine-tuning / gradient importance")
+    g.add_argument("--labels", help="integer labels .npy matching --train")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +233,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="build/model", help="output directory (written atomically)")
     c.add_argument("--prefix", default="model", help="C symbol prefix (a C identifier)")
     c.add_argument("--verify", action="store_true", help="compile the C for the host and check it is bit-exact")
+    c.add_argument("--split-at", action="append", metavar="NODE",
+                   help="cut after this layer (repeat for more parts); writes <out>/part<k>/")
+    c.add_argument("--boards", type=lambda t: [b for b in t.split(",") if b],
+                   help="two boards a,b: print split-point suggestions with the fit of each part")
     c.set_defaults(fn=cmd_compile)
+    add_compress_args(c)
+
+    z = sub.add_parser("compress", help="compile with compression (same options as compile) and show the "
+                       "per-layer weight formats and sizes")
+    for action in c._actions:
+        if action.dest != "help":
+            z._add_action(action)
+    z.set_defaults(fn=cmd_compile)
 
     v = sub.add_parser("verify", help="check generated C == integer reference, bit for bit (host, cffi)")
     v.add_argument("dir", help="a qgen compile output directory")
@@ -211,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--calib")
     m.add_argument("--prefix", default="model", help="module name (a Python/C identifier)")
     m.set_defaults(fn=cmd_micropython)
+
+    b = sub.add_parser("bundle", help="several compiled models in one firmware, sharing one arena")
+    b.add_argument("models", nargs="+", help="qgen output directories (or their qgen_graph.json)")
+    b.add_argument("--name", default="bundle", help="C prefix of the bundle (shared arena <name>_arena)")
+    b.add_argument("--out", default="build/bundle")
+    b.set_defaults(fn=cmd_bundle)
 
     d = sub.add_parser("demo", help="digits CNN: train/load, compile, verify, report")
     d.add_argument("--out", default="build/demo")

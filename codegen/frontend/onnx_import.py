@@ -1,0 +1,774 @@
+"""ONNX (opset 13-21) -> qgen IR: the same IR the PyTorch front end builds for the same model.
+
+One handler per ONNX op type, looked up in a table. Activations are converted from ONNX's NCHW to
+qgen's channels-last (H, W, C) exactly as in torch_export.py: conv weights (Cout, Cin, KH, KW) become
+(Cout, KH, KW, Cin), a Gemm that reads a flattened image gets its columns permuted from C,H,W to
+H,W,C order, BatchNormalization becomes a batch_norm node that fold_bn folds like PyTorch's.
+
+Naming: a model exported by torch.onnx (dynamo exporter) carries the module path, the FX node name
+and the stack trace of every node in its metadata; qgen reads them so that node names, source lines
+and the banner's "Source model" are those of the PyTorch front end, and the generated C is
+byte-identical. The TorchScript exporter's names ('/features/features.0/Conv') give the module path
+('features.0'); any other ONNX node keeps its own name.
+
+Small shape computations (Shape -> Gather -> Concat -> Reshape, CastLike of clip bounds) are folded
+to constants while importing; the op handlers then see constant shapes and bounds.
+"""
+from __future__ import annotations
+
+import ast
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from ..ir import Graph, Node, Op, Tensor, verify
+from .torch_export import LAYOUTS, _reject_non_finite, ir_axis, ir_shape_of
+
+OPSETS = range(13, 22)  # default-domain opsets qgen reads
+INSTALL_HINT = "install the ONNX extra: pip install 'qgen[onnx]' (or pip install onnx)"
+
+
+def from_onnx_file(path: str | Path) -> Graph:
+    """Load and lower an .onnx file (float) into qgen IR (float)."""
+    try:
+        import onnx
+    except ImportError:
+        raise UserError(f"reading '{path}' needs the `onnx` package; {INSTALL_HINT}") from None
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file '{path}' does not exist")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends
+        raise UserError(f"cannot read '{path}' as an ONNX model ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else 'not a protobuf'})") from None
+    return from_onnx_model(model, source=path.name)
+
+
+def from_onnx_model(model: Any, source: str = "") -> Graph:
+    """Lower an onnx.ModelProto. `source` is used for banners unless the model names its PyTorch class."""
+    graph = _Importer(model, source or (model.graph.name or "onnx model")).run()
+    _reject_non_finite(graph)
+    verify(graph)
+    return graph
+
+
+# ---------------------------------------------------------------------------------- values
+
+
+class _Act:
+    """An activation: its IR tensor and the rank it has in ONNX (4: NCHW, 3: NCL, 2: NF)."""
+
+    def __init__(self, name: str, rank: int):
+        self.name, self.rank = name, rank
+
+
+def torch_shape_of(ir_shape: tuple[int, ...], rank: int) -> tuple[int, ...]:
+    """Inverse of ir_shape_of: qgen (H, W, C) / (1, L, C) / (F,) -> ONNX (1, C, H, W) / (1, C, L) / (1, F)."""
+    if rank == 4:
+        return (1, ir_shape[2], ir_shape[0], ir_shape[1])
+    if rank == 3:
+        return (1, ir_shape[2], ir_shape[1])
+    return (1, *ir_shape)
+
+
+def _f32(value: float) -> float:
+    """The shortest decimal that rounds to this float32 (ONNX float attributes are float32):
+    1e-5 stays 1e-05 as in PyTorch, not 9.99999974738e-06, so folding computes the same doubles."""
+    return float(str(np.float32(value)))
+
+
+def _source_of_trace(trace: str) -> str:
+    """'model.py:42': the innermost frame outside torch (as torch_export.source_of does for FX)."""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', trace or "")
+    for path, line in reversed(frames):
+        if "/torch/" not in path.replace("\\", "/"):
+            return f"{Path(path).name}:{line}"
+    return ""
+
+
+# ---------------------------------------------------------------------------------- importer
+
+
+class _Importer:
+    def __init__(self, model: Any, source: str):
+        from onnx import numpy_helper
+
+        self.model = model
+        self.opset = self._check_opset(model)
+        self.graph = Graph(tensors={}, nodes=[], inputs=[], outputs=[], source=source)
+        self.values: dict[str, Any] = {}  # ONNX value name -> _Act or np.ndarray constant
+        self.flat_from_image: dict[str, tuple[int, int, int]] = {}
+        self.used_names: set[str] = set()
+        self.skip: set[int] = set()  # node indices consumed by a pattern (sigmoid of x * sigmoid(x))
+        self.silu: dict[int, str] = {}  # Mul node index -> the ONNX value x of x * sigmoid(x)
+        self.index = -1  # the node being lowered
+        self.users: dict[str, list[Any]] = {}
+        for init in model.graph.initializer:
+            self.values[init.name] = numpy_helper.to_array(init)
+        for node in model.graph.node:
+            for name in node.input:
+                self.users.setdefault(name, []).append(node)
+        self.numpy_helper = numpy_helper
+
+    @staticmethod
+    def _check_opset(model) -> int:
+        versions = {o.domain: o.version for o in model.opset_import}
+        opset = versions.get("", versions.get("ai.onnx"))
+        if opset is None:
+            raise UserError("the ONNX model imports no default-domain opset; qgen reads opset 13-21")
+        if opset not in OPSETS:
+            raise UserError(f"the ONNX model uses opset {opset}; qgen reads opset 13-21. Re-export it with "
+                            "torch.onnx.export(..., opset_version=18) or convert it with "
+                            "onnx.version_converter.convert_version(model, 18).")
+        return opset
+
+    # -- helpers
+    def meta(self, node) -> dict[str, str]:
+        return {p.key: p.value for p in node.metadata_props}
+
+    def names(self, node) -> tuple[str, str, str]:
+        """(path, op-instance name, source) of a node, like the PyTorch front end's."""
+        meta = self.meta(node)
+        scopes = meta.get("pkg.torch.onnx.name_scopes")
+        if scopes:
+            try:
+                parts = ast.literal_eval(scopes)
+            except (ValueError, SyntaxError):
+                parts = []
+            if parts:
+                path = parts[-2] if len(parts) > 2 else ""
+                return path, parts[-1], _source_of_trace(meta.get("pkg.torch.onnx.stack_trace", ""))
+        if node.name.startswith("/"):  # TorchScript exporter: '/features/features.0/Conv'
+            parts = node.name.strip("/").split("/")
+            return (parts[-2] if len(parts) > 1 else ""), parts[-1], ""
+        return "", node.name or f"{node.op_type}_{len(self.graph.nodes)}", ""
+
+    def node_name(self, node) -> str:
+        path, inst, _ = self.names(node)
+        name = path or inst
+        if name in self.used_names:
+            name = f"{name}.{inst}" if path else name
+        self.used_names.add(name)
+        return name
+
+    def base_name(self, node) -> str:
+        """Base for tensor names: the FX node name when the exporter recorded it."""
+        fx = self.meta(node).get("pkg.torch.onnx.fx_node", "")
+        match = re.match(r"%(\w+) ", fx)
+        if match:
+            return match.group(1)
+        return re.sub(r"[^A-Za-z0-9_]", "_", node.output[0]).strip("_") or "t"
+
+    def where(self, node) -> str:
+        return f"ONNX node '{node.name or '(unnamed)'}' ({node.op_type}, opset {self.opset})"
+
+    def err(self, node, message: str) -> UserError:
+        return UserError(f"{self.where(node)}: {message}")
+
+    def const(self, base: str, array: np.ndarray) -> str:
+        name = self.graph.fresh_name(base)
+        self.graph.tensors[name] = Tensor(name, tuple(array.shape), "float32", data=np.asarray(array, np.float64))
+        return name
+
+    def act(self, node, shape: tuple[int, ...], name: str | None = None) -> str:
+        name = self.graph.fresh_name(name or self.base_name(node))
+        self.graph.tensors[name] = Tensor(name, tuple(int(s) for s in shape))
+        return name
+
+    def add(self, node, op: Op, inputs: list[str], out_shape: tuple[int, ...], **attrs) -> str:
+        out = self.act(node, out_shape)
+        _, _, source = self.names(node)
+        self.graph.nodes.append(Node(self.node_name(node), op, inputs, [out], attrs, source))
+        return out
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        return self.graph.tensors[name].shape
+
+    def input_act(self, node, index: int = 0) -> _Act:
+        value = self.values.get(node.input[index]) if index < len(node.input) else None
+        if not isinstance(value, _Act):
+            raise self.err(node, f"input {index} ('{node.input[index] if index < len(node.input) else ''}') "
+                                 "must be a computed tensor; qgen does not compute on constants")
+        return value
+
+    def input_const(self, node, index: int, what: str) -> np.ndarray | None:
+        if index >= len(node.input) or node.input[index] == "":
+            return None
+        value = self.values.get(node.input[index])
+        if isinstance(value, _Act) or value is None:
+            raise self.err(node, f"{what} ('{node.input[index]}') must be a constant (initializer); qgen needs "
+                                 "constant weights, shapes and bounds")
+        return value
+
+    def attr(self, node, name: str, default=None):
+        from onnx import helper
+
+        for a in node.attribute:
+            if a.name == name:
+                value = helper.get_attribute_value(a)
+                return value.decode() if isinstance(value, bytes) else value
+        return default
+
+    # -- main loop
+    def run(self) -> Graph:
+        g = self.model.graph
+        for meta_node in g.node:  # the PyTorch class, for banners (same as the PyTorch front end)
+            hierarchy = self.meta(meta_node).get("pkg.torch.onnx.class_hierarchy")
+            if hierarchy:
+                try:
+                    self.graph.source = ast.literal_eval(hierarchy)[0].rsplit(".", 1)[-1]
+                except (ValueError, SyntaxError, IndexError):
+                    pass
+                break
+        initializers = {i.name for i in g.initializer}
+        for inp in g.input:
+            if inp.name not in initializers:
+                self.placeholder(inp)
+        if not self.graph.inputs:
+            raise UserError("the ONNX model has no tensor input")
+        self.find_patterns()
+        for index, node in enumerate(g.node):
+            self.index = index
+            if index in self.skip:
+                continue
+            if node.domain not in ("", "ai.onnx"):
+                raise self.unsupported(node, f"custom domain '{node.domain}'")
+            inputs = [i for i in node.input if i][:1] if node.op_type in ("CastLike", "Shape") else node.input
+            if node.op_type in CONST_FOLD and all(i in self.values and not isinstance(self.values[i], _Act)
+                                                  for i in inputs if i):
+                outs = CONST_FOLD[node.op_type](self, node)
+                for name, value in zip(node.output, outs):
+                    self.values[name] = np.asarray(value)
+                continue
+            handler = HANDLERS.get(node.op_type)
+            if handler is None:
+                raise self.unsupported(node)
+            out = handler(self, node)
+            self.values[node.output[0]] = out
+        for out in g.output:
+            self.output(out)
+        return self.graph
+
+    def unsupported(self, node, why: str = "") -> UserError:
+        return UserError(f"{self.where(node)} is not supported{' (' + why + ')' if why else ''}. qgen reads "
+                         f"{', '.join(sorted(HANDLERS))} (plus constant shape arithmetic). Replace the op in the "
+                         "model (or export it differently) or open an issue.")
+
+    def placeholder(self, value_info) -> None:
+        if self.graph.inputs:
+            raise UserError(f"the ONNX model has more than one input ('{self.graph.inputs[0]}', "
+                            f"'{value_info.name}'); qgen compiles single-input models")
+        dims = value_info.type.tensor_type.shape.dim
+        shape = []
+        for i, d in enumerate(dims):
+            if d.HasField("dim_value"):
+                shape.append(int(d.dim_value))
+            elif i == 0:
+                shape.append(1)  # a symbolic batch dimension: qgen runs one sample at a time
+            else:
+                raise UserError(f"ONNX input '{value_info.name}' has a dynamic dimension '{d.dim_param}' at axis "
+                                f"{i}; qgen compiles fixed shapes. Export with a fixed input shape.")
+        if len(shape) not in (2, 3, 4) or shape[0] != 1:
+            raise UserError(f"ONNX input '{value_info.name}' has shape {shape}; qgen supports (1, C, H, W) images, "
+                            "(1, C, L) sequences and (1, F) vectors with batch size 1")
+        name = self.graph.fresh_name(re.sub(r"[^A-Za-z0-9_]", "_", value_info.name) or "x")
+        self.graph.tensors[name] = Tensor(name, ir_shape_of(tuple(shape)))
+        self.graph.inputs.append(name)
+        self.graph.io_layout[name] = LAYOUTS[len(shape)]
+        self.values[value_info.name] = _Act(name, len(shape))
+
+    def output(self, value_info) -> None:
+        value = self.values.get(value_info.name)
+        if not isinstance(value, _Act):
+            raise UserError(f"ONNX output '{value_info.name}' is a constant; qgen compiles computed outputs only")
+        if value.name in self.flat_from_image:
+            h, w, c = self.flat_from_image[value.name]
+            if h * w > 1 and c > 1:
+                raise UserError(f"ONNX output '{value_info.name}' is a flattened {c}x{h}x{w} image; its element "
+                                "order would differ from ONNX's. Return the 4-D tensor or end with a Gemm layer.")
+        if value.name in self.graph.outputs:
+            raise UserError(f"ONNX output '{value_info.name}' is listed twice")
+        self.graph.outputs.append(value.name)
+        self.graph.io_layout[value.name] = LAYOUTS.get(value.rank, "nf")
+
+    def find_patterns(self) -> None:
+        """x * Sigmoid(x) (SiLU as exported) becomes one LUT: skip the Sigmoid, the Mul does it."""
+        nodes = list(self.model.graph.node)
+        producer = {out: (i, n) for i, n in enumerate(nodes) for out in n.output}
+        for mul_index, node in enumerate(nodes):
+            if node.op_type != "Mul" or len(node.input) != 2:
+                continue
+            for a, b in (node.input, node.input[::-1]):
+                index, sig = producer.get(b, (None, None))
+                if sig is not None and sig.op_type == "Sigmoid" and sig.input[0] == a and \
+                        len(self.users.get(b, [])) == 1:
+                    self.skip.add(index)
+                    self.silu[mul_index] = a
+                    break
+
+
+# ---------------------------------------------------------------------------------- constant folding
+
+
+def _np_cast(imp: _Importer, node) -> list:
+    from onnx import helper
+
+    x = imp.values[node.input[0]]
+    if node.op_type == "CastLike":  # like an activation: float32
+        like = imp.values[node.input[1]]
+        return [np.asarray(x).astype(np.float32 if isinstance(like, _Act) else like.dtype)]
+    return [np.asarray(x).astype(helper.tensor_dtype_to_np_dtype(imp.attr(node, "to")))]
+
+
+def _np_constant(imp: _Importer, node) -> list:
+    for a in node.attribute:
+        if a.name == "value":
+            return [imp.numpy_helper.to_array(a.t)]
+        if a.name in ("value_float", "value_int"):
+            return [np.asarray(imp.attr(node, a.name))]
+        if a.name in ("value_floats", "value_ints"):
+            return [np.asarray(list(imp.attr(node, a.name)))]
+    raise imp.unsupported(node, "a Constant without a tensor, float or int value")
+
+
+def _axes(imp: _Importer, node, index: int = 1):
+    axes = imp.attr(node, "axes")
+    if axes is None and len(node.input) > index and node.input[index]:
+        axes = [int(a) for a in np.asarray(imp.values[node.input[index]]).reshape(-1)]
+    return axes
+
+
+def _np_unsqueeze(imp: _Importer, node) -> list:
+    x = np.asarray(imp.values[node.input[0]])
+    for a in sorted(int(a) % (x.ndim + len(_axes(imp, node))) for a in _axes(imp, node)):
+        x = np.expand_dims(x, a)
+    return [x]
+
+
+def _np_squeeze(imp: _Importer, node) -> list:
+    x = np.asarray(imp.values[node.input[0]])
+    axes = _axes(imp, node)
+    return [np.squeeze(x, axis=tuple(int(a) for a in axes) if axes else None)]
+
+
+def _np_gather(imp: _Importer, node) -> list:
+    x, idx = np.asarray(imp.values[node.input[0]]), np.asarray(imp.values[node.input[1]])
+    return [np.take(x, idx, axis=int(imp.attr(node, "axis", 0)))]
+
+
+def _np_concat(imp: _Importer, node) -> list:
+    return [np.concatenate([np.atleast_1d(imp.values[i]) for i in node.input], axis=int(imp.attr(node, "axis")))]
+
+
+def _np_binary(fn: Callable) -> Callable:
+    return lambda imp, node: [fn(np.asarray(imp.values[node.input[0]]), np.asarray(imp.values[node.input[1]]))]
+
+
+def _np_slice(imp: _Importer, node) -> list:
+    x = np.asarray(imp.values[node.input[0]])
+    get = lambda i: None if len(node.input) <= i or not node.input[i] else \
+        [int(v) for v in np.asarray(imp.values[node.input[i]]).reshape(-1)]
+    starts, ends, axes, steps = get(1), get(2), get(3), get(4)
+    axes = axes or list(range(len(starts)))
+    steps = steps or [1] * len(starts)
+    index = [slice(None)] * x.ndim
+    for a, s0, e, st in zip(axes, starts, ends, steps):
+        index[a] = slice(s0, e, st)
+    return [x[tuple(index)]]
+
+
+def _np_constant_of_shape(imp: _Importer, node) -> list:
+    value = next((imp.numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"), np.zeros(1, np.float32))
+    shape = [int(v) for v in np.asarray(imp.values[node.input[0]]).reshape(-1)]
+    return [np.full(shape, value.reshape(-1)[0], dtype=value.dtype)]
+
+
+CONST_FOLD: dict[str, Callable[[_Importer, Any], list]] = {
+    "Constant": _np_constant,
+    "Shape": lambda imp, node: [np.array(np.asarray(imp.values[node.input[0]]).shape, np.int64)
+                                [imp.attr(node, "start", 0):imp.attr(node, "end")]],
+    "ConstantOfShape": _np_constant_of_shape,
+    "Slice": _np_slice,
+    "Transpose": lambda imp, node: [np.transpose(np.asarray(imp.values[node.input[0]]), imp.attr(node, "perm"))],
+    "Reshape": lambda imp, node: [np.asarray(imp.values[node.input[0]]).reshape(
+        [int(v) for v in np.asarray(imp.values[node.input[1]]).reshape(-1)])],
+    "Identity": lambda imp, node: [imp.values[node.input[0]]],
+    "Cast": _np_cast,
+    "CastLike": _np_cast,
+    "Unsqueeze": _np_unsqueeze,
+    "Squeeze": _np_squeeze,
+    "Gather": _np_gather,
+    "Concat": _np_concat,
+    "Mul": _np_binary(np.multiply),
+    "Add": _np_binary(np.add),
+    "Sub": _np_binary(np.subtract),
+    "Div": _np_binary(lambda a, b: a // b if a.dtype.kind in "iu" and b.dtype.kind in "iu" else a / b),
+}
+
+
+# ---------------------------------------------------------------------------------- op handlers
+
+
+def _conv(imp: _Importer, node) -> _Act:
+    x = imp.input_act(node)
+    w = np.asarray(imp.input_const(node, 1, "the weight"), np.float64)
+    b = imp.input_const(node, 2, "the bias")
+    if imp.attr(node, "dilations") is not None and any(d != 1 for d in imp.attr(node, "dilations")):
+        raise imp.err(node, f"dilations={list(imp.attr(node, 'dilations'))}; qgen supports dilation 1")
+    strides = list(imp.attr(node, "strides") or [1] * (w.ndim - 2))
+    pads = list(imp.attr(node, "pads") or [0] * (2 * (w.ndim - 2)))
+    if x.rank == 3:  # Conv1d: a 1 x K image kernel, as the PyTorch front end lowers it
+        if w.ndim != 3:
+            raise imp.err(node, f"weight of shape {list(w.shape)} on a 3-D input")
+        w = w[:, :, None, :]
+        strides, pads = [1, strides[0]], [0, pads[0], 0, pads[1]]
+    elif x.rank != 4 or w.ndim != 4:
+        raise imp.err(node, f"convolution of a {x.rank}-D input; qgen supports 1-D and 2-D convolutions")
+    h, wd, cin = imp.shape_of(x.name)
+    cout, _, kh, kw = w.shape
+    auto_pad = imp.attr(node, "auto_pad", "NOTSET")
+    if auto_pad == "VALID":
+        pads = [0, 0, 0, 0]
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = _same_pads((h, wd), (kh, kw), strides, auto_pad == "SAME_UPPER")
+    top, left, bottom, right = int(pads[0]), int(pads[1]), int(pads[2]), int(pads[3])
+    group = int(imp.attr(node, "group", 1))
+    if group == 1:
+        op = Op.CONV2D
+    elif group == cin and w.shape[1] == 1:
+        op = Op.DEPTHWISE_CONV2D
+    else:
+        raise imp.err(node, f"group={group}; qgen supports group=1 or depthwise (group=in_channels). "
+                            "Split the layer or use depthwise.")
+    bias = np.asarray(b, np.float64) if b is not None else np.zeros(cout)
+    oh = (h + top + bottom - kh) // int(strides[0]) + 1
+    ow = (wd + left + right - kw) // int(strides[1]) + 1
+    base = imp.base_name(node)
+    wname, bname = imp.const(f"{base}_w", w.transpose(0, 2, 3, 1)), imp.const(f"{base}_b", bias)
+    out = imp.add(node, op, [x.name, wname, bname], (oh, ow, cout), stride=(int(strides[0]), int(strides[1])),
+                  padding=(top, left, bottom, right))
+    return _Act(out, x.rank)
+
+
+def _same_pads(size, kernel, strides, upper: bool) -> list[int]:
+    pads = []
+    for n, k, s in zip(size, kernel, strides):
+        total = max((math.ceil(n / s) - 1) * s + k - n, 0)
+        lo = total // 2 if upper else total - total // 2
+        pads.append((lo, total - lo))
+    return [pads[0][0], pads[1][0], pads[0][1], pads[1][1]]
+
+
+def _gemm(imp: _Importer, node) -> _Act:
+    x = imp.input_act(node)
+    w = np.asarray(imp.input_const(node, 1, "the weight (B)"), np.float64)
+    c = imp.input_const(node, 2, "the bias (C)")
+    if int(imp.attr(node, "transA", 0)):
+        raise imp.err(node, "transA=1 is not supported")
+    if not int(imp.attr(node, "transB", 0)):
+        w = w.T
+    alpha, beta = _f32(imp.attr(node, "alpha", 1.0)), _f32(imp.attr(node, "beta", 1.0))
+    if alpha != 1.0:
+        w = w * alpha
+    bias = np.zeros(w.shape[0]) if c is None else np.broadcast_to(np.asarray(c, np.float64) * beta, (w.shape[0],))
+    return _linear_core(imp, node, x, w, np.array(bias))
+
+
+def _matmul(imp: _Importer, node) -> _Act:
+    x = imp.input_act(node)
+    w = np.asarray(imp.input_const(node, 1, "the second operand"), np.float64)
+    if w.ndim != 2:
+        raise imp.err(node, f"MatMul with a {w.ndim}-D constant; qgen supports x @ W with a 2-D W")
+    return _linear_core(imp, node, x, w.T, np.zeros(w.shape[1]))
+
+
+def _linear_core(imp: _Importer, node, x: _Act, w: np.ndarray, bias: np.ndarray) -> _Act:
+    shape = imp.shape_of(x.name)
+    if len(shape) != 1:
+        raise imp.err(node, f"Gemm/MatMul on a {len(shape)}-D input {list(shape)}; flatten first "
+                            "(qgen supports it on (1, F) inputs)")
+    if w.shape[1] != shape[0]:
+        raise imp.err(node, f"weight {list(w.shape)} does not match the input's {shape[0]} features")
+    if x.name in imp.flat_from_image:  # ONNX flattened C,H,W; qgen flattened H,W,C: permute columns
+        h, wd, c = imp.flat_from_image[x.name]
+        w = w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+    base = imp.base_name(node)
+    wname, bname = imp.const(f"{base}_w", w), imp.const(f"{base}_b", bias)
+    return _Act(imp.add(node, Op.LINEAR, [x.name, wname, bname], (w.shape[0],)), 2)
+
+
+def _batch_norm(imp: _Importer, node) -> _Act:
+    x = imp.input_act(node)
+    if int(imp.attr(node, "training_mode", 0)) or len(node.output) > 1 and any(node.output[1:]):
+        raise imp.err(node, "batch norm in training mode; export the model after model.eval()")
+    gamma, beta, mean, var = (np.asarray(imp.input_const(node, i, what), np.float64)
+                              for i, what in ((1, "scale"), (2, "B"), (3, "mean"), (4, "var")))
+    eps = _f32(imp.attr(node, "epsilon", 1e-5))
+    scale = gamma / np.sqrt(var + eps)
+    shift = beta - mean * scale
+    base = imp.base_name(node)
+    sname, tname = imp.const(f"{base}_scale", scale), imp.const(f"{base}_shift", shift)
+    return _Act(imp.add(node, Op.BATCH_NORM, [x.name, sname, tname], imp.shape_of(x.name)), x.rank)
+
+
+def _relu(imp: _Importer, node) -> _Act:
+    x = imp.input_act(node)
+    return _Act(imp.add(node, Op.RELU, [x.name], imp.shape_of(x.name), lo=0.0, hi=None), x.rank)
+
+
+def _clip(imp: _Importer, node) -> _Act:
+    x = imp.input_act(node)
+    if imp.opset < 11 or imp.attr(node, "min") is not None:  # pragma: no cover - opset 13+ uses inputs
+        lo, hi = imp.attr(node, "min"), imp.attr(node, "max")
+    else:
+        lo, hi = imp.input_const(node, 1, "min"), imp.input_const(node, 2, "max")
+    lo = None if lo is None else _f32(float(np.asarray(lo).reshape(-1)[0]))
+    hi = None if hi is None else _f32(float(np.asarray(hi).reshape(-1)[0]))
+    return _Act(imp.add(node, Op.RELU, [x.name], imp.shape_of(x.name), lo=lo, hi=hi), x.rank)
+
+
+def _pool(imp: _Importer, node) -> _Act:
+    x = imp.input_act(node)
+    if x.rank not in (3, 4):
+        raise imp.err(node, f"pooling of a {x.rank}-D input")
+    if int(imp.attr(node, "ceil_mode", 0)):
+        raise imp.err(node, "ceil_mode=1; qgen supports ceil_mode=0 (pad the input instead)")
+    if imp.attr(node, "dilations") is not None and any(d != 1 for d in imp.attr(node, "dilations")):
+        raise imp.err(node, "dilation is not supported for pooling")
+    if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
+        raise imp.err(node, "the Indices output of MaxPool is not supported")
+    kernel = list(imp.attr(node, "kernel_shape"))
+    strides = list(imp.attr(node, "strides") or [1] * len(kernel))
+    pads = list(imp.attr(node, "pads") or [0] * (2 * len(kernel)))
+    if x.rank == 3:
+        kernel, strides, pads = [1, kernel[0]], [1, strides[0]], [0, pads[0], 0, pads[1]]
+    h, w, c = imp.shape_of(x.name)
+    if imp.attr(node, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
+        pads = _same_pads((h, w), kernel, strides, imp.attr(node, "auto_pad") == "SAME_UPPER")
+    pads = tuple(int(p) for p in pads)
+    avg = node.op_type == "AveragePool"
+    if avg and any(pads) and not int(imp.attr(node, "count_include_pad", 0)):
+        raise imp.err(node, "count_include_pad=0 with padding; qgen supports it only without padding")
+    oh = (h + pads[0] + pads[2] - kernel[0]) // strides[0] + 1
+    ow = (w + pads[1] + pads[3] - kernel[1]) // strides[1] + 1
+    out = imp.add(node, Op.AVGPOOL2D if avg else Op.MAXPOOL2D, [x.name], (oh, ow, c),
+                  kernel=(int(kernel[0]), int(kernel[1])), stride=(int(strides[0]), int(strides[1])), padding=pads)
+    return _Act(out, x.rank)
+
+
+def _global_avg_pool(imp: _Importer, node) -> _Act:
+    x = imp.input_act(node)
+    if x.rank != 4:
+        raise imp.err(node, f"global pooling of a {x.rank}-D input; qgen supports (1, C, H, W)")
+    h, w, c = imp.shape_of(x.name)
+    return _Act(imp.add(node, Op.AVGPOOL2D, [x.name], (1, 1, c), kernel=(h, w), stride=(h, w),
+                        padding=(0, 0, 0, 0)), 4)
+
+
+def _reduce_mean(imp: _Importer, node) -> _Act:
+    x = imp.input_act(node)
+    axes = _axes(imp, node)
+    keepdims = int(imp.attr(node, "keepdims", 1))
+    if x.rank != 4 or axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
+        raise imp.err(node, f"mean over axes {axes}; qgen supports the global average over H and W only")
+    h, w, c = imp.shape_of(x.name)
+    pooled = imp.add(node, Op.AVGPOOL2D, [x.name], (1, 1, c), kernel=(h, w), stride=(h, w), padding=(0, 0, 0, 0))
+    if keepdims:
+        return _Act(pooled, 4)
+    return _reshape_to(imp, node, _Act(pooled, 4), (c,))
+
+
+def _reshape_to(imp: _Importer, node, x: _Act, shape: tuple[int, ...]) -> _Act:
+    src = imp.shape_of(x.name)
+    out = imp.add(node, Op.RESHAPE, [x.name], shape, shape=shape)
+    if len(src) == 3:
+        imp.flat_from_image[out] = src
+    elif x.name in imp.flat_from_image:
+        imp.flat_from_image[out] = imp.flat_from_image[x.name]
+    return _Act(out, 2)
+
+
+def _flatten_to(imp: _Importer, node, x: _Act, onnx_shape: tuple[int, ...]) -> _Act:
+    """View/flatten: only to (1, F), or a no-op view back to the same image (as the PyTorch front end)."""
+    src = imp.shape_of(x.name)
+    size = math.prod(src)
+    if len(onnx_shape) in (3, 4) and onnx_shape[0] == 1:
+        if ir_shape_of(onnx_shape) == src and len(onnx_shape) == x.rank:
+            return x
+        raise imp.err(node, f"reshape {list(torch_shape_of(src, x.rank))} -> {list(onnx_shape)}; qgen supports "
+                            "flattening to (1, F)")
+    if len(onnx_shape) != 2 or onnx_shape[0] != 1 or onnx_shape[1] != size:
+        raise imp.err(node, f"reshape to {list(onnx_shape)}; qgen supports flattening to (1, F)")
+    if src == (size,):
+        return x
+    return _reshape_to(imp, node, x, (size,))
+
+
+def _reshape(imp: _Importer, node) -> _Act:
+    x = imp.input_act(node)
+    target = [int(s) for s in np.asarray(imp.input_const(node, 1, "the shape")).reshape(-1)]
+    src = torch_shape_of(imp.shape_of(x.name), x.rank)
+    allowzero = int(imp.attr(node, "allowzero", 0))
+    shape = [src[i] if s == 0 and not allowzero and i < len(src) else s for i, s in enumerate(target)]
+    if shape.count(-1) > 1:
+        raise imp.err(node, f"reshape to {target} with more than one -1")
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        shape[shape.index(-1)] = math.prod(src) // max(known, 1)
+    return _flatten_to(imp, node, x, tuple(shape))
+
+
+def _flatten(imp: _Importer, node) -> _Act:
+    x = imp.input_act(node)
+    axis = int(imp.attr(node, "axis", 1)) % x.rank
+    src = torch_shape_of(imp.shape_of(x.name), x.rank)
+    return _flatten_to(imp, node, x, (math.prod(src[:axis]), math.prod(src[axis:])))
+
+
+def _add(imp: _Importer, node) -> _Act:
+    a, b = (imp.values.get(i) for i in node.input)
+    if not (isinstance(a, _Act) and isinstance(b, _Act)):
+        raise imp.err(node, "add of a constant; qgen supports adding two activations (residual add). "
+                            "Fold the constant into a bias.")
+    if imp.shape_of(a.name) != imp.shape_of(b.name) or a.rank != b.rank:
+        raise imp.err(node, f"add of shapes {imp.shape_of(a.name)} and {imp.shape_of(b.name)}; broadcasting is "
+                            "not supported")
+    return _Act(imp.add(node, Op.ADD, [a.name, b.name], imp.shape_of(a.name)), a.rank)
+
+
+def _mul(imp: _Importer, node) -> _Act:
+    if imp.index in imp.silu:
+        x = imp.values[imp.silu[imp.index]]
+        return _Act(imp.add(node, Op.LUT, [x.name], imp.shape_of(x.name), fn="silu"), x.rank)
+    a, b = (imp.values.get(i) for i in node.input)
+    x, k = (a, b) if isinstance(a, _Act) else (b, a)
+    if isinstance(x, _Act) and k is not None and not isinstance(k, _Act) and np.all(np.asarray(k) == 1):
+        return x  # x * 1 (left by exporters around Elu): nothing to compute
+    raise imp.err(node, "element-wise multiplication is supported only as x * sigmoid(x) (SiLU) or by 1; fold "
+                        "scales into the neighbouring layer's weights")
+
+
+def _shape(imp: _Importer, node) -> np.ndarray:
+    """Shape of an activation: a constant (qgen compiles fixed shapes), for shape arithmetic."""
+    x = imp.input_act(node)
+    shape = np.array(torch_shape_of(imp.shape_of(x.name), x.rank), dtype=np.int64)
+    start, end = imp.attr(node, "start", 0), imp.attr(node, "end")
+    return shape[start:end]
+
+
+def _identity(imp: _Importer, node) -> _Act:
+    return imp.input_act(node)
+
+
+def _dropout(imp: _Importer, node) -> _Act:
+    if len(node.output) > 1 and node.output[1]:
+        raise imp.err(node, "the mask output of Dropout is not supported")
+    return imp.input_act(node)
+
+
+def _pad(imp: _Importer, node) -> _Act:
+    x = imp.input_act(node)
+    pads = [int(p) for p in np.asarray(imp.input_const(node, 1, "pads")).reshape(-1)]
+    value = imp.input_const(node, 2, "constant_value")
+    axes = imp.input_const(node, 3, "axes") if imp.opset >= 18 else None
+    mode = imp.attr(node, "mode", "constant")
+    if mode != "constant" or (value is not None and np.any(np.asarray(value) != 0)):
+        raise imp.err(node, f"padding mode '{mode}' with value {value if value is None else np.asarray(value).tolist()};"
+                            " qgen supports zero padding")
+    rank = x.rank
+    if axes is not None:
+        full = [0] * (2 * rank)
+        ax = [int(a) % rank for a in np.asarray(axes).reshape(-1)]
+        for i, a in enumerate(ax):
+            full[a], full[rank + a] = pads[i], pads[len(ax) + i]
+        pads = full
+    begin, end = pads[:rank], pads[rank:]
+    if rank != 4 or begin[:2] != [0, 0] or end[:2] != [0, 0] or min(pads) < 0:
+        raise imp.err(node, f"pads {pads}; qgen supports non-negative zero padding of H and W of (1, C, H, W)")
+    top, left, bottom, right = begin[2], begin[3], end[2], end[3]
+    h, w, c = imp.shape_of(x.name)
+    out = imp.add(node, Op.PAD, [x.name], (h + top + bottom, w + left + right, c),
+                  padding=(top, left, bottom, right))
+    return _Act(out, 4)
+
+
+def _concat(imp: _Importer, node) -> _Act:
+    parts = [imp.values.get(i) for i in node.input]
+    if not all(isinstance(p, _Act) for p in parts):
+        raise imp.err(node, "concatenation with a constant tensor is not supported")
+    rank = parts[0].rank
+    try:
+        axis = ir_axis(int(imp.attr(node, "axis")), rank)
+    except ValueError:
+        raise imp.err(node, "concatenation along the batch dimension is not supported") from None
+    shape = list(imp.shape_of(parts[0].name))
+    shape[axis] = sum(imp.shape_of(p.name)[axis] for p in parts)
+    return _Act(imp.add(node, Op.CONCAT, [p.name for p in parts], tuple(shape), axis=axis), rank)
+
+
+def _softmax(imp: _Importer, node) -> _Act:
+    x = imp.input_act(node)
+    axis = int(imp.attr(node, "axis", -1))
+    try:
+        last = ir_axis(axis, x.rank) == len(imp.shape_of(x.name)) - 1
+    except ValueError:
+        last = False
+    if not last:
+        raise imp.err(node, f"softmax over axis {axis}; qgen supports softmax over the channel/feature axis")
+    return _Act(imp.add(node, Op.SOFTMAX, [x.name], imp.shape_of(x.name)), x.rank)
+
+
+def _lut(fn: str) -> Callable[[_Importer, Any], _Act]:
+    def handler(imp: _Importer, node) -> _Act:
+        x = imp.input_act(node)
+        attrs: dict[str, Any] = {}
+        if fn == "leaky_relu":
+            attrs["alpha"] = _f32(imp.attr(node, "alpha", 0.01))
+        if fn == "elu":
+            attrs["alpha"] = _f32(imp.attr(node, "alpha", 1.0))
+        if fn == "gelu":
+            attrs["approximate"] = imp.attr(node, "approximate", "none")
+        if fn == "hardsigmoid":
+            alpha, beta = imp.attr(node, "alpha", 0.2), imp.attr(node, "beta", 0.5)
+            if abs(alpha - 1 / 6) > 1e-6 or abs(beta - 0.5) > 1e-7:
+                raise imp.err(node, f"HardSigmoid with alpha={alpha:.6g}, beta={beta:.6g}; qgen supports PyTorch's "
+                                    "hardsigmoid (alpha=1/6, beta=0.5)")
+        return _Act(imp.add(node, Op.LUT, [x.name], imp.shape_of(x.name), fn=fn, **attrs), x.rank)
+    return handler
+
+
+HANDLERS: dict[str, Callable[[_Importer, Any], Any]] = {
+    "Conv": _conv,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "BatchNormalization": _batch_norm,
+    "Relu": _relu,
+    "Clip": _clip,
+    "MaxPool": _pool,
+    "AveragePool": _pool,
+    "GlobalAveragePool": _global_avg_pool,
+    "ReduceMean": _reduce_mean,
+    "Reshape": _reshape,
+    "Flatten": _flatten,
+    "Add": _add,
+    "Mul": _mul,
+    "Pad": _pad,
+    "Concat": _concat,
+    "Softmax": _softmax,
+    "Sigmoid": _lut("sigmoid"),
+    "Tanh": _lut("tanh"),
+    "HardSigmoid": _lut("hardsigmoid"),
+    "HardSwish": _lut("hardswish"),
+    "Gelu": _lut("gelu"),
+    "LeakyRelu": _lut("leaky_relu"),
+    "Elu": _lut("elu"),
+    "Identity": _identity,
+    "Dropout": _dropout,
+    "Shape": _shape,
+}
