@@ -25,6 +25,8 @@ from .hostcheck import HostModel, VerifyResult, verify as host_verify
 from .ir import Graph
 from .passes import (calibrate, fold_bn, fold_pad, fuse_activation, plan_memory, quantize, run_pipeline,
                      separate_outputs)
+from .passes import bias_correction as bias_correction_pass
+from .passes import equalize as equalize_pass
 from .reference import quantize_input, run_int, to_qgen_layout, to_torch_layout
 
 VERIFY_SAMPLES_SAVED = 64  # int8 inputs stored next to the C for `qgen verify` without --data
@@ -108,7 +110,9 @@ def _frontend(model: Any, example_input: Any) -> Graph:
 def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None = None, *,
             prefix: str = "model", out_dir: str | Path | None = None, command: str | None = None,
             eval_data: np.ndarray | None = None,
-            extra_passes: list[tuple[str, Callable[[Graph], Graph]]] | None = None) -> CompileResult:
+            extra_passes: list[tuple[str, Callable[[Graph], Graph]]] | None = None,
+            calibration: str = "minmax", percentile: float = 99.99, bias_correction: bool = False,
+            equalize: bool = False) -> CompileResult:
     """Compile a PyTorch model to Q-format C.
 
     model: nn.Module (with example_input), torch.export.ExportedProgram, 'model.pt2' or 'file.py:factory'.
@@ -118,6 +122,10 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     eval_data: samples for the report's per-layer error (defaults to calib_data).
     extra_passes: (name, fn) float-IR passes run after folding/fusion and before calibration
         (compression: channel pruning, low-rank...), each verified like the built-in ones.
+    calibration: how activation ranges are chosen: "minmax" (no calibration value saturates),
+        "percentile" (that percentile of |x|) or "mse" (the frac with the least squared error).
+    bias_correction: subtract each channel's mean quantisation error (measured on calib_data) from its bias.
+    equalize: cross-layer equalisation by powers of two between consecutive conv/linear layers.
     """
     start = time.perf_counter()
     check_prefix(prefix)
@@ -133,11 +141,18 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     if calib_data is None:
         calib_data = np.random.default_rng(0).standard_normal((64, *torch_shape)).astype(np.float32)
     calib_data = np.asarray(calib_data)
-    graph = run_pipeline(graph, [("separate_outputs", separate_outputs.run), ("fold_pad", fold_pad.run),
-                                 ("fold_bn", fold_bn.run), ("fuse_activation", fuse_activation.run),
-                                 *(extra_passes or []), ("calibrate", lambda g: calibrate.run(g, calib_data))])
+    float_passes = [("separate_outputs", separate_outputs.run), ("fold_pad", fold_pad.run),
+                    ("fold_bn", fold_bn.run), ("fuse_activation", fuse_activation.run), *(extra_passes or [])]
+    if equalize:
+        float_passes.append(("equalize", lambda g: equalize_pass.run(g, calib_data)))
+    float_passes.append(("calibrate", lambda g: calibrate.run(g, calib_data, method=calibration,
+                                                              percentile=percentile)))
+    graph = run_pipeline(graph, float_passes)
     float_graph = copy.deepcopy(graph)
-    graph = run_pipeline(graph, [("quantize", quantize.run), ("plan_memory", plan_memory.run)])
+    int_passes = [("quantize", quantize.run)]
+    if bias_correction:
+        int_passes.append(("bias_correction", lambda g: bias_correction_pass.run(g, float_graph, calib_data)))
+    graph = run_pipeline(graph, int_passes + [("plan_memory", plan_memory.run)])
     eval_x = np.asarray(eval_data if eval_data is not None else calib_data, dtype=np.float32)
     x_i8 = quantize_input(graph, eval_x).astype(np.int8)
     eval_hwc = to_qgen_layout(graph, eval_x)

@@ -70,7 +70,9 @@ def cmd_compile(args) -> int:
     passes = _compress_passes(args)
     split_at = getattr(args, "split_at", None)
     result = qcompile(args.model, args.input_shape, calib, prefix=args.prefix,
-                      out_dir=None if split_at else args.out, extra_passes=passes)
+                      out_dir=None if split_at else args.out, extra_passes=passes,
+                      calibration=args.calibration, percentile=args.percentile,
+                      bias_correction=args.bias_correction, equalize=args.equalize)
     report.print_table(result.report)
     if passes is not None or args.command == "compress":
         from . import compress
@@ -233,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="build/model", help="output directory (written atomically)")
     c.add_argument("--prefix", default="model", help="C symbol prefix (a C identifier)")
     c.add_argument("--verify", action="store_true", help="compile the C for the host and check it is bit-exact")
+    c.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "mse"],
+                   help="how activation ranges are chosen (default minmax: no calibration value saturates)")
+    c.add_argument("--percentile", type=float, default=99.99, help="for --calibration percentile")
+    c.add_argument("--bias-correction", action="store_true", help="correct each channel's mean quantisation error")
+    c.add_argument("--equalize", action="store_true", help="cross-layer equalisation by powers of two")
     c.add_argument("--split-at", action="append", metavar="NODE",
                    help="cut after this layer (repeat for more parts); writes <out>/part<k>/")
     c.add_argument("--boards", type=lambda t: [b for b in t.split(",") if b],

@@ -85,7 +85,7 @@ class Graph:
     source: str = ""  # what it was compiled from, for banners and reports
     # PyTorch layout of inputs/outputs: "nchw" (image), "ncl" (sequence, IR (1, L, C)), "nf" (vector)
     io_layout: dict[str, str] = field(default_factory=dict)
-    ranges: dict[str, float] = field(default_factory=dict)  # calibrate: max |x| per activation
+    ranges: dict[str, float] = field(default_factory=dict)  # calibrate: range each activation's format must hold (method-dependent)
     memory: dict[str, tuple[str, int]] = field(default_factory=dict)  # plan_memory: tensor -> (region, offset)
     arena_size: int = 0
 

@@ -103,3 +103,11 @@ def test_unwritable_output_path(model_file, tmp_path):
 def test_verify_on_non_output_dir(tmp_path):
     r = qgen("verify", tmp_path)
     assert r.returncode == 1 and "not a qgen output directory" in r.stderr
+
+
+def test_compile_with_quantisation_options(model_file, tmp_path):
+    out = tmp_path / "q"
+    r = qgen("compile", f"{model_file}:make_model", "--input-shape", "1,1,8,8", "--calib", tmp_path / "data.npy",
+             "--out", out, "--calibration", "mse", "--bias-correction", "--equalize", "--verify")
+    assert r.returncode == 0, r.stderr
+    assert "bit-exact: yes (20/20 samples)" in r.stdout

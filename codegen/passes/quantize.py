@@ -2,8 +2,9 @@
 
 - Activations: int8, one frac per tensor from its calibrated range graph.ranges[t] (fixed.frac_for_range:
   the largest frac at which that range does not saturate). The range is the effective maximum chosen
-  by the calibration method (calibrate.py: min/max, percentile, MSE; QAT pins it to 127 * 2^-frac). Pooling and reshape keep their input's
-  format (max/avg of values cannot exceed the input range), so they need no requantisation.
+  by the calibration method (calibrate.py: min/max, percentile, MSE; QAT pins it to 127 * 2^-frac).
+  Pooling and reshape keep their input's format (max/avg of values cannot exceed the input range), so
+  they need no requantisation.
 - Weights: int8, one frac per output channel (per-channel; `attrs["weight_per_tensor"]` forces one
   frac for the tensor), bias: int32 at frac (f_in + f_w[c]); chosen by weight_formats (also used by QAT).
 - Each conv/linear output channel requantises its int32 accumulator by shift[c] = f_in + f_w[c] - f_out

@@ -83,3 +83,26 @@ def test_requires_calibration():
     g = fold_bn.run(from_module(nn.Sequential(nn.Linear(2, 2)).eval(), torch.zeros(1, 2)))
     with pytest.raises(UserError, match="calibration"):
         quantize.run(g)
+
+
+def test_weight_formats_is_what_quantize_uses():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3))
+    g0 = fuse_activation.run(fold_bn.run(from_module(model.eval(), torch.zeros(1, 2, 5, 5))))
+    g0 = calibrate.run(g0, np.random.default_rng(0).standard_normal((8, 2, 5, 5)))
+    w, b = g0.tensors[g0.nodes[0].inputs[1]].data.copy(), g0.tensors[g0.nodes[0].inputs[2]].data.copy()
+    g = quantize.run(g0)
+    fin, fout = g.tensors[g.inputs[0]].qformat.frac, g.tensors[g.outputs[0]].qformat.frac
+    fw, w_q, b_q, bound = quantize.weight_formats(w, b, fin, fout)
+    assert tuple(fw) == g.tensors[g.nodes[0].inputs[1]].qformat.frac
+    assert np.array_equal(w_q, g.tensors[g.nodes[0].inputs[1]].data)
+    assert np.array_equal(b_q, g.tensors[g.nodes[0].inputs[2]].data)
+    assert int(bound.max()) == g.nodes[0].attrs["acc_bound"]
+
+
+@pytest.mark.parametrize("frac", [-5, 0, 3, 7, 12])
+def test_pinned_range_maps_back_to_its_frac(frac):
+    # calibrate (mse) and qat.convert pin a tensor's format by storing the range 127 * 2^-frac
+    from codegen.fixed import frac_for_range
+
+    assert frac_for_range(127.0 * 2.0**-frac) == frac

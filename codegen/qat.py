@@ -1,0 +1,309 @@
+"""Quantisation-aware training whose fake quantisation IS the integer arithmetic of the compiled model.
+
+    qm = qat.prepare(model, example, calib_data)      # lower, fold BN, calibrate: an nn.Module
+    qat.finetune(qm, x_train, y_train, epochs=5)      # or any torch training loop over qm(x)
+    result = qat.compile(qm, prefix="net")            # int8 C; result.predict(x) == qm.eval()(x) exactly
+
+How it stays exact:
+- `prepare` runs the compiler's own front end and float passes (fold_pad, fold_bn, fuse_activation),
+  then calibrate (any method). The activation Q-formats are taken from quantize.run on that graph and
+  then frozen for training. The module executes the *IR*, node by node, in qgen's channels-last layout.
+- BatchNorm is folded into the preceding conv/linear at prepare time (fold_bn, running statistics), and
+  the folded weights and biases are the trained parameters: BN statistics are frozen during QAT. This is
+  what the integer model computes, so nothing changes at convert time.
+- Every forward recomputes the weight formats from the current float weights with the compiler's own
+  function (quantize.weight_formats: per-channel frac, accumulator-overflow guard, bias at f_in + f_w).
+- Activations are carried as integers (stored in float tensors) with their frac. Each requantisation is
+  q = clamp(floor(v) + (v - floor(v) >= 0.5), lo, hi) on v = value * 2^frac — fixed.quantize's rule and,
+  for accumulators, exactly round_shift's round-half-up + saturation. In eval mode everything runs in
+  float64, where all values are dyadic with < 53 significant bits, so sums and shifts are exact and the
+  forward equals reference.run_int element for element. In train mode (float32) rounding uses the
+  straight-through estimator: gradient 1 inside [lo, hi], 0 where the value saturates.
+- `convert` writes the trained weights into the float graph and pins each activation range to
+  127 * 2^-frac, which quantize.py maps back to the same frac (calibrate.py documents ranges).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+from .ir import Graph, Node, Op
+from .passes import calibrate, fold_bn, fold_pad, fuse_activation, quantize, run_pipeline
+
+WEIGHTED = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR)
+
+
+def prepare(model: nn.Module, example: torch.Tensor, calib_data: np.ndarray, method: str = "minmax",
+            percentile: float = 99.99, extra_passes: list | None = None) -> QATModel:
+    """Lower `model` like codegen.compile does, calibrate, and wrap the IR as a fake-quant nn.Module.
+
+    extra_passes: (name, fn) float-IR passes run before calibration (e.g. equalize), as in compile().
+    """
+    from .frontend import from_module
+
+    was_training = model.training
+    graph = from_module(model, example)
+    model.train(was_training)
+    calib = np.asarray(calib_data)
+    graph = run_pipeline(graph, [("fold_pad", fold_pad.run), ("fold_bn", fold_bn.run),
+                                 ("fuse_activation", fuse_activation.run), *(extra_passes or []),
+                                 ("calibrate", lambda g: calibrate.run(g, calib, method=method,
+                                                                       percentile=percentile))])
+    return QATModel(graph)
+
+
+def convert(qat_model: QATModel) -> Graph:
+    """The calibrated float IR holding the trained weights, with activation formats pinned to QAT's."""
+    return qat_model.float_graph()
+
+
+def compile(qat_model: QATModel, *, prefix: str = "model", out_dir: str | Path | None = None,
+            eval_data: np.ndarray | None = None, command: str | None = None):
+    """codegen.compile's back half (quantize, plan memory, report, emit) on convert(qat_model)."""
+    from . import report as report_mod
+    from . import serialize
+    from .api import VERIFY_SAMPLES_SAVED, CompileResult, _npy_bytes
+    from .emit.c import banner_lines, check_prefix, render, write_atomic
+    from .passes import plan_memory
+    from .reference import quantize_input, to_qgen_layout
+
+    start = time.perf_counter()
+    check_prefix(prefix)
+    float_graph = convert(qat_model)
+    graph = run_pipeline(copy.deepcopy(float_graph), [("quantize", quantize.run), ("plan_memory", plan_memory.run)])
+    if eval_data is None:
+        in_shape = qat_model.torch_input_shape()
+        eval_data = np.random.default_rng(0).standard_normal((16, *in_shape)).astype(np.float32)
+    eval_x = np.asarray(eval_data, dtype=np.float32)
+    x_i8 = quantize_input(graph, eval_x).astype(np.int8)
+    rep = report_mod.build(graph, float_graph, to_qgen_layout(graph, eval_x).astype(np.float64), x_i8, prefix)
+    command = command or "codegen.qat.compile(...)"
+    files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, command)))
+    files["qgen_graph.json"], files["qgen_graph.npz"] = serialize.dumps(graph)
+    files["qgen_verify_inputs.npy"] = _npy_bytes(x_i8[:VERIFY_SAMPLES_SAVED])
+    files["report.md"] = report_mod.to_markdown({**rep, "compile_seconds": 0.0})
+    files["report.json"] = report_mod.to_json(rep)
+    rep["compile_seconds"] = time.perf_counter() - start
+    result = CompileResult(graph, float_graph, prefix, files, rep)
+    if out_dir is not None:
+        write_atomic(files, Path(out_dir))
+        result.out_dir = Path(out_dir)
+    return result
+
+
+def finetune(qat_model: QATModel, x: np.ndarray, y: np.ndarray, epochs: int = 5, lr: float = 1e-3,
+             batch: int = 64, seed: int = 0) -> QATModel:
+    """A plain classification fine-tuning loop (Adam, cross-entropy, cosine LR) through the fake quant."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    xt, yt = torch.as_tensor(np.asarray(x, dtype=np.float32)), torch.as_tensor(np.asarray(y, dtype=np.int64))
+    opt = torch.optim.Adam(qat_model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
+    qat_model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(xt), generator=gen).split(batch):
+            opt.zero_grad()
+            F.cross_entropy(qat_model(xt[idx]), yt[idx]).backward()
+            opt.step()
+        sched.step()
+    return qat_model.eval()
+
+
+# ------------------------------------------------------------------------------------------ module
+
+
+def _round_half_up(v: torch.Tensor) -> torch.Tensor:
+    """fixed.quantize's rounding: floor(v), plus one where the remainder is >= 1/2 (no double rounding)."""
+    q = torch.floor(v)
+    return q + (v - q >= 0.5).to(v.dtype)
+
+
+def _requant(v: torch.Tensor, lo: float | None, hi: float | None, ste: bool) -> torch.Tensor:
+    """v (a value times 2^frac) -> integer in [lo, hi]; straight-through gradient inside [lo, hi]."""
+    q = _round_half_up(v)
+    if lo is not None or hi is not None:
+        q, v = torch.clamp(q, lo, hi), torch.clamp(v, lo, hi)
+    if not ste:
+        return q
+    return v + (q - v).detach()
+
+
+def _pow2(e) -> float:
+    return float(2.0 ** int(e))
+
+
+class QATModel(nn.Module):
+    """Executes qgen's float IR with fake quantisation that mirrors codegen/reference.py run_int."""
+
+    def __init__(self, graph: Graph):
+        super().__init__()
+        self._graph = copy.deepcopy(graph)
+        qgraph = quantize.run(copy.deepcopy(graph))  # activation formats and weight-free attributes
+        self._frac = {name: t.qformat.frac for name, t in qgraph.tensors.items()
+                      if not t.is_const and t.qformat is not None}
+        self._attrs = [n.attrs for n in qgraph.nodes]  # same node order as the float graph
+        self._tables = {n.outputs[0]: torch.from_numpy(qgraph.tensors[n.inputs[1]].data.astype(np.int64))
+                        for n in qgraph.nodes if n.op in (Op.SOFTMAX, Op.LUT)}
+        self.weights = nn.ParameterDict()
+        self.biases = nn.ParameterDict()
+        for i, node in enumerate(self._graph.nodes):
+            if node.op in WEIGHTED:
+                self.weights[str(i)] = nn.Parameter(torch.tensor(self._graph.tensors[node.inputs[1]].data,
+                                                                 dtype=torch.float32))
+                self.biases[str(i)] = nn.Parameter(torch.tensor(self._graph.tensors[node.inputs[2]].data,
+                                                                dtype=torch.float32))
+        self.eval()
+
+    # -- introspection
+    def act_fracs(self) -> dict[str, int]:
+        """The frozen activation frac of every tensor (same names as the compiled graph)."""
+        return dict(self._frac)
+
+    def torch_input_shape(self) -> tuple[int, ...]:
+        shape = self._graph.tensors[self._graph.inputs[0]].shape
+        layout = self._graph.io_layout.get(self._graph.inputs[0], "nf")
+        if layout == "nchw":
+            return (shape[2], shape[0], shape[1])
+        if layout == "ncl":
+            return (shape[2], shape[1])
+        return tuple(shape)
+
+    def float_graph(self) -> Graph:
+        """The float IR with the current weights and ranges pinned to the frozen activation fracs."""
+        g = copy.deepcopy(self._graph)
+        for i, node in enumerate(g.nodes):
+            if node.op in WEIGHTED:
+                g.tensors[node.inputs[1]].data = self.weights[str(i)].detach().double().numpy().copy()
+                g.tensors[node.inputs[2]].data = self.biases[str(i)].detach().double().numpy().copy()
+        g.ranges = {name: 127.0 * 2.0 ** -frac for name, frac in self._frac.items()}
+        return g
+
+    # -- execution
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self._graph
+        exact = not self.training
+        dtype = torch.float64 if exact else torch.float32
+        x = torch.as_tensor(x).to(dtype)
+        if x.ndim == 4:  # (N, C, H, W) -> (N, H, W, C)
+            x = x.permute(0, 2, 3, 1)
+        elif x.ndim == 3:  # (N, C, L) -> (N, 1, L, C)
+            x = x.permute(0, 2, 1)[:, None]
+        name = g.inputs[0]
+        values = {name: _requant(x * _pow2(self._frac[name]), -128, 127, not exact)}
+        for i, node in enumerate(g.nodes):
+            xs = [values[t] for t in node.inputs if not g.tensors[t].is_const]
+            values[node.outputs[0]] = self._node(i, node, xs, exact, dtype)
+        out = g.outputs[0]
+        y = values[out] * _pow2(-self._frac[out])
+        if y.ndim == 4:
+            y = y[:, 0].permute(0, 2, 1) if g.io_layout.get(out) == "ncl" else y.permute(0, 3, 1, 2)
+        return y
+
+    def _node(self, i: int, node: Node, xs: list[torch.Tensor], exact: bool, dtype) -> torch.Tensor:
+        attrs = self._attrs[i]
+        frac = self._frac
+        ste = not exact
+        fin, fout = frac[node.inputs[0]], frac[node.outputs[0]]
+        x = xs[0]
+        op = node.op
+        if op in WEIGHTED:
+            return self._weighted(i, node, x, fin, fout, attrs, exact, dtype)
+        if op is Op.RELU:
+            return torch.clamp(x, attrs["act_min"], attrs["act_max"])
+        if op is Op.MAXPOOL2D:
+            return _pool(x, node.attrs, float("-inf"), "max")
+        if op is Op.AVGPOOL2D:
+            total = _pool(x, node.attrs, 0.0, "sum")
+            v = total * attrs["avg_mult"] * _pow2(-attrs["avg_shift"])
+            return _requant(v, attrs["act_min"], attrs["act_max"], ste)
+        if op is Op.RESHAPE:
+            return x.reshape((x.shape[0],) + tuple(node.attrs["shape"]))
+        if op is Op.PAD:
+            top, left, bottom, right = node.attrs["padding"]
+            return F.pad(x, (0, 0, left, right, top, bottom))
+        if op is Op.ADD:
+            a = _requant(xs[0] * _pow2(-attrs["shift_a"]), None, None, ste)
+            b = _requant(xs[1] * _pow2(-attrs["shift_b"]), None, None, ste)
+            return _requant((a + b) * _pow2(-attrs["shift"]), attrs["act_min"], attrs["act_max"], ste)
+        if op is Op.CONCAT:
+            parts = [_requant(v * _pow2(-s), -128, 127, ste) for v, s in zip(xs, attrs["shifts"])]
+            return torch.cat(parts, dim=node.attrs["axis"] + 1)
+        if op is Op.SOFTMAX:
+            if exact:
+                table = self._tables[node.outputs[0]]
+                xi = x.to(torch.int64)
+                e = table[xi.max(dim=-1, keepdim=True).values - xi]
+                total = e.sum(dim=-1, keepdim=True)
+                return torch.clamp(torch.div(256 * e + total, 2 * total, rounding_mode="floor"), max=127).to(dtype)
+            p = torch.softmax(x * _pow2(-fin), dim=-1)
+            return _requant(p * _pow2(fout), -128, 127, ste)
+        if op is Op.LUT:
+            if exact:
+                return self._tables[node.outputs[0]][x.to(torch.int64) + 128].to(dtype)
+            return _requant(_lut_torch(node.attrs)(x * _pow2(-fin)) * _pow2(fout), -128, 127, ste)
+        raise UserError(f"{node.where()}: QAT does not support op {op.value}")
+
+    def _weighted(self, i: int, node: Node, x: torch.Tensor, fin: int, fout: int, attrs: dict,
+                  exact: bool, dtype) -> torch.Tensor:
+        w, b = self.weights[str(i)], self.biases[str(i)]
+        fw, w_q, b_q, _ = quantize.weight_formats(w.detach().double().numpy(), b.detach().double().numpy(), fin,
+                                                  fout, bool(node.attrs.get("weight_per_tensor")), node.where())
+        scale_w = torch.tensor(np.exp2(fw.astype(np.float64)), dtype=dtype)
+        scale_b = torch.tensor(np.exp2((fin + fw).astype(np.float64)), dtype=dtype)
+        w_int = torch.tensor(w_q, dtype=dtype)
+        b_int = torch.tensor(b_q, dtype=dtype)
+        if not exact:  # straight-through: forward uses the integers, gradient flows to the float weights
+            ws = w * scale_w.reshape((-1,) + (1,) * (w.ndim - 1))
+            w_int = ws + (w_int - ws).detach()
+            bs = b * scale_b
+            b_int = bs + (b_int - bs).detach()
+        if node.op is Op.LINEAR:
+            acc = x @ w_int.T
+        else:
+            top, left, bottom, right = node.attrs["padding"]
+            xp = F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom))
+            groups = xp.shape[1] if node.op is Op.DEPTHWISE_CONV2D else 1
+            acc = F.conv2d(xp, w_int.permute(0, 3, 1, 2), stride=tuple(node.attrs["stride"]), groups=groups)
+            acc = acc.permute(0, 2, 3, 1)
+        shift = torch.tensor(np.exp2(-(fin + fw - fout).astype(np.float64)), dtype=dtype)
+        return _requant((acc + b_int) * shift, attrs["act_min"], attrs["act_max"], not exact)
+
+
+def _pool(x: torch.Tensor, attrs: dict, pad_value: float, kind: str) -> torch.Tensor:
+    top, left, bottom, right = attrs["padding"]
+    xp = F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom), value=pad_value)
+    kernel, stride = tuple(attrs["kernel"]), tuple(attrs["stride"])
+    if kind == "max":
+        y = F.max_pool2d(xp, kernel, stride)
+    else:
+        y = F.avg_pool2d(xp, kernel, stride, divisor_override=1)
+    return y.permute(0, 2, 3, 1)
+
+
+def _lut_torch(attrs: dict[str, Any]):
+    fn = attrs["fn"]
+    if fn == "sigmoid":
+        return torch.sigmoid
+    if fn == "tanh":
+        return torch.tanh
+    if fn == "hardsigmoid":
+        return F.hardsigmoid
+    if fn == "hardswish":
+        return F.hardswish
+    if fn == "silu":
+        return F.silu
+    if fn == "gelu":
+        return lambda v: F.gelu(v, approximate=attrs.get("approximate", "none"))
+    if fn == "leaky_relu":
+        return lambda v: F.leaky_relu(v, attrs["alpha"])
+    if fn == "elu":
+        return lambda v: F.elu(v, attrs["alpha"])
+    raise UserError(f"QAT has no torch function for LUT '{fn}'")
