@@ -162,23 +162,17 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, command)))
     graph_json, graph_npz = serialize.dumps(graph)
     files["qgen_graph.json"], files["qgen_graph.npz"] = graph_json, graph_npz
-    files["qgen_verify_inputs.npy"] = _npy_bytes(x_i8[:VERIFY_SAMPLES_SAVED])
+    files["qgen_verify_inputs.npy"] = serialize.npy_bytes(x_i8[:VERIFY_SAMPLES_SAVED])
     rep["compile_seconds"] = time.perf_counter() - start
-    files["report.md"] = report_mod.to_markdown({**rep, "compile_seconds": 0.0} | {})
-    files["report.json"] = report_mod.to_json({k: v for k, v in rep.items() if k != "compile_seconds"})
+    timeless = {k: v for k, v in rep.items() if k != "compile_seconds"}  # files stay deterministic
+    files["report.md"] = report_mod.to_markdown(timeless)
+    files["report.json"] = report_mod.to_json(timeless)
     result = CompileResult(graph, float_graph, prefix, files, rep)
     if out_dir is not None:
         write_atomic(files, Path(out_dir))
         result.out_dir = Path(out_dir)
     return result
 
-
-def _npy_bytes(a: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, a)
-    return buf.getvalue()
 
 
 def load_compiled(out_dir: str | Path) -> CompileResult:

@@ -70,7 +70,8 @@ def compile(qat_model: QATModel, *, prefix: str = "model", out_dir: str | Path |
     """codegen.compile's back half (quantize, plan memory, report, emit) on convert(qat_model)."""
     from . import report as report_mod
     from . import serialize
-    from .api import VERIFY_SAMPLES_SAVED, CompileResult, _npy_bytes
+    from .api import VERIFY_SAMPLES_SAVED, CompileResult
+    from .serialize import npy_bytes
     from .emit.c import banner_lines, check_prefix, render, write_atomic
     from .passes import plan_memory
     from .reference import quantize_input, to_qgen_layout
@@ -88,7 +89,7 @@ def compile(qat_model: QATModel, *, prefix: str = "model", out_dir: str | Path |
     command = command or "codegen.qat.compile(...)"
     files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, command)))
     files["qgen_graph.json"], files["qgen_graph.npz"] = serialize.dumps(graph)
-    files["qgen_verify_inputs.npy"] = _npy_bytes(x_i8[:VERIFY_SAMPLES_SAVED])
+    files["qgen_verify_inputs.npy"] = npy_bytes(x_i8[:VERIFY_SAMPLES_SAVED])
     files["report.md"] = report_mod.to_markdown({**rep, "compile_seconds": 0.0})
     files["report.json"] = report_mod.to_json(rep)
     rep["compile_seconds"] = time.perf_counter() - start

@@ -83,3 +83,10 @@ def loads(text: str, npz: bytes) -> Graph:
     g.arena_size = doc["arena_size"]
     g.io_layout = dict(doc.get("io_layout", {}))
     return g
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    """An array as the bytes of a .npy file (for output directories written in memory first)."""
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()

@@ -29,6 +29,7 @@ from .emit.c import _environment, banner_lines, check_prefix, layer_macs, model_
 from .errors import UserError
 from .fixed import QFormat
 from .ir import Graph, Op, verify
+from . import serialize
 from .passes import plan_memory
 
 STREAM_MAGIC = 0x51
@@ -191,7 +192,6 @@ def split_model(result, at: list[str], out_dir: str | Path | None = None, comman
     kernels/, `<prefix>_split.h/.c`, qgen_graph.json for `qgen verify` / `qgen firmware`), and
     `<prefix>_split.md` describing the parts and boundaries.
     """
-    from . import serialize
 
     prefix = result.prefix
     graphs, boundaries = split_graph(result.graph, at)
@@ -215,7 +215,7 @@ def split_model(result, at: list[str], out_dir: str | Path | None = None, comman
             from .reference import run_int
 
             x = x.reshape((x.shape[0],) + g.tensors[g.inputs[0]].shape)
-            files[f"part{k}/qgen_verify_inputs.npy"] = _npy_bytes(x.astype(np.int8))
+            files[f"part{k}/qgen_verify_inputs.npy"] = serialize.npy_bytes(x.astype(np.int8))
             x = reference_outputs(g, run_int(g, x))
     split = SplitResult(prefix, parts, boundaries, files)
     files[f"{prefix}_split.md"] = split_markdown(split)
@@ -227,13 +227,6 @@ def split_model(result, at: list[str], out_dir: str | Path | None = None, comman
 
 # ---------------------------------------------------------------------------------- byte stream
 
-
-def _npy_bytes(a: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, a)
-    return buf.getvalue()
 
 
 def pack_boundary(boundary: Boundary, x_i8: np.ndarray) -> bytes:
