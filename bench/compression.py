@@ -131,7 +131,7 @@ def markdown(rows: list[Row], seconds: float) -> str:
            f"Board for flash/instructions: `{BOARD}` (Cortex-M4, QEMU, `-O2`, {QEMU_SAMPLES} inferences). "),
            ("Every row's generated C was checked bit-exact against the integer reference on the whole test split "
            "(and on the M4 under QEMU). Instruction counts depend on the dense kernels of the tree that ran "
-           "(this table: the portable C kernels of commit ba2bcfa); rerun after kernel changes."), "",
+           "(this table: the SIMD/blocked kernels of bench/RESULTS.md); rerun after kernel changes."), "",
            ("- **weight flash**: the model's constant arrays as emitted (weights in the chosen format, int32 "
            "biases, int8 shifts) = `<PREFIX>_FLASH_BYTES`."),
            "- **total flash**: `.text + .rodata + .data` of the whole M4 image (model, kernels, harness, libc).",

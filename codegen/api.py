@@ -21,11 +21,20 @@ from .emit.c import banner_lines, check_prefix, render, write_atomic
 from .errors import UserError
 from .fixed import dequantize
 from .frontend import from_exported_program, from_module, load_model
-from .hostcheck import HostModel, VerifyResult, verify as host_verify
+from .hostcheck import HostModel, VerifyResult
+from .hostcheck import verify as host_verify
 from .ir import Graph
-from .passes import (calibrate, fold_bn, fold_pad, fuse_activation, plan_memory, quantize, run_pipeline,
-                     separate_outputs)
 from .passes import bias_correction as bias_correction_pass
+from .passes import (
+    calibrate,
+    fold_bn,
+    fold_pad,
+    fuse_activation,
+    plan_memory,
+    quantize,
+    run_pipeline,
+    separate_outputs,
+)
 from .passes import equalize as equalize_pass
 from .reference import quantize_input, run_int, to_qgen_layout, to_torch_layout
 

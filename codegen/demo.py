@@ -120,7 +120,7 @@ def run(out_dir: str | Path = "build/demo", prefix: str = "digits", console=None
     log(f"int8 accuracy (ref) {ref_acc:.4f}   (output {out_frac})")
     log(f"int8 accuracy (C)   {c_acc:.4f}")
     log(f"arena {rep['arena_bytes']:,} B, flash (weights) {rep['flash_bytes']:,} B, {rep['macs']:,} MACs")
-    log(f"   for comparison, TFLite Micro on this model: 3,872 B arena, 8,552 B flatbuffer")
+    log("   for comparison, TFLite Micro on this model: 3,872 B arena, 8,552 B flatbuffer")
     log(f"compile time {rep['compile_seconds']:.2f} s; generated C in {out_dir}/")
     log(str(check))
     if not check.exact:

@@ -48,7 +48,7 @@ class HostModel:
         """Run one sample with the trace hook; the output of every layer in order."""
         layers: list[np.ndarray] = []
 
-        @self.ffi.callback(f"void(int32_t, const int8_t *, int32_t)")
+        @self.ffi.callback("void(int32_t, const int8_t *, int32_t)")
         def on_layer(index, data, size):
             layers.append(np.frombuffer(self.ffi.buffer(data, size), dtype=np.int8).copy())
 

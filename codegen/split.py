@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import serialize
 from .emit.c import _environment, banner_lines, check_prefix, layer_macs, model_data, render, write_atomic
 from .errors import UserError
 from .fixed import QFormat
 from .ir import Graph, Op, verify
-from . import serialize
 from .passes import plan_memory
 
 STREAM_MAGIC = 0x51

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from models import MLP, GlobalPoolNet, make_residual
 
 from codegen import compile as qcompile
-from models import GlobalPoolNet, MLP, make_residual
 
 
 def test_compile_returns_ir_reference_files_report():

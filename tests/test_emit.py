@@ -5,12 +5,12 @@ import subprocess
 
 import numpy as np
 import pytest
+from models import GlobalPoolNet, make_residual
 
 from codegen import compile as qcompile
 from codegen.emit.c import check_prefix, write_atomic
 from codegen.errors import UserError
 from codegen.hostcheck import SANITIZE_FLAGS, build_native, run_native
-from models import GlobalPoolNet, make_residual
 
 
 @pytest.fixture(scope="module")

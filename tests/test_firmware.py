@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from models import MLP, GlobalPoolNet, make_residual
 
 from codegen import compile as qcompile
 from codegen import deploy
 from codegen.errors import UserError
-from models import MLP, GlobalPoolNet, make_residual
 
 pytestmark = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
                                 reason="needs arm-none-eabi-gcc and qemu-system-arm (scripts/setup.sh installs them)")

@@ -1,12 +1,13 @@
 """The rounding and saturation rules: Python (codegen/fixed.py) vs C (qg_fixed.h), exhaustively."""
 from __future__ import annotations
 
-import importlib.util
 import hashlib
+import importlib.util
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from codegen import fixed
 from codegen.fixed import QFormat

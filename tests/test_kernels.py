@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from qgen_testing import (
+    act,
+    assert_c_equals_reference,
+    build_host,
+    edge_inputs,
+    finish,
+    safe_bias,
+    weighted_graph,
+)
 
 from codegen.fixed import QFormat
-from codegen.ir import Graph, Node, Op, Tensor
+from codegen.ir import Graph, Node, Op
 from codegen.passes.quantize import avg_params
-from qgen_testing import act, assert_c_equals_reference, build_host, edge_inputs, finish, safe_bias, weighted_graph
 
 CONV_CASES = [
     # (H, W, Cin, Cout, KH, KW, stride, padding(top,left,bottom,right))

@@ -19,7 +19,8 @@ import math
 import numpy as np
 
 from ..errors import UserError
-from ..fixed import MAX_SHIFT, QFormat, frac_for_range, quantize as quantize_array
+from ..fixed import MAX_SHIFT, QFormat, frac_for_range
+from ..fixed import quantize as quantize_array
 from ..ir import Graph, Node, Op
 
 INT32_MAX = (1 << 31) - 1

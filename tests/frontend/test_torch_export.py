@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from models import MLP, GlobalPoolNet, PadCatNet, SequenceNet, Unsupported, make_residual, randomize_bn
 
 from codegen.errors import UserError
 from codegen.frontend import from_module
 from codegen.ir import Op
 from codegen.reference import run_float, to_torch_layout
-from models import MLP, GlobalPoolNet, PadCatNet, SequenceNet, Unsupported, make_residual, randomize_bn
 
 
 def _float_ir_matches_torch(model, x):

@@ -1,11 +1,11 @@
 import numpy as np
 import torch
+from models import make_residual
 
 from codegen.frontend import from_module
 from codegen.ir import Op, verify
 from codegen.passes import fold_bn
 from codegen.reference import run_float
-from models import make_residual
 
 
 def test_fold_bn_removes_bn_and_keeps_function():

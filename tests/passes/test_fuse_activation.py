@@ -1,12 +1,12 @@
 import numpy as np
 import torch
 import torch.nn as nn
+from models import make_residual
 
 from codegen.frontend import from_module
 from codegen.ir import Op, verify
 from codegen.passes import fold_bn, fuse_activation
 from codegen.reference import run_float
-from models import make_residual
 
 
 def test_relus_fused_into_producers():

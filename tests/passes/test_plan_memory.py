@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
-import torch
-from hypothesis import given, settings, strategies as st
-
-from codegen.passes.plan_memory import Buffer, _lowest_free_offset, check_overlap, lifetimes
-from codegen import compile as qcompile
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from models import make_residual
+
+from codegen import compile as qcompile
+from codegen.passes.plan_memory import Buffer, _lowest_free_offset, check_overlap, lifetimes
 
 
 def test_planned_arena_reuses_memory_and_never_overlaps():
