@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .emit.c import _environment, banner_lines, check_prefix, render, write_atomic
+from .emit.c import banner_lines, check_prefix, render, template_environment, write_atomic
 from .errors import UserError
 
 
@@ -98,7 +98,7 @@ def bundle(results_or_dirs: list, out_dir: str | Path | None = None, name: str =
     m = {"prefix": name, "PREFIX": name.upper(), "banner": banner_lines(", ".join(x.source for x in models), command),
          "arena": arena, "models": [{"prefix": x.prefix, "PREFIX": x.prefix.upper(), "source": x.source,
                                      "arena": x.arena_size} for x in models]}
-    env = _environment()
+    env = template_environment()
     files[f"{name}_bundle.h"] = env.get_template("c/bundle.h.j2").render(m=m)
     files[f"{name}_bundle.c"] = env.get_template("c/bundle.c.j2").render(m=m)
     files[f"{name}_bundle.json"] = json.dumps(

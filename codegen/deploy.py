@@ -14,7 +14,7 @@ import numpy as np
 
 from .api import CompileResult, load_compiled
 from .errors import UserError
-from .hostcheck import cache_root, reference_outputs
+from .hostcheck import cache_root, model_sources, reference_outputs
 from .reference import run_int
 from .target import INPUT_FILE, Board, ElfInfo, build_elf, load_board, run_qemu, write_project
 
@@ -75,14 +75,6 @@ def fit_line(elf: ElfInfo) -> str:
             f"RAM {f.ram_bytes / 1024:.1f} KB of {f.ram_limit / 1024:.0f} KB (stack included)")
 
 
-def _compiled(model_dir: Path) -> CompileResult:
-    return load_compiled(model_dir)
-
-
-def model_sources(model_dir: Path, prefix: str) -> list[Path]:
-    return [model_dir / f"{prefix}_model.c", model_dir / f"{prefix}_weights.c"] + sorted((model_dir / "kernels").glob("*.c"))
-
-
 def build(model_dir: str | Path, board: str | Board, build_dir: str | Path, opt: str = "-O2",
           project_dir: str | Path | None = None, count_layers: bool = False) -> FirmwareBuild:
     """Cross-compile a qgen output directory for `board`; optionally also write a Makefile project.
@@ -91,7 +83,7 @@ def build(model_dir: str | Path, board: str | Board, build_dir: str | Path, opt:
     """
     model_dir = Path(model_dir)
     board = load_board(board) if isinstance(board, str) else board
-    compiled = _compiled(model_dir)
+    compiled = load_compiled(model_dir)
     prefix = compiled.prefix
     elf = build_elf(board, model_sources(model_dir, prefix), [model_dir, model_dir / "kernels"], prefix,
                     Path(build_dir), opt, extra_cflags=MODEL_CFLAGS, count_layers=count_layers)

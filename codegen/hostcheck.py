@@ -67,14 +67,15 @@ class HostModel:
         return out
 
 
-def _sources(model_dir: Path, prefix: str) -> list[Path]:
+def model_sources(model_dir: Path, prefix: str) -> list[Path]:
+    """The C files of a generated model directory: model, weights, kernel library."""
     return [model_dir / f"{prefix}_model.c", model_dir / f"{prefix}_weights.c"] + sorted((model_dir / "kernels").glob("*.c"))
 
 
 def _build(model_dir: Path, prefix: str):
     import cffi
 
-    sources = _sources(model_dir, prefix)
+    sources = model_sources(model_dir, prefix)
     headers = sorted(model_dir.glob("*.h")) + sorted((model_dir / "kernels").glob("*.h"))
     digest = hashlib.sha256()
     for path in sources + headers:
@@ -206,7 +207,7 @@ def build_native(model_dir: Path, prefix: str, out: Path, extra_flags: list[str]
     harness = out.with_suffix(".harness.c")
     harness.write_text(HARNESS_C % {"prefix": prefix, "PREFIX": prefix.upper()})
     cmd = [cc, *STRICT_CFLAGS, *(extra_flags or []), "-I", str(model_dir), "-I", str(model_dir / "kernels"),
-           str(harness), *map(str, _sources(model_dir, prefix)), "-o", str(out)]
+           str(harness), *map(str, model_sources(model_dir, prefix)), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"native build failed:\n{' '.join(cmd)}\n{proc.stderr}")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import serialize
-from .emit.c import _environment, banner_lines, check_prefix, layer_macs, model_data, render, write_atomic
+from .emit.c import banner_lines, check_prefix, layer_macs, model_data, render, template_environment, write_atomic
 from .errors import UserError
 from .fixed import QFormat
 from .ir import Graph, Op, verify
@@ -259,7 +259,7 @@ def render_split(prefix: str, boundaries: list[Boundary], banner: list[str]) -> 
     m = {"prefix": prefix, "PREFIX": prefix.upper(), "banner": banner, "boundaries": rows,
          "magic": f"0x{STREAM_MAGIC:02X}u", "version": STREAM_VERSION, "header_bytes": STREAM_HEADER_BYTES,
          "max_size": max((b.nbytes for b in boundaries), default=0)}
-    env = _environment()
+    env = template_environment()
     return {f"{prefix}_split.h": env.get_template("c/split.h.j2").render(m=m),
             f"{prefix}_split.c": env.get_template("c/split.c.j2").render(m=m)}
 

@@ -52,6 +52,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
     import tomli as tomllib
 
+from codegen.emit.c import check_prefix
 from codegen.errors import UserError
 from codegen.hostcheck import cache_root
 from codegen.resources import data_dir, kernel_dir
@@ -79,10 +80,6 @@ OUTPUT_FILE = "qg_output.bin"
 HARNESS_CONFIG = "harness_config.h"
 MARKERS = ("qg_count_begin", "qg_count_end")
 LAYER_MARKER = "qg_count_layer"
-C_KEYWORDS = frozenset(
-    "auto break case char const continue default do double else enum extern float for goto if inline int "
-    "long register restrict return short signed sizeof static struct switch typedef union unsigned void "
-    "volatile while _Bool _Complex _Imaginary".split())
 
 # Exit statuses of the harness: HARNESS_EXIT_* in qg_harness_main.c, QG_EXIT_FAULT in qg_startup.c.
 HARNESS_EXIT_MEANING = {
@@ -308,15 +305,10 @@ class ElfInfo:
     layers_counted: bool = False  # built with count_layers=True: runs report per-layer counts
 
 
-def _check_prefix(prefix: str) -> None:
-    if not (prefix.isascii() and prefix.isidentifier()) or prefix in C_KEYWORDS:
-        raise UserError(f"model prefix '{prefix}' is not a valid C identifier")
-
-
 def harness_config_text(prefix: str, count_layers: bool = False) -> str:
     """harness_config.h: binds the generic harness to one model's header, run function and sizes
     (and, with `count_layers`, to its trace hook; the model must be built with trace_define())."""
-    _check_prefix(prefix)
+    check_prefix(prefix)
     upper = prefix.upper()
     trace = (f"#ifndef {trace_define(prefix)}\n#error \"per-layer counting needs -D{trace_define(prefix)}\"\n"
              f"#endif\n#define HARNESS_SET_TRACE {prefix}_set_trace\n") if count_layers else ""

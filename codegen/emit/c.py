@@ -277,7 +277,8 @@ def _pow2_literal(exp: int) -> str:
     return f"{float(2.0 ** exp)!r}f" if -126 <= exp <= 127 else "0.0f"
 
 
-def _environment() -> jinja2.Environment:
+def template_environment() -> jinja2.Environment:
+    """The Jinja environment over templates/ (strict: an undefined name is an error)."""
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
                               undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                               trim_blocks=True, lstrip_blocks=True)
@@ -294,7 +295,7 @@ def render(g: Graph, prefix: str, banner: list[str], arena_symbol: str | None = 
     if arena_symbol is not None:
         check_prefix(arena_symbol)
         model.arena_symbol = arena_symbol
-    env = _environment()
+    env = template_environment()
     files = {}
     for template, name in (("c/model.h.j2", f"{prefix}_model.h"), ("c/model.c.j2", f"{prefix}_model.c"),
                            ("c/weights.h.j2", f"{prefix}_weights.h"), ("c/weights.c.j2", f"{prefix}_weights.c")):

@@ -21,14 +21,12 @@ import copy
 import keyword
 from dataclasses import dataclass, field
 
-import jinja2
 import numpy as np
 
 from .. import __version__
 from ..errors import UserError
 from ..ir import Graph, Node, Op, signature
-from ..resources import data_dir
-from .c import check_prefix, layer_macs
+from .c import check_prefix, layer_macs, template_environment
 
 BYTES_PER_LINE = 24  # bytes per `b'...'` source line (4 characters each: \xNN)
 INTS_PER_LINE = 12
@@ -279,12 +277,6 @@ class _Builder:
         return PyLayer(index, n.where(), shapes, pname, [(k, str(v)) for k, v in params], call)
 
 
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
-                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                              trim_blocks=True, lstrip_blocks=True)
-
-
 def model_data(graph: Graph, prefix: str, banner: list[str] | None = None) -> PyModel:
     if not graph.memory:
         from ..passes import plan_memory
@@ -305,5 +297,5 @@ def render_micropython(graph: Graph, prefix: str, banner: list[str]) -> dict[str
     """
     check_module_name(prefix)
     model = model_data(graph, prefix, banner)
-    text = _environment().get_template("micropython/model.py.j2").render(m=model)
+    text = template_environment().get_template("micropython/model.py.j2").render(m=model)
     return {f"{prefix}.py": text}

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..ir import Graph, Node, Op, Tensor, verify
-from .torch_export import LAYOUTS, _reject_non_finite, ir_axis, ir_shape_of
+from .torch_export import LAYOUTS, ir_axis, ir_shape_of, reject_non_finite, source_of_trace
 
 OPSETS = range(13, 22)  # default-domain opsets qgen reads
 INSTALL_HINT = "install the ONNX extra: pip install 'qgen[onnx]' (or pip install onnx)"
@@ -53,7 +53,7 @@ def from_onnx_file(path: str | Path) -> Graph:
 def from_onnx_model(model: Any, source: str = "") -> Graph:
     """Lower an onnx.ModelProto. `source` is used for banners unless the model names its PyTorch class."""
     graph = _Importer(model, source or (model.graph.name or "onnx model")).run()
-    _reject_non_finite(graph)
+    reject_non_finite(graph)
     verify(graph)
     return graph
 
@@ -81,15 +81,6 @@ def _f32(value: float) -> float:
     """The shortest decimal that rounds to this float32 (ONNX float attributes are float32):
     1e-5 stays 1e-05 as in PyTorch, not 9.99999974738e-06, so folding computes the same doubles."""
     return float(str(np.float32(value)))
-
-
-def _source_of_trace(trace: str) -> str:
-    """'model.py:42': the innermost frame outside torch (as torch_export.source_of does for FX)."""
-    frames = re.findall(r'File "([^"]+)", line (\d+)', trace or "")
-    for path, line in reversed(frames):
-        if "/torch/" not in path.replace("\\", "/"):
-            return f"{Path(path).name}:{line}"
-    return ""
 
 
 # ---------------------------------------------------------------------------------- importer
@@ -143,7 +134,7 @@ class _Importer:
                 parts = []
             if parts:
                 path = parts[-2] if len(parts) > 2 else ""
-                return path, parts[-1], _source_of_trace(meta.get("pkg.torch.onnx.stack_trace", ""))
+                return path, parts[-1], source_of_trace(meta.get("pkg.torch.onnx.stack_trace", ""))
         if node.name.startswith("/"):  # TorchScript exporter: '/features/features.0/Conv'
             parts = node.name.strip("/").split("/")
             return (parts[-2] if len(parts) > 1 else ""), parts[-1], ""

@@ -263,7 +263,11 @@ def ir_axis(torch_dim: int, rank: int) -> int:
 
 def source_of(fx_node) -> str:
     """'model.py:42' for the innermost user frame of the node's stack trace (skipping torch itself)."""
-    trace = fx_node.meta.get("stack_trace") or ""
+    return source_of_trace(fx_node.meta.get("stack_trace") or "")
+
+
+def source_of_trace(trace: str) -> str:
+    """'model.py:42': the innermost frame of a Python stack trace that is not inside torch."""
     frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
     for path, line in reversed(frames):  # innermost user frame: the layer call site in forward()
         if "/torch/" not in path.replace("\\", "/"):
@@ -692,12 +696,12 @@ def from_exported_program(program: torch.export.ExportedProgram, source: str = "
     from ..ir import verify
 
     graph = _Lowering(program, source or "exported program").run()
-    _reject_non_finite(graph)
+    reject_non_finite(graph)
     verify(graph)
     return graph
 
 
-def _reject_non_finite(graph: Graph) -> None:
+def reject_non_finite(graph: Graph) -> None:
     for node in graph.nodes:
         for name in node.inputs:
             t = graph.tensors[name]
