@@ -45,7 +45,7 @@ class HostModel:
         return out
 
     def trace(self, x_i8: np.ndarray) -> list[np.ndarray]:
-        """Run one sample with the trace hook; the output of every layer in order."""
+        """Run one sample with the trace hook; the output bytes of every layer in order."""
         layers: list[np.ndarray] = []
 
         @self.ffi.callback("void(int32_t, const int8_t *, int32_t)")
@@ -160,7 +160,10 @@ def first_difference(g: Graph, host: HostModel, x_i8: np.ndarray, ref: dict[str,
     layers = host.trace(x_i8.reshape(1, -1))
     for index, node in enumerate(g.nodes):
         expect = ref[node.outputs[0]].reshape(-1).astype(np.int64)
-        got = layers[index].astype(np.int64) if index < len(layers) else np.array([], dtype=np.int64)
+        got = np.array([], dtype=np.int64)
+        if index < len(layers):  # the trace gives each layer's output bytes
+            raw = layers[index]
+            got = (raw.view(np.int16) if g.tensors[node.outputs[0]].dtype == "int16" else raw).astype(np.int64)
         if got.shape != expect.shape or np.any(got != expect):
             if got.shape != expect.shape:
                 return Mismatch(sample, index, node.where(), -1, -1, -1)

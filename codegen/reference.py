@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .fixed import quantize, requantize, round_shift
+from .fixed import int_range, quantize, requantize, round_shift
 from .ir import Graph, Node, Op
 
 # ---------------------------------------------------------------- shared window helpers
@@ -235,7 +235,8 @@ def _i_pad(g, n, x):
 
 def _i_concat(g, n, xs):
     # each input is requantised to the output format (round_shift + saturate), then concatenated
-    parts = [requantize(x, shift, -128, 127) for x, shift in zip(xs, n.attrs["shifts"])]
+    lo, hi = int_range(g.tensors[n.outputs[0]].qformat.bits)
+    parts = [requantize(x, shift, lo, hi) for x, shift in zip(xs, n.attrs["shifts"])]
     return np.concatenate(parts, axis=n.attrs["axis"] + 1)
 
 

@@ -75,6 +75,10 @@ def _totals(r: dict) -> list[str]:
     for key in ("float_accuracy", "int8_accuracy_reference", "int8_accuracy_c"):
         if key in r:
             lines.append(f"{key.replace('_', ' ')}: {r[key]:.4f}")
+    wide = [layer["name"] for layer in r["layers"] if layer["q_out"].startswith("s16")]
+    if wide:
+        lines.append(f"int16 activations: {', '.join(wide)}")
+    lines += r.get("precision_lines", [])
     if "bit_exact" in r:
         lines.append(f"bit-exact: {r['bit_exact']}")
     if "compile_seconds" in r:

@@ -14,6 +14,9 @@ a frac with fixed.frac_for_range (the one place ranges become formats). The meth
 percentile/mse work on a sample of each tensor's values: every value when a tensor has at most
 SAMPLE_SIZE values over the calibration set, else a seeded uniform random sample of about that many
 (deterministic: same data, same formats). The exact maximum is always kept.
+
+Tensors that assign_precision made int16 always get their min/max range: with 256 times finer steps,
+clipping outliers buys nothing and costs saturation.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from ..errors import UserError
 from ..fixed import QFormat, dequantize, frac_for_range, quantize
 from ..ir import Graph
 from ..reference import run_float, to_qgen_layout
+from .assign_precision import tensor_bits
 
 METHODS = ("minmax", "percentile", "mse")
 SAMPLE_SIZE = 1 << 18
@@ -56,7 +60,11 @@ def run(graph: Graph, calib: np.ndarray, batch: int = 256, method: str = "minmax
         graph.ranges = maxima
         return graph
     ranges: dict[str, float] = {}
+    wide = {name for name, b in tensor_bits(graph).items() if b == 16}
     for name, top in maxima.items():
+        if name in wide:
+            ranges[name] = top
+            continue
         values = np.concatenate(samples[name]) if name in samples else np.zeros(0)
         ranges[name] = effective_max(values, top, method, percentile)
     graph.ranges = ranges

@@ -1,6 +1,7 @@
 """Quantise the calibrated float IR to power-of-two Q-format integers.
 
-- Activations: int8, one frac per tensor from its calibrated range graph.ranges[t] (fixed.frac_for_range:
+- Activations: int8 (int16 where assign_precision raised a layer: weights stay int8, activations
+  get 8 more bits of resolution), one frac per tensor from its calibrated range graph.ranges[t] (fixed.frac_for_range:
   the largest frac at which that range does not saturate). The range is the effective maximum chosen
   by the calibration method (calibrate.py: min/max, percentile, MSE; QAT pins it to 127 * 2^-frac).
   Pooling and reshape keep their input's format (max/avg of values cannot exceed the input range), so
@@ -11,6 +12,8 @@
   (fixed.requantize), and the fused activation becomes integer bounds act_min/act_max.
 - The int32 accumulator bound sum|w_q| * 128 + |b_q| is proven <= 2**31 - 1 for every channel; where
   it is not, that channel's weight frac is lowered, and a layer that cannot be made safe is refused.
+  With int16 input (|x| <= 2**15) the layer gets an int64 accumulator (`acc64`) instead of coarser
+  weights when the int32 bound fails.
 """
 from __future__ import annotations
 
@@ -22,9 +25,11 @@ from ..errors import UserError
 from ..fixed import MAX_SHIFT, QFormat, frac_for_range
 from ..fixed import quantize as quantize_array
 from ..ir import Graph, Node, Op
+from .assign_precision import check_bits, tensor_bits
 
 INT32_MAX = (1 << 31) - 1
-ACT_BITS = 8
+INT64_MAX = (1 << 63) - 1
+ACT_BITS = 8  # the default; assign_precision may raise a layer's output to 16
 MAX_ACT_FRAC = 120  # 2**+-120 is an exact float32 (an input range below 1e-36 gets the 2**-120 step)
 ADD_ALIGN_MAX = 22  # |int8 << 22| * 2 < 2**31: the aligned add cannot overflow
 
@@ -32,43 +37,49 @@ ADD_ALIGN_MAX = 22  # |int8 << 22| * 2 < 2**31: the aligned add cannot overflow
 def run(graph: Graph) -> Graph:
     if not graph.ranges:
         raise UserError("quantize needs calibration ranges: run calibration with sample data first")
-    # activation fracs stay within float32's exponent range so the C float helpers can scale exactly
-    act = lambda frac: QFormat(ACT_BITS, max(-MAX_ACT_FRAC, min(int(frac), MAX_ACT_FRAC)))  # noqa: E731
+    bits = tensor_bits(graph)
+    check_bits(graph, bits)
+
+    def act(name: str, frac: int | None = None) -> QFormat:
+        # activation fracs stay within float32's exponent range so the C float helpers can scale exactly
+        if frac is None:
+            frac = frac_for_range(graph.ranges[name], bits[name])
+        return QFormat(bits[name], max(-MAX_ACT_FRAC, min(int(frac), MAX_ACT_FRAC)))
+
     x = graph.tensors[graph.inputs[0]]
-    _set_act(x, act(frac_for_range(graph.ranges[x.name], ACT_BITS)))
+    _set_act(x, act(x.name))
     for node in graph.nodes:
         out = graph.tensors[node.outputs[0]]
-        fin = graph.tensors[node.inputs[0]].qformat.frac
+        x_in = graph.tensors[node.inputs[0]]
+        fin = x_in.qformat.frac
         if node.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR):
-            _set_act(out, act(frac_for_range(graph.ranges[out.name], ACT_BITS)))
-            _quantize_weighted(graph, node, fin, out.qformat.frac)
+            _set_act(out, act(out.name))
+            _quantize_weighted(graph, node, x_in.qformat, out.qformat)
         elif node.op is Op.ADD:
-            _set_act(out, act(frac_for_range(graph.ranges[out.name], ACT_BITS)))
-            _quantize_add(graph, node, out.qformat.frac)
+            _set_act(out, act(out.name))
+            _quantize_add(graph, node, out.qformat)
         elif node.op is Op.AVGPOOL2D:
-            _set_act(out, act(fin))
+            _set_act(out, act(out.name, fin))
             kh, kw = node.attrs["kernel"]
-            node.attrs.update(avg_params(kh * kw), act_min=-128, act_max=127)
-        elif node.op in (Op.MAXPOOL2D, Op.RESHAPE):
-            _set_act(out, act(fin))
+            node.attrs.update(avg_params(kh * kw), act_min=out.qformat.min_int, act_max=out.qformat.max_int)
+        elif node.op in (Op.MAXPOOL2D, Op.RESHAPE, Op.PAD):
+            _set_act(out, act(out.name, fin))
         elif node.op is Op.RELU:
-            _set_act(out, act(fin))
-            node.attrs["act_min"], node.attrs["act_max"] = _act_bounds((node.attrs["lo"], node.attrs["hi"]), fin)
-        elif node.op is Op.PAD:
-            _set_act(out, act(fin))
+            _set_act(out, act(out.name, fin))
+            node.attrs["act_min"], node.attrs["act_max"] = _act_bounds((node.attrs["lo"], node.attrs["hi"]),
+                                                                       out.qformat)
         elif node.op is Op.CONCAT:
-            _set_act(out, act(frac_for_range(graph.ranges[out.name], ACT_BITS)))
+            _set_act(out, act(out.name))
             fy = out.qformat.frac
             node.attrs["shifts"] = [max(-MAX_SHIFT, min(MAX_SHIFT, graph.tensors[i].qformat.frac - fy))
                                     for i in node.inputs]
         elif node.op is Op.SOFTMAX:
-            _set_act(out, act(SOFTMAX_FRAC))
+            _set_act(out, act(out.name, SOFTMAX_FRAC))
             _add_table(graph, node, "exp_table", softmax_exp_table(fin), 16, EXP_TABLE_FRAC)
         elif node.op is Op.LUT:
             fixed_frac = LUT_OUTPUT_FRAC.get(node.attrs["fn"])
-            fout = fixed_frac if fixed_frac is not None else frac_for_range(graph.ranges[out.name], ACT_BITS)
-            _set_act(out, act(fout))
-            _add_table(graph, node, "table", lut_table(node.attrs, fin, fout), 8, fout)
+            _set_act(out, act(out.name, fixed_frac))
+            _add_table(graph, node, "table", lut_table(node.attrs, fin, out.qformat.frac), 8, out.qformat.frac)
         else:
             raise UserError(f"{node.where()}: cannot quantise op {node.op.value} (fold or lower it first)")
     return graph
@@ -106,7 +117,7 @@ def _add_table(graph: Graph, node: Node, role: str, data: np.ndarray, bits: int,
 
 
 def _set_act(t, fmt: QFormat) -> None:
-    t.qformat, t.dtype = fmt, "int8"
+    t.qformat, t.dtype = fmt, {8: "int8", 16: "int16"}[fmt.bits]
 
 
 def avg_params(count: int) -> dict[str, int]:
@@ -117,17 +128,19 @@ def avg_params(count: int) -> dict[str, int]:
     return {"avg_mult": int(round(2**shift / count)), "avg_shift": shift}
 
 
-def _act_bounds(act: tuple, frac: int) -> tuple[int, int]:
+def _act_bounds(act: tuple, fmt: QFormat) -> tuple[int, int]:
     lo, hi = act
-    fmt = QFormat(ACT_BITS, frac)
     qlo = fmt.min_int if lo is None else int(quantize_array(np.array(lo), fmt))
     qhi = fmt.max_int if hi is None else int(quantize_array(np.array(hi), fmt))
     return qlo, qhi
 
 
 def weight_formats(w: np.ndarray, b: np.ndarray, fin: int, fout: int, per_tensor: bool = False,
-                   where: str = "layer") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                   where: str = "layer", in_bits: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The weight/bias quantisation of one conv/linear: (fw, w_q, b_q, acc_bound) per output channel.
+
+    acc_bound = sum|w_q| * 2**(in_bits-1) + |b_q|. For int8 input it is kept <= 2**31 - 1 by lowering
+    weight fracs; for int16 input a larger bound is allowed (the caller switches to int64).
 
     The one place that chooses weight fracs (codegen/qat.py calls it on the live float weights, so
     QAT's fake quantisation and the compiled integer model use identical formats).
@@ -141,12 +154,13 @@ def weight_formats(w: np.ndarray, b: np.ndarray, fin: int, fout: int, per_tensor
     for c in range(cout):  # bias must fit int32 with headroom for the accumulator
         if b[c] != 0:
             fw[c] = min(fw[c], math.floor(math.log2(2**30 / abs(b[c]))) - fin)
-    in_max = 128  # |int8| worst case
+    in_max = 1 << (in_bits - 1)  # |int8| or |int16| worst case
+    acc_max = INT32_MAX if in_bits == 8 else INT64_MAX
     for _ in range(64):
         w_q = quantize_array(w, QFormat(8, tuple(int(f) for f in fw)))
         b_q = quantize_array(b, QFormat(32, tuple(int(fin + f) for f in fw)))
-        bound = np.abs(w_q.reshape(cout, -1)).sum(axis=1) * in_max + np.abs(b_q)
-        bad = bound > INT32_MAX
+        bound = np.abs(w_q.reshape(cout, -1)).sum(axis=1).astype(np.int64) * in_max + np.abs(b_q)
+        bad = bound > acc_max
         if not bad.any():
             break
         fw = np.where(bad, fw - 1, fw)
@@ -160,22 +174,28 @@ def weight_formats(w: np.ndarray, b: np.ndarray, fin: int, fout: int, per_tensor
     return fw, w_q, b_q, bound
 
 
-def _quantize_weighted(graph: Graph, node: Node, fin: int, fout: int) -> None:
+def _quantize_weighted(graph: Graph, node: Node, x_fmt: QFormat, out_fmt: QFormat) -> None:
     w_t, b_t = graph.tensors[node.inputs[1]], graph.tensors[node.inputs[2]]
+    fin, fout = x_fmt.frac, out_fmt.frac
     fw, w_q, b_q, bound = weight_formats(w_t.data, b_t.data, fin, fout,
-                                         bool(node.attrs.get("weight_per_tensor")), node.where())
+                                         bool(node.attrs.get("weight_per_tensor")), node.where(), x_fmt.bits)
     shift = fin + fw - fout
     w_t.data, w_t.dtype, w_t.qformat = w_q.astype(np.int8), "int8", QFormat(8, tuple(int(f) for f in fw))
     b_t.data, b_t.dtype, b_t.qformat = b_q.astype(np.int32), "int32", QFormat(32, tuple(int(fin + f) for f in fw))
-    lo, hi = _act_bounds(node.attrs.get("act", (None, None)), fout)
+    lo, hi = _act_bounds(node.attrs.get("act", (None, None)), out_fmt)
     node.attrs.update(shift=[int(s) for s in shift], act_min=lo, act_max=hi, acc_bound=int(bound.max()))
+    if bound.max() > INT32_MAX:
+        node.attrs["acc64"] = True  # only reachable with int16 input (weight_formats)
+    else:
+        node.attrs.pop("acc64", None)
 
 
-def _quantize_add(graph: Graph, node: Node, fout: int) -> None:
+def _quantize_add(graph: Graph, node: Node, out_fmt: QFormat) -> None:
+    fout = out_fmt.frac
     fa, fb = (graph.tensors[i].qformat.frac for i in node.inputs)
     common = min(max(fa, fb), min(fa, fb) + ADD_ALIGN_MAX)
     common = max(min(common, fout + MAX_SHIFT), fout - MAX_SHIFT)
-    lo, hi = _act_bounds(node.attrs.get("act", (None, None)), fout)
+    lo, hi = _act_bounds(node.attrs.get("act", (None, None)), out_fmt)
     # a right shift of an int8 value by 8 or more gives 0 or -1 exactly as by 31: cap it for the C shift
     node.attrs.update(shift_a=min(fa - common, MAX_SHIFT), shift_b=min(fb - common, MAX_SHIFT),
                       shift=common - fout, act_min=lo, act_max=hi)

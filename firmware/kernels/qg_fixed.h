@@ -44,6 +44,29 @@ static inline int8_t qg_requantize_s8(int32_t acc, int32_t shift, int32_t act_mi
     return (int8_t)qg_saturate(qg_round_shift(acc, shift), act_min, act_max);
 }
 
+/* The rounding rule on int64, for the wide accumulators of int16 activations (same definition as
+ * qg_round_shift; a left shift is exact while the caller keeps the result inside int64). */
+static inline int64_t qg_round_shift64(int64_t x, int32_t shift)
+{
+    if (shift > 0) {
+        return (x >> shift) + ((x >> (shift - 1)) & 1);
+    }
+    return x * (int64_t)(1ull << (uint32_t)(-shift));
+}
+
+/* Requantise an accumulator to [act_min, act_max] (a sub-range of int16: int8 or int16 outputs) with
+ * the rounding rule. For a left shift the accumulator is first clamped to [-32768, 32768] and the
+ * shift capped at 15: neither changes a saturated int16 result, and the product stays small. */
+static inline int32_t qg_requantize_wide(int64_t acc, int32_t shift, int32_t act_min, int32_t act_max)
+{
+    if (shift < 0) {
+        acc = acc < -32768 ? -32768 : (acc > 32768 ? 32768 : acc);
+        shift = shift < -15 ? -15 : shift;
+    }
+    acc = qg_round_shift64(acc, shift);
+    return acc < act_min ? act_min : (acc > act_max ? act_max : (int32_t)acc);
+}
+
 /* float -> Q-format int8: floor(x * scale + 0.5) saturated, scale = 2^frac. Computed as
  * v = x*scale (exact), q = floor(v), q += (v - q >= 0.5): no double rounding. NaN gives -128. */
 static inline int8_t qg_quantize_f32(float x, float scale)

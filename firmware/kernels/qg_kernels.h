@@ -114,6 +114,86 @@ void qg_quantize_chw_to_hwc_f32(const float *in, int8_t *out, int32_t c, int32_t
 void qg_dequantize_hwc_to_chw_s8(const int8_t *in, float *out, int32_t c, int32_t h, int32_t w,
                                  float inv_scale);
 
+/* ---- int16 activations (mixed precision) ----
+ * A layer may keep its activations in int16 (value = int * 2^-frac, as for int8) while weights stay
+ * int8. Conv, depthwise and fully connected exist for every mix of int8/int16 input and output
+ * (`_s8_to_s16`, `_s16_to_s8`, `_s16`); `acc64` selects an int64 accumulator where the generator
+ * could not prove that sum|w| * 2^15 + |bias| fits int32. Outputs use qg_requantize_wide.
+ * Pooling, clamp and padding keep their input's type; add and concat take any mix of types
+ * (QG_S8 / QG_S16 per operand). These kernels write output pixels in increasing order, all output
+ * channels of a pixel after reading its inputs, and take no scratch. Buffers in the arena are
+ * 4-byte aligned; QG_AS_S16 views arena bytes as int16. */
+#define QG_AS_S16(p) ((int16_t *)(void *)(p))
+#define QG_S8 8
+#define QG_S16 16
+
+typedef struct {
+    uint16_t in_h, in_w, in_c;
+    uint16_t out_h, out_w, out_c;
+    uint8_t k_h, k_w, stride_h, stride_w, pad_top, pad_left;
+    uint8_t acc64;           /* 1: accumulate in int64 */
+    int16_t act_min, act_max;
+    const int8_t *weights;   /* as qg_conv2d_params_t */
+    const int32_t *bias;
+    const int8_t *shift;
+} qg_conv2d_wide_params_t;
+
+typedef struct {
+    uint16_t in_features, out_features;
+    uint8_t acc64;
+    int16_t act_min, act_max;
+    const int8_t *weights;
+    const int32_t *bias;
+    const int8_t *shift;
+} qg_fully_connected_wide_params_t;
+
+typedef struct {
+    uint16_t in_h, in_w, channels;
+    uint16_t out_h, out_w;
+    uint8_t k_h, k_w, stride_h, stride_w, pad_top, pad_left;
+    int16_t act_min, act_max;
+    int32_t avg_mult;
+    int8_t avg_shift;
+} qg_pool2d_s16_params_t;
+
+typedef struct {
+    int32_t size;
+    uint8_t a_bits, b_bits, out_bits; /* QG_S8 or QG_S16 */
+    int8_t shift_a, shift_b, shift;
+    int16_t act_min, act_max;
+} qg_add_wide_params_t;
+
+typedef struct {
+    int32_t n_inputs, outer, out_block; /* sizes in elements */
+    const int32_t *block_size;
+    const int8_t *shift;
+    const uint8_t *in_bits; /* QG_S8 or QG_S16 per input */
+    uint8_t out_bits;
+} qg_concat_wide_params_t;
+
+void qg_conv2d_s8_to_s16(const qg_conv2d_wide_params_t *p, const int8_t *restrict in, int16_t *restrict out);
+void qg_conv2d_s16_to_s8(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int8_t *restrict out);
+void qg_conv2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int16_t *restrict out);
+void qg_depthwise_conv2d_s8_to_s16(const qg_conv2d_wide_params_t *p, const int8_t *restrict in,
+                                   int16_t *restrict out);
+void qg_depthwise_conv2d_s16_to_s8(const qg_conv2d_wide_params_t *p, const int16_t *restrict in,
+                                   int8_t *restrict out);
+void qg_depthwise_conv2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int16_t *restrict out);
+void qg_fully_connected_s8_to_s16(const qg_fully_connected_wide_params_t *p, const int8_t *restrict in,
+                                  int16_t *restrict out);
+void qg_fully_connected_s16_to_s8(const qg_fully_connected_wide_params_t *p, const int16_t *restrict in,
+                                  int8_t *restrict out);
+void qg_fully_connected_s16(const qg_fully_connected_wide_params_t *p, const int16_t *restrict in,
+                            int16_t *restrict out);
+void qg_maxpool2d_s16(const qg_pool2d_s16_params_t *p, const int16_t *restrict in, int16_t *restrict out);
+void qg_avgpool2d_s16(const qg_pool2d_s16_params_t *p, const int16_t *restrict in, int16_t *restrict out);
+void qg_pad_s16(const qg_pad_params_t *p, const int16_t *restrict in, int16_t *restrict out);
+/* element-wise: may run in place like their int8 twins */
+void qg_clamp_s16(int32_t size, int16_t lo, int16_t hi, const int16_t *in, int16_t *out);
+void qg_add_wide(const qg_add_wide_params_t *p, const void *a, const void *b, void *out);
+void qg_concat_wide(const qg_concat_wide_params_t *p, const void *const *inputs, void *restrict out);
+/* ---- end of int16 activations ---- */
+
 /* ---- compressed weight formats ----
  * Same int8 weights as the dense kernels, another encoding (codegen/emit/weight_formats.py writes
  * it, and documents it); the result is byte-identical to the dense kernel on the same integers.

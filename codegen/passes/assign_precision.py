@@ -1,0 +1,114 @@
+"""Choose int8 or int16 activations per layer (mixed precision).
+
+A layer's precision is the width of its *output* activation: `attrs["out_bits"]` = 16 on a conv,
+depthwise, linear, add or concat makes that tensor int16 (weights stay int8; the C kernels take
+any mix of int8/int16 input and output, firmware/kernels/qg_wide.c). Pooling, clamp, padding and
+reshape keep their input's type. Softmax and LUT activations work on int8 (256-entry tables), and
+the model's inputs and outputs stay int8 (the C API), so a layer feeding them cannot be int16.
+
+`run(graph, spec)` takes {layer name: bits} as given by `--precision name=int16`; the quantize
+pass reads the result through `tensor_bits`, and refuses a graph that breaks the rules above.
+"""
+from __future__ import annotations
+
+from ..errors import UserError
+from ..ir import Graph, Node, Op
+
+CHOOSABLE_OPS = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR, Op.ADD, Op.CONCAT)
+FOLLOW_OPS = (Op.RELU, Op.MAXPOOL2D, Op.AVGPOOL2D, Op.RESHAPE, Op.PAD)  # output type = input type
+INT8_INPUT_OPS = (Op.SOFTMAX, Op.LUT)
+BITS = (8, 16)
+
+
+def parse_spec(items: list[str] | None) -> dict[str, int]:
+    """['features.0=int16', 'fc=int8,conv=int16'] -> {'features.0': 16, 'fc': 8, 'conv': 16}."""
+    spec: dict[str, int] = {}
+    for item in items or []:
+        for part in filter(None, (p.strip() for p in item.split(","))):
+            name, sep, kind = part.rpartition("=")
+            bits = {"int8": 8, "int16": 16, "8": 8, "16": 16}.get(kind.strip().lower())
+            if not sep or not name or bits is None:
+                raise UserError(f"--precision '{part}': expected LAYER=int8 or LAYER=int16, e.g. features.0=int16")
+            spec[name.strip()] = bits
+    return spec
+
+
+def run(graph: Graph, spec: dict[str, int] | None) -> Graph:
+    by_name = {n.name: n for n in graph.nodes}
+    for name, bits in (spec or {}).items():
+        node = by_name.get(name)
+        if node is None:
+            choices = ", ".join(n.name for n in graph.nodes if n.op in CHOOSABLE_OPS)
+            raise UserError(f"--precision names layer '{name}', which the model does not have; "
+                            f"layers whose precision can be set: {choices}")
+        if bits not in BITS:
+            raise UserError(f"--precision {name}={bits}: qgen supports int8 and int16 activations")
+        if node.op in FOLLOW_OPS:
+            src = graph.producer(node.inputs[0])
+            raise UserError(f"{node.where()} keeps its input's type; set the precision on the layer that "
+                            f"produces its input ({src.name if src else 'the model input'})")
+        if node.op not in CHOOSABLE_OPS:
+            raise UserError(f"{node.where()} computes in int8 only (256-entry tables); keep it int8")
+        if bits == 16:
+            node.attrs["out_bits"] = 16
+        else:
+            node.attrs.pop("out_bits", None)
+    check_bits(graph, tensor_bits(graph))
+    return graph
+
+
+def tensor_bits(graph: Graph) -> dict[str, int]:
+    """Activation tensor -> 8 or 16, from each node's out_bits (FOLLOW_OPS inherit their input's)."""
+    bits = {name: 8 for name in graph.inputs}
+    for node in graph.nodes:
+        if node.op in FOLLOW_OPS:
+            b = bits[node.inputs[0]]
+        elif node.op in CHOOSABLE_OPS:
+            b = int(node.attrs.get("out_bits", 8))
+        else:
+            b = 8
+        for out in node.outputs:
+            bits[out] = b
+    return bits
+
+
+def check_bits(graph: Graph, bits: dict[str, int]) -> None:
+    """Refuse int16 where the kernels or the C API need int8, naming the layer to change."""
+    for node in graph.nodes:
+        wide_in = [t for t in node.inputs if bits.get(t, 8) == 16]
+        if node.op in INT8_INPUT_OPS and wide_in:
+            raise UserError(f"{node.where()} computes in int8 only (256-entry tables), but its input is int16: "
+                            f"keep {_origin(graph, wide_in[0])} int8")
+        fmt = node.attrs.get("weight_format", "dense")
+        if fmt != "dense" and (wide_in or bits[node.outputs[0]] == 16):
+            raise UserError(f"{node.where()} has {fmt} weights, whose kernels take int8 activations only; "
+                            "keep it and its producer int8, or store its weights dense")
+    for out in graph.outputs:
+        if bits[out] == 16:
+            raise UserError(f"model output %{out} would be int16, but model outputs are int8 (the C API); "
+                            f"keep {_origin(graph, out)} int8")
+
+
+def _origin(graph: Graph, tensor: str) -> str:
+    """The layer whose precision decides the tensor's type (through pools/clamps/reshapes)."""
+    node: Node | None = graph.producer(tensor)
+    while node is not None and node.op in FOLLOW_OPS:
+        node = graph.producer(node.inputs[0])
+    return node.where() if node is not None else "the model input"
+
+
+def candidates(graph: Graph) -> list[Node]:
+    """Layers that can be raised to int16 on their own without breaking check_bits."""
+    result = []
+    for node in graph.nodes:
+        if node.op not in CHOOSABLE_OPS or node.attrs.get("out_bits", 8) == 16:
+            continue
+        node.attrs["out_bits"] = 16
+        try:
+            check_bits(graph, tensor_bits(graph))
+            result.append(node)
+        except UserError:
+            pass
+        finally:
+            del node.attrs["out_bits"]
+    return result

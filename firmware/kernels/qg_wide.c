@@ -1,0 +1,257 @@
+/* int16 activations (mixed precision): int8 weights, int8 or int16 activations on either side.
+ *
+ * One body per op, stamped by a macro for each (input type, output type, accumulator type): the
+ * arithmetic is the same as the int8 kernels (codegen/reference.py), only the widths change. The
+ * accumulator is int32 where the generator proved sum|w| * 2^(in_bits-1) + |bias| < 2^31 (acc64 = 0),
+ * int64 otherwise. Windows are clipped to the image once per output pixel, so padding costs nothing
+ * in the inner loop, which walks (k_w * in_c) contiguous values per kernel row (channels-last). */
+#include "qg_kernels.h"
+
+/* The taps of a window that fall inside the image: [k0, k1) along one axis, for origin i0. */
+#define QG_CLIP(i0, k, size, k0, k1) \
+    do { (k0) = (i0) < 0 ? -(i0) : 0; (k1) = (i0) + (k) > (size) ? (size) - (i0) : (k); } while (0)
+
+#define QG_DEFINE_CONV2D(NAME, IN_T, OUT_T, ACC_T)                                                           \
+    static void NAME(const qg_conv2d_wide_params_t *p, const IN_T *restrict in, OUT_T *restrict out)         \
+    {                                                                                                        \
+        const int32_t in_w = p->in_w, in_c = p->in_c, out_c = p->out_c, k_h = p->k_h, k_w = p->k_w;          \
+        int32_t oy, ox, oc, ky, i, ky0, ky1, kx0, kx1;                                                       \
+        for (oy = 0; oy < p->out_h; oy++) {                                                                  \
+            const int32_t iy0 = oy * p->stride_h - p->pad_top;                                               \
+            QG_CLIP(iy0, k_h, (int32_t)p->in_h, ky0, ky1);                                                   \
+            for (ox = 0; ox < p->out_w; ox++, out += out_c) {                                                \
+                const int32_t ix0 = ox * p->stride_w - p->pad_left;                                          \
+                int32_t run;                                                                                 \
+                QG_CLIP(ix0, k_w, in_w, kx0, kx1);                                                           \
+                run = (kx1 - kx0) * in_c;                                                                    \
+                for (oc = 0; oc < out_c; oc++) {                                                             \
+                    ACC_T acc = p->bias[oc];                                                                 \
+                    for (ky = ky0; ky < ky1; ky++) {                                                         \
+                        const IN_T *x = in + ((iy0 + ky) * in_w + ix0 + kx0) * in_c;                         \
+                        const int8_t *w = p->weights + ((oc * k_h + ky) * k_w + kx0) * in_c;                 \
+                        for (i = 0; i < run; i++) {                                                          \
+                            acc += (ACC_T)x[i] * w[i];                                                       \
+                        }                                                                                    \
+                    }                                                                                        \
+                    out[oc] = (OUT_T)qg_requantize_wide(acc, p->shift[oc], p->act_min, p->act_max);          \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+
+/* Output channel oc reads input channel oc / multiplier (PyTorch's groups order). */
+#define QG_DEFINE_DEPTHWISE(NAME, IN_T, OUT_T, ACC_T)                                                        \
+    static void NAME(const qg_conv2d_wide_params_t *p, const IN_T *restrict in, OUT_T *restrict out)         \
+    {                                                                                                        \
+        const int32_t in_w = p->in_w, in_c = p->in_c, out_c = p->out_c, k_h = p->k_h, k_w = p->k_w;          \
+        const int32_t mult = out_c / in_c;                                                                   \
+        int32_t oy, ox, oc, ky, kx, ky0, ky1, kx0, kx1;                                                      \
+        for (oy = 0; oy < p->out_h; oy++) {                                                                  \
+            const int32_t iy0 = oy * p->stride_h - p->pad_top;                                               \
+            QG_CLIP(iy0, k_h, (int32_t)p->in_h, ky0, ky1);                                                   \
+            for (ox = 0; ox < p->out_w; ox++, out += out_c) {                                                \
+                const int32_t ix0 = ox * p->stride_w - p->pad_left;                                          \
+                QG_CLIP(ix0, k_w, in_w, kx0, kx1);                                                           \
+                for (oc = 0; oc < out_c; oc++) {                                                             \
+                    ACC_T acc = p->bias[oc];                                                                 \
+                    const IN_T *x0 = in + oc / mult;                                                         \
+                    for (ky = ky0; ky < ky1; ky++) {                                                         \
+                        const IN_T *x = x0 + ((iy0 + ky) * in_w + ix0) * in_c;                               \
+                        const int8_t *w = p->weights + (oc * k_h + ky) * k_w;                                \
+                        for (kx = kx0; kx < kx1; kx++) {                                                     \
+                            acc += (ACC_T)x[kx * in_c] * w[kx];                                              \
+                        }                                                                                    \
+                    }                                                                                        \
+                    out[oc] = (OUT_T)qg_requantize_wide(acc, p->shift[oc], p->act_min, p->act_max);          \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+
+#define QG_DEFINE_FULLY_CONNECTED(NAME, IN_T, OUT_T, ACC_T)                                                  \
+    static void NAME(const qg_fully_connected_wide_params_t *p, const IN_T *restrict in, OUT_T *restrict out) \
+    {                                                                                                        \
+        const int32_t n_in = p->in_features;                                                                 \
+        int32_t o, i;                                                                                        \
+        for (o = 0; o < p->out_features; o++) {                                                              \
+            const int8_t *w = p->weights + o * n_in;                                                         \
+            ACC_T acc = p->bias[o];                                                                          \
+            for (i = 0; i < n_in; i++) {                                                                     \
+                acc += (ACC_T)in[i] * w[i];                                                                  \
+            }                                                                                                \
+            out[o] = (OUT_T)qg_requantize_wide(acc, p->shift[o], p->act_min, p->act_max);                    \
+        }                                                                                                    \
+    }
+
+/* Each body twice: int32 accumulator (acc64 = 0) and int64. */
+#define QG_DEFINE_VARIANTS(DEFINE, STEM, IN_T, OUT_T) \
+    DEFINE(STEM##_acc32, IN_T, OUT_T, int32_t)        \
+    DEFINE(STEM##_acc64, IN_T, OUT_T, int64_t)
+
+/* The public kernel: run the variant with the accumulator the generator chose. */
+#define QG_DISPATCH(STEM)                  \
+    {                                      \
+        if (p->acc64) {                    \
+            STEM##_acc64(p, in, out);      \
+        } else {                           \
+            STEM##_acc32(p, in, out);      \
+        }                                  \
+    }
+
+QG_DEFINE_VARIANTS(QG_DEFINE_CONV2D, conv2d_s8_to_s16, int8_t, int16_t)
+QG_DEFINE_VARIANTS(QG_DEFINE_CONV2D, conv2d_s16_to_s8, int16_t, int8_t)
+QG_DEFINE_VARIANTS(QG_DEFINE_CONV2D, conv2d_s16, int16_t, int16_t)
+QG_DEFINE_VARIANTS(QG_DEFINE_DEPTHWISE, depthwise_s8_to_s16, int8_t, int16_t)
+QG_DEFINE_VARIANTS(QG_DEFINE_DEPTHWISE, depthwise_s16_to_s8, int16_t, int8_t)
+QG_DEFINE_VARIANTS(QG_DEFINE_DEPTHWISE, depthwise_s16, int16_t, int16_t)
+QG_DEFINE_VARIANTS(QG_DEFINE_FULLY_CONNECTED, fully_connected_s8_to_s16, int8_t, int16_t)
+QG_DEFINE_VARIANTS(QG_DEFINE_FULLY_CONNECTED, fully_connected_s16_to_s8, int16_t, int8_t)
+QG_DEFINE_VARIANTS(QG_DEFINE_FULLY_CONNECTED, fully_connected_s16, int16_t, int16_t)
+
+void qg_conv2d_s8_to_s16(const qg_conv2d_wide_params_t *p, const int8_t *restrict in, int16_t *restrict out)
+QG_DISPATCH(conv2d_s8_to_s16)
+void qg_conv2d_s16_to_s8(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int8_t *restrict out)
+QG_DISPATCH(conv2d_s16_to_s8)
+void qg_conv2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int16_t *restrict out)
+QG_DISPATCH(conv2d_s16)
+void qg_depthwise_conv2d_s8_to_s16(const qg_conv2d_wide_params_t *p, const int8_t *restrict in,
+                                   int16_t *restrict out)
+QG_DISPATCH(depthwise_s8_to_s16)
+void qg_depthwise_conv2d_s16_to_s8(const qg_conv2d_wide_params_t *p, const int16_t *restrict in,
+                                   int8_t *restrict out)
+QG_DISPATCH(depthwise_s16_to_s8)
+void qg_depthwise_conv2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int16_t *restrict out)
+QG_DISPATCH(depthwise_s16)
+void qg_fully_connected_s8_to_s16(const qg_fully_connected_wide_params_t *p, const int8_t *restrict in,
+                                  int16_t *restrict out)
+QG_DISPATCH(fully_connected_s8_to_s16)
+void qg_fully_connected_s16_to_s8(const qg_fully_connected_wide_params_t *p, const int16_t *restrict in,
+                                  int8_t *restrict out)
+QG_DISPATCH(fully_connected_s16_to_s8)
+void qg_fully_connected_s16(const qg_fully_connected_wide_params_t *p, const int16_t *restrict in,
+                            int16_t *restrict out)
+QG_DISPATCH(fully_connected_s16)
+
+/* ---- data movement at int16: the output keeps the input's format ---- */
+
+void qg_maxpool2d_s16(const qg_pool2d_s16_params_t *p, const int16_t *restrict in, int16_t *restrict out)
+{
+    const int32_t ch = p->channels, in_w = p->in_w;
+    int32_t oy, ox, c, ky, kx, ky0, ky1, kx0, kx1;
+    for (oy = 0; oy < p->out_h; oy++) {
+        const int32_t iy0 = oy * p->stride_h - p->pad_top;
+        QG_CLIP(iy0, (int32_t)p->k_h, (int32_t)p->in_h, ky0, ky1);
+        for (ox = 0; ox < p->out_w; ox++, out += ch) {
+            const int32_t ix0 = ox * p->stride_w - p->pad_left;
+            QG_CLIP(ix0, (int32_t)p->k_w, in_w, kx0, kx1);
+            for (c = 0; c < ch; c++) {
+                int32_t max_i32 = -32768;
+                for (ky = ky0; ky < ky1; ky++) {
+                    const int16_t *x = in + ((iy0 + ky) * in_w + ix0) * ch + c;
+                    for (kx = kx0; kx < kx1; kx++) {
+                        max_i32 = x[kx * ch] > max_i32 ? x[kx * ch] : max_i32;
+                    }
+                }
+                out[c] = (int16_t)max_i32;
+            }
+        }
+    }
+}
+
+/* Average = round_shift(sum * avg_mult, avg_shift) in int64 (sum of int16 values times up to 2^23);
+ * padding cells count as zero (count_include_pad). */
+void qg_avgpool2d_s16(const qg_pool2d_s16_params_t *p, const int16_t *restrict in, int16_t *restrict out)
+{
+    const int32_t ch = p->channels, in_w = p->in_w;
+    int32_t oy, ox, c, ky, kx, ky0, ky1, kx0, kx1;
+    for (oy = 0; oy < p->out_h; oy++) {
+        const int32_t iy0 = oy * p->stride_h - p->pad_top;
+        QG_CLIP(iy0, (int32_t)p->k_h, (int32_t)p->in_h, ky0, ky1);
+        for (ox = 0; ox < p->out_w; ox++, out += ch) {
+            const int32_t ix0 = ox * p->stride_w - p->pad_left;
+            QG_CLIP(ix0, (int32_t)p->k_w, in_w, kx0, kx1);
+            for (c = 0; c < ch; c++) {
+                int64_t sum = 0; /* up to 255 * 255 values of |x| <= 2^15: wider than int32 */
+                for (ky = ky0; ky < ky1; ky++) {
+                    const int16_t *x = in + ((iy0 + ky) * in_w + ix0) * ch + c;
+                    for (kx = kx0; kx < kx1; kx++) {
+                        sum += x[kx * ch];
+                    }
+                }
+                out[c] = (int16_t)qg_requantize_wide(sum * p->avg_mult, p->avg_shift, p->act_min,
+                                                     p->act_max);
+            }
+        }
+    }
+}
+
+void qg_pad_s16(const qg_pad_params_t *p, const int16_t *restrict in, int16_t *restrict out)
+{
+    const int32_t c = p->channels;
+    const int32_t out_w = p->in_w + p->pad_left + p->pad_right;
+    const int32_t out_h = p->in_h + p->pad_top + p->pad_bottom;
+    int32_t y, i;
+    for (i = 0; i < out_h * out_w * c; i++) {
+        out[i] = 0;
+    }
+    for (y = 0; y < p->in_h; y++) {
+        const int16_t *src = in + y * p->in_w * c;
+        int16_t *dst = out + ((y + p->pad_top) * out_w + p->pad_left) * c;
+        for (i = 0; i < p->in_w * c; i++) {
+            dst[i] = src[i];
+        }
+    }
+}
+
+void qg_clamp_s16(int32_t size, int16_t lo, int16_t hi, const int16_t *in, int16_t *out)
+{
+    int32_t i;
+    for (i = 0; i < size; i++) {
+        out[i] = (int16_t)qg_saturate(in[i], lo, hi);
+    }
+}
+
+/* ---- element-wise ops over any mix of int8 and int16 operands ---- */
+
+static inline int32_t load_any(const void *p, int32_t i, int32_t bits)
+{
+    return bits == QG_S16 ? ((const int16_t *)p)[i] : ((const int8_t *)p)[i];
+}
+
+static inline void store_any(void *p, int32_t i, int32_t bits, int32_t v)
+{
+    if (bits == QG_S16) {
+        ((int16_t *)p)[i] = (int16_t)v;
+    } else {
+        ((int8_t *)p)[i] = (int8_t)v;
+    }
+}
+
+/* Same arithmetic as qg_add_s8 (align both inputs, add, requantise) on int64, so no shift can
+ * overflow; element i is read before it is written, so out may be a (same-typed) input. */
+void qg_add_wide(const qg_add_wide_params_t *p, const void *a, const void *b, void *out)
+{
+    int32_t i;
+    for (i = 0; i < p->size; i++) {
+        const int64_t sum = qg_round_shift64(load_any(a, i, p->a_bits), p->shift_a) +
+                            qg_round_shift64(load_any(b, i, p->b_bits), p->shift_b);
+        store_any(out, i, p->out_bits, qg_requantize_wide(sum, p->shift, p->act_min, p->act_max));
+    }
+}
+
+void qg_concat_wide(const qg_concat_wide_params_t *p, const void *const *inputs, void *restrict out)
+{
+    const int32_t out_bits = p->out_bits;
+    const int32_t lo = out_bits == QG_S16 ? -32768 : -128, hi = out_bits == QG_S16 ? 32767 : 127;
+    int32_t b, k, i;
+    for (b = 0; b < p->outer; b++) {
+        int32_t at = b * p->out_block;
+        for (k = 0; k < p->n_inputs; k++) {
+            const int32_t n = p->block_size[k], bits = p->in_bits[k], shift = p->shift[k];
+            for (i = 0; i < n; i++) {
+                store_any(out, at + i, out_bits, qg_requantize_wide(load_any(inputs[k], b * n + i, bits), shift, lo, hi));
+            }
+            at += n;
+        }
+    }
+}
