@@ -71,6 +71,7 @@ class CModel:
     weight_bytes: int = 0
     macs: int = 0
     arena_symbol: str | None = None  # external shared arena instead of the model's own
+    arena_argument: bool = False  # the caller passes the arena to <prefix>_run (no static storage)
 
 
 def layer_macs(g: Graph, n: Node) -> int:
@@ -284,17 +285,23 @@ def template_environment() -> jinja2.Environment:
                               trim_blocks=True, lstrip_blocks=True)
 
 
-def render(g: Graph, prefix: str, banner: list[str], arena_symbol: str | None = None) -> dict[str, str]:
+def render(g: Graph, prefix: str, banner: list[str], arena_symbol: str | None = None,
+           arena_argument: bool = False) -> dict[str, str]:
     """Render the model's C files in memory: {relative path: text}. Deterministic.
 
     arena_symbol: use this external `int8_t[]` (e.g. an arena shared by several models that never run
     at the same time, sized to the largest) instead of defining the model's own static arena.
+    arena_argument: `<prefix>_run(in, out, arena)` takes the arena from the caller (e.g. a MicroPython
+    native module, which may hold no static data) instead of defining a static one.
     """
     check_prefix(prefix)
     model = _Builder(g, prefix, banner).build()
+    if arena_symbol is not None and arena_argument:
+        raise ValueError("arena_symbol and arena_argument are exclusive")
     if arena_symbol is not None:
         check_prefix(arena_symbol)
         model.arena_symbol = arena_symbol
+    model.arena_argument = arena_argument
     env = template_environment()
     files = {}
     for template, name in (("c/model.h.j2", f"{prefix}_model.h"), ("c/model.c.j2", f"{prefix}_model.c"),
