@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import re
 import shutil
 import subprocess
 from array import array
@@ -104,7 +105,8 @@ def load_cpython(src: dict[str, str], module: str, tmp: Path):
 def run_cpython(src, module, x_i8, x_f32, tmp) -> tuple[np.ndarray, np.ndarray]:
     mod = load_cpython(src, module, tmp)
     ints = np.array([np.frombuffer(mod.predict(x.tobytes()), dtype=np.int8) for x in x_i8])
-    floats = np.array([mod.predict_float([float(v) for v in x.reshape(-1)]) for x in x_f32]) if x_f32 is not None else None
+    floats = (np.array([mod.predict_float([float(v) for v in x.reshape(-1)]) for x in x_f32])
+              if x_f32 is not None else None)
     return ints, floats
 
 
@@ -314,7 +316,28 @@ def test_output_is_deterministic_and_starts_with_banner():
     text = a["tiny.py"]
     assert text.splitlines()[:2] == [f"# {line}" for line in BANNER]
     compile(text, "tiny.py", "exec")  # valid Python
-    assert "micropython" not in text.split('"""', 2)[2].split("def ")[0]  # no port-specific imports
+    body = text.split('"""', 2)[2]  # after the module docstring
+    imports = [line.strip() for line in body.splitlines() if line.strip().startswith(("import ", "from "))]
+    assert imports == ["from array import array", "import micropython  # noqa: F401"]
+    assert re.search(r"try:\n    import micropython  # noqa: F401\n\n    exec\(_VIPER_SRC\)\nexcept Exception:", text)
+
+
+def test_viper_is_optional_and_bit_exact_in_cpython(tmp_path, rng):
+    """The viper dot products are compiled from a string only where the port has a native emitter; the
+    plain loops are the fallback (CPython here, the WebAssembly port in run_micropython)."""
+    g = _digits_like_graph()
+    mod = load_cpython(render_micropython(g, "tiny", BANNER), "tiny", tmp_path)
+    assert mod._dots is None and "@micropython.viper" in mod._VIPER_SRC
+    x = edge_inputs(rng, (6, 6, 2), 4)
+
+    def dots(x, n, w, rows, acc):  # what the viper function computes, in Python (w: row 0 of one array)
+        w = np.frombuffer(w.obj, np.int8).astype(np.int64)
+        for r in range(rows):
+            acc[r] = int(np.dot(np.asarray(x[:n], np.int64), np.asarray(w[r * n:(r + 1) * n], np.int64)))
+
+    mod._dots = dots
+    assert_same(np.array([np.frombuffer(mod.predict(v.tobytes()), np.int8) for v in x]), expected(g, x),
+                "CPython (dots path)", g)
 
 
 def test_module_api_and_input_checks(tmp_path):

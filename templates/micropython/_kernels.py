@@ -5,6 +5,35 @@
 # (mul, rnd, shr) prepared by the generator; Python's >> is an arithmetic (floor) shift like the spec.
 
 
+# Optional machine-code dot products: `@micropython.viper` is compiled from a string because a port
+# without the native emitter (e.g. the WebAssembly port) raises SyntaxError on the decorator when the
+# module is compiled; there, and on CPython, _dots stays None and the plain Python loops run. Viper ints
+# are machine words: a dot product of int8 rows is bounded by the accumulator limit quantize.py
+# enforces (|acc| <= 2**31 - 1), so it is exact in 32 bits; bias and requantisation stay in Python.
+_VIPER_SRC = """
+@micropython.viper
+def _dots(x, n: int, w, rows: int, acc):
+    # acc[r] = sum(x[k] * w[r * n + k] for k < n); x, w int8 (ptr8 reads bytes unsigned: sign-extend)
+    px = ptr8(x)
+    pw = ptr8(w)
+    pa = ptr32(acc)
+    o = 0
+    for r in range(rows):
+        s = 0
+        for k in range(n):
+            s += ((px[k] ^ 128) - 128) * ((pw[o + k] ^ 128) - 128)
+        pa[r] = s
+        o += n
+"""
+_dots = None
+try:
+    import micropython  # noqa: F401
+
+    exec(_VIPER_SRC)
+except Exception:  # CPython (no micropython module), or no native emitter (SyntaxError)
+    _dots = None
+
+
 def _int8_rows(data, row_len):
     """bytes (int8 two's complement) -> tuple of int8 rows of row_len (views on one array)."""
     mv = memoryview(array('b', data))
@@ -18,7 +47,10 @@ def _conv2d(x, y, p, patch, zeros):
     (h, w, cin, oh, ow, cout, kh, kw, sh, sw, pt, pl,
      weights, bias, mul, rnd, shr, lo, hi) = p
     row = kw * cin
-    rk = range(kh * row)
+    nk = kh * row
+    rk = range(nk)
+    dots = _dots
+    accs = array('i', bytes(4 * cout)) if dots is not None else None
     rc = range(cout)
     rky = range(kh)
     rkx = range(kw)
@@ -45,6 +77,13 @@ def _conv2d(x, y, p, patch, zeros):
                         else:
                             patch[q + kx * cin:q + kx * cin + cin] = x[s + kx * cin:s + kx * cin + cin]
                 q += row
+            if dots is not None:
+                dots(patch, nk, weights[0], cout, accs)  # rows are contiguous views of one array
+                for co in rc:
+                    acc = ((accs[co] + bias[co]) * mul[co] + rnd[co]) >> shr[co]
+                    y[yo] = lo if acc < lo else (hi if acc > hi else acc)
+                    yo += 1
+                continue
             nz = [k for k in rk if patch[k]]
             for co in rc:
                 wr = weights[co]
@@ -88,6 +127,13 @@ def _depthwise_conv2d(x, y, p):
 
 def _linear(x, y, p):
     n_in, n_out, weights, bias, mul, rnd, shr, lo, hi = p
+    if _dots is not None:
+        accs = array('i', bytes(4 * n_out))
+        _dots(x, n_in, weights[0], n_out, accs)  # rows are contiguous views of one array
+        for o in range(n_out):
+            acc = ((accs[o] + bias[o]) * mul[o] + rnd[o]) >> shr[o]
+            y[o] = lo if acc < lo else (hi if acc > hi else acc)
+        return
     nz = [i for i in range(n_in) if x[i]]  # zeros contribute nothing: skip them in every row
     for o in range(n_out):
         wr = weights[o]
