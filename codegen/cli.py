@@ -177,16 +177,33 @@ def cmd_micropython(args) -> int:
     from .api import load_compiled
     from .emit.c import banner_lines, write_atomic
     from .emit.micropython import render_micropython
+    from .emit.mpy_native import build_natmod, micropython_source, render_native
 
-    if args.mode != "pure":
-        raise UserError(f"--mode {args.mode} is not available yet; use --mode pure (a plain MicroPython module)")
+    out = Path(args.out)
+    mpy_dir = micropython_source(args.micropython_src) if args.mode == "natmod" else None
     with tempfile.TemporaryDirectory() as tmp:
         compiled = load_compiled(_model_dir(args, Path(tmp)))
-        command = "qgen micropython " + " ".join(sys.argv[2:])
-        files = render_micropython(compiled.graph, args.prefix, banner_lines(compiled.graph.source, command))
-    write_atomic(files, Path(args.out))
-    print(f"wrote {args.out}/{args.prefix}.py: `mpremote cp {args.out}/{args.prefix}.py :` then "
-          f"`import {args.prefix}; {args.prefix}.predict(input_bytes)`")
+        banner = banner_lines(compiled.graph.source, "qgen micropython " + " ".join(sys.argv[2:]))
+        if args.mode == "pure":
+            files = render_micropython(compiled.graph, args.prefix, banner)
+        else:
+            files = render_native(compiled.graph, args.prefix, banner, args.mode, args.arch)
+    write_atomic(files, out)
+    if args.mode == "pure":
+        print(f"wrote {out}/{args.prefix}.py: `mpremote cp {out}/{args.prefix}.py :` then "
+              f"`import {args.prefix}; {args.prefix}.predict(input_bytes)`")
+    elif args.mode == "natmod" and mpy_dir is not None:
+        mpy = build_natmod(out, mpy_dir)
+        print(f"built {mpy} ({mpy.stat().st_size:,} bytes, {args.arch}): `mpremote cp {mpy} :` then "
+              f"`import {args.prefix}; {args.prefix}.predict(input_bytes)`")
+    elif args.mode == "natmod":
+        print(f"wrote {out}/ (natmod project, {args.arch}); build the .mpy with the MicroPython source the "
+              f"firmware was built from: make -C {out} MPY_DIR=/path/to/micropython (or rerun with "
+              "--micropython-src PATH / QGEN_MICROPYTHON_SRC), then `mpremote cp` the .mpy to the board")
+    else:
+        print(f"wrote {out}/ (user C module): build it into the firmware with "
+              f"make -C ports/<port> USER_C_MODULES={out.resolve().parent} (make ports) or "
+              f"USER_C_MODULES={out.resolve()}/micropython.cmake (CMake ports: rp2, esp32)")
     return 0
 
 
@@ -290,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--input-shape", type=_shape)
     m.add_argument("--calib")
     m.add_argument("--prefix", default="model", help="module name (a Python/C identifier)")
+    from .emit.mpy_native import NATMOD_ARCHS
+
+    m.add_argument("--arch", default="x64", choices=NATMOD_ARCHS, help="natmod architecture (default x64)")
+    m.add_argument("--micropython-src", help="natmod: MicroPython source tree to build the .mpy with "
+                   "(default $QGEN_MICROPYTHON_SRC; without it the project is written, not built)")
     m.set_defaults(fn=cmd_micropython)
 
     b = sub.add_parser("bundle", help="several compiled models in one firmware, sharing one arena")
