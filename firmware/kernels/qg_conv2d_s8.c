@@ -17,6 +17,12 @@
  * Each output pixel then walks the taps that fall inside the image (no per-tap bounds test) for
  * four channels at a time: with DSP one word load of inputs and one of weights, unpacked to int16
  * pairs and multiplied with SMLABB/SMLATT. A multiplier other than 1 takes the generic path.
+ *
+ * Order contract (the memory planner relies on it, codegen/kernel_abi.py: overlap_distance): every
+ * path here computes output pixels in increasing order, and once it has written output pixel p it
+ * reads input only for pixels >= p (4-pixel blocks read all four before writing any). The planner may
+ * therefore place `out` partly over the start of a dying `in`, so `in` and `out` are not `restrict`
+ * here (parameters are read into locals instead; same instruction counts, see bench/kernels.py).
  */
 #include "qg_kernels.h"
 #include "qg_dot_s8.h"
@@ -231,8 +237,7 @@ static void conv_block_dsp(const qg_conv2d_params_t *p, const int16_t *cols, int
 }
 #endif /* QG_DSP */
 
-void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
-                  int8_t *restrict scratch)
+void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, int8_t *restrict scratch)
 {
     const int32_t out_w = p->out_w, out_c = p->out_c, n_pix = p->out_h * out_w;
     int32_t pix, oy = 0, ox = 0;
@@ -260,6 +265,8 @@ void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t
 #else
     const int32_t k = p->k_h * p->k_w * p->in_c;
     const int32_t act_min = p->act_min, act_max = p->act_max;
+    const int32_t *bias = p->bias;
+    const int8_t *shift = p->shift;
     const int32_t direct = p->k_h == 1 && p->k_w == 1; /* 1x1: a column is one input pixel */
     for (pix = 0; pix < n_pix; pix++, out += out_c) {
         const int32_t iy = oy * p->stride_h - p->pad_top, ix = ox * p->stride_w - p->pad_left;
@@ -273,13 +280,13 @@ void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t
             col = scratch;
         }
         for (oc = 0; oc + 1 < out_c; oc += 2, w += 2 * k) {
-            int32_t acc0 = p->bias[oc], acc1 = p->bias[oc + 1];
+            int32_t acc0 = bias[oc], acc1 = bias[oc + 1];
             qg_dot_1x2_s8(col, w, w + k, k, &acc0, &acc1);
-            out[oc] = qg_requantize_s8(acc0, p->shift[oc], act_min, act_max);
-            out[oc + 1] = qg_requantize_s8(acc1, p->shift[oc + 1], act_min, act_max);
+            out[oc] = qg_requantize_s8(acc0, shift[oc], act_min, act_max);
+            out[oc + 1] = qg_requantize_s8(acc1, shift[oc + 1], act_min, act_max);
         }
         if (oc < out_c) {
-            out[oc] = qg_requantize_s8(qg_dot_1x1_s8(col, w, k, p->bias[oc]), p->shift[oc], act_min, act_max);
+            out[oc] = qg_requantize_s8(qg_dot_1x1_s8(col, w, k, bias[oc]), shift[oc], act_min, act_max);
         }
         if (++ox == out_w) {
             ox = 0;
@@ -298,7 +305,7 @@ int32_t qg_depthwise_conv2d_s8_buffer_size(const qg_conv2d_params_t *p)
 }
 
 /* Any multiplier: output channel c * mult + m reads input channel c; weights (out_c, k_h, k_w). */
-static void depthwise_generic(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out)
+static void depthwise_generic(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out)
 {
     const int32_t in_c = p->in_c, mult = p->out_c / p->in_c, k_w = p->k_w, taps = p->k_h * k_w;
     int32_t oy, ox, c, m, ky, kx;
@@ -356,12 +363,12 @@ static void store_4(int32_t a0, int32_t a1, int32_t a2, int32_t a3, const int8_t
     }
 }
 
-void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
-                            int8_t *restrict scratch)
+void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, int8_t *restrict scratch)
 {
     const int32_t ch = p->in_c, k_w = p->k_w, taps = p->k_h * k_w;
     const int32_t act_min = p->act_min, act_max = p->act_max, kind = qg_clamp_kind(act_min, act_max);
     const int8_t *shift = p->shift;
+    const int32_t *bias = p->bias;
     int8_t *w_t = scratch; /* (k_h, k_w, ch) */
     int32_t oy, ox, c, t;
     if (p->out_c != ch) {
@@ -386,7 +393,7 @@ void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict 
             int32_t ky, kx;
             for (c = 0; c + 3 < ch; c += 4) {
                 const int8_t *x_i8 = x0 + c, *w_i8 = w0 + c;
-                int32_t a0 = p->bias[c], a1 = p->bias[c + 1], a2 = p->bias[c + 2], a3 = p->bias[c + 3];
+                int32_t a0 = bias[c], a1 = bias[c + 1], a2 = bias[c + 2], a3 = bias[c + 3];
                 for (ky = ky0; ky < ky1; ky++, x_i8 += x_row_step, w_i8 += w_row_step) {
                     for (kx = kx0; kx < kx1; kx++, x_i8 += ch, w_i8 += ch) {
 #if QG_DSP
@@ -409,13 +416,13 @@ void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict 
             }
             for (; c < ch; c++) {
                 const int8_t *x_i8 = x0 + c, *w_i8 = w0 + c;
-                int32_t acc_i32 = p->bias[c];
+                int32_t acc_i32 = bias[c];
                 for (ky = ky0; ky < ky1; ky++, x_i8 += x_row_step, w_i8 += w_row_step) {
                     for (kx = kx0; kx < kx1; kx++, x_i8 += ch, w_i8 += ch) {
                         acc_i32 += x_i8[0] * w_i8[0];
                     }
                 }
-                out[c] = qg_requantize_s8(acc_i32, p->shift[c], act_min, act_max);
+                out[c] = qg_requantize_s8(acc_i32, shift[c], act_min, act_max);
             }
         }
     }

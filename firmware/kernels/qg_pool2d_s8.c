@@ -1,5 +1,7 @@
 /* Max and average pooling, channels-last. Padding cells are skipped (max) or count as zero (average,
- * PyTorch's count_include_pad=True: the divisor is always k_h * k_w). Output frac = input frac. */
+ * PyTorch's count_include_pad=True: the divisor is always k_h * k_w). Output frac = input frac.
+ * Output pixels are computed in increasing order, each from reads done before its writes and after
+ * the previous pixel's: `out` may overlap the start of `in` (see qg_conv2d_s8.c), hence no `restrict`. */
 #include "qg_kernels.h"
 #include "qg_simd.h"
 
@@ -13,7 +15,7 @@ static void clip_window(int32_t i0, int32_t k, int32_t size, int32_t *k0, int32_
 /* Max pooling walks only the window cells inside the image (no test per cell). With the DSP
  * extension it takes four channels per word: SSUB8 sets a per-byte "a >= b" flag and SEL picks
  * the larger bytes, 2 instructions per 4 maxima. */
-void qg_maxpool2d_s8(const qg_pool2d_params_t *p, const int8_t *restrict in, int8_t *restrict out)
+void qg_maxpool2d_s8(const qg_pool2d_params_t *p, const int8_t *in, int8_t *out)
 {
     const int32_t ch = p->channels, in_w = p->in_w;
     int32_t oy, ox, c, ky, kx;
@@ -59,7 +61,7 @@ void qg_maxpool2d_s8(const qg_pool2d_params_t *p, const int8_t *restrict in, int
     }
 }
 
-void qg_avgpool2d_s8(const qg_pool2d_params_t *p, const int8_t *restrict in, int8_t *restrict out)
+void qg_avgpool2d_s8(const qg_pool2d_params_t *p, const int8_t *in, int8_t *out)
 {
     const int32_t ch = p->channels;
     int32_t oy, ox, c, ky, kx;
