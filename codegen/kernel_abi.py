@@ -1,10 +1,18 @@
-"""What the generator must know about the C kernels: scratch sizes, mirrored from C.
+"""What the generator must know about the C kernels: scratch sizes and how far an output may overlap
+its input, mirrored from C.
 
-Each function here mirrors a `qg_*_buffer_size()` in firmware/kernels/ exactly (same arguments
-from the layer's parameters, same result); tests/test_kernel_abi.py compares them through cffi.
-A kernel whose size is 0 gets scratch = NULL.
+Each *_buffer_size function here mirrors a `qg_*_buffer_size()` in firmware/kernels/ exactly (same
+arguments from the layer's parameters, same result); tests/test_kernel_abi.py compares them through
+cffi. A kernel whose size is 0 gets scratch = NULL.
+
+`overlap_distance` is the other kernel fact the memory planner uses: how many bytes below the start
+of its (dying) input a sliding-window kernel's output may start, so that the output overwrites input
+bytes only after their last read (tests/passes/test_overlap_distance.py checks it against a byte-level
+simulation of each kernel's loop order).
 """
 from __future__ import annotations
+
+import numpy as np
 
 from .ir import Graph, Node, Op
 
@@ -42,3 +50,63 @@ def scratch_bytes(g: Graph, n: Node) -> int:
         out_f, in_f = g.tensors[n.inputs[1]].shape
         return fully_connected_buffer_size(in_f, out_f)
     return 0
+
+
+def _first_tap(n_out: int, size: int, k: int, stride: int, pad: int, dilation: int) -> np.ndarray:
+    """Per output index along one axis: the first input index its window reads, -1 if none is inside."""
+    origin = np.arange(n_out, dtype=np.int64) * stride - pad
+    first = np.where(origin >= 0, origin, origin + (-origin + dilation - 1) // dilation * dilation)
+    return np.where((first < size) & (first <= origin + (k - 1) * dilation), first, -1)
+
+
+def sliding_window_overlap(in_hw: tuple[int, int], out_hw: tuple[int, int], kernel: tuple[int, int],
+                           stride: tuple[int, int], pad_top_left: tuple[int, int], in_pixel_bytes: int,
+                           out_pixel_bytes: int, dilation: tuple[int, int] = (1, 1)) -> int:
+    """Smallest d such that `out` may start d bytes below `in` (out = in - d; d < 0: above) for a
+    channels-last kernel that honours the order contract of firmware/kernels/qg_conv2d_s8.c: output
+    pixels q = oy * out_w + ox in increasing order, and after writing pixel q it reads input only for
+    pixels >= q.
+
+    Let need(q) be the lowest input byte any output pixel >= q reads (the first image cell of its
+    window; a window entirely in the padding reads nothing). Pixel q's bytes end at
+    (q + 1) * out_pixel_bytes - d relative to `in` and may only cover input that is never read again,
+    so d >= max_q((q + 1) * out_pixel_bytes - need(q)). Whole pixels are the unit: a kernel may
+    interleave reads and writes within one output pixel (the plain-C 1x1 path reads its input pixel in
+    place between writes). The bound is tight for that model; it ignores input bytes that no later
+    window reads (gaps of strides larger than the kernel), which only makes it conservative.
+    """
+    (in_h, in_w), (out_h, out_w) = in_hw, out_hw
+    iy = _first_tap(out_h, in_h, kernel[0], stride[0], pad_top_left[0], dilation[0])
+    ix = _first_tap(out_w, in_w, kernel[1], stride[1], pad_top_left[1], dilation[1])
+    iy, ix = np.meshgrid(iy, ix, indexing="ij")
+    reads = ((iy >= 0) & (ix >= 0)).ravel()
+    if not reads.any():
+        return -in_h * in_w * in_pixel_bytes  # reads nothing: any placement is safe
+    never = np.iinfo(np.int64).max
+    first_byte = np.where(reads, (iy * in_w + ix).ravel() * in_pixel_bytes, never)
+    need = np.minimum.accumulate(first_byte[::-1])[::-1]
+    ends = (np.arange(out_h * out_w, dtype=np.int64) + 1) * out_pixel_bytes
+    return int(np.max((ends - need)[need < never]))
+
+
+# Kernels that honour the order contract (firmware/kernels/qg_conv2d_s8.c, qg_pool2d_s8.c) and take
+# `in`/`out` without `restrict`. Not here: the sparse kernels (output channel outer: pixel 0 of channel 1
+# comes after every pixel of channel 0), the clustered ones (`restrict`), the int16 kernels, and fully
+# connected layers (one output pixel reads the whole input: no overlap to gain).
+OVERLAP_OPS = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.MAXPOOL2D, Op.AVGPOOL2D)
+
+
+def overlap_distance(g: Graph, n: Node) -> int | None:
+    """How many bytes below its input node `n`'s output may start (see sliding_window_overlap), or
+    None when the kernel chosen for `n` gives no such guarantee (the output must not overlap)."""
+    if n.op not in OVERLAP_OPS or n.attrs.get("weight_format", "dense") != "dense":
+        return None
+    x, y = g.tensors[n.inputs[0]], g.tensors[n.outputs[0]]
+    if x.dtype != "int8" or y.dtype != "int8":
+        return None
+    if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
+        kernel = g.tensors[n.inputs[1]].shape[1:3]
+    else:
+        kernel = n.attrs["kernel"]
+    return sliding_window_overlap(x.shape[:2], y.shape[:2], tuple(kernel), tuple(n.attrs["stride"]),
+                                  tuple(n.attrs["padding"][:2]), x.shape[2], y.shape[2])
