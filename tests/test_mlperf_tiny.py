@@ -17,6 +17,8 @@ EXPECTED = {"kws_ds_cnn": (22_600, 2.66e6), "vww_mobilenet_v1_025": (210_900, 7.
             "ic_resnet8": (77_700, 12.5e6), "ad_fc_autoencoder": (265_900, 0.26e6)}
 # naive ping-pong int8 activation floors (bytes)
 FLOOR = {"kws_ds_cnn": 16000, "vww_mobilenet_v1_025": 55296, "ic_resnet8": 49152, "ad_fc_autoencoder": 768}
+# TFLite Micro's arenas for the same models (bench/MLPERF_TINY.md); the target is at most 0.6x each
+TFLM_ARENA = {"kws_ds_cnn": 24512, "vww_mobilenet_v1_025": 107456, "ic_resnet8": 58368, "ad_fc_autoencoder": 22080}
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -32,8 +34,8 @@ def test_mlperf_tiny_model(name):
     bufs = [b for b in lifetimes(r.graph) if all(r.graph.memory[t][0] == "arena" for t in b.tensors)]
     for b in bufs:
         b.offset = r.graph.memory[b.tensors[0]][1]
-    check_overlap(bufs)
-    assert r.report["arena_bytes"] <= FLOOR[name] * 1.05
+    check_overlap(bufs)  # deliberate overlaps (outputs over their dying inputs) included
+    assert r.report["arena_bytes"] <= min(FLOOR[name], 0.6 * TFLM_ARENA[name])
     x = np.concatenate([calib[:3], 5 * calib[3:5]])
     check = r.verify(x)
     assert check.exact, str(check)

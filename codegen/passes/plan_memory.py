@@ -8,7 +8,16 @@ already-placed group alive at the same time. The model input is read from the ca
 and outputs are written straight into the caller's `out` buffer (concatenated), so neither needs arena.
 A kernel's scratch memory (kernel_abi.scratch_bytes) is one more buffer, alive during its own step
 only, recorded as `graph.memory[scratch_key(step)]`.
-`check_overlap` proves the result and runs after every plan.
+
+Overlapping in-place: a sliding-window kernel (convolution, depthwise, pooling) computes its output
+pixels in order and never reads an input pixel's bytes again once the output has passed them, so its
+output may start `kernel_abi.overlap_distance` bytes below an input that dies at that step, covering
+the input's start (for a 3x3 depthwise layer: one image row plus two pixels below). Only that pair may
+share bytes, and only when the input is no graph input/output and none of its aliases is read later.
+Chains (depthwise -> pointwise -> depthwise ...) step a little further down at each layer, which the
+lowest-offset greedy only finds when it places a chain's later buffers first; the planner runs the
+greedy in a few orders (STRATEGIES: chain-aware ties, scratch last) and keeps the smallest arena.
+`check_overlap` proves the result (deliberate overlaps included) and runs after every plan.
 """
 from __future__ import annotations
 
@@ -16,7 +25,7 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from ..ir import Graph, Op
-from ..kernel_abi import scratch_bytes
+from ..kernel_abi import overlap_distance, scratch_bytes
 
 ALIGN = 4
 
@@ -28,6 +37,10 @@ class Buffer:
     first: int  # step that writes it (-1: before the first node)
     last: int  # last step that reads it
     offset: int = -1
+    # overlapping in-place: this buffer is written at step `first` from the buffer whose first tensor
+    # is `over`, which dies at that step; it may start up to `distance` bytes below it (never closer)
+    over: str | None = None
+    distance: int = 0
 
 
 # Element-wise kernels that may write over one of their inputs (each output element depends only on
@@ -68,8 +81,11 @@ def storage_groups(graph: Graph) -> dict[str, str]:
     return owner
 
 
+SCRATCH = "scratch:"
+
+
 def scratch_key(step: int) -> str:
-    return f"scratch:{step}"
+    return f"{SCRATCH}{step}"
 
 
 def lifetimes(graph: Graph) -> list[Buffer]:
@@ -92,6 +108,14 @@ def lifetimes(graph: Graph) -> list[Buffer]:
         size = scratch_bytes(graph, node)
         if size:
             groups[scratch_key(step)] = Buffer([scratch_key(step)], size, step, step)
+    pinned = {owner[t] for t in graph.inputs + graph.outputs}
+    for step, node in enumerate(graph.nodes):
+        distance = overlap_distance(graph, node)
+        if distance is None:
+            continue
+        src, dst = owner[node.inputs[0]], owner[node.outputs[0]]
+        if src not in pinned and dst not in pinned and groups[src].last == step and groups[dst].first == step:
+            groups[dst].over, groups[dst].distance = groups[src].tensors[0], distance
     return list(groups.values())
 
 
@@ -117,29 +141,73 @@ def run(graph: Graph) -> Graph:
                 memory[t] = ("output", out_offset[outs[0]])
         else:
             arena.append(buf)
-    placed: list[Buffer] = []
-    for buf in sorted(arena, key=lambda b: (-b.size, b.first)):
-        buf.offset = _lowest_free_offset(buf, placed)
-        placed.append(buf)
+    placed = min((_place(arena, **strategy) for strategy in STRATEGIES), key=_arena_end)
+    check_overlap(placed)
+    for buf in placed:
         for t in buf.tensors:
             memory[t] = ("arena", buf.offset)
-    check_overlap(placed)
     graph.memory = memory
-    graph.arena_size = max((b.offset + b.size for b in placed), default=0)
+    graph.arena_size = _arena_end(placed)
     return graph
+
+
+# Orders the greedy tries (the smallest arena wins). chains_first: ties among equal sizes go by first
+# step, except that a run of equal-size buffers linked by overlaps is placed as one, its last buffer
+# first: an output placed before its input puts the input just above it, overlapping; the other way
+# round, the output would have to fit below its input. scratch_last: kernel scratch (alive one step)
+# after all activations, so that it does not block an overlap; it then fills what is left at its step.
+STRATEGIES = [{"chains_first": c, "scratch_last": s} for s in (False, True) for c in (False, True)]
+
+
+def _place(buffers: list[Buffer], chains_first: bool, scratch_last: bool) -> list[Buffer]:
+    """Greedy: largest first (see STRATEGIES), each at its lowest free offset."""
+    rank = {}
+    for buf in sorted(buffers, key=lambda b: b.first):
+        src = next((b for b in buffers if _overlap_allowed(buf, b) is not None), None)
+        start = rank[src.tensors[0]][0] if chains_first and src is not None and src.size == buf.size else buf.first
+        rank[buf.tensors[0]] = (start, -buf.first if chains_first else buf.first)
+    placed: list[Buffer] = []
+    is_scratch = {b.tensors[0]: scratch_last and b.tensors[0].startswith(SCRATCH) for b in buffers}
+    for buf in sorted(buffers, key=lambda b: (is_scratch[b.tensors[0]], -b.size, rank[b.tensors[0]])):
+        placed.append(Buffer(buf.tensors, buf.size, buf.first, buf.last, _lowest_free_offset(buf, placed),
+                             buf.over, buf.distance))
+    return placed
+
+
+def _arena_end(buffers: list[Buffer]) -> int:
+    return max((b.offset + b.size for b in buffers), default=0)
 
 
 def _alive_together(a: Buffer, b: Buffer) -> bool:
     return a.first <= b.last and b.first <= a.last
 
 
+def _overlap_allowed(out: Buffer, src: Buffer) -> int | None:
+    """The distance by which `out` may overlap `src` (its producer's dying input), None if it may not."""
+    if out.over is not None and out.over in src.tensors and out.first == src.last:
+        return out.distance
+    return None
+
+
+def _forbidden(buf: Buffer, p: Buffer) -> tuple[int, int]:
+    """Offsets x with lo < x < hi where `buf` would collide with the placed, simultaneously alive `p`."""
+    d = _overlap_allowed(buf, p)
+    if d is not None:  # buf is the output: x <= p.offset - d, or above p
+        return p.offset - d, p.offset + p.size
+    d = _overlap_allowed(p, buf)
+    if d is not None:  # buf is the input: x >= p.offset + d, or below p
+        return p.offset - buf.size, p.offset + d
+    return p.offset - buf.size, p.offset + p.size
+
+
 def _lowest_free_offset(buf: Buffer, placed: list[Buffer]) -> int:
-    busy = sorted((p.offset, p.offset + p.size) for p in placed if _alive_together(p, buf))
-    offset = 0
-    for start, end in busy:
-        if offset + buf.size <= start:
-            break
-        offset = max(offset, _align(end))
+    intervals = [_forbidden(buf, p) for p in placed if _alive_together(p, buf)]
+    offset, moved = 0, True
+    while moved:
+        moved = False
+        for lo, hi in intervals:
+            if lo < offset < hi:
+                offset, moved = _align(hi), True
     return offset
 
 
@@ -148,9 +216,23 @@ def _align(n: int) -> int:
 
 
 def check_overlap(buffers: list[Buffer]) -> None:
-    """Raise if two buffers alive at the same step share a byte (the planner's proof obligation)."""
+    """Raise if two buffers alive at the same step share a byte (the planner's proof obligation).
+
+    The one exception is proven, not trusted: an output may share bytes with the input its producer
+    reads for the last time, if its kernel allows that (Buffer.over, set from kernel_abi) and it starts
+    at least the kernel's distance below the input.
+    """
     for i, a in enumerate(buffers):
         for b in buffers[i + 1:]:
-            if _alive_together(a, b) and a.offset < b.offset + b.size and b.offset < a.offset + a.size:
+            if not (_alive_together(a, b) and a.offset < b.offset + b.size and b.offset < a.offset + a.size):
+                continue
+            for out, src in ((a, b), (b, a)):
+                d = _overlap_allowed(out, src)
+                if d is not None and out.offset <= src.offset - d:
+                    break
+                if d is not None:
+                    raise AssertionError(f"arena overlap: {out.tensors} at {out.offset} must start at least {d} B "
+                                         f"below its producer's input {src.tensors} at {src.offset}")
+            else:
                 raise AssertionError(f"arena overlap: {a.tensors} [{a.offset}, {a.offset + a.size}) and "
                                      f"{b.tensors} [{b.offset}, {b.offset + b.size}) are alive together")
