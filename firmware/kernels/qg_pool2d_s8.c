@@ -63,27 +63,29 @@ void qg_maxpool2d_s8(const qg_pool2d_params_t *p, const int8_t *in, int8_t *out)
 
 void qg_avgpool2d_s8(const qg_pool2d_params_t *p, const int8_t *in, int8_t *out)
 {
-    const int32_t ch = p->channels;
+    /* parameters in locals: stores through `out` may alias *p (no restrict) */
+    const int32_t ch = p->channels, in_h = p->in_h, in_w = p->in_w, k_h = p->k_h, k_w = p->k_w;
+    const int32_t stride_h = p->stride_h, stride_w = p->stride_w, pad_top = p->pad_top, pad_left = p->pad_left;
+    const int32_t avg_mult = p->avg_mult, avg_shift = p->avg_shift, act_min = p->act_min, act_max = p->act_max;
     int32_t oy, ox, c, ky, kx;
     for (oy = 0; oy < p->out_h; oy++) {
-        for (ox = 0; ox < p->out_w; ox++) {
+        for (ox = 0; ox < p->out_w; ox++, out += ch) {
             for (c = 0; c < ch; c++) {
                 int32_t sum_i32 = 0;
-                for (ky = 0; ky < p->k_h; ky++) {
-                    const int32_t iy = oy * p->stride_h - p->pad_top + ky;
-                    if (iy < 0 || iy >= p->in_h) {
+                for (ky = 0; ky < k_h; ky++) {
+                    const int32_t iy = oy * stride_h - pad_top + ky;
+                    if (iy < 0 || iy >= in_h) {
                         continue;
                     }
-                    for (kx = 0; kx < p->k_w; kx++) {
-                        const int32_t ix = ox * p->stride_w - p->pad_left + kx;
-                        if (ix < 0 || ix >= p->in_w) {
+                    for (kx = 0; kx < k_w; kx++) {
+                        const int32_t ix = ox * stride_w - pad_left + kx;
+                        if (ix < 0 || ix >= in_w) {
                             continue;
                         }
-                        sum_i32 += in[(iy * p->in_w + ix) * ch + c];
+                        sum_i32 += in[(iy * in_w + ix) * ch + c];
                     }
                 }
-                out[(oy * p->out_w + ox) * ch + c] =
-                    qg_requantize_s8(sum_i32 * p->avg_mult, p->avg_shift, p->act_min, p->act_max);
+                out[c] = qg_requantize_s8(sum_i32 * avg_mult, avg_shift, act_min, act_max);
             }
         }
     }
