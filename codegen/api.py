@@ -26,6 +26,7 @@ from .hostcheck import verify as host_verify
 from .ir import Graph
 from .passes import bias_correction as bias_correction_pass
 from .passes import (
+    assign_precision,
     calibrate,
     fold_bn,
     fold_pad,
@@ -38,7 +39,7 @@ from .passes import (
 from .passes import equalize as equalize_pass
 from .reference import quantize_input, run_int, to_qgen_layout, to_torch_layout
 
-VERIFY_SAMPLES_SAVED = 64  # int8 inputs stored next to the C for `qgen verify` without --data
+VERIFY_SAMPLES_SAVED = 64  # quantised inputs stored next to the C for `qgen verify` without --data
 
 
 @dataclass
@@ -53,8 +54,9 @@ class CompileResult:
 
     # -- the integer reference (the spec)
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
-        """Float input in PyTorch layout (N, C, H, W) / (N, F) -> int8 (N, H, W, C) / (N, F)."""
-        return quantize_input(self.graph, x).astype(np.int8)
+        """Float input in PyTorch layout (N, C, H, W) / (N, F) -> int8 (N, H, W, C) / (N, F) (int16 with
+        `precision={"input": 16}`)."""
+        return quantize_input(self.graph, x)
 
     def reference(self, x_i8: np.ndarray) -> np.ndarray:
         """int8 outputs (N, OUTPUT_SIZE) of the integer reference, exactly what the C must produce."""
@@ -121,7 +123,8 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
             eval_data: np.ndarray | None = None,
             extra_passes: list[tuple[str, Callable[[Graph], Graph]]] | None = None,
             calibration: str = "minmax", percentile: float = 99.99, bias_correction: bool = False,
-            equalize: bool = False) -> CompileResult:
+            equalize: bool = False, precision: dict[str, int] | None = None,
+            auto_precision: float | None = None, labels: np.ndarray | None = None) -> CompileResult:
     """Compile a PyTorch model to Q-format C.
 
     model: nn.Module (with example_input), torch.export.ExportedProgram, 'model.pt2' or 'file.py:factory'.
@@ -135,6 +138,11 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
         "percentile" (that percentile of |x|) or "mse" (the frac with the least squared error).
     bias_correction: subtract each channel's mean quantisation error (measured on calib_data) from its bias.
     equalize: cross-layer equalisation by powers of two between consecutive conv/linear layers.
+    precision: {layer name: 8 or 16}: layers whose output activations are int16 (mixed precision;
+        weights stay int8), e.g. {"features.0": 16}. See passes/assign_precision.py.
+    auto_precision: a bound on the accuracy drop in percentage points (e.g. 0.5): raise the most
+        sensitive layers to int16 until eval_data meets it (codegen/precision.py). `labels` (one per
+        eval sample) make it a true accuracy drop; without them it is top-1 disagreement with the float model.
     """
     start = time.perf_counter()
     check_prefix(prefix)
@@ -154,18 +162,33 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
                     ("fold_bn", fold_bn.run), ("fuse_activation", fuse_activation.run), *(extra_passes or [])]
     if equalize:
         float_passes.append(("equalize", lambda g: equalize_pass.run(g, calib_data)))
+    if precision:
+        float_passes.append(("assign_precision", lambda g: assign_precision.run(g, precision)))
     float_passes.append(("calibrate", lambda g: calibrate.run(g, calib_data, method=calibration,
                                                               percentile=percentile)))
     graph = run_pipeline(graph, float_passes)
+    auto = None
+    if auto_precision is not None:
+        from . import precision as precision_mod
+
+        eval_for_auto = eval_data if eval_data is not None else calib_data
+        auto = precision_mod.search(graph, eval_for_auto, labels, auto_precision, calib_data)
+        if auto.spec:
+            graph = run_pipeline(graph, [
+                ("assign_precision", lambda g: assign_precision.run(g, {**(precision or {}), **auto.spec})),
+                ("calibrate", lambda g: calibrate.run(g, calib_data, method=calibration, percentile=percentile))])
     float_graph = copy.deepcopy(graph)
     int_passes = [("quantize", quantize.run)]
     if bias_correction:
         int_passes.append(("bias_correction", lambda g: bias_correction_pass.run(g, float_graph, calib_data)))
     graph = run_pipeline(graph, int_passes + [("plan_memory", plan_memory.run)])
     eval_x = np.asarray(eval_data if eval_data is not None else calib_data, dtype=np.float32)
-    x_i8 = quantize_input(graph, eval_x).astype(np.int8)
+    x_i8 = quantize_input(graph, eval_x)
     eval_hwc = to_qgen_layout(graph, eval_x)
     rep = report_mod.build(graph, float_graph, eval_hwc.astype(np.float64), x_i8, prefix)
+    if auto is not None:
+        rep["auto_precision"] = auto.to_dict()
+        rep["precision_lines"] = auto.lines()
     if command is None:
         command = "codegen.compile(...)" if not sys.argv else "qgen " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, command)))

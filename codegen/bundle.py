@@ -67,6 +67,10 @@ def bundle(results_or_dirs: list, out_dir: str | Path | None = None, name: str =
     if len(compiled) < 1:
         raise UserError("give at least one compiled model to bundle")
     prefixes = [c.prefix for c in compiled]
+    for c in compiled:
+        if c.graph.tensors[c.graph.inputs[0]].dtype != "int8":
+            raise UserError(f"model '{c.prefix}' takes int16 input (--precision input=int16); a bundle runs models "
+                            "through one int8 entry point. Recompile it with an int8 input")
     for p in prefixes:
         if prefixes.count(p) > 1:
             raise UserError(f"two models have the prefix '{p}'; their C symbols would clash. Recompile one with "

@@ -69,10 +69,18 @@ def cmd_compile(args) -> int:
               "accuracy.", file=sys.stderr)
     passes = _compress_passes(args)
     split_at = getattr(args, "split_at", None)
+    from .passes.assign_precision import parse_spec
+
+    eval_x = _load_array(args.eval, "evaluation data") if args.eval else None
+    eval_labels = _load_array(args.eval_labels, "evaluation labels") if args.eval_labels else None
+    if args.auto_precision and eval_x is None and calib is None:
+        raise UserError("--auto-precision measures accuracy on data: give --calib (and --eval-labels) or --eval")
     result = qcompile(args.model, args.input_shape, calib, prefix=args.prefix,
                       out_dir=None if split_at else args.out, extra_passes=passes,
                       calibration=args.calibration, percentile=args.percentile,
-                      bias_correction=args.bias_correction, equalize=args.equalize)
+                      bias_correction=args.bias_correction, equalize=args.equalize,
+                      precision=parse_spec(args.precision), eval_data=eval_x,
+                      auto_precision=args.max_acc_drop if args.auto_precision else None, labels=eval_labels)
     report.print_table(result.report)
     if passes is not None or args.command == "compress":
         from . import compress
@@ -261,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cut after this layer (repeat for more parts); writes <out>/part<k>/")
     c.add_argument("--boards", type=lambda t: [b for b in t.split(",") if b],
                    help="two boards a,b: print split-point suggestions with the fit of each part")
+    g = c.add_argument_group("mixed precision (int16 activations, int8 weights)")
+    g.add_argument("--precision", action="append", metavar="LAYER=int16",
+                   help="make a layer's output activations int16 (repeat, or comma-separate), e.g. features.0=int16")
+    g.add_argument("--auto-precision", action="store_true",
+                   help="raise the most sensitive layers to int16 until --max-acc-drop is met")
+    g.add_argument("--max-acc-drop", type=float, default=0.5, help="bound for --auto-precision, in points")
+    g.add_argument("--eval", help="evaluation samples .npy for --auto-precision (default: --calib)")
+    g.add_argument("--eval-labels", help="integer labels .npy for the evaluation samples (else: agreement with "
+                   "the float model)")
     c.set_defaults(fn=cmd_compile)
     add_compress_args(c)
 

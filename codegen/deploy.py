@@ -106,7 +106,8 @@ def run(model_dir: str | Path, board: str | Board, x_i8: np.ndarray | None = Non
         fw = build(model_dir, board, Path(build_dir) if build_dir else Path(tmp) / "build", opt,
                    count_layers=per_layer)
         g = fw.compiled.graph
-        x = fw.compiled.saved_inputs() if x_i8 is None else np.asarray(x_i8, dtype=np.int8)
+        in_dtype = g.tensors[g.inputs[0]].dtype  # int8, or int16 with --precision input=int16
+        x = fw.compiled.saved_inputs() if x_i8 is None else np.asarray(x_i8, dtype=in_dtype)
         if n is not None:
             x = x[:n]
         if len(x) == 0:

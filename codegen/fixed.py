@@ -98,7 +98,13 @@ def requantize(acc: np.ndarray, shift: np.ndarray | int, lo: int, hi: int) -> np
     [lo, hi] is the destination range narrowed by a fused activation (ReLU: lo = 0). This is the
     mathematical definition (exact in int64); `qg_requantize_s8` in C computes the same values
     without overflowing int32 (tests/test_fixed.py checks them against each other).
+    Before a left shift, acc is clipped to [min(lo, 0) - 1, max(hi, 0) + 1]: that changes no result
+    (anything beyond saturates either way) and keeps the shift inside int64 for any int64 acc.
     """
+    acc = np.asarray(acc, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    if np.any(shift < 0):
+        acc = np.where(shift < 0, np.clip(acc, min(lo, 0) - 1, max(hi, 0) + 1), acc)
     return np.clip(round_shift(acc, shift), lo, hi)
 
 

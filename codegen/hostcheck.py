@@ -26,20 +26,23 @@ def cache_root() -> Path:
 
 
 class HostModel:
-    """The generated model compiled for the host (a cffi extension), callable on int8 batches."""
+    """The generated model compiled for the host (a cffi extension), callable on batches of its input
+    type (int8, or int16 with `--precision input=int16`: `input_dtype`)."""
 
     def __init__(self, model_dir: Path, prefix: str, input_size: int, output_size: int):
         self.prefix, self.input_size, self.output_size = prefix, input_size, output_size
         self._mod = _build(Path(model_dir).resolve(), prefix)  # cffi compiles in another directory
         self.ffi, self.lib = self._mod.ffi, self._mod.lib
         self._run = getattr(self.lib, f"{prefix}_run")
+        self._in_type = f"{prefix}_input_t[]"
+        self.input_dtype = {1: np.int8, 2: np.int16}[self.ffi.sizeof(f"{prefix}_input_t")]
 
     def run(self, x_i8: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(np.asarray(x_i8, dtype=np.int8).reshape(-1, self.input_size))
+        x = np.ascontiguousarray(np.asarray(x_i8, dtype=self.input_dtype).reshape(-1, self.input_size))
         out = np.zeros((x.shape[0], self.output_size), dtype=np.int8)
         out_buf = self.ffi.from_buffer("int8_t[]", out)
         for i in range(x.shape[0]):
-            status = self._run(self.ffi.from_buffer("int8_t[]", x[i]), out_buf + i * self.output_size)
+            status = self._run(self.ffi.from_buffer(self._in_type, x[i]), out_buf + i * self.output_size)
             if status != 0:
                 raise RuntimeError(f"{self.prefix}_run returned {status}")
         return out
@@ -61,9 +64,9 @@ class HostModel:
 
     def quantize_input(self, x_chw: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(x_chw, dtype=np.float32).reshape(-1))
-        out = np.zeros(self.input_size, dtype=np.int8)
+        out = np.zeros(self.input_size, dtype=self.input_dtype)
         getattr(self.lib, f"{self.prefix}_quantize_input")(self.ffi.from_buffer("float[]", x),
-                                                            self.ffi.from_buffer("int8_t[]", out))
+                                                            self.ffi.from_buffer(self._in_type, out))
         return out
 
 
@@ -80,15 +83,16 @@ def _build(model_dir: Path, prefix: str):
     digest = hashlib.sha256()
     for path in sources + headers:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    digest.update(" ".join(HOST_CFLAGS).encode())
+    digest.update(" ".join(HOST_CFLAGS).encode() + b"\0input_t")  # cdef version: the typed input
     name = f"_qgen_host_{prefix}_{digest.hexdigest()[:16]}"
     build_dir = cache_root() / "host" / name
     built = sorted(build_dir.glob(f"{name}*.so")) + sorted(build_dir.glob(f"{name}*.pyd"))
     if not built:
         ffi = cffi.FFI()
         ffi.cdef(f"""
-            int {prefix}_run(const int8_t *in, int8_t *out);
-            void {prefix}_quantize_input(const float *in, int8_t *out);
+            typedef int... {prefix}_input_t;
+            int {prefix}_run(const {prefix}_input_t *in, int8_t *out);
+            void {prefix}_quantize_input(const float *in, {prefix}_input_t *out);
             void {prefix}_dequantize_output(const int8_t *in, float *out);
             typedef void (*{prefix}_trace_fn)(int32_t layer, const int8_t *data, int32_t size);
             void {prefix}_set_trace({prefix}_trace_fn fn);
@@ -183,7 +187,7 @@ HARNESS_C = r"""
 
 int main(int argc, char **argv)
 {
-    static int8_t in[%(PREFIX)s_INPUT_SIZE];
+    static %(prefix)s_input_t in[%(PREFIX)s_INPUT_SIZE];
     static int8_t out[%(PREFIX)s_OUTPUT_SIZE];
     FILE *fi, *fo;
     if (argc != 3) { return 2; }
@@ -223,7 +227,8 @@ def run_native(exe: Path, x_i8: np.ndarray, output_size: int) -> np.ndarray:
 
     with tempfile.TemporaryDirectory() as tmp:
         fin, fout = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
-        np.ascontiguousarray(x_i8, dtype=np.int8).tofile(fin)
+        x = np.asarray(x_i8)
+        np.ascontiguousarray(x, dtype=np.int16 if x.dtype == np.int16 else np.int8).tofile(fin)  # the input type
         proc = subprocess.run([str(exe), str(fin), str(fout)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{exe.name} exited {proc.returncode}:\n{proc.stderr[-4000:]}")

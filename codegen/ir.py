@@ -88,6 +88,7 @@ class Graph:
     ranges: dict[str, float] = field(default_factory=dict)  # calibrate: range each activation's format must hold (method-dependent)
     memory: dict[str, tuple[str, int]] = field(default_factory=dict)  # plan_memory: tensor -> (region, offset)
     arena_size: int = 0
+    input_bits: int = 8  # assign_precision (before quantize): 16 makes the model input int16
 
     def producer(self, tensor: str) -> Node | None:
         for node in self.nodes:

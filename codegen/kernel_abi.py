@@ -41,6 +41,8 @@ def scratch_bytes(g: Graph, n: Node) -> int:
     """Scratch bytes the kernel chosen for node `n` needs (0: none)."""
     if n.attrs.get("weight_format", "dense") != "dense":
         return 0  # the compressed-weight kernels (qg_sparse_s8.c, qg_cluster_s8.c) take no scratch
+    if any(g.tensors[t].dtype == "int16" for t in n.inputs[:1] + n.outputs):
+        return 0  # the int16-activation kernels (qg_wide.c) take no scratch
     if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
         cout, kh, kw, _ = g.tensors[n.inputs[1]].shape
         cin = g.tensors[n.inputs[0]].shape[2]

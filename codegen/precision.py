@@ -7,7 +7,8 @@ for any labelling, so meeting it guarantees the bound.
 
 Search (greedy, as the user asked for a bound, not an optimum): quantise everything to int8 and
 measure. If the drop is too large, measure each layer raised alone (assign_precision.candidates) and
-rank the layers by how much that alone recovers (ties broken by the SQNR of the model output). Then
+rank the layers by the SQNR of the model output (float vs integer) that this alone gives: a smooth
+measure, where the top-1 drop of one layer alone moves by single samples (ties: the drop). Then
 raise them in that order, re-measuring after each, until the drop is within the bound or nothing is
 left. Raised tensors use their min/max range (calibrate.py does the same for int16 tensors).
 """
@@ -21,7 +22,7 @@ import numpy as np
 from .errors import UserError
 from .ir import Graph
 from .passes import calibrate, plan_memory, quantize
-from .passes.assign_precision import candidates, tensor_bits
+from .passes.assign_precision import INPUT, candidates, tensor_bits
 from .reference import quantize_input, run_float, run_int, to_qgen_layout
 
 
@@ -39,7 +40,7 @@ class AutoPrecision:
     metric: str  # "accuracy vs labels" | "top-1 agreement with the float model"
     float_score: float  # float accuracy (labels) or 100 (agreement)
     steps: list[Step] = field(default_factory=list)
-    sensitivity: dict[str, float] = field(default_factory=dict)  # drop with only that layer raised
+    sensitivity: dict[str, dict] = field(default_factory=dict)  # drop and output SQNR with only that raised
     arena_int8: int = 0
     arena_mixed: int = 0
 
@@ -102,10 +103,10 @@ def search(float_graph: Graph, eval_x: np.ndarray, labels: np.ndarray | None, ma
     if drop <= max_drop:
         return result
     ranked = []
-    for node in candidates(copy.deepcopy(float_graph)):
-        d, s, _ = measure({node.name: 16})
-        result.sensitivity[node.name] = d
-        ranked.append((d, -s, node.name))
+    for name in candidates(copy.deepcopy(float_graph)):
+        d, s, _ = measure({name: 16})
+        result.sensitivity[name] = {"drop": d, "sqnr_db": s}
+        ranked.append((-s, d, name))
     spec: dict[str, int] = {}
     graph = base
     for _, _, name in sorted(ranked):
@@ -121,6 +122,8 @@ def search(float_graph: Graph, eval_x: np.ndarray, labels: np.ndarray | None, ma
 
 def _with_precision(float_graph: Graph, spec: dict[str, int], maxima: dict[str, float]) -> Graph:
     g = copy.deepcopy(float_graph)
+    if spec.get(INPUT) == 16:
+        g.input_bits = 16
     for node in g.nodes:
         if spec.get(node.name) == 16:
             node.attrs["out_bits"] = 16

@@ -293,9 +293,11 @@ def to_qgen_layout(g: Graph, x: np.ndarray) -> np.ndarray:
 
 
 def quantize_input(g: Graph, x_torch: np.ndarray) -> np.ndarray:
-    """Float input in PyTorch layout -> int8 in qgen layout, with the rounding rule (fixed.quantize)."""
+    """Float input in PyTorch layout -> the model's input type (int8, or int16 with `input=int16`) in
+    qgen layout, with the rounding rule (fixed.quantize)."""
     x = to_qgen_layout(g, np.asarray(x_torch, dtype=np.float32))
-    return quantize(x, g.tensors[g.inputs[0]].qformat).astype(np.int8)
+    inp = g.tensors[g.inputs[0]]
+    return quantize(x, inp.qformat).astype(inp.dtype)
 
 
 def to_torch_layout(x: np.ndarray, layout: str | None = None) -> np.ndarray:

@@ -154,6 +154,9 @@ def split_graph(graph: Graph, at: list[str]) -> tuple[list[Graph], list[Boundary
     """Cut a quantised graph after each node of `at`; each part re-planned. Returns (parts, boundaries)."""
     if not at:
         raise UserError("give at least one split point")
+    if graph.tensors[graph.inputs[0]].dtype != "int8":
+        raise UserError("cannot split a model with int16 input (--precision input=int16): parts exchange int8 "
+                        "tensors through one int8 entry point; recompile with an int8 input")
     steps = sorted({_resolve(graph, a) for a in at})
     if len(steps) != len(at):
         raise UserError(f"split points {at} name the same node twice")
@@ -166,6 +169,9 @@ def split_graph(graph: Graph, at: list[str]) -> tuple[list[Graph], list[Boundary
         parts.append(_subgraph(graph, nodes, inp, outs, k, len(bounds) - 1))
         if k < len(bounds) - 2:
             t = graph.tensors[outs[0]]
+            if t.dtype != "int8":
+                raise UserError(f"cannot split after {nodes[-1].where()}: its output is {t.dtype} (mixed precision) "
+                                "and parts exchange int8 tensors; split after another layer or keep this one int8")
             boundaries.append(Boundary(k, t.name, nodes[-1].name, tuple(t.shape), t.qformat, t.nbytes))
     return parts, boundaries
 

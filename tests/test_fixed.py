@@ -22,6 +22,10 @@ void t_requantize(const int32_t *x, const int32_t *s, int32_t lo, int32_t hi, in
 { for (int32_t i = 0; i < n; i++) out[i] = qg_requantize_s8(x[i], s[i], lo, hi); }
 void t_quantize(const float *x, float scale, int8_t *out, int32_t n)
 { for (int32_t i = 0; i < n; i++) out[i] = qg_quantize_f32(x[i], scale); }
+void t_requantize_wide(const int64_t *x, const int32_t *s, int32_t lo, int32_t hi, int32_t *out, int32_t n)
+{ for (int32_t i = 0; i < n; i++) out[i] = qg_requantize_wide(x[i], s[i], lo, hi); }
+void t_quantize_s16(const float *x, float scale, int16_t *out, int32_t n)
+{ for (int32_t i = 0; i < n; i++) out[i] = qg_quantize_f32_s16(x[i], scale); }
 """
 
 
@@ -36,6 +40,8 @@ def clib():
         void t_round_shift(const int32_t *x, const int32_t *s, int32_t *out, int32_t n);
         void t_requantize(const int32_t *x, const int32_t *s, int32_t lo, int32_t hi, int8_t *out, int32_t n);
         void t_quantize(const float *x, float scale, int8_t *out, int32_t n);
+        void t_requantize_wide(const int64_t *x, const int32_t *s, int32_t lo, int32_t hi, int32_t *out, int32_t n);
+        void t_quantize_s16(const float *x, float scale, int16_t *out, int32_t n);
     """)
     ffi.set_source(name, WRAPPERS, include_dirs=[str(kernel_dir())],
                    extra_compile_args=["-std=c99", "-O1", "-fsanitize=undefined", "-fno-sanitize-recover"],
@@ -117,6 +123,51 @@ def test_quantize_float_python_equals_c(clib, rng):
         f = clib.ffi.from_buffer
         clib.lib.t_quantize(f("float[]", vals), float(2.0**frac), f("int8_t[]", out), vals.size)
         np.testing.assert_array_equal(out, fixed.quantize(vals, fmt), err_msg=f"frac {frac}")
+
+
+def c_requantize_wide(clib, x, s, lo, hi):
+    x = np.ascontiguousarray(x, dtype=np.int64)
+    s = np.ascontiguousarray(np.broadcast_to(s, x.shape), dtype=np.int32)
+    out = np.zeros(x.shape, dtype=np.int32)
+    f = clib.ffi.from_buffer
+    clib.lib.t_requantize_wide(f("int64_t[]", x), f("int32_t[]", s), lo, hi, f("int32_t[]", out), x.size)
+    return out
+
+
+@settings(max_examples=200)
+@given(st.lists(st.integers(-2**46, 2**46), min_size=1, max_size=64), st.integers(-31, 31),
+       st.integers(-32768, 32767), st.integers(-32768, 32767))
+def test_requantize_wide_python_equals_c(clib, xs, shift, a, b):
+    """int64 accumulators (int16 activations) to an int8 or int16 range: the same rule."""
+    lo, hi = min(a, b), max(a, b)
+    x = np.array(xs, dtype=np.int64)
+    np.testing.assert_array_equal(c_requantize_wide(clib, x, shift, lo, hi), fixed.requantize(x, shift, lo, hi))
+
+
+@given(st.integers(-2**62, 2**62), st.integers(-31, 31), st.integers(-32768, 32767), st.integers(-32768, 32767))
+def test_requantize_is_exact_for_any_int64(x, shift, a, b):
+    """The spec against Python's unbounded integers (no int64 wrap-around, even for huge left shifts)."""
+    lo, hi = min(a, b), max(a, b)
+    exact = x << -shift if shift < 0 else (x + (1 << (shift - 1))) >> shift if shift > 0 else x
+    assert int(fixed.requantize(np.array([x]), shift, lo, hi)[0]) == min(max(exact, lo), hi)
+
+
+def test_requantize_wide_every_shift_at_the_edges(clib):
+    x = np.concatenate([np.arange(-70000, 70000, 7), [-(2**46), 2**46, -(2**31), 2**31 - 1, 32768, -32769]])
+    for lo, hi in ((-32768, 32767), (-128, 127), (0, 20000)):
+        for s in range(-31, 32):
+            np.testing.assert_array_equal(c_requantize_wide(clib, x, s, lo, hi), fixed.requantize(x, s, lo, hi),
+                                          err_msg=f"shift {s} range [{lo}, {hi}]")
+
+
+def test_quantize_float_int16_python_equals_c(clib, rng):
+    vals = np.concatenate([rng.standard_normal(20000) * 3, np.arange(-3000, 3000) / 64.0,
+                           [0.5, -0.5, -2.5, 1e30, -1e30, np.float32(2.5 - 2**-22), 255.99, -256.01]]).astype(np.float32)
+    for frac in (-3, 0, 7, 12, 14):
+        out = np.zeros(vals.size, dtype=np.int16)
+        f = clib.ffi.from_buffer
+        clib.lib.t_quantize_s16(f("float[]", vals), float(2.0**frac), f("int16_t[]", out), vals.size)
+        np.testing.assert_array_equal(out, fixed.quantize(vals, QFormat(16, frac)), err_msg=f"frac {frac}")
 
 
 def test_quantize_rejects_nan():

@@ -121,7 +121,7 @@ def test_add_with_different_qformats(fa, fb, fy, rng, tmp_path):
     g.nodes.insert(0, Node("relu", Op.RELU, ["x"], ["b"], {"lo": 0.0, "hi": None, "act_min": -100, "act_max": 90}))
     node.inputs = ["x", "b"]
     g.tensors["b"].qformat = QFormat(8, fb)  # kernel test: only the integers and shifts matter
-    _quantize_add(g, node, fy)
+    _quantize_add(g, node, QFormat(8, fy))
     g = finish(g)
     assert_c_equals_reference(g, build_host(g, tmp_path), edge_inputs(rng, shape))
 

@@ -174,7 +174,7 @@ def test_arena_argument_c_is_strict_clean_and_bit_exact(op, tmp_path, rng):
         g = _digits_like_graph()
     files = render_native(g, "tiny", BANNER, "usercmod")
     assert "static int8_t tiny_arena" not in files["tiny_model.c"]
-    assert "int tiny_run(const int8_t *in, int8_t *out, int8_t *arena);" in files["tiny_model.h"]
+    assert "int tiny_run(const tiny_input_t *in, int8_t *out, int8_t *arena);" in files["tiny_model.h"]
     flags = [*STRICT_CFLAGS, "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-O1"]
     exe = _host_build(files, "tiny", tmp_path, flags)
     x = edge_inputs(rng, g.tensors[g.inputs[0]].shape, 6)

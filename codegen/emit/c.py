@@ -23,7 +23,7 @@ C_KEYWORDS = {
     "float", "for", "goto", "if", "inline", "int", "long", "register", "restrict", "return", "short", "signed",
     "sizeof", "static", "struct", "switch", "typedef", "union", "unsigned", "void", "volatile", "while",
 }
-CTYPES = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t"}
+CTYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "int32": "int32_t"}
 
 
 def check_prefix(prefix: str) -> str:
@@ -109,7 +109,7 @@ class _Builder:
         name = _symbol(self.prefix, base)
         assert all(a.name != name for a in self.model.arrays), name
         arr = np.asarray(data)
-        nbytes = arr.size * {"int8_t": 1, "int16_t": 2, "int32_t": 4}[CTYPES[dtype]]
+        nbytes = arr.size * {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "int32_t": 4}[CTYPES[dtype]]
         self.model.arrays.append(CArray(name, CTYPES[dtype], _rows(arr), arr.size, comment, nbytes))
         self.model.weight_bytes += nbytes
         return name
@@ -131,6 +131,8 @@ class _Builder:
         x = g.tensors[g.inputs[0]]
         shape = x.shape if len(x.shape) == 3 else (1, 1, x.shape[0])
         m.input = {"name": x.name, "shape": list(x.shape), "size": x.size, "frac": x.qformat.frac,
+                   "dtype": x.dtype, "ctype": CTYPES[x.dtype],
+                   "quantize_fn": "qg_quantize_chw_to_hwc_f32" + ("_s16" if x.dtype == "int16" else ""),
                    "h": shape[0], "w": shape[1], "c": shape[2], "scale": _pow2_literal(x.qformat.frac)}
         for name in g.outputs:
             t = g.tensors[name]
@@ -164,6 +166,8 @@ class _Builder:
             from .weight_formats import layer_parts
 
             struct_type, fields, call = layer_parts(self, index, n, sym, struct_name, ins, out_expr, scratch)
+        elif any(g.tensors[t].dtype == "int16" for t in xs + [out]):
+            struct_type, fields, call = self.wide_layer(n, sym, struct_name, xs, out)
         elif n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
             h, w, c = g.tensors[xs[0]].shape
             oh, ow, oc = g.tensors[out].shape
@@ -246,7 +250,86 @@ class _Builder:
             raise UserError(f"{n.where()}: no C kernel for op {n.op.value}")
         check_fields(n, struct_type, fields)
         return Layer(index, title, shapes, struct_type, struct_name if struct_type else None,
-                     [(k, str(v)) for k, v in fields], call, out_expr, g.tensors[out].size, layer_macs(g, n))
+                     [(k, str(v)) for k, v in fields], call, out_expr, g.tensors[out].nbytes, layer_macs(g, n))
+
+    def typed(self, tensor: str) -> str:
+        """The buffer of `tensor` as a pointer of its element type (int16 tensors live in byte memory)."""
+        expr = self.buffer(tensor)
+        if self.g.memory[tensor][0] == "input":  # `in` already has the input's type
+            return expr
+        return f"QG_AS_S16({expr})" if self.g.tensors[tensor].dtype == "int16" else expr
+
+    def wide_layer(self, n: Node, sym: str, struct_name: str, xs: list[str], out: str):
+        """A layer with an int16 input or output: the qg_wide.c kernels (int8 weights, any activation mix)."""
+        g = self.g
+        bits = {t: 16 if g.tensors[t].dtype == "int16" else 8 for t in xs + [out]}
+        suffix = {(8, 16): "s8_to_s16", (16, 8): "s16_to_s8", (16, 16): "s16"}.get((bits[xs[0]], bits[out]))
+        ins, out_expr = [self.typed(t) for t in xs], self.typed(out)
+        act = [("act_min", n.attrs.get("act_min")), ("act_max", n.attrs.get("act_max"))]
+        if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR):
+            weights = self.const_tensor(sym, n.inputs[1], "weights")
+            bias = self.const_tensor(sym, n.inputs[2], "bias")
+            shift = self.array(f"{sym}_shift", np.array(n.attrs["shift"]), "int8", "requantisation shift per output channel")
+            tail = [("acc64", int(bool(n.attrs.get("acc64")))), *act, ("weights", weights), ("bias", bias),
+                    ("shift", shift)]
+            if n.op is Op.LINEAR:
+                o, i = g.tensors[n.inputs[1]].shape
+                struct_type, fields = "qg_fully_connected_wide_params_t", [("in_features", i), ("out_features", o), *tail]
+                fn = f"qg_fully_connected_{suffix}"
+            else:
+                h, w, c = g.tensors[xs[0]].shape
+                oh, ow, oc = g.tensors[out].shape
+                _, kh, kw, _ = g.tensors[n.inputs[1]].shape
+                struct_type = "qg_conv2d_wide_params_t"
+                fields = [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
+                          ("k_h", kh), ("k_w", kw), ("stride_h", n.attrs["stride"][0]),
+                          ("stride_w", n.attrs["stride"][1]), ("pad_top", n.attrs["padding"][0]),
+                          ("pad_left", n.attrs["padding"][1]), *tail]
+                fn = f"qg_{'conv2d' if n.op is Op.CONV2D else 'depthwise_conv2d'}_{suffix}"
+            return struct_type, fields, f"{fn}(&{struct_name}, {ins[0]}, {out_expr});"
+        if n.op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
+            h, w, c = g.tensors[xs[0]].shape
+            oh, ow, _ = g.tensors[out].shape
+            avg = n.op is Op.AVGPOOL2D
+            fields = [("in_h", h), ("in_w", w), ("channels", c), ("out_h", oh), ("out_w", ow),
+                      ("k_h", n.attrs["kernel"][0]), ("k_w", n.attrs["kernel"][1]),
+                      ("stride_h", n.attrs["stride"][0]), ("stride_w", n.attrs["stride"][1]),
+                      ("pad_top", n.attrs["padding"][0]), ("pad_left", n.attrs["padding"][1]),
+                      ("act_min", n.attrs.get("act_min", -32768)), ("act_max", n.attrs.get("act_max", 32767)),
+                      ("avg_mult", n.attrs["avg_mult"] if avg else 0), ("avg_shift", n.attrs["avg_shift"] if avg else 0)]
+            fn = "qg_avgpool2d_s16" if avg else "qg_maxpool2d_s16"
+            return "qg_pool2d_s16_params_t", fields, f"{fn}(&{struct_name}, {ins[0]}, {out_expr});"
+        if n.op is Op.RELU:
+            return None, [], (f"qg_clamp_s16({g.tensors[out].size}, {n.attrs['act_min']}, {n.attrs['act_max']}, "
+                              f"{ins[0]}, {out_expr});")
+        if n.op is Op.RESHAPE:
+            return None, [], None
+        if n.op is Op.PAD:
+            h, w, c = g.tensors[xs[0]].shape
+            top, left, bottom, right = n.attrs["padding"]
+            fields = [("in_h", h), ("in_w", w), ("channels", c), ("pad_top", top), ("pad_left", left),
+                      ("pad_bottom", bottom), ("pad_right", right)]
+            return "qg_pad_params_t", fields, f"qg_pad_s16(&{struct_name}, {ins[0]}, {out_expr});"
+        raw = [self.buffer(t) for t in xs]  # add/concat take untyped operands with their widths
+        if n.op is Op.ADD:
+            fields = [("size", g.tensors[out].size), ("a_bits", bits[xs[0]]), ("b_bits", bits[xs[1]]),
+                      ("out_bits", bits[out]), ("shift_a", n.attrs["shift_a"]), ("shift_b", n.attrs["shift_b"]),
+                      ("shift", n.attrs["shift"]), *act]
+            return "qg_add_wide_params_t", fields, f"qg_add_wide(&{struct_name}, {raw[0]}, {raw[1]}, {self.buffer(out)});"
+        if n.op is Op.CONCAT:
+            shape, axis = g.tensors[out].shape, n.attrs["axis"]
+            inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+            blocks = [g.tensors[t].shape[axis] * inner for t in xs]
+            block_arr = self.array(f"{sym}_block_size", np.array(blocks), "int32", "elements per input block")
+            shift_arr = self.array(f"{sym}_shift", np.array(n.attrs["shifts"]), "int8", "requantisation shift per input")
+            bits_arr = self.array(f"{sym}_in_bits", np.array([bits[t] for t in xs]), "uint8", "bits per input")
+            fields = [("n_inputs", len(xs)), ("outer", int(np.prod(shape[:axis], dtype=np.int64))),
+                      ("out_block", sum(blocks)), ("block_size", block_arr), ("shift", shift_arr),
+                      ("in_bits", bits_arr), ("out_bits", bits[out])]
+            call = (f"{{ const void *const parts[{len(xs)}] = {{{', '.join(raw)}}}; "
+                    f"qg_concat_wide(&{struct_name}, parts, {self.buffer(out)}); }}")
+            return "qg_concat_wide_params_t", fields, call
+        raise UserError(f"{n.where()}: no int16 kernel for op {n.op.value}; keep its input int8")
 
 
 _U8, _U16, _I8 = (0, 255, "uint8_t"), (0, 65535, "uint16_t"), (-128, 127, "int8_t")
@@ -258,7 +341,11 @@ FIELD_TYPES: dict[str, dict[str, tuple[int, int, str]]] = {
     "qg_pool2d_params_t": {**{f: _U16 for f in ("in_h", "in_w", "channels", "out_h", "out_w")}, **_GEOMETRY},
     "qg_pad_params_t": {**{f: _U16 for f in ("in_h", "in_w", "channels")}, **_GEOMETRY},
     "qg_add_params_t": {"shift_a": _I8, "shift_b": _I8, "shift": _I8},
+    "qg_add_wide_params_t": {"shift_a": _I8, "shift_b": _I8, "shift": _I8},
 }
+FIELD_TYPES["qg_conv2d_wide_params_t"] = FIELD_TYPES["qg_conv2d_params_t"]
+FIELD_TYPES["qg_fully_connected_wide_params_t"] = FIELD_TYPES["qg_fully_connected_params_t"]
+FIELD_TYPES["qg_pool2d_s16_params_t"] = FIELD_TYPES["qg_pool2d_params_t"]
 
 
 def check_fields(n: Node, struct_type: str | None, fields: list[tuple[str, object]]) -> None:

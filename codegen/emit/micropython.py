@@ -282,9 +282,16 @@ def model_data(graph: Graph, prefix: str, banner: list[str] | None = None) -> Py
         from ..passes import plan_memory
 
         graph = plan_memory.run(copy.deepcopy(graph))
+    if graph.tensors[graph.inputs[0]].dtype == "int16":
+        raise UserError("the model takes int16 input (--precision input=int16), which the pure MicroPython module "
+                        "does not implement; recompile with an int8 input")
     for n in graph.nodes:
         if n.op is Op.BATCH_NORM or any(graph.tensors[t].qformat is None for t in n.inputs + n.outputs):
             raise UserError(f"{n.where()}: the graph is not quantised; compile it first (codegen.compile)")
+        if graph.tensors[n.outputs[0]].dtype == "int16":
+            raise UserError(f"{n.where()} has int16 activations (mixed precision), which the pure MicroPython "
+                            "module does not implement; use --mode natmod or --mode usercmod (the C kernels), "
+                            "or compile without --precision")
     return _Builder(graph, prefix, list(banner or [])).build()
 
 

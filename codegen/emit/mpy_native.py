@@ -119,6 +119,9 @@ def render_native(graph: Graph, prefix: str, banner: list[str], mode: str, arch:
     if mode == "natmod" and arch not in NATMOD_ARCHS:
         raise UserError(f"--arch {arch} is not a natmod architecture qgen supports; use one of "
                         f"{', '.join(NATMOD_ARCHS)}")
+    if graph.tensors[graph.inputs[0]].dtype != "int8":
+        raise UserError("the model takes int16 input (--precision input=int16); the MicroPython module passes "
+                        "int8 bytes. Recompile with an int8 input (int16 layers inside the model are fine)")
     if not graph.memory:
         from ..passes import plan_memory
 

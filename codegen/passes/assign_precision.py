@@ -4,7 +4,9 @@ A layer's precision is the width of its *output* activation: `attrs["out_bits"]`
 depthwise, linear, add or concat makes that tensor int16 (weights stay int8; the C kernels take
 any mix of int8/int16 input and output, firmware/kernels/qg_wide.c). Pooling, clamp, padding and
 reshape keep their input's type. Softmax and LUT activations work on int8 (256-entry tables), and
-the model's inputs and outputs stay int8 (the C API), so a layer feeding them cannot be int16.
+the model's outputs stay int8 (the C API), so a layer feeding them cannot be int16. The model input
+may be int16 (`input=int16`: `<prefix>_run` then takes `const int16_t *`), e.g. for 16-bit sensor or
+audio samples whose small values int8 would round away.
 
 `run(graph, spec)` takes {layer name: bits} as given by `--precision name=int16`; the quantize
 pass reads the result through `tensor_bits`, and refuses a graph that breaks the rules above.
@@ -18,6 +20,7 @@ CHOOSABLE_OPS = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR, Op.ADD, Op.CONCAT)
 FOLLOW_OPS = (Op.RELU, Op.MAXPOOL2D, Op.AVGPOOL2D, Op.RESHAPE, Op.PAD)  # output type = input type
 INT8_INPUT_OPS = (Op.SOFTMAX, Op.LUT)
 BITS = (8, 16)
+INPUT = "input"  # the spec key for the model input
 
 
 def parse_spec(items: list[str] | None) -> dict[str, int]:
@@ -36,13 +39,16 @@ def parse_spec(items: list[str] | None) -> dict[str, int]:
 def run(graph: Graph, spec: dict[str, int] | None) -> Graph:
     by_name = {n.name: n for n in graph.nodes}
     for name, bits in (spec or {}).items():
-        node = by_name.get(name)
-        if node is None:
-            choices = ", ".join(n.name for n in graph.nodes if n.op in CHOOSABLE_OPS)
-            raise UserError(f"--precision names layer '{name}', which the model does not have; "
-                            f"layers whose precision can be set: {choices}")
         if bits not in BITS:
             raise UserError(f"--precision {name}={bits}: qgen supports int8 and int16 activations")
+        if name == INPUT:
+            graph.input_bits = bits
+            continue
+        node = by_name.get(name)
+        if node is None:
+            choices = ", ".join([INPUT] + [n.name for n in graph.nodes if n.op in CHOOSABLE_OPS])
+            raise UserError(f"--precision names layer '{name}', which the model does not have; "
+                            f"layers whose precision can be set: {choices}")
         if node.op in FOLLOW_OPS:
             src = graph.producer(node.inputs[0])
             raise UserError(f"{node.where()} keeps its input's type; set the precision on the layer that "
@@ -59,7 +65,7 @@ def run(graph: Graph, spec: dict[str, int] | None) -> Graph:
 
 def tensor_bits(graph: Graph) -> dict[str, int]:
     """Activation tensor -> 8 or 16, from each node's out_bits (FOLLOW_OPS inherit their input's)."""
-    bits = {name: 8 for name in graph.inputs}
+    bits = {name: graph.input_bits for name in graph.inputs}
     for node in graph.nodes:
         if node.op in FOLLOW_OPS:
             b = bits[node.inputs[0]]
@@ -84,6 +90,8 @@ def check_bits(graph: Graph, bits: dict[str, int]) -> None:
             raise UserError(f"{node.where()} has {fmt} weights, whose kernels take int8 activations only; "
                             "keep it and its producer int8, or store its weights dense")
     for out in graph.outputs:
+        if bits[out] == 16 and out in graph.inputs:
+            raise UserError("the model output is its input; it stays int8")
         if bits[out] == 16:
             raise UserError(f"model output %{out} would be int16, but model outputs are int8 (the C API); "
                             f"keep {_origin(graph, out)} int8")
@@ -97,16 +105,25 @@ def _origin(graph: Graph, tensor: str) -> str:
     return node.where() if node is not None else "the model input"
 
 
-def candidates(graph: Graph) -> list[Node]:
-    """Layers that can be raised to int16 on their own without breaking check_bits."""
+def candidates(graph: Graph) -> list[str]:
+    """Names ('input' or layers) that can be raised to int16 on their own without breaking check_bits."""
     result = []
+    if graph.input_bits == 8:
+        graph.input_bits = 16
+        try:
+            check_bits(graph, tensor_bits(graph))
+            result.append(INPUT)
+        except UserError:
+            pass
+        finally:
+            graph.input_bits = 8
     for node in graph.nodes:
         if node.op not in CHOOSABLE_OPS or node.attrs.get("out_bits", 8) == 16:
             continue
         node.attrs["out_bits"] = 16
         try:
             check_bits(graph, tensor_bits(graph))
-            result.append(node)
+            result.append(node.name)
         except UserError:
             pass
         finally:

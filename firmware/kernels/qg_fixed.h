@@ -67,17 +67,17 @@ static inline int32_t qg_requantize_wide(int64_t acc, int32_t shift, int32_t act
     return acc < act_min ? act_min : (acc > act_max ? act_max : (int32_t)acc);
 }
 
-/* float -> Q-format int8: floor(x * scale + 0.5) saturated, scale = 2^frac. Computed as
- * v = x*scale (exact), q = floor(v), q += (v - q >= 0.5): no double rounding. NaN gives -128. */
-static inline int8_t qg_quantize_f32(float x, float scale)
+/* float -> Q-format integer in [lo, hi]: floor(x * scale + 0.5) saturated, scale = 2^frac. Computed as
+ * v = x*scale (exact), q = floor(v), q += (v - q >= 0.5): no double rounding. NaN gives lo. */
+static inline int32_t qg_quantize_f32_range(float x, float scale, int32_t lo, int32_t hi)
 {
     float v = x * scale;
     int32_t q;
-    if (!(v >= -129.0f)) {
-        return -128;
+    if (!(v >= (float)lo - 1.0f)) {
+        return lo;
     }
-    if (v > 128.0f) {
-        return 127;
+    if (v > (float)hi + 1.0f) {
+        return hi;
     }
     q = (int32_t)v;
     if ((float)q > v) {
@@ -86,7 +86,17 @@ static inline int8_t qg_quantize_f32(float x, float scale)
     if (v - (float)q >= 0.5f) {
         q += 1;
     }
-    return (int8_t)qg_saturate(q, -128, 127);
+    return qg_saturate(q, lo, hi);
+}
+
+static inline int8_t qg_quantize_f32(float x, float scale)
+{
+    return (int8_t)qg_quantize_f32_range(x, scale, -128, 127);
+}
+
+static inline int16_t qg_quantize_f32_s16(float x, float scale)
+{
+    return (int16_t)qg_quantize_f32_range(x, scale, -32768, 32767);
 }
 
 #endif /* QG_FIXED_H */

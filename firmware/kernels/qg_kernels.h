@@ -8,7 +8,10 @@
  * qg_requantize_s8 (qg_fixed.h) using a per-output-channel shift and the fused activation bounds.
  * The reference for every kernel is codegen/reference.py; tests check C == reference byte for byte.
  *
- * Buffers: `in` and `out` never alias (the memory planner guarantees it), hence `restrict`.
+ * Buffers: `in` and `out` never alias (the memory planner guarantees it), hence `restrict` -- except
+ * that the dense int8 conv, depthwise and pooling kernels finish output pixels in increasing order,
+ * so the planner may start their `out` a proven distance below a dying `in` (overlapping in place,
+ * codegen/kernel_abi.py overlap_distance); those take `in`/`out` without `restrict`.
  * Scratch: kernels that want working memory (e.g. im2col) say how much through their
  * `*_buffer_size()` partner; the generator reserves it in the arena (4-byte aligned) and passes it
  * as `scratch` (NULL when the size is 0). codegen/kernel_abi.py mirrors every `*_buffer_size()`.
@@ -64,17 +67,17 @@ typedef struct {
     int8_t act_min, act_max;
 } qg_add_params_t;
 
-void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out,
                   int8_t *restrict scratch);
 int32_t qg_conv2d_s8_buffer_size(const qg_conv2d_params_t *p);
-void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out,
                             int8_t *restrict scratch);
 int32_t qg_depthwise_conv2d_s8_buffer_size(const qg_conv2d_params_t *p);
 void qg_fully_connected_s8(const qg_fully_connected_params_t *p, const int8_t *restrict in,
                            int8_t *restrict out, int8_t *restrict scratch);
 int32_t qg_fully_connected_s8_buffer_size(const qg_fully_connected_params_t *p);
-void qg_maxpool2d_s8(const qg_pool2d_params_t *p, const int8_t *restrict in, int8_t *restrict out);
-void qg_avgpool2d_s8(const qg_pool2d_params_t *p, const int8_t *restrict in, int8_t *restrict out);
+void qg_maxpool2d_s8(const qg_pool2d_params_t *p, const int8_t *in, int8_t *out);
+void qg_avgpool2d_s8(const qg_pool2d_params_t *p, const int8_t *in, int8_t *out);
 /* Element-wise kernels may run in place (out == an input): each output element is computed from the
  * same element of the inputs, read before it is written, so these take no `restrict`. */
 void qg_add_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out);
@@ -192,6 +195,8 @@ void qg_pad_s16(const qg_pad_params_t *p, const int16_t *restrict in, int16_t *r
 void qg_clamp_s16(int32_t size, int16_t lo, int16_t hi, const int16_t *in, int16_t *out);
 void qg_add_wide(const qg_add_wide_params_t *p, const void *a, const void *b, void *out);
 void qg_concat_wide(const qg_concat_wide_params_t *p, const void *const *inputs, void *restrict out);
+/* int16 model input (`--precision input=int16`): the float helper at the model boundary */
+void qg_quantize_chw_to_hwc_f32_s16(const float *in, int16_t *out, int32_t c, int32_t h, int32_t w, float scale);
 /* ---- end of int16 activations ---- */
 
 /* ---- compressed weight formats ----

@@ -255,3 +255,15 @@ void qg_concat_wide(const qg_concat_wide_params_t *p, const void *const *inputs,
         }
     }
 }
+
+void qg_quantize_chw_to_hwc_f32_s16(const float *in, int16_t *out, int32_t c, int32_t h, int32_t w, float scale)
+{
+    int32_t ci, y, x;
+    for (ci = 0; ci < c; ci++) {
+        for (y = 0; y < h; y++) {
+            for (x = 0; x < w; x++) {
+                out[(y * w + x) * c + ci] = qg_quantize_f32_s16(in[(ci * h + y) * w + x], scale);
+            }
+        }
+    }
+}

@@ -1,7 +1,7 @@
 /*
  * qgen firmware harness: run a generated model on input vectors read from the host.
  *
- * Reads qg_input.bin (N x HARNESS_INPUT_SIZE int8, N = file size / input size) from the directory
+ * Reads qg_input.bin (N x HARNESS_INPUT_SIZE values of HARNESS_INPUT_T, N = file size / input size) from the directory
  * the emulator runs in, calls HARNESS_RUN(in, out) once per vector between the instruction-count
  * markers, and writes the N x HARNESS_OUTPUT_SIZE int8 outputs to qg_output.bin. Exit status: 0 on
  * success, else one of HARNESS_EXIT_* (codegen/target.py maps them to messages).
@@ -31,7 +31,7 @@ enum {
 #define HARNESS_OUTPUT_FILE "qg_output.bin"
 
 /* Aligned so that kernels may use word (SIMD) loads on the model's input and output. */
-static int8_t input_i8[HARNESS_INPUT_SIZE] __attribute__((aligned(8)));
+static HARNESS_INPUT_T input_buf[HARNESS_INPUT_SIZE] __attribute__((aligned(8)));
 static int8_t output_i8[HARNESS_OUTPUT_SIZE] __attribute__((aligned(8)));
 
 static int fail(int code, const char *message)
@@ -45,11 +45,11 @@ static int fail(int code, const char *message)
 static int run_all(int in_handle, int out_handle, long n_vectors)
 {
     for (long i = 0; i < n_vectors; ++i) {
-        if (qg_semihost_read_all(in_handle, input_i8, sizeof input_i8) != 0) {
+        if (qg_semihost_read_all(in_handle, input_buf, sizeof input_buf) != 0) {
             return fail(HARNESS_EXIT_READ, "short read from " HARNESS_INPUT_FILE);
         }
         qg_count_begin();
-        const int status = HARNESS_RUN(input_i8, output_i8);
+        const int status = HARNESS_RUN(input_buf, output_i8);
         qg_count_end();
         if (status != 0) {
             return fail(HARNESS_EXIT_MODEL, "model run returned a nonzero status");
@@ -63,7 +63,7 @@ static int run_all(int in_handle, int out_handle, long n_vectors)
 
 int main(void)
 {
-    const long input_size = (long)sizeof input_i8;
+    const long input_size = (long)sizeof input_buf;
 #ifdef HARNESS_SET_TRACE
     HARNESS_SET_TRACE(qg_count_layer);
 #endif

@@ -43,7 +43,7 @@ def test_types_follow_through_pools_and_reshapes():
 
 
 @pytest.mark.parametrize("spec,message", [
-    ({"nope": 16}, "does not have; layers whose precision can be set: conv, conv2, add, fc"),
+    ({"nope": 16}, "does not have; layers whose precision can be set: input, conv, conv2, add, fc"),
     ({"pool": 16}, "keeps its input's type; set the precision on the layer that produces its input \\(conv\\)"),
     ({"fc": 16}, "softmax .* computes in int8 only .* keep linear 'fc'"),
     ({"softmax": 16}, "computes in int8 only"),
@@ -62,7 +62,7 @@ def test_model_outputs_stay_int8():
 
 
 def test_candidates_are_the_layers_that_can_be_raised_alone():
-    assert [n.name for n in candidates(_graph())] == ["conv", "conv2", "add"]
+    assert candidates(_graph()) == ["input", "conv", "conv2", "add"]
 
 
 def test_quantize_gives_int16_formats_and_wider_bounds():
