@@ -248,6 +248,8 @@ def specs(draw, lim: Limits = QUICK) -> dict:
         spec["taps"] = [draw(st.integers(0, len(layers) - (2 if AVOID_DUPLICATE_OUTPUTS else 1)))]
         if not tap_ok(spec):
             spec["taps"] = []
+    if draw(st.booleans()):  # mixed precision: a seeded random subset of layers at int16
+        spec["wide"] = draw(st.integers(0, 2**16))
     return spec
 
 
@@ -483,15 +485,18 @@ def calib_data(spec: dict) -> np.ndarray:
     return (x * 10.0 ** cal["exp"]).astype(np.float32)
 
 
-def int8_inputs(spec: dict, shape: tuple[int, ...], x_calib_i8: np.ndarray, n_random: int = 8) -> np.ndarray:
-    """All -128, all 127, alternating extremes (both phases), zeros, random int8, the quantised calibration."""
+def int8_inputs(spec: dict, shape: tuple[int, ...], x_calib_q: np.ndarray, n_random: int = 8) -> np.ndarray:
+    """All minimum, all maximum, alternating extremes (both phases), zeros, random values, the quantised
+    calibration: in the model's input type (int8, or int16 for a mixed-precision model's int16 input)."""
+    dtype = np.int16 if x_calib_q.dtype == np.int16 else np.int8
+    lo, hi = int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)
     size = math.prod(shape)
     rng = np.random.default_rng(spec["seed"] + 1)
-    alt = np.where(np.arange(size) % 2, 127, -128)
-    fixed = [np.full(size, -128), np.full(size, 127), alt, -1 - alt, np.zeros(size)]
-    rand = [rng.integers(-128, 128, size) for _ in range(n_random)]
-    x = np.stack(fixed + rand).astype(np.int8).reshape((-1, *shape))
-    return np.concatenate([x, x_calib_i8.astype(np.int8)])
+    alt = np.where(np.arange(size) % 2, hi, lo)
+    fixed = [np.full(size, lo), np.full(size, hi), alt, -1 - alt, np.zeros(size)]
+    rand = [rng.integers(lo, hi + 1, size) for _ in range(n_random)]
+    x = np.stack(fixed + rand).astype(dtype).reshape((-1, *shape))
+    return np.concatenate([x, x_calib_q.astype(dtype)])
 
 
 # ------------------------------------------------------------------------------------ the check
@@ -506,10 +511,12 @@ class Stats:
     ops: dict = field(default_factory=dict)  # IR op -> count
     refusals: dict = field(default_factory=dict)  # expected refusal -> count
     known_bugs: dict = field(default_factory=dict)  # KNOWN_BUGS key -> count
+    mixed: int = 0  # graphs also compiled and compared with a random subset of layers at int16
 
     def to_dict(self) -> dict:
         return {"graphs": self.graphs, "refused": self.refused, "inputs": self.inputs, "layers": self.layers,
-                "ops": dict(sorted(self.ops.items())), "refusals": self.refusals, "known_bugs": self.known_bugs}
+                "ops": dict(sorted(self.ops.items())), "refusals": self.refusals, "known_bugs": self.known_bugs,
+                "mixed_precision_graphs": self.mixed}
 
 
 STATS = Stats()
@@ -543,11 +550,25 @@ def check_spec(spec: dict, workdir: Path | None = None, stats: Stats = STATS) ->
         again = qcompile(build_model(spec), example, calib, prefix=PREFIX, command="qgen fuzz")
         for name, content in result.files.items():
             assert again.files[name] == content, f"compiling twice gave different {name}\n{where}"
+    n_inputs = _compare_sanitized(spec, result, calib, workdir / "model", where)
+    if spec.get("wide") is not None:
+        stats.mixed += _check_mixed_precision(spec, result, example, calib, workdir, where)
+    g = result.graph
+    stats.graphs += 1
+    stats.inputs += n_inputs
+    stats.layers += len(g.nodes)
+    for node in g.nodes:
+        stats.ops[node.op.value] = stats.ops.get(node.op.value, 0) + 1
+    return "ok"
+
+
+def _compare_sanitized(spec: dict, result, calib: np.ndarray, model_dir: Path, where: str) -> int:
+    """Sanitised C == reference on extreme, random and calibration inputs; returns how many inputs."""
     g = result.graph
     shape = g.tensors[g.inputs[0]].shape
     x = int8_inputs(spec, shape, np.concatenate([result.quantize_input(calib), result.quantize_input(calib * 8)]))
     expect = result.reference(x)
-    exe = build_sanitized(workdir / "model", workdir / "fz_asan")
+    exe = build_sanitized(model_dir, model_dir.parent / f"{model_dir.name}_asan")
     try:
         got = run_native(exe, x.reshape(len(x), -1), expect.shape[1])
     except RuntimeError as exc:  # a sanitizer report (or a failing status) ends the program
@@ -555,12 +576,27 @@ def check_spec(spec: dict, workdir: Path | None = None, stats: Stats = STATS) ->
     if not np.array_equal(got, expect):
         check = host_verify(g, result.host(), x)  # cffi build with the trace hook: first differing layer
         raise AssertionError(f"C != reference: {check}\n{where}\n{g}")
-    stats.graphs += 1
-    stats.inputs += len(x)
-    stats.layers += len(g.nodes)
-    for node in g.nodes:
-        stats.ops[node.op.value] = stats.ops.get(node.op.value, 0) + 1
-    return "ok"
+    return len(x)
+
+
+def _check_mixed_precision(spec: dict, result, example, calib: np.ndarray, workdir: Path, where: str) -> int:
+    """The same model with a seeded random subset of the eligible layers at int16 (int16 kernels)."""
+    from codegen.passes.assign_precision import candidates
+
+    rng = np.random.default_rng(spec["wide"])
+    names = sorted(set(candidates(result.float_graph)))
+    chosen = {name: 16 for name in names if rng.random() < 0.75}
+    if not chosen:
+        return 0
+    try:
+        wide = qcompile(build_model(spec), example, calib, prefix=PREFIX, out_dir=workdir / "wide",
+                        command="qgen fuzz", precision=chosen)
+    except UserError as exc:
+        assert any(m in str(exc) for m in EXPECTED_REFUSALS), f"unexpected refusal: {exc}\n{where}, {chosen}"
+        return 0
+    assert any(t.dtype == "int16" for t in wide.graph.tensors.values()), f"no int16 tensor\n{where}"
+    _compare_sanitized(spec, wide, calib, workdir / "wide", f"{where}, precision {chosen}")
+    return 1
 
 
 def build_sanitized(model_dir: Path, exe: Path) -> Path:
