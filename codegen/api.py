@@ -135,7 +135,8 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     extra_passes: (name, fn) float-IR passes run after folding/fusion and before calibration
         (compression: channel pruning, low-rank...), each verified like the built-in ones.
     calibration: how activation ranges are chosen: "minmax" (no calibration value saturates),
-        "percentile" (that percentile of |x|) or "mse" (the frac with the least squared error).
+        "percentile" (that percentile of |x|), "mse" (the frac with the least squared error) or "kl" (the
+        least KL divergence between the histogram and its quantised form, as TensorRT's entropy calibration).
     bias_correction: subtract each channel's mean quantisation error (measured on calib_data) from its bias.
     equalize: cross-layer equalisation by powers of two between consecutive conv/linear layers.
     precision: {layer name: 8 or 16}: layers whose output activations are int16 (mixed precision;

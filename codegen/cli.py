@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="build/model", help="output directory (written atomically)")
     c.add_argument("--prefix", default="model", help="C symbol prefix (a C identifier)")
     c.add_argument("--verify", action="store_true", help="compile the C for the host and check it is bit-exact")
-    c.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "mse"],
+    c.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "mse", "kl"],
                    help="how activation ranges are chosen (default minmax: no calibration value saturates)")
     c.add_argument("--percentile", type=float, default=99.99, help="for --calibration percentile")
     c.add_argument("--bias-correction", action="store_true", help="correct each channel's mean quantisation error")

@@ -10,6 +10,11 @@ a frac with fixed.frac_for_range (the one place ranges become formats). The meth
   values, rounding and saturation included (int8, the exact fixed.quantize rule). Candidates run from the
   min/max frac (no saturation) to 8 bits finer; ties go to the coarser frac. Stored as the effective
   max 127 * 2^-frac, which frac_for_range maps back to exactly that frac.
+- "kl": the frac whose int8 grid loses the least information, as TensorRT's entropy calibration: the
+  Kullback-Leibler divergence between the histogram of |x| below the format's limit with the clipped
+  values counted in its last bin, and the in-range histogram merged into the format's 128 levels and
+  spread back over each level's occupied bins (so clipping costs divergence). Same candidates and tie
+  rule as "mse".
 
 percentile/mse work on a sample of each tensor's values: every value when a tensor has at most
 SAMPLE_SIZE values over the calibration set, else a seeded uniform random sample of about that many
@@ -28,7 +33,8 @@ from ..ir import Graph
 from ..reference import run_float, to_qgen_layout
 from .assign_precision import tensor_bits
 
-METHODS = ("minmax", "percentile", "mse")
+METHODS = ("minmax", "percentile", "mse", "kl")
+KL_BINS = 1 << 15  # histogram bins over [0, max|x|]: >= 128 bins below the finest candidate's limit
 SAMPLE_SIZE = 1 << 18
 MSE_FRAC_SEARCH = 8  # how many bits finer than min/max the MSE search may go
 ACT_BITS = 8
@@ -78,7 +84,35 @@ def effective_max(values: np.ndarray, top: float, method: str, percentile: float
     if method == "percentile":
         p = float(np.percentile(np.abs(values), percentile))
         return p if p > 0.0 else top
+    if method == "kl":
+        return 127.0 * 2.0 ** -kl_frac(values, top)
     return 127.0 * 2.0 ** -mse_frac(values, top)
+
+
+def kl_frac(values: np.ndarray, top: float, bits: int = ACT_BITS) -> int:
+    """The frac whose quantisation grid keeps the |x| histogram closest in KL divergence (see module doc)."""
+    base = frac_for_range(top, bits)
+    levels = (1 << (bits - 1)) - 1
+    width = top / KL_BINS
+    hist = np.histogram(np.abs(values), bins=KL_BINS, range=(0.0, top))[0].astype(np.float64)
+    centers = (np.arange(KL_BINS) + 0.5) * width
+    best, best_kl = base, np.inf
+    for frac in range(base, base + MSE_FRAC_SEARCH + 1):
+        step = 2.0 ** -frac
+        n = min(KL_BINS, max(1, int(np.ceil((levels + 0.5) * step / width))))  # bins below the limit
+        inside = hist[:n]
+        p = inside.copy()
+        p[-1] += hist[n:].sum()  # the reference keeps the clipped values (on the last bin) ...
+        group = np.minimum(np.floor(centers[:n] / step + 0.5), levels).astype(np.int64)
+        mass = np.bincount(group, weights=inside, minlength=levels + 1)  # ... the quantised one loses them
+        occupied = np.bincount(group, weights=(inside > 0).astype(np.float64), minlength=levels + 1)
+        q = np.where(inside > 0, mass[group] / np.maximum(occupied[group], 1.0), 0.0)
+        q[-1] = max(q[-1], 1e-12 * p.sum())  # clipped mass with no in-range partner: a large, finite KL
+        nz = p > 0
+        kl = float(np.sum(p[nz] * np.log((p[nz] / p.sum()) / (q[nz] / q.sum()))) / p.sum())
+        if kl < best_kl - 1e-12:  # strict: ties keep the coarser (less saturating) frac
+            best, best_kl = frac, kl
+    return best
 
 
 def mse_frac(values: np.ndarray, top: float, bits: int = ACT_BITS) -> int:

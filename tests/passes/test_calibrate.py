@@ -35,7 +35,7 @@ def test_bad_calibration_data(data, match):
 # ------------------------------------------------------------------ calibration methods (issue 8)
 
 
-METHODS = ["minmax", "percentile", "mse"]
+METHODS = ["minmax", "percentile", "mse", "kl"]
 
 
 def _linear_graph():
@@ -97,6 +97,18 @@ def test_methods_are_deterministic_on_large_tensors(monkeypatch):
     assert a == b
 
 
+def test_kl_clips_a_lone_outlier_but_keeps_a_uniform_range():
+    rng = np.random.default_rng(0)
+    heavy = np.concatenate([rng.laplace(size=50000), [40.0]])
+    top = float(np.abs(heavy).max())
+    assert calibrate.kl_frac(heavy, top) >= frac_for_range(top) + 2  # the outlier saturates
+    uniform = rng.uniform(-1, 1, 50000)
+    assert calibrate.kl_frac(uniform, 1.0) == frac_for_range(1.0)  # every level is used: no clipping
+    relu = np.maximum(rng.standard_normal(50000), 0.0)  # half exact zeros must not pull it to tiny ranges
+    assert calibrate.kl_frac(relu, float(relu.max())) <= frac_for_range(float(relu.max())) + 2
+    assert frac_for_range(calibrate.effective_max(heavy, top, "kl")) == calibrate.kl_frac(heavy, top)
+
+
 @pytest.mark.filterwarnings("ignore:overflow")
 def test_nan_inside_the_model_is_a_clear_error():
     model = nn.Sequential(nn.Linear(6, 3))
@@ -109,7 +121,7 @@ def test_nan_inside_the_model_is_a_clear_error():
 
 
 def test_unknown_method_and_bad_percentile():
-    with pytest.raises(UserError, match="minmax, percentile, mse"):
-        calibrate.run(_graph(), np.zeros((1, 1, 5, 5)), method="kl")
+    with pytest.raises(UserError, match="minmax, percentile, mse, kl"):
+        calibrate.run(_graph(), np.zeros((1, 1, 5, 5)), method="entropy")
     with pytest.raises(UserError, match="percentile 0"):
         calibrate.run(_graph(), np.zeros((1, 1, 5, 5)), method="percentile", percentile=0)
