@@ -92,7 +92,7 @@ def test_int16_input_keeps_small_signals():
         return sqnr_db(ref, got)
 
     assert quiet_sqnr(r16) > quiet_sqnr(r8) + 20.0
-    assert "typedef int16_t model_input_t;" in r16.files["model_model.h"]
+    assert "#define MODEL_INPUT_TYPE int16_t\ntypedef MODEL_INPUT_TYPE model_input_t;" in r16.files["model_model.h"]
     assert "int model_run(const model_input_t *in, int8_t *out);" in r16.files["model_model.h"]
     host = r16.host()
     assert host.input_dtype == np.int16
