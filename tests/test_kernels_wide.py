@@ -196,3 +196,49 @@ def test_wide_kernels_clean_under_sanitizers(rng, tmp_path):
     x = edge_inputs(rng, shape)
     expect = reference_outputs(g, run_int(g, x))
     assert np.array_equal(run_native(exe, x.reshape(len(x), -1), expect.shape[1]), expect)
+
+
+def _firmware_chains(rng) -> list[tuple[str, Graph, tuple]]:
+    """Chains whose dot products hit every DSP tail: runs of length % 4 = 0..3, int32 and int64."""
+    chains = []
+    c = Chain((7, 9, 3), rng)  # conv runs (kx1 - kx0) * in_c: 9, 6, 3 (clipped) and 15 / 10 / 5
+    c.weighted(Op.CONV2D, 16, 5, (3, 3), (1, 1), (1, 1, 1, 1), shifts=(-2, 8))
+    c.weighted(Op.CONV2D, 16, 6, (3, 3), (2, 1), (1, 1, 1, 1), w_max=8, shifts=(3, 10))
+    c.weighted(Op.DEPTHWISE_CONV2D, 16, 12, (3, 3), (1, 1), (1, 1, 1, 1), shifts=(4, 9))
+    c.weighted(Op.CONV2D, 8, 4, (1, 1), (1, 1), (0, 0, 0, 0), w_max=8, shifts=(8, 18))
+    chains.append(("conv", c.graph(), (7, 9, 3)))
+    v = Chain((37,), rng)
+    v.weighted(Op.LINEAR, 16, 1003, shifts=(-3, 6))  # 1003 = 4 * 250 + 3
+    v.tensors["w0"].data = np.abs(v.tensors["w0"].data.astype(np.int64)).clip(1, 127).astype(np.int8)
+    v.nodes[0].attrs["shift"] = [-8] * 1003
+    v.tensors["b0"].data[:] = 0
+    # all-extreme inputs saturate the 1003 int16 values; weights 64..127 then overflow an int32
+    # accumulator (SMLALD on DSP cores), and shifts 17..19 keep the sums from saturating the output
+    v.weighted(Op.LINEAR, 16, 33, acc64=True, shifts=(17, 20))
+    v.tensors["w1"].data = rng.integers(64, 128, v.tensors["w1"].data.shape).astype(np.int8)
+    v.weighted(Op.LINEAR, 8, 7, shifts=(8, 16))
+    chains.append(("fc", v.graph(), (37,)))
+    return chains
+
+
+@pytest.mark.skipif(bool(__import__("codegen.target", fromlist=["missing_tools"]).missing_tools()),
+                    reason="needs arm-none-eabi-gcc and qemu-system-arm (scripts/setup.sh installs them)")
+@pytest.mark.parametrize("board", ["rp2040", "mps2-an386", "mps2-an500"])  # M0+ plain C, M4 and M7 DSP
+def test_wide_kernels_bit_exact_on_cortex_m(board, rng, tmp_path):
+    from codegen.emit.c import render, write_atomic
+    from codegen.target import build_elf, build_plugin, run_qemu
+
+    plugin = build_plugin()
+    for name, g, shape in _firmware_chains(rng):
+        out = tmp_path / name / "model"
+        write_atomic(render(g, "kw", ["test"]), out)
+        x = edge_inputs(rng, shape, n_random=3)
+        expect = reference_outputs(g, run_int(g, x))
+        sources = [out / "kw_model.c", out / "kw_weights.c", *sorted((out / "kernels").glob("*.c"))]
+        elf = build_elf(board, sources, [out, out / "kernels"], "kw", tmp_path / name / "build",
+                        extra_cflags=("-std=c99", "-Werror", "-Wconversion"))
+        got = run_qemu(board, elf, x.reshape(len(x), -1), expect.shape[1], plugin=plugin).outputs
+        assert np.array_equal(got, expect), f"{board} {name}: target != reference"
+        if name == "fc":
+            t1 = run_int(g, x)["t1"]
+            assert np.abs(t1).max() < 32767 and np.abs(t1).max() > 2**31 >> 19, "int64 sums must reach the output"

@@ -6,6 +6,69 @@
  * int64 otherwise. Windows are clipped to the image once per output pixel, so padding costs nothing
  * in the inner loop, which walks (k_w * in_c) contiguous values per kernel row (channels-last). */
 #include "qg_kernels.h"
+#include "qg_simd.h"
+
+/* acc + sum x[i] * w[i], one function per (activation type, accumulator type). The int16 ones use
+ * the DSP extension where the core has it: four products in two SMLAD (SMLALD for int64), the int8
+ * weights unpacked with SXTB16 to (w0, w2), (w1, w3) and re-paired to (w0, w1), (w2, w3) (PKHBT /
+ * PKHTB) to match int16 activations loaded two per word. */
+#if QG_DSP
+static inline void unpack_s8x4_pairs(const int8_t *w, int32_t *w01, int32_t *w23)
+{
+    const int32_t v = qg_load_s8x4(w);
+    const uint32_t w02 = (uint32_t)qg_sxtb16(v), w13 = (uint32_t)qg_sxtb16_ror8(v);
+    *w01 = (int32_t)((w02 & 0xFFFFu) | (w13 << 16));
+    *w23 = (int32_t)((w13 & 0xFFFF0000u) | (w02 >> 16));
+}
+#endif
+
+static inline int32_t dot_int16_t_int32_t(const int16_t *x, const int8_t *w, int32_t n, int32_t acc)
+{
+    int32_t i = 0;
+#if QG_DSP
+    for (; i + 3 < n; i += 4) {
+        int32_t w01, w23;
+        unpack_s8x4_pairs(w + i, &w01, &w23);
+        acc = __smlad(qg_load_s16x2(x + i), w01, acc);
+        acc = __smlad(qg_load_s16x2(x + i + 2), w23, acc);
+    }
+#endif
+    for (; i < n; i++) {
+        acc += x[i] * w[i];
+    }
+    return acc;
+}
+
+static inline int64_t dot_int16_t_int64_t(const int16_t *x, const int8_t *w, int32_t n, int64_t acc)
+{
+    int32_t i = 0;
+#if QG_DSP
+    for (; i + 3 < n; i += 4) {
+        int32_t w01, w23;
+        unpack_s8x4_pairs(w + i, &w01, &w23);
+        acc = __smlald(qg_load_s16x2(x + i), w01, acc);
+        acc = __smlald(qg_load_s16x2(x + i + 2), w23, acc);
+    }
+#endif
+    for (; i < n; i++) {
+        acc += (int64_t)x[i] * w[i];
+    }
+    return acc;
+}
+
+static inline int32_t dot_int8_t_int32_t(const int8_t *x, const int8_t *w, int32_t n, int32_t acc)
+{
+    int32_t i;
+    for (i = 0; i < n; i++) {
+        acc += x[i] * w[i];
+    }
+    return acc;
+}
+
+static inline int64_t dot_int8_t_int64_t(const int8_t *x, const int8_t *w, int32_t n, int64_t acc)
+{
+    return acc + dot_int8_t_int32_t(x, w, n, 0); /* int8 input is never given an int64 accumulator */
+}
 
 /* The taps of a window that fall inside the image: [k0, k1) along one axis, for origin i0. */
 #define QG_CLIP(i0, k, size, k0, k1) \
@@ -15,7 +78,7 @@
     static void NAME(const qg_conv2d_wide_params_t *p, const IN_T *restrict in, OUT_T *restrict out)         \
     {                                                                                                        \
         const int32_t in_w = p->in_w, in_c = p->in_c, out_c = p->out_c, k_h = p->k_h, k_w = p->k_w;          \
-        int32_t oy, ox, oc, ky, i, ky0, ky1, kx0, kx1;                                                       \
+        int32_t oy, ox, oc, ky, ky0, ky1, kx0, kx1;                                                          \
         for (oy = 0; oy < p->out_h; oy++) {                                                                  \
             const int32_t iy0 = oy * p->stride_h - p->pad_top;                                               \
             QG_CLIP(iy0, k_h, (int32_t)p->in_h, ky0, ky1);                                                   \
@@ -29,9 +92,7 @@
                     for (ky = ky0; ky < ky1; ky++) {                                                         \
                         const IN_T *x = in + ((iy0 + ky) * in_w + ix0 + kx0) * in_c;                         \
                         const int8_t *w = p->weights + ((oc * k_h + ky) * k_w + kx0) * in_c;                 \
-                        for (i = 0; i < run; i++) {                                                          \
-                            acc += (ACC_T)x[i] * w[i];                                                       \
-                        }                                                                                    \
+                        acc = dot_##IN_T##_##ACC_T(x, w, run, acc);                                          \
                     }                                                                                        \
                     out[oc] = (OUT_T)qg_requantize_wide(acc, p->shift[oc], p->act_min, p->act_max);          \
                 }                                                                                            \
@@ -72,13 +133,10 @@
     static void NAME(const qg_fully_connected_wide_params_t *p, const IN_T *restrict in, OUT_T *restrict out) \
     {                                                                                                        \
         const int32_t n_in = p->in_features;                                                                 \
-        int32_t o, i;                                                                                        \
+        int32_t o;                                                                                           \
         for (o = 0; o < p->out_features; o++) {                                                              \
             const int8_t *w = p->weights + o * n_in;                                                         \
-            ACC_T acc = p->bias[o];                                                                          \
-            for (i = 0; i < n_in; i++) {                                                                     \
-                acc += (ACC_T)in[i] * w[i];                                                                  \
-            }                                                                                                \
+            const ACC_T acc = dot_##IN_T##_##ACC_T(in, w, n_in, p->bias[o]);                                \
             out[o] = (OUT_T)qg_requantize_wide(acc, p->shift[o], p->act_min, p->act_max);                    \
         }                                                                                                    \
     }
