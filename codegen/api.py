@@ -24,7 +24,6 @@ from .frontend import from_exported_program, from_module, load_model
 from .hostcheck import HostModel, VerifyResult
 from .hostcheck import verify as host_verify
 from .ir import Graph
-from .passes import bias_correction as bias_correction_pass
 from .passes import (
     assign_precision,
     calibrate,
@@ -36,6 +35,7 @@ from .passes import (
     run_pipeline,
     separate_outputs,
 )
+from .passes import bias_correction as bias_correction_pass
 from .passes import equalize as equalize_pass
 from .reference import quantize_input, run_int, to_qgen_layout, to_torch_layout
 

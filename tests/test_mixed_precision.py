@@ -14,8 +14,8 @@ from models import MLP, GlobalPoolNet, SequenceNet, make_residual
 
 from codegen import compile as qcompile
 from codegen import deploy
-from codegen.hostcheck import SANITIZE_FLAGS, build_native, run_native, verify
 from codegen.fixed import dequantize
+from codegen.hostcheck import SANITIZE_FLAGS, build_native, run_native, verify
 from codegen.passes.assign_precision import candidates
 from codegen.reference import run_float, run_int
 from codegen.report import sqnr_db

@@ -269,12 +269,14 @@ class _Builder:
         if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR):
             weights = self.const_tensor(sym, n.inputs[1], "weights")
             bias = self.const_tensor(sym, n.inputs[2], "bias")
-            shift = self.array(f"{sym}_shift", np.array(n.attrs["shift"]), "int8", "requantisation shift per output channel")
+            shift = self.array(f"{sym}_shift", np.array(n.attrs["shift"]), "int8",
+                               "requantisation shift per output channel")
             tail = [("acc64", int(bool(n.attrs.get("acc64")))), *act, ("weights", weights), ("bias", bias),
                     ("shift", shift)]
             if n.op is Op.LINEAR:
                 o, i = g.tensors[n.inputs[1]].shape
-                struct_type, fields = "qg_fully_connected_wide_params_t", [("in_features", i), ("out_features", o), *tail]
+                struct_type = "qg_fully_connected_wide_params_t"
+                fields = [("in_features", i), ("out_features", o), *tail]
                 fn = f"qg_fully_connected_{suffix}"
             else:
                 h, w, c = g.tensors[xs[0]].shape
@@ -296,7 +298,8 @@ class _Builder:
                       ("stride_h", n.attrs["stride"][0]), ("stride_w", n.attrs["stride"][1]),
                       ("pad_top", n.attrs["padding"][0]), ("pad_left", n.attrs["padding"][1]),
                       ("act_min", n.attrs.get("act_min", -32768)), ("act_max", n.attrs.get("act_max", 32767)),
-                      ("avg_mult", n.attrs["avg_mult"] if avg else 0), ("avg_shift", n.attrs["avg_shift"] if avg else 0)]
+                      ("avg_mult", n.attrs["avg_mult"] if avg else 0),
+                      ("avg_shift", n.attrs["avg_shift"] if avg else 0)]
             fn = "qg_avgpool2d_s16" if avg else "qg_maxpool2d_s16"
             return "qg_pool2d_s16_params_t", fields, f"{fn}(&{struct_name}, {ins[0]}, {out_expr});"
         if n.op is Op.RELU:
@@ -315,13 +318,15 @@ class _Builder:
             fields = [("size", g.tensors[out].size), ("a_bits", bits[xs[0]]), ("b_bits", bits[xs[1]]),
                       ("out_bits", bits[out]), ("shift_a", n.attrs["shift_a"]), ("shift_b", n.attrs["shift_b"]),
                       ("shift", n.attrs["shift"]), *act]
-            return "qg_add_wide_params_t", fields, f"qg_add_wide(&{struct_name}, {raw[0]}, {raw[1]}, {self.buffer(out)});"
+            call = f"qg_add_wide(&{struct_name}, {raw[0]}, {raw[1]}, {self.buffer(out)});"
+            return "qg_add_wide_params_t", fields, call
         if n.op is Op.CONCAT:
             shape, axis = g.tensors[out].shape, n.attrs["axis"]
             inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
             blocks = [g.tensors[t].shape[axis] * inner for t in xs]
             block_arr = self.array(f"{sym}_block_size", np.array(blocks), "int32", "elements per input block")
-            shift_arr = self.array(f"{sym}_shift", np.array(n.attrs["shifts"]), "int8", "requantisation shift per input")
+            shift_arr = self.array(f"{sym}_shift", np.array(n.attrs["shifts"]), "int8",
+                                   "requantisation shift per input")
             bits_arr = self.array(f"{sym}_in_bits", np.array([bits[t] for t in xs]), "uint8", "bits per input")
             fields = [("n_inputs", len(xs)), ("outer", int(np.prod(shape[:axis], dtype=np.int64))),
                       ("out_block", sum(blocks)), ("block_size", block_arr), ("shift", shift_arr),
