@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-METHODS = ("minmax", "percentile", "mse")
+METHODS = ("minmax", "percentile", "mse", "kl")
 QAT_SEEDS = (0, 1, 2)
 EQUALIZE_RESCALED = [0]  # channels the last equalize run rescaled (counted through the biases)
 
@@ -71,6 +71,7 @@ class Row:
     agreement: float  # int8 argmax == float argmax
     out_sqnr: float
     layer_sqnr: list[tuple[str, float]] = field(default_factory=list)
+    arena: int = 0  # bytes of the planned activation arena (int16 layers cost RAM)
 
 
 def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
@@ -79,6 +80,7 @@ def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
 
 def _evaluate(config: str, graph, float_graph, x_te, y_te, float_logits) -> Row:
     from codegen.fixed import dequantize
+    from codegen.passes import plan_memory
     from codegen.reference import quantize_input, run_float, run_int, to_qgen_layout
     from codegen.report import sqnr_db
 
@@ -91,15 +93,20 @@ def _evaluate(config: str, graph, float_graph, x_te, y_te, float_logits) -> Row:
         layers.append((f"{node.name} {node.op.value}", sqnr_db(fvals[t], dequantize(ivals[t], graph.tensors[t].qformat))))
     out = graph.outputs[0]
     logits = dequantize(ivals[out], graph.tensors[out].qformat)
+    arena = plan_memory.run(copy.deepcopy(graph)).arena_size
     return Row(config, _accuracy(float_logits, y_te), _accuracy(logits, y_te),
-               float((logits.argmax(1) == float_logits.argmax(1)).mean()), layers[-1][1], layers)
+               float((logits.argmax(1) == float_logits.argmax(1)).mean()), layers[-1][1], layers, arena)
 
 
-def ptq(model, example, x_cal, method: str, bias_correction: bool, equalize: bool):
-    """The compile pipeline up to the quantised IR, with the issue-8 options (mirrors api.compile)."""
+def ptq(model, example, x_cal, method: str, bias_correction: bool, equalize: bool, precision=None, auto=None):
+    """The compile pipeline up to the quantised IR, with the issue-8 options (mirrors api.compile).
+
+    precision: {layer: 16} or "all" (every eligible layer and the input); auto: (x_val, y_val, max_drop)
+    for codegen.precision.search. Returns (graph, float_graph, the int16 layers)."""
+    from codegen import precision as precision_mod
     from codegen.frontend import from_module
+    from codegen.passes import assign_precision, calibrate, fold_bn, fold_pad, fuse_activation, quantize, run_pipeline
     from codegen.passes import bias_correction as bc_pass
-    from codegen.passes import calibrate, fold_bn, fold_pad, fuse_activation, quantize, run_pipeline
     from codegen.passes import equalize as eq_pass
 
     passes = [("fold_pad", fold_pad.run), ("fold_bn", fold_bn.run), ("fuse_activation", fuse_activation.run)]
@@ -113,11 +120,19 @@ def ptq(model, example, x_cal, method: str, bias_correction: bool, equalize: boo
         passes.append(("equalize", equalize_counting))
     passes.append(("calibrate", lambda g: calibrate.run(g, x_cal, method=method)))
     graph = run_pipeline(from_module(model, example), passes)
+    if precision == "all":
+        precision = {name: 16 for name in assign_precision.candidates(copy.deepcopy(graph))}
+    if auto is not None:
+        x_val, y_val, max_drop = auto
+        precision = precision_mod.search(graph, x_val, y_val, max_drop, x_cal).spec
+    if precision:
+        graph = run_pipeline(graph, [("assign_precision", lambda g: assign_precision.run(g, precision)),
+                                     ("calibrate", lambda g: calibrate.run(g, x_cal, method=method))])
     float_graph = copy.deepcopy(graph)
     post = [("quantize", quantize.run)]
     if bias_correction:
         post.append(("bias_correction", lambda g: bc_pass.run(g, float_graph, x_cal)))
-    return run_pipeline(graph, post), float_graph
+    return run_pipeline(graph, post), float_graph, sorted(precision or {})
 
 
 def run_task(name: str, model, data, qat_epochs: int, qat_lr: float, log) -> dict:
@@ -134,11 +149,20 @@ def run_task(name: str, model, data, qat_epochs: int, qat_lr: float, log) -> dic
         for bc in (False, True):
             for eq in (False, True):
                 t0 = time.perf_counter()
-                graph, fgraph = ptq(model, example, x_tr, method, bc, eq)
+                graph, fgraph, _ = ptq(model, example, x_tr, method, bc, eq)
                 config = method + (" + bias corr." if bc else "") + (" + equalize" if eq else "")
                 rows.append(_evaluate(config, graph, fgraph, x_te, y_te, float_logits))
                 log(f"{name}: {config:40s} int8 {rows[-1].int8_acc:.4f} ({time.perf_counter() - t0:.1f} s)")
     rescaled = EQUALIZE_RESCALED[0]
+    n_val = len(x_tr) // 5  # the auto-precision search measures on a validation split, never on test
+    for label, kwargs in (("int16 input", {"precision": {"input": 16}}),
+                          ("auto precision <= 0.5 pt", {"auto": (x_tr[-n_val:], y_tr[-n_val:], 0.5)}),
+                          ("every layer int16", {"precision": "all"})):
+        t0 = time.perf_counter()
+        graph, fgraph, wide = ptq(model, example, x_tr, "minmax", False, False, **kwargs)
+        config = f"minmax + {label}" + (f" ({', '.join(wide) or 'none: int8 meets it'})" if "auto" in kwargs else "")
+        rows.append(_evaluate(config, graph, fgraph, x_te, y_te, float_logits))
+        log(f"{name}: {config:40s} acc {rows[-1].int8_acc:.4f} ({time.perf_counter() - t0:.1f} s)")
     exact_total = [0, 0]
     for seed in QAT_SEEDS:  # the shuffling seed: QAT accuracy varies by a few test images between runs
         t0 = time.perf_counter()
@@ -169,23 +193,30 @@ def to_markdown(tasks: list[dict], command: str) -> str:
             "reference (`run_int`, which the generated C matches byte for byte). Calibration on the train "
             "split, accuracy and SQNR on the test split."), "",
            ("- **calibration**: `minmax` = largest |x| (nothing saturates); `percentile` = 99.99th percentile "
-            "of |x|; `mse` = the frac minimising the squared error incl. saturation (codegen/passes/calibrate.py)."),
+            "of |x|; `mse` = the frac minimising the squared error incl. saturation; `kl` = the frac minimising the "
+            "KL divergence of the |x| histogram, as TensorRT's entropy calibration (codegen/passes/calibrate.py)."),
            ("- **bias corr.**: per-channel mean accumulator error on the calibration set removed from the int32 "
             "bias (codegen/passes/bias_correction.py). **equalize**: power-of-two cross-layer scaling "
             "(codegen/passes/equalize.py)."),
            ("- **QAT**: `codegen.qat.prepare` (BN folded, activation formats frozen from `mse` calibration), "
             "fine-tuned with Adam + cosine LR through the exact fake quantisation, then `codegen.qat.compile`. "
             "Its drop / agree columns compare with the original float model (QAT moves the weights)."),
-           "- **agree**: int8 top-1 == float top-1. **out SQNR**: float logits vs dequantised int8 logits.", ""]
+           ("- **mixed precision** (codegen/passes/assign_precision.py, codegen/precision.py): int16 activations "
+            "with int8 weights (flash unchanged, RAM = arena B). `int16 input`: the model input only; `auto "
+            "precision`: the greedy search on the last fifth of the train split (labels), bound 0.5 pt, layers "
+            "chosen in brackets; `every layer int16`: every eligible tensor (model outputs and LUT/softmax "
+            "inputs stay int8)."),
+           "- **agree**: int top-1 == float top-1. **out SQNR**: float logits vs dequantised integer logits.", ""]
     out += _targets(tasks)
     for task in tasks:
         out += [(f"## {task['name']} ({task['train']} train / {task['test']} test; float accuracy "
                  f"{task['float_acc']:.2%})"), "",
-                "| configuration | int8 acc | drop vs float (pt) | agree | out SQNR (dB) | min layer SQNR (dB) |",
-                "|---|---:|---:|---:|---:|---:|"]
+                "| configuration | int acc | drop vs float (pt) | agree | out SQNR (dB) | min layer SQNR (dB) | arena B |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
         for r in task["rows"]:
             out.append(f"| {r.config} | {r.int8_acc:.2%} | {100 * (r.float_acc - r.int8_acc):+.2f} | "
-                       f"{r.agreement:.2%} | {_db(r.out_sqnr)} | {_db(min(s for _, s in r.layer_sqnr))} |")
+                       f"{r.agreement:.2%} | {_db(r.out_sqnr)} | {_db(min(s for _, s in r.layer_sqnr))} | "
+                       f"{r.arena:,} |")
         exact, total = task["qat_exact"]
         out += ["", (f"QAT models in eval mode == integer reference of their compiled C: {exact}/{total} output "
                      "elements identical."),
@@ -204,7 +235,7 @@ def to_markdown(tasks: list[dict], command: str) -> str:
 
 def _picks(task: dict) -> list[Row]:
     return [r for r in task["rows"] if (" + " not in r.config and not r.config.startswith("QAT seed"))
-            or r.config == "mse + bias corr." or r.config.startswith("QAT seed 0")]
+            or r.config in ("mse + bias corr.", "minmax + every layer int16") or r.config.startswith("QAT seed 0")]
 
 
 def _targets(tasks: list[dict]) -> list[str]:
