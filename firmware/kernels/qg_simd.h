@@ -81,6 +81,21 @@ static inline int32_t qg_sxtb16_ror8(int32_t v)
     __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
     return r;
 }
+
+/* (lo.lo, hi.lo) and (lo.hi, hi.hi) as int16 pairs: PKHBT / PKHTB (GCC 12 does not form them from C). */
+static inline int32_t qg_pkhbt(int32_t lo, int32_t hi)
+{
+    int32_t r;
+    __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(lo), "r"(hi));
+    return r;
+}
+
+static inline int32_t qg_pkhtb(int32_t hi, int32_t lo)
+{
+    int32_t r;
+    __asm__("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(hi), "r"(lo));
+    return r;
+}
 #endif
 
 /* Requantisation for shift >= 1, given shift - 1: the same int8 as qg_requantize_s8.

@@ -12,17 +12,24 @@
  * the DSP extension where the core has it: four products in two SMLAD (SMLALD for int64), the int8
  * weights unpacked with SXTB16 to (w0, w2), (w1, w3) and re-paired to (w0, w1), (w2, w3) (PKHBT /
  * PKHTB) to match int16 activations loaded two per word. */
+#if QG_DSP && (defined(__GNUC__) || defined(__clang__))
+/* Out of line: inlined into the conv loops, the pairs spill to the stack inside the inner loop. */
+#define QG_DOT_LINKAGE static __attribute__((noinline))
+#else
+#define QG_DOT_LINKAGE static inline
+#endif
+
 #if QG_DSP
 static inline void unpack_s8x4_pairs(const int8_t *w, int32_t *w01, int32_t *w23)
 {
     const int32_t v = qg_load_s8x4(w);
-    const uint32_t w02 = (uint32_t)qg_sxtb16(v), w13 = (uint32_t)qg_sxtb16_ror8(v);
-    *w01 = (int32_t)((w02 & 0xFFFFu) | (w13 << 16));
-    *w23 = (int32_t)((w13 & 0xFFFF0000u) | (w02 >> 16));
+    const int32_t w02 = qg_sxtb16(v), w13 = qg_sxtb16_ror8(v);
+    *w01 = qg_pkhbt(w02, w13);
+    *w23 = qg_pkhtb(w13, w02);
 }
 #endif
 
-static inline int32_t dot_int16_t_int32_t(const int16_t *x, const int8_t *w, int32_t n, int32_t acc)
+QG_DOT_LINKAGE int32_t dot_int16_t_int32_t(const int16_t *x, const int8_t *w, int32_t n, int32_t acc)
 {
     int32_t i = 0;
 #if QG_DSP
@@ -39,7 +46,7 @@ static inline int32_t dot_int16_t_int32_t(const int16_t *x, const int8_t *w, int
     return acc;
 }
 
-static inline int64_t dot_int16_t_int64_t(const int16_t *x, const int8_t *w, int32_t n, int64_t acc)
+QG_DOT_LINKAGE int64_t dot_int16_t_int64_t(const int16_t *x, const int8_t *w, int32_t n, int64_t acc)
 {
     int32_t i = 0;
 #if QG_DSP
