@@ -9,11 +9,13 @@ per-op models of test_micropython on extreme and random inputs, and must equal t
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,6 +233,21 @@ def test_cli_natmod_without_source_writes_the_project(tmp_path, monkeypatch, cap
                                                                       "modtiny.c", "tiny_model.c"}
 
 
+def test_build_natmod_names_the_missing_archive_reader(tmp_path, monkeypatch):
+    """armv6m/armv7m link libgcc through MicroPython's ar_util.py, which needs the `ar` package."""
+    from codegen.emit.mpy_native import build_natmod
+    from codegen.errors import UserError
+
+    pytest.importorskip("elftools")
+    (tmp_path / "mpy-cross" / "build").mkdir(parents=True)
+    (tmp_path / "mpy-cross" / "build" / "mpy-cross").write_text("")
+    out = tmp_path / "nm"
+    write_atomic(render_native(_digits_like_graph(), "tiny", BANNER, "natmod", "armv6m"), out)
+    monkeypatch.setitem(sys.modules, "ar", None)  # import ar -> ImportError
+    with pytest.raises(UserError, match=r"armv6m natmod links libgcc .* pip install ar"):
+        build_natmod(out, tmp_path)
+
+
 def test_rejects_unknown_arch():
     from codegen.errors import UserError
 
@@ -250,6 +267,7 @@ class Case:
     x_f32: np.ndarray | None
     want: np.ndarray
     want_f: np.ndarray | None
+    pure: bool = True  # the pure module implements it too (int8 activations only)
 
 
 def micropython_src() -> Path:
@@ -264,6 +282,7 @@ def micropython_src() -> Path:
     return root
 
 
+@functools.cache  # shared by the natmod test modules of one session (read-only)
 def _cases() -> list[Case]:
     from codegen.demo import digits_data, trained_model
 
@@ -292,6 +311,37 @@ def _cases() -> list[Case]:
                               padding=(1, 2, 0, 1)))
     x_i8 = edge_inputs(rng, (5, 7, 3), 6)
     cases.append(Case("conv_int32_limits", g, x_i8, None, expected(g, x_i8), None))
+    cases += _int16_cases(rng)
+    return cases
+
+
+def _int16_cases(rng) -> list[Case]:
+    """Mixed precision (int16 activations inside, int8 in and out): the wide kernels' 64-bit sums and
+    shifts, which a 32-bit core does with libgcc helpers or inline sequences."""
+    from models import GlobalPoolNet, SequenceNet, make_residual
+
+    from codegen.demo import digits_data, trained_model
+    from codegen.passes.assign_precision import candidates
+
+    x_tr = digits_data()[0]
+    models = {"digits_s16": (lambda: trained_model()[0], (1, 8, 8), x_tr),
+              "residual_s16": (lambda: make_residual()[0], (3, 16, 16), None),
+              "gpool_s16": (lambda: GlobalPoolNet().eval(), (2, 9, 9), None),
+              "sequence_s16": (lambda: SequenceNet().eval(), (3, 16), None)}
+    cases = []
+    for name, (factory, shape, calib) in models.items():
+        torch.manual_seed(0)
+        model = factory()
+        if calib is None:
+            calib = rng.standard_normal((32, *shape)).astype(np.float32)
+        example = torch.from_numpy(calib[:1])
+        spec = {n: 16 for n in candidates(codegen.compile(model, example, calib).float_graph) if n != "input"}
+        r = codegen.compile(model, example, calib, prefix=name, precision=spec)
+        g = r.graph
+        assert any(t.dtype == "int16" for t in g.tensors.values()), name
+        x_i8 = edge_inputs(rng, g.tensors[g.inputs[0]].shape, 6)
+        x_f32 = (rng.standard_normal((2, *shape)) * 2).astype(np.float32)
+        cases.append(Case(name, g, x_i8, x_f32, expected(g, x_i8), expected_float(r, x_f32), pure=False))
     return cases
 
 
@@ -326,25 +376,37 @@ except ValueError as e:
 """
 
 
-def run_unix(micropython: Path, mod_dir: Path, case: Case, tmp: Path) -> None:
-    """Run one module under the unix port; every output must equal the reference."""
-    data, floats = tmp / f"{case.prefix}.in", tmp / f"{case.prefix}.f32"
-    data.write_bytes(np.ascontiguousarray(case.x_i8, np.int8).tobytes())
+def case_inputs(case: Case) -> dict[str, bytes]:
+    """The files RUN_SCRIPT reads: `<prefix>.in` (int8 inputs) and, if the case has them, `<prefix>.f32`."""
+    files = {f"{case.prefix}.in": np.ascontiguousarray(case.x_i8, np.int8).tobytes()}
     if case.x_f32 is not None:
-        floats.write_bytes(np.ascontiguousarray(case.x_f32, "<f4").tobytes())
-    script = tmp / f"run_{case.prefix}.py"
-    script.write_text(RUN_SCRIPT.format(mod_dir=str(mod_dir), module=case.prefix, data=str(data), floats=str(floats)))
-    proc = subprocess.run([str(micropython), str(script)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"{case.prefix}: MicroPython failed:\n{proc.stdout[-2000:]}\n{proc.stderr}"
-    lines = proc.stdout.split()
+        files[f"{case.prefix}.f32"] = np.ascontiguousarray(case.x_f32, "<f4").tobytes()
+    return files
+
+
+def check_run_output(case: Case, stdout: str, where: str) -> None:
+    """RUN_SCRIPT's output (hex lines) must equal the reference byte for byte."""
+    lines = stdout.split()
     n = len(case.x_i8)
-    assert lines[-2:] == ["ValueError", "True"], proc.stdout[-500:]
+    assert lines[-2:] == ["ValueError", "True"], f"{case.prefix} on {where}:\n{stdout[-1500:]}"
     got = np.array([np.frombuffer(bytes.fromhex(s), np.int8) for s in lines[:n + 1]])
-    assert_same(got[:n], case.want, f"{case.prefix} predict", case.graph)
-    assert_same(got[n:], case.want[:1], f"{case.prefix} predict(list of ints)", case.graph)
+    assert_same(got[:n], case.want, f"{case.prefix} predict ({where})", case.graph)
+    assert_same(got[n:], case.want[:1], f"{case.prefix} predict(list of ints) ({where})", case.graph)
     if case.x_f32 is not None:
         got_f = np.array([np.frombuffer(bytes.fromhex(s[1:]), "<f8") for s in lines[n + 1:-2]])
-        assert_same(got_f, case.want_f, f"{case.prefix} predict_float", case.graph)
+        assert_same(got_f, case.want_f, f"{case.prefix} predict_float ({where})", case.graph)
+
+
+def run_unix(micropython: Path, mod_dir: Path, case: Case, tmp: Path) -> None:
+    """Run one module under the unix port; every output must equal the reference."""
+    for name, blob in case_inputs(case).items():
+        (tmp / name).write_bytes(blob)
+    script = tmp / f"run_{case.prefix}.py"
+    script.write_text(RUN_SCRIPT.format(mod_dir=str(mod_dir), module=case.prefix, data=str(tmp / f"{case.prefix}.in"),
+                                        floats=str(tmp / f"{case.prefix}.f32")))
+    proc = subprocess.run([str(micropython), str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{case.prefix}: MicroPython failed:\n{proc.stdout[-2000:]}\n{proc.stderr}"
+    check_run_output(case, proc.stdout, "unix port")
 
 
 def _make(args: list[str], cwd: Path | None = None, timeout: int = 1800) -> None:
@@ -400,7 +462,7 @@ def test_pure_module_viper_on_unix_port_bit_exact(cases, tmp_path):
     from codegen.emit.micropython import render_micropython
 
     micropython = unix_port(micropython_src())
-    for case in cases:
+    for case in (c for c in cases if c.pure):
         out = tmp_path / f"pure_{case.prefix}"
         out.mkdir()
         for name, text in render_micropython(case.graph, case.prefix, BANNER).items():

@@ -174,8 +174,16 @@ def build_natmod(out_dir: Path, mpy_dir: Path, jobs: int = 2) -> Path:
     try:
         import elftools  # noqa: F401  (MicroPython's tools/mpy_ld.py needs it)
     except ImportError:
-        raise UserError("the natmod linker (MicroPython's tools/mpy_ld.py) needs pyelftools: "
-                        "pip install pyelftools (and `ar` for LINK_RUNTIME=1 architectures)") from None
+        raise UserError("the natmod linker (MicroPython's tools/mpy_ld.py) needs pyelftools: pip install "
+                        "pyelftools ar (or qgen's `micropython` extra)") from None
+    arch = re.search(r"^ARCH \?= (\S+)", (out_dir / "Makefile").read_text(), re.M)
+    if arch and arch.group(1) in SOFT_FLOAT_ARCHS:
+        try:
+            import ar  # noqa: F401  (tools/ar_util.py reads libgcc.a with it for LINK_RUNTIME=1)
+        except ImportError:
+            raise UserError(f"an {arch.group(1)} natmod links libgcc (LINK_RUNTIME=1), which MicroPython's "
+                            "tools/ar_util.py reads with the `ar` package: pip install ar (or qgen's "
+                            "`micropython` extra)") from None
     proc = subprocess.run(["make", f"-j{jobs}", f"MPY_DIR={mpy_dir}"], cwd=out_dir, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
