@@ -52,22 +52,31 @@ void qg_softmax_s8(const qg_softmax_params_t *p, const int8_t *in, int8_t *out)
     }
 }
 
-void qg_pad_s8(const qg_pad_params_t *p, const int8_t *restrict in, int8_t *restrict out)
+/* Zero padding for any element width (int8, int16): rows are copied as bytes. Plain loops, no
+ * memset/memcpy calls: MicroPython native modules link no C library. */
+void qg_pad_elements(const qg_pad_params_t *p, const void *restrict in, void *restrict out, int32_t elem_bytes)
 {
-    const int32_t c = p->channels;
+    const int32_t pixel = p->channels * elem_bytes;
     const int32_t out_w = p->in_w + p->pad_left + p->pad_right;
     const int32_t out_h = p->in_h + p->pad_top + p->pad_bottom;
+    const uint8_t *src = (const uint8_t *)in;
+    uint8_t *dst = (uint8_t *)out;
     int32_t y, i;
-    for (i = 0; i < out_h * out_w * c; i++) {
-        out[i] = 0;
+    for (i = 0; i < out_h * out_w * pixel; i++) {
+        dst[i] = 0;
     }
     for (y = 0; y < p->in_h; y++) {
-        const int8_t *src = in + y * p->in_w * c;
-        int8_t *dst = out + ((y + p->pad_top) * out_w + p->pad_left) * c;
-        for (i = 0; i < p->in_w * c; i++) {
-            dst[i] = src[i];
+        const uint8_t *row = src + y * p->in_w * pixel;
+        uint8_t *to = dst + ((y + p->pad_top) * out_w + p->pad_left) * pixel;
+        for (i = 0; i < p->in_w * pixel; i++) {
+            to[i] = row[i];
         }
     }
+}
+
+void qg_pad_s8(const qg_pad_params_t *p, const int8_t *restrict in, int8_t *restrict out)
+{
+    qg_pad_elements(p, in, out, 1);
 }
 
 void qg_concat_s8(const qg_concat_params_t *p, const int8_t *const *inputs, int8_t *restrict out)

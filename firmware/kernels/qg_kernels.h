@@ -101,6 +101,8 @@ typedef struct {
     uint8_t pad_top, pad_left, pad_bottom, pad_right;
 } qg_pad_params_t;
 void qg_pad_s8(const qg_pad_params_t *p, const int8_t *restrict in, int8_t *restrict out);
+/* the body of qg_pad_s8 / qg_pad_s16: elements of `elem_bytes` bytes */
+void qg_pad_elements(const qg_pad_params_t *p, const void *restrict in, void *restrict out, int32_t elem_bytes);
 
 /* Concatenation: the output is `outer` blocks of `out_block` bytes; block b takes block_size[i]
  * bytes from each input i in turn, requantised by shift[i] (round_shift + saturate; 0 = copy). */

@@ -252,20 +252,7 @@ void qg_avgpool2d_s16(const qg_pool2d_s16_params_t *p, const int16_t *restrict i
 
 void qg_pad_s16(const qg_pad_params_t *p, const int16_t *restrict in, int16_t *restrict out)
 {
-    const int32_t c = p->channels;
-    const int32_t out_w = p->in_w + p->pad_left + p->pad_right;
-    const int32_t out_h = p->in_h + p->pad_top + p->pad_bottom;
-    int32_t y, i;
-    for (i = 0; i < out_h * out_w * c; i++) {
-        out[i] = 0;
-    }
-    for (y = 0; y < p->in_h; y++) {
-        const int16_t *src = in + y * p->in_w * c;
-        int16_t *dst = out + ((y + p->pad_top) * out_w + p->pad_left) * c;
-        for (i = 0; i < p->in_w * c; i++) {
-            dst[i] = src[i];
-        }
-    }
+    qg_pad_elements(p, in, out, 2);
 }
 
 void qg_clamp_s16(int32_t size, int16_t lo, int16_t hi, const int16_t *in, int16_t *out)
