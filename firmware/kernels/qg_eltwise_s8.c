@@ -102,16 +102,35 @@ void qg_concat_s8(const qg_concat_params_t *p, const int8_t *const *inputs, int8
     }
 }
 
-void qg_quantize_chw_to_hwc_f32(const float *in, int8_t *out, int32_t c, int32_t h, int32_t w, float scale)
+/* (C, H, W) float -> (H, W, C) int8 or int16 (the model input's width), the rounding rule of qg_fixed.h */
+static void quantize_chw_to_hwc(const float *in, void *out, int32_t c, int32_t h, int32_t w, float scale,
+                                int32_t bits)
 {
+    const int32_t lo = bits == 16 ? -32768 : -128, hi = bits == 16 ? 32767 : 127;
     int32_t ci, y, x;
     for (ci = 0; ci < c; ci++) {
         for (y = 0; y < h; y++) {
             for (x = 0; x < w; x++) {
-                out[(y * w + x) * c + ci] = qg_quantize_f32(in[(ci * h + y) * w + x], scale);
+                const int32_t q = qg_quantize_f32_range(in[(ci * h + y) * w + x], scale, lo, hi);
+                const int32_t at = (y * w + x) * c + ci;
+                if (bits == 16) {
+                    ((int16_t *)out)[at] = (int16_t)q;
+                } else {
+                    ((int8_t *)out)[at] = (int8_t)q;
+                }
             }
         }
     }
+}
+
+void qg_quantize_chw_to_hwc_f32(const float *in, int8_t *out, int32_t c, int32_t h, int32_t w, float scale)
+{
+    quantize_chw_to_hwc(in, out, c, h, w, scale, 8);
+}
+
+void qg_quantize_chw_to_hwc_f32_s16(const float *in, int16_t *out, int32_t c, int32_t h, int32_t w, float scale)
+{
+    quantize_chw_to_hwc(in, out, c, h, w, scale, 16);
 }
 
 void qg_dequantize_hwc_to_chw_s8(const int8_t *in, float *out, int32_t c, int32_t h, int32_t w,

@@ -5,13 +5,6 @@
 #include "qg_kernels.h"
 #include "qg_simd.h"
 
-/* The taps of a window that fall inside the image: [k0, k1) along one axis, for origin i0. */
-static void clip_window(int32_t i0, int32_t k, int32_t size, int32_t *k0, int32_t *k1)
-{
-    *k0 = i0 < 0 ? -i0 : 0;
-    *k1 = i0 + k > size ? size - i0 : k;
-}
-
 /* Max pooling walks only the window cells inside the image (no test per cell). With the DSP
  * extension it takes four channels per word: SSUB8 sets a per-byte "a >= b" flag and SEL picks
  * the larger bytes, 2 instructions per 4 maxima. */
@@ -22,11 +15,11 @@ void qg_maxpool2d_s8(const qg_pool2d_params_t *p, const int8_t *in, int8_t *out)
     for (oy = 0; oy < p->out_h; oy++) {
         const int32_t iy0 = oy * p->stride_h - p->pad_top;
         int32_t ky0, ky1;
-        clip_window(iy0, p->k_h, p->in_h, &ky0, &ky1);
+        qg_clip_window(iy0, p->k_h, p->in_h, &ky0, &ky1);
         for (ox = 0; ox < p->out_w; ox++, out += ch) {
             const int32_t ix0 = ox * p->stride_w - p->pad_left;
             int32_t kx0, kx1;
-            clip_window(ix0, p->k_w, in_w, &kx0, &kx1);
+            qg_clip_window(ix0, p->k_w, in_w, &kx0, &kx1);
             {
                 const int8_t *x0 = in + ((iy0 + ky0) * in_w + ix0 + kx0) * ch;
                 const int32_t row_step = (in_w - (kx1 - kx0)) * ch;

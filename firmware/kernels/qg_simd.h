@@ -1,6 +1,6 @@
 /*
- * qg_simd.h - internal helpers of the kernel library: word loads of int8 data and the Arm DSP
- * (SIMD within a register) instructions the kernels use where the core has them.
+ * qg_simd.h - internal helpers of the kernel library: window clipping, word loads of int8 data and
+ * the Arm DSP (SIMD within a register) instructions the kernels use where the core has them.
  *
  * QG_DSP is 1 when the target has the DSP extension (__ARM_FEATURE_DSP: Cortex-M4, M7, M33, M55):
  * then the kernels multiply two int16 pairs per instruction with SMLAD (acc + a.lo*b.lo + a.hi*b.hi).
@@ -30,6 +30,14 @@
 #else
 #define QG_DSP 0
 #endif
+
+/* The taps of a window that fall inside the image: [k0, k1) along one axis, for origin i0
+ * (pooling and the int16-activation kernels clip each window once, not per tap). */
+static inline void qg_clip_window(int32_t i0, int32_t k, int32_t size, int32_t *k0, int32_t *k1)
+{
+    *k0 = i0 < 0 ? -i0 : 0;
+    *k1 = i0 + k > size ? size - i0 : k;
+}
 
 /* Four int8 values as one 32-bit word (x0 in the low byte on a little-endian core). */
 static inline int32_t qg_load_s8x4(const int8_t *p)

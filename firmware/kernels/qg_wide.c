@@ -77,10 +77,6 @@ static inline int64_t dot_int8_t_int64_t(const int8_t *x, const int8_t *w, int32
     return acc + dot_int8_t_int32_t(x, w, n, 0); /* int8 input is never given an int64 accumulator */
 }
 
-/* The taps of a window that fall inside the image: [k0, k1) along one axis, for origin i0. */
-#define QG_CLIP(i0, k, size, k0, k1) \
-    do { (k0) = (i0) < 0 ? -(i0) : 0; (k1) = (i0) + (k) > (size) ? (size) - (i0) : (k); } while (0)
-
 #define QG_DEFINE_CONV2D(NAME, IN_T, OUT_T, ACC_T)                                                           \
     static void NAME(const qg_conv2d_wide_params_t *p, const IN_T *restrict in, OUT_T *restrict out)         \
     {                                                                                                        \
@@ -88,11 +84,11 @@ static inline int64_t dot_int8_t_int64_t(const int8_t *x, const int8_t *w, int32
         int32_t oy, ox, oc, ky, ky0, ky1, kx0, kx1;                                                          \
         for (oy = 0; oy < p->out_h; oy++) {                                                                  \
             const int32_t iy0 = oy * p->stride_h - p->pad_top;                                               \
-            QG_CLIP(iy0, k_h, (int32_t)p->in_h, ky0, ky1);                                                   \
+            qg_clip_window(iy0, k_h, (int32_t)p->in_h, &ky0, &ky1);                                          \
             for (ox = 0; ox < p->out_w; ox++, out += out_c) {                                                \
                 const int32_t ix0 = ox * p->stride_w - p->pad_left;                                          \
                 int32_t run;                                                                                 \
-                QG_CLIP(ix0, k_w, in_w, kx0, kx1);                                                           \
+                qg_clip_window(ix0, k_w, in_w, &kx0, &kx1);                                                  \
                 run = (kx1 - kx0) * in_c;                                                                    \
                 for (oc = 0; oc < out_c; oc++) {                                                             \
                     ACC_T acc = p->bias[oc];                                                                 \
@@ -116,10 +112,10 @@ static inline int64_t dot_int8_t_int64_t(const int8_t *x, const int8_t *w, int32
         int32_t oy, ox, oc, ky, kx, ky0, ky1, kx0, kx1;                                                      \
         for (oy = 0; oy < p->out_h; oy++) {                                                                  \
             const int32_t iy0 = oy * p->stride_h - p->pad_top;                                               \
-            QG_CLIP(iy0, k_h, (int32_t)p->in_h, ky0, ky1);                                                   \
+            qg_clip_window(iy0, k_h, (int32_t)p->in_h, &ky0, &ky1);                                          \
             for (ox = 0; ox < p->out_w; ox++, out += out_c) {                                                \
                 const int32_t ix0 = ox * p->stride_w - p->pad_left;                                          \
-                QG_CLIP(ix0, k_w, in_w, kx0, kx1);                                                           \
+                qg_clip_window(ix0, k_w, in_w, &kx0, &kx1);                                                  \
                 for (oc = 0; oc < out_c; oc++) {                                                             \
                     ACC_T acc = p->bias[oc];                                                                 \
                     const IN_T *x0 = in + oc / mult;                                                         \
@@ -205,10 +201,10 @@ void qg_maxpool2d_s16(const qg_pool2d_s16_params_t *p, const int16_t *restrict i
     int32_t oy, ox, c, ky, kx, ky0, ky1, kx0, kx1;
     for (oy = 0; oy < p->out_h; oy++) {
         const int32_t iy0 = oy * p->stride_h - p->pad_top;
-        QG_CLIP(iy0, (int32_t)p->k_h, (int32_t)p->in_h, ky0, ky1);
+        qg_clip_window(iy0, (int32_t)p->k_h, (int32_t)p->in_h, &ky0, &ky1);
         for (ox = 0; ox < p->out_w; ox++, out += ch) {
             const int32_t ix0 = ox * p->stride_w - p->pad_left;
-            QG_CLIP(ix0, (int32_t)p->k_w, in_w, kx0, kx1);
+            qg_clip_window(ix0, (int32_t)p->k_w, in_w, &kx0, &kx1);
             for (c = 0; c < ch; c++) {
                 int32_t max_i32 = -32768;
                 for (ky = ky0; ky < ky1; ky++) {
@@ -231,10 +227,10 @@ void qg_avgpool2d_s16(const qg_pool2d_s16_params_t *p, const int16_t *restrict i
     int32_t oy, ox, c, ky, kx, ky0, ky1, kx0, kx1;
     for (oy = 0; oy < p->out_h; oy++) {
         const int32_t iy0 = oy * p->stride_h - p->pad_top;
-        QG_CLIP(iy0, (int32_t)p->k_h, (int32_t)p->in_h, ky0, ky1);
+        qg_clip_window(iy0, (int32_t)p->k_h, (int32_t)p->in_h, &ky0, &ky1);
         for (ox = 0; ox < p->out_w; ox++, out += ch) {
             const int32_t ix0 = ox * p->stride_w - p->pad_left;
-            QG_CLIP(ix0, (int32_t)p->k_w, in_w, kx0, kx1);
+            qg_clip_window(ix0, (int32_t)p->k_w, in_w, &kx0, &kx1);
             for (c = 0; c < ch; c++) {
                 int64_t sum = 0; /* up to 255 * 255 values of |x| <= 2^15: wider than int32 */
                 for (ky = ky0; ky < ky1; ky++) {
@@ -304,18 +300,6 @@ void qg_concat_wide(const qg_concat_wide_params_t *p, const void *const *inputs,
                 store_any(out, at + i, out_bits, qg_requantize_wide(load_any(inputs[k], b * n + i, bits), shift, lo, hi));
             }
             at += n;
-        }
-    }
-}
-
-void qg_quantize_chw_to_hwc_f32_s16(const float *in, int16_t *out, int32_t c, int32_t h, int32_t w, float scale)
-{
-    int32_t ci, y, x;
-    for (ci = 0; ci < c; ci++) {
-        for (y = 0; y < h; y++) {
-            for (x = 0; x < w; x++) {
-                out[(y * w + x) * c + ci] = qg_quantize_f32_s16(in[(ci * h + y) * w + x], scale);
-            }
         }
     }
 }
