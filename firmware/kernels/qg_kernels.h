@@ -33,6 +33,10 @@ extern "C" {
 #define QG_ALIGN(n)
 #endif
 
+/* A compile-time check in C99 (which has no _Static_assert): an array of size -1 does not compile.
+ * `name` makes the file-scope typedef unique, and names the failed check in the compiler's error. */
+#define QG_STATIC_ASSERT(cond, name) typedef char qg_static_assert_##name[(cond) ? 1 : -1]
+
 typedef struct {
     uint16_t in_h, in_w, in_c;
     uint16_t out_h, out_w, out_c;
