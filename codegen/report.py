@@ -99,6 +99,8 @@ def to_json(r: dict) -> str:
     def clean(v):
         if isinstance(v, float) and not np.isfinite(v):
             return str(v)
+        if isinstance(v, float):  # float-model errors: 6 digits, not the last bits of one summation order
+            return float(f"{v:.6g}")
         if isinstance(v, dict):
             return {k: clean(x) for k, x in v.items()}
         if isinstance(v, list):
@@ -107,16 +109,68 @@ def to_json(r: dict) -> str:
     return json.dumps(clean(r), indent=1, sort_keys=True) + "\n"
 
 
-def print_table(r: dict, console=None) -> None:
+# Per-layer table columns for a terminal, most useful first: below the terminal's width the last ones are
+# left out (named under the table) rather than ellipsised; numbers are never cut, long layer names wrap.
+# (header, key in COLUMNS, right-aligned)
+_TERMINAL_COLUMNS = (("#", "#", True), ("layer", "layer", False), ("op", "op", False), ("output", "output", False),
+                     ("Q out", "Q out", False), ("MACs", "MACs", True), ("wt B", "weights B", True),
+                     ("SQNR", "SQNR dB", True), ("Q w", "Q w", False), ("act B", "act B", True),
+                     ("Q in", "Q in", False), ("max err", "max err", True))
+_MIN_NAME_WIDTH = 8  # the layer column may wrap down to this
+
+
+def fit_columns(rows: list[list[str]], width: int) -> list[int]:
+    """Indices (into COLUMNS) of the terminal columns that fit in `width` characters, in display order.
+
+    Every kept column gets its widest cell (numbers are never cut); only the layer name may wrap, down to
+    _MIN_NAME_WIDTH. Columns are kept in _TERMINAL_COLUMNS order until the next one would not fit.
+    """
+    def need(i: int, header: str) -> int:
+        return max([len(header)] + [len(row[i]) for row in rows])
+
+    kept: list[int] = []
+    used = 0
+    for header, key, _ in _TERMINAL_COLUMNS:
+        i = COLUMNS.index(key)
+        w = min(need(i, header), _MIN_NAME_WIDTH) if key == "layer" else need(i, header)
+        if used + w + 2 > width and len(kept) >= 4:  # " cell " per column; always show # layer op output
+            break
+        kept.append(i)
+        used += w + 2
+    return kept
+
+
+def terminal_console(**kwargs):
+    """A rich Console for qgen's own output: a closed pipe raises BrokenPipeError (cli.main ends quietly
+    with status 141, as for any other write) instead of rich's own exit with status 1."""
     from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return _Console(**kwargs)
+
+
+def print_table(r: dict, console=None) -> None:
+    from rich import box
     from rich.table import Table
 
-    console = console or Console(width=None if sys.stdout.isatty() else 160)  # logs get the full table
-    table = Table(title=f"qgen: {r['model']}", show_lines=False)
-    for col in COLUMNS:
-        table.add_column(col, justify="right" if col in ("#", "MACs", "weights B", "act B", "max err", "SQNR dB") else "left")
-    for layer in r["layers"]:
-        table.add_row(*_row(layer))
+    console = console or terminal_console(width=None if sys.stdout.isatty() else 160)  # logs get the full table
+    rows = [_row(layer) for layer in r["layers"]]
+    kept = fit_columns(rows, console.width)
+    table = Table(title=f"qgen: {r['model']}", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for header, key, right in _TERMINAL_COLUMNS:
+        i = COLUMNS.index(key)
+        if i in kept:
+            table.add_column(header, justify="right" if right else "left", no_wrap=key != "layer",
+                             overflow="fold", min_width=_MIN_NAME_WIDTH if key == "layer" else None)
+    for row in rows:
+        table.add_row(*(row[COLUMNS.index(key)] for _, key, _ in _TERMINAL_COLUMNS if COLUMNS.index(key) in kept))
     console.print(table)
+    hidden = [header for header, key, _ in _TERMINAL_COLUMNS if COLUMNS.index(key) not in kept]
+    if hidden:
+        console.print(f"({', '.join(hidden)}: not shown at {console.width} columns; see report.md)")
     for line in _totals(r):
         console.print(line)

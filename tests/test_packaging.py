@@ -34,8 +34,16 @@ def test_wheel_contains_data_directories(wheel):
 @pytest.mark.slow
 def test_installed_wheel_compiles_and_verifies(wheel, tmp_path):
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
+    # The new venv reuses this interpreter's installed dependencies (torch...) by a .pth file naming our
+    # site-packages: `venv --system-site-packages` would give the *base* interpreter's packages when the
+    # suite itself runs in a venv (the README's way). Paths from a .pth come after the venv's own
+    # site-packages, and .pth files inside them are not run, so the editable qgen of this checkout stays out.
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    ours = [p for p in sys.path if p.rstrip("/").endswith(("site-packages", "dist-packages"))]
+    (Path(purelib) / "_qgen_test_deps.pth").write_text("".join(f"{p}\n" for p in ours))
     proc = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
