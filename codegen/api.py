@@ -187,6 +187,8 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     x_i8 = quantize_input(graph, eval_x)
     eval_hwc = to_qgen_layout(graph, eval_x)
     rep = report_mod.build(graph, float_graph, eval_hwc.astype(np.float64), x_i8, prefix)
+    if calibration != "minmax":  # minmax reports stay byte-identical
+        rep["calibration"] = calibration
     if auto is not None:
         rep["auto_precision"] = auto.to_dict()
         rep["precision_lines"] = auto.lines()

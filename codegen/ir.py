@@ -86,6 +86,7 @@ class Graph:
     # PyTorch layout of inputs/outputs: "nchw" (image), "ncl" (sequence, IR (1, L, C)), "nf" (vector)
     io_layout: dict[str, str] = field(default_factory=dict)
     ranges: dict[str, float] = field(default_factory=dict)  # calibrate: range each activation's format must hold (method-dependent)
+    calibration: dict[str, str] = field(default_factory=dict)  # calibrate: method per tensor, fallbacks (not minmax)
     memory: dict[str, tuple[str, int]] = field(default_factory=dict)  # plan_memory: tensor -> (region, offset)
     arena_size: int = 0
     input_bits: int = 8  # assign_precision (before quantize): 16 makes the model input int16

@@ -9,6 +9,7 @@ import numpy as np
 from .emit.c import model_data
 from .fixed import dequantize
 from .ir import Graph, Op
+from .passes.calibrate import format_source
 from .reference import run_float, run_int
 
 
@@ -45,6 +46,9 @@ def build(g: Graph, float_graph: Graph, x_float_hwc: np.ndarray, x_i8: np.ndarra
             "max_abs_error": float(np.max(np.abs(deq - ref))) if ref.size else 0.0,
             "sqnr_db": sqnr_db(ref, deq),
         })
+        if g.calibration:  # a method other than minmax (minmax reports stay as they were)
+            source = format_source(g, out.name)
+            layers[-1]["calibration"] = "fixed" if source is None else g.calibration.get(source, "minmax")
     inp = g.tensors[g.inputs[0]]
     return {
         "model": g.source, "prefix": prefix, "layers": layers,
@@ -53,7 +57,21 @@ def build(g: Graph, float_graph: Graph, x_float_hwc: np.ndarray, x_i8: np.ndarra
         "arena_bytes": g.arena_size, "flash_bytes": cm.weight_bytes, "macs": cm.macs,
         "activation_bytes_total": sum(layer["activation_bytes"] for layer in layers),
         "samples": int(x_i8.shape[0]),
+        **_calibration_fields(g),
     }
+
+
+def _calibration_fields(g: Graph) -> dict:
+    """The tensors where the calibration method fell back to minmax (calibrate.py's guard); {} for minmax."""
+    if not g.calibration:
+        return {}
+    fallbacks = []
+    for tensor, label in g.calibration.items():
+        if "fell back" in label:
+            node = g.producer(tensor)
+            fallbacks.append({"tensor": tensor, "layer": node.name if node is not None else "input",
+                              "calibration": label})
+    return {"calibration_fallbacks": fallbacks}
 
 
 def _fmt_db(v: float) -> str:
@@ -79,6 +97,8 @@ def _totals(r: dict) -> list[str]:
     if wide:
         lines.append(f"int16 activations: {', '.join(wide)}")
     lines += r.get("precision_lines", [])
+    for fb in r.get("calibration_fallbacks", []):
+        lines.append(f"calibration: layer {fb['layer']} (%{fb['tensor']}) uses {fb['calibration']}")
     if "bit_exact" in r:
         lines.append(f"bit-exact: {r['bit_exact']}")
     if "compile_seconds" in r:
