@@ -5,8 +5,6 @@ The CLI is a thin wrapper over this module.
 from __future__ import annotations
 
 import copy
-import shlex
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -17,7 +15,7 @@ import numpy as np
 
 from . import report as report_mod
 from . import serialize
-from .emit.c import banner_lines, check_prefix, render, write_atomic
+from .emit.c import banner_lines, check_prefix, option_text, render, write_atomic
 from .errors import UserError
 from .fixed import dequantize
 from .frontend import from_exported_program, from_module, load_model
@@ -118,6 +116,24 @@ def _frontend(model: Any, example_input: Any) -> Graph:
                     "a 'model.pt2' path or a 'file.py:factory' string")
 
 
+def data_fingerprint(data: Any) -> str:
+    """'64x3x16x16 float32 sha256:0123456789ab': which samples shaped the output (for the banner)."""
+    import hashlib
+
+    array = np.ascontiguousarray(np.asarray(data))
+    digest = hashlib.sha256(array.tobytes()).hexdigest()[:12]
+    return f"{'x'.join(map(str, array.shape))} {array.dtype} sha256:{digest}"
+
+
+RANDOM_CALIB_BYTES = 256 << 20  # float64 N(0,1) samples drawn when no calibration data is given
+
+
+def _random_samples(torch_shape: tuple[int, ...]) -> int:
+    """64 random calibration samples, fewer for inputs so large that 64 would take over RANDOM_CALIB_BYTES."""
+    per_sample = 8 * int(np.prod(torch_shape, dtype=np.int64))
+    return int(max(1, min(64, RANDOM_CALIB_BYTES // max(per_sample, 1))))
+
+
 def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None = None, *,
             prefix: str = "model", out_dir: str | Path | None = None, command: str | None = None,
             eval_data: np.ndarray | None = None,
@@ -131,6 +147,8 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     calib_data: float samples in PyTorch layout (N, C, H, W) / (N, F) for activation ranges. If None,
         standard-normal random inputs are used (fine for size/speed, poor for accuracy).
     out_dir: where to write the generated files (atomically); None keeps them in memory.
+    command: an optional note recorded in the banner as given ("Command: ..."); the banner always records
+        qgen's version and these options in canonical form, never sys.argv or paths.
     eval_data: samples for the report's per-layer error (defaults to calib_data).
     extra_passes: (name, fn) float-IR passes run after folding/fusion and before calibration
         (compression: channel pruning, low-rank...), each verified like the built-in ones.
@@ -156,6 +174,7 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
         torch_shape = (in_shape[2], in_shape[1])
     else:
         torch_shape = in_shape
+    calib_text = "N(0,1) random, seed 0" if calib_data is None else data_fingerprint(calib_data)
     if calib_data is None:
         calib_data = np.random.default_rng(0).standard_normal((64, *torch_shape)).astype(np.float32)
     calib_data = np.asarray(calib_data)
@@ -192,9 +211,12 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     if auto is not None:
         rep["auto_precision"] = auto.to_dict()
         rep["precision_lines"] = auto.lines()
-    if command is None:
-        command = "codegen.compile(...)" if not sys.argv else "qgen " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, command)))
+    options = option_text(prefix=prefix, calibration=calibration,
+                          **({"percentile": percentile} if calibration == "percentile" else {}),
+                          bias_correction=bias_correction, equalize=equalize, precision=precision or {},
+                          auto_precision=auto_precision, extra_passes=[name for name, _ in extra_passes or []],
+                          calib=calib_text)
+    files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, options, command)))
     graph_json, graph_npz = serialize.dumps(graph)
     files["qgen_graph.json"], files["qgen_graph.npz"] = graph_json, graph_npz
     files["qgen_verify_inputs.npy"] = serialize.npy_bytes(x_i8[:VERIFY_SAMPLES_SAVED])

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .emit.c import banner_lines, check_prefix, render, template_environment, write_atomic
+from .emit.c import banner_lines, check_prefix, option_text, render, template_environment, write_atomic
 from .errors import UserError
 
 
@@ -82,12 +82,12 @@ def bundle(results_or_dirs: list, out_dir: str | Path | None = None, name: str =
             raise UserError(f"model prefix '{p}' and bundle name '{name}' overlap (one starts with the other + "
                             "'_'); their symbols could clash. Choose another bundle name")
     arena_symbol = f"{name}_arena"
-    command = command or f"codegen.bundle.bundle(..., name={name!r})"
+    options = option_text(name=name, models=[c.prefix for c in compiled])
     files: dict[str, str | bytes] = {}
     models: list[BundledModel] = []
     for c in compiled:
         g = c.graph
-        rendered = render(g, c.prefix, banner_lines(g.source, command), arena_symbol=arena_symbol)
+        rendered = render(g, c.prefix, banner_lines(g.source, options, command), arena_symbol=arena_symbol)
         for rel, content in rendered.items():
             if rel.startswith("kernels/") and rel in files and files[rel] != content:
                 raise UserError(f"models disagree on kernel file {rel}")  # impossible with one qgen version
@@ -99,7 +99,8 @@ def bundle(results_or_dirs: list, out_dir: str | Path | None = None, name: str =
                                    sum(g.tensors[o].size for o in g.outputs), g.arena_size, g))
     arena = max(m.arena_size for m in models)
     result = BundleResult(name, models, arena)
-    m = {"prefix": name, "PREFIX": name.upper(), "banner": banner_lines(", ".join(x.source for x in models), command),
+    banner = banner_lines(", ".join(x.source for x in models), options, command)
+    m = {"prefix": name, "PREFIX": name.upper(), "banner": banner,
          "arena": arena, "models": [{"prefix": x.prefix, "PREFIX": x.prefix.upper(), "source": x.source,
                                      "arena": x.arena_size} for x in models]}
     env = template_environment()

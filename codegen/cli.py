@@ -91,12 +91,9 @@ def cmd_compile(args) -> int:
 
         print(split.suggestions_markdown(split.suggest_splits(result.graph, args.boards)))
     if split_at:
-        import shlex
-
         from . import split
 
-        parts = split.split_model(result, split_at, out_dir=args.out,
-                                  command="qgen " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+        parts = split.split_model(result, split_at, out_dir=args.out)
         print(parts.files[f"{args.prefix}_split.md"])
         print(f"wrote {args.out}/part0 .. part{len(split_at)} and {args.prefix}_split.h/.c")
         return 0
@@ -183,7 +180,7 @@ def cmd_micropython(args) -> int:
     import tempfile
 
     from .api import load_compiled
-    from .emit.c import banner_lines, write_atomic
+    from .emit.c import banner_lines, option_text, write_atomic
     from .emit.micropython import render_micropython
     from .emit.mpy_native import build_natmod, micropython_source, render_native
 
@@ -191,7 +188,8 @@ def cmd_micropython(args) -> int:
     mpy_dir = micropython_source(args.micropython_src) if args.mode == "natmod" else None
     with tempfile.TemporaryDirectory() as tmp:
         compiled = load_compiled(_model_dir(args, Path(tmp)))
-        banner = banner_lines(compiled.graph.source, "qgen micropython " + " ".join(sys.argv[2:]))
+        banner = banner_lines(compiled.graph.source, option_text(
+            prefix=args.prefix, mode=args.mode, **({"arch": args.arch} if args.mode == "natmod" else {})))
         if args.mode == "pure":
             files = render_micropython(compiled.graph, args.prefix, banner)
         else:
@@ -218,7 +216,7 @@ def cmd_micropython(args) -> int:
 def cmd_bundle(args) -> int:
     from .bundle import bundle
 
-    r = bundle(args.models, args.out, name=args.name, command="qgen " + " ".join(sys.argv[1:]))
+    r = bundle(args.models, args.out, name=args.name)
     print(f"wrote {args.out}/ ({', '.join(m.prefix for m in r.models)}; shared arena {r.arena_size:,} B)")
     return 0
 

@@ -71,7 +71,7 @@ def compile(qat_model: QATModel, *, prefix: str = "model", out_dir: str | Path |
     from . import report as report_mod
     from . import serialize
     from .api import VERIFY_SAMPLES_SAVED, CompileResult
-    from .emit.c import banner_lines, check_prefix, render, write_atomic
+    from .emit.c import banner_lines, check_prefix, option_text, render, write_atomic
     from .passes import plan_memory
     from .reference import quantize_input, to_qgen_layout
     from .serialize import npy_bytes
@@ -86,8 +86,8 @@ def compile(qat_model: QATModel, *, prefix: str = "model", out_dir: str | Path |
     eval_x = np.asarray(eval_data, dtype=np.float32)
     x_i8 = quantize_input(graph, eval_x).astype(np.int8)
     rep = report_mod.build(graph, float_graph, to_qgen_layout(graph, eval_x).astype(np.float64), x_i8, prefix)
-    command = command or "codegen.qat.compile(...)"
-    files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, command)))
+    options = option_text(prefix=prefix, qat=True)
+    files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, options, command)))
     files["qgen_graph.json"], files["qgen_graph.npz"] = serialize.dumps(graph)
     files["qgen_verify_inputs.npy"] = npy_bytes(x_i8[:VERIFY_SAMPLES_SAVED])
     files["report.md"] = report_mod.to_markdown({**rep, "compile_seconds": 0.0})

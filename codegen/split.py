@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from . import serialize
-from .emit.c import banner_lines, check_prefix, layer_macs, model_data, render, template_environment, write_atomic
+from .emit.c import (banner_lines, check_prefix, layer_macs, model_data, option_text, render, template_environment,
+                     write_atomic)
 from .errors import UserError
 from .fixed import QFormat
 from .ir import Graph, Op, verify
@@ -201,15 +202,15 @@ def split_model(result, at: list[str], out_dir: str | Path | None = None, comman
 
     prefix = result.prefix
     graphs, boundaries = split_graph(result.graph, at)
-    command = command or f"codegen.split.split_model(..., at={at!r})"
+    options = option_text(at=list(at))
     parts: list[Part] = []
     files: dict[str, str | bytes] = {}
-    split_files = render_split(prefix, boundaries, banner_lines(result.graph.source, command))
+    split_files = render_split(prefix, boundaries, banner_lines(result.graph.source, options, command))
     verify_inputs = result.saved_inputs() if "qgen_verify_inputs.npy" in result.files else None
     x = verify_inputs
     for k, g in enumerate(graphs):
         part_prefix = check_prefix(f"{prefix}_part{k}")
-        rendered = render(g, part_prefix, banner_lines(g.source, command))
+        rendered = render(g, part_prefix, banner_lines(g.source, options, command))
         cm = model_data(g, part_prefix)
         parts.append(Part(k, part_prefix, g, cm.macs, cm.weight_bytes))
         for name, content in {**rendered, **split_files}.items():

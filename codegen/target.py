@@ -53,6 +53,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
     import tomli as tomllib
 
 from codegen.emit.c import check_prefix
+from codegen.emit.escape import FILTERS as ESCAPE_FILTERS
 from codegen.errors import UserError
 from codegen.hostcheck import cache_root
 from codegen.resources import data_dir, kernel_dir
@@ -208,8 +209,10 @@ def _startup_dir() -> Path:
 @cache
 def _templates() -> jinja2.Environment:
     """Jinja for the linker script and Makefile templates in firmware/startup/."""
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(_startup_dir()),
-                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(_startup_dir()),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters.update(ESCAPE_FILTERS)  # board names and descriptions are data: write them as inert text
+    return env
 
 
 # ---------------------------------------------------------------------------- sizes and fit
