@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -342,10 +343,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _warning_printer(default):
+    """showwarning that prints qgen's own warnings as 'warning: ...' on stderr, others as before."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("codegen"):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        with warnings.catch_warnings():  # qgen's own warnings (e.g. a calibration fallback): one line each
+            warnings.showwarning = _warning_printer(warnings.showwarning)
+            return args.fn(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
