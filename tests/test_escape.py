@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from codegen import api, split
 from codegen.emit import escape
@@ -114,6 +116,15 @@ def test_comment_text_is_one_inert_line(text):
     source = f"# x\n# {escape.py_comment(text)}\n"
     assert tokenize.detect_encoding(io.BytesIO(source.encode()).readline)[0] == "utf-8"
     assert ast.literal_eval(escape.py_string(text)) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("*/?\\\n\r\0 a=:#\u2028\u00e9\U0001f600codingx"), max_size=24) | st.text())
+def test_any_text_makes_an_inert_comment(text):
+    c = escape.c_comment(text)
+    assert c.isascii() and c.isprintable() and "*/" not in c and "/*" not in c and "??" not in c
+    assert not c.endswith("\\") and not escape.py_comment(text).endswith("\\")
+    assert all(len(f(text).splitlines()) <= 1 for f in (escape.py_comment, escape.make_comment, escape.cmake_comment))
 
 
 @needs_cc
