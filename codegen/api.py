@@ -15,13 +15,14 @@ import numpy as np
 
 from . import report as report_mod
 from . import serialize
-from .emit.c import banner_lines, check_prefix, option_text, render, write_atomic
+from .emit.c import banner_lines, check_prefix, option_text, render
 from .errors import UserError
 from .fixed import dequantize
 from .frontend import from_exported_program, from_module, load_model
 from .hostcheck import HostModel, VerifyResult
 from .hostcheck import verify as host_verify
 from .ir import Graph
+from .output import write_atomic
 from .passes import (
     assign_precision,
     calibrate,
@@ -72,14 +73,14 @@ class CompileResult:
     # -- the generated C, compiled for the host
     def host(self) -> HostModel:
         if self._host is None:
-            model_dir = self.out_dir
-            if model_dir is None:
-                model_dir = Path(tempfile.mkdtemp(prefix="qgen-"))
-                write_atomic(self.files, model_dir / "model")
-                model_dir = model_dir / "model"
             inp = self.graph.tensors[self.graph.inputs[0]]
             out_size = sum(self.graph.tensors[o].size for o in self.graph.outputs)
-            self._host = HostModel(model_dir, self.prefix, inp.size, out_size)
+            if self.out_dir is not None:
+                self._host = HostModel(self.out_dir, self.prefix, inp.size, out_size)
+            else:  # an in-memory result: the C files are needed only while cffi builds (into its cache)
+                with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
+                    write_atomic(self.files, Path(tmp) / "model")
+                    self._host = HostModel(Path(tmp) / "model", self.prefix, inp.size, out_size)
         return self._host
 
     def verify(self, x: np.ndarray | None = None) -> VerifyResult:

@@ -19,8 +19,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .emit.c import banner_lines, check_prefix, option_text, render, template_environment, write_atomic
+from .emit.c import banner_lines, check_prefix, option_text, render, template_environment
 from .errors import UserError
+from .output import write_atomic
 
 
 @dataclass

@@ -146,7 +146,7 @@ def cmd_firmware(args) -> int:
 
     from . import deploy
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
         model_dir = _model_dir(args, Path(tmp))
         fw = deploy.build(model_dir, args.board, Path(tmp) / "build", project_dir=args.out)
         s = fw.elf.sizes
@@ -164,7 +164,7 @@ def cmd_run(args) -> int:
 
     if not args.qemu:
         raise UserError("only --qemu runs are supported here (no board is attached); add --qemu")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
         model_dir = _model_dir(args, Path(tmp))
         x = None
         if args.data:
@@ -181,13 +181,14 @@ def cmd_micropython(args) -> int:
     import tempfile
 
     from .api import load_compiled
-    from .emit.c import banner_lines, option_text, write_atomic
+    from .emit.c import banner_lines, option_text
     from .emit.micropython import render_micropython
     from .emit.mpy_native import build_natmod, micropython_source, render_native
+    from .output import write_atomic
 
     out = Path(args.out)
     mpy_dir = micropython_source(args.micropython_src) if args.mode == "natmod" else None
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
         compiled = load_compiled(_model_dir(args, Path(tmp)))
         banner = banner_lines(compiled.graph.source, option_text(
             prefix=args.prefix, mode=args.mode, **({"arch": args.arch} if args.mode == "natmod" else {})))
@@ -353,7 +354,31 @@ def _warning_printer(default):
     return show
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `finally` and temporary directory is cleaned up."""
+
+
+def _on_sigterm(signum, frame):
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():  # qgen's own warnings (e.g. a calibration fallback): one line each
@@ -362,9 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+        terminated = isinstance(exc, Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return 143 if terminated else 130  # 128 + the signal, as a shell reports it
     except Exception:
         traceback.print_exc()
         print("internal error in qgen: please report it with the traceback above", file=sys.stderr)

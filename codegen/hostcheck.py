@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,9 +103,12 @@ def _build(model_dir: Path, prefix: str):
                        define_macros=[(f"{prefix.upper()}_ENABLE_TRACE", "1")], extra_compile_args=HOST_CFLAGS)
         build_dir.mkdir(parents=True, exist_ok=True)
         tmp = build_dir / f"tmp-{os.getpid()}"
-        lib_path = Path(ffi.compile(tmpdir=str(tmp), verbose=False))
-        final = build_dir / lib_path.name
-        os.replace(lib_path, final)
+        try:
+            lib_path = Path(ffi.compile(tmpdir=str(tmp), verbose=False))
+            final = build_dir / lib_path.name
+            os.replace(lib_path, final)
+        finally:  # cffi's generated C and object files: only the library is kept
+            shutil.rmtree(tmp, ignore_errors=True)
         built = [final]
     spec = importlib.util.spec_from_file_location(name, built[0])
     module = importlib.util.module_from_spec(spec)

@@ -71,7 +71,8 @@ def compile(qat_model: QATModel, *, prefix: str = "model", out_dir: str | Path |
     from . import report as report_mod
     from . import serialize
     from .api import VERIFY_SAMPLES_SAVED, CompileResult
-    from .emit.c import banner_lines, check_prefix, option_text, render, write_atomic
+    from .emit.c import banner_lines, check_prefix, option_text, render
+    from .output import write_atomic
     from .passes import plan_memory
     from .reference import quantize_input, to_qgen_layout
     from .serialize import npy_bytes

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from . import serialize
-from .emit.c import (banner_lines, check_prefix, layer_macs, model_data, option_text, render, template_environment,
-                     write_atomic)
+from .emit.c import banner_lines, check_prefix, layer_macs, model_data, option_text, render, template_environment
 from .errors import UserError
 from .fixed import QFormat
 from .ir import Graph, Op, verify
+from .output import write_atomic
 from .passes import plan_memory
 
 STREAM_MAGIC = 0x51

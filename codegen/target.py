@@ -56,6 +56,7 @@ from codegen.emit.c import check_prefix
 from codegen.emit.escape import FILTERS as ESCAPE_FILTERS
 from codegen.errors import UserError
 from codegen.hostcheck import cache_root
+from codegen.output import replace_directory
 from codegen.resources import data_dir, kernel_dir
 
 CORES = ("cortex-m0plus", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55")
@@ -395,7 +396,11 @@ def _compile_all(jobs: list[tuple[Path, list[str]]], obj_dir: Path) -> tuple[lis
                          f"compiling {source}").stderr
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        diagnostics = list(pool.map(compile_one, range(len(jobs))))  # re-raises the first failure
+        try:
+            diagnostics = list(pool.map(compile_one, range(len(jobs))))  # re-raises the first failure
+        except BaseException:  # a failure, Ctrl-C or SIGTERM: start no more compiles, finish the running ones
+            pool.shutdown(cancel_futures=True)
+            raise
     return objects, "".join(diagnostics)
 
 
@@ -612,9 +617,8 @@ def write_project(board: Board | str, model_dir: Path | str, out_dir: Path | str
     prefix = prefix or _infer_prefix(model_dir)
     kernel_source = Path(kernels) if kernels is not None else kernel_dir()
     _refuse_foreign_directory(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+
+    def fill(staging: Path) -> None:
         (staging / "Makefile").write_text(makefile_text(board, prefix))
         (staging / "link.ld").write_text(linker_script_text(board))
         (staging / HARNESS_CONFIG).write_text(harness_config_text(prefix))
@@ -622,11 +626,8 @@ def write_project(board: Board | str, model_dir: Path | str, out_dir: Path | str
         _copy_c_files(model_dir, staging / "model")
         if kernel_source.is_dir():
             _copy_c_files(kernel_source, staging / "kernels")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    replace_directory(out_dir, fill, _refuse_foreign_directory)  # atomic swap, locked, recovers killed runs
     return out_dir
 
 

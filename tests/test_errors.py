@@ -307,6 +307,8 @@ def test_disk_full_mid_write_keeps_old_output(work, compiled_once, monkeypatch, 
 
 def test_failure_swapping_directories_keeps_old_output(work, compiled_once, monkeypatch):
     out, before = compiled_once
+    # the two-rename fallback; the atomic exchange is covered in tests/test_output.py
+    monkeypatch.setattr("codegen.output._exchange_supported", False)
     real = Path.rename
 
     def rename(self, target):
