@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .emit.weight_formats import storage_choice
 from .ir import Graph, Node, Op
 
 
@@ -39,7 +40,7 @@ def fully_connected_buffer_size(in_features: int, out_features: int) -> int:
 
 def scratch_bytes(g: Graph, n: Node) -> int:
     """Scratch bytes the kernel chosen for node `n` needs (0: none)."""
-    if n.attrs.get("weight_format", "dense") != "dense":
+    if storage_choice(g, n) != "dense":
         return 0  # the compressed-weight kernels (qg_sparse_s8.c, qg_cluster_s8.c) take no scratch
     if any(g.tensors[t].dtype == "int16" for t in n.inputs[:1] + n.outputs):
         return 0  # the int16-activation kernels (qg_wide.c) take no scratch
@@ -101,7 +102,7 @@ OVERLAP_OPS = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.MAXPOOL2D, Op.AVGPOOL2D)
 def overlap_distance(g: Graph, n: Node) -> int | None:
     """How many bytes below its input node `n`'s output may start (see sliding_window_overlap), or
     None when the kernel chosen for `n` gives no such guarantee (the output must not overlap)."""
-    if n.op not in OVERLAP_OPS or n.attrs.get("weight_format", "dense") != "dense":
+    if n.op not in OVERLAP_OPS or storage_choice(g, n) != "dense":
         return None
     x, y = g.tensors[n.inputs[0]], g.tensors[n.outputs[0]]
     if x.dtype != "int8" or y.dtype != "int8":

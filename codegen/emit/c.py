@@ -13,6 +13,7 @@ import numpy as np
 from .. import __version__
 from ..errors import UserError
 from ..ir import Graph, Node, Op, signature
+from ..kernel_abi import conv2d_buffer_size, depthwise_conv2d_buffer_size, fully_connected_buffer_size, scratch_bytes
 from ..output import OUTPUT_MARKER, write_atomic  # noqa: F401 (re-exported: codegen/output.py)
 from ..passes.plan_memory import scratch_key
 from ..resources import data_dir, kernel_dir
@@ -182,6 +183,8 @@ class _Builder:
                       ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]),
                       ("weights", weights), ("bias", bias), ("shift", shift)]
             fn = "qg_conv2d_s8" if n.op is Op.CONV2D else "qg_depthwise_conv2d_s8"
+            need = (conv2d_buffer_size if n.op is Op.CONV2D else depthwise_conv2d_buffer_size)(c, kh, kw, oc)
+            self.check_scratch(index, n, need)
             call = f"{fn}(&{struct_name}, {ins[0]}, {out_expr}, {scratch});"
         elif n.op is Op.LINEAR:
             o, i = g.tensors[n.inputs[1]].shape
@@ -191,6 +194,7 @@ class _Builder:
             struct_type = "qg_fully_connected_params_t"
             fields = [("in_features", i), ("out_features", o), ("act_min", n.attrs["act_min"]),
                       ("act_max", n.attrs["act_max"]), ("weights", weights), ("bias", bias), ("shift", shift)]
+            self.check_scratch(index, n, fully_connected_buffer_size(i, o))
             call = f"qg_fully_connected_s8(&{struct_name}, {ins[0]}, {out_expr}, {scratch});"
         elif n.op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
             h, w, c = g.tensors[xs[0]].shape
@@ -251,6 +255,17 @@ class _Builder:
         check_fields(n, struct_type, fields)
         return Layer(index, title, shapes, struct_type, struct_name if struct_type else None,
                      [(k, str(v)) for k, v in fields], call, out_expr, g.tensors[out].nbytes, layer_macs(g, n))
+
+    def check_scratch(self, index: int, n: Node, need: int) -> None:
+        """The dense kernel about to be called for step `index` needs `need` bytes of scratch: the memory plan
+        must hold at least that (a kernel given NULL scratch writes through it: a crash, not an error)."""
+        if not need:
+            return
+        planned = scratch_bytes(self.g, n) if scratch_key(index) in self.g.memory else 0
+        if planned < need:
+            raise AssertionError(f"{n.where()}: its kernel needs {need} B of scratch but the memory plan gave it "
+                                 f"{planned} B: the planner (kernel_abi.scratch_bytes) and the emitter chose "
+                                 "different kernels (weight_formats.storage_choice decides)")
 
     def typed(self, tensor: str) -> str:
         """The buffer of `tensor` as a pointer of its element type (int16 tensors live in byte memory)."""

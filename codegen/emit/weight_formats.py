@@ -9,8 +9,8 @@ A pass asks for compression with `node.attrs["weight_format"]`:
   "cluster" -> the smallest of dense, cluster           (conv2d, depthwise, linear)
   "auto"    -> the smallest of all that apply
   "bitmap" | "index" | "cluster!" -> that encoding, even if larger (tests, benchmarks)
-The choice is made here, at emit time, on the quantised weights (`choose`), so a layer whose
-encoding would not be smaller stays dense ("dense when sparsity is low").
+The choice is made here, on the quantised weights (`storage_choice`, read by the memory planner and the
+emitter alike), so a layer whose encoding would not be smaller stays dense ("dense when sparsity is low").
 
 Formats (weights seen as segments: conv (Cout, KH*KW, Cin), linear (Out, 1, In); L = segment length):
   bitmap:  per segment ceil(L/8) bytes of a nonzero mask (bit i LSB first = channel i), then the
@@ -179,18 +179,46 @@ def encode(fmt: str, op: Op, w: np.ndarray) -> Encoding:
     return (encode_bitmap if fmt == "bitmap" else encode_index)(segments(op, w))
 
 
-def choose(g: Graph, node: Node) -> Encoding:
-    """The encoding the emitter uses for `node`: forced, or the smallest requested (dense on ties)."""
-    w = g.tensors[node.inputs[1]].data
+def encoded_bytes(fmt: str, op: Op, w: np.ndarray) -> int:
+    """Bytes of `encode(fmt, op, w)`, without encoding (tests/test_weight_formats.py checks they agree)."""
+    if fmt == "dense":
+        return int(w.size)
+    if fmt == "cluster":
+        distinct = len(np.unique(w))
+        bits = max(1, math.ceil(math.log2(distinct))) if distinct else 1
+        return -(-w.size * bits // 8) + 1 + (1 << bits)
+    rows, taps, length = segments(op, w).shape
+    nnz = max(int(np.count_nonzero(w)), 1)  # an empty stream is stored as one byte (_nonempty)
+    if fmt == "bitmap":
+        return rows * taps * -(-length // 8) + nnz
+    return rows * taps * -(-length // SPARSE_CHUNK) + 2 * nnz
+
+
+def storage_choice(g: Graph, node: Node) -> str:
+    """How `node`'s weights are stored, and so which kernel runs it: "dense", "bitmap", "index" or "cluster".
+
+    The one place this is decided: the memory planner (kernel_abi.scratch_bytes, overlap_distance) and the
+    emitter (layer_parts) both read it, so the scratch planned is the scratch of the kernel called (a
+    compressed encoding that would not be smaller falls back to the dense kernel, which needs scratch).
+    Forced formats are taken as asked; otherwise the smallest requested encoding, dense on ties.
+    """
     options = candidates(node)
+    if not options:
+        return "dense"
     if node.attrs.get("weight_format") in FORCED:
-        return encode(options[0], node.op, w)
-    best = encode_dense(w)
+        return options[0]
+    w = g.tensors[node.inputs[1]].data
+    best, best_bytes = "dense", int(w.size)
     for fmt in options:
-        enc = encode(fmt, node.op, w)
-        if enc.nbytes < best.nbytes:
-            best = enc
+        size = encoded_bytes(fmt, node.op, w)
+        if size < best_bytes:
+            best, best_bytes = fmt, size
     return best
+
+
+def choose(g: Graph, node: Node) -> Encoding:
+    """The encoding of `node`'s weights in the C output (the format of storage_choice)."""
+    return encode(storage_choice(g, node), node.op, g.tensors[node.inputs[1]].data)
 
 
 # ------------------------------------------------------------------ emitter hook
@@ -240,7 +268,7 @@ def layer_parts(builder, index: int, n: Node, sym: str, struct_name: str, ins: l
     encoding would not be smaller)."""
     g = builder.g
     enc = choose(g, n)
-    if enc.format == "dense":  # not worth it: the ordinary dense kernel
+    if enc.format == "dense":  # not worth it: the ordinary dense kernel (storage_choice; its scratch is planned)
         dense = copy.copy(n)
         dense.attrs = {**n.attrs, "weight_format": "dense"}
         layer = builder.layer(index, dense)

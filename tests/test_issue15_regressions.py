@@ -1,0 +1,79 @@
+"""Regressions of issue 15: one decision read by every consumer, so that two copies cannot disagree.
+
+1. The kernel (and so the scratch) of a compressed layer: planner and emitter read one storage_choice.
+2. Struct-field ranges: from the C types declared in qg_kernels.h, for every struct.
+3. Compression fine-tuning: the same torch interpreter of the IR as QAT (1-D models included).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from qgen_testing import finish, safe_bias, weighted_graph
+
+from codegen import kernel_abi
+from codegen.emit import weight_formats as wf
+from codegen.emit.c import model_data
+from codegen.ir import Op
+
+# ------------------------------------------------------------------ 1. scratch of a clustered layer
+
+
+def _clustered_conv_that_stays_dense(rng):
+    """A conv with 72 weights of many distinct values: a 6-bit codebook (64 B) + indices outweigh 72 B dense."""
+    w = rng.integers(-128, 128, (8, 3, 3, 1)).astype(np.int8)
+    g = weighted_graph(Op.CONV2D, (8, 8, 1), w, safe_bias(rng, w), 7, padding=(1, 1, 1, 1))
+    g.nodes[0].attrs["weight_format"] = "cluster"
+    return g
+
+
+def test_planner_and_emitter_read_one_storage_choice(rng):
+    g = _clustered_conv_that_stays_dense(rng)
+    node = g.nodes[0]
+    assert wf.storage_choice(g, node) == "dense" and wf.choose(g, node).format == "dense"
+    # the dense kernel it falls back to needs its im2col scratch, and the planner must plan it
+    assert kernel_abi.scratch_bytes(g, node) == kernel_abi.conv2d_buffer_size(1, 3, 3, 8) > 0
+    layer = model_data(finish(g), "t").layers[0]
+    assert layer.call.startswith("qg_conv2d_s8(") and not layer.call.endswith("NULL);")
+
+
+def test_emitter_refuses_to_give_a_kernel_null_scratch(rng, monkeypatch):
+    """Defence in depth: if the planner ever plans less scratch than the emitted kernel needs, the emitter
+    stops with an internal error (not a C file that writes through NULL)."""
+    from codegen.passes import plan_memory
+
+    g = _clustered_conv_that_stays_dense(rng)
+    monkeypatch.setattr(plan_memory, "scratch_bytes", lambda graph, node: 0)
+    g = finish(g)
+    with pytest.raises(AssertionError, match=r"needs \d+ B of scratch but the memory plan gave it 0 B"):
+        model_data(g, "t")
+
+
+@pytest.mark.parametrize("fmt", ["bitmap", "index", "cluster"])
+@pytest.mark.parametrize("op,shape", [(Op.CONV2D, (5, 3, 3, 7)), (Op.LINEAR, (9, 300))])
+@pytest.mark.parametrize("sparsity,distinct", [(0.0, 256), (0.7, 5), (1.0, 1)])
+def test_encoded_bytes_are_the_encodings_bytes(fmt, op, shape, sparsity, distinct, rng):
+    w = rng.choice(np.arange(-128, 128)[rng.permutation(256)[:distinct]], shape).astype(np.int8)
+    w[rng.random(shape) < sparsity] = 0
+    assert wf.encoded_bytes(fmt, op, w) == wf.encode(fmt, op, w).nbytes
+
+
+def test_cli_cluster_with_dense_fallback_verifies(tmp_path):
+    """The issue's command: exit 139 (the dense conv kernel wrote im2col data through NULL) before."""
+    (tmp_path / "m.py").write_text(textwrap.dedent("""
+        import torch
+        import torch.nn as nn
+
+        def make():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(512, 10))
+    """))
+    r = subprocess.run([sys.executable, "-m", "codegen.cli", "compile", "m.py:make", "--input-shape", "1,1,8,8",
+                        "--cluster", "6", "--verify", "--out", "out"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "bit-exact: yes" in r.stdout
+    assert "qg_conv2d_s8(" in (tmp_path / "out" / "model_model.c").read_text()
