@@ -77,3 +77,50 @@ def test_cli_cluster_with_dense_fallback_verifies(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "bit-exact: yes" in r.stdout
     assert "qg_conv2d_s8(" in (tmp_path / "out" / "model_model.c").read_text()
+
+
+# ------------------------------------------------------------------ 2. struct fields checked against their C types
+
+
+def test_every_kernel_struct_field_has_its_declared_type():
+    from codegen.emit.c_structs import INT_RANGES, field_type, kernel_structs
+
+    structs = kernel_structs()
+    assert {"qg_conv2d_params_t", "qg_conv2d_sparse_params_t", "qg_conv2d_cluster_params_t",
+            "qg_concat_wide_params_t"} <= set(structs)
+    assert field_type("qg_conv2d_sparse_params_t", "conv.in_c") == "uint16_t"
+    assert field_type("qg_conv2d_cluster_params_t", "bits") == "uint8_t"
+    assert field_type("qg_conv2d_params_t", "weights") == "const int8_t *"
+    assert field_type("qg_add_wide_params_t", "act_min") == "int16_t"
+    for fields in structs.values():  # every field is an integer, a pointer or another declared struct
+        assert all(t in INT_RANGES or t.endswith("*") or t in structs for t in fields.values()), fields
+
+
+def test_a_field_the_header_does_not_declare_is_an_internal_error():
+    from codegen.emit.c_structs import check_fields
+
+    node = weighted_graph(Op.LINEAR, (4,), np.ones((2, 4), np.int8), np.zeros(2), 0).nodes[0]
+    with pytest.raises(AssertionError, match="qg_conv2d_params_t has no field 'in_features'"):
+        check_fields(node, "qg_conv2d_sparse_params_t", [("conv.in_features", 4)])
+
+
+@pytest.mark.parametrize("fmt", ["sparse", "cluster!"])
+def test_compressed_layer_too_wide_for_its_struct_is_refused(fmt, rng):
+    """A sparse Linear(70000, 2) emitted `.conv.in_c = 70000` into a uint16_t (4464 in C) before."""
+    from codegen.errors import UserError
+
+    w = np.zeros((2, 70000), np.int8)
+    w[:, ::10] = rng.integers(-3, 4, (2, 7000))
+    g = weighted_graph(Op.LINEAR, (70000,), w, np.zeros(2, np.int64), 7)
+    g.nodes[0].attrs["weight_format"] = fmt
+    assert wf.storage_choice(g, g.nodes[0]) != "dense"
+    with pytest.raises(UserError, match=r"conv.in_c = 70000 does not fit the kernel's uint16_t field"):
+        model_data(finish(g), "t")
+
+
+def test_firmware_project_builds_the_model_with_werror():
+    from codegen.target import load_board, makefile_text
+
+    line = next(x for x in makefile_text(load_board("mps2-an386"), "m").splitlines()
+                if x.startswith("MODEL_WARNINGS"))
+    assert "-Werror" in line.split() and "-Wconversion" in line.split()

@@ -18,6 +18,7 @@ from ..output import OUTPUT_MARKER, write_atomic  # noqa: F401 (re-exported: cod
 from ..passes.plan_memory import scratch_key
 from ..resources import data_dir, kernel_dir
 from . import escape
+from .c_structs import check_fields
 
 C_KEYWORDS = {
     "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else", "enum", "extern",
@@ -350,34 +351,6 @@ class _Builder:
                     f"qg_concat_wide(&{struct_name}, parts, {self.buffer(out)}); }}")
             return "qg_concat_wide_params_t", fields, call
         raise UserError(f"{n.where()}: no int16 kernel for op {n.op.value}; keep its input int8")
-
-
-_U8, _U16, _I8 = (0, 255, "uint8_t"), (0, 65535, "uint16_t"), (-128, 127, "int8_t")
-_GEOMETRY = {f: _U8 for f in ("k_h", "k_w", "stride_h", "stride_w", "pad_top", "pad_left", "pad_bottom", "pad_right")}
-# C types of the kernel parameter fields (firmware/kernels/qg_kernels.h) that can overflow
-FIELD_TYPES: dict[str, dict[str, tuple[int, int, str]]] = {
-    "qg_conv2d_params_t": {**{f: _U16 for f in ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c")}, **_GEOMETRY},
-    "qg_fully_connected_params_t": {"in_features": _U16, "out_features": _U16},
-    "qg_pool2d_params_t": {**{f: _U16 for f in ("in_h", "in_w", "channels", "out_h", "out_w")}, **_GEOMETRY},
-    "qg_pad_params_t": {**{f: _U16 for f in ("in_h", "in_w", "channels")}, **_GEOMETRY},
-    "qg_add_params_t": {"shift_a": _I8, "shift_b": _I8, "shift": _I8},
-    "qg_add_wide_params_t": {"shift_a": _I8, "shift_b": _I8, "shift": _I8},
-}
-FIELD_TYPES["qg_conv2d_wide_params_t"] = FIELD_TYPES["qg_conv2d_params_t"]
-FIELD_TYPES["qg_fully_connected_wide_params_t"] = FIELD_TYPES["qg_fully_connected_params_t"]
-FIELD_TYPES["qg_pool2d_s16_params_t"] = FIELD_TYPES["qg_pool2d_params_t"]
-
-
-def check_fields(n: Node, struct_type: str | None, fields: list[tuple[str, object]]) -> None:
-    """Refuse a layer whose parameters do not fit the kernel's struct fields (no silent truncation)."""
-    limits = FIELD_TYPES.get(struct_type or "", {})
-    for name, value in fields:
-        if name in limits and isinstance(value, (int, np.integer)):
-            lo, hi, ctype = limits[name]
-            if not lo <= int(value) <= hi:
-                raise UserError(f"{n.where()}: {name} = {int(value)} does not fit the kernel's {ctype} field "
-                                f"({struct_type}: {lo}..{hi}); split or shrink the layer (e.g. pool or "
-                                "reshape before it).")
 
 
 def _pow2_literal(exp: int) -> str:
