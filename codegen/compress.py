@@ -9,7 +9,8 @@ shapes; prune_magnitude zeroes weights and cluster shares them, and both mark th
 C emitter stores them compressed (codegen/emit/weight_formats.py) and runs kernels that skip zeros or
 decode indices. Order: channels -> low rank -> fine-tune -> magnitude pruning -> fine-tune (masked)
 -> clustering. Fine-tuning (optional, needs labelled training data) trains the float IR itself with
-PyTorch (`GraphModule`), so it works the same after any structural change; pruned weights stay zero.
+PyTorch (`GraphModule`: codegen/torch_ir.py, the torch interpreter of the IR that QAT uses too), so it
+works the same after any structural change and on every model QAT runs (1-D included); pruned weights stay zero.
 """
 from __future__ import annotations
 
@@ -146,75 +147,23 @@ def _prune(graph: Graph, sparsity: float, opts: CompressOptions, train) -> Graph
 # ------------------------------------------------------------------ the float IR as a torch module
 
 
-def _torch_layout(x: np.ndarray) -> np.ndarray:
-    return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+def __getattr__(name: str):
+    """`compress.GraphModule`: the float IR as a torch function, codegen/torch_ir.py's FloatModule (the one
+    torch interpreter of the IR, shared with QAT); imported on use, as torch is."""
+    if name == "GraphModule":
+        from .torch_ir import FloatModule
+
+        return FloatModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class GraphModule:
-    """Runs a float IR graph with torch (channels-last, like run_float), its weights as parameters.
+def _torch_batch(x: np.ndarray):
+    """Training samples in PyTorch layout -> a float32 batch in the IR's layout (1-D models included)."""
+    import torch
 
-    `params[tensor name]` are the trainable weights and biases; `write_back()` copies them into the IR.
-    """
+    from .torch_ir import to_ir_layout
 
-    def __init__(self, graph: Graph):
-        import torch
-
-        self.graph = graph
-        self.params = {name: torch.nn.Parameter(torch.tensor(t.data, dtype=torch.float32))
-                       for name, t in graph.tensors.items() if t.is_const}
-
-    def write_back(self) -> None:
-        for name, p in self.params.items():
-            self.graph.tensors[name].data = p.detach().double().numpy().copy()
-
-    def __call__(self, x):
-        import torch
-        import torch.nn.functional as F
-
-        g = self.graph
-        values = {g.inputs[0]: x}
-        for n in g.nodes:
-            xs = [values[t] for t in n.inputs if not g.tensors[t].is_const]
-            a = n.attrs
-            if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
-                w, b = self.params[n.inputs[1]], self.params[n.inputs[2]]
-                top, left, bottom, right = a["padding"]
-                y = F.pad(xs[0].permute(0, 3, 1, 2), (left, right, top, bottom))
-                groups = xs[0].shape[-1] if n.op is Op.DEPTHWISE_CONV2D else 1
-                y = F.conv2d(y, w.permute(0, 3, 1, 2), b, stride=tuple(a["stride"]), groups=groups).permute(0, 2, 3, 1)
-            elif n.op is Op.LINEAR:
-                y = xs[0] @ self.params[n.inputs[1]].T + self.params[n.inputs[2]]
-            elif n.op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
-                top, left, bottom, right = a["padding"]
-                fill = float("-inf") if n.op is Op.MAXPOOL2D else 0.0
-                y = F.pad(xs[0].permute(0, 3, 1, 2), (left, right, top, bottom), value=fill)
-                pool = F.max_pool2d if n.op is Op.MAXPOOL2D else F.avg_pool2d
-                y = pool(y, tuple(a["kernel"]), tuple(a["stride"])).permute(0, 2, 3, 1)
-            elif n.op is Op.RELU:
-                y = _clamp(xs[0], a["lo"], a["hi"])
-            elif n.op is Op.ADD:
-                y = xs[0] + xs[1]
-            elif n.op is Op.RESHAPE:
-                y = xs[0].reshape((xs[0].shape[0],) + tuple(a["shape"]))
-            elif n.op.value == "pad":
-                top, left, bottom, right = a["padding"]
-                y = F.pad(xs[0], (0, 0, left, right, top, bottom))
-            elif n.op.value == "concat":
-                y = torch.cat(xs, dim=a["axis"] + 1)
-            elif n.op.value == "softmax":
-                y = torch.softmax(xs[0], dim=-1)
-            else:
-                raise UserError(f"{n.where()}: fine-tuning does not support op {n.op.value}; compress without "
-                                "fine-tuning (finetune_epochs=0)")
-            if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR, Op.ADD):
-                y = _clamp(y, *a.get("act", (None, None)))
-            values[n.outputs[0]] = y
-        out = values[g.outputs[0]]
-        return out.permute(0, 3, 1, 2) if out.dim() == 4 else out
-
-
-def _clamp(y, lo, hi):
-    return y if lo is None and hi is None else y.clamp(min=lo, max=hi)
+    return to_ir_layout(torch.tensor(np.asarray(x), dtype=torch.float32))
 
 
 def gradient_importance(graph: Graph, x: np.ndarray, y: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
@@ -222,8 +171,10 @@ def gradient_importance(graph: Graph, x: np.ndarray, y: np.ndarray, batch: int =
     when the weight is removed), per conv2d / linear node name."""
     import torch
 
-    module = GraphModule(graph)
-    xt, yt = torch.tensor(_torch_layout(np.asarray(x)), dtype=torch.float32), torch.as_tensor(np.asarray(y))
+    from .torch_ir import FloatModule
+
+    module = FloatModule(graph)
+    xt, yt = _torch_batch(x), torch.as_tensor(np.asarray(y))
     for start in range(0, len(xt), batch):
         loss = torch.nn.functional.cross_entropy(module(xt[start:start + batch]), yt[start:start + batch],
                                                  reduction="sum")
@@ -243,8 +194,10 @@ def finetune(graph: Graph, train: tuple[np.ndarray, np.ndarray], opts: CompressO
 
     if opts.finetune_epochs <= 0:
         return graph
+    from .torch_ir import FloatModule
+
     torch.manual_seed(opts.seed)
-    module = GraphModule(graph)
+    module = FloatModule(graph)
     masks = {}
     for n in graph.nodes:
         if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR) and n.attrs.get("weight_format", "dense") != "dense":
@@ -252,7 +205,7 @@ def finetune(graph: Graph, train: tuple[np.ndarray, np.ndarray], opts: CompressO
     params = list(module.params.values())
     opt = torch.optim.Adam(params, lr=opts.lr)
     x, y = train
-    xt, yt = torch.tensor(_torch_layout(np.asarray(x)), dtype=torch.float32), torch.as_tensor(np.asarray(y))
+    xt, yt = _torch_batch(x), torch.as_tensor(np.asarray(y))
     gen = torch.Generator().manual_seed(opts.seed)
     for _ in range(opts.finetune_epochs):
         for idx in torch.randperm(len(xt), generator=gen).split(opts.batch):
@@ -319,5 +272,6 @@ def summary_lines(graph: Graph) -> list[str]:
     return lines
 
 
-__all__ = ["CompressOptions", "GraphModule", "bn_importance", "finetune", "gradient_importance", "parse_cli",
-           "parse_rank", "passes", "summary", "summary_lines", "totals", "validate"]
+__all__ = ["CompressOptions", "GraphModule",  # noqa: F822 (GraphModule: the module's __getattr__)
+           "bn_importance", "finetune", "gradient_importance", "parse_cli", "parse_rank", "passes", "summary",
+           "summary_lines", "totals", "validate"]

@@ -124,3 +124,49 @@ def test_firmware_project_builds_the_model_with_werror():
     line = next(x for x in makefile_text(load_board("mps2-an386"), "m").splitlines()
                 if x.startswith("MODEL_WARNINGS"))
     assert "-Werror" in line.split() and "-Wconversion" in line.split()
+
+
+# ------------------------------------------------------------------ 3. fine-tuning a 1-D model (one torch interpreter)
+
+
+def _conv1d_task():
+    import torch
+    from torch import nn
+
+    from codegen.frontend import from_module
+    from codegen.passes import fold_bn, fuse_activation
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 8, 5, padding=2), nn.ReLU(), nn.Flatten(), nn.Linear(320, 10))
+    g = fuse_activation.run(fold_bn.run(from_module(model, torch.zeros(1, 1, 40))))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 1, 40)).astype(np.float32)
+    y = (x[:, 0, :20].mean(1) > 0).astype(np.int64) + 2 * (x[:, 0, 20:].mean(1) > 0)
+    return g, x, y
+
+
+def _accuracy(g, x, y) -> float:
+    from codegen.reference import run_float, to_qgen_layout
+
+    out = run_float(g, to_qgen_layout(g, x).astype(np.float64))[g.outputs[0]]
+    return float((out.argmax(1) == y).mean())
+
+
+@pytest.mark.parametrize("option,floor", [({"prune": 0.5}, 0.6), ({"prune": 0.5, "importance": "gradient"}, 0.6),
+                                          ({"channels": 0.5}, 0.6), ({"rank": "2"}, 0.3)])
+def test_conv1d_compression_fine_tunes(option, floor):
+    """--prune/--channels/--rank with --finetune-epochs crashed on every Conv1d model (permute of a 3-D
+    tensor: compress.py had its own interpreter, which assumed images)."""
+    from codegen import compress
+    from codegen.passes import run_pipeline
+
+    accuracy = {}
+    for epochs in (0, 3):
+        g, x, y = _conv1d_task()
+        opts = compress.parse_cli(**option, finetune_epochs=epochs, lr=1e-2)
+        g = run_pipeline(g, compress.passes(opts, train=(x, y)))
+        accuracy[epochs] = _accuracy(g, x, y)
+        if "prune" in option:  # pruned weights stay zero through fine-tuning
+            w = g.tensors[g.nodes[-1].inputs[1]].data
+            assert np.count_nonzero(w) <= w.size // 2 + 1
+    assert accuracy[3] >= floor and accuracy[3] > accuracy[0] + 0.1, accuracy

@@ -1,0 +1,173 @@
+"""One torch interpreter of the IR, shared by compression fine-tuning (codegen/compress.py, float) and
+quantisation-aware training (codegen/qat.py, fake quantisation), so that the two cannot drift apart.
+
+It runs the IR as reference.run_float does (the NumPy spec): channels-last activations, 1-D models as
+(N, 1, L, C), the IR's asymmetric padding. What is shared:
+  - the layouts at the model's boundary (to_ir_layout / to_torch_layout: NCHW, NCL and plain vectors);
+  - the walk over the nodes (`execute`);
+  - the geometry of every op (conv, pool, pad, reshape, concat) and the torch twin of each LUT function;
+  - `float_node`: the float meaning of each op (reference.run_float's, in torch, differentiable).
+QAT evaluates weighted layers and requantisations its own way (integers carried in float tensors) on top
+of the same geometry; tests/test_torch_ir.py checks float_node against reference.run_float.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+from .ir import Graph, Node, Op
+
+WEIGHTED = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR)
+
+
+# ------------------------------------------------------------------ layouts at the model's boundary
+
+
+def to_ir_layout(x: torch.Tensor) -> torch.Tensor:
+    """A batch in PyTorch layout -> the IR's (reference.to_qgen_layout): (N,C,H,W) -> (N,H,W,C),
+    (N,C,L) -> (N,1,L,C), (N,F) unchanged."""
+    if x.ndim == 4:
+        return x.permute(0, 2, 3, 1)
+    if x.ndim == 3:
+        return x.permute(0, 2, 1)[:, None]
+    return x
+
+
+def to_torch_layout(y: torch.Tensor, layout: str | None) -> torch.Tensor:
+    """An output batch in the IR's layout -> PyTorch's (reference.from_qgen_layout); `layout` is the
+    output's graph.io_layout ('ncl': (N,1,L,C) -> (N,C,L))."""
+    if y.ndim != 4:
+        return y
+    return y[:, 0].permute(0, 2, 1) if layout == "ncl" else y.permute(0, 3, 1, 2)
+
+
+# ------------------------------------------------------------------ the walk and the geometry of each op
+
+
+def execute(graph: Graph, x: torch.Tensor, evaluate: Callable[[int, Node, list[torch.Tensor]], torch.Tensor]
+            ) -> torch.Tensor:
+    """Run `graph` on `x` (IR layout): evaluate(index, node, activation inputs) gives each node's output."""
+    values = {graph.inputs[0]: x}
+    for i, node in enumerate(graph.nodes):
+        values[node.outputs[0]] = evaluate(i, node, [values[t] for t in node.inputs if not graph.tensors[t].is_const])
+    return values[graph.outputs[0]]
+
+
+def conv(x: torch.Tensor, w: torch.Tensor, node: Node) -> torch.Tensor:
+    """Convolution sums (no bias) of a conv2d / depthwise node: x (N,H,W,Cin), w (Cout,KH,KW,Cin or 1)."""
+    top, left, bottom, right = node.attrs["padding"]
+    xp = F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom))
+    groups = xp.shape[1] if node.op is Op.DEPTHWISE_CONV2D else 1
+    return F.conv2d(xp, w.permute(0, 3, 1, 2), stride=tuple(node.attrs["stride"]), groups=groups).permute(0, 2, 3, 1)
+
+
+def weighted_sums(x: torch.Tensor, w: torch.Tensor, node: Node) -> torch.Tensor:
+    """The sums of a conv2d, depthwise or linear node, before bias."""
+    return x @ w.T if node.op is Op.LINEAR else conv(x, w, node)
+
+
+def pool(x: torch.Tensor, attrs: dict, pad_value: float, kind: str) -> torch.Tensor:
+    """Max ("max") or plain window sums ("sum", padding included) over the IR's padded windows."""
+    top, left, bottom, right = attrs["padding"]
+    xp = F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom), value=pad_value)
+    kernel, stride = tuple(attrs["kernel"]), tuple(attrs["stride"])
+    if kind == "max":
+        y = F.max_pool2d(xp, kernel, stride)
+    else:
+        y = F.avg_pool2d(xp, kernel, stride, divisor_override=1)
+    return y.permute(0, 2, 3, 1)
+
+
+def pad(x: torch.Tensor, attrs: dict) -> torch.Tensor:
+    top, left, bottom, right = attrs["padding"]
+    return F.pad(x, (0, 0, left, right, top, bottom))
+
+
+def reshape(x: torch.Tensor, attrs: dict) -> torch.Tensor:
+    return x.reshape((x.shape[0],) + tuple(attrs["shape"]))
+
+
+def concat(xs: list[torch.Tensor], attrs: dict) -> torch.Tensor:
+    return torch.cat(xs, dim=attrs["axis"] + 1)  # the IR's axis has no batch
+
+
+def lut_function(attrs: dict) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The torch twin of reference.lut_function (the float function behind a LUT node)."""
+    fn = attrs["fn"]
+    if fn == "sigmoid":
+        return torch.sigmoid
+    if fn == "tanh":
+        return torch.tanh
+    if fn == "hardsigmoid":
+        return F.hardsigmoid
+    if fn == "hardswish":
+        return F.hardswish
+    if fn == "silu":
+        return F.silu
+    if fn == "gelu":
+        return lambda v: F.gelu(v, approximate=attrs.get("approximate", "none"))
+    if fn == "leaky_relu":
+        return lambda v: F.leaky_relu(v, attrs["alpha"])
+    if fn == "elu":
+        return lambda v: F.elu(v, attrs["alpha"])
+    raise UserError(f"no torch function for LUT '{fn}'")
+
+
+def clamp(y: torch.Tensor, lo: float | None, hi: float | None) -> torch.Tensor:
+    return y if lo is None and hi is None else y.clamp(min=lo, max=hi)
+
+
+# ------------------------------------------------------------------ float semantics
+
+
+def float_node(node: Node, xs: list[torch.Tensor], const: Callable[[str], torch.Tensor]) -> torch.Tensor:
+    """The float output of `node` (reference.run_float's rule for its op); const(tensor name) gives a
+    constant input (e.g. a trainable parameter)."""
+    op, a = node.op, node.attrs
+    if op in WEIGHTED:
+        y = weighted_sums(xs[0], const(node.inputs[1]), node) + const(node.inputs[2])
+        return clamp(y, *a.get("act", (None, None)))
+    if op is Op.ADD:
+        return clamp(xs[0] + xs[1], *a.get("act", (None, None)))
+    if op is Op.RELU:
+        return clamp(xs[0], a["lo"], a["hi"])
+    if op is Op.BATCH_NORM:
+        return xs[0] * const(node.inputs[1]) + const(node.inputs[2])
+    if op is Op.MAXPOOL2D:
+        return pool(xs[0], a, float("-inf"), "max")
+    if op is Op.AVGPOOL2D:
+        return pool(xs[0], a, 0.0, "sum") / (a["kernel"][0] * a["kernel"][1])
+    if op is Op.RESHAPE:
+        return reshape(xs[0], a)
+    if op is Op.PAD:
+        return pad(xs[0], a)
+    if op is Op.CONCAT:
+        return concat(xs, a)
+    if op is Op.SOFTMAX:
+        return torch.softmax(xs[0], dim=-1)
+    if op is Op.LUT:
+        return lut_function(a)(xs[0])
+    raise UserError(f"{node.where()}: the torch interpreter of the IR does not support op {op.value}")
+
+
+class FloatModule:
+    """The float IR as a differentiable torch function, its constants (weights, biases, BatchNorm scales)
+    as parameters: `params[tensor name]`; `write_back()` copies them into the IR."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.params = {name: torch.nn.Parameter(torch.tensor(t.data, dtype=torch.float32))
+                       for name, t in graph.tensors.items() if t.is_const}
+
+    def write_back(self) -> None:
+        for name, p in self.params.items():
+            self.graph.tensors[name].data = p.detach().double().numpy().copy()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x in the IR's layout (to_ir_layout); the output in PyTorch's (to_torch_layout)."""
+        g = self.graph
+        y = execute(g, x, lambda i, node, xs: float_node(node, xs, self.params.__getitem__))
+        return to_torch_layout(y, g.io_layout.get(g.outputs[0]))
