@@ -1,6 +1,15 @@
 """qgen: compile PyTorch models to bit-exact fixed-point integer C for microcontrollers."""
 __version__ = "0.1.0"
 
-from .api import CompileResult, compile  # noqa: E402
-
 __all__ = ["compile", "CompileResult", "__version__"]
+
+
+def __getattr__(name: str):
+    """`codegen.compile` / `codegen.CompileResult`, imported on first use: `import codegen` (and the `qgen`
+    command's start-up) stays free of torch and numpy until they are needed, so that the CLI's main can
+    catch a Ctrl-C that lands while they load."""
+    if name in ("compile", "CompileResult"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'codegen' has no attribute {name!r}")

@@ -13,9 +13,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import limits as limits_mod
 from . import report as report_mod
 from . import serialize
-from .emit.c import banner_lines, check_prefix, option_text, render
+from .emit.c import banner_lines, check_prefix, model_data, option_text, render
 from .errors import UserError
 from .fixed import dequantize
 from .frontend import from_exported_program, from_module, load_model
@@ -94,7 +95,7 @@ class CompileResult:
         return np.load(io.BytesIO(self.files["qgen_verify_inputs.npy"]))
 
 
-def _frontend(model: Any, example_input: Any) -> Graph:
+def _frontend(model: Any, example_input: Any, lim: limits_mod.Limits | None = None) -> Graph:
     import torch
 
     if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
@@ -103,6 +104,8 @@ def _frontend(model: Any, example_input: Any) -> Graph:
         return from_onnx_file(str(model))
     if isinstance(model, (str, Path)):
         shape = tuple(example_input) if isinstance(example_input, (tuple, list)) else None
+        if shape is not None and lim is not None:
+            limits_mod.check_input_shape(shape, lim)  # before load_model allocates the example input
         model, example = load_model(str(model), shape)
         example_input = example if example is not None else example_input
     if isinstance(model, torch.export.ExportedProgram):
@@ -135,13 +138,23 @@ def _random_samples(torch_shape: tuple[int, ...]) -> int:
     return int(max(1, min(64, RANDOM_CALIB_BYTES // max(per_sample, 1))))
 
 
+RANDOM_CALIB_BYTES = 256 << 20  # float64 N(0,1) samples drawn when no calibration data is given
+
+
+def _random_samples(torch_shape: tuple[int, ...]) -> int:
+    """64 random calibration samples, fewer for inputs so large that 64 would take over RANDOM_CALIB_BYTES."""
+    per_sample = 8 * int(np.prod(torch_shape, dtype=np.int64))
+    return int(max(1, min(64, RANDOM_CALIB_BYTES // max(per_sample, 1))))
+
+
 def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None = None, *,
             prefix: str = "model", out_dir: str | Path | None = None, command: str | None = None,
             eval_data: np.ndarray | None = None,
             extra_passes: list[tuple[str, Callable[[Graph], Graph]]] | None = None,
             calibration: str = "minmax", percentile: float = 99.99, bias_correction: bool = False,
             equalize: bool = False, precision: dict[str, int] | None = None,
-            auto_precision: float | None = None, labels: np.ndarray | None = None) -> CompileResult:
+            auto_precision: float | None = None, labels: np.ndarray | None = None,
+            max_flash: int | None = None, max_ram: int | None = None, board: str | None = None) -> CompileResult:
     """Compile a PyTorch model to Q-format C.
 
     model: nn.Module (with example_input), torch.export.ExportedProgram, 'model.pt2' or 'file.py:factory'.
@@ -163,10 +176,15 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     auto_precision: a bound on the accuracy drop in percentage points (e.g. 0.5): raise the most
         sensitive layers to int16 until eval_data meets it (codegen/precision.py). `labels` (one per
         eval sample) make it a true accuracy drop; without them it is top-1 disagreement with the float model.
+    max_flash, max_ram: bytes of flash for the constant arrays and of RAM for the activations; a model that
+        cannot fit is refused (UserError) as soon as that is known, before calibration where possible
+        (codegen/limits.py). Default: `board`'s (a name in boards/*.toml), else the largest flash and RAM
+        among the known boards.
     """
     start = time.perf_counter()
     check_prefix(prefix)
-    graph = _frontend(model, example_input)
+    lim = limits_mod.limits(max_flash, max_ram, board)
+    graph = _frontend(model, example_input, lim)
     in_shape = graph.tensors[graph.inputs[0]].shape
     layout = graph.io_layout.get(graph.inputs[0], "nf")
     if layout == "nchw":
@@ -177,10 +195,13 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
         torch_shape = in_shape
     calib_text = "N(0,1) random, seed 0" if calib_data is None else data_fingerprint(calib_data)
     if calib_data is None:
-        calib_data = np.random.default_rng(0).standard_normal((64, *torch_shape)).astype(np.float32)
+        limits_mod.check_input_shape(torch_shape, lim)
+        calib_data = np.random.default_rng(0).standard_normal((_random_samples(torch_shape), *torch_shape))
+        calib_data = calib_data.astype(np.float32)
     calib_data = np.asarray(calib_data)
     float_passes = [("separate_outputs", separate_outputs.run), ("fold_pad", fold_pad.run),
-                    ("fold_bn", fold_bn.run), ("fuse_activation", fuse_activation.run), *(extra_passes or [])]
+                    ("fold_bn", fold_bn.run), ("fuse_activation", fuse_activation.run), *(extra_passes or []),
+                    ("check_limits", lambda g: limits_mod.check_float_graph(g, lim))]
     if equalize:
         float_passes.append(("equalize", lambda g: equalize_pass.run(g, calib_data)))
     if precision:
@@ -203,6 +224,7 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     if bias_correction:
         int_passes.append(("bias_correction", lambda g: bias_correction_pass.run(g, float_graph, calib_data)))
     graph = run_pipeline(graph, int_passes + [("plan_memory", plan_memory.run)])
+    limits_mod.check_compiled(model_data(graph, prefix).weight_bytes, graph.arena_size, lim)  # before any C text
     eval_x = np.asarray(eval_data if eval_data is not None else calib_data, dtype=np.float32)
     x_i8 = quantize_input(graph, eval_x)
     eval_hwc = to_qgen_layout(graph, eval_x)

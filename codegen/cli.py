@@ -9,10 +9,12 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -25,7 +27,39 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _bytes(text: str) -> int:
+    """A byte count: 4194304, 4096K or 4M (K = 1024)."""
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+    try:
+        value = int(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a byte count like 2097152, 2048K or 2M")
+    return value
+
+
+def _split_limits(args) -> tuple[int | None, int | None]:
+    """--max-flash/--max-ram, or for a model split over several boards, their combined memories."""
+    parts = len(args.split_at) + 1 if getattr(args, "split_at", None) else 1
+    if getattr(args, "boards", None):
+        from .target import load_board
+
+        boards = [load_board(b) for b in args.boards]
+        flash, ram = sum(b.flash_kb for b in boards) * 1024, sum(b.ram_kb for b in boards) * 1024
+    elif parts > 1:
+        from .limits import largest_board
+
+        (flash, _), (ram, _) = largest_board()
+        flash, ram = parts * flash, parts * ram
+    else:
+        return args.max_flash, args.max_ram
+    return args.max_flash or flash, args.max_ram or ram
+
+
 def _load_array(path: str, what: str) -> np.ndarray:
+    import numpy as np  # imported here, not at start-up, so that Ctrl-C during imports is caught by main
+
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{what} file '{path}' does not exist")
@@ -54,7 +88,7 @@ def _compress_passes(args):
     if args.train:
         if not args.labels:
             raise UserError("--train needs --labels (integer class labels, .npy) for fine-tuning")
-        train = (_load_array(args.train, "training data"), _load_array(args.labels, "labels").astype(np.int64))
+        train = (_load_array(args.train, "training data"), _load_array(args.labels, "labels").astype("int64"))
     elif args.finetune_epochs or args.importance == "gradient":
         raise UserError("fine-tuning and gradient importance need --train x.npy --labels y.npy")
     return compress.passes(opts, train=train)
@@ -81,7 +115,8 @@ def cmd_compile(args) -> int:
                       calibration=args.calibration, percentile=args.percentile,
                       bias_correction=args.bias_correction, equalize=args.equalize,
                       precision=parse_spec(args.precision), eval_data=eval_x,
-                      auto_precision=args.max_acc_drop if args.auto_precision else None, labels=eval_labels)
+                      auto_precision=args.max_acc_drop if args.auto_precision else None, labels=eval_labels,
+                      **dict(zip(("max_flash", "max_ram"), _split_limits(args))))
     report.print_table(result.report)
     if passes is not None or args.command == "compress":
         from . import compress
@@ -137,7 +172,8 @@ def _model_dir(args, tmp: Path) -> Path:
     from . import compile as qcompile
 
     calib = _load_array(args.calib, "calibration data") if args.calib else None
-    qcompile(args.model, args.input_shape, calib, prefix=args.prefix, out_dir=tmp / "model")
+    board = getattr(args, "board", None)  # refuse a model too big for the board before calibrating it
+    qcompile(args.model, args.input_shape, calib, prefix=args.prefix, out_dir=tmp / "model", board=board)
     return tmp / "model"
 
 
@@ -265,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--percentile", type=float, default=99.99, help="for --calibration percentile")
     c.add_argument("--bias-correction", action="store_true", help="correct each channel's mean quantisation error")
     c.add_argument("--equalize", action="store_true", help="cross-layer equalisation by powers of two")
+    c.add_argument("--max-flash", type=_bytes, metavar="BYTES", help="refuse, before calibrating, a model whose "
+                   "weights need more flash (default: the largest known board's; e.g. 2M, 512K)")
+    c.add_argument("--max-ram", type=_bytes, metavar="BYTES", help="refuse a model whose activations need more "
+                   "RAM (default: the largest known board's)")
     c.add_argument("--split-at", action="append", metavar="NODE",
                    help="cut after this layer (repeat for more parts); writes <out>/part<k>/")
     c.add_argument("--boards", type=lambda t: [b for b in t.split(",") if b],
@@ -379,7 +419,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:  # building the parser imports much of qgen: Ctrl-C there is an interruption too, not a traceback
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     try:
         with warnings.catch_warnings():  # qgen's own warnings (e.g. a calibration fallback): one line each
             warnings.showwarning = _warning_printer(warnings.showwarning)

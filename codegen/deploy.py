@@ -16,7 +16,7 @@ from .api import CompileResult, load_compiled
 from .errors import UserError
 from .hostcheck import cache_root, model_sources, reference_outputs
 from .reference import run_int
-from .target import INPUT_FILE, Board, ElfInfo, build_elf, load_board, run_qemu, write_project
+from .target import INPUT_FILE, Board, ElfInfo, build_elf, check_model_fits, load_board, run_qemu, write_project
 
 # The generated model is held to the same standard on the target as on the host.
 MODEL_CFLAGS = ("-std=c99", "-Werror", "-Wconversion")
@@ -85,6 +85,7 @@ def build(model_dir: str | Path, board: str | Board, build_dir: str | Path, opt:
     board = load_board(board) if isinstance(board, str) else board
     compiled = load_compiled(model_dir)
     prefix = compiled.prefix
+    check_model_fits(board, model_dir / f"{prefix}_model.h", prefix)  # before a long cross build
     elf = build_elf(board, model_sources(model_dir, prefix), [model_dir, model_dir / "kernels"], prefix,
                     Path(build_dir), opt, extra_cflags=MODEL_CFLAGS, count_layers=count_layers)
     project = None

@@ -296,6 +296,30 @@ def check_fits(board: Board, sizes: SectionSizes) -> FitReport:
     return report
 
 
+def model_memory(header: Path | str, prefix: str) -> tuple[int, int] | None:
+    """(<PREFIX>_FLASH_BYTES, <PREFIX>_ARENA_SIZE) from a generated model header, or None without them."""
+    text = Path(header).read_text(errors="replace") if Path(header).is_file() else ""
+    found = [re.search(rf"^#define {prefix.upper()}_{name} (\d+)\b", text, re.MULTILINE)
+             for name in ("FLASH_BYTES", "ARENA_SIZE")]
+    return (int(found[0].group(1)), int(found[1].group(1))) if all(found) else None
+
+
+def check_model_fits(board: Board, header: Path | str, prefix: str) -> None:
+    """Before cross-compiling: the model's constant data and arena alone (lower bounds of the image: code,
+    harness and stack come on top) must fit the board, else UserError at once instead of after the build."""
+    memory = model_memory(header, prefix)
+    if memory is None:
+        return  # a hand-written header: the fit check after linking decides
+    flash, arena = memory
+    stack = board.stack_kb * 1024
+    report = FitReport(board=board.name, flash_bytes=flash, flash_limit=board.flash_kb * 1024,
+                       ram_bytes=arena + stack, ram_limit=board.ram_kb * 1024)
+    if not report.fits:
+        raise UserError("; ".join(report.problems()) + f" (weights {_kb(flash)} KB, arena {_kb(arena)} KB + "
+                        f"{board.stack_kb} KB stack, before code). Pick a board with more memory or make the model "
+                        "smaller (--prune, --cluster, --rank, --channels).")
+
+
 # ------------------------------------------------------------------------------------- build
 
 @dataclass(frozen=True)

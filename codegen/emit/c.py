@@ -39,7 +39,7 @@ def check_prefix(prefix: str) -> str:
 class CArray:
     name: str
     ctype: str
-    values: list[str]  # formatted rows
+    values: _Rows  # formatted rows, produced while the template iterates them
     count: int
     comment: str
     nbytes: int
@@ -93,9 +93,34 @@ def _fmt_int(v: int) -> str:
     return "(-2147483647 - 1)" if v == -(1 << 31) else str(int(v))
 
 
-def _rows(values: np.ndarray, per_row: int = 16) -> list[str]:
-    flat = [_fmt_int(v) for v in np.asarray(values).reshape(-1)]
-    return [", ".join(flat[i:i + per_row]) for i in range(0, len(flat), per_row)]
+class _Rows:
+    """The C initialiser rows of an integer array, `per_row` values each, formatted only while a template
+    iterates them and a chunk at a time: a large array is never held as millions of Python strings."""
+
+    CHUNK_ROWS = 4096
+
+    def __init__(self, values: np.ndarray, per_row: int = 16):
+        flat = np.asarray(values).reshape(-1)
+        self.flat = flat if flat.dtype.kind in "iu" else flat.astype(np.int64)
+        self.per_row = per_row
+
+    def __len__(self) -> int:
+        return -(-self.flat.size // self.per_row)
+
+    def __iter__(self):
+        step = self.per_row * self.CHUNK_ROWS
+        for start in range(0, self.flat.size, step):
+            chunk = self.flat[start:start + step]
+            if chunk.dtype.itemsize >= 4 and (chunk == -(1 << 31)).any():
+                text = [_fmt_int(v) for v in chunk.tolist()]
+            else:
+                text = list(map(str, chunk.tolist()))
+            for i in range(0, len(text), self.per_row):
+                yield ", ".join(text[i:i + self.per_row])
+
+
+def _rows(values: np.ndarray, per_row: int = 16) -> _Rows:
+    return _Rows(values, per_row)
 
 
 def _symbol(prefix: str, text: str) -> str:
