@@ -5,6 +5,9 @@ The CLI is a thin wrapper over this module.
 from __future__ import annotations
 
 import copy
+import os
+import shlex
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -13,17 +16,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import limits as limits_mod
 from . import report as report_mod
 from . import serialize
-from .emit.c import banner_lines, check_prefix, model_data, option_text, render
+from .emit.c import banner_lines, check_prefix, render, write_atomic
 from .errors import UserError
 from .fixed import dequantize
 from .frontend import from_exported_program, from_module, load_model
 from .hostcheck import HostModel, VerifyResult
 from .hostcheck import verify as host_verify
 from .ir import Graph
-from .output import write_atomic
 from .passes import (
     assign_precision,
     calibrate,
@@ -42,6 +43,93 @@ from .reference import quantize_input, run_int, to_qgen_layout, to_torch_layout
 VERIFY_SAMPLES_SAVED = 64  # quantised inputs stored next to the C for `qgen verify` without --data
 
 
+def as_array(data: Any) -> np.ndarray:
+    """A NumPy array from an array, a list or a torch tensor (detached: a tensor that requires grad is fine)."""
+    if hasattr(data, "detach") and hasattr(data, "cpu"):
+        data = data.detach().cpu().numpy()
+    return np.asarray(data)
+
+
+def torch_input_shape(graph: Graph) -> tuple[int, ...]:
+    """One input sample's shape in PyTorch layout: (C, H, W), (C, L) or (F,)."""
+    shape = graph.tensors[graph.inputs[0]].shape
+    layout = graph.io_layout.get(graph.inputs[0], "nchw" if len(shape) == 3 else "nf")
+    if layout == "nchw":
+        return (shape[2], shape[0], shape[1])
+    if layout == "ncl":
+        return (shape[2], shape[1])
+    return tuple(shape)
+
+
+def float_batch(graph: Graph, data: Any, what: str) -> np.ndarray:
+    """Validate float samples in PyTorch layout: (N, *sample shape), or one sample (the batch axis is added).
+
+    Raises UserError naming `what` for a wrong dtype, shape, an empty batch or NaN/Inf values."""
+    x = as_array(data)
+    sample = torch_input_shape(graph)
+    if x.dtype.kind not in "fiu":
+        raise UserError(f"{what} has dtype {x.dtype}; give float samples")
+    if x.shape == sample:
+        x = x[None]  # a single sample
+    if x.shape[1:] != sample:
+        raise UserError(f"{what} has shape {list(x.shape)}; the model input is {list(sample)} per sample, so give "
+                        f"an array of shape [N, {', '.join(map(str, sample))}] (or one sample {list(sample)})")
+    if x.shape[0] == 0:
+        raise UserError(f"{what} is empty (shape {list(x.shape)}); give at least one sample")
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise UserError(f"{what} contains NaN or Inf ({x[tuple(bad)]} in sample {int(bad[0])} at "
+                        f"{tuple(int(i) for i in bad[1:])}); remove or repair the non-finite samples")
+    return x
+
+
+def int_batch(graph: Graph, data: Any, what: str) -> np.ndarray:
+    """Validate quantised inputs in qgen layout (N, H, W, C) / (N, F) of the input's integer type, or one sample."""
+    x = as_array(data)
+    inp = graph.tensors[graph.inputs[0]]
+    info = np.iinfo(inp.dtype)
+    if x.dtype.kind not in "iu":
+        raise UserError(f"{what} has dtype {x.dtype}; give {inp.dtype} values in qgen layout (N, "
+                        f"{', '.join(map(str, inp.shape))}), e.g. from result.quantize_input(x_float)")
+    if x.shape == tuple(inp.shape):
+        x = x[None]
+    if x.shape[1:] != tuple(inp.shape) or x.shape[0] == 0:
+        raise UserError(f"{what} has shape {list(x.shape)}; give at least one sample of shape {list(inp.shape)} "
+                        f"(qgen layout), i.e. [N, {', '.join(map(str, inp.shape))}]")
+    lo, hi = int(x.min()), int(x.max())
+    if lo < info.min or hi > info.max:
+        raise UserError(f"{what} holds values in [{lo}, {hi}], outside {inp.dtype}'s [{info.min}, {info.max}]; "
+                        f"give quantised inputs, e.g. from result.quantize_input(x_float)")
+    return x.astype(inp.dtype)
+
+
+def check_out_dir(path: str | Path) -> Path:
+    """An output directory qgen may replace: refuse the current directory, one of its parents (the filesystem
+    root included) and a dangling symlink; a symlink to a directory is followed (its target is replaced)."""
+    path = Path(path)
+    if path.is_symlink():
+        if not path.exists():
+            raise UserError(f"output path '{path}' is a symlink to '{os.readlink(path)}', which does not exist; "
+                            "choose a directory for --out")
+        if not path.is_dir():
+            raise UserError(f"output path '{path}' is a symlink to a file; choose a directory for --out")
+        path = path.resolve()  # the generated files go where the link points
+    target, cwd = path.resolve(), Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        what = "the current directory" if target == cwd else \
+            ("the filesystem root" if target == target.parent else "a parent of the current directory")
+        raise UserError(f"--out '{path}' is {what}; qgen replaces the whole output directory and cannot "
+                        "replace that. Choose a subdirectory, e.g. --out build/model")
+    return path
+
+
+def _is_shape(value: Any) -> bool:
+    """A tuple of ints (e.g. (1, 1, 8, 8) or a torch.Size): an input shape, not input data."""
+    return isinstance(value, tuple) and len(value) > 0 and \
+        all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in value)
+
+
 @dataclass
 class CompileResult:
     graph: Graph  # quantised, memory-planned IR
@@ -55,11 +143,12 @@ class CompileResult:
     # -- the integer reference (the spec)
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         """Float input in PyTorch layout (N, C, H, W) / (N, F) -> int8 (N, H, W, C) / (N, F) (int16 with
-        `precision={"input": 16}`)."""
-        return quantize_input(self.graph, x)
+        `precision={"input": 16}`). One sample (no batch axis) is taken as a batch of one."""
+        return quantize_input(self.graph, float_batch(self.graph, x, "input data"))
 
     def reference(self, x_i8: np.ndarray) -> np.ndarray:
         """int8 outputs (N, OUTPUT_SIZE) of the integer reference, exactly what the C must produce."""
+        x_i8 = int_batch(self.graph, x_i8, "reference input")
         values = run_int(self.graph, x_i8)
         n = x_i8.shape[0]
         return np.concatenate([values[o].reshape(n, -1) for o in self.graph.outputs], axis=1).astype(np.int8)
@@ -74,19 +163,20 @@ class CompileResult:
     # -- the generated C, compiled for the host
     def host(self) -> HostModel:
         if self._host is None:
+            model_dir = self.out_dir
+            if model_dir is None:
+                model_dir = Path(tempfile.mkdtemp(prefix="qgen-"))
+                write_atomic(self.files, model_dir / "model")
+                model_dir = model_dir / "model"
             inp = self.graph.tensors[self.graph.inputs[0]]
             out_size = sum(self.graph.tensors[o].size for o in self.graph.outputs)
-            if self.out_dir is not None:
-                self._host = HostModel(self.out_dir, self.prefix, inp.size, out_size)
-            else:  # an in-memory result: the C files are needed only while cffi builds (into its cache)
-                with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
-                    write_atomic(self.files, Path(tmp) / "model")
-                    self._host = HostModel(Path(tmp) / "model", self.prefix, inp.size, out_size)
+            self._host = HostModel(model_dir, self.prefix, inp.size, out_size)
         return self._host
 
     def verify(self, x: np.ndarray | None = None) -> VerifyResult:
         """C (host, cffi) == reference on float inputs x (PyTorch layout), or the saved samples."""
-        x_i8 = self.quantize_input(x) if x is not None else self.saved_inputs()
+        x_i8 = quantize_input(self.graph, float_batch(self.graph, x, "verification data")) if x is not None \
+            else self.saved_inputs()
         return host_verify(self.graph, self.host(), x_i8)
 
     def saved_inputs(self) -> np.ndarray:
@@ -95,7 +185,7 @@ class CompileResult:
         return np.load(io.BytesIO(self.files["qgen_verify_inputs.npy"]))
 
 
-def _frontend(model: Any, example_input: Any, lim: limits_mod.Limits | None = None) -> Graph:
+def _frontend(model: Any, example_input: Any) -> Graph:
     import torch
 
     if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
@@ -104,8 +194,6 @@ def _frontend(model: Any, example_input: Any, lim: limits_mod.Limits | None = No
         return from_onnx_file(str(model))
     if isinstance(model, (str, Path)):
         shape = tuple(example_input) if isinstance(example_input, (tuple, list)) else None
-        if shape is not None and lim is not None:
-            limits_mod.check_input_shape(shape, lim)  # before load_model allocates the example input
         model, example = load_model(str(model), shape)
         example_input = example if example is not None else example_input
     if isinstance(model, torch.export.ExportedProgram):
@@ -113,38 +201,15 @@ def _frontend(model: Any, example_input: Any, lim: limits_mod.Limits | None = No
     if isinstance(model, torch.nn.Module):
         if example_input is None:
             raise UserError("give an example input (a tensor of the model's input shape) to export the module")
-        if not isinstance(example_input, torch.Tensor):
-            example_input = torch.as_tensor(np.asarray(example_input), dtype=torch.float32)
+        if _is_shape(example_input):  # compile(model, (1, 1, 8, 8)): an input shape, documented
+            if any(int(d) <= 0 for d in example_input):
+                raise UserError(f"input shape {tuple(int(d) for d in example_input)}: dimensions must be positive")
+            example_input = torch.zeros(tuple(int(d) for d in example_input))
+        elif not isinstance(example_input, torch.Tensor):
+            example_input = torch.as_tensor(as_array(example_input), dtype=torch.float32)
         return from_module(model, example_input)
     raise UserError(f"cannot compile a {type(model).__name__}; give an nn.Module, an ExportedProgram, "
                     "a 'model.pt2' path or a 'file.py:factory' string")
-
-
-def data_fingerprint(data: Any) -> str:
-    """'64x3x16x16 float32 sha256:0123456789ab': which samples shaped the output (for the banner)."""
-    import hashlib
-
-    array = np.ascontiguousarray(np.asarray(data))
-    digest = hashlib.sha256(array.tobytes()).hexdigest()[:12]
-    return f"{'x'.join(map(str, array.shape))} {array.dtype} sha256:{digest}"
-
-
-RANDOM_CALIB_BYTES = 256 << 20  # float64 N(0,1) samples drawn when no calibration data is given
-
-
-def _random_samples(torch_shape: tuple[int, ...]) -> int:
-    """64 random calibration samples, fewer for inputs so large that 64 would take over RANDOM_CALIB_BYTES."""
-    per_sample = 8 * int(np.prod(torch_shape, dtype=np.int64))
-    return int(max(1, min(64, RANDOM_CALIB_BYTES // max(per_sample, 1))))
-
-
-RANDOM_CALIB_BYTES = 256 << 20  # float64 N(0,1) samples drawn when no calibration data is given
-
-
-def _random_samples(torch_shape: tuple[int, ...]) -> int:
-    """64 random calibration samples, fewer for inputs so large that 64 would take over RANDOM_CALIB_BYTES."""
-    per_sample = 8 * int(np.prod(torch_shape, dtype=np.int64))
-    return int(max(1, min(64, RANDOM_CALIB_BYTES // max(per_sample, 1))))
 
 
 def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None = None, *,
@@ -153,16 +218,16 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
             extra_passes: list[tuple[str, Callable[[Graph], Graph]]] | None = None,
             calibration: str = "minmax", percentile: float = 99.99, bias_correction: bool = False,
             equalize: bool = False, precision: dict[str, int] | None = None,
-            auto_precision: float | None = None, labels: np.ndarray | None = None,
-            max_flash: int | None = None, max_ram: int | None = None, board: str | None = None) -> CompileResult:
+            auto_precision: float | None = None, labels: np.ndarray | None = None) -> CompileResult:
     """Compile a PyTorch model to Q-format C.
 
     model: nn.Module (with example_input), torch.export.ExportedProgram, 'model.pt2' or 'file.py:factory'.
+        The module's training flags are left as they were (it is exported in eval mode).
+    example_input: a tensor of the input shape, batch first (e.g. torch.zeros(1, 1, 8, 8)), or that shape
+        as a tuple of ints, (1, 1, 8, 8).
     calib_data: float samples in PyTorch layout (N, C, H, W) / (N, F) for activation ranges. If None,
         standard-normal random inputs are used (fine for size/speed, poor for accuracy).
     out_dir: where to write the generated files (atomically); None keeps them in memory.
-    command: an optional note recorded in the banner as given ("Command: ..."); the banner always records
-        qgen's version and these options in canonical form, never sys.argv or paths.
     eval_data: samples for the report's per-layer error (defaults to calib_data).
     extra_passes: (name, fn) float-IR passes run after folding/fusion and before calibration
         (compression: channel pruning, low-rank...), each verified like the built-in ones.
@@ -176,15 +241,11 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     auto_precision: a bound on the accuracy drop in percentage points (e.g. 0.5): raise the most
         sensitive layers to int16 until eval_data meets it (codegen/precision.py). `labels` (one per
         eval sample) make it a true accuracy drop; without them it is top-1 disagreement with the float model.
-    max_flash, max_ram: bytes of flash for the constant arrays and of RAM for the activations; a model that
-        cannot fit is refused (UserError) as soon as that is known, before calibration where possible
-        (codegen/limits.py). Default: `board`'s (a name in boards/*.toml), else the largest flash and RAM
-        among the known boards.
     """
     start = time.perf_counter()
     check_prefix(prefix)
-    lim = limits_mod.limits(max_flash, max_ram, board)
-    graph = _frontend(model, example_input, lim)
+    out_dir = check_out_dir(out_dir) if out_dir is not None else None
+    graph = _frontend(model, example_input)
     in_shape = graph.tensors[graph.inputs[0]].shape
     layout = graph.io_layout.get(graph.inputs[0], "nf")
     if layout == "nchw":
@@ -193,15 +254,15 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
         torch_shape = (in_shape[2], in_shape[1])
     else:
         torch_shape = in_shape
-    calib_text = "N(0,1) random, seed 0" if calib_data is None else data_fingerprint(calib_data)
+    if calib_data is not None:
+        calib_data = as_array(calib_data)  # a torch tensor that requires grad too
+    if eval_data is not None:
+        eval_data = float_batch(graph, eval_data, "eval_data")
     if calib_data is None:
-        limits_mod.check_input_shape(torch_shape, lim)
-        calib_data = np.random.default_rng(0).standard_normal((_random_samples(torch_shape), *torch_shape))
-        calib_data = calib_data.astype(np.float32)
+        calib_data = np.random.default_rng(0).standard_normal((64, *torch_shape)).astype(np.float32)
     calib_data = np.asarray(calib_data)
     float_passes = [("separate_outputs", separate_outputs.run), ("fold_pad", fold_pad.run),
-                    ("fold_bn", fold_bn.run), ("fuse_activation", fuse_activation.run), *(extra_passes or []),
-                    ("check_limits", lambda g: limits_mod.check_float_graph(g, lim))]
+                    ("fold_bn", fold_bn.run), ("fuse_activation", fuse_activation.run), *(extra_passes or [])]
     if equalize:
         float_passes.append(("equalize", lambda g: equalize_pass.run(g, calib_data)))
     if precision:
@@ -224,7 +285,6 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     if bias_correction:
         int_passes.append(("bias_correction", lambda g: bias_correction_pass.run(g, float_graph, calib_data)))
     graph = run_pipeline(graph, int_passes + [("plan_memory", plan_memory.run)])
-    limits_mod.check_compiled(model_data(graph, prefix).weight_bytes, graph.arena_size, lim)  # before any C text
     eval_x = np.asarray(eval_data if eval_data is not None else calib_data, dtype=np.float32)
     x_i8 = quantize_input(graph, eval_x)
     eval_hwc = to_qgen_layout(graph, eval_x)
@@ -234,12 +294,9 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     if auto is not None:
         rep["auto_precision"] = auto.to_dict()
         rep["precision_lines"] = auto.lines()
-    options = option_text(prefix=prefix, calibration=calibration,
-                          **({"percentile": percentile} if calibration == "percentile" else {}),
-                          bias_correction=bias_correction, equalize=equalize, precision=precision or {},
-                          auto_precision=auto_precision, extra_passes=[name for name, _ in extra_passes or []],
-                          calib=calib_text)
-    files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, options, command)))
+    if command is None:
+        command = "codegen.compile(...)" if not sys.argv else "qgen " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, command)))
     graph_json, graph_npz = serialize.dumps(graph)
     files["qgen_graph.json"], files["qgen_graph.npz"] = graph_json, graph_npz
     files["qgen_verify_inputs.npy"] = serialize.npy_bytes(x_i8[:VERIFY_SAMPLES_SAVED])

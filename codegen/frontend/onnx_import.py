@@ -42,11 +42,16 @@ def from_onnx_file(path: str | Path) -> Graph:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file '{path}' does not exist")
+    hint = "Export it with torch.onnx.export(model, (x,), 'model.onnx', dynamo=True)."
+    if path.stat().st_size == 0:
+        raise UserError(f"'{path}' is empty (0 bytes), not an ONNX model. {hint}")
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends
         raise UserError(f"cannot read '{path}' as an ONNX model ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else 'not a protobuf'})") from None
+    if not model.HasField("graph") and not model.opset_import:  # protobuf parses many byte strings as empty
+        raise UserError(f"'{path}' is not an ONNX model (it holds no graph and no opset). {hint}")
     return from_onnx_model(model, source=path.name)
 
 

@@ -11,6 +11,7 @@ import importlib.util
 import math
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,10 @@ from ..errors import UserError
 from ..ir import Graph, Node, Op, Tensor
 
 aten = torch.ops.aten
+
+
+class InputShapeWarning(UserWarning):
+    """--input-shape given but not used: the model brings its own example input or fixed shape."""
 
 
 def load_model(target: str, input_shape: tuple[int, ...] | None = None) -> tuple[Any, torch.Tensor | None]:
@@ -49,30 +54,83 @@ def load_model(target: str, input_shape: tuple[int, ...] | None = None) -> tuple
                             "torch.export.save(torch.export.export(model, (x,)), 'model.pt2').") from None
         finally:
             torch_log.setLevel(level)
+        saved = _program_input_shape(program)
+        if input_shape is not None and saved is not None and saved != tuple(input_shape):
+            warnings.warn(f"--input-shape {','.join(map(str, input_shape))} is ignored: '{target}' was exported "
+                          f"with input shape {','.join(map(str, saved))}", InputShapeWarning, stacklevel=2)
         return program, None
     if ":" not in target:
         raise UserError(f"model '{target}': give a saved program 'model.pt2' or a factory "
                         "'file.py:make_model' / 'package.module:make_model'")
     where, factory_name = target.rsplit(":", 1)
-    module = _import(where)
-    factory = getattr(module, factory_name, None)
-    if factory is None or not callable(factory):
-        raise UserError(f"'{where}' has no callable '{factory_name}'")
-    try:
-        made = factory()
-    except Exception as exc:
-        raise UserError(f"calling {target}() failed: {type(exc).__name__}: {exc}") from None
+    with _script_dir_on_path(where):  # `from layers import block` beside model.py works, as for a script
+        module = _import(where)
+        factory = getattr(module, factory_name, None)
+        if factory is None or not callable(factory):
+            raise UserError(f"'{where}' has no callable '{factory_name}'")
+        try:
+            made = factory()
+        except SystemExit as exc:
+            raise UserError(f"calling {target}() called sys.exit({exc.code!r}); a factory must return the "
+                            "model (or a (module, example_input) pair), not exit") from None
+        except Exception as exc:
+            raise UserError(f"calling {target}() failed: {type(exc).__name__}: {exc}") from None
     example = None
     if isinstance(made, tuple) and len(made) == 2:
         made, example = made
     if not isinstance(made, torch.nn.Module):
         raise UserError(f"{target}() returned {type(made).__name__}, expected a torch.nn.Module "
                         "(or a (module, example_input) pair)")
+    if example is not None and input_shape is not None:
+        shown = tuple(example.shape) if hasattr(example, "shape") else None
+        if shown != tuple(input_shape):
+            warnings.warn(f"--input-shape {','.join(map(str, input_shape))} is ignored: {target}() returns its "
+                          f"own example input (shape {','.join(map(str, shown)) if shown is not None else '?'})",
+                          InputShapeWarning, stacklevel=2)
     if example is None:
         if input_shape is None:
             raise UserError(f"{target}: pass --input-shape (e.g. 1,1,8,8) or return (model, example_input)")
         example = torch.zeros(input_shape)
     return made, example
+
+
+def _program_input_shape(program: torch.export.ExportedProgram) -> tuple[int, ...] | None:
+    """The shape of an exported program's first user input (None if it is not a plain tensor)."""
+    try:
+        name = program.graph_signature.user_inputs[0]
+        node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
+        return tuple(int(d) for d in node.meta["val"].shape)
+    except Exception:  # noqa: BLE001 - symbolic dims, no inputs: nothing to compare
+        return None
+
+
+class _script_dir_on_path:
+    """While loading `file.py`, its directory comes first on sys.path, as Python does for a script, so that
+    it can import its siblings; afterwards sys.path is restored and the siblings it imported are forgotten
+    (another model's `layers.py` must not be taken for this one's)."""
+
+    def __init__(self, where: str):
+        self.dir = str(Path(where).resolve().parent) if where.endswith(".py") else None
+
+    def __enter__(self):
+        if self.dir is not None:
+            self.saved_path = list(sys.path)
+            self.saved_modules = set(sys.modules)
+            sys.path.insert(0, self.dir)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.dir is None:
+            return
+        sys.path[:] = self.saved_path
+        def sibling(name: str) -> bool:  # a new top-level module from the script's directory, or its submodule
+            top = name.split(".")[0]
+            file = getattr(sys.modules.get(top), "__file__", None)
+            return (top not in self.saved_modules and not top.startswith("qgen_user_") and bool(file)
+                    and Path(file).resolve().is_relative_to(self.dir))
+
+        for name in [n for n in set(sys.modules) - self.saved_modules if sibling(n)]:
+            del sys.modules[name]
 
 
 def _import(where: str):
@@ -86,26 +144,97 @@ def _import(where: str):
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
+        except SystemExit as exc:
+            raise UserError(f"importing '{where}' called sys.exit({exc.code!r}); guard script code with "
+                            "`if __name__ == \"__main__\":`") from None
         except Exception as exc:
             raise UserError(f"importing '{where}' failed: {type(exc).__name__}: {exc}") from None
         return module
     try:
         return importlib.import_module(where)
+    except SystemExit as exc:
+        raise UserError(f"importing module '{where}' called sys.exit({exc.code!r}); guard script code with "
+                        "`if __name__ == \"__main__\":`") from None
     except Exception as exc:
         raise UserError(f"cannot import module '{where}': {type(exc).__name__}: {exc}") from None
 
 
 def from_module(model: torch.nn.Module, example: torch.Tensor) -> Graph:
-    """Export an nn.Module in eval mode with a fixed-shape example input and lower it."""
-    model = model.eval()
+    """Export an nn.Module in eval mode with a fixed-shape example input and lower it. The caller's module
+    keeps its training flags (every submodule's)."""
+    import logging
+
+    training = {m: m.training for m in model.modules()}
+    fake_log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = fake_log.level
+    fake_log.setLevel(logging.CRITICAL)  # torch logs a traceback for a shape error before raising it
     try:
+        model.eval()
         program = torch.export.export(model, (example,))
+    except SystemExit as exc:
+        raise UserError(f"{type(model).__name__}.forward called sys.exit({exc.code!r}) while torch.export traced "
+                        "it; the model's forward must return its output") from None
     except Exception as exc:
+        mismatch = _shape_mismatch(model, example)
+        if mismatch:
+            raise UserError(mismatch) from None
         msg = str(exc).strip().splitlines()
         raise UserError(f"torch.export failed on {type(model).__name__}: {type(exc).__name__}: "
                         f"{msg[0] if msg else ''}. qgen needs a model torch.export can trace with a fixed "
                         "input shape (no data-dependent control flow).") from None
+    finally:
+        fake_log.setLevel(level)
+        for m, flag in training.items():
+            m.training = flag
     return from_exported_program(program, source=type(model).__name__)
+
+
+def _expected_input(module: torch.nn.Module) -> str | None:
+    """What a layer expects of its input, e.g. '1 input channel (dim 1)', or None for other layers."""
+    def count(n: int, what: str) -> str:
+        return f"{n} {what}{'' if n == 1 else 's'}"
+
+    if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d)):
+        return f"{count(module.in_channels, 'input channel')} (dim 1)"
+    if isinstance(module, torch.nn.Linear):
+        return f"{count(module.in_features, 'input feature')} (last dim)"
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        return f"{count(module.num_features, 'channel')} (dim 1)"
+    return None
+
+
+def _shape_mismatch(model: torch.nn.Module, example: torch.Tensor) -> str | None:
+    """After torch.export failed: run the model eagerly; if a Conv/Linear/BatchNorm layer rejects the shape it
+    gets, say which layer and what it expects (None: the failure is not such a shape mismatch)."""
+    active: list[tuple[str, torch.nn.Module, tuple]] = []  # layers entered and not yet left
+    entered: list[str] = []
+    hooks = []
+
+    def enter(mod, args, name):
+        active.append((name, mod, args))
+        entered.append(name)
+
+    for name, module in model.named_modules():
+        if _expected_input(module) is not None:
+            hooks.append(module.register_forward_pre_hook(lambda mod, args, name=name: enter(mod, args, name)))
+            hooks.append(module.register_forward_hook(lambda mod, args, out: active.pop() and None))  # keep out
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception:  # noqa: BLE001 - whatever the layer raised, we describe it ourselves
+        if not active:
+            return None
+        name, module, args = active[-1]
+        got = list(args[0].shape) if args and isinstance(args[0], torch.Tensor) else "?"
+        where = "the model's first layer" if name == entered[0] else "layer"
+        return (f"the input shape {list(example.shape)} does not fit the model: {where} '{name or type(model).__name__}' "
+                f"({type(module).__name__}) expects {_expected_input(module)} but gets an input of shape {got}. "
+                "Give --input-shape (or an example input) of the shape the model was trained on, batch first, "
+                "e.g. 1,C,H,W or 1,F")
+    finally:
+        for h in hooks:
+            h.remove()
+    return None
 
 
 # ---------------------------------------------------------------------------------- lowering
