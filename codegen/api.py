@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shlex
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -16,15 +14,17 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import limits as limits_mod
 from . import report as report_mod
 from . import serialize
-from .emit.c import banner_lines, check_prefix, render, write_atomic
+from .emit.c import banner_lines, check_prefix, model_data, option_text, render
 from .errors import UserError
 from .fixed import dequantize
 from .frontend import from_exported_program, from_module, load_model
 from .hostcheck import HostModel, VerifyResult
 from .hostcheck import verify as host_verify
 from .ir import Graph
+from .output import write_atomic
 from .passes import (
     assign_precision,
     calibrate,
@@ -163,14 +163,14 @@ class CompileResult:
     # -- the generated C, compiled for the host
     def host(self) -> HostModel:
         if self._host is None:
-            model_dir = self.out_dir
-            if model_dir is None:
-                model_dir = Path(tempfile.mkdtemp(prefix="qgen-"))
-                write_atomic(self.files, model_dir / "model")
-                model_dir = model_dir / "model"
             inp = self.graph.tensors[self.graph.inputs[0]]
             out_size = sum(self.graph.tensors[o].size for o in self.graph.outputs)
-            self._host = HostModel(model_dir, self.prefix, inp.size, out_size)
+            if self.out_dir is not None:
+                self._host = HostModel(self.out_dir, self.prefix, inp.size, out_size)
+            else:  # an in-memory result: the C files are needed only while cffi builds (into its cache)
+                with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
+                    write_atomic(self.files, Path(tmp) / "model")
+                    self._host = HostModel(Path(tmp) / "model", self.prefix, inp.size, out_size)
         return self._host
 
     def verify(self, x: np.ndarray | None = None) -> VerifyResult:
@@ -185,7 +185,7 @@ class CompileResult:
         return np.load(io.BytesIO(self.files["qgen_verify_inputs.npy"]))
 
 
-def _frontend(model: Any, example_input: Any) -> Graph:
+def _frontend(model: Any, example_input: Any, lim: limits_mod.Limits | None = None) -> Graph:
     import torch
 
     if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
@@ -194,6 +194,8 @@ def _frontend(model: Any, example_input: Any) -> Graph:
         return from_onnx_file(str(model))
     if isinstance(model, (str, Path)):
         shape = tuple(example_input) if isinstance(example_input, (tuple, list)) else None
+        if shape is not None and lim is not None:
+            limits_mod.check_input_shape(shape, lim)  # before load_model allocates the example input
         model, example = load_model(str(model), shape)
         example_input = example if example is not None else example_input
     if isinstance(model, torch.export.ExportedProgram):
@@ -204,6 +206,8 @@ def _frontend(model: Any, example_input: Any) -> Graph:
         if _is_shape(example_input):  # compile(model, (1, 1, 8, 8)): an input shape, documented
             if any(int(d) <= 0 for d in example_input):
                 raise UserError(f"input shape {tuple(int(d) for d in example_input)}: dimensions must be positive")
+            if lim is not None:
+                limits_mod.check_input_shape(tuple(example_input), lim)
             example_input = torch.zeros(tuple(int(d) for d in example_input))
         elif not isinstance(example_input, torch.Tensor):
             example_input = torch.as_tensor(as_array(example_input), dtype=torch.float32)
@@ -212,13 +216,41 @@ def _frontend(model: Any, example_input: Any) -> Graph:
                     "a 'model.pt2' path or a 'file.py:factory' string")
 
 
+def data_fingerprint(data: Any) -> str:
+    """'64x3x16x16 float32 sha256:0123456789ab': which samples shaped the output (for the banner)."""
+    import hashlib
+
+    array = np.ascontiguousarray(np.asarray(data))
+    digest = hashlib.sha256(array.tobytes()).hexdigest()[:12]
+    return f"{'x'.join(map(str, array.shape))} {array.dtype} sha256:{digest}"
+
+
+RANDOM_CALIB_BYTES = 256 << 20  # float64 N(0,1) samples drawn when no calibration data is given
+
+
+def _random_samples(torch_shape: tuple[int, ...]) -> int:
+    """64 random calibration samples, fewer for inputs so large that 64 would take over RANDOM_CALIB_BYTES."""
+    per_sample = 8 * int(np.prod(torch_shape, dtype=np.int64))
+    return int(max(1, min(64, RANDOM_CALIB_BYTES // max(per_sample, 1))))
+
+
+RANDOM_CALIB_BYTES = 256 << 20  # float64 N(0,1) samples drawn when no calibration data is given
+
+
+def _random_samples(torch_shape: tuple[int, ...]) -> int:
+    """64 random calibration samples, fewer for inputs so large that 64 would take over RANDOM_CALIB_BYTES."""
+    per_sample = 8 * int(np.prod(torch_shape, dtype=np.int64))
+    return int(max(1, min(64, RANDOM_CALIB_BYTES // max(per_sample, 1))))
+
+
 def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None = None, *,
             prefix: str = "model", out_dir: str | Path | None = None, command: str | None = None,
             eval_data: np.ndarray | None = None,
             extra_passes: list[tuple[str, Callable[[Graph], Graph]]] | None = None,
             calibration: str = "minmax", percentile: float = 99.99, bias_correction: bool = False,
             equalize: bool = False, precision: dict[str, int] | None = None,
-            auto_precision: float | None = None, labels: np.ndarray | None = None) -> CompileResult:
+            auto_precision: float | None = None, labels: np.ndarray | None = None,
+            max_flash: int | None = None, max_ram: int | None = None, board: str | None = None) -> CompileResult:
     """Compile a PyTorch model to Q-format C.
 
     model: nn.Module (with example_input), torch.export.ExportedProgram, 'model.pt2' or 'file.py:factory'.
@@ -228,6 +260,8 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     calib_data: float samples in PyTorch layout (N, C, H, W) / (N, F) for activation ranges. If None,
         standard-normal random inputs are used (fine for size/speed, poor for accuracy).
     out_dir: where to write the generated files (atomically); None keeps them in memory.
+    command: an optional note recorded in the banner as given ("Command: ..."); the banner always records
+        qgen's version and these options in canonical form, never sys.argv or paths.
     eval_data: samples for the report's per-layer error (defaults to calib_data).
     extra_passes: (name, fn) float-IR passes run after folding/fusion and before calibration
         (compression: channel pruning, low-rank...), each verified like the built-in ones.
@@ -241,11 +275,16 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     auto_precision: a bound on the accuracy drop in percentage points (e.g. 0.5): raise the most
         sensitive layers to int16 until eval_data meets it (codegen/precision.py). `labels` (one per
         eval sample) make it a true accuracy drop; without them it is top-1 disagreement with the float model.
+    max_flash, max_ram: bytes of flash for the constant arrays and of RAM for the activations; a model that
+        cannot fit is refused (UserError) as soon as that is known, before calibration where possible
+        (codegen/limits.py). Default: `board`'s (a name in boards/*.toml), else the largest flash and RAM
+        among the known boards.
     """
     start = time.perf_counter()
     check_prefix(prefix)
     out_dir = check_out_dir(out_dir) if out_dir is not None else None
-    graph = _frontend(model, example_input)
+    lim = limits_mod.limits(max_flash, max_ram, board)
+    graph = _frontend(model, example_input, lim)
     in_shape = graph.tensors[graph.inputs[0]].shape
     layout = graph.io_layout.get(graph.inputs[0], "nf")
     if layout == "nchw":
@@ -258,11 +297,15 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
         calib_data = as_array(calib_data)  # a torch tensor that requires grad too
     if eval_data is not None:
         eval_data = float_batch(graph, eval_data, "eval_data")
+    calib_text = "N(0,1) random, seed 0" if calib_data is None else data_fingerprint(calib_data)
     if calib_data is None:
-        calib_data = np.random.default_rng(0).standard_normal((64, *torch_shape)).astype(np.float32)
+        limits_mod.check_input_shape(torch_shape, lim)
+        calib_data = np.random.default_rng(0).standard_normal((_random_samples(torch_shape), *torch_shape))
+        calib_data = calib_data.astype(np.float32)
     calib_data = np.asarray(calib_data)
     float_passes = [("separate_outputs", separate_outputs.run), ("fold_pad", fold_pad.run),
-                    ("fold_bn", fold_bn.run), ("fuse_activation", fuse_activation.run), *(extra_passes or [])]
+                    ("fold_bn", fold_bn.run), ("fuse_activation", fuse_activation.run), *(extra_passes or []),
+                    ("check_limits", lambda g: limits_mod.check_float_graph(g, lim))]
     if equalize:
         float_passes.append(("equalize", lambda g: equalize_pass.run(g, calib_data)))
     if precision:
@@ -285,6 +328,7 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     if bias_correction:
         int_passes.append(("bias_correction", lambda g: bias_correction_pass.run(g, float_graph, calib_data)))
     graph = run_pipeline(graph, int_passes + [("plan_memory", plan_memory.run)])
+    limits_mod.check_compiled(model_data(graph, prefix).weight_bytes, graph.arena_size, lim)  # before any C text
     eval_x = np.asarray(eval_data if eval_data is not None else calib_data, dtype=np.float32)
     x_i8 = quantize_input(graph, eval_x)
     eval_hwc = to_qgen_layout(graph, eval_x)
@@ -294,9 +338,12 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     if auto is not None:
         rep["auto_precision"] = auto.to_dict()
         rep["precision_lines"] = auto.lines()
-    if command is None:
-        command = "codegen.compile(...)" if not sys.argv else "qgen " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, command)))
+    options = option_text(prefix=prefix, calibration=calibration,
+                          **({"percentile": percentile} if calibration == "percentile" else {}),
+                          bias_correction=bias_correction, equalize=equalize, precision=precision or {},
+                          auto_precision=auto_precision, extra_passes=[name for name, _ in extra_passes or []],
+                          calib=calib_text)
+    files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, options, command)))
     graph_json, graph_npz = serialize.dumps(graph)
     files["qgen_graph.json"], files["qgen_graph.npz"] = graph_json, graph_npz
     files["qgen_verify_inputs.npy"] = serialize.npy_bytes(x_i8[:VERIFY_SAMPLES_SAVED])

@@ -8,11 +8,14 @@ import argparse
 import re
 import sys
 import traceback
+import warnings
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -40,7 +43,39 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _bytes(text: str) -> int:
+    """A byte count: 4194304, 4096K or 4M (K = 1024)."""
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+    try:
+        value = int(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a byte count like 2097152, 2048K or 2M")
+    return value
+
+
+def _split_limits(args) -> tuple[int | None, int | None]:
+    """--max-flash/--max-ram, or for a model split over several boards, their combined memories."""
+    parts = len(args.split_at) + 1 if getattr(args, "split_at", None) else 1
+    if getattr(args, "boards", None):
+        from .target import load_board
+
+        boards = [load_board(b) for b in args.boards]
+        flash, ram = sum(b.flash_kb for b in boards) * 1024, sum(b.ram_kb for b in boards) * 1024
+    elif parts > 1:
+        from .limits import largest_board
+
+        (flash, _), (ram, _) = largest_board()
+        flash, ram = parts * flash, parts * ram
+    else:
+        return args.max_flash, args.max_ram
+    return args.max_flash or flash, args.max_ram or ram
+
+
 def _load_array(path: str, what: str) -> np.ndarray:
+    import numpy as np  # imported here, not at start-up, so that Ctrl-C during imports is caught by main
+
     p = Path(path)
     if p.is_dir():
         raise UserError(f"{what} '{path}' is a directory; give a .npy file (numpy.save('data.npy', x))")
@@ -71,7 +106,7 @@ def _compress_passes(args):
     if args.train:
         if not args.labels:
             raise UserError("--train needs --labels (integer class labels, .npy) for fine-tuning")
-        train = (_load_array(args.train, "training data"), _load_array(args.labels, "labels").astype(np.int64))
+        train = (_load_array(args.train, "training data"), _load_array(args.labels, "labels").astype("int64"))
     elif args.finetune_epochs or args.importance == "gradient":
         raise UserError("fine-tuning and gradient importance need --train x.npy --labels y.npy")
     return compress.passes(opts, train=train)
@@ -98,7 +133,8 @@ def cmd_compile(args) -> int:
                       calibration=args.calibration, percentile=args.percentile,
                       bias_correction=args.bias_correction, equalize=args.equalize,
                       precision=parse_spec(args.precision), eval_data=eval_x,
-                      auto_precision=args.max_acc_drop if args.auto_precision else None, labels=eval_labels)
+                      auto_precision=args.max_acc_drop if args.auto_precision else None, labels=eval_labels,
+                      **dict(zip(("max_flash", "max_ram"), _split_limits(args))))
     report.print_table(result.report)
     if passes is not None or args.command == "compress":
         from . import compress
@@ -109,12 +145,9 @@ def cmd_compile(args) -> int:
 
         print(split.suggestions_markdown(split.suggest_splits(result.graph, args.boards)))
     if split_at:
-        import shlex
-
         from . import split
 
-        parts = split.split_model(result, split_at, out_dir=args.out,
-                                  command="qgen " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+        parts = split.split_model(result, split_at, out_dir=args.out)
         print(parts.files[f"{args.prefix}_split.md"])
         print(f"wrote {args.out}/part0 .. part{len(split_at)} and {args.prefix}_split.h/.c")
         return 0
@@ -157,7 +190,8 @@ def _model_dir(args, tmp: Path) -> Path:
     from . import compile as qcompile
 
     calib = _load_array(args.calib, "calibration data") if args.calib else None
-    qcompile(args.model, args.input_shape, calib, prefix=args.prefix, out_dir=tmp / "model")
+    board = getattr(args, "board", None)  # refuse a model too big for the board before calibrating it
+    qcompile(args.model, args.input_shape, calib, prefix=args.prefix, out_dir=tmp / "model", board=board)
     return tmp / "model"
 
 
@@ -166,7 +200,7 @@ def cmd_firmware(args) -> int:
 
     from . import deploy
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
         model_dir = _model_dir(args, Path(tmp))
         fw = deploy.build(model_dir, args.board, Path(tmp) / "build", project_dir=args.out)
         s = fw.elf.sizes
@@ -184,7 +218,7 @@ def cmd_run(args) -> int:
 
     if not args.qemu:
         raise UserError("only --qemu runs are supported here (no board is attached); add --qemu")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
         model_dir = _model_dir(args, Path(tmp))
         x = None
         if args.data:
@@ -201,15 +235,17 @@ def cmd_micropython(args) -> int:
     import tempfile
 
     from .api import load_compiled
-    from .emit.c import banner_lines, write_atomic
+    from .emit.c import banner_lines, option_text
     from .emit.micropython import render_micropython
     from .emit.mpy_native import build_natmod, micropython_source, render_native
+    from .output import write_atomic
 
     out = Path(args.out)
     mpy_dir = micropython_source(args.micropython_src) if args.mode == "natmod" else None
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
         compiled = load_compiled(_model_dir(args, Path(tmp)))
-        banner = banner_lines(compiled.graph.source, "qgen micropython " + " ".join(sys.argv[2:]))
+        banner = banner_lines(compiled.graph.source, option_text(
+            prefix=args.prefix, mode=args.mode, **({"arch": args.arch} if args.mode == "natmod" else {})))
         if args.mode == "pure":
             files = render_micropython(compiled.graph, args.prefix, banner)
         else:
@@ -236,7 +272,7 @@ def cmd_micropython(args) -> int:
 def cmd_bundle(args) -> int:
     from .bundle import bundle
 
-    r = bundle(args.models, args.out, name=args.name, command="qgen " + " ".join(sys.argv[1:]))
+    r = bundle(args.models, args.out, name=args.name)
     print(f"wrote {args.out}/ ({', '.join(m.prefix for m in r.models)}; shared arena {r.arena_size:,} B)")
     return 0
 
@@ -283,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--percentile", type=float, default=99.99, help="for --calibration percentile")
     c.add_argument("--bias-correction", action="store_true", help="correct each channel's mean quantisation error")
     c.add_argument("--equalize", action="store_true", help="cross-layer equalisation by powers of two")
+    c.add_argument("--max-flash", type=_bytes, metavar="BYTES", help="refuse, before calibrating, a model whose "
+                   "weights need more flash (default: the largest known board's; e.g. 2M, 512K)")
+    c.add_argument("--max-ram", type=_bytes, metavar="BYTES", help="refuse a model whose activations need more "
+                   "RAM (default: the largest known board's)")
     c.add_argument("--split-at", action="append", metavar="NODE",
                    help="cut after this layer (repeat for more parts); writes <out>/part<k>/")
     c.add_argument("--boards", type=lambda t: [b for b in t.split(",") if b],
@@ -362,20 +402,61 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _warning_printer(default):
+    """showwarning that prints qgen's own warnings as 'warning: ...' on stderr, others as before."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("codegen"):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `finally` and temporary directory is cleaned up."""
+
+
+def _on_sigterm(signum, frame):
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    try:  # building the parser imports much of qgen: Ctrl-C there is an interruption too, not a traceback
+        args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     try:
         if getattr(args, "out", None) is not None:
             from .api import check_out_dir
 
             args.out = str(check_out_dir(args.out))  # not '.', a parent of it, or a dangling symlink
-        return args.fn(args)
+        with warnings.catch_warnings():  # qgen's own warnings (e.g. a calibration fallback): one line each
+            warnings.showwarning = _warning_printer(warnings.showwarning)
+            return args.fn(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+        terminated = isinstance(exc, Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return 143 if terminated else 130  # 128 + the signal, as a shell reports it
     except Exception:
         traceback.print_exc()
         print("internal error in qgen: please report it with the traceback above", file=sys.stderr)

@@ -7,7 +7,8 @@
 How it stays exact:
 - `prepare` runs the compiler's own front end and float passes (fold_pad, fold_bn, fuse_activation),
   then calibrate (any method). The activation Q-formats are taken from quantize.run on that graph and
-  then frozen for training. The module executes the *IR*, node by node, in qgen's channels-last layout.
+  then frozen for training. The module executes the *IR*, node by node, in qgen's channels-last layout,
+  through codegen/torch_ir.py (the torch interpreter of the IR that compression fine-tuning uses too).
 - BatchNorm is folded into the preceding conv/linear at prepare time (fold_bn, running statistics), and
   the folded weights and biases are the trained parameters: BN statistics are frozen during QAT. This is
   what the integer model computes, so nothing changes at convert time.
@@ -27,18 +28,17 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import torch_ir
 from .errors import UserError
 from .ir import Graph, Node, Op
 from .passes import calibrate, fold_bn, fold_pad, fuse_activation, quantize, run_pipeline
-
-WEIGHTED = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR)
+from .torch_ir import WEIGHTED
 
 
 def prepare(model: nn.Module, example: torch.Tensor, calib_data: np.ndarray, method: str = "minmax",
@@ -69,7 +69,8 @@ def compile(qat_model: QATModel, *, prefix: str = "model", out_dir: str | Path |
     from . import report as report_mod
     from . import serialize
     from .api import VERIFY_SAMPLES_SAVED, CompileResult
-    from .emit.c import banner_lines, check_prefix, render, write_atomic
+    from .emit.c import banner_lines, check_prefix, option_text, render
+    from .output import write_atomic
     from .passes import plan_memory
     from .reference import quantize_input, to_qgen_layout
     from .serialize import npy_bytes
@@ -84,8 +85,8 @@ def compile(qat_model: QATModel, *, prefix: str = "model", out_dir: str | Path |
     eval_x = np.asarray(eval_data, dtype=np.float32)
     x_i8 = quantize_input(graph, eval_x).astype(np.int8)
     rep = report_mod.build(graph, float_graph, to_qgen_layout(graph, eval_x).astype(np.float64), x_i8, prefix)
-    command = command or "codegen.qat.compile(...)"
-    files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, command)))
+    options = option_text(prefix=prefix, qat=True)
+    files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, options, command)))
     files["qgen_graph.json"], files["qgen_graph.npz"] = serialize.dumps(graph)
     files["qgen_verify_inputs.npy"] = npy_bytes(x_i8[:VERIFY_SAMPLES_SAVED])
     files["report.md"] = report_mod.to_markdown({**rep, "compile_seconds": 0.0})
@@ -190,21 +191,11 @@ class QATModel(nn.Module):
         g = self._graph
         exact = not self.training
         dtype = torch.float64 if exact else torch.float32
-        x = torch.as_tensor(x).to(dtype)
-        if x.ndim == 4:  # (N, C, H, W) -> (N, H, W, C)
-            x = x.permute(0, 2, 3, 1)
-        elif x.ndim == 3:  # (N, C, L) -> (N, 1, L, C)
-            x = x.permute(0, 2, 1)[:, None]
-        name = g.inputs[0]
-        values = {name: _requant(x * _pow2(self._frac[name]), -128, 127, not exact)}
-        for i, node in enumerate(g.nodes):
-            xs = [values[t] for t in node.inputs if not g.tensors[t].is_const]
-            values[node.outputs[0]] = self._node(i, node, xs, exact, dtype)
+        x = torch_ir.to_ir_layout(torch.as_tensor(x).to(dtype))
+        x = _requant(x * _pow2(self._frac[g.inputs[0]]), -128, 127, not exact)
+        y = torch_ir.execute(g, x, lambda i, node, xs: self._node(i, node, xs, exact, dtype))
         out = g.outputs[0]
-        y = values[out] * _pow2(-self._frac[out])
-        if y.ndim == 4:
-            y = y[:, 0].permute(0, 2, 1) if g.io_layout.get(out) == "ncl" else y.permute(0, 3, 1, 2)
-        return y
+        return torch_ir.to_torch_layout(y * _pow2(-self._frac[out]), g.io_layout.get(out))
 
     def _node(self, i: int, node: Node, xs: list[torch.Tensor], exact: bool, dtype) -> torch.Tensor:
         attrs = self._attrs[i]
@@ -218,23 +209,22 @@ class QATModel(nn.Module):
         if op is Op.RELU:
             return torch.clamp(x, attrs["act_min"], attrs["act_max"])
         if op is Op.MAXPOOL2D:
-            return _pool(x, node.attrs, float("-inf"), "max")
+            return torch_ir.pool(x, node.attrs, float("-inf"), "max")
         if op is Op.AVGPOOL2D:
-            total = _pool(x, node.attrs, 0.0, "sum")
+            total = torch_ir.pool(x, node.attrs, 0.0, "sum")
             v = total * attrs["avg_mult"] * _pow2(-attrs["avg_shift"])
             return _requant(v, attrs["act_min"], attrs["act_max"], ste)
         if op is Op.RESHAPE:
-            return x.reshape((x.shape[0],) + tuple(node.attrs["shape"]))
+            return torch_ir.reshape(x, node.attrs)
         if op is Op.PAD:
-            top, left, bottom, right = node.attrs["padding"]
-            return F.pad(x, (0, 0, left, right, top, bottom))
+            return torch_ir.pad(x, node.attrs)
         if op is Op.ADD:
             a = _requant(xs[0] * _pow2(-attrs["shift_a"]), None, None, ste)
             b = _requant(xs[1] * _pow2(-attrs["shift_b"]), None, None, ste)
             return _requant((a + b) * _pow2(-attrs["shift"]), attrs["act_min"], attrs["act_max"], ste)
         if op is Op.CONCAT:
             parts = [_requant(v * _pow2(-s), -128, 127, ste) for v, s in zip(xs, attrs["shifts"])]
-            return torch.cat(parts, dim=node.attrs["axis"] + 1)
+            return torch_ir.concat(parts, node.attrs)
         if op is Op.SOFTMAX:
             if exact:
                 table = self._tables[node.outputs[0]]
@@ -247,7 +237,7 @@ class QATModel(nn.Module):
         if op is Op.LUT:
             if exact:
                 return self._tables[node.outputs[0]][x.to(torch.int64) + 128].to(dtype)
-            return _requant(_lut_torch(node.attrs)(x * _pow2(-fin)) * _pow2(fout), -128, 127, ste)
+            return _requant(torch_ir.lut_function(node.attrs)(x * _pow2(-fin)) * _pow2(fout), -128, 127, ste)
         raise UserError(f"{node.where()}: QAT does not support op {op.value}")
 
     def _weighted(self, i: int, node: Node, x: torch.Tensor, fin: int, fout: int, attrs: dict,
@@ -264,45 +254,7 @@ class QATModel(nn.Module):
             w_int = ws + (w_int - ws).detach()
             bs = b * scale_b
             b_int = bs + (b_int - bs).detach()
-        if node.op is Op.LINEAR:
-            acc = x @ w_int.T
-        else:
-            top, left, bottom, right = node.attrs["padding"]
-            xp = F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom))
-            groups = xp.shape[1] if node.op is Op.DEPTHWISE_CONV2D else 1
-            acc = F.conv2d(xp, w_int.permute(0, 3, 1, 2), stride=tuple(node.attrs["stride"]), groups=groups)
-            acc = acc.permute(0, 2, 3, 1)
+        acc = torch_ir.weighted_sums(x, w_int, node)
         shift = torch.tensor(np.exp2(-(fin + fw - fout).astype(np.float64)), dtype=dtype)
         return _requant((acc + b_int) * shift, attrs["act_min"], attrs["act_max"], not exact)
 
-
-def _pool(x: torch.Tensor, attrs: dict, pad_value: float, kind: str) -> torch.Tensor:
-    top, left, bottom, right = attrs["padding"]
-    xp = F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom), value=pad_value)
-    kernel, stride = tuple(attrs["kernel"]), tuple(attrs["stride"])
-    if kind == "max":
-        y = F.max_pool2d(xp, kernel, stride)
-    else:
-        y = F.avg_pool2d(xp, kernel, stride, divisor_override=1)
-    return y.permute(0, 2, 3, 1)
-
-
-def _lut_torch(attrs: dict[str, Any]):
-    fn = attrs["fn"]
-    if fn == "sigmoid":
-        return torch.sigmoid
-    if fn == "tanh":
-        return torch.tanh
-    if fn == "hardsigmoid":
-        return F.hardsigmoid
-    if fn == "hardswish":
-        return F.hardswish
-    if fn == "silu":
-        return F.silu
-    if fn == "gelu":
-        return lambda v: F.gelu(v, approximate=attrs.get("approximate", "none"))
-    if fn == "leaky_relu":
-        return lambda v: F.leaky_relu(v, attrs["alpha"])
-    if fn == "elu":
-        return lambda v: F.elu(v, attrs["alpha"])
-    raise UserError(f"QAT has no torch function for LUT '{fn}'")

@@ -5,9 +5,7 @@ All decisions are made here, in Python; the templates only loop over the prepare
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import jinja2
 import numpy as np
@@ -15,8 +13,12 @@ import numpy as np
 from .. import __version__
 from ..errors import UserError
 from ..ir import Graph, Node, Op, signature
+from ..kernel_abi import conv2d_buffer_size, depthwise_conv2d_buffer_size, fully_connected_buffer_size, scratch_bytes
+from ..output import OUTPUT_MARKER, write_atomic  # noqa: F401 (re-exported: codegen/output.py)
 from ..passes.plan_memory import scratch_key
 from ..resources import data_dir, kernel_dir
+from . import escape
+from .c_structs import check_fields
 
 C_KEYWORDS = {
     "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else", "enum", "extern",
@@ -54,7 +56,7 @@ def check_prefix(prefix: str) -> str:
 class CArray:
     name: str
     ctype: str
-    values: list[str]  # formatted rows
+    values: _Rows  # formatted rows, produced while the template iterates them
     count: int
     comment: str
     nbytes: int
@@ -108,9 +110,34 @@ def _fmt_int(v: int) -> str:
     return "(-2147483647 - 1)" if v == -(1 << 31) else str(int(v))
 
 
-def _rows(values: np.ndarray, per_row: int = 16) -> list[str]:
-    flat = [_fmt_int(v) for v in np.asarray(values).reshape(-1)]
-    return [", ".join(flat[i:i + per_row]) for i in range(0, len(flat), per_row)]
+class _Rows:
+    """The C initialiser rows of an integer array, `per_row` values each, formatted only while a template
+    iterates them and a chunk at a time: a large array is never held as millions of Python strings."""
+
+    CHUNK_ROWS = 4096
+
+    def __init__(self, values: np.ndarray, per_row: int = 16):
+        flat = np.asarray(values).reshape(-1)
+        self.flat = flat if flat.dtype.kind in "iu" else flat.astype(np.int64)
+        self.per_row = per_row
+
+    def __len__(self) -> int:
+        return -(-self.flat.size // self.per_row)
+
+    def __iter__(self):
+        step = self.per_row * self.CHUNK_ROWS
+        for start in range(0, self.flat.size, step):
+            chunk = self.flat[start:start + step]
+            if chunk.dtype.itemsize >= 4 and (chunk == -(1 << 31)).any():
+                text = [_fmt_int(v) for v in chunk.tolist()]
+            else:
+                text = list(map(str, chunk.tolist()))
+            for i in range(0, len(text), self.per_row):
+                yield ", ".join(text[i:i + self.per_row])
+
+
+def _rows(values: np.ndarray, per_row: int = 16) -> _Rows:
+    return _Rows(values, per_row)
 
 
 def _symbol(prefix: str, text: str) -> str:
@@ -199,6 +226,8 @@ class _Builder:
                       ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]),
                       ("weights", weights), ("bias", bias), ("shift", shift)]
             fn = "qg_conv2d_s8" if n.op is Op.CONV2D else "qg_depthwise_conv2d_s8"
+            need = (conv2d_buffer_size if n.op is Op.CONV2D else depthwise_conv2d_buffer_size)(c, kh, kw, oc)
+            self.check_scratch(index, n, need)
             call = f"{fn}(&{struct_name}, {ins[0]}, {out_expr}, {scratch});"
         elif n.op is Op.LINEAR:
             o, i = g.tensors[n.inputs[1]].shape
@@ -208,6 +237,7 @@ class _Builder:
             struct_type = "qg_fully_connected_params_t"
             fields = [("in_features", i), ("out_features", o), ("act_min", n.attrs["act_min"]),
                       ("act_max", n.attrs["act_max"]), ("weights", weights), ("bias", bias), ("shift", shift)]
+            self.check_scratch(index, n, fully_connected_buffer_size(i, o))
             call = f"qg_fully_connected_s8(&{struct_name}, {ins[0]}, {out_expr}, {scratch});"
         elif n.op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
             h, w, c = g.tensors[xs[0]].shape
@@ -268,6 +298,17 @@ class _Builder:
         check_fields(n, struct_type, fields)
         return Layer(index, title, shapes, struct_type, struct_name if struct_type else None,
                      [(k, str(v)) for k, v in fields], call, out_expr, g.tensors[out].nbytes, layer_macs(g, n))
+
+    def check_scratch(self, index: int, n: Node, need: int) -> None:
+        """The dense kernel about to be called for step `index` needs `need` bytes of scratch: the memory plan
+        must hold at least that (a kernel given NULL scratch writes through it: a crash, not an error)."""
+        if not need:
+            return
+        planned = scratch_bytes(self.g, n) if scratch_key(index) in self.g.memory else 0
+        if planned < need:
+            raise AssertionError(f"{n.where()}: its kernel needs {need} B of scratch but the memory plan gave it "
+                                 f"{planned} B: the planner (kernel_abi.scratch_bytes) and the emitter chose "
+                                 "different kernels (weight_formats.storage_choice decides)")
 
     def typed(self, tensor: str) -> str:
         """The buffer of `tensor` as a pointer of its element type (int16 tensors live in byte memory)."""
@@ -354,44 +395,19 @@ class _Builder:
         raise UserError(f"{n.where()}: no int16 kernel for op {n.op.value}; keep its input int8")
 
 
-_U8, _U16, _I8 = (0, 255, "uint8_t"), (0, 65535, "uint16_t"), (-128, 127, "int8_t")
-_GEOMETRY = {f: _U8 for f in ("k_h", "k_w", "stride_h", "stride_w", "pad_top", "pad_left", "pad_bottom", "pad_right")}
-# C types of the kernel parameter fields (firmware/kernels/qg_kernels.h) that can overflow
-FIELD_TYPES: dict[str, dict[str, tuple[int, int, str]]] = {
-    "qg_conv2d_params_t": {**{f: _U16 for f in ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c")}, **_GEOMETRY},
-    "qg_fully_connected_params_t": {"in_features": _U16, "out_features": _U16},
-    "qg_pool2d_params_t": {**{f: _U16 for f in ("in_h", "in_w", "channels", "out_h", "out_w")}, **_GEOMETRY},
-    "qg_pad_params_t": {**{f: _U16 for f in ("in_h", "in_w", "channels")}, **_GEOMETRY},
-    "qg_add_params_t": {"shift_a": _I8, "shift_b": _I8, "shift": _I8},
-    "qg_add_wide_params_t": {"shift_a": _I8, "shift_b": _I8, "shift": _I8},
-}
-FIELD_TYPES["qg_conv2d_wide_params_t"] = FIELD_TYPES["qg_conv2d_params_t"]
-FIELD_TYPES["qg_fully_connected_wide_params_t"] = FIELD_TYPES["qg_fully_connected_params_t"]
-FIELD_TYPES["qg_pool2d_s16_params_t"] = FIELD_TYPES["qg_pool2d_params_t"]
-
-
-def check_fields(n: Node, struct_type: str | None, fields: list[tuple[str, object]]) -> None:
-    """Refuse a layer whose parameters do not fit the kernel's struct fields (no silent truncation)."""
-    limits = FIELD_TYPES.get(struct_type or "", {})
-    for name, value in fields:
-        if name in limits and isinstance(value, (int, np.integer)):
-            lo, hi, ctype = limits[name]
-            if not lo <= int(value) <= hi:
-                raise UserError(f"{n.where()}: {name} = {int(value)} does not fit the kernel's {ctype} field "
-                                f"({struct_type}: {lo}..{hi}); split or shrink the layer (e.g. pool or "
-                                "reshape before it).")
-
-
 def _pow2_literal(exp: int) -> str:
     """2**exp as an exact C float literal."""
     return f"{float(2.0 ** exp)!r}f" if -126 <= exp <= 127 else "0.0f"
 
 
 def template_environment() -> jinja2.Environment:
-    """The Jinja environment over templates/ (strict: an undefined name is an error)."""
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
-                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                              trim_blocks=True, lstrip_blocks=True)
+    """The Jinja environment over templates/ (strict: an undefined name is an error), with the escaping
+    filters of emit/escape.py (`{{ name | c_comment }}`: user text never becomes code)."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(escape.FILTERS)
+    return env
 
 
 def render(g: Graph, prefix: str, banner: list[str], arena_symbol: str | None = None,
@@ -426,62 +442,22 @@ def model_data(g: Graph, prefix: str) -> CModel:
     return _Builder(g, prefix, []).build()
 
 
-def banner_lines(source: str, command: str) -> list[str]:
-    return [f"Generated by qgen {__version__} - do not edit.", f"Source model: {source}",
-            f"Command: {command}"]
+def banner_lines(source: str, options: str = "", command: str | None = None) -> list[str]:
+    """The banner of every generated file: qgen's version, the source model and the options that shaped the
+    output (option_text), never paths or a command line as typed, so the same input gives the same bytes
+    from any directory. `command`: a caller's own note (API), recorded as given. Templates escape each line."""
+    lines = [f"Generated by qgen {__version__} - do not edit.", f"Source model: {source}"]
+    if options:
+        lines.append(f"Options: {options}")
+    if command:
+        lines.append(f"Command: {command}")
+    return lines
 
 
-OUTPUT_MARKER = ".qgen-output"  # written into every output directory: only those are ever replaced
+def option_text(**options: object) -> str:
+    """The canonical spelling of options for the banner: `name=value` in the caller's order, values as
+    Python literals (dicts sorted by key), e.g. "prefix='digits' calibration='minmax'"."""
+    def literal(value: object) -> str:
+        return repr(dict(sorted(value.items()))) if isinstance(value, dict) else repr(value)
 
-
-def write_atomic(files: dict[str, str | bytes], out_dir: Path) -> None:
-    """Write all files into a temporary sibling directory, then swap it into place.
-
-    A failure at any point leaves the previous output directory untouched and no partial directory.
-    An existing path is replaced only if it is an earlier qgen output (it holds OUTPUT_MARKER) or an
-    empty directory, so a mistyped --out never deletes the user's files.
-    """
-    import os
-    import tempfile
-
-    out_dir = Path(out_dir)
-    if out_dir.is_file() or out_dir.is_symlink():
-        raise UserError(f"output path '{out_dir}' is a file; choose a directory for --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / OUTPUT_MARKER).exists():
-        raise UserError(f"'{out_dir}' exists and is not a qgen output directory; choose a new or empty --out "
-                        "(qgen replaces only its own output directories, never your files)")
-    parent = out_dir.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create output directory '{out_dir}': {exc.strerror}; choose another --out") from None
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
-    except OSError as exc:
-        raise UserError(f"output path '{out_dir}' is not writable ({exc.strerror}); choose another --out") from None
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private (0700); an output directory is not
-    old = None
-    try:
-        for rel, content in sorted({**files, OUTPUT_MARKER: f"generated by qgen {__version__}\n"}.items()):
-            path = tmp / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, bytes):
-                path.write_bytes(content)
-            else:
-                path.write_text(content)
-        if out_dir.exists():
-            old = parent / f".{out_dir.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out_dir.exists():
-            old.rename(out_dir)  # put the previous output back
-        if isinstance(exc, OSError):
-            raise UserError(f"cannot write output directory '{out_dir}': {exc.strerror or exc}; the previous "
-                            "output is unchanged. Check free space and permissions, or choose another --out") from None
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    return " ".join(f"{name}={literal(value)}" for name, value in options.items())
