@@ -234,15 +234,6 @@ def _random_samples(torch_shape: tuple[int, ...]) -> int:
     return int(max(1, min(64, RANDOM_CALIB_BYTES // max(per_sample, 1))))
 
 
-RANDOM_CALIB_BYTES = 256 << 20  # float64 N(0,1) samples drawn when no calibration data is given
-
-
-def _random_samples(torch_shape: tuple[int, ...]) -> int:
-    """64 random calibration samples, fewer for inputs so large that 64 would take over RANDOM_CALIB_BYTES."""
-    per_sample = 8 * int(np.prod(torch_shape, dtype=np.int64))
-    return int(max(1, min(64, RANDOM_CALIB_BYTES // max(per_sample, 1))))
-
-
 def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None = None, *,
             prefix: str = "model", out_dir: str | Path | None = None, command: str | None = None,
             eval_data: np.ndarray | None = None,

@@ -247,7 +247,18 @@ def test_weights_c_byte_identical_and_lazy(compiled, monkeypatch):
     assert emit_c.render(compiled.graph, "model", banner) == new
 
 
-# ---------------------------------------------------------------------------------------- Ctrl-C
+# ----------------------------------------------------------------------------- data and Ctrl-C
+
+@pytest.mark.parametrize("bad", ["shape", "nan"])
+def test_verify_bad_data_is_one_line(compiled, capsys, tmp_path, bad):
+    data = np.zeros((3, 7) if bad == "shape" else (3, 64), np.float32)
+    if bad == "nan":
+        data[1, 5] = np.nan
+    np.save(tmp_path / "x.npy", data)
+    status, err = _run_cli(capsys, "verify", compiled.out_dir, "--data", tmp_path / "x.npy")
+    assert status == 1 and len(err.strip().splitlines()) == 1
+    assert ("shape [3, 7]" in err) if bad == "shape" else ("NaN" in err)
+
 
 def test_import_codegen_does_not_load_torch():
     code = "import sys, codegen, codegen.cli; print('torch' in sys.modules, 'numpy' in sys.modules)"
