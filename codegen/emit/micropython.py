@@ -72,11 +72,27 @@ class PyModel:
     arena_size: int = 0
     weight_bytes: int = 0
     macs: int = 0
-    patch_size: int = 0  # conv im2col scratch (int8), the largest KH*KW*Cin
-    zeros_size: int = 0  # zero source for padded patch rows, the largest KW*Cin
+    patch_size: int = 0  # conv patch (int8; viper: im2col, Python: nonzero values), the largest KH*KW*Cin
+    nonzero_size: int = 0  # Python conv/linear: nonzero positions, the largest KH*KW*Cin or in_features
+    accs_size: int = 0  # viper conv/linear accumulators (int32), the largest Cout or out_features
+    errors: dict[str, str] = field(default_factory=dict)  # input_contract()
     consts: list[PyConst] = field(default_factory=list)
     views: list[PyView] = field(default_factory=list)
     layers: list[PyLayer] = field(default_factory=list)
+
+
+def input_contract(prefix: str, input_size: int) -> dict[str, str]:
+    """The error texts of predict()'s input contract, word for word the same in the three modes (pure,
+    natmod, usercmod; each mode's template renders them from here).
+
+    predict(x): x must be a bytes-like object (buffer protocol: bytes, bytearray, memoryview, array; not
+    str) of exactly INPUT_SIZE bytes, read as int8 two's complement ((H, W, C) order). Anything else
+    raises TypeError(type_error + type(x).__name__) or ValueError(size_error + str(number of bytes)).
+    predict_float(xs) needs len(xs) == INPUT_SIZE: ValueError(float_size_error + str(len(xs))).
+    """
+    return {"type_error": f"{prefix}.predict() needs a bytes-like input of {input_size} bytes, got ",
+            "size_error": f"{prefix}.predict() needs {input_size} bytes, got ",
+            "float_size_error": f"{prefix}.predict_float() needs {input_size} values, got "}
 
 
 def check_module_name(prefix: str) -> str:
@@ -179,6 +195,11 @@ class _Builder:
                                            f"%{tensor} {list(self.g.tensors[tensor].shape)}"))
         return self.view_names[key]
 
+    def scratch(self, patch: int, nonzero: int, accs: int) -> None:
+        m = self.model
+        m.patch_size, m.nonzero_size, m.accs_size = (max(m.patch_size, patch), max(m.nonzero_size, nonzero),
+                                                     max(m.accs_size, accs))
+
     # -- model
     def build(self) -> PyModel:
         g, m = self.g, self.model
@@ -198,6 +219,7 @@ class _Builder:
                               "qformat": str(t.qformat)})
             offset += t.size
         m.output_size = offset
+        m.errors = input_contract(m.prefix, x.size)
         m.output_frac = m.outputs[0]["frac"]
         m.arena_size = g.arena_size
         for index, node in enumerate(g.nodes):
@@ -230,9 +252,8 @@ class _Builder:
                       ("mul", mul), ("rnd", rnd), ("shr", shr),
                       ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
             if n.op is Op.CONV2D:
-                fn, extra = "_conv2d", ", _PATCH_MV, _ZEROS_MV"
-                self.model.patch_size = max(self.model.patch_size, kh * kw * c)
-                self.model.zeros_size = max(self.model.zeros_size, kw * c)
+                fn, extra = "_conv2d", ", _S"
+                self.scratch(kh * kw * c, kh * kw * c, oc)
             else:
                 fn = "_depthwise_conv2d"
         elif n.op is Op.LINEAR:
@@ -242,7 +263,8 @@ class _Builder:
             params = [("in_features", i), ("out_features", o), ("weights", weights), ("bias", bias),
                       ("mul", mul), ("rnd", rnd), ("shr", shr),
                       ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
-            fn = "_linear"
+            fn, extra = "_linear", ", _S"
+            self.scratch(0, i, o)
         elif n.op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
             h, w, c = g.tensors[xs[0]].shape
             oh, ow, _ = g.tensors[out].shape

@@ -3,6 +3,9 @@
 # parameters). Tensors are int8 memoryviews in channels-last (H, W, C) order. Requantisation is
 # y = clamp((acc * mul + rnd) >> shr, act_min, act_max): qgen's rounding rule (round half up) with
 # (mul, rnd, shr) prepared by the generator; Python's >> is an arithmetic (floor) shift like the spec.
+# A call allocates (almost) nothing: scratch is preallocated by the module (`s`: conv patch, zero row,
+# nonzero values and positions, accumulators) and loops are `for i in range(a, b)` written in the for
+# statement (MicroPython compiles those to counters; a stored range object would be a heap allocation).
 
 
 # Optional machine-code dot products: `@micropython.viper` is compiled from a string because a port
@@ -24,14 +27,43 @@ def _dots(x, n: int, w, rows: int, acc):
             s += ((px[k] ^ 128) - 128) * ((pw[o + k] ^ 128) - 128)
         pa[r] = s
         o += n
+
+
+@micropython.viper
+def _im2col(x, patch, g, iy0: int, ix0: int):
+    # patch = the (kh, kw, cin) window of x (h, w, cin) at (iy0, ix0), zeros outside;
+    # g = array('i', (h, w, cin, kh, kw))
+    px = ptr8(x)
+    pp = ptr8(patch)
+    pg = ptr32(g)
+    h = int(pg[0])
+    w = int(pg[1])
+    cin = int(pg[2])
+    kh = int(pg[3])
+    kw = int(pg[4])
+    q = 0
+    for ky in range(kh):
+        iy = iy0 + ky
+        for kx in range(kw):
+            ix = ix0 + kx
+            if iy < 0 or iy >= h or ix < 0 or ix >= w:
+                for c in range(cin):
+                    pp[q + c] = 0
+            else:
+                s = (iy * w + ix) * cin
+                for c in range(cin):
+                    pp[q + c] = px[s + c]
+            q += cin
 """
 _dots = None
+_im2col = None
 try:
     import micropython  # noqa: F401
 
     exec(_VIPER_SRC)
 except Exception:  # CPython (no micropython module), or no native emitter (SyntaxError)
     _dots = None
+    _im2col = None
 
 
 def _int8_rows(data, row_len):
@@ -40,56 +72,52 @@ def _int8_rows(data, row_len):
     return tuple(mv[i:i + row_len] for i in range(0, len(mv), row_len))
 
 
-def _conv2d(x, y, p, patch, zeros):
-    # im2col one output pixel into `patch` (zeros for padding), list the patch's nonzero positions
-    # once, then one dot product per output channel over those only: post-ReLU activations and
-    # padding are mostly zeros, and a skipped zero costs nothing in any of the Cout dot products.
+def _conv2d(x, y, p, s):
+    # Python: list the window's nonzero patch positions (and their values) once per output pixel (post-ReLU
+    # activations and padding are mostly zeros, and a skipped zero costs nothing in any of the Cout dot
+    # products), then one dot product per output channel over those only.
+    # Viper: im2col the window into the patch, then all Cout dot products in machine code.
     (h, w, cin, oh, ow, cout, kh, kw, sh, sw, pt, pl,
      weights, bias, mul, rnd, shr, lo, hi) = p
+    patch, nzv, nzk, accs = s  # nzv: values by patch position (only listed positions are read)
     row = kw * cin
-    nk = kh * row
-    rk = range(nk)
     dots = _dots
-    accs = array('i', bytes(4 * cout)) if dots is not None else None
-    rc = range(cout)
-    rky = range(kh)
-    rkx = range(kw)
+    geometry = array('i', (h, w, cin, kh, kw)) if dots is not None else None
     yo = 0
     for oy in range(oh):
         iy0 = oy * sh - pt
+        ky0 = -iy0 if iy0 < 0 else 0
+        ky1 = h - iy0 if h - iy0 < kh else kh
         for ox in range(ow):
             ix0 = ox * sw - pl
-            inside = ix0 >= 0 and ix0 + kw <= w
-            q = 0
-            for ky in rky:
-                iy = iy0 + ky
-                if iy < 0 or iy >= h:
-                    patch[q:q + row] = zeros[0:row]
-                elif inside:
-                    s = (iy * w + ix0) * cin
-                    patch[q:q + row] = x[s:s + row]
-                else:
-                    s = (iy * w + ix0) * cin
-                    for kx in rkx:
-                        ix = ix0 + kx
-                        if ix < 0 or ix >= w:
-                            patch[q + kx * cin:q + kx * cin + cin] = zeros[0:cin]
-                        else:
-                            patch[q + kx * cin:q + kx * cin + cin] = x[s + kx * cin:s + kx * cin + cin]
-                q += row
             if dots is not None:
-                dots(patch, nk, weights[0], cout, accs)  # rows are contiguous views of one array
-                for co in rc:
+                _im2col(x, patch, geometry, iy0, ix0)
+                dots(patch, kh * row, weights[0], cout, accs)  # rows are contiguous views of one array
+                for co in range(cout):
                     acc = ((accs[co] + bias[co]) * mul[co] + rnd[co]) >> shr[co]
                     y[yo] = lo if acc < lo else (hi if acc > hi else acc)
                     yo += 1
                 continue
-            nz = [k for k in rk if patch[k]]
-            for co in rc:
+            j0 = -ix0 * cin if ix0 < 0 else 0
+            j1 = (w - ix0) * cin if w - ix0 < kw else row
+            n = 0
+            for ky in range(ky0, ky1):
+                xs = ((iy0 + ky) * w + ix0) * cin  # x index of the window row's first tap (may be outside)
+                t = ky * row
+                for j in range(j0, j1):
+                    v = x[xs + j]
+                    if v:
+                        nzv[t + j] = v
+                        nzk[n] = t + j
+                        n += 1
+            nzk[n] = -1  # end mark: emptying a list in place (nzk[:] = ()) would allocate a slice per pixel
+            for co in range(cout):
                 wr = weights[co]
                 acc = bias[co]
-                for k in nz:
-                    acc += patch[k] * wr[k]
+                for k in nzk:
+                    if k < 0:
+                        break
+                    acc += nzv[k] * wr[k]
                 acc = (acc * mul[co] + rnd[co]) >> shr[co]
                 y[yo] = lo if acc < lo else (hi if acc > hi else acc)
                 yo += 1
@@ -100,45 +128,53 @@ def _depthwise_conv2d(x, y, p):
     # are skipped (they would multiply zero).
     (h, w, cin, oh, ow, cout, kh, kw, sh, sw, pt, pl,
      weights, bias, mul, rnd, shr, lo, hi) = p
-    rm = range(cout // cin)
-    rc = range(cin)
+    mult = cout // cin
     yo = 0
     for oy in range(oh):
         iy0 = oy * sh - pt
-        rky = range(max(0, -iy0), min(kh, h - iy0))
+        ky0 = -iy0 if iy0 < 0 else 0
+        ky1 = h - iy0 if h - iy0 < kh else kh
         for ox in range(ow):
             ix0 = ox * sw - pl
-            rkx = range(max(0, -ix0), min(kw, w - ix0))
+            kx0 = -ix0 if ix0 < 0 else 0
+            kx1 = w - ix0 if w - ix0 < kw else kw
             co = 0
-            for c in rc:
-                for _ in rm:
+            for c in range(cin):
+                for _ in range(mult):
                     wr = weights[co]
                     acc = bias[co]
-                    for ky in rky:
-                        s = ((iy0 + ky) * w + ix0) * cin + c
+                    for ky in range(ky0, ky1):
+                        xs = ((iy0 + ky) * w + ix0) * cin + c
                         t = ky * kw
-                        for kx in rkx:
-                            acc += x[s + kx * cin] * wr[t + kx]
+                        for kx in range(kx0, kx1):
+                            acc += x[xs + kx * cin] * wr[t + kx]
                     acc = (acc * mul[co] + rnd[co]) >> shr[co]
                     y[yo + co] = lo if acc < lo else (hi if acc > hi else acc)
                     co += 1
             yo += cout
 
 
-def _linear(x, y, p):
+def _linear(x, y, p, s):
     n_in, n_out, weights, bias, mul, rnd, shr, lo, hi = p
+    accs, nzk = s[3], s[2]
     if _dots is not None:
-        accs = array('i', bytes(4 * n_out))
         _dots(x, n_in, weights[0], n_out, accs)  # rows are contiguous views of one array
         for o in range(n_out):
             acc = ((accs[o] + bias[o]) * mul[o] + rnd[o]) >> shr[o]
             y[o] = lo if acc < lo else (hi if acc > hi else acc)
         return
-    nz = [i for i in range(n_in) if x[i]]  # zeros contribute nothing: skip them in every row
+    n = 0
+    for i in range(n_in):  # zeros contribute nothing: list the nonzeros once for every row
+        if x[i]:
+            nzk[n] = i
+            n += 1
+    nzk[n] = -1
     for o in range(n_out):
         wr = weights[o]
         acc = bias[o]
-        for i in nz:
+        for i in nzk:
+            if i < 0:
+                break
             acc += x[i] * wr[i]
         acc = (acc * mul[o] + rnd[o]) >> shr[o]
         y[o] = lo if acc < lo else (hi if acc > hi else acc)
@@ -147,20 +183,21 @@ def _linear(x, y, p):
 def _maxpool2d(x, y, p):
     # padding cells are skipped
     h, w, c, oh, ow, kh, kw, sh, sw, pt, pl = p
-    rc = range(c)
     yo = 0
     for oy in range(oh):
         iy0 = oy * sh - pt
-        rky = range(max(0, -iy0), min(kh, h - iy0))
+        ky0 = -iy0 if iy0 < 0 else 0
+        ky1 = h - iy0 if h - iy0 < kh else kh
         for ox in range(ow):
             ix0 = ox * sw - pl
-            rkx = range(max(0, -ix0), min(kw, w - ix0))
-            for ch in rc:
+            kx0 = -ix0 if ix0 < 0 else 0
+            kx1 = w - ix0 if w - ix0 < kw else kw
+            for ch in range(c):
                 m = -128
-                for ky in rky:
-                    s = ((iy0 + ky) * w + ix0) * c + ch
-                    for kx in rkx:
-                        v = x[s + kx * c]
+                for ky in range(ky0, ky1):
+                    xs = ((iy0 + ky) * w + ix0) * c + ch
+                    for kx in range(kx0, kx1):
+                        v = x[xs + kx * c]
                         if v > m:
                             m = v
                 y[yo] = m
@@ -171,20 +208,21 @@ def _avgpool2d(x, y, p):
     # padding cells count as zero (PyTorch count_include_pad=True): the divisor is always KH*KW,
     # folded into avg_mult/shr by the generator
     h, w, c, oh, ow, kh, kw, sh, sw, pt, pl, avg_mult, rnd, shr, lo, hi = p
-    rc = range(c)
     yo = 0
     for oy in range(oh):
         iy0 = oy * sh - pt
-        rky = range(max(0, -iy0), min(kh, h - iy0))
+        ky0 = -iy0 if iy0 < 0 else 0
+        ky1 = h - iy0 if h - iy0 < kh else kh
         for ox in range(ow):
             ix0 = ox * sw - pl
-            rkx = range(max(0, -ix0), min(kw, w - ix0))
-            for ch in rc:
+            kx0 = -ix0 if ix0 < 0 else 0
+            kx1 = w - ix0 if w - ix0 < kw else kw
+            for ch in range(c):
                 acc = 0
-                for ky in rky:
-                    s = ((iy0 + ky) * w + ix0) * c + ch
-                    for kx in rkx:
-                        acc += x[s + kx * c]
+                for ky in range(ky0, ky1):
+                    xs = ((iy0 + ky) * w + ix0) * c + ch
+                    for kx in range(kx0, kx1):
+                        acc += x[xs + kx * c]
                 acc = (acc * avg_mult + rnd) >> shr
                 y[yo] = lo if acc < lo else (hi if acc > hi else acc)
                 yo += 1
