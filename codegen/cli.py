@@ -282,11 +282,10 @@ def cmd_bundle(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from rich.console import Console
-
     from . import demo
+    from .report import terminal_console
 
-    demo.run(out_dir=args.out, console=Console(), cache=not args.no_cache)
+    demo.run(out_dir=args.out, console=terminal_console(), cache=not args.no_cache)
     return 0
 
 
@@ -408,14 +407,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _warning_printer(default):
-    """showwarning that prints qgen's own warnings as 'warning: ...' on stderr, others as before."""
-    def show(message, category, filename, lineno, file=None, line=None):
-        if category.__module__.startswith("codegen"):
-            print(f"warning: {message}", file=sys.stderr)
-        else:
-            default(message, category, filename, lineno, file, line)
-    return show
+def _closed_stdout() -> int:
+    """The reader of our output went away (`qgen ... | head -1`): stop quietly, as a killed-by-SIGPIPE tool.
+
+    stdout is pointed at /dev/null so that Python's final flush does not raise a second time.
+    """
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
 
 
 class Terminated(KeyboardInterrupt):
@@ -442,6 +446,16 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
+def _warning_printer(default):
+    """showwarning that prints qgen's own warnings as 'warning: ...' on stderr, others as before."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("codegen"):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
+
+
 def _main(argv: list[str] | None = None) -> int:
     try:  # building the parser imports much of qgen: Ctrl-C there is an interruption too, not a traceback
         args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else list(argv)))
@@ -455,7 +469,9 @@ def _main(argv: list[str] | None = None) -> int:
             args.out = str(check_out_dir(args.out))  # not '.', a parent of it, or a dangling symlink
         with warnings.catch_warnings():  # qgen's own warnings (e.g. a calibration fallback): one line each
             warnings.showwarning = _warning_printer(warnings.showwarning)
-            return args.fn(args)
+            status = args.fn(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return status
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -463,6 +479,8 @@ def _main(argv: list[str] | None = None) -> int:
         terminated = isinstance(exc, Terminated)
         print("terminated" if terminated else "interrupted", file=sys.stderr)
         return 143 if terminated else 130  # 128 + the signal, as a shell reports it
+    except BrokenPipeError:
+        return _closed_stdout()
     except Exception:
         traceback.print_exc()
         print("internal error in qgen: please report it with the traceback above", file=sys.stderr)
