@@ -302,10 +302,19 @@ def add_compress_args(cmd) -> None:
     g.add_argument("--labels", help="integer labels .npy matching --train")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with qgen's exit codes: a bad command line is a user error (1), not argparse's 2, which
+    qgen reserves for internal errors. Sub-command parsers inherit the class."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="qgen", description="Compile PyTorch models to bit-exact Q-format C "
+    p = _Parser(prog="qgen", description="Compile PyTorch models to bit-exact Q-format C "
                                 "for microcontrollers.")
     p.add_argument("--version", action="version", version=f"qgen {__version__}")
     sub = p.add_subparsers(dest="command", required=True)

@@ -236,7 +236,7 @@ def test_negative_input_shape_is_read_as_a_value(work, capsys):
     with pytest.raises(SystemExit) as exc:
         run_cli(capsys, "compile", f"{work / 'models.py'}:make_model", "--input-shape", "-1,1,4,4")
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and "dimensions must be positive" in err and "expected one argument" not in err, err
+    assert exc.value.code == 1 and "dimensions must be positive" in err and "expected one argument" not in err, err
 
 
 def test_calibration_path_that_is_a_directory(work, capsys):

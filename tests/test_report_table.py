@@ -80,3 +80,11 @@ def test_report_through_head(compiled_dir):
     proc = subprocess.run(f"'{sys.executable}' -m codegen.cli report '{compiled_dir}' | head -1", shell=True,
                           capture_output=True, text=True, timeout=120)
     assert proc.stderr == "" and proc.stdout.strip().startswith("qgen:")
+
+
+def test_bad_command_line_is_a_user_error():
+    """argparse's own exit status is 2, which qgen keeps for internal errors: a bad flag is a user error (1)."""
+    proc = subprocess.run([sys.executable, "-m", "codegen.cli", "compile", "m.pt2", "--no-such-flag"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "unrecognized arguments: --no-such-flag" in proc.stderr
+    assert "Traceback" not in proc.stderr
