@@ -6,29 +6,14 @@ depthwise (Cout, KH, KW, 1) with Cout = Cin * multiplier, linear (Out, In).
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
 from .fixed import QFormat
-
-
-class Op(str, enum.Enum):
-    CONV2D = "conv2d"
-    DEPTHWISE_CONV2D = "depthwise_conv2d"
-    LINEAR = "linear"
-    BATCH_NORM = "batch_norm"  # only before fold_bn
-    RELU = "relu"  # clamp(x, lo, hi) with attrs lo/hi (None = unbounded); fused away where possible
-    MAXPOOL2D = "maxpool2d"
-    AVGPOOL2D = "avgpool2d"
-    RESHAPE = "reshape"  # flatten / view: no data movement
-    ADD = "add"
-    PAD = "pad"  # zero padding (top, left, bottom, right); folded into a following conv where possible
-    CONCAT = "concat"  # along attrs["axis"] of the (batch-less) IR shape
-    SOFTMAX = "softmax"  # over the last IR axis (channels / features)
-    LUT = "lut"  # element-wise function through a 256-entry int8 table (sigmoid, tanh, ...)
+from .ops import SPEC, Op, VerifyError  # noqa: F401 (Op, VerifyError re-exported)
+from .ops.window import conv_out_size  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -123,98 +108,8 @@ def signature(g: Graph, n: Node) -> str:
     return " + ".join(f"{list(t.shape)} {t.qformat}" for t in xs) + f" -> {list(out.shape)} {out.qformat}"
 
 
-class VerifyError(Exception):
-    """The IR broke an invariant; always a bug in qgen (a pass), never the user's fault."""
-
-
-# ---------------------------------------------------------------- shape rules, one per op
-
-
-def conv_out_size(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: int, dilation: int = 1) -> int:
-    return (size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def _conv_shape(g: Graph, n: Node) -> tuple[int, ...]:
-    h, w, _ = g.tensors[n.inputs[0]].shape
-    cout, kh, kw, _ = g.tensors[n.inputs[1]].shape
-    (sh, sw), (pt, pl, pb, pr) = n.attrs["stride"], n.attrs["padding"]
-    return (conv_out_size(h, kh, sh, pt, pb), conv_out_size(w, kw, sw, pl, pr), cout)
-
-
-def _pool_shape(g: Graph, n: Node) -> tuple[int, ...]:
-    h, w, c = g.tensors[n.inputs[0]].shape
-    (kh, kw), (sh, sw), (pt, pl, pb, pr) = n.attrs["kernel"], n.attrs["stride"], n.attrs["padding"]
-    return (conv_out_size(h, kh, sh, pt, pb), conv_out_size(w, kw, sw, pl, pr), c)
-
-
-def _same_shape(g: Graph, n: Node) -> tuple[int, ...]:
-    return g.tensors[n.inputs[0]].shape
-
-
-def _linear_shape(g: Graph, n: Node) -> tuple[int, ...]:
-    return (g.tensors[n.inputs[1]].shape[0],)
-
-
-def _reshape_shape(g: Graph, n: Node) -> tuple[int, ...]:
-    return tuple(n.attrs["shape"])
-
-
-def _pad_shape(g: Graph, n: Node) -> tuple[int, ...]:
-    h, w, c = g.tensors[n.inputs[0]].shape
-    top, left, bottom, right = n.attrs["padding"]
-    return (h + top + bottom, w + left + right, c)
-
-
-def _concat_shape(g: Graph, n: Node) -> tuple[int, ...]:
-    shapes = [g.tensors[t].shape for t in n.inputs]
-    axis = n.attrs["axis"]
-    out = list(shapes[0])
-    out[axis] = sum(s[axis] for s in shapes)
-    return tuple(out)
-
-
-SHAPE_RULES: dict[Op, Callable[[Graph, Node], tuple[int, ...]]] = {
-    Op.CONV2D: _conv_shape,
-    Op.DEPTHWISE_CONV2D: _conv_shape,
-    Op.LINEAR: _linear_shape,
-    Op.BATCH_NORM: _same_shape,
-    Op.RELU: _same_shape,
-    Op.MAXPOOL2D: _pool_shape,
-    Op.AVGPOOL2D: _pool_shape,
-    Op.RESHAPE: _reshape_shape,
-    Op.ADD: _same_shape,
-    Op.PAD: _pad_shape,
-    Op.CONCAT: _concat_shape,
-    Op.SOFTMAX: _same_shape,
-    Op.LUT: _same_shape,
-}
-
-
-def _check_node_specific(g: Graph, n: Node) -> None:
-    t = g.tensors
-    if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
-        x, w = t[n.inputs[0]], t[n.inputs[1]]
-        if len(x.shape) != 3 or len(w.shape) != 4:
-            raise VerifyError(f"{n.where()}: expects (H,W,C) input and 4-D weight, got {x.shape}, {w.shape}")
-        cin = w.shape[3] if n.op is Op.CONV2D else 1
-        if n.op is Op.CONV2D and cin != x.shape[2]:
-            raise VerifyError(f"{n.where()}: weight Cin {cin} != input channels {x.shape[2]}")
-        if n.op is Op.DEPTHWISE_CONV2D and w.shape[0] % x.shape[2]:
-            raise VerifyError(f"{n.where()}: depthwise Cout {w.shape[0]} not a multiple of C {x.shape[2]}")
-    if n.op is Op.LINEAR:
-        x, w = t[n.inputs[0]], t[n.inputs[1]]
-        if x.shape != (w.shape[1],):
-            raise VerifyError(f"{n.where()}: input {x.shape} does not match weight {w.shape}")
-    if n.op is Op.ADD and t[n.inputs[0]].shape != t[n.inputs[1]].shape:
-        raise VerifyError(f"{n.where()}: add of shapes {t[n.inputs[0]].shape} and {t[n.inputs[1]].shape}")
-    if n.op is Op.CONCAT:
-        shapes = [t[i].shape for i in n.inputs]
-        axis = n.attrs["axis"]
-        if any(len(s) != len(shapes[0]) or s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:]
-               for s in shapes):
-            raise VerifyError(f"{n.where()}: concat on axis {axis} of mismatched shapes {shapes}")
-    if n.op is Op.RESHAPE and int(np.prod(n.attrs["shape"])) != t[n.inputs[0]].size:
-        raise VerifyError(f"{n.where()}: reshape {t[n.inputs[0]].shape} -> {n.attrs['shape']} changes size")
+# shape rules and node checks live in the op table (codegen/ops/); this view is kept for callers
+SHAPE_RULES: dict[Op, Callable[[Graph, Node], tuple[int, ...]]] = {op: spec.shape for op, spec in SPEC.items()}
 
 
 def verify(g: Graph, quantized: bool = False) -> None:
@@ -233,8 +128,8 @@ def verify(g: Graph, quantized: bool = False) -> None:
             if o in produced or (o in g.tensors and g.tensors[o].is_const):
                 raise VerifyError(f"{n.where()}: %{o} has more than one producer")
             produced.add(o)
-        _check_node_specific(g, n)
-        expect = SHAPE_RULES[n.op](g, n)
+        SPEC[n.op].check(g, n)
+        expect = SPEC[n.op].shape(g, n)
         got = g.tensors[n.outputs[0]].shape
         if tuple(expect) != tuple(got):
             raise VerifyError(f"{n.where()}: output shape {got}, shape rule says {expect}")
@@ -246,8 +141,8 @@ def verify(g: Graph, quantized: bool = False) -> None:
 
 
 def _verify_quantized_node(g: Graph, n: Node) -> None:
-    if n.op is Op.BATCH_NORM:
-        raise VerifyError(f"{n.where()}: batch_norm left after folding")
+    if SPEC[n.op].ref_int is None:  # Trait.FLOAT_ONLY (batch_norm)
+        raise VerifyError(f"{n.where()}: {n.op.value} left after folding")
     for name in n.inputs + n.outputs:
         tensor = g.tensors[name]
         if tensor.dtype == "float32" or tensor.qformat is None:

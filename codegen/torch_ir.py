@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from .errors import UserError
 from .ir import Graph, Node, Op
+from .ops import SPEC, Trait, with_trait
 
-WEIGHTED = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR)
+WEIGHTED = with_trait(Trait.WEIGHTED)
 
 
 # ------------------------------------------------------------------ layouts at the model's boundary
@@ -126,31 +127,7 @@ def clamp(y: torch.Tensor, lo: float | None, hi: float | None) -> torch.Tensor:
 def float_node(node: Node, xs: list[torch.Tensor], const: Callable[[str], torch.Tensor]) -> torch.Tensor:
     """The float output of `node` (reference.run_float's rule for its op); const(tensor name) gives a
     constant input (e.g. a trainable parameter)."""
-    op, a = node.op, node.attrs
-    if op in WEIGHTED:
-        y = weighted_sums(xs[0], const(node.inputs[1]), node) + const(node.inputs[2])
-        return clamp(y, *a.get("act", (None, None)))
-    if op is Op.ADD:
-        return clamp(xs[0] + xs[1], *a.get("act", (None, None)))
-    if op is Op.RELU:
-        return clamp(xs[0], a["lo"], a["hi"])
-    if op is Op.BATCH_NORM:
-        return xs[0] * const(node.inputs[1]) + const(node.inputs[2])
-    if op is Op.MAXPOOL2D:
-        return pool(xs[0], a, float("-inf"), "max")
-    if op is Op.AVGPOOL2D:
-        return pool(xs[0], a, 0.0, "sum") / (a["kernel"][0] * a["kernel"][1])
-    if op is Op.RESHAPE:
-        return reshape(xs[0], a)
-    if op is Op.PAD:
-        return pad(xs[0], a)
-    if op is Op.CONCAT:
-        return concat(xs, a)
-    if op is Op.SOFTMAX:
-        return torch.softmax(xs[0], dim=-1)
-    if op is Op.LUT:
-        return lut_function(a)(xs[0])
-    raise UserError(f"{node.where()}: the torch interpreter of the IR does not support op {op.value}")
+    return SPEC[node.op].torch_float(node, xs, const)  # the op's rule: codegen/ops/<family>.py
 
 
 class FloatModule:

@@ -14,6 +14,7 @@ from .. import __version__
 from ..errors import UserError
 from ..ir import Graph, Node, Op, signature
 from ..kernel_abi import conv2d_buffer_size, depthwise_conv2d_buffer_size, fully_connected_buffer_size, scratch_bytes
+from ..ops import SPEC
 from ..output import OUTPUT_MARKER, write_atomic  # noqa: F401 (re-exported: codegen/output.py)
 from ..passes.plan_memory import scratch_key
 from ..resources import data_dir, kernel_dir
@@ -94,16 +95,7 @@ class CModel:
 
 
 def layer_macs(g: Graph, n: Node) -> int:
-    out = g.tensors[n.outputs[0]]
-    if n.op is Op.CONV2D:
-        _, kh, kw, cin = g.tensors[n.inputs[1]].shape
-        return out.size * kh * kw * cin
-    if n.op is Op.DEPTHWISE_CONV2D:
-        _, kh, kw, _ = g.tensors[n.inputs[1]].shape
-        return out.size * kh * kw
-    if n.op is Op.LINEAR:
-        return int(np.prod(g.tensors[n.inputs[1]].shape))
-    return 0
+    return SPEC[n.op].macs(g, n)  # the op's rule: codegen/ops/<family>.py
 
 
 def _fmt_int(v: int) -> str:

@@ -24,7 +24,8 @@ import numpy as np
 from ..errors import UserError
 from ..fixed import MAX_SHIFT, QFormat, frac_for_range
 from ..fixed import quantize as quantize_array
-from ..ir import Graph, Node, Op
+from ..ir import Graph, Node
+from ..ops import SPEC
 from .assign_precision import check_bits, tensor_bits
 
 INT32_MAX = (1 << 31) - 1
@@ -49,39 +50,10 @@ def run(graph: Graph) -> Graph:
     x = graph.tensors[graph.inputs[0]]
     _set_act(x, act(x.name))
     for node in graph.nodes:
-        out = graph.tensors[node.outputs[0]]
-        x_in = graph.tensors[node.inputs[0]]
-        fin = x_in.qformat.frac
-        if node.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR):
-            _set_act(out, act(out.name))
-            _quantize_weighted(graph, node, x_in.qformat, out.qformat)
-        elif node.op is Op.ADD:
-            _set_act(out, act(out.name))
-            _quantize_add(graph, node, out.qformat)
-        elif node.op is Op.AVGPOOL2D:
-            _set_act(out, act(out.name, fin))
-            kh, kw = node.attrs["kernel"]
-            node.attrs.update(avg_params(kh * kw), act_min=out.qformat.min_int, act_max=out.qformat.max_int)
-        elif node.op in (Op.MAXPOOL2D, Op.RESHAPE, Op.PAD):
-            _set_act(out, act(out.name, fin))
-        elif node.op is Op.RELU:
-            _set_act(out, act(out.name, fin))
-            node.attrs["act_min"], node.attrs["act_max"] = _act_bounds((node.attrs["lo"], node.attrs["hi"]),
-                                                                       out.qformat)
-        elif node.op is Op.CONCAT:
-            _set_act(out, act(out.name))
-            fy = out.qformat.frac
-            node.attrs["shifts"] = [max(-MAX_SHIFT, min(MAX_SHIFT, graph.tensors[i].qformat.frac - fy))
-                                    for i in node.inputs]
-        elif node.op is Op.SOFTMAX:
-            _set_act(out, act(out.name, SOFTMAX_FRAC))
-            _add_table(graph, node, "exp_table", softmax_exp_table(fin), 16, EXP_TABLE_FRAC)
-        elif node.op is Op.LUT:
-            fixed_frac = LUT_OUTPUT_FRAC.get(node.attrs["fn"])
-            _set_act(out, act(out.name, fixed_frac))
-            _add_table(graph, node, "table", lut_table(node.attrs, fin, out.qformat.frac), 8, out.qformat.frac)
-        else:
+        rule = SPEC[node.op].quantize  # the op's rule: codegen/ops/<family>.py
+        if rule is None:
             raise UserError(f"{node.where()}: cannot quantise op {node.op.value} (fold or lower it first)")
+        rule(graph, node, act)
     return graph
 
 

@@ -1,0 +1,119 @@
+"""The op table: every op of qgen's IR, its traits, and one OpSpec per op.
+
+An op's knowledge lives in its family module (conv.py: conv2d, depthwise, linear; pool.py; eltwise.py:
+relu/clamp, add, lut, softmax; layout.py: reshape, pad, concat; norm.py: batch_norm): shape rule, node
+check, float and integer reference, quantisation rule, MAC count, the torch float semantic, the PyTorch
+and ONNX ops that lower to it and its C kernels. Passes ask `has(op, Trait.X)` or `with_trait(Trait.X)`
+instead of writing op lists; tests/test_ops.py checks every op's spec is complete.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..ir import Graph, Node
+
+
+class Op(str, enum.Enum):
+    CONV2D = "conv2d"
+    DEPTHWISE_CONV2D = "depthwise_conv2d"
+    LINEAR = "linear"
+    BATCH_NORM = "batch_norm"  # only before fold_bn
+    RELU = "relu"  # clamp(x, lo, hi) with attrs lo/hi (None = unbounded); fused away where possible
+    MAXPOOL2D = "maxpool2d"
+    AVGPOOL2D = "avgpool2d"
+    RESHAPE = "reshape"  # flatten / view: no data movement
+    ADD = "add"
+    PAD = "pad"  # zero padding (top, left, bottom, right); folded into a following conv where possible
+    CONCAT = "concat"  # along attrs["axis"] of the (batch-less) IR shape
+    SOFTMAX = "softmax"  # over the last IR axis (channels / features)
+    LUT = "lut"  # element-wise function through a 256-entry int8 table (sigmoid, tanh, ...)
+
+
+class Trait(enum.Flag):
+    """What passes, the planner and the emitters need to know about an op, instead of op lists."""
+
+    NONE = 0
+    WEIGHTED = enum.auto()  # inputs[1] int8 weights (Cout first), inputs[2] int32 bias; attrs shift/act_min/act_max
+    MATMUL = enum.auto()  # every output channel reads every input channel (conv2d, linear): prunable
+                          # element- and channel-wise, low-rank factorable, sparse weight storage
+    SLIDING_WINDOW = enum.auto()  # channels-last window over H, W (stride, padding): output may overlap input
+    FUSES_ACT = enum.auto()  # a following clamp/ReLU folds into attrs["act"]
+    IN_PLACE = enum.auto()  # element i of the output depends only on element i (or its row) of the
+                            # input(s): the planner may write the output over an input
+    KEEPS_FORMAT = enum.auto()  # output Q-format = input's (no requantisation; calibration looks through it)
+    CHANNELWISE = enum.auto()  # output channel c depends only on input channel c (channel pruning passes it)
+    KEEPS_ORDER = enum.auto()  # one activation in, same shape out, a flattened vector keeps its element order
+    CHOOSES_FORMAT = enum.auto()  # output format from its own calibrated range: may be raised to int16
+    INT8_ONLY = enum.auto()  # integer semantics defined for int8 input only (256-entry tables)
+    TABLE = enum.auto()  # inputs[1] is a table built by quantisation (softmax exp, LUT)
+    FOLDS_PAD = enum.auto()  # zero padding attribute that a preceding PAD folds into
+    FLOAT_ONLY = enum.auto()  # removed before quantisation (batch_norm: folded)
+
+
+class VerifyError(Exception):
+    """The IR broke an invariant; always a bug in qgen (a pass), never the user's fault."""
+
+
+ShapeRule = Callable[["Graph", "Node"], tuple]
+Reference = Callable[["Graph", "Node", list], "np.ndarray"]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    op: Op
+    family: str  # the module holding it: conv, pool, eltwise, layout, norm
+    traits: Trait
+    shape: ShapeRule  # output shape from the inputs and attrs (ir.verify compares)
+    check: Callable[["Graph", "Node"], None]  # raises VerifyError on a malformed node
+    ref_float: Reference  # (graph, node, activation inputs (N, ...)) -> float output (reference.run_float)
+    ref_int: Reference | None  # the integer spec (reference.run_int); None only for FLOAT_ONLY ops
+    quantize: Callable[..., None] | None  # (graph, node, act) sets output format and integer attrs
+    macs: Callable[["Graph", "Node"], int]  # multiply-accumulates per inference
+    torch_float: Callable[..., Any]  # (node, xs, const) -> torch tensor: torch_ir.float_node
+    torch: str  # the PyTorch modules/functions that lower to it (README table, error messages)
+    onnx: tuple[str, ...]  # ONNX op types that lower to it
+    kernels: tuple[str, ...]  # C kernel functions that can run it (firmware/kernels/qg_kernels.h)
+    summary: str  # one line for the README table
+
+
+def _zero_macs(g, n) -> int:
+    return 0
+
+
+def _no_check(g, n) -> None:
+    return None
+
+
+from . import conv, eltwise, layout, norm, pool  # noqa: E402  (the families register below)
+
+SPEC: dict[Op, OpSpec] = {s.op: s for family in (conv, norm, eltwise, pool, layout) for s in family.SPECS}
+assert set(SPEC) == set(Op), set(Op) - set(SPEC)
+SPEC = {op: SPEC[op] for op in Op}  # enum order
+
+
+def has(op: Op, trait: Trait) -> bool:
+    return bool(SPEC[op].traits & trait)
+
+
+def with_trait(trait: Trait) -> frozenset[Op]:
+    return frozenset(op for op in Op if has(op, trait))
+
+
+def supported_torch() -> str:
+    """The PyTorch side of the op table, for the front end's 'Supported:' message."""
+    return ", ".join(s.torch for s in SPEC.values() if s.torch) + ", Dropout (eval)"
+
+
+def supported_table_markdown() -> str:
+    """The README's supported-op table (tests/test_ops.py checks README.md agrees)."""
+    rows = ["| IR op | PyTorch | ONNX | C kernels | traits |", "|---|---|---|---|---|"]
+    for s in SPEC.values():
+        traits = ", ".join(t.name.lower() for t in Trait if t.name != "NONE" and t in s.traits)
+        kernels = ", ".join(f"`{k}`" for k in s.kernels) or "(none: " + s.summary + ")"
+        rows.append(f"| `{s.op.value}` | {s.torch or '-'} | {', '.join(s.onnx) or '-'} | {kernels} | {traits} |")
+    return "\n".join(rows) + "\n"

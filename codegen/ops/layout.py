@@ -1,0 +1,119 @@
+"""reshape, pad, concat: data movement (reshape: none at all, the planner aliases the buffers)."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import Op, OpSpec, Trait, VerifyError, _no_check, _zero_macs
+from .window import pad_hw
+
+# ---------------------------------------------------------------- reshape
+
+
+def reshape_shape(g, n) -> tuple[int, ...]:
+    return tuple(n.attrs["shape"])
+
+
+def check_reshape(g, n) -> None:
+    if int(np.prod(n.attrs["shape"])) != g.tensors[n.inputs[0]].size:
+        raise VerifyError(f"{n.where()}: reshape {g.tensors[n.inputs[0]].shape} -> {n.attrs['shape']} changes size")
+
+
+def ref_reshape(g, n, xs):
+    return xs[0].reshape((xs[0].shape[0],) + tuple(n.attrs["shape"]))
+
+
+def q_keep(g, n, act) -> None:
+    from ..passes import quantize as q
+
+    out = g.tensors[n.outputs[0]]
+    q._set_act(out, act(out.name, g.tensors[n.inputs[0]].qformat.frac))
+
+
+def torch_reshape(node, xs, const):
+    from .. import torch_ir
+
+    return torch_ir.reshape(xs[0], node.attrs)
+
+
+# ---------------------------------------------------------------- pad
+
+
+def pad_shape(g, n) -> tuple[int, ...]:
+    h, w, c = g.tensors[n.inputs[0]].shape
+    top, left, bottom, right = n.attrs["padding"]
+    return (h + top + bottom, w + left + right, c)
+
+
+def f_pad(g, n, xs):
+    return pad_hw(xs[0], n.attrs["padding"], 0.0)
+
+
+def i_pad(g, n, xs):
+    return pad_hw(xs[0], n.attrs["padding"], 0)
+
+
+def torch_pad(node, xs, const):
+    from .. import torch_ir
+
+    return torch_ir.pad(xs[0], node.attrs)
+
+
+# ---------------------------------------------------------------- concat
+
+
+def concat_shape(g, n) -> tuple[int, ...]:
+    shapes = [g.tensors[t].shape for t in n.inputs]
+    axis = n.attrs["axis"]
+    out = list(shapes[0])
+    out[axis] = sum(s[axis] for s in shapes)
+    return tuple(out)
+
+
+def check_concat(g, n) -> None:
+    shapes = [g.tensors[i].shape for i in n.inputs]
+    axis = n.attrs["axis"]
+    if any(len(s) != len(shapes[0]) or s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:]
+           for s in shapes):
+        raise VerifyError(f"{n.where()}: concat on axis {axis} of mismatched shapes {shapes}")
+
+
+def f_concat(g, n, xs):
+    return np.concatenate(xs, axis=n.attrs["axis"] + 1)
+
+
+def i_concat(g, n, xs):
+    # each input is requantised to the output format (round_shift + saturate), then concatenated
+    from ..fixed import int_range, requantize
+
+    lo, hi = int_range(g.tensors[n.outputs[0]].qformat.bits)
+    parts = [requantize(x, shift, lo, hi) for x, shift in zip(xs, n.attrs["shifts"])]
+    return np.concatenate(parts, axis=n.attrs["axis"] + 1)
+
+
+def q_concat(g, n, act) -> None:
+    from ..fixed import MAX_SHIFT
+    from ..passes import quantize as q
+
+    out = g.tensors[n.outputs[0]]
+    q._set_act(out, act(out.name))
+    fy = out.qformat.frac
+    n.attrs["shifts"] = [max(-MAX_SHIFT, min(MAX_SHIFT, g.tensors[i].qformat.frac - fy)) for i in n.inputs]
+
+
+def torch_concat(node, xs, const):
+    from .. import torch_ir
+
+    return torch_ir.concat(xs, node.attrs)
+
+
+SPECS = [
+    OpSpec(Op.RESHAPE, "layout", Trait.KEEPS_FORMAT, reshape_shape, check_reshape, ref_reshape, ref_reshape,
+           q_keep, _zero_macs, torch_reshape, "flatten/view/reshape", ("Reshape", "Flatten"), (),
+           "no code: the planner aliases input and output"),
+    OpSpec(Op.PAD, "layout", Trait.KEEPS_FORMAT | Trait.CHANNELWISE, pad_shape, _no_check, f_pad, i_pad,
+           q_keep, _zero_macs, torch_pad, "zero padding", ("Pad",), ("qg_pad_s8", "qg_pad_s16"),
+           "zero padding (folded into a following conv/avgpool where possible)"),
+    OpSpec(Op.CONCAT, "layout", Trait.CHOOSES_FORMAT, concat_shape, check_concat, f_concat, i_concat, q_concat,
+           _zero_macs, torch_concat, "torch.cat", ("Concat",), ("qg_concat_s8", "qg_concat_wide"),
+           "concatenation along any axis, each input requantised to the output format"),
+]

@@ -1,0 +1,74 @@
+"""maxpool2d, avgpool2d: channels-last windows (1-D pooling as H=1); output keeps the input's format."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import Op, OpSpec, Trait, _no_check, _zero_macs
+from .window import conv_out_size, pool_windows
+
+
+def pool_shape(g, n) -> tuple[int, ...]:
+    h, w, c = g.tensors[n.inputs[0]].shape
+    (kh, kw), (sh, sw), (pt, pl, pb, pr) = n.attrs["kernel"], n.attrs["stride"], n.attrs["padding"]
+    return (conv_out_size(h, kh, sh, pt, pb), conv_out_size(w, kw, sw, pl, pr), c)
+
+
+def f_maxpool(g, n, xs):
+    return pool_windows(xs[0], n, -np.inf).max(axis=(3, 4))
+
+
+def f_avgpool(g, n, xs):
+    kh, kw = n.attrs["kernel"]
+    return pool_windows(xs[0], n, 0.0).sum(axis=(3, 4)) / (kh * kw)
+
+
+def i_maxpool(g, n, xs):
+    return pool_windows(xs[0], n, np.iinfo(np.int64).min).max(axis=(3, 4))
+
+
+def i_avgpool(g, n, xs):
+    # sum * multiplier, then the rounding shift: multiplier = round(2**avg_shift / (KH*KW))
+    from ..fixed import requantize
+
+    total = pool_windows(xs[0], n, 0).sum(axis=(3, 4), dtype=np.int64)
+    return requantize(total * n.attrs["avg_mult"], n.attrs["avg_shift"], n.attrs["act_min"], n.attrs["act_max"])
+
+
+def q_maxpool(g, n, act) -> None:
+    from ..passes import quantize as q
+
+    out = g.tensors[n.outputs[0]]
+    q._set_act(out, act(out.name, g.tensors[n.inputs[0]].qformat.frac))
+
+
+def q_avgpool(g, n, act) -> None:
+    from ..passes import quantize as q
+
+    out = g.tensors[n.outputs[0]]
+    q._set_act(out, act(out.name, g.tensors[n.inputs[0]].qformat.frac))
+    kh, kw = n.attrs["kernel"]
+    n.attrs.update(q.avg_params(kh * kw), act_min=out.qformat.min_int, act_max=out.qformat.max_int)
+
+
+def torch_maxpool(node, xs, const):
+    from .. import torch_ir
+
+    return torch_ir.pool(xs[0], node.attrs, float("-inf"), "max")
+
+
+def torch_avgpool(node, xs, const):
+    from .. import torch_ir
+
+    return torch_ir.pool(xs[0], node.attrs, 0.0, "sum") / (node.attrs["kernel"][0] * node.attrs["kernel"][1])
+
+
+_COMMON = Trait.SLIDING_WINDOW | Trait.KEEPS_FORMAT | Trait.CHANNELWISE
+SPECS = [
+    OpSpec(Op.MAXPOOL2D, "pool", _COMMON, pool_shape, _no_check, f_maxpool, i_maxpool, q_maxpool, _zero_macs,
+           torch_maxpool, "MaxPool1d/2d", ("MaxPool",), ("qg_maxpool2d_s8", "qg_maxpool2d_s16"),
+           "max pooling (padding never wins)"),
+    OpSpec(Op.AVGPOOL2D, "pool", _COMMON | Trait.FOLDS_PAD, pool_shape, _no_check, f_avgpool, i_avgpool, q_avgpool,
+           _zero_macs, torch_avgpool, "AvgPool1d/2d, AdaptiveAvgPool2d, mean over H,W",
+           ("AveragePool", "GlobalAveragePool", "ReduceMean"), ("qg_avgpool2d_s8", "qg_avgpool2d_s16"),
+           "average pooling (zero padding counted), sum * mult >> shift"),
+]
