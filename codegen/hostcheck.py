@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .ir import Graph
+from .kernel_lib import archive, split_sources
 from .reference import run_int
 
 HOST_CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]
@@ -76,6 +77,18 @@ def model_sources(model_dir: Path, prefix: str) -> list[Path]:
     return [model_dir / f"{prefix}_model.c", model_dir / f"{prefix}_weights.c"] + sorted((model_dir / "kernels").glob("*.c"))
 
 
+def host_compile_command() -> list[str]:
+    """The compiler and flags setuptools uses for a cffi extension's C files (CC, CFLAGS, CCSHARED), so the
+    kernel archive linked into it is compiled as its own sources would be."""
+    import shlex
+    import sysconfig
+
+    cc, cflags, ccshared = (sysconfig.get_config_var(v) or "" for v in ("CC", "CFLAGS", "CCSHARED"))
+    cc = os.environ.get("CC", cc)
+    cflags = cflags + " " + os.environ.get("CFLAGS", "") + " " + os.environ.get("CPPFLAGS", "")
+    return [*shlex.split(cc or "cc"), *shlex.split(cflags), *shlex.split(ccshared or "-fPIC")]
+
+
 def _build(model_dir: Path, prefix: str):
     import cffi
 
@@ -98,8 +111,10 @@ def _build(model_dir: Path, prefix: str):
             typedef void (*{prefix}_trace_fn)(int32_t layer, const int8_t *data, int32_t size);
             void {prefix}_set_trace({prefix}_trace_fn fn);
         """)
-        ffi.set_source(name, f'#include "{prefix}_model.h"', sources=[str(s) for s in sources],
-                       include_dirs=[str(model_dir), str(model_dir / "kernels")],
+        own, kernel_dirs = split_sources(sources)  # the kernels: one cached archive (kernel_lib.py)
+        kernels = [archive(d, [*host_compile_command(), *HOST_CFLAGS]).path for d in kernel_dirs]
+        ffi.set_source(name, f'#include "{prefix}_model.h"', sources=[str(s) for s in own],
+                       include_dirs=[str(model_dir), str(model_dir / "kernels")], extra_objects=[str(k) for k in kernels],
                        define_macros=[(f"{prefix.upper()}_ENABLE_TRACE", "1")], extra_compile_args=HOST_CFLAGS)
         build_dir.mkdir(parents=True, exist_ok=True)
         tmp = build_dir / f"tmp-{os.getpid()}"
@@ -217,8 +232,11 @@ def build_native(model_dir: Path, prefix: str, out: Path, extra_flags: list[str]
     model_dir, out = Path(model_dir), Path(out)
     harness = out.with_suffix(".harness.c")
     harness.write_text(HARNESS_C % {"prefix": prefix, "PREFIX": prefix.upper()})
-    cmd = [cc, *STRICT_CFLAGS, *(extra_flags or []), "-I", str(model_dir), "-I", str(model_dir / "kernels"),
-           str(harness), *map(str, model_sources(model_dir, prefix)), "-o", str(out)]
+    flags = [*STRICT_CFLAGS, *(extra_flags or [])]
+    own, kernel_dirs = split_sources(model_sources(model_dir, prefix))  # kernels: one cached archive each
+    kernels = [archive(d, [cc, *(f for f in flags if f.startswith("-"))]).path for d in kernel_dirs]
+    cmd = [cc, *flags, "-I", str(model_dir), "-I", str(model_dir / "kernels"),
+           str(harness), *map(str, own), *map(str, kernels), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"native build failed:\n{' '.join(cmd)}\n{proc.stderr}")

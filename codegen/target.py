@@ -56,6 +56,8 @@ from codegen.emit.c import check_prefix
 from codegen.emit.escape import FILTERS as ESCAPE_FILTERS
 from codegen.errors import UserError
 from codegen.hostcheck import cache_root
+from codegen.kernel_lib import archive as kernel_archive
+from codegen.kernel_lib import split_sources
 from codegen.output import replace_directory
 from codegen.resources import data_dir, kernel_dir
 
@@ -398,12 +400,19 @@ def build_elf(board: Board | str, sources: Sequence[Path | str], include_dirs: S
 
     includes = [f"-I{d}" for d in [out_dir, _startup_dir(), *include_dirs]]
     base = [CROSS_CC, *board.cflags, opt, *COMMON_CFLAGS, *includes, *extra_cflags]
+    # A whole kernels/ directory among the sources is linked as one cached archive per (kernel sources,
+    # core, flags) instead of being recompiled for every model (kernel_lib.py); the trace define is the model's.
+    own, kernel_dirs = split_sources(sources)
+    kernel_flags = [f for f in extra_cflags if f != f"-D{trace_define(prefix)}"]
+    libs = [kernel_archive(d, [CROSS_CC, *board.cflags, opt, *COMMON_CFLAGS, *kernel_flags, *MODEL_WARNINGS],
+                           ar=CROSS_PREFIX + "ar", run=lambda c, w: _run_tool(c, w).stderr) for d in kernel_dirs]
     jobs = [(path, [*base, *HARNESS_WARNINGS]) for path in harness_sources()]
-    jobs += [(Path(path), [*base, *MODEL_WARNINGS]) for path in sources]
+    jobs += [(Path(path), [*base, *MODEL_WARNINGS]) for path in own]
     objects, warnings = _compile_all(jobs, out_dir / "obj")
+    warnings += "".join(lib.warnings for lib in libs)
 
     elf, map_path = out_dir / "firmware.elf", out_dir / "firmware.map"
-    _link(board, objects, linker_script, elf, map_path)
+    _link(board, [*objects, *(lib.path for lib in libs)], linker_script, elf, map_path)
     sizes = read_section_sizes(elf)
     fit = check_fits(board, sizes) if check_fit else fit_report(board, sizes)
     return ElfInfo(path=elf, map_path=map_path, board=board.name, prefix=prefix, sizes=sizes, fit=fit,

@@ -40,7 +40,7 @@ from torch import nn
 
 from codegen import compile as qcompile
 from codegen.errors import UserError
-from codegen.hostcheck import SANITIZE_FLAGS, STRICT_CFLAGS, build_native, cache_root, run_native
+from codegen.hostcheck import SANITIZE_FLAGS, build_native, run_native
 from codegen.hostcheck import verify as host_verify
 
 PREFIX = "fz"
@@ -600,49 +600,9 @@ def _check_mixed_precision(spec: dict, result, example, calib: np.ndarray, workd
 
 
 def build_sanitized(model_dir: Path, exe: Path) -> Path:
-    """build_native(..., SANITIZE_FLAGS), with the kernel library compiled once per kernel source.
-
-    The kernels are the same files for every model, so their sanitised objects are cached (keyed by
-    the kernel sources' hash); each model then compiles only its model/weights files and the harness.
-    """
-    kernels = sorted((model_dir / "kernels").glob("*.c"))
-    objects = _kernel_objects(model_dir / "kernels")
-    for path in kernels:  # build_native compiles every kernels/*.c it finds: hand it the objects instead
-        path.rename(path.with_suffix(".c.prebuilt"))
-    try:
-        return build_native(model_dir, PREFIX, exe, [*SANITIZE_FLAGS, *map(str, objects)])
-    finally:
-        for path in kernels:
-            path.with_suffix(".c.prebuilt").rename(path)
-
-
-def _kernel_objects(kernel_dir: Path) -> list[Path]:
-    import hashlib
-    import subprocess
-
-    files = sorted(kernel_dir.glob("*.[ch]"))
-    digest = hashlib.sha256(" ".join(STRICT_CFLAGS + SANITIZE_FLAGS).encode())
-    for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    out = cache_root() / "fuzz-kernels" / digest.hexdigest()[:16]
-    sources = [p for p in files if p.suffix == ".c"]
-    objects = [out / f"{p.stem}.o" for p in sources]
-    if not all(o.is_file() for o in objects):
-        tmp = Path(tempfile.mkdtemp(prefix="build-", dir=cache_root()))
-        for src in sources:
-            cmd = ["gcc", *STRICT_CFLAGS, *SANITIZE_FLAGS, "-I", str(kernel_dir), "-c", str(src), "-o",
-                   str(tmp / f"{src.stem}.o")]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                raise AssertionError(f"kernel build failed:\n{' '.join(cmd)}\n{proc.stderr}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            tmp.rename(out)
-        except OSError:  # another process won the race: use its objects
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-    return objects
+    """build_native(..., SANITIZE_FLAGS): the sanitised kernel library is one archive cached by the kernel
+    sources' hash (codegen/kernel_lib.py); each model compiles only its model/weights files and the harness."""
+    return build_native(model_dir, PREFIX, exe, SANITIZE_FLAGS)
 
 
 def dump_stats(stats: Stats = STATS) -> None:
