@@ -1,7 +1,8 @@
 """qgen: compile PyTorch models to bit-exact fixed-point integer C for microcontrollers."""
 __version__ = "0.1.0"
 
-__all__ = ["compile", "CompileResult", "__version__"]
+__all__ = ["compile", "CompileResult", "CompileOptions", "QuantOptions", "CompressOptions", "EmitOptions",
+           "LimitOptions", "pipeline", "__version__"]
 
 
 def __getattr__(name: str):
@@ -12,4 +13,12 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name in ("CompileOptions", "QuantOptions", "CompressOptions", "EmitOptions", "LimitOptions"):
+        from . import options
+
+        return getattr(options, name)
+    if name == "pipeline":
+        from .driver import pipeline
+
+        return pipeline
     raise AttributeError(f"module 'codegen' has no attribute {name!r}")

@@ -4,7 +4,7 @@ The CLI is a thin wrapper over this module.
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 import tempfile
 import time
@@ -15,32 +15,21 @@ from typing import Any, Callable
 import numpy as np
 
 from . import limits as limits_mod
-from . import report as report_mod
 from . import serialize
-from .emit.c import banner_lines, check_prefix, model_data, option_text, render
+from . import driver
+from .driver import VERIFY_SAMPLES_SAVED, Context  # noqa: F401 (VERIFY_SAMPLES_SAVED re-exported)
+from .emit.c import check_prefix
 from .errors import UserError
 from .fixed import dequantize
 from .frontend import from_exported_program, from_module, load_model
 from .hostcheck import HostModel, VerifyResult
 from .hostcheck import verify as host_verify
 from .ir import Graph
-from .output import write_atomic
-from .passes import (
-    assign_precision,
-    calibrate,
-    fold_bn,
-    fold_pad,
-    fuse_activation,
-    plan_memory,
-    quantize,
-    run_pipeline,
-    separate_outputs,
-)
-from .passes import bias_correction as bias_correction_pass
-from .passes import equalize as equalize_pass
-from .reference import quantize_input, run_int, to_qgen_layout, to_torch_layout
+from .options import CompileOptions
+from .output import option_text, write_atomic
+from .passes import run_pipeline
+from .reference import quantize_input, run_int, to_torch_layout
 
-VERIFY_SAMPLES_SAVED = 64  # quantised inputs stored next to the C for `qgen verify` without --data
 
 
 def as_array(data: Any) -> np.ndarray:
@@ -138,6 +127,7 @@ class CompileResult:
     files: dict[str, str | bytes]
     report: dict
     out_dir: Path | None = None
+    options: CompileOptions | None = None  # what the compile was asked (None: an older output directory)
     _host: HostModel | None = field(default=None, repr=False)
 
     # -- the integer reference (the spec)
@@ -235,13 +225,16 @@ def _random_samples(torch_shape: tuple[int, ...]) -> int:
 
 
 def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None = None, *,
-            prefix: str = "model", out_dir: str | Path | None = None, command: str | None = None,
+            options: CompileOptions | None = None,
+            prefix: str | None = None, out_dir: str | Path | None = None, command: str | None = None,
             eval_data: np.ndarray | None = None,
             extra_passes: list[tuple[str, Callable[[Graph], Graph]]] | None = None,
-            calibration: str = "minmax", percentile: float = 99.99, bias_correction: bool = False,
-            equalize: bool = False, precision: dict[str, int] | None = None,
+            calibration: str | None = None, percentile: float | None = None, bias_correction: bool | None = None,
+            equalize: bool | None = None, precision: dict[str, int] | None = None,
             auto_precision: float | None = None, labels: np.ndarray | None = None,
-            max_flash: int | None = None, max_ram: int | None = None, board: str | None = None) -> CompileResult:
+            max_flash: int | None = None, max_ram: int | None = None, board: str | None = None,
+            arena_argument: bool | None = None,
+            train: tuple[np.ndarray, np.ndarray] | None = None) -> CompileResult:
     """Compile a PyTorch model to Q-format C.
 
     model: nn.Module (with example_input), torch.export.ExportedProgram, 'model.pt2' or 'file.py:factory'.
@@ -250,12 +243,18 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
         as a tuple of ints, (1, 1, 8, 8).
     calib_data: float samples in PyTorch layout (N, C, H, W) / (N, F) for activation ranges. If None,
         standard-normal random inputs are used (fine for size/speed, poor for accuracy).
+    options: a CompileOptions (codegen/options.py: quant=QuantOptions, compress=CompressOptions,
+        emit=EmitOptions, limits=LimitOptions) holding every option below; a keyword given as well
+        overrides its field. The options used are recorded in report.json, qgen_graph.json and on
+        result.options; `codegen.pipeline(options)` prints the passes they run.
     out_dir: where to write the generated files (atomically); None keeps them in memory.
     command: an optional note recorded in the banner as given ("Command: ..."); the banner always records
         qgen's version and these options in canonical form, never sys.argv or paths.
     eval_data: samples for the report's per-layer error (defaults to calib_data).
     extra_passes: (name, fn) float-IR passes run after folding/fusion and before calibration
         (compression: channel pruning, low-rank...), each verified like the built-in ones.
+    train: (x, y) training samples and integer labels for compression fine-tuning / gradient importance
+        (options.compress).
     calibration: how activation ranges are chosen: "minmax" (no calibration value saturates),
         "percentile" (that percentile of |x|), "mse" (the frac with the least squared error) or "kl" (the
         least KL divergence between the histogram and its quantised form, as TensorRT's entropy calibration).
@@ -270,11 +269,18 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
         cannot fit is refused (UserError) as soon as that is known, before calibration where possible
         (codegen/limits.py). Default: `board`'s (a name in boards/*.toml), else the largest flash and RAM
         among the known boards.
+    arena_argument: `<prefix>_run(in, out, arena)` takes the arena from the caller (reentrant; no static
+        arena), EmitOptions.arena_argument.
     """
     start = time.perf_counter()
+    options = _merge_options(options, prefix=prefix, calibration=calibration, percentile=percentile,
+                             bias_correction=bias_correction, equalize=equalize, precision=precision,
+                             auto_precision=auto_precision, max_flash=max_flash, max_ram=max_ram, board=board,
+                             arena_argument=arena_argument)
+    q, prefix = options.quant, options.emit.prefix
     check_prefix(prefix)
     out_dir = check_out_dir(out_dir) if out_dir is not None else None
-    lim = limits_mod.limits(max_flash, max_ram, board)
+    lim = limits_mod.limits(options.limits.max_flash, options.limits.max_ram, options.limits.board)
     graph = _frontend(model, example_input, lim)
     in_shape = graph.tensors[graph.inputs[0]].shape
     layout = graph.io_layout.get(graph.inputs[0], "nf")
@@ -294,60 +300,45 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
         calib_data = np.random.default_rng(0).standard_normal((_random_samples(torch_shape), *torch_shape))
         calib_data = calib_data.astype(np.float32)
     calib_data = np.asarray(calib_data)
-    float_passes = [("separate_outputs", separate_outputs.run), ("fold_pad", fold_pad.run),
-                    ("fold_bn", fold_bn.run), ("fuse_activation", fuse_activation.run), *(extra_passes or []),
-                    ("check_limits", lambda g: limits_mod.check_float_graph(g, lim))]
-    if equalize:
-        float_passes.append(("equalize", lambda g: equalize_pass.run(g, calib_data)))
-    if precision:
-        float_passes.append(("assign_precision", lambda g: assign_precision.run(g, precision)))
-    float_passes.append(("calibrate", lambda g: calibrate.run(g, calib_data, method=calibration,
-                                                              percentile=percentile)))
-    graph = run_pipeline(graph, float_passes)
-    auto = None
-    if auto_precision is not None:
-        from . import precision as precision_mod
+    ctx = Context(calib=calib_data, lim=lim, extra_passes=list(extra_passes or []), train=train,
+                  model=model, example=example_input, eval_data=eval_data, labels=labels)
+    floats = driver.float_passes(options, ctx)
+    graph = run_pipeline(graph, list(floats))
+    report_extra: dict = {}
+    if q.calibration != "minmax":  # minmax reports stay byte-identical
+        report_extra["calibration"] = q.calibration
+    if ctx.auto is not None:
+        report_extra["auto_precision"] = ctx.auto.to_dict()
+        report_extra["precision_lines"] = ctx.auto.lines()
+    names = floats.names
+    extra_names = names[names.index("fuse_activation") + 1:names.index("check_limits")]  # compression + caller's
+    banner_options = option_text(prefix=prefix, calibration=q.calibration,
+                                 **({"percentile": q.percentile} if q.calibration == "percentile" else {}),
+                                 bias_correction=q.bias_correction, equalize=q.equalize, precision=q.precision,
+                                 auto_precision=q.auto_precision,
+                                 extra_passes=extra_names,
+                                 calib=calib_text,
+                                 **({"arena_argument": True} if options.emit.arena_argument else {}))
+    eval_x = eval_data if eval_data is not None else calib_data
+    return driver.lower(graph, options, ctx, eval_x=eval_x, banner_options=banner_options,
+                        command=command, out_dir=out_dir, report_extra=report_extra, start=start)
 
-        eval_for_auto = eval_data if eval_data is not None else calib_data
-        auto = precision_mod.search(graph, eval_for_auto, labels, auto_precision, calib_data)
-        if auto.spec:
-            graph = run_pipeline(graph, [
-                ("assign_precision", lambda g: assign_precision.run(g, {**(precision or {}), **auto.spec})),
-                ("calibrate", lambda g: calibrate.run(g, calib_data, method=calibration, percentile=percentile))])
-    float_graph = copy.deepcopy(graph)
-    int_passes = [("quantize", quantize.run)]
-    if bias_correction:
-        int_passes.append(("bias_correction", lambda g: bias_correction_pass.run(g, float_graph, calib_data)))
-    graph = run_pipeline(graph, int_passes + [("plan_memory", plan_memory.run)])
-    limits_mod.check_compiled(model_data(graph, prefix).weight_bytes, graph.arena_size, lim)  # before any C text
-    eval_x = np.asarray(eval_data if eval_data is not None else calib_data, dtype=np.float32)
-    x_i8 = quantize_input(graph, eval_x)
-    eval_hwc = to_qgen_layout(graph, eval_x)
-    rep = report_mod.build(graph, float_graph, eval_hwc.astype(np.float64), x_i8, prefix)
-    if calibration != "minmax":  # minmax reports stay byte-identical
-        rep["calibration"] = calibration
-    if auto is not None:
-        rep["auto_precision"] = auto.to_dict()
-        rep["precision_lines"] = auto.lines()
-    options = option_text(prefix=prefix, calibration=calibration,
-                          **({"percentile": percentile} if calibration == "percentile" else {}),
-                          bias_correction=bias_correction, equalize=equalize, precision=precision or {},
-                          auto_precision=auto_precision, extra_passes=[name for name, _ in extra_passes or []],
-                          calib=calib_text)
-    files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, options, command)))
-    graph_json, graph_npz = serialize.dumps(graph)
-    files["qgen_graph.json"], files["qgen_graph.npz"] = graph_json, graph_npz
-    files["qgen_verify_inputs.npy"] = serialize.npy_bytes(x_i8[:VERIFY_SAMPLES_SAVED])
-    rep["compile_seconds"] = time.perf_counter() - start
-    timeless = {k: v for k, v in rep.items() if k != "compile_seconds"}  # files stay deterministic
-    files["report.md"] = report_mod.to_markdown(timeless)
-    files["report.json"] = report_mod.to_json(timeless)
-    result = CompileResult(graph, float_graph, prefix, files, rep)
-    if out_dir is not None:
-        write_atomic(files, Path(out_dir))
-        result.out_dir = Path(out_dir)
-    return result
 
+def _merge_options(options: CompileOptions | None, **keywords: Any) -> CompileOptions:
+    """`options` (default CompileOptions()) with each keyword that was given (not None) put in its field."""
+    options = options if options is not None else CompileOptions()
+    if not isinstance(options, CompileOptions):
+        raise UserError(f"options must be a codegen.CompileOptions, got {type(options).__name__}")
+    groups = {"quant": ("calibration", "percentile", "bias_correction", "equalize", "precision", "auto_precision"),
+              "emit": ("prefix", "arena_argument"), "limits": ("max_flash", "max_ram", "board")}
+    changes = {}
+    for group, names in groups.items():
+        given = {n: keywords[n] for n in names if keywords.get(n) is not None}
+        if given:
+            if "precision" in given:
+                given["precision"] = dict(given["precision"])
+            changes[group] = dataclasses.replace(getattr(options, group), **given)
+    return dataclasses.replace(options, **changes) if changes else options
 
 
 def load_compiled(out_dir: str | Path) -> CompileResult:
@@ -366,4 +357,6 @@ def load_compiled(out_dir: str | Path) -> CompileResult:
         import json
 
         report = json.loads((out_dir / "report.json").read_text())
-    return CompileResult(graph, graph, prefix, files, report, out_dir)
+    recorded = serialize.load_options(gj.read_text())
+    options = CompileOptions.from_dict(recorded) if recorded is not None else None
+    return CompileResult(graph, graph, prefix, files, report, out_dir, options)

@@ -93,23 +93,54 @@ def _load_array(path: str, what: str) -> np.ndarray:
     return data
 
 
-def _compress_passes(args):
-    """Float-IR compression passes from the --prune/--channels/--rank/--cluster flags (None: no flags)."""
-    from . import compress
+# `qgen compile` flag (argparse dest) -> CompileOptions field; FLAG_INPUTS are data, paths and actions, not
+# options; API_ONLY_FIELDS have no flag. tests/test_options.py checks that these cover both sides exactly.
+FLAG_FIELDS = {
+    "prefix": "emit.prefix", "arena_argument": "emit.arena_argument",
+    "calibration": "quant.calibration", "percentile": "quant.percentile",
+    "bias_correction": "quant.bias_correction", "equalize": "quant.equalize", "precision": "quant.precision",
+    "auto_precision": "quant.auto_precision", "max_acc_drop": "quant.auto_precision",
+    "max_flash": "limits.max_flash", "max_ram": "limits.max_ram",
+    "prune": "compress.prune", "prune_scope": "compress.prune_scope", "importance": "compress.importance",
+    "channels": "compress.channels", "rank": ("compress.rank", "compress.rank_energy"),
+    "cluster": "compress.cluster", "finetune_epochs": "compress.finetune_epochs",
+}
+FLAG_INPUTS = {"model", "input_shape", "calib", "out", "verify", "split_at", "boards", "eval", "eval_labels",
+               "train", "labels"}
+API_ONLY_FIELDS = {"limits.board", "compress.prune_layers", "compress.channel_criterion", "compress.prune_steps",
+                   "compress.lr", "compress.batch", "compress.seed"}
 
-    if not any(getattr(args, k, None) is not None for k in ("prune", "channels", "rank", "cluster")):
+
+def compile_options(args):
+    """The CompileOptions of `qgen compile`'s flags (validated: UserError)."""
+    from . import compress
+    from .options import CompileOptions, EmitOptions, LimitOptions, QuantOptions
+    from .passes.assign_precision import parse_spec
+
+    compressed = compress.parse_cli(prune=args.prune, channels=args.channels, rank=args.rank, cluster=args.cluster,
+                                    prune_scope=args.prune_scope, importance=args.importance,
+                                    finetune_epochs=args.finetune_epochs)
+    max_flash, max_ram = _split_limits(args)
+    return CompileOptions(
+        quant=QuantOptions(calibration=args.calibration, percentile=args.percentile,
+                           bias_correction=args.bias_correction, equalize=args.equalize,
+                           precision=dict(parse_spec(args.precision) or {}),
+                           auto_precision=args.max_acc_drop if args.auto_precision else None),
+        compress=compressed, emit=EmitOptions(prefix=args.prefix, arena_argument=args.arena_argument),
+        limits=LimitOptions(max_flash=max_flash, max_ram=max_ram))
+
+
+def _train_data(args, options):
+    """(x, y) for compression fine-tuning / gradient importance, from --train/--labels."""
+    if not options.compress.any:
         return None
-    opts = compress.parse_cli(prune=args.prune, channels=args.channels, rank=args.rank, cluster=args.cluster,
-                              prune_scope=args.prune_scope, importance=args.importance,
-                              finetune_epochs=args.finetune_epochs)
-    train = None
     if args.train:
         if not args.labels:
             raise UserError("--train needs --labels (integer class labels, .npy) for fine-tuning")
-        train = (_load_array(args.train, "training data"), _load_array(args.labels, "labels").astype("int64"))
-    elif args.finetune_epochs or args.importance == "gradient":
+        return _load_array(args.train, "training data"), _load_array(args.labels, "labels").astype("int64")
+    if args.finetune_epochs or args.importance == "gradient":
         raise UserError("fine-tuning and gradient importance need --train x.npy --labels y.npy")
-    return compress.passes(opts, train=train)
+    return None
 
 
 def cmd_compile(args) -> int:
@@ -120,23 +151,17 @@ def cmd_compile(args) -> int:
     if calib is None:
         print("warning: no --calib given; calibrating on random N(0,1) inputs. Pass real samples for "
               "accuracy.", file=sys.stderr)
-    passes = _compress_passes(args)
+    options = compile_options(args)
+    train = _train_data(args, options)
     split_at = getattr(args, "split_at", None)
-    from .passes.assign_precision import parse_spec
-
     eval_x = _load_array(args.eval, "evaluation data") if args.eval else None
     eval_labels = _load_array(args.eval_labels, "evaluation labels") if args.eval_labels else None
     if args.auto_precision and eval_x is None and calib is None:
         raise UserError("--auto-precision measures accuracy on data: give --calib (and --eval-labels) or --eval")
-    result = qcompile(args.model, args.input_shape, calib, prefix=args.prefix,
-                      out_dir=None if split_at else args.out, extra_passes=passes,
-                      calibration=args.calibration, percentile=args.percentile,
-                      bias_correction=args.bias_correction, equalize=args.equalize,
-                      precision=parse_spec(args.precision), eval_data=eval_x,
-                      auto_precision=args.max_acc_drop if args.auto_precision else None, labels=eval_labels,
-                      **dict(zip(("max_flash", "max_ram"), _split_limits(args))))
+    result = qcompile(args.model, args.input_shape, calib, options=options, out_dir=None if split_at else args.out,
+                      eval_data=eval_x, labels=eval_labels, train=train)
     report.print_table(result.report)
-    if passes is not None or args.command == "compress":
+    if options.compress.any or args.command == "compress":
         from . import compress
 
         print("\n".join(compress.summary_lines(result.graph)))
@@ -331,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--percentile", type=float, default=99.99, help="for --calibration percentile")
     c.add_argument("--bias-correction", action="store_true", help="correct each channel's mean quantisation error")
     c.add_argument("--equalize", action="store_true", help="cross-layer equalisation by powers of two")
+    c.add_argument("--arena-argument", action="store_true", help="<prefix>_run(in, out, arena) takes the arena "
+                   "from the caller (reentrant: no static arena; size <PREFIX>_ARENA_SIZE)")
     c.add_argument("--max-flash", type=_bytes, metavar="BYTES", help="refuse, before calibrating, a model whose "
                    "weights need more flash (default: the largest known board's; e.g. 2M, 512K)")
     c.add_argument("--max-ram", type=_bytes, metavar="BYTES", help="refuse a model whose activations need more "

@@ -15,38 +15,16 @@ works the same after any structural change and on every model QAT runs (1-D incl
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
 from .errors import UserError
 from .ir import Graph, Op
+from .options import CompressOptions
 from .passes import cluster, low_rank, prune_channels, prune_magnitude
 
 Pass = tuple[str, Callable[[Graph], Graph]]
-
-
-@dataclass(frozen=True)
-class CompressOptions:
-    prune: float | None = None  # unstructured sparsity, 0 <= s < 1
-    prune_scope: str = "layer"  # "layer" | "global"
-    importance: str = "magnitude"  # "magnitude" | "gradient" (|w * dL/dw|, needs training data)
-    prune_layers: tuple[str, ...] | None = None  # None: every conv2d / linear
-    channels: float | None = None  # fraction of channels removed, 0 <= r < 1
-    channel_criterion: str = "l1"  # "l1" | "l2" | "bn" (BatchNorm |gamma|, needs the torch model)
-    rank_energy: float | None = None  # low-rank: energy kept (0, 1]
-    rank: int | None = None  # low-rank: explicit rank >= 1
-    cluster: int | None = None  # weight sharing: bits per weight (2..6 useful)
-    finetune_epochs: int = 0  # after each structural / pruning step, when training data is given
-    prune_steps: int = 1  # gradual pruning: sparsity reached in this many prune + fine-tune rounds
-    lr: float = 3e-3
-    batch: int = 64
-    seed: int = 0
-
-    @property
-    def any(self) -> bool:
-        return any(v is not None for v in (self.prune, self.channels, self.rank_energy, self.rank, self.cluster))
 
 
 def parse_rank(text: str | int | None) -> tuple[float | None, int | None]:
@@ -248,7 +226,7 @@ def bn_importance(model, example) -> dict[str, np.ndarray]:
 
 def summary(graph: Graph) -> list[dict]:
     """Per weighted layer of a quantised graph: format, bytes (dense and as emitted), MACs (dense and executed)."""
-    from .emit.weight_formats import summary as layer_summary
+    from .weight_storage import summary as layer_summary
 
     return layer_summary(graph)
 

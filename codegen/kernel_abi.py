@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .emit.weight_formats import storage_choice
+from .weight_storage import storage_choice
 from .ir import Graph, Node, Op
 
 

@@ -65,38 +65,23 @@ def convert(qat_model: QATModel) -> Graph:
 
 def compile(qat_model: QATModel, *, prefix: str = "model", out_dir: str | Path | None = None,
             eval_data: np.ndarray | None = None, command: str | None = None):
-    """codegen.compile's back half (quantize, plan memory, report, emit) on convert(qat_model)."""
-    from . import report as report_mod
-    from . import serialize
-    from .api import VERIFY_SAMPLES_SAVED, CompileResult
-    from .emit.c import banner_lines, check_prefix, option_text, render
-    from .output import write_atomic
-    from .passes import plan_memory
-    from .reference import quantize_input, to_qgen_layout
-    from .serialize import npy_bytes
+    """codegen.compile's back half (driver.lower: quantize, plan memory, limits, report, emit) on
+    convert(qat_model)."""
+    from . import driver
+    from .emit.c import check_prefix
+    from .options import CompileOptions, EmitOptions
+    from .output import option_text
 
     start = time.perf_counter()
     check_prefix(prefix)
     float_graph = convert(qat_model)
-    graph = run_pipeline(copy.deepcopy(float_graph), [("quantize", quantize.run), ("plan_memory", plan_memory.run)])
     if eval_data is None:
         in_shape = qat_model.torch_input_shape()
         eval_data = np.random.default_rng(0).standard_normal((16, *in_shape)).astype(np.float32)
-    eval_x = np.asarray(eval_data, dtype=np.float32)
-    x_i8 = quantize_input(graph, eval_x).astype(np.int8)
-    rep = report_mod.build(graph, float_graph, to_qgen_layout(graph, eval_x).astype(np.float64), x_i8, prefix)
-    options = option_text(prefix=prefix, qat=True)
-    files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, options, command)))
-    files["qgen_graph.json"], files["qgen_graph.npz"] = serialize.dumps(graph)
-    files["qgen_verify_inputs.npy"] = npy_bytes(x_i8[:VERIFY_SAMPLES_SAVED])
-    files["report.md"] = report_mod.to_markdown({**rep, "compile_seconds": 0.0})
-    files["report.json"] = report_mod.to_json(rep)
-    rep["compile_seconds"] = time.perf_counter() - start
-    result = CompileResult(graph, float_graph, prefix, files, rep)
-    if out_dir is not None:
-        write_atomic(files, Path(out_dir))
-        result.out_dir = Path(out_dir)
-    return result
+    options = CompileOptions(emit=EmitOptions(prefix=prefix))
+    return driver.lower(float_graph, options, driver.Context(), eval_x=eval_data,
+                        banner_options=option_text(prefix=prefix, qat=True), command=command,
+                        out_dir=Path(out_dir) if out_dir is not None else None, start=start)
 
 
 def finetune(qat_model: QATModel, x: np.ndarray, y: np.ndarray, epochs: int = 5, lr: float = 1e-3,

@@ -31,8 +31,9 @@ def _unattr(v):
     return v
 
 
-def dumps(g: Graph) -> tuple[str, bytes]:
-    """(json text, npz bytes). Deterministic: same graph, same bytes."""
+def dumps(g: Graph, options: dict | None = None) -> tuple[str, bytes]:
+    """(json text, npz bytes). Deterministic: same graph, same bytes. `options`: the compile's
+    CompileOptions.to_dict(), recorded so that later commands (split, bundle, micropython) can read them."""
     arrays = {}
     tensors = []
     for name in sorted(g.tensors):
@@ -48,6 +49,8 @@ def dumps(g: Graph) -> tuple[str, bytes]:
         "nodes": [{"name": n.name, "op": n.op.value, "inputs": n.inputs, "outputs": n.outputs,
                    "attrs": {k: _attr(v) for k, v in n.attrs.items()}, "source": n.source} for n in g.nodes],
     }
+    if options is not None:
+        doc["options"] = options
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return json.dumps(doc, indent=1, sort_keys=True) + "\n", _strip_zip_times(buf.getvalue())
@@ -64,6 +67,11 @@ def _strip_zip_times(data: bytes) -> bytes:
             fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
             dst.writestr(fixed, src.read(info.filename))
     return out.getvalue()
+
+
+def load_options(text: str) -> dict | None:
+    """The CompileOptions.to_dict() a qgen_graph.json records (None: written before options were recorded)."""
+    return json.loads(text).get("options")
 
 
 def loads(text: str, npz: bytes) -> Graph:

@@ -30,7 +30,7 @@ def check_sparsity(sparsity: float) -> float:
 
 
 def pays_off(graph: Graph, node: Node, sparsity: float) -> bool:
-    from ..emit.weight_formats import sparse_bytes
+    from ..weight_storage import sparse_bytes
 
     w = graph.tensors[node.inputs[1]]
     return sparse_bytes(node.op, w.shape, w.size - int(np.floor(sparsity * w.size))) < w.size

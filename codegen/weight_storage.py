@@ -1,0 +1,256 @@
+"""How a layer's int8 weights are stored in the generated C (dense, bitmap, index, cluster): the encodings,
+their sizes and the choice between them. Not an emitter: the memory planner (kernel_abi), the pruning pass
+and the C emitter (emit/weight_formats.py) all read the same `storage_choice`.
+Compressed storage of a layer's int8 weights in the generated C: sparse and clustered formats.
+
+The quantised IR and the reference keep dense int8 weights; a format here is only another encoding
+of the same integers, with its own kernel (firmware/kernels/qg_sparse_s8.c, qg_cluster_s8.c), so the
+C output stays byte-identical to the reference.
+
+A pass asks for compression with `node.attrs["weight_format"]`:
+  "sparse"  -> the smallest of dense, bitmap, index     (conv2d, linear)
+  "cluster" -> the smallest of dense, cluster           (conv2d, depthwise, linear)
+  "auto"    -> the smallest of all that apply
+  "bitmap" | "index" | "cluster!" -> that encoding, even if larger (tests, benchmarks)
+The choice is made here, on the quantised weights (`storage_choice`, read by the memory planner and the
+emitter alike), so a layer whose encoding would not be smaller stays dense ("dense when sparsity is low").
+
+Formats (weights seen as segments: conv (Cout, KH*KW, Cin), linear (Out, 1, In); L = segment length):
+  bitmap:  per segment ceil(L/8) bytes of a nonzero mask (bit i LSB first = channel i), then the
+           nonzero int8 values in weight order.           bytes = Cout*T*ceil(L/8) + nnz
+  index:   per segment, one uint8 count per chunk of 255 channels, a uint8 position in the chunk for
+           each nonzero, and the nonzero values.          bytes = Cout*T*ceil(L/255) + 2*nnz
+  cluster: every weight is an index into an int8 codebook of the layer's distinct values
+           (2^b entries, b = ceil(log2(distinct)) in 1..8), packed b bits per weight LSB first,
+           plus one padding byte.                          bytes = ceil(n*b/8) + 1 + 2^b
+Bitmap wins at moderate sparsity (1/8 byte per weight + 1 per nonzero: 0.325x dense at 80%),
+index at very high sparsity (> ~94%), cluster for few distinct values.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import UserError
+from .ir import Graph, Node, Op
+
+SPARSE_CHUNK = 255  # QG_SPARSE_CHUNK: chunk length of the index format (uint8 count and position)
+SPARSE_OPS = (Op.CONV2D, Op.LINEAR)
+CLUSTER_OPS = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR)
+REQUESTS = {
+    "sparse": ("bitmap", "index"),
+    "cluster": ("cluster",),
+    "auto": ("bitmap", "index", "cluster"),
+}
+FORCED = {"bitmap": "bitmap", "index": "index", "cluster!": "cluster"}
+
+
+@dataclass
+class Encoding:
+    format: str  # dense | bitmap | index | cluster
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # role -> uint8/int8 data (non-empty)
+    nonzero: int = 0
+    bits: int = 0  # cluster index width
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.size for a in self.arrays.values()))
+
+
+def _nonempty(a: np.ndarray, dtype) -> np.ndarray:
+    """C has no zero-length arrays: an empty stream is stored as one unused zero byte."""
+    a = np.asarray(a, dtype=dtype).reshape(-1)
+    return a if a.size else np.zeros(1, dtype)
+
+
+def segments(op: Op, w: np.ndarray) -> np.ndarray:
+    """Weights as (rows, taps, segment length): conv (Cout, KH*KW, Cin), linear (Out, 1, In)."""
+    if op is Op.CONV2D:
+        return w.reshape(w.shape[0], w.shape[1] * w.shape[2], w.shape[3])
+    if op is Op.LINEAR:
+        return w.reshape(w.shape[0], 1, w.shape[1])
+    raise ValueError(f"no sparse segments for {op.value}")
+
+
+def sparse_bytes(op: Op, shape: tuple[int, ...], nonzero: int) -> int:
+    """Bytes of the smaller sparse encoding (bitmap or index) of weights of `shape` with `nonzero` nonzeros."""
+    rows, taps, length = segments(op, np.empty(shape, np.int8)).shape
+    nnz = max(nonzero, 1)
+    return min(rows * taps * -(-length // 8) + nnz, rows * taps * -(-length // SPARSE_CHUNK) + 2 * nnz)
+
+
+def encode_dense(w: np.ndarray) -> Encoding:
+    return Encoding("dense", {"weights": np.asarray(w, np.int8).reshape(-1)}, int(np.count_nonzero(w)))
+
+
+def encode_bitmap(seg: np.ndarray) -> Encoding:
+    rows, taps, length = seg.shape
+    nz = seg != 0
+    padded = np.zeros((rows, taps, -(-length // 8) * 8), bool)
+    padded[..., :length] = nz
+    mask = np.packbits(padded, axis=-1, bitorder="little")
+    return Encoding("bitmap", {"map": _nonempty(mask, np.uint8), "values": _nonempty(seg[nz], np.int8)},
+                    int(nz.sum()))
+
+
+def encode_index(seg: np.ndarray) -> Encoding:
+    rows, taps, length = seg.shape
+    chunks = -(-length // SPARSE_CHUNK)
+    padded = np.zeros((rows, taps, chunks * SPARSE_CHUNK), seg.dtype)
+    padded[..., :length] = seg
+    padded = padded.reshape(rows, taps, chunks, SPARSE_CHUNK)
+    nz = padded != 0
+    counts = nz.sum(axis=-1)
+    position = np.nonzero(nz)[-1]  # C order: the kernel's walk order
+    return Encoding("index", {"map": _nonempty(counts, np.uint8), "index": _nonempty(position, np.uint8),
+                              "values": _nonempty(padded[nz], np.int8)}, int(nz.sum()))
+
+
+def encode_cluster(w: np.ndarray) -> Encoding:
+    flat = np.asarray(w).reshape(-1)
+    values = np.unique(flat)  # sorted distinct int8 values: the codebook
+    bits = max(1, math.ceil(math.log2(len(values)))) if len(values) else 1
+    codebook = np.zeros(1 << bits, np.int8)
+    codebook[:len(values)] = values
+    idx = np.searchsorted(values, flat).astype(np.uint32)
+    stream = ((idx[:, None] >> np.arange(bits, dtype=np.uint32)) & 1).astype(bool).reshape(-1)
+    packed = np.concatenate([np.packbits(stream, bitorder="little"), np.zeros(1, np.uint8)])  # + padding byte
+    return Encoding("cluster", {"indices": packed, "codebook": codebook}, int(np.count_nonzero(flat)), bits)
+
+
+# ------------------------------------------------------------------ decoders (mirror the C kernels' walk)
+
+
+def decode_bitmap(enc: Encoding, shape: tuple[int, int, int]) -> np.ndarray:
+    rows, taps, length = shape
+    nbytes = -(-length // 8)
+    mask = np.unpackbits(enc.arrays["map"][:rows * taps * nbytes].reshape(rows, taps, nbytes), axis=-1,
+                         bitorder="little")[..., :length].astype(bool)
+    out = np.zeros(shape, np.int8)
+    out[mask] = enc.arrays["values"][:int(mask.sum())]
+    return out
+
+
+def decode_index(enc: Encoding, shape: tuple[int, int, int]) -> np.ndarray:
+    rows, taps, length = shape
+    chunks = -(-length // SPARSE_CHUNK)
+    counts = enc.arrays["map"][:rows * taps * chunks].astype(np.int64)
+    out = np.zeros((rows * taps * chunks, SPARSE_CHUNK), np.int8)
+    k = 0
+    for chunk, n in enumerate(counts):
+        out[chunk, enc.arrays["index"][k:k + n]] = enc.arrays["values"][k:k + n]
+        k += n
+    return out.reshape(rows, taps, chunks * SPARSE_CHUNK)[..., :length]
+
+
+def decode_cluster(enc: Encoding, shape: tuple[int, ...]) -> np.ndarray:
+    n, bits = int(np.prod(shape)), enc.bits
+    stream = np.unpackbits(enc.arrays["indices"], bitorder="little")[:n * bits].reshape(n, bits).astype(np.uint32)
+    idx = (stream << np.arange(bits, dtype=np.uint32)).sum(axis=1)
+    return enc.arrays["codebook"][idx].reshape(shape)
+
+
+# ------------------------------------------------------------------ the choice
+
+
+def candidates(node: Node) -> tuple[str, ...]:
+    request = node.attrs.get("weight_format", "dense")
+    if request == "dense":
+        return ()
+    if request in FORCED:
+        fmt = FORCED[request]
+        ops = CLUSTER_OPS if fmt == "cluster" else SPARSE_OPS
+        if node.op not in ops:
+            raise UserError(f"{node.where()}: weight format '{request}' is not available for {node.op.value}; "
+                            f"it supports {', '.join(o.value for o in ops)}")
+        return (fmt,)
+    if request not in REQUESTS:
+        raise UserError(f"{node.where()}: unknown weight_format '{request}'; use dense, "
+                        f"{', '.join(REQUESTS)} or {', '.join(FORCED)}")
+    return tuple(f for f in REQUESTS[request]
+                 if node.op in (CLUSTER_OPS if f == "cluster" else SPARSE_OPS))
+
+
+def encode(fmt: str, op: Op, w: np.ndarray) -> Encoding:
+    if fmt == "dense":
+        return encode_dense(w)
+    if fmt == "cluster":
+        return encode_cluster(w)
+    return (encode_bitmap if fmt == "bitmap" else encode_index)(segments(op, w))
+
+
+def encoded_bytes(fmt: str, op: Op, w: np.ndarray) -> int:
+    """Bytes of `encode(fmt, op, w)`, without encoding (tests/test_weight_formats.py checks they agree)."""
+    if fmt == "dense":
+        return int(w.size)
+    if fmt == "cluster":
+        distinct = len(np.unique(w))
+        bits = max(1, math.ceil(math.log2(distinct))) if distinct else 1
+        return -(-w.size * bits // 8) + 1 + (1 << bits)
+    rows, taps, length = segments(op, w).shape
+    nnz = max(int(np.count_nonzero(w)), 1)  # an empty stream is stored as one byte (_nonempty)
+    if fmt == "bitmap":
+        return rows * taps * -(-length // 8) + nnz
+    return rows * taps * -(-length // SPARSE_CHUNK) + 2 * nnz
+
+
+def storage_choice(g: Graph, node: Node) -> str:
+    """How `node`'s weights are stored, and so which kernel runs it: "dense", "bitmap", "index" or "cluster".
+
+    The one place this is decided: the memory planner (kernel_abi.scratch_bytes, overlap_distance) and the
+    emitter (layer_parts) both read it, so the scratch planned is the scratch of the kernel called (a
+    compressed encoding that would not be smaller falls back to the dense kernel, which needs scratch).
+    Forced formats are taken as asked; otherwise the smallest requested encoding, dense on ties.
+    """
+    options = candidates(node)
+    if not options:
+        return "dense"
+    if node.attrs.get("weight_format") in FORCED:
+        return options[0]
+    w = g.tensors[node.inputs[1]].data
+    best, best_bytes = "dense", int(w.size)
+    for fmt in options:
+        size = encoded_bytes(fmt, node.op, w)
+        if size < best_bytes:
+            best, best_bytes = fmt, size
+    return best
+
+
+def choose(g: Graph, node: Node) -> Encoding:
+    """The encoding of `node`'s weights in the C output (the format of storage_choice)."""
+    return encode(storage_choice(g, node), node.op, g.tensors[node.inputs[1]].data)
+
+
+# ------------------------------------------------------------------ emitter hook
+
+
+# ------------------------------------------------------------------ what compression bought
+
+
+def out_pixels(g: Graph, n: Node) -> int:
+    out = g.tensors[n.outputs[0]].shape
+    return int(np.prod(out[:-1])) if len(out) == 3 else 1
+
+
+def layer_summary(g: Graph, n: Node) -> dict:
+    """Per weighted layer of a quantised graph: chosen format, bytes (weights; + bias and shift), MACs."""
+    w_t, b_t = g.tensors[n.inputs[1]], g.tensors[n.inputs[2]]
+    enc = choose(g, n)
+    dense_macs = out_pixels(g, n) * w_t.size  # every weight once per output pixel (conv, depthwise, linear)
+    executed = out_pixels(g, n) * enc.nonzero if enc.format in ("bitmap", "index") else dense_macs
+    other = b_t.nbytes + w_t.shape[0]  # int32 bias + int8 shift per output channel
+    return {"name": n.name, "op": n.op.value, "format": enc.format, "bits": enc.bits, "shape": list(w_t.shape),
+            "nonzero": enc.nonzero, "weights": w_t.size, "dense_bytes": w_t.size, "bytes": enc.nbytes,
+            "dense_layer_bytes": w_t.size + other, "layer_bytes": enc.nbytes + other,
+            "macs": dense_macs, "macs_executed": executed}
+
+
+def summary(g: Graph) -> list[dict]:
+    return [layer_summary(g, n) for n in g.nodes if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR)]
+
+
+def macs_executed(g: Graph) -> int:
+    """Multiply-accumulates the kernels really execute (sparse kernels skip zero weights)."""
+    return sum(s["macs_executed"] for s in summary(g))

@@ -1,0 +1,108 @@
+"""Import rules of the package, read from the source (ast): no cycle between emit/c.py and
+emit/weight_formats.py, and no pass (codegen/passes/*) importing an emitter (codegen.emit.*). A module's own
+imports count wherever they are (function-level too); what they bring in is followed through module-level
+imports (what importing it really loads)."""
+from __future__ import annotations
+
+import ast
+import functools
+from pathlib import Path
+
+import codegen
+
+ROOT = Path(codegen.__file__).resolve().parent
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _top_level(tree: ast.Module):
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, (ast.If, ast.Try)):
+            todo += [*node.body, *node.orelse, *getattr(node, "finalbody", []),
+                     *(x for h in getattr(node, "handlers", []) for x in h.body)]
+
+
+def imports_of(path: Path, everywhere: bool = True) -> set[str]:
+    """codegen.* modules that `path` imports (anywhere in its body, or only at module level)."""
+    package = _module(path) if path.name == "__init__.py" else _module(path).rsplit(".", 1)[0]
+    found: set[str] = set()
+    tree = ast.parse(path.read_text())
+    for node in (ast.walk(tree) if everywhere else _top_level(tree)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("codegen")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("codegen"):
+                continue
+            found.add(target)
+            for a in node.names:  # `from . import escape`: the submodule
+                if (ROOT.parent / (target.replace(".", "/") + f"/{a.name}.py")).is_file():
+                    found.add(f"{target}.{a.name}")
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def _graph(everywhere: bool = False) -> dict[str, set[str]]:
+    return {_module(p): imports_of(p, everywhere) for p in ROOT.rglob("*.py")}
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> dict[str, list[str]]:
+    """module -> the import chain from `start` that reaches it: `start`'s own imports wherever they are,
+    then module-level imports."""
+    own = _graph(everywhere=True)[start]
+    paths = {start: [start]}
+    todo = [start]
+    while todo:
+        mod = todo.pop()
+        for dep in sorted(own if mod == start else graph.get(mod, ())):
+            if dep not in paths and dep in graph:
+                paths[dep] = [*paths[mod], dep]
+                todo.append(dep)
+    return paths
+
+
+def test_no_pass_imports_an_emitter():
+    graph = _graph()
+    passes = [m for m in graph if m.startswith("codegen.passes.")]
+    assert passes
+    bad = {}
+    for mod in passes:
+        for dep, chain in _reachable(graph, mod).items():
+            if dep.startswith("codegen.emit"):
+                bad[mod] = " -> ".join(chain)
+                break
+    assert not bad, bad
+
+
+def test_weight_formats_does_not_import_the_c_emitter():
+    graph = _graph()
+    assert "codegen.emit.weight_formats" in graph["codegen.emit.c"] or \
+        "codegen.emit.weight_formats" in _reachable(graph, "codegen.emit.c")
+    chain = _reachable(graph, "codegen.emit.weight_formats").get("codegen.emit.c")
+    assert chain is None, " -> ".join(chain)
+
+
+def test_the_rules_see_a_violation(tmp_path):
+    """The parser finds relative, function-level and `from . import x` imports."""
+    p = ROOT / "passes" / "fold_pad.py"
+    src = "def f():\n    from ..emit.c import render\n    from .. import report\n"
+    tree = tmp_path / "codegen" / "passes"
+    tree.mkdir(parents=True)
+    (tree / "x.py").write_text(src)
+    found = set()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.ImportFrom):
+            found.add((node.level, node.module))
+    assert (2, "emit.c") in found and (2, None) in found
+    assert "codegen.ir" in imports_of(p) or "codegen.passes" in imports_of(p) or imports_of(p)
