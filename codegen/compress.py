@@ -21,6 +21,7 @@ import numpy as np
 
 from .errors import UserError
 from .ir import Graph, Op
+from .ops import Trait, has
 from .options import CompressOptions
 from .passes import cluster, low_rank, prune_channels, prune_magnitude
 
@@ -178,7 +179,7 @@ def finetune(graph: Graph, train: tuple[np.ndarray, np.ndarray], opts: CompressO
     module = FloatModule(graph)
     masks = {}
     for n in graph.nodes:
-        if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR) and n.attrs.get("weight_format", "dense") != "dense":
+        if has(n.op, Trait.WEIGHTED) and n.attrs.get("weight_format", "dense") != "dense":
             masks[n.inputs[1]] = (module.params[n.inputs[1]] != 0).float()
     params = list(module.params.values())
     opt = torch.optim.Adam(params, lr=opts.lr)
@@ -206,7 +207,7 @@ def bn_importance(model, example) -> dict[str, np.ndarray]:
     scores = {}
     for bn in (n for n in g.nodes if n.op is Op.BATCH_NORM):
         producer = g.producer(bn.inputs[0])
-        if producer is None or producer.op not in (Op.CONV2D, Op.LINEAR):
+        if producer is None or not has(producer.op, Trait.MATMUL):
             continue
         try:
             gamma = model.get_submodule(bn.name).weight

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .weight_storage import storage_choice
 from .ir import Graph, Node, Op
+from .ops import Trait, with_trait
+from .weight_storage import storage_choice
 
 
 def _round_up4(n: int) -> int:
@@ -96,7 +97,7 @@ def sliding_window_overlap(in_hw: tuple[int, int], out_hw: tuple[int, int], kern
 # `in`/`out` without `restrict`. Not here: the sparse kernels (output channel outer: pixel 0 of channel 1
 # comes after every pixel of channel 0), the clustered ones (`restrict`), the int16 kernels, and fully
 # connected layers (one output pixel reads the whole input: no overlap to gain).
-OVERLAP_OPS = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.MAXPOOL2D, Op.AVGPOOL2D)
+OVERLAP_OPS = with_trait(Trait.SLIDING_WINDOW)
 
 
 def overlap_distance(g: Graph, n: Node) -> int | None:

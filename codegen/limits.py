@@ -22,9 +22,10 @@ from functools import cache
 from numbers import Integral
 
 from .errors import UserError
-from .ir import Graph, Op
+from .ir import Graph
+from .ops import Trait, with_trait
 
-WEIGHTED = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR)  # inputs[1]: int8 weights, one byte each
+WEIGHTED = with_trait(Trait.WEIGHTED)  # inputs[1]: int8 weights, one byte each
 
 SHRINK_HINT = "make the model smaller (--prune, --cluster, --rank, --channels; or fewer/narrower layers)"
 

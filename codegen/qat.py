@@ -37,6 +37,7 @@ from torch import nn
 from . import torch_ir
 from .errors import UserError
 from .ir import Graph, Node, Op
+from .ops import Trait, has
 from .passes import calibrate, fold_bn, fold_pad, fuse_activation, quantize, run_pipeline
 from .torch_ir import WEIGHTED
 
@@ -136,7 +137,7 @@ class QATModel(nn.Module):
                       if not t.is_const and t.qformat is not None}
         self._attrs = [n.attrs for n in qgraph.nodes]  # same node order as the float graph
         self._tables = {n.outputs[0]: torch.from_numpy(qgraph.tensors[n.inputs[1]].data.astype(np.int64))
-                        for n in qgraph.nodes if n.op in (Op.SOFTMAX, Op.LUT)}
+                        for n in qgraph.nodes if has(n.op, Trait.TABLE)}
         self.weights = nn.ParameterDict()
         self.biases = nn.ParameterDict()
         for i, node in enumerate(self._graph.nodes):

@@ -9,6 +9,7 @@ import numpy as np
 from .emit.c import model_data
 from .fixed import dequantize
 from .ir import Graph, Op
+from .ops import Trait, has
 from .passes.calibrate import format_source
 from .reference import run_float, run_int
 
@@ -40,7 +41,7 @@ def build(g: Graph, float_graph: Graph, x_float_hwc: np.ndarray, x_i8: np.ndarra
             "shape": list(out.shape),
             "q_in": " ".join(str(g.tensors[t].qformat) for t in node.inputs if not g.tensors[t].is_const),
             "q_out": str(out.qformat),
-            "q_weights": str(g.tensors[node.inputs[1]].qformat) if node.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR) else "",
+            "q_weights": str(g.tensors[node.inputs[1]].qformat) if has(node.op, Trait.WEIGHTED) else "",
             "macs": cl.macs, "weight_bytes": wbytes,
             "activation_bytes": 0 if node.op is Op.RESHAPE else out.nbytes,
             "max_abs_error": float(np.max(np.abs(deq - ref))) if ref.size else 0.0,

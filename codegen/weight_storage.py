@@ -35,10 +35,11 @@ import numpy as np
 
 from .errors import UserError
 from .ir import Graph, Node, Op
+from .ops import Trait, has, with_trait
 
 SPARSE_CHUNK = 255  # QG_SPARSE_CHUNK: chunk length of the index format (uint8 count and position)
-SPARSE_OPS = (Op.CONV2D, Op.LINEAR)
-CLUSTER_OPS = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR)
+SPARSE_OPS = with_trait(Trait.MATMUL)
+CLUSTER_OPS = with_trait(Trait.WEIGHTED)
 REQUESTS = {
     "sparse": ("bitmap", "index"),
     "cluster": ("cluster",),
@@ -248,7 +249,7 @@ def layer_summary(g: Graph, n: Node) -> dict:
 
 
 def summary(g: Graph) -> list[dict]:
-    return [layer_summary(g, n) for n in g.nodes if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR)]
+    return [layer_summary(g, n) for n in g.nodes if has(n.op, Trait.WEIGHTED)]
 
 
 def macs_executed(g: Graph) -> int:

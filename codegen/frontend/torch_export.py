@@ -20,6 +20,7 @@ import torch
 
 from ..errors import UserError
 from ..ir import Graph, Node, Op, Tensor
+from ..ops import Trait, has, supported_torch
 
 aten = torch.ops.aten
 
@@ -279,7 +280,7 @@ class _Lowering:
     def _carry_order(self, fx_node, op: Op, inputs: list[str], out: str) -> None:
         """Element-wise ops keep a flattened vector's element order; adding two orders must agree."""
         orders = [self.flat_order.get(t) for t in inputs if not self.graph.tensors[t].is_const]
-        if op in (Op.RELU, Op.LUT, Op.SOFTMAX, Op.BATCH_NORM) and orders[0] is not None:
+        if has(op, Trait.KEEPS_ORDER) and orders[0] is not None:
             self.flat_order[out] = orders[0]
         elif op is Op.ADD and any(o is not None for o in orders):
             a, b = (o if o is not None else np.arange(self.graph.tensors[out].size) for o in orders)
@@ -404,10 +405,7 @@ def source_of_trace(trace: str) -> str:
     return ""
 
 
-SUPPORTED = ("Conv1d/Conv2d (groups=1 or depthwise), Linear, BatchNorm, ReLU, ReLU6/Hardtanh/clamp, "
-             "MaxPool1d/2d, AvgPool1d/2d, AdaptiveAvgPool2d, mean over H,W, zero padding, flatten/view/reshape, "
-             "residual add, torch.cat, softmax, sigmoid, tanh, hardsigmoid, hardswish, SiLU, GELU, LeakyReLU, ELU, "
-             "Dropout (eval)")
+SUPPORTED = supported_torch()  # generated from the op table (codegen/ops)
 
 
 def unsupported(fx_node) -> UserError:

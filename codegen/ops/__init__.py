@@ -79,6 +79,9 @@ class OpSpec:
     onnx: tuple[str, ...]  # ONNX op types that lower to it
     kernels: tuple[str, ...]  # C kernel functions that can run it (firmware/kernels/qg_kernels.h)
     summary: str  # one line for the README table
+    # kernel variant (codegen/kernels.py: s8, s8_to_s16, s16_to_s8, s16, wide, bitmap, index, cluster) ->
+    # (C function, parameter struct or None); codegen.kernels.select adds scratch, overlap, source, field types
+    kernel: Callable[[str], tuple[str | None, str | None]] | None = None
 
 
 def _zero_macs(g, n) -> int:
@@ -100,8 +103,9 @@ def has(op: Op, trait: Trait) -> bool:
     return bool(SPEC[op].traits & trait)
 
 
-def with_trait(trait: Trait) -> frozenset[Op]:
-    return frozenset(op for op in Op if has(op, trait))
+def with_trait(trait: Trait) -> tuple[Op, ...]:
+    """The ops having `trait`, in enum order (deterministic in messages)."""
+    return tuple(op for op in Op if has(op, trait))
 
 
 def supported_torch() -> str:

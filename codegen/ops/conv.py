@@ -110,6 +110,26 @@ def torch_weighted(node, xs, const):
     return torch_ir.clamp(y, *node.attrs.get("act", (None, None)))
 
 
+def _weighted_kernel(name: str, wide_struct: str, s8_struct: str, sparse: bool):
+    def kernel(variant: str) -> tuple[str, str]:
+        if variant == "s8":
+            return f"qg_{name}_s8", s8_struct
+        if variant in ("bitmap", "index") and sparse:
+            return f"qg_{name}_sparse_s8", "qg_conv2d_sparse_params_t"
+        if variant == "cluster":
+            return f"qg_{name}_cluster_s8", "qg_conv2d_cluster_params_t"
+        if variant in ("s8_to_s16", "s16_to_s8", "s16"):
+            return f"qg_{name}_{variant}", wide_struct
+        raise ValueError(f"no {name} kernel for variant {variant}")
+    return kernel
+
+
+kernel_conv = _weighted_kernel("conv2d", "qg_conv2d_wide_params_t", "qg_conv2d_params_t", sparse=True)
+kernel_depthwise = _weighted_kernel("depthwise_conv2d", "qg_conv2d_wide_params_t", "qg_conv2d_params_t", sparse=False)
+kernel_linear = _weighted_kernel("fully_connected", "qg_fully_connected_wide_params_t", "qg_fully_connected_params_t",
+                                 sparse=True)
+
+
 _COMMON = Trait.WEIGHTED | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT
 SPECS = [
     OpSpec(Op.CONV2D, "conv", _COMMON | Trait.MATMUL | Trait.SLIDING_WINDOW | Trait.FOLDS_PAD,
@@ -117,17 +137,17 @@ SPECS = [
            "Conv1d/Conv2d (groups=1 or depthwise)", ("Conv",),
            ("qg_conv2d_s8", "qg_conv2d_s8_to_s16", "qg_conv2d_s16", "qg_conv2d_s16_to_s8",
             "qg_conv2d_sparse_s8", "qg_conv2d_cluster_s8"),
-           "2-D convolution (1-D as H=1), channels last, bias, per-channel shift, fused clamp"),
+           "2-D convolution (1-D as H=1), channels last, bias, per-channel shift, fused clamp", kernel=kernel_conv),
     OpSpec(Op.DEPTHWISE_CONV2D, "conv", _COMMON | Trait.SLIDING_WINDOW | Trait.FOLDS_PAD,
            conv_shape, check_conv, f_depthwise, i_depthwise, quantize_weighted, macs_depthwise, torch_weighted,
            "", ("Conv",),
            ("qg_depthwise_conv2d_s8", "qg_depthwise_conv2d_s8_to_s16", "qg_depthwise_conv2d_s16",
             "qg_depthwise_conv2d_s16_to_s8", "qg_depthwise_conv2d_cluster_s8"),
-           "depthwise convolution (groups = in channels, any multiplier)"),
+           "depthwise convolution (groups = in channels, any multiplier)", kernel=kernel_depthwise),
     OpSpec(Op.LINEAR, "conv", _COMMON | Trait.MATMUL,
            linear_shape, check_linear, f_linear, i_linear, quantize_weighted, macs_linear, torch_weighted,
            "Linear", ("Gemm", "MatMul"),
            ("qg_fully_connected_s8", "qg_fully_connected_s8_to_s16", "qg_fully_connected_s16",
             "qg_fully_connected_s16_to_s8", "qg_fully_connected_sparse_s8", "qg_fully_connected_cluster_s8"),
-           "fully connected layer"),
+           "fully connected layer", kernel=kernel_linear),
 ]

@@ -160,24 +160,44 @@ def torch_softmax(node, xs, const):
     return torch.softmax(xs[0], dim=-1)
 
 
+def kernel_relu(variant: str) -> tuple[str, None]:
+    return ("qg_clamp_s8" if variant == "s8" else "qg_clamp_s16"), None  # scalar arguments
+
+
+def kernel_add(variant: str) -> tuple[str, str]:
+    return ("qg_add_s8", "qg_add_params_t") if variant == "s8" else ("qg_add_wide", "qg_add_wide_params_t")
+
+
+def kernel_softmax(variant: str) -> tuple[str, str]:
+    if variant != "s8":
+        raise ValueError(f"softmax has only an int8 kernel, not {variant} (Trait.INT8_ONLY)")
+    return "qg_softmax_s8", "qg_softmax_params_t"
+
+
+def kernel_lut(variant: str) -> tuple[str, str]:
+    if variant != "s8":
+        raise ValueError(f"lut has only an int8 kernel, not {variant} (Trait.INT8_ONLY)")
+    return "qg_lut_s8", "qg_lut_params_t"
+
+
 SPECS = [
     OpSpec(Op.RELU, "eltwise",
            Trait.IN_PLACE | Trait.KEEPS_FORMAT | Trait.CHANNELWISE | Trait.KEEPS_ORDER,
            same_shape, _no_check, f_relu, i_relu, q_relu, _zero_macs, torch_relu,
            "ReLU, ReLU6/Hardtanh/clamp", ("Relu", "Clip"), ("qg_clamp_s8", "qg_clamp_s16"),
-           "clamp to [lo, hi] (fused into the producer where possible)"),
+           "clamp to [lo, hi] (fused into the producer where possible)", kernel=kernel_relu),
     OpSpec(Op.ADD, "eltwise", Trait.IN_PLACE | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT,
            same_shape, check_add, f_add, i_add, q_add, _zero_macs, torch_add,
            "residual add", ("Add",), ("qg_add_s8", "qg_add_wide"),
-           "sum of two activations, each aligned by a shift, requantised"),
+           "sum of two activations, each aligned by a shift, requantised", kernel=kernel_add),
     OpSpec(Op.SOFTMAX, "eltwise", Trait.IN_PLACE | Trait.KEEPS_ORDER | Trait.INT8_ONLY | Trait.TABLE,
            same_shape, _no_check, f_softmax, i_softmax, q_softmax, _zero_macs, torch_softmax,
            "softmax", ("Softmax",), ("qg_softmax_s8",),
-           "softmax over the last axis through a Q14 exp table, output s8.f7"),
+           "softmax over the last axis through a Q14 exp table, output s8.f7", kernel=kernel_softmax),
     OpSpec(Op.LUT, "eltwise",
            Trait.IN_PLACE | Trait.CHANNELWISE | Trait.KEEPS_ORDER | Trait.INT8_ONLY | Trait.TABLE,
            same_shape, _no_check, f_lut, i_lut, q_lut, _zero_macs, torch_lut,
            "sigmoid, tanh, hardsigmoid, hardswish, SiLU, GELU, LeakyReLU, ELU",
            ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "LeakyRelu", "Elu"), ("qg_lut_s8",),
-           "any element-wise function through a 256-entry int8 table"),
+           "any element-wise function through a 256-entry int8 table", kernel=kernel_lut),
 ]

@@ -106,14 +106,26 @@ def torch_concat(node, xs, const):
     return torch_ir.concat(xs, node.attrs)
 
 
+def kernel_none(variant: str) -> tuple[None, None]:
+    return None, None  # reshape: same bytes, new shape
+
+
+def kernel_pad(variant: str) -> tuple[str, str]:
+    return ("qg_pad_s8" if variant == "s8" else "qg_pad_s16"), "qg_pad_params_t"
+
+
+def kernel_concat(variant: str) -> tuple[str, str]:
+    return ("qg_concat_s8", "qg_concat_params_t") if variant == "s8" else ("qg_concat_wide", "qg_concat_wide_params_t")
+
+
 SPECS = [
     OpSpec(Op.RESHAPE, "layout", Trait.KEEPS_FORMAT, reshape_shape, check_reshape, ref_reshape, ref_reshape,
            q_keep, _zero_macs, torch_reshape, "flatten/view/reshape", ("Reshape", "Flatten"), (),
-           "no code: the planner aliases input and output"),
+           "no code: the planner aliases input and output", kernel=kernel_none),
     OpSpec(Op.PAD, "layout", Trait.KEEPS_FORMAT | Trait.CHANNELWISE, pad_shape, _no_check, f_pad, i_pad,
            q_keep, _zero_macs, torch_pad, "zero padding", ("Pad",), ("qg_pad_s8", "qg_pad_s16"),
-           "zero padding (folded into a following conv/avgpool where possible)"),
+           "zero padding (folded into a following conv/avgpool where possible)", kernel=kernel_pad),
     OpSpec(Op.CONCAT, "layout", Trait.CHOOSES_FORMAT, concat_shape, check_concat, f_concat, i_concat, q_concat,
            _zero_macs, torch_concat, "torch.cat", ("Concat",), ("qg_concat_s8", "qg_concat_wide"),
-           "concatenation along any axis, each input requantised to the output format"),
+           "concatenation along any axis, each input requantised to the output format", kernel=kernel_concat),
 ]

@@ -13,9 +13,13 @@ def torch_batch_norm(node, xs, const):
     return xs[0] * const(node.inputs[1]) + const(node.inputs[2])
 
 
+def kernel_none(variant: str) -> tuple[None, None]:
+    return None, None
+
+
 SPECS = [
     OpSpec(Op.BATCH_NORM, "norm", Trait.FLOAT_ONLY | Trait.KEEPS_ORDER,
            same_shape, _no_check, f_batch_norm, None, None, _zero_macs, torch_batch_norm,
            "BatchNorm", ("BatchNormalization",), (),
-           "folded into the preceding conv/linear (fold_bn)"),
+           "folded into the preceding conv/linear (fold_bn)", kernel=kernel_none),
 ]

@@ -62,13 +62,25 @@ def torch_avgpool(node, xs, const):
     return torch_ir.pool(xs[0], node.attrs, 0.0, "sum") / (node.attrs["kernel"][0] * node.attrs["kernel"][1])
 
 
+def kernel_maxpool(variant: str) -> tuple[str, str]:
+    if variant == "s8":
+        return "qg_maxpool2d_s8", "qg_pool2d_params_t"
+    return "qg_maxpool2d_s16", "qg_pool2d_s16_params_t"
+
+
+def kernel_avgpool(variant: str) -> tuple[str, str]:
+    if variant == "s8":
+        return "qg_avgpool2d_s8", "qg_pool2d_params_t"
+    return "qg_avgpool2d_s16", "qg_pool2d_s16_params_t"
+
+
 _COMMON = Trait.SLIDING_WINDOW | Trait.KEEPS_FORMAT | Trait.CHANNELWISE
 SPECS = [
     OpSpec(Op.MAXPOOL2D, "pool", _COMMON, pool_shape, _no_check, f_maxpool, i_maxpool, q_maxpool, _zero_macs,
            torch_maxpool, "MaxPool1d/2d", ("MaxPool",), ("qg_maxpool2d_s8", "qg_maxpool2d_s16"),
-           "max pooling (padding never wins)"),
+           "max pooling (padding never wins)", kernel=kernel_maxpool),
     OpSpec(Op.AVGPOOL2D, "pool", _COMMON | Trait.FOLDS_PAD, pool_shape, _no_check, f_avgpool, i_avgpool, q_avgpool,
            _zero_macs, torch_avgpool, "AvgPool1d/2d, AdaptiveAvgPool2d, mean over H,W",
            ("AveragePool", "GlobalAveragePool", "ReduceMean"), ("qg_avgpool2d_s8", "qg_avgpool2d_s16"),
-           "average pooling (zero padding counted), sum * mult >> shift"),
+           "average pooling (zero padding counted), sum * mult >> shift", kernel=kernel_avgpool),
 ]

@@ -14,11 +14,12 @@ pass reads the result through `tensor_bits`, and refuses a graph that breaks the
 from __future__ import annotations
 
 from ..errors import UserError
-from ..ir import Graph, Node, Op
+from ..ir import Graph, Node
+from ..ops import Trait, with_trait
 
-CHOOSABLE_OPS = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR, Op.ADD, Op.CONCAT)
-FOLLOW_OPS = (Op.RELU, Op.MAXPOOL2D, Op.AVGPOOL2D, Op.RESHAPE, Op.PAD)  # output type = input type
-INT8_INPUT_OPS = (Op.SOFTMAX, Op.LUT)
+CHOOSABLE_OPS = with_trait(Trait.CHOOSES_FORMAT)
+FOLLOW_OPS = with_trait(Trait.KEEPS_FORMAT)  # output type = input type
+INT8_INPUT_OPS = with_trait(Trait.INT8_ONLY)
 BITS = (8, 16)
 INPUT = "input"  # the spec key for the model input
 

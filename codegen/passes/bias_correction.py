@@ -13,11 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Node, Op
+from ..ops import Trait, with_trait
 from ..reference import conv2d_acc, depthwise_acc, quantize_input, run_float, run_int
 from . import calibrate
 from .quantize import INT32_MAX
 
-WEIGHTED = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR)
+WEIGHTED = with_trait(Trait.WEIGHTED)
 MAX_SAMPLES = 512
 
 

@@ -44,6 +44,7 @@ import numpy as np
 from ..errors import UserError
 from ..fixed import QFormat, dequantize, frac_for_range, quantize
 from ..ir import Graph, Op
+from ..ops import Trait, has
 from ..reference import run_float, to_qgen_layout
 from .assign_precision import tensor_bits
 
@@ -142,7 +143,7 @@ def format_source(graph: Graph, name: str) -> str | None:
     from .quantize import LUT_OUTPUT_FRAC
 
     node = graph.producer(name)
-    while node is not None and node.op in (Op.MAXPOOL2D, Op.AVGPOOL2D, Op.RESHAPE, Op.PAD, Op.RELU):
+    while node is not None and has(node.op, Trait.KEEPS_FORMAT):
         name = node.inputs[0]
         node = graph.producer(name)
     if node is not None and (node.op is Op.SOFTMAX or (node.op is Op.LUT and node.attrs.get("fn") in LUT_OUTPUT_FRAC)):

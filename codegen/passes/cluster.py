@@ -15,10 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from ..ir import Graph, Op
+from ..ir import Graph
+from ..ops import Trait, with_trait
 from .prune_magnitude import mark
 
-CLUSTERABLE = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR)
+CLUSTERABLE = with_trait(Trait.WEIGHTED)
 MIN_BITS, MAX_BITS = 1, 8
 
 

@@ -24,11 +24,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Node, Op
+from ..ops import Trait, with_trait
 from ..reference import run_float
 from . import calibrate
 
-WEIGHTED = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR)
-PASS_THROUGH = (Op.MAXPOOL2D, Op.AVGPOOL2D, Op.PAD, Op.RESHAPE, Op.RELU)
+WEIGHTED = with_trait(Trait.WEIGHTED)
+PASS_THROUGH = with_trait(Trait.KEEPS_FORMAT)
 MAX_K = 8
 CALIB_SAMPLES = 256
 

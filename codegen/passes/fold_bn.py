@@ -9,8 +9,9 @@ import numpy as np
 
 from ..errors import UserError
 from ..ir import Graph, Node, Op, Tensor
+from ..ops import Trait, with_trait
 
-FOLDABLE = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR)
+FOLDABLE = with_trait(Trait.WEIGHTED)
 
 
 def run(graph: Graph) -> Graph:

@@ -4,8 +4,9 @@ zero pad before it stays (qg_pad_s8)."""
 from __future__ import annotations
 
 from ..ir import Graph, Op
+from ..ops import Trait, with_trait
 
-FOLDS_INTO = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.AVGPOOL2D)
+FOLDS_INTO = with_trait(Trait.FOLDS_PAD)
 
 
 def run(graph: Graph) -> Graph:

@@ -6,8 +6,9 @@ bounds), which costs nothing in the kernel. Fused only when the producer has thi
 from __future__ import annotations
 
 from ..ir import Graph, Op
+from ..ops import Trait, with_trait
 
-FUSABLE = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR, Op.ADD)
+FUSABLE = with_trait(Trait.FUSES_ACT)
 
 
 def run(graph: Graph) -> Graph:

@@ -18,8 +18,9 @@ import numpy as np
 
 from ..errors import UserError
 from ..ir import Graph, Node, Op, Tensor
+from ..ops import Trait, with_trait
 
-FACTORABLE = (Op.CONV2D, Op.LINEAR)
+FACTORABLE = with_trait(Trait.MATMUL)
 
 
 def check(energy: float | None, rank: int | None) -> None:

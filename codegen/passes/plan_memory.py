@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from ..errors import UserError
 from ..ir import Graph, Op
 from ..kernel_abi import overlap_distance, scratch_bytes
+from ..ops import Trait, with_trait
 
 ALIGN = 4
 
@@ -45,7 +46,7 @@ class Buffer:
 
 # Element-wise kernels that may write over one of their inputs (each output element depends only on
 # the same element of the inputs, read before it is written; their C kernels take no `restrict`).
-IN_PLACE_OPS = (Op.RELU, Op.LUT, Op.ADD, Op.SOFTMAX)
+IN_PLACE_OPS = with_trait(Trait.IN_PLACE)
 
 
 def storage_groups(graph: Graph) -> dict[str, str]:

@@ -22,9 +22,10 @@ import numpy as np
 
 from ..errors import UserError
 from ..ir import Graph, Op
+from ..ops import Trait, with_trait
 
-PRODUCERS = (Op.CONV2D, Op.LINEAR)
-PASSTHROUGH = {Op.RELU, Op.MAXPOOL2D, Op.AVGPOOL2D} | {getattr(Op, n) for n in ("PAD", "LUT") if hasattr(Op, n)}
+PRODUCERS = with_trait(Trait.MATMUL)
+PASSTHROUGH = with_trait(Trait.CHANNELWISE)
 CRITERIA = ("l1", "l2", "scores")
 
 
@@ -108,7 +109,7 @@ def channel_spaces(graph: Graph) -> list[Space]:
             space_of(n.outputs[0]).producers.append(n)
         if n.op is Op.DEPTHWISE_CONV2D and not uf.is_frozen(acts[0]):
             space_of(acts[0]).depthwise.append(n)
-        if n.op in (Op.CONV2D, Op.LINEAR):
+        if n.op in PRODUCERS:
             if acts[0] in flat_source:
                 src, reshape, spatial = flat_source[acts[0]]
                 space_of(src).consumers.append(n)

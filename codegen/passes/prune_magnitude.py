@@ -17,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from ..ir import Graph, Node, Op
+from ..ir import Graph, Node
+from ..ops import Trait, with_trait
 
-PRUNABLE = (Op.CONV2D, Op.LINEAR)
+PRUNABLE = with_trait(Trait.MATMUL)
 
 
 def check_sparsity(sparsity: float) -> float:
