@@ -225,10 +225,6 @@ def split_model(result, at: list[str], out_dir: str | Path | None = None, comman
             x = x.reshape((x.shape[0],) + g.tensors[g.inputs[0]].shape)
             files[f"part{k}/qgen_verify_inputs.npy"] = serialize.npy_bytes(x.astype(np.int8))
             x = reference_outputs(g, run_int(g, x))
-    kernels = {name.split("/", 1)[1]: content for name, content in files.items()
-               if name.split("/", 1)[1].startswith("kernels/")}
-    for k in range(len(graphs)):  # each part's kernels/ holds every part's kernels: any one links them all
-        files.update({f"part{k}/{rel}": content for rel, content in sorted(kernels.items())})
     split = SplitResult(prefix, parts, boundaries, files)
     files[f"{prefix}_split.md"] = split_markdown(split)
     if out_dir is not None:
