@@ -29,8 +29,7 @@ from . import serialize
 from .emit.c import banner_lines, check_prefix, layer_macs, model_data, option_text, render, template_environment
 from .errors import UserError
 from .fixed import QFormat
-from .ir import Graph, verify
-from .ops import Trait, has
+from .ir import Graph, Op, verify
 from .output import write_atomic
 from .passes import plan_memory
 
@@ -225,6 +224,10 @@ def split_model(result, at: list[str], out_dir: str | Path | None = None, comman
             x = x.reshape((x.shape[0],) + g.tensors[g.inputs[0]].shape)
             files[f"part{k}/qgen_verify_inputs.npy"] = serialize.npy_bytes(x.astype(np.int8))
             x = reference_outputs(g, run_int(g, x))
+    kernels = {name.split("/", 1)[1]: content for name, content in files.items()
+               if name.split("/", 1)[1].startswith("kernels/")}
+    for k in range(len(graphs)):  # each part's kernels/ holds every part's kernels: any one links them all
+        files.update({f"part{k}/{rel}": content for rel, content in sorted(kernels.items())})
     split = SplitResult(prefix, parts, boundaries, files)
     files[f"{prefix}_split.md"] = split_markdown(split)
     if out_dir is not None:
@@ -333,7 +336,7 @@ def suggest_splits(graph: Graph, boards: list[str] | None = None, top: int | Non
 
 def _weight_bytes(graph: Graph, node) -> int:
     return sum(graph.tensors[t].nbytes for t in node.inputs if graph.tensors[t].is_const) + \
-        (len(node.attrs.get("shift", [])) if has(node.op, Trait.WEIGHTED) else 0)
+        (len(node.attrs.get("shift", [])) if node.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR) else 0)
 
 
 def _fit(board, part: Graph, weight_bytes: int) -> Fit:

@@ -91,6 +91,7 @@ class CModel:
     macs: int = 0
     arena_symbol: str | None = None  # external shared arena instead of the model's own
     arena_argument: bool = False  # the caller passes the arena to <prefix>_run (no static storage)
+    kernels_abi: int = 0  # QG_KERNELS_ABI of the kernel header, checked by the generated model.c
 
 
 def layer_macs(g: Graph, n: Node) -> int:
@@ -418,15 +419,41 @@ def render(g: Graph, prefix: str, banner: list[str], arena_symbol: str | None = 
         check_prefix(arena_symbol)
         model.arena_symbol = arena_symbol
     model.arena_argument = arena_argument
+    model.kernels_abi = kernels_abi()
     env = template_environment()
     files = {}
     for template, name in (("c/model.h.j2", f"{prefix}_model.h"), ("c/model.c.j2", f"{prefix}_model.c"),
                            ("c/weights.h.j2", f"{prefix}_weights.h"), ("c/weights.c.j2", f"{prefix}_weights.c")):
         files[name] = env.get_template(template).render(m=model)
-    for path in sorted(kernel_dir().iterdir()):
-        if path.suffix in (".c", ".h"):
-            files[f"kernels/{path.name}"] = path.read_text()
+    kernels = {path.name: path.read_text() for path in sorted(kernel_dir().iterdir()) if path.suffix in (".c", ".h")}
+    used = set(needed_kernels(files[f"{prefix}_model.c"] + files[f"{prefix}_weights.c"], kernels))
+    for name, text in kernels.items():  # every header; only the kernel sources the model calls
+        if name.endswith(".h") or name in used:
+            files[f"kernels/{name}"] = text
     return files
+
+
+def kernels_abi() -> int:
+    """QG_KERNELS_ABI as qg_kernels.h defines it (the generated model.c refuses any other header)."""
+    found = re.search(r"^#define QG_KERNELS_ABI (\d+)$", (kernel_dir() / "qg_kernels.h").read_text(), re.M)
+    if found is None:
+        raise RuntimeError("qg_kernels.h defines no QG_KERNELS_ABI")
+    return int(found.group(1))
+
+
+_KERNEL_DEF = re.compile(r"^(?!static)[A-Za-z_][\w \t\*]*?\b(qg_\w+)\s*\(", re.M)
+
+
+def needed_kernels(model_c: str, kernels: dict[str, str]) -> list[str]:
+    """Kernel .c files (names) that define a function the model calls, transitively."""
+    defines = {name: set(_KERNEL_DEF.findall(text)) for name, text in kernels.items() if name.endswith(".c")}
+    used, text = set(), model_c
+    while True:
+        new = {n for n, syms in defines.items() if n not in used and any(re.search(rf"\b{s}\b", text) for s in syms)}
+        if not new:
+            return sorted(used)
+        used |= new
+        text += "".join(kernels[n] for n in sorted(new))
 
 
 def model_data(g: Graph, prefix: str) -> CModel:

@@ -28,6 +28,7 @@ from .. import __version__
 from ..errors import UserError
 from ..ir import Graph
 from .c import model_data as c_model_data
+from .c import needed_kernels
 from .c import render as render_c
 from .c import template_environment
 from .micropython import check_module_name, input_contract
@@ -40,7 +41,6 @@ SOFT_FLOAT_ARCHS = ("armv6m", "armv7m", "rv32imc")
 MICROPYTHON_TAG = "v1.27.0"  # the MicroPython release the natmod/usercmod builds are tested with
 SMALL_INT_MAX = (1 << 30) - 1  # MicroPython small ints on 32-bit ports (ROM constants must be small ints)
 
-_KERNEL_DEF = re.compile(r"^(?!static)[A-Za-z_][\w \t\*]*?\b(qg_\w+)\s*\(", re.M)
 
 
 @dataclass
@@ -99,18 +99,6 @@ def _rom_value(prefix: str, name: str, value, defs: list[str]) -> str:
     defs.append(f"static const mp_rom_obj_tuple_t {sym} = {{{{&mp_type_tuple}}, {len(items)}, "
                 f"{{{', '.join(items)}}}}};")
     return f"MP_ROM_PTR(&{sym})"
-
-
-def needed_kernels(model_c: str, kernels: dict[str, str]) -> list[str]:
-    """Kernel .c files (names) that define a function the model calls, transitively."""
-    defines = {name: set(_KERNEL_DEF.findall(text)) for name, text in kernels.items() if name.endswith(".c")}
-    used, text = set(), model_c
-    while True:
-        new = {n for n, syms in defines.items() if n not in used and any(re.search(rf"\b{s}\b", text) for s in syms)}
-        if not new:
-            return sorted(used)
-        used |= new
-        text += "".join(kernels[n] for n in sorted(new))
 
 
 def render_native(graph: Graph, prefix: str, banner: list[str], mode: str, arch: str = "x64") -> dict[str, str]:

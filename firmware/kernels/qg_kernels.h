@@ -20,6 +20,11 @@
 #ifndef QG_KERNELS_H
 #define QG_KERNELS_H
 
+/* The interface version of this library: its parameter structs and prototypes as generated model code
+ * uses them. Raised whenever one changes; every generated <prefix>_model.c checks it with #error, so a
+ * model built against another version of these kernels fails to compile instead of miscomputing. */
+#define QG_KERNELS_ABI 1
+
 #include <stdint.h>
 #include "qg_fixed.h"
 
