@@ -79,3 +79,41 @@ def test_model_refuses_another_kernel_abi(rng, tmp_path):
     assert "qg_kernels.h is not the kernel library this model was generated for" in proc.stderr
     header.write_text(re.sub(r"#define QG_KERNELS_ABI \d+\n", "", header.read_text()))  # an older header
     assert build().returncode != 0
+
+
+def test_int16_model_is_clean_under_strict_aliasing(tmp_path):
+    """A mixed-precision model (int16 input, int16 layers, an add of int8 and int16 operands) and every kernel
+    source compile with -fstrict-aliasing -Wstrict-aliasing=1 -Werror; int16 elements of untyped arena bytes
+    go through qg_load_s16_at/qg_store_s16_at (memcpy), as the int8 word loads do (qg_simd.h)."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    import torch
+    import torch.nn as nn
+
+    import codegen
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(2, 4, 1)
+            self.fc = nn.Linear(64, 3)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(torch.relu(self.a(x)) + self.b(x), 1))
+
+    torch.manual_seed(0)
+    calib = np.random.default_rng(0).standard_normal((8, 2, 4, 4)).astype(np.float32)
+    out = tmp_path / "m"
+    result = codegen.compile(Net().eval(), (1, 2, 4, 4), calib, prefix="wide", out_dir=out,
+                             precision={"input": 16, "a": 16})
+    assert "QG_AS_S16" in result.files["wide_model.c"]
+    for src in (kernel_dir() / "qg_wide.c", kernel_dir() / "qg_eltwise_s8.c"):  # the int16-activation paths
+        assert not re.search(r"\(\s*(const\s+)?int16_t\s*\*\s*\)", src.read_text()), src.name  # no int16 cast
+    kernels = [str(p) for p in sorted(kernel_dir().glob("*.c"))]
+    flags = [*STRICT_CFLAGS, "-O2", "-fstrict-aliasing", "-Wstrict-aliasing=1"]
+    proc = subprocess.run(["gcc", *flags, "-c", "-I", str(out), "-I", str(kernel_dir()),
+                           str(out / "wide_model.c"), str(out / "wide_weights.c"), *kernels],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    check = result.verify()
+    assert check.exact, check

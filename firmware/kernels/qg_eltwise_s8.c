@@ -1,6 +1,7 @@
 /* Element-wise kernels (residual add with per-input alignment, clamp, table lookup, softmax), pad and
  * concat copies, and the float conversions at the model boundary. */
 #include "qg_kernels.h"
+#include "qg_simd.h"
 
 void qg_add_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out)
 {
@@ -114,7 +115,7 @@ static void quantize_chw_to_hwc(const float *in, void *out, int32_t c, int32_t h
                 const int32_t q = qg_quantize_f32_range(in[(ci * h + y) * w + x], scale, lo, hi);
                 const int32_t at = (y * w + x) * c + ci;
                 if (bits == 16) {
-                    ((int16_t *)out)[at] = (int16_t)q;
+                    qg_store_s16_at(out, at, (int16_t)q);
                 } else {
                     ((int8_t *)out)[at] = (int8_t)q;
                 }

@@ -59,6 +59,20 @@ static inline void qg_store_s16x2(int16_t *p, int32_t v)
     memcpy(p, &v, sizeof v);
 }
 
+/* Element i of an int16 buffer given as untyped arena bytes (add/concat operands of either width, the
+ * int16 input quantiser): through memcpy, never an int16_t lvalue on memory declared int8_t. */
+static inline int32_t qg_load_s16_at(const void *p, int32_t i)
+{
+    int16_t v;
+    memcpy(&v, (const int8_t *)p + 2 * i, sizeof v);
+    return v;
+}
+
+static inline void qg_store_s16_at(void *p, int32_t i, int16_t v)
+{
+    memcpy((int8_t *)p + 2 * i, &v, sizeof v);
+}
+
 #if defined(__GNUC__) || defined(__clang__)
 /* A word of a 4-byte aligned scratch buffer that is also accessed as int8/int16: direct loads of
  * this type may be paired into LDRD (memcpy loads may not, as they might be unaligned). */

@@ -263,13 +263,13 @@ void qg_clamp_s16(int32_t size, int16_t lo, int16_t hi, const int16_t *in, int16
 
 static inline int32_t load_any(const void *p, int32_t i, int32_t bits)
 {
-    return bits == QG_S16 ? ((const int16_t *)p)[i] : ((const int8_t *)p)[i];
+    return bits == QG_S16 ? qg_load_s16_at(p, i) : ((const int8_t *)p)[i];
 }
 
 static inline void store_any(void *p, int32_t i, int32_t bits, int32_t v)
 {
     if (bits == QG_S16) {
-        ((int16_t *)p)[i] = (int16_t)v;
+        qg_store_s16_at(p, i, (int16_t)v);
     } else {
         ((int8_t *)p)[i] = (int8_t)v;
     }
