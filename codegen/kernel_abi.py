@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir import Graph, Node, Op
+from .ir import Graph, Node
 from .ops import Trait, with_trait
-from .weight_storage import storage_choice
 
 
 def _round_up4(n: int) -> int:
@@ -39,21 +38,12 @@ def fully_connected_buffer_size(in_features: int, out_features: int) -> int:
     return 0
 
 
-def scratch_bytes(g: Graph, n: Node) -> int:
-    """Scratch bytes the kernel chosen for node `n` needs (0: none)."""
-    if storage_choice(g, n) != "dense":
-        return 0  # the compressed-weight kernels (qg_sparse_s8.c, qg_cluster_s8.c) take no scratch
-    if any(g.tensors[t].dtype == "int16" for t in n.inputs[:1] + n.outputs):
-        return 0  # the int16-activation kernels (qg_wide.c) take no scratch
-    if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
-        cout, kh, kw, _ = g.tensors[n.inputs[1]].shape
-        cin = g.tensors[n.inputs[0]].shape[2]
-        fn = conv2d_buffer_size if n.op is Op.CONV2D else depthwise_conv2d_buffer_size
-        return fn(cin, kh, kw, cout)
-    if n.op is Op.LINEAR:
-        out_f, in_f = g.tensors[n.inputs[1]].shape
-        return fully_connected_buffer_size(in_f, out_f)
-    return 0
+def scratch_bytes(g: Graph, n: Node, core: str | None = None) -> int:
+    """Scratch bytes the kernel chosen for node `n` needs on `core` (None: any core; 0: none):
+    codegen.kernels.select decides the kernel."""
+    from .kernels import select
+
+    return select(g, n, core).scratch
 
 
 def _first_tap(n_out: int, size: int, k: int, stride: int, pad: int, dilation: int) -> np.ndarray:
@@ -93,24 +83,13 @@ def sliding_window_overlap(in_hw: tuple[int, int], out_hw: tuple[int, int], kern
     return int(np.max((ends - need)[need < never]))
 
 
-# Kernels that honour the order contract (firmware/kernels/qg_conv2d_s8.c, qg_pool2d_s8.c) and take
-# `in`/`out` without `restrict`. Not here: the sparse kernels (output channel outer: pixel 0 of channel 1
-# comes after every pixel of channel 0), the clustered ones (`restrict`), the int16 kernels, and fully
-# connected layers (one output pixel reads the whole input: no overlap to gain).
+# ops with a sliding-window kernel that may honour the order contract (codegen/kernels.py: ORDERED)
 OVERLAP_OPS = with_trait(Trait.SLIDING_WINDOW)
 
 
 def overlap_distance(g: Graph, n: Node) -> int | None:
     """How many bytes below its input node `n`'s output may start (see sliding_window_overlap), or
-    None when the kernel chosen for `n` gives no such guarantee (the output must not overlap)."""
-    if n.op not in OVERLAP_OPS or storage_choice(g, n) != "dense":
-        return None
-    x, y = g.tensors[n.inputs[0]], g.tensors[n.outputs[0]]
-    if x.dtype != "int8" or y.dtype != "int8":
-        return None
-    if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
-        kernel = g.tensors[n.inputs[1]].shape[1:3]
-    else:
-        kernel = n.attrs["kernel"]
-    return sliding_window_overlap(x.shape[:2], y.shape[:2], tuple(kernel), tuple(n.attrs["stride"]),
-                                  tuple(n.attrs["padding"][:2]), x.shape[2], y.shape[2])
+    None when the kernel chosen for `n` (codegen.kernels.select) gives no such guarantee."""
+    from .kernels import select
+
+    return select(g, n).overlap

@@ -193,3 +193,24 @@ def test_supported_message_comes_from_the_table():
     assert torch_export.SUPPORTED == ops.supported_torch()
     for spec in SPEC.values():
         assert spec.torch in torch_export.SUPPORTED
+
+
+@pytest.mark.parametrize("op", list(Op), ids=lambda o: o.value)
+def test_kernel_rule_names_only_listed_kernels(op):
+    """Every function the op's kernel rule can choose (codegen.kernels.select) is in spec.kernels and defined
+    in a firmware/kernels/*.c file; its parameter struct is declared in qg_kernels.h."""
+    from codegen.kernels import kernel_sources, kernel_structs
+
+    spec = SPEC[op]
+    chosen = set()
+    for variant in ("s8", "s8_to_s16", "s16_to_s8", "s16", "wide", "bitmap", "index", "cluster"):
+        try:
+            fn, struct = spec.kernel(variant)
+        except ValueError:
+            continue  # the op has no kernel of that variant (INT8_ONLY, no sparse depthwise)
+        if fn is not None:
+            chosen.add(fn)
+            assert fn in kernel_sources(), f"{op.value}/{variant}: {fn} is defined in no kernel source"
+        if struct is not None:
+            assert struct in kernel_structs(), f"{op.value}/{variant}: struct {struct} not in qg_kernels.h"
+    assert chosen == set(spec.kernels), f"{op.value}: rule chooses {sorted(chosen)}, spec lists {spec.kernels}"

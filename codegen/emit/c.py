@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import UserError
 from ..ir import Graph, Node, Op, signature
 from ..kernel_abi import conv2d_buffer_size, depthwise_conv2d_buffer_size, fully_connected_buffer_size, scratch_bytes
+from ..kernels import select
 from ..ops import SPEC
 from ..output import OUTPUT_MARKER, banner_lines, option_text, write_atomic  # noqa: F401 (re-exported)
 from ..passes.plan_memory import scratch_key
@@ -288,6 +289,9 @@ class _Builder:
         else:
             raise UserError(f"{n.where()}: no C kernel for op {n.op.value}")
         check_fields(n, struct_type, fields)
+        chosen = select(g, n).fn  # the planner sized this layer's scratch and overlap for that kernel
+        assert (call is None) == (chosen is None) and (call is None or f"{chosen}(" in call), \
+            f"{n.where()}: emitting {call} but codegen.kernels.select chose {chosen}"
         return Layer(index, title, shapes, struct_type, struct_name if struct_type else None,
                      [(k, str(v)) for k, v in fields], call, out_expr, g.tensors[out].nbytes, layer_macs(g, n))
 

@@ -8,47 +8,14 @@ header does not declare is a bug in the emitter (AssertionError).
 """
 from __future__ import annotations
 
-import functools
-import re
-
 import numpy as np
 
 from ..errors import UserError
 from ..ir import Node
-from ..resources import kernel_dir
+from ..kernels import HEADER, kernel_structs, parse_structs  # noqa: F401 (re-exported)
 
-HEADER = "qg_kernels.h"
 INT_RANGES = {f"{u}int{b}_t": ((0, (1 << b) - 1) if u else (-(1 << (b - 1)), (1 << (b - 1)) - 1))
               for u in ("", "u") for b in (8, 16, 32)}
-_STRUCT = re.compile(r"typedef\s+struct\s*\{(?P<body>[^{}]*)\}\s*(?P<name>\w+)\s*;")
-
-
-def parse_structs(text: str) -> dict[str, dict[str, str]]:
-    """{struct typedef name: {field: C type}} of the `typedef struct { ... } name;` in C source `text`.
-    Pointer and array fields have a type ending in '*' ("const int8_t *")."""
-    text = re.sub(r"//[^\n]*", " ", re.sub(r"/\*.*?\*/", " ", text, flags=re.S))
-    structs = {}
-    for m in _STRUCT.finditer(text):
-        fields = {}
-        for decl in m["body"].split(";"):
-            decl = " ".join(decl.split())
-            if not decl:
-                continue
-            base = re.match(r"(?:const\s+)?\w+", decl)
-            assert base, f"{m['name']}: cannot read the declaration '{decl}'"
-            for item in decl[base.end():].split(","):
-                name = re.findall(r"[A-Za-z_]\w*", item.split("[")[0])
-                assert name, f"{m['name']}: cannot read the declaration '{decl}'"
-                pointer = "*" in item or "[" in item
-                fields[name[-1]] = base.group(0) + (" *" if pointer else "")
-        structs[m["name"]] = fields
-    return structs
-
-
-@functools.cache
-def kernel_structs() -> dict[str, dict[str, str]]:
-    """The structs of the kernel library's header (read once)."""
-    return parse_structs((kernel_dir() / HEADER).read_text())
 
 
 def field_type(struct_type: str, field: str, structs: dict[str, dict[str, str]] | None = None) -> str:

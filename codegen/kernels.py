@@ -1,0 +1,151 @@
+"""Which C kernel runs a node, decided once: `select(graph, node, core) -> KernelCall`.
+
+The memory planner (scratch, overlap: through kernel_abi.scratch_bytes / overlap_distance), the C emitter
+(it checks the kernel it calls is this one) and the natmod builder (which kernel sources a model needs)
+read the same answer, as CMSIS-NN's wrappers and their `*_get_buffer_size` share one set of conditions.
+
+The choice has three inputs: the op (each spec's `kernel` rule in codegen/ops/ names the function and its
+parameter struct per variant), how the weights are stored (storage_choice: dense, bitmap, index, cluster)
+and the activation widths (int8 -> `s8`; any int16 -> the qg_wide.c variant `s8_to_s16`, `s16_to_s8`,
+`s16`, or `wide` for add/concat whose operands may mix widths).
+
+Scratch is sized for the core that runs the kernel: `qg_conv2d_s8` needs 8*K4 (+K4) bytes on a core with
+the DSP extension (four int16 im2col columns) but only K bytes of one int8 column on the plain path
+(Cortex-M0+/M3). The generated C is core-independent (one arena, `qg_conv2d_s8_buffer_size` in C gives
+the DSP size), so the planner asks with core=None: the most any core needs.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+from .ir import Graph, Node
+from .ops import SPEC, Trait
+from .resources import kernel_dir
+
+HEADER = "qg_kernels.h"
+_STRUCT = re.compile(r"typedef\s+struct\s*\{(?P<body>[^{}]*)\}\s*(?P<name>\w+)\s*;")
+
+
+def parse_structs(text: str) -> dict[str, dict[str, str]]:
+    """{struct typedef name: {field: C type}} of the `typedef struct { ... } name;` in C source `text`.
+    Pointer and array fields have a type ending in '*' ("const int8_t *")."""
+    text = re.sub(r"//[^\n]*", " ", re.sub(r"/\*.*?\*/", " ", text, flags=re.S))
+    structs = {}
+    for m in _STRUCT.finditer(text):
+        fields = {}
+        for decl in m["body"].split(";"):
+            decl = " ".join(decl.split())
+            if not decl:
+                continue
+            base = re.match(r"(?:const\s+)?\w+", decl)
+            assert base, f"{m['name']}: cannot read the declaration '{decl}'"
+            for item in decl[base.end():].split(","):
+                name = re.findall(r"[A-Za-z_]\w*", item.split("[")[0])
+                assert name, f"{m['name']}: cannot read the declaration '{decl}'"
+                pointer = "*" in item or "[" in item
+                fields[name[-1]] = base.group(0) + (" *" if pointer else "")
+        structs[m["name"]] = fields
+    return structs
+
+
+@functools.cache
+def kernel_structs() -> dict[str, dict[str, str]]:
+    """The structs of the kernel library's header (read once)."""
+    return parse_structs((kernel_dir() / HEADER).read_text())
+
+
+DSP_CORES = frozenset({"cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55"})  # __ARM_FEATURE_DSP
+PLAIN_CORES = frozenset({"cortex-m0", "cortex-m0plus", "cortex-m3", "host"})  # the plain-C paths
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    fn: str | None  # the kernel function; None: no code (reshape: the planner aliased the buffers)
+    source: str | None  # the firmware/kernels/*.c file defining it
+    struct: str | None  # its parameter struct (typedef name in qg_kernels.h), None: scalar arguments
+    fields: dict[str, str]  # the struct's fields and their C types (qg_kernels.h)
+    variant: str  # s8 | s8_to_s16 | s16_to_s8 | s16 | wide | bitmap | index | cluster
+    scratch: int  # scratch bytes for `core` (None: the most any core needs)
+    overlap: int | None  # bytes the output may start below its input (kernel_abi.sliding_window_overlap)
+
+
+def _storage(g: Graph, n: Node) -> str:
+    if Trait.WEIGHTED not in SPEC[n.op].traits:
+        return "dense"
+    from .weight_storage import storage_choice
+
+    return storage_choice(g, n)
+
+
+def variant(g: Graph, n: Node) -> str:
+    """The kernel variant of node `n` (see the module docstring)."""
+    storage = _storage(g, n)
+    if storage != "dense":
+        return storage
+    xs = [t for t in n.inputs if not g.tensors[t].is_const]
+    bits = {t: 16 if g.tensors[t].dtype == "int16" else 8 for t in xs + n.outputs}
+    if all(b == 8 for b in bits.values()):
+        return "s8"
+    return {(8, 16): "s8_to_s16", (16, 8): "s16_to_s8", (16, 16): "s16"}.get((bits[xs[0]], bits[n.outputs[0]]),
+                                                                              "wide")
+
+
+@functools.cache
+def kernel_sources() -> dict[str, str]:
+    """{kernel function: the firmware/kernels/*.c file that defines it}, read from the sources once."""
+    where = {}
+    for path in sorted(kernel_dir().glob("*.c")):
+        text = path.read_text()
+        for m in re.finditer(r"^(?:void|int32_t|int)\s+(qg_\w+)\s*\(", text, re.M):
+            close = text.index(")", m.end())  # parameter lists hold no parentheses
+            if text[close + 1:].lstrip()[:1] != ";":  # a definition, not a prototype
+                where[m.group(1)] = path.name
+    return where
+
+
+def scratch_for(fn: str | None, g: Graph, n: Node, core: str | None) -> int:
+    """Scratch bytes of kernel `fn` on `core` (mirrors the qg_*_buffer_size functions and the plain paths)."""
+    from .kernel_abi import conv2d_buffer_size, depthwise_conv2d_buffer_size, fully_connected_buffer_size
+
+    if fn in ("qg_conv2d_s8", "qg_depthwise_conv2d_s8"):
+        cout, kh, kw, _ = g.tensors[n.inputs[1]].shape
+        cin = g.tensors[n.inputs[0]].shape[2]
+        if fn == "qg_depthwise_conv2d_s8":
+            return depthwise_conv2d_buffer_size(cin, kh, kw, cout)
+        if core in PLAIN_CORES:
+            return kh * kw * cin  # the plain path im2cols one int8 column of K bytes
+        return conv2d_buffer_size(cin, kh, kw, cout)
+    if fn == "qg_fully_connected_s8":
+        out_f, in_f = g.tensors[n.inputs[1]].shape
+        return fully_connected_buffer_size(in_f, out_f)
+    return 0  # the compressed-weight (qg_sparse_s8.c, qg_cluster_s8.c) and int16 (qg_wide.c) kernels: none
+
+
+# Kernels that honour the order contract of firmware/kernels/qg_conv2d_s8.c / qg_pool2d_s8.c (output
+# pixels in increasing order, input read only at or after the pixel being written) and take `in`/`out`
+# without `restrict`. Not the sparse kernels (output channel outer), the clustered ones (`restrict`), the
+# int16 kernels, nor fully connected layers (one output reads the whole input: nothing to gain).
+ORDERED = frozenset({"qg_conv2d_s8", "qg_depthwise_conv2d_s8", "qg_maxpool2d_s8", "qg_avgpool2d_s8"})
+
+
+def _overlap(fn: str | None, g: Graph, n: Node) -> int | None:
+    if fn not in ORDERED:
+        return None
+    from .kernel_abi import sliding_window_overlap
+
+    x, y = g.tensors[n.inputs[0]], g.tensors[n.outputs[0]]
+    kernel = g.tensors[n.inputs[1]].shape[1:3] if Trait.WEIGHTED in SPEC[n.op].traits else n.attrs["kernel"]
+    return sliding_window_overlap(x.shape[:2], y.shape[:2], tuple(kernel), tuple(n.attrs["stride"]),
+                                  tuple(n.attrs["padding"][:2]), x.shape[2], y.shape[2])
+
+
+def select(g: Graph, n: Node, core: str | None = None) -> KernelCall:
+    """The kernel that runs node `n` of the quantised graph `g` on `core` (None: any core)."""
+    var = variant(g, n)
+    fn, struct = SPEC[n.op].kernel(var)
+    fields = dict(kernel_structs()[struct]) if struct else {}
+    source = kernel_sources().get(fn) if fn else None
+    assert fn is None or source, f"{n.where()}: kernel {fn} is defined in no firmware/kernels/*.c file"
+    return KernelCall(fn, source, struct, fields, var, scratch_for(fn, g, n, core), _overlap(fn, g, n))
