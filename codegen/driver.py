@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .emit.c import model_data, render
 from .ir import Graph
 from .options import CompileOptions, Pass, Pipeline
 
@@ -118,7 +119,6 @@ def lower(float_graph: Graph, options: CompileOptions, ctx: Context, *, eval_x: 
     from . import report as report_mod
     from . import serialize
     from .api import CompileResult
-    from .emit.c import model_data, render
     from .output import banner_lines, write_atomic
     from .passes import run_pipeline
     from .reference import quantize_input, to_qgen_layout

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 import codegen
+import codegen.driver
 from codegen.cli import main
 
 FACTORIES = textwrap.dedent("""
@@ -283,7 +284,7 @@ def test_failure_while_rendering_keeps_old_output(work, compiled_once, monkeypat
     def broken_render(*args, **kwargs):
         raise RuntimeError("template exploded")
 
-    monkeypatch.setattr(codegen.api, "render", broken_render)
+    monkeypatch.setattr(codegen.driver, "render", broken_render)
     code = main(second_compile_args(work, out))
     err = capsys.readouterr().err
     assert code == 2 and "template exploded" in err and "please report" in err
