@@ -29,7 +29,8 @@ from . import serialize
 from .emit.c import banner_lines, check_prefix, layer_macs, model_data, option_text, render, template_environment
 from .errors import UserError
 from .fixed import QFormat
-from .ir import Graph, Op, verify
+from .ir import Graph, verify
+from .ops import Trait, has
 from .output import write_atomic
 from .passes import plan_memory
 
@@ -336,7 +337,7 @@ def suggest_splits(graph: Graph, boards: list[str] | None = None, top: int | Non
 
 def _weight_bytes(graph: Graph, node) -> int:
     return sum(graph.tensors[t].nbytes for t in node.inputs if graph.tensors[t].is_const) + \
-        (len(node.attrs.get("shift", [])) if node.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR) else 0)
+        (len(node.attrs.get("shift", [])) if has(node.op, Trait.WEIGHTED) else 0)
 
 
 def _fit(board, part: Graph, weight_bytes: int) -> Fit:

@@ -172,9 +172,7 @@ def test_no_op_category_list_outside_the_op_table():
     assert len(found) <= ALLOWED_CATEGORY_LISTS, "\n".join(found)
 
 
-# op-dispatch tuples still in the emitters (emit/c.py, emit/micropython.py, kernel_abi.py, weight_storage.py):
-# they go when each op's emission moves into its spec (see notes/optable.md); lower this as they do
-ALLOWED_CATEGORY_LISTS = 8
+ALLOWED_CATEGORY_LISTS = 0
 
 
 def test_readme_supported_table_is_generated():

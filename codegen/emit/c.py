@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..ir import Graph, Node, Op, signature
 from ..kernel_abi import conv2d_buffer_size, depthwise_conv2d_buffer_size, fully_connected_buffer_size, scratch_bytes
 from ..kernels import select
-from ..ops import SPEC
+from ..ops import SPEC, Trait, has
 from ..output import OUTPUT_MARKER, banner_lines, option_text, write_atomic  # noqa: F401 (re-exported)
 from ..passes.plan_memory import scratch_key
 from ..resources import data_dir, kernel_dir
@@ -205,7 +205,7 @@ class _Builder:
             struct_type, fields, call = layer_parts(self, index, n, sym, struct_name, ins, out_expr, scratch)
         elif any(g.tensors[t].dtype == "int16" for t in xs + [out]):
             struct_type, fields, call = self.wide_layer(n, sym, struct_name, xs, out)
-        elif n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
+        elif has(n.op, Trait.WEIGHTED) and has(n.op, Trait.SLIDING_WINDOW):  # conv2d, depthwise
             h, w, c = g.tensors[xs[0]].shape
             oh, ow, oc = g.tensors[out].shape
             _, kh, kw, _ = g.tensors[n.inputs[1]].shape
@@ -232,7 +232,7 @@ class _Builder:
                       ("act_max", n.attrs["act_max"]), ("weights", weights), ("bias", bias), ("shift", shift)]
             self.check_scratch(index, n, fully_connected_buffer_size(i, o))
             call = f"qg_fully_connected_s8(&{struct_name}, {ins[0]}, {out_expr}, {scratch});"
-        elif n.op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
+        elif SPEC[n.op].family == "pool":
             h, w, c = g.tensors[xs[0]].shape
             oh, ow, _ = g.tensors[out].shape
             avg = n.op is Op.AVGPOOL2D
@@ -320,7 +320,7 @@ class _Builder:
         suffix = {(8, 16): "s8_to_s16", (16, 8): "s16_to_s8", (16, 16): "s16"}.get((bits[xs[0]], bits[out]))
         ins, out_expr = [self.typed(t) for t in xs], self.typed(out)
         act = [("act_min", n.attrs.get("act_min")), ("act_max", n.attrs.get("act_max"))]
-        if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR):
+        if has(n.op, Trait.WEIGHTED):
             weights = self.const_tensor(sym, n.inputs[1], "weights")
             bias = self.const_tensor(sym, n.inputs[2], "bias")
             shift = self.array(f"{sym}_shift", np.array(n.attrs["shift"]), "int8",
@@ -343,7 +343,7 @@ class _Builder:
                           ("pad_left", n.attrs["padding"][1]), *tail]
                 fn = f"qg_{'conv2d' if n.op is Op.CONV2D else 'depthwise_conv2d'}_{suffix}"
             return struct_type, fields, f"{fn}(&{struct_name}, {ins[0]}, {out_expr});"
-        if n.op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
+        if SPEC[n.op].family == "pool":
             h, w, c = g.tensors[xs[0]].shape
             oh, ow, _ = g.tensors[out].shape
             avg = n.op is Op.AVGPOOL2D

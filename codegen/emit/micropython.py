@@ -26,6 +26,7 @@ import numpy as np
 from .. import __version__
 from ..errors import UserError
 from ..ir import Graph, Node, Op, signature
+from ..ops import SPEC, Trait, has
 from .c import check_prefix, layer_macs, template_environment
 
 BYTES_PER_LINE = 24  # bytes per `b'...'` source line (4 characters each: \xNN)
@@ -239,7 +240,7 @@ class _Builder:
         y = self.view(out)
         params: list[tuple[str, object]]
         extra = ""
-        if n.op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
+        if has(n.op, Trait.WEIGHTED) and has(n.op, Trait.SLIDING_WINDOW):  # conv2d, depthwise
             h, w, c = g.tensors[xs[0]].shape
             oh, ow, oc = g.tensors[out].shape
             _, kh, kw, _ = g.tensors[n.inputs[1]].shape
@@ -265,7 +266,7 @@ class _Builder:
                       ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
             fn, extra = "_linear", ", _S"
             self.scratch(0, i, o)
-        elif n.op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
+        elif SPEC[n.op].family == "pool":
             h, w, c = g.tensors[xs[0]].shape
             oh, ow, _ = g.tensors[out].shape
             params = [("in_h", h), ("in_w", w), ("channels", c), ("out_h", oh), ("out_w", ow),
