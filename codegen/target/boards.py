@@ -1,0 +1,98 @@
+"""Boards are data (boards/<name>.toml): parsing, checks, listing.
+
+Moved unchanged from codegen/target.py; `codegen.target` re-exports every name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+try:
+    import tomllib  # Python 3.11+
+except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
+    import tomli as tomllib
+
+from codegen.errors import UserError
+from codegen.resources import data_dir
+from codegen.target.common import CORES, DEFAULT_STACK_KB, FLOAT_ABIS
+
+
+# ------------------------------------------------------------------------------------ boards
+
+@dataclass(frozen=True)
+class QemuMachine:
+    """Where a board's firmware runs under qemu-system-arm and the memory map it is linked for."""
+
+    machine: str
+    flash_origin: int
+    flash_kb: int
+    ram_origin: int
+    ram_kb: int
+
+
+@dataclass(frozen=True)
+class Board:
+    """One target microcontroller (see boards/*.toml)."""
+
+    name: str
+    description: str
+    core: str
+    fpu: str          # "none", an -mfpu= value, or "auto" (let -mcpu choose, e.g. M55 + MVE)
+    float_abi: str
+    flash_kb: int     # the real part's memories, for the fit check
+    ram_kb: int
+    clock_mhz: int
+    cflags: tuple[str, ...]
+    qemu: QemuMachine
+    stack_kb: int = DEFAULT_STACK_KB  # reserved at the top of RAM, counted in the fit check
+
+    @property
+    def has_fpu(self) -> bool:
+        return self.fpu != "none"
+
+
+def list_boards() -> list[str]:
+    """Names of all known boards, sorted."""
+    return sorted(path.stem for path in data_dir("boards").glob("*.toml"))
+
+
+def load_board(name: str) -> Board:
+    """Load boards/<name>.toml; raise UserError naming the known boards if there is none."""
+    path = data_dir("boards") / f"{name}.toml"
+    if not path.is_file():
+        raise UserError(f"unknown board '{name}'; known boards: {', '.join(list_boards())}")
+    with path.open("rb") as file:
+        return parse_board(tomllib.load(file), source=str(path))
+
+
+def parse_board(data: dict[str, Any], source: str = "<board>") -> Board:
+    """Build a Board from parsed TOML; raise UserError if fields are missing or disagree."""
+    try:
+        fields = {key: value for key, value in data.items() if key != "qemu"}
+        board = Board(**{**fields, "cflags": tuple(fields["cflags"]), "qemu": QemuMachine(**data["qemu"])})
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{source}: malformed board description ({exc})") from exc
+    problems = board_problems(board)
+    if problems:
+        raise UserError(f"{source}: " + "; ".join(problems))
+    return board
+
+
+def board_problems(board: Board) -> list[str]:
+    """Disagreements between a board's core/fpu/float_abi fields and its compiler flags."""
+    problems = []
+    if board.core not in CORES:
+        problems.append(f"core '{board.core}' is not one of {', '.join(CORES)}")
+    if board.float_abi not in FLOAT_ABIS:
+        problems.append(f"float_abi '{board.float_abi}' is not one of {', '.join(FLOAT_ABIS)}")
+    if not board.has_fpu and board.float_abi != "soft":
+        problems.append("a board without FPU must use float_abi 'soft'")
+    expected = [f"-mcpu={board.core}", "-mthumb", f"-mfloat-abi={board.float_abi}"]
+    expected += [f"-mfpu={board.fpu}"] if board.has_fpu else []
+    problems += [f"cflags lack '{flag}'" for flag in expected if flag not in board.cflags]
+    if board.stack_kb >= min(board.ram_kb, board.qemu.ram_kb):
+        problems.append(f"stack_kb {board.stack_kb} leaves no RAM for data")
+    return problems
+
+
+def _as_board(board: Board | str) -> Board:
+    return board if isinstance(board, Board) else load_board(board)
