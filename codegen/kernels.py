@@ -149,3 +149,35 @@ def select(g: Graph, n: Node, core: str | None = None) -> KernelCall:
     source = kernel_sources().get(fn) if fn else None
     assert fn is None or source, f"{n.where()}: kernel {fn} is defined in no firmware/kernels/*.c file"
     return KernelCall(fn, source, struct, fields, var, scratch_for(fn, g, n, core), _overlap(fn, g, n))
+
+
+@functools.cache
+def helper_sources() -> dict[str, frozenset[str]]:
+    """{kernel .c file: the other kernel .c files defining a function it names}, read from the sources once.
+    A mention counts, not only a call: qg_pool2d_s8.c's comment "see qg_conv2d_s8.c" ships qg_conv2d_s8.c
+    with every pooling model, as the model.c scan this replaced did (the golden MANIFESTs list it)."""
+    where = kernel_sources()
+    texts = {path.name: path.read_text() for path in sorted(kernel_dir().glob("*.c"))}
+    return {name: frozenset(src for fn, src in where.items() if src != name and re.search(rf"\b{fn}\b", text))
+            for name, text in texts.items()}
+
+
+def boundary_functions(g: Graph) -> tuple[str, str]:
+    """The float boundary functions the generated model.c calls besides its layers' kernels:
+    <prefix>_quantize_input's and <prefix>_dequantize_output's."""
+    quantize = "qg_quantize_chw_to_hwc_f32" + ("_s16" if g.tensors[g.inputs[0]].dtype == "int16" else "")
+    return quantize, "qg_dequantize_hwc_to_chw_s8"
+
+
+def model_sources(g: Graph) -> list[str]:
+    """The kernel .c files (names) a generated model needs: the source of select(g, n) for every node and
+    of the float boundary functions, transitively with the sources of the helpers they call."""
+    where = kernel_sources()
+    fns = {select(g, n).fn for n in g.nodes} | set(boundary_functions(g))
+    todo = {where[fn] for fn in fns if fn}
+    used: set[str] = set()
+    while todo:
+        name = todo.pop()
+        used.add(name)
+        todo |= helper_sources()[name] - used
+    return sorted(used)

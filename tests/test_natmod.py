@@ -36,7 +36,8 @@ from test_micropython import (
 
 import codegen
 from codegen.emit.c import write_atomic
-from codegen.emit.mpy_native import MICROPYTHON_TAG, NATMOD_ARCHS, needed_kernels, render_native
+from codegen.emit.mpy_native import MICROPYTHON_TAG, NATMOD_ARCHS, render_native
+from codegen.kernels import helper_sources, model_sources
 from codegen.hostcheck import STRICT_CFLAGS, cache_root
 from codegen.ir import Op
 
@@ -143,10 +144,10 @@ def test_only_the_kernels_the_model_calls():
     files = render_native(_digits_like_graph(), "tiny", BANNER, "natmod")
     assert "qg_conv2d_s8.c" in files and "qg_eltwise_s8.c" in files  # conv + the float boundary helpers
     assert "qg_sparse_s8.c" not in files and "qg_cluster_s8.c" not in files and "qg_pool2d_s8.c" not in files
-    kernels = {"a.c": "void qg_a(void)\n{\n    qg_b();\n}\n", "b.c": "int32_t qg_b(void)\n{ return 0; }\n",
-               "c.c": "static void qg_c(void) {}\nvoid qg_d(void) {}\n"}
-    assert needed_kernels("    qg_a();", kernels) == ["a.c", "b.c"]  # transitively
-    assert needed_kernels("    qg_c();", kernels) == []  # static helpers are not entry points
+    g = _digits_like_graph()
+    # the select() sources of its layers and the float boundary helpers, transitively with their helpers
+    assert model_sources(g) == sorted(n for n in files if n.endswith(".c") and n.startswith("qg_"))
+    assert all(helper_sources()[n] <= set(model_sources(g)) for n in model_sources(g))
 
 
 def _host_build(files: dict[str, str], prefix: str, tmp: Path, flags: list[str]) -> Path:

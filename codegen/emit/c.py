@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import UserError
 from ..ir import Graph, Node, Op, signature
 from ..kernel_abi import conv2d_buffer_size, depthwise_conv2d_buffer_size, fully_connected_buffer_size, scratch_bytes
-from ..kernels import select
+from ..kernels import boundary_functions, model_sources, select
 from ..ops import SPEC, Trait, has
 from ..output import OUTPUT_MARKER, banner_lines, option_text, write_atomic  # noqa: F401 (re-exported)
 from ..passes.plan_memory import scratch_key
@@ -169,7 +169,7 @@ class _Builder:
         shape = x.shape if len(x.shape) == 3 else (1, 1, x.shape[0])
         m.input = {"name": x.name, "shape": list(x.shape), "size": x.size, "frac": x.qformat.frac,
                    "dtype": x.dtype, "ctype": CTYPES[x.dtype],
-                   "quantize_fn": "qg_quantize_chw_to_hwc_f32" + ("_s16" if x.dtype == "int16" else ""),
+                   "quantize_fn": boundary_functions(g)[0],
                    "h": shape[0], "w": shape[1], "c": shape[2], "scale": _pow2_literal(x.qformat.frac)}
         for name in g.outputs:
             t = g.tensors[name]
@@ -430,7 +430,7 @@ def render(g: Graph, prefix: str, banner: list[str], arena_symbol: str | None = 
                            ("c/weights.h.j2", f"{prefix}_weights.h"), ("c/weights.c.j2", f"{prefix}_weights.c")):
         files[name] = env.get_template(template).render(m=model)
     kernels = {path.name: path.read_text() for path in sorted(kernel_dir().iterdir()) if path.suffix in (".c", ".h")}
-    used = set(needed_kernels(files[f"{prefix}_model.c"] + files[f"{prefix}_weights.c"], kernels))
+    used = set(model_sources(g))
     for name, text in kernels.items():  # every header; only the kernel sources the model calls
         if name.endswith(".h") or name in used:
             files[f"kernels/{name}"] = text
@@ -443,21 +443,6 @@ def kernels_abi() -> int:
     if found is None:
         raise RuntimeError("qg_kernels.h defines no QG_KERNELS_ABI")
     return int(found.group(1))
-
-
-_KERNEL_DEF = re.compile(r"^(?!static)[A-Za-z_][\w \t\*]*?\b(qg_\w+)\s*\(", re.M)
-
-
-def needed_kernels(model_c: str, kernels: dict[str, str]) -> list[str]:
-    """Kernel .c files (names) that define a function the model calls, transitively."""
-    defines = {name: set(_KERNEL_DEF.findall(text)) for name, text in kernels.items() if name.endswith(".c")}
-    used, text = set(), model_c
-    while True:
-        new = {n for n, syms in defines.items() if n not in used and any(re.search(rf"\b{s}\b", text) for s in syms)}
-        if not new:
-            return sorted(used)
-        used |= new
-        text += "".join(kernels[n] for n in sorted(new))
 
 
 def model_data(g: Graph, prefix: str) -> CModel:

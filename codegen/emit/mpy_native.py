@@ -27,8 +27,8 @@ from pathlib import Path
 from .. import __version__
 from ..errors import UserError
 from ..ir import Graph
+from ..kernels import model_sources
 from .c import model_data as c_model_data
-from .c import needed_kernels
 from .c import render as render_c
 from .c import template_environment
 from .micropython import check_module_name, input_contract
@@ -119,8 +119,7 @@ def render_native(graph: Graph, prefix: str, banner: list[str], mode: str, arch:
     c_files = render_c(graph, prefix, banner, arena_argument=True)
     files = {Path(rel).name: text for rel, text in c_files.items() if not rel.startswith("kernels/")}
     kernels = {Path(rel).name: text for rel, text in c_files.items() if rel.startswith("kernels/")}
-    model_c = files[f"{prefix}_model.c"] + files[f"{prefix}_weights.c"]
-    used = needed_kernels(model_c, kernels)
+    used = model_sources(graph)
     files.update({n: t for n, t in kernels.items() if n.endswith(".h") or n in used})
 
     cm = c_model_data(graph, prefix)
