@@ -89,13 +89,15 @@ def test_spec_is_complete(op):
         if f.name in ("ref_int", "quantize") and float_only:
             assert value is None, f"{op.value} is FLOAT_ONLY but has {f.name}"
             continue
-        if f.name in ("torch", "kernels", "onnx"):
+        if f.name in ("torch", "kernels", "onnx", "emit_py", "no_py"):
             continue  # checked below
         assert value is not None, f"{op.value}: spec.{f.name} is missing"
         if f.name in ("shape", "check", "ref_float", "ref_int", "quantize", "macs", "torch_float"):
             assert callable(value), f"{op.value}: spec.{f.name} is not callable"
     assert spec.summary
     assert (ROOT / "codegen" / "ops" / f"{spec.family}.py").is_file()
+    # the pure MicroPython module: a call, or an explicit refusal with its reason (emit/micropython.py says it)
+    assert callable(spec.emit_py) != bool(spec.no_py), f"{op.value}: emit_py xor no_py (the reason it has none)"
 
 
 @pytest.mark.parametrize("op", list(Op), ids=lambda o: o.value)

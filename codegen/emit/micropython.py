@@ -26,7 +26,7 @@ import numpy as np
 from .. import __version__
 from ..errors import UserError
 from ..ir import Graph, Node, Op, signature
-from ..ops import SPEC, Trait, has
+from ..ops import SPEC
 from .c import check_prefix, layer_macs, template_environment
 
 BYTES_PER_LINE = 24  # bytes per `b'...'` source line (4 characters each: \xNN)
@@ -181,6 +181,8 @@ class _Builder:
             names.append(self.const(name, comment if not names else "", f"{name} = (", _int_lines(values), ")", 0))
         return names[0], names[1], names[2]
 
+    triples = staticmethod(requant_triples)  # for the ops' emit_py (codegen/ops)
+
     # -- buffers
     def view(self, tensor: str) -> str:
         region, offset = self.g.memory[tensor]
@@ -230,72 +232,19 @@ class _Builder:
 
     def layer(self, index: int, n: Node) -> PyLayer:
         g = self.g
-        sym = f"L{index}"
-        xs = [t for t in n.inputs if not g.tensors[t].is_const]
-        out = n.outputs[0]
-        shapes = signature(g, n)
-        if n.op is Op.RESHAPE:
-            return PyLayer(index, n.where(), shapes, None, [], None)  # the planner aliased the buffers
-        ins = [self.view(t) for t in xs]
-        y = self.view(out)
-        params: list[tuple[str, object]]
-        extra = ""
-        if has(n.op, Trait.WEIGHTED) and has(n.op, Trait.SLIDING_WINDOW):  # conv2d, depthwise
-            h, w, c = g.tensors[xs[0]].shape
-            oh, ow, oc = g.tensors[out].shape
-            _, kh, kw, _ = g.tensors[n.inputs[1]].shape
-            weights, bias = self.weight_rows(sym, n.inputs[1]), self.bias(sym, n.inputs[2])
-            mul, rnd, shr = self.requant(sym, n.attrs["shift"])
-            params = [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
-                      ("k_h", kh), ("k_w", kw), ("stride_h", n.attrs["stride"][0]),
-                      ("stride_w", n.attrs["stride"][1]), ("pad_top", n.attrs["padding"][0]),
-                      ("pad_left", n.attrs["padding"][1]), ("weights", weights), ("bias", bias),
-                      ("mul", mul), ("rnd", rnd), ("shr", shr),
-                      ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
-            if n.op is Op.CONV2D:
-                fn, extra = "_conv2d", ", _S"
-                self.scratch(kh * kw * c, kh * kw * c, oc)
-            else:
-                fn = "_depthwise_conv2d"
-        elif n.op is Op.LINEAR:
-            o, i = g.tensors[n.inputs[1]].shape
-            weights, bias = self.weight_rows(sym, n.inputs[1]), self.bias(sym, n.inputs[2])
-            mul, rnd, shr = self.requant(sym, n.attrs["shift"])
-            params = [("in_features", i), ("out_features", o), ("weights", weights), ("bias", bias),
-                      ("mul", mul), ("rnd", rnd), ("shr", shr),
-                      ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
-            fn, extra = "_linear", ", _S"
-            self.scratch(0, i, o)
-        elif SPEC[n.op].family == "pool":
-            h, w, c = g.tensors[xs[0]].shape
-            oh, ow, _ = g.tensors[out].shape
-            params = [("in_h", h), ("in_w", w), ("channels", c), ("out_h", oh), ("out_w", ow),
-                      ("k_h", n.attrs["kernel"][0]), ("k_w", n.attrs["kernel"][1]),
-                      ("stride_h", n.attrs["stride"][0]), ("stride_w", n.attrs["stride"][1]),
-                      ("pad_top", n.attrs["padding"][0]), ("pad_left", n.attrs["padding"][1])]
-            if n.op is Op.AVGPOOL2D:
-                (mul,), (rnd,), (shr,) = requant_triples([n.attrs["avg_shift"]])
-                params += [("avg_mult", n.attrs["avg_mult"] * mul), ("rnd", rnd), ("shr", shr),
-                           ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
-                fn = "_avgpool2d"
-            else:
-                fn = "_maxpool2d"
-        elif n.op is Op.ADD:
-            (ma,), (ra,), (sa,) = requant_triples([n.attrs["shift_a"]])
-            (mb,), (rb,), (sb,) = requant_triples([n.attrs["shift_b"]])
-            (mo,), (ro,), (so,) = requant_triples([n.attrs["shift"]])
-            params = [("size", g.tensors[out].size), ("mul_a", ma), ("rnd_a", ra), ("shr_a", sa),
-                      ("mul_b", mb), ("rnd_b", rb), ("shr_b", sb), ("mul", mo), ("rnd", ro), ("shr", so),
-                      ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
-            fn = "_add"
-        elif n.op is Op.RELU:
-            params = [("size", g.tensors[out].size), ("act_min", n.attrs["act_min"]),
-                      ("act_max", n.attrs["act_max"])]
-            fn = "_clamp"
-        else:
+        emit = SPEC[n.op].emit_py  # codegen/ops: each op's MicroPython call
+        if emit is None:
+            supported = ", ".join(op.value for op, spec in SPEC.items() if spec.emit_py)
             raise UserError(f"{n.where()}: no MicroPython kernel for op {n.op.value}; qgen's MicroPython target "
-                            "supports conv2d, depthwise_conv2d, linear, relu, maxpool2d, avgpool2d, reshape, add")
-        pname = f"_{sym}"
+                            f"supports {supported}")
+        got = emit(self, n, index)
+        shapes = signature(g, n)
+        if got is None:
+            return PyLayer(index, n.where(), shapes, None, [], None)
+        fn, params, extra = got
+        ins = [self.view(t) for t in n.inputs if not g.tensors[t].is_const]
+        y = self.view(n.outputs[0])
+        pname = f"_L{index}"
         call = f"{fn}({', '.join(ins)}, {y}, {pname}{extra})"
         return PyLayer(index, n.where(), shapes, pname, [(k, str(v)) for k, v in params], call)
 

@@ -82,6 +82,11 @@ class OpSpec:
     # kernel variant (codegen/kernels.py: s8, s8_to_s16, s16_to_s8, s16, wide, bitmap, index, cluster) ->
     # (C function, parameter struct or None); codegen.kernels.select adds scratch, overlap, source, field types
     kernel: Callable[[str], tuple[str | None, str | None]] | None = None
+    # pure MicroPython module (emit/micropython.py): (builder, node, index) -> (module function, its
+    # [(parameter, value)], extra call arguments), or None: no code (reshape). emit_py None: the target
+    # refuses the op, `no_py` says why
+    emit_py: Callable[..., tuple[str, list[tuple[str, Any]], str] | None] | None = None
+    no_py: str = ""
 
 
 def _zero_macs(g, n) -> int:

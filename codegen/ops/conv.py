@@ -130,6 +130,38 @@ kernel_linear = _weighted_kernel("fully_connected", "qg_fully_connected_wide_par
                                  sparse=True)
 
 
+def py_window(b, n, index: int):
+    """MicroPython: conv2d / depthwise_conv2d (weights as int8 rows, per-channel mul/rnd/shr)."""
+    g, sym, out = b.g, f"L{index}", n.outputs[0]
+    h, w, c = g.tensors[n.inputs[0]].shape
+    oh, ow, oc = g.tensors[out].shape
+    _, kh, kw, _ = g.tensors[n.inputs[1]].shape
+    weights, bias = b.weight_rows(sym, n.inputs[1]), b.bias(sym, n.inputs[2])
+    mul, rnd, shr = b.requant(sym, n.attrs["shift"])
+    params = [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
+              ("k_h", kh), ("k_w", kw), ("stride_h", n.attrs["stride"][0]),
+              ("stride_w", n.attrs["stride"][1]), ("pad_top", n.attrs["padding"][0]),
+              ("pad_left", n.attrs["padding"][1]), ("weights", weights), ("bias", bias),
+              ("mul", mul), ("rnd", rnd), ("shr", shr),
+              ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+    if n.op is Op.CONV2D:
+        b.scratch(kh * kw * c, kh * kw * c, oc)
+        return "_conv2d", params, ", _S"
+    return "_depthwise_conv2d", params, ""
+
+
+def py_linear(b, n, index: int):
+    g, sym = b.g, f"L{index}"
+    o, i = g.tensors[n.inputs[1]].shape
+    weights, bias = b.weight_rows(sym, n.inputs[1]), b.bias(sym, n.inputs[2])
+    mul, rnd, shr = b.requant(sym, n.attrs["shift"])
+    params = [("in_features", i), ("out_features", o), ("weights", weights), ("bias", bias),
+              ("mul", mul), ("rnd", rnd), ("shr", shr),
+              ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+    b.scratch(0, i, o)
+    return "_linear", params, ", _S"
+
+
 _COMMON = Trait.WEIGHTED | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT
 SPECS = [
     OpSpec(Op.CONV2D, "conv", _COMMON | Trait.MATMUL | Trait.SLIDING_WINDOW | Trait.FOLDS_PAD,
@@ -137,17 +169,20 @@ SPECS = [
            "Conv1d/Conv2d (groups=1)", ("Conv",),
            ("qg_conv2d_s8", "qg_conv2d_s8_to_s16", "qg_conv2d_s16", "qg_conv2d_s16_to_s8",
             "qg_conv2d_sparse_s8", "qg_conv2d_cluster_s8"),
-           "2-D convolution (1-D as H=1), channels last, bias, per-channel shift, fused clamp", kernel=kernel_conv),
+           "2-D convolution (1-D as H=1), channels last, bias, per-channel shift, fused clamp", kernel=kernel_conv,
+           emit_py=py_window),
     OpSpec(Op.DEPTHWISE_CONV2D, "conv", _COMMON | Trait.SLIDING_WINDOW | Trait.FOLDS_PAD,
            conv_shape, check_conv, f_depthwise, i_depthwise, quantize_weighted, macs_depthwise, torch_weighted,
            "depthwise Conv1d/Conv2d (groups=in_channels, any multiplier)", ("Conv",),
            ("qg_depthwise_conv2d_s8", "qg_depthwise_conv2d_s8_to_s16", "qg_depthwise_conv2d_s16",
             "qg_depthwise_conv2d_s16_to_s8", "qg_depthwise_conv2d_cluster_s8"),
-           "depthwise convolution (groups = in channels, any multiplier)", kernel=kernel_depthwise),
+           "depthwise convolution (groups = in channels, any multiplier)", kernel=kernel_depthwise,
+           emit_py=py_window),
     OpSpec(Op.LINEAR, "conv", _COMMON | Trait.MATMUL,
            linear_shape, check_linear, f_linear, i_linear, quantize_weighted, macs_linear, torch_weighted,
            "Linear", ("Gemm", "MatMul"),
            ("qg_fully_connected_s8", "qg_fully_connected_s8_to_s16", "qg_fully_connected_s16",
             "qg_fully_connected_s16_to_s8", "qg_fully_connected_sparse_s8", "qg_fully_connected_cluster_s8"),
-           "fully connected layer", kernel=kernel_linear),
+           "fully connected layer", kernel=kernel_linear,
+           emit_py=py_linear),
 ]

@@ -180,24 +180,46 @@ def kernel_lut(variant: str) -> tuple[str, str]:
     return "qg_lut_s8", "qg_lut_params_t"
 
 
+def py_relu(b, n, index: int):
+    params = [("size", b.g.tensors[n.outputs[0]].size), ("act_min", n.attrs["act_min"]),
+              ("act_max", n.attrs["act_max"])]
+    return "_clamp", params, ""
+
+
+def py_add(b, n, index: int):
+    (ma,), (ra,), (sa,) = b.triples([n.attrs["shift_a"]])
+    (mb,), (rb,), (sb,) = b.triples([n.attrs["shift_b"]])
+    (mo,), (ro,), (so,) = b.triples([n.attrs["shift"]])
+    params = [("size", b.g.tensors[n.outputs[0]].size), ("mul_a", ma), ("rnd_a", ra), ("shr_a", sa),
+              ("mul_b", mb), ("rnd_b", rb), ("shr_b", sb), ("mul", mo), ("rnd", ro), ("shr", so),
+              ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+    return "_add", params, ""
+
+
+_NO_PY_TABLE = "its table kernel is not written in MicroPython (the C target and the natmod module run it)"
+
 SPECS = [
     OpSpec(Op.RELU, "eltwise",
            Trait.IN_PLACE | Trait.KEEPS_FORMAT | Trait.CHANNELWISE | Trait.KEEPS_ORDER,
            same_shape, _no_check, f_relu, i_relu, q_relu, _zero_macs, torch_relu,
            "ReLU, ReLU6/Hardtanh/clamp", ("Relu", "Clip"), ("qg_clamp_s8", "qg_clamp_s16"),
-           "clamp to [lo, hi] (fused into the producer where possible)", kernel=kernel_relu),
+           "clamp to [lo, hi] (fused into the producer where possible)", kernel=kernel_relu,
+           emit_py=py_relu),
     OpSpec(Op.ADD, "eltwise", Trait.IN_PLACE | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT,
            same_shape, check_add, f_add, i_add, q_add, _zero_macs, torch_add,
            "residual add", ("Add",), ("qg_add_s8", "qg_add_wide"),
-           "sum of two activations, each aligned by a shift, requantised", kernel=kernel_add),
+           "sum of two activations, each aligned by a shift, requantised", kernel=kernel_add,
+           emit_py=py_add),
     OpSpec(Op.SOFTMAX, "eltwise", Trait.IN_PLACE | Trait.KEEPS_ORDER | Trait.INT8_ONLY | Trait.TABLE,
            same_shape, _no_check, f_softmax, i_softmax, q_softmax, _zero_macs, torch_softmax,
            "softmax", ("Softmax",), ("qg_softmax_s8",),
-           "softmax over the last axis through a Q14 exp table, output s8.f7", kernel=kernel_softmax),
+           "softmax over the last axis through a Q14 exp table, output s8.f7", kernel=kernel_softmax,
+           no_py=_NO_PY_TABLE),
     OpSpec(Op.LUT, "eltwise",
            Trait.IN_PLACE | Trait.CHANNELWISE | Trait.KEEPS_ORDER | Trait.INT8_ONLY | Trait.TABLE,
            same_shape, _no_check, f_lut, i_lut, q_lut, _zero_macs, torch_lut,
            "sigmoid, tanh, hardsigmoid, hardswish, SiLU, GELU, LeakyReLU, ELU",
            ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "LeakyRelu", "Elu"), ("qg_lut_s8",),
-           "any element-wise function through a 256-entry int8 table", kernel=kernel_lut),
+           "any element-wise function through a 256-entry int8 table", kernel=kernel_lut,
+           no_py=_NO_PY_TABLE),
 ]

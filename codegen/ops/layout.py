@@ -118,14 +118,23 @@ def kernel_concat(variant: str) -> tuple[str, str]:
     return ("qg_concat_s8", "qg_concat_params_t") if variant == "s8" else ("qg_concat_wide", "qg_concat_wide_params_t")
 
 
+def py_none(b, n, index: int) -> None:
+    return None  # reshape: the planner aliased the buffers, no code
+
+
+_NO_PY_LAYOUT = "its kernel is not written in MicroPython (the C target and the natmod module run it)"
+
 SPECS = [
     OpSpec(Op.RESHAPE, "layout", Trait.KEEPS_FORMAT, reshape_shape, check_reshape, ref_reshape, ref_reshape,
            q_keep, _zero_macs, torch_reshape, "flatten/view/reshape", ("Reshape", "Flatten"), (),
-           "no code: the planner aliases input and output", kernel=kernel_none),
+           "no code: the planner aliases input and output", kernel=kernel_none,
+           emit_py=py_none),
     OpSpec(Op.PAD, "layout", Trait.KEEPS_FORMAT | Trait.CHANNELWISE, pad_shape, _no_check, f_pad, i_pad,
            q_keep, _zero_macs, torch_pad, "zero padding", ("Pad",), ("qg_pad_s8", "qg_pad_s16"),
-           "zero padding (folded into a following conv/avgpool where possible)", kernel=kernel_pad),
+           "zero padding (folded into a following conv/avgpool where possible)", kernel=kernel_pad,
+           no_py=_NO_PY_LAYOUT),
     OpSpec(Op.CONCAT, "layout", Trait.CHOOSES_FORMAT, concat_shape, check_concat, f_concat, i_concat, q_concat,
            _zero_macs, torch_concat, "torch.cat", ("Concat",), ("qg_concat_s8", "qg_concat_wide"),
-           "concatenation along any axis, each input requantised to the output format", kernel=kernel_concat),
+           "concatenation along any axis, each input requantised to the output format", kernel=kernel_concat,
+           no_py=_NO_PY_LAYOUT),
 ]

@@ -21,5 +21,6 @@ SPECS = [
     OpSpec(Op.BATCH_NORM, "norm", Trait.FLOAT_ONLY | Trait.KEEPS_ORDER,
            same_shape, _no_check, f_batch_norm, None, None, _zero_macs, torch_batch_norm,
            "BatchNorm", ("BatchNormalization",), (),
-           "folded into the preceding conv/linear (fold_bn)", kernel=kernel_none),
+           "folded into the preceding conv/linear (fold_bn)", kernel=kernel_none,
+           no_py="float only: fold_bn folds it into the preceding conv/linear before any target"),
 ]

@@ -75,12 +75,31 @@ def kernel_avgpool(variant: str) -> tuple[str, str]:
 
 
 _COMMON = Trait.SLIDING_WINDOW | Trait.KEEPS_FORMAT | Trait.CHANNELWISE
+def py_pool(b, n, index: int):
+    """MicroPython: maxpool2d / avgpool2d (average: sum * avg_mult * mul + rnd >> shr)."""
+    g = b.g
+    h, w, c = g.tensors[n.inputs[0]].shape
+    oh, ow, _ = g.tensors[n.outputs[0]].shape
+    params = [("in_h", h), ("in_w", w), ("channels", c), ("out_h", oh), ("out_w", ow),
+              ("k_h", n.attrs["kernel"][0]), ("k_w", n.attrs["kernel"][1]),
+              ("stride_h", n.attrs["stride"][0]), ("stride_w", n.attrs["stride"][1]),
+              ("pad_top", n.attrs["padding"][0]), ("pad_left", n.attrs["padding"][1])]
+    if n.op is Op.MAXPOOL2D:
+        return "_maxpool2d", params, ""
+    (mul,), (rnd,), (shr,) = b.triples([n.attrs["avg_shift"]])
+    params += [("avg_mult", n.attrs["avg_mult"] * mul), ("rnd", rnd), ("shr", shr),
+               ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+    return "_avgpool2d", params, ""
+
+
 SPECS = [
     OpSpec(Op.MAXPOOL2D, "pool", _COMMON, pool_shape, _no_check, f_maxpool, i_maxpool, q_maxpool, _zero_macs,
            torch_maxpool, "MaxPool1d/2d", ("MaxPool",), ("qg_maxpool2d_s8", "qg_maxpool2d_s16"),
-           "max pooling (padding never wins)", kernel=kernel_maxpool),
+           "max pooling (padding never wins)", kernel=kernel_maxpool,
+           emit_py=py_pool),
     OpSpec(Op.AVGPOOL2D, "pool", _COMMON | Trait.FOLDS_PAD, pool_shape, _no_check, f_avgpool, i_avgpool, q_avgpool,
            _zero_macs, torch_avgpool, "AvgPool1d/2d, AdaptiveAvgPool2d, mean over H,W",
            ("AveragePool", "GlobalAveragePool", "ReduceMean"), ("qg_avgpool2d_s8", "qg_avgpool2d_s16"),
-           "average pooling (zero padding counted), sum * mult >> shift", kernel=kernel_avgpool),
+           "average pooling (zero padding counted), sum * mult >> shift", kernel=kernel_avgpool,
+           emit_py=py_pool),
 ]
