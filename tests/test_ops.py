@@ -89,7 +89,7 @@ def test_spec_is_complete(op):
         if f.name in ("ref_int", "quantize") and float_only:
             assert value is None, f"{op.value} is FLOAT_ONLY but has {f.name}"
             continue
-        if f.name in ("torch", "kernels", "onnx", "emit_py", "no_py"):
+        if f.name in ("torch", "kernels", "onnx", "emit_py", "no_py", "emit_c", "emit_c_wide"):
             continue  # checked below
         assert value is not None, f"{op.value}: spec.{f.name} is missing"
         if f.name in ("shape", "check", "ref_float", "ref_int", "quantize", "macs", "torch_float"):
@@ -98,6 +98,18 @@ def test_spec_is_complete(op):
     assert (ROOT / "codegen" / "ops" / f"{spec.family}.py").is_file()
     # the pure MicroPython module: a call, or an explicit refusal with its reason (emit/micropython.py says it)
     assert callable(spec.emit_py) != bool(spec.no_py), f"{op.value}: emit_py xor no_py (the reason it has none)"
+    # the generated C: an int8 call unless FLOAT_ONLY, an int16 one wherever its kernel rule has wide variants
+    assert callable(spec.emit_c) != float_only, f"{op.value}: emit_c must exist exactly when the op is not FLOAT_ONLY"
+    wide = not float_only and any(_has_variant(spec, v) for v in ("s8_to_s16", "s16_to_s8", "s16", "wide"))
+    no_code = not float_only and spec.kernel("s8")[0] is None  # reshape: no code at any width
+    assert callable(spec.emit_c_wide) == (wide or no_code), f"{op.value}: emit_c_wide must match its int16 kernels"
+
+
+def _has_variant(spec, variant: str) -> bool:
+    try:
+        return spec.kernel(variant)[0] is not None
+    except ValueError:
+        return False
 
 
 @pytest.mark.parametrize("op", list(Op), ids=lambda o: o.value)

@@ -11,10 +11,10 @@ import jinja2
 import numpy as np
 
 from ..errors import UserError
-from ..ir import Graph, Node, Op, signature
-from ..kernel_abi import conv2d_buffer_size, depthwise_conv2d_buffer_size, fully_connected_buffer_size, scratch_bytes
+from ..ir import Graph, Node, signature
+from ..kernel_abi import scratch_bytes
 from ..kernels import boundary_functions, model_sources, select
-from ..ops import SPEC, Trait, has
+from ..ops import SPEC
 from ..output import OUTPUT_MARKER, banner_lines, option_text, write_atomic  # noqa: F401 (re-exported)
 from ..passes.plan_memory import scratch_key
 from ..resources import data_dir, kernel_dir
@@ -137,6 +137,23 @@ def _symbol(prefix: str, text: str) -> str:
     return f"{prefix}_" + re.sub(r"[^A-Za-z0-9_]", "_", text)
 
 
+@dataclass
+class LayerIO:
+    """One layer's names, as _Builder.io gives them to the ops' emit_c / emit_c_wide."""
+    sym: str  # l<index>_<op>: the prefix of its constant arrays
+    struct: str  # its parameter struct's C symbol
+    xs: list[str]  # activation inputs
+    out: str
+    ins: list[str]  # C expressions of the inputs (int16_t pointers when wide)
+    out_expr: str
+    scratch: str  # its scratch buffer, or NULL
+    raw: list[str]  # the inputs' untyped (int8_t *) expressions
+    out_raw: str
+    bits: dict[str, int]  # activation -> 8 or 16
+    suffix: str | None  # kernel suffix for the widths: s8_to_s16, s16_to_s8, s16 (None: int8 both sides)
+    act: list[tuple[str, object]]  # act_min/act_max fields
+
+
 class _Builder:
     def __init__(self, g: Graph, prefix: str, banner: list[str]):
         self.g, self.prefix = g, prefix
@@ -194,8 +211,6 @@ class _Builder:
         ins = [self.buffer(t) for t in xs]
         out_expr = self.buffer(out)
         scratch = self.buffer(scratch_key(index)) if scratch_key(index) in g.memory else "NULL"
-        struct_type = struct_name = call = None
-        fields: list[tuple[str, str]] = []
         struct_name = _symbol(self.prefix, sym)
         weight_format = n.attrs.get("weight_format", "dense")
         if weight_format != "dense":
@@ -204,90 +219,15 @@ class _Builder:
 
             struct_type, fields, call = layer_parts(self, index, n, sym, struct_name, ins, out_expr, scratch)
         elif any(g.tensors[t].dtype == "int16" for t in xs + [out]):
-            struct_type, fields, call = self.wide_layer(n, sym, struct_name, xs, out)
-        elif has(n.op, Trait.WEIGHTED) and has(n.op, Trait.SLIDING_WINDOW):  # conv2d, depthwise
-            h, w, c = g.tensors[xs[0]].shape
-            oh, ow, oc = g.tensors[out].shape
-            _, kh, kw, _ = g.tensors[n.inputs[1]].shape
-            weights = self.const_tensor(sym, n.inputs[1], "weights")
-            bias = self.const_tensor(sym, n.inputs[2], "bias")
-            shift = self.array(f"{sym}_shift", np.array(n.attrs["shift"]), "int8", "requantisation shift per output channel")
-            struct_type = "qg_conv2d_params_t"
-            fields = [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
-                      ("k_h", kh), ("k_w", kw), ("stride_h", n.attrs["stride"][0]), ("stride_w", n.attrs["stride"][1]),
-                      ("pad_top", n.attrs["padding"][0]), ("pad_left", n.attrs["padding"][1]),
-                      ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]),
-                      ("weights", weights), ("bias", bias), ("shift", shift)]
-            fn = "qg_conv2d_s8" if n.op is Op.CONV2D else "qg_depthwise_conv2d_s8"
-            need = (conv2d_buffer_size if n.op is Op.CONV2D else depthwise_conv2d_buffer_size)(c, kh, kw, oc)
-            self.check_scratch(index, n, need)
-            call = f"{fn}(&{struct_name}, {ins[0]}, {out_expr}, {scratch});"
-        elif n.op is Op.LINEAR:
-            o, i = g.tensors[n.inputs[1]].shape
-            weights = self.const_tensor(sym, n.inputs[1], "weights")
-            bias = self.const_tensor(sym, n.inputs[2], "bias")
-            shift = self.array(f"{sym}_shift", np.array(n.attrs["shift"]), "int8", "requantisation shift per output")
-            struct_type = "qg_fully_connected_params_t"
-            fields = [("in_features", i), ("out_features", o), ("act_min", n.attrs["act_min"]),
-                      ("act_max", n.attrs["act_max"]), ("weights", weights), ("bias", bias), ("shift", shift)]
-            self.check_scratch(index, n, fully_connected_buffer_size(i, o))
-            call = f"qg_fully_connected_s8(&{struct_name}, {ins[0]}, {out_expr}, {scratch});"
-        elif SPEC[n.op].family == "pool":
-            h, w, c = g.tensors[xs[0]].shape
-            oh, ow, _ = g.tensors[out].shape
-            avg = n.op is Op.AVGPOOL2D
-            struct_type = "qg_pool2d_params_t"
-            fields = [("in_h", h), ("in_w", w), ("channels", c), ("out_h", oh), ("out_w", ow),
-                      ("k_h", n.attrs["kernel"][0]), ("k_w", n.attrs["kernel"][1]),
-                      ("stride_h", n.attrs["stride"][0]), ("stride_w", n.attrs["stride"][1]),
-                      ("pad_top", n.attrs["padding"][0]), ("pad_left", n.attrs["padding"][1]),
-                      ("act_min", n.attrs.get("act_min", -128)), ("act_max", n.attrs.get("act_max", 127)),
-                      ("avg_mult", n.attrs.get("avg_mult", 0) if avg else 0),
-                      ("avg_shift", n.attrs.get("avg_shift", 0) if avg else 0)]
-            fn = "qg_avgpool2d_s8" if avg else "qg_maxpool2d_s8"
-            call = f"{fn}(&{struct_name}, {ins[0]}, {out_expr});"
-        elif n.op is Op.ADD:
-            struct_type = "qg_add_params_t"
-            fields = [("size", g.tensors[out].size), ("shift_a", n.attrs["shift_a"]), ("shift_b", n.attrs["shift_b"]),
-                      ("shift", n.attrs["shift"]), ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
-            call = f"qg_add_s8(&{struct_name}, {ins[0]}, {ins[1]}, {out_expr});"
-        elif n.op is Op.RELU:
-            struct_name = None
-            call = (f"qg_clamp_s8({g.tensors[out].size}, {n.attrs['act_min']}, {n.attrs['act_max']}, "
-                    f"{ins[0]}, {out_expr});")
-        elif n.op is Op.RESHAPE:
-            struct_name = None  # same bytes, new shape: the planner aliased the buffers
-        elif n.op is Op.PAD:
-            h, w, c = g.tensors[xs[0]].shape
-            top, left, bottom, right = n.attrs["padding"]
-            struct_type = "qg_pad_params_t"
-            fields = [("in_h", h), ("in_w", w), ("channels", c), ("pad_top", top), ("pad_left", left),
-                      ("pad_bottom", bottom), ("pad_right", right)]
-            call = f"qg_pad_s8(&{struct_name}, {ins[0]}, {out_expr});"
-        elif n.op is Op.CONCAT:
-            shape, axis = g.tensors[out].shape, n.attrs["axis"]
-            inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
-            blocks = [g.tensors[t].shape[axis] * inner for t in xs]
-            block_arr = self.array(f"{sym}_block_size", np.array(blocks), "int32", "bytes per input block")
-            shift_arr = self.array(f"{sym}_shift", np.array(n.attrs["shifts"]), "int8", "requantisation shift per input")
-            struct_type = "qg_concat_params_t"
-            fields = [("n_inputs", len(xs)), ("outer", int(np.prod(shape[:axis], dtype=np.int64))),
-                      ("out_block", sum(blocks)), ("block_size", block_arr), ("shift", shift_arr)]
-            call = (f"{{ const int8_t *const parts[{len(xs)}] = {{{', '.join(ins)}}}; "
-                    f"qg_concat_s8(&{struct_name}, parts, {out_expr}); }}")
-        elif n.op is Op.SOFTMAX:
-            shape = g.tensors[out].shape
-            table = self.const_tensor(sym, n.inputs[1], "exp_table")
-            struct_type = "qg_softmax_params_t"
-            fields = [("rows", g.tensors[out].size // shape[-1]), ("row_size", shape[-1]), ("exp_table", table)]
-            call = f"qg_softmax_s8(&{struct_name}, {ins[0]}, {out_expr});"
-        elif n.op is Op.LUT:
-            table = self.const_tensor(sym, n.inputs[1], f"{n.attrs['fn']}_table")
-            struct_type = "qg_lut_params_t"
-            fields = [("size", g.tensors[out].size), ("table", table)]
-            call = f"qg_lut_s8(&{struct_name}, {ins[0]}, {out_expr});"
+            emit = SPEC[n.op].emit_c_wide  # codegen/ops: the op's qg_wide.c call
+            if emit is None:
+                raise UserError(f"{n.where()}: no int16 kernel for op {n.op.value}; keep its input int8")
+            struct_type, fields, call = emit(self, index, n)
         else:
-            raise UserError(f"{n.where()}: no C kernel for op {n.op.value}")
+            emit = SPEC[n.op].emit_c  # codegen/ops: the op's int8 call
+            if emit is None:
+                raise UserError(f"{n.where()}: no C kernel for op {n.op.value}")
+            struct_type, fields, call = emit(self, index, n)
         check_fields(n, struct_type, fields)
         chosen = select(g, n).fn  # the planner sized this layer's scratch and overlap for that kernel
         assert (call is None) == (chosen is None) and (call is None or f"{chosen}(" in call), \
@@ -313,82 +253,21 @@ class _Builder:
             return expr
         return f"QG_AS_S16({expr})" if self.g.tensors[tensor].dtype == "int16" else expr
 
-    def wide_layer(self, n: Node, sym: str, struct_name: str, xs: list[str], out: str):
-        """A layer with an int16 input or output: the qg_wide.c kernels (int8 weights, any activation mix)."""
+    def io(self, index: int, n: Node, wide: bool = False) -> LayerIO:
+        """What an op's emit_c / emit_c_wide (codegen/ops) names: its symbols and its buffers' C expressions;
+        wide: int16 buffers as int16_t pointers, `raw` the untyped ones (add/concat take operand widths)."""
         g = self.g
+        sym = f"l{index}_{n.op.value}"
+        xs = [t for t in n.inputs if not g.tensors[t].is_const]
+        out = n.outputs[0]
         bits = {t: 16 if g.tensors[t].dtype == "int16" else 8 for t in xs + [out]}
-        suffix = {(8, 16): "s8_to_s16", (16, 8): "s16_to_s8", (16, 16): "s16"}.get((bits[xs[0]], bits[out]))
-        ins, out_expr = [self.typed(t) for t in xs], self.typed(out)
-        act = [("act_min", n.attrs.get("act_min")), ("act_max", n.attrs.get("act_max"))]
-        if has(n.op, Trait.WEIGHTED):
-            weights = self.const_tensor(sym, n.inputs[1], "weights")
-            bias = self.const_tensor(sym, n.inputs[2], "bias")
-            shift = self.array(f"{sym}_shift", np.array(n.attrs["shift"]), "int8",
-                               "requantisation shift per output channel")
-            tail = [("acc64", int(bool(n.attrs.get("acc64")))), *act, ("weights", weights), ("bias", bias),
-                    ("shift", shift)]
-            if n.op is Op.LINEAR:
-                o, i = g.tensors[n.inputs[1]].shape
-                struct_type = "qg_fully_connected_wide_params_t"
-                fields = [("in_features", i), ("out_features", o), *tail]
-                fn = f"qg_fully_connected_{suffix}"
-            else:
-                h, w, c = g.tensors[xs[0]].shape
-                oh, ow, oc = g.tensors[out].shape
-                _, kh, kw, _ = g.tensors[n.inputs[1]].shape
-                struct_type = "qg_conv2d_wide_params_t"
-                fields = [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
-                          ("k_h", kh), ("k_w", kw), ("stride_h", n.attrs["stride"][0]),
-                          ("stride_w", n.attrs["stride"][1]), ("pad_top", n.attrs["padding"][0]),
-                          ("pad_left", n.attrs["padding"][1]), *tail]
-                fn = f"qg_{'conv2d' if n.op is Op.CONV2D else 'depthwise_conv2d'}_{suffix}"
-            return struct_type, fields, f"{fn}(&{struct_name}, {ins[0]}, {out_expr});"
-        if SPEC[n.op].family == "pool":
-            h, w, c = g.tensors[xs[0]].shape
-            oh, ow, _ = g.tensors[out].shape
-            avg = n.op is Op.AVGPOOL2D
-            fields = [("in_h", h), ("in_w", w), ("channels", c), ("out_h", oh), ("out_w", ow),
-                      ("k_h", n.attrs["kernel"][0]), ("k_w", n.attrs["kernel"][1]),
-                      ("stride_h", n.attrs["stride"][0]), ("stride_w", n.attrs["stride"][1]),
-                      ("pad_top", n.attrs["padding"][0]), ("pad_left", n.attrs["padding"][1]),
-                      ("act_min", n.attrs.get("act_min", -32768)), ("act_max", n.attrs.get("act_max", 32767)),
-                      ("avg_mult", n.attrs["avg_mult"] if avg else 0),
-                      ("avg_shift", n.attrs["avg_shift"] if avg else 0)]
-            fn = "qg_avgpool2d_s16" if avg else "qg_maxpool2d_s16"
-            return "qg_pool2d_s16_params_t", fields, f"{fn}(&{struct_name}, {ins[0]}, {out_expr});"
-        if n.op is Op.RELU:
-            return None, [], (f"qg_clamp_s16({g.tensors[out].size}, {n.attrs['act_min']}, {n.attrs['act_max']}, "
-                              f"{ins[0]}, {out_expr});")
-        if n.op is Op.RESHAPE:
-            return None, [], None
-        if n.op is Op.PAD:
-            h, w, c = g.tensors[xs[0]].shape
-            top, left, bottom, right = n.attrs["padding"]
-            fields = [("in_h", h), ("in_w", w), ("channels", c), ("pad_top", top), ("pad_left", left),
-                      ("pad_bottom", bottom), ("pad_right", right)]
-            return "qg_pad_params_t", fields, f"qg_pad_s16(&{struct_name}, {ins[0]}, {out_expr});"
-        raw = [self.buffer(t) for t in xs]  # add/concat take untyped operands with their widths
-        if n.op is Op.ADD:
-            fields = [("size", g.tensors[out].size), ("a_bits", bits[xs[0]]), ("b_bits", bits[xs[1]]),
-                      ("out_bits", bits[out]), ("shift_a", n.attrs["shift_a"]), ("shift_b", n.attrs["shift_b"]),
-                      ("shift", n.attrs["shift"]), *act]
-            call = f"qg_add_wide(&{struct_name}, {raw[0]}, {raw[1]}, {self.buffer(out)});"
-            return "qg_add_wide_params_t", fields, call
-        if n.op is Op.CONCAT:
-            shape, axis = g.tensors[out].shape, n.attrs["axis"]
-            inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
-            blocks = [g.tensors[t].shape[axis] * inner for t in xs]
-            block_arr = self.array(f"{sym}_block_size", np.array(blocks), "int32", "elements per input block")
-            shift_arr = self.array(f"{sym}_shift", np.array(n.attrs["shifts"]), "int8",
-                                   "requantisation shift per input")
-            bits_arr = self.array(f"{sym}_in_bits", np.array([bits[t] for t in xs]), "uint8", "bits per input")
-            fields = [("n_inputs", len(xs)), ("outer", int(np.prod(shape[:axis], dtype=np.int64))),
-                      ("out_block", sum(blocks)), ("block_size", block_arr), ("shift", shift_arr),
-                      ("in_bits", bits_arr), ("out_bits", bits[out])]
-            call = (f"{{ const void *const parts[{len(xs)}] = {{{', '.join(raw)}}}; "
-                    f"qg_concat_wide(&{struct_name}, parts, {self.buffer(out)}); }}")
-            return "qg_concat_wide_params_t", fields, call
-        raise UserError(f"{n.where()}: no int16 kernel for op {n.op.value}; keep its input int8")
+        expr = self.typed if wide else self.buffer
+        return LayerIO(sym, _symbol(self.prefix, sym), xs, out, [expr(t) for t in xs], expr(out),
+                       self.buffer(scratch_key(index)) if scratch_key(index) in g.memory else "NULL",
+                       [self.buffer(t) for t in xs], self.buffer(out), bits,
+                       {(8, 16): "s8_to_s16", (16, 8): "s16_to_s8", (16, 16): "s16"}.get((bits[xs[0]], bits[out]))
+                       if xs else None,
+                       [("act_min", n.attrs.get("act_min")), ("act_max", n.attrs.get("act_max"))])
 
 
 def _pow2_literal(exp: int) -> str:

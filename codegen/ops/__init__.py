@@ -87,6 +87,11 @@ class OpSpec:
     # refuses the op, `no_py` says why
     emit_py: Callable[..., tuple[str, list[tuple[str, Any]], str] | None] | None = None
     no_py: str = ""
+    # generated C (emit/c.py): (builder, index, node) -> (parameter struct or None, [(field, value)], the call
+    # statement or None: no code), dense weights; emit_c for int8 activations, emit_c_wide for any int16
+    # (qg_wide.c). None: FLOAT_ONLY (emit_c) / no int16 kernel (emit_c_wide: the layer keeps int8)
+    emit_c: Callable[..., tuple[str | None, list[tuple[str, Any]], str | None]] | None = None
+    emit_c_wide: Callable[..., tuple[str | None, list[tuple[str, Any]], str | None]] | None = None
 
 
 def _zero_macs(g, n) -> int:

@@ -162,6 +162,68 @@ def py_linear(b, n, index: int):
     return "_linear", params, ", _S"
 
 
+def _weights_bias_shift(b, sym: str, n, what: str) -> tuple[str, str, str]:
+    weights = b.const_tensor(sym, n.inputs[1], "weights")
+    bias = b.const_tensor(sym, n.inputs[2], "bias")
+    shift = b.array(f"{sym}_shift", np.array(n.attrs["shift"]), "int8", f"requantisation shift per {what}")
+    return weights, bias, shift
+
+
+def _window_fields(g, n, x: str, out: str) -> list[tuple[str, int]]:
+    h, w, c = g.tensors[x].shape
+    oh, ow, oc = g.tensors[out].shape
+    _, kh, kw, _ = g.tensors[n.inputs[1]].shape
+    return [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
+            ("k_h", kh), ("k_w", kw), ("stride_h", n.attrs["stride"][0]), ("stride_w", n.attrs["stride"][1]),
+            ("pad_top", n.attrs["padding"][0]), ("pad_left", n.attrs["padding"][1])]
+
+
+def c_window(b, index: int, n):
+    """C, int8, dense weights: qg_conv2d_s8 / qg_depthwise_conv2d_s8 (emit/weight_formats.py: the others)."""
+    from ..kernel_abi import conv2d_buffer_size, depthwise_conv2d_buffer_size
+
+    g, io = b.g, b.io(index, n)
+    _, _, c = g.tensors[io.xs[0]].shape
+    _, kh, kw, _ = g.tensors[n.inputs[1]].shape
+    oc = g.tensors[io.out].shape[2]
+    weights, bias, shift = _weights_bias_shift(b, io.sym, n, "output channel")
+    fields = [*_window_fields(g, n, io.xs[0], io.out), ("act_min", n.attrs["act_min"]),
+              ("act_max", n.attrs["act_max"]), ("weights", weights), ("bias", bias), ("shift", shift)]
+    fn = "qg_conv2d_s8" if n.op is Op.CONV2D else "qg_depthwise_conv2d_s8"
+    need = (conv2d_buffer_size if n.op is Op.CONV2D else depthwise_conv2d_buffer_size)(c, kh, kw, oc)
+    b.check_scratch(index, n, need)
+    return "qg_conv2d_params_t", fields, f"{fn}(&{io.struct}, {io.ins[0]}, {io.out_expr}, {io.scratch});"
+
+
+def c_linear(b, index: int, n):
+    from ..kernel_abi import fully_connected_buffer_size
+
+    g, io = b.g, b.io(index, n)
+    o, i = g.tensors[n.inputs[1]].shape
+    weights, bias, shift = _weights_bias_shift(b, io.sym, n, "output")
+    fields = [("in_features", i), ("out_features", o), ("act_min", n.attrs["act_min"]),
+              ("act_max", n.attrs["act_max"]), ("weights", weights), ("bias", bias), ("shift", shift)]
+    b.check_scratch(index, n, fully_connected_buffer_size(i, o))
+    return ("qg_fully_connected_params_t", fields,
+            f"qg_fully_connected_s8(&{io.struct}, {io.ins[0]}, {io.out_expr}, {io.scratch});")
+
+
+def c_weighted_wide(b, index: int, n):
+    """C, an int16 input or output: qg_<op>_s8_to_s16 / _s16_to_s8 / _s16 (qg_wide.c, int8 weights)."""
+    g, io = b.g, b.io(index, n, wide=True)
+    weights, bias, shift = _weights_bias_shift(b, io.sym, n, "output channel")
+    tail = [("acc64", int(bool(n.attrs.get("acc64")))), *io.act, ("weights", weights), ("bias", bias),
+            ("shift", shift)]
+    if n.op is Op.LINEAR:
+        o, i = g.tensors[n.inputs[1]].shape
+        struct_type, fields = "qg_fully_connected_wide_params_t", [("in_features", i), ("out_features", o), *tail]
+        fn = f"qg_fully_connected_{io.suffix}"
+    else:
+        struct_type, fields = "qg_conv2d_wide_params_t", [*_window_fields(g, n, io.xs[0], io.out), *tail]
+        fn = f"qg_{'conv2d' if n.op is Op.CONV2D else 'depthwise_conv2d'}_{io.suffix}"
+    return struct_type, fields, f"{fn}(&{io.struct}, {io.ins[0]}, {io.out_expr});"
+
+
 _COMMON = Trait.WEIGHTED | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT
 SPECS = [
     OpSpec(Op.CONV2D, "conv", _COMMON | Trait.MATMUL | Trait.SLIDING_WINDOW | Trait.FOLDS_PAD,
@@ -170,19 +232,19 @@ SPECS = [
            ("qg_conv2d_s8", "qg_conv2d_s8_to_s16", "qg_conv2d_s16", "qg_conv2d_s16_to_s8",
             "qg_conv2d_sparse_s8", "qg_conv2d_cluster_s8"),
            "2-D convolution (1-D as H=1), channels last, bias, per-channel shift, fused clamp", kernel=kernel_conv,
-           emit_py=py_window),
+           emit_py=py_window, emit_c=c_window, emit_c_wide=c_weighted_wide),
     OpSpec(Op.DEPTHWISE_CONV2D, "conv", _COMMON | Trait.SLIDING_WINDOW | Trait.FOLDS_PAD,
            conv_shape, check_conv, f_depthwise, i_depthwise, quantize_weighted, macs_depthwise, torch_weighted,
            "depthwise Conv1d/Conv2d (groups=in_channels, any multiplier)", ("Conv",),
            ("qg_depthwise_conv2d_s8", "qg_depthwise_conv2d_s8_to_s16", "qg_depthwise_conv2d_s16",
             "qg_depthwise_conv2d_s16_to_s8", "qg_depthwise_conv2d_cluster_s8"),
            "depthwise convolution (groups = in channels, any multiplier)", kernel=kernel_depthwise,
-           emit_py=py_window),
+           emit_py=py_window, emit_c=c_window, emit_c_wide=c_weighted_wide),
     OpSpec(Op.LINEAR, "conv", _COMMON | Trait.MATMUL,
            linear_shape, check_linear, f_linear, i_linear, quantize_weighted, macs_linear, torch_weighted,
            "Linear", ("Gemm", "MatMul"),
            ("qg_fully_connected_s8", "qg_fully_connected_s8_to_s16", "qg_fully_connected_s16",
             "qg_fully_connected_s16_to_s8", "qg_fully_connected_sparse_s8", "qg_fully_connected_cluster_s8"),
            "fully connected layer", kernel=kernel_linear,
-           emit_py=py_linear),
+           emit_py=py_linear, emit_c=c_linear, emit_c_wide=c_weighted_wide),
 ]

@@ -196,6 +196,50 @@ def py_add(b, n, index: int):
     return "_add", params, ""
 
 
+def c_relu(b, index: int, n):
+    io = b.io(index, n)
+    return None, [], (f"qg_clamp_s8({b.g.tensors[io.out].size}, {n.attrs['act_min']}, {n.attrs['act_max']}, "
+                      f"{io.ins[0]}, {io.out_expr});")
+
+
+def c_relu_wide(b, index: int, n):
+    io = b.io(index, n, wide=True)
+    return None, [], (f"qg_clamp_s16({b.g.tensors[io.out].size}, {n.attrs['act_min']}, {n.attrs['act_max']}, "
+                      f"{io.ins[0]}, {io.out_expr});")
+
+
+def c_add(b, index: int, n):
+    io = b.io(index, n)
+    fields = [("size", b.g.tensors[io.out].size), ("shift_a", n.attrs["shift_a"]), ("shift_b", n.attrs["shift_b"]),
+              ("shift", n.attrs["shift"]), ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+    return "qg_add_params_t", fields, f"qg_add_s8(&{io.struct}, {io.ins[0]}, {io.ins[1]}, {io.out_expr});"
+
+
+def c_add_wide(b, index: int, n):
+    """qg_add_wide: untyped operands with their widths (any mix of int8 and int16)."""
+    io = b.io(index, n, wide=True)
+    fields = [("size", b.g.tensors[io.out].size), ("a_bits", io.bits[io.xs[0]]), ("b_bits", io.bits[io.xs[1]]),
+              ("out_bits", io.bits[io.out]), ("shift_a", n.attrs["shift_a"]), ("shift_b", n.attrs["shift_b"]),
+              ("shift", n.attrs["shift"]), *io.act]
+    return ("qg_add_wide_params_t", fields,
+            f"qg_add_wide(&{io.struct}, {io.raw[0]}, {io.raw[1]}, {io.out_raw});")
+
+
+def c_softmax(b, index: int, n):
+    io = b.io(index, n)
+    shape = b.g.tensors[io.out].shape
+    table = b.const_tensor(io.sym, n.inputs[1], "exp_table")
+    fields = [("rows", b.g.tensors[io.out].size // shape[-1]), ("row_size", shape[-1]), ("exp_table", table)]
+    return "qg_softmax_params_t", fields, f"qg_softmax_s8(&{io.struct}, {io.ins[0]}, {io.out_expr});"
+
+
+def c_lut(b, index: int, n):
+    io = b.io(index, n)
+    table = b.const_tensor(io.sym, n.inputs[1], f"{n.attrs['fn']}_table")
+    fields = [("size", b.g.tensors[io.out].size), ("table", table)]
+    return "qg_lut_params_t", fields, f"qg_lut_s8(&{io.struct}, {io.ins[0]}, {io.out_expr});"
+
+
 _NO_PY_TABLE = "its table kernel is not written in MicroPython (the C target and the natmod module run it)"
 
 SPECS = [
@@ -204,22 +248,22 @@ SPECS = [
            same_shape, _no_check, f_relu, i_relu, q_relu, _zero_macs, torch_relu,
            "ReLU, ReLU6/Hardtanh/clamp", ("Relu", "Clip"), ("qg_clamp_s8", "qg_clamp_s16"),
            "clamp to [lo, hi] (fused into the producer where possible)", kernel=kernel_relu,
-           emit_py=py_relu),
+           emit_py=py_relu, emit_c=c_relu, emit_c_wide=c_relu_wide),
     OpSpec(Op.ADD, "eltwise", Trait.IN_PLACE | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT,
            same_shape, check_add, f_add, i_add, q_add, _zero_macs, torch_add,
            "residual add", ("Add",), ("qg_add_s8", "qg_add_wide"),
            "sum of two activations, each aligned by a shift, requantised", kernel=kernel_add,
-           emit_py=py_add),
+           emit_py=py_add, emit_c=c_add, emit_c_wide=c_add_wide),
     OpSpec(Op.SOFTMAX, "eltwise", Trait.IN_PLACE | Trait.KEEPS_ORDER | Trait.INT8_ONLY | Trait.TABLE,
            same_shape, _no_check, f_softmax, i_softmax, q_softmax, _zero_macs, torch_softmax,
            "softmax", ("Softmax",), ("qg_softmax_s8",),
            "softmax over the last axis through a Q14 exp table, output s8.f7", kernel=kernel_softmax,
-           no_py=_NO_PY_TABLE),
+           no_py=_NO_PY_TABLE, emit_c=c_softmax),
     OpSpec(Op.LUT, "eltwise",
            Trait.IN_PLACE | Trait.CHANNELWISE | Trait.KEEPS_ORDER | Trait.INT8_ONLY | Trait.TABLE,
            same_shape, _no_check, f_lut, i_lut, q_lut, _zero_macs, torch_lut,
            "sigmoid, tanh, hardsigmoid, hardswish, SiLU, GELU, LeakyReLU, ELU",
            ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "LeakyRelu", "Elu"), ("qg_lut_s8",),
            "any element-wise function through a 256-entry int8 table", kernel=kernel_lut,
-           no_py=_NO_PY_TABLE),
+           no_py=_NO_PY_TABLE, emit_c=c_lut),
 ]

@@ -122,19 +122,72 @@ def py_none(b, n, index: int) -> None:
     return None  # reshape: the planner aliased the buffers, no code
 
 
+def c_none(b, index: int, n):
+    return None, [], None  # reshape: same bytes, new shape: the planner aliased the buffers
+
+
+def _pad_fields(g, x: str, n) -> list[tuple[str, int]]:
+    h, w, c = g.tensors[x].shape
+    top, left, bottom, right = n.attrs["padding"]
+    return [("in_h", h), ("in_w", w), ("channels", c), ("pad_top", top), ("pad_left", left),
+            ("pad_bottom", bottom), ("pad_right", right)]
+
+
+def c_pad(b, index: int, n):
+    io = b.io(index, n)
+    return "qg_pad_params_t", _pad_fields(b.g, io.xs[0], n), f"qg_pad_s8(&{io.struct}, {io.ins[0]}, {io.out_expr});"
+
+
+def c_pad_wide(b, index: int, n):
+    io = b.io(index, n, wide=True)
+    return "qg_pad_params_t", _pad_fields(b.g, io.xs[0], n), f"qg_pad_s16(&{io.struct}, {io.ins[0]}, {io.out_expr});"
+
+
+def _concat_blocks(g, n, xs: list[str], out: str) -> tuple[int, list[int]]:
+    shape, axis = g.tensors[out].shape, n.attrs["axis"]
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return int(np.prod(shape[:axis], dtype=np.int64)), [g.tensors[t].shape[axis] * inner for t in xs]
+
+
+def c_concat(b, index: int, n):
+    io = b.io(index, n)
+    outer, blocks = _concat_blocks(b.g, n, io.xs, io.out)
+    block_arr = b.array(f"{io.sym}_block_size", np.array(blocks), "int32", "bytes per input block")
+    shift_arr = b.array(f"{io.sym}_shift", np.array(n.attrs["shifts"]), "int8", "requantisation shift per input")
+    fields = [("n_inputs", len(io.xs)), ("outer", outer), ("out_block", sum(blocks)), ("block_size", block_arr),
+              ("shift", shift_arr)]
+    call = (f"{{ const int8_t *const parts[{len(io.xs)}] = {{{', '.join(io.ins)}}}; "
+            f"qg_concat_s8(&{io.struct}, parts, {io.out_expr}); }}")
+    return "qg_concat_params_t", fields, call
+
+
+def c_concat_wide(b, index: int, n):
+    """qg_concat_wide: untyped inputs with their widths (any mix of int8 and int16)."""
+    io = b.io(index, n, wide=True)
+    outer, blocks = _concat_blocks(b.g, n, io.xs, io.out)
+    block_arr = b.array(f"{io.sym}_block_size", np.array(blocks), "int32", "elements per input block")
+    shift_arr = b.array(f"{io.sym}_shift", np.array(n.attrs["shifts"]), "int8", "requantisation shift per input")
+    bits_arr = b.array(f"{io.sym}_in_bits", np.array([io.bits[t] for t in io.xs]), "uint8", "bits per input")
+    fields = [("n_inputs", len(io.xs)), ("outer", outer), ("out_block", sum(blocks)), ("block_size", block_arr),
+              ("shift", shift_arr), ("in_bits", bits_arr), ("out_bits", io.bits[io.out])]
+    call = (f"{{ const void *const parts[{len(io.xs)}] = {{{', '.join(io.raw)}}}; "
+            f"qg_concat_wide(&{io.struct}, parts, {io.out_raw}); }}")
+    return "qg_concat_wide_params_t", fields, call
+
+
 _NO_PY_LAYOUT = "its kernel is not written in MicroPython (the C target and the natmod module run it)"
 
 SPECS = [
     OpSpec(Op.RESHAPE, "layout", Trait.KEEPS_FORMAT, reshape_shape, check_reshape, ref_reshape, ref_reshape,
            q_keep, _zero_macs, torch_reshape, "flatten/view/reshape", ("Reshape", "Flatten"), (),
            "no code: the planner aliases input and output", kernel=kernel_none,
-           emit_py=py_none),
+           emit_py=py_none, emit_c=c_none, emit_c_wide=c_none),
     OpSpec(Op.PAD, "layout", Trait.KEEPS_FORMAT | Trait.CHANNELWISE, pad_shape, _no_check, f_pad, i_pad,
            q_keep, _zero_macs, torch_pad, "zero padding", ("Pad",), ("qg_pad_s8", "qg_pad_s16"),
            "zero padding (folded into a following conv/avgpool where possible)", kernel=kernel_pad,
-           no_py=_NO_PY_LAYOUT),
+           no_py=_NO_PY_LAYOUT, emit_c=c_pad, emit_c_wide=c_pad_wide),
     OpSpec(Op.CONCAT, "layout", Trait.CHOOSES_FORMAT, concat_shape, check_concat, f_concat, i_concat, q_concat,
            _zero_macs, torch_concat, "torch.cat", ("Concat",), ("qg_concat_s8", "qg_concat_wide"),
            "concatenation along any axis, each input requantised to the output format", kernel=kernel_concat,
-           no_py=_NO_PY_LAYOUT),
+           no_py=_NO_PY_LAYOUT, emit_c=c_concat, emit_c_wide=c_concat_wide),
 ]

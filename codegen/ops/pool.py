@@ -92,14 +92,45 @@ def py_pool(b, n, index: int):
     return "_avgpool2d", params, ""
 
 
+def _pool_fields(g, n, x: str, out: str) -> list[tuple[str, int]]:
+    h, w, c = g.tensors[x].shape
+    oh, ow, _ = g.tensors[out].shape
+    return [("in_h", h), ("in_w", w), ("channels", c), ("out_h", oh), ("out_w", ow),
+            ("k_h", n.attrs["kernel"][0]), ("k_w", n.attrs["kernel"][1]),
+            ("stride_h", n.attrs["stride"][0]), ("stride_w", n.attrs["stride"][1]),
+            ("pad_top", n.attrs["padding"][0]), ("pad_left", n.attrs["padding"][1])]
+
+
+def c_pool(b, index: int, n):
+    """C, int8: qg_maxpool2d_s8 / qg_avgpool2d_s8."""
+    io, avg = b.io(index, n), n.op is Op.AVGPOOL2D
+    fields = [*_pool_fields(b.g, n, io.xs[0], io.out),
+              ("act_min", n.attrs.get("act_min", -128)), ("act_max", n.attrs.get("act_max", 127)),
+              ("avg_mult", n.attrs.get("avg_mult", 0) if avg else 0),
+              ("avg_shift", n.attrs.get("avg_shift", 0) if avg else 0)]
+    fn = "qg_avgpool2d_s8" if avg else "qg_maxpool2d_s8"
+    return "qg_pool2d_params_t", fields, f"{fn}(&{io.struct}, {io.ins[0]}, {io.out_expr});"
+
+
+def c_pool_wide(b, index: int, n):
+    """C, int16 activations: qg_maxpool2d_s16 / qg_avgpool2d_s16."""
+    io, avg = b.io(index, n, wide=True), n.op is Op.AVGPOOL2D
+    fields = [*_pool_fields(b.g, n, io.xs[0], io.out),
+              ("act_min", n.attrs.get("act_min", -32768)), ("act_max", n.attrs.get("act_max", 32767)),
+              ("avg_mult", n.attrs["avg_mult"] if avg else 0),
+              ("avg_shift", n.attrs["avg_shift"] if avg else 0)]
+    fn = "qg_avgpool2d_s16" if avg else "qg_maxpool2d_s16"
+    return "qg_pool2d_s16_params_t", fields, f"{fn}(&{io.struct}, {io.ins[0]}, {io.out_expr});"
+
+
 SPECS = [
     OpSpec(Op.MAXPOOL2D, "pool", _COMMON, pool_shape, _no_check, f_maxpool, i_maxpool, q_maxpool, _zero_macs,
            torch_maxpool, "MaxPool1d/2d", ("MaxPool",), ("qg_maxpool2d_s8", "qg_maxpool2d_s16"),
            "max pooling (padding never wins)", kernel=kernel_maxpool,
-           emit_py=py_pool),
+           emit_py=py_pool, emit_c=c_pool, emit_c_wide=c_pool_wide),
     OpSpec(Op.AVGPOOL2D, "pool", _COMMON | Trait.FOLDS_PAD, pool_shape, _no_check, f_avgpool, i_avgpool, q_avgpool,
            _zero_macs, torch_avgpool, "AvgPool1d/2d, AdaptiveAvgPool2d, mean over H,W",
            ("AveragePool", "GlobalAveragePool", "ReduceMean"), ("qg_avgpool2d_s8", "qg_avgpool2d_s16"),
            "average pooling (zero padding counted), sum * mult >> shift", kernel=kernel_avgpool,
-           emit_py=py_pool),
+           emit_py=py_pool, emit_c=c_pool, emit_c_wide=c_pool_wide),
 ]
