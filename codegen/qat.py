@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,8 @@ from torch import nn
 
 from . import torch_ir
 from .errors import UserError
-from .ir import Graph, Node, Op
-from .ops import Trait, has
+from .ir import Graph, Node
+from .ops import SPEC, Trait, has
 from .passes import calibrate, fold_bn, fold_pad, fuse_activation, quantize, run_pipeline
 from .torch_ir import WEIGHTED
 
@@ -112,6 +113,18 @@ def _round_half_up(v: torch.Tensor) -> torch.Tensor:
     return q + (v - q >= 0.5).to(v.dtype)
 
 
+@dataclass(frozen=True)
+class QATStep:
+    """What an op's `qat` rule (codegen/ops) reads besides the module: the layer's integer attrs, input and
+    output fraction bits, straight-through rounding (training) or exact integers (evaluation)."""
+    attrs: dict
+    fin: int
+    fout: int
+    ste: bool
+    exact: bool
+    dtype: torch.dtype
+
+
 def _requant(v: torch.Tensor, lo: float | None, hi: float | None, ste: bool) -> torch.Tensor:
     """v (a value times 2^frac) -> integer in [lo, hi]; straight-through gradient inside [lo, hi]."""
     q = _round_half_up(v)
@@ -124,6 +137,9 @@ def _requant(v: torch.Tensor, lo: float | None, hi: float | None, ste: bool) -> 
 
 def _pow2(e) -> float:
     return float(2.0 ** int(e))
+
+
+requant, pow2 = _requant, _pow2  # for the ops' qat rules (codegen/ops)
 
 
 class QATModel(nn.Module):
@@ -184,47 +200,12 @@ class QATModel(nn.Module):
         return torch_ir.to_torch_layout(y * _pow2(-self._frac[out]), g.io_layout.get(out))
 
     def _node(self, i: int, node: Node, xs: list[torch.Tensor], exact: bool, dtype) -> torch.Tensor:
-        attrs = self._attrs[i]
-        frac = self._frac
-        ste = not exact
-        fin, fout = frac[node.inputs[0]], frac[node.outputs[0]]
-        x = xs[0]
-        op = node.op
-        if op in WEIGHTED:
-            return self._weighted(i, node, x, fin, fout, attrs, exact, dtype)
-        if op is Op.RELU:
-            return torch.clamp(x, attrs["act_min"], attrs["act_max"])
-        if op is Op.MAXPOOL2D:
-            return torch_ir.pool(x, node.attrs, float("-inf"), "max")
-        if op is Op.AVGPOOL2D:
-            total = torch_ir.pool(x, node.attrs, 0.0, "sum")
-            v = total * attrs["avg_mult"] * _pow2(-attrs["avg_shift"])
-            return _requant(v, attrs["act_min"], attrs["act_max"], ste)
-        if op is Op.RESHAPE:
-            return torch_ir.reshape(x, node.attrs)
-        if op is Op.PAD:
-            return torch_ir.pad(x, node.attrs)
-        if op is Op.ADD:
-            a = _requant(xs[0] * _pow2(-attrs["shift_a"]), None, None, ste)
-            b = _requant(xs[1] * _pow2(-attrs["shift_b"]), None, None, ste)
-            return _requant((a + b) * _pow2(-attrs["shift"]), attrs["act_min"], attrs["act_max"], ste)
-        if op is Op.CONCAT:
-            parts = [_requant(v * _pow2(-s), -128, 127, ste) for v, s in zip(xs, attrs["shifts"])]
-            return torch_ir.concat(parts, node.attrs)
-        if op is Op.SOFTMAX:
-            if exact:
-                table = self._tables[node.outputs[0]]
-                xi = x.to(torch.int64)
-                e = table[xi.max(dim=-1, keepdim=True).values - xi]
-                total = e.sum(dim=-1, keepdim=True)
-                return torch.clamp(torch.div(256 * e + total, 2 * total, rounding_mode="floor"), max=127).to(dtype)
-            p = torch.softmax(x * _pow2(-fin), dim=-1)
-            return _requant(p * _pow2(fout), -128, 127, ste)
-        if op is Op.LUT:
-            if exact:
-                return self._tables[node.outputs[0]][x.to(torch.int64) + 128].to(dtype)
-            return _requant(torch_ir.lut_function(node.attrs)(x * _pow2(-fin)) * _pow2(fout), -128, 127, ste)
-        raise UserError(f"{node.where()}: QAT does not support op {op.value}")
+        rule = SPEC[node.op].qat  # codegen/ops: each op's fake-quantised integer twin
+        if rule is None:
+            raise UserError(f"{node.where()}: QAT does not support op {node.op.value}")
+        step = QATStep(self._attrs[i], self._frac[node.inputs[0]], self._frac[node.outputs[0]], not exact, exact,
+                       dtype)
+        return rule(self, i, node, xs, step)
 
     def _weighted(self, i: int, node: Node, x: torch.Tensor, fin: int, fout: int, attrs: dict,
                   exact: bool, dtype) -> torch.Tensor:

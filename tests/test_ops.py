@@ -89,7 +89,7 @@ def test_spec_is_complete(op):
         if f.name in ("ref_int", "quantize") and float_only:
             assert value is None, f"{op.value} is FLOAT_ONLY but has {f.name}"
             continue
-        if f.name in ("torch", "kernels", "onnx", "emit_py", "no_py", "emit_c", "emit_c_wide"):
+        if f.name in ("torch", "kernels", "onnx", "emit_py", "no_py", "emit_c", "emit_c_wide", "qat"):
             continue  # checked below
         assert value is not None, f"{op.value}: spec.{f.name} is missing"
         if f.name in ("shape", "check", "ref_float", "ref_int", "quantize", "macs", "torch_float"):
@@ -103,6 +103,7 @@ def test_spec_is_complete(op):
     wide = not float_only and any(_has_variant(spec, v) for v in ("s8_to_s16", "s16_to_s8", "s16", "wide"))
     no_code = not float_only and spec.kernel("s8")[0] is None  # reshape: no code at any width
     assert callable(spec.emit_c_wide) == (wide or no_code), f"{op.value}: emit_c_wide must match its int16 kernels"
+    assert callable(spec.qat) != float_only, f"{op.value}: QAT's integer twin (qat) exactly when not FLOAT_ONLY"
 
 
 def _has_variant(spec, variant: str) -> bool:

@@ -92,6 +92,9 @@ class OpSpec:
     # (qg_wide.c). None: FLOAT_ONLY (emit_c) / no int16 kernel (emit_c_wide: the layer keeps int8)
     emit_c: Callable[..., tuple[str | None, list[tuple[str, Any]], str | None]] | None = None
     emit_c_wide: Callable[..., tuple[str | None, list[tuple[str, Any]], str | None]] | None = None
+    # QAT's fake-quantised integer twin (qat.py QATModule._node): (module, index, node, xs, step: qat.QATStep)
+    # -> torch tensor on the integer grid; None: QAT refuses the op
+    qat: Callable[..., Any] | None = None
 
 
 def _zero_macs(g, n) -> int:

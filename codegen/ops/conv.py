@@ -224,6 +224,11 @@ def c_weighted_wide(b, index: int, n):
     return struct_type, fields, f"{fn}(&{io.struct}, {io.ins[0]}, {io.out_expr});"
 
 
+def qat_weighted(q, i: int, n, xs, s):
+    """QAT: fake-quantised weights (straight-through), integer accumulate, requantise."""
+    return q._weighted(i, n, xs[0], s.fin, s.fout, s.attrs, s.exact, s.dtype)
+
+
 _COMMON = Trait.WEIGHTED | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT
 SPECS = [
     OpSpec(Op.CONV2D, "conv", _COMMON | Trait.MATMUL | Trait.SLIDING_WINDOW | Trait.FOLDS_PAD,
@@ -232,19 +237,22 @@ SPECS = [
            ("qg_conv2d_s8", "qg_conv2d_s8_to_s16", "qg_conv2d_s16", "qg_conv2d_s16_to_s8",
             "qg_conv2d_sparse_s8", "qg_conv2d_cluster_s8"),
            "2-D convolution (1-D as H=1), channels last, bias, per-channel shift, fused clamp", kernel=kernel_conv,
-           emit_py=py_window, emit_c=c_window, emit_c_wide=c_weighted_wide),
+           emit_py=py_window, emit_c=c_window, emit_c_wide=c_weighted_wide,
+           qat=qat_weighted),
     OpSpec(Op.DEPTHWISE_CONV2D, "conv", _COMMON | Trait.SLIDING_WINDOW | Trait.FOLDS_PAD,
            conv_shape, check_conv, f_depthwise, i_depthwise, quantize_weighted, macs_depthwise, torch_weighted,
            "depthwise Conv1d/Conv2d (groups=in_channels, any multiplier)", ("Conv",),
            ("qg_depthwise_conv2d_s8", "qg_depthwise_conv2d_s8_to_s16", "qg_depthwise_conv2d_s16",
             "qg_depthwise_conv2d_s16_to_s8", "qg_depthwise_conv2d_cluster_s8"),
            "depthwise convolution (groups = in channels, any multiplier)", kernel=kernel_depthwise,
-           emit_py=py_window, emit_c=c_window, emit_c_wide=c_weighted_wide),
+           emit_py=py_window, emit_c=c_window, emit_c_wide=c_weighted_wide,
+           qat=qat_weighted),
     OpSpec(Op.LINEAR, "conv", _COMMON | Trait.MATMUL,
            linear_shape, check_linear, f_linear, i_linear, quantize_weighted, macs_linear, torch_weighted,
            "Linear", ("Gemm", "MatMul"),
            ("qg_fully_connected_s8", "qg_fully_connected_s8_to_s16", "qg_fully_connected_s16",
             "qg_fully_connected_s16_to_s8", "qg_fully_connected_sparse_s8", "qg_fully_connected_cluster_s8"),
            "fully connected layer", kernel=kernel_linear,
-           emit_py=py_linear, emit_c=c_linear, emit_c_wide=c_weighted_wide),
+           emit_py=py_linear, emit_c=c_linear, emit_c_wide=c_weighted_wide,
+           qat=qat_weighted),
 ]

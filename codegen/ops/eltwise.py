@@ -240,6 +240,49 @@ def c_lut(b, index: int, n):
     return "qg_lut_params_t", fields, f"qg_lut_s8(&{io.struct}, {io.ins[0]}, {io.out_expr});"
 
 
+def qat_relu(q, i: int, n, xs, s):
+    import torch
+
+    return torch.clamp(xs[0], s.attrs["act_min"], s.attrs["act_max"])
+
+
+def qat_add(q, i: int, n, xs, s):
+    from ..qat import pow2, requant
+
+    a = requant(xs[0] * pow2(-s.attrs["shift_a"]), None, None, s.ste)
+    b = requant(xs[1] * pow2(-s.attrs["shift_b"]), None, None, s.ste)
+    return requant((a + b) * pow2(-s.attrs["shift"]), s.attrs["act_min"], s.attrs["act_max"], s.ste)
+
+
+def qat_softmax(q, i: int, n, xs, s):
+    """exact: the Q14 exp table as the kernel; training: float softmax, fake-quantised to s8.f7."""
+    import torch
+
+    from ..qat import pow2, requant
+
+    x = xs[0]
+    if s.exact:
+        table = q._tables[n.outputs[0]]
+        xi = x.to(torch.int64)
+        e = table[xi.max(dim=-1, keepdim=True).values - xi]
+        total = e.sum(dim=-1, keepdim=True)
+        return torch.clamp(torch.div(256 * e + total, 2 * total, rounding_mode="floor"), max=127).to(s.dtype)
+    p = torch.softmax(x * pow2(-s.fin), dim=-1)
+    return requant(p * pow2(s.fout), -128, 127, s.ste)
+
+
+def qat_lut(q, i: int, n, xs, s):
+    import torch
+
+    from .. import torch_ir
+    from ..qat import pow2, requant
+
+    x = xs[0]
+    if s.exact:
+        return q._tables[n.outputs[0]][x.to(torch.int64) + 128].to(s.dtype)
+    return requant(torch_ir.lut_function(n.attrs)(x * pow2(-s.fin)) * pow2(s.fout), -128, 127, s.ste)
+
+
 _NO_PY_TABLE = "its table kernel is not written in MicroPython (the C target and the natmod module run it)"
 
 SPECS = [
@@ -248,22 +291,26 @@ SPECS = [
            same_shape, _no_check, f_relu, i_relu, q_relu, _zero_macs, torch_relu,
            "ReLU, ReLU6/Hardtanh/clamp", ("Relu", "Clip"), ("qg_clamp_s8", "qg_clamp_s16"),
            "clamp to [lo, hi] (fused into the producer where possible)", kernel=kernel_relu,
-           emit_py=py_relu, emit_c=c_relu, emit_c_wide=c_relu_wide),
+           emit_py=py_relu, emit_c=c_relu, emit_c_wide=c_relu_wide,
+           qat=qat_relu),
     OpSpec(Op.ADD, "eltwise", Trait.IN_PLACE | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT,
            same_shape, check_add, f_add, i_add, q_add, _zero_macs, torch_add,
            "residual add", ("Add",), ("qg_add_s8", "qg_add_wide"),
            "sum of two activations, each aligned by a shift, requantised", kernel=kernel_add,
-           emit_py=py_add, emit_c=c_add, emit_c_wide=c_add_wide),
+           emit_py=py_add, emit_c=c_add, emit_c_wide=c_add_wide,
+           qat=qat_add),
     OpSpec(Op.SOFTMAX, "eltwise", Trait.IN_PLACE | Trait.KEEPS_ORDER | Trait.INT8_ONLY | Trait.TABLE,
            same_shape, _no_check, f_softmax, i_softmax, q_softmax, _zero_macs, torch_softmax,
            "softmax", ("Softmax",), ("qg_softmax_s8",),
            "softmax over the last axis through a Q14 exp table, output s8.f7", kernel=kernel_softmax,
-           no_py=_NO_PY_TABLE, emit_c=c_softmax),
+           no_py=_NO_PY_TABLE, emit_c=c_softmax,
+           qat=qat_softmax),
     OpSpec(Op.LUT, "eltwise",
            Trait.IN_PLACE | Trait.CHANNELWISE | Trait.KEEPS_ORDER | Trait.INT8_ONLY | Trait.TABLE,
            same_shape, _no_check, f_lut, i_lut, q_lut, _zero_macs, torch_lut,
            "sigmoid, tanh, hardsigmoid, hardswish, SiLU, GELU, LeakyReLU, ELU",
            ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "LeakyRelu", "Elu"), ("qg_lut_s8",),
            "any element-wise function through a 256-entry int8 table", kernel=kernel_lut,
-           no_py=_NO_PY_TABLE, emit_c=c_lut),
+           no_py=_NO_PY_TABLE, emit_c=c_lut,
+           qat=qat_lut),
 ]

@@ -175,19 +175,42 @@ def c_concat_wide(b, index: int, n):
     return "qg_concat_wide_params_t", fields, call
 
 
+def qat_reshape(q, i: int, n, xs, s):
+    from .. import torch_ir
+
+    return torch_ir.reshape(xs[0], n.attrs)
+
+
+def qat_pad(q, i: int, n, xs, s):
+    from .. import torch_ir
+
+    return torch_ir.pad(xs[0], n.attrs)
+
+
+def qat_concat(q, i: int, n, xs, s):
+    from .. import torch_ir
+    from ..qat import pow2, requant
+
+    parts = [requant(v * pow2(-sh), -128, 127, s.ste) for v, sh in zip(xs, s.attrs["shifts"])]
+    return torch_ir.concat(parts, n.attrs)
+
+
 _NO_PY_LAYOUT = "its kernel is not written in MicroPython (the C target and the natmod module run it)"
 
 SPECS = [
     OpSpec(Op.RESHAPE, "layout", Trait.KEEPS_FORMAT, reshape_shape, check_reshape, ref_reshape, ref_reshape,
            q_keep, _zero_macs, torch_reshape, "flatten/view/reshape", ("Reshape", "Flatten"), (),
            "no code: the planner aliases input and output", kernel=kernel_none,
-           emit_py=py_none, emit_c=c_none, emit_c_wide=c_none),
+           emit_py=py_none, emit_c=c_none, emit_c_wide=c_none,
+           qat=qat_reshape),
     OpSpec(Op.PAD, "layout", Trait.KEEPS_FORMAT | Trait.CHANNELWISE, pad_shape, _no_check, f_pad, i_pad,
            q_keep, _zero_macs, torch_pad, "zero padding", ("Pad",), ("qg_pad_s8", "qg_pad_s16"),
            "zero padding (folded into a following conv/avgpool where possible)", kernel=kernel_pad,
-           no_py=_NO_PY_LAYOUT, emit_c=c_pad, emit_c_wide=c_pad_wide),
+           no_py=_NO_PY_LAYOUT, emit_c=c_pad, emit_c_wide=c_pad_wide,
+           qat=qat_pad),
     OpSpec(Op.CONCAT, "layout", Trait.CHOOSES_FORMAT, concat_shape, check_concat, f_concat, i_concat, q_concat,
            _zero_macs, torch_concat, "torch.cat", ("Concat",), ("qg_concat_s8", "qg_concat_wide"),
            "concatenation along any axis, each input requantised to the output format", kernel=kernel_concat,
-           no_py=_NO_PY_LAYOUT, emit_c=c_concat, emit_c_wide=c_concat_wide),
+           no_py=_NO_PY_LAYOUT, emit_c=c_concat, emit_c_wide=c_concat_wide,
+           qat=qat_concat),
 ]

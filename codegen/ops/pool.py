@@ -123,14 +123,31 @@ def c_pool_wide(b, index: int, n):
     return "qg_pool2d_s16_params_t", fields, f"{fn}(&{io.struct}, {io.ins[0]}, {io.out_expr});"
 
 
+def qat_maxpool(q, i: int, n, xs, s):
+    from .. import torch_ir
+
+    return torch_ir.pool(xs[0], n.attrs, float("-inf"), "max")
+
+
+def qat_avgpool(q, i: int, n, xs, s):
+    from .. import torch_ir
+    from ..qat import pow2, requant
+
+    total = torch_ir.pool(xs[0], n.attrs, 0.0, "sum")
+    return requant(total * s.attrs["avg_mult"] * pow2(-s.attrs["avg_shift"]), s.attrs["act_min"],
+                   s.attrs["act_max"], s.ste)
+
+
 SPECS = [
     OpSpec(Op.MAXPOOL2D, "pool", _COMMON, pool_shape, _no_check, f_maxpool, i_maxpool, q_maxpool, _zero_macs,
            torch_maxpool, "MaxPool1d/2d", ("MaxPool",), ("qg_maxpool2d_s8", "qg_maxpool2d_s16"),
            "max pooling (padding never wins)", kernel=kernel_maxpool,
-           emit_py=py_pool, emit_c=c_pool, emit_c_wide=c_pool_wide),
+           emit_py=py_pool, emit_c=c_pool, emit_c_wide=c_pool_wide,
+           qat=qat_maxpool),
     OpSpec(Op.AVGPOOL2D, "pool", _COMMON | Trait.FOLDS_PAD, pool_shape, _no_check, f_avgpool, i_avgpool, q_avgpool,
            _zero_macs, torch_avgpool, "AvgPool1d/2d, AdaptiveAvgPool2d, mean over H,W",
            ("AveragePool", "GlobalAveragePool", "ReduceMean"), ("qg_avgpool2d_s8", "qg_avgpool2d_s16"),
            "average pooling (zero padding counted), sum * mult >> shift", kernel=kernel_avgpool,
-           emit_py=py_pool, emit_c=c_pool, emit_c_wide=c_pool_wide),
+           emit_py=py_pool, emit_c=c_pool, emit_c_wide=c_pool_wide,
+           qat=qat_avgpool),
 ]
