@@ -14,9 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import driver, serialize
 from . import limits as limits_mod
-from . import serialize
-from . import driver
 from .driver import VERIFY_SAMPLES_SAVED, Context  # noqa: F401 (VERIFY_SAMPLES_SAVED re-exported)
 from .emit.c import check_prefix
 from .errors import UserError
@@ -29,7 +28,6 @@ from .options import CompileOptions
 from .output import option_text, write_atomic
 from .passes import run_pipeline
 from .reference import quantize_input, run_int, to_torch_layout
-
 
 
 def as_array(data: Any) -> np.ndarray:

@@ -90,8 +90,8 @@ def _auto_precision(graph: Graph, options: CompileOptions, ctx: Context) -> Grap
 
 
 def int_passes(options: CompileOptions, ctx: Context | None = None) -> Pipeline:
-    from .passes import plan_memory, quantize
     from .passes import bias_correction as bias_correction_pass
+    from .passes import plan_memory, quantize
 
     ctx = ctx if ctx is not None else Context()
     out = Pipeline([Pass("quantize", quantize.run)])

@@ -4,7 +4,6 @@ UserError (CLI: exit 1, one line naming the problem and the fix) or is accepted 
 from __future__ import annotations
 
 import os
-import re
 import textwrap
 import warnings
 from pathlib import Path

@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from golden_models import BranchNet, DepthwiseNet
 
 import codegen
 from codegen import compress
 from codegen.emit.c import banner_lines, option_text
 from codegen.emit.micropython import render_micropython
-from golden_models import BranchNet, DepthwiseNet
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("QGEN_UPDATE_GOLDEN") == "1"

@@ -88,9 +88,9 @@ def test_native_build_links_the_model_directorys_own_kernels(tmp_path, residual)
 @pytest.fixture
 def residual(tmp_path):
     import torch
+    from models import make_residual
 
     import codegen
-    from models import make_residual
 
     model, example = make_residual()
     calib = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)

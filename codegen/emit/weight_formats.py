@@ -11,6 +11,7 @@ from ..ir import Graph, Node, Op
 from ..weight_storage import *  # noqa: F403 (re-exported: the encodings, storage_choice, summary)
 from ..weight_storage import SPARSE_CHUNK, choose
 
+
 def _geometry(g: Graph, n: Node) -> list[tuple[str, object]]:
     """qg_conv2d_params_t fields (a linear layer is a 1x1 conv on a 1x1xIn input); `weights` is left
     out, so the designated initializer makes it NULL."""

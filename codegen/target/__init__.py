@@ -35,6 +35,15 @@ project (write_project). Every name stays importable from `codegen.target`.
 """
 from __future__ import annotations
 
+from codegen.target.boards import (  # noqa: F401 (re-exported)
+    Board,
+    QemuMachine,
+    _as_board,
+    board_problems,
+    list_boards,
+    load_board,
+    parse_board,
+)
 from codegen.target.common import (  # noqa: F401 (re-exported)
     COMMON_CFLAGS,
     CORES,
@@ -57,21 +66,32 @@ from codegen.target.common import (  # noqa: F401 (re-exported)
     REQUIRED_TOOLS,
     TargetError,
 )
-from codegen.target.boards import (  # noqa: F401 (re-exported)
-    Board,
-    QemuMachine,
-    _as_board,
-    board_problems,
-    list_boards,
-    load_board,
-    parse_board,
+from codegen.target.project import (  # noqa: F401 (re-exported)
+    MAKEFILE_BANNER,
+    _copy_c_files,
+    _infer_prefix,
+    _refuse_foreign_directory,
+    makefile_text,
+    write_project,
+)
+from codegen.target.qemu import (  # noqa: F401 (re-exported)
+    RunResult,
+    _marker_symbols,
+    _per_layer,
+    _read_counts,
+    _read_outputs,
+    _run_emulator,
+    layer_marker_address,
+    marker_addresses,
+    qemu_command,
+    run_qemu,
 )
 from codegen.target.toolchain import (  # noqa: F401 (re-exported)
+    _NOT_LOADED,
+    _SECTION_GROUP,
     ElfInfo,
     FitReport,
     SectionSizes,
-    _NOT_LOADED,
-    _SECTION_GROUP,
     _compile_all,
     _kb,
     _link,
@@ -91,24 +111,4 @@ from codegen.target.toolchain import (  # noqa: F401 (re-exported)
     model_memory,
     read_section_sizes,
     trace_define,
-)
-from codegen.target.qemu import (  # noqa: F401 (re-exported)
-    RunResult,
-    _marker_symbols,
-    _per_layer,
-    _read_counts,
-    _read_outputs,
-    _run_emulator,
-    layer_marker_address,
-    marker_addresses,
-    qemu_command,
-    run_qemu,
-)
-from codegen.target.project import (  # noqa: F401 (re-exported)
-    MAKEFILE_BANNER,
-    _copy_c_files,
-    _infer_prefix,
-    _refuse_foreign_directory,
-    makefile_text,
-    write_project,
 )

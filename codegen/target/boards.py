@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
 try:
     import tomllib  # Python 3.11+
 except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
@@ -14,7 +15,6 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
 from codegen.errors import UserError
 from codegen.resources import data_dir
 from codegen.target.common import CORES, DEFAULT_STACK_KB, FLOAT_ABIS
-
 
 # ------------------------------------------------------------------------------------ boards
 

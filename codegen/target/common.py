@@ -4,7 +4,6 @@ Moved unchanged from codegen/target.py; `codegen.target` re-exports every name.
 """
 from __future__ import annotations
 
-
 CORES = ("cortex-m0plus", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55")
 FLOAT_ABIS = ("soft", "softfp", "hard")
 DEFAULT_STACK_KB = 8

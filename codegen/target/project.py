@@ -10,6 +10,7 @@ from pathlib import Path
 from codegen.errors import UserError
 from codegen.output import replace_directory
 from codegen.resources import kernel_dir
+from codegen.target.boards import Board, _as_board
 from codegen.target.common import (
     COMMON_CFLAGS,
     CROSS_CC,
@@ -19,10 +20,8 @@ from codegen.target.common import (
     HARNESS_WARNINGS,
     LINK_FLAGS,
 )
-from codegen.target.boards import Board, _as_board
-from codegen.target.toolchain import _startup_dir, _templates, harness_config_text, linker_script_text
 from codegen.target.qemu import qemu_command
-
+from codegen.target.toolchain import _startup_dir, _templates, harness_config_text, linker_script_text
 
 # -------------------------------------------------------------------------- firmware project
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from codegen.target.boards import Board, _as_board
 from codegen.target.common import (
     CROSS_PREFIX,
     HARNESS_EXIT_MEANING,
@@ -23,9 +24,7 @@ from codegen.target.common import (
     QEMU,
     TargetError,
 )
-from codegen.target.boards import Board, _as_board
 from codegen.target.toolchain import ElfInfo, _run_tool, build_plugin, check_tools
-
 
 # --------------------------------------------------------------------------------------- run
 

@@ -25,6 +25,7 @@ from codegen.hostcheck import cache_root
 from codegen.kernel_lib import archive as kernel_archive
 from codegen.kernel_lib import split_sources
 from codegen.resources import data_dir
+from codegen.target.boards import Board, _as_board
 from codegen.target.common import (
     COMMON_CFLAGS,
     CROSS_CC,
@@ -37,8 +38,6 @@ from codegen.target.common import (
     REQUIRED_TOOLS,
     TargetError,
 )
-from codegen.target.boards import Board, _as_board
-
 
 # ------------------------------------------------------------------------------------- tools
 
