@@ -20,7 +20,6 @@ from .driver import VERIFY_SAMPLES_SAVED, Context  # noqa: F401 (VERIFY_SAMPLES_
 from .emit.c import check_prefix
 from .errors import UserError
 from .fixed import dequantize
-from .frontend import from_exported_program, from_module, load_model
 from .hostcheck import HostModel, VerifyResult
 from .hostcheck import verify as host_verify
 from .ir import Graph
@@ -174,7 +173,9 @@ class CompileResult:
 
 
 def _frontend(model: Any, example_input: Any, lim: limits_mod.Limits | None = None) -> Graph:
-    import torch
+    import torch  # here, not at module level: qgen verify / firmware / run never load torch
+
+    from .frontend import from_exported_program, from_module, load_model
 
     if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
         from .frontend.onnx_import import from_onnx_file  # optional dependency: the `onnx` package

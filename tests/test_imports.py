@@ -106,3 +106,29 @@ def test_the_rules_see_a_violation(tmp_path):
             found.add((node.level, node.module))
     assert (2, "emit.c") in found and (2, None) in found
     assert "codegen.ir" in imports_of(p) or "codegen.passes" in imports_of(p) or imports_of(p)
+
+
+def test_verify_firmware_and_run_of_a_compiled_directory_never_import_torch(tmp_path):
+    """`qgen verify/firmware/run DIR` need the generated files, not PyTorch: torch stays unloaded (start-up time,
+    and a deployment box without torch). The whole command runs in a child so this process's imports don't count."""
+    import shutil
+    import subprocess
+    import sys
+
+    import numpy as np
+    import torch
+
+    out = tmp_path / "out"
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    codegen.compile(model, torch.zeros(1, 6), np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32),
+                    prefix="m", out_dir=out)
+    np.save(tmp_path / "d.npy", np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32))
+    commands = [["verify", str(out), "--data", str(tmp_path / "d.npy")]]
+    if shutil.which("arm-none-eabi-gcc"):
+        commands.append(["firmware", str(out), "--board", "mps2-an386", "--out", str(tmp_path / "fw")])
+    probe = ("import sys\nfrom codegen import cli\nsys.argv = ['qgen'] + sys.argv[1:]\nrc = cli.main()\n"
+             "print('TORCH', 'torch' in sys.modules)\nsys.exit(rc)\n")
+    for cmd in commands:
+        r = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "TORCH False" in r.stdout, (cmd, r.stdout)
