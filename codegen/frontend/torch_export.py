@@ -250,6 +250,9 @@ class _Lowering:
         # flat_order[t][j] = PyTorch's index of element j of vector t (absent: the same order).
         self.flat_order: dict[str, np.ndarray] = {}
         self.used_names: set[str] = set()
+        # fx node name -> the name its functional spelling would get (`relu__1` -> `relu_1`), so that the
+        # in-place and functional spellings of an op name their IR node and tensor alike
+        self.fx_names: dict[str, str] = {}
 
     # -- helpers
     def const(self, base: str, array: np.ndarray) -> str:
@@ -265,14 +268,15 @@ class _Lowering:
     def node_name(self, fx_node) -> str:
         stack = fx_node.meta.get("nn_module_stack") or {}
         path = list(stack.values())[-1][0] if stack else ""
-        name = path or fx_node.name
+        fx_name = self.fx_names.get(fx_node.name, fx_node.name)
+        name = path or fx_name
         if name in self.used_names:
-            name = f"{name}.{fx_node.name}" if path else name
+            name = f"{name}.{fx_name}" if path else name
         self.used_names.add(name)
         return name
 
     def add(self, fx_node, op: Op, inputs: list[str], out_shape: tuple[int, ...], **attrs) -> str:
-        out = self.act(fx_node.name, out_shape)
+        out = self.act(self.fx_names.get(fx_node.name, fx_node.name), out_shape)
         self.graph.nodes.append(Node(self.node_name(fx_node), op, inputs, [out], attrs, source_of(fx_node)))
         self._carry_order(fx_node, op, inputs, out)
         return out
@@ -325,6 +329,12 @@ class _Lowering:
                     self.placeholder(fx_node)
             elif fx_node.op == "call_function":
                 handler = HANDLERS.get(fx_node.target)
+                functional = _functional_of(fx_node.target) if handler is None else None
+                if functional is not None and functional in HANDLERS:
+                    handler = HANDLERS[functional]
+                    packet = fx_node.target.overloadpacket.__name__
+                    if fx_node.name.startswith(packet):
+                        self.fx_names[fx_node.name] = packet[:-1] + fx_node.name[len(packet):]
                 if handler is None:
                     raise unsupported(fx_node)
                 self.env[fx_node.name] = handler(self, fx_node)
@@ -415,6 +425,24 @@ def unsupported(fx_node) -> UserError:
     what = f"'{module[0]}' ({module[1].rsplit('.', 1)[-1]})" if module and module[0] else f"'{fx_node.name}'"
     return UserError(f"node {what} uses {fx_node.target}{' at ' + where if where else ''}, which qgen does not "
                      f"support. Supported: {SUPPORTED}. Replace the op or open an issue.")
+
+
+def _functional_of(target) -> Any:
+    """The one spelling normalisation: an in-place aten overload `aten.X_.Y` (`x.relu_()`,
+    `nn.Hardswish(inplace=True)`, `nn.Dropout(inplace=True)`, `x.add_(y)`, `torch.relu_`...) lowers as its
+    functional `aten.X.Y`. torch.export already points every later use of the mutated tensor at the in-place
+    node's result, so the in-place op is the functional op. None: not an in-place aten overload."""
+    if not isinstance(target, torch._ops.OpOverload) or target.namespace != "aten":
+        return None
+    name = target.overloadpacket.__name__
+    args = target._schema.arguments
+    if not name.endswith("_") or name.startswith("__") or not args:
+        return None
+    alias = args[0].alias_info
+    if alias is None or not alias.is_write:
+        return None
+    packet = getattr(aten, name[:-1], None)
+    return getattr(packet, target._overloadname, None) if packet is not None else None
 
 
 def _err(lw: _Lowering, fx_node, message: str) -> UserError:
@@ -562,6 +590,8 @@ def _clamp(lw: _Lowering, n) -> str:
     xin = lw.value(n.args[0])
     lo = n.args[1] if len(n.args) > 1 else n.kwargs.get("min")
     hi = n.args[2] if len(n.args) > 2 else n.kwargs.get("max")
+    if n.target is aten.clamp_max.default:  # torch.clamp_max(x, hi), x.clamp_max_(hi)
+        lo, hi = None, lo
     if isinstance(lo, torch.fx.Node) or isinstance(hi, torch.fx.Node):
         raise _err(lw, n, "clamp bounds must be numbers")
     return lw.add(n, Op.RELU, [xin], lw.shape_of(xin), lo=None if lo is None else float(lo),
@@ -773,6 +803,7 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.constant_pad_nd.default: _pad,
     aten.cat.default: _cat,
     aten.concat.default: _cat,
+    aten.concatenate.default: _cat,
     aten.softmax.int: _softmax,
     aten._softmax.default: _softmax,
     aten.sigmoid.default: _lut("sigmoid"),
@@ -788,12 +819,12 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.batch_norm.default: _batch_norm,
     aten._native_batch_norm_legit_no_training.default: _batch_norm,
     aten.relu.default: _relu,
-    aten.relu_.default: _relu,
     aten.hardtanh.default: _hardtanh,
-    aten.hardtanh_.default: _hardtanh,
     aten.relu6.default: lambda lw, n: lw.add(n, Op.RELU, [lw.value(n.args[0])], lw.shape_of(lw.value(n.args[0])),
                                              lo=0.0, hi=6.0),
     aten.clamp.default: _clamp,
+    aten.clamp_min.default: _clamp,
+    aten.clamp_max.default: _clamp,
     aten.max_pool2d.default: _max_pool2d,
     aten.avg_pool2d.default: _avg_pool2d,
     aten.adaptive_avg_pool2d.default: _adaptive_avg_pool2d,
@@ -803,7 +834,6 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.reshape.default: _flatten_like,
     aten._unsafe_view.default: _flatten_like,
     aten.add.Tensor: _add,
-    aten.add_.Tensor: _add,
     aten.dropout.default: _dropout,
     aten.clone.default: _identity,
     aten.contiguous.default: _identity,
