@@ -42,8 +42,8 @@ def as_tree(files: dict[str, str | bytes]) -> dict[str, bytes]:
     return {k: v.encode() if isinstance(v, str) else v for k, v in sorted(files.items())}
 
 
-def in_child(fn) -> int:
-    """Run fn in a forked child; its exit code (-9 if it SIGKILLed itself, 70 on an exception)."""
+def fork_child(fn) -> int:
+    """Start fn in a forked child and return its pid; the child exits 0, or 70 on an exception."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 0
@@ -54,7 +54,16 @@ def in_child(fn) -> int:
             code = 70
         finally:
             os._exit(code)
+    return pid
+
+
+def wait_child(pid: int) -> int:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def in_child(fn) -> int:
+    """Run fn in a forked child; its exit code (-9 if it SIGKILLed itself, 70 on an exception)."""
+    return wait_child(fork_child(fn))
 
 
 def kill_at(step: str):
@@ -209,22 +218,10 @@ def test_concurrent_writers_take_turns_and_readers_never_see_a_partial_output(tm
             seen += 1
         assert seen > 10, seen
 
-    pids = []
-    for fn in ([writer(1), writer(2)] + ([reader] if mode == "exchange" else [])):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 0
-            try:
-                fn()
-            except BaseException:
-                traceback.print_exc()
-                code = 70
-            finally:
-                os._exit(code)
-        pids.append(pid)
-    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids[:2]]
+    pids = [fork_child(fn) for fn in [writer(1), writer(2)] + ([reader] if mode == "exchange" else [])]
+    codes = [wait_child(pid) for pid in pids[:2]]
     stop.touch()
-    codes += [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids[2:]]
+    codes += [wait_child(pid) for pid in pids[2:]]
     assert codes == [0] * len(pids)
     final = tree(out)
     assert final is not None and len({v for v in final.values()}) == 1 and set(final) == {"a.txt", "b.txt",
