@@ -16,10 +16,22 @@ from .api import CompileResult, load_compiled
 from .errors import UserError
 from .hostcheck import cache_root, model_sources, reference_outputs
 from .reference import run_int
-from .target import INPUT_FILE, Board, ElfInfo, build_elf, check_model_fits, load_board, run_qemu, write_project
+from .target import (
+    GENERATED_MODEL_WARNINGS,
+    INPUT_FILE,
+    MODEL_WARNINGS,
+    Board,
+    ElfInfo,
+    build_elf,
+    check_model_fits,
+    load_board,
+    run_qemu,
+    write_project,
+)
 
-# The generated model is held to the same standard on the target as on the host.
-MODEL_CFLAGS = ("-std=c99", "-Werror", "-Wconversion")
+# The generated model is held to the same standard on the target as on the host, and as in the project
+# Makefile (GENERATED_MODEL_WARNINGS); build_elf adds MODEL_WARNINGS itself.
+MODEL_CFLAGS = tuple(f for f in GENERATED_MODEL_WARNINGS if f not in MODEL_WARNINGS)
 
 
 @dataclass
