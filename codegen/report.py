@@ -132,33 +132,30 @@ def to_json(r: dict) -> str:
 
 # Per-layer table columns for a terminal, most useful first: below the terminal's width the last ones are
 # left out (named under the table) rather than ellipsised; numbers are never cut, long layer names wrap.
-# (header, key in COLUMNS, right-aligned)
-_TERMINAL_COLUMNS = (("#", "#", True), ("layer", "layer", False), ("op", "op", False), ("output", "output", False),
-                     ("Q out", "Q out", False), ("MACs", "MACs", True), ("wt B", "weights B", True),
-                     ("SQNR", "SQNR dB", True), ("Q w", "Q w", False), ("act B", "act B", True),
-                     ("Q in", "Q in", False), ("max err", "max err", True))
+# (header, index into COLUMNS, right-aligned)
+_TERMINAL_COLUMNS = tuple((header, COLUMNS.index(key), right) for header, key, right in (
+    ("#", "#", True), ("layer", "layer", False), ("op", "op", False), ("output", "output", False),
+    ("Q out", "Q out", False), ("MACs", "MACs", True), ("wt B", "weights B", True), ("SQNR", "SQNR dB", True),
+    ("Q w", "Q w", False), ("act B", "act B", True), ("Q in", "Q in", False), ("max err", "max err", True)))
+_NAME = COLUMNS.index("layer")
 _MIN_NAME_WIDTH = 8  # the layer column may wrap down to this
 
 
-def fit_columns(rows: list[list[str]], width: int) -> list[int]:
-    """Indices (into COLUMNS) of the terminal columns that fit in `width` characters, in display order.
+def fit_columns(rows: list[list[str]], width: int) -> int:
+    """How many of _TERMINAL_COLUMNS (a prefix: they are in priority order) fit in `width` characters.
 
     Every kept column gets its widest cell (numbers are never cut); only the layer name may wrap, down to
-    _MIN_NAME_WIDTH. Columns are kept in _TERMINAL_COLUMNS order until the next one would not fit.
+    _MIN_NAME_WIDTH. The first four (# layer op output) are always kept.
     """
-    def need(i: int, header: str) -> int:
-        return max([len(header)] + [len(row[i]) for row in rows])
-
-    kept: list[int] = []
     used = 0
-    for header, key, _ in _TERMINAL_COLUMNS:
-        i = COLUMNS.index(key)
-        w = min(need(i, header), _MIN_NAME_WIDTH) if key == "layer" else need(i, header)
-        if used + w + 2 > width and len(kept) >= 4:  # " cell " per column; always show # layer op output
-            break
-        kept.append(i)
+    for n, (header, i, _) in enumerate(_TERMINAL_COLUMNS):
+        w = max([len(header)] + [len(row[i]) for row in rows])
+        if i == _NAME:
+            w = min(w, _MIN_NAME_WIDTH)
+        if used + w + 2 > width and n >= 4:  # " cell " per column
+            return n
         used += w + 2
-    return kept
+    return len(_TERMINAL_COLUMNS)
 
 
 def terminal_console(**kwargs):
@@ -180,18 +177,17 @@ def print_table(r: dict, console=None) -> None:
 
     console = console or terminal_console(width=None if sys.stdout.isatty() else 160)  # logs get the full table
     rows = [_row(layer) for layer in r["layers"]]
-    kept = fit_columns(rows, console.width)
+    n = fit_columns(rows, console.width)
+    kept, hidden = _TERMINAL_COLUMNS[:n], _TERMINAL_COLUMNS[n:]
     table = Table(title=f"qgen: {r['model']}", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for header, key, right in _TERMINAL_COLUMNS:
-        i = COLUMNS.index(key)
-        if i in kept:
-            table.add_column(header, justify="right" if right else "left", no_wrap=key != "layer",
-                             overflow="fold", min_width=_MIN_NAME_WIDTH if key == "layer" else None)
+    for header, i, right in kept:
+        table.add_column(header, justify="right" if right else "left", no_wrap=i != _NAME, overflow="fold",
+                         min_width=_MIN_NAME_WIDTH if i == _NAME else None)
     for row in rows:
-        table.add_row(*(row[COLUMNS.index(key)] for _, key, _ in _TERMINAL_COLUMNS if COLUMNS.index(key) in kept))
+        table.add_row(*(row[i] for _, i, _ in kept))
     console.print(table)
-    hidden = [header for header, key, _ in _TERMINAL_COLUMNS if COLUMNS.index(key) not in kept]
     if hidden:
-        console.print(f"({', '.join(hidden)}: not shown at {console.width} columns; see report.md)")
+        console.print(f"({', '.join(header for header, _, _ in hidden)}: not shown at {console.width} columns; "
+                      "see report.md)")
     for line in _totals(r):
         console.print(line)
