@@ -19,9 +19,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .emit.c import banner_lines, check_prefix, option_text, render, template_environment
+from .emit.c import check_prefix, render, template_environment
 from .errors import UserError
-from .output import write_atomic
+from .output import banner_lines, option_text, write_atomic
 
 
 @dataclass

@@ -260,10 +260,9 @@ def cmd_micropython(args) -> int:
     import tempfile
 
     from .api import load_compiled
-    from .emit.c import banner_lines, option_text
     from .emit.micropython import render_micropython
     from .emit.mpy_native import build_natmod, micropython_source, mpy_cross_path, render_native, write_parent_cmake
-    from .output import write_atomic
+    from .output import banner_lines, option_text, write_atomic
 
     out = Path(args.out)
     mpy_dir = micropython_source(args.micropython_src) if args.mode == "natmod" else None

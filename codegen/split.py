@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from . import serialize
-from .emit.c import banner_lines, check_prefix, layer_macs, model_data, option_text, render, template_environment
+from .emit.c import check_prefix, layer_macs, model_data, render, template_environment
 from .errors import UserError
 from .fixed import QFormat
 from .ir import Graph, verify
 from .ops import Trait, has
-from .output import write_atomic
+from .output import banner_lines, option_text, write_atomic
 from .passes import plan_memory
 
 STREAM_MAGIC = 0x51
