@@ -105,9 +105,9 @@ def _no_check(g, n) -> None:
     return None
 
 
-from . import conv, eltwise, layout, norm, pool  # noqa: E402  (the families register below)
+from . import conv, eltwise, layout, matmul, norm, pool, upsample  # noqa: E402  (the families register below)
 
-SPEC: dict[Op, OpSpec] = {s.op: s for family in (conv, norm, eltwise, pool, layout) for s in family.SPECS}
+SPEC: dict[Op, OpSpec] = {s.op: s for family in (conv, norm, eltwise, pool, layout, upsample, matmul) for s in family.SPECS}
 assert set(SPEC) == set(Op), set(Op) - set(SPEC)
 SPEC = {op: SPEC[op] for op in Op}  # enum order
 
