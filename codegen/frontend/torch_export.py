@@ -187,7 +187,7 @@ def from_module(model: torch.nn.Module, example: torch.Tensor) -> Graph:
         fake_log.setLevel(level)
         for m, flag in training.items():
             m.training = flag
-    return from_exported_program(program, source=type(model).__name__)
+    return from_exported_program(program, source=type(model).__name__, modules=dict(model.named_modules()))
 
 
 def _expected_input(module: torch.nn.Module) -> str | None:
@@ -242,8 +242,9 @@ def _shape_mismatch(model: torch.nn.Module, example: torch.Tensor) -> str | None
 
 
 class _Lowering:
-    def __init__(self, program: torch.export.ExportedProgram, source: str):
+    def __init__(self, program: torch.export.ExportedProgram, source: str, modules: dict | None = None):
         self.program = program
+        self.modules = modules or {}  # module path -> nn.Module (from_module), for error messages
         self.graph = Graph(tensors={}, nodes=[], inputs=[], outputs=[], source=source)
         self.env: dict[str, Any] = {}  # fx node name -> IR tensor name, or a python constant
         # Flattened images hold their elements in qgen's (H, W, C) order, not PyTorch's (C, H, W):
@@ -336,7 +337,7 @@ class _Lowering:
                     if fx_node.name.startswith(packet):
                         self.fx_names[fx_node.name] = packet[:-1] + fx_node.name[len(packet):]
                 if handler is None:
-                    raise unsupported(fx_node)
+                    raise unsupported(fx_node, self.modules)
                 self.env[fx_node.name] = handler(self, fx_node)
             elif fx_node.op == "output":
                 outs = fx_node.args[0]
@@ -418,12 +419,43 @@ def source_of_trace(trace: str) -> str:
 SUPPORTED = supported_torch()  # generated from the op table (codegen/ops)
 
 
-def unsupported(fx_node) -> UserError:
-    where = source_of(fx_node)
+def _module_of(fx_node) -> tuple[str, str] | None:
+    """(path, class path) of the innermost module a node was traced in, or None: the model's own forward."""
     stack = fx_node.meta.get("nn_module_stack") or {}
-    module = list(stack.values())[-1] if stack else None
-    what = f"'{module[0]}' ({module[1].rsplit('.', 1)[-1]})" if module and module[0] else f"'{fx_node.name}'"
-    return UserError(f"node {what} uses {fx_node.target}{' at ' + where if where else ''}, which qgen does not "
+    path, cls = list(stack.values())[-1] if stack else ("", "")
+    return (path, cls) if path else None
+
+
+def describe(fx_node, modules: dict | None = None) -> str:
+    """How the user wrote the layer a node comes from: "nn.GRU 'rnn' (GRU(10, 16, batch_first=True)) at
+    model.py:6" — the module, its constructor values when the module object is at hand (a .pt2 program keeps
+    only its class), the call site; never a tensor torch.export made up (the implicit `aten.zeros` state of a
+    GRU). Nodes of the model's own forward are named by their call site."""
+    where = source_of(fx_node)
+    at = f" at {where}" if where else ""
+    module = _module_of(fx_node)
+    if module is None:
+        return f"'{fx_node.name}'{at}"
+    path, cls = module
+    name = cls.rsplit(".", 1)[-1]
+    kind = f"nn.{name}" if cls.startswith("torch.nn.") else name
+    obj = (modules or {}).get(path)
+    shown = f" ({_one_line(repr(obj))})" if obj is not None and cls.startswith("torch.nn.") else ""
+    return f"{kind} '{path}'{shown}{at}"
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def unsupported(fx_node, modules: dict | None = None) -> UserError:
+    module = _module_of(fx_node)
+    if module is not None and module[1].startswith("torch.nn."):  # a built-in layer: the layer is unsupported
+        kind = "nn." + module[1].rsplit(".", 1)[-1]
+        return UserError(f"{describe(fx_node, modules)}: qgen does not support {kind} (it lowers to "
+                         f"{fx_node.target}). Supported: {SUPPORTED}. Replace the layer or open an issue.")
+    return UserError(f"{describe(fx_node, modules)} uses {fx_node.target}, which qgen does not "
                      f"support. Supported: {SUPPORTED}. Replace the op or open an issue.")
 
 
@@ -446,6 +478,10 @@ def _functional_of(target) -> Any:
 
 
 def _err(lw: _Lowering, fx_node, message: str) -> UserError:
+    """A refusal inside a handler: names the user's layer (its class, path, constructor values, call site)
+    when the node comes from a module, else the op and its call site."""
+    if _module_of(fx_node) is not None:
+        return UserError(f"{describe(fx_node, lw.modules)}: {message}")
     where = source_of(fx_node)
     return UserError(f"{fx_node.target} '{lw.node_name(fx_node)}'{' (' + where + ')' if where else ''}: {message}")
 
@@ -571,7 +607,7 @@ def _getitem(lw: _Lowering, n) -> Any:
         if index != 0:
             raise _err(lw, n, "uses batch-norm statistics outputs, which qgen does not support")
         return value
-    raise unsupported(n)
+    raise unsupported(n, lw.modules)
 
 
 def _relu(lw: _Lowering, n) -> str:
@@ -848,11 +884,13 @@ except ImportError:  # pragma: no cover
     pass
 
 
-def from_exported_program(program: torch.export.ExportedProgram, source: str = "") -> Graph:
-    """Lower an ExportedProgram (float) into qgen IR (float)."""
+def from_exported_program(program: torch.export.ExportedProgram, source: str = "",
+                          modules: dict | None = None) -> Graph:
+    """Lower an ExportedProgram (float) into qgen IR (float). `modules` (path -> nn.Module, from_module) lets
+    error messages show a layer's constructor values."""
     from ..ir import verify
 
-    graph = _Lowering(program, source or "exported program").run()
+    graph = _Lowering(program, source or "exported program", modules).run()
     reject_non_finite(graph)
     verify(graph)
     return graph
