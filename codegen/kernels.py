@@ -117,6 +117,10 @@ def scratch_for(fn: str | None, g: Graph, n: Node, core: str | None) -> int:
         if core in PLAIN_CORES:
             return kh * kw * cin  # the plain path im2cols one int8 column of K bytes
         return conv2d_buffer_size(cin, kh, kw, cout)
+    if fn == "qg_conv_transpose2d_s8":
+        from .ops.upsample import conv_transpose_scratch
+
+        return conv_transpose_scratch(g, n)  # the same on every core (the plain path uses its first K bytes)
     if fn == "qg_fully_connected_s8":
         out_f, in_f = g.tensors[n.inputs[1]].shape
         return fully_connected_buffer_size(in_f, out_f)

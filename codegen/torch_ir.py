@@ -65,8 +65,19 @@ def conv(x: torch.Tensor, w: torch.Tensor, node: Node) -> torch.Tensor:
     return F.conv2d(xp, w.permute(0, 3, 1, 2), stride=tuple(node.attrs["stride"]), groups=groups).permute(0, 2, 3, 1)
 
 
+def conv_transpose(x: torch.Tensor, w: torch.Tensor, node: Node) -> torch.Tensor:
+    """Transposed-convolution sums (no bias) of a conv_transpose2d node (codegen/ops/upsample.py): x (N,H,W,Cin),
+    w (Cout,KH,KW,Cin); the full output cropped by attrs crop (a negative bottom/right adds zero rows)."""
+    top, left, bottom, right = node.attrs["crop"]
+    y = F.conv_transpose2d(x.permute(0, 3, 1, 2), w.permute(3, 0, 1, 2), stride=tuple(node.attrs["stride"]))
+    y = F.pad(y, (0, max(0, -right), 0, max(0, -bottom)))
+    return y[:, :, top:y.shape[2] - max(0, bottom), left:y.shape[3] - max(0, right)].permute(0, 2, 3, 1)
+
+
 def weighted_sums(x: torch.Tensor, w: torch.Tensor, node: Node) -> torch.Tensor:
-    """The sums of a conv2d, depthwise or linear node, before bias."""
+    """The sums of a conv2d, depthwise, linear or conv_transpose2d node, before bias."""
+    if node.op is Op.CONV_TRANSPOSE2D:
+        return conv_transpose(x, w, node)
     return x @ w.T if node.op is Op.LINEAR else conv(x, w, node)
 
 

@@ -39,7 +39,19 @@ from .ops import Trait, has, with_trait
 
 SPARSE_CHUNK = 255  # QG_SPARSE_CHUNK: chunk length of the index format (uint8 count and position)
 SPARSE_OPS = with_trait(Trait.MATMUL)
-CLUSTER_OPS = with_trait(Trait.WEIGHTED)
+
+
+def _has_kernel(op: Op, variant: str) -> bool:
+    from .ops import SPEC
+
+    try:
+        return SPEC[op].kernel(variant)[0] is not None
+    except ValueError:
+        return False
+
+
+# weighted ops with a clustered kernel (conv_transpose2d has none: its weights stay dense, values may be clustered)
+CLUSTER_OPS = tuple(op for op in with_trait(Trait.WEIGHTED) if _has_kernel(op, "cluster"))
 REQUESTS = {
     "sparse": ("bitmap", "index"),
     "cluster": ("cluster",),

@@ -821,6 +821,68 @@ def _lut(fn: str, **params):
     return handler
 
 
+def _conv_transpose(lw: _Lowering, n) -> str:
+    """aten.conv_transpose2d.input / conv_transpose1d.default(x, w, b, stride, padding, output_padding, groups,
+    dilation) -> conv_transpose2d (codegen/ops/upsample.py); 1-D as H=1."""
+    one_d = n.target is aten.conv_transpose1d.default
+    a = list(n.args) + [None] * (8 - len(n.args))
+    names = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")
+    x, w_arg, b_arg, stride, padding, out_pad, groups, dilation = (n.kwargs.get(k, v) for k, v in zip(names, a))
+    xin = lw.value(x)
+    w = lw.param(n, w_arg)  # (Cin, Cout/groups, KH, KW) or (Cin, Cout/groups, K)
+    if one_d:
+        w = w[:, :, None, :]
+    def axes(v, default: int) -> tuple[int, int]:
+        v = default if v is None or (isinstance(v, (list, tuple)) and not len(v)) else v
+        return (default, _pair(v)[0]) if one_d else _pair(v)
+    stride, pad, opad, dil = axes(stride, 1), axes(padding, 0), axes(out_pad, 0), axes(dilation, 1)
+    if one_d:
+        stride, pad, opad, dil = (1, stride[1]), (0, pad[1]), (0, opad[1]), (1, dil[1])
+    groups = int(groups or 1)
+    if dil != (1, 1):
+        raise _err(lw, n, f"dilation={list(dil)}; qgen's transposed convolution supports dilation 1")
+    if groups != 1:
+        raise _err(lw, n, f"groups={groups}; qgen's transposed convolution supports groups=1 (split the layer "
+                          "into per-group ConvTranspose layers and torch.cat their outputs)")
+    h, wd, cin = lw.shape_of(xin)
+    _, cout, kh, kw = w.shape
+    crop = (pad[0], pad[1], pad[0] - opad[0], pad[1] - opad[1])
+    oh, ow = (h - 1) * stride[0] + kh - crop[0] - crop[2], (wd - 1) * stride[1] + kw - crop[1] - crop[3]
+    if max(stride) > 255 or max(crop[:2]) > 255 or max(kh, kw) > 255:
+        raise _err(lw, n, f"kernel {kh}x{kw}, stride {list(stride)}, padding {list(pad)}: qgen supports up to 255")
+    _check_shape(lw, n, (oh, ow, cout))
+    bias = lw.param(n, b_arg)
+    wname = lw.const(f"{n.name}_w", w.transpose(1, 2, 3, 0))  # (Cout, KH, KW, Cin) as conv2d
+    bname = lw.const(f"{n.name}_b", bias if bias is not None else np.zeros(cout))
+    return lw.add(n, Op.CONV_TRANSPOSE2D, [xin, wname, bname], (oh, ow, cout), stride=tuple(stride), crop=crop)
+
+
+def _upsample(mode: str, one_d: bool, has_align: bool):
+    """aten.upsample_{nearest,bilinear}2d / _upsample_nearest_exact2d / upsample_{nearest,linear}1d (.vec and
+    .default) -> resize (codegen/ops/upsample.py); the output size is torch's, the scales are torch's own
+    (1/scale_factor when given, which is not always in/out)."""
+    def handler(lw: _Lowering, n) -> str:
+        xin = lw.value(n.args[0])
+        rest = list(n.args[2:])
+        align = bool(rest.pop(0)) if has_align and rest else bool(n.kwargs.get("align_corners", False))
+        if n.target._overloadname == "vec":
+            factors = rest[0] if rest else n.kwargs.get("scale_factors")
+            scales = list(factors) if factors else [None] * (1 if one_d else 2)
+        else:
+            scales = list(rest) + [None] * ((1 if one_d else 2) - len(rest))
+        if len(lw.shape_of(xin)) != 3:
+            raise _err(lw, n, f"resize of a {len(lw.shape_of(xin))}-D tensor; qgen resizes images and sequences")
+        if one_d:
+            scales = [None, scales[0]]
+        scales = tuple(None if s is None else float(s) for s in scales)
+        val = n.meta.get("val")
+        out = ir_shape_of(tuple(val.shape))
+        _check_shape(lw, n, out)
+        return lw.add(n, Op.RESIZE, [xin], out, mode=mode, align_corners=align, size=(out[0], out[1]),
+                      scales=scales)
+    return handler
+
+
 def _identity(lw: _Lowering, n) -> Any:
     return lw.value(n.args[0])
 
@@ -851,6 +913,20 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.leaky_relu.default: _lut("leaky_relu"),
     aten.elu.default: _lut("elu"),
     aten.conv2d.padding: _conv2d,
+    aten.conv_transpose2d.input: _conv_transpose,
+    aten.conv_transpose1d.default: _conv_transpose,
+    aten.upsample_nearest2d.vec: _upsample("nearest", False, False),
+    aten.upsample_nearest2d.default: _upsample("nearest", False, False),
+    aten._upsample_nearest_exact2d.vec: _upsample("nearest_exact", False, False),
+    aten._upsample_nearest_exact2d.default: _upsample("nearest_exact", False, False),
+    aten.upsample_bilinear2d.vec: _upsample("bilinear", False, True),
+    aten.upsample_bilinear2d.default: _upsample("bilinear", False, True),
+    aten.upsample_nearest1d.vec: _upsample("nearest", True, False),
+    aten.upsample_nearest1d.default: _upsample("nearest", True, False),
+    aten._upsample_nearest_exact1d.vec: _upsample("nearest_exact", True, False),
+    aten._upsample_nearest_exact1d.default: _upsample("nearest_exact", True, False),
+    aten.upsample_linear1d.vec: _upsample("bilinear", True, True),
+    aten.upsample_linear1d.default: _upsample("bilinear", True, True),
     aten.linear.default: _linear,
     aten.batch_norm.default: _batch_norm,
     aten._native_batch_norm_legit_no_training.default: _batch_norm,

@@ -32,6 +32,8 @@ class Op(str, enum.Enum):
     CONCAT = "concat"  # along attrs["axis"] of the (batch-less) IR shape
     SOFTMAX = "softmax"  # over the last IR axis (channels / features)
     LUT = "lut"  # element-wise function through a 256-entry int8 table (sigmoid, tanh, ...)
+    CONV_TRANSPOSE2D = "conv_transpose2d"  # transposed conv (ConvTranspose1d/2d), gather form: no zero MACs
+    RESIZE = "resize"  # nearest / bilinear upsampling (Upsample, F.interpolate) through per-axis tables
 
 
 class Trait(enum.Flag):

@@ -1,4 +1,386 @@
-"""conv_transpose2d, resize: ops that make an image larger (1-D as H=1), channels last."""
+"""conv_transpose2d, resize: ops that make an image larger (1-D as H=1), channels last.
+
+conv_transpose2d (ConvTranspose1d/2d, groups=1, dilation 1): weights (Cout, KH, KW, Cin) like conv2d,
+attrs stride (sh, sw) and crop (top, left, bottom, right) = torch's padding, less output_padding at the
+bottom/right (so bottom/right may be negative: rows that only the bias reaches). Output
+  out[oy, ox, o] = bias[o] + sum over ky, kx, i with oy + top = iy * sh + ky, ox + left = ix * sw + kx
+                   (iy, ix inside the input) of x[iy, ix, i] * w[o, ky, kx, i],
+requantised per output channel like conv2d (acc + bias, round_shift by shift[o], clamp to act_min/act_max).
+The kernels gather: output row oy reads the taps ky = (oy + top) % sh + j * sh only, so no zero is ever
+multiplied for a stride (MACs count only the taps that land on an output pixel). The C weights are stored
+in phase order (`phase_weights`): for each phase (ry, rx) of (oy + top, ox + left) modulo the stride, the
+(Cout, its ky, its kx, Cin) block, so one output pixel is one contiguous dot product per output channel.
+
+resize (Upsample / F.interpolate, nearest, nearest-exact, bilinear / linear with align_corners False or
+True, scale_factor or size): the source coordinates are computed here once, in torch's float32 arithmetic,
+into small per-axis tables (`resize_tables`): nearest keeps an index per output row / column; bilinear an
+index pair (i0, i1) and the Q`frac_bits` weight of i1 (w0 = 2^s - w1). The integer rule (the spec):
+  nearest:  out = x[y0[oy], x0[ox]]                       (a copy: same format, no rounding)
+  bilinear: acc = wy0 * (wx0 * x[y0, x0] + wx1 * x[y0, x1]) + wy1 * (wx0 * x[y1, x0] + wx1 * x[y1, x1])
+            out = round_shift(acc, 2 * s)                 (one rounding, half up; keeps the input format)
+acc is a convex combination times 2^(2s), so the result stays inside the input's range (no saturation) and
+fits int32: s = 10 for int8 activations (|acc| <= 2^7 * 2^20), s = 7 for int16 ones (2^15 * 2^14).
+"""
 from __future__ import annotations
 
-SPECS: list = []
+import numpy as np
+
+from . import Op, OpSpec, Trait, VerifyError
+from .window import clip
+
+# ================================================================ conv_transpose2d
+
+
+def conv_transpose_size(size: int, kernel: int, stride: int, crop_lo: int, crop_hi: int) -> int:
+    return (size - 1) * stride + kernel - crop_lo - crop_hi
+
+
+def conv_transpose_shape(g, n) -> tuple[int, ...]:
+    h, w, _ = g.tensors[n.inputs[0]].shape
+    cout, kh, kw, _ = g.tensors[n.inputs[1]].shape
+    (sh, sw), (top, left, bottom, right) = n.attrs["stride"], n.attrs["crop"]
+    return (conv_transpose_size(h, kh, sh, top, bottom), conv_transpose_size(w, kw, sw, left, right), cout)
+
+
+def check_conv_transpose(g, n) -> None:
+    x, w = g.tensors[n.inputs[0]], g.tensors[n.inputs[1]]
+    if len(x.shape) != 3 or len(w.shape) != 4 or w.shape[3] != x.shape[2]:
+        raise VerifyError(f"{n.where()}: expects (H,W,C) input and (Cout,KH,KW,C) weight, got {x.shape}, {w.shape}")
+    (sh, sw), (top, left, _, _) = n.attrs["stride"], n.attrs["crop"]
+    if min(sh, sw) < 1 or min(top, left) < 0:
+        raise VerifyError(f"{n.where()}: stride {n.attrs['stride']} / crop {n.attrs['crop']} out of range")
+
+
+def conv_transpose_acc(x: np.ndarray, w: np.ndarray, stride, crop) -> np.ndarray:
+    """Transposed-convolution sums (N, OH, OW, Cout) of x (N,H,W,Cin) with w (Cout,KH,KW,Cin): the scatter form
+    (every input pixel adds x . w[:, ky, kx] at (iy*sh + ky, ix*sw + kx)), then the crop. Exact in float64
+    for integer inputs (as conv2d_acc)."""
+    n, h, wd, _ = x.shape
+    cout, kh, kw, _ = w.shape
+    sh, sw = stride
+    top, left, bottom, right = crop
+    full = np.zeros((n, (h - 1) * sh + kh + max(0, -bottom), (wd - 1) * sw + kw + max(0, -right), cout))
+    xf, wf = x.astype(np.float64), w.astype(np.float64)
+    for ky in range(kh):
+        for kx in range(kw):
+            full[:, ky:ky + (h - 1) * sh + 1:sh, kx:kx + (wd - 1) * sw + 1:sw] += xf @ wf[:, ky, kx, :].T
+    return full[:, top:full.shape[1] - max(0, bottom), left:full.shape[2] - max(0, right)]
+
+
+def f_conv_transpose(g, n, xs):
+    acc = conv_transpose_acc(xs[0], g.tensors[n.inputs[1]].data, n.attrs["stride"], n.attrs["crop"])
+    return clip(acc + g.tensors[n.inputs[2]].data, *n.attrs.get("act", (None, None)))
+
+
+def i_conv_transpose(g, n, xs):
+    from .conv import requantize_acc
+
+    return requantize_acc(g, n, conv_transpose_acc(xs[0], g.tensors[n.inputs[1]].data, n.attrs["stride"],
+                                                    n.attrs["crop"]))
+
+
+def quantize_conv_transpose(g, n, act) -> None:
+    """As conv2d (weight_formats bounds the accumulator by all KH*KW*Cin taps: more than any output reads)."""
+    from .conv import quantize_weighted
+
+    quantize_weighted(g, n, act)
+
+
+def _taps_per_axis(size: int, out: int, kernel: int, stride: int, crop_lo: int) -> int:
+    """Number of (input index, kernel index) pairs of one axis that land inside the output."""
+    i = np.arange(size)[:, None] * stride + np.arange(kernel)[None, :] - crop_lo
+    return int(((i >= 0) & (i < out)).sum())
+
+
+def macs_conv_transpose(g, n) -> int:
+    """Only the products that land on an output pixel (no zero inserted between input pixels)."""
+    h, w, cin = g.tensors[n.inputs[0]].shape
+    cout, kh, kw, _ = g.tensors[n.inputs[1]].shape
+    oh, ow, _ = g.tensors[n.outputs[0]].shape
+    (sh, sw), (top, left, _, _) = n.attrs["stride"], n.attrs["crop"]
+    return _taps_per_axis(h, oh, kh, sh, top) * _taps_per_axis(w, ow, kw, sw, left) * cin * cout
+
+
+def torch_conv_transpose(node, xs, const):
+    from .. import torch_ir
+
+    y = torch_ir.conv_transpose(xs[0], const(node.inputs[1]), node) + const(node.inputs[2])
+    return torch_ir.clamp(y, *node.attrs.get("act", (None, None)))
+
+
+def phase_taps(kernel: int, stride: int, phase: int) -> int:
+    """Kernel taps k = phase, phase + stride, ... < kernel of one axis."""
+    return max(0, -(-(kernel - phase) // stride))
+
+
+def phase_weights(w: np.ndarray, stride) -> np.ndarray:
+    """(Cout, KH, KW, Cin) -> the C kernel's order: phases (ry, rx) in row-major order, each the block
+    w[:, ry::sh, rx::sw, :] (Cout, its taps, Cin), flattened (same values, another order)."""
+    sh, sw = stride
+    return np.concatenate([w[:, ry::sh, rx::sw, :].reshape(-1) for ry in range(sh) for rx in range(sw)]
+                          + [np.zeros(0, w.dtype)])
+
+
+def conv_transpose_scratch(g, n) -> int:
+    """qg_conv_transpose2d_s8_buffer_size: 4 int16 columns + one int8 column of the largest phase (K rounded up
+    to 4); the plain path uses the first K bytes."""
+    cin = g.tensors[n.inputs[0]].shape[2]
+    _, kh, kw, _ = g.tensors[n.inputs[1]].shape
+    sh, sw = n.attrs["stride"]
+    k4 = (phase_taps(kh, sh, 0) * phase_taps(kw, sw, 0) * cin + 3) & ~3
+    return 9 * k4
+
+
+def kernel_conv_transpose(variant: str) -> tuple[str, str]:
+    if variant == "s8":
+        return "qg_conv_transpose2d_s8", "qg_conv2d_params_t"
+    raise ValueError(f"conv_transpose2d has only a dense int8 kernel, not {variant} (Trait.INT8_ONLY)")
+
+
+def c_conv_transpose(b, index: int, n):
+    """C, int8: qg_conv_transpose2d_s8 (weights in phase order, crop top/left as pad_top/pad_left)."""
+    g, io = b.g, b.io(index, n)
+    h, w, c = g.tensors[io.xs[0]].shape
+    oh, ow, oc = g.tensors[io.out].shape
+    w_t = g.tensors[n.inputs[1]]
+    _, kh, kw, _ = w_t.shape
+    (sh, sw), (top, left, _, _) = n.attrs["stride"], n.attrs["crop"]
+    data = w_t.data
+    weights = b.array(f"{io.sym}_weights", phase_weights(data, (sh, sw)), "int8",
+                      f"weights {list(w_t.shape)} int8 {w_t.qformat} in phase order (stride {sh}x{sw}), values "
+                      f"[{int(data.min()) if data.size else 0}, {int(data.max()) if data.size else 0}]")
+    bias = b.const_tensor(io.sym, n.inputs[2], "bias")
+    shift = b.array(f"{io.sym}_shift", np.array(n.attrs["shift"]), "int8", "requantisation shift per output channel")
+    fields = [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
+              ("k_h", kh), ("k_w", kw), ("stride_h", sh), ("stride_w", sw), ("pad_top", top), ("pad_left", left),
+              ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]),
+              ("weights", weights), ("bias", bias), ("shift", shift)]
+    b.check_scratch(index, n, conv_transpose_scratch(g, n))
+    return ("qg_conv2d_params_t", fields,
+            f"qg_conv_transpose2d_s8(&{io.struct}, {io.ins[0]}, {io.out_expr}, {io.scratch});")
+
+
+def qat_conv_transpose(q, i: int, n, xs, s):
+    """QAT: fake-quantised weights (straight-through), integer accumulate, requantise (as conv2d)."""
+    return q._weighted(i, n, xs[0], s.fin, s.fout, s.attrs, s.exact, s.dtype)
+
+
+# ================================================================ resize
+
+RESIZE_MODES = ("nearest", "nearest_exact", "bilinear")
+
+
+def resize_frac_bits(bits: int) -> int:
+    """Fraction bits s of the bilinear weights: acc = sum of 4 products |x| * 2^(2s) within int32."""
+    return 10 if bits == 8 else 7
+
+
+def _f32(v) -> np.float32:
+    return np.float32(v)
+
+
+def _axis_scale(in_size: int, out_size: int, scale: float | None) -> np.float32:
+    """torch's compute_scales_value<float>: 1/scale_factor when given, else in/out (float32)."""
+    if scale is not None and scale > 0:
+        return _f32(1.0 / scale)
+    return _f32(in_size) / _f32(out_size)
+
+
+def resize_axis(in_size: int, out_size: int, mode: str, align_corners: bool, scale: float | None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One axis as torch computes it (float32): (i0, i1, lambda1) per output index; nearest: i1 = i0, lambda 0."""
+    dst = np.arange(out_size)
+    if mode in ("nearest", "nearest_exact"):
+        if mode == "nearest" and out_size == in_size:
+            i0 = dst
+        elif mode == "nearest" and out_size == 2 * in_size:
+            i0 = dst >> 1
+        else:
+            s = _axis_scale(in_size, out_size, scale)
+            if mode == "nearest":  # floorf(dst_index * scale): int64 * float -> float
+                src = np.floor(dst.astype(np.float32) * s)
+            else:  # floorf((dst_index + 0.5) * scale): double * float -> double
+                src = np.floor((dst.astype(np.float64) + 0.5) * np.float64(s))
+            i0 = np.minimum(src.astype(np.int64), in_size - 1)
+        return i0.astype(np.int64), i0.astype(np.int64), np.zeros(out_size)
+    if align_corners:
+        s = _f32(in_size - 1) / _f32(out_size - 1) if out_size > 1 else _f32(0)
+        src = s * dst.astype(np.float32)
+    else:
+        s = _axis_scale(in_size, out_size, scale)
+        src = s * (dst.astype(np.float32) + _f32(0.5)) - _f32(0.5)
+        src = np.where(src < 0, _f32(0), src).astype(np.float32)
+    i0 = src.astype(np.int64)  # truncation toward zero of a non-negative value
+    i1 = i0 + (i0 < in_size - 1)
+    lam = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float64)
+    return i0, i1, lam
+
+
+def resize_tables(g, n) -> dict[str, np.ndarray]:
+    """The integer tables of a resize node: y0, y1, wy (Q s weight of y1), x0, x1, wx (per output row/column)."""
+    h, w, _ = g.tensors[n.inputs[0]].shape
+    oh, ow, _ = g.tensors[n.outputs[0]].shape
+    s = int(n.attrs.get("frac_bits", resize_frac_bits(8)))
+    tables = {}
+    for axis, size, out, scale in (("y", h, oh, n.attrs["scales"][0]), ("x", w, ow, n.attrs["scales"][1])):
+        i0, i1, lam = resize_axis(size, out, n.attrs["mode"], n.attrs["align_corners"], scale)
+        wq = np.floor(lam * (1 << s) + 0.5).astype(np.int64)  # round half up; lambda in [0, 1]
+        tables[f"{axis}0"], tables[f"{axis}1"], tables[f"w{axis}"] = i0, i1, wq
+    return tables
+
+
+def resize_shape(g, n) -> tuple[int, ...]:
+    oh, ow = n.attrs["size"]
+    return (oh, ow, g.tensors[n.inputs[0]].shape[2])
+
+
+def check_resize(g, n) -> None:
+    if len(g.tensors[n.inputs[0]].shape) != 3:
+        raise VerifyError(f"{n.where()}: resize expects an (H,W,C) input, got {g.tensors[n.inputs[0]].shape}")
+    if n.attrs["mode"] not in RESIZE_MODES or min(n.attrs["size"]) < 1:
+        raise VerifyError(f"{n.where()}: resize mode {n.attrs['mode']} / size {n.attrs['size']} invalid")
+
+
+def f_resize(g, n, xs):
+    x = xs[0]
+    h, w, _ = x.shape[1:]
+    oh, ow = n.attrs["size"]
+    args = (n.attrs["mode"], n.attrs["align_corners"])
+    y0, y1, ly = resize_axis(h, oh, *args, n.attrs["scales"][0])
+    x0, x1, lx = resize_axis(w, ow, *args, n.attrs["scales"][1])
+    ly, lx = ly[None, :, None, None], lx[None, None, :, None]
+    top = x[:, y0][:, :, x0] * (1 - lx) + x[:, y0][:, :, x1] * lx
+    bottom = x[:, y1][:, :, x0] * (1 - lx) + x[:, y1][:, :, x1] * lx
+    return top * (1 - ly) + bottom * ly
+
+
+def i_resize(g, n, xs):
+    from ..fixed import int_range, requantize
+
+    x, t = xs[0].astype(np.int64), resize_tables(g, n)
+    if n.attrs["mode"] != "bilinear":
+        return x[:, t["y0"]][:, :, t["x0"]]
+    s = int(n.attrs["frac_bits"])
+    wy1, wx1 = t["wy"][None, :, None, None], t["wx"][None, None, :, None]
+    wy0, wx0 = (1 << s) - wy1, (1 << s) - wx1
+    r0, r1 = x[:, t["y0"]], x[:, t["y1"]]
+    acc = wy0 * (wx0 * r0[:, :, t["x0"]] + wx1 * r0[:, :, t["x1"]]) + wy1 * (wx0 * r1[:, :, t["x0"]]
+                                                                          + wx1 * r1[:, :, t["x1"]])
+    return requantize(acc, 2 * s, *int_range(g.tensors[n.inputs[0]].qformat.bits))
+
+
+def quantize_resize(g, n, act) -> None:
+    """Output format = input format (a copy or a convex combination); the weights' fraction bits by width."""
+    from ..errors import UserError
+    from ..passes import quantize as q
+
+    x, out = g.tensors[n.inputs[0]], g.tensors[n.outputs[0]]
+    q._set_act(out, act(out.name, x.qformat.frac))
+    n.attrs["frac_bits"] = resize_frac_bits(x.qformat.bits)
+    if max(x.shape[:2]) > 32767:
+        raise UserError(f"{n.where()}: input {x.shape[0]}x{x.shape[1]} is too large for the int16 index tables")
+
+
+def macs_resize(g, n) -> int:
+    """Bilinear: 4 multiplies per output value (+2 for the row weights); nearest: a copy."""
+    return 4 * g.tensors[n.outputs[0]].size if n.attrs["mode"] == "bilinear" else 0
+
+
+def _torch_resize(x, node):
+    """Table-driven resize in torch (differentiable): the float rule of f_resize."""
+    import torch
+
+    h, w = x.shape[1:3]
+    oh, ow = node.attrs["size"]
+    args = (node.attrs["mode"], node.attrs["align_corners"])
+    y0, y1, ly = resize_axis(h, oh, *args, node.attrs["scales"][0])
+    x0, x1, lx = resize_axis(w, ow, *args, node.attrs["scales"][1])
+    idx = [torch.as_tensor(a) for a in (y0, y1, x0, x1)]
+    ly_t = torch.as_tensor(ly, dtype=x.dtype)[None, :, None, None]
+    lx_t = torch.as_tensor(lx, dtype=x.dtype)[None, None, :, None]
+    r0, r1 = x[:, idx[0]], x[:, idx[1]]
+    top = r0[:, :, idx[2]] * (1 - lx_t) + r0[:, :, idx[3]] * lx_t
+    bottom = r1[:, :, idx[2]] * (1 - lx_t) + r1[:, :, idx[3]] * lx_t
+    return top * (1 - ly_t) + bottom * ly_t
+
+
+def torch_resize(node, xs, const):
+    return _torch_resize(xs[0], node)
+
+
+def qat_resize(q, i: int, n, xs, s):
+    """QAT: integer gather; bilinear sums the Q s weights' products and rounds once (requant, as i_resize)."""
+    import torch
+
+    from ..qat import pow2, requant
+
+    x = xs[0]
+    if n.attrs["mode"] != "bilinear":
+        return _torch_resize(x, n)
+    h, w = x.shape[1:3]
+    fb = int(s.attrs["frac_bits"])
+    oh, ow = n.attrs["size"]
+    y0, y1, ly = resize_axis(h, oh, n.attrs["mode"], n.attrs["align_corners"], n.attrs["scales"][0])
+    x0, x1, lx = resize_axis(w, ow, n.attrs["mode"], n.attrs["align_corners"], n.attrs["scales"][1])
+    wy = torch.as_tensor(np.floor(ly * (1 << fb) + 0.5), dtype=x.dtype)[None, :, None, None]
+    wx = torch.as_tensor(np.floor(lx * (1 << fb) + 0.5), dtype=x.dtype)[None, None, :, None]
+    one = float(1 << fb)
+    r0, r1 = x[:, torch.as_tensor(y0)], x[:, torch.as_tensor(y1)]
+    x0_t, x1_t = torch.as_tensor(x0), torch.as_tensor(x1)
+    acc = (one - wy) * ((one - wx) * r0[:, :, x0_t] + wx * r0[:, :, x1_t]) \
+        + wy * ((one - wx) * r1[:, :, x0_t] + wx * r1[:, :, x1_t])
+    return requant(acc * pow2(-2 * fb), None, None, s.ste)
+
+
+def kernel_resize(variant: str) -> tuple[str, str]:
+    if variant == "s8":
+        return "qg_resize_s8", "qg_resize_params_t"
+    if variant == "s16":
+        return "qg_resize_s16", "qg_resize_params_t"
+    raise ValueError(f"resize keeps its input's type: no {variant} kernel")
+
+
+def _resize_fields(b, io, n) -> list[tuple[str, object]]:
+    g = b.g
+    h, w, c = g.tensors[io.xs[0]].shape
+    oh, ow, _ = g.tensors[io.out].shape
+    t = resize_tables(g, n)
+    bilinear = n.attrs["mode"] == "bilinear"
+    fields = [("in_h", h), ("in_w", w), ("channels", c), ("out_h", oh), ("out_w", ow),
+              ("bilinear", int(bilinear)), ("frac_bits", int(n.attrs["frac_bits"]) if bilinear else 0)]
+    for key, what in (("y0", "source row"), ("x0", "source column"), ("y1", "second source row"),
+                      ("x1", "second source column"), ("wy", "Q weight of y1"), ("wx", "Q weight of x1")):
+        if bilinear or key in ("y0", "x0"):
+            fields.append((key, b.array(f"{io.sym}_{key}", t[key], "int16", f"{what} per output index")))
+        else:
+            fields.append((key, "0"))  # a null pointer (weights.c includes no <stddef.h>)
+    return fields
+
+
+def c_resize(b, index: int, n):
+    io = b.io(index, n)
+    return "qg_resize_params_t", _resize_fields(b, io, n), f"qg_resize_s8(&{io.struct}, {io.ins[0]}, {io.out_expr});"
+
+
+def c_resize_wide(b, index: int, n):
+    io = b.io(index, n, wide=True)
+    return "qg_resize_params_t", _resize_fields(b, io, n), f"qg_resize_s16(&{io.struct}, {io.ins[0]}, {io.out_expr});"
+
+
+_NO_PY = "its kernel is not written in MicroPython (the C target and the natmod module run it)"
+
+SPECS = [
+    OpSpec(Op.CONV_TRANSPOSE2D, "upsample", Trait.WEIGHTED | Trait.FUSES_ACT | Trait.INT8_ONLY,
+           conv_transpose_shape, check_conv_transpose, f_conv_transpose, i_conv_transpose, quantize_conv_transpose,
+           macs_conv_transpose, torch_conv_transpose,
+           "ConvTranspose1d/2d (groups=1, dilation 1)", ("ConvTranspose",), ("qg_conv_transpose2d_s8",),
+           "transposed convolution (stride, padding, output_padding), gather form: no zero MACs, per-channel "
+           "shift, fused clamp", kernel=kernel_conv_transpose,
+           no_py=_NO_PY, emit_c=c_conv_transpose, qat=qat_conv_transpose),
+    OpSpec(Op.RESIZE, "upsample", Trait.KEEPS_FORMAT | Trait.CHANNELWISE,
+           resize_shape, check_resize, f_resize, i_resize, quantize_resize, macs_resize, torch_resize,
+           "Upsample/F.interpolate (nearest, nearest-exact, bilinear/linear)", ("Resize", "Upsample"),
+           ("qg_resize_s8", "qg_resize_s16"),
+           "nearest / bilinear resize through per-axis index and Q10 weight tables, one rounding",
+           kernel=kernel_resize, no_py=_NO_PY, emit_c=c_resize, emit_c_wide=c_resize_wide, qat=qat_resize),
+]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ..errors import UserError
 from ..ir import Graph, Node
-from ..ops import Trait, with_trait
+from ..ops import Trait, has, with_trait
 
 CHOOSABLE_OPS = with_trait(Trait.CHOOSES_FORMAT)
 FOLLOW_OPS = with_trait(Trait.KEEPS_FORMAT)  # output type = input type
@@ -55,7 +55,7 @@ def run(graph: Graph, spec: dict[str, int] | None) -> Graph:
             raise UserError(f"{node.where()} keeps its input's type; set the precision on the layer that "
                             f"produces its input ({src.name if src else 'the model input'})")
         if node.op not in CHOOSABLE_OPS:
-            raise UserError(f"{node.where()} computes in int8 only (256-entry tables); keep it int8")
+            raise UserError(f"{node.where()} computes in int8 only ({_int8_reason(node)}); keep it int8")
         if bits == 16:
             node.attrs["out_bits"] = 16
         else:
@@ -84,7 +84,7 @@ def check_bits(graph: Graph, bits: dict[str, int]) -> None:
     for node in graph.nodes:
         wide_in = [t for t in node.inputs if bits.get(t, 8) == 16]
         if node.op in INT8_INPUT_OPS and wide_in:
-            raise UserError(f"{node.where()} computes in int8 only (256-entry tables), but its input is int16: "
+            raise UserError(f"{node.where()} computes in int8 only ({_int8_reason(node)}), but its input is int16: "
                             f"keep {_origin(graph, wide_in[0])} int8")
         fmt = node.attrs.get("weight_format", "dense")
         if fmt != "dense" and (wide_in or bits[node.outputs[0]] == 16):
@@ -96,6 +96,10 @@ def check_bits(graph: Graph, bits: dict[str, int]) -> None:
         if bits[out] == 16:
             raise UserError(f"model output %{out} would be int16, but model outputs are int8 (the C API); "
                             f"keep {_origin(graph, out)} int8")
+
+
+def _int8_reason(node: Node) -> str:
+    return "256-entry tables" if has(node.op, Trait.TABLE) else "it has no int16 kernel"
 
 
 def _origin(graph: Graph, tensor: str) -> str:

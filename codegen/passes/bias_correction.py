@@ -40,6 +40,10 @@ def run(graph: Graph, float_graph: Graph, calib: np.ndarray, max_samples: int = 
 def _sums(node: Node, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     if node.op is Op.LINEAR:
         return x.astype(np.float64) @ w.T.astype(np.float64)
+    if node.op is Op.CONV_TRANSPOSE2D:
+        from ..ops.upsample import conv_transpose_acc
+
+        return conv_transpose_acc(x, w, node.attrs["stride"], node.attrs["crop"])
     fn = conv2d_acc if node.op is Op.CONV2D else depthwise_acc
     return fn(x, w, node.attrs["stride"], node.attrs["padding"])
 

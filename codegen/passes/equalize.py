@@ -107,7 +107,7 @@ def _exponents(graph: Graph, consumer: Node, r: np.ndarray, channels: int) -> np
     if consumer.op is Op.DEPTHWISE_CONV2D:
         k = np.floor(np.log2(r.max() / np.where(alive, r, r.max())))
         return np.clip(np.where(alive, k, 0), 0, MAX_K).astype(np.int64)
-    if consumer.op is Op.CONV2D:
+    if w2.ndim == 4:  # conv2d, conv_transpose2d: (Cout, KH, KW, Cin)
         rows = np.abs(w2).reshape(w2.shape[0], -1, w2.shape[-1])  # (Cout, KH*KW, Cin)
         rel = (rows / np.maximum(rows.max(axis=(1, 2), keepdims=True), 1e-300)).max(axis=(0, 1))
     else:  # linear: columns may be a flattened (H, W, C) input, channel = column % C

@@ -105,6 +105,25 @@ typedef struct {
 } qg_softmax_params_t;
 void qg_softmax_s8(const qg_softmax_params_t *p, const int8_t *in, int8_t *out);
 
+/* Ops that make an image larger (qg_upsample_s8.c; the integer rules are in codegen/ops/upsample.py).
+ * Transposed convolution, gather form (no zero MACs): the conv parameters with pad_top/pad_left = the crop
+ * (torch's padding) and the weights in phase order (ops/upsample.py phase_weights). */
+void qg_conv_transpose2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+                            int8_t *restrict scratch);
+int32_t qg_conv_transpose2d_s8_buffer_size(const qg_conv2d_params_t *p);
+/* Nearest: out = x[y0[oy], x0[ox]]; bilinear: round_shift(wy0 * (wx0 * x[y0, x0] + wx1 * x[y0, x1]) +
+ * wy1 * (wx0 * x[y1, x0] + wx1 * x[y1, x1]), 2 * frac_bits), w0 = 2^frac_bits - w1; same format out. */
+typedef struct {
+    uint16_t in_h, in_w, channels;
+    uint16_t out_h, out_w;
+    uint8_t bilinear, frac_bits;
+    const int16_t *y0, *x0; /* source row / column per output row / column */
+    const int16_t *y1, *x1; /* bilinear: the second source row / column (NULL for nearest) */
+    const int16_t *wy, *wx; /* bilinear: Q frac_bits weight of y1 / x1 (NULL for nearest) */
+} qg_resize_params_t;
+void qg_resize_s8(const qg_resize_params_t *p, const int8_t *restrict in, int8_t *restrict out);
+void qg_resize_s16(const qg_resize_params_t *p, const int16_t *restrict in, int16_t *restrict out);
+
 typedef struct {
     uint16_t in_h, in_w, channels;
     uint8_t pad_top, pad_left, pad_bottom, pad_right;

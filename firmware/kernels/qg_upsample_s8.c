@@ -1,0 +1,286 @@
+/* Ops that make an image larger: transposed convolution and resize (nearest, bilinear), channels-last.
+ * The integer rules are codegen/ops/upsample.py's (the spec); tests check C == reference byte for byte.
+ *
+ * Transposed convolution, gather form (no zeros inserted, none multiplied):
+ *   out[oy, ox, o] = bias[o] + sum x[iy, ix, i] * w[o, ky, kx, i] over oy + pad_top = iy * stride_h + ky,
+ *   ox + pad_left = ix * stride_w + kx. Output row oy meets the taps ky = ry, ry + stride_h, ... with
+ *   ry = (oy + pad_top) % stride_h, at input rows iy = qy, qy - 1, ... (qy = (oy + pad_top) / stride_h);
+ *   the same for columns. The generator stores the weights in phase order (ops/upsample.py
+ *   phase_weights): for each phase (ry, rx) the block (out_c, its ky's, its kx's, in_c), so one output
+ *   pixel is, per output channel, one dot product of K = taps * in_c values with a gathered column (the
+ *   input pixels its taps read, zeros for the taps that fall outside the input at the borders).
+ *   DSP (M4/M7/M33/M55): the output pixels of one row and one column phase (ox = rx0, rx0 + stride_w, ...)
+ *   share their weights, so they go 4 at a time through the int16 4-column product of the standard
+ *   convolution (16 MACs per weight word: one load, two unpacks, 4 LDRD, 8 SMLAD).
+ *   Plain C (M0+/M3/host): one int8 column times two weight rows at a time (qg_dot_s8.h).
+ * Scratch (qg_conv_transpose2d_s8_buffer_size): 4 int16 columns + one int8 column of the largest phase
+ * (K rounded up to 4), the plain path uses the first K bytes. `in` and `out` never alias.
+ *
+ * Resize: per-axis tables made by the generator. Nearest copies x[y0[oy], x0[ox]]; bilinear sums
+ *   wy0 * (wx0 * a + wx1 * b) + wy1 * (wx0 * c + wx1 * d) (weights Q frac_bits, w0 = 2^s - w1) in int32 and
+ *   rounds once (qg_round_shift by 2 * frac_bits, half up): the output keeps the input's format.
+ */
+#include "qg_kernels.h"
+#include "qg_dot_s8.h"
+
+static int32_t round_up4(int32_t n)
+{
+    return (n + 3) & ~3;
+}
+
+/* taps k = phase, phase + stride, ... < kernel */
+static int32_t phase_taps(int32_t kernel, int32_t stride, int32_t phase)
+{
+    return phase < kernel ? (kernel - phase + stride - 1) / stride : 0;
+}
+
+int32_t qg_conv_transpose2d_s8_buffer_size(const qg_conv2d_params_t *p)
+{
+    const int32_t k4 = round_up4(phase_taps(p->k_h, p->stride_h, 0) * phase_taps(p->k_w, p->stride_w, 0) * p->in_c);
+    return 9 * k4;
+}
+
+/* The int8 column of output pixel (qy, qx) of a phase with nty x ntx taps: input pixel (qy - j, qx - i)
+ * for tap (j, i), zeros outside the input. */
+static void gather_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t qy, int32_t qx, int32_t nty,
+                      int32_t ntx, int8_t *restrict col)
+{
+    const int32_t in_c = p->in_c, in_h = p->in_h, in_w = p->in_w;
+    int32_t j, i, c;
+    for (j = 0; j < nty; j++) {
+        const int32_t iy = qy - j;
+        for (i = 0; i < ntx; i++, col += in_c) {
+            const int32_t ix = qx - i;
+            if (iy < 0 || iy >= in_h || ix < 0 || ix >= in_w) {
+                for (c = 0; c < in_c; c++) {
+                    col[c] = 0;
+                }
+            } else {
+                const int8_t *src = in + (iy * in_w + ix) * in_c;
+                for (c = 0; c < in_c; c++) {
+                    col[c] = src[c];
+                }
+            }
+        }
+    }
+}
+
+#if QG_DSP
+#define QG_CT_COLS 4
+#define QG_CT_GROUP (4 * QG_CT_COLS) /* int16 values per group of 4 k's, all pixels */
+
+/* n int8 values -> their int16 slots of one pixel, interleaved by groups of 4 (qg_conv2d_s8.c's order:
+ * (x0, x2), (x1, x3) per group, the pixels' groups side by side; the last n % 4 values plain). */
+static void widen_s16(int16_t *dst, const int8_t *src, int32_t n)
+{
+    int32_t i;
+    for (i = n >> 2; i > 0; i--) {
+        const int32_t v = qg_load_s8x4(src);
+        src += 4;
+        qg_store_s16x2(dst, qg_sxtb16(v));
+        qg_store_s16x2(dst + 2, qg_sxtb16_ror8(v));
+        dst += QG_CT_GROUP;
+    }
+    for (i = 0; i < (n & 3); i++) {
+        dst[i] = src[i];
+    }
+}
+
+/* acc[c] += w . column c for one weight row of k values and the 4 interleaved columns. */
+static inline void mac_1x4(const int8_t *w, const int16_t *cols, int32_t k, int32_t acc[QG_CT_COLS])
+{
+    const qg_word_t *x = (const qg_word_t *)(const void *)cols; /* scratch: 4-byte aligned */
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    int32_t i;
+    for (i = k >> 2; i > 0; i--) {
+        const int32_t wv = qg_load_s8x4(w);
+        const int32_t we = qg_sxtb16(wv), wo = qg_sxtb16_ror8(wv);
+        int32_t xe, xo;
+        w += 4;
+        qg_load_pair(&x, &xe, &xo);
+        a0 = __smlad(we, xe, a0);
+        a0 = __smlad(wo, xo, a0);
+        qg_load_pair(&x, &xe, &xo);
+        a1 = __smlad(we, xe, a1);
+        a1 = __smlad(wo, xo, a1);
+        qg_load_pair(&x, &xe, &xo);
+        a2 = __smlad(we, xe, a2);
+        a2 = __smlad(wo, xo, a2);
+        qg_load_pair(&x, &xe, &xo);
+        a3 = __smlad(we, xe, a3);
+        a3 = __smlad(wo, xo, a3);
+    }
+    cols = (const int16_t *)(const void *)x;
+    for (i = 0; i < (k & 3); i++) {
+        const int32_t wi = w[i];
+        a0 += wi * cols[i];
+        a1 += wi * cols[4 + i];
+        a2 += wi * cols[8 + i];
+        a3 += wi * cols[12 + i];
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+
+static inline void store_1x4(const int32_t acc[QG_CT_COLS], int32_t shift_m1, int32_t kind, int32_t act_min,
+                             int32_t act_max, int8_t *out, int32_t stride)
+{
+    out[0] = qg_requantize_pos_s8(acc[0], shift_m1, kind, act_min, act_max);
+    out[stride] = qg_requantize_pos_s8(acc[1], shift_m1, kind, act_min, act_max);
+    out[2 * stride] = qg_requantize_pos_s8(acc[2], shift_m1, kind, act_min, act_max);
+    out[3 * stride] = qg_requantize_pos_s8(acc[3], shift_m1, kind, act_min, act_max);
+}
+
+/* The n_valid (1..4) pixels whose columns are in `cols`, `step` bytes apart from `out` on. */
+static void block_dsp(const qg_conv2d_params_t *p, const int8_t *w, int32_t k, const int16_t *cols, int32_t n_valid,
+                      int8_t *out, int32_t step)
+{
+    const int32_t out_c = p->out_c, act_min = p->act_min, act_max = p->act_max;
+    const int32_t kind = n_valid == QG_CT_COLS ? qg_clamp_kind(act_min, act_max) : -1;
+    const int32_t *bias = p->bias;
+    const int8_t *shift = p->shift;
+    int32_t oc, c;
+    for (oc = 0; oc < out_c; oc++, w += k) {
+        const int32_t s = shift[oc];
+        int32_t acc[QG_CT_COLS];
+        for (c = 0; c < QG_CT_COLS; c++) {
+            acc[c] = bias[oc];
+        }
+        mac_1x4(w, cols, k, acc);
+        if (s > 0 && kind == QG_CLAMP_S8) {
+            store_1x4(acc, s - 1, QG_CLAMP_S8, act_min, act_max, out + oc, step);
+        } else if (s > 0 && kind == QG_CLAMP_RELU) {
+            store_1x4(acc, s - 1, QG_CLAMP_RELU, act_min, act_max, out + oc, step);
+        } else if (s > 0 && kind == QG_CLAMP_ANY) {
+            store_1x4(acc, s - 1, QG_CLAMP_ANY, act_min, act_max, out + oc, step);
+        } else {
+            for (c = 0; c < n_valid; c++) {
+                out[c * step + oc] = qg_requantize_s8(acc[c], s, act_min, act_max);
+            }
+        }
+    }
+}
+#endif /* QG_DSP */
+
+/* Output pixels ox = ox0, ox0 + stride_w, ... < out_w of row oy, phase (nty x ntx taps, weights w). */
+static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out_row,
+                      int32_t qy, int32_t ox0, int32_t nty, int32_t ntx, const int8_t *w, int8_t *restrict scratch)
+{
+    const int32_t out_c = p->out_c, sw = p->stride_w, out_w = p->out_w, k = nty * ntx * p->in_c;
+    const int32_t act_min = p->act_min, act_max = p->act_max;
+    const int32_t *bias = p->bias;
+    const int8_t *shift = p->shift;
+    int32_t ox, oc;
+    if (k == 0) { /* no tap reaches this phase: the bias alone */
+        for (ox = ox0; ox < out_w; ox += sw) {
+            for (oc = 0; oc < out_c; oc++) {
+                out_row[ox * out_c + oc] = qg_requantize_s8(bias[oc], shift[oc], act_min, act_max);
+            }
+        }
+        return;
+    }
+#if QG_DSP
+    {
+        int16_t *cols = (int16_t *)(void *)scratch;
+        int8_t *stage = scratch + 2 * QG_CT_COLS * round_up4(k);
+        const int32_t left = p->pad_left;
+        for (ox = ox0; ox < out_w; ox += QG_CT_COLS * sw) {
+            const int32_t left_px = (out_w - ox + sw - 1) / sw;
+            const int32_t n_valid = left_px < QG_CT_COLS ? left_px : QG_CT_COLS;
+            int32_t c;
+            for (c = 0; c < QG_CT_COLS; c++) {
+                /* past the last pixel, slots repeat it: their results are computed and dropped */
+                const int32_t oxc = ox + (c < n_valid ? c : n_valid - 1) * sw;
+                gather_s8(p, in, qy, (oxc + left) / sw, nty, ntx, stage);
+                widen_s16(cols + 4 * c, stage, k);
+            }
+            block_dsp(p, w, k, cols, n_valid, out_row + ox * out_c, sw * out_c);
+        }
+    }
+#else
+    {
+        const int32_t left = p->pad_left;
+        for (ox = ox0; ox < out_w; ox += sw) {
+            int8_t *o = out_row + ox * out_c;
+            const int8_t *wr = w;
+            gather_s8(p, in, qy, (ox + left) / sw, nty, ntx, scratch);
+            for (oc = 0; oc + 1 < out_c; oc += 2, wr += 2 * k) {
+                int32_t acc0 = bias[oc], acc1 = bias[oc + 1];
+                qg_dot_1x2_s8(scratch, wr, wr + k, k, &acc0, &acc1);
+                o[oc] = qg_requantize_s8(acc0, shift[oc], act_min, act_max);
+                o[oc + 1] = qg_requantize_s8(acc1, shift[oc + 1], act_min, act_max);
+            }
+            if (oc < out_c) {
+                o[oc] = qg_requantize_s8(qg_dot_1x1_s8(scratch, wr, k, bias[oc]), shift[oc], act_min, act_max);
+            }
+        }
+    }
+#endif
+}
+
+void qg_conv_transpose2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+                            int8_t *restrict scratch)
+{
+    const int32_t sh = p->stride_h, sw = p->stride_w, k_h = p->k_h, k_w = p->k_w;
+    const int32_t block = (int32_t)p->out_c * p->in_c; /* weights per tap pair, all output channels */
+    int32_t oy;
+    for (oy = 0; oy < p->out_h; oy++) {
+        const int32_t ry = (oy + p->pad_top) % sh, qy = (oy + p->pad_top) / sh, nty = phase_taps(k_h, sh, ry);
+        const int8_t *w;
+        int32_t r, rx, before = 0;
+        for (r = 0; r < ry; r++) { /* the phases before (ry, 0): every ky with ky % sh < ry, times every kx */
+            before += phase_taps(k_h, sh, r);
+        }
+        w = p->weights + before * k_w * block;
+        for (rx = 0; rx < sw; rx++) {
+            const int32_t ntx = phase_taps(k_w, sw, rx);
+            /* first ox with (ox + pad_left) % sw == rx */
+            const int32_t ox0 = ((rx - p->pad_left) % sw + sw) % sw;
+            phase_row(p, in, out + oy * p->out_w * p->out_c, qy, ox0, nty, ntx, w, scratch);
+            w += nty * ntx * block;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ resize */
+
+/* One kernel body for int8 and int16 elements: T the element type, the results are in range (convex). */
+#define QG_RESIZE_BODY(T)                                                                                  \
+    const int32_t c_n = p->channels, in_row = (int32_t)p->in_w * p->channels, s2 = 2 * p->frac_bits;   \
+    const int32_t one = 1 << p->frac_bits;                                                              \
+    int32_t oy, ox, c;                                                                                  \
+    for (oy = 0; oy < p->out_h; oy++) {                                                                 \
+        const T *r0 = in + p->y0[oy] * in_row;                                                          \
+        if (!p->bilinear) {                                                                             \
+            for (ox = 0; ox < p->out_w; ox++, out += c_n) {                                             \
+                const T *src = r0 + p->x0[ox] * c_n;                                                    \
+                for (c = 0; c < c_n; c++) {                                                             \
+                    out[c] = src[c];                                                                    \
+                }                                                                                       \
+            }                                                                                           \
+        } else {                                                                                        \
+            const T *r1 = in + p->y1[oy] * in_row;                                                      \
+            const int32_t wy1 = p->wy[oy], wy0 = one - wy1;                                             \
+            for (ox = 0; ox < p->out_w; ox++, out += c_n) {                                             \
+                const int32_t x0 = p->x0[ox] * c_n, x1 = p->x1[ox] * c_n;                               \
+                const int32_t wx1 = p->wx[ox], wx0 = one - wx1;                                         \
+                for (c = 0; c < c_n; c++) {                                                             \
+                    const int32_t top = wx0 * r0[x0 + c] + wx1 * r0[x1 + c];                            \
+                    const int32_t bottom = wx0 * r1[x0 + c] + wx1 * r1[x1 + c];                         \
+                    out[c] = (T)qg_round_shift(wy0 * top + wy1 * bottom, s2);                           \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+    }
+
+void qg_resize_s8(const qg_resize_params_t *p, const int8_t *restrict in, int8_t *restrict out)
+{
+    QG_RESIZE_BODY(int8_t)
+}
+
+void qg_resize_s16(const qg_resize_params_t *p, const int16_t *restrict in, int16_t *restrict out)
+{
+    QG_RESIZE_BODY(int16_t)
+}

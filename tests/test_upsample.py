@@ -1,0 +1,251 @@
+"""conv_transpose2d and resize (codegen/ops/upsample.py, firmware/kernels/qg_upsample_s8.c).
+
+- the float rules equal torch (ConvTranspose1d/2d, Upsample/F.interpolate in every mode and spelling);
+- the C kernels equal the integer reference byte for byte: host (strict flags, ASan/UBSan) and QEMU on
+  cortex-m0plus (plain C) and cortex-m4 (DSP path), one model with every case (strides 1..3, kernels
+  1..5, crops with output_padding, in_c 7 and 8, borders, bias-only phases, 1-D, int16 resize);
+- MACs count only the products that land on an output (no zeros inserted);
+- a tiny U-Net (conv, maxpool, conv, up, cat skip, conv) compiles and runs end to end through the API.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from qgen_testing import act, const, edge_inputs, finish, safe_bias
+from torch import nn
+
+from codegen.fixed import QFormat
+from codegen.hostcheck import reference_outputs
+from codegen.ir import SHAPE_RULES, Graph, Node, Op, Tensor
+from codegen.reference import run_int
+
+
+class _Fn(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+FLOAT_CASES = {
+    "ct2d_k3_s2_p1_op1": (nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1), (1, 3, 4, 5)),
+    "ct2d_k2x3_s3x2_op": (nn.ConvTranspose2d(3, 4, (2, 3), stride=(3, 2), output_padding=(2, 1)), (1, 3, 4, 5)),
+    "ct2d_k1_s3_nobias": (nn.ConvTranspose2d(3, 2, 1, stride=3, bias=False), (1, 3, 4, 5)),
+    "ct1d_k3_s2": (nn.ConvTranspose1d(3, 4, 3, stride=2, padding=1), (1, 3, 8)),
+    "nearest_x2": (nn.Upsample(scale_factor=2, mode="nearest"), (1, 3, 4, 5)),
+    "nearest_size": (_Fn(lambda x: F.interpolate(x, size=(7, 9), mode="nearest")), (1, 3, 4, 5)),
+    "nearest_1.7": (_Fn(lambda x: F.interpolate(x, scale_factor=1.7, mode="nearest")), (1, 3, 4, 5)),
+    "nearest_down": (_Fn(lambda x: F.interpolate(x, size=(3, 2), mode="nearest")), (1, 3, 4, 5)),
+    "nearest_exact_1.5": (_Fn(lambda x: F.interpolate(x, scale_factor=1.5, mode="nearest-exact")), (1, 3, 4, 5)),
+    "bilinear_x2": (nn.Upsample(scale_factor=2, mode="bilinear"), (1, 3, 4, 5)),
+    "bilinear_x2_ac": (nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True), (1, 3, 4, 5)),
+    "bilinear_size": (_Fn(lambda x: F.interpolate(x, size=(7, 9), mode="bilinear")), (1, 3, 4, 5)),
+    "bilinear_1.3": (_Fn(lambda x: F.interpolate(x, scale_factor=1.3, mode="bilinear")), (1, 3, 5, 7)),
+    "nearest1d_x3": (nn.Upsample(scale_factor=3, mode="nearest"), (1, 3, 8)),
+    "linear1d_x2": (nn.Upsample(scale_factor=2, mode="linear"), (1, 3, 8)),
+    "linear1d_ac_size": (nn.Upsample(size=13, mode="linear", align_corners=True), (1, 3, 8)),
+}
+
+
+@pytest.mark.parametrize("case", list(FLOAT_CASES))
+def test_float_rule_equals_torch(case):
+    from codegen.frontend import from_module
+    from codegen.reference import run_float, to_qgen_layout, to_torch_layout
+    from codegen.torch_ir import FloatModule, to_ir_layout
+
+    torch.manual_seed(0)
+    model, shape = FLOAT_CASES[case]
+    model.eval()
+    x = torch.randn(*shape)
+    g = from_module(model, x)
+    assert {n.op for n in g.nodes} <= {Op.CONV_TRANSPOSE2D, Op.RESIZE}
+    want = model(x).detach().numpy()
+    got = to_torch_layout(run_float(g, to_qgen_layout(g, x.numpy()))[g.outputs[0]], g.io_layout[g.outputs[0]])
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    got_torch = FloatModule(g)(to_ir_layout(x)).detach().numpy()  # torch_ir.float_node: QAT's float rule
+    np.testing.assert_allclose(got_torch, want, atol=1e-5)
+
+
+def test_conv_transpose_macs_count_no_zeros():
+    """MACs = the (input, tap) pairs that land on an output pixel: k2 s2 = 4 per input pixel and channel pair."""
+    g = Graph({"x": act("x", (4, 5, 3), 4), "w": const("w", np.zeros((6, 2, 2, 3)), 8, (3,) * 6),
+               "b": const("b", np.zeros(6), 32, (7,) * 6)}, [], ["x"], ["y"], source="t")
+    n = Node("ct", Op.CONV_TRANSPOSE2D, ["x", "w", "b"], ["y"], {"stride": (2, 2), "crop": (0, 0, 0, 0)})
+    g.nodes.append(n)
+    g.tensors["y"] = act("y", SHAPE_RULES[Op.CONV_TRANSPOSE2D](g, n), 4)
+    from codegen.ops import SPEC
+
+    assert g.tensors["y"].shape == (8, 10, 6)
+    assert SPEC[Op.CONV_TRANSPOSE2D].macs(g, n) == 4 * 5 * 3 * 6 * 4  # each output pixel: one tap of 3 channels
+    n.attrs["crop"] = (1, 1, 1, 1)  # k3 s2 p1 would have 9 taps per input pixel, cropped at the borders
+    g.tensors["w"] = const("w", np.zeros((6, 3, 3, 3)), 8, (3,) * 6)
+    g.tensors["y"].shape = SHAPE_RULES[Op.CONV_TRANSPOSE2D](g, n)
+    assert g.tensors["y"].shape == (7, 9, 6)
+    # rows: oy = 2 iy - 1 + ky in [0, 7): 4*3 pairs less iy=0,ky=0 and iy=3,ky=2 -> 10; columns 5*3 - 2 = 13
+    assert SPEC[Op.CONV_TRANSPOSE2D].macs(g, n) == 10 * 13 * 3 * 6
+
+
+# ------------------------------------------------------------------ C == reference: one model with every case
+
+
+def _weighted(g: Graph, rng, name: str, op: Op, src: str, w_shape, act_range=(-128, 127), out_bits=8, **attrs):
+    w = rng.integers(-128, 128, w_shape)
+    w.flat[0] = -128
+    in_bits = 16 if g.tensors[src].dtype == "int16" else 8
+    g.tensors[f"{name}_w"] = const(f"{name}_w", w, 8, (3,) * w_shape[0])
+    g.tensors[f"{name}_b"] = const(f"{name}_b", safe_bias(rng, w, 1 << (in_bits - 1)), 32, (7,) * w_shape[0])
+    lo_shift = 1 if out_bits == 16 or in_bits == 16 else -3
+    attrs.update(shift=[int(s) for s in rng.integers(lo_shift, 15 if in_bits == 8 else 20, w_shape[0])],
+                 act_min=act_range[0], act_max=act_range[1])
+    return _node(g, name, op, [src, f"{name}_w", f"{name}_b"], out_bits, **attrs)
+
+
+def _node(g: Graph, name: str, op: Op, inputs, out_bits=8, output=True, **attrs) -> str:
+    node = Node(name, op, inputs, [name], attrs)
+    g.nodes.append(node)
+    g.tensors[name] = Tensor(name, (1,), "int16" if out_bits == 16 else "int8", QFormat(out_bits, 3))
+    g.tensors[name].shape = SHAPE_RULES[op](g, node)
+    if output:
+        g.outputs.append(name)
+    return name
+
+
+def _resize(g: Graph, name: str, src: str, mode: str, size, scales=(None, None), align=False, output=True) -> str:
+    bits = 16 if g.tensors[src].dtype == "int16" else 8
+    return _node(g, name, Op.RESIZE, [src], bits, output=output, mode=mode, align_corners=align, size=size,
+                 scales=scales, frac_bits=10 if bits == 8 else 7)
+
+
+def upsample_graph(rng) -> Graph:
+    """Branches over one (5, 6, 7) int8 input; every branch output is a model output."""
+    g = Graph({"x": act("x", (5, 6, 7), 3)}, [], ["x"], [], source="test")
+    c8 = _weighted(g, rng, "c8", Op.CONV2D, "x", (8, 1, 1, 7), stride=(1, 1), padding=(0, 0, 0, 0))
+    ct = Op.CONV_TRANSPOSE2D
+    _weighted(g, rng, "ct_k3_s2_crop1_op1_c7", ct, "x", (5, 3, 3, 7), stride=(2, 2), crop=(1, 1, 0, 0))
+    _weighted(g, rng, "ct_k2_s2_c8_relu", ct, c8, (6, 2, 2, 8), act_range=(0, 127), stride=(2, 2), crop=(0, 0, 0, 0))
+    _weighted(g, rng, "ct_k3x5_s3x2_c7_any", ct, "x", (3, 3, 5, 7), act_range=(-50, 90), stride=(3, 2),
+              crop=(0, 2, -2, 1))
+    _weighted(g, rng, "ct_k1_s3_c8_bias_phases", ct, c8, (4, 1, 1, 8), stride=(3, 3), crop=(0, 0, -1, 0))
+    _weighted(g, rng, "ct_k4x3_s1_c8", ct, c8, (9, 4, 3, 8), stride=(1, 1), crop=(1, 2, 1, 0))
+    _weighted(g, rng, "ct_k5_s2_c8_crop3", ct, c8, (7, 5, 5, 8), stride=(2, 2), crop=(3, 1, 2, 0))
+    _resize(g, "nearest_x2", "x", "nearest", (10, 12), (2.0, 2.0))
+    _resize(g, "nearest_size_11x4", c8, "nearest", (11, 4))
+    _resize(g, "nearest_exact_1.5", "x", "nearest_exact", (7, 9), (1.5, 1.5))
+    _resize(g, "bilinear_x2", c8, "bilinear", (10, 12), (2.0, 2.0))
+    _resize(g, "bilinear_ac_9x13", "x", "bilinear", (9, 13), align=True)
+    _resize(g, "bilinear_1.3", c8, "bilinear", (6, 7), (1.3, 1.3))
+    # 1-D (H = 1): a (1, 6, 7) sequence from a (5, 1) max pool
+    seq = _node(g, "seq", Op.MAXPOOL2D, ["x"], output=False, kernel=(5, 1), stride=(5, 1), padding=(0, 0, 0, 0))
+    _weighted(g, rng, "ct1d_k3_s2_c7", ct, seq, (4, 1, 3, 7), stride=(1, 2), crop=(0, 1, 0, 0))
+    _resize(g, "nearest1d_x3", seq, "nearest", (1, 18), (None, 3.0))
+    _resize(g, "linear1d_x2", seq, "bilinear", (1, 12), (None, 2.0))
+    # int16: conv to int16, resize at int16, conv back to int8 (qg_resize_s16)
+    wide = _weighted(g, rng, "to_s16", Op.CONV2D, "x", (4, 1, 1, 7), act_range=(-32768, 32767), out_bits=16,
+                     stride=(1, 1), padding=(0, 0, 0, 0))
+    g.outputs.remove(wide)
+    for name, mode, size, scales in (("bilinear_s16", "bilinear", (9, 11), (None, None)),
+                                     ("nearest_s16", "nearest", (10, 12), (2.0, 2.0))):
+        up = _resize(g, name, wide, mode, size, scales, output=False)
+        _weighted(g, rng, f"{name}_to_s8", Op.CONV2D, up, (3, 1, 1, 4), stride=(1, 1), padding=(0, 0, 0, 0))
+    return finish(g)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from codegen.emit.c import render, write_atomic
+
+    rng = np.random.default_rng(16)
+    g = upsample_graph(rng)
+    out = tmp_path_factory.mktemp("upsample") / "model"
+    write_atomic(render(g, "up", ["test"]), out)
+    x = edge_inputs(rng, g.tensors["x"].shape, n_random=4)
+    return g, out, x, reference_outputs(g, run_int(g, x))
+
+
+def _first_difference(g: Graph, got: np.ndarray, expect: np.ndarray) -> str:
+    sample, index = np.argwhere(got != expect)[0]
+    for name in g.outputs:
+        size = g.tensors[name].size
+        if index < size:
+            return (f"output '{name}' {g.tensors[name].shape}, sample {sample}, element {index}: "
+                    f"C {got[sample, index]}, reference {expect[sample, index]}")
+        index -= size
+    return "?"
+
+
+def test_reference_saturates_and_stays_in_range(model):
+    """The cases reach the extremes (so the C comparison tests saturation) and resize stays in its input range."""
+    g, _, x, expect = model
+    values = run_int(g, x)
+    assert expect.min() == -128 and expect.max() == 127
+    for n in g.nodes:
+        if n.op is Op.RESIZE:
+            src, out = values[n.inputs[0]], values[n.outputs[0]]
+            assert out.min() >= src.min() and out.max() <= src.max()
+
+
+def test_c_equals_reference_on_host_with_sanitizers(model, tmp_path):
+    from codegen.hostcheck import SANITIZE_FLAGS, build_native, run_native
+
+    g, out, x, expect = model
+    exe = build_native(out, "up", tmp_path / "up_asan", SANITIZE_FLAGS)
+    got = run_native(exe, x.reshape(len(x), -1), expect.shape[1])
+    assert np.array_equal(got, expect), _first_difference(g, got, expect)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("core,board", [("cortex-m0plus", "rp2040"), ("cortex-m4", "mps2-an386")])
+def test_c_equals_reference_under_qemu(model, core, board, tmp_path):
+    from codegen.target import build_elf, missing_tools, run_qemu
+
+    if missing_tools():
+        pytest.skip(f"missing tools: {missing_tools()}")
+    g, out, x, expect = model
+    sources = [out / "up_model.c", out / "up_weights.c", *sorted((out / "kernels").glob("*.c"))]
+    elf = build_elf(board, sources, [out, out / "kernels"], "up", tmp_path,
+                    extra_cflags=("-std=c99", "-Werror", "-Wconversion"))
+    got = run_qemu(board, elf, x.reshape(len(x), -1), expect.shape[1], count_instructions=False).outputs
+    assert np.array_equal(got, expect), f"{core}: " + _first_difference(g, got, expect)
+
+
+# ------------------------------------------------------------------ end to end: a tiny U-Net through the API
+
+
+class TinyUNet(nn.Module):
+    """conv, maxpool (down), conv, up (ConvTranspose2d stride 2 / Upsample), cat with the skip, conv."""
+
+    def __init__(self, up: str):
+        super().__init__()
+        self.enc = nn.Conv2d(2, 6, 3, padding=1)
+        self.mid = nn.Conv2d(6, 8, 3, padding=1)
+        if up == "convt":
+            self.up = nn.ConvTranspose2d(8, 6, 2, stride=2)
+        else:
+            self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode=up), nn.Conv2d(8, 6, 1))
+        self.dec = nn.Conv2d(12, 3, 3, padding=1)
+
+    def forward(self, x):
+        skip = torch.relu(self.enc(x))
+        y = torch.relu(self.mid(F.max_pool2d(skip, 2)))
+        y = torch.relu(self.up(y))
+        return self.dec(torch.cat([y, skip], 1))
+
+
+@pytest.mark.parametrize("up", ["convt", "nearest", "bilinear"])
+def test_tiny_unet_end_to_end(up, tmp_path):
+    import codegen
+
+    torch.manual_seed(1)
+    model = TinyUNet(up).eval()
+    calib = torch.rand(32, 2, 8, 8) * 2 - 1
+    result = codegen.compile(model, calib[:1], calib.numpy(), prefix="unet", out_dir=tmp_path / "unet")
+    ops = {n.op for n in result.graph.nodes}
+    assert (Op.CONV_TRANSPOSE2D if up == "convt" else Op.RESIZE) in ops
+    assert result.verify(calib.numpy()[:8]).exact  # C (host) == integer reference, byte for byte
+    want = model(calib[:8]).detach().numpy()
+    err = np.abs(result.predict(calib.numpy()[:8]) - want).max() / np.abs(want).max()
+    assert err < 0.05, f"{up}: the quantised output differs from torch by {err:.3f} of its range"
