@@ -35,9 +35,11 @@ class AllOps(nn.Module):
         self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
         self.bn = nn.BatchNorm2d(4)
         self.fc = nn.Linear(4 * 2 * 2 * 2, 5)
+        self.up = nn.ConvTranspose2d(4, 4, 2, stride=2)  # conv_transpose2d
 
     def forward(self, x):
         y = torch.relu(self.conv(self.pad(x)))
+        y = y + self.up(nn.functional.interpolate(nn.functional.max_pool2d(y, 4), scale_factor=2))  # resize
         y = self.bn(self.dw(y) + y)
         y = torch.cat([torch.relu(nn.functional.max_pool2d(y, 2)), torch.sigmoid(nn.functional.avg_pool2d(y, 2))], 1)
         y = nn.functional.max_pool2d(nn.functional.pad(y, (0, 1, 1, 0)), 2)  # a pad no conv absorbs
@@ -174,8 +176,8 @@ def test_trait_queries_are_what_the_passes_use():
 
     assert fuse_activation.FUSABLE == ops.with_trait(Trait.FUSES_ACT)
     assert set(plan_memory.IN_PLACE_OPS) == {Op.RELU, Op.LUT, Op.ADD, Op.SOFTMAX}
-    assert set(assign_precision.FOLLOW_OPS) == {Op.RELU, Op.MAXPOOL2D, Op.AVGPOOL2D, Op.RESHAPE, Op.PAD}
-    assert set(ops.with_trait(Trait.WEIGHTED)) == {Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR}
+    assert set(assign_precision.FOLLOW_OPS) == {Op.RELU, Op.MAXPOOL2D, Op.AVGPOOL2D, Op.RESHAPE, Op.PAD, Op.RESIZE}
+    assert set(ops.with_trait(Trait.WEIGHTED)) == {Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR, Op.CONV_TRANSPOSE2D}
 
 
 def test_no_op_category_list_outside_the_op_table():

@@ -249,3 +249,39 @@ def test_tiny_unet_end_to_end(up, tmp_path):
     want = model(calib[:8]).detach().numpy()
     err = np.abs(result.predict(calib.numpy()[:8]) - want).max() / np.abs(want).max()
     assert err < 0.05, f"{up}: the quantised output differs from torch by {err:.3f} of its range"
+
+
+class _OnnxUps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ct = nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1)
+
+    def forward(self, x):
+        y = self.ct(x)
+        return torch.cat([F.interpolate(y, scale_factor=2, mode="nearest"),
+                          F.interpolate(y, size=(16, 20), mode="nearest"),
+                          F.interpolate(y, scale_factor=2, mode="bilinear"),
+                          F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=True)], 1)
+
+
+def test_onnx_import_equals_torch(tmp_path):
+    pytest.importorskip("onnx", reason="the ONNX front end needs the `onnx` package")
+    import contextlib
+    import io
+    import warnings
+
+    from codegen.frontend.onnx_import import from_onnx_file
+    from codegen.reference import run_float, to_qgen_layout, to_torch_layout
+
+    torch.manual_seed(0)
+    model, x = _OnnxUps().eval(), torch.randn(1, 3, 4, 5)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(tmp_path / "ups.onnx"))
+    g = from_onnx_file(str(tmp_path / "ups.onnx"))
+    modes = sorted(n.attrs["mode"] + ("_ac" if n.attrs["align_corners"] else "") for n in g.nodes if n.op is Op.RESIZE)
+    assert modes == ["bilinear", "bilinear_ac", "nearest", "nearest"]
+    assert any(n.op is Op.CONV_TRANSPOSE2D for n in g.nodes)
+    got = to_torch_layout(run_float(g, to_qgen_layout(g, x.numpy()))[g.outputs[0]], g.io_layout[g.outputs[0]])
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=2e-6)
