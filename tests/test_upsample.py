@@ -285,3 +285,22 @@ def test_onnx_import_equals_torch(tmp_path):
     assert any(n.op is Op.CONV_TRANSPOSE2D for n in g.nodes)
     got = to_torch_layout(run_float(g, to_qgen_layout(g, x.numpy()))[g.outputs[0]], g.io_layout[g.outputs[0]])
     np.testing.assert_allclose(got, model(x).detach().numpy(), atol=2e-6)
+
+
+@pytest.mark.parametrize("up", ["convt", "nearest", "bilinear"])
+def test_qat_twin_is_exact_and_trains(up):
+    """QAT's fake-quantised twin (ops' qat rules) in eval mode == the integer reference, exactly; the train
+    path has gradients through the up-sampling."""
+    from codegen import qat
+
+    torch.manual_seed(2)
+    model = TinyUNet(up).eval()
+    x = (np.random.default_rng(3).random((16, 2, 8, 8)) * 2 - 1).astype(np.float32)
+    qm = qat.prepare(model, torch.from_numpy(x[:1]), x)
+    result = qat.compile(qm, eval_data=x[:8])
+    with torch.no_grad():
+        y_qat = qm.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(y_qat, result.predict(x))
+    qm.train()
+    qm(torch.from_numpy(x)).square().mean().backward()
+    assert all(p.grad is not None for p in qm.parameters())
