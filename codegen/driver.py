@@ -91,13 +91,13 @@ def _auto_precision(graph: Graph, options: CompileOptions, ctx: Context) -> Grap
 
 def int_passes(options: CompileOptions, ctx: Context | None = None) -> Pipeline:
     from .passes import bias_correction as bias_correction_pass
-    from .passes import plan_memory, quantize
+    from .passes import concat_in_place, plan_memory, quantize
 
     ctx = ctx if ctx is not None else Context()
-    out = Pipeline([Pass("quantize", quantize.run)])
+    out = Pipeline([Pass("share_concat_formats", concat_in_place.share_formats), Pass("quantize", quantize.run)])
     if options.quant.bias_correction:
         out.append(Pass("bias_correction", lambda g: bias_correction_pass.run(g, ctx.float_graph, ctx.calib)))
-    out.append(Pass("plan_memory", plan_memory.run))
+    out += [Pass("concat_in_place", concat_in_place.run), Pass("plan_memory", plan_memory.run)]
     return out
 
 

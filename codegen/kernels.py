@@ -81,6 +81,8 @@ def _storage(g: Graph, n: Node) -> str:
 
 def variant(g: Graph, n: Node) -> str:
     """The kernel variant of node `n` (see the module docstring)."""
+    if n.attrs.get("in_place") and all(n.attrs["in_place"]):
+        return "none"  # passes/concat_in_place: the producers wrote every part, nothing is left to run
     storage = _storage(g, n)
     if storage != "dense":
         return storage

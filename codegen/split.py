@@ -32,7 +32,7 @@ from .fixed import QFormat
 from .ir import Graph, verify
 from .ops import Trait, has
 from .output import banner_lines, option_text, write_atomic
-from .passes import plan_memory
+from .passes import concat_in_place, plan_memory
 
 STREAM_MAGIC = 0x51
 STREAM_VERSION = 1
@@ -186,7 +186,7 @@ def _subgraph(graph: Graph, nodes, inp: str, outs: list[str], k: int, n_parts: i
                  source=f"{graph.source} (part {k} of {n_parts})", io_layout=layout,
                  ranges={t: r for t, r in graph.ranges.items() if t in names})
     verify(part, quantized=True)
-    return plan_memory.run(part)
+    return plan_memory.run(concat_in_place.run(part))  # a part's own inputs/outputs cannot be written in place
 
 
 def _layout(shape: tuple[int, ...]) -> str:

@@ -114,7 +114,9 @@ def kernel_pad(variant: str) -> tuple[str, str]:
     return ("qg_pad_s8" if variant == "s8" else "qg_pad_s16"), "qg_pad_params_t"
 
 
-def kernel_concat(variant: str) -> tuple[str, str]:
+def kernel_concat(variant: str) -> tuple[str | None, str | None]:
+    if variant == "none":  # every input written in place (passes/concat_in_place)
+        return None, None
     return ("qg_concat_s8", "qg_concat_params_t") if variant == "s8" else ("qg_concat_wide", "qg_concat_wide_params_t")
 
 
@@ -156,7 +158,11 @@ def c_concat(b, index: int, n):
     shift_arr = b.array(f"{io.sym}_shift", np.array(n.attrs["shifts"]), "int8", "requantisation shift per input")
     fields = [("n_inputs", len(io.xs)), ("outer", outer), ("out_block", sum(blocks)), ("block_size", block_arr),
               ("shift", shift_arr)]
-    call = (f"{{ const int8_t *const parts[{len(io.xs)}] = {{{', '.join(io.ins)}}}; "
+    in_place = n.attrs.get("in_place") or [False] * len(io.xs)  # passes/concat_in_place: already there
+    if all(in_place):
+        return None, [], None
+    parts = ["NULL" if flag else expr for flag, expr in zip(in_place, io.ins)]
+    call = (f"{{ const int8_t *const parts[{len(io.xs)}] = {{{', '.join(parts)}}}; "
             f"qg_concat_s8(&{io.struct}, parts, {io.out_expr}); }}")
     return "qg_concat_params_t", fields, call
 

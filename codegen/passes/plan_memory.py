@@ -27,6 +27,7 @@ from ..errors import UserError
 from ..ir import Graph, Op
 from ..kernel_abi import overlap_distance, scratch_bytes
 from ..ops import Trait, with_trait
+from .concat_in_place import in_place_offsets
 
 ALIGN = 4
 
@@ -53,12 +54,18 @@ def storage_groups(graph: Graph) -> dict[str, str]:
     """tensor -> the tensor that owns its storage.
 
     Reshape outputs share their input's storage. An element-wise op also writes in place into an
-    input that dies at that step (lives in the arena, same size, read by no later node).
+    input that dies at that step (lives in the arena, same size, read by no later node). A concat input
+    written in place (concat_in_place) lives inside the concat output's storage (`sub_offsets`).
     """
     owner = {name: name for name in graph.tensors if not graph.tensors[name].is_const}
+    inside = in_place_offsets(graph)
     for node in graph.nodes:
         if node.op is Op.RESHAPE:
             owner[node.outputs[0]] = owner[node.inputs[0]]
+        elif node.op is Op.CONCAT:
+            for t in node.inputs:
+                if t in inside:
+                    owner[t] = owner[node.outputs[0]]
     last_use: dict[str, int] = {}
     for step, node in enumerate(graph.nodes):
         for name in node.inputs:
@@ -67,7 +74,7 @@ def storage_groups(graph: Graph) -> dict[str, str]:
     pinned = {owner[t] for t in graph.inputs + graph.outputs}
     for step, node in enumerate(graph.nodes):
         out = node.outputs[0]
-        if node.op not in IN_PLACE_OPS or owner[out] in pinned:
+        if node.op not in IN_PLACE_OPS or owner[out] in pinned or out in inside:
             continue
         for name in node.inputs:
             root = owner.get(name)
@@ -80,6 +87,24 @@ def storage_groups(graph: Graph) -> dict[str, str]:
                 last_use[root] = last_use.get(old, step)
                 break
     return owner
+
+
+def sub_offsets(graph: Graph) -> dict[str, int]:
+    """Byte offset of each tensor inside its storage group (0 but for concat inputs written in place, also
+    nested: an in-place input of a concat that is itself an in-place input of another)."""
+    inside = in_place_offsets(graph)
+    offsets: dict[str, int] = {}
+
+    def offset(t: str) -> int:
+        if t not in offsets:
+            parent, at = inside.get(t, (None, 0))
+            offsets[t] = 0 if parent is None else at + offset(parent)
+        return offsets[t]
+
+    for t in graph.tensors:
+        if not graph.tensors[t].is_const:
+            offset(t)
+    return offsets
 
 
 SCRATCH = "scratch:"
@@ -103,18 +128,21 @@ def lifetimes(graph: Graph) -> list[Buffer]:
         for name in node.outputs:
             root = owner[name]
             if root not in groups:
-                groups[root] = Buffer([], graph.tensors[name].nbytes, step, step)
+                groups[root] = Buffer([], graph.tensors[root].nbytes, step, step)
             if name not in groups[root].tensors:
                 groups[root].tensors.append(name)
         size = scratch_bytes(graph, node)
         if size:
             groups[scratch_key(step)] = Buffer([scratch_key(step)], size, step, step)
     pinned = {owner[t] for t in graph.inputs + graph.outputs}
+    inside = in_place_offsets(graph)
     for step, node in enumerate(graph.nodes):
         distance = overlap_distance(graph, node)
         if distance is None:
             continue
         src, dst = owner[node.inputs[0]], owner[node.outputs[0]]
+        if node.outputs[0] in inside:  # written into a concat's slice: no overlap with its input
+            continue
         if src not in pinned and dst not in pinned and groups[src].last == step and groups[dst].first == step:
             groups[dst].over, groups[dst].distance = groups[src].tensors[0], distance
     return list(groups.values())
@@ -147,6 +175,9 @@ def run(graph: Graph) -> Graph:
     for buf in placed:
         for t in buf.tensors:
             memory[t] = ("arena", buf.offset)
+    for t, at in sub_offsets(graph).items():
+        if at and t in memory:
+            memory[t] = (memory[t][0], memory[t][1] + at)
     graph.memory = memory
     graph.arena_size = _arena_end(placed)
     return graph

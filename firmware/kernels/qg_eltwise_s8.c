@@ -87,9 +87,11 @@ void qg_concat_s8(const qg_concat_params_t *p, const int8_t *const *inputs, int8
         int8_t *dst = out + b * p->out_block;
         for (k = 0; k < p->n_inputs; k++) {
             const int32_t n = p->block_size[k];
-            const int8_t *src = inputs[k] + b * n;
+            const int8_t *src = inputs[k] == NULL ? NULL : inputs[k] + b * n;
             const int32_t shift = p->shift[k];
-            if (shift == 0) {
+            if (src == NULL) {
+                /* written in place by its producer (codegen/passes/concat_in_place.py) */
+            } else if (shift == 0) {
                 for (i = 0; i < n; i++) {
                     dst[i] = src[i];
                 }

@@ -139,6 +139,7 @@ typedef struct {
     const int32_t *block_size;
     const int8_t *shift;
 } qg_concat_params_t;
+/* inputs[k] == NULL: part k is already in `out` (its producer wrote it in place); it is skipped. */
 void qg_concat_s8(const qg_concat_params_t *p, const int8_t *const *inputs, int8_t *restrict out);
 
 /* float <-> Q-format at the model boundary. `scale` = 2^frac, `inv_scale` = 2^-frac.
