@@ -116,6 +116,7 @@ def scratch_for(fn: str | None, g: Graph, n: Node, core: str | None) -> int:
         cin = g.tensors[n.inputs[0]].shape[2]
         if fn == "qg_depthwise_conv2d_s8":
             return depthwise_conv2d_buffer_size(cin, kh, kw, cout)
+        cin //= n.attrs.get("groups", 1)  # a grouped conv gathers one group's channels at a time
         if core in PLAIN_CORES:
             return kh * kw * cin  # the plain path im2cols one int8 column of K bytes
         return conv2d_buffer_size(cin, kh, kw, cout)
@@ -137,14 +138,15 @@ ORDERED = frozenset({"qg_conv2d_s8", "qg_depthwise_conv2d_s8", "qg_maxpool2d_s8"
 
 
 def _overlap(fn: str | None, g: Graph, n: Node) -> int | None:
-    if fn not in ORDERED:
+    if fn not in ORDERED or n.attrs.get("groups", 1) != 1:  # grouped: the DSP path gathers group by group
         return None
     from .kernel_abi import sliding_window_overlap
 
     x, y = g.tensors[n.inputs[0]], g.tensors[n.outputs[0]]
     kernel = g.tensors[n.inputs[1]].shape[1:3] if Trait.WEIGHTED in SPEC[n.op].traits else n.attrs["kernel"]
     return sliding_window_overlap(x.shape[:2], y.shape[:2], tuple(kernel), tuple(n.attrs["stride"]),
-                                  tuple(n.attrs["padding"][:2]), x.shape[2], y.shape[2])
+                                  tuple(n.attrs["padding"][:2]), x.shape[2], y.shape[2],
+                                  tuple(n.attrs.get("dilation", (1, 1))))
 
 
 def select(g: Graph, n: Node, core: str | None = None) -> KernelCall:

@@ -61,8 +61,9 @@ def conv(x: torch.Tensor, w: torch.Tensor, node: Node) -> torch.Tensor:
     """Convolution sums (no bias) of a conv2d / depthwise node: x (N,H,W,Cin), w (Cout,KH,KW,Cin or 1)."""
     top, left, bottom, right = node.attrs["padding"]
     xp = F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom))
-    groups = xp.shape[1] if node.op is Op.DEPTHWISE_CONV2D else 1
-    return F.conv2d(xp, w.permute(0, 3, 1, 2), stride=tuple(node.attrs["stride"]), groups=groups).permute(0, 2, 3, 1)
+    groups = xp.shape[1] if node.op is Op.DEPTHWISE_CONV2D else int(node.attrs.get("groups", 1))
+    return F.conv2d(xp, w.permute(0, 3, 1, 2), stride=tuple(node.attrs["stride"]), groups=groups,
+                    dilation=tuple(node.attrs.get("dilation", (1, 1)))).permute(0, 2, 3, 1)
 
 
 def conv_transpose(x: torch.Tensor, w: torch.Tensor, node: Node) -> torch.Tensor:

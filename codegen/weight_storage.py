@@ -172,6 +172,11 @@ def candidates(node: Node) -> tuple[str, ...]:
     request = node.attrs.get("weight_format", "dense")
     if request == "dense":
         return ()
+    if node.attrs.get("groups", 1) != 1 or tuple(node.attrs.get("dilation", (1, 1))) != (1, 1):
+        if request in FORCED:  # the sparse and clustered kernels walk plain (groups=1, dilation 1) windows
+            raise UserError(f"{node.where()}: weight format '{request}' is not available for a grouped or "
+                            "dilated convolution (groups > 1 or dilation > 1); its weights stay dense")
+        return ()  # requested compression: such a layer keeps dense storage (the values may still be clustered)
     if request in FORCED:
         fmt = FORCED[request]
         ops = CLUSTER_OPS if fmt == "cluster" else SPARSE_OPS

@@ -23,8 +23,8 @@ def clib():
     ffi = cffi.FFI()
     ffi.cdef("""
         typedef struct { uint16_t in_h, in_w, in_c; uint16_t out_h, out_w, out_c;
-            uint8_t k_h, k_w, stride_h, stride_w, pad_top, pad_left; int8_t act_min, act_max;
-            const int8_t *weights; const int32_t *bias; const int8_t *shift; } qg_conv2d_params_t;
+            uint8_t k_h, k_w, stride_h, stride_w, pad_top, pad_left; uint8_t dil_h, dil_w; int8_t act_min, act_max;
+            uint16_t groups; const int8_t *weights; const int32_t *bias; const int8_t *shift; } qg_conv2d_params_t;
         typedef struct { uint16_t in_features, out_features; int8_t act_min, act_max;
             const int8_t *weights; const int32_t *bias; const int8_t *shift; } qg_fully_connected_params_t;
         int32_t qg_conv2d_s8_buffer_size(const qg_conv2d_params_t *p);
@@ -43,8 +43,14 @@ def clib():
 @pytest.mark.parametrize("in_c,k_h,k_w,out_c", SHAPES)
 def test_conv_buffer_sizes_match(clib, in_c, k_h, k_w, out_c):
     p = clib.ffi.new("qg_conv2d_params_t *", {"in_h": 16, "in_w": 16, "in_c": in_c, "out_h": 16, "out_w": 16,
-                                              "out_c": out_c, "k_h": k_h, "k_w": k_w, "stride_h": 1, "stride_w": 1})
+                                              "out_c": out_c, "k_h": k_h, "k_w": k_w, "stride_h": 1, "stride_w": 1,
+                                              "dil_h": 2, "dil_w": 3, "groups": 1})
     assert clib.lib.qg_conv2d_s8_buffer_size(p) == kernel_abi.conv2d_buffer_size(in_c, k_h, k_w, out_c)
+    for groups in (g for g in (2, 3, 4, 8) if in_c % g == 0 and out_c % g == 0):  # one group's channels
+        p.groups = groups
+        assert clib.lib.qg_conv2d_s8_buffer_size(p) == kernel_abi.conv2d_buffer_size(in_c // groups, k_h, k_w,
+                                                                                      out_c)
+    p.groups = 1
     for mult in (1, 2):  # depthwise: multiplier 1 transposes its weights into scratch, others take none
         p.out_c = in_c * mult
         assert clib.lib.qg_depthwise_conv2d_s8_buffer_size(p) == kernel_abi.depthwise_conv2d_buffer_size(

@@ -14,7 +14,8 @@ from ..weight_storage import SPARSE_CHUNK, choose
 
 def _geometry(g: Graph, n: Node) -> list[tuple[str, object]]:
     """qg_conv2d_params_t fields (a linear layer is a 1x1 conv on a 1x1xIn input); `weights` is left
-    out, so the designated initializer makes it NULL."""
+    out, so the designated initializer makes it NULL. Dilation and groups are 1: a grouped or dilated conv
+    never gets a compressed encoding (weight_storage.candidates)."""
     if n.op is Op.LINEAR:
         oc, c = g.tensors[n.inputs[1]].shape
         h = w = oh = ow = kh = kw = sh = sw = 1
@@ -26,7 +27,8 @@ def _geometry(g: Graph, n: Node) -> list[tuple[str, object]]:
         (sh, sw), (pt, pl) = n.attrs["stride"], n.attrs["padding"][:2]
     return [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
             ("k_h", kh), ("k_w", kw), ("stride_h", sh), ("stride_w", sw), ("pad_top", pt), ("pad_left", pl),
-            ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+            ("dil_h", 1), ("dil_w", 1), ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]),
+            ("groups", 1)]
 
 
 def _array(builder, base: str, data: np.ndarray, comment: str) -> str:

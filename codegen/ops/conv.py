@@ -7,11 +7,28 @@ from . import Op, OpSpec, Trait, VerifyError
 from .window import clip, conv2d_acc, conv_out_size, depthwise_acc
 
 
+def dilation(n) -> tuple[int, int]:
+    """(dh, dw) of a conv / depthwise node: tap (i, j) reads input offset (i*dh, j*dw); absent = (1, 1)."""
+    return tuple(n.attrs.get("dilation", (1, 1)))
+
+
+def groups(n) -> int:
+    """Groups of a conv node (PyTorch order: output group g reads input channels of group g); absent = 1.
+    Depthwise is its own op (groups = channels) and has none."""
+    return int(n.attrs.get("groups", 1))
+
+
+def is_plain(n) -> bool:
+    """No groups and no dilation: the layouts the compressed-weight kernels and passes assume."""
+    return groups(n) == 1 and dilation(n) == (1, 1)
+
+
 def conv_shape(g, n) -> tuple[int, ...]:
     h, w, _ = g.tensors[n.inputs[0]].shape
     cout, kh, kw, _ = g.tensors[n.inputs[1]].shape
     (sh, sw), (pt, pl, pb, pr) = n.attrs["stride"], n.attrs["padding"]
-    return (conv_out_size(h, kh, sh, pt, pb), conv_out_size(w, kw, sw, pl, pr), cout)
+    dh, dw = dilation(n)
+    return (conv_out_size(h, kh, sh, pt, pb, dh), conv_out_size(w, kw, sw, pl, pr, dw), cout)
 
 
 def linear_shape(g, n) -> tuple[int, ...]:
@@ -23,8 +40,14 @@ def check_conv(g, n) -> None:
     if len(x.shape) != 3 or len(w.shape) != 4:
         raise VerifyError(f"{n.where()}: expects (H,W,C) input and 4-D weight, got {x.shape}, {w.shape}")
     cin = w.shape[3] if n.op is Op.CONV2D else 1
-    if n.op is Op.CONV2D and cin != x.shape[2]:
-        raise VerifyError(f"{n.where()}: weight Cin {cin} != input channels {x.shape[2]}")
+    gr, dil = groups(n), dilation(n)
+    if gr < 1 or x.shape[2] % gr or w.shape[0] % gr or (gr > 1 and n.op is not Op.CONV2D):
+        raise VerifyError(f"{n.where()}: groups={gr} must divide input channels {x.shape[2]} and output "
+                          f"channels {w.shape[0]} (conv2d only)")
+    if len(dil) != 2 or min(dil) < 1:
+        raise VerifyError(f"{n.where()}: dilation {dil} must be two integers >= 1")
+    if n.op is Op.CONV2D and cin * gr != x.shape[2]:
+        raise VerifyError(f"{n.where()}: weight Cin {cin} x groups {gr} != input channels {x.shape[2]}")
     if n.op is Op.DEPTHWISE_CONV2D and w.shape[0] % x.shape[2]:
         raise VerifyError(f"{n.where()}: depthwise Cout {w.shape[0]} not a multiple of C {x.shape[2]}")
 
@@ -38,17 +61,25 @@ def check_linear(g, n) -> None:
 # ---------------------------------------------------------------- references
 
 
+def _conv_acc(g, n, x: np.ndarray) -> np.ndarray:
+    return conv2d_acc(x, g.tensors[n.inputs[1]].data, n.attrs["stride"], n.attrs["padding"], dilation(n), groups(n))
+
+
+def _depthwise_acc(g, n, x: np.ndarray) -> np.ndarray:
+    return depthwise_acc(x, g.tensors[n.inputs[1]].data, n.attrs["stride"], n.attrs["padding"], dilation(n))
+
+
 def _f_act(n, y: np.ndarray) -> np.ndarray:
     return clip(y, *n.attrs.get("act", (None, None)))
 
 
 def f_conv(g, n, xs):
-    acc = conv2d_acc(xs[0], g.tensors[n.inputs[1]].data, n.attrs["stride"], n.attrs["padding"])
+    acc = _conv_acc(g, n, xs[0])
     return _f_act(n, acc + g.tensors[n.inputs[2]].data)
 
 
 def f_depthwise(g, n, xs):
-    acc = depthwise_acc(xs[0], g.tensors[n.inputs[1]].data, n.attrs["stride"], n.attrs["padding"])
+    acc = _depthwise_acc(g, n, xs[0])
     return _f_act(n, acc + g.tensors[n.inputs[2]].data)
 
 
@@ -65,12 +96,11 @@ def requantize_acc(g, n, acc: np.ndarray) -> np.ndarray:
 
 
 def i_conv(g, n, xs):
-    return requantize_acc(g, n, conv2d_acc(xs[0], g.tensors[n.inputs[1]].data, n.attrs["stride"], n.attrs["padding"]))
+    return requantize_acc(g, n, _conv_acc(g, n, xs[0]))
 
 
 def i_depthwise(g, n, xs):
-    return requantize_acc(g, n, depthwise_acc(xs[0], g.tensors[n.inputs[1]].data, n.attrs["stride"],
-                                              n.attrs["padding"]))
+    return requantize_acc(g, n, _depthwise_acc(g, n, xs[0]))
 
 
 def i_linear(g, n, xs):
@@ -144,6 +174,10 @@ def py_window(b, n, index: int):
               ("pad_left", n.attrs["padding"][1]), ("weights", weights), ("bias", bias),
               ("mul", mul), ("rnd", rnd), ("shr", shr),
               ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+    if not is_plain(n):  # groups or dilation: one generic loop (depthwise = groups of one input channel)
+        og, cg = (oc // groups(n), c // groups(n)) if n.op is Op.CONV2D else (oc // c, 1)
+        params += [("dil_h", dilation(n)[0]), ("dil_w", dilation(n)[1]), ("group_out", og), ("group_in", cg)]
+        return "_conv2d_general", params, ""
     if n.op is Op.CONV2D:
         b.scratch(kh * kw * c, kh * kw * c, oc)
         return "_conv2d", params, ", _S"
@@ -173,9 +207,11 @@ def _window_fields(g, n, x: str, out: str) -> list[tuple[str, int]]:
     h, w, c = g.tensors[x].shape
     oh, ow, oc = g.tensors[out].shape
     _, kh, kw, _ = g.tensors[n.inputs[1]].shape
+    dh, dw = dilation(n)
     return [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
             ("k_h", kh), ("k_w", kw), ("stride_h", n.attrs["stride"][0]), ("stride_w", n.attrs["stride"][1]),
-            ("pad_top", n.attrs["padding"][0]), ("pad_left", n.attrs["padding"][1])]
+            ("pad_top", n.attrs["padding"][0]), ("pad_left", n.attrs["padding"][1]),
+            ("dil_h", dh), ("dil_w", dw), ("groups", groups(n))]
 
 
 def c_window(b, index: int, n):
@@ -190,7 +226,8 @@ def c_window(b, index: int, n):
     fields = [*_window_fields(g, n, io.xs[0], io.out), ("act_min", n.attrs["act_min"]),
               ("act_max", n.attrs["act_max"]), ("weights", weights), ("bias", bias), ("shift", shift)]
     fn = "qg_conv2d_s8" if n.op is Op.CONV2D else "qg_depthwise_conv2d_s8"
-    need = (conv2d_buffer_size if n.op is Op.CONV2D else depthwise_conv2d_buffer_size)(c, kh, kw, oc)
+    need = (conv2d_buffer_size(c // groups(n), kh, kw, oc) if n.op is Op.CONV2D
+            else depthwise_conv2d_buffer_size(c, kh, kw, oc))
     b.check_scratch(index, n, need)
     return "qg_conv2d_params_t", fields, f"{fn}(&{io.struct}, {io.ins[0]}, {io.out_expr}, {io.scratch});"
 
@@ -233,7 +270,7 @@ _COMMON = Trait.WEIGHTED | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT
 SPECS = [
     OpSpec(Op.CONV2D, "conv", _COMMON | Trait.MATMUL | Trait.SLIDING_WINDOW | Trait.FOLDS_PAD,
            conv_shape, check_conv, f_conv, i_conv, quantize_weighted, macs_conv, torch_weighted,
-           "Conv1d/Conv2d (groups=1)", ("Conv",),
+           "Conv1d/Conv2d (any groups, dilation, padding='same')", ("Conv",),
            ("qg_conv2d_s8", "qg_conv2d_s8_to_s16", "qg_conv2d_s16", "qg_conv2d_s16_to_s8",
             "qg_conv2d_sparse_s8", "qg_conv2d_cluster_s8"),
            "2-D convolution (1-D as H=1), channels last, bias, per-channel shift, fused clamp", kernel=kernel_conv,
@@ -241,7 +278,7 @@ SPECS = [
            qat=qat_weighted),
     OpSpec(Op.DEPTHWISE_CONV2D, "conv", _COMMON | Trait.SLIDING_WINDOW | Trait.FOLDS_PAD,
            conv_shape, check_conv, f_depthwise, i_depthwise, quantize_weighted, macs_depthwise, torch_weighted,
-           "depthwise Conv1d/Conv2d (groups=in_channels, any multiplier)", ("Conv",),
+           "depthwise Conv1d/Conv2d (groups=in_channels, any multiplier, dilation)", ("Conv",),
            ("qg_depthwise_conv2d_s8", "qg_depthwise_conv2d_s8_to_s16", "qg_depthwise_conv2d_s16",
             "qg_depthwise_conv2d_s16_to_s8", "qg_depthwise_conv2d_cluster_s8"),
            "depthwise convolution (groups = in channels, any multiplier)", kernel=kernel_depthwise,

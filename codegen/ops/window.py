@@ -20,37 +20,48 @@ def windows(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> 
     return v.transpose(0, 1, 2, 4, 5, 3)
 
 
-def conv2d_acc(x: np.ndarray, w: np.ndarray, stride, padding) -> np.ndarray:
-    """Plain convolution sums (N, OH, OW, Cout) of x (N,H,W,Cin) with w (Cout,KH,KW,Cin).
+def conv2d_acc(x: np.ndarray, w: np.ndarray, stride, padding, dilation=(1, 1), groups: int = 1) -> np.ndarray:
+    """Plain convolution sums (N, OH, OW, Cout) of x (N,H,W,Cin) with w (Cout,KH,KW,Cin/groups).
 
-    Integer inputs are summed in float64, which is exact while |sum| < 2**53 (int8 products over any
-    realistic kernel stay far below that), and cast back.
+    Tap (i, j) of output pixel (y, x) reads padded input pixel (y*sh + i*dh, x*sw + j*dw) (PyTorch's
+    dilation). Groups: output channels [g*Cout/G, (g+1)*Cout/G) read input channels [g*Cin/G, (g+1)*Cin/G)
+    (PyTorch's order). Integer inputs are summed in float64, which is exact while |sum| < 2**53 (int8
+    products over any realistic kernel stay far below that), and cast back.
     """
-    cout, kh, kw, _ = w.shape
-    cols = windows(pad_hw(x, padding), (kh, kw), stride)
+    cout, kh, kw, cin_g = w.shape
+    dh, dw = dilation
+    cols = windows(pad_hw(x, padding), (dh * (kh - 1) + 1, dw * (kw - 1) + 1), stride)[:, :, :, ::dh, ::dw]
     n, oh, ow = cols.shape[:3]
-    acc = cols.reshape(n * oh * ow, -1).astype(np.float64) @ w.reshape(cout, -1).T.astype(np.float64)
+    cout_g = cout // groups
+    acc = np.empty((n * oh * ow, cout))
+    for gi in range(groups):
+        xg = cols[..., gi * cin_g:(gi + 1) * cin_g].reshape(n * oh * ow, -1).astype(np.float64)
+        wg = w[gi * cout_g:(gi + 1) * cout_g].reshape(cout_g, -1).astype(np.float64)
+        acc[:, gi * cout_g:(gi + 1) * cout_g] = xg @ wg.T
     return acc.reshape(n, oh, ow, cout)
 
 
-def depthwise_acc(x: np.ndarray, w: np.ndarray, stride, padding) -> np.ndarray:
+def depthwise_acc(x: np.ndarray, w: np.ndarray, stride, padding, dilation=(1, 1)) -> np.ndarray:
     """Depthwise sums: output channel o reads input channel o // multiplier (PyTorch groups order).
 
-    One vectorised multiply-add per kernel tap over the strided, padded input (exact in float64).
+    One vectorised multiply-add per kernel tap (tap (i, j) at offset (i*dh, j*dw)) over the strided,
+    padded input (exact in float64).
     """
     cout, kh, kw, _ = w.shape
     mult = cout // x.shape[3]
+    dh, dw = dilation
     xp = pad_hw(x, padding).astype(np.float64)
     if mult > 1:
         xp = np.repeat(xp, mult, axis=3)
     sh, sw = stride
-    oh = (xp.shape[1] - kh) // sh + 1
-    ow = (xp.shape[2] - kw) // sw + 1
+    oh = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1
+    ow = (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
     acc = np.zeros((x.shape[0], oh, ow, cout))
     taps = w[..., 0].astype(np.float64)
     for i in range(kh):
         for j in range(kw):
-            acc += xp[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] * taps[:, i, j]
+            y0, x0 = i * dh, j * dw
+            acc += xp[:, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw, :] * taps[:, i, j]
     return acc
 
 

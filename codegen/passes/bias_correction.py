@@ -44,8 +44,11 @@ def _sums(node: Node, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         from ..ops.upsample import conv_transpose_acc
 
         return conv_transpose_acc(x, w, node.attrs["stride"], node.attrs["crop"])
-    fn = conv2d_acc if node.op is Op.CONV2D else depthwise_acc
-    return fn(x, w, node.attrs["stride"], node.attrs["padding"])
+    from ..ops.conv import dilation, groups
+
+    if node.op is Op.CONV2D:
+        return conv2d_acc(x, w, node.attrs["stride"], node.attrs["padding"], dilation(node), groups(node))
+    return depthwise_acc(x, w, node.attrs["stride"], node.attrs["padding"], dilation(node))
 
 
 def _correct(graph: Graph, float_graph: Graph, node: Node, x_int: np.ndarray, x_float: np.ndarray) -> None:

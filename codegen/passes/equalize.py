@@ -72,8 +72,8 @@ def _single_path_consumer(graph: Graph, producer: Node) -> Node | None:
         if len(users) != 1 or tensor in graph.outputs:
             return None
         user = users[0]
-        if user.op in WEIGHTED:
-            return user if user.inputs[0] == tensor else None
+        if user.op in WEIGHTED:  # not a grouped conv: its weight columns read channels by group
+            return user if user.inputs[0] == tensor and user.attrs.get("groups", 1) == 1 else None
         if user.op not in PASS_THROUGH:
             return None
         if user.op is Op.RELU and (user.attrs["lo"] not in (None, 0, 0.0) or user.attrs["hi"] is not None):

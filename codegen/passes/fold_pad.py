@@ -7,6 +7,7 @@ from ..ir import Graph, Op
 from ..ops import Trait, with_trait
 
 FOLDS_INTO = with_trait(Trait.FOLDS_PAD)
+PAD_LIMIT = 255  # pad_top / pad_left are uint8_t in the kernels' parameter structs (qg_kernels.h)
 
 
 def run(graph: Graph) -> Graph:
@@ -15,6 +16,8 @@ def run(graph: Graph) -> Graph:
         if len(users) != 1 or users[0].op not in FOLDS_INTO or pad.outputs[0] in graph.outputs:
             continue
         user = users[0]
+        if any(a + b > PAD_LIMIT for a, b in zip(user.attrs["padding"], pad.attrs["padding"])):
+            continue  # the folded padding would not fit the kernels' uint8_t pad fields: the pad stays a copy
         user.attrs["padding"] = tuple(a + b for a, b in zip(user.attrs["padding"], pad.attrs["padding"]))
         user.inputs[0] = pad.inputs[0]
         graph.nodes.remove(pad)

@@ -9,6 +9,9 @@ Both cost r * (K + Cout) weights and MACs per output pixel instead of Cout * K, 
 replaced when that is smaller. The square root of S goes to each factor, keeping their ranges (and
 int8 formats) balanced.
 
+Dilated convs factorise as well (the first conv keeps the dilation). Grouped convs (groups > 1) are
+skipped: their weight is block-diagonal over groups, which one SVD would break; naming one is an error.
+
 Rank: explicit (`rank=r`, capped at min(Cout, K)), or the smallest r whose singular values keep
 `energy` of sum(S^2) (e.g. 0.95).
 """
@@ -55,8 +58,13 @@ def run(graph: Graph, energy: float | None = None, rank: int | None = None, laye
         known = [n.name for n in graph.nodes if n.op in FACTORABLE]
         raise UserError(f"cannot factorise {sorted(set(layers) - {n.name for n in nodes})}: not conv2d/linear "
                         f"layers; candidates: {known}")
+    grouped = [n.name for n in nodes if n.attrs.get("groups", 1) != 1]
+    if layers is not None and grouped:
+        raise UserError(f"cannot factorise {grouped}: grouped convolutions (groups > 1) are block-diagonal "
+                        "matrices, which one SVD does not respect; leave them out of the layer list")
     for n in nodes:
-        _factorise(graph, n, energy, rank)
+        if n.attrs.get("groups", 1) == 1:  # grouped convs are skipped (see above)
+            _factorise(graph, n, energy, rank)
     return graph
 
 
@@ -80,9 +88,9 @@ def _factorise(graph: Graph, n: Node, energy: float | None, rank: int | None) ->
         second_w = second_w.reshape(cout, 1, 1, r)
     graph.tensors[w1] = Tensor(w1, first_w.shape, data=first_w)
     graph.tensors[b1] = Tensor(b1, (r,), data=np.zeros(r))
-    first_attrs = {k: v for k, v in n.attrs.items() if k in ("stride", "padding")}
+    first_attrs = {k: v for k, v in n.attrs.items() if k in ("stride", "padding", "dilation")}
     first = Node(f"{n.name}.rank{r}_a", n.op, [n.inputs[0], w1, b1], [mid_name], first_attrs, n.source)
-    second_attrs = {k: v for k, v in n.attrs.items() if k != "padding" and k != "stride"}
+    second_attrs = {k: v for k, v in n.attrs.items() if k not in ("padding", "stride", "dilation")}
     if n.op is Op.CONV2D:
         second_attrs.update(stride=(1, 1), padding=(0, 0, 0, 0))
     old_w = n.inputs[1]

@@ -8,7 +8,9 @@ Channel spaces. Channels flow from a producer (conv2d / linear output) through c
 columns are in HWC order, so channel c is every column s*C + c). A residual add joins the spaces of
 its two inputs and its output into one: those channels are coupled and pruned together, with the
 importance summed over all producers of the space. A space is frozen (left whole) when it reaches the
-graph input or output, a depthwise with multiplier > 1, or an op this pass does not model.
+graph input or output, a depthwise with multiplier > 1, a grouped conv (groups > 1: removing a channel
+would break the equal group sizes; both its input and its output space stay whole), or an op this pass
+does not model. Dilation changes nothing here.
 
 Importance of channel c: the L1 or L2 norm of every producer's filter c (each producer normalised by
 its mean, so coupled layers count alike), or given scores (e.g. BatchNorm |gamma| from
@@ -76,6 +78,10 @@ def channel_spaces(graph: Graph) -> list[Space]:
     for n in graph.nodes:
         acts = [i for i in n.inputs if not t[i].is_const]
         out = n.outputs[0]
+        if n.op in PRODUCERS and n.attrs.get("groups", 1) != 1:
+            for name in acts + list(n.outputs):  # grouped conv: its channel groups must stay equal
+                uf.freeze(name)
+            continue
         if n.op in PRODUCERS:
             continue
         if n.op in PASSTHROUGH or n.op is Op.ADD:
@@ -149,7 +155,7 @@ def run(graph: Graph, ratio: float, criterion: str = "l1", scores: dict[str, np.
     spaces = channel_spaces(graph)
     if not spaces:
         raise UserError("no output channels can be pruned in this model: every conv2d/linear output reaches "
-                        "the model output or an op whose channels cannot change")
+                        "the model output or an op whose channels cannot change (grouped convs keep theirs)")
     for space in spaces:
         channels = graph.tensors[space.producers[0].outputs[0]].shape[-1]
         keep_n = max(1, round(channels * (1.0 - ratio)))

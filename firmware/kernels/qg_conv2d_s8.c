@@ -11,8 +11,12 @@
  *   convolution) times two weight rows at a time (qg_dot_s8.h).
  * Scratch (qg_conv2d_s8_buffer_size): 4 int16 columns of K rounded up to 4, plus one int8 column
  * to gather into when in_c is not a multiple of 4; the plain path uses its first K bytes.
+ * Dilation: the gather steps by dil_h rows and dil_w pixels between taps (a window row is one copy only
+ * when dil_w is 1). Groups: K = k_h*k_w*(in_c/groups); each pixel block is gathered and multiplied once
+ * per group, the column taking the group's channels and the group's out_c/groups weight rows, so a
+ * grouped conv costs per MAC what a dense conv of in_c/groups -> out_c/groups channels costs.
  *
- * Depthwise convolution (multiplier 1): the weights are first transposed into scratch as
+ * Depthwise convolution (multiplier 1, any dilation): the weights are first transposed into scratch as
  * (k_h, k_w, channels), so that one tap of four neighbouring channels is one word, like the input.
  * Each output pixel then walks the taps that fall inside the image (no per-tap bounds test) for
  * four channels at a time: with DSP one word load of inputs and one of weights, unpacked to int16
@@ -20,7 +24,9 @@
  *
  * Order contract (the memory planner relies on it, codegen/kernel_abi.py: overlap_distance): every
  * path here computes output pixels in increasing order, and once it has written output pixel p it
- * reads input only for pixels >= p (4-pixel blocks read all four before writing any). The planner may
+ * reads input only for pixels >= p (4-pixel blocks read all four before writing any). A grouped conv
+ * on the DSP path does not keep it (group 1 of a block is gathered after group 0 is written), so the
+ * planner gives grouped convs no overlap (codegen/kernels.py). The planner may
  * therefore place `out` partly over the start of a dying `in`, so `in` and `out` are not `restrict`
  * here (parameters are read into locals instead; same instruction counts, see bench/kernels.py).
  */
@@ -34,9 +40,9 @@ static int32_t round_up4(int32_t n)
 
 int32_t qg_conv2d_s8_buffer_size(const qg_conv2d_params_t *p)
 {
-    /* 4 int16 columns, and an int8 column to gather into when in_c is not a multiple of 4 */
-    const int32_t k4 = round_up4((int32_t)p->k_h * p->k_w * p->in_c);
-    return 8 * k4 + ((p->in_c & 3) != 0 ? k4 : 0);
+    /* 4 int16 columns, and an int8 column to gather into when a group's in_c is not a multiple of 4 */
+    const int32_t cg = p->in_c / p->groups, k4 = round_up4((int32_t)p->k_h * p->k_w * cg);
+    return 8 * k4 + ((cg & 3) != 0 ? k4 : 0);
 }
 
 /* Copy n int8 values; word copies when n and both addresses allow them. */
@@ -64,27 +70,30 @@ static void zero_s8(int8_t *dst, int32_t n)
     }
 }
 
-/* Gather the receptive field of output pixel (oy, ox) into col (K int8 values). */
+/* Gather the receptive field of output pixel (oy, ox) into col (K int8 values): the cg channels from c0
+ * of each tap (cg = in_c / groups). */
 static void im2col_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t oy, int32_t ox,
-                      int8_t *restrict col)
+                      int32_t c0, int32_t cg, int8_t *restrict col)
 {
-    const int32_t in_c = p->in_c, k_w = p->k_w, row_len = k_w * in_c;
+    const int32_t in_c = p->in_c, k_w = p->k_w, dil_h = p->dil_h, dil_w = p->dil_w, row_len = k_w * cg;
     const int32_t iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left;
-    const int32_t inside = ix0 >= 0 && ix0 + k_w <= p->in_w; /* the whole window row is in the image */
+    /* the whole window row is in the image, and is one run of the input */
+    const int32_t run = ix0 >= 0 && ix0 + (k_w - 1) * dil_w < p->in_w && dil_w == 1 && cg == in_c;
     int32_t ky, kx;
+    in += c0;
     for (ky = 0; ky < p->k_h; ky++, col += row_len) {
-        const int32_t iy = iy0 + ky;
+        const int32_t iy = iy0 + ky * dil_h;
         if (iy < 0 || iy >= p->in_h) {
             zero_s8(col, row_len);
-        } else if (inside) {
+        } else if (run) {
             copy_s8(col, in + (iy * p->in_w + ix0) * in_c, row_len);
         } else {
             for (kx = 0; kx < k_w; kx++) {
-                const int32_t ix = ix0 + kx;
+                const int32_t ix = ix0 + kx * dil_w;
                 if (ix < 0 || ix >= p->in_w) {
-                    zero_s8(col + kx * in_c, in_c);
+                    zero_s8(col + kx * cg, cg);
                 } else {
-                    copy_s8(col + kx * in_c, in + (iy * p->in_w + ix) * in_c, in_c);
+                    copy_s8(col + kx * cg, in + (iy * p->in_w + ix) * in_c, cg);
                 }
             }
         }
@@ -126,32 +135,33 @@ static void zero_s16(int16_t *dst, int32_t n_groups)
     }
 }
 
-/* Column slot `c` (0..QG_COLS-1) of `cols` <- output pixel (oy, ox). With in_c a multiple of 4
- * every window cell is a whole number of groups and is widened straight from the input; otherwise
- * the int8 column is gathered into `stage` first. */
+/* Column slot `c` (0..QG_COLS-1) of `cols` <- output pixel (oy, ox), channels [c0, c0 + cg). With cg a
+ * multiple of 4 every window cell is a whole number of groups and is widened straight from the input;
+ * otherwise the int8 column is gathered into `stage` first. */
 static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t oy, int32_t ox,
-                     int16_t *cols, int32_t c, int8_t *stage)
+                     int32_t c0, int32_t cg, int16_t *cols, int32_t c, int8_t *stage)
 {
     const int32_t in_c = p->in_c, k_w = p->k_w;
     int16_t *dst = cols + 4 * c;
-    if ((in_c & 3) == 0) {
+    if ((cg & 3) == 0) {
         const int32_t iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left;
-        const int32_t cell = (in_c >> 2) * QG_GROUP;
+        const int32_t cell = (cg >> 2) * QG_GROUP, dil_h = p->dil_h, dil_w = p->dil_w;
         int32_t ky, kx;
+        in += c0;
         for (ky = 0; ky < p->k_h; ky++) {
-            const int32_t iy = iy0 + ky;
+            const int32_t iy = iy0 + ky * dil_h;
             for (kx = 0; kx < k_w; kx++, dst += cell) {
-                const int32_t ix = ix0 + kx;
+                const int32_t ix = ix0 + kx * dil_w;
                 if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
-                    zero_s16(dst, in_c >> 2);
+                    zero_s16(dst, cg >> 2);
                 } else {
-                    widen_s16(dst, in + (iy * p->in_w + ix) * in_c, in_c);
+                    widen_s16(dst, in + (iy * p->in_w + ix) * in_c, cg);
                 }
             }
         }
     } else {
-        im2col_s8(p, in, oy, ox, stage);
-        widen_s16(dst, stage, p->k_h * k_w * in_c);
+        im2col_s8(p, in, oy, ox, c0, cg, stage);
+        widen_s16(dst, stage, p->k_h * k_w * cg);
     }
 }
 
@@ -203,19 +213,20 @@ static inline void store_1x4(const int32_t acc[QG_COLS], int32_t shift_m1, int32
     out[3 * stride] = qg_requantize_pos_s8(acc[3], shift_m1, kind, act_min, act_max);
 }
 
-/* Outputs of the n_valid (1..QG_COLS) pixels whose columns are in `cols`; out = the first one's.
- * Parameters are read into locals: stores through int8_t pointers may alias anything, so the
- * compiler would otherwise reload them from *p after every output byte. */
-static void conv_block_dsp(const qg_conv2d_params_t *p, const int16_t *cols, int32_t n_valid, int8_t *out)
+/* Output channels [oc0, oc1) of the n_valid (1..QG_COLS) pixels whose k-long columns are in `cols`;
+ * out = the first one's pixel. Parameters are read into locals: stores through int8_t pointers may alias
+ * anything, so the compiler would otherwise reload them from *p after every output byte. */
+static void conv_block_dsp(const qg_conv2d_params_t *p, const int16_t *cols, int32_t n_valid, int32_t oc0,
+                           int32_t oc1, int32_t k, int8_t *out)
 {
-    const int32_t out_c = p->out_c, k = p->k_h * p->k_w * p->in_c;
+    const int32_t out_c = p->out_c;
     const int32_t act_min = p->act_min, act_max = p->act_max;
     const int32_t kind = n_valid == QG_COLS ? qg_clamp_kind(act_min, act_max) : -1;
-    const int8_t *w = p->weights;
+    const int8_t *w = p->weights + oc0 * k;
     const int32_t *bias = p->bias;
     const int8_t *shift = p->shift;
     int32_t oc, c;
-    for (oc = 0; oc < out_c; oc++, w += k) {
+    for (oc = oc0; oc < oc1; oc++, w += k) {
         const int32_t s = shift[oc];
         int32_t acc[QG_COLS];
         for (c = 0; c < QG_COLS; c++) {
@@ -240,53 +251,65 @@ static void conv_block_dsp(const qg_conv2d_params_t *p, const int16_t *cols, int
 void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, int8_t *restrict scratch)
 {
     const int32_t out_w = p->out_w, out_c = p->out_c, n_pix = p->out_h * out_w;
-    int32_t pix, oy = 0, ox = 0;
+    const int32_t groups = p->groups, cg = p->in_c / groups, og = out_c / groups; /* per group */
+    const int32_t k = p->k_h * p->k_w * cg;
+    int32_t pix, oy = 0, ox = 0, gi;
 #if QG_DSP
-    const int32_t k = p->k_h * p->k_w * p->in_c;
     int16_t *cols = (int16_t *)(void *)scratch;
     int8_t *stage = scratch + 2 * QG_COLS * round_up4(k);
     for (pix = 0; pix < n_pix; pix += QG_COLS) {
         const int32_t n_valid = n_pix - pix < QG_COLS ? n_pix - pix : QG_COLS;
-        int32_t c;
+        int32_t ys[QG_COLS], xs[QG_COLS], c;
         for (c = 0; c < QG_COLS; c++) {
             /* past the last pixel, slots repeat it: their results are computed and dropped */
-            fill_col(p, in, oy, ox, cols, c, stage);
+            ys[c] = oy;
+            xs[c] = ox;
             if (c + 1 < n_valid && ++ox == out_w) {
                 ox = 0;
                 oy++;
             }
         }
-        conv_block_dsp(p, cols, n_valid, out + pix * out_c);
+        for (gi = 0; gi < groups; gi++) {
+            for (c = 0; c < QG_COLS; c++) {
+                fill_col(p, in, ys[c], xs[c], gi * cg, cg, cols, c, stage);
+            }
+            conv_block_dsp(p, cols, n_valid, gi * og, gi * og + og, k, out + pix * out_c);
+        }
         if (++ox == out_w) {
             ox = 0;
             oy++;
         }
     }
 #else
-    const int32_t k = p->k_h * p->k_w * p->in_c;
-    const int32_t act_min = p->act_min, act_max = p->act_max;
+    const int32_t in_c = p->in_c, act_min = p->act_min, act_max = p->act_max;
     const int32_t *bias = p->bias;
     const int8_t *shift = p->shift;
-    const int32_t direct = p->k_h == 1 && p->k_w == 1; /* 1x1: a column is one input pixel */
+    const int32_t direct = p->k_h == 1 && p->k_w == 1; /* 1x1: a column is one input pixel's channels */
     for (pix = 0; pix < n_pix; pix++, out += out_c) {
         const int32_t iy = oy * p->stride_h - p->pad_top, ix = ox * p->stride_w - p->pad_left;
-        const int8_t *col;
+        const int32_t inside = direct && iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w;
         const int8_t *w = p->weights;
-        int32_t oc;
-        if (direct && iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w) {
-            col = in + (iy * p->in_w + ix) * k;
-        } else {
-            im2col_s8(p, in, oy, ox, scratch);
-            col = scratch;
-        }
-        for (oc = 0; oc + 1 < out_c; oc += 2, w += 2 * k) {
-            int32_t acc0 = bias[oc], acc1 = bias[oc + 1];
-            qg_dot_1x2_s8(col, w, w + k, k, &acc0, &acc1);
-            out[oc] = qg_requantize_s8(acc0, shift[oc], act_min, act_max);
-            out[oc + 1] = qg_requantize_s8(acc1, shift[oc + 1], act_min, act_max);
-        }
-        if (oc < out_c) {
-            out[oc] = qg_requantize_s8(qg_dot_1x1_s8(col, w, k, bias[oc]), shift[oc], act_min, act_max);
+        int32_t oc = 0;
+        for (gi = 0; gi < groups; gi++) {
+            const int32_t oc1 = oc + og;
+            const int8_t *col;
+            if (inside) {
+                col = in + (iy * p->in_w + ix) * in_c + gi * cg;
+            } else {
+                im2col_s8(p, in, oy, ox, gi * cg, cg, scratch);
+                col = scratch;
+            }
+            for (; oc + 1 < oc1; oc += 2, w += 2 * k) {
+                int32_t acc0 = bias[oc], acc1 = bias[oc + 1];
+                qg_dot_1x2_s8(col, w, w + k, k, &acc0, &acc1);
+                out[oc] = qg_requantize_s8(acc0, shift[oc], act_min, act_max);
+                out[oc + 1] = qg_requantize_s8(acc1, shift[oc + 1], act_min, act_max);
+            }
+            if (oc < oc1) {
+                out[oc] = qg_requantize_s8(qg_dot_1x1_s8(col, w, k, bias[oc]), shift[oc], act_min, act_max);
+                oc++;
+                w += k;
+            }
         }
         if (++ox == out_w) {
             ox = 0;
@@ -308,22 +331,23 @@ int32_t qg_depthwise_conv2d_s8_buffer_size(const qg_conv2d_params_t *p)
 static void depthwise_generic(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out)
 {
     const int32_t in_c = p->in_c, mult = p->out_c / p->in_c, k_w = p->k_w, taps = p->k_h * k_w;
-    int32_t oy, ox, c, m, ky, kx;
+    const int32_t dil_h = p->dil_h, dil_w = p->dil_w, x_step = dil_w * in_c;
+    int32_t oy, ox, c, m, ky, kx, ky0, ky1, kx0, kx1;
     for (oy = 0; oy < p->out_h; oy++) {
         const int32_t iy0 = oy * p->stride_h - p->pad_top;
-        const int32_t ky0 = iy0 < 0 ? -iy0 : 0, ky1 = iy0 + p->k_h > p->in_h ? p->in_h - iy0 : p->k_h;
+        qg_clip_window_dilated(iy0, p->k_h, dil_h, p->in_h, &ky0, &ky1);
         for (ox = 0; ox < p->out_w; ox++) {
             const int32_t ix0 = ox * p->stride_w - p->pad_left;
-            const int32_t kx0 = ix0 < 0 ? -ix0 : 0, kx1 = ix0 + k_w > p->in_w ? p->in_w - ix0 : k_w;
             int32_t oc = 0;
+            qg_clip_window_dilated(ix0, k_w, dil_w, p->in_w, &kx0, &kx1);
             for (c = 0; c < in_c; c++) {
                 for (m = 0; m < mult; m++, oc++) {
                     const int8_t *w_i8 = p->weights + oc * taps;
                     int32_t acc_i32 = p->bias[oc];
                     for (ky = ky0; ky < ky1; ky++) {
-                        const int8_t *x_i8 = in + ((iy0 + ky) * p->in_w + ix0) * in_c + c;
+                        const int8_t *x_i8 = in + ((iy0 + ky * dil_h) * p->in_w + ix0) * in_c + c;
                         for (kx = kx0; kx < kx1; kx++) {
-                            acc_i32 += (int32_t)x_i8[kx * in_c] * w_i8[ky * k_w + kx];
+                            acc_i32 += (int32_t)x_i8[kx * x_step] * w_i8[ky * k_w + kx];
                         }
                     }
                     *out++ = qg_requantize_s8(acc_i32, p->shift[oc], p->act_min, p->act_max);
@@ -366,11 +390,12 @@ static void store_4(int32_t a0, int32_t a1, int32_t a2, int32_t a3, const int8_t
 void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, int8_t *restrict scratch)
 {
     const int32_t ch = p->in_c, k_w = p->k_w, taps = p->k_h * k_w;
+    const int32_t dil_h = p->dil_h, dil_w = p->dil_w, x_step = dil_w * ch; /* input bytes between taps */
     const int32_t act_min = p->act_min, act_max = p->act_max, kind = qg_clamp_kind(act_min, act_max);
     const int8_t *shift = p->shift;
     const int32_t *bias = p->bias;
     int8_t *w_t = scratch; /* (k_h, k_w, ch) */
-    int32_t oy, ox, c, t;
+    int32_t oy, ox, c, t, ky0, ky1, kx0, kx1;
     if (p->out_c != ch) {
         depthwise_generic(p, in, out);
         return;
@@ -382,20 +407,21 @@ void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_
     }
     for (oy = 0; oy < p->out_h; oy++) {
         const int32_t iy0 = oy * p->stride_h - p->pad_top;
-        const int32_t ky0 = iy0 < 0 ? -iy0 : 0, ky1 = iy0 + p->k_h > p->in_h ? p->in_h - iy0 : p->k_h;
+        qg_clip_window_dilated(iy0, p->k_h, dil_h, p->in_h, &ky0, &ky1);
         for (ox = 0; ox < p->out_w; ox++, out += ch) {
             const int32_t ix0 = ox * p->stride_w - p->pad_left;
-            const int32_t kx0 = ix0 < 0 ? -ix0 : 0, kx1 = ix0 + k_w > p->in_w ? p->in_w - ix0 : k_w;
+            qg_clip_window_dilated(ix0, k_w, dil_w, p->in_w, &kx0, &kx1);
             /* first tap inside the image, and the step from the end of one window row to the next */
-            const int8_t *x0 = in + ((iy0 + ky0) * p->in_w + ix0 + kx0) * ch;
+            const int8_t *x0 = in + ((iy0 + ky0 * dil_h) * p->in_w + ix0 + kx0 * dil_w) * ch;
             const int8_t *w0 = w_t + (ky0 * k_w + kx0) * ch;
-            const int32_t x_row_step = (p->in_w - (kx1 - kx0)) * ch, w_row_step = (k_w - (kx1 - kx0)) * ch;
+            const int32_t x_row_step = dil_h * p->in_w * ch - (kx1 - kx0) * x_step;
+            const int32_t w_row_step = (k_w - (kx1 - kx0)) * ch;
             int32_t ky, kx;
             for (c = 0; c + 3 < ch; c += 4) {
                 const int8_t *x_i8 = x0 + c, *w_i8 = w0 + c;
                 int32_t a0 = bias[c], a1 = bias[c + 1], a2 = bias[c + 2], a3 = bias[c + 3];
                 for (ky = ky0; ky < ky1; ky++, x_i8 += x_row_step, w_i8 += w_row_step) {
-                    for (kx = kx0; kx < kx1; kx++, x_i8 += ch, w_i8 += ch) {
+                    for (kx = kx0; kx < kx1; kx++, x_i8 += x_step, w_i8 += ch) {
 #if QG_DSP
                         const int32_t xv = qg_load_s8x4(x_i8), wv = qg_load_s8x4(w_i8);
                         const int32_t xe = qg_sxtb16(xv), we = qg_sxtb16(wv);
@@ -418,7 +444,7 @@ void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_
                 const int8_t *x_i8 = x0 + c, *w_i8 = w0 + c;
                 int32_t acc_i32 = bias[c];
                 for (ky = ky0; ky < ky1; ky++, x_i8 += x_row_step, w_i8 += w_row_step) {
-                    for (kx = kx0; kx < kx1; kx++, x_i8 += ch, w_i8 += ch) {
+                    for (kx = kx0; kx < kx1; kx++, x_i8 += x_step, w_i8 += ch) {
                         acc_i32 += x_i8[0] * w_i8[0];
                     }
                 }

@@ -23,7 +23,7 @@
 /* The interface version of this library: its parameter structs and prototypes as generated model code
  * uses them. Raised whenever one changes; every generated <prefix>_model.c checks it with #error, so a
  * model built against another version of these kernels fails to compile instead of miscomputing. */
-#define QG_KERNELS_ABI 1
+#define QG_KERNELS_ABI 2
 
 #include <stdint.h>
 #include "qg_fixed.h"
@@ -46,8 +46,11 @@ typedef struct {
     uint16_t in_h, in_w, in_c;
     uint16_t out_h, out_w, out_c;
     uint8_t k_h, k_w, stride_h, stride_w, pad_top, pad_left;
+    uint8_t dil_h, dil_w;  /* dilation (>= 1): tap (ky, kx) reads input offset (ky * dil_h, kx * dil_w) */
     int8_t act_min, act_max;
-    const int8_t *weights; /* conv (out_c, k_h, k_w, in_c); depthwise (out_c, k_h, k_w) */
+    uint16_t groups;       /* conv: in_c and out_c split into `groups` (>= 1) equal groups, output group g reads
+                              input group g (PyTorch order); depthwise, sparse, clustered: 1 */
+    const int8_t *weights; /* conv (out_c, k_h, k_w, in_c / groups); depthwise (out_c, k_h, k_w) */
     const int32_t *bias;   /* (out_c), frac = in_frac + weight_frac[c] */
     const int8_t *shift;   /* (out_c) requantisation shift in [-31, 31] */
 } qg_conv2d_params_t;
@@ -165,6 +168,8 @@ typedef struct {
     uint16_t in_h, in_w, in_c;
     uint16_t out_h, out_w, out_c;
     uint8_t k_h, k_w, stride_h, stride_w, pad_top, pad_left;
+    uint8_t dil_h, dil_w;    /* as qg_conv2d_params_t */
+    uint16_t groups;         /* as qg_conv2d_params_t */
     uint8_t acc64;           /* 1: accumulate in int64 */
     int16_t act_min, act_max;
     const int8_t *weights;   /* as qg_conv2d_params_t */

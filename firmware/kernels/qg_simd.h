@@ -39,6 +39,18 @@ static inline void qg_clip_window(int32_t i0, int32_t k, int32_t size, int32_t *
     *k1 = i0 + k > size ? size - i0 : k;
 }
 
+/* The same for a dilated window (taps at i0 + t * d, t in [0, k)): no division when d == 1. The range
+ * is empty (k0 >= k1) when every tap falls in the padding. */
+static inline void qg_clip_window_dilated(int32_t i0, int32_t k, int32_t d, int32_t size, int32_t *k0, int32_t *k1)
+{
+    if (d == 1) {
+        qg_clip_window(i0, k, size, k0, k1);
+        return;
+    }
+    *k0 = i0 < 0 ? (d - 1 - i0) / d : 0;
+    *k1 = i0 + (k - 1) * d < size ? k : (size - i0 > 0 ? (size - i0 + d - 1) / d : 0);
+}
+
 /* Four int8 values as one 32-bit word (x0 in the low byte on a little-endian core). */
 static inline int32_t qg_load_s8x4(const int8_t *p)
 {

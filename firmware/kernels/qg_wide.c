@@ -77,27 +77,39 @@ static inline int64_t dot_int8_t_int64_t(const int8_t *x, const int8_t *w, int32
     return acc + dot_int8_t_int32_t(x, w, n, 0); /* int8 input is never given an int64 accumulator */
 }
 
+/* Groups: output channel oc reads the cg = in_c / groups input channels of its group; dilation: taps
+ * dil_h rows / dil_w pixels apart. A window row is one dot product of its taps' channels when it is
+ * contiguous in the input (dil_w 1, one group), else one per tap. */
 #define QG_DEFINE_CONV2D(NAME, IN_T, OUT_T, ACC_T)                                                           \
     static void NAME(const qg_conv2d_wide_params_t *p, const IN_T *restrict in, OUT_T *restrict out)         \
     {                                                                                                        \
         const int32_t in_w = p->in_w, in_c = p->in_c, out_c = p->out_c, k_h = p->k_h, k_w = p->k_w;          \
-        int32_t oy, ox, oc, ky, ky0, ky1, kx0, kx1;                                                          \
+        const int32_t dil_h = p->dil_h, dil_w = p->dil_w, cg = in_c / p->groups, og = out_c / p->groups;     \
+        const int32_t whole = dil_w == 1 && cg == in_c; /* a window row is one run of the input */           \
+        int32_t oy, ox, oc, ky, ky0, ky1, kx0, kx1, r;                                                       \
         for (oy = 0; oy < p->out_h; oy++) {                                                                  \
             const int32_t iy0 = oy * p->stride_h - p->pad_top;                                               \
-            qg_clip_window(iy0, k_h, (int32_t)p->in_h, &ky0, &ky1);                                          \
+            qg_clip_window_dilated(iy0, k_h, dil_h, (int32_t)p->in_h, &ky0, &ky1);                           \
             for (ox = 0; ox < p->out_w; ox++, out += out_c) {                                                \
                 const int32_t ix0 = ox * p->stride_w - p->pad_left;                                          \
-                int32_t run;                                                                                 \
-                qg_clip_window(ix0, k_w, in_w, &kx0, &kx1);                                                  \
-                run = (kx1 - kx0) * in_c;                                                                    \
+                int32_t run, runs, c0 = 0, left = og; /* input channel of oc's group; outputs left in it */   \
+                qg_clip_window_dilated(ix0, k_w, dil_w, in_w, &kx0, &kx1);                                   \
+                run = whole ? (kx1 - kx0) * in_c : cg;                                                       \
+                runs = whole ? (kx1 > kx0) : kx1 - kx0;                                                      \
                 for (oc = 0; oc < out_c; oc++) {                                                             \
                     ACC_T acc = p->bias[oc];                                                                 \
                     for (ky = ky0; ky < ky1; ky++) {                                                         \
-                        const IN_T *x = in + ((iy0 + ky) * in_w + ix0 + kx0) * in_c;                         \
-                        const int8_t *w = p->weights + ((oc * k_h + ky) * k_w + kx0) * in_c;                 \
-                        acc = dot_##IN_T##_##ACC_T(x, w, run, acc);                                          \
+                        const IN_T *x = in + ((iy0 + ky * dil_h) * in_w + ix0 + kx0 * dil_w) * in_c + c0;    \
+                        const int8_t *w = p->weights + ((oc * k_h + ky) * k_w + kx0) * cg;                   \
+                        for (r = 0; r < runs; r++, x += dil_w * in_c, w += cg) {                             \
+                            acc = dot_##IN_T##_##ACC_T(x, w, run, acc);                                      \
+                        }                                                                                    \
                     }                                                                                        \
                     out[oc] = (OUT_T)qg_requantize_wide(acc, p->shift[oc], p->act_min, p->act_max);          \
+                    if (--left == 0) {                                                                       \
+                        left = og;                                                                           \
+                        c0 += cg;                                                                            \
+                    }                                                                                        \
                 }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
@@ -108,22 +120,22 @@ static inline int64_t dot_int8_t_int64_t(const int8_t *x, const int8_t *w, int32
     static void NAME(const qg_conv2d_wide_params_t *p, const IN_T *restrict in, OUT_T *restrict out)         \
     {                                                                                                        \
         const int32_t in_w = p->in_w, in_c = p->in_c, out_c = p->out_c, k_h = p->k_h, k_w = p->k_w;          \
-        const int32_t mult = out_c / in_c;                                                                   \
+        const int32_t mult = out_c / in_c, dil_h = p->dil_h, x_step = p->dil_w * in_c;                       \
         int32_t oy, ox, oc, ky, kx, ky0, ky1, kx0, kx1;                                                      \
         for (oy = 0; oy < p->out_h; oy++) {                                                                  \
             const int32_t iy0 = oy * p->stride_h - p->pad_top;                                               \
-            qg_clip_window(iy0, k_h, (int32_t)p->in_h, &ky0, &ky1);                                          \
+            qg_clip_window_dilated(iy0, k_h, dil_h, (int32_t)p->in_h, &ky0, &ky1);                           \
             for (ox = 0; ox < p->out_w; ox++, out += out_c) {                                                \
                 const int32_t ix0 = ox * p->stride_w - p->pad_left;                                          \
-                qg_clip_window(ix0, k_w, in_w, &kx0, &kx1);                                                  \
+                qg_clip_window_dilated(ix0, k_w, (int32_t)p->dil_w, in_w, &kx0, &kx1);                       \
                 for (oc = 0; oc < out_c; oc++) {                                                             \
                     ACC_T acc = p->bias[oc];                                                                 \
                     const IN_T *x0 = in + oc / mult;                                                         \
                     for (ky = ky0; ky < ky1; ky++) {                                                         \
-                        const IN_T *x = x0 + ((iy0 + ky) * in_w + ix0) * in_c;                               \
+                        const IN_T *x = x0 + ((iy0 + ky * dil_h) * in_w + ix0) * in_c;                       \
                         const int8_t *w = p->weights + (oc * k_h + ky) * k_w;                                \
                         for (kx = kx0; kx < kx1; kx++) {                                                     \
-                            acc += (ACC_T)x[kx * in_c] * w[kx];                                              \
+                            acc += (ACC_T)x[kx * x_step] * w[kx];                                            \
                         }                                                                                    \
                     }                                                                                        \
                     out[oc] = (OUT_T)qg_requantize_wide(acc, p->shift[oc], p->act_min, p->act_max);          \

@@ -184,6 +184,36 @@ def _depthwise_conv2d(x, y, p):
             yo += cout
 
 
+def _conv2d_general(x, y, p):
+    # grouped and/or dilated conv, dilated depthwise: output channel co reads the cg input channels from
+    # (co // og) * cg (depthwise: og = multiplier, cg = 1), taps dh rows / dw pixels apart; padding taps
+    # are skipped (they would multiply zero).
+    (h, w, cin, oh, ow, cout, kh, kw, sh, sw, pt, pl,
+     weights, bias, mul, rnd, shr, lo, hi, dh, dw, og, cg) = p
+    yo = 0
+    for oy in range(oh):
+        iy0 = oy * sh - pt
+        for ox in range(ow):
+            ix0 = ox * sw - pl
+            for co in range(cout):
+                wr = weights[co]
+                acc = bias[co]
+                c0 = (co // og) * cg
+                t = 0
+                for ky in range(kh):
+                    iy = iy0 + ky * dh
+                    for kx in range(kw):
+                        ix = ix0 + kx * dw
+                        if 0 <= iy < h and 0 <= ix < w:
+                            xs = (iy * w + ix) * cin + c0
+                            for c in range(cg):
+                                acc += x[xs + c] * wr[t + c]
+                        t += cg
+                acc = (acc * mul[co] + rnd[co]) >> shr[co]
+                y[yo] = lo if acc < lo else (hi if acc > hi else acc)
+                yo += 1
+
+
 def _linear(x, y, p, s):
     n_in, n_out, weights, bias, mul, rnd, shr, lo, hi = p
     accs, nzk = s[3], s[2]

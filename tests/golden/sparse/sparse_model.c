@@ -9,8 +9,8 @@
 #include "sparse_weights.h"
 #include "qg_kernels.h"
 
-#if !defined(QG_KERNELS_ABI) || QG_KERNELS_ABI != 1
-#error "qg_kernels.h is not the kernel library this model was generated for (QG_KERNELS_ABI 1): use the kernels/ generated with it"
+#if !defined(QG_KERNELS_ABI) || QG_KERNELS_ABI != 2
+#error "qg_kernels.h is not the kernel library this model was generated for (QG_KERNELS_ABI 2): use the kernels/ generated with it"
 #endif
 
 /* One static arena; offsets planned by qgen (buffers share memory when their lifetimes do not overlap). */
