@@ -162,7 +162,8 @@ def specs(draw, lim: Limits = QUICK) -> dict:
         if len(shape) == 3:
             c, h, w = shape
             op = draw(st.sampled_from(["conv", "conv", "conv", "dw", "dw", "bn", "act", "act", "maxpool", "avgpool",
-                                       "adaptive", "res", "res", "cat", "pad", "softmax", "gap", "flatten"]))
+                                       "adaptive", "res", "res", "cat", "pad", "softmax", "gap", "flatten",
+                                       "convt", "up"]))
             if op == "conv":
                 win = draw(_window(h, w, 5, pool=False))
                 if win is None:
@@ -180,6 +181,31 @@ def specs(draw, lim: Limits = QUICK) -> dict:
                 layers.append({"op": "bn", "kind": draw(st.sampled_from(["normal", "normal", "extreme"]))})
             elif op == "act":
                 layers.append(_act_layer(draw))
+            elif op == "convt":  # ConvTranspose2d: output (h - 1) * s - 2 p + k + output_padding
+                k = [draw(st.integers(1, 4)), draw(st.integers(1, 4))]
+                s = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+                p = [draw(st.integers(0, (k[i] - 1) // 2)) for i in range(2)]
+                op_ = [draw(st.integers(0, s[i] - 1)) for i in range(2)]
+                layer = {"op": "convt", "out": draw(st.integers(1, lim.max_ch)), "k": k, "stride": s, "pad": p,
+                         "opad": op_, **draw(_weights())}
+                new = layer_shape(layer, shape)
+                if min(new[1:]) < 1 or new[1] * new[2] > 4 * lim.max_hw * lim.max_hw:
+                    continue
+                layers.append(layer)
+                shape = new
+            elif op == "up":  # Upsample / interpolate: nearest, nearest-exact, bilinear (both corner rules)
+                mode = draw(st.sampled_from(["nearest", "nearest", "nearest-exact", "bilinear", "bilinear_ac"]))
+                how = draw(st.sampled_from(["scale", "scale", "size"]))
+                if how == "scale":
+                    layer = {"op": "up", "mode": mode, "scale": draw(st.sampled_from([2.0, 2.0, 3.0, 1.5, 0.5]))}
+                else:
+                    layer = {"op": "up", "mode": mode, "size": [draw(st.integers(1, 2 * lim.max_hw)),
+                                                                draw(st.integers(1, 2 * lim.max_hw))]}
+                new = layer_shape(layer, shape)
+                if min(new[1:]) < 1:
+                    continue
+                layers.append(layer)
+                shape = new
             elif op in ("maxpool", "avgpool"):
                 win = draw(_window(h, w, 3, pool=True))
                 if win is None:
@@ -286,6 +312,13 @@ def layer_shape(layer: dict, shape: tuple[int, ...]) -> tuple[int, ...]:
         return (c, _out(shape[1], *_kph(layer, 0)), _out(shape[2], *_kph(layer, 1)))
     if op == "adaptive":
         return (shape[0], *layer["out"])
+    if op == "convt":
+        return (layer["out"], *((shape[1 + i] - 1) * layer["stride"][i] - 2 * layer["pad"][i] + layer["k"][i]
+                                + layer["opad"][i] for i in range(2)))
+    if op == "up":
+        if "size" in layer:
+            return (shape[0], *layer["size"])
+        return (shape[0], *(int(math.floor(d * layer["scale"])) for d in shape[1:]))
     if op == "gap":
         return (shape[0],)
     if op == "flatten":
@@ -393,6 +426,17 @@ def _module(layer: dict, shape: tuple[int, ...], rng: np.random.Generator) -> nn
         m = nn.Linear(shape[0], layer["out"], bias=layer["bias"])
         _set_weights(m, layer, rng)
         return m
+    if op == "convt":
+        m = nn.ConvTranspose2d(shape[0], layer["out"], tuple(layer["k"]), tuple(layer["stride"]),
+                               tuple(layer["pad"]), tuple(layer["opad"]), bias=layer["bias"])
+        _set_weights(m, layer, rng)
+        return m
+    if op == "up":
+        mode = layer["mode"].replace("_ac", "")
+        align = {"align_corners": layer["mode"].endswith("_ac")} if mode == "bilinear" else {}
+        if "size" in layer:
+            return nn.Upsample(size=tuple(layer["size"]), mode=mode, **align)
+        return nn.Upsample(scale_factor=layer["scale"], mode=mode, **align)
     if op == "bn":
         m = nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0])
         _set_bn(m, layer["kind"], rng)
@@ -453,8 +497,9 @@ def _set_weights(m: nn.Module, layer: dict, rng: np.random.Generator) -> None:
     with torch.no_grad():
         m.weight.copy_(torch.from_numpy(v))
         if m.bias is not None:
-            b = {"zero": np.zeros(cout), "normal": rng.standard_normal(cout) * 0.5,
-                 "huge": rng.standard_normal(cout) * 1e4, "tiny": rng.standard_normal(cout) * 1e-6}[layer["b"]]
+            nb = m.bias.shape[0]  # ConvTranspose weights are (Cin, Cout, ...): not w.shape[0]
+            b = {"zero": np.zeros(nb), "normal": rng.standard_normal(nb) * 0.5,
+                 "huge": rng.standard_normal(nb) * 1e4, "tiny": rng.standard_normal(nb) * 1e-6}[layer["b"]]
             m.bias.copy_(torch.from_numpy(b * 10.0 ** layer["bexp"]))
 
 
