@@ -415,14 +415,15 @@ def _conv(imp: _Importer, node) -> _Act:
     x = imp.input_act(node)
     w = np.asarray(imp.input_const(node, 1, "the weight"), np.float64)
     b = imp.input_const(node, 2, "the bias")
-    dilations = [int(d) for d in imp.attr(node, "dilations") or [1] * (w.ndim - 2)]
+    if imp.attr(node, "dilations") is not None and any(d != 1 for d in imp.attr(node, "dilations")):
+        raise imp.err(node, f"dilations={list(imp.attr(node, 'dilations'))}; qgen supports dilation 1")
     strides = list(imp.attr(node, "strides") or [1] * (w.ndim - 2))
     pads = list(imp.attr(node, "pads") or [0] * (2 * (w.ndim - 2)))
     if x.rank == 3:  # Conv1d: a 1 x K image kernel, as the PyTorch front end lowers it
         if w.ndim != 3:
             raise imp.err(node, f"weight of shape {list(w.shape)} on a 3-D input")
         w = w[:, :, None, :]
-        strides, pads, dilations = [1, strides[0]], [0, pads[0], 0, pads[1]], [1, dilations[0]]
+        strides, pads = [1, strides[0]], [0, pads[0], 0, pads[1]]
     elif x.rank != 4 or w.ndim != 4:
         raise imp.err(node, f"convolution of a {x.rank}-D input; qgen supports 1-D and 2-D convolutions")
     h, wd, cin = imp.shape_of(x.name)
@@ -431,28 +432,23 @@ def _conv(imp: _Importer, node) -> _Act:
     if auto_pad == "VALID":
         pads = [0, 0, 0, 0]
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        pads = _same_pads((h, wd), ((kh - 1) * dilations[0] + 1, (kw - 1) * dilations[1] + 1), strides,
-                          auto_pad == "SAME_UPPER")
+        pads = _same_pads((h, wd), (kh, kw), strides, auto_pad == "SAME_UPPER")
     top, left, bottom, right = int(pads[0]), int(pads[1]), int(pads[2]), int(pads[3])
     group = int(imp.attr(node, "group", 1))
-    dh, dw = dilations
-    attrs = {"dilation": (dh, dw)} if (dh, dw) != (1, 1) else {}
     if group == 1:
         op = Op.CONV2D
     elif group == cin and w.shape[1] == 1:
         op = Op.DEPTHWISE_CONV2D
-    elif group > 1 and cin % group == 0 and cout % group == 0:
-        op, attrs["groups"] = Op.CONV2D, group
     else:
-        raise imp.err(node, f"group={group} with {cin} input and {cout} output channels; qgen supports groups "
-                            "that divide both (depthwise: group=in_channels)")
+        raise imp.err(node, f"group={group}; qgen supports group=1 or depthwise (group=in_channels). "
+                            "Split the layer or use depthwise.")
     bias = np.asarray(b, np.float64) if b is not None else np.zeros(cout)
-    oh = (h + top + bottom - dh * (kh - 1) - 1) // int(strides[0]) + 1
-    ow = (wd + left + right - dw * (kw - 1) - 1) // int(strides[1]) + 1
+    oh = (h + top + bottom - kh) // int(strides[0]) + 1
+    ow = (wd + left + right - kw) // int(strides[1]) + 1
     base = imp.base_name(node)
     wname, bname = imp.const(f"{base}_w", w.transpose(0, 2, 3, 1)), imp.const(f"{base}_b", bias)
     out = imp.add(node, op, [x.name, wname, bname], (oh, ow, cout), stride=(int(strides[0]), int(strides[1])),
-                  padding=(top, left, bottom, right), **attrs)
+                  padding=(top, left, bottom, right))
     return _Act(out, x.rank)
 
 
@@ -515,6 +511,54 @@ def _batch_norm(imp: _Importer, node) -> _Act:
     base = imp.base_name(node)
     sname, tname = imp.const(f"{base}_scale", scale), imp.const(f"{base}_shift", shift)
     return _Act(imp.add(node, Op.BATCH_NORM, [x.name, sname, tname], imp.shape_of(x.name)), x.rank)
+
+
+def _layer_norm(imp: _Importer, node) -> _Act:
+    """LayerNormalization over ONNX axes [axis, rank): they must be qgen's innermost IR axes (as in PyTorch)."""
+    x = imp.input_act(node)
+    rank, ir = x.rank, imp.shape_of(x.name)
+    axis = int(imp.attr(node, "axis", -1)) % rank
+    dims = list(range(axis, rank))
+    axes = [ir_axis(d, rank) for d in dims] if rank > 2 else [0]
+    if axis == 0 or sorted(axes) != list(range(len(ir) - len(axes), len(ir))) or len(set(axes)) != len(axes):
+        raise imp.err(node, f"LayerNormalization over axes {dims} (rank {rank}), which qgen holds as IR axes "
+                            f"{axes} of {list(ir)}, not its innermost ones; qgen normalises the features of (N, F), "
+                            "all of (N, C, L) / (N, C, H, W), or the channels of a channels-last tensor")
+    torch_norm_shape = tuple(torch_shape_of(ir, rank)[axis:]) if rank > 2 else ir
+    gamma = np.asarray(imp.input_const(node, 1, "Scale"), np.float64).reshape(torch_norm_shape)
+    beta = imp.input_const(node, 2, "B")
+    beta = np.zeros(torch_norm_shape) if beta is None else np.asarray(beta, np.float64).reshape(torch_norm_shape)
+    perm = np.argsort(axes)
+    gamma, beta = gamma.transpose(perm).reshape(-1), beta.transpose(perm).reshape(-1)
+    if x.name in imp.flat_from_image:  # ONNX flattened C,H,W; qgen holds H,W,C
+        h, w, c = imp.flat_from_image[x.name]
+        order = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+        gamma, beta = gamma[order], beta[order]
+    base = imp.base_name(node)
+    gname, bname = imp.const(f"{base}_gamma", gamma), imp.const(f"{base}_beta", beta)
+    eps = _f32(imp.attr(node, "epsilon", 1e-5))
+    return _Act(imp.add(node, Op.LAYER_NORM, [x.name, gname, bname], ir, axes=len(axes), eps=eps), x.rank)
+
+
+def _group_norm(imp: _Importer, node) -> _Act:
+    """GroupNormalization (scale/bias per group in opset 18, per channel in 21) and InstanceNormalization
+    (groups = channels): statistics over H*W*C/G per group, channels innermost in qgen."""
+    x = imp.input_act(node)
+    if x.name in imp.flat_from_image:
+        raise imp.err(node, f"{node.op_type} of a flattened image; apply it before flattening")
+    c = imp.shape_of(x.name)[-1]
+    groups = c if node.op_type == "InstanceNormalization" else int(imp.attr(node, "num_groups", 1))
+    if groups < 1 or c % groups:
+        raise imp.err(node, f"{groups} groups over {c} channels; the groups must divide the channels")
+    gamma = np.asarray(imp.input_const(node, 1, "scale"), np.float64).reshape(-1)
+    beta = np.asarray(imp.input_const(node, 2, "B"), np.float64).reshape(-1)
+    if gamma.size == groups and groups != c:  # opset 18: one scale and bias per group
+        gamma, beta = np.repeat(gamma, c // groups), np.repeat(beta, c // groups)
+    base = imp.base_name(node)
+    gname, bname = imp.const(f"{base}_gamma", gamma), imp.const(f"{base}_beta", beta)
+    eps = _f32(imp.attr(node, "epsilon", 1e-5))
+    return _Act(imp.add(node, Op.GROUP_NORM, [x.name, gname, bname], imp.shape_of(x.name), groups=groups, eps=eps),
+                x.rank)
 
 
 def _relu(imp: _Importer, node) -> _Act:
@@ -743,93 +787,14 @@ def _lut(fn: str) -> Callable[[_Importer, Any], _Act]:
     return handler
 
 
-def _conv_transpose(imp: _Importer, node) -> _Act:
-    """ConvTranspose (groups 1, dilation 1, explicit pads) -> conv_transpose2d (codegen/ops/upsample.py)."""
-    x = imp.input_act(node)
-    w = np.asarray(imp.input_const(node, 1, "the weight"), np.float64)  # (Cin, Cout, KH, KW) / (Cin, Cout, K)
-    b = imp.input_const(node, 2, "the bias")
-    n_sp = w.ndim - 2
-    strides = [int(v) for v in imp.attr(node, "strides") or [1] * n_sp]
-    pads = [int(v) for v in imp.attr(node, "pads") or [0] * (2 * n_sp)]
-    out_pad = [int(v) for v in imp.attr(node, "output_padding") or [0] * n_sp]
-    if any(int(d) != 1 for d in imp.attr(node, "dilations") or []) or int(imp.attr(node, "group", 1)) != 1:
-        raise imp.err(node, "dilation or group other than 1; qgen's transposed convolution supports group=1, "
-                            "dilation 1")
-    if imp.attr(node, "auto_pad", "NOTSET") != "NOTSET" or imp.attr(node, "output_shape") is not None:
-        raise imp.err(node, "auto_pad / output_shape; qgen needs explicit pads and output_padding")
-    if x.rank == 3 and w.ndim == 3:  # ConvTranspose1d: a 1 x K image kernel
-        w, strides, pads, out_pad = w[:, :, None, :], [1, strides[0]], [0, pads[0], 0, pads[1]], [0, out_pad[0]]
-    elif x.rank != 4 or w.ndim != 4:
-        raise imp.err(node, f"transposed convolution of a {x.rank}-D input; qgen supports 1-D and 2-D")
-    h, wd, _ = imp.shape_of(x.name)
-    _, cout, kh, kw = w.shape
-    crop = (pads[0], pads[1], pads[2] - out_pad[0], pads[3] - out_pad[1])
-    oh, ow = (h - 1) * strides[0] + kh - crop[0] - crop[2], (wd - 1) * strides[1] + kw - crop[1] - crop[3]
-    base = imp.base_name(node)
-    wname = imp.const(f"{base}_w", w.transpose(1, 2, 3, 0))  # (Cout, KH, KW, Cin)
-    bname = imp.const(f"{base}_b", np.asarray(b, np.float64) if b is not None else np.zeros(cout))
-    out = imp.add(node, Op.CONV_TRANSPOSE2D, [x.name, wname, bname], (oh, ow, cout), stride=tuple(strides),
-                  crop=crop)
-    return _Act(out, x.rank)
-
-
-# (ONNX mode, coordinate_transformation_mode, nearest_mode) -> the torch mode qgen's resize computes
-_RESIZE_MODES = {("nearest", "asymmetric", "floor"): ("nearest", False),
-                 ("nearest", "half_pixel", "round_prefer_ceil"): ("nearest_exact", False),
-                 ("nearest", "pytorch_half_pixel", "round_prefer_ceil"): ("nearest_exact", False),
-                 ("linear", "half_pixel", None): ("bilinear", False),
-                 ("linear", "pytorch_half_pixel", None): ("bilinear", False),
-                 ("linear", "align_corners", None): ("bilinear", True)}
-
-
-def _resize(imp: _Importer, node) -> _Act:
-    """Resize (opset 11+: X, roi, scales, sizes) / Upsample (opset 9: X, scales; asymmetric) -> resize."""
-    x = imp.input_act(node)
-    mode = imp.attr(node, "mode", "nearest")
-    if node.op_type == "Upsample":
-        coords, scales, sizes = "asymmetric", imp.input_const(node, 1, "the scales"), None
-    else:
-        coords = imp.attr(node, "coordinate_transformation_mode", "half_pixel")
-        scales, sizes = imp.input_const(node, 2, "the scales"), imp.input_const(node, 3, "the sizes")
-    key = (mode, coords, imp.attr(node, "nearest_mode", "round_prefer_floor") if mode == "nearest" else None)
-    if key not in _RESIZE_MODES or int(imp.attr(node, "antialias", 0)):
-        raise imp.err(node, f"mode '{mode}' with coordinate_transformation_mode '{coords}'; qgen supports nearest "
-                            "(asymmetric + floor: PyTorch 'nearest'; half_pixel + round_prefer_ceil: 'nearest-exact') "
-                            "and linear (half_pixel or align_corners)")
-    torch_mode, align = _RESIZE_MODES[key]
-    shape = imp.shape_of(x.name)
-    if x.rank not in (3, 4) or len(shape) != 3:
-        raise imp.err(node, f"resize of a {x.rank}-D tensor; qgen resizes (1, C, H, W) images and (1, C, L) sequences")
-    spatial = shape[:2] if x.rank == 4 else shape[1:2]
-    if sizes is not None and len(np.asarray(sizes)):
-        sizes = [int(v) for v in np.asarray(sizes)]
-        out, factors = sizes[2:], [None] * len(spatial)
-        if sizes[:2] != [1, shape[2]]:
-            raise imp.err(node, f"sizes {sizes} resize the batch or channels; qgen resizes H and W only")
-    elif scales is not None and len(np.asarray(scales)):
-        factors = [float(v) for v in np.asarray(scales, np.float32)]
-        if factors[:2] != [1.0, 1.0]:
-            raise imp.err(node, f"scales {factors} resize the batch or channels; qgen resizes H and W only")
-        factors = factors[2:]
-        out = [int(np.floor(n * f)) for n, f in zip(spatial, factors)]
-    else:
-        raise imp.err(node, "neither scales nor sizes given")
-    if x.rank == 3:
-        out, factors = [1, out[0]], [None, factors[0]]
-    out_shape = (out[0], out[1], shape[2])
-    name = imp.add(node, Op.RESIZE, [x.name], out_shape, mode=torch_mode, align_corners=align,
-                   size=(out[0], out[1]), scales=tuple(factors))
-    return _Act(name, x.rank)
-
-
 HANDLERS: dict[str, Callable[[_Importer, Any], Any]] = {
     "Conv": _conv,
-    "ConvTranspose": _conv_transpose,
-    "Resize": _resize,
-    "Upsample": _resize,
     "Gemm": _gemm,
     "MatMul": _matmul,
     "BatchNormalization": _batch_norm,
+    "LayerNormalization": _layer_norm,
+    "GroupNormalization": _group_norm,
+    "InstanceNormalization": _group_norm,
     "Relu": _relu,
     "Clip": _clip,
     "MaxPool": _pool,

@@ -528,31 +528,29 @@ def _conv1d(lw: _Lowering, n) -> str:
 def _conv_core(lw: _Lowering, n, xin: str, w: np.ndarray, b, stride, pads, dilation, groups: int) -> str:
     h, wd, cin = lw.shape_of(xin)
     cout, _, kh, kw = w.shape
-    dh, dw = (int(d) for d in dilation)
+    if dilation != (1, 1):
+        raise _err(lw, n, f"dilation={list(dilation)}; qgen supports dilation 1")
     if isinstance(pads, str):
         if pads == "valid":
             pads = (0, 0, 0, 0)
-        elif pads == "same":  # PyTorch: total d*(k-1), the odd one on the bottom/right
-            ph, pw = dh * (kh - 1), dw * (kw - 1)
+        elif pads == "same":
+            ph, pw = kh - 1, kw - 1
             pads = (ph // 2, pw // 2, ph - ph // 2, pw - pw // 2)
         else:
             raise _err(lw, n, f"padding='{pads}' is not supported")
-    attrs = {"dilation": (dh, dw)} if (dh, dw) != (1, 1) else {}
     if groups == 1:
         op = Op.CONV2D
     elif groups == cin and w.shape[1] == 1:
         op = Op.DEPTHWISE_CONV2D
-    elif groups > 1 and cin % groups == 0 and cout % groups == 0:
-        op, attrs["groups"] = Op.CONV2D, groups
     else:
-        raise _err(lw, n, f"groups={groups} with {cin} input and {cout} output channels; qgen supports groups "
-                          "that divide both (depthwise: groups=in_channels)")
+        raise _err(lw, n, f"groups={groups}; qgen supports groups=1 or depthwise (groups=in_channels). "
+                          "Split the layer or use depthwise.")
     bias = b if b is not None else np.zeros(cout)
-    oh = (h + pads[0] + pads[2] - dh * (kh - 1) - 1) // stride[0] + 1  # shape rule of ir.py, checked with torch
-    ow = (wd + pads[1] + pads[3] - dw * (kw - 1) - 1) // stride[1] + 1
+    oh = (h + pads[0] + pads[2] - kh) // stride[0] + 1  # shape rule of ir.py, cross-checked with torch
+    ow = (wd + pads[1] + pads[3] - kw) // stride[1] + 1
     _check_shape(lw, n, (oh, ow, cout))
     wname, bname = lw.const(f"{n.name}_w", w.transpose(0, 2, 3, 1)), lw.const(f"{n.name}_b", bias)
-    return lw.add(n, op, [xin, wname, bname], (oh, ow, cout), stride=tuple(stride), padding=tuple(pads), **attrs)
+    return lw.add(n, op, [xin, wname, bname], (oh, ow, cout), stride=tuple(stride), padding=tuple(pads))
 
 
 def _check_shape(lw: _Lowering, n, ir_shape: tuple[int, ...]) -> None:
@@ -602,12 +600,89 @@ def _batch_norm(lw: _Lowering, n) -> str:
     return lw.add(n, Op.BATCH_NORM, [xin, sname, tname], lw.shape_of(xin))
 
 
+def _norm_affine(lw: _Lowering, n, w_arg, b_arg, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """gamma and beta of a layer/group norm (ones / zeros when absent), in PyTorch's shape `shape`."""
+    gamma = lw.param(n, w_arg) if w_arg is not None else np.ones(shape)
+    beta = lw.param(n, b_arg) if b_arg is not None else np.zeros(shape)
+    return np.asarray(gamma, np.float64).reshape(shape), np.asarray(beta, np.float64).reshape(shape)
+
+
+def _layer_norm(lw: _Lowering, n) -> str:
+    """aten.layer_norm / native_layer_norm over the last len(normalized_shape) PyTorch dims. Those dims must
+    be the innermost IR axes of the input as qgen holds it (any order among themselves: gamma and beta are
+    permuted to the IR's order; the statistics do not depend on it)."""
+    a = list(n.args) + [None] * (5 - len(n.args))
+    x, norm_shape, w_arg, b_arg = a[0], tuple(int(s) for s in a[1]), a[2], a[3]
+    eps = float(a[4] if a[4] is not None else n.kwargs.get("eps", 1e-5))
+    xin = lw.value(x)
+    torch_shape = tuple(int(s) for s in x.meta["val"].shape)
+    rank, k, ir = len(torch_shape), len(norm_shape), lw.shape_of(xin)
+    gamma, beta = _norm_affine(lw, n, w_arg, b_arg, norm_shape)
+    if rank < 2 or torch_shape[0] != 1 or k >= rank:
+        raise _err(lw, n, f"LayerNorm{list(norm_shape)} on an input of shape {list(torch_shape)}; qgen normalises "
+                          "within one sample (batch 1, not over the batch dim)")
+    dims = list(range(rank - k, rank))
+    axes = [ir_axis(d, rank) for d in dims] if rank > 2 else [0]
+    if sorted(axes) != list(range(len(ir) - len(set(axes)), len(ir))) or len(set(axes)) != len(axes):
+        raise _err(lw, n, f"LayerNorm{list(norm_shape)} normalises PyTorch dims {dims} of {list(torch_shape)}, "
+                          f"which qgen holds as IR axes {axes} of {list(ir)}, not its innermost ones. qgen "
+                          "supports LayerNorm over the feature dim of (1, F), all of (1, C, L) / (1, C, H, W), "
+                          "or the channels of a channels-last tensor; permute so that the normalised dims come "
+                          "last in qgen's layout.")
+    perm = np.argsort(axes)  # gamma's PyTorch dims in the IR's axis order
+    gamma, beta = gamma.transpose(perm).reshape(-1), beta.transpose(perm).reshape(-1)
+    order = getattr(lw, "flat_order", {}).get(xin)  # a flattened image in qgen's element order
+    if order is not None:
+        gamma, beta = gamma[order], beta[order]
+    gname, bname = lw.const(f"{n.name}_gamma", gamma), lw.const(f"{n.name}_beta", beta)
+    return lw.add(n, Op.LAYER_NORM, [xin, gname, bname], ir, axes=len(axes), eps=eps)
+
+
+def _group_norm_core(lw: _Lowering, n, x, groups: int, w_arg, b_arg, eps: float, what: str) -> str:
+    xin = lw.value(x)
+    torch_shape = tuple(int(s) for s in x.meta["val"].shape)
+    if len(torch_shape) not in (2, 3, 4) or torch_shape[0] != 1:
+        raise _err(lw, n, f"{what} on an input of shape {list(torch_shape)}; qgen supports (1, C), (1, C, L) and "
+                          "(1, C, H, W) with batch 1")
+    c = torch_shape[1]
+    if groups < 1 or c % groups:
+        raise _err(lw, n, f"{what} with {groups} groups over {c} channels; the groups must divide the channels")
+    if getattr(lw, "flat_order", {}).get(xin) is not None:
+        raise _err(lw, n, f"{what} on a flattened image; apply it before flattening")
+    gamma, beta = _norm_affine(lw, n, w_arg, b_arg, (c,))
+    gname, bname = lw.const(f"{n.name}_gamma", gamma), lw.const(f"{n.name}_beta", beta)
+    return lw.add(n, Op.GROUP_NORM, [xin, gname, bname], lw.shape_of(xin), groups=int(groups), eps=float(eps))
+
+
+def _group_norm(lw: _Lowering, n) -> str:
+    """aten.group_norm(x, G, weight, bias, eps) / native_group_norm(x, weight, bias, N, C, HxW, G, eps)."""
+    a = list(n.args) + [None] * (8 - len(n.args))
+    if n.target is aten.native_group_norm.default:
+        return _group_norm_core(lw, n, a[0], int(a[6]), a[1], a[2], float(a[7]), "GroupNorm")
+    eps = a[4] if a[4] is not None else n.kwargs.get("eps", 1e-5)
+    return _group_norm_core(lw, n, a[0], int(a[1]), a[2], a[3], float(eps), "GroupNorm")
+
+
+def _instance_norm(lw: _Lowering, n) -> str:
+    """aten.instance_norm with input statistics: a group norm with one group per channel."""
+    a = list(n.args) + [None] * (9 - len(n.args))
+    if not a[5]:
+        raise _err(lw, n, "InstanceNorm with track_running_stats in eval mode normalises with running statistics; "
+                          "qgen supports InstanceNorm with input statistics (track_running_stats=False)")
+    c = int(a[0].meta["val"].shape[1])
+    return _group_norm_core(lw, n, a[0], c, a[1], a[2], float(a[7] if a[7] is not None else 1e-5), "InstanceNorm")
+
+
 def _getitem(lw: _Lowering, n) -> Any:
     src, index = n.args
     value = lw.value(src)
     if src.target is aten._native_batch_norm_legit_no_training.default:
         if index != 0:
             raise _err(lw, n, "uses batch-norm statistics outputs, which qgen does not support")
+        return value
+    if src.target in (aten.native_layer_norm.default, aten.native_group_norm.default):
+        if index != 0:
+            raise _err(lw, n, "uses the mean / rstd outputs of a layer or group norm, which qgen does not support")
         return value
     raise unsupported(n, lw.modules)
 
@@ -932,6 +1007,11 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.linear.default: _linear,
     aten.batch_norm.default: _batch_norm,
     aten._native_batch_norm_legit_no_training.default: _batch_norm,
+    aten.layer_norm.default: _layer_norm,
+    aten.native_layer_norm.default: _layer_norm,
+    aten.group_norm.default: _group_norm,
+    aten.native_group_norm.default: _group_norm,
+    aten.instance_norm.default: _instance_norm,
     aten.relu.default: _relu,
     aten.hardtanh.default: _hardtanh,
     aten.relu6.default: lambda lw, n: lw.add(n, Op.RELU, [lw.value(n.args[0])], lw.shape_of(lw.value(n.args[0])),

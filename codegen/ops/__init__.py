@@ -23,6 +23,9 @@ class Op(str, enum.Enum):
     DEPTHWISE_CONV2D = "depthwise_conv2d"
     LINEAR = "linear"
     BATCH_NORM = "batch_norm"  # only before fold_bn
+    CHANNEL_AFFINE = "channel_affine"  # x * scale[c] + offset[c] (int16 scale): a BatchNorm fold_bn cannot fold
+    LAYER_NORM = "layer_norm"  # over attrs["axes"] trailing IR axes; inputs gamma, beta; attrs eps
+    GROUP_NORM = "group_norm"  # attrs["groups"] over H*W*C/G (InstanceNorm: groups = C); gamma, beta; eps
     RELU = "relu"  # clamp(x, lo, hi) with attrs lo/hi (None = unbounded); fused away where possible
     MAXPOOL2D = "maxpool2d"
     AVGPOOL2D = "avgpool2d"

@@ -1,13 +1,14 @@
 """Fold BatchNorm into the conv/linear that produces its input (when that is its only consumer).
 
-y = (W x + b) * s + t  ==  (W * s) x + (b * s + t). A BatchNorm with no foldable producer becomes a
-depthwise 1x1 convolution (exact same arithmetic), so qgen never needs a separate BN kernel.
+y = (W x + b) * s + t  ==  (W * s) x + (b * s + t). A BatchNorm with no foldable producer (after a pool,
+an add, a ReLU, or first layer) is lowered instead: on an image or a sequence to a depthwise 1x1
+convolution (the same arithmetic, trained as a weighted layer by QAT), on a vector to a `channel_affine`
+(x * scale[c] + offset[c], codegen/ops/norm.py).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UserError
 from ..ir import Graph, Node, Op, Tensor
 from ..ops import Trait, with_trait
 
@@ -28,7 +29,7 @@ def run(graph: Graph) -> Graph:
         elif len(graph.tensors[bn.inputs[0]].shape) == 3:
             _to_depthwise(graph, bn, scale, shift)
         else:
-            raise UserError(f"{bn.where()}: a BatchNorm on a vector must follow a Linear layer to be folded")
+            bn.op = Op.CHANNEL_AFFINE  # same inputs (x, scale, shift): quantize.py gives it integer formats
         for name in bn.inputs[1:]:
             if not any(name in n.inputs for n in graph.nodes):
                 del graph.tensors[name]

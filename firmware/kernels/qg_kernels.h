@@ -23,7 +23,7 @@
 /* The interface version of this library: its parameter structs and prototypes as generated model code
  * uses them. Raised whenever one changes; every generated <prefix>_model.c checks it with #error, so a
  * model built against another version of these kernels fails to compile instead of miscomputing. */
-#define QG_KERNELS_ABI 2
+#define QG_KERNELS_ABI 1
 
 #include <stdint.h>
 #include "qg_fixed.h"
@@ -46,11 +46,8 @@ typedef struct {
     uint16_t in_h, in_w, in_c;
     uint16_t out_h, out_w, out_c;
     uint8_t k_h, k_w, stride_h, stride_w, pad_top, pad_left;
-    uint8_t dil_h, dil_w;  /* dilation (>= 1): tap (ky, kx) reads input offset (ky * dil_h, kx * dil_w) */
     int8_t act_min, act_max;
-    uint16_t groups;       /* conv: in_c and out_c split into `groups` (>= 1) equal groups, output group g reads
-                              input group g (PyTorch order); depthwise, sparse, clustered: 1 */
-    const int8_t *weights; /* conv (out_c, k_h, k_w, in_c / groups); depthwise (out_c, k_h, k_w) */
+    const int8_t *weights; /* conv (out_c, k_h, k_w, in_c); depthwise (out_c, k_h, k_w) */
     const int32_t *bias;   /* (out_c), frac = in_frac + weight_frac[c] */
     const int8_t *shift;   /* (out_c) requantisation shift in [-31, 31] */
 } qg_conv2d_params_t;
@@ -142,7 +139,6 @@ typedef struct {
     const int32_t *block_size;
     const int8_t *shift;
 } qg_concat_params_t;
-/* inputs[k] == NULL: part k is already in `out` (its producer wrote it in place); it is skipped. */
 void qg_concat_s8(const qg_concat_params_t *p, const int8_t *const *inputs, int8_t *restrict out);
 
 /* float <-> Q-format at the model boundary. `scale` = 2^frac, `inv_scale` = 2^-frac.
@@ -168,8 +164,6 @@ typedef struct {
     uint16_t in_h, in_w, in_c;
     uint16_t out_h, out_w, out_c;
     uint8_t k_h, k_w, stride_h, stride_w, pad_top, pad_left;
-    uint8_t dil_h, dil_w;    /* as qg_conv2d_params_t */
-    uint16_t groups;         /* as qg_conv2d_params_t */
     uint8_t acc64;           /* 1: accumulate in int64 */
     int16_t act_min, act_max;
     const int8_t *weights;   /* as qg_conv2d_params_t */
@@ -284,6 +278,34 @@ void qg_depthwise_conv2d_cluster_s8(const qg_conv2d_cluster_params_t *p, const i
 void qg_fully_connected_cluster_s8(const qg_conv2d_cluster_params_t *p, const int8_t *restrict in,
                                    int8_t *restrict out, int8_t *restrict scratch);
 /* ---- end of compressed weight formats ---- */
+
+/* ---- normalisation (qg_norm_s8.c; the integer rules are written in codegen/ops/norm.py) ---- */
+/* layer norm / group norm: `rows` x `pixels` x `channels` int8 values, channels innermost; one statistics
+ * set = one row and one group (pixels x channels/groups values). Exact int32/int64 sums, W = count * sum(x^2)
+ * - sum(x)^2 + eps, an integer reciprocal square root, x-hat in int32 with xhat_frac fraction bits, then
+ * (x-hat * gamma[c] + beta[c] << bias_shift) requantised once by out_shift. out may be in (in place). */
+typedef struct {
+    int32_t rows, pixels, channels, groups;
+    int64_t eps;          /* epsilon in W's format: max(1, round(count^2 * eps * 2^(2 in_frac))) */
+    int32_t xhat_frac;    /* F_h: fraction bits of x-hat, 30 - ceil(log2(count) / 2) */
+    int32_t bias_shift;   /* beta << bias_shift is at frac F_h + gamma_frac, 0..24 */
+    int32_t out_shift;    /* F_h + gamma_frac - out_frac, 0..62 */
+    int8_t act_min, act_max;
+    const int16_t *gamma; /* (channels) */
+    const int32_t *beta;  /* (channels) */
+} qg_norm_params_t;
+void qg_norm_s8(const qg_norm_params_t *p, const int8_t *in, int8_t *out);
+/* out = clamp(round_shift(x * scale[c] + offset[c], shift[c])): per-channel affine (c = index % channels),
+ * a BatchNorm that cannot be folded. Element-wise: out may be in. */
+typedef struct {
+    int32_t size, channels;
+    int8_t act_min, act_max;
+    const int16_t *scale;  /* (channels) at frac scale_frac[c] */
+    const int32_t *offset; /* (channels) at frac in_frac + scale_frac[c], |offset| <= 2^31 - 2^22 - 1 */
+    const int8_t *shift;   /* (channels) in_frac + scale_frac[c] - out_frac, in [-31, 31] */
+} qg_channel_affine_params_t;
+void qg_channel_affine_s8(const qg_channel_affine_params_t *p, const int8_t *in, int8_t *out);
+/* ---- end of normalisation ---- */
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,120 @@
+/* Normalisation kernels: layer norm / group norm (one kernel, sets of rows x groups) and the per-channel
+ * affine of a BatchNorm that cannot be folded. The integer rules, Q formats and bounds are written in
+ * codegen/ops/norm.py (norm_int, affine_int): this file computes the same integers. */
+#include "qg_kernels.h"
+
+/* floor(sqrt(v)) for any uint64 v, bit by bit (exact, the same value as Python's math.isqrt). */
+static uint32_t qg_isqrt64(uint64_t v)
+{
+    uint64_t res = 0;
+    uint64_t bit = (uint64_t)1 << 62;
+    while (bit > v) {
+        bit >>= 2;
+    }
+    while (bit != 0) {
+        if (v >= res + bit) {
+            v -= res + bit;
+            res = (res >> 1) + bit;
+        } else {
+            res >>= 1;
+        }
+        bit >>= 2;
+    }
+    return (uint32_t)res;
+}
+
+/* 1/sqrt(w) ~= inv * 2^(*e - 60) for 1 <= w < 2^62 (codegen/ops/norm.py rsqrt_q): w * 4^e in [2^60, 2^62),
+ * s = isqrt(w * 4^e) in [2^30, 2^31), inv = floor((2^60 + floor(s / 2)) / s) in [2^29, 2^30]. */
+static int32_t qg_norm_rsqrt(uint64_t w, int32_t *e)
+{
+    uint32_t s;
+    *e = 0;
+    while (w < ((uint64_t)1 << 60)) {
+        w <<= 2;
+        *e += 1;
+    }
+    s = qg_isqrt64(w);
+    return (int32_t)((((uint64_t)1 << 60) + (s >> 1)) / s);
+}
+
+/* qg_round_shift64(acc, shift) for a result that fits int32 (x-hat: |x-hat| < 2^31), from the two 32-bit
+ * halves: a loop-invariant branch and 32-bit shifts instead of a generic 64-bit shift. For shift >= 33 it
+ * is qg_round_shift(hi, shift - 32) (bits below 2^32 cannot reach the result or its rounding bit). */
+static inline int32_t qg_norm_shift_i32(int64_t acc, int32_t shift)
+{
+    const uint32_t lo = (uint32_t)acc;
+    const int32_t hi = (int32_t)(acc >> 32);
+    if (shift >= 33) {
+        return qg_round_shift(hi, shift - 32);
+    }
+    if (shift == 32) {
+        return hi + (int32_t)(lo >> 31);
+    }
+    if (shift > 0) {
+        return (int32_t)((lo >> shift) | ((uint32_t)hi << (32 - shift))) + (int32_t)((lo >> (shift - 1)) & 1u);
+    }
+    return (int32_t)lo;
+}
+
+void qg_norm_s8(const qg_norm_params_t *p, const int8_t *in, int8_t *out)
+{
+    const int32_t rows = p->rows, pixels = p->pixels, channels = p->channels, groups = p->groups;
+    const int32_t cg = channels / groups;
+    const int32_t count = pixels * cg;
+    const int64_t eps = p->eps;
+    const int32_t xhat_frac = p->xhat_frac, out_shift = p->out_shift;
+    const int32_t act_min = p->act_min, act_max = p->act_max;
+    const int32_t bias_scale = (int32_t)(1u << (uint32_t)p->bias_shift); /* bias_shift <= 24 */
+    const int16_t *gamma = p->gamma;
+    const int32_t *beta = p->beta;
+    int32_t r, g, px, c;
+    for (r = 0; r < rows; r++) {
+        const int32_t row = r * pixels * channels;
+        for (g = 0; g < groups; g++) {
+            const int32_t c0 = g * cg;
+            int32_t sum_i32 = 0, e, inv_i32, shift;
+            int64_t sumsq_i64 = 0;
+            uint64_t w;
+            /* exact statistics: |sum| <= 128 * count <= 2^29, sum(x^2) <= 2^14 * count */
+            for (px = 0; px < pixels; px++) {
+                const int8_t *x = in + row + px * channels + c0;
+                for (c = 0; c < cg; c++) {
+                    sum_i32 += x[c];
+                    sumsq_i64 += (int32_t)x[c] * x[c];
+                }
+            }
+            /* W = count^2 * (var + eps) * 2^(2 in_frac) >= 1, < 2^62 (norm_params checks the bound) */
+            w = (uint64_t)((int64_t)count * sumsq_i64 - (int64_t)sum_i32 * sum_i32 + eps);
+            inv_i32 = qg_norm_rsqrt(w, &e);
+            shift = 60 - e - xhat_frac; /* 0..60 */
+            for (px = 0; px < pixels; px++) {
+                const int32_t at = row + px * channels + c0;
+                for (c = 0; c < cg; c++) {
+                    const int32_t d_i32 = count * in[at + c] - sum_i32; /* count * (x - mean), exact */
+                    const int32_t xhat_i32 = qg_norm_shift_i32((int64_t)d_i32 * inv_i32, shift);
+                    const int64_t acc_i64 = (int64_t)xhat_i32 * gamma[c0 + c] + (int64_t)beta[c0 + c] * bias_scale;
+                    int32_t y_i32;
+                    if (out_shift >= 33) { /* the usual case: qg_round_shift64 on the high word alone */
+                        y_i32 = qg_saturate(qg_round_shift((int32_t)(acc_i64 >> 32), out_shift - 32), act_min,
+                                            act_max);
+                    } else {
+                        y_i32 = qg_requantize_wide(acc_i64, out_shift, act_min, act_max);
+                    }
+                    out[at + c] = (int8_t)y_i32;
+                }
+            }
+        }
+    }
+}
+
+void qg_channel_affine_s8(const qg_channel_affine_params_t *p, const int8_t *in, int8_t *out)
+{
+    const int32_t channels = p->channels;
+    int32_t base, c;
+    for (base = 0; base < p->size; base += channels) {
+        for (c = 0; c < channels; c++) {
+            const int32_t acc_i32 = in[base + c] * (int32_t)p->scale[c] + p->offset[c];
+            out[base + c] = qg_requantize_s8(acc_i32, p->shift[c], p->act_min, p->act_max);
+        }
+    }
+}
