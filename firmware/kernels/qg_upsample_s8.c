@@ -86,6 +86,40 @@ static void widen_s16(int16_t *dst, const int8_t *src, int32_t n)
     }
 }
 
+static void zero_s16(int16_t *dst, int32_t n_groups)
+{
+    for (; n_groups > 0; n_groups--, dst += QG_CT_GROUP) {
+        qg_store_s16x2(dst, 0);
+        qg_store_s16x2(dst + 2, 0);
+    }
+}
+
+/* Column slot of output pixel (qy, qx) (nty x ntx taps): with in_c a multiple of 4 each tap is whole groups,
+ * widened straight from the input (zeros outside it); otherwise gathered into `stage` first. */
+static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t qy, int32_t qx, int32_t nty,
+                     int32_t ntx, int16_t *dst, int8_t *stage)
+{
+    const int32_t in_c = p->in_c;
+    if ((in_c & 3) == 0) {
+        const int32_t in_h = p->in_h, in_w = p->in_w, cell = (in_c >> 2) * QG_CT_GROUP;
+        int32_t j, i;
+        for (j = 0; j < nty; j++) {
+            const int32_t iy = qy - j;
+            for (i = 0; i < ntx; i++, dst += cell) {
+                const int32_t ix = qx - i;
+                if (iy < 0 || iy >= in_h || ix < 0 || ix >= in_w) {
+                    zero_s16(dst, in_c >> 2);
+                } else {
+                    widen_s16(dst, in + (iy * in_w + ix) * in_c, in_c);
+                }
+            }
+        }
+    } else {
+        gather_s8(p, in, qy, qx, nty, ntx, stage);
+        widen_s16(dst, stage, nty * ntx * in_c);
+    }
+}
+
 /* acc[c] += w . column c for one weight row of k values and the 4 interleaved columns. */
 static inline void mac_1x4(const int8_t *w, const int16_t *cols, int32_t k, int32_t acc[QG_CT_COLS])
 {
@@ -193,8 +227,7 @@ static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, in
             for (c = 0; c < QG_CT_COLS; c++) {
                 /* past the last pixel, slots repeat it: their results are computed and dropped */
                 const int32_t oxc = ox + (c < n_valid ? c : n_valid - 1) * sw;
-                gather_s8(p, in, qy, (oxc + left) / sw, nty, ntx, stage);
-                widen_s16(cols + 4 * c, stage, k);
+                fill_col(p, in, qy, (oxc + left) / sw, nty, ntx, cols + 4 * c, stage);
             }
             block_dsp(p, w, k, cols, n_valid, out_row + ox * out_c, sw * out_c);
         }
