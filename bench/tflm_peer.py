@@ -1,10 +1,11 @@
 """The TFLite Micro side of bench/mlperf_tiny.py, run in a Python that has litert-torch==0.10.0 and
 tflite-micro==0.dev20261023182759 (an optional bench dependency, never a qgen runtime dependency).
 
-    python bench/tflm_peer.py MODEL_NAME WORK_DIR    -> last line of stdout: JSON
+    python bench/tflm_peer.py MODEL_NAME WORK_DIR [MODELS_MODULE]   -> last line of stdout: JSON
       {"flatbuffer_bytes": N, "arena_bytes": N}
 
-Converts the same PyTorch model (examples/mlperf_tiny/models.py) to an int8 flatbuffer with the PT2E
+Converts the same PyTorch model (MODELS[MODEL_NAME] of MODELS_MODULE, default examples.mlperf_tiny.models;
+bench/zoo.py passes examples.zoo.models) to an int8 flatbuffer with the PT2E
 quantizer (per-channel symmetric weights, static activations calibrated on the same 32 N(0,1)
 samples qgen uses), then finds the smallest arena with which tflite-micro's interpreter runs it.
 TFLM aborts the whole process when the arena is too small, so each size is tried in a child process.
@@ -21,7 +22,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def convert(name: str, out: Path) -> Path:
+def convert(name: str, out: Path, models_module: str = "examples.mlperf_tiny.models") -> Path:
+    import importlib
+
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -30,9 +33,7 @@ def convert(name: str, out: Path) -> Path:
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from examples.mlperf_tiny.models import MODELS
-
-    model, example = MODELS[name]()
+    model, example = importlib.import_module(models_module).MODELS[name]()
     calib = np.random.default_rng(0).standard_normal((32, *example.shape[1:])).astype(np.float32)
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
     graph = torch.export.export(model, (example,)).module()
@@ -77,7 +78,7 @@ def smallest_arena(model: Path) -> int:
 def main() -> None:
     name, work = sys.argv[1], Path(sys.argv[2])
     work.mkdir(parents=True, exist_ok=True)
-    model = convert(name, work)
+    model = convert(name, work, *sys.argv[3:4])
     print(json.dumps({"flatbuffer_bytes": model.stat().st_size, "arena_bytes": smallest_arena(model)}))
 
 
