@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -304,3 +306,44 @@ def test_qat_twin_is_exact_and_trains(up):
     qm.train()
     qm(torch.from_numpy(x)).square().mean().backward()
     assert all(p.grad is not None for p in qm.parameters())
+
+
+# ------------------------------------------------------------------ the passes around a transposed convolution
+
+
+@pytest.mark.parametrize("what", ["equalize", "bias_correction", "cluster", "int16_resize"])
+def test_unet_through_the_optional_passes(what, tmp_path):
+    """Cross-layer equalisation (conv -> ConvTranspose), bias correction (its own sums), clustering (the values
+    are clustered, its storage stays dense: no clustered kernel) and an int16 activation through resize."""
+    import codegen
+    from codegen.options import CompileOptions, CompressOptions
+
+    torch.manual_seed(1)
+    model = TinyUNet("bilinear" if what == "int16_resize" else "convt").eval()
+    calib = (torch.rand(32, 2, 8, 8) * 2 - 1).numpy()
+    kw = {"equalize": {"equalize": True}, "bias_correction": {"bias_correction": True},
+          "cluster": {"options": CompileOptions(compress=CompressOptions(cluster=4))},
+          "int16_resize": {"precision": {"mid": 16}}}[what]
+    result = codegen.compile(model, torch.from_numpy(calib[:1]), calib, prefix="unet", **kw)
+    node = next(n for n in result.graph.nodes if n.op in (Op.CONV_TRANSPOSE2D, Op.RESIZE))
+    if what == "int16_resize":
+        assert result.graph.tensors[node.outputs[0]].dtype == "int16"
+    if what == "cluster":
+        assert len(np.unique(result.graph.tensors[node.inputs[1]].data)) <= 16
+    assert result.verify(calib[:8]).exact
+    want = model(torch.from_numpy(calib[:8])).detach().numpy()
+    assert np.abs(result.predict(calib[:8]) - want).max() / np.abs(want).max() < 0.1
+
+
+def test_refusals_name_the_layer_and_the_way_out():
+    import codegen
+    from codegen.errors import UserError
+
+    x = torch.zeros(1, 4, 6, 6)
+    for layer, words in ((nn.ConvTranspose2d(4, 4, 3, stride=2, groups=2), "groups=2"),
+                         (nn.ConvTranspose2d(4, 4, 3, stride=2, dilation=2), "dilation=[2, 2]"),
+                         (nn.Upsample(scale_factor=2, mode="bicubic"), "upsample_bicubic2d")):
+        with pytest.raises(UserError, match=re.escape(words)):
+            codegen.compile(nn.Sequential(layer).eval(), x)
+    with pytest.raises(UserError, match=r"int8 only \(it has no int16 kernel\)"):
+        codegen.compile(TinyUNet("convt").eval(), torch.zeros(1, 2, 8, 8), precision={"up": 16})
