@@ -225,6 +225,8 @@ def c_window(b, index: int, n):
     weights, bias, shift = _weights_bias_shift(b, io.sym, n, "output channel")
     fields = [*_window_fields(g, n, io.xs[0], io.out), ("act_min", n.attrs["act_min"]),
               ("act_max", n.attrs["act_max"]), ("weights", weights), ("bias", bias), ("shift", shift)]
+    if "out_stride" in n.attrs:  # writes its channels of a wider concat output (passes/concat_in_place)
+        fields.append(("out_stride", n.attrs["out_stride"]))
     fn = "qg_conv2d_s8" if n.op is Op.CONV2D else "qg_depthwise_conv2d_s8"
     need = (conv2d_buffer_size(c // groups(n), kh, kw, oc) if n.op is Op.CONV2D
             else depthwise_conv2d_buffer_size(c, kh, kw, oc))

@@ -26,7 +26,7 @@ import numpy as np
 from ..ir import Graph, Node, Op
 from ..kernels import select
 
-STRIDED_OUT_KERNELS: frozenset[str] = frozenset()  # kernels whose struct has out_stride (see run)
+STRIDED_OUT_KERNELS = frozenset({"qg_conv2d_s8"})  # kernels that honour `out_stride` (qg_kernels.h)
 
 
 def _geometry(graph: Graph, concat: Node) -> tuple[bool, list[tuple[int, int]]] | None:

@@ -219,7 +219,7 @@ static inline void store_1x4(const int32_t acc[QG_COLS], int32_t shift_m1, int32
 static void conv_block_dsp(const qg_conv2d_params_t *p, const int16_t *cols, int32_t n_valid, int32_t oc0,
                            int32_t oc1, int32_t k, int8_t *out)
 {
-    const int32_t out_c = p->out_c;
+    const int32_t out_c = p->out_stride ? p->out_stride : p->out_c; /* the pixel stride of `out` */
     const int32_t act_min = p->act_min, act_max = p->act_max;
     const int32_t kind = n_valid == QG_COLS ? qg_clamp_kind(act_min, act_max) : -1;
     const int8_t *w = p->weights + oc0 * k;
@@ -252,6 +252,7 @@ void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, in
 {
     const int32_t out_w = p->out_w, out_c = p->out_c, n_pix = p->out_h * out_w;
     const int32_t groups = p->groups, cg = p->in_c / groups, og = out_c / groups; /* per group */
+    const int32_t out_stride = p->out_stride ? p->out_stride : out_c; /* a concat's slice: wider */
     const int32_t k = p->k_h * p->k_w * cg;
     int32_t pix, oy = 0, ox = 0, gi;
 #if QG_DSP
@@ -273,7 +274,7 @@ void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, in
             for (c = 0; c < QG_COLS; c++) {
                 fill_col(p, in, ys[c], xs[c], gi * cg, cg, cols, c, stage);
             }
-            conv_block_dsp(p, cols, n_valid, gi * og, gi * og + og, k, out + pix * out_c);
+            conv_block_dsp(p, cols, n_valid, gi * og, gi * og + og, k, out + pix * out_stride);
         }
         if (++ox == out_w) {
             ox = 0;
@@ -285,7 +286,7 @@ void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, in
     const int32_t *bias = p->bias;
     const int8_t *shift = p->shift;
     const int32_t direct = p->k_h == 1 && p->k_w == 1; /* 1x1: a column is one input pixel's channels */
-    for (pix = 0; pix < n_pix; pix++, out += out_c) {
+    for (pix = 0; pix < n_pix; pix++, out += out_stride) {
         const int32_t iy = oy * p->stride_h - p->pad_top, ix = ox * p->stride_w - p->pad_left;
         const int32_t inside = direct && iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w;
         const int8_t *w = p->weights;

@@ -82,3 +82,50 @@ def test_an_input_read_elsewhere_is_copied_the_others_are_not():
     assert "NULL" in r.files["model_model.c"]  # the copy skips the part written in place
     check = r.verify(calib[:4])
     assert check.exact, str(check)
+
+
+class Fire(nn.Module):
+    """SqueezeNet's fire module: two convolutions of one squeeze output, concatenated along channels. Each
+    expand conv writes its channels of every pixel of the concat output (pixel stride 24)."""
+
+    def __init__(self):
+        super().__init__()
+        self.squeeze = nn.Conv2d(3, 6, 1)
+        self.e1, self.e3 = nn.Conv2d(6, 9, 1), nn.Conv2d(6, 15, 3, padding=1)
+        self.head = nn.Conv2d(24, 4, 1)
+
+    def forward(self, x):
+        s = torch.relu(self.squeeze(x))
+        return self.head(torch.cat([torch.relu(self.e1(s)), torch.relu(self.e3(s))], 1))
+
+
+def test_channel_concat_producers_write_at_a_wider_pixel_stride(monkeypatch, tmp_path):
+    torch.manual_seed(0)
+    m = Fire()
+    r, calib = _compile(m, (1, 3, 7, 5))
+    concat = next(n for n in r.graph.nodes if n.op.value == "concat")
+    assert concat.attrs["in_place"] == [True, True]
+    assert [r.graph.producer(t).attrs["out_stride"] for t in concat.inputs] == [24, 24]
+    assert ".out_stride = 24" in r.files["model_weights.c"]
+    assert "qg_concat_s8" not in r.files["model_model.c"]
+    check = r.verify(np.concatenate([calib[:3], 4 * calib[3:5]]))
+    assert check.exact, str(check)
+    with monkeypatch.context() as mp:
+        copying, _ = _compile(m, (1, 3, 7, 5), mp, disable=True)
+    assert r.report["arena_bytes"] < copying.report["arena_bytes"]
+
+
+@pytest.mark.parametrize("board", ["rp2040", "mps2-an386"])  # plain C (Cortex-M0+) and the DSP path (M4)
+def test_strided_producers_are_bit_exact_on_the_cores(board, tmp_path):
+    from codegen import deploy
+    from codegen.target import missing_tools
+
+    if missing_tools():
+        pytest.skip(f"missing tools: {missing_tools()}")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    calib = rng.standard_normal((16, 3, 7, 5)).astype(np.float32)
+    r = codegen.compile(Fire().eval(), torch.zeros(1, 3, 7, 5), calib, out_dir=tmp_path / "fire")
+    assert next(n for n in r.graph.nodes if n.op.value == "concat").attrs["in_place"] == [True, True]
+    run = deploy.run(tmp_path / "fire", board, r.quantize_input(np.concatenate([calib[:3], 4 * calib[3:5]])))
+    assert run.exact, run.first_mismatch
