@@ -83,6 +83,17 @@ def test_xhat_fits_int32_for_the_largest_deviation():
         assert np.abs(y).max() < 2**31
 
 
+def test_an_eps_beyond_int64_is_capped_not_refused():
+    """A very fine input format (f_in 40) makes count^2 * eps * 2^(2 f_in) exceed int64: eps_q is capped at
+    2^62 - 1 - the largest variance term, where x-hat is still ~0, so the output is beta."""
+    c = 16
+    attrs, gq, bq, _, _ = norm_params(np.ones(c), np.full(c, 0.25), 1e-5, c, 8, 40, 4, "test")
+    assert attrs["eps_q"] == (1 << 62) - 1 - c * c * (1 << 14)
+    attrs.update(act_min=-128, act_max=127)
+    x = np.where(np.arange(c) % 2, 127, -128)[None]
+    np.testing.assert_array_equal(norm_int(x, 1, 1, c, 1, attrs, gq, bq), np.full((1, c), 4))
+
+
 def test_too_large_a_set_is_refused():
     from codegen.errors import UserError
 

@@ -85,7 +85,8 @@ def norm_int(x: np.ndarray, rows: int, pixels: int, channels: int, groups: int, 
     Q-format rule, for each set (all sums exact):
         S = sum x, Q = sum x^2                                       (int32 / int64)
         W = count * Q - S^2 + eps_q  = count^2 * (var + eps) * 2^(2 f_in), in int64, W >= 1, W < 2^62
-            eps_q = max(1, round(count^2 * eps * 2^(2 f_in)))           (epsilon in W's format, compile time)
+            eps_q = max(1, round(count^2 * eps * 2^(2 f_in))), at most 2^62 - 1 - count^2 * 2^(2 bits - 2)
+                                                              (epsilon in W's format, compile time)
         (inv, e) = rsqrt_q(W)                                        1/sqrt(W) ~= inv * 2^(e - 60)
         d = count * x - S   = count * (x - mean) * 2^f_in            (int32, exact)
         xhat = round_shift64(d * inv, 60 - e - F_h)                 x-hat in int32 with F_h = xhat_frac(count)
@@ -134,11 +135,12 @@ def norm_params(gamma: np.ndarray, beta: np.ndarray, eps: float, count: int, in_
                         f"(needs out_shift {out_shift} < 0); scale gamma up or the output range.")
     fb_range = frac_for_range(float(np.abs(beta).max()) if beta.size else 0.0, BIAS_BITS + 1)
     fb = max(min(fh + fg, fb_range), fh + fg - MAX_BIAS_SHIFT)
-    eps_q = max(1, int(np.floor(count * count * float(eps) * 2.0 ** (2 * fin) + 0.5)))
+    # eps in W's format, capped so that W stays below 2^62. The cap only binds for a very fine input format,
+    # where eps dwarfs the variance: x-hat is then below count * 2^-23 (sqrt(var_max / 2^61)) with or without
+    # the cap, so the output is beta either way.
     var_max = count * count * (1 << (2 * (in_bits - 1)))
-    if var_max + eps_q >= (1 << 62):
-        raise UserError(f"{where}: eps = {eps} in the input format f{fin} does not fit the int64 variance "
-                        f"(count {count}); use a smaller eps or a coarser input format.")
+    eps_q = min(max(1, int(np.floor(count * count * float(eps) * 2.0 ** (2 * fin) + 0.5))),
+                (1 << 62) - 1 - var_max)
     gamma_q = quantize_array(gamma, QFormat(16, fg))
     beta_q = quantize_array(beta, QFormat(32, fb))
     attrs = {"eps_q": eps_q, "xhat_frac": fh, "bias_shift": fh + fg - fb, "out_shift": out_shift}

@@ -10,7 +10,11 @@ Layer specs (`op` and its fields):
     conv      out, k [kh, kw], stride [sh, sw], pad [ph, pw], bias, w, wexp, b, bexp
     dw        mult (depthwise multiplier), k, stride, pad, bias, w, wexp, b, bexp
     linear    out, bias, w, wexp, b, bexp
-    bn        kind ("normal" | "extreme": tiny variances, large and zero gammas)
+    bn        kind ("normal" | "extreme": tiny variances, large and zero gammas); a vector BN that is
+              not after a Linear becomes a channel_affine
+    ln        kind ("normal" | "extreme": zero, tiny and large gammas, large betas): LayerNorm over all
+              non-batch dims (vectors: the features; images: C, H, W)
+    gn        groups (divides C), kind: GroupNorm (groups = C: InstanceNorm)
     relu | relu6 | hardtanh lo hi | clamp lo hi
     maxpool   k, stride, pad            avgpool  k, stride, pad, include_pad
     adaptive  out [oh, ow] (divides the input)      gap  how ("mean" | "mean_keepdim" | "adaptive")
@@ -163,7 +167,7 @@ def specs(draw, lim: Limits = QUICK) -> dict:
             c, h, w = shape
             op = draw(st.sampled_from(["conv", "conv", "conv", "dw", "dw", "bn", "act", "act", "maxpool", "avgpool",
                                        "adaptive", "res", "res", "cat", "pad", "softmax", "gap", "flatten",
-                                       "convt", "up"]))
+                                       "convt", "up", "norm"]))
             if op == "conv":
                 win = draw(_window(h, w, 5, pool=False))
                 if win is None:
@@ -179,6 +183,13 @@ def specs(draw, lim: Limits = QUICK) -> dict:
                 shape = (c * mult, _out(h, *_kph(win, 0)), _out(w, *_kph(win, 1)))
             elif op == "bn":
                 layers.append({"op": "bn", "kind": draw(st.sampled_from(["normal", "normal", "extreme"]))})
+            elif op == "norm":  # GroupNorm (InstanceNorm when groups = C) or LayerNorm over (C, H, W)
+                kind = draw(st.sampled_from(["normal", "normal", "extreme"]))
+                if draw(st.booleans()):
+                    groups = draw(st.sampled_from([d for d in range(1, c + 1) if c % d == 0]))
+                    layers.append({"op": "gn", "groups": groups, "kind": kind})
+                else:
+                    layers.append({"op": "ln", "kind": kind})
             elif op == "act":
                 layers.append(_act_layer(draw))
             elif op == "convt":  # ConvTranspose2d: output (h - 1) * s - 2 p + k + output_padding
@@ -241,17 +252,16 @@ def specs(draw, lim: Limits = QUICK) -> dict:
                 shape, flat_image = (c * h * w,), h * w > 1 and c > 1
         else:
             (f,) = shape
-            prev = layers[-1]["op"] if layers else None
-            op = draw(st.sampled_from(["linear", "linear", "linear", "act", "bn", "res", "cat", "softmax"]))
-            if op == "bn" and prev != "linear":  # a vector BatchNorm folds only into a Linear
-                op = "linear"
+            op = draw(st.sampled_from(["linear", "linear", "linear", "act", "bn", "res", "cat", "softmax", "ln"]))
             if op == "linear":
                 if f > 4 * lim.max_f and draw(st.booleans()):
                     continue
                 layers.append({"op": "linear", "out": draw(st.integers(1, lim.max_f)), **draw(_weights())})
                 shape, flat_image = (layers[-1]["out"],), False
-            elif op == "bn":
+            elif op == "bn":  # folded into a Linear before it, else a channel_affine
                 layers.append({"op": "bn", "kind": draw(st.sampled_from(["normal", "extreme"]))})
+            elif op == "ln":
+                layers.append({"op": "ln", "kind": draw(st.sampled_from(["normal", "normal", "extreme"]))})
             elif op == "act":
                 layers.append(_act_layer(draw))
             elif op == "softmax":
@@ -284,17 +294,15 @@ def _kph(win: dict, axis: int) -> tuple[int, int, int]:
 
 
 def tap_ok(spec: dict) -> bool:
-    """An extra output must be a tensor qgen can return: not a flattened image, and not the input of
-    a vector BatchNorm (which must fold into its Linear)."""
+    """An extra output must be a tensor qgen can return: not a flattened image."""
     (i,) = spec["taps"]
     layers = spec["layers"]
-    before = spec_shape_before(spec, i)
     after = layers[i + 1]["op"] if i + 1 < len(layers) else None
     if layers[i]["op"] == "flatten":  # a flattened image as output: refused, or an alias of the input
         return False
     if AVOID_DUPLICATE_OUTPUTS and after == "flatten":  # the flatten output aliases the tapped tensor
         return False
-    return not (after == "bn" and len(layer_shape(layers[i], before)) == 1)
+    return True
 
 
 def spec_shape_before(spec: dict, index: int) -> tuple[int, ...]:
@@ -441,6 +449,14 @@ def _module(layer: dict, shape: tuple[int, ...], rng: np.random.Generator) -> nn
         m = nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0])
         _set_bn(m, layer["kind"], rng)
         return m
+    if op == "ln":
+        m = nn.LayerNorm(list(shape))
+        _set_norm(m, layer["kind"], rng)
+        return m
+    if op == "gn":
+        m = nn.GroupNorm(layer["groups"], shape[0])
+        _set_norm(m, layer["kind"], rng)
+        return m
     if op == "relu":
         return nn.ReLU()
     if op == "relu6":
@@ -514,6 +530,18 @@ def _set_bn(m: nn.Module, kind: str, rng: np.random.Generator) -> None:
             m.running_var.copy_(torch.from_numpy(rng.random(c) * 1e-5))
             m.weight.copy_(torch.from_numpy(rng.choice([0.0, -1.0, 1.0, 3.0], size=c)))
         m.bias.copy_(torch.from_numpy(rng.standard_normal(c)))
+
+
+def _set_norm(m: nn.Module, kind: str, rng: np.random.Generator) -> None:
+    """LayerNorm / GroupNorm affine parameters: normal, or extreme (zero, tiny and large gammas, large betas)."""
+    shape = tuple(m.weight.shape)
+    with torch.no_grad():
+        if kind == "normal":
+            m.weight.copy_(torch.from_numpy(rng.random(shape) + 0.5))
+            m.bias.copy_(torch.from_numpy(rng.standard_normal(shape) * 0.5))
+        else:
+            m.weight.copy_(torch.from_numpy(rng.choice([0.0, 1e-3, -1.0, 50.0], size=shape)))
+            m.bias.copy_(torch.from_numpy(rng.standard_normal(shape) * 10.0))
 
 
 def build_model(spec: dict) -> nn.Module:
