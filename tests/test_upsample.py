@@ -122,8 +122,8 @@ def _resize(g: Graph, name: str, src: str, mode: str, size, scales=(None, None),
                  scales=scales, frac_bits=10 if bits == 8 else 7)
 
 
-def upsample_graph(rng) -> Graph:
-    """Branches over one (5, 6, 7) int8 input; every branch output is a model output."""
+def upsample_graph(rng, wide: bool = True) -> Graph:
+    """Branches over one (5, 6, 7) int8 input; every branch output is a model output (wide: and int16 ones)."""
     g = Graph({"x": act("x", (5, 6, 7), 3)}, [], ["x"], [], source="test")
     c8 = _weighted(g, rng, "c8", Op.CONV2D, "x", (8, 1, 1, 7), stride=(1, 1), padding=(0, 0, 0, 0))
     ct = Op.CONV_TRANSPOSE2D
@@ -145,13 +145,15 @@ def upsample_graph(rng) -> Graph:
     _weighted(g, rng, "ct1d_k3_s2_c7", ct, seq, (4, 1, 3, 7), stride=(1, 2), crop=(0, 1, 0, 0))
     _resize(g, "nearest1d_x3", seq, "nearest", (1, 18), (None, 3.0))
     _resize(g, "linear1d_x2", seq, "bilinear", (1, 12), (None, 2.0))
+    if not wide:
+        return finish(g)
     # int16: conv to int16, resize at int16, conv back to int8 (qg_resize_s16)
-    wide = _weighted(g, rng, "to_s16", Op.CONV2D, "x", (4, 1, 1, 7), act_range=(-32768, 32767), out_bits=16,
+    to16 = _weighted(g, rng, "to_s16", Op.CONV2D, "x", (4, 1, 1, 7), act_range=(-32768, 32767), out_bits=16,
                      stride=(1, 1), padding=(0, 0, 0, 0))
-    g.outputs.remove(wide)
+    g.outputs.remove(to16)
     for name, mode, size, scales in (("bilinear_s16", "bilinear", (9, 11), (None, None)),
                                      ("nearest_s16", "nearest", (10, 12), (2.0, 2.0))):
-        up = _resize(g, name, wide, mode, size, scales, output=False)
+        up = _resize(g, name, to16, mode, size, scales, output=False)
         _weighted(g, rng, f"{name}_to_s8", Op.CONV2D, up, (3, 1, 1, 4), stride=(1, 1), padding=(0, 0, 0, 0))
     return finish(g)
 
@@ -199,7 +201,6 @@ def test_c_equals_reference_on_host_with_sanitizers(model, tmp_path):
     assert np.array_equal(got, expect), _first_difference(g, got, expect)
 
 
-@pytest.mark.qemu
 @pytest.mark.parametrize("core,board", [("cortex-m0plus", "rp2040"), ("cortex-m4", "mps2-an386")])
 def test_c_equals_reference_under_qemu(model, core, board, tmp_path):
     from codegen.target import build_elf, missing_tools, run_qemu
@@ -347,3 +348,16 @@ def test_refusals_name_the_layer_and_the_way_out():
             codegen.compile(nn.Sequential(layer).eval(), x)
     with pytest.raises(UserError, match=r"int8 only \(it has no int16 kernel\)"):
         codegen.compile(TinyUNet("convt").eval(), torch.zeros(1, 2, 8, 8), precision={"up": 16})
+
+
+@pytest.mark.parametrize("runtime", ["cpython", "micropython"])
+def test_pure_micropython_module_equals_reference(runtime, tmp_path):
+    """The pure MicroPython kernels _conv_transpose2d / _resize (templates/micropython/_kernels.py), under host
+    CPython and real MicroPython (WebAssembly port), == the integer reference on every int8 case."""
+    from test_micropython import check_graph, mpy_available  # MicroPython through tests/mpy_runner.mjs
+
+    if runtime == "micropython" and mpy_available():
+        pytest.skip(mpy_available())
+    rng = np.random.default_rng(16)
+    g = upsample_graph(rng, wide=False)
+    check_graph(g, edge_inputs(rng, g.tensors["x"].shape, n_random=3), tmp_path, mpy=runtime == "micropython")

@@ -160,6 +160,22 @@ def c_conv_transpose(b, index: int, n):
             f"qg_conv_transpose2d_s8(&{io.struct}, {io.ins[0]}, {io.out_expr}, {io.scratch});")
 
 
+def py_conv_transpose(b, n, index: int):
+    """MicroPython: _conv_transpose2d (gather form, weights as int8 rows in the IR order, per-channel mul/rnd/shr)."""
+    g, sym = b.g, f"L{index}"
+    h, w, c = g.tensors[n.inputs[0]].shape
+    oh, ow, oc = g.tensors[n.outputs[0]].shape
+    _, kh, kw, _ = g.tensors[n.inputs[1]].shape
+    (sh, sw), (top, left, _, _) = n.attrs["stride"], n.attrs["crop"]
+    weights, bias = b.weight_rows(sym, n.inputs[1]), b.bias(sym, n.inputs[2])
+    mul, rnd, shr = b.requant(sym, n.attrs["shift"])
+    params = [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc), ("k_h", kh),
+              ("k_w", kw), ("stride_h", sh), ("stride_w", sw), ("crop_top", top), ("crop_left", left),
+              ("weights", weights), ("bias", bias), ("mul", mul), ("rnd", rnd), ("shr", shr),
+              ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+    return "_conv_transpose2d", params, ""
+
+
 def qat_conv_transpose(q, i: int, n, xs, s):
     """QAT: fake-quantised weights (straight-through), integer accumulate, requantise (as conv2d)."""
     return q._weighted(i, n, xs[0], s.fin, s.fout, s.attrs, s.exact, s.dtype)
@@ -357,6 +373,26 @@ def _resize_fields(b, io, n) -> list[tuple[str, object]]:
     return fields
 
 
+def py_resize(b, n, index: int):
+    """MicroPython: _resize with the same int16 tables as the C kernel (array('h'))."""
+    g, sym = b.g, f"L{index}"
+    h, w, c = g.tensors[n.inputs[0]].shape
+    oh, ow, _ = g.tensors[n.outputs[0]].shape
+    t, bilinear = resize_tables(g, n), n.attrs["mode"] == "bilinear"
+    params = [("in_h", h), ("in_w", w), ("channels", c), ("out_h", oh), ("out_w", ow), ("bilinear", int(bilinear)),
+              ("frac_bits", int(n.attrs["frac_bits"]))]
+    for key in ("y0", "x0", "y1", "x1", "wy", "wx"):
+        if not bilinear and key not in ("y0", "x0"):
+            params.append((key, None))
+            continue
+        flat = [str(int(v)) for v in t[key]]
+        lines = [", ".join(flat[i:i + 16]) + "," for i in range(0, len(flat), 16)]
+        name = f"_{sym}_{key.upper()}"
+        params.append((key, b.const(name, f"resize table {key} [{len(flat)}]", f"{name} = array('h', (", lines,
+                                    "))", 2 * len(flat))))
+    return "_resize", params, ""
+
+
 def c_resize(b, index: int, n):
     io = b.io(index, n)
     return "qg_resize_params_t", _resize_fields(b, io, n), f"qg_resize_s8(&{io.struct}, {io.ins[0]}, {io.out_expr});"
@@ -367,8 +403,6 @@ def c_resize_wide(b, index: int, n):
     return "qg_resize_params_t", _resize_fields(b, io, n), f"qg_resize_s16(&{io.struct}, {io.ins[0]}, {io.out_expr});"
 
 
-_NO_PY = "its kernel is not written in MicroPython (the C target and the natmod module run it)"
-
 SPECS = [
     OpSpec(Op.CONV_TRANSPOSE2D, "upsample", Trait.WEIGHTED | Trait.FUSES_ACT | Trait.INT8_ONLY,
            conv_transpose_shape, check_conv_transpose, f_conv_transpose, i_conv_transpose, quantize_conv_transpose,
@@ -376,11 +410,11 @@ SPECS = [
            "ConvTranspose1d/2d (groups=1, dilation 1)", ("ConvTranspose",), ("qg_conv_transpose2d_s8",),
            "transposed convolution (stride, padding, output_padding), gather form: no zero MACs, per-channel "
            "shift, fused clamp", kernel=kernel_conv_transpose,
-           no_py=_NO_PY, emit_c=c_conv_transpose, qat=qat_conv_transpose),
+           emit_py=py_conv_transpose, emit_c=c_conv_transpose, qat=qat_conv_transpose),
     OpSpec(Op.RESIZE, "upsample", Trait.KEEPS_FORMAT | Trait.CHANNELWISE,
            resize_shape, check_resize, f_resize, i_resize, quantize_resize, macs_resize, torch_resize,
            "Upsample/F.interpolate (nearest, nearest-exact, bilinear/linear)", ("Resize", "Upsample"),
            ("qg_resize_s8", "qg_resize_s16"),
            "nearest / bilinear resize through per-axis index and Q10 weight tables, one rounding",
-           kernel=kernel_resize, no_py=_NO_PY, emit_c=c_resize, emit_c_wide=c_resize_wide, qat=qat_resize),
+           kernel=kernel_resize, emit_py=py_resize, emit_c=c_resize, emit_c_wide=c_resize_wide, qat=qat_resize),
 ]
