@@ -28,6 +28,8 @@ NO_KERNEL = {Op.BATCH_NORM: "folded before quantisation", Op.RESHAPE: "the plann
 class AllOps(nn.Module):
     """One small model whose IR holds every op (BatchNorm after an add cannot be folded)."""
 
+    shuffle = True
+
     def __init__(self):
         super().__init__()
         self.pad = nn.ZeroPad2d((1, 0, 1, 0))
@@ -42,6 +44,8 @@ class AllOps(nn.Module):
     def forward(self, x):
         y = torch.relu(self.conv(self.pad(x)))
         y = self.bn(self.dw(y) + y)
+        if self.shuffle:  # channel shuffle: one transpose (the ONNX front end does not take a 5-D reshape)
+            y = y.view(1, 2, 2, *y.shape[2:]).transpose(1, 2).reshape(y.shape)
         y = torch.cat([torch.relu(nn.functional.max_pool2d(y, 2)), torch.sigmoid(nn.functional.avg_pool2d(y, 2))], 1)
         y = nn.functional.max_pool2d(nn.functional.pad(self.inorm(y), (0, 1, 1, 0)), 2)  # a pad no conv absorbs
         return torch.softmax(self.ln(self.bn1d(torch.relu(self.fc(torch.flatten(y, 1))))), 1)
@@ -66,6 +70,7 @@ def onnx_graph(tmp_path_factory):
     from codegen.frontend.onnx_import import from_onnx_file
 
     model, x = _model()
+    model.shuffle = False
     path = tmp_path_factory.mktemp("onnx") / "allops.onnx"
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
             contextlib.redirect_stderr(io.StringIO()):
@@ -184,7 +189,8 @@ def test_trait_queries_are_what_the_passes_use():
     assert fuse_activation.FUSABLE == ops.with_trait(Trait.FUSES_ACT)
     assert set(plan_memory.IN_PLACE_OPS) == {Op.RELU, Op.LUT, Op.ADD, Op.SOFTMAX, Op.CHANNEL_AFFINE, Op.LAYER_NORM,
                                              Op.GROUP_NORM}
-    assert set(assign_precision.FOLLOW_OPS) == {Op.RELU, Op.MAXPOOL2D, Op.AVGPOOL2D, Op.RESHAPE, Op.PAD}
+    assert set(assign_precision.FOLLOW_OPS) == {Op.RELU, Op.MAXPOOL2D, Op.AVGPOOL2D, Op.RESHAPE, Op.PAD,
+                                                 Op.TRANSPOSE}
     assert set(ops.with_trait(Trait.WEIGHTED)) == {Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR}
 
 

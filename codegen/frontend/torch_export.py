@@ -21,6 +21,9 @@ import torch
 from ..errors import UserError
 from ..ir import Graph, Node, Op, Tensor
 from ..ops import Trait, has, supported_torch
+from ..ops.matmul import MAX_RANK as MAX_TRANSPOSE_RANK
+from . import layout
+from .layout import Layout
 
 aten = torch.ops.aten
 
@@ -247,9 +250,10 @@ class _Lowering:
         self.modules = modules or {}  # module path -> nn.Module (from_module), for error messages
         self.graph = Graph(tensors={}, nodes=[], inputs=[], outputs=[], source=source)
         self.env: dict[str, Any] = {}  # fx node name -> IR tensor name, or a python constant
-        # Flattened images hold their elements in qgen's (H, W, C) order, not PyTorch's (C, H, W):
-        # flat_order[t][j] = PyTorch's index of element j of vector t (absent: the same order).
-        self.flat_order: dict[str, np.ndarray] = {}
+        # fx node name -> where its PyTorch elements lie in its IR tensor's buffer (frontend/layout.py);
+        # permute/transpose/view only change this, a TRANSPOSE copy is made where an op needs a layout
+        self.lay: dict[str, Layout] = {}
+        self.canon: dict[str, str] = {}  # fx node name -> its IR tensor in the canonical layout (made once)
         self.used_names: set[str] = set()
         # fx node name -> the name its functional spelling would get (`relu__1` -> `relu_1`), so that the
         # in-place and functional spellings of an op name their IR node and tensor alike
@@ -279,27 +283,103 @@ class _Lowering:
     def add(self, fx_node, op: Op, inputs: list[str], out_shape: tuple[int, ...], **attrs) -> str:
         out = self.act(self.fx_names.get(fx_node.name, fx_node.name), out_shape)
         self.graph.nodes.append(Node(self.node_name(fx_node), op, inputs, [out], attrs, source_of(fx_node)))
-        self._carry_order(fx_node, op, inputs, out)
         return out
 
-    def _carry_order(self, fx_node, op: Op, inputs: list[str], out: str) -> None:
-        """Element-wise ops keep a flattened vector's element order; adding two orders must agree."""
-        orders = [self.flat_order.get(t) for t in inputs if not self.graph.tensors[t].is_const]
-        if has(op, Trait.KEEPS_ORDER) and orders[0] is not None:
-            self.flat_order[out] = orders[0]
-        elif op is Op.ADD and any(o is not None for o in orders):
-            a, b = (o if o is not None else np.arange(self.graph.tensors[out].size) for o in orders)
-            if not np.array_equal(a, b):
-                raise _err(self, fx_node, "adds a flattened image to a vector in another element order; "
-                                          "add before flattening")
-            self.flat_order[out] = a
+    # -- layouts (frontend/layout.py)
+    def raw(self, arg) -> tuple[str, Layout]:
+        """An activation as it lies: (its IR tensor, its Layout), no copy."""
+        return self.env[arg.name], self.lay[arg.name]
+
+    def bind(self, fx_node, name: str, layout: Layout) -> str:
+        """Record that fx_node's value is IR tensor `name` holding its elements in `layout`."""
+        self.lay[fx_node.name] = layout
+        return name
+
+    def _inserted(self, base: str, op: Op, x: str, out_shape: tuple[int, ...], source: str, **attrs) -> str:
+        out = self.act(base, out_shape)
+        name = base
+        i = 1
+        while name in self.used_names:
+            name, i = f"{base}_{i}", i + 1
+        self.used_names.add(name)
+        self.graph.nodes.append(Node(name, op, [x], [out], attrs, source))
+        return out
+
+    def alias(self, x: str, shape: tuple[int, ...], source: str = "") -> str:
+        """`x` viewed with IR shape `shape` (same bytes: a RESHAPE the planner aliases, no code)."""
+        shape = tuple(int(s) for s in shape)
+        if self.shape_of(x) == shape:
+            return x
+        return self._inserted(f"{x}_as", Op.RESHAPE, x, shape, source, shape=shape)
+
+    def relayout(self, x: str, src: Layout, dst: Layout, shape: tuple[int, ...], source: str = "") -> str:
+        """IR tensor `x` holding layout `src` copied into layout `dst` (one TRANSPOSE; none if the bytes already
+        lie so), viewed with IR shape `shape`."""
+        plan = layout.transpose_plan(src, dst)
+        if plan is None:  # the two split some dim incompatibly: through the canonical layout
+            mid = layout.canonical(src.sizes)
+            x = self.relayout(x, src, mid, layout.canonical_shape(src.sizes), source)
+            src, plan = mid, layout.transpose_plan(mid, dst)
+        in_shape, perm, out_shape = plan
+        if perm == tuple(range(len(perm))):
+            return self.alias(x, shape, source)
+        if len(perm) > MAX_TRANSPOSE_RANK:
+            raise UserError(f"changing the layout of '{x}' {list(src.sizes)} needs a {len(perm)}-axis transpose; "
+                            f"qgen supports up to {MAX_TRANSPOSE_RANK}. Reshape in fewer steps.")
+        y = self._inserted(f"{x}_t", Op.TRANSPOSE, self.alias(x, in_shape, source), out_shape, source,
+                           perm=perm)
+        return self.alias(y, shape, source)
+
+    def pair(self, fx_node, a, b) -> tuple[str, str, Layout]:
+        """Two activations of the same sizes in one layout, for a binary element-wise op: (a's IR tensor, b's
+        IR tensor of the same IR shape, their layout). No copy if they lie alike, or if one is a Linear's
+        output read only here (its weight rows are permuted to the other's order: the layout of `x +
+        Linear(flatten(x))` is free); else the one not in the canonical layout is copied into it."""
+        (ai, la), (bi, lb) = self.raw(a), self.raw(b)
+        if la != lb:
+            for fx, other in ((a, lb), (b, la)):
+                if self._reorder_linear(fx, other):
+                    (ai, la), (bi, lb) = self.raw(a), self.raw(b)
+                    break
+        if la != lb:  # one copy: into the canonical layout if one lies so (later ops want it), else into a's
+            if lb == layout.canonical(lb.sizes):
+                ai, la = self.value_in(a, lb, self.shape_of(bi)), lb
+            else:
+                bi = self.value_in(b, la, self.shape_of(ai))
+        return ai, self.alias(bi, self.shape_of(ai), source_of(fx_node)), la
+
+    def _reorder_linear(self, fx, want: Layout) -> bool:
+        """If fx is a Linear's (1, F) output that nothing else reads yet, permute its output rows so that it
+        lies in layout `want`; True if done."""
+        name = self.env.get(fx.name)
+        producer = next((n for n in reversed(self.graph.nodes) if name in n.outputs), None)
+        if (producer is None or producer.op is not Op.LINEAR or len(fx.users) != 1 or len(want.sizes) != 2
+                or self.lay[fx.name] != layout.canonical(want.sizes)):
+            return False
+        rows = want.torch_index()  # row j computes the feature that layout `want` holds at position j
+        for t in producer.inputs[1:3]:
+            self.graph.tensors[t].data = self.graph.tensors[t].data[rows]
+        self.lay[fx.name] = want
+        return True
+
+    def value_in(self, arg, dst: Layout, shape: tuple[int, ...]) -> str:
+        """Activation `arg` in layout `dst` with IR shape `shape` (copied if it lies otherwise)."""
+        x, src = self.raw(arg)
+        return self.relayout(x, src, dst, shape, source_of(arg))
 
     def shape_of(self, name: str) -> tuple[int, ...]:
         return self.graph.tensors[name].shape
 
     def value(self, arg):
+        """An argument's value; an activation in qgen's canonical layout ((H, W, C) images, (1, L, C)
+        sequences, (F,) vectors), copied into it once if it lies otherwise."""
         if isinstance(arg, torch.fx.Node):
-            return self.env[arg.name]
+            if arg.name not in self.lay:
+                return self.env[arg.name]
+            if arg.name not in self.canon:
+                sizes = self.lay[arg.name].sizes
+                self.canon[arg.name] = self.value_in(arg, layout.canonical(sizes), layout.canonical_shape(sizes))
+            return self.canon[arg.name]
         if isinstance(arg, (list, tuple)):
             return type(arg)(self.value(a) for a in arg)
         return arg
@@ -338,18 +418,23 @@ class _Lowering:
                         self.fx_names[fx_node.name] = packet[:-1] + fx_node.name[len(packet):]
                 if handler is None:
                     raise unsupported(fx_node, self.modules)
-                self.env[fx_node.name] = handler(self, fx_node)
+                result = handler(self, fx_node)
+                self.env[fx_node.name] = result
+                sizes = _torch_sizes(fx_node)
+                if (fx_node.name not in self.lay and isinstance(result, str) and sizes is not None
+                        and not self.graph.tensors[result].is_const):
+                    self.lay[fx_node.name] = layout.canonical(sizes)  # handlers that use lw.add: canonical
             elif fx_node.op == "output":
                 outs = fx_node.args[0]
                 outs = outs if isinstance(outs, (list, tuple)) else [outs]
                 for o in outs:
-                    name = self.value(o)
+                    sizes = _torch_sizes(o) if isinstance(o, torch.fx.Node) else None
+                    if sizes is not None and not (len(sizes) in LAYOUTS and sizes[0] == 1):
+                        raise UserError(f"model output '{o.name}' has shape {list(sizes)}; qgen returns (1, C, H, W), "
+                                        "(1, C, L) or (1, F) outputs. Reshape it to one of these before returning.")
+                    name = self.value(o)  # in the output convention (a copy if it lies otherwise)
                     if not isinstance(name, str):
                         raise UserError("model output is a constant; qgen compiles computed outputs only")
-                    if name in self.flat_order:
-                        raise UserError(f"model output '{o.name}' is a flattened image; its element order "
-                                        "would differ from PyTorch's. Return the 4-D tensor or end with a "
-                                        "Linear layer.")
                     self.graph.outputs.append(name)
                     val = o.meta.get("val") if isinstance(o, torch.fx.Node) else None
                     self.graph.io_layout[name] = LAYOUTS.get(len(val.shape) if val is not None else 2, "nf")
@@ -376,9 +461,20 @@ class _Lowering:
         self.graph.inputs.append(name)
         self.graph.io_layout[name] = LAYOUTS[len(shape)]
         self.env[fx_node.name] = name
+        self.lay[fx_node.name] = layout.canonical(shape)
 
 
 LAYOUTS = {2: "nf", 3: "ncl", 4: "nchw"}
+
+
+def _torch_sizes(fx_node) -> tuple[int, ...] | None:
+    """PyTorch sizes (batch included) of a node's (first) tensor value; None if not a fixed-shape tensor."""
+    val = fx_node.meta.get("val")
+    if isinstance(val, (list, tuple)):
+        val = val[0] if val else None
+    if not isinstance(val, torch.Tensor) or any(not isinstance(d, int) for d in val.shape):
+        return None
+    return tuple(int(d) for d in val.shape)
 
 
 def ir_shape_of(torch_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -567,14 +663,15 @@ def _check_shape(lw: _Lowering, n, ir_shape: tuple[int, ...]) -> None:
 def _linear(lw: _Lowering, n) -> str:
     x, w_arg = n.args[0], n.args[1]
     b_arg = n.args[2] if len(n.args) > 2 else n.kwargs.get("bias")
-    xin = lw.value(x)
     w = lw.param(n, w_arg)
     b = lw.param(n, b_arg)
-    if len(lw.shape_of(xin)) != 1:
-        raise _err(lw, n, f"Linear on a {len(lw.shape_of(xin))}-D input {list(lw.shape_of(xin))}; "
+    x_ir, lay = lw.raw(x)
+    if len(lay.sizes) != 2 or lay.sizes[0] != 1:
+        raise _err(lw, n, f"Linear on a {len(lay.sizes)}-D input {list(lay.sizes)}; "
                           "flatten first (qgen supports Linear on (1, F) inputs)")
-    if xin in lw.flat_order:  # column j must weigh the element qgen holds at position j
-        w = w[:, lw.flat_order[xin]]
+    # any element order (a flattened channels-last image): column j weighs the element held at position j
+    xin = lw.alias(x_ir, (lay.sizes[1],), source_of(n))
+    w = w[:, lay.torch_index()]
     bias = b if b is not None else np.zeros(w.shape[0])
     wname, bname = lw.const(f"{n.name}_w", w), lw.const(f"{n.name}_b", bias)
     return lw.add(n, Op.LINEAR, [xin, wname, bname], (w.shape[0],))
@@ -588,16 +685,22 @@ def _batch_norm(lw: _Lowering, n) -> str:
         if n.args[5]:
             raise _err(lw, n, "batch norm in training mode; call model.eval() before compiling")
         eps = n.args[7]
-    xin = lw.value(x)
+    x_ir, lay = lw.raw(x)
+    order = None
+    if len(lay.sizes) == 2:  # (1, F) in any element order: the per-feature parameters follow it
+        xin, order = lw.alias(x_ir, (lay.sizes[1],), source_of(n)), lay.torch_index()
+    else:
+        xin = lw.value(x)
     c = lw.shape_of(xin)[-1]
     gamma = lw.param(n, gamma) if gamma is not None else np.ones(c)
     beta = lw.param(n, beta) if beta is not None else np.zeros(c)
     scale = gamma / np.sqrt(lw.param(n, var) + eps)
     shift = beta - lw.param(n, mean) * scale
-    if xin in lw.flat_order:  # per-feature parameters follow the vector's element order
-        scale, shift = scale[lw.flat_order[xin]], shift[lw.flat_order[xin]]
+    if order is not None:
+        scale, shift = scale[order], shift[order]
     sname, tname = lw.const(f"{n.name}_scale", scale), lw.const(f"{n.name}_shift", shift)
-    return lw.add(n, Op.BATCH_NORM, [xin, sname, tname], lw.shape_of(xin))
+    out = lw.add(n, Op.BATCH_NORM, [xin, sname, tname], lw.shape_of(xin))
+    return lw.bind(n, out, lay) if order is not None else out
 
 
 def _norm_affine(lw: _Lowering, n, w_arg, b_arg, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -687,28 +790,30 @@ def _getitem(lw: _Lowering, n) -> Any:
     raise unsupported(n, lw.modules)
 
 
+def _unary(lw: _Lowering, n, op: Op, **attrs) -> str:
+    """An element-wise op of one activation: computed in whatever layout its input lies in (no copy)."""
+    x_ir, lay = lw.raw(n.args[0])
+    return lw.bind(n, lw.add(n, op, [x_ir], lw.shape_of(x_ir), **attrs), lay)
+
+
 def _relu(lw: _Lowering, n) -> str:
-    xin = lw.value(n.args[0])
-    return lw.add(n, Op.RELU, [xin], lw.shape_of(xin), lo=0.0, hi=None)
+    return _unary(lw, n, Op.RELU, lo=0.0, hi=None)
 
 
 def _hardtanh(lw: _Lowering, n) -> str:
-    xin = lw.value(n.args[0])
     lo = float(n.args[1]) if len(n.args) > 1 else -1.0
     hi = float(n.args[2]) if len(n.args) > 2 else 1.0
-    return lw.add(n, Op.RELU, [xin], lw.shape_of(xin), lo=lo, hi=hi)
+    return _unary(lw, n, Op.RELU, lo=lo, hi=hi)
 
 
 def _clamp(lw: _Lowering, n) -> str:
-    xin = lw.value(n.args[0])
     lo = n.args[1] if len(n.args) > 1 else n.kwargs.get("min")
     hi = n.args[2] if len(n.args) > 2 else n.kwargs.get("max")
     if n.target is aten.clamp_max.default:  # torch.clamp_max(x, hi), x.clamp_max_(hi)
         lo, hi = None, lo
     if isinstance(lo, torch.fx.Node) or isinstance(hi, torch.fx.Node):
         raise _err(lw, n, "clamp bounds must be numbers")
-    return lw.add(n, Op.RELU, [xin], lw.shape_of(xin), lo=None if lo is None else float(lo),
-                  hi=None if hi is None else float(hi))
+    return _unary(lw, n, Op.RELU, lo=None if lo is None else float(lo), hi=None if hi is None else float(hi))
 
 
 def _pool_common(lw: _Lowering, n, kernel, stride, padding, ceil_mode: bool) -> tuple:
@@ -790,33 +895,48 @@ def _mean(lw: _Lowering, n) -> str:
 
 
 def _reshape_to(lw: _Lowering, n, xin: str, shape: tuple[int, ...]) -> str:
-    src = lw.shape_of(xin)
-    out = lw.add(n, Op.RESHAPE, [xin], shape, shape=shape)
-    if len(src) == 3 and src[2] > 1 and src[0] * src[1] > 1:
-        h, w, c = src
-        lw.flat_order[out] = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
-    elif xin in lw.flat_order:
-        lw.flat_order[out] = lw.flat_order[xin]
-    return out
+    return lw.add(n, Op.RESHAPE, [xin], shape, shape=shape)
 
 
-def _flatten_like(lw: _Lowering, n) -> str:
-    xin = lw.value(n.args[0])
-    val = n.meta.get("val")
-    torch_shape = tuple(val.shape)
-    if any(not isinstance(s, int) for s in torch_shape):
-        raise _err(lw, n, f"dynamic shape {torch_shape}")
-    size = math.prod(torch_shape)
-    src = lw.shape_of(xin)
-    if len(torch_shape) in (3, 4) and torch_shape[0] == 1:  # view back to an image: only a no-op one
-        if ir_shape_of(torch_shape) == src:
-            return xin
-        raise _err(lw, n, f"reshape {list(src)} -> {list(torch_shape)}; qgen supports flattening to (1, F)")
-    if len(torch_shape) != 2 or torch_shape[0] != 1 or torch_shape[1] != size:
-        raise _err(lw, n, f"reshape to {list(torch_shape)}; qgen supports flattening to (1, F)")
-    if src == (size,):
-        return xin  # already flat: no node needed
-    return _reshape_to(lw, n, xin, (size,))
+def _view(lw: _Lowering, n) -> str:
+    """view/reshape/flatten/unflatten/squeeze/unsqueeze: metadata (frontend/layout.py view), a RESHAPE alias
+    to the IR shape of the new sizes; a TRANSPOSE first only if the dims to split do not lie so."""
+    x_ir, lay = lw.raw(n.args[0])
+    sizes = _torch_sizes(n)
+    if sizes is None:
+        raise _err(lw, n, f"dynamic or non-tensor shape {n.meta.get('val')}; qgen compiles fixed shapes")
+    new = layout.view(lay, sizes)
+    if new is None:  # copy into the cheapest layout where the view is free
+        target = layout.view_target(lay, sizes)
+        x_ir = lw.relayout(x_ir, lay, target, target.phys or (1,), source_of(n))
+        new = layout.view(target, sizes)
+        assert new is not None, (lay, target, sizes)
+    shape = layout.canonical_shape(sizes)
+    if lw.shape_of(x_ir) == shape:
+        return lw.bind(n, x_ir, new)
+    return lw.bind(n, _reshape_to(lw, n, x_ir, shape), new)
+
+
+def _permute(lw: _Lowering, n) -> str:
+    """permute/transpose/t: metadata only (the buffer is not touched)."""
+    x_ir, lay = lw.raw(n.args[0])
+    if n.target is aten.permute.default:
+        new = layout.permute(lay, n.args[1])
+    elif n.target is aten.t.default:
+        new = layout.transpose(lay, 0, 1) if len(lay.sizes) == 2 else lay
+    else:
+        new = layout.transpose(lay, int(n.args[1]), int(n.args[2]))
+    assert new.sizes == _torch_sizes(n), (new, _torch_sizes(n))
+    return lw.bind(n, x_ir, new)
+
+
+def _same(lw: _Lowering, n) -> str:
+    """clone/contiguous/alias/detach/dropout (eval), expand to the same sizes: the same tensor."""
+    x_ir, lay = lw.raw(n.args[0])
+    if _torch_sizes(n) != lay.sizes:
+        raise _err(lw, n, f"expands {list(lay.sizes)} to {list(_torch_sizes(n))}; qgen supports broadcasting only "
+                          "where an op does it itself")
+    return lw.bind(n, x_ir, lay)
 
 
 def _add(lw: _Lowering, n) -> str:
@@ -825,12 +945,13 @@ def _add(lw: _Lowering, n) -> str:
     if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)) or alpha != 1:
         raise _err(lw, n, "add of a constant (or with alpha); qgen supports adding two activations "
                           "(residual add). Fold the constant into a bias.")
-    an, bn = lw.value(a), lw.value(b)
-    if not (isinstance(an, str) and isinstance(bn, str)):
+    if a.name not in lw.lay or b.name not in lw.lay:
         raise _err(lw, n, "add with a parameter tensor; fold it into the preceding layer's bias")
-    if lw.shape_of(an) != lw.shape_of(bn):
-        raise _err(lw, n, f"add of shapes {lw.shape_of(an)} and {lw.shape_of(bn)}; broadcasting is not supported")
-    return lw.add(n, Op.ADD, [an, bn], lw.shape_of(an))
+    if lw.lay[a.name].sizes != lw.lay[b.name].sizes:
+        raise _err(lw, n, f"add of shapes {list(lw.lay[a.name].sizes)} and {list(lw.lay[b.name].sizes)}; "
+                          "broadcasting is not supported")
+    an, bn, lay = lw.pair(n, a, b)
+    return lw.bind(n, lw.add(n, Op.ADD, [an, bn], lw.shape_of(an)), lay)
 
 
 def _pad(lw: _Lowering, n) -> str:
@@ -866,26 +987,30 @@ def _cat(lw: _Lowering, n) -> str:
     shape = list(lw.shape_of(parts[0]))
     shape[axis] = sum(lw.shape_of(p)[axis] for p in parts)
     _check_shape(lw, n, tuple(shape))
-    out = lw.add(n, Op.CONCAT, parts, tuple(shape), axis=axis)
-    if len(shape) == 1 and any(p in lw.flat_order for p in parts):
-        offsets = np.cumsum([0] + [lw.shape_of(p)[0] for p in parts])
-        lw.flat_order[out] = np.concatenate([lw.flat_order.get(p, np.arange(lw.shape_of(p)[0])) + off
-                                             for p, off in zip(parts, offsets)])
-    return out
+    return lw.add(n, Op.CONCAT, parts, tuple(shape), axis=axis)
 
 
 def _softmax(lw: _Lowering, n) -> str:
-    xin = lw.value(n.args[0])
-    dim = int(n.args[1])
-    rank = len(n.meta["val"].shape)
-    if ir_axis(dim, rank) != len(lw.shape_of(xin)) - 1:
-        raise _err(lw, n, f"softmax over dim {dim}; qgen supports softmax over the channel/feature dimension")
-    return lw.add(n, Op.SOFTMAX, [xin], lw.shape_of(xin))
+    """Softmax over any dim: SOFTMAX runs over the innermost physical axis, so that dim is made innermost
+    (no copy if it already is: attention scores)."""
+    x_ir, lay = lw.raw(n.args[0])
+    dim = int(n.args[1]) % len(lay.sizes)
+    if lay.sizes[dim] > 1 and lay.innermost_dim() == dim:
+        xin, out_lay = lw.alias(x_ir, lay.phys, source_of(n)), lay
+    else:
+        canon = layout.canonical(lay.sizes)
+        if lay.sizes[dim] == 1 or canon.innermost_dim() == dim:
+            xin, out_lay = lw.value(n.args[0]), canon
+            if lay.sizes[dim] == 1 and lw.shape_of(xin)[-1] != 1:
+                xin = lw.alias(xin, tuple(canon.phys) + (1,), source_of(n))
+        else:
+            out_lay = layout.move_innermost(lay, dim)
+            xin = lw.value_in(n.args[0], out_lay, out_lay.phys)
+    return lw.bind(n, lw.add(n, Op.SOFTMAX, [xin], lw.shape_of(xin)), out_lay)
 
 
 def _lut(fn: str, **params):
     def handler(lw: _Lowering, n) -> str:
-        xin = lw.value(n.args[0])
         attrs = dict(params)
         if fn == "leaky_relu":
             attrs["alpha"] = float(n.args[1]) if len(n.args) > 1 else 0.01
@@ -894,7 +1019,7 @@ def _lut(fn: str, **params):
         if fn == "gelu":
             approx = n.kwargs.get("approximate", "none")
             attrs["approximate"] = approx
-        return lw.add(n, Op.LUT, [xin], lw.shape_of(xin), fn=fn, **attrs)
+        return _unary(lw, n, Op.LUT, fn=fn, **attrs)
     return handler
 
 
@@ -961,11 +1086,11 @@ def _upsample(mode: str, one_d: bool, has_align: bool):
 
 
 def _identity(lw: _Lowering, n) -> Any:
-    return lw.value(n.args[0])
+    return _same(lw, n)
 
 
 def _dropout(lw: _Lowering, n) -> Any:
-    return lw.value(n.args[0])
+    return _same(lw, n)
 
 
 HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
@@ -1014,8 +1139,7 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.instance_norm.default: _instance_norm,
     aten.relu.default: _relu,
     aten.hardtanh.default: _hardtanh,
-    aten.relu6.default: lambda lw, n: lw.add(n, Op.RELU, [lw.value(n.args[0])], lw.shape_of(lw.value(n.args[0])),
-                                             lo=0.0, hi=6.0),
+    aten.relu6.default: lambda lw, n: _unary(lw, n, Op.RELU, lo=0.0, hi=6.0),
     aten.clamp.default: _clamp,
     aten.clamp_min.default: _clamp,
     aten.clamp_max.default: _clamp,
@@ -1023,10 +1147,19 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.avg_pool2d.default: _avg_pool2d,
     aten.adaptive_avg_pool2d.default: _adaptive_avg_pool2d,
     aten.mean.dim: _mean,
-    aten.flatten.using_ints: _flatten_like,
-    aten.view.default: _flatten_like,
-    aten.reshape.default: _flatten_like,
-    aten._unsafe_view.default: _flatten_like,
+    aten.flatten.using_ints: _view,
+    aten.unflatten.int: _view,
+    aten.view.default: _view,
+    aten.reshape.default: _view,
+    aten._unsafe_view.default: _view,
+    aten.squeeze.default: _view,
+    aten.squeeze.dim: _view,
+    aten.squeeze.dims: _view,
+    aten.unsqueeze.default: _view,
+    aten.permute.default: _permute,
+    aten.transpose.int: _permute,
+    aten.t.default: _permute,
+    aten.expand.default: _same,
     aten.add.Tensor: _add,
     aten.dropout.default: _dropout,
     aten.clone.default: _identity,

@@ -35,6 +35,7 @@ class Op(str, enum.Enum):
     CONCAT = "concat"  # along attrs["axis"] of the (batch-less) IR shape
     SOFTMAX = "softmax"  # over the last IR axis (channels / features)
     LUT = "lut"  # element-wise function through a 256-entry int8 table (sigmoid, tanh, ...)
+    TRANSPOSE = "transpose"  # physical permutation copy: attrs["perm"] over the IR axes (np.transpose)
     CONV_TRANSPOSE2D = "conv_transpose2d"  # transposed conv (ConvTranspose1d/2d), gather form: no zero MACs
     RESIZE = "resize"  # nearest / bilinear upsampling (Upsample, F.interpolate) through per-axis tables
 
