@@ -23,7 +23,7 @@
 /* The interface version of this library: its parameter structs and prototypes as generated model code
  * uses them. Raised whenever one changes; every generated <prefix>_model.c checks it with #error, so a
  * model built against another version of these kernels fails to compile instead of miscomputing. */
-#define QG_KERNELS_ABI 1
+#define QG_KERNELS_ABI 2
 
 #include <stdint.h>
 #include "qg_fixed.h"
@@ -46,8 +46,13 @@ typedef struct {
     uint16_t in_h, in_w, in_c;
     uint16_t out_h, out_w, out_c;
     uint8_t k_h, k_w, stride_h, stride_w, pad_top, pad_left;
+    uint8_t dil_h, dil_w;  /* dilation (>= 1): tap (ky, kx) reads input offset (ky * dil_h, kx * dil_w) */
     int8_t act_min, act_max;
-    const int8_t *weights; /* conv (out_c, k_h, k_w, in_c); depthwise (out_c, k_h, k_w) */
+    uint16_t groups;       /* conv: in_c and out_c split into `groups` (>= 1) equal groups, output group g reads
+                              input group g (PyTorch order); depthwise, sparse, clustered: 1 */
+    uint16_t out_stride;   /* qg_conv2d_s8: elements from one output pixel to the next; 0 means out_c. A concat
+                              written in place (codegen/passes/concat_in_place.py) sets its channel count */
+    const int8_t *weights; /* conv (out_c, k_h, k_w, in_c / groups); depthwise (out_c, k_h, k_w) */
     const int32_t *bias;   /* (out_c), frac = in_frac + weight_frac[c] */
     const int8_t *shift;   /* (out_c) requantisation shift in [-31, 31] */
 } qg_conv2d_params_t;
@@ -87,6 +92,40 @@ void qg_fully_connected_s8(const qg_fully_connected_params_t *p, const int8_t *r
 int32_t qg_fully_connected_s8_buffer_size(const qg_fully_connected_params_t *p);
 void qg_maxpool2d_s8(const qg_pool2d_params_t *p, const int8_t *in, int8_t *out);
 void qg_avgpool2d_s8(const qg_pool2d_params_t *p, const int8_t *in, int8_t *out);
+/* Pooling over explicit windows (qg_pool2d_s8.c, qg_pool2d_s16.c): PyTorch's ceil_mode and
+ * count_include_pad=False averages, adaptive pooling (the rules are in codegen/ops/pool.py). Output pixel
+ * (oy, ox) reads input rows [rows[3*oy], rows[3*oy+1]) and columns [cols[3*ox], cols[3*ox+1]) (clipped to
+ * the input, never empty); the average of a window is round_shift(sum * m, avg_shift) with
+ * m = mult[rows[3*oy+2] * col_classes + cols[3*ox+2]] = round(2^avg_shift / d) for its divisor d (codegen/fixed.py
+ * avg_multiplier). Max ignores avg_shift, col_classes and mult (NULL). `in` and `out` never overlap. */
+typedef struct {
+    uint16_t in_w, channels;
+    uint16_t out_h, out_w;
+    uint16_t col_classes;
+    int16_t act_min, act_max; /* the output range (int8 or int16 kernel) */
+    int8_t avg_shift;
+    const int16_t *rows; /* out_h triples: first row, end row, divisor class */
+    const int16_t *cols; /* out_w triples: first column, end column, divisor class */
+    const int32_t *mult; /* average: one multiplier per (row class, column class) */
+} qg_pool2d_windows_params_t;
+void qg_maxpool2d_windows_s8(const qg_pool2d_windows_params_t *p, const int8_t *restrict in, int8_t *restrict out);
+void qg_avgpool2d_windows_s8(const qg_pool2d_windows_params_t *p, const int8_t *restrict in, int8_t *restrict out);
+void qg_maxpool2d_windows_s16(const qg_pool2d_windows_params_t *p, const int16_t *restrict in,
+                              int16_t *restrict out);
+void qg_avgpool2d_windows_s16(const qg_pool2d_windows_params_t *p, const int16_t *restrict in,
+                              int16_t *restrict out);
+/* Mean or max over the last axis (qg_reduce.c): `rows` rows of `size` values -> one value per row.
+ * Mean: round_shift(sum * avg_mult, avg_shift) clamped to [act_min, act_max] (the average rule); max: the
+ * largest value. The output keeps the input's format and type (s8: int8, s16: int16). */
+typedef struct {
+    int32_t rows, size;
+    uint8_t is_max;
+    int16_t act_min, act_max;
+    int32_t avg_mult;
+    int8_t avg_shift;
+} qg_reduce_params_t;
+void qg_reduce_s8(const qg_reduce_params_t *p, const int8_t *restrict in, int8_t *restrict out);
+void qg_reduce_s16(const qg_reduce_params_t *p, const int16_t *restrict in, int16_t *restrict out);
 /* Element-wise kernels may run in place (out == an input): each output element is computed from the
  * same element of the inputs, read before it is written, so these take no `restrict`. */
 void qg_add_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out);
@@ -124,6 +163,39 @@ typedef struct {
 void qg_resize_s8(const qg_resize_params_t *p, const int8_t *restrict in, int8_t *restrict out);
 void qg_resize_s16(const qg_resize_params_t *p, const int16_t *restrict in, int16_t *restrict out);
 
+/* Arithmetic of two activations, scalar affine and PReLU (qg_binary_s8.c; the integer rules are written
+ * in codegen/ops/eltwise.py). Element-wise: out may be the (same-sized) input a, never a broadcast b.
+ * sub, maximum, minimum take add's parameters: both inputs aligned by shift_a / shift_b, combined in
+ * int32, requantised by shift. */
+void qg_sub_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out);
+void qg_maximum_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out);
+void qg_minimum_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out);
+typedef struct {
+    int32_t size;   /* output elements */
+    int32_t b_size; /* elements of b: size (same shape), or C (b is one (1, 1, C) pixel used for every pixel) */
+    int8_t shift;   /* requantise a * b (frac fa + fb) to the output frac */
+    int8_t act_min, act_max;
+} qg_mul_params_t;
+void qg_mul_s8(const qg_mul_params_t *p, const int8_t *a, const int8_t *b, int8_t *out);
+/* out = requantise(x * mult + bias, shift): x * scale + offset for scalar constants */
+typedef struct {
+    int32_t size;
+    int32_t bias;  /* offset at frac in_frac + mult_frac, |bias| < 2^29 */
+    int16_t mult;  /* scale at frac mult_frac */
+    int8_t shift;  /* in_frac + mult_frac - out_frac */
+    int8_t act_min, act_max;
+} qg_affine_params_t;
+void qg_affine_s8(const qg_affine_params_t *p, const int8_t *in, int8_t *out);
+/* out = requantise(x >= 0 ? x * 2^slope_frac : x * slope[c], shift), c = element index % channels */
+typedef struct {
+    int32_t size, channels;
+    int8_t slope_frac; /* the slopes' frac, 0..14 */
+    int8_t shift;      /* in_frac + slope_frac - out_frac */
+    int8_t act_min, act_max;
+    const int16_t *slope; /* (channels) */
+} qg_prelu_params_t;
+void qg_prelu_s8(const qg_prelu_params_t *p, const int8_t *in, int8_t *out);
+
 typedef struct {
     uint16_t in_h, in_w, channels;
     uint8_t pad_top, pad_left, pad_bottom, pad_right;
@@ -139,6 +211,7 @@ typedef struct {
     const int32_t *block_size;
     const int8_t *shift;
 } qg_concat_params_t;
+/* inputs[k] == NULL: part k is already in `out` (its producer wrote it in place); it is skipped. */
 void qg_concat_s8(const qg_concat_params_t *p, const int8_t *const *inputs, int8_t *restrict out);
 
 /* float <-> Q-format at the model boundary. `scale` = 2^frac, `inv_scale` = 2^-frac.
@@ -164,6 +237,8 @@ typedef struct {
     uint16_t in_h, in_w, in_c;
     uint16_t out_h, out_w, out_c;
     uint8_t k_h, k_w, stride_h, stride_w, pad_top, pad_left;
+    uint8_t dil_h, dil_w;    /* as qg_conv2d_params_t */
+    uint16_t groups;         /* as qg_conv2d_params_t */
     uint8_t acc64;           /* 1: accumulate in int64 */
     int16_t act_min, act_max;
     const int8_t *weights;   /* as qg_conv2d_params_t */
@@ -224,6 +299,35 @@ void qg_pad_s16(const qg_pad_params_t *p, const int16_t *restrict in, int16_t *r
 /* element-wise: may run in place like their int8 twins */
 void qg_clamp_s16(int32_t size, int16_t lo, int16_t hi, const int16_t *in, int16_t *out);
 void qg_add_wide(const qg_add_wide_params_t *p, const void *a, const void *b, void *out);
+/* sub, maximum, minimum, mul, affine, prelu over any mix of int8 / int16 operands (QG_S8 / QG_S16):
+ * the int8 kernels' arithmetic (qg_binary_s8.c) with int64 requantisation */
+typedef struct {
+    int32_t size, b_size; /* as qg_mul_params_t */
+    uint8_t a_bits, b_bits, out_bits;
+    int8_t shift;
+    int16_t act_min, act_max;
+} qg_mul_wide_params_t;
+typedef struct {
+    int32_t size;
+    int32_t bias;
+    int16_t mult;
+    int8_t shift;
+    uint8_t in_bits, out_bits;
+    int16_t act_min, act_max;
+} qg_affine_wide_params_t;
+typedef struct {
+    int32_t size, channels;
+    int8_t slope_frac, shift;
+    uint8_t in_bits, out_bits;
+    int16_t act_min, act_max;
+    const int16_t *slope;
+} qg_prelu_wide_params_t;
+void qg_sub_wide(const qg_add_wide_params_t *p, const void *a, const void *b, void *out);
+void qg_maximum_wide(const qg_add_wide_params_t *p, const void *a, const void *b, void *out);
+void qg_minimum_wide(const qg_add_wide_params_t *p, const void *a, const void *b, void *out);
+void qg_mul_wide(const qg_mul_wide_params_t *p, const void *a, const void *b, void *out);
+void qg_affine_wide(const qg_affine_wide_params_t *p, const void *in, void *out);
+void qg_prelu_wide(const qg_prelu_wide_params_t *p, const void *in, void *out);
 void qg_concat_wide(const qg_concat_wide_params_t *p, const void *const *inputs, void *restrict out);
 /* int16 model input (`--precision input=int16`): the float helper at the model boundary */
 void qg_quantize_chw_to_hwc_f32_s16(const float *in, int16_t *out, int32_t c, int32_t h, int32_t w, float scale);
