@@ -148,7 +148,7 @@ def lifetimes(graph: Graph) -> list[Buffer]:
     return list(groups.values())
 
 
-def run(graph: Graph) -> Graph:
+def _plan(graph: Graph) -> tuple[dict[str, tuple[str, int]], list[Buffer]]:
     buffers = lifetimes(graph)
     memory: dict[str, tuple[str, int]] = {}
     out_offset = {}
@@ -171,16 +171,50 @@ def run(graph: Graph) -> Graph:
         else:
             arena.append(buf)
     placed = min((_place(arena, **strategy) for strategy in STRATEGIES), key=_arena_end)
-    check_overlap(placed)
     for buf in placed:
         for t in buf.tensors:
             memory[t] = ("arena", buf.offset)
     for t, at in sub_offsets(graph).items():
         if at and t in memory:
             memory[t] = (memory[t][0], memory[t][1] + at)
+    return memory, placed
+
+
+def run(graph: Graph) -> Graph:
+    """Plan the arena. A concat written in place (concat_in_place) keeps its output alive from its first
+    producer's step, which can raise the peak (a producer with a large input); each such concat is tried
+    with copies too, and the copy is kept where the arena is smaller."""
+    memory, placed = _plan(graph)
+    for node in graph.nodes:
+        if not node.attrs.get("in_place"):
+            continue
+        saved = _copy_instead(graph, node)
+        trial = _plan(graph)
+        if _arena_end(trial[1]) < _arena_end(placed):
+            memory, placed = trial
+        else:
+            _restore(graph, node, saved)
+    check_overlap(placed)
     graph.memory = memory
     graph.arena_size = _arena_end(placed)
     return graph
+
+
+def _copy_instead(graph: Graph, concat) -> tuple[list[bool], dict[str, int]]:
+    """Turn a concat written in place back into a copying one; returns what _restore needs."""
+    strides = {}
+    for t, flag in zip(concat.inputs, concat.attrs["in_place"]):
+        producer = graph.producer(t)
+        if flag and "out_stride" in producer.attrs:
+            strides[t] = producer.attrs.pop("out_stride")
+    return concat.attrs.pop("in_place"), strides
+
+
+def _restore(graph: Graph, concat, saved: tuple[list[bool], dict[str, int]]) -> None:
+    flags, strides = saved
+    concat.attrs["in_place"] = flags
+    for t, stride in strides.items():
+        graph.producer(t).attrs["out_stride"] = stride
 
 
 # Orders the greedy tries (the smallest arena wins). chains_first: ties among equal sizes go by first
