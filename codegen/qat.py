@@ -39,7 +39,7 @@ from . import torch_ir
 from .errors import UserError
 from .ir import Graph, Node
 from .ops import SPEC, Trait, has
-from .passes import calibrate, fold_bn, fold_pad, fuse_activation, quantize, run_pipeline
+from .passes import calibrate, concat_in_place, fold_bn, fold_pad, fuse_activation, quantize, run_pipeline
 from .torch_ir import WEIGHTED
 
 
@@ -148,7 +148,9 @@ class QATModel(nn.Module):
     def __init__(self, graph: Graph):
         super().__init__()
         self._graph = copy.deepcopy(graph)
-        qgraph = quantize.run(copy.deepcopy(graph))  # activation formats and weight-free attributes
+        # activation formats and weight-free attributes, as compile chooses them (driver.int_passes: a concat's
+        # in-place inputs share its range before quantize)
+        qgraph = quantize.run(concat_in_place.share_formats(copy.deepcopy(graph)))
         self._frac = {name: t.qformat.frac for name, t in qgraph.tensors.items()
                       if not t.is_const and t.qformat is not None}
         self._attrs = [n.attrs for n in qgraph.nodes]  # same node order as the float graph
