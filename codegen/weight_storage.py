@@ -35,15 +35,13 @@ import numpy as np
 
 from .errors import UserError
 from .ir import Graph, Node, Op
-from .ops import Trait, has, with_trait
+from .ops import SPEC, Trait, has, with_trait
 
 SPARSE_CHUNK = 255  # QG_SPARSE_CHUNK: chunk length of the index format (uint8 count and position)
 SPARSE_OPS = with_trait(Trait.MATMUL)
 
 
 def _has_kernel(op: Op, variant: str) -> bool:
-    from .ops import SPEC
-
     try:
         return SPEC[op].kernel(variant)[0] is not None
     except ValueError:
@@ -256,7 +254,7 @@ def layer_summary(g: Graph, n: Node) -> dict:
     """Per weighted layer of a quantised graph: chosen format, bytes (weights; + bias and shift), MACs."""
     w_t, b_t = g.tensors[n.inputs[1]], g.tensors[n.inputs[2]]
     enc = choose(g, n)
-    dense_macs = out_pixels(g, n) * w_t.size  # every weight once per output pixel (conv, depthwise, linear)
+    dense_macs = SPEC[n.op].macs(g, n)  # the op's count (conv_transpose2d: only the taps landing on an output)
     executed = out_pixels(g, n) * enc.nonzero if enc.format in ("bitmap", "index") else dense_macs
     other = b_t.nbytes + w_t.shape[0]  # int32 bias + int8 shift per output channel
     return {"name": n.name, "op": n.op.value, "format": enc.format, "bits": enc.bits, "shape": list(w_t.shape),

@@ -365,3 +365,18 @@ def test_pure_micropython_module_equals_reference(runtime, tmp_path):
     rng = np.random.default_rng(16)
     g = upsample_graph(rng, wide=False)
     check_graph(g, edge_inputs(rng, g.tensors["x"].shape, n_random=3), tmp_path, mpy=runtime == "micropython")
+
+
+def test_compression_summary_counts_the_transposed_convs_real_macs():
+    """weight_storage.summary (report's MACs executed) takes the op's MAC count: for a transposed conv only the
+    taps that land on an output, not every weight at every output pixel (4x more for a 2x2 stride-2 layer)."""
+    import codegen
+    from codegen.ops import SPEC
+    from codegen.weight_storage import summary
+
+    torch.manual_seed(1)
+    result = codegen.compile(TinyUNet("convt").eval(), torch.zeros(1, 2, 8, 8))
+    g = result.graph
+    node = next(n for n in g.nodes if n.op is Op.CONV_TRANSPOSE2D)
+    row = next(r for r in summary(g) if r["name"] == node.name)
+    assert row["macs"] == row["macs_executed"] == SPEC[node.op].macs(g, node) == 4 * 4 * 8 * 6 * 4
