@@ -35,6 +35,7 @@ class AllOps(nn.Module):
         self.pad = nn.ZeroPad2d((1, 0, 1, 0))
         self.conv = nn.Conv2d(2, 4, 3, padding=1)
         self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.prelu = nn.PReLU(4)
         self.bn = nn.BatchNorm2d(4)
         self.fc = nn.Linear(4 * 2 * 2 * 2, 5)
         self.inorm = nn.InstanceNorm2d(8, affine=True)  # group_norm (groups = C)
@@ -43,6 +44,8 @@ class AllOps(nn.Module):
 
     def forward(self, x):
         y = torch.relu(self.conv(self.pad(x)))
+        gate = torch.sigmoid(y.mean((2, 3), keepdim=True))  # mul of a (1, C, 1, 1) gate, sub, max, min, affine
+        y = self.prelu(torch.maximum(y, y * 0.5) - torch.minimum(y, 1 - y)) * gate
         y = self.bn(self.dw(y) + y)
         if self.shuffle:  # channel shuffle: one transpose (the ONNX front end does not take a 5-D reshape)
             y = y.view(1, 2, 2, *y.shape[2:]).transpose(1, 2).reshape(y.shape)
@@ -187,7 +190,8 @@ def test_trait_queries_are_what_the_passes_use():
     from codegen.passes import assign_precision, fuse_activation, plan_memory
 
     assert fuse_activation.FUSABLE == ops.with_trait(Trait.FUSES_ACT)
-    assert set(plan_memory.IN_PLACE_OPS) == {Op.RELU, Op.LUT, Op.ADD, Op.SOFTMAX, Op.CHANNEL_AFFINE, Op.LAYER_NORM,
+    assert set(plan_memory.IN_PLACE_OPS) == {Op.RELU, Op.LUT, Op.ADD, Op.SOFTMAX, Op.MUL, Op.SUB, Op.MAXIMUM,
+                                             Op.MINIMUM, Op.AFFINE, Op.PRELU, Op.CHANNEL_AFFINE, Op.LAYER_NORM,
                                              Op.GROUP_NORM}
     assert set(assign_precision.FOLLOW_OPS) == {Op.RELU, Op.MAXPOOL2D, Op.AVGPOOL2D, Op.RESHAPE, Op.PAD,
                                                  Op.TRANSPOSE}

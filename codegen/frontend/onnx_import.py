@@ -677,6 +677,11 @@ def _flatten(imp: _Importer, node) -> _Act:
 
 def _add(imp: _Importer, node) -> _Act:
     a, b = (imp.values.get(i) for i in node.input)
+    ka, kb = _scalar(a), _scalar(b)
+    if isinstance(a, _Act) and kb is not None:
+        return _affine(imp, node, a, 1.0, kb)
+    if isinstance(b, _Act) and ka is not None:
+        return _affine(imp, node, b, 1.0, ka)
     if not (isinstance(a, _Act) and isinstance(b, _Act)):
         raise imp.err(node, "add of a constant; qgen supports adding two activations (residual add). "
                             "Fold the constant into a bias.")
@@ -694,8 +699,88 @@ def _mul(imp: _Importer, node) -> _Act:
     x, k = (a, b) if isinstance(a, _Act) else (b, a)
     if isinstance(x, _Act) and k is not None and not isinstance(k, _Act) and np.all(np.asarray(k) == 1):
         return x  # x * 1 (left by exporters around Elu): nothing to compute
-    raise imp.err(node, "element-wise multiplication is supported only as x * sigmoid(x) (SiLU) or by 1; fold "
-                        "scales into the neighbouring layer's weights")
+    if isinstance(x, _Act) and _scalar(k) is not None:
+        return _affine(imp, node, x, _scalar(k), 0.0)
+    return _two_activations(imp, node, Op.MUL)
+
+
+# -- arithmetic (codegen/ops/eltwise.py): two activations -> mul/sub/maximum/minimum; an activation and a
+# one-element constant -> affine x * scale + offset
+
+
+def _scalar(value) -> float | None:
+    """The value of a one-element constant (ONNX float32, read as the PyTorch front end reads it); else None."""
+    if value is None or isinstance(value, _Act) or np.asarray(value).size != 1:
+        return None
+    return _f32(float(np.asarray(value).reshape(-1)[0]))
+
+
+def _affine(imp: _Importer, node, x: _Act, scale: float, offset: float) -> _Act:
+    return _Act(imp.add(node, Op.AFFINE, [x.name], imp.shape_of(x.name), scale=float(scale), offset=float(offset)),
+                x.rank)
+
+
+def _two_activations(imp: _Importer, node, op: Op) -> _Act:
+    from ..ops.eltwise import broadcasts
+
+    a, b = (imp.values.get(i) for i in node.input)
+    if not (isinstance(a, _Act) and isinstance(b, _Act)):
+        raise imp.err(node, f"{op.value} with a constant tensor of more than one element; qgen supports {op.value} "
+                            "of two activations or of an activation and a scalar. Fold the constant into a "
+                            "neighbouring layer's weights.")
+    sa, sb = imp.shape_of(a.name), imp.shape_of(b.name)
+    if op is Op.MUL and broadcasts(sb, sa):  # gate * x: the full-size operand first
+        a, b, sa, sb = b, a, sb, sa
+    if (sa != sb or a.rank != b.rank) and not (op is Op.MUL and broadcasts(sa, sb) and a.rank == b.rank):
+        extra = " or one (1, C, 1, 1) gate against (1, C, H, W)" if op is Op.MUL else ""
+        raise imp.err(node, f"{op.value} of shapes {list(torch_shape_of(sa, a.rank))} and "
+                            f"{list(torch_shape_of(sb, b.rank))}; qgen supports equal shapes{extra}")
+    return _Act(imp.add(node, op, [a.name, b.name], sa), a.rank)
+
+
+def _div(imp: _Importer, node) -> _Act:
+    a, b = (imp.values.get(i) for i in node.input)
+    k = _scalar(b)
+    if not isinstance(a, _Act) or k is None or k == 0.0:
+        raise imp.err(node, "division by an activation (or by zero); qgen supports dividing an activation by a "
+                            "nonzero constant")
+    return _affine(imp, node, a, 1.0 / k, 0.0)
+
+
+def _sub(imp: _Importer, node) -> _Act:
+    a, b = (imp.values.get(i) for i in node.input)
+    if isinstance(a, _Act) and _scalar(b) is not None:
+        return _affine(imp, node, a, 1.0, -_scalar(b))
+    if isinstance(b, _Act) and _scalar(a) is not None:
+        return _affine(imp, node, b, -1.0, _scalar(a))
+    return _two_activations(imp, node, Op.SUB)
+
+
+def _extremum(op: Op) -> Callable[[_Importer, Any], _Act]:
+    """Max / Min of two activations; of an activation and a scalar it is a clamp (Max(x, 0) = ReLU)."""
+    def handler(imp: _Importer, node) -> _Act:
+        if len(node.input) != 2:
+            raise imp.err(node, f"{node.op_type} of {len(node.input)} inputs; qgen supports two")
+        a, b = (imp.values.get(i) for i in node.input)
+        x, k = (a, _scalar(b)) if isinstance(a, _Act) else (b, _scalar(a))
+        if isinstance(x, _Act) and k is not None:
+            lo, hi = (k, None) if op is Op.MAXIMUM else (None, k)
+            return _Act(imp.add(node, Op.RELU, [x.name], imp.shape_of(x.name), lo=lo, hi=hi), x.rank)
+        return _two_activations(imp, node, op)
+    return handler
+
+
+def _prelu(imp: _Importer, node) -> _Act:
+    x = imp.input_act(node)
+    slope = np.asarray(imp.input_const(node, 1, "the slope"), dtype=np.float64)
+    channels = imp.shape_of(x.name)[-1]
+    alpha = slope.reshape(-1)
+    full = (1,) * (x.rank - slope.ndim) + tuple(slope.shape)  # ONNX broadcasting: right-aligned to (N, C, ...)
+    if alpha.size != 1 and (alpha.size != channels or len(full) != x.rank or full[1] != channels):
+        raise imp.err(node, f"PRelu slope of shape {list(slope.shape)} on {channels} channels; qgen supports one "
+                            "slope or one per channel")
+    return _Act(imp.add(node, Op.PRELU, [x.name], imp.shape_of(x.name),
+                        alpha=tuple(_f32(float(v)) for v in alpha)), x.rank)
 
 
 def _shape(imp: _Importer, node) -> np.ndarray:
@@ -805,6 +890,12 @@ HANDLERS: dict[str, Callable[[_Importer, Any], Any]] = {
     "Flatten": _flatten,
     "Add": _add,
     "Mul": _mul,
+    "Div": _div,
+    "Sub": _sub,
+    "Neg": lambda imp, node: _affine(imp, node, imp.input_act(node), -1.0, 0.0),
+    "Max": _extremum(Op.MAXIMUM),
+    "Min": _extremum(Op.MINIMUM),
+    "PRelu": _prelu,
     "Pad": _pad,
     "Concat": _concat,
     "Softmax": _softmax,

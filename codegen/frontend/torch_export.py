@@ -932,6 +932,8 @@ def _permute(lw: _Lowering, n) -> str:
 
 def _same(lw: _Lowering, n) -> str:
     """clone/contiguous/alias/detach/dropout (eval), expand to the same sizes: the same tensor."""
+    if n.args[0].name not in lw.lay:  # a constant written in forward(), torch.tensor(2.0).detach_(): itself
+        return lw.env[n.args[0].name]
     x_ir, lay = lw.raw(n.args[0])
     if _torch_sizes(n) != lay.sizes:
         raise _err(lw, n, f"expands {list(lay.sizes)} to {list(_torch_sizes(n))}; qgen supports broadcasting only "
@@ -942,6 +944,9 @@ def _same(lw: _Lowering, n) -> str:
 def _add(lw: _Lowering, n) -> str:
     a, b = n.args[0], n.args[1]
     alpha = n.kwargs.get("alpha", 1)
+    ka, kb = _scalar(lw, a), _scalar(lw, b)
+    if (ka is None) != (kb is None) and isinstance(alpha, (int, float)):  # x + c, c + x: an affine op
+        return _affine(lw, n, a, 1.0, kb * alpha) if kb is not None else _affine(lw, n, b, alpha, ka)
     if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)) or alpha != 1:
         raise _err(lw, n, "add of a constant (or with alpha); qgen supports adding two activations "
                           "(residual add). Fold the constant into a bias.")
@@ -952,6 +957,106 @@ def _add(lw: _Lowering, n) -> str:
                           "broadcasting is not supported")
     an, bn, lay = lw.pair(n, a, b)
     return lw.bind(n, lw.add(n, Op.ADD, [an, bn], lw.shape_of(an)), lay)
+
+
+# -- arithmetic (codegen/ops/eltwise.py): two activations -> mul/sub/maximum/minimum; an activation and a
+# scalar (a Python number or a one-element constant tensor) -> affine x * scale + offset
+
+
+def _scalar(lw: _Lowering, arg) -> float | None:
+    """The value of a Python number or of a one-element constant tensor (torch.tensor(2.0)); None otherwise."""
+    if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+        return float(arg)
+    value = lw.env.get(arg.name) if isinstance(arg, torch.fx.Node) else None  # no layout copy of an activation
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return float(value.reshape(-1)[0])
+    return None
+
+
+def _affine(lw: _Lowering, n, x, scale: float, offset: float) -> str:
+    xin = lw.value(x)
+    if not isinstance(xin, str):
+        raise _err(lw, n, "arithmetic on constants only; qgen computes on activations (fold the constant)")
+    return lw.add(n, Op.AFFINE, [xin], lw.shape_of(xin), scale=float(scale), offset=float(offset))
+
+
+def _constant(lw: _Lowering, n) -> Any:
+    """torch.tensor(...) written in forward(): the lifted constant itself."""
+    return lw.value(n.args[0])
+
+
+def _two_activations(lw: _Lowering, n, op: Op, a, b) -> str:
+    from ..ops.eltwise import broadcasts
+
+    an, bn = lw.value(a), lw.value(b)
+    if not (isinstance(an, str) and isinstance(bn, str)):
+        raise _err(lw, n, f"{op.value} with a constant tensor of more than one element; qgen supports {op.value} of "
+                          "two activations or of an activation and a scalar. Fold the constant into a neighbouring "
+                          "layer's weights.")
+    sa, sb = lw.shape_of(an), lw.shape_of(bn)
+    if op is Op.MUL and broadcasts(sb, sa):  # gate * x: the full-size operand first
+        an, bn, sa, sb = bn, an, sb, sa
+    if sa != sb and not (op is Op.MUL and broadcasts(sa, sb)):
+        extra = " or one (1, C, 1, 1) gate against (1, C, H, W)" if op is Op.MUL else ""
+        raise _err(lw, n, f"{op.value} of IR shapes {sa} and {sb}; qgen supports equal shapes{extra}. Expand "
+                          "or reshape the operands first.")
+    return lw.add(n, op, [an, bn], sa)
+
+
+def _mul(lw: _Lowering, n) -> str:
+    a, b = n.args[0], n.args[1]
+    ka, kb = _scalar(lw, a), _scalar(lw, b)
+    if kb is not None and ka is None:
+        return _affine(lw, n, a, kb, 0.0)
+    if ka is not None and kb is None:
+        return _affine(lw, n, b, ka, 0.0)
+    return _two_activations(lw, n, Op.MUL, a, b)
+
+
+def _div(lw: _Lowering, n) -> str:
+    a, b = n.args[0], n.args[1]
+    mode = n.kwargs.get("rounding_mode", n.args[2] if len(n.args) > 2 else None)
+    kb = _scalar(lw, b)
+    if mode is not None:
+        raise _err(lw, n, f"division with rounding_mode='{mode}'; qgen supports true division by a constant")
+    if kb is None or _scalar(lw, a) is not None:
+        raise _err(lw, n, "division by an activation; qgen supports dividing an activation by a constant "
+                          "(x / 6). Multiply by a gate instead.")
+    if kb == 0.0:
+        raise _err(lw, n, "division by zero")
+    return _affine(lw, n, a, 1.0 / kb, 0.0)
+
+
+def _sub(lw: _Lowering, n) -> str:
+    a, b = n.args[0], n.args[1]
+    alpha = n.kwargs.get("alpha", n.args[2] if len(n.args) > 2 else 1)
+    ka, kb = _scalar(lw, a), _scalar(lw, b)
+    if n.target is aten.rsub.Scalar:  # other - alpha * x
+        return _affine(lw, n, a, -alpha, kb)
+    if kb is not None and ka is None:
+        return _affine(lw, n, a, 1.0, -kb * alpha)
+    if ka is not None and kb is None:
+        return _affine(lw, n, b, -alpha, ka)
+    if alpha != 1:
+        raise _err(lw, n, f"sub of two activations with alpha={alpha}; qgen supports alpha=1 (scale one operand "
+                          "with a multiplication first)")
+    return _two_activations(lw, n, Op.SUB, a, b)
+
+
+def _extremum(op: Op):
+    def handler(lw: _Lowering, n) -> str:
+        return _two_activations(lw, n, op, n.args[0], n.args[1])
+    return handler
+
+
+def _prelu(lw: _Lowering, n) -> str:
+    xin = lw.value(n.args[0])
+    alpha = np.asarray(lw.param(n, n.args[1]), dtype=np.float64).reshape(-1)
+    channels = lw.shape_of(xin)[-1]
+    if alpha.size not in (1, channels):
+        raise _err(lw, n, f"PReLU with {alpha.size} slopes on {channels} channels; qgen supports one slope or one "
+                          "per channel")
+    return lw.add(n, Op.PRELU, [xin], lw.shape_of(xin), alpha=tuple(float(v) for v in alpha))
 
 
 def _pad(lw: _Lowering, n) -> str:
@@ -1161,6 +1266,23 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.t.default: _permute,
     aten.expand.default: _same,
     aten.add.Tensor: _add,
+    aten.add.Scalar: _add,
+    aten.mul.Tensor: _mul,
+    aten.mul.Scalar: _mul,
+    aten.div.Tensor: _div,
+    aten.div.Scalar: _div,
+    aten.div.Tensor_mode: _div,
+    aten.sub.Tensor: _sub,
+    aten.sub.Scalar: _sub,
+    aten.rsub.Scalar: _sub,
+    aten.neg.default: lambda lw, n: _affine(lw, n, n.args[0], -1.0, 0.0),
+    aten.maximum.default: _extremum(Op.MAXIMUM),
+    aten.max.other: _extremum(Op.MAXIMUM),
+    aten.minimum.default: _extremum(Op.MINIMUM),
+    aten.min.other: _extremum(Op.MINIMUM),
+    aten.prelu.default: _prelu,
+    aten._prelu_kernel.default: _prelu,
+    aten.lift_fresh_copy.default: _constant,
     aten.dropout.default: _dropout,
     aten.clone.default: _identity,
     aten.contiguous.default: _identity,

@@ -35,6 +35,12 @@ class Op(str, enum.Enum):
     CONCAT = "concat"  # along attrs["axis"] of the (batch-less) IR shape
     SOFTMAX = "softmax"  # over the last IR axis (channels / features)
     LUT = "lut"  # element-wise function through a 256-entry int8 table (sigmoid, tanh, ...)
+    MUL = "mul"  # product of two activations; inputs[1] may be (1, 1, C) against (H, W, C) (broadcast)
+    SUB = "sub"  # difference of two activations (aligned like add)
+    MAXIMUM = "maximum"  # element-wise max of two activations (aligned like add)
+    MINIMUM = "minimum"  # element-wise min of two activations
+    AFFINE = "affine"  # x * scale + offset with scalar constants (x * 0.5, x / 6, x + 3)
+    PRELU = "prelu"  # x >= 0 ? x : x * alpha[c] (per-channel or one slope)
     TRANSPOSE = "transpose"  # physical permutation copy: attrs["perm"] over the IR axes (np.transpose)
     CONV_TRANSPOSE2D = "conv_transpose2d"  # transposed conv (ConvTranspose1d/2d), gather form: no zero MACs
     RESIZE = "resize"  # nearest / bilinear upsampling (Upsample, F.interpolate) through per-axis tables

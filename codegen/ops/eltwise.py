@@ -1,4 +1,24 @@
-"""relu (clamp), add, lut, softmax: element-wise ops (softmax: along the last axis)."""
+"""relu (clamp), add, lut, softmax, and the arithmetic ops mul, sub, maximum, minimum, affine (scalar
+x * scale + offset) and prelu: element-wise ops (softmax: along the last axis).
+
+Integer rules of the arithmetic ops (one rounding each: codegen/fixed.py requantize = round half up,
+then saturate to [act_min, act_max], the output range narrowed by a fused clamp):
+- add / sub / maximum / minimum of a (frac fa) and b (frac fb), output frac fo: each input is aligned to a
+  common frac fc = min(max(fa, fb), min(fa, fb) + 22) by round_shift(x, fx - fc) (an exact left shift
+  unless the fracs differ by more than 22), then a + b / a - b / max(a, b) / min(a, b) in int32, then
+  requantize(., fc - fo). max and min therefore equal max/min of both inputs each requantised once to the
+  output format (requantize is monotonic). The difference is taken in int32: -(-128) cannot overflow.
+- mul: a * b is exact in int32 (|int8 * int8| <= 2^14, |int16 * int16| <= 2^30) at frac fa + fb, then
+  requantize(a * b, fa + fb - fo) (shift capped to [-31, 31], which changes no int8 result). b may be one
+  (1, 1, C) vector against an (H, W, C) or (1, L, C) a: b[c] multiplies every pixel's channel c.
+- affine (x * scale + offset, scalar constants): scale -> mult, int16 at frac fm (the largest frac that
+  holds |scale|, lowered until |offset| * 2^(fx + fm) < 2^29), offset -> bias, int32 at frac fx + fm;
+  requantize(x * mult + bias, fx + fm - fo). |x * mult + bias| < 2^22 + 2^29 (int8 x), < 2^30 + 2^29
+  (int16 x): int32.
+- prelu (slope alpha[c], per channel or one for all): slopes -> int16 at frac fa (the largest frac <= 14
+  that holds max|alpha|); acc = x >= 0 ? x * 2^fa : x * alpha_q[c] (exact in int32), then
+  requantize(acc, fx + fa - fo): both branches round once, with the same shift.
+"""
 from __future__ import annotations
 
 from math import sqrt
@@ -40,7 +60,7 @@ def torch_relu(node, xs, const):
 def check_add(g, n) -> None:
     t = g.tensors
     if t[n.inputs[0]].shape != t[n.inputs[1]].shape:
-        raise VerifyError(f"{n.where()}: add of shapes {t[n.inputs[0]].shape} and {t[n.inputs[1]].shape}")
+        raise VerifyError(f"{n.where()}: {n.op.value} of shapes {t[n.inputs[0]].shape} and {t[n.inputs[1]].shape}")
 
 
 def f_add(g, n, xs):
@@ -67,6 +87,329 @@ def torch_add(node, xs, const):
     from .. import torch_ir
 
     return torch_ir.clamp(xs[0] + xs[1], *node.attrs.get("act", (None, None)))
+
+
+# ---------------------------------------------------------------- sub, maximum, minimum (aligned like add)
+
+_COMBINE = {"sub": np.subtract, "maximum": np.maximum, "minimum": np.minimum}
+
+
+def f_binary(g, n, xs):
+    return clip(_COMBINE[n.op.value](xs[0], xs[1]), *n.attrs.get("act", (None, None)))
+
+
+def i_binary(g, n, xs):
+    # the rule of add (module docstring): align both inputs to a common frac, combine in int64, requantise
+    from ..fixed import requantize, round_shift
+
+    acc = _COMBINE[n.op.value](round_shift(xs[0], n.attrs["shift_a"]), round_shift(xs[1], n.attrs["shift_b"]))
+    return requantize(acc, n.attrs["shift"], n.attrs["act_min"], n.attrs["act_max"])
+
+
+def torch_binary(node, xs, const):
+    import torch
+
+    from .. import torch_ir
+
+    fn = {"sub": torch.sub, "maximum": torch.maximum, "minimum": torch.minimum}[node.op.value]
+    return torch_ir.clamp(fn(xs[0], xs[1]), *node.attrs.get("act", (None, None)))
+
+
+def kernel_binary(op: str) -> Callable[[str], tuple[str, str]]:
+    def rule(variant: str) -> tuple[str, str]:
+        return (f"qg_{op}_s8", "qg_add_params_t") if variant == "s8" else (f"qg_{op}_wide", "qg_add_wide_params_t")
+    return rule
+
+
+def py_binary(b, n, index: int):
+    fn, params, extra = py_add(b, n, index)
+    return f"_{n.op.value}", params, extra
+
+
+def c_binary(b, index: int, n):
+    struct, fields, call = c_add(b, index, n)
+    return struct, fields, call.replace("qg_add_s8(", f"qg_{n.op.value}_s8(", 1)
+
+
+def c_binary_wide(b, index: int, n):
+    struct, fields, call = c_add_wide(b, index, n)
+    return struct, fields, call.replace("qg_add_wide(", f"qg_{n.op.value}_wide(", 1)
+
+
+def qat_binary(q, i: int, n, xs, s):
+    import torch
+
+    from ..qat import pow2, requant
+
+    a = requant(xs[0] * pow2(-s.attrs["shift_a"]), None, None, s.ste)
+    b = requant(xs[1] * pow2(-s.attrs["shift_b"]), None, None, s.ste)
+    fn = {"sub": torch.sub, "maximum": torch.maximum, "minimum": torch.minimum}[n.op.value]
+    return requant(fn(a, b) * pow2(-s.attrs["shift"]), s.attrs["act_min"], s.attrs["act_max"], s.ste)
+
+
+# ---------------------------------------------------------------- mul (with a (1, 1, C) broadcast)
+
+
+def broadcasts(a: tuple, b: tuple) -> bool:
+    """b is one (1, 1, C) pixel repeated over every pixel of the 3-D a (SE gates, (1, L, C) sequences)."""
+    return len(a) == 3 and b == (1, 1, a[2]) and a != b
+
+
+def check_mul(g, n) -> None:
+    a, b = (g.tensors[t].shape for t in n.inputs[:2])
+    if a != b and not broadcasts(a, b):
+        raise VerifyError(f"{n.where()}: mul of shapes {a} and {b}; the second input must have the first's shape "
+                          "or be (1, 1, C)")
+
+
+def f_mul(g, n, xs):
+    return clip(xs[0] * xs[1], *n.attrs.get("act", (None, None)))
+
+
+def i_mul(g, n, xs):
+    # a * b exact at frac fa + fb, requantised once (module docstring); numpy broadcasts (N,1,1,C)
+    from ..fixed import requantize
+
+    return requantize(xs[0] * xs[1], n.attrs["shift"], n.attrs["act_min"], n.attrs["act_max"])
+
+
+def q_mul(g, n, act) -> None:
+    from ..fixed import MAX_SHIFT
+    from ..passes import quantize as q
+
+    out = g.tensors[n.outputs[0]]
+    q._set_act(out, act(out.name))
+    fa, fb = (g.tensors[t].qformat.frac for t in n.inputs)
+    lo, hi = q._act_bounds(n.attrs.get("act", (None, None)), out.qformat)
+    shift = max(-MAX_SHIFT, min(fa + fb - out.qformat.frac, MAX_SHIFT))
+    n.attrs.update(shift=int(shift), act_min=lo, act_max=hi)
+
+
+def torch_mul(node, xs, const):
+    from .. import torch_ir
+
+    return torch_ir.clamp(xs[0] * xs[1], *node.attrs.get("act", (None, None)))
+
+
+def macs_elements(g, n) -> int:
+    return g.tensors[n.outputs[0]].size  # one multiply per output element
+
+
+def kernel_mul(variant: str) -> tuple[str, str]:
+    return ("qg_mul_s8", "qg_mul_params_t") if variant == "s8" else ("qg_mul_wide", "qg_mul_wide_params_t")
+
+
+def _b_size(b, n) -> int:
+    return b.g.tensors[n.inputs[1]].size
+
+
+def py_mul(b, n, index: int):
+    (mo,), (ro,), (so,) = b.triples([n.attrs["shift"]])
+    params = [("size", b.g.tensors[n.outputs[0]].size), ("b_size", _b_size(b, n)), ("mul", mo), ("rnd", ro),
+              ("shr", so), ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+    return "_mul", params, ""
+
+
+def c_mul(b, index: int, n):
+    io = b.io(index, n)
+    fields = [("size", b.g.tensors[io.out].size), ("b_size", _b_size(b, n)), ("shift", n.attrs["shift"]),
+              ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+    return "qg_mul_params_t", fields, f"qg_mul_s8(&{io.struct}, {io.ins[0]}, {io.ins[1]}, {io.out_expr});"
+
+
+def c_mul_wide(b, index: int, n):
+    io = b.io(index, n, wide=True)
+    fields = [("size", b.g.tensors[io.out].size), ("b_size", _b_size(b, n)), ("a_bits", io.bits[io.xs[0]]),
+              ("b_bits", io.bits[io.xs[1]]), ("out_bits", io.bits[io.out]), ("shift", n.attrs["shift"]), *io.act]
+    return "qg_mul_wide_params_t", fields, f"qg_mul_wide(&{io.struct}, {io.raw[0]}, {io.raw[1]}, {io.out_raw});"
+
+
+def qat_mul(q, i: int, n, xs, s):
+    from ..qat import pow2, requant
+
+    return requant(xs[0] * xs[1] * pow2(-s.attrs["shift"]), s.attrs["act_min"], s.attrs["act_max"], s.ste)
+
+
+# ---------------------------------------------------------------- affine: x * scale + offset (scalars)
+
+AFFINE_BIAS_MAX = 1 << 29  # |bias| < 2^29 and |x * mult| <= 2^30: the sum stays inside int32
+
+
+def f_affine(g, n, xs):
+    return clip(xs[0] * n.attrs["scale"] + n.attrs["offset"], *n.attrs.get("act", (None, None)))
+
+
+def i_affine(g, n, xs):
+    from ..fixed import requantize
+
+    acc = xs[0] * n.attrs["mult"] + n.attrs["bias"]
+    return requantize(acc, n.attrs["shift"], n.attrs["act_min"], n.attrs["act_max"])
+
+
+def affine_params(scale: float, offset: float, fx: int, fout: int) -> dict[str, int]:
+    """(mult, bias, shift) of x * scale + offset from input frac fx to output frac fout (module docstring)."""
+    from ..fixed import MAX_SHIFT, QFormat, frac_for_range, quantize
+
+    fm = min(frac_for_range(abs(scale), 16), MAX_SHIFT + fout - fx)  # shift <= 31
+    fm = max(fm, fx - fout - MAX_SHIFT)  # shift >= -31 (a scale far above the output range saturates)
+    while abs(offset) * 2.0 ** (fx + fm) >= AFFINE_BIAS_MAX and fx + fm - fout > -MAX_SHIFT:
+        fm -= 1
+    mult = int(quantize(np.array(scale), QFormat(16, fm)))
+    bias = int(np.clip(quantize(np.array(offset), QFormat(64, fx + fm)), -AFFINE_BIAS_MAX, AFFINE_BIAS_MAX))
+    return {"mult": mult, "bias": bias, "shift": int(fx + fm - fout)}
+
+
+def q_affine(g, n, act) -> None:
+    from ..passes import quantize as q
+
+    out = g.tensors[n.outputs[0]]
+    q._set_act(out, act(out.name))
+    fx = g.tensors[n.inputs[0]].qformat.frac
+    lo, hi = q._act_bounds(n.attrs.get("act", (None, None)), out.qformat)
+    n.attrs.update(**affine_params(n.attrs["scale"], n.attrs["offset"], fx, out.qformat.frac), act_min=lo, act_max=hi)
+
+
+def torch_affine(node, xs, const):
+    from .. import torch_ir
+
+    return torch_ir.clamp(xs[0] * node.attrs["scale"] + node.attrs["offset"], *node.attrs.get("act", (None, None)))
+
+
+def kernel_affine(variant: str) -> tuple[str, str]:
+    return ("qg_affine_s8", "qg_affine_params_t") if variant == "s8" else ("qg_affine_wide", "qg_affine_wide_params_t")
+
+
+def _affine_fields(b, n) -> list[tuple[str, int]]:
+    return [("size", b.g.tensors[n.outputs[0]].size), ("bias", n.attrs["bias"]), ("mult", n.attrs["mult"]),
+            ("shift", n.attrs["shift"])]
+
+
+def py_affine(b, n, index: int):
+    (mo,), (ro,), (so,) = b.triples([n.attrs["shift"]])
+    params = [("size", b.g.tensors[n.outputs[0]].size), ("mult", n.attrs["mult"]), ("bias", n.attrs["bias"]),
+              ("mul", mo), ("rnd", ro), ("shr", so), ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+    return "_affine", params, ""
+
+
+def c_affine(b, index: int, n):
+    io = b.io(index, n)
+    fields = [*_affine_fields(b, n), ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+    return "qg_affine_params_t", fields, f"qg_affine_s8(&{io.struct}, {io.ins[0]}, {io.out_expr});"
+
+
+def c_affine_wide(b, index: int, n):
+    io = b.io(index, n, wide=True)
+    fields = [*_affine_fields(b, n), ("in_bits", io.bits[io.xs[0]]), ("out_bits", io.bits[io.out]), *io.act]
+    return "qg_affine_wide_params_t", fields, f"qg_affine_wide(&{io.struct}, {io.raw[0]}, {io.out_raw});"
+
+
+def qat_affine(q, i: int, n, xs, s):
+    from ..qat import pow2, requant
+
+    acc = xs[0] * s.attrs["mult"] + s.attrs["bias"]
+    return requant(acc * pow2(-s.attrs["shift"]), s.attrs["act_min"], s.attrs["act_max"], s.ste)
+
+
+# ---------------------------------------------------------------- prelu
+
+PRELU_MAX_FRAC = 14  # x * 2^14 and x * alpha_q stay inside int32 for int16 x
+
+
+def _alpha(n, channels: int) -> np.ndarray:
+    return np.broadcast_to(np.asarray(n.attrs["alpha"], dtype=np.float64).reshape(-1), (channels,))
+
+
+def check_prelu(g, n) -> None:
+    c = g.tensors[n.inputs[0]].shape[-1]
+    if len(n.attrs["alpha"]) not in (1, c):
+        raise VerifyError(f"{n.where()}: prelu with {len(n.attrs['alpha'])} slopes on {c} channels")
+
+
+def f_prelu(g, n, xs):
+    x = xs[0]
+    return clip(np.where(x >= 0, x, x * _alpha(n, x.shape[-1])), *n.attrs.get("act", (None, None)))
+
+
+def i_prelu(g, n, xs):
+    from ..fixed import requantize
+
+    x = xs[0]
+    slope = g.tensors[n.inputs[1]].data.astype(np.int64)
+    acc = np.where(x >= 0, x << n.attrs["slope_frac"], x * slope)
+    return requantize(acc, n.attrs["shift"], n.attrs["act_min"], n.attrs["act_max"])
+
+
+def q_prelu(g, n, act) -> None:
+    from ..errors import UserError
+    from ..fixed import MAX_SHIFT, QFormat, frac_for_range, quantize
+    from ..passes import quantize as q
+
+    out = g.tensors[n.outputs[0]]
+    q._set_act(out, act(out.name))
+    x = g.tensors[n.inputs[0]]
+    alpha = _alpha(n, x.shape[-1])
+    fa = min(frac_for_range(float(np.abs(alpha).max()), 16), PRELU_MAX_FRAC)
+    if fa < 0:
+        raise UserError(f"{n.where()}: PReLU slope {float(np.abs(alpha).max()):.6g} is too large for an int16 slope "
+                        "(|slope| < 32768); rescale the layer.")
+    shift = max(-MAX_SHIFT, min(x.qformat.frac + fa - out.qformat.frac, MAX_SHIFT))
+    q._add_table(g, n, "slope", quantize(alpha, QFormat(16, fa)), 16, fa)
+    lo, hi = q._act_bounds(n.attrs.get("act", (None, None)), out.qformat)
+    n.attrs.update(slope_frac=int(fa), shift=int(shift), act_min=lo, act_max=hi)
+
+
+def torch_prelu(node, xs, const):
+    import torch
+
+    from .. import torch_ir
+
+    x = xs[0]
+    alpha = torch.as_tensor(np.asarray(node.attrs["alpha"], dtype=np.float64).reshape(-1), dtype=x.dtype)
+    return torch_ir.clamp(torch.where(x >= 0, x, x * alpha), *node.attrs.get("act", (None, None)))
+
+
+def kernel_prelu(variant: str) -> tuple[str, str]:
+    return ("qg_prelu_s8", "qg_prelu_params_t") if variant == "s8" else ("qg_prelu_wide", "qg_prelu_wide_params_t")
+
+
+def _prelu_fields(b, n) -> list[tuple[str, int]]:
+    return [("size", b.g.tensors[n.outputs[0]].size), ("channels", b.g.tensors[n.outputs[0]].shape[-1]),
+            ("slope_frac", n.attrs["slope_frac"]), ("shift", n.attrs["shift"])]
+
+
+def py_prelu(b, n, index: int):
+    (mo,), (ro,), (so,) = b.triples([n.attrs["shift"]])
+    slope = tuple(int(v) for v in b.g.tensors[n.inputs[1]].data)
+    params = [("size", b.g.tensors[n.outputs[0]].size), ("one", 1 << n.attrs["slope_frac"]), ("mul", mo),
+              ("rnd", ro), ("shr", so), ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]),
+              ("slope", slope)]
+    return "_prelu", params, ""
+
+
+def c_prelu(b, index: int, n):
+    io = b.io(index, n)
+    slope = b.const_tensor(io.sym, n.inputs[1], "slope")
+    fields = [*_prelu_fields(b, n), ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]), ("slope", slope)]
+    return "qg_prelu_params_t", fields, f"qg_prelu_s8(&{io.struct}, {io.ins[0]}, {io.out_expr});"
+
+
+def c_prelu_wide(b, index: int, n):
+    io = b.io(index, n, wide=True)
+    slope = b.const_tensor(io.sym, n.inputs[1], "slope")
+    fields = [*_prelu_fields(b, n), ("in_bits", io.bits[io.xs[0]]), ("out_bits", io.bits[io.out]), *io.act,
+              ("slope", slope)]
+    return "qg_prelu_wide_params_t", fields, f"qg_prelu_wide(&{io.struct}, {io.raw[0]}, {io.out_raw});"
+
+
+def qat_prelu(q, i: int, n, xs, s):
+    import torch
+
+    from ..qat import pow2, requant
+
+    x = xs[0]
+    slope = q._tables[n.outputs[0]].to(x.dtype)
+    acc = torch.where(x >= 0, x * pow2(s.attrs["slope_frac"]), x * slope)
+    return requant(acc * pow2(-s.attrs["shift"]), s.attrs["act_min"], s.attrs["act_max"], s.ste)
 
 
 # ---------------------------------------------------------------- lut
@@ -283,6 +626,8 @@ def qat_lut(q, i: int, n, xs, s):
     return requant(torch_ir.lut_function(n.attrs)(x * pow2(-s.fin)) * pow2(s.fout), -128, 127, s.ste)
 
 
+TWO_INPUTS = (Op.ADD, Op.SUB, Op.MUL, Op.MAXIMUM, Op.MINIMUM)  # element-wise ops of two activations
+
 _NO_PY_TABLE = "its table kernel is not written in MicroPython (the C target and the natmod module run it)"
 
 SPECS = [
@@ -313,4 +658,37 @@ SPECS = [
            "any element-wise function through a 256-entry int8 table", kernel=kernel_lut,
            no_py=_NO_PY_TABLE, emit_c=c_lut,
            qat=qat_lut),
+    OpSpec(Op.MUL, "eltwise", Trait.IN_PLACE | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT,
+           same_shape, check_mul, f_mul, i_mul, q_mul, macs_elements, torch_mul,
+           "mul of two activations (x * gate, (1, C, 1, 1) broadcast)", ("Mul",), ("qg_mul_s8", "qg_mul_wide"),
+           "product of two activations (the second may be one (1, 1, C) pixel), requantised once",
+           kernel=kernel_mul, emit_py=py_mul, emit_c=c_mul, emit_c_wide=c_mul_wide, qat=qat_mul),
+    OpSpec(Op.SUB, "eltwise", Trait.IN_PLACE | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT,
+           same_shape, check_add, f_binary, i_binary, q_add, _zero_macs, torch_binary,
+           "sub of two activations", ("Sub",), ("qg_sub_s8", "qg_sub_wide"),
+           "difference of two activations, each aligned by a shift, requantised", kernel=kernel_binary("sub"),
+           emit_py=py_binary, emit_c=c_binary, emit_c_wide=c_binary_wide, qat=qat_binary),
+    OpSpec(Op.MAXIMUM, "eltwise", Trait.IN_PLACE | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT,
+           same_shape, check_add, f_binary, i_binary, q_add, _zero_macs, torch_binary,
+           "torch.maximum/max(a, b)", ("Max",), ("qg_maximum_s8", "qg_maximum_wide"),
+           "element-wise max of two activations in the output format", kernel=kernel_binary("maximum"),
+           emit_py=py_binary, emit_c=c_binary, emit_c_wide=c_binary_wide, qat=qat_binary),
+    OpSpec(Op.MINIMUM, "eltwise", Trait.IN_PLACE | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT,
+           same_shape, check_add, f_binary, i_binary, q_add, _zero_macs, torch_binary,
+           "torch.minimum/min(a, b)", ("Min",), ("qg_minimum_s8", "qg_minimum_wide"),
+           "element-wise min of two activations in the output format", kernel=kernel_binary("minimum"),
+           emit_py=py_binary, emit_c=c_binary, emit_c_wide=c_binary_wide, qat=qat_binary),
+    OpSpec(Op.AFFINE, "eltwise",
+           Trait.IN_PLACE | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT | Trait.CHANNELWISE | Trait.KEEPS_ORDER,
+           same_shape, _no_check, f_affine, i_affine, q_affine, macs_elements, torch_affine,
+           "x * c, x / c, x + c, x - c, c - x, -x (scalar c)", ("Mul", "Div", "Add", "Sub", "Neg"),
+           ("qg_affine_s8", "qg_affine_wide"),
+           "x * scale + offset with scalar constants: an int16 multiplier and an int32 bias, requantised",
+           kernel=kernel_affine, emit_py=py_affine, emit_c=c_affine, emit_c_wide=c_affine_wide, qat=qat_affine),
+    OpSpec(Op.PRELU, "eltwise",
+           Trait.IN_PLACE | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT | Trait.KEEPS_ORDER | Trait.TABLE,
+           same_shape, check_prelu, f_prelu, i_prelu, q_prelu, macs_elements, torch_prelu,
+           "PReLU", ("PRelu",), ("qg_prelu_s8", "qg_prelu_wide"),
+           "x >= 0 ? x : x * slope[c] with int16 slopes, requantised", kernel=kernel_prelu,
+           emit_py=py_prelu, emit_c=c_prelu, emit_c_wide=c_prelu_wide, qat=qat_prelu),
 ]

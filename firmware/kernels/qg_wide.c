@@ -299,6 +299,66 @@ void qg_add_wide(const qg_add_wide_params_t *p, const void *a, const void *b, vo
     }
 }
 
+/* sub / maximum / minimum (op 0 / 1 / 2): the arithmetic of qg_binary_s8.c on int64 */
+static void aligned_binary_wide(const qg_add_wide_params_t *p, const void *a, const void *b, void *out, int32_t op)
+{
+    int32_t i;
+    for (i = 0; i < p->size; i++) {
+        const int64_t x = qg_round_shift64(load_any(a, i, p->a_bits), p->shift_a);
+        const int64_t y = qg_round_shift64(load_any(b, i, p->b_bits), p->shift_b);
+        const int64_t r = op == 0 ? x - y : (op == 1 ? (x > y ? x : y) : (x < y ? x : y));
+        store_any(out, i, p->out_bits, qg_requantize_wide(r, p->shift, p->act_min, p->act_max));
+    }
+}
+
+void qg_sub_wide(const qg_add_wide_params_t *p, const void *a, const void *b, void *out)
+{
+    aligned_binary_wide(p, a, b, out, 0);
+}
+
+void qg_maximum_wide(const qg_add_wide_params_t *p, const void *a, const void *b, void *out)
+{
+    aligned_binary_wide(p, a, b, out, 1);
+}
+
+void qg_minimum_wide(const qg_add_wide_params_t *p, const void *a, const void *b, void *out)
+{
+    aligned_binary_wide(p, a, b, out, 2);
+}
+
+void qg_mul_wide(const qg_mul_wide_params_t *p, const void *a, const void *b, void *out)
+{
+    int32_t i, c;
+    for (i = 0; i < p->size; i += p->b_size) {
+        for (c = 0; c < p->b_size; c++) {
+            const int64_t prod = (int64_t)load_any(a, i + c, p->a_bits) * load_any(b, c, p->b_bits);
+            store_any(out, i + c, p->out_bits, qg_requantize_wide(prod, p->shift, p->act_min, p->act_max));
+        }
+    }
+}
+
+void qg_affine_wide(const qg_affine_wide_params_t *p, const void *in, void *out)
+{
+    int32_t i;
+    for (i = 0; i < p->size; i++) {
+        const int64_t acc = (int64_t)load_any(in, i, p->in_bits) * p->mult + p->bias;
+        store_any(out, i, p->out_bits, qg_requantize_wide(acc, p->shift, p->act_min, p->act_max));
+    }
+}
+
+void qg_prelu_wide(const qg_prelu_wide_params_t *p, const void *in, void *out)
+{
+    const int64_t one = (int64_t)1 << p->slope_frac;
+    int32_t i, c;
+    for (i = 0; i < p->size; i += p->channels) {
+        for (c = 0; c < p->channels; c++) {
+            const int64_t x = load_any(in, i + c, p->in_bits);
+            store_any(out, i + c, p->out_bits,
+                      qg_requantize_wide(x * (x >= 0 ? one : p->slope[c]), p->shift, p->act_min, p->act_max));
+        }
+    }
+}
+
 void qg_concat_wide(const qg_concat_wide_params_t *p, const void *const *inputs, void *restrict out)
 {
     const int32_t out_bits = p->out_bits;

@@ -1,0 +1,163 @@
+/* Element-wise arithmetic on int8 activations: sub, maximum, minimum (aligned like add), mul of two
+ * activations (the second may be one (1, 1, C) pixel repeated over every pixel), scalar affine
+ * x * scale + offset, and PReLU. The integer rules are written once, in codegen/ops/eltwise.py (the
+ * reference); the int16 twins are in qg_wide.c. Each output element is computed from the same element
+ * of a (and element i % b_size of b) read before it is written, so out may be the input a. */
+#include "qg_kernels.h"
+#include "qg_simd.h"
+
+enum { QG_SUB = 0, QG_MAXIMUM = 1, QG_MINIMUM = 2 };
+
+/* requantisation with the fast path of qg_simd.h where `kind` >= 0 (shift >= 1), else the general rule */
+static inline int8_t requantize_kind(int32_t acc, int32_t shift, int32_t kind, int32_t lo, int32_t hi)
+{
+    return kind < 0 ? qg_requantize_s8(acc, shift, lo, hi) : qg_requantize_pos_s8(acc, shift - 1, kind, lo, hi);
+}
+
+
+/* Both inputs aligned to a common frac (qg_round_shift: an exact left shift unless the fracs differ by
+ * more than 22, so |aligned| <= 2^29), combined in int32 (no overflow, -(-128) included), requantised. */
+static inline int32_t combine(int32_t x, int32_t y, int32_t op)
+{
+    if (op == QG_SUB) {
+        return x - y;
+    }
+    if (op == QG_MAXIMUM) {
+        return x > y ? x : y;
+    }
+    return x < y ? x : y;
+}
+
+/* The common case: both alignments exact left shifts (multipliers 2^-shift_a, 2^-shift_b) and a right
+ * requantisation shift; `kind` is a constant (qg_simd.h), so each call is one specialised loop. */
+static inline void aligned_fast_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out,
+                                   int32_t op, int32_t kind)
+{
+    const int32_t mul_a = (int32_t)1 << -p->shift_a, mul_b = (int32_t)1 << -p->shift_b;
+    const int32_t shift_m1 = p->shift - 1, lo = p->act_min, hi = p->act_max;
+    int32_t i;
+    for (i = 0; i < p->size; i++) {
+        out[i] = qg_requantize_pos_s8(combine(a[i] * mul_a, b[i] * mul_b, op), shift_m1, kind, lo, hi);
+    }
+}
+
+static inline void aligned_binary_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out,
+                                     int32_t op)
+{
+    int32_t i;
+    if (p->shift_a <= 0 && p->shift_b <= 0 && p->shift >= 1) {
+        switch (qg_clamp_kind(p->act_min, p->act_max)) {
+        case QG_CLAMP_S8:
+            aligned_fast_s8(p, a, b, out, op, QG_CLAMP_S8);
+            return;
+        case QG_CLAMP_RELU:
+            aligned_fast_s8(p, a, b, out, op, QG_CLAMP_RELU);
+            return;
+        default:
+            aligned_fast_s8(p, a, b, out, op, QG_CLAMP_ANY);
+            return;
+        }
+    }
+    for (i = 0; i < p->size; i++) {
+        const int32_t r_i32 = combine(qg_round_shift(a[i], p->shift_a), qg_round_shift(b[i], p->shift_b), op);
+        out[i] = qg_requantize_s8(r_i32, p->shift, p->act_min, p->act_max);
+    }
+}
+
+void qg_sub_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out)
+{
+    aligned_binary_s8(p, a, b, out, QG_SUB);
+}
+
+void qg_maximum_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out)
+{
+    aligned_binary_s8(p, a, b, out, QG_MAXIMUM);
+}
+
+void qg_minimum_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out)
+{
+    aligned_binary_s8(p, a, b, out, QG_MINIMUM);
+}
+
+/* a * b (|product| <= 2^14, exact) requantised once; b_size < size: b is one pixel used for every pixel */
+static inline void mul_s8(const qg_mul_params_t *p, const int8_t *a, const int8_t *b, int8_t *out, int32_t kind)
+{
+    const int32_t size = p->size, b_size = p->b_size, shift = p->shift, lo = p->act_min, hi = p->act_max;
+    int32_t i, c;
+    for (i = 0; i < size; i += b_size) {
+        const int8_t *x = a + i;
+        int8_t *y = out + i;
+        for (c = 0; c < b_size; c++) {
+            y[c] = requantize_kind((int32_t)x[c] * b[c], shift, kind, lo, hi);
+        }
+    }
+}
+
+void qg_mul_s8(const qg_mul_params_t *p, const int8_t *a, const int8_t *b, int8_t *out)
+{
+    const int32_t kind = p->shift < 1 ? -1 : qg_clamp_kind(p->act_min, p->act_max);
+    if (kind == QG_CLAMP_S8) {
+        mul_s8(p, a, b, out, QG_CLAMP_S8);
+    } else if (kind == QG_CLAMP_RELU) {
+        mul_s8(p, a, b, out, QG_CLAMP_RELU);
+    } else if (kind == QG_CLAMP_ANY) {
+        mul_s8(p, a, b, out, QG_CLAMP_ANY);
+    } else {
+        mul_s8(p, a, b, out, -1);
+    }
+}
+
+/* |x * mult| <= 2^22 and |bias| < 2^29: the int32 sum cannot overflow */
+static inline void affine_s8(const qg_affine_params_t *p, const int8_t *in, int8_t *out, int32_t kind)
+{
+    const int32_t mult = p->mult, bias = p->bias, shift = p->shift, lo = p->act_min, hi = p->act_max;
+    int32_t i;
+    for (i = 0; i < p->size; i++) {
+        out[i] = requantize_kind(in[i] * mult + bias, shift, kind, lo, hi);
+    }
+}
+
+void qg_affine_s8(const qg_affine_params_t *p, const int8_t *in, int8_t *out)
+{
+    const int32_t kind = p->shift < 1 ? -1 : qg_clamp_kind(p->act_min, p->act_max);
+    if (kind == QG_CLAMP_S8) {
+        affine_s8(p, in, out, QG_CLAMP_S8);
+    } else if (kind == QG_CLAMP_RELU) {
+        affine_s8(p, in, out, QG_CLAMP_RELU);
+    } else if (kind == QG_CLAMP_ANY) {
+        affine_s8(p, in, out, QG_CLAMP_ANY);
+    } else {
+        affine_s8(p, in, out, -1);
+    }
+}
+
+/* Both branches are exact in int32 (|x| * 2^14 and |x| * 2^15) and share one requantisation. */
+static inline void prelu_s8(const qg_prelu_params_t *p, const int8_t *in, int8_t *out, int32_t kind)
+{
+    const int32_t channels = p->channels, one = (int32_t)1 << p->slope_frac;
+    const int32_t shift = p->shift, lo = p->act_min, hi = p->act_max;
+    const int16_t *slope = p->slope;
+    int32_t i, c;
+    for (i = 0; i < p->size; i += channels) {
+        const int8_t *x = in + i;
+        int8_t *y = out + i;
+        for (c = 0; c < channels; c++) {
+            const int32_t v = x[c];
+            y[c] = requantize_kind(v * (v >= 0 ? one : slope[c]), shift, kind, lo, hi);
+        }
+    }
+}
+
+void qg_prelu_s8(const qg_prelu_params_t *p, const int8_t *in, int8_t *out)
+{
+    const int32_t kind = p->shift < 1 ? -1 : qg_clamp_kind(p->act_min, p->act_max);
+    if (kind == QG_CLAMP_S8) {
+        prelu_s8(p, in, out, QG_CLAMP_S8);
+    } else if (kind == QG_CLAMP_RELU) {
+        prelu_s8(p, in, out, QG_CLAMP_RELU);
+    } else if (kind == QG_CLAMP_ANY) {
+        prelu_s8(p, in, out, QG_CLAMP_ANY);
+    } else {
+        prelu_s8(p, in, out, -1);
+    }
+}
