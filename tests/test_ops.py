@@ -49,6 +49,8 @@ class AllOps(nn.Module):
         y = self.bn(self.dw(y) + y)
         if self.shuffle:  # channel shuffle: one transpose (the ONNX front end does not take a 5-D reshape)
             y = y.view(1, 2, 2, *y.shape[2:]).transpose(1, 2).reshape(y.shape)
+            a, b = y.chunk(2, 1)  # two slices
+            y = torch.cat([b, a], 1)
         y = torch.cat([torch.relu(nn.functional.max_pool2d(y, 2)), torch.sigmoid(nn.functional.avg_pool2d(y, 2))], 1)
         y = nn.functional.max_pool2d(nn.functional.pad(self.inorm(y), (0, 1, 1, 0)), 2)  # a pad no conv absorbs
         return torch.softmax(self.ln(self.bn1d(torch.relu(self.fc(torch.flatten(y, 1))))), 1)
@@ -194,7 +196,7 @@ def test_trait_queries_are_what_the_passes_use():
                                              Op.MINIMUM, Op.AFFINE, Op.PRELU, Op.CHANNEL_AFFINE, Op.LAYER_NORM,
                                              Op.GROUP_NORM}
     assert set(assign_precision.FOLLOW_OPS) == {Op.RELU, Op.MAXPOOL2D, Op.AVGPOOL2D, Op.RESHAPE, Op.PAD,
-                                                 Op.TRANSPOSE}
+                                                 Op.TRANSPOSE, Op.SLICE}
     assert set(ops.with_trait(Trait.WEIGHTED)) == {Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR}
 
 

@@ -274,3 +274,20 @@ def transpose_plan(src: Layout, dst: Layout) -> tuple[tuple[int, ...], tuple[int
     perm = tuple(run_of[k] for k in dst_order if k in run_of)
     out_shape = tuple(in_shape[p] for p in perm)
     return in_shape, perm, out_shape
+
+
+def resize_dim(lay: Layout, dim: int, size: int) -> Layout:
+    """The layout of a slice of `size` elements along `dim`, which must be one physical axis (or size 1)."""
+    order, size_of, groups = _tokens(lay)
+    dim %= len(groups)
+    if len(groups[dim]) == 1:
+        size_of[groups[dim][0]] = int(size)
+    elif size != 1:  # a size-1 dim grows: a new axis, placed outermost (only ever sliced back to size 1)
+        raise ValueError(f"dim {dim} of {lay} is not one physical axis")
+    return _build(order, size_of, groups)
+
+
+def single_axis(lay: Layout, dim: int) -> int | None:
+    """The physical axis that is PyTorch dim `dim`, or None (size 1, or several axes)."""
+    g = lay.dims[dim % len(lay.dims)]
+    return g[0] if len(g) == 1 else None

@@ -254,6 +254,7 @@ class _Lowering:
         # permute/transpose/view only change this, a TRANSPOSE copy is made where an op needs a layout
         self.lay: dict[str, Layout] = {}
         self.canon: dict[str, str] = {}  # fx node name -> its IR tensor in the canonical layout (made once)
+        self.parts: dict[str, tuple] = {}  # chunk/split/unbind node -> (input, dim, [(start, length)], squeeze)
         self.used_names: set[str] = set()
         # fx node name -> the name its functional spelling would get (`relu__1` -> `relu_1`), so that the
         # in-place and functional spellings of an op name their IR node and tensor alike
@@ -778,6 +779,12 @@ def _instance_norm(lw: _Lowering, n) -> str:
 
 def _getitem(lw: _Lowering, n) -> Any:
     src, index = n.args
+    if src.name in lw.parts:  # a part of chunk/split/unbind (torch.export lists every part: make the read ones)
+        if not n.users:
+            return None
+        x, dim, ranges, squeeze = lw.parts[src.name]
+        out = _slice_of(lw, n, x, dim, *ranges[index])
+        return _squeezed(lw, n, out) if squeeze else out
     value = lw.value(src)
     if src.target is aten._native_batch_norm_legit_no_training.default:
         if index != 0:
@@ -939,6 +946,81 @@ def _same(lw: _Lowering, n) -> str:
         raise _err(lw, n, f"expands {list(lay.sizes)} to {list(_torch_sizes(n))}; qgen supports broadcasting only "
                           "where an op does it itself")
     return lw.bind(n, x_ir, lay)
+
+
+def _slice_of(lw: _Lowering, n, x, dim: int, start: int, length: int) -> str:
+    """x[..., start:start + length, ...] along PyTorch dim `dim`: one SLICE copy along the physical axis that
+    is that dim (the canonical layout's if it spans several); none for the whole dim."""
+    x_ir, lay = lw.raw(x)
+    dim %= len(lay.sizes)
+    if start == 0 and length == lay.sizes[dim]:
+        return lw.bind(n, x_ir, lay)
+    axis = layout.single_axis(lay, dim)
+    if axis is None:  # several axes (a flattened image): the canonical layout holds it as one
+        lay, x_ir = layout.canonical(lay.sizes), lw.value(x)
+        axis = layout.single_axis(lay, dim)
+    xin = lw.alias(x_ir, lay.phys, source_of(n))
+    shape = list(lay.phys)
+    shape[axis] = length
+    out = lw.add(n, Op.SLICE, [xin], tuple(shape), axis=axis, start=int(start), length=int(length))
+    return lw.bind(n, out, layout.resize_dim(lay, dim, length))
+
+
+def _squeezed(lw: _Lowering, n, out: str) -> str:
+    """After a length-1 slice: drop the dim (select, unbind), metadata only."""
+    return lw.bind(n, out, layout.view(lw.lay[n.name], _torch_sizes(n)))
+
+
+def _slice(lw: _Lowering, n) -> str:
+    """aten.slice.Tensor(x, dim, start, end, step) (x[:, a:b]), aten.narrow(x, dim, start, length)."""
+    x = n.args[0]
+    a = list(n.args) + [None] * (5 - len(n.args))
+    sizes = lw.lay[x.name].sizes
+    dim = int(a[1] if a[1] is not None else n.kwargs.get("dim", 0)) % len(sizes)
+    if n.target is aten.narrow.default:
+        start = int(a[2]) % sizes[dim] if int(a[2]) < 0 else int(a[2])
+        return _slice_of(lw, n, x, dim, start, int(a[3]))
+    step = a[4] if a[4] is not None else n.kwargs.get("step", 1)
+    if step != 1:
+        raise _err(lw, n, f"slice with step {step}; qgen supports contiguous slices (step 1)")
+    start, end, _ = slice(a[2] if a[2] is not None else n.kwargs.get("start"),
+                          a[3] if a[3] is not None else n.kwargs.get("end")).indices(sizes[dim])
+    if end <= start:
+        raise _err(lw, n, f"empty slice [{start}:{end}] of dim {dim}; qgen needs at least one element")
+    return _slice_of(lw, n, x, dim, start, end - start)
+
+
+def _select(lw: _Lowering, n) -> str:
+    """x[:, i] / x.select(dim, i): a length-1 slice, the dim squeezed."""
+    x, dim, index = n.args[0], int(n.args[1]), int(n.args[2])
+    sizes = lw.lay[x.name].sizes
+    dim %= len(sizes)
+    return _squeezed(lw, n, _slice_of(lw, n, x, dim, index % sizes[dim], 1))
+
+
+def _split(lw: _Lowering, n) -> tuple:
+    """chunk/split/split_with_sizes/unbind: the parts are made (SLICE) where getitem reads them."""
+    x = n.args[0]
+    sizes = lw.lay[x.name].sizes
+    a = list(n.args) + [None] * 3
+    if n.target is aten.unbind.int:
+        dim = int(a[1] if a[1] is not None else n.kwargs.get("dim", 0)) % len(sizes)
+        lengths, squeeze = [1] * sizes[dim], True
+    else:
+        dim = int(a[2] if a[2] is not None else n.kwargs.get("dim", 0)) % len(sizes)
+        size, squeeze = sizes[dim], False
+        if n.target is aten.split_with_sizes.default:
+            lengths = [int(v) for v in a[1]]
+        elif n.target is aten.chunk.default:
+            each = -(-size // int(a[1]))
+            lengths = [min(each, size - s) for s in range(0, size, each)]
+        else:
+            each = int(a[1])
+            lengths = [min(each, size - s) for s in range(0, size, each)]
+    starts = np.cumsum([0] + lengths[:-1])
+    lw.parts[n.name] = (x, dim, [(int(s), int(k)) for s, k in zip(starts, lengths)], squeeze)
+    return tuple(lengths)
+
 
 
 def _add(lw: _Lowering, n) -> str:
@@ -1264,6 +1346,13 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.permute.default: _permute,
     aten.transpose.int: _permute,
     aten.t.default: _permute,
+    aten.slice.Tensor: _slice,
+    aten.narrow.default: _slice,
+    aten.select.int: _select,
+    aten.split.Tensor: _split,
+    aten.split_with_sizes.default: _split,
+    aten.chunk.default: _split,
+    aten.unbind.int: _split,
     aten.expand.default: _same,
     aten.add.Tensor: _add,
     aten.add.Scalar: _add,

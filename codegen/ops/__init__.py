@@ -42,6 +42,7 @@ class Op(str, enum.Enum):
     AFFINE = "affine"  # x * scale + offset with scalar constants (x * 0.5, x / 6, x + 3)
     PRELU = "prelu"  # x >= 0 ? x : x * alpha[c] (per-channel or one slope)
     TRANSPOSE = "transpose"  # physical permutation copy: attrs["perm"] over the IR axes (np.transpose)
+    SLICE = "slice"  # [start, start + length) along IR axis attrs["axis"] (chunk, split, narrow, select)
     CONV_TRANSPOSE2D = "conv_transpose2d"  # transposed conv (ConvTranspose1d/2d), gather form: no zero MACs
     RESIZE = "resize"  # nearest / bilinear upsampling (Upsample, F.interpolate) through per-axis tables
 

@@ -1,8 +1,9 @@
 """matmul of two activations and the layout ops it needs (attention blocks, channel shuffle, split).
 
 transpose: a physical permutation copy of the buffer (the torch front end inserts it where an op needs its
-input in another layout; permute/transpose/view themselves are metadata). It only moves elements: the
-output keeps the input's Q-format and width.
+input in another layout; permute/transpose/view themselves are metadata). slice: a block range along one IR
+axis (chunk/split/narrow/slice/select/unbind). Both only move elements: the output keeps the input's Q-format
+and width.
 """
 from __future__ import annotations
 
@@ -69,6 +70,61 @@ def c_transpose_wide(b, index: int, n):
             f"qg_transpose_s16(&{io.struct}, {io.ins[0]}, {io.out_expr});")
 
 
+# ---------------------------------------------------------------- slice
+
+
+def slice_shape(g, n) -> tuple[int, ...]:
+    shape = list(g.tensors[n.inputs[0]].shape)
+    shape[n.attrs["axis"]] = n.attrs["length"]
+    return tuple(shape)
+
+
+def check_slice(g, n) -> None:
+    shape = g.tensors[n.inputs[0]].shape
+    axis, start, length = n.attrs["axis"], n.attrs["start"], n.attrs["length"]
+    if not (0 <= axis < len(shape) and 0 <= start and 1 <= length and start + length <= shape[axis]):
+        raise VerifyError(f"{n.where()}: slice [{start}, {start}+{length}) of axis {axis} of {shape}")
+
+
+def ref_slice(g, n, xs):
+    """out[batch, ..., i, ...] = in[batch, ..., start + i, ...] along IR axis `axis`, i < length."""
+    axis, start, length = n.attrs["axis"], n.attrs["start"], n.attrs["length"]
+    index = [slice(None)] * xs[0].ndim
+    index[axis + 1] = slice(start, start + length)
+    return xs[0][tuple(index)]
+
+
+def torch_slice(node, xs, const):
+    return xs[0].narrow(node.attrs["axis"] + 1, node.attrs["start"], node.attrs["length"])
+
+
+def qat_slice(q, i: int, n, xs, s):
+    return torch_slice(n, xs, None)
+
+
+def kernel_slice(variant: str) -> tuple[str, str]:
+    return ("qg_slice_s8" if variant == "s8" else "qg_slice_s16"), "qg_slice_params_t"
+
+
+def slice_fields(g, n) -> list[tuple[str, int]]:
+    """outer blocks of in_block elements; each gives out_block elements from element `offset` on."""
+    shape = g.tensors[n.inputs[0]].shape
+    axis = n.attrs["axis"]
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return [("outer", int(np.prod(shape[:axis], dtype=np.int64))), ("in_block", shape[axis] * inner),
+            ("out_block", n.attrs["length"] * inner), ("offset", n.attrs["start"] * inner)]
+
+
+def c_slice(b, index: int, n):
+    io = b.io(index, n)
+    return "qg_slice_params_t", slice_fields(b.g, n), f"qg_slice_s8(&{io.struct}, {io.ins[0]}, {io.out_expr});"
+
+
+def c_slice_wide(b, index: int, n):
+    io = b.io(index, n, wide=True)
+    return "qg_slice_params_t", slice_fields(b.g, n), f"qg_slice_s16(&{io.struct}, {io.ins[0]}, {io.out_expr});"
+
+
 def _q_keep(g, n, act) -> None:
     from .layout import q_keep
 
@@ -86,4 +142,8 @@ SPECS = [
            "physical permutation copy of up to 6 axes (inserted by the front end where a layout must change)",
            kernel=kernel_transpose, no_py=_NO_PY, emit_c=c_transpose, emit_c_wide=c_transpose_wide,
            qat=qat_transpose),
+    OpSpec(Op.SLICE, "matmul", Trait.KEEPS_FORMAT, slice_shape, check_slice, ref_slice, ref_slice, _q_keep,
+           _zero_macs, torch_slice, "chunk/split/narrow/slice/select/unbind/indexing", (),
+           ("qg_slice_s8", "qg_slice_s16"), "a block range along one axis (copied)",
+           kernel=kernel_slice, no_py=_NO_PY, emit_c=c_slice, emit_c_wide=c_slice_wide, qat=qat_slice),
 ]

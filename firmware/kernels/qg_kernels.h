@@ -392,6 +392,12 @@ typedef struct {
 } qg_transpose_params_t;
 void qg_transpose_s8(const qg_transpose_params_t *p, const int8_t *restrict in, int8_t *restrict out);
 void qg_transpose_s16(const qg_transpose_params_t *p, const int16_t *restrict in, int16_t *restrict out);
+/* slice: `outer` blocks of in_block elements, each gives its out_block elements from element `offset` on */
+typedef struct {
+    int32_t outer, in_block, out_block, offset;
+} qg_slice_params_t;
+void qg_slice_s8(const qg_slice_params_t *p, const int8_t *restrict in, int8_t *restrict out);
+void qg_slice_s16(const qg_slice_params_t *p, const int16_t *restrict in, int16_t *restrict out);
 /* ---- end of layout copies ---- */
 
 /* ---- normalisation (qg_norm_s8.c; the integer rules are written in codegen/ops/norm.py) ---- */

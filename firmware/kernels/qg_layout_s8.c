@@ -1,5 +1,6 @@
 /*
- * qg_layout_s8.c - layout copies: transpose (a physical permutation of up to 6 axes) for int8 and int16.
+ * qg_layout_s8.c - layout copies for int8 and int16: transpose (a physical permutation of up to 6 axes) and
+ * slice (a block range along one axis).
  * They move elements only (no arithmetic, the Q-format is kept); reference: codegen/ops/matmul.py.
  *
  * The transpose walks the output in order and gathers from the input: the innermost output dim reads the
@@ -62,4 +63,21 @@ void qg_transpose_s8(const qg_transpose_params_t *p, const int8_t *restrict in, 
 void qg_transpose_s16(const qg_transpose_params_t *p, const int16_t *restrict in, int16_t *restrict out)
 {
     QG_TRANSPOSE_BODY(int16_t)
+}
+
+/* slice: a block copy per outer index (memcpy-like: the compiler's word copies where it can) */
+#define QG_SLICE_BODY(T)                                                 \
+    int32_t o, i;                                                        \
+    const T *src = in + p->offset;                                       \
+    for (o = 0; o < p->outer; o++, src += p->in_block)                   \
+        for (i = 0; i < p->out_block; i++) *out++ = src[i];
+
+void qg_slice_s8(const qg_slice_params_t *p, const int8_t *restrict in, int8_t *restrict out)
+{
+    QG_SLICE_BODY(int8_t)
+}
+
+void qg_slice_s16(const qg_slice_params_t *p, const int16_t *restrict in, int16_t *restrict out)
+{
+    QG_SLICE_BODY(int16_t)
 }

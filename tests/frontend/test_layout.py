@@ -3,6 +3,7 @@ only where an op needs another layout (frontend/layout.py), and the float IR com
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 
@@ -161,3 +162,67 @@ def test_transpose_plan_is_a_numpy_transpose():
     got = phys.reshape(in_shape).transpose(perm).reshape(-1)
     y = x.reshape(1, 2, 3, 2, 5).transpose(1, 3)
     np.testing.assert_array_equal(got, y.reshape(-1).numpy()[dst.torch_index()])
+
+
+# ---- chunk / split / slice / select (IR SLICE)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2 unit with channel split: half the channels pass, half go through a branch, then shuffle."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        h = c // 2
+        self.branch = nn.Sequential(nn.Conv2d(h, h, 1), nn.ReLU(), nn.Conv2d(h, h, 3, padding=1, groups=h),
+                                    nn.Conv2d(h, h, 1), nn.ReLU())
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        y = torch.cat([a, self.branch(b)], 1)
+        n, c, h, w = y.shape
+        return y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def test_shufflenet_unit_chunk_cat_shuffle():
+    torch.manual_seed(9)
+    g = _check(ShuffleUnit(), torch.randn(3, 8, 5, 6))
+    assert _count(g, Op.SLICE) == 2 and _count(g, Op.TRANSPOSE) == 1
+
+
+def test_slices_selects_splits_along_any_dim():
+    class M(nn.Module):
+        def forward(self, x):  # (1, 6, 5, 4)
+            a = x[:, 1:4]  # channels
+            b = x[:, :, 2:, :]  # rows
+            c = x.narrow(3, 1, 2)  # columns
+            d = x[:, 2]  # select a channel: (1, 5, 4)
+            p, q = torch.split(x, [2, 4], dim=1)
+            u = x.unbind(2)[3]  # (1, 6, 4)
+            return torch.relu(a), b, c, d.unsqueeze(1), q, u.unsqueeze(2), p
+
+    torch.manual_seed(10)
+    g = _check(M(), torch.randn(2, 6, 5, 4))
+    assert _count(g, Op.SLICE) == 7
+
+
+def test_slice_of_a_flattened_image():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(12, 3)
+
+        def forward(self, x):
+            f = torch.flatten(x, 1)  # (1, 24) in qgen's (H, W, C) order
+            return self.fc(f[:, 6:18])
+
+    torch.manual_seed(11)
+    _check(M(), torch.randn(2, 2, 3, 4))
+
+
+def test_slice_models_compile_and_c_equals_reference():
+    import codegen
+
+    torch.manual_seed(12)
+    x = torch.randn(16, 8, 5, 6)
+    r = codegen.compile(ShuffleUnit().eval(), x[:1], x.numpy(), prefix="unit")
+    assert r.verify(np.concatenate([x.numpy(), 8 * x.numpy()])).exact
