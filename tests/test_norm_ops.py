@@ -463,3 +463,14 @@ def test_qat_exact_twin_equals_the_integer_reference():
     np.testing.assert_array_equal(twin, compiled.predict(x))
     qm.train()
     qm(torch.from_numpy(x)).sum().backward()  # the training forward is differentiable
+
+
+@pytest.mark.parametrize("which", list(GRAPHS))
+def test_micropython_kernels_bit_exact(which, tmp_path):
+    """The pure MicroPython module (_norm, _channel_affine in templates/micropython/_kernels.py) under CPython
+    and real MicroPython (the WebAssembly port through tests/mpy_runner.mjs) equals the reference."""
+    from test_micropython import check_graph
+
+    g = GRAPHS[which]()
+    x = _inputs(g, 4)
+    check_graph(g, x[:6] if which == "large" else x, tmp_path, prefix="nm")

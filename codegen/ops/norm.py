@@ -245,6 +245,30 @@ def c_norm(b, index: int, n):
     return "qg_norm_params_t", fields, f"qg_norm_s8(&{io.struct}, {io.ins[0]}, {io.out_expr});"
 
 
+def _py_int_array(b, sym: str, tensor: str, role: str, typecode: str, nbytes: int) -> str:
+    """A constant tensor as a MicroPython array('h' / 'i') named _<sym>_<role>."""
+    from ..emit.micropython import _int_lines
+
+    t = b.g.tensors[tensor]
+    name = f"_{sym}_{role}"
+    comment = (f"{role} [{t.data.size}] {t.dtype} {t.qformat}, values [{int(t.data.min()) if t.data.size else 0}, "
+               f"{int(t.data.max()) if t.data.size else 0}]")
+    return b.const(name, comment, f"{name} = array('{typecode}', (", _int_lines(t.data), "))", nbytes * t.data.size)
+
+
+def py_norm(b, n, index: int):
+    """MicroPython: _norm (templates/micropython/_kernels.py), Python ints for the 64-bit steps."""
+    rows, pixels, channels, groups = geometry(b.g, n)
+    sym = f"L{index}"
+    gamma = _py_int_array(b, sym, n.inputs[1], "GAMMA", "h", 2)
+    beta = _py_int_array(b, sym, n.inputs[2], "BETA", "i", 4)
+    params = [("rows", rows), ("pixels", pixels), ("channels", channels), ("groups", groups),
+              ("eps", int(n.attrs["eps_q"])), ("xhat_frac", n.attrs["xhat_frac"]),
+              ("bias_shift", n.attrs["bias_shift"]), ("out_shift", n.attrs["out_shift"]),
+              ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]), ("gamma", gamma), ("beta", beta)]
+    return "_norm", params, ""
+
+
 def _qat_norm_consts(q, i: int, n, s):
     """The integer gamma/beta and attrs QAT uses: norm_params on the float graph's constants (the same
     function the quantiser runs, so the same integers)."""
@@ -371,6 +395,18 @@ def c_affine(b, index: int, n):
             f"qg_channel_affine_s8(&{io.struct}, {io.ins[0]}, {io.out_expr});")
 
 
+def py_affine(b, n, index: int):
+    sym = f"L{index}"
+    out = b.g.tensors[n.outputs[0]]
+    scale = _py_int_array(b, sym, n.inputs[1], "SCALE", "h", 2)
+    offset = _py_int_array(b, sym, n.inputs[2], "OFFSET", "i", 4)
+    mul, rnd, shr = b.requant(sym, n.attrs["shift"])
+    params = [("size", out.size), ("channels", out.shape[-1]), ("act_min", n.attrs["act_min"]),
+              ("act_max", n.attrs["act_max"]), ("scale", scale), ("offset", offset), ("mul", mul), ("rnd", rnd),
+              ("shr", shr)]
+    return "_channel_affine", params, ""
+
+
 def qat_affine(q, i: int, n, xs, s):
     """exact and training alike: the integer scale/offset of affine_params (frozen BatchNorm statistics, as
     fold_bn freezes them), integer multiply-add, the rounding rule (straight-through in training)."""
@@ -386,9 +422,6 @@ def qat_affine(q, i: int, n, xs, s):
                    s.attrs["act_max"], s.ste)
 
 
-_NO_PY_NORM = ("its int64 statistics and integer square root are not written in MicroPython (the C target "
-               "and the natmod module run it)")
-_NO_PY_AFFINE = "not written in MicroPython yet (the C target and the natmod module run it)"
 
 SPECS = [
     OpSpec(Op.BATCH_NORM, "norm", Trait.FLOAT_ONLY | Trait.KEEPS_ORDER,
@@ -402,16 +435,16 @@ SPECS = [
            "BatchNorm that cannot be folded (vectors)", (),
            ("qg_channel_affine_s8",),
            "x * scale[c] + offset[c], int16 scale per channel, fused clamp (a BatchNorm fold_bn cannot fold)",
-           kernel=kernel_affine, no_py=_NO_PY_AFFINE, emit_c=c_affine, qat=qat_affine),
+           kernel=kernel_affine, emit_py=py_affine, emit_c=c_affine, qat=qat_affine),
     OpSpec(Op.LAYER_NORM, "norm", Trait.IN_PLACE | Trait.KEEPS_ORDER | Trait.INT8_ONLY,
            same_shape, check_norm, f_norm, i_norm, q_norm, macs_norm, torch_norm,
            "LayerNorm (over the innermost IR axes)", ("LayerNormalization",), ("qg_norm_s8",),
            "layer norm over the trailing IR axes: exact integer statistics, integer rsqrt, one requantisation",
-           kernel=kernel_norm, no_py=_NO_PY_NORM, emit_c=c_norm, qat=qat_norm),
+           kernel=kernel_norm, emit_py=py_norm, emit_c=c_norm, qat=qat_norm),
     OpSpec(Op.GROUP_NORM, "norm", Trait.IN_PLACE | Trait.KEEPS_ORDER | Trait.INT8_ONLY,
            same_shape, check_norm, f_norm, i_norm, q_norm, macs_norm, torch_norm,
            "GroupNorm, InstanceNorm (affine, no running stats)",
            ("GroupNormalization", "InstanceNormalization"), ("qg_norm_s8",),
            "group norm over H*W*C/G per group: exact integer statistics, integer rsqrt, one requantisation",
-           kernel=kernel_norm, no_py=_NO_PY_NORM, emit_c=c_norm, qat=qat_norm),
+           kernel=kernel_norm, emit_py=py_norm, emit_c=c_norm, qat=qat_norm),
 ]

@@ -109,12 +109,15 @@ void qg_norm_s8(const qg_norm_params_t *p, const int8_t *in, int8_t *out)
 
 void qg_channel_affine_s8(const qg_channel_affine_params_t *p, const int8_t *in, int8_t *out)
 {
-    const int32_t channels = p->channels;
+    const int32_t size = p->size, channels = p->channels, act_min = p->act_min, act_max = p->act_max;
+    const int16_t *scale = p->scale;
+    const int32_t *offset = p->offset;
+    const int8_t *shift = p->shift;
     int32_t base, c;
-    for (base = 0; base < p->size; base += channels) {
+    for (base = 0; base < size; base += channels) {
         for (c = 0; c < channels; c++) {
-            const int32_t acc_i32 = in[base + c] * (int32_t)p->scale[c] + p->offset[c];
-            out[base + c] = qg_requantize_s8(acc_i32, p->shift[c], p->act_min, p->act_max);
+            const int32_t acc_i32 = in[base + c] * (int32_t)scale[c] + offset[c];
+            out[base + c] = qg_requantize_s8(acc_i32, shift[c], act_min, act_max);
         }
     }
 }
