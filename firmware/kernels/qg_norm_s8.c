@@ -29,6 +29,14 @@ static int32_t qg_norm_rsqrt(uint64_t w, int32_t *e)
 {
     uint32_t s;
     *e = 0;
+    while (w < ((uint64_t)1 << 44)) { /* coarse steps first: none overshoots 2^60, e ends the same */
+        w <<= 16;
+        *e += 8;
+    }
+    while (w < ((uint64_t)1 << 56)) {
+        w <<= 4;
+        *e += 2;
+    }
     while (w < ((uint64_t)1 << 60)) {
         w <<= 2;
         *e += 1;
