@@ -3,24 +3,36 @@
  * codegen/ops/norm.py (norm_int, affine_int): this file computes the same integers. */
 #include "qg_kernels.h"
 
-/* floor(sqrt(v)) for any uint64 v, bit by bit (exact, the same value as Python's math.isqrt). */
+/* floor(sqrt(v)) for any uint64 v (the same value as Python's math.isqrt): digit by digit, two bits of v
+ * per step from the top. The first 16 steps read the high word, where root < 2^16 and the remainder
+ * (<= 2 root) < 2^18 fit 32 bits; the last 16 need 64-bit remainders (root < 2^32). */
 static uint32_t qg_isqrt64(uint64_t v)
 {
-    uint64_t res = 0;
-    uint64_t bit = (uint64_t)1 << 62;
-    while (bit > v) {
-        bit >>= 2;
-    }
-    while (bit != 0) {
-        if (v >= res + bit) {
-            v -= res + bit;
-            res = (res >> 1) + bit;
-        } else {
-            res >>= 1;
+    uint32_t hi = (uint32_t)(v >> 32), lo = (uint32_t)v, root = 0, rem32 = 0;
+    uint64_t rem, trial;
+    int32_t i;
+    for (i = 0; i < 16; i++) {
+        const uint32_t trial32 = (root << 2) | 1u; /* 2 * (2 root) + 1 */
+        rem32 = (rem32 << 2) | (hi >> 30);
+        hi <<= 2;
+        root <<= 1;
+        if (rem32 >= trial32) {
+            rem32 -= trial32;
+            root |= 1u;
         }
-        bit >>= 2;
     }
-    return (uint32_t)res;
+    rem = rem32;
+    for (i = 0; i < 16; i++) {
+        trial = ((uint64_t)root << 2) | 1u;
+        rem = (rem << 2) | (lo >> 30);
+        lo <<= 2;
+        root <<= 1;
+        if (rem >= trial) {
+            rem -= trial;
+            root |= 1u;
+        }
+    }
+    return root;
 }
 
 /* 1/sqrt(w) ~= inv * 2^(*e - 60) for 1 <= w < 2^62 (codegen/ops/norm.py rsqrt_q): w * 4^e in [2^60, 2^62),
