@@ -15,6 +15,10 @@ Layer specs (`op` and its fields):
     ln        kind ("normal" | "extreme": zero, tiny and large gammas, large betas): LayerNorm over all
               non-batch dims (vectors: the features; images: C, H, W)
     gn        groups (divides C), kind: GroupNorm (groups = C: InstanceNorm)
+    bin       fn (mul | sub | max | min), body, relu: x OP body(x) (codegen/ops/eltwise.py)
+    se        hidden, gate (sigmoid | hardsigmoid), weights: x * gate(1x1 conv(relu(1x1 conv(mean(x)))))
+    scalar    fn (mul | div | add | rsub | neg), c: x * c, x / c, x + c, c - x, -x (an affine op)
+    prelu     per_channel, kind (normal | negative | big): nn.PReLU slopes
     relu | relu6 | hardtanh lo hi | clamp lo hi
     maxpool   k, stride, pad            avgpool  k, stride, pad, include_pad
     adaptive  out [oh, ow] (divides the input)      gap  how ("mean" | "mean_keepdim" | "adaptive")
@@ -149,6 +153,29 @@ def _image_body(draw, shape: tuple[int, int, int], lim: Limits) -> list[dict]:
 
 
 @st.composite
+def _arith_layer(draw, shape: tuple[int, ...], lim: Limits) -> dict:
+    """Arithmetic of activations (codegen/ops/eltwise.py): mul/sub/max/min of x and a branch, an SE gate, a
+    scalar affine, PReLU."""
+    kind = draw(st.sampled_from(["bin", "bin", "scalar", "prelu"] + (["se", "se"] if len(shape) == 3 else [])))
+    if kind == "bin":
+        if len(shape) == 3:
+            body = draw(_image_body(shape, lim))
+        else:
+            body = [{"op": "linear", "out": shape[0], **draw(_weights())}] if draw(st.booleans()) else []
+            body += [_act_layer(draw)] if draw(st.booleans()) else []
+        return {"op": "bin", "fn": draw(st.sampled_from(["mul", "mul", "sub", "max", "min"])), "body": body,
+                "relu": draw(st.booleans())}
+    if kind == "scalar":
+        return {"op": "scalar", "fn": draw(st.sampled_from(["mul", "div", "add", "rsub", "neg"])),
+                "c": draw(st.sampled_from([0.5, 2.0, 6.0, 3.0, -1.5, 1 / 3, 100.0, 1e-3]))}
+    if kind == "prelu":
+        return {"op": "prelu", "per_channel": draw(st.booleans()),
+                "kind": draw(st.sampled_from(["normal", "negative", "big"]))}
+    return {"op": "se", "hidden": draw(st.integers(1, 4)), "gate": draw(st.sampled_from(["sigmoid", "hardsigmoid"])),
+            **draw(_weights())}
+
+
+@st.composite
 def specs(draw, lim: Limits = QUICK) -> dict:
     image = draw(st.integers(0, 3)) > 0  # images 3:1
     if image:
@@ -163,6 +190,9 @@ def specs(draw, lim: Limits = QUICK) -> dict:
     layers = spec["layers"]
     flat_image = False  # current vector is a flattened image with more than one pixel and channel
     for _ in range(draw(st.integers(1, lim.max_layers))):
+        if draw(st.integers(0, 5)) == 0:  # arithmetic ops keep the shape
+            layers.append(draw(_arith_layer(shape, lim)))
+            continue
         if len(shape) == 3:
             c, h, w = shape
             op = draw(st.sampled_from(["conv", "conv", "conv", "dw", "dw", "bn", "act", "act", "maxpool", "avgpool",
@@ -401,6 +431,38 @@ LUT_MODULES = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "hardsigmoid": nn.Hardsig
                "leaky_relu": lambda: nn.LeakyReLU(0.1), "elu": nn.ELU}
 
 
+class Binary(nn.Module):
+    def __init__(self, body: nn.Sequential, fn: str, relu: bool):
+        super().__init__()
+        self.body, self.fn, self.relu = body, fn, relu
+
+    def forward(self, x):
+        fn = {"mul": torch.mul, "sub": torch.sub, "max": torch.maximum, "min": torch.minimum}[self.fn]
+        y = fn(x, self.body(x))
+        return torch.relu(y) if self.relu else y
+
+
+class Scalar(nn.Module):
+    def __init__(self, fn: str, c: float):
+        super().__init__()
+        self.fn, self.c = fn, c
+
+    def forward(self, x):
+        c = self.c
+        return {"mul": lambda: x * c, "div": lambda: x / c, "add": lambda: x + c, "rsub": lambda: c - x,
+                "neg": lambda: -x}[self.fn]()
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c: int, hidden: int, gate: str, bias: bool):
+        super().__init__()
+        self.fc1, self.fc2, self.gate = nn.Conv2d(c, hidden, 1, bias=bias), nn.Conv2d(hidden, c, 1, bias=bias), gate
+
+    def forward(self, x):
+        s = self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True))))
+        return x * (torch.sigmoid(s) if self.gate == "sigmoid" else nn.functional.hardsigmoid(s))
+
+
 class SpecNet(nn.Module):
     def __init__(self, spec: dict):
         super().__init__()
@@ -490,6 +552,25 @@ def _module(layer: dict, shape: tuple[int, ...], rng: np.random.Generator) -> nn
         return Softmax()
     if op == "lut":
         return LUT_MODULES[layer["fn"]]()
+    if op == "bin":
+        body, inner = [], shape
+        for sub_layer in layer["body"]:
+            body.append(_module(sub_layer, inner, rng))
+            inner = layer_shape(sub_layer, inner)
+        return Binary(nn.Sequential(*body), layer["fn"], layer["relu"])
+    if op == "scalar":
+        return Scalar(layer["fn"], layer["c"])
+    if op == "se":
+        m = SqueezeExcite(shape[0], layer["hidden"], layer["gate"], layer["bias"])
+        _set_weights(m.fc1, layer, rng)
+        _set_weights(m.fc2, layer, rng)
+        return m
+    if op == "prelu":
+        m = nn.PReLU(shape[0] if layer["per_channel"] else 1)
+        lo, hi = {"normal": (-0.5, 0.5), "negative": (-3.0, -0.1), "big": (-50.0, 50.0)}[layer["kind"]]
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(rng.uniform(lo, hi, m.weight.shape)))
+        return m
     raise ValueError(f"unknown layer op {op!r}")
 
 
