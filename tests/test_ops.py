@@ -38,12 +38,14 @@ class AllOps(nn.Module):
         self.prelu = nn.PReLU(4)
         self.bn = nn.BatchNorm2d(4)
         self.fc = nn.Linear(4 * 2 * 2 * 2, 5)
+        self.up = nn.ConvTranspose2d(4, 4, 2, stride=2)  # conv_transpose2d
         self.inorm = nn.InstanceNorm2d(8, affine=True)  # group_norm (groups = C)
         self.bn1d = nn.BatchNorm1d(5)  # after a ReLU: channel_affine
         self.ln = nn.LayerNorm(5)
 
     def forward(self, x):
         y = torch.relu(self.conv(self.pad(x)))
+        y = y + self.up(nn.functional.interpolate(nn.functional.max_pool2d(y, 4), scale_factor=2))  # resize
         gate = torch.sigmoid(y.mean((2, 3), keepdim=True))  # mul of a (1, C, 1, 1) gate, sub, max, min, affine
         y = self.prelu(torch.maximum(y, y * 0.5) - torch.minimum(y, 1 - y)) * gate
         y = self.bn(self.dw(y) + y)
@@ -196,8 +198,8 @@ def test_trait_queries_are_what_the_passes_use():
                                              Op.MINIMUM, Op.AFFINE, Op.PRELU, Op.CHANNEL_AFFINE, Op.LAYER_NORM,
                                              Op.GROUP_NORM}
     assert set(assign_precision.FOLLOW_OPS) == {Op.RELU, Op.MAXPOOL2D, Op.AVGPOOL2D, Op.RESHAPE, Op.PAD,
-                                                 Op.TRANSPOSE, Op.SLICE}
-    assert set(ops.with_trait(Trait.WEIGHTED)) == {Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR}
+                                                 Op.TRANSPOSE, Op.SLICE, Op.RESIZE}
+    assert set(ops.with_trait(Trait.WEIGHTED)) == {Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR, Op.CONV_TRANSPOSE2D}
 
 
 def test_no_op_category_list_outside_the_op_table():

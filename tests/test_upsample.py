@@ -159,6 +159,19 @@ def upsample_graph(rng, wide: bool = True) -> Graph:
                                      ("nearest_s16", "nearest", (10, 12), (2.0, 2.0))):
         up = _resize(g, name, to16, mode, size, scales, output=False)
         _weighted(g, rng, f"{name}_to_s8", Op.CONV2D, up, (3, 1, 1, 4), stride=(1, 1), padding=(0, 0, 0, 0))
+    # int16 transposed convolutions (qg_conv_transpose2d_s8_to_s16 / _s16_to_s8 / _s16, int32 and int64 sums)
+    wide16 = {"act_range": (-32768, 32767), "out_bits": 16}
+    one = {"stride": (1, 1), "padding": (0, 0, 0, 0)}
+    ct16 = _weighted(g, rng, "ct_s16_acc64", ct, to16, (3, 3, 3, 4), **wide16, stride=(2, 2), crop=(1, 1, 0, 0),
+                     acc64=True)
+    g.outputs.remove(ct16)
+    _weighted(g, rng, "ct_s16_acc64_to_s8", Op.CONV2D, ct16, (2, 1, 1, 3), **one)
+    _weighted(g, rng, "ct_s16_to_s8_k2s2", ct, to16, (5, 2, 2, 4), act_range=(0, 127), stride=(2, 2),
+              crop=(0, 0, 0, 0))
+    ct8_16 = _weighted(g, rng, "ct_s8_to_s16_k3x2_s3x2", ct, "x", (4, 3, 2, 7), **wide16, stride=(3, 2),
+                       crop=(0, 1, -1, 0))
+    g.outputs.remove(ct8_16)
+    _weighted(g, rng, "ct_s8_to_s16_to_s8", Op.CONV2D, ct8_16, (3, 1, 1, 4), **one)
     return finish(g)
 
 
@@ -316,22 +329,24 @@ def test_qat_twin_is_exact_and_trains(up):
 # ------------------------------------------------------------------ the passes around a transposed convolution
 
 
-@pytest.mark.parametrize("what", ["equalize", "bias_correction", "cluster", "int16_resize"])
+@pytest.mark.parametrize("what", ["equalize", "bias_correction", "cluster", "int16_resize", "int16_convt"])
 def test_unet_through_the_optional_passes(what, tmp_path):
     """Cross-layer equalisation (conv -> ConvTranspose), bias correction (its own sums), clustering (the values
-    are clustered, its storage stays dense: no clustered kernel) and an int16 activation through resize."""
+    are clustered, its storage stays dense: no clustered kernel), an int16 activation through resize and out of
+    a ConvTranspose (qg_conv_transpose2d_s8_to_s16, then the wide concat)."""
     import codegen
     from codegen.options import CompileOptions, CompressOptions
 
     torch.manual_seed(1)
     model = TinyUNet("bilinear" if what == "int16_resize" else "convt").eval()
+    up = "mid" if what == "int16_resize" else "up"  # the layer whose output becomes int16
     calib = (torch.rand(32, 2, 8, 8) * 2 - 1).numpy()
     kw = {"equalize": {"equalize": True}, "bias_correction": {"bias_correction": True},
           "cluster": {"options": CompileOptions(compress=CompressOptions(cluster=4))},
-          "int16_resize": {"precision": {"mid": 16}}}[what]
+          "int16_resize": {"precision": {up: 16}}, "int16_convt": {"precision": {up: 16}}}[what]
     result = codegen.compile(model, torch.from_numpy(calib[:1]), calib, prefix="unet", **kw)
     node = next(n for n in result.graph.nodes if n.op in (Op.CONV_TRANSPOSE2D, Op.RESIZE))
-    if what == "int16_resize":
+    if what.startswith("int16"):
         assert result.graph.tensors[node.outputs[0]].dtype == "int16"
     if what == "cluster":
         assert len(np.unique(result.graph.tensors[node.inputs[1]].data)) <= 16
@@ -350,8 +365,6 @@ def test_refusals_name_the_layer_and_the_way_out():
                          (nn.Upsample(scale_factor=2, mode="bicubic"), "upsample_bicubic2d")):
         with pytest.raises(UserError, match=re.escape(words)):
             codegen.compile(nn.Sequential(layer).eval(), x)
-    with pytest.raises(UserError, match=r"int8 only \(it has no int16 kernel\)"):
-        codegen.compile(TinyUNet("convt").eval(), torch.zeros(1, 2, 8, 8), precision={"up": 16})
 
 
 @pytest.mark.parametrize("runtime", ["cpython", "micropython"])

@@ -872,8 +872,90 @@ def _lut(fn: str) -> Callable[[_Importer, Any], _Act]:
     return handler
 
 
+def _conv_transpose(imp: _Importer, node) -> _Act:
+    """ConvTranspose (groups 1, dilation 1, explicit pads) -> conv_transpose2d (codegen/ops/upsample.py)."""
+    x = imp.input_act(node)
+    w = np.asarray(imp.input_const(node, 1, "the weight"), np.float64)  # (Cin, Cout, KH, KW) / (Cin, Cout, K)
+    b = imp.input_const(node, 2, "the bias")
+    n_sp = w.ndim - 2
+    strides = [int(v) for v in imp.attr(node, "strides") or [1] * n_sp]
+    pads = [int(v) for v in imp.attr(node, "pads") or [0] * (2 * n_sp)]
+    out_pad = [int(v) for v in imp.attr(node, "output_padding") or [0] * n_sp]
+    if any(int(d) != 1 for d in imp.attr(node, "dilations") or []) or int(imp.attr(node, "group", 1)) != 1:
+        raise imp.err(node, "dilation or group other than 1; qgen's transposed convolution supports group=1, "
+                            "dilation 1")
+    if imp.attr(node, "auto_pad", "NOTSET") != "NOTSET" or imp.attr(node, "output_shape") is not None:
+        raise imp.err(node, "auto_pad / output_shape; qgen needs explicit pads and output_padding")
+    if x.rank == 3 and w.ndim == 3:  # ConvTranspose1d: a 1 x K image kernel
+        w, strides, pads, out_pad = w[:, :, None, :], [1, strides[0]], [0, pads[0], 0, pads[1]], [0, out_pad[0]]
+    elif x.rank != 4 or w.ndim != 4:
+        raise imp.err(node, f"transposed convolution of a {x.rank}-D input; qgen supports 1-D and 2-D")
+    h, wd, _ = imp.shape_of(x.name)
+    _, cout, kh, kw = w.shape
+    crop = (pads[0], pads[1], pads[2] - out_pad[0], pads[3] - out_pad[1])
+    oh, ow = (h - 1) * strides[0] + kh - crop[0] - crop[2], (wd - 1) * strides[1] + kw - crop[1] - crop[3]
+    base = imp.base_name(node)
+    wname = imp.const(f"{base}_w", w.transpose(1, 2, 3, 0))  # (Cout, KH, KW, Cin)
+    bname = imp.const(f"{base}_b", np.asarray(b, np.float64) if b is not None else np.zeros(cout))
+    out = imp.add(node, Op.CONV_TRANSPOSE2D, [x.name, wname, bname], (oh, ow, cout), stride=tuple(strides),
+                  crop=crop)
+    return _Act(out, x.rank)
+
+
+# (ONNX mode, coordinate_transformation_mode, nearest_mode) -> the torch mode qgen's resize computes
+_RESIZE_MODES = {("nearest", "asymmetric", "floor"): ("nearest", False),
+                 ("nearest", "half_pixel", "round_prefer_ceil"): ("nearest_exact", False),
+                 ("nearest", "pytorch_half_pixel", "round_prefer_ceil"): ("nearest_exact", False),
+                 ("linear", "half_pixel", None): ("bilinear", False),
+                 ("linear", "pytorch_half_pixel", None): ("bilinear", False),
+                 ("linear", "align_corners", None): ("bilinear", True)}
+
+
+def _resize(imp: _Importer, node) -> _Act:
+    """Resize (opset 11+: X, roi, scales, sizes) / Upsample (opset 9: X, scales; asymmetric) -> resize."""
+    x = imp.input_act(node)
+    mode = imp.attr(node, "mode", "nearest")
+    if node.op_type == "Upsample":
+        coords, scales, sizes = "asymmetric", imp.input_const(node, 1, "the scales"), None
+    else:
+        coords = imp.attr(node, "coordinate_transformation_mode", "half_pixel")
+        scales, sizes = imp.input_const(node, 2, "the scales"), imp.input_const(node, 3, "the sizes")
+    key = (mode, coords, imp.attr(node, "nearest_mode", "round_prefer_floor") if mode == "nearest" else None)
+    if key not in _RESIZE_MODES or int(imp.attr(node, "antialias", 0)):
+        raise imp.err(node, f"mode '{mode}' with coordinate_transformation_mode '{coords}'; qgen supports nearest "
+                            "(asymmetric + floor: PyTorch 'nearest'; half_pixel + round_prefer_ceil: 'nearest-exact') "
+                            "and linear (half_pixel or align_corners)")
+    torch_mode, align = _RESIZE_MODES[key]
+    shape = imp.shape_of(x.name)
+    if x.rank not in (3, 4) or len(shape) != 3:
+        raise imp.err(node, f"resize of a {x.rank}-D tensor; qgen resizes (1, C, H, W) images and (1, C, L) sequences")
+    spatial = shape[:2] if x.rank == 4 else shape[1:2]
+    if sizes is not None and len(np.asarray(sizes)):
+        sizes = [int(v) for v in np.asarray(sizes)]
+        out, factors = sizes[2:], [None] * len(spatial)
+        if sizes[:2] != [1, shape[2]]:
+            raise imp.err(node, f"sizes {sizes} resize the batch or channels; qgen resizes H and W only")
+    elif scales is not None and len(np.asarray(scales)):
+        factors = [float(v) for v in np.asarray(scales, np.float32)]
+        if factors[:2] != [1.0, 1.0]:
+            raise imp.err(node, f"scales {factors} resize the batch or channels; qgen resizes H and W only")
+        factors = factors[2:]
+        out = [int(np.floor(n * f)) for n, f in zip(spatial, factors)]
+    else:
+        raise imp.err(node, "neither scales nor sizes given")
+    if x.rank == 3:
+        out, factors = [1, out[0]], [None, factors[0]]
+    out_shape = (out[0], out[1], shape[2])
+    name = imp.add(node, Op.RESIZE, [x.name], out_shape, mode=torch_mode, align_corners=align,
+                   size=(out[0], out[1]), scales=tuple(factors))
+    return _Act(name, x.rank)
+
+
 HANDLERS: dict[str, Callable[[_Importer, Any], Any]] = {
     "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "Resize": _resize,
+    "Upsample": _resize,
     "Gemm": _gemm,
     "MatMul": _matmul,
     "BatchNormalization": _batch_norm,

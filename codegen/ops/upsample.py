@@ -134,12 +134,13 @@ def conv_transpose_scratch(g, n) -> int:
 def kernel_conv_transpose(variant: str) -> tuple[str, str]:
     if variant == "s8":
         return "qg_conv_transpose2d_s8", "qg_conv2d_params_t"
-    raise ValueError(f"conv_transpose2d has only a dense int8 kernel, not {variant} (Trait.INT8_ONLY)")
+    if variant in ("s8_to_s16", "s16_to_s8", "s16"):
+        return f"qg_conv_transpose2d_{variant}", "qg_conv2d_wide_params_t"
+    raise ValueError(f"conv_transpose2d has dense kernels only, not {variant} (no sparse or clustered storage)")
 
 
-def c_conv_transpose(b, index: int, n):
-    """C, int8: qg_conv_transpose2d_s8 (weights in phase order, crop top/left as pad_top/pad_left)."""
-    g, io = b.g, b.io(index, n)
+def _conv_transpose_fields(b, io, n) -> list[tuple[str, object]]:
+    g = b.g
     h, w, c = g.tensors[io.xs[0]].shape
     oh, ow, oc = g.tensors[io.out].shape
     w_t = g.tensors[n.inputs[1]]
@@ -151,13 +152,28 @@ def c_conv_transpose(b, index: int, n):
                       f"[{int(data.min()) if data.size else 0}, {int(data.max()) if data.size else 0}]")
     bias = b.const_tensor(io.sym, n.inputs[2], "bias")
     shift = b.array(f"{io.sym}_shift", np.array(n.attrs["shift"]), "int8", "requantisation shift per output channel")
-    fields = [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
-              ("k_h", kh), ("k_w", kw), ("stride_h", sh), ("stride_w", sw), ("pad_top", top), ("pad_left", left),
-              ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]),
-              ("weights", weights), ("bias", bias), ("shift", shift)]
-    b.check_scratch(index, n, conv_transpose_scratch(g, n))
+    return [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
+            ("k_h", kh), ("k_w", kw), ("stride_h", sh), ("stride_w", sw), ("pad_top", top), ("pad_left", left),
+            ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]),
+            ("weights", weights), ("bias", bias), ("shift", shift)]
+
+
+def c_conv_transpose(b, index: int, n):
+    """C, int8: qg_conv_transpose2d_s8 (weights in phase order, crop top/left as pad_top/pad_left)."""
+    io = b.io(index, n)
+    fields = _conv_transpose_fields(b, io, n)
+    b.check_scratch(index, n, conv_transpose_scratch(b.g, n))
     return ("qg_conv2d_params_t", fields,
             f"qg_conv_transpose2d_s8(&{io.struct}, {io.ins[0]}, {io.out_expr}, {io.scratch});")
+
+
+def c_conv_transpose_wide(b, index: int, n):
+    """C, an int16 input or output: qg_conv_transpose2d_s8_to_s16 / _s16_to_s8 / _s16 (acc64 for int64 sums)."""
+    io = b.io(index, n, wide=True)
+    base = _conv_transpose_fields(b, io, n)
+    fields = [*base[:12], ("acc64", int(bool(n.attrs.get("acc64")))), *io.act, *base[14:]]
+    return ("qg_conv2d_wide_params_t", fields,
+            f"qg_conv_transpose2d_{io.suffix}(&{io.struct}, {io.ins[0]}, {io.out_expr});")
 
 
 def py_conv_transpose(b, n, index: int):
@@ -404,13 +420,16 @@ def c_resize_wide(b, index: int, n):
 
 
 SPECS = [
-    OpSpec(Op.CONV_TRANSPOSE2D, "upsample", Trait.WEIGHTED | Trait.FUSES_ACT | Trait.INT8_ONLY,
+    OpSpec(Op.CONV_TRANSPOSE2D, "upsample", Trait.WEIGHTED | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT,
            conv_transpose_shape, check_conv_transpose, f_conv_transpose, i_conv_transpose, quantize_conv_transpose,
            macs_conv_transpose, torch_conv_transpose,
-           "ConvTranspose1d/2d (groups=1, dilation 1)", ("ConvTranspose",), ("qg_conv_transpose2d_s8",),
+           "ConvTranspose1d/2d (groups=1, dilation 1)", ("ConvTranspose",),
+           ("qg_conv_transpose2d_s8", "qg_conv_transpose2d_s8_to_s16", "qg_conv_transpose2d_s16_to_s8",
+            "qg_conv_transpose2d_s16"),
            "transposed convolution (stride, padding, output_padding), gather form: no zero MACs, per-channel "
            "shift, fused clamp", kernel=kernel_conv_transpose,
-           emit_py=py_conv_transpose, emit_c=c_conv_transpose, qat=qat_conv_transpose),
+           emit_py=py_conv_transpose, emit_c=c_conv_transpose, emit_c_wide=c_conv_transpose_wide,
+           qat=qat_conv_transpose),
     OpSpec(Op.RESIZE, "upsample", Trait.KEEPS_FORMAT | Trait.CHANNELWISE,
            resize_shape, check_resize, f_resize, i_resize, quantize_resize, macs_resize, torch_resize,
            "Upsample/F.interpolate (nearest, nearest-exact, bilinear/linear)", ("Resize", "Upsample"),

@@ -282,6 +282,12 @@ typedef struct {
 void qg_conv2d_s8_to_s16(const qg_conv2d_wide_params_t *p, const int8_t *restrict in, int16_t *restrict out);
 void qg_conv2d_s16_to_s8(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int8_t *restrict out);
 void qg_conv2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int16_t *restrict out);
+/* transposed convolution with int16 activations (qg_upsample_s8.c): weights in phase order, no scratch */
+void qg_conv_transpose2d_s8_to_s16(const qg_conv2d_wide_params_t *p, const int8_t *restrict in,
+                                   int16_t *restrict out);
+void qg_conv_transpose2d_s16_to_s8(const qg_conv2d_wide_params_t *p, const int16_t *restrict in,
+                                   int8_t *restrict out);
+void qg_conv_transpose2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int16_t *restrict out);
 void qg_depthwise_conv2d_s8_to_s16(const qg_conv2d_wide_params_t *p, const int8_t *restrict in,
                                    int16_t *restrict out);
 void qg_depthwise_conv2d_s16_to_s8(const qg_conv2d_wide_params_t *p, const int16_t *restrict in,

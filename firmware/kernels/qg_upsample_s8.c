@@ -277,6 +277,81 @@ void qg_conv_transpose2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict 
     }
 }
 
+/* int16 activations on either side (mixed precision, qg_conv2d_wide_params_t): the same phase walk in plain C,
+ * each output pixel summing only its taps inside the input (no zero-filled column), in an int32 accumulator
+ * or, where the generator could not prove int32 enough (acc64), an int64 one. */
+#define QG_DEFINE_CONV_TRANSPOSE_WIDE(NAME, IN_T, OUT_T, ACC_T)                                                \
+    static void NAME(const qg_conv2d_wide_params_t *p, const IN_T *restrict in, OUT_T *restrict out)         \
+    {                                                                                                        \
+        const int32_t sh = p->stride_h, sw = p->stride_w, k_h = p->k_h, k_w = p->k_w, in_c = p->in_c;       \
+        const int32_t in_h = p->in_h, in_w = p->in_w, out_w = p->out_w, out_c = p->out_c;                   \
+        const int32_t block = out_c * in_c;                                                                  \
+        int32_t oy, ox, oc, r, rx, j, i, c;                                                                  \
+        for (oy = 0; oy < p->out_h; oy++) {                                                                  \
+            const int32_t ry = (oy + p->pad_top) % sh, qy = (oy + p->pad_top) / sh;                          \
+            const int32_t nty = phase_taps(k_h, sh, ry);                                                     \
+            const int32_t j0 = qy - in_h + 1 > 0 ? qy - in_h + 1 : 0, j1 = qy + 1 < nty ? qy + 1 : nty;      \
+            const int8_t *w_ph;                                                                              \
+            int32_t before = 0;                                                                              \
+            for (r = 0; r < ry; r++) {                                                                       \
+                before += phase_taps(k_h, sh, r);                                                            \
+            }                                                                                                \
+            w_ph = p->weights + before * k_w * block;                                                        \
+            for (rx = 0; rx < sw; rx++) {                                                                    \
+                const int32_t ntx = phase_taps(k_w, sw, rx);                                                 \
+                for (ox = ((rx - p->pad_left) % sw + sw) % sw; ox < out_w; ox += sw) {                       \
+                    const int32_t qx = (ox + p->pad_left) / sw;                                              \
+                    const int32_t i0 = qx - in_w + 1 > 0 ? qx - in_w + 1 : 0, i1 = qx + 1 < ntx ? qx + 1 : ntx; \
+                    OUT_T *o = out + (oy * out_w + ox) * out_c;                                              \
+                    for (oc = 0; oc < out_c; oc++) {                                                         \
+                        ACC_T acc = p->bias[oc];                                                             \
+                        for (j = j0; j < j1; j++) {                                                          \
+                            for (i = i0; i < i1; i++) {                                                      \
+                                const IN_T *x = in + ((qy - j) * in_w + qx - i) * in_c;                      \
+                                const int8_t *w = w_ph + ((oc * nty + j) * ntx + i) * in_c;                  \
+                                for (c = 0; c < in_c; c++) {                                                 \
+                                    acc += (ACC_T)x[c] * w[c];                                               \
+                                }                                                                            \
+                            }                                                                                \
+                        }                                                                                    \
+                        o[oc] = (OUT_T)qg_requantize_wide(acc, p->shift[oc], p->act_min, p->act_max);        \
+                    }                                                                                        \
+                }                                                                                            \
+                w_ph += nty * ntx * block;                                                                   \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+
+QG_DEFINE_CONV_TRANSPOSE_WIDE(conv_transpose_s8_to_s16_acc32, int8_t, int16_t, int32_t)
+QG_DEFINE_CONV_TRANSPOSE_WIDE(conv_transpose_s16_to_s8_acc32, int16_t, int8_t, int32_t)
+QG_DEFINE_CONV_TRANSPOSE_WIDE(conv_transpose_s16_to_s8_acc64, int16_t, int8_t, int64_t)
+QG_DEFINE_CONV_TRANSPOSE_WIDE(conv_transpose_s16_acc32, int16_t, int16_t, int32_t)
+QG_DEFINE_CONV_TRANSPOSE_WIDE(conv_transpose_s16_acc64, int16_t, int16_t, int64_t)
+
+/* int8 input never needs acc64 (weight_formats keeps it within int32) */
+void qg_conv_transpose2d_s8_to_s16(const qg_conv2d_wide_params_t *p, const int8_t *restrict in, int16_t *restrict out)
+{
+    conv_transpose_s8_to_s16_acc32(p, in, out);
+}
+
+void qg_conv_transpose2d_s16_to_s8(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int8_t *restrict out)
+{
+    if (p->acc64) {
+        conv_transpose_s16_to_s8_acc64(p, in, out);
+    } else {
+        conv_transpose_s16_to_s8_acc32(p, in, out);
+    }
+}
+
+void qg_conv_transpose2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int16_t *restrict out)
+{
+    if (p->acc64) {
+        conv_transpose_s16_acc64(p, in, out);
+    } else {
+        conv_transpose_s16_acc32(p, in, out);
+    }
+}
+
 /* ------------------------------------------------------------------------------------------ resize */
 
 /* One kernel body for int8 and int16 elements: T the element type, the results are in range (convex). */

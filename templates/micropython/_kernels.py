@@ -210,6 +210,67 @@ def _linear(x, y, p, s):
         y[o] = lo if acc < lo else (hi if acc > hi else acc)
 
 
+def _conv_transpose2d(x, y, p):
+    # gather form (as qg_conv_transpose2d_s8): output row oy meets the taps ky = (oy + pt) % sh, + sh, ...
+    # at input row (oy + pt - ky) // sh; the window's input pixels are listed once per output pixel
+    (h, w, cin, oh, ow, cout, kh, kw, sh, sw, pt, pl,
+     weights, bias, mul, rnd, shr, lo, hi) = p
+    yo = 0
+    for oy in range(oh):
+        for ox in range(ow):
+            taps = []  # (x index, weight index) of each input pixel the output pixel reads
+            ky = (oy + pt) % sh
+            while ky < kh:
+                iy = (oy + pt - ky) // sh
+                if 0 <= iy < h:
+                    kx = (ox + pl) % sw
+                    while kx < kw:
+                        ix = (ox + pl - kx) // sw
+                        if 0 <= ix < w:
+                            taps.append(((iy * w + ix) * cin, (ky * kw + kx) * cin))
+                        kx += sw
+                ky += sh
+            for co in range(cout):
+                wr = weights[co]
+                acc = bias[co]
+                for xs, ws in taps:
+                    for i in range(cin):
+                        acc += x[xs + i] * wr[ws + i]
+                acc = (acc * mul[co] + rnd[co]) >> shr[co]
+                y[yo] = lo if acc < lo else (hi if acc > hi else acc)
+                yo += 1
+
+
+def _resize(x, y, p):
+    # nearest: a copy of x[y0[oy], x0[ox]]; bilinear: the Q s weights' sum, one rounding (2s bits)
+    h, w, c, oh, ow, bilinear, s, y0, x0, y1, x1, wy, wx = p
+    one = 1 << s
+    rnd = 1 << (2 * s - 1) if bilinear else 0
+    row = w * c
+    yo = 0
+    for oy in range(oh):
+        r0 = y0[oy] * row
+        if not bilinear:
+            for ox in range(ow):
+                xs = r0 + x0[ox] * c
+                for i in range(c):
+                    y[yo] = x[xs + i]
+                    yo += 1
+            continue
+        r1 = y1[oy] * row
+        wy1 = wy[oy]
+        wy0 = one - wy1
+        for ox in range(ow):
+            a, b = r0 + x0[ox] * c, r0 + x1[ox] * c
+            d, e = r1 + x0[ox] * c, r1 + x1[ox] * c
+            wx1 = wx[ox]
+            wx0 = one - wx1
+            for i in range(c):
+                acc = wy0 * (wx0 * x[a + i] + wx1 * x[b + i]) + wy1 * (wx0 * x[d + i] + wx1 * x[e + i])
+                y[yo] = (acc + rnd) >> (2 * s)
+                yo += 1
+
+
 def _maxpool2d(x, y, p):
     # padding cells are skipped
     h, w, c, oh, ow, kh, kw, sh, sw, pt, pl = p
