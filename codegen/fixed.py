@@ -92,6 +92,15 @@ def round_shift(x: np.ndarray | int, shift: np.ndarray | int) -> np.ndarray:
     return np.where(shift > 0, np.right_shift(x + half, right), np.left_shift(x, left))
 
 
+AVG_SHIFT = 23  # averages: |sum * mult| <= 128 * 2**23 + 64 * d < 2**31 for int8 sums of d < 2**24 values
+
+
+def avg_multiplier(count: int, shift: int = AVG_SHIFT) -> int:
+    """round(2**shift / count), half up on the exact quotient (the rounding rule): an average of `count`
+    values is round_shift(sum * avg_multiplier(count), shift). Exact for a power-of-two count."""
+    return ((1 << (shift + 1)) + count) // (2 * count)
+
+
 def requantize(acc: np.ndarray, shift: np.ndarray | int, lo: int, hi: int) -> np.ndarray:
     """Wide accumulator -> narrow integer: round_shift (the rounding rule), then clamp to [lo, hi].
 

@@ -89,9 +89,12 @@ def variant(g: Graph, n: Node) -> str:
     xs = [t for t in n.inputs if not g.tensors[t].is_const]
     bits = {t: 16 if g.tensors[t].dtype == "int16" else 8 for t in xs + n.outputs}
     if all(b == 8 for b in bits.values()):
-        return "s8"
-    return {(8, 16): "s8_to_s16", (16, 8): "s16_to_s8", (16, 16): "s16"}.get((bits[xs[0]], bits[n.outputs[0]]),
-                                                                              "wide")
+        var = "s8"
+    else:
+        var = {(8, 16): "s8_to_s16", (16, 8): "s16_to_s8", (16, 16): "s16"}.get((bits[xs[0]], bits[n.outputs[0]]),
+                                                                                 "wide")
+    form = SPEC[n.op].form  # the node's own refinement (pool: clipped or adaptive windows)
+    return form(g, n, var) if form is not None else var
 
 
 @functools.cache

@@ -37,7 +37,7 @@ class AllOps(nn.Module):
         self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
         self.prelu = nn.PReLU(4)
         self.bn = nn.BatchNorm2d(4)
-        self.fc = nn.Linear(4 * 2 * 2 * 2, 5)
+        self.fc = nn.Linear(4 * 2 * 2 * 2 + 4, 5)  # + the channel mean (reduce)
         self.up = nn.ConvTranspose2d(4, 4, 2, stride=2)  # conv_transpose2d
         self.inorm = nn.InstanceNorm2d(8, affine=True)  # group_norm (groups = C)
         self.bn1d = nn.BatchNorm1d(5)  # after a ReLU: channel_affine
@@ -53,8 +53,10 @@ class AllOps(nn.Module):
             y = y.view(1, 2, 2, *y.shape[2:]).transpose(1, 2).reshape(y.shape)
             a, b = y.chunk(2, 1)  # two slices
             y = torch.cat([b, a], 1)
-        y = torch.cat([torch.relu(nn.functional.max_pool2d(y, 2)), torch.sigmoid(nn.functional.avg_pool2d(y, 2))], 1)
+        y = torch.cat([torch.relu(nn.functional.max_pool2d(y, 2)),
+                       torch.sigmoid(nn.functional.avg_pool2d(y, 3, 2, 1, count_include_pad=False))], 1)  # clipped
         y = nn.functional.max_pool2d(nn.functional.pad(self.inorm(y), (0, 1, 1, 0)), 2)  # a pad no conv absorbs
+        y = torch.cat([y, y.mean(1, keepdim=True)], 1)  # reduce over channels
         return torch.softmax(self.ln(self.bn1d(torch.relu(self.fc(torch.flatten(y, 1))))), 1)
 
 
@@ -104,7 +106,7 @@ def test_spec_is_complete(op):
         if f.name in ("ref_int", "quantize") and float_only:
             assert value is None, f"{op.value} is FLOAT_ONLY but has {f.name}"
             continue
-        if f.name in ("torch", "kernels", "onnx", "emit_py", "no_py", "emit_c", "emit_c_wide", "qat"):
+        if f.name in ("torch", "kernels", "onnx", "emit_py", "no_py", "emit_c", "emit_c_wide", "qat", "form"):
             continue  # checked below
         assert value is not None, f"{op.value}: spec.{f.name} is missing"
         if f.name in ("shape", "check", "ref_float", "ref_int", "quantize", "macs", "torch_float"):
@@ -198,7 +200,8 @@ def test_trait_queries_are_what_the_passes_use():
                                              Op.MINIMUM, Op.AFFINE, Op.PRELU, Op.CHANNEL_AFFINE, Op.LAYER_NORM,
                                              Op.GROUP_NORM}
     assert set(assign_precision.FOLLOW_OPS) == {Op.RELU, Op.MAXPOOL2D, Op.AVGPOOL2D, Op.RESHAPE, Op.PAD,
-                                                 Op.TRANSPOSE, Op.SLICE, Op.RESIZE}
+                                                 Op.TRANSPOSE, Op.SLICE, Op.RESIZE,
+                                                 Op.REDUCE}
     assert set(ops.with_trait(Trait.WEIGHTED)) == {Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.LINEAR, Op.CONV_TRANSPOSE2D}
 
 
@@ -240,7 +243,8 @@ def test_kernel_rule_names_only_listed_kernels(op):
 
     spec = SPEC[op]
     chosen = set()
-    for variant in ("s8", "s8_to_s16", "s16_to_s8", "s16", "wide", "bitmap", "index", "cluster"):
+    for variant in ("s8", "s8_to_s16", "s16_to_s8", "s16", "wide", "bitmap", "index", "cluster", "s8_windows",
+                    "s16_windows"):
         try:
             fn, struct = spec.kernel(variant)
         except ValueError:

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..ir import Graph, Node, Op, Tensor, verify
-from .torch_export import LAYOUTS, ir_axis, ir_shape_of, reject_non_finite, source_of_trace
+from .torch_export import LAYOUTS, ir_axis, ir_shape_of, reject_non_finite, source_of_trace, torch_order
 
 OPSETS = range(13, 22)  # default-domain opsets qgen reads
 INSTALL_HINT = "install the ONNX extra: pip install 'qgen[onnx]' (or pip install onnx)"
@@ -581,8 +581,6 @@ def _pool(imp: _Importer, node) -> _Act:
     x = imp.input_act(node)
     if x.rank not in (3, 4):
         raise imp.err(node, f"pooling of a {x.rank}-D input")
-    if int(imp.attr(node, "ceil_mode", 0)):
-        raise imp.err(node, "ceil_mode=1; qgen supports ceil_mode=0 (pad the input instead)")
     if imp.attr(node, "dilations") is not None and any(d != 1 for d in imp.attr(node, "dilations")):
         raise imp.err(node, "dilation is not supported for pooling")
     if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
@@ -595,37 +593,73 @@ def _pool(imp: _Importer, node) -> _Act:
     h, w, c = imp.shape_of(x.name)
     if imp.attr(node, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
         pads = _same_pads((h, w), kernel, strides, imp.attr(node, "auto_pad") == "SAME_UPPER")
-    pads = tuple(int(p) for p in pads)
+    pads = [int(p) for p in pads]
+    if any(p >= k for p, k in zip(pads, kernel + kernel)):
+        raise imp.err(node, f"pads {pads} reach a whole kernel {kernel}: a window would read only padding")
+    count_pad = tuple(pads) if int(imp.attr(node, "count_include_pad", 0)) else (0, 0, 0, 0)
+    out = []
+    for axis, size in ((0, h), (1, w)):  # ceil_mode: PyTorch's rule, the last window starts before the end pad
+        k, s, lo, hi = int(kernel[axis]), int(strides[axis]), pads[axis], pads[axis + 2]
+        n = (size + lo + hi - k + (s - 1 if int(imp.attr(node, "ceil_mode", 0)) else 0)) // s + 1
+        if (n - 1) * s >= size + lo:
+            n -= 1
+        out.append(n)
+        pads[axis + 2] = max(hi, (n - 1) * s + k - size - lo)  # the clipped part of the last windows
     avg = node.op_type == "AveragePool"
-    if avg and any(pads) and not int(imp.attr(node, "count_include_pad", 0)):
-        raise imp.err(node, "count_include_pad=0 with padding; qgen supports it only without padding")
-    oh = (h + pads[0] + pads[2] - kernel[0]) // strides[0] + 1
-    ow = (w + pads[1] + pads[3] - kernel[1]) // strides[1] + 1
-    out = imp.add(node, Op.AVGPOOL2D if avg else Op.MAXPOOL2D, [x.name], (oh, ow, c),
-                  kernel=(int(kernel[0]), int(kernel[1])), stride=(int(strides[0]), int(strides[1])), padding=pads)
-    return _Act(out, x.rank)
+    attrs = {"kernel": (int(kernel[0]), int(kernel[1])), "stride": (int(strides[0]), int(strides[1])),
+             "padding": tuple(pads)}
+    if avg and count_pad != attrs["padding"]:
+        attrs["count_pad"] = count_pad
+    return _Act(imp.add(node, Op.AVGPOOL2D if avg else Op.MAXPOOL2D, [x.name], (out[0], out[1], c), **attrs),
+                x.rank)
 
 
-def _global_avg_pool(imp: _Importer, node) -> _Act:
+def _global_pool(imp: _Importer, node) -> _Act:
     x = imp.input_act(node)
-    if x.rank != 4:
-        raise imp.err(node, f"global pooling of a {x.rank}-D input; qgen supports (1, C, H, W)")
+    if x.rank not in (3, 4):
+        raise imp.err(node, f"global pooling of a {x.rank}-D input; qgen supports (1, C, H, W) and (1, C, L)")
     h, w, c = imp.shape_of(x.name)
-    return _Act(imp.add(node, Op.AVGPOOL2D, [x.name], (1, 1, c), kernel=(h, w), stride=(h, w),
-                        padding=(0, 0, 0, 0)), 4)
+    op = Op.MAXPOOL2D if node.op_type == "GlobalMaxPool" else Op.AVGPOOL2D
+    return _Act(imp.add(node, op, [x.name], (1, 1, c), kernel=(h, w), stride=(h, w), padding=(0, 0, 0, 0)), x.rank)
 
 
-def _reduce_mean(imp: _Importer, node) -> _Act:
+def _reduce(imp: _Importer, node) -> _Act:
+    """ReduceMean / ReduceMax over any axes but the batch: pooling over H and/or W, REDUCE over channels."""
     x = imp.input_act(node)
     axes = _axes(imp, node)
     keepdims = int(imp.attr(node, "keepdims", 1))
-    if x.rank != 4 or axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
-        raise imp.err(node, f"mean over axes {axes}; qgen supports the global average over H and W only")
-    h, w, c = imp.shape_of(x.name)
-    pooled = imp.add(node, Op.AVGPOOL2D, [x.name], (1, 1, c), kernel=(h, w), stride=(h, w), padding=(0, 0, 0, 0))
+    axes = sorted({int(a) % x.rank for a in axes} if axes else set(range(x.rank)))
+    if 0 in axes and not keepdims:
+        raise imp.err(node, f"{node.op_type} over axes {axes} drops the batch axis; set keepdims=1")
+    axes = [a for a in axes if a != 0]  # the batch is 1: reducing it changes nothing
+    kind = "mean" if node.op_type == "ReduceMean" else "max"
+    ir_axes = {ir_axis(a, x.rank) for a in axes} if x.rank > 2 else {0}
+    shape = imp.shape_of(x.name)
+    out = x.name
+    if len(shape) == 3 and ir_axes & {0, 1}:
+        h, w, c = shape
+        kh, kw = (h if 0 in ir_axes else 1), (w if 1 in ir_axes else 1)
+        if kh * kw > 1:
+            op = Op.AVGPOOL2D if kind == "mean" else Op.MAXPOOL2D
+            out = imp.add(node, op, [out], (h // kh, w // kw, c), kernel=(kh, kw), stride=(kh, kw),
+                          padding=(0, 0, 0, 0))
+    if len(shape) - 1 in ir_axes and shape[-1] > 1:
+        out = imp.add(node, Op.REDUCE, [out], imp.shape_of(out)[:-1] + (1,), kind=kind)
     if keepdims:
-        return _Act(pooled, 4)
-    return _reshape_to(imp, node, _Act(pooled, 4), (c,))
+        return _Act(out, x.rank)
+    onnx_shape = tuple(s for d, s in enumerate(torch_shape_of(shape, x.rank)) if d not in axes)
+    if len(onnx_shape) < 2:
+        raise imp.err(node, f"{node.op_type} over axes {axes} without keepdims leaves a {len(onnx_shape)}-D tensor; "
+                            "qgen's tensors keep the batch and one more axis: set keepdims=1")
+    target = ir_shape_of(onnx_shape)
+    if imp.shape_of(out) == target:
+        return _Act(out, len(onnx_shape))
+    if not np.array_equal(torch_order(imp.shape_of(out), x.rank), torch_order(target, len(onnx_shape))):
+        raise imp.err(node, f"{node.op_type} over axes {axes} without keepdims leaves a tensor whose elements lie "
+                            "transposed in qgen's layout; set keepdims=1")
+    if len(target) == 1:
+        return _reshape_to(imp, node, _Act(out, x.rank), target)
+    return _Act(imp.add(node, Op.RESHAPE, [out], target, shape=target), len(onnx_shape))
 
 
 def _reshape_to(imp: _Importer, node, x: _Act, shape: tuple[int, ...]) -> _Act:
@@ -966,8 +1000,10 @@ HANDLERS: dict[str, Callable[[_Importer, Any], Any]] = {
     "Clip": _clip,
     "MaxPool": _pool,
     "AveragePool": _pool,
-    "GlobalAveragePool": _global_avg_pool,
-    "ReduceMean": _reduce_mean,
+    "GlobalAveragePool": _global_pool,
+    "GlobalMaxPool": _global_pool,
+    "ReduceMean": _reduce,
+    "ReduceMax": _reduce,
     "Reshape": _reshape,
     "Flatten": _flatten,
     "Add": _add,

@@ -794,6 +794,12 @@ def _getitem(lw: _Lowering, n) -> Any:
         if index != 0:
             raise _err(lw, n, "uses the mean / rstd outputs of a layer or group norm, which qgen does not support")
         return value
+    if src.target in VALUES_AND_INDICES:  # max pooling / max over a dim: the values, never the indices
+        if index == 0:
+            return value[0]
+        if n.users:
+            raise _err(lw, n, f"uses the indices output of {src.target}; qgen computes the values only")
+        return None
     raise unsupported(n, lw.modules)
 
 
@@ -823,47 +829,60 @@ def _clamp(lw: _Lowering, n) -> str:
     return _unary(lw, n, Op.RELU, lo=None if lo is None else float(lo), hi=None if hi is None else float(hi))
 
 
-def _pool_common(lw: _Lowering, n, kernel, stride, padding, ceil_mode: bool) -> tuple:
+def _pool_out(size: int, k: int, s: int, pad: int, ceil_mode: bool) -> tuple[int, int]:
+    """PyTorch's pooling output size along one axis and the end padding that gives it in qgen's shape rule.
+    ceil_mode: the last window must start inside the input or the left padding; the part of a window that
+    runs past the input (the extra end padding) is clipped away (codegen/ops/pool.py)."""
+    out = (size + 2 * pad - k + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + pad:
+        out -= 1
+    return out, max(pad, (out - 1) * s + k - size - pad)
+
+
+def _pool_common(lw: _Lowering, n, kernel, stride, padding, ceil_mode: bool,
+                 count_include_pad: bool | None = None) -> tuple:
+    """(input, IR attrs, output shape) of a max (count_include_pad None) or average pooling."""
     xin = lw.value(n.args[0])
     h, w, c = lw.shape_of(xin)
     kernel = _pair(kernel)
     stride = _pair(stride) if stride not in (None, [], ()) else kernel
     ph, pw = _pair(padding if padding is not None else 0)
-    if ceil_mode:
-        raise _err(lw, n, "ceil_mode=True; qgen supports ceil_mode=False (pad the input instead)")
-    pads = (ph, pw, ph, pw)
-    oh, ow = (h + 2 * ph - kernel[0]) // stride[0] + 1, (w + 2 * pw - kernel[1]) // stride[1] + 1
+    if 2 * ph > kernel[0] or 2 * pw > kernel[1]:
+        raise _err(lw, n, f"padding {[ph, pw]} is more than half the kernel {list(kernel)}")
+    oh, pb = _pool_out(h, kernel[0], stride[0], ph, ceil_mode)
+    ow, pr = _pool_out(w, kernel[1], stride[1], pw, ceil_mode)
+    attrs = {"kernel": kernel, "stride": stride, "padding": (ph, pw, pb, pr)}
+    if count_include_pad is not None:  # the average's divisor counts the input and, if asked, the padding
+        count_pad = (ph, pw, ph, pw) if count_include_pad else (0, 0, 0, 0)
+        if count_pad != attrs["padding"]:
+            attrs["count_pad"] = count_pad
     _check_shape(lw, n, (oh, ow, c))
-    return xin, kernel, stride, pads, (oh, ow, c)
+    return xin, attrs, (oh, ow, c)
 
 
 def _max_pool2d(lw: _Lowering, n) -> str:
     a = list(n.args) + [None] * (6 - len(n.args))
     if _pair(a[4] or 1) != (1, 1):
         raise _err(lw, n, "dilation is not supported for max pooling")
-    xin, kernel, stride, pads, shape = _pool_common(lw, n, a[1], a[2], a[3], bool(a[5]))
-    return lw.add(n, Op.MAXPOOL2D, [xin], shape, kernel=kernel, stride=stride, padding=pads)
+    xin, attrs, shape = _pool_common(lw, n, a[1], a[2], a[3], bool(a[5]))
+    return lw.add(n, Op.MAXPOOL2D, [xin], shape, **attrs)
 
 
 def _max_pool1d(lw: _Lowering, n) -> str:
     a = list(n.args) + [None] * (6 - len(n.args))
     if _pair(a[4] or 1) != (1, 1):
         raise _err(lw, n, "dilation is not supported for max pooling")
-    xin, kernel, stride, pads, shape = _pool_common(lw, n, (1, _pair(a[1])[0]),
-                                                    (1, _pair(a[2])[0]) if a[2] else None, (0, _pair(a[3] or 0)[0]),
-                                                    bool(a[5]))
-    return lw.add(n, Op.MAXPOOL2D, [xin], shape, kernel=kernel, stride=stride, padding=pads)
+    xin, attrs, shape = _pool_common(lw, n, (1, _pair(a[1])[0]), (1, _pair(a[2])[0]) if a[2] else None,
+                                     (0, _pair(a[3] or 0)[0]), bool(a[5]))
+    return lw.add(n, Op.MAXPOOL2D, [xin], shape, **attrs)
 
 
 def _avg_pool1d(lw: _Lowering, n) -> str:
     a = list(n.args) + [None] * (6 - len(n.args))
     count_include_pad = True if a[5] is None else bool(a[5])
-    xin, kernel, stride, pads, shape = _pool_common(lw, n, (1, _pair(a[1])[0]),
-                                                    (1, _pair(a[2])[0]) if a[2] else None, (0, _pair(a[3] or 0)[0]),
-                                                    bool(a[4]))
-    if any(pads) and not count_include_pad:
-        raise _err(lw, n, "count_include_pad=False with padding; qgen supports it only without padding")
-    return lw.add(n, Op.AVGPOOL2D, [xin], shape, kernel=kernel, stride=stride, padding=pads)
+    xin, attrs, shape = _pool_common(lw, n, (1, _pair(a[1])[0]), (1, _pair(a[2])[0]) if a[2] else None,
+                                     (0, _pair(a[3] or 0)[0]), bool(a[4]), count_include_pad)
+    return lw.add(n, Op.AVGPOOL2D, [xin], shape, **attrs)
 
 
 def _avg_pool2d(lw: _Lowering, n) -> str:
@@ -871,34 +890,93 @@ def _avg_pool2d(lw: _Lowering, n) -> str:
     count_include_pad = True if a[5] is None else bool(a[5])
     if a[6] is not None:
         raise _err(lw, n, "divisor_override is not supported")
-    xin, kernel, stride, pads, shape = _pool_common(lw, n, a[1], a[2], a[3], bool(a[4]))
-    if any(pads) and not count_include_pad:
-        raise _err(lw, n, "count_include_pad=False with padding; qgen supports it only without padding")
-    return lw.add(n, Op.AVGPOOL2D, [xin], shape, kernel=kernel, stride=stride, padding=pads)
+    xin, attrs, shape = _pool_common(lw, n, a[1], a[2], a[3], bool(a[4]), count_include_pad)
+    return lw.add(n, Op.AVGPOOL2D, [xin], shape, **attrs)
 
 
-def _adaptive_avg_pool2d(lw: _Lowering, n) -> str:
-    xin = lw.value(n.args[0])
-    h, w, c = lw.shape_of(xin)
-    oh, ow = _pair(n.args[1])
-    if h % oh or w % ow:
-        raise _err(lw, n, f"adaptive pooling {h}x{w} -> {oh}x{ow} needs sizes that divide evenly")
-    kernel = (h // oh, w // ow)
-    return lw.add(n, Op.AVGPOOL2D, [xin], (oh, ow, c), kernel=kernel, stride=kernel, padding=(0, 0, 0, 0))
+def adaptive_attrs(h: int, w: int, oh: int, ow: int) -> dict:
+    """PyTorch's adaptive windows (start floor(i*H/OH), end ceil((i+1)*H/OH)) as uniform sliding windows
+    where they are (kernel, stride, no padding: the fast kernels), else attrs adaptive=(OH, OW)."""
+    kernel, stride = [], []
+    for size, out in ((h, oh), (w, ow)):
+        starts = [i * size // out for i in range(out)]
+        sizes = {-(-(i + 1) * size // out) - s for i, s in enumerate(starts)}
+        steps = {b - a for a, b in zip(starts, starts[1:])} or {max(sizes)}
+        if len(sizes) != 1 or len(steps) != 1:
+            return {"adaptive": (oh, ow)}
+        kernel.append(sizes.pop())
+        stride.append(steps.pop())
+    return {"kernel": tuple(kernel), "stride": tuple(stride), "padding": (0, 0, 0, 0)}
 
 
-def _mean(lw: _Lowering, n) -> str:
-    xin = lw.value(n.args[0])
-    dims = n.args[1] if len(n.args) > 1 else None
-    keepdim = bool(n.args[2]) if len(n.args) > 2 else bool(n.kwargs.get("keepdim", False))
+def _adaptive_pool(op: Op):
+    def handler(lw: _Lowering, n) -> Any:
+        xin = lw.value(n.args[0])
+        h, w, c = lw.shape_of(xin)
+        size = n.args[1]
+        if len(n.args[0].meta["val"].shape) == 3:  # (1, C, L): a 1 x L image
+            oh, ow = 1, int(size[0] if isinstance(size, (list, tuple)) else size)
+        else:
+            oh, ow = size if isinstance(size, (list, tuple)) else (size, size)
+            oh, ow = int(oh if oh is not None else h), int(ow if ow is not None else w)
+        if op is Op.AVGPOOL2D:  # adaptive max returns (values, indices): no single shape to check
+            _check_shape(lw, n, (oh, ow, c))
+        out = lw.add(n, op, [xin], (oh, ow, c), **adaptive_attrs(h, w, oh, ow))
+        return out if op is Op.AVGPOOL2D else (out, None)  # max: (values, indices), _getitem picks
+    return handler
+
+
+def _reduce(kind: str):
+    """mean (aten.mean.dim), amax, max.dim: pooling over H and/or W, REDUCE over the channels."""
+    def handler(lw: _Lowering, n) -> Any:
+        a = list(n.args) + [None] * (3 - len(n.args))
+        dims = a[1] if a[1] is not None else n.kwargs.get("dim")
+        keepdim = bool(a[2] if a[2] is not None else n.kwargs.get("keepdim", False))
+        rank = len(n.args[0].meta["val"].shape)
+        dims = [dims] if isinstance(dims, int) else list(dims or range(1, rank))  # amax(dim=[]): every dim
+        dims = sorted({int(d) % rank for d in dims})
+        what = f"{'mean' if kind == 'mean' else 'max'} over dims {dims}"
+        if 0 in dims:
+            raise _err(lw, n, f"{what} reduces the batch dimension; qgen reduces C, H, W or L")
+        xin = lw.value(n.args[0])
+        out = _reduce_axes(lw, n, kind, xin, {ir_axis(d, rank) if rank > 2 else 0 for d in dims})
+        if not keepdim and rank - len(dims) < 2:
+            raise _err(lw, n, f"{what} without keepdim leaves a {rank - len(dims)}-D tensor; qgen's tensors keep the "
+                              "batch and one more dim: pass keepdim=True")
+        target = ir_shape_of(tuple(n.meta["val"][0].shape if n.target is aten.max.dim else n.meta["val"].shape))
+        if not keepdim and lw.shape_of(out) != target:
+            if not np.array_equal(torch_order(lw.shape_of(out), rank), torch_order(target, rank - len(dims))):
+                raise _err(lw, n, f"{what} without keepdim leaves a {rank - len(dims)}-D tensor whose elements lie "
+                                  "transposed in qgen's layout; pass keepdim=True")
+            out = _reshape_to(lw, n, out, target)
+        return (out, None) if n.target is aten.max.dim else out
+    return handler
+
+
+def _reduce_axes(lw: _Lowering, n, kind: str, xin: str, axes: set[int]) -> str:
+    """Mean or max of IR tensor xin over IR axes (0: H, 1: W, 2: channels; a vector's only axis is its last),
+    keeping them with size 1: one global pooling over H/W, then one REDUCE over the last axis."""
     shape = lw.shape_of(xin)
-    if len(shape) != 3 or dims is None or sorted(d % 4 for d in dims) != [2, 3]:
-        raise _err(lw, n, f"mean over dims {dims}; qgen supports the global average over H and W only")
-    h, w, c = shape
-    pooled = lw.add(n, Op.AVGPOOL2D, [xin], (1, 1, c), kernel=(h, w), stride=(h, w), padding=(0, 0, 0, 0))
-    if keepdim:
-        return pooled
-    return _reshape_to(lw, n, pooled, (c,))
+    out = xin
+    if len(shape) == 3 and axes & {0, 1}:
+        h, w, c = shape
+        kh, kw = (h if 0 in axes else 1), (w if 1 in axes else 1)
+        if kh * kw > 1:
+            op = Op.AVGPOOL2D if kind == "mean" else Op.MAXPOOL2D
+            out = lw.add(n, op, [xin], (h // kh, w // kw, c), kernel=(kh, kw), stride=(kh, kw), padding=(0, 0, 0, 0))
+    if len(shape) - 1 in axes and shape[-1] > 1:
+        out = lw.add(n, Op.REDUCE, [out], lw.shape_of(out)[:-1] + (1,), kind=kind)
+    return out
+
+
+def torch_order(ir_shape: tuple[int, ...], rank: int) -> np.ndarray:
+    """PyTorch's flat index of each element of an IR tensor of `ir_shape` holding a rank-`rank` tensor."""
+    if len(ir_shape) == 1:
+        return np.arange(ir_shape[0])
+    h, w, c = ir_shape
+    if rank == 3:  # (1, C, L) as (1, L, C)
+        return np.arange(c * w).reshape(c, w).T.reshape(-1)
+    return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
 
 
 def _reshape_to(lw: _Lowering, n, xin: str, shape: tuple[int, ...]) -> str:
@@ -1280,6 +1358,8 @@ def _dropout(lw: _Lowering, n) -> Any:
     return _same(lw, n)
 
 
+VALUES_AND_INDICES = {aten.adaptive_max_pool2d.default, aten.adaptive_max_pool1d.default, aten.max.dim}
+
 HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.conv2d.default: _conv2d,
     aten.conv1d.default: _conv1d,
@@ -1332,8 +1412,13 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.clamp_max.default: _clamp,
     aten.max_pool2d.default: _max_pool2d,
     aten.avg_pool2d.default: _avg_pool2d,
-    aten.adaptive_avg_pool2d.default: _adaptive_avg_pool2d,
-    aten.mean.dim: _mean,
+    aten.adaptive_avg_pool2d.default: _adaptive_pool(Op.AVGPOOL2D),
+    aten.adaptive_avg_pool1d.default: _adaptive_pool(Op.AVGPOOL2D),
+    aten.adaptive_max_pool2d.default: _adaptive_pool(Op.MAXPOOL2D),
+    aten.adaptive_max_pool1d.default: _adaptive_pool(Op.MAXPOOL2D),
+    aten.mean.dim: _reduce("mean"),
+    aten.amax.default: _reduce("max"),
+    aten.max.dim: _reduce("max"),
     aten.flatten.using_ints: _view,
     aten.unflatten.int: _view,
     aten.view.default: _view,

@@ -35,6 +35,7 @@ class Op(str, enum.Enum):
     CONCAT = "concat"  # along attrs["axis"] of the (batch-less) IR shape
     SOFTMAX = "softmax"  # over the last IR axis (channels / features)
     LUT = "lut"  # element-wise function through a 256-entry int8 table (sigmoid, tanh, ...)
+    REDUCE = "reduce"  # mean / max over the last IR axis (channels), kept with size 1: attrs["kind"]
     MUL = "mul"  # product of two activations; inputs[1] may be (1, 1, C) against (H, W, C) (broadcast)
     SUB = "sub"  # difference of two activations (aligned like add)
     MAXIMUM = "maximum"  # element-wise max of two activations (aligned like add)
@@ -108,6 +109,9 @@ class OpSpec:
     # QAT's fake-quantised integer twin (qat.py QATModule._node): (module, index, node, xs, step: qat.QATStep)
     # -> torch tensor on the integer grid; None: QAT refuses the op
     qat: Callable[..., Any] | None = None
+    # refines the kernel variant from the node (pool: "s8" -> "s8_windows" for clipped or adaptive windows);
+    # None: the variant alone decides (codegen/kernels.py variant)
+    form: Callable[["Graph", "Node", str], str] | None = None
 
 
 def _zero_macs(g, n) -> int:

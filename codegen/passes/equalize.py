@@ -24,12 +24,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Node, Op
-from ..ops import Trait, with_trait
+from ..ops import Trait, has, with_trait
 from ..reference import run_float
 from . import calibrate
 
 WEIGHTED = with_trait(Trait.WEIGHTED)
-PASS_THROUGH = with_trait(Trait.KEEPS_FORMAT)
+# scale-commuting: keeps each channel apart (a channel reduce mixes them) or flattens (checked below)
+PASS_THROUGH = tuple(op for op in with_trait(Trait.KEEPS_FORMAT) if has(op, Trait.CHANNELWISE) or op is Op.RESHAPE)
 MAX_K = 8
 CALIB_SAMPLES = 256
 

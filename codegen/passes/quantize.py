@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from ..errors import UserError
-from ..fixed import MAX_SHIFT, QFormat, frac_for_range
+from ..fixed import AVG_SHIFT, MAX_SHIFT, QFormat, avg_multiplier, frac_for_range
 from ..fixed import quantize as quantize_array
 from ..ir import Graph, Node
 from ..ops import SPEC
@@ -96,8 +96,7 @@ def avg_params(count: int) -> dict[str, int]:
     """Average = sum * avg_mult >> avg_shift (rounded). Exact for power-of-two windows."""
     if count & (count - 1) == 0:
         return {"avg_mult": 1, "avg_shift": count.bit_length() - 1}
-    shift = 23  # sum * mult <= 128 * 2**23 + 64 * count < 2**31 for count < 2**24
-    return {"avg_mult": int(round(2**shift / count)), "avg_shift": shift}
+    return {"avg_mult": avg_multiplier(count), "avg_shift": AVG_SHIFT}  # codegen/ops/pool.py: the average rule
 
 
 def _act_bounds(act: tuple, fmt: QFormat) -> tuple[int, int]:

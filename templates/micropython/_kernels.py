@@ -319,6 +319,54 @@ def _avgpool2d(x, y, p):
                 yo += 1
 
 
+def _maxpool2d_windows(x, y, p):
+    # explicit windows, clipped to the image: rows/cols hold (first, end, class) per output row/column
+    w, c, rows, cols = p
+    yo = 0
+    for r in range(0, len(rows), 3):
+        for q in range(0, len(cols), 3):
+            for ch in range(c):
+                m = -32768
+                for iy in range(rows[r], rows[r + 1]):
+                    xs = iy * w * c + ch
+                    for ix in range(cols[q], cols[q + 1]):
+                        v = x[xs + ix * c]
+                        if v > m:
+                            m = v
+                y[yo] = m
+                yo += 1
+
+
+def _avgpool2d_windows(x, y, p):
+    # each window's own divisor d: sum * mult[row class * col_classes + col class] (round(2**shr / d))
+    w, c, rows, cols, mult, ncls, rnd, shr, lo, hi = p
+    yo = 0
+    for r in range(0, len(rows), 3):
+        for q in range(0, len(cols), 3):
+            m = mult[rows[r + 2] * ncls + cols[q + 2]]
+            for ch in range(c):
+                acc = 0
+                for iy in range(rows[r], rows[r + 1]):
+                    xs = iy * w * c + ch
+                    for ix in range(cols[q], cols[q + 1]):
+                        acc += x[xs + ix * c]
+                acc = (acc * m + rnd) >> shr
+                y[yo] = lo if acc < lo else (hi if acc > hi else acc)
+                yo += 1
+
+
+def _reduce(x, y, p):
+    # mean (sum * avg_mult + rnd >> shr) or max over each row of `size` values (the last axis)
+    rows, size, is_max, avg_mult, rnd, shr, lo, hi = p
+    for r in range(rows):
+        row = x[r * size:(r + 1) * size]
+        if is_max:
+            y[r] = max(row)
+        else:
+            acc = (sum(row) * avg_mult + rnd) >> shr
+            y[r] = lo if acc < lo else (hi if acc > hi else acc)
+
+
 def _add(a, b, y, p):
     # align both inputs to a common frac (each with the rounding rule), add, requantise
     n, mul_a, rnd_a, shr_a, mul_b, rnd_b, shr_b, mul, rnd, shr, lo, hi = p

@@ -20,8 +20,10 @@ Layer specs (`op` and its fields):
     scalar    fn (mul | div | add | rsub | neg), c: x * c, x / c, x + c, c - x, -x (an affine op)
     prelu     per_channel, kind (normal | negative | big): nn.PReLU slopes
     relu | relu6 | hardtanh lo hi | clamp lo hi
-    maxpool   k, stride, pad            avgpool  k, stride, pad, include_pad
-    adaptive  out [oh, ow] (divides the input)      gap  how ("mean" | "mean_keepdim" | "adaptive")
+    maxpool   k, stride, pad, ceil      avgpool  k, stride, pad, include_pad, ceil (ceil_mode; absent: False)
+    adaptive  out [oh, ow] (any size), kind ("avg" | "max"; absent: avg)
+    gap       how ("mean" | "mean_keepdim" | "adaptive" | "amax" | "max_adaptive")
+    creduce   kind ("mean" | "max"): over the channels, keepdim (one channel left)
     flatten   (an image to a vector)
     res       body (shape-preserving layers; [] is x + x), relu: y = x + body(x) (then ReLU)
     cat       body: y = torch.cat([x, body(x)], dim=1) (channels / features double)
@@ -88,8 +90,10 @@ LONG = Limits(max_hw=20, max_c=6, max_ch=12, max_f=96, max_layers=9, max_body=3)
 # ------------------------------------------------------------------------------------ strategy
 
 
-def _out(size: int, k: int, s: int, p: int) -> int:
-    return (size + 2 * p - k) // s + 1
+def _out(size: int, k: int, s: int, p: int, ceil: bool = False) -> int:
+    """PyTorch's output size (ceil_mode: the last window starts inside the input or the left padding)."""
+    out = (size + 2 * p - k + (s - 1 if ceil else 0)) // s + 1
+    return out - 1 if ceil and (out - 1) * s >= size + p else out
 
 
 @st.composite
@@ -197,6 +201,7 @@ def specs(draw, lim: Limits = QUICK) -> dict:
             c, h, w = shape
             op = draw(st.sampled_from(["conv", "conv", "conv", "dw", "dw", "bn", "act", "act", "maxpool", "avgpool",
                                        "adaptive", "res", "res", "cat", "pad", "softmax", "gap", "flatten",
+                                       "creduce",
                                        "convt", "up", "norm"]))
             if op == "conv":
                 win = draw(_window(h, w, 5, pool=False))
@@ -251,16 +256,18 @@ def specs(draw, lim: Limits = QUICK) -> dict:
                 win = draw(_window(h, w, 3, pool=True))
                 if win is None:
                     continue
-                extra = {}
-                if op == "avgpool":  # count_include_pad=False is supported only without padding
-                    extra["include_pad"] = draw(st.booleans()) or win["pad"] != [0, 0]
+                extra = {"ceil": draw(st.booleans())}
+                if op == "avgpool":
+                    extra["include_pad"] = draw(st.booleans())
                 layers.append({"op": op, **win, **extra})
-                shape = (c, _out(h, *_kph(win, 0)), _out(w, *_kph(win, 1)))
-            elif op == "adaptive":
-                oh = draw(st.sampled_from([d for d in range(1, h + 1) if h % d == 0]))
-                ow = draw(st.sampled_from([d for d in range(1, w + 1) if w % d == 0]))
-                layers.append({"op": "adaptive", "out": [oh, ow]})
+                shape = layer_shape(layers[-1], shape)
+            elif op == "adaptive":  # any output size: uneven windows where the sizes do not divide
+                oh, ow = draw(st.integers(1, h + 1)), draw(st.integers(1, w + 1))
+                layers.append({"op": "adaptive", "out": [oh, ow], "kind": draw(st.sampled_from(["avg", "max"]))})
                 shape = (c, oh, ow)
+            elif op == "creduce":
+                layers.append({"op": "creduce", "kind": draw(st.sampled_from(["mean", "max"]))})
+                shape = (1, h, w)
             elif op == "res":
                 layers.append({"op": "res", "body": draw(_image_body(shape, lim)), "relu": draw(st.booleans())})
             elif op == "cat":
@@ -275,7 +282,8 @@ def specs(draw, lim: Limits = QUICK) -> dict:
             elif op == "softmax":
                 layers.append({"op": "softmax"})
             elif op == "gap":
-                layers.append({"op": "gap", "how": draw(st.sampled_from(["mean", "mean_keepdim", "adaptive"]))})
+                layers.append({"op": "gap", "how": draw(st.sampled_from(["mean", "mean_keepdim", "adaptive", "amax",
+                                                                          "max_adaptive"]))})
                 shape, flat_image = (c,), False
             else:
                 layers.append({"op": "flatten"})
@@ -347,9 +355,12 @@ def layer_shape(layer: dict, shape: tuple[int, ...]) -> tuple[int, ...]:
     op = layer["op"]
     if op in ("conv", "dw", "maxpool", "avgpool"):
         c = layer["out"] if op == "conv" else shape[0] * layer["mult"] if op == "dw" else shape[0]
-        return (c, _out(shape[1], *_kph(layer, 0)), _out(shape[2], *_kph(layer, 1)))
+        ceil = layer.get("ceil", False)
+        return (c, _out(shape[1], *_kph(layer, 0), ceil), _out(shape[2], *_kph(layer, 1), ceil))
     if op == "adaptive":
         return (shape[0], *layer["out"])
+    if op == "creduce":
+        return (1, *shape[1:])
     if op == "convt":
         return (layer["out"], *((shape[1 + i] - 1) * layer["stride"][i] - 2 * layer["pad"][i] + layer["k"][i]
                                 + layer["opad"][i] for i in range(2)))
@@ -384,13 +395,22 @@ class Clamp(nn.Module):
 
 
 class GlobalMean(nn.Module):
-    def __init__(self, keepdim: bool):
+    def __init__(self, keepdim: bool, amax: bool = False):
         super().__init__()
-        self.keepdim = keepdim
+        self.keepdim, self.amax = keepdim, amax
 
     def forward(self, x):
-        y = x.mean((2, 3), keepdim=self.keepdim)
+        y = x.amax((2, 3), keepdim=self.keepdim) if self.amax else x.mean((2, 3), keepdim=self.keepdim)
         return torch.flatten(y, 1) if self.keepdim else y
+
+
+class ChannelReduce(nn.Module):
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x):
+        return x.mean(1, keepdim=True) if self.kind == "mean" else x.amax(1, keepdim=True)
 
 
 class Residual(nn.Module):
@@ -528,15 +548,22 @@ def _module(layer: dict, shape: tuple[int, ...], rng: np.random.Generator) -> nn
     if op == "clamp":
         return Clamp(layer["lo"], layer["hi"])
     if op == "maxpool":
-        return nn.MaxPool2d(tuple(layer["k"]), tuple(layer["stride"]), tuple(layer["pad"]))
+        return nn.MaxPool2d(tuple(layer["k"]), tuple(layer["stride"]), tuple(layer["pad"]),
+                            ceil_mode=layer.get("ceil", False))
     if op == "avgpool":
         return nn.AvgPool2d(tuple(layer["k"]), tuple(layer["stride"]), tuple(layer["pad"]),
-                            count_include_pad=layer["include_pad"])
+                            count_include_pad=layer["include_pad"], ceil_mode=layer.get("ceil", False))
     if op == "adaptive":
-        return nn.AdaptiveAvgPool2d(tuple(layer["out"]))
+        kind = nn.AdaptiveMaxPool2d if layer.get("kind") == "max" else nn.AdaptiveAvgPool2d
+        return kind(tuple(layer["out"]))
+    if op == "creduce":
+        return ChannelReduce(layer["kind"])
     if op == "gap":
-        if layer["how"] == "adaptive":
-            return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        if layer["how"] in ("adaptive", "max_adaptive"):
+            kind = nn.AdaptiveMaxPool2d if layer["how"] == "max_adaptive" else nn.AdaptiveAvgPool2d
+            return nn.Sequential(kind(1), nn.Flatten())
+        if layer["how"] == "amax":
+            return GlobalMean(False, amax=True)
         return GlobalMean(layer["how"] == "mean_keepdim")
     if op == "flatten":
         return nn.Flatten()

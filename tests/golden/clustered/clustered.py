@@ -349,6 +349,54 @@ def _avgpool2d(x, y, p):
                 yo += 1
 
 
+def _maxpool2d_windows(x, y, p):
+    # explicit windows, clipped to the image: rows/cols hold (first, end, class) per output row/column
+    w, c, rows, cols = p
+    yo = 0
+    for r in range(0, len(rows), 3):
+        for q in range(0, len(cols), 3):
+            for ch in range(c):
+                m = -32768
+                for iy in range(rows[r], rows[r + 1]):
+                    xs = iy * w * c + ch
+                    for ix in range(cols[q], cols[q + 1]):
+                        v = x[xs + ix * c]
+                        if v > m:
+                            m = v
+                y[yo] = m
+                yo += 1
+
+
+def _avgpool2d_windows(x, y, p):
+    # each window's own divisor d: sum * mult[row class * col_classes + col class] (round(2**shr / d))
+    w, c, rows, cols, mult, ncls, rnd, shr, lo, hi = p
+    yo = 0
+    for r in range(0, len(rows), 3):
+        for q in range(0, len(cols), 3):
+            m = mult[rows[r + 2] * ncls + cols[q + 2]]
+            for ch in range(c):
+                acc = 0
+                for iy in range(rows[r], rows[r + 1]):
+                    xs = iy * w * c + ch
+                    for ix in range(cols[q], cols[q + 1]):
+                        acc += x[xs + ix * c]
+                acc = (acc * m + rnd) >> shr
+                y[yo] = lo if acc < lo else (hi if acc > hi else acc)
+                yo += 1
+
+
+def _reduce(x, y, p):
+    # mean (sum * avg_mult + rnd >> shr) or max over each row of `size` values (the last axis)
+    rows, size, is_max, avg_mult, rnd, shr, lo, hi = p
+    for r in range(rows):
+        row = x[r * size:(r + 1) * size]
+        if is_max:
+            y[r] = max(row)
+        else:
+            acc = (sum(row) * avg_mult + rnd) >> shr
+            y[r] = lo if acc < lo else (hi if acc > hi else acc)
+
+
 def _add(a, b, y, p):
     # align both inputs to a common frac (each with the rounding rule), add, requantise
     n, mul_a, rnd_a, shr_a, mul_b, rnd_b, shr_b, mul, rnd, shr, lo, hi = p
@@ -356,61 +404,6 @@ def _add(a, b, y, p):
         acc = ((a[i] * mul_a + rnd_a) >> shr_a) + ((b[i] * mul_b + rnd_b) >> shr_b)
         acc = (acc * mul + rnd) >> shr
         y[i] = lo if acc < lo else (hi if acc > hi else acc)
-
-
-def _aligned(a, b, p):
-    # sub / maximum / minimum: both inputs aligned like _add (codegen/ops/eltwise.py), yields (i, A, B)
-    n, mul_a, rnd_a, shr_a, mul_b, rnd_b, shr_b = p[:7]
-    for i in range(n):
-        yield i, (a[i] * mul_a + rnd_a) >> shr_a, (b[i] * mul_b + rnd_b) >> shr_b
-
-
-def _sub(a, b, y, p):
-    mul, rnd, shr, lo, hi = p[7:]
-    for i, va, vb in _aligned(a, b, p):
-        acc = ((va - vb) * mul + rnd) >> shr
-        y[i] = lo if acc < lo else (hi if acc > hi else acc)
-
-
-def _maximum(a, b, y, p):
-    mul, rnd, shr, lo, hi = p[7:]
-    for i, va, vb in _aligned(a, b, p):
-        acc = ((va if va > vb else vb) * mul + rnd) >> shr
-        y[i] = lo if acc < lo else (hi if acc > hi else acc)
-
-
-def _minimum(a, b, y, p):
-    mul, rnd, shr, lo, hi = p[7:]
-    for i, va, vb in _aligned(a, b, p):
-        acc = ((va if va < vb else vb) * mul + rnd) >> shr
-        y[i] = lo if acc < lo else (hi if acc > hi else acc)
-
-
-def _mul(a, b, y, p):
-    # a * b requantised once; b has n (same shape) or C elements (one pixel, used for every pixel)
-    n, bn, mul, rnd, shr, lo, hi = p
-    for i in range(0, n, bn):
-        for c in range(bn):
-            acc = (a[i + c] * b[c] * mul + rnd) >> shr
-            y[i + c] = lo if acc < lo else (hi if acc > hi else acc)
-
-
-def _affine(x, y, p):
-    n, mult, bias, mul, rnd, shr, lo, hi = p
-    for i in range(n):
-        acc = ((x[i] * mult + bias) * mul + rnd) >> shr
-        y[i] = lo if acc < lo else (hi if acc > hi else acc)
-
-
-def _prelu(x, y, p):
-    # x >= 0 ? x * 2^slope_frac : x * slope[c], one requantisation
-    n, one, mul, rnd, shr, lo, hi, slope = p
-    ch = len(slope)
-    for i in range(0, n, ch):
-        for c in range(ch):
-            v = x[i + c]
-            acc = (v * (one if v >= 0 else slope[c]) * mul + rnd) >> shr
-            y[i + c] = lo if acc < lo else (hi if acc > hi else acc)
 
 
 def _channel_affine(x, y, p):

@@ -1,0 +1,51 @@
+/* Pooling over explicit windows with int16 activations (the int8 twins: qg_pool2d_s8.c; the rules:
+ * codegen/ops/pool.py). Each window is clipped to the image beforehand; the average sums in int64
+ * (d values of |x| <= 2^15 times a multiplier up to 2^23) and divides by its own divisor d. */
+#include "qg_kernels.h"
+
+void qg_maxpool2d_windows_s16(const qg_pool2d_windows_params_t *p, const int16_t *restrict in,
+                              int16_t *restrict out)
+{
+    const int32_t ch = p->channels, in_w = p->in_w;
+    int32_t oy, ox, c, y, x;
+    for (oy = 0; oy < p->out_h; oy++) {
+        const int16_t *row = p->rows + 3 * oy;
+        for (ox = 0; ox < p->out_w; ox++, out += ch) {
+            const int16_t *col = p->cols + 3 * ox;
+            for (c = 0; c < ch; c++) {
+                int32_t max_i32 = -32768;
+                for (y = row[0]; y < row[1]; y++) {
+                    const int16_t *x_i16 = in + (y * in_w) * ch + c;
+                    for (x = col[0]; x < col[1]; x++) {
+                        max_i32 = x_i16[x * ch] > max_i32 ? x_i16[x * ch] : max_i32;
+                    }
+                }
+                out[c] = (int16_t)max_i32;
+            }
+        }
+    }
+}
+
+void qg_avgpool2d_windows_s16(const qg_pool2d_windows_params_t *p, const int16_t *restrict in,
+                              int16_t *restrict out)
+{
+    const int32_t ch = p->channels, in_w = p->in_w;
+    int32_t oy, ox, c, y, x;
+    for (oy = 0; oy < p->out_h; oy++) {
+        const int16_t *row = p->rows + 3 * oy;
+        for (ox = 0; ox < p->out_w; ox++, out += ch) {
+            const int16_t *col = p->cols + 3 * ox;
+            const int64_t mult = p->mult[row[2] * p->col_classes + col[2]]; /* round(2^avg_shift / d) */
+            for (c = 0; c < ch; c++) {
+                int64_t sum = 0;
+                for (y = row[0]; y < row[1]; y++) {
+                    const int16_t *x_i16 = in + (y * in_w) * ch + c;
+                    for (x = col[0]; x < col[1]; x++) {
+                        sum += x_i16[x * ch];
+                    }
+                }
+                out[c] = (int16_t)qg_requantize_wide(sum * mult, p->avg_shift, p->act_min, p->act_max);
+            }
+        }
+    }
+}
