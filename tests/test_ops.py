@@ -56,6 +56,9 @@ class AllOps(nn.Module):
         y = torch.cat([torch.relu(nn.functional.max_pool2d(y, 2)),
                        torch.sigmoid(nn.functional.avg_pool2d(y, 3, 2, 1, count_include_pad=False))], 1)  # clipped
         y = nn.functional.max_pool2d(nn.functional.pad(self.inorm(y), (0, 1, 1, 0)), 2)  # a pad no conv absorbs
+        if self.shuffle:  # matmul of two activations: (1, C, HW) @ (1, HW, C) @ (1, C, HW)
+            f = y.flatten(2)
+            y = ((f @ f.transpose(1, 2)) @ f).view(y.shape)
         y = torch.cat([y, y.mean(1, keepdim=True)], 1)  # reduce over channels
         return torch.softmax(self.ln(self.bn1d(torch.relu(self.fc(torch.flatten(y, 1))))), 1)
 

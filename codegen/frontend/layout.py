@@ -226,10 +226,16 @@ def view_target(lay: Layout, new: tuple[int, ...]) -> Layout:
 
 def move_innermost(lay: Layout, dim: int) -> Layout:
     """`lay` with PyTorch dim `dim` made one innermost physical axis (softmax over it, MATMUL's K)."""
+    return move_dims_innermost(lay, [dim])
+
+
+def move_dims_innermost(lay: Layout, dims) -> Layout:
+    """`lay` with PyTorch dims `dims` made the innermost physical axes, row-major in that order (the other
+    axes keep theirs): LayerNorm over the trailing dims."""
     order, size_of, groups = _tokens(lay)
-    dim %= len(groups)
-    rest = [t for t in order if t not in groups[dim]]
-    return _build(rest + groups[dim], size_of, groups)
+    dims = [d % len(groups) for d in dims]
+    moved = [t for d in dims for t in groups[d]]
+    return _build([t for t in order if t not in moved] + moved, size_of, groups)
 
 
 def transpose_plan(src: Layout, dst: Layout) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import math
 import re
 import sys
 import warnings
@@ -20,7 +19,7 @@ import torch
 
 from ..errors import UserError
 from ..ir import Graph, Node, Op, Tensor
-from ..ops import Trait, has, supported_torch
+from ..ops import supported_torch
 from ..ops.matmul import MAX_RANK as MAX_TRANSPOSE_RANK
 from . import layout
 from .layout import Layout
@@ -668,14 +667,61 @@ def _linear(lw: _Lowering, n) -> str:
     b = lw.param(n, b_arg)
     x_ir, lay = lw.raw(x)
     if len(lay.sizes) != 2 or lay.sizes[0] != 1:
-        raise _err(lw, n, f"Linear on a {len(lay.sizes)}-D input {list(lay.sizes)}; "
-                          "flatten first (qgen supports Linear on (1, F) inputs)")
+        return _linear_nd(lw, n, x, w, b)
     # any element order (a flattened channels-last image): column j weighs the element held at position j
     xin = lw.alias(x_ir, (lay.sizes[1],), source_of(n))
     w = w[:, lay.torch_index()]
     bias = b if b is not None else np.zeros(w.shape[0])
     wname, bname = lw.const(f"{n.name}_w", w), lw.const(f"{n.name}_b", bias)
     return lw.add(n, Op.LINEAR, [xin, wname, bname], (w.shape[0],))
+
+
+def _linear_nd(lw: _Lowering, n, x, w: np.ndarray, b) -> str:
+    """Linear over the last dim of an N-D tensor ((1, L, D) -> (1, L, O)): a 1x1 CONV2D over the other dims'
+    elements as pixels, the last dim innermost in the buffer (one copy first if it is not)."""
+    lay = lw.lay[x.name]
+    if lay.sizes[-1] != w.shape[1]:
+        raise _err(lw, n, f"Linear with {w.shape[1]} inputs on a tensor of shape {list(lay.sizes)}")
+    if lay.sizes[-1] > 1 and lay.innermost_dim() != len(lay.sizes) - 1:
+        lay = layout.move_innermost(lay, -1)
+    pixels, d, o = lay.size // lay.sizes[-1], lay.sizes[-1], w.shape[0]
+    xin = lw.value_in(x, lay, (1, pixels, d))
+    bias = b if b is not None else np.zeros(o)
+    wname, bname = lw.const(f"{n.name}_w", w[:, None, None, :]), lw.const(f"{n.name}_b", bias)
+    out = lw.add(n, Op.CONV2D, [xin, wname, bname], (1, pixels, o), stride=(1, 1), padding=(0, 0, 0, 0))
+    if d == 1:  # the last dim was absent from the buffer: it is the innermost axis now
+        sizes = lay.sizes[:-1] + (o,)
+        new = layout.Layout(lay.phys + (o,) if o > 1 else lay.phys, lay.dims[:-1] + (((len(lay.phys),) if o > 1
+                                                                                   else ()),))
+        assert new.sizes == sizes
+        return lw.bind(n, out, new)
+    return lw.bind(n, out, layout.resize_dim(lay, -1, o))
+
+
+def _matmul(lw: _Lowering, n) -> str:
+    """torch.matmul / @ / bmm / mm of two activations (attention: q @ k^T, attn @ v): MATMUL with A (batch, M,
+    K) and B (batch, N, K), K innermost in both; a metadata transpose of B (k.transpose(-2, -1)) is free, B
+    lying (K, N) is copied once."""
+    a, b = n.args[0], n.args[1]
+    if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node) and a.name in lw.lay
+            and b.name in lw.lay):
+        raise _err(lw, n, "matmul with a constant matrix; qgen multiplies two activations here. Use nn.Linear "
+                          "for a weight matrix.")
+    sa, sb = lw.lay[a.name].sizes, lw.lay[b.name].sizes
+    if len(sa) != len(sb) or len(sa) < 2 or sa[:-2] != sb[:-2] or sa[-1] != sb[-2]:
+        raise _err(lw, n, f"matmul of shapes {list(sa)} and {list(sb)}; qgen supports (..., M, K) @ (..., K, N) "
+                          "with equal leading dims (no broadcasting)")
+    r = len(sa)
+    batch, m, k, nn_ = int(np.prod(sa[:-2], dtype=np.int64)), sa[-2], sa[-1], sb[-1]
+    from ..ops.matmul import MAX_K
+
+    if k > MAX_K:
+        raise _err(lw, n, f"matmul over K={k}; the int32 sums are exact up to K={MAX_K}")
+    lead = tuple(range(r - 2))
+    xa = lw.value_in(a, layout.from_order(sa, lead + (r - 2, r - 1)), (batch, m, k))
+    xb = lw.value_in(b, layout.from_order(sb, lead + (r - 1, r - 2)), (batch, nn_, k))
+    out = lw.add(n, Op.MATMUL, [xa, xb], (batch, m, nn_))
+    return lw.bind(n, out, layout.from_order(_torch_sizes(n), tuple(range(r))))
 
 
 def _batch_norm(lw: _Lowering, n) -> str:
@@ -718,15 +764,24 @@ def _layer_norm(lw: _Lowering, n) -> str:
     a = list(n.args) + [None] * (5 - len(n.args))
     x, norm_shape, w_arg, b_arg = a[0], tuple(int(s) for s in a[1]), a[2], a[3]
     eps = float(a[4] if a[4] is not None else n.kwargs.get("eps", 1e-5))
-    xin = lw.value(x)
     torch_shape = tuple(int(s) for s in x.meta["val"].shape)
-    rank, k, ir = len(torch_shape), len(norm_shape), lw.shape_of(xin)
+    rank, k, ir = len(torch_shape), len(norm_shape), layout.canonical_shape(torch_shape)
     gamma, beta = _norm_affine(lw, n, w_arg, b_arg, norm_shape)
     if rank < 2 or torch_shape[0] != 1 or k >= rank:
         raise _err(lw, n, f"LayerNorm{list(norm_shape)} on an input of shape {list(torch_shape)}; qgen normalises "
                           "within one sample (batch 1, not over the batch dim)")
     dims = list(range(rank - k, rank))
     axes = [ir_axis(d, rank) for d in dims] if rank > 2 else [0]
+    lay = lw.lay.get(x.name)
+    if lay is not None and rank > 2:  # the normalised dims innermost, row-major: a copy only if they lie otherwise
+        inner = layout.move_dims_innermost(lay, dims)
+        if inner == lay or sorted(axes) != list(range(len(ir) - len(set(axes)), len(ir))):
+            span = int(np.prod(norm_shape))
+            xin = lw.value_in(x, inner, (lay.size // span, span))
+            gname, bname = lw.const(f"{n.name}_gamma", gamma.reshape(-1)), lw.const(f"{n.name}_beta", beta.reshape(-1))
+            return lw.bind(n, lw.add(n, Op.LAYER_NORM, [xin, gname, bname], lw.shape_of(xin), axes=1, eps=eps),
+                           inner)
+    xin = lw.value(x)
     if sorted(axes) != list(range(len(ir) - len(set(axes)), len(ir))) or len(set(axes)) != len(axes):
         raise _err(lw, n, f"LayerNorm{list(norm_shape)} normalises PyTorch dims {dims} of {list(torch_shape)}, "
                           f"which qgen holds as IR axes {axes} of {list(ir)}, not its innermost ones. qgen "
@@ -1134,6 +1189,10 @@ def _scalar(lw: _Lowering, arg) -> float | None:
 
 
 def _affine(lw: _Lowering, n, x, scale: float, offset: float) -> str:
+    if isinstance(x, torch.fx.Node) and x.name in lw.lay:  # element-wise: in the layout x lies in (no copy)
+        x_ir, lay = lw.raw(x)
+        return lw.bind(n, lw.add(n, Op.AFFINE, [x_ir], lw.shape_of(x_ir), scale=float(scale),
+                                 offset=float(offset)), lay)
     xin = lw.value(x)
     if not isinstance(xin, str):
         raise _err(lw, n, "arithmetic on constants only; qgen computes on activations (fold the constant)")
@@ -1438,6 +1497,9 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.split_with_sizes.default: _split,
     aten.chunk.default: _split,
     aten.unbind.int: _split,
+    aten.matmul.default: _matmul,
+    aten.bmm.default: _matmul,
+    aten.mm.default: _matmul,
     aten.expand.default: _same,
     aten.add.Tensor: _add,
     aten.add.Scalar: _add,

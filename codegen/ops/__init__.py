@@ -44,6 +44,7 @@ class Op(str, enum.Enum):
     PRELU = "prelu"  # x >= 0 ? x : x * alpha[c] (per-channel or one slope)
     TRANSPOSE = "transpose"  # physical permutation copy: attrs["perm"] over the IR axes (np.transpose)
     SLICE = "slice"  # [start, start + length) along IR axis attrs["axis"] (chunk, split, narrow, select)
+    MATMUL = "matmul"  # A (batch, M, K) x B (batch, N, K) -> (batch, M, N): two activations, K innermost
     CONV_TRANSPOSE2D = "conv_transpose2d"  # transposed conv (ConvTranspose1d/2d), gather form: no zero MACs
     RESIZE = "resize"  # nearest / bilinear upsampling (Upsample, F.interpolate) through per-axis tables
 

@@ -125,6 +125,76 @@ def c_slice_wide(b, index: int, n):
     return "qg_slice_params_t", slice_fields(b.g, n), f"qg_slice_s16(&{io.struct}, {io.ins[0]}, {io.out_expr});"
 
 
+# ---------------------------------------------------------------- matmul of two activations
+
+MAX_K = (1 << 31) // (128 * 128) - 1  # K int8 products of at most 2^14 each stay inside the int32 accumulator
+
+
+def matmul_shape(g, n) -> tuple[int, ...]:
+    (bt, m, _), (_, nn, _) = (g.tensors[t].shape for t in n.inputs)
+    return (bt, m, nn)
+
+
+def check_matmul(g, n) -> None:
+    sa, sb = (g.tensors[t].shape for t in n.inputs)
+    if len(sa) != 3 or len(sb) != 3 or sa[0] != sb[0] or sa[2] != sb[2] or sa[2] > MAX_K:
+        raise VerifyError(f"{n.where()}: matmul of A {sa} (batch, M, K) and B {sb} (batch, N, K)")
+
+
+def f_matmul(g, n, xs):
+    return np.einsum("zbmk,zbnk->zbmn", xs[0], xs[1])
+
+
+def i_matmul(g, n, xs):
+    # acc[m, n] = sum_k a[m, k] * b[n, k] exact in int32 (K <= MAX_K) at frac fa + fb; one requantisation
+    # (fixed.requantize: round half up, saturate) to the output format: shift = fa + fb - fo
+    from ..fixed import requantize
+
+    acc = np.einsum("zbmk,zbnk->zbmn", xs[0].astype(np.int64), xs[1].astype(np.int64))
+    return requantize(acc, n.attrs["shift"], n.attrs["act_min"], n.attrs["act_max"])
+
+
+def q_matmul(g, n, act) -> None:
+    from ..fixed import MAX_SHIFT
+    from ..passes import quantize as q
+
+    out = g.tensors[n.outputs[0]]
+    q._set_act(out, act(out.name))
+    fa, fb = (g.tensors[t].qformat.frac for t in n.inputs)
+    shift = max(-MAX_SHIFT, min(fa + fb - out.qformat.frac, MAX_SHIFT))
+    n.attrs.update(shift=int(shift), act_min=-128, act_max=127)
+
+
+def macs_matmul(g, n) -> int:
+    bt, m, nn = g.tensors[n.outputs[0]].shape
+    return bt * m * nn * g.tensors[n.inputs[0]].shape[2]
+
+
+def torch_matmul(node, xs, const):
+    return xs[0] @ xs[1].transpose(-2, -1)
+
+
+def qat_matmul(q, i: int, n, xs, s):
+    from ..qat import pow2, requant
+
+    return requant((xs[0] @ xs[1].transpose(-2, -1)) * pow2(-s.attrs["shift"]), s.attrs["act_min"],
+                   s.attrs["act_max"], s.ste)
+
+
+def kernel_matmul(variant: str) -> tuple[str, str]:
+    if variant != "s8":
+        raise ValueError(f"matmul has no {variant} kernel (int8 only)")
+    return "qg_matmul_s8", "qg_matmul_params_t"
+
+
+def c_matmul(b, index: int, n):
+    io = b.io(index, n)
+    bt, m, k = b.g.tensors[io.xs[0]].shape
+    fields = [("batch", bt), ("m", m), ("n", b.g.tensors[io.xs[1]].shape[1]), ("k", k), ("shift", n.attrs["shift"]),
+              ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+    return "qg_matmul_params_t", fields, f"qg_matmul_s8(&{io.struct}, {io.ins[0]}, {io.ins[1]}, {io.out_expr});"
+
+
 def _q_keep(g, n, act) -> None:
     from .layout import q_keep
 
@@ -146,4 +216,8 @@ SPECS = [
            _zero_macs, torch_slice, "chunk/split/narrow/slice/select/unbind/indexing", (),
            ("qg_slice_s8", "qg_slice_s16"), "a block range along one axis (copied)",
            kernel=kernel_slice, no_py=_NO_PY, emit_c=c_slice, emit_c_wide=c_slice_wide, qat=qat_slice),
+    OpSpec(Op.MATMUL, "matmul", Trait.CHOOSES_FORMAT | Trait.INT8_ONLY, matmul_shape, check_matmul, f_matmul,
+           i_matmul, q_matmul, macs_matmul, torch_matmul, "torch.matmul/@/bmm of two activations", (),
+           ("qg_matmul_s8",), "A (batch, M, K) times B (batch, N, K) transposed, int32 sums, one requantisation",
+           kernel=kernel_matmul, no_py=_NO_PY, emit_c=c_matmul, qat=qat_matmul),
 ]

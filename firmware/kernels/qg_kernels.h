@@ -404,6 +404,15 @@ typedef struct {
 } qg_slice_params_t;
 void qg_slice_s8(const qg_slice_params_t *p, const int8_t *restrict in, int8_t *restrict out);
 void qg_slice_s16(const qg_slice_params_t *p, const int16_t *restrict in, int16_t *restrict out);
+/* matmul (qg_matmul_s8.c): out[z, i, j] = requantize(sum_k a[z, i, k] * b[z, j, k], shift), a (batch, m, k),
+ * b (batch, n, k): both rows of k contiguous int8, int32 sums (k <= 131071) */
+typedef struct {
+    int32_t batch, m, n, k;
+    int8_t shift;
+    int8_t act_min, act_max;
+} qg_matmul_params_t;
+void qg_matmul_s8(const qg_matmul_params_t *p, const int8_t *restrict a, const int8_t *restrict b,
+                  int8_t *restrict out);
 /* ---- end of layout copies ---- */
 
 /* ---- normalisation (qg_norm_s8.c; the integer rules are written in codegen/ops/norm.py) ---- */

@@ -3,7 +3,6 @@ only where an op needs another layout (frontend/layout.py), and the float IR com
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 import torch.nn as nn
 
@@ -226,3 +225,51 @@ def test_slice_models_compile_and_c_equals_reference():
     x = torch.randn(16, 8, 5, 6)
     r = codegen.compile(ShuffleUnit().eval(), x[:1], x.numpy(), prefix="unit")
     assert r.verify(np.concatenate([x.numpy(), 8 * x.numpy()])).exact
+
+
+# ---- matmul of two activations, Linear over the last dim (attention)
+
+
+class Attention(nn.Module):
+    """LayerNorm -> q, k, v -> softmax(q k^T / sqrt(d)) v -> Linear -> residual add, on (1, L, D)."""
+
+    def __init__(self, d=16, norm=True):
+        super().__init__()
+        self.norm = nn.LayerNorm(d) if norm else nn.Identity()
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.scale = d ** -0.5
+
+    def forward(self, x):
+        h = self.norm(x)
+        q, k, v = self.q(h), self.k(h), self.v(h)
+        attn = torch.softmax(q @ k.transpose(-2, -1) * self.scale, dim=-1)
+        return x + self.o(attn @ v)
+
+
+def test_attention_block_float_ir_equals_torch():
+    torch.manual_seed(13)
+    g = _check(Attention(), torch.randn(1, 8, 16))
+    assert _count(g, Op.MATMUL) == 2
+    # q @ k^T copies nothing; attn @ v copies v^T; the (1, C, L) input convention puts D outermost: one copy
+    # in, one out
+    assert _count(g, Op.TRANSPOSE) == 3
+
+
+def test_linear_on_3d_is_a_pointwise_conv():
+    torch.manual_seed(14)
+    g = _check(nn.Sequential(nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 4)), torch.randn(1, 7, 5))
+    assert _count(g, Op.CONV2D) == 2
+
+
+def test_attention_compiles_and_c_equals_reference():
+    import codegen
+
+    torch.manual_seed(15)
+    model = Attention().eval()
+    x = torch.randn(32, 8, 16)
+    r = codegen.compile(model, x[:1], x.numpy(), prefix="attn")
+    assert r.verify(np.concatenate([x.numpy(), 4 * x.numpy()])).exact
+    with torch.no_grad():
+        expect = model(x[:4]).numpy()
+    got = r.predict(x[:4].numpy())
+    assert np.abs(got - expect).max() < 0.1 * np.abs(expect).max()
