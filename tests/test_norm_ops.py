@@ -182,21 +182,30 @@ def _reshape(g: Graph, src: str, shape) -> str:
 
 
 def _norm(g: Graph, rng, name: str, op: Op, src: str, eps: float, fin: int, fout: int, out: bool = True,
-          act_range=(-128, 127), gamma_scale: float = 1.0, **attrs) -> str:
+          act_range=(-128, 127), gamma_scale: float = 1.0, out_bits: int = 8, **attrs) -> str:
     from codegen.ops.norm import geometry
 
     probe = Node(name, op, [src], [name], attrs)
     rows, pixels, channels, groups = geometry(g, probe)
     gamma = rng.uniform(0.3, 1.7, channels) * gamma_scale * rng.choice([-1, 1], channels)
     beta = rng.uniform(-1, 1, channels)
-    a, gq, bq, fg, fb = norm_params(gamma, beta, eps, pixels * channels // groups, 8, fin, fout, name)
+    in_bits = 16 if g.tensors[src].dtype == "int16" else 8
+    a, gq, bq, fg, fb = norm_params(gamma, beta, eps, pixels * channels // groups, in_bits, fin, fout, name)
     g.tensors[f"{name}_g"] = const(f"{name}_g", gq, 16, fg)
     g.tensors[f"{name}_b"] = const(f"{name}_b", bq, 32, fb)
+    if out_bits == 16:
+        act_range = (-32768, 32767)
     y = _node(g, name, op, src, [f"{name}_g", f"{name}_b"], eps=eps, **attrs, **a, act_min=act_range[0],
               act_max=act_range[1])
+    if out_bits == 16:
+        _widen(g, y, fout)
     if out:
         g.outputs.append(y)
     return y
+
+
+def _widen(g: Graph, tensor: str, frac: int) -> None:
+    g.tensors[tensor].dtype, g.tensors[tensor].qformat = "int16", QFormat(16, frac)
 
 
 def _affine(g: Graph, rng, name: str, src: str, fin: int, fout: int, act_range=(-128, 127)) -> str:
@@ -212,8 +221,9 @@ def _affine(g: Graph, rng, name: str, src: str, fin: int, fout: int, act_range=(
     return y
 
 
-def norm_graph() -> Graph:
-    """Every case on one (420,) int8 input viewed as (1, 35, 12), (5, 7, 12), (1, 60, 7) and (1, 1, 420)."""
+def norm_graph(wide: bool = True) -> Graph:
+    """Every case on one (420,) int8 input viewed as (1, 35, 12), (5, 7, 12), (1, 60, 7) and (1, 1, 420); with
+    `wide`, int16 activations too: x -> layer norm (int8 -> int16) -> group norm (int16) -> layer norm (-> int8)."""
     rng = np.random.default_rng(5)
     g = Graph({"x": act("x", (420,), 4)}, [], ["x"], [], source="test")
     _norm(g, rng, "ln_420", Op.LAYER_NORM, "x", 1e-5, 4, 4, axes=1)
@@ -229,6 +239,12 @@ def norm_graph() -> Graph:
     _norm(g, rng, "gn_g1", Op.GROUP_NORM, img, 1e-3, 4, 4, groups=1)
     _affine(g, rng, "affine_vec", "x", 4, 3)
     _affine(g, rng, "affine_img_relu", img, 4, 5, act_range=(0, 127))
+    if wide:
+        w16 = _norm(g, rng, "ln_s8_to_s16", Op.LAYER_NORM, seq, 1e-5, 4, 12, out=False, out_bits=16, axes=1)
+        img16 = _reshape(g, w16, (5, 7, 12))
+        _widen(g, img16, 12)
+        gn16 = _norm(g, rng, "gn_s16", Op.GROUP_NORM, img16, 1e-5, 12, 11, out=False, out_bits=16, groups=4)
+        _norm(g, rng, "ln_s16_to_s8", Op.LAYER_NORM, gn16, 1e-5, 11, 4, axes=2)
     return finish(g)
 
 
@@ -433,13 +449,11 @@ def test_torch_end_to_end(name, tmp_path):
     assert sqnr > 20, f"{name}: integer model vs PyTorch SQNR {sqnr:.1f} dB"
 
 
-def test_layer_norm_over_a_non_innermost_dim_is_laid_out():
-    """(1, C, L) LayerNorm(L): L is not qgen's innermost axis there; the front end copies it innermost (one
-    TRANSPOSE in, one out) instead of refusing (issue 16: the compiler owns the layout)."""
+def test_layer_norm_over_a_non_innermost_dim_is_refused():
     import codegen
-    from codegen.ir import Op
+    from codegen.errors import UserError
 
-    class SeqLN(nn.Module):
+    class SeqLN(nn.Module):  # (1, C, L) LayerNorm(L): L is not qgen's innermost axis there
         def __init__(self):
             super().__init__()
             self.ln = nn.LayerNorm(10)
@@ -447,13 +461,8 @@ def test_layer_norm_over_a_non_innermost_dim_is_laid_out():
         def forward(self, x):
             return self.ln(x)
 
-    torch.manual_seed(0)
-    x = torch.randn(8, 4, 10)
-    r = codegen.compile(SeqLN().eval(), x[:1], x.numpy())
-    assert sum(n.op is Op.TRANSPOSE for n in r.graph.nodes) == 2
-    with torch.no_grad():
-        expect = SeqLN().eval()(x).numpy()
-    np.testing.assert_allclose(r.predict(x.numpy()), expect, atol=0.1)
+    with pytest.raises(UserError, match=r"LayerNorm\[10\] normalises PyTorch dims \[2\].*not its innermost"):
+        codegen.compile(SeqLN().eval(), torch.zeros(1, 4, 10))
 
 
 def test_qat_exact_twin_equals_the_integer_reference():
@@ -478,6 +487,28 @@ def test_micropython_kernels_bit_exact(which, tmp_path):
     and real MicroPython (the WebAssembly port through tests/mpy_runner.mjs) equals the reference."""
     from test_micropython import check_graph
 
-    g = GRAPHS[which]()
+    g = norm_graph(wide=False) if which == "norm" else GRAPHS[which]()
     x = _inputs(g, 4)
     check_graph(g, x[:6] if which == "large" else x, tmp_path, prefix="nm")
+
+
+@pytest.mark.parametrize("precision", [{"fc1": 16}, {"ln": 16}])
+def test_mixed_precision_layer_norm(precision, tmp_path):
+    """An int16 producer before the norm (qg_norm_wide int16 -> int8), or the norm raised to int16 output
+    (int8 -> int16): C (ASan/UBSan) == reference, and no less accurate than int8."""
+    import codegen
+    from codegen.hostcheck import SANITIZE_FLAGS, build_native, run_native
+
+    model, shape = _cases()["layer_norm_mlp"]
+    rng = np.random.default_rng(1)
+    calib = rng.standard_normal((128, *shape[1:])).astype(np.float32)
+    result = codegen.compile(model, torch.zeros(shape), calib, prefix="mp", out_dir=tmp_path / "out",
+                             precision=precision)
+    ln = next(n for n in result.graph.nodes if n.op is Op.LAYER_NORM)
+    dtypes = (result.graph.tensors[ln.inputs[0]].dtype, result.graph.tensors[ln.outputs[0]].dtype)
+    assert "int16" in dtypes, result.graph
+    x = rng.standard_normal((32, *shape[1:])).astype(np.float32)
+    x_i8 = result.quantize_input(x)
+    exe = build_native(tmp_path / "out", "mp", tmp_path / "asan", SANITIZE_FLAGS)
+    expect = result.reference(x_i8)
+    np.testing.assert_array_equal(run_native(exe, x_i8.reshape(len(x), -1), expect.shape[1]), expect)

@@ -228,21 +228,36 @@ def torch_norm(node, xs, const):
 
 
 def kernel_norm(variant: str) -> tuple[str, str]:
-    if variant != "s8":
-        raise ValueError(f"layer/group norm has only an int8 kernel, not {variant} (Trait.INT8_ONLY)")
-    return "qg_norm_s8", "qg_norm_params_t"
+    """qg_norm_s8 for int8 activations, qg_norm_wide (the widths in its struct) for any int16 one."""
+    if variant == "s8":
+        return "qg_norm_s8", "qg_norm_params_t"
+    if variant in ("s8_to_s16", "s16_to_s8", "s16"):
+        return "qg_norm_wide", "qg_norm_params_t"
+    raise ValueError(f"no layer/group norm kernel for variant {variant}")
+
+
+def _norm_fields(b, io, n, in_bits: int, out_bits: int) -> list[tuple[str, object]]:
+    rows, pixels, channels, groups = geometry(b.g, n)
+    gamma = b.const_tensor(io.sym, n.inputs[1], "gamma")
+    beta = b.const_tensor(io.sym, n.inputs[2], "beta")
+    return [("rows", rows), ("pixels", pixels), ("channels", channels), ("groups", groups),
+            ("eps", int(n.attrs["eps_q"])), ("xhat_frac", n.attrs["xhat_frac"]),
+            ("bias_shift", n.attrs["bias_shift"]), ("out_shift", n.attrs["out_shift"]), ("in_bits", in_bits),
+            ("out_bits", out_bits), ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]),
+            ("gamma", gamma), ("beta", beta)]
 
 
 def c_norm(b, index: int, n):
     io = b.io(index, n)
-    rows, pixels, channels, groups = geometry(b.g, n)
-    gamma = b.const_tensor(io.sym, n.inputs[1], "gamma")
-    beta = b.const_tensor(io.sym, n.inputs[2], "beta")
-    fields = [("rows", rows), ("pixels", pixels), ("channels", channels), ("groups", groups),
-              ("eps", int(n.attrs["eps_q"])), ("xhat_frac", n.attrs["xhat_frac"]),
-              ("bias_shift", n.attrs["bias_shift"]), ("out_shift", n.attrs["out_shift"]),
-              ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]), ("gamma", gamma), ("beta", beta)]
-    return "qg_norm_params_t", fields, f"qg_norm_s8(&{io.struct}, {io.ins[0]}, {io.out_expr});"
+    return ("qg_norm_params_t", _norm_fields(b, io, n, 8, 8),
+            f"qg_norm_s8(&{io.struct}, {io.ins[0]}, {io.out_expr});")
+
+
+def c_norm_wide(b, index: int, n):
+    """An int16 input or output: qg_norm_wide on the untyped buffers, widths in the struct."""
+    io = b.io(index, n, wide=True)
+    return ("qg_norm_params_t", _norm_fields(b, io, n, io.bits[io.xs[0]], io.bits[io.out]),
+            f"qg_norm_wide(&{io.struct}, {io.raw[0]}, {io.out_raw});")
 
 
 def _py_int_array(b, sym: str, tensor: str, role: str, typecode: str, nbytes: int) -> str:
@@ -436,15 +451,17 @@ SPECS = [
            ("qg_channel_affine_s8",),
            "x * scale[c] + offset[c], int16 scale per channel, fused clamp (a BatchNorm fold_bn cannot fold)",
            kernel=kernel_affine, emit_py=py_affine, emit_c=c_affine, qat=qat_affine),
-    OpSpec(Op.LAYER_NORM, "norm", Trait.IN_PLACE | Trait.KEEPS_ORDER | Trait.INT8_ONLY,
+    OpSpec(Op.LAYER_NORM, "norm", Trait.IN_PLACE | Trait.KEEPS_ORDER | Trait.CHOOSES_FORMAT,
            same_shape, check_norm, f_norm, i_norm, q_norm, macs_norm, torch_norm,
-           "LayerNorm (over the innermost IR axes)", ("LayerNormalization",), ("qg_norm_s8",),
+           "LayerNorm (over the innermost IR axes)", ("LayerNormalization",), ("qg_norm_s8", "qg_norm_wide"),
            "layer norm over the trailing IR axes: exact integer statistics, integer rsqrt, one requantisation",
-           kernel=kernel_norm, emit_py=py_norm, emit_c=c_norm, qat=qat_norm),
-    OpSpec(Op.GROUP_NORM, "norm", Trait.IN_PLACE | Trait.KEEPS_ORDER | Trait.INT8_ONLY,
+           kernel=kernel_norm, emit_py=py_norm, emit_c=c_norm, emit_c_wide=c_norm_wide,
+           qat=qat_norm),
+    OpSpec(Op.GROUP_NORM, "norm", Trait.IN_PLACE | Trait.KEEPS_ORDER | Trait.CHOOSES_FORMAT,
            same_shape, check_norm, f_norm, i_norm, q_norm, macs_norm, torch_norm,
            "GroupNorm, InstanceNorm (affine, no running stats)",
-           ("GroupNormalization", "InstanceNormalization"), ("qg_norm_s8",),
+           ("GroupNormalization", "InstanceNormalization"), ("qg_norm_s8", "qg_norm_wide"),
            "group norm over H*W*C/G per group: exact integer statistics, integer rsqrt, one requantisation",
-           kernel=kernel_norm, emit_py=py_norm, emit_c=c_norm, qat=qat_norm),
+           kernel=kernel_norm, emit_py=py_norm, emit_c=c_norm, emit_c_wide=c_norm_wide,
+           qat=qat_norm),
 ]

@@ -282,12 +282,6 @@ typedef struct {
 void qg_conv2d_s8_to_s16(const qg_conv2d_wide_params_t *p, const int8_t *restrict in, int16_t *restrict out);
 void qg_conv2d_s16_to_s8(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int8_t *restrict out);
 void qg_conv2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int16_t *restrict out);
-/* transposed convolution with int16 activations (qg_upsample_s8.c): weights in phase order, no scratch */
-void qg_conv_transpose2d_s8_to_s16(const qg_conv2d_wide_params_t *p, const int8_t *restrict in,
-                                   int16_t *restrict out);
-void qg_conv_transpose2d_s16_to_s8(const qg_conv2d_wide_params_t *p, const int16_t *restrict in,
-                                   int8_t *restrict out);
-void qg_conv_transpose2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int16_t *restrict out);
 void qg_depthwise_conv2d_s8_to_s16(const qg_conv2d_wide_params_t *p, const int8_t *restrict in,
                                    int16_t *restrict out);
 void qg_depthwise_conv2d_s16_to_s8(const qg_conv2d_wide_params_t *p, const int16_t *restrict in,
@@ -404,15 +398,6 @@ typedef struct {
 } qg_slice_params_t;
 void qg_slice_s8(const qg_slice_params_t *p, const int8_t *restrict in, int8_t *restrict out);
 void qg_slice_s16(const qg_slice_params_t *p, const int16_t *restrict in, int16_t *restrict out);
-/* matmul (qg_matmul_s8.c): out[z, i, j] = requantize(sum_k a[z, i, k] * b[z, j, k], shift), a (batch, m, k),
- * b (batch, n, k): both rows of k contiguous int8, int32 sums (k <= 131071) */
-typedef struct {
-    int32_t batch, m, n, k;
-    int8_t shift;
-    int8_t act_min, act_max;
-} qg_matmul_params_t;
-void qg_matmul_s8(const qg_matmul_params_t *p, const int8_t *restrict a, const int8_t *restrict b,
-                  int8_t *restrict out);
 /* ---- end of layout copies ---- */
 
 /* ---- normalisation (qg_norm_s8.c; the integer rules are written in codegen/ops/norm.py) ---- */
@@ -426,11 +411,14 @@ typedef struct {
     int32_t xhat_frac;    /* F_h: fraction bits of x-hat, 30 - ceil(log2(count) / 2) */
     int32_t bias_shift;   /* beta << bias_shift is at frac F_h + gamma_frac, 0..24 */
     int32_t out_shift;    /* F_h + gamma_frac - out_frac, 0..62 */
-    int8_t act_min, act_max;
+    uint8_t in_bits, out_bits; /* 8 or 16: the activation widths (qg_norm_wide; qg_norm_s8 takes 8 and 8) */
+    int16_t act_min, act_max;
     const int16_t *gamma; /* (channels) */
     const int32_t *beta;  /* (channels) */
 } qg_norm_params_t;
 void qg_norm_s8(const qg_norm_params_t *p, const int8_t *in, int8_t *out);
+/* any mix of int8 / int16 activations (in_bits, out_bits; int16 sets hold at most 2^15 values) */
+void qg_norm_wide(const qg_norm_params_t *p, const void *in, void *out);
 /* out = clamp(round_shift(x * scale[c] + offset[c], shift[c])): per-channel affine (c = index % channels),
  * a BatchNorm that cannot be folded. Element-wise: out may be in. */
 typedef struct {

@@ -76,7 +76,25 @@ static inline int32_t qg_norm_shift_i32(int64_t acc, int32_t shift)
     return (int32_t)lo;
 }
 
-void qg_norm_s8(const qg_norm_params_t *p, const int8_t *in, int8_t *out)
+static inline int32_t qg_norm_load(const void *x, int32_t i, int32_t bits)
+{
+    return bits == 16 ? ((const int16_t *)x)[i] : ((const int8_t *)x)[i];
+}
+
+static inline void qg_norm_store(void *y, int32_t i, int32_t bits, int32_t v)
+{
+    if (bits == 16) {
+        ((int16_t *)y)[i] = (int16_t)v;
+    } else {
+        ((int8_t *)y)[i] = (int8_t)v;
+    }
+}
+
+/* The whole norm for activation widths in_bits / out_bits (8 or 16); the int8 entry point passes constants,
+ * so the compiler drops the width tests from its loops. Bounds (codegen/ops/norm.py MAX_SET): |sum| < 2^31,
+ * |count * x - sum| <= count * (2^bits - 1) < 2^31, sum(x^2) and W in int64. */
+static inline void qg_norm_core(const qg_norm_params_t *p, const void *in, int32_t in_bits, void *out,
+                                int32_t out_bits)
 {
     const int32_t rows = p->rows, pixels = p->pixels, channels = p->channels, groups = p->groups;
     const int32_t cg = channels / groups;
@@ -95,12 +113,13 @@ void qg_norm_s8(const qg_norm_params_t *p, const int8_t *in, int8_t *out)
             int32_t sum_i32 = 0, e, inv_i32, shift;
             int64_t sumsq_i64 = 0;
             uint64_t w;
-            /* exact statistics: |sum| <= 128 * count <= 2^29, sum(x^2) <= 2^14 * count */
+            /* exact statistics */
             for (px = 0; px < pixels; px++) {
-                const int8_t *x = in + row + px * channels + c0;
+                const int32_t at = row + px * channels + c0;
                 for (c = 0; c < cg; c++) {
-                    sum_i32 += x[c];
-                    sumsq_i64 += (int32_t)x[c] * x[c];
+                    const int32_t x = qg_norm_load(in, at + c, in_bits);
+                    sum_i32 += x;
+                    sumsq_i64 += (int64_t)x * x;
                 }
             }
             /* W = count^2 * (var + eps) * 2^(2 in_frac) >= 1, < 2^62 (norm_params checks the bound) */
@@ -110,7 +129,8 @@ void qg_norm_s8(const qg_norm_params_t *p, const int8_t *in, int8_t *out)
             for (px = 0; px < pixels; px++) {
                 const int32_t at = row + px * channels + c0;
                 for (c = 0; c < cg; c++) {
-                    const int32_t d_i32 = count * in[at + c] - sum_i32; /* count * (x - mean), exact */
+                    /* count * (x - mean), exact */
+                    const int32_t d_i32 = (int32_t)((int64_t)count * qg_norm_load(in, at + c, in_bits) - sum_i32);
                     const int32_t xhat_i32 = qg_norm_shift_i32((int64_t)d_i32 * inv_i32, shift);
                     const int64_t acc_i64 = (int64_t)xhat_i32 * gamma[c0 + c] + (int64_t)beta[c0 + c] * bias_scale;
                     int32_t y_i32;
@@ -120,11 +140,21 @@ void qg_norm_s8(const qg_norm_params_t *p, const int8_t *in, int8_t *out)
                     } else {
                         y_i32 = qg_requantize_wide(acc_i64, out_shift, act_min, act_max);
                     }
-                    out[at + c] = (int8_t)y_i32;
+                    qg_norm_store(out, at + c, out_bits, y_i32);
                 }
             }
         }
     }
+}
+
+void qg_norm_s8(const qg_norm_params_t *p, const int8_t *in, int8_t *out)
+{
+    qg_norm_core(p, in, 8, out, 8);
+}
+
+void qg_norm_wide(const qg_norm_params_t *p, const void *in, void *out)
+{
+    qg_norm_core(p, in, p->in_bits, out, p->out_bits);
 }
 
 void qg_channel_affine_s8(const qg_channel_affine_params_t *p, const int8_t *in, int8_t *out)
