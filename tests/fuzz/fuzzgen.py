@@ -7,8 +7,9 @@ on extreme and random int8 inputs. A failing case is therefore a literal dict th
 into tests/fuzz/test_regressions.py and replayed without hypothesis.
 
 Layer specs (`op` and its fields):
-    conv      out, k [kh, kw], stride [sh, sw], pad [ph, pw], bias, w, wexp, b, bexp
-    dw        mult (depthwise multiplier), k, stride, pad, bias, w, wexp, b, bexp
+    conv      out, k [kh, kw], stride [sh, sw], pad [ph, pw], dil [dh, dw] (absent: 1), groups (absent: 1),
+              bias, w, wexp, b, bexp
+    dw        mult (depthwise multiplier), k, stride, pad, dil, bias, w, wexp, b, bexp
     linear    out, bias, w, wexp, b, bexp
     bn        kind ("normal" | "extreme": tiny variances, large and zero gammas); a vector BN that is
               not after a Linear becomes a channel_affine
@@ -107,7 +108,8 @@ def _weights(draw) -> dict:
 
 @st.composite
 def _window(draw, h: int, w: int, max_k: int, pool: bool) -> dict | None:
-    """Kernel, stride, padding (per dimension) with an output of at least 1x1; torch's pool rule pad <= k/2."""
+    """Kernel, stride, padding (per dimension) with an output of at least 1x1; torch's pool rule pad <= k/2.
+    Convolutions also draw a dilation (1 mostly; 2, 3)."""
     kh, kw = draw(st.integers(1, max_k)), draw(st.integers(1, max_k))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     ph = draw(st.integers(0, kh // 2 if pool else 2))
@@ -115,9 +117,11 @@ def _window(draw, h: int, w: int, max_k: int, pool: bool) -> dict | None:
     kh, kw = min(kh, h + 2 * ph), min(kw, w + 2 * pw)
     if pool:
         ph, pw = min(ph, kh // 2), min(pw, kw // 2)
-    if _out(h, kh, sh, ph) < 1 or _out(w, kw, sw, pw) < 1:
+    dil = [1, 1] if pool else [draw(st.sampled_from([1, 1, 1, 2, 3])) for _ in range(2)]
+    win = {"k": [kh, kw], "stride": [sh, sw], "pad": [ph, pw], **({"dil": dil} if dil != [1, 1] else {})}
+    if _out(h, *_kph(win, 0)) < 1 or _out(w, *_kph(win, 1)) < 1:
         return None
-    return {"k": [kh, kw], "stride": [sh, sw], "pad": [ph, pw]}
+    return win
 
 
 LUT_FNS = ("sigmoid", "tanh", "hardsigmoid", "hardswish", "silu", "gelu", "gelu_tanh", "leaky_relu", "elu")
@@ -207,7 +211,11 @@ def specs(draw, lim: Limits = QUICK) -> dict:
                 win = draw(_window(h, w, 5, pool=False))
                 if win is None:
                     continue
-                layers.append({"op": "conv", "out": draw(st.integers(1, lim.max_ch)), **win, **draw(_weights())})
+                out = draw(st.integers(1, lim.max_ch))
+                groups = draw(st.sampled_from([1, 1] + [d for d in range(2, c + 1) if c % d == 0]))
+                out = groups * max(1, out // groups)  # grouped: out a multiple of groups
+                layers.append({"op": "conv", "out": out, **win, **({"groups": groups} if groups > 1 else {}),
+                               **draw(_weights())})
                 shape = (layers[-1]["out"], _out(h, *_kph(win, 0)), _out(w, *_kph(win, 1)))
             elif op == "dw":
                 win = draw(_window(h, w, 5, pool=False))
@@ -328,7 +336,8 @@ def specs(draw, lim: Limits = QUICK) -> dict:
 
 
 def _kph(win: dict, axis: int) -> tuple[int, int, int]:
-    return win["k"][axis], win["stride"][axis], win["pad"][axis]
+    """(extent of the (dilated) window, stride, padding) along one axis."""
+    return win.get("dil", [1, 1])[axis] * (win["k"][axis] - 1) + 1, win["stride"][axis], win["pad"][axis]
 
 
 def tap_ok(spec: dict) -> bool:
@@ -507,9 +516,9 @@ def _module(layer: dict, shape: tuple[int, ...], rng: np.random.Generator) -> nn
     op = layer["op"]
     if op in ("conv", "dw"):
         cin = shape[0]
-        cout, groups = (layer["out"], 1) if op == "conv" else (cin * layer["mult"], cin)
-        m = nn.Conv2d(cin, cout, tuple(layer["k"]), tuple(layer["stride"]), tuple(layer["pad"]), groups=groups,
-                      bias=layer["bias"])
+        cout, groups = (layer["out"], layer.get("groups", 1)) if op == "conv" else (cin * layer["mult"], cin)
+        m = nn.Conv2d(cin, cout, tuple(layer["k"]), tuple(layer["stride"]), tuple(layer["pad"]),
+                      tuple(layer.get("dil", [1, 1])), groups=groups, bias=layer["bias"])
         _set_weights(m, layer, rng)
         return m
     if op == "linear":
