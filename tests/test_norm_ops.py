@@ -449,11 +449,13 @@ def test_torch_end_to_end(name, tmp_path):
     assert sqnr > 20, f"{name}: integer model vs PyTorch SQNR {sqnr:.1f} dB"
 
 
-def test_layer_norm_over_a_non_innermost_dim_is_refused():
+def test_layer_norm_over_a_non_innermost_dim_is_laid_out():
+    """(1, C, L) LayerNorm(L): L is not qgen's innermost axis there; the front end copies it innermost (one
+    TRANSPOSE in, one out) instead of refusing (issue 16: the compiler owns the layout)."""
     import codegen
-    from codegen.errors import UserError
+    from codegen.ir import Op
 
-    class SeqLN(nn.Module):  # (1, C, L) LayerNorm(L): L is not qgen's innermost axis there
+    class SeqLN(nn.Module):
         def __init__(self):
             super().__init__()
             self.ln = nn.LayerNorm(10)
@@ -461,8 +463,13 @@ def test_layer_norm_over_a_non_innermost_dim_is_refused():
         def forward(self, x):
             return self.ln(x)
 
-    with pytest.raises(UserError, match=r"LayerNorm\[10\] normalises PyTorch dims \[2\].*not its innermost"):
-        codegen.compile(SeqLN().eval(), torch.zeros(1, 4, 10))
+    torch.manual_seed(0)
+    x = torch.randn(8, 4, 10)
+    r = codegen.compile(SeqLN().eval(), x[:1], x.numpy())
+    assert sum(n.op is Op.TRANSPOSE for n in r.graph.nodes) == 2
+    with torch.no_grad():
+        expect = SeqLN().eval()(x).numpy()
+    np.testing.assert_allclose(r.predict(x.numpy()), expect, atol=0.1)
 
 
 def test_qat_exact_twin_equals_the_integer_reference():

@@ -76,85 +76,107 @@ static inline int32_t qg_norm_shift_i32(int64_t acc, int32_t shift)
     return (int32_t)lo;
 }
 
-static inline int32_t qg_norm_load(const void *x, int32_t i, int32_t bits)
+/* The reciprocal square root of one statistics set: W = count^2 * (var + eps) * 2^(2 in_frac) (>= 1, < 2^62:
+ * norm_params checks the bound), inv and the x-hat shift 60 - e - xhat_frac (0..60). */
+static inline int32_t qg_norm_set_rsqrt(const qg_norm_params_t *p, int32_t count, int32_t sum_i32, int64_t sumsq_i64,
+                                        int32_t *shift)
 {
-    return bits == 16 ? ((const int16_t *)x)[i] : ((const int8_t *)x)[i];
+    const uint64_t w = (uint64_t)((int64_t)count * sumsq_i64 - (int64_t)sum_i32 * sum_i32 + p->eps);
+    int32_t e;
+    const int32_t inv_i32 = qg_norm_rsqrt(w, &e);
+    *shift = 60 - e - p->xhat_frac;
+    return inv_i32;
 }
 
-static inline void qg_norm_store(void *y, int32_t i, int32_t bits, int32_t v)
+/* One output from d = count * (x - mean) (exact): x-hat in int32, x-hat * gamma + beta << bias_shift in
+ * int64, then the one requantisation (out_shift >= 33, the usual case: qg_round_shift64 on the high word). */
+static inline int32_t qg_norm_element(int32_t d_i32, int32_t inv_i32, int32_t shift, int32_t gamma, int32_t beta,
+                                      int32_t bias_scale, int32_t out_shift, int32_t act_min, int32_t act_max)
 {
-    if (bits == 16) {
-        ((int16_t *)y)[i] = (int16_t)v;
-    } else {
-        ((int8_t *)y)[i] = (int8_t)v;
+    const int32_t xhat_i32 = qg_norm_shift_i32((int64_t)d_i32 * inv_i32, shift);
+    const int64_t acc_i64 = (int64_t)xhat_i32 * gamma + (int64_t)beta * bias_scale;
+    if (out_shift >= 33) {
+        return qg_saturate(qg_round_shift((int32_t)(acc_i64 >> 32), out_shift - 32), act_min, act_max);
     }
+    return qg_requantize_wide(acc_i64, out_shift, act_min, act_max);
 }
 
-/* The whole norm for activation widths in_bits / out_bits (8 or 16); the int8 entry point passes constants,
- * so the compiler drops the width tests from its loops. Bounds (codegen/ops/norm.py MAX_SET): |sum| < 2^31,
- * |count * x - sum| <= count * (2^bits - 1) < 2^31, sum(x^2) and W in int64. */
-static inline void qg_norm_core(const qg_norm_params_t *p, const void *in, int32_t in_bits, void *out,
-                                int32_t out_bits)
+/* int8 in and out. Bounds (codegen/ops/norm.py MAX_SET, count <= 2^22): |sum| <= 2^29,
+ * |count * x - sum| <= 255 count < 2^31, x^2 <= 2^14. */
+void qg_norm_s8(const qg_norm_params_t *p, const int8_t *in, int8_t *out)
 {
-    const int32_t rows = p->rows, pixels = p->pixels, channels = p->channels, groups = p->groups;
-    const int32_t cg = channels / groups;
-    const int32_t count = pixels * cg;
-    const int64_t eps = p->eps;
-    const int32_t xhat_frac = p->xhat_frac, out_shift = p->out_shift;
-    const int32_t act_min = p->act_min, act_max = p->act_max;
+    const int32_t pixels = p->pixels, channels = p->channels, cg = channels / p->groups;
+    const int32_t count = pixels * cg, out_shift = p->out_shift, act_min = p->act_min, act_max = p->act_max;
     const int32_t bias_scale = (int32_t)(1u << (uint32_t)p->bias_shift); /* bias_shift <= 24 */
     const int16_t *gamma = p->gamma;
     const int32_t *beta = p->beta;
     int32_t r, g, px, c;
-    for (r = 0; r < rows; r++) {
-        const int32_t row = r * pixels * channels;
-        for (g = 0; g < groups; g++) {
-            const int32_t c0 = g * cg;
-            int32_t sum_i32 = 0, e, inv_i32, shift;
+    for (r = 0; r < p->rows; r++) {
+        for (g = 0; g < p->groups; g++) {
+            const int32_t first = r * pixels * channels + g * cg, c0 = g * cg;
+            int32_t sum_i32 = 0, inv_i32, shift;
             int64_t sumsq_i64 = 0;
-            uint64_t w;
-            /* exact statistics */
             for (px = 0; px < pixels; px++) {
-                const int32_t at = row + px * channels + c0;
+                const int8_t *x = in + first + px * channels;
                 for (c = 0; c < cg; c++) {
-                    const int32_t x = qg_norm_load(in, at + c, in_bits);
-                    sum_i32 += x;
-                    sumsq_i64 += (int64_t)x * x;
+                    sum_i32 += x[c];
+                    sumsq_i64 += (int32_t)x[c] * x[c];
                 }
             }
-            /* W = count^2 * (var + eps) * 2^(2 in_frac) >= 1, < 2^62 (norm_params checks the bound) */
-            w = (uint64_t)((int64_t)count * sumsq_i64 - (int64_t)sum_i32 * sum_i32 + eps);
-            inv_i32 = qg_norm_rsqrt(w, &e);
-            shift = 60 - e - xhat_frac; /* 0..60 */
+            inv_i32 = qg_norm_set_rsqrt(p, count, sum_i32, sumsq_i64, &shift);
             for (px = 0; px < pixels; px++) {
-                const int32_t at = row + px * channels + c0;
+                const int32_t at = first + px * channels;
                 for (c = 0; c < cg; c++) {
-                    /* count * (x - mean), exact */
-                    const int32_t d_i32 = (int32_t)((int64_t)count * qg_norm_load(in, at + c, in_bits) - sum_i32);
-                    const int32_t xhat_i32 = qg_norm_shift_i32((int64_t)d_i32 * inv_i32, shift);
-                    const int64_t acc_i64 = (int64_t)xhat_i32 * gamma[c0 + c] + (int64_t)beta[c0 + c] * bias_scale;
-                    int32_t y_i32;
-                    if (out_shift >= 33) { /* the usual case: qg_round_shift64 on the high word alone */
-                        y_i32 = qg_saturate(qg_round_shift((int32_t)(acc_i64 >> 32), out_shift - 32), act_min,
-                                            act_max);
-                    } else {
-                        y_i32 = qg_requantize_wide(acc_i64, out_shift, act_min, act_max);
-                    }
-                    qg_norm_store(out, at + c, out_bits, y_i32);
+                    out[at + c] = (int8_t)qg_norm_element(count * in[at + c] - sum_i32, inv_i32, shift, gamma[c0 + c],
+                                                          beta[c0 + c], bias_scale, out_shift, act_min, act_max);
                 }
             }
         }
     }
 }
 
-void qg_norm_s8(const qg_norm_params_t *p, const int8_t *in, int8_t *out)
+static inline int32_t qg_norm_load(const void *x, int32_t i, int32_t bits)
 {
-    qg_norm_core(p, in, 8, out, 8);
+    return bits == 16 ? ((const int16_t *)x)[i] : ((const int8_t *)x)[i];
 }
 
+/* any mix of int8 / int16 (in_bits, out_bits). Bounds (MAX_SET, count <= 2^15 with int16 input):
+ * |sum| <= 2^30, |count * x - sum| <= 65535 count < 2^31, x^2 <= 2^30 (int64 sums). */
 void qg_norm_wide(const qg_norm_params_t *p, const void *in, void *out)
 {
-    qg_norm_core(p, in, p->in_bits, out, p->out_bits);
+    const int32_t pixels = p->pixels, channels = p->channels, cg = channels / p->groups;
+    const int32_t count = pixels * cg, out_shift = p->out_shift, act_min = p->act_min, act_max = p->act_max;
+    const int32_t in_bits = p->in_bits, out_bits = p->out_bits;
+    const int32_t bias_scale = (int32_t)(1u << (uint32_t)p->bias_shift);
+    int32_t r, g, px, c;
+    for (r = 0; r < p->rows; r++) {
+        for (g = 0; g < p->groups; g++) {
+            const int32_t first = r * pixels * channels + g * cg, c0 = g * cg;
+            int32_t sum_i32 = 0, inv_i32, shift;
+            int64_t sumsq_i64 = 0;
+            for (px = 0; px < pixels; px++) {
+                for (c = 0; c < cg; c++) {
+                    const int32_t x = qg_norm_load(in, first + px * channels + c, in_bits);
+                    sum_i32 += x;
+                    sumsq_i64 += (int64_t)x * x;
+                }
+            }
+            inv_i32 = qg_norm_set_rsqrt(p, count, sum_i32, sumsq_i64, &shift);
+            for (px = 0; px < pixels; px++) {
+                const int32_t at = first + px * channels;
+                for (c = 0; c < cg; c++) {
+                    const int32_t d_i32 = (int32_t)((int64_t)count * qg_norm_load(in, at + c, in_bits) - sum_i32);
+                    const int32_t y = qg_norm_element(d_i32, inv_i32, shift, p->gamma[c0 + c], p->beta[c0 + c],
+                                                      bias_scale, out_shift, act_min, act_max);
+                    if (out_bits == 16) {
+                        ((int16_t *)out)[at + c] = (int16_t)y;
+                    } else {
+                        ((int8_t *)out)[at + c] = (int8_t)y;
+                    }
+                }
+            }
+        }
+    }
 }
 
 void qg_channel_affine_s8(const qg_channel_affine_params_t *p, const int8_t *in, int8_t *out)
