@@ -519,3 +519,26 @@ def test_mixed_precision_layer_norm(precision, tmp_path):
     exe = build_native(tmp_path / "out", "mp", tmp_path / "asan", SANITIZE_FLAGS)
     expect = result.reference(x_i8)
     np.testing.assert_array_equal(run_native(exe, x_i8.reshape(len(x), -1), expect.shape[1]), expect)
+
+
+def test_layer_norm_over_the_model_dim_of_a_sequence():
+    """Transformer-style (1, L, D): Linear over D then LayerNorm(D); the front end lays D innermost. The C
+    equals the reference and the integer model tracks PyTorch."""
+    import codegen
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.ln = nn.Linear(8, 8), nn.LayerNorm(8)
+
+        def forward(self, x):
+            return self.ln(self.fc(x))
+
+    torch.manual_seed(0)
+    model, x = Block().eval(), torch.randn(16, 6, 8)
+    result = codegen.compile(model, x[:1], x.numpy())
+    assert any(n.op is Op.LAYER_NORM and n.attrs["axes"] == 1 for n in result.graph.nodes), result.graph
+    assert result.verify(x.numpy()).exact
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(result.predict(x.numpy()), want, atol=0.1)
