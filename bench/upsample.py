@@ -44,6 +44,15 @@ def one_op(rng, op: Op, x_shape, w_shape, **attrs) -> Graph:
     return finish(g)
 
 
+def resize(mode: str, x_shape, size, align: bool = False) -> Graph:
+    g = Graph({"x": act("x", x_shape, 3)}, [], ["x"], ["y"], source="bench")
+    node = Node("layer", Op.RESIZE, ["x"], ["y"], {"mode": mode, "align_corners": align, "size": size,
+                                                   "scales": (None, None), "frac_bits": 10})
+    g.nodes.append(node)
+    g.tensors["y"] = act("y", SHAPE_RULES[Op.RESIZE](g, node), 3)
+    return finish(g)
+
+
 def layers(rng) -> dict[str, Graph]:
     ct, conv = Op.CONV_TRANSPOSE2D, Op.CONV2D
     same = {"stride": (1, 1), "padding": (0, 0, 0, 0)}
@@ -58,6 +67,9 @@ def layers(rng) -> dict[str, Graph]:
         out[f"conv 1x1, {c}->{c}, 16x16"] = one_op(rng, conv, (16, 16, c), (c, 1, 1, c), **same)
         out[f"conv 2x2, {c}->{c}, 17x17 -> 16x16"] = one_op(rng, conv, (17, 17, c), (c, 2, 2, c), **same)
         out[f"conv 3x3, {c}->{c}, 10x10 -> 8x8"] = one_op(rng, conv, (10, 10, c), (c, 3, 3, c), **same)
+    out["resize nearest x2, 16 ch, 8x8 -> 16x16"] = resize("nearest", (8, 8, 16), (16, 16))
+    out["resize bilinear x2, 16 ch, 8x8 -> 16x16"] = resize("bilinear", (8, 8, 16), (16, 16))
+    out["resize bilinear ac, 16 ch, 8x8 -> 15x15"] = resize("bilinear", (8, 8, 16), (15, 15), align=True)
     return out
 
 
@@ -73,7 +85,8 @@ def measure(core: str, name: str, g: Graph, plugin: Path, rng) -> tuple[int, flo
         result = run_qemu(board, elf, x.reshape(N_INPUTS, -1), expect.shape[1], plugin=plugin)
         if not np.array_equal(result.outputs, expect):
             raise AssertionError(f"{core} {name}: C != reference")
-    return SPEC[g.nodes[0].op].macs(g, g.nodes[0]), result.instructions_per_inference
+    macs = SPEC[g.nodes[0].op].macs(g, g.nodes[0]) if g.nodes[0].op is not Op.RESIZE else 0
+    return macs or g.tensors["y"].size, result.instructions_per_inference
 
 
 def main() -> None:
@@ -82,7 +95,8 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="write bench/UPSAMPLE.md")
     args = ap.parse_args()
     plugin = build_plugin()
-    rows = ["| core | layer | MACs | instructions | per MAC |", "|---|---|---:|---:|---:|"]
+    rows = ["| core | layer | MACs (resize: outputs) | instructions | per MAC (resize: per output) |",
+            "|---|---|---:|---:|---:|"]
     for core in args.cores.split(","):
         rng = np.random.default_rng(0)
         for name, g in layers(rng).items():

@@ -120,10 +120,11 @@ def _node(g: Graph, name: str, op: Op, inputs, out_bits=8, output=True, **attrs)
     return name
 
 
-def _resize(g: Graph, name: str, src: str, mode: str, size, scales=(None, None), align=False, output=True) -> str:
+def _resize(g: Graph, name: str, src: str, mode: str, size, scales=(None, None), align=False, output=True,
+            frac_bits: int | None = None) -> str:
     bits = 16 if g.tensors[src].dtype == "int16" else 8
     return _node(g, name, Op.RESIZE, [src], bits, output=output, mode=mode, align_corners=align, size=size,
-                 scales=scales, frac_bits=10 if bits == 8 else 7)
+                 scales=scales, frac_bits=frac_bits or (10 if bits == 8 else 7))
 
 
 def upsample_graph(rng, wide: bool = True) -> Graph:
@@ -144,6 +145,7 @@ def upsample_graph(rng, wide: bool = True) -> Graph:
     _resize(g, "bilinear_x2", c8, "bilinear", (10, 12), (2.0, 2.0))
     _resize(g, "bilinear_ac_9x13", "x", "bilinear", (9, 13), align=True)
     _resize(g, "bilinear_1.3", c8, "bilinear", (6, 7), (1.3, 1.3))
+    _resize(g, "bilinear_q9_weights", "x", "bilinear", (8, 11), frac_bits=9)  # the kernels' generic-shift path
     # 1-D (H = 1): a (1, 6, 7) sequence from a (5, 1) max pool
     seq = _node(g, "seq", Op.MAXPOOL2D, ["x"], output=False, kernel=(5, 1), stride=(5, 1), padding=(0, 0, 0, 0))
     _weighted(g, rng, "ct1d_k3_s2_c7", ct, seq, (4, 1, 3, 7), stride=(1, 2), crop=(0, 1, 0, 0))

@@ -354,41 +354,68 @@ void qg_conv_transpose2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *re
 
 /* ------------------------------------------------------------------------------------------ resize */
 
-/* One kernel body for int8 and int16 elements: T the element type, the results are in range (convex). */
-#define QG_RESIZE_BODY(T)                                                                                  \
-    const int32_t c_n = p->channels, in_row = (int32_t)p->in_w * p->channels, s2 = 2 * p->frac_bits;   \
-    const int32_t one = 1 << p->frac_bits;                                                              \
-    int32_t oy, ox, c;                                                                                  \
-    for (oy = 0; oy < p->out_h; oy++) {                                                                 \
-        const T *r0 = in + p->y0[oy] * in_row;                                                          \
-        if (!p->bilinear) {                                                                             \
-            for (ox = 0; ox < p->out_w; ox++, out += c_n) {                                             \
-                const T *src = r0 + p->x0[ox] * c_n;                                                    \
-                for (c = 0; c < c_n; c++) {                                                             \
-                    out[c] = src[c];                                                                    \
-                }                                                                                       \
-            }                                                                                           \
-        } else {                                                                                        \
-            const T *r1 = in + p->y1[oy] * in_row;                                                      \
-            const int32_t wy1 = p->wy[oy], wy0 = one - wy1;                                             \
-            for (ox = 0; ox < p->out_w; ox++, out += c_n) {                                             \
-                const int32_t x0 = p->x0[ox] * c_n, x1 = p->x1[ox] * c_n;                               \
-                const int32_t wx1 = p->wx[ox], wx0 = one - wx1;                                         \
-                for (c = 0; c < c_n; c++) {                                                             \
-                    const int32_t top = wx0 * r0[x0 + c] + wx1 * r0[x1 + c];                            \
-                    const int32_t bottom = wx0 * r1[x0 + c] + wx1 * r1[x1 + c];                         \
-                    out[c] = (T)qg_round_shift(wy0 * top + wy1 * bottom, s2);                           \
-                }                                                                                       \
-            }                                                                                           \
-        }                                                                                               \
+/* Nearest: a copy per output pixel. T the element type; parameters are read into locals (stores through T
+ * pointers may alias them). */
+#define QG_RESIZE_NEAREST(T)                                                                               \
+    {                                                                                                      \
+        const int32_t c_n = p->channels, in_row = (int32_t)p->in_w * p->channels, out_w = p->out_w;         \
+        const int16_t *y0 = p->y0, *x0 = p->x0;                                                             \
+        int32_t oy, ox, c;                                                                                  \
+        for (oy = 0; oy < p->out_h; oy++) {                                                                 \
+            const T *r0 = in + y0[oy] * in_row;                                                             \
+            for (ox = 0; ox < out_w; ox++, out += c_n) {                                                    \
+                const T *src = r0 + x0[ox] * c_n;                                                           \
+                for (c = 0; c < c_n; c++) {                                                                 \
+                    out[c] = src[c];                                                                        \
+                }                                                                                           \
+            }                                                                                               \
+        }                                                                                                   \
+    }
+
+/* Bilinear with weights of S fraction bits, as the exact rewrite w0 * a + w1 * b = a * 2^S + w1 * (b - a)
+ * (three multiplies per value); the sum is a convex combination times 2^(2S): no overflow, no saturation,
+ * and (acc + 2^(2S-1)) >> 2S is qg_round_shift's value. S is a constant in the common case (the generator's
+ * 10 for int8, 7 for int16), so the shifts fold into the adds. */
+#define QG_RESIZE_BILINEAR(T, S)                                                                           \
+    {                                                                                                      \
+        const int32_t c_n = p->channels, in_row = (int32_t)p->in_w * p->channels, out_w = p->out_w;         \
+        const int32_t s = (S), half = (int32_t)1 << (2 * s - 1);                                            \
+        const int16_t *y0 = p->y0, *x0 = p->x0, *y1 = p->y1, *x1 = p->x1, *wy = p->wy, *wx = p->wx;         \
+        int32_t oy, ox, c;                                                                                  \
+        for (oy = 0; oy < p->out_h; oy++) {                                                                 \
+            const T *r0 = in + y0[oy] * in_row, *r1 = in + y1[oy] * in_row;                                 \
+            const int32_t wy1 = wy[oy];                                                                     \
+            for (ox = 0; ox < out_w; ox++, out += c_n) {                                                    \
+                const T *a = r0 + x0[ox] * c_n, *b = r0 + x1[ox] * c_n;                                     \
+                const T *d = r1 + x0[ox] * c_n, *e = r1 + x1[ox] * c_n;                                     \
+                const int32_t wx1 = wx[ox];                                                                 \
+                for (c = 0; c < c_n; c++) {                                                                 \
+                    const int32_t top = a[c] * (1 << s) + wx1 * (b[c] - a[c]);                              \
+                    const int32_t bottom = d[c] * (1 << s) + wx1 * (e[c] - d[c]);                           \
+                    out[c] = (T)((top * (1 << s) + wy1 * (bottom - top) + half) >> (2 * s));                \
+                }                                                                                           \
+            }                                                                                               \
+        }                                                                                                   \
     }
 
 void qg_resize_s8(const qg_resize_params_t *p, const int8_t *restrict in, int8_t *restrict out)
 {
-    QG_RESIZE_BODY(int8_t)
+    if (!p->bilinear) {
+        QG_RESIZE_NEAREST(int8_t)
+    } else if (p->frac_bits == 10) {
+        QG_RESIZE_BILINEAR(int8_t, 10)
+    } else {
+        QG_RESIZE_BILINEAR(int8_t, (int32_t)p->frac_bits)
+    }
 }
 
 void qg_resize_s16(const qg_resize_params_t *p, const int16_t *restrict in, int16_t *restrict out)
 {
-    QG_RESIZE_BODY(int16_t)
+    if (!p->bilinear) {
+        QG_RESIZE_NEAREST(int16_t)
+    } else if (p->frac_bits == 7) {
+        QG_RESIZE_BILINEAR(int16_t, 7)
+    } else {
+        QG_RESIZE_BILINEAR(int16_t, (int32_t)p->frac_bits)
+    }
 }
