@@ -63,6 +63,7 @@ FLOAT_CASES = {
     "mean_h_only": (lambda: Lam(lambda x: x.mean(2)), (1, 4, 5, 6)),
     "amax_w_only_keepdim": (lambda: Lam(lambda x: x.amax(3, keepdim=True)), (1, 4, 5, 6)),
     "mean_channels_keepdim": (lambda: Lam(lambda x: x.mean(1, keepdim=True)), (1, 4, 5, 6)),
+    "mean_channels_of_image": (lambda: Lam(lambda x: x.mean(1)), (1, 4, 5, 6)),  # (1, H, W): one transpose
     "max_dim_channels_of_sequence": (lambda: Lam(lambda x: torch.max(x, 1)[0]), (1, 4, 13)),
     "max_dim_values_attr": (lambda: Lam(lambda x: x.max(dim=-1, keepdim=True).values), (1, 4, 13)),
     "mean_all_keepdim": (lambda: Lam(lambda x: x.mean((1, 2, 3), keepdim=True)), (1, 4, 5, 6)),
@@ -178,7 +179,7 @@ def test_refusals_name_the_layer():
     from codegen.frontend import from_module
 
     with pytest.raises(UserError, match="keepdim=True"):
-        from_module(Lam(lambda x: x.mean(1)), torch.randn(1, 3, 4, 5))  # (1, H, W) transposed in qgen's layout
+        from_module(Lam(lambda x: x.amax(1)), torch.randn(1, 9))  # a 1-D result
     with pytest.raises(UserError, match="indices"):
         from_module(Lam(lambda x: torch.max(x, 1)[1].float()), torch.randn(1, 3, 5))
 
@@ -358,6 +359,7 @@ END_TO_END = {
     "amax_hw_keepdim": (lambda: nn.Sequential(nn.Conv2d(3, 4, 1), Lam(lambda x: x.amax(dim=(2, 3), keepdim=True))),
                         (3, 5, 6)),
     "mean_channels": (lambda: nn.Sequential(nn.Conv1d(3, 5, 1), Lam(lambda x: x.mean(1))), (3, 11)),
+    "amax_channels_of_image": (lambda: nn.Sequential(nn.Conv2d(3, 5, 1), Lam(lambda x: x.amax(1))), (3, 4, 6)),
     "adaptive_avg1d_1": (lambda: nn.Sequential(nn.Conv1d(2, 3, 1), nn.AdaptiveAvgPool1d(1)), (2, 13)),
 }
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..ir import Graph, Node, Op, Tensor, verify
-from .torch_export import LAYOUTS, ir_axis, ir_shape_of, reject_non_finite, source_of_trace, torch_order
+from .torch_export import LAYOUTS, ir_axis, ir_shape_of, reject_non_finite, source_of_trace
 
 OPSETS = range(13, 22)  # default-domain opsets qgen reads
 INSTALL_HINT = "install the ONNX extra: pip install 'qgen[onnx]' (or pip install onnx)"
@@ -623,6 +623,16 @@ def _global_pool(imp: _Importer, node) -> _Act:
     return _Act(imp.add(node, op, [x.name], (1, 1, c), kernel=(h, w), stride=(h, w), padding=(0, 0, 0, 0)), x.rank)
 
 
+def _torch_order(ir_shape: tuple[int, ...], rank: int) -> np.ndarray:
+    """PyTorch's flat index of each element of an IR tensor of `ir_shape` holding a rank-`rank` tensor."""
+    if len(ir_shape) == 1:
+        return np.arange(ir_shape[0])
+    h, w, c = ir_shape
+    if rank == 3:  # (1, C, L) as (1, L, C)
+        return np.arange(c * w).reshape(c, w).T.reshape(-1)
+    return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+
+
 def _reduce(imp: _Importer, node) -> _Act:
     """ReduceMean / ReduceMax over any axes but the batch: pooling over H and/or W, REDUCE over channels."""
     x = imp.input_act(node)
@@ -654,7 +664,7 @@ def _reduce(imp: _Importer, node) -> _Act:
     target = ir_shape_of(onnx_shape)
     if imp.shape_of(out) == target:
         return _Act(out, len(onnx_shape))
-    if not np.array_equal(torch_order(imp.shape_of(out), x.rank), torch_order(target, len(onnx_shape))):
+    if not np.array_equal(_torch_order(imp.shape_of(out), x.rank), _torch_order(target, len(onnx_shape))):
         raise imp.err(node, f"{node.op_type} over axes {axes} without keepdims leaves a tensor whose elements lie "
                             "transposed in qgen's layout; set keepdims=1")
     if len(target) == 1:

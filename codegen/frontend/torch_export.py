@@ -998,12 +998,15 @@ def _reduce(kind: str):
         if not keepdim and rank - len(dims) < 2:
             raise _err(lw, n, f"{what} without keepdim leaves a {rank - len(dims)}-D tensor; qgen's tensors keep the "
                               "batch and one more dim: pass keepdim=True")
-        target = ir_shape_of(tuple(n.meta["val"][0].shape if n.target is aten.max.dim else n.meta["val"].shape))
-        if not keepdim and lw.shape_of(out) != target:
-            if not np.array_equal(torch_order(lw.shape_of(out), rank), torch_order(target, rank - len(dims))):
-                raise _err(lw, n, f"{what} without keepdim leaves a {rank - len(dims)}-D tensor whose elements lie "
-                                  "transposed in qgen's layout; pass keepdim=True")
-            out = _reshape_to(lw, n, out, target)
+        if not keepdim:  # the reduced dims dropped: a view of the keepdim result, put in qgen's convention
+            sizes = tuple(n.meta["val"][0].shape if n.target is aten.max.dim else n.meta["val"].shape)
+            keep = tuple(1 if d in dims else s for d, s in enumerate(n.args[0].meta["val"].shape))
+            src, dst, shape = layout.view(layout.canonical(keep), sizes), layout.canonical(sizes), \
+                layout.canonical_shape(sizes)
+            if src != dst:  # (1, C, H, W) -> (1, H, W): one transpose
+                out = lw.relayout(out, src, dst, shape, source_of(n))
+            elif lw.shape_of(out) != shape:  # the same bytes (named as the ONNX front end names it)
+                out = _reshape_to(lw, n, out, shape)
         return (out, None) if n.target is aten.max.dim else out
     return handler
 
@@ -1022,16 +1025,6 @@ def _reduce_axes(lw: _Lowering, n, kind: str, xin: str, axes: set[int]) -> str:
     if len(shape) - 1 in axes and shape[-1] > 1:
         out = lw.add(n, Op.REDUCE, [out], lw.shape_of(out)[:-1] + (1,), kind=kind)
     return out
-
-
-def torch_order(ir_shape: tuple[int, ...], rank: int) -> np.ndarray:
-    """PyTorch's flat index of each element of an IR tensor of `ir_shape` holding a rank-`rank` tensor."""
-    if len(ir_shape) == 1:
-        return np.arange(ir_shape[0])
-    h, w, c = ir_shape
-    if rank == 3:  # (1, C, L) as (1, L, C)
-        return np.arange(c * w).reshape(c, w).T.reshape(-1)
-    return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
 
 
 def _reshape_to(lw: _Lowering, n, xin: str, shape: tuple[int, ...]) -> str:
