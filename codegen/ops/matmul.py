@@ -45,17 +45,26 @@ def kernel_transpose(variant: str) -> tuple[str, str]:
     return ("qg_transpose_s8" if variant == "s8" else "qg_transpose_s16"), "qg_transpose_params_t"
 
 
+def transpose_loops(in_shape, perm) -> tuple[list[int], list[int], list[int]]:
+    """The C kernel's loop dims (shape, input strides, output strides): the output dims, with the innermost
+    loop a contiguous run on both sides if there is one (a block copy), else the longest dim."""
+    in_strides = [int(np.prod(in_shape[k + 1:], dtype=np.int64)) for k in range(len(in_shape))]
+    out_shape = [int(in_shape[p]) for p in perm]
+    out_strides = [int(np.prod(out_shape[k + 1:], dtype=np.int64)) for k in range(len(out_shape))]
+    dims = [(out_shape[k], in_strides[perm[k]], out_strides[k]) for k in range(len(perm))]
+    inner = next((k for k, (_, si, so) in enumerate(dims) if si == 1 and so == 1), None)
+    if inner is None:
+        inner = max(range(len(dims)), key=lambda k: (dims[k][0], k))
+    dims.append(dims.pop(inner))
+    return [d[0] for d in dims], [d[1] for d in dims], [d[2] for d in dims]
+
+
 def transpose_fields(b, sym: str, n) -> list[tuple[str, object]]:
-    """Output dims (outermost first) and the input element stride along each (the C kernel walks the output
-    in order and gathers)."""
-    shape = b.g.tensors[n.inputs[0]].shape
-    strides = [int(np.prod(shape[k + 1:], dtype=np.int64)) for k in range(len(shape))]
-    perm = n.attrs["perm"]
-    out_shape = np.array([shape[p] for p in perm])
-    in_stride = np.array([strides[p] for p in perm])
-    return [("rank", len(perm)),
-            ("out_shape", b.array(f"{sym}_out_shape", out_shape, "int32", "output dims, outermost first")),
-            ("in_stride", b.array(f"{sym}_in_stride", in_stride, "int32", "input element stride per output dim"))]
+    shape, in_stride, out_stride = transpose_loops(b.g.tensors[n.inputs[0]].shape, n.attrs["perm"])
+    return [("rank", len(shape)),
+            ("shape", b.array(f"{sym}_shape", np.array(shape), "int32", "loop dims, innermost last")),
+            ("in_stride", b.array(f"{sym}_in_stride", np.array(in_stride), "int32", "input stride per loop dim")),
+            ("out_stride", b.array(f"{sym}_out_stride", np.array(out_stride), "int32", "output stride per loop dim"))]
 
 
 def c_transpose(b, index: int, n):

@@ -282,6 +282,12 @@ typedef struct {
 void qg_conv2d_s8_to_s16(const qg_conv2d_wide_params_t *p, const int8_t *restrict in, int16_t *restrict out);
 void qg_conv2d_s16_to_s8(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int8_t *restrict out);
 void qg_conv2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int16_t *restrict out);
+/* transposed convolution with int16 activations (qg_upsample_s8.c): weights in phase order, no scratch */
+void qg_conv_transpose2d_s8_to_s16(const qg_conv2d_wide_params_t *p, const int8_t *restrict in,
+                                   int16_t *restrict out);
+void qg_conv_transpose2d_s16_to_s8(const qg_conv2d_wide_params_t *p, const int16_t *restrict in,
+                                   int8_t *restrict out);
+void qg_conv_transpose2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int16_t *restrict out);
 void qg_depthwise_conv2d_s8_to_s16(const qg_conv2d_wide_params_t *p, const int8_t *restrict in,
                                    int16_t *restrict out);
 void qg_depthwise_conv2d_s16_to_s8(const qg_conv2d_wide_params_t *p, const int16_t *restrict in,
@@ -384,11 +390,13 @@ void qg_fully_connected_cluster_s8(const qg_conv2d_cluster_params_t *p, const in
 /* ---- end of compressed weight formats ---- */
 
 /* ---- layout copies (qg_layout_s8.c): they only move elements, the Q-format is kept ---- */
-/* transpose: out[i_0..i_{rank-1}] = in[sum_k i_k * in_stride[k]], output dims outermost first, rank <= 6 */
+/* transpose: for every index (i_0..i_{rank-1}) of the loop dims `shape` (rank <= 6, a permutation of the
+ * output dims), out[sum_k i_k * out_stride[k]] = in[sum_k i_k * in_stride[k]] (strides in elements) */
 typedef struct {
     int32_t rank;
-    const int32_t *out_shape;  /* output dims, outermost first */
-    const int32_t *in_stride;  /* input element stride along each output dim */
+    const int32_t *shape;       /* loop dims, the innermost loop last */
+    const int32_t *in_stride;   /* input element stride along each loop dim */
+    const int32_t *out_stride;  /* output element stride along each loop dim */
 } qg_transpose_params_t;
 void qg_transpose_s8(const qg_transpose_params_t *p, const int8_t *restrict in, int8_t *restrict out);
 void qg_transpose_s16(const qg_transpose_params_t *p, const int16_t *restrict in, int16_t *restrict out);
@@ -398,6 +406,15 @@ typedef struct {
 } qg_slice_params_t;
 void qg_slice_s8(const qg_slice_params_t *p, const int8_t *restrict in, int8_t *restrict out);
 void qg_slice_s16(const qg_slice_params_t *p, const int16_t *restrict in, int16_t *restrict out);
+/* matmul (qg_matmul_s8.c): out[z, i, j] = requantize(sum_k a[z, i, k] * b[z, j, k], shift), a (batch, m, k),
+ * b (batch, n, k): both rows of k contiguous int8, int32 sums (k <= 131071) */
+typedef struct {
+    int32_t batch, m, n, k;
+    int8_t shift;
+    int8_t act_min, act_max;
+} qg_matmul_params_t;
+void qg_matmul_s8(const qg_matmul_params_t *p, const int8_t *restrict a, const int8_t *restrict b,
+                  int8_t *restrict out);
 /* ---- end of layout copies ---- */
 
 /* ---- normalisation (qg_norm_s8.c; the integer rules are written in codegen/ops/norm.py) ---- */

@@ -7,51 +7,58 @@
  * input at a constant stride, unrolled by 4 (on Cortex-M4 each gather is one post-indexed load and one
  * store).
  */
+#include <string.h>
+
 #include "qg_kernels.h"
 
 #define QG_MAX_RANK 6
 
-/* the params' dims padded with leading 1s to QG_MAX_RANK */
-static void transpose_dims(const qg_transpose_params_t *p, int32_t n[QG_MAX_RANK], int32_t s[QG_MAX_RANK])
+/* the params' loop dims padded with leading 1s to QG_MAX_RANK */
+static void transpose_dims(const qg_transpose_params_t *p, int32_t n[QG_MAX_RANK], int32_t s[QG_MAX_RANK],
+                           int32_t o[QG_MAX_RANK])
 {
     int32_t k, lead = QG_MAX_RANK - p->rank;
     for (k = 0; k < QG_MAX_RANK; k++) {
         n[k] = 1;
         s[k] = 0;
+        o[k] = 0;
     }
     for (k = 0; k < p->rank; k++) {
-        n[lead + k] = p->out_shape[k];
+        n[lead + k] = p->shape[k];
         s[lead + k] = p->in_stride[k];
+        o[lead + k] = p->out_stride[k];
     }
 }
 
-/* one body for both element types: T is the element type */
+/* One body for both element types (T). The generator orders the loops so that the innermost one is a
+ * contiguous run on both sides (a block copy) or else the longest dim: there each element is one load and
+ * one store, both post-indexed by a register stride on Cortex-M3/M4 (unrolled by 4). */
 #define QG_TRANSPOSE_BODY(T)                                                                            \
-    int32_t n[QG_MAX_RANK], s[QG_MAX_RANK], i0, i1, i2, i3, i4;                                         \
-    transpose_dims(p, n, s);                                                                            \
+    int32_t n[QG_MAX_RANK], s[QG_MAX_RANK], o[QG_MAX_RANK], i0, i1, i2, i3, i4;                         \
+    transpose_dims(p, n, s, o);                                                                         \
     for (i0 = 0; i0 < n[0]; i0++)                                                                       \
         for (i1 = 0; i1 < n[1]; i1++)                                                                   \
             for (i2 = 0; i2 < n[2]; i2++)                                                               \
                 for (i3 = 0; i3 < n[3]; i3++)                                                           \
                     for (i4 = 0; i4 < n[4]; i4++) {                                                     \
                         const T *src = in + i0 * s[0] + i1 * s[1] + i2 * s[2] + i3 * s[3] + i4 * s[4];  \
-                        const int32_t stride = s[5];                                                    \
+                        T *dst = out + i0 * o[0] + i1 * o[1] + i2 * o[2] + i3 * o[3] + i4 * o[4];       \
+                        const int32_t si = s[5], so = o[5];                                             \
                         int32_t j = n[5];                                                               \
-                        if (stride == 1) {                                                              \
-                            for (; j > 0; j--) *out++ = *src++;                                         \
+                        if (si == 1 && so == 1) {                                                       \
+                            memcpy(dst, src, (size_t)j * sizeof(T));                                    \
                             continue;                                                                   \
                         }                                                                               \
                         for (; j >= 4; j -= 4) {                                                        \
-                            T a = *src; src += stride;                                                  \
-                            T b = *src; src += stride;                                                  \
-                            T c = *src; src += stride;                                                  \
-                            T d = *src; src += stride;                                                  \
-                            out[0] = a; out[1] = b; out[2] = c; out[3] = d;                             \
-                            out += 4;                                                                   \
+                            T a = *src; src += si; *dst = a; dst += so;                                 \
+                            a = *src; src += si; *dst = a; dst += so;                                   \
+                            a = *src; src += si; *dst = a; dst += so;                                   \
+                            a = *src; src += si; *dst = a; dst += so;                                   \
                         }                                                                               \
                         for (; j > 0; j--) {                                                            \
-                            *out++ = *src;                                                              \
-                            src += stride;                                                              \
+                            *dst = *src;                                                                \
+                            src += si;                                                                  \
+                            dst += so;                                                                  \
                         }                                                                               \
                     }
 
@@ -65,12 +72,12 @@ void qg_transpose_s16(const qg_transpose_params_t *p, const int16_t *restrict in
     QG_TRANSPOSE_BODY(int16_t)
 }
 
-/* slice: a block copy per outer index (memcpy-like: the compiler's word copies where it can) */
+/* slice: one block copy per outer index */
 #define QG_SLICE_BODY(T)                                                 \
-    int32_t o, i;                                                        \
+    int32_t o;                                                           \
     const T *src = in + p->offset;                                       \
-    for (o = 0; o < p->outer; o++, src += p->in_block)                   \
-        for (i = 0; i < p->out_block; i++) *out++ = src[i];
+    for (o = 0; o < p->outer; o++, src += p->in_block, out += p->out_block) \
+        memcpy(out, src, (size_t)p->out_block * sizeof(T));
 
 void qg_slice_s8(const qg_slice_params_t *p, const int8_t *restrict in, int8_t *restrict out)
 {
