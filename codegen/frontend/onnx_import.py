@@ -415,15 +415,14 @@ def _conv(imp: _Importer, node) -> _Act:
     x = imp.input_act(node)
     w = np.asarray(imp.input_const(node, 1, "the weight"), np.float64)
     b = imp.input_const(node, 2, "the bias")
-    if imp.attr(node, "dilations") is not None and any(d != 1 for d in imp.attr(node, "dilations")):
-        raise imp.err(node, f"dilations={list(imp.attr(node, 'dilations'))}; qgen supports dilation 1")
+    dilations = [int(d) for d in imp.attr(node, "dilations") or [1] * (w.ndim - 2)]
     strides = list(imp.attr(node, "strides") or [1] * (w.ndim - 2))
     pads = list(imp.attr(node, "pads") or [0] * (2 * (w.ndim - 2)))
     if x.rank == 3:  # Conv1d: a 1 x K image kernel, as the PyTorch front end lowers it
         if w.ndim != 3:
             raise imp.err(node, f"weight of shape {list(w.shape)} on a 3-D input")
         w = w[:, :, None, :]
-        strides, pads = [1, strides[0]], [0, pads[0], 0, pads[1]]
+        strides, pads, dilations = [1, strides[0]], [0, pads[0], 0, pads[1]], [1, dilations[0]]
     elif x.rank != 4 or w.ndim != 4:
         raise imp.err(node, f"convolution of a {x.rank}-D input; qgen supports 1-D and 2-D convolutions")
     h, wd, cin = imp.shape_of(x.name)
@@ -432,23 +431,28 @@ def _conv(imp: _Importer, node) -> _Act:
     if auto_pad == "VALID":
         pads = [0, 0, 0, 0]
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        pads = _same_pads((h, wd), (kh, kw), strides, auto_pad == "SAME_UPPER")
+        pads = _same_pads((h, wd), ((kh - 1) * dilations[0] + 1, (kw - 1) * dilations[1] + 1), strides,
+                          auto_pad == "SAME_UPPER")
     top, left, bottom, right = int(pads[0]), int(pads[1]), int(pads[2]), int(pads[3])
     group = int(imp.attr(node, "group", 1))
+    dh, dw = dilations
+    attrs = {"dilation": (dh, dw)} if (dh, dw) != (1, 1) else {}
     if group == 1:
         op = Op.CONV2D
     elif group == cin and w.shape[1] == 1:
         op = Op.DEPTHWISE_CONV2D
+    elif group > 1 and cin % group == 0 and cout % group == 0:
+        op, attrs["groups"] = Op.CONV2D, group
     else:
-        raise imp.err(node, f"group={group}; qgen supports group=1 or depthwise (group=in_channels). "
-                            "Split the layer or use depthwise.")
+        raise imp.err(node, f"group={group} with {cin} input and {cout} output channels; qgen supports groups "
+                            "that divide both (depthwise: group=in_channels)")
     bias = np.asarray(b, np.float64) if b is not None else np.zeros(cout)
-    oh = (h + top + bottom - kh) // int(strides[0]) + 1
-    ow = (wd + left + right - kw) // int(strides[1]) + 1
+    oh = (h + top + bottom - dh * (kh - 1) - 1) // int(strides[0]) + 1
+    ow = (wd + left + right - dw * (kw - 1) - 1) // int(strides[1]) + 1
     base = imp.base_name(node)
     wname, bname = imp.const(f"{base}_w", w.transpose(0, 2, 3, 1)), imp.const(f"{base}_b", bias)
     out = imp.add(node, op, [x.name, wname, bname], (oh, ow, cout), stride=(int(strides[0]), int(strides[1])),
-                  padding=(top, left, bottom, right))
+                  padding=(top, left, bottom, right), **attrs)
     return _Act(out, x.rank)
 
 

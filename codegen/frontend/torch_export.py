@@ -624,29 +624,31 @@ def _conv1d(lw: _Lowering, n) -> str:
 def _conv_core(lw: _Lowering, n, xin: str, w: np.ndarray, b, stride, pads, dilation, groups: int) -> str:
     h, wd, cin = lw.shape_of(xin)
     cout, _, kh, kw = w.shape
-    if dilation != (1, 1):
-        raise _err(lw, n, f"dilation={list(dilation)}; qgen supports dilation 1")
+    dh, dw = (int(d) for d in dilation)
     if isinstance(pads, str):
         if pads == "valid":
             pads = (0, 0, 0, 0)
-        elif pads == "same":
-            ph, pw = kh - 1, kw - 1
+        elif pads == "same":  # PyTorch: total d*(k-1), the odd one on the bottom/right
+            ph, pw = dh * (kh - 1), dw * (kw - 1)
             pads = (ph // 2, pw // 2, ph - ph // 2, pw - pw // 2)
         else:
             raise _err(lw, n, f"padding='{pads}' is not supported")
+    attrs = {"dilation": (dh, dw)} if (dh, dw) != (1, 1) else {}
     if groups == 1:
         op = Op.CONV2D
     elif groups == cin and w.shape[1] == 1:
         op = Op.DEPTHWISE_CONV2D
+    elif groups > 1 and cin % groups == 0 and cout % groups == 0:
+        op, attrs["groups"] = Op.CONV2D, groups
     else:
-        raise _err(lw, n, f"groups={groups}; qgen supports groups=1 or depthwise (groups=in_channels). "
-                          "Split the layer or use depthwise.")
+        raise _err(lw, n, f"groups={groups} with {cin} input and {cout} output channels; qgen supports groups "
+                          "that divide both (depthwise: groups=in_channels)")
     bias = b if b is not None else np.zeros(cout)
-    oh = (h + pads[0] + pads[2] - kh) // stride[0] + 1  # shape rule of ir.py, cross-checked with torch
-    ow = (wd + pads[1] + pads[3] - kw) // stride[1] + 1
+    oh = (h + pads[0] + pads[2] - dh * (kh - 1) - 1) // stride[0] + 1  # shape rule of ir.py, checked with torch
+    ow = (wd + pads[1] + pads[3] - dw * (kw - 1) - 1) // stride[1] + 1
     _check_shape(lw, n, (oh, ow, cout))
     wname, bname = lw.const(f"{n.name}_w", w.transpose(0, 2, 3, 1)), lw.const(f"{n.name}_b", bias)
-    return lw.add(n, op, [xin, wname, bname], (oh, ow, cout), stride=tuple(stride), padding=tuple(pads))
+    return lw.add(n, op, [xin, wname, bname], (oh, ow, cout), stride=tuple(stride), padding=tuple(pads), **attrs)
 
 
 def _check_shape(lw: _Lowering, n, ir_shape: tuple[int, ...]) -> None:
