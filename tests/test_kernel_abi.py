@@ -24,7 +24,8 @@ def clib():
     ffi.cdef("""
         typedef struct { uint16_t in_h, in_w, in_c; uint16_t out_h, out_w, out_c;
             uint8_t k_h, k_w, stride_h, stride_w, pad_top, pad_left; uint8_t dil_h, dil_w; int8_t act_min, act_max;
-            uint16_t groups; const int8_t *weights; const int32_t *bias; const int8_t *shift; } qg_conv2d_params_t;
+            uint16_t groups; uint16_t out_stride; const int8_t *weights; const int32_t *bias; const int8_t *shift;
+            } qg_conv2d_params_t;
         typedef struct { uint16_t in_features, out_features; int8_t act_min, act_max;
             const int8_t *weights; const int32_t *bias; const int8_t *shift; } qg_fully_connected_params_t;
         int32_t qg_conv2d_s8_buffer_size(const qg_conv2d_params_t *p);
