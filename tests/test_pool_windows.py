@@ -159,6 +159,20 @@ def test_zero_pad_folds_into_an_average_that_does_not_count_padding():
     assert [n.op for n in g.nodes] == [Op.PAD, Op.AVGPOOL2D]
 
 
+@pytest.mark.parametrize("pool", [nn.AvgPool2d(2), nn.AvgPool2d(3, 1, 1, ceil_mode=True, count_include_pad=False)],
+                         ids=["uniform", "windows"])
+def test_average_over_a_folded_pad_wider_than_its_window(pool):
+    """ZeroPad2d(3) folded into an average: border windows read only the pad's zeros (no input cell)."""
+    import codegen
+
+    model = nn.Sequential(nn.ZeroPad2d(3), pool).eval()
+    r = codegen.compile(model, torch.randn(1, 2, 4, 5), prefix="t")
+    assert [n.op for n in r.graph.nodes] == [Op.AVGPOOL2D]
+    x = np.random.default_rng(0).standard_normal((6, 2, 4, 5)).astype(np.float32)
+    assert r.verify(x).exact
+    np.testing.assert_allclose(r.predict(x), model(torch.from_numpy(x)).detach().numpy(), atol=0.05)
+
+
 def test_equalization_stops_at_a_channel_reduce():
     """conv -> ReLU -> mean over channels -> Linear: per-channel rescaling of the conv would change the mean."""
     from codegen.frontend import from_module
@@ -218,6 +232,9 @@ def pool_graph() -> Graph:
     _pool(g, "avg3s2p1_ceil_relu", Op.AVGPOOL2D, "x", act_range=(0, 127), count_pad=(1, 1, 1, 1), **ceil)
     _pool(g, "avg_5x3_s3x1_asym", Op.AVGPOOL2D, "x", kernel=(5, 3), stride=(3, 1), padding=(2, 0, 3, 1),
           count_pad=(1, 0, 0, 1))
+    # a folded ZeroPad2d(3): border windows read no input cell (sum 0 over the pad's counted zeros)
+    _pool(g, "avg2s2_folded_pad3_empty_windows", Op.AVGPOOL2D, "x", kernel=(2, 2), stride=(2, 2),
+          padding=(3, 3, 4, 3), count_pad=(3, 3, 3, 3))
     _pool(g, "adaptive_avg_5x3", Op.AVGPOOL2D, "x", adaptive=(5, 3))
     _pool(g, "adaptive_max_5x3", Op.MAXPOOL2D, "x", adaptive=(5, 3))
     _pool(g, "adaptive_avg_2x1_big", Op.AVGPOOL2D, "x", adaptive=(2, 1))

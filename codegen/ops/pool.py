@@ -35,7 +35,8 @@ from .window import conv_out_size
 
 def axis_windows(attrs: dict, axis: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Along `axis` (0: rows, 1: columns) of an input `size` long, per output index: the first and end
-    input index of its window, clipped to the input, and the cells the average's divisor counts."""
+    input index of its window, clipped to the input, and the cells the average's divisor counts. A window
+    that reads no input cell (an average over a folded zero pad) is [0, 0): its sum is 0."""
     if "adaptive" in attrs:
         out = int(attrs["adaptive"][axis])
         o = np.arange(out, dtype=np.int64)
@@ -48,7 +49,9 @@ def axis_windows(attrs: dict, axis: int, size: int) -> tuple[np.ndarray, np.ndar
     start = np.arange(out, dtype=np.int64) * s - int(pad[axis])
     end = start + k
     count = np.minimum(end, size + int(count_pad[axis + 2])) - np.maximum(start, -int(count_pad[axis]))
-    return np.maximum(start, 0), np.minimum(end, size), count
+    first, end = np.clip(start, 0, size), np.clip(end, 0, size)
+    empty = end <= first
+    return np.where(empty, 0, first), np.where(empty, 0, end), count
 
 
 def uses_windows(attrs: dict, op: Op, h: int, w: int) -> bool:
@@ -126,11 +129,14 @@ def pool_shape(g, n) -> tuple[int, ...]:
 
 
 def check_pool(g, n) -> None:
+    """Every max window reads an input cell (padding never wins); every average divisor is positive."""
     h, w, _ = g.tensors[n.inputs[0]].shape
     for axis, size in ((0, h), (1, w)):
         start, end, count = axis_windows(n.attrs, axis, size)
-        if np.any(end <= start) or np.any(count <= 0):
-            raise VerifyError(f"{n.where()}: a pooling window reads no input cell (axis {axis})")
+        if n.op is Op.MAXPOOL2D and np.any(end <= start):
+            raise VerifyError(f"{n.where()}: a max pooling window reads no input cell (axis {axis})")
+        if n.op is Op.AVGPOOL2D and np.any(count <= 0):
+            raise VerifyError(f"{n.where()}: an average pooling window counts no cell (axis {axis})")
 
 
 def f_maxpool(g, n, xs):
