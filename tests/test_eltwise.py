@@ -425,7 +425,8 @@ def test_qat_twin_equals_the_reference():
     assert np.array_equal(fake, result.predict(calib))
 
 
-def test_onnx_lowers_to_the_new_ops(tmp_path):
+@pytest.mark.parametrize("name", ["sequence", "se", "hardswish"])
+def test_onnx_lowers_to_the_new_ops(name, tmp_path):
     pytest.importorskip("onnx")
     import contextlib
     import io
@@ -433,22 +434,25 @@ def test_onnx_lowers_to_the_new_ops(tmp_path):
 
     from codegen.frontend import from_module
     from codegen.frontend.onnx_import import from_onnx_file
+    from codegen.reference import run_float, to_qgen_layout
 
     torch.manual_seed(0)
-    model = SequenceGate().eval()
-    x = torch.randn(1, 4, 11)
-    path = tmp_path / "seq.onnx"
+    model, shape, ops = {"sequence": (SequenceGate(), (4, 11), {Op.MUL, Op.PRELU, Op.SUB, Op.MAXIMUM, Op.MINIMUM,
+                                                                 Op.AFFINE}),
+                         "se": (SqueezeExcite(True, False), (3, 8, 8), {Op.MUL, Op.LUT}),
+                         "hardswish": (HandHardswish(), (2, 6, 6), {Op.MUL, Op.AFFINE})}[name]
+    model = model.eval()
+    x = torch.randn(1, *shape)
+    path = tmp_path / f"{name}.onnx"
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
             contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), str(path))
     g = from_onnx_file(str(path))
-    assert {Op.MUL, Op.PRELU, Op.SUB, Op.MAXIMUM, Op.MINIMUM, Op.AFFINE} <= _ops(g), g
-    from codegen.reference import run_float, to_qgen_layout
-
+    assert ops <= _ops(g), g
     want = run_float(from_module(model, x), to_qgen_layout(None, x.numpy()))
     got = run_float(g, to_qgen_layout(None, x.numpy()))
-    np.testing.assert_allclose(list(got.values())[-1], list(want.values())[-1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[g.outputs[0]], list(want.values())[-1], rtol=1e-5, atol=1e-5)
 
 
 def test_micropython_kernels_equal_the_reference(model, tmp_path):

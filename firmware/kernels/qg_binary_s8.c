@@ -8,8 +8,16 @@
 
 enum { QG_SUB = 0, QG_MAXIMUM = 1, QG_MINIMUM = 2 };
 
+/* The loops below take the op and the clamp kind as constant arguments: forced inline, each call site is one
+ * loop specialised for them (GCC otherwise keeps some of them out of line, with the tests inside the loop). */
+#if defined(__GNUC__) || defined(__clang__)
+#define QG_SPECIALISED static inline __attribute__((always_inline))
+#else
+#define QG_SPECIALISED static inline
+#endif
+
 /* requantisation with the fast path of qg_simd.h where `kind` >= 0 (shift >= 1), else the general rule */
-static inline int8_t requantize_kind(int32_t acc, int32_t shift, int32_t kind, int32_t lo, int32_t hi)
+QG_SPECIALISED int8_t requantize_kind(int32_t acc, int32_t shift, int32_t kind, int32_t lo, int32_t hi)
 {
     return kind < 0 ? qg_requantize_s8(acc, shift, lo, hi) : qg_requantize_pos_s8(acc, shift - 1, kind, lo, hi);
 }
@@ -17,7 +25,7 @@ static inline int8_t requantize_kind(int32_t acc, int32_t shift, int32_t kind, i
 
 /* Both inputs aligned to a common frac (qg_round_shift: an exact left shift unless the fracs differ by
  * more than 22, so |aligned| <= 2^29), combined in int32 (no overflow, -(-128) included), requantised. */
-static inline int32_t combine(int32_t x, int32_t y, int32_t op)
+QG_SPECIALISED int32_t combine(int32_t x, int32_t y, int32_t op)
 {
     if (op == QG_SUB) {
         return x - y;
@@ -30,18 +38,18 @@ static inline int32_t combine(int32_t x, int32_t y, int32_t op)
 
 /* The common case: both alignments exact left shifts (multipliers 2^-shift_a, 2^-shift_b) and a right
  * requantisation shift; `kind` is a constant (qg_simd.h), so each call is one specialised loop. */
-static inline void aligned_fast_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out,
+QG_SPECIALISED void aligned_fast_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out,
                                    int32_t op, int32_t kind)
 {
     const int32_t mul_a = (int32_t)1 << -p->shift_a, mul_b = (int32_t)1 << -p->shift_b;
-    const int32_t shift_m1 = p->shift - 1, lo = p->act_min, hi = p->act_max;
+    const int32_t size = p->size, shift_m1 = p->shift - 1, lo = p->act_min, hi = p->act_max;
     int32_t i;
-    for (i = 0; i < p->size; i++) {
+    for (i = 0; i < size; i++) { /* parameters in locals: int8 stores may alias *p */
         out[i] = qg_requantize_pos_s8(combine(a[i] * mul_a, b[i] * mul_b, op), shift_m1, kind, lo, hi);
     }
 }
 
-static inline void aligned_binary_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out,
+QG_SPECIALISED void aligned_binary_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out,
                                      int32_t op)
 {
     int32_t i;
@@ -58,9 +66,13 @@ static inline void aligned_binary_s8(const qg_add_params_t *p, const int8_t *a, 
             return;
         }
     }
-    for (i = 0; i < p->size; i++) {
-        const int32_t r_i32 = combine(qg_round_shift(a[i], p->shift_a), qg_round_shift(b[i], p->shift_b), op);
-        out[i] = qg_requantize_s8(r_i32, p->shift, p->act_min, p->act_max);
+    {
+        const int32_t size = p->size, shift_a = p->shift_a, shift_b = p->shift_b, shift = p->shift;
+        const int32_t lo = p->act_min, hi = p->act_max;
+        for (i = 0; i < size; i++) {
+            const int32_t r_i32 = combine(qg_round_shift(a[i], shift_a), qg_round_shift(b[i], shift_b), op);
+            out[i] = qg_requantize_s8(r_i32, shift, lo, hi);
+        }
     }
 }
 
@@ -80,7 +92,7 @@ void qg_minimum_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, i
 }
 
 /* a * b (|product| <= 2^14, exact) requantised once; b_size < size: b is one pixel used for every pixel */
-static inline void mul_s8(const qg_mul_params_t *p, const int8_t *a, const int8_t *b, int8_t *out, int32_t kind)
+QG_SPECIALISED void mul_s8(const qg_mul_params_t *p, const int8_t *a, const int8_t *b, int8_t *out, int32_t kind)
 {
     const int32_t size = p->size, b_size = p->b_size, shift = p->shift, lo = p->act_min, hi = p->act_max;
     int32_t i, c;
@@ -108,11 +120,11 @@ void qg_mul_s8(const qg_mul_params_t *p, const int8_t *a, const int8_t *b, int8_
 }
 
 /* |x * mult| <= 2^22 and |bias| < 2^29: the int32 sum cannot overflow */
-static inline void affine_s8(const qg_affine_params_t *p, const int8_t *in, int8_t *out, int32_t kind)
+QG_SPECIALISED void affine_s8(const qg_affine_params_t *p, const int8_t *in, int8_t *out, int32_t kind)
 {
-    const int32_t mult = p->mult, bias = p->bias, shift = p->shift, lo = p->act_min, hi = p->act_max;
+    const int32_t size = p->size, mult = p->mult, bias = p->bias, shift = p->shift, lo = p->act_min, hi = p->act_max;
     int32_t i;
-    for (i = 0; i < p->size; i++) {
+    for (i = 0; i < size; i++) {
         out[i] = requantize_kind(in[i] * mult + bias, shift, kind, lo, hi);
     }
 }
@@ -132,13 +144,13 @@ void qg_affine_s8(const qg_affine_params_t *p, const int8_t *in, int8_t *out)
 }
 
 /* Both branches are exact in int32 (|x| * 2^14 and |x| * 2^15) and share one requantisation. */
-static inline void prelu_s8(const qg_prelu_params_t *p, const int8_t *in, int8_t *out, int32_t kind)
+QG_SPECIALISED void prelu_s8(const qg_prelu_params_t *p, const int8_t *in, int8_t *out, int32_t kind)
 {
-    const int32_t channels = p->channels, one = (int32_t)1 << p->slope_frac;
+    const int32_t size = p->size, channels = p->channels, one = (int32_t)1 << p->slope_frac;
     const int32_t shift = p->shift, lo = p->act_min, hi = p->act_max;
     const int16_t *slope = p->slope;
     int32_t i, c;
-    for (i = 0; i < p->size; i += channels) {
+    for (i = 0; i < size; i += channels) {
         const int8_t *x = in + i;
         int8_t *y = out + i;
         for (c = 0; c < channels; c++) {
