@@ -157,10 +157,10 @@ def test_opset_outside_13_to_21_is_refused(opset):
 
 
 def test_unsupported_attribute_and_constant_add_errors():
-    w = np.ones((2, 1, 3, 3))
-    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="dil", dilations=[2, 2])
-    with pytest.raises(UserError, match=r"ONNX node 'dil' \(Conv, opset 17\): dilations=\[2, 2\]"):
-        from_onnx_model(_model([conv], {"w": w}, [1, 1, 8, 8], [1, 2, 4, 4]))
+    w = np.ones((6, 2, 3, 3))
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="grp", group=3)  # 3 groups of 4 input channels?
+    with pytest.raises(UserError, match=r"ONNX node 'grp' \(Conv, opset 17\): group=3 with 4 input and 6 output"):
+        from_onnx_model(_model([conv], {"w": w}, [1, 4, 8, 8], [1, 6, 6, 6]))
     add = helper.make_node("Add", ["x", "k"], ["y"], name="bias_add")
     with pytest.raises(UserError, match="'bias_add' .*add of a constant"):
         from_onnx_model(_model([add], {"k": np.ones((1, 4))}, [1, 4], [1, 4]))

@@ -59,9 +59,13 @@ def test_unsupported_op_names_node_and_source_line():
     assert "cumsum" in msg and "models.py:" in msg and "Supported:" in msg
 
 
-def test_grouped_conv_refused_with_advice():
-    with pytest.raises(UserError, match=r"groups=2; qgen supports groups=1 or depthwise"):
-        from_module(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), torch.randn(1, 4, 6, 6))
+def test_grouped_and_dilated_conv_lower_to_conv2d_attrs():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(4, 6, 3, groups=2, dilation=(2, 1), padding="same")).eval()
+    g = from_module(model, torch.randn(1, 4, 7, 6))
+    (node,) = g.nodes
+    assert (node.attrs["groups"], node.attrs["dilation"], node.attrs["padding"]) == (2, (2, 1), (2, 1, 2, 1))
+    _float_ir_matches_torch(model, torch.randn(3, 4, 7, 6))
 
 
 def test_nan_weight_refused():
