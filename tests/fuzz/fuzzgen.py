@@ -228,9 +228,10 @@ def specs(draw, lim: Limits = QUICK) -> dict:
                 layers.append({"op": "bn", "kind": draw(st.sampled_from(["normal", "normal", "extreme"]))})
             elif op == "norm":  # GroupNorm (InstanceNorm when groups = C) or LayerNorm over (C, H, W)
                 kind = draw(st.sampled_from(["normal", "normal", "extreme"]))
-                if draw(st.booleans()):
-                    groups = draw(st.sampled_from([d for d in range(1, c + 1) if c % d == 0]))
-                    layers.append({"op": "gn", "groups": groups, "kind": kind})
+                # PyTorch's group_norm refuses a group of one value (C/G * H * W == 1)
+                groups_ok = [d for d in range(1, c + 1) if c % d == 0 and (c // d) * h * w > 1]
+                if groups_ok and draw(st.booleans()):
+                    layers.append({"op": "gn", "groups": draw(st.sampled_from(groups_ok)), "kind": kind})
                 else:
                     layers.append({"op": "ln", "kind": kind})
             elif op == "act":
