@@ -162,6 +162,8 @@ def c_conv_transpose(b, index: int, n):
     """C, int8: qg_conv_transpose2d_s8 (weights in phase order, crop top/left as pad_top/pad_left)."""
     io = b.io(index, n)
     fields = _conv_transpose_fields(b, io, n)
+    if "out_stride" in n.attrs:  # writes its channels of a wider concat output (passes/concat_in_place)
+        fields.append(("out_stride", n.attrs["out_stride"]))
     b.check_scratch(index, n, conv_transpose_scratch(b.g, n))
     return ("qg_conv2d_params_t", fields,
             f"qg_conv_transpose2d_s8(&{io.struct}, {io.ins[0]}, {io.out_expr}, {io.scratch});")

@@ -2,8 +2,8 @@
 
 A `torch.cat` of branches (SqueezeNet's fire modules, U-Net's up-convolution beside its skip, Inception
 blocks) costs, with a copying concat, the branch outputs plus the concatenated tensor at the concat step —
-about twice the output. Here an input whose producer can write its output pixels at a wider stride (today
-the dense int8 convolution, `qg_conv2d_s8`: `out_stride` in its parameter struct), which no other node
+about twice the output. Here an input whose producer can write its output pixels at a wider stride (the
+dense int8 convolution and transposed convolution: `out_stride` in their parameter struct), which no other node
 reads and which is in the output's Q format, is computed in place: the planner gives it the bytes of its
 slice inside the concat buffer (channels-last: channel offset c0 of every pixel, pixel stride = the output's
 channel count), the producer writes there, and the concat copies only the other inputs (their pointer is
@@ -26,7 +26,8 @@ import numpy as np
 from ..ir import Graph, Node, Op
 from ..kernels import select
 
-STRIDED_OUT_KERNELS = frozenset({"qg_conv2d_s8"})  # kernels that honour `out_stride` (qg_kernels.h)
+STRIDED_OUT_OPS = (Op.CONV2D, Op.CONV_TRANSPOSE2D)  # ops whose int8 kernel can write at a pixel stride
+STRIDED_OUT_KERNELS = frozenset({"qg_conv2d_s8", "qg_conv_transpose2d_s8"})  # they honour `out_stride`
 
 
 def _geometry(graph: Graph, concat: Node) -> tuple[bool, list[tuple[int, int]]] | None:
@@ -58,7 +59,7 @@ def _candidates(graph: Graph, concat: Node, pinned: set[str]) -> list[bool]:
     for t in concat.inputs:
         producer = graph.producer(t)
         ok = (producer is not None and t not in pinned and t not in seen and len(graph.consumers(t)) == 1
-              and producer.op is not Op.RESHAPE and (producer.op is Op.CONV2D or not strided))
+              and producer.op is not Op.RESHAPE and (producer.op in STRIDED_OUT_OPS or not strided))
         seen.add(t)
         flags.append(ok)
     return flags

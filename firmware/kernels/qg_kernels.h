@@ -50,8 +50,9 @@ typedef struct {
     int8_t act_min, act_max;
     uint16_t groups;       /* conv: in_c and out_c split into `groups` (>= 1) equal groups, output group g reads
                               input group g (PyTorch order); depthwise, sparse, clustered: 1 */
-    uint16_t out_stride;   /* qg_conv2d_s8: elements from one output pixel to the next; 0 means out_c. A concat
-                              written in place (codegen/passes/concat_in_place.py) sets its channel count */
+    uint16_t out_stride;   /* qg_conv2d_s8, qg_conv_transpose2d_s8: elements from one output pixel to the
+                              next; 0 means out_c. A concat written in place (codegen/passes/concat_in_place.py)
+                              sets its channel count */
     const int8_t *weights; /* conv (out_c, k_h, k_w, in_c / groups); depthwise (out_c, k_h, k_w) */
     const int32_t *bias;   /* (out_c), frac = in_frac + weight_frac[c] */
     const int8_t *shift;   /* (out_c) requantisation shift in [-31, 31] */

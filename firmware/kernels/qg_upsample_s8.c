@@ -203,6 +203,7 @@ static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, in
                       int32_t qy, int32_t ox0, int32_t nty, int32_t ntx, const int8_t *w, int8_t *restrict scratch)
 {
     const int32_t out_c = p->out_c, sw = p->stride_w, out_w = p->out_w, k = nty * ntx * p->in_c;
+    const int32_t ps = p->out_stride ? p->out_stride : out_c; /* pixel stride: wider in a concat's slice */
     const int32_t act_min = p->act_min, act_max = p->act_max;
     const int32_t *bias = p->bias;
     const int8_t *shift = p->shift;
@@ -210,7 +211,7 @@ static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, in
     if (k == 0) { /* no tap reaches this phase: the bias alone */
         for (ox = ox0; ox < out_w; ox += sw) {
             for (oc = 0; oc < out_c; oc++) {
-                out_row[ox * out_c + oc] = qg_requantize_s8(bias[oc], shift[oc], act_min, act_max);
+                out_row[ox * ps + oc] = qg_requantize_s8(bias[oc], shift[oc], act_min, act_max);
             }
         }
         return;
@@ -229,14 +230,14 @@ static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, in
                 const int32_t oxc = ox + (c < n_valid ? c : n_valid - 1) * sw;
                 fill_col(p, in, qy, (oxc + left) / sw, nty, ntx, cols + 4 * c, stage);
             }
-            block_dsp(p, w, k, cols, n_valid, out_row + ox * out_c, sw * out_c);
+            block_dsp(p, w, k, cols, n_valid, out_row + ox * ps, sw * ps);
         }
     }
 #else
     {
         const int32_t left = p->pad_left;
         for (ox = ox0; ox < out_w; ox += sw) {
-            int8_t *o = out_row + ox * out_c;
+            int8_t *o = out_row + ox * ps;
             const int8_t *wr = w;
             gather_s8(p, in, qy, (ox + left) / sw, nty, ntx, scratch);
             for (oc = 0; oc + 1 < out_c; oc += 2, wr += 2 * k) {
@@ -271,7 +272,8 @@ void qg_conv_transpose2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict 
             const int32_t ntx = phase_taps(k_w, sw, rx);
             /* first ox with (ox + pad_left) % sw == rx */
             const int32_t ox0 = ((rx - p->pad_left) % sw + sw) % sw;
-            phase_row(p, in, out + oy * p->out_w * p->out_c, qy, ox0, nty, ntx, w, scratch);
+            phase_row(p, in, out + oy * p->out_w * (p->out_stride ? p->out_stride : p->out_c), qy, ox0, nty, ntx, w,
+                      scratch);
             w += nty * ntx * block;
         }
     }

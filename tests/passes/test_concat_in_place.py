@@ -129,3 +129,41 @@ def test_strided_producers_are_bit_exact_on_the_cores(board, tmp_path):
     assert next(n for n in r.graph.nodes if n.op.value == "concat").attrs["in_place"] == [True, True]
     run = deploy.run(tmp_path / "fire", board, r.quantize_input(np.concatenate([calib[:3], 4 * calib[3:5]])))
     assert run.exact, run.first_mismatch
+
+
+class UpSkip(nn.Module):
+    """U-Net's decoder step: an up-convolution (ConvTranspose2d) beside a skip that another layer also reads.
+    The up-convolution writes its channels in place; the skip is copied."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Conv2d(3, 6, 3, padding=1)
+        self.down = nn.Conv2d(6, 10, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(10, 6, 2, stride=2)
+        self.dec = nn.Conv2d(12, 4, 3, padding=1)
+
+    def forward(self, x):
+        skip = torch.relu(self.enc(x))
+        return self.dec(torch.cat([skip, self.up(torch.relu(self.down(skip)))], 1))
+
+
+@pytest.mark.parametrize("board", [None, "rp2040", "mps2-an386"])
+def test_transposed_conv_writes_in_place_beside_a_copied_skip(board, tmp_path):
+    from codegen import deploy
+    from codegen.target import missing_tools
+
+    if board and missing_tools():
+        pytest.skip(f"missing tools: {missing_tools()}")
+    torch.manual_seed(0)
+    calib = np.random.default_rng(0).standard_normal((16, 3, 8, 6)).astype(np.float32)
+    r = codegen.compile(UpSkip().eval(), torch.zeros(1, 3, 8, 6), calib, out_dir=tmp_path / "up")
+    concat = next(n for n in r.graph.nodes if n.op.value == "concat")
+    assert concat.attrs["in_place"] == [False, True]
+    assert r.graph.producer(concat.inputs[1]).attrs["out_stride"] == 12
+    x = np.concatenate([calib[:3], 4 * calib[3:5]])
+    if board is None:
+        check = r.verify(x)
+        assert check.exact, str(check)
+    else:
+        run = deploy.run(tmp_path / "up", board, r.quantize_input(x))
+        assert run.exact, run.first_mismatch
