@@ -45,8 +45,6 @@ class AllOps(nn.Module):
 
     def forward(self, x):
         y = torch.relu(self.conv(self.pad(x)))
-        gate = torch.sigmoid(y.mean((2, 3), keepdim=True))  # mul of a (1, C, 1, 1) gate, sub, max, min, affine
-        y = self.prelu(torch.maximum(y, y * 0.5) - torch.minimum(y, 1 - y)) * gate
         y = y + self.up(nn.functional.interpolate(nn.functional.max_pool2d(y, 4), scale_factor=2))  # resize
         gate = torch.sigmoid(y.mean((2, 3), keepdim=True))  # mul of a (1, C, 1, 1) gate, sub, max, min, affine
         y = self.prelu(torch.maximum(y, y * 0.5) - torch.minimum(y, 1 - y)) * gate
