@@ -82,18 +82,6 @@ def weighted_sums(x: torch.Tensor, w: torch.Tensor, node: Node) -> torch.Tensor:
     return x @ w.T if node.op is Op.LINEAR else conv(x, w, node)
 
 
-def pool(x: torch.Tensor, attrs: dict, pad_value: float, kind: str) -> torch.Tensor:
-    """Max ("max") or plain window sums ("sum", padding included) over the IR's padded windows."""
-    top, left, bottom, right = attrs["padding"]
-    xp = F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom), value=pad_value)
-    kernel, stride = tuple(attrs["kernel"]), tuple(attrs["stride"])
-    if kind == "max":
-        y = F.max_pool2d(xp, kernel, stride)
-    else:
-        y = F.avg_pool2d(xp, kernel, stride, divisor_override=1)
-    return y.permute(0, 2, 3, 1)
-
-
 def pad(x: torch.Tensor, attrs: dict) -> torch.Tensor:
     top, left, bottom, right = attrs["padding"]
     return F.pad(x, (0, 0, left, right, top, bottom))
