@@ -222,19 +222,27 @@ def _restore(graph: Graph, concat, saved: tuple[list[bool], dict[str, int]]) -> 
 # first: an output placed before its input puts the input just above it, overlapping; the other way
 # round, the output would have to fit below its input. scratch_last: kernel scratch (alive one step)
 # after all activations, so that it does not block an overlap; it then fills what is left at its step.
-STRATEGIES = [{"chains_first": c, "scratch_last": s} for s in (False, True) for c in (False, True)]
+# outputs_first: an output that may overlap its (larger) input is placed just before that input, as if it
+# were as large: the input then lands `distance` above it, overlapping (a stride-2 pool after a big first
+# convolution: SqueezeNet's arena is the convolution's output plus 32 bytes instead of both buffers).
+STRATEGIES = [{"chains_first": c, "scratch_last": s, "outputs_first": o}
+              for o in (False, True) for s in (False, True) for c in (False, True)]
 
 
-def _place(buffers: list[Buffer], chains_first: bool, scratch_last: bool) -> list[Buffer]:
+def _place(buffers: list[Buffer], chains_first: bool, scratch_last: bool, outputs_first: bool = False
+           ) -> list[Buffer]:
     """Greedy: largest first (see STRATEGIES), each at its lowest free offset."""
-    rank = {}
+    rank, size = {}, {}
     for buf in sorted(buffers, key=lambda b: b.first):
         src = next((b for b in buffers if _overlap_allowed(buf, b) is not None), None)
         start = rank[src.tensors[0]][0] if chains_first and src is not None and src.size == buf.size else buf.first
         rank[buf.tensors[0]] = (start, -buf.first if chains_first else buf.first)
+        grow = outputs_first and src is not None and src.size > buf.size
+        size[buf.tensors[0]] = (src.size, 0) if grow else (buf.size, 1)
     placed: list[Buffer] = []
     is_scratch = {b.tensors[0]: scratch_last and b.tensors[0].startswith(SCRATCH) for b in buffers}
-    for buf in sorted(buffers, key=lambda b: (is_scratch[b.tensors[0]], -b.size, rank[b.tensors[0]])):
+    for buf in sorted(buffers, key=lambda b: (is_scratch[b.tensors[0]], -size[b.tensors[0]][0],
+                                              size[b.tensors[0]][1], rank[b.tensors[0]])):
         placed.append(Buffer(buf.tensors, buf.size, buf.first, buf.last, _lowest_free_offset(buf, placed),
                              buf.over, buf.distance))
     return placed

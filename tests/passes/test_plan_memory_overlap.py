@@ -222,3 +222,28 @@ def test_overlap_only_over_an_input_that_dies():
     assert over["b"] is None  # `a` lives on through its reshape `flat`
     g = plan_memory.run(_pool_graph(later_reader=True))
     assert overlapping_links(g) == 0
+
+
+def test_a_small_output_is_placed_under_its_large_dying_input():
+    """SqueezeNet's stem: a big convolution output, then a stride-2 max pool four times smaller. The pool's
+    output goes first (outputs_first) so that the convolution output lands just above it, overlapping: the
+    arena is the convolution output plus the overlap distance, not both buffers."""
+    import torch
+    import torch.nn as nn
+
+    import codegen
+    from codegen.kernels import select
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, 2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+                          nn.Conv2d(16, 4, 1)).eval()
+    calib = np.random.default_rng(0).standard_normal((8, 3, 33, 33)).astype(np.float32)
+    r = codegen.compile(model, torch.zeros(1, 3, 33, 33), calib)
+    g = r.graph
+    conv, pool = g.nodes[0], g.nodes[1]
+    assert pool.op is Op.MAXPOOL2D
+    big, small = g.tensors[conv.outputs[0]].nbytes, g.tensors[pool.outputs[0]].nbytes
+    (_, a), (_, b) = g.memory[conv.outputs[0]], g.memory[pool.outputs[0]]
+    assert b + select(g, pool).overlap <= a < b + small  # the pool's output starts under the conv's, overlapping
+    assert r.report["arena_bytes"] < big + small
+    assert r.verify(calib[:3]).exact
