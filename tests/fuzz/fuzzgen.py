@@ -196,7 +196,6 @@ def specs(draw, lim: Limits = QUICK) -> dict:
                             "kind": draw(st.sampled_from(["normal", "normal", "uniform", "const", "zeros"])),
                             "exp": draw(st.sampled_from([0, 0, 0, -3, -1, 1, 3]))}}
     layers = spec["layers"]
-    flat_image = False  # current vector is a flattened image with more than one pixel and channel
     for _ in range(draw(st.integers(1, lim.max_layers))):
         if draw(st.integers(0, 5)) == 0:  # arithmetic ops keep the shape
             layers.append(draw(_arith_layer(shape, lim)))
@@ -205,7 +204,7 @@ def specs(draw, lim: Limits = QUICK) -> dict:
             c, h, w = shape
             op = draw(st.sampled_from(["conv", "conv", "conv", "dw", "dw", "bn", "act", "act", "maxpool", "avgpool",
                                        "adaptive", "res", "res", "cat", "pad", "softmax", "gap", "flatten",
-                                       "creduce",
+                                       "creduce", "shuffle", "split", "crop",
                                        "convt", "up", "norm"]))
             if op == "conv":
                 win = draw(_window(h, w, 5, pool=False))
@@ -290,13 +289,31 @@ def specs(draw, lim: Limits = QUICK) -> dict:
                 shape = (c, h + pad[2] + pad[3], w + pad[0] + pad[1])
             elif op == "softmax":
                 layers.append({"op": "softmax"})
+            elif op == "shuffle":  # channel shuffle: view to 5-D, transpose, view back (one TRANSPOSE)
+                groups = [g for g in range(2, c) if c % g == 0]  # g = c or 1: no shuffle
+                if not groups:
+                    continue
+                layers.append({"op": "shuffle", "groups": draw(st.sampled_from(groups))})
+            elif op == "split":  # channel split and swap (ShuffleNetV2): two SLICEs and a concat
+                if c < 2:
+                    continue
+                layers.append({"op": "split", "at": draw(st.integers(1, c - 1))})
+            elif op == "crop":  # a slice of rows or columns (x[:, :, a:b] / x[..., a:b])
+                dim = draw(st.sampled_from([2, 3]))
+                size = h if dim == 2 else w
+                if size < 2:
+                    continue
+                length = draw(st.integers(1, size - 1))
+                layers.append({"op": "crop", "dim": dim, "start": draw(st.integers(0, size - length)),
+                               "length": length})
+                shape = (c, length, w) if dim == 2 else (c, h, length)
             elif op == "gap":
                 layers.append({"op": "gap", "how": draw(st.sampled_from(["mean", "mean_keepdim", "adaptive", "amax",
                                                                           "max_adaptive"]))})
-                shape, flat_image = (c,), False
+                shape = (c,)
             else:
                 layers.append({"op": "flatten"})
-                shape, flat_image = (c * h * w,), h * w > 1 and c > 1
+                shape = (c * h * w,)
         else:
             (f,) = shape
             op = draw(st.sampled_from(["linear", "linear", "linear", "act", "bn", "res", "cat", "softmax", "ln"]))
@@ -304,7 +321,7 @@ def specs(draw, lim: Limits = QUICK) -> dict:
                 if f > 4 * lim.max_f and draw(st.booleans()):
                     continue
                 layers.append({"op": "linear", "out": draw(st.integers(1, lim.max_f)), **draw(_weights())})
-                shape, flat_image = (layers[-1]["out"],), False
+                shape = (layers[-1]["out"],)
             elif op == "bn":  # folded into a Linear before it, else a channel_affine
                 layers.append({"op": "bn", "kind": draw(st.sampled_from(["normal", "extreme"]))})
             elif op == "ln":
@@ -315,7 +332,7 @@ def specs(draw, lim: Limits = QUICK) -> dict:
                 layers.append({"op": "softmax"})
             elif op == "cat" and 2 * f <= 4 * lim.max_f:
                 layers.append({"op": "cat", "body": [_act_layer(draw)] if draw(st.booleans()) else []})
-                shape, flat_image = (2 * f,), False
+                shape = (2 * f,)
             elif op == "res":
                 body = []
                 if draw(st.booleans()):
@@ -325,7 +342,7 @@ def specs(draw, lim: Limits = QUICK) -> dict:
                 if draw(st.booleans()):
                     body.append(_act_layer(draw))
                 layers.append({"op": "res", "body": body, "relu": draw(st.booleans())})
-    if not layers or flat_image or layers[-1]["op"] == "flatten":  # a flatten alone computes nothing
+    if not layers or layers[-1]["op"] == "flatten":  # a flatten alone computes nothing
         layers.append({"op": "linear", "out": draw(st.integers(1, 10)), **draw(_weights())})
     if len(layers) > 1 and draw(st.integers(0, 4)) == 0:  # a second output: an intermediate tensor
         spec["taps"] = [draw(st.integers(0, len(layers) - (2 if AVOID_DUPLICATE_OUTPUTS else 1)))]
@@ -389,6 +406,10 @@ def layer_shape(layer: dict, shape: tuple[int, ...]) -> tuple[int, ...]:
     if op == "pad":
         left, right, top, bottom = layer["pad"]
         return (shape[0], shape[1] + top + bottom, shape[2] + left + right)
+    if op == "crop":
+        out = list(shape)
+        out[layer["dim"] - 1] = layer["length"]
+        return tuple(out)
     return shape
 
 
@@ -454,6 +475,35 @@ class Pad(nn.Module):
 class Softmax(nn.Module):
     def forward(self, x):
         return torch.softmax(x, dim=1)
+
+
+class ChannelShuffle(nn.Module):
+    def __init__(self, groups: int):
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+
+class SplitSwap(nn.Module):
+    def __init__(self, at: int):
+        super().__init__()
+        self.at = at
+
+    def forward(self, x):
+        a, b = x.split([self.at, x.shape[1] - self.at], dim=1)
+        return torch.cat([b, a], dim=1)
+
+
+class Crop(nn.Module):
+    def __init__(self, dim: int, start: int, length: int):
+        super().__init__()
+        self.dim, self.start, self.length = dim, start, length
+
+    def forward(self, x):
+        return x.narrow(self.dim, self.start, self.length)
 
 
 LUT_MODULES = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "hardsigmoid": nn.Hardsigmoid, "hardswish": nn.Hardswish,
@@ -587,6 +637,12 @@ def _module(layer: dict, shape: tuple[int, ...], rng: np.random.Generator) -> nn
         return Pad(layer["pad"])
     if op == "softmax":
         return Softmax()
+    if op == "shuffle":
+        return ChannelShuffle(layer["groups"])
+    if op == "split":
+        return SplitSwap(layer["at"])
+    if op == "crop":
+        return Crop(layer["dim"], layer["start"], layer["length"])
     if op == "lut":
         return LUT_MODULES[layer["fn"]]()
     if op == "bin":
