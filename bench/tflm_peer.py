@@ -56,7 +56,12 @@ def runs_with_arena(model: Path, arena: int) -> bool:
             "it.invoke()\n"
             "print('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    return proc.returncode == 0 and proc.stdout.strip().endswith("ok")
+    if proc.returncode == 0 and proc.stdout.strip().endswith("ok"):
+        return True
+    missing = [line for line in proc.stderr.splitlines() if line.startswith("Didn't find op")]
+    if missing:  # no arena size helps: TFLM has no kernel for an op of the model
+        raise RuntimeError(f"TFLM cannot run it: {missing[0]}")
+    return False
 
 
 def smallest_arena(model: Path) -> int:
