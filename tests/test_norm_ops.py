@@ -542,3 +542,29 @@ def test_layer_norm_over_the_model_dim_of_a_sequence():
     with torch.no_grad():
         want = model(x).numpy()
     np.testing.assert_allclose(result.predict(x.numpy()), want, atol=0.1)
+
+
+def test_onnx_group_norm_as_torch_exports_it(tmp_path):
+    """torch.onnx writes GroupNorm as Reshape(1, G, -1) -> InstanceNormalization -> Reshape -> Mul -> Add (no
+    GroupNormalization node): the ONNX import makes it one group_norm, the same float model as the torch path."""
+    pytest.importorskip("onnx", reason="the ONNX front end needs the `onnx` package")
+    import contextlib
+    import io
+    import warnings
+
+    from codegen.frontend import from_module
+    from codegen.frontend.onnx_import import from_onnx_file
+    from codegen.reference import run_float, to_qgen_layout
+
+    model, shape = _cases()["group_norm_convnet"]
+    path = tmp_path / "gn.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(shape),), str(path))
+    g_onnx, g_torch = from_onnx_file(str(path)), from_module(model, torch.zeros(shape))
+    assert [n.op for n in g_onnx.nodes if n.op is Op.GROUP_NORM] == [Op.GROUP_NORM] * 2, g_onnx
+    x = np.random.default_rng(0).standard_normal((4, *shape[1:]))
+    a = run_float(g_onnx, to_qgen_layout(g_onnx, x))[g_onnx.outputs[0]]
+    b = run_float(g_torch, to_qgen_layout(g_torch, x))[g_torch.outputs[0]]
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)

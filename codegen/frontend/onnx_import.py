@@ -103,6 +103,8 @@ class _Importer:
         self.used_names: set[str] = set()
         self.skip: set[int] = set()  # node indices consumed by a pattern (sigmoid of x * sigmoid(x))
         self.silu: dict[int, str] = {}  # Mul node index -> the ONNX value x of x * sigmoid(x)
+        # Add node index -> (first Reshape, InstanceNormalization, Mul) of torch.onnx's GroupNorm (find_patterns)
+        self.group_norms: dict[int, tuple[Any, Any, Any]] = {}
         self.index = -1  # the node being lowered
         self.users: dict[str, list[Any]] = {}
         for init in model.graph.initializer:
@@ -294,9 +296,29 @@ class _Importer:
         self.graph.io_layout[value.name] = LAYOUTS.get(value.rank, "nf")
 
     def find_patterns(self) -> None:
-        """x * Sigmoid(x) (SiLU as exported) becomes one LUT: skip the Sigmoid, the Mul does it."""
+        """x * Sigmoid(x) (SiLU as exported) becomes one LUT: skip the Sigmoid, the Mul does it. torch.onnx's
+        GroupNorm (Reshape to (1, G, -1), InstanceNormalization, Reshape back, Mul gamma, Add beta) becomes one
+        group_norm: skip the first four, the Add does it (_group_norm_pattern)."""
         nodes = list(self.model.graph.node)
         producer = {out: (i, n) for i, n in enumerate(nodes) for out in n.output}
+        index_of = {id(n): i for i, n in enumerate(nodes)}
+
+        def only_user(value: str, op_type: str):
+            users = self.users.get(value, [])
+            return users[0] if len(users) == 1 and users[0].op_type == op_type else None
+
+        for inst in nodes:
+            if inst.op_type != "InstanceNormalization":
+                continue
+            _, first = producer.get(inst.input[0], (None, None))
+            back = only_user(inst.output[0], "Reshape")
+            mul = only_user(back.output[0], "Mul") if back is not None else None
+            add = only_user(mul.output[0], "Add") if mul is not None else None
+            if first is None or first.op_type != "Reshape" or add is None or \
+                    len(self.users.get(first.output[0], [])) != 1 or back.input[0] != inst.output[0]:
+                continue
+            self.skip.update(index_of[id(n)] for n in (first, inst, back, mul))
+            self.group_norms[index_of[id(add)]] = (first, inst, mul)
         for mul_index, node in enumerate(nodes):
             if node.op_type != "Mul" or len(node.input) != 2:
                 continue
@@ -565,6 +587,38 @@ def _group_norm(imp: _Importer, node) -> _Act:
                 x.rank)
 
 
+def _group_norm_pattern(imp: _Importer, add) -> _Act:
+    """torch.onnx's GroupNorm: Reshape(x, (1, G, -1)) -> InstanceNormalization(s, b) -> Reshape back -> Mul(gamma)
+    -> Add(beta) is one group_norm with gamma'[c] = s[g] * gamma[c], beta'[c] = b[g] * gamma[c] + beta[c]."""
+    first, inst, mul = imp.group_norms[imp.index]
+    x = imp.values.get(first.input[0])
+    if not isinstance(x, _Act) or x.name in imp.flat_from_image:
+        raise imp.err(first, "GroupNorm (Reshape, InstanceNormalization) of a constant or a flattened image")
+    c = imp.shape_of(x.name)[-1]
+    s = np.asarray(imp.input_const(inst, 1, "scale"), np.float64).reshape(-1)
+    b = np.asarray(imp.input_const(inst, 2, "B"), np.float64).reshape(-1)
+    groups = s.size
+    target = imp.values.get(first.input[1])
+    if groups < 1 or c % groups or not isinstance(target, np.ndarray) or target.size != 3 or \
+            int(target.reshape(-1)[1]) != groups:
+        raise imp.err(first, f"Reshape to {None if target is None else np.asarray(target).tolist()} before "
+                             f"InstanceNormalization over {c} channels is not a GroupNorm qgen recognises")
+    consts = []
+    for n in (mul, add):  # the activation input of each was skipped (no value): the other one is the constant
+        value = [v for v in (imp.values.get(i) for i in n.input) if isinstance(v, np.ndarray)]
+        if len(value) != 1 or np.asarray(value[0]).size not in (1, c):
+            raise imp.err(n, f"GroupNorm's {n.op_type} needs a constant per channel")
+        consts.append(np.broadcast_to(np.asarray(value[0], np.float64).reshape(-1), (c,)))
+    gamma, beta = consts
+    s, b = np.repeat(s, c // groups), np.repeat(b, c // groups)
+    base = imp.base_name(add)
+    gname = imp.const(f"{base}_gamma", s * gamma)
+    bname = imp.const(f"{base}_beta", b * gamma + beta)
+    eps = _f32(imp.attr(inst, "epsilon", 1e-5))
+    return _Act(imp.add(add, Op.GROUP_NORM, [x.name, gname, bname], imp.shape_of(x.name), groups=groups, eps=eps),
+                x.rank)
+
+
 def _relu(imp: _Importer, node) -> _Act:
     x = imp.input_act(node)
     return _Act(imp.add(node, Op.RELU, [x.name], imp.shape_of(x.name), lo=0.0, hi=None), x.rank)
@@ -724,6 +778,8 @@ def _flatten(imp: _Importer, node) -> _Act:
 
 
 def _add(imp: _Importer, node) -> _Act:
+    if imp.index in imp.group_norms:
+        return _group_norm_pattern(imp, node)
     a, b = (imp.values.get(i) for i in node.input)
     ka, kb = _scalar(a), _scalar(b)
     if isinstance(a, _Act) and kb is not None:
