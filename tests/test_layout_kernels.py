@@ -40,6 +40,8 @@ def layout_graph(bits: int = 8) -> Graph:
     _node(g, "shuffle", Op.TRANSPOSE, [r], perm=(0, 2, 1))  # (HW, g, C/g) -> (HW, C/g, g)
     r4 = _node(g, "r4", Op.RESHAPE, ["x"], output=False, shape=(6, 2, 4, 16))
     _node(g, "t4", Op.TRANSPOSE, [r4], perm=(2, 0, 3, 1))
+    r2 = _node(g, "r2", Op.RESHAPE, ["x"], output=False, shape=(48, 16))
+    _node(g, "t_2d", Op.TRANSPOSE, [r2], perm=(1, 0))  # 4 x 4 byte tiles (int8)
     _node(g, "s0", Op.SLICE, ["x"], axis=0, start=1, length=3)
     _node(g, "s1", Op.SLICE, ["x"], axis=1, start=2, length=5)
     s2 = _node(g, "s2", Op.SLICE, ["x"], axis=2, start=3, length=9)
@@ -107,6 +109,6 @@ def test_layout_kernels_bit_exact_on_cores(tmp_path):
             report[n.name] = count / SPEC[n.op].macs(g, n)
     print("cortex-m4 instructions per byte (transpose, slice) / per MAC (matmul):",
           {k: round(v, 2) for k, v in report.items()})
-    # measured 2026-12-03: gathers 4.5-6.8 instructions per byte on these small shapes (3.25 in the unrolled
-    # inner loop), block slices 0.7-0.9, matmul 3.9 per MAC (K = 16); the bounds catch regressions
-    assert report["shuffle"] <= 5 and report["t_201"] <= 6.5 and report["s1"] <= 1.5 and report["mm"] <= 4.5
+    # measured 2026-12-03 (see /work/notes/layout.md): 2-D transposes by 4 x 4 byte tiles (t_2d), gathers on
+    # short rows (shuffle g = 2), block slices, matmul per MAC; the bounds catch regressions
+    assert report["t_2d"] <= 3.2 and report["shuffle"] <= 5 and report["s1"] <= 1.5 and report["mm"] <= 4.5

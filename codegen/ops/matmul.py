@@ -53,9 +53,17 @@ def transpose_loops(in_shape, perm) -> tuple[list[int], list[int], list[int]]:
     out_strides = [int(np.prod(out_shape[k + 1:], dtype=np.int64)) for k in range(len(out_shape))]
     dims = [(out_shape[k], in_strides[perm[k]], out_strides[k]) for k in range(len(perm))]
     inner = next((k for k, (_, si, so) in enumerate(dims) if si == 1 and so == 1), None)
+    tile = None  # a 2-D transpose of 4 x 4 byte tiles: the dim contiguous in the input, then the output's
     if inner is None:
-        inner = max(range(len(dims)), key=lambda k: (dims[k][0], k))
-    dims.append(dims.pop(inner))
+        rows = next((k for k, (n, si, _) in enumerate(dims) if si == 1 and n >= 4), None)
+        cols = next((k for k, (n, _, so) in enumerate(dims) if so == 1 and n >= 4), None)
+        if rows is not None and cols is not None:
+            tile = (dims[rows], dims[cols])
+            dims = [d for k, d in enumerate(dims) if k not in (rows, cols)] + list(tile)
+        else:
+            inner = max(range(len(dims)), key=lambda k: (dims[k][0], k))
+    if tile is None:
+        dims.append(dims.pop(inner))
     return [d[0] for d in dims], [d[1] for d in dims], [d[2] for d in dims]
 
 
