@@ -317,7 +317,7 @@ def test_unsupported_arithmetic_is_a_clear_user_error(model, message):
     class Wrap(nn.Module):
         def __init__(self):
             super().__init__()
-            self.register_buffer("k", torch.ones(1, 3, 1, 1))
+            self.register_buffer("k", torch.ones(1, 3, 4, 5))  # not per channel: refused
 
         def forward(self, x):
             return model(self, x)
@@ -471,3 +471,33 @@ def test_micropython_kernels_equal_the_reference(model, tmp_path):
     expect = reference_outputs(g, run_int(g, x))
     got = np.array([np.frombuffer(module.predict(v.tobytes()), dtype=np.int8) for v in x])
     assert np.array_equal(got, expect), _first_difference(g, got, expect)
+
+
+class PerChannelConstants(nn.Module):
+    """(x - mean) / std on the input, conv * k[c], + k[c], and per-feature constants on a vector."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1))
+        self.register_buffer("w", torch.tensor([0.5, -1.0, 2.0, 0.25, 1.5]))
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        y = self.conv((x - self.mean) / self.std) * torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1, 1)
+        y = torch.relu(y) + torch.tensor([-1.0, -0.3, 0.3, 1.0]).view(4, 1, 1)
+        v = self.fc(y.mean((2, 3)))
+        return (1 - v) * self.w - self.w
+
+
+def test_per_channel_constants_fold_or_lower_bit_exact():
+    """Constant tensors along the channel dim become a BatchNorm: folded into the conv before it, else a
+    depthwise 1x1 (images) or channel_affine (vectors); torch.tensor([...]).view(...) constants included."""
+    from codegen.frontend import from_module
+
+    torch.manual_seed(0)
+    g = from_module(PerChannelConstants().eval(), torch.randn(1, 3, 6, 6))
+    assert [n.op for n in g.nodes].count(Op.BATCH_NORM) == 6, g
+    result = _compile_and_verify(PerChannelConstants(), (3, 6, 6), {Op.DEPTHWISE_CONV2D, Op.CHANNEL_AFFINE}, 0.2)
+    assert not any(n.op is Op.MUL for n in result.graph.nodes)

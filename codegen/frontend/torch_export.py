@@ -1036,6 +1036,8 @@ def _reshape_to(lw: _Lowering, n, xin: str, shape: tuple[int, ...]) -> str:
 def _view(lw: _Lowering, n) -> str:
     """view/reshape/flatten/unflatten/squeeze/unsqueeze: metadata (frontend/layout.py view), a RESHAPE alias
     to the IR shape of the new sizes; a TRANSPOSE first only if the dims to split do not lie so."""
+    if n.args[0].name not in lw.lay:  # a constant (torch.tensor([...]).view(1, C, 1, 1)): reshaped here
+        return np.asarray(lw.env[n.args[0].name]).reshape(tuple(n.meta["val"].shape))
     x_ir, lay = lw.raw(n.args[0])
     sizes = _torch_sizes(n)
     if sizes is None:
@@ -1157,6 +1159,10 @@ def _add(lw: _Lowering, n) -> str:
     ka, kb = _scalar(lw, a), _scalar(lw, b)
     if (ka is None) != (kb is None) and isinstance(alpha, (int, float)):  # x + c, c + x: an affine op
         return _affine(lw, n, a, 1.0, kb * alpha) if kb is not None else _affine(lw, n, b, alpha, ka)
+    if isinstance(alpha, (int, float)) and _per_channel(lw, n, a, b) is not None:  # x + k[c]: a bias
+        return _channelwise(lw, n, a, 1.0, alpha * _per_channel(lw, n, a, b))
+    if isinstance(alpha, (int, float)) and _per_channel(lw, n, b, a) is not None:
+        return _channelwise(lw, n, b, alpha, _per_channel(lw, n, b, a))
     if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)) or alpha != 1:
         raise _err(lw, n, "add of a constant (or with alpha); qgen supports adding two activations "
                           "(residual add). Fold the constant into a bias.")
@@ -1194,6 +1200,31 @@ def _affine(lw: _Lowering, n, x, scale: float, offset: float) -> str:
     return lw.add(n, Op.AFFINE, [xin], lw.shape_of(xin), scale=float(scale), offset=float(offset))
 
 
+def _per_channel(lw: _Lowering, n, x, k) -> np.ndarray | None:
+    """Constant `k` broadcast along the channel (feature) dim of activation `x` only, (1, C, 1, 1), (C, 1, 1),
+    (1, C, 1), (1, F), ...: its C values; None for anything else."""
+    value = lw.env.get(k.name) if isinstance(k, torch.fx.Node) else None  # no layout copy of an activation
+    if not (isinstance(value, np.ndarray) and value.size > 1 and isinstance(x, torch.fx.Node) and x.name in lw.lay):
+        return None
+    rank = len(lw.lay[x.name].sizes)
+    shape = (1,) * (rank - value.ndim) + tuple(value.shape)
+    sizes = lw.lay[x.name].sizes
+    if len(shape) != rank or rank < 2 or shape[1] != sizes[1] or any(d != 1 for i, d in enumerate(shape) if i != 1):
+        return None
+    return value.reshape(-1).astype(np.float64)
+
+
+def _channelwise(lw: _Lowering, n, x, scale, offset) -> str:
+    """x * scale[c] + offset[c] with constant tensors: a BatchNorm node, which fold_bn folds into the conv or
+    Linear producing x, or lowers (depthwise 1x1 on images, channel_affine on vectors): (x - mean) / std."""
+    xin = lw.value(x)
+    c = lw.shape_of(xin)[-1]
+    scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), (c,)).copy()
+    offset = np.broadcast_to(np.asarray(offset, dtype=np.float64), (c,)).copy()
+    return lw.add(n, Op.BATCH_NORM, [xin, lw.const(f"{n.name}_scale", scale), lw.const(f"{n.name}_shift", offset)],
+                  lw.shape_of(xin))
+
+
 def _constant(lw: _Lowering, n) -> Any:
     """torch.tensor(...) written in forward(): the lifted constant itself."""
     return lw.value(n.args[0])
@@ -1224,6 +1255,10 @@ def _mul(lw: _Lowering, n) -> str:
         return _affine(lw, n, a, kb, 0.0)
     if ka is not None and kb is None:
         return _affine(lw, n, b, ka, 0.0)
+    for x, k in ((a, b), (b, a)):
+        per_channel = _per_channel(lw, n, x, k)
+        if per_channel is not None:
+            return _channelwise(lw, n, x, per_channel, 0.0)
     return _two_activations(lw, n, Op.MUL, a, b)
 
 
@@ -1233,6 +1268,9 @@ def _div(lw: _Lowering, n) -> str:
     kb = _scalar(lw, b)
     if mode is not None:
         raise _err(lw, n, f"division with rounding_mode='{mode}'; qgen supports true division by a constant")
+    per_channel = _per_channel(lw, n, a, b)
+    if per_channel is not None and np.all(per_channel != 0):
+        return _channelwise(lw, n, a, 1.0 / per_channel, 0.0)
     if kb is None or _scalar(lw, a) is not None:
         raise _err(lw, n, "division by an activation; qgen supports dividing an activation by a constant "
                           "(x / 6). Multiply by a gate instead.")
@@ -1251,6 +1289,10 @@ def _sub(lw: _Lowering, n) -> str:
         return _affine(lw, n, a, 1.0, -kb * alpha)
     if ka is not None and kb is None:
         return _affine(lw, n, b, -alpha, ka)
+    if isinstance(alpha, (int, float)) and _per_channel(lw, n, a, b) is not None:  # x - k[c]
+        return _channelwise(lw, n, a, 1.0, -alpha * _per_channel(lw, n, a, b))
+    if isinstance(alpha, (int, float)) and _per_channel(lw, n, b, a) is not None:  # k[c] - x
+        return _channelwise(lw, n, b, -alpha, _per_channel(lw, n, b, a))
     if alpha != 1:
         raise _err(lw, n, f"sub of two activations with alpha={alpha}; qgen supports alpha=1 (scale one operand "
                           "with a multiplication first)")
