@@ -1437,9 +1437,12 @@ def _upsample(mode: str, one_d: bool, has_align: bool):
             raise _err(lw, n, f"resize of a {len(lw.shape_of(xin))}-D tensor; qgen resizes images and sequences")
         if one_d:
             scales = [None, scales[0]]
-        scales = tuple(None if s is None else float(s) for s in scales)
         val = n.meta.get("val")
         out = ir_shape_of(tuple(val.shape))
+        # a scale factor whose 1/s is exactly in/out computes what `size=` does: one IR for both spellings
+        sizes = zip(lw.shape_of(xin)[:2], out[:2])
+        scales = tuple(None if s is None or (1.0 / float(s) == i / o and np.float32(1.0 / float(s)) == np.float32(i / o))
+                       else float(s) for s, (i, o) in zip(scales, sizes))
         _check_shape(lw, n, out)
         return lw.add(n, Op.RESIZE, [xin], out, mode=mode, align_corners=align, size=(out[0], out[1]),
                       scales=scales)
@@ -1526,6 +1529,8 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.unsqueeze.default: _view,
     aten.permute.default: _permute,
     aten.transpose.int: _permute,
+    aten.swapaxes.default: _permute,
+    aten.swapdims.default: _permute,
     aten.t.default: _permute,
     aten.slice.Tensor: _slice,
     aten.narrow.default: _slice,

@@ -143,6 +143,82 @@ SPELLINGS = {
         "F.batch_norm": lambda m, x, i: F.batch_norm(x, m.bn.running_mean, m.bn.running_var, m.bn.weight, m.bn.bias,
                                                   False, 0.1, m.bn.eps),
     },
+    "mul": {  # two activations (the second a second conv of the input)
+        "a * b": lambda m, x, i: x * m.conv2(i),
+        "torch.mul": lambda m, x, i: torch.mul(x, m.conv2(i)),
+        "a.mul(b)": lambda m, x, i: x.mul(m.conv2(i)),
+        "a.mul_(b)": lambda m, x, i: x.mul_(m.conv2(i)),
+        "a *= b": lambda m, x, i: _imul(x, m.conv2(i)),
+    },
+    "sub": {
+        "a - b": lambda m, x, i: x - m.conv2(i),
+        "torch.sub": lambda m, x, i: torch.sub(x, m.conv2(i)),
+        "a.sub(b)": lambda m, x, i: x.sub(m.conv2(i)),
+        "a.sub_(b)": lambda m, x, i: x.sub_(m.conv2(i)),
+    },
+    "maximum": {
+        "torch.maximum": lambda m, x, i: torch.maximum(x, m.conv2(i)),
+        "torch.max(a, b)": lambda m, x, i: torch.max(x, m.conv2(i)),
+        "a.maximum(b)": lambda m, x, i: x.maximum(m.conv2(i)),
+    },
+    "scale": {  # multiply by a constant
+        "x * 0.5": lambda m, x, i: x * 0.5,
+        "x / 2": lambda m, x, i: x / 2,
+        "torch.mul(x, 0.5)": lambda m, x, i: torch.mul(x, 0.5),
+        "x.mul_(0.5)": lambda m, x, i: x.mul_(0.5),
+        "x.div_(2)": lambda m, x, i: x.div_(2),
+    },
+    "prelu": {
+        "nn.PReLU": lambda m, x, i: m.prelu(x),
+        "F.prelu": lambda m, x, i: F.prelu(x, m.prelu.weight),
+    },
+    "grouped_conv": {
+        "nn.Conv2d(groups=2)": lambda m, x, i: m.gconv(x),
+        "F.conv2d(groups=2)": lambda m, x, i: F.conv2d(x, m.gconv.weight, m.gconv.bias, padding=2, dilation=2,
+                                                     groups=2),
+    },
+    "conv_transpose": {
+        "nn.ConvTranspose2d": lambda m, x, i: m.up(x),
+        "F.conv_transpose2d": lambda m, x, i: F.conv_transpose2d(x, m.up.weight, m.up.bias, stride=2),
+    },
+    "upsample": {
+        "nn.Upsample": lambda m, x, i: m.act(x),
+        "nn.UpsamplingNearest2d": lambda m, x, i: m.act(x),
+        "F.interpolate": lambda m, x, i: F.interpolate(x, scale_factor=2),
+        "F.interpolate(size)": lambda m, x, i: F.interpolate(x, size=(8, 8), mode="nearest"),
+    },
+    "adaptive_avg": {
+        "nn.AdaptiveAvgPool2d": lambda m, x, i: m.act(x),
+        "F.adaptive_avg_pool2d": lambda m, x, i: F.adaptive_avg_pool2d(x, 3),
+    },
+    "adaptive_max": {
+        "nn.AdaptiveMaxPool2d": lambda m, x, i: m.act(x),
+        "F.adaptive_max_pool2d": lambda m, x, i: F.adaptive_max_pool2d(x, 3),
+    },
+    "ceil_maxpool": {
+        "nn.MaxPool2d(ceil_mode)": lambda m, x, i: m.act(x),
+        "F.max_pool2d(ceil_mode)": lambda m, x, i: F.max_pool2d(x, 3, 2, ceil_mode=True),
+    },
+    "global_mean": {
+        "x.mean((2, 3), keepdim)": lambda m, x, i: x.mean((2, 3), keepdim=True),
+        "torch.mean": lambda m, x, i: torch.mean(x, dim=(-2, -1), keepdim=True),
+        "nn.AdaptiveAvgPool2d(1)": lambda m, x, i: m.act(x),
+    },
+    "group_norm": {
+        "nn.GroupNorm": lambda m, x, i: m.gn(x),
+        "F.group_norm": lambda m, x, i: F.group_norm(x, 2, m.gn.weight, m.gn.bias, m.gn.eps),
+    },
+    "channel_shuffle": {
+        "view/transpose/view": lambda m, x, i: x.view(1, 2, 2, 4, 4).transpose(1, 2).contiguous().view(1, 4, 4, 4),
+        "reshape/permute/flatten": lambda m, x, i: x.reshape(1, 2, 2, 4, 4).permute(0, 2, 1, 3, 4).flatten(1, 2),
+        "unflatten/swapaxes/reshape": lambda m, x, i: x.unflatten(1, (2, 2)).swapaxes(1, 2).reshape(1, 4, 4, 4),
+    },
+    "channel_half": {
+        "x.chunk(2, 1)[0]": lambda m, x, i: x.chunk(2, 1)[0],
+        "torch.split": lambda m, x, i: torch.split(x, 2, dim=1)[0],
+        "x[:, :2]": lambda m, x, i: x[:, :2],
+        "x.narrow": lambda m, x, i: x.narrow(1, 0, 2),
+    },
 }
 # ops on the way to a vector (the model ends with a Linear after flatten: qgen returns no flattened image)
 HEAD = {
@@ -163,6 +239,9 @@ HEAD = {
         "F.softmax": lambda m, x, i: F.softmax(m.fc(x.flatten(1)), dim=1),
         "torch.softmax": lambda m, x, i: torch.softmax(m.fc(x.flatten(1)), 1),
         "x.softmax(-1)": lambda m, x, i: m.fc(x.flatten(1)).softmax(-1),
+    },    "layer_norm": {
+        "nn.LayerNorm": lambda m, x, i: m.ln(m.fc(x.flatten(1))),
+        "F.layer_norm": lambda m, x, i: F.layer_norm(m.fc(x.flatten(1)), (3,), m.ln.weight, m.ln.bias, m.ln.eps),
     },
 }
 
@@ -194,11 +273,22 @@ MODULES = {
     "nn.ZeroPad2d": lambda: nn.ZeroPad2d(1),
     "nn.ConstantPad2d(0)": lambda: nn.ConstantPad2d(1, 0.0),
     "nn.Flatten": lambda: nn.Flatten(),
+    "nn.Upsample": lambda: nn.Upsample(scale_factor=2),
+    "nn.UpsamplingNearest2d": lambda: nn.UpsamplingNearest2d(scale_factor=2),
+    "nn.AdaptiveAvgPool2d": lambda: nn.AdaptiveAvgPool2d(3),
+    "nn.AdaptiveMaxPool2d": lambda: nn.AdaptiveMaxPool2d(3),
+    "nn.MaxPool2d(ceil_mode)": lambda: nn.MaxPool2d(3, 2, ceil_mode=True),
+    "nn.AdaptiveAvgPool2d(1)": lambda: nn.AdaptiveAvgPool2d(1),
 }
 
 
 def _iadd(a, b):
     a += b
+    return a
+
+
+def _imul(a, b):
+    a *= b
     return a
 
 
@@ -216,6 +306,13 @@ class Net(nn.Module):
             self.bn.weight.uniform_(0.5, 1.5)
             self.bn.bias.uniform_(-0.5, 0.5)
         self.fc, self.softmax = nn.Linear(64, 3), nn.Softmax(dim=1)
+        self.prelu, self.gn, self.ln = nn.PReLU(4), nn.GroupNorm(2, 4), nn.LayerNorm(3)
+        self.gconv = nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2)
+        self.up = nn.ConvTranspose2d(4, 4, 2, stride=2)
+        with torch.no_grad():
+            self.prelu.weight.uniform_(0.1, 0.4)
+            self.gn.weight.uniform_(0.5, 1.5)
+            self.ln.bias.uniform_(-0.5, 0.5)
         if spelling in MODULES:
             self.act = MODULES[spelling]()
         self.op = op
