@@ -1441,7 +1441,8 @@ def _upsample(mode: str, one_d: bool, has_align: bool):
         out = ir_shape_of(tuple(val.shape))
         # a scale factor whose 1/s is exactly in/out computes what `size=` does: one IR for both spellings
         sizes = zip(lw.shape_of(xin)[:2], out[:2])
-        scales = tuple(None if s is None or (1.0 / float(s) == i / o and np.float32(1.0 / float(s)) == np.float32(i / o))
+        scales = tuple(None if s is None or (1.0 / float(s) == i / o
+                                             and np.float32(1.0 / float(s)) == np.float32(i / o))
                        else float(s) for s, (i, o) in zip(scales, sizes))
         _check_shape(lw, n, out)
         return lw.add(n, Op.RESIZE, [xin], out, mode=mode, align_corners=align, size=(out[0], out[1]),
