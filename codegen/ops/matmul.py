@@ -56,7 +56,7 @@ def transpose_loops(in_shape, perm) -> tuple[list[int], list[int], list[int]]:
     tile = None  # a 2-D transpose of 4 x 4 byte tiles: the dim contiguous in the input, then the output's
     if inner is None:
         rows = next((k for k, (n, si, _) in enumerate(dims) if si == 1 and n >= 4), None)
-        cols = next((k for k, (n, _, so) in enumerate(dims) if so == 1 and n >= 4), None)
+        cols = next((k for k, (n, _, so) in enumerate(dims) if so == 1 and (n >= 4 or n == 2)), None)
         if rows is not None and cols is not None:
             tile = (dims[rows], dims[cols])
             dims = [d for k, d in enumerate(dims) if k not in (rows, cols)] + list(tile)
