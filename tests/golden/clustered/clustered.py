@@ -406,68 +406,6 @@ def _add(a, b, y, p):
         y[i] = lo if acc < lo else (hi if acc > hi else acc)
 
 
-def _channel_affine(x, y, p):
-    # x * scale[c] + offset[c], requantised per channel (codegen/ops/norm.py affine_int)
-    n, ch, lo, hi, scale, offset, mul, rnd, shr = p
-    for i in range(0, n, ch):
-        for c in range(ch):
-            acc = ((x[i + c] * scale[c] + offset[c]) * mul[c] + rnd[c]) >> shr[c]
-            y[i + c] = lo if acc < lo else (hi if acc > hi else acc)
-
-
-def _isqrt(v):
-    # floor(sqrt(v)), bit by bit (qg_isqrt64 in firmware/kernels/qg_norm_s8.c)
-    r = 0
-    b = 1 << 62
-    while b > v:
-        b >>= 2
-    while b:
-        if v >= r + b:
-            v -= r + b
-            r = (r >> 1) + b
-        else:
-            r >>= 1
-        b >>= 2
-    return r
-
-
-def _norm(x, y, p):
-    # layer / group norm (codegen/ops/norm.py norm_int): exact sums, W = n * sum(x^2) - sum(x)^2 + eps,
-    # 1/sqrt(W) ~= inv * 2^(e - 60), x-hat at frac fh, x-hat * gamma + beta << bsh, one rounding shift.
-    # Intermediates reach 2^62: Python ints (a MicroPython port with long ints, as every usual one has).
-    rows, pixels, ch, groups, eps, fh, bsh, osh, lo, hi, gamma, beta = p
-    cg = ch // groups
-    n = pixels * cg
-    half = (1 << (osh - 1)) if osh > 0 else 0
-    for r in range(rows):
-        row = r * pixels * ch
-        for g in range(groups):
-            c0 = g * cg
-            s = 0
-            q = 0
-            for px in range(pixels):
-                a = row + px * ch + c0
-                for i in range(a, a + cg):
-                    v = x[i]
-                    s += v
-                    q += v * v
-            w = n * q - s * s + eps
-            e = 0
-            while w < (1 << 60):
-                w <<= 2
-                e += 1
-            t = _isqrt(w)
-            inv = ((1 << 60) + (t >> 1)) // t
-            sh = 60 - e - fh
-            rnd = (1 << (sh - 1)) if sh > 0 else 0
-            for px in range(pixels):
-                a = row + px * ch + c0
-                for c in range(cg):
-                    xh = ((n * x[a + c] - s) * inv + rnd) >> sh
-                    acc = (xh * gamma[c0 + c] + (beta[c0 + c] << bsh) + half) >> osh
-                    y[a + c] = lo if acc < lo else (hi if acc > hi else acc)
-
-
 def _aligned(a, b, p):
     # sub / maximum / minimum: both inputs aligned like _add (codegen/ops/eltwise.py), yields (i, A, B)
     n, mul_a, rnd_a, shr_a, mul_b, rnd_b, shr_b = p[:7]
