@@ -68,6 +68,8 @@ class Trait(enum.Flag):
     TABLE = enum.auto()  # inputs[1] is a table built by quantisation (softmax exp, LUT)
     FOLDS_PAD = enum.auto()  # zero padding attribute that a preceding PAD folds into
     FLOAT_ONLY = enum.auto()  # removed before quantisation (batch_norm: folded)
+    STRIDED_OUT = enum.auto()  # its int8 kernel writes output pixels at a wider stride (`out_stride`): a concat
+                               # input it produces can be written in place (passes/concat_in_place)
 
 
 class VerifyError(Exception):
@@ -125,7 +127,8 @@ def _no_check(g, n) -> None:
 
 from . import conv, eltwise, layout, matmul, norm, pool, upsample  # noqa: E402  (the families register below)
 
-SPEC: dict[Op, OpSpec] = {s.op: s for family in (conv, norm, eltwise, pool, layout, upsample, matmul) for s in family.SPECS}
+FAMILIES = (conv, norm, eltwise, pool, layout, upsample, matmul)
+SPEC: dict[Op, OpSpec] = {s.op: s for family in FAMILIES for s in family.SPECS}
 assert set(SPEC) == set(Op), set(Op) - set(SPEC)
 SPEC = {op: SPEC[op] for op in Op}  # enum order
 

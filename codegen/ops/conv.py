@@ -270,7 +270,7 @@ def qat_weighted(q, i: int, n, xs, s):
 
 _COMMON = Trait.WEIGHTED | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT
 SPECS = [
-    OpSpec(Op.CONV2D, "conv", _COMMON | Trait.MATMUL | Trait.SLIDING_WINDOW | Trait.FOLDS_PAD,
+    OpSpec(Op.CONV2D, "conv", _COMMON | Trait.MATMUL | Trait.SLIDING_WINDOW | Trait.FOLDS_PAD | Trait.STRIDED_OUT,
            conv_shape, check_conv, f_conv, i_conv, quantize_weighted, macs_conv, torch_weighted,
            "Conv1d/Conv2d (any groups, dilation, padding='same')", ("Conv",),
            ("qg_conv2d_s8", "qg_conv2d_s8_to_s16", "qg_conv2d_s16", "qg_conv2d_s16_to_s8",

@@ -422,7 +422,7 @@ def c_resize_wide(b, index: int, n):
 
 
 SPECS = [
-    OpSpec(Op.CONV_TRANSPOSE2D, "upsample", Trait.WEIGHTED | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT,
+    OpSpec(Op.CONV_TRANSPOSE2D, "upsample", Trait.WEIGHTED | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT | Trait.STRIDED_OUT,
            conv_transpose_shape, check_conv_transpose, f_conv_transpose, i_conv_transpose, quantize_conv_transpose,
            macs_conv_transpose, torch_conv_transpose,
            "ConvTranspose1d/2d (groups=1, dilation 1)", ("ConvTranspose",),

@@ -25,8 +25,8 @@ import numpy as np
 
 from ..ir import Graph, Node, Op
 from ..kernels import select
+from ..ops import Trait, has
 
-STRIDED_OUT_OPS = (Op.CONV2D, Op.CONV_TRANSPOSE2D)  # ops whose int8 kernel can write at a pixel stride
 STRIDED_OUT_KERNELS = frozenset({"qg_conv2d_s8", "qg_conv_transpose2d_s8"})  # they honour `out_stride`
 
 
@@ -59,7 +59,7 @@ def _candidates(graph: Graph, concat: Node, pinned: set[str]) -> list[bool]:
     for t in concat.inputs:
         producer = graph.producer(t)
         ok = (producer is not None and t not in pinned and t not in seen and len(graph.consumers(t)) == 1
-              and producer.op is not Op.RESHAPE and (producer.op in STRIDED_OUT_OPS or not strided))
+              and producer.op is not Op.RESHAPE and (has(producer.op, Trait.STRIDED_OUT) or not strided))
         seen.add(t)
         flags.append(ok)
     return flags
