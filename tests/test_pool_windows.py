@@ -378,6 +378,8 @@ END_TO_END = {
     "mean_channels": (lambda: nn.Sequential(nn.Conv1d(3, 5, 1), Lam(lambda x: x.mean(1))), (3, 11)),
     "amax_channels_of_image": (lambda: nn.Sequential(nn.Conv2d(3, 5, 1), Lam(lambda x: x.amax(1))), (3, 4, 6)),
     "adaptive_avg1d_1": (lambda: nn.Sequential(nn.Conv1d(2, 3, 1), nn.AdaptiveAvgPool1d(1)), (2, 13)),
+    # enlarging: 1 x 3 -> 2 x 5 repeats windows (the long fuzz profile, seed 20261203: stride 0 divided by zero)
+    "adaptive_avg_enlarging": (lambda: nn.Sequential(nn.Conv2d(2, 3, 1), nn.AdaptiveAvgPool2d((2, 5))), (2, 1, 3)),
 }
 
 

@@ -959,7 +959,7 @@ def adaptive_attrs(h: int, w: int, oh: int, ow: int) -> dict:
         starts = [i * size // out for i in range(out)]
         sizes = {-(-(i + 1) * size // out) - s for i, s in enumerate(starts)}
         steps = {b - a for a, b in zip(starts, starts[1:])} or {max(sizes)}
-        if len(sizes) != 1 or len(steps) != 1:
+        if len(sizes) != 1 or len(steps) != 1 or 0 in steps:  # enlarging (1 -> 2): windows repeat, stride 0
             return {"adaptive": (oh, ow)}
         kernel.append(sizes.pop())
         stride.append(steps.pop())
