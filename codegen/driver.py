@@ -3,10 +3,10 @@ codegen.qat.compile.
 
     print(codegen.pipeline(CompileOptions(quant=QuantOptions(equalize=True))))
     separate_outputs -> fold_pad -> fold_bn -> fuse_activation -> check_limits -> equalize -> calibrate
-      -> quantize -> plan_memory
+      -> share_concat_formats -> quantize -> concat_in_place -> plan_memory
 
 `pipeline(options, ctx)` is the float half (front-end output -> calibrated float IR) followed by the integer
-half (quantize -> plan_memory); `lower(float_graph, options, ctx)` runs the integer half, checks the limits,
+half (share_concat_formats -> quantize -> concat_in_place -> plan_memory); `lower(float_graph, options, ctx)` runs the integer half, checks the limits,
 builds the report and renders the files. The passes read the data they need (calibration samples, the
 limits, the calibrated float graph) from the Context, so the list can be built, printed and compared
 before any data exists.

@@ -15,7 +15,7 @@ from ..ir import Node
 from ..kernels import HEADER, kernel_structs, parse_structs  # noqa: F401 (re-exported)
 
 INT_RANGES = {f"{u}int{b}_t": ((0, (1 << b) - 1) if u else (-(1 << (b - 1)), (1 << (b - 1)) - 1))
-              for u in ("", "u") for b in (8, 16, 32)}
+              for u in ("", "u") for b in (8, 16, 32, 64)}
 
 
 def field_type(struct_type: str, field: str, structs: dict[str, dict[str, str]] | None = None) -> str:

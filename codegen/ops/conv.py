@@ -47,7 +47,8 @@ def check_conv(g, n) -> None:
     if len(dil) != 2 or min(dil) < 1:
         raise VerifyError(f"{n.where()}: dilation {dil} must be two integers >= 1")
     if n.op is Op.CONV2D and cin * gr != x.shape[2]:
-        raise VerifyError(f"{n.where()}: weight Cin {cin} x groups {gr} != input channels {x.shape[2]}")
+        times = f" x groups {gr}" if gr != 1 else ""
+        raise VerifyError(f"{n.where()}: weight Cin {cin}{times} != input channels {x.shape[2]}")
     if n.op is Op.DEPTHWISE_CONV2D and w.shape[0] % x.shape[2]:
         raise VerifyError(f"{n.where()}: depthwise Cout {w.shape[0]} not a multiple of C {x.shape[2]}")
 
