@@ -63,9 +63,24 @@ def run_qgen(name: str, factory, work: Path) -> dict:
     compile_s = time.perf_counter() - start
     run = deploy.run(work / name, BOARD, result.quantize_input(calib[:2]))
     return {"params": params_of(model), "macs": result.report["macs"], "weight_bytes": result.report["flash_bytes"],
-            "arena": result.report["arena_bytes"], "compile_s": compile_s,
+            "arena": result.report["arena_bytes"], "arena_copying": copying_concat_arena(model, example, calib),
+            "compile_s": compile_s,
             "instructions": run.instructions_per_inference, "bit_exact": run.exact,
             "host_exact": result.verify(calib[:4]).exact, "agreement": agreement(model, result, example)}
+
+
+def copying_concat_arena(model, example, calib) -> int | None:
+    """The arena when every torch.cat copies (passes/concat_in_place switched off): the 'before' of
+    concatenation without copies. None for a model without a concat."""
+    from codegen.passes import concat_in_place
+
+    saved = concat_in_place.run, concat_in_place.share_formats
+    concat_in_place.run = concat_in_place.share_formats = lambda g: g
+    try:
+        r = qcompile(model, example, calib)
+    finally:
+        concat_in_place.run, concat_in_place.share_formats = saved
+    return r.report["arena_bytes"] if any(n.op.value == "concat" for n in r.graph.nodes) else None
 
 
 def run_tflm(python: str, name: str, work: Path) -> dict:
@@ -77,26 +92,30 @@ def run_tflm(python: str, name: str, work: Path) -> dict:
 
 
 def table(rows: dict, tflm_note: str) -> str:
-    head = ["model", "sized for", "params", "MACs", "weights B", "arena B", "M4 instr/inf", "instr/MAC",
+    head = ["model", "sized for", "params", "MACs", "weights B", "arena B", "arena B, copying concat", "M4 instr/inf",
+            "instr/MAC",
             "bit-exact host / M4", "top-1 vs float", "TFLM flatbuffer B", "TFLM arena B", "weights vs TFLM",
             "arena vs TFLM"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
         q, t = r["qgen"], r.get("tflm", {})
         if "error" in q:
-            out.append(f"| {name} | {SIZED_FOR[name]} | " + " | ".join(["-"] * 8) + f" | {q['error']} |" + " - |" * 4)
+            out.append(f"| {name} | {SIZED_FOR[name]} | " + " | ".join(["-"] * 9) + f" | {q['error']} |" + " - |" * 4)
             continue
         fb, ar = t.get("flatbuffer_bytes"), t.get("arena_bytes")
         out.append("| " + " | ".join([
             name, SIZED_FOR[name], f"{q['params']:,}", f"{q['macs'] / 1e6:.2f} M", f"{q['weight_bytes']:,}",
-            f"{q['arena']:,}", f"{q['instructions']:,.0f}", f"{q['instructions'] / max(q['macs'], 1):.2f}",
+            f"{q['arena']:,}", f"{q['arena_copying']:,}" if q.get("arena_copying") else "-",
+            f"{q['instructions']:,.0f}", f"{q['instructions'] / max(q['macs'], 1):.2f}",
             f"{'yes' if q['host_exact'] else 'NO'} / {'yes' if q['bit_exact'] else 'NO'}", f"{q['agreement']:.1%}",
             f"{fb:,}" if fb else t.get("error", "-"), f"{ar:,}" if ar else "-",
             f"{q['weight_bytes'] / fb:.2f}x" if fb else "-", f"{q['arena'] / ar:.2f}x" if ar else "-"]) + " |")
     notes = [
         "", "- weights B: constant data of the generated C (weights, biases, shifts, tables).",
         "- arena: qgen's one static activation arena (kernel scratch included); input and output live in the "
-        "caller's buffers.",
+        "caller's buffers (TFLM's arena holds them too). 'copying concat': the same compile with every torch.cat "
+        "copying its inputs (codegen/passes/concat_in_place.py off); the planner keeps an in-place concat only "
+        "where it lowers the arena.",
         f"- instructions: executed inside `<prefix>_run` on Cortex-M4 (QEMU {BOARD}), exact and repeatable.",
         f"- TFLM: {tflm_note}",
     ]
