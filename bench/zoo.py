@@ -33,8 +33,8 @@ from examples.zoo.models import MODELS  # noqa: E402
 BOARD = "mps2-an386"  # Cortex-M4F under QEMU with 4 MB of RAM: every zoo model runs; the size column says
 CLOCK_MHZ = 120       # which real board it fits
 SIZED_FOR = {"mobilenet_v2": "STM32H743", "mobilenet_v3_small": "STM32F746", "shufflenet_v2": "STM32F746",
-             "squeezenet": "STM32F746", "mnasnet_se": "STM32F746", "tcn": "nRF52840", "unet": "STM32F446",
-             "unet_bilinear": "STM32F446", "vit_block": "nRF52840"}
+             "squeezenet": "STM32F746", "mnasnet_se": "STM32F746", "tcn": "nRF52840", "unet": "STM32F746",
+             "unet_bilinear": "STM32F746", "vit_block": "nRF52840"}
 
 
 def params_of(model) -> int:

@@ -13,7 +13,7 @@ Chomp1d slicing — because that is what qgen has to accept without a rewrite.
 | squeezenet         | Iandola et al. 2016, v1.1, width 0.5   | 3x96x96 | STM32F746                            |
 | mnasnet_se         | EfficientNet-B0 MBConv+SE+SiLU, α=0.25 | 3x96x96 | STM32F746                            |
 | tcn                | Bai et al. 2018, 4 levels, k=3         | 10x49   | nRF52840 (1 MB flash, 256 KB RAM)    |
-| unet               | Ronneberger et al. 2015, 3 levels, 8ch | 1x64x64 | STM32F446 (512 KB flash, 128 KB RAM) |
+| unet               | Ronneberger et al. 2015, 3 levels, 8ch | 1x64x64 | STM32F746 (its arena is > 100 KB)    |
 | vit_block          | Dosovitskiy et al. 2021, 1 block       | 1x32x32 | nRF52840                             |
 
 All end in two classes (or two segmentation classes for the U-Net).
