@@ -108,7 +108,7 @@ static void im2col_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, in
  * final group. This 1 channel x 4 pixel block needs 11 registers in its inner loop (4 accumulators,
  * 2 unpacked weights, 2 column words, 3 pointers): 17 instructions per 16 MACs, no spills. A 2x2
  * block needs 15 registers and GCC spills 3 of them per iteration (25 per 16 MACs, measured). */
-#define QG_COLS 4
+#define QG_COLS QG_BLOCK_COLS
 #define QG_GROUP (4 * QG_COLS) /* int16 values per group of 4 k's, all pixels */
 
 /* n int8 values (a run of one pixel's column starting at a multiple of 4) -> its interleaved slots. */
@@ -163,54 +163,6 @@ static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int
     }
 }
 
-/* acc[c] += w . column c for one weight row w of k values and the QG_COLS interleaved columns. */
-static inline void mac_1x4(const int8_t *w, const int16_t *cols, int32_t k, int32_t acc[QG_COLS])
-{
-    const qg_word_t *x = (const qg_word_t *)(const void *)cols; /* scratch: 4-byte aligned */
-    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
-    int32_t i;
-    for (i = k >> 2; i > 0; i--) {
-        const int32_t wv = qg_load_s8x4(w);
-        const int32_t we = qg_sxtb16(wv), wo = qg_sxtb16_ror8(wv);
-        int32_t xe, xo;
-        w += 4;
-        qg_load_pair(&x, &xe, &xo);
-        a0 = __smlad(we, xe, a0);
-        a0 = __smlad(wo, xo, a0);
-        qg_load_pair(&x, &xe, &xo);
-        a1 = __smlad(we, xe, a1);
-        a1 = __smlad(wo, xo, a1);
-        qg_load_pair(&x, &xe, &xo);
-        a2 = __smlad(we, xe, a2);
-        a2 = __smlad(wo, xo, a2);
-        qg_load_pair(&x, &xe, &xo);
-        a3 = __smlad(we, xe, a3);
-        a3 = __smlad(wo, xo, a3);
-    }
-    cols = (const int16_t *)(const void *)x;
-    for (i = 0; i < (k & 3); i++) {
-        const int32_t wi = w[i];
-        a0 += wi * cols[i];
-        a1 += wi * cols[4 + i];
-        a2 += wi * cols[8 + i];
-        a3 += wi * cols[12 + i];
-    }
-    acc[0] = a0;
-    acc[1] = a1;
-    acc[2] = a2;
-    acc[3] = a3;
-}
-
-/* Requantise and store the 4 outputs of one channel: same shift (>= 1), `kind` a constant. */
-static inline void store_1x4(const int32_t acc[QG_COLS], int32_t shift_m1, int32_t kind, int32_t act_min,
-                             int32_t act_max, int8_t *out, int32_t stride)
-{
-    out[0] = qg_requantize_pos_s8(acc[0], shift_m1, kind, act_min, act_max);
-    out[stride] = qg_requantize_pos_s8(acc[1], shift_m1, kind, act_min, act_max);
-    out[2 * stride] = qg_requantize_pos_s8(acc[2], shift_m1, kind, act_min, act_max);
-    out[3 * stride] = qg_requantize_pos_s8(acc[3], shift_m1, kind, act_min, act_max);
-}
-
 /* Output channels [oc0, oc1) of the n_valid (1..QG_COLS) pixels whose k-long columns are in `cols`;
  * out = the first one's pixel. Parameters are read into locals: stores through int8_t pointers may alias
  * anything, so the compiler would otherwise reload them from *p after every output byte. */
@@ -231,13 +183,13 @@ static void conv_block_dsp(const qg_conv2d_params_t *p, const int16_t *cols, int
         for (c = 0; c < QG_COLS; c++) {
             acc[c] = bias[oc];
         }
-        mac_1x4(w, cols, k, acc);
+        qg_mac_1x4(w, cols, k, acc);
         if (s > 0 && kind == QG_CLAMP_S8) {
-            store_1x4(acc, s - 1, QG_CLAMP_S8, act_min, act_max, out + oc, out_c);
+            qg_store_1x4(acc, s - 1, QG_CLAMP_S8, act_min, act_max, out + oc, out_c);
         } else if (s > 0 && kind == QG_CLAMP_RELU) {
-            store_1x4(acc, s - 1, QG_CLAMP_RELU, act_min, act_max, out + oc, out_c);
+            qg_store_1x4(acc, s - 1, QG_CLAMP_RELU, act_min, act_max, out + oc, out_c);
         } else if (s > 0 && kind == QG_CLAMP_ANY) {
-            store_1x4(acc, s - 1, QG_CLAMP_ANY, act_min, act_max, out + oc, out_c);
+            qg_store_1x4(acc, s - 1, QG_CLAMP_ANY, act_min, act_max, out + oc, out_c);
         } else {
             for (c = 0; c < n_valid; c++) {
                 out[c * out_c + oc] = qg_requantize_s8(acc[c], s, act_min, act_max);

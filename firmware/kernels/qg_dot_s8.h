@@ -65,4 +65,58 @@ static inline int32_t qg_dot_1x1_s8(const int8_t *restrict x, const int8_t *rest
     return acc;
 }
 
+#if QG_DSP
+#define QG_BLOCK_COLS 4
+
+/* The DSP block of the convolution and the transposed convolution (qg_conv2d_s8.c, qg_upsample_s8.c): 4 output
+ * pixels at a time, their int16 columns interleaved in scratch (4-byte aligned).
+ * acc[c] += w . column c for one weight row w of k values and the 4 interleaved columns. */
+static inline void qg_mac_1x4(const int8_t *w, const int16_t *cols, int32_t k, int32_t acc[QG_BLOCK_COLS])
+{
+    const qg_word_t *x = (const qg_word_t *)(const void *)cols; /* scratch: 4-byte aligned */
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    int32_t i;
+    for (i = k >> 2; i > 0; i--) {
+        const int32_t wv = qg_load_s8x4(w);
+        const int32_t we = qg_sxtb16(wv), wo = qg_sxtb16_ror8(wv);
+        int32_t xe, xo;
+        w += 4;
+        qg_load_pair(&x, &xe, &xo);
+        a0 = __smlad(we, xe, a0);
+        a0 = __smlad(wo, xo, a0);
+        qg_load_pair(&x, &xe, &xo);
+        a1 = __smlad(we, xe, a1);
+        a1 = __smlad(wo, xo, a1);
+        qg_load_pair(&x, &xe, &xo);
+        a2 = __smlad(we, xe, a2);
+        a2 = __smlad(wo, xo, a2);
+        qg_load_pair(&x, &xe, &xo);
+        a3 = __smlad(we, xe, a3);
+        a3 = __smlad(wo, xo, a3);
+    }
+    cols = (const int16_t *)(const void *)x;
+    for (i = 0; i < (k & 3); i++) {
+        const int32_t wi = w[i];
+        a0 += wi * cols[i];
+        a1 += wi * cols[4 + i];
+        a2 += wi * cols[8 + i];
+        a3 += wi * cols[12 + i];
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+
+/* Requantise and store the 4 outputs of one channel: same shift (>= 1), `kind` a constant. */
+static inline void qg_store_1x4(const int32_t acc[QG_BLOCK_COLS], int32_t shift_m1, int32_t kind, int32_t act_min,
+                             int32_t act_max, int8_t *out, int32_t stride)
+{
+    out[0] = qg_requantize_pos_s8(acc[0], shift_m1, kind, act_min, act_max);
+    out[stride] = qg_requantize_pos_s8(acc[1], shift_m1, kind, act_min, act_max);
+    out[2 * stride] = qg_requantize_pos_s8(acc[2], shift_m1, kind, act_min, act_max);
+    out[3 * stride] = qg_requantize_pos_s8(acc[3], shift_m1, kind, act_min, act_max);
+}
+#endif /* QG_DSP */
+
 #endif /* QG_DOT_S8_H */
