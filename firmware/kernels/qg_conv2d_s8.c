@@ -109,31 +109,7 @@ static void im2col_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, in
  * 2 unpacked weights, 2 column words, 3 pointers): 17 instructions per 16 MACs, no spills. A 2x2
  * block needs 15 registers and GCC spills 3 of them per iteration (25 per 16 MACs, measured). */
 #define QG_COLS QG_BLOCK_COLS
-#define QG_GROUP (4 * QG_COLS) /* int16 values per group of 4 k's, all pixels */
-
-/* n int8 values (a run of one pixel's column starting at a multiple of 4) -> its interleaved slots. */
-static void widen_s16(int16_t *dst, const int8_t *src, int32_t n)
-{
-    int32_t i;
-    for (i = n >> 2; i > 0; i--) {
-        const int32_t v = qg_load_s8x4(src);
-        src += 4;
-        qg_store_s16x2(dst, qg_sxtb16(v));
-        qg_store_s16x2(dst + 2, qg_sxtb16_ror8(v));
-        dst += QG_GROUP;
-    }
-    for (i = 0; i < (n & 3); i++) {
-        dst[i] = src[i];
-    }
-}
-
-static void zero_s16(int16_t *dst, int32_t n_groups)
-{
-    for (; n_groups > 0; n_groups--, dst += QG_GROUP) {
-        qg_store_s16x2(dst, 0);
-        qg_store_s16x2(dst + 2, 0);
-    }
-}
+#define QG_GROUP QG_BLOCK_GROUP /* int16 values per group of 4 k's, all pixels (qg_dot_s8.h) */
 
 /* Column slot `c` (0..QG_COLS-1) of `cols` <- output pixel (oy, ox), channels [c0, c0 + cg). With cg a
  * multiple of 4 every window cell is a whole number of groups and is widened straight from the input;
@@ -151,15 +127,15 @@ static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int
         for (ky = 0, iy = iy0; ky < p->k_h; ky++, iy += dil_h) {
             for (kx = 0, ix = ix0; kx < k_w; kx++, ix += dil_w, dst += cell) {
                 if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
-                    zero_s16(dst, cg >> 2);
+                    qg_zero_s16(dst, cg >> 2);
                 } else {
-                    widen_s16(dst, in + (iy * p->in_w + ix) * in_c, cg);
+                    qg_widen_s16(dst, in + (iy * p->in_w + ix) * in_c, cg);
                 }
             }
         }
     } else {
         im2col_s8(p, in, oy, ox, c0, cg, stage);
-        widen_s16(dst, stage, p->k_h * k_w * cg);
+        qg_widen_s16(dst, stage, p->k_h * k_w * cg);
     }
 }
 

@@ -67,6 +67,33 @@ static inline int32_t qg_dot_1x1_s8(const int8_t *restrict x, const int8_t *rest
 
 #if QG_DSP
 #define QG_BLOCK_COLS 4
+#define QG_BLOCK_GROUP (4 * QG_BLOCK_COLS) /* int16 values per group of 4 k's, all pixels */
+
+/* n int8 values (a run of one pixel's column starting at a multiple of 4) -> its int16 slots, interleaved by
+ * groups of 4 ((x0, x2), (x1, x3) per group, the pixels' groups side by side; the last n % 4 values plain). */
+static inline void qg_widen_s16(int16_t *dst, const int8_t *src, int32_t n)
+{
+    int32_t i;
+    for (i = n >> 2; i > 0; i--) {
+        const int32_t v = qg_load_s8x4(src);
+        src += 4;
+        qg_store_s16x2(dst, qg_sxtb16(v));
+        qg_store_s16x2(dst + 2, qg_sxtb16_ror8(v));
+        dst += QG_BLOCK_GROUP;
+    }
+    for (i = 0; i < (n & 3); i++) {
+        dst[i] = src[i];
+    }
+}
+
+/* n_groups groups of one pixel's slots -> 0 (taps outside the input) */
+static inline void qg_zero_s16(int16_t *dst, int32_t n_groups)
+{
+    for (; n_groups > 0; n_groups--, dst += QG_BLOCK_GROUP) {
+        qg_store_s16x2(dst, 0);
+        qg_store_s16x2(dst + 2, 0);
+    }
+}
 
 /* The DSP block of the convolution and the transposed convolution (qg_conv2d_s8.c, qg_upsample_s8.c): 4 output
  * pixels at a time, their int16 columns interleaved in scratch (4-byte aligned).

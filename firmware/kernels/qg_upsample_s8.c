@@ -67,32 +67,7 @@ static void gather_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, in
 
 #if QG_DSP
 #define QG_CT_COLS QG_BLOCK_COLS
-#define QG_CT_GROUP (4 * QG_CT_COLS) /* int16 values per group of 4 k's, all pixels */
-
-/* n int8 values -> their int16 slots of one pixel, interleaved by groups of 4 (qg_conv2d_s8.c's order:
- * (x0, x2), (x1, x3) per group, the pixels' groups side by side; the last n % 4 values plain). */
-static void widen_s16(int16_t *dst, const int8_t *src, int32_t n)
-{
-    int32_t i;
-    for (i = n >> 2; i > 0; i--) {
-        const int32_t v = qg_load_s8x4(src);
-        src += 4;
-        qg_store_s16x2(dst, qg_sxtb16(v));
-        qg_store_s16x2(dst + 2, qg_sxtb16_ror8(v));
-        dst += QG_CT_GROUP;
-    }
-    for (i = 0; i < (n & 3); i++) {
-        dst[i] = src[i];
-    }
-}
-
-static void zero_s16(int16_t *dst, int32_t n_groups)
-{
-    for (; n_groups > 0; n_groups--, dst += QG_CT_GROUP) {
-        qg_store_s16x2(dst, 0);
-        qg_store_s16x2(dst + 2, 0);
-    }
-}
+#define QG_CT_GROUP QG_BLOCK_GROUP /* int16 values per group of 4 k's, all pixels (qg_dot_s8.h) */
 
 /* Column slot of output pixel (qy, qx) (nty x ntx taps): with in_c a multiple of 4 each tap is whole groups,
  * widened straight from the input (zeros outside it); otherwise gathered into `stage` first. */
@@ -108,15 +83,15 @@ static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int
             for (i = 0; i < ntx; i++, dst += cell) {
                 const int32_t ix = qx - i;
                 if (iy < 0 || iy >= in_h || ix < 0 || ix >= in_w) {
-                    zero_s16(dst, in_c >> 2);
+                    qg_zero_s16(dst, in_c >> 2);
                 } else {
-                    widen_s16(dst, in + (iy * in_w + ix) * in_c, in_c);
+                    qg_widen_s16(dst, in + (iy * in_w + ix) * in_c, in_c);
                 }
             }
         }
     } else {
         gather_s8(p, in, qy, qx, nty, ntx, stage);
-        widen_s16(dst, stage, nty * ntx * in_c);
+        qg_widen_s16(dst, stage, nty * ntx * in_c);
     }
 }
 
