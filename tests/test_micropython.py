@@ -254,6 +254,41 @@ class TwoOutputs(nn.Module):
         return y, self.fc(torch.flatten(nn.functional.max_pool2d(y, 2), 1))
 
 
+class ShuffleSplit(nn.Module):
+    """ShuffleNetV2's unit on a small image: channel split (slice), branch, concat, channel shuffle (transpose)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        x1, x2 = self.c(x).chunk(2, dim=1)
+        y = torch.cat([x1, torch.relu(self.b(x2))], 1)
+        return y.view(1, 2, 4, 5, 6).transpose(1, 2).reshape(1, 8, 5, 6)
+
+
+class Fire(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.s, self.e1, self.e3 = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 5, 1), nn.Conv2d(4, 6, 3, padding=1)
+
+    def forward(self, x):
+        s = torch.relu(self.s(x))
+        return nn.functional.max_pool2d(torch.cat([self.e1(s), self.e3(s)], 1), 2)
+
+
+class Scores(nn.Module):
+    """Attention scores of a sequence: (1, L, D) @ (1, D, L) of two projections (matmul, K innermost)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k = nn.Conv1d(3, 5, 1), nn.Conv1d(3, 5, 1)
+
+    def forward(self, x):
+        return self.q(x).transpose(1, 2) @ self.k(x)
+
+
 OP_MODELS = {
     "conv_3x5_stride2_pad": (lambda: nn.Conv2d(3, 5, (3, 5), stride=2, padding=(1, 2)), (3, 9, 11)),
     "conv_relu_1x1": (lambda: nn.Sequential(nn.Conv2d(4, 6, 1), nn.ReLU()), (4, 3, 5)),
@@ -267,6 +302,9 @@ OP_MODELS = {
     "residual_add_relu6": (lambda: Residual(relu6=True), (2, 6, 5)),
     "relu6_standalone": (lambda: nn.ReLU6(), (3, 4, 4)),
     "two_outputs": (lambda: TwoOutputs(), (1, 8, 8)),
+    "shuffle_split_slice_transpose": (lambda: ShuffleSplit(), (3, 5, 6)),
+    "scores_matmul": (lambda: Scores(), (3, 7)),
+    "fire_concat": (lambda: Fire(), (3, 5, 4)),  # compiled with the concat in place: the module copies instead
 }
 
 
@@ -277,7 +315,8 @@ def test_op_bit_exact(name, tmp_path, rng):
     result = check_model(factory(), shape, tmp_path, rng)
     ops = {n.op for n in result.graph.nodes}
     wanted = {"conv": Op.CONV2D, "depthwise": Op.DEPTHWISE_CONV2D, "linear": Op.LINEAR, "maxpool": Op.MAXPOOL2D,
-              "avgpool": Op.AVGPOOL2D, "add": Op.ADD, "relu6_standalone": Op.RELU}
+              "avgpool": Op.AVGPOOL2D, "add": Op.ADD, "relu6_standalone": Op.RELU, "slice": Op.SLICE,
+              "transpose": Op.TRANSPOSE, "matmul": Op.MATMUL, "concat": Op.CONCAT}
     for key, op in wanted.items():
         if key in name:
             assert op in ops, f"{name}: expected a {op.value} node in\n{result.graph}"

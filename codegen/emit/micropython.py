@@ -250,10 +250,15 @@ class _Builder:
 
 
 def model_data(graph: Graph, prefix: str, banner: list[str] | None = None) -> PyModel:
-    if not graph.memory:
+    if not graph.memory or any(n.attrs.get("in_place") for n in graph.nodes):
+        # the pure kernels write no output at a stride: every concat copies (planned again without in place)
         from ..passes import plan_memory
 
-        graph = plan_memory.run(copy.deepcopy(graph))
+        graph = copy.deepcopy(graph)
+        for n in graph.nodes:
+            n.attrs.pop("in_place", None)
+            n.attrs.pop("out_stride", None)
+        graph = plan_memory.run(graph)
     if graph.tensors[graph.inputs[0]].dtype == "int16":
         raise UserError("the model takes int16 input (--precision input=int16), which the pure MicroPython module "
                         "does not implement; recompile with an int8 input")

@@ -120,6 +120,16 @@ def kernel_concat(variant: str) -> tuple[str | None, str | None]:
     return ("qg_concat_s8", "qg_concat_params_t") if variant == "s8" else ("qg_concat_wide", "qg_concat_wide_params_t")
 
 
+def py_concat(b, n, index: int):
+    """MicroPython: _concat (every part copied and requantised; the module plans no concat in place)."""
+    g = b.g
+    xs = [t for t in n.inputs if not g.tensors[t].is_const]
+    outer, blocks = _concat_blocks(g, n, xs, n.outputs[0])
+    mul, rnd, shr = b.triples(n.attrs["shifts"])
+    return "_concat", [("outer", outer), ("out_block", sum(blocks)), ("block_size", tuple(blocks)),
+                       ("mul", tuple(mul)), ("rnd", tuple(rnd)), ("shr", tuple(shr))], ""
+
+
 def py_none(b, n, index: int) -> None:
     return None  # reshape: the planner aliased the buffers, no code
 
@@ -217,6 +227,6 @@ SPECS = [
     OpSpec(Op.CONCAT, "layout", Trait.CHOOSES_FORMAT, concat_shape, check_concat, f_concat, i_concat, q_concat,
            _zero_macs, torch_concat, "torch.cat", ("Concat",), ("qg_concat_s8", "qg_concat_wide"),
            "concatenation along any axis, each input requantised to the output format", kernel=kernel_concat,
-           no_py=_NO_PY_LAYOUT, emit_c=c_concat, emit_c_wide=c_concat_wide,
+           emit_py=py_concat, emit_c=c_concat, emit_c_wide=c_concat_wide,
            qat=qat_concat),
 ]

@@ -212,14 +212,33 @@ def c_matmul(b, index: int, n):
     return "qg_matmul_params_t", fields, f"qg_matmul_s8(&{io.struct}, {io.ins[0]}, {io.ins[1]}, {io.out_expr});"
 
 
+def py_transpose(b, n, index: int):
+    """MicroPython: _transpose over the C kernel's loops, padded with leading 1s to 6 dims."""
+    shape, si, so = transpose_loops(b.g.tensors[n.inputs[0]].shape, n.attrs["perm"])
+    pad = 6 - len(shape)
+    params = [(f"n{k}", v) for k, v in enumerate([1] * pad + shape)]
+    params += [(f"in_stride{k}", v) for k, v in enumerate([0] * pad + si)]
+    params += [(f"out_stride{k}", v) for k, v in enumerate([0] * pad + so)]
+    return "_transpose", params, ""
+
+
+def py_slice(b, n, index: int):
+    return "_slice", slice_fields(b.g, n), ""
+
+
+def py_matmul(b, n, index: int):
+    bt, m, k = b.g.tensors[n.inputs[0]].shape
+    (mul,), (rnd,), (shr,) = b.triples([n.attrs["shift"]])
+    params = [("batch", bt), ("m", m), ("n", b.g.tensors[n.inputs[1]].shape[1]), ("k", k), ("mul", mul),
+              ("rnd", rnd), ("shr", shr), ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+    return "_matmul", params, ""
+
+
 def _q_keep(g, n, act) -> None:
     from .layout import q_keep
 
     q_keep(g, n, act)
 
-
-_NO_PY = ("a pure-Python element gather is slower than the C target and the natmod module, which run it; "
-          "compile for C")
 
 SPECS = [
     OpSpec(Op.TRANSPOSE, "matmul", Trait.KEEPS_FORMAT, transpose_shape, check_transpose, ref_transpose,
@@ -227,14 +246,14 @@ SPECS = [
            "permute/transpose/view that reorders elements (copied only where an op needs another layout)", (),
            ("qg_transpose_s8", "qg_transpose_s16"),
            "physical permutation copy of up to 6 axes (inserted by the front end where a layout must change)",
-           kernel=kernel_transpose, no_py=_NO_PY, emit_c=c_transpose, emit_c_wide=c_transpose_wide,
+           kernel=kernel_transpose, emit_py=py_transpose, emit_c=c_transpose, emit_c_wide=c_transpose_wide,
            qat=qat_transpose),
     OpSpec(Op.SLICE, "matmul", Trait.KEEPS_FORMAT, slice_shape, check_slice, ref_slice, ref_slice, _q_keep,
            _zero_macs, torch_slice, "chunk/split/narrow/slice/select/unbind/indexing", (),
            ("qg_slice_s8", "qg_slice_s16"), "a block range along one axis (copied)",
-           kernel=kernel_slice, no_py=_NO_PY, emit_c=c_slice, emit_c_wide=c_slice_wide, qat=qat_slice),
+           kernel=kernel_slice, emit_py=py_slice, emit_c=c_slice, emit_c_wide=c_slice_wide, qat=qat_slice),
     OpSpec(Op.MATMUL, "matmul", Trait.CHOOSES_FORMAT | Trait.INT8_ONLY, matmul_shape, check_matmul, f_matmul,
            i_matmul, q_matmul, macs_matmul, torch_matmul, "torch.matmul/@/bmm of two activations", (),
            ("qg_matmul_s8",), "A (batch, M, K) times B (batch, N, K) transposed, int32 sums, one requantisation",
-           kernel=kernel_matmul, no_py=_NO_PY, emit_c=c_matmul, qat=qat_matmul),
+           kernel=kernel_matmul, emit_py=py_matmul, emit_c=c_matmul, qat=qat_matmul),
 ]

@@ -397,6 +397,63 @@ def _reduce(x, y, p):
             y[r] = lo if acc < lo else (hi if acc > hi else acc)
 
 
+def _concat(*args):
+    # _concat(part0, part1, ..., y, p): per outer block, each part's block requantised to the output format
+    parts, y, p = args[:-2], args[-2], args[-1]
+    outer, out_block, blocks, muls, rnds, shrs = p
+    for o in range(outer):
+        b = o * out_block
+        for k in range(len(parts)):
+            x, n, mul, rnd, shr = parts[k], blocks[k], muls[k], rnds[k], shrs[k]
+            a = o * n
+            for i in range(n):
+                v = (x[a + i] * mul + rnd) >> shr
+                y[b + i] = -128 if v < -128 else (127 if v > 127 else v)
+            b += n
+
+
+def _transpose(x, y, p):
+    # a physical permutation copy: the loops of qg_transpose_s8 (dims padded with leading 1s to 6, innermost
+    # last), each with its input and output stride
+    n0, n1, n2, n3, n4, n5, s0, s1, s2, s3, s4, s5, o0, o1, o2, o3, o4, o5 = p
+    for i0 in range(n0):
+        for i1 in range(n1):
+            for i2 in range(n2):
+                for i3 in range(n3):
+                    for i4 in range(n4):
+                        a = i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3 + i4 * s4
+                        b = i0 * o0 + i1 * o1 + i2 * o2 + i3 * o3 + i4 * o4
+                        for i5 in range(n5):
+                            y[b] = x[a]
+                            a += s5
+                            b += o5
+
+
+def _slice(x, y, p):
+    # `outer` blocks of in_block values: out_block of each, from value `offset` on
+    outer, in_block, out_block, offset = p
+    for o in range(outer):
+        a = o * in_block + offset
+        b = o * out_block
+        for i in range(out_block):
+            y[b + i] = x[a + i]
+
+
+def _matmul(a, b, y, p):
+    # y[z, i, j] = requant(sum_k a[z, i, k] * b[z, j, k]): K innermost in both operands, one rounding
+    batch, m, n, k, mul, rnd, shr, lo, hi = p
+    for z in range(batch):
+        for i in range(m):
+            ra = (z * m + i) * k
+            for j in range(n):
+                rb = (z * n + j) * k
+                acc = 0
+                for t in range(k):
+                    acc += a[ra + t] * b[rb + t]
+                acc = (acc * mul + rnd) >> shr
+                y[(z * m + i) * n + j] = lo if acc < lo else (hi if acc > hi else acc)
+
+
 def _add(a, b, y, p):
     # align both inputs to a common frac (each with the rounding rule), add, requantise
     n, mul_a, rnd_a, shr_a, mul_b, rnd_b, shr_b, mul, rnd, shr, lo, hi = p
