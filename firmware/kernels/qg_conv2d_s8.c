@@ -139,40 +139,6 @@ static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int
     }
 }
 
-/* Output channels [oc0, oc1) of the n_valid (1..QG_COLS) pixels whose k-long columns are in `cols`;
- * out = the first one's pixel. Parameters are read into locals: stores through int8_t pointers may alias
- * anything, so the compiler would otherwise reload them from *p after every output byte. */
-static void conv_block_dsp(const qg_conv2d_params_t *p, const int16_t *cols, int32_t n_valid, int32_t oc0,
-                           int32_t n_oc, int32_t k, int8_t *out)
-{
-    const int32_t out_c = p->out_stride ? p->out_stride : p->out_c; /* the pixel stride of `out` */
-    const int32_t act_min = p->act_min, act_max = p->act_max;
-    const int32_t kind = n_valid == QG_COLS ? qg_clamp_kind(act_min, act_max) : -1;
-    const int8_t *w = p->weights + oc0 * k; /* the group's rows, biases, shifts and output channels */
-    const int32_t *bias = p->bias + oc0;
-    const int8_t *shift = p->shift + oc0;
-    int32_t oc, c;
-    out += oc0;
-    for (oc = 0; oc < n_oc; oc++, w += k) {
-        const int32_t s = shift[oc];
-        int32_t acc[QG_COLS];
-        for (c = 0; c < QG_COLS; c++) {
-            acc[c] = bias[oc];
-        }
-        qg_mac_1x4(w, cols, k, acc);
-        if (s > 0 && kind == QG_CLAMP_S8) {
-            qg_store_1x4(acc, s - 1, QG_CLAMP_S8, act_min, act_max, out + oc, out_c);
-        } else if (s > 0 && kind == QG_CLAMP_RELU) {
-            qg_store_1x4(acc, s - 1, QG_CLAMP_RELU, act_min, act_max, out + oc, out_c);
-        } else if (s > 0 && kind == QG_CLAMP_ANY) {
-            qg_store_1x4(acc, s - 1, QG_CLAMP_ANY, act_min, act_max, out + oc, out_c);
-        } else {
-            for (c = 0; c < n_valid; c++) {
-                out[c * out_c + oc] = qg_requantize_s8(acc[c], s, act_min, act_max);
-            }
-        }
-    }
-}
 #endif /* QG_DSP */
 
 void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, int8_t *restrict scratch)
@@ -200,7 +166,8 @@ void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, in
                     oy++;
                 }
             }
-            conv_block_dsp(p, cols, n_valid, gi * og, og, k, out + pix * out_stride);
+            qg_block_1x4_s8(p->weights + gi * og * k, k, cols, n_valid, og, p->bias + gi * og, p->shift + gi * og,
+                            p->act_min, p->act_max, out + pix * out_stride + gi * og, out_stride);
         }
         if (++ox == out_w) {
             ox = 0;
@@ -218,7 +185,6 @@ void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, in
         const int8_t *w = p->weights;
         int32_t oc = 0;
         for (gi = 0; gi < groups; gi++) {
-            const int32_t oc1 = oc + og;
             const int8_t *col;
             if (inside) {
                 col = in + (iy * p->in_w + ix) * in_c + gi * cg;
@@ -226,17 +192,9 @@ void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, in
                 im2col_s8(p, in, oy, ox, gi * cg, cg, scratch);
                 col = scratch;
             }
-            for (; oc + 1 < oc1; oc += 2, w += 2 * k) {
-                int32_t acc0 = bias[oc], acc1 = bias[oc + 1];
-                qg_dot_1x2_s8(col, w, w + k, k, &acc0, &acc1);
-                out[oc] = qg_requantize_s8(acc0, shift[oc], act_min, act_max);
-                out[oc + 1] = qg_requantize_s8(acc1, shift[oc + 1], act_min, act_max);
-            }
-            if (oc < oc1) {
-                out[oc] = qg_requantize_s8(qg_dot_1x1_s8(col, w, k, bias[oc]), shift[oc], act_min, act_max);
-                oc++;
-                w += k;
-            }
+            qg_dot_rows_s8(col, w, k, og, bias + oc, shift + oc, act_min, act_max, out + oc);
+            oc += og;
+            w += og * k;
         }
         if (++ox == out_w) {
             ox = 0;

@@ -65,6 +65,23 @@ static inline int32_t qg_dot_1x1_s8(const int8_t *restrict x, const int8_t *rest
     return acc;
 }
 
+/* out[r] = requantised bias[r] + x . (row r of w) for rows [0, rows), k values per row, two rows per pass: the
+ * fully connected kernel and the plain C paths of the convolution and the transposed convolution. */
+static inline void qg_dot_rows_s8(const int8_t *x, const int8_t *w, int32_t k, int32_t rows, const int32_t *bias,
+                                  const int8_t *shift, int32_t act_min, int32_t act_max, int8_t *out)
+{
+    int32_t r = 0;
+    for (; r + 1 < rows; r += 2, w += 2 * k) {
+        int32_t acc0 = bias[r], acc1 = bias[r + 1];
+        qg_dot_1x2_s8(x, w, w + k, k, &acc0, &acc1);
+        out[r] = qg_requantize_s8(acc0, shift[r], act_min, act_max);
+        out[r + 1] = qg_requantize_s8(acc1, shift[r + 1], act_min, act_max);
+    }
+    if (r < rows) {
+        out[r] = qg_requantize_s8(qg_dot_1x1_s8(x, w, k, bias[r]), shift[r], act_min, act_max);
+    }
+}
+
 #if QG_DSP
 #define QG_BLOCK_COLS 4
 #define QG_BLOCK_GROUP (4 * QG_BLOCK_COLS) /* int16 values per group of 4 k's, all pixels */
@@ -143,6 +160,36 @@ static inline void qg_store_1x4(const int32_t acc[QG_BLOCK_COLS], int32_t shift_
     out[stride] = qg_requantize_pos_s8(acc[1], shift_m1, kind, act_min, act_max);
     out[2 * stride] = qg_requantize_pos_s8(acc[2], shift_m1, kind, act_min, act_max);
     out[3 * stride] = qg_requantize_pos_s8(acc[3], shift_m1, kind, act_min, act_max);
+}
+/* Output rows [0, rows) of the n_valid (1..4) pixels whose k-long columns are in `cols`: row r has weights
+ * w + r * k, bias[r], shift[r]; pixel c's value goes to out[c * step + r]. Parameters come in as locals:
+ * stores through int8_t pointers may alias anything, so struct fields would be reloaded after every byte.
+ * The conv's and the transposed conv's DSP block (qg_conv2d_s8.c, qg_upsample_s8.c). */
+static inline void qg_block_1x4_s8(const int8_t *w, int32_t k, const int16_t *cols, int32_t n_valid, int32_t rows,
+                                   const int32_t *bias, const int8_t *shift, int32_t act_min, int32_t act_max,
+                                   int8_t *out, int32_t step)
+{
+    const int32_t kind = n_valid == QG_BLOCK_COLS ? qg_clamp_kind(act_min, act_max) : -1;
+    int32_t r, c;
+    for (r = 0; r < rows; r++, w += k) {
+        const int32_t s = shift[r];
+        int32_t acc[QG_BLOCK_COLS];
+        for (c = 0; c < QG_BLOCK_COLS; c++) {
+            acc[c] = bias[r];
+        }
+        qg_mac_1x4(w, cols, k, acc);
+        if (s > 0 && kind == QG_CLAMP_S8) {
+            qg_store_1x4(acc, s - 1, QG_CLAMP_S8, act_min, act_max, out + r, step);
+        } else if (s > 0 && kind == QG_CLAMP_RELU) {
+            qg_store_1x4(acc, s - 1, QG_CLAMP_RELU, act_min, act_max, out + r, step);
+        } else if (s > 0 && kind == QG_CLAMP_ANY) {
+            qg_store_1x4(acc, s - 1, QG_CLAMP_ANY, act_min, act_max, out + r, step);
+        } else {
+            for (c = 0; c < n_valid; c++) {
+                out[c * step + r] = qg_requantize_s8(acc[c], s, act_min, act_max);
+            }
+        }
+    }
 }
 #endif /* QG_DSP */
 

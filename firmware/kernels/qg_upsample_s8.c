@@ -95,35 +95,6 @@ static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int
     }
 }
 
-/* The n_valid (1..4) pixels whose columns are in `cols`, `step` bytes apart from `out` on. */
-static void block_dsp(const qg_conv2d_params_t *p, const int8_t *w, int32_t k, const int16_t *cols, int32_t n_valid,
-                      int8_t *out, int32_t step)
-{
-    const int32_t out_c = p->out_c, act_min = p->act_min, act_max = p->act_max;
-    const int32_t kind = n_valid == QG_CT_COLS ? qg_clamp_kind(act_min, act_max) : -1;
-    const int32_t *bias = p->bias;
-    const int8_t *shift = p->shift;
-    int32_t oc, c;
-    for (oc = 0; oc < out_c; oc++, w += k) {
-        const int32_t s = shift[oc];
-        int32_t acc[QG_CT_COLS];
-        for (c = 0; c < QG_CT_COLS; c++) {
-            acc[c] = bias[oc];
-        }
-        qg_mac_1x4(w, cols, k, acc);
-        if (s > 0 && kind == QG_CLAMP_S8) {
-            qg_store_1x4(acc, s - 1, QG_CLAMP_S8, act_min, act_max, out + oc, step);
-        } else if (s > 0 && kind == QG_CLAMP_RELU) {
-            qg_store_1x4(acc, s - 1, QG_CLAMP_RELU, act_min, act_max, out + oc, step);
-        } else if (s > 0 && kind == QG_CLAMP_ANY) {
-            qg_store_1x4(acc, s - 1, QG_CLAMP_ANY, act_min, act_max, out + oc, step);
-        } else {
-            for (c = 0; c < n_valid; c++) {
-                out[c * step + oc] = qg_requantize_s8(acc[c], s, act_min, act_max);
-            }
-        }
-    }
-}
 #endif /* QG_DSP */
 
 /* Output pixels ox = ox0, ox0 + stride_w, ... < out_w of row oy, phase (nty x ntx taps, weights w). */
@@ -158,7 +129,7 @@ static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, in
                 const int32_t oxc = ox + (c < n_valid ? c : n_valid - 1) * sw;
                 fill_col(p, in, qy, (oxc + left) / sw, nty, ntx, cols + 4 * c, stage);
             }
-            block_dsp(p, w, k, cols, n_valid, out_row + ox * ps, sw * ps);
+            qg_block_1x4_s8(w, k, cols, n_valid, out_c, bias, shift, act_min, act_max, out_row + ox * ps, sw * ps);
         }
     }
 #else
@@ -166,17 +137,8 @@ static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, in
         const int32_t left = p->pad_left;
         for (ox = ox0; ox < out_w; ox += sw) {
             int8_t *o = out_row + ox * ps;
-            const int8_t *wr = w;
             gather_s8(p, in, qy, (ox + left) / sw, nty, ntx, scratch);
-            for (oc = 0; oc + 1 < out_c; oc += 2, wr += 2 * k) {
-                int32_t acc0 = bias[oc], acc1 = bias[oc + 1];
-                qg_dot_1x2_s8(scratch, wr, wr + k, k, &acc0, &acc1);
-                o[oc] = qg_requantize_s8(acc0, shift[oc], act_min, act_max);
-                o[oc + 1] = qg_requantize_s8(acc1, shift[oc + 1], act_min, act_max);
-            }
-            if (oc < out_c) {
-                o[oc] = qg_requantize_s8(qg_dot_1x1_s8(scratch, wr, k, bias[oc]), shift[oc], act_min, act_max);
-            }
+            qg_dot_rows_s8(scratch, w, k, out_c, bias, shift, act_min, act_max, o);
         }
     }
 #endif
