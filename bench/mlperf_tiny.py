@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +23,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tflm_peer import run_peer  # noqa: E402  (bench/ is the script's directory)
 
 from codegen import compile as qcompile  # noqa: E402
 from codegen import deploy  # noqa: E402
@@ -65,14 +66,6 @@ def run_qgen(name: str, factory, work: Path) -> dict:
         "compile_s": compile_s, "instructions": run.instructions_per_inference, "bit_exact": run.exact,
         "instr_per_mac": run.instructions_per_mac,
     }
-
-
-def run_tflm(python: str, name: str, work: Path) -> dict:
-    proc = subprocess.run([python, str(Path(__file__).with_name("tflm_peer.py")), name, str(work)],
-                          capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:120]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def table(rows: dict, tflm_note: str) -> str:
@@ -121,7 +114,7 @@ def main() -> None:
         for name in args.models:
             rows[name] = {"qgen": run_qgen(name, MODELS[name], work)}
             if args.tflm_python:
-                rows[name]["tflm"] = run_tflm(args.tflm_python, name, work)
+                rows[name]["tflm"] = run_peer(args.tflm_python, name, work)
             print(name, json.dumps(rows[name], default=float), flush=True)
     if args.tflm_python:
         note = ("same PyTorch model converted with litert-torch 0.10.0 (PT2E int8, per-channel weights, "

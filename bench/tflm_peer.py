@@ -80,6 +80,17 @@ def smallest_arena(model: Path) -> int:
     return hi
 
 
+def run_peer(python: str, name: str, work: Path, models_module: str = "examples.mlperf_tiny.models",
+             timeout: float = 1800) -> dict:
+    """From a bench in qgen's own Python: run this script in `python` (the TFLM one) on MODELS[name] of
+    `models_module`; its JSON, or {"error": the last line it printed to stderr}."""
+    proc = subprocess.run([python, __file__, name, str(work), models_module], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:120]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     name, work = sys.argv[1], Path(sys.argv[2])
     work.mkdir(parents=True, exist_ok=True)

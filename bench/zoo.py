@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tflm_peer import run_peer  # noqa: E402  (bench/ is the script's directory)
 
 from codegen import compile as qcompile  # noqa: E402
 from codegen import deploy  # noqa: E402
@@ -83,14 +84,6 @@ def copying_concat_arena(model, example, calib) -> int | None:
     return r.report["arena_bytes"] if any(n.op.value == "concat" for n in r.graph.nodes) else None
 
 
-def run_tflm(python: str, name: str, work: Path) -> dict:
-    proc = subprocess.run([python, str(Path(__file__).with_name("tflm_peer.py")), name, str(work),
-                           "examples.zoo.models"], capture_output=True, text=True, timeout=3600, cwd=ROOT)
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:100]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def table(rows: dict, tflm_note: str) -> str:
     head = ["model", "sized for", "params", "MACs", "weights B", "arena B", "arena B, copying concat", "M4 instr/inf",
             "instr/MAC",
@@ -137,7 +130,7 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - a refused model is a row of the table, not a crash
                 rows[name] = {"qgen": {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"}}
             if args.tflm_python:
-                rows[name]["tflm"] = run_tflm(args.tflm_python, name, work / "tflm")
+                rows[name]["tflm"] = run_peer(args.tflm_python, name, work / "tflm", "examples.zoo.models", 3600)
             print(name, json.dumps(rows[name], default=float), flush=True)
     if args.tflm_python:
         note = ("same PyTorch model converted with litert-torch 0.10.0 (PT2E int8, per-channel weights, "
