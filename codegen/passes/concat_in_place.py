@@ -30,8 +30,8 @@ from ..ops import Trait, has
 STRIDED_OUT_KERNELS = frozenset({"qg_conv2d_s8", "qg_conv_transpose2d_s8"})  # they honour `out_stride`
 
 
-def _geometry(graph: Graph, concat: Node) -> tuple[bool, list[tuple[int, int]]] | None:
-    """(strided, [(element offset of the input in the first outer block, its pixel stride)]) or None.
+def _geometry(graph: Graph, concat: Node) -> tuple[bool, list[int]] | None:
+    """(strided, [element offset of each input in the first outer block]) or None.
 
     One outer block (a vector, or a concat along the outermost axis): every input is one contiguous
     range of the output, which any kernel can write. The last axis of a channels-last image: each input
@@ -43,11 +43,10 @@ def _geometry(graph: Graph, concat: Node) -> tuple[bool, list[tuple[int, int]]] 
     strided = outer > 1
     if strided and (axis != len(out.shape) - 1 or len(out.shape) != 3):
         return None
-    result, offset = [], 0
-    for t in concat.inputs:
-        result.append((offset, out.shape[axis] if strided else graph.tensors[t].shape[-1]))
-        offset += graph.tensors[t].shape[axis] * inner
-    return strided, result
+    offsets = [0]
+    for t in concat.inputs[:-1]:
+        offsets.append(offsets[-1] + graph.tensors[t].shape[axis] * inner)
+    return strided, offsets
 
 
 def _candidates(graph: Graph, concat: Node, pinned: set[str]) -> list[bool]:
@@ -101,16 +100,15 @@ def run(graph: Graph) -> Graph:
         out = graph.tensors[node.outputs[0]]
         if geometry is None or node.outputs[0] in pinned or out.dtype != "int8":
             continue
-        strided, slices = geometry
+        strided = geometry[0]
         flags = []
-        for t, ok, shift, (_, stride) in zip(node.inputs, _candidates(graph, node, pinned), node.attrs["shifts"],
-                                             slices):
+        for t, ok, shift in zip(node.inputs, _candidates(graph, node, pinned), node.attrs["shifts"]):
             producer = graph.producer(t)
             ok = ok and shift == 0 and graph.tensors[t].dtype == "int8"
             if ok and strided:
                 ok = select(graph, producer).fn in STRIDED_OUT_KERNELS
-                if ok:
-                    producer.attrs["out_stride"] = int(stride)
+                if ok:  # the pixel stride of a channels-last concat: its output's channel count
+                    producer.attrs["out_stride"] = int(out.shape[-1])
             flags.append(bool(ok))
         if any(flags):
             node.attrs["in_place"] = flags
@@ -124,7 +122,7 @@ def in_place_offsets(graph: Graph) -> dict[str, tuple[str, int]]:
         flags = node.attrs.get("in_place")
         if node.op is not Op.CONCAT or not flags:
             continue
-        for t, flag, (offset, _) in zip(node.inputs, flags, _geometry(graph, node)[1]):
+        for t, flag, offset in zip(node.inputs, flags, _geometry(graph, node)[1]):
             if flag:
                 where[t] = (node.outputs[0], offset)  # int8: one byte per element
     return where
