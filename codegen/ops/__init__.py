@@ -47,6 +47,9 @@ class Op(str, enum.Enum):
     MATMUL = "matmul"  # A (batch, M, K) x B (batch, N, K) -> (batch, M, N): two activations, K innermost
     CONV_TRANSPOSE2D = "conv_transpose2d"  # transposed conv (ConvTranspose1d/2d), gather form: no zero MACs
     RESIZE = "resize"  # nearest / bilinear upsampling (Upsample, F.interpolate) through per-axis tables
+    GRU = "gru"  # one GRU layer and direction over a (1, T, I) sequence (codegen/ops/recurrent.py)
+    LSTM = "lstm"  # one LSTM layer and direction
+    RNN = "rnn"  # one Elman RNN layer and direction, attrs["nonlinearity"] tanh | relu
 
 
 class Trait(enum.Flag):
@@ -115,6 +118,9 @@ class OpSpec:
     # refines the kernel variant from the node (pool: "s8" -> "s8_windows" for clipped or adaptive windows);
     # None: the variant alone decides (codegen/kernels.py variant)
     form: Callable[["Graph", "Node", str], str] | None = None
+    # ranges of internal state that calibration records besides the output's (graph.ranges keys such as
+    # '<output>#cell'): (graph, node, float activation inputs) -> {key: max |value|}; None: none
+    state_ranges: Callable[["Graph", "Node", list], dict[str, float]] | None = None
 
 
 def _zero_macs(g, n) -> int:
@@ -125,9 +131,9 @@ def _no_check(g, n) -> None:
     return None
 
 
-from . import conv, eltwise, layout, matmul, norm, pool, upsample  # noqa: E402  (the families register below)
+from . import conv, eltwise, layout, matmul, norm, pool, recurrent, upsample  # noqa: E402  (the families register below)
 
-FAMILIES = (conv, norm, eltwise, pool, layout, upsample, matmul)
+FAMILIES = (conv, norm, eltwise, pool, layout, upsample, matmul, recurrent)
 SPEC: dict[Op, OpSpec] = {s.op: s for family in FAMILIES for s in family.SPECS}
 assert set(SPEC) == set(Op), set(Op) - set(SPEC)
 SPEC = {op: SPEC[op] for op in Op}  # enum order

@@ -44,7 +44,7 @@ import numpy as np
 from ..errors import UserError
 from ..fixed import QFormat, dequantize, frac_for_range, quantize
 from ..ir import Graph, Op
-from ..ops import Trait, has
+from ..ops import SPEC, Trait, has
 from ..reference import run_float, to_qgen_layout
 from .assign_precision import tensor_bits
 
@@ -80,6 +80,12 @@ def run(graph: Graph, calib: np.ndarray, batch: int = 256, method: str = "minmax
             maxima[name] = max(maxima.get(name, 0.0), float(np.max(np.abs(v))) if v.size else 0.0)
             if method != "minmax" and v.size:
                 samples.setdefault(name, []).append(_subsample(v.ravel(), n * v[0].size, rng))
+        for node in graph.nodes:  # internal state some ops keep (an LSTM's cell): min/max, whatever the method
+            rule = SPEC[node.op].state_ranges
+            if rule is not None:
+                xs = [values[t] for t in node.inputs if not graph.tensors[t].is_const]
+                for key, top in rule(graph, node, xs).items():
+                    maxima[key] = max(maxima.get(key, 0.0), top)
     graph.calibration = {}
     if method == "minmax":
         graph.ranges = maxima
@@ -87,6 +93,9 @@ def run(graph: Graph, calib: np.ndarray, batch: int = 256, method: str = "minmax
     ranges: dict[str, float] = {}
     wide = {name for name, b in tensor_bits(graph).items() if b == 16}
     for name, top in maxima.items():
+        if name not in graph.tensors:  # internal state (an LSTM's cell '<output>#cell'): its min/max
+            ranges[name] = top
+            continue
         if name in wide:
             ranges[name] = top
             graph.calibration[name] = "minmax (int16)"

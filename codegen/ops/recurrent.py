@@ -1,0 +1,357 @@
+"""Recurrent layers: GRU, LSTM and Elman RNN (tanh / relu), one node per layer and direction.
+
+IR node (all three ops):
+  inputs  [x (1, T, I) sequence, w_ih (G*H, I), w_hh (G*H, H), b_ih (G*H,), b_hh (G*H,), h0 (H,)] + [c0 (H,)] for
+          LSTM. The gate rows are in PyTorch's order (GRU r, z, n; LSTM i, f, g, o; RNN one gate), G = GATES[op].
+          h0 / c0 are constants (zeros for an implicit initial state).
+  output  (1, T, H): the hidden state after each time step, or (1, 1, H) with attrs["last"]: the final state only
+          (PyTorch's h_n). attrs["reverse"]: time runs from T-1 down to 0 (the backward half of a bidirectional
+          layer); output position t is still the state after reading input t.
+  attrs   hidden H, nonlinearity ("tanh" | "relu", RNN only), last, reverse, state_bits (8 | 16, default 16).
+
+Integer design (the spec; codegen/fixed.py's one rounding rule `round_shift` and one saturation rule):
+  - x int8 at frac fx; weights int8 with one frac per gate row for w_ih (fwi[r]) and for w_hh (fwh[r]); biases
+    int32 folded into each accumulator: ax[r] = sum w_ih[r] x + b_ih[r] at frac fx + fwi[r], ah[r] = sum w_hh[r] h +
+    b_hh[r] at frac fh + fwh[r], both exact in int32 (the quantiser proves the bound).
+  - the state h is int16 at frac fh: fh = 15 for the bounded cells (|h| < 1) with state_bits 16; with state_bits 8
+    the state is the int8 output itself (fh = fo); a relu RNN's state takes its calibrated range (int16 or int8).
+  - gate pre-activations are int16 at frac P = GATE_FRAC (11: range +-16) — the relu RNN's at P = fh:
+    pre[r] = sat16(align(ax[r], x_shift[r]) + align(ah[r], h_shift[r])), x_shift = fx + fwi - P, h_shift = fh + fwh - P,
+    align = requantize to +-2^24 (round_shift; clamping there changes no saturated sum).
+  - sigmoid and tanh: int16 Q11 in, Q15 out through ONE table (`TANH_TABLE`: tanh at 513 points of [-8, 8), Q15,
+    linear interpolation with the rounding rule): tanh(x) = T(sat16(2x)), sigmoid(x) = sat(round_shift(T(x) + 2^15, 1))
+    (sigmoid(x) = (1 + tanh(x/2)) / 2: the Q11 value read as Q12 is x/2). Max error 3 LSB of Q15.
+  - GRU: r, z = sigmoid(pre); hn = requantize(ah_n, h_shift_n) to int16 (Q11); n = tanh(sat16(align(ax_n) +
+    round_shift(r * hn, 15))); h' = sat16(n + round_shift(z * (h15 - n), 15)), h15 = h << (15 - fh).
+  - LSTM: i, f, o = sigmoid, g = tanh; the cell c is int16 at frac fc (calibrated, with one bit of headroom);
+    c' = sat16(round_shift(f * c, 15) + round_shift(i * g, 30 - fc)); h' = sat16(round_shift(o * tanh_c, 15)) with
+    tanh_c = T(requantize(c', fc - 12)) (c' read at Q12).
+  - RNN: h' = tanh(pre) (Q15), or relu: h' = max(pre, 0) at frac fh.
+  - output: out = requantize(h', out_shift, act_min, act_max), out_shift = hf - fo (hf = 15, or fh for relu);
+    with state_bits 8 the next state is that output.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import Op, OpSpec, Trait, VerifyError
+
+GATES = {Op.GRU: 3, Op.LSTM: 4, Op.RNN: 1}
+GATE_FRAC = 11  # gate pre-activations: int16 Q4.11, range [-16, 16)
+TANH_IN_FRAC = 12  # the table's input: int16 Q3.12, [-8, 8)
+TABLE_SHIFT = 7  # 2^7 input steps per table interval: 513 entries, step 1/32
+STATE_FRAC = 15  # int16 state of the bounded cells, |h| < 1
+ALIGN_LIMIT = 1 << 24  # the aligned accumulators are clamped here before they are summed (no int32 overflow)
+OUT_FRAC = 7  # bounded cells' int8 output: s8.f7
+
+
+def tanh_table() -> np.ndarray:
+    """T[k] = tanh((k * 2^7 - 2^15) * 2^-12) in Q15 (fixed.quantize: round half up, saturate), k = 0..512."""
+    from ..fixed import QFormat, quantize
+
+    u = (np.arange(513, dtype=np.float64) * (1 << TABLE_SHIFT) - 32768.0) * 2.0 ** -TANH_IN_FRAC
+    return quantize(np.tanh(u), QFormat(16, 15))
+
+
+TANH_TABLE = tanh_table()
+
+
+def tanh_q12(u: np.ndarray) -> np.ndarray:
+    """tanh of int16 Q12 input -> Q15: T[i] + round_shift((T[i+1] - T[i]) * f, 7), i = (u + 2^15) >> 7, f the rest."""
+    from ..fixed import round_shift
+
+    v = np.asarray(u, dtype=np.int64) + 32768
+    i, f = v >> TABLE_SHIFT, v & ((1 << TABLE_SHIFT) - 1)
+    lo = TANH_TABLE[i]
+    return lo + round_shift((TANH_TABLE[np.minimum(i + 1, 512)] - lo) * f, TABLE_SHIFT)
+
+
+def tanh_q11(x: np.ndarray) -> np.ndarray:
+    """tanh of an int16 Q11 pre-activation -> Q15."""
+    from ..fixed import saturate
+
+    return tanh_q12(saturate(np.asarray(x, dtype=np.int64) * 2, 16))
+
+
+def sigmoid_q11(x: np.ndarray) -> np.ndarray:
+    """sigmoid of an int16 Q11 pre-activation -> Q15 in [0, 32767]: (1 + tanh(x / 2)) / 2."""
+    from ..fixed import round_shift
+
+    return np.minimum(round_shift(tanh_q12(x) + 32768, 1), 32767)
+
+
+# ---------------------------------------------------------------- shapes and checks
+
+
+def rnn_shape(g, n) -> tuple[int, ...]:
+    _, t, _ = g.tensors[n.inputs[0]].shape
+    return (1, 1 if n.attrs.get("last") else t, n.attrs["hidden"])
+
+
+def check_rnn(g, n) -> None:
+    x = g.tensors[n.inputs[0]].shape
+    h, gates = n.attrs["hidden"], GATES[n.op]
+    want = [(gates * h, x[-1]), (gates * h, h), (gates * h,), (gates * h,), (h,)] + ([(h,)] if n.op is Op.LSTM else [])
+    got = [tuple(g.tensors[t].shape) for t in n.inputs[1:]]
+    if len(x) != 3 or x[0] != 1 or got != want or not all(g.tensors[t].is_const for t in n.inputs[1:]):
+        raise VerifyError(f"{n.where()}: {n.op.value} of x {x} with constants {got}, expected (1, T, I) and {want}")
+    if n.op is Op.RNN and n.attrs.get("nonlinearity", "tanh") not in ("tanh", "relu"):
+        raise VerifyError(f"{n.where()}: nonlinearity {n.attrs.get('nonlinearity')}")
+
+
+def _consts(g, n) -> list[np.ndarray]:
+    return [g.tensors[t].data for t in n.inputs[1:]]
+
+
+def _steps(n, length: int) -> range:
+    return range(length - 1, -1, -1) if n.attrs.get("reverse") else range(length)
+
+
+def _collect(n, outs: list[np.ndarray], length: int) -> np.ndarray:
+    """(N, 1, T or 1, H) from the per-step states in processing order."""
+    if n.attrs.get("last"):
+        return outs[-1][:, None, None, :]
+    seq = outs[::-1] if n.attrs.get("reverse") else outs
+    return np.stack(seq, axis=1)[:, None]
+
+
+# ---------------------------------------------------------------- float semantics (PyTorch's)
+
+
+def _sig(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def float_run(g, n, x: np.ndarray) -> tuple[np.ndarray, float]:
+    """(output (N, 1, T|1, H), max |c| of an LSTM cell over the run, else 0)."""
+    w_ih, w_hh, b_ih, b_hh, h0, *c0 = _consts(g, n)
+    hid = n.attrs["hidden"]
+    seq = x[:, 0]  # (N, T, I)
+    batch, length = seq.shape[0], seq.shape[1]
+    h = np.broadcast_to(h0, (batch, hid)).astype(np.float64)
+    c = np.broadcast_to(c0[0], (batch, hid)).astype(np.float64) if c0 else None
+    cmax, outs = float(np.max(np.abs(c))) if c is not None and c.size else 0.0, []
+    for t in _steps(n, length):
+        gx = seq[:, t] @ w_ih.T + b_ih
+        gh = h @ w_hh.T + b_hh
+        if n.op is Op.GRU:
+            r = _sig(gx[:, :hid] + gh[:, :hid])
+            z = _sig(gx[:, hid:2 * hid] + gh[:, hid:2 * hid])
+            nn = np.tanh(gx[:, 2 * hid:] + r * gh[:, 2 * hid:])
+            h = (1.0 - z) * nn + z * h
+        elif n.op is Op.LSTM:
+            pre = gx + gh
+            i, f = _sig(pre[:, :hid]), _sig(pre[:, hid:2 * hid])
+            gg, o = np.tanh(pre[:, 2 * hid:3 * hid]), _sig(pre[:, 3 * hid:])
+            c = f * c + i * gg
+            cmax = max(cmax, float(np.max(np.abs(c))) if c.size else 0.0)
+            h = o * np.tanh(c)
+        else:
+            pre = gx + gh
+            h = np.maximum(pre, 0.0) if n.attrs.get("nonlinearity") == "relu" else np.tanh(pre)
+        outs.append(h)
+    return _collect(n, outs, length), cmax
+
+
+def f_rnn(g, n, xs):
+    return float_run(g, n, xs[0])[0]
+
+
+def state_ranges(g, n, xs) -> dict[str, float]:
+    """Ranges calibration records besides the output's: an LSTM's cell state (key '<output>#cell')."""
+    if n.op is not Op.LSTM:
+        return {}
+    return {f"{n.outputs[0]}#cell": float_run(g, n, xs[0])[1]}
+
+
+def torch_rnn(node, xs, const):
+    """The float cell in torch ops (differentiable: QAT and compression fine-tuning)."""
+    import torch
+
+    x = xs[0][:, 0]
+    w_ih, w_hh, b_ih, b_hh, h0 = (const(t) for t in node.inputs[1:6])
+    hid = node.attrs["hidden"]
+    h = h0.expand(x.shape[0], hid)
+    c = const(node.inputs[6]).expand(x.shape[0], hid) if node.op is Op.LSTM else None
+    outs = []
+    for t in _steps(node, x.shape[1]):
+        gx = x[:, t] @ w_ih.T + b_ih
+        gh = h @ w_hh.T + b_hh
+        if node.op is Op.GRU:
+            r = torch.sigmoid(gx[:, :hid] + gh[:, :hid])
+            z = torch.sigmoid(gx[:, hid:2 * hid] + gh[:, hid:2 * hid])
+            nn = torch.tanh(gx[:, 2 * hid:] + r * gh[:, 2 * hid:])
+            h = (1.0 - z) * nn + z * h
+        elif node.op is Op.LSTM:
+            pre = gx + gh
+            i, f = torch.sigmoid(pre[:, :hid]), torch.sigmoid(pre[:, hid:2 * hid])
+            gg, o = torch.tanh(pre[:, 2 * hid:3 * hid]), torch.sigmoid(pre[:, 3 * hid:])
+            c = f * c + i * gg
+            h = o * torch.tanh(c)
+        else:
+            pre = gx + gh
+            h = torch.relu(pre) if node.attrs.get("nonlinearity") == "relu" else torch.tanh(pre)
+        outs.append(h)
+    if node.attrs.get("last"):
+        return outs[-1][:, None, None, :]
+    if node.attrs.get("reverse"):
+        outs = outs[::-1]
+    return torch.stack(outs, dim=1)[:, None]
+
+
+# ---------------------------------------------------------------- integer semantics (the spec)
+
+
+def bounded(n) -> bool:
+    """The cell's new state is a tanh/sigmoid product in (-1, 1): Q15 state, fixed s8.f7 output."""
+    return not (n.op is Op.RNN and n.attrs.get("nonlinearity") == "relu")
+
+
+def _align(acc: np.ndarray, shift) -> np.ndarray:
+    from ..fixed import requantize
+
+    return requantize(acc, shift, -ALIGN_LIMIT, ALIGN_LIMIT)
+
+
+def int_run(g, n, x: np.ndarray) -> np.ndarray:
+    """The integer recurrence on int8 x (N, 1, T, I); every intermediate exact in int64 (C: int32)."""
+    from ..fixed import requantize, round_shift, saturate
+
+    w_ih, w_hh, b_ih, b_hh, h0, *c0 = (np.asarray(a, dtype=np.int64) for a in _consts(g, n))
+    a = n.attrs
+    hid, fh = a["hidden"], a["state_frac"]
+    xsh, hsh = np.asarray(a["x_shift"], dtype=np.int64), np.asarray(a["h_shift"], dtype=np.int64)
+    seq = np.asarray(x, dtype=np.int64)[:, 0]
+    batch, length = seq.shape[0], seq.shape[1]
+    state = np.broadcast_to(h0, (batch, hid)).copy()
+    cell = np.broadcast_to(c0[0], (batch, hid)).copy() if c0 else None
+    hf = STATE_FRAC if bounded(n) else fh
+    outs = []
+    for t in _steps(n, length):
+        ax = seq[:, t] @ w_ih.T + b_ih
+        ah = state @ w_hh.T + b_hh
+        if n.op is Op.GRU:
+            pre = saturate(_align(ax[:, :2 * hid], xsh[:2 * hid]) + _align(ah[:, :2 * hid], hsh[:2 * hid]), 16)
+            r, z = sigmoid_q11(pre[:, :hid]), sigmoid_q11(pre[:, hid:])
+            hn = requantize(ah[:, 2 * hid:], hsh[2 * hid:], -32768, 32767)
+            nn = tanh_q11(saturate(_align(ax[:, 2 * hid:], xsh[2 * hid:]) + round_shift(r * hn, 15), 16))
+            h15 = state << (STATE_FRAC - fh)
+            new = saturate(nn + round_shift(z * (h15 - nn), 15), 16)
+        else:
+            pre = saturate(_align(ax, xsh) + _align(ah, hsh), 16)
+            if n.op is Op.LSTM:
+                fc = a["cell_frac"]
+                i, f = sigmoid_q11(pre[:, :hid]), sigmoid_q11(pre[:, hid:2 * hid])
+                gg, o = tanh_q11(pre[:, 2 * hid:3 * hid]), sigmoid_q11(pre[:, 3 * hid:])
+                cell = saturate(round_shift(f * cell, 15) + round_shift(i * gg, 30 - fc), 16)
+                tc = tanh_q12(requantize(cell, fc - TANH_IN_FRAC, -32768, 32767))
+                new = saturate(round_shift(o * tc, 15), 16)
+            elif bounded(n):
+                new = tanh_q11(pre)
+            else:
+                new = np.maximum(pre, 0)
+        out = requantize(new, hf - g.tensors[n.outputs[0]].qformat.frac, a["act_min"], a["act_max"])
+        state = out if a["state_bits"] == 8 else new
+        outs.append(out)
+    return _collect(n, outs, length)
+
+
+def i_rnn(g, n, xs):
+    return int_run(g, n, xs[0])
+
+
+# ---------------------------------------------------------------- quantisation
+
+
+def row_formats(w: np.ndarray, b: np.ndarray, fin: int, in_max: int, pre: int, where: str):
+    """Per-row int8 weight fracs of one recurrent matrix and its int32 bias at fin + fw: (fw, w_q, b_q, shift).
+
+    Finest format per row that holds its weights, then lowered until the accumulator bound
+    sum|w_q| * in_max + |b_q| fits int32 and the alignment shift fin + fw - pre fits [-31, 31]."""
+    from ..errors import UserError
+    from ..fixed import MAX_SHIFT, QFormat, frac_for_range, quantize
+
+    rows = w.shape[0]
+    wmax = np.abs(w).max(axis=1) if w.size else np.zeros(rows)
+    fw = np.array([frac_for_range(float(m), 8) for m in wmax], dtype=np.int64)
+    fw = np.minimum(fw, MAX_SHIFT + pre - fin)
+    for _ in range(64):
+        w_q = quantize(w, QFormat(8, tuple(int(f) for f in fw)))
+        b_q = quantize(b, QFormat(32, tuple(int(fin + f) for f in fw)))
+        bound = np.abs(w_q).sum(axis=1) * in_max + np.abs(b_q)
+        bad = bound > (1 << 31) - 1
+        if not bad.any():
+            break
+        fw = np.where(bad, fw - 1, fw)
+    shift = fin + fw - pre
+    if np.any(shift < -MAX_SHIFT) or bad.any():
+        raise UserError(f"{where}: recurrent weights too large for int8 with a power-of-two format (max |w| = "
+                        f"{float(wmax.max()):.3g}); check the trained model or rescale the layer.")
+    return fw, w_q, b_q, shift
+
+
+def q_rnn(g, n, act) -> None:
+    from ..fixed import QFormat, frac_for_range, quantize
+    from ..passes import quantize as q
+
+    x, out = g.tensors[n.inputs[0]], g.tensors[n.outputs[0]]
+    a = n.attrs
+    bits = int(a.get("state_bits", 16))
+    q._set_act(out, act(out.name, OUT_FRAC if bounded(n) else None))
+    fx, fo = x.qformat.frac, out.qformat.frac
+    if bounded(n):
+        fh, pre = (STATE_FRAC if bits == 16 else fo), GATE_FRAC
+        lo, hi = -128, 127
+    else:
+        fh = frac_for_range(g.ranges.get(out.name, 1.0), 16) if bits == 16 else fo
+        pre = fh
+        lo, hi = q._act_bounds(a.get("act", (0.0, None)), out.qformat)
+    w_ih, w_hh, b_ih, b_hh, h0 = (g.tensors[t] for t in n.inputs[1:6])
+    fwi, wi_q, bi_q, xsh = row_formats(w_ih.data, b_ih.data, fx, 128, pre, n.where())
+    fwh, wh_q, bh_q, hsh = row_formats(w_hh.data, b_hh.data, fh, 1 << (bits - 1), pre, n.where())
+    for t, data, fw in ((w_ih, wi_q, fwi), (w_hh, wh_q, fwh)):
+        t.data, t.dtype, t.qformat = data.astype(np.int8), "int8", QFormat(8, tuple(int(f) for f in fw))
+    for t, data, fw, fin in ((b_ih, bi_q, fwi, fx), (b_hh, bh_q, fwh, fh)):
+        t.data, t.dtype, t.qformat = data.astype(np.int32), "int32", QFormat(32, tuple(int(fin + f) for f in fw))
+    h0.data, h0.dtype, h0.qformat = quantize(h0.data, QFormat(bits, fh)).astype(np.int16), "int16", QFormat(16, fh)
+    a.update(x_shift=[int(s) for s in xsh], h_shift=[int(s) for s in hsh], state_frac=int(fh), state_bits=bits,
+             act_min=int(lo), act_max=int(hi), out_shift=int((STATE_FRAC if bounded(n) else fh) - fo))
+    if n.op is Op.LSTM:
+        c0 = g.tensors[n.inputs[6]]
+        seen = g.ranges.get(f"{out.name}#cell")
+        if seen is None:  # no calibration record: |c_t| <= |c_0| + t
+            seen = float(np.max(np.abs(c0.data), initial=0.0)) + x.shape[1]
+        fc = min(STATE_FRAC, frac_for_range(2.0 * seen, 16))  # one bit of headroom: streams run longer
+        c0.data, c0.dtype, c0.qformat = quantize(c0.data, QFormat(16, fc)).astype(np.int16), "int16", QFormat(16, fc)
+        a["cell_frac"] = int(fc)
+
+
+def macs_rnn(g, n) -> int:
+    _, t, i = g.tensors[n.inputs[0]].shape
+    h = n.attrs["hidden"]
+    return t * GATES[n.op] * h * (i + h)
+
+
+def kernel_rnn(variant: str) -> tuple[str, str]:
+    if variant != "s8":
+        raise ValueError(f"recurrent layers have no {variant} kernel (int8 activations, int16 state)")
+    return "qg_recurrent_s8", "qg_recurrent_params_t"
+
+
+_TRAITS = Trait.INT8_ONLY
+_KERNELS = ("qg_recurrent_s8",)
+
+SPECS = [
+    OpSpec(Op.GRU, "recurrent", _TRAITS, rnn_shape, check_rnn, f_rnn, i_rnn, q_rnn, macs_rnn, torch_rnn,
+           "GRU", ("GRU",), _KERNELS,
+           "GRU layer (1 direction): int8 weights per gate row, int16 Q15 state, table sigmoid/tanh",
+           kernel=kernel_rnn, no_py="the MicroPython kernel is not written yet", state_ranges=state_ranges),
+    OpSpec(Op.LSTM, "recurrent", _TRAITS, rnn_shape, check_rnn, f_rnn, i_rnn, q_rnn, macs_rnn, torch_rnn,
+           "LSTM", ("LSTM",), _KERNELS,
+           "LSTM layer (1 direction): int8 weights per gate row, int16 state and cell, table sigmoid/tanh",
+           kernel=kernel_rnn, no_py="the MicroPython kernel is not written yet", state_ranges=state_ranges),
+    OpSpec(Op.RNN, "recurrent", _TRAITS, rnn_shape, check_rnn, f_rnn, i_rnn, q_rnn, macs_rnn, torch_rnn,
+           "RNN (tanh, relu)", ("RNN",), _KERNELS,
+           "Elman RNN layer (1 direction): int8 weights per row, int16 state",
+           kernel=kernel_rnn, no_py="the MicroPython kernel is not written yet", state_ranges=state_ranges),
+]
