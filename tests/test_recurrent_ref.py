@@ -109,3 +109,18 @@ def test_activation_tables():
     s = R.sigmoid_q11(u)
     assert s.min() == 0 and s.max() == 32767 and np.all(np.diff(s) >= 0)
     assert np.all(np.diff(R.tanh_q12(u)) >= 0)
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm", "rnn_relu"])
+def test_frame_by_frame_equals_whole_sequence(kind):
+    """int_run's state hand-over (what streaming relies on): one frame at a time gives the same bytes."""
+    g, _, _ = _quantised(kind, steps=12, h0=True)
+    n = g.nodes[0]
+    xq = np.random.default_rng(3).integers(-128, 128, (5, 1, 12, 6))
+    whole, final = R.int_run(g, n, xq)
+    state, outs = None, []
+    for t in range(12):
+        y, state = R.int_run(g, n, xq[:, :, t:t + 1], state)
+        outs.append(y)
+    np.testing.assert_array_equal(np.concatenate(outs, axis=2), whole)
+    np.testing.assert_array_equal(state[0], final[0])

@@ -213,18 +213,25 @@ def _align(acc: np.ndarray, shift) -> np.ndarray:
     return requantize(acc, shift, -ALIGN_LIMIT, ALIGN_LIMIT)
 
 
-def int_run(g, n, x: np.ndarray) -> np.ndarray:
-    """The integer recurrence on int8 x (N, 1, T, I); every intermediate exact in int64 (C: int32)."""
+def initial_state(g, n, batch: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(h, c or None), each (batch, H) int64: the quantised h0 / c0 (what `<prefix>_reset()` loads)."""
+    h0, *c0 = (np.asarray(g.tensors[t].data, dtype=np.int64) for t in n.inputs[5:])
+    hid = n.attrs["hidden"]
+    return np.broadcast_to(h0, (batch, hid)).copy(), (np.broadcast_to(c0[0], (batch, hid)).copy() if c0 else None)
+
+
+def int_run(g, n, x: np.ndarray, state: tuple | None = None) -> tuple[np.ndarray, tuple]:
+    """The integer recurrence on int8 x (N, 1, T, I) from `state` (default: h0, c0); every intermediate exact
+    in int64 (C: int32). Returns (output, final (h, c)); streaming calls it one frame at a time."""
     from ..fixed import requantize, round_shift, saturate
 
-    w_ih, w_hh, b_ih, b_hh, h0, *c0 = (np.asarray(a, dtype=np.int64) for a in _consts(g, n))
+    w_ih, w_hh, b_ih, b_hh = (np.asarray(a, dtype=np.int64) for a in _consts(g, n)[:4])
     a = n.attrs
     hid, fh = a["hidden"], a["state_frac"]
     xsh, hsh = np.asarray(a["x_shift"], dtype=np.int64), np.asarray(a["h_shift"], dtype=np.int64)
     seq = np.asarray(x, dtype=np.int64)[:, 0]
     batch, length = seq.shape[0], seq.shape[1]
-    state = np.broadcast_to(h0, (batch, hid)).copy()
-    cell = np.broadcast_to(c0[0], (batch, hid)).copy() if c0 else None
+    state, cell = initial_state(g, n, batch) if state is None else (state[0].copy(), state[1])
     hf = STATE_FRAC if bounded(n) else fh
     outs = []
     for t in _steps(n, length):
@@ -253,11 +260,11 @@ def int_run(g, n, x: np.ndarray) -> np.ndarray:
         out = requantize(new, hf - g.tensors[n.outputs[0]].qformat.frac, a["act_min"], a["act_max"])
         state = out if a["state_bits"] == 8 else new
         outs.append(out)
-    return _collect(n, outs, length)
+    return _collect(n, outs, length), (state, cell)
 
 
 def i_rnn(g, n, xs):
-    return int_run(g, n, xs[0])
+    return int_run(g, n, xs[0])[0]
 
 
 # ---------------------------------------------------------------- quantisation
