@@ -158,7 +158,11 @@ class QATModel(nn.Module):
                         for n in qgraph.nodes if has(n.op, Trait.TABLE)}
         self.weights = nn.ParameterDict()
         self.biases = nn.ParameterDict()
+        self.params = nn.ParameterDict()  # other trained constants (OpSpec.qat_params): "<node>_<input index>"
         for i, node in enumerate(self._graph.nodes):
+            for k in SPEC[node.op].qat_params:
+                self.params[f"{i}_{k}"] = nn.Parameter(torch.tensor(self._graph.tensors[node.inputs[k]].data,
+                                                                    dtype=torch.float32))
             if node.op in WEIGHTED:
                 self.weights[str(i)] = nn.Parameter(torch.tensor(self._graph.tensors[node.inputs[1]].data,
                                                                  dtype=torch.float32))
@@ -187,7 +191,11 @@ class QATModel(nn.Module):
             if node.op in WEIGHTED:
                 g.tensors[node.inputs[1]].data = self.weights[str(i)].detach().double().numpy().copy()
                 g.tensors[node.inputs[2]].data = self.biases[str(i)].detach().double().numpy().copy()
-        g.ranges = {name: 127.0 * 2.0 ** -frac for name, frac in self._frac.items()}
+            for k in SPEC[node.op].qat_params:
+                g.tensors[node.inputs[k]].data = self.params[f"{i}_{k}"].detach().double().numpy().copy()
+        # activations pinned to their frozen formats; internal state ranges (an LSTM's '<out>#cell') as calibrated
+        g.ranges = {**{k: v for k, v in g.ranges.items() if k not in self._frac and k not in g.tensors},
+                    **{name: 127.0 * 2.0 ** -frac for name, frac in self._frac.items()}}
         return g
 
     # -- execution

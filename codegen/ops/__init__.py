@@ -121,6 +121,9 @@ class OpSpec:
     # ranges of internal state that calibration records besides the output's (graph.ranges keys such as
     # '<output>#cell'): (graph, node, float activation inputs) -> {key: max |value|}; None: none
     state_ranges: Callable[["Graph", "Node", list], dict[str, float]] | None = None
+    # input indices of the constants QAT trains besides a WEIGHTED op's weight and bias (qat.QATModel.params
+    # f"{node index}_{input index}", read by the op's qat rule and written back by convert)
+    qat_params: tuple[int, ...] = ()
 
 
 def _zero_macs(g, n) -> int:

@@ -333,6 +333,134 @@ def q_rnn(g, n, act) -> None:
         a["cell_frac"] = int(fc)
 
 
+# ---------------------------------------------------------------- QAT's fake-quantised twin
+
+
+QAT_PARAMS = (1, 2, 3, 4)  # w_ih, w_hh, b_ih, b_hh are trained; h0 / c0 stay the graph's constants
+
+
+def _qat_rows(w, b, fin: int, in_max: int, pre: int, n, s):
+    """row_formats on the live float weights -> (integer weights, integer bias, 2^-shift per row): straight-through
+    in training (forward on the integers, gradient to the float weights), the integers themselves when exact."""
+    import torch
+
+    fw, w_q, b_q, shift = row_formats(w.detach().double().numpy(), b.detach().double().numpy(), fin, in_max, pre,
+                                      n.where())
+    w_int, b_int = torch.tensor(w_q, dtype=s.dtype), torch.tensor(b_q, dtype=s.dtype)
+    if s.ste:
+        ws = w * torch.tensor(np.exp2(fw.astype(np.float64)), dtype=s.dtype)[:, None]
+        bs = b * torch.tensor(np.exp2((fin + fw).astype(np.float64)), dtype=s.dtype)
+        w_int, b_int = ws + (w_int - ws).detach(), bs + (b_int - bs).detach()
+    return w_int, b_int, torch.tensor(np.exp2(-shift.astype(np.float64)), dtype=s.dtype)
+
+
+def _qat_table(u, s, float_fn, int_fn):
+    """A table activation on an integer-valued tensor: int_fn(u) exactly; in training its value with the gradient
+    of the float function it approximates (straight-through)."""
+    y = int_fn(u.detach())
+    if not s.ste:
+        return y
+    y_f = float_fn(u)
+    return y_f + (y - y_f).detach()
+
+
+def _qat_tanh_q12(u):
+    """tanh_q12 in torch on integer-valued u (float64 exact; the same table and interpolation)."""
+    import torch
+
+    from ..qat import requant
+
+    table = torch.tensor(TANH_TABLE.astype(np.float64), dtype=u.dtype)
+    v = u + 32768.0
+    i = torch.floor(v * 2.0 ** -TABLE_SHIFT)
+    f = v - i * (1 << TABLE_SHIFT)
+    lo = table[i.long()]
+    hi = table[torch.clamp(i + 1, max=512).long()]
+    return lo + requant((hi - lo) * f * 2.0 ** -TABLE_SHIFT, None, None, False)
+
+
+def _qat_tanh_q11(x, s):
+    import torch
+
+    from ..qat import requant
+
+    return _qat_table(x, s, lambda v: torch.tanh(v * 2.0 ** -GATE_FRAC) * 32768.0,
+                      lambda v: _qat_tanh_q12(requant(v * 2.0, -32768, 32767, False)))
+
+
+def _qat_sigmoid_q11(x, s):
+    import torch
+
+    from ..qat import requant
+
+    return _qat_table(x, s, lambda v: torch.sigmoid(v * 2.0 ** -GATE_FRAC) * 32768.0,
+                      lambda v: requant((_qat_tanh_q12(v) + 32768.0) * 0.5, None, 32767, False))
+
+
+def qat_rnn(q, i: int, n, xs, s):
+    """QAT: int_run in torch ops. Exact (float64): the same integers, step for step; training (float32): the same
+    rounding and saturation with straight-through gradients, the tables with their float function's gradient."""
+    import torch
+
+    from ..fixed import QFormat, quantize
+    from ..qat import requant
+
+    a = s.attrs
+    hid, fh, bits, ste = a["hidden"], a["state_frac"], a["state_bits"], s.ste
+    pre_frac = GATE_FRAC if bounded(n) else fh
+    w_ih, w_hh, b_ih, b_hh = (q.params[f"{i}_{k}"].to(s.dtype) for k in QAT_PARAMS)
+    wi, bi, xsh = _qat_rows(w_ih, b_ih, s.fin, 128, pre_frac, n, s)
+    wh, bh, hsh = _qat_rows(w_hh, b_hh, fh, 1 << (bits - 1), pre_frac, n, s)
+
+    def sat16(v):
+        return requant(v, -32768, 32767, ste)
+
+    def shift(v, k: int):  # round_shift by k
+        return requant(v * 2.0 ** -k, None, None, ste)
+
+    def align(acc, scale):
+        return requant(acc * scale, -ALIGN_LIMIT, ALIGN_LIMIT, ste)
+
+    x = xs[0][:, 0]
+    batch = x.shape[0]
+    consts = [q._graph.tensors[t].data for t in n.inputs[5:]]
+    h = torch.tensor(quantize(consts[0], QFormat(bits, fh)), dtype=s.dtype).expand(batch, hid)
+    cell = None
+    if n.op is Op.LSTM:
+        fc = a["cell_frac"]
+        cell = torch.tensor(quantize(consts[1], QFormat(16, fc)), dtype=s.dtype).expand(batch, hid)
+    hf = STATE_FRAC if bounded(n) else fh
+    outs = []
+    for t in _steps(n, x.shape[1]):
+        ax = x[:, t] @ wi.T + bi
+        ah = h @ wh.T + bh
+        if n.op is Op.GRU:
+            pre = sat16(align(ax[:, :2 * hid], xsh[:2 * hid]) + align(ah[:, :2 * hid], hsh[:2 * hid]))
+            r, z = _qat_sigmoid_q11(pre[:, :hid], s), _qat_sigmoid_q11(pre[:, hid:], s)
+            hn = requant(ah[:, 2 * hid:] * hsh[2 * hid:], -32768, 32767, ste)
+            nn = _qat_tanh_q11(sat16(align(ax[:, 2 * hid:], xsh[2 * hid:]) + shift(r * hn, 15)), s)
+            new = sat16(nn + shift(z * (h * 2.0 ** (STATE_FRAC - fh) - nn), 15))
+        else:
+            pre = sat16(align(ax, xsh) + align(ah, hsh))
+            if n.op is Op.LSTM:
+                ig, fg = _qat_sigmoid_q11(pre[:, :hid], s), _qat_sigmoid_q11(pre[:, hid:2 * hid], s)
+                gg, og = _qat_tanh_q11(pre[:, 2 * hid:3 * hid], s), _qat_sigmoid_q11(pre[:, 3 * hid:], s)
+                cell = sat16(shift(fg * cell, 15) + shift(ig * gg, 30 - fc))
+                tc = _qat_table(requant(cell * 2.0 ** (TANH_IN_FRAC - fc), -32768, 32767, ste), s,
+                                lambda v: torch.tanh(v * 2.0 ** -TANH_IN_FRAC) * 32768.0, _qat_tanh_q12)
+                new = sat16(shift(og * tc, 15))
+            elif bounded(n):
+                new = _qat_tanh_q11(pre, s)
+            else:
+                new = torch.relu(pre)
+        out = requant(new * 2.0 ** (s.fout - hf), a["act_min"], a["act_max"], ste)
+        h = out if bits == 8 else new
+        outs.append(out)
+    if n.attrs.get("last"):
+        return outs[-1][:, None, None, :]
+    return torch.stack(outs[::-1] if n.attrs.get("reverse") else outs, dim=1)[:, None]
+
+
 def macs_rnn(g, n) -> int:
     _, t, i = g.tensors[n.inputs[0]].shape
     h = n.attrs["hidden"]
@@ -352,13 +480,16 @@ SPECS = [
     OpSpec(Op.GRU, "recurrent", _TRAITS, rnn_shape, check_rnn, f_rnn, i_rnn, q_rnn, macs_rnn, torch_rnn,
            "GRU", ("GRU",), _KERNELS,
            "GRU layer (1 direction): int8 weights per gate row, int16 Q15 state, table sigmoid/tanh",
-           kernel=kernel_rnn, no_py="the MicroPython kernel is not written yet", state_ranges=state_ranges),
+           kernel=kernel_rnn, no_py="the MicroPython kernel is not written yet", state_ranges=state_ranges,
+           qat=qat_rnn, qat_params=QAT_PARAMS),
     OpSpec(Op.LSTM, "recurrent", _TRAITS, rnn_shape, check_rnn, f_rnn, i_rnn, q_rnn, macs_rnn, torch_rnn,
            "LSTM", ("LSTM",), _KERNELS,
            "LSTM layer (1 direction): int8 weights per gate row, int16 state and cell, table sigmoid/tanh",
-           kernel=kernel_rnn, no_py="the MicroPython kernel is not written yet", state_ranges=state_ranges),
+           kernel=kernel_rnn, no_py="the MicroPython kernel is not written yet", state_ranges=state_ranges,
+           qat=qat_rnn, qat_params=QAT_PARAMS),
     OpSpec(Op.RNN, "recurrent", _TRAITS, rnn_shape, check_rnn, f_rnn, i_rnn, q_rnn, macs_rnn, torch_rnn,
            "RNN (tanh, relu)", ("RNN",), _KERNELS,
            "Elman RNN layer (1 direction): int8 weights per row, int16 state",
-           kernel=kernel_rnn, no_py="the MicroPython kernel is not written yet", state_ranges=state_ranges),
+           kernel=kernel_rnn, no_py="the MicroPython kernel is not written yet", state_ranges=state_ranges,
+           qat=qat_rnn, qat_params=QAT_PARAMS),
 ]
