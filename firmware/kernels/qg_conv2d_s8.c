@@ -9,6 +9,8 @@
  *   for 4 pixels, i.e. 16 MACs per 1 weight load + 2 unpacks + 4 LDRD + 8 SMLAD (+ loop test).
  *   Plain C (M0+/M3/host): one int8 column (pointing straight into the input for an unpadded 1x1
  *   convolution) times two weight rows at a time (qg_dot_s8.h).
+ *   Helium (M55, QG_MVE): the plain path's structure with qg_mve.h's gather and dot products: one int8
+ *   column times four weight rows, 16 MACs per VMLADAVA, the four results requantised as one vector.
  * Scratch (qg_conv2d_s8_buffer_size): 4 int16 columns of K rounded up to 4, plus one int8 column
  * to gather into when in_c is not a multiple of 4; the plain path uses its first K bytes.
  * Dilation: the gather steps by dil_h rows and dil_w pixels between taps (a window row is one copy only
@@ -45,9 +47,12 @@ int32_t qg_conv2d_s8_buffer_size(const qg_conv2d_params_t *p)
     return 8 * k4 + ((cg & 3) != 0 ? k4 : 0);
 }
 
-/* Copy n int8 values; word copies when n and both addresses allow them. */
+/* Copy n int8 values; word copies when n and both addresses allow them (Helium: 16 bytes per vector). */
 static void copy_s8(int8_t *restrict dst, const int8_t *restrict src, int32_t n)
 {
+#if QG_MVE
+    qg_mve_copy_s8(dst, src, n);
+#else
     int32_t i;
     if (((n | (int32_t)(uintptr_t)dst | (int32_t)(uintptr_t)src) & 3) == 0) {
         for (i = 0; i < n; i += 4) {
@@ -60,14 +65,19 @@ static void copy_s8(int8_t *restrict dst, const int8_t *restrict src, int32_t n)
             dst[i] = src[i];
         }
     }
+#endif
 }
 
 static void zero_s8(int8_t *dst, int32_t n)
 {
+#if QG_MVE
+    qg_mve_zero_s8(dst, n);
+#else
     int32_t i;
     for (i = 0; i < n; i++) {
         dst[i] = 0;
     }
+#endif
 }
 
 /* Gather the receptive field of output pixel (oy, ox) into col (K int8 values): the cg channels from c0
@@ -100,7 +110,7 @@ static void im2col_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, in
     }
 }
 
-#if QG_DSP
+#if QG_DSP && !QG_MVE
 /* DSP path: QG_COLS output pixels at a time. Their columns are widened to int16 and interleaved by
  * groups of 4 values: group g of pixel c is the words (x0, x2) and (x1, x3) at int16 index
  * g * 4 * QG_COLS + 4 * c (qg_simd.h order), so one weight word (unpacked once) meets the 4 pixels'
@@ -139,7 +149,7 @@ static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int
     }
 }
 
-#endif /* QG_DSP */
+#endif /* QG_DSP && !QG_MVE */
 
 void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, int8_t *restrict scratch)
 {
@@ -148,7 +158,7 @@ void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, in
     const int32_t out_stride = p->out_stride ? p->out_stride : out_c; /* a concat's slice: wider */
     const int32_t k = p->k_h * p->k_w * cg;
     int32_t pix, oy = 0, ox = 0, gi;
-#if QG_DSP
+#if QG_DSP && !QG_MVE
     int16_t *cols = (int16_t *)(void *)scratch;
     int8_t *stage = scratch + 2 * QG_COLS * round_up4(k);
     for (pix = 0; pix < n_pix; pix += QG_COLS) {

@@ -1,0 +1,140 @@
+/*
+ * qg_mve.h - internal: the Helium (M-profile Vector Extension, MVE) building blocks of the kernel library,
+ * for cores with integer MVE (Cortex-M55, M85: __ARM_FEATURE_MVE bit 0). QG_MVE is 1 there and 0 elsewhere,
+ * where the kernels keep their DSP (SMLAD) or plain C paths; the integers computed are the same either way.
+ *
+ * MVE only speeds up the int32 accumulation and the data movement. Requantisation is the one rule of
+ * qg_fixed.h: VQRSHL by -shift is floor((acc + 2^(shift-1)) / 2^shift) for shift > 0, computed without
+ * overflow (the rounding shift of qg_round_shift), and for shift < 0 a left shift that saturates to int32;
+ * the clamp to [act_min, act_max] (a sub-range of int8) that follows makes that equal to qg_requantize_s8's
+ * clamp-then-shift (both are monotonic and saturate beyond +-128). Shifts are within [-31, 31]
+ * (codegen/fixed.py MAX_SHIFT), which VQRSHL reads from each lane's low byte.
+ *
+ * Only the explicitly typed intrinsics are used (vmladavaq_s8, not vmladavaq): the polymorphic names are
+ * C11 _Generic macros and the kernels are C99.
+ */
+#ifndef QG_MVE_H
+#define QG_MVE_H
+
+#include <stdint.h>
+
+#include "qg_fixed.h"
+
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+#include <arm_mve.h>
+#define QG_MVE 1
+#else
+#define QG_MVE 0
+#endif
+
+#if QG_MVE
+/* out[0..3] = requantised acc (4 consecutive channels), shifts shift[0..3]; lo/hi: act_min/act_max dup'ed. */
+static inline void qg_mve_requantize_4(int32x4_t acc, const int8_t *shift, int32x4_t lo, int32x4_t hi, int8_t *out)
+{
+    acc = vqrshlq_s32(acc, vnegq_s32(vldrbq_s32(shift)));
+    vstrbq_s32(out, vminq_s32(vmaxq_s32(acc, lo), hi));
+}
+
+/* Four int32 scalars as one vector (lane i = a_i). */
+static inline int32x4_t qg_mve_vec4(int32_t a0, int32_t a1, int32_t a2, int32_t a3)
+{
+    int32x4_t v = vdupq_n_s32(a0);
+    v = vsetq_lane_s32(a1, v, 1);
+    v = vsetq_lane_s32(a2, v, 2);
+    return vsetq_lane_s32(a3, v, 3);
+}
+
+/* acc + x . w over k values: 16 MACs per VMLADAVA; the last k % 16 values load under a tail predicate
+ * (VCTP): zeros in the lanes past the end, nothing read beyond either array. */
+static inline int32_t qg_mve_dot_1x1_s8(const int8_t *x, const int8_t *w, int32_t k, int32_t acc)
+{
+    int32_t n;
+    for (n = k >> 4; n > 0; n--, x += 16, w += 16) {
+        acc = vmladavaq_s8(acc, vldrbq_s8(x), vldrbq_s8(w));
+    }
+    if (k & 15) {
+        const mve_pred16_t p = vctp8q((uint32_t)(k & 15));
+        acc = vmladavaq_s8(acc, vldrbq_z_s8(x, p), vldrbq_z_s8(w, p));
+    }
+    return acc;
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+#define QG_MVE_NOINLINE __attribute__((noinline, unused)) /* unused: not every includer calls it */
+#else
+#define QG_MVE_NOINLINE
+#endif
+
+/* qg_dot_rows_s8 on MVE: out[r] = requantised bias[r] + x . (row r of w), k values per row. Four rows per
+ * pass: one input load feeds four VMLADAVA (64 MACs per 9 instructions), the four results are requantised
+ * as one vector. Not inlined: inside the convolution's pixel loop GCC would run out of registers and
+ * spill the row pointers. */
+static QG_MVE_NOINLINE void qg_mve_dot_rows_s8(const int8_t *x, const int8_t *w, int32_t k, int32_t rows,
+                                               const int32_t *bias, const int8_t *shift, int32_t act_min,
+                                               int32_t act_max, int8_t *out)
+{
+    const int32x4_t lo = vdupq_n_s32(act_min), hi = vdupq_n_s32(act_max);
+    const int8_t *w0 = w, *w1, *w2, *w3;
+    int32_t r;
+    for (r = rows >> 2; r > 0; r--, bias += 4, shift += 4, out += 4) {
+        const int8_t *xp = x;
+        int32_t a0 = bias[0], a1 = bias[1], a2 = bias[2], a3 = bias[3];
+        int32_t n;
+        w1 = w0 + k;
+        w2 = w1 + k;
+        w3 = w2 + k;
+        for (n = k >> 4; n > 0; n--) {
+            const int8x16_t xv = vldrbq_s8(xp);
+            xp += 16;
+            a0 = vmladavaq_s8(a0, xv, vldrbq_s8(w0));
+            w0 += 16;
+            a1 = vmladavaq_s8(a1, xv, vldrbq_s8(w1));
+            w1 += 16;
+            a2 = vmladavaq_s8(a2, xv, vldrbq_s8(w2));
+            w2 += 16;
+            a3 = vmladavaq_s8(a3, xv, vldrbq_s8(w3));
+            w3 += 16;
+        }
+        if (k & 15) {
+            const mve_pred16_t p = vctp8q((uint32_t)(k & 15));
+            const int8x16_t xv = vldrbq_z_s8(xp, p);
+            a0 = vmladavaq_s8(a0, xv, vldrbq_z_s8(w0, p));
+            a1 = vmladavaq_s8(a1, xv, vldrbq_z_s8(w1, p));
+            a2 = vmladavaq_s8(a2, xv, vldrbq_z_s8(w2, p));
+            a3 = vmladavaq_s8(a3, xv, vldrbq_z_s8(w3, p));
+        }
+        w0 = w3 + (k & 15); /* the next group's first row */
+        qg_mve_requantize_4(qg_mve_vec4(a0, a1, a2, a3), shift, lo, hi, out);
+    }
+    w = w0;
+    for (r = 0; r < (rows & 3); r++, w += k) {
+        out[r] = qg_requantize_s8(qg_mve_dot_1x1_s8(x, w, k, bias[r]), shift[r], act_min, act_max);
+    }
+}
+
+/* dst[0, n) = src[0, n): 16 bytes per load/store pair, the last n % 16 under a tail predicate. */
+static inline void qg_mve_copy_s8(int8_t *dst, const int8_t *src, int32_t n)
+{
+    for (; n >= 16; n -= 16, src += 16, dst += 16) {
+        vstrbq_s8(dst, vldrbq_s8(src));
+    }
+    if (n > 0) {
+        const mve_pred16_t p = vctp8q((uint32_t)n);
+        vstrbq_p_s8(dst, vldrbq_z_s8(src, p), p);
+    }
+}
+
+/* dst[0, n) = 0. */
+static inline void qg_mve_zero_s8(int8_t *dst, int32_t n)
+{
+    const int8x16_t z = vdupq_n_s8(0);
+    for (; n >= 16; n -= 16, dst += 16) {
+        vstrbq_s8(dst, z);
+    }
+    if (n > 0) {
+        vstrbq_p_s8(dst, z, vctp8q((uint32_t)n));
+    }
+}
+#endif /* QG_MVE */
+
+#endif /* QG_MVE_H */

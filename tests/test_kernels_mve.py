@@ -1,0 +1,114 @@
+"""The Helium (MVE) kernel paths on Cortex-M55 (mps3-an547 under QEMU) equal codegen.reference.run_int byte for byte.
+
+One firmware holds every case: single-op branches over one (3, 5, 33) input, each branch a model output.
+MVE works on 16 int8 lanes with a predicated tail, so the channel / in-feature counts that matter are every
+count 1..17 (each tail length, one and two vectors), 31 and 33 (a full vector plus a long or short tail);
+a slice of the input gives each count. Output rows come four per pass (a vector requantisation), so the
+output-channel counts cycle through 1..8 (every remainder of 4). Shifts include the extremes -31 and 31
+(VQRSHL's saturating left and rounding right shifts against the rule), clamps the three kinds, and the
+inputs include all -128 (edge_inputs).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qgen_testing import act, const, edge_inputs, finish, safe_bias
+
+from codegen.emit.c import render, write_atomic
+from codegen.fixed import AVG_SHIFT, avg_multiplier
+from codegen.hostcheck import reference_outputs
+from codegen.ir import SHAPE_RULES, Graph, Node, Op
+from codegen.reference import run_int
+from codegen.target import build_elf, missing_tools, run_qemu
+
+pytestmark = pytest.mark.skipif(bool(missing_tools()), reason=f"missing tools: {missing_tools()}")
+
+BOARD = "mps3-an547"  # Cortex-M55 with MVE
+COUNTS = [*range(1, 18), 31, 33]  # channel / in-feature counts: every tail of a 16-lane vector
+SHAPE = (3, 5, 33)
+EXTREME_SHIFTS = (-31, -23, -1, 0, 1, 15, 23, 31)
+ACTS = ((-128, 127), (0, 127), (-50, 90))  # the clamp kinds: none, ReLU, any range
+
+
+class Builder:
+    def __init__(self, rng):
+        self.rng = rng
+        self.g = Graph({"x": act("x", SHAPE, 3)}, [], ["x"], [], source="test")
+
+    def node(self, name: str, op: Op, inputs: list[str], output: bool = True, **attrs) -> str:
+        node = Node(name, op, inputs, [name], attrs)
+        self.g.nodes.append(node)
+        self.g.tensors[name] = act(name, (1,), 3)
+        self.g.tensors[name].shape = SHAPE_RULES[op](self.g, node)
+        if output:
+            self.g.outputs.append(name)
+        return name
+
+    def weighted(self, name: str, op: Op, src: str, w_shape: tuple, act_range=(-128, 127), **attrs) -> str:
+        rng = self.rng
+        w = rng.integers(-128, 128, w_shape)
+        w.flat[0] = -128
+        cout = w_shape[0]
+        self.g.tensors[f"{name}_w"] = const(f"{name}_w", w, 8, (3,) * cout)
+        self.g.tensors[f"{name}_b"] = const(f"{name}_b", safe_bias(rng, w), 32, (7,) * cout)
+        shift = rng.integers(-3, 15, cout)
+        extreme = rng.random(cout) < 0.25  # a quarter of the channels at an extreme shift
+        shift[extreme] = rng.choice(EXTREME_SHIFTS, int(extreme.sum()))
+        attrs.update(shift=[int(s) for s in shift], act_min=act_range[0], act_max=act_range[1])
+        return self.node(name, op, [src, f"{name}_w", f"{name}_b"], **attrs)
+
+
+def mve_graph(rng) -> Graph:
+    b = Builder(rng)
+    same = {"stride": (1, 1), "padding": (1, 1, 1, 1)}
+    flat = b.node("flat", Op.RESHAPE, ["x"], output=False, shape=(int(np.prod(SHAPE)),))
+    for i, c in enumerate(COUNTS):
+        a = ACTS[i % 3]
+        src = "x" if c == SHAPE[2] else b.node(f"x_c{c}", Op.SLICE, ["x"], output=False, axis=2, start=0, length=c)
+        vec = b.node(f"v_{c}", Op.SLICE, [flat], output=False, axis=0, start=i, length=c)
+        b.weighted(f"fc_{c}", Op.LINEAR, vec, (i % 8 + 1, c), a)
+        b.weighted(f"conv1x1_c{c}", Op.CONV2D, src, (i % 8 + 1, 1, 1, c), a, stride=(1, 1), padding=(0, 0, 0, 0))
+        b.weighted(f"conv3x3_c{c}", Op.CONV2D, src, ((i + 3) % 8 + 1, 3, 3, c), ACTS[(i + 1) % 3], **same)
+        b.weighted(f"dw3x3_c{c}", Op.DEPTHWISE_CONV2D, src, (c, 3, 3, 1), a, **same)
+        b.node(f"maxpool_c{c}", Op.MAXPOOL2D, [src], kernel=(2, 3), stride=(1, 2), padding=(0, 1, 0, 1))
+        b.node(f"avgpool_c{c}", Op.AVGPOOL2D, [src], kernel=(3, 3), stride=(1, 1), padding=(0, 0, 0, 0),
+               avg_mult=avg_multiplier(9), avg_shift=AVG_SHIFT, act_min=a[0], act_max=a[1])
+    # long rows (k = 495: 30 full vectors and a tail), many rows, the KWS first-layer shape (1 channel,
+    # 10x4 window, stride 2), a strided and dilated conv, a grouped conv, a depthwise multiplier and stride
+    b.weighted("fc_495_17", Op.LINEAR, flat, (17, int(np.prod(SHAPE))))
+    b.weighted("conv_c1_k3x4_s2", Op.CONV2D, "x_c1", (13, 3, 4, 1), stride=(2, 2), padding=(1, 1, 2, 1))
+    b.weighted("conv_c7_k3x2_d2", Op.CONV2D, "x_c7", (6, 3, 2, 7), stride=(1, 2), padding=(2, 1, 2, 1),
+               dilation=(1, 2))
+    b.weighted("conv_c12_g2", Op.CONV2D, "x_c12", (10, 1, 3, 6), stride=(1, 1), padding=(0, 1, 0, 1), groups=2)
+    b.weighted("dw3x3_c17_s2", Op.DEPTHWISE_CONV2D, "x_c17", (17, 3, 3, 1), stride=(2, 2), padding=(1, 1, 1, 1))
+    b.weighted("dw3x3_c5_mult2", Op.DEPTHWISE_CONV2D, "x_c5", (10, 3, 3, 1), **same)
+    return finish(b.g)
+
+
+def _first_difference(graph: Graph, got: np.ndarray, expect: np.ndarray) -> str:
+    sample, flat = np.argwhere(got != expect)[0]
+    index = flat
+    for name in graph.outputs:
+        size = graph.tensors[name].size
+        if index < size:
+            return (f"output '{name}' {graph.tensors[name].shape}, sample {sample}, element {index}: "
+                    f"target {got[sample, flat]}, reference {expect[sample, flat]}")
+        index -= size
+    return "?"
+
+
+def test_mve_kernels_bit_exact_on_cortex_m55(tmp_path):
+    rng = np.random.default_rng(55)
+    graph = mve_graph(rng)
+    out = tmp_path / "model"
+    write_atomic(render(graph, "mv", ["test"]), out)
+    x = edge_inputs(rng, SHAPE, n_random=3)
+    expect = reference_outputs(graph, run_int(graph, x))
+    sources = [out / "mv_model.c", out / "mv_weights.c", *sorted((out / "kernels").glob("*.c"))]
+    # the flags `qgen firmware` builds a model with (codegen/deploy.py): conversion warnings are errors
+    elf = build_elf(BOARD, sources, [out, out / "kernels"], "mv", tmp_path / "build",
+                    extra_cflags=("-std=c99", "-Werror", "-Wconversion"))
+    result = run_qemu(BOARD, elf, x.reshape(len(x), -1), expect.shape[1], count_instructions=False)
+    assert result.outputs.shape == expect.shape
+    if not np.array_equal(result.outputs, expect):
+        raise AssertionError("cortex-m55: " + _first_difference(graph, result.outputs, expect))
