@@ -461,6 +461,53 @@ def qat_rnn(q, i: int, n, xs, s):
     return torch.stack(outs[::-1] if n.attrs.get("reverse") else outs, dim=1)[:, None]
 
 
+# ---------------------------------------------------------------- pure MicroPython
+
+
+def py_rnn(b, n, index: int):
+    """MicroPython: _recurrent (templates/micropython/_kernels.py) with the shared Q15 tanh table as a constant
+    array (the generator's integers, never recomputed with floats) and the layer's state buffers allocated once."""
+    from ..emit.micropython import _int_lines
+
+    g, a, sym = b.g, n.attrs, f"L{index}"
+    _, steps, n_in = g.tensors[n.inputs[0]].shape
+    hid, fh = a["hidden"], a["state_frac"]
+    if not any(c.head.startswith("_TANH_Q15 =") for c in b.model.consts):
+        b.const("_TANH_Q15", f"tanh at 513 points of [-8, 8], Q15 (int16): the table of every recurrent layer's "
+                f"sigmoid and tanh (codegen/ops/recurrent.py TANH_TABLE)", "_TANH_Q15 = array('h', (",
+                _int_lines(TANH_TABLE), "))", 2 * TANH_TABLE.size)
+    w_ih, w_hh = b.weight_rows(f"{sym}i", n.inputs[1]), b.weight_rows(f"{sym}h", n.inputs[2])
+    b_ih, b_hh = b.bias(f"{sym}i", n.inputs[3]), b.bias(f"{sym}h", n.inputs[4])
+    xmul, xrnd, xshr = b.requant(f"{sym}x", a["x_shift"])
+    hmul, hrnd, hshr = b.requant(f"{sym}h", a["h_shift"])
+    init = []
+    for k, t in enumerate(n.inputs[5:]):
+        data = g.tensors[t].data
+        name = f"_{sym}_{'HC'[k]}0"
+        init.append(b.const(name, f"initial {'hc'[k]} [{data.size}] int16 {g.tensors[t].qformat}",
+                            f"{name} = array('h', (", _int_lines(data), "))", 2 * data.size))
+    lstm = n.op is Op.LSTM
+    fc = a.get("cell_frac", TANH_IN_FRAC)
+    (cmul,), (crnd,), (cshr,) = b.triples([fc - TANH_IN_FRAC])
+    (omul,), (ornd,), (oshr,) = b.triples([a["out_shift"]])
+    kind = {Op.GRU: 0, Op.LSTM: 1}.get(n.op, 2 if bounded(n) else 3)
+    rows = GATES[n.op] * hid
+    params = [("kind: 0 GRU, 1 LSTM, 2 RNN tanh, 3 RNN relu", kind), ("steps", steps), ("in_features", n_in),
+              ("hidden", hid), ("reverse", int(bool(a.get("reverse")))), ("last", int(bool(a.get("last")))),
+              ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh),
+              ("x mul", xmul), ("x rnd", xrnd), ("x shr", xshr), ("h mul", hmul), ("h rnd", hrnd), ("h shr", hshr),
+              ("h0", init[0]), ("c0", init[1] if lstm else "None"),
+              ("state to Q15: left shift", STATE_FRAC - fh if bounded(n) else 0),
+              ("state is the int8 output (state_bits 8)", int(a["state_bits"] == 8)),
+              ("cell: round shift of i * g", 30 - fc), ("cell to Q12 mul", cmul), ("cell to Q12 rnd", crnd),
+              ("cell to Q12 shr", cshr), ("out mul", omul), ("out rnd", ornd), ("out shr", oshr),
+              ("act_min", a["act_min"]), ("act_max", a["act_max"]), ("tanh table", "_TANH_Q15"),
+              ("state h (scratch)", f"array('h', bytes({2 * hid}))"),
+              ("cell c (scratch)", f"array('h', bytes({2 * hid}))" if lstm else "None"),
+              ("x accumulators (scratch)", f"[0] * {rows}"), ("h accumulators (scratch)", f"[0] * {rows}")]
+    return "_recurrent", params, ""
+
+
 def macs_rnn(g, n) -> int:
     _, t, i = g.tensors[n.inputs[0]].shape
     h = n.attrs["hidden"]
@@ -480,16 +527,16 @@ SPECS = [
     OpSpec(Op.GRU, "recurrent", _TRAITS, rnn_shape, check_rnn, f_rnn, i_rnn, q_rnn, macs_rnn, torch_rnn,
            "GRU", ("GRU",), _KERNELS,
            "GRU layer (1 direction): int8 weights per gate row, int16 Q15 state, table sigmoid/tanh",
-           kernel=kernel_rnn, no_py="the MicroPython kernel is not written yet", state_ranges=state_ranges,
+           kernel=kernel_rnn, emit_py=py_rnn, state_ranges=state_ranges,
            qat=qat_rnn, qat_params=QAT_PARAMS),
     OpSpec(Op.LSTM, "recurrent", _TRAITS, rnn_shape, check_rnn, f_rnn, i_rnn, q_rnn, macs_rnn, torch_rnn,
            "LSTM", ("LSTM",), _KERNELS,
            "LSTM layer (1 direction): int8 weights per gate row, int16 state and cell, table sigmoid/tanh",
-           kernel=kernel_rnn, no_py="the MicroPython kernel is not written yet", state_ranges=state_ranges,
+           kernel=kernel_rnn, emit_py=py_rnn, state_ranges=state_ranges,
            qat=qat_rnn, qat_params=QAT_PARAMS),
     OpSpec(Op.RNN, "recurrent", _TRAITS, rnn_shape, check_rnn, f_rnn, i_rnn, q_rnn, macs_rnn, torch_rnn,
            "RNN (tanh, relu)", ("RNN",), _KERNELS,
            "Elman RNN layer (1 direction): int8 weights per row, int16 state",
-           kernel=kernel_rnn, no_py="the MicroPython kernel is not written yet", state_ranges=state_ranges,
+           kernel=kernel_rnn, emit_py=py_rnn, state_ranges=state_ranges,
            qat=qat_rnn, qat_params=QAT_PARAMS),
 ]

@@ -550,6 +550,93 @@ def _norm(x, y, p):
                     y[a + c] = lo if acc < lo else (hi if acc > hi else acc)
 
 
+def _tanh_q12(u, tab):
+    # tanh of int16 Q12 u -> Q15: table entry plus the interpolated rest (codegen/ops/recurrent.py tanh_q12)
+    v = u + 32768
+    i = v >> 7
+    lo = tab[i]
+    return lo + (((tab[i + 1] - lo) * (v & 127) + 64) >> 7)
+
+
+def _sigmoid_q11(u, tab):
+    # sigmoid of int16 Q11 u -> Q15 in [0, 32767]: (1 + tanh(u / 2)) / 2, the Q11 value read as Q12
+    v = (_tanh_q12(u, tab) + 32769) >> 1
+    return 32767 if v > 32767 else v
+
+
+def _tanh_q11(u, tab):
+    u += u
+    return _tanh_q12(-32768 if u < -32768 else (32767 if u > 32767 else u), tab)
+
+
+def _recurrent(x, y, p):
+    # one GRU / LSTM / RNN layer over (T, I) int8 x (codegen/ops/recurrent.py int_run): int8 weights per gate
+    # row, int16 state h (or the int8 output with state_bits 8), aligned gate sums saturated to int16 Q11,
+    # one Q15 tanh table for tanh and sigmoid. kind: 0 GRU, 1 LSTM, 2 RNN tanh, 3 RNN relu.
+    (kind, steps, n_in, hid, reverse, last, w_ih, w_hh, b_ih, b_hh, xmul, xrnd, xshr, hmul, hrnd, hshr,
+     h0, c0, up, state8, csh, cmul, crnd, cshr, omul, ornd, oshr, lo, hi, tab, h, c, ax, ah) = p
+    lim = 1 << 24
+    rows = len(b_ih)
+    for j in range(hid):
+        h[j] = h0[j]
+        if kind == 1:
+            c[j] = c0[j]
+    for k in range(steps):
+        t = steps - 1 - k if reverse else k
+        xo = t * n_in
+        for r in range(rows):  # the accumulators, aligned to the gate frac (clamped at +-2^24)
+            wr = w_ih[r]
+            acc = b_ih[r]
+            for i in range(n_in):
+                acc += x[xo + i] * wr[i]
+            acc = (acc * xmul[r] + xrnd[r]) >> xshr[r]
+            ax[r] = -lim if acc < -lim else (lim if acc > lim else acc)
+            wr = w_hh[r]
+            acc = b_hh[r]
+            for i in range(hid):
+                acc += h[i] * wr[i]
+            if kind == 0 and r >= 2 * hid:  # GRU's candidate: h-part kept apart, requantised to int16
+                acc = (acc * hmul[r] + hrnd[r]) >> hshr[r]
+                ah[r] = -32768 if acc < -32768 else (32767 if acc > 32767 else acc)
+            else:
+                acc = (acc * hmul[r] + hrnd[r]) >> hshr[r]
+                ah[r] = -lim if acc < -lim else (lim if acc > lim else acc)
+        yo = 0 if last else t * hid
+        for j in range(hid):
+            if kind == 0:
+                r = _sigmoid_q11(_sat16(ax[j] + ah[j]), tab)
+                z = _sigmoid_q11(_sat16(ax[hid + j] + ah[hid + j]), tab)
+                n = _tanh_q11(_sat16(ax[2 * hid + j] + ((r * ah[2 * hid + j] + 16384) >> 15)), tab)
+                new = _sat16(n + ((z * ((h[j] << up) - n) + 16384) >> 15))
+            elif kind == 1:
+                ig = _sigmoid_q11(_sat16(ax[j] + ah[j]), tab)
+                fg = _sigmoid_q11(_sat16(ax[hid + j] + ah[hid + j]), tab)
+                g = _tanh_q11(_sat16(ax[2 * hid + j] + ah[2 * hid + j]), tab)
+                o = _sigmoid_q11(_sat16(ax[3 * hid + j] + ah[3 * hid + j]), tab)
+                cj = _sat16(((fg * c[j] + 16384) >> 15) + ((ig * g + (1 << (csh - 1))) >> csh))
+                c[j] = cj
+                v = (cj * cmul + crnd) >> cshr
+                new = _sat16((o * _tanh_q12(-32768 if v < -32768 else (32767 if v > 32767 else v), tab) + 16384) >> 15)
+            elif kind == 2:
+                new = _tanh_q11(_sat16(ax[j] + ah[j]), tab)
+            else:
+                new = _sat16(ax[j] + ah[j])
+                if new < 0:
+                    new = 0
+            v = (new * omul + ornd) >> oshr
+            v = lo if v < lo else (hi if v > hi else v)
+            if last:
+                if k == steps - 1:
+                    y[j] = v
+            else:
+                y[yo + j] = v
+            h[j] = v if state8 else new
+
+
+def _sat16(v):
+    return -32768 if v < -32768 else (32767 if v > 32767 else v)
+
+
 def _clamp(x, y, p):
     n, lo, hi = p
     for i in range(n):
