@@ -130,6 +130,10 @@ def scratch_for(fn: str | None, g: Graph, n: Node, core: str | None) -> int:
     if fn == "qg_fully_connected_s8":
         out_f, in_f = g.tensors[n.inputs[1]].shape
         return fully_connected_buffer_size(in_f, out_f)
+    if fn == "qg_recurrent_s8":
+        from .ops.recurrent import rnn_scratch
+
+        return rnn_scratch(g, n)  # the whole-window state, then the gate slots and int16 vectors (any core)
     return 0  # the compressed-weight (qg_sparse_s8.c, qg_cluster_s8.c) and int16 (qg_wide.c) kernels: none
 
 

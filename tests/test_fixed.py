@@ -26,6 +26,8 @@ void t_requantize_wide(const int64_t *x, const int32_t *s, int32_t lo, int32_t h
 { for (int32_t i = 0; i < n; i++) out[i] = qg_requantize_wide(x[i], s[i], lo, hi); }
 void t_quantize_s16(const float *x, float scale, int16_t *out, int32_t n)
 { for (int32_t i = 0; i < n; i++) out[i] = qg_quantize_f32_s16(x[i], scale); }
+void t_requantize_s32(const int32_t *x, const int32_t *s, int32_t lo, int32_t hi, int32_t *out, int32_t n)
+{ for (int32_t i = 0; i < n; i++) out[i] = qg_requantize_s32(x[i], s[i], lo, hi); }
 """
 
 
@@ -42,6 +44,7 @@ def clib():
         void t_quantize(const float *x, float scale, int8_t *out, int32_t n);
         void t_requantize_wide(const int64_t *x, const int32_t *s, int32_t lo, int32_t hi, int32_t *out, int32_t n);
         void t_quantize_s16(const float *x, float scale, int16_t *out, int32_t n);
+        void t_requantize_s32(const int32_t *x, const int32_t *s, int32_t lo, int32_t hi, int32_t *out, int32_t n);
     """)
     ffi.set_source(name, WRAPPERS, include_dirs=[str(kernel_dir())],
                    extra_compile_args=["-std=c99", "-O1", "-fsanitize=undefined", "-fno-sanitize-recover"],
@@ -191,3 +194,25 @@ def test_qformat_str_and_roundtrip():
     q = QFormat(8, (3, 5, 4))
     assert str(q) == "s8.f[3..5]" and QFormat.from_dict(q.to_dict()) == q
     assert str(QFormat(8, 6)) == "s8.f6" and QFormat(16, 2).max_int == 32767
+
+
+def c_requantize_s32(clib, x, s, lo, hi):
+    x = np.ascontiguousarray(x, dtype=np.int32)
+    s = np.ascontiguousarray(np.broadcast_to(s, x.shape), dtype=np.int32)
+    out = np.zeros(x.shape, dtype=np.int32)
+    f = clib.ffi.from_buffer
+    clib.lib.t_requantize_s32(f("int32_t[]", x), f("int32_t[]", s), lo, hi, f("int32_t[]", out), x.size)
+    return out
+
+
+def test_requantize_s32_every_shift_at_the_edges(clib, rng):
+    """int32 values to any int32 range (the recurrent kernels' +-2^24 alignment, int16 state, int8 output):
+    fixed.requantize, also for left shifts that would overflow int32 (UBSan watches the C)."""
+    x = np.concatenate([np.arange(-70000, 70000, 7), [-(2**31), 2**31 - 1, 2**24, 2**24 + 1, -(2**24) - 1, 32768],
+                        rng.integers(-(2**31), 2**31, 2000), rng.integers(-300, 300, 600)])
+    ranges = ((-(2**24), 2**24), (-32768, 32767), (-128, 127), (0, 127), (-50, 90), (5, 20), (-20, -5),
+              (-(2**31) + 1, 2**31 - 1))
+    for lo, hi in ranges:
+        for s in range(-31, 32):
+            np.testing.assert_array_equal(c_requantize_s32(clib, x, s, lo, hi), fixed.requantize(x, s, lo, hi),
+                                          err_msg=f"shift {s} range [{lo}, {hi}]")

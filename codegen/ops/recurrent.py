@@ -520,6 +520,69 @@ def kernel_rnn(variant: str) -> tuple[str, str]:
     return "qg_recurrent_s8", "qg_recurrent_params_t"
 
 
+# ---------------------------------------------------------------- C (firmware/kernels/qg_recurrent_s8.c)
+
+C_CELL = {Op.GRU: "QG_CELL_GRU", Op.LSTM: "QG_CELL_LSTM"}
+
+
+def buffer_size(g, n) -> int:
+    """qg_recurrent_s8_buffer_size: int32 gate slots (G*H, + H GRU candidates) and int16 copies of x_t and h."""
+    _, _, i = g.tensors[n.inputs[0]].shape
+    h = n.attrs["hidden"]
+    slots = (GATES[n.op] + (1 if n.op is Op.GRU else 0)) * h
+    return 4 * (slots + (i + 1) // 2 + (h + 1) // 2)
+
+
+def state_bytes(g, n) -> int:
+    """Bytes of the layer's scratch that hold its state (h, LSTM c: int16 each) during a whole-window run,
+    rounded up to a word so the kernel's own scratch after it stays 4-byte aligned."""
+    words = (2 if n.op is Op.LSTM else 1) * n.attrs["hidden"]
+    return 4 * ((words + 1) // 2)
+
+
+def rnn_scratch(g, n) -> int:
+    """Scratch bytes of qg_recurrent_s8 (codegen/kernels.py): the state, then the kernel's buffer."""
+    return state_bytes(g, n) + buffer_size(g, n)
+
+
+def state_init_and_ptr(b, io, n) -> tuple[str, str, int]:
+    """(C statements that set the initial state, the kernel's state pointer, bytes of the layer's scratch the
+    state takes). Whole window: the state lives at the start of the layer's scratch and is set from the
+    quantised h0 / c0 before every run. (A streaming step function keeps it in persistent memory instead.)"""
+    state = f"QG_AS_S16({io.scratch})"
+    return f"qg_recurrent_state_init(&{io.struct}, {state}); ", state, state_bytes(b.g, n)
+
+
+def c_cell(n) -> str:
+    if n.op is Op.RNN:
+        return "QG_CELL_RNN_TANH" if bounded(n) else "QG_CELL_RNN_RELU"
+    return C_CELL[n.op]
+
+
+def c_rnn(b, index: int, n):
+    """C, int8 in and out: qg_recurrent_s8 over the whole window (state set by state_init_and_ptr)."""
+    g, io = b.g, b.io(index, n)
+    _, steps, inputs = g.tensors[io.xs[0]].shape
+    a = n.attrs
+    rows = GATES[n.op] * a["hidden"]
+    arrays = [(name, b.const_tensor(io.sym, t, name)) for name, t in zip(("w_ih", "w_hh", "b_ih", "b_hh"),
+                                                                          n.inputs[1:5])]
+    shifts = [(k, b.array(f"{io.sym}_{k}", np.array(a[k]), "int8", f"{k} per gate row ({rows})"))
+              for k in ("x_shift", "h_shift")]
+    fields = [("cell", c_cell(n)), ("reverse", int(bool(a.get("reverse")))), ("last", int(bool(a.get("last")))),
+              ("state_bits", a["state_bits"]), ("steps", steps), ("inputs", inputs), ("hidden", a["hidden"]),
+              ("state_frac", a["state_frac"]), ("cell_frac", a.get("cell_frac", 0)), ("out_shift", a["out_shift"]),
+              ("act_min", a["act_min"]), ("act_max", a["act_max"]), *shifts, *arrays]
+    fields.append(("h0", b.const_tensor(io.sym, n.inputs[5], "h0")))
+    if n.op is Op.LSTM:  # c0 is left out (NULL) otherwise
+        fields.append(("c0", b.const_tensor(io.sym, n.inputs[6], "c0")))
+    init, state, skip = state_init_and_ptr(b, io, n)
+    b.check_scratch(index, n, rnn_scratch(g, n))
+    scratch = f"(int32_t *)(void *)({io.scratch} + {skip})"
+    return ("qg_recurrent_params_t", fields,
+            f"{init}qg_recurrent_s8(&{io.struct}, {io.ins[0]}, {io.out_expr}, {state}, {scratch});")
+
+
 _TRAITS = Trait.INT8_ONLY
 _KERNELS = ("qg_recurrent_s8",)
 
@@ -527,16 +590,16 @@ SPECS = [
     OpSpec(Op.GRU, "recurrent", _TRAITS, rnn_shape, check_rnn, f_rnn, i_rnn, q_rnn, macs_rnn, torch_rnn,
            "GRU", ("GRU",), _KERNELS,
            "GRU layer (1 direction): int8 weights per gate row, int16 Q15 state, table sigmoid/tanh",
-           kernel=kernel_rnn, emit_py=py_rnn, state_ranges=state_ranges,
+           kernel=kernel_rnn, emit_c=c_rnn, emit_py=py_rnn, state_ranges=state_ranges,
            qat=qat_rnn, qat_params=QAT_PARAMS),
     OpSpec(Op.LSTM, "recurrent", _TRAITS, rnn_shape, check_rnn, f_rnn, i_rnn, q_rnn, macs_rnn, torch_rnn,
            "LSTM", ("LSTM",), _KERNELS,
            "LSTM layer (1 direction): int8 weights per gate row, int16 state and cell, table sigmoid/tanh",
-           kernel=kernel_rnn, emit_py=py_rnn, state_ranges=state_ranges,
+           kernel=kernel_rnn, emit_c=c_rnn, emit_py=py_rnn, state_ranges=state_ranges,
            qat=qat_rnn, qat_params=QAT_PARAMS),
     OpSpec(Op.RNN, "recurrent", _TRAITS, rnn_shape, check_rnn, f_rnn, i_rnn, q_rnn, macs_rnn, torch_rnn,
            "RNN (tanh, relu)", ("RNN",), _KERNELS,
            "Elman RNN layer (1 direction): int8 weights per row, int16 state",
-           kernel=kernel_rnn, emit_py=py_rnn, state_ranges=state_ranges,
+           kernel=kernel_rnn, emit_c=c_rnn, emit_py=py_rnn, state_ranges=state_ranges,
            qat=qat_rnn, qat_params=QAT_PARAMS),
 ]

@@ -44,6 +44,25 @@ static inline int8_t qg_requantize_s8(int32_t acc, int32_t shift, int32_t act_mi
     return (int8_t)qg_saturate(qg_round_shift(acc, shift), act_min, act_max);
 }
 
+/* Requantise an int32 value to any range [lo, hi] inside int32 (lo > INT32_MIN) with the rounding rule: the
+ * recurrent kernels' alignment to +-2^24 and their int16 state. A left shift never overflows: a value whose
+ * shifted form would leave [lo, hi] is saturated before the shift (acc * 2^s > hi exactly when
+ * acc > floor(hi / 2^s), acc * 2^s < lo exactly when acc < ceil(lo / 2^s)). */
+static inline int32_t qg_requantize_s32(int32_t acc, int32_t shift, int32_t lo, int32_t hi)
+{
+    if (shift < 0) {
+        const int32_t s = -shift;
+        if (acc > (hi >> s)) {
+            return hi;
+        }
+        if (acc < -((-lo) >> s)) {
+            return lo;
+        }
+        return qg_round_shift(acc, shift);
+    }
+    return qg_saturate(qg_round_shift(acc, shift), lo, hi);
+}
+
 /* The rounding rule on int64, for the wide accumulators of int16 activations (same definition as
  * qg_round_shift; a left shift is exact while the caller keeps the result inside int64). */
 static inline int64_t qg_round_shift64(int64_t x, int32_t shift)

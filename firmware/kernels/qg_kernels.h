@@ -449,6 +449,37 @@ typedef struct {
 void qg_channel_affine_s8(const qg_channel_affine_params_t *p, const int8_t *in, int8_t *out);
 /* ---- end of normalisation ---- */
 
+/* ---- recurrent layers (qg_recurrent_s8.c; the integer spec: codegen/ops/recurrent.py) ---- */
+enum { QG_CELL_GRU = 0, QG_CELL_LSTM = 1, QG_CELL_RNN_TANH = 2, QG_CELL_RNN_RELU = 3 };
+typedef struct {
+    uint8_t cell;         /* QG_CELL_*: G = 3 (GRU r, z, n), 4 (LSTM i, f, g, o) or 1 gate rows per hidden unit */
+    uint8_t reverse;      /* time runs from steps - 1 down to 0 */
+    uint8_t last;         /* write only the final state (out: hidden values) instead of one per step */
+    uint8_t state_bits;   /* 16: h is the int16 cell output at state_frac; 8: h is the int8 output */
+    uint16_t steps, inputs, hidden;
+    int8_t state_frac;    /* frac of h (15 for GRU/LSTM/tanh with state_bits 16) */
+    int8_t cell_frac;     /* LSTM: frac of the int16 cell c */
+    int8_t out_shift;     /* new state (Q15, relu: state_frac) -> output frac */
+    int8_t act_min, act_max;
+    const int8_t *x_shift;  /* (G * hidden) input accumulator -> gate frac (Q11; relu RNN: state_frac) */
+    const int8_t *h_shift;  /* (G * hidden) recurrent accumulator -> the same */
+    const int8_t *w_ih;     /* (G * hidden, inputs), int8 per gate row */
+    const int8_t *w_hh;     /* (G * hidden, hidden) */
+    const int32_t *b_ih;    /* (G * hidden) at frac x_frac + w_ih_frac[row] */
+    const int32_t *b_hh;    /* (G * hidden) at frac state_frac + w_hh_frac[row] */
+    const int16_t *h0;      /* (hidden) initial h at state_frac */
+    const int16_t *c0;      /* LSTM: (hidden) initial c at cell_frac; NULL otherwise */
+} qg_recurrent_params_t;
+/* x (steps, inputs) int8 -> out (steps or 1, hidden) int8. state: h (hidden int16) then, LSTM, c (hidden int16),
+ * set by the caller (h0, c0) and left holding the final state. scratch: qg_recurrent_s8_buffer_size bytes,
+ * 4-byte aligned. */
+void qg_recurrent_s8(const qg_recurrent_params_t *p, const int8_t *x, int8_t *out, int16_t *state,
+                     int32_t *scratch);
+int32_t qg_recurrent_s8_buffer_size(const qg_recurrent_params_t *p);
+/* state <- p->h0, then (LSTM) p->c0: the initial state (whole-window runs; a stream's reset) */
+void qg_recurrent_state_init(const qg_recurrent_params_t *p, int16_t *state);
+/* ---- end of recurrent layers ---- */
+
 #ifdef __cplusplus
 }
 #endif

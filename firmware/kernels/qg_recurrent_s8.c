@@ -1,0 +1,342 @@
+/*
+ * qg_recurrent_s8.c - GRU, LSTM and Elman RNN (tanh / relu) layers: int8 input and output, int8 weights with
+ * one Q format per gate row, int16 state. The integer spec is codegen/ops/recurrent.py (int_run); every step
+ * below is one line of it, with qg_fixed.h's rounding and saturation rules.
+ *
+ * Per time step: the gate rows' two matrix-vector products (w_ih . x_t + b_ih, w_hh . h + b_hh, exact int32,
+ * the quantiser bounds them), each aligned to the gate frac (requantised to +-2^24) and summed into an int16
+ * pre-activation; then, per hidden unit, the cell's element-wise update through one 513-entry Q15 tanh table
+ * with linear interpolation (sigmoid(x) = (1 + tanh(x / 2)) / 2).
+ *
+ * With the DSP extension (Cortex-M4/M7/M33) the products take four gate rows per pass and 4 columns per step:
+ * x_t and h are first widened / reordered once per step into int16 pairs in scratch ((v0, v2), (v1, v3) per
+ * group of 4, qg_simd.h's convention), so one LDRD gives the pairs, each row's word of 4 weights unpacks with
+ * SXTB16, and two SMLADs per row take the 4 MACs. Without it, plain C: the rows two at a time sharing each load
+ * of the vector (ARMv6-M).
+ */
+#include "qg_kernels.h"
+
+#include "qg_fixed.h"
+#include "qg_simd.h"
+
+#define QG_ALIGN_LIMIT (1 << 24) /* recurrent.ALIGN_LIMIT: aligned accumulators are clamped here */
+
+/* recurrent.TANH_TABLE: T[k] = tanh((k * 2^7 - 2^15) * 2^-12) in Q15, k = 0..512 (tests/test_recurrent_kernels.py
+ * compares this array with the Python one). */
+static const int16_t qg_tanh_table[513] = {
+    -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768,
+    -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768,
+    -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768,
+    -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768,
+    -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32767, -32767,
+    -32767, -32767, -32767, -32767, -32767, -32767, -32767, -32767, -32767, -32767, -32767, -32767, -32767, -32767,
+    -32767, -32767, -32766, -32766, -32766, -32766, -32766, -32766, -32766, -32766, -32765, -32765, -32765, -32765,
+    -32765, -32764, -32764, -32764, -32764, -32763, -32763, -32763, -32762, -32762, -32762, -32761, -32761, -32760,
+    -32760, -32759, -32759, -32758, -32758, -32757, -32756, -32755, -32755, -32754, -32753, -32752, -32751, -32750,
+    -32749, -32747, -32746, -32745, -32743, -32741, -32740, -32738, -32736, -32734, -32732, -32729, -32727, -32724,
+    -32721, -32718, -32715, -32712, -32708, -32704, -32700, -32696, -32691, -32686, -32681, -32676, -32670, -32663,
+    -32657, -32649, -32642, -32634, -32625, -32616, -32606, -32596, -32584, -32573, -32560, -32547, -32532, -32517,
+    -32501, -32484, -32466, -32447, -32426, -32404, -32381, -32356, -32329, -32301, -32271, -32240, -32206, -32170,
+    -32132, -32091, -32048, -32002, -31953, -31901, -31846, -31788, -31726, -31659, -31589, -31515, -31435, -31351,
+    -31262, -31167, -31067, -30960, -30847, -30727, -30600, -30465, -30322, -30170, -30010, -29840, -29660, -29470,
+    -29268, -29055, -28830, -28592, -28341, -28076, -27797, -27502, -27191, -26864, -26519, -26157, -25776, -25376,
+    -24956, -24516, -24054, -23571, -23066, -22538, -21986, -21411, -20813, -20189, -19542, -18870, -18173, -17452,
+    -16706, -15936, -15143, -14326, -13486, -12625, -11743, -10840, -9919, -8980, -8025, -7056, -6073, -5079, -4075,
+    -3063, -2045, -1024, 0, 1024, 2045, 3063, 4075, 5079, 6073, 7056, 8025, 8980, 9919, 10840, 11743, 12625, 13486,
+    14326, 15143, 15936, 16706, 17452, 18173, 18870, 19542, 20189, 20813, 21411, 21986, 22538, 23066, 23571, 24054,
+    24516, 24956, 25376, 25776, 26157, 26519, 26864, 27191, 27502, 27797, 28076, 28341, 28592, 28830, 29055, 29268,
+    29470, 29660, 29840, 30010, 30170, 30322, 30465, 30600, 30727, 30847, 30960, 31067, 31167, 31262, 31351, 31435,
+    31515, 31589, 31659, 31726, 31788, 31846, 31901, 31953, 32002, 32048, 32091, 32132, 32170, 32206, 32240, 32271,
+    32301, 32329, 32356, 32381, 32404, 32426, 32447, 32466, 32484, 32501, 32517, 32532, 32547, 32560, 32573, 32584,
+    32596, 32606, 32616, 32625, 32634, 32642, 32649, 32657, 32663, 32670, 32676, 32681, 32686, 32691, 32696, 32700,
+    32704, 32708, 32712, 32715, 32718, 32721, 32724, 32727, 32729, 32732, 32734, 32736, 32738, 32740, 32741, 32743,
+    32745, 32746, 32747, 32749, 32750, 32751, 32752, 32753, 32754, 32755, 32755, 32756, 32757, 32758, 32758, 32759,
+    32759, 32760, 32760, 32761, 32761, 32762, 32762, 32762, 32763, 32763, 32763, 32764, 32764, 32764, 32764, 32765,
+    32765, 32765, 32765, 32765, 32766, 32766, 32766, 32766, 32766, 32766, 32766, 32766, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767,
+};
+
+/* tanh of an int16 Q12 value -> Q15: T[i] + round_shift((T[i + 1] - T[i]) * f, 7), i = (u + 2^15) >> 7 */
+static inline int32_t qg_tanh_q12(int32_t u)
+{
+    const int32_t v = u + 32768, i = v >> 7;
+    const int32_t lo = qg_tanh_table[i];
+    return lo + qg_round_shift((qg_tanh_table[i + 1] - lo) * (v & 127), 7);
+}
+
+/* tanh of an int16 Q11 pre-activation -> Q15 */
+static inline int32_t qg_tanh_q11(int32_t x)
+{
+    return qg_tanh_q12(qg_saturate(2 * x, -32768, 32767));
+}
+
+/* sigmoid of an int16 Q11 pre-activation -> Q15 in [0, 32767]: (1 + tanh(x / 2)) / 2 */
+static inline int32_t qg_sigmoid_q11(int32_t x)
+{
+    const int32_t s = qg_round_shift(qg_tanh_q12(x) + 32768, 1);
+    return s > 32767 ? 32767 : s;
+}
+
+/* an accumulator at its row's frac -> the gate frac, clamped to +-2^24 (recurrent._align) */
+static inline int32_t qg_align24(int32_t acc, int32_t shift)
+{
+    return qg_requantize_s32(acc, shift, -QG_ALIGN_LIMIT, QG_ALIGN_LIMIT);
+}
+
+static int32_t qg_gates(const qg_recurrent_params_t *p)
+{
+    return p->cell == QG_CELL_LSTM ? 4 : (p->cell == QG_CELL_GRU ? 3 : 1);
+}
+
+/* int32 words of scratch: the gate slots (G * H), the GRU's candidate slots (H), and the int16 copies of
+ * x_t and h the products read (each rounded up to a word) */
+int32_t qg_recurrent_s8_buffer_size(const qg_recurrent_params_t *p)
+{
+    const int32_t h = p->hidden, slots = (qg_gates(p) + (p->cell == QG_CELL_GRU ? 1 : 0)) * h;
+    return 4 * (slots + (p->inputs + 1) / 2 + (h + 1) / 2);
+}
+
+void qg_recurrent_state_init(const qg_recurrent_params_t *p, int16_t *state)
+{
+    const int32_t hid = p->hidden;
+    int32_t j;
+    for (j = 0; j < hid; j++) {
+        state[j] = p->h0[j];
+    }
+    if (p->c0 != NULL) {
+        for (j = 0; j < hid; j++) {
+            state[hid + j] = p->c0[j];
+        }
+    }
+}
+
+#if QG_DSP
+/* n int8 -> int16 pairs (v0, v2), (v1, v3) per group of 4, the last n % 4 plain (qg_simd.h) */
+static void qg_pack_s8(int16_t *dst, const int8_t *src, int32_t n)
+{
+    int32_t i;
+    for (i = n >> 2; i > 0; i--) {
+        const int32_t v = qg_load_s8x4(src);
+        src += 4;
+        qg_store_s16x2(dst, qg_sxtb16(v));
+        qg_store_s16x2(dst + 2, qg_sxtb16_ror8(v));
+        dst += 4;
+    }
+    for (i = 0; i < (n & 3); i++) {
+        dst[i] = src[i];
+    }
+}
+
+/* the same order from n int16 */
+static void qg_pack_s16(int16_t *dst, const int16_t *src, int32_t n)
+{
+    int32_t i;
+    for (i = n >> 2; i > 0; i--) {
+        const int32_t a = qg_load_s16x2(src), b = qg_load_s16x2(src + 2);
+        src += 4;
+        qg_store_s16x2(dst, qg_pkhbt(a, b));
+        qg_store_s16x2(dst + 2, qg_pkhtb(b, a));
+        dst += 4;
+    }
+    for (i = 0; i < (n & 3); i++) {
+        dst[i] = src[i];
+    }
+}
+
+/* acc[q] += v . w[q * k ...] for 4 rows of k int8 weights and the packed int16 vector v (4-byte aligned) */
+static inline void qg_dot_4rows(const int16_t *v, const int8_t *w, int32_t k, int32_t acc[4])
+{
+    const qg_word_t *vp = (const qg_word_t *)(const void *)v;
+    const int8_t *w0 = w, *w1 = w + k, *w2 = w + 2 * k, *w3 = w + 3 * k;
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    int32_t i;
+    for (i = k >> 2; i > 0; i--) {
+        int32_t ve, vo, wv;
+        qg_load_pair(&vp, &ve, &vo);
+        wv = qg_load_s8x4(w0);
+        w0 += 4;
+        a0 = __smlad(qg_sxtb16(wv), ve, a0);
+        a0 = __smlad(qg_sxtb16_ror8(wv), vo, a0);
+        wv = qg_load_s8x4(w1);
+        w1 += 4;
+        a1 = __smlad(qg_sxtb16(wv), ve, a1);
+        a1 = __smlad(qg_sxtb16_ror8(wv), vo, a1);
+        wv = qg_load_s8x4(w2);
+        w2 += 4;
+        a2 = __smlad(qg_sxtb16(wv), ve, a2);
+        a2 = __smlad(qg_sxtb16_ror8(wv), vo, a2);
+        wv = qg_load_s8x4(w3);
+        w3 += 4;
+        a3 = __smlad(qg_sxtb16(wv), ve, a3);
+        a3 = __smlad(qg_sxtb16_ror8(wv), vo, a3);
+    }
+    {
+        const int16_t *vt = (const int16_t *)(const void *)vp;
+        for (i = 0; i < (k & 3); i++) {
+            const int32_t vi = vt[i];
+            a0 += vi * w0[i];
+            a1 += vi * w1[i];
+            a2 += vi * w2[i];
+            a3 += vi * w3[i];
+        }
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+
+static inline int32_t qg_dot_1row(const int16_t *v, const int8_t *w, int32_t k, int32_t acc)
+{
+    const qg_word_t *vp = (const qg_word_t *)(const void *)v;
+    int32_t i;
+    for (i = k >> 2; i > 0; i--) {
+        int32_t ve, vo;
+        const int32_t wv = qg_load_s8x4(w);
+        w += 4;
+        qg_load_pair(&vp, &ve, &vo);
+        acc = __smlad(qg_sxtb16(wv), ve, acc);
+        acc = __smlad(qg_sxtb16_ror8(wv), vo, acc);
+    }
+    {
+        const int16_t *vt = (const int16_t *)(const void *)vp;
+        for (i = 0; i < (k & 3); i++) {
+            acc += vt[i] * w[i];
+        }
+    }
+    return acc;
+}
+#define QG_RNN_ROWS 4
+#else
+/* acc[q] += v . w[q * k ...] for 2 rows, v int8 (x_t) or int16 (h): one load of v for both rows */
+#define QG_DOT_2ROWS(name, vtype)                                                                              \
+    static inline void name(const vtype *v, const int8_t *w, int32_t k, int32_t acc[2])                       \
+    {                                                                                                          \
+        const int8_t *w1 = w + k;                                                                              \
+        int32_t a0 = acc[0], a1 = acc[1];                                                                      \
+        int32_t i;                                                                                             \
+        for (i = 0; i < k; i++) {                                                                              \
+            const int32_t vi = v[i];                                                                           \
+            a0 += vi * w[i];                                                                                   \
+            a1 += vi * w1[i];                                                                                  \
+        }                                                                                                      \
+        acc[0] = a0;                                                                                           \
+        acc[1] = a1;                                                                                           \
+    }
+QG_DOT_2ROWS(qg_dot_2rows_s8, int8_t)
+QG_DOT_2ROWS(qg_dot_2rows_s16, int16_t)
+#define QG_RNN_ROWS 2
+#endif
+
+/* The gate rows [r0, r1) of one step: slot[r] = sat16(align(ax) + align(ah)) (the GRU's candidate rows: the
+ * aligned ax in slot[r], requantize(ah, h_shift) to int16 in cand[r - 2H]). xv, hv: the vectors as the
+ * products read them (DSP: packed int16 copies; plain: x_t itself and h). */
+static void qg_gate_rows(const qg_recurrent_params_t *p, const void *xv, const int16_t *hv, int32_t *slot,
+                         int32_t *cand)
+{
+    const int32_t in = p->inputs, hid = p->hidden, rows = qg_gates(p) * hid;
+    const int32_t split = p->cell == QG_CELL_GRU ? 2 * hid : rows; /* first candidate row */
+    int32_t r = 0;
+    while (r < rows) {
+        int32_t ax[QG_RNN_ROWS], ah[QG_RNN_ROWS], q, n = rows - r < QG_RNN_ROWS ? 1 : QG_RNN_ROWS;
+        for (q = 0; q < n; q++) {
+            ax[q] = p->b_ih[r + q];
+            ah[q] = p->b_hh[r + q];
+        }
+#if QG_DSP
+        if (n == QG_RNN_ROWS) {
+            qg_dot_4rows((const int16_t *)xv, p->w_ih + r * in, in, ax);
+            qg_dot_4rows(hv, p->w_hh + r * hid, hid, ah);
+        } else {
+            ax[0] = qg_dot_1row((const int16_t *)xv, p->w_ih + r * in, in, ax[0]);
+            ah[0] = qg_dot_1row(hv, p->w_hh + r * hid, hid, ah[0]);
+        }
+#else
+        if (n == QG_RNN_ROWS) {
+            qg_dot_2rows_s8((const int8_t *)xv, p->w_ih + r * in, in, ax);
+            qg_dot_2rows_s16(hv, p->w_hh + r * hid, hid, ah);
+        } else {
+            int32_t i;
+            const int8_t *wx = p->w_ih + r * in, *wh = p->w_hh + r * hid;
+            for (i = 0; i < in; i++) {
+                ax[0] += ((const int8_t *)xv)[i] * wx[i];
+            }
+            for (i = 0; i < hid; i++) {
+                ah[0] += hv[i] * wh[i];
+            }
+        }
+#endif
+        for (q = 0; q < n; q++, r++) {
+            const int32_t a = qg_align24(ax[q], p->x_shift[r]);
+            if (r < split) {
+                slot[r] = qg_saturate(a + qg_align24(ah[q], p->h_shift[r]), -32768, 32767);
+            } else {
+                slot[r] = a;
+                cand[r - split] = qg_requantize_s32(ah[q], p->h_shift[r], -32768, 32767);
+            }
+        }
+    }
+}
+
+void qg_recurrent_s8(const qg_recurrent_params_t *p, const int8_t *x, int8_t *out, int16_t *state,
+                     int32_t *scratch)
+{
+    const int32_t in = p->inputs, hid = p->hidden, steps = p->steps, cell = p->cell;
+    const int32_t out_shift = p->out_shift, act_min = p->act_min, act_max = p->act_max;
+    const int32_t h15_shift = 15 - p->state_frac, c_shift = 30 - p->cell_frac, tc_shift = p->cell_frac - 12;
+    int16_t *h = state, *c = state + hid;
+    int32_t *slot = scratch, *cand = scratch + qg_gates(p) * hid;
+    int16_t *xv = (int16_t *)(void *)(cand + (cell == QG_CELL_GRU ? hid : 0));
+    int16_t *hv = xv + 2 * ((in + 1) / 2);
+    int32_t s;
+#if !QG_DSP
+    (void)xv;
+    hv = h;
+#endif
+    for (s = 0; s < steps; s++) {
+        const int32_t t = p->reverse ? steps - 1 - s : s;
+        int8_t *o = p->last ? out : out + t * hid;
+        int32_t j;
+#if QG_DSP
+        qg_pack_s8(xv, x + t * in, in);
+        qg_pack_s16(hv, h, hid);
+        qg_gate_rows(p, xv, hv, slot, cand);
+#else
+        qg_gate_rows(p, x + t * in, hv, slot, cand);
+#endif
+        for (j = 0; j < hid; j++) {
+            int32_t v; /* the new state: Q15 (relu: state_frac) */
+            if (cell == QG_CELL_GRU) {
+                const int32_t rg = qg_sigmoid_q11(slot[j]), z = qg_sigmoid_q11(slot[hid + j]);
+                const int32_t nn = qg_tanh_q11(
+                    qg_saturate(slot[2 * hid + j] + qg_round_shift(rg * cand[j], 15), -32768, 32767));
+                const int32_t h15 = h[j] * (1 << h15_shift);
+                v = qg_saturate(nn + qg_round_shift(z * (h15 - nn), 15), -32768, 32767);
+            } else if (cell == QG_CELL_LSTM) {
+                const int32_t ig = qg_sigmoid_q11(slot[j]), f = qg_sigmoid_q11(slot[hid + j]);
+                const int32_t g = qg_tanh_q11(slot[2 * hid + j]), og = qg_sigmoid_q11(slot[3 * hid + j]);
+                const int32_t cn = qg_saturate(qg_round_shift(f * c[j], 15) + qg_round_shift(ig * g, c_shift),
+                                               -32768, 32767);
+                const int32_t tc = qg_tanh_q12(qg_requantize_s32(cn, tc_shift, -32768, 32767));
+                c[j] = (int16_t)cn;
+                v = qg_saturate(qg_round_shift(og * tc, 15), -32768, 32767);
+            } else if (cell == QG_CELL_RNN_TANH) {
+                v = qg_tanh_q11(slot[j]);
+            } else {
+                v = slot[j] > 0 ? slot[j] : 0;
+            }
+            {
+                const int32_t y = qg_requantize_s32(v, out_shift, act_min, act_max);
+                if (!p->last || s == steps - 1) {
+                    o[j] = (int8_t)y;
+                }
+                h[j] = (int16_t)(p->state_bits == 8 ? y : v);
+            }
+        }
+    }
+}
