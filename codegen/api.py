@@ -230,7 +230,7 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
             extra_passes: list[tuple[str, Callable[[Graph], Graph]]] | None = None,
             calibration: str | None = None, percentile: float | None = None, bias_correction: bool | None = None,
             equalize: bool | None = None, precision: dict[str, int] | None = None,
-            auto_precision: float | None = None, labels: np.ndarray | None = None,
+            auto_precision: float | None = None, labels: np.ndarray | None = None, weights: str | None = None,
             max_flash: int | None = None, max_ram: int | None = None, board: str | None = None,
             arena_argument: bool | None = None,
             train: tuple[np.ndarray, np.ndarray] | None = None) -> CompileResult:
@@ -261,6 +261,8 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     equalize: cross-layer equalisation by powers of two between consecutive conv/linear layers.
     precision: {layer name: 8 or 16}: layers whose output activations are int16 (mixed precision;
         weights stay int8), e.g. {"features.0": 16}. See passes/assign_precision.py.
+    weights: "int8" (default) or "int4": packed int4 weights for every conv2d/depthwise/linear layer with int8
+        activations (QuantOptions.weights; per layer: precision={"fc": 4}).
     auto_precision: a bound on the accuracy drop in percentage points (e.g. 0.5): raise the most
         sensitive layers to int16 until eval_data meets it (codegen/precision.py). `labels` (one per
         eval sample) make it a true accuracy drop; without them it is top-1 disagreement with the float model.
@@ -274,8 +276,8 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     start = time.perf_counter()
     options = _merge_options(options, prefix=prefix, calibration=calibration, percentile=percentile,
                              bias_correction=bias_correction, equalize=equalize, precision=precision,
-                             auto_precision=auto_precision, max_flash=max_flash, max_ram=max_ram, board=board,
-                             arena_argument=arena_argument)
+                             auto_precision=auto_precision, weights=weights, max_flash=max_flash, max_ram=max_ram,
+                             board=board, arena_argument=arena_argument)
     q, prefix = options.quant, options.emit.prefix
     check_prefix(prefix)
     out_dir = check_out_dir(out_dir) if out_dir is not None else None
@@ -315,6 +317,7 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
                                  **({"percentile": q.percentile} if q.calibration == "percentile" else {}),
                                  bias_correction=q.bias_correction, equalize=q.equalize, precision=q.precision,
                                  auto_precision=q.auto_precision,
+                                 **({"weights": q.weights} if q.weights != "int8" else {}),
                                  extra_passes=extra_names,
                                  calib=calib_text,
                                  **({"arena_argument": True} if options.emit.arena_argument else {}))
@@ -328,7 +331,8 @@ def _merge_options(options: CompileOptions | None, **keywords: Any) -> CompileOp
     options = options if options is not None else CompileOptions()
     if not isinstance(options, CompileOptions):
         raise UserError(f"options must be a codegen.CompileOptions, got {type(options).__name__}")
-    groups = {"quant": ("calibration", "percentile", "bias_correction", "equalize", "precision", "auto_precision"),
+    groups = {"quant": ("calibration", "percentile", "bias_correction", "equalize", "precision", "auto_precision",
+                        "weights"),
               "emit": ("prefix", "arena_argument"), "limits": ("max_flash", "max_ram", "board")}
     changes = {}
     for group, names in groups.items():

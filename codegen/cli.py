@@ -99,7 +99,7 @@ FLAG_FIELDS = {
     "prefix": "emit.prefix", "arena_argument": "emit.arena_argument",
     "calibration": "quant.calibration", "percentile": "quant.percentile",
     "bias_correction": "quant.bias_correction", "equalize": "quant.equalize", "precision": "quant.precision",
-    "auto_precision": "quant.auto_precision", "max_acc_drop": "quant.auto_precision",
+    "weights": "quant.weights", "auto_precision": "quant.auto_precision", "max_acc_drop": "quant.auto_precision",
     "max_flash": "limits.max_flash", "max_ram": "limits.max_ram",
     "prune": "compress.prune", "prune_scope": "compress.prune_scope", "importance": "compress.importance",
     "channels": "compress.channels", "rank": ("compress.rank", "compress.rank_energy"),
@@ -124,7 +124,7 @@ def compile_options(args):
     return CompileOptions(
         quant=QuantOptions(calibration=args.calibration, percentile=args.percentile,
                            bias_correction=args.bias_correction, equalize=args.equalize,
-                           precision=dict(parse_spec(args.precision) or {}),
+                           precision=dict(parse_spec(args.precision) or {}), weights=args.weights,
                            auto_precision=args.max_acc_drop if args.auto_precision else None),
         compress=compressed, emit=EmitOptions(prefix=args.prefix, arena_argument=args.arena_argument),
         limits=LimitOptions(max_flash=max_flash, max_ram=max_ram))
@@ -365,9 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cut after this layer (repeat for more parts); writes <out>/part<k>/")
     c.add_argument("--boards", type=lambda t: [b for b in t.split(",") if b],
                    help="two boards a,b: print split-point suggestions with the fit of each part")
-    g = c.add_argument_group("mixed precision (int16 activations, int8 weights)")
+    g = c.add_argument_group("mixed precision (int16 activations, int4 weights)")
     g.add_argument("--precision", action="append", metavar="LAYER=int16",
-                   help="make a layer's output activations int16 (repeat, or comma-separate), e.g. features.0=int16")
+                   help="make a layer's output activations int16, or its weights int4 with LAYER=w4 (repeat, or "
+                   "comma-separate), e.g. features.0=int16,fc=w4; LAYER=int8 keeps a layer all int8")
+    g.add_argument("--weights", choices=("int8", "int4"), default="int8",
+                   help="int4: every conv/depthwise/linear layer gets packed int4 weights (two per byte) where "
+                   "its activations are int8")
     g.add_argument("--auto-precision", action="store_true",
                    help="raise the most sensitive layers to int16 until --max-acc-drop is met")
     g.add_argument("--max-acc-drop", type=float, default=0.5, help="bound for --auto-precision, in points")

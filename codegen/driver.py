@@ -65,8 +65,8 @@ def float_passes(options: CompileOptions, ctx: Context | None = None) -> Pipelin
     out.append(Pass("check_limits", lambda g: limits_mod.check_float_graph(g, ctx.lim)))
     if q.equalize:
         out.append(Pass("equalize", lambda g: equalize_pass.run(g, ctx.calib)))
-    if q.precision:
-        out.append(Pass("assign_precision", lambda g: assign_precision.run(g, q.precision)))
+    if q.precision or q.weights != "int8":
+        out.append(Pass("assign_precision", lambda g: assign_precision.run(g, q.precision, q.weights)))
     out.append(Pass("calibrate", lambda g: calibrate.run(g, ctx.calib, method=q.calibration,
                                                          percentile=q.percentile)))
     if q.auto_precision is not None:
@@ -85,7 +85,7 @@ def _auto_precision(graph: Graph, options: CompileOptions, ctx: Context) -> Grap
     if not ctx.auto.spec:
         return graph
     return run_pipeline(graph, [
-        ("assign_precision", lambda g: assign_precision.run(g, {**q.precision, **ctx.auto.spec})),
+        ("assign_precision", lambda g: assign_precision.run(g, {**q.precision, **ctx.auto.spec}, q.weights)),
         ("calibrate", lambda g: calibrate.run(g, ctx.calib, method=q.calibration, percentile=q.percentile))])
 
 

@@ -66,7 +66,7 @@ class KernelCall:
     source: str | None  # the firmware/kernels/*.c file defining it
     struct: str | None  # its parameter struct (typedef name in qg_kernels.h), None: scalar arguments
     fields: dict[str, str]  # the struct's fields and their C types (qg_kernels.h)
-    variant: str  # s8 | s8_to_s16 | s16_to_s8 | s16 | wide | bitmap | index | cluster
+    variant: str  # s8 | s8_to_s16 | s16_to_s8 | s16 | wide | bitmap | index | cluster | int4
     scratch: int  # scratch bytes for `core` (None: the most any core needs)
     overlap: int | None  # bytes the output may start below its input (kernel_abi.sliding_window_overlap)
 
@@ -134,6 +134,10 @@ def scratch_for(fn: str | None, g: Graph, n: Node, core: str | None) -> int:
         from .ops.recurrent import rnn_scratch
 
         return rnn_scratch(g, n)  # the whole-window state, then the gate slots and int16 vectors (any core)
+    if fn in ("qg_conv2d_s4", "qg_depthwise_conv2d_s4", "qg_fully_connected_s4"):
+        from .weight_storage import int4_scratch
+
+        return int4_scratch(fn, g, n, core in PLAIN_CORES)
     return 0  # the compressed-weight (qg_sparse_s8.c, qg_cluster_s8.c) and int16 (qg_wide.c) kernels: none
 
 

@@ -44,17 +44,23 @@ from .torch_ir import WEIGHTED
 
 
 def prepare(model: nn.Module, example: torch.Tensor, calib_data: np.ndarray, method: str = "minmax",
-            percentile: float = 99.99, extra_passes: list | None = None) -> QATModel:
+            percentile: float = 99.99, extra_passes: list | None = None, weights: str = "int8",
+            precision: dict[str, int] | None = None) -> QATModel:
     """Lower `model` like codegen.compile does, calibrate, and wrap the IR as a fake-quant nn.Module.
 
     extra_passes: (name, fn) float-IR passes run before calibration (e.g. equalize), as in compile().
+    weights / precision: as QuantOptions (passes/assign_precision.py): "int4" or {layer: 4} fake-quantise
+    those layers' weights to int4 exactly as the compiled model stores them.
     """
     from .frontend import from_module
+    from .passes import assign_precision
 
     graph = from_module(model, example)  # keeps the model's (and every submodule's) training flag
     calib = np.asarray(calib_data)
     graph = run_pipeline(graph, [("fold_pad", fold_pad.run), ("fold_bn", fold_bn.run),
                                  ("fuse_activation", fuse_activation.run), *(extra_passes or []),
+                                 *([("assign_precision", lambda g: assign_precision.run(g, precision, weights))]
+                                   if precision or weights != "int8" else []),
                                  ("calibrate", lambda g: calibrate.run(g, calib, method=method,
                                                                        percentile=percentile))])
     return QATModel(graph)
@@ -221,7 +227,8 @@ class QATModel(nn.Module):
                   exact: bool, dtype) -> torch.Tensor:
         w, b = self.weights[str(i)], self.biases[str(i)]
         fw, w_q, b_q, _ = quantize.weight_formats(w.detach().double().numpy(), b.detach().double().numpy(), fin,
-                                                  fout, bool(node.attrs.get("weight_per_tensor")), node.where())
+                                                  fout, bool(node.attrs.get("weight_per_tensor")), node.where(),
+                                                  bits=int(node.attrs.get("weight_bits", 8)))
         scale_w = torch.tensor(np.exp2(fw.astype(np.float64)), dtype=dtype)
         scale_b = torch.tensor(np.exp2((fin + fw).astype(np.float64)), dtype=dtype)
         w_int = torch.tensor(w_q, dtype=dtype)

@@ -23,6 +23,12 @@ Formats (weights seen as segments: conv (Cout, KH*KW, Cin), linear (Out, 1, In);
   cluster: every weight is an index into an int8 codebook of the layer's distinct values
            (2^b entries, b = ceil(log2(distinct)) in 1..8), packed b bits per weight LSB first,
            plus one padding byte.                          bytes = ceil(n*b/8) + 1 + 2^b
+  int4:    weights quantised to 4 bits (q in [-8, 7], passes/quantize.py `weight_bits`), two per byte, low
+           nibble first: byte j of a row holds weight 2j in bits 0-3 and weight 2j+1 in bits 4-7 (two's
+           complement nibbles). conv2d / linear: each output channel's row (k_h*k_w*in_c/groups, or in_features
+           weights) starts on a byte, an odd row ends with a zero high nibble; depthwise: the whole
+           (out_c, k_h, k_w) tensor is one stream.   bytes = rows * ceil(K/2)  (depthwise ceil(n/2))
+           Not a compression request: a layer whose weights are 4-bit is always stored so (qg_*_s4.c).
 Bitmap wins at moderate sparsity (1/8 byte per weight + 1 per nonzero: 0.325x dense at 80%),
 index at very high sparsity (> ~94%), cluster for few distinct values.
 """
@@ -50,6 +56,8 @@ def _has_kernel(op: Op, variant: str) -> bool:
 
 # weighted ops with a clustered kernel (conv_transpose2d has none: its weights stay dense, values may be clustered)
 CLUSTER_OPS = tuple(op for op in with_trait(Trait.WEIGHTED) if _has_kernel(op, "cluster"))
+# weighted ops with packed int4 kernels (qg_conv2d_s4.c)
+INT4_OPS = tuple(op for op in with_trait(Trait.WEIGHTED) if _has_kernel(op, "int4"))
 REQUESTS = {
     "sparse": ("bitmap", "index"),
     "cluster": ("cluster",),
@@ -131,7 +139,61 @@ def encode_cluster(w: np.ndarray) -> Encoding:
     return Encoding("cluster", {"indices": packed, "codebook": codebook}, int(np.count_nonzero(flat)), bits)
 
 
+def int4_rows(op: Op, w: np.ndarray) -> np.ndarray:
+    """The rows the int4 stream packs, each starting on a byte: conv2d / linear one per output channel,
+    depthwise the whole tensor as one row."""
+    w = np.asarray(w)
+    return w.reshape(1, -1) if op is Op.DEPTHWISE_CONV2D else w.reshape(w.shape[0], -1)
+
+
+def encode_int4(op: Op, w: np.ndarray) -> Encoding:
+    rows = int4_rows(op, w).astype(np.int64)
+    if rows.size and (rows.min() < -8 or rows.max() > 7):
+        raise ValueError(f"int4 weights must lie in [-8, 7], got [{rows.min()}, {rows.max()}]")
+    if rows.shape[1] % 2:
+        rows = np.concatenate([rows, np.zeros((rows.shape[0], 1), np.int64)], axis=1)
+    nib = (rows & 0xF).astype(np.uint8)
+    packed = nib[:, 0::2] | (nib[:, 1::2] << 4)
+    return Encoding("int4", {"weights": _nonempty(packed, np.uint8)}, int(np.count_nonzero(w)), 4)
+
+
+def int4_bytes(op: Op, shape: tuple[int, ...]) -> int:
+    n = int(np.prod(shape))
+    if op is Op.DEPTHWISE_CONV2D or not n:
+        return max(-(-n // 2), 1)
+    return shape[0] * -(-(n // shape[0]) // 2)
+
+
+def int4_scratch(fn: str, g: Graph, n: Node, plain: bool) -> int:
+    """Scratch bytes of the int4 kernels (mirror qg_*_s4_buffer_size in qg_conv2d_s4.c; plain: a core
+    without the DSP extension, whose paths need less; the generated C reserves the DSP size)."""
+    from .kernel_abi import depthwise_conv2d_buffer_size
+
+    def up(v: int, m: int) -> int:
+        return -(-v // m) * m
+
+    w = g.tensors[n.inputs[1]].shape
+    if fn == "qg_fully_connected_s4":
+        return 0 if plain else 2 * up(w[1], 8)
+    cout, kh, kw = w[0], w[1], w[2]
+    cin = g.tensors[n.inputs[0]].shape[2]
+    if fn == "qg_depthwise_conv2d_s4":
+        return up(cout * kh * kw, 4) + depthwise_conv2d_buffer_size(cin, kh, kw, cout)
+    k8 = up(kh * kw * (cin // n.attrs.get("groups", 1)), 8)
+    return k8 if plain else 9 * k8  # 4 int16 columns + the int8 column they are gathered into
+
+
 # ------------------------------------------------------------------ decoders (mirror the C kernels' walk)
+
+
+def decode_int4(enc: Encoding, op: Op, shape: tuple[int, ...]) -> np.ndarray:
+    n = int(np.prod(shape))
+    rows = 1 if op is Op.DEPTHWISE_CONV2D else shape[0]
+    k = n // rows if rows else 0
+    packed = enc.arrays["weights"][:rows * -(-k // 2)].reshape(rows, -1).astype(np.int64)
+    nib = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(rows, -1)[:, :k]
+    return (nib - ((nib & 8) << 1)).astype(np.int8).reshape(shape)
+
 
 
 def decode_bitmap(enc: Encoding, shape: tuple[int, int, int]) -> np.ndarray:
@@ -166,6 +228,12 @@ def decode_cluster(enc: Encoding, shape: tuple[int, ...]) -> np.ndarray:
 # ------------------------------------------------------------------ the choice
 
 
+def is_int4(g: Graph, node: Node) -> bool:
+    """The layer's weights are quantised to 4 bits (passes/quantize.py: attrs weight_bits = 4)."""
+    fmt = g.tensors[node.inputs[1]].qformat if len(node.inputs) > 1 else None
+    return fmt is not None and fmt.bits == 4
+
+
 def candidates(node: Node) -> tuple[str, ...]:
     request = node.attrs.get("weight_format", "dense")
     if request == "dense":
@@ -192,6 +260,8 @@ def candidates(node: Node) -> tuple[str, ...]:
 def encode(fmt: str, op: Op, w: np.ndarray) -> Encoding:
     if fmt == "dense":
         return encode_dense(w)
+    if fmt == "int4":
+        return encode_int4(op, w)
     if fmt == "cluster":
         return encode_cluster(w)
     return (encode_bitmap if fmt == "bitmap" else encode_index)(segments(op, w))
@@ -201,6 +271,8 @@ def encoded_bytes(fmt: str, op: Op, w: np.ndarray) -> int:
     """Bytes of `encode(fmt, op, w)`, without encoding (tests/test_weight_formats.py checks they agree)."""
     if fmt == "dense":
         return int(w.size)
+    if fmt == "int4":
+        return int4_bytes(op, w.shape)
     if fmt == "cluster":
         distinct = len(np.unique(w))
         bits = max(1, math.ceil(math.log2(distinct))) if distinct else 1
@@ -219,7 +291,10 @@ def storage_choice(g: Graph, node: Node) -> str:
     emitter (layer_parts) both read it, so the scratch planned is the scratch of the kernel called (a
     compressed encoding that would not be smaller falls back to the dense kernel, which needs scratch).
     Forced formats are taken as asked; otherwise the smallest requested encoding, dense on ties.
+    4-bit weights are always "int4" (packed; assign_precision refuses int4 with a compression request).
     """
+    if is_int4(g, node):
+        return "int4"
     options = candidates(node)
     if not options:
         return "dense"
@@ -256,6 +331,7 @@ def layer_summary(g: Graph, n: Node) -> dict:
     enc = choose(g, n)
     dense_macs = SPEC[n.op].macs(g, n)  # the op's count (conv_transpose2d: only the taps landing on an output)
     executed = out_pixels(g, n) * enc.nonzero if enc.format in ("bitmap", "index") else dense_macs
+    # dense_bytes: the int8 bytes of these weights; "bytes": as stored (int4: packed two per byte)
     other = b_t.nbytes + w_t.shape[0]  # int32 bias + int8 shift per output channel
     return {"name": n.name, "op": n.op.value, "format": enc.format, "bits": enc.bits, "shape": list(w_t.shape),
             "nonzero": enc.nonzero, "weights": w_t.size, "dense_bytes": w_t.size, "bytes": enc.nbytes,

@@ -18,6 +18,7 @@ from ..ops import SPEC
 from ..output import OUTPUT_MARKER, banner_lines, option_text, write_atomic  # noqa: F401 (re-exported)
 from ..passes.plan_memory import scratch_key
 from ..resources import data_dir, kernel_dir
+from ..weight_storage import is_int4
 from . import escape
 from .c_structs import check_fields
 
@@ -213,8 +214,8 @@ class _Builder:
         scratch = self.buffer(scratch_key(index)) if scratch_key(index) in g.memory else "NULL"
         struct_name = _symbol(self.prefix, sym)
         weight_format = n.attrs.get("weight_format", "dense")
-        if weight_format != "dense":
-            # compressed weight storage (sparse, clustered): same integers, another encoding and kernel
+        if weight_format != "dense" or is_int4(g, n):
+            # compressed weight storage (sparse, clustered, packed int4): same integers, another encoding and kernel
             from .weight_formats import layer_parts
 
             struct_type, fields, call = layer_parts(self, index, n, sym, struct_name, ins, out_expr, scratch)

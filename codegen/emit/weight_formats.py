@@ -41,7 +41,18 @@ KERNELS = {
     ("index", Op.CONV2D): "qg_conv2d_sparse_s8", ("index", Op.LINEAR): "qg_fully_connected_sparse_s8",
     ("cluster", Op.CONV2D): "qg_conv2d_cluster_s8", ("cluster", Op.LINEAR): "qg_fully_connected_cluster_s8",
     ("cluster", Op.DEPTHWISE_CONV2D): "qg_depthwise_conv2d_cluster_s8",
+    ("int4", Op.CONV2D): "qg_conv2d_s4", ("int4", Op.LINEAR): "qg_fully_connected_s4",
+    ("int4", Op.DEPTHWISE_CONV2D): "qg_depthwise_conv2d_s4",
 }
+
+
+def _int4_geometry(g: Graph, n: Node) -> list[tuple[str, object]]:
+    """_geometry with the layer's own dilation and groups (the int4 kernels take any)."""
+    fields = dict(_geometry(g, n))
+    if n.op is not Op.LINEAR:
+        fields.update(dil_h=n.attrs.get("dilation", (1, 1))[0], dil_w=n.attrs.get("dilation", (1, 1))[1],
+                      groups=n.attrs.get("groups", 1))
+    return list(fields.items())
 
 
 def layer_parts(builder, index: int, n: Node, sym: str, struct_name: str, ins: list[str], out_expr: str,
@@ -56,13 +67,19 @@ def layer_parts(builder, index: int, n: Node, sym: str, struct_name: str, ins: l
         layer = builder.layer(index, dense)
         return layer.struct_type, layer.fields, layer.call
     w_t = g.tensors[n.inputs[1]]
-    fields = [(f"conv.{k}", v) for k, v in _geometry(g, n)]
+    fields = [(f"conv.{k}", v) for k, v in (_int4_geometry if enc.format == "int4" else _geometry)(g, n)]
     fields.append(("conv.bias", builder.const_tensor(sym, n.inputs[2], "bias")))
     shift = builder.array(f"{sym}_shift", np.array(n.attrs["shift"]), "int8", "requantisation shift per output channel")
     fields.append(("conv.shift", shift))
     what = (f"{list(w_t.shape)} {w_t.qformat}, {enc.nonzero}/{w_t.size} nonzero, "
             f"{enc.nbytes} B instead of {w_t.size} B dense")
-    if enc.format == "cluster":
+    if enc.format == "int4":
+        what = (f"{list(w_t.shape)} {w_t.qformat}, [{int(w_t.data.min())}, {int(w_t.data.max())}], "
+                f"{enc.nbytes} B instead of {w_t.size} B as int8")
+        fields.append(("weights", _array(builder, f"{sym}_weights", enc.arrays["weights"],
+                                         f"int4 weights {what}: two per byte, low nibble first")))
+        struct_type = "qg_conv2d_s4_params_t"
+    elif enc.format == "cluster":
         fields.append(("bits", enc.bits))
         fields.append(("indices", _array(builder, f"{sym}_indices", enc.arrays["indices"],
                                          f"clustered weights {what}: {enc.bits}-bit codebook indices")))

@@ -149,6 +149,8 @@ def _weighted_kernel(name: str, wide_struct: str, s8_struct: str, sparse: bool):
             return f"qg_{name}_sparse_s8", "qg_conv2d_sparse_params_t"
         if variant == "cluster":
             return f"qg_{name}_cluster_s8", "qg_conv2d_cluster_params_t"
+        if variant == "int4":  # packed int4 weights (qg_conv2d_s4.c)
+            return f"qg_{name}_s4", "qg_conv2d_s4_params_t"
         if variant in ("s8_to_s16", "s16_to_s8", "s16"):
             return f"qg_{name}_{variant}", wide_struct
         raise ValueError(f"no {name} kernel for variant {variant}")
@@ -275,7 +277,7 @@ SPECS = [
            conv_shape, check_conv, f_conv, i_conv, quantize_weighted, macs_conv, torch_weighted,
            "Conv1d/Conv2d (any groups, dilation, padding='same')", ("Conv",),
            ("qg_conv2d_s8", "qg_conv2d_s8_to_s16", "qg_conv2d_s16", "qg_conv2d_s16_to_s8",
-            "qg_conv2d_sparse_s8", "qg_conv2d_cluster_s8"),
+            "qg_conv2d_sparse_s8", "qg_conv2d_cluster_s8", "qg_conv2d_s4"),
            "2-D convolution (1-D as H=1), channels last, bias, per-channel shift, fused clamp", kernel=kernel_conv,
            emit_py=py_window, emit_c=c_window, emit_c_wide=c_weighted_wide,
            qat=qat_weighted),
@@ -283,7 +285,7 @@ SPECS = [
            conv_shape, check_conv, f_depthwise, i_depthwise, quantize_weighted, macs_depthwise, torch_weighted,
            "depthwise Conv1d/Conv2d (groups=in_channels, any multiplier, dilation)", ("Conv",),
            ("qg_depthwise_conv2d_s8", "qg_depthwise_conv2d_s8_to_s16", "qg_depthwise_conv2d_s16",
-            "qg_depthwise_conv2d_s16_to_s8", "qg_depthwise_conv2d_cluster_s8"),
+            "qg_depthwise_conv2d_s16_to_s8", "qg_depthwise_conv2d_cluster_s8", "qg_depthwise_conv2d_s4"),
            "depthwise convolution (groups = in channels, any multiplier)", kernel=kernel_depthwise,
            emit_py=py_window, emit_c=c_window, emit_c_wide=c_weighted_wide,
            qat=qat_weighted),
@@ -291,7 +293,8 @@ SPECS = [
            linear_shape, check_linear, f_linear, i_linear, quantize_weighted, macs_linear, torch_weighted,
            "Linear", ("Gemm", "MatMul"),
            ("qg_fully_connected_s8", "qg_fully_connected_s8_to_s16", "qg_fully_connected_s16",
-            "qg_fully_connected_s16_to_s8", "qg_fully_connected_sparse_s8", "qg_fully_connected_cluster_s8"),
+            "qg_fully_connected_s16_to_s8", "qg_fully_connected_sparse_s8", "qg_fully_connected_cluster_s8",
+            "qg_fully_connected_s4"),
            "fully connected layer", kernel=kernel_linear,
            emit_py=py_linear, emit_c=c_linear, emit_c_wide=c_weighted_wide,
            qat=qat_weighted),

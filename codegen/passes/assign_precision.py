@@ -10,6 +10,12 @@ audio samples whose small values int8 would round away.
 
 `run(graph, spec)` takes {layer name: bits} as given by `--precision name=int16`; the quantize
 pass reads the result through `tensor_bits`, and refuses a graph that breaks the rules above.
+
+Weight width (int4): spec value 4 (`--precision name=w4`) gives a conv2d, depthwise or linear layer int4
+weights (`attrs["weight_bits"] = 4`: packed two per byte, weight_storage "int4") with int8 activations;
+`weights="int4"` (`--weights int4`) does so for every such layer the spec does not name, except those whose
+input or output is int16 or whose weights are compressed (sparse/clustered), which keep int8 weights.
+Value 8 (`name=int8` or `name=w8`) keeps a layer all int8; 16 gives int16 output and int8 weights.
 """
 from __future__ import annotations
 
@@ -20,8 +26,9 @@ from ..ops import Trait, has, with_trait
 CHOOSABLE_OPS = with_trait(Trait.CHOOSES_FORMAT)
 FOLLOW_OPS = with_trait(Trait.KEEPS_FORMAT)  # output type = input type
 INT8_INPUT_OPS = with_trait(Trait.INT8_ONLY)
-BITS = (8, 16)
+BITS = (4, 8, 16)  # 4: int4 weights (int8 activations); 8: all int8; 16: int16 output activations
 INPUT = "input"  # the spec key for the model input
+WEIGHT_CHOICES = ("int8", "int4")  # --weights
 
 
 def parse_spec(items: list[str] | None) -> dict[str, int]:
@@ -30,18 +37,24 @@ def parse_spec(items: list[str] | None) -> dict[str, int]:
     for item in items or []:
         for part in filter(None, (p.strip() for p in item.split(","))):
             name, sep, kind = part.rpartition("=")
-            bits = {"int8": 8, "int16": 16, "8": 8, "16": 16}.get(kind.strip().lower())
+            bits = {"int8": 8, "int16": 16, "8": 8, "16": 16, "w8": 8, "w4": 4}.get(kind.strip().lower())
             if not sep or not name or bits is None:
-                raise UserError(f"--precision '{part}': expected LAYER=int8 or LAYER=int16, e.g. features.0=int16")
+                raise UserError(f"--precision '{part}': expected LAYER=int8, LAYER=int16 (activations) or "
+                                "LAYER=w4 (int4 weights), e.g. features.0=int16 or fc=w4")
             spec[name.strip()] = bits
     return spec
 
 
-def run(graph: Graph, spec: dict[str, int] | None) -> Graph:
+def run(graph: Graph, spec: dict[str, int] | None, weights: str = "int8") -> Graph:
     by_name = {n.name: n for n in graph.nodes}
+    if weights not in WEIGHT_CHOICES:
+        raise UserError(f"--weights {weights}: qgen supports {' and '.join(WEIGHT_CHOICES)} weights")
     for name, bits in (spec or {}).items():
         if bits not in BITS:
-            raise UserError(f"--precision {name}={bits}: qgen supports int8 and int16 activations")
+            raise UserError(f"--precision {name}={bits}: qgen supports int8 and int16 activations and int4 weights")
+        if name == INPUT and bits == 4:
+            raise UserError("--precision input=w4: the model input has no weights; int4 applies to conv2d, "
+                            "depthwise and linear layers")
         if name == INPUT:
             graph.input_bits = bits
             continue
@@ -56,12 +69,44 @@ def run(graph: Graph, spec: dict[str, int] | None) -> Graph:
                             f"produces its input ({src.name if src else 'the model input'})")
         if node.op not in CHOOSABLE_OPS:
             raise UserError(f"{node.where()} computes in int8 only ({_int8_reason(node)}); keep it int8")
+        if bits == 4:
+            _check_int4(node)
+            node.attrs["weight_bits"] = 4
+        else:
+            node.attrs.pop("weight_bits", None)
         if bits == 16:
             node.attrs["out_bits"] = 16
         else:
             node.attrs.pop("out_bits", None)
+    if weights == "int4":
+        named = set(spec or {})
+        bits_of = tensor_bits(graph)
+        for node in graph.nodes:
+            if node.name in named or _int4_obstacle(node) or node.attrs.get("weight_format", "dense") != "dense":
+                continue
+            if all(bits_of.get(t, 8) == 8 for t in node.inputs[:1] + node.outputs):
+                node.attrs["weight_bits"] = 4
     check_bits(graph, tensor_bits(graph))
     return graph
+
+
+def _int4_obstacle(node: Node) -> str | None:
+    """Why `node` cannot have int4 weights (None: it can)."""
+    from ..weight_storage import INT4_OPS
+
+    if node.op not in INT4_OPS:
+        return f"int4 weights apply to {', '.join(o.value for o in INT4_OPS)} layers, not {node.op.value}"
+    return None
+
+
+def _check_int4(node: Node) -> None:
+    why = _int4_obstacle(node)
+    if why:
+        raise UserError(f"{node.where()}: {why}; keep its weights int8")
+    fmt = node.attrs.get("weight_format", "dense")
+    if fmt != "dense":
+        raise UserError(f"{node.where()} has {fmt} weights (pruning/clustering); int4 weights are stored packed "
+                        "dense: use one or the other for this layer")
 
 
 def tensor_bits(graph: Graph) -> dict[str, int]:
@@ -86,6 +131,9 @@ def check_bits(graph: Graph, bits: dict[str, int]) -> None:
         if node.op in INT8_INPUT_OPS and wide_in:
             raise UserError(f"{node.where()} computes in int8 only ({_int8_reason(node)}), but its input is int16: "
                             f"keep {_origin(graph, wide_in[0])} int8")
+        if node.attrs.get("weight_bits") == 4 and (wide_in or bits[node.outputs[0]] == 16):
+            raise UserError(f"{node.where()} has int4 weights, whose kernels take int8 activations only; keep it "
+                            f"and its producer int8 (or give it int8 weights: --precision {node.name}=int8)")
         fmt = node.attrs.get("weight_format", "dense")
         if fmt != "dense" and (wide_in or bits[node.outputs[0]] == 16):
             raise UserError(f"{node.where()} has {fmt} weights, whose kernels take int8 activations only; "

@@ -8,6 +8,8 @@
   they need no requantisation.
 - Weights: int8, one frac per output channel (per-channel; `attrs["weight_per_tensor"]` forces one
   frac for the tensor), bias: int32 at frac (f_in + f_w[c]); chosen by weight_formats (also used by QAT).
+  `attrs["weight_bits"] = 4` (assign_precision: --weights int4, --precision LAYER=w4) makes them int4:
+  q in [-8, 7], frac = frac_for_range(max|w[c]|, 4), stored packed (weight_storage "int4"); int8 activations only.
 - Each conv/linear output channel requantises its int32 accumulator by shift[c] = f_in + f_w[c] - f_out
   (fixed.requantize), and the fused activation becomes integer bounds act_min/act_max.
 - The int32 accumulator bound sum|w_q| * 128 + |b_q| is proven <= 2**31 - 1 for every channel; where
@@ -107,18 +109,21 @@ def _act_bounds(act: tuple, fmt: QFormat) -> tuple[int, int]:
 
 
 def weight_formats(w: np.ndarray, b: np.ndarray, fin: int, fout: int, per_tensor: bool = False,
-                   where: str = "layer", in_bits: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                   where: str = "layer", in_bits: int = 8,
+                   bits: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The weight/bias quantisation of one conv/linear: (fw, w_q, b_q, acc_bound) per output channel.
 
     acc_bound = sum|w_q| * 2**(in_bits-1) + |b_q|. For int8 input it is kept <= 2**31 - 1 by lowering
     weight fracs; for int16 input a larger bound is allowed (the caller switches to int64).
+    bits: weight width, 8 or 4 (int4: q in [-8, 7]). The int4 DSP kernels (qg_conv2d_s4.c) accumulate
+    16 * sum(w_q * x) before adding the bias, so for int4 16 * sum|w_q| * 2**(in_bits-1) is bounded too.
 
     The one place that chooses weight fracs (codegen/qat.py calls it on the live float weights, so
     QAT's fake quantisation and the compiled integer model use identical formats).
     """
     cout = w.shape[0]
     wmax = np.abs(w.reshape(cout, -1)).max(axis=1) if w.size else np.zeros(cout)
-    fw = np.array([frac_for_range(float(m), 8) for m in wmax])
+    fw = np.array([frac_for_range(float(m), bits) for m in wmax])
     if per_tensor:  # one format for the whole tensor (e.g. shared codebooks)
         fw = np.full(cout, fw.min())
     fw = np.minimum(fw, MAX_SHIFT + fout - fin)  # requantise shift <= 31
@@ -128,10 +133,11 @@ def weight_formats(w: np.ndarray, b: np.ndarray, fin: int, fout: int, per_tensor
     in_max = 1 << (in_bits - 1)  # |int8| or |int16| worst case
     acc_max = INT32_MAX if in_bits == 8 else INT64_MAX
     for _ in range(64):
-        w_q = quantize_array(w, QFormat(8, tuple(int(f) for f in fw)))
+        w_q = quantize_array(w, QFormat(bits, tuple(int(f) for f in fw)))
         b_q = quantize_array(b, QFormat(32, tuple(int(fin + f) for f in fw)))
-        bound = np.abs(w_q.reshape(cout, -1)).sum(axis=1).astype(np.int64) * in_max + np.abs(b_q)
-        bad = bound > acc_max
+        w_sum = np.abs(w_q.reshape(cout, -1)).sum(axis=1).astype(np.int64) * in_max
+        bound = w_sum + np.abs(b_q)
+        bad = (bound > acc_max) | ((16 * w_sum > acc_max) if bits == 4 else False)
         if not bad.any():
             break
         fw = np.where(bad, fw - 1, fw)
@@ -148,10 +154,15 @@ def weight_formats(w: np.ndarray, b: np.ndarray, fin: int, fout: int, per_tensor
 def _quantize_weighted(graph: Graph, node: Node, x_fmt: QFormat, out_fmt: QFormat) -> None:
     w_t, b_t = graph.tensors[node.inputs[1]], graph.tensors[node.inputs[2]]
     fin, fout = x_fmt.frac, out_fmt.frac
+    bits = int(node.attrs.get("weight_bits", 8))
+    if bits == 4 and (x_fmt.bits != 8 or out_fmt.bits != 8):
+        raise UserError(f"{node.where()} has int4 weights, whose kernels take int8 activations only, but its "
+                        "input or output is int16; keep it int8 (--precision LAYER=w4 with int8 neighbours) "
+                        "or give it int8 weights")
     fw, w_q, b_q, bound = weight_formats(w_t.data, b_t.data, fin, fout,
-                                         bool(node.attrs.get("weight_per_tensor")), node.where(), x_fmt.bits)
+                                         bool(node.attrs.get("weight_per_tensor")), node.where(), x_fmt.bits, bits)
     shift = fin + fw - fout
-    w_t.data, w_t.dtype, w_t.qformat = w_q.astype(np.int8), "int8", QFormat(8, tuple(int(f) for f in fw))
+    w_t.data, w_t.dtype, w_t.qformat = w_q.astype(np.int8), "int8", QFormat(bits, tuple(int(f) for f in fw))
     b_t.data, b_t.dtype, b_t.qformat = b_q.astype(np.int32), "int32", QFormat(32, tuple(int(fin + f) for f in fw))
     lo, hi = _act_bounds(node.attrs.get("act", (None, None)), out_fmt)
     node.attrs.update(shift=[int(s) for s in shift], act_min=lo, act_max=hi, acc_bound=int(bound.max()))

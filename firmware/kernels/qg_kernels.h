@@ -390,6 +390,26 @@ void qg_fully_connected_cluster_s8(const qg_conv2d_cluster_params_t *p, const in
                                    int8_t *restrict out, int8_t *restrict scratch);
 /* ---- end of compressed weight formats ---- */
 
+/* ---- packed int4 weights (qg_conv2d_s4.c): q in [-8, 7], two per byte, low nibble first (byte j of a
+ * row: weight 2j in bits 0-3, weight 2j+1 in bits 4-7). conv and fully connected: one row per output
+ * channel (k_h*k_w*in_c/groups or in_features weights), each starting on a byte; depthwise: the whole
+ * (out_c, k_h, k_w) tensor as one stream. A fully connected layer is a 1x1 conv on a 1x1xIn input
+ * (conv.in_c = in_features, conv.out_c = out_features). int8 activations. ---- */
+typedef struct {
+    qg_conv2d_params_t conv;  /* geometry, bias, shift, activation; conv.weights is NULL */
+    const uint8_t *weights;   /* packed int4 weights */
+} qg_conv2d_s4_params_t;
+
+int32_t qg_conv2d_s4_buffer_size(const qg_conv2d_s4_params_t *p);
+void qg_conv2d_s4(const qg_conv2d_s4_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+                  int8_t *restrict scratch);
+int32_t qg_depthwise_conv2d_s4_buffer_size(const qg_conv2d_s4_params_t *p);
+void qg_depthwise_conv2d_s4(const qg_conv2d_s4_params_t *p, const int8_t *in, int8_t *out, int8_t *restrict scratch);
+int32_t qg_fully_connected_s4_buffer_size(const qg_conv2d_s4_params_t *p);
+void qg_fully_connected_s4(const qg_conv2d_s4_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+                           int8_t *restrict scratch);
+/* ---- end of packed int4 weights ---- */
+
 /* ---- layout copies (qg_layout_s8.c): they only move elements, the Q-format is kept ---- */
 /* transpose: for every index (i_0..i_{rank-1}) of the loop dims `shape` (rank <= 6, a permutation of the
  * output dims), out[sum_k i_k * out_stride[k]] = in[sum_k i_k * in_stride[k]] (strides in elements) */

@@ -1,0 +1,403 @@
+/* Packed int4 weights: convolution, depthwise convolution and fully connected, int8 activations.
+ *
+ * Weights are 4-bit two's complement (q in [-8, 7], value q * 2^-frac[c]), two per byte, low nibble first:
+ * byte j of a row holds weight 2j in bits 0-3 and weight 2j+1 in bits 4-7. Conv and fully connected rows
+ * (one per output channel, k_h*k_w*in_c/groups or in_features weights) each start on a byte (an odd row
+ * ends with a zero nibble); depthwise packs the whole (out_c, k_h, k_w) tensor as one stream. Encoder:
+ * codegen/weight_storage.py encode_int4. Bias, shift and requantisation as the int8 kernels.
+ *
+ * Plain C (M0+/M3/host): a nibble is sign-extended where it is used, ((uint32_t)b << 28) >> 28 (arith.)
+ * for the low one and b >> 4 of the int8 byte for the high one; two weight rows per pass share the input.
+ * DSP (M4/M7/M33/M55): one word load gives 8 weights. (v << 4) & 0xF0F0F0F0 and v & 0xF0F0F0F0 hold the
+ * even and the odd nibbles as 16 * w in each byte (exact: the low nibble is zero), and SXTB16 / SXTB16
+ * ror 8 spread each into two int16 pairs: (w0, w4), (w2, w6), (w1, w5), (w3, w7). The input is widened
+ * once into the same pairing, (x0, x4), (x2, x6), (x1, x5), (x3, x7) per group of 8 (PKHBT/PKHTB), so
+ * 8 MACs are 1 weight load + 3 ALU + 4 SXTB16 + 4 SMLAD, as int8's 2 loads + 4 SXTB16 + 4 SMLAD. The
+ * sums are 16 * (w . x): exactly divisible by 16, shifted back (exact) before the bias is added.
+ * codegen/passes/quantize.py weight_formats proves 16 * sum|w| * 128 < 2^31 for int4 layers.
+ * The last k % 8 values of a row go through the plain nibble loop.
+ *
+ * Depthwise: the weights (few: out_c * k_h * k_w) are unpacked into scratch once per call and the int8
+ * depthwise kernel runs on them (same instructions per MAC as int8; it also gets the MVE path).
+ */
+#include "qg_kernels.h"
+#include "qg_dot_s8.h"
+
+static int32_t round_up(int32_t n, int32_t m)
+{
+    return (n + m - 1) / m * m;
+}
+
+/* The low (bits 0-3) and high (bits 4-7) nibble of byte b (read as int8), sign-extended. */
+static inline int32_t nib_lo(int32_t b)
+{
+    return (int32_t)((uint32_t)b << 28) >> 28;
+}
+
+static inline int32_t nib_hi(int32_t b)
+{
+    return b >> 4;
+}
+
+/* Weight i of a packed row. */
+static inline int32_t nib_at(const int8_t *row, int32_t i)
+{
+    const int32_t b = row[i >> 1];
+    return (i & 1) ? nib_hi(b) : nib_lo(b);
+}
+
+/* *acc0 += x . row0, *acc1 += x . row1 over n values (rows packed, starting on a byte). */
+static inline void s4_dot_1x2(const int8_t *restrict x, const int8_t *restrict w0, const int8_t *restrict w1,
+                              int32_t n, int32_t *acc0, int32_t *acc1)
+{
+    int32_t a0 = *acc0, a1 = *acc1;
+    int32_t i;
+    const int32_t pairs = n >> 1;
+    for (i = 0; i < pairs; i++) {
+        const int32_t x0 = x[2 * i], x1 = x[2 * i + 1];
+        const int32_t b0 = w0[i], b1 = w1[i];
+        a0 += x0 * nib_lo(b0) + x1 * nib_hi(b0);
+        a1 += x0 * nib_lo(b1) + x1 * nib_hi(b1);
+    }
+    if (n & 1) {
+        const int32_t xl = x[n - 1];
+        a0 += xl * nib_lo(w0[pairs]);
+        a1 += xl * nib_lo(w1[pairs]);
+    }
+    *acc0 = a0;
+    *acc1 = a1;
+}
+
+static inline int32_t s4_dot_1x1(const int8_t *restrict x, const int8_t *restrict w, int32_t n, int32_t acc)
+{
+    int32_t i;
+    for (i = 0; i < n; i++) {
+        acc += x[i] * nib_at(w, i);
+    }
+    return acc;
+}
+
+#if !QG_DSP
+/* out[r] = requantised bias[r] + x . row r for rows [0, rows): the plain paths of conv and fully connected. */
+static void s4_dot_rows(const int8_t *x, const int8_t *w, int32_t k, int32_t rows, const int32_t *bias,
+                        const int8_t *shift, int32_t act_min, int32_t act_max, int8_t *out)
+{
+    const int32_t row_bytes = (k + 1) >> 1;
+    int32_t r = 0;
+    for (; r + 1 < rows; r += 2, w += 2 * row_bytes) {
+        int32_t acc0 = bias[r], acc1 = bias[r + 1];
+        s4_dot_1x2(x, w, w + row_bytes, k, &acc0, &acc1);
+        out[r] = qg_requantize_s8(acc0, shift[r], act_min, act_max);
+        out[r + 1] = qg_requantize_s8(acc1, shift[r + 1], act_min, act_max);
+    }
+    if (r < rows) {
+        out[r] = qg_requantize_s8(s4_dot_1x1(x, w, k, bias[r]), shift[r], act_min, act_max);
+    }
+}
+#endif
+
+/* The receptive field of output pixel (oy, ox), channels [c0, c0 + cg) of each tap, as one int8 column of
+ * k_h * k_w * cg values (zeros over the padding), in weight-row order. */
+static void s4_gather(const qg_conv2d_params_t *p, const int8_t *in, int32_t oy, int32_t ox, int32_t c0, int32_t cg,
+                      int8_t *restrict col)
+{
+    const int32_t in_c = p->in_c, iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left;
+    int32_t ky, kx, c;
+    for (ky = 0; ky < p->k_h; ky++) {
+        const int32_t iy = iy0 + ky * p->dil_h;
+        for (kx = 0; kx < p->k_w; kx++, col += cg) {
+            const int32_t ix = ix0 + kx * p->dil_w;
+            if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
+                for (c = 0; c < cg; c++) {
+                    col[c] = 0;
+                }
+            } else {
+                const int8_t *src = in + (iy * p->in_w + ix) * in_c + c0;
+                for (c = 0; c < cg; c++) {
+                    col[c] = src[c];
+                }
+            }
+        }
+    }
+}
+
+#if QG_DSP
+#define S4_MASK ((int32_t)0xF0F0F0F0u)
+
+/* 8 int8 values -> the int16 pairs (x0, x4), (x2, x6) at even[0..1] and (x1, x5), (x3, x7) at odd[0..1]. */
+static inline void s4_widen8(const int8_t *src, int32_t *even, int32_t *odd)
+{
+    const int32_t a = qg_load_s8x4(src), b = qg_load_s8x4(src + 4);
+    const int32_t ae = qg_sxtb16(a), ao = qg_sxtb16_ror8(a), be = qg_sxtb16(b), bo = qg_sxtb16_ror8(b);
+    even[0] = qg_pkhbt(ae, be);
+    even[1] = qg_pkhtb(be, ae);
+    odd[0] = qg_pkhbt(ao, bo);
+    odd[1] = qg_pkhtb(bo, ao);
+}
+
+/* acc + 16 * (the 8 weights of packed word v) . (the 8 inputs as widened by s4_widen8) */
+static inline int32_t s4_mac8(int32_t v, int32_t x04, int32_t x26, int32_t x15, int32_t x37, int32_t acc)
+{
+    const int32_t lo = (int32_t)((uint32_t)v << 4) & S4_MASK, hi = v & S4_MASK;
+    acc = __smlad(qg_sxtb16(lo), x04, acc);
+    acc = __smlad(qg_sxtb16_ror8(lo), x26, acc);
+    acc = __smlad(qg_sxtb16(hi), x15, acc);
+    return __smlad(qg_sxtb16_ror8(hi), x37, acc);
+}
+#endif
+
+/* ------------------------------------------------------------------------------------ fully connected */
+
+int32_t qg_fully_connected_s4_buffer_size(const qg_conv2d_s4_params_t *p)
+{
+#if QG_DSP
+    return 2 * round_up(p->conv.in_c, 8); /* the input widened to int16 pairs */
+#else
+    (void)p;
+    return 0;
+#endif
+}
+
+#if QG_DSP
+/* DSP fully connected: x widened once into `xw` (groups of 8 as 4 words, then the tail values as int16),
+ * two rows per pass. */
+static void s4_fc_dsp(const qg_conv2d_s4_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+                      int32_t *restrict xw)
+{
+    const int32_t k = p->conv.in_c, rows = p->conv.out_c, groups8 = k >> 3, tail = k & 7;
+    const int32_t row_bytes = (k + 1) >> 1, act_min = p->conv.act_min, act_max = p->conv.act_max;
+    const int32_t *bias = p->conv.bias;
+    const int8_t *shift = p->conv.shift;
+    const int8_t *w = (const int8_t *)p->weights;
+    const int8_t *x_tail = in + 8 * groups8;
+    int32_t g, r;
+    for (g = 0; g < groups8; g++) {
+        s4_widen8(in + 8 * g, xw + 4 * g, xw + 4 * g + 2);
+    }
+    for (r = 0; r < rows; r += 2, w += 2 * row_bytes) {
+        const int32_t two = r + 1 < rows;
+        const int8_t *w0 = w, *w1 = two ? w + row_bytes : w;
+        const qg_word_t *x = (const qg_word_t *)(const void *)xw;
+        int32_t a0 = 0, a1 = 0, t0 = bias[r], t1 = two ? bias[r + 1] : 0, i;
+        for (g = groups8; g > 0; g--) {
+            const int32_t v0 = qg_load_s8x4(w0), v1 = qg_load_s8x4(w1);
+            int32_t x04, x26, x15, x37;
+            w0 += 4;
+            w1 += 4;
+            qg_load_pair(&x, &x04, &x26);
+            qg_load_pair(&x, &x15, &x37);
+            a0 = s4_mac8(v0, x04, x26, x15, x37, a0);
+            a1 = s4_mac8(v1, x04, x26, x15, x37, a1);
+        }
+        for (i = 0; i < tail; i++) {
+            t0 += x_tail[i] * nib_at(w0, i);
+            t1 += x_tail[i] * nib_at(w1, i);
+        }
+        out[r] = qg_requantize_s8(t0 + (a0 >> 4), shift[r], act_min, act_max);
+        if (two) {
+            out[r + 1] = qg_requantize_s8(t1 + (a1 >> 4), shift[r + 1], act_min, act_max);
+        }
+    }
+}
+#endif
+
+void qg_fully_connected_s4(const qg_conv2d_s4_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+                           int8_t *restrict scratch)
+{
+#if QG_DSP
+    s4_fc_dsp(p, in, out, (int32_t *)(void *)scratch);
+#else
+    (void)scratch;
+    s4_dot_rows(in, (const int8_t *)p->weights, p->conv.in_c, p->conv.out_c, p->conv.bias, p->conv.shift,
+                p->conv.act_min, p->conv.act_max, out);
+#endif
+}
+
+/* ------------------------------------------------------------------------------------ convolution */
+
+#define S4_COLS 4 /* output pixels per DSP block */
+
+int32_t qg_conv2d_s4_buffer_size(const qg_conv2d_s4_params_t *p)
+{
+    const int32_t k8 = round_up((int32_t)p->conv.k_h * p->conv.k_w * (p->conv.in_c / p->conv.groups), 8);
+#if QG_DSP
+    return 2 * S4_COLS * k8 + k8; /* S4_COLS widened columns (int16) + the int8 column they are gathered into */
+#else
+    return k8;
+#endif
+}
+
+#if QG_DSP
+/* Block layout in scratch, per group of 8 k's: the S4_COLS pixels' (x0, x4), (x2, x6) words, then their
+ * (x1, x5), (x3, x7) words (16 words); after the k / 8 groups, each pixel's k % 8 last values as int16
+ * (8 slots per pixel). */
+static void s4_fill_col(const int8_t *col, int32_t k, int32_t *cols, int32_t c)
+{
+    const int32_t groups8 = k >> 3;
+    int16_t *tail = (int16_t *)(void *)(cols + 16 * groups8) + 8 * c;
+    int32_t g, i;
+    for (g = 0; g < groups8; g++) {
+        s4_widen8(col + 8 * g, cols + 16 * g + 2 * c, cols + 16 * g + 8 + 2 * c);
+    }
+    for (i = 0; i < (k & 7); i++) {
+        tail[i] = col[8 * groups8 + i];
+    }
+}
+
+/* Rows [0, rows) times the block's S4_COLS columns; pixel c's output r goes to out[c * step + r]. */
+static void s4_block(const int8_t *w, int32_t k, const int32_t *cols, int32_t n_valid, int32_t rows,
+                     const int32_t *bias, const int8_t *shift, int32_t act_min, int32_t act_max, int8_t *out,
+                     int32_t step)
+{
+    const int32_t kind = n_valid == S4_COLS ? qg_clamp_kind(act_min, act_max) : -1;
+    const int32_t groups8 = k >> 3, tail = k & 7, row_bytes = (k + 1) >> 1;
+    const int16_t *tails = (const int16_t *)(const void *)(cols + 16 * groups8);
+    int32_t r, c, i, g;
+    for (r = 0; r < rows; r++, w += row_bytes) {
+        const int32_t s = shift[r];
+        const qg_word_t *x = (const qg_word_t *)(const void *)cols;
+        const int8_t *wp = w;
+        int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        int32_t acc[S4_COLS];
+        for (g = groups8; g > 0; g--) {
+            const int32_t v = qg_load_s8x4(wp);
+            int32_t we = qg_sxtb16((int32_t)((uint32_t)v << 4) & S4_MASK);
+            int32_t wo = qg_sxtb16_ror8((int32_t)((uint32_t)v << 4) & S4_MASK);
+            int32_t xe, xo;
+            wp += 4;
+            qg_load_pair(&x, &xe, &xo);
+            a0 = __smlad(we, xe, a0);
+            a0 = __smlad(wo, xo, a0);
+            qg_load_pair(&x, &xe, &xo);
+            a1 = __smlad(we, xe, a1);
+            a1 = __smlad(wo, xo, a1);
+            qg_load_pair(&x, &xe, &xo);
+            a2 = __smlad(we, xe, a2);
+            a2 = __smlad(wo, xo, a2);
+            qg_load_pair(&x, &xe, &xo);
+            a3 = __smlad(we, xe, a3);
+            a3 = __smlad(wo, xo, a3);
+            we = qg_sxtb16(v & S4_MASK);
+            wo = qg_sxtb16_ror8(v & S4_MASK);
+            qg_load_pair(&x, &xe, &xo);
+            a0 = __smlad(we, xe, a0);
+            a0 = __smlad(wo, xo, a0);
+            qg_load_pair(&x, &xe, &xo);
+            a1 = __smlad(we, xe, a1);
+            a1 = __smlad(wo, xo, a1);
+            qg_load_pair(&x, &xe, &xo);
+            a2 = __smlad(we, xe, a2);
+            a2 = __smlad(wo, xo, a2);
+            qg_load_pair(&x, &xe, &xo);
+            a3 = __smlad(we, xe, a3);
+            a3 = __smlad(wo, xo, a3);
+        }
+        acc[0] = bias[r] + (a0 >> 4);
+        acc[1] = bias[r] + (a1 >> 4);
+        acc[2] = bias[r] + (a2 >> 4);
+        acc[3] = bias[r] + (a3 >> 4);
+        for (i = 0; i < tail; i++) {
+            const int32_t wi = nib_at(wp, i);
+            for (c = 0; c < S4_COLS; c++) {
+                acc[c] += wi * tails[8 * c + i];
+            }
+        }
+        if (s > 0 && kind == QG_CLAMP_S8) {
+            qg_store_1x4(acc, s - 1, QG_CLAMP_S8, act_min, act_max, out + r, step);
+        } else if (s > 0 && kind == QG_CLAMP_RELU) {
+            qg_store_1x4(acc, s - 1, QG_CLAMP_RELU, act_min, act_max, out + r, step);
+        } else if (s > 0 && kind == QG_CLAMP_ANY) {
+            qg_store_1x4(acc, s - 1, QG_CLAMP_ANY, act_min, act_max, out + r, step);
+        } else {
+            for (c = 0; c < n_valid; c++) {
+                out[c * step + r] = qg_requantize_s8(acc[c], s, act_min, act_max);
+            }
+        }
+    }
+}
+#endif
+
+void qg_conv2d_s4(const qg_conv2d_s4_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+                  int8_t *restrict scratch)
+{
+    const qg_conv2d_params_t *q = &p->conv;
+    const int32_t out_w = q->out_w, out_c = q->out_c, n_pix = q->out_h * out_w;
+    const int32_t groups = q->groups, cg = q->in_c / groups, og = out_c / groups;
+    const int32_t k = q->k_h * q->k_w * cg, row_bytes = (k + 1) >> 1;
+    const int8_t *weights = (const int8_t *)p->weights;
+    int32_t pix, oy = 0, ox = 0, gi;
+#if QG_DSP
+    const int32_t k8 = round_up(k, 8);
+    int32_t *cols = (int32_t *)(void *)scratch;
+    int8_t *stage = scratch + 2 * S4_COLS * k8;
+    for (pix = 0; pix < n_pix; pix += S4_COLS) {
+        const int32_t n_valid = n_pix - pix < S4_COLS ? n_pix - pix : S4_COLS;
+        const int32_t oy0 = oy, ox0 = ox;
+        for (gi = 0; gi < groups; gi++) {
+            int32_t c;
+            oy = oy0;
+            ox = ox0;
+            for (c = 0; c < S4_COLS; c++) {
+                /* past the last pixel, slots repeat it: their results are computed and dropped */
+                s4_gather(q, in, oy, ox, gi * cg, cg, stage);
+                s4_fill_col(stage, k, cols, c);
+                if (c + 1 < n_valid && ++ox == out_w) {
+                    ox = 0;
+                    oy++;
+                }
+            }
+            s4_block(weights + gi * og * row_bytes, k, cols, n_valid, og, q->bias + gi * og, q->shift + gi * og,
+                     q->act_min, q->act_max, out + pix * out_c + gi * og, out_c);
+        }
+        if (++ox == out_w) {
+            ox = 0;
+            oy++;
+        }
+    }
+#else
+    const int32_t direct = q->k_h == 1 && q->k_w == 1 && groups == 1; /* a column is one input pixel */
+    for (pix = 0; pix < n_pix; pix++, out += out_c) {
+        const int32_t iy = oy * q->stride_h - q->pad_top, ix = ox * q->stride_w - q->pad_left;
+        for (gi = 0; gi < groups; gi++) {
+            const int8_t *col = scratch;
+            if (direct && iy >= 0 && iy < q->in_h && ix >= 0 && ix < q->in_w) {
+                col = in + (iy * q->in_w + ix) * q->in_c;
+            } else {
+                s4_gather(q, in, oy, ox, gi * cg, cg, scratch);
+            }
+            s4_dot_rows(col, weights + gi * og * row_bytes, k, og, q->bias + gi * og, q->shift + gi * og,
+                        q->act_min, q->act_max, out + gi * og);
+        }
+        if (++ox == out_w) {
+            ox = 0;
+            oy++;
+        }
+    }
+#endif
+}
+
+/* ------------------------------------------------------------------------------------ depthwise */
+
+int32_t qg_depthwise_conv2d_s4_buffer_size(const qg_conv2d_s4_params_t *p)
+{
+    const int32_t n = (int32_t)p->conv.out_c * p->conv.k_h * p->conv.k_w;
+    return round_up(n, 4) + qg_depthwise_conv2d_s8_buffer_size(&p->conv);
+}
+
+void qg_depthwise_conv2d_s4(const qg_conv2d_s4_params_t *p, const int8_t *in, int8_t *out, int8_t *restrict scratch)
+{
+    const int32_t n = (int32_t)p->conv.out_c * p->conv.k_h * p->conv.k_w;
+    const int8_t *packed = (const int8_t *)p->weights;
+    qg_conv2d_params_t unpacked = p->conv;
+    int32_t i;
+    for (i = 0; i + 1 < n; i += 2) {
+        const int32_t b = packed[i >> 1];
+        scratch[i] = (int8_t)nib_lo(b);
+        scratch[i + 1] = (int8_t)nib_hi(b);
+    }
+    if (n & 1) {
+        scratch[n - 1] = (int8_t)nib_lo(packed[n >> 1]);
+    }
+    unpacked.weights = scratch;
+    qg_depthwise_conv2d_s8(&unpacked, in, out, scratch + round_up(n, 4));
+}

@@ -1,0 +1,242 @@
+"""Packed int4 weights (qg_conv2d_s4.c, weight_storage int4, --weights int4, --precision LAYER=w4).
+
+The integer reference is unchanged (it reads the unpacked integers in [-8, 7]); the C kernels read the packed
+nibbles. One graph holds every case as a model output (so one firmware per core): odd in-features and rows
+(a zero high nibble ends them), rows that are / are not a multiple of the DSP's 8-weight word, odd output
+channels, a grouped dilated conv, depthwise with an odd weight count and a multiplier, the -8 / 7 extremes
+(whole rows of -8), shifts down to -3 (saturation) and the three clamp kinds.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from qgen_testing import act, edge_inputs, finish, safe_bias
+
+from codegen.emit.c import render, write_atomic
+from codegen.errors import UserError
+from codegen.fixed import QFormat
+from codegen.hostcheck import SANITIZE_FLAGS, build_native, reference_outputs, run_native
+from codegen.ir import SHAPE_RULES, Graph, Node, Op, Tensor
+from codegen.reference import run_int
+from codegen.weight_storage import decode_int4, encode_int4, int4_bytes
+
+SHAPE = (5, 6, 7)
+ACTS = ((-128, 127), (0, 127), (-50, 90))
+
+
+class Builder:
+    def __init__(self, rng):
+        self.rng = rng
+        self.g = Graph({"x": act("x", SHAPE, 3)}, [], ["x"], [], source="test")
+
+    def node(self, name: str, op: Op, inputs: list[str], output: bool = True, **attrs) -> str:
+        node = Node(name, op, inputs, [name], attrs)
+        self.g.nodes.append(node)
+        self.g.tensors[name] = act(name, (1,), 3)
+        self.g.tensors[name].shape = SHAPE_RULES[op](self.g, node)
+        if output:
+            self.g.outputs.append(name)
+        return name
+
+    def weighted(self, name: str, op: Op, src: str, w_shape: tuple, act_range=(-128, 127), **attrs) -> str:
+        rng, cout = self.rng, w_shape[0]
+        w = rng.integers(-8, 8, w_shape)
+        w.flat[0], w.flat[-1] = -8, 7
+        w[0] = -8  # a whole row at the extreme
+        self.g.tensors[f"{name}_w"] = Tensor(f"{name}_w", w.shape, "int8", QFormat(4, (3,) * cout), w.astype(np.int8))
+        b = safe_bias(rng, w)
+        self.g.tensors[f"{name}_b"] = Tensor(f"{name}_b", b.shape, "int32", QFormat(32, (7,) * cout),
+                                             b.astype(np.int32))
+        shift = rng.integers(-3, 12, cout)
+        attrs.update(shift=[int(s) for s in shift], act_min=act_range[0], act_max=act_range[1])
+        return self.node(name, op, [src, f"{name}_w", f"{name}_b"], **attrs)
+
+
+def int4_graph(rng) -> Graph:
+    b = Builder(rng)
+    pad1 = {"stride": (1, 1), "padding": (1, 1, 1, 1)}
+    plain = {"stride": (1, 1), "padding": (0, 0, 0, 0)}
+    b.weighted("conv_c7_k3x5_s2", Op.CONV2D, "x", (5, 3, 5, 7), stride=(2, 2), padding=(1, 2, 1, 2))  # K 105
+    c8 = b.weighted("conv1x1_c7_to_8", Op.CONV2D, "x", (8, 1, 1, 7), ACTS[1], **plain)  # K 7: tail only
+    b.weighted("conv3x3_c8_pad", Op.CONV2D, c8, (3, 3, 3, 8), ACTS[2], **pad1)  # K 72: whole words
+    b.weighted("conv2x3_c8_s3x1", Op.CONV2D, c8, (4, 2, 3, 8), stride=(3, 1), padding=(0, 1, 0, 1))
+    b.weighted("conv1x1_c8_pad", Op.CONV2D, c8, (9, 1, 1, 8), ACTS[1], stride=(1, 1), padding=(1, 0, 0, 1))
+    b.weighted("conv_g2_d2", Op.CONV2D, c8, (6, 3, 3, 4), stride=(1, 1), padding=(2, 1, 2, 1), groups=2,
+               dilation=(2, 1))
+    b.weighted("dw3x3_c8", Op.DEPTHWISE_CONV2D, c8, (8, 3, 3, 1), ACTS[1], **pad1)
+    b.weighted("dw3x3_c7_odd_n", Op.DEPTHWISE_CONV2D, "x", (7, 3, 3, 1), ACTS[2], **pad1)  # 63 weights
+    b.weighted("dw3x3_c7_mult2_s2", Op.DEPTHWISE_CONV2D, "x", (14, 3, 3, 1), stride=(2, 2), padding=(1, 1, 1, 1))
+    flat = b.node("flat", Op.RESHAPE, ["x"], output=False, shape=(int(np.prod(SHAPE)),))
+    b.weighted("fc_210_7", Op.LINEAR, flat, (7, 210))  # K % 8 = 2, odd rows
+    for k, rows, a in ((33, 17, ACTS[0]), (33, 8, ACTS[1]), (16, 3, ACTS[2]), (1, 2, ACTS[0]), (9, 5, ACTS[1])):
+        vec = b.node(f"v_{k}_{rows}", Op.SLICE, [flat], output=False, axis=0, start=rows, length=k)
+        b.weighted(f"fc_{k}_{rows}", Op.LINEAR, vec, (rows, k), a)
+    return finish(b.g)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    rng = np.random.default_rng(44)
+    graph = int4_graph(rng)
+    out = tmp_path_factory.mktemp("int4") / "model"
+    write_atomic(render(graph, "i4", ["test"]), out)
+    x = edge_inputs(rng, SHAPE, n_random=4)
+    return graph, out, x, reference_outputs(graph, run_int(graph, x))
+
+
+def _first_difference(graph: Graph, got: np.ndarray, expect: np.ndarray) -> str:
+    sample, index = np.argwhere(got != expect)[0]
+    for name in graph.outputs:
+        size = graph.tensors[name].size
+        if index < size:
+            return (f"output '{name}' {graph.tensors[name].shape}, sample {sample}, element {index}: "
+                    f"C {got[sample, index]}, reference {expect[sample, index]}")
+        index -= size
+    return "?"
+
+
+# ---------------------------------------------------------------- storage
+
+
+def test_int4_packing_low_nibble_first_and_row_aligned():
+    w = np.array([[1, -2, 7], [-8, 3, 0]])  # two rows of 3: each row starts on a byte
+    enc = encode_int4(Op.LINEAR, w)
+    assert enc.arrays["weights"].tolist() == [0xE1, 0x07, 0x38, 0x00]
+    assert enc.nbytes == int4_bytes(Op.LINEAR, w.shape) == 4
+    dw = np.array([1, -2, 7, -8, 3]).reshape(5, 1, 1)  # depthwise: one stream, ceil(n / 2)
+    enc = encode_int4(Op.DEPTHWISE_CONV2D, dw)
+    assert enc.arrays["weights"].tolist() == [0xE1, 0x87, 0x03] and int4_bytes(Op.DEPTHWISE_CONV2D, dw.shape) == 3
+
+
+@pytest.mark.parametrize("op,shape", [(Op.CONV2D, (5, 3, 5, 7)), (Op.CONV2D, (3, 3, 3, 8)), (Op.LINEAR, (7, 33)),
+                                      (Op.DEPTHWISE_CONV2D, (7, 3, 3, 1)), (Op.LINEAR, (2, 1))])
+def test_int4_round_trip_and_size(op, shape):
+    w = np.random.default_rng(1).integers(-8, 8, shape)
+    enc = encode_int4(op, w)
+    assert np.array_equal(decode_int4(enc, op, shape), w)
+    assert enc.nbytes == int4_bytes(op, shape)
+    assert enc.nbytes <= -(-w.size // 2) + shape[0]  # at most half a byte of padding per row
+
+
+def test_int4_weight_formats_range_and_accumulator_bound():
+    from codegen.passes.quantize import INT32_MAX, weight_formats
+
+    rng = np.random.default_rng(2)
+    w, b = rng.standard_normal((6, 50)), rng.standard_normal(6) * 0.1
+    fw, w_q, _, _ = weight_formats(w, b, 5, 4, bits=4)
+    assert w_q.min() >= -8 and w_q.max() <= 7 and (np.abs(w_q).max(axis=1) >= 4).all()  # 4 bits used
+    assert np.allclose(w_q * 2.0 ** -fw[:, None], w, atol=2.0 ** -fw.min())
+    # the DSP kernels accumulate 16 * w . x: a fan-in that would overflow that gets coarser weights
+    big = np.full((1, 70000), 7.0)
+    fw, w_q, _, _ = weight_formats(big, np.zeros(1), 0, 0, bits=4)
+    assert 16 * np.abs(w_q).sum() * 128 <= INT32_MAX
+
+
+# ---------------------------------------------------------------- C == reference
+
+
+def test_kernels_are_the_s4_ones(model):
+    from codegen.kernels import select
+
+    graph = model[0]
+    fns = {select(graph, n).fn for n in graph.nodes if len(n.inputs) > 1}
+    assert fns == {"qg_conv2d_s4", "qg_depthwise_conv2d_s4", "qg_fully_connected_s4"}
+    weights_c = (model[1] / "i4_weights.c").read_text()
+    assert "int4 weights" in weights_c and "uint8_t i4_l0_conv2d_weights[" in weights_c
+
+
+def test_host_c_equals_reference_under_sanitizers(model, tmp_path):
+    graph, out, x, expect = model
+    exe = build_native(out, "i4", tmp_path / "i4_asan", SANITIZE_FLAGS)
+    got = run_native(exe, x.reshape(len(x), -1), expect.shape[1])
+    if not np.array_equal(got, expect):
+        raise AssertionError(_first_difference(graph, got, expect))
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("core", ["cortex-m0plus", "cortex-m4"])
+def test_firmware_equals_reference_on_core(model, core, tmp_path):
+    from codegen.target import build_elf, missing_tools, run_qemu
+
+    if missing_tools():
+        pytest.skip(f"missing tools: {missing_tools()}")
+    graph, out, x, expect = model
+    board = {"cortex-m0plus": "rp2040", "cortex-m4": "mps2-an386"}[core]
+    sources = [out / "i4_model.c", out / "i4_weights.c", *sorted((out / "kernels").glob("*.c"))]
+    elf = build_elf(board, sources, [out, out / "kernels"], "i4", tmp_path,
+                    extra_cflags=("-std=c99", "-Werror", "-Wconversion"))
+    result = run_qemu(board, elf, x.reshape(len(x), -1), expect.shape[1], count_instructions=False)
+    if not np.array_equal(result.outputs, expect):
+        raise AssertionError(f"{core}: " + _first_difference(graph, result.outputs, expect))
+
+
+# ---------------------------------------------------------------- choosing int4
+
+
+def _small_model():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1, groups=6),
+                         nn.Flatten(), nn.Linear(6 * 5 * 5, 10)).eval()
+
+
+def _formats(result) -> dict[str, str]:
+    g = result.graph
+    return {n.name: str(g.tensors[n.inputs[1]].qformat)[:2] for n in g.nodes if len(n.inputs) > 1}
+
+
+def test_weights_int4_and_per_layer_w4_through_the_api():
+    import codegen
+
+    x = np.random.default_rng(0).standard_normal((8, 3, 5, 5)).astype(np.float32)
+    r8 = codegen.compile(_small_model(), (1, 3, 5, 5), x)
+    r4 = codegen.compile(_small_model(), (1, 3, 5, 5), x, weights="int4")
+    assert set(_formats(r4).values()) == {"s4"} and set(_formats(r8).values()) == {"s8"}
+    assert r4.report["flash_bytes"] < 0.6 * r8.report["flash_bytes"]
+    assert r4.verify(x).exact
+    one = codegen.compile(_small_model(), (1, 3, 5, 5), x, precision={"4": 4})
+    assert _formats(one) == {"0": "s8", "2": "s8", "4": "s4"}
+    keep = codegen.compile(_small_model(), (1, 3, 5, 5), x, weights="int4", precision={"0": 8, "2": 16})
+    assert _formats(keep) == {"0": "s8", "2": "s8", "4": "s8"}  # 4 reads int16: it keeps int8 weights
+    with pytest.raises(UserError, match="int4 weights, whose kernels take int8 activations"):
+        codegen.compile(_small_model(), (1, 3, 5, 5), x, precision={"2": 16, "4": 4})
+
+
+def test_cli_weights_int4_and_precision_w4(tmp_path):
+    (tmp_path / "m.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "def make():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(150, 4)).eval()\n")
+    base = [sys.executable, "-m", "codegen.cli", "compile", f"{tmp_path / 'm.py'}:make", "--input-shape", "1,3,5,5"]
+    run = subprocess.run([*base, "--out", str(tmp_path / "a"), "--weights", "int4"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "qg_conv2d_s4(" in (tmp_path / "a" / "model_model.c").read_text()
+    run = subprocess.run([*base, "--out", str(tmp_path / "b"), "--precision", "3=w4"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    c = (tmp_path / "b" / "model_model.c").read_text()
+    assert "qg_fully_connected_s4(" in c and "qg_conv2d_s8(" in c
+    run = subprocess.run([*base, "--out", str(tmp_path / "c"), "--precision", "input=w4"], capture_output=True, text=True)
+    assert run.returncode == 1 and "has no weights" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_qat_int4_equals_integer_reference():
+    import torch
+
+    from codegen import qat
+    from codegen.demo import digits_data, make_model
+
+    x_tr, y_tr, x_te, _ = digits_data()
+    torch.manual_seed(0)
+    qm = qat.prepare(make_model(), torch.from_numpy(x_tr[:1]), x_tr[:200], weights="int4")
+    qat.finetune(qm, x_tr[:200], y_tr[:200], epochs=1)
+    result = qat.compile(qm, eval_data=x_te[:8])
+    assert {str(result.graph.tensors[n.inputs[1]].qformat)[:2] for n in result.graph.nodes if len(n.inputs) > 1} \
+        == {"s4"}
+    with torch.no_grad():
+        y_qat = qm.eval()(torch.from_numpy(x_te[:64])).numpy()
+    assert np.array_equal(y_qat, result.predict(x_te[:64]))
