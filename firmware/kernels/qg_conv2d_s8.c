@@ -22,7 +22,9 @@
  * (k_h, k_w, channels), so that one tap of four neighbouring channels is one word, like the input.
  * Each output pixel then walks the taps that fall inside the image (no per-tap bounds test) for
  * four channels at a time: with DSP one word load of inputs and one of weights, unpacked to int16
- * pairs and multiplied with SMLABB/SMLATT. A multiplier other than 1 takes the generic path.
+ * pairs and multiplied with SMLABB/SMLATT. With Helium (QG_MVE) 16 channels at a time: int16 loads, VMULLB /
+ * VMULLT products of the even and odd channels into int32 accumulators (dw_16_mve), the last ch % 16 channels
+ * four at a time under a predicate. A multiplier other than 1 takes the generic path.
  *
  * Order contract (the memory planner relies on it, codegen/kernel_abi.py: overlap_distance): every
  * path here computes output pixels in increasing order, and once it has written output pixel p it
@@ -332,6 +334,70 @@ static QG_ALWAYS_INLINE void dw_pixel(const int8_t *x0, const int8_t *w0, int32_
     }
 }
 
+#if QG_MVE
+/* Channels [c, c + 16) of one output pixel of the multiplier-1 depthwise conv on Helium, from x_i8 / w_i8 (their
+ * channel c). Per tap: two VLDRB.S16 of inputs and two of weights (8 channels sign-extended to int16 each),
+ * VMULLB / VMULLT (the even and the odd channels' exact int32 products) and four VADD into the accumulators
+ * of the even and odd channels: 16 MACs per 12 instructions. */
+QG_MVE_INLINE void dw_16_mve(const int8_t *x_i8, const int8_t *w_i8, int32_t ch, int32_t x_step, int32_t n_kx,
+                             int32_t n_ky, int32_t x_row_step, int32_t w_row_step, const int32_t *bias,
+                             const int8_t *shift, int32x4_t lo, int32x4_t hi, int8_t *out)
+{
+    const int32x4x2_t b0 = vld2q_s32(bias), b1 = vld2q_s32(bias + 8); /* (even, odd) channels */
+    int32x4_t e0 = b0.val[0], o0 = b0.val[1], e1 = b1.val[0], o1 = b1.val[1];
+    int32_t ky, kx;
+    for (ky = 0; ky < n_ky; ky++, x_i8 += x_row_step, w_i8 += w_row_step) {
+        for (kx = 0; kx < n_kx; kx++, x_i8 += x_step, w_i8 += ch) {
+            /* one half after the other (the barrier keeps GCC from hoisting the second half's loads): 4
+             * accumulators + 3 temporaries fit the 8 Q registers, 4 + 4 loaded values do not */
+            int16x8_t xv = vldrbq_s16(x_i8), wv = vldrbq_s16(w_i8);
+            e0 = vaddq_s32(e0, vmullbq_int_s16(xv, wv));
+            o0 = vaddq_s32(o0, vmulltq_int_s16(xv, wv));
+            QG_MVE_BARRIER();
+            xv = vldrbq_s16(x_i8 + 8);
+            wv = vldrbq_s16(w_i8 + 8);
+            e1 = vaddq_s32(e1, vmullbq_int_s16(xv, wv));
+            o1 = vaddq_s32(o1, vmulltq_int_s16(xv, wv));
+        }
+    }
+    qg_mve_requantize_8_eo(e0, o0, shift, lo, hi, out);
+    qg_mve_requantize_8_eo(e1, o1, shift + 8, lo, hi, out + 8);
+}
+
+/* Channels [c, c + 4) (the first `left` of them, 1..4, under a VCTP predicate), as dw_16_mve: VLDRB.S32 of 4
+ * inputs and 4 weights, VMUL, VADD. The channels after the last multiple of 16. */
+static inline void dw_4_mve(const int8_t *x_i8, const int8_t *w_i8, int32_t ch, int32_t x_step, int32_t n_kx,
+                            int32_t n_ky, int32_t x_row_step, int32_t w_row_step, const int32_t *bias,
+                            const int8_t *shift, int32x4_t lo, int32x4_t hi, int8_t *out, int32_t left)
+{
+    const mve_pred16_t p = vctp32q((uint32_t)left);
+    int32x4_t acc = vldrwq_z_s32(bias, p);
+    int32_t ky, kx;
+    for (ky = 0; ky < n_ky; ky++, x_i8 += x_row_step, w_i8 += w_row_step) {
+        for (kx = 0; kx < n_kx; kx++, x_i8 += x_step, w_i8 += ch) {
+            acc = vaddq_s32(acc, vmulq_s32(vldrbq_z_s32(x_i8, p), vldrbq_z_s32(w_i8, p)));
+        }
+    }
+    qg_mve_requantize_4_p(acc, shift, lo, hi, out, p);
+}
+
+/* dw_pixel on Helium: every channel of one output pixel, 16 at a time, then 4 at a time (the last predicated). */
+static void dw_pixel_mve(const int8_t *x0, const int8_t *w0, int32_t ch, int32_t x_step, int32_t n_kx, int32_t n_ky,
+                         int32_t x_row_step, int32_t w_row_step, const int32_t *bias, const int8_t *shift,
+                         int32x4_t lo, int32x4_t hi, int8_t *out)
+{
+    int32_t c;
+    for (c = 0; c + 15 < ch; c += 16) {
+        dw_16_mve(x0 + c, w0 + c, ch, x_step, n_kx, n_ky, x_row_step, w_row_step, bias + c, shift + c, lo, hi,
+                  out + c);
+    }
+    for (; c < ch; c += 4) {
+        dw_4_mve(x0 + c, w0 + c, ch, x_step, n_kx, n_ky, x_row_step, w_row_step, bias + c, shift + c, lo, hi, out + c,
+                 ch - c < 4 ? ch - c : 4);
+    }
+}
+#endif /* QG_MVE */
+
 void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, int8_t *restrict scratch)
 {
     const int32_t ch = p->in_c, k_w = p->k_w, taps = p->k_h * k_w;
@@ -341,6 +407,9 @@ void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_
     const int32_t *bias = p->bias;
     int8_t *w_t = scratch; /* (k_h, k_w, ch) */
     int32_t oy, ox, c, t, ky0, ky1, kx0, kx1;
+#if QG_MVE
+    const int32x4_t lo = vdupq_n_s32(act_min), hi = vdupq_n_s32(act_max);
+#endif
     if (p->out_c != ch) {
         depthwise_generic(p, in, out);
         return;
@@ -361,6 +430,10 @@ void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_
             const int8_t *w0 = w_t + (ky0 * k_w + kx0) * ch;
             const int32_t x_row_step = dil_h * p->in_w * ch - (kx1 - kx0) * x_step;
             const int32_t w_row_step = (k_w - (kx1 - kx0)) * ch;
+#if QG_MVE
+            dw_pixel_mve(x0, w0, ch, x_step, kx1 - kx0, ky1 - ky0, x_row_step, w_row_step, bias, shift, lo, hi, out);
+            (void)kind;
+#else
             if (!QG_DSP && dil_w == 1) { /* plain C (few registers): one step for inputs and weights */
                 dw_pixel(x0, w0, ch, ch, kx1 - kx0, ky1 - ky0, x_row_step, w_row_step, bias, shift, kind, act_min,
                          act_max, out);
@@ -368,6 +441,7 @@ void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_
                 dw_pixel(x0, w0, ch, x_step, kx1 - kx0, ky1 - ky0, x_row_step, w_row_step, bias, shift, kind, act_min,
                          act_max, out);
             }
+#endif
         }
     }
 }
