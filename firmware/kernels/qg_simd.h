@@ -116,6 +116,14 @@ static inline int32_t qg_sxtb16_ror8(int32_t v)
     return r;
 }
 
+/* acc + (x1, x3) per int16 lane: SXTAB16 with its rotation (pooling sums four channels per word). */
+static inline int32_t qg_sxtab16_ror8(int32_t acc, int32_t v)
+{
+    int32_t r;
+    __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(acc), "r"(v));
+    return r;
+}
+
 /* (lo.lo, hi.lo) and (lo.hi, hi.hi) as int16 pairs: PKHBT / PKHTB (GCC 12 does not form them from C). */
 static inline int32_t qg_pkhbt(int32_t lo, int32_t hi)
 {
