@@ -473,8 +473,8 @@ def py_rnn(b, n, index: int):
     _, steps, n_in = g.tensors[n.inputs[0]].shape
     hid, fh = a["hidden"], a["state_frac"]
     if not any(c.head.startswith("_TANH_Q15 =") for c in b.model.consts):
-        b.const("_TANH_Q15", f"tanh at 513 points of [-8, 8], Q15 (int16): the table of every recurrent layer's "
-                f"sigmoid and tanh (codegen/ops/recurrent.py TANH_TABLE)", "_TANH_Q15 = array('h', (",
+        b.const("_TANH_Q15", "tanh at 513 points of [-8, 8], Q15 (int16): the table of every recurrent layer's "
+                "sigmoid and tanh (codegen/ops/recurrent.py TANH_TABLE)", "_TANH_Q15 = array('h', (",
                 _int_lines(TANH_TABLE), "))", 2 * TANH_TABLE.size)
     w_ih, w_hh = b.weight_rows(f"{sym}i", n.inputs[1]), b.weight_rows(f"{sym}h", n.inputs[2])
     b_ih, b_hh = b.bias(f"{sym}i", n.inputs[3]), b.bias(f"{sym}h", n.inputs[4])
