@@ -85,6 +85,12 @@ static inline int32_t qg_sigmoid_q11(int32_t x)
 /* an accumulator at its row's frac -> the gate frac, clamped to +-2^24 (recurrent._align) */
 static inline int32_t qg_align24(int32_t acc, int32_t shift)
 {
+#if QG_DSP
+    if (shift > 0) { /* the rounding as qg_requantize_pos_s8 does it (QADD: the one difference clamps alike) */
+        const int32_t r = __qadd(acc >> (shift - 1), 1) >> 1;
+        return r > QG_ALIGN_LIMIT ? QG_ALIGN_LIMIT : (r < -QG_ALIGN_LIMIT ? -QG_ALIGN_LIMIT : r);
+    }
+#endif
     return qg_requantize_s32(acc, shift, -QG_ALIGN_LIMIT, QG_ALIGN_LIMIT);
 }
 
@@ -148,32 +154,42 @@ static void qg_pack_s16(int16_t *dst, const int16_t *src, int32_t n)
     }
 }
 
-/* acc[q] += v . w[q * k ...] for 4 rows of k int8 weights and the packed int16 vector v (4-byte aligned) */
-static inline void qg_dot_4rows(const int16_t *v, const int8_t *w, int32_t k, int32_t acc[4])
+/* 4 columns of two rows: *a0 += (v0..v3) . w0[0..4), *a1 += (v0..v3) . w1[0..4), the pointers advanced. One asm
+ * block: GCC 12 hoists every load of an unrolled C loop to its top and spills the accumulators. */
+static inline void qg_mac_2rows_4(const qg_word_t **vp, const int8_t **w0, const int8_t **w1, int32_t *a0,
+                                  int32_t *a1)
+{
+    int32_t ve, vo, wv, t;
+    __asm__("ldrd %[ve], %[vo], [%[vp]], #8\n\t"
+            "ldr %[wv], [%[w0]], #4\n\t"
+            "sxtb16 %[t], %[wv]\n\t"
+            "smlad %[a0], %[t], %[ve], %[a0]\n\t"
+            "sxtb16 %[t], %[wv], ror #8\n\t"
+            "smlad %[a0], %[t], %[vo], %[a0]\n\t"
+            "ldr %[wv], [%[w1]], #4\n\t"
+            "sxtb16 %[t], %[wv]\n\t"
+            "smlad %[a1], %[t], %[ve], %[a1]\n\t"
+            "sxtb16 %[t], %[wv], ror #8\n\t"
+            "smlad %[a1], %[t], %[vo], %[a1]"
+            : [ve] "=&r"(ve), [vo] "=&r"(vo), [wv] "=&r"(wv), [t] "=&r"(t), [vp] "+r"(*vp), [w0] "+r"(*w0),
+              [w1] "+r"(*w1), [a0] "+r"(*a0), [a1] "+r"(*a1)
+            : "m"(*(const qg_word_t(*)[2]) * vp), "m"(*(const int8_t(*)[4]) * w0), "m"(*(const int8_t(*)[4]) * w1));
+}
+
+/* *acc0 += v . w[0 .. k), *acc1 += v . w[k .. 2k): two rows of int8 weights and the packed int16 vector v
+ * (4-byte aligned), 8 columns per iteration, then 4, then k % 4 */
+static inline void qg_dot_2rows(const int16_t *v, const int8_t *w, int32_t k, int32_t *acc0, int32_t *acc1)
 {
     const qg_word_t *vp = (const qg_word_t *)(const void *)v;
-    const int8_t *w0 = w, *w1 = w + k, *w2 = w + 2 * k, *w3 = w + 3 * k;
-    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    const int8_t *w0 = w, *w1 = w + k;
+    int32_t a0 = *acc0, a1 = *acc1;
     int32_t i;
-    for (i = k >> 2; i > 0; i--) {
-        int32_t ve, vo, wv;
-        qg_load_pair(&vp, &ve, &vo);
-        wv = qg_load_s8x4(w0);
-        w0 += 4;
-        a0 = __smlad(qg_sxtb16(wv), ve, a0);
-        a0 = __smlad(qg_sxtb16_ror8(wv), vo, a0);
-        wv = qg_load_s8x4(w1);
-        w1 += 4;
-        a1 = __smlad(qg_sxtb16(wv), ve, a1);
-        a1 = __smlad(qg_sxtb16_ror8(wv), vo, a1);
-        wv = qg_load_s8x4(w2);
-        w2 += 4;
-        a2 = __smlad(qg_sxtb16(wv), ve, a2);
-        a2 = __smlad(qg_sxtb16_ror8(wv), vo, a2);
-        wv = qg_load_s8x4(w3);
-        w3 += 4;
-        a3 = __smlad(qg_sxtb16(wv), ve, a3);
-        a3 = __smlad(qg_sxtb16_ror8(wv), vo, a3);
+    for (i = k >> 3; i > 0; i--) {
+        qg_mac_2rows_4(&vp, &w0, &w1, &a0, &a1);
+        qg_mac_2rows_4(&vp, &w0, &w1, &a0, &a1);
+    }
+    if (k & 4) {
+        qg_mac_2rows_4(&vp, &w0, &w1, &a0, &a1);
     }
     {
         const int16_t *vt = (const int16_t *)(const void *)vp;
@@ -181,16 +197,13 @@ static inline void qg_dot_4rows(const int16_t *v, const int8_t *w, int32_t k, in
             const int32_t vi = vt[i];
             a0 += vi * w0[i];
             a1 += vi * w1[i];
-            a2 += vi * w2[i];
-            a3 += vi * w3[i];
         }
     }
-    acc[0] = a0;
-    acc[1] = a1;
-    acc[2] = a2;
-    acc[3] = a3;
+    *acc0 = a0;
+    *acc1 = a1;
 }
 
+/* acc + v . w for one row (the last row of an odd count) */
 static inline int32_t qg_dot_1row(const int16_t *v, const int8_t *w, int32_t k, int32_t acc)
 {
     const qg_word_t *vp = (const qg_word_t *)(const void *)v;
@@ -211,75 +224,76 @@ static inline int32_t qg_dot_1row(const int16_t *v, const int8_t *w, int32_t k, 
     }
     return acc;
 }
-#define QG_RNN_ROWS 4
 #else
-/* acc[q] += v . w[q * k ...] for 2 rows, v int8 (x_t) or int16 (h): one load of v for both rows */
+/* *acc0 += v . w[0 .. k), *acc1 += v . w[k .. 2k), v int8 (x_t) or int16 (h): one load of v for both rows */
 #define QG_DOT_2ROWS(name, vtype)                                                                              \
-    static inline void name(const vtype *v, const int8_t *w, int32_t k, int32_t acc[2])                       \
+    static inline void name(const vtype *v, const int8_t *w, int32_t k, int32_t *acc0, int32_t *acc1)         \
     {                                                                                                          \
         const int8_t *w1 = w + k;                                                                              \
-        int32_t a0 = acc[0], a1 = acc[1];                                                                      \
+        int32_t a0 = *acc0, a1 = *acc1;                                                                        \
         int32_t i;                                                                                             \
         for (i = 0; i < k; i++) {                                                                              \
             const int32_t vi = v[i];                                                                           \
             a0 += vi * w[i];                                                                                   \
             a1 += vi * w1[i];                                                                                  \
         }                                                                                                      \
-        acc[0] = a0;                                                                                           \
-        acc[1] = a1;                                                                                           \
+        *acc0 = a0;                                                                                            \
+        *acc1 = a1;                                                                                            \
     }
 QG_DOT_2ROWS(qg_dot_2rows_s8, int8_t)
 QG_DOT_2ROWS(qg_dot_2rows_s16, int16_t)
-#define QG_RNN_ROWS 2
 #endif
 
-/* The gate rows [r0, r1) of one step: slot[r] = sat16(align(ax) + align(ah)) (the GRU's candidate rows: the
- * aligned ax in slot[r], requantize(ah, h_shift) to int16 in cand[r - 2H]). xv, hv: the vectors as the
- * products read them (DSP: packed int16 copies; plain: x_t itself and h). */
+/* Gate row r of one step from its two accumulators: slot[r] = sat16(align(ax) + align(ah)); the GRU's candidate
+ * rows (r >= split) keep the aligned ax in slot[r] and requantize(ah, h_shift) to int16 in cand[r - split]. */
+static inline void qg_gate_store(const qg_recurrent_params_t *p, int32_t r, int32_t split, int32_t ax, int32_t ah,
+                                 int32_t *slot, int32_t *cand)
+{
+    const int32_t a = qg_align24(ax, p->x_shift[r]);
+    if (r < split) {
+        slot[r] = qg_saturate(a + qg_align24(ah, p->h_shift[r]), -32768, 32767);
+    } else {
+        slot[r] = a;
+        cand[r - split] = qg_requantize_s32(ah, p->h_shift[r], -32768, 32767);
+    }
+}
+
+/* Every gate row of one step, two rows per pass. xv, hv: the vectors as the products read them (DSP: packed
+ * int16 copies of x_t and h; plain: x_t itself and h). */
 static void qg_gate_rows(const qg_recurrent_params_t *p, const void *xv, const int16_t *hv, int32_t *slot,
                          int32_t *cand)
 {
     const int32_t in = p->inputs, hid = p->hidden, rows = qg_gates(p) * hid;
     const int32_t split = p->cell == QG_CELL_GRU ? 2 * hid : rows; /* first candidate row */
-    int32_t r = 0;
-    while (r < rows) {
-        int32_t ax[QG_RNN_ROWS], ah[QG_RNN_ROWS], q, n = rows - r < QG_RNN_ROWS ? 1 : QG_RNN_ROWS;
-        for (q = 0; q < n; q++) {
-            ax[q] = p->b_ih[r + q];
-            ah[q] = p->b_hh[r + q];
-        }
+    const int8_t *wx = p->w_ih, *wh = p->w_hh;
+    int32_t r;
+    for (r = 0; r + 1 < rows; r += 2, wx += 2 * in, wh += 2 * hid) {
+        int32_t ax0 = p->b_ih[r], ax1 = p->b_ih[r + 1], ah0 = p->b_hh[r], ah1 = p->b_hh[r + 1];
 #if QG_DSP
-        if (n == QG_RNN_ROWS) {
-            qg_dot_4rows((const int16_t *)xv, p->w_ih + r * in, in, ax);
-            qg_dot_4rows(hv, p->w_hh + r * hid, hid, ah);
-        } else {
-            ax[0] = qg_dot_1row((const int16_t *)xv, p->w_ih + r * in, in, ax[0]);
-            ah[0] = qg_dot_1row(hv, p->w_hh + r * hid, hid, ah[0]);
-        }
+        qg_dot_2rows((const int16_t *)xv, wx, in, &ax0, &ax1);
+        qg_dot_2rows(hv, wh, hid, &ah0, &ah1);
 #else
-        if (n == QG_RNN_ROWS) {
-            qg_dot_2rows_s8((const int8_t *)xv, p->w_ih + r * in, in, ax);
-            qg_dot_2rows_s16(hv, p->w_hh + r * hid, hid, ah);
-        } else {
-            int32_t i;
-            const int8_t *wx = p->w_ih + r * in, *wh = p->w_hh + r * hid;
-            for (i = 0; i < in; i++) {
-                ax[0] += ((const int8_t *)xv)[i] * wx[i];
-            }
-            for (i = 0; i < hid; i++) {
-                ah[0] += hv[i] * wh[i];
-            }
+        qg_dot_2rows_s8((const int8_t *)xv, wx, in, &ax0, &ax1);
+        qg_dot_2rows_s16(hv, wh, hid, &ah0, &ah1);
+#endif
+        qg_gate_store(p, r, split, ax0, ah0, slot, cand);
+        qg_gate_store(p, r + 1, split, ax1, ah1, slot, cand);
+    }
+    if (r < rows) { /* an odd row count: the last row alone */
+        int32_t ax = p->b_ih[r], ah = p->b_hh[r];
+#if QG_DSP
+        ax = qg_dot_1row((const int16_t *)xv, wx, in, ax);
+        ah = qg_dot_1row(hv, wh, hid, ah);
+#else
+        int32_t i;
+        for (i = 0; i < in; i++) {
+            ax += ((const int8_t *)xv)[i] * wx[i];
+        }
+        for (i = 0; i < hid; i++) {
+            ah += hv[i] * wh[i];
         }
 #endif
-        for (q = 0; q < n; q++, r++) {
-            const int32_t a = qg_align24(ax[q], p->x_shift[r]);
-            if (r < split) {
-                slot[r] = qg_saturate(a + qg_align24(ah[q], p->h_shift[r]), -32768, 32767);
-            } else {
-                slot[r] = a;
-                cand[r - split] = qg_requantize_s32(ah[q], p->h_shift[r], -32768, 32767);
-            }
-        }
+        qg_gate_store(p, r, split, ax, ah, slot, cand);
     }
 }
 
