@@ -125,6 +125,7 @@ class CompileResult:
     report: dict
     out_dir: Path | None = None
     options: CompileOptions | None = None  # what the compile was asked (None: an older output directory)
+    window_graph: Graph | None = None  # --stream: the quantised whole-window model `graph` (one step) streams
     _host: HostModel | None = field(default=None, repr=False)
 
     # -- the integer reference (the spec)
@@ -152,12 +153,13 @@ class CompileResult:
         if self._host is None:
             inp = self.graph.tensors[self.graph.inputs[0]]
             out_size = sum(self.graph.tensors[o].size for o in self.graph.outputs)
+            stream = self.window_graph is not None  # <prefix>_step / _reset instead of _run
             if self.out_dir is not None:
-                self._host = HostModel(self.out_dir, self.prefix, inp.size, out_size)
+                self._host = HostModel(self.out_dir, self.prefix, inp.size, out_size, stream=stream)
             else:  # an in-memory result: the C files are needed only while cffi builds (into its cache)
                 with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
                     write_atomic(self.files, Path(tmp) / "model")
-                    self._host = HostModel(Path(tmp) / "model", self.prefix, inp.size, out_size)
+                    self._host = HostModel(Path(tmp) / "model", self.prefix, inp.size, out_size, stream=stream)
         return self._host
 
     def verify(self, x: np.ndarray | None = None) -> VerifyResult:
@@ -165,6 +167,15 @@ class CompileResult:
         x_i8 = quantize_input(self.graph, float_batch(self.graph, x, "verification data")) if x is not None \
             else self.saved_inputs()
         return host_verify(self.graph, self.host(), x_i8)
+
+    # -- streaming (--stream: `graph` is one step, codegen/passes/stream.py)
+    def stream(self):
+        """The streaming spec: a codegen.stream.StreamRunner (reset(), step(frame)) over the step graph."""
+        from .stream import StreamRunner
+
+        if self.window_graph is None:
+            raise UserError("this model was not compiled with stream=True (qgen compile --stream)")
+        return StreamRunner(self.graph)
 
     def saved_inputs(self) -> np.ndarray:
         import io
@@ -232,7 +243,7 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
             equalize: bool | None = None, precision: dict[str, int] | None = None,
             auto_precision: float | None = None, labels: np.ndarray | None = None, weights: str | None = None,
             max_flash: int | None = None, max_ram: int | None = None, board: str | None = None,
-            arena_argument: bool | None = None,
+            arena_argument: bool | None = None, stream: bool | None = None,
             train: tuple[np.ndarray, np.ndarray] | None = None) -> CompileResult:
     """Compile a PyTorch model to Q-format C.
 
@@ -272,12 +283,15 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
         among the known boards.
     arena_argument: `<prefix>_run(in, out, arena)` takes the arena from the caller (reentrant; no static
         arena), EmitOptions.arena_argument.
+    stream: one frame at a time (EmitOptions.stream, `qgen compile --stream`): `<prefix>_step(frame, out)` and
+        `<prefix>_reset()` for a model over a time axis; result.graph is then one step, result.window_graph the
+        whole-window model it streams, result.stream() the stateful spec (codegen/stream.py).
     """
     start = time.perf_counter()
     options = _merge_options(options, prefix=prefix, calibration=calibration, percentile=percentile,
                              bias_correction=bias_correction, equalize=equalize, precision=precision,
                              auto_precision=auto_precision, weights=weights, max_flash=max_flash, max_ram=max_ram,
-                             board=board, arena_argument=arena_argument)
+                             board=board, arena_argument=arena_argument, stream=stream)
     q, prefix = options.quant, options.emit.prefix
     check_prefix(prefix)
     out_dir = check_out_dir(out_dir) if out_dir is not None else None
@@ -320,7 +334,8 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
                                  **({"weights": q.weights} if q.weights != "int8" else {}),
                                  extra_passes=extra_names,
                                  calib=calib_text,
-                                 **({"arena_argument": True} if options.emit.arena_argument else {}))
+                                 **({"arena_argument": True} if options.emit.arena_argument else {}),
+                                 **({"stream": True} if options.emit.stream else {}))
     eval_x = eval_data if eval_data is not None else calib_data
     return driver.lower(graph, options, ctx, eval_x=eval_x, banner_options=banner_options,
                         command=command, out_dir=out_dir, report_extra=report_extra, start=start)
@@ -333,7 +348,7 @@ def _merge_options(options: CompileOptions | None, **keywords: Any) -> CompileOp
         raise UserError(f"options must be a codegen.CompileOptions, got {type(options).__name__}")
     groups = {"quant": ("calibration", "percentile", "bias_correction", "equalize", "precision", "auto_precision",
                         "weights"),
-              "emit": ("prefix", "arena_argument"), "limits": ("max_flash", "max_ram", "board")}
+              "emit": ("prefix", "arena_argument", "stream"), "limits": ("max_flash", "max_ram", "board")}
     changes = {}
     for group, names in groups.items():
         given = {n: keywords[n] for n in names if keywords.get(n) is not None}

@@ -96,7 +96,7 @@ def _load_array(path: str, what: str) -> np.ndarray:
 # `qgen compile` flag (argparse dest) -> CompileOptions field; FLAG_INPUTS are data, paths and actions, not
 # options; API_ONLY_FIELDS have no flag. tests/test_options.py checks that these cover both sides exactly.
 FLAG_FIELDS = {
-    "prefix": "emit.prefix", "arena_argument": "emit.arena_argument",
+    "prefix": "emit.prefix", "arena_argument": "emit.arena_argument", "stream": "emit.stream",
     "calibration": "quant.calibration", "percentile": "quant.percentile",
     "bias_correction": "quant.bias_correction", "equalize": "quant.equalize", "precision": "quant.precision",
     "weights": "quant.weights", "auto_precision": "quant.auto_precision", "max_acc_drop": "quant.auto_precision",
@@ -126,7 +126,8 @@ def compile_options(args):
                            bias_correction=args.bias_correction, equalize=args.equalize,
                            precision=dict(parse_spec(args.precision) or {}), weights=args.weights,
                            auto_precision=args.max_acc_drop if args.auto_precision else None),
-        compress=compressed, emit=EmitOptions(prefix=args.prefix, arena_argument=args.arena_argument),
+        compress=compressed, emit=EmitOptions(prefix=args.prefix, arena_argument=args.arena_argument,
+                                                   stream=args.stream),
         limits=LimitOptions(max_flash=max_flash, max_ram=max_ram))
 
 
@@ -357,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--equalize", action="store_true", help="cross-layer equalisation by powers of two")
     c.add_argument("--arena-argument", action="store_true", help="<prefix>_run(in, out, arena) takes the arena "
                    "from the caller (reentrant: no static arena; size <PREFIX>_ARENA_SIZE)")
+    c.add_argument("--stream", action="store_true", help="one frame at a time: <prefix>_step(frame, out) + "
+                   "<prefix>_reset() for a model over a time axis (IR axis 1: Conv1d, GRU/LSTM); causal convolutions "
+                   "keep their last frames, recurrent layers their state, in <PREFIX>_STATE_SIZE bytes")
     c.add_argument("--max-flash", type=_bytes, metavar="BYTES", help="refuse, before calibrating, a model whose "
                    "weights need more flash (default: the largest known board's; e.g. 2M, 512K)")
     c.add_argument("--max-ram", type=_bytes, metavar="BYTES", help="refuse a model whose activations need more "

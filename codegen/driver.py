@@ -101,10 +101,17 @@ def int_passes(options: CompileOptions, ctx: Context | None = None) -> Pipeline:
     return out
 
 
+def stream_passes(options: CompileOptions) -> Pipeline:
+    """--stream: the quantised whole-window graph (planned: its arena is reported) -> one step, planned again."""
+    from .passes import plan_memory, stream
+
+    return Pipeline([Pass("stream", stream.run), Pass("plan_memory", plan_memory.run)] if options.emit.stream else [])
+
+
 def pipeline(options: CompileOptions | None = None, ctx: Context | None = None) -> Pipeline:
     """The passes a compile with these options runs, in order (a list of Pass(name, fn); prints as names)."""
     options = options if options is not None else CompileOptions()
-    return Pipeline([*float_passes(options, ctx), *int_passes(options, ctx)])
+    return Pipeline([*float_passes(options, ctx), *int_passes(options, ctx), *stream_passes(options)])
 
 
 def lower(float_graph: Graph, options: CompileOptions, ctx: Context, *, eval_x: np.ndarray, banner_options: str,
@@ -127,23 +134,40 @@ def lower(float_graph: Graph, options: CompileOptions, ctx: Context, *, eval_x: 
     prefix = options.emit.prefix
     ctx.float_graph = float_graph
     graph = run_pipeline(copy.deepcopy(float_graph), list(int_passes(options, ctx)))
+    window = graph  # the whole-window quantised model: what the report measures (and a stream's spec)
+    if options.emit.stream:
+        from .passes.stream import stream_report
+
+        if options.emit.arena_argument:
+            from .errors import UserError
+
+            raise UserError("--stream keeps its state in static memory between steps; it cannot be combined with "
+                            "--arena-argument")
+        graph = run_pipeline(copy.deepcopy(window), list(stream_passes(options)))
     lim = ctx.lim if ctx.lim is not None else limits_mod.limits(options.limits.max_flash, options.limits.max_ram,
                                                                   options.limits.board)
-    limits_mod.check_compiled(model_data(graph, prefix).weight_bytes, graph.arena_size, lim)  # before any C text
+    from .passes.stream import state_size
+
+    limits_mod.check_compiled(model_data(graph, prefix).weight_bytes, graph.arena_size + state_size(graph),
+                              lim)  # before any C text
     eval_x = np.asarray(eval_x, dtype=np.float32)
-    x_i8 = quantize_input(graph, eval_x)
-    rep = report_mod.build(graph, float_graph, to_qgen_layout(graph, eval_x).astype(np.float64), x_i8, prefix)
+    x_i8 = quantize_input(window, eval_x)
+    rep = report_mod.build(window, float_graph, to_qgen_layout(window, eval_x).astype(np.float64), x_i8, prefix)
+    if options.emit.stream:
+        rep["stream"] = stream_report(window, graph)
     rep.update(report_extra or {})
     rep["options"] = options.to_dict()
     files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, banner_options, command),
-                                                arena_argument=options.emit.arena_argument))
+                                                arena_argument=options.emit.arena_argument,
+                                                stream=options.emit.stream))
     files["qgen_graph.json"], files["qgen_graph.npz"] = serialize.dumps(graph, options=rep["options"])
     files["qgen_verify_inputs.npy"] = serialize.npy_bytes(x_i8[:VERIFY_SAMPLES_SAVED])
     rep["compile_seconds"] = time.perf_counter() - start
     timeless = {k: v for k, v in rep.items() if k != "compile_seconds"}  # files stay deterministic
     files["report.md"] = report_mod.to_markdown(timeless)
     files["report.json"] = report_mod.to_json(timeless)
-    result = CompileResult(graph, float_graph, prefix, files, rep, options=options)
+    result = CompileResult(graph, float_graph, prefix, files, rep, options=options,
+                           window_graph=window if options.emit.stream else None)
     if out_dir is not None:
         write_atomic(files, Path(out_dir))
         result.out_dir = Path(out_dir)

@@ -31,11 +31,14 @@ class HostModel:
     """The generated model compiled for the host (a cffi extension), callable on batches of its input
     type (int8, or int16 with `--precision input=int16`: `input_dtype`)."""
 
-    def __init__(self, model_dir: Path, prefix: str, input_size: int, output_size: int):
+    def __init__(self, model_dir: Path, prefix: str, input_size: int, output_size: int, stream: bool = False):
         self.prefix, self.input_size, self.output_size = prefix, input_size, output_size
-        self._mod = _build(Path(model_dir).resolve(), prefix)  # cffi compiles in another directory
+        self._mod = _build(Path(model_dir).resolve(), prefix, stream)  # cffi compiles in another directory
         self.ffi, self.lib = self._mod.ffi, self._mod.lib
-        self._run = getattr(self.lib, f"{prefix}_run")
+        # a streaming model (--stream): run() calls <prefix>_step on each row in turn, reset() forgets the stream
+        self._run = getattr(self.lib, f"{prefix}_step" if stream else f"{prefix}_run")
+        if stream:
+            self.reset = getattr(self.lib, f"{prefix}_reset")
         self._in_type = f"{prefix}_input_t[]"
         self.input_dtype = {1: np.int8, 2: np.int16}[self.ffi.sizeof(f"{prefix}_input_t")]
 
@@ -89,7 +92,7 @@ def host_compile_command() -> list[str]:
     return [*shlex.split(cc or "cc"), *shlex.split(cflags), *shlex.split(ccshared or "-fPIC")]
 
 
-def _build(model_dir: Path, prefix: str):
+def _build(model_dir: Path, prefix: str, stream: bool = False):
     import cffi
 
     sources = model_sources(model_dir, prefix)
@@ -97,7 +100,7 @@ def _build(model_dir: Path, prefix: str):
     digest = hashlib.sha256()
     for path in sources + headers:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    digest.update(" ".join(HOST_CFLAGS).encode() + b"\0input_t")  # cdef version: the typed input
+    digest.update(" ".join(HOST_CFLAGS).encode() + b"\0input_t" + (b"\0stream" if stream else b""))  # cdef version
     name = f"_qgen_host_{prefix}_{digest.hexdigest()[:16]}"
     build_dir = cache_root() / "host" / name
     built = sorted(build_dir.glob(f"{name}*.so")) + sorted(build_dir.glob(f"{name}*.pyd"))
@@ -105,7 +108,8 @@ def _build(model_dir: Path, prefix: str):
         ffi = cffi.FFI()
         ffi.cdef(f"""
             typedef int... {prefix}_input_t;
-            int {prefix}_run(const {prefix}_input_t *in, int8_t *out);
+            {f"int {prefix}_step(const {prefix}_input_t *in, int8_t *out); void {prefix}_reset(void);" if stream
+             else f"int {prefix}_run(const {prefix}_input_t *in, int8_t *out);"}
             void {prefix}_quantize_input(const float *in, {prefix}_input_t *out);
             void {prefix}_dequantize_output(const int8_t *in, float *out);
             typedef void (*{prefix}_trace_fn)(int32_t layer, const int8_t *data, int32_t size);
@@ -200,10 +204,16 @@ STRICT_CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-Wconversion", "-Ws
 SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g", "-O1"]
 
 HARNESS_C = r"""
-/* qgen host harness: reads N input vectors from argv[1], writes N outputs to argv[2]. */
+/* qgen host harness: reads N input vectors from argv[1], writes N outputs to argv[2]. A streaming model
+ * (--stream) is reset once and stepped with the N vectors as one stream's frames. */
 #include <stdio.h>
 #include <stdlib.h>
 #include "%(prefix)s_model.h"
+#ifdef %(PREFIX)s_STREAM
+#define QG_HOST_RUN %(prefix)s_step
+#else
+#define QG_HOST_RUN %(prefix)s_run
+#endif
 
 int main(int argc, char **argv)
 {
@@ -214,8 +224,11 @@ int main(int argc, char **argv)
     fi = fopen(argv[1], "rb");
     fo = fopen(argv[2], "wb");
     if (fi == NULL || fo == NULL) { return 3; }
+#ifdef %(PREFIX)s_STREAM
+    %(prefix)s_reset();
+#endif
     while (fread(in, 1, sizeof in, fi) == sizeof in) {
-        if (%(prefix)s_run(in, out) != 0) { return 4; }
+        if (QG_HOST_RUN(in, out) != 0) { return 4; }
         if (fwrite(out, 1, sizeof out, fo) != sizeof out) { return 5; }
     }
     fclose(fi);

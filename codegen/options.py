@@ -55,6 +55,7 @@ class CompressOptions:
 class EmitOptions:
     prefix: str = "model"  # C symbol prefix (a lowercase C identifier)
     arena_argument: bool = False  # <prefix>_run(in, out, arena): the caller owns the arena (reentrant)
+    stream: bool = False  # <prefix>_step(frame, out) + <prefix>_reset(): one frame at a time (passes/stream.py)
 
 
 @dataclass(frozen=True)

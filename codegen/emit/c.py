@@ -17,6 +17,7 @@ from ..kernels import boundary_functions, model_sources, select
 from ..ops import SPEC
 from ..output import OUTPUT_MARKER, banner_lines, option_text, write_atomic  # noqa: F401 (re-exported)
 from ..passes.plan_memory import scratch_key
+from ..passes.stream import is_step, state_size
 from ..resources import data_dir, kernel_dir
 from ..weight_storage import is_int4
 from . import escape
@@ -94,6 +95,9 @@ class CModel:
     arena_symbol: str | None = None  # external shared arena instead of the model's own
     arena_argument: bool = False  # the caller passes the arena to <prefix>_run (no static storage)
     kernels_abi: int = 0  # QG_KERNELS_ABI of the kernel header, checked by the generated model.c
+    stream: bool = False  # a streaming step graph (passes/stream.py): <prefix>_step + <prefix>_reset, no _run
+    state_size: int = 0  # bytes of the stream's state memory (<prefix>_state), kept between steps
+    reset_calls: list[str] = field(default_factory=list)  # statements of <prefix>_reset after the state is zeroed
 
 
 def layer_macs(g: Graph, n: Node) -> int:
@@ -171,7 +175,8 @@ class _Builder:
 
     def buffer(self, tensor: str) -> str:
         region, offset = self.g.memory[tensor]
-        base = {"input": "in", "output": "out", "arena": f"{self.prefix}_arena"}[region]  # see model.c.j2
+        base = {"input": "in", "output": "out", "arena": f"{self.prefix}_arena",
+                "state": f"{self.prefix}_state"}[region]  # see model.c.j2
         return base if offset == 0 else f"{base} + {offset}"
 
     def const_tensor(self, node_sym: str, tensor: str, role: str) -> str:
@@ -197,6 +202,7 @@ class _Builder:
                               "inv_scale": _pow2_literal(-t.qformat.frac)})
         m.output_size = sum(o["size"] for o in m.outputs)
         m.arena_size = g.arena_size
+        m.stream, m.state_size = is_step(g), state_size(g)  # passes/stream.py
         for index, node in enumerate(g.nodes):
             m.layers.append(self.layer(index, node))
         m.macs = sum(layer.macs for layer in m.layers)
@@ -287,7 +293,7 @@ def template_environment() -> jinja2.Environment:
 
 
 def render(g: Graph, prefix: str, banner: list[str], arena_symbol: str | None = None,
-           arena_argument: bool = False) -> dict[str, str]:
+           arena_argument: bool = False, stream: bool = False) -> dict[str, str]:
     """Render the model's C files in memory: {relative path: text}. Deterministic.
 
     arena_symbol: use this external `int8_t[]` (e.g. an arena shared by several models that never run
@@ -303,6 +309,7 @@ def render(g: Graph, prefix: str, banner: list[str], arena_symbol: str | None = 
         check_prefix(arena_symbol)
         model.arena_symbol = arena_symbol
     model.arena_argument = arena_argument
+    model.stream = model.stream or stream  # --stream: _step/_reset even when no layer keeps state
     model.kernels_abi = kernels_abi()
     env = template_environment()
     files = {}

@@ -50,6 +50,7 @@ class Op(str, enum.Enum):
     GRU = "gru"  # one GRU layer and direction over a (1, T, I) sequence (codegen/ops/recurrent.py)
     LSTM = "lstm"  # one LSTM layer and direction
     RNN = "rnn"  # one Elman RNN layer and direction, attrs["nonlinearity"] tanh | relu
+    HISTORY = "history"  # streaming only: the last attrs["frames"] frames of its input (codegen/ops/stream.py)
 
 
 class Trait(enum.Flag):
@@ -73,6 +74,8 @@ class Trait(enum.Flag):
     FLOAT_ONLY = enum.auto()  # removed before quantisation (batch_norm: folded)
     STRIDED_OUT = enum.auto()  # its int8 kernel writes output pixels at a wider stride (`out_stride`): a concat
                                # input it produces can be written in place (passes/concat_in_place)
+    HOLDS_STATE = enum.auto()  # streaming: its output is state kept between steps (plan_memory's "state" region,
+                               # zeroed by <prefix>_reset), never scratch (passes/stream.py inserts it)
 
 
 class VerifyError(Exception):
@@ -134,9 +137,9 @@ def _no_check(g, n) -> None:
     return None
 
 
-from . import conv, eltwise, layout, matmul, norm, pool, recurrent, upsample  # noqa: E402  (the families register below)
+from . import conv, eltwise, layout, matmul, norm, pool, recurrent, stream, upsample  # noqa: E402  (the families register below)
 
-FAMILIES = (conv, norm, eltwise, pool, layout, upsample, matmul, recurrent)
+FAMILIES = (conv, norm, eltwise, pool, layout, upsample, matmul, recurrent, stream)
 SPEC: dict[Op, OpSpec] = {s.op: s for family in FAMILIES for s in family.SPECS}
 assert set(SPEC) == set(Op), set(Op) - set(SPEC)
 SPEC = {op: SPEC[op] for op in Op}  # enum order

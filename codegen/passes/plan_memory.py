@@ -149,8 +149,10 @@ def lifetimes(graph: Graph) -> list[Buffer]:
 
 
 def _plan(graph: Graph) -> tuple[dict[str, tuple[str, int]], list[Buffer]]:
+    from .stream import plan_state
+
     buffers = lifetimes(graph)
-    memory: dict[str, tuple[str, int]] = {}
+    memory: dict[str, tuple[str, int]] = plan_state(graph)  # a streaming step's state: its own region, kept
     out_offset = {}
     offset = 0
     for name in graph.outputs:
@@ -162,6 +164,8 @@ def _plan(graph: Graph) -> tuple[dict[str, tuple[str, int]], list[Buffer]]:
         outs = [t for t in buf.tensors if t in graph.outputs]
         if is_in and outs:
             raise UserError("the model output is its input (no computation); nothing to compile")
+        if buf.tensors[0] in memory:  # state (a history window): never in the arena
+            continue
         if is_in:
             for t in buf.tensors:
                 memory[t] = ("input", 0)

@@ -67,6 +67,9 @@ int main(void)
 #ifdef HARNESS_SET_TRACE
     HARNESS_SET_TRACE(qg_count_layer);
 #endif
+#ifdef HARNESS_RESET /* a streaming model: the input vectors are the frames of one stream */
+    HARNESS_RESET();
+#endif
     const int in_handle = qg_semihost_open(HARNESS_INPUT_FILE, QG_SEMIHOST_MODE_RB);
     if (in_handle < 0) {
         return fail(HARNESS_EXIT_OPEN_INPUT, "cannot open " HARNESS_INPUT_FILE);

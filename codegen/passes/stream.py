@@ -1,0 +1,320 @@
+"""Streaming: turn a quantised whole-window model over a time axis into one step that reads one new frame.
+
+`run(graph) -> graph` takes the quantised whole-window graph (input (1, L, C): IR axis 1 is time, as a Conv1d's
+(N, C, L) input or a batch-first (N, T, F) sequence lies) and returns the step graph: input one frame (1, 1, C),
+every op over time replaced by its one-frame form, the state it needs kept between steps:
+
+- per-frame ops (their output at time t depends only on their input at time t) run unchanged on one frame:
+  element-wise ops, LUTs, activations, pointwise convolutions (kernel 1 over time), norms and softmax over the
+  channels, slices and concatenations of channels, reshapes within a frame;
+- a convolution over time (kernel k > 1, stride 1, dilation d, no right padding: causal) reads a `history` node
+  (codegen/ops/stream.py), the window of its last K = (k - 1) * d + 1 input frames kept in state memory, and runs
+  unpadded on it: one output frame. Its left padding only decides how the whole-window model starts;
+- a recurrent layer (GRU, LSTM, RNN) runs one time step, its hidden state kept between steps (attrs["stream"]);
+- the slice of the last time step (x[:, :, -1], x[:, -1]) becomes a no-op: every step's frame is the last one.
+  From there on the tensors hold no time axis.
+
+The step's output at time t is the whole-window model's output for the window ending at t (its last frame when
+the output is a sequence): for convolutions once t >= receptive_field(graph) - 1, for recurrent layers for the
+window starting at frame 0 (with_time_length gives that model). What does not stream is refused naming the layer:
+right (non-causal) padding or a stride over time, pooling or reduction over the time axis, a linear layer or a
+flatten over the time axis, a backward recurrent layer.
+"""
+from __future__ import annotations
+
+import copy
+
+from ..errors import UserError
+from ..ir import Graph, Node, Op, verify
+from ..ops import SPEC, Trait, has
+
+STREAMABLE = ("per-frame ops (element-wise, activations, pointwise conv, norms and softmax over channels), causal "
+              "Conv1d / depthwise Conv1d (stride 1, any dilation, padding only on the left), GRU / LSTM / RNN "
+              "(forward), and the slice of the last time step")
+
+
+def _refuse(n: Node, what: str, todo: str) -> UserError:
+    return UserError(f"--stream: {n.where()} {what}, which does not stream one frame at a time. {todo} "
+                     f"(streamable: {STREAMABLE}).")
+
+
+def _conv_over_time(g: Graph, n: Node) -> tuple[int, int, int]:
+    """(kernel k, dilation d, left padding) over time of a conv / depthwise node on a (1, L, C) input; refuses the
+    non-causal and strided ones."""
+    _, kh, k, _ = g.tensors[n.inputs[1]].shape
+    top, left, bottom, right = n.attrs["padding"]
+    d = int(n.attrs.get("dilation", (1, 1))[1])
+    if kh != 1 or top or bottom:
+        raise _refuse(n, f"has a kernel of height {kh} (padding top/bottom {top}/{bottom}) over a (1, L, C) sequence",
+                      "Use Conv1d (a kernel over time only)")
+    if n.attrs["stride"][1] != 1:
+        raise _refuse(n, f"has stride {n.attrs['stride'][1]} over time",
+                      "Use stride 1 (decimate after the model, or run the strided part on every k-th output)")
+    if right:
+        raise _refuse(n, f"pads {right} frame(s) on the right (future frames: non-causal padding, e.g. "
+                         f"padding='same' or padding={right})",
+                      f"Use causal padding: padding=0 and F.pad(x, ({(k - 1) * d}, 0)) before the conv")
+    return int(k), d, int(left)
+
+
+def _time_axis(g: Graph) -> int:
+    x = g.tensors[g.inputs[0]]
+    if len(g.inputs) != 1 or len(x.shape) != 3 or x.shape[0] != 1:
+        raise UserError(f"--stream needs one sequence input, IR (1, L, C) (a Conv1d's (N, C, L) input or a "
+                        f"batch-first (N, T, F) sequence); this model's input is {list(x.shape)}")
+    return 1
+
+
+def time_axes(g: Graph) -> dict[str, int]:
+    """{activation tensor: its time axis} for the tensors that carry the time axis (the others hold one frame, after
+    the slice of the last time step). Refuses (UserError, naming the layer) every node that does not stream."""
+    timed = {g.inputs[0]: _time_axis(g)}
+    for n in g.nodes:
+        xs = [t for t in n.inputs if not g.tensors[t].is_const]
+        axes = {timed[t] for t in xs if t in timed}
+        if not axes:
+            continue
+        if len(axes) != 1 or any(t not in timed for t in xs):
+            raise _refuse(n, "mixes a sequence with a tensor that has no time axis (or two time axes)",
+                          "Combine tensors that both run over time, frame by frame")
+        ax = axes.pop()
+        rule = _RULES.get(n.op)
+        if rule is None:
+            rule = _per_frame if _is_per_frame_op(n) else _refused_op
+        out_axis = rule(g, n, ax)
+        if out_axis is not None:
+            timed[n.outputs[0]] = out_axis
+    return timed
+
+
+def _is_per_frame_op(n: Node) -> bool:
+    """Element i of the output depends only on element i (or its row of channels) of the inputs."""
+    return has(n.op, Trait.IN_PLACE) or (has(n.op, Trait.CHANNELWISE) and not has(n.op, Trait.SLIDING_WINDOW))
+
+
+def _refused_op(g, n, ax):
+    raise _refuse(n, f"runs over the time axis (IR axis {ax} of {list(g.tensors[n.inputs[0]].shape)})",
+                  "Keep the time axis to the ops listed, or take the last time step before this layer")
+
+
+def _per_frame(g, n, ax):
+    x = g.tensors[n.inputs[0]].shape
+    if n.op is Op.GROUP_NORM:
+        raise _refuse(n, "normalises over the whole window", "Use LayerNorm over the channels")
+    if n.op is Op.LAYER_NORM and len(x) - n.attrs["axes"] <= ax:
+        raise _refuse(n, "normalises over the time axis", "Normalise over the channels only (LayerNorm(C))")
+    if (n.op is Op.SOFTMAX) and ax == len(x) - 1:
+        raise _refuse(n, "takes its softmax over the time axis", "Take it over the channels")
+    shapes = {tuple(g.tensors[t].shape) for t in n.inputs if not g.tensors[t].is_const}
+    if len(shapes) > 1:
+        raise _refuse(n, f"broadcasts operands {sorted(shapes)} over time", "Give both operands the full sequence")
+    return ax
+
+
+def _conv(g, n, ax):
+    _conv_over_time(g, n)
+    return ax
+
+
+def _slice(g, n, ax):
+    length = g.tensors[n.inputs[0]].shape[ax]
+    a = n.attrs
+    if a["axis"] != ax:
+        return ax if a["axis"] > ax else _refused_op(g, n, ax)
+    if a["start"] + a["length"] == length and a["length"] == 1:
+        return None  # the last time step: the frame of the step
+    raise _refuse(n, f"keeps time steps [{a['start']}, {a['start'] + a['length']}) of {length}",
+                  "Take the last time step only (x[:, :, -1] or x[:, -1])")
+
+
+def _reshape(g, n, ax):
+    x, y = g.tensors[n.inputs[0]].shape, tuple(n.attrs["shape"])
+    frame = tuple(x[ax:])
+    for b in range(len(y)):
+        if y[b:] == frame and all(d == 1 for d in y[:b]):
+            return b
+    raise _refuse(n, f"reshapes {list(x)} to {list(y)}, mixing the time axis (IR axis {ax}) with the features "
+                     "(a flatten over time sees the whole window)",
+                  "Take the last time step (x[:, :, -1]) before flattening, or pool over channels only")
+
+
+def _concat(g, n, ax):
+    if n.attrs["axis"] == ax:
+        raise _refuse(n, "concatenates along the time axis", "Concatenate channels")
+    return _per_frame(g, n, ax)
+
+
+def _recurrent(g, n, ax):
+    if n.attrs.get("reverse"):
+        raise _refuse(n, "runs backwards over time (bidirectional)", "Use a unidirectional layer")
+    return None if n.attrs.get("last") else ax
+
+
+def _pad(g, n, ax):
+    top, left, bottom, right = n.attrs["padding"]
+    if right or top or bottom:
+        raise _refuse(n, f"pads (top {top}, left {left}, bottom {bottom}, right {right}): future frames or rows",
+                      "Pad only on the left of the time axis (causal): F.pad(x, (p, 0))")
+    return ax
+
+
+def _pool(g, n, ax):
+    kh, kw = n.attrs.get("kernel", (None, None))
+    if (kh, kw) == (1, 1) and tuple(n.attrs["stride"]) == (1, 1):
+        return ax
+    raise _refuse(n, f"pools over time (kernel {n.attrs.get('kernel')}, stride {n.attrs.get('stride')})",
+                  "Take the last time step instead of a pooling over the window (x[:, :, -1] rather than the mean)")
+
+
+def _reduce(g, n, ax):
+    if ax == len(g.tensors[n.inputs[0]].shape) - 1:
+        raise _refuse(n, "reduces over the time axis", "Take the last time step instead of the mean")
+    return ax
+
+
+_RULES = {Op.CONV2D: _conv, Op.DEPTHWISE_CONV2D: _conv, Op.SLICE: _slice, Op.RESHAPE: _reshape, Op.CONCAT: _concat,
+          Op.GRU: _recurrent, Op.LSTM: _recurrent, Op.RNN: _recurrent, Op.PAD: _pad,
+          Op.MAXPOOL2D: _pool, Op.AVGPOOL2D: _pool, Op.REDUCE: _reduce, Op.SOFTMAX: _per_frame,
+          Op.LAYER_NORM: _per_frame, Op.GROUP_NORM: _per_frame}
+
+
+def receptive_field(g: Graph) -> int | None:
+    """Frames the outputs at time t depend on (t - RF + 1 .. t); None when unbounded (a recurrent layer)."""
+    time_axes(g)  # refuses what does not stream
+    rf: dict[str, int | None] = {g.inputs[0]: 1}
+    for n in g.nodes:
+        got = [rf[t] for t in n.inputs if t in rf]
+        if not got:
+            continue
+        span = None if None in got or _RULES.get(n.op) is _recurrent else max(got)
+        if span is not None and _RULES.get(n.op) is _conv:
+            k, d, _ = _conv_over_time(g, n)
+            span += (k - 1) * d
+        rf[n.outputs[0]] = span
+    spans = [rf.get(o, 1) for o in g.outputs]
+    return None if None in spans else max(spans)
+
+
+def with_time_length(g: Graph, length: int) -> Graph:
+    """The same quantised model over `length` frames (the whole-window spec for any window: the reference the
+    stream is compared with). Only the time axis changes: the slice of the last time step follows it."""
+    timed = time_axes(g)
+    out = copy.deepcopy(g)
+    _set_axis(out, g.inputs[0], timed[g.inputs[0]], length)
+    for n in out.nodes:
+        if n.op is Op.RESHAPE and n.inputs[0] in timed:
+            shape = list(n.attrs["shape"])
+            shape[timed[n.outputs[0]]] = out.tensors[n.inputs[0]].shape[timed[n.inputs[0]]]
+            n.attrs["shape"] = tuple(shape)
+        if n.op is Op.SLICE and n.inputs[0] in timed and n.outputs[0] not in timed:
+            n.attrs["start"] = out.tensors[n.inputs[0]].shape[n.attrs["axis"]] - 1
+        out.tensors[n.outputs[0]].shape = tuple(SPEC[n.op].shape(out, n))
+    out.memory, out.arena_size = {}, 0
+    verify(out, quantized=True)
+    return out
+
+
+def _set_axis(g: Graph, name: str, axis: int, length: int) -> None:
+    shape = list(g.tensors[name].shape)
+    shape[axis] = length
+    g.tensors[name].shape = tuple(shape)
+
+
+def run(graph: Graph) -> Graph:
+    """The step graph of the quantised whole-window `graph` (see the module docstring); refuses what cannot stream."""
+    timed = time_axes(graph)
+    g = copy.deepcopy(graph)
+    nodes: list[Node] = []
+    for n in g.nodes:
+        xs = [t for t in n.inputs if not g.tensors[t].is_const]
+        if not any(t in timed for t in xs):
+            nodes.append(n)
+            continue
+        rule = _RULES.get(n.op)
+        if rule is _conv:
+            k, d, _ = _conv_over_time(graph, n)
+            n.attrs["padding"] = (0, 0, 0, 0)
+            if (k - 1) * d:
+                nodes.append(_history(g, n, (k - 1) * d + 1))
+        elif rule is _slice and n.outputs[0] not in timed:  # the last time step: the step's frame itself
+            n = Node(n.name, Op.RESHAPE, [n.inputs[0]], n.outputs, {"shape": None}, n.source)
+        elif rule is _recurrent:
+            n.attrs["stream"] = True  # its state persists between steps (plan_memory, the C emitter)
+        elif rule is _pad:
+            n = Node(n.name, Op.RESHAPE, [n.inputs[0]], n.outputs, {"shape": None}, n.source)
+        nodes.append(n)
+    g.nodes = nodes
+    for name, axis in timed.items():
+        _set_axis(g, name, axis, 1)
+    for n in g.nodes:
+        if n.op is Op.RESHAPE:
+            n.attrs["shape"] = tuple(g.tensors[n.outputs[0]].shape)
+    g.memory, g.arena_size = {}, 0
+    verify(g, quantized=True)
+    return g
+
+
+def _history(g: Graph, conv: Node, frames: int) -> Node:
+    """A history node before `conv` (its input's last `frames` frames); the conv reads the window."""
+    x = g.tensors[conv.inputs[0]]
+    name = g.fresh_name(f"{conv.inputs[0]}_window")
+    g.tensors[name] = copy.deepcopy(x)
+    g.tensors[name].name = name
+    g.tensors[name].shape = (1, frames, x.shape[2])
+    node = Node(f"{conv.name}.history", Op.HISTORY, [conv.inputs[0]], [name], {"frames": frames}, conv.source)
+    conv.inputs[0] = name
+    return node
+
+
+def is_step(g: Graph) -> bool:
+    """A step graph of a streaming model (it holds state: a history node or a streaming recurrent layer)."""
+    return any(has(n.op, Trait.HOLDS_STATE) or n.attrs.get("stream") for n in g.nodes)
+
+
+# ---------------------------------------------------------------- state memory (plan_memory's "state" region)
+
+STATE = "state:"
+
+
+def state_key(step: int) -> str:
+    """graph.memory key of the state of a streaming recurrent layer (node `step`): its h (and LSTM c), int16."""
+    return f"{STATE}{step}"
+
+
+def state_buffers(g: Graph) -> list[tuple[str, int]]:
+    """(memory key, bytes) of every state of a step graph, in node order: the window of each history node (its
+    output tensor) and the (h, c) of each streaming recurrent layer (state_key(step))."""
+    found = []
+    for step, n in enumerate(g.nodes):
+        if has(n.op, Trait.HOLDS_STATE):
+            found.append((n.outputs[0], g.tensors[n.outputs[0]].nbytes))
+        elif n.attrs.get("stream"):
+            from ..ops.recurrent import state_bytes
+
+            found.append((state_key(step), state_bytes(g, n)))
+    return found
+
+
+def plan_state(g: Graph) -> dict[str, tuple[str, int]]:
+    """{key: ("state", offset)}: every state one after the other, 4-byte aligned (all live for the whole stream)."""
+    memory, offset = {}, 0
+    for key, size in state_buffers(g):
+        memory[key] = ("state", offset)
+        offset += -(-size // 4) * 4
+    return memory
+
+
+def state_size(g: Graph) -> int:
+    """Bytes of the state region (`<PREFIX>_STATE_SIZE`): 0 for a model that does not stream."""
+    return sum(-(-size // 4) * 4 for _, size in state_buffers(g))
+
+
+def stream_report(window: Graph, step: Graph) -> dict:
+    """report.json's "stream": receptive field, state and arena bytes of the step vs the whole-window arena."""
+    from ..ops import SPEC as _SPEC
+
+    macs_window = sum(_SPEC[n.op].macs(window, n) for n in window.nodes)
+    macs_step = sum(_SPEC[n.op].macs(step, n) for n in step.nodes)
+    return {"receptive_field": receptive_field(window), "window_frames": window.tensors[window.inputs[0]].shape[1],
+            "state_bytes": state_size(step), "step_arena_bytes": step.arena_size,
+            "window_arena_bytes": window.arena_size, "step_macs": macs_step, "window_macs": macs_window}

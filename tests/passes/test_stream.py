@@ -1,0 +1,129 @@
+"""passes/stream.py: the step graph of a whole-window model, its refusals, and the streaming spec
+(codegen/stream.py StreamRunner) equal to the whole-window spec on every window ending at t."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from stream_models import TCN, SeqOut
+from torch import nn
+
+import codegen
+from codegen.errors import UserError
+from codegen.ir import Op
+from codegen.passes import stream
+from codegen.stream import StreamRunner, window_reference
+
+
+def _quantised(model, shape, seed=0):
+    torch.manual_seed(seed)
+    model = model.eval()
+    calib = torch.randn(32, *shape[1:])
+    return codegen.compile(model, torch.randn(*shape), calib).graph
+
+
+@pytest.fixture(scope="module")
+def tcn():
+    torch.manual_seed(0)
+    return _quantised(TCN(), (1, 10, 32))  # window 32 >= receptive field 29
+
+
+def test_step_graph_reads_one_frame_and_keeps_histories(tcn):
+    step = stream.run(tcn)
+    assert step.tensors[step.inputs[0]].shape == (1, 1, 10)
+    histories = [n for n in step.nodes if n.op is Op.HISTORY]
+    assert [n.attrs["frames"] for n in histories] == [3, 3, 5, 5, 9, 9]  # (k - 1) * d + 1, d = 1, 2, 4
+    assert all(n.attrs["padding"] == (0, 0, 0, 0) for n in step.nodes if n.op is Op.CONV2D)
+    assert stream.receptive_field(tcn) == 1 + 2 * (2 + 4 + 8)
+    assert stream.state_size(step) == 16 * (3 + 3 + 5 + 5 + 9 + 9)
+
+
+def _check_stream(whole, frames, window):
+    runner = StreamRunner(stream.run(whole))
+    outs = runner.run(frames)
+    first = 0 if window is None else window - 1
+    for t in range(first, frames.shape[2]):
+        np.testing.assert_array_equal(outs[:, t], window_reference(whole, frames, t, window), err_msg=f"step {t}")
+    return outs
+
+
+def test_stream_equals_the_whole_window_model_on_every_window(tcn, rng):
+    frames = rng.integers(-128, 128, (3, 1, 48, 10))
+    frames[0, :, :5] = 127  # saturation runs into the histories
+    _check_stream(tcn, frames, 32)
+
+
+def test_causal_stream_equals_the_window_from_frame_zero(tcn, rng):
+    """Every padding is causal: before the window is full, the stream is the model on frames 0..t."""
+    frames = rng.integers(-128, 128, (2, 1, 30, 10))
+    _check_stream(tcn, frames, None)
+
+
+def test_sequence_output_streams_its_last_frame(rng):
+    whole = _quantised(SeqOut(), (1, 6, 16))
+    step = stream.run(whole)
+    assert step.tensors[step.outputs[0]].shape == (1, 1, 8)
+    _check_stream(whole, rng.integers(-128, 128, (2, 1, 30, 6)), 16)
+
+
+def test_with_time_length_follows_the_last_step(tcn):
+    g = stream.with_time_length(tcn, 7)
+    assert g.tensors[g.inputs[0]].shape == (1, 7, 10)
+    assert [n.attrs["start"] for n in g.nodes if n.op is Op.SLICE] == [6]
+
+
+class _Same(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)[:, :, -1]
+
+
+class _Mean(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 4, 1)
+
+    def forward(self, x):
+        return self.conv(x).mean(2)
+
+
+class _Strided(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 4, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, (2, 0)))[:, :, -1]
+
+
+class _Flatten(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4 * 8, 2)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(x), 1))
+
+
+@pytest.mark.parametrize("model, words", [
+    (_Same(), ["conv2d 'conv'", "right", "F.pad(x, (2, 0))"]),
+    (_Mean(), ["time", "last time step"]),
+    (_Strided(), ["conv2d 'conv'", "stride 2"]),
+    (_Flatten(), ["reshape", "time axis", "x[:, :, -1]"]),
+], ids=["same_padding", "mean_over_time", "stride", "flatten"])
+def test_what_does_not_stream_is_refused_naming_the_layer(model, words):
+    whole = _quantised(model, (1, 4, 8))
+    with pytest.raises(UserError) as err:
+        stream.run(whole)
+    for w in words:
+        assert w in str(err.value), str(err.value)
+
+
+def test_an_image_input_is_refused():
+    whole = _quantised(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()), (1, 1, 5, 5))
+    with pytest.raises(UserError, match="sequence input"):
+        stream.run(whole)
