@@ -226,6 +226,9 @@ def cmd_firmware(args) -> int:
 
     from . import deploy
 
+    if args.image:
+        return _firmware_image(args)
+    args.out = args.out or "build/firmware"
     with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
         model_dir = _model_dir(args, Path(tmp))
         fw = deploy.build(model_dir, args.board, Path(tmp) / "build", project_dir=args.out)
@@ -235,6 +238,33 @@ def cmd_firmware(args) -> int:
     print(deploy.fit_line(fw.elf))
     print(f"wrote {args.out}/ (Makefile project: `make`, `make run` under QEMU)")
     return 0
+
+
+def _firmware_image(args) -> int:
+    import tempfile
+
+    from . import deploy
+    from .target.image import build_image
+
+    out = args.out or "build/image"
+    with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
+        built = build_image(_model_dir(args, Path(tmp)), args.board, out)
+    fw = built.firmware
+    print(f"board {fw.board.name}: {fw.board.description} (its own memory map: a flashable image)")
+    print(deploy.fit_line(fw.elf))
+    print(f"wrote {out}/ ({', '.join(f for f in built.files if f.startswith('firmware.'))}); "
+          f"flash it: qgen flash --board {fw.board.name} --dir {out}")
+    return 0
+
+
+def cmd_flash(args) -> int:
+    from .target import load_board
+    from .target.flash import flash_text, run_flash
+
+    board = load_board(args.board)
+    for line in flash_text(board, Path(args.dir), args.probe):
+        print(line)
+    return run_flash(board, Path(args.dir), args.probe) if args.run else 0
 
 
 def cmd_run(args) -> int:
@@ -410,8 +440,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("firmware", help="build the model for a Cortex-M board: Makefile project, ELF, sizes, fit")
     model_args(f)
-    f.add_argument("--out", default="build/firmware", help="project directory (written atomically)")
+    f.add_argument("--out", default=None, help="output directory, written atomically (default build/firmware; "
+                   "build/image with --image)")
+    f.add_argument("--image", action="store_true", help="link for the board's real memory map and write flashable "
+                   "firmware.bin, firmware.hex (and firmware.uf2 where the boot ROM takes UF2) instead of a project")
     f.set_defaults(fn=cmd_firmware)
+
+    fl = sub.add_parser("flash", help="print (with --run: execute) the command that flashes a --image build")
+    fl.add_argument("--board", required=True, help="board name (boards/*.toml)")
+    fl.add_argument("--dir", default="build/image", help="the `qgen firmware --image` output directory")
+    fl.add_argument("--probe", help="programming tool (default: the board's first; see [flash] in its TOML)")
+    fl.add_argument("--run", action="store_true", help="execute the flash command (the board must be connected)")
+    fl.set_defaults(fn=cmd_flash)
+
 
     q = sub.add_parser("run", help="run the model on a board under QEMU: bit-exact check, instruction count")
     model_args(q)

@@ -88,10 +88,11 @@ def fit_line(elf: ElfInfo) -> str:
 
 
 def build(model_dir: str | Path, board: str | Board, build_dir: str | Path, opt: str = "-O2",
-          project_dir: str | Path | None = None, count_layers: bool = False) -> FirmwareBuild:
+          project_dir: str | Path | None = None, count_layers: bool = False, image: bool = False) -> FirmwareBuild:
     """Cross-compile a qgen output directory for `board`; optionally also write a Makefile project.
 
-    Raises UserError (with the sizes) when the image does not fit the board's flash or RAM.
+    Raises UserError (with the sizes) when the image does not fit the board's flash or RAM. `image` links for
+    the real part's memory map (a flashable image, codegen/target/image.py) instead of the QEMU machine's.
     """
     model_dir = Path(model_dir)
     board = load_board(board) if isinstance(board, str) else board
@@ -99,7 +100,7 @@ def build(model_dir: str | Path, board: str | Board, build_dir: str | Path, opt:
     prefix = compiled.prefix
     check_model_fits(board, model_dir / f"{prefix}_model.h", prefix)  # before a long cross build
     elf = build_elf(board, model_sources(model_dir, prefix), [model_dir, model_dir / "kernels"], prefix,
-                    Path(build_dir), opt, extra_cflags=MODEL_CFLAGS, count_layers=count_layers)
+                    Path(build_dir), opt, extra_cflags=MODEL_CFLAGS, count_layers=count_layers, image=image)
     project = None
     if project_dir is not None:
         project = write_project(board, model_dir, Path(project_dir), prefix)

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 from codegen.target.boards import (  # noqa: F401 (re-exported)
     Board,
+    FlashTools,
+    ImageMap,
     QemuMachine,
     _as_board,
     board_problems,

@@ -30,6 +30,31 @@ class QemuMachine:
 
 
 @dataclass(frozen=True)
+class ImageMap:
+    """The real part's memory map, which `qgen firmware --image` links a flashable image for ([image])."""
+
+    flash_origin: int
+    flash_kb: int
+    ram_origin: int
+    ram_kb: int
+    boot2: bool = False            # RP2040: a 256-byte second-stage boot loader with its CRC-32 comes first
+    uf2_family: int | None = None  # the boot ROM takes UF2 files with this family id
+
+
+@dataclass(frozen=True)
+class FlashTools:
+    """How `qgen flash` programs the board ([flash]): the tools (first = default) and their names for the part."""
+
+    probes: tuple[str, ...]
+    pyocd_target: str | None = None
+    pyocd_pack: bool = False       # the target comes from a CMSIS pack: `pyocd pack install <target>` once
+    openocd_configs: tuple[str, ...] = ()
+    openocd_commands: tuple[str, ...] = ()
+    nrfjprog_family: str | None = None
+    mcc_application_note: str | None = None  # Arm MPS2/MPS3: the images.txt folder on the board's USB drive
+
+
+@dataclass(frozen=True)
 class Board:
     """One target microcontroller (see boards/*.toml)."""
 
@@ -44,6 +69,8 @@ class Board:
     cflags: tuple[str, ...]
     qemu: QemuMachine
     stack_kb: int = DEFAULT_STACK_KB  # reserved at the top of RAM, counted in the fit check
+    image: ImageMap | None = None     # the real memory map for flashable images (None: QEMU only)
+    flash: FlashTools | None = None
 
     @property
     def has_fpu(self) -> bool:
@@ -67,14 +94,20 @@ def load_board(name: str) -> Board:
 def parse_board(data: dict[str, Any], source: str = "<board>") -> Board:
     """Build a Board from parsed TOML; raise UserError if fields are missing or disagree."""
     try:
-        fields = {key: value for key, value in data.items() if key != "qemu"}
-        board = Board(**{**fields, "cflags": tuple(fields["cflags"]), "qemu": QemuMachine(**data["qemu"])})
+        fields = {key: value for key, value in data.items() if key not in ("qemu", "image", "flash")}
+        board = Board(**{**fields, "cflags": tuple(fields["cflags"]), "qemu": QemuMachine(**data["qemu"])},
+                      image=ImageMap(**data["image"]) if "image" in data else None,
+                      flash=_flash_tools(data["flash"]) if "flash" in data else None)
     except (KeyError, TypeError) as exc:
         raise UserError(f"{source}: malformed board description ({exc})") from exc
     problems = board_problems(board)
     if problems:
         raise UserError(f"{source}: " + "; ".join(problems))
     return board
+
+
+def _flash_tools(table: dict[str, Any]) -> FlashTools:
+    return FlashTools(**{key: tuple(value) if isinstance(value, list) else value for key, value in table.items()})
 
 
 def board_problems(board: Board) -> list[str]:
@@ -91,6 +124,8 @@ def board_problems(board: Board) -> list[str]:
     problems += [f"cflags lack '{flag}'" for flag in expected if flag not in board.cflags]
     if board.stack_kb >= min(board.ram_kb, board.qemu.ram_kb):
         problems.append(f"stack_kb {board.stack_kb} leaves no RAM for data")
+    if board.image is not None and board.stack_kb >= board.image.ram_kb:
+        problems.append(f"stack_kb {board.stack_kb} leaves no RAM for data in the [image] map")
     return problems
 
 

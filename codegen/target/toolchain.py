@@ -25,7 +25,7 @@ from codegen.hostcheck import cache_root
 from codegen.kernel_lib import archive as kernel_archive
 from codegen.kernel_lib import split_sources
 from codegen.resources import data_dir
-from codegen.target.boards import Board, _as_board
+from codegen.target.boards import Board, ImageMap, _as_board
 from codegen.target.common import (
     COMMON_CFLAGS,
     CROSS_CC,
@@ -215,14 +215,25 @@ def trace_define(prefix: str) -> str:
     return f"{prefix.upper()}_ENABLE_TRACE"
 
 
-def linker_script_text(board: Board) -> str:
-    """The linker script for the board's QEMU memory map (firmware/startup/qg_link.ld.j2)."""
-    qemu = board.qemu
-    layout = {"board": board.name, "machine": qemu.machine,
-              "flash_origin": f"0x{qemu.flash_origin:08x}", "flash_length": f"{qemu.flash_kb}K",
-              "ram_origin": f"0x{qemu.ram_origin:08x}", "ram_length": f"{qemu.ram_kb}K",
-              "stack_size": f"{board.stack_kb}K"}
+def linker_script_text(board: Board, image: bool = False) -> str:
+    """The linker script for the board's QEMU memory map (firmware/startup/qg_link.ld.j2), or with `image`
+    for the real part's map (boards/*.toml [image]: a flashable image; see codegen/target/image.py)."""
+    memory = image_map(board) if image else board.qemu
+    what = f"the {board.description} memory map (flashable image)" if image else \
+        f"the QEMU {board.qemu.machine} memory map"
+    layout = {"board": board.name, "map": what,
+              "flash_origin": f"0x{memory.flash_origin:08x}", "flash_length": f"{memory.flash_kb}K",
+              "ram_origin": f"0x{memory.ram_origin:08x}", "ram_length": f"{memory.ram_kb}K",
+              "stack_size": f"{board.stack_kb}K", "boot2": image and image_map(board).boot2}
     return _templates().get_template("qg_link.ld.j2").render(layout=layout)
+
+
+def image_map(board: Board) -> ImageMap:
+    """The board's real memory map; UserError for a board described for QEMU only."""
+    if board.image is None:
+        raise UserError(f"board '{board.name}' has no [image] memory map in its TOML, so qgen cannot link a "
+                        "flashable image for it; add one (flash/RAM origins and sizes of the part)")
+    return board.image
 
 
 def harness_sources() -> list[Path]:
@@ -232,7 +243,8 @@ def harness_sources() -> list[Path]:
 
 def build_elf(board: Board | str, sources: Sequence[Path | str], include_dirs: Sequence[Path | str],
               prefix: str, out_dir: Path | str, opt: str = "-O2", *,
-              extra_cflags: Sequence[str] = (), check_fit: bool = True, count_layers: bool = False) -> ElfInfo:
+              extra_cflags: Sequence[str] = (), check_fit: bool = True, count_layers: bool = False,
+              image: bool = False) -> ElfInfo:
     """Cross-compile the model `sources` with the harness into `out_dir/firmware.elf`.
 
     `include_dirs` must let the harness find `<prefix>_model.h`, which defines
@@ -242,7 +254,8 @@ def build_elf(board: Board | str, sources: Sequence[Path | str], include_dirs: S
     does not fit the real board's flash/RAM (unless `check_fit` is False) or the QEMU memory map,
     TargetError if a source does not compile. `count_layers` builds the model with its per-layer
     trace hook wired to the layer marker, so that run_qemu reports instructions per layer (the
-    sources must be a generated model, which defines `<prefix>_set_trace`).
+    sources must be a generated model, which defines `<prefix>_set_trace`). `image` links for the
+    real part's memory map instead ([image]; with the RP2040's boot2) for a flashable image.
     """
     board = _as_board(board)
     check_tools([CROSS_CC, CROSS_PREFIX + "size"])
@@ -252,7 +265,7 @@ def build_elf(board: Board | str, sources: Sequence[Path | str], include_dirs: S
     if count_layers:
         extra_cflags = [*extra_cflags, f"-D{trace_define(prefix)}"]
     linker_script = out_dir / "firmware.ld"
-    linker_script.write_text(linker_script_text(board))
+    linker_script.write_text(linker_script_text(board, image))
 
     includes = [f"-I{d}" for d in [out_dir, _startup_dir(), *include_dirs]]
     base = [CROSS_CC, *board.cflags, opt, *COMMON_CFLAGS, *includes, *extra_cflags]
@@ -268,7 +281,11 @@ def build_elf(board: Board | str, sources: Sequence[Path | str], include_dirs: S
     warnings += "".join(lib.warnings for lib in libs)
 
     elf, map_path = out_dir / "firmware.elf", out_dir / "firmware.map"
-    _link(board, [*objects, *(lib.path for lib in libs)], linker_script, elf, map_path)
+    if image and image_map(board).boot2:
+        from codegen.target.image import boot2_object
+
+        objects.append(boot2_object(board, out_dir / "obj"))
+    _link(board, [*objects, *(lib.path for lib in libs)], linker_script, elf, map_path, image)
     sizes = read_section_sizes(elf)
     fit = check_fits(board, sizes) if check_fit else fit_report(board, sizes)
     return ElfInfo(path=elf, map_path=map_path, board=board.name, prefix=prefix, sizes=sizes, fit=fit,
@@ -296,7 +313,8 @@ def _compile_all(jobs: list[tuple[Path, list[str]]], obj_dir: Path) -> tuple[lis
     return objects, "".join(diagnostics)
 
 
-def _link(board: Board, objects: list[Path], linker_script: Path, elf: Path, map_path: Path) -> None:
+def _link(board: Board, objects: list[Path], linker_script: Path, elf: Path, map_path: Path,
+          image: bool = False) -> None:
     command = [CROSS_CC, *board.cflags, *LINK_FLAGS, "-T", str(linker_script),
                f"-Wl,-Map={map_path}", *map(str, objects), "-o", str(elf)]
     try:
@@ -306,6 +324,10 @@ def _link(board: Board, objects: list[Path], linker_script: Path, elf: Path, map
         if overflow is None:
             raise
         qemu = board.qemu
+        if image:
+            memory = image_map(board)
+            raise UserError(f"firmware does not fit {board.name}'s memory ({memory.flash_kb} KB flash, "
+                            f"{memory.ram_kb} KB RAM): {overflow.group(0)}") from exc
         raise UserError(f"firmware does not fit the {qemu.machine} memory map used to run {board.name} "
                         f"({qemu.flash_kb} KB code, {qemu.ram_kb} KB RAM): {overflow.group(0)}") from exc
 
