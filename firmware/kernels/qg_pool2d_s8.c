@@ -17,34 +17,59 @@
 
 /* The max of every channel over a window of n_rows x width pixels starting at x0 (channels-last, `ch`
  * channels, input rows in_w pixels long). Max pooling walks only the window cells inside the image (no
- * test per cell). With the DSP extension it takes four channels per word: SSUB8 sets a per-byte
- * "a >= b" flag and SEL picks the larger bytes, 2 instructions per 4 maxima. Writes follow the reads of
- * the same channels (within one pixel: the order contract). */
+ * test per cell; a max window is never empty: check_pool). With the DSP extension it takes four channels
+ * per word, eight per pass: SSUB8 sets a per-byte "a >= b" flag and SEL picks the larger bytes,
+ * 2 instructions per 4 maxima. Writes follow the reads of the same channels (within one pixel: the order
+ * contract). */
 static inline void max_window_s8(const int8_t *x0, int32_t n_rows, int32_t width, int32_t in_w, int32_t ch,
                                  int8_t *out)
 {
-    const int32_t row_step = (in_w - width) * ch;
-    int32_t c = 0, ky, kx;
+    const int32_t row_len = width * ch, in_row = in_w * ch;
+    int32_t c = 0, ky;
 #if QG_DSP
+    const int32_t row_step = in_row - row_len;
+    for (; c + 7 < ch; c += 8) { /* two words per cell: half the loop overhead per channel */
+        const int8_t *x_i8 = x0 + c;
+        uint32_t max0_s8x4 = 0x80808080u, max1_s8x4 = 0x80808080u; /* four times -128 */
+        ky = n_rows;
+        do {
+            const int8_t *row_end = x_i8 + row_len;
+            do {
+                const uint32_t v0 = (uint32_t)qg_load_s8x4(x_i8), v1 = (uint32_t)qg_load_s8x4(x_i8 + 4);
+                x_i8 += ch;
+                (void)__ssub8((int32_t)max0_s8x4, (int32_t)v0);
+                max0_s8x4 = __sel(max0_s8x4, v0);
+                (void)__ssub8((int32_t)max1_s8x4, (int32_t)v1);
+                max1_s8x4 = __sel(max1_s8x4, v1);
+            } while (x_i8 != row_end);
+            x_i8 += row_step;
+        } while (--ky > 0);
+        memcpy(out + c, &max0_s8x4, 4);
+        memcpy(out + c + 4, &max1_s8x4, 4);
+    }
     for (; c + 3 < ch; c += 4) {
         const int8_t *x_i8 = x0 + c;
-        uint32_t max_s8x4 = 0x80808080u; /* four times -128 */
-        for (ky = 0; ky < n_rows; ky++, x_i8 += row_step) {
-            for (kx = 0; kx < width; kx++, x_i8 += ch) {
+        uint32_t max_s8x4 = 0x80808080u;
+        ky = n_rows;
+        do {
+            const int8_t *row_end = x_i8 + row_len;
+            do {
                 const uint32_t v = (uint32_t)qg_load_s8x4(x_i8);
+                x_i8 += ch;
                 (void)__ssub8((int32_t)max_s8x4, (int32_t)v);
                 max_s8x4 = __sel(max_s8x4, v);
-            }
-        }
+            } while (x_i8 != row_end);
+            x_i8 += row_step;
+        } while (--ky > 0);
         memcpy(out + c, &max_s8x4, 4);
     }
 #endif
-    for (; c < ch; c++) {
-        const int8_t *x_i8 = x0 + c;
-        int32_t max_i32 = -128;
-        for (ky = 0; ky < n_rows; ky++, x_i8 += row_step) {
-            for (kx = 0; kx < width; kx++, x_i8 += ch) {
-                const int32_t x = *x_i8;
+    for (; c < ch; c++) { /* one index per row: ARMv6-M's LDRSB takes a register offset only */
+        const int8_t *x_row = x0 + c;
+        int32_t max_i32 = -128, i;
+        for (ky = 0; ky < n_rows; ky++, x_row += in_row) {
+            for (i = 0; i < row_len; i += ch) {
+                const int32_t x = x_row[i];
                 max_i32 = x > max_i32 ? x : max_i32;
             }
         }
