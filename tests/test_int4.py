@@ -240,3 +240,16 @@ def test_qat_int4_equals_integer_reference():
     with torch.no_grad():
         y_qat = qm.eval()(torch.from_numpy(x_te[:64])).numpy()
     assert np.array_equal(y_qat, result.predict(x_te[:64]))
+
+
+@pytest.mark.micropython
+def test_micropython_pure_module_unpacks_int4_at_import(model, tmp_path):
+    """The pure module stores each int4 layer's weights packed (ceil(n/2) bytes) and unpacks them at import."""
+    from test_micropython import check_graph
+
+    from codegen.emit.micropython import render_micropython
+
+    graph, _, x, _ = model
+    src = render_micropython(graph, "i4", ["test"])["i4.py"]
+    assert "_L0_W = _int4_rows((" in src and "int4 s4." in src
+    check_graph(graph, x, tmp_path, prefix="i4")

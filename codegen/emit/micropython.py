@@ -158,6 +158,15 @@ class _Builder:
         data = t.data
         rows, row_len = data.shape[0], int(np.prod(data.shape[1:]))
         name = f"_{sym}_W"
+        if t.qformat is not None and t.qformat.bits == 4:  # int4: packed two per byte, unpacked at import
+            comment = (f"weights {list(t.shape)} int4 {t.qformat}, values [{int(data.min()) if data.size else 0}, "
+                       f"{int(data.max()) if data.size else 0}]: {rows} rows of {row_len}, two per byte, low "
+                       "nibble first")
+            flat = np.asarray(data, np.int64).reshape(-1)
+            nib = np.concatenate([flat, np.zeros(flat.size % 2, np.int64)]) & 0xF
+            packed = (nib[0::2] | (nib[1::2] << 4)).astype(np.uint8)
+            return self.const(name, comment, f"{name} = _int4_rows((", _bytes_lines(packed.view(np.int8)),
+                              f"), {flat.size}, {row_len})", packed.size)
         comment = (f"weights {list(t.shape)} int8 {t.qformat}, values [{int(data.min()) if data.size else 0}, "
                    f"{int(data.max()) if data.size else 0}]: {rows} rows of {row_len}")
         return self.const(name, comment, f"{name} = _int8_rows((", _bytes_lines(data), f"), {row_len})",

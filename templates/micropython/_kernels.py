@@ -72,6 +72,16 @@ def _int8_rows(data, row_len):
     return tuple(mv[i:i + row_len] for i in range(0, len(mv), row_len))
 
 
+def _int4_rows(data, n, row_len):
+    """n int4 weights packed two per byte, low nibble first -> int8 rows of row_len, as _int8_rows."""
+    a = array('b', bytes(n))
+    for i in range(n):
+        v = (data[i >> 1] >> ((i & 1) << 2)) & 15
+        a[i] = v - ((v & 8) << 1)
+    mv = memoryview(a)
+    return tuple(mv[i:i + row_len] for i in range(0, n, row_len))
+
+
 def _conv2d(x, y, p, s):
     # Python: list the window's nonzero patch positions (and their values) once per output pixel (post-ReLU
     # activations and padding are mostly zeros, and a skipped zero costs nothing in any of the Cout dot
