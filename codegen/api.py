@@ -44,6 +44,8 @@ def torch_input_shape(graph: Graph) -> tuple[int, ...]:
         return (shape[2], shape[0], shape[1])
     if layout == "ncl":
         return (shape[2], shape[1])
+    if layout == "nlc":  # a time-major sequence (a recurrent model's input): PyTorch (L, C) = IR (1, L, C)
+        return (shape[1], shape[2])
     return tuple(shape)
 
 
@@ -303,6 +305,8 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
         torch_shape = (in_shape[2], in_shape[0], in_shape[1])
     elif layout == "ncl":
         torch_shape = (in_shape[2], in_shape[1])
+    elif layout == "nlc":
+        torch_shape = (in_shape[1], in_shape[2])
     else:
         torch_shape = in_shape
     if calib_data is not None:

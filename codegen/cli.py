@@ -99,7 +99,8 @@ FLAG_FIELDS = {
     "prefix": "emit.prefix", "arena_argument": "emit.arena_argument", "stream": "emit.stream",
     "calibration": "quant.calibration", "percentile": "quant.percentile",
     "bias_correction": "quant.bias_correction", "equalize": "quant.equalize", "precision": "quant.precision",
-    "weights": "quant.weights", "auto_precision": "quant.auto_precision", "max_acc_drop": "quant.auto_precision",
+    "weights": "quant.weights", "recurrent_state": "quant.recurrent_state",
+    "auto_precision": "quant.auto_precision", "max_acc_drop": "quant.auto_precision",
     "max_flash": "limits.max_flash", "max_ram": "limits.max_ram",
     "prune": "compress.prune", "prune_scope": "compress.prune_scope", "importance": "compress.importance",
     "channels": "compress.channels", "rank": ("compress.rank", "compress.rank_energy"),
@@ -125,6 +126,7 @@ def compile_options(args):
         quant=QuantOptions(calibration=args.calibration, percentile=args.percentile,
                            bias_correction=args.bias_correction, equalize=args.equalize,
                            precision=dict(parse_spec(args.precision) or {}), weights=args.weights,
+                           recurrent_state=int(args.recurrent_state.removeprefix("int")),
                            auto_precision=args.max_acc_drop if args.auto_precision else None),
         compress=compressed, emit=EmitOptions(prefix=args.prefix, arena_argument=args.arena_argument,
                                                    stream=args.stream),
@@ -406,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weights", choices=("int8", "int4"), default="int8",
                    help="int4: every conv/depthwise/linear layer gets packed int4 weights (two per byte) where "
                    "its activations are int8")
+    g.add_argument("--recurrent-state", choices=("int8", "int16"), default="int16",
+                   help="hidden state of the GRU/LSTM/RNN layers: int16 (default, Q15) or int8 (the layer's own "
+                   "int8 output: less RAM and work per step, less accurate)")
     g.add_argument("--auto-precision", action="store_true",
                    help="raise the most sensitive layers to int16 until --max-acc-drop is met")
     g.add_argument("--max-acc-drop", type=float, default=0.5, help="bound for --auto-precision, in points")
@@ -452,7 +457,6 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--probe", help="programming tool (default: the board's first; see [flash] in its TOML)")
     fl.add_argument("--run", action="store_true", help="execute the flash command (the board must be connected)")
     fl.set_defaults(fn=cmd_flash)
-
 
     q = sub.add_parser("run", help="run the model on a board under QEMU: bit-exact check, instruction count")
     model_args(q)

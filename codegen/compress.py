@@ -136,13 +136,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _torch_batch(x: np.ndarray):
+def _torch_batch(x: np.ndarray, graph: Graph):
     """Training samples in PyTorch layout -> a float32 batch in the IR's layout (1-D models included)."""
     import torch
 
     from .torch_ir import to_ir_layout
 
-    return to_ir_layout(torch.tensor(np.asarray(x), dtype=torch.float32))
+    return to_ir_layout(torch.tensor(np.asarray(x), dtype=torch.float32), graph.io_layout.get(graph.inputs[0]))
 
 
 def gradient_importance(graph: Graph, x: np.ndarray, y: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
@@ -153,7 +153,7 @@ def gradient_importance(graph: Graph, x: np.ndarray, y: np.ndarray, batch: int =
     from .torch_ir import FloatModule
 
     module = FloatModule(graph)
-    xt, yt = _torch_batch(x), torch.as_tensor(np.asarray(y))
+    xt, yt = _torch_batch(x, graph), torch.as_tensor(np.asarray(y))
     for start in range(0, len(xt), batch):
         loss = torch.nn.functional.cross_entropy(module(xt[start:start + batch]), yt[start:start + batch],
                                                  reduction="sum")
@@ -184,7 +184,7 @@ def finetune(graph: Graph, train: tuple[np.ndarray, np.ndarray], opts: CompressO
     params = list(module.params.values())
     opt = torch.optim.Adam(params, lr=opts.lr)
     x, y = train
-    xt, yt = _torch_batch(x), torch.as_tensor(np.asarray(y))
+    xt, yt = _torch_batch(x, graph), torch.as_tensor(np.asarray(y))
     gen = torch.Generator().manual_seed(opts.seed)
     for _ in range(opts.finetune_epochs):
         for idx in torch.randperm(len(xt), generator=gen).split(opts.batch):

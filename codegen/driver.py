@@ -94,7 +94,12 @@ def int_passes(options: CompileOptions, ctx: Context | None = None) -> Pipeline:
     from .passes import concat_in_place, plan_memory, quantize
 
     ctx = ctx if ctx is not None else Context()
-    out = Pipeline([Pass("share_concat_formats", concat_in_place.share_formats), Pass("quantize", quantize.run)])
+    out = Pipeline([Pass("share_concat_formats", concat_in_place.share_formats)])
+    if options.quant.recurrent_state != 16:
+        from .passes import recurrent_state
+
+        out.append(Pass("recurrent_state", lambda g: recurrent_state.run(g, options.quant.recurrent_state)))
+    out.append(Pass("quantize", quantize.run))
     if options.quant.bias_correction:
         out.append(Pass("bias_correction", lambda g: bias_correction_pass.run(g, ctx.float_graph, ctx.calib)))
     out += [Pass("concat_in_place", concat_in_place.run), Pass("plan_memory", plan_memory.run)]

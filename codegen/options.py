@@ -26,6 +26,7 @@ class QuantOptions:
     equalize: bool = False  # cross-layer equalisation by powers of two
     precision: dict[str, int] = field(default_factory=dict)  # {layer name: 8 | 16}: int16 output activations
     auto_precision: float | None = None  # bound on the accuracy drop (points): raise layers to int16 until met
+    recurrent_state: int = 16  # 8 | 16: the hidden state of every GRU/LSTM/RNN layer (16: int16 Q15; 8: its output)
     weights: str = "int8"  # "int8" | "int4": every conv2d/depthwise/linear layer's weights (precision overrides)
 
 

@@ -188,6 +188,8 @@ class QATModel(nn.Module):
             return (shape[2], shape[0], shape[1])
         if layout == "ncl":
             return (shape[2], shape[1])
+        if layout == "nlc":
+            return (shape[1], shape[2])
         return tuple(shape)
 
     def float_graph(self) -> Graph:
@@ -209,7 +211,7 @@ class QATModel(nn.Module):
         g = self._graph
         exact = not self.training
         dtype = torch.float64 if exact else torch.float32
-        x = torch_ir.to_ir_layout(torch.as_tensor(x).to(dtype))
+        x = torch_ir.to_ir_layout(torch.as_tensor(x).to(dtype), g.io_layout.get(g.inputs[0]))
         x = _requant(x * _pow2(self._frac[g.inputs[0]]), -128, 127, not exact)
         y = torch_ir.execute(g, x, lambda i, node, xs: self._node(i, node, xs, exact, dtype))
         out = g.outputs[0]

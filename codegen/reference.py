@@ -45,8 +45,11 @@ def run_int(g: Graph, x_q: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def to_qgen_layout(g: Graph, x: np.ndarray) -> np.ndarray:
-    """Input batch in PyTorch layout -> qgen layout: (N,C,H,W) -> (N,H,W,C), (N,C,L) -> (N,1,L,C)."""
+    """Input batch in PyTorch layout -> qgen layout: (N,C,H,W) -> (N,H,W,C), (N,C,L) -> (N,1,L,C); with the
+    input's io_layout 'nlc' (a time-major sequence), (N,L,C) -> (N,1,L,C)."""
     x = np.asarray(x)
+    if x.ndim == 3 and g is not None and g.io_layout.get(g.inputs[0]) == "nlc":
+        return x[:, None]
     if x.ndim == 4:
         return x.transpose(0, 2, 3, 1)
     if x.ndim == 3:
@@ -63,7 +66,32 @@ def quantize_input(g: Graph, x_torch: np.ndarray) -> np.ndarray:
 
 
 def to_torch_layout(x: np.ndarray, layout: str | None = None) -> np.ndarray:
-    """qgen layout -> PyTorch layout: (N,H,W,C) -> (N,C,H,W); with layout 'ncl', (N,1,L,C) -> (N,C,L)."""
+    """qgen layout -> PyTorch layout: (N,H,W,C) -> (N,C,H,W); with layout 'ncl', (N,1,L,C) -> (N,C,L); with
+    'nlc', (N,1,L,C) -> (N,L,C)."""
+    if x.ndim == 4 and layout == "nlc":
+        return x[:, 0]
     if x.ndim == 4 and layout == "ncl":
         return x[:, 0].transpose(0, 2, 1)
     return x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
+
+
+def torch_sample_shape(g: Graph, name: str) -> tuple[int, ...]:
+    """One sample's PyTorch shape of a model input or output: (C, H, W), (C, L), (L, C) ('nlc') or (F,)."""
+    shape = g.tensors[name].shape
+    layout = g.io_layout.get(name, "nchw" if len(shape) == 3 else "nf")
+    if layout == "nchw":
+        return (shape[2], shape[0], shape[1])
+    if layout == "ncl":
+        return (shape[2], shape[1])
+    if layout == "nlc":
+        return (shape[1], shape[2])
+    return tuple(shape)
+
+
+def boundary_hwc(g: Graph, name: str) -> tuple[int, int, int]:
+    """(h, w, c) for the C / MicroPython boundary helpers that convert PyTorch's CHW floats to qgen's HWC: an
+    'nlc' sequence (and a vector) lies in PyTorch's order already, (1, 1, size) makes the conversion a copy."""
+    shape = g.tensors[name].shape
+    if len(shape) == 3 and g.io_layout.get(name) != "nlc":
+        return tuple(int(s) for s in shape)  # type: ignore[return-value]
+    return (1, 1, int(np.prod(shape)))

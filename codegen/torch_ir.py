@@ -27,9 +27,11 @@ WEIGHTED = with_trait(Trait.WEIGHTED)
 # ------------------------------------------------------------------ layouts at the model's boundary
 
 
-def to_ir_layout(x: torch.Tensor) -> torch.Tensor:
+def to_ir_layout(x: torch.Tensor, layout: str | None = None) -> torch.Tensor:
     """A batch in PyTorch layout -> the IR's (reference.to_qgen_layout): (N,C,H,W) -> (N,H,W,C),
-    (N,C,L) -> (N,1,L,C), (N,F) unchanged."""
+    (N,C,L) -> (N,1,L,C), (N,F) unchanged; `layout` is the input's graph.io_layout ('nlc': (N,L,C) -> (N,1,L,C))."""
+    if x.ndim == 3 and layout == "nlc":
+        return x[:, None]
     if x.ndim == 4:
         return x.permute(0, 2, 3, 1)
     if x.ndim == 3:
@@ -42,6 +44,8 @@ def to_torch_layout(y: torch.Tensor, layout: str | None) -> torch.Tensor:
     output's graph.io_layout ('ncl': (N,1,L,C) -> (N,C,L))."""
     if y.ndim != 4:
         return y
+    if layout == "nlc":
+        return y[:, 0]
     return y[:, 0].permute(0, 2, 1) if layout == "ncl" else y.permute(0, 3, 1, 2)
 
 

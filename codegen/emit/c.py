@@ -18,6 +18,7 @@ from ..ops import SPEC
 from ..output import OUTPUT_MARKER, banner_lines, option_text, write_atomic  # noqa: F401 (re-exported)
 from ..passes.plan_memory import scratch_key
 from ..passes.stream import is_step, state_size
+from ..reference import boundary_hwc
 from ..resources import data_dir, kernel_dir
 from ..weight_storage import is_int4
 from . import escape
@@ -189,14 +190,14 @@ class _Builder:
     def build(self) -> CModel:
         g, m = self.g, self.model
         x = g.tensors[g.inputs[0]]
-        shape = x.shape if len(x.shape) == 3 else (1, 1, x.shape[0])
+        shape = boundary_hwc(g, x.name)  # PyTorch's CHW floats <-> qgen's HWC (an 'nlc' sequence: a copy)
         m.input = {"name": x.name, "shape": list(x.shape), "size": x.size, "frac": x.qformat.frac,
                    "dtype": x.dtype, "ctype": CTYPES[x.dtype],
                    "quantize_fn": boundary_functions(g)[0],
                    "h": shape[0], "w": shape[1], "c": shape[2], "scale": _pow2_literal(x.qformat.frac)}
         for name in g.outputs:
             t = g.tensors[name]
-            shape = t.shape if len(t.shape) == 3 else (1, 1, t.shape[0])
+            shape = boundary_hwc(g, name)
             m.outputs.append({"name": name, "shape": list(t.shape), "size": t.size, "frac": t.qformat.frac,
                               "offset": g.memory[name][1], "h": shape[0], "w": shape[1], "c": shape[2],
                               "inv_scale": _pow2_literal(-t.qformat.frac)})

@@ -27,6 +27,7 @@ from .. import __version__
 from ..errors import UserError
 from ..ir import Graph, Node, Op, signature
 from ..ops import SPEC
+from ..reference import boundary_hwc
 from .c import check_prefix, layer_macs, template_environment
 
 BYTES_PER_LINE = 24  # bytes per `b'...'` source line (4 characters each: \xNN)
@@ -135,10 +136,6 @@ def requant_triples(shifts) -> tuple[list[int], list[int], list[int]]:
     return mul, rnd, shr
 
 
-def _hwc(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    return tuple(shape) if len(shape) == 3 else (1, 1, int(np.prod(shape)))  # type: ignore[return-value]
-
-
 class _Builder:
     def __init__(self, g: Graph, prefix: str, banner: list[str]):
         self.g = g
@@ -216,13 +213,13 @@ class _Builder:
     def build(self) -> PyModel:
         g, m = self.g, self.model
         x = g.tensors[g.inputs[0]]
-        h, w, c = _hwc(x.shape)
+        h, w, c = boundary_hwc(g, x.name)
         m.input = {"name": x.name, "shape": _tuple_expr(x.shape), "size": x.size, "frac": x.qformat.frac,
                    "h": h, "w": w, "c": c, "scale": _pow2_expr(x.qformat.frac), "qformat": str(x.qformat)}
         offset = 0
         for name in g.outputs:
             t = g.tensors[name]
-            h, w, c = _hwc(t.shape)
+            h, w, c = boundary_hwc(g, name)
             region, planned = g.memory[name]
             if region != "output" or planned != offset:
                 raise AssertionError(f"output %{name} planned at {region}+{planned}, expected output+{offset}")

@@ -258,6 +258,9 @@ class _Lowering:
         # fx node name -> the name its functional spelling would get (`relu__1` -> `relu_1`), so that the
         # in-place and functional spellings of an op name their IR node and tensor alike
         self.fx_names: dict[str, str] = {}
+        # fx node name -> (value, Layout or None) lowered ahead by a producer that reads its users (a recurrent
+        # layer builds only what its getitems, h_n[k] and out[:, -1] read: frontend/torch_recurrent.py)
+        self.ready: dict[str, tuple[Any, Layout | None]] = {}
 
     # -- helpers
     def const(self, base: str, array: np.ndarray) -> str:
@@ -408,6 +411,10 @@ class _Lowering:
                     self.env[fx_node.name] = tensor.detach().double().numpy()
                 else:
                     self.placeholder(fx_node)
+            elif fx_node.op == "call_function" and fx_node.name in self.ready:
+                self.env[fx_node.name], lay = self.ready.pop(fx_node.name)
+                if lay is not None:
+                    self.lay[fx_node.name] = lay
             elif fx_node.op == "call_function":
                 handler = HANDLERS.get(fx_node.target)
                 functional = _functional_of(fx_node.target) if handler is None else None
@@ -432,6 +439,12 @@ class _Lowering:
                     if sizes is not None and not (len(sizes) in LAYOUTS and sizes[0] == 1):
                         raise UserError(f"model output '{o.name}' has shape {list(sizes)}; qgen returns (1, C, H, W), "
                                         "(1, C, L) or (1, F) outputs. Reshape it to one of these before returning.")
+                    if sizes is not None and len(sizes) == 3 and o.name in self.lay and _time_major(self.lay[o.name]):
+                        # a sequence lying (L, C) (a recurrent layer's output): returned as it lies, io_layout nlc
+                        name = self.alias(self.env[o.name], (1, sizes[1], sizes[2]), source_of(o))
+                        self.graph.outputs.append(name)
+                        self.graph.io_layout[name] = "nlc"
+                        continue
                     name = self.value(o)  # in the output convention (a copy if it lies otherwise)
                     if not isinstance(name, str):
                         raise UserError("model output is a constant; qgen compiles computed outputs only")
@@ -457,14 +470,49 @@ class _Lowering:
         if len(shape) not in (2, 3, 4) or shape[0] != 1:
             raise UserError(f"input '{fx_node.name}' has shape {list(shape)}; qgen supports (1, C, H, W) "
                             "images, (1, C, L) sequences and (1, F) vectors with batch size 1")
-        name = self.act(fx_node.name, ir_shape_of(shape))
+        time_major = len(shape) == 3 and _wants_time_major(fx_node)
+        name = self.act(fx_node.name, (1, shape[1], shape[2]) if time_major else ir_shape_of(shape))
         self.graph.inputs.append(name)
-        self.graph.io_layout[name] = LAYOUTS[len(shape)]
+        self.graph.io_layout[name] = "nlc" if time_major else LAYOUTS[len(shape)]
         self.env[fx_node.name] = name
-        self.lay[fx_node.name] = layout.canonical(shape)
+        self.lay[fx_node.name] = layout.from_order(shape, (0, 1, 2)) if time_major else layout.canonical(shape)
 
 
+# PyTorch layout of a model input / output: "nchw" (IR (H, W, C)), "ncl" (IR (1, L, C)), "nf"; a 3-D tensor
+# whose first use reads time-major features (a batch_first recurrent layer, x.transpose(1, 2) before a Conv1d)
+# is "nlc": PyTorch (1, L, C) is IR (1, L, C), no transpose at the boundary
 LAYOUTS = {2: "nf", 3: "ncl", 4: "nchw"}
+
+
+def _time_major(lay: Layout) -> bool:
+    """A 3-D (1, L, C) value lying row-major (C innermost) and not in the canonical (C, L) order."""
+    return lay == layout.from_order(lay.sizes, (0, 1, 2)) and lay != layout.canonical(lay.sizes)
+
+
+def _wants_time_major(fx_node) -> bool:
+    """Every use of a (1, L, C) input reads it with C innermost: a batch_first recurrent layer, or a swap of
+    L and C (x.transpose(1, 2), x.permute(0, 2, 1): a Conv1d over the features), or a swap of batch and L
+    (x.transpose(0, 1)) that feeds seq-first recurrent layers only."""
+    from .torch_recurrent import KINDS
+
+    def swaps(u, dims) -> bool:
+        if u.target in (aten.transpose.int, aten.swapaxes.default, aten.swapdims.default):
+            return {int(u.args[1]) % 3, int(u.args[2]) % 3} == set(dims)
+        if u.target is aten.permute.default:
+            perm = [int(p) % 3 for p in u.args[1]]
+            return perm == [0, 1, 2][:min(dims)] + [max(dims), min(dims)] + [0, 1, 2][max(dims) + 1:]
+        return False
+
+    def reads(u, node, batch_first: bool) -> bool:
+        if u.target in KINDS:
+            flag = u.args[8] if len(u.args) > 8 else False
+            return u.args[0] is node and bool(flag) == batch_first
+        return False
+
+    users = list(fx_node.users)
+    return bool(users) and all(
+        reads(u, fx_node, True) or swaps(u, (1, 2))
+        or (swaps(u, (0, 1)) and u.users and all(reads(v, u, False) for v in u.users)) for u in users)
 
 
 def _torch_sizes(fx_node) -> tuple[int, ...] | None:
@@ -1568,6 +1616,10 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.alias.default: _identity,
     aten.detach.default: _identity,
 }
+from .torch_recurrent import HANDLERS as _RECURRENT  # noqa: E402 (it imports this module's helpers)
+
+HANDLERS.update(_RECURRENT)
+
 try:  # getitem comes from the operator module in FX graphs
     import operator
 

@@ -258,7 +258,7 @@ def _check_and_convert(graph: Graph, calib: np.ndarray) -> np.ndarray:
         raise UserError("calibration set is empty; give at least one sample (more is better: ~100+)")
     layout = graph.io_layout.get(graph.inputs[0], "nchw" if len(expect) == 3 else "nf")
     torch_shape = {"nchw": lambda: [expect[2], expect[0], expect[1]], "ncl": lambda: [expect[2], expect[1]],
-                   "nf": lambda: list(expect)}[layout]()
+                   "nlc": lambda: [expect[1], expect[2]], "nf": lambda: list(expect)}[layout]()
     if list(x.shape[1:]) != torch_shape:
         got = list(np.asarray(calib).shape)
         raise UserError(f"calibration data has shape {got}; the model input is {torch_shape} per sample, "
