@@ -288,4 +288,43 @@ def render_micropython(graph: Graph, prefix: str, banner: list[str]) -> dict[str
     check_module_name(prefix)
     model = model_data(graph, prefix, banner)
     text = template_environment().get_template("micropython/model.py.j2").render(m=model)
-    return {f"{prefix}.py": text}
+    return {f"{prefix}.py": used_kernels_only(text)}
+
+
+KERNELS_BEGIN = "# ---------------------------------------------------------------- kernels\n"
+KERNELS_END = "# ---------------------------------------------------------------- weights\n"
+
+
+def used_kernels_only(text: str) -> str:
+    """The module without the kernel functions it never calls: a MicroPython `import` compiles every function
+    into heap-resident bytecode, so an unused kernel costs RAM on the device. Kept: the functions the rest of
+    the module names and, transitively, those they name; every other top-level statement (the viper source,
+    imports) stays. Works on the rendered text, so it sees exactly the calls that were emitted."""
+    import ast
+
+    start = text.index(KERNELS_BEGIN)
+    end = text.index(KERNELS_END, start)
+    kernels, rest = text[start:end], text[:start] + text[end:]
+    lines = kernels.splitlines(keepends=True)
+    tree = ast.parse(kernels)
+    funcs = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+    def names(source_or_node) -> set[str]:
+        node = ast.parse(source_or_node) if isinstance(source_or_node, str) else source_or_node
+        return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} & set(funcs)
+
+    keep, todo = set(), list(names(rest) | {n for stmt in tree.body if not isinstance(stmt, ast.FunctionDef)
+                                            for n in names(stmt)})
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo.extend(names(funcs[name]) - keep)
+    drop = [funcs[name] for name in funcs if name not in keep]
+    for node in sorted(drop, key=lambda f: f.lineno, reverse=True):
+        first = node.lineno - 1 - len(node.decorator_list)
+        last = node.end_lineno
+        while last < len(lines) and not lines[last].strip():  # the blank lines after it
+            last += 1
+        del lines[first:last]
+    return text[:start] + "".join(lines) + text[end:]
