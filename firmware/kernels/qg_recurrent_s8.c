@@ -21,6 +21,12 @@
 
 #define QG_ALIGN_LIMIT (1 << 24) /* recurrent.ALIGN_LIMIT: aligned accumulators are clamped here */
 
+#if QG_DSP && (defined(__GNUC__) || defined(__clang__))
+#define QG_RNN_INLINE __attribute__((always_inline)) /* the per-row helpers of the DSP loop: no calls */
+#else
+#define QG_RNN_INLINE
+#endif
+
 /* recurrent.TANH_TABLE: T[k] = tanh((k * 2^7 - 2^15) * 2^-12) in Q15, k = 0..512 (tests/test_recurrent_kernels.py
  * compares this array with the Python one). */
 static const int16_t qg_tanh_table[513] = {
@@ -177,8 +183,9 @@ static inline void qg_mac_2rows_4(const qg_word_t **vp, const int8_t **w0, const
 }
 
 /* *acc0 += v . w[0 .. k), *acc1 += v . w[k .. 2k): two rows of int8 weights and the packed int16 vector v
- * (4-byte aligned), 8 columns per iteration, then 4, then k % 4 */
-static inline void qg_dot_2rows(const int16_t *v, const int8_t *w, int32_t k, int32_t *acc0, int32_t *acc1)
+ * (4-byte aligned), 8 columns per iteration, then 4, then k % 4. Returns w + 2k (the next two rows). */
+static inline QG_RNN_INLINE const int8_t *qg_dot_2rows(const int16_t *v, const int8_t *w, int32_t k, int32_t *acc0,
+                                                       int32_t *acc1)
 {
     const qg_word_t *vp = (const qg_word_t *)(const void *)v;
     const int8_t *w0 = w, *w1 = w + k;
@@ -201,6 +208,7 @@ static inline void qg_dot_2rows(const int16_t *v, const int8_t *w, int32_t k, in
     }
     *acc0 = a0;
     *acc1 = a1;
+    return w1 + (k & 3);
 }
 
 /* acc + v . w for one row (the last row of an odd count) */
@@ -225,9 +233,10 @@ static inline int32_t qg_dot_1row(const int16_t *v, const int8_t *w, int32_t k, 
     return acc;
 }
 #else
-/* *acc0 += v . w[0 .. k), *acc1 += v . w[k .. 2k), v int8 (x_t) or int16 (h): one load of v for both rows */
+/* *acc0 += v . w[0 .. k), *acc1 += v . w[k .. 2k), v int8 (x_t) or int16 (h): one load of v for both rows.
+ * Returns w + 2k. */
 #define QG_DOT_2ROWS(name, vtype)                                                                              \
-    static inline void name(const vtype *v, const int8_t *w, int32_t k, int32_t *acc0, int32_t *acc1)         \
+    static inline const int8_t *name(const vtype *v, const int8_t *w, int32_t k, int32_t *acc0, int32_t *acc1) \
     {                                                                                                          \
         const int8_t *w1 = w + k;                                                                              \
         int32_t a0 = *acc0, a1 = *acc1;                                                                        \
@@ -239,6 +248,7 @@ static inline int32_t qg_dot_1row(const int16_t *v, const int8_t *w, int32_t k, 
         }                                                                                                      \
         *acc0 = a0;                                                                                            \
         *acc1 = a1;                                                                                            \
+        return w1 + k;                                                                                         \
     }
 QG_DOT_2ROWS(qg_dot_2rows_s8, int8_t)
 QG_DOT_2ROWS(qg_dot_2rows_s16, int16_t)
@@ -246,7 +256,7 @@ QG_DOT_2ROWS(qg_dot_2rows_s16, int16_t)
 
 /* Gate row r of one step from its two accumulators: slot[r] = sat16(align(ax) + align(ah)); the GRU's candidate
  * rows (r >= split) keep the aligned ax in slot[r] and requantize(ah, h_shift) to int16 in cand[r - split]. */
-static inline void qg_gate_store(const qg_recurrent_params_t *p, int32_t r, int32_t split, int32_t ax, int32_t ah,
+static inline QG_RNN_INLINE void qg_gate_store(const qg_recurrent_params_t *p, int32_t r, int32_t split, int32_t ax, int32_t ah,
                                  int32_t *slot, int32_t *cand)
 {
     const int32_t a = qg_align24(ax, p->x_shift[r]);
@@ -267,14 +277,14 @@ static void qg_gate_rows(const qg_recurrent_params_t *p, const void *xv, const i
     const int32_t split = p->cell == QG_CELL_GRU ? 2 * hid : rows; /* first candidate row */
     const int8_t *wx = p->w_ih, *wh = p->w_hh;
     int32_t r;
-    for (r = 0; r + 1 < rows; r += 2, wx += 2 * in, wh += 2 * hid) {
+    for (r = 0; r + 1 < rows; r += 2) {
         int32_t ax0 = p->b_ih[r], ax1 = p->b_ih[r + 1], ah0 = p->b_hh[r], ah1 = p->b_hh[r + 1];
 #if QG_DSP
-        qg_dot_2rows((const int16_t *)xv, wx, in, &ax0, &ax1);
-        qg_dot_2rows(hv, wh, hid, &ah0, &ah1);
+        wx = qg_dot_2rows((const int16_t *)xv, wx, in, &ax0, &ax1);
+        wh = qg_dot_2rows(hv, wh, hid, &ah0, &ah1);
 #else
-        qg_dot_2rows_s8((const int8_t *)xv, wx, in, &ax0, &ax1);
-        qg_dot_2rows_s16(hv, wh, hid, &ah0, &ah1);
+        wx = qg_dot_2rows_s8((const int8_t *)xv, wx, in, &ax0, &ax1);
+        wh = qg_dot_2rows_s16(hv, wh, hid, &ah0, &ah1);
 #endif
         qg_gate_store(p, r, split, ax0, ah0, slot, cand);
         qg_gate_store(p, r + 1, split, ax1, ah1, slot, cand);
