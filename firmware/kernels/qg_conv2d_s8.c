@@ -89,9 +89,15 @@ static void im2col_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, in
 {
     const int32_t in_c = p->in_c, k_w = p->k_w, dil_h = p->dil_h, dil_w = p->dil_w, row_len = k_w * cg;
     const int32_t iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left;
-    /* the whole window row is in the image, and is one run of the input */
-    const int32_t run = ix0 >= 0 && ix0 + (k_w - 1) * dil_w < p->in_w && dil_w == 1 && cg == in_c;
-    int32_t ky, kx;
+    /* the taps of a window row that are inside the image are one run of the input ([kx0, kx1) of the row) */
+    const int32_t contiguous = dil_w == 1 && cg == in_c;
+    const int32_t run = contiguous && ix0 >= 0 && ix0 + k_w - 1 < p->in_w; /* the whole row */
+    int32_t ky, kx, kx0 = 0, kx1 = k_w;
+    if (contiguous && !run) {
+        qg_clip_window(ix0, k_w, p->in_w, &kx0, &kx1);
+        kx0 = kx0 < k_w ? kx0 : k_w;
+        kx1 = kx1 > kx0 ? kx1 : kx0;
+    }
     in += c0;
     for (ky = 0; ky < p->k_h; ky++, col += row_len) {
         const int32_t iy = iy0 + ky * dil_h;
@@ -99,6 +105,10 @@ static void im2col_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, in
             zero_s8(col, row_len);
         } else if (run) {
             copy_s8(col, in + (iy * p->in_w + ix0) * in_c, row_len);
+        } else if (contiguous) { /* padding, the run, padding */
+            zero_s8(col, kx0 * cg);
+            copy_s8(col + kx0 * cg, in + (iy * p->in_w + ix0 + kx0) * in_c, (kx1 - kx0) * cg);
+            zero_s8(col + kx1 * cg, (k_w - kx1) * cg);
         } else {
             for (kx = 0; kx < k_w; kx++) {
                 const int32_t ix = ix0 + kx * dil_w;
