@@ -183,6 +183,7 @@ EXPECTED_COMMANDS = {
     ("nrf52840", "openocd"): ["openocd -f interface/jlink.cfg -f target/nrf52.cfg -c 'program firmware.elf verify "
                               "reset exit'"],
     ("mps2-an386", None): ["IMAGE0FILE: \\SOFTWARE\\QGEN.BIN", "AN386/images.txt"],
+    ("mps2-an505", None): ["AN505/images.txt set IMAGE0FILE: \\SOFTWARE\\QGEN.BIN and IMAGE0ADDRESS: 0x10000000"],
 }
 
 

@@ -76,13 +76,12 @@ def _nrfjprog(t: FlashTools) -> FlashPlan:
         ("nrfjprog has no semihosting: to see the harness's output use --probe pyocd or --probe openocd",))
 
 
-def _mcc(t: FlashTools) -> FlashPlan:
+def _mcc(t: FlashTools, origin: int = 0) -> FlashPlan:
     note = _need(t, "mcc_application_note")
     return FlashPlan(
         "mcc", (), None, None,
         (f"copy firmware.bin to the board's USB drive as SOFTWARE/QGEN.BIN; in MB/<board revision>/{note}/images.txt "
-         "set IMAGE0FILE: \\SOFTWARE\\QGEN.BIN and IMAGE0ADDRESS to the image.json flash_origin; press the "
-         "board's reset button",
+         f"set IMAGE0FILE: \\SOFTWARE\\QGEN.BIN and IMAGE0ADDRESS: 0x{origin:08X}; press the board's reset button",
          "the harness talks over semihosting: attach an Arm debugger with semihosting enabled to see its output"))
 
 
@@ -110,9 +109,15 @@ def flash_plans(board: Board, probe: str | None = None) -> tuple[FlashPlan, Flas
     unknown = [p for p in tools.probes if p not in PROBES]
     if unknown:
         raise UserError(f"board '{board.name}' lists unknown probes {unknown}; qgen knows {', '.join(PROBES)}")
-    plan = PROBES[chosen](tools)
-    runner = plan if plan.run else next((q for q in map(lambda p: PROBES[p](tools), tools.probes) if q.run), None)
+    plan = _plan(board, chosen)
+    runner = plan if plan.run else next((q for q in (_plan(board, p) for p in tools.probes) if q.run), None)
     return plan, runner
+
+
+def _plan(board: Board, probe: str) -> FlashPlan:
+    if probe == "mcc":  # the MCC loads firmware.bin at the address written in images.txt
+        return _mcc(board.flash, board.image.flash_origin if board.image else 0)
+    return PROBES[probe](board.flash)
 
 
 def read_image_info(image_dir: Path, board: Board) -> dict:
