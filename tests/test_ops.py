@@ -44,6 +44,10 @@ class AllOps(nn.Module):
         self.inorm = nn.InstanceNorm2d(8, affine=True)  # group_norm (groups = C)
         self.bn1d = nn.BatchNorm1d(5)  # after a ReLU: channel_affine
         self.ln = nn.LayerNorm(5)
+        self.gru = nn.GRU(9, 4, batch_first=True)  # recurrent layers over the 2x2 pixels as 4 time steps
+        self.lstm = nn.LSTM(9, 3, batch_first=True)
+        self.rnn = nn.RNN(3, 2, batch_first=True)
+        self.fc_seq = nn.Linear(4 + 2, 5)
 
     def forward(self, x):
         y = torch.relu(self.conv(self.pad(x)))
@@ -62,7 +66,13 @@ class AllOps(nn.Module):
             f = y.flatten(2)
             y = ((f @ f.transpose(1, 2)) @ f).view(y.shape)
         y = torch.cat([y, y.mean(1, keepdim=True)], 1)  # reduce over channels
-        return torch.softmax(self.ln(self.bn1d(torch.relu(self.fc(torch.flatten(y, 1))))), 1)
+        z = self.fc(torch.flatten(y, 1))
+        if self.shuffle:  # GRU, LSTM, RNN over the 2x2 pixels as 4 time steps (ONNX: its own recurrent model)
+            seq = y.flatten(2).transpose(1, 2)  # (1, 4, 9): channels as features, no copy
+            _, h = self.gru(seq)
+            r, _ = self.rnn(self.lstm(seq)[0])
+            z = z + self.fc_seq(torch.cat([h[-1], r[:, -1]], 1))
+        return torch.softmax(self.ln(self.bn1d(torch.relu(z))), 1)
 
 
 def _model():
@@ -111,8 +121,9 @@ def test_spec_is_complete(op):
         if f.name in ("ref_int", "quantize") and float_only:
             assert value is None, f"{op.value} is FLOAT_ONLY but has {f.name}"
             continue
-        if f.name in ("torch", "kernels", "onnx", "emit_py", "no_py", "emit_c", "emit_c_wide", "qat", "form"):
-            continue  # checked below
+        if f.name in ("torch", "kernels", "onnx", "emit_py", "no_py", "emit_c", "emit_c_wide", "qat", "form",
+                      "state_ranges"):
+            continue  # checked below; state_ranges: only for ops that keep internal state (an LSTM's cell)
         assert value is not None, f"{op.value}: spec.{f.name} is missing"
         if f.name in ("shape", "check", "ref_float", "ref_int", "quantize", "macs", "torch_float"):
             assert callable(value), f"{op.value}: spec.{f.name} is not callable"
