@@ -46,3 +46,21 @@ class SeqOut(nn.Module):
     def forward(self, x):
         y = self.dw(F.pad(x, (8, 0)))
         return torch.sigmoid(self.pw(torch.relu(y)))
+
+
+class KWS(nn.Module):
+    """Keyword-spotting shaped: frames of `f` features, a causal Conv1d front end, (a causal depthwise dilated
+    block), a GRU or LSTM (batch first) whose last step feeds a linear classifier."""
+
+    def __init__(self, f: int = 10, c: int = 32, h: int = 32, classes: int = 12, cell: str = "gru",
+                 block: bool = True):
+        super().__init__()
+        self.conv = nn.Conv1d(f, c, 3)
+        self.block = CausalBlock(c, 3, 2, depthwise=True) if block else nn.Identity()
+        self.rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[cell](c, h, batch_first=True)
+        self.fc = nn.Linear(h, classes)
+
+    def forward(self, x):
+        y = self.block(torch.relu(self.conv(F.pad(x, (2, 0)))))
+        out, _ = self.rnn(y.transpose(1, 2))
+        return self.fc(out[:, -1])

@@ -1,58 +1,65 @@
 """--stream in C: `<prefix>_step` / `<prefix>_reset` equal the streaming spec (codegen/stream.py) byte for byte on
-the host (cffi; ASan/UBSan with strict warnings) and on Cortex-M0+ and M4 under QEMU (one firmware per core), and
-the spec equals the whole-window model on every window (tests/passes/test_stream.py proves that part)."""
+the host (cffi; ASan/UBSan with strict warnings) and on Cortex-M0+ and M4 under QEMU, and the spec equals the
+whole-window model (tests/passes/test_stream.py proves that part on more models).
+
+Two models: a TCN (dense and depthwise causal dilated Conv1d, residual adds, the last time step) and a
+keyword-spotting shaped one (causal Conv1d front end, a depthwise dilated block, a GRU)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from stream_models import TCN
+from stream_models import KWS, TCN
 
 import codegen
 from codegen.errors import UserError
 from codegen.hostcheck import SANITIZE_FLAGS, build_native, run_native
 from codegen.stream import window_reference
 
-WINDOW = 32  # >= the receptive field (25)
 FRAMES = 40
+MODELS = {  # name: (model, features, window frames, window the stream equals: frames or None = from frame 0)
+    "tcn": (lambda: TCN(dilations=(1, 2, 4), depthwise=(False, True, False)), 10, 32, 32),  # receptive field 25
+    "kws": (lambda: KWS(f=10, c=16, h=16, classes=6), 10, 24, None),
+}
 
 
-@pytest.fixture(scope="module")
-def tcn(tmp_path_factory):
-    """A TCN with a dense and a depthwise causal block, compiled with stream=True; frames and the spec's outputs."""
+@pytest.fixture(scope="module", params=list(MODELS))
+def compiled(request, tmp_path_factory):
+    """The model compiled with stream=True; frames and the spec's outputs (FRAMES, OUTPUT_SIZE)."""
+    name = request.param
+    make, features, length, window = MODELS[name]
     torch.manual_seed(3)
-    model = TCN(dilations=(1, 2, 4), depthwise=(False, True, False)).eval()
-    out = tmp_path_factory.mktemp("stream") / "tcn"
-    result = codegen.compile(model, torch.randn(1, 10, WINDOW), torch.randn(64, 10, WINDOW), prefix="tcn",
-                             stream=True, out_dir=out)
+    out = tmp_path_factory.mktemp("stream") / name
+    result = codegen.compile(make().eval(), torch.randn(1, features, length), torch.randn(64, features, length),
+                             prefix=name, stream=True, out_dir=out)
     rng = np.random.default_rng(5)
-    frames = rng.integers(-128, 128, (1, 1, FRAMES, 10)).astype(np.int8)
-    frames[0, 0, 3:6] = 127  # saturated frames pass through every history
+    frames = rng.integers(-128, 128, (1, 1, FRAMES, features)).astype(np.int8)
+    frames[0, 0, 3:6] = 127  # saturated frames pass through every history and state
     frames[0, 0, 9] = -128
-    expect = result.stream().run(frames)[0]  # (FRAMES, OUTPUT_SIZE)
-    return result, out, frames, expect
+    expect = result.stream().run(frames)[0]
+    return name, result, out, frames, expect, window
 
 
-def test_header_and_report_describe_the_stream(tcn):
-    result, out, _, _ = tcn
-    header = (out / "tcn_model.h").read_text()
-    assert "int tcn_step(const tcn_input_t *in, int8_t *out);" in header and "void tcn_reset(void);" in header
-    assert "int tcn_run(" not in header
+def test_header_and_report_describe_the_stream(compiled):
+    name, result, out, _, _, window = compiled
+    header = (out / f"{name}_model.h").read_text()
+    assert f"int {name}_step(const {name}_input_t *in, int8_t *out);" in header
+    assert f"void {name}_reset(void);" in header and f"int {name}_run(" not in header
     rep = result.report["stream"]
-    assert f"#define TCN_STATE_SIZE {rep['state_bytes']}" in header
-    assert rep["receptive_field"] == 25 and rep["window_frames"] == WINDOW
+    assert f"#define {name.upper()}_STATE_SIZE {rep['state_bytes']}" in header
+    assert rep["receptive_field"] == (25 if window else None)
     assert rep["state_bytes"] + rep["step_arena_bytes"] <= rep["window_arena_bytes"]
     assert str(codegen.pipeline(result.options)).endswith("plan_memory -> stream -> plan_memory")
 
 
-def test_spec_equals_whole_window(tcn):
-    result, _, frames, expect = tcn
-    for t in range(WINDOW - 1, FRAMES):
-        np.testing.assert_array_equal(expect[t], window_reference(result.window_graph, frames, t, WINDOW)[0])
+def test_spec_equals_whole_window(compiled):
+    _, result, _, frames, expect, window = compiled
+    for t in range(window - 1 if window else 0, FRAMES):
+        np.testing.assert_array_equal(expect[t], window_reference(result.window_graph, frames, t, window)[0])
 
 
-def test_host_c_steps_and_resets_like_the_spec(tcn):
-    result, _, frames, expect = tcn
+def test_host_c_steps_and_resets_like_the_spec(compiled):
+    _, result, _, frames, expect, _ = compiled
     host = result.host()
     host.reset()
     host.run(frames[0, 0, :7])  # a stream interrupted: reset forgets it
@@ -60,21 +67,21 @@ def test_host_c_steps_and_resets_like_the_spec(tcn):
     np.testing.assert_array_equal(host.run(frames[0, 0]), expect)
 
 
-def test_host_c_under_sanitizers(tcn, tmp_path):
-    _, out, frames, expect = tcn
-    exe = build_native(out, "tcn", tmp_path / "tcn_asan", SANITIZE_FLAGS)
+def test_host_c_under_sanitizers(compiled, tmp_path):
+    name, _, out, frames, expect, _ = compiled
+    exe = build_native(out, name, tmp_path / f"{name}_asan", SANITIZE_FLAGS)
     np.testing.assert_array_equal(run_native(exe, frames[0, 0], expect.shape[1]), expect)
 
 
 @pytest.mark.parametrize("core, board", [("cortex-m0plus", "rp2040"), ("cortex-m4", "mps2-an386")])
-def test_bit_exact_on_core(core, board, tcn, tmp_path):
+def test_bit_exact_on_core(core, board, compiled, tmp_path):
     from codegen.target import build_elf, missing_tools, run_qemu
 
     if missing_tools():
         pytest.skip(f"missing tools: {missing_tools()}")
-    _, out, frames, expect = tcn
-    sources = [out / "tcn_model.c", out / "tcn_weights.c", *sorted((out / "kernels").glob("*.c"))]
-    elf = build_elf(board, sources, [out, out / "kernels"], "tcn", tmp_path,
+    name, _, out, frames, expect, _ = compiled
+    sources = [out / f"{name}_model.c", out / f"{name}_weights.c", *sorted((out / "kernels").glob("*.c"))]
+    elf = build_elf(board, sources, [out, out / "kernels"], name, tmp_path,
                     extra_cflags=("-std=c99", "-Werror", "-Wconversion"))
     got = run_qemu(board, elf, frames[0, 0], expect.shape[1]).outputs
     np.testing.assert_array_equal(got, expect, err_msg=core)

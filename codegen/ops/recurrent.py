@@ -541,14 +541,22 @@ def state_bytes(g, n) -> int:
 
 
 def rnn_scratch(g, n) -> int:
-    """Scratch bytes of qg_recurrent_s8 (codegen/kernels.py): the state, then the kernel's buffer."""
-    return state_bytes(g, n) + buffer_size(g, n)
+    """Scratch bytes of qg_recurrent_s8 (codegen/kernels.py): the state (not when streaming: it has its own
+    memory), then the kernel's buffer."""
+    return (0 if n.attrs.get("stream") else state_bytes(g, n)) + buffer_size(g, n)
 
 
 def state_init_and_ptr(b, io, n) -> tuple[str, str, int]:
     """(C statements that set the initial state, the kernel's state pointer, bytes of the layer's scratch the
     state takes). Whole window: the state lives at the start of the layer's scratch and is set from the
-    quantised h0 / c0 before every run. (A streaming step function keeps it in persistent memory instead.)"""
+    quantised h0 / c0 before every run. A streaming step (attrs["stream"], passes/stream.py) keeps it in the state
+    memory between steps instead, set by <prefix>_reset()."""
+    if n.attrs.get("stream"):
+        from ..passes.stream import state_key
+
+        state = f"QG_AS_S16({b.buffer(state_key(b.g.nodes.index(n)))})"
+        b.model.reset_calls.append(f"qg_recurrent_state_init(&{io.struct}, {state});")
+        return "", state, 0
     state = f"QG_AS_S16({io.scratch})"
     return f"qg_recurrent_state_init(&{io.struct}, {state}); ", state, state_bytes(b.g, n)
 

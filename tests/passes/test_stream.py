@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from stream_models import TCN, SeqOut
+from stream_models import KWS, TCN, SeqOut
 from torch import nn
 
 import codegen
@@ -65,6 +65,33 @@ def test_sequence_output_streams_its_last_frame(rng):
     step = stream.run(whole)
     assert step.tensors[step.outputs[0]].shape == (1, 1, 8)
     _check_stream(whole, rng.integers(-128, 128, (2, 1, 30, 6)), 16)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_recurrent_stream_equals_the_whole_model_on_frames_from_zero(cell, rng):
+    """A recurrent layer sees every frame since the reset: step t == the whole model run on frames 0..t."""
+    whole = _quantised(KWS(f=6, c=8, h=12, classes=4, cell=cell), (1, 6, 20))
+    step = stream.run(whole)
+    rnn = next(n for n in step.nodes if n.attrs.get("stream"))
+    assert step.tensors[rnn.inputs[0]].shape == (1, 1, 8)
+    assert stream.receptive_field(whole) is None
+    assert stream.state_size(step) == 20 + 8 * 5 + 2 * 12 * (2 if cell == "lstm" else 1)  # histories, h (c)
+    _check_stream(whole, rng.integers(-128, 128, (2, 1, 26, 6)), None)
+
+
+def test_backward_recurrent_layer_is_refused():
+    class _Bi(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(4, 4, 1)
+            self.rnn = nn.GRU(4, 4, batch_first=True, bidirectional=True)
+
+        def forward(self, x):
+            return self.rnn(self.conv(x).transpose(1, 2))[0][:, -1]
+
+    whole = _quantised(_Bi(), (1, 4, 8))
+    with pytest.raises(UserError, match="backwards"):
+        stream.run(whole)
 
 
 def test_with_time_length_follows_the_last_step(tcn):
