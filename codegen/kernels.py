@@ -145,7 +145,8 @@ def scratch_for(fn: str | None, g: Graph, n: Node, core: str | None) -> int:
 # pixels in increasing order, input read only at or after the pixel being written) and take `in`/`out`
 # without `restrict`. Not the sparse kernels (output channel outer), the clustered ones (`restrict`), the
 # int16 kernels, nor fully connected layers (one output reads the whole input: nothing to gain).
-ORDERED = frozenset({"qg_conv2d_s8", "qg_depthwise_conv2d_s8", "qg_maxpool2d_s8", "qg_avgpool2d_s8"})
+ORDERED = frozenset({"qg_conv2d_s8", "qg_depthwise_conv2d_s8", "qg_maxpool2d_s8", "qg_avgpool2d_s8",
+                     "qg_conv2d_s4", "qg_depthwise_conv2d_s4"})  # qg_conv2d_s4.c: the same order
 
 
 def _overlap(fn: str | None, g: Graph, n: Node) -> int | None:

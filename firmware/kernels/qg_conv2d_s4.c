@@ -19,6 +19,10 @@
  *
  * Depthwise: the weights (few: out_c * k_h * k_w) are unpacked into scratch once per call and the int8
  * depthwise kernel runs on them (same instructions per MAC as int8; it also gets the MVE path).
+ *
+ * Order contract: conv and depthwise keep the one of qg_conv2d_s8.c (output pixels in increasing order, the
+ * DSP block reads its 4 pixels' windows before writing any), so the planner may overlap their `out` with a
+ * dying `in` (codegen/kernels.py ORDERED): `in` and `out` are not `restrict` there.
  */
 #include "qg_kernels.h"
 #include "qg_dot_s8.h"
@@ -317,8 +321,7 @@ static void s4_block(const int8_t *w, int32_t k, const int32_t *cols, int32_t n_
 }
 #endif
 
-void qg_conv2d_s4(const qg_conv2d_s4_params_t *p, const int8_t *restrict in, int8_t *restrict out,
-                  int8_t *restrict scratch)
+void qg_conv2d_s4(const qg_conv2d_s4_params_t *p, const int8_t *in, int8_t *out, int8_t *restrict scratch)
 {
     const qg_conv2d_params_t *q = &p->conv;
     const int32_t out_w = q->out_w, out_c = q->out_c, n_pix = q->out_h * out_w;

@@ -401,8 +401,7 @@ typedef struct {
 } qg_conv2d_s4_params_t;
 
 int32_t qg_conv2d_s4_buffer_size(const qg_conv2d_s4_params_t *p);
-void qg_conv2d_s4(const qg_conv2d_s4_params_t *p, const int8_t *restrict in, int8_t *restrict out,
-                  int8_t *restrict scratch);
+void qg_conv2d_s4(const qg_conv2d_s4_params_t *p, const int8_t *in, int8_t *out, int8_t *restrict scratch);
 int32_t qg_depthwise_conv2d_s4_buffer_size(const qg_conv2d_s4_params_t *p);
 void qg_depthwise_conv2d_s4(const qg_conv2d_s4_params_t *p, const int8_t *in, int8_t *out, int8_t *restrict scratch);
 int32_t qg_fully_connected_s4_buffer_size(const qg_conv2d_s4_params_t *p);
