@@ -3,7 +3,8 @@ byte for byte: on the host under ASan/UBSan, and under QEMU on Cortex-M0+ (plain
 
 One graph holds every case (each node's output is a model output), so each target is one build: GRU, LSTM,
 RNN tanh and relu; state_bits 16 and 8; last; reverse; nonzero h0 / c0; inputs and hidden sizes 1, 3, 7, 16, 17
-(every tail of the 4-row, 4-column DSP blocks); large weights (saturated gates and cell); inputs at -128 / 127.
+(every tail of the two-row, 8/4-column DSP blocks); large weights (saturated gates, left-shift alignment); a cell
+that grows past 8 (tanh(c) through a left shift); inputs at -128 / 127.
 """
 from __future__ import annotations
 
@@ -37,13 +38,14 @@ CASES = [
     ("rnn_tanh_s8_h0", "rnn_tanh", "x", 5, {"state_bits": 8, "h0": True, "reverse": True}),
     ("lstm_large_w", "lstm", "x", 5, {"scale": 12.0}),
     ("gru_large_w", "gru", "x", 9, {"scale": 12.0, "h0": True}),
+    ("lstm_growing_cell", "lstm", "x", 4, {"gate_bias": 6.0}),  # i, f, g ~ 1: |c| ~ t, cell frac < 12
 ]
 
 
 def _add_case(g: Graph, seed: int, name: str, kind: str, src: str, hidden: int, opts: dict) -> None:
     """Node `name` (one nn.GRU / nn.LSTM / nn.RNN layer, test_recurrent_ref's builder) reading tensor `src`."""
     opts = dict(opts)
-    scale = opts.pop("scale", 1.0)
+    scale, gate_bias = opts.pop("scale", 1.0), opts.pop("gate_bias", 0.0)
     inputs = g.tensors[src].shape[2]
     one, _, _ = recurrent_graph(kind, inputs, hidden, STEPS, seed=seed, **opts)
     node = one.nodes[0]
@@ -53,6 +55,8 @@ def _add_case(g: Graph, seed: int, name: str, kind: str, src: str, hidden: int, 
         t.name = new
         if old.startswith("w_"):
             t.data = t.data * scale
+        if old == "b_ih":
+            t.data[:3 * hidden] += gate_bias
         g.tensors[new] = t
     out = one.tensors[node.outputs[0]]
     out.name = name
@@ -119,6 +123,7 @@ def test_cases_cover_the_edges(model):
     g, _, x, expect = model
     nodes = {n.name: n for n in g.nodes}
     assert all(min(nodes[k].attrs["x_shift"]) < 0 for k in ("lstm_large_w", "gru_large_w"))
+    assert nodes["lstm_growing_cell"].attrs["cell_frac"] < 12  # tanh(c) reads c through a left shift
     assert {n.attrs["state_bits"] for n in g.nodes} == {8, 16}
     assert {R.c_cell(n) for n in g.nodes} == {"QG_CELL_GRU", "QG_CELL_LSTM", "QG_CELL_RNN_TANH", "QG_CELL_RNN_RELU"}
     assert expect.min() == -128 and expect.max() == 127 and x.min() == -128 and x.max() == 127
