@@ -3,6 +3,8 @@ bit, before and after training steps; training mode is differentiable. One-node 
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 from test_recurrent_ref import recurrent_graph
 
 from codegen import qat, torch_ir
+from codegen.ops import recurrent as R
 from codegen.passes import calibrate, quantize
 from codegen.reference import run_int
 
@@ -95,3 +98,33 @@ def test_training_forward_tracks_exact_forward():
         train = qm.train()(xt)
     step = 2.0 ** -qm.act_fracs()["y"]
     assert (exact - train).abs().max().item() <= 2 * step
+
+
+def test_whole_model_qat_from_pytorch_equals_compiled_reference():
+    """nn.GRU classifier (examples/sequence) through qat.prepare / finetune / compile: the QAT module's exact forward
+    equals the compiled model's integer reference on every output, with int8 and with int16 state."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from examples.sequence.models import GRUClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 1, 12)).astype(np.float32)
+    y = rng.integers(0, 10, 64)
+    for bits in (16, 8):
+        torch.manual_seed(0)
+        model = GRUClassifier(hidden=8).eval()
+
+        def set_bits(g, bits=bits):
+            for n in g.nodes:
+                if n.op in R.GATES:
+                    n.attrs["state_bits"] = bits
+            return g
+
+        qm = qat.prepare(model, torch.from_numpy(x[:1]), x, extra_passes=[("state_bits", set_bits)])
+        assert len(qm.params) == 4
+        qat.finetune(qm, x, y, epochs=1, lr=1e-2, batch=16)
+        result = qat.compile(qm, eval_data=x[:8])
+        gru = next(n for n in result.graph.nodes if n.op in R.GATES)
+        assert gru.attrs["state_bits"] == bits
+        with torch.no_grad():
+            got = qm.eval()(torch.from_numpy(x)).numpy()
+        _assert_equal(got, result.predict(x), f"GRU classifier, state_bits {bits}")
