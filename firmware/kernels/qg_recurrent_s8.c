@@ -67,6 +67,16 @@ static const int16_t qg_tanh_table[513] = {
     32767, 32767,
 };
 
+/* the int16 saturation (one SSAT on DSP cores) */
+static inline int32_t qg_sat16(int32_t x)
+{
+#if QG_DSP
+    return __builtin_arm_ssat(x, 16); /* the builtin behind ACLE's __ssat (see qg_simd.h) */
+#else
+    return qg_saturate(x, -32768, 32767);
+#endif
+}
+
 /* tanh of an int16 Q12 value -> Q15: T[i] + round_shift((T[i + 1] - T[i]) * f, 7), i = (u + 2^15) >> 7 */
 static inline int32_t qg_tanh_q12(int32_t u)
 {
@@ -78,14 +88,18 @@ static inline int32_t qg_tanh_q12(int32_t u)
 /* tanh of an int16 Q11 pre-activation -> Q15 */
 static inline int32_t qg_tanh_q11(int32_t x)
 {
-    return qg_tanh_q12(qg_saturate(2 * x, -32768, 32767));
+    return qg_tanh_q12(qg_sat16(2 * x));
 }
 
 /* sigmoid of an int16 Q11 pre-activation -> Q15 in [0, 32767]: (1 + tanh(x / 2)) / 2 */
 static inline int32_t qg_sigmoid_q11(int32_t x)
 {
-    const int32_t s = qg_round_shift(qg_tanh_q12(x) + 32768, 1);
+    const int32_t s = qg_round_shift(qg_tanh_q12(x) + 32768, 1); /* in [0, 32768] */
+#if QG_DSP
+    return __builtin_arm_usat(s, 15);
+#else
     return s > 32767 ? 32767 : s;
+#endif
 }
 
 /* an accumulator at its row's frac -> the gate frac, clamped to +-2^24 (recurrent._align) */
@@ -261,7 +275,7 @@ static inline QG_RNN_INLINE void qg_gate_store(const qg_recurrent_params_t *p, i
 {
     const int32_t a = qg_align24(ax, p->x_shift[r]);
     if (r < split) {
-        slot[r] = qg_saturate(a + qg_align24(ah, p->h_shift[r]), -32768, 32767);
+        slot[r] = qg_sat16(a + qg_align24(ah, p->h_shift[r]));
     } else {
         slot[r] = a;
         cand[r - split] = qg_requantize_s32(ah, p->h_shift[r], -32768, 32767);
@@ -307,13 +321,66 @@ static void qg_gate_rows(const qg_recurrent_params_t *p, const void *xv, const i
     }
 }
 
+/* The new state v of unit j (Q15; relu: state_frac) -> its int8 output and the next h (the output itself with
+ * state_bits 8) */
+static inline QG_RNN_INLINE void qg_unit_out(const qg_recurrent_params_t *p, int32_t v, int16_t *h, int8_t *o)
+{
+    const int32_t y = qg_requantize_s32(v, p->out_shift, p->act_min, p->act_max);
+    *o = (int8_t)y;
+    *h = (int16_t)(p->state_bits == 8 ? y : v);
+}
+
+/* The element-wise update of one step, one loop per cell kind. o: this step's output row (with `last`, the one
+ * output row, rewritten every step: the final step's values remain). */
+static void qg_update_gru(const qg_recurrent_params_t *p, const int32_t *slot, const int32_t *cand, int16_t *h,
+                          int8_t *o)
+{
+    const int32_t hid = p->hidden, h15_shift = 15 - p->state_frac;
+    int32_t j;
+    for (j = 0; j < hid; j++) {
+        const int32_t rg = qg_sigmoid_q11(slot[j]), z = qg_sigmoid_q11(slot[hid + j]);
+        const int32_t nn =
+            qg_tanh_q11(qg_sat16(slot[2 * hid + j] + qg_round_shift(rg * cand[j], 15)));
+        const int32_t h15 = h[j] * (1 << h15_shift);
+        qg_unit_out(p, qg_sat16(nn + qg_round_shift(z * (h15 - nn), 15)), h + j, o + j);
+    }
+}
+
+static void qg_update_lstm(const qg_recurrent_params_t *p, const int32_t *slot, int16_t *h, int16_t *c, int8_t *o)
+{
+    const int32_t hid = p->hidden, c_shift = 30 - p->cell_frac, tc_shift = p->cell_frac - 12;
+    int32_t j;
+    for (j = 0; j < hid; j++) {
+        const int32_t ig = qg_sigmoid_q11(slot[j]), f = qg_sigmoid_q11(slot[hid + j]);
+        const int32_t g = qg_tanh_q11(slot[2 * hid + j]), og = qg_sigmoid_q11(slot[3 * hid + j]);
+        const int32_t cn =
+            qg_sat16(qg_round_shift(f * c[j], 15) + qg_round_shift(ig * g, c_shift));
+        const int32_t tc = qg_tanh_q12(qg_requantize_s32(cn, tc_shift, -32768, 32767));
+        c[j] = (int16_t)cn;
+        qg_unit_out(p, qg_sat16(qg_round_shift(og * tc, 15)), h + j, o + j);
+    }
+}
+
+static void qg_update_rnn(const qg_recurrent_params_t *p, const int32_t *slot, int16_t *h, int8_t *o)
+{
+    const int32_t hid = p->hidden;
+    int32_t j;
+    if (p->cell == QG_CELL_RNN_TANH) {
+        for (j = 0; j < hid; j++) {
+            qg_unit_out(p, qg_tanh_q11(slot[j]), h + j, o + j);
+        }
+    } else {
+        for (j = 0; j < hid; j++) {
+            qg_unit_out(p, slot[j] > 0 ? slot[j] : 0, h + j, o + j);
+        }
+    }
+}
+
 void qg_recurrent_s8(const qg_recurrent_params_t *p, const int8_t *x, int8_t *out, int16_t *state,
                      int32_t *scratch)
 {
     const int32_t in = p->inputs, hid = p->hidden, steps = p->steps, cell = p->cell;
-    const int32_t out_shift = p->out_shift, act_min = p->act_min, act_max = p->act_max;
-    const int32_t h15_shift = 15 - p->state_frac, c_shift = 30 - p->cell_frac, tc_shift = p->cell_frac - 12;
-    int16_t *h = state, *c = state + hid;
+    int16_t *h = state;
     int32_t *slot = scratch, *cand = scratch + qg_gates(p) * hid;
     int16_t *xv = (int16_t *)(void *)(cand + (cell == QG_CELL_GRU ? hid : 0));
     int16_t *hv = xv + 2 * ((in + 1) / 2);
@@ -325,7 +392,6 @@ void qg_recurrent_s8(const qg_recurrent_params_t *p, const int8_t *x, int8_t *ou
     for (s = 0; s < steps; s++) {
         const int32_t t = p->reverse ? steps - 1 - s : s;
         int8_t *o = p->last ? out : out + t * hid;
-        int32_t j;
 #if QG_DSP
         qg_pack_s8(xv, x + t * in, in);
         qg_pack_s16(hv, h, hid);
@@ -333,34 +399,12 @@ void qg_recurrent_s8(const qg_recurrent_params_t *p, const int8_t *x, int8_t *ou
 #else
         qg_gate_rows(p, x + t * in, hv, slot, cand);
 #endif
-        for (j = 0; j < hid; j++) {
-            int32_t v; /* the new state: Q15 (relu: state_frac) */
-            if (cell == QG_CELL_GRU) {
-                const int32_t rg = qg_sigmoid_q11(slot[j]), z = qg_sigmoid_q11(slot[hid + j]);
-                const int32_t nn = qg_tanh_q11(
-                    qg_saturate(slot[2 * hid + j] + qg_round_shift(rg * cand[j], 15), -32768, 32767));
-                const int32_t h15 = h[j] * (1 << h15_shift);
-                v = qg_saturate(nn + qg_round_shift(z * (h15 - nn), 15), -32768, 32767);
-            } else if (cell == QG_CELL_LSTM) {
-                const int32_t ig = qg_sigmoid_q11(slot[j]), f = qg_sigmoid_q11(slot[hid + j]);
-                const int32_t g = qg_tanh_q11(slot[2 * hid + j]), og = qg_sigmoid_q11(slot[3 * hid + j]);
-                const int32_t cn = qg_saturate(qg_round_shift(f * c[j], 15) + qg_round_shift(ig * g, c_shift),
-                                               -32768, 32767);
-                const int32_t tc = qg_tanh_q12(qg_requantize_s32(cn, tc_shift, -32768, 32767));
-                c[j] = (int16_t)cn;
-                v = qg_saturate(qg_round_shift(og * tc, 15), -32768, 32767);
-            } else if (cell == QG_CELL_RNN_TANH) {
-                v = qg_tanh_q11(slot[j]);
-            } else {
-                v = slot[j] > 0 ? slot[j] : 0;
-            }
-            {
-                const int32_t y = qg_requantize_s32(v, out_shift, act_min, act_max);
-                if (!p->last || s == steps - 1) {
-                    o[j] = (int8_t)y;
-                }
-                h[j] = (int16_t)(p->state_bits == 8 ? y : v);
-            }
+        if (cell == QG_CELL_LSTM) {
+            qg_update_lstm(p, slot, h, state + hid, o);
+        } else if (cell == QG_CELL_GRU) {
+            qg_update_gru(p, slot, cand, h, o);
+        } else {
+            qg_update_rnn(p, slot, h, o);
         }
     }
 }
