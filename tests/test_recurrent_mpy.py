@@ -3,9 +3,13 @@ module under CPython and real MicroPython (tests/mpy_runner.mjs) equals codegen.
 One-node graphs built in the IR (tests/test_recurrent_ref.py), quantised by the compiler's passes."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
-from test_micropython import check_graph, load_cpython
+import torch
+from test_micropython import check_graph, check_model, load_cpython
 from test_recurrent_ref import recurrent_graph
 
 from codegen.emit.micropython import render_micropython
@@ -61,3 +65,29 @@ def test_tanh_table_is_emitted_once_as_the_generators_integers(tmp_path):
     assert [mod._tanh_q12(int(v), mod._TANH_Q15) for v in u] == list(R.tanh_q12(u))
     assert [mod._sigmoid_q11(int(v), mod._TANH_Q15) for v in u] == list(R.sigmoid_q11(u))
     assert [mod._tanh_q11(int(v), mod._TANH_Q15) for v in u] == list(R.tanh_q11(u))
+
+
+class _LSTMHead(torch.nn.Module):
+    """Two stacked LSTM layers, the output sequence's last step into a linear layer (out[:, -1] read)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(3, 6, num_layers=2, batch_first=True)
+        self.fc = torch.nn.Linear(6, 4)
+
+    def forward(self, x):  # (N, C, L)
+        y, _ = self.lstm(x.transpose(1, 2))
+        return self.fc(y[:, -1])
+
+
+@pytest.mark.parametrize("name", ["gru_classifier", "lstm_2_layers"])
+def test_whole_model_from_pytorch_bit_exact(name, tmp_path, rng):
+    """A model with recurrent layers compiled from PyTorch (examples/sequence's GRU classifier, a 2-layer LSTM):
+    predict and predict_float under CPython and MicroPython == the integer reference."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from examples.sequence.models import GRUClassifier
+
+    torch.manual_seed(0)
+    model, shape = (GRUClassifier(hidden=8), (1, 12)) if name == "gru_classifier" else (_LSTMHead(), (3, 9))
+    result = check_model(model, shape, tmp_path, rng, n_random=6, prefix=name)
+    assert any(n.op in R.GATES for n in result.graph.nodes)
