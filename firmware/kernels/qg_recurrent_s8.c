@@ -71,7 +71,7 @@ static const int16_t qg_tanh_table[513] = {
 static inline int32_t qg_sat16(int32_t x)
 {
 #if QG_DSP
-    return __builtin_arm_ssat(x, 16); /* the builtin behind ACLE's __ssat (see qg_simd.h) */
+    return (int32_t)__builtin_arm_ssat(x, 16); /* the builtin behind ACLE's __ssat (see qg_simd.h) */
 #else
     return qg_saturate(x, -32768, 32767);
 #endif
@@ -96,7 +96,7 @@ static inline int32_t qg_sigmoid_q11(int32_t x)
 {
     const int32_t s = qg_round_shift(qg_tanh_q12(x) + 32768, 1); /* in [0, 32768] */
 #if QG_DSP
-    return __builtin_arm_usat(s, 15);
+    return (int32_t)__builtin_arm_usat(s, 15);
 #else
     return s > 32767 ? 32767 : s;
 #endif
