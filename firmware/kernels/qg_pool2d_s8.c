@@ -6,6 +6,7 @@
  * Explicit windows (the *_windows_s8 kernels): ceil mode, count_include_pad=False, adaptive pooling;
  * every window clipped to the image and its own divisor; `in` and `out` never overlap. */
 #include "qg_kernels.h"
+#include "qg_mve.h"
 #include "qg_simd.h"
 
 /* avg_window_s8 is specialised per clamp kind: GCC would otherwise keep one out-of-line copy */
@@ -13,6 +14,66 @@
 #define QG_POOL_INLINE static inline __attribute__((always_inline))
 #else
 #define QG_POOL_INLINE static inline
+#endif
+
+#if QG_MVE
+/* Helium: the max of 16 channels (the first `left` under a VCTP predicate when `full` is 0, a constant) over
+ * the window, one VLDRB + VMAX per cell. */
+QG_POOL_INLINE void max_16_mve(const int8_t *x_i8, int32_t n_rows, int32_t row_len, int32_t row_step, int32_t ch,
+                               int8_t *out, int32_t left, int32_t full)
+{
+    const mve_pred16_t p = vctp8q((uint32_t)left);
+    int8x16_t max_s8x16 = vdupq_n_s8(-128);
+    int32_t ky = n_rows;
+    do {
+        const int8_t *row_end = x_i8 + row_len;
+        do {
+            max_s8x16 = vmaxq_s8(max_s8x16, full ? vldrbq_s8(x_i8) : vldrbq_z_s8(x_i8, p));
+            x_i8 += ch;
+        } while (x_i8 != row_end);
+        x_i8 += row_step;
+    } while (--ky > 0);
+    if (full) {
+        vstrbq_s8(out, max_s8x16);
+    } else {
+        vstrbq_p_s8(out, max_s8x16, p);
+    }
+}
+
+/* Helium: the average of 16 channels (the first `left` under VCTP predicates when `full` is 0) over a window of
+ * 1..256 cells: VLDRB.S16 + VADD per 8 channels per cell into int16 lanes (|sum| <= 2^15), then the average rule
+ * on the even and odd channels' int32 lanes (VMOVLB / VMOVLT; VMUL, VADD, VSHL, clamp) and VMOVNB / VMOVNT back. */
+QG_POOL_INLINE void avg_16_mve(const int8_t *x_i8, int32_t n_rows, int32_t row_len, int32_t row_step, int32_t ch,
+                               int32_t mult, int32_t rnd, int32_t shift, int32_t lo, int32_t hi, int8_t *out,
+                               int32_t left, int32_t full)
+{
+    const mve_pred16_t p0 = vctp16q((uint32_t)left), p1 = vctp16q((uint32_t)(left > 8 ? left - 8 : 0));
+    int16x8_t s0 = vdupq_n_s16(0), s1 = vdupq_n_s16(0);
+    int32_t ky = n_rows, half;
+    do {
+        const int8_t *row_end = x_i8 + row_len;
+        do {
+            s0 = vaddq_s16(s0, full ? vldrbq_s16(x_i8) : vldrbq_z_s16(x_i8, p0));
+            s1 = vaddq_s16(s1, full ? vldrbq_s16(x_i8 + 8) : vldrbq_z_s16(x_i8 + 8, p1));
+            x_i8 += ch;
+        } while (x_i8 != row_end);
+        x_i8 += row_step;
+    } while (--ky > 0);
+    for (half = 0; half < 2; half++, out += 8) {
+        const int16x8_t sum = half ? s1 : s0;
+        int32x4_t even = vaddq_n_s32(vmulq_n_s32(vmovlbq_s16(sum), mult), rnd);
+        int32x4_t odd = vaddq_n_s32(vmulq_n_s32(vmovltq_s16(sum), mult), rnd);
+        int16x8_t r = vdupq_n_s16(0);
+        even = vminq_s32(vmaxq_s32(vshlq_r_s32(even, -shift), vdupq_n_s32(lo)), vdupq_n_s32(hi));
+        odd = vminq_s32(vmaxq_s32(vshlq_r_s32(odd, -shift), vdupq_n_s32(lo)), vdupq_n_s32(hi));
+        r = vmovntq_s32(vmovnbq_s32(r, even), odd);
+        if (full) {
+            vstrbq_s16(out, r);
+        } else {
+            vstrbq_p_s16(out, r, half ? p1 : p0);
+        }
+    }
+}
 #endif
 
 /* The max of every channel over a window of n_rows x width pixels starting at x0 (channels-last, `ch`
@@ -26,7 +87,15 @@ static inline void max_window_s8(const int8_t *x0, int32_t n_rows, int32_t width
 {
     const int32_t row_len = width * ch, in_row = in_w * ch;
     int32_t c = 0, ky;
-#if QG_DSP
+#if QG_MVE
+    for (; c + 15 < ch; c += 16) {
+        max_16_mve(x0 + c, n_rows, row_len, in_row - row_len, ch, out + c, 16, 1);
+    }
+    if (c < ch) {
+        max_16_mve(x0 + c, n_rows, row_len, in_row - row_len, ch, out + c, ch - c, 0);
+        return;
+    }
+#elif QG_DSP
     const int32_t row_step = in_row - row_len;
     for (; c + 7 < ch; c += 8) { /* two words per cell: half the loop overhead per channel */
         const int8_t *x_i8 = x0 + c;
@@ -125,7 +194,17 @@ QG_POOL_INLINE void avg_window_s8(const int8_t *x0, int32_t n_rows, int32_t widt
 {
     const int32_t row_len = width * ch, in_row = in_w * ch;
     int32_t c = 0, ky;
-#if QG_DSP
+#if QG_MVE
+    if (n_rows > 0 && width > 0 && n_rows * width <= 256) {
+        for (; c + 15 < ch; c += 16) {
+            avg_16_mve(x0 + c, n_rows, row_len, in_row - row_len, ch, mult, rnd, shift, lo, hi, out + c, 16, 1);
+        }
+        if (c < ch) {
+            avg_16_mve(x0 + c, n_rows, row_len, in_row - row_len, ch, mult, rnd, shift, lo, hi, out + c, ch - c, 0);
+            return;
+        }
+    }
+#elif QG_DSP
     if (ch > 3 && n_rows > 0 && width > 0 && n_rows * width <= 256) {
         const int32_t row_step = in_row - row_len;
         for (; c + 7 < ch; c += 8) { /* 8 channels: lanes (c, c + 2), (c + 1, c + 3), (c + 4, c + 6), ... */
