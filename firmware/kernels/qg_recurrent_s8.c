@@ -321,13 +321,28 @@ static void qg_gate_rows(const qg_recurrent_params_t *p, const void *xv, const i
     }
 }
 
-/* The new state v of unit j (Q15; relu: state_frac) -> its int8 output and the next h (the output itself with
- * state_bits 8) */
-static inline QG_RNN_INLINE void qg_unit_out(const qg_recurrent_params_t *p, int32_t v, int16_t *h, int8_t *o)
+/* The output stage of a step: the new state v of a unit (Q15; relu: state_frac) -> its int8 output and the next h
+ * (the output itself with state_bits 8). The parameters are copied out of the struct once per step (stores
+ * through the int8 output may alias it, so the compiler would reload them per unit). */
+typedef struct {
+    int32_t shift, act_min, act_max, state8;
+} qg_unit_out_t;
+
+static inline qg_unit_out_t qg_unit_out_of(const qg_recurrent_params_t *p)
 {
-    const int32_t y = qg_requantize_s32(v, p->out_shift, p->act_min, p->act_max);
+    qg_unit_out_t u;
+    u.shift = p->out_shift;
+    u.act_min = p->act_min;
+    u.act_max = p->act_max;
+    u.state8 = p->state_bits == 8;
+    return u;
+}
+
+static inline QG_RNN_INLINE void qg_unit_out(qg_unit_out_t u, int32_t v, int16_t *h, int8_t *o)
+{
+    const int32_t y = qg_requantize_s32(v, u.shift, u.act_min, u.act_max);
     *o = (int8_t)y;
-    *h = (int16_t)(p->state_bits == 8 ? y : v);
+    *h = (int16_t)(u.state8 ? y : v);
 }
 
 /* The element-wise update of one step, one loop per cell kind. o: this step's output row (with `last`, the one
@@ -336,19 +351,21 @@ static void qg_update_gru(const qg_recurrent_params_t *p, const int32_t *slot, c
                           int8_t *o)
 {
     const int32_t hid = p->hidden, h15_shift = 15 - p->state_frac;
+    const qg_unit_out_t u = qg_unit_out_of(p);
     int32_t j;
     for (j = 0; j < hid; j++) {
         const int32_t rg = qg_sigmoid_q11(slot[j]), z = qg_sigmoid_q11(slot[hid + j]);
         const int32_t nn =
             qg_tanh_q11(qg_sat16(slot[2 * hid + j] + qg_round_shift(rg * cand[j], 15)));
         const int32_t h15 = h[j] * (1 << h15_shift);
-        qg_unit_out(p, qg_sat16(nn + qg_round_shift(z * (h15 - nn), 15)), h + j, o + j);
+        qg_unit_out(u, qg_sat16(nn + qg_round_shift(z * (h15 - nn), 15)), h + j, o + j);
     }
 }
 
 static void qg_update_lstm(const qg_recurrent_params_t *p, const int32_t *slot, int16_t *h, int16_t *c, int8_t *o)
 {
     const int32_t hid = p->hidden, c_shift = 30 - p->cell_frac, tc_shift = p->cell_frac - 12;
+    const qg_unit_out_t u = qg_unit_out_of(p);
     int32_t j;
     for (j = 0; j < hid; j++) {
         const int32_t ig = qg_sigmoid_q11(slot[j]), f = qg_sigmoid_q11(slot[hid + j]);
@@ -357,21 +374,22 @@ static void qg_update_lstm(const qg_recurrent_params_t *p, const int32_t *slot, 
             qg_sat16(qg_round_shift(f * c[j], 15) + qg_round_shift(ig * g, c_shift));
         const int32_t tc = qg_tanh_q12(qg_requantize_s32(cn, tc_shift, -32768, 32767));
         c[j] = (int16_t)cn;
-        qg_unit_out(p, qg_sat16(qg_round_shift(og * tc, 15)), h + j, o + j);
+        qg_unit_out(u, qg_sat16(qg_round_shift(og * tc, 15)), h + j, o + j);
     }
 }
 
 static void qg_update_rnn(const qg_recurrent_params_t *p, const int32_t *slot, int16_t *h, int8_t *o)
 {
     const int32_t hid = p->hidden;
+    const qg_unit_out_t u = qg_unit_out_of(p);
     int32_t j;
     if (p->cell == QG_CELL_RNN_TANH) {
         for (j = 0; j < hid; j++) {
-            qg_unit_out(p, qg_tanh_q11(slot[j]), h + j, o + j);
+            qg_unit_out(u, qg_tanh_q11(slot[j]), h + j, o + j);
         }
     } else {
         for (j = 0; j < hid; j++) {
-            qg_unit_out(p, slot[j] > 0 ? slot[j] : 0, h + j, o + j);
+            qg_unit_out(u, slot[j] > 0 ? slot[j] : 0, h + j, o + j);
         }
     }
 }
