@@ -345,110 +345,11 @@ def lstm_model_files(m, steps: int, x_frac: int, cell_power: int) -> dict[str, s
     body += ["\nint cm_run(const int8_t *in, int8_t *out)\n{\n",
              "    if (!prepared) {  /* TFLM's Prepare: the kernel sums, once, outside the measured calls */\n",
              *prepare, "        prepared = 1;\n    }\n", *gate_init,
-             f"    const cmsis_nn_lstm_params params = {{1, 1, {steps}, {inputs}, {hid}, 0, {forget[0]}, {forget[1]}, "
-             f"{to_cell[0]}, {to_cell[1]}, 32767, {cell_power}, {out[0]}, {out[1]}, 0, forget, input, cell, output}};\n",
+             f"    const cmsis_nn_lstm_params params = {{1, 1, {steps}, {inputs}, {hid}, 0, {forget[0]}, {forget[1]},\n"
+             f"        {to_cell[0]}, {to_cell[1]}, 32767, {cell_power}, {out[0]}, {out[1]}, 0,\n"
+             "        forget, input, cell, output};\n",
              "    cmsis_nn_lstm_context ctx = {temp1, temp2, cell_state, hidden};\n",
-             "    memset(cell_state, 0, sizeof cell_state);  /* the initial state, as TFLM's variable tensors: zeros */\n",
-             "    memset(hidden, 0, sizeof hidden);\n",
-             "    return arm_lstm_unidirectional_s8(in, out, &params, &ctx) == ARM_CMSIS_NN_SUCCESS ? 0 : 1;\n}\n"]
-    return {"cm_model.h": header, "cm_model.c": "".join(body)}
-
-
-def measure_lstm(m, x_q: np.ndarray, x_frac: int, board: str, checkout: Path, work: Path, plugin: Path) -> float:
-    """Instructions of one arm_lstm_unidirectional_s8 call over x_q (N, T, I) int8 on `board`; SystemExit if its
-    outputs are not PyTorch's LSTM within int8 quantisation error (so the harness is known to run the layer)."""
-    import torch
-
-    n, steps, _ = x_q.shape
-    xf = x_q.astype(np.float64) * 2.0 ** -x_frac
-    files = lstm_model_files(m, steps, x_frac, lstm_cell_power(m, xf))
-    work.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (work / name).write_text(text)
-    tables = sorted((checkout / "Source").rglob("arm_nntables.c"))  # sigmoid_table_uint16 (no arm_* call to follow)
-    elf = build_elf(board, [work / "cm_model.c", *sources(checkout, files["cm_model.c"]), *tables],
-                    [work, checkout / "Include"], PREFIX, work / "build", OPT)
-    with torch.no_grad():
-        want = m(torch.tensor(xf, dtype=torch.float32))[0].numpy().reshape(n, -1)
-    totals = []
-    for count in (1, n):
-        result = run_qemu(board, elf, x_q[:count].reshape(count, -1), want.shape[1], plugin=plugin)
-        err = np.abs(result.outputs.astype(np.float64) / 128 - want[:count]).max()
-        if err > 0.08:
-            raise SystemExit(f"CMSIS-NN LSTM {x_q.shape[1:]} on {board}: max |output - PyTorch| = {err:.3f}")
-        totals.append(result.instructions_total)
-    return (totals[1] - totals[0]) / (n - 1)
-
-
-# ------------------------------------------------------------------------------------- LSTM (bench/recurrent.py)
-
-def lstm_params(m, x_frac: int, out_frac: int = 7) -> dict:
-    """TFLite's int8 LSTM quantisation of the PyTorch nn.LSTM `m` (one layer, one direction), as CMSIS-NN's test
-    generator (Tests/UnitTest/lstm_settings.py) derives it: int8 per-tensor weights per gate, int32 bias at
-    input scale * weight scale, int16 Q3.12 gates, int16 cell at a power-of-two scale, int8 hidden state; zero
-    points 0 (the input and output formats of qgen's layer, so both run on the same bytes)."""
-    w_ih, w_hh = m.weight_ih_l0.detach().double().numpy(), m.weight_hh_l0.detach().double().numpy()
-    bias = (m.bias_ih_l0 + m.bias_hh_l0).detach().double().numpy()
-    hid = w_hh.shape[1]
-    s_x, s_h, gate = 2.0 ** -x_frac, 2.0 ** -out_frac, 2.0 ** -12
-    gates = {}
-    for k, name in enumerate(("input", "forget", "cell", "output")):  # PyTorch's row order: i, f, g, o
-        rows = slice(k * hid, (k + 1) * hid)
-        si, sh = np.abs(w_ih[rows]).max() / 127, np.abs(w_hh[rows]).max() / 127
-        gates[name] = {"wi": np.clip(np.round(w_ih[rows] / si), -127, 127).astype(np.int8),
-                       "wh": np.clip(np.round(w_hh[rows] / sh), -127, 127).astype(np.int8),
-                       "bias": np.round(bias[rows] / (s_x * si)).astype(np.int64),
-                       "in": quantize_multiplier(s_x * si / gate), "hid": quantize_multiplier(s_h * sh / gate)}
-    return {"gates": gates, "s_h": s_h}
-
-
-def lstm_cell_power(m, x: np.ndarray) -> int:
-    """Power-of-two cell scale (TFLite: 2^p with the largest |c| inside int16) from a float run on inputs x."""
-    import torch
-
-    with torch.no_grad():
-        seq = torch.tensor(x, dtype=torch.float32)
-        h = torch.zeros(1, seq.shape[0], m.hidden_size)
-        c_max = 0.0
-        state = (h, h.clone())
-        for t in range(seq.shape[1]):
-            _, state = m(seq[:, t:t + 1], state)
-            c_max = max(c_max, float(state[1].abs().max()))
-    return int(np.ceil(np.log2(max(c_max, 1e-6)))) - 15
-
-
-def lstm_model_files(m, steps: int, x_frac: int, cell_power: int) -> dict[str, str]:
-    """cm_model.h / cm_model.c calling arm_lstm_unidirectional_s8 on (steps, inputs) int8 -> (steps, hidden)."""
-    q = lstm_params(m, x_frac)
-    inputs, hid = m.input_size, m.hidden_size
-    header = (f"/* CMSIS-NN peer LSTM for qgen's bench (bench/cmsis_nn_peer.py). */\n"
-              f"#ifndef CM_MODEL_H\n#define CM_MODEL_H\n#include <stdint.h>\n"
-              f"#define CM_INPUT_SIZE {steps * inputs}\n#define CM_OUTPUT_SIZE {steps * hid}\n"
-              f"int cm_run(const int8_t *in, int8_t *out);\n#endif\n")
-    body = ["/* CMSIS-NN peer LSTM for qgen's bench (bench/cmsis_nn_peer.py). */\n",
-            "#include <string.h>\n#include \"arm_nnfunctions.h\"\n#include \"cm_model.h\"\n\n",
-            f"static int16_t temp1[{hid}], temp2[{hid}], cell_state[{hid}];\nstatic int8_t hidden[{hid}];\n",
-            f"static int32_t sums[8][{hid}];\nstatic int prepared;\n"]
-    gate_init, prepare = [], []
-    act = {"input": "ARM_SIGMOID", "forget": "ARM_SIGMOID", "cell": "ARM_TANH", "output": "ARM_SIGMOID"}
-    for k, (name, g) in enumerate(q["gates"].items()):
-        body += [_array("int8_t", f"{name}_wi", g["wi"]), _array("int8_t", f"{name}_wh", g["wh"]),
-                 _array("int32_t", f"{name}_bias", g["bias"])]
-        prepare.append(f"    arm_vector_sum_s8(sums[{2 * k}], {inputs}, {hid}, {name}_wi, 0, 0, {name}_bias);\n"
-                       f"    arm_vector_sum_s8(sums[{2 * k + 1}], {hid}, {hid}, {name}_wh, 0, 0, NULL);\n")
-        gate_init.append(f"    const cmsis_nn_lstm_gate {name} = {{{g['in'][0]}, {g['in'][1]}, {name}_wi, "
-                         f"sums[{2 * k}], {g['hid'][0]}, {g['hid'][1]}, {name}_wh, sums[{2 * k + 1}], {name}_bias, "
-                         f"{act[name]}}};\n")
-    forget = quantize_multiplier(2.0 ** -15)
-    to_cell = quantize_multiplier(2.0 ** (-30 - cell_power))
-    out = quantize_multiplier(2.0 ** -30 / q["s_h"])
-    body += ["\nint cm_run(const int8_t *in, int8_t *out)\n{\n",
-             "    if (!prepared) {  /* TFLM's Prepare: the kernel sums, once, outside the measured calls */\n",
-             *prepare, "        prepared = 1;\n    }\n", *gate_init,
-             f"    const cmsis_nn_lstm_params params = {{1, 1, {steps}, {inputs}, {hid}, 0, {forget[0]}, {forget[1]}, "
-             f"{to_cell[0]}, {to_cell[1]}, 32767, {cell_power}, {out[0]}, {out[1]}, 0, forget, input, cell, output}};\n",
-             "    cmsis_nn_lstm_context ctx = {temp1, temp2, cell_state, hidden};\n",
-             "    memset(cell_state, 0, sizeof cell_state);  /* the initial state, as TFLM's variable tensors: zeros */\n",
+             "    memset(cell_state, 0, sizeof cell_state);  /* the initial state: zeros, as TFLM's variables */\n",
              "    memset(hidden, 0, sizeof hidden);\n",
              "    return arm_lstm_unidirectional_s8(in, out, &params, &ctx) == ARM_CMSIS_NN_SUCCESS ? 0 : 1;\n}\n"]
     return {"cm_model.h": header, "cm_model.c": "".join(body)}
