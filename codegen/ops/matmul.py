@@ -45,9 +45,28 @@ def kernel_transpose(variant: str) -> tuple[str, str]:
     return ("qg_transpose_s8" if variant == "s8" else "qg_transpose_s16"), "qg_transpose_params_t"
 
 
+def _merge_axes(in_shape, perm) -> tuple[list[int], list[int]]:
+    """The same permutation over fewer input axes: size-1 axes dropped, runs of output axes that read
+    consecutive input axes merged into one."""
+    keep = [a for a in range(len(in_shape)) if in_shape[a] != 1] or [0]
+    perm = [a for a in perm if a in keep]
+    groups: list[list[int]] = []
+    for a in perm:
+        if groups and groups[-1][-1] + 1 == a:
+            groups[-1].append(a)
+        else:
+            groups.append([a])
+    order = sorted(range(len(groups)), key=lambda g: groups[g][0])  # merged input axes, in input order
+    shape = [int(np.prod([in_shape[a] for a in groups[g]], dtype=np.int64)) for g in order]
+    return shape, [order.index(g) for g in range(len(groups))]
+
+
 def transpose_loops(in_shape, perm) -> tuple[list[int], list[int], list[int]]:
     """The C kernel's loop dims (shape, input strides, output strides): the output dims, with the innermost
-    loop a contiguous run on both sides if there is one (a block copy), else the longest dim."""
+    loop a contiguous run on both sides if there is one (a block copy), else the longest dim. Size-1 axes are
+    dropped and input axes that stay neighbours in the output are merged first (fewer, longer loops: a
+    (6, 8, 16) -> (16, 6, 8) permutation is a 2-D (48, 16) transpose)."""
+    in_shape, perm = _merge_axes(in_shape, perm)
     in_strides = [int(np.prod(in_shape[k + 1:], dtype=np.int64)) for k in range(len(in_shape))]
     out_shape = [int(in_shape[p]) for p in perm]
     out_strides = [int(np.prod(out_shape[k + 1:], dtype=np.int64)) for k in range(len(out_shape))]

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "qg_kernels.h"
+#include "qg_simd.h"
 
 #define QG_MAX_RANK 6
 
@@ -46,7 +47,7 @@ static void transpose_dims(const qg_transpose_params_t *p, int32_t n[QG_MAX_RANK
                         const int32_t si = s[5], so = o[5];                                             \
                         int32_t j = n[5];                                                               \
                         if (si == 1 && so == 1) {                                                       \
-                            memcpy(dst, src, (size_t)j * sizeof(T));                                    \
+                            qg_copy_s8((int8_t *)dst, (const int8_t *)src, j * (int32_t)sizeof(T));     \
                             continue;                                                                   \
                         }                                                                               \
                         for (; j >= 4; j -= 4) {                                                        \
@@ -70,10 +71,14 @@ static void transpose_dims(const qg_transpose_params_t *p, int32_t n[QG_MAX_RANK
 static inline void transpose_tiles_s8(const int8_t *restrict in, int8_t *restrict out, int32_t rows, int32_t cols,
                                int32_t is, int32_t os)
 {
+#if !QG_DSP
     const uint32_t even = 0x00FF00FFu;
+#endif
     int32_t r, c;
     if (cols == 2 && os == 2) {  /* interleave two rows (a channel shuffle of 2 groups): 8 bytes per step */
-        for (r = 0; r + 4 <= rows; r += 4) {
+        r = 0;
+#if !QG_DSP /* DSP cores: interleave_rows_s8 */
+        for (; r + 4 <= rows; r += 4) {
             uint32_t a, b, t0, t1, w[2];
             memcpy(&a, in + r, 4);
             memcpy(&b, in + is + r, 4);
@@ -83,12 +88,45 @@ static inline void transpose_tiles_s8(const int8_t *restrict in, int8_t *restric
             w[1] = (t0 >> 16) | (t1 & 0xFFFF0000u);
             memcpy(out + 2 * r, w, 8);
         }
+#endif
         for (; r < rows; r++) {
             out[2 * r] = in[r];
             out[2 * r + 1] = in[is + r];
         }
         return;
     }
+#if QG_DSP
+    /* 12 ALU operations per tile: PKHBT/PKHTB pair the half-rows (a0 a1 c0 c1), (a2 a3 c2 c3), (b0 b1 d0 d1),
+     * (b2 b3 d2 d3); UXTAB16 adds bytes 0 and 2 (rotated: 1 and 3) of one to the other's bytes masked into
+     * positions 1 and 3: (a0 b0 c0 d0) ... (a3 b3 c3 d3). The tiles walk along four output rows. */
+    for (r = 0; r + 4 <= rows; r += 4) { /* output rows r..r+3, written along: [c..c+3] per step */
+        const int8_t *s0 = in + r, *s2 = s0 + 2 * is;
+        int8_t *dst = out + r * os, *const dst_end = dst + (cols & ~3);
+        const uint32_t odd = 0xFF00FF00u;
+        while (dst != dst_end) {
+            int8_t *dst2 = dst + 2 * os;
+            const int32_t r0 = qg_load_s8x4(s0), r1 = qg_load_s8x4(s0 + is), r2 = qg_load_s8x4(s2),
+                          r3 = qg_load_s8x4(s2 + is);
+            const uint32_t u0 = (uint32_t)qg_pkhbt(r0, r2), u1 = (uint32_t)qg_pkhtb(r2, r0);
+            const uint32_t u2 = (uint32_t)qg_pkhbt(r1, r3), u3 = (uint32_t)qg_pkhtb(r3, r1);
+            const uint32_t w0 = __uxtab16(qg_and_lsl8(odd, u2), u0), w1 = qg_uxtab16_ror8(u2 & odd, u0);
+            const uint32_t w2 = __uxtab16(qg_and_lsl8(odd, u3), u1), w3 = qg_uxtab16_ror8(u3 & odd, u1);
+            s0 += 4 * is;
+            s2 += 4 * is;
+            memcpy(dst2, &w2, 4);
+            memcpy(dst2 + os, &w3, 4);
+            memcpy(dst + os, &w1, 4);
+            memcpy(dst, &w0, 4);
+            dst += 4;
+        }
+    }
+    for (r = 0; r + 4 <= rows; r += 4) { /* the last cols % 4 columns */
+        for (c = cols & ~3; c < cols; c++) {
+            int32_t k;
+            for (k = 0; k < 4; k++) out[(r + k) * os + c] = in[c * is + r + k];
+        }
+    }
+#else
     for (r = 0; r + 4 <= rows; r += 4) {
         for (c = 0; c + 4 <= cols; c += 4) {
             uint32_t r0, r1, r2, r3, t0, t1, t2, t3, w;
@@ -115,10 +153,42 @@ static inline void transpose_tiles_s8(const int8_t *restrict in, int8_t *restric
             for (k = 0; k < 4; k++) out[(r + k) * os + c] = in[c * is + r + k];
         }
     }
+#endif
     for (; r < rows; r++)
         for (c = 0; c < cols; c++) out[r * os + c] = in[c * is + r];
 }
 #define QG_HAVE_TILES 1
+#endif
+
+#if QG_DSP
+/* n_blocks two-row interleaves (a channel shuffle of 2 groups: one block per pixel, blocks s_block and o_block
+ * apart): out[2 r + g] = in[g * is + r]. (a0 b0 a2 b2) and (a1 b1 a3 b3) by UXTAB16 as in the 4 x 4 tiles, then
+ * PKHBT/PKHTB: 6 ALU operations per 8 bytes; the block loop is the outer loop of the same function (a block is
+ * often 16-64 bytes). */
+static void interleave_rows_s8(const int8_t *restrict in, int8_t *restrict out, int32_t rows, int32_t is,
+                               int32_t n_blocks, int32_t s_block, int32_t o_block)
+{
+    const uint32_t odd = 0xFF00FF00u;
+    const int32_t rows4 = rows & ~3;
+    int32_t k, r;
+    for (k = 0; k < n_blocks; k++, in += s_block, out += o_block) {
+        const int8_t *src = in, *const src_end = in + rows4;
+        int8_t *dst = out;
+        while (src != src_end) {
+            const uint32_t a = (uint32_t)qg_load_s8x4(src), b = (uint32_t)qg_load_s8x4(src + is);
+            const uint32_t x = __uxtab16(qg_and_lsl8(odd, b), a), y = qg_uxtab16_ror8(b & odd, a);
+            const int32_t w0 = qg_pkhbt((int32_t)x, (int32_t)y), w1 = qg_pkhtb((int32_t)y, (int32_t)x);
+            src += 4;
+            memcpy(dst, &w0, 4);
+            memcpy(dst + 4, &w1, 4);
+            dst += 8;
+        }
+        for (r = rows4; r < rows; r++) {
+            out[2 * r] = in[r];
+            out[2 * r + 1] = in[is + r];
+        }
+    }
+}
 #endif
 
 #ifdef QG_HAVE_TILES
@@ -130,12 +200,26 @@ static int transpose_by_tiles(const qg_transpose_params_t *p, const int8_t *rest
     if (p->rank < 2 || s[4] != 1 || o[5] != 1 || n[4] < 4 || n[5] < 2) {
         return 0;
     }
-    for (i0 = 0; i0 < n[0]; i0++)
-        for (i1 = 0; i1 < n[1]; i1++)
-            for (i2 = 0; i2 < n[2]; i2++)
-                for (i3 = 0; i3 < n[3]; i3++)
-                    transpose_tiles_s8(in + i0 * s[0] + i1 * s[1] + i2 * s[2] + i3 * s[3],
-                                       out + i0 * o[0] + i1 * o[1] + i2 * o[2] + i3 * o[3], n[4], n[5], s[5], o[4]);
+    {
+        /* the tile dims and the innermost outer loop in locals (a channel shuffle runs one small 2-D block per
+         * pixel: its set-up is per-pixel cost) */
+        const int32_t rows = n[4], cols = n[5], is = s[5], os = o[4], n3 = n[3], s3 = s[3], o3 = o[3];
+        for (i0 = 0; i0 < n[0]; i0++)
+            for (i1 = 0; i1 < n[1]; i1++)
+                for (i2 = 0; i2 < n[2]; i2++) {
+                    const int8_t *src = in + i0 * s[0] + i1 * s[1] + i2 * s[2];
+                    int8_t *dst = out + i0 * o[0] + i1 * o[1] + i2 * o[2];
+#if QG_DSP
+                    if (cols == 2 && os == 2) {
+                        interleave_rows_s8(src, dst, rows, is, n3, s3, o3);
+                        continue;
+                    }
+#endif
+                    for (i3 = 0; i3 < n3; i3++, src += s3, dst += o3) {
+                        transpose_tiles_s8(src, dst, rows, cols, is, os);
+                    }
+                }
+    }
     return 1;
 }
 #endif
@@ -157,12 +241,13 @@ void qg_transpose_s16(const qg_transpose_params_t *p, const int16_t *restrict in
     QG_TRANSPOSE_BODY(int16_t)
 }
 
-/* slice: one block copy per outer index */
-#define QG_SLICE_BODY(T)                                                 \
-    int32_t o;                                                           \
-    const T *src = in + p->offset;                                       \
-    for (o = 0; o < p->outer; o++, src += p->in_block, out += p->out_block) \
-        memcpy(out, src, (size_t)p->out_block * sizeof(T));
+/* slice: one block copy per outer index (qg_copy_s8: short blocks, e.g. a few channels per pixel, inline) */
+#define QG_SLICE_BODY(T)                                                                   \
+    int32_t o;                                                                             \
+    const int32_t in_block = p->in_block, out_block = p->out_block, outer = p->outer;      \
+    const T *src = in + p->offset;                                                         \
+    for (o = 0; o < outer; o++, src += in_block, out += out_block)                         \
+        qg_copy_s8((int8_t *)out, (const int8_t *)src, out_block * (int32_t)sizeof(T));
 
 void qg_slice_s8(const qg_slice_params_t *p, const int8_t *restrict in, int8_t *restrict out)
 {

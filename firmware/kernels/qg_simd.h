@@ -85,6 +85,48 @@ static inline void qg_store_s16_at(void *p, int32_t i, int16_t v)
     memcpy((int8_t *)p + 2 * i, &v, sizeof v);
 }
 
+/* n bytes from src to dst (no overlap): layout copies (slice, concat, block transposes). Cores that load
+ * unaligned words (ARMv7-M and later) move short or misaligned runs a word per LDR/STR, 0.6 instructions
+ * per byte, where a memcpy call costs ~20 instructions and newlib's misaligned path goes by bytes; aligned
+ * runs of 64 bytes or more go to memcpy (16 words per loop pass). Elsewhere memcpy. */
+static inline void qg_copy_s8(int8_t *dst, const int8_t *src, int32_t n)
+{
+#if defined(__ARM_FEATURE_UNALIGNED) && __ARM_FEATURE_UNALIGNED
+    if (n >= 64 && (((uintptr_t)dst | (uintptr_t)src) & 3u) == 0) {
+        memcpy(dst, src, (size_t)n);
+        return;
+    }
+    for (; n >= 8; n -= 8, src += 8, dst += 8) {
+        int32_t w0, w1;
+        memcpy(&w0, src, 4);
+        memcpy(&w1, src + 4, 4);
+        memcpy(dst, &w0, 4);
+        memcpy(dst + 4, &w1, 4);
+    }
+    if (n >= 4) {
+        int32_t w;
+        memcpy(&w, src, 4);
+        memcpy(dst, &w, 4);
+        n -= 4;
+        src += 4;
+        dst += 4;
+    }
+    if (n >= 2) {
+        int16_t h;
+        memcpy(&h, src, 2);
+        memcpy(dst, &h, 2);
+        n -= 2;
+        src += 2;
+        dst += 2;
+    }
+    if (n > 0) {
+        *dst = *src;
+    }
+#else
+    memcpy(dst, src, (size_t)n);
+#endif
+}
+
 #if defined(__GNUC__) || defined(__clang__)
 /* A word of a 4-byte aligned scratch buffer that is also accessed as int8/int16: direct loads of
  * this type may be paired into LDRD (memcpy loads may not, as they might be unaligned). */
@@ -121,6 +163,22 @@ static inline int32_t qg_sxtab16_ror8(int32_t acc, int32_t v)
 {
     int32_t r;
     __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(acc), "r"(v));
+    return r;
+}
+
+/* acc + (x1, x3) zero-extended per int16 lane: UXTAB16 with its rotation (4 x 4 byte transposes). */
+static inline uint32_t qg_uxtab16_ror8(uint32_t acc, uint32_t v)
+{
+    uint32_t r;
+    __asm__("uxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(acc), "r"(v));
+    return r;
+}
+
+/* mask & (v << 8) in one instruction (GCC uses two for a constant mask) */
+static inline uint32_t qg_and_lsl8(uint32_t mask, uint32_t v)
+{
+    uint32_t r;
+    __asm__("and %0, %1, %2, lsl #8" : "=r"(r) : "r"(mask), "r"(v));
     return r;
 }
 
