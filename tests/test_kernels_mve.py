@@ -73,6 +73,15 @@ def mve_graph(rng) -> Graph:
         b.node(f"maxpool_c{c}", Op.MAXPOOL2D, [src], kernel=(2, 3), stride=(1, 2), padding=(0, 1, 0, 1))
         b.node(f"avgpool_c{c}", Op.AVGPOOL2D, [src], kernel=(3, 3), stride=(1, 1), padding=(0, 0, 0, 0),
                avg_mult=avg_multiplier(9), avg_shift=AVG_SHIFT, act_min=a[0], act_max=a[1])
+        # element-wise over 15 * c elements (every tail of 4) and a (1, 1, c) gate broadcast over the pixels
+        dw = f"dw3x3_c{c}"
+        b.node(f"add_c{c}", Op.ADD, [src, dw], shift_a=int(rng.integers(-6, 5)), shift_b=int(rng.integers(-6, 5)),
+               shift=int(rng.choice([-31, -2, 0, 1, 3, 9, 31])), act_min=a[0], act_max=a[1])
+        b.node(f"mul_c{c}", Op.MUL, [dw, src], shift=int(rng.choice([-3, 0, 1, 7, 14, 31])), act_min=a[0],
+               act_max=a[1])
+        pixel = b.node(f"px_c{c}", Op.SLICE, [b.node(f"row_c{c}", Op.SLICE, [src], output=False, axis=0, start=1,
+                                                     length=1)], output=False, axis=1, start=2, length=1)
+        b.node(f"mul_gate_c{c}", Op.MUL, [src, pixel], shift=6, act_min=a[0], act_max=a[1])
     # long rows (k = 495: 30 full vectors and a tail), many rows, the KWS first-layer shape (1 channel,
     # 10x4 window, stride 2), a strided and dilated conv, a grouped conv, a depthwise multiplier and stride
     b.weighted("fc_495_17", Op.LINEAR, flat, (17, int(np.prod(SHAPE))))

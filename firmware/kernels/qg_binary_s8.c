@@ -4,6 +4,7 @@
  * reference); the int16 twins are in qg_wide.c. Each output element is computed from the same element
  * of a (and element i % b_size of b) read before it is written, so out may be the input a. */
 #include "qg_kernels.h"
+#include "qg_mve.h"
 #include "qg_simd.h"
 
 enum { QG_SUB = 0, QG_MAXIMUM = 1, QG_MINIMUM = 2 };
@@ -91,6 +92,23 @@ void qg_minimum_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, i
     aligned_binary_s8(p, a, b, out, QG_MINIMUM);
 }
 
+#if QG_MVE
+/* Helium: 4 elements of mul (the first `left` under a VCTP predicate when `full` is 0, a constant): VMUL of the
+ * sign-extended int8 (exact), requantised by VQRSHL and the clamp (qg_mve.h). */
+QG_MVE_INLINE void mul_4_mve(const int8_t *a, const int8_t *b, int8_t *out, int32x4_t neg_shift, int32x4_t lo,
+                             int32x4_t hi, int32_t left, int32_t full)
+{
+    const mve_pred16_t p = vctp32q((uint32_t)left);
+    const int32x4_t x = full ? vldrbq_s32(a) : vldrbq_z_s32(a, p), y = full ? vldrbq_s32(b) : vldrbq_z_s32(b, p);
+    const int32x4_t r = vminq_s32(vmaxq_s32(vqrshlq_s32(vmulq_s32(x, y), neg_shift), lo), hi);
+    if (full) {
+        vstrbq_s32(out, r);
+    } else {
+        vstrbq_p_s32(out, r, p);
+    }
+}
+#endif
+
 /* a * b (|product| <= 2^14, exact) requantised once; b_size < size: b is one pixel used for every pixel */
 QG_SPECIALISED void mul_s8(const qg_mul_params_t *p, const int8_t *a, const int8_t *b, int8_t *out, int32_t kind)
 {
@@ -107,6 +125,19 @@ QG_SPECIALISED void mul_s8(const qg_mul_params_t *p, const int8_t *a, const int8
 
 void qg_mul_s8(const qg_mul_params_t *p, const int8_t *a, const int8_t *b, int8_t *out)
 {
+#if QG_MVE
+    const int32_t size = p->size, b_size = p->b_size;
+    const int32x4_t neg_shift = vdupq_n_s32(-p->shift), lo = vdupq_n_s32(p->act_min), hi = vdupq_n_s32(p->act_max);
+    int32_t i, c;
+    for (i = 0; i < size; i += b_size) { /* one pass over b per pixel when b is a broadcast pixel */
+        for (c = 0; c + 3 < b_size; c += 4) {
+            mul_4_mve(a + i + c, b + c, out + i + c, neg_shift, lo, hi, 4, 1);
+        }
+        if (c < b_size) {
+            mul_4_mve(a + i + c, b + c, out + i + c, neg_shift, lo, hi, b_size - c, 0);
+        }
+    }
+#else
     const int32_t kind = p->shift < 1 ? -1 : qg_clamp_kind(p->act_min, p->act_max);
     if (kind == QG_CLAMP_S8) {
         mul_s8(p, a, b, out, QG_CLAMP_S8);
@@ -117,6 +148,7 @@ void qg_mul_s8(const qg_mul_params_t *p, const int8_t *a, const int8_t *b, int8_
     } else {
         mul_s8(p, a, b, out, -1);
     }
+#endif
 }
 
 /* |x * mult| <= 2^22 and |bias| < 2^29: the int32 sum cannot overflow */

@@ -1,15 +1,46 @@
 /* Element-wise kernels (residual add with per-input alignment, clamp, table lookup, softmax), pad and
  * concat copies, and the float conversions at the model boundary. */
 #include "qg_kernels.h"
+#include "qg_mve.h"
 #include "qg_simd.h"
+
+#if QG_MVE
+/* Helium: 4 elements of add (the first `left` under a VCTP predicate when `full` is 0, a constant): VRSHL by
+ * -shift is qg_round_shift for either sign (a rounding right shift, or an exact left shift), then the rule. */
+QG_MVE_INLINE void add_4_mve(const int8_t *a, const int8_t *b, int8_t *out, int32x4_t neg_a, int32x4_t neg_b,
+                             int32x4_t neg_shift, int32x4_t lo, int32x4_t hi, int32_t left, int32_t full)
+{
+    const mve_pred16_t p = vctp32q((uint32_t)left);
+    const int32x4_t x = full ? vldrbq_s32(a) : vldrbq_z_s32(a, p), y = full ? vldrbq_s32(b) : vldrbq_z_s32(b, p);
+    const int32x4_t sum_i32 = vaddq_s32(vrshlq_s32(x, neg_a), vrshlq_s32(y, neg_b));
+    const int32x4_t r = vminq_s32(vmaxq_s32(vqrshlq_s32(sum_i32, neg_shift), lo), hi);
+    if (full) {
+        vstrbq_s32(out, r);
+    } else {
+        vstrbq_p_s32(out, r, p);
+    }
+}
+#endif
 
 void qg_add_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out)
 {
-    int32_t i;
-    for (i = 0; i < p->size; i++) {
+    int32_t i = 0;
+#if QG_MVE
+    const int32_t size = p->size;
+    const int32x4_t neg_a = vdupq_n_s32(-p->shift_a), neg_b = vdupq_n_s32(-p->shift_b);
+    const int32x4_t neg_shift = vdupq_n_s32(-p->shift), lo = vdupq_n_s32(p->act_min), hi = vdupq_n_s32(p->act_max);
+    for (; i + 3 < size; i += 4) {
+        add_4_mve(a + i, b + i, out + i, neg_a, neg_b, neg_shift, lo, hi, 4, 1);
+    }
+    if (i < size) {
+        add_4_mve(a + i, b + i, out + i, neg_a, neg_b, neg_shift, lo, hi, size - i, 0);
+    }
+#else
+    for (; i < p->size; i++) {
         const int32_t sum_i32 = qg_round_shift(a[i], p->shift_a) + qg_round_shift(b[i], p->shift_b);
         out[i] = qg_requantize_s8(sum_i32, p->shift, p->act_min, p->act_max);
     }
+#endif
 }
 
 void qg_clamp_s8(int32_t size, int8_t lo, int8_t hi, const int8_t *in, int8_t *out)
