@@ -37,6 +37,7 @@ from torch import nn
 
 from . import torch_ir
 from .errors import UserError
+from .fixed import frac_for_range
 from .ir import Graph, Node
 from .ops import SPEC, Trait, has
 from .passes import calibrate, concat_in_place, fold_bn, fold_pad, fuse_activation, quantize, run_pipeline
@@ -201,9 +202,13 @@ class QATModel(nn.Module):
                 g.tensors[node.inputs[2]].data = self.biases[str(i)].detach().double().numpy().copy()
             for k in SPEC[node.op].qat_params:
                 g.tensors[node.inputs[k]].data = self.params[f"{i}_{k}"].detach().double().numpy().copy()
-        # activations pinned to their frozen formats; internal state ranges (an LSTM's '<out>#cell') as calibrated
-        g.ranges = {**{k: v for k, v in g.ranges.items() if k not in self._frac and k not in g.tensors},
-                    **{name: 127.0 * 2.0 ** -frac for name, frac in self._frac.items()}}
+        # activations pinned to their frozen formats: the calibrated range where it gives that format (a format
+        # chosen from it at another width stays: a relu RNN's int16 state), else 127 * 2^-frac; internal state
+        # ranges (an LSTM's '<out>#cell') as calibrated
+        cal = g.ranges
+        g.ranges = {**{k: v for k, v in cal.items() if k not in self._frac and k not in g.tensors},
+                    **{name: cal[name] if name in cal and frac_for_range(cal[name], 8) == frac else 127.0 * 2.0 ** -frac
+                       for name, frac in self._frac.items()}}
         return g
 
     # -- execution

@@ -128,3 +128,16 @@ def test_whole_model_qat_from_pytorch_equals_compiled_reference():
         with torch.no_grad():
             got = qm.eval()(torch.from_numpy(x)).numpy()
         _assert_equal(got, result.predict(x), f"GRU classifier, state_bits {bits}")
+
+
+def test_relu_rnn_state_format_survives_convert():
+    """A relu RNN's int16 state frac comes from its output's calibrated range at 16 bits; convert must not pin that
+    range to one that gives the same int8 frac but another int16 frac (63.7 * 2^-4: int8 frac 4, int16 frac 13,
+    while 127 * 2^-4 gives 12)."""
+    g, _ = _calibrated("rnn_relu", 16)
+    g.ranges["y"] = 63.7 * 2.0 ** -4
+    qm = qat.QATModel(g)
+    xq = np.random.default_rng(5).integers(-128, 128, (16, 1, 10, 5))
+    want, qg = _spec_int(qm, xq)
+    assert qg.nodes[0].attrs["state_frac"] == 13
+    _assert_equal(_qat_int(qm, xq), want, "relu RNN")
