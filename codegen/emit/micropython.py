@@ -27,6 +27,7 @@ from .. import __version__
 from ..errors import UserError
 from ..ir import Graph, Node, Op, signature
 from ..ops import SPEC
+from ..passes.stream import is_step, state_size
 from ..reference import boundary_hwc
 from .c import check_prefix, layer_macs, template_environment
 
@@ -78,6 +79,9 @@ class PyModel:
     nonzero_size: int = 0  # Python conv/linear: nonzero positions, the largest KH*KW*Cin or in_features
     accs_size: int = 0  # viper conv/linear accumulators (int32), the largest Cout or out_features
     errors: dict[str, str] = field(default_factory=dict)  # input_contract()
+    stream: bool = False  # a streaming step (passes/stream.py): predict_step() / reset(), state in _STATE_MV
+    state_size: int = 0
+    reset_lines: list[str] = field(default_factory=list)  # reset()'s statements after the state memory is zeroed
     consts: list[PyConst] = field(default_factory=list)
     views: list[PyView] = field(default_factory=list)
     layers: list[PyLayer] = field(default_factory=list)
@@ -197,7 +201,7 @@ class _Builder:
             return "x"  # the caller's input, converted to array('b') by predict
         key = (region, offset, size)
         if key not in self.view_names:
-            base = {"output": ("_O", "_OUT_MV"), "arena": ("_A", "_ARENA_MV")}[region]
+            base = {"output": ("_O", "_OUT_MV"), "arena": ("_A", "_ARENA_MV"), "state": ("_ST", "_STATE_MV")}[region]
             name = f"{base[0]}{offset}_{size}"
             self.view_names[key] = name
             self.model.views.append(PyView(name, f"{base[1]}[{offset}:{offset + size}]",
@@ -231,6 +235,7 @@ class _Builder:
         m.errors = input_contract(m.prefix, x.size)
         m.output_frac = m.outputs[0]["frac"]
         m.arena_size = g.arena_size
+        m.stream, m.state_size = is_step(g), state_size(g)  # passes/stream.py
         for index, node in enumerate(g.nodes):
             m.layers.append(self.layer(index, node))
         m.macs = sum(layer_macs(g, n) for n in g.nodes)
@@ -264,7 +269,7 @@ def model_data(graph: Graph, prefix: str, banner: list[str] | None = None) -> Py
         for n in graph.nodes:
             n.attrs.pop("in_place", None)
             n.attrs.pop("out_stride", None)
-        graph = plan_memory.run(graph)
+        graph = plan_memory.run(graph)  # a streaming step keeps its state region (plan_memory.plan_state)
     if graph.tensors[graph.inputs[0]].dtype == "int16":
         raise UserError("the model takes int16 input (--precision input=int16), which the pure MicroPython module "
                         "does not implement; recompile with an int8 input")

@@ -505,6 +505,11 @@ def py_rnn(b, n, index: int):
               ("state h (scratch)", f"array('h', bytes({2 * hid}))"),
               ("cell c (scratch)", f"array('h', bytes({2 * hid}))" if lstm else "None"),
               ("x accumulators (scratch)", f"[0] * {rows}"), ("h accumulators (scratch)", f"[0] * {rows}")]
+    if a.get("stream"):  # a streaming step (passes/stream.py): the state persists, reset() sets it from h0 / c0
+        names = [k for k, _ in params]
+        for k, (what, init_name) in enumerate(zip(("state h (scratch)", "cell c (scratch)"), init)):
+            b.model.reset_lines.append(f"_set_state(_{sym}[{names.index(what)}], {init_name})")
+            params[names.index("h0" if k == 0 else "c0")] = (f"{'hc'[k]}0 (streaming: set by reset())", "None")
     return "_recurrent", params, ""
 
 

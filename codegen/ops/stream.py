@@ -71,6 +71,11 @@ def c_history(b, index: int, n):
     return "qg_history_params_t", fields, f"qg_history_s8(&{io.struct}, {io.ins[0]}, {io.out_expr});"
 
 
+def py_history(b, n, index: int):
+    """MicroPython: _history(frame, window, (frame_bytes, frames)); the window is a view of the state memory."""
+    return "_history", [("frame_bytes", b.g.tensors[n.inputs[0]].nbytes), ("frames", frames(n))], ""
+
+
 def qat_history(q, i: int, n, xs, s):
     return torch_history(n, xs, None)
 
@@ -81,6 +86,6 @@ SPECS = [
            "", (), ("qg_history_s8",),
            "streaming only (qgen compile --stream): the last K input frames of a causal convolution, kept "
            "in state memory", kernel=kernel_history,
-           no_py="streaming MicroPython modules are not written yet", emit_c=c_history, emit_c_wide=c_history,
+           emit_py=py_history, emit_c=c_history, emit_c_wide=c_history,
            qat=qat_history),
 ]

@@ -587,7 +587,7 @@ def _recurrent(x, y, p):
      h0, c0, up, state8, csh, cmul, crnd, cshr, omul, ornd, oshr, lo, hi, tab, h, c, ax, ah) = p
     lim = 1 << 24
     rows = len(b_ih)
-    for j in range(hid):
+    for j in range(hid if h0 is not None else 0):  # h0 None: a streaming step, the state persists (reset() sets it)
         h[j] = h0[j]
         if kind == 1:
             c[j] = c0[j]
@@ -641,6 +641,23 @@ def _recurrent(x, y, p):
             else:
                 y[yo + j] = v
             h[j] = v if state8 else new
+
+
+def _history(x, y, p):
+    # streaming (codegen/ops/stream.py): y, the last `frames` frames of x (oldest first) in the state memory,
+    # shifts by one frame and takes x as its newest (the C kernel qg_history_s8)
+    fb, frames = p
+    keep = (frames - 1) * fb
+    for i in range(keep):  # forward: each byte is read before it is overwritten
+        y[i] = y[i + fb]
+    for i in range(fb):
+        y[keep + i] = x[i]
+
+
+def _set_state(dst, src):
+    # streaming reset: a recurrent layer's state h (or c) <- its initial h0 (c0)
+    for j in range(len(src)):
+        dst[j] = src[j]
 
 
 def _sat16(v):
