@@ -82,6 +82,9 @@ def mve_graph(rng) -> Graph:
         pixel = b.node(f"px_c{c}", Op.SLICE, [b.node(f"row_c{c}", Op.SLICE, [src], output=False, axis=0, start=1,
                                                      length=1)], output=False, axis=1, start=2, length=1)
         b.node(f"mul_gate_c{c}", Op.MUL, [src, pixel], shift=6, act_min=a[0], act_max=a[1])
+        # (3, 5, c) x (3, 5, c)^T: k = c, rows of a times rows of b (qg_dot_1x2_s8 / qg_dot_1x1_s8)
+        b.node(f"matmul_c{c}", Op.MATMUL, [src, dw], shift=int(rng.choice([0, 5, 9, 14])), act_min=a[0],
+               act_max=a[1])
     # long rows (k = 495: 30 full vectors and a tail), many rows, the KWS first-layer shape (1 channel,
     # 10x4 window, stride 2), a strided and dilated conv, a grouped conv, a depthwise multiplier and stride
     b.weighted("fc_495_17", Op.LINEAR, flat, (17, int(np.prod(SHAPE))))
