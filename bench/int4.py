@@ -19,10 +19,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from kernels import BOARDS, NAMES, Layer, _weighted, measure  # noqa: E402
-
 from cmsis_nn_peer import find_checkout  # noqa: E402
 from cmsis_nn_peer import measure as measure_cmsis  # noqa: E402
+from kernels import BOARDS, NAMES, Layer, _weighted, measure  # noqa: E402
+
 from codegen.fixed import QFormat  # noqa: E402
 from codegen.passes import plan_memory  # noqa: E402
 from codegen.resources import kernel_dir  # noqa: E402

@@ -98,7 +98,8 @@ def _evaluate(config: str, graph, float_graph, x_te, y_te, float_logits) -> Row:
                float((logits.argmax(1) == float_logits.argmax(1)).mean()), layers[-1][1], layers, arena)
 
 
-def ptq(model, example, x_cal, method: str, bias_correction: bool, equalize: bool, precision=None, auto=None):
+def ptq(model, example, x_cal, method: str, bias_correction: bool, equalize: bool, precision=None, auto=None,
+        weights: str = "int8"):
     """The compile pipeline up to the quantised IR, with the issue-8 options (mirrors api.compile).
 
     precision: {layer: 16} or "all" (every eligible layer and the input); auto: (x_val, y_val, max_drop)
@@ -122,11 +123,13 @@ def ptq(model, example, x_cal, method: str, bias_correction: bool, equalize: boo
     graph = run_pipeline(from_module(model, example), passes)
     if precision == "all":
         precision = {name: 16 for name in assign_precision.candidates(copy.deepcopy(graph))}
+    if weights != "int8":  # int4 weights (QuantOptions.weights): before the search, which then measures them
+        graph = run_pipeline(graph, [("assign_precision", lambda g: assign_precision.run(g, None, weights))])
     if auto is not None:
         x_val, y_val, max_drop = auto
         precision = precision_mod.search(graph, x_val, y_val, max_drop, x_cal).spec
     if precision:
-        graph = run_pipeline(graph, [("assign_precision", lambda g: assign_precision.run(g, precision)),
+        graph = run_pipeline(graph, [("assign_precision", lambda g: assign_precision.run(g, precision, weights)),
                                      ("calibrate", lambda g: calibrate.run(g, x_cal, method=method))])
     float_graph = copy.deepcopy(graph)
     post = [("quantize", quantize.run)]
@@ -163,10 +166,16 @@ def run_task(name: str, model, data, qat_epochs: int, qat_lr: float, log) -> dic
         config = f"minmax + {label}" + (f" ({', '.join(wide) or 'none: int8 meets it'})" if "auto" in kwargs else "")
         rows.append(_evaluate(config, graph, fgraph, x_te, y_te, float_logits))
         log(f"{name}: {config:40s} acc {rows[-1].int8_acc:.4f} ({time.perf_counter() - t0:.1f} s)")
+    for method, bc in (("minmax", False), ("mse", False), ("mse", True)):  # int4 weights, int8 activations
+        graph, fgraph, _ = ptq(model, example, x_tr, method, bc, False, weights="int4")
+        config = f"{method}{' + bias corr.' if bc else ''} + int4 weights"
+        rows.append(_evaluate(config, graph, fgraph, x_te, y_te, float_logits))
+        log(f"{name}: {config:40s} acc {rows[-1].int8_acc:.4f}")
     exact_total = [0, 0]
-    for seed in QAT_SEEDS:  # the shuffling seed: QAT accuracy varies by a few test images between runs
+    for seed, weights in [(s, "int8") for s in QAT_SEEDS] + [(s, "int4") for s in QAT_SEEDS]:
+        # the shuffling seed: QAT accuracy varies by a few test images between runs
         t0 = time.perf_counter()
-        qm = qat.prepare(model, example, x_tr, method="mse")
+        qm = qat.prepare(model, example, x_tr, method="mse", weights=weights)
         qat.finetune(qm, x_tr, y_tr, epochs=qat_epochs, lr=qat_lr, seed=seed)
         result = qat.compile(qm, eval_data=x_te[:8])
         with torch.no_grad():
@@ -174,7 +183,8 @@ def run_task(name: str, model, data, qat_epochs: int, qat_lr: float, log) -> dic
         exact = int(np.sum(qat_out == result.predict(x_te)))
         exact_total[0] += exact
         exact_total[1] += qat_out.size
-        row = _evaluate(f"QAT seed {seed} ({qat_epochs} epochs, lr {qat_lr:g}, mse)", result.graph,
+        kind = "QAT int4 weights" if weights == "int4" else "QAT"
+        row = _evaluate(f"{kind} seed {seed} ({qat_epochs} epochs, lr {qat_lr:g}, mse)", result.graph,
                         result.float_graph, x_te, y_te, float_logits)
         rows.append(row)
         log(f"{name}: {row.config} int8 {row.int8_acc:.4f}, QAT eval == integer reference on {exact}/"
@@ -234,17 +244,23 @@ def to_markdown(tasks: list[dict], command: str) -> str:
 
 
 def _picks(task: dict) -> list[Row]:
-    return [r for r in task["rows"] if (" + " not in r.config and not r.config.startswith("QAT seed"))
-            or r.config in ("mse + bias corr.", "minmax + every layer int16") or r.config.startswith("QAT seed 0")]
+    return [r for r in task["rows"] if (" + " not in r.config and not r.config.startswith("QAT"))
+            or r.config in ("mse + bias corr.", "minmax + every layer int16", "mse + int4 weights")
+            or r.config.startswith(("QAT seed 0", "QAT int4 weights seed 0"))]
 
 
 def _targets(tasks: list[dict]) -> list[str]:
     """The issue's targets, checked on the digits CNN."""
     digits = tasks[0]
     rows = {r.config: r for r in digits["rows"]}
-    qat_rows = [r for r in digits["rows"] if r.config.startswith("QAT")]
+    qat_rows = [r for r in digits["rows"] if r.config.startswith("QAT seed")]
     drop = 100 * (digits["float_acc"] - rows["minmax"].int8_acc)
-    worst = max(100 * (digits["float_acc"] - r.int8_acc) for r in digits["rows"] if r not in qat_rows)
+    worst = max(100 * (digits["float_acc"] - r.int8_acc) for r in digits["rows"]
+                if not r.config.startswith("QAT") and "int4" not in r.config)
+    int4_ptq = max(100 * (digits["float_acc"] - r.int8_acc) for r in digits["rows"]
+                   if r.config.endswith("int4 weights"))
+    int4_qat = [r for r in digits["rows"] if r.config.startswith("QAT int4")]
+    int4_gap = 100 * (digits["float_acc"] - float(np.mean([r.int8_acc for r in int4_qat])))
     gap = 100 * (digits["float_acc"] - float(np.mean([r.int8_acc for r in qat_rows])))
     one = 100.0 / digits["test"]
     return ["## Targets (digits CNN)", "",
@@ -252,7 +268,11 @@ def _targets(tasks: list[dict]) -> list[str]:
              f"({'met' if worst <= 0.5 else 'NOT met'}); one test image is {one:.2f} pt."),
             (f"- QAT within 0.2 pt of float: mean of {len(qat_rows)} seeds {gap:+.2f} pt "
              f"({'met' if gap <= 0.2 else 'NOT met'}); "
-             + ", ".join(f"{r.int8_acc:.2%}" for r in qat_rows) + "."), ""]
+             + ", ".join(f"{r.int8_acc:.2%}" for r in qat_rows) + "."),
+            (f"- int4 weights (int8 activations), PTQ drop <= 2 pt: worst int4 PTQ configuration {int4_ptq:+.2f} pt "
+             f"({'met' if int4_ptq <= 2 else 'NOT met'}); QAT <= 1 pt: mean of {len(int4_qat)} seeds "
+             f"{int4_gap:+.2f} pt ({'met' if int4_gap <= 1 else 'NOT met'}); "
+             + ", ".join(f"{r.int8_acc:.2%}" for r in int4_qat) + "."), ""]
 
 
 def plot(tasks: list[dict], path: Path) -> None:

@@ -41,7 +41,8 @@ class Builder:
             self.g.outputs.append(name)
         return name
 
-    def weighted(self, name: str, op: Op, src: str, w_shape: tuple, act_range=(-128, 127), **attrs) -> str:
+    def weighted(self, name: str, op: Op, src: str, w_shape: tuple, act_range=(-128, 127), output: bool = True,
+                 **attrs) -> str:
         rng, cout = self.rng, w_shape[0]
         w = rng.integers(-8, 8, w_shape)
         w.flat[0], w.flat[-1] = -8, 7
@@ -52,7 +53,7 @@ class Builder:
                                              b.astype(np.int32))
         shift = rng.integers(-3, 12, cout)
         attrs.update(shift=[int(s) for s in shift], act_min=act_range[0], act_max=act_range[1])
-        return self.node(name, op, [src, f"{name}_w", f"{name}_b"], **attrs)
+        return self.node(name, op, [src, f"{name}_w", f"{name}_b"], output, **attrs)
 
 
 def int4_graph(rng) -> Graph:
@@ -69,6 +70,10 @@ def int4_graph(rng) -> Graph:
     b.weighted("dw3x3_c8", Op.DEPTHWISE_CONV2D, c8, (8, 3, 3, 1), ACTS[1], **pad1)
     b.weighted("dw3x3_c7_odd_n", Op.DEPTHWISE_CONV2D, "x", (7, 3, 3, 1), ACTS[2], **pad1)  # 63 weights
     b.weighted("dw3x3_c7_mult2_s2", Op.DEPTHWISE_CONV2D, "x", (14, 3, 3, 1), stride=(2, 2), padding=(1, 1, 1, 1))
+    # a chain whose inputs die: the planner may start each output below its input (kernels.ORDERED)
+    a = b.weighted("chain_conv", Op.CONV2D, "x", (12, 3, 3, 7), ACTS[1], output=False, **pad1)
+    a = b.weighted("chain_dw", Op.DEPTHWISE_CONV2D, a, (12, 3, 3, 1), ACTS[1], output=False, **pad1)
+    b.weighted("chain_conv1x1", Op.CONV2D, a, (12, 1, 1, 12), **plain)
     flat = b.node("flat", Op.RESHAPE, ["x"], output=False, shape=(int(np.prod(SHAPE)),))
     b.weighted("fc_210_7", Op.LINEAR, flat, (7, 210))  # K % 8 = 2, odd rows
     for k, rows, a in ((33, 17, ACTS[0]), (33, 8, ACTS[1]), (16, 3, ACTS[2]), (1, 2, ACTS[0]), (9, 5, ACTS[1])):
@@ -148,6 +153,16 @@ def test_kernels_are_the_s4_ones(model):
     assert "int4 weights" in weights_c and "uint8_t i4_l0_conv2d_weights[" in weights_c
 
 
+def test_int4_convolutions_may_overlap_a_dying_input(model):
+    from codegen.kernels import select
+
+    graph = model[0]
+    nodes = {n.name: n for n in graph.nodes}
+    for name in ("chain_conv", "chain_dw", "chain_conv1x1"):  # (the MLPerf Tiny models run them in place)
+        assert select(graph, nodes[name]).overlap is not None
+    assert select(graph, nodes["conv_g2_d2"]).overlap is None  # grouped: the DSP path gathers group by group
+
+
 def test_host_c_equals_reference_under_sanitizers(model, tmp_path):
     graph, out, x, expect = model
     exe = build_native(out, "i4", tmp_path / "i4_asan", SANITIZE_FLAGS)
@@ -220,7 +235,8 @@ def test_cli_weights_int4_and_precision_w4(tmp_path):
     assert run.returncode == 0, run.stderr
     c = (tmp_path / "b" / "model_model.c").read_text()
     assert "qg_fully_connected_s4(" in c and "qg_conv2d_s8(" in c
-    run = subprocess.run([*base, "--out", str(tmp_path / "c"), "--precision", "input=w4"], capture_output=True, text=True)
+    run = subprocess.run([*base, "--out", str(tmp_path / "c"), "--precision", "input=w4"], capture_output=True,
+                         text=True)
     assert run.returncode == 1 and "has no weights" in run.stderr and "Traceback" not in run.stderr
 
 
