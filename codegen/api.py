@@ -155,7 +155,7 @@ class CompileResult:
         if self._host is None:
             inp = self.graph.tensors[self.graph.inputs[0]]
             out_size = sum(self.graph.tensors[o].size for o in self.graph.outputs)
-            stream = self.window_graph is not None  # <prefix>_step / _reset instead of _run
+            stream = self.streams  # <prefix>_step / _reset instead of _run
             if self.out_dir is not None:
                 self._host = HostModel(self.out_dir, self.prefix, inp.size, out_size, stream=stream)
             else:  # an in-memory result: the C files are needed only while cffi builds (into its cache)
@@ -165,17 +165,28 @@ class CompileResult:
         return self._host
 
     def verify(self, x: np.ndarray | None = None) -> VerifyResult:
-        """C (host, cffi) == reference on float inputs x (PyTorch layout), or the saved samples."""
+        """C (host, cffi) == reference on float inputs x (PyTorch layout), or the saved samples. A streaming model:
+        each sample (any number of frames) is one stream, every step compared with codegen/stream.py's spec."""
+        if self.streams:
+            from .stream import verify_stream
+
+            seqs = self.saved_inputs() if x is None else quantize_input(self.graph, as_array(x))
+            return verify_stream(self.graph, self.host(), seqs)
         x_i8 = quantize_input(self.graph, float_batch(self.graph, x, "verification data")) if x is not None \
             else self.saved_inputs()
         return host_verify(self.graph, self.host(), x_i8)
 
     # -- streaming (--stream: `graph` is one step, codegen/passes/stream.py)
+    @property
+    def streams(self) -> bool:
+        """Compiled with stream=True: `graph` is one step (<prefix>_step / <prefix>_reset in C)."""
+        return self.window_graph is not None or (self.options is not None and self.options.emit.stream)
+
     def stream(self):
         """The streaming spec: a codegen.stream.StreamRunner (reset(), step(frame)) over the step graph."""
         from .stream import StreamRunner
 
-        if self.window_graph is None:
+        if not self.streams:
             raise UserError("this model was not compiled with stream=True (qgen compile --stream)")
         return StreamRunner(self.graph)
 

@@ -164,6 +164,10 @@ def cmd_compile(args) -> int:
     result = qcompile(args.model, args.input_shape, calib, options=options, out_dir=None if split_at else args.out,
                       eval_data=eval_x, labels=eval_labels, train=train)
     report.print_table(result.report)
+    if options.emit.stream:
+        from .passes.stream import summary_line
+
+        print(summary_line(result.report["stream"], args.prefix))
     if options.compress.any or args.command == "compress":
         from . import compress
 

@@ -87,6 +87,14 @@ def test_bit_exact_on_core(core, board, compiled, tmp_path):
     np.testing.assert_array_equal(got, expect, err_msg=core)
 
 
+def test_qgen_verify_steps_the_saved_sequences(compiled, capsys):
+    from codegen import cli
+
+    name, _, out, _, _, _ = compiled
+    assert cli.main(["verify", str(out)]) == 0
+    assert "bit-exact: yes" in capsys.readouterr().out
+
+
 def test_stream_refuses_the_caller_arena():
     torch.manual_seed(0)
     with pytest.raises(UserError, match="arena-argument"):

@@ -318,3 +318,12 @@ def stream_report(window: Graph, step: Graph) -> dict:
     return {"receptive_field": receptive_field(window), "window_frames": window.tensors[window.inputs[0]].shape[1],
             "state_bytes": state_size(step), "step_arena_bytes": step.arena_size,
             "window_arena_bytes": window.arena_size, "step_macs": macs_step, "window_macs": macs_window}
+
+
+def summary_line(rep: dict, prefix: str) -> str:
+    """`qgen compile --stream`'s line about the stream (rep: report.json's "stream")."""
+    rf = rep["receptive_field"]
+    field = f"receptive field {rf} frames" if rf is not None else "recurrent: every frame since the reset"
+    return (f"stream: {prefix}_step(frame, out) + {prefix}_reset(); {field}; state {rep['state_bytes']} B + arena "
+            f"{rep['step_arena_bytes']} B (whole window: arena {rep['window_arena_bytes']} B); "
+            f"{rep['step_macs']:,} MACs per frame (whole window: {rep['window_macs']:,})")
