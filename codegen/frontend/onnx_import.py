@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..ir import Graph, Node, Op, Tensor, verify
+from . import onnx_recurrent
 from .torch_export import LAYOUTS, ir_axis, ir_shape_of, reject_non_finite, source_of_trace
 
 OPSETS = range(13, 22)  # default-domain opsets qgen reads
@@ -71,6 +72,9 @@ class _Act:
 
     def __init__(self, name: str, rank: int):
         self.name, self.rank = name, rank
+
+
+VALUES = (_Act, onnx_recurrent._Seq)  # computed values (not constants to fold)
 
 
 def torch_shape_of(ir_shape: tuple[int, ...], rank: int) -> tuple[int, ...]:
@@ -238,19 +242,20 @@ class _Importer:
             if node.domain not in ("", "ai.onnx"):
                 raise self.unsupported(node, f"custom domain '{node.domain}'")
             inputs = [i for i in node.input if i][:1] if node.op_type in ("CastLike", "Shape") else node.input
-            if node.op_type in CONST_FOLD and all(i in self.values and not isinstance(self.values[i], _Act)
+            if node.op_type in CONST_FOLD and all(i in self.values and not isinstance(self.values[i], VALUES)
                                                   for i in inputs if i):
                 outs = CONST_FOLD[node.op_type](self, node)
                 for name, value in zip(node.output, outs):
                     self.values[name] = np.asarray(value)
                 continue
-            handler = HANDLERS.get(node.op_type)
+            handler = onnx_recurrent.route(self, node, HANDLERS.get(node.op_type))  # sequences around GRU/LSTM/RNN
             if handler is None:
                 raise self.unsupported(node)
             out = handler(self, node)
             self.values[node.output[0]] = out
         for out in g.output:
             self.output(out)
+        onnx_recurrent.finish(self.graph)
         return self.graph
 
     def unsupported(self, node, why: str = "") -> UserError:
@@ -276,13 +281,22 @@ class _Importer:
             raise UserError(f"ONNX input '{value_info.name}' has shape {shape}; qgen supports (1, C, H, W) images, "
                             "(1, C, L) sequences and (1, F) vectors with batch size 1")
         name = self.graph.fresh_name(re.sub(r"[^A-Za-z0-9_]", "_", value_info.name) or "x")
-        self.graph.tensors[name] = Tensor(name, ir_shape_of(tuple(shape)))
         self.graph.inputs.append(name)
+        if len(shape) == 3 and onnx_recurrent.wants_sequence(self, value_info.name):  # (1, T, F), time-major
+            self.graph.tensors[name] = Tensor(name, tuple(shape))
+            self.graph.io_layout[name] = "nlc"
+            self.values[value_info.name] = onnx_recurrent.input_sequence(self, name, tuple(shape))
+            return
+        self.graph.tensors[name] = Tensor(name, ir_shape_of(tuple(shape)))
         self.graph.io_layout[name] = LAYOUTS[len(shape)]
         self.values[value_info.name] = _Act(name, len(shape))
 
     def output(self, value_info) -> None:
         value = self.values.get(value_info.name)
+        if isinstance(value, onnx_recurrent._Seq):  # a recurrent layer's output: (1, T, C) as it lies
+            value = onnx_recurrent.output_value(self, value_info.name, value)
+            if isinstance(value, str):
+                return
         if not isinstance(value, _Act):
             raise UserError(f"ONNX output '{value_info.name}' is a constant; qgen compiles computed outputs only")
         if value.name in self.flat_from_image:
@@ -401,6 +415,12 @@ def _np_slice(imp: _Importer, node) -> list:
     return [x[tuple(index)]]
 
 
+def _np_expand(imp: _Importer, node) -> list:
+    """Expand of a constant (torch.onnx's zero initial state of a recurrent layer, broadcast to its batch)."""
+    x = np.asarray(imp.values[node.input[0]])
+    return [x * np.ones([int(v) for v in np.asarray(imp.values[node.input[1]]).reshape(-1)], dtype=x.dtype)]
+
+
 def _np_constant_of_shape(imp: _Importer, node) -> list:
     value = next((imp.numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"), np.zeros(1, np.float32))
     shape = [int(v) for v in np.asarray(imp.values[node.input[0]]).reshape(-1)]
@@ -423,6 +443,7 @@ CONST_FOLD: dict[str, Callable[[_Importer, Any], list]] = {
     "Squeeze": _np_squeeze,
     "Gather": _np_gather,
     "Concat": _np_concat,
+    "Expand": _np_expand,
     "Mul": _np_binary(np.multiply),
     "Add": _np_binary(np.add),
     "Sub": _np_binary(np.subtract),
@@ -1097,4 +1118,7 @@ HANDLERS: dict[str, Callable[[_Importer, Any], Any]] = {
     "Identity": _identity,
     "Dropout": _dropout,
     "Shape": _shape,
+    "GRU": onnx_recurrent.recurrent,
+    "LSTM": onnx_recurrent.recurrent,
+    "RNN": onnx_recurrent.recurrent,
 }
