@@ -11,7 +11,7 @@ and the activation widths (int8 -> `s8`; any int16 -> the qg_wide.c variant `s8_
 
 Scratch is sized for the core that runs the kernel: `qg_conv2d_s8` needs 8*K4 (+K4) bytes on a core with
 the DSP extension (four int16 im2col columns) but only K bytes of one int8 column on the plain path
-(Cortex-M0+/M3). The generated C is core-independent (one arena, `qg_conv2d_s8_buffer_size` in C gives
+(Cortex-M0+/M3) and the Helium path (Cortex-M55). The generated C is core-independent (one arena, `qg_conv2d_s8_buffer_size` in C gives
 the DSP size), so the planner asks with core=None: the most any core needs.
 """
 from __future__ import annotations
@@ -58,6 +58,7 @@ def kernel_structs() -> dict[str, dict[str, str]]:
 
 DSP_CORES = frozenset({"cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55"})  # __ARM_FEATURE_DSP
 PLAIN_CORES = frozenset({"cortex-m0", "cortex-m0plus", "cortex-m3", "host"})  # the plain-C paths
+MVE_CORES = frozenset({"cortex-m55"})  # __ARM_FEATURE_MVE: the Helium kernels of qg_mve.h (also DSP cores)
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,8 @@ def scratch_for(fn: str | None, g: Graph, n: Node, core: str | None) -> int:
         if fn == "qg_depthwise_conv2d_s8":
             return depthwise_conv2d_buffer_size(cin, kh, kw, cout)
         cin //= n.attrs.get("groups", 1)  # a grouped conv gathers one group's channels at a time
-        if core in PLAIN_CORES:
-            return kh * kw * cin  # the plain path im2cols one int8 column of K bytes
+        if core in PLAIN_CORES or core in MVE_CORES:
+            return kh * kw * cin  # the plain and Helium paths im2col one int8 column of K bytes
         return conv2d_buffer_size(cin, kh, kw, cout)
     if fn == "qg_conv_transpose2d_s8":
         from .ops.upsample import conv_transpose_scratch
