@@ -8,11 +8,12 @@
  * pre-activation; then, per hidden unit, the cell's element-wise update through one 513-entry Q15 tanh table
  * with linear interpolation (sigmoid(x) = (1 + tanh(x / 2)) / 2).
  *
- * With the DSP extension (Cortex-M4/M7/M33) the products take four gate rows per pass and 4 columns per step:
- * x_t and h are first widened / reordered once per step into int16 pairs in scratch ((v0, v2), (v1, v3) per
- * group of 4, qg_simd.h's convention), so one LDRD gives the pairs, each row's word of 4 weights unpacks with
- * SXTB16, and two SMLADs per row take the 4 MACs. Without it, plain C: the rows two at a time sharing each load
- * of the vector (ARMv6-M).
+ * With the DSP extension (Cortex-M4/M7/M33/M55) the products take four gate rows per pass (then two, then one)
+ * and 4 columns per step: x_t and h are first widened / reordered once per step into int16 pairs in scratch
+ * ((v0, v2), (v1, v3) per group of 4, qg_simd.h's convention), so one LDRD gives the pairs, each row's word of 4
+ * weights unpacks with SXTB16, and two SMLADs per row take the 4 MACs. The 4-column steps are asm blocks: GCC 12
+ * hoists every load of the C loop to its top and spills the accumulators. Without it, plain C: the rows two at a
+ * time sharing each load of the vector (ARMv6-M).
  */
 #include "qg_kernels.h"
 
@@ -174,8 +175,7 @@ static void qg_pack_s16(int16_t *dst, const int16_t *src, int32_t n)
     }
 }
 
-/* 4 columns of two rows: *a0 += (v0..v3) . w0[0..4), *a1 += (v0..v3) . w1[0..4), the pointers advanced. One asm
- * block: GCC 12 hoists every load of an unrolled C loop to its top and spills the accumulators. */
+/* 4 columns of two rows: *a0 += (v0..v3) . w0[0..4), *a1 += (v0..v3) . w1[0..4), the pointers advanced. */
 static inline void qg_mac_2rows_4(const qg_word_t **vp, const int8_t **w0, const int8_t **w1, int32_t *a0,
                                   int32_t *a1)
 {
@@ -225,6 +225,68 @@ static inline QG_RNN_INLINE const int8_t *qg_dot_2rows(const int16_t *v, const i
     return w1 + (k & 3);
 }
 
+
+/* 4 columns of four rows w, w + k, w + 2k, w + 3k (k3 = 3k): acc += (v0..v3) . row, w advanced by 4. The rows
+ * are read at register offsets from one pointer: four pointers and four accumulators would not fit the registers.
+ * (The weights are const, the clobber only keeps the compiler from assuming what the loads read.) */
+static inline void qg_mac_4rows_4(const qg_word_t **vp, const int8_t **w, int32_t k, int32_t k3, int32_t *a0,
+                                  int32_t *a1, int32_t *a2, int32_t *a3)
+{
+    int32_t ve, vo, wv, t;
+    __asm__("ldrd %[ve], %[vo], [%[vp]], #8\n\t"
+            "ldr %[wv], [%[w], %[k]]\n\t"
+            "sxtb16 %[t], %[wv]\n\t"
+            "smlad %[a1], %[t], %[ve], %[a1]\n\t"
+            "sxtb16 %[t], %[wv], ror #8\n\t"
+            "smlad %[a1], %[t], %[vo], %[a1]\n\t"
+            "ldr %[wv], [%[w], %[k], lsl #1]\n\t"
+            "sxtb16 %[t], %[wv]\n\t"
+            "smlad %[a2], %[t], %[ve], %[a2]\n\t"
+            "sxtb16 %[t], %[wv], ror #8\n\t"
+            "smlad %[a2], %[t], %[vo], %[a2]\n\t"
+            "ldr %[wv], [%[w], %[k3]]\n\t"
+            "sxtb16 %[t], %[wv]\n\t"
+            "smlad %[a3], %[t], %[ve], %[a3]\n\t"
+            "sxtb16 %[t], %[wv], ror #8\n\t"
+            "smlad %[a3], %[t], %[vo], %[a3]\n\t"
+            "ldr %[wv], [%[w]], #4\n\t"
+            "sxtb16 %[t], %[wv]\n\t"
+            "smlad %[a0], %[t], %[ve], %[a0]\n\t"
+            "sxtb16 %[t], %[wv], ror #8\n\t"
+            "smlad %[a0], %[t], %[vo], %[a0]"
+            : [ve] "=&r"(ve), [vo] "=&r"(vo), [wv] "=&r"(wv), [t] "=&r"(t), [vp] "+r"(*vp), [w] "+r"(*w),
+              [a0] "+r"(*a0), [a1] "+r"(*a1), [a2] "+r"(*a2), [a3] "+r"(*a3)
+            : [k] "r"(k), [k3] "r"(k3)
+            : "memory");
+}
+
+/* acc[q] += v . row q for the four rows at w (k columns each); returns w + 4k */
+static inline QG_RNN_INLINE const int8_t *qg_dot_4rows(const int16_t *v, const int8_t *w, int32_t k, int32_t acc[4])
+{
+    const qg_word_t *vp = (const qg_word_t *)(const void *)v;
+    const int8_t *w0 = w;
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    int32_t i;
+    for (i = k >> 2; i > 0; i--) {
+        qg_mac_4rows_4(&vp, &w0, k, 3 * k, &a0, &a1, &a2, &a3);
+    }
+    {
+        const int16_t *vt = (const int16_t *)(const void *)vp;
+        for (i = 0; i < (k & 3); i++) {
+            const int32_t vi = vt[i];
+            a0 += vi * w0[i];
+            a1 += vi * w0[k + i];
+            a2 += vi * w0[2 * k + i];
+            a3 += vi * w0[3 * k + i];
+        }
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+    return w0 + (k & 3) + 3 * k;
+}
+
 /* acc + v . w for one row (the last row of an odd count) */
 static inline int32_t qg_dot_1row(const int16_t *v, const int8_t *w, int32_t k, int32_t acc)
 {
@@ -270,8 +332,8 @@ QG_DOT_2ROWS(qg_dot_2rows_s16, int16_t)
 
 /* Gate row r of one step from its two accumulators: slot[r] = sat16(align(ax) + align(ah)); the GRU's candidate
  * rows (r >= split) keep the aligned ax in slot[r] and requantize(ah, h_shift) to int16 in cand[r - split]. */
-static inline QG_RNN_INLINE void qg_gate_store(const qg_recurrent_params_t *p, int32_t r, int32_t split, int32_t ax, int32_t ah,
-                                 int32_t *slot, int32_t *cand)
+static inline QG_RNN_INLINE void qg_gate_store(const qg_recurrent_params_t *p, int32_t r, int32_t split,
+                                               int32_t ax, int32_t ah, int32_t *slot, int32_t *cand)
 {
     const int32_t a = qg_align24(ax, p->x_shift[r]);
     if (r < split) {
@@ -282,8 +344,8 @@ static inline QG_RNN_INLINE void qg_gate_store(const qg_recurrent_params_t *p, i
     }
 }
 
-/* Every gate row of one step, two rows per pass. xv, hv: the vectors as the products read them (DSP: packed
- * int16 copies of x_t and h; plain: x_t itself and h). */
+/* Every gate row of one step (DSP: four rows per pass, then two; plain: two), then an odd last row. xv, hv: the
+ * vectors as the products read them (DSP: packed int16 copies of x_t and h; plain: x_t itself and h). */
 static void qg_gate_rows(const qg_recurrent_params_t *p, const void *xv, const int16_t *hv, int32_t *slot,
                          int32_t *cand)
 {
@@ -291,7 +353,23 @@ static void qg_gate_rows(const qg_recurrent_params_t *p, const void *xv, const i
     const int32_t split = p->cell == QG_CELL_GRU ? 2 * hid : rows; /* first candidate row */
     const int8_t *wx = p->w_ih, *wh = p->w_hh;
     int32_t r;
+#if QG_DSP
+    for (r = 0; r + 3 < rows; r += 4) {
+        int32_t ax[4], ah[4], q;
+        for (q = 0; q < 4; q++) {
+            ax[q] = p->b_ih[r + q];
+            ah[q] = p->b_hh[r + q];
+        }
+        wx = qg_dot_4rows((const int16_t *)xv, wx, in, ax);
+        wh = qg_dot_4rows(hv, wh, hid, ah);
+        for (q = 0; q < 4; q++) {
+            qg_gate_store(p, r + q, split, ax[q], ah[q], slot, cand);
+        }
+    }
+    for (; r + 1 < rows; r += 2) {
+#else
     for (r = 0; r + 1 < rows; r += 2) {
+#endif
         int32_t ax0 = p->b_ih[r], ax1 = p->b_ih[r + 1], ah0 = p->b_hh[r], ah1 = p->b_hh[r + 1];
 #if QG_DSP
         wx = qg_dot_2rows((const int16_t *)xv, wx, in, &ax0, &ax1);
