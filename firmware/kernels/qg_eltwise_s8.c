@@ -111,27 +111,36 @@ void qg_pad_s8(const qg_pad_params_t *p, const int8_t *restrict in, int8_t *rest
     qg_pad_elements(p, in, out, 1);
 }
 
+/* GCC would turn the short byte loop below into a memcpy call per block */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+#endif
 void qg_concat_s8(const qg_concat_params_t *p, const int8_t *const *inputs, int8_t *restrict out)
 {
-    int32_t b, k, i;
-    for (b = 0; b < p->outer; b++) {
-        int8_t *dst = out + b * p->out_block;
-        for (k = 0; k < p->n_inputs; k++) {
-            const int32_t n = p->block_size[k];
-            const int8_t *src = inputs[k] == NULL ? NULL : inputs[k] + b * n;
-            const int32_t shift = p->shift[k];
-            if (src == NULL) {
-                /* written in place by its producer (codegen/passes/concat_in_place.py) */
-            } else if (shift == 0) {
+    /* input by input (each input's size, shift and pointer once, not once per block): the output blocks
+     * take disjoint byte ranges, so the order of the writes does not matter */
+    const int32_t outer = p->outer, out_block = p->out_block;
+    int32_t b, k, i, at = 0;
+    for (k = 0; k < p->n_inputs; k++) {
+        const int32_t n = p->block_size[k], shift = p->shift[k];
+        const int8_t *src = inputs[k];
+        int8_t *dst = out + at;
+        at += n;
+        if (src == NULL) {
+            continue; /* written in place by its producer (codegen/passes/concat_in_place.py) */
+        }
+        for (b = 0; b < outer; b++, src += n, dst += out_block) {
+            if (shift == 0 && n < 8) { /* a few channels per pixel */
                 for (i = 0; i < n; i++) {
                     dst[i] = src[i];
                 }
+            } else if (shift == 0) {
+                qg_copy_s8(dst, src, n);
             } else {
                 for (i = 0; i < n; i++) {
                     dst[i] = qg_requantize_s8(src[i], shift, -128, 127);
                 }
             }
-            dst += n;
         }
     }
 }

@@ -249,9 +249,51 @@ void qg_transpose_s16(const qg_transpose_params_t *p, const int16_t *restrict in
     for (o = 0; o < outer; o++, src += in_block, out += out_block)                         \
         qg_copy_s8((int8_t *)out, (const int8_t *)src, out_block * (int32_t)sizeof(T));
 
+/* GCC would turn the short word and byte loops below back into a memcpy call per block */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+#endif
 void qg_slice_s8(const qg_slice_params_t *p, const int8_t *restrict in, int8_t *restrict out)
 {
-    QG_SLICE_BODY(int8_t)
+#if defined(__ARM_FEATURE_UNALIGNED) && __ARM_FEATURE_UNALIGNED
+    /* short blocks (a few channels per pixel): whole words per block, 4 instructions per word. A block's
+     * last word may run up to 3 bytes past it: into the next output block, which is written after it (the
+     * output blocks are contiguous), reading input bytes that lie before the next input block's end; the
+     * last block is copied exactly. */
+    if (p->out_block >= 4 && p->out_block < 64) {
+        const int32_t in_block = p->in_block, out_block = p->out_block, words = (out_block + 3) >> 2;
+        const int8_t *src = in + p->offset;
+        int32_t o;
+        for (o = 0; o + 1 < p->outer; o++, src += in_block, out += out_block) {
+            const int8_t *s = src;
+            int8_t *d = out;
+            int32_t k = words;
+            do {
+                int32_t w;
+                memcpy(&w, s, 4);
+                memcpy(d, &w, 4);
+                s += 4;
+                d += 4;
+            } while (--k > 0);
+        }
+        qg_copy_s8(out, src, out_block);
+        return;
+    }
+#endif
+    if (p->out_block < 4) { /* one to three channels per pixel: bytes */
+        const int32_t in_block = p->in_block, out_block = p->out_block;
+        const int8_t *src = in + p->offset;
+        int32_t o, i;
+        for (o = 0; o < p->outer; o++, src += in_block, out += out_block) {
+            for (i = 0; i < out_block; i++) {
+                out[i] = src[i];
+            }
+        }
+        return;
+    }
+    {
+        QG_SLICE_BODY(int8_t)
+    }
 }
 
 void qg_slice_s16(const qg_slice_params_t *p, const int16_t *restrict in, int16_t *restrict out)

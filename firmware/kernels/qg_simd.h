@@ -87,7 +87,7 @@ static inline void qg_store_s16_at(void *p, int32_t i, int16_t v)
 
 /* n bytes from src to dst (no overlap): layout copies (slice, concat, block transposes). Cores that load
  * unaligned words (ARMv7-M and later) move short or misaligned runs a word per LDR/STR, 0.6 instructions
- * per byte, where a memcpy call costs ~20 instructions and newlib's misaligned path goes by bytes; aligned
+ * per byte (16 per loop pass), where a memcpy call costs ~20 instructions and newlib's misaligned path goes by bytes; aligned
  * runs of 64 bytes or more go to memcpy (16 words per loop pass). Elsewhere memcpy. */
 static inline void qg_copy_s8(int8_t *dst, const int8_t *src, int32_t n)
 {
@@ -96,12 +96,32 @@ static inline void qg_copy_s8(int8_t *dst, const int8_t *src, int32_t n)
         memcpy(dst, src, (size_t)n);
         return;
     }
-    for (; n >= 8; n -= 8, src += 8, dst += 8) {
+    {
+        const int8_t *const end = src + (n & ~15);
+        while (src != end) {
+            int32_t w0, w1, w2, w3;
+            memcpy(&w0, src, 4);
+            memcpy(&w1, src + 4, 4);
+            memcpy(&w2, src + 8, 4);
+            memcpy(&w3, src + 12, 4);
+            memcpy(dst, &w0, 4);
+            memcpy(dst + 4, &w1, 4);
+            memcpy(dst + 8, &w2, 4);
+            memcpy(dst + 12, &w3, 4);
+            src += 16;
+            dst += 16;
+        }
+        n &= 15;
+    }
+    if (n >= 8) {
         int32_t w0, w1;
         memcpy(&w0, src, 4);
         memcpy(&w1, src + 4, 4);
         memcpy(dst, &w0, 4);
         memcpy(dst + 4, &w1, 4);
+        n -= 8;
+        src += 8;
+        dst += 8;
     }
     if (n >= 4) {
         int32_t w;
