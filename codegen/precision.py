@@ -11,6 +11,11 @@ rank the layers by the SQNR of the model output (float vs integer) that this alo
 measure, where the top-1 drop of one layer alone moves by single samples (ties: the drop). Then
 raise them in that order, re-measuring after each, until the drop is within the bound or nothing is
 left. Raised tensors use their min/max range (calibrate.py does the same for int16 tensors).
+
+With int4 weights (`--weights int4` / LAYER=w4: the float graph's layers carry weight_bits 4) the search has a
+second kind of move: give one int4 layer int8 weights back (spec value 8). Both kinds are measured alone,
+ranked together by output SQNR and taken greedily, so the result is the cheapest mix the greedy order finds
+(flash grows by half a byte per weight raised, RAM by the int16 tensors).
 """
 from __future__ import annotations
 
@@ -43,13 +48,17 @@ class AutoPrecision:
     sensitivity: dict[str, dict] = field(default_factory=dict)  # drop and output SQNR with only that raised
     arena_int8: int = 0
     arena_mixed: int = 0
+    start: str = "all int8"  # the starting point's description (int4 weights: "int4 weights, int8 activations")
 
     @property
     def met(self) -> bool:
         return self.steps[-1].drop <= self.max_drop
 
     def to_dict(self) -> dict:
-        return {"int16_layers": sorted(self.spec), "max_drop": self.max_drop, "met": self.met,
+        return {"int16_layers": sorted(k for k, v in self.spec.items() if v == 16),
+                **({"int8_weight_layers": sorted(k for k, v in self.spec.items() if v == 8)}
+                   if 8 in self.spec.values() else {}),
+                "max_drop": self.max_drop, "met": self.met,
                 "metric": self.metric, "float_score": self.float_score,
                 "steps": [{"layer": s.layer, "drop": s.drop, "sqnr_db": s.sqnr_db} for s in self.steps],
                 "sensitivity": self.sensitivity, "arena_int8": self.arena_int8, "arena_mixed": self.arena_mixed}
@@ -57,11 +66,15 @@ class AutoPrecision:
     def lines(self) -> list[str]:
         out = [f"auto precision ({self.metric}, bound {self.max_drop:.2f} pt):"]
         for s in self.steps:
-            what = "all int8" if s.layer is None else f"+ {s.layer} int16"
+            what = (self.start if s.layer is None else f"+ {s.layer} int8 weights" if self.spec.get(s.layer) == 8
+                    else f"+ {s.layer} int16")
             out.append(f"  {what:<32} drop {s.drop:6.2f} pt   output SQNR {s.sqnr_db:6.1f} dB")
         verdict = "met" if self.met else "NOT met with every eligible layer at int16"
-        out.append(f"  {verdict}: {len(self.spec)} layer(s) int16; arena {self.arena_int8} -> {self.arena_mixed} B "
-                   f"(+{self.arena_mixed - self.arena_int8} B), weights unchanged (int8)")
+        wide = sum(1 for v in self.spec.values() if v == 16)
+        raised = sum(1 for v in self.spec.values() if v == 8)
+        weights = f"{raised} int4 layer(s) given int8 weights" if raised else "weights unchanged"
+        out.append(f"  {verdict}: {wide} layer(s) int16; arena {self.arena_int8} -> {self.arena_mixed} B "
+                   f"(+{self.arena_mixed - self.arena_int8} B), {weights}")
         return out
 
 
@@ -97,23 +110,35 @@ def search(float_graph: Graph, eval_x: np.ndarray, labels: np.ndarray | None, ma
         return float_score - score, float(sqnr), q
 
     result = AutoPrecision({}, max_drop, metric, float_score)
+    if any(n.attrs.get("weight_bits") == 4 for n in float_graph.nodes):
+        result.start = "int4 weights, int8 activations"
     drop, sqnr, base = measure({})
     result.steps.append(Step(None, drop, sqnr))
     result.arena_int8 = result.arena_mixed = plan_memory.run(copy.deepcopy(base)).arena_size
     if drop <= max_drop:
         return result
-    ranked = []
-    for name in candidates(copy.deepcopy(float_graph)):
-        d, s, _ = measure({name: 16})
-        result.sensitivity[name] = {"drop": d, "sqnr_db": s}
-        ranked.append((-s, d, name))
     spec: dict[str, int] = {}
     graph = base
-    for _, _, name in sorted(ranked):
-        spec[name] = 16
-        drop, sqnr, graph = measure(spec)
-        result.steps.append(Step(name, drop, sqnr))
-        if drop <= max_drop:
+    while True:  # one round without int4 layers; with them, a new round once their weights are int8 again
+        ranked = []
+        current = _with_precision(float_graph, spec, maxima)
+        for name in candidates(copy.deepcopy(current)):
+            if spec.get(name) != 16:  # a layer given int8 weights may also get an int16 output
+                d, s, _ = measure({**spec, name: 16})
+                result.sensitivity.setdefault(name, {"drop": d, "sqnr_db": s})
+                ranked.append((-s, d, name, 16))
+        for node in current.nodes:  # int4 layers: int8 weights back
+            if node.attrs.get("weight_bits") == 4 and node.name not in spec:
+                d, s, _ = measure({**spec, node.name: 8})
+                result.sensitivity.setdefault(f"{node.name} (int8 weights)", {"drop": d, "sqnr_db": s})
+                ranked.append((-s, d, node.name, 8))
+        for _, _, name, bits in sorted(ranked):
+            spec[name] = bits
+            drop, sqnr, graph = measure(spec)
+            result.steps.append(Step(name, drop, sqnr))
+            if drop <= max_drop:
+                break
+        if drop <= max_drop or not any(bits == 8 for *_, bits in ranked):
             break
     result.spec = dict(spec)
     result.arena_mixed = plan_memory.run(graph).arena_size
@@ -125,6 +150,8 @@ def _with_precision(float_graph: Graph, spec: dict[str, int], maxima: dict[str, 
     if spec.get(INPUT) == 16:
         g.input_bits = 16
     for node in g.nodes:
+        if spec.get(node.name) in (8, 16):  # int16 output or int8 weights given back: no int4 weights
+            node.attrs.pop("weight_bits", None)
         if spec.get(node.name) == 16:
             node.attrs["out_bits"] = 16
     for name, bits in tensor_bits(g).items():

@@ -269,3 +269,30 @@ def test_micropython_pure_module_unpacks_int4_at_import(model, tmp_path):
     src = render_micropython(graph, "i4", ["test"])["i4.py"]
     assert "_L0_W = _int4_rows((" in src and "int4 s4." in src
     check_graph(graph, x, tmp_path, prefix="i4")
+
+
+def test_auto_precision_gives_int4_layers_int8_weights_until_the_bound_holds():
+    """--weights int4 --auto-precision: the search's moves include 'this int4 layer gets int8 weights back'."""
+    import torch
+    from torch import nn
+
+    import codegen
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    rng = np.random.default_rng(0)
+    calib = rng.standard_normal((300, 8)).astype(np.float32)
+    x_eval = rng.standard_normal((600, 8)).astype(np.float32)
+    all4 = codegen.compile(model, (1, 8), calib, eval_data=x_eval, weights="int4")
+    with torch.no_grad():
+        float_pred = model(torch.from_numpy(x_eval)).numpy().argmax(1)
+    drop4 = 100 * (1 - np.mean(all4.predict(x_eval).argmax(1) == float_pred))
+    assert drop4 > 5.0, "int4 must lose accuracy on this model for the test to mean anything"
+    r = codegen.compile(model, (1, 8), calib, eval_data=x_eval, weights="int4", auto_precision=3.0)
+    auto = r.report["auto_precision"]
+    assert auto["met"] and auto["int8_weight_layers"], auto
+    assert set(_formats(r).values()) == {"s4", "s8"} or set(_formats(r).values()) == {"s8"}
+    assert {k for k, v in _formats(r).items() if v == "s8"} >= set(auto["int8_weight_layers"])
+    drop = 100 * (1 - np.mean(r.predict(x_eval).argmax(1) == float_pred))
+    assert drop <= 3.0 and abs(drop - auto["steps"][-1]["drop"]) < 1e-9  # the search measured the compiled model
+    assert any("int8 weights" in line for line in r.report["precision_lines"])
