@@ -23,7 +23,7 @@
  * Each output pixel then walks the taps that fall inside the image (no per-tap bounds test) for
  * four channels at a time: with DSP one word load of inputs and one of weights, unpacked to int16
  * pairs and multiplied with SMLABB/SMLATT. With Helium (QG_MVE) 16 channels at a time: int16 loads, VMULLB /
- * VMULLT products of the even and odd channels into int32 accumulators (dw_16_mve), the last ch % 16 channels
+ * VMULLT products of the even and odd channels into int32 accumulators (dw_8x_mve), the last ch % 8 channels
  * four at a time under a predicate. A multiplier other than 1 takes the generic path.
  *
  * Order contract (the memory planner relies on it, codegen/kernel_abi.py: overlap_distance): every
@@ -345,15 +345,16 @@ static QG_ALWAYS_INLINE void dw_pixel(const int8_t *x0, const int8_t *w0, int32_
 }
 
 #if QG_MVE
-/* Channels [c, c + 16) of one output pixel of the multiplier-1 depthwise conv on Helium, from x_i8 / w_i8 (their
- * channel c). Per tap: two VLDRB.S16 of inputs and two of weights (8 channels sign-extended to int16 each),
- * VMULLB / VMULLT (the even and the odd channels' exact int32 products) and four VADD into the accumulators
- * of the even and odd channels: 16 MACs per 12 instructions. */
-QG_MVE_INLINE void dw_16_mve(const int8_t *x_i8, const int8_t *w_i8, int32_t ch, int32_t x_step, int32_t n_kx,
+/* Channels [c, c + 8 * halves) (halves = 1 or 2, a constant) of one output pixel of the multiplier-1 depthwise conv
+ * on Helium, from x_i8 / w_i8 (their channel c). Per tap and 8 channels: one VLDRB.S16 of inputs and one of
+ * weights (sign-extended to int16), VMULLB / VMULLT (the even and the odd channels' exact int32 products) and two
+ * VADD into the accumulators of the even and odd channels: 16 MACs per 12 instructions. */
+QG_MVE_INLINE void dw_8x_mve(const int8_t *x_i8, const int8_t *w_i8, int32_t ch, int32_t x_step, int32_t n_kx,
                              int32_t n_ky, int32_t x_row_step, int32_t w_row_step, const int32_t *bias,
-                             const int8_t *shift, int32x4_t lo, int32x4_t hi, int8_t *out)
+                             const int8_t *shift, int32x4_t lo, int32x4_t hi, int8_t *out, int32_t halves)
 {
-    const int32x4x2_t b0 = vld2q_s32(bias), b1 = vld2q_s32(bias + 8); /* (even, odd) channels */
+    const int32x4x2_t b0 = vld2q_s32(bias); /* (even, odd) channels */
+    const int32x4x2_t b1 = halves == 2 ? vld2q_s32(bias + 8) : b0;
     int32x4_t e0 = b0.val[0], o0 = b0.val[1], e1 = b1.val[0], o1 = b1.val[1];
     int32_t ky, kx;
     for (ky = 0; ky < n_ky; ky++, x_i8 += x_row_step, w_i8 += w_row_step) {
@@ -363,18 +364,22 @@ QG_MVE_INLINE void dw_16_mve(const int8_t *x_i8, const int8_t *w_i8, int32_t ch,
             int16x8_t xv = vldrbq_s16(x_i8), wv = vldrbq_s16(w_i8);
             e0 = vaddq_s32(e0, vmullbq_int_s16(xv, wv));
             o0 = vaddq_s32(o0, vmulltq_int_s16(xv, wv));
-            QG_MVE_BARRIER();
-            xv = vldrbq_s16(x_i8 + 8);
-            wv = vldrbq_s16(w_i8 + 8);
-            e1 = vaddq_s32(e1, vmullbq_int_s16(xv, wv));
-            o1 = vaddq_s32(o1, vmulltq_int_s16(xv, wv));
+            if (halves == 2) {
+                QG_MVE_BARRIER();
+                xv = vldrbq_s16(x_i8 + 8);
+                wv = vldrbq_s16(w_i8 + 8);
+                e1 = vaddq_s32(e1, vmullbq_int_s16(xv, wv));
+                o1 = vaddq_s32(o1, vmulltq_int_s16(xv, wv));
+            }
         }
     }
     qg_mve_requantize_8_eo(e0, o0, shift, lo, hi, out);
-    qg_mve_requantize_8_eo(e1, o1, shift + 8, lo, hi, out + 8);
+    if (halves == 2) {
+        qg_mve_requantize_8_eo(e1, o1, shift + 8, lo, hi, out + 8);
+    }
 }
 
-/* Channels [c, c + 4) (the first `left` of them, 1..4, under a VCTP predicate), as dw_16_mve: VLDRB.S32 of 4
+/* Channels [c, c + 4) (the first `left` of them, 1..4, under a VCTP predicate), as dw_8x_mve: VLDRB.S32 of 4
  * inputs and 4 weights, VMUL, VADD. The channels after the last multiple of 16. */
 static inline void dw_4_mve(const int8_t *x_i8, const int8_t *w_i8, int32_t ch, int32_t x_step, int32_t n_kx,
                             int32_t n_ky, int32_t x_row_step, int32_t w_row_step, const int32_t *bias,
@@ -391,15 +396,21 @@ static inline void dw_4_mve(const int8_t *x_i8, const int8_t *w_i8, int32_t ch, 
     qg_mve_requantize_4_p(acc, shift, lo, hi, out, p);
 }
 
-/* dw_pixel on Helium: every channel of one output pixel, 16 at a time, then 4 at a time (the last predicated). */
+/* dw_pixel on Helium: every channel of one output pixel, 16 at a time, then 8, then 4 at a time (the last
+ * predicated). */
 static void dw_pixel_mve(const int8_t *x0, const int8_t *w0, int32_t ch, int32_t x_step, int32_t n_kx, int32_t n_ky,
                          int32_t x_row_step, int32_t w_row_step, const int32_t *bias, const int8_t *shift,
                          int32x4_t lo, int32x4_t hi, int8_t *out)
 {
     int32_t c;
     for (c = 0; c + 15 < ch; c += 16) {
-        dw_16_mve(x0 + c, w0 + c, ch, x_step, n_kx, n_ky, x_row_step, w_row_step, bias + c, shift + c, lo, hi,
-                  out + c);
+        dw_8x_mve(x0 + c, w0 + c, ch, x_step, n_kx, n_ky, x_row_step, w_row_step, bias + c, shift + c, lo, hi,
+                  out + c, 2);
+    }
+    if (c + 7 < ch) {
+        dw_8x_mve(x0 + c, w0 + c, ch, x_step, n_kx, n_ky, x_row_step, w_row_step, bias + c, shift + c, lo, hi,
+                  out + c, 1);
+        c += 8;
     }
     for (; c < ch; c += 4) {
         dw_4_mve(x0 + c, w0 + c, ch, x_step, n_kx, n_ky, x_row_step, w_row_step, bias + c, shift + c, lo, hi, out + c,
