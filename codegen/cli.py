@@ -107,7 +107,7 @@ FLAG_FIELDS = {
     "cluster": "compress.cluster", "finetune_epochs": "compress.finetune_epochs",
 }
 FLAG_INPUTS = {"model", "input_shape", "calib", "out", "verify", "split_at", "boards", "eval", "eval_labels",
-               "train", "labels"}
+               "train", "labels", "cmake"}
 API_ONLY_FIELDS = {"limits.board", "compress.prune_layers", "compress.channel_criterion", "compress.prune_steps",
                    "compress.lr", "compress.batch", "compress.seed"}
 
@@ -161,8 +161,16 @@ def cmd_compile(args) -> int:
     eval_labels = _load_array(args.eval_labels, "evaluation labels") if args.eval_labels else None
     if args.auto_precision and eval_x is None and calib is None:
         raise UserError("--auto-precision measures accuracy on data: give --calib (and --eval-labels) or --eval")
-    result = qcompile(args.model, args.input_shape, calib, options=options, out_dir=None if split_at else args.out,
+    if args.cmake and split_at:
+        raise UserError("--cmake packages one model; with --split-at, package each part: qgen compile its part "
+                        "model, or add_subdirectory the parts' folders yourself")
+    result = qcompile(args.model, args.input_shape, calib, options=options,
+                      out_dir=None if split_at or args.cmake else args.out,
                       eval_data=eval_x, labels=eval_labels, train=train)
+    if args.cmake:  # the model and its CMake package in one atomic write
+        from .cmake import write_with_cmake
+
+        write_with_cmake(result, args.out)
     report.print_table(result.report)
     if options.emit.stream:
         from .passes.stream import summary_line
@@ -188,7 +196,8 @@ def cmd_compile(args) -> int:
         print(check)
         if not check.exact:
             return 2
-    print(f"wrote {args.out}/ ({args.prefix}_model.h, {args.prefix}_model.c, {args.prefix}_weights.c, kernels/)")
+    print(f"wrote {args.out}/ ({args.prefix}_model.h, {args.prefix}_model.c, {args.prefix}_weights.c, kernels/"
+          + (f", CMakeLists.txt: add_subdirectory it, link target {args.prefix})" if args.cmake else ")"))
     return 0
 
 
@@ -387,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="build/model", help="output directory (written atomically)")
     c.add_argument("--prefix", default="model", help="C symbol prefix (a C identifier)")
     c.add_argument("--verify", action="store_true", help="compile the C for the host and check it is bit-exact")
+    c.add_argument("--cmake", action="store_true", help="also write a CMakeLists.txt: library target <prefix> and "
+                   "the shared qgen_kernels (add_subdirectory + target_link_libraries), and "
+                   "cmake/arm-none-eabi.cmake (toolchain file, -DQGEN_CPU=cortex-m4)")
     c.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "mse", "kl"],
                    help="how activation ranges are chosen (default minmax: no calibration value saturates)")
     c.add_argument("--percentile", type=float, default=99.99, help="for --calibration percentile")
