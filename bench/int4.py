@@ -71,10 +71,11 @@ def main() -> None:
                         choices=list(BOARDS))
     parser.add_argument("--cmsis-nn", type=Path, default=None)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--only", default="", help="bench only the layers whose name contains this")
     args = parser.parse_args()
     checkout = find_checkout(args.cmsis_nn)
     plugin = build_plugin()
-    pairs = layers()
+    pairs = [pair for pair in layers() if args.only in pair[0].name]
     with tempfile.TemporaryDirectory(prefix="qgen-int4-") as tmp, ThreadPoolExecutor(args.jobs) as pool:
         jobs = {}
         for lay8, lay4 in pairs:

@@ -172,14 +172,15 @@ def test_host_c_equals_reference_under_sanitizers(model, tmp_path):
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("core", ["cortex-m0plus", "cortex-m4"])
+@pytest.mark.parametrize("core", ["cortex-m0plus", "cortex-m4", "cortex-m55"])
 def test_firmware_equals_reference_on_core(model, core, tmp_path):
+    """M0+: the plain nibble paths; M4: SXTB16/SMLAD; M55: the DSP paths and the Helium int8 depthwise."""
     from codegen.target import build_elf, missing_tools, run_qemu
 
     if missing_tools():
         pytest.skip(f"missing tools: {missing_tools()}")
     graph, out, x, expect = model
-    board = {"cortex-m0plus": "rp2040", "cortex-m4": "mps2-an386"}[core]
+    board = {"cortex-m0plus": "rp2040", "cortex-m4": "mps2-an386", "cortex-m55": "mps3-an547"}[core]
     sources = [out / "i4_model.c", out / "i4_weights.c", *sorted((out / "kernels").glob("*.c"))]
     elf = build_elf(board, sources, [out, out / "kernels"], "i4", tmp_path,
                     extra_cflags=("-std=c99", "-Werror", "-Wconversion"))

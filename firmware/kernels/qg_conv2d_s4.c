@@ -248,6 +248,32 @@ static void s4_fill_col(const int8_t *col, int32_t k, int32_t *cols, int32_t c)
     }
 }
 
+/* Slot c <- output pixel (oy, ox), channels [c0, c0 + cg) with cg a multiple of 8: every window cell is whole
+ * groups, widened straight from the input (no int8 column to gather first). */
+static void s4_fill_direct(const qg_conv2d_params_t *p, const int8_t *in, int32_t oy, int32_t ox, int32_t c0,
+                           int32_t cg, int32_t *cols, int32_t c)
+{
+    const int32_t iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left, per_cell = cg >> 3;
+    int32_t ky, kx, j, g = 0;
+    for (ky = 0; ky < p->k_h; ky++) {
+        const int32_t iy = iy0 + ky * p->dil_h;
+        for (kx = 0; kx < p->k_w; kx++, g += per_cell) {
+            const int32_t ix = ix0 + kx * p->dil_w;
+            int32_t *dst = cols + 16 * g + 2 * c;
+            if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
+                for (j = 0; j < per_cell; j++, dst += 16) {
+                    dst[0] = dst[1] = dst[8] = dst[9] = 0;
+                }
+            } else {
+                const int8_t *src = in + (iy * p->in_w + ix) * p->in_c + c0;
+                for (j = 0; j < per_cell; j++, dst += 16, src += 8) {
+                    s4_widen8(src, dst, dst + 8);
+                }
+            }
+        }
+    }
+}
+
 /* Rows [0, rows) times the block's S4_COLS columns; pixel c's output r goes to out[c * step + r]. */
 static void s4_block(const int8_t *w, int32_t k, const int32_t *cols, int32_t n_valid, int32_t rows,
                      const int32_t *bias, const int8_t *shift, int32_t act_min, int32_t act_max, int8_t *out,
@@ -342,8 +368,12 @@ void qg_conv2d_s4(const qg_conv2d_s4_params_t *p, const int8_t *in, int8_t *out,
             ox = ox0;
             for (c = 0; c < S4_COLS; c++) {
                 /* past the last pixel, slots repeat it: their results are computed and dropped */
-                s4_gather(q, in, oy, ox, gi * cg, cg, stage);
-                s4_fill_col(stage, k, cols, c);
+                if ((cg & 7) == 0) {
+                    s4_fill_direct(q, in, oy, ox, gi * cg, cg, cols, c);
+                } else {
+                    s4_gather(q, in, oy, ox, gi * cg, cg, stage);
+                    s4_fill_col(stage, k, cols, c);
+                }
                 if (c + 1 < n_valid && ++ox == out_w) {
                     ox = 0;
                     oy++;
