@@ -173,7 +173,9 @@ def from_module(model: torch.nn.Module, example: torch.Tensor) -> Graph:
     fake_log.setLevel(logging.CRITICAL)  # torch logs a traceback for a shape error before raising it
     try:
         model.eval()
-        program = torch.export.export(model, (example,))
+        with warnings.catch_warnings():  # torch.export on nn.GRU/LSTM/RNN: "_flat_weights ... assigned during export"
+            warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights", category=UserWarning)
+            program = torch.export.export(model, (example,))
     except SystemExit as exc:
         raise UserError(f"{type(model).__name__}.forward called sys.exit({exc.code!r}) while torch.export traced "
                         "it; the model's forward must return its output") from None

@@ -293,3 +293,11 @@ def test_cli_recurrent_state_flag():
     assert cli.compile_options(args).quant.recurrent_state == 8
     assert cli.compile_options(cli.build_parser().parse_args(["compile", "m.py:make"])).quant.recurrent_state == 16
     assert "recurrent_state" in codegen.pipeline(CompileOptions(quant=QuantOptions(recurrent_state=8))).names
+
+
+def test_no_torch_export_warning_about_flat_weights():
+    """torch.export warns that nn.GRU's `_flat_weights` were 'assigned during export'; qgen's users never see it."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        from_module(Net("gru", "out").eval(), torch.randn(1, 7, 4))
+    assert not [w for w in seen if "_flat_weights" in str(w.message)]

@@ -31,6 +31,9 @@ Layer specs (`op` and its fields):
     pad       pad [left, right, top, bottom] (F.pad, zeros)
     lut       fn: sigmoid | tanh | hardsigmoid | hardswish | silu | gelu | gelu_tanh | leaky_relu | elu
     softmax   over channels (images) or features (vectors)
+    rnn       kind (gru | lstm | rnn_tanh | rnn_relu), hidden, layers (1-2), bi, bias, h0 (a constant initial
+              state buffer), wexp, read (out: the sequence (T, D*H) | last: out[:, -1] | h_n: h_n[-1]), on a
+              sequence input [T, F] (PyTorch (1, T, F), batch_first)
 Weight kinds `w`: normal, extreme (every entry +-max: quantises to exactly +-127), zero, onehot
 (one large entry), channels (output channels at scales 1e-4..1e4); `wexp`: the whole tensor times
 10**wexp. Bias kinds `b`: zero, normal, huge, tiny; `bexp` likewise.
@@ -62,6 +65,7 @@ EXPECTED_REFUSALS = (
     "needs a requantisation shift",  # weights/activations too far apart for a 31-bit shift
     "the int32 accumulator can overflow",  # fan-in too large even at the coarsest weight format
     "does not fit the kernel's",  # a size beyond a kernel struct field (e.g. > 65535 inputs)
+    "recurrent weights too large for int8",  # a recurrent layer's weights need a format beyond the shifts
 )
 
 # Open bugs (each has a strict-xfail reproducer in test_regressions.py). The generator avoids the
@@ -189,6 +193,8 @@ def specs(draw, lim: Limits = QUICK) -> dict:
     if image:
         shape: tuple[int, ...] = (draw(st.integers(1, lim.max_c)), draw(st.integers(1, lim.max_hw)),
                                   draw(st.integers(1, lim.max_hw)))
+    elif draw(st.integers(0, 2)) == 0:  # a sequence (T, F) for recurrent layers
+        shape = (draw(st.integers(1, lim.max_hw)), draw(st.integers(1, 2 * lim.max_c)))
     else:
         shape = (draw(st.integers(1, lim.max_f)),)
     spec: dict = {"input": list(shape), "layers": [], "taps": [], "seed": draw(st.integers(0, 2**16)),
@@ -197,6 +203,18 @@ def specs(draw, lim: Limits = QUICK) -> dict:
                             "exp": draw(st.sampled_from([0, 0, 0, -3, -1, 1, 3]))}}
     layers = spec["layers"]
     for _ in range(draw(st.integers(1, lim.max_layers))):
+        if len(shape) == 2:  # a sequence: recurrent layers (or an activation); a vector after the last read
+            if draw(st.integers(0, 4)) == 0:
+                layers.append(_act_layer(draw))
+                continue
+            layer = {"op": "rnn", "kind": draw(st.sampled_from(["gru", "lstm", "rnn_tanh", "rnn_relu"])),
+                     "hidden": draw(st.integers(1, lim.max_ch + 2)), "layers": draw(st.integers(1, 2)),
+                     "bi": draw(st.integers(0, 3)) == 0, "bias": draw(st.integers(0, 3)) > 0,
+                     "h0": draw(st.booleans()), "wexp": draw(st.sampled_from([0, 0, 0, -1, 1])),
+                     "read": draw(st.sampled_from(["out", "last", "h_n"]))}
+            layers.append(layer)
+            shape = layer_shape(layer, shape)
+            continue
         if draw(st.integers(0, 5)) == 0:  # arithmetic ops keep the shape
             layers.append(draw(_arith_layer(shape, lim)))
             continue
@@ -348,7 +366,7 @@ def specs(draw, lim: Limits = QUICK) -> dict:
         spec["taps"] = [draw(st.integers(0, len(layers) - (2 if AVOID_DUPLICATE_OUTPUTS else 1)))]
         if not tap_ok(spec):
             spec["taps"] = []
-    if draw(st.booleans()):  # mixed precision: a seeded random subset of layers at int16
+    if draw(st.booleans()) and len(spec["input"]) != 2:  # mixed precision: a random subset of layers at int16
         spec["wide"] = draw(st.integers(0, 2**16))
     return spec
 
@@ -395,6 +413,9 @@ def layer_shape(layer: dict, shape: tuple[int, ...]) -> tuple[int, ...]:
         if "size" in layer:
             return (shape[0], *layer["size"])
         return (shape[0], *(int(math.floor(d * layer["scale"])) for d in shape[1:]))
+    if op == "rnn":
+        width = layer["hidden"] * (2 if layer["bi"] else 1)
+        return (shape[0], width) if layer["read"] == "out" else (width,)
     if op == "gap":
         return (shape[0],)
     if op == "flatten":
@@ -563,8 +584,42 @@ class SpecNet(nn.Module):
         return tuple(outs + [x]) if outs else x
 
 
+class Recurrent(nn.Module):
+    """nn.GRU / nn.LSTM / nn.RNN (batch_first) read as `read` says, with an optional constant initial state."""
+
+    def __init__(self, layer: dict, features: int, rng: np.random.Generator):
+        super().__init__()
+        cls = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn_tanh": nn.RNN, "rnn_relu": nn.RNN}[layer["kind"]]
+        extra = {"nonlinearity": layer["kind"][4:]} if layer["kind"].startswith("rnn") else {}
+        self.r = cls(features, layer["hidden"], num_layers=layer["layers"], bias=layer["bias"], batch_first=True,
+                     bidirectional=layer["bi"], **extra)
+        scale = 10.0 ** layer["wexp"] / math.sqrt(layer["hidden"])
+        with torch.no_grad():
+            for p in self.r.parameters():
+                p.copy_(torch.from_numpy(rng.uniform(-scale, scale, tuple(p.shape))))
+        self.read, self.lstm = layer["read"], layer["kind"] == "lstm"
+        states = layer["layers"] * (2 if layer["bi"] else 1)
+        h0 = rng.uniform(-0.5, 0.5, (2, states, 1, layer["hidden"])) if layer["h0"] else None
+        self.register_buffer("h0", None if h0 is None else torch.tensor(h0[0], dtype=torch.float32))
+        self.register_buffer("c0", None if h0 is None else torch.tensor(h0[1], dtype=torch.float32))
+
+    def forward(self, x):
+        if self.h0 is None:
+            y, h = self.r(x)
+        else:
+            y, h = self.r(x, (self.h0, self.c0) if self.lstm else self.h0)
+        if self.read == "out":
+            return y
+        if self.read == "last":
+            return y[:, -1]
+        h = h[0] if self.lstm else h
+        return torch.cat([h[-2], h[-1]], 1) if self.r.bidirectional else h[-1]
+
+
 def _module(layer: dict, shape: tuple[int, ...], rng: np.random.Generator) -> nn.Module:
     op = layer["op"]
+    if op == "rnn":
+        return Recurrent(layer, shape[-1], rng)
     if op in ("conv", "dw"):
         cin = shape[0]
         cout, groups = (layer["out"], layer.get("groups", 1)) if op == "conv" else (cin * layer["mult"], cin)
