@@ -297,3 +297,26 @@ def test_auto_precision_gives_int4_layers_int8_weights_until_the_bound_holds():
     drop = 100 * (1 - np.mean(r.predict(x_eval).argmax(1) == float_pred))
     assert drop <= 3.0 and abs(drop - auto["steps"][-1]["drop"]) < 1e-9  # the search measured the compiled model
     assert any("int8 weights" in line for line in r.report["precision_lines"])
+
+
+def test_natmod_folder_carries_the_int4_kernels_without_writable_data(model, tmp_path):
+    """The MicroPython native module (natmod) compiles the same C: the s4 kernels ship, static data stays const."""
+    import shutil
+
+    from codegen.emit.mpy_native import render_native
+
+    if shutil.which("gcc") is None or shutil.which("size") is None:
+        pytest.skip("gcc/binutils are not installed")
+    files = render_native(model[0], "i4", ["test"], "natmod")
+    assert "qg_conv2d_s4.c" in files and "i4_l0_conv2d_weights" in "".join(files.values())
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    for name in sorted(n for n in files if n.endswith(".c") and n != "modi4.c"):
+        obj = tmp_path / f"{name}.o"
+        subprocess.run(["gcc", "-std=c99", "-Os", "-fpic", "-fno-common", "-Wall", "-Wextra", "-Werror", "-Wconversion",
+                        "-c", "-I", str(tmp_path), str(tmp_path / name), "-o", str(obj)], check=True)
+        sections = subprocess.run(["size", "-A", str(obj)], capture_output=True, text=True, check=True).stdout
+        for line in sections.splitlines():
+            parts = line.split()
+            if parts and parts[0].startswith((".data", ".bss")) and not parts[0].startswith(".data.rel.ro"):
+                assert int(parts[1]) == 0, f"{name}: {line}"
