@@ -326,8 +326,66 @@ static inline int32_t qg_dot_1row(const int16_t *v, const int8_t *w, int32_t k, 
         *acc1 = a1;                                                                                            \
         return w1 + k;                                                                                         \
     }
+#if defined(__GNUC__) && defined(__OPTIMIZE__) && !defined(__OPTIMIZE_SIZE__) && defined(__thumb__) && \
+    !defined(__thumb2__)
+/* ARMv6-M (Cortex-M0/M0+): LDRSB/LDRSH take only register offsets, and GCC 12 keeps a separate doubled index for
+ * the int16 vector and spills pointers. These loops run one negative index up to 0 over the rows' ends (the flags
+ * of the increment end the loop) with the accumulators in high registers (ADD takes them): 6 low registers (r7
+ * may be the frame pointer), per column 9 instructions (int8 vector) or 10 (int16) for both rows. GCC 12 cannot
+ * place these operands at -O0 or -Os: those builds take the C loops. */
+static inline const int8_t *qg_dot_2rows_s8(const int8_t *v, const int8_t *w, int32_t k, int32_t *acc0,
+                                            int32_t *acc1)
+{
+    const int8_t *ve = v + k, *w0e = w + k, *w1e = w + 2 * k;
+    int32_t a0 = *acc0, a1 = *acc1, i = -k, t, x;
+    __asm__(".syntax unified\n"
+            "1:\n\t"
+            "ldrsb %[x], [%[v], %[i]]\n\t"
+            "ldrsb %[t], [%[w0], %[i]]\n\t"
+            "muls %[t], %[x], %[t]\n\t"
+            "add %[a0], %[t]\n\t"
+            "ldrsb %[t], [%[w1], %[i]]\n\t"
+            "muls %[t], %[x], %[t]\n\t"
+            "add %[a1], %[t]\n\t"
+            "adds %[i], #1\n\t"
+            "bne 1b"
+            : [i] "+l"(i), [t] "=&l"(t), [x] "=&l"(x), [a0] "+h"(a0), [a1] "+h"(a1)
+            : [v] "l"(ve), [w0] "l"(w0e), [w1] "l"(w1e)
+            : "cc", "memory");
+    *acc0 = a0;
+    *acc1 = a1;
+    return w1e;
+}
+
+static inline const int8_t *qg_dot_2rows_s16(const int16_t *v, const int8_t *w, int32_t k, int32_t *acc0,
+                                             int32_t *acc1)
+{
+    const int16_t *ve = v + k;
+    const int8_t *w0e = w + k, *w1e = w + 2 * k;
+    int32_t a0 = *acc0, a1 = *acc1, i = -k, t, x;
+    __asm__(".syntax unified\n"
+            "1:\n\t"
+            "lsls %[t], %[i], #1\n\t"
+            "ldrsh %[x], [%[v], %[t]]\n\t"
+            "ldrsb %[t], [%[w0], %[i]]\n\t"
+            "muls %[t], %[x], %[t]\n\t"
+            "add %[a0], %[t]\n\t"
+            "ldrsb %[t], [%[w1], %[i]]\n\t"
+            "muls %[t], %[x], %[t]\n\t"
+            "add %[a1], %[t]\n\t"
+            "adds %[i], #1\n\t"
+            "bne 1b"
+            : [i] "+l"(i), [t] "=&l"(t), [x] "=&l"(x), [a0] "+h"(a0), [a1] "+h"(a1)
+            : [v] "l"(ve), [w0] "l"(w0e), [w1] "l"(w1e)
+            : "cc", "memory");
+    *acc0 = a0;
+    *acc1 = a1;
+    return w1e;
+}
+#else
 QG_DOT_2ROWS(qg_dot_2rows_s8, int8_t)
 QG_DOT_2ROWS(qg_dot_2rows_s16, int16_t)
+#endif
 #endif
 
 /* Gate row r of one step from its two accumulators: slot[r] = sat16(align(ax) + align(ah)); the GRU's candidate
