@@ -62,7 +62,8 @@ def float_passes(options: CompileOptions, ctx: Context | None = None) -> Pipelin
     out = Pipeline([Pass("separate_outputs", separate_outputs.run), Pass("fold_pad", fold_pad.run),
                     Pass("fold_bn", fold_bn.run), Pass("fuse_activation", fuse_activation.run)])
     out += [Pass(name, fn) for name, fn in [*_compress_passes(options, ctx), *ctx.extra_passes]]
-    out.append(Pass("check_limits", lambda g: limits_mod.check_float_graph(g, ctx.lim)))
+    int4 = assign_precision.will_be_int4(q.precision, q.weights) if q.precision or q.weights != "int8" else None
+    out.append(Pass("check_limits", lambda g: limits_mod.check_float_graph(g, ctx.lim, int4)))
     if q.equalize:
         out.append(Pass("equalize", lambda g: equalize_pass.run(g, ctx.calib)))
     if q.precision or q.weights != "int8":

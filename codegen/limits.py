@@ -17,12 +17,13 @@ with `max_flash=` / `max_ram=` in codegen.compile (`--max-flash` / `--max-ram` o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from numbers import Integral
 
 from .errors import UserError
-from .ir import Graph
+from .ir import Graph, Node
 from .ops import Trait, with_trait
 
 WEIGHTED = with_trait(Trait.WEIGHTED)  # inputs[1]: int8 weights, one byte each
@@ -101,11 +102,13 @@ def check_input_shape(shape: tuple[int, ...], lim: Limits) -> None:
                 "needs", lim)
 
 
-def check_float_graph(g: Graph, lim: Limits) -> Graph:
+def check_float_graph(g: Graph, lim: Limits, int4: Callable[[Node], bool] | None = None) -> Graph:
     """The float IR (before calibration): each activation and the dense weights at 1 byte per value.
 
     Compressed layers (weight_format sparse/cluster) store fewer bytes and are counted after
-    quantisation only. Returns the graph unchanged, so that it runs as a pipeline pass.
+    quantisation only. `int4(node)`: the layers that will get int4 weights (QuantOptions.weights /
+    precision LAYER=w4, assigned later in the pipeline), counted at half a byte per weight.
+    Returns the graph unchanged, so that it runs as a pipeline pass.
     """
     activations = [t for t in g.tensors.values() if not t.is_const]
     if activations:
@@ -116,11 +119,13 @@ def check_float_graph(g: Graph, lim: Limits) -> Graph:
                     "int8 values) needs", lim)
     dense = [(n, g.tensors[n.inputs[1]].size) for n in g.nodes
              if n.op in WEIGHTED and n.attrs.get("weight_format", "dense") == "dense"]
+    dense = [(n, -(-size // 2) if int4 is not None and int4(n) else size) for n, size in dense]
     total = sum(size for _, size in dense)
     if total > lim.flash:
         node, size = max(dense, key=lambda item: item[1])
-        _refuse("flash", total, f"the model's {total:,} int8 weights (largest: {node.where()}, {size:,}) need",
-                lim)
+        what = ("bytes of int8 and packed int4 weights" if int4 is not None and any(int4(n) for n, _ in dense)
+                else "int8 weights")
+        _refuse("flash", total, f"the model's {total:,} {what} (largest: {node.where()}, {size:,}) need", lim)
     return g
 
 

@@ -320,3 +320,21 @@ def test_natmod_folder_carries_the_int4_kernels_without_writable_data(model, tmp
             parts = line.split()
             if parts and parts[0].startswith((".data", ".bss")) and not parts[0].startswith(".data.rel.ro"):
                 assert int(parts[1]) == 0, f"{name}: {line}"
+
+
+def test_flash_limit_counts_int4_weights_at_half_a_byte():
+    """A model whose int8 weights exceed --max-flash but whose int4 weights fit is not refused early."""
+    import torch
+    from torch import nn
+
+    import codegen
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()  # 4,736 weights
+    calib = np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32)
+    with pytest.raises(UserError, match="int8 weights"):
+        codegen.compile(model, (1, 64), calib, max_flash=4000)
+    r = codegen.compile(model, (1, 64), calib, max_flash=4000, weights="int4")
+    assert r.report["flash_bytes"] <= 4000
+    with pytest.raises(UserError, match="int8 and packed int4 weights"):
+        codegen.compile(model, (1, 64), calib, max_flash=2000, weights="int4")

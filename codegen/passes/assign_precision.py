@@ -90,6 +90,19 @@ def run(graph: Graph, spec: dict[str, int] | None, weights: str = "int8") -> Gra
     return graph
 
 
+def will_be_int4(spec: dict[str, int] | None, weights: str):
+    """node -> whether run(graph, spec, weights) gives it int4 weights (int16 neighbours aside): the early flash
+    check (limits.check_float_graph) counts those at half a byte per weight."""
+    spec = spec or {}
+
+    def int4(node: Node) -> bool:
+        if node.name in spec:
+            return spec[node.name] == 4
+        return (weights == "int4" and _int4_obstacle(node) is None
+                and node.attrs.get("weight_format", "dense") == "dense")
+    return int4
+
+
 def _int4_obstacle(node: Node) -> str | None:
     """Why `node` cannot have int4 weights (None: it can)."""
     from ..weight_storage import INT4_OPS
