@@ -128,8 +128,11 @@ the whole-window model's arena (both planned by qgen; the stream's input is one 
 """
 FOOTER = """
 Built with arm-none-eabi-gcc -O2 (`qgen firmware`'s default), Cortex-M4 on the MPS2-AN386 machine, Cortex-M0+ on
-the rp2040 board's QEMU machine, the models of tests/stream_models.py. The history windows are shift buffers (one
-word copy per 4 bytes of the window per frame, qg_history_s8); that copy is a few percent of a step.
+the rp2040 board's QEMU machine, the models of tests/stream_models.py. Per frame a dense causal conv runs as a fully
+connected layer over its k taps (qg_fully_connected_s8: one output frame is one matrix-vector product; the conv
+kernel's 4-pixel block has nothing to block there), a depthwise one as a depthwise conv over the k taps. The history
+windows are shift buffers (qg_history_s8: one word copy per 4 bytes of the window, then the k taps copied out),
+a few percent of a step.
 """
 
 if __name__ == "__main__":

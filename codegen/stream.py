@@ -6,8 +6,9 @@ specs, what `<prefix>_reset()` / `<prefix>_step()` in C (and the firmware) must 
     out = runner.step(frame_i8)              # (N, C) or (N, 1, 1, C) frames -> (N, OUTPUT_SIZE) int8
 
 Each node runs its `ref_int` (reference.run_int's rule) on one frame, except the stateful ones: a history node
-shifts its window by the new frame (ops/stream.py shift_in), a streaming recurrent layer runs one time step of
-ops/recurrent.int_run from its kept (h, c). N frames are N independent streams.
+shifts its window by the new frame and gives its taps (ops/stream.py shift_in, window_taps), a streaming
+recurrent layer runs one time step of ops/recurrent.int_run from its kept (h, c). N frames are N independent
+streams.
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ class StreamRunner:
         self.batch = batch
         self.state = {}
         for n in self.g.nodes:
-            if has(n.op, Trait.HOLDS_STATE):
-                self.state[n.name] = np.zeros((batch, *self.g.tensors[n.outputs[0]].shape), dtype=np.int64)
+            if has(n.op, Trait.HOLDS_STATE):  # a history: its window of attrs["frames"] input frames
+                _, _, c = self.g.tensors[n.inputs[0]].shape
+                self.state[n.name] = np.zeros((batch, 1, n.attrs["frames"], c), dtype=np.int64)
             elif n.attrs.get("stream"):
                 self.state[n.name] = initial_state(self.g, n, batch)
 
@@ -45,7 +47,7 @@ class StreamRunner:
     def values(self, frame: np.ndarray) -> dict[str, np.ndarray]:
         """One step; every activation of the step graph by name (int64), as reference.run_int gives them."""
         from .ops.recurrent import int_run
-        from .ops.stream import shift_in
+        from .ops.stream import shift_in, window_taps
 
         g = self.g
         x = np.asarray(frame, dtype=np.int64).reshape(self.batch, *g.tensors[g.inputs[0]].shape)
@@ -53,7 +55,8 @@ class StreamRunner:
         for n in g.nodes:
             xs = [values[t] for t in n.inputs if not g.tensors[t].is_const]
             if has(n.op, Trait.HOLDS_STATE):
-                out = self.state[n.name] = shift_in(self.state[n.name], xs[0])
+                self.state[n.name] = shift_in(self.state[n.name], xs[0])
+                out = window_taps(n, self.state[n.name])
             elif n.attrs.get("stream"):
                 out, self.state[n.name] = int_run(g, n, xs[0], self.state[n.name])
             else:

@@ -225,6 +225,7 @@ def run(graph: Graph) -> Graph:
     timed = time_axes(graph)
     g = copy.deepcopy(graph)
     nodes: list[Node] = []
+    dense: list[Node] = []
     for n in g.nodes:
         xs = [t for t in n.inputs if not g.tensors[t].is_const]
         if not any(t in timed for t in xs):
@@ -235,7 +236,11 @@ def run(graph: Graph) -> Graph:
             k, d, _ = _conv_over_time(graph, n)
             n.attrs["padding"] = (0, 0, 0, 0)
             if (k - 1) * d:
-                nodes.append(_history(g, n, (k - 1) * d + 1))
+                nodes.append(_history(g, n, (k - 1) * d + 1, d))
+                if "dilation" in n.attrs:
+                    n.attrs["dilation"] = (1, 1)  # the history wrote the taps next to each other
+            if n.op is Op.CONV2D and n.attrs.get("groups", 1) == 1 and "out_stride" not in n.attrs:
+                dense.append(n)  # one output frame: a fully connected layer over the k*C taps (below)
         elif rule is _slice and n.outputs[0] not in timed:  # the last time step: the step's frame itself
             n = Node(n.name, Op.RESHAPE, [n.inputs[0]], n.outputs, {"shape": None}, n.source)
         elif rule is _recurrent:
@@ -246,24 +251,50 @@ def run(graph: Graph) -> Graph:
     g.nodes = nodes
     for name, axis in timed.items():
         _set_axis(g, name, axis, 1)
+    linear = {id(n) for n in dense}
+    g.nodes = [m for n in g.nodes for m in (_as_linear(g, n) if id(n) in linear else [n])]
     for n in g.nodes:
         if n.op is Op.RESHAPE:
             n.attrs["shape"] = tuple(g.tensors[n.outputs[0]].shape)
+    for name in [t for t in g.tensors if g.tensors[t].is_const and not any(t in n.inputs for n in g.nodes)]:
+        del g.tensors[name]  # the conv weights a linear layer took over (reshaped)
     g.memory, g.arena_size = {}, 0
     verify(g, quantized=True)
     return g
 
 
-def _history(g: Graph, conv: Node, frames: int) -> Node:
-    """A history node before `conv` (its input's last `frames` frames); the conv reads the window."""
+def _history(g: Graph, conv: Node, frames: int, dilation: int) -> Node:
+    """A history node before `conv`: it keeps its input's last `frames` frames and gives the conv its taps."""
     x = g.tensors[conv.inputs[0]]
-    name = g.fresh_name(f"{conv.inputs[0]}_window")
-    g.tensors[name] = copy.deepcopy(x)
-    g.tensors[name].name = name
-    g.tensors[name].shape = (1, frames, x.shape[2])
-    node = Node(f"{conv.name}.history", Op.HISTORY, [conv.inputs[0]], [name], {"frames": frames}, conv.source)
+    name = g.fresh_name(f"{conv.inputs[0]}_taps")
+    g.tensors[name] = _like(x, name, (1, (frames - 1) // dilation + 1, x.shape[2]))
+    node = Node(f"{conv.name}.history", Op.HISTORY, [conv.inputs[0]], [name],
+                {"frames": frames, "dilation": dilation}, conv.source)
     conv.inputs[0] = name
     return node
+
+
+def _like(t, name: str, shape: tuple[int, ...]):
+    out = copy.deepcopy(t)
+    out.name, out.shape, out.data = name, shape, None
+    return out
+
+
+def _as_linear(g: Graph, conv: Node) -> list[Node]:
+    """A dense conv giving one output frame (1, 1, Cout) from its taps (1, k, Cin) is a linear layer over the k*Cin
+    values: the weights (Cout, 1, k, Cin) read as (Cout, k*Cin) in the same order, the same bias, shifts and clamp,
+    so the same integers (and the fully connected kernel, which suits one output pixel)."""
+    x, w, y = g.tensors[conv.inputs[0]], g.tensors[conv.inputs[1]], g.tensors[conv.outputs[0]]
+    flat, vec, wname = (g.fresh_name(f"{conv.outputs[0]}_{s}") for s in ("in", "vec", "fc_w"))
+    g.tensors[flat] = _like(x, flat, (x.size,))
+    g.tensors[vec] = _like(y, vec, (y.shape[2],))
+    g.tensors[wname] = copy.deepcopy(w)
+    g.tensors[wname].name, g.tensors[wname].shape = wname, (w.shape[0], w.size // w.shape[0])
+    g.tensors[wname].data = w.data.reshape(g.tensors[wname].shape)
+    attrs = {k: v for k, v in conv.attrs.items() if k not in ("stride", "padding", "dilation", "groups")}
+    return [Node(f"{conv.name}.in", Op.RESHAPE, [conv.inputs[0]], [flat], {"shape": (x.size,)}, conv.source),
+            Node(conv.name, Op.LINEAR, [flat, wname, conv.inputs[2]], [vec], attrs, conv.source),
+            Node(f"{conv.name}.out", Op.RESHAPE, [vec], [conv.outputs[0]], {"shape": y.shape}, conv.source)]
 
 
 def is_step(g: Graph) -> bool:
@@ -277,17 +308,17 @@ STATE = "state:"
 
 
 def state_key(step: int) -> str:
-    """graph.memory key of the state of a streaming recurrent layer (node `step`): its h (and LSTM c), int16."""
+    """graph.memory key of the state of node `step`: a history's window, a streaming recurrent layer's h (c)."""
     return f"{STATE}{step}"
 
 
 def state_buffers(g: Graph) -> list[tuple[str, int]]:
-    """(memory key, bytes) of every state of a step graph, in node order: the window of each history node (its
-    output tensor) and the (h, c) of each streaming recurrent layer (state_key(step))."""
+    """(memory key state_key(step), bytes) of every state of a step graph, in node order: the window of each history
+    node (attrs["frames"] input frames) and the (h, c) of each streaming recurrent layer."""
     found = []
     for step, n in enumerate(g.nodes):
         if has(n.op, Trait.HOLDS_STATE):
-            found.append((n.outputs[0], g.tensors[n.outputs[0]].nbytes))
+            found.append((state_key(step), n.attrs["frames"] * g.tensors[n.inputs[0]].nbytes))
         elif n.attrs.get("stream"):
             from ..ops.recurrent import state_bytes
 

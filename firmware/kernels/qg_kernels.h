@@ -470,11 +470,13 @@ void qg_channel_affine_s8(const qg_channel_affine_params_t *p, const int8_t *in,
 
 /* ---- streaming state (qg_stream_s8.c) ---- */
 /* The window of the last `frames` frames of `frame_bytes` bytes (oldest first), kept in state memory
- * between steps: shift by one frame, append `frame` (int8 or int16 frames alike). */
+ * between steps: shift by one frame, append `frame` (int8 or int16 frames alike), then copy frames
+ * 0, dilation, 2 * dilation, ..., frames - 1 of the window to `taps` (contiguous). */
 typedef struct {
-    int32_t frame_bytes, frames;
+    int32_t frame_bytes, frames, dilation;
 } qg_history_params_t;
-void qg_history_s8(const qg_history_params_t *p, const int8_t *restrict frame, int8_t *restrict window);
+void qg_history_s8(const qg_history_params_t *p, const int8_t *restrict frame, int8_t *restrict window,
+                   int8_t *restrict taps);
 
 /* ---- recurrent layers (qg_recurrent_s8.c; the integer spec: codegen/ops/recurrent.py) ---- */
 enum { QG_CELL_GRU = 0, QG_CELL_LSTM = 1, QG_CELL_RNN_TANH = 2, QG_CELL_RNN_RELU = 3 };

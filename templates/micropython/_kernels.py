@@ -644,14 +644,20 @@ def _recurrent(x, y, p):
 
 
 def _history(x, y, p):
-    # streaming (codegen/ops/stream.py): y, the last `frames` frames of x (oldest first) in the state memory,
-    # shifts by one frame and takes x as its newest (the C kernel qg_history_s8)
-    fb, frames = p
+    # streaming (codegen/ops/stream.py): w, the last `frames` frames of x (oldest first) in the state memory,
+    # shifts by one frame and takes x as its newest; y = its frames 0, d, 2d, ... (the C kernel qg_history_s8)
+    fb, frames, d, w = p
     keep = (frames - 1) * fb
     for i in range(keep):  # forward: each byte is read before it is overwritten
-        y[i] = y[i + fb]
+        w[i] = w[i + fb]
     for i in range(fb):
-        y[keep + i] = x[i]
+        w[keep + i] = x[i]
+    o = 0
+    for f in range(0, frames, d):
+        a = f * fb
+        for i in range(fb):
+            y[o + i] = w[a + i]
+        o += fb
 
 
 def _set_state(dst, src):

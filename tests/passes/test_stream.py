@@ -34,7 +34,8 @@ def test_step_graph_reads_one_frame_and_keeps_histories(tcn):
     assert step.tensors[step.inputs[0]].shape == (1, 1, 10)
     histories = [n for n in step.nodes if n.op is Op.HISTORY]
     assert [n.attrs["frames"] for n in histories] == [3, 3, 5, 5, 9, 9]  # (k - 1) * d + 1, d = 1, 2, 4
-    assert all(n.attrs["padding"] == (0, 0, 0, 0) for n in step.nodes if n.op is Op.CONV2D)
+    assert not [n for n in step.nodes if n.op is Op.CONV2D]  # one output frame: fully connected over the taps
+    assert [step.tensors[n.outputs[0]].shape for n in histories][-1] == (1, 3, 16)  # the 3 taps of 9 frames
     assert stream.receptive_field(tcn) == 1 + 2 * (2 + 4 + 8)
     assert stream.state_size(step) == 16 * (3 + 3 + 5 + 5 + 9 + 9)
 
