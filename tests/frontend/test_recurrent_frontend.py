@@ -301,3 +301,38 @@ def test_no_torch_export_warning_about_flat_weights():
         warnings.simplefilter("always")
         from_module(Net("gru", "out").eval(), torch.randn(1, 7, 4))
     assert not [w for w in seen if "_flat_weights" in str(w.message)]
+
+
+FINAL_STATE = {  # ways to read a one-layer GRU's final state: all one GRU node with last=True, then the Linear
+    "h_n[-1]": lambda y, h: h[-1],
+    "h_n.squeeze(0)": lambda y, h: h.squeeze(0),
+    "h_n.transpose(0, 1).flatten(1)": lambda y, h: h.transpose(0, 1).flatten(1),
+    "out[:, -1]": lambda y, h: y[:, -1],
+    "out[:, 6]": lambda y, h: y[:, 6],
+    "out[:, -1:].flatten(1)": lambda y, h: y[:, -1:].flatten(1),
+}
+
+
+class ReadFinal(nn.Module):
+    def __init__(self, read):
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn, self.fc, self.read = nn.GRU(4, 6, batch_first=True), nn.Linear(6, 3), read
+
+    def forward(self, x):
+        y, h = self.rnn(x)
+        return self.fc(self.read(y, h))
+
+
+def test_spellings_of_the_final_state_lower_alike():
+    shapes = {}
+    for spelling, read in FINAL_STATE.items():
+        model = ReadFinal(read).eval()
+        g, _ = _lower(model)
+        shapes[spelling] = [(n.op, n.attrs.get("last"), g.tensors[n.outputs[0]].shape) for n in g.nodes
+                            if n.op is not Op.RESHAPE]
+        _float_matches(model, g)
+    first = next(iter(shapes.values()))
+    assert first == [(Op.GRU, True, (1, 1, 6)), (Op.LINEAR, None, (3,))], first
+    for spelling, got in shapes.items():
+        assert got == first, f"{spelling}: {got}"
