@@ -160,7 +160,8 @@ def expected_float(result: codegen.CompileResult, x_f32: np.ndarray) -> np.ndarr
     """Every output dequantised, in PyTorch layout, concatenated: what predict_float returns."""
     g = result.graph
     values = run_int(g, result.quantize_input(x_f32))
-    outs = [to_torch_layout(dequantize(values[o], g.tensors[o].qformat)).reshape(len(x_f32), -1) for o in g.outputs]
+    outs = [to_torch_layout(dequantize(values[o], g.tensors[o].qformat), g.io_layout.get(o)).reshape(len(x_f32), -1)
+            for o in g.outputs]
     return np.concatenate(outs, axis=1)
 
 

@@ -469,6 +469,13 @@ class _Lowering:
         if self.graph.inputs:
             raise UserError(f"the model has more than one input ('{self.graph.inputs[0]}', '{fx_node.name}'); "
                             "qgen compiles single-input models")
+        if len(shape) == 3 and shape[0] != 1 and shape[1] == 1:
+            from .torch_recurrent import KINDS
+
+            if any(u.target in KINDS for u in fx_node.users):  # (T, 1, F) straight into a seq-first GRU/LSTM
+                raise UserError(f"input '{fx_node.name}' has shape {list(shape)}, sequence first; qgen's inputs are "
+                                "batch first (1, T, F): give the model a (1, T, F) input and call the recurrent "
+                                "layer with x.transpose(0, 1) inside forward, or construct it with batch_first=True")
         if len(shape) not in (2, 3, 4) or shape[0] != 1:
             raise UserError(f"input '{fx_node.name}' has shape {list(shape)}; qgen supports (1, C, H, W) "
                             "images, (1, C, L) sequences and (1, F) vectors with batch size 1")

@@ -336,3 +336,18 @@ def test_spellings_of_the_final_state_lower_alike():
     assert first == [(Op.GRU, True, (1, 1, 6)), (Op.LINEAR, None, (3,))], first
     for spelling, got in shapes.items():
         assert got == first, f"{spelling}: {got}"
+
+
+def test_a_sequence_first_model_input_is_refused_with_the_fix():
+    class SeqFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(4, 6)
+
+        def forward(self, x):
+            return self.rnn(x)[1][-1]
+
+    with pytest.raises(UserError, match=r"sequence first; .* x.transpose\(0, 1\) inside forward"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from_module(SeqFirst().eval(), torch.randn(7, 1, 4))
