@@ -22,6 +22,13 @@
 
 #define QG_ALIGN_LIMIT (1 << 24) /* recurrent.ALIGN_LIMIT: aligned accumulators are clamped here */
 
+/* four gate rows per pass on DSP cores: its asm step needs 13 registers, more than an unoptimised build has free */
+#if QG_DSP && defined(__OPTIMIZE__)
+#define QG_RNN_4ROWS 1
+#else
+#define QG_RNN_4ROWS 0
+#endif
+
 #if QG_DSP && (defined(__GNUC__) || defined(__clang__))
 #define QG_RNN_INLINE __attribute__((always_inline)) /* the per-row helpers of the DSP loop: no calls */
 #else
@@ -193,7 +200,8 @@ static inline void qg_mac_2rows_4(const qg_word_t **vp, const int8_t **w0, const
             "smlad %[a1], %[t], %[vo], %[a1]"
             : [ve] "=&r"(ve), [vo] "=&r"(vo), [wv] "=&r"(wv), [t] "=&r"(t), [vp] "+r"(*vp), [w0] "+r"(*w0),
               [w1] "+r"(*w1), [a0] "+r"(*a0), [a1] "+r"(*a1)
-            : "m"(*(const qg_word_t(*)[2]) * vp), "m"(*(const int8_t(*)[4]) * w0), "m"(*(const int8_t(*)[4]) * w1));
+            :
+            : "memory"); /* reads only: the clobber keeps the compiler from assuming what the loads see */
 }
 
 /* *acc0 += v . w[0 .. k), *acc1 += v . w[k .. 2k): two rows of int8 weights and the packed int16 vector v
@@ -226,6 +234,7 @@ static inline QG_RNN_INLINE const int8_t *qg_dot_2rows(const int16_t *v, const i
 }
 
 
+#if QG_RNN_4ROWS
 /* 4 columns of four rows w, w + k, w + 2k, w + 3k (k3 = 3k): acc += (v0..v3) . row, w advanced by 4. The rows
  * are read at register offsets from one pointer: four pointers and four accumulators would not fit the registers.
  * (The weights are const, the clobber only keeps the compiler from assuming what the loads read.) */
@@ -286,6 +295,7 @@ static inline QG_RNN_INLINE const int8_t *qg_dot_4rows(const int16_t *v, const i
     acc[3] = a3;
     return w0 + (k & 3) + 3 * k;
 }
+#endif
 
 /* acc + v . w for one row (the last row of an odd count) */
 static inline int32_t qg_dot_1row(const int16_t *v, const int8_t *w, int32_t k, int32_t acc)
@@ -411,7 +421,7 @@ static void qg_gate_rows(const qg_recurrent_params_t *p, const void *xv, const i
     const int32_t split = p->cell == QG_CELL_GRU ? 2 * hid : rows; /* first candidate row */
     const int8_t *wx = p->w_ih, *wh = p->w_hh;
     int32_t r;
-#if QG_DSP
+#if QG_RNN_4ROWS
     for (r = 0; r + 3 < rows; r += 4) {
         int32_t ax[4], ah[4], q;
         for (q = 0; q < 4; q++) {
