@@ -67,6 +67,25 @@ static void transpose_dims(const qg_transpose_params_t *p, int32_t n[QG_MAX_RANK
  * byte loads, and the plain gather (one LDRB/STRB pair per byte) is 4x faster there. */
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && \
     !(defined(__ARM_ARCH) && !(defined(__ARM_FEATURE_UNALIGNED) && __ARM_FEATURE_UNALIGNED))
+#if QG_DSP
+/* out rows 0..3 (bytes 0..3, `os` apart) = the transpose of in rows 0..3 (bytes 0..3, `is` apart) */
+static inline void tile_4x4_s8(const int8_t *s0, int32_t is, int8_t *dst, int32_t os)
+{
+    const uint32_t odd = 0xFF00FF00u;
+    const int8_t *s2 = s0 + 2 * is;
+    int8_t *dst2 = dst + 2 * os;
+    const int32_t r0 = qg_load_s8x4(s0), r1 = qg_load_s8x4(s0 + is), r2 = qg_load_s8x4(s2), r3 = qg_load_s8x4(s2 + is);
+    const uint32_t u0 = (uint32_t)qg_pkhbt(r0, r2), u1 = (uint32_t)qg_pkhtb(r2, r0);
+    const uint32_t u2 = (uint32_t)qg_pkhbt(r1, r3), u3 = (uint32_t)qg_pkhtb(r3, r1);
+    const uint32_t w0 = __uxtab16(qg_and_lsl8(odd, u2), u0), w1 = qg_uxtab16_ror8(u2 & odd, u0);
+    const uint32_t w2 = __uxtab16(qg_and_lsl8(odd, u3), u1), w3 = qg_uxtab16_ror8(u3 & odd, u1);
+    memcpy(dst2, &w2, 4);
+    memcpy(dst2 + os, &w3, 4);
+    memcpy(dst + os, &w1, 4);
+    memcpy(dst, &w0, 4);
+}
+#endif
+
 /* A 2-D byte transpose by 4 x 4 tiles: the generator puts the dim contiguous in the input (length `rows`, output
  * stride `os`) second-innermost and the dim contiguous in the output (length `cols`, input stride `is`)
  * innermost. Four word loads (four input rows of 4 bytes), 16 ALU operations, four word stores; two columns
@@ -101,26 +120,26 @@ static inline void transpose_tiles_s8(const int8_t *restrict in, int8_t *restric
 #if QG_DSP
     /* 12 ALU operations per tile: PKHBT/PKHTB pair the half-rows (a0 a1 c0 c1), (a2 a3 c2 c3), (b0 b1 d0 d1),
      * (b2 b3 d2 d3); UXTAB16 adds bytes 0 and 2 (rotated: 1 and 3) of one to the other's bytes masked into
-     * positions 1 and 3: (a0 b0 c0 d0) ... (a3 b3 c3 d3). The tiles walk along four output rows. */
-    for (r = 0; r + 4 <= rows; r += 4) { /* output rows r..r+3, written along: [c..c+3] per step */
-        const int8_t *s0 = in + r, *s2 = s0 + 2 * is;
-        int8_t *dst = out + r * os, *const dst_end = dst + (cols & ~3);
-        const uint32_t odd = 0xFF00FF00u;
-        while (dst != dst_end) {
-            int8_t *dst2 = dst + 2 * os;
-            const int32_t r0 = qg_load_s8x4(s0), r1 = qg_load_s8x4(s0 + is), r2 = qg_load_s8x4(s2),
-                          r3 = qg_load_s8x4(s2 + is);
-            const uint32_t u0 = (uint32_t)qg_pkhbt(r0, r2), u1 = (uint32_t)qg_pkhtb(r2, r0);
-            const uint32_t u2 = (uint32_t)qg_pkhbt(r1, r3), u3 = (uint32_t)qg_pkhtb(r3, r1);
-            const uint32_t w0 = __uxtab16(qg_and_lsl8(odd, u2), u0), w1 = qg_uxtab16_ror8(u2 & odd, u0);
-            const uint32_t w2 = __uxtab16(qg_and_lsl8(odd, u3), u1), w3 = qg_uxtab16_ror8(u3 & odd, u1);
-            s0 += 4 * is;
-            s2 += 4 * is;
-            memcpy(dst2, &w2, 4);
-            memcpy(dst2 + os, &w3, 4);
-            memcpy(dst + os, &w1, 4);
-            memcpy(dst, &w0, 4);
-            dst += 4;
+     * positions 1 and 3: (a0 b0 c0 d0) ... (a3 b3 c3 d3). The tiles walk along the longer side. */
+    if (cols >= rows) {
+        for (r = 0; r + 4 <= rows; r += 4) { /* output rows r..r+3, written along: [c..c+3] per step */
+            const int8_t *s0 = in + r;
+            int8_t *dst = out + r * os, *const dst_end = dst + (cols & ~3);
+            while (dst != dst_end) {
+                tile_4x4_s8(s0, is, dst, os);
+                s0 += 4 * is;
+                dst += 4;
+            }
+        }
+    } else {
+        for (c = 0; c + 4 <= cols; c += 4) { /* input rows c..c+3, read along: [r..r+3] per step */
+            const int8_t *s0 = in + c * is, *const s0_end = s0 + (rows & ~3);
+            int8_t *dst = out + c;
+            while (s0 != s0_end) {
+                tile_4x4_s8(s0, is, dst, os);
+                s0 += 4;
+                dst += 4 * os;
+            }
         }
     }
     for (r = 0; r + 4 <= rows; r += 4) { /* the last cols % 4 columns */
@@ -194,6 +213,39 @@ static void interleave_rows_s8(const int8_t *restrict in, int8_t *restrict out, 
 }
 #endif
 
+#if QG_DSP
+/* n_blocks 2-D transposes whose sides are multiples of 4 (a 4-group shuffle: one small block per pixel): whole
+ * tiles only, walking along the longer side, the block loop in the same function (no per-block set-up). */
+static void tiles_exact_s8(const int8_t *restrict in, int8_t *restrict out, int32_t rows, int32_t cols, int32_t is,
+                           int32_t os, int32_t n_blocks, int32_t s_block, int32_t o_block)
+{
+    int32_t k, r, c;
+    for (k = 0; k < n_blocks; k++, in += s_block, out += o_block) {
+        if (cols >= rows) {
+            for (r = 0; r < rows; r += 4) {
+                const int8_t *s0 = in + r;
+                int8_t *dst = out + r * os, *const dst_end = dst + cols;
+                do {
+                    tile_4x4_s8(s0, is, dst, os);
+                    s0 += 4 * is;
+                    dst += 4;
+                } while (dst != dst_end);
+            }
+        } else {
+            for (c = 0; c < cols; c += 4) {
+                const int8_t *s0 = in + c * is, *const s0_end = s0 + rows;
+                int8_t *dst = out + c;
+                do {
+                    tile_4x4_s8(s0, is, dst, os);
+                    s0 += 4;
+                    dst += 4 * os;
+                } while (s0 != s0_end);
+            }
+        }
+    }
+}
+#endif
+
 #ifdef QG_HAVE_TILES
 /* 1 if the loops end in a tile-able 2-D transpose (then it is done), else 0 */
 static int transpose_by_tiles(const qg_transpose_params_t *p, const int8_t *restrict in, int8_t *restrict out)
@@ -215,6 +267,10 @@ static int transpose_by_tiles(const qg_transpose_params_t *p, const int8_t *rest
 #if QG_DSP
                     if (cols == 2 && os == 2) {
                         interleave_rows_s8(src, dst, rows, is, n3, s3, o3);
+                        continue;
+                    }
+                    if (((rows | cols) & 3) == 0) {
+                        tiles_exact_s8(src, dst, rows, cols, is, os, n3, s3, o3);
                         continue;
                     }
 #endif
