@@ -153,3 +153,24 @@ def test_scratch_matches_the_c_buffer_size(model):
     n = g.nodes[0]
     assert R.buffer_size(g, n) == 4 * ((3 + 1) * 3 + (INPUTS + 1) // 2 + (3 + 1) // 2)
 
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("cpu", ["cortex-m0plus", "cortex-m4"])
+def test_kernel_builds_at_every_optimisation_level(cpu, tmp_path):
+    """The asm blocks leave the compiler enough registers in every build a user may pick: -O0 and -Os (the
+    four-row DSP step and the Thumb-1 loops step aside there), with and without a frame pointer."""
+    import shutil
+    import subprocess
+
+    from codegen.target import CROSS_CC
+
+    if shutil.which(CROSS_CC) is None:
+        pytest.skip(f"{CROSS_CC} is not installed")
+    fpu = ["-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"] if cpu == "cortex-m4" else []
+    for opt in ("-O0", "-Os", "-O2 -fno-omit-frame-pointer"):
+        cmd = [CROSS_CC, f"-mcpu={cpu}", "-mthumb", *fpu, *opt.split(), "-std=c99", "-Wall", "-Wextra", "-Wconversion",
+               "-Werror", "-I", str(kernel_dir()), "-c", str(kernel_dir() / "qg_recurrent_s8.c"), "-o",
+               str(tmp_path / "k.o")]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{cpu} {opt}:\n{proc.stderr[-2000:]}"
+
