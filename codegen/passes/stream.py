@@ -12,7 +12,8 @@ every op over time replaced by its one-frame form, the state it needs kept betwe
   unpadded on it: one output frame. Its left padding only decides how the whole-window model starts;
 - a recurrent layer (GRU, LSTM, RNN) runs one time step, its hidden state kept between steps (attrs["stream"]);
 - the slice of the last time step (x[:, :, -1], x[:, -1]) becomes a no-op: every step's frame is the last one.
-  From there on the tensors hold no time axis.
+  From there on the tensors hold no time axis. So does a TCN's chomp (Conv1d(padding=p) then x[:, :, :-p]: the
+  conv's right padding only made the outputs the chomp drops).
 
 The step's output at time t is the whole-window model's output for the window ending at t (its last frame when
 the output is a sequence): for convolutions once t >= receptive_field(graph) - 1, for recurrent layers for the
@@ -29,8 +30,8 @@ from ..ir import Graph, Node, Op, verify
 from ..ops import SPEC, Trait, has
 
 STREAMABLE = ("per-frame ops (element-wise, activations, pointwise conv, norms and softmax over channels), causal "
-              "Conv1d / depthwise Conv1d (stride 1, any dilation, padding only on the left), GRU / LSTM / RNN "
-              "(forward), and the slice of the last time step")
+              "Conv1d / depthwise Conv1d (stride 1, any dilation, padding only on the left, or padding=p followed "
+              "by a chomp x[:, :, :-p]), GRU / LSTM / RNN (forward), and the slice of the last time step")
 
 
 def _refuse(n: Node, what: str, todo: str) -> UserError:
@@ -50,11 +51,47 @@ def _conv_over_time(g: Graph, n: Node) -> tuple[int, int, int]:
     if n.attrs["stride"][1] != 1:
         raise _refuse(n, f"has stride {n.attrs['stride'][1]} over time",
                       "Use stride 1 (decimate after the model, or run the strided part on every k-th output)")
-    if right:
+    if right and not _chomped(g, n):
         raise _refuse(n, f"pads {right} frame(s) on the right (future frames: non-causal padding, e.g. "
                          f"padding='same' or padding={right})",
                       f"Use causal padding: padding=0 and F.pad(x, ({(k - 1) * d}, 0)) before the conv")
     return int(k), d, int(left)
+
+
+def _chomp_slice(g: Graph, conv: Node) -> Node | None:
+    """The slice that chomps `conv`'s output (a TCN's Chomp1d: Conv1d(padding=p) then x[:, :, :-p]): its only reader
+    (through reshapes that keep the time axis) keeps time steps [0, L - right padding) of it, exactly the outputs
+    that read no padded future frame: together, a causal conv. None if there is no such slice."""
+    t, axis, length = conv.outputs[0], 1, g.tensors[conv.outputs[0]].shape[1]
+    while True:
+        users = g.consumers(t)
+        if len(users) != 1 or t in g.outputs:
+            return None
+        n = users[0]
+        if n.op is Op.RESHAPE:
+            x, y = g.tensors[t].shape, tuple(n.attrs["shape"])
+            b = len(y) - (len(x) - axis)
+            if b < 0 or y[b:] != tuple(x[axis:]) or any(d != 1 for d in y[:b]):
+                return None
+            t, axis = n.outputs[0], b
+            continue
+        ok = (n.op is Op.SLICE and n.attrs["axis"] == axis and n.attrs["start"] == 0
+              and n.attrs["length"] == length - conv.attrs["padding"][3])
+        return n if ok else None
+
+
+def _chomped(g: Graph, conv: Node) -> bool:
+    return _chomp_slice(g, conv) is not None
+
+
+def _chomp_of(g: Graph, n: Node) -> Node | None:
+    """The conv a slice node chomps (see _chomp_slice), or None."""
+    conv = g.producer(n.inputs[0])
+    while conv is not None and conv.op is Op.RESHAPE:
+        conv = g.producer(conv.inputs[0])
+    ok = conv is not None and _RULES.get(conv.op) is _conv and conv.attrs["padding"][3]
+    chomp = _chomp_slice(g, conv) if ok else None
+    return conv if chomp is not None and chomp.outputs == n.outputs else None
 
 
 def _time_axis(g: Graph) -> int:
@@ -123,6 +160,8 @@ def _slice(g, n, ax):
         return ax if a["axis"] > ax else _refused_op(g, n, ax)
     if a["start"] + a["length"] == length and a["length"] == 1:
         return None  # the last time step: the frame of the step
+    if _chomp_of(g, n) is not None:
+        return ax  # Chomp1d after a conv padded on both sides: the causal part
     raise _refuse(n, f"keeps time steps [{a['start']}, {a['start'] + a['length']}) of {length}",
                   "Take the last time step only (x[:, :, -1] or x[:, -1])")
 
@@ -197,7 +236,7 @@ def receptive_field(g: Graph) -> int | None:
 
 def with_time_length(g: Graph, length: int) -> Graph:
     """The same quantised model over `length` frames (the whole-window spec for any window: the reference the
-    stream is compared with). Only the time axis changes: the slice of the last time step follows it."""
+    stream is compared with). Only the time axis changes: the slice of the last time step and a chomp follow it."""
     timed = time_axes(g)
     out = copy.deepcopy(g)
     _set_axis(out, g.inputs[0], timed[g.inputs[0]], length)
@@ -208,6 +247,9 @@ def with_time_length(g: Graph, length: int) -> Graph:
             n.attrs["shape"] = tuple(shape)
         if n.op is Op.SLICE and n.inputs[0] in timed and n.outputs[0] not in timed:
             n.attrs["start"] = out.tensors[n.inputs[0]].shape[n.attrs["axis"]] - 1
+        conv = _chomp_of(g, n) if n.op is Op.SLICE else None
+        if conv is not None:
+            n.attrs["length"] = out.tensors[n.inputs[0]].shape[n.attrs["axis"]] - conv.attrs["padding"][3]
         out.tensors[n.outputs[0]].shape = tuple(SPEC[n.op].shape(out, n))
     out.memory, out.arena_size = {}, 0
     verify(out, quantized=True)
@@ -241,7 +283,8 @@ def run(graph: Graph) -> Graph:
                     n.attrs["dilation"] = (1, 1)  # the history wrote the taps next to each other
             if n.op is Op.CONV2D and n.attrs.get("groups", 1) == 1 and "out_stride" not in n.attrs:
                 dense.append(n)  # one output frame: a fully connected layer over the k*C taps (below)
-        elif rule is _slice and n.outputs[0] not in timed:  # the last time step: the step's frame itself
+        elif rule is _slice and (n.outputs[0] not in timed or n.attrs["axis"] == timed[n.inputs[0]]):
+            # the last time step (the step's frame itself) or a chomp (its frame is the conv's only frame)
             n = Node(n.name, Op.RESHAPE, [n.inputs[0]], n.outputs, {"shape": None}, n.source)
         elif rule is _recurrent:
             n.attrs["stream"] = True  # its state persists between steps (plan_memory, the C emitter)

@@ -95,6 +95,28 @@ def test_backward_recurrent_layer_is_refused():
         stream.run(whole)
 
 
+class _ChompTCN(nn.Module):
+    """The common TCN spelling: Conv1d(padding=(k-1)*d) on both sides, then Chomp1d (x[:, :, :-p])."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv1d(4, 8, 3, padding=2, dilation=1)
+        self.conv2 = nn.Conv1d(8, 8, 3, padding=4, dilation=2)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(x)[:, :, :-2])
+        y = torch.relu(self.conv2(y)[:, :, :-4])
+        return self.fc(y[:, :, -1])
+
+
+def test_chomped_conv_streams_like_a_causal_one(rng):
+    whole = _quantised(_ChompTCN(), (1, 4, 12))
+    assert stream.receptive_field(whole) == 7
+    _check_stream(whole, rng.integers(-128, 128, (2, 1, 24, 4)), 12)
+    _check_stream(whole, rng.integers(-128, 128, (1, 1, 10, 4)), None)  # causal from frame 0 too
+
+
 def test_with_time_length_follows_the_last_step(tcn):
     g = stream.with_time_length(tcn, 7)
     assert g.tensors[g.inputs[0]].shape == (1, 7, 10)
