@@ -113,8 +113,15 @@ static inline int32_t qg_sigmoid_q11(int32_t x)
 /* an accumulator at its row's frac -> the gate frac, clamped to +-2^24 (recurrent._align) */
 static inline int32_t qg_align24(int32_t acc, int32_t shift)
 {
+    if (shift >= 8) { /* |int32| / 2^8 <= 2^23: inside the clamp, no test needed */
 #if QG_DSP
-    if (shift > 0) { /* the rounding as qg_requantize_pos_s8 does it (QADD: the one difference clamps alike) */
+        return __qadd(acc >> (shift - 1), 1) >> 1; /* qg_requantize_pos_s8's rounding (QADD never saturates here) */
+#else
+        return qg_round_shift(acc, shift);
+#endif
+    }
+#if QG_DSP
+    if (shift > 0) { /* the same rounding (QADD: its one saturating case clamps alike) */
         const int32_t r = __qadd(acc >> (shift - 1), 1) >> 1;
         return r > QG_ALIGN_LIMIT ? QG_ALIGN_LIMIT : (r < -QG_ALIGN_LIMIT ? -QG_ALIGN_LIMIT : r);
     }
