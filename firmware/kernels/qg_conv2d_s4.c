@@ -129,7 +129,7 @@ static void s4_gather(const qg_conv2d_params_t *p, const int8_t *in, int32_t oy,
 #define S4_MASK ((int32_t)0xF0F0F0F0u)
 
 /* 8 int8 values -> the int16 pairs (x0, x4), (x2, x6) at even[0..1] and (x1, x5), (x3, x7) at odd[0..1]. */
-static inline void s4_widen8(const int8_t *src, int32_t *even, int32_t *odd)
+static inline void s4_widen8(const int8_t *src, qg_word_t *even, qg_word_t *odd)
 {
     const int32_t a = qg_load_s8x4(src), b = qg_load_s8x4(src + 4);
     const int32_t ae = qg_sxtb16(a), ao = qg_sxtb16_ror8(a), be = qg_sxtb16(b), bo = qg_sxtb16_ror8(b);
@@ -166,7 +166,7 @@ int32_t qg_fully_connected_s4_buffer_size(const qg_conv2d_s4_params_t *p)
 /* DSP fully connected: x widened once into `xw` (groups of 8 as 4 words, then the tail values as int16),
  * two rows per pass. */
 static void s4_fc_dsp(const qg_conv2d_s4_params_t *p, const int8_t *restrict in, int8_t *restrict out,
-                      int32_t *restrict xw)
+                      qg_word_t *restrict xw)
 {
     const int32_t k = p->conv.in_c, rows = p->conv.out_c, groups8 = k >> 3, tail = k & 7;
     const int32_t row_bytes = (k + 1) >> 1, act_min = p->conv.act_min, act_max = p->conv.act_max;
@@ -209,7 +209,7 @@ void qg_fully_connected_s4(const qg_conv2d_s4_params_t *p, const int8_t *restric
                            int8_t *restrict scratch)
 {
 #if QG_DSP
-    s4_fc_dsp(p, in, out, (int32_t *)(void *)scratch);
+    s4_fc_dsp(p, in, out, (qg_word_t *)(void *)scratch);
 #else
     (void)scratch;
     s4_dot_rows(in, (const int8_t *)p->weights, p->conv.in_c, p->conv.out_c, p->conv.bias, p->conv.shift,
@@ -235,23 +235,23 @@ int32_t qg_conv2d_s4_buffer_size(const qg_conv2d_s4_params_t *p)
 /* Block layout in scratch, per group of 8 k's: the S4_COLS pixels' (x0, x4), (x2, x6) words, then their
  * (x1, x5), (x3, x7) words (16 words); after the k / 8 groups, each pixel's k % 8 last values as int16
  * (8 slots per pixel). */
-static void s4_fill_col(const int8_t *col, int32_t k, int32_t *cols, int32_t c)
+static void s4_fill_col(const int8_t *col, int32_t k, qg_word_t *cols, int32_t c)
 {
     const int32_t groups8 = k >> 3;
-    int16_t *tail = (int16_t *)(void *)(cols + 16 * groups8) + 8 * c;
+    void *tail = cols + 16 * groups8; /* int16 slots 8 * c + i, through memcpy (qg_simd.h) */
     int32_t g, i;
     for (g = 0; g < groups8; g++) {
         s4_widen8(col + 8 * g, cols + 16 * g + 2 * c, cols + 16 * g + 8 + 2 * c);
     }
     for (i = 0; i < (k & 7); i++) {
-        tail[i] = col[8 * groups8 + i];
+        qg_store_s16_at(tail, 8 * c + i, col[8 * groups8 + i]);
     }
 }
 
 /* Slot c <- output pixel (oy, ox), channels [c0, c0 + cg) with cg a multiple of 8: every window cell is whole
  * groups, widened straight from the input (no int8 column to gather first). */
 static void s4_fill_direct(const qg_conv2d_params_t *p, const int8_t *in, int32_t oy, int32_t ox, int32_t c0,
-                           int32_t cg, int32_t *cols, int32_t c)
+                           int32_t cg, qg_word_t *cols, int32_t c)
 {
     const int32_t iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left, per_cell = cg >> 3;
     int32_t ky, kx, j, g = 0;
@@ -259,7 +259,7 @@ static void s4_fill_direct(const qg_conv2d_params_t *p, const int8_t *in, int32_
         const int32_t iy = iy0 + ky * p->dil_h;
         for (kx = 0; kx < p->k_w; kx++, g += per_cell) {
             const int32_t ix = ix0 + kx * p->dil_w;
-            int32_t *dst = cols + 16 * g + 2 * c;
+            qg_word_t *dst = cols + 16 * g + 2 * c;
             if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
                 for (j = 0; j < per_cell; j++, dst += 16) {
                     dst[0] = dst[1] = dst[8] = dst[9] = 0;
@@ -275,13 +275,13 @@ static void s4_fill_direct(const qg_conv2d_params_t *p, const int8_t *in, int32_
 }
 
 /* Rows [0, rows) times the block's S4_COLS columns; pixel c's output r goes to out[c * step + r]. */
-static void s4_block(const int8_t *w, int32_t k, const int32_t *cols, int32_t n_valid, int32_t rows,
+static void s4_block(const int8_t *w, int32_t k, const qg_word_t *cols, int32_t n_valid, int32_t rows,
                      const int32_t *bias, const int8_t *shift, int32_t act_min, int32_t act_max, int8_t *out,
                      int32_t step)
 {
     const int32_t kind = n_valid == S4_COLS ? qg_clamp_kind(act_min, act_max) : -1;
     const int32_t groups8 = k >> 3, tail = k & 7, row_bytes = (k + 1) >> 1;
-    const int16_t *tails = (const int16_t *)(const void *)(cols + 16 * groups8);
+    const void *tails = cols + 16 * groups8;
     int32_t r, c, i, g;
     for (r = 0; r < rows; r++, w += row_bytes) {
         const int32_t s = shift[r];
@@ -329,7 +329,7 @@ static void s4_block(const int8_t *w, int32_t k, const int32_t *cols, int32_t n_
         for (i = 0; i < tail; i++) {
             const int32_t wi = nib_at(wp, i);
             for (c = 0; c < S4_COLS; c++) {
-                acc[c] += wi * tails[8 * c + i];
+                acc[c] += wi * qg_load_s16_at(tails, 8 * c + i);
             }
         }
         if (s > 0 && kind == QG_CLAMP_S8) {
@@ -357,7 +357,7 @@ void qg_conv2d_s4(const qg_conv2d_s4_params_t *p, const int8_t *in, int8_t *out,
     int32_t pix, oy = 0, ox = 0, gi;
 #if QG_DSP
     const int32_t k8 = round_up(k, 8);
-    int32_t *cols = (int32_t *)(void *)scratch;
+    qg_word_t *cols = (qg_word_t *)(void *)scratch;
     int8_t *stage = scratch + 2 * S4_COLS * k8;
     for (pix = 0; pix < n_pix; pix += S4_COLS) {
         const int32_t n_valid = n_pix - pix < S4_COLS ? n_pix - pix : S4_COLS;
