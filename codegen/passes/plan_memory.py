@@ -64,8 +64,11 @@ def storage_groups(graph: Graph) -> dict[str, str]:
             owner[node.outputs[0]] = owner[node.inputs[0]]
         elif node.op is Op.CONCAT:
             for t in node.inputs:
-                if t in inside:
-                    owner[t] = owner[node.outputs[0]]
+                if t in inside:  # its whole group moves (nested: a concat written in place into another)
+                    old, new = owner[t], owner[node.outputs[0]]
+                    for name, root in owner.items():
+                        if root == old:
+                            owner[name] = new
     last_use: dict[str, int] = {}
     for step, node in enumerate(graph.nodes):
         for name in node.inputs:

@@ -59,6 +59,13 @@ FIXED.update({
     # a residual add whose input fracs differ by > 53: alignment shifts are capped at 31 (same result)
     "add-align-shift-over-31": {"input": [4], "taps": [], "seed": 1, "calib": CALIB,
                                 "layers": [{"op": "res", "body": [linear(4, wexp=-20, b="zero")], "relu": False}]},
+    # concats written in place into concats, two levels (torch.cat([x, x]) twice): plan_memory kept the inner
+    # one's storage group apart from the outer one's (found by the recurrent-layer draws)
+    "nested-in-place-concats": {"input": [5], "taps": [], "seed": 12, "calib": {"n": 3, "seed": 5, "kind": "normal",
+                                                                               "exp": 0},
+                                "layers": [linear(7), {"op": "cat", "body": [linear(7, wexp=3)]},
+                                           {"op": "cat", "body": []}, {"op": "cat", "body": []},
+                                           {"op": "cat", "body": [{"op": "relu"}]}]},
 })
 
 # Sizes beyond the kernel struct fields (qg_kernels.h) are refused with a UserError, not truncated.
