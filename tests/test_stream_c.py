@@ -95,6 +95,21 @@ def test_qgen_verify_steps_the_saved_sequences(compiled, capsys):
     assert "bit-exact: yes" in capsys.readouterr().out
 
 
+def test_int16_layers_and_input_stream_bit_exact():
+    """Mixed precision: an int16 model input (its first conv stays a conv: see passes/stream._as_linear) and an int16
+    layer whose history holds int16 frames (qg_history_s8 is byte-wise)."""
+    torch.manual_seed(3)
+    model = TCN(c=8, dilations=(1, 2), depthwise=(False, True)).eval()
+    result = codegen.compile(model, torch.randn(1, 10, 16), torch.randn(32, 10, 16), prefix="wide", stream=True,
+                             precision={"input": 16, "blocks.0.conv1": 16})
+    assert {result.graph.tensors[n.outputs[0]].dtype for n in result.graph.nodes if n.op.value == "history"} == \
+        {"int16", "int8"}
+    frames = np.random.default_rng(0).integers(-32768, 32768, (1, 1, 30, 10)).astype(np.int16)
+    host = result.host()
+    host.reset()
+    np.testing.assert_array_equal(host.run(frames[0, 0]), result.stream().run(frames)[0])
+
+
 def test_stream_refuses_the_caller_arena():
     torch.manual_seed(0)
     with pytest.raises(UserError, match="arena-argument"):

@@ -281,7 +281,8 @@ def run(graph: Graph) -> Graph:
                 nodes.append(_history(g, n, (k - 1) * d + 1, d))
                 if "dilation" in n.attrs:
                     n.attrs["dilation"] = (1, 1)  # the history wrote the taps next to each other
-            if n.op is Op.CONV2D and n.attrs.get("groups", 1) == 1 and "out_stride" not in n.attrs:
+            wide_input = n.inputs[0] in g.inputs and g.tensors[n.inputs[0]].dtype == "int16"  # see _as_linear
+            if n.op is Op.CONV2D and n.attrs.get("groups", 1) == 1 and "out_stride" not in n.attrs and not wide_input:
                 dense.append(n)  # one output frame: a fully connected layer over the k*C taps (below)
         elif rule is _slice and (n.outputs[0] not in timed or n.attrs["axis"] == timed[n.inputs[0]]):
             # the last time step (the step's frame itself) or a chomp (its frame is the conv's only frame)
@@ -326,7 +327,8 @@ def _like(t, name: str, shape: tuple[int, ...]):
 def _as_linear(g: Graph, conv: Node) -> list[Node]:
     """A dense conv giving one output frame (1, 1, Cout) from its taps (1, k, Cin) is a linear layer over the k*Cin
     values: the weights (Cout, 1, k, Cin) read as (Cout, k*Cin) in the same order, the same bias, shifts and clamp,
-    so the same integers (and the fully connected kernel, which suits one output pixel)."""
+    so the same integers (and the fully connected kernel, which suits one output pixel). Not on an int16 model
+    input: a reshape of `in` as a model's first layer passes an int16_t pointer to the int8 trace hook."""
     x, w, y = g.tensors[conv.inputs[0]], g.tensors[conv.inputs[1]], g.tensors[conv.outputs[0]]
     flat, vec, wname = (g.fresh_name(f"{conv.outputs[0]}_{s}") for s in ("in", "vec", "fc_w"))
     g.tensors[flat] = _like(x, flat, (x.size,))
