@@ -124,3 +124,15 @@ def test_frame_by_frame_equals_whole_sequence(kind):
         outs.append(y)
     np.testing.assert_array_equal(np.concatenate(outs, axis=2), whole)
     np.testing.assert_array_equal(state[0], final[0])
+
+
+def test_lstm_with_a_huge_calibrated_cell_saturates_instead_of_failing():
+    """A calibrated cell range beyond 2^16 keeps cell_frac >= -1 (the i*g shift stays <= 31): the spec runs."""
+    g, m, _ = recurrent_graph("lstm", 3, 4, 5)
+    x = np.random.default_rng(0).normal(size=(8, 1, 5, 3))
+    g.io_layout["x"] = "ncl"
+    calibrate.run(g, x[:, 0].transpose(0, 2, 1))
+    g.ranges["y#cell"] = 3e5
+    quantize.run(g)
+    assert g.nodes[0].attrs["cell_frac"] == -1
+    run_int(g, np.zeros((1, 1, 5, 3), dtype=np.int64))

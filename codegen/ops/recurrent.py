@@ -17,7 +17,8 @@ Integer design (the spec; codegen/fixed.py's one rounding rule `round_shift` and
     the state is the int8 output itself (fh = fo); a relu RNN's state takes its calibrated range (int16 or int8).
   - gate pre-activations are int16 at frac P = GATE_FRAC (11: range +-16) — the relu RNN's at P = fh:
     pre[r] = sat16(align(ax[r], x_shift[r]) + align(ah[r], h_shift[r])), x_shift = fx + fwi - P, h_shift = fh + fwh - P,
-    align = requantize to +-2^24 (round_shift; clamping there changes no saturated sum).
+    align = requantize to +-2^24 (round_shift, then clamp: |sum| < 2^25 cannot overflow int32; a term beyond
+    +-2^24 is 512x the int16 range, so the sum saturates unless the other term nearly cancels it).
   - sigmoid and tanh: int16 Q11 in, Q15 out through ONE table (`TANH_TABLE`: tanh at 513 points of [-8, 8), Q15,
     linear interpolation with the rounding rule): tanh(x) = T(sat16(2x)), sigmoid(x) = sat(round_shift(T(x) + 2^15, 1))
     (sigmoid(x) = (1 + tanh(x/2)) / 2: the Q11 value read as Q12 is x/2). Max error 3 LSB of Q15.
@@ -328,7 +329,9 @@ def q_rnn(g, n, act) -> None:
         seen = g.ranges.get(f"{out.name}#cell")
         if seen is None:  # no calibration record: |c_t| <= |c_0| + t
             seen = float(np.max(np.abs(c0.data), initial=0.0)) + x.shape[1]
-        fc = min(STATE_FRAC, frac_for_range(2.0 * seen, 16))  # one bit of headroom: streams run longer
+        # one bit of headroom (streams run longer than calibration windows); at least -1 so that the i*g shift
+        # 30 - fc stays <= 31 (a cell beyond +-2^16 saturates: tanh(c) is +-1 there anyway)
+        fc = max(-1, min(STATE_FRAC, frac_for_range(2.0 * seen, 16)))
         c0.data, c0.dtype, c0.qformat = quantize(c0.data, QFormat(16, fc)).astype(np.int16), "int16", QFormat(16, fc)
         a["cell_frac"] = int(fc)
 
