@@ -69,6 +69,9 @@ def bundle(results_or_dirs: list, out_dir: str | Path | None = None, name: str =
         raise UserError("give at least one compiled model to bundle")
     prefixes = [c.prefix for c in compiled]
     for c in compiled:
+        if c.streams:
+            raise UserError(f"model '{c.prefix}' was compiled with --stream (<prefix>_step / _reset, state between "
+                            "calls); a bundle runs whole-window models through <prefix>_run. Bundle it without --stream")
         if c.graph.tensors[c.graph.inputs[0]].dtype != "int8":
             raise UserError(f"model '{c.prefix}' takes int16 input (--precision input=int16); a bundle runs models "
                             "through one int8 entry point. Recompile it with an int8 input")

@@ -202,6 +202,9 @@ def split_model(result, at: list[str], out_dir: str | Path | None = None, comman
     """
 
     prefix = result.prefix
+    if getattr(result, "streams", False):
+        raise UserError("--split-at splits a whole-window model; this one was compiled with --stream (one step with "
+                        "state between calls). Split it without --stream")
     graphs, boundaries = split_graph(result.graph, at)
     options = option_text(at=list(at))
     parts: list[Part] = []

@@ -110,6 +110,17 @@ def test_int16_layers_and_input_stream_bit_exact():
     np.testing.assert_array_equal(host.run(frames[0, 0]), result.stream().run(frames)[0])
 
 
+def test_bundle_and_split_refuse_a_stream(compiled):
+    from codegen.bundle import bundle
+    from codegen.split import split_model
+
+    name, result, out, _, _, _ = compiled
+    with pytest.raises(UserError, match="--stream"):
+        bundle([out])
+    with pytest.raises(UserError, match="--stream"):
+        split_model(result, [result.graph.nodes[1].name])
+
+
 def test_stream_refuses_the_caller_arena():
     torch.manual_seed(0)
     with pytest.raises(UserError, match="arena-argument"):
