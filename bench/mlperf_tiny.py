@@ -4,6 +4,7 @@ side by side with TensorFlow Lite Micro on the same PyTorch models.
     python bench/mlperf_tiny.py                       # qgen only (TFLM columns say why they are empty)
     python bench/mlperf_tiny.py --tflm-python PY      # PY: a Python with litert-torch==0.10.0 and
                                                       # tflite-micro==0.dev20261023182759 installed
+    python bench/mlperf_tiny.py --int4                # + the same models with int4 weights (--weights int4)
 Writes bench/MLPERF_TINY.md (and prints the same table).
 
 Instructions are counted under QEMU (mps2-an386, Cortex-M4) with qgen's TCG plugin: deterministic.
@@ -51,11 +52,12 @@ def calibration(example, n: int = 32) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((n, *example.shape[1:])).astype(np.float32)
 
 
-def run_qgen(name: str, factory, work: Path) -> dict:
+def run_qgen(name: str, factory, work: Path, weights: str = "int8") -> dict:
     model, example = factory()
     calib = calibration(example)
     start = time.perf_counter()
-    result = qcompile(model, example, calib, prefix=name.split("_")[0], out_dir=work / name)
+    name = name if weights == "int8" else f"{name}_{weights}"
+    result = qcompile(model, example, calib, prefix=name.split("_")[0], out_dir=work / name, weights=weights)
     compile_s = time.perf_counter() - start
     fw = deploy.build(work / name, BOARD, work / f"{name}_build")
     run = deploy.run(work / name, BOARD, result.quantize_input(calib[:2]))
@@ -72,6 +74,9 @@ def table(rows: dict, tflm_note: str) -> str:
     head = ["model", "params", "MACs", "weights B", "total flash B (M4 ELF)", "arena B", "floor B",
             "compile s", "M4 instr/inf", "instr/MAC", "ms @120MHz", "bit-exact", "TFLM flatbuffer B", "TFLM arena B",
             "arena vs TFLM", "published ms TFLM / X-CUBE-AI"]
+    int4 = any("int4" in r for r in rows.values())
+    if int4:
+        head += ["int4 weights B", "int4 weights vs TFLM flatbuffer", "int4 M4 instr/inf", "int4 bit-exact"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
         q, t = r["qgen"], r.get("tflm", {})
@@ -83,7 +88,8 @@ def table(rows: dict, tflm_note: str) -> str:
             f"{q['arena']:,}", f"{FLOOR[name]:,}", f"{q['compile_s']:.2f}", f"{q['instructions']:,.0f}",
             f"{q['instr_per_mac']:.2f}", f"{q['instructions'] / (CLOCK_MHZ * 1e3):.1f}",
             "yes" if q["bit_exact"] else "NO", f"{fb:,}" if fb else t.get("error", "-"), f"{ar:,}" if ar else "-",
-            ratio, f"{pub[0]} / {pub[1]}"]) + " |")
+            ratio, f"{pub[0]} / {pub[1]}",
+            *(_int4_cells(r.get("int4"), fb) if int4 else [])]) + " |")
     notes = [
         "", "- weights B: constant data of the generated C (weights, biases, shifts, tables).",
         "- total flash: .text + .rodata + .data of the linked Cortex-M4 firmware, including the ~2 KB test "
@@ -97,11 +103,19 @@ def table(rows: dict, tflm_note: str) -> str:
     return "\n".join(out + notes) + "\n"
 
 
+def _int4_cells(q4: dict | None, flatbuffer: int | None) -> list[str]:
+    if not q4:
+        return ["-"] * 4
+    return [f"{q4['weight_bytes']:,}", f"{q4['weight_bytes'] / flatbuffer:.2f}x" if flatbuffer else "-",
+            f"{q4['instructions']:,.0f}", "yes" if q4["bit_exact"] else "NO"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tflm-python", help="Python interpreter with litert-torch and tflite-micro installed")
     ap.add_argument("--out", default=str(Path(__file__).with_name("MLPERF_TINY.md")))
     ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--int4", action="store_true", help="also compile and run each model with int4 weights")
     args = ap.parse_args()
     rows = {}
     # warm-up: the first torch.export in a process pays a one-time start-up of a few seconds, which is
@@ -113,6 +127,8 @@ def main() -> None:
         work = Path(tmp)
         for name in args.models:
             rows[name] = {"qgen": run_qgen(name, MODELS[name], work)}
+            if args.int4:
+                rows[name]["int4"] = run_qgen(name, MODELS[name], work, weights="int4")
             if args.tflm_python:
                 rows[name]["tflm"] = run_peer(args.tflm_python, name, work)
             print(name, json.dumps(rows[name], default=float), flush=True)
