@@ -40,11 +40,11 @@ def module(request):
     frames = np.random.default_rng(6).integers(-128, 128, (1, 1, FRAMES, features)).astype(np.int8)
     frames[0, 0, 2] = 127
     src = render_micropython(result.graph, request.param, ["test"])
-    return request.param, src, frames, result.stream().run(frames)[0]
+    return request.param, src, frames, result.stream().run(frames)[0], result.graph
 
 
 def test_cpython_predict_step_equals_the_spec(module, tmp_path):
-    name, src, frames, expect = module
+    name, src, frames, expect, _ = module
     mod = load_cpython(src, name, tmp_path)
     mod.reset()
     mod.predict_step(frames[0, 0, 1].tobytes())
@@ -57,7 +57,7 @@ def test_micropython_predict_step_equals_the_spec(module, tmp_path):
     reason = mpy_available()
     if reason:
         pytest.skip(reason)
-    name, src, frames, expect = module
+    name, src, frames, expect, _ = module
     for file, text in src.items():
         (tmp_path / file).write_text(text)
     (tmp_path / "frames.bin").write_bytes(frames[0, 0].tobytes())
@@ -68,3 +68,12 @@ def test_micropython_predict_step_equals_the_spec(module, tmp_path):
     assert proc.returncode == 0, proc.stderr
     got = np.array([np.frombuffer(bytes.fromhex(line), np.int8) for line in proc.stdout.split()])
     np.testing.assert_array_equal(got, expect)
+
+
+def test_native_modes_refuse_a_stream(module):
+    from codegen.emit.mpy_native import render_native
+    from codegen.errors import UserError
+
+    name, graph = module[0], module[4]
+    with pytest.raises(UserError, match="--mode pure"):
+        render_native(graph, name, ["test"], "usercmod")

@@ -109,6 +109,11 @@ def render_native(graph: Graph, prefix: str, banner: list[str], mode: str, arch:
     if mode == "natmod" and arch not in NATMOD_ARCHS:
         raise UserError(f"--arch {arch} is not a natmod architecture qgen supports; use one of "
                         f"{', '.join(NATMOD_ARCHS)}")
+    from ..passes.stream import is_step
+
+    if is_step(graph):  # its state would be static data, which a native module may not hold
+        raise UserError(f"the model was compiled with --stream; --mode {mode} does not stream yet. Use --mode pure "
+                        "(predict_step() / reset()), or compile without --stream")
     if graph.tensors[graph.inputs[0]].dtype != "int8":
         raise UserError("the model takes int16 input (--precision input=int16); the MicroPython module passes "
                         "int8 bytes. Recompile with an int8 input (int16 layers inside the model are fine)")
