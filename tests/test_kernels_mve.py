@@ -44,18 +44,29 @@ class Builder:
             self.g.outputs.append(name)
         return name
 
-    def weighted(self, name: str, op: Op, src: str, w_shape: tuple, act_range=(-128, 127), **attrs) -> str:
+    def weighted(self, name: str, op: Op, src: str, w_shape: tuple, act_range=(-128, 127), shift=None,
+                 **attrs) -> str:
+        """A weighted node; shift None: per-channel shifts drawn over [-3, 15) and a quarter at the extremes, large
+        biases; a given shift: small biases (outputs that show every product instead of saturating)."""
         rng = self.rng
         w = rng.integers(-128, 128, w_shape)
         w.flat[0] = -128
         cout = w_shape[0]
+        bias = safe_bias(rng, w) if shift is None else rng.integers(-2**9, 2**9, cout)
         self.g.tensors[f"{name}_w"] = const(f"{name}_w", w, 8, (3,) * cout)
-        self.g.tensors[f"{name}_b"] = const(f"{name}_b", safe_bias(rng, w), 32, (7,) * cout)
-        shift = rng.integers(-3, 15, cout)
-        extreme = rng.random(cout) < 0.25  # a quarter of the channels at an extreme shift
-        shift[extreme] = rng.choice(EXTREME_SHIFTS, int(extreme.sum()))
+        self.g.tensors[f"{name}_b"] = const(f"{name}_b", bias, 32, (7,) * cout)
+        if shift is None:
+            shift = rng.integers(-3, 15, cout)
+            extreme = rng.random(cout) < 0.25  # a quarter of the channels at an extreme shift
+            shift[extreme] = rng.choice(EXTREME_SHIFTS, int(extreme.sum()))
+        shift = np.broadcast_to(shift, (cout,))
         attrs.update(shift=[int(s) for s in shift], act_min=act_range[0], act_max=act_range[1])
         return self.node(name, op, [src, f"{name}_w", f"{name}_b"], **attrs)
+
+
+def _fine_shift(k: int) -> int:
+    """The right shift that maps 3 standard deviations of a k-term sum of random int8 products onto +-127."""
+    return int(np.ceil(np.log2(3 * 74 * 74 * np.sqrt(k) / 127)))
 
 
 def mve_graph(rng) -> Graph:
@@ -70,6 +81,11 @@ def mve_graph(rng) -> Graph:
         b.weighted(f"conv1x1_c{c}", Op.CONV2D, src, (i % 8 + 1, 1, 1, c), a, stride=(1, 1), padding=(0, 0, 0, 0))
         b.weighted(f"conv3x3_c{c}", Op.CONV2D, src, ((i + 3) % 8 + 1, 3, 3, c), ACTS[(i + 1) % 3], **same)
         b.weighted(f"dw3x3_c{c}", Op.DEPTHWISE_CONV2D, src, (c, 3, 3, 1), a, **same)
+        # the same kinds with a shift that maps ~3 standard deviations of the sums onto the int8 range
+        b.weighted(f"fc_fine_{c}", Op.LINEAR, vec, (i % 8 + 9, c), shift=_fine_shift(c))
+        b.weighted(f"conv1x1_fine_c{c}", Op.CONV2D, src, (i % 8 + 9, 1, 1, c), shift=_fine_shift(c), stride=(1, 1),
+                   padding=(0, 0, 0, 0))
+        b.weighted(f"dw3x3_fine_c{c}", Op.DEPTHWISE_CONV2D, src, (c, 3, 3, 1), shift=_fine_shift(9), **same)
         b.node(f"maxpool_c{c}", Op.MAXPOOL2D, [src], kernel=(2, 3), stride=(1, 2), padding=(0, 1, 0, 1))
         b.node(f"avgpool_c{c}", Op.AVGPOOL2D, [src], kernel=(3, 3), stride=(1, 1), padding=(0, 0, 0, 0),
                avg_mult=avg_multiplier(9), avg_shift=AVG_SHIFT, act_min=a[0], act_max=a[1])
@@ -88,6 +104,10 @@ def mve_graph(rng) -> Graph:
     # long rows (k = 495: 30 full vectors and a tail), many rows, the KWS first-layer shape (1 channel,
     # 10x4 window, stride 2), a strided and dilated conv, a grouped conv, a depthwise multiplier and stride
     b.weighted("fc_495_17", Op.LINEAR, flat, (17, int(np.prod(SHAPE))))
+    # k < 16: output channels in the lanes; shifts that keep the outputs inside the int8 range (no clamp hides a sum)
+    b.weighted("fc_7_21", Op.LINEAR, "v_7", (21, 7), shift=8)
+    b.weighted("fc_15_16", Op.LINEAR, "v_15", (16, 15), (0, 127), shift=8)
+    b.weighted("conv1x1_c9_18", Op.CONV2D, "x_c9", (18, 1, 1, 9), shift=8, stride=(1, 1), padding=(0, 0, 0, 0))
     b.weighted("conv_c1_k3x4_s2", Op.CONV2D, "x_c1", (13, 3, 4, 1), stride=(2, 2), padding=(1, 1, 2, 1))
     b.weighted("conv_c7_k3x2_d2", Op.CONV2D, "x_c7", (6, 3, 2, 7), stride=(1, 2), padding=(2, 1, 2, 1),
                dilation=(1, 2))

@@ -82,7 +82,11 @@ static inline void qg_dot_rows_s8(const int8_t *x, const int8_t *w, int32_t k, i
                                   const int8_t *shift, int32_t act_min, int32_t act_max, int8_t *out)
 {
 #if QG_MVE
-    qg_mve_dot_rows_s8(x, w, k, rows, bias, shift, act_min, act_max, out); /* four rows per pass */
+    if (k < 16) {
+        qg_mve_dot_rows_small_k_s8(x, w, k, rows, bias, shift, act_min, act_max, out); /* rows in the lanes */
+    } else {
+        qg_mve_dot_rows_s8(x, w, k, rows, bias, shift, act_min, act_max, out); /* four rows per pass */
+    }
 #else
     int32_t r = 0;
     for (; r + 1 < rows; r += 2, w += 2 * k) {

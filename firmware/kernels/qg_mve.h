@@ -149,6 +149,33 @@ static QG_MVE_NOINLINE void qg_mve_dot_rows_s8(const int8_t *x, const int8_t *w,
     }
 }
 
+/* qg_dot_rows_s8 on MVE for k < 16, where a row is less than one vector and the VMLADAVA path is mostly its tail
+ * and its per-row overhead: output channels in the lanes instead. Per input value x[i], 8 rows at a time: two
+ * gather loads of w[r][i] (offsets 0, k, 2k, 3k) and two VMLA by the scalar, accumulating on the bias (8 MACs per
+ * 8 instructions); the last rows % 8 through qg_mve_dot_rows_s8. */
+static QG_MVE_NOINLINE void qg_mve_dot_rows_small_k_s8(const int8_t *x, const int8_t *w, int32_t k, int32_t rows,
+                                                       const int32_t *bias, const int8_t *shift, int32_t act_min,
+                                                       int32_t act_max, int8_t *out)
+{
+    const int32x4_t lo = vdupq_n_s32(act_min), hi = vdupq_n_s32(act_max);
+    const uint32x4_t offsets = vmulq_n_u32(vidupq_n_u32(0, 1), (uint32_t)k); /* 0, k, 2k, 3k */
+    int32_t r, i;
+    for (r = 0; r + 7 < rows; r += 8) {
+        const int8_t *w0 = w + r * k, *w1 = w0 + 4 * k;
+        int32x4_t a0 = vldrwq_s32(bias + r), a1 = vldrwq_s32(bias + r + 4);
+        for (i = 0; i < k; i++) {
+            const int32_t x_i = x[i];
+            a0 = vmlaq_n_s32(a0, vldrbq_gather_offset_s32(w0 + i, offsets), x_i);
+            a1 = vmlaq_n_s32(a1, vldrbq_gather_offset_s32(w1 + i, offsets), x_i);
+        }
+        qg_mve_requantize_4(a0, shift + r, lo, hi, out + r);
+        qg_mve_requantize_4(a1, shift + r + 4, lo, hi, out + r + 4);
+    }
+    if (r < rows) {
+        qg_mve_dot_rows_s8(x, w + r * k, k, rows - r, bias + r, shift + r, act_min, act_max, out + r);
+    }
+}
+
 /* dst[0, n) = src[0, n): 16 bytes per load/store pair, the last n % 16 under a tail predicate. */
 static inline void qg_mve_copy_s8(int8_t *dst, const int8_t *src, int32_t n)
 {
