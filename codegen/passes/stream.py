@@ -201,7 +201,13 @@ def _pool(g, n, ax):
     kh, kw = n.attrs.get("kernel", (None, None))
     if (kh, kw) == (1, 1) and tuple(n.attrs["stride"]) == (1, 1):
         return ax
-    raise _refuse(n, f"pools over time (kernel {n.attrs.get('kernel')}, stride {n.attrs.get('stride')})",
+    length = g.tensors[n.inputs[0]].shape[ax]
+    if kw is not None and kw < length:  # a pooling inside the sequence: it decimates time
+        raise _refuse(n, f"pools over time (kernel {kw}, stride {n.attrs['stride'][1]}): its output comes every "
+                         f"{n.attrs['stride'][1]} frames, and --stream steps every layer once per frame",
+                      f"Drop the pooling and multiply the dilation of the following convolutions by "
+                      f"{n.attrs['stride'][1]} (the same receptive field), or run the whole window")
+    raise _refuse(n, f"pools over the whole window ({length} frames)",
                   "Take the last time step instead of a pooling over the window (x[:, :, -1] rather than the mean)")
 
 

@@ -150,6 +150,15 @@ class _Strided(nn.Module):
         return self.conv(F.pad(x, (2, 0)))[:, :, -1]
 
 
+class _Decimate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 4, 1)
+
+    def forward(self, x):
+        return nn.functional.max_pool1d(self.conv(x), 2)[:, :, -1]
+
+
 class _Flatten(nn.Module):
     def __init__(self):
         super().__init__()
@@ -164,7 +173,8 @@ class _Flatten(nn.Module):
     (_Mean(), ["time", "last time step"]),
     (_Strided(), ["conv2d 'conv'", "stride 2"]),
     (_Flatten(), ["reshape", "time axis", "x[:, :, -1]"]),
-], ids=["same_padding", "mean_over_time", "stride", "flatten"])
+    (_Decimate(), ["maxpool2d", "every 2 frames", "dilation"]),
+], ids=["same_padding", "mean_over_time", "stride", "flatten", "decimating_pool"])
 def test_what_does_not_stream_is_refused_naming_the_layer(model, words):
     whole = _quantised(model, (1, 4, 8))
     with pytest.raises(UserError) as err:
