@@ -219,7 +219,27 @@ def cmd_report(args) -> int:
     path = Path(args.dir) / "report.json"
     if not path.is_file():
         raise UserError(f"'{args.dir}' has no report.json; run qgen compile first")
+    if args.html or args.png or args.board or args.qemu:
+        return _visual_report(args)
     report.print_table(json.loads(path.read_text()))
+    return 0
+
+
+def _visual_report(args) -> int:
+    from .api import load_compiled
+    from .report_html import write_report
+
+    if not (args.html or args.png):
+        raise UserError("--board and --qemu add to a visual report: add --html (and/or --png)")
+    if args.qemu and not args.board:
+        raise UserError("--qemu counts instructions per layer on a board: add --board NAME (e.g. stm32f446)")
+    result, run = load_compiled(args.dir), None
+    if args.qemu:
+        from . import deploy
+
+        run = deploy.run(args.dir, args.board, n=1, per_layer=True)
+    for path, size in write_report(result, html=args.html, png=args.png, board=args.board, run=run).items():
+        print(f"wrote {path} ({size / 1024:.0f} KB)")
     return 0
 
 
@@ -448,8 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data", help="float samples .npy (default: the samples saved at compile time)")
     v.set_defaults(fn=cmd_verify)
 
-    r = sub.add_parser("report", help="print the per-layer report of a compiled model")
+    r = sub.add_parser("report", help="print the per-layer report of a compiled model (--html, --png: charts)")
     r.add_argument("dir")
+    r.add_argument("--html", nargs="?", const="report.html", help="write one self-contained HTML file (default "
+                   "report.html): layer graph, per-layer bars, arena timeline, board fit")
+    r.add_argument("--png", nargs="?", const="report.png", help="the same charts as a PNG (needs matplotlib)")
+    r.add_argument("--board", help="with --html/--png: flash and RAM gauges for this board (boards/*.toml)")
+    r.add_argument("--qemu", action="store_true", help="with --board: count instructions per layer under QEMU")
     r.set_defaults(fn=cmd_report)
 
     def model_args(cmd):

@@ -19,6 +19,7 @@ Any exception (KeyboardInterrupt and SIGTERM via the CLI included) runs step 2 a
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -246,3 +247,25 @@ def option_text(**options: object) -> str:
         return repr(dict(sorted(value.items()))) if isinstance(value, dict) else repr(value)
 
     return " ".join(f"{name}={literal(value)}" for name, value in options.items())
+
+
+def write_file_atomic(path: Path, content: str | bytes) -> None:
+    """Write one file atomically: a temporary sibling, then os.replace (a failed or killed run leaves the
+    previous file, or none, and at most a `.<name>.*.tmp` sibling)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"output path '{path}' is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise UserError(f"the directory of '{path}' does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.fchmod(fd, 0o666 & ~umask)  # as open() would make it, not mkstemp's 0600
+        with os.fdopen(fd, "wb") as f:
+            f.write(content.encode() if isinstance(content, str) else content)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
