@@ -64,3 +64,17 @@ class KWS(nn.Module):
         y = self.block(torch.relu(self.conv(F.pad(x, (2, 0)))))
         out, _ = self.rnn(y.transpose(1, 2))
         return self.fc(out[:, -1])
+
+
+class ValidPool(nn.Module):
+    """Unpadded (valid) convolutions, then the mean and the max over the whole window (two outputs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv1d(4, 6, 3)
+        self.conv2 = nn.Conv1d(6, 6, 3, dilation=2)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(y.mean(2)), F.adaptive_max_pool1d(y, 1).flatten(1)

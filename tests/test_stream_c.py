@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from stream_models import KWS, TCN
+from stream_models import KWS, TCN, ValidPool
 
 import codegen
 from codegen.errors import UserError
@@ -105,6 +105,17 @@ def test_int16_layers_and_input_stream_bit_exact():
     assert {result.graph.tensors[n.outputs[0]].dtype for n in result.graph.nodes if n.op.value == "history"} == \
         {"int16", "int8"}
     frames = np.random.default_rng(0).integers(-32768, 32768, (1, 1, 30, 10)).astype(np.int16)
+    host = result.host()
+    host.reset()
+    np.testing.assert_array_equal(host.run(frames[0, 0]), result.stream().run(frames)[0])
+
+
+def test_pooling_over_the_window_bit_exact():
+    """Mean and max over the whole window (after valid convs) on their window histories: host C == spec."""
+    torch.manual_seed(0)
+    result = codegen.compile(ValidPool().eval(), torch.randn(1, 4, 12), torch.randn(32, 4, 12), prefix="vp",
+                             stream=True)
+    frames = np.random.default_rng(0).integers(-128, 128, (1, 1, 30, 4)).astype(np.int8)
     host = result.host()
     host.reset()
     np.testing.assert_array_equal(host.run(frames[0, 0]), result.stream().run(frames)[0])

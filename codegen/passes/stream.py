@@ -11,6 +11,8 @@ every op over time replaced by its one-frame form, the state it needs kept betwe
   (codegen/ops/stream.py), the window of its last K = (k - 1) * d + 1 input frames kept in state memory, and runs
   unpadded on it: one output frame. Its left padding only decides how the whole-window model starts;
 - a recurrent layer (GRU, LSTM, RNN) runs one time step, its hidden state kept between steps (attrs["stream"]);
+- a mean / max pooling over the whole window (x.mean(2), AdaptiveMaxPool1d(1)) reads a history of the window, when
+  nothing before it pads (valid convolutions): its frames then read only frames of the window;
 - the slice of the last time step (x[:, :, -1], x[:, -1]) becomes a no-op: every step's frame is the last one.
   From there on the tensors hold no time axis. So does a TCN's chomp (Conv1d(padding=p) then x[:, :, :-p]: the
   conv's right padding only made the outputs the chomp drops).
@@ -31,7 +33,8 @@ from ..ops import SPEC, Trait, has
 
 STREAMABLE = ("per-frame ops (element-wise, activations, pointwise conv, norms and softmax over channels), causal "
               "Conv1d / depthwise Conv1d (stride 1, any dilation, padding only on the left, or padding=p followed "
-              "by a chomp x[:, :, :-p]), GRU / LSTM / RNN (forward), and the slice of the last time step")
+              "by a chomp x[:, :, :-p]), GRU / LSTM / RNN (forward), the slice of the last time step, and a "
+              "mean / max over the whole window after unpadded convolutions")
 
 
 def _refuse(n: Node, what: str, todo: str) -> UserError:
@@ -202,13 +205,24 @@ def _pool(g, n, ax):
     if (kh, kw) == (1, 1) and tuple(n.attrs["stride"]) == (1, 1):
         return ax
     length = g.tensors[n.inputs[0]].shape[ax]
+    if kw == length and not any(n.attrs["padding"]):  # over the whole window: a history of it, one output
+        span, window = _spans(g)[n.inputs[0]], g.tensors[g.inputs[0]].shape[1]
+        if span is None or length + span - 1 > window:  # some of its frames read before the window: padding
+            raise _refuse(n, f"pools over the whole window ({length} frames) of a layer that reads "
+                             f"{'every earlier frame' if span is None else f'{span} frames'} (after causally padded "
+                             "convolutions or a recurrent layer): the whole-window model reads zero padding at the "
+                             "window's start where a stream reads the real earlier frames",
+                          "Use padding=0 (valid) convolutions before a pooling over the window, or take the last "
+                          "time step (x[:, :, -1]) instead of the pooling")
+        return None
     if kw is not None and kw < length:  # a pooling inside the sequence: it decimates time
         raise _refuse(n, f"pools over time (kernel {kw}, stride {n.attrs['stride'][1]}): its output comes every "
                          f"{n.attrs['stride'][1]} frames, and --stream steps every layer once per frame",
                       f"Drop the pooling and multiply the dilation of the following convolutions by "
                       f"{n.attrs['stride'][1]} (the same receptive field), or run the whole window")
-    raise _refuse(n, f"pools over the whole window ({length} frames)",
-                  "Take the last time step instead of a pooling over the window (x[:, :, -1] rather than the mean)")
+    raise _refuse(n, f"pools over time (kernel {kw}, stride {n.attrs['stride'][1]}, padding "
+                     f"{n.attrs['padding']}) over {length} frames",
+                  "Pool over the whole window without padding, or take the last time step (x[:, :, -1])")
 
 
 def _reduce(g, n, ax):
@@ -223,9 +237,9 @@ _RULES = {Op.CONV2D: _conv, Op.DEPTHWISE_CONV2D: _conv, Op.SLICE: _slice, Op.RES
           Op.LAYER_NORM: _per_frame, Op.GROUP_NORM: _per_frame}
 
 
-def receptive_field(g: Graph) -> int | None:
-    """Frames the outputs at time t depend on (t - RF + 1 .. t); None when unbounded (a recurrent layer)."""
-    time_axes(g)  # refuses what does not stream
+def _spans(g: Graph) -> dict[str, int | None]:
+    """{tensor: frames of the model input its frame at time t reads} (None: every earlier frame, a recurrent layer);
+    no checks (time_axes refuses)."""
     rf: dict[str, int | None] = {g.inputs[0]: 1}
     for n in g.nodes:
         got = [rf[t] for t in n.inputs if t in rf]
@@ -233,9 +247,17 @@ def receptive_field(g: Graph) -> int | None:
             continue
         span = None if None in got or _RULES.get(n.op) is _recurrent else max(got)
         if span is not None and _RULES.get(n.op) is _conv:
-            k, d, _ = _conv_over_time(g, n)
-            span += (k - 1) * d
+            span += (g.tensors[n.inputs[1]].shape[2] - 1) * int(n.attrs.get("dilation", (1, 1))[1])
+        if span is not None and _RULES.get(n.op) is _pool:
+            span += n.attrs["kernel"][1] - 1
         rf[n.outputs[0]] = span
+    return rf
+
+
+def receptive_field(g: Graph) -> int | None:
+    """Frames the outputs at time t depend on (t - RF + 1 .. t); None when unbounded (a recurrent layer)."""
+    time_axes(g)  # refuses what does not stream
+    rf = _spans(g)
     spans = [rf.get(o, 1) for o in g.outputs]
     return None if None in spans else max(spans)
 
@@ -244,6 +266,9 @@ def with_time_length(g: Graph, length: int) -> Graph:
     """The same quantised model over `length` frames (the whole-window spec for any window: the reference the
     stream is compared with). Only the time axis changes: the slice of the last time step and a chomp follow it."""
     timed = time_axes(g)
+    fixed = [n for n in g.nodes if _RULES.get(n.op) is _pool and n.inputs[0] in timed and n.outputs[0] not in timed]
+    if fixed and length != g.tensors[g.inputs[0]].shape[timed[g.inputs[0]]]:
+        raise ValueError(f"{fixed[0].where()} pools over the whole window: the model has one window length")
     out = copy.deepcopy(g)
     _set_axis(out, g.inputs[0], timed[g.inputs[0]], length)
     for n in out.nodes:
@@ -293,6 +318,8 @@ def run(graph: Graph) -> Graph:
         elif rule is _slice and (n.outputs[0] not in timed or n.attrs["axis"] == timed[n.inputs[0]]):
             # the last time step (the step's frame itself) or a chomp (its frame is the conv's only frame)
             n = Node(n.name, Op.RESHAPE, [n.inputs[0]], n.outputs, {"shape": None}, n.source)
+        elif rule is _pool and n.outputs[0] not in timed:  # over the whole window: its history is the window
+            nodes.append(_history(g, n, n.attrs["kernel"][1], 1))
         elif rule is _recurrent:
             n.attrs["stream"] = True  # its state persists between steps (plan_memory, the C emitter)
         elif rule is _pad:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from stream_models import KWS, TCN, SeqOut
+from stream_models import KWS, TCN, SeqOut, ValidPool
 from torch import nn
 
 import codegen
@@ -117,6 +117,15 @@ def test_chomped_conv_streams_like_a_causal_one(rng):
     _check_stream(whole, rng.integers(-128, 128, (1, 1, 10, 4)), None)  # causal from frame 0 too
 
 
+def test_pooling_over_the_window_of_valid_convs_streams(rng):
+    """A window of 12 frames: two valid convs (6 frames) leave 6 frames, each pooling reads all 12."""
+    whole = _quantised(ValidPool(), (1, 4, 12))
+    assert stream.receptive_field(whole) == 12
+    step = stream.run(whole)
+    assert [n.attrs["frames"] for n in step.nodes if n.op is Op.HISTORY] == [3, 5, 6, 6]
+    _check_stream(whole, rng.integers(-128, 128, (2, 1, 30, 4)), 12)
+
+
 def test_with_time_length_follows_the_last_step(tcn):
     g = stream.with_time_length(tcn, 7)
     assert g.tensors[g.inputs[0]].shape == (1, 7, 10)
@@ -132,13 +141,15 @@ class _Same(nn.Module):
         return self.conv(x)[:, :, -1]
 
 
-class _Mean(nn.Module):
+class _PaddedMean(nn.Module):
+    """A mean over the window after a causally padded conv: the window's first outputs read its zero padding."""
+
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv1d(4, 4, 1)
+        self.conv = nn.Conv1d(4, 4, 3)
 
     def forward(self, x):
-        return self.conv(x).mean(2)
+        return self.conv(F.pad(x, (2, 0))).mean(2)
 
 
 class _Strided(nn.Module):
@@ -170,11 +181,11 @@ class _Flatten(nn.Module):
 
 @pytest.mark.parametrize("model, words", [
     (_Same(), ["conv2d 'conv'", "right", "F.pad(x, (2, 0))"]),
-    (_Mean(), ["time", "last time step"]),
+    (_PaddedMean(), ["avgpool2d 'mean'", "zero padding", "x[:, :, -1]"]),
     (_Strided(), ["conv2d 'conv'", "stride 2"]),
     (_Flatten(), ["reshape", "time axis", "x[:, :, -1]"]),
     (_Decimate(), ["maxpool2d", "every 2 frames", "dilation"]),
-], ids=["same_padding", "mean_over_time", "stride", "flatten", "decimating_pool"])
+], ids=["same_padding", "mean_after_padding", "stride", "flatten", "decimating_pool"])
 def test_what_does_not_stream_is_refused_naming_the_layer(model, words):
     whole = _quantised(model, (1, 4, 8))
     with pytest.raises(UserError) as err:
