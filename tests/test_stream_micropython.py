@@ -1,7 +1,7 @@
 """--stream in the pure MicroPython module: reset() / predict_step() equal the streaming spec (codegen/stream.py)
 byte for byte, under CPython and under real MicroPython (the WebAssembly port via Node, tests/mpy_runner.mjs):
-a TCN (histories of causal dilated dense and depthwise Conv1d) and a keyword-spotting shaped model with a GRU
-(its state kept between steps)."""
+a TCN (histories of causal dilated dense and depthwise Conv1d), a keyword-spotting shaped model with a GRU (its
+state kept between steps) and poolings over the whole window."""
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from stream_models import KWS, TCN
+from stream_models import KWS, TCN, ValidPool
 from test_micropython import RUNNER, load_cpython, mpy_available
 
 import codegen
@@ -17,7 +17,8 @@ from codegen.emit.micropython import render_micropython
 
 FRAMES = 30
 MODELS = {"tcn": (lambda: TCN(c=8, dilations=(1, 2), depthwise=(False, True)), 10, 16),
-          "kws": (lambda: KWS(f=6, c=8, h=8, classes=4), 6, 12)}
+          "kws": (lambda: KWS(f=6, c=8, h=8, classes=4), 6, 12),
+          "pool": (ValidPool, 4, 12)}  # valid convs, then the mean and the max over the window
 # reset, a step, reset again (the stream restarts), then every frame: one hex line per step
 SCRIPT = """
 import {module} as m
