@@ -23,7 +23,7 @@ static inline int32_t qg_round_shift(int32_t x, int32_t shift)
     if (shift > 0) {
         return (x >> shift) + ((x >> (shift - 1)) & 1);
     }
-    return x * (int32_t)(1u << (uint32_t)(-shift));
+    return x * (int32_t)((uint32_t)1 << (uint32_t)(-shift));
 }
 
 static inline int32_t qg_saturate(int32_t x, int32_t lo, int32_t hi)

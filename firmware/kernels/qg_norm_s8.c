@@ -107,7 +107,7 @@ void qg_norm_s8(const qg_norm_params_t *p, const int8_t *in, int8_t *out)
 {
     const int32_t pixels = p->pixels, channels = p->channels, cg = channels / p->groups;
     const int32_t count = pixels * cg, out_shift = p->out_shift, act_min = p->act_min, act_max = p->act_max;
-    const int32_t bias_scale = (int32_t)(1u << (uint32_t)p->bias_shift); /* bias_shift <= 24 */
+    const int32_t bias_scale = (int32_t)((uint32_t)1 << (uint32_t)p->bias_shift); /* bias_shift <= 24 */
     const int16_t *gamma = p->gamma;
     const int32_t *beta = p->beta;
     int32_t r, g, px, c;
@@ -147,7 +147,7 @@ void qg_norm_wide(const qg_norm_params_t *p, const void *in, void *out)
     const int32_t pixels = p->pixels, channels = p->channels, cg = channels / p->groups;
     const int32_t count = pixels * cg, out_shift = p->out_shift, act_min = p->act_min, act_max = p->act_max;
     const int32_t in_bits = p->in_bits, out_bits = p->out_bits;
-    const int32_t bias_scale = (int32_t)(1u << (uint32_t)p->bias_shift);
+    const int32_t bias_scale = (int32_t)((uint32_t)1 << (uint32_t)p->bias_shift);
     int32_t r, g, px, c;
     for (r = 0; r < p->rows; r++) {
         for (g = 0; g < p->groups; g++) {

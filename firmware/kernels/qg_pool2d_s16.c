@@ -35,7 +35,7 @@ void qg_avgpool2d_windows_s16(const qg_pool2d_windows_params_t *p, const int16_t
         const int16_t *row = p->rows + 3 * oy;
         for (ox = 0; ox < p->out_w; ox++, out += ch) {
             const int16_t *col = p->cols + 3 * ox;
-            const int64_t mult = p->mult[row[2] * p->col_classes + col[2]]; /* round(2^avg_shift / d) */
+            const int64_t mult = p->mult[(int32_t)row[2] * p->col_classes + col[2]]; /* round(2^avg_shift / d) */
             for (c = 0; c < ch; c++) {
                 int64_t sum = 0;
                 for (y = row[0]; y < row[1]; y++) {

@@ -282,7 +282,7 @@ QG_POOL_INLINE void avgpool_uniform_s8(const qg_pool2d_params_t *p, const int8_t
     const int32_t stride_h = p->stride_h, stride_w = p->stride_w, pad_top = p->pad_top, pad_left = p->pad_left;
     const int32_t out_h = p->out_h, out_w = p->out_w;
     const int32_t mult = p->avg_mult, shift = p->avg_shift, lo = p->act_min, hi = p->act_max;
-    const int32_t rnd = shift > 0 ? 1 << (shift - 1) : 0;
+    const int32_t rnd = shift > 0 ? (int32_t)1 << (shift - 1) : 0;
     int32_t oy, ox;
     for (oy = 0; oy < out_h; oy++) {
         const int32_t iy0 = oy * stride_h - pad_top;
@@ -330,13 +330,13 @@ void qg_avgpool2d_windows_s8(const qg_pool2d_windows_params_t *p, const int8_t *
 {
     /* one copy (clamp kind "any"): its windows are mostly large (adaptive, global), the clamp is a small part */
     const int32_t ch = p->channels, in_w = p->in_w, shift = p->avg_shift, lo = p->act_min, hi = p->act_max;
-    const int32_t rnd = shift > 0 ? 1 << (shift - 1) : 0;
+    const int32_t rnd = shift > 0 ? (int32_t)1 << (shift - 1) : 0;
     int32_t oy, ox;
     for (oy = 0; oy < p->out_h; oy++) {
         const int16_t *row = p->rows + 3 * oy;
         for (ox = 0; ox < p->out_w; ox++, out += ch) {
             const int16_t *col = p->cols + 3 * ox;
-            const int32_t mult = p->mult[row[2] * p->col_classes + col[2]]; /* round(2^shift / d) */
+            const int32_t mult = p->mult[(int32_t)row[2] * p->col_classes + col[2]]; /* round(2^shift / d) */
             avg_window_s8(in + (row[0] * in_w + col[0]) * ch, row[1] - row[0], col[1] - col[0], in_w, ch, mult, rnd,
                           shift, QG_CLAMP_ANY, lo, hi, out);
         }

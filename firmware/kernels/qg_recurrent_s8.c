@@ -20,7 +20,7 @@
 #include "qg_fixed.h"
 #include "qg_simd.h"
 
-#define QG_ALIGN_LIMIT (1 << 24) /* recurrent.ALIGN_LIMIT: aligned accumulators are clamped here */
+#define QG_ALIGN_LIMIT ((int32_t)1 << 24) /* recurrent.ALIGN_LIMIT: aligned accumulators are clamped here */
 
 /* four gate rows per pass on DSP cores: its asm step needs 13 registers, more than an unoptimised build has free */
 #if QG_DSP && defined(__OPTIMIZE__)
@@ -510,7 +510,7 @@ static void qg_update_gru(const qg_recurrent_params_t *p, const int32_t *slot, c
         const int32_t rg = qg_sigmoid_q11(slot[j]), z = qg_sigmoid_q11(slot[hid + j]);
         const int32_t nn =
             qg_tanh_q11(qg_sat16(slot[2 * hid + j] + qg_round_shift(rg * cand[j], 15)));
-        const int32_t h15 = h[j] * (1 << h15_shift);
+        const int32_t h15 = h[j] * ((int32_t)1 << h15_shift);
         qg_unit_out(u, qg_sat16(nn + qg_round_shift(z * (h15 - nn), 15)), h + j, o + j);
     }
 }

@@ -282,9 +282,9 @@ void qg_conv_transpose2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *re
                 const T *d = r1 + x0[ox] * c_n, *e = r1 + x1[ox] * c_n;                                     \
                 const int32_t wx1 = wx[ox];                                                                 \
                 for (c = 0; c < c_n; c++) {                                                                 \
-                    const int32_t top = a[c] * (1 << s) + wx1 * (b[c] - a[c]);                              \
-                    const int32_t bottom = d[c] * (1 << s) + wx1 * (e[c] - d[c]);                           \
-                    out[c] = (T)((top * (1 << s) + wy1 * (bottom - top) + half) >> (2 * s));                \
+                    const int32_t top = a[c] * ((int32_t)1 << s) + wx1 * (b[c] - a[c]);                     \
+                    const int32_t bottom = d[c] * ((int32_t)1 << s) + wx1 * (e[c] - d[c]);                  \
+                    out[c] = (T)((top * ((int32_t)1 << s) + wy1 * (bottom - top) + half) >> (2 * s));       \
                 }                                                                                           \
             }                                                                                               \
         }                                                                                                   \
