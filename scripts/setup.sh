@@ -14,7 +14,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PYTHON="${QGEN_PYTHON:-python3}"
 VENV="${QGEN_VENV:-.venv}"
 
-APT_PACKAGES="gcc make gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake ninja-build nodejs npm"
+APT_PACKAGES="gcc make gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake ninja-build nodejs npm gcc-avr avr-libc simavr"
 missing=""
 for p in $APT_PACKAGES; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -77,18 +77,29 @@ class Board:
         return self.fpu != "none"
 
 
-def list_boards() -> list[str]:
-    """Names of all known boards, sorted."""
-    return sorted(path.stem for path in data_dir("boards").glob("*.toml"))
+def list_boards(arch: str = "arm") -> list[str]:
+    """Names of the known boards of one architecture, sorted: "arm" (Cortex-M, QEMU; the default) or "avr"
+    (8-bit AVR under simavr, codegen.target.avr)."""
+    return sorted(path.stem for path in data_dir("boards").glob("*.toml") if _board_arch(path) == arch)
+
+
+def _board_arch(path: Any) -> str:
+    with path.open("rb") as file:
+        return str(tomllib.load(file).get("arch", "arm"))
 
 
 def load_board(name: str) -> Board:
-    """Load boards/<name>.toml; raise UserError naming the known boards if there is none."""
+    """Load boards/<name>.toml (a Cortex-M board); raise UserError naming the known boards if there is none."""
     path = data_dir("boards") / f"{name}.toml"
     if not path.is_file():
         raise UserError(f"unknown board '{name}'; known boards: {', '.join(list_boards())}")
     with path.open("rb") as file:
-        return parse_board(tomllib.load(file), source=str(path))
+        data = tomllib.load(file)
+    if data.get("arch", "arm") != "arm":
+        raise UserError(f"board '{name}' is an 8-bit {data['arch'].upper()} board: it runs under simavr "
+                        f"(codegen.target.avr.run_avr), not under QEMU; the Cortex-M boards are: "
+                        f"{', '.join(list_boards())}")
+    return parse_board(data, source=str(path))
 
 
 def parse_board(data: dict[str, Any], source: str = "<board>") -> Board:

@@ -1,0 +1,237 @@
+"""8-bit AVR (ATmega328P, ATmega2560) under simavr: boards, the fit check, build, run, cycle counts.
+
+The AVR is where qgen's C proves itself on a core with 16-bit `int`. A board is boards/<name>.toml with
+`arch = "avr"` and a [simavr] section instead of [qemu]. The harness (firmware/avr/qg_avr_main.c) keeps the
+inputs in flash, runs `<prefix>_run` on each, prints the output bytes and Timer1 cycle counts on USART0,
+which simavr copies to its stdout, and measures the stack peak by painting free RAM.
+
+avr-gcc places `const` data in SRAM (the AVR's flash is another address space, read with LPM), so the
+weights, the layer parameters, the arena and the stack all share the board's SRAM: the fit check counts
+them all and names a board that fits.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from codegen.errors import UserError
+from codegen.resources import data_dir
+from codegen.target.boards import list_boards, tomllib
+from codegen.target.common import TargetError
+
+AVR_CC = "avr-gcc"
+AVR_TOOLS = (AVR_CC, "avr-size", "simavr")
+AVR_INSTALL_HINT = "install the Debian packages gcc-avr, avr-libc and simavr"
+# The generated model is held to the host's standard here too (-Wconversion catches int-width assumptions).
+AVR_CFLAGS = ("-std=c99", "-Os", "-Wall", "-Wextra", "-Werror", "-Wconversion", "-ffunction-sections",
+              "-fdata-sections")
+# Linked with the part's memory regions widened so that an oversized model still links and its sizes can be
+# measured: check_avr_fit() (stricter than the linker: it counts the stack too) refuses it before any run.
+MEASURE_LINK_FLAGS = ("-Wl,--defsym=__DATA_REGION_LENGTH__=0xffa0", "-Wl,--defsym=__TEXT_REGION_LENGTH__=0x100000")
+RUN_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class SimavrRunner:
+    """How simavr runs the board's firmware ([simavr]): the `-m` part name (the clock is the board's)."""
+
+    mcu: str
+
+
+@dataclass(frozen=True)
+class AvrBoard:
+    """One 8-bit AVR board (boards/<name>.toml with arch = "avr")."""
+
+    name: str
+    description: str
+    core: str           # avr-gcc's architecture: avr5 (ATmega328P), avr6 (ATmega2560)
+    flash_kb: int
+    ram_kb: int
+    clock_mhz: int
+    cflags: tuple[str, ...]
+    simavr: SimavrRunner
+    stack_bytes: int = 256  # reserved for the call stack in the fit check
+
+    @property
+    def arch(self) -> str:
+        return "avr"
+
+
+def load_avr_board(name: str) -> AvrBoard:
+    """Load boards/<name>.toml, an AVR board; UserError naming the AVR boards otherwise."""
+    path = data_dir("boards") / f"{name}.toml"
+    known = ", ".join(list_boards("avr"))
+    if not path.is_file():
+        raise UserError(f"unknown AVR board '{name}'; AVR boards: {known}")
+    with path.open("rb") as file:
+        data: dict[str, Any] = tomllib.load(file)
+    if data.get("arch") != "avr":
+        raise UserError(f"board '{name}' is not an AVR board; AVR boards: {known}")
+    try:
+        fields = {k: v for k, v in data.items() if k not in ("arch", "simavr")}
+        return AvrBoard(**{**fields, "cflags": tuple(fields["cflags"]), "simavr": SimavrRunner(**data["simavr"])})
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{path}: malformed AVR board description ({exc})") from exc
+
+
+def avr_missing_tools() -> list[str]:
+    return [tool for tool in AVR_TOOLS if shutil.which(tool) is None]
+
+
+# ------------------------------------------------------------------------------------------ fit
+
+
+@dataclass(frozen=True)
+class AvrMemory:
+    """What a built AVR firmware takes: flash = .text + .data (its initial values live in flash),
+    static RAM = .data + .bss (weights, parameters, arena, harness buffers)."""
+
+    flash_bytes: int
+    static_ram_bytes: int
+
+
+def avr_fit_problems(board: AvrBoard, memory: AvrMemory) -> list[str]:
+    """Why the firmware does not fit the board (empty: it fits)."""
+    problems = []
+    ram = board.ram_kb * 1024
+    if memory.static_ram_bytes + board.stack_bytes > ram:
+        problems.append(f"needs {memory.static_ram_bytes} B of static RAM (weights and layer parameters are "
+                        f"`const` data that avr-gcc keeps in SRAM, plus the arena) + {board.stack_bytes} B of "
+                        f"stack = {memory.static_ram_bytes + board.stack_bytes} B, the {board.name} has {ram} B")
+    if memory.flash_bytes > board.flash_kb * 1024:
+        problems.append(f"needs {memory.flash_bytes} B of flash, the {board.name} has {board.flash_kb * 1024} B")
+    return problems
+
+
+def check_avr_fit(board: AvrBoard, memory: AvrMemory) -> None:
+    """UserError when the firmware does not fit the board, naming the AVR boards that it fits."""
+    problems = avr_fit_problems(board, memory)
+    if not problems:
+        return
+    fitting = [name for name in list_boards("avr") if name != board.name
+               and not avr_fit_problems(load_avr_board(name), memory)]
+    way_out = (f"it fits the {', '.join(fitting)}: use that board" if fitting else
+               "no AVR board fits it: shrink the model (fewer channels, pruning, int4 weights) or use a Cortex-M board")
+    raise UserError(f"model does not fit the {board.name}: {'; '.join(problems)}; {way_out}")
+
+
+def read_avr_memory(elf: Path) -> AvrMemory:
+    sizes = subprocess.run(["avr-size", "-A", str(elf)], capture_output=True, text=True, check=True).stdout
+    section = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\.\w+)\s+(\d+)", sizes, re.M)}
+    text, data, bss = section.get(".text", 0), section.get(".data", 0), section.get(".bss", 0)
+    return AvrMemory(flash_bytes=text + data, static_ram_bytes=data + bss)
+
+
+# ------------------------------------------------------------------------------------ build, run
+
+
+def _c_values(values: np.ndarray) -> str:
+    flat = [str(int(v)) for v in values.reshape(-1)]
+    return ",\n".join(", ".join(flat[i:i + 24]) for i in range(0, len(flat), 24))
+
+
+def write_harness(work: Path, prefix: str, x: np.ndarray) -> list[Path]:
+    """The harness's generated files: qg_avr_config.h (model names) and qg_avr_inputs.c (inputs in flash)."""
+    upper = prefix.upper()
+    config = work / "qg_avr_config.h"
+    config.write_text(
+        f'#include "{prefix}_model.h"\n#define QG_AVR_RUN {prefix}_run\n'
+        f"#ifdef {upper}_INPUT_TYPE\n#define QG_AVR_INPUT_T {upper}_INPUT_TYPE\n#else\n"
+        f"#define QG_AVR_INPUT_T int8_t\n#endif\n"
+        f"#define QG_AVR_INPUT_SIZE {upper}_INPUT_SIZE\n#define QG_AVR_OUTPUT_SIZE {upper}_OUTPUT_SIZE\n"
+        f"#define QG_AVR_N_INPUTS {len(x)}u\n")
+    inputs = work / "qg_avr_inputs.c"
+    inputs.write_text('#include <avr/pgmspace.h>\n#include <stdint.h>\n#include "qg_avr_config.h"\n'
+                      f"const QG_AVR_INPUT_T qg_avr_inputs[] PROGMEM = {{\n{_c_values(x)}\n}};\n")
+    return [config, inputs]
+
+
+def build_avr_elf(board: AvrBoard, model_dir: Path, prefix: str, x: np.ndarray, work: Path,
+                  kernel_sources: Sequence[Path] | None = None) -> Path:
+    """Compile the model in model_dir (<prefix>_model.c, <prefix>_weights.c, kernels/) with the harness."""
+    missing = avr_missing_tools()
+    if missing:
+        raise UserError(f"AVR build needs {', '.join(missing)}: {AVR_INSTALL_HINT}")
+    work.mkdir(parents=True, exist_ok=True)
+    kernels = model_dir / "kernels"
+    if kernel_sources is None:
+        kernel_sources = sorted(kernels.glob("*.c"))
+    _, inputs = write_harness(work, prefix, x)
+    sources = [data_dir("firmware") / "avr" / "qg_avr_main.c", inputs, model_dir / f"{prefix}_model.c",
+               model_dir / f"{prefix}_weights.c", *kernel_sources]
+    elf = work / "firmware.elf"
+    command = [AVR_CC, *board.cflags, *AVR_CFLAGS, f"-I{work}", f"-I{model_dir}", f"-I{kernels}",
+               *map(str, sources), "-Wl,--gc-sections", *MEASURE_LINK_FLAGS, "-o", str(elf)]
+    process = subprocess.run(command, capture_output=True, text=True)
+    if process.returncode != 0:
+        raise TargetError(f"avr-gcc failed (exit {process.returncode}):\n$ {' '.join(command)}\n{process.stderr}")
+    return elf
+
+
+@dataclass
+class AvrRun:
+    """One simavr run: outputs (N, output bytes) as int8, cycles per inference, memory and stack peak."""
+
+    board: AvrBoard
+    outputs: np.ndarray
+    cycles: list[int]
+    memory: AvrMemory
+    stack_peak_bytes: int
+
+    @property
+    def ram_peak_bytes(self) -> int:
+        return self.memory.static_ram_bytes + self.stack_peak_bytes
+
+    @property
+    def milliseconds(self) -> float:
+        return max(self.cycles) / (self.board.clock_mhz * 1000.0)
+
+
+_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def run_simavr(board: AvrBoard, elf: Path, output_size: int, memory: AvrMemory | None = None) -> AvrRun:
+    """Run the harness ELF under simavr and parse its USART output."""
+    command = ["simavr", "-m", board.simavr.mcu, "-f", str(board.clock_mhz * 1_000_000), str(elf)]
+    try:
+        process = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        raise TargetError(f"simavr did not finish in {RUN_TIMEOUT_S} s: $ {' '.join(command)}") from exc
+    # simavr prints each USART line in colour, ending it with a '.'
+    lines = [_ESCAPES.sub("", line).strip().rstrip(".") for line in (process.stdout + process.stderr).splitlines()]
+    outputs, cycles, stack, current = [], [], None, b""
+    for line in lines:
+        tag, _, value = line.partition(" ")
+        if tag == "O":
+            current += bytes.fromhex(value)
+        elif tag == "C":
+            outputs.append(np.frombuffer(current, dtype=np.int8))
+            cycles.append(int(value, 16))
+            current = b""
+        elif tag == "S":
+            stack = int(value, 16)
+        elif tag == "F":
+            raise TargetError(f"the model's run function returned {int(value, 16)} on the {board.name}")
+    if stack is None or "E" not in lines or any(len(o) != output_size for o in outputs):
+        raise TargetError(f"simavr run did not complete (exit {process.returncode}):\n$ {' '.join(command)}\n"
+                          + "\n".join(lines[-20:]))
+    return AvrRun(board, np.stack(outputs) if outputs else np.zeros((0, output_size), np.int8), cycles,
+                  memory or read_avr_memory(elf), stack)
+
+
+def run_avr(board: AvrBoard | str, model_dir: Path | str, prefix: str, x: np.ndarray, work: Path | str,
+            output_size: int) -> AvrRun:
+    """Build the model in model_dir for an AVR board, refuse it if it does not fit, run it under simavr.
+    x: (N, input values) integers of the model's input type."""
+    board = load_avr_board(board) if isinstance(board, str) else board
+    model_dir, work = Path(model_dir), Path(work)
+    elf = build_avr_elf(board, model_dir, prefix, np.asarray(x).reshape(len(x), -1), work)
+    memory = read_avr_memory(elf)
+    check_avr_fit(board, memory)
+    return run_simavr(board, elf, output_size, memory)

@@ -1,0 +1,119 @@
+/*
+ * qgen's AVR test harness (simavr or a real ATmega): runs the model on inputs kept in flash and prints,
+ * on USART0, per inference "O <output bytes in hex>" lines (32 bytes each), then "C <cycles in hex>"; at the end
+ * "S <stack peak bytes in hex>" and "E". Cycles come from Timer1 at clk/1 with an overflow interrupt (the
+ * interrupt's own cycles, about 30 per 65,536, are included). The stack peak is measured by painting the free
+ * RAM between the heap start and the stack with a pattern before the runs.
+ * qg_avr_config.h (written by codegen/target/avr.py) includes the model header and defines QG_AVR_RUN,
+ * QG_AVR_INPUT_T, QG_AVR_INPUT_SIZE, QG_AVR_OUTPUT_SIZE and QG_AVR_N_INPUTS; qg_avr_inputs.c holds the inputs.
+ */
+#include <avr/interrupt.h>
+#include <avr/io.h>
+#include <avr/pgmspace.h>
+#include <stdint.h>
+
+#include "qg_avr_config.h"
+
+#define QG_AVR_PAINT 0xC5u
+
+extern const QG_AVR_INPUT_T qg_avr_inputs[] PROGMEM;
+extern char __heap_start;
+
+static QG_AVR_INPUT_T qg_avr_in[QG_AVR_INPUT_SIZE];
+static int8_t qg_avr_out[QG_AVR_OUTPUT_SIZE];
+static volatile uint16_t qg_avr_overflows;
+
+ISR(TIMER1_OVF_vect) { qg_avr_overflows++; }
+
+static void put_char(char c)
+{
+    while (!(UCSR0A & (1u << UDRE0))) {
+    }
+    UDR0 = (uint8_t)c;
+}
+
+static void put_hex(uint8_t b)
+{
+    static const char digits[] = "0123456789abcdef";
+    put_char(digits[b >> 4]);
+    put_char(digits[b & 15u]);
+}
+
+static void put_u32(char tag, uint32_t v)
+{
+    int8_t i;
+    put_char(tag);
+    put_char(' ');
+    for (i = 3; i >= 0; i--) {
+        put_hex((uint8_t)(v >> (8 * i)));
+    }
+    put_char('\n');
+}
+
+/* Fill the free RAM below the current stack pointer with the pattern (not inlined: its own frame is small). */
+static void __attribute__((noinline)) paint_stack(void)
+{
+    uint8_t *p = (uint8_t *)&__heap_start;
+    uint8_t *const end = (uint8_t *)SP - 32;
+    while (p < end) {
+        *p++ = QG_AVR_PAINT;
+    }
+}
+
+static uint16_t stack_peak(void)
+{
+    const uint8_t *p = (const uint8_t *)&__heap_start;
+    while (*p == QG_AVR_PAINT) {
+        p++;
+    }
+    return (uint16_t)(RAMEND + 1 - (uint16_t)p);
+}
+
+int main(void)
+{
+    uint16_t n, i;
+    UCSR0B = (uint8_t)(1u << TXEN0);
+    paint_stack();
+    for (n = 0; n < QG_AVR_N_INPUTS; n++) {
+        uint16_t ticks;
+        uint8_t flags;
+        int status;
+        memcpy_P(qg_avr_in, &qg_avr_inputs[(uint32_t)n * QG_AVR_INPUT_SIZE], sizeof qg_avr_in);
+        qg_avr_overflows = 0;
+        TCCR1A = 0;
+        TCNT1 = 0;
+        TIFR1 = (uint8_t)(1u << TOV1);
+        TIMSK1 = (uint8_t)(1u << TOIE1);
+        sei();
+        TCCR1B = (uint8_t)(1u << CS10);
+        status = QG_AVR_RUN(qg_avr_in, qg_avr_out);
+        cli();
+        ticks = TCNT1;
+        flags = TIFR1;
+        TCCR1B = 0;
+        if (status != 0) {
+            put_u32('F', (uint32_t)status);
+            break;
+        }
+        for (i = 0; i < QG_AVR_OUTPUT_SIZE; i++) { /* simavr splits lines longer than its buffer: 32 bytes a line */
+            if (i % 32u == 0) {
+                put_char('O');
+                put_char(' ');
+            }
+            put_hex((uint8_t)qg_avr_out[i]);
+            if (i % 32u == 31u || i + 1u == QG_AVR_OUTPUT_SIZE) {
+                put_char('\n');
+            }
+        }
+        put_u32('C', ((uint32_t)qg_avr_overflows << 16) + ticks +
+                         ((flags & (1u << TOV1)) && ticks < 0x8000u ? 0x10000ul : 0ul));
+    }
+    put_u32('S', stack_peak());
+    put_char('E');
+    put_char('\n');
+    cli();
+    for (;;) {
+        __asm__ volatile("sleep"); /* simavr ends the run on sleep with interrupts off */
+    }
+    return 0;
+}

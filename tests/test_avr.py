@@ -1,0 +1,87 @@
+"""qgen's C on an 8-bit AVR with 16-bit `int` (codegen/target/avr.py): generated models built with avr-gcc
+(-Wconversion, -Werror) and run under simavr must equal codegen.reference.run_int byte for byte; a model that
+does not fit the board's SRAM is refused with the numbers and the AVR board that fits.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from qgen_testing import edge_inputs
+from test_golden import _calib, _digits
+from test_kernels_fast import image_graph, vector_graph
+
+import codegen
+from codegen.emit.c import render, write_atomic
+from codegen.errors import UserError
+from codegen.hostcheck import reference_outputs
+from codegen.reference import run_int
+from codegen.target import list_boards, load_board
+from codegen.target.avr import AvrMemory, avr_missing_tools, check_avr_fit, load_avr_board, run_avr
+
+needs_avr = pytest.mark.skipif(bool(avr_missing_tools()), reason=f"missing tools: {avr_missing_tools()}")
+
+
+def test_avr_boards_are_data_apart_from_the_cortex_m_boards():
+    uno, mega = load_avr_board("atmega328p"), load_avr_board("atmega2560")
+    assert (uno.flash_kb, uno.ram_kb, uno.clock_mhz, uno.simavr.mcu) == (32, 2, 16, "atmega328p")
+    assert (mega.flash_kb, mega.ram_kb, mega.clock_mhz, mega.simavr.mcu) == (256, 8, 16, "atmega2560")
+    assert list_boards("avr") == ["atmega2560", "atmega328p"]
+    assert not set(list_boards("avr")) & set(list_boards())  # QEMU-only callers never see an AVR board
+    with pytest.raises(UserError, match="'atmega328p' is an 8-bit AVR board: it runs under simavr"):
+        load_board("atmega328p")
+    with pytest.raises(UserError, match="not an AVR board; AVR boards: atmega2560, atmega328p"):
+        load_avr_board("rp2040")
+
+
+def test_fit_refusal_names_the_numbers_and_the_board_that_fits():
+    board = load_avr_board("atmega328p")
+    check_avr_fit(board, AvrMemory(flash_bytes=9000, static_ram_bytes=2048 - 256))  # exactly full: fits
+    with pytest.raises(UserError) as err:
+        check_avr_fit(board, AvrMemory(flash_bytes=9000, static_ram_bytes=2048 - 255))
+    assert str(err.value) == (
+        "model does not fit the atmega328p: needs 1793 B of static RAM (weights and layer parameters are `const` "
+        "data that avr-gcc keeps in SRAM, plus the arena) + 256 B of stack = 2049 B, the atmega328p has 2048 B; "
+        "it fits the atmega2560: use that board")
+    with pytest.raises(UserError, match="has 8192 B; no AVR board fits it"):
+        check_avr_fit(load_avr_board("atmega2560"), AvrMemory(flash_bytes=9000, static_ram_bytes=9000))
+
+
+@needs_avr
+@pytest.mark.parametrize("make", [image_graph, vector_graph], ids=["image", "vector"])
+def test_kernels_bit_exact_on_atmega2560(make, tmp_path):
+    """Convolutions (3x5, stride 2, asymmetric padding, per-channel shifts -3..14), depthwise (multiplier 2),
+    max pooling and fully connected layers with every clamp kind, on edge and random inputs."""
+    rng = np.random.default_rng(31)
+    graph = make(rng)
+    write_atomic(render(graph, "kf", ["test"]), tmp_path / "model")
+    x = edge_inputs(rng, graph.tensors[graph.inputs[0]].shape, n_random=2)
+    expect = reference_outputs(graph, run_int(graph, x))
+    run = run_avr("atmega2560", tmp_path / "model", "kf", x, tmp_path / "avr", expect.shape[1])
+    assert run.outputs.shape == expect.shape
+    assert np.array_equal(run.outputs, expect), np.argwhere(run.outputs != expect)[:5]
+    assert len(run.cycles) == len(x) and min(run.cycles) > 1000
+    assert 0 < run.stack_peak_bytes < 1024
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    model, shape, _ = _digits()
+    calib = _calib(shape)
+    out = tmp_path_factory.mktemp("digits") / "model"
+    result = codegen.compile(model, torch.zeros(1, *shape), calib, prefix="digits_cnn", out_dir=out)
+    x = result.quantize_input(calib[:3])
+    return out, x, result.reference(x)
+
+
+@needs_avr
+def test_digits_demo_bit_exact_on_atmega2560_and_refused_on_atmega328p(digits, tmp_path):
+    out, x, expect = digits
+    run = run_avr("atmega2560", out, "digits_cnn", x, tmp_path / "mega", expect.shape[1])
+    assert np.array_equal(run.outputs, expect)
+    # 18,912 MACs at ~115 cycles each: 32-bit accumulation on an 8-bit core
+    assert 1_000_000 < max(run.cycles) < 5_000_000
+    assert run.ram_peak_bytes <= 8192 - 4096
+    with pytest.raises(UserError, match=r"does not fit the atmega328p: needs \d+ B of static RAM .* "
+                                        r"the atmega328p has 2048 B; it fits the atmega2560: use that board"):
+        run_avr("atmega328p", out, "digits_cnn", x, tmp_path / "uno", expect.shape[1])
