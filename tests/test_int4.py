@@ -9,7 +9,6 @@ channels, a grouped dilated conv, depthwise with an odd weight count and a multi
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -223,22 +222,23 @@ def test_weights_int4_and_per_layer_w4_through_the_api():
         codegen.compile(_small_model(), (1, 3, 5, 5), x, precision={"2": 16, "4": 4})
 
 
-def test_cli_weights_int4_and_precision_w4(tmp_path):
+def test_cli_weights_int4_and_precision_w4(tmp_path, capsys):
+    from codegen.cli import main
+
     (tmp_path / "m.py").write_text(
         "import torch\nfrom torch import nn\n"
         "def make():\n    torch.manual_seed(0)\n"
         "    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(150, 4)).eval()\n")
-    base = [sys.executable, "-m", "codegen.cli", "compile", f"{tmp_path / 'm.py'}:make", "--input-shape", "1,3,5,5"]
-    run = subprocess.run([*base, "--out", str(tmp_path / "a"), "--weights", "int4"], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
+    base = ["compile", f"{tmp_path / 'm.py'}:make", "--input-shape", "1,3,5,5"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--weights", "int4"]) == 0
     assert "qg_conv2d_s4(" in (tmp_path / "a" / "model_model.c").read_text()
-    run = subprocess.run([*base, "--out", str(tmp_path / "b"), "--precision", "3=w4"], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
+    assert main([*base, "--out", str(tmp_path / "b"), "--precision", "3=w4"]) == 0
     c = (tmp_path / "b" / "model_model.c").read_text()
     assert "qg_fully_connected_s4(" in c and "qg_conv2d_s8(" in c
-    run = subprocess.run([*base, "--out", str(tmp_path / "c"), "--precision", "input=w4"], capture_output=True,
-                         text=True)
-    assert run.returncode == 1 and "has no weights" in run.stderr and "Traceback" not in run.stderr
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "c"), "--precision", "input=w4"]) == 1
+    err = capsys.readouterr().err
+    assert "has no weights" in err and "Traceback" not in err
 
 
 def test_qat_int4_equals_integer_reference():
