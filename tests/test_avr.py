@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from qgen_testing import edge_inputs
-from test_golden import _calib, _digits
+from test_golden import CASES, _calib, _digits
 from test_kernels_fast import image_graph, vector_graph
 
 import codegen
@@ -85,3 +85,18 @@ def test_digits_demo_bit_exact_on_atmega2560_and_refused_on_atmega328p(digits, t
     with pytest.raises(UserError, match=r"does not fit the atmega328p: needs \d+ B of static RAM .* "
                                         r"the atmega328p has 2048 B; it fits the atmega2560: use that board"):
         run_avr("atmega328p", out, "digits_cnn", x, tmp_path / "uno", expect.shape[1])
+
+
+@needs_avr
+def test_int16_activations_bit_exact_on_atmega2560(tmp_path):
+    """The golden int16 model (conv s8->s16, depthwise s16, conv s16->s8, avg pool): the int16 dot product of
+    qg_wide.c multiplied int16 by int8 in `int`, which overflows a 16-bit int (every output differed)."""
+    model, shape, kwargs = CASES["depthwise_int16"]()
+    kwargs.pop("micropython")
+    calib = _calib(shape)
+    result = codegen.compile(model, torch.zeros(1, *shape), calib, prefix="dw16", out_dir=tmp_path / "model",
+                             **kwargs)
+    x = result.quantize_input(np.concatenate([calib[:2], calib[2:4] * 8]))
+    expect = result.reference(x)
+    run = run_avr("atmega2560", tmp_path / "model", "dw16", x, tmp_path / "avr", expect.shape[1])
+    assert np.array_equal(run.outputs, expect)

@@ -41,7 +41,7 @@ QG_DOT_LINKAGE int32_t dot_int16_t_int32_t(const int16_t *x, const int8_t *w, in
     }
 #endif
     for (; i < n; i++) {
-        acc += x[i] * w[i];
+        acc += (int32_t)x[i] * w[i]; /* widened first: int16 * int8 overflows a 16-bit int (AVR) */
     }
     return acc;
 }
