@@ -1,6 +1,7 @@
 """Sequence classifiers for mnist1d-shaped signals: (N, 1, 40) in, like a Conv1d, 10 classes out.
 
 `gru`: a GRU reads the 40 samples one step at a time; its final hidden state (h_n) feeds a linear layer.
+`lstm`: the same with an LSTM, reading its output sequence's last step (out[:, -1]).
 `tcn`: a causal temporal convolutional network (Bai et al. 2018): Conv1d layers with dilations 1, 2, 4, 8, 16,
 each padded on the left only ((k - 1) * dilation frames, so step t sees no later step), residual adds, and a
 linear layer on the last time step (which sees all 40 steps: receptive field 63). Both are causal, so both can be
@@ -29,6 +30,17 @@ class GRUClassifier(nn.Module):
         return self.fc(h[-1])
 
 
+class LSTMClassifier(nn.Module):
+    def __init__(self, hidden: int = 48, n_classes: int = CLASSES):
+        super().__init__()
+        self.lstm = nn.LSTM(1, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, n_classes)
+
+    def forward(self, x):  # x (N, 1, T)
+        y, _ = self.lstm(x.transpose(1, 2))  # (N, T, hidden)
+        return self.fc(y[:, -1])  # the output at the last step (= h_n)
+
+
 class CausalConv1d(nn.Conv1d):
     """Conv1d that pads (kernel - 1) * dilation frames on the left only: output t reads inputs <= t."""
 
@@ -55,12 +67,17 @@ def gru():
     return GRUClassifier().eval(), torch.zeros(1, 1, STEPS)
 
 
+def lstm():
+    torch.manual_seed(0)
+    return LSTMClassifier().eval(), torch.zeros(1, 1, STEPS)
+
+
 def tcn():
     torch.manual_seed(0)
     return TCNClassifier().eval(), torch.zeros(1, 1, STEPS)
 
 
-FACTORIES = {"gru": gru, "tcn": tcn}
+FACTORIES = {"gru": gru, "lstm": lstm, "tcn": tcn}
 
 
 def mnist1d(num_samples: int = 10000, train_split: float = 0.6, seed: int = 42):
