@@ -321,12 +321,14 @@ def render_png(data: dict) -> bytes:
     n = len(rows)
     bars = data["chart"]["columns"][len(TEXT_COLS):]
     h_layers = max(3.0, 0.2 * n + 1.0)
-    fig = plt.figure(figsize=(3.2 + 2.4 * len(bars), h_layers + 4.2), dpi=80)
-    grid = fig.add_gridspec(2, len(bars) + 1, height_ratios=[h_layers, 3.6], width_ratios=[1.2] + [1] * len(bars))
+    fig = plt.figure(figsize=(3.0 + 2.4 * len(bars), h_layers + 4.6), dpi=80)
+    grid = fig.add_gridspec(2, len(bars), height_ratios=[h_layers, 3.6], width_ratios=[1.6] + [1] * (len(bars) - 1))
+    totals = "  \u00b7  ".join(f"{t['name']}: {t['value']}" for t in data["totals"])
+    fig.suptitle(f"qgen report: {data['model']} (input {data['input']})\n{totals}", fontsize=9)
     names = [f"{r['index']} {_short(r['name'], 22)} ({r['op']})" for r in rows]
     ys = list(range(n))
     for k, column in enumerate(bars):
-        ax = fig.add_subplot(grid[0, k + 1])
+        ax = fig.add_subplot(grid[0, k])
         widths = [r["cells"][k]["w"] for r in rows]
         ax.barh(ys, widths, color=rows[0]["cells"][k]["color"] if rows else "#4e79a7")
         ax.set_xlim(0, BAR_W * 1.45)
@@ -336,13 +338,8 @@ def render_png(data: dict) -> bytes:
         ax.set_xticks([])
         ax.set_ylim(n - 0.5, -0.5)
         ax.set_yticks(ys, names if k == 0 else [""] * n, fontsize=6)
-    ax = fig.add_subplot(grid[0, 0])
-    ax.axis("off")
-    ax.text(0, 1, "\n".join([f"qgen report: {data['model']}", f"input {data['input']}", ""]
-                            + [f"{t['name']}: {t['value']}" for t in data["totals"]]), va="top", fontsize=8,
-            transform=ax.transAxes)
     arena = data["arena"]
-    ax = fig.add_subplot(grid[1, : max(1, len(bars) - 1)])
+    ax = fig.add_subplot(grid[1, : len(bars) - 1])
     for b, r in zip(arena["buffers"], arena["rects"]):
         first = max(b["first"], 0)
         ax.add_patch(Rectangle((first, b["offset"]), b["last"] + 1 - first, b["size"], facecolor=r["color"],
@@ -355,7 +352,7 @@ def render_png(data: dict) -> bytes:
     ax.set_title(f"arena: {arena['size']:,} B, one box per buffer over its lifetime (red edge: in-place overlap)",
                  fontsize=9)
     ax.tick_params(labelsize=7)
-    ax = fig.add_subplot(grid[1, max(1, len(bars) - 1):])
+    ax = fig.add_subplot(grid[1, len(bars) - 1])
     if data["fit"]:
         gauges = data["fit"]["gauges"]
         for y, g in enumerate(gauges):
@@ -364,6 +361,7 @@ def render_png(data: dict) -> bytes:
             ax.axvline(g["limit_x"], ymin=0, ymax=1, color="black", linewidth=0.8)
             ax.text(1, y, f"{g['used']:,} of {g['limit']:,} B ({g['pct']:.0f}%)", va="center", fontsize=7)
         ax.set_yticks(range(len(gauges)), [g["label"] for g in gauges], fontsize=8)
+        ax.set_ylim(len(gauges) - 0.5, -0.5)
         ax.set_xlim(0, 100)
         ax.set_xticks([])
         ax.set_title(f"fit on {data['fit']['name']}", fontsize=9)
