@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import driver, serialize
+from . import driver, progress, serialize
 from . import limits as limits_mod
 from .driver import VERIFY_SAMPLES_SAVED, Context  # noqa: F401 (VERIFY_SAMPLES_SAVED re-exported)
 from .emit.c import check_prefix
@@ -247,6 +247,7 @@ def _random_samples(torch_shape: tuple[int, ...]) -> int:
     return int(max(1, min(64, RANDOM_CALIB_BYTES // max(per_sample, 1))))
 
 
+@progress.tracked("compile")
 def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None = None, *,
             options: CompileOptions | None = None,
             prefix: str | None = None, out_dir: str | Path | None = None, command: str | None = None,
@@ -309,7 +310,9 @@ def compile(model: Any, example_input: Any = None, calib_data: np.ndarray | None
     check_prefix(prefix)
     out_dir = check_out_dir(out_dir) if out_dir is not None else None
     lim = limits_mod.limits(options.limits.max_flash, options.limits.max_ram, options.limits.board)
+    progress.current().update(info="export")
     graph = _frontend(model, example_input, lim)
+    progress.current().update(info="float passes")
     in_shape = graph.tensors[graph.inputs[0]].shape
     layout = graph.io_layout.get(graph.inputs[0], "nf")
     if layout == "nchw":

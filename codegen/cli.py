@@ -107,7 +107,7 @@ FLAG_FIELDS = {
     "cluster": "compress.cluster", "finetune_epochs": "compress.finetune_epochs",
 }
 FLAG_INPUTS = {"model", "input_shape", "calib", "out", "verify", "split_at", "boards", "eval", "eval_labels",
-               "train", "labels", "cmake"}
+               "train", "labels", "cmake", "quiet"}
 API_ONLY_FIELDS = {"limits.board", "compress.prune_layers", "compress.channel_criterion", "compress.prune_steps",
                    "compress.lr", "compress.batch", "compress.seed"}
 
@@ -306,7 +306,10 @@ def cmd_run(args) -> int:
     import tempfile
 
     from . import deploy
+    from .target.avr import is_avr_board
 
+    if is_avr_board(args.board):
+        return _run_avr(args)
     if not args.qemu:
         raise UserError("only --qemu runs are supported here (no board is attached); add --qemu")
     with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
@@ -320,6 +323,27 @@ def cmd_run(args) -> int:
     for line in result.summary():
         print(line)
     return 0 if result.exact else 3
+
+
+def _run_avr(args) -> int:
+    """`qgen run --board atmega2560|atmega328p`: under simavr (the compile-time limits know Cortex-M boards only;
+    the AVR fit check runs on the built firmware)."""
+    import tempfile
+
+    from .target.avr import run_compiled_avr
+
+    board, args.board = args.board, None
+    with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
+        model_dir = _model_dir(args, Path(tmp))
+        x = None
+        if args.data:
+            from .api import load_compiled
+
+            x = load_compiled(model_dir).quantize_input(_load_array(args.data, "input data"))
+        lines, exact = run_compiled_avr(model_dir, board, x, args.n)
+    for line in lines:
+        print(line)
+    return 0 if exact else 3
 
 
 def cmd_micropython(args) -> int:
@@ -392,6 +416,10 @@ def add_compress_args(cmd) -> None:
     g.add_argument("--labels", help="integer labels .npy matching --train")
 
 
+QUIET_HELP = ("no progress bars on stderr (they are shown only when stderr is a terminal; $QGEN_PROGRESS=plain "
+              "gives one line per step instead, for CI logs)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with qgen's exit codes: a bad command line is a user error (1), not argparse's 2, which
     qgen reserves for internal errors. Sub-command parsers inherit the class."""
@@ -407,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="qgen", description="Compile PyTorch models to bit-exact Q-format C "
                                 "for microcontrollers.")
     p.add_argument("--version", action="version", version=f"qgen {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compile", help="compile a model to C")
@@ -533,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="build/demo")
     d.add_argument("--no-cache", action="store_true", help="retrain instead of loading the cached model")
     d.set_defaults(fn=cmd_demo)
+    for cmd in sub.choices.values():  # also after the command: `qgen compile ... --quiet`
+        cmd.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
     return p
 
 
@@ -596,9 +627,12 @@ def _main(argv: list[str] | None = None) -> int:
             from .api import check_out_dir
 
             args.out = str(check_out_dir(args.out))  # not '.', a parent of it, or a dangling symlink
+        from . import progress
+
         with warnings.catch_warnings():  # qgen's own warnings (e.g. a calibration fallback): one line each
             warnings.showwarning = _warning_printer(warnings.showwarning)
-            status = args.fn(args)
+            with progress.enabled(progress.cli_mode(quiet=getattr(args, "quiet", False))):  # stderr only
+                status = args.fn(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
         return status
     except UserError as exc:

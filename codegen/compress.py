@@ -19,6 +19,7 @@ from functools import partial
 
 import numpy as np
 
+from . import progress
 from .errors import UserError
 from .ir import Graph, Op
 from .ops import Trait, has
@@ -186,14 +187,21 @@ def finetune(graph: Graph, train: tuple[np.ndarray, np.ndarray], opts: CompressO
     x, y = train
     xt, yt = _torch_batch(x, graph), torch.as_tensor(np.asarray(y))
     gen = torch.Generator().manual_seed(opts.seed)
-    for _ in range(opts.finetune_epochs):
-        for idx in torch.randperm(len(xt), generator=gen).split(opts.batch):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(module(xt[idx]), yt[idx]).backward()
-            opt.step()
-            with torch.no_grad():
-                for name, m in masks.items():
-                    module.params[name].mul_(m)
+    epochs, batches = opts.finetune_epochs, -(-len(xt) // opts.batch)
+    with progress.task("fine-tune", total=epochs * batches) as bar:  # one step per batch, a line per epoch
+        for epoch in range(epochs):
+            loss_sum = 0.0
+            for idx in torch.randperm(len(xt), generator=gen).split(opts.batch):
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(module(xt[idx]), yt[idx])
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    for name, m in masks.items():
+                        module.params[name].mul_(m)
+                loss_sum += float(loss.detach()) * len(idx)
+                bar.advance()
+            bar.note(f"epoch {epoch + 1}/{epochs} loss {loss_sum / max(1, len(xt)):.4f}")
     module.write_back()
     return graph
 

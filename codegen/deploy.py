@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import progress
 from .api import CompileResult, load_compiled
 from .errors import UserError
 from .hostcheck import cache_root, model_sources, reference_outputs
@@ -87,6 +88,7 @@ def fit_line(elf: ElfInfo) -> str:
             f"RAM {f.ram_bytes / 1024:.1f} KB of {f.ram_limit / 1024:.0f} KB (stack included)")
 
 
+@progress.tracked("build firmware (arm-none-eabi-gcc)")
 def build(model_dir: str | Path, board: str | Board, build_dir: str | Path, opt: str = "-O2",
           project_dir: str | Path | None = None, count_layers: bool = False, image: bool = False) -> FirmwareBuild:
     """Cross-compile a qgen output directory for `board`; optionally also write a Makefile project.
@@ -116,7 +118,8 @@ def run(model_dir: str | Path, board: str | Board, x_i8: np.ndarray | None = Non
     trace hook then adds ~6 instructions per layer)."""
     model_dir = Path(model_dir)
     board = load_board(board) if isinstance(board, str) else board
-    with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
+    with tempfile.TemporaryDirectory(dir=cache_root()) as tmp, progress.task(f"run on {board.name}", total=3) as bar:
+        bar.update(info="build firmware")
         fw = build(model_dir, board, Path(build_dir) if build_dir else Path(tmp) / "build", opt,
                    count_layers=per_layer)
         g = fw.compiled.graph
@@ -126,8 +129,13 @@ def run(model_dir: str | Path, board: str | Board, x_i8: np.ndarray | None = Non
             x = x[:n]
         if len(x) == 0:
             raise UserError("no input samples to run")
+        bar.advance()
+        bar.update(info=f"reference ({len(x)} samples)")
         expect = reference_outputs(g, run_int(g, x))
+        bar.advance()
+        bar.update(info=f"QEMU ({len(x)} samples)")
         result = run_qemu(board, fw.elf, x.reshape(len(x), -1), expect.shape[1], timeout=600.0)
+        bar.advance()
     equal = np.all(result.outputs == expect, axis=1)
     mismatch = None
     if not equal.all():

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from . import progress
 from .emit.c import model_data, render
 from .ir import Graph
 from .options import CompileOptions, Pass, Pipeline
@@ -139,6 +140,8 @@ def lower(float_graph: Graph, options: CompileOptions, ctx: Context, *, eval_x: 
     start = time.perf_counter() if start is None else start
     prefix = options.emit.prefix
     ctx.float_graph = float_graph
+    stage = progress.current()  # the caller's task (compile): say which stage of it runs
+    stage.update(info="integer passes")
     graph = run_pipeline(copy.deepcopy(float_graph), list(int_passes(options, ctx)))
     window = graph  # the whole-window quantised model: what the report measures (and a stream's spec)
     if options.emit.stream:
@@ -157,12 +160,14 @@ def lower(float_graph: Graph, options: CompileOptions, ctx: Context, *, eval_x: 
     limits_mod.check_compiled(model_data(graph, prefix).weight_bytes, graph.arena_size + state_size(graph),
                               lim)  # before any C text
     eval_x = np.asarray(eval_x, dtype=np.float32)
+    stage.update(info=f"report ({len(eval_x)} samples through the reference)")
     x_i8 = quantize_input(window, eval_x)
     rep = report_mod.build(window, float_graph, to_qgen_layout(window, eval_x).astype(np.float64), x_i8, prefix)
     if options.emit.stream:
         rep["stream"] = stream_report(window, graph)
     rep.update(report_extra or {})
     rep["options"] = options.to_dict()
+    stage.update(info="render C")
     files: dict[str, str | bytes] = dict(render(graph, prefix, banner_lines(graph.source, banner_options, command),
                                                 arena_argument=options.emit.arena_argument,
                                                 stream=options.emit.stream))
@@ -175,6 +180,7 @@ def lower(float_graph: Graph, options: CompileOptions, ctx: Context, *, eval_x: 
     result = CompileResult(graph, float_graph, prefix, files, rep, options=options,
                            window_graph=window if options.emit.stream else None)
     if out_dir is not None:
+        stage.update(info=f"write {out_dir}")
         write_atomic(files, Path(out_dir))
         result.out_dir = Path(out_dir)
     return result

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import progress
 from .ir import Graph
 from .kernel_lib import archive, split_sources
 from .reference import run_int
 
+VERIFY_CHUNK = 256  # samples per host.run call in verify (one progress step each)
 HOST_CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]
 
 
@@ -115,21 +117,22 @@ def _build(model_dir: Path, prefix: str, stream: bool = False):
             typedef void (*{prefix}_trace_fn)(int32_t layer, const int8_t *data, int32_t size);
             void {prefix}_set_trace({prefix}_trace_fn fn);
         """)
-        own, kernel_dirs = split_sources(sources)  # the kernels: one cached archive (kernel_lib.py)
-        kernels = [archive(d, [*host_compile_command(), *HOST_CFLAGS]).path for d in kernel_dirs]
-        ffi.set_source(name, f'#include "{prefix}_model.h"', sources=[str(s) for s in own],
-                       include_dirs=[str(model_dir), str(model_dir / "kernels")],
-                       extra_objects=[str(k) for k in kernels],
-                       define_macros=[(f"{prefix.upper()}_ENABLE_TRACE", "1")], extra_compile_args=HOST_CFLAGS)
-        build_dir.mkdir(parents=True, exist_ok=True)
-        tmp = build_dir / f"tmp-{os.getpid()}"
-        try:
-            lib_path = Path(ffi.compile(tmpdir=str(tmp), verbose=False))
-            final = build_dir / lib_path.name
-            os.replace(lib_path, final)
-        finally:  # cffi's generated C and object files: only the library is kept
-            shutil.rmtree(tmp, ignore_errors=True)
-        built = [final]
+        with progress.task("build C for the host (cffi)"):
+            own, kernel_dirs = split_sources(sources)  # the kernels: one cached archive (kernel_lib.py)
+            kernels = [archive(d, [*host_compile_command(), *HOST_CFLAGS]).path for d in kernel_dirs]
+            ffi.set_source(name, f'#include "{prefix}_model.h"', sources=[str(s) for s in own],
+                           include_dirs=[str(model_dir), str(model_dir / "kernels")],
+                           extra_objects=[str(k) for k in kernels],
+                           define_macros=[(f"{prefix.upper()}_ENABLE_TRACE", "1")], extra_compile_args=HOST_CFLAGS)
+            build_dir.mkdir(parents=True, exist_ok=True)
+            tmp = build_dir / f"tmp-{os.getpid()}"
+            try:
+                lib_path = Path(ffi.compile(tmpdir=str(tmp), verbose=False))
+                final = build_dir / lib_path.name
+                os.replace(lib_path, final)
+            finally:  # cffi's generated C and object files: only the library is kept
+                shutil.rmtree(tmp, ignore_errors=True)
+            built = [final]
     spec = importlib.util.spec_from_file_location(name, built[0])
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -173,9 +176,18 @@ def reference_outputs(g: Graph, values: dict[str, np.ndarray]) -> np.ndarray:
 
 def verify(g: Graph, host: HostModel, x_i8: np.ndarray) -> VerifyResult:
     """Run C and the reference on the same int8 inputs (N, *input_shape) and compare every byte."""
-    values = run_int(g, x_i8)
-    expect = reference_outputs(g, values)
-    got = host.run(x_i8.reshape(x_i8.shape[0], -1))
+    n = int(x_i8.shape[0])
+    with progress.task("verify C == reference", total=n) as bar:  # a step per sample run through the C
+        bar.update(info="reference")
+        values = run_int(g, x_i8)
+        expect = reference_outputs(g, values)
+        bar.update(info="C (host)")
+        flat = x_i8.reshape(n, -1)
+        parts = []
+        for start in range(0, n, VERIFY_CHUNK) if n else [0]:
+            parts.append(host.run(flat[start:start + VERIFY_CHUNK]))
+            bar.advance(len(parts[-1]))
+        got = np.concatenate(parts)
     equal = np.all(got == expect, axis=1)
     mismatch = None
     if not equal.all():

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import torch_ir
+from . import progress, torch_ir
 from .errors import UserError
 from .fixed import frac_for_range
 from .ir import Graph, Node
@@ -72,6 +72,7 @@ def convert(qat_model: QATModel) -> Graph:
     return qat_model.float_graph()
 
 
+@progress.tracked("compile (QAT)")
 def compile(qat_model: QATModel, *, prefix: str = "model", out_dir: str | Path | None = None,
             eval_data: np.ndarray | None = None, command: str | None = None):
     """codegen.compile's back half (driver.lower: quantize, plan memory, limits, report, emit) on
@@ -102,12 +103,19 @@ def finetune(qat_model: QATModel, x: np.ndarray, y: np.ndarray, epochs: int = 5,
     opt = torch.optim.Adam(qat_model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
     qat_model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(xt), generator=gen).split(batch):
-            opt.zero_grad()
-            F.cross_entropy(qat_model(xt[idx]), yt[idx]).backward()
-            opt.step()
-        sched.step()
+    batches = -(-len(xt) // batch)
+    with progress.task("QAT", total=epochs * batches) as bar:  # one step per batch, a line per epoch
+        for epoch in range(epochs):
+            loss_sum = 0.0
+            for idx in torch.randperm(len(xt), generator=gen).split(batch):
+                opt.zero_grad()
+                loss = F.cross_entropy(qat_model(xt[idx]), yt[idx])
+                loss.backward()
+                opt.step()
+                loss_sum += float(loss.detach()) * len(idx)
+                bar.advance()
+            sched.step()
+            bar.note(f"epoch {epoch + 1}/{epochs} loss {loss_sum / max(1, len(xt)):.4f}")
     return qat_model.eval()
 
 

@@ -105,20 +105,24 @@ def verify_stream(step: Graph, host, sequences: np.ndarray):
     """`qgen verify` of a streaming model: for each int sequence (N, 1, L, C), reset the C (a hostcheck.HostModel
     built with stream=True) and the spec, step both through the L frames and compare every step's bytes.
     Returns a hostcheck.VerifyResult over the sequences (its outputs: each sequence's last step)."""
+    from . import progress
     from .hostcheck import Mismatch, VerifyResult
 
     sequences = np.asarray(sequences)
     runner, matching, mismatch, last = StreamRunner(step), 0, None, []
-    for i, seq in enumerate(sequences):
-        expect = runner.run(seq[None])[0]  # (L, OUTPUT_SIZE)
-        host.reset()
-        got = host.run(seq[0])
-        last.append(got[-1])
-        if np.array_equal(got, expect):
-            matching += 1
-        elif mismatch is None:
-            t, j = (int(v) for v in np.argwhere(got != expect)[0])
-            mismatch = Mismatch(i, -1, f"step {t} (frame {t} of the stream)", j, int(got[t, j]), int(expect[t, j]))
+    with progress.task("verify streams C == reference", total=len(sequences)) as bar:  # a step per stream
+        for i, seq in enumerate(sequences):
+            expect = runner.run(seq[None])[0]  # (L, OUTPUT_SIZE)
+            host.reset()
+            got = host.run(seq[0])
+            last.append(got[-1])
+            if np.array_equal(got, expect):
+                matching += 1
+            elif mismatch is None:
+                t, j = (int(v) for v in np.argwhere(got != expect)[0])
+                mismatch = Mismatch(i, -1, f"step {t} (frame {t} of the stream)", j, int(got[t, j]),
+                                    int(expect[t, j]))
+            bar.advance()
     return VerifyResult(len(sequences), matching, mismatch, np.array(last))
 
 
