@@ -64,24 +64,29 @@ def parse(text: str) -> TagChecker:
     return checker
 
 
-def _compile(model, example, calib, prefix):
-    return codegen.compile(model, example, calib, prefix=prefix)
-
-
 @pytest.fixture(scope="module")
-def digits():
+def digits_dir(tmp_path_factory):
     from codegen import demo
 
     torch.manual_seed(0)
     x_tr, _, _, _ = demo.digits_data()
-    return _compile(demo.make_model().eval(), torch.from_numpy(x_tr[:1]), x_tr[:64], "digits")
+    out = tmp_path_factory.mktemp("report") / "digits"
+    codegen.compile(demo.make_model().eval(), torch.from_numpy(x_tr[:1]), x_tr[:64], prefix="digits", out_dir=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits(digits_dir):
+    from codegen.api import load_compiled
+
+    return load_compiled(digits_dir)  # as `qgen report DIR` sees it (report.json, qgen_graph.json)
 
 
 @pytest.fixture(scope="module")
 def branch():
     torch.manual_seed(1)
-    return _compile(BranchNet().eval(), torch.zeros(1, 2, 8, 8), np.random.default_rng(0).standard_normal(
-        (16, 2, 8, 8)).astype(np.float32), "branch")
+    return codegen.compile(BranchNet().eval(), torch.zeros(1, 2, 8, 8), np.random.default_rng(0).standard_normal(
+        (16, 2, 8, 8)).astype(np.float32), prefix="branch")
 
 
 def _check_report(result, text: str) -> TagChecker:
@@ -256,3 +261,55 @@ def test_real_browser_loads_it(branch, tmp_path):
     assert (tmp_path / "shot.png").read_bytes()[:4] == b"\x89PNG", shot.stderr[-2000:]
     console = [line for line in (dom.stderr + shot.stderr).splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, console
+
+
+def _missing_qemu_tools() -> list[str]:
+    from codegen.target import missing_tools
+
+    return missing_tools()
+
+
+@pytest.mark.skipif(bool(_missing_qemu_tools()), reason="needs arm-none-eabi-gcc and qemu-system-arm")
+def test_instructions_from_a_real_qemu_run(digits_dir):
+    """What `qgen report DIR --html --board B --qemu` draws: deploy.run(per_layer=True) under QEMU, one
+    instruction bar per layer, and the total per inference."""
+    from codegen import deploy
+    from codegen.api import load_compiled
+
+    result = load_compiled(digits_dir)
+    run = deploy.run(digits_dir, "mps2-an385", n=1, per_layer=True)
+    data = report_html.visual_data(result.graph, result.report, run=run)
+    titles = [c["title"] for c in data["chart"]["columns"]]
+    k = titles.index("instructions") - len(report_html.TEXT_COLS)
+    assert [r["cells"][k]["label"] for r in data["rows"]] == [f"{count:,.0f}" for _, _, count in run.per_layer]
+    conv = next(i for i, n in enumerate(result.graph.nodes) if n.op.value == "conv2d")
+    assert run.per_layer[conv][2] >= result.report["layers"][conv]["macs"]  # at least one instruction per MAC
+    assert f"{run.instructions_per_inference:,.0f}" in report_html.render_html(data)
+
+
+def test_write_file_atomic(tmp_path, monkeypatch):
+    """The report file is replaced whole or not at all, with the umask's mode, and no temporary is left."""
+    import os
+
+    from codegen.output import write_file_atomic
+
+    path = tmp_path / "r.html"
+    write_file_atomic(path, "old")
+    write_file_atomic(path, b"new")
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_file_atomic(path, "half")
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="is a directory"):
+        write_file_atomic(tmp_path, "x")
+    with pytest.raises(UserError, match="does not exist"):
+        write_file_atomic(tmp_path / "no" / "r.html", "x")
