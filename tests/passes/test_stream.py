@@ -80,6 +80,24 @@ def test_recurrent_stream_equals_the_whole_model_on_frames_from_zero(cell, rng):
     _check_stream(whole, rng.integers(-128, 128, (2, 1, 26, 6)), None)
 
 
+def test_two_layer_lstm_on_a_batch_first_input_streams(rng):
+    """No conv front end: the (N, T, F) input of a batch-first LSTM is the sequence (io_layout nlc), 2 layers."""
+    class _Stacked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(5, 8, batch_first=True, num_layers=2)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    whole = codegen.compile(_Stacked().eval(), torch.randn(1, 12, 5), torch.randn(32, 12, 5)).graph
+    assert whole.io_layout[whole.inputs[0]] == "nlc"
+    assert sum(bool(n.attrs.get("stream")) for n in stream.run(whole).nodes) == 2
+    _check_stream(whole, rng.integers(-128, 128, (2, 1, 16, 5)), None)
+
+
 def test_backward_recurrent_layer_is_refused():
     class _Bi(nn.Module):
         def __init__(self):
