@@ -306,7 +306,10 @@ def cmd_run(args) -> int:
     import tempfile
 
     from . import deploy
+    from .target.avr import is_avr_board
 
+    if is_avr_board(args.board):
+        return _run_avr(args)
     if not args.qemu:
         raise UserError("only --qemu runs are supported here (no board is attached); add --qemu")
     with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
@@ -320,6 +323,27 @@ def cmd_run(args) -> int:
     for line in result.summary():
         print(line)
     return 0 if result.exact else 3
+
+
+def _run_avr(args) -> int:
+    """`qgen run --board atmega2560|atmega328p`: under simavr (the compile-time limits know Cortex-M boards only;
+    the AVR fit check runs on the built firmware)."""
+    import tempfile
+
+    from .target.avr import run_compiled_avr
+
+    board, args.board = args.board, None
+    with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
+        model_dir = _model_dir(args, Path(tmp))
+        x = None
+        if args.data:
+            from .api import load_compiled
+
+            x = load_compiled(model_dir).quantize_input(_load_array(args.data, "input data"))
+        lines, exact = run_compiled_avr(model_dir, board, x, args.n)
+    for line in lines:
+        print(line)
+    return 0 if exact else 3
 
 
 def cmd_micropython(args) -> int:

@@ -4,6 +4,8 @@ does not fit the board's SRAM is refused with the numbers and the AVR board that
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from test_golden import CASES, _calib, _digits
 from test_kernels_fast import image_graph, vector_graph
 
 import codegen
+from codegen.cli import main
 from codegen.emit.c import render, write_atomic
 from codegen.errors import UserError
 from codegen.hostcheck import reference_outputs
@@ -75,7 +78,7 @@ def digits(tmp_path_factory):
 
 
 @needs_avr
-def test_digits_demo_bit_exact_on_atmega2560_and_refused_on_atmega328p(digits, tmp_path):
+def test_digits_cnn_bit_exact_on_atmega2560_and_refused_on_atmega328p(digits, tmp_path):
     out, x, expect = digits
     run = run_avr("atmega2560", out, "digits_cnn", x, tmp_path / "mega", expect.shape[1])
     assert np.array_equal(run.outputs, expect)
@@ -85,6 +88,17 @@ def test_digits_demo_bit_exact_on_atmega2560_and_refused_on_atmega328p(digits, t
     with pytest.raises(UserError, match=r"does not fit the atmega328p: needs \d+ B of static RAM .* "
                                         r"the atmega328p has 2048 B; it fits the atmega2560: use that board"):
         run_avr("atmega328p", out, "digits_cnn", x, tmp_path / "uno", expect.shape[1])
+
+
+@needs_avr
+def test_qgen_run_on_an_avr_board_goes_to_simavr(digits, capsys):
+    out, _, _ = digits
+    assert main(["run", str(out), "--board", "atmega2560", "-n", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "board atmega2560 (avr6, 16 MHz) under simavr" in printed and "bit-exact: 2/2 samples" in printed
+    assert re.search(r"cycles per inference: [\d,]+ \([\d.]+ ms at 16 MHz\), [\d.]+ cycles/MAC", printed)
+    assert main(["run", str(out), "--board", "atmega328p", "-n", "1"]) == 1
+    assert "it fits the atmega2560: use that board" in capsys.readouterr().err
 
 
 @needs_avr

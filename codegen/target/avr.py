@@ -235,3 +235,47 @@ def run_avr(board: AvrBoard | str, model_dir: Path | str, prefix: str, x: np.nda
     memory = read_avr_memory(elf)
     check_avr_fit(board, memory)
     return run_simavr(board, elf, output_size, memory)
+
+
+def is_avr_board(name: str | None) -> bool:
+    """True when boards/<name>.toml is an AVR board (`qgen run --board` dispatches on it)."""
+    return name is not None and name in list_boards("avr")
+
+
+def run_compiled_avr(model_dir: Path | str, board: AvrBoard | str, x: np.ndarray | None = None,
+                     n: int | None = None) -> tuple[list[str], bool]:
+    """`qgen run --board <avr board>`: build a qgen output directory for the board, run it under simavr on
+    the given inputs (default: the samples saved at compile time), compare every byte with the reference.
+    Returns the summary lines and whether all outputs were equal."""
+    import tempfile
+
+    from codegen.api import load_compiled
+    from codegen.hostcheck import reference_outputs
+    from codegen.reference import run_int
+
+    board = load_avr_board(board) if isinstance(board, str) else board
+    compiled = load_compiled(model_dir)
+    g = compiled.graph
+    x = compiled.saved_inputs() if x is None else np.asarray(x, dtype=g.tensors[g.inputs[0]].dtype)
+    x = x[:n] if n is not None else x
+    if len(x) == 0:
+        raise UserError("no input samples to run")
+    expect = reference_outputs(g, run_int(g, x))
+    with tempfile.TemporaryDirectory(prefix="qgen-avr-") as tmp:
+        run = run_avr(board, model_dir, compiled.prefix, x, Path(tmp), expect.shape[1])
+    equal = np.all(run.outputs == expect, axis=1)
+    macs = int(compiled.report.get("macs", 0))
+    cycles = max(run.cycles)
+    lines = [f"board {board.name} ({board.core}, {board.clock_mhz} MHz) under simavr",
+             f"bit-exact: {int(equal.sum())}/{len(x)} samples",
+             f"cycles per inference: {cycles:,} ({run.milliseconds:.1f} ms at {board.clock_mhz} MHz)"
+             + (f", {cycles / macs:.1f} cycles/MAC" if macs else ""),
+             f"RAM: {run.memory.static_ram_bytes:,} B static (weights, parameters, arena) + {run.stack_peak_bytes} B "
+             f"stack peak = {run.ram_peak_bytes:,} of {board.ram_kb * 1024:,} B; flash {run.memory.flash_bytes:,} "
+             f"of {board.flash_kb * 1024:,} B"]
+    if not equal.all():
+        s = int(np.argmin(equal))
+        i = int(np.argmax(run.outputs[s] != expect[s]))
+        lines.append(f"sample {s}: first differing output byte {i}: target {int(run.outputs[s, i])}, "
+                     f"reference {int(expect[s, i])}")
+    return lines, bool(equal.all())
