@@ -133,7 +133,14 @@ class CompileResult:
     # -- the integer reference (the spec)
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         """Float input in PyTorch layout (N, C, H, W) / (N, F) -> int8 (N, H, W, C) / (N, F) (int16 with
-        `precision={"input": 16}`). One sample (no batch axis) is taken as a batch of one."""
+        `precision={"input": 16}`). One sample (no batch axis) is taken as a batch of one. A streaming model
+        (stream=True) takes sequences of any length, (N, C, L) / (N, L, F): its frames in order, (N, 1, L, C)."""
+        if self.streams:
+            x = as_array(x)
+            if x.ndim != 3 or x.dtype.kind not in "fiu" or not np.all(np.isfinite(x)):
+                raise UserError(f"give float sequences (N, C, L) (a Conv1d input) or (N, L, F) (batch-first), "
+                                f"finite; got {x.dtype} {list(x.shape)}")
+            return quantize_input(self.graph, x.astype(np.float32))
         return quantize_input(self.graph, float_batch(self.graph, x, "input data"))
 
     def reference(self, x_i8: np.ndarray) -> np.ndarray:

@@ -67,6 +67,16 @@ def test_host_c_steps_and_resets_like_the_spec(compiled):
     np.testing.assert_array_equal(host.run(frames[0, 0]), expect)
 
 
+def test_float_sequences_of_any_length_quantise_and_verify(compiled):
+    name, result, _, _, _, _ = compiled
+    features = MODELS[name][1]
+    x = np.random.default_rng(2).standard_normal((2, features, 7)).astype(np.float32)
+    assert result.quantize_input(x).shape == (2, 1, 7, features)  # the stream's frames in order
+    assert result.verify(x).exact
+    with pytest.raises(UserError, match="sequences"):
+        result.quantize_input(x[0, 0])
+
+
 def test_host_c_under_sanitizers(compiled, tmp_path):
     name, _, out, frames, expect, _ = compiled
     exe = build_native(out, name, tmp_path / f"{name}_asan", SANITIZE_FLAGS)
