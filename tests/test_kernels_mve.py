@@ -3,10 +3,11 @@
 One firmware holds every case: single-op branches over one (3, 5, 33) input, each branch a model output.
 MVE works on 16 int8 lanes with a predicated tail, so the channel / in-feature counts that matter are every
 count 1..17 (each tail length, one and two vectors), 31 and 33 (a full vector plus a long or short tail);
-a slice of the input gives each count. Output rows come four per pass (a vector requantisation), so the
-output-channel counts cycle through 1..8 (every remainder of 4). Shifts include the extremes -31 and 31
-(VQRSHL's saturating left and rounding right shifts against the rule), clamps the three kinds, and the
-inputs include all -128 (edge_inputs).
+a slice of the input gives each count. Output rows come four per pass (a vector requantisation; eight for
+rows shorter than 16), so the output-channel counts cycle through 1..8 and 9..16 (every remainder of 4 and 8).
+Shifts include the extremes -31 and 31 (VQRSHL's saturating left and rounding right shifts against the rule),
+clamps the three kinds, and the inputs include all -128 (edge_inputs); "fine" twins with small biases and a
+shift sized to the sums show every product instead of a clamped result.
 """
 from __future__ import annotations
 
@@ -101,13 +102,13 @@ def mve_graph(rng) -> Graph:
         # (3, 5, c) x (3, 5, c)^T: k = c, rows of a times rows of b (qg_dot_1x2_s8 / qg_dot_1x1_s8)
         b.node(f"matmul_c{c}", Op.MATMUL, [src, dw], shift=int(rng.choice([0, 5, 9, 14])), act_min=a[0],
                act_max=a[1])
-    # long rows (k = 495: 30 full vectors and a tail), many rows, the KWS first-layer shape (1 channel,
-    # 10x4 window, stride 2), a strided and dilated conv, a grouped conv, a depthwise multiplier and stride
-    b.weighted("fc_495_17", Op.LINEAR, flat, (17, int(np.prod(SHAPE))))
     # k < 16: output channels in the lanes; shifts that keep the outputs inside the int8 range (no clamp hides a sum)
     b.weighted("fc_7_21", Op.LINEAR, "v_7", (21, 7), shift=8)
     b.weighted("fc_15_16", Op.LINEAR, "v_15", (16, 15), (0, 127), shift=8)
     b.weighted("conv1x1_c9_18", Op.CONV2D, "x_c9", (18, 1, 1, 9), shift=8, stride=(1, 1), padding=(0, 0, 0, 0))
+    # long rows (k = 495: 30 full vectors and a tail), many rows, a KWS-like first layer (1 channel, a window
+    # hanging over the padding, stride 2), a strided and dilated conv, a grouped conv, a depthwise stride and multiplier
+    b.weighted("fc_495_17", Op.LINEAR, flat, (17, int(np.prod(SHAPE))))
     b.weighted("conv_c1_k3x4_s2", Op.CONV2D, "x_c1", (13, 3, 4, 1), stride=(2, 2), padding=(1, 1, 2, 1))
     b.weighted("conv_c7_k3x2_d2", Op.CONV2D, "x_c7", (6, 3, 2, 7), stride=(1, 2), padding=(2, 1, 2, 1),
                dilation=(1, 2))
