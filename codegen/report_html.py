@@ -189,6 +189,12 @@ def arena_buffers(graph: Graph) -> list[dict]:
     return sorted(out, key=lambda b: (b["first"], b["offset"]))
 
 
+def _fit_label(text: str, width: float, height: float) -> str:
+    """The label drawn inside an arena box: whole, shortened, or none when the box is too small."""
+    chars = int(width // 6.5)
+    return "" if height < 13 or chars < 4 else _short(text, chars)
+
+
 def _overlaps(buffers: list[dict]) -> list[tuple[int, int]]:
     """Pairs of buffers that share bytes at a common step (the planned in-place overlaps)."""
     pairs = []
@@ -220,6 +226,7 @@ def _arena_chart(graph: Graph, arena_size: int) -> dict:
             "w": round(max((b["last"] + 1 - first) * cw - 1, 1.5), 1), "h": round(h, 1),
             "color": "#bab0ac" if b["scratch"] else PALETTE[i % (len(PALETTE) - 1)],
             "overlap": i in overlapping, "step": b["first"],
+            "text": _fit_label(b["tensors"][0], (b["last"] + 1 - first) * cw - 6, h),
             "tooltip": f"{label}\n{b['size']:,} B at offset {b['offset']:,}\nlive steps {first}..{b['last']} "
                        f"(written by {b['producer']})" + ("\nscratch" if b["scratch"] else "")
                        + (f"\nin place: {len(b['tensors'])} tensors share these bytes" if len(b["tensors"]) > 1
