@@ -96,9 +96,9 @@ def load_board(name: str) -> Board:
     with path.open("rb") as file:
         data = tomllib.load(file)
     if data.get("arch", "arm") != "arm":
-        raise UserError(f"board '{name}' is an 8-bit {data['arch'].upper()} board: it runs under simavr "
-                        f"(codegen.target.avr.run_avr), not under QEMU; the Cortex-M boards are: "
-                        f"{', '.join(list_boards())}")
+        raise UserError(f"board '{name}' is an 8-bit {data['arch'].upper()} board: it runs under simavr with "
+                        f"`qgen run MODEL --board {name}` (Python: codegen.target.avr.run_avr), not under QEMU; "
+                        f"the Cortex-M boards are: {', '.join(list_boards())}")
     return parse_board(data, source=str(path))
 
 
