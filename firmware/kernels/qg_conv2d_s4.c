@@ -17,6 +17,11 @@
  * codegen/passes/quantize.py weight_formats proves 16 * sum|w| * 128 < 2^31 for int4 layers.
  * The last k % 8 values of a row go through the plain nibble loop.
  *
+ * Helium (QG_MVE, M55): 32 weights per step, as CMSIS-NN's s4 kernels do it: one 16-byte load of packed weights,
+ * (v << 4) >> 4 and v >> 4 per int8 lane give the even and odd weights, VLD2 deinterleaves the input into the
+ * matching even and odd lanes, two VMLADAVA; the tail runs predicated (the odd lanes' gather stops at n).
+ * Conv gathers one int8 column per pixel (or points into the input for an unpadded 1x1) and dots it with each row.
+ *
  * Depthwise: the weights (few: out_c * k_h * k_w) are unpacked into scratch once per call and the int8
  * depthwise kernel runs on them (same instructions per MAC as int8; it also gets the MVE path).
  *
@@ -26,6 +31,7 @@
  */
 #include "qg_kernels.h"
 #include "qg_dot_s8.h"
+#include "qg_mve.h"
 
 static int32_t round_up(int32_t n, int32_t m)
 {
@@ -81,13 +87,90 @@ static inline int32_t s4_dot_1x1(const int8_t *restrict x, const int8_t *restric
     return acc;
 }
 
-#if !QG_DSP
-/* out[r] = requantised bias[r] + x . row r for rows [0, rows): the plain paths of conv and fully connected. */
+#if QG_MVE
+/* acc + x . row over n values (the row packed, starting on a byte). */
+static inline int32_t s4_dot_mve(const int8_t *x, const int8_t *w, int32_t n, int32_t acc)
+{
+    for (; n >= 32; n -= 32, x += 32, w += 16) {
+        const int8x16x2_t xv = vld2q_s8(x);
+        const int8x16_t v = vldrbq_s8(w);
+        acc = vmladavaq_s8(acc, xv.val[0], vshrq_n_s8(vshlq_n_s8(v, 4), 4));
+        acc = vmladavaq_s8(acc, xv.val[1], vshrq_n_s8(v, 4));
+    }
+    if (n > 0) {
+        const mve_pred16_t even = vctp8q((uint32_t)(n + 1) >> 1), odd = vctp8q((uint32_t)n >> 1);
+        const uint8x16_t at_even = vidupq_n_u8(0, 2);
+        const int8x16_t v = vldrbq_z_s8(w, even);
+        const int8x16_t x_even = vldrbq_gather_offset_z_s8(x, at_even, even);
+        const int8x16_t x_odd = vldrbq_gather_offset_z_s8(x, vaddq_n_u8(at_even, 1), odd);
+        acc = vmladavaq_p_s8(acc, x_even, vshrq_n_s8(vshlq_n_s8(v, 4), 4), even);
+        acc = vmladavaq_p_s8(acc, x_odd, vshrq_n_s8(v, 4), odd);
+    }
+    return acc;
+}
+
+/* The same for 4 rows at once (w, w + row_bytes, ...): the input is deinterleaved once for the four. */
+static inline int32x4_t s4_dot_4_mve(const int8_t *x, const int8_t *w, int32_t row_bytes, int32_t n, int32x4_t acc)
+{
+    const int8_t *w1 = w + row_bytes, *w2 = w1 + row_bytes, *w3 = w2 + row_bytes;
+    int32_t a0 = vgetq_lane_s32(acc, 0), a1 = vgetq_lane_s32(acc, 1), a2 = vgetq_lane_s32(acc, 2);
+    int32_t a3 = vgetq_lane_s32(acc, 3);
+    int8x16_t v;
+    for (; n >= 32; n -= 32, x += 32, w += 16, w1 += 16, w2 += 16, w3 += 16) {
+        const int8x16x2_t xv = vld2q_s8(x);
+        v = vldrbq_s8(w);
+        a0 = vmladavaq_s8(vmladavaq_s8(a0, xv.val[0], vshrq_n_s8(vshlq_n_s8(v, 4), 4)), xv.val[1], vshrq_n_s8(v, 4));
+        v = vldrbq_s8(w1);
+        a1 = vmladavaq_s8(vmladavaq_s8(a1, xv.val[0], vshrq_n_s8(vshlq_n_s8(v, 4), 4)), xv.val[1], vshrq_n_s8(v, 4));
+        v = vldrbq_s8(w2);
+        a2 = vmladavaq_s8(vmladavaq_s8(a2, xv.val[0], vshrq_n_s8(vshlq_n_s8(v, 4), 4)), xv.val[1], vshrq_n_s8(v, 4));
+        v = vldrbq_s8(w3);
+        a3 = vmladavaq_s8(vmladavaq_s8(a3, xv.val[0], vshrq_n_s8(vshlq_n_s8(v, 4), 4)), xv.val[1], vshrq_n_s8(v, 4));
+    }
+    if (n > 0) {
+        const mve_pred16_t even = vctp8q((uint32_t)(n + 1) >> 1), odd = vctp8q((uint32_t)n >> 1);
+        const uint8x16_t at_even = vidupq_n_u8(0, 2);
+        const int8x16_t x_even = vldrbq_gather_offset_z_s8(x, at_even, even);
+        const int8x16_t x_odd = vldrbq_gather_offset_z_s8(x, vaddq_n_u8(at_even, 1), odd);
+        v = vldrbq_z_s8(w, even);
+        a0 = vmladavaq_p_s8(vmladavaq_p_s8(a0, x_even, vshrq_n_s8(vshlq_n_s8(v, 4), 4), even), x_odd,
+                            vshrq_n_s8(v, 4), odd);
+        v = vldrbq_z_s8(w1, even);
+        a1 = vmladavaq_p_s8(vmladavaq_p_s8(a1, x_even, vshrq_n_s8(vshlq_n_s8(v, 4), 4), even), x_odd,
+                            vshrq_n_s8(v, 4), odd);
+        v = vldrbq_z_s8(w2, even);
+        a2 = vmladavaq_p_s8(vmladavaq_p_s8(a2, x_even, vshrq_n_s8(vshlq_n_s8(v, 4), 4), even), x_odd,
+                            vshrq_n_s8(v, 4), odd);
+        v = vldrbq_z_s8(w3, even);
+        a3 = vmladavaq_p_s8(vmladavaq_p_s8(a3, x_even, vshrq_n_s8(vshlq_n_s8(v, 4), 4), even), x_odd,
+                            vshrq_n_s8(v, 4), odd);
+    }
+    acc = vsetq_lane_s32(a0, acc, 0);
+    acc = vsetq_lane_s32(a1, acc, 1);
+    acc = vsetq_lane_s32(a2, acc, 2);
+    return vsetq_lane_s32(a3, acc, 3);
+}
+#endif
+
+#if !QG_DSP || QG_MVE
+/* out[r] = requantised bias[r] + x . row r for rows [0, rows): the plain and Helium paths of conv and fully
+ * connected. */
 static void s4_dot_rows(const int8_t *x, const int8_t *w, int32_t k, int32_t rows, const int32_t *bias,
                         const int8_t *shift, int32_t act_min, int32_t act_max, int8_t *out)
 {
     const int32_t row_bytes = (k + 1) >> 1;
     int32_t r = 0;
+#if QG_MVE
+    {
+        const int32x4_t lo = vdupq_n_s32(act_min), hi = vdupq_n_s32(act_max);
+        for (; r + 3 < rows; r += 4, w += 4 * row_bytes) {
+            qg_mve_requantize_4(s4_dot_4_mve(x, w, row_bytes, k, vldrwq_s32(bias + r)), shift + r, lo, hi, out + r);
+        }
+    }
+    for (; r < rows; r++, w += row_bytes) {
+        out[r] = qg_requantize_s8(s4_dot_mve(x, w, k, bias[r]), shift[r], act_min, act_max);
+    }
+#endif
     for (; r + 1 < rows; r += 2, w += 2 * row_bytes) {
         int32_t acc0 = bias[r], acc1 = bias[r + 1];
         s4_dot_1x2(x, w, w + row_bytes, k, &acc0, &acc1);
@@ -154,7 +237,7 @@ static inline int32_t s4_mac8(int32_t v, int32_t x04, int32_t x26, int32_t x15, 
 
 int32_t qg_fully_connected_s4_buffer_size(const qg_conv2d_s4_params_t *p)
 {
-#if QG_DSP
+#if QG_DSP && !QG_MVE
     return 2 * round_up(p->conv.in_c, 8); /* the input widened to int16 pairs */
 #else
     (void)p;
@@ -162,7 +245,7 @@ int32_t qg_fully_connected_s4_buffer_size(const qg_conv2d_s4_params_t *p)
 #endif
 }
 
-#if QG_DSP
+#if QG_DSP && !QG_MVE
 /* DSP fully connected: x widened once into `xw` (groups of 8 as 4 words, then the tail values as int16),
  * two rows per pass. */
 static void s4_fc_dsp(const qg_conv2d_s4_params_t *p, const int8_t *restrict in, int8_t *restrict out,
@@ -208,7 +291,7 @@ static void s4_fc_dsp(const qg_conv2d_s4_params_t *p, const int8_t *restrict in,
 void qg_fully_connected_s4(const qg_conv2d_s4_params_t *p, const int8_t *restrict in, int8_t *restrict out,
                            int8_t *restrict scratch)
 {
-#if QG_DSP
+#if QG_DSP && !QG_MVE
     s4_fc_dsp(p, in, out, (qg_word_t *)(void *)scratch);
 #else
     (void)scratch;
@@ -224,14 +307,14 @@ void qg_fully_connected_s4(const qg_conv2d_s4_params_t *p, const int8_t *restric
 int32_t qg_conv2d_s4_buffer_size(const qg_conv2d_s4_params_t *p)
 {
     const int32_t k8 = round_up((int32_t)p->conv.k_h * p->conv.k_w * (p->conv.in_c / p->conv.groups), 8);
-#if QG_DSP
+#if QG_DSP && !QG_MVE
     return 2 * S4_COLS * k8 + k8; /* S4_COLS widened columns (int16) + the int8 column they are gathered into */
 #else
     return k8;
 #endif
 }
 
-#if QG_DSP
+#if QG_DSP && !QG_MVE
 /* Block layout in scratch, per group of 8 k's: the S4_COLS pixels' (x0, x4), (x2, x6) words, then their
  * (x1, x5), (x3, x7) words (16 words); after the k / 8 groups, each pixel's k % 8 last values as int16
  * (8 slots per pixel). */
@@ -355,7 +438,7 @@ void qg_conv2d_s4(const qg_conv2d_s4_params_t *p, const int8_t *in, int8_t *out,
     const int32_t k = q->k_h * q->k_w * cg, row_bytes = (k + 1) >> 1;
     const int8_t *weights = (const int8_t *)p->weights;
     int32_t pix, oy = 0, ox = 0, gi;
-#if QG_DSP
+#if QG_DSP && !QG_MVE
     const int32_t k8 = round_up(k, 8);
     qg_word_t *cols = (qg_word_t *)(void *)scratch;
     int8_t *stage = scratch + 2 * S4_COLS * k8;
