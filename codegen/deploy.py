@@ -131,7 +131,13 @@ def run(model_dir: str | Path, board: str | Board, x_i8: np.ndarray | None = Non
             raise UserError("no input samples to run")
         bar.advance()
         bar.update(info=f"reference ({len(x)} samples)")
-        expect = reference_outputs(g, run_int(g, x))
+        if fw.compiled.streams:  # --stream: the samples' frames, one after the other, are one stream (reset once)
+            from .stream import StreamRunner
+
+            frames = x.reshape(1, 1, -1, g.tensors[g.inputs[0]].shape[-1])
+            x, expect = frames[0, 0], StreamRunner(g).run(frames)[0]
+        else:
+            expect = reference_outputs(g, run_int(g, x))
         bar.advance()
         bar.update(info=f"QEMU ({len(x)} samples)")
         result = run_qemu(board, fw.elf, x.reshape(len(x), -1), expect.shape[1], timeout=600.0)
@@ -143,7 +149,7 @@ def run(model_dir: str | Path, board: str | Board, x_i8: np.ndarray | None = Non
         i = int(np.argmax(result.outputs[s] != expect[s]))
         mismatch = (f"sample {s}: first differing output byte {i}: target {int(result.outputs[s, i])}, "
                     f"reference {int(expect[s, i])} (use `qgen verify` on the host to locate the layer)")
-    macs = int(fw.compiled.report.get("macs", 0))
+    macs = int(fw.compiled.report["stream"]["step_macs"] if fw.compiled.streams else fw.compiled.report.get("macs", 0))
     layers = None
     if result.instructions_per_layer is not None:
         layers = [(n.where(), int(fw.compiled.report["layers"][i]["macs"]) if fw.compiled.report.get("layers") else 0,

@@ -97,6 +97,21 @@ def test_bit_exact_on_core(core, board, compiled, tmp_path):
     np.testing.assert_array_equal(got, expect, err_msg=core)
 
 
+def test_qgen_run_streams_the_saved_sequences_on_qemu(compiled):
+    """`qgen run` of a stream: the saved sequences' frames are one stream on the board, each step == the spec."""
+    from codegen import deploy
+    from codegen.target import missing_tools
+
+    if missing_tools():
+        pytest.skip(f"missing tools: {missing_tools()}")
+    name, result, out, _, _, _ = compiled
+    if name != "tcn":
+        pytest.skip("one firmware is enough")
+    run = deploy.run(out, "mps2-an386", n=2)
+    length = result.window_graph.tensors[result.window_graph.inputs[0]].shape[1]
+    assert run.exact and run.samples == 2 * length
+
+
 def test_qgen_verify_steps_the_saved_sequences(compiled, capsys):
     from codegen import cli
 
