@@ -189,8 +189,9 @@ def test_mobilenet_report_is_small_and_fast(tmp_path):
     _check_report(result, text)
 
 
-def test_instructions_bars_from_a_qemu_run(digits):
-    """A per-layer QEMU run (deploy.TargetRun.per_layer) adds an instructions column and total; no run, none."""
+def test_instructions_bars_from_a_per_layer_run(digits):
+    """A per-layer run's counts (TargetRun.per_layer, as QEMU gives them) add an instructions column and the
+    total; no run, no column."""
     from types import SimpleNamespace
 
     from codegen.target import load_board
