@@ -144,15 +144,26 @@ class CompileResult:
         return quantize_input(self.graph, float_batch(self.graph, x, "input data"))
 
     def reference(self, x_i8: np.ndarray) -> np.ndarray:
-        """int8 outputs (N, OUTPUT_SIZE) of the integer reference, exactly what the C must produce."""
+        """int8 outputs (N, OUTPUT_SIZE) of the integer reference, exactly what the C must produce. A streaming
+        model: int sequences (N, 1, L, C) (from quantize_input), each one stream from a reset -> the outputs of
+        every step (N, L, OUTPUT_SIZE)."""
+        if self.streams:
+            return self.stream().run(_sequences(self.graph, x_i8))
         x_i8 = int_batch(self.graph, x_i8, "reference input")
         values = run_int(self.graph, x_i8)
         n = x_i8.shape[0]
         return np.concatenate([values[o].reshape(n, -1) for o in self.graph.outputs], axis=1).astype(np.int8)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Float in, dequantised float out (first output, PyTorch layout), via the integer reference."""
-        values = run_int(self.graph, self.quantize_input(x))
+        """Float in, dequantised float out (first output, PyTorch layout), via the integer reference. A streaming
+        model: float sequences, each one stream from a reset -> the first output at each one's last step."""
+        if self.streams:
+            frames, runner = self.quantize_input(x), self.stream()
+            runner.reset(frames.shape[0])
+            for t in range(frames.shape[2]):
+                values = runner.values(frames[:, :, t:t + 1])
+        else:
+            values = run_int(self.graph, self.quantize_input(x))
         out = self.graph.outputs[0]
         return to_torch_layout(dequantize(values[out], self.graph.tensors[out].qformat),
                                self.graph.io_layout.get(out))
@@ -201,6 +212,17 @@ class CompileResult:
         import io
 
         return np.load(io.BytesIO(self.files["qgen_verify_inputs.npy"]))
+
+
+def _sequences(graph: Graph, data: Any) -> np.ndarray:
+    """Int sequences (N, 1, L, C) of a streaming model's input type (its frames in order)."""
+    x, inp = as_array(data), graph.tensors[graph.inputs[0]]
+    info = np.iinfo(inp.dtype)
+    if x.ndim != 4 or x.shape[1] != 1 or x.shape[3] != inp.shape[2] or x.dtype.kind not in "iu" or not x.size \
+            or x.min() < info.min or x.max() > info.max:
+        raise UserError(f"give {inp.dtype} sequences (N, 1, L, {inp.shape[2]}) (qgen layout, e.g. from "
+                        f"result.quantize_input(x_float)); got {x.dtype} {list(x.shape)}")
+    return x
 
 
 def _frontend(model: Any, example_input: Any, lim: limits_mod.Limits | None = None) -> Graph:

@@ -75,6 +75,11 @@ def test_float_sequences_of_any_length_quantise_and_verify(compiled):
     assert result.verify(x).exact
     with pytest.raises(UserError, match="sequences"):
         result.quantize_input(x[0, 0])
+    steps = result.reference(result.quantize_input(x))  # (N, L, OUTPUT_SIZE): every step of each stream
+    np.testing.assert_array_equal(steps, result.stream().run(result.quantize_input(x)))
+    out = result.graph.tensors[result.graph.outputs[0]]
+    np.testing.assert_array_equal(result.predict(x).reshape(2, -1),
+                                  steps[:, -1, :out.size] * 2.0 ** -out.qformat.frac)
 
 
 def test_host_c_under_sanitizers(compiled, tmp_path):
