@@ -177,21 +177,31 @@ static QG_MVE_NOINLINE void qg_mve_dot_rows_small_k_s8(const int8_t *x, const in
     }
 }
 
-/* dst[0, n) = src[0, n): a predicated 16-byte load/store per step (VCTP: all lanes while n >= 16), the short
- * im2col runs (a window row of a few channels) in one step without a loop set-up. */
+/* dst[0, n) = src[0, n), n >= 0: up to 16 bytes in one predicated load/store (the short im2col runs: a window row
+ * of a few channels, no loop set-up), longer runs 16 bytes per load/store pair and the last n % 16 predicated. */
 static inline void qg_mve_copy_s8(int8_t *dst, const int8_t *src, int32_t n)
 {
-    for (; n > 0; n -= 16, src += 16, dst += 16) {
+    if (n > 16) {
+        for (; n >= 16; n -= 16, src += 16, dst += 16) {
+            vstrbq_s8(dst, vldrbq_s8(src));
+        }
+    }
+    if (n > 0) {
         const mve_pred16_t p = vctp8q((uint32_t)n);
         vstrbq_p_s8(dst, vldrbq_z_s8(src, p), p);
     }
 }
 
-/* dst[0, n) = 0. */
+/* dst[0, n) = 0, n >= 0 (as qg_mve_copy_s8). */
 static inline void qg_mve_zero_s8(int8_t *dst, int32_t n)
 {
     const int8x16_t z = vdupq_n_s8(0);
-    for (; n > 0; n -= 16, dst += 16) {
+    if (n > 16) {
+        for (; n >= 16; n -= 16, dst += 16) {
+            vstrbq_s8(dst, z);
+        }
+    }
+    if (n > 0) {
         vstrbq_p_s8(dst, z, vctp8q((uint32_t)n));
     }
 }
