@@ -409,15 +409,22 @@ def route(imp, node, handler):
         return handler
     if isinstance(first, _Seq) and node.op_type in SEQ_OPS:
         return sequence_op
-    if (node.op_type == "Transpose" and isinstance(first, _Act) and first.rank == 3
-            and imp.users.get(node.output[0])
-            and all(u.op_type in KINDS and u.input[0] == node.output[0] for u in imp.users[node.output[0]])):
+    if node.op_type == "Transpose" and isinstance(first, _Act) and first.rank == 3 and _feeds_recurrent(
+            imp, node.output[0]):
         imp.values[node.input[0]] = from_act(imp, node, first)  # (1, C, T) -> (T, 1, C) into a GRU: no copy
         return sequence_op
     for name in node.input:
         if isinstance(imp.values.get(name), _Seq):
             imp.values[name] = to_act(imp, node, imp.values[name])
     return handler
+
+
+def _feeds_recurrent(imp, name: str, depth: int = 3) -> bool:
+    """Value `name` is read as a recurrent node's X, directly or through Transposes (Shape reads aside)."""
+    users = [u for u in imp.users.get(name, []) if u.op_type != "Shape"]
+    return bool(users) and depth > 0 and all(
+        (u.op_type in KINDS and u.input[0] == name)
+        or (u.op_type == "Transpose" and _feeds_recurrent(imp, u.output[0], depth - 1)) for u in users)
 
 
 def output_value(imp, name: str, seq: _Seq):

@@ -121,3 +121,34 @@ def test_onnx_gru_layout_1_reads_the_input_as_it_lies():
     (node,) = [n for n in g.nodes if n.op is Op.GRU]
     assert g.io_layout[g.inputs[0]] == "nlc" and g.tensors[g.inputs[0]].shape == (1, 5, 3)
     assert node.attrs["last"], g  # only Y_h is read
+
+
+class ConvGRU(nn.Module):
+    """A keyword-spotting front: Conv1d over (1, F, T), then a batch_first GRU on the transposed features."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.rnn, self.fc = nn.Conv1d(10, 8, 3, padding=1), nn.GRU(8, 6, batch_first=True), nn.Linear(6, 3)
+
+    def forward(self, x):
+        out, _ = self.rnn(torch.relu(self.conv(x)).transpose(1, 2))
+        return self.fc(out[:, -1])
+
+
+def test_conv1d_then_gru_needs_no_layout_copy(tmp_path):
+    """torch.onnx (TorchScript exporter) writes Transpose(2, 0, 1) + Shape between the Conv and the GRU: the conv's
+    (1, C, T) output is already the GRU's time-major input."""
+    torch.manual_seed(0)
+    model = ConvGRU().eval()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 10, 12),), str(tmp_path / "k.onnx"), dynamo=False)
+    g = from_onnx_file(str(tmp_path / "k.onnx"))
+    assert [n.op for n in g.nodes if n.op is not Op.RESHAPE] == [Op.CONV2D, Op.RELU, Op.GRU, Op.LINEAR], g
+    assert [n for n in g.nodes if n.op is Op.GRU][0].attrs["last"]
+    x = np.random.default_rng(0).normal(size=(2, 10, 12))
+    got = run_float(g, to_qgen_layout(g, x))[g.outputs[0]]
+    with torch.no_grad():
+        want = model(torch.tensor(x, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(got, want, atol=2e-6)
