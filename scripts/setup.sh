@@ -15,7 +15,7 @@ PYTHON="${QGEN_PYTHON:-python3}"
 VENV="${QGEN_VENV:-.venv}"
 
 # chromium: headless, for the HTML report's real-browser test (tests/test_report_html.py skips without it)
-APT_PACKAGES="gcc make gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake ninja-build nodejs npm gcc-avr avr-libc simavr chromium"
+APT_PACKAGES="gcc make gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake ninja-build nodejs npm gcc-avr avr-libc simavr arduino-builder arduino-core-avr chromium"
 missing=""
 for p in $APT_PACKAGES; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

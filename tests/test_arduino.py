@@ -1,0 +1,60 @@
+"""The Arduino library of a model (codegen/arduino.py): built by Debian's arduino-builder with arduino-core-avr
+for an Arduino Mega (the digits CNN) and an Uno (a small MLP), and the example sketch run under simavr: the class
+it prints over Serial is the reference's.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+import torch
+from test_golden import CASES, _calib
+
+import codegen
+from codegen.arduino import build_sketch, write_arduino_library
+
+TOOLS = ("arduino-builder", "simavr", "avr-gcc", "stdbuf")
+missing = [t for t in TOOLS if shutil.which(t) is None]
+pytestmark = pytest.mark.skipif(bool(missing) or not os.path.isdir("/usr/share/arduino/hardware"),
+                                reason=f"missing arduino-builder/arduino-core-avr/simavr: {missing}")
+
+
+def _serial_lines(elf, mcu: str, until: str, timeout: float = 20.0) -> list[str]:
+    """Run the sketch under simavr (its loop() never ends: stop once `until` was printed)."""
+    process = subprocess.Popen(["stdbuf", "-oL", "simavr", "-m", mcu, "-f", "16000000", str(elf)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        timer = threading.Timer(timeout, process.kill)
+        timer.start()
+        for raw in process.stdout:
+            line = raw.replace("\x1b[32m", "").replace("\x1b[0m", "").strip().rstrip(".")
+            lines.append(line)
+            if line.startswith(until):
+                break
+        timer.cancel()
+    finally:
+        process.kill()
+        process.wait()
+    return lines
+
+
+@pytest.mark.parametrize("case, fqbn, mcu", [("digits_cnn", "arduino:avr:mega:cpu=atmega2560", "atmega2560"),
+                                             ("clustered", "arduino:avr:uno", "atmega328p")], ids=["mega", "uno"])
+def test_arduino_library_builds_and_its_sketch_prints_the_reference_class(case, fqbn, mcu, tmp_path):
+    model, shape, kwargs = CASES[case]()
+    kwargs.pop("micropython", None)
+    calib = _calib(shape)
+    result = codegen.compile(model, torch.zeros(1, *shape), calib, prefix=case, **kwargs)
+    lib = write_arduino_library(result, tmp_path / "libraries" / case, sample=result.quantize_input(calib[5:6])[0])
+    assert (lib / "library.properties").read_text().startswith(f"name={case}\n")
+    assert {p.name for p in (lib / "src").iterdir()} >= {f"{case}_model.c", f"{case}_weights.c", "qg_kernels.h"}
+    assert not [p for p in (lib / "src").glob("qg_*.c") if f"kernels/{p.name}" not in result.files]  # only its own
+    elf = build_sketch(lib / "examples" / case / f"{case}.ino", tmp_path / "libraries", fqbn, tmp_path / "build")
+    expect = int(np.argmax(result.reference(result.quantize_input(calib[5:6]))[0]))
+    lines = _serial_lines(elf, mcu, "time us")
+    assert f"class {expect}" in lines, lines
