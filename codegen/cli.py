@@ -107,7 +107,7 @@ FLAG_FIELDS = {
     "cluster": "compress.cluster", "finetune_epochs": "compress.finetune_epochs",
 }
 FLAG_INPUTS = {"model", "input_shape", "calib", "out", "verify", "split_at", "boards", "eval", "eval_labels",
-               "train", "labels", "cmake", "quiet"}
+               "train", "labels", "cmake", "arduino", "quiet"}
 API_ONLY_FIELDS = {"limits.board", "compress.prune_layers", "compress.channel_criterion", "compress.prune_steps",
                    "compress.lr", "compress.batch", "compress.seed"}
 
@@ -171,6 +171,12 @@ def cmd_compile(args) -> int:
         from .cmake import write_with_cmake
 
         write_with_cmake(result, args.out)
+    if args.arduino:
+        if split_at:
+            raise UserError("--arduino packages one model; with --split-at, compile each part model on its own")
+        from .arduino import write_arduino_library
+
+        write_arduino_library(result, args.arduino)
     report.print_table(result.report)
     if options.emit.stream:
         from .passes.stream import summary_line
@@ -198,6 +204,9 @@ def cmd_compile(args) -> int:
             return 2
     print(f"wrote {args.out}/ ({args.prefix}_model.h, {args.prefix}_model.c, {args.prefix}_weights.c, kernels/"
           + (f", CMakeLists.txt: add_subdirectory it, link target {args.prefix})" if args.cmake else ")"))
+    if args.arduino:
+        print(f"wrote {args.arduino}/ (Arduino library: copy it into your sketchbook's libraries/, example "
+              f"examples/{args.prefix}/{args.prefix}.ino)")
     return 0
 
 
@@ -445,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="build/model", help="output directory (written atomically)")
     c.add_argument("--prefix", default="model", help="C symbol prefix (a C identifier)")
     c.add_argument("--verify", action="store_true", help="compile the C for the host and check it is bit-exact")
+    c.add_argument("--arduino", metavar="DIR", help="also write an Arduino library folder at DIR (library.properties, "
+                   "src/ with the model and its kernels, an example sketch that prints the class)")
     c.add_argument("--cmake", action="store_true", help="also write a CMakeLists.txt: library target <prefix> and "
                    "the shared qgen_kernels (add_subdirectory + target_link_libraries), and "
                    "cmake/arm-none-eabi.cmake (toolchain file, -DQGEN_CPU=cortex-m4)")

@@ -16,11 +16,12 @@ from test_golden import CASES, _calib
 
 import codegen
 from codegen.arduino import build_sketch, write_arduino_library
+from codegen.cli import main
 
 TOOLS = ("arduino-builder", "simavr", "avr-gcc", "stdbuf")
 missing = [t for t in TOOLS if shutil.which(t) is None]
-pytestmark = pytest.mark.skipif(bool(missing) or not os.path.isdir("/usr/share/arduino/hardware"),
-                                reason=f"missing arduino-builder/arduino-core-avr/simavr: {missing}")
+needs_arduino = pytest.mark.skipif(bool(missing) or not os.path.isdir("/usr/share/arduino/hardware"),
+                                   reason=f"missing arduino-builder/arduino-core-avr/simavr: {missing}")
 
 
 def _serial_lines(elf, mcu: str, until: str, timeout: float = 20.0) -> list[str]:
@@ -43,6 +44,7 @@ def _serial_lines(elf, mcu: str, until: str, timeout: float = 20.0) -> list[str]
     return lines
 
 
+@needs_arduino
 @pytest.mark.parametrize("case, fqbn, mcu", [("digits_cnn", "arduino:avr:mega:cpu=atmega2560", "atmega2560"),
                                              ("clustered", "arduino:avr:uno", "atmega328p")], ids=["mega", "uno"])
 def test_arduino_library_builds_and_its_sketch_prints_the_reference_class(case, fqbn, mcu, tmp_path):
@@ -58,3 +60,24 @@ def test_arduino_library_builds_and_its_sketch_prints_the_reference_class(case, 
     expect = int(np.argmax(result.reference(result.quantize_input(calib[5:6]))[0]))
     lines = _serial_lines(elf, mcu, "time us")
     assert f"class {expect}" in lines, lines
+
+
+MLP_FILE = """
+import torch.nn as nn
+
+def make():
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+"""
+
+
+def test_qgen_compile_arduino_writes_the_library(tmp_path, capsys):
+    (tmp_path / "mlp.py").write_text(MLP_FILE)
+    lib = tmp_path / "mlp_lib"
+    assert main(["compile", f"{tmp_path / 'mlp.py'}:make", "--input-shape", "1,6", "--prefix", "mlp",
+                 "--out", str(tmp_path / "out"), "--arduino", str(lib)]) == 0
+    assert f"wrote {lib}/ (Arduino library" in capsys.readouterr().out
+    files = {p.relative_to(lib).as_posix() for p in lib.rglob("*") if p.is_file()}
+    assert {"library.properties", "examples/mlp/mlp.ino", "src/mlp_model.c", "src/mlp_model.h",
+            "src/qg_fully_connected_s8.c", "src/qg_kernels.h"} <= files
+    sketch = (lib / "examples/mlp/mlp.ino").read_text()
+    assert "mlp_run(input, output)" in sketch and "PROGMEM" in sketch and 'Serial.print(F("class "))' in sketch
