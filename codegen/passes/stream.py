@@ -20,8 +20,8 @@ every op over time replaced by its one-frame form, the state it needs kept betwe
 The step's output at time t is the whole-window model's output for the window ending at t (its last frame when
 the output is a sequence): for convolutions once t >= receptive_field(graph) - 1, for recurrent layers for the
 window starting at frame 0 (with_time_length gives that model). What does not stream is refused naming the layer:
-right (non-causal) padding or a stride over time, pooling or reduction over the time axis, a linear layer or a
-flatten over the time axis, a backward recurrent layer.
+right (non-causal) padding or a stride over time, a pooling that decimates time or reads zero padding, a reduction,
+a resampling, a linear layer or a flatten over the time axis, a backward recurrent layer.
 """
 from __future__ import annotations
 
@@ -148,6 +148,10 @@ def _per_frame(g, n, ax):
     shapes = {tuple(g.tensors[t].shape) for t in n.inputs if not g.tensors[t].is_const}
     if len(shapes) > 1:
         raise _refuse(n, f"broadcasts operands {sorted(shapes)} over time", "Give both operands the full sequence")
+    y = g.tensors[n.outputs[0]].shape
+    if len(y) != len(x) or y[ax] != x[ax]:  # e.g. an upsampling over time: not one frame out per frame in
+        raise _refuse(n, f"changes the time axis ({x[ax]} -> {y[ax] if len(y) == len(x) else '?'} frames)",
+                      "Keep one output frame per input frame")
     return ax
 
 

@@ -188,6 +188,15 @@ class _Decimate(nn.Module):
         return nn.functional.max_pool1d(self.conv(x), 2)[:, :, -1]
 
 
+class _Upsample(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 4, 1)
+
+    def forward(self, x):
+        return nn.functional.interpolate(self.conv(x), scale_factor=2)[:, :, -1]
+
+
 class _Flatten(nn.Module):
     def __init__(self):
         super().__init__()
@@ -203,7 +212,8 @@ class _Flatten(nn.Module):
     (_Strided(), ["conv2d 'conv'", "stride 2"]),
     (_Flatten(), ["reshape", "time axis", "x[:, :, -1]"]),
     (_Decimate(), ["maxpool2d", "every 2 frames", "dilation"]),
-], ids=["same_padding", "mean_after_padding", "stride", "flatten", "decimating_pool"])
+    (_Upsample(), ["resize", "8 -> 16 frames"]),
+], ids=["same_padding", "mean_after_padding", "stride", "flatten", "decimating_pool", "upsample"])
 def test_what_does_not_stream_is_refused_naming_the_layer(model, words):
     whole = _quantised(model, (1, 4, 8))
     with pytest.raises(UserError) as err:
