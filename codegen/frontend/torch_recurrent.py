@@ -50,6 +50,18 @@ def _is_last_step(u, dim: int, steps: int) -> bool:
     return False
 
 
+def _used(node) -> bool:
+    """Some chain of users of `node` reaches the model's output (torch's unbatched RNN squeezes h_n and c_n even
+    when nothing reads them)."""
+    return any(u.op == "output" or _used(u) for u in node.users)
+
+
+def _skip(lw, node) -> None:
+    lw.ready[node.name] = (None, None)
+    for u in node.users:
+        _skip(lw, u)
+
+
 def _select_index(u, count: int) -> int | None:
     """k of h_n[k] (a select along dim 0), or None."""
     if u.target is aten.select.int and len(u.args) == 3 and int(u.args[1]) == 0:
@@ -221,19 +233,22 @@ def _recurrent(lw, n):
 
     getitems = {int(u.args[1]): u for u in n.users if u.target is operator.getitem}
     out_g, hn_g, cn_g = getitems.get(0), getitems.get(1), getitems.get(2)
-    if cn_g is not None and cn_g.users:
+    if cn_g is not None and _used(cn_g):
         raise _err(lw, n, "reads the LSTM's final cell state c_n; qgen returns the output and h_n (the cell state "
                           "stays inside the layer). Use the output or h_n.")
-    out_users = list(out_g.users) if out_g is not None else []
+    out_users = [u for u in out_g.users if u.op == "output" or _used(u)] if out_g is not None else []
     last_reads = [u for u in out_users if _is_last_step(u, tdim, steps)]
     top_full = len(last_reads) != len(out_users)
-    hn_users = list(hn_g.users) if hn_g is not None else []
+    hn_users = [u for u in hn_g.users if u.op == "output" or _used(u)] if hn_g is not None else []
     hn_selects = [u for u in hn_users if _select_index(u, count) is not None]
     hn_other = len(hn_selects) != len(hn_users)
 
     b.top_full = set(range(dirs)) if top_full else ({1} if last_reads and dirs == 2 else set())
     for g in getitems.values():
         lw.ready[g.name] = (None, None)
+        for u in g.users:  # reads that lead nowhere (the unbatched layer's squeeze of c_n): not lowered
+            if u.op != "output" and not _used(u):
+                _skip(lw, u)
     if top_full:
         lw.ready[out_g.name] = (b.full(layers - 1), _row_major(_torch_sizes(out_g)))
     else:

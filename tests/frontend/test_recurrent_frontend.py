@@ -351,3 +351,21 @@ def test_a_sequence_first_model_input_is_refused_with_the_fix():
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from_module(SeqFirst().eval(), torch.randn(7, 1, 4))
+
+
+def test_unbatched_layer_whose_unused_cell_state_torch_squeezes():
+    """nn.LSTM on an unbatched (T, F) tensor: torch squeezes h_n and c_n even when nothing reads them; c_n is not
+    'read' (no refusal) and the dead squeezes are not lowered."""
+    class Unbatched(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.fc = nn.LSTM(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            y, _ = self.rnn(x[0])
+            return self.fc(y[-1:])
+
+    model = Unbatched()
+    g, _ = _lower(model)
+    assert [n.op for n in g.nodes].count(Op.LSTM) == 1
+    _float_matches(model, g)
