@@ -349,7 +349,7 @@ def _run_avr(args) -> int:
             from .api import load_compiled
 
             x = load_compiled(model_dir).quantize_input(_load_array(args.data, "input data"))
-        lines, exact = run_compiled_avr(model_dir, board, x, args.n)
+        lines, exact = run_compiled_avr(model_dir, board, x, args.n, per_layer=args.per_layer)
     for line in lines:
         print(line)
     return 0 if exact else 3

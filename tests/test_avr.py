@@ -80,10 +80,13 @@ def digits(tmp_path_factory):
 @needs_avr
 def test_digits_cnn_bit_exact_on_atmega2560_and_refused_on_atmega328p(digits, tmp_path):
     out, x, expect = digits
-    run = run_avr("atmega2560", out, "digits_cnn", x, tmp_path / "mega", expect.shape[1])
+    run = run_avr("atmega2560", out, "digits_cnn", x, tmp_path / "mega", expect.shape[1], per_layer=True)
     assert np.array_equal(run.outputs, expect)
     # 18,912 MACs at ~115 cycles each: 32-bit accumulation on an 8-bit core
     assert 1_000_000 < max(run.cycles) < 5_000_000
+    # per layer (conv, pool, conv, pool, reshape, linear): the layers add up to the inference
+    assert len(run.cycles_per_layer) == 6 and run.cycles_per_layer[4] < 200
+    assert 0 <= run.cycles[0] - sum(run.cycles_per_layer) < 200
     assert run.ram_peak_bytes <= 8192 - 4096
     with pytest.raises(UserError, match=r"does not fit the atmega328p: needs \d+ B of static RAM .* "
                                         r"the atmega328p has 2048 B; it fits the atmega2560: use that board"):
@@ -93,9 +96,10 @@ def test_digits_cnn_bit_exact_on_atmega2560_and_refused_on_atmega328p(digits, tm
 @needs_avr
 def test_qgen_run_on_an_avr_board_goes_to_simavr(digits, capsys):
     out, _, _ = digits
-    assert main(["run", str(out), "--board", "atmega2560", "-n", "2"]) == 0
+    assert main(["run", str(out), "--board", "atmega2560", "-n", "2", "--per-layer"]) == 0
     printed = capsys.readouterr().out
     assert "board atmega2560 (avr6, 16 MHz) under simavr" in printed and "bit-exact: 2/2 samples" in printed
+    assert re.search(r"^\| linear '8' \| 480 \| [\d,]+ \| [\d.]+ \|$", printed, re.M), printed
     assert re.search(r"cycles per inference: [\d,]+ \([\d.]+ ms at 16 MHz\), [\d.]+ cycles/MAC", printed)
     assert main(["run", str(out), "--board", "atmega328p", "-n", "1"]) == 1
     assert "it fits the atmega2560: use that board" in capsys.readouterr().err

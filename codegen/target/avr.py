@@ -136,16 +136,18 @@ def _c_values(values: np.ndarray) -> str:
     return ",\n".join(", ".join(flat[i:i + 24]) for i in range(0, len(flat), 24))
 
 
-def write_harness(work: Path, prefix: str, x: np.ndarray) -> list[Path]:
+def write_harness(work: Path, prefix: str, x: np.ndarray, per_layer: bool = False) -> list[Path]:
     """The harness's generated files: qg_avr_config.h (model names) and qg_avr_inputs.c (inputs in flash)."""
     upper = prefix.upper()
+    layers = (f"#define QG_AVR_PER_LAYER 1\n#define QG_AVR_SET_TRACE {prefix}_set_trace\n"
+              f"#define QG_AVR_NUM_LAYERS {upper}_NUM_LAYERS\n") if per_layer else ""
     config = work / "qg_avr_config.h"
     config.write_text(
         f'#include "{prefix}_model.h"\n#define QG_AVR_RUN {prefix}_run\n'
         f"#ifdef {upper}_INPUT_TYPE\n#define QG_AVR_INPUT_T {upper}_INPUT_TYPE\n#else\n"
         f"#define QG_AVR_INPUT_T int8_t\n#endif\n"
         f"#define QG_AVR_INPUT_SIZE {upper}_INPUT_SIZE\n#define QG_AVR_OUTPUT_SIZE {upper}_OUTPUT_SIZE\n"
-        f"#define QG_AVR_N_INPUTS {len(x)}u\n")
+        f"#define QG_AVR_N_INPUTS {len(x)}u\n{layers}")
     inputs = work / "qg_avr_inputs.c"
     inputs.write_text('#include <avr/pgmspace.h>\n#include <stdint.h>\n#include "qg_avr_config.h"\n'
                       f"const QG_AVR_INPUT_T qg_avr_inputs[] PROGMEM = {{\n{_c_values(x)}\n}};\n")
@@ -153,7 +155,7 @@ def write_harness(work: Path, prefix: str, x: np.ndarray) -> list[Path]:
 
 
 def build_avr_elf(board: AvrBoard, model_dir: Path, prefix: str, x: np.ndarray, work: Path,
-                  kernel_sources: Sequence[Path] | None = None) -> Path:
+                  kernel_sources: Sequence[Path] | None = None, per_layer: bool = False) -> Path:
     """Compile the model in model_dir (<prefix>_model.c, <prefix>_weights.c, kernels/) with the harness."""
     missing = avr_missing_tools()
     if missing:
@@ -162,11 +164,12 @@ def build_avr_elf(board: AvrBoard, model_dir: Path, prefix: str, x: np.ndarray, 
     kernels = model_dir / "kernels"
     if kernel_sources is None:
         kernel_sources = sorted(kernels.glob("*.c"))
-    _, inputs = write_harness(work, prefix, x)
+    _, inputs = write_harness(work, prefix, x, per_layer)
     sources = [data_dir("firmware") / "avr" / "qg_avr_main.c", inputs, model_dir / f"{prefix}_model.c",
                model_dir / f"{prefix}_weights.c", *kernel_sources]
     elf = work / "firmware.elf"
-    command = [AVR_CC, *board.cflags, *AVR_CFLAGS, f"-I{work}", f"-I{model_dir}", f"-I{kernels}",
+    trace = [f"-D{prefix.upper()}_ENABLE_TRACE"] if per_layer else []
+    command = [AVR_CC, *board.cflags, *AVR_CFLAGS, *trace, f"-I{work}", f"-I{model_dir}", f"-I{kernels}",
                *map(str, sources), "-Wl,--gc-sections", *MEASURE_LINK_FLAGS, "-o", str(elf)]
     process = subprocess.run(command, capture_output=True, text=True)
     if process.returncode != 0:
@@ -183,6 +186,7 @@ class AvrRun:
     cycles: list[int]
     memory: AvrMemory
     stack_peak_bytes: int
+    cycles_per_layer: list[int] | None = None  # first inference, with per_layer (the trace hook adds ~60 each)
 
     @property
     def ram_peak_bytes(self) -> int:
@@ -205,7 +209,7 @@ def run_simavr(board: AvrBoard, elf: Path, output_size: int, memory: AvrMemory |
         raise TargetError(f"simavr did not finish in {RUN_TIMEOUT_S} s: $ {' '.join(command)}") from exc
     # simavr prints each USART line in colour, ending it with a '.'
     lines = [_ESCAPES.sub("", line).strip().rstrip(".") for line in (process.stdout + process.stderr).splitlines()]
-    outputs, cycles, stack, current = [], [], None, b""
+    outputs, cycles, stack, current, layer_end = [], [], None, b"", []
     for line in lines:
         tag, _, value = line.partition(" ")
         if tag == "O":
@@ -216,22 +220,25 @@ def run_simavr(board: AvrBoard, elf: Path, output_size: int, memory: AvrMemory |
             current = b""
         elif tag == "S":
             stack = int(value, 16)
+        elif tag == "L":
+            layer_end.append(int(value, 16))
         elif tag == "F":
             raise TargetError(f"the model's run function returned {int(value, 16)} on the {board.name}")
     if stack is None or "E" not in lines or any(len(o) != output_size for o in outputs):
         raise TargetError(f"simavr run did not complete (exit {process.returncode}):\n$ {' '.join(command)}\n"
                           + "\n".join(lines[-20:]))
+    per_layer = [end - start for start, end in zip([0, *layer_end], layer_end)] if layer_end else None
     return AvrRun(board, np.stack(outputs) if outputs else np.zeros((0, output_size), np.int8), cycles,
-                  memory or read_avr_memory(elf), stack)
+                  memory or read_avr_memory(elf), stack, per_layer)
 
 
 def run_avr(board: AvrBoard | str, model_dir: Path | str, prefix: str, x: np.ndarray, work: Path | str,
-            output_size: int) -> AvrRun:
+            output_size: int, per_layer: bool = False) -> AvrRun:
     """Build the model in model_dir for an AVR board, refuse it if it does not fit, run it under simavr.
-    x: (N, input values) integers of the model's input type."""
+    x: (N, input values) integers of the model's input type. per_layer: also cycles per layer (first input)."""
     board = load_avr_board(board) if isinstance(board, str) else board
     model_dir, work = Path(model_dir), Path(work)
-    elf = build_avr_elf(board, model_dir, prefix, np.asarray(x).reshape(len(x), -1), work)
+    elf = build_avr_elf(board, model_dir, prefix, np.asarray(x).reshape(len(x), -1), work, per_layer=per_layer)
     memory = read_avr_memory(elf)
     check_avr_fit(board, memory)
     return run_simavr(board, elf, output_size, memory)
@@ -243,7 +250,7 @@ def is_avr_board(name: str | None) -> bool:
 
 
 def run_compiled_avr(model_dir: Path | str, board: AvrBoard | str, x: np.ndarray | None = None,
-                     n: int | None = None) -> tuple[list[str], bool]:
+                     n: int | None = None, per_layer: bool = False) -> tuple[list[str], bool]:
     """`qgen run --board <avr board>`: build a qgen output directory for the board, run it under simavr on
     the given inputs (default: the samples saved at compile time), compare every byte with the reference.
     Returns the summary lines and whether all outputs were equal."""
@@ -262,7 +269,7 @@ def run_compiled_avr(model_dir: Path | str, board: AvrBoard | str, x: np.ndarray
         raise UserError("no input samples to run")
     expect = reference_outputs(g, run_int(g, x))
     with tempfile.TemporaryDirectory(prefix="qgen-avr-") as tmp:
-        run = run_avr(board, model_dir, compiled.prefix, x, Path(tmp), expect.shape[1])
+        run = run_avr(board, model_dir, compiled.prefix, x, Path(tmp), expect.shape[1], per_layer)
     equal = np.all(run.outputs == expect, axis=1)
     macs = int(compiled.report.get("macs", 0))
     cycles = max(run.cycles)
@@ -273,6 +280,14 @@ def run_compiled_avr(model_dir: Path | str, board: AvrBoard | str, x: np.ndarray
              f"RAM: {run.memory.static_ram_bytes:,} B static (weights, parameters, arena) + {run.stack_peak_bytes} B "
              f"stack peak = {run.ram_peak_bytes:,} of {board.ram_kb * 1024:,} B; flash {run.memory.flash_bytes:,} "
              f"of {board.flash_kb * 1024:,} B"]
+    if run.cycles_per_layer is not None:
+        layers = compiled.report.get("layers") or []
+        lines.append("| layer | MACs | cycles | cycles/MAC |")
+        lines.append("|---|---|---|---|")
+        for i, (node, count) in enumerate(zip(g.nodes, run.cycles_per_layer)):
+            layer_macs = int(layers[i]["macs"]) if i < len(layers) else 0
+            lines.append(f"| {node.where()} | {layer_macs:,} | {count:,} | "
+                         + (f"{count / layer_macs:.1f} |" if layer_macs else "- |"))
     if not equal.all():
         s = int(np.argmin(equal))
         i = int(np.argmax(run.outputs[s] != expect[s]))

@@ -3,7 +3,8 @@
  * on USART0, per inference "O <output bytes in hex>" lines (32 bytes each), then "C <cycles in hex>"; at the end
  * "S <stack peak bytes in hex>" and "E". Cycles come from Timer1 at clk/1 with an overflow interrupt (the
  * interrupt's own cycles, about 30 per 65,536, are included). The stack peak is measured by painting the free
- * RAM between the heap start and the stack with a pattern before the runs.
+ * RAM between the heap start and the stack with a pattern before the runs. With QG_AVR_PER_LAYER (and the model's
+ * trace hook compiled in) the first inference also prints "L <cycles at the end of layer i>" per layer.
  * qg_avr_config.h (written by codegen/target/avr.py) includes the model header and defines QG_AVR_RUN,
  * QG_AVR_INPUT_T, QG_AVR_INPUT_SIZE, QG_AVR_OUTPUT_SIZE and QG_AVR_N_INPUTS; qg_avr_inputs.c holds the inputs.
  */
@@ -24,6 +25,36 @@ static int8_t qg_avr_out[QG_AVR_OUTPUT_SIZE];
 static volatile uint16_t qg_avr_overflows;
 
 ISR(TIMER1_OVF_vect) { qg_avr_overflows++; }
+
+/* Timer1 cycles since the start of the inference (interrupts off for the read: the ISR may not run between) */
+static uint32_t cycles_now(void)
+{
+    const uint8_t sreg = SREG;
+    uint16_t ticks, overflows;
+    cli();
+    ticks = TCNT1;
+    overflows = qg_avr_overflows;
+    if ((TIFR1 & (1u << TOV1)) && ticks < 0x8000u) { /* wrapped after cli(), ISR not yet run */
+        overflows++;
+    }
+    SREG = sreg;
+    return ((uint32_t)overflows << 16) + ticks;
+}
+
+#ifdef QG_AVR_PER_LAYER
+/* per-layer counts (first inference): the model's trace hook marks the end of each layer */
+static uint32_t qg_avr_layer_end[QG_AVR_NUM_LAYERS];
+static uint8_t qg_avr_layers_on;
+
+static void layer_done(int32_t layer, const int8_t *data, int32_t size)
+{
+    (void)data;
+    (void)size;
+    if (qg_avr_layers_on && layer >= 0 && layer < QG_AVR_NUM_LAYERS) {
+        qg_avr_layer_end[layer] = cycles_now();
+    }
+}
+#endif
 
 static void put_char(char c)
 {
@@ -74,9 +105,12 @@ int main(void)
     uint16_t n, i;
     UCSR0B = (uint8_t)(1u << TXEN0);
     paint_stack();
+#ifdef QG_AVR_PER_LAYER
+    QG_AVR_SET_TRACE(layer_done);
+    qg_avr_layers_on = 1;
+#endif
     for (n = 0; n < QG_AVR_N_INPUTS; n++) {
-        uint16_t ticks;
-        uint8_t flags;
+        uint32_t cycles;
         int status;
         memcpy_P(qg_avr_in, &qg_avr_inputs[(uint32_t)n * QG_AVR_INPUT_SIZE], sizeof qg_avr_in);
         qg_avr_overflows = 0;
@@ -87,9 +121,8 @@ int main(void)
         sei();
         TCCR1B = (uint8_t)(1u << CS10);
         status = QG_AVR_RUN(qg_avr_in, qg_avr_out);
+        cycles = cycles_now();
         cli();
-        ticks = TCNT1;
-        flags = TIFR1;
         TCCR1B = 0;
         if (status != 0) {
             put_u32('F', (uint32_t)status);
@@ -105,8 +138,15 @@ int main(void)
                 put_char('\n');
             }
         }
-        put_u32('C', ((uint32_t)qg_avr_overflows << 16) + ticks +
-                         ((flags & (1u << TOV1)) && ticks < 0x8000u ? 0x10000ul : 0ul));
+        put_u32('C', cycles);
+#ifdef QG_AVR_PER_LAYER
+        if (qg_avr_layers_on) {
+            qg_avr_layers_on = 0;
+            for (i = 0; i < QG_AVR_NUM_LAYERS; i++) { /* "L <cycles at the end of layer i>" */
+                put_u32('L', qg_avr_layer_end[i]);
+            }
+        }
+#endif
     }
     put_u32('S', stack_peak());
     put_char('E');
