@@ -118,3 +118,26 @@ def test_int16_activations_bit_exact_on_atmega2560(tmp_path):
     expect = result.reference(x)
     run = run_avr("atmega2560", tmp_path / "model", "dw16", x, tmp_path / "avr", expect.shape[1])
     assert np.array_equal(run.outputs, expect)
+
+
+@needs_avr
+def test_gru_with_an_odd_gate_row_count_bit_exact_on_atmega2560(tmp_path):
+    """hidden 1: 3 gate rows, the last one alone, whose int16 h x int8 weight product was made in `int`
+    (overflowed on AVR: found by tests/fuzz/test_fuzz_avr.py)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
+    from fuzzgen import build_model, calib_data, int8_inputs
+
+    spec = {"input": [2, 1], "layers": [{"op": "rnn", "kind": "gru", "hidden": 1, "layers": 1, "bi": True,
+                                         "bias": False, "h0": False, "wexp": 0, "read": "out"}],
+            "taps": [], "seed": 0, "calib": {"n": 1, "seed": 0, "kind": "normal", "exp": 0}}
+    calib = calib_data(spec)
+    result = codegen.compile(build_model(spec), torch.from_numpy(calib[:1]), calib, prefix="gru1",
+                             out_dir=tmp_path / "model")
+    g = result.graph
+    x = int8_inputs(spec, g.tensors[g.inputs[0]].shape, result.quantize_input(calib), n_random=2)
+    expect = result.reference(x)
+    run = run_avr("atmega2560", tmp_path / "model", "gru1", x, tmp_path / "avr", expect.shape[1])
+    assert np.array_equal(run.outputs, expect)

@@ -467,7 +467,7 @@ static void qg_gate_rows(const qg_recurrent_params_t *p, const void *xv, const i
             ax += ((const int8_t *)xv)[i] * wx[i];
         }
         for (i = 0; i < hid; i++) {
-            ah += hv[i] * wh[i];
+            ah += (int32_t)hv[i] * wh[i]; /* widened first: int16 * int8 overflows a 16-bit int (AVR) */
         }
 #endif
         qg_gate_store(p, r, split, ax, ah, slot, cand);
