@@ -553,7 +553,10 @@ void qg_recurrent_s8(const qg_recurrent_params_t *p, const int8_t *x, int8_t *ou
     const int32_t in = p->inputs, hid = p->hidden, steps = p->steps, cell = p->cell;
     int16_t *h = state;
     int32_t *slot = scratch, *cand = scratch + qg_gates(p) * hid;
-    int16_t *xv = (int16_t *)(void *)(cand + (cell == QG_CELL_GRU ? hid : 0));
+    /* the int16 vectors follow the int32 slots; addressed through bytes: the arena is untyped memory, and the
+     * two regions never overlap (no type punning of one object) */
+    int16_t *xv = (int16_t *)(void *)((unsigned char *)scratch +
+                                      sizeof(int32_t) * (size_t)((qg_gates(p) + (cell == QG_CELL_GRU ? 1 : 0)) * hid));
     int16_t *hv = xv + 2 * ((in + 1) / 2);
     int32_t s;
 #if !QG_DSP

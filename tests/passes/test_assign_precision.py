@@ -30,7 +30,7 @@ def _graph():
 
 def test_parse_spec_accepts_lists_and_names_the_bad_item():
     assert parse_spec(["conv=int16,fc=int8", "pool = 16"]) == {"conv": 16, "fc": 8, "pool": 16}
-    with pytest.raises(UserError, match="expected LAYER=int8 or LAYER=int16"):
+    with pytest.raises(UserError, match="expected LAYER=int8, LAYER=int16 \\(activations\\) or LAYER=w4"):
         parse_spec(["conv=int12"])
 
 
