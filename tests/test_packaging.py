@@ -23,6 +23,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_contains_data_directories(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in ("codegen/templates/c/model.c.j2", "codegen/templates/c/weights.c.j2",
+                     "codegen/templates/micropython/_kernels.py",
                      "codegen/firmware/kernels/qg_kernels.h", "codegen/firmware/kernels/qg_fixed.h",
                      "codegen/firmware/startup/qg_harness_main.c", "codegen/firmware/qemu_plugin/qg_count.c",
                      "codegen/boards/stm32f446.toml", "codegen/templates/micropython/model.py.j2"):
