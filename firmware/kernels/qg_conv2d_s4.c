@@ -376,34 +376,11 @@ static void s4_block(const int8_t *w, int32_t k, const qg_word_t *cols, int32_t 
             const int32_t v = qg_load_s8x4(wp);
             int32_t we = qg_sxtb16((int32_t)((uint32_t)v << 4) & S4_MASK);
             int32_t wo = qg_sxtb16_ror8((int32_t)((uint32_t)v << 4) & S4_MASK);
-            int32_t xe, xo;
             wp += 4;
-            qg_load_pair(&x, &xe, &xo);
-            a0 = __smlad(we, xe, a0);
-            a0 = __smlad(wo, xo, a0);
-            qg_load_pair(&x, &xe, &xo);
-            a1 = __smlad(we, xe, a1);
-            a1 = __smlad(wo, xo, a1);
-            qg_load_pair(&x, &xe, &xo);
-            a2 = __smlad(we, xe, a2);
-            a2 = __smlad(wo, xo, a2);
-            qg_load_pair(&x, &xe, &xo);
-            a3 = __smlad(we, xe, a3);
-            a3 = __smlad(wo, xo, a3);
+            QG_SMLAD_4COLS(we, wo, x, a0, a1, a2, a3); /* the low nibbles (shifted up: 16 x w) */
             we = qg_sxtb16(v & S4_MASK);
             wo = qg_sxtb16_ror8(v & S4_MASK);
-            qg_load_pair(&x, &xe, &xo);
-            a0 = __smlad(we, xe, a0);
-            a0 = __smlad(wo, xo, a0);
-            qg_load_pair(&x, &xe, &xo);
-            a1 = __smlad(we, xe, a1);
-            a1 = __smlad(wo, xo, a1);
-            qg_load_pair(&x, &xe, &xo);
-            a2 = __smlad(we, xe, a2);
-            a2 = __smlad(wo, xo, a2);
-            qg_load_pair(&x, &xe, &xo);
-            a3 = __smlad(we, xe, a3);
-            a3 = __smlad(wo, xo, a3);
+            QG_SMLAD_4COLS(we, wo, x, a0, a1, a2, a3); /* the high nibbles (16 x w) */
         }
         acc[0] = bias[r] + (a0 >> 4);
         acc[1] = bias[r] + (a1 >> 4);

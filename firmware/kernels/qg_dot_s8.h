@@ -131,6 +131,26 @@ static inline void qg_zero_s16(int16_t *dst, int32_t n_groups)
     }
 }
 
+/* One weight pair (we, wo: SXTB16 halves of 4 weights) against the next 4 interleaved columns at x: each column's
+ * two int16 pairs (xe, xo) accumulate into a0..a3. A macro, not a function: the callers' accumulators stay in
+ * registers (qg_mac_1x4 here, the int4 block in qg_conv2d_s4.c). */
+#define QG_SMLAD_4COLS(we, wo, x, a0, a1, a2, a3) \
+    do { \
+        int32_t xe_, xo_; \
+        qg_load_pair(&(x), &xe_, &xo_); \
+        (a0) = __smlad((we), xe_, (a0)); \
+        (a0) = __smlad((wo), xo_, (a0)); \
+        qg_load_pair(&(x), &xe_, &xo_); \
+        (a1) = __smlad((we), xe_, (a1)); \
+        (a1) = __smlad((wo), xo_, (a1)); \
+        qg_load_pair(&(x), &xe_, &xo_); \
+        (a2) = __smlad((we), xe_, (a2)); \
+        (a2) = __smlad((wo), xo_, (a2)); \
+        qg_load_pair(&(x), &xe_, &xo_); \
+        (a3) = __smlad((we), xe_, (a3)); \
+        (a3) = __smlad((wo), xo_, (a3)); \
+    } while (0)
+
 /* The DSP block of the convolution and the transposed convolution (qg_conv2d_s8.c, qg_upsample_s8.c): 4 output
  * pixels at a time, their int16 columns interleaved in scratch (4-byte aligned).
  * acc[c] += w . column c for one weight row w of k values and the 4 interleaved columns. */
@@ -142,20 +162,8 @@ static inline void qg_mac_1x4(const int8_t *w, const int16_t *cols, int32_t k, i
     for (i = k >> 2; i > 0; i--) {
         const int32_t wv = qg_load_s8x4(w);
         const int32_t we = qg_sxtb16(wv), wo = qg_sxtb16_ror8(wv);
-        int32_t xe, xo;
         w += 4;
-        qg_load_pair(&x, &xe, &xo);
-        a0 = __smlad(we, xe, a0);
-        a0 = __smlad(wo, xo, a0);
-        qg_load_pair(&x, &xe, &xo);
-        a1 = __smlad(we, xe, a1);
-        a1 = __smlad(wo, xo, a1);
-        qg_load_pair(&x, &xe, &xo);
-        a2 = __smlad(we, xe, a2);
-        a2 = __smlad(wo, xo, a2);
-        qg_load_pair(&x, &xe, &xo);
-        a3 = __smlad(we, xe, a3);
-        a3 = __smlad(wo, xo, a3);
+        QG_SMLAD_4COLS(we, wo, x, a0, a1, a2, a3);
     }
     cols = (const int16_t *)(const void *)x;
     for (i = 0; i < (k & 3); i++) {
