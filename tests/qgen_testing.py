@@ -17,6 +17,28 @@ def act(name: str, shape, frac: int) -> Tensor:
     return Tensor(name, tuple(shape), "int8", QFormat(8, frac))
 
 
+class GraphBuilder:
+    """A one-input int8 graph (input 'x' of `shape` at frac 3) grown node by node; kernel tests subclass it with
+    their own weighted-layer draws."""
+
+    def __init__(self, rng, shape):
+        self.rng = rng
+        self.g = Graph({"x": act("x", shape, 3)}, [], ["x"], [], source="test")
+
+    def node(self, name: str, op: Op, inputs: list[str], output: bool = True, **attrs) -> str:
+        """Append `op` reading `inputs`; its int8 output (frac 3) takes the op's shape rule; a graph output unless
+        `output` is False."""
+        from codegen.ir import SHAPE_RULES
+
+        node = Node(name, op, inputs, [name], attrs)
+        self.g.nodes.append(node)
+        self.g.tensors[name] = act(name, (1,), 3)
+        self.g.tensors[name].shape = SHAPE_RULES[op](self.g, node)
+        if output:
+            self.g.outputs.append(name)
+        return name
+
+
 def const(name: str, data: np.ndarray, bits: int, frac) -> Tensor:
     dtype = {8: "int8", 16: "int16", 32: "int32"}[bits]
     return Tensor(name, data.shape, dtype, QFormat(bits, frac), data.astype(dtype))

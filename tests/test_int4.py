@@ -12,13 +12,13 @@ import subprocess
 
 import numpy as np
 import pytest
-from qgen_testing import act, edge_inputs, finish, safe_bias
+from qgen_testing import GraphBuilder, edge_inputs, finish, safe_bias
 
 from codegen.emit.c import render, write_atomic
 from codegen.errors import UserError
 from codegen.fixed import QFormat
 from codegen.hostcheck import SANITIZE_FLAGS, build_native, reference_outputs, run_native
-from codegen.ir import SHAPE_RULES, Graph, Node, Op, Tensor
+from codegen.ir import Graph, Op, Tensor
 from codegen.reference import run_int
 from codegen.weight_storage import decode_int4, encode_int4, int4_bytes
 
@@ -26,19 +26,9 @@ SHAPE = (5, 6, 7)
 ACTS = ((-128, 127), (0, 127), (-50, 90))
 
 
-class Builder:
+class Builder(GraphBuilder):
     def __init__(self, rng):
-        self.rng = rng
-        self.g = Graph({"x": act("x", SHAPE, 3)}, [], ["x"], [], source="test")
-
-    def node(self, name: str, op: Op, inputs: list[str], output: bool = True, **attrs) -> str:
-        node = Node(name, op, inputs, [name], attrs)
-        self.g.nodes.append(node)
-        self.g.tensors[name] = act(name, (1,), 3)
-        self.g.tensors[name].shape = SHAPE_RULES[op](self.g, node)
-        if output:
-            self.g.outputs.append(name)
-        return name
+        super().__init__(rng, SHAPE)
 
     def weighted(self, name: str, op: Op, src: str, w_shape: tuple, act_range=(-128, 127), output: bool = True,
                  **attrs) -> str:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from qgen_testing import act, const, edge_inputs, finish, safe_bias
+from qgen_testing import GraphBuilder, const, edge_inputs, finish, safe_bias
 
 from codegen.emit.c import render, write_atomic
 from codegen.fixed import AVG_SHIFT, avg_multiplier
 from codegen.hostcheck import reference_outputs
-from codegen.ir import SHAPE_RULES, Graph, Node, Op
+from codegen.ir import Graph, Op
 from codegen.reference import run_int
 from codegen.target import build_elf, missing_tools, run_qemu
 
@@ -31,19 +31,9 @@ EXTREME_SHIFTS = (-31, -23, -1, 0, 1, 15, 23, 31)
 ACTS = ((-128, 127), (0, 127), (-50, 90))  # the clamp kinds: none, ReLU, any range
 
 
-class Builder:
+class Builder(GraphBuilder):
     def __init__(self, rng):
-        self.rng = rng
-        self.g = Graph({"x": act("x", SHAPE, 3)}, [], ["x"], [], source="test")
-
-    def node(self, name: str, op: Op, inputs: list[str], output: bool = True, **attrs) -> str:
-        node = Node(name, op, inputs, [name], attrs)
-        self.g.nodes.append(node)
-        self.g.tensors[name] = act(name, (1,), 3)
-        self.g.tensors[name].shape = SHAPE_RULES[op](self.g, node)
-        if output:
-            self.g.outputs.append(name)
-        return name
+        super().__init__(rng, SHAPE)
 
     def weighted(self, name: str, op: Op, src: str, w_shape: tuple, act_range=(-128, 127), shift=None,
                  **attrs) -> str:
