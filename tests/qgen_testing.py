@@ -96,3 +96,21 @@ def edge_inputs(rng, shape, n_random: int = 6) -> np.ndarray:
     fixed = [np.full(size, -128), np.full(size, 127), np.where(np.arange(size) % 2, 127, -128), np.zeros(size)]
     rand = [rng.integers(-128, 128, size) for _ in range(n_random)]
     return np.stack(fixed + rand).astype(np.int8).reshape((-1,) + tuple(shape))
+
+
+def assert_no_writable_static_data(files: dict[str, str], work: Path, wrapper: str, flags=()) -> None:
+    """Every C file of a rendered natmod folder but its `wrapper` compiles (gcc -fpic, extra `flags`) to an object
+    whose .data / .bss sections are empty: a MicroPython native module may hold no writable static data."""
+    import subprocess
+
+    for name, text in files.items():
+        (work / name).write_text(text)
+    for name in sorted(n for n in files if n.endswith(".c") and n != wrapper):
+        obj = work / f"{name}.o"
+        subprocess.run(["gcc", "-std=c99", "-Os", "-fpic", "-fno-common", *flags, "-c", "-I", str(work),
+                        str(work / name), "-o", str(obj)], check=True)
+        sections = subprocess.run(["size", "-A", str(obj)], capture_output=True, text=True, check=True).stdout
+        for line in sections.splitlines():
+            parts = line.split()
+            if parts and parts[0].startswith((".data", ".bss")) and not parts[0].startswith(".data.rel.ro"):
+                assert int(parts[1]) == 0, f"{name}: {line}"

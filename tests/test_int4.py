@@ -8,11 +8,9 @@ channels, a grouped dilated conv, depthwise with an odd weight count and a multi
 """
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
-from qgen_testing import GraphBuilder, edge_inputs, finish, safe_bias
+from qgen_testing import GraphBuilder, assert_no_writable_static_data, edge_inputs, finish, safe_bias
 
 from codegen.emit.c import render, write_atomic
 from codegen.errors import UserError
@@ -299,17 +297,7 @@ def test_natmod_folder_carries_the_int4_kernels_without_writable_data(model, tmp
         pytest.skip("gcc/binutils are not installed")
     files = render_native(model[0], "i4", ["test"], "natmod")
     assert "qg_conv2d_s4.c" in files and "i4_l0_conv2d_weights" in "".join(files.values())
-    for name, text in files.items():
-        (tmp_path / name).write_text(text)
-    for name in sorted(n for n in files if n.endswith(".c") and n != "modi4.c"):
-        obj = tmp_path / f"{name}.o"
-        subprocess.run(["gcc", "-std=c99", "-Os", "-fpic", "-fno-common", "-Wall", "-Wextra", "-Werror", "-Wconversion",
-                        "-c", "-I", str(tmp_path), str(tmp_path / name), "-o", str(obj)], check=True)
-        sections = subprocess.run(["size", "-A", str(obj)], capture_output=True, text=True, check=True).stdout
-        for line in sections.splitlines():
-            parts = line.split()
-            if parts and parts[0].startswith((".data", ".bss")) and not parts[0].startswith(".data.rel.ro"):
-                assert int(parts[1]) == 0, f"{name}: {line}"
+    assert_no_writable_static_data(files, tmp_path, "modi4.c", flags=("-Wall", "-Wextra", "-Werror", "-Wconversion"))
 
 
 def test_flash_limit_counts_int4_weights_at_half_a_byte():

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from qgen_testing import edge_inputs, finish, weighted_graph
+from qgen_testing import assert_no_writable_static_data, edge_inputs, finish, weighted_graph
 from test_micropython import (
     CONTRACT_SCRIPT,
     OP_MODELS,
@@ -205,17 +205,7 @@ def test_natmod_sources_hold_no_writable_static_data(tmp_path):
     if shutil.which("gcc") is None or shutil.which("size") is None:
         pytest.skip("gcc/binutils are not installed")
     files = render_native(_digits_like_graph(), "tiny", BANNER, "natmod")
-    for name, text in files.items():
-        (tmp_path / name).write_text(text)
-    for name in sorted(n for n in files if n.endswith(".c") and n != "modtiny.c"):
-        obj = tmp_path / f"{name}.o"
-        subprocess.run(["gcc", "-std=c99", "-Os", "-fpic", "-fno-common", "-c", "-I", str(tmp_path),
-                        str(tmp_path / name), "-o", str(obj)], check=True)
-        sections = subprocess.run(["size", "-A", str(obj)], capture_output=True, text=True, check=True).stdout
-        for line in sections.splitlines():
-            parts = line.split()
-            if parts and parts[0].startswith((".data", ".bss")) and not parts[0].startswith(".data.rel.ro"):
-                assert int(parts[1]) == 0, f"{name}: {line}"
+    assert_no_writable_static_data(files, tmp_path, "modtiny.c")
     wrapper = files["modtiny.c"]
     assert not re.search(r"^(static\s+)?(?!const)[a-z_]\w*\s+\**\w+(\[[^]]*\])?\s*(=[^;]*)?;", wrapper, re.M), \
         "the natmod wrapper declares a writable global"

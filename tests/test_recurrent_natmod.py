@@ -9,6 +9,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from qgen_testing import assert_no_writable_static_data
 from test_micropython import assert_same, expected
 from test_natmod import BANNER, Case, _host_build, _make, micropython_src, run_unix, unix_port
 from test_recurrent_mpy import _graph, _inputs
@@ -42,17 +43,7 @@ def test_natmod_sources_hold_no_writable_static_data(tmp_path):
         pytest.skip("gcc/binutils are not installed")
     files = render_native(_graph("lstm", 16, False, False, False), "rnn", BANNER, "natmod")
     assert "qg_recurrent_s8.c" in files
-    for name, text in files.items():
-        (tmp_path / name).write_text(text)
-    for name in sorted(n for n in files if n.endswith(".c") and n != "modrnn.c"):
-        obj = tmp_path / f"{name}.o"
-        subprocess.run(["gcc", "-std=c99", "-Os", "-fpic", "-fno-common", "-c", "-I", str(tmp_path),
-                        str(tmp_path / name), "-o", str(obj)], check=True)
-        sections = subprocess.run(["size", "-A", str(obj)], capture_output=True, text=True, check=True).stdout
-        for line in sections.splitlines():
-            parts = line.split()
-            if parts and parts[0].startswith((".data", ".bss")) and not parts[0].startswith(".data.rel.ro"):
-                assert int(parts[1]) == 0, f"{name}: {line}"
+    assert_no_writable_static_data(files, tmp_path, "modrnn.c")
 
 
 @pytest.mark.slow
