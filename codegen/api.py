@@ -226,6 +226,10 @@ def _sequences(graph: Graph, data: Any) -> np.ndarray:
 
 
 def _frontend(model: Any, example_input: Any, lim: limits_mod.Limits | None = None) -> Graph:
+    if isinstance(model, Graph):  # a float IR graph a front end made (codegen.fuse.ensemble merges several)
+        import copy
+
+        return copy.deepcopy(model)
     import torch  # here, not at module level: qgen verify / firmware / run never load torch
 
     from .frontend import from_exported_program, from_module, load_model

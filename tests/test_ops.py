@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 HEADER = (ROOT / "firmware" / "kernels" / "qg_kernels.h").read_text()
 NO_KERNEL = {Op.BATCH_NORM: "folded before quantisation", Op.RESHAPE: "the planner aliases its buffers"}
 # ops no front end produces: a pass inserts them (tests/passes/test_<pass>.py emits and runs them)
-PASS_MADE = {Op.HISTORY: "passes/stream.py (--stream) inserts it before a causal convolution over time"}
+PASS_MADE = {Op.HISTORY: "passes/stream.py (--stream) inserts it before a causal convolution over time",
+             Op.MEAN: "codegen/fuse/ensemble.py combines an ensemble's members with it (tests/test_fuse_ensemble.py)",
+             Op.VOTE: "codegen/fuse/ensemble.py combines an ensemble's members with it (tests/test_fuse_ensemble.py)"}
 
 
 class AllOps(nn.Module):

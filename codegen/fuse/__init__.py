@@ -12,12 +12,15 @@ __all__ = ["merge", "ensemble"]
 
 def __getattr__(name: str):
     # imported on first use: `import codegen.fuse` stays free of torch until a function is called
+    # the function replaces the submodule of the same name that the import binds on this package
     if name == "merge":
         from .merge import merge
 
+        globals()["merge"] = merge
         return merge
     if name == "ensemble":
         from .ensemble import ensemble
 
+        globals()["ensemble"] = ensemble
         return ensemble
     raise AttributeError(f"module 'codegen.fuse' has no attribute {name!r}")

@@ -51,6 +51,8 @@ class Op(str, enum.Enum):
     LSTM = "lstm"  # one LSTM layer and direction
     RNN = "rnn"  # one Elman RNN layer and direction, attrs["nonlinearity"] tanh | relu
     HISTORY = "history"  # streaming only: the last attrs["frames"] frames of its input (codegen/ops/stream.py)
+    MEAN = "mean"  # average of n same-shape activations (an ensemble's members, codegen/ops/combine.py)
+    VOTE = "vote"  # per-class vote counts of n members' argmax (codegen/ops/combine.py)
 
 
 class Trait(enum.Flag):
@@ -137,9 +139,9 @@ def _no_check(g, n) -> None:
     return None
 
 
-from . import conv, eltwise, layout, matmul, norm, pool, recurrent, stream, upsample  # noqa: E402  (the families register below)
+from . import combine, conv, eltwise, layout, matmul, norm, pool, recurrent, stream, upsample  # noqa: E402  (the families register below)
 
-FAMILIES = (conv, norm, eltwise, pool, layout, upsample, matmul, recurrent, stream)
+FAMILIES = (conv, norm, eltwise, pool, layout, upsample, matmul, recurrent, stream, combine)
 SPEC: dict[Op, OpSpec] = {s.op: s for family in FAMILIES for s in family.SPECS}
 assert set(SPEC) == set(Op), set(Op) - set(SPEC)
 SPEC = {op: SPEC[op] for op in Op}  # enum order

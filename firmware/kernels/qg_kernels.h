@@ -508,6 +508,25 @@ int32_t qg_recurrent_s8_buffer_size(const qg_recurrent_params_t *p);
 /* state <- p->h0, then (LSTM) p->c0: the initial state (whole-window runs; a stream's reset) */
 void qg_recurrent_state_init(const qg_recurrent_params_t *p, int16_t *state);
 /* ---- end of recurrent layers ---- */
+/* ---- ensemble combines (qg_combine_s8.c; the rules: codegen/ops/combine.py) ---- */
+/* n_inputs int8 vectors of `size` values; input i aligned by shift[i] (round_shift: < 0 an exact left shift). */
+typedef struct {
+    int32_t n_inputs, size;
+    const int8_t *shift;
+    int32_t avg_mult;     /* the average multiplier of n_inputs (1 for a power of two) */
+    int32_t out_shift;    /* avg_shift + common frac - output frac */
+    int32_t act_min, act_max;
+} qg_mean_params_t;
+/* out[e] = requantize(sum_i aligned in_i[e] * avg_mult, out_shift): one rounding */
+void qg_mean_s8(const qg_mean_params_t *p, const int8_t *const *inputs, int8_t *restrict out);
+typedef struct {
+    int32_t n_inputs, size;
+    const int8_t *shift;
+} qg_vote_params_t;
+/* out[c] = 2 * (members whose first maximum is c) + (c == the decided class: most votes, then the largest
+ * aligned logit sum, then the lowest index); at most 63 inputs */
+void qg_vote_s8(const qg_vote_params_t *p, const int8_t *const *inputs, int8_t *restrict out);
+/* ---- end of ensemble combines ---- */
 
 #ifdef __cplusplus
 }
