@@ -404,6 +404,37 @@ def cmd_bundle(args) -> int:
     return 0
 
 
+def cmd_fuse(args) -> int:
+    """`qgen fuse m1 m2 ... --combine mean|concat|vote`: an ensemble as one graph (codegen/fuse/ensemble.py)."""
+    from . import report
+    from .fuse import ensemble
+
+    if len(args.models) < 2:
+        raise UserError(f"qgen fuse needs at least 2 models, got {len(args.models)}; compile one model with "
+                        "qgen compile")
+    calib = _load_array(args.calib, "calibration data") if args.calib else None
+    if calib is None:
+        print("warning: no --calib given; calibrating on random N(0,1) inputs. Pass real samples for "
+              "accuracy.", file=sys.stderr)
+    eval_x = _load_array(args.eval, "evaluation data") if args.eval else None
+    eval_labels = _load_array(args.eval_labels, "evaluation labels") if args.eval_labels else None
+    options = compile_options(args)
+    result = ensemble(args.models, args.input_shape, combine=args.combine, calib_data=calib, options=options,
+                      out_dir=args.out, eval_data=eval_x, labels=eval_labels, train=_train_data(args, options))
+    report.print_table(result.report)
+    e = result.report["ensemble"]
+    print(f"ensemble of {e['members']} models ({args.combine}): {e['layers_before'] - 1} member layers -> "
+          f"{e['layers'] - 1} after sharing identical leading layers ({e['weight_values_before']:,} -> "
+          f"{e['weight_values']:,} weight values)")
+    if args.verify:
+        check = result.verify()
+        print(check)
+        if not check.exact:
+            return 2
+    print(f"wrote {args.out}/ ({args.prefix}_model.h, {args.prefix}_model.c, {args.prefix}_weights.c, kernels/)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from . import demo
     from .report import terminal_console
@@ -502,6 +533,18 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest != "help":
             z._add_action(action)
     z.set_defaults(fn=cmd_compile)
+
+    fu = sub.add_parser("fuse", help="an ensemble of models as ONE graph: one input, identical leading layers "
+                        "computed once, outputs combined in the integer domain (same options as compile)")
+    fu.add_argument("models", nargs="+", help="two or more models (each as qgen compile takes one), one input shape")
+    fu.add_argument("--combine", choices=("mean", "concat", "vote"), default="mean",
+                    help="mean: outputs averaged (one rounding); concat: side by side; vote: per-class vote counts "
+                    "of the members' argmax (2 * votes + 1 on the decided class, s8.f1)")
+    fu.add_argument("-o", "--out", default="build/ensemble", help="output directory (written atomically)")
+    for action in c._actions:
+        if action.dest not in ("help", "model", "out", "split_at", "boards", "arduino", "cmake", "stream"):
+            fu._add_action(action)
+    fu.set_defaults(fn=cmd_fuse, stream=False)
 
     v = sub.add_parser("verify", help="check generated C == integer reference, bit for bit (host, cffi)")
     v.add_argument("dir", help="a qgen compile output directory")
