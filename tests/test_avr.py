@@ -1,6 +1,7 @@
 """qgen's C on an 8-bit AVR with 16-bit `int` (codegen/target/avr.py): generated models built with avr-gcc
-(-Wconversion, -Werror) and run under simavr must equal codegen.reference.run_int byte for byte; a model that
-does not fit the board's SRAM is refused with the numbers and the AVR board that fits.
+(-Wconversion, -Werror) and run under simavr must equal codegen.reference.run_int byte for byte; weights and
+layer parameters are in flash (QG_CONST, read with LPM), so SRAM holds the arena, buffers and stack; a model that
+does not fit the board's SRAM, or whose flash data passes the 64 KB that LPM reaches, is refused with the numbers.
 """
 from __future__ import annotations
 
@@ -43,8 +44,8 @@ def test_fit_refusal_names_the_numbers_and_the_board_that_fits():
     with pytest.raises(UserError) as err:
         check_avr_fit(board, AvrMemory(flash_bytes=9000, static_ram_bytes=2048 - 255))
     assert str(err.value) == (
-        "model does not fit the atmega328p: needs 1793 B of static RAM (weights and layer parameters are `const` "
-        "data that avr-gcc keeps in SRAM, plus the arena) + 256 B of stack = 2049 B, the atmega328p has 2048 B; "
+        "model does not fit the atmega328p: needs 1793 B of static RAM (the arena, the input and output buffers and "
+        "a layer's parameters; the weights are in flash) + 256 B of stack = 2049 B, the atmega328p has 2048 B; "
         "it fits the atmega2560: use that board")
     with pytest.raises(UserError, match="has 8192 B; no AVR board fits it"):
         check_avr_fit(load_avr_board("atmega2560"), AvrMemory(flash_bytes=9000, static_ram_bytes=9000))
@@ -78,19 +79,59 @@ def digits(tmp_path_factory):
 
 
 @needs_avr
-def test_digits_cnn_bit_exact_on_atmega2560_and_refused_on_atmega328p(digits, tmp_path):
+def test_digits_cnn_bit_exact_on_atmega2560_and_atmega328p(digits, tmp_path):
     out, x, expect = digits
     run = run_avr("atmega2560", out, "digits_cnn", x, tmp_path / "mega", expect.shape[1], per_layer=True)
     assert np.array_equal(run.outputs, expect)
-    # 18,912 MACs at ~115 cycles each: 32-bit accumulation on an 8-bit core
+    # 18,912 MACs at ~125 cycles each: 32-bit accumulation on an 8-bit core, weights read with LPM
     assert 1_000_000 < max(run.cycles) < 5_000_000
     # per layer (conv, pool, conv, pool, reshape, linear): the layers add up to the inference
     assert len(run.cycles_per_layer) == 6 and run.cycles_per_layer[4] < 200
-    assert 0 <= run.cycles[0] - sum(run.cycles_per_layer) < 200
+    assert 0 <= run.cycles[0] - sum(run.cycles_per_layer) < 250
     assert run.ram_peak_bytes <= 8192 - 4096
-    with pytest.raises(UserError, match=r"does not fit the atmega328p: needs \d+ B of static RAM .* "
-                                        r"the atmega328p has 2048 B; it fits the atmega2560: use that board"):
-        run_avr("atmega328p", out, "digits_cnn", x, tmp_path / "uno", expect.shape[1])
+    # weights and parameter structs in flash: SRAM is the arena, the harness's buffers, one struct and the stack
+    # (with the weights in SRAM it took 2,600 B static and was refused on the atmega328p)
+    uno = run_avr("atmega328p", out, "digits_cnn", x, tmp_path / "uno", expect.shape[1])
+    assert np.array_equal(uno.outputs, expect)
+    arena = int(re.search(r"DIGITS_CNN_ARENA_SIZE (\d+)", (out / "digits_cnn_model.h").read_text()).group(1))
+    assert uno.memory.static_ram_bytes < arena + 200 and uno.ram_peak_bytes <= 2048
+
+
+@needs_avr
+def test_the_digits_demo_model_runs_on_the_atmega328p(tmp_path):
+    """The issue's target: `qgen demo`'s digits CNN (80,896 MACs, 1,680 B arena) on an Uno's 2 KB of SRAM. Its
+    RAM use depends on the architecture only, so an untrained copy (same shapes, same kernels) is used."""
+    from codegen import demo
+
+    torch.manual_seed(0)
+    x_tr = demo.digits_data()[0][:64]
+    result = codegen.compile(demo.make_model().eval(), torch.from_numpy(x_tr[:1]), x_tr, prefix="digits",
+                             out_dir=tmp_path / "model")
+    x = result.quantize_input(x_tr[:2])
+    expect = result.reference(x)
+    run = run_avr("atmega328p", tmp_path / "model", "digits", x, tmp_path / "uno", expect.shape[1])
+    assert np.array_equal(run.outputs, expect)
+    assert result.report["arena_bytes"] == 1680
+    assert run.ram_peak_bytes <= 2048 and run.memory.static_ram_bytes + load_avr_board("atmega328p").stack_bytes <= 2048
+    assert run.memory.flash_bytes > result.report["flash_bytes"]  # the 3,954 B of weights are in flash
+
+
+@needs_avr
+def test_flash_data_beyond_64_kb_and_arrays_over_32_kb_are_refused_with_the_limit(tmp_path):
+    """pgm_read_* (LPM) reaches the first 64 KB of flash: three 24 KB weight matrices on the atmega2560 (256 KB)
+    are refused before any run, naming the limit; one array over 32,767 B cannot exist on AVR (16-bit size_t)."""
+    model = torch.nn.Sequential(torch.nn.Linear(96, 256), torch.nn.Linear(256, 96), torch.nn.Linear(96, 256))
+    calib = np.random.default_rng(0).standard_normal((8, 96)).astype(np.float32)
+    result = codegen.compile(model, torch.zeros(1, 96), calib, prefix="big", out_dir=tmp_path / "model")
+    x = result.quantize_input(calib[:1])
+    with pytest.raises(UserError, match=r"does not fit the atmega2560: its constant data in flash ends at byte "
+                                        r"7\d,\d{3}, .*reaches the first 65,536 B only"):
+        run_avr("atmega2560", tmp_path / "model", "big", x, tmp_path / "avr", 256)
+    model = torch.nn.Linear(280, 128)  # 35,840 B
+    calib = calib[:, :1].repeat(280, 1)
+    result = codegen.compile(model, torch.zeros(1, 280), calib, prefix="huge", out_dir=tmp_path / "huge")
+    with pytest.raises(UserError, match=r"its constant array huge_l0_linear_weights is larger than an AVR object"):
+        run_avr("atmega2560", tmp_path / "huge", "huge", result.quantize_input(calib[:1]), tmp_path / "avr2", 128)
 
 
 @needs_avr
@@ -101,7 +142,17 @@ def test_qgen_run_on_an_avr_board_goes_to_simavr(digits, capsys):
     assert "board atmega2560 (avr6, 16 MHz) under simavr" in printed and "bit-exact: 2/2 samples" in printed
     assert re.search(r"^\| linear '8' \| 480 \| [\d,]+ \| [\d.]+ \|$", printed, re.M), printed
     assert re.search(r"cycles per inference: [\d,]+ \([\d.]+ ms at 16 MHz\), [\d.]+ cycles/MAC", printed)
-    assert main(["run", str(out), "--board", "atmega328p", "-n", "1"]) == 1
+    assert main(["run", str(out), "--board", "atmega328p", "-n", "1"]) == 0
+    assert "bit-exact: 1/1 samples" in capsys.readouterr().out
+
+
+@needs_avr
+def test_qgen_run_refuses_a_model_too_big_for_the_atmega328p(tmp_path, capsys):
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(16 * 16 * 16, 4))  # 4 KB arena
+    calib = np.random.default_rng(0).standard_normal((8, 1, 16, 16)).astype(np.float32)
+    codegen.compile(model, torch.zeros(1, 1, 16, 16), calib, prefix="wide", out_dir=tmp_path / "model")
+    assert main(["run", str(tmp_path / "model"), "--board", "atmega328p", "-n", "1"]) == 1
     assert "it fits the atmega2560: use that board" in capsys.readouterr().err
 
 

@@ -30,6 +30,14 @@ C_KEYWORDS = {
     "sizeof", "static", "struct", "switch", "typedef", "union", "unsigned", "void", "volatile", "while",
 }
 CTYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "int32": "int32_t"}
+# Kernels that read their layer's constant arrays through qg_w8/qg_w16/qg_w32 (qg_kernels.h): those arrays are
+# QG_CONST (in flash on AVR, read with LPM). Every other kernel's arrays stay plain `const` (SRAM on AVR). The
+# parameter structs of every layer are QG_CONST: model.c copies one into RAM before its call (<PREFIX>_PARAMS).
+FLASH_READERS = frozenset({
+    "qg_conv2d_s8", "qg_depthwise_conv2d_s8", "qg_fully_connected_s8", "qg_conv_transpose2d_s8",
+    "qg_maxpool2d_windows_s8", "qg_avgpool2d_windows_s8", "qg_maxpool2d_windows_s16", "qg_avgpool2d_windows_s16",
+    "qg_lut_s8", "qg_softmax_s8",
+})
 
 
 def check_prefix(prefix: str) -> str:
@@ -64,6 +72,7 @@ class CArray:
     count: int
     comment: str
     nbytes: int
+    flash: bool = False  # QG_CONST: its kernel reads it through qg_w* (FLASH_READERS)
 
 
 @dataclass
@@ -99,6 +108,7 @@ class CModel:
     stream: bool = False  # a streaming step graph (passes/stream.py): <prefix>_step + <prefix>_reset, no _run
     state_size: int = 0  # bytes of the stream's state memory (<prefix>_state), kept between steps
     reset_calls: list[str] = field(default_factory=list)  # statements of <prefix>_reset after the state is zeroed
+    param_types: list[str] = field(default_factory=list)  # the layers' parameter struct types (model.c's RAM copy)
 
 
 def layer_macs(g: Graph, n: Node) -> int:
@@ -207,6 +217,7 @@ class _Builder:
         for index, node in enumerate(g.nodes):
             m.layers.append(self.layer(index, node))
         m.macs = sum(layer.macs for layer in m.layers)
+        m.param_types = sorted({layer.struct_type for layer in m.layers if layer.struct_type})
         return m
 
     def layer(self, index: int, n: Node) -> Layer:
@@ -220,6 +231,7 @@ class _Builder:
         out_expr = self.buffer(out)
         scratch = self.buffer(scratch_key(index)) if scratch_key(index) in g.memory else "NULL"
         struct_name = _symbol(self.prefix, sym)
+        n_arrays, n_resets = len(self.model.arrays), len(self.model.reset_calls)
         weight_format = n.attrs.get("weight_format", "dense")
         if weight_format != "dense" or is_int4(g, n):
             # compressed weight storage (sparse, clustered, packed int4): same integers, another encoding and kernel
@@ -240,6 +252,13 @@ class _Builder:
         chosen = select(g, n).fn  # the planner sized this layer's scratch and overlap for that kernel
         assert (call is None) == (chosen is None) and (call is None or f"{chosen}(" in call), \
             f"{n.where()}: emitting {call} but codegen.kernels.select chose {chosen}"
+        for array in self.model.arrays[n_arrays:]:
+            array.flash = chosen in FLASH_READERS
+        if struct_type:  # the struct is QG_CONST: every use goes through model.c's RAM copy
+            by_address = re.compile(rf"&{struct_name}\b")
+            wrap = f"{self.model.PREFIX}_PARAMS(&{struct_name})"
+            call = by_address.sub(wrap, call) if call else call
+            self.model.reset_calls[n_resets:] = [by_address.sub(wrap, c) for c in self.model.reset_calls[n_resets:]]
         return Layer(index, title, shapes, struct_type, struct_name if struct_type else None,
                      [(k, str(v)) for k, v in fields], call, out_expr, g.tensors[out].nbytes, layer_macs(g, n))
 

@@ -5,9 +5,12 @@ The AVR is where qgen's C proves itself on a core with 16-bit `int`. A board is 
 inputs in flash, runs `<prefix>_run` on each, prints the output bytes and Timer1 cycle counts on USART0,
 which simavr copies to its stdout, and measures the stack peak by painting free RAM.
 
-avr-gcc places `const` data in SRAM (the AVR's flash is another address space, read with LPM), so the
-weights, the layer parameters, the arena and the stack all share the board's SRAM: the fit check counts
-them all and names a board that fits.
+avr-gcc places plain `const` data in SRAM (the AVR's flash is another address space, read with LPM), so qgen's
+generated arrays and layer parameter structs are QG_CONST (PROGMEM) there and the kernels read them with
+pgm_read_* (qg_kernels.h): SRAM holds the arena, one layer's parameter struct, the harness's input/output
+buffers, the arrays of the few kernels that still read RAM (codegen/emit/c.py FLASH_READERS) and the stack. The
+fit check counts them all and names a board that fits. pgm_read_* reaches the first 64 KB of flash: a model whose
+constant data ends above that is refused (check_avr_flash_data).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from codegen.target.boards import list_boards, tomllib
 from codegen.target.common import TargetError
 
 AVR_CC = "avr-gcc"
-AVR_TOOLS = (AVR_CC, "avr-size", "simavr")
+AVR_TOOLS = (AVR_CC, "avr-size", "avr-nm", "simavr")
 AVR_INSTALL_HINT = "install the Debian packages gcc-avr, avr-libc and simavr"
 # The generated model is held to the host's standard here too (-Wconversion catches int-width assumptions).
 AVR_CFLAGS = ("-std=c99", "-Os", "-Wall", "-Wextra", "-Werror", "-Wconversion", "-ffunction-sections",
@@ -101,8 +104,8 @@ def avr_fit_problems(board: AvrBoard, memory: AvrMemory) -> list[str]:
     problems = []
     ram = board.ram_kb * 1024
     if memory.static_ram_bytes + board.stack_bytes > ram:
-        problems.append(f"needs {memory.static_ram_bytes} B of static RAM (weights and layer parameters are "
-                        f"`const` data that avr-gcc keeps in SRAM, plus the arena) + {board.stack_bytes} B of "
+        problems.append(f"needs {memory.static_ram_bytes} B of static RAM (the arena, the input and output buffers "
+                        f"and a layer's parameters; the weights are in flash) + {board.stack_bytes} B of "
                         f"stack = {memory.static_ram_bytes + board.stack_bytes} B, the {board.name} has {ram} B")
     if memory.flash_bytes > board.flash_kb * 1024:
         problems.append(f"needs {memory.flash_bytes} B of flash, the {board.name} has {board.flash_kb * 1024} B")
@@ -119,6 +122,22 @@ def check_avr_fit(board: AvrBoard, memory: AvrMemory) -> None:
     way_out = (f"it fits the {', '.join(fitting)}: use that board" if fitting else
                "no AVR board fits it: shrink the model (fewer channels, pruning, int4 weights) or use a Cortex-M board")
     raise UserError(f"model does not fit the {board.name}: {'; '.join(problems)}; {way_out}")
+
+
+LPM_LIMIT = 0x10000  # pgm_read_* (LPM, 16-bit Z pointer) reads the first 64 KB of flash
+
+
+def check_avr_flash_data(board: AvrBoard, elf: Path) -> None:
+    """UserError when the model's flash data (.progmem, placed first in flash by avr-libc's linker script, ended
+    by __ctors_start) reaches above the first 64 KB: the kernels read it with LPM and 16-bit addresses."""
+    symbols = subprocess.run(["avr-nm", str(elf)], capture_output=True, text=True, check=True).stdout
+    end = re.search(r"^([0-9a-f]+) \w __ctors_start$", symbols, re.M)
+    if end is not None and int(end.group(1), 16) > LPM_LIMIT:
+        raise UserError(
+            f"model does not fit the {board.name}: its constant data in flash ends at byte {int(end.group(1), 16):,}, "
+            f"but qgen's AVR kernels read flash data with LPM (pgm_read_*, 16-bit addresses), which reaches the "
+            f"first {LPM_LIMIT:,} B only (far data through ELPM is not supported); keep the weights under about "
+            f"63 KB on AVR (fewer channels, pruning) or use a Cortex-M board")
 
 
 def read_avr_memory(elf: Path) -> AvrMemory:
@@ -172,6 +191,11 @@ def build_avr_elf(board: AvrBoard, model_dir: Path, prefix: str, x: np.ndarray, 
     command = [AVR_CC, *board.cflags, *AVR_CFLAGS, *trace, f"-I{work}", f"-I{model_dir}", f"-I{kernels}",
                *map(str, sources), "-Wl,--gc-sections", *MEASURE_LINK_FLAGS, "-o", str(elf)]
     process = subprocess.run(command, capture_output=True, text=True)
+    too_large = re.search(r"size of array .(\w+). is too large", process.stderr)
+    if process.returncode != 0 and too_large:
+        raise UserError(f"model does not fit the {board.name}: its constant array {too_large.group(1)} is larger "
+                        f"than an AVR object can be (32,767 B: 16-bit pointers and size_t); split or shrink the layer "
+                        f"or use a Cortex-M board")
     if process.returncode != 0:
         raise TargetError(f"avr-gcc failed (exit {process.returncode}):\n$ {' '.join(command)}\n{process.stderr}")
     return elf
@@ -241,6 +265,7 @@ def run_avr(board: AvrBoard | str, model_dir: Path | str, prefix: str, x: np.nda
     elf = build_avr_elf(board, model_dir, prefix, np.asarray(x).reshape(len(x), -1), work, per_layer=per_layer)
     memory = read_avr_memory(elf)
     check_avr_fit(board, memory)
+    check_avr_flash_data(board, elf)
     return run_simavr(board, elf, output_size, memory)
 
 
@@ -277,7 +302,7 @@ def run_compiled_avr(model_dir: Path | str, board: AvrBoard | str, x: np.ndarray
              f"bit-exact: {int(equal.sum())}/{len(x)} samples",
              f"cycles per inference: {cycles:,} ({run.milliseconds:.1f} ms at {board.clock_mhz} MHz)"
              + (f", {cycles / macs:.1f} cycles/MAC" if macs else ""),
-             f"RAM: {run.memory.static_ram_bytes:,} B static (weights, parameters, arena) + {run.stack_peak_bytes} B "
+             f"RAM: {run.memory.static_ram_bytes:,} B static (arena, buffers, parameters) + {run.stack_peak_bytes} B "
              f"stack peak = {run.ram_peak_bytes:,} of {board.ram_kb * 1024:,} B; flash {run.memory.flash_bytes:,} "
              f"of {board.flash_kb * 1024:,} B"]
     if run.cycles_per_layer is not None:

@@ -63,11 +63,15 @@ static void put_char(char c)
     UDR0 = (uint8_t)c;
 }
 
+static void put_digit(uint8_t d)
+{
+    put_char((char)(d < 10u ? 48u + d : 87u + d)); /* '0' + d, 'a' + d - 10; no table: it would take SRAM */
+}
+
 static void put_hex(uint8_t b)
 {
-    static const char digits[] = "0123456789abcdef";
-    put_char(digits[b >> 4]);
-    put_char(digits[b & 15u]);
+    put_digit((uint8_t)(b >> 4));
+    put_digit((uint8_t)(b & 15u));
 }
 
 static void put_u32(char tag, uint32_t v)

@@ -250,14 +250,14 @@ static void depthwise_generic(const qg_conv2d_params_t *p, const int8_t *in, int
             for (c = 0; c < in_c; c++) {
                 for (m = 0; m < mult; m++, oc++) {
                     const int8_t *w_i8 = p->weights + oc * taps;
-                    int32_t acc_i32 = p->bias[oc];
+                    int32_t acc_i32 = qg_w32(&p->bias[oc]);
                     for (ky = ky0; ky < ky1; ky++) {
                         const int8_t *x_i8 = in + ((iy0 + ky * dil_h) * p->in_w + ix0) * in_c + c;
                         for (kx = kx0; kx < kx1; kx++) {
-                            acc_i32 += (int32_t)x_i8[kx * x_step] * w_i8[ky * k_w + kx];
+                            acc_i32 += (int32_t)x_i8[kx * x_step] * qg_w8(&w_i8[ky * k_w + kx]);
                         }
                     }
-                    *out++ = qg_requantize_s8(acc_i32, p->shift[oc], p->act_min, p->act_max);
+                    *out++ = qg_requantize_s8(acc_i32, qg_w8(&p->shift[oc]), p->act_min, p->act_max);
                 }
             }
         }
@@ -268,7 +268,7 @@ static void depthwise_generic(const qg_conv2d_params_t *p, const int8_t *in, int
 static inline void store_4_kind(int32_t a0, int32_t a1, int32_t a2, int32_t a3, const int8_t *shift, int32_t kind,
                                 int32_t act_min, int32_t act_max, int8_t *out)
 {
-    const int32_t s0 = shift[0], s1 = shift[1], s2 = shift[2], s3 = shift[3];
+    const int32_t s0 = qg_w8(&shift[0]), s1 = qg_w8(&shift[1]), s2 = qg_w8(&shift[2]), s3 = qg_w8(&shift[3]);
     if (s0 > 0 && s1 > 0 && s2 > 0 && s3 > 0) {
         out[0] = qg_requantize_pos_s8(a0, s0 - 1, kind, act_min, act_max);
         out[1] = qg_requantize_pos_s8(a1, s1 - 1, kind, act_min, act_max);
@@ -311,7 +311,8 @@ static QG_ALWAYS_INLINE void dw_pixel(const int8_t *x0, const int8_t *w0, int32_
     int32_t c, ky, kx;
     for (c = 0; c + 3 < ch; c += 4) {
         const int8_t *x_i8 = x0 + c, *w_i8 = w0 + c;
-        int32_t a0 = bias[c], a1 = bias[c + 1], a2 = bias[c + 2], a3 = bias[c + 3];
+        int32_t a0 = qg_w32(&bias[c]), a1 = qg_w32(&bias[c + 1]);
+        int32_t a2 = qg_w32(&bias[c + 2]), a3 = qg_w32(&bias[c + 3]);
         for (ky = 0; ky < n_ky; ky++, x_i8 += x_row_step, w_i8 += w_row_step) {
             for (kx = 0; kx < n_kx; kx++, x_i8 += x_step, w_i8 += ch) {
 #if QG_DSP
@@ -334,13 +335,13 @@ static QG_ALWAYS_INLINE void dw_pixel(const int8_t *x0, const int8_t *w0, int32_
     }
     for (; c < ch; c++) {
         const int8_t *x_i8 = x0 + c, *w_i8 = w0 + c;
-        int32_t acc_i32 = bias[c];
+        int32_t acc_i32 = qg_w32(&bias[c]);
         for (ky = 0; ky < n_ky; ky++, x_i8 += x_row_step, w_i8 += w_row_step) {
             for (kx = 0; kx < n_kx; kx++, x_i8 += x_step, w_i8 += ch) {
                 acc_i32 += x_i8[0] * w_i8[0];
             }
         }
-        out[c] = qg_requantize_s8(acc_i32, shift[c], act_min, act_max);
+        out[c] = qg_requantize_s8(acc_i32, qg_w8(&shift[c]), act_min, act_max);
     }
 }
 
@@ -437,7 +438,7 @@ void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_
     }
     for (c = 0; c < ch; c++) {
         for (t = 0; t < taps; t++) {
-            w_t[t * ch + c] = p->weights[c * taps + t];
+            w_t[t * ch + c] = qg_w8(&p->weights[c * taps + t]); /* from flash on AVR: the pixels read w_t */
         }
     }
     for (oy = 0; oy < p->out_h; oy++) {

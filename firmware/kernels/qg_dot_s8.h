@@ -15,6 +15,7 @@
 
 #include <stdint.h>
 
+#include "qg_kernels.h"
 #include "qg_mve.h"
 #include "qg_simd.h"
 
@@ -76,8 +77,38 @@ static inline int32_t qg_dot_1x1_s8(const int8_t *restrict x, const int8_t *rest
 #endif
 }
 
+#if QG_FLASH_DATA
+/* The weight rows, biases and shifts in flash (AVR, qg_kernels.h): the plain loops above with qg_w* loads of w. */
+static inline void qg_dot_1x2_w8(const int8_t *restrict x, const int8_t *restrict w0,
+                                 const int8_t *restrict w1, int32_t n, int32_t *acc0, int32_t *acc1)
+{
+    int32_t a0 = *acc0, a1 = *acc1;
+    int32_t i;
+    for (i = 0; i < n; i++) {
+        const int32_t xi = x[i];
+        a0 += xi * qg_w8(&w0[i]);
+        a1 += xi * qg_w8(&w1[i]);
+    }
+    *acc0 = a0;
+    *acc1 = a1;
+}
+
+static inline int32_t qg_dot_1x1_w8(const int8_t *restrict x, const int8_t *restrict w, int32_t n, int32_t acc)
+{
+    int32_t i;
+    for (i = 0; i < n; i++) {
+        acc += (int32_t)x[i] * qg_w8(&w[i]);
+    }
+    return acc;
+}
+#else
+#define qg_dot_1x2_w8 qg_dot_1x2_s8
+#define qg_dot_1x1_w8 qg_dot_1x1_s8
+#endif
+
 /* out[r] = requantised bias[r] + x . (row r of w) for rows [0, rows), k values per row, two rows per pass: the
- * fully connected kernel and the plain C paths of the convolution and the transposed convolution. */
+ * fully connected kernel and the plain C paths of the convolution and the transposed convolution. w, bias and
+ * shift are the layer's constant data (in flash on AVR). */
 static inline void qg_dot_rows_s8(const int8_t *x, const int8_t *w, int32_t k, int32_t rows, const int32_t *bias,
                                   const int8_t *shift, int32_t act_min, int32_t act_max, int8_t *out)
 {
@@ -90,13 +121,13 @@ static inline void qg_dot_rows_s8(const int8_t *x, const int8_t *w, int32_t k, i
 #else
     int32_t r = 0;
     for (; r + 1 < rows; r += 2, w += 2 * k) {
-        int32_t acc0 = bias[r], acc1 = bias[r + 1];
-        qg_dot_1x2_s8(x, w, w + k, k, &acc0, &acc1);
-        out[r] = qg_requantize_s8(acc0, shift[r], act_min, act_max);
-        out[r + 1] = qg_requantize_s8(acc1, shift[r + 1], act_min, act_max);
+        int32_t acc0 = qg_w32(&bias[r]), acc1 = qg_w32(&bias[r + 1]);
+        qg_dot_1x2_w8(x, w, w + k, k, &acc0, &acc1);
+        out[r] = qg_requantize_s8(acc0, qg_w8(&shift[r]), act_min, act_max);
+        out[r + 1] = qg_requantize_s8(acc1, qg_w8(&shift[r + 1]), act_min, act_max);
     }
     if (r < rows) {
-        out[r] = qg_requantize_s8(qg_dot_1x1_s8(x, w, k, bias[r]), shift[r], act_min, act_max);
+        out[r] = qg_requantize_s8(qg_dot_1x1_w8(x, w, k, qg_w32(&bias[r])), qg_w8(&shift[r]), act_min, act_max);
     }
 #endif
 }

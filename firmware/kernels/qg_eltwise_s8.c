@@ -56,7 +56,7 @@ void qg_lut_s8(const qg_lut_params_t *p, const int8_t *in, int8_t *out)
     const int8_t *table = p->table;
     int32_t i;
     for (i = 0; i < p->size; i++) {
-        out[i] = table[in[i] + 128];
+        out[i] = qg_w8(&table[in[i] + 128]);
     }
 }
 
@@ -73,11 +73,11 @@ void qg_softmax_s8(const qg_softmax_params_t *p, const int8_t *in, int8_t *out)
             max_i32 = x[i] > max_i32 ? x[i] : max_i32;
         }
         for (i = 0; i < row_size; i++) {
-            sum_i32 += exp_table[max_i32 - x[i]];
+            sum_i32 += qg_w16(&exp_table[max_i32 - x[i]]);
         }
         /* sum >= exp_table[0] = 16384 > 0; out = round_half_up(128 * e / sum) = (256 e + sum) / (2 sum) */
         for (i = 0; i < row_size; i++) {
-            const int32_t e = exp_table[max_i32 - x[i]];
+            const int32_t e = qg_w16(&exp_table[max_i32 - x[i]]);
             const int32_t q = (256 * e + sum_i32) / (2 * sum_i32);
             y[i] = (int8_t)(q > 127 ? 127 : q);
         }

@@ -38,6 +38,29 @@ extern "C" {
 #define QG_ALIGN(n)
 #endif
 
+/* Constant data in flash. On 8-bit AVR, flash is a separate address space read with LPM: avr-gcc keeps plain
+ * `const` data in SRAM (copied there at start-up). There the generated arrays and parameter structs are QG_CONST
+ * (PROGMEM); kernels that read them load through qg_w8/qg_wu8/qg_w16/qg_w32 (pgm_read_*, first 64 KB of flash),
+ * and the generated model copies a layer's parameter struct into RAM (<PREFIX>_PARAMS) before calling its kernel.
+ * QG_FLASH_DATA is 1 there. Everywhere else these are plain `const` data and plain dereferences: the same code.
+ * Which kernels read their arrays through qg_w*: codegen/emit/c.py FLASH_READERS (the others keep theirs in RAM). */
+#if defined(__AVR__)
+#include <avr/pgmspace.h>
+#define QG_FLASH_DATA 1
+#define QG_CONST PROGMEM
+#define qg_w8(p) ((int8_t)pgm_read_byte(p))
+#define qg_wu8(p) ((uint8_t)pgm_read_byte(p))
+#define qg_w16(p) ((int16_t)pgm_read_word(p))
+#define qg_w32(p) ((int32_t)pgm_read_dword(p))
+#else
+#define QG_FLASH_DATA 0
+#define QG_CONST
+#define qg_w8(p) (*(p))
+#define qg_wu8(p) (*(p))
+#define qg_w16(p) (*(p))
+#define qg_w32(p) (*(p))
+#endif
+
 /* A compile-time check in C99 (which has no _Static_assert): an array of size -1 does not compile.
  * `name` makes the file-scope typedef unique, and names the failed check in the compiler's error. */
 #define QG_STATIC_ASSERT(cond, name) typedef char qg_static_assert_##name[(cond) ? 1 : -1]

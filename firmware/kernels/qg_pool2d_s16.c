@@ -14,9 +14,9 @@ void qg_maxpool2d_windows_s16(const qg_pool2d_windows_params_t *p, const int16_t
             const int16_t *col = p->cols + 3 * ox;
             for (c = 0; c < ch; c++) {
                 int32_t max_i32 = -32768;
-                for (y = row[0]; y < row[1]; y++) {
+                for (y = qg_w16(&row[0]); y < qg_w16(&row[1]); y++) {
                     const int16_t *x_i16 = in + (y * in_w) * ch + c;
-                    for (x = col[0]; x < col[1]; x++) {
+                    for (x = qg_w16(&col[0]); x < qg_w16(&col[1]); x++) {
                         max_i32 = x_i16[x * ch] > max_i32 ? x_i16[x * ch] : max_i32;
                     }
                 }
@@ -35,12 +35,13 @@ void qg_avgpool2d_windows_s16(const qg_pool2d_windows_params_t *p, const int16_t
         const int16_t *row = p->rows + 3 * oy;
         for (ox = 0; ox < p->out_w; ox++, out += ch) {
             const int16_t *col = p->cols + 3 * ox;
-            const int64_t mult = p->mult[(int32_t)row[2] * p->col_classes + col[2]]; /* round(2^avg_shift / d) */
+            /* round(2^avg_shift / d) */
+            const int64_t mult = qg_w32(&p->mult[(int32_t)qg_w16(&row[2]) * p->col_classes + qg_w16(&col[2])]);
             for (c = 0; c < ch; c++) {
                 int64_t sum = 0;
-                for (y = row[0]; y < row[1]; y++) {
+                for (y = qg_w16(&row[0]); y < qg_w16(&row[1]); y++) {
                     const int16_t *x_i16 = in + (y * in_w) * ch + c;
-                    for (x = col[0]; x < col[1]; x++) {
+                    for (x = qg_w16(&col[0]); x < qg_w16(&col[1]); x++) {
                         sum += x_i16[x * ch];
                     }
                 }

@@ -321,7 +321,8 @@ void qg_maxpool2d_windows_s8(const qg_pool2d_windows_params_t *p, const int8_t *
         const int16_t *row = p->rows + 3 * oy;
         for (ox = 0; ox < p->out_w; ox++, out += ch) {
             const int16_t *col = p->cols + 3 * ox;
-            max_window_s8(in + (row[0] * in_w + col[0]) * ch, row[1] - row[0], col[1] - col[0], in_w, ch, out);
+            max_window_s8(in + (qg_w16(&row[0]) * in_w + qg_w16(&col[0])) * ch, qg_w16(&row[1]) - qg_w16(&row[0]),
+                          qg_w16(&col[1]) - qg_w16(&col[0]), in_w, ch, out);
         }
     }
 }
@@ -336,8 +337,10 @@ void qg_avgpool2d_windows_s8(const qg_pool2d_windows_params_t *p, const int8_t *
         const int16_t *row = p->rows + 3 * oy;
         for (ox = 0; ox < p->out_w; ox++, out += ch) {
             const int16_t *col = p->cols + 3 * ox;
-            const int32_t mult = p->mult[(int32_t)row[2] * p->col_classes + col[2]]; /* round(2^shift / d) */
-            avg_window_s8(in + (row[0] * in_w + col[0]) * ch, row[1] - row[0], col[1] - col[0], in_w, ch, mult, rnd,
+            /* round(2^shift / d) */
+            const int32_t mult = qg_w32(&p->mult[(int32_t)qg_w16(&row[2]) * p->col_classes + qg_w16(&col[2])]);
+            avg_window_s8(in + (qg_w16(&row[0]) * in_w + qg_w16(&col[0])) * ch, qg_w16(&row[1]) - qg_w16(&row[0]),
+                          qg_w16(&col[1]) - qg_w16(&col[0]), in_w, ch, mult, rnd,
                           shift, QG_CLAMP_ANY, lo, hi, out);
         }
     }

@@ -110,7 +110,7 @@ static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, in
     if (k == 0) { /* no tap reaches this phase: the bias alone */
         for (ox = ox0; ox < out_w; ox += sw) {
             for (oc = 0; oc < out_c; oc++) {
-                out_row[ox * ps + oc] = qg_requantize_s8(bias[oc], shift[oc], act_min, act_max);
+                out_row[ox * ps + oc] = qg_requantize_s8(qg_w32(&bias[oc]), qg_w8(&shift[oc]), act_min, act_max);
             }
         }
         return;

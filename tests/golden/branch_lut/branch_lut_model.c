@@ -16,6 +16,22 @@
 /* One static arena; offsets planned by qgen (buffers share memory when their lifetimes do not overlap). */
 static int8_t branch_lut_arena[BRANCH_LUT_ARENA_SIZE] QG_ALIGN(4);
 
+#if QG_FLASH_DATA
+/* The layer parameter structs are in flash (QG_CONST, qg_kernels.h): each is copied here before its kernel runs. */
+static union {
+    qg_add_params_t p0;
+    qg_concat_params_t p1;
+    qg_conv2d_params_t p2;
+    qg_fully_connected_params_t p3;
+    qg_lut_params_t p4;
+    qg_pool2d_params_t p5;
+    qg_softmax_params_t p6;
+} branch_lut_params;
+#define BRANCH_LUT_PARAMS(p) ((const void *)memcpy_P(&branch_lut_params, (p), sizeof *(p)))
+#else
+#define BRANCH_LUT_PARAMS(p) (p)
+#endif
+
 #ifdef BRANCH_LUT_ENABLE_TRACE
 static branch_lut_trace_fn branch_lut_trace_cb = NULL;
 void branch_lut_set_trace(branch_lut_trace_fn fn) { branch_lut_trace_cb = fn; }
@@ -31,34 +47,34 @@ int branch_lut_run(const branch_lut_input_t *in, int8_t *out)
         return -1;
     }
     /* 0: conv2d 'c1' (golden_models.py:21): [8, 8, 2] s8.f5 -> [8, 8, 4] s8.f5 */
-    qg_conv2d_s8(&branch_lut_l0_conv2d, in, branch_lut_arena + 288, branch_lut_arena);
+    qg_conv2d_s8(BRANCH_LUT_PARAMS(&branch_lut_l0_conv2d), in, branch_lut_arena + 288, branch_lut_arena);
     BRANCH_LUT_TRACE(0, branch_lut_arena + 288, 256);
     /* 1: conv2d 'c2' (golden_models.py:22): [8, 8, 4] s8.f5 -> [8, 8, 4] s8.f7 */
-    qg_conv2d_s8(&branch_lut_l1_conv2d, branch_lut_arena + 288, branch_lut_arena + 544, branch_lut_arena);
+    qg_conv2d_s8(BRANCH_LUT_PARAMS(&branch_lut_l1_conv2d), branch_lut_arena + 288, branch_lut_arena + 544, branch_lut_arena);
     BRANCH_LUT_TRACE(1, branch_lut_arena + 544, 256);
     /* 2: add 'add' (golden_models.py:22): [8, 8, 4] s8.f7 + [8, 8, 4] s8.f5 -> [8, 8, 4] s8.f5 */
-    qg_add_s8(&branch_lut_l2_add, branch_lut_arena + 544, branch_lut_arena + 288, branch_lut_arena + 544);
+    qg_add_s8(BRANCH_LUT_PARAMS(&branch_lut_l2_add), branch_lut_arena + 544, branch_lut_arena + 288, branch_lut_arena + 544);
     BRANCH_LUT_TRACE(2, branch_lut_arena + 544, 256);
     /* 3: lut 'sigmoid' (golden_models.py:23): [8, 8, 4] s8.f5 -> [8, 8, 4] s8.f7 */
-    qg_lut_s8(&branch_lut_l3_lut, branch_lut_arena + 544, branch_lut_arena + 800);
+    qg_lut_s8(BRANCH_LUT_PARAMS(&branch_lut_l3_lut), branch_lut_arena + 544, branch_lut_arena + 800);
     BRANCH_LUT_TRACE(3, branch_lut_arena + 800, 256);
     /* 4: lut 'tanh' (golden_models.py:23): [8, 8, 4] s8.f5 -> [8, 8, 4] s8.f7 */
-    qg_lut_s8(&branch_lut_l4_lut, branch_lut_arena + 544, branch_lut_arena + 544);
+    qg_lut_s8(BRANCH_LUT_PARAMS(&branch_lut_l4_lut), branch_lut_arena + 544, branch_lut_arena + 544);
     BRANCH_LUT_TRACE(4, branch_lut_arena + 544, 256);
     /* 5: concat 'cat' (golden_models.py:23): [8, 8, 4] s8.f7 + [8, 8, 4] s8.f7 -> [8, 8, 8] s8.f7 */
-    { const int8_t *const parts[2] = {branch_lut_arena + 800, branch_lut_arena + 544}; qg_concat_s8(&branch_lut_l5_concat, parts, branch_lut_arena); }
+    { const int8_t *const parts[2] = {branch_lut_arena + 800, branch_lut_arena + 544}; qg_concat_s8(BRANCH_LUT_PARAMS(&branch_lut_l5_concat), parts, branch_lut_arena); }
     BRANCH_LUT_TRACE(5, branch_lut_arena, 512);
     /* 6: avgpool2d 'avg' (golden_models.py:24): [8, 8, 8] s8.f7 -> [4, 4, 8] s8.f7 */
-    qg_avgpool2d_s8(&branch_lut_l6_avgpool2d, branch_lut_arena, branch_lut_arena + 512);
+    qg_avgpool2d_s8(BRANCH_LUT_PARAMS(&branch_lut_l6_avgpool2d), branch_lut_arena, branch_lut_arena + 512);
     BRANCH_LUT_TRACE(6, branch_lut_arena + 512, 128);
     /* 7: reshape 'flatten' (golden_models.py:24): [4, 4, 8] s8.f7 -> [128] s8.f7 */
     /* reshape: same bytes, no code */
     BRANCH_LUT_TRACE(7, branch_lut_arena + 512, 128);
     /* 8: linear 'fc' (golden_models.py:24): [128] s8.f7 -> [5] s8.f7 */
-    qg_fully_connected_s8(&branch_lut_l8_linear, branch_lut_arena + 512, branch_lut_arena, NULL);
+    qg_fully_connected_s8(BRANCH_LUT_PARAMS(&branch_lut_l8_linear), branch_lut_arena + 512, branch_lut_arena, NULL);
     BRANCH_LUT_TRACE(8, branch_lut_arena, 5);
     /* 9: softmax 'softmax' (golden_models.py:24): [5] s8.f7 -> [5] s8.f7 */
-    qg_softmax_s8(&branch_lut_l9_softmax, branch_lut_arena, out);
+    qg_softmax_s8(BRANCH_LUT_PARAMS(&branch_lut_l9_softmax), branch_lut_arena, out);
     BRANCH_LUT_TRACE(9, out, 5);
     return 0;
 }

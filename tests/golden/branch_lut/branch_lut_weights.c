@@ -6,7 +6,7 @@
 #include "branch_lut_weights.h"
 
 /* weights [4, 3, 3, 2] int8 s8.f9/ch, values [-118, 120] */
-static const int8_t branch_lut_l0_conv2d_weights[72] QG_ALIGN(4) = {
+static const int8_t branch_lut_l0_conv2d_weights[72] QG_ALIGN(4) QG_CONST = {
     62, -15, -53, 33, -23, 6, 57, 44, -114, -47, 72, -9, -25, -11, 61, 17,
     17, 0, 105, 66, 38, -118, -45, 75, -73, 34, -20, 114, -52, 80, -39, -110,
     6, -115, 72, -58, 106, 62, -20, -64, 52, 35, -56, -35, 118, -13, -51, -116,
@@ -16,19 +16,19 @@ static const int8_t branch_lut_l0_conv2d_weights[72] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(branch_lut_l0_conv2d_weights) == 72, branch_lut_l0_conv2d_weights_size);
 
 /* bias [4] int32 s32.f14/ch, values [220, 1886] */
-static const int32_t branch_lut_l0_conv2d_bias[4] QG_ALIGN(4) = {
+static const int32_t branch_lut_l0_conv2d_bias[4] QG_ALIGN(4) QG_CONST = {
     1886, 220, 1268, 849,
 };
 QG_STATIC_ASSERT(sizeof(branch_lut_l0_conv2d_bias) == 16, branch_lut_l0_conv2d_bias_size);
 
 /* requantisation shift per output channel */
-static const int8_t branch_lut_l0_conv2d_shift[4] QG_ALIGN(4) = {
+static const int8_t branch_lut_l0_conv2d_shift[4] QG_ALIGN(4) QG_CONST = {
     9, 9, 9, 9,
 };
 QG_STATIC_ASSERT(sizeof(branch_lut_l0_conv2d_shift) == 4, branch_lut_l0_conv2d_shift_size);
 
 /* weights [4, 3, 3, 4] int8 s8.f9/ch, values [-81, 85] */
-static const int8_t branch_lut_l1_conv2d_weights[144] QG_ALIGN(4) = {
+static const int8_t branch_lut_l1_conv2d_weights[144] QG_ALIGN(4) QG_CONST = {
     31, -49, -57, 37, 42, -76, -40, -55, -79, 62, 29, -73, 43, -13, 15, 82,
     -60, 48, -36, 4, -64, 27, -26, 58, 5, -64, 78, 18, -15, 17, -16, 27,
     50, 20, 48, 64, 81, 11, -53, -72, -57, 85, 19, -39, 11, -54, 74, -10,
@@ -42,19 +42,19 @@ static const int8_t branch_lut_l1_conv2d_weights[144] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(branch_lut_l1_conv2d_weights) == 144, branch_lut_l1_conv2d_weights_size);
 
 /* bias [4] int32 s32.f14/ch, values [-2148, 2477] */
-static const int32_t branch_lut_l1_conv2d_bias[4] QG_ALIGN(4) = {
+static const int32_t branch_lut_l1_conv2d_bias[4] QG_ALIGN(4) QG_CONST = {
     -2080, 2477, -2148, -1924,
 };
 QG_STATIC_ASSERT(sizeof(branch_lut_l1_conv2d_bias) == 16, branch_lut_l1_conv2d_bias_size);
 
 /* requantisation shift per output channel */
-static const int8_t branch_lut_l1_conv2d_shift[4] QG_ALIGN(4) = {
+static const int8_t branch_lut_l1_conv2d_shift[4] QG_ALIGN(4) QG_CONST = {
     7, 7, 7, 7,
 };
 QG_STATIC_ASSERT(sizeof(branch_lut_l1_conv2d_shift) == 4, branch_lut_l1_conv2d_shift_size);
 
 /* sigmoid_table [256] int8 s8.f7, values [2, 126] */
-static const int8_t branch_lut_l3_lut_sigmoid_table[256] QG_ALIGN(4) = {
+static const int8_t branch_lut_l3_lut_sigmoid_table[256] QG_ALIGN(4) QG_CONST = {
     2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 4, 4,
     4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 6, 6, 6,
     6, 6, 6, 7, 7, 7, 7, 7, 8, 8, 8, 8, 9, 9, 9, 9,
@@ -75,7 +75,7 @@ static const int8_t branch_lut_l3_lut_sigmoid_table[256] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(branch_lut_l3_lut_sigmoid_table) == 256, branch_lut_l3_lut_sigmoid_table_size);
 
 /* tanh_table [256] int8 s8.f7, values [-128, 127] */
-static const int8_t branch_lut_l4_lut_tanh_table[256] QG_ALIGN(4) = {
+static const int8_t branch_lut_l4_lut_tanh_table[256] QG_ALIGN(4) QG_CONST = {
     -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128,
     -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -128, -127, -127, -127,
     -127, -127, -127, -127, -127, -127, -127, -127, -127, -127, -127, -127, -127, -127, -126, -126,
@@ -108,7 +108,7 @@ static const int8_t branch_lut_l5_concat_shift[2] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(branch_lut_l5_concat_shift) == 2, branch_lut_l5_concat_shift_size);
 
 /* weights [5, 128] int8 s8.f10/ch, values [-90, 90] */
-static const int8_t branch_lut_l8_linear_weights[640] QG_ALIGN(4) = {
+static const int8_t branch_lut_l8_linear_weights[640] QG_ALIGN(4) QG_CONST = {
     44, -74, 52, 22, -17, -12, -18, -51, -65, -8, 56, 75, 18, -35, -7, -51,
     -21, 38, -5, -38, 3, -83, -17, 23, 66, -3, -11, -38, -58, 79, -33, 9,
     72, -46, 82, -78, 51, 17, 38, -46, 86, 2, 79, -4, 51, 81, -31, -64,
@@ -153,19 +153,19 @@ static const int8_t branch_lut_l8_linear_weights[640] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(branch_lut_l8_linear_weights) == 640, branch_lut_l8_linear_weights_size);
 
 /* bias [5] int32 s32.f17/ch, values [-9693, 5992] */
-static const int32_t branch_lut_l8_linear_bias[5] QG_ALIGN(4) = {
+static const int32_t branch_lut_l8_linear_bias[5] QG_ALIGN(4) QG_CONST = {
     -2628, 5992, -3591, -9693, 2544,
 };
 QG_STATIC_ASSERT(sizeof(branch_lut_l8_linear_bias) == 20, branch_lut_l8_linear_bias_size);
 
 /* requantisation shift per output */
-static const int8_t branch_lut_l8_linear_shift[5] QG_ALIGN(4) = {
+static const int8_t branch_lut_l8_linear_shift[5] QG_ALIGN(4) QG_CONST = {
     10, 10, 10, 10, 10,
 };
 QG_STATIC_ASSERT(sizeof(branch_lut_l8_linear_shift) == 5, branch_lut_l8_linear_shift_size);
 
 /* exp_table [256] int16 s16.f14, values [2235, 16384] */
-static const int16_t branch_lut_l9_softmax_exp_table[256] QG_ALIGN(4) = {
+static const int16_t branch_lut_l9_softmax_exp_table[256] QG_ALIGN(4) QG_CONST = {
     16384, 16256, 16130, 16004, 15880, 15756, 15634, 15512, 15391, 15272, 15153, 15035, 14918, 14802, 14687, 14572,
     14459, 14346, 14235, 14124, 14014, 13905, 13797, 13689, 13583, 13477, 13372, 13268, 13165, 13062, 12961, 12860,
     12760, 12661, 12562, 12464, 12367, 12271, 12176, 12081, 11987, 11894, 11801, 11709, 11618, 11528, 11438, 11349,
@@ -186,7 +186,7 @@ static const int16_t branch_lut_l9_softmax_exp_table[256] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(branch_lut_l9_softmax_exp_table) == 512, branch_lut_l9_softmax_exp_table_size);
 
 /* 0: conv2d 'c1' (golden_models.py:21) */
-const qg_conv2d_params_t branch_lut_l0_conv2d = {
+const qg_conv2d_params_t branch_lut_l0_conv2d QG_CONST = {
     .in_h = 8,
     .in_w = 8,
     .in_c = 2,
@@ -210,7 +210,7 @@ const qg_conv2d_params_t branch_lut_l0_conv2d = {
 };
 
 /* 1: conv2d 'c2' (golden_models.py:22) */
-const qg_conv2d_params_t branch_lut_l1_conv2d = {
+const qg_conv2d_params_t branch_lut_l1_conv2d QG_CONST = {
     .in_h = 8,
     .in_w = 8,
     .in_c = 4,
@@ -234,7 +234,7 @@ const qg_conv2d_params_t branch_lut_l1_conv2d = {
 };
 
 /* 2: add 'add' (golden_models.py:22) */
-const qg_add_params_t branch_lut_l2_add = {
+const qg_add_params_t branch_lut_l2_add QG_CONST = {
     .size = 256,
     .shift_a = 0,
     .shift_b = -2,
@@ -244,19 +244,19 @@ const qg_add_params_t branch_lut_l2_add = {
 };
 
 /* 3: lut 'sigmoid' (golden_models.py:23) */
-const qg_lut_params_t branch_lut_l3_lut = {
+const qg_lut_params_t branch_lut_l3_lut QG_CONST = {
     .size = 256,
     .table = branch_lut_l3_lut_sigmoid_table,
 };
 
 /* 4: lut 'tanh' (golden_models.py:23) */
-const qg_lut_params_t branch_lut_l4_lut = {
+const qg_lut_params_t branch_lut_l4_lut QG_CONST = {
     .size = 256,
     .table = branch_lut_l4_lut_tanh_table,
 };
 
 /* 5: concat 'cat' (golden_models.py:23) */
-const qg_concat_params_t branch_lut_l5_concat = {
+const qg_concat_params_t branch_lut_l5_concat QG_CONST = {
     .n_inputs = 2,
     .outer = 64,
     .out_block = 8,
@@ -265,7 +265,7 @@ const qg_concat_params_t branch_lut_l5_concat = {
 };
 
 /* 6: avgpool2d 'avg' (golden_models.py:24) */
-const qg_pool2d_params_t branch_lut_l6_avgpool2d = {
+const qg_pool2d_params_t branch_lut_l6_avgpool2d QG_CONST = {
     .in_h = 8,
     .in_w = 8,
     .channels = 8,
@@ -284,7 +284,7 @@ const qg_pool2d_params_t branch_lut_l6_avgpool2d = {
 };
 
 /* 8: linear 'fc' (golden_models.py:24) */
-const qg_fully_connected_params_t branch_lut_l8_linear = {
+const qg_fully_connected_params_t branch_lut_l8_linear QG_CONST = {
     .in_features = 128,
     .out_features = 5,
     .act_min = -128,
@@ -295,7 +295,7 @@ const qg_fully_connected_params_t branch_lut_l8_linear = {
 };
 
 /* 9: softmax 'softmax' (golden_models.py:24) */
-const qg_softmax_params_t branch_lut_l9_softmax = {
+const qg_softmax_params_t branch_lut_l9_softmax QG_CONST = {
     .rows = 1,
     .row_size = 5,
     .exp_table = branch_lut_l9_softmax_exp_table,

@@ -8,14 +8,14 @@
 
 #include "qg_kernels.h"
 
-extern const qg_conv2d_params_t branch_lut_l0_conv2d;
-extern const qg_conv2d_params_t branch_lut_l1_conv2d;
-extern const qg_add_params_t branch_lut_l2_add;
-extern const qg_lut_params_t branch_lut_l3_lut;
-extern const qg_lut_params_t branch_lut_l4_lut;
-extern const qg_concat_params_t branch_lut_l5_concat;
-extern const qg_pool2d_params_t branch_lut_l6_avgpool2d;
-extern const qg_fully_connected_params_t branch_lut_l8_linear;
-extern const qg_softmax_params_t branch_lut_l9_softmax;
+extern const qg_conv2d_params_t branch_lut_l0_conv2d QG_CONST;
+extern const qg_conv2d_params_t branch_lut_l1_conv2d QG_CONST;
+extern const qg_add_params_t branch_lut_l2_add QG_CONST;
+extern const qg_lut_params_t branch_lut_l3_lut QG_CONST;
+extern const qg_lut_params_t branch_lut_l4_lut QG_CONST;
+extern const qg_concat_params_t branch_lut_l5_concat QG_CONST;
+extern const qg_pool2d_params_t branch_lut_l6_avgpool2d QG_CONST;
+extern const qg_fully_connected_params_t branch_lut_l8_linear QG_CONST;
+extern const qg_softmax_params_t branch_lut_l9_softmax QG_CONST;
 
 #endif /* BRANCH_LUT_WEIGHTS_H */

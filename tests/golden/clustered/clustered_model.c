@@ -16,6 +16,16 @@
 /* One static arena; offsets planned by qgen (buffers share memory when their lifetimes do not overlap). */
 static int8_t clustered_arena[CLUSTERED_ARENA_SIZE] QG_ALIGN(4);
 
+#if QG_FLASH_DATA
+/* The layer parameter structs are in flash (QG_CONST, qg_kernels.h): each is copied here before its kernel runs. */
+static union {
+    qg_conv2d_cluster_params_t p0;
+} clustered_params;
+#define CLUSTERED_PARAMS(p) ((const void *)memcpy_P(&clustered_params, (p), sizeof *(p)))
+#else
+#define CLUSTERED_PARAMS(p) (p)
+#endif
+
 #ifdef CLUSTERED_ENABLE_TRACE
 static clustered_trace_fn clustered_trace_cb = NULL;
 void clustered_set_trace(clustered_trace_fn fn) { clustered_trace_cb = fn; }
@@ -31,10 +41,10 @@ int clustered_run(const clustered_input_t *in, int8_t *out)
         return -1;
     }
     /* 0: linear '0': [24] s8.f5 -> [32] s8.f6 */
-    qg_fully_connected_cluster_s8(&clustered_l0_linear, in, clustered_arena, NULL);
+    qg_fully_connected_cluster_s8(CLUSTERED_PARAMS(&clustered_l0_linear), in, clustered_arena, NULL);
     CLUSTERED_TRACE(0, clustered_arena, 32);
     /* 1: linear '2': [32] s8.f6 -> [6] s8.f7 */
-    qg_fully_connected_cluster_s8(&clustered_l1_linear, clustered_arena, out, NULL);
+    qg_fully_connected_cluster_s8(CLUSTERED_PARAMS(&clustered_l1_linear), clustered_arena, out, NULL);
     CLUSTERED_TRACE(1, out, 6);
     return 0;
 }

@@ -86,7 +86,7 @@ static const int8_t clustered_l1_linear_codebook[16] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(clustered_l1_linear_codebook) == 16, clustered_l1_linear_codebook_size);
 
 /* 0: linear '0' */
-const qg_conv2d_cluster_params_t clustered_l0_linear = {
+const qg_conv2d_cluster_params_t clustered_l0_linear QG_CONST = {
     .conv.in_h = 1,
     .conv.in_w = 1,
     .conv.in_c = 24,
@@ -112,7 +112,7 @@ const qg_conv2d_cluster_params_t clustered_l0_linear = {
 };
 
 /* 1: linear '2' */
-const qg_conv2d_cluster_params_t clustered_l1_linear = {
+const qg_conv2d_cluster_params_t clustered_l1_linear QG_CONST = {
     .conv.in_h = 1,
     .conv.in_w = 1,
     .conv.in_c = 32,

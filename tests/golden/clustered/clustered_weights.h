@@ -8,7 +8,7 @@
 
 #include "qg_kernels.h"
 
-extern const qg_conv2d_cluster_params_t clustered_l0_linear;
-extern const qg_conv2d_cluster_params_t clustered_l1_linear;
+extern const qg_conv2d_cluster_params_t clustered_l0_linear QG_CONST;
+extern const qg_conv2d_cluster_params_t clustered_l1_linear QG_CONST;
 
 #endif /* CLUSTERED_WEIGHTS_H */

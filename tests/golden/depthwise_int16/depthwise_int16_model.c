@@ -16,6 +16,18 @@
 /* One static arena; offsets planned by qgen (buffers share memory when their lifetimes do not overlap). */
 static int8_t depthwise_int16_arena[DEPTHWISE_INT16_ARENA_SIZE] QG_ALIGN(4);
 
+#if QG_FLASH_DATA
+/* The layer parameter structs are in flash (QG_CONST, qg_kernels.h): each is copied here before its kernel runs. */
+static union {
+    qg_conv2d_wide_params_t p0;
+    qg_fully_connected_params_t p1;
+    qg_pool2d_params_t p2;
+} depthwise_int16_params;
+#define DEPTHWISE_INT16_PARAMS(p) ((const void *)memcpy_P(&depthwise_int16_params, (p), sizeof *(p)))
+#else
+#define DEPTHWISE_INT16_PARAMS(p) (p)
+#endif
+
 #ifdef DEPTHWISE_INT16_ENABLE_TRACE
 static depthwise_int16_trace_fn depthwise_int16_trace_cb = NULL;
 void depthwise_int16_set_trace(depthwise_int16_trace_fn fn) { depthwise_int16_trace_cb = fn; }
@@ -31,22 +43,22 @@ int depthwise_int16_run(const depthwise_int16_input_t *in, int8_t *out)
         return -1;
     }
     /* 0: conv2d 'c' (golden_models.py:37): [8, 8, 3] s8.f5 -> [4, 4, 8] s16.f13 */
-    qg_conv2d_s8_to_s16(&depthwise_int16_l0_conv2d, in, QG_AS_S16(depthwise_int16_arena));
+    qg_conv2d_s8_to_s16(DEPTHWISE_INT16_PARAMS(&depthwise_int16_l0_conv2d), in, QG_AS_S16(depthwise_int16_arena));
     DEPTHWISE_INT16_TRACE(0, depthwise_int16_arena, 256);
     /* 1: depthwise_conv2d 'dw' (golden_models.py:38): [4, 4, 8] s16.f13 -> [4, 4, 8] s16.f14 */
-    qg_depthwise_conv2d_s16(&depthwise_int16_l1_depthwise_conv2d, QG_AS_S16(depthwise_int16_arena), QG_AS_S16(depthwise_int16_arena + 256));
+    qg_depthwise_conv2d_s16(DEPTHWISE_INT16_PARAMS(&depthwise_int16_l1_depthwise_conv2d), QG_AS_S16(depthwise_int16_arena), QG_AS_S16(depthwise_int16_arena + 256));
     DEPTHWISE_INT16_TRACE(1, depthwise_int16_arena + 256, 256);
     /* 2: conv2d 'pw' (golden_models.py:38): [4, 4, 8] s16.f14 -> [4, 4, 12] s8.f7 */
-    qg_conv2d_s16_to_s8(&depthwise_int16_l2_conv2d, QG_AS_S16(depthwise_int16_arena + 256), depthwise_int16_arena);
+    qg_conv2d_s16_to_s8(DEPTHWISE_INT16_PARAMS(&depthwise_int16_l2_conv2d), QG_AS_S16(depthwise_int16_arena + 256), depthwise_int16_arena);
     DEPTHWISE_INT16_TRACE(2, depthwise_int16_arena, 192);
     /* 3: avgpool2d 'mean' (golden_models.py:39): [4, 4, 12] s8.f7 -> [1, 1, 12] s8.f7 */
-    qg_avgpool2d_s8(&depthwise_int16_l3_avgpool2d, depthwise_int16_arena, depthwise_int16_arena + 192);
+    qg_avgpool2d_s8(DEPTHWISE_INT16_PARAMS(&depthwise_int16_l3_avgpool2d), depthwise_int16_arena, depthwise_int16_arena + 192);
     DEPTHWISE_INT16_TRACE(3, depthwise_int16_arena + 192, 12);
     /* 4: reshape 'mean' (golden_models.py:39): [1, 1, 12] s8.f7 -> [12] s8.f7 */
     /* reshape: same bytes, no code */
     DEPTHWISE_INT16_TRACE(4, depthwise_int16_arena + 192, 12);
     /* 5: linear 'fc' (golden_models.py:39): [12] s8.f7 -> [4] s8.f8 */
-    qg_fully_connected_s8(&depthwise_int16_l5_linear, depthwise_int16_arena + 192, out, NULL);
+    qg_fully_connected_s8(DEPTHWISE_INT16_PARAMS(&depthwise_int16_l5_linear), depthwise_int16_arena + 192, out, NULL);
     DEPTHWISE_INT16_TRACE(5, out, 4);
     return 0;
 }

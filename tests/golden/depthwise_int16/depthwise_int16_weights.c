@@ -82,7 +82,7 @@ static const int8_t depthwise_int16_l2_conv2d_shift[12] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(depthwise_int16_l2_conv2d_shift) == 12, depthwise_int16_l2_conv2d_shift_size);
 
 /* weights [4, 12] int8 s8.f8/ch, values [-72, 70] */
-static const int8_t depthwise_int16_l5_linear_weights[48] QG_ALIGN(4) = {
+static const int8_t depthwise_int16_l5_linear_weights[48] QG_ALIGN(4) QG_CONST = {
     -15, -16, -6, -22, 20, 50, -60, -28, 63, -70, 59, -15, 20, -38, 35, 9,
     -18, 70, -67, 64, 50, -11, -23, 59, 30, -66, -57, -72, -31, -12, 27, 43,
     -66, 38, 26, 24, -68, -49, -9, 36, -18, -23, 7, 6, -9, 6, -38, 62,
@@ -90,19 +90,19 @@ static const int8_t depthwise_int16_l5_linear_weights[48] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(depthwise_int16_l5_linear_weights) == 48, depthwise_int16_l5_linear_weights_size);
 
 /* bias [4] int32 s32.f15/ch, values [-7869, 4730] */
-static const int32_t depthwise_int16_l5_linear_bias[4] QG_ALIGN(4) = {
+static const int32_t depthwise_int16_l5_linear_bias[4] QG_ALIGN(4) QG_CONST = {
     565, 4730, -7869, -2886,
 };
 QG_STATIC_ASSERT(sizeof(depthwise_int16_l5_linear_bias) == 16, depthwise_int16_l5_linear_bias_size);
 
 /* requantisation shift per output */
-static const int8_t depthwise_int16_l5_linear_shift[4] QG_ALIGN(4) = {
+static const int8_t depthwise_int16_l5_linear_shift[4] QG_ALIGN(4) QG_CONST = {
     7, 7, 7, 7,
 };
 QG_STATIC_ASSERT(sizeof(depthwise_int16_l5_linear_shift) == 4, depthwise_int16_l5_linear_shift_size);
 
 /* 0: conv2d 'c' (golden_models.py:37) */
-const qg_conv2d_wide_params_t depthwise_int16_l0_conv2d = {
+const qg_conv2d_wide_params_t depthwise_int16_l0_conv2d QG_CONST = {
     .in_h = 8,
     .in_w = 8,
     .in_c = 3,
@@ -127,7 +127,7 @@ const qg_conv2d_wide_params_t depthwise_int16_l0_conv2d = {
 };
 
 /* 1: depthwise_conv2d 'dw' (golden_models.py:38) */
-const qg_conv2d_wide_params_t depthwise_int16_l1_depthwise_conv2d = {
+const qg_conv2d_wide_params_t depthwise_int16_l1_depthwise_conv2d QG_CONST = {
     .in_h = 4,
     .in_w = 4,
     .in_c = 8,
@@ -152,7 +152,7 @@ const qg_conv2d_wide_params_t depthwise_int16_l1_depthwise_conv2d = {
 };
 
 /* 2: conv2d 'pw' (golden_models.py:38) */
-const qg_conv2d_wide_params_t depthwise_int16_l2_conv2d = {
+const qg_conv2d_wide_params_t depthwise_int16_l2_conv2d QG_CONST = {
     .in_h = 4,
     .in_w = 4,
     .in_c = 8,
@@ -177,7 +177,7 @@ const qg_conv2d_wide_params_t depthwise_int16_l2_conv2d = {
 };
 
 /* 3: avgpool2d 'mean' (golden_models.py:39) */
-const qg_pool2d_params_t depthwise_int16_l3_avgpool2d = {
+const qg_pool2d_params_t depthwise_int16_l3_avgpool2d QG_CONST = {
     .in_h = 4,
     .in_w = 4,
     .channels = 12,
@@ -196,7 +196,7 @@ const qg_pool2d_params_t depthwise_int16_l3_avgpool2d = {
 };
 
 /* 5: linear 'fc' (golden_models.py:39) */
-const qg_fully_connected_params_t depthwise_int16_l5_linear = {
+const qg_fully_connected_params_t depthwise_int16_l5_linear QG_CONST = {
     .in_features = 12,
     .out_features = 4,
     .act_min = -128,

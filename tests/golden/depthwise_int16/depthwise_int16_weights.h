@@ -8,10 +8,10 @@
 
 #include "qg_kernels.h"
 
-extern const qg_conv2d_wide_params_t depthwise_int16_l0_conv2d;
-extern const qg_conv2d_wide_params_t depthwise_int16_l1_depthwise_conv2d;
-extern const qg_conv2d_wide_params_t depthwise_int16_l2_conv2d;
-extern const qg_pool2d_params_t depthwise_int16_l3_avgpool2d;
-extern const qg_fully_connected_params_t depthwise_int16_l5_linear;
+extern const qg_conv2d_wide_params_t depthwise_int16_l0_conv2d QG_CONST;
+extern const qg_conv2d_wide_params_t depthwise_int16_l1_depthwise_conv2d QG_CONST;
+extern const qg_conv2d_wide_params_t depthwise_int16_l2_conv2d QG_CONST;
+extern const qg_pool2d_params_t depthwise_int16_l3_avgpool2d QG_CONST;
+extern const qg_fully_connected_params_t depthwise_int16_l5_linear QG_CONST;
 
 #endif /* DEPTHWISE_INT16_WEIGHTS_H */

@@ -16,6 +16,18 @@
 /* One static arena; offsets planned by qgen (buffers share memory when their lifetimes do not overlap). */
 static int8_t digits_cnn_arena[DIGITS_CNN_ARENA_SIZE] QG_ALIGN(4);
 
+#if QG_FLASH_DATA
+/* The layer parameter structs are in flash (QG_CONST, qg_kernels.h): each is copied here before its kernel runs. */
+static union {
+    qg_conv2d_params_t p0;
+    qg_fully_connected_params_t p1;
+    qg_pool2d_params_t p2;
+} digits_cnn_params;
+#define DIGITS_CNN_PARAMS(p) ((const void *)memcpy_P(&digits_cnn_params, (p), sizeof *(p)))
+#else
+#define DIGITS_CNN_PARAMS(p) (p)
+#endif
+
 #ifdef DIGITS_CNN_ENABLE_TRACE
 static digits_cnn_trace_fn digits_cnn_trace_cb = NULL;
 void digits_cnn_set_trace(digits_cnn_trace_fn fn) { digits_cnn_trace_cb = fn; }
@@ -31,22 +43,22 @@ int digits_cnn_run(const digits_cnn_input_t *in, int8_t *out)
         return -1;
     }
     /* 0: conv2d '0': [8, 8, 1] s8.f5 -> [8, 8, 8] s8.f5 */
-    qg_conv2d_s8(&digits_cnn_l0_conv2d, in, digits_cnn_arena, digits_cnn_arena + 512);
+    qg_conv2d_s8(DIGITS_CNN_PARAMS(&digits_cnn_l0_conv2d), in, digits_cnn_arena, digits_cnn_arena + 512);
     DIGITS_CNN_TRACE(0, digits_cnn_arena, 512);
     /* 1: maxpool2d '3': [8, 8, 8] s8.f5 -> [4, 4, 8] s8.f5 */
-    qg_maxpool2d_s8(&digits_cnn_l1_maxpool2d, digits_cnn_arena, digits_cnn_arena + 688);
+    qg_maxpool2d_s8(DIGITS_CNN_PARAMS(&digits_cnn_l1_maxpool2d), digits_cnn_arena, digits_cnn_arena + 688);
     DIGITS_CNN_TRACE(1, digits_cnn_arena + 688, 128);
     /* 2: conv2d '4': [4, 4, 8] s8.f5 -> [4, 4, 12] s8.f6 */
-    qg_conv2d_s8(&digits_cnn_l2_conv2d, digits_cnn_arena + 688, digits_cnn_arena + 576, digits_cnn_arena);
+    qg_conv2d_s8(DIGITS_CNN_PARAMS(&digits_cnn_l2_conv2d), digits_cnn_arena + 688, digits_cnn_arena + 576, digits_cnn_arena);
     DIGITS_CNN_TRACE(2, digits_cnn_arena + 576, 192);
     /* 3: maxpool2d '6': [4, 4, 12] s8.f6 -> [2, 2, 12] s8.f6 */
-    qg_maxpool2d_s8(&digits_cnn_l3_maxpool2d, digits_cnn_arena + 576, digits_cnn_arena);
+    qg_maxpool2d_s8(DIGITS_CNN_PARAMS(&digits_cnn_l3_maxpool2d), digits_cnn_arena + 576, digits_cnn_arena);
     DIGITS_CNN_TRACE(3, digits_cnn_arena, 48);
     /* 4: reshape '7': [2, 2, 12] s8.f6 -> [48] s8.f6 */
     /* reshape: same bytes, no code */
     DIGITS_CNN_TRACE(4, digits_cnn_arena, 48);
     /* 5: linear '8': [48] s8.f6 -> [10] s8.f7 */
-    qg_fully_connected_s8(&digits_cnn_l5_linear, digits_cnn_arena, out, NULL);
+    qg_fully_connected_s8(DIGITS_CNN_PARAMS(&digits_cnn_l5_linear), digits_cnn_arena, out, NULL);
     DIGITS_CNN_TRACE(5, out, 10);
     return 0;
 }

@@ -6,7 +6,7 @@
 #include "digits_cnn_weights.h"
 
 /* weights [8, 3, 3, 1] int8 s8.f[8..9], values [-111, 121] */
-static const int8_t digits_cnn_l0_conv2d_weights[72] QG_ALIGN(4) = {
+static const int8_t digits_cnn_l0_conv2d_weights[72] QG_ALIGN(4) QG_CONST = {
     -1, 42, -65, -58, -30, 21, -2, 62, -7, 21, -24, -16, -76, -52, -33, 3,
     31, 47, -69, -44, 37, 84, -21, 76, -16, 11, 92, -81, -55, -22, -34, 75,
     -56, -40, -61, -81, -66, 97, 50, 55, 6, -58, 19, -105, -81, -63, 77, 71,
@@ -16,19 +16,19 @@ static const int8_t digits_cnn_l0_conv2d_weights[72] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(digits_cnn_l0_conv2d_weights) == 72, digits_cnn_l0_conv2d_weights_size);
 
 /* bias [8] int32 s32.f[13..14], values [-5317, 7160] */
-static const int32_t digits_cnn_l0_conv2d_bias[8] QG_ALIGN(4) = {
+static const int32_t digits_cnn_l0_conv2d_bias[8] QG_ALIGN(4) QG_CONST = {
     -4214, 5647, 7160, 764, 2877, -5317, 5534, -706,
 };
 QG_STATIC_ASSERT(sizeof(digits_cnn_l0_conv2d_bias) == 32, digits_cnn_l0_conv2d_bias_size);
 
 /* requantisation shift per output channel */
-static const int8_t digits_cnn_l0_conv2d_shift[8] QG_ALIGN(4) = {
+static const int8_t digits_cnn_l0_conv2d_shift[8] QG_ALIGN(4) QG_CONST = {
     8, 8, 8, 8, 9, 9, 9, 9,
 };
 QG_STATIC_ASSERT(sizeof(digits_cnn_l0_conv2d_shift) == 8, digits_cnn_l0_conv2d_shift_size);
 
 /* weights [12, 3, 3, 8] int8 s8.f10/ch, values [-121, 121] */
-static const int8_t digits_cnn_l2_conv2d_weights[864] QG_ALIGN(4) = {
+static const int8_t digits_cnn_l2_conv2d_weights[864] QG_ALIGN(4) QG_CONST = {
     -112, -71, -94, -93, -30, -72, 86, -9, 107, 44, -69, -7, 5, -30, -12, -108,
     92, 61, 114, 18, 18, -59, 3, -57, -120, 86, 81, -49, 29, -42, -10, 82,
     23, 45, -53, 72, 47, -99, 24, -1, -20, -119, -30, -73, 7, -26, 77, -60,
@@ -87,19 +87,19 @@ static const int8_t digits_cnn_l2_conv2d_weights[864] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(digits_cnn_l2_conv2d_weights) == 864, digits_cnn_l2_conv2d_weights_size);
 
 /* bias [12] int32 s32.f15/ch, values [-3660, 2311] */
-static const int32_t digits_cnn_l2_conv2d_bias[12] QG_ALIGN(4) = {
+static const int32_t digits_cnn_l2_conv2d_bias[12] QG_ALIGN(4) QG_CONST = {
     -1518, -611, -3660, -3641, 1496, -1635, -2349, -1524, -3157, -3087, 2311, 1963,
 };
 QG_STATIC_ASSERT(sizeof(digits_cnn_l2_conv2d_bias) == 48, digits_cnn_l2_conv2d_bias_size);
 
 /* requantisation shift per output channel */
-static const int8_t digits_cnn_l2_conv2d_shift[12] QG_ALIGN(4) = {
+static const int8_t digits_cnn_l2_conv2d_shift[12] QG_ALIGN(4) QG_CONST = {
     9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9,
 };
 QG_STATIC_ASSERT(sizeof(digits_cnn_l2_conv2d_shift) == 12, digits_cnn_l2_conv2d_shift_size);
 
 /* weights [10, 48] int8 s8.f9/ch, values [-74, 74] */
-static const int8_t digits_cnn_l5_linear_weights[480] QG_ALIGN(4) = {
+static const int8_t digits_cnn_l5_linear_weights[480] QG_ALIGN(4) QG_CONST = {
     10, -53, -73, 16, 74, 38, -21, 10, -25, 14, 14, -6, -40, 16, 9, 52,
     48, 65, -72, -48, 43, -24, -24, -58, 25, 67, 56, 23, -42, -74, 16, -56,
     6, 50, 0, 0, 3, -73, -45, 16, 6, 40, -40, -6, 58, 4, -14, -61,
@@ -134,19 +134,19 @@ static const int8_t digits_cnn_l5_linear_weights[480] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(digits_cnn_l5_linear_weights) == 480, digits_cnn_l5_linear_weights_size);
 
 /* bias [10] int32 s32.f15/ch, values [-4492, 4656] */
-static const int32_t digits_cnn_l5_linear_bias[10] QG_ALIGN(4) = {
+static const int32_t digits_cnn_l5_linear_bias[10] QG_ALIGN(4) QG_CONST = {
     -409, -4492, -4174, 4656, -2256, -853, -1265, -4155, -834, 1448,
 };
 QG_STATIC_ASSERT(sizeof(digits_cnn_l5_linear_bias) == 40, digits_cnn_l5_linear_bias_size);
 
 /* requantisation shift per output */
-static const int8_t digits_cnn_l5_linear_shift[10] QG_ALIGN(4) = {
+static const int8_t digits_cnn_l5_linear_shift[10] QG_ALIGN(4) QG_CONST = {
     8, 8, 8, 8, 8, 8, 8, 8, 8, 8,
 };
 QG_STATIC_ASSERT(sizeof(digits_cnn_l5_linear_shift) == 10, digits_cnn_l5_linear_shift_size);
 
 /* 0: conv2d '0' */
-const qg_conv2d_params_t digits_cnn_l0_conv2d = {
+const qg_conv2d_params_t digits_cnn_l0_conv2d QG_CONST = {
     .in_h = 8,
     .in_w = 8,
     .in_c = 1,
@@ -170,7 +170,7 @@ const qg_conv2d_params_t digits_cnn_l0_conv2d = {
 };
 
 /* 1: maxpool2d '3' */
-const qg_pool2d_params_t digits_cnn_l1_maxpool2d = {
+const qg_pool2d_params_t digits_cnn_l1_maxpool2d QG_CONST = {
     .in_h = 8,
     .in_w = 8,
     .channels = 8,
@@ -189,7 +189,7 @@ const qg_pool2d_params_t digits_cnn_l1_maxpool2d = {
 };
 
 /* 2: conv2d '4' */
-const qg_conv2d_params_t digits_cnn_l2_conv2d = {
+const qg_conv2d_params_t digits_cnn_l2_conv2d QG_CONST = {
     .in_h = 4,
     .in_w = 4,
     .in_c = 8,
@@ -213,7 +213,7 @@ const qg_conv2d_params_t digits_cnn_l2_conv2d = {
 };
 
 /* 3: maxpool2d '6' */
-const qg_pool2d_params_t digits_cnn_l3_maxpool2d = {
+const qg_pool2d_params_t digits_cnn_l3_maxpool2d QG_CONST = {
     .in_h = 4,
     .in_w = 4,
     .channels = 12,
@@ -232,7 +232,7 @@ const qg_pool2d_params_t digits_cnn_l3_maxpool2d = {
 };
 
 /* 5: linear '8' */
-const qg_fully_connected_params_t digits_cnn_l5_linear = {
+const qg_fully_connected_params_t digits_cnn_l5_linear QG_CONST = {
     .in_features = 48,
     .out_features = 10,
     .act_min = -128,

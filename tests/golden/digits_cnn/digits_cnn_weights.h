@@ -8,10 +8,10 @@
 
 #include "qg_kernels.h"
 
-extern const qg_conv2d_params_t digits_cnn_l0_conv2d;
-extern const qg_pool2d_params_t digits_cnn_l1_maxpool2d;
-extern const qg_conv2d_params_t digits_cnn_l2_conv2d;
-extern const qg_pool2d_params_t digits_cnn_l3_maxpool2d;
-extern const qg_fully_connected_params_t digits_cnn_l5_linear;
+extern const qg_conv2d_params_t digits_cnn_l0_conv2d QG_CONST;
+extern const qg_pool2d_params_t digits_cnn_l1_maxpool2d QG_CONST;
+extern const qg_conv2d_params_t digits_cnn_l2_conv2d QG_CONST;
+extern const qg_pool2d_params_t digits_cnn_l3_maxpool2d QG_CONST;
+extern const qg_fully_connected_params_t digits_cnn_l5_linear QG_CONST;
 
 #endif /* DIGITS_CNN_WEIGHTS_H */

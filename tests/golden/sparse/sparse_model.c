@@ -16,6 +16,17 @@
 /* One static arena; offsets planned by qgen (buffers share memory when their lifetimes do not overlap). */
 static int8_t sparse_arena[SPARSE_ARENA_SIZE] QG_ALIGN(4);
 
+#if QG_FLASH_DATA
+/* The layer parameter structs are in flash (QG_CONST, qg_kernels.h): each is copied here before its kernel runs. */
+static union {
+    qg_conv2d_params_t p0;
+    qg_conv2d_sparse_params_t p1;
+} sparse_params;
+#define SPARSE_PARAMS(p) ((const void *)memcpy_P(&sparse_params, (p), sizeof *(p)))
+#else
+#define SPARSE_PARAMS(p) (p)
+#endif
+
 #ifdef SPARSE_ENABLE_TRACE
 static sparse_trace_fn sparse_trace_cb = NULL;
 void sparse_set_trace(sparse_trace_fn fn) { sparse_trace_cb = fn; }
@@ -31,16 +42,16 @@ int sparse_run(const sparse_input_t *in, int8_t *out)
         return -1;
     }
     /* 0: conv2d '0': [6, 6, 1] s8.f5 -> [6, 6, 8] s8.f5 */
-    qg_conv2d_s8(&sparse_l0_conv2d, in, sparse_arena, sparse_arena + 288);
+    qg_conv2d_s8(SPARSE_PARAMS(&sparse_l0_conv2d), in, sparse_arena, sparse_arena + 288);
     SPARSE_TRACE(0, sparse_arena, 288);
     /* 1: reshape '2': [6, 6, 8] s8.f5 -> [288] s8.f5 */
     /* reshape: same bytes, no code */
     SPARSE_TRACE(1, sparse_arena, 288);
     /* 2: linear '3': [288] s8.f5 -> [16] s8.f7 */
-    qg_fully_connected_sparse_s8(&sparse_l2_linear, sparse_arena, sparse_arena + 288, NULL);
+    qg_fully_connected_sparse_s8(SPARSE_PARAMS(&sparse_l2_linear), sparse_arena, sparse_arena + 288, NULL);
     SPARSE_TRACE(2, sparse_arena + 288, 16);
     /* 3: linear '5': [16] s8.f7 -> [4] s8.f8 */
-    qg_fully_connected_sparse_s8(&sparse_l3_linear, sparse_arena + 288, out, NULL);
+    qg_fully_connected_sparse_s8(SPARSE_PARAMS(&sparse_l3_linear), sparse_arena + 288, out, NULL);
     SPARSE_TRACE(3, out, 4);
     return 0;
 }

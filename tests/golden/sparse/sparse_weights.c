@@ -6,7 +6,7 @@
 #include "sparse_weights.h"
 
 /* weights [8, 3, 3, 1] int8 s8.f8/ch, values [-85, 79] */
-static const int8_t sparse_l0_conv2d_weights[72] QG_ALIGN(4) = {
+static const int8_t sparse_l0_conv2d_weights[72] QG_ALIGN(4) QG_CONST = {
     -85, -67, -37, -81, -5, -75, 46, 42, 16, 66, -8, 51, -60, -17, -76, -7,
     -55, 77, 59, 64, 25, -49, 77, -83, -54, -53, -35, 17, -65, -66, -41, 52,
     -62, -77, -74, -42, -22, -85, -40, 2, 14, -12, -10, -56, 44, -21, -58, -21,
@@ -16,13 +16,13 @@ static const int8_t sparse_l0_conv2d_weights[72] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(sparse_l0_conv2d_weights) == 72, sparse_l0_conv2d_weights_size);
 
 /* bias [8] int32 s32.f13/ch, values [-1239, 2283] */
-static const int32_t sparse_l0_conv2d_bias[8] QG_ALIGN(4) = {
+static const int32_t sparse_l0_conv2d_bias[8] QG_ALIGN(4) QG_CONST = {
     -1239, 41, 1678, 944, 331, 2283, 622, 1837,
 };
 QG_STATIC_ASSERT(sizeof(sparse_l0_conv2d_bias) == 32, sparse_l0_conv2d_bias_size);
 
 /* requantisation shift per output channel */
-static const int8_t sparse_l0_conv2d_shift[8] QG_ALIGN(4) = {
+static const int8_t sparse_l0_conv2d_shift[8] QG_ALIGN(4) QG_CONST = {
     8, 8, 8, 8, 8, 8, 8, 8,
 };
 QG_STATIC_ASSERT(sizeof(sparse_l0_conv2d_shift) == 8, sparse_l0_conv2d_shift_size);
@@ -168,7 +168,7 @@ static const int8_t sparse_l3_linear_values[13] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(sparse_l3_linear_values) == 13, sparse_l3_linear_values_size);
 
 /* 0: conv2d '0' */
-const qg_conv2d_params_t sparse_l0_conv2d = {
+const qg_conv2d_params_t sparse_l0_conv2d QG_CONST = {
     .in_h = 6,
     .in_w = 6,
     .in_c = 1,
@@ -192,7 +192,7 @@ const qg_conv2d_params_t sparse_l0_conv2d = {
 };
 
 /* 2: linear '3' */
-const qg_conv2d_sparse_params_t sparse_l2_linear = {
+const qg_conv2d_sparse_params_t sparse_l2_linear QG_CONST = {
     .conv.in_h = 1,
     .conv.in_w = 1,
     .conv.in_c = 288,
@@ -218,7 +218,7 @@ const qg_conv2d_sparse_params_t sparse_l2_linear = {
 };
 
 /* 3: linear '5' */
-const qg_conv2d_sparse_params_t sparse_l3_linear = {
+const qg_conv2d_sparse_params_t sparse_l3_linear QG_CONST = {
     .conv.in_h = 1,
     .conv.in_w = 1,
     .conv.in_c = 16,

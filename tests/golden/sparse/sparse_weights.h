@@ -8,8 +8,8 @@
 
 #include "qg_kernels.h"
 
-extern const qg_conv2d_params_t sparse_l0_conv2d;
-extern const qg_conv2d_sparse_params_t sparse_l2_linear;
-extern const qg_conv2d_sparse_params_t sparse_l3_linear;
+extern const qg_conv2d_params_t sparse_l0_conv2d QG_CONST;
+extern const qg_conv2d_sparse_params_t sparse_l2_linear QG_CONST;
+extern const qg_conv2d_sparse_params_t sparse_l3_linear QG_CONST;
 
 #endif /* SPARSE_WEIGHTS_H */
