@@ -2,7 +2,7 @@
 __version__ = "0.1.0"
 
 __all__ = ["compile", "CompileResult", "CompileOptions", "QuantOptions", "CompressOptions", "EmitOptions",
-           "LimitOptions", "pipeline", "__version__"]
+           "LimitOptions", "pipeline", "tune", "__version__"]
 
 
 def __getattr__(name: str):
@@ -21,4 +21,8 @@ def __getattr__(name: str):
         from .driver import pipeline
 
         return pipeline
+    if name == "tune":  # codegen/tuning.py (`qgen tune`): needs the `tune` extra (optuna, dask)
+        from .tuning import tune
+
+        return tune
     raise AttributeError(f"module 'codegen' has no attribute {name!r}")

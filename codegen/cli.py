@@ -443,6 +443,30 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from . import tuning as tune
+
+    if args.show:
+        if args.model:
+            raise UserError("--show STUDY lists a stored study; give it alone (no model)")
+        result = tune.load(args.show)
+    else:
+        missing = [f for f, v in (("model", args.model), ("--board", args.board), ("--data", args.data),
+                                  ("--eval", args.eval)) if not v]
+        if missing:
+            raise UserError(f"qgen tune needs {', '.join(missing)} (or --show STUDY to list a stored study), e.g. "
+                            "qgen tune model.py:factory --board stm32f446 --data train.npz --eval eval.npz")
+        result = tune.tune(args.model, board=args.board, data=args.data, eval=args.eval, input_shape=args.input_shape,
+                           trials=args.trials, study=args.study, workers=args.workers, scheduler=args.scheduler,
+                           qemu=not args.no_qemu, max_latency_ms=args.max_latency_ms, max_flash=args.max_flash,
+                           max_ram=args.max_ram, sampler=args.sampler, seed=args.seed,
+                           finetune_epochs=args.finetune_epochs, qat=args.qat)
+    print(result.table())
+    if args.plot:
+        print(f"wrote {tune.plot(result, args.plot)}")
+    return 0
+
+
 def add_compress_args(cmd) -> None:
     g = cmd.add_argument_group("compression (stored compactly in the generated C)")
     g.add_argument("--prune", type=float, help="unstructured sparsity, e.g. 0.8 (zero weights are not stored)")
@@ -616,6 +640,35 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="build/demo")
     d.add_argument("--no-cache", action="store_true", help="retrain instead of loading the cached model")
     d.set_defaults(fn=cmd_demo)
+
+    t = sub.add_parser("tune", help="search compression and quantisation options for a board (Optuna, on Dask): "
+                       "the Pareto front of accuracy, flash and latency, each point with its qgen compile command")
+    t.add_argument("model", nargs="?", help="model.pt2, file.py:factory or package.module:factory")
+    t.add_argument("--board", help="board name (boards/*.toml): its flash and RAM are hard limits, its core and "
+                   "clock give the latency")
+    t.add_argument("--data", help="training split .npz with arrays x (float samples) and y (integer labels): "
+                   "calibration and fine-tuning")
+    t.add_argument("--eval", help="evaluation split .npz (x, y): the accuracy of the integer reference")
+    t.add_argument("--input-shape", type=_shape, help="example input shape, e.g. 1,1,8,8 (for factories)")
+    t.add_argument("--trials", type=int, default=60, help="finished trials the study should hold (default 60; a "
+                   "resumed study runs only the missing ones)")
+    t.add_argument("--study", default="build/tune.journal", help="the study file (Optuna journal; data beside it "
+                   "in STUDY.d/): rerunning resumes it")
+    t.add_argument("--workers", type=int, default=2, help="Dask LocalCluster worker processes (0: in this process)")
+    t.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://HOST:8786, instead "
+                   "of a LocalCluster")
+    t.add_argument("--no-qemu", action="store_true", help="no QEMU runs: the fourth objective is MACs, not ms")
+    t.add_argument("--max-latency-ms", type=float, help="hard latency limit (instructions under QEMU at the "
+                   "board's clock, 1 instruction/cycle)")
+    t.add_argument("--max-flash", type=_bytes, metavar="BYTES", help="weight flash limit (default: the board's)")
+    t.add_argument("--max-ram", type=_bytes, metavar="BYTES", help="arena limit (default: the board's, less stack)")
+    t.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe"], help="Optuna sampler (default NSGA-II)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--finetune-epochs", type=int, default=2, help="most fine-tuning epochs a trial may use")
+    t.add_argument("--qat", action="store_true", help="also search quantisation-aware training on/off")
+    t.add_argument("--show", metavar="STUDY", help="list the Pareto front of a stored study and exit")
+    t.add_argument("--plot", metavar="PNG", help="also plot accuracy vs flash (needs matplotlib)")
+    t.set_defaults(fn=cmd_tune)
     for cmd in sub.choices.values():  # also after the command: `qgen compile ... --quiet`
         cmd.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
     return p

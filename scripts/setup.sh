@@ -46,7 +46,7 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 
 echo "[setup] pip install qgen into $VENV (torch pinned to 2.13.0, CPU)"
 "${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" -e ".[test]"
+"${PIP[@]}" -e ".[test,tune]"
 
 if [ -f package-lock.json ] && command -v npm >/dev/null 2>&1; then
     echo "[setup] npm ci (MicroPython for the MicroPython target tests)"
