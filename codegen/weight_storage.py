@@ -180,7 +180,8 @@ def int4_scratch(fn: str, g: Graph, n: Node, plain: bool) -> int:
     if fn == "qg_depthwise_conv2d_s4":
         return up(cout * kh * kw, 4) + depthwise_conv2d_buffer_size(cin, kh, kw, cout)
     k8 = up(kh * kw * (cin // n.attrs.get("groups", 1)), 8)
-    return k8 if plain else 9 * k8  # 4 int16 columns + the int8 column they are gathered into
+    # DSP: 4 int16 columns + the int8 column they are gathered into; Helium: 4 columns in 32-value blocks + that one
+    return k8 if plain else max(9 * k8, 4 * up(k8, 32) + k8)
 
 
 # ------------------------------------------------------------------ decoders (mirror the C kernels' walk)

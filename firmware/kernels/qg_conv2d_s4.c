@@ -17,10 +17,14 @@
  * codegen/passes/quantize.py weight_formats proves 16 * sum|w| * 128 < 2^31 for int4 layers.
  * The last k % 8 values of a row go through the plain nibble loop.
  *
- * Helium (QG_MVE, M55): 32 weights per step, as CMSIS-NN's s4 kernels do it: one 16-byte load of packed weights,
- * (v << 4) >> 4 and v >> 4 per int8 lane give the even and odd weights, VLD2 deinterleaves the input into the
- * matching even and odd lanes, two VMLADAVA; the tail runs predicated (the odd lanes' gather stops at n).
- * Conv gathers one int8 column per pixel (or points into the input for an unpadded 1x1) and dots it with each row.
+ * Helium (QG_MVE, M55): 32 weights per step: one 16-byte load of packed weights, v << 4 and v & 0xF0 per int8 lane
+ * give 16 * the even and 16 * the odd weights (exact, one instruction each; the sums are 16 * (w . x) as on the
+ * DSP path), against the input's even and odd positions, two VMLADAVA. Fully connected: VLD2 deinterleaves the
+ * input, 4 rows per pass share it, the tail runs predicated (the odd lanes' gather stops at n). Convolution: 4
+ * output pixels per block (s4_block_mve): each pixel's int8 column (gathered, or the input pixel of an unpadded
+ * 1x1) is deinterleaved once into scratch, 32 values per block and the 4 pixels side by side, so one row's
+ * unpacked weights meet the 4 pixels at immediate offsets: 128 MACs per ~20 instructions, one vector
+ * requantisation per row and block (same shift), a predicated scatter store of the valid pixels.
  *
  * Depthwise: the weights (few: out_c * k_h * k_w) are unpacked into scratch once per call and the int8
  * depthwise kernel runs on them (same instructions per MAC as int8; it also gets the MVE path).
@@ -88,14 +92,20 @@ static inline int32_t s4_dot_1x1(const int8_t *restrict x, const int8_t *restric
 }
 
 #if QG_MVE
-/* acc + x . row over n values (the row packed, starting on a byte). */
-static inline int32_t s4_dot_mve(const int8_t *x, const int8_t *w, int32_t n, int32_t acc)
+/* 16 * the low-nibble (even) weights of 16 packed bytes, and 16 * the high-nibble (odd) ones: one instruction each,
+ * exact in int8 (16 * [-8, 7] = [-128, 112]). Sums of these are 16 * (w . x), shifted back (exactly) at the end. */
+#define S4_LO16(v) vshlq_n_s8(v, 4)
+#define S4_HI16(v, mask) vandq_s8(v, mask)
+
+/* 16 * (x . row) over n values (the row packed, starting on a byte), added to acc16. */
+static inline int32_t s4_dot16_mve(const int8_t *x, const int8_t *w, int32_t n, int32_t acc16)
 {
+    const int8x16_t mask = vdupq_n_s8((int8_t)0xF0);
     for (; n >= 32; n -= 32, x += 32, w += 16) {
         const int8x16x2_t xv = vld2q_s8(x);
         const int8x16_t v = vldrbq_s8(w);
-        acc = vmladavaq_s8(acc, xv.val[0], vshrq_n_s8(vshlq_n_s8(v, 4), 4));
-        acc = vmladavaq_s8(acc, xv.val[1], vshrq_n_s8(v, 4));
+        acc16 = vmladavaq_s8(acc16, xv.val[0], S4_LO16(v));
+        acc16 = vmladavaq_s8(acc16, xv.val[1], S4_HI16(v, mask));
     }
     if (n > 0) {
         const mve_pred16_t even = vctp8q((uint32_t)(n + 1) >> 1), odd = vctp8q((uint32_t)n >> 1);
@@ -103,52 +113,47 @@ static inline int32_t s4_dot_mve(const int8_t *x, const int8_t *w, int32_t n, in
         const int8x16_t v = vldrbq_z_s8(w, even);
         const int8x16_t x_even = vldrbq_gather_offset_z_s8(x, at_even, even);
         const int8x16_t x_odd = vldrbq_gather_offset_z_s8(x, vaddq_n_u8(at_even, 1), odd);
-        acc = vmladavaq_p_s8(acc, x_even, vshrq_n_s8(vshlq_n_s8(v, 4), 4), even);
-        acc = vmladavaq_p_s8(acc, x_odd, vshrq_n_s8(v, 4), odd);
+        acc16 = vmladavaq_s8(acc16, x_even, S4_LO16(v));
+        acc16 = vmladavaq_s8(acc16, x_odd, S4_HI16(v, mask));
     }
-    return acc;
+    return acc16;
 }
 
-/* The same for 4 rows at once (w, w + row_bytes, ...): the input is deinterleaved once for the four. */
-static inline int32x4_t s4_dot_4_mve(const int8_t *x, const int8_t *w, int32_t row_bytes, int32_t n, int32x4_t acc)
+/* bias + x . row r for the 4 rows w, w + row_bytes, ...: the input is deinterleaved once for the four, each packed
+ * byte vector costs one load and two unpacks for 32 MACs. */
+static inline int32x4_t s4_dot_4_mve(const int8_t *x, const int8_t *w, int32_t row_bytes, int32_t n,
+                                     const int32_t *bias)
 {
+    const int8x16_t mask = vdupq_n_s8((int8_t)0xF0);
     const int8_t *w1 = w + row_bytes, *w2 = w1 + row_bytes, *w3 = w2 + row_bytes;
-    int32_t a0 = vgetq_lane_s32(acc, 0), a1 = vgetq_lane_s32(acc, 1), a2 = vgetq_lane_s32(acc, 2);
-    int32_t a3 = vgetq_lane_s32(acc, 3);
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     int8x16_t v;
     for (; n >= 32; n -= 32, x += 32, w += 16, w1 += 16, w2 += 16, w3 += 16) {
         const int8x16x2_t xv = vld2q_s8(x);
         v = vldrbq_s8(w);
-        a0 = vmladavaq_s8(vmladavaq_s8(a0, xv.val[0], vshrq_n_s8(vshlq_n_s8(v, 4), 4)), xv.val[1], vshrq_n_s8(v, 4));
+        a0 = vmladavaq_s8(vmladavaq_s8(a0, xv.val[0], S4_LO16(v)), xv.val[1], S4_HI16(v, mask));
         v = vldrbq_s8(w1);
-        a1 = vmladavaq_s8(vmladavaq_s8(a1, xv.val[0], vshrq_n_s8(vshlq_n_s8(v, 4), 4)), xv.val[1], vshrq_n_s8(v, 4));
+        a1 = vmladavaq_s8(vmladavaq_s8(a1, xv.val[0], S4_LO16(v)), xv.val[1], S4_HI16(v, mask));
         v = vldrbq_s8(w2);
-        a2 = vmladavaq_s8(vmladavaq_s8(a2, xv.val[0], vshrq_n_s8(vshlq_n_s8(v, 4), 4)), xv.val[1], vshrq_n_s8(v, 4));
+        a2 = vmladavaq_s8(vmladavaq_s8(a2, xv.val[0], S4_LO16(v)), xv.val[1], S4_HI16(v, mask));
         v = vldrbq_s8(w3);
-        a3 = vmladavaq_s8(vmladavaq_s8(a3, xv.val[0], vshrq_n_s8(vshlq_n_s8(v, 4), 4)), xv.val[1], vshrq_n_s8(v, 4));
+        a3 = vmladavaq_s8(vmladavaq_s8(a3, xv.val[0], S4_LO16(v)), xv.val[1], S4_HI16(v, mask));
     }
-    if (n > 0) {
+    if (n > 0) { /* zero weights in the lanes past the row, zero inputs past x: nothing read beyond either */
         const mve_pred16_t even = vctp8q((uint32_t)(n + 1) >> 1), odd = vctp8q((uint32_t)n >> 1);
         const uint8x16_t at_even = vidupq_n_u8(0, 2);
         const int8x16_t x_even = vldrbq_gather_offset_z_s8(x, at_even, even);
         const int8x16_t x_odd = vldrbq_gather_offset_z_s8(x, vaddq_n_u8(at_even, 1), odd);
         v = vldrbq_z_s8(w, even);
-        a0 = vmladavaq_p_s8(vmladavaq_p_s8(a0, x_even, vshrq_n_s8(vshlq_n_s8(v, 4), 4), even), x_odd,
-                            vshrq_n_s8(v, 4), odd);
+        a0 = vmladavaq_s8(vmladavaq_s8(a0, x_even, S4_LO16(v)), x_odd, S4_HI16(v, mask));
         v = vldrbq_z_s8(w1, even);
-        a1 = vmladavaq_p_s8(vmladavaq_p_s8(a1, x_even, vshrq_n_s8(vshlq_n_s8(v, 4), 4), even), x_odd,
-                            vshrq_n_s8(v, 4), odd);
+        a1 = vmladavaq_s8(vmladavaq_s8(a1, x_even, S4_LO16(v)), x_odd, S4_HI16(v, mask));
         v = vldrbq_z_s8(w2, even);
-        a2 = vmladavaq_p_s8(vmladavaq_p_s8(a2, x_even, vshrq_n_s8(vshlq_n_s8(v, 4), 4), even), x_odd,
-                            vshrq_n_s8(v, 4), odd);
+        a2 = vmladavaq_s8(vmladavaq_s8(a2, x_even, S4_LO16(v)), x_odd, S4_HI16(v, mask));
         v = vldrbq_z_s8(w3, even);
-        a3 = vmladavaq_p_s8(vmladavaq_p_s8(a3, x_even, vshrq_n_s8(vshlq_n_s8(v, 4), 4), even), x_odd,
-                            vshrq_n_s8(v, 4), odd);
+        a3 = vmladavaq_s8(vmladavaq_s8(a3, x_even, S4_LO16(v)), x_odd, S4_HI16(v, mask));
     }
-    acc = vsetq_lane_s32(a0, acc, 0);
-    acc = vsetq_lane_s32(a1, acc, 1);
-    acc = vsetq_lane_s32(a2, acc, 2);
-    return vsetq_lane_s32(a3, acc, 3);
+    return vaddq_s32(vshrq_n_s32(qg_mve_vec4(a0, a1, a2, a3), 4), vldrwq_s32(bias));
 }
 #endif
 
@@ -164,11 +169,11 @@ static void s4_dot_rows(const int8_t *x, const int8_t *w, int32_t k, int32_t row
     {
         const int32x4_t lo = vdupq_n_s32(act_min), hi = vdupq_n_s32(act_max);
         for (; r + 3 < rows; r += 4, w += 4 * row_bytes) {
-            qg_mve_requantize_4(s4_dot_4_mve(x, w, row_bytes, k, vldrwq_s32(bias + r)), shift + r, lo, hi, out + r);
+            qg_mve_requantize_4(s4_dot_4_mve(x, w, row_bytes, k, bias + r), shift + r, lo, hi, out + r);
         }
     }
     for (; r < rows; r++, w += row_bytes) {
-        out[r] = qg_requantize_s8(s4_dot_mve(x, w, k, bias[r]), shift[r], act_min, act_max);
+        out[r] = qg_requantize_s8(bias[r] + (s4_dot16_mve(x, w, k, 0) >> 4), shift[r], act_min, act_max);
     }
 #endif
     for (; r + 1 < rows; r += 2, w += 2 * row_bytes) {
@@ -185,6 +190,7 @@ static void s4_dot_rows(const int8_t *x, const int8_t *w, int32_t k, int32_t row
 
 /* The receptive field of output pixel (oy, ox), channels [c0, c0 + cg) of each tap, as one int8 column of
  * k_h * k_w * cg values (zeros over the padding), in weight-row order. */
+#if !QG_MVE
 static void s4_gather(const qg_conv2d_params_t *p, const int8_t *in, int32_t oy, int32_t ox, int32_t c0, int32_t cg,
                       int8_t *restrict col)
 {
@@ -207,6 +213,43 @@ static void s4_gather(const qg_conv2d_params_t *p, const int8_t *in, int32_t oy,
         }
     }
 }
+#else
+/* s4_gather with vector copies; a window row whose taps are contiguous in the input (dil_w 1, one group) is one
+ * run: zeros over the left padding, one copy, zeros over the right padding. */
+static void s4_gather_mve(const qg_conv2d_params_t *p, const int8_t *in, int32_t oy, int32_t ox, int32_t c0,
+                          int32_t cg, int8_t *restrict col)
+{
+    const int32_t in_c = p->in_c, k_w = p->k_w, row_len = k_w * cg;
+    const int32_t iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left;
+    const int32_t contiguous = p->dil_w == 1 && cg == in_c;
+    int32_t ky, kx, kx0 = 0, kx1 = k_w;
+    if (contiguous) {
+        qg_clip_window(ix0, k_w, p->in_w, &kx0, &kx1);
+        kx0 = kx0 < k_w ? kx0 : k_w;
+        kx1 = kx1 > kx0 ? kx1 : kx0;
+    }
+    in += c0;
+    for (ky = 0; ky < p->k_h; ky++, col += row_len) {
+        const int32_t iy = iy0 + ky * p->dil_h;
+        if (iy < 0 || iy >= p->in_h) {
+            qg_mve_zero_s8(col, row_len);
+        } else if (contiguous) {
+            qg_mve_zero_s8(col, kx0 * cg);
+            qg_mve_copy_s8(col + kx0 * cg, in + (iy * p->in_w + ix0 + kx0) * in_c, (kx1 - kx0) * cg);
+            qg_mve_zero_s8(col + kx1 * cg, (k_w - kx1) * cg);
+        } else {
+            for (kx = 0; kx < k_w; kx++) {
+                const int32_t ix = ix0 + kx * p->dil_w;
+                if (ix < 0 || ix >= p->in_w) {
+                    qg_mve_zero_s8(col + kx * cg, cg);
+                } else {
+                    qg_mve_copy_s8(col + kx * cg, in + (iy * p->in_w + ix) * in_c, cg);
+                }
+            }
+        }
+    }
+}
+#endif
 
 #if QG_DSP
 #define S4_MASK ((int32_t)0xF0F0F0F0u)
@@ -309,6 +352,8 @@ int32_t qg_conv2d_s4_buffer_size(const qg_conv2d_s4_params_t *p)
     const int32_t k8 = round_up((int32_t)p->conv.k_h * p->conv.k_w * (p->conv.in_c / p->conv.groups), 8);
 #if QG_DSP && !QG_MVE
     return 2 * S4_COLS * k8 + k8; /* S4_COLS widened columns (int16) + the int8 column they are gathered into */
+#elif QG_MVE
+    return S4_COLS * round_up(k8, 32) + k8; /* S4_COLS deinterleaved columns + the int8 column gathered into */
 #else
     return k8;
 #endif
@@ -407,6 +452,71 @@ static void s4_block(const int8_t *w, int32_t k, const qg_word_t *cols, int32_t 
 }
 #endif
 
+#if QG_MVE
+/* Helium block layout in scratch: per 32 k's (ceil(k / 32) blocks, the last one zero-padded), the S4_COLS pixels'
+ * 16 even-position then 16 odd-position values (pixel c at 32 * c), so that one unpacked vector of packed weights
+ * meets the four pixels at immediate offsets of one pointer. S4_COLS * round_up(k, 32) bytes. */
+static QG_MVE_NOINLINE void s4_fill_mve(const int8_t *src, int32_t k, int8_t *cols, int32_t c)
+{
+    const int32_t rem = k & 31;
+    int8_t *dst = cols + 32 * c;
+    int32_t n;
+    for (n = k >> 5; n > 0; n--, src += 32, dst += 32 * S4_COLS) {
+        const int8x16x2_t v = vld2q_s8(src);
+        vstrbq_s8(dst, v.val[0]);
+        vstrbq_s8(dst + 16, v.val[1]);
+    }
+    if (rem) { /* ceil(rem / 2) even and floor(rem / 2) odd values, zeros in the other lanes */
+        const uint8x16_t at_even = vidupq_n_u8(0, 2);
+        const mve_pred16_t even = vctp8q((uint32_t)(rem + 1) >> 1), odd = vctp8q((uint32_t)rem >> 1);
+        vstrbq_s8(dst, vldrbq_gather_offset_z_s8(src, at_even, even));
+        vstrbq_s8(dst + 16, vldrbq_gather_offset_z_s8(src, vaddq_n_u8(at_even, 1), odd));
+    }
+}
+
+/* 32 k's of one row (packed bytes v) against the block's four pixels at x: 2 unpacks, 8 loads, 8 VMLADAVA. */
+#define S4_STEP_4COLS(v, mask, x, a0, a1, a2, a3)                                                                  \
+    do {                                                                                                            \
+        const int8x16_t w_lo_ = S4_LO16(v), w_hi_ = S4_HI16(v, mask);                                               \
+        a0 = vmladavaq_s8(vmladavaq_s8(a0, vldrbq_s8(x), w_lo_), vldrbq_s8((x) + 16), w_hi_);                       \
+        a1 = vmladavaq_s8(vmladavaq_s8(a1, vldrbq_s8((x) + 32), w_lo_), vldrbq_s8((x) + 48), w_hi_);                \
+        a2 = vmladavaq_s8(vmladavaq_s8(a2, vldrbq_s8((x) + 64), w_lo_), vldrbq_s8((x) + 80), w_hi_);                \
+        a3 = vmladavaq_s8(vmladavaq_s8(a3, vldrbq_s8((x) + 96), w_lo_), vldrbq_s8((x) + 112), w_hi_);               \
+    } while (0)
+
+/* Rows [0, rows) times the block's S4_COLS columns, one row at a time: per 32 k's one load of 16 packed bytes and
+ * S4_STEP_4COLS (128 MACs per ~20 instructions); the row's last ceil((k % 32) / 2) bytes load under a predicate
+ * (zero weights against the zero padding). The 4 sums of a row are requantised as one vector with the row's shift
+ * and scattered to out[c * step + r] (the n_valid first pixels only: a predicated store). */
+static QG_MVE_NOINLINE void s4_block_mve(const int8_t *w, int32_t k, const int8_t *cols, int32_t n_valid,
+                                         int32_t rows, const int32_t *bias, const int8_t *shift, int32_t act_min,
+                                         int32_t act_max, int8_t *out, int32_t step)
+{
+    const int32_t blocks = k >> 5, row_bytes = (k + 1) >> 1;
+    const mve_pred16_t tail = vctp8q((uint32_t)((k & 31) + 1) >> 1), valid = vctp32q((uint32_t)n_valid);
+    const uint32x4_t at = vmulq_n_u32(vidupq_n_u32(0, 1), (uint32_t)step); /* 0, step, 2 step, 3 step */
+    const int32x4_t lo = vdupq_n_s32(act_min), hi = vdupq_n_s32(act_max);
+    const int8x16_t mask = vdupq_n_s8((int8_t)0xF0);
+    int32_t r, n;
+    for (r = 0; r < rows; r++, w += row_bytes) {
+        const int8_t *wp = w, *x = cols;
+        int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        int32x4_t acc;
+        for (n = blocks; n > 0; n--, wp += 16, x += 32 * S4_COLS) {
+            const int8x16_t v = vldrbq_s8(wp);
+            S4_STEP_4COLS(v, mask, x, a0, a1, a2, a3);
+        }
+        if (k & 31) {
+            const int8x16_t v = vldrbq_z_s8(wp, tail);
+            S4_STEP_4COLS(v, mask, x, a0, a1, a2, a3);
+        }
+        acc = vaddq_n_s32(vshrq_n_s32(qg_mve_vec4(a0, a1, a2, a3), 4), bias[r]);
+        acc = vminq_s32(vmaxq_s32(vqrshlq_n_s32(acc, -(int32_t)shift[r]), lo), hi);
+        vstrbq_scatter_offset_p_s32(out + r, at, acc, valid);
+    }
+}
+#endif
+
 void qg_conv2d_s4(const qg_conv2d_s4_params_t *p, const int8_t *in, int8_t *out, int8_t *restrict scratch)
 {
     const qg_conv2d_params_t *q = &p->conv;
@@ -441,6 +551,39 @@ void qg_conv2d_s4(const qg_conv2d_s4_params_t *p, const int8_t *in, int8_t *out,
             }
             s4_block(weights + gi * og * row_bytes, k, cols, n_valid, og, q->bias + gi * og, q->shift + gi * og,
                      q->act_min, q->act_max, out + pix * out_c + gi * og, out_c);
+        }
+        if (++ox == out_w) {
+            ox = 0;
+            oy++;
+        }
+    }
+#elif QG_MVE
+    const int32_t direct = q->k_h == 1 && q->k_w == 1 && groups == 1; /* a column is one input pixel */
+    int8_t *stage = scratch + S4_COLS * round_up(k, 32);
+    for (pix = 0; pix < n_pix; pix += S4_COLS) {
+        const int32_t n_valid = n_pix - pix < S4_COLS ? n_pix - pix : S4_COLS;
+        const int32_t oy0 = oy, ox0 = ox;
+        for (gi = 0; gi < groups; gi++) {
+            int32_t c;
+            oy = oy0;
+            ox = ox0;
+            for (c = 0; c < S4_COLS; c++) {
+                /* past the last pixel, slots repeat it: their results are computed and not stored */
+                const int32_t iy = oy * q->stride_h - q->pad_top, ix = ox * q->stride_w - q->pad_left;
+                const int8_t *col = stage;
+                if (direct && iy >= 0 && iy < q->in_h && ix >= 0 && ix < q->in_w) {
+                    col = in + (iy * q->in_w + ix) * q->in_c;
+                } else {
+                    s4_gather_mve(q, in, oy, ox, gi * cg, cg, stage);
+                }
+                s4_fill_mve(col, k, scratch, c);
+                if (c + 1 < n_valid && ++ox == out_w) {
+                    ox = 0;
+                    oy++;
+                }
+            }
+            s4_block_mve(weights + gi * og * row_bytes, k, scratch, n_valid, og, q->bias + gi * og,
+                         q->shift + gi * og, q->act_min, q->act_max, out + pix * out_c + gi * og, out_c);
         }
         if (++ox == out_w) {
             ox = 0;
