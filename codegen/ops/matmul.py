@@ -138,7 +138,34 @@ def qat_slice(q, i: int, n, xs, s):
     return torch_slice(n, xs, None)
 
 
-def kernel_slice(variant: str) -> tuple[str, str]:
+def slice_alias(g, n) -> int | None:
+    """Byte offset of slice `n`'s output inside its input when the output can alias the input's bytes (no
+    copy, no code), else None. qgen's buffers are dense row-major (channels-last images (H, W, C), sequences
+    (1, L, C), vectors): a slice whose axes before `axis` all have size 1 (rows of an image, time steps of a
+    sequence, a range of a vector, or channels of a 1x1 image) is one contiguous run of the input. A slice of
+    channels of a larger image is strided: copied. Not aliased: a slice of the model input or into the model
+    output (the caller's buffers), nor of a tensor written in place into a concat (it lies at a stride there)."""
+    x = g.tensors[n.inputs[0]]
+    axis = n.attrs["axis"]
+    if any(d != 1 for d in x.shape[:axis]) or x.qformat is None:
+        return None
+    if n.inputs[0] in g.inputs or n.inputs[0] in g.outputs or n.outputs[0] in g.outputs:
+        return None
+    from ..passes.concat_in_place import in_place_offsets
+
+    if n.inputs[0] in in_place_offsets(g):
+        return None
+    inner = int(np.prod(x.shape[axis + 1:], dtype=np.int64))
+    return n.attrs["start"] * inner * (x.nbytes // max(x.size, 1))
+
+
+def form_slice(g, n, variant: str) -> str:
+    return "none" if slice_alias(g, n) is not None else variant  # aliased: no code
+
+
+def kernel_slice(variant: str) -> tuple[str | None, str | None]:
+    if variant == "none":  # the output aliases its input's bytes (slice_alias): no code
+        return None, None
     return ("qg_slice_s8" if variant == "s8" else "qg_slice_s16"), "qg_slice_params_t"
 
 
@@ -152,11 +179,15 @@ def slice_fields(g, n) -> list[tuple[str, int]]:
 
 
 def c_slice(b, index: int, n):
+    if slice_alias(b.g, n) is not None:
+        return None, [], None  # the planner placed the output inside its input (slice_alias)
     io = b.io(index, n)
     return "qg_slice_params_t", slice_fields(b.g, n), f"qg_slice_s8(&{io.struct}, {io.ins[0]}, {io.out_expr});"
 
 
 def c_slice_wide(b, index: int, n):
+    if slice_alias(b.g, n) is not None:
+        return None, [], None
     io = b.io(index, n, wide=True)
     return "qg_slice_params_t", slice_fields(b.g, n), f"qg_slice_s16(&{io.struct}, {io.ins[0]}, {io.out_expr});"
 
@@ -242,6 +273,8 @@ def py_transpose(b, n, index: int):
 
 
 def py_slice(b, n, index: int):
+    if slice_alias(b.g, n) is not None:
+        return None  # aliased: the view of its output is a range of its input's view
     return "_slice", slice_fields(b.g, n), ""
 
 
@@ -269,8 +302,10 @@ SPECS = [
            qat=qat_transpose),
     OpSpec(Op.SLICE, "matmul", Trait.KEEPS_FORMAT, slice_shape, check_slice, ref_slice, ref_slice, _q_keep,
            _zero_macs, torch_slice, "chunk/split/narrow/slice/select/unbind/indexing", (),
-           ("qg_slice_s8", "qg_slice_s16"), "a block range along one axis (copied)",
-           kernel=kernel_slice, emit_py=py_slice, emit_c=c_slice, emit_c_wide=c_slice_wide, qat=qat_slice),
+           ("qg_slice_s8", "qg_slice_s16"),
+           "a block range along one axis (no code where it is one contiguous run of its input, else copied)",
+           kernel=kernel_slice, form=form_slice, emit_py=py_slice, emit_c=c_slice, emit_c_wide=c_slice_wide,
+           qat=qat_slice),
     OpSpec(Op.MATMUL, "matmul", Trait.CHOOSES_FORMAT | Trait.INT8_ONLY, matmul_shape, check_matmul, f_matmul,
            i_matmul, q_matmul, macs_matmul, torch_matmul, "torch.matmul/@/bmm of two activations", (),
            ("qg_matmul_s8",), "A (batch, M, K) times B (batch, N, K) transposed, int32 sums, one requantisation",

@@ -58,10 +58,18 @@ def _candidates(graph: Graph, concat: Node, pinned: set[str]) -> list[bool]:
     for t in concat.inputs:
         producer = graph.producer(t)
         ok = (producer is not None and t not in pinned and t not in seen and len(graph.consumers(t)) == 1
-              and producer.op is not Op.RESHAPE and (has(producer.op, Trait.STRIDED_OUT) or not strided))
+              and producer.op is not Op.RESHAPE and not _aliases(graph, producer)
+              and (has(producer.op, Trait.STRIDED_OUT) or not strided))
         seen.add(t)
         flags.append(ok)
     return flags
+
+
+def _aliases(graph: Graph, node: Node) -> bool:
+    """A node without code whose output lies inside its input's bytes (a slice that is a contiguous run)."""
+    from ..ops.matmul import slice_alias
+
+    return node.op is Op.SLICE and slice_alias(graph, node) is not None
 
 
 def _pinned(graph: Graph) -> set[str]:

@@ -59,8 +59,9 @@ def storage_groups(graph: Graph) -> dict[str, str]:
     """
     owner = {name: name for name in graph.tensors if not graph.tensors[name].is_const}
     inside = in_place_offsets(graph)
+    sliced = slice_offsets(graph)
     for node in graph.nodes:
-        if node.op is Op.RESHAPE:
+        if node.op is Op.RESHAPE or node.outputs[0] in sliced:
             owner[node.outputs[0]] = owner[node.inputs[0]]
         elif node.op is Op.CONCAT:
             for t in node.inputs:
@@ -81,6 +82,8 @@ def storage_groups(graph: Graph) -> dict[str, str]:
             continue
         for name in node.inputs:
             root = owner.get(name)
+            if root is not None and graph.tensors[name].nbytes != graph.tensors[root].nbytes:
+                continue  # a slice lying inside its input's bytes (slice_offsets): only a whole group is written over
             if (root is not None and root not in pinned and last_use.get(root) == step
                     and graph.tensors[name].nbytes == graph.tensors[out].nbytes):
                 old = owner[out]
@@ -95,7 +98,10 @@ def storage_groups(graph: Graph) -> dict[str, str]:
 def sub_offsets(graph: Graph) -> dict[str, int]:
     """Byte offset of each tensor inside its storage group (0 but for concat inputs written in place, also
     nested: an in-place input of a concat that is itself an in-place input of another)."""
-    inside = in_place_offsets(graph)
+    inside = {**in_place_offsets(graph), **slice_offsets(graph)}
+    for node in graph.nodes:
+        if node.op is Op.RESHAPE:  # a reshape of a tensor that lies inside another lies where it does
+            inside[node.outputs[0]] = (node.inputs[0], 0)
     offsets: dict[str, int] = {}
 
     def offset(t: str) -> int:
@@ -108,6 +114,20 @@ def sub_offsets(graph: Graph) -> dict[str, int]:
         if not graph.tensors[t].is_const:
             offset(t)
     return offsets
+
+
+def slice_offsets(graph: Graph) -> dict[str, tuple[str, int]]:
+    """{slice output: (its input, byte offset)} for the slices that alias their input (ops.matmul.slice_alias:
+    a contiguous run of it, no copy)."""
+    from ..ops.matmul import slice_alias
+
+    where = {}
+    for node in graph.nodes:
+        if node.op is Op.SLICE:
+            at = slice_alias(graph, node)
+            if at is not None:
+                where[node.outputs[0]] = (node.inputs[0], at)
+    return where
 
 
 SCRATCH = "scratch:"
