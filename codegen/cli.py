@@ -396,6 +396,40 @@ def cmd_micropython(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from .fuse.merge import load_members, load_samples, merge, save_merged
+
+    if not args.out.endswith((".pt2", ".pt", ".pth")):
+        raise UserError(f"-o {args.out}: give merged.pt2 (a program qgen compile takes) or merged.pt (a state dict)")
+    calib = load_samples(args.calib, "calibration data")[0] if args.calib else None
+    eval_x, eval_y = load_samples(args.eval, "evaluation data") if args.eval else (None, None)
+    if args.eval_labels:
+        eval_y = _load_array(args.eval_labels, "evaluation labels")
+    method = "greedy" if args.greedy else "search" if args.search else "uniform"
+    if method != "uniform" and eval_y is None:
+        raise UserError(f"--{method} chooses by held-out accuracy: give --eval eval.npz (arrays x, y) or --eval "
+                        "x.npy --eval-labels y.npy")
+    coeffs = None
+    if args.coeffs:
+        try:
+            coeffs = [float(c) for c in args.coeffs.split(",")]
+        except ValueError:
+            raise UserError(f"--coeffs {args.coeffs}: give numbers separated by commas, e.g. 0.5,0.5") from None
+    models, example = load_members(args.models, args.input_shape)
+    if example is None and calib is not None:
+        import torch
+
+        example = torch.as_tensor(calib[:1], dtype=torch.float32)
+    merged, info = merge(models, coeffs, method=method, align=args.align, repair=not args.no_repair and "auto",
+                         calib_data=calib, eval_data=eval_x, labels=eval_y, example_input=example,
+                         return_info=True)
+    save_merged(merged, example, args.out)
+    print(info.summary())
+    print(f"wrote {args.out}" + (f"; compile it: qgen compile {args.out} --calib CALIB.npy -o OUT"
+                                 if args.out.endswith(".pt2") else ""))
+    return 0
+
+
 def cmd_bundle(args) -> int:
     from .bundle import bundle
 
@@ -635,6 +669,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--name", default="bundle", help="C prefix of the bundle (shared arena <name>_arena)")
     b.add_argument("--out", default="build/bundle")
     b.set_defaults(fn=cmd_bundle)
+
+    mg = sub.add_parser("merge", help="several models of one architecture as one: W = sum C_i W_i (average, greedy "
+                        "soup, coefficient search; --align for independently trained models)")
+    mg.add_argument("models", nargs="+", help="[file.py:factory] a.pt b.pt ... (state dicts for the factory's "
+                    "model) or a.pt2 b.pt2 ... (saved programs)")
+    how = mg.add_mutually_exclusive_group()
+    how.add_argument("--coeffs", help="one coefficient per model, >= 0, summing to 1, e.g. 0.5,0.3,0.2")
+    how.add_argument("--uniform", action="store_true", help="the plain average (default)")
+    how.add_argument("--greedy", action="store_true", help="greedy soup: add a model only if held-out accuracy "
+                     "does not drop (needs --eval)")
+    how.add_argument("--search", action="store_true", help="coefficients searched on held-out accuracy (--eval)")
+    mg.add_argument("--align", action="store_true", help="permute each model's hidden units to match the first "
+                    "(independently trained models)")
+    mg.add_argument("--calib", help="samples (.npy, or .npz with x) for BatchNorm re-estimation / REPAIR")
+    mg.add_argument("--no-repair", action="store_true", help="keep the averaged statistics (no re-estimation)")
+    mg.add_argument("--eval", help="held-out samples: .npz with x and y, or .npy with --eval-labels")
+    mg.add_argument("--eval-labels", help="integer labels .npy of --eval")
+    mg.add_argument("--input-shape", type=_shape, help="example input shape, e.g. 1,64 (if the factory gives none)")
+    mg.add_argument("-o", "--out", required=True, help="merged.pt2 (for qgen compile) or merged.pt (state dict)")
+    mg.set_defaults(fn=cmd_merge)
 
     d = sub.add_parser("demo", help="digits CNN: train/load, compile, verify, report")
     d.add_argument("--out", default="build/demo")
