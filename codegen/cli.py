@@ -441,7 +441,7 @@ def cmd_bundle(args) -> int:
 def cmd_fuse(args) -> int:
     """`qgen fuse m1 m2 ... --combine mean|concat|vote`: an ensemble as one graph (codegen/fuse/ensemble.py)."""
     from . import report
-    from .fuse import ensemble
+    from .fuse.ensemble import ensemble
 
     if len(args.models) < 2:
         raise UserError(f"qgen fuse needs at least 2 models, got {len(args.models)}; compile one model with "

@@ -24,6 +24,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import sys
+import types
 from typing import Any
 
 import numpy as np
@@ -280,3 +282,14 @@ def bundle_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
                      f"{bound:,} | {r['bundle_flash']:,} | {r['ensemble_flash']:,} | "
                      f"{r['member_layers']} -> {r['ensemble_layers']} |")
     return "\n".join(lines) + "\n"
+
+
+class _CallableModule(types.ModuleType):
+    """`codegen.fuse.ensemble(...)` calls the function even where this submodule was imported first (importing
+    codegen.fuse.ensemble binds the module, not the function, to that name of the package)."""
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        return ensemble(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
