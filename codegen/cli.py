@@ -288,9 +288,12 @@ def _firmware_image(args) -> int:
     import tempfile
 
     from . import deploy
+    from .target.avr import is_avr_board
     from .target.image import build_image
 
     out = args.out or "build/image"
+    if is_avr_board(args.board):
+        return _firmware_image_avr(args, out)
     with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
         built = build_image(_model_dir(args, Path(tmp)), args.board, out)
     fw = built.firmware
@@ -301,10 +304,35 @@ def _firmware_image(args) -> int:
     return 0
 
 
+def _firmware_image_avr(args, out: str) -> int:
+    import tempfile
+
+    from .target.avr import build_avr_image, load_avr_board
+
+    board = load_avr_board(args.board)
+    with tempfile.TemporaryDirectory(prefix="qgen-") as tmp:
+        memory, files = build_avr_image(_model_dir(args, Path(tmp)), board, out)
+    print(f"board {board.name}: {board.description} (a flashable image for its serial bootloader)")
+    print(f"flash {memory.flash_bytes:,} of {board.flash_kb * 1024 - board.flash.bootloader_bytes:,} B (below the "
+          f"bootloader), static RAM {memory.static_ram_bytes:,} + {board.stack_bytes} B stack of "
+          f"{board.ram_kb * 1024:,} B")
+    print(f"wrote {out}/ ({', '.join(f for f in files if f.startswith('firmware.'))}); "
+          f"flash it: qgen flash --board {board.name} --dir {out}")
+    return 0
+
+
 def cmd_flash(args) -> int:
     from .target import load_board
-    from .target.flash import flash_text, run_flash
+    from .target.avr import is_avr_board, load_avr_board
+    from .target.flash import avr_flash_text, flash_text, run_avr_flash, run_flash
 
+    if is_avr_board(args.board):
+        avr = load_avr_board(args.board)
+        for line in avr_flash_text(avr, Path(args.dir), args.port):
+            print(line)
+        return run_avr_flash(avr, Path(args.dir), args.port) if args.run else 0
+    if args.port:
+        raise UserError("--port is for AVR boards (avrdude); Cortex-M boards are programmed through a debug probe")
     board = load_board(args.board)
     for line in flash_text(board, Path(args.dir), args.probe):
         print(line)
@@ -637,6 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--board", required=True, help="board name (boards/*.toml)")
     fl.add_argument("--dir", default="build/image", help="the `qgen firmware --image` output directory")
     fl.add_argument("--probe", help="programming tool (default: the board's first; see [flash] in its TOML)")
+    fl.add_argument("--port", help="AVR boards: the serial port of the bootloader (default: [flash] port in the "
+                    "board's TOML, /dev/ttyACM0)")
     fl.add_argument("--run", action="store_true", help="execute the flash command (the board must be connected)")
     fl.set_defaults(fn=cmd_flash)
 

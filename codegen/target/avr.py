@@ -48,6 +48,18 @@ class SimavrRunner:
 
 
 @dataclass(frozen=True)
+class AvrFlash:
+    """How avrdude programs the board through its serial bootloader ([flash] in the board's TOML)."""
+
+    avrdude_part: str        # avrdude -p: m328p, m2560
+    avrdude_programmer: str  # avrdude -c: arduino (Optiboot, STK500v1), wiring (STK500v2 + DTR reset)
+    baud: int                # the bootloader's serial speed
+    port: str                # default serial port (qgen flash --port overrides it)
+    bootloader_bytes: int    # flash at the top kept by the bootloader: the image must end below it
+    probes: tuple[str, ...] = ("avrdude",)
+
+
+@dataclass(frozen=True)
 class AvrBoard:
     """One 8-bit AVR board (boards/<name>.toml with arch = "avr")."""
 
@@ -60,6 +72,7 @@ class AvrBoard:
     cflags: tuple[str, ...]
     simavr: SimavrRunner
     stack_bytes: int = 256  # reserved for the call stack in the fit check
+    flash: AvrFlash | None = None  # [flash]: qgen firmware --image / qgen flash
 
     @property
     def arch(self) -> str:
@@ -77,8 +90,11 @@ def load_avr_board(name: str) -> AvrBoard:
     if data.get("arch") != "avr":
         raise UserError(f"board '{name}' is not an AVR board; AVR boards: {known}")
     try:
-        fields = {k: v for k, v in data.items() if k not in ("arch", "simavr")}
-        return AvrBoard(**{**fields, "cflags": tuple(fields["cflags"]), "simavr": SimavrRunner(**data["simavr"])})
+        fields = {k: v for k, v in data.items() if k not in ("arch", "simavr", "flash")}
+        flash = data.get("flash")
+        flash = AvrFlash(**{**flash, "probes": tuple(flash.get("probes", ("avrdude",)))}) if flash else None
+        return AvrBoard(**{**fields, "cflags": tuple(fields["cflags"]), "simavr": SimavrRunner(**data["simavr"]),
+                           "flash": flash})
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path}: malformed AVR board description ({exc})") from exc
 
@@ -174,8 +190,10 @@ def write_harness(work: Path, prefix: str, x: np.ndarray, per_layer: bool = Fals
 
 
 def build_avr_elf(board: AvrBoard, model_dir: Path, prefix: str, x: np.ndarray, work: Path,
-                  kernel_sources: Sequence[Path] | None = None, per_layer: bool = False) -> Path:
-    """Compile the model in model_dir (<prefix>_model.c, <prefix>_weights.c, kernels/) with the harness."""
+                  kernel_sources: Sequence[Path] | None = None, per_layer: bool = False,
+                  serial_baud: int | None = None) -> Path:
+    """Compile the model in model_dir (<prefix>_model.c, <prefix>_weights.c, kernels/) with the harness.
+    serial_baud: set USART0 to that speed (a real board's serial monitor; simavr needs none)."""
     missing = avr_missing_tools()
     if missing:
         raise UserError(f"AVR build needs {', '.join(missing)}: {AVR_INSTALL_HINT}")
@@ -188,6 +206,8 @@ def build_avr_elf(board: AvrBoard, model_dir: Path, prefix: str, x: np.ndarray, 
                model_dir / f"{prefix}_weights.c", *kernel_sources]
     elf = work / "firmware.elf"
     trace = [f"-D{prefix.upper()}_ENABLE_TRACE"] if per_layer else []
+    if serial_baud:
+        trace += [f"-DQG_AVR_BAUD={serial_baud}UL", f"-DF_CPU={board.clock_mhz * 1_000_000}UL"]
     command = [AVR_CC, *board.cflags, *AVR_CFLAGS, *trace, f"-I{work}", f"-I{model_dir}", f"-I{kernels}",
                *map(str, sources), "-Wl,--gc-sections", *MEASURE_LINK_FLAGS, "-o", str(elf)]
     process = subprocess.run(command, capture_output=True, text=True)
@@ -319,3 +339,81 @@ def run_compiled_avr(model_dir: Path | str, board: AvrBoard | str, x: np.ndarray
         lines.append(f"sample {s}: first differing output byte {i}: target {int(run.outputs[s, i])}, "
                      f"reference {int(expect[s, i])}")
     return lines, bool(equal.all())
+
+
+# ------------------------------------------------------------------------------- flashable image
+
+SERIAL_BAUD = 115200  # the image's harness prints on USART0 (the board's USB serial) at this speed
+AVR_IMAGE_FILES = ("firmware.elf", "firmware.hex", "firmware.bin")
+EXPECTED_FILE = "qg_expected.txt"  # the lines the board prints when its outputs equal the reference
+
+
+def avr_image_files(board: AvrBoard, elf: Path, work: Path) -> tuple[dict[str, bytes], int]:
+    """firmware.hex (Intel HEX) and firmware.bin (flash from address 0) of an AVR ELF by avr-objcopy, checked
+    against the ELF's load segments: every loadable byte in flash below the bootloader, the image starting at 0
+    with the reset vector (a JMP to code in flash). Returns (the files, the ELF's entry address)."""
+    from codegen.target.image import load_segments
+
+    elf_bytes = elf.read_bytes()
+    entry, segments = load_segments(elf_bytes)
+    segments = [seg for seg in segments if seg.paddr < 0x800000]  # flash; .eeprom/.fuse sit at 0x81xxxx+
+    reserved = board.flash.bootloader_bytes if board.flash else 0
+    end = board.flash_kb * 1024 - reserved
+    outside = [seg for seg in segments if seg.paddr + len(seg.data) > end]
+    if outside:
+        raise UserError(f"the {board.name} image needs {max(seg.paddr + len(seg.data) for seg in outside):,} B of "
+                        f"flash; {end:,} B are free below its {reserved:,} B bootloader")
+    if not segments or min(seg.paddr for seg in segments) != 0:
+        raise TargetError(f"{elf}: the AVR image does not start at flash address 0")
+    first = next(seg for seg in segments if seg.paddr == 0).data
+    opcode, target = int.from_bytes(first[:2], "little"), int.from_bytes(first[2:4], "little")
+    if opcode & 0xFE0E != 0x940C or not 0 < 2 * target < end:  # JMP k (22-bit word address; k < 64 K words here)
+        raise TargetError(f"{elf}: the reset vector is not a JMP into flash (0x{opcode:04x} 0x{target:04x})")
+    work.mkdir(parents=True, exist_ok=True)
+    files = {"firmware.elf": elf_bytes}
+    for name, fmt in (("firmware.hex", "ihex"), ("firmware.bin", "binary")):
+        command = ["avr-objcopy", "-O", fmt, "-j", ".text", "-j", ".data", str(elf), str(work / name)]
+        process = subprocess.run(command, capture_output=True, text=True)
+        if process.returncode != 0:
+            raise TargetError(f"avr-objcopy failed:\n$ {' '.join(command)}\n{process.stderr}")
+        files[name] = (work / name).read_bytes()
+    return files, entry
+
+
+def build_avr_image(model_dir: Path | str, board: AvrBoard | str, out_dir: Path | str, n: int | None = None):
+    """`qgen firmware MODEL --board atmega328p --image`: the simavr harness, with the model's saved sample inputs
+    in flash and USART0 at SERIAL_BAUD, built and fit-checked for the board, written atomically to out_dir as
+    firmware.elf/.hex/.bin, image.json and qg_expected.txt (what the board prints when bit-exact).
+    Returns (the AvrMemory, the file names)."""
+    import json
+    import tempfile
+
+    from codegen.api import load_compiled
+    from codegen.hostcheck import reference_outputs
+    from codegen.output import write_atomic
+    from codegen.reference import run_int
+    from codegen.target.image import IMAGE_INFO
+
+    board = load_avr_board(board) if isinstance(board, str) else board
+    if board.flash is None:
+        raise UserError(f"board '{board.name}' has no [flash] table in its TOML: qgen does not know how to program it")
+    compiled = load_compiled(model_dir)
+    x = compiled.saved_inputs()[:n]
+    expect = reference_outputs(compiled.graph, run_int(compiled.graph, x))
+    with tempfile.TemporaryDirectory(prefix="qgen-avr-image-") as tmp:
+        elf = build_avr_elf(board, Path(model_dir), compiled.prefix, x.reshape(len(x), -1), Path(tmp) / "build",
+                            serial_baud=SERIAL_BAUD)
+        memory = read_avr_memory(elf)
+        check_avr_fit(board, memory)
+        check_avr_flash_data(board, elf)
+        files, entry = avr_image_files(board, elf, Path(tmp) / "image")
+    lines = []
+    for row in expect.astype(np.int8):
+        raw = row.tobytes()
+        lines += [f"O {raw[i:i + 32].hex()}" for i in range(0, len(raw), 32)]
+    files[EXPECTED_FILE] = ("\n".join(lines) + "\n").encode()
+    info = {"board": board.name, "flash_origin": 0, "entry": entry, "serial_baud": SERIAL_BAUD, "samples": len(x),
+            "files": sorted(files)}
+    files[IMAGE_INFO] = (json.dumps(info, indent=1, sort_keys=True) + "\n").encode()
+    write_atomic(files, Path(out_dir))
+    return memory, tuple(sorted(files))

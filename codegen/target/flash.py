@@ -25,6 +25,7 @@ INSTALL = {  # how to get each tool
     "picotool": "apt-get install picotool (Debian 13, Ubuntu 24.04; else build it from "
                 "https://github.com/raspberrypi/picotool)",
     "nrfjprog": "install Nordic's nRF Command Line Tools (https://www.nordicsemi.com), which need SEGGER J-Link",
+    "avrdude": "apt-get install avrdude (Debian package avrdude)",
 }
 
 
@@ -164,6 +165,51 @@ def run_flash(board: Board, image_dir: Path, probe: str | None = None) -> int:
     for step in plan.setup:
         _call(step, image_dir)
     _call(plan.flash, image_dir)
+    return 0
+
+
+# ------------------------------------------------------------------- AVR: avrdude and the serial bootloader
+
+
+def avrdude_command(board, port: str | None = None) -> tuple[str, ...]:
+    """avrdude writing firmware.hex through the board's serial bootloader (an AvrBoard's [flash]): -D as the
+    Arduino IDE does (the bootloader erases the pages it writes)."""
+    tools = board.flash
+    if tools is None:
+        raise UserError(f"board '{board.name}' has no [flash] table in its TOML: qgen does not know how to program it")
+    return ("avrdude", "-p", tools.avrdude_part, "-c", tools.avrdude_programmer, "-P", port or tools.port,
+            "-b", str(tools.baud), "-D", "-U", "flash:w:firmware.hex:i")
+
+
+def avr_flash_text(board, image_dir: Path, port: str | None = None) -> list[str]:
+    """The lines `qgen flash --board atmega328p|atmega2560` prints: avrdude, then how to read the harness's
+    serial output and what it should be."""
+    from codegen.target.avr import EXPECTED_FILE
+
+    info = read_image_info(image_dir, board)
+    port = port or board.flash.port
+    cd = f"cd {shlex.quote(str(image_dir))} && "
+    baud = info.get("serial_baud", 115200)
+    return [f"board {board.name} ({board.description}): image in {image_dir}/ ({info.get('samples', '?')} sample "
+            f"inputs in flash)",
+            f"flash with avrdude ({board.flash.avrdude_programmer} protocol, the board's bootloader at "
+            f"{board.flash.baud} baud on {port}):",
+            "  " + cd + shlex.join(avrdude_command(board, port)),
+            f"read the harness's output on the serial port ({baud} baud; opening the port resets the board and the "
+            "harness runs again):",
+            f"  stty -F {shlex.quote(port)} {baud} raw -echo && cat {shlex.quote(port)}",
+            f"note: per sample it prints 'O <output bytes in hex>' lines and 'C <cycles in hex>', then "
+            f"'S <stack peak>' and 'E'; the O lines must equal {image_dir}/{EXPECTED_FILE} (the reference's outputs)",
+            "note: other port names: /dev/ttyUSB0 (CH340/FTDI clones), COM3 (Windows); pass --port"]
+
+
+def run_avr_flash(board, image_dir: Path, port: str | None = None) -> int:
+    """Execute avrdude in `image_dir`; UserError if it is missing or fails."""
+    read_image_info(image_dir, board)
+    command = avrdude_command(board, port)
+    if shutil.which(command[0]) is None:
+        raise UserError(f"avrdude not found on PATH; install it: {INSTALL['avrdude']}")
+    _call(command, image_dir)
     return 0
 
 

@@ -5,6 +5,7 @@
  * interrupt's own cycles, about 30 per 65,536, are included). The stack peak is measured by painting the free
  * RAM between the heap start and the stack with a pattern before the runs. With QG_AVR_PER_LAYER (and the model's
  * trace hook compiled in) the first inference also prints "L <cycles at the end of layer i>" per layer.
+ * With QG_AVR_BAUD (and F_CPU) defined, USART0 runs at that speed: on an Arduino it is the USB serial port.
  * qg_avr_config.h (written by codegen/target/avr.py) includes the model header and defines QG_AVR_RUN,
  * QG_AVR_INPUT_T, QG_AVR_INPUT_SIZE, QG_AVR_OUTPUT_SIZE and QG_AVR_N_INPUTS; qg_avr_inputs.c holds the inputs.
  */
@@ -107,6 +108,10 @@ static uint16_t stack_peak(void)
 int main(void)
 {
     uint16_t n, i;
+#ifdef QG_AVR_BAUD /* a real board (qgen firmware --image): the serial monitor's speed; simavr needs none */
+    UCSR0A = (uint8_t)(1u << U2X0);
+    UBRR0 = (uint16_t)((F_CPU / 8u + QG_AVR_BAUD / 2u) / QG_AVR_BAUD - 1u);
+#endif
     UCSR0B = (uint8_t)(1u << TXEN0);
     paint_stack();
 #ifdef QG_AVR_PER_LAYER
