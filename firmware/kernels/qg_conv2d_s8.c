@@ -133,9 +133,56 @@ static void im2col_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, in
 #define QG_COLS QG_BLOCK_COLS
 #define QG_GROUP QG_BLOCK_GROUP /* int16 values per group of 4 k's, all pixels (qg_dot_s8.h) */
 
+/* The int8 column of output pixel (oy, ox), channels [c0, c0 + cg), tap by tap, when a window row is not one run of
+ * the input (groups or dilation) and cg is not a multiple of 4. The window is clipped once (zeros first when it
+ * hangs over the padding); in each window row the taps inside the image but the last move as (cg + 3) / 4 whole
+ * unaligned words (ARMv7E-M's LDR/STR allow them), in increasing order, so the up to 3 bytes a word copy writes past
+ * its tap are overwritten by the next tap; the row's last tap moves byte by byte (nothing written past it, and the
+ * only tap that can be the input's last pixel: nothing read past the input). Was a copy call per tap: 3 channels per
+ * group cost 1.48x the dense conv of one group's channels. GCC: the short byte loops stay loops (not memcpy/memset
+ * calls). */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+#endif
+static void gather_taps_s8(const qg_conv2d_params_t *p, const int8_t *in, int32_t oy, int32_t ox, int32_t c0,
+                           int32_t cg, int8_t *col)
+{
+    const int32_t in_c = p->in_c, k_w = p->k_w, k_h = p->k_h, dil_h = p->dil_h, dil_w = p->dil_w;
+    const int32_t n_bytes = 4 * ((cg + 3) >> 2), x_step = dil_w * in_c, x_row = dil_h * p->in_w * in_c;
+    const int32_t iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left;
+    int32_t ky, kx, ky0, ky1, kx0, kx1, j;
+    qg_clip_window_dilated(iy0, k_h, dil_h, p->in_h, &ky0, &ky1);
+    qg_clip_window_dilated(ix0, k_w, dil_w, p->in_w, &kx0, &kx1);
+    if (ky0 > 0 || ky1 < k_h || kx0 > 0 || kx1 < k_w) {
+        zero_s8(col, k_h * k_w * cg);
+    }
+    if (ky0 >= ky1 || kx0 >= kx1) {
+        return;
+    }
+    {
+        const int8_t *src_row = in + ((iy0 + ky0 * dil_h) * p->in_w + ix0 + kx0 * dil_w) * in_c + c0;
+        int8_t *dst_row = col + (ky0 * k_w + kx0) * cg;
+        for (ky = ky0; ky < ky1; ky++, src_row += x_row, dst_row += k_w * cg) {
+            const int8_t *src = src_row;
+            int8_t *dst = dst_row;
+            for (kx = kx0 + 1; kx < kx1; kx++, src += x_step, dst += cg) {
+                for (j = 0; j < n_bytes; j += 4) {
+                    const int32_t v = qg_load_s8x4(src + j);
+                    memcpy(dst + j, &v, 4);
+                }
+            }
+            for (j = 0; j < cg; j++) {
+                dst[j] = src[j];
+            }
+        }
+    }
+}
+
 /* Column slot `c` (0..QG_COLS-1) of `cols` <- output pixel (oy, ox), channels [c0, c0 + cg). With cg a
  * multiple of 4 every window cell is a whole number of groups and is widened straight from the input;
- * otherwise the int8 column is gathered into `stage` first. */
+ * otherwise the int8 column is gathered into `stage` first (im2col_s8 when a window row is one run of the input,
+ * else gather_taps_s8). */
+
 static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t oy, int32_t ox,
                      int32_t c0, int32_t cg, int16_t *cols, int32_t c, int8_t *stage)
 {
@@ -156,7 +203,11 @@ static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int
             }
         }
     } else {
-        im2col_s8(p, in, oy, ox, c0, cg, stage);
+        if (cg == in_c && p->dil_w == 1) {
+            im2col_s8(p, in, oy, ox, c0, cg, stage);
+        } else {
+            gather_taps_s8(p, in, oy, ox, c0, cg, stage);
+        }
         qg_widen_s16(dst, stage, p->k_h * k_w * cg);
     }
 }

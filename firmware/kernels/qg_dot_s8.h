@@ -164,7 +164,7 @@ static inline void qg_zero_s16(int16_t *dst, int32_t n_groups)
 
 /* One weight pair (we, wo: SXTB16 halves of 4 weights) against the next 4 interleaved columns at x: each column's
  * two int16 pairs (xe, xo) accumulate into a0..a3. A macro, not a function: the callers' accumulators stay in
- * registers (qg_mac_1x4 here, the int4 block in qg_conv2d_s4.c). */
+ * registers (qg_block_rows_1x4 here, the int4 block in qg_conv2d_s4.c). */
 #define QG_SMLAD_4COLS(we, wo, x, a0, a1, a2, a3) \
     do { \
         int32_t xe_, xo_; \
@@ -182,34 +182,6 @@ static inline void qg_zero_s16(int16_t *dst, int32_t n_groups)
         (a3) = __smlad((wo), xo_, (a3)); \
     } while (0)
 
-/* The DSP block of the convolution and the transposed convolution (qg_conv2d_s8.c, qg_upsample_s8.c): 4 output
- * pixels at a time, their int16 columns interleaved in scratch (4-byte aligned).
- * acc[c] += w . column c for one weight row w of k values and the 4 interleaved columns. */
-static inline void qg_mac_1x4(const int8_t *w, const int16_t *cols, int32_t k, int32_t acc[QG_BLOCK_COLS])
-{
-    const qg_word_t *x = (const qg_word_t *)(const void *)cols; /* scratch: 4-byte aligned */
-    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
-    int32_t i;
-    for (i = k >> 2; i > 0; i--) {
-        const int32_t wv = qg_load_s8x4(w);
-        const int32_t we = qg_sxtb16(wv), wo = qg_sxtb16_ror8(wv);
-        w += 4;
-        QG_SMLAD_4COLS(we, wo, x, a0, a1, a2, a3);
-    }
-    cols = (const int16_t *)(const void *)x;
-    for (i = 0; i < (k & 3); i++) {
-        const int32_t wi = w[i];
-        a0 += wi * cols[i];
-        a1 += wi * cols[4 + i];
-        a2 += wi * cols[8 + i];
-        a3 += wi * cols[12 + i];
-    }
-    acc[0] = a0;
-    acc[1] = a1;
-    acc[2] = a2;
-    acc[3] = a3;
-}
-
 /* Requantise and store the 4 outputs of one channel: same shift (>= 1), `kind` a constant. */
 static inline void qg_store_1x4(const int32_t acc[QG_BLOCK_COLS], int32_t shift_m1, int32_t kind, int32_t act_min,
                              int32_t act_max, int8_t *out, int32_t stride)
@@ -219,34 +191,85 @@ static inline void qg_store_1x4(const int32_t acc[QG_BLOCK_COLS], int32_t shift_
     out[2 * stride] = qg_requantize_pos_s8(acc[2], shift_m1, kind, act_min, act_max);
     out[3 * stride] = qg_requantize_pos_s8(acc[3], shift_m1, kind, act_min, act_max);
 }
-/* Output rows [0, rows) of the n_valid (1..4) pixels whose k-long columns are in `cols`: row r has weights
- * w + r * k, bias[r], shift[r]; pixel c's value goes to out[c * step + r]. Parameters come in as locals:
- * stores through int8_t pointers may alias anything, so struct fields would be reloaded after every byte.
- * The conv's and the transposed conv's DSP block (qg_conv2d_s8.c, qg_upsample_s8.c). */
-static inline void qg_block_1x4_s8(const int8_t *w, int32_t k, const int16_t *cols, int32_t n_valid, int32_t rows,
-                                   const int32_t *bias, const int8_t *shift, int32_t act_min, int32_t act_max,
-                                   int8_t *out, int32_t step)
+
+#if defined(__GNUC__) || defined(__clang__)
+#define QG_BLOCK_INLINE inline __attribute__((always_inline))
+#define QG_BLOCK_NOINLINE __attribute__((noinline, unused)) /* unused: not every includer calls it */
+#else
+#define QG_BLOCK_INLINE inline
+#define QG_BLOCK_NOINLINE
+#endif
+
+/* Rows [0, rows) of the block for a constant clamp `kind`, or kind -1: only the first n_valid pixels stored (the
+ * last block of a layer). Row r: weights w + r * k against the 4 interleaved columns, bias[r], shift[r]; pixel c's
+ * value goes to out[c * step + r]. Everything a row needs is a local or walks by pointer, so that the row loop
+ * around the 17-instruction SMLAD step (one weight word: load, two unpacks, 4 LDRD, 8 SMLAD, loop test) costs
+ * about 30 instructions per row (short dot products: a transposed conv's phases, 1x1 and grouped convs). */
+static QG_BLOCK_INLINE void qg_block_rows_1x4(const int8_t *w, int32_t k, const int16_t *cols, int32_t n_valid,
+                                              int32_t rows, const int32_t *bias, const int8_t *shift, int32_t kind,
+                                              int32_t act_min, int32_t act_max, int8_t *out, int32_t step)
 {
-    const int32_t kind = n_valid == QG_BLOCK_COLS ? qg_clamp_kind(act_min, act_max) : -1;
-    int32_t r, c;
-    for (r = 0; r < rows; r++, w += k) {
-        const int32_t s = shift[r];
-        int32_t acc[QG_BLOCK_COLS];
-        for (c = 0; c < QG_BLOCK_COLS; c++) {
-            acc[c] = bias[r];
+    const int32_t k4_bytes = k & ~3, tail = k & 3;
+    const int8_t *const w_end = w + rows * k;
+    while (w != w_end) {
+        const qg_word_t *x = (const qg_word_t *)(const void *)cols; /* scratch: 4-byte aligned */
+        const int8_t *const w_k4 = w + k4_bytes;
+        int32_t a0 = *bias++, a1 = a0, a2 = a0, a3 = a0, i, s;
+        while (w != w_k4) {
+            const int32_t wv = qg_load_s8x4(w);
+            const int32_t we = qg_sxtb16(wv), wo = qg_sxtb16_ror8(wv);
+            w += 4;
+            QG_SMLAD_4COLS(we, wo, x, a0, a1, a2, a3);
         }
-        qg_mac_1x4(w, cols, k, acc);
-        if (s > 0 && kind == QG_CLAMP_S8) {
-            qg_store_1x4(acc, s - 1, QG_CLAMP_S8, act_min, act_max, out + r, step);
-        } else if (s > 0 && kind == QG_CLAMP_RELU) {
-            qg_store_1x4(acc, s - 1, QG_CLAMP_RELU, act_min, act_max, out + r, step);
-        } else if (s > 0 && kind == QG_CLAMP_ANY) {
-            qg_store_1x4(acc, s - 1, QG_CLAMP_ANY, act_min, act_max, out + r, step);
-        } else {
-            for (c = 0; c < n_valid; c++) {
-                out[c * step + r] = qg_requantize_s8(acc[c], s, act_min, act_max);
+        if (tail) { /* the last k % 4 values of each column sit in plain order */
+            const int16_t *xt = (const int16_t *)(const void *)x;
+            for (i = 0; i < tail; i++) {
+                const int32_t wi = *w++;
+                a0 += wi * xt[i];
+                a1 += wi * xt[4 + i];
+                a2 += wi * xt[8 + i];
+                a3 += wi * xt[12 + i];
             }
         }
+        s = *shift++; /* here, not before the loop: one register fewer across it */
+        if (kind >= 0 && s > 0) {
+            int8_t *o = out;
+            *o = qg_requantize_pos_s8(a0, s - 1, kind, act_min, act_max);
+            o += step;
+            *o = qg_requantize_pos_s8(a1, s - 1, kind, act_min, act_max);
+            o += step;
+            *o = qg_requantize_pos_s8(a2, s - 1, kind, act_min, act_max);
+            o += step;
+            *o = qg_requantize_pos_s8(a3, s - 1, kind, act_min, act_max);
+        } else {
+            const int32_t acc[QG_BLOCK_COLS] = {a0, a1, a2, a3};
+            const int32_t n = kind >= 0 ? QG_BLOCK_COLS : n_valid;
+            for (i = 0; i < n; i++) {
+                out[i * step] = qg_requantize_s8(acc[i], s, act_min, act_max);
+            }
+        }
+        out++;
+    }
+}
+
+/* Output rows [0, rows) of the n_valid (1..4) pixels whose k-long columns are in `cols`: row r has weights
+ * w + r * k, bias[r], shift[r]; pixel c's value goes to out[c * step + r]. The clamp kind is decided once per
+ * block, and the rows run in a function of their own (inlined into the conv, GCC spilled the row loop's
+ * pointers: 60 instructions per row around the SMLAD step instead of 30).
+ * The conv's and the transposed conv's DSP block (qg_conv2d_s8.c, qg_upsample_s8.c). */
+static QG_BLOCK_NOINLINE void qg_block_1x4_s8(const int8_t *w, int32_t k, const int16_t *cols, int32_t n_valid,
+                                              int32_t rows, const int32_t *bias, const int8_t *shift,
+                                              int32_t act_min, int32_t act_max, int8_t *out, int32_t step)
+{
+    const int32_t kind = n_valid == QG_BLOCK_COLS ? qg_clamp_kind(act_min, act_max) : -1;
+    if (kind == QG_CLAMP_S8) {
+        qg_block_rows_1x4(w, k, cols, n_valid, rows, bias, shift, QG_CLAMP_S8, act_min, act_max, out, step);
+    } else if (kind == QG_CLAMP_RELU) {
+        qg_block_rows_1x4(w, k, cols, n_valid, rows, bias, shift, QG_CLAMP_RELU, act_min, act_max, out, step);
+    } else if (kind == QG_CLAMP_ANY) {
+        qg_block_rows_1x4(w, k, cols, n_valid, rows, bias, shift, QG_CLAMP_ANY, act_min, act_max, out, step);
+    } else {
+        qg_block_rows_1x4(w, k, cols, n_valid, rows, bias, shift, -1, act_min, act_max, out, step);
     }
 }
 #endif /* QG_DSP */
