@@ -482,7 +482,8 @@ def cmd_fuse(args) -> int:
     eval_labels = _load_array(args.eval_labels, "evaluation labels") if args.eval_labels else None
     options = compile_options(args)
     result = ensemble(args.models, args.input_shape, combine=args.combine, calib_data=calib, options=options,
-                      out_dir=args.out, eval_data=eval_x, labels=eval_labels, train=_train_data(args, options))
+                      share_prefix=not args.no_share_prefix, out_dir=args.out, eval_data=eval_x, labels=eval_labels,
+                      train=_train_data(args, options))
     report.print_table(result.report)
     e = result.report["ensemble"]
     print(f"ensemble of {e['members']} models ({args.combine}): {e['layers_before'] - 1} member layers -> "
@@ -627,6 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="mean: outputs averaged (one rounding); concat: side by side; vote: per-class vote counts "
                     "of the members' argmax (2 * votes + 1 on the decided class, s8.f1)")
     fu.add_argument("-o", "--out", default="build/ensemble", help="output directory (written atomically)")
+    fu.add_argument("--no-share-prefix", action="store_true", help="compute every member's layers, also those "
+                    "identical to another member's (a shared layer's output stays in RAM until its last reader)")
     for action in c._actions:
         if action.dest not in ("help", "model", "out", "split_at", "boards", "arduino", "cmake", "stream"):
             fu._add_action(action)

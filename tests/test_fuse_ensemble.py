@@ -409,3 +409,6 @@ def test_cli_fuse(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "bad").exists()
     assert main(["fuse", "members.py:a", "--input-shape", "1,1,6,6"]) == 1
     assert "qgen fuse needs at least 2 models" in capsys.readouterr().err
+    for flags, layers in (([], "4 member layers -> 2 after sharing"), (["--no-share-prefix"], "-> 4 after")):
+        assert main(["fuse", "members.py:a", "members.py:a", "--input-shape", "1,1,6,6", "-o", "same", *flags]) == 0
+        assert layers in capsys.readouterr().out
