@@ -135,11 +135,12 @@ static void im2col_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, in
 
 /* The int8 column of output pixel (oy, ox), channels [c0, c0 + cg), tap by tap, when a window row is not one run of
  * the input (groups or dilation) and cg is not a multiple of 4. The window is clipped once (zeros first when it
- * hangs over the padding); in each window row the taps inside the image but the last move as (cg + 3) / 4 whole
- * unaligned words (ARMv7E-M's LDR/STR allow them), in increasing order, so the up to 3 bytes a word copy writes past
- * its tap are overwritten by the next tap; the row's last tap moves byte by byte (nothing written past it, and the
- * only tap that can be the input's last pixel: nothing read past the input). Was a copy call per tap: 3 channels per
- * group cost 1.48x the dense conv of one group's channels. GCC: the short byte loops stay loops (not memcpy/memset
+ * hangs over the padding); in each window row the taps inside the image move as (cg + 3) / 4 whole unaligned words
+ * (ARMv7E-M's LDR/STR allow them), in increasing order, while the up to 3 bytes a word copy writes past its tap
+ * fall on taps of the same row that are copied after it (`span` taps: 3 for cg = 1, else 1); the rest of the row
+ * moves byte by byte (nothing written past the row's last tap, which is the only one that can be the input's last
+ * pixel: nothing read past the input). Was a copy call per tap: 3 channels per group cost 1.48x the dense conv of
+ * one group's channels. GCC: the short byte loops stay loops (not memcpy/memset
  * calls). */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("no-tree-loop-distribute-patterns")))
@@ -149,6 +150,7 @@ static void gather_taps_s8(const qg_conv2d_params_t *p, const int8_t *in, int32_
 {
     const int32_t in_c = p->in_c, k_w = p->k_w, k_h = p->k_h, dil_h = p->dil_h, dil_w = p->dil_w;
     const int32_t n_bytes = 4 * ((cg + 3) >> 2), x_step = dil_w * in_c, x_row = dil_h * p->in_w * in_c;
+    const int32_t span = (n_bytes - 1) / cg; /* the later taps a word copy writes into */
     const int32_t iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left;
     int32_t ky, kx, ky0, ky1, kx0, kx1, j;
     qg_clip_window_dilated(iy0, k_h, dil_h, p->in_h, &ky0, &ky1);
@@ -165,14 +167,16 @@ static void gather_taps_s8(const qg_conv2d_params_t *p, const int8_t *in, int32_
         for (ky = ky0; ky < ky1; ky++, src_row += x_row, dst_row += k_w * cg) {
             const int8_t *src = src_row;
             int8_t *dst = dst_row;
-            for (kx = kx0 + 1; kx < kx1; kx++, src += x_step, dst += cg) {
+            for (kx = kx0; kx + span < kx1; kx++, src += x_step, dst += cg) {
                 for (j = 0; j < n_bytes; j += 4) {
                     const int32_t v = qg_load_s8x4(src + j);
                     memcpy(dst + j, &v, 4);
                 }
             }
-            for (j = 0; j < cg; j++) {
-                dst[j] = src[j];
+            for (; kx < kx1; kx++, src += x_step, dst += cg) {
+                for (j = 0; j < cg; j++) {
+                    dst[j] = src[j];
+                }
             }
         }
     }
