@@ -1,7 +1,8 @@
 """codegen.fuse.ensemble / qgen fuse: several models as ONE graph (codegen/fuse/ensemble.py), the combine ops mean and
 vote (codegen/ops/combine.py, firmware/kernels/qg_combine_s8.c) and the shared-prefix pass (codegen/passes/cse.py).
 
-C == integer reference on the host (cffi, and under ASan/UBSan) and on Cortex-M0+/M4 under QEMU; the arena bound;
+C == integer reference on the host (cffi, and under ASan/UBSan) and on Cortex-M0+/M4 under QEMU, and the pure
+MicroPython module (CPython and MicroPython); the arena bound;
 identical leading layers computed once; the vote's tie rule; the errors; the CLI."""
 from __future__ import annotations
 
@@ -275,6 +276,16 @@ def test_kernels_host_c_equals_reference(kernel_model, tmp_path, flags):
     g, out, x, expect = kernel_model
     exe = build_native(out, "kc", tmp_path / "kc", SANITIZE_FLAGS if flags == "sanitizers" else ["-O2"])
     np.testing.assert_array_equal(run_native(exe, x.reshape(len(x), -1), expect.shape[1]), expect)
+
+
+def test_kernels_micropython_equals_reference(kernel_model, fused, members, tmp_path):
+    """The pure MicroPython module (templates/micropython/_kernels.py _mean, _vote): CPython and MicroPython."""
+    from test_micropython import check_graph
+
+    g, _, x, _ = kernel_model
+    check_graph(g, x, tmp_path)
+    vote = fused["vote"]
+    check_graph(vote.graph, vote.quantize_input(members[1][:6].numpy()), tmp_path, prefix="ens")
 
 
 BOARDS = {"cortex-m0plus": "rp2040", "cortex-m4": "mps2-an386"}

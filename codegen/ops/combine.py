@@ -112,6 +112,15 @@ def kernel_mean(variant: str) -> tuple[str, str]:
     return "qg_mean_s8", "qg_mean_params_t"
 
 
+def py_mean(b, n, index: int):
+    muls, rnds, shrs = b.triples(n.attrs["shifts"])
+    (mo,), (ro,), (so,) = b.triples([n.attrs["shift"]])
+    params = [("size", b.g.tensors[n.outputs[0]].size), ("mul_in", tuple(muls)), ("rnd_in", tuple(rnds)),
+              ("shr_in", tuple(shrs)), ("avg_mult", n.attrs["avg_mult"]), ("mul", mo), ("rnd", ro), ("shr", so),
+              ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+    return "_mean", params, ""
+
+
 def _parts(io) -> str:
     return f"const int8_t *const parts[{len(io.xs)}] = {{{', '.join(io.ins)}}};"
 
@@ -193,6 +202,13 @@ def qat_vote(q, i: int, n, xs, s):
     return out.reshape(xs[0].shape).detach()  # counts: no gradient
 
 
+def py_vote(b, n, index: int):
+    muls, rnds, shrs = b.triples(n.attrs["shifts"])
+    params = [("size", b.g.tensors[n.outputs[0]].size), ("mul_in", tuple(muls)), ("rnd_in", tuple(rnds)),
+              ("shr_in", tuple(shrs))]
+    return "_vote", params, ""
+
+
 def kernel_vote(variant: str) -> tuple[str, str]:
     if variant != "s8":
         raise ValueError(f"vote has only an int8 kernel, not {variant} (Trait.INT8_ONLY)")
@@ -206,16 +222,13 @@ def c_vote(b, index: int, n):
     return "qg_vote_params_t", fields, f"{{ {_parts(io)} qg_vote_s8(&{io.struct}, parts, {io.out_expr}); }}"
 
 
-_NO_PY = "an ensemble combine is written for the C target only (compile the ensemble's members one by one for " \
-         "MicroPython)"
-
 SPECS = [
     OpSpec(Op.MEAN, "combine", Trait.INT8_ONLY, combine_shape, check_combine, f_mean, i_mean, q_mean, _zero_macs,
            torch_mean, "", (), ("qg_mean_s8",),
            "average of n activations (an ensemble's member outputs) aligned to one format, one rounding",
-           kernel=kernel_mean, no_py=_NO_PY, emit_c=c_mean, qat=qat_mean),
+           kernel=kernel_mean, emit_py=py_mean, emit_c=c_mean, qat=qat_mean),
     OpSpec(Op.VOTE, "combine", Trait.INT8_ONLY, combine_shape, check_combine, f_vote, i_vote, q_vote, _zero_macs,
            torch_vote, "", (), ("qg_vote_s8",),
            "per-class vote counts of n members' argmax (2 * votes + 1 on the decided class, s8.f1)",
-           kernel=kernel_vote, no_py=_NO_PY, emit_c=c_vote, qat=qat_vote),
+           kernel=kernel_vote, emit_py=py_vote, emit_c=c_vote, qat=qat_vote),
 ]

@@ -392,6 +392,47 @@ def _concat(*args):
             b += n
 
 
+def _mean(*args):
+    # _mean(part0, part1, ..., y, p): each part aligned to the common frac ((x * mul + rnd) >> shr), summed, then
+    # (sum * avg_mult * mul + rnd) >> shr once (codegen/ops/combine.py: one rounding)
+    parts, y, p = args[:-2], args[-2], args[-1]
+    size, muls, rnds, shrs, avg_mult, mul, rnd, shr, lo, hi = p
+    n = len(parts)
+    for e in range(size):
+        acc = 0
+        for k in range(n):
+            acc += (parts[k][e] * muls[k] + rnds[k]) >> shrs[k]
+        acc = (acc * avg_mult * mul + rnd) >> shr
+        y[e] = lo if acc < lo else (hi if acc > hi else acc)
+
+
+def _vote(*args):
+    # _vote(part0, part1, ..., y, p): y[c] = 2 * votes + 1 on the decided class (most votes, then the largest
+    # aligned sum, then the lowest index); each part votes for its first maximum (codegen/ops/combine.py)
+    parts, y, p = args[:-2], args[-2], args[-1]
+    size, muls, rnds, shrs = p
+    n = len(parts)
+    for c in range(size):
+        y[c] = 0
+    for k in range(n):
+        x = parts[k]
+        pick = 0
+        for c in range(1, size):
+            if x[c] > x[pick]:
+                pick = c
+        y[pick] += 2
+    best, best_sum, win = 0, 0, 0
+    for c in range(size):
+        v = y[c]
+        if v > best or (v == best and v > 0):
+            total = 0
+            for k in range(n):
+                total += (parts[k][c] * muls[k] + rnds[k]) >> shrs[k]
+            if v > best or total > best_sum:
+                best, best_sum, win = v, total, c
+    y[win] += 1
+
+
 def _transpose(x, y, p):
     # a physical permutation copy: the loops of qg_transpose_s8 (dims padded with leading 1s to 6, innermost
     # last), each with its input and output stride
