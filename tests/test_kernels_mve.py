@@ -16,9 +16,9 @@ import pytest
 from qgen_testing import GraphBuilder, const, edge_inputs, finish, safe_bias
 
 from codegen.emit.c import render, write_atomic
-from codegen.fixed import AVG_SHIFT, avg_multiplier
+from codegen.fixed import AVG_SHIFT, QFormat, avg_multiplier
 from codegen.hostcheck import reference_outputs
-from codegen.ir import Graph, Op
+from codegen.ir import Graph, Op, Tensor
 from codegen.reference import run_int
 from codegen.target import build_elf, missing_tools, run_qemu
 
@@ -35,29 +35,45 @@ class Builder(GraphBuilder):
     def __init__(self, rng):
         super().__init__(rng, SHAPE)
 
-    def weighted(self, name: str, op: Op, src: str, w_shape: tuple, act_range=(-128, 127), shift=None,
-                 **attrs) -> str:
+    def weighted(self, name: str, op: Op, src: str, w_shape: tuple, act_range=None, shift=None, bits: int = 8,
+                 out16: bool = False, output: bool = True, **attrs) -> str:
         """A weighted node; shift None: per-channel shifts drawn over [-3, 15) and a quarter at the extremes, large
-        biases; a given shift: small biases (outputs that show every product instead of saturating)."""
+        biases; a given shift: small biases (outputs that show every product instead of saturating). bits 4: packed
+        int4 weights in [-8, 7] (qg_conv2d_s4.c), the first row all -8; out16: an int16 output (qg_wide.c)."""
         rng = self.rng
-        w = rng.integers(-128, 128, w_shape)
-        w.flat[0] = -128
+        lim = 1 << (bits - 1)
+        w = rng.integers(-lim, lim, w_shape)
+        w.flat[0] = -lim
+        if bits == 4:
+            w[0] = -8
         cout = w_shape[0]
-        bias = safe_bias(rng, w) if shift is None else rng.integers(-2**9, 2**9, cout)
+        in16 = self.g.tensors[src].dtype == "int16"
+        bias = safe_bias(rng, w, 2**15 if in16 else 128) if shift is None else rng.integers(-2**9, 2**9, cout)
         self.g.tensors[f"{name}_w"] = const(f"{name}_w", w, 8, (3,) * cout)
+        if bits == 4:
+            self.g.tensors[f"{name}_w"].qformat = QFormat(4, (3,) * cout)
         self.g.tensors[f"{name}_b"] = const(f"{name}_b", bias, 32, (7,) * cout)
         if shift is None:
             shift = rng.integers(-3, 15, cout)
             extreme = rng.random(cout) < 0.25  # a quarter of the channels at an extreme shift
             shift[extreme] = rng.choice(EXTREME_SHIFTS, int(extreme.sum()))
         shift = np.broadcast_to(shift, (cout,))
+        act_range = act_range or ((-32768, 32767) if out16 else (-128, 127))
         attrs.update(shift=[int(s) for s in shift], act_min=act_range[0], act_max=act_range[1])
-        return self.node(name, op, [src, f"{name}_w", f"{name}_b"], **attrs)
+        name = self.node(name, op, [src, f"{name}_w", f"{name}_b"], output, **attrs)
+        if out16:
+            t = self.g.tensors[name]
+            self.g.tensors[name] = Tensor(name, t.shape, "int16", QFormat(16, 8))
+        return name
 
 
-def _fine_shift(k: int) -> int:
-    """The right shift that maps 3 standard deviations of a k-term sum of random int8 products onto +-127."""
-    return int(np.ceil(np.log2(3 * 74 * 74 * np.sqrt(k) / 127)))
+def _fine_shift(k: int, x_std: float = 74, w_std: float = 74, out_max: int = 127) -> int:
+    """The right shift that maps 3 standard deviations of a k-term sum of random products onto +-out_max (default:
+    int8 inputs and weights, an int8 output)."""
+    return max(int(np.ceil(np.log2(3 * x_std * w_std * np.sqrt(k) / out_max))), 0)
+
+
+I16_STD = 32767 / 3  # the spread of an int16 output produced with a _fine_shift(..., out_max=32767)
 
 
 def mve_graph(rng) -> Graph:
@@ -92,6 +108,9 @@ def mve_graph(rng) -> Graph:
         # (3, 5, c) x (3, 5, c)^T: k = c, rows of a times rows of b (qg_dot_1x2_s8 / qg_dot_1x1_s8)
         b.node(f"matmul_c{c}", Op.MATMUL, [src, dw], shift=int(rng.choice([0, 5, 9, 14])), act_min=a[0],
                act_max=a[1])
+        int4_cases(b, i, c, src, vec)
+        if c <= 9 or c in (16, 17, 33):  # every tail of the 8 int16 lanes (FC) and of the 4 int32 lanes (depthwise)
+            int16_cases(b, i, c, src, vec)
     # k < 16: output channels in the lanes; shifts that keep the outputs inside the int8 range (no clamp hides a sum)
     b.weighted("fc_7_21", Op.LINEAR, "v_7", (21, 7), shift=8)
     b.weighted("fc_15_16", Op.LINEAR, "v_15", (16, 15), (0, 127), shift=8)
@@ -105,7 +124,61 @@ def mve_graph(rng) -> Graph:
     b.weighted("conv_c12_g2", Op.CONV2D, "x_c12", (10, 1, 3, 6), stride=(1, 1), padding=(0, 1, 0, 1), groups=2)
     b.weighted("dw3x3_c17_s2", Op.DEPTHWISE_CONV2D, "x_c17", (17, 3, 3, 1), stride=(2, 2), padding=(1, 1, 1, 1))
     b.weighted("dw3x3_c5_mult2", Op.DEPTHWISE_CONV2D, "x_c5", (10, 3, 3, 1), **same)
+    # int4: a 2-pixel output (one partial block), a padded 1x1 (gathered), grouped + dilated, dilated taps, long rows
+    b.weighted("s4_conv3x3_s2", Op.CONV2D, "x", (7, 3, 3, 33), bits=4, stride=(2, 2), padding=(0, 0, 0, 0))
+    b.weighted("s4_conv1x1_pad", Op.CONV2D, "x_c9", (6, 1, 1, 9), bits=4, stride=(1, 1), padding=(1, 0, 0, 1))
+    b.weighted("s4_conv_g2_d2", Op.CONV2D, "x_c12", (6, 3, 3, 6), bits=4, stride=(1, 1), padding=(2, 1, 2, 1),
+               groups=2, dilation=(2, 1))
+    b.weighted("s4_conv_c7_k3x2_d2", Op.CONV2D, "x_c7", (5, 3, 2, 7), bits=4, stride=(1, 2), padding=(2, 1, 2, 1),
+               dilation=(1, 2))
+    b.weighted("s4_fc_495_17", Op.LINEAR, flat, (17, int(np.prod(SHAPE))), bits=4)
+    # int16: a long row (8-lane VMLADAVA.S16 + tail) into an int64 accumulator (VMLALDAVA), the depthwise paths the
+    # vector body does not take (multiplier 2) and a strided one
+    h = b.weighted("w16_fc_495", Op.LINEAR, flat, (29, int(np.prod(SHAPE))), shift=_fine_shift(495, out_max=32767),
+                   out16=True, output=False)
+    b.weighted("w16_fc_acc64", Op.LINEAR, h, (5, 29), acc64=True)
+    b.weighted("w16_fc_acc64_fine", Op.LINEAR, h, (7, 29), shift=_fine_shift(29, x_std=I16_STD), acc64=True)
+    h = b.weighted("w16_pw_c5", Op.CONV2D, "x_c5", (5, 1, 1, 5), shift=_fine_shift(5, out_max=32767), out16=True,
+                   output=False, stride=(1, 1), padding=(0, 0, 0, 0))
+    b.weighted("w16_dw_mult2", Op.DEPTHWISE_CONV2D, h, (10, 3, 3, 1), **same)
+    b.weighted("w16_dw_s2_fine", Op.DEPTHWISE_CONV2D, h, (5, 3, 3, 1), shift=_fine_shift(9, x_std=I16_STD),
+               stride=(2, 2), padding=(1, 1, 1, 1))
     return finish(b.g)
+
+
+def int4_cases(b: Builder, i: int, c: int, src: str, vec: str) -> None:
+    """Packed int4 weights (qg_conv2d_s4.c): FC (VLD2 input, 4 rows per pass, predicated tail) and conv (4-pixel
+    blocks of 32-value deinterleaved columns: k = c or 9c covers every k % 32 for the counts; 15 pixels end in a
+    3-pixel block) with the extreme shifts, and fine twins."""
+    a = ACTS[i % 3]
+    same = {"stride": (1, 1), "padding": (1, 1, 1, 1)}
+    b.weighted(f"s4_fc_{c}", Op.LINEAR, vec, (i % 8 + 1, c), a, bits=4)
+    b.weighted(f"s4_fc_fine_{c}", Op.LINEAR, vec, (i % 8 + 5, c), bits=4, shift=_fine_shift(c, w_std=4.6))
+    b.weighted(f"s4_conv1x1_c{c}", Op.CONV2D, src, (i % 8 + 1, 1, 1, c), ACTS[(i + 2) % 3], bits=4, stride=(1, 1),
+               padding=(0, 0, 0, 0))
+    b.weighted(f"s4_conv3x3_c{c}", Op.CONV2D, src, ((i + 3) % 8 + 1, 3, 3, c), a, bits=4, **same)
+    b.weighted(f"s4_conv3x3_fine_c{c}", Op.CONV2D, src, (i % 5 + 1, 3, 3, c), bits=4,
+               shift=_fine_shift(9 * c, w_std=4.6), **same)
+
+
+def int16_cases(b: Builder, i: int, c: int, src: str, vec: str) -> None:
+    """int16 activations (qg_wide.c): each op as int8 -> int16, int16 -> int16 and int16 -> int8 in a chain whose end
+    is an int8 model output; int16 stages with shifts sized to the int16 range (the chain carries every product),
+    the last with the extreme shifts on a quarter of the channels. Depthwise: 4 channels per vector, tail predicated."""
+    same = {"stride": (1, 1), "padding": (1, 1, 1, 1)}
+    o16 = {"out16": True, "output": False}
+    for op, w_of, k_of, kw in ((Op.LINEAR, lambda n, m: (n, m), lambda m: m, {}),
+                               (Op.CONV2D, lambda n, m: (n, 3, 3, m), lambda m: 9 * m, same),
+                               (Op.DEPTHWISE_CONV2D, lambda n, m: (m, 3, 3, 1), lambda m: 9, same)):
+        kind = {Op.LINEAR: "fc", Op.CONV2D: "conv3x3", Op.DEPTHWISE_CONV2D: "dw3x3"}[op]
+        x = vec if op is Op.LINEAR else src
+        n1, n2 = (i % 8 + 1, (i + 5) % 8 + 9) if op is not Op.DEPTHWISE_CONV2D else (c, c)
+        h = b.weighted(f"w16_{kind}_a_c{c}", op, x, w_of(n1, c), shift=_fine_shift(k_of(c), out_max=32767), **o16,
+                       **kw)
+        h = b.weighted(f"w16_{kind}_b_c{c}", op, h, w_of(n2, n1),
+                       shift=_fine_shift(k_of(n1), x_std=I16_STD, out_max=32767), **o16, **kw)
+        b.weighted(f"w16_{kind}_c_c{c}", op, h, w_of(n1, n2), ACTS[i % 3], **kw)  # extreme and random shifts
+        b.weighted(f"w16_{kind}_fine_c{c}", op, h, w_of(n1, n2), shift=_fine_shift(k_of(n2), x_std=I16_STD), **kw)
 
 
 def _first_difference(graph: Graph, got: np.ndarray, expect: np.ndarray) -> str:

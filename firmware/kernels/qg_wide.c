@@ -6,6 +6,7 @@
  * int64 otherwise. Windows are clipped to the image once per output pixel, so padding costs nothing
  * in the inner loop, which walks (k_w * in_c) contiguous values per kernel row (channels-last). */
 #include "qg_kernels.h"
+#include "qg_mve.h"
 #include "qg_simd.h"
 
 /* acc + sum x[i] * w[i], one function per (activation type, accumulator type). The int16 ones use
@@ -32,7 +33,16 @@ static inline void unpack_s8x4_pairs(const int8_t *w, int32_t *w01, int32_t *w23
 QG_DOT_LINKAGE int32_t dot_int16_t_int32_t(const int16_t *x, const int8_t *w, int32_t n, int32_t acc)
 {
     int32_t i = 0;
-#if QG_DSP
+#if QG_MVE /* 8 MACs per VMLADAVA.S16 (the weights widened by the load), the tail predicated */
+    for (; n >= 8; n -= 8, x += 8, w += 8) {
+        acc = vmladavaq_s16(acc, vldrhq_s16(x), vldrbq_s16(w));
+    }
+    if (n > 0) {
+        const mve_pred16_t p = vctp16q((uint32_t)n);
+        acc = vmladavaq_s16(acc, vldrhq_z_s16(x, p), vldrbq_z_s16(w, p));
+    }
+    return acc;
+#elif QG_DSP
     for (; i + 3 < n; i += 4) {
         int32_t w01, w23;
         unpack_s8x4_pairs(w + i, &w01, &w23);
@@ -41,7 +51,7 @@ QG_DOT_LINKAGE int32_t dot_int16_t_int32_t(const int16_t *x, const int8_t *w, in
     }
 #endif
     for (; i < n; i++) {
-        acc += (int32_t)x[i] * w[i]; /* widened first: int16 * int8 overflows a 16-bit int (AVR) */
+        acc += (int32_t)x[i] * qg_w8(&w[i]); /* widened first: int16 * int8 overflows a 16-bit int (AVR) */
     }
     return acc;
 }
@@ -49,7 +59,16 @@ QG_DOT_LINKAGE int32_t dot_int16_t_int32_t(const int16_t *x, const int8_t *w, in
 QG_DOT_LINKAGE int64_t dot_int16_t_int64_t(const int16_t *x, const int8_t *w, int32_t n, int64_t acc)
 {
     int32_t i = 0;
-#if QG_DSP
+#if QG_MVE /* VMLALDAVA: the same into a 64-bit accumulator */
+    for (; n >= 8; n -= 8, x += 8, w += 8) {
+        acc = vmlaldavaq_s16(acc, vldrhq_s16(x), vldrbq_s16(w));
+    }
+    if (n > 0) {
+        const mve_pred16_t p = vctp16q((uint32_t)n);
+        acc = vmlaldavaq_s16(acc, vldrhq_z_s16(x, p), vldrbq_z_s16(w, p));
+    }
+    return acc;
+#elif QG_DSP
     for (; i + 3 < n; i += 4) {
         int32_t w01, w23;
         unpack_s8x4_pairs(w + i, &w01, &w23);
@@ -58,18 +77,22 @@ QG_DOT_LINKAGE int64_t dot_int16_t_int64_t(const int16_t *x, const int8_t *w, in
     }
 #endif
     for (; i < n; i++) {
-        acc += (int64_t)x[i] * w[i];
+        acc += (int64_t)x[i] * qg_w8(&w[i]);
     }
     return acc;
 }
 
 static inline int32_t dot_int8_t_int32_t(const int8_t *x, const int8_t *w, int32_t n, int32_t acc)
 {
+#if QG_MVE
+    return qg_mve_dot_1x1_s8(x, w, n, acc);
+#else
     int32_t i;
     for (i = 0; i < n; i++) {
-        acc += x[i] * w[i];
+        acc += x[i] * qg_w8(&w[i]);
     }
     return acc;
+#endif
 }
 
 static inline int64_t dot_int8_t_int64_t(const int8_t *x, const int8_t *w, int32_t n, int64_t acc)
@@ -97,7 +120,7 @@ static inline int64_t dot_int8_t_int64_t(const int8_t *x, const int8_t *w, int32
                 run = whole ? (kx1 - kx0) * in_c : cg;                                                       \
                 runs = whole ? (kx1 > kx0) : kx1 - kx0;                                                      \
                 for (oc = 0; oc < out_c; oc++) {                                                             \
-                    ACC_T acc = p->bias[oc];                                                                 \
+                    ACC_T acc = qg_w32(&p->bias[oc]);                                                        \
                     for (ky = ky0; ky < ky1; ky++) {                                                         \
                         const IN_T *x = in + ((iy0 + ky * dil_h) * in_w + ix0 + kx0 * dil_w) * in_c + c0;    \
                         const int8_t *w = p->weights + ((oc * k_h + ky) * k_w + kx0) * cg;                   \
@@ -105,7 +128,7 @@ static inline int64_t dot_int8_t_int64_t(const int8_t *x, const int8_t *w, int32
                             acc = dot_##IN_T##_##ACC_T(x, w, run, acc);                                      \
                         }                                                                                    \
                     }                                                                                        \
-                    out[oc] = (OUT_T)qg_requantize_wide(acc, p->shift[oc], p->act_min, p->act_max);          \
+                    out[oc] = (OUT_T)qg_requantize_wide(acc, qg_w8(&p->shift[oc]), p->act_min, p->act_max);  \
                     if (--left == 0) {                                                                       \
                         left = og;                                                                           \
                         c0 += cg;                                                                            \
@@ -129,16 +152,16 @@ static inline int64_t dot_int8_t_int64_t(const int8_t *x, const int8_t *w, int32
                 const int32_t ix0 = ox * p->stride_w - p->pad_left;                                          \
                 qg_clip_window_dilated(ix0, k_w, (int32_t)p->dil_w, in_w, &kx0, &kx1);                       \
                 for (oc = 0; oc < out_c; oc++) {                                                             \
-                    ACC_T acc = p->bias[oc];                                                                 \
+                    ACC_T acc = qg_w32(&p->bias[oc]);                                                        \
                     const IN_T *x0 = in + oc / mult;                                                         \
                     for (ky = ky0; ky < ky1; ky++) {                                                         \
                         const IN_T *x = x0 + ((iy0 + ky * dil_h) * in_w + ix0) * in_c;                       \
                         const int8_t *w = p->weights + (oc * k_h + ky) * k_w;                                \
                         for (kx = kx0; kx < kx1; kx++) {                                                     \
-                            acc += (ACC_T)x[kx * x_step] * w[kx];                                            \
+                            acc += (ACC_T)x[kx * x_step] * qg_w8(&w[kx]);                                    \
                         }                                                                                    \
                     }                                                                                        \
-                    out[oc] = (OUT_T)qg_requantize_wide(acc, p->shift[oc], p->act_min, p->act_max);          \
+                    out[oc] = (OUT_T)qg_requantize_wide(acc, qg_w8(&p->shift[oc]), p->act_min, p->act_max);  \
                 }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
@@ -151,8 +174,8 @@ static inline int64_t dot_int8_t_int64_t(const int8_t *x, const int8_t *w, int32
         int32_t o;                                                                                           \
         for (o = 0; o < p->out_features; o++) {                                                              \
             const int8_t *w = p->weights + o * n_in;                                                         \
-            const ACC_T acc = dot_##IN_T##_##ACC_T(in, w, n_in, p->bias[o]);                                \
-            out[o] = (OUT_T)qg_requantize_wide(acc, p->shift[o], p->act_min, p->act_max);                    \
+            const ACC_T acc = dot_##IN_T##_##ACC_T(in, w, n_in, qg_w32(&p->bias[o]));                       \
+            out[o] = (OUT_T)qg_requantize_wide(acc, qg_w8(&p->shift[o]), p->act_min, p->act_max);            \
         }                                                                                                    \
     }
 
@@ -170,6 +193,67 @@ static inline int64_t dot_int8_t_int64_t(const int8_t *x, const int8_t *w, int32
             STEM##_acc32(p, in, out);      \
         }                                  \
     }
+
+#if QG_MVE
+/* Helium depthwise (multiplier 1, int32 accumulator): 4 channels per vector in int32 lanes (a widening load of the
+ * inputs, a gather of the 4 channels' weights of the tap, VMUL + VADD: MVE has no vector-by-vector VMLA), the last
+ * ch % 4 channels under a VCTP predicate; the requantisation is VQRSHL + clamp, the rule of qg_requantize_wide
+ * (shifts in [-31, 31]; a saturated left shift and the int16 clamp give the same clamped result), and a narrowing
+ * store. The window is clipped to the image once per pixel, as the generic body. */
+#define QG_MVE_LOAD4_int8_t(x, pr) vldrbq_z_s32(x, pr)
+#define QG_MVE_LOAD4_int16_t(x, pr) vldrhq_z_s32(x, pr)
+#define QG_MVE_STORE4_int8_t(y, v, pr) vstrbq_p_s32(y, v, pr)
+#define QG_MVE_STORE4_int16_t(y, v, pr) vstrhq_p_s32(y, v, pr)
+#define QG_DEFINE_DEPTHWISE_MVE(NAME, IN_T, OUT_T)                                                           \
+    static void NAME(const qg_conv2d_wide_params_t *p, const IN_T *restrict in, OUT_T *restrict out)         \
+    {                                                                                                        \
+        const int32_t in_w = p->in_w, ch = p->in_c, k_h = p->k_h, k_w = p->k_w, taps = k_h * k_w;            \
+        const int32_t dil_h = p->dil_h, x_step = p->dil_w * ch;                                              \
+        const uint32x4_t w_at = vmulq_n_u32(vidupq_n_u32(0, 1), (uint32_t)taps); /* 4 channels' weights */  \
+        const int32x4_t lo = vdupq_n_s32(p->act_min), hi = vdupq_n_s32(p->act_max);                          \
+        int32_t oy, ox, c, ky, kx, ky0, ky1, kx0, kx1;                                                       \
+        for (oy = 0; oy < p->out_h; oy++) {                                                                  \
+            const int32_t iy0 = oy * p->stride_h - p->pad_top;                                               \
+            qg_clip_window_dilated(iy0, k_h, dil_h, (int32_t)p->in_h, &ky0, &ky1);                           \
+            for (ox = 0; ox < p->out_w; ox++, out += ch) {                                                   \
+                const int32_t ix0 = ox * p->stride_w - p->pad_left;                                          \
+                qg_clip_window_dilated(ix0, k_w, (int32_t)p->dil_w, in_w, &kx0, &kx1);                       \
+                for (c = 0; c < ch; c += 4) {                                                                \
+                    const mve_pred16_t pr = vctp32q((uint32_t)(ch - c));                                     \
+                    int32x4_t acc = vldrwq_z_s32(p->bias + c, pr);                                           \
+                    for (ky = ky0; ky < ky1; ky++) {                                                         \
+                        const IN_T *x = in + (((iy0 + ky * dil_h) * in_w + ix0) * ch + c + kx0 * x_step);    \
+                        const int8_t *w = p->weights + (c * taps + ky * k_w + kx0);                          \
+                        for (kx = kx0; kx < kx1; kx++, x += x_step, w++) {                                   \
+                            acc = vaddq_s32(acc, vmulq_s32(QG_MVE_LOAD4_##IN_T(x, pr),                       \
+                                                           vldrbq_gather_offset_z_s32(w, w_at, pr)));        \
+                        }                                                                                    \
+                    }                                                                                        \
+                    acc = vqrshlq_s32(acc, vnegq_s32(vldrbq_z_s32(p->shift + c, pr)));                       \
+                    QG_MVE_STORE4_##OUT_T(out + c, vminq_s32(vmaxq_s32(acc, lo), hi), pr);                   \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+
+QG_DEFINE_DEPTHWISE_MVE(depthwise_s8_to_s16_mve, int8_t, int16_t)
+QG_DEFINE_DEPTHWISE_MVE(depthwise_s16_to_s8_mve, int16_t, int8_t)
+QG_DEFINE_DEPTHWISE_MVE(depthwise_s16_mve, int16_t, int16_t)
+
+/* The public depthwise kernel on Helium: the vector body for multiplier 1 with an int32 accumulator. */
+#define QG_DISPATCH_DW(STEM)                      \
+    {                                             \
+        if (!p->acc64 && p->out_c == p->in_c) {   \
+            STEM##_mve(p, in, out);               \
+        } else if (p->acc64) {                    \
+            STEM##_acc64(p, in, out);             \
+        } else {                                  \
+            STEM##_acc32(p, in, out);             \
+        }                                         \
+    }
+#else
+#define QG_DISPATCH_DW(STEM) QG_DISPATCH(STEM)
+#endif
 
 QG_DEFINE_VARIANTS(QG_DEFINE_CONV2D, conv2d_s8_to_s16, int8_t, int16_t)
 QG_DEFINE_VARIANTS(QG_DEFINE_CONV2D, conv2d_s16_to_s8, int16_t, int8_t)
@@ -189,12 +273,12 @@ void qg_conv2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *restrict in,
 QG_DISPATCH(conv2d_s16)
 void qg_depthwise_conv2d_s8_to_s16(const qg_conv2d_wide_params_t *p, const int8_t *restrict in,
                                    int16_t *restrict out)
-QG_DISPATCH(depthwise_s8_to_s16)
+QG_DISPATCH_DW(depthwise_s8_to_s16)
 void qg_depthwise_conv2d_s16_to_s8(const qg_conv2d_wide_params_t *p, const int16_t *restrict in,
                                    int8_t *restrict out)
-QG_DISPATCH(depthwise_s16_to_s8)
+QG_DISPATCH_DW(depthwise_s16_to_s8)
 void qg_depthwise_conv2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *restrict in, int16_t *restrict out)
-QG_DISPATCH(depthwise_s16)
+QG_DISPATCH_DW(depthwise_s16)
 void qg_fully_connected_s8_to_s16(const qg_fully_connected_wide_params_t *p, const int8_t *restrict in,
                                   int16_t *restrict out)
 QG_DISPATCH(fully_connected_s8_to_s16)
@@ -354,7 +438,7 @@ void qg_prelu_wide(const qg_prelu_wide_params_t *p, const void *in, void *out)
         for (c = 0; c < p->channels; c++) {
             const int64_t x = load_any(in, i + c, p->in_bits);
             store_any(out, i + c, p->out_bits,
-                      qg_requantize_wide(x * (x >= 0 ? one : p->slope[c]), p->shift, p->act_min, p->act_max));
+                      qg_requantize_wide(x * (x >= 0 ? one : qg_w16(&p->slope[c])), p->shift, p->act_min, p->act_max));
         }
     }
 }
