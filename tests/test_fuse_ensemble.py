@@ -209,12 +209,14 @@ def test_vote_float_reference_decides_like_the_integer_one():
 
 
 def kernel_graph(rng) -> Graph:
-    """x (12,) -> 5 linear 'members' in different formats, some with narrow ranges (ties), then every combine form:
+    """x (12,) -> 8 linear 'members' in different formats, some with narrow ranges (ties), then every combine form:
     mean of 3 (1/3, mixed formats), 2 and 4 (shifts), into a finer output (left shift), votes of 2 / 4 / 3
-    (one member twice) and of two 0/1 members (ties of votes and of sums)."""
+    (one member twice) and of two 0/1 members (ties of votes and of sums), then 8 random draws."""
     g = Graph({"x": act("x", (12,), 3)}, [], ["x"], [], source="test")
     fmt = {}
-    for i, (frac, lo, hi) in enumerate([(5, -128, 127), (3, -128, 127), (6, -2, 2), (2, 0, 1), (2, 0, 1)]):
+    members = [(5, -128, 127), (3, -128, 127), (6, -2, 2), (2, 0, 1), (2, 0, 1), (-3, -128, 127), (20, -128, 127),
+               (24, -40, 127)]  # the last three: formats far apart (alignment capped at 16 bits)
+    for i, (frac, lo, hi) in enumerate(members):
         w = rng.integers(-128, 128, (9, 12))
         g.tensors[f"w{i}"] = const(f"w{i}", w, 8, (3,) * 9)
         g.tensors[f"b{i}"] = const(f"b{i}", safe_bias(rng, w), 32, (6,) * 9)
@@ -226,6 +228,10 @@ def kernel_graph(rng) -> Graph:
              ("vote2", Op.VOTE, ["m2", "m3"], None), ("vote4", Op.VOTE, ["m0", "m1", "m2", "m3"], None),
              ("vote_same", Op.VOTE, ["m2", "m2", "m0"], None),
              ("vote_flat", Op.VOTE, ["m3", "m4"], None)]  # values 0 / 1: equal sums among tied classes
+    for k in range(8):  # random draws: 2..9 members (repeats allowed), any formats, output fracs -3..22
+        picks = [f"m{int(i)}" for i in rng.integers(0, len(members), int(rng.integers(2, 10)))]
+        op = Op.MEAN if k % 2 == 0 else Op.VOTE
+        cases.append((f"rand{k}", op, picks, int(rng.integers(-3, 23)) if op is Op.MEAN else None))
     for name, op, inputs, frac in cases:
         node = Node(name, op, inputs, [name])
         g.tensors[name] = act(name, (9,), 0)
@@ -257,6 +263,7 @@ def test_kernel_graph_hits_the_edges(kernel_model):
     attrs = {n.name: n.attrs for n in g.nodes}
     assert attrs["mean3"]["avg_mult"] != 1 and attrs["mean2"]["avg_mult"] == 1 and attrs["mean_fine"]["shift"] < 0
     assert min(attrs["mean3"]["shifts"]) < 0  # exact left shifts to the common frac
+    assert any(max(n.attrs["shifts"]) > 0 for n in g.nodes if n.op in (Op.MEAN, Op.VOTE))  # formats > 16 bits apart
     assert np.any(expect == 127) and np.any(expect == -128)  # saturation in the means
     from codegen.reference import run_int
 
