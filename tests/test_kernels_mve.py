@@ -8,6 +8,9 @@ rows shorter than 16), so the output-channel counts cycle through 1..8 and 9..16
 Shifts include the extremes -31 and 31 (VQRSHL's saturating left and rounding right shifts against the rule),
 clamps the three kinds, and the inputs include all -128 (edge_inputs); "fine" twins with small biases and a
 shift sized to the sums show every product instead of a clamped result.
+The same firmware holds the packed-int4 layers (qg_conv2d_s4.c: 32 weights per vector, 4-pixel conv blocks whose
+last block is partial) and int16-activation chains int8 -> int16 -> int16 -> int8 (qg_wide.c: 8 int16 lanes for the
+dot products, 4 int32 lanes for depthwise, int32 and int64 accumulators).
 """
 from __future__ import annotations
 
