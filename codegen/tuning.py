@@ -605,8 +605,9 @@ def _save_data(d: Path, calib, train, eval_xy) -> None:
 
 def _prepare_model(model: Any, input_shape, d: Path) -> tuple[str, bytes | None]:
     """A model target string (as given), or an nn.Module / ExportedProgram saved as STUDY.d/model.pt2."""
-    if isinstance(model, (str, Path)):
-        return str(model), None
+    if isinstance(model, (str, Path)):  # a .pt2 travels to the workers (a cluster's machines need not share files)
+        pt2 = Path(model)
+        return str(model), (pt2.read_bytes() if str(model).endswith(".pt2") and pt2.is_file() else None)
     import torch
 
     if isinstance(model, torch.nn.Module):
