@@ -370,6 +370,8 @@ def test_errors_name_the_member_and_what_to_do(members):
     image = nn.Conv2d(1, 2, 3).eval()
     with pytest.raises(UserError, match=r"--combine concat joins the outputs along their last dimension"):
         ensemble([models[0], image], z, "concat")
+    with pytest.raises(UserError, match=r"--combine vote needs one vector of class scores .* outputs \[6, 6, 2\]"):
+        ensemble([image, image], z, "vote")
 
 
 def test_members_of_different_input_shapes_are_refused(tmp_path):

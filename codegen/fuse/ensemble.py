@@ -90,9 +90,10 @@ def _check_members(models: list, graphs: list[Graph], combine: str) -> None:
         if len(graphs) > MAX_VOTERS:
             raise UserError(f"--combine vote of {len(graphs)} members; at most {MAX_VOTERS} (the counts are int8). "
                             "Use --combine mean")
-        if out0.size < 2:
-            raise UserError(f"--combine vote needs class scores (at least 2 values per member); member 0 outputs "
-                            f"{list(out0.shape)}. Use --combine mean")
+        if out0.size < 2 or sorted(out0.shape)[:-1] != [1] * (len(out0.shape) - 1):
+            raise UserError(f"--combine vote needs one vector of class scores (at least 2) per member; member 0 "
+                            f"outputs {list(out0.shape)}. Flatten it to the classes in the model, or use --combine "
+                            "mean")
     if combine == "mean":
         from ..ops.combine import MAX_MEMBERS
 
