@@ -132,12 +132,21 @@ def _op_name(node) -> str:
 
 
 def _where(node) -> str:
+    """'layer.path' (Module type) of a node, else its name; plus its source line when torch recorded one."""
+    import re
+
     stack = node.meta.get("nn_module_stack") or {}
+    where = f"'{node.name}'"
     if stack:
         path, kind = list(stack.values())[-1]
         kind = getattr(kind, "__name__", str(kind)).rsplit(".", 1)[-1]
-        return f"'{path}' ({kind})" if path else f"'{node.name}'"
-    return f"'{node.name}'"
+        where = f"'{path}' ({kind})" if path else where
+    lines = [(f, n) for f, n in re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
+             if "/torch/" not in f]  # the user's line, not torch's
+    if lines:
+        file, line = lines[-1]
+        where += f" ({file.rsplit('/', 1)[-1]}:{line})"
+    return where
 
 
 def _shape(node) -> tuple[int, ...] | None:
@@ -524,10 +533,41 @@ def weight_matching(spec: PermSpec, state_ref: dict[str, Any], state: dict[str, 
     return perms
 
 
-def align_states(spec: PermSpec, states: list[dict[str, Any]], *, rounds: int = 5, seed: int = 0) \
-        -> list[dict[str, Any]]:
-    """Each state permuted to match the first; with 3 or more, then each re-matched to the average of the others
-    (MergeMany, Ainsworth et al. 2023, appendix) until no permutation changes (at most `rounds` rounds)."""
+def activation_matching(gm, spec: PermSpec, state_ref: dict[str, Any], state: dict[str, Any], calib) \
+        -> dict[int, np.ndarray]:
+    """Permutations that make `state`'s hidden units match `state_ref`'s by the correlation of their outputs on
+    calibration data (Ainsworth et al. 2023, activation matching; Jordan et al. 2023): per group, the summed
+    correlation matrices of every layer writing it, solved as a linear assignment. Groups no weighted layer
+    writes keep their order."""
+    from scipy.optimize import linear_sum_assignment
+
+    nodes = list(spec.hidden_outputs)
+    acts = [_run_with_stats(gm, s, calib, reset_bn=[], record=nodes, keep=True)[2] for s in (state_ref, state)]
+    perms = {g: np.arange(n) for g, n in spec.sizes.items()}
+    for g, n in spec.sizes.items():
+        corr = np.zeros((n, n))
+        for name in (name for name, group in spec.hidden_outputs.items() if group == g):
+            a, b = (_standardised(act[name]) for act in acts)
+            corr += a.T @ b / len(a)
+        if corr.any():
+            perms[g] = linear_sum_assignment(corr, maximize=True)[1]
+    return perms
+
+
+def _standardised(values) -> np.ndarray:
+    x = values.double().numpy()
+    x = x - x.mean(0)
+    return x / (x.std(0) + 1e-8)
+
+
+def align_states(spec: PermSpec, states: list[dict[str, Any]], *, rounds: int = 5, seed: int = 0,
+                 gm=None, calib=None) -> list[dict[str, Any]]:
+    """Each state permuted to match the first. With calibration data (gm, calib): by activation matching.
+    Otherwise by weight matching; with 3 or more, then each re-matched to the average of the others (MergeMany,
+    Ainsworth et al. 2023, appendix) until no permutation changes (at most `rounds` rounds)."""
+    if calib is not None:
+        return [states[0]] + [permute_state(s, spec, activation_matching(gm, spec, states[0], s, calib))
+                              for s in states[1:]]
     aligned = [states[0]] + [permute_state(s, spec, weight_matching(spec, states[0], s, seed=seed + i))
                              for i, s in enumerate(states[1:], start=1)]
     if len(states) < 3:
@@ -553,10 +593,11 @@ def align_states(spec: PermSpec, states: list[dict[str, Any]], *, rounds: int = 
 
 
 def _run_with_stats(gm, state: dict[str, Any], x, *, reset_bn: list[str], record: list[str],
-                    targets: dict[str, tuple[Any, Any]] | None = None):
+                    targets: dict[str, tuple[Any, Any]] | None = None, keep: bool = False):
     """Run the exported module on x (one batch) with `state`. BatchNorm nodes in reset_bn use (and return) the
     statistics of their input here; outputs of nodes in `record` are recorded (per-channel mean, std) and, with
-    `targets`, rescaled to the target mean/std (REPAIR), returning the per-channel (scale, shift) applied."""
+    `targets`, rescaled to the target mean/std (REPAIR), returning the per-channel (scale, shift) applied.
+    keep: record the outputs themselves instead, as (samples, channels)."""
     import torch
 
     gm.load_state_dict(state, strict=True)
@@ -579,6 +620,9 @@ def _run_with_stats(gm, state: dict[str, Any], x, *, reset_bn: list[str], record
             if n.name in record:
                 channel = out.dim() - 1 if _op_name(n) == "linear" else 1
                 dims = [d for d in range(out.dim()) if d != channel]
+                if keep:
+                    recorded[n.name] = out.movedim(channel, -1).reshape(-1, out.shape[channel])
+                    return out
                 mean, std = out.mean(dims), out.std(dims, unbiased=False)
                 recorded[n.name] = (mean, std)
                 if targets is not None and n.name in targets:
@@ -734,7 +778,8 @@ def _tensor(data, what: str):
     return t.float()
 
 
-def merge(models: list[Any], coeffs: list[float] | None = None, *, method: str = "uniform", align: bool = False,
+def merge(models: list[Any], coeffs: list[float] | None = None, *, method: str = "uniform",
+          align: bool | str = False,
           repair: bool | str = "auto", calib_data: Any = None, eval_data: Any = None, labels: Any = None,
           example_input: Any = None, seed: int = 0, return_info: bool = False):
     """Merge models of one architecture into one: W = sum_i C_i W_i.
@@ -745,7 +790,9 @@ def merge(models: list[Any], coeffs: list[float] | None = None, *, method: str =
         average's held-out accuracy does not drop; Wortsman et al. 2022); "search": coordinate search on the
         simplex from the uniform point, maximising held-out accuracy (ties: lower loss). greedy and search need
         eval_data and labels.
-    align: permute each model's hidden units to match model 1 first (for independently trained models).
+    align: permute each model's hidden units to match model 1 first (for independently trained models):
+        "activations" (by the correlation of their outputs on calib_data), "weights" (weight matching, no data
+        needed), True = activations when calib_data is given, else weights.
     repair: re-estimate BatchNorm statistics and rescale hidden layers without BatchNorm (REPAIR) on calib_data;
         "auto" = when calib_data is given.
     calib_data: float samples in the model's input layout, (N, C, H, W) / (N, F), run as one batch.
@@ -780,6 +827,10 @@ def merge(models: list[Any], coeffs: list[float] | None = None, *, method: str =
             raise UserError(f"{len(y_eval)} labels for {len(x_eval)} evaluation samples")
     if method in ("greedy", "search") and y_eval is None:
         raise UserError(f"method='{method}' chooses coefficients by held-out accuracy: give eval_data and labels")
+    if align not in (True, False, "weights", "activations"):
+        raise UserError(f"align={align!r}: give True, False, 'weights' or 'activations'")
+    if align == "activations" and calib is None:
+        raise UserError("align='activations' matches hidden units by their outputs: give calib_data")
     do_repair = (calib is not None) if repair == "auto" else bool(repair)
     if do_repair and calib is None:
         raise UserError("repair needs calibration data (calib_data: samples the merged model's statistics are "
@@ -799,7 +850,8 @@ def merge(models: list[Any], coeffs: list[float] | None = None, *, method: str =
         spec = perm_spec(gm, strict=align)
 
     if align:
-        states = align_states(spec, states, seed=seed)
+        by_activations = align == "activations" or (align is True and calib is not None)
+        states = align_states(spec, states, seed=seed, gm=gm, calib=calib if by_activations else None)
 
     def build(c: list[float]) -> tuple[dict[str, Any], list[str]]:
         merged = combine(states, c)
@@ -832,7 +884,7 @@ def merge(models: list[Any], coeffs: list[float] | None = None, *, method: str =
         warnings.simplefilter("ignore", FutureWarning)
         result = copy.deepcopy(first)
     result.load_state_dict(state, strict=True)
-    info = MergeInfo(coeffs=weights, method="coeffs" if coeffs is not None else method, aligned=align,
+    info = MergeInfo(coeffs=weights, method="coeffs" if coeffs is not None else method, aligned=bool(align),
                      repaired=repaired, member_accuracy=member_acc, accuracy=accuracy,
                      permutations=len(spec.sizes) if align and spec is not None else 0)
     return (result, info) if return_info else result
