@@ -2,8 +2,8 @@
 codegen.qat.compile.
 
     print(codegen.pipeline(CompileOptions(quant=QuantOptions(equalize=True))))
-    separate_outputs -> fold_pad -> fold_bn -> fuse_activation -> check_limits -> equalize -> calibrate
-      -> share_concat_formats -> quantize -> concat_in_place -> plan_memory
+    separate_outputs -> fold_pad -> fold_bn -> commute_resize -> fuse_activation -> check_limits -> equalize
+      -> calibrate -> share_concat_formats -> quantize -> concat_in_place -> plan_memory
 
 `pipeline(options, ctx)` is the float half (front-end output -> calibrated float IR) followed by the integer
 half (share_concat_formats -> quantize -> concat_in_place -> plan_memory); `lower(float_graph, options, ctx)` runs the integer half, checks the limits,
@@ -55,13 +55,15 @@ def _compress_passes(options: CompileOptions, ctx: Context) -> list[tuple[str, A
 
 def float_passes(options: CompileOptions, ctx: Context | None = None) -> Pipeline:
     from . import limits as limits_mod
-    from .passes import assign_precision, calibrate, fold_bn, fold_pad, fuse_activation, separate_outputs
+    from .passes import assign_precision, calibrate, commute_resize, fold_bn, fold_pad, fuse_activation
     from .passes import equalize as equalize_pass
+    from .passes.separate_outputs import run as separate_outputs_run
 
     ctx = ctx if ctx is not None else Context()
     q = options.quant
-    out = Pipeline([Pass("separate_outputs", separate_outputs.run), Pass("fold_pad", fold_pad.run),
-                    Pass("fold_bn", fold_bn.run), Pass("fuse_activation", fuse_activation.run)])
+    out = Pipeline([Pass("separate_outputs", separate_outputs_run), Pass("fold_pad", fold_pad.run),
+                    Pass("fold_bn", fold_bn.run), Pass("commute_resize", commute_resize.run),
+                    Pass("fuse_activation", fuse_activation.run)])
     out += [Pass(name, fn) for name, fn in [*_compress_passes(options, ctx), *ctx.extra_passes]]
     int4 = assign_precision.will_be_int4(q.precision, q.weights) if q.precision or q.weights != "int8" else None
     out.append(Pass("check_limits", lambda g: limits_mod.check_float_graph(g, ctx.lim, int4)))

@@ -151,6 +151,8 @@ ORDERED = frozenset({"qg_conv2d_s8", "qg_depthwise_conv2d_s8", "qg_maxpool2d_s8"
 
 
 def _overlap(fn: str | None, g: Graph, n: Node) -> int | None:
+    if fn == "qg_concat_s8":
+        return concat_overlap(g, n)
     if fn not in ORDERED or n.attrs.get("groups", 1) != 1:  # grouped: the DSP path gathers group by group
         return None
     from .kernel_abi import sliding_window_overlap
@@ -160,6 +162,23 @@ def _overlap(fn: str | None, g: Graph, n: Node) -> int | None:
     return sliding_window_overlap(x.shape[:2], y.shape[:2], tuple(kernel), tuple(n.attrs["stride"]),
                                   tuple(n.attrs["padding"][:2]), x.shape[2], y.shape[2],
                                   tuple(n.attrs.get("dilation", (1, 1))))
+
+
+def concat_overlap(g: Graph, n: Node) -> int | None:
+    """qg_concat_s8 copies its first input block by block before the others (qg_eltwise_s8.c; the pure
+    MicroPython _concat goes pixel by pixel, which needs less): with that input at least
+    (outer - 1) * (out_block - block0) + block0 bytes above the output's start, no block is overwritten before it
+    is read, and each block's copy reads and writes disjoint bytes. A skip connection concatenated with a decoder
+    branch (U-Net) then lives in the upper part of the concat output instead of beside it. Not when a producer
+    writes into the output in place (passes/concat_in_place: the output is alive before the concat)."""
+    if any(n.attrs.get("in_place") or []):
+        return None
+    out, x0 = g.tensors[n.outputs[0]], g.tensors[n.inputs[0]]
+    if x0.is_const or x0.dtype != out.dtype:
+        return None
+    outer = functools.reduce(lambda a, b: a * b, out.shape[:n.attrs["axis"]], 1)
+    block, block0 = out.nbytes // outer, x0.nbytes // outer
+    return (outer - 1) * (block - block0) + block0
 
 
 def select(g: Graph, n: Node, core: str | None = None) -> KernelCall:

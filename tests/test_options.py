@@ -60,14 +60,14 @@ def test_cli_flags_build_the_options():
 
 def test_pipeline_is_named_and_printable():
     plain = codegen.pipeline(CompileOptions())
-    assert str(plain) == ("separate_outputs -> fold_pad -> fold_bn -> fuse_activation -> check_limits -> calibrate"
-                          " -> share_concat_formats -> quantize -> concat_in_place -> plan_memory")
+    assert str(plain) == ("separate_outputs -> fold_pad -> fold_bn -> commute_resize -> fuse_activation -> check_limits"
+                          " -> calibrate -> share_concat_formats -> quantize -> concat_in_place -> plan_memory")
     opts = CompileOptions(quant=QuantOptions(equalize=True, bias_correction=True, precision={"x": 16}),
                           compress=CompressOptions(prune=0.5, cluster=4))
     assert codegen.pipeline(opts).names == [
-        "separate_outputs", "fold_pad", "fold_bn", "fuse_activation", "prune_magnitude", "cluster", "check_limits",
-        "equalize", "assign_precision", "calibrate", "share_concat_formats", "quantize", "bias_correction",
-        "concat_in_place", "plan_memory"]
+        "separate_outputs", "fold_pad", "fold_bn", "commute_resize", "fuse_activation", "prune_magnitude", "cluster",
+        "check_limits", "equalize", "assign_precision", "calibrate", "share_concat_formats", "quantize",
+        "bias_correction", "concat_in_place", "plan_memory"]
     name, fn = codegen.pipeline()[0]  # each pass unpacks as the (name, fn) run_pipeline takes
     assert name == "separate_outputs" and callable(fn)
 

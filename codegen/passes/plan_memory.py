@@ -166,6 +166,8 @@ def lifetimes(graph: Graph) -> list[Buffer]:
         src, dst = owner[node.inputs[0]], owner[node.outputs[0]]
         if node.outputs[0] in inside:  # written into a concat's slice: no overlap with its input
             continue
+        if any(owner.get(t) == src for t in node.inputs[1:]):  # another input lies in the same bytes (cat([x, x]))
+            continue
         if src not in pinned and dst not in pinned and groups[src].last == step and groups[dst].first == step:
             groups[dst].over, groups[dst].distance = groups[src].tensors[0], distance
     return list(groups.values())

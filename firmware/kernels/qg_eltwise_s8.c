@@ -115,10 +115,12 @@ void qg_pad_s8(const qg_pad_params_t *p, const int8_t *restrict in, int8_t *rest
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("no-tree-loop-distribute-patterns")))
 #endif
-void qg_concat_s8(const qg_concat_params_t *p, const int8_t *const *inputs, int8_t *restrict out)
+void qg_concat_s8(const qg_concat_params_t *p, const int8_t *const *inputs, int8_t *out)
 {
     /* input by input (each input's size, shift and pointer once, not once per block): the output blocks
-     * take disjoint byte ranges, so the order of the writes does not matter */
+     * take disjoint byte ranges. Order contract (codegen/kernels.py concat_overlap): the first input is copied
+     * first, block by block in increasing order, so the planner may place it inside the upper part of `out`
+     * (hence no `restrict` on `out`) */
     const int32_t outer = p->outer, out_block = p->out_block;
     int32_t b, k, i, at = 0;
     for (k = 0; k < p->n_inputs; k++) {

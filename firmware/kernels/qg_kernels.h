@@ -236,7 +236,7 @@ typedef struct {
     const int8_t *shift;
 } qg_concat_params_t;
 /* inputs[k] == NULL: part k is already in `out` (its producer wrote it in place); it is skipped. */
-void qg_concat_s8(const qg_concat_params_t *p, const int8_t *const *inputs, int8_t *restrict out);
+void qg_concat_s8(const qg_concat_params_t *p, const int8_t *const *inputs, int8_t *out);
 
 /* float <-> Q-format at the model boundary. `scale` = 2^frac, `inv_scale` = 2^-frac.
  * Images convert between PyTorch's (C, H, W) float layout and qgen's (H, W, C) int8 layout. */

@@ -56,13 +56,13 @@ int branch_lut_run(const branch_lut_input_t *in, int8_t *out)
     qg_add_s8(BRANCH_LUT_PARAMS(&branch_lut_l2_add), branch_lut_arena + 544, branch_lut_arena + 288, branch_lut_arena + 544);
     BRANCH_LUT_TRACE(2, branch_lut_arena + 544, 256);
     /* 3: lut 'sigmoid' (golden_models.py:23): [8, 8, 4] s8.f5 -> [8, 8, 4] s8.f7 */
-    qg_lut_s8(BRANCH_LUT_PARAMS(&branch_lut_l3_lut), branch_lut_arena + 544, branch_lut_arena + 800);
-    BRANCH_LUT_TRACE(3, branch_lut_arena + 800, 256);
+    qg_lut_s8(BRANCH_LUT_PARAMS(&branch_lut_l3_lut), branch_lut_arena + 544, branch_lut_arena + 256);
+    BRANCH_LUT_TRACE(3, branch_lut_arena + 256, 256);
     /* 4: lut 'tanh' (golden_models.py:23): [8, 8, 4] s8.f5 -> [8, 8, 4] s8.f7 */
     qg_lut_s8(BRANCH_LUT_PARAMS(&branch_lut_l4_lut), branch_lut_arena + 544, branch_lut_arena + 544);
     BRANCH_LUT_TRACE(4, branch_lut_arena + 544, 256);
     /* 5: concat 'cat' (golden_models.py:23): [8, 8, 4] s8.f7 + [8, 8, 4] s8.f7 -> [8, 8, 8] s8.f7 */
-    { const int8_t *const parts[2] = {branch_lut_arena + 800, branch_lut_arena + 544}; qg_concat_s8(BRANCH_LUT_PARAMS(&branch_lut_l5_concat), parts, branch_lut_arena); }
+    { const int8_t *const parts[2] = {branch_lut_arena + 256, branch_lut_arena + 544}; qg_concat_s8(BRANCH_LUT_PARAMS(&branch_lut_l5_concat), parts, branch_lut_arena); }
     BRANCH_LUT_TRACE(5, branch_lut_arena, 512);
     /* 6: avgpool2d 'avg' (golden_models.py:24): [8, 8, 8] s8.f7 -> [4, 4, 8] s8.f7 */
     qg_avgpool2d_s8(BRANCH_LUT_PARAMS(&branch_lut_l6_avgpool2d), branch_lut_arena, branch_lut_arena + 512);

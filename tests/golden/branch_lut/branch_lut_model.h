@@ -28,7 +28,7 @@ typedef BRANCH_LUT_INPUT_TYPE branch_lut_input_t;
 #define BRANCH_LUT_OUTPUT_FRAC BRANCH_LUT_OUTPUT0_FRAC
 
 /* Resources, known before flashing */
-#define BRANCH_LUT_ARENA_SIZE 1056 /* bytes of static RAM for activations */
+#define BRANCH_LUT_ARENA_SIZE 800 /* bytes of static RAM for activations */
 #define BRANCH_LUT_FLASH_BYTES 1955 /* bytes of constant data (weights, biases, shifts); kernel code comes on top */
 #define BRANCH_LUT_MACS 14464 /* multiply-accumulates per inference */
 #define BRANCH_LUT_NUM_LAYERS 10
