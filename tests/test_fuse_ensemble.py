@@ -276,6 +276,23 @@ def test_kernel_graph_hits_the_edges(kernel_model):
     assert np.any((pa != pb) & (a[rows, pa] + b[rows, pa] == a[rows, pb] + b[rows, pb]))
 
 
+def test_torch_and_qat_twins_equal_the_references(kernel_model):
+    """torch_float (compression fine-tuning) == ref_float; the QAT integer twin (exact, float64) == ref_int."""
+    from codegen.qat import QATStep
+    from codegen.reference import run_int
+
+    g, _, x, _ = kernel_model
+    values = run_int(g, x)
+    for n in (n for n in g.nodes if SPEC[n.op].family == "combine"):
+        xs = [values[t] for t in n.inputs]
+        step = QATStep(n.attrs, 0, 0, False, True, torch.float64)
+        twin = SPEC[n.op].qat(None, 0, n, [torch.tensor(v, dtype=torch.float64) for v in xs], step).numpy()
+        np.testing.assert_array_equal(twin, SPEC[n.op].ref_int(g, n, xs), err_msg=n.name)
+        fx = [v * 2.0 ** -g.tensors[t].qformat.frac for v, t in zip(xs, n.inputs)]
+        np.testing.assert_allclose(SPEC[n.op].torch_float(n, [torch.tensor(v) for v in fx], None).numpy(),
+                                   SPEC[n.op].ref_float(g, n, fx), err_msg=n.name)
+
+
 @pytest.mark.parametrize("flags", ["strict", "sanitizers"])
 def test_kernels_host_c_equals_reference(kernel_model, tmp_path, flags):
     from codegen.hostcheck import SANITIZE_FLAGS, build_native, run_native
