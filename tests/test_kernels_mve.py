@@ -144,6 +144,12 @@ def mve_graph(rng) -> Graph:
     h = b.weighted("w16_pw_c5", Op.CONV2D, "x_c5", (5, 1, 1, 5), shift=_fine_shift(5, out_max=32767), out16=True,
                    output=False, stride=(1, 1), padding=(0, 0, 0, 0))
     b.weighted("w16_dw_mult2", Op.DEPTHWISE_CONV2D, h, (10, 3, 3, 1), **same)
+    h12 = b.weighted("w16_pw_c12", Op.CONV2D, "x_c12", (12, 1, 1, 12), shift=_fine_shift(12, out_max=32767),
+                     out16=True, output=False, stride=(1, 1), padding=(0, 0, 0, 0))
+    b.weighted("w16_conv_g2_d2_fine", Op.CONV2D, h12, (10, 3, 2, 6), shift=_fine_shift(36, x_std=I16_STD),
+               stride=(1, 1), padding=(2, 1, 2, 1), groups=2, dilation=(2, 2))  # 5 rows a group: 4 + 1
+    b.weighted("w16_conv_acc64", Op.CONV2D, h12, (6, 3, 3, 12), shift=_fine_shift(108, x_std=I16_STD), acc64=True,
+               **same)
     b.weighted("w16_dw_s2_fine", Op.DEPTHWISE_CONV2D, h, (5, 3, 3, 1), shift=_fine_shift(9, x_std=I16_STD),
                stride=(2, 2), padding=(1, 1, 1, 1))
     return finish(b.g)

@@ -236,6 +236,118 @@ static inline int64_t dot_int8_t_int64_t(const int8_t *x, const int8_t *w, int32
         }                                                                                                    \
     }
 
+/* acc[0..3] += x . (rows w, w + k, w + 2k, w + 3k) over n values: one input load for four VMLADAVA (8 int16 or 16
+ * int8 lanes), the tail under a VCTP predicate. */
+QG_MVE_INLINE void dot4_int16_t(const int16_t *x, const int8_t *w, int32_t k, int32_t n, int32_t *acc)
+{
+    const int8_t *w1 = w + k, *w2 = w1 + k, *w3 = w2 + k;
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    for (; n >= 8; n -= 8, x += 8, w += 8, w1 += 8, w2 += 8, w3 += 8) {
+        const int16x8_t xv = vldrhq_s16(x);
+        a0 = vmladavaq_s16(a0, xv, vldrbq_s16(w));
+        a1 = vmladavaq_s16(a1, xv, vldrbq_s16(w1));
+        a2 = vmladavaq_s16(a2, xv, vldrbq_s16(w2));
+        a3 = vmladavaq_s16(a3, xv, vldrbq_s16(w3));
+    }
+    if (n > 0) {
+        const mve_pred16_t pr = vctp16q((uint32_t)n);
+        const int16x8_t xv = vldrhq_z_s16(x, pr);
+        a0 = vmladavaq_s16(a0, xv, vldrbq_z_s16(w, pr));
+        a1 = vmladavaq_s16(a1, xv, vldrbq_z_s16(w1, pr));
+        a2 = vmladavaq_s16(a2, xv, vldrbq_z_s16(w2, pr));
+        a3 = vmladavaq_s16(a3, xv, vldrbq_z_s16(w3, pr));
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+
+QG_MVE_INLINE void dot4_int8_t(const int8_t *x, const int8_t *w, int32_t k, int32_t n, int32_t *acc)
+{
+    const int8_t *w1 = w + k, *w2 = w1 + k, *w3 = w2 + k;
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    for (; n >= 16; n -= 16, x += 16, w += 16, w1 += 16, w2 += 16, w3 += 16) {
+        const int8x16_t xv = vldrbq_s8(x);
+        a0 = vmladavaq_s8(a0, xv, vldrbq_s8(w));
+        a1 = vmladavaq_s8(a1, xv, vldrbq_s8(w1));
+        a2 = vmladavaq_s8(a2, xv, vldrbq_s8(w2));
+        a3 = vmladavaq_s8(a3, xv, vldrbq_s8(w3));
+    }
+    if (n > 0) {
+        const mve_pred16_t pr = vctp8q((uint32_t)n);
+        const int8x16_t xv = vldrbq_z_s8(x, pr);
+        a0 = vmladavaq_s8(a0, xv, vldrbq_z_s8(w, pr));
+        a1 = vmladavaq_s8(a1, xv, vldrbq_z_s8(w1, pr));
+        a2 = vmladavaq_s8(a2, xv, vldrbq_z_s8(w2, pr));
+        a3 = vmladavaq_s8(a3, xv, vldrbq_z_s8(w3, pr));
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+
+/* Helium convolution (int32 accumulator): the generic body's walk (window clipped once per pixel, a window row one
+ * run when contiguous) with four output channels of a group per pass (dot4_*: the input loaded once for the four),
+ * requantised as one vector (VQRSHL + clamp, as the depthwise above) and stored narrowing; a group's last og % 4
+ * channels one at a time. */
+#define QG_DEFINE_CONV2D_MVE(NAME, IN_T, OUT_T)                                                              \
+    static void NAME(const qg_conv2d_wide_params_t *p, const IN_T *restrict in, OUT_T *restrict out)         \
+    {                                                                                                        \
+        const int32_t in_w = p->in_w, in_c = p->in_c, out_c = p->out_c, k_h = p->k_h, k_w = p->k_w;          \
+        const int32_t dil_h = p->dil_h, dil_w = p->dil_w, cg = in_c / p->groups, og = out_c / p->groups;     \
+        const int32_t k = k_h * k_w * cg, whole = dil_w == 1 && cg == in_c;                                  \
+        const int32x4_t lo = vdupq_n_s32(p->act_min), hi = vdupq_n_s32(p->act_max);                          \
+        int32_t oy, ox, oc, ky, ky0, ky1, kx0, kx1, r;                                                       \
+        for (oy = 0; oy < p->out_h; oy++) {                                                                  \
+            const int32_t iy0 = oy * p->stride_h - p->pad_top;                                               \
+            qg_clip_window_dilated(iy0, k_h, dil_h, (int32_t)p->in_h, &ky0, &ky1);                           \
+            for (ox = 0; ox < p->out_w; ox++, out += out_c) {                                                \
+                const int32_t ix0 = ox * p->stride_w - p->pad_left;                                          \
+                int32_t run, runs, end;                                                                      \
+                qg_clip_window_dilated(ix0, k_w, dil_w, in_w, &kx0, &kx1);                                   \
+                run = whole ? (kx1 - kx0) * in_c : cg;                                                       \
+                runs = whole ? (kx1 > kx0) : kx1 - kx0;                                                      \
+                for (end = og, oc = 0; oc < out_c; end += og) {                                              \
+                    const IN_T *x0 = in + (((iy0 + ky0 * dil_h) * in_w + ix0 + kx0 * dil_w) * in_c + oc / og * cg); \
+                    for (; oc + 3 < end; oc += 4) {                                                          \
+                        int32_t acc[4];                                                                      \
+                        int32x4_t v;                                                                         \
+                        acc[0] = p->bias[oc];                                                                \
+                        acc[1] = p->bias[oc + 1];                                                            \
+                        acc[2] = p->bias[oc + 2];                                                            \
+                        acc[3] = p->bias[oc + 3];                                                            \
+                        for (ky = ky0; ky < ky1; ky++) {                                                     \
+                            const IN_T *x = x0 + (ky - ky0) * dil_h * in_w * in_c;                           \
+                            const int8_t *w = p->weights + ((oc * k_h + ky) * k_w + kx0) * cg;               \
+                            for (r = 0; r < runs; r++, x += dil_w * in_c, w += cg) {                         \
+                                dot4_##IN_T(x, w, k, run, acc);                                              \
+                            }                                                                                \
+                        }                                                                                    \
+                        v = vqrshlq_s32(vldrwq_s32(acc), vnegq_s32(vldrbq_s32(p->shift + oc)));              \
+                        QG_MVE_STORE4_##OUT_T(out + oc, vminq_s32(vmaxq_s32(v, lo), hi), vctp32q(4));        \
+                    }                                                                                        \
+                    for (; oc < end; oc++) {                                                                 \
+                        int32_t acc = p->bias[oc];                                                           \
+                        for (ky = ky0; ky < ky1; ky++) {                                                     \
+                            const IN_T *x = x0 + (ky - ky0) * dil_h * in_w * in_c;                           \
+                            const int8_t *w = p->weights + ((oc * k_h + ky) * k_w + kx0) * cg;               \
+                            for (r = 0; r < runs; r++, x += dil_w * in_c, w += cg) {                         \
+                                acc = dot_##IN_T##_int32_t(x, w, run, acc);                                  \
+                            }                                                                                \
+                        }                                                                                    \
+                        out[oc] = (OUT_T)qg_requantize_wide(acc, p->shift[oc], p->act_min, p->act_max);      \
+                    }                                                                                        \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+
+QG_DEFINE_CONV2D_MVE(conv2d_s8_to_s16_mve, int8_t, int16_t)
+QG_DEFINE_CONV2D_MVE(conv2d_s16_to_s8_mve, int16_t, int8_t)
+QG_DEFINE_CONV2D_MVE(conv2d_s16_mve, int16_t, int16_t)
+
 QG_DEFINE_DEPTHWISE_MVE(depthwise_s8_to_s16_mve, int8_t, int16_t)
 QG_DEFINE_DEPTHWISE_MVE(depthwise_s16_to_s8_mve, int16_t, int8_t)
 QG_DEFINE_DEPTHWISE_MVE(depthwise_s16_mve, int16_t, int16_t)
@@ -255,9 +367,18 @@ QG_DEFINE_DEPTHWISE_MVE(depthwise_s16_mve, int16_t, int16_t)
 #define QG_DISPATCH_DW(STEM) QG_DISPATCH(STEM)
 #endif
 
+#if QG_MVE /* the int32-accumulator convolutions are the Helium bodies */
+QG_DEFINE_CONV2D(conv2d_s8_to_s16_acc64, int8_t, int16_t, int64_t)
+QG_DEFINE_CONV2D(conv2d_s16_to_s8_acc64, int16_t, int8_t, int64_t)
+QG_DEFINE_CONV2D(conv2d_s16_acc64, int16_t, int16_t, int64_t)
+#define conv2d_s8_to_s16_acc32 conv2d_s8_to_s16_mve
+#define conv2d_s16_to_s8_acc32 conv2d_s16_to_s8_mve
+#define conv2d_s16_acc32 conv2d_s16_mve
+#else
 QG_DEFINE_VARIANTS(QG_DEFINE_CONV2D, conv2d_s8_to_s16, int8_t, int16_t)
 QG_DEFINE_VARIANTS(QG_DEFINE_CONV2D, conv2d_s16_to_s8, int16_t, int8_t)
 QG_DEFINE_VARIANTS(QG_DEFINE_CONV2D, conv2d_s16, int16_t, int16_t)
+#endif
 QG_DEFINE_VARIANTS(QG_DEFINE_DEPTHWISE, depthwise_s8_to_s16, int8_t, int16_t)
 QG_DEFINE_VARIANTS(QG_DEFINE_DEPTHWISE, depthwise_s16_to_s8, int16_t, int8_t)
 QG_DEFINE_VARIANTS(QG_DEFINE_DEPTHWISE, depthwise_s16, int16_t, int16_t)
