@@ -524,6 +524,8 @@ def _gemm(imp: _Importer, node) -> _Act:
 
 
 def _matmul(imp: _Importer, node) -> _Act:
+    if isinstance(imp.values.get(node.input[1]), _Act):
+        return _matmul_activations(imp, node)
     x = imp.input_act(node)
     w = np.asarray(imp.input_const(node, 1, "the second operand"), np.float64)
     if w.ndim != 2:
@@ -788,6 +790,9 @@ def _reshape(imp: _Importer, node) -> _Act:
     if -1 in shape:
         known = math.prod(s for s in shape if s != -1)
         shape[shape.index(-1)] = math.prod(src) // max(known, 1)
+    shuffled = _channel_shuffle(imp, node, x, shape)
+    if shuffled is not None:
+        return shuffled
     return _flatten_to(imp, node, x, tuple(shape))
 
 
@@ -1076,6 +1081,156 @@ def _resize(imp: _Importer, node) -> _Act:
     return _Act(name, x.rank)
 
 
+# ---------------------------------------------------------------------------------- layout: Slice, Split, Transpose
+
+
+def _slice_act(imp: _Importer, node, x: _Act, onnx_dim: int, start: int, length: int) -> _Act:
+    """x[..., start:start + length, ...] along ONNX dim `onnx_dim` -> SLICE (no code where it is a contiguous run
+    of x: codegen/ops/matmul.py slice_alias)."""
+    if x.rank == 2 and x.name in imp.flat_from_image:
+        raise imp.err(node, "slices a flattened image, whose elements lie in another order in qgen; slice the "
+                            "image before flattening it")
+    axis = ir_axis(onnx_dim, x.rank)
+    shape = list(imp.shape_of(x.name))
+    if start == 0 and length == shape[axis]:
+        return x
+    shape[axis] = length
+    return _Act(imp.add(node, Op.SLICE, [x.name], tuple(shape), axis=axis, start=start, length=length), x.rank)
+
+
+def _batch_dim(imp: _Importer, node, what: str) -> UserError:
+    return imp.err(node, f"{what} along the batch dimension (0); qgen runs one sample at a time (batch 1). "
+                         "Slice, split or transpose the other dimensions")
+
+
+def _slice(imp: _Importer, node) -> _Act:
+    """Slice of an activation (x[:, a:b], narrow, chunk as exported): one SLICE per sliced dim, step 1."""
+    x = imp.input_act(node)
+
+    def ints(i: int, what: str) -> list[int] | None:
+        value = imp.input_const(node, i, what)
+        return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
+
+    starts, ends = ints(1, "the starts"), ints(2, "the ends")
+    axes, steps = ints(3, "the axes"), ints(4, "the steps")
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    onnx_shape = torch_shape_of(imp.shape_of(x.name), x.rank)
+    for a, s0, e, step in zip(axes, starts, ends, steps):
+        a %= x.rank
+        start, stop, _ = slice(s0, e, 1).indices(onnx_shape[a])
+        if step != 1:
+            raise imp.err(node, f"Slice with step {step} along dim {a}; qgen slices with step 1. Use a strided "
+                                "convolution or pooling to subsample")
+        if stop <= start:
+            raise imp.err(node, f"Slice [{s0}, {e}) of dim {a} (size {onnx_shape[a]}) is empty")
+        if a == 0:
+            if (start, stop) != (0, 1):
+                raise _batch_dim(imp, node, "Slice")
+            continue
+        x = _slice_act(imp, node, x, a, start, stop - start)
+    return x
+
+
+def _split(imp: _Importer, node) -> _Act | None:
+    """Split (torch.chunk / split / unbind as exported) -> one SLICE per output that is read."""
+    x = imp.input_act(node)
+    axis = int(imp.attr(node, "axis", 0)) % x.rank
+    if axis == 0:
+        raise _batch_dim(imp, node, "Split")
+    size = torch_shape_of(imp.shape_of(x.name), x.rank)[axis]
+    sizes = imp.input_const(node, 1, "the split sizes") if len(node.input) > 1 else imp.attr(node, "split")
+    if sizes is None:  # equal parts, the last one smaller (opset 18 num_outputs)
+        n = int(imp.attr(node, "num_outputs", len(node.output)))
+        chunk = -(-size // n)
+        sizes = [min(chunk, size - i * chunk) for i in range(n)]
+    sizes = [int(v) for v in np.asarray(sizes).reshape(-1)]
+    if sum(sizes) != size or len(sizes) != len(node.output) or min(sizes) < 1:
+        raise imp.err(node, f"Split sizes {sizes} of dim {axis} (size {size}) into {len(node.output)} outputs")
+    read = set(imp.users) | {o.name for o in imp.model.graph.output}
+    start = 0
+    for name, length in zip(node.output, sizes):
+        if name and name in read:  # only the parts something reads are made
+            imp.values[name] = _slice_act(imp, node, x, axis, start, length)
+        start += length
+    return imp.values.get(node.output[0])
+
+
+def _ir_perm(rank: int, perm: list[int]) -> tuple[int, ...]:
+    """The IR permutation of an ONNX Transpose `perm` (batch first) of a rank-`rank` activation: IR output axis j
+    holds ONNX output dim d, that is ONNX input dim perm[d], which lies on IR input axis ir_axis(perm[d])."""
+    onnx_dim = {ir_axis(d, rank): d for d in range(1, rank)}  # IR axis -> ONNX dim (rank 3: IR axis 0 is a 1)
+    n_axes = len(ir_shape_of((1,) * rank))
+    return tuple(ir_axis(perm[onnx_dim[j]], rank) if j in onnx_dim else j for j in range(n_axes))
+
+
+def _transpose(imp: _Importer, node) -> _Act:
+    """Transpose of an activation, batch first: TRANSPOSE in qgen's layout (none when the IR order is kept)."""
+    x = imp.input_act(node)
+    perm = [int(p) % x.rank for p in (imp.attr(node, "perm") or range(x.rank - 1, -1, -1))]
+    if perm[0] != 0:
+        raise _batch_dim(imp, node, f"Transpose perm {perm} moves a dimension")
+    onnx_out = tuple(torch_shape_of(imp.shape_of(x.name), x.rank)[p] for p in perm)
+    ir_perm = _ir_perm(x.rank, perm)
+    if ir_perm == tuple(range(len(ir_perm))):
+        return x
+    if x.rank == 2:  # (1, F): nothing to move
+        return x
+    return _Act(imp.add(node, Op.TRANSPOSE, [x.name], ir_shape_of(onnx_out), perm=ir_perm), x.rank)
+
+
+def _channel_shuffle(imp: _Importer, node, x: _Act, shape: list[int]):
+    """Reshape (1, C, H, W) -> (1, g, C/g, H, W), Transpose (0, 2, 1, 3, 4), Reshape back to (1, C, H, W) (ShuffleNet's
+    channel shuffle as exported) -> one per-pixel TRANSPOSE (H*W, g, C/g) -> (H*W, C/g, g). Returns the final value's
+    _Act (the Transpose and second Reshape are skipped), or None if the pattern is not there."""
+    users = imp.users.get(node.output[0], [])
+    if x.rank != 4 or len(shape) != 5 or len(users) != 1 or users[0].op_type != "Transpose":
+        return None
+    tr = users[0]
+    back = imp.users.get(tr.output[0], [])
+    h, w, c = imp.shape_of(x.name)
+    g, cg = shape[1], shape[2]
+    if [int(p) for p in imp.attr(tr, "perm") or []] != [0, 2, 1, 3, 4] or shape != [1, g, cg, h, w] or \
+            g * cg != c or len(back) != 1 or back[0].op_type != "Reshape":
+        return None
+    target = [int(v) for v in np.asarray(imp.values.get(back[0].input[1], [])).reshape(-1)]
+    if [t if t != -1 else c for t in target] not in ([1, c, h, w], [-1, c, h, w]) and target[1:] != [c, h, w]:
+        return None
+    pix = imp.add(node, Op.RESHAPE, [x.name], (h * w, g, cg), shape=(h * w, g, cg))
+    out = imp.add(tr, Op.TRANSPOSE, [pix], (h * w, cg, g), perm=(0, 2, 1))
+    result = _Act(imp.add(back[0], Op.RESHAPE, [out], (h, w, c), shape=(h, w, c)), 4)
+    nodes = list(imp.model.graph.node)
+    imp.skip.update(i for i, n in enumerate(nodes) if n is tr or n is back[0])
+    imp.values[back[0].output[0]] = result
+    return result
+
+
+def _matmul_activations(imp: _Importer, node) -> _Act:
+    """MatMul of two activations, (1, M, K) @ (1, K, N) or (1, B, M, K) @ (1, B, K, N) -> MATMUL of A (B, M, K)
+    and B^T (B, N, K), K innermost in both: qgen's layout of the first operand is transposed (a copy), the second
+    lies right; the (B, M, N) product is copied back into qgen's layout of a (1, M, N) / (1, B, M, N) tensor."""
+    from ..ops.matmul import MAX_K
+
+    a, b = imp.input_act(node, 0), imp.input_act(node, 1)
+    sa, sb = (torch_shape_of(imp.shape_of(v.name), v.rank) for v in (a, b))
+    if a.rank != b.rank or a.rank not in (3, 4) or sa[:-2] != sb[:-2] or sa[-1] != sb[-2]:
+        raise imp.err(node, f"MatMul of activations {list(sa)} and {list(sb)}; qgen multiplies (1, M, K) @ (1, K, N) "
+                            "and (1, B, M, K) @ (1, B, K, N) activations (no broadcasting). Reshape the operands")
+    (m, k), n = sa[-2:], sb[-1]
+    if k > MAX_K:
+        raise imp.err(node, f"MatMul over K = {k} products; qgen's int32 sums hold at most {MAX_K}")
+    batch = sa[1] if a.rank == 4 else 1
+    if a.rank == 3:  # IR (1, K, M) / (1, N, K) / result (1, N, M)
+        xa = imp.add(node, Op.TRANSPOSE, [a.name], (1, m, k), perm=(0, 2, 1))
+        xb, back = b.name, (0, 2, 1)
+    else:  # IR (M, K, B) / (K, N, B) / result (M, N, B)
+        xa = imp.add(node, Op.TRANSPOSE, [a.name], (batch, m, k), perm=(2, 0, 1))
+        xb, back = imp.add(node, Op.TRANSPOSE, [b.name], (batch, n, k), perm=(2, 1, 0)), (1, 2, 0)
+    y = imp.add(node, Op.MATMUL, [xa, xb], (batch, m, n))
+    out = ir_shape_of((1, m, n) if a.rank == 3 else (1, batch, m, n))
+    return _Act(imp.add(node, Op.TRANSPOSE, [y], out, perm=back), a.rank)
+
+
 HANDLERS: dict[str, Callable[[_Importer, Any], Any]] = {
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,
@@ -1107,6 +1262,9 @@ HANDLERS: dict[str, Callable[[_Importer, Any], Any]] = {
     "PRelu": _prelu,
     "Pad": _pad,
     "Concat": _concat,
+    "Slice": _slice,
+    "Split": _split,
+    "Transpose": _transpose,
     "Softmax": _softmax,
     "Sigmoid": _lut("sigmoid"),
     "Tanh": _lut("tanh"),
