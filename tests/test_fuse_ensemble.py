@@ -177,6 +177,15 @@ def test_reschedule_takes_the_smallest_planned_arena(members):
     assert order[:order.count("m1")] == ["m1"] * order.count("m1")  # the largest member (m1) runs first
 
 
+def test_member_orders_stay_few_for_many_members():
+    from codegen.fuse.ensemble import member_orders
+
+    assert len(member_orders([5, 1, 9])) == 6  # every order
+    orders = member_orders([5, 1, 9, 7, 3, 2])
+    assert len(orders) <= 6 + 3 and (2, 3, 0, 4, 5, 1) in orders and (1, 5, 4, 0, 3, 2) in orders  # largest first/last
+    assert all(sorted(o) == list(range(6)) for o in orders)
+
+
 # ------------------------------------------------------------------ the vote's rule
 
 
