@@ -32,7 +32,8 @@ PASS_MADE = {Op.HISTORY: "passes/stream.py (--stream) inserts it before a causal
 class AllOps(nn.Module):
     """One small model whose IR holds every op (BatchNorm after an add cannot be folded)."""
 
-    shuffle = True
+    shuffle = True  # the parts the ONNX front end does not take (3-D views, recurrent layers)
+    layout = True  # channel shuffle, chunk, matmul of two images: both front ends
 
     def __init__(self):
         super().__init__()
@@ -57,10 +58,11 @@ class AllOps(nn.Module):
         gate = torch.sigmoid(y.mean((2, 3), keepdim=True))  # mul of a (1, C, 1, 1) gate, sub, max, min, affine
         y = self.prelu(torch.maximum(y, y * 0.5) - torch.minimum(y, 1 - y)) * gate
         y = self.bn(self.dw(y) + y)
-        if self.shuffle:  # channel shuffle: one transpose (the ONNX front end does not take a 5-D reshape)
+        if self.layout:  # channel shuffle: one transpose; chunk: two slices; (1, C, H, W) @ (1, C, W, H)
             y = y.view(1, 2, 2, *y.shape[2:]).transpose(1, 2).reshape(y.shape)
             a, b = y.chunk(2, 1)  # two slices
             y = torch.cat([b, a], 1)
+            y = y + 0.1 * torch.matmul(y, y.transpose(2, 3))
         y = torch.cat([torch.relu(nn.functional.max_pool2d(y, 2)),
                        torch.sigmoid(nn.functional.avg_pool2d(y, 3, 2, 1, count_include_pad=False))], 1)  # clipped
         y = nn.functional.max_pool2d(nn.functional.pad(self.inorm(y), (0, 1, 1, 0)), 2)  # a pad no conv absorbs
