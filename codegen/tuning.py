@@ -850,7 +850,8 @@ def plot(result: TuneResult, path: str | Path) -> Path:
     front = result.points
     ax.plot([p.flash_bytes for p in sorted(front, key=lambda p: p.flash_bytes)],
             [100 * p.accuracy for p in sorted(front, key=lambda p: p.flash_bytes)], "r.-", label="Pareto front")
-    ax.axvline(result.limits.get("flash", 0), color="grey", ls="--", lw=0.8)
+    if pts and result.limits.get("flash", 0) <= 4 * max(p.flash_bytes for p in pts):  # else it squashes the trials
+        ax.axvline(result.limits["flash"], color="grey", ls="--", lw=0.8, label="flash limit")
     ax.set_xscale("log")
     ax.set_xlabel("weight flash (bytes)")
     ax.set_ylabel("accuracy of the integer reference (%)")
