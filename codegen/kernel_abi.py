@@ -30,7 +30,14 @@ def conv2d_buffer_size(in_c: int, k_h: int, k_w: int, out_c: int) -> int:
 
 
 def depthwise_conv2d_buffer_size(in_c: int, k_h: int, k_w: int, out_c: int) -> int:
-    """The weights transposed to (k_h, k_w, channels); multiplier 1 only (others use none)."""
+    """The weights transposed for the multiplier-1 kernel (others use none). The size of the DSP path: per 4
+    channels the biases and shifts (5 words) and the taps as int16 (qg_conv2d_s8.c depthwise_dsp); the plain and
+    Helium paths need less (depthwise_conv2d_plain_buffer_size; codegen/kernels.py scratch_for)."""
+    return 2 * _round_up4(k_h * k_w * out_c) + 5 * _round_up4(out_c) if out_c == in_c else 0
+
+
+def depthwise_conv2d_plain_buffer_size(in_c: int, k_h: int, k_w: int, out_c: int) -> int:
+    """The plain and Helium paths' part of depthwise_conv2d_buffer_size: the int8 weights as (k_h, k_w, channels)."""
     return _round_up4(k_h * k_w * out_c) if out_c == in_c else 0
 
 

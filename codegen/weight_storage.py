@@ -167,7 +167,7 @@ def int4_bytes(op: Op, shape: tuple[int, ...]) -> int:
 def int4_scratch(fn: str, g: Graph, n: Node, plain: bool) -> int:
     """Scratch bytes of the int4 kernels (mirror qg_*_s4_buffer_size in qg_conv2d_s4.c; plain: a core
     without the DSP extension, whose paths need less; the generated C reserves the DSP size)."""
-    from .kernel_abi import depthwise_conv2d_buffer_size
+    from .kernel_abi import depthwise_conv2d_buffer_size, depthwise_conv2d_plain_buffer_size
 
     def up(v: int, m: int) -> int:
         return -(-v // m) * m
@@ -177,8 +177,9 @@ def int4_scratch(fn: str, g: Graph, n: Node, plain: bool) -> int:
         return 0 if plain else 2 * up(w[1], 8)
     cout, kh, kw = w[0], w[1], w[2]
     cin = g.tensors[n.inputs[0]].shape[2]
-    if fn == "qg_depthwise_conv2d_s4":
-        return up(cout * kh * kw, 4) + depthwise_conv2d_buffer_size(cin, kh, kw, cout)
+    if fn == "qg_depthwise_conv2d_s4":  # the unpacked int8 weights, then qg_depthwise_conv2d_s8's scratch
+        dw = (depthwise_conv2d_plain_buffer_size if plain else depthwise_conv2d_buffer_size)(cin, kh, kw, cout)
+        return up(cout * kh * kw, 4) + dw
     k8 = up(kh * kw * (cin // n.attrs.get("groups", 1)), 8)
     # DSP: 4 int16 columns + the int8 column they are gathered into; Helium: 4 columns in 32-value blocks + that one
     return k8 if plain else max(9 * k8, 4 * up(k8, 32) + k8)

@@ -63,7 +63,8 @@ def test_scratch_sizes_are_word_multiples_and_cover_the_kernels_needs():
     the transposed depthwise weights; compressed-weight kernels take none."""
     assert kernel_abi.conv2d_buffer_size(8, 3, 3, 16) == 8 * 72
     assert kernel_abi.conv2d_buffer_size(7, 3, 5, 5) == 8 * 108 + 108
-    assert kernel_abi.depthwise_conv2d_buffer_size(5, 3, 3, 5) == 48
+    assert kernel_abi.depthwise_conv2d_buffer_size(5, 3, 3, 5) == 96 + 40  # int16 weights + biases, shifts (DSP)
+    assert kernel_abi.depthwise_conv2d_plain_buffer_size(5, 3, 3, 5) == 48
     assert kernel_abi.depthwise_conv2d_buffer_size(5, 3, 3, 10) == 0
     for in_c, k_h, k_w, out_c in SHAPES:
         assert kernel_abi.conv2d_buffer_size(in_c, k_h, k_w, out_c) % 4 == 0

@@ -285,8 +285,10 @@ void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, in
 
 int32_t qg_depthwise_conv2d_s8_buffer_size(const qg_conv2d_params_t *p)
 {
-    /* transposed weights, multiplier 1 only */
-    return p->out_c == p->in_c ? round_up4((int32_t)p->k_h * p->k_w * p->out_c) : 0;
+    /* transposed weights, multiplier 1 only: int8 on the plain and Helium paths; on the DSP path per 4 channels
+     * the biases and shifts - 1 (5 words) and the taps as int16 (depthwise_dsp). The larger size is the one
+     * reported; codegen/kernels.py scratch_for gives the plain and Helium cores less. */
+    return p->out_c == p->in_c ? 2 * round_up4((int32_t)p->k_h * p->k_w * p->out_c) + 5 * round_up4(p->out_c) : 0;
 }
 
 /* Any multiplier: output channel c * mult + m reads input channel c; weights (out_c, k_h, k_w). */
@@ -400,6 +402,224 @@ static QG_ALWAYS_INLINE void dw_pixel(const int8_t *x0, const int8_t *w0, int32_
     }
 }
 
+#if QG_DSP && !QG_MVE
+/* Scratch words per group of 4 channels before its taps: the 4 biases, then the 4 shifts - 1 as int8. */
+#define QG_DW_HEAD 5
+
+/* One tap of 4 channels on the DSP path: one word of int8 inputs at x_i8 unpacked into (x0, x2) and (x1, x3), times
+ * the tap's weights unpacked in scratch, (w0, w2) (w1, w3) at w (then w += 2 words): 4 MACs with SMLABB/SMLATT in
+ * 8 instructions (LDR, LDRD, 2 SXTB16, 4 SMLAxy). One asm block per tap, loads included: given C builtins and loads,
+ * GCC 12 reorders an unrolled window accumulator by accumulator, or hoists the input loads, and spills (4.4-5.6
+ * instead of ~3 instructions per MAC). The input word may be unaligned (LDR allows it on ARMv7E-M; the
+ * scratch weights are word aligned for LDRD). */
+#define QG_DW_TAP4_ASM(load, ...)                                                                                   \
+    __asm__(load "\n\t"                                                                                             \
+            "ldrd %[we], %[wo], [%[w]], #8\n\t"                                                                     \
+            "sxtb16 %[xe], %[xv]\n\t"                                                                               \
+            "sxtb16 %[xv], %[xv], ror #8\n\t"                                                                       \
+            "smlabb %[a0], %[xe], %[we], %[a0]\n\t"                                                                 \
+            "smlatt %[a2], %[xe], %[we], %[a2]\n\t"                                                                 \
+            "smlabb %[a1], %[xv], %[wo], %[a1]\n\t"                                                                 \
+            "smlatt %[a3], %[xv], %[wo], %[a3]"                                                                     \
+            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [xe] "=&r"(xe_), [xv] "=&r"(xv_),        \
+              [we] "=&r"(we_), [wo] "=&r"(wo_), [w] "+r"(w)                                                         \
+            : [x] "r"(x_), "m"(*(const qg_word_t(*)[2])(w)), __VA_ARGS__)
+
+/* The tap at x_i8 + off (off: a register, so that GCC keeps one input pointer per 4 channels instead of one per tap,
+ * which it spilled). The "m" operand at x_i8 (not x_i8 + off, which costs GCC a register it does not have) tells it
+ * the asm reads the input: the int8 output stores may alias it, so they are not moved across. */
+#define QG_DW_TAP4(x_i8, off, w)                                                                                    \
+    do {                                                                                                            \
+        const int8_t *x_ = (x_i8);                                                                                  \
+        const int32_t o_ = (off);                                                                                   \
+        int32_t xv_, xe_, we_, wo_;                                                                                 \
+        QG_DW_TAP4_ASM("ldr %[xv], [%[x], %[o]]", [o] "r"(o_), "m"(*x_));                                       \
+    } while (0)
+
+/* The tap at x_i8 itself. */
+#define QG_DW_TAP4_0(x_i8, w)                                                                                       \
+    do {                                                                                                            \
+        const int8_t *x_ = (x_i8);                                                                                  \
+        int32_t xv_, xe_, we_, wo_;                                                                                 \
+        QG_DW_TAP4_ASM("ldr %[xv], [%[x]]", "m"(*x_));                                                          \
+    } while (0)
+
+/* 4 channels of one output pixel: n_ky window rows (x_row bytes apart) of n_kx taps (x_step bytes apart) from
+ * x_i8; g: the group's scratch (biases, shifts - 1, then k_w taps of 2 words per window row; the window's first
+ * tap w_first words after them); requantised with shifts >= 1 and the constant clamp kind (QG_CLAMP_S8 or
+ * QG_CLAMP_RELU). kx_n > 0: n_kx == kx_n, the row unrolled; kx_n == 3 and ky_n == 3: the
+ * whole 3x3 window unrolled, 9 taps in 72 instructions plus 2 row steps. */
+static QG_ALWAYS_INLINE void dw_4_dsp(const int8_t *x_i8, const qg_word_t *g, int32_t w_first, int32_t x_step,
+                                      int32_t x_row, int32_t w_skip, int32_t n_kx, int32_t n_ky, int8_t *out,
+                                      int32_t kx_n, int32_t ky_n, int32_t kind)
+{
+    const int32_t x_step2 = 2 * x_step;
+    const int8_t *shift_m1 = (const int8_t *)(const void *)(g + 4);
+    const qg_word_t *w = g + QG_DW_HEAD + w_first;
+    int32_t a0 = g[0], a1 = g[1], a2 = g[2], a3 = g[3];
+    int32_t ky, kx;
+    if (kx_n == 3 && ky_n == 3) {
+        QG_DW_TAP4_0(x_i8, w);
+        QG_DW_TAP4(x_i8, x_step, w);
+        QG_DW_TAP4(x_i8, x_step2, w);
+        x_i8 += x_row;
+        QG_DW_TAP4_0(x_i8, w);
+        QG_DW_TAP4(x_i8, x_step, w);
+        QG_DW_TAP4(x_i8, x_step2, w);
+        x_i8 += x_row;
+        QG_DW_TAP4_0(x_i8, w);
+        QG_DW_TAP4(x_i8, x_step, w);
+        QG_DW_TAP4(x_i8, x_step2, w);
+    } else {
+        for (ky = 0; ky < n_ky; ky++, x_i8 += x_row, w += w_skip) {
+            if (kx_n == 0) {
+                const int8_t *xk = x_i8;
+                for (kx = 0; kx < n_kx; kx++, xk += x_step) {
+                    QG_DW_TAP4_0(xk, w);
+                }
+            } else {
+                QG_DW_TAP4_0(x_i8, w);
+                if (kx_n >= 2) {
+                    QG_DW_TAP4(x_i8, x_step, w);
+                }
+                if (kx_n >= 3) {
+                    QG_DW_TAP4(x_i8, x_step2, w);
+                }
+            }
+        }
+    }
+    out[0] = qg_requantize_pos_s8(a0, shift_m1[0], kind, -128, 127);
+    out[1] = qg_requantize_pos_s8(a1, shift_m1[1], kind, -128, 127);
+    out[2] = qg_requantize_pos_s8(a2, shift_m1[2], kind, -128, 127);
+    out[3] = qg_requantize_pos_s8(a3, shift_m1[3], kind, -128, 127);
+}
+
+/* n_pix output pixels x_pix input bytes apart (from x0, out) with the same clipped window (t0: its first tap): every
+ * group of 4 channels (dw_4_dsp, scratch w16), then the ch % 4 last channels with the int8 weights (out_c, k_h, k_w)
+ * as they are. */
+static QG_ALWAYS_INLINE void dw_run_dsp(const int8_t *x0, int32_t x_pix, int32_t n_pix, const qg_word_t *w16,
+                                        int32_t t0, const qg_conv2d_params_t *p, int32_t x_step, int32_t x_row,
+                                        int32_t n_kx, int32_t n_ky, int8_t *out, int32_t kx_n, int32_t ky_n,
+                                        int32_t kind)
+{
+    const int32_t ch = p->in_c, ch4 = ch & ~3, k_w = p->k_w, taps = p->k_h * k_w, w_skip = 2 * (k_w - n_kx);
+    const int32_t *bias = p->bias;
+    const int8_t *shift = p->shift;
+    int32_t i, c, ky, kx;
+    for (i = 0; i < n_pix; i++, x0 += x_pix, out += ch) {
+        const qg_word_t *g = w16;
+        for (c = 0; c < ch4; c += 4, g += QG_DW_HEAD + 2 * taps) {
+            dw_4_dsp(x0 + c, g, 2 * t0, x_step, x_row, w_skip, n_kx, n_ky, out + c, kx_n, ky_n, kind);
+        }
+        for (; c < ch; c++) {
+            const int8_t *w_i8 = p->weights + c * taps + t0;
+            int32_t acc_i32 = bias[c];
+            for (ky = 0; ky < n_ky; ky++) {
+                for (kx = 0; kx < n_kx; kx++) {
+                    acc_i32 += x0[ky * x_row + kx * x_step + c] * w_i8[ky * k_w + kx];
+                }
+            }
+            out[c] = qg_requantize_s8(acc_i32, shift[c], p->act_min, p->act_max);
+        }
+    }
+}
+
+/* dw_run_dsp with the clamp kind and, for a 3-wide window, the row length (3 or 2 taps) and a full 3x3 window as
+ * constants (without the 2-tap rows VWW's depthwise layers on 6x6 maps take 4.0-4.5 instead of 3.6-4.1
+ * instructions per MAC: half their pixels are border pixels). */
+static void dw_run(const int8_t *x0, int32_t x_pix, int32_t n_pix, const qg_word_t *w16, int32_t t0,
+                   const qg_conv2d_params_t *p, int32_t x_step, int32_t x_row, int32_t n_kx, int32_t n_ky, int8_t *out,
+                   int32_t kind)
+{
+    const int32_t rows3 = p->k_w == 3 ? n_kx : 0, full = rows3 == 3 && n_ky == 3 && p->k_h == 3;
+    if (kind == QG_CLAMP_S8) {
+        if (full) {
+            dw_run_dsp(x0, x_pix, n_pix, w16, t0, p, x_step, x_row, 3, 3, out, 3, 3, QG_CLAMP_S8);
+        } else if (rows3 == 3) {
+            dw_run_dsp(x0, x_pix, n_pix, w16, t0, p, x_step, x_row, 3, n_ky, out, 3, 0, QG_CLAMP_S8);
+        } else if (rows3 == 2) {
+            dw_run_dsp(x0, x_pix, n_pix, w16, t0, p, x_step, x_row, 2, n_ky, out, 2, 0, QG_CLAMP_S8);
+        } else {
+            dw_run_dsp(x0, x_pix, n_pix, w16, t0, p, x_step, x_row, n_kx, n_ky, out, 0, 0, QG_CLAMP_S8);
+        }
+    } else {
+        if (full) {
+            dw_run_dsp(x0, x_pix, n_pix, w16, t0, p, x_step, x_row, 3, 3, out, 3, 3, QG_CLAMP_RELU);
+        } else if (rows3 == 3) {
+            dw_run_dsp(x0, x_pix, n_pix, w16, t0, p, x_step, x_row, 3, n_ky, out, 3, 0, QG_CLAMP_RELU);
+        } else if (rows3 == 2) {
+            dw_run_dsp(x0, x_pix, n_pix, w16, t0, p, x_step, x_row, 2, n_ky, out, 2, 0, QG_CLAMP_RELU);
+        } else {
+            dw_run_dsp(x0, x_pix, n_pix, w16, t0, p, x_step, x_row, n_kx, n_ky, out, 0, 0, QG_CLAMP_RELU);
+        }
+    }
+}
+
+/* The multiplier-1 depthwise conv on the DSP path when every shift is >= 1 and the clamp is int8 or ReLU (kind; else
+ * it returns 0 and the caller takes the general path). Scratch, filled once per call: per group of 4 channels c..c+3
+ * their biases (4 words) and shifts - 1 (4 int8 in one word), then per tap t the int8 weights w[c..c+3][t] unpacked
+ * into the word pair (w0, w2) (w1, w3). Per output row the window rows are
+ * clipped once; the pixels whose window lies inside the image horizontally run as one dw_run (with a 3x3 window
+ * inside the image: all 9 taps unrolled), each border pixel as one dw_run of its clipped window. */
+static int32_t depthwise_dsp(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, qg_word_t *w16, int32_t kind)
+{
+    const int32_t ch = p->in_c, ch4 = ch & ~3, k_w = p->k_w, taps = p->k_h * k_w;
+    const int32_t dil_h = p->dil_h, dil_w = p->dil_w, x_step = dil_w * ch, x_row = dil_h * p->in_w * ch;
+    const int32_t stride_w = p->stride_w, pad_left = p->pad_left, out_w = p->out_w;
+    /* output columns [ox_lo, ox_hi) have every tap inside the image: ix0 >= 0 and ix0 + (k_w - 1) dil_w < in_w */
+    const int32_t last = p->in_w - 1 - (k_w - 1) * dil_w + pad_left;
+    const int32_t ox_lo = (pad_left + stride_w - 1) / stride_w;
+    const int32_t ox_hi = last < 0 ? 0 : (last / stride_w + 1 < out_w ? last / stride_w + 1 : out_w);
+    const int8_t *shift = p->shift;
+    int32_t oy, ox, c, t, ky0, ky1, kx0, kx1;
+    qg_word_t *w = w16;
+    if (kind == QG_CLAMP_ANY) {
+        return 0;
+    }
+    for (c = 0; c < ch; c++) {
+        if (shift[c] < 1) {
+            return 0;
+        }
+    }
+    for (c = 0; c < ch4; c += 4) {
+        const int8_t *w_i8 = p->weights + c * taps;
+        int8_t *head_m1 = (int8_t *)(void *)(w + 4);
+        for (t = 0; t < 4; t++) {
+            w[t] = p->bias[c + t];
+            head_m1[t] = (int8_t)(shift[c + t] - 1);
+        }
+        for (w += QG_DW_HEAD, t = 0; t < taps; t++, w += 2) {
+            const uint32_t v = (uint32_t)(uint8_t)w_i8[t] | (uint32_t)(uint8_t)w_i8[taps + t] << 8 |
+                               (uint32_t)(uint8_t)w_i8[2 * taps + t] << 16 |
+                               (uint32_t)(uint8_t)w_i8[3 * taps + t] << 24;
+            w[0] = qg_sxtb16((int32_t)v);
+            w[1] = qg_sxtb16_ror8((int32_t)v);
+        }
+    }
+    for (oy = 0; oy < p->out_h; oy++) {
+        const int32_t iy0 = oy * p->stride_h - p->pad_top;
+        qg_clip_window_dilated(iy0, p->k_h, dil_h, p->in_h, &ky0, &ky1);
+        const int8_t *x_rows = in + (iy0 + ky0 * dil_h) * p->in_w * ch; /* the first window row inside */
+        for (ox = 0; ox < out_w;) {
+            const int32_t ix0 = ox * stride_w - pad_left;
+            if (ox == ox_lo && ox_hi > ox_lo) { /* the run of windows inside the image horizontally */
+                dw_run(x_rows + ix0 * ch, stride_w * ch, ox_hi - ox_lo, w16, ky0 * k_w, p, x_step, x_row, k_w,
+                       ky1 - ky0, out, kind);
+                out += (ox_hi - ox_lo) * ch;
+                ox = ox_hi;
+                continue;
+            }
+            qg_clip_window_dilated(ix0, k_w, dil_w, p->in_w, &kx0, &kx1);
+            dw_run(x_rows + (ix0 + kx0 * dil_w) * ch, 0, 1, w16, ky0 * k_w + kx0, p, x_step, x_row, kx1 - kx0,
+                   ky1 - ky0, out, kind);
+            out += ch;
+            ox++;
+        }
+    }
+    return 1;
+}
+#endif /* QG_DSP && !QG_MVE */
+
 #if QG_MVE
 /* Channels [c, c + 8 * halves) (halves = 1 or 2, a constant) of one output pixel of the multiplier-1 depthwise conv
  * on Helium, from x_i8 / w_i8 (their channel c). Per tap and 8 channels: one VLDRB.S16 of inputs and one of
@@ -491,6 +711,11 @@ void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_
         depthwise_generic(p, in, out);
         return;
     }
+#if QG_DSP && !QG_MVE
+    if (depthwise_dsp(p, in, out, (qg_word_t *)(void *)scratch, kind)) { /* scratch: 4-byte aligned */
+        return;
+    }
+#endif
     for (c = 0; c < ch; c++) {
         for (t = 0; t < taps; t++) {
             w_t[t * ch + c] = qg_w8(&p->weights[c * taps + t]); /* from flash on AVR: the pixels read w_t */
