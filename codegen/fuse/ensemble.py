@@ -161,6 +161,8 @@ def reschedule(g: Graph) -> Graph:
     Without shared layers the largest member runs first and the arena is its own plus, at most, the other
     members' outputs; with a shared prefix the members reading it run together. Orders: `member_orders`."""
     combine = g.nodes[-1]
+    if combine.outputs != g.outputs:  # not a graph merge_graphs made (the combine last, the only output)
+        return g
     producer = {t: n for n in g.nodes for t in n.outputs}
     members = [_ancestors(g, t, producer) for t in combine.inputs]
     best, best_arena = g.nodes, None
