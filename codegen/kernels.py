@@ -113,8 +113,12 @@ def kernel_sources() -> dict[str, str]:
 
 def scratch_for(fn: str | None, g: Graph, n: Node, core: str | None) -> int:
     """Scratch bytes of kernel `fn` on `core` (mirrors the qg_*_buffer_size functions and the plain paths)."""
-    from .kernel_abi import (conv2d_buffer_size, depthwise_conv2d_buffer_size, depthwise_conv2d_plain_buffer_size,
-                             fully_connected_buffer_size)
+    from .kernel_abi import (
+        conv2d_buffer_size,
+        depthwise_conv2d_buffer_size,
+        depthwise_conv2d_plain_buffer_size,
+        fully_connected_buffer_size,
+    )
 
     if fn in ("qg_conv2d_s8", "qg_depthwise_conv2d_s8"):
         cout, kh, kw, _ = g.tensors[n.inputs[1]].shape
