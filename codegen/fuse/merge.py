@@ -541,17 +541,32 @@ def activation_matching(gm, spec: PermSpec, state_ref: dict[str, Any], state: di
     writes keep their order."""
     from scipy.optimize import linear_sum_assignment
 
-    nodes = list(spec.hidden_outputs)
-    acts = [_run_with_stats(gm, s, calib, reset_bn=[], record=nodes, keep=True)[2] for s in (state_ref, state)]
+    at = {name: _after_activation(gm, name) for name in spec.hidden_outputs}  # what the next layer reads
+    linear = {at[name]: _op_name(next(n for n in gm.graph.nodes if n.name == name)) == "linear" for name in at}
+    axes = {node: -1 if is_linear else 1 for node, is_linear in linear.items()}
+    acts = [_run_with_stats(gm, s, calib, reset_bn=[], record=list(at.values()), keep=True, channels=axes)[2]
+            for s in (state_ref, state)]
     perms = {g: np.arange(n) for g, n in spec.sizes.items()}
     for g, n in spec.sizes.items():
         corr = np.zeros((n, n))
         for name in (name for name, group in spec.hidden_outputs.items() if group == g):
-            a, b = (_standardised(act[name]) for act in acts)
+            a, b = (_standardised(act[at[name]]) for act in acts)
             corr += a.T @ b / len(a)
         if corr.any():
             perms[g] = linear_sum_assignment(corr, maximize=True)[1]
     return perms
+
+
+def _after_activation(gm, name: str) -> str:
+    """The node after a weighted layer's BatchNorm and activation (single-user chain of per-channel ops)."""
+    node = next(n for n in gm.graph.nodes if n.name == name)
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        if user.op != "call_function" or user.args[0] is not node or \
+                _op_name(user) not in _UNARY | {"batch_norm"} or _op_name(user) in ("softmax", "log_softmax"):
+            break
+        node = user
+    return node.name
 
 
 def _standardised(values) -> np.ndarray:
@@ -593,13 +608,16 @@ def align_states(spec: PermSpec, states: list[dict[str, Any]], *, rounds: int = 
 
 
 def _run_with_stats(gm, state: dict[str, Any], x, *, reset_bn: list[str], record: list[str],
-                    targets: dict[str, tuple[Any, Any]] | None = None, keep: bool = False):
+                    targets: dict[str, tuple[Any, Any]] | None = None, keep: bool = False,
+                    channels: dict[str, int] | None = None):
     """Run the exported module on x (one batch) with `state`. BatchNorm nodes in reset_bn use (and return) the
     statistics of their input here; outputs of nodes in `record` are recorded (per-channel mean, std) and, with
     `targets`, rescaled to the target mean/std (REPAIR), returning the per-channel (scale, shift) applied.
-    keep: record the outputs themselves instead, as (samples, channels)."""
+    keep: record the outputs themselves instead, as (samples, channels). channels: the channel axis of a recorded
+    node (default: last for linear, else 1)."""
     import torch
 
+    channels = channels or {}
     gm.load_state_dict(state, strict=True)
     bn_stats: dict[str, tuple[Any, Any]] = {}
     recorded: dict[str, tuple[Any, Any]] = {}
@@ -618,10 +636,10 @@ def _run_with_stats(gm, state: dict[str, Any], x, *, reset_bn: list[str], record
                 return n.target(*args, **kwargs)
             out = super().run_node(n)
             if n.name in record:
-                channel = out.dim() - 1 if _op_name(n) == "linear" else 1
+                channel = channels.get(n.name, -1 if _op_name(n) == "linear" else 1) % out.dim()
                 dims = [d for d in range(out.dim()) if d != channel]
                 if keep:
-                    recorded[n.name] = out.movedim(channel, -1).reshape(-1, out.shape[channel])
+                    recorded[n.name] = out.movedim(channel, -1).reshape(-1, out.shape[channel]).clone()
                     return out
                 mean, std = out.mean(dims), out.std(dims, unbiased=False)
                 recorded[n.name] = (mean, std)
