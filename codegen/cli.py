@@ -714,7 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "does not drop (needs --eval)")
     how.add_argument("--search", action="store_true", help="coefficients searched on held-out accuracy (--eval)")
     mg.add_argument("--align", action="store_true", help="permute each model's hidden units to match the first "
-                    "(independently trained models)")
+                    "(independently trained models): with --calib by the correlation of their outputs, else by "
+                    "weight matching")
     mg.add_argument("--calib", help="samples (.npy, or .npz with x) for BatchNorm re-estimation / REPAIR")
     mg.add_argument("--no-repair", action="store_true", help="keep the averaged statistics (no re-estimation)")
     mg.add_argument("--eval", help="held-out samples: .npz with x and y, or .npy with --eval-labels")
