@@ -172,6 +172,22 @@ def test_int16_activations_bit_exact_on_atmega2560(tmp_path):
 
 
 @needs_avr
+@pytest.mark.parametrize("case", ["sparse", "clustered"])
+def test_compressed_weights_read_from_flash_bit_exact_on_atmega328p(case, tmp_path):
+    """The sparse (bitmap/index) and clustered kernels walk their packed weights with qg_w8/qg_wu8 (LPM): the golden
+    models bit-exact on the Uno's chip, their arrays in flash (the sparse one took 2,304 B of SRAM before)."""
+    model, shape, kwargs = CASES[case]()
+    kwargs.pop("micropython", None)
+    calib = _calib(shape)
+    result = codegen.compile(model, torch.zeros(1, *shape), calib, prefix=case, out_dir=tmp_path / "model", **kwargs)
+    x = result.quantize_input(calib[:3])
+    expect = result.reference(x)
+    run = run_avr("atmega328p", tmp_path / "model", case, x, tmp_path / "avr", expect.shape[1])
+    assert np.array_equal(run.outputs, expect)
+    assert run.memory.static_ram_bytes < result.report["arena_bytes"] + 200
+
+
+@needs_avr
 def test_gru_with_an_odd_gate_row_count_bit_exact_on_atmega2560(tmp_path):
     """hidden 1: 3 gate rows, the last one alone, whose int16 h x int8 weight product was made in `int`
     (overflowed on AVR: found by tests/fuzz/test_fuzz_avr.py)."""

@@ -34,9 +34,12 @@ CTYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "int32": "in
 # QG_CONST (in flash on AVR, read with LPM). Every other kernel's arrays stay plain `const` (SRAM on AVR). The
 # parameter structs of every layer are QG_CONST: model.c copies one into RAM before its call (<PREFIX>_PARAMS).
 FLASH_READERS = frozenset({
-    "qg_conv2d_s8", "qg_depthwise_conv2d_s8", "qg_fully_connected_s8", "qg_conv_transpose2d_s8",
+    *(f"qg_{op}_{v}" for op in ("conv2d", "depthwise_conv2d", "fully_connected", "conv_transpose2d")
+      for v in ("s8", "s8_to_s16", "s16_to_s8", "s16")),
     "qg_maxpool2d_windows_s8", "qg_avgpool2d_windows_s8", "qg_maxpool2d_windows_s16", "qg_avgpool2d_windows_s16",
-    "qg_lut_s8", "qg_softmax_s8",
+    "qg_lut_s8", "qg_softmax_s8", "qg_resize_s8", "qg_resize_s16", "qg_prelu_s8", "qg_prelu_wide", "qg_norm_s8",
+    "qg_norm_wide", "qg_channel_affine_s8", "qg_conv2d_sparse_s8", "qg_fully_connected_sparse_s8",
+    "qg_conv2d_cluster_s8", "qg_depthwise_conv2d_cluster_s8", "qg_fully_connected_cluster_s8",
 })
 
 

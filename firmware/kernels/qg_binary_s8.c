@@ -187,7 +187,7 @@ QG_SPECIALISED void prelu_s8(const qg_prelu_params_t *p, const int8_t *in, int8_
         int8_t *y = out + i;
         for (c = 0; c < channels; c++) {
             const int32_t v = x[c];
-            y[c] = requantize_kind(v * (v >= 0 ? one : slope[c]), shift, kind, lo, hi);
+            y[c] = requantize_kind(v * (v >= 0 ? one : qg_w16(&slope[c])), shift, kind, lo, hi);
         }
     }
 }

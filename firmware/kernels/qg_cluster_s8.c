@@ -9,8 +9,8 @@ static inline int32_t qg_cluster_weight(const qg_conv2d_cluster_params_t *p, int
 {
     const uint32_t bit = (uint32_t)k * p->bits;
     const uint8_t *byte = p->indices + (bit >> 3);
-    const uint32_t pair = (uint32_t)byte[0] | ((uint32_t)byte[1] << 8);
-    return p->codebook[(pair >> (bit & 7u)) & ((1u << p->bits) - 1u)];
+    const uint32_t pair = (uint32_t)qg_wu8(&byte[0]) | ((uint32_t)qg_wu8(&byte[1]) << 8);
+    return qg_w8(&p->codebook[(pair >> (bit & 7u)) & ((1u << p->bits) - 1u)]);
 }
 
 void qg_conv2d_cluster_s8(const qg_conv2d_cluster_params_t *p, const int8_t *restrict in, int8_t *restrict out,
@@ -25,7 +25,7 @@ void qg_conv2d_cluster_s8(const qg_conv2d_cluster_params_t *p, const int8_t *res
         for (ox = 0; ox < g->out_w; ox++) {
             const int32_t ix0 = ox * g->stride_w - g->pad_left;
             for (oc = 0; oc < g->out_c; oc++) {
-                int32_t acc_i32 = g->bias[oc];
+                int32_t acc_i32 = qg_w32(&g->bias[oc]);
                 for (ky = 0; ky < g->k_h; ky++) {
                     const int32_t iy = iy0 + ky;
                     if (iy < 0 || iy >= g->in_h) {
@@ -45,7 +45,7 @@ void qg_conv2d_cluster_s8(const qg_conv2d_cluster_params_t *p, const int8_t *res
                     }
                 }
                 out[(oy * g->out_w + ox) * g->out_c + oc] =
-                    qg_requantize_s8(acc_i32, g->shift[oc], g->act_min, g->act_max);
+                    qg_requantize_s8(acc_i32, qg_w8(&g->shift[oc]), g->act_min, g->act_max);
             }
         }
     }
@@ -65,7 +65,7 @@ void qg_depthwise_conv2d_cluster_s8(const qg_conv2d_cluster_params_t *p, const i
             for (oc = 0; oc < g->out_c; oc++) {
                 const int32_t ic = oc / mult;
                 const int32_t k0 = oc * g->k_h * g->k_w;
-                int32_t acc_i32 = g->bias[oc];
+                int32_t acc_i32 = qg_w32(&g->bias[oc]);
                 for (ky = 0; ky < g->k_h; ky++) {
                     const int32_t iy = iy0 + ky;
                     if (iy < 0 || iy >= g->in_h) {
@@ -81,7 +81,7 @@ void qg_depthwise_conv2d_cluster_s8(const qg_conv2d_cluster_params_t *p, const i
                     }
                 }
                 out[(oy * g->out_w + ox) * g->out_c + oc] =
-                    qg_requantize_s8(acc_i32, g->shift[oc], g->act_min, g->act_max);
+                    qg_requantize_s8(acc_i32, qg_w8(&g->shift[oc]), g->act_min, g->act_max);
             }
         }
     }

@@ -127,8 +127,9 @@ void qg_norm_s8(const qg_norm_params_t *p, const int8_t *in, int8_t *out)
             for (px = 0; px < pixels; px++) {
                 const int32_t at = first + px * channels;
                 for (c = 0; c < cg; c++) {
-                    out[at + c] = (int8_t)qg_norm_element(count * in[at + c] - sum_i32, inv_i32, shift, gamma[c0 + c],
-                                                          beta[c0 + c], bias_scale, out_shift, act_min, act_max);
+                    out[at + c] = (int8_t)qg_norm_element(count * in[at + c] - sum_i32, inv_i32, shift,
+                                                          qg_w16(&gamma[c0 + c]), qg_w32(&beta[c0 + c]), bias_scale,
+                                                          out_shift, act_min, act_max);
                 }
             }
         }
@@ -166,8 +167,9 @@ void qg_norm_wide(const qg_norm_params_t *p, const void *in, void *out)
                 const int32_t at = first + px * channels;
                 for (c = 0; c < cg; c++) {
                     const int32_t d_i32 = (int32_t)((int64_t)count * qg_norm_load(in, at + c, in_bits) - sum_i32);
-                    const int32_t y = qg_norm_element(d_i32, inv_i32, shift, p->gamma[c0 + c], p->beta[c0 + c],
-                                                      bias_scale, out_shift, act_min, act_max);
+                    const int32_t y = qg_norm_element(d_i32, inv_i32, shift, qg_w16(&p->gamma[c0 + c]),
+                                                      qg_w32(&p->beta[c0 + c]), bias_scale, out_shift, act_min,
+                                                      act_max);
                     if (out_bits == 16) {
                         ((int16_t *)out)[at + c] = (int16_t)y;
                     } else {
@@ -188,8 +190,8 @@ void qg_channel_affine_s8(const qg_channel_affine_params_t *p, const int8_t *in,
     int32_t base, c;
     for (base = 0; base < size; base += channels) {
         for (c = 0; c < channels; c++) {
-            const int32_t acc_i32 = in[base + c] * (int32_t)scale[c] + offset[c];
-            out[base + c] = qg_requantize_s8(acc_i32, shift[c], act_min, act_max);
+            const int32_t acc_i32 = in[base + c] * (int32_t)qg_w16(&scale[c]) + qg_w32(&offset[c]);
+            out[base + c] = qg_requantize_s8(acc_i32, qg_w8(&shift[c]), act_min, act_max);
         }
     }
 }

@@ -34,9 +34,9 @@ static int32_t qg_sparse_segment_dot(const qg_conv2d_sparse_params_t *p, qg_spar
     if (p->format == QG_SPARSE_BITMAP) {
         const uint8_t *map = c->map;
         for (base = 0; base < in_c; base += 8) {
-            uint32_t m = *map++;
+            uint32_t m = qg_wu8(map++);
             while (m != 0u) {
-                acc_i32 += (int32_t)x_i8[base + qg_lowest_bit(m)] * (int32_t)*w_i8++;
+                acc_i32 += (int32_t)x_i8[base + qg_lowest_bit(m)] * (int32_t)qg_w8(w_i8++);
                 m &= m - 1u;
             }
         }
@@ -46,9 +46,9 @@ static int32_t qg_sparse_segment_dot(const qg_conv2d_sparse_params_t *p, qg_spar
         const uint8_t *counts = c->map;
         for (base = 0; base < in_c; base += QG_SPARSE_CHUNK) {
             const int8_t *x_chunk = x_i8 + base;
-            int32_t n = *counts++;
+            int32_t n = qg_wu8(counts++);
             while (n-- > 0) {
-                acc_i32 += (int32_t)x_chunk[*idx++] * (int32_t)*w_i8++;
+                acc_i32 += (int32_t)x_chunk[qg_wu8(idx++)] * (int32_t)qg_w8(w_i8++);
             }
         }
         c->map = counts;
@@ -65,7 +65,7 @@ static void qg_sparse_segment_skip(const qg_conv2d_sparse_params_t *p, qg_sparse
     int32_t base, nonzero = 0;
     if (p->format == QG_SPARSE_BITMAP) {
         for (base = 0; base < in_c; base += 8) {
-            uint32_t m = *c->map++;
+            uint32_t m = qg_wu8(c->map++);
             while (m != 0u) {
                 m &= m - 1u;
                 nonzero++;
@@ -73,7 +73,7 @@ static void qg_sparse_segment_skip(const qg_conv2d_sparse_params_t *p, qg_sparse
         }
     } else {
         for (base = 0; base < in_c; base += QG_SPARSE_CHUNK) {
-            nonzero += *c->map++;
+            nonzero += qg_wu8(c->map++);
         }
         c->index += nonzero;
     }
@@ -95,7 +95,7 @@ void qg_conv2d_sparse_s8(const qg_conv2d_sparse_params_t *p, const int8_t *restr
             const int32_t iy0 = oy * g->stride_h - g->pad_top;
             for (ox = 0; ox < g->out_w; ox++) {
                 const int32_t ix0 = ox * g->stride_w - g->pad_left;
-                int32_t acc_i32 = g->bias[oc];
+                int32_t acc_i32 = qg_w32(&g->bias[oc]);
                 c = row;
                 for (ky = 0; ky < g->k_h; ky++) {
                     const int32_t iy = iy0 + ky;
@@ -109,7 +109,7 @@ void qg_conv2d_sparse_s8(const qg_conv2d_sparse_params_t *p, const int8_t *restr
                     }
                 }
                 out[(oy * g->out_w + ox) * g->out_c + oc] =
-                    qg_requantize_s8(acc_i32, g->shift[oc], g->act_min, g->act_max);
+                    qg_requantize_s8(acc_i32, qg_w8(&g->shift[oc]), g->act_min, g->act_max);
             }
         }
         row = c; /* every pixel ended at the start of the next channel's weights */

@@ -207,17 +207,17 @@ void qg_conv_transpose2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict 
                     const int32_t i0 = qx - in_w + 1 > 0 ? qx - in_w + 1 : 0, i1 = qx + 1 < ntx ? qx + 1 : ntx; \
                     OUT_T *o = out + (oy * out_w + ox) * out_c;                                              \
                     for (oc = 0; oc < out_c; oc++) {                                                         \
-                        ACC_T acc = p->bias[oc];                                                             \
+                        ACC_T acc = qg_w32(&p->bias[oc]);                                                    \
                         for (j = j0; j < j1; j++) {                                                          \
                             for (i = i0; i < i1; i++) {                                                      \
                                 const IN_T *x = in + ((qy - j) * in_w + qx - i) * in_c;                      \
                                 const int8_t *w = w_ph + ((oc * nty + j) * ntx + i) * in_c;                  \
                                 for (c = 0; c < in_c; c++) {                                                 \
-                                    acc += (ACC_T)x[c] * w[c];                                               \
+                                    acc += (ACC_T)x[c] * qg_w8(&w[c]);                                       \
                                 }                                                                            \
                             }                                                                                \
                         }                                                                                    \
-                        o[oc] = (OUT_T)qg_requantize_wide(acc, p->shift[oc], p->act_min, p->act_max);        \
+                        o[oc] = (OUT_T)qg_requantize_wide(acc, qg_w8(&p->shift[oc]), p->act_min, p->act_max); \
                     }                                                                                        \
                 }                                                                                            \
                 w_ph += nty * ntx * block;                                                                   \
@@ -265,9 +265,9 @@ void qg_conv_transpose2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *re
         const int16_t *y0 = p->y0, *x0 = p->x0;                                                             \
         int32_t oy, ox, c;                                                                                  \
         for (oy = 0; oy < p->out_h; oy++) {                                                                 \
-            const T *r0 = in + y0[oy] * in_row;                                                             \
+            const T *r0 = in + qg_w16(&y0[oy]) * in_row;                                                    \
             for (ox = 0; ox < out_w; ox++, out += c_n) {                                                    \
-                const T *src = r0 + x0[ox] * c_n;                                                           \
+                const T *src = r0 + qg_w16(&x0[ox]) * c_n;                                                  \
                 for (c = 0; c < c_n; c++) {                                                                 \
                     out[c] = src[c];                                                                        \
                 }                                                                                           \
@@ -286,12 +286,12 @@ void qg_conv_transpose2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *re
         const int16_t *y0 = p->y0, *x0 = p->x0, *y1 = p->y1, *x1 = p->x1, *wy = p->wy, *wx = p->wx;         \
         int32_t oy, ox, c;                                                                                  \
         for (oy = 0; oy < p->out_h; oy++) {                                                                 \
-            const T *r0 = in + y0[oy] * in_row, *r1 = in + y1[oy] * in_row;                                 \
-            const int32_t wy1 = wy[oy];                                                                     \
+            const T *r0 = in + qg_w16(&y0[oy]) * in_row, *r1 = in + qg_w16(&y1[oy]) * in_row;               \
+            const int32_t wy1 = qg_w16(&wy[oy]);                                                            \
             for (ox = 0; ox < out_w; ox++, out += c_n) {                                                    \
-                const T *a = r0 + x0[ox] * c_n, *b = r0 + x1[ox] * c_n;                                     \
-                const T *d = r1 + x0[ox] * c_n, *e = r1 + x1[ox] * c_n;                                     \
-                const int32_t wx1 = wx[ox];                                                                 \
+                const T *a = r0 + qg_w16(&x0[ox]) * c_n, *b = r0 + qg_w16(&x1[ox]) * c_n;                   \
+                const T *d = r1 + qg_w16(&x0[ox]) * c_n, *e = r1 + qg_w16(&x1[ox]) * c_n;                   \
+                const int32_t wx1 = qg_w16(&wx[ox]);                                                        \
                 for (c = 0; c < c_n; c++) {                                                                 \
                     const int32_t top = a[c] * ((int32_t)1 << s) + wx1 * (b[c] - a[c]);                     \
                     const int32_t bottom = d[c] * ((int32_t)1 << s) + wx1 * (e[c] - d[c]);                  \

@@ -6,21 +6,21 @@
 #include "clustered_weights.h"
 
 /* bias [32] int32 s32.f14/ch, values [-2717, 3255] */
-static const int32_t clustered_l0_linear_bias[32] QG_ALIGN(4) = {
+static const int32_t clustered_l0_linear_bias[32] QG_ALIGN(4) QG_CONST = {
     2989, -2542, 2801, -1202, 1695, 3208, -320, 38, 1220, -1694, -25, 2492, -1225, -2677, 3255, 511,
     -2717, 2628, 200, 654, 842, 3155, -25, 2950, -1747, 145, -975, 1475, 2816, 1577, -2302, -105,
 };
 QG_STATIC_ASSERT(sizeof(clustered_l0_linear_bias) == 128, clustered_l0_linear_bias_size);
 
 /* requantisation shift per output channel */
-static const int8_t clustered_l0_linear_shift[32] QG_ALIGN(4) = {
+static const int8_t clustered_l0_linear_shift[32] QG_ALIGN(4) QG_CONST = {
     8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8,
     8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8,
 };
 QG_STATIC_ASSERT(sizeof(clustered_l0_linear_shift) == 32, clustered_l0_linear_shift_size);
 
 /* clustered weights [32, 24] s8.f9/ch, 768/768 nonzero, 401 B instead of 768 B dense: 4-bit codebook indices */
-static const uint8_t clustered_l0_linear_indices[385] QG_ALIGN(4) = {
+static const uint8_t clustered_l0_linear_indices[385] QG_ALIGN(4) QG_CONST = {
     136, 33, 0, 239, 249, 36, 110, 201, 44, 4, 71, 121, 142, 171, 78, 222,
     196, 47, 212, 158, 218, 46, 228, 60, 244, 210, 12, 160, 235, 216, 194, 208,
     200, 42, 135, 24, 51, 227, 188, 21, 249, 27, 118, 188, 2, 186, 220, 78,
@@ -50,25 +50,25 @@ static const uint8_t clustered_l0_linear_indices[385] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(clustered_l0_linear_indices) == 385, clustered_l0_linear_indices_size);
 
 /* codebook (16 entries) */
-static const int8_t clustered_l0_linear_codebook[16] QG_ALIGN(4) = {
+static const int8_t clustered_l0_linear_codebook[16] QG_ALIGN(4) QG_CONST = {
     -99, -84, -66, -52, -39, -25, -11, 1, 13, 24, 35, 48, 60, 73, 88, 100,
 };
 QG_STATIC_ASSERT(sizeof(clustered_l0_linear_codebook) == 16, clustered_l0_linear_codebook_size);
 
 /* bias [6] int32 s32.f15/ch, values [-1774, 5113] */
-static const int32_t clustered_l1_linear_bias[6] QG_ALIGN(4) = {
+static const int32_t clustered_l1_linear_bias[6] QG_ALIGN(4) QG_CONST = {
     -1774, 5113, 3666, -939, 3121, 2399,
 };
 QG_STATIC_ASSERT(sizeof(clustered_l1_linear_bias) == 24, clustered_l1_linear_bias_size);
 
 /* requantisation shift per output channel */
-static const int8_t clustered_l1_linear_shift[6] QG_ALIGN(4) = {
+static const int8_t clustered_l1_linear_shift[6] QG_ALIGN(4) QG_CONST = {
     8, 8, 8, 8, 8, 8,
 };
 QG_STATIC_ASSERT(sizeof(clustered_l1_linear_shift) == 6, clustered_l1_linear_shift_size);
 
 /* clustered weights [6, 32] s8.f9/ch, 174/192 nonzero, 113 B instead of 192 B dense: 4-bit codebook indices */
-static const uint8_t clustered_l1_linear_indices[97] QG_ALIGN(4) = {
+static const uint8_t clustered_l1_linear_indices[97] QG_ALIGN(4) QG_CONST = {
     192, 144, 117, 18, 184, 17, 233, 215, 156, 120, 68, 247, 37, 64, 178, 191,
     195, 18, 7, 207, 175, 199, 8, 152, 81, 12, 180, 121, 203, 109, 198, 195,
     234, 124, 215, 62, 69, 123, 4, 244, 240, 143, 208, 138, 56, 229, 219, 238,
@@ -80,7 +80,7 @@ static const uint8_t clustered_l1_linear_indices[97] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(clustered_l1_linear_indices) == 97, clustered_l1_linear_indices_size);
 
 /* codebook (16 entries) */
-static const int8_t clustered_l1_linear_codebook[16] QG_ALIGN(4) = {
+static const int8_t clustered_l1_linear_codebook[16] QG_ALIGN(4) QG_CONST = {
     -84, -70, -58, -51, -33, -21, -12, 0, 11, 20, 35, 47, 55, 69, 75, 83,
 };
 QG_STATIC_ASSERT(sizeof(clustered_l1_linear_codebook) == 16, clustered_l1_linear_codebook_size);

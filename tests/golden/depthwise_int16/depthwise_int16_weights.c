@@ -6,7 +6,7 @@
 #include "depthwise_int16_weights.h"
 
 /* weights [8, 3, 3, 3] int8 s8.f[8..10], values [-115, 118] */
-static const int8_t depthwise_int16_l0_conv2d_weights[216] QG_ALIGN(4) = {
+static const int8_t depthwise_int16_l0_conv2d_weights[216] QG_ALIGN(4) QG_CONST = {
     26, -100, -43, -27, 15, 109, 31, 8, -111, -6, -25, -8, 48, 92, -9, 27,
     8, 80, -13, 47, -11, -91, 48, 30, 26, -67, -5, -59, 46, 52, -60, -41,
     45, -51, -23, 5, -96, -58, 11, -68, -33, 8, 25, -98, 56, 69, 45, 71,
@@ -25,19 +25,19 @@ static const int8_t depthwise_int16_l0_conv2d_weights[216] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(depthwise_int16_l0_conv2d_weights) == 216, depthwise_int16_l0_conv2d_weights_size);
 
 /* bias [8] int32 s32.f[13..15], values [-7655, 21056] */
-static const int32_t depthwise_int16_l0_conv2d_bias[8] QG_ALIGN(4) = {
+static const int32_t depthwise_int16_l0_conv2d_bias[8] QG_ALIGN(4) QG_CONST = {
     8681, 7672, 6393, 21056, -2359, 2031, -7655, 4631,
 };
 QG_STATIC_ASSERT(sizeof(depthwise_int16_l0_conv2d_bias) == 32, depthwise_int16_l0_conv2d_bias_size);
 
 /* requantisation shift per output channel */
-static const int8_t depthwise_int16_l0_conv2d_shift[8] QG_ALIGN(4) = {
+static const int8_t depthwise_int16_l0_conv2d_shift[8] QG_ALIGN(4) QG_CONST = {
     2, 1, 1, 1, 0, 1, 0, 2,
 };
 QG_STATIC_ASSERT(sizeof(depthwise_int16_l0_conv2d_shift) == 8, depthwise_int16_l0_conv2d_shift_size);
 
 /* weights [8, 3, 3, 1] int8 s8.f[8..9], values [-123, 97] */
-static const int8_t depthwise_int16_l1_depthwise_conv2d_weights[72] QG_ALIGN(4) = {
+static const int8_t depthwise_int16_l1_depthwise_conv2d_weights[72] QG_ALIGN(4) QG_CONST = {
     -8, -39, -36, 74, 45, -44, 3, 18, 23, -10, -89, -5, -47, -57, -85, -83,
     -80, 67, -72, -81, 73, 31, 47, 37, -33, -54, -58, -5, 21, -80, -66, 48,
     11, 56, 76, 52, -18, -38, 24, 69, -82, 23, -66, -68, 31, 43, 29, 25,
@@ -47,19 +47,19 @@ static const int8_t depthwise_int16_l1_depthwise_conv2d_weights[72] QG_ALIGN(4) 
 QG_STATIC_ASSERT(sizeof(depthwise_int16_l1_depthwise_conv2d_weights) == 72, depthwise_int16_l1_depthwise_conv2d_weights_size);
 
 /* bias [8] int32 s32.f[21..22], values [-525367, 925281] */
-static const int32_t depthwise_int16_l1_depthwise_conv2d_bias[8] QG_ALIGN(4) = {
+static const int32_t depthwise_int16_l1_depthwise_conv2d_bias[8] QG_ALIGN(4) QG_CONST = {
     378817, 680629, -161285, 247645, -117437, -525367, 925281, -182947,
 };
 QG_STATIC_ASSERT(sizeof(depthwise_int16_l1_depthwise_conv2d_bias) == 32, depthwise_int16_l1_depthwise_conv2d_bias_size);
 
 /* requantisation shift per output channel */
-static const int8_t depthwise_int16_l1_depthwise_conv2d_shift[8] QG_ALIGN(4) = {
+static const int8_t depthwise_int16_l1_depthwise_conv2d_shift[8] QG_ALIGN(4) QG_CONST = {
     7, 8, 7, 7, 7, 7, 8, 7,
 };
 QG_STATIC_ASSERT(sizeof(depthwise_int16_l1_depthwise_conv2d_shift) == 8, depthwise_int16_l1_depthwise_conv2d_shift_size);
 
 /* weights [12, 1, 1, 8] int8 s8.f8/ch, values [-90, 90] */
-static const int8_t depthwise_int16_l2_conv2d_weights[96] QG_ALIGN(4) = {
+static const int8_t depthwise_int16_l2_conv2d_weights[96] QG_ALIGN(4) QG_CONST = {
     -13, 89, 88, -67, -24, 51, 56, -66, -66, 38, -62, 65, -69, -53, 35, 50,
     -32, -52, 35, 29, 23, -83, -27, -33, 1, 81, -66, -1, 35, 51, -90, 4,
     71, -59, 56, -13, 81, -78, 16, 66, 66, -45, -74, 2, -44, 57, -47, 10,
@@ -70,13 +70,13 @@ static const int8_t depthwise_int16_l2_conv2d_weights[96] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(depthwise_int16_l2_conv2d_weights) == 96, depthwise_int16_l2_conv2d_weights_size);
 
 /* bias [12] int32 s32.f22/ch, values [-1429168, 1435005] */
-static const int32_t depthwise_int16_l2_conv2d_bias[12] QG_ALIGN(4) = {
+static const int32_t depthwise_int16_l2_conv2d_bias[12] QG_ALIGN(4) QG_CONST = {
     -559317, 609832, 172694, 1435005, -1429168, 763043, -907952, -1335996, 1382307, 299922, -817724, -1391716,
 };
 QG_STATIC_ASSERT(sizeof(depthwise_int16_l2_conv2d_bias) == 48, depthwise_int16_l2_conv2d_bias_size);
 
 /* requantisation shift per output channel */
-static const int8_t depthwise_int16_l2_conv2d_shift[12] QG_ALIGN(4) = {
+static const int8_t depthwise_int16_l2_conv2d_shift[12] QG_ALIGN(4) QG_CONST = {
     15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15,
 };
 QG_STATIC_ASSERT(sizeof(depthwise_int16_l2_conv2d_shift) == 12, depthwise_int16_l2_conv2d_shift_size);

@@ -28,19 +28,19 @@ static const int8_t sparse_l0_conv2d_shift[8] QG_ALIGN(4) QG_CONST = {
 QG_STATIC_ASSERT(sizeof(sparse_l0_conv2d_shift) == 8, sparse_l0_conv2d_shift_size);
 
 /* bias [16] int32 s32.f16/ch, values [-2948, 3718] */
-static const int32_t sparse_l2_linear_bias[16] QG_ALIGN(4) = {
+static const int32_t sparse_l2_linear_bias[16] QG_ALIGN(4) QG_CONST = {
     -2303, 1468, 1581, 2999, -673, 69, -399, 3718, 515, -475, -330, 1928, 1156, -2948, 1162, -584,
 };
 QG_STATIC_ASSERT(sizeof(sparse_l2_linear_bias) == 64, sparse_l2_linear_bias_size);
 
 /* requantisation shift per output channel */
-static const int8_t sparse_l2_linear_shift[16] QG_ALIGN(4) = {
+static const int8_t sparse_l2_linear_shift[16] QG_ALIGN(4) QG_CONST = {
     9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9,
 };
 QG_STATIC_ASSERT(sizeof(sparse_l2_linear_shift) == 16, sparse_l2_linear_shift_size);
 
 /* sparse weights [16, 288] s8.f11/ch, 922/4608 nonzero, 1498 B instead of 4608 B dense: nonzero bitmap */
-static const uint8_t sparse_l2_linear_map[576] QG_ALIGN(4) = {
+static const uint8_t sparse_l2_linear_map[576] QG_ALIGN(4) QG_CONST = {
     75, 71, 13, 38, 1, 179, 130, 1, 2, 16, 0, 24, 21, 5, 2, 8,
     8, 32, 16, 0, 4, 0, 2, 0, 74, 32, 144, 128, 36, 16, 4, 22,
     16, 90, 32, 3, 34, 1, 176, 16, 6, 32, 16, 67, 84, 144, 1, 36,
@@ -81,7 +81,7 @@ static const uint8_t sparse_l2_linear_map[576] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(sparse_l2_linear_map) == 576, sparse_l2_linear_map_size);
 
 /* nonzero weights */
-static const int8_t sparse_l2_linear_values[922] QG_ALIGN(4) = {
+static const int8_t sparse_l2_linear_values[922] QG_ALIGN(4) QG_CONST = {
     -104, 101, -110, -113, -104, 106, 119, 99, -109, 106, 115, 113, -103, 99, 102, -105,
     -118, -104, -114, 108, -110, 104, -106, -120, 112, 114, 119, -101, -101, -117, 119, -117,
     110, 105, 107, -111, -106, -111, -114, -116, 117, 104, -117, 113, -98, -109, 106, 99,
@@ -144,25 +144,25 @@ static const int8_t sparse_l2_linear_values[922] QG_ALIGN(4) = {
 QG_STATIC_ASSERT(sizeof(sparse_l2_linear_values) == 922, sparse_l2_linear_values_size);
 
 /* bias [4] int32 s32.f16/ch, values [-11968, 5490] */
-static const int32_t sparse_l3_linear_bias[4] QG_ALIGN(4) = {
+static const int32_t sparse_l3_linear_bias[4] QG_ALIGN(4) QG_CONST = {
     5490, -11968, -6510, 4672,
 };
 QG_STATIC_ASSERT(sizeof(sparse_l3_linear_bias) == 16, sparse_l3_linear_bias_size);
 
 /* requantisation shift per output channel */
-static const int8_t sparse_l3_linear_shift[4] QG_ALIGN(4) = {
+static const int8_t sparse_l3_linear_shift[4] QG_ALIGN(4) QG_CONST = {
     8, 8, 8, 8,
 };
 QG_STATIC_ASSERT(sizeof(sparse_l3_linear_shift) == 4, sparse_l3_linear_shift_size);
 
 /* sparse weights [4, 16] s8.f9/ch, 13/64 nonzero, 21 B instead of 64 B dense: nonzero bitmap */
-static const uint8_t sparse_l3_linear_map[8] QG_ALIGN(4) = {
+static const uint8_t sparse_l3_linear_map[8] QG_ALIGN(4) QG_CONST = {
     66, 8, 34, 8, 35, 129, 160, 0,
 };
 QG_STATIC_ASSERT(sizeof(sparse_l3_linear_map) == 8, sparse_l3_linear_map_size);
 
 /* nonzero weights */
-static const int8_t sparse_l3_linear_values[13] QG_ALIGN(4) = {
+static const int8_t sparse_l3_linear_values[13] QG_ALIGN(4) QG_CONST = {
     -109, 109, 122, -113, 124, -116, 107, 126, -125, 119, 122, -113, -118,
 };
 QG_STATIC_ASSERT(sizeof(sparse_l3_linear_values) == 13, sparse_l3_linear_values_size);
