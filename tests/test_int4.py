@@ -114,13 +114,23 @@ def test_int4_round_trip_and_size(op, shape):
 
 
 def test_int4_weight_formats_range_and_accumulator_bound():
+    from codegen.fixed import QFormat, frac_for_range, quantize
     from codegen.passes.quantize import INT32_MAX, weight_formats
 
     rng = np.random.default_rng(2)
     w, b = rng.standard_normal((6, 50)), rng.standard_normal(6) * 0.1
     fw, w_q, _, _ = weight_formats(w, b, 5, 4, bits=4)
     assert w_q.min() >= -8 and w_q.max() <= 7 and (np.abs(w_q).max(axis=1) >= 4).all()  # 4 bits used
-    assert np.allclose(w_q * 2.0 ** -fw[:, None], w, atol=2.0 ** -fw.min())
+    # per channel the frac of least squared error: the no-saturation one or one finer (saturating the largest)
+    no_sat = np.array([frac_for_range(float(m), 4) for m in np.abs(w).max(axis=1)])
+    assert ((fw == no_sat) | (fw == no_sat + 1)).all()
+    for c in range(len(w)):
+        err = [np.square(quantize(w[c], QFormat(4, int(f))) * 2.0**-f - w[c]).sum() for f in (no_sat[c], no_sat[c] + 1)]
+        assert np.square(w_q[c] * 2.0 ** -fw[c] - w[c]).sum() == min(err)
+    # one outlier per row: one frac finer (the outlier saturates at 7) is the better int4 format
+    row = np.array([[1.0, 0.31, -0.28, 0.22, -0.17, 0.13, 0.05, -0.09]])
+    fw, w_q, _, _ = weight_formats(row, np.zeros(1), 5, 4, bits=4)
+    assert fw[0] == frac_for_range(1.0, 4) + 1 and w_q[0, 0] == 7
     # the DSP kernels accumulate 16 * w . x: a fan-in that would overflow that gets coarser weights
     big = np.full((1, 70000), 7.0)
     fw, w_q, _, _ = weight_formats(big, np.zeros(1), 0, 0, bits=4)
