@@ -59,6 +59,7 @@ def kernel_structs() -> dict[str, dict[str, str]]:
 DSP_CORES = frozenset({"cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55"})  # __ARM_FEATURE_DSP
 PLAIN_CORES = frozenset({"cortex-m0", "cortex-m0plus", "cortex-m3", "host"})  # the plain-C paths
 MVE_CORES = frozenset({"cortex-m55"})  # __ARM_FEATURE_MVE: the Helium kernels of qg_mve.h (also DSP cores)
+MVE_BLOCK_MIN_K = 5  # QG_MVE_BLOCK_MIN_K (qg_mve.h): from this K on, the Helium conv runs 4-pixel blocks
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,11 @@ def scratch_for(fn: str | None, g: Graph, n: Node, core: str | None) -> int:
                 return depthwise_conv2d_plain_buffer_size(cin, kh, kw, cout)
             return depthwise_conv2d_buffer_size(cin, kh, kw, cout)
         cin //= n.attrs.get("groups", 1)  # a grouped conv gathers one group's channels at a time
+        k = kh * kw * cin
+        if core in MVE_CORES and k >= MVE_BLOCK_MIN_K:  # 4 pixels' columns padded to 16 values (+ one to gather into)
+            return 4 * -(-k // 16) * 16 + (k if k > 16 else 0)
         if core in PLAIN_CORES or core in MVE_CORES:
-            return kh * kw * cin  # the plain and Helium paths im2col one int8 column of K bytes
+            return k  # the plain path (and Helium's short rows) im2col one int8 column of K bytes
         return conv2d_buffer_size(cin, kh, kw, cout)
     if fn == "qg_conv_transpose2d_s8":
         from .ops.upsample import conv_transpose_scratch

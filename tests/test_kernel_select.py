@@ -61,7 +61,9 @@ def test_scratch_is_per_core(variants):
     conv = next(n for n in g.nodes if n.op.value == "conv2d")
     k = 3 * 3 * 1
     assert select(g, conv, "cortex-m0plus").scratch == k
-    assert select(g, conv, "cortex-m55").scratch == k  # Helium: one int8 column, like the plain path
+    # Helium, k >= 5: 4-pixel blocks, 4 columns padded to 16 values (k <= 16: gathered in place); within the C's
+    # core-independent reservation
+    assert select(g, conv, "cortex-m55").scratch == 4 * 16 <= select(g, conv).scratch
     assert select(g, conv, "cortex-m4").scratch == conv2d_buffer_size(1, 3, 3, 8) > k
     assert select(g, conv).scratch == conv2d_buffer_size(1, 3, 3, 8)  # core-independent C: the most any core needs
     assert select(g, conv).fn == "qg_conv2d_s8" and select(g, conv).source == "qg_conv2d_s8.c"

@@ -125,6 +125,7 @@ def mve_graph(rng) -> Graph:
     b.weighted("conv_c7_k3x2_d2", Op.CONV2D, "x_c7", (6, 3, 2, 7), stride=(1, 2), padding=(2, 1, 2, 1),
                dilation=(1, 2))
     b.weighted("conv_c12_g2", Op.CONV2D, "x_c12", (10, 1, 3, 6), stride=(1, 1), padding=(0, 1, 0, 1), groups=2)
+    b.weighted("conv1x1_c7_pad", Op.CONV2D, "x_c7", (9, 1, 1, 7), shift=8, stride=(2, 1), padding=(1, 0, 0, 1))
     b.weighted("dw3x3_c17_s2", Op.DEPTHWISE_CONV2D, "x_c17", (17, 3, 3, 1), stride=(2, 2), padding=(1, 1, 1, 1))
     b.weighted("dw3x3_c5_mult2", Op.DEPTHWISE_CONV2D, "x_c5", (10, 3, 3, 1), **same)
     # int4: a 2-pixel output (one partial block), a padded 1x1 (gathered), grouped + dilated, dilated taps, long rows

@@ -9,10 +9,13 @@
  *   for 4 pixels, i.e. 16 MACs per 1 weight load + 2 unpacks + 4 LDRD + 8 SMLAD (+ loop test).
  *   Plain C (M0+/M3/host): one int8 column (pointing straight into the input for an unpadded 1x1
  *   convolution) times two weight rows at a time (qg_dot_s8.h).
- *   Helium (M55, QG_MVE): the plain path's structure with qg_mve.h's gather and dot products: one int8
- *   column times four weight rows, 16 MACs per VMLADAVA, the four results requantised as one vector.
+ *   Helium (M55, QG_MVE), K >= QG_MVE_BLOCK_MIN_K (5): 4 output pixels per block (conv2d_blocks_mve): the 4
+ *   int8 columns side by side in 16-value blocks, each weight row loaded once for the 4 (16 MACs per VMLADAVA,
+ *   64 per 9 instructions), the row's 4 results requantised as one vector; K < 5: the plain path's structure
+ *   with qg_mve.h's dot products (rows in the lanes).
  * Scratch (qg_conv2d_s8_buffer_size): 4 int16 columns of K rounded up to 4, plus one int8 column
- * to gather into when in_c is not a multiple of 4; the plain path uses its first K bytes.
+ * to gather into when in_c is not a multiple of 4; the plain path uses its first K bytes, the Helium blocks
+ * 4 * round_up(K, 16) (+ K when K > 16), within that for K >= 5.
  * Dilation: the gather steps by dil_h rows and dil_w pixels between taps (a window row is one copy only
  * when dil_w is 1). Groups: K = k_h*k_w*(in_c/groups); each pixel block is gathered and multiplied once
  * per group, the column taking the group's channels and the group's out_c/groups weight rows, so a
@@ -218,6 +221,54 @@ static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int
 
 #endif /* QG_DSP && !QG_MVE */
 
+#if QG_MVE
+/* Helium, k >= QG_MVE_BLOCK_MIN_K: 4 output pixels per block (qg_mve.h qg_mve_block_s8). Each pixel's column
+ * (gathered into the stage after the block, or the input pixel of an unpadded 1x1; a column of up to 16 values is
+ * gathered straight into its slot) is copied once into the block
+ * layout, then every weight row meets the 4 pixels: the per-row costs are shared by 4 pixels instead of the
+ * per-4-rows costs being paid per pixel (which weighed most in short rows: RGB stems, 8-channel pointwise). The 4
+ * pixels' windows are read before any of their outputs is written (the order contract above). */
+static void conv2d_blocks_mve(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, int8_t *restrict scratch,
+                              int32_t k)
+{
+    const int32_t out_w = p->out_w, n_pix = p->out_h * out_w, groups = p->groups, cg = p->in_c / groups;
+    const int32_t og = p->out_c / groups, out_stride = p->out_stride ? p->out_stride : p->out_c;
+    const int32_t direct = p->k_h == 1 && p->k_w == 1;
+    int8_t *stage = scratch + 4 * ((k + 15) & ~15);
+    int32_t pix, oy = 0, ox = 0, gi, c;
+    for (pix = 0; pix < n_pix; pix += 4) {
+        const int32_t n_valid = n_pix - pix < 4 ? n_pix - pix : 4;
+        const int32_t oy0 = oy, ox0 = ox;
+        for (gi = 0; gi < groups; gi++) {
+            oy = oy0;
+            ox = ox0;
+            for (c = 0; c < 4; c++) { /* past the last pixel, slots repeat it: computed, not stored */
+                const int32_t iy = oy * p->stride_h - p->pad_top, ix = ox * p->stride_w - p->pad_left;
+                if (direct && iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w) {
+                    qg_mve_block_fill_s8(in + (iy * p->in_w + ix) * p->in_c + gi * cg, k, scratch, c);
+                } else if (k <= 16) { /* one block: the column is gathered into its slot */
+                    im2col_s8(p, in, oy, ox, gi * cg, cg, scratch + 16 * c);
+                    qg_mve_zero_s8(scratch + 16 * c + k, 16 - k);
+                } else {
+                    im2col_s8(p, in, oy, ox, gi * cg, cg, stage);
+                    qg_mve_block_fill_s8(stage, k, scratch, c);
+                }
+                if (c + 1 < n_valid && ++ox == out_w) {
+                    ox = 0;
+                    oy++;
+                }
+            }
+            qg_mve_block_s8(p->weights + gi * og * k, k, scratch, n_valid, og, p->bias + gi * og,
+                            p->shift + gi * og, p->act_min, p->act_max, out + pix * out_stride + gi * og, out_stride);
+        }
+        if (++ox == out_w) {
+            ox = 0;
+            oy++;
+        }
+    }
+}
+#endif
+
 void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, int8_t *restrict scratch)
 {
     const int32_t out_w = p->out_w, out_c = p->out_c, n_pix = p->out_h * out_w;
@@ -256,6 +307,12 @@ void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, in
     const int32_t *bias = p->bias;
     const int8_t *shift = p->shift;
     const int32_t direct = p->k_h == 1 && p->k_w == 1; /* 1x1: a column is one input pixel's channels */
+#if QG_MVE
+    if (k >= QG_MVE_BLOCK_MIN_K) {
+        conv2d_blocks_mve(p, in, out, scratch, k);
+        return;
+    }
+#endif
     for (pix = 0; pix < n_pix; pix++, out += out_stride) {
         const int32_t iy = oy * p->stride_h - p->pad_top, ix = ox * p->stride_w - p->pad_left;
         const int32_t inside = direct && iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w;

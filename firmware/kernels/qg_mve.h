@@ -177,6 +177,77 @@ static QG_MVE_NOINLINE void qg_mve_dot_rows_small_k_s8(const int8_t *x, const in
     }
 }
 
+/* The 4-pixel convolution block (k >= QG_MVE_BLOCK_MIN_K): in scratch, per 16 k's (ceil(k / 16) blocks, the last
+ * zero-padded) the 4 pixels' 16 values side by side (pixel c at 16 * c), so that one weight vector meets the four at
+ * immediate offsets of one pointer: 4 * round_up(k, 16) bytes (+ k to gather a column into when k > 16; up to 16 it
+ * is gathered into its slot). Below that k, 64 bytes would exceed the planner's DSP-sized reservation
+ * (qg_conv2d_s8_buffer_size; codegen/kernels.py scratch_for mirrors this). */
+#define QG_MVE_BLOCK_MIN_K 5
+
+/* Slot c of the block <- the int8 column src (k values). */
+static inline void qg_mve_block_fill_s8(const int8_t *src, int32_t k, int8_t *cols, int32_t c)
+{
+    int8_t *dst = cols + 16 * c;
+    int32_t n;
+    for (n = k >> 4; n > 0; n--, src += 16, dst += 64) {
+        vstrbq_s8(dst, vldrbq_s8(src));
+    }
+    if (k & 15) {
+        vstrbq_s8(dst, vldrbq_z_s8(src, vctp8q((uint32_t)(k & 15)))); /* zeros past the column */
+    }
+}
+
+/* Rows [0, rows) of w (k values each) times the block's 4 columns, one row at a time: per 16 k's one weight load,
+ * 4 input loads at immediate offsets, 4 VMLADAVA (64 MACs per 9 instructions); the row's last k % 16 weights load
+ * under a predicate (zero weights against the zero padding). The 4 sums of a row are requantised as one vector
+ * (the row's shift: VQRSHL + clamp, as qg_mve_requantize_4) and scattered to out[c * step + r] for the n_valid
+ * first pixels (a predicated store). */
+static QG_MVE_NOINLINE void qg_mve_block_s8(const int8_t *w, int32_t k, const int8_t *cols, int32_t n_valid,
+                                            int32_t rows, const int32_t *bias, const int8_t *shift, int32_t act_min,
+                                            int32_t act_max, int8_t *out, int32_t step)
+{
+    const mve_pred16_t tail = vctp8q((uint32_t)(k & 15)), valid = vctp32q((uint32_t)n_valid);
+    const uint32x4_t at = vmulq_n_u32(vidupq_n_u32(0, 1), (uint32_t)step); /* 0, step, 2 step, 3 step */
+    const int32x4_t lo = vdupq_n_s32(act_min), hi = vdupq_n_s32(act_max);
+    int32_t r, n;
+    if (k <= 16) { /* one block: the 4 columns stay in registers for every row */
+        const mve_pred16_t row = vctp8q((uint32_t)k);
+        const int8x16_t x0 = vldrbq_s8(cols), x1 = vldrbq_s8(cols + 16), x2 = vldrbq_s8(cols + 32);
+        const int8x16_t x3 = vldrbq_s8(cols + 48);
+        for (r = 0; r < rows; r++, w += k) {
+            const int8x16_t v = vldrbq_z_s8(w, row);
+            const int32_t b = bias[r];
+            const int32x4_t acc = qg_mve_vec4(vmladavaq_s8(b, x0, v), vmladavaq_s8(b, x1, v), vmladavaq_s8(b, x2, v),
+                                              vmladavaq_s8(b, x3, v));
+            vstrbq_scatter_offset_p_s32(out + r, at,
+                                        vminq_s32(vmaxq_s32(vqrshlq_n_s32(acc, -(int32_t)shift[r]), lo), hi), valid);
+        }
+        return;
+    }
+    for (r = 0; r < rows; r++, w += k) {
+        const int8_t *wp = w, *x = cols;
+        int32_t a0 = bias[r], a1 = a0, a2 = a0, a3 = a0;
+        int32x4_t acc;
+        for (n = k >> 4; n > 0; n--, x += 64) {
+            const int8x16_t v = vldrbq_s8(wp);
+            wp += 16;
+            a0 = vmladavaq_s8(a0, vldrbq_s8(x), v);
+            a1 = vmladavaq_s8(a1, vldrbq_s8(x + 16), v);
+            a2 = vmladavaq_s8(a2, vldrbq_s8(x + 32), v);
+            a3 = vmladavaq_s8(a3, vldrbq_s8(x + 48), v);
+        }
+        if (k & 15) {
+            const int8x16_t v = vldrbq_z_s8(wp, tail);
+            a0 = vmladavaq_s8(a0, vldrbq_s8(x), v);
+            a1 = vmladavaq_s8(a1, vldrbq_s8(x + 16), v);
+            a2 = vmladavaq_s8(a2, vldrbq_s8(x + 32), v);
+            a3 = vmladavaq_s8(a3, vldrbq_s8(x + 48), v);
+        }
+        acc = vqrshlq_n_s32(qg_mve_vec4(a0, a1, a2, a3), -(int32_t)shift[r]);
+        vstrbq_scatter_offset_p_s32(out + r, at, vminq_s32(vmaxq_s32(acc, lo), hi), valid);
+    }
+}
+
 /* dst[0, n) = src[0, n), n >= 0: up to 16 bytes in one predicated load/store (the short im2col runs: a window row
  * of a few channels, no loop set-up), longer runs 16 bytes per load/store pair and the last n % 16 predicated. */
 static inline void qg_mve_copy_s8(int8_t *dst, const int8_t *src, int32_t n)
