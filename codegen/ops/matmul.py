@@ -213,8 +213,9 @@ def f_matmul(g, n, xs):
 
 
 def i_matmul(g, n, xs):
-    # acc[m, n] = sum_k a[m, k] * b[n, k] exact in int32 (K <= MAX_K) at frac fa + fb; one requantisation
-    # (fixed.requantize: round half up, saturate) to the output format: shift = fa + fb - fo
+    # acc[m, n] = sum_k a[m, k] * b[n, k] exact at frac fa + fb (int8 operands: in int32, K <= MAX_K; int16 ones,
+    # mixed precision: in int64, any K); one requantisation (fixed.requantize: round half up, saturate) to the
+    # output format (int8 or int16): shift = fa + fb - fo
     from ..fixed import requantize
 
     acc = np.einsum("zbmk,zbnk->zbmn", xs[0].astype(np.int64), xs[1].astype(np.int64))
@@ -229,7 +230,8 @@ def q_matmul(g, n, act) -> None:
     q._set_act(out, act(out.name))
     fa, fb = (g.tensors[t].qformat.frac for t in n.inputs)
     shift = max(-MAX_SHIFT, min(fa + fb - out.qformat.frac, MAX_SHIFT))
-    n.attrs.update(shift=int(shift), act_min=-128, act_max=127)
+    lo, hi = q._act_bounds((None, None), out.qformat)  # the output's full int8 or int16 range
+    n.attrs.update(shift=int(shift), act_min=lo, act_max=hi)
 
 
 def macs_matmul(g, n) -> int:
@@ -249,9 +251,9 @@ def qat_matmul(q, i: int, n, xs, s):
 
 
 def kernel_matmul(variant: str) -> tuple[str, str]:
-    if variant != "s8":
-        raise ValueError(f"matmul has no {variant} kernel (int8 only)")
-    return "qg_matmul_s8", "qg_matmul_params_t"
+    if variant == "s8":
+        return "qg_matmul_s8", "qg_matmul_params_t"
+    return "qg_matmul_wide", "qg_matmul_wide_params_t"  # any int8 / int16 mix (mixed precision)
 
 
 def c_matmul(b, index: int, n):
@@ -260,6 +262,15 @@ def c_matmul(b, index: int, n):
     fields = [("batch", bt), ("m", m), ("n", b.g.tensors[io.xs[1]].shape[1]), ("k", k), ("shift", n.attrs["shift"]),
               ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
     return "qg_matmul_params_t", fields, f"qg_matmul_s8(&{io.struct}, {io.ins[0]}, {io.ins[1]}, {io.out_expr});"
+
+
+def c_matmul_wide(b, index: int, n):
+    io = b.io(index, n, wide=True)
+    bt, m, k = b.g.tensors[io.xs[0]].shape
+    fields = [("batch", bt), ("m", m), ("n", b.g.tensors[io.xs[1]].shape[1]), ("k", k), ("shift", n.attrs["shift"]),
+              ("a_bits", io.bits[io.xs[0]]), ("b_bits", io.bits[io.xs[1]]), ("out_bits", io.bits[io.out]), *io.act]
+    return ("qg_matmul_wide_params_t", fields,
+            f"qg_matmul_wide(&{io.struct}, {io.raw[0]}, {io.raw[1]}, {io.out_raw});")
 
 
 def py_transpose(b, n, index: int):
@@ -307,8 +318,10 @@ SPECS = [
            "a block range along one axis (no code where it is one contiguous run of its input, else copied)",
            kernel=kernel_slice, form=form_slice, emit_py=py_slice, emit_c=c_slice, emit_c_wide=c_slice_wide,
            qat=qat_slice),
-    OpSpec(Op.MATMUL, "matmul", Trait.CHOOSES_FORMAT | Trait.INT8_ONLY, matmul_shape, check_matmul, f_matmul,
+    OpSpec(Op.MATMUL, "matmul", Trait.CHOOSES_FORMAT, matmul_shape, check_matmul, f_matmul,
            i_matmul, q_matmul, macs_matmul, torch_matmul, "torch.matmul/@/bmm of two activations", ("MatMul",),
-           ("qg_matmul_s8",), "A (batch, M, K) times B (batch, N, K) transposed, int32 sums, one requantisation",
-           kernel=kernel_matmul, emit_py=py_matmul, emit_c=c_matmul, qat=qat_matmul),
+           ("qg_matmul_s8", "qg_matmul_wide"),
+           "A (batch, M, K) times B (batch, N, K) transposed, int32 sums (int64 with int16 operands), one "
+           "requantisation", kernel=kernel_matmul, emit_py=py_matmul, emit_c=c_matmul, emit_c_wide=c_matmul_wide,
+           qat=qat_matmul),
 ]

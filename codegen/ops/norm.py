@@ -330,9 +330,10 @@ def f_affine(g, n, xs):
 
 
 def affine_int(x: np.ndarray, scale_q: np.ndarray, shift_q: np.ndarray, shifts, act_min: int, act_max: int):
-    """THE SPEC of channel_affine (C: qg_channel_affine_s8): per channel c (the last axis),
-    acc = x * scale_q[c] + shift_q[c] in int32 (|x| <= 128, |scale_q| <= 2^15, |shift_q| <= 2^31 - 2^22 - 1:
-    it cannot overflow), y = clamp(round_shift(acc, sh[c]), act_min, act_max) (fixed.requantize)."""
+    """THE SPEC of channel_affine (C: qg_channel_affine_s8, qg_channel_affine_wide): per channel c (the last axis),
+    acc = x * scale_q[c] + shift_q[c] in int32 (|x| <= 2^(b-1) for b-bit x (8 or 16), |scale_q| <= 2^15,
+    |shift_q| <= 2^31 - 2^(b+14) - 1: it cannot overflow), y = clamp(round_shift(acc, sh[c]), act_min, act_max)
+    (fixed.requantize) to an int8 or int16 output."""
     from ..fixed import requantize
 
     acc = np.asarray(x, dtype=np.int64) * scale_q.astype(np.int64) + shift_q.astype(np.int64)
@@ -344,16 +345,17 @@ def i_affine(g, n, xs):
                       n.attrs["act_min"], n.attrs["act_max"])
 
 
-def affine_params(scale: np.ndarray, shift: np.ndarray, fin: int, fout: int, where: str):
+def affine_params(scale: np.ndarray, shift: np.ndarray, fin: int, fout: int, where: str, in_bits: int = 8):
     """(scale_q int16, shift_q int32, f_scale per channel, sh per channel): scale at the finest int16 format
-    of each channel, shift at f_in + f_scale[c], coarsened where |shift_q| would break the int32 bound."""
+    of each channel, shift at f_in + f_scale[c], coarsened where |shift_q| would break the int32 bound
+    (|x * scale_q| <= 2^(in_bits - 1 + 15))."""
     from ..errors import UserError
     from ..fixed import MAX_SHIFT, QFormat, frac_for_range
     from ..fixed import quantize as quantize_array
 
     fs = np.array([frac_for_range(float(abs(v)), 16) for v in scale], dtype=np.int64)
     fs = np.minimum(fs, MAX_SHIFT + fout - fin)  # sh <= 31
-    room = (1 << 31) - 1 - (1 << 22)  # |x * scale_q| <= 128 * 2^15
+    room = (1 << 31) - 1 - (1 << (in_bits + 14))  # |x * scale_q| <= 2^(in_bits - 1) * 2^15
     for c, t in enumerate(shift):
         if t != 0:
             fs[c] = min(fs[c], math.floor(math.log2(room / abs(float(t)))) - fin)
@@ -373,7 +375,8 @@ def q_affine(g, n, act) -> None:
     x, out = g.tensors[n.inputs[0]], g.tensors[n.outputs[0]]
     q._set_act(out, act(out.name))
     st, tt = g.tensors[n.inputs[1]], g.tensors[n.inputs[2]]
-    scale_q, shift_q, fs, sh = affine_params(st.data, tt.data, x.qformat.frac, out.qformat.frac, n.where())
+    scale_q, shift_q, fs, sh = affine_params(st.data, tt.data, x.qformat.frac, out.qformat.frac, n.where(),
+                                             x.qformat.bits)
     st.data, st.dtype, st.qformat = scale_q.astype(np.int16), "int16", QFormat(16, tuple(int(f) for f in fs))
     tt.data, tt.dtype = shift_q.astype(np.int32), "int32"
     tt.qformat = QFormat(32, tuple(int(x.qformat.frac + f) for f in fs))
@@ -392,9 +395,9 @@ def torch_affine(node, xs, const):
 
 
 def kernel_affine(variant: str) -> tuple[str, str]:
-    if variant != "s8":
-        raise ValueError(f"channel_affine has only an int8 kernel, not {variant} (Trait.INT8_ONLY)")
-    return "qg_channel_affine_s8", "qg_channel_affine_params_t"
+    if variant == "s8":
+        return "qg_channel_affine_s8", "qg_channel_affine_params_t"
+    return "qg_channel_affine_wide", "qg_channel_affine_wide_params_t"  # any int8 / int16 mix
 
 
 def c_affine(b, index: int, n):
@@ -408,6 +411,19 @@ def c_affine(b, index: int, n):
               ("act_max", n.attrs["act_max"]), ("scale", scale), ("offset", shift_q), ("shift", shift)]
     return ("qg_channel_affine_params_t", fields,
             f"qg_channel_affine_s8(&{io.struct}, {io.ins[0]}, {io.out_expr});")
+
+
+def c_affine_wide(b, index: int, n):
+    """qg_channel_affine_wide: int8 or int16 input and output (mixed precision)."""
+    io = b.io(index, n, wide=True)
+    out = b.g.tensors[io.out]
+    scale = b.const_tensor(io.sym, n.inputs[1], "scale")
+    shift_q = b.const_tensor(io.sym, n.inputs[2], "offset")
+    shift = b.array(f"{io.sym}_shift", np.array(n.attrs["shift"]), "int8", "requantisation shift per channel")
+    fields = [("size", out.size), ("channels", out.shape[-1]), *io.act, ("in_bits", io.bits[io.xs[0]]),
+              ("out_bits", io.bits[io.out]), ("scale", scale), ("offset", shift_q), ("shift", shift)]
+    return ("qg_channel_affine_wide_params_t", fields,
+            f"qg_channel_affine_wide(&{io.struct}, {io.raw[0]}, {io.out_raw});")
 
 
 def py_affine(b, n, index: int):
@@ -430,8 +446,10 @@ def qat_affine(q, i: int, n, xs, s):
     from ..qat import requant
 
     g = q._graph
+    from ..passes.assign_precision import tensor_bits
+
     scale_q, shift_q, fs, sh = affine_params(g.tensors[n.inputs[1]].data, g.tensors[n.inputs[2]].data, s.fin,
-                                             s.fout, n.where())
+                                             s.fout, n.where(), tensor_bits(g).get(n.inputs[0], 8))
     acc = xs[0] * torch.tensor(scale_q, dtype=s.dtype) + torch.tensor(shift_q, dtype=s.dtype)
     return requant(acc * torch.tensor(np.exp2(-sh.astype(np.float64)), dtype=s.dtype), s.attrs["act_min"],
                    s.attrs["act_max"], s.ste)
@@ -445,12 +463,12 @@ SPECS = [
            "folded into the preceding conv/linear (fold_bn)", kernel=kernel_none,
            no_py="float only: fold_bn folds it into the preceding conv/linear before any target"),
     OpSpec(Op.CHANNEL_AFFINE, "norm",
-           Trait.IN_PLACE | Trait.FUSES_ACT | Trait.KEEPS_ORDER | Trait.INT8_ONLY,
+           Trait.IN_PLACE | Trait.FUSES_ACT | Trait.KEEPS_ORDER | Trait.CHOOSES_FORMAT,
            same_shape, check_affine, f_affine, i_affine, q_affine, macs_affine, torch_affine,
            "BatchNorm that cannot be folded (vectors)", (),
-           ("qg_channel_affine_s8",),
+           ("qg_channel_affine_s8", "qg_channel_affine_wide"),
            "x * scale[c] + offset[c], int16 scale per channel, fused clamp (a BatchNorm fold_bn cannot fold)",
-           kernel=kernel_affine, emit_py=py_affine, emit_c=c_affine, qat=qat_affine),
+           kernel=kernel_affine, emit_py=py_affine, emit_c=c_affine, emit_c_wide=c_affine_wide, qat=qat_affine),
     OpSpec(Op.LAYER_NORM, "norm", Trait.IN_PLACE | Trait.KEEPS_ORDER | Trait.CHOOSES_FORMAT,
            same_shape, check_norm, f_norm, i_norm, q_norm, macs_norm, torch_norm,
            "LayerNorm (over the innermost IR axes)", ("LayerNormalization",), ("qg_norm_s8", "qg_norm_wide"),

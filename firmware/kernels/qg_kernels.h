@@ -458,6 +458,14 @@ typedef struct {
 } qg_matmul_params_t;
 void qg_matmul_s8(const qg_matmul_params_t *p, const int8_t *restrict a, const int8_t *restrict b,
                   int8_t *restrict out);
+/* matmul over any int8 / int16 mix (qg_matmul_wide.c): int64 sums, int8 or int16 output */
+typedef struct {
+    int32_t batch, m, n, k;
+    int8_t shift;
+    uint8_t a_bits, b_bits, out_bits; /* 8 or 16 */
+    int16_t act_min, act_max;
+} qg_matmul_wide_params_t;
+void qg_matmul_wide(const qg_matmul_wide_params_t *p, const void *a, const void *b, void *out);
 /* ---- end of layout copies ---- */
 
 /* ---- normalisation (qg_norm_s8.c; the integer rules are written in codegen/ops/norm.py) ---- */
@@ -489,6 +497,16 @@ typedef struct {
     const int8_t *shift;   /* (channels) in_frac + scale_frac[c] - out_frac, in [-31, 31] */
 } qg_channel_affine_params_t;
 void qg_channel_affine_s8(const qg_channel_affine_params_t *p, const int8_t *in, int8_t *out);
+/* the same over any int8 / int16 mix (qg_channel_affine_wide.c): |offset| <= 2^31 - 2^30 - 1 for int16 input */
+typedef struct {
+    int32_t size, channels;
+    int16_t act_min, act_max;
+    uint8_t in_bits, out_bits; /* 8 or 16 */
+    const int16_t *scale;
+    const int32_t *offset;
+    const int8_t *shift;
+} qg_channel_affine_wide_params_t;
+void qg_channel_affine_wide(const qg_channel_affine_wide_params_t *p, const void *in, void *out);
 /* ---- end of normalisation ---- */
 
 /* ---- streaming state (qg_stream_s8.c) ---- */
