@@ -344,6 +344,36 @@ QG_MVE_INLINE void dot4_int8_t(const int8_t *x, const int8_t *w, int32_t k, int3
         }                                                                                                    \
     }
 
+/* Helium fully connected (int32 accumulator): four rows per pass (dot4_*), one vector requantisation, the last
+ * out_features % 4 rows one at a time. */
+#define QG_DEFINE_FULLY_CONNECTED_MVE(NAME, IN_T, OUT_T)                                                     \
+    static void NAME(const qg_fully_connected_wide_params_t *p, const IN_T *restrict in, OUT_T *restrict out) \
+    {                                                                                                        \
+        const int32_t n_in = p->in_features, rows = p->out_features;                                         \
+        const int32x4_t lo = vdupq_n_s32(p->act_min), hi = vdupq_n_s32(p->act_max);                          \
+        const int8_t *w = p->weights;                                                                        \
+        int32_t o;                                                                                           \
+        for (o = 0; o + 3 < rows; o += 4, w += 4 * n_in) {                                                   \
+            int32_t acc[4];                                                                                  \
+            int32x4_t v;                                                                                     \
+            acc[0] = p->bias[o];                                                                             \
+            acc[1] = p->bias[o + 1];                                                                         \
+            acc[2] = p->bias[o + 2];                                                                         \
+            acc[3] = p->bias[o + 3];                                                                         \
+            dot4_##IN_T(in, w, n_in, n_in, acc);                                                             \
+            v = vqrshlq_s32(vldrwq_s32(acc), vnegq_s32(vldrbq_s32(p->shift + o)));                           \
+            QG_MVE_STORE4_##OUT_T(out + o, vminq_s32(vmaxq_s32(v, lo), hi), vctp32q(4));                     \
+        }                                                                                                    \
+        for (; o < rows; o++, w += n_in) {                                                                   \
+            const int32_t acc = dot_##IN_T##_int32_t(in, w, n_in, p->bias[o]);                               \
+            out[o] = (OUT_T)qg_requantize_wide(acc, p->shift[o], p->act_min, p->act_max);                    \
+        }                                                                                                    \
+    }
+
+QG_DEFINE_FULLY_CONNECTED_MVE(fully_connected_s8_to_s16_mve, int8_t, int16_t)
+QG_DEFINE_FULLY_CONNECTED_MVE(fully_connected_s16_to_s8_mve, int16_t, int8_t)
+QG_DEFINE_FULLY_CONNECTED_MVE(fully_connected_s16_mve, int16_t, int16_t)
+
 QG_DEFINE_CONV2D_MVE(conv2d_s8_to_s16_mve, int8_t, int16_t)
 QG_DEFINE_CONV2D_MVE(conv2d_s16_to_s8_mve, int16_t, int8_t)
 QG_DEFINE_CONV2D_MVE(conv2d_s16_mve, int16_t, int16_t)
@@ -382,9 +412,18 @@ QG_DEFINE_VARIANTS(QG_DEFINE_CONV2D, conv2d_s16, int16_t, int16_t)
 QG_DEFINE_VARIANTS(QG_DEFINE_DEPTHWISE, depthwise_s8_to_s16, int8_t, int16_t)
 QG_DEFINE_VARIANTS(QG_DEFINE_DEPTHWISE, depthwise_s16_to_s8, int16_t, int8_t)
 QG_DEFINE_VARIANTS(QG_DEFINE_DEPTHWISE, depthwise_s16, int16_t, int16_t)
+#if QG_MVE /* the int32-accumulator fully connected layers are the Helium bodies */
+QG_DEFINE_FULLY_CONNECTED(fully_connected_s8_to_s16_acc64, int8_t, int16_t, int64_t)
+QG_DEFINE_FULLY_CONNECTED(fully_connected_s16_to_s8_acc64, int16_t, int8_t, int64_t)
+QG_DEFINE_FULLY_CONNECTED(fully_connected_s16_acc64, int16_t, int16_t, int64_t)
+#define fully_connected_s8_to_s16_acc32 fully_connected_s8_to_s16_mve
+#define fully_connected_s16_to_s8_acc32 fully_connected_s16_to_s8_mve
+#define fully_connected_s16_acc32 fully_connected_s16_mve
+#else
 QG_DEFINE_VARIANTS(QG_DEFINE_FULLY_CONNECTED, fully_connected_s8_to_s16, int8_t, int16_t)
 QG_DEFINE_VARIANTS(QG_DEFINE_FULLY_CONNECTED, fully_connected_s16_to_s8, int16_t, int8_t)
 QG_DEFINE_VARIANTS(QG_DEFINE_FULLY_CONNECTED, fully_connected_s16, int16_t, int16_t)
+#endif
 
 void qg_conv2d_s8_to_s16(const qg_conv2d_wide_params_t *p, const int8_t *restrict in, int16_t *restrict out)
 QG_DISPATCH(conv2d_s8_to_s16)
