@@ -387,8 +387,10 @@ def test_cli_merge_then_compile(tmp_path, capsys):
     assert main(["compile", str(out), "--calib", str(tmp_path / "calib.npy"), "--out", str(tmp_path / "c"),
                  "--verify"]) == 0
     assert (tmp_path / "c" / "model_model.c").is_file()
-    # .pt2 members need no factory
-    assert main(["merge", str(out), str(out), "--uniform", "-o", str(tmp_path / "again.pt2")]) == 0
+    # .pt2 members need no factory; their batch-1 input guard does not stop a calibration batch
+    assert main(["merge", str(out), str(out), "--align", "--calib", str(tmp_path / "calib.npy"),
+                 "-o", str(tmp_path / "again.pt2")]) == 0
+    assert "statistics re-estimated at 1 layers" in capsys.readouterr().out
 
 
 def test_cli_merge_errors(tmp_path, capsys):

@@ -181,6 +181,9 @@ def traced(model, example):
     with warnings.catch_warnings():  # torch's own deprecation notice (LeafSpec) when copying the module
         warnings.simplefilter("ignore", FutureWarning)
         gm = copy.deepcopy(program.module())
+    for node in [n for n in gm.graph.nodes if n.op == "call_module" and n.target == "_guards_fn"]:
+        gm.graph.erase_node(node)  # the input-shape guard of a saved program (batch 1): calibration runs batches
+    gm.recompile()
     try:
         ShapeProp(gm).propagate(example[:1])
     except Exception as exc:  # noqa: BLE001
