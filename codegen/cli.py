@@ -453,7 +453,7 @@ def cmd_merge(args) -> int:
                          return_info=True)
     save_merged(merged, example, args.out)
     print(info.summary())
-    print(f"wrote {args.out}" + (f"; compile it: qgen compile {args.out} --calib CALIB.npy -o OUT"
+    print(f"wrote {args.out}" + (f"; compile it: qgen compile {args.out} --calib CALIB.npy --out OUT"
                                  if args.out.endswith(".pt2") else ""))
     return 0
 
