@@ -523,7 +523,7 @@ def cmd_tune(args) -> int:
                            trials=args.trials, study=args.study, workers=args.workers, scheduler=args.scheduler,
                            qemu=not args.no_qemu, max_latency_ms=args.max_latency_ms, max_flash=args.max_flash,
                            max_ram=args.max_ram, sampler=args.sampler, seed=args.seed,
-                           finetune_epochs=args.finetune_epochs, qat=args.qat)
+                           finetune_epochs=args.finetune_epochs, qat=args.qat, presets=not args.no_presets)
     print(result.table())
     if args.plot:
         print(f"wrote {tune.plot(result, args.plot)}")
@@ -754,6 +754,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--finetune-epochs", type=int, default=2, help="most fine-tuning epochs a trial may use")
     t.add_argument("--qat", action="store_true", help="also search quantisation-aware training on/off")
+    t.add_argument("--no-presets", action="store_true", help="start a new study from the default compile only, "
+                   "not also from the standard single techniques (prune 50/80%%, channels 25/50%%, cluster 4, int4)")
     t.add_argument("--show", metavar="STUDY", help="list the Pareto front of a stored study and exit")
     t.add_argument("--plot", metavar="PNG", help="also plot accuracy vs flash (needs matplotlib)")
     t.set_defaults(fn=cmd_tune)

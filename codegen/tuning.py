@@ -113,6 +113,25 @@ def suggest(trial, spec: TuneSpec) -> dict:
     return dict(trial.params)
 
 
+def preset_params(spec: TuneSpec) -> list[dict]:
+    """The first trials of a new study: the default compile, then qgen's standard single techniques (the settings
+    of bench/COMPRESSION.md, fine-tuned for finetune_max epochs), so that the search starts from what a person
+    would try first and the front is never worse than those. Complete parameter sets, as suggest() draws them."""
+    ft = {"finetune_epochs": spec.finetune_max} if spec.train is not None and spec.finetune_max > 0 else {}
+    imp = {"importance": "magnitude"} if spec.train is not None else {}
+    int8 = {f"precision:{n}": "int8" for n in spec.layers}  # per-layer choices exist without prune/cluster/rank
+    plain = {"calibration": "minmax", "bias_correction": False, "equalize": False, "prune_on": False,
+             "channels_on": False, "rank_on": False, "cluster_on": False, "weights": "int8",
+             **({"qat": False} if spec.qat and spec.train is not None else {})}
+    return [{**plain, **int8},  # the baseline: the default compile
+            {**plain, "prune_on": True, "prune": 0.5, "prune_scope": "layer", **imp, **ft},
+            {**plain, "prune_on": True, "prune": 0.8, "prune_scope": "layer", **imp, **ft},
+            {**plain, "channels_on": True, "channels": 0.25, **int8, **ft},
+            {**plain, "channels_on": True, "channels": 0.5, **int8, **ft},
+            {**plain, "cluster_on": True, "cluster": 4, **ft},
+            {**plain, "weights": "int4", **int8}]
+
+
 def options_from_params(params: dict, prefix: str = "model"):
     """The CompileOptions of a point of the search space."""
     from .options import CompileOptions, CompressOptions, EmitOptions, QuantOptions
@@ -626,7 +645,8 @@ def tune(model: Any, *, board: str, data: Any, eval: Any, input_shape: tuple[int
          trials: int = 60, study: str | Path = "build/tune.journal", workers: int = 2, scheduler: str | None = None,
          qemu: bool = True, max_latency_ms: float | None = None, max_flash: int | None = None,
          max_ram: int | None = None, sampler: str = "nsga2", seed: int = 0, finetune_epochs: int = 2,
-         qat: bool = False, train_fn: Callable | None = None, fixed: dict | None = None) -> TuneResult:
+         qat: bool = False, train_fn: Callable | None = None, fixed: dict | None = None,
+         presets: bool = True) -> TuneResult:
     """Search compile options for `board` (see the module docstring); returns the Pareto front.
 
     model: a `qgen compile` target ('file.py:factory', 'model.pt2') or an nn.Module / ExportedProgram (saved as
@@ -641,6 +661,8 @@ def tune(model: Any, *, board: str, data: Any, eval: Any, input_shape: tuple[int
     train_fn(module, x, y, epochs): your training loop instead of the built-in one (module: the float IR as a
         torch module, or the QAT model; x in the module's layout).
     fixed: {parameter: value} held fixed (e.g. {"calibration": "minmax"}).
+    presets: a new study starts with the default compile and qgen's standard single techniques (preset_params);
+        False: with the default compile only.
     """
     import optuna  # noqa: F401 - a clear error below if the extra is missing
 
@@ -680,14 +702,14 @@ def tune(model: Any, *, board: str, data: Any, eval: Any, input_shape: tuple[int
                         finetune_max=finetune_epochs, qat=qat, train_fn=train_fn, model_bytes=model_bytes,
                         data_dir=str(d), fixed=dict(fixed or {}))
         opened = _open_study(study, _sampler(sampler, seed, fixed))
-        _check_same_study(opened, spec, limits)
+        _check_same_study(opened, spec, limits, presets)
         _run(opened, spec, limits, trials, workers, scheduler)
         return _result(opened, study, b.name, limits, spec, require_feasible=True)
     finally:
         lock.release()
 
 
-def _check_same_study(study, spec: TuneSpec, limits: dict) -> None:
+def _check_same_study(study, spec: TuneSpec, limits: dict, use_presets: bool = True) -> None:
     """A new study records what it tunes; a resumed one must tune the same model, board and data."""
     key = {"model": spec.model, "board": spec.board, "qemu": spec.qemu, "layers": list(spec.layers),
            "input_shape": list(spec.input_shape or []),
@@ -697,11 +719,8 @@ def _check_same_study(study, spec: TuneSpec, limits: dict) -> None:
         study.set_user_attr("spec", key)
         study.set_user_attr("limits", limits)
         study.set_user_attr("data_dir", spec.data_dir)
-        study.enqueue_trial({"calibration": "minmax", "bias_correction": False, "equalize": False,
-                             "prune_on": False, **{f"precision:{n}": "int8" for n in spec.layers},
-                             "channels_on": False, "rank_on": False, "cluster_on": False, "weights": "int8",
-                             **({"qat": False} if spec.qat else {})},
-                            user_attrs={"baseline": True})  # the default compile is always measured
+        for i, params in enumerate(preset_params(spec)[:None if use_presets else 1]):
+            study.enqueue_trial(params, user_attrs={"preset": i})  # trial 0, the default compile, always
         return
     diff = [k for k in key if old.get(k) != key[k]]
     if diff:

@@ -58,7 +58,7 @@ def tiny(tmp_path_factory):
 def _tune(tiny, study, **kw):
     model, train, ev, _ = tiny
     args = dict(board="stm32f446", data=train, eval=ev, trials=3, study=study, workers=0, qemu=False,
-                finetune_epochs=1)
+                finetune_epochs=1, presets=False)
     return qtune.tune(model, **{**args, **kw})
 
 
@@ -93,6 +93,7 @@ def test_front_point_command_reproduces_accuracy_and_flash(tiny, tmp_path, monke
     result = _tune(tiny, study, fixed={"prune_on": True, "prune": 0.5, "finetune_epochs": 1, "cluster_on": False})
     assert len(result.trials) == 3 and result.points  # no trial refused
     assert result.trials[0].params["prune_on"] is False  # the baseline (default compile) is trial 0, enqueued
+    assert result.trials[0].params["precision:0"] == "int8"
     point = next(p for p in result.points if p.params.get("prune_on"))
     monkeypatch.chdir(tmp_path)  # the command writes build/tuned/trialN here
     args = shlex.split(point.command)
@@ -221,3 +222,12 @@ def test_tune_with_qemu_latency(tiny, tmp_path, capsys, monkeypatch):
 
     compiled = qtune.compile_trial(study, 0)
     assert qtune.qemu_instructions(compiled, load_board("rp2040")) == point.instructions  # from the cache
+
+
+def test_presets_start_a_new_study(tiny, tmp_path):
+    """The default compile, then the standard single techniques, as complete parameter sets (nothing sampled)."""
+    result = _tune(tiny, tmp_path / "p.journal", trials=7, presets=True)
+    spec = qtune.TuneSpec(model="", input_shape=None, board="", calib=np.zeros(1), eval_x=np.zeros(1),
+                          eval_y=np.zeros(1), train=tiny[1], layers=("0",), finetune_max=1)
+    assert [p.params for p in result.trials] == qtune.preset_params(spec)
+    assert all(p.command for p in result.trials)
