@@ -288,9 +288,13 @@ def main() -> None:
     doc = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
     args.doc = doc
     if args.scaling:
-        doc["scaling"] = run_scaling(args)
+        scaling = run_scaling(args)
     else:
         fronts = run_fronts(args)
+    doc = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}  # again: another run may have written it
+    if args.scaling:
+        doc["scaling"] = scaling
+    else:
         doc.setdefault("fronts", {}).update(fronts)
         doc["fronts_meta"] = {"trials": args.trials, "workers": args.workers, "qemu": args.qemu, "note": args.note}
     OUT_JSON.write_text(json.dumps(doc, indent=1, default=float) + "\n")
