@@ -231,3 +231,14 @@ def test_presets_start_a_new_study(tiny, tmp_path):
                           eval_y=np.zeros(1), train=tiny[1], layers=("0",), finetune_max=1)
     assert [p.params for p in result.trials] == qtune.preset_params(spec)
     assert all(p.command for p in result.trials)
+
+
+def test_one_driver_per_study(tiny, tmp_path):
+    study = tmp_path / "l.journal"
+    held = qtune._Lock(study)  # another driver
+    try:
+        with pytest.raises(UserError, match="being tuned by another process"):
+            _tune(tiny, study, trials=1)
+    finally:
+        held.release()
+    assert len(_tune(tiny, study, trials=1).trials) == 1
