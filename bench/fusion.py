@@ -11,8 +11,9 @@ small CNN with BatchNorm (statistics re-estimated). For each:
   MergeMany) with and without REPAIR, the aligned merge with coefficients searched on the validation split,
   one epoch of training after the aligned merge (not a pure merge: shows how little it needs), and the ensemble
   of the 3 as one graph (combine="mean");
-- 3 models fine-tuned from one pre-trained model (different seeds and learning rates): each member, the uniform
-  soup, the greedy soup (validation split) and their ensemble.
+- 3 models fine-tuned from one pre-trained model (trained for half the epochs; each fine-tune the other half, its
+  own seed (data order) and constant learning rate 1e-3 / 2e-3 / 3e-3): each member, the uniform soup, the
+  greedy soup (validation split) and their ensemble.
 Float accuracy (PyTorch) and int8 accuracy (codegen.compile, the integer reference = the C output bit for bit)
 on the test split; flash = qgen's weights and tables (report flash_bytes). Splits: digits 1000 train / 300
 validation / 497 test; mnist1d (its default generator, 10,000 samples, seed 42) 5,000 train / 1,000 validation /
@@ -37,6 +38,25 @@ from codegen import compile as qcompile  # noqa: E402
 from codegen.fuse.merge import merge  # noqa: E402
 
 SEED = 0
+NOTES = """## Reading
+
+- The naive average of independently trained models collapses (10-44 % here: hidden unit i of one model is
+  some other unit of the next). Aligning the hidden units first recovers most of it for the MLPs and the digits
+  CNN, about half for the mnist1d CNN; re-estimating the statistics (BatchNorm; REPAIR's per-channel rescaling
+  for the MLPs) matters most for the BatchNorm CNNs.
+- For these MCU-sized (narrow: 16-128 units per layer) networks the aligned merge of 3 independent models stays
+  below the best member: the issue's "within 1 point" target is NOT met on any of the four. Permutation
+  alignment is known to close the gap only for wide networks (Ainsworth et al. 2023; Jordan et al. 2023), and
+  3-way merges are harder than 2-way (mnist1d CNN, 2 of the 3 members, measured apart: 80 %). One epoch of
+  training after the merge recovers much of the rest (a short fine-tune, not a pure merge).
+- The coefficient search on the validation split then puts (nearly) all weight on one member: with members in
+  different basins it selects rather than merges.
+- Models fine-tuned from one pre-trained model average as they are: the soup is >= the best member for both
+  CNNs (above every member on mnist1d) at one model's flash, 0.2-0.7 point below it for the two MLPs.
+- The ensemble (qgen fuse, all members kept) is the most accurate option for independently trained models,
+  at n models' flash.
+- int8 accuracy follows float accuracy for every option: merged weights quantise like a member's.
+"""
 
 
 def digits():
@@ -86,21 +106,22 @@ TASKS = {
 }
 
 
-def train(model, x, y, epochs: int, lr: float, batch: int, seed: int):
-    """Adam with a one-cycle learning rate, cross-entropy; seeded."""
+def train(model, x, y, epochs: int, lr: float, batch: int, seed: int, constant: bool = False):
+    """Adam with a one-cycle learning rate (constant: a constant one), cross-entropy; seeded."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     steps = (len(xt) + batch - 1) // batch
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * steps)
+    sched = None if constant else torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * steps)
     model.train()
     for _ in range(epochs):
         for idx in torch.randperm(len(xt), generator=gen).split(batch):
             opt.zero_grad()
             F.cross_entropy(model(xt[idx]), yt[idx]).backward()
             opt.step()
-            sched.step()
+            if sched is not None:
+                sched.step()
     return model.eval()
 
 
@@ -173,12 +194,12 @@ def run_arch(name, factory, data, shape, batch, epochs, log):
 
     t0 = time.perf_counter()
     torch.manual_seed(200)
-    base = train(factory(), xtr, ytr, epochs, 3e-3, batch, seed=10)
+    base = train(factory(), xtr, ytr, max(2, epochs // 2), 3e-3, batch, seed=10)  # the shared "pre-trained" model
     tuned = []
     for i, lr in enumerate((1e-3, 2e-3, 3e-3)):
         m = factory()
         m.load_state_dict(base.state_dict())
-        tuned.append(train(m, xtr, ytr, max(2, epochs // 2), lr, batch, seed=20 + i))
+        tuned.append(train(m, xtr, ytr, max(2, epochs // 2), lr, batch, seed=20 + i, constant=True))
     log(f"  trained 1 + 3 fine-tuned in {time.perf_counter() - t0:.0f} s")
     for i, m in enumerate(tuned):
         add(f"fine-tuned #{i + 1} (lr {(1e-3, 2e-3, 3e-3)[i]:g})", m)
@@ -213,17 +234,21 @@ def markdown(results, quick: bool, seconds: float) -> str:
         lines.append("")
         by = {r[0]: r for r in rows}
         aligned = by["aligned + REPAIR"][1]
+        by_weights = by["aligned by weights + REPAIR"][1]
         naive = by["naive average (uniform, no alignment)"][1]
         soups = max(by["uniform soup"][1], by["greedy soup"][1])
         targets.append(f"| {task} | {arch} | {best_ind:.2f} | {naive:.2f} | {aligned:.2f} "
-                       f"({aligned - best_ind:+.2f}) | {'met' if aligned >= best_ind - 1 else 'NOT met'} | "
+                       f"({aligned - best_ind:+.2f}) / {by_weights:.2f} ({by_weights - best_ind:+.2f}) | "
+                       f"{'met' if max(aligned, by_weights) >= best_ind - 1 else 'NOT met'} | "
                        f"{best_ft:.2f} | {by['uniform soup'][1]:.2f} / {by['greedy soup'][1]:.2f} | "
                        f"{'met' if soups >= best_ft else 'NOT met'} |")
     lines += ["## Targets (issue 20)", "",
               "Aligned merge of 3 independent models within 1 point of the best member; soup of 3 fine-tuned "
               "models >= the best member (float, test split); both at the flash of one model.", "",
-              "| task | model | best independent | naive average | aligned + REPAIR | within 1 pt | best fine-tuned "
-              "| uniform / greedy soup | soup >= best |", "|---|---|---:|---:|---:|---|---:|---:|---|", *targets, ""]
+              "| task | model | best independent | naive average | aligned + REPAIR: activations / weights | "
+              "within 1 pt | best fine-tuned "
+              "| uniform / greedy soup | soup >= best |", "|---|---|---:|---:|---:|---|---:|---:|---|", *targets, "",
+              NOTES]
     return "\n".join(lines)
 
 
