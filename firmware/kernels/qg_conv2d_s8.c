@@ -551,32 +551,41 @@ static QG_ALWAYS_INLINE void dw_4_dsp(const int8_t *x_i8, const qg_word_t *g, in
     out[3] = qg_requantize_pos_s8(a3, shift_m1[3], kind, -128, 127);
 }
 
+/* The ch % 4 last channels (from c4) of one output pixel, with the int8 weights (out_c, k_h, k_w) as they are. Out
+ * of line: one copy instead of one per dw_run_dsp variant. */
+static void dw_tail_dsp(const int8_t *x0, int32_t c4, int32_t t0, const qg_conv2d_params_t *p, int32_t x_step,
+                        int32_t x_row, int32_t n_kx, int32_t n_ky, int8_t *out)
+{
+    const int32_t k_w = p->k_w, taps = p->k_h * k_w;
+    int32_t c, ky, kx;
+    for (c = c4; c < p->in_c; c++) {
+        const int8_t *w_i8 = p->weights + c * taps + t0;
+        int32_t acc_i32 = p->bias[c];
+        for (ky = 0; ky < n_ky; ky++) {
+            for (kx = 0; kx < n_kx; kx++) {
+                acc_i32 += x0[ky * x_row + kx * x_step + c] * w_i8[ky * k_w + kx];
+            }
+        }
+        out[c] = qg_requantize_s8(acc_i32, p->shift[c], p->act_min, p->act_max);
+    }
+}
+
 /* n_pix output pixels x_pix input bytes apart (from x0, out) with the same clipped window (t0: its first tap): every
- * group of 4 channels (dw_4_dsp, scratch w16), then the ch % 4 last channels with the int8 weights (out_c, k_h, k_w)
- * as they are. */
+ * group of 4 channels (dw_4_dsp, scratch w16), then the ch % 4 last ones (dw_tail_dsp). */
 static QG_ALWAYS_INLINE void dw_run_dsp(const int8_t *x0, int32_t x_pix, int32_t n_pix, const qg_word_t *w16,
                                         int32_t t0, const qg_conv2d_params_t *p, int32_t x_step, int32_t x_row,
                                         int32_t n_kx, int32_t n_ky, int8_t *out, int32_t kx_n, int32_t ky_n,
                                         int32_t kind)
 {
     const int32_t ch = p->in_c, ch4 = ch & ~3, k_w = p->k_w, taps = p->k_h * k_w, w_skip = 2 * (k_w - n_kx);
-    const int32_t *bias = p->bias;
-    const int8_t *shift = p->shift;
-    int32_t i, c, ky, kx;
+    int32_t i, c;
     for (i = 0; i < n_pix; i++, x0 += x_pix, out += ch) {
         const qg_word_t *g = w16;
         for (c = 0; c < ch4; c += 4, g += QG_DW_HEAD + 2 * taps) {
             dw_4_dsp(x0 + c, g, 2 * t0, x_step, x_row, w_skip, n_kx, n_ky, out + c, kx_n, ky_n, kind);
         }
-        for (; c < ch; c++) {
-            const int8_t *w_i8 = p->weights + c * taps + t0;
-            int32_t acc_i32 = bias[c];
-            for (ky = 0; ky < n_ky; ky++) {
-                for (kx = 0; kx < n_kx; kx++) {
-                    acc_i32 += x0[ky * x_row + kx * x_step + c] * w_i8[ky * k_w + kx];
-                }
-            }
-            out[c] = qg_requantize_s8(acc_i32, shift[c], p->act_min, p->act_max);
+        if (ch4 < ch) {
+            dw_tail_dsp(x0, ch4, t0, p, x_step, x_row, n_kx, n_ky, out);
         }
     }
 }
