@@ -126,5 +126,7 @@ def test_layout_kernels_bit_exact_on_cores(tmp_path):
     assert report["s1"] <= 1.5 and report["mm"] <= 4.5
     # perf (2026-12-03, /work/notes/perf.md): DSP tiles (PKHBT/UXTAB16), merged axes, whole-word short copies
     assert report["t_2d"] <= 2.3 and report["t_201"] <= 2.3 and report["shuffle_c64"] <= 2.8
-    assert report["shuffle"] <= 3.9 and report["t4"] <= 3.3 and report["s2"] <= 2.6 and report["cat_5_16_1"] <= 5.3
+    # cat: 5.31 since qg_concat_s8's `out` lost `restrict` (2026-12-04: its first input may lie inside the output,
+    # codegen/kernels.py concat_overlap)
+    assert report["shuffle"] <= 3.9 and report["t4"] <= 3.3 and report["s2"] <= 2.6 and report["cat_5_16_1"] <= 5.35
     assert report["t_021"] <= 2.7
