@@ -538,23 +538,25 @@ def weight_matching(spec: PermSpec, state_ref: dict[str, Any], state: dict[str, 
 
 def activation_matching(gm, spec: PermSpec, state_ref: dict[str, Any], state: dict[str, Any], calib) \
         -> dict[int, np.ndarray]:
-    """Permutations that make `state`'s hidden units match `state_ref`'s by the correlation of their outputs on
+    """Permutations that make `state`'s hidden units match `state_ref`'s by the correlation of their values on
     calibration data (Ainsworth et al. 2023, activation matching; Jordan et al. 2023): per group, the summed
-    correlation matrices of every layer writing it, solved as a linear assignment. Groups no weighted layer
-    writes keep their order."""
+    correlation matrices of every layer writing it, at its output and after its BatchNorm and activation (what
+    the next layer reads), solved as a linear assignment. Groups no weighted layer writes keep their order."""
     from scipy.optimize import linear_sum_assignment
 
-    at = {name: _after_activation(gm, name) for name in spec.hidden_outputs}  # what the next layer reads
-    linear = {at[name]: _op_name(next(n for n in gm.graph.nodes if n.name == name)) == "linear" for name in at}
-    axes = {node: -1 if is_linear else 1 for node, is_linear in linear.items()}
-    acts = [_run_with_stats(gm, s, calib, reset_bn=[], record=list(at.values()), keep=True, channels=axes)[2]
+    # each layer's output and what the next layer reads (after its BatchNorm and activation)
+    at = {name: (name, _after_activation(gm, name)) for name in spec.hidden_outputs}
+    linear = {name: _op_name(next(n for n in gm.graph.nodes if n.name == name)) == "linear" for name in at}
+    axes = {node: -1 if linear[name] else 1 for name, nodes in at.items() for node in nodes}
+    acts = [_run_with_stats(gm, s, calib, reset_bn=[], record=list(axes), keep=True, channels=axes)[2]
             for s in (state_ref, state)]
     perms = {g: np.arange(n) for g, n in spec.sizes.items()}
     for g, n in spec.sizes.items():
         corr = np.zeros((n, n))
         for name in (name for name, group in spec.hidden_outputs.items() if group == g):
-            a, b = (_standardised(act[at[name]]) for act in acts)
-            corr += a.T @ b / len(a)
+            for node in dict.fromkeys(at[name]):  # once each, in order
+                a, b = (_standardised(act[node]) for act in acts)
+                corr += a.T @ b / len(a)
         if corr.any():
             perms[g] = linear_sum_assignment(corr, maximize=True)[1]
     return perms
