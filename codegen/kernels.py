@@ -10,9 +10,10 @@ and the activation widths (int8 -> `s8`; any int16 -> the qg_wide.c variant `s8_
 `s16`, or `wide` for add/concat whose operands may mix widths).
 
 Scratch is sized for the core that runs the kernel: `qg_conv2d_s8` needs 8*K4 (+K4) bytes on a core with
-the DSP extension (four int16 im2col columns) but only K bytes of one int8 column on the plain path
-(Cortex-M0+/M3) and the Helium path (Cortex-M55). The generated C is core-independent (one arena, `qg_conv2d_s8_buffer_size` in C gives
-the DSP size), so the planner asks with core=None: the most any core needs.
+the DSP extension (four int16 im2col columns), K bytes of one int8 column on the plain path (Cortex-M0+/M3)
+and 4*round16(K) (+K when K > 16) on the Helium path (Cortex-M55, 4-pixel blocks for K >= 5). The generated C is
+core-independent (one arena, `qg_conv2d_s8_buffer_size` in C gives the DSP size), so the planner asks with
+core=None: the most any core needs.
 """
 from __future__ import annotations
 
