@@ -44,13 +44,15 @@ NOTES = """## Reading
   some other unit of the next). Aligning the hidden units first recovers most of it for the MLPs and the digits
   CNN, about half for the mnist1d CNN; re-estimating the statistics (BatchNorm; REPAIR's per-channel rescaling
   for the MLPs) matters most for the BatchNorm CNNs.
-- For these MCU-sized (narrow: 16-128 units per layer) networks the aligned merge of 3 independent models stays
-  below the best member: the issue's "within 1 point" target is NOT met on any of the four. Permutation
-  alignment is known to close the gap only for wide networks (Ainsworth et al. 2023; Jordan et al. 2023), and
-  3-way merges are harder than 2-way (mnist1d CNN, 2 of the 3 members, measured apart: 80 %). One epoch of
-  training after the merge recovers much of the rest (a short fine-tune, not a pure merge).
-- The coefficient search on the validation split then puts (nearly) all weight on one member: with members in
-  different basins it selects rather than merges.
+- For these MCU-sized (narrow: 16-128 units per layer) networks the aligned merge of 3 independent models with
+  uniform coefficients stays 2-37 points below the best member. Permutation alignment is known to close the gap
+  only for wide networks (Ainsworth et al. 2023; Jordan et al. 2023), and 3-way merges are harder than 2-way
+  (mnist1d CNN, 2 of the 3 members, measured apart: 82 %). One epoch of training after the merge recovers much
+  of the rest (a short fine-tune, not a pure merge).
+- Coefficients searched on the validation split: on the digits CNN the search finds a real merge (three non-zero
+  coefficients) 5 test samples (1.0 point) below the best member, just outside the target; elsewhere it puts
+  (nearly) all weight on one member (a coefficient >= 0.9): it selects rather than merges, and the targets
+  table says so.
 - Models fine-tuned from one pre-trained model average as they are: the soup is >= the best member for both
   CNNs (above every member on mnist1d) at one model's flash, 0.2-0.7 point below it for the two MLPs.
 - The ensemble (qgen fuse, all members kept) is the most accurate option for independently trained models,
@@ -141,9 +143,8 @@ def int8_row(model, shape, calib, test) -> tuple[float, int]:
 
 def ensemble_row(models, shape, calib, test):
     try:
-        from codegen.fuse import ensemble as fuse_ensemble_module  # noqa: F401
         from codegen.fuse.ensemble import ensemble
-    except ImportError:
+    except ImportError:  # the ensemble graph (issue 20 item 2) not in this tree
         return None
     result = ensemble(models, shape, combine="mean", calib_data=calib)
     return accuracy(result.predict(test[0]), test[1]), int(result.report["flash_bytes"])
@@ -235,20 +236,28 @@ def markdown(results, quick: bool, seconds: float) -> str:
         by = {r[0]: r for r in rows}
         aligned = by["aligned + REPAIR"][1]
         by_weights = by["aligned by weights + REPAIR"][1]
+        searched = by["aligned + REPAIR, coefficients searched"]
+        coeffs = [float(c) for c in searched[4].removeprefix("C = ").split(", ")]
+        if max(aligned, by_weights) >= best_ind - 1:
+            verdict = "met"
+        elif searched[1] >= best_ind - 1:
+            verdict = "met with searched C" if max(coeffs) < 0.9 else "NOT met (the search selects one member)"
+        else:
+            verdict = "NOT met"
         naive = by["naive average (uniform, no alignment)"][1]
         soups = max(by["uniform soup"][1], by["greedy soup"][1])
         targets.append(f"| {task} | {arch} | {best_ind:.2f} | {naive:.2f} | {aligned:.2f} "
                        f"({aligned - best_ind:+.2f}) / {by_weights:.2f} ({by_weights - best_ind:+.2f}) | "
-                       f"{'met' if max(aligned, by_weights) >= best_ind - 1 else 'NOT met'} | "
+                       f"{searched[1]:.2f} ({searched[1] - best_ind:+.2f}; {searched[4]}) | {verdict} | "
                        f"{best_ft:.2f} | {by['uniform soup'][1]:.2f} / {by['greedy soup'][1]:.2f} | "
                        f"{'met' if soups >= best_ft else 'NOT met'} |")
     lines += ["## Targets (issue 20)", "",
               "Aligned merge of 3 independent models within 1 point of the best member; soup of 3 fine-tuned "
               "models >= the best member (float, test split); both at the flash of one model.", "",
               "| task | model | best independent | naive average | aligned + REPAIR: activations / weights | "
-              "within 1 pt | best fine-tuned "
-              "| uniform / greedy soup | soup >= best |", "|---|---|---:|---:|---:|---|---:|---:|---|", *targets, "",
-              NOTES]
+              "aligned + REPAIR, searched C | within 1 pt | best fine-tuned "
+              "| uniform / greedy soup | soup >= best |", "|---|---|---:|---:|---:|---:|---|---:|---:|---|",
+              *targets, "", NOTES]
     return "\n".join(lines)
 
 
