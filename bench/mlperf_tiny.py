@@ -100,6 +100,10 @@ def table(rows: dict, tflm_note: str) -> str:
         "repeatable; ms @120 MHz assumes 1 instruction/cycle (a lower bound).",
         f"- TFLM: {tflm_note}",
     ]
+    if int4:
+        notes.append("- int4: the same models compiled with `--weights int4` (every conv / depthwise / linear layer "
+                     "4-bit, activations int8); weights B vs TFLM's int8 flatbuffer (target <= 0.5x). These models "
+                     "have random weights, so no accuracy: int4 accuracy on trained tasks is in bench/QUANT.md.")
     return "\n".join(out + notes) + "\n"
 
 
