@@ -55,6 +55,7 @@ HAND_PICKED = [("int8 dense", {}),
                ("clustering 2 bits", {"cluster": 2}),
                ("pruning 80% + ft + clustering 4 bits", dict(prune=0.8, prune_steps=2, cluster=4,
                                                              finetune_epochs=FT_EPOCHS))]
+N_PRESETS = 7  # trials 0-6 of a new study: the default compile and the standard techniques (tuning.preset_params)
 OUT_JSON = ROOT / "bench" / "tune.json"
 OUT_MD = ROOT / "bench" / "TUNE.md"
 WORK = Path("build") / "bench-tune"  # relative to the repository root (main() runs there): command lines
@@ -234,7 +235,9 @@ def markdown(doc: dict) -> str:
     if meta:
         how = "QEMU latency as an objective, one search per board" if meta["qemu"] else \
             "MACs as the 4th objective (one search per task for both boards; front points counted under QEMU per board)"
-        lines += [f"Fronts: {meta['trials']} trials per search, {meta['workers']} Dask workers, {how}. {meta['note']}",
+        lines += [f"Fronts: {meta['trials']} trials per search (the first {N_PRESETS}: the default compile and "
+                  f"qgen's standard techniques, `tuning.preset_params`), {meta['workers']} Dask workers, {how}. "
+                  f"{meta['note']}",
                   ""]
     for task, entry in doc.get("fronts", {}).items():
         lines += [f"## {task}", "", "Hand-picked (bench/COMPRESSION.md settings):", "",
@@ -257,9 +260,17 @@ def markdown(doc: dict) -> str:
                              f"{p['options']} |")
             met = b["hand_front_met"]
             n_met = sum(v is not None for v in met.values())
+            searched = pareto([p for p in entry.get("all", []) if p["trial"] >= N_PRESETS
+                               and p["flash_bytes"] <= lim.get("max_flash", 1 << 40)
+                               and p["arena_bytes"] <= lim.get("max_ram", 1 << 40)])
+            by_search = {h["name"]: (dominated_by(h, searched) or {}).get("trial")
+                         for h in pareto(entry["hand_picked"])}
             lines += ["", f"Hand-picked Pareto points (accuracy, flash) dominated or equalled by a tuner point: "
-                      f"**{n_met} of {len(met)}**"]
-            lines += [f"- {name}: " + (f"trial {t}" if t is not None else "not reached") for name, t in met.items()]
+                      f"**{n_met} of {len(met)}** (by a searched point, presets 0-{N_PRESETS - 1} left out: "
+                      f"{sum(v is not None for v in by_search.values())} of {len(by_search)})"]
+            lines += [f"- {name}: " + (f"trial {t}" if t is not None else "not reached")
+                      + (f" (searched: trial {by_search[name]})" if by_search.get(name) is not None else
+                         " (searched: not reached)") for name, t in met.items()]
         cmds = [p for p in next(iter(entry["boards"].values()))["front"] if p.get("command")][:3]
         if cmds:
             lines += ["", "Reproduce a point (paths relative to the repository root):", ""]
@@ -289,6 +300,7 @@ def main() -> None:
     ap.add_argument("--task", choices=sorted(TASKS), help="one task only (the other's results are kept)")
     ap.add_argument("--note", default="", help="a remark recorded with the numbers (e.g. the machine's load)")
     ap.add_argument("--rehand", action="store_true", help="measure the hand-picked settings again")
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite bench/TUNE.md from bench/tune.json")
     args = ap.parse_args()
     from codegen import progress
 
@@ -299,6 +311,10 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     doc = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
     args.doc = doc
+    if args.markdown_only:
+        OUT_MD.write_text(markdown(doc))
+        print(f"wrote {OUT_MD.relative_to(ROOT)}")
+        return
     if args.scaling:
         scaling = run_scaling(args)
     else:
