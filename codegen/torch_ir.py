@@ -72,9 +72,12 @@ def conv(x: torch.Tensor, w: torch.Tensor, node: Node) -> torch.Tensor:
 
 def conv_transpose(x: torch.Tensor, w: torch.Tensor, node: Node) -> torch.Tensor:
     """Transposed-convolution sums (no bias) of a conv_transpose2d node (codegen/ops/upsample.py): x (N,H,W,Cin),
-    w (Cout,KH,KW,Cin); the full output cropped by attrs crop (a negative bottom/right adds zero rows)."""
+    w (Cout,KH,KW,Cin/groups); the full output cropped by attrs crop (a negative bottom/right adds zero rows)."""
     top, left, bottom, right = node.attrs["crop"]
-    y = F.conv_transpose2d(x.permute(0, 3, 1, 2), w.permute(3, 0, 1, 2), stride=tuple(node.attrs["stride"]))
+    gr = int(node.attrs.get("groups", 1))
+    cout, kh, kw, cg = w.shape  # torch's weight: (Cin, Cout/groups, KH, KW)
+    w_t = w.reshape(gr, cout // gr, kh, kw, cg).permute(0, 4, 1, 2, 3).reshape(gr * cg, cout // gr, kh, kw)
+    y = F.conv_transpose2d(x.permute(0, 3, 1, 2), w_t, stride=tuple(node.attrs["stride"]), groups=gr)
     y = F.pad(y, (0, max(0, -right), 0, max(0, -bottom)))
     return y[:, :, top:y.shape[2] - max(0, bottom), left:y.shape[3] - max(0, right)].permute(0, 2, 3, 1)
 

@@ -38,6 +38,10 @@ FLOAT_CASES = {
     "ct2d_k2x3_s3x2_op": (nn.ConvTranspose2d(3, 4, (2, 3), stride=(3, 2), output_padding=(2, 1)), (1, 3, 4, 5)),
     "ct2d_k1_s3_nobias": (nn.ConvTranspose2d(3, 2, 1, stride=3, bias=False), (1, 3, 4, 5)),
     "ct1d_k3_s2": (nn.ConvTranspose1d(3, 4, 3, stride=2, padding=1), (1, 3, 8)),
+    "ct2d_groups2_k3_s2_op1": (nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1, groups=2),
+                               (1, 6, 4, 5)),
+    "ct2d_groups3_k2_s2_x2": (nn.ConvTranspose2d(3, 6, 2, stride=2, groups=3), (1, 3, 4, 5)),
+    "ct1d_groups2_k3_s2": (nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, groups=2), (1, 4, 8)),
     "nearest_x2": (nn.Upsample(scale_factor=2, mode="nearest"), (1, 3, 4, 5)),
     "nearest_size": (_Fn(lambda x: F.interpolate(x, size=(7, 9), mode="nearest")), (1, 3, 4, 5)),
     "nearest_1.7": (_Fn(lambda x: F.interpolate(x, scale_factor=1.7, mode="nearest")), (1, 3, 4, 5)),
@@ -93,6 +97,10 @@ def test_conv_transpose_macs_count_no_zeros():
     assert g.tensors["y"].shape == (7, 9, 6)
     # rows: oy = 2 iy - 1 + ky in [0, 7): 4*3 pairs less iy=0,ky=0 and iy=3,ky=2 -> 10; columns 5*3 - 2 = 13
     assert SPEC[Op.CONV_TRANSPOSE2D].macs(g, n) == 10 * 13 * 3 * 6
+    n.attrs["groups"] = 3  # each output channel reads one input channel of each tap
+    g.tensors["w"] = const("w", np.zeros((6, 3, 3, 1)), 8, (3,) * 6)
+    assert SHAPE_RULES[Op.CONV_TRANSPOSE2D](g, n) == (7, 9, 6)
+    assert SPEC[Op.CONV_TRANSPOSE2D].macs(g, n) == 10 * 13 * 1 * 6
 
 
 # ------------------------------------------------------------------ C == reference: one model with every case
@@ -151,6 +159,14 @@ def upsample_graph(rng, wide: bool = True) -> Graph:
     _weighted(g, rng, "ct1d_k3_s2_c7", ct, seq, (4, 1, 3, 7), stride=(1, 2), crop=(0, 1, 0, 0))
     _resize(g, "nearest1d_x3", seq, "nearest", (1, 18), (None, 3.0))
     _resize(g, "linear1d_x2", seq, "bilinear", (1, 12), (None, 2.0))
+    # groups (weights (Cout, KH, KW, Cin / groups)): 4 channels per group (M4: fill_block), 2 and 1 (fill_col,
+    # 7 groups of x's 7 channels), odd rows per group, 1-D
+    _weighted(g, rng, "ct_g2_k3_s2_c8_cg4", ct, c8, (6, 3, 3, 4), stride=(2, 2), crop=(1, 1, 0, 0), groups=2)
+    _weighted(g, rng, "ct_g4_k4x3_s2x3_cg2_any", ct, c8, (12, 4, 3, 2), act_range=(-50, 90), stride=(2, 3),
+              crop=(1, 0, -1, 2), groups=4)
+    _weighted(g, rng, "ct_g7_k2_s2_cg1_relu", ct, "x", (14, 2, 2, 1), act_range=(0, 127), stride=(2, 2),
+              crop=(0, 0, 0, 0), groups=7)
+    _weighted(g, rng, "ct1d_g2_k3_s2_cg4", ct, c8, (4, 1, 3, 4), stride=(1, 2), crop=(0, 1, 0, 0), groups=2)
     if not wide:
         return finish(g)
     # int16: conv to int16, resize at int16, conv back to int8 (qg_resize_s16)
@@ -174,6 +190,11 @@ def upsample_graph(rng, wide: bool = True) -> Graph:
                        crop=(0, 1, -1, 0))
     g.outputs.remove(ct8_16)
     _weighted(g, rng, "ct_s8_to_s16_to_s8", Op.CONV2D, ct8_16, (3, 1, 1, 4), **one)
+    _weighted(g, rng, "ct_s16_to_s8_g2_k3s2", ct, to16, (6, 3, 3, 2), stride=(2, 2), crop=(1, 1, 0, 0), groups=2)
+    ct8_16g = _weighted(g, rng, "ct_s8_to_s16_g7", ct, "x", (7, 2, 3, 1), **wide16, stride=(2, 1), crop=(0, 1, 0, 0),
+                        groups=7)
+    g.outputs.remove(ct8_16g)
+    _weighted(g, rng, "ct_s8_to_s16_g7_to_s8", Op.CONV2D, ct8_16g, (3, 1, 1, 7), **one)
     return finish(g)
 
 
@@ -244,8 +265,8 @@ class TinyUNet(nn.Module):
         super().__init__()
         self.enc = nn.Conv2d(2, 6, 3, padding=1)
         self.mid = nn.Conv2d(6, 8, 3, padding=1)
-        if up == "convt":
-            self.up = nn.ConvTranspose2d(8, 6, 2, stride=2)
+        if up.startswith("convt"):  # convt_g2: a grouped one (2 groups of 4 -> 3 channels)
+            self.up = nn.ConvTranspose2d(8, 6, 2, stride=2, groups=2 if up == "convt_g2" else 1)
         else:
             self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode=up), nn.Conv2d(8, 6, 1))
         self.dec = nn.Conv2d(12, 3, 3, padding=1)
@@ -309,7 +330,43 @@ def test_onnx_import_equals_torch(tmp_path):
     np.testing.assert_allclose(got, model(x).detach().numpy(), atol=2e-6)
 
 
-@pytest.mark.parametrize("up", ["convt", "nearest", "bilinear"])
+def _onnx_export(model, x, path) -> None:
+    import contextlib
+    import io
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path))
+
+
+@pytest.mark.parametrize("case", ["2d", "1d", "dilated"])
+def test_onnx_grouped_conv_transpose(case, tmp_path):
+    """ConvTranspose with group > 1 (2-D, 1-D) imports and equals torch; dilations > 1 is refused by name."""
+    pytest.importorskip("onnx", reason="the ONNX front end needs the `onnx` package")
+    from codegen.errors import UserError
+    from codegen.frontend.onnx_import import from_onnx_file
+    from codegen.reference import run_float, to_qgen_layout, to_torch_layout
+
+    torch.manual_seed(0)
+    layer, x = {"2d": (nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1, groups=2),
+                       torch.randn(1, 6, 4, 5)),
+                "1d": (nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, groups=2), torch.randn(1, 4, 8)),
+                "dilated": (nn.ConvTranspose2d(4, 4, 3, stride=2, dilation=2, groups=2), torch.randn(1, 4, 4, 5))}[case]
+    model = nn.Sequential(layer).eval()
+    _onnx_export(model, x, tmp_path / "ct.onnx")
+    if case == "dilated":
+        with pytest.raises(UserError, match=re.escape("dilations=[2, 2]")):
+            from_onnx_file(str(tmp_path / "ct.onnx"))
+        return
+    g = from_onnx_file(str(tmp_path / "ct.onnx"))
+    assert [n.attrs.get("groups") for n in g.nodes if n.op is Op.CONV_TRANSPOSE2D] == [2]
+    got = to_torch_layout(run_float(g, to_qgen_layout(g, x.numpy()))[g.outputs[0]], g.io_layout[g.outputs[0]])
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=2e-6)
+
+
+@pytest.mark.parametrize("up", ["convt", "convt_g2", "nearest", "bilinear"])
 def test_qat_twin_is_exact_and_trains(up):
     """QAT's fake-quantised twin (ops' qat rules) in eval mode == the integer reference, exactly; the train
     path has gradients through the up-sampling."""
@@ -331,16 +388,21 @@ def test_qat_twin_is_exact_and_trains(up):
 # ------------------------------------------------------------------ the passes around a transposed convolution
 
 
-@pytest.mark.parametrize("what", ["equalize", "bias_correction", "cluster", "int16_resize", "int16_convt"])
+@pytest.mark.parametrize("what", ["equalize", "bias_correction", "cluster", "int16_resize", "int16_convt",
+                                  "grouped_equalize", "grouped_bias_correction"])
 def test_unet_through_the_optional_passes(what, tmp_path):
     """Cross-layer equalisation (conv -> ConvTranspose), bias correction (its own sums), clustering (the values
     are clustered, its storage stays dense: no clustered kernel), an int16 activation through resize and out of
-    a ConvTranspose (qg_conv_transpose2d_s8_to_s16, then the wide concat)."""
+    a ConvTranspose (qg_conv_transpose2d_s8_to_s16, then the wide concat). A grouped ConvTranspose (groups=2):
+    equalisation leaves the conv feeding it alone (its weight columns read channels by group), bias correction
+    sums by group. (Channel pruning freezes a ConvTranspose's input and output channels, grouped or not.)"""
     import codegen
     from codegen.options import CompileOptions, CompressOptions
 
     torch.manual_seed(1)
-    model = TinyUNet("bilinear" if what == "int16_resize" else "convt").eval()
+    grouped = what.startswith("grouped_")
+    what = what.removeprefix("grouped_")
+    model = TinyUNet("bilinear" if what == "int16_resize" else "convt_g2" if grouped else "convt").eval()
     up = "mid" if what == "int16_resize" else "up"  # the layer whose output becomes int16
     calib = (torch.rand(32, 2, 8, 8) * 2 - 1).numpy()
     kw = {"equalize": {"equalize": True}, "bias_correction": {"bias_correction": True},
@@ -348,6 +410,13 @@ def test_unet_through_the_optional_passes(what, tmp_path):
           "int16_resize": {"precision": {up: 16}}, "int16_convt": {"precision": {up: 16}}}[what]
     result = codegen.compile(model, torch.from_numpy(calib[:1]), calib, prefix="unet", **kw)
     node = next(n for n in result.graph.nodes if n.op in (Op.CONV_TRANSPOSE2D, Op.RESIZE))
+    if grouped:
+        assert node.attrs["groups"] == 2 and result.graph.tensors[node.inputs[1]].shape == (6, 2, 2, 4)
+        if what == "equalize":  # the conv feeding it keeps its weights (no per-channel rescaling)
+            plain = codegen.compile(model, torch.from_numpy(calib[:1]), calib, prefix="unet").graph
+            w_mid = [next(g.tensors[n.inputs[1]].data for n in g.nodes if n.outputs[0] == node.inputs[0])
+                     for g in (plain, result.graph)]
+            np.testing.assert_array_equal(*w_mid)
     if what.startswith("int16"):
         assert result.graph.tensors[node.outputs[0]].dtype == "int16"
     if what == "cluster":
@@ -362,7 +431,7 @@ def test_refusals_name_the_layer_and_the_way_out():
     from codegen.errors import UserError
 
     x = torch.zeros(1, 4, 6, 6)
-    for layer, words in ((nn.ConvTranspose2d(4, 4, 3, stride=2, groups=2), "groups=2"),
+    for layer, words in ((nn.ConvTranspose2d(4, 4, 3, stride=2, groups=2, dilation=2), "dilation=[2, 2]"),
                          (nn.ConvTranspose2d(4, 4, 3, stride=2, dilation=2), "dilation=[2, 2]"),
                          (nn.Upsample(scale_factor=2, mode="bicubic"), "upsample_bicubic2d")):
         with pytest.raises(UserError, match=re.escape(words)):

@@ -1444,6 +1444,8 @@ def _lut(fn: str, **params):
 def _conv_transpose(lw: _Lowering, n) -> str:
     """aten.conv_transpose2d.input / conv_transpose1d.default(x, w, b, stride, padding, output_padding, groups,
     dilation) -> conv_transpose2d (codegen/ops/upsample.py); 1-D as H=1."""
+    from ..ops.upsample import weight_from_torch
+
     one_d = n.target is aten.conv_transpose1d.default
     a = list(n.args) + [None] * (8 - len(n.args))
     names = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")
@@ -1461,20 +1463,20 @@ def _conv_transpose(lw: _Lowering, n) -> str:
     groups = int(groups or 1)
     if dil != (1, 1):
         raise _err(lw, n, f"dilation={list(dil)}; qgen's transposed convolution supports dilation 1")
-    if groups != 1:
-        raise _err(lw, n, f"groups={groups}; qgen's transposed convolution supports groups=1 (split the layer "
-                          "into per-group ConvTranspose layers and torch.cat their outputs)")
     h, wd, cin = lw.shape_of(xin)
-    _, cout, kh, kw = w.shape
+    _, og, kh, kw = w.shape
+    cout = og * groups
     crop = (pad[0], pad[1], pad[0] - opad[0], pad[1] - opad[1])
     oh, ow = (h - 1) * stride[0] + kh - crop[0] - crop[2], (wd - 1) * stride[1] + kw - crop[1] - crop[3]
     if max(stride) > 255 or max(crop[:2]) > 255 or max(kh, kw) > 255:
         raise _err(lw, n, f"kernel {kh}x{kw}, stride {list(stride)}, padding {list(pad)}: qgen supports up to 255")
     _check_shape(lw, n, (oh, ow, cout))
     bias = lw.param(n, b_arg)
-    wname = lw.const(f"{n.name}_w", w.transpose(1, 2, 3, 0))  # (Cout, KH, KW, Cin) as conv2d
+    wname = lw.const(f"{n.name}_w", weight_from_torch(w, groups))  # (Cout, KH, KW, Cin/groups) as conv2d
     bname = lw.const(f"{n.name}_b", bias if bias is not None else np.zeros(cout))
-    return lw.add(n, Op.CONV_TRANSPOSE2D, [xin, wname, bname], (oh, ow, cout), stride=tuple(stride), crop=crop)
+    attrs = {"groups": groups} if groups != 1 else {}
+    return lw.add(n, Op.CONV_TRANSPOSE2D, [xin, wname, bname], (oh, ow, cout), stride=tuple(stride), crop=crop,
+                  **attrs)
 
 
 def _upsample(mode: str, one_d: bool, has_align: bool):

@@ -1,10 +1,11 @@
 """conv_transpose2d, resize: ops that make an image larger (1-D as H=1), channels last.
 
-conv_transpose2d (ConvTranspose1d/2d, groups=1, dilation 1): weights (Cout, KH, KW, Cin) like conv2d,
-attrs stride (sh, sw) and crop (top, left, bottom, right) = torch's padding, less output_padding at the
-bottom/right (so bottom/right may be negative: rows that only the bias reaches). Output
+conv_transpose2d (ConvTranspose1d/2d, any groups, dilation 1): weights (Cout, KH, KW, Cin / groups) like
+conv2d, attrs groups (absent = 1), stride (sh, sw) and crop (top, left, bottom, right) = torch's padding, less
+output_padding at the bottom/right (so bottom/right may be negative: rows that only the bias reaches). Output
   out[oy, ox, o] = bias[o] + sum over ky, kx, i with oy + top = iy * sh + ky, ox + left = ix * sw + kx
-                   (iy, ix inside the input) of x[iy, ix, i] * w[o, ky, kx, i],
+                   (iy, ix inside the input) of x[iy, ix, gi * cg + i] * w[o, ky, kx, i],
+with cg = Cin / groups input channels per group, gi = o // (Cout / groups) the output channel's group,
 requantised per output channel like conv2d (acc + bias, round_shift by shift[o], clamp to act_min/act_max).
 The kernels gather: output row oy reads the taps ky = (oy + top) % sh + j * sh only, so no zero is ever
 multiplied for a stride (MACs count only the taps that land on an output pixel). The C weights are stored
@@ -42,19 +43,28 @@ def conv_transpose_shape(g, n) -> tuple[int, ...]:
     return (conv_transpose_size(h, kh, sh, top, bottom), conv_transpose_size(w, kw, sw, left, right), cout)
 
 
+def groups(n) -> int:
+    return int(n.attrs.get("groups", 1))
+
+
 def check_conv_transpose(g, n) -> None:
-    x, w = g.tensors[n.inputs[0]], g.tensors[n.inputs[1]]
-    if len(x.shape) != 3 or len(w.shape) != 4 or w.shape[3] != x.shape[2]:
-        raise VerifyError(f"{n.where()}: expects (H,W,C) input and (Cout,KH,KW,C) weight, got {x.shape}, {w.shape}")
+    x, w, gr = g.tensors[n.inputs[0]], g.tensors[n.inputs[1]], groups(n)
+    if len(x.shape) != 3 or len(w.shape) != 4 or gr < 1 or w.shape[3] * gr != x.shape[2] or w.shape[0] % gr:
+        raise VerifyError(f"{n.where()}: expects (H,W,C) input and (Cout,KH,KW,C/groups) weight with groups={gr} "
+                          f"dividing C and Cout, got {x.shape}, {w.shape}")
     (sh, sw), (top, left, _, _) = n.attrs["stride"], n.attrs["crop"]
     if min(sh, sw) < 1 or min(top, left) < 0:
         raise VerifyError(f"{n.where()}: stride {n.attrs['stride']} / crop {n.attrs['crop']} out of range")
 
 
-def conv_transpose_acc(x: np.ndarray, w: np.ndarray, stride, crop) -> np.ndarray:
-    """Transposed-convolution sums (N, OH, OW, Cout) of x (N,H,W,Cin) with w (Cout,KH,KW,Cin): the scatter form
-    (every input pixel adds x . w[:, ky, kx] at (iy*sh + ky, ix*sw + kx)), then the crop. Exact in float64
-    for integer inputs (as conv2d_acc)."""
+def conv_transpose_acc(x: np.ndarray, w: np.ndarray, stride, crop, groups: int = 1) -> np.ndarray:
+    """Transposed-convolution sums (N, OH, OW, Cout) of x (N,H,W,Cin) with w (Cout,KH,KW,Cin/groups): the scatter
+    form (every input pixel adds x . w[:, ky, kx] at (iy*sh + ky, ix*sw + kx)), then the crop; groups: output
+    group gi reads input group gi. Exact in float64 for integer inputs (as conv2d_acc)."""
+    if groups > 1:
+        cg, og = x.shape[-1] // groups, w.shape[0] // groups
+        return np.concatenate([conv_transpose_acc(x[..., gi * cg:(gi + 1) * cg], w[gi * og:(gi + 1) * og], stride,
+                                                  crop) for gi in range(groups)], axis=-1)
     n, h, wd, _ = x.shape
     cout, kh, kw, _ = w.shape
     sh, sw = stride
@@ -68,7 +78,7 @@ def conv_transpose_acc(x: np.ndarray, w: np.ndarray, stride, crop) -> np.ndarray
 
 
 def f_conv_transpose(g, n, xs):
-    acc = conv_transpose_acc(xs[0], g.tensors[n.inputs[1]].data, n.attrs["stride"], n.attrs["crop"])
+    acc = conv_transpose_acc(xs[0], g.tensors[n.inputs[1]].data, n.attrs["stride"], n.attrs["crop"], groups(n))
     return clip(acc + g.tensors[n.inputs[2]].data, *n.attrs.get("act", (None, None)))
 
 
@@ -76,7 +86,7 @@ def i_conv_transpose(g, n, xs):
     from .conv import requantize_acc
 
     return requantize_acc(g, n, conv_transpose_acc(xs[0], g.tensors[n.inputs[1]].data, n.attrs["stride"],
-                                                    n.attrs["crop"]))
+                                                    n.attrs["crop"], groups(n)))
 
 
 def quantize_conv_transpose(g, n, act) -> None:
@@ -94,11 +104,11 @@ def _taps_per_axis(size: int, out: int, kernel: int, stride: int, crop_lo: int) 
 
 def macs_conv_transpose(g, n) -> int:
     """Only the products that land on an output pixel (no zero inserted between input pixels)."""
-    h, w, cin = g.tensors[n.inputs[0]].shape
-    cout, kh, kw, _ = g.tensors[n.inputs[1]].shape
+    h, w, _ = g.tensors[n.inputs[0]].shape
+    cout, kh, kw, cg = g.tensors[n.inputs[1]].shape
     oh, ow, _ = g.tensors[n.outputs[0]].shape
     (sh, sw), (top, left, _, _) = n.attrs["stride"], n.attrs["crop"]
-    return _taps_per_axis(h, oh, kh, sh, top) * _taps_per_axis(w, ow, kw, sw, left) * cin * cout
+    return _taps_per_axis(h, oh, kh, sh, top) * _taps_per_axis(w, ow, kw, sw, left) * cg * cout
 
 
 def torch_conv_transpose(node, xs, const):
@@ -113,6 +123,14 @@ def phase_taps(kernel: int, stride: int, phase: int) -> int:
     return max(0, -(-(kernel - phase) // stride))
 
 
+def weight_from_torch(w: np.ndarray, groups: int) -> np.ndarray:
+    """PyTorch / ONNX ConvTranspose weight (Cin, Cout/groups, KH, KW) -> the IR's (Cout, KH, KW, Cin/groups):
+    output channel gi * og + o of group gi reads input channels gi * cg + i."""
+    cin, og, kh, kw = w.shape
+    cg = cin // groups
+    return w.reshape(groups, cg, og, kh, kw).transpose(0, 2, 3, 4, 1).reshape(groups * og, kh, kw, cg)
+
+
 def phase_weights(w: np.ndarray, stride) -> np.ndarray:
     """(Cout, KH, KW, Cin) -> the C kernel's order: phases (ry, rx) in row-major order, each the block
     w[:, ry::sh, rx::sw, :] (Cout, its taps, Cin), flattened (same values, another order)."""
@@ -122,10 +140,9 @@ def phase_weights(w: np.ndarray, stride) -> np.ndarray:
 
 
 def conv_transpose_scratch(g, n) -> int:
-    """qg_conv_transpose2d_s8_buffer_size: 4 int16 columns + one int8 column of the largest phase (K rounded up
-    to 4); the plain path uses the first K bytes."""
-    cin = g.tensors[n.inputs[0]].shape[2]
-    _, kh, kw, _ = g.tensors[n.inputs[1]].shape
+    """qg_conv_transpose2d_s8_buffer_size: 4 int16 columns + one int8 column of the largest phase (K = taps * one
+    group's channels, rounded up to 4); the plain path uses the first K bytes."""
+    _, kh, kw, cin = g.tensors[n.inputs[1]].shape
     sh, sw = n.attrs["stride"]
     k4 = (phase_taps(kh, sh, 0) * phase_taps(kw, sw, 0) * cin + 3) & ~3
     return 9 * k4
@@ -155,7 +172,7 @@ def _conv_transpose_fields(b, io, n) -> list[tuple[str, object]]:
     return [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
             ("k_h", kh), ("k_w", kw), ("stride_h", sh), ("stride_w", sw), ("pad_top", top), ("pad_left", left),
             ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]),
-            ("weights", weights), ("bias", bias), ("shift", shift)]
+            ("weights", weights), ("bias", bias), ("shift", shift)] + ([("groups", groups(n))] if groups(n) > 1 else [])
 
 
 def c_conv_transpose(b, index: int, n):
@@ -173,7 +190,7 @@ def c_conv_transpose_wide(b, index: int, n):
     """C, an int16 input or output: qg_conv_transpose2d_s8_to_s16 / _s16_to_s8 / _s16 (acc64 for int64 sums)."""
     io = b.io(index, n, wide=True)
     base = _conv_transpose_fields(b, io, n)
-    fields = [*base[:12], ("acc64", int(bool(n.attrs.get("acc64")))), *io.act, *base[14:]]
+    fields = [*base[:12], ("acc64", int(bool(n.attrs.get("acc64")))), *io.act, *base[14:]]  # groups last, if > 1
     return ("qg_conv2d_wide_params_t", fields,
             f"qg_conv_transpose2d_{io.suffix}(&{io.struct}, {io.ins[0]}, {io.out_expr});")
 
@@ -190,7 +207,7 @@ def py_conv_transpose(b, n, index: int):
     params = [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc), ("k_h", kh),
               ("k_w", kw), ("stride_h", sh), ("stride_w", sw), ("crop_top", top), ("crop_left", left),
               ("weights", weights), ("bias", bias), ("mul", mul), ("rnd", rnd), ("shr", shr),
-              ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+              ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]), ("groups", groups(n))]
     return "_conv_transpose2d", params, ""
 
 
@@ -425,7 +442,7 @@ SPECS = [
     OpSpec(Op.CONV_TRANSPOSE2D, "upsample", Trait.WEIGHTED | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT | Trait.STRIDED_OUT,
            conv_transpose_shape, check_conv_transpose, f_conv_transpose, i_conv_transpose, quantize_conv_transpose,
            macs_conv_transpose, torch_conv_transpose,
-           "ConvTranspose1d/2d (groups=1, dilation 1)", ("ConvTranspose",),
+           "ConvTranspose1d/2d (any groups, dilation 1)", ("ConvTranspose",),
            ("qg_conv_transpose2d_s8", "qg_conv_transpose2d_s8_to_s16", "qg_conv_transpose2d_s16_to_s8",
             "qg_conv_transpose2d_s16"),
            "transposed convolution (stride, padding, output_padding), gather form: no zero MACs, per-channel "

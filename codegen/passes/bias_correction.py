@@ -43,7 +43,7 @@ def _sums(node: Node, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     if node.op is Op.CONV_TRANSPOSE2D:
         from ..ops.upsample import conv_transpose_acc
 
-        return conv_transpose_acc(x, w, node.attrs["stride"], node.attrs["crop"])
+        return conv_transpose_acc(x, w, node.attrs["stride"], node.attrs["crop"], int(node.attrs.get("groups", 1)))
     from ..ops.conv import dilation, groups
 
     if node.op is Op.CONV2D:

@@ -13,6 +13,10 @@
  *   share their weights, so they go 4 at a time through the int16 4-column product of the standard
  *   convolution (16 MACs per weight word: one load, two unpacks, 4 LDRD, 8 SMLAD).
  *   Plain C (M0+/M3/host): one int8 column times two weight rows at a time (qg_dot_s8.h).
+ *   Groups (in_c and out_c split into `groups` equal groups, output group g reads input group g): the weights are
+ *   (out_c, k_h, k_w, in_c / groups), so a phase's block holds each group's og = out_c / groups rows one after the
+ *   other, of K = taps * cg values (cg = in_c / groups); each pixel is gathered and multiplied group by group
+ *   (channels [g * cg, (g + 1) * cg) of each tap), the dense path with in_c -> cg (groups = 1 is the dense path).
  * Scratch (qg_conv_transpose2d_s8_buffer_size): 4 int16 columns + one int8 column of the largest phase
  * (K rounded up to 4), the plain path uses the first K bytes. `in` and `out` never alias.
  *
@@ -34,30 +38,37 @@ static int32_t phase_taps(int32_t kernel, int32_t stride, int32_t phase)
     return phase < kernel ? (kernel - phase + stride - 1) / stride : 0;
 }
 
+/* groups (0, as emitted for groups = 1, means 1) */
+static int32_t n_groups(uint16_t groups)
+{
+    return groups > 1 ? (int32_t)groups : 1;
+}
+
 int32_t qg_conv_transpose2d_s8_buffer_size(const qg_conv2d_params_t *p)
 {
-    const int32_t k4 = round_up4(phase_taps(p->k_h, p->stride_h, 0) * phase_taps(p->k_w, p->stride_w, 0) * p->in_c);
+    const int32_t cg = p->in_c / n_groups(p->groups);
+    const int32_t k4 = round_up4(phase_taps(p->k_h, p->stride_h, 0) * phase_taps(p->k_w, p->stride_w, 0) * cg);
     return 9 * k4;
 }
 
-/* The int8 column of output pixel (qy, qx) of a phase with nty x ntx taps: input pixel (qy - j, qx - i)
- * for tap (j, i), zeros outside the input. */
-static void gather_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t qy, int32_t qx, int32_t nty,
-                      int32_t ntx, int8_t *restrict col)
+/* The int8 column of output pixel (qy, qx) of a phase with nty x ntx taps: the cg channels at `in` (one group's)
+ * of input pixel (qy - j, qx - i) for tap (j, i), zeros outside the input. */
+static void gather_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t cg, int32_t qy, int32_t qx,
+                      int32_t nty, int32_t ntx, int8_t *restrict col)
 {
     const int32_t in_c = p->in_c, in_h = p->in_h, in_w = p->in_w;
     int32_t j, i, c;
     for (j = 0; j < nty; j++) {
         const int32_t iy = qy - j;
-        for (i = 0; i < ntx; i++, col += in_c) {
+        for (i = 0; i < ntx; i++, col += cg) {
             const int32_t ix = qx - i;
             if (iy < 0 || iy >= in_h || ix < 0 || ix >= in_w) {
-                for (c = 0; c < in_c; c++) {
+                for (c = 0; c < cg; c++) {
                     col[c] = 0;
                 }
             } else {
                 const int8_t *src = in + (iy * in_w + ix) * in_c;
-                for (c = 0; c < in_c; c++) {
+                for (c = 0; c < cg; c++) {
                     col[c] = src[c];
                 }
             }
@@ -69,23 +80,23 @@ static void gather_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, in
 #define QG_CT_COLS QG_BLOCK_COLS
 #define QG_CT_GROUP QG_BLOCK_GROUP /* int16 values per group of 4 k's, all pixels (qg_dot_s8.h) */
 
-/* Column slot of output pixel (qy, qx) (nty x ntx taps), in_c not a multiple of 4: gathered into `stage`, then
+/* Column slot of output pixel (qy, qx) (nty x ntx taps), cg not a multiple of 4: gathered into `stage`, then
  * widened. */
-static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t qy, int32_t qx, int32_t nty,
-                     int32_t ntx, int16_t *dst, int8_t *stage)
+static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t cg, int32_t qy, int32_t qx,
+                     int32_t nty, int32_t ntx, int16_t *dst, int8_t *stage)
 {
-    gather_s8(p, in, qy, qx, nty, ntx, stage);
-    qg_widen_s16(dst, stage, nty * ntx * p->in_c);
+    gather_s8(p, in, cg, qy, qx, nty, ntx, stage);
+    qg_widen_s16(dst, stage, nty * ntx * cg);
 }
 
 /* The 4 column slots of the output pixels (qy, qx0 + c), c < n_valid (the others repeat the last one), nty x ntx
- * taps, in_c a multiple of 4: each tap is whole groups, widened straight from the input (zeros outside it). Tap by
+ * taps, the cg channels at `in` (pixel stride in_c), cg a multiple of 4: each tap is whole groups, widened straight from the input (zeros outside it). Tap by
  * tap for the 4 slots together, the input geometry in locals: a phase of a stride-2 transposed conv has 1-4 taps,
  * so the set-up per slot and per tap was a third of the work outside the dot products (convT 3x3 s2, 16 ch). */
-static void fill_block(const int8_t *restrict in, int32_t in_c, int32_t in_h, int32_t in_w, int32_t qy, int32_t qx0,
-                       int32_t n_valid, int32_t nty, int32_t ntx, int16_t *cols)
+static void fill_block(const int8_t *restrict in, int32_t in_c, int32_t cg, int32_t in_h, int32_t in_w, int32_t qy,
+                       int32_t qx0, int32_t n_valid, int32_t nty, int32_t ntx, int16_t *cols)
 {
-    const int32_t cell = (in_c >> 2) * QG_CT_GROUP, last = qx0 + n_valid - 1;
+    const int32_t cell = (cg >> 2) * QG_CT_GROUP, last = qx0 + n_valid - 1;
     int32_t j, i, c;
     for (j = 0; j < nty; j++) {
         const int32_t iy = qy - j, row_inside = iy >= 0 && iy < in_h;
@@ -94,9 +105,9 @@ static void fill_block(const int8_t *restrict in, int32_t in_c, int32_t in_h, in
             for (c = 0; c < QG_CT_COLS; c++) {
                 const int32_t qx = qx0 + c <= last ? qx0 + c : last, ix = qx - i;
                 if (!row_inside || ix < 0 || ix >= in_w) {
-                    qg_zero_s16(cols + 4 * c, in_c >> 2);
+                    qg_zero_s16(cols + 4 * c, cg >> 2);
                 } else {
-                    qg_widen_s16(cols + 4 * c, in + (row + ix) * in_c, in_c);
+                    qg_widen_s16(cols + 4 * c, in + (row + ix) * in_c, cg);
                 }
             }
         }
@@ -105,15 +116,15 @@ static void fill_block(const int8_t *restrict in, int32_t in_c, int32_t in_h, in
 
 #endif /* QG_DSP */
 
-/* Output pixels ox = ox0, ox0 + stride_w, ... < out_w of row oy, phase (nty x ntx taps, weights w). */
-static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out_row,
-                      int32_t qy, int32_t ox0, int32_t nty, int32_t ntx, const int8_t *w, int8_t *restrict scratch)
+/* Output pixels ox = ox0, ox0 + stride_w, ... < out_w of row oy, phase (nty x ntx taps, weights w), the out_c
+ * rows of one group (its channels at in, out_row, bias, shift; cg of them in). */
+static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t cg, int32_t out_c,
+                      int8_t *restrict out_row, int32_t qy, int32_t ox0, int32_t nty, int32_t ntx, const int8_t *w,
+                      const int32_t *bias, const int8_t *shift, int8_t *restrict scratch)
 {
-    const int32_t out_c = p->out_c, sw = p->stride_w, out_w = p->out_w, k = nty * ntx * p->in_c;
-    const int32_t ps = p->out_stride ? p->out_stride : out_c; /* pixel stride: wider in a concat's slice */
+    const int32_t sw = p->stride_w, out_w = p->out_w, k = nty * ntx * cg;
+    const int32_t ps = p->out_stride ? p->out_stride : p->out_c; /* pixel stride: wider in a concat's slice */
     const int32_t act_min = p->act_min, act_max = p->act_max;
-    const int32_t *bias = p->bias;
-    const int8_t *shift = p->shift;
     int32_t ox, oc;
     if (k == 0) { /* no tap reaches this phase: the bias alone */
         for (ox = ox0; ox < out_w; ox += sw) {
@@ -132,12 +143,12 @@ static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, in
             const int32_t left_px = (out_w - ox + sw - 1) / sw;
             const int32_t n_valid = left_px < QG_CT_COLS ? left_px : QG_CT_COLS;
             int32_t c;
-            if ((p->in_c & 3) == 0) { /* past the last pixel, slots repeat it: their results are computed and dropped */
-                fill_block(in, p->in_c, p->in_h, p->in_w, qy, (ox + left) / sw, n_valid, nty, ntx, cols);
+            if ((cg & 3) == 0) { /* past the last pixel, slots repeat it: their results are computed and dropped */
+                fill_block(in, p->in_c, cg, p->in_h, p->in_w, qy, (ox + left) / sw, n_valid, nty, ntx, cols);
             } else {
                 for (c = 0; c < QG_CT_COLS; c++) {
                     const int32_t oxc = ox + (c < n_valid ? c : n_valid - 1) * sw;
-                    fill_col(p, in, qy, (oxc + left) / sw, nty, ntx, cols + 4 * c, stage);
+                    fill_col(p, in, cg, qy, (oxc + left) / sw, nty, ntx, cols + 4 * c, stage);
                 }
             }
             qg_block_1x4_s8(w, k, cols, n_valid, out_c, bias, shift, act_min, act_max, out_row + ox * ps, sw * ps);
@@ -148,7 +159,7 @@ static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, in
         const int32_t left = p->pad_left;
         for (ox = ox0; ox < out_w; ox += sw) {
             int8_t *o = out_row + ox * ps;
-            gather_s8(p, in, qy, (ox + left) / sw, nty, ntx, scratch);
+            gather_s8(p, in, cg, qy, (ox + left) / sw, nty, ntx, scratch);
             qg_dot_rows_s8(scratch, w, k, out_c, bias, shift, act_min, act_max, o);
         }
     }
@@ -158,9 +169,11 @@ static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, in
 void qg_conv_transpose2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
                             int8_t *restrict scratch)
 {
-    const int32_t sh = p->stride_h, sw = p->stride_w, k_h = p->k_h, k_w = p->k_w;
-    const int32_t block = (int32_t)p->out_c * p->in_c; /* weights per tap pair, all output channels */
-    int32_t oy;
+    const int32_t sh = p->stride_h, sw = p->stride_w, k_h = p->k_h, k_w = p->k_w, groups = n_groups(p->groups);
+    const int32_t cg = p->in_c / groups, og = p->out_c / groups;
+    const int32_t block = (int32_t)p->out_c * cg; /* weights per tap pair, all output channels */
+    const int32_t ps = p->out_stride ? p->out_stride : p->out_c;
+    int32_t oy, gi;
     for (oy = 0; oy < p->out_h; oy++) {
         const int32_t ry = (oy + p->pad_top) % sh, qy = (oy + p->pad_top) / sh, nty = phase_taps(k_h, sh, ry);
         const int8_t *w;
@@ -173,8 +186,15 @@ void qg_conv_transpose2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict 
             const int32_t ntx = phase_taps(k_w, sw, rx);
             /* first ox with (ox + pad_left) % sw == rx */
             const int32_t ox0 = ((rx - p->pad_left) % sw + sw) % sw;
-            phase_row(p, in, out + oy * p->out_w * (p->out_stride ? p->out_stride : p->out_c), qy, ox0, nty, ntx, w,
-                      scratch);
+            const int32_t kg = nty * ntx * cg; /* one group's weights per output channel */
+            if (groups == 1) { /* the dense layer: its own copy of the phase row (no per-group arithmetic) */
+                phase_row(p, in, p->in_c, p->out_c, out + oy * p->out_w * ps, qy, ox0, nty, ntx, w, p->bias, p->shift,
+                          scratch);
+            }
+            for (gi = 0; groups > 1 && gi < groups; gi++) { /* group gi: input channels gi * cg.., rows gi * og.. */
+                phase_row(p, in + gi * cg, cg, og, out + oy * p->out_w * ps + gi * og, qy, ox0, nty, ntx,
+                          w + gi * og * kg, p->bias + gi * og, p->shift + gi * og, scratch);
+            }
             w += nty * ntx * block;
         }
     }
@@ -188,7 +208,8 @@ void qg_conv_transpose2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict 
     {                                                                                                        \
         const int32_t sh = p->stride_h, sw = p->stride_w, k_h = p->k_h, k_w = p->k_w, in_c = p->in_c;       \
         const int32_t in_h = p->in_h, in_w = p->in_w, out_w = p->out_w, out_c = p->out_c;                   \
-        const int32_t block = out_c * in_c;                                                                  \
+        const int32_t cg = in_c / n_groups(p->groups), og = out_c / n_groups(p->groups);                     \
+        const int32_t block = out_c * cg;                                                                    \
         int32_t oy, ox, oc, r, rx, j, i, c;                                                                  \
         for (oy = 0; oy < p->out_h; oy++) {                                                                  \
             const int32_t ry = (oy + p->pad_top) % sh, qy = (oy + p->pad_top) / sh;                          \
@@ -210,9 +231,9 @@ void qg_conv_transpose2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict 
                         ACC_T acc = qg_w32(&p->bias[oc]);                                                    \
                         for (j = j0; j < j1; j++) {                                                          \
                             for (i = i0; i < i1; i++) {                                                      \
-                                const IN_T *x = in + ((qy - j) * in_w + qx - i) * in_c;                      \
-                                const int8_t *w = w_ph + ((oc * nty + j) * ntx + i) * in_c;                  \
-                                for (c = 0; c < in_c; c++) {                                                 \
+                                const IN_T *x = in + ((qy - j) * in_w + qx - i) * in_c + oc / og * cg;       \
+                                const int8_t *w = w_ph + ((oc * nty + j) * ntx + i) * cg;                    \
+                                for (c = 0; c < cg; c++) {                                                   \
                                     acc += (ACC_T)x[c] * qg_w8(&w[c]);                                       \
                                 }                                                                            \
                             }                                                                                \

@@ -222,9 +222,11 @@ def _linear(x, y, p, s):
 
 def _conv_transpose2d(x, y, p):
     # gather form (as qg_conv_transpose2d_s8): output row oy meets the taps ky = (oy + pt) % sh, + sh, ...
-    # at input row (oy + pt - ky) // sh; the window's input pixels are listed once per output pixel
+    # at input row (oy + pt - ky) // sh; the window's input pixels are listed once per output pixel;
+    # output channel co reads the cg input channels of its group (co // og)
     (h, w, cin, oh, ow, cout, kh, kw, sh, sw, pt, pl,
-     weights, bias, mul, rnd, shr, lo, hi) = p
+     weights, bias, mul, rnd, shr, lo, hi, groups) = p
+    cg, og = cin // groups, cout // groups
     yo = 0
     for oy in range(oh):
         for ox in range(ow):
@@ -237,14 +239,16 @@ def _conv_transpose2d(x, y, p):
                     while kx < kw:
                         ix = (ox + pl - kx) // sw
                         if 0 <= ix < w:
-                            taps.append(((iy * w + ix) * cin, (ky * kw + kx) * cin))
+                            taps.append(((iy * w + ix) * cin, (ky * kw + kx) * cg))
                         kx += sw
                 ky += sh
             for co in range(cout):
                 wr = weights[co]
                 acc = bias[co]
+                c0 = (co // og) * cg
                 for xs, ws in taps:
-                    for i in range(cin):
+                    xs += c0
+                    for i in range(cg):
                         acc += x[xs + i] * wr[ws + i]
                 acc = (acc * mul[co] + rnd[co]) >> shr[co]
                 y[yo] = lo if acc < lo else (hi if acc > hi else acc)
