@@ -188,6 +188,48 @@ def test_compressed_weights_read_from_flash_bit_exact_on_atmega328p(case, tmp_pa
 
 
 @needs_avr
+def test_lstm_reads_weights_initial_state_and_tanh_table_from_flash_on_atmega328p(tmp_path):
+    """A bidirectional LSTM with biases and a constant initial state (h0, c0): its weights, biases, shifts, h0/c0 and
+    the kernel's 513-entry tanh table are QG_CONST, read with qg_w* (the table alone took 1 KB of the Uno's SRAM)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
+    from fuzzgen import build_model, calib_data, int8_inputs
+
+    spec = {"input": [6, 5], "layers": [{"op": "rnn", "kind": "lstm", "hidden": 7, "layers": 1, "bi": True,
+                                         "bias": True, "h0": True, "wexp": 0, "read": "out"}],
+            "taps": [], "seed": 3, "calib": {"n": 8, "seed": 3, "kind": "normal", "exp": 0}}
+    calib = calib_data(spec)
+    result = codegen.compile(build_model(spec), torch.from_numpy(calib[:1]), calib, prefix="lstm",
+                             out_dir=tmp_path / "model")
+    g = result.graph
+    x = int8_inputs(spec, g.tensors[g.inputs[0]].shape, result.quantize_input(calib), n_random=2)
+    expect = result.reference(x)
+    run = run_avr("atmega328p", tmp_path / "model", "lstm", x, tmp_path / "avr", expect.shape[1])
+    assert np.array_equal(run.outputs, expect)
+    assert run.memory.static_ram_bytes < result.report["arena_bytes"] + 400
+
+
+@needs_avr
+def test_int4_weights_read_from_flash_bit_exact_on_atmega2560(tmp_path):
+    """test_int4's graph (packed int4 conv: strided, padded, grouped, dilated; depthwise: odd count, multiplier 2; FC
+    rows of every tail): nibbles, biases and shifts read with qg_w8/qg_w32; the depthwise takes its own flash path
+    on AVR (qg_depthwise_conv2d_s8, which the other cores unpack into, reads weights from flash)."""
+    from test_int4 import SHAPE, int4_graph
+
+    rng = np.random.default_rng(44)
+    graph = int4_graph(rng)
+    write_atomic(render(graph, "i4", ["test"]), tmp_path / "model")
+    x = edge_inputs(rng, SHAPE, n_random=1)[-2:]
+    expect = reference_outputs(graph, run_int(graph, x))
+    run = run_avr("atmega2560", tmp_path / "model", "i4", x, tmp_path / "avr", expect.shape[1])
+    assert np.array_equal(run.outputs, expect), np.argwhere(run.outputs != expect)[:5]
+    assert re.search(r"uint8_t i4_l0_conv2d_weights\[\d+\] QG_ALIGN\(4\) QG_CONST = ",
+                     (tmp_path / "model" / "i4_weights.c").read_text())
+
+
+@needs_avr
 def test_gru_with_an_odd_gate_row_count_bit_exact_on_atmega2560(tmp_path):
     """hidden 1: 3 gate rows, the last one alone, whose int16 h x int8 weight product was made in `int`
     (overflowed on AVR: found by tests/fuzz/test_fuzz_avr.py)."""

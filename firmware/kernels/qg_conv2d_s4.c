@@ -56,7 +56,7 @@ static inline int32_t nib_hi(int32_t b)
 /* Weight i of a packed row. */
 static inline int32_t nib_at(const int8_t *row, int32_t i)
 {
-    const int32_t b = row[i >> 1];
+    const int32_t b = qg_w8(&row[i >> 1]);
     return (i & 1) ? nib_hi(b) : nib_lo(b);
 }
 
@@ -69,14 +69,14 @@ static inline void s4_dot_1x2(const int8_t *restrict x, const int8_t *restrict w
     const int32_t pairs = n >> 1;
     for (i = 0; i < pairs; i++) {
         const int32_t x0 = x[2 * i], x1 = x[2 * i + 1];
-        const int32_t b0 = w0[i], b1 = w1[i];
+        const int32_t b0 = qg_w8(&w0[i]), b1 = qg_w8(&w1[i]);
         a0 += x0 * nib_lo(b0) + x1 * nib_hi(b0);
         a1 += x0 * nib_lo(b1) + x1 * nib_hi(b1);
     }
     if (n & 1) {
         const int32_t xl = x[n - 1];
-        a0 += xl * nib_lo(w0[pairs]);
-        a1 += xl * nib_lo(w1[pairs]);
+        a0 += xl * nib_lo(qg_w8(&w0[pairs]));
+        a1 += xl * nib_lo(qg_w8(&w1[pairs]));
     }
     *acc0 = a0;
     *acc1 = a1;
@@ -177,13 +177,13 @@ static void s4_dot_rows(const int8_t *x, const int8_t *w, int32_t k, int32_t row
     }
 #endif
     for (; r + 1 < rows; r += 2, w += 2 * row_bytes) {
-        int32_t acc0 = bias[r], acc1 = bias[r + 1];
+        int32_t acc0 = qg_w32(&bias[r]), acc1 = qg_w32(&bias[r + 1]);
         s4_dot_1x2(x, w, w + row_bytes, k, &acc0, &acc1);
-        out[r] = qg_requantize_s8(acc0, shift[r], act_min, act_max);
-        out[r + 1] = qg_requantize_s8(acc1, shift[r + 1], act_min, act_max);
+        out[r] = qg_requantize_s8(acc0, qg_w8(&shift[r]), act_min, act_max);
+        out[r + 1] = qg_requantize_s8(acc1, qg_w8(&shift[r + 1]), act_min, act_max);
     }
     if (r < rows) {
-        out[r] = qg_requantize_s8(s4_dot_1x1(x, w, k, bias[r]), shift[r], act_min, act_max);
+        out[r] = qg_requantize_s8(s4_dot_1x1(x, w, k, qg_w32(&bias[r])), qg_w8(&shift[r]), act_min, act_max);
     }
 }
 #endif
@@ -620,8 +620,47 @@ int32_t qg_depthwise_conv2d_s4_buffer_size(const qg_conv2d_s4_params_t *p)
     return round_up(n, 4) + qg_depthwise_conv2d_s8_buffer_size(&p->conv);
 }
 
+#if QG_FLASH_DATA
+/* AVR: the packed weights, biases and shifts are in flash (qg_kernels.h) and qg_depthwise_conv2d_s8 reads its
+ * weights from flash too, so it cannot take them unpacked in scratch: one plain pass over the clipped windows
+ * (qg_conv2d_s8.c depthwise_generic's), each weight's nibble read with LPM. */
+static void depthwise_s4_flash(const qg_conv2d_s4_params_t *p, const int8_t *in, int8_t *out)
+{
+    const qg_conv2d_params_t *g = &p->conv;
+    const int8_t *packed = (const int8_t *)p->weights;
+    const int32_t in_c = g->in_c, mult = g->out_c / g->in_c, k_w = g->k_w, taps = g->k_h * k_w;
+    const int32_t dil_h = g->dil_h, dil_w = g->dil_w, x_step = dil_w * in_c;
+    int32_t oy, ox, c, m, ky, kx, ky0, ky1, kx0, kx1;
+    for (oy = 0; oy < g->out_h; oy++) {
+        const int32_t iy0 = oy * g->stride_h - g->pad_top;
+        qg_clip_window_dilated(iy0, g->k_h, dil_h, g->in_h, &ky0, &ky1);
+        for (ox = 0; ox < g->out_w; ox++) {
+            const int32_t ix0 = ox * g->stride_w - g->pad_left;
+            int32_t oc = 0;
+            qg_clip_window_dilated(ix0, k_w, dil_w, g->in_w, &kx0, &kx1);
+            for (c = 0; c < in_c; c++) {
+                for (m = 0; m < mult; m++, oc++) {
+                    int32_t acc_i32 = qg_w32(&g->bias[oc]);
+                    for (ky = ky0; ky < ky1; ky++) {
+                        const int8_t *x_i8 = in + ((iy0 + ky * dil_h) * g->in_w + ix0) * in_c + c;
+                        for (kx = kx0; kx < kx1; kx++) {
+                            acc_i32 += (int32_t)x_i8[kx * x_step] * nib_at(packed, oc * taps + ky * k_w + kx);
+                        }
+                    }
+                    *out++ = qg_requantize_s8(acc_i32, qg_w8(&g->shift[oc]), g->act_min, g->act_max);
+                }
+            }
+        }
+    }
+}
+#endif
+
 void qg_depthwise_conv2d_s4(const qg_conv2d_s4_params_t *p, const int8_t *in, int8_t *out, int8_t *restrict scratch)
 {
+#if QG_FLASH_DATA
+    (void)scratch;
+    depthwise_s4_flash(p, in, out);
+#else
     const int32_t n = (int32_t)p->conv.out_c * p->conv.k_h * p->conv.k_w;
     const int8_t *packed = (const int8_t *)p->weights;
     qg_conv2d_params_t unpacked = p->conv;
@@ -636,4 +675,5 @@ void qg_depthwise_conv2d_s4(const qg_conv2d_s4_params_t *p, const int8_t *in, in
     }
     unpacked.weights = scratch;
     qg_depthwise_conv2d_s8(&unpacked, in, out, scratch + round_up(n, 4));
+#endif
 }

@@ -36,8 +36,8 @@
 #endif
 
 /* recurrent.TANH_TABLE: T[k] = tanh((k * 2^7 - 2^15) * 2^-12) in Q15, k = 0..512 (tests/test_recurrent_kernels.py
- * compares this array with the Python one). */
-static const int16_t qg_tanh_table[513] = {
+ * compares this array with the Python one). QG_CONST: in flash on AVR, read with qg_w16 (qg_kernels.h). */
+static const int16_t qg_tanh_table[513] QG_CONST = {
     -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768,
     -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768,
     -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768, -32768,
@@ -89,8 +89,8 @@ static inline int32_t qg_sat16(int32_t x)
 static inline int32_t qg_tanh_q12(int32_t u)
 {
     const int32_t v = u + 32768, i = v >> 7;
-    const int32_t lo = qg_tanh_table[i];
-    return lo + qg_round_shift((qg_tanh_table[i + 1] - lo) * (v & 127), 7);
+    const int32_t lo = qg_w16(&qg_tanh_table[i]);
+    return lo + qg_round_shift((qg_w16(&qg_tanh_table[i + 1]) - lo) * (v & 127), 7);
 }
 
 /* tanh of an int16 Q11 pre-activation -> Q15 */
@@ -147,11 +147,11 @@ void qg_recurrent_state_init(const qg_recurrent_params_t *p, int16_t *state)
     const int32_t hid = p->hidden;
     int32_t j;
     for (j = 0; j < hid; j++) {
-        state[j] = p->h0[j];
+        state[j] = qg_w16(&p->h0[j]);
     }
     if (p->c0 != NULL) {
         for (j = 0; j < hid; j++) {
-            state[hid + j] = p->c0[j];
+            state[hid + j] = qg_w16(&p->c0[j]);
         }
     }
 }
@@ -336,8 +336,8 @@ static inline int32_t qg_dot_1row(const int16_t *v, const int8_t *w, int32_t k, 
         int32_t i;                                                                                             \
         for (i = 0; i < k; i++) {                                                                              \
             const int32_t vi = v[i];                                                                           \
-            a0 += vi * w[i];                                                                                   \
-            a1 += vi * w1[i];                                                                                  \
+            a0 += vi * qg_w8(&w[i]);                                                                           \
+            a1 += vi * qg_w8(&w1[i]);                                                                          \
         }                                                                                                      \
         *acc0 = a0;                                                                                            \
         *acc1 = a1;                                                                                            \
@@ -410,12 +410,12 @@ QG_DOT_2ROWS(qg_dot_2rows_s16, int16_t)
 static inline QG_RNN_INLINE void qg_gate_store(const qg_recurrent_params_t *p, int32_t r, int32_t split,
                                                int32_t ax, int32_t ah, int32_t *slot, int32_t *cand)
 {
-    const int32_t a = qg_align24(ax, p->x_shift[r]);
+    const int32_t a = qg_align24(ax, qg_w8(&p->x_shift[r]));
     if (r < split) {
-        slot[r] = qg_sat16(a + qg_align24(ah, p->h_shift[r]));
+        slot[r] = qg_sat16(a + qg_align24(ah, qg_w8(&p->h_shift[r])));
     } else {
         slot[r] = a;
-        cand[r - split] = qg_requantize_s32(ah, p->h_shift[r], -32768, 32767);
+        cand[r - split] = qg_requantize_s32(ah, qg_w8(&p->h_shift[r]), -32768, 32767);
     }
 }
 
@@ -445,7 +445,8 @@ static void qg_gate_rows(const qg_recurrent_params_t *p, const void *xv, const i
 #else
     for (r = 0; r + 1 < rows; r += 2) {
 #endif
-        int32_t ax0 = p->b_ih[r], ax1 = p->b_ih[r + 1], ah0 = p->b_hh[r], ah1 = p->b_hh[r + 1];
+        int32_t ax0 = qg_w32(&p->b_ih[r]), ax1 = qg_w32(&p->b_ih[r + 1]);
+        int32_t ah0 = qg_w32(&p->b_hh[r]), ah1 = qg_w32(&p->b_hh[r + 1]);
 #if QG_DSP
         wx = qg_dot_2rows((const int16_t *)xv, wx, in, &ax0, &ax1);
         wh = qg_dot_2rows(hv, wh, hid, &ah0, &ah1);
@@ -457,17 +458,17 @@ static void qg_gate_rows(const qg_recurrent_params_t *p, const void *xv, const i
         qg_gate_store(p, r + 1, split, ax1, ah1, slot, cand);
     }
     if (r < rows) { /* an odd row count: the last row alone */
-        int32_t ax = p->b_ih[r], ah = p->b_hh[r];
+        int32_t ax = qg_w32(&p->b_ih[r]), ah = qg_w32(&p->b_hh[r]);
 #if QG_DSP
         ax = qg_dot_1row((const int16_t *)xv, wx, in, ax);
         ah = qg_dot_1row(hv, wh, hid, ah);
 #else
         int32_t i;
         for (i = 0; i < in; i++) {
-            ax += ((const int8_t *)xv)[i] * wx[i];
+            ax += ((const int8_t *)xv)[i] * qg_w8(&wx[i]);
         }
         for (i = 0; i < hid; i++) {
-            ah += (int32_t)hv[i] * wh[i]; /* widened first: int16 * int8 overflows a 16-bit int (AVR) */
+            ah += (int32_t)hv[i] * qg_w8(&wh[i]); /* widened first: int16 * int8 overflows a 16-bit int (AVR) */
         }
 #endif
         qg_gate_store(p, r, split, ax, ah, slot, cand);
