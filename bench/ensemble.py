@@ -29,9 +29,9 @@ def _train(model, x, y, epochs: int, seed: int):
 
 
 def independent(x, y) -> list:
-    from codegen.demo import make_model
-
     import torch
+
+    from codegen.demo import make_model
 
     models = []
     for seed in range(3):
@@ -70,7 +70,7 @@ def measure(name: str, models: list, x_tr, x_te, y_te) -> list[str]:
 
     import codegen
     from codegen.bundle import bundle
-    from codegen.fuse.ensemble import ensemble
+    from codegen.fuse.ensemble_graph import ensemble
 
     example = torch.zeros(1, 1, 8, 8)
     alone = [codegen.compile(m, example, x_tr, prefix=f"m{i}") for i, m in enumerate(models)]

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from codegen import compile as qcompile  # noqa: E402
-from codegen.fuse.merge import merge  # noqa: E402
+from codegen.fuse.weight_merge import merge  # noqa: E402
 
 SEED = 0
 NOTES = """## Reading
@@ -143,7 +143,7 @@ def int8_row(model, shape, calib, test) -> tuple[float, int]:
 
 def ensemble_row(models, shape, calib, test):
     try:
-        from codegen.fuse.ensemble import ensemble
+        from codegen.fuse.ensemble_graph import ensemble
     except ImportError:  # the ensemble graph (issue 20 item 2) not in this tree
         return None
     result = ensemble(models, shape, combine="mean", calib_data=calib)

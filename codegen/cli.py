@@ -425,7 +425,7 @@ def cmd_micropython(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from .fuse.merge import load_members, load_samples, merge, save_merged
+    from .fuse.weight_merge import load_members, load_samples, merge, save_merged
 
     if not args.out.endswith((".pt2", ".pt", ".pth")):
         raise UserError(f"-o {args.out}: give merged.pt2 (a program qgen compile takes) or merged.pt (a state dict)")
@@ -467,9 +467,9 @@ def cmd_bundle(args) -> int:
 
 
 def cmd_fuse(args) -> int:
-    """`qgen fuse m1 m2 ... --combine mean|concat|vote`: an ensemble as one graph (codegen/fuse/ensemble.py)."""
+    """`qgen fuse m1 m2 ... --combine mean|concat|vote`: an ensemble as one graph (codegen/fuse/ensemble_graph.py)."""
     from . import report
-    from .fuse.ensemble import ensemble
+    from .fuse.ensemble_graph import ensemble
 
     if len(args.models) < 2:
         raise UserError(f"qgen fuse needs at least 2 models, got {len(args.models)}; compile one model with "

@@ -1,4 +1,4 @@
-"""codegen.fuse.ensemble / qgen fuse: several models as ONE graph (codegen/fuse/ensemble.py), the combine ops mean and
+"""codegen.fuse.ensemble / qgen fuse: several models as ONE graph (fuse/ensemble_graph.py), the combine ops mean and
 vote (codegen/ops/combine.py, firmware/kernels/qg_combine_s8.c) and the shared prefix (codegen/passes/cse.py, whose own
 tests are tests/passes/test_cse.py).
 
@@ -20,7 +20,7 @@ from torch import nn
 import codegen
 from codegen.errors import UserError
 from codegen.fixed import QFormat
-from codegen.fuse.ensemble import ensemble, member_graphs, merge_graphs, reschedule
+from codegen.fuse.ensemble_graph import ensemble, member_graphs, merge_graphs, reschedule
 from codegen.ir import SHAPE_RULES, Graph, Node, Op, Tensor, verify
 from codegen.ops import SPEC
 from codegen.passes import cse, plan_memory
@@ -141,7 +141,7 @@ def test_reschedule_takes_the_smallest_planned_arena(members):
 
 
 def test_member_orders_stay_few_for_many_members():
-    from codegen.fuse.ensemble import member_orders
+    from codegen.fuse.ensemble_graph import member_orders
 
     assert len(member_orders([5, 1, 9])) == 6  # every order
     orders = member_orders([5, 1, 9, 7, 3, 2])
@@ -369,7 +369,7 @@ def test_members_of_different_input_shapes_are_refused(tmp_path):
     small = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
     graphs = member_graphs([small, small], torch.zeros(1, 16))
     other = member_graphs([nn.Sequential(nn.Flatten(), nn.Linear(9, 3)).eval()], torch.zeros(1, 9))[0]
-    from codegen.fuse.ensemble import _check_members
+    from codegen.fuse.ensemble_graph import _check_members
 
     with pytest.raises(UserError, match=r"member 1 \(Sequential\) takes input \[9\] \(nf\) but member 0 takes \[16\] "
                                         r"\(nf\); the members of an ensemble share one input"):

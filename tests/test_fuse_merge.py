@@ -11,7 +11,14 @@ import torch.nn as nn
 
 from codegen.errors import UserError
 from codegen.fuse import merge
-from codegen.fuse.merge import activation_matching, align_states, perm_spec, permute_state, traced, weight_matching
+from codegen.fuse.weight_merge import (
+    activation_matching,
+    align_states,
+    perm_spec,
+    permute_state,
+    traced,
+    weight_matching,
+)
 
 
 class ResCNN(nn.Module):

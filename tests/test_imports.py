@@ -132,3 +132,24 @@ def test_verify_firmware_and_run_of_a_compiled_directory_never_import_torch(tmp_
         r = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "TORCH False" in r.stdout, (cmd, r.stdout)
+
+
+def test_fuse_functions_survive_every_import_order():
+    # importing a submodule binds it as an attribute of its package: a submodule named like the function
+    # (codegen/fuse/merge.py) made `codegen.fuse.merge` the module once anything had imported it
+    import subprocess
+    import sys
+
+    calls = ("import codegen.fuse as f; assert callable(f.merge) and callable(f.ensemble), (f.merge, f.ensemble); "
+             "assert f.merge.__name__ == 'merge' and f.ensemble.__name__ == 'ensemble'; "
+             "from codegen.fuse import merge, ensemble; assert merge is f.merge and ensemble is f.ensemble")
+    orders = {"function first": "import codegen.fuse; codegen.fuse.merge; codegen.fuse.ensemble; "
+                                "import codegen.fuse.weight_merge, codegen.fuse.ensemble_graph",
+              "submodules first": "import codegen.fuse.weight_merge, codegen.fuse.ensemble_graph; "
+                                  "from codegen.fuse.weight_merge import merge; "
+                                  "from codegen.fuse.ensemble_graph import ensemble",
+              "cli first": "import codegen.cli",
+              "package only": "import codegen.fuse, sys; assert 'codegen.fuse.weight_merge' not in sys.modules"}
+    for name, first in orders.items():
+        r = subprocess.run([sys.executable, "-c", f"{first}\n{calls}"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"{name}: {r.stderr[-2000:]}"

@@ -25,8 +25,8 @@ HEADER = (ROOT / "firmware" / "kernels" / "qg_kernels.h").read_text()
 NO_KERNEL = {Op.BATCH_NORM: "folded before quantisation", Op.RESHAPE: "the planner aliases its buffers"}
 # ops no front end produces: a pass inserts them (tests/passes/test_<pass>.py emits and runs them)
 PASS_MADE = {Op.HISTORY: "passes/stream.py (--stream) inserts it before a causal convolution over time",
-             Op.MEAN: "codegen/fuse/ensemble.py combines an ensemble's members with it (tests/test_fuse_ensemble.py)",
-             Op.VOTE: "codegen/fuse/ensemble.py combines an ensemble's members with it (tests/test_fuse_ensemble.py)"}
+             Op.MEAN: "fuse/ensemble_graph.py combines an ensemble's members with it (tests/test_fuse_ensemble.py)",
+             Op.VOTE: "fuse/ensemble_graph.py combines an ensemble's members with it (tests/test_fuse_ensemble.py)"}
 
 
 class AllOps(nn.Module):

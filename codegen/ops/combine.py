@@ -1,6 +1,6 @@
 """mean, vote: n activations of one shape combined into one (an ensemble's member outputs, codegen/fuse).
 
-No front end produces them: codegen/fuse/ensemble.py inserts them after the members of an ensemble graph.
+No front end produces them: codegen/fuse/ensemble_graph.py inserts them after the members of an ensemble graph.
 Both read their inputs as flat vectors (a member's class logits); each input keeps its own Q format.
 
 Alignment (both ops). The inputs x_i (frac f_i) are brought to one common frac

@@ -4,7 +4,7 @@ earlier node's outputs.
 Identical means: the same op, the same attributes, the same activation inputs (by name, after earlier merges)
 and constants of equal shape, type, format and bytes (weights are compared by value, whatever their names),
 and outputs of the same shape, type and Q format. Then both nodes compute the same values for every input,
-so the merge changes no value anywhere. An ensemble (codegen/fuse/ensemble.py) runs it on the merged float
+so the merge changes no value anywhere. An ensemble (codegen/fuse/ensemble_graph.py) runs it on the merged float
 graph of its members: members that share their leading layers (fine-tuned from one backbone, frozen features)
 compute them once, and the chain stops at the first layer whose weights differ.
 

@@ -25,8 +25,6 @@ QAT, pruning, codegen.compile, verify.
 from __future__ import annotations
 
 import copy
-import sys
-import types
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -1061,13 +1059,3 @@ def load_samples(path: str, what: str) -> tuple[np.ndarray, np.ndarray | None]:
             raise UserError(f"{what} '{path}' has arrays {', '.join(data.files)}; give x (samples) and y (labels)")
         return data["x"], (data["y"] if "y" in data.files else None)
 
-
-class _CallableModule(types.ModuleType):
-    """`codegen.fuse.merge(...)` calls merge() even after `import codegen.fuse.merge` has made the package's
-    `merge` attribute this module (Python sets a package's attribute to its submodule on import)."""
-
-    def __call__(self, *args, **kwargs):
-        return merge(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -24,8 +24,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-import sys
-import types
 from typing import Any
 
 import numpy as np
@@ -299,13 +297,3 @@ def bundle_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
                      f"{r['member_layers']} -> {r['ensemble_layers']} |")
     return "\n".join(lines) + "\n"
 
-
-class _CallableModule(types.ModuleType):
-    """`codegen.fuse.ensemble(...)` calls the function even where this submodule was imported first (importing
-    codegen.fuse.ensemble binds the module, not the function, to that name of the package)."""
-
-    def __call__(self, *args: Any, **kwargs: Any):
-        return ensemble(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
