@@ -55,6 +55,11 @@ def test_qgen_flash_prints_avrdude_and_the_serial_monitor(tmp_path, capsys):
     assert "--port is for AVR boards" in capsys.readouterr().err
 
 
+def test_a_qemu_command_on_an_avr_board_points_to_the_image(tmp_path, capsys):
+    assert qgen_main(["firmware", str(tmp_path), "--board", "atmega328p"]) == 1
+    assert "`qgen firmware MODEL --board atmega328p --image` writes its flashable .hex" in capsys.readouterr().err
+
+
 def test_flash_run_without_avrdude_names_the_debian_package(tmp_path, monkeypatch, capsys):
     directory = fake_image(tmp_path / "img", "atmega328p")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))

@@ -98,6 +98,7 @@ def load_board(name: str) -> Board:
     if data.get("arch", "arm") != "arm":
         raise UserError(f"board '{name}' is an 8-bit {data['arch'].upper()} board: it runs under simavr with "
                         f"`qgen run MODEL --board {name}` (Python: codegen.target.avr.run_avr), not under QEMU; "
+                        f"`qgen firmware MODEL --board {name} --image` writes its flashable .hex; "
                         f"the Cortex-M boards are: {', '.join(list_boards())}")
     return parse_board(data, source=str(path))
 
