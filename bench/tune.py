@@ -235,7 +235,7 @@ def markdown(doc: dict) -> str:
     if meta:
         how = "QEMU latency as an objective, one search per board" if meta["qemu"] else \
             "MACs as the 4th objective (one search per task for both boards; front points counted under QEMU per board)"
-        lines += [f"Fronts: {meta['trials']} trials per search (the first {N_PRESETS}: the default compile and "
+        lines += [f"Fronts: trial counts per search below (the first {N_PRESETS}: the default compile and "
                   f"qgen's standard techniques, `tuning.preset_params`), {meta['workers']} Dask workers, {how}. "
                   f"{meta['note']}",
                   ""]
