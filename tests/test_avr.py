@@ -97,6 +97,22 @@ def test_digits_cnn_bit_exact_on_atmega2560_and_atmega328p(digits, tmp_path):
     assert uno.memory.static_ram_bytes < arena + 200 and uno.ram_peak_bytes <= 2048
 
 
+def test_a_compressed_layer_falling_back_to_dense_copies_its_parameters_once(digits):
+    """A layer asked for sparse storage whose encoding would not be smaller is emitted by the dense path (a nested
+    layer()); its call must read the struct through <PREFIX>_PARAMS once: twice would memcpy_P the RAM copy as if it
+    were flash on AVR."""
+    from codegen.api import load_compiled
+
+    graph = load_compiled(digits[0]).graph
+    conv = next(n for n in graph.nodes if n.op.value == "conv2d")
+    w = graph.tensors[conv.inputs[1]]
+    w.data = np.where(w.data == 0, 1, w.data).astype(w.data.dtype)  # no zeros: sparse is not smaller
+    conv.attrs["weight_format"] = "sparse"
+    calls = [line for line in render(graph, "fb", ["test"])["fb_model.c"].splitlines() if "FB_PARAMS(&" in line]
+    assert calls[0].strip().startswith("qg_conv2d_s8(FB_PARAMS(&fb_l0_conv2d), ")
+    assert not [line for line in calls if "FB_PARAMS(FB_PARAMS(" in line]
+
+
 @needs_avr
 def test_the_digits_demo_model_runs_on_the_atmega328p(tmp_path):
     """The issue's target: `qgen demo`'s digits CNN (80,896 MACs, 1,680 B arena) on an Uno's 2 KB of SRAM. Its

@@ -259,7 +259,7 @@ class _Builder:
         for array in self.model.arrays[n_arrays:]:
             array.flash = chosen in FLASH_READERS
         if struct_type:  # the struct is QG_CONST: every use goes through model.c's RAM copy
-            by_address = re.compile(rf"&{struct_name}\b")
+            by_address = re.compile(rf"(?<!_PARAMS\()&{struct_name}\b")  # once: a dense fallback's call is wrapped
             wrap = f"{self.model.PREFIX}_PARAMS(&{struct_name})"
             call = by_address.sub(wrap, call) if call else call
             self.model.reset_calls[n_resets:] = [by_address.sub(wrap, c) for c in self.model.reset_calls[n_resets:]]
