@@ -1015,7 +1015,8 @@ def _conv_transpose(imp: _Importer, node) -> _Act:
     out_pad = [int(v) for v in imp.attr(node, "output_padding") or [0] * n_sp]
     dil, group = [int(d) for d in imp.attr(node, "dilations") or []], int(imp.attr(node, "group", 1))
     if any(d != 1 for d in dil):
-        raise imp.err(node, f"dilations={dil}; qgen's transposed convolution supports dilation 1")
+        raise imp.err(node, f"dilations={dil}; qgen's transposed convolution supports dilation 1 (the same layer: "
+                            "dilation 1 and a (k-1)*dilation+1 kernel with zeros between the trained taps)")
     if group < 1 or w.shape[0] % group or imp.shape_of(x.name)[-1] != w.shape[0]:
         raise imp.err(node, f"group={group} with a ({', '.join(map(str, w.shape))}) weight; group must divide the "
                             "input channels (the weight's first axis)")

@@ -1462,7 +1462,8 @@ def _conv_transpose(lw: _Lowering, n) -> str:
         stride, pad, opad, dil = (1, stride[1]), (0, pad[1]), (0, opad[1]), (1, dil[1])
     groups = int(groups or 1)
     if dil != (1, 1):
-        raise _err(lw, n, f"dilation={list(dil)}; qgen's transposed convolution supports dilation 1")
+        raise _err(lw, n, f"dilation={list(dil)}; qgen's transposed convolution supports dilation 1 (the same "
+                          "layer: dilation=1 and a (k-1)*dilation+1 kernel with zeros between the trained taps)")
     h, wd, cin = lw.shape_of(xin)
     _, og, kh, kw = w.shape
     cout = og * groups

@@ -258,8 +258,9 @@ def specs(draw, lim: Limits = QUICK) -> dict:
                 s = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
                 p = [draw(st.integers(0, (k[i] - 1) // 2)) for i in range(2)]
                 op_ = [draw(st.integers(0, s[i] - 1)) for i in range(2)]
-                layer = {"op": "convt", "out": draw(st.integers(1, lim.max_ch)), "k": k, "stride": s, "pad": p,
-                         "opad": op_, **draw(_weights())}
+                gr = draw(st.sampled_from([d for d in (1, 1, 1, 2, 3, shape[0]) if shape[0] % d == 0]))
+                layer = {"op": "convt", "out": gr * draw(st.integers(1, max(1, lim.max_ch // gr))), "k": k,
+                         "stride": s, "pad": p, "opad": op_, **draw(_weights()), **({"groups": gr} if gr > 1 else {})}
                 new = layer_shape(layer, shape)
                 if min(new[1:]) < 1 or new[1] * new[2] > 4 * lim.max_hw * lim.max_hw:
                     continue
@@ -633,7 +634,8 @@ def _module(layer: dict, shape: tuple[int, ...], rng: np.random.Generator) -> nn
         return m
     if op == "convt":
         m = nn.ConvTranspose2d(shape[0], layer["out"], tuple(layer["k"]), tuple(layer["stride"]),
-                               tuple(layer["pad"]), tuple(layer["opad"]), bias=layer["bias"])
+                               tuple(layer["pad"]), tuple(layer["opad"]), bias=layer["bias"],
+                               groups=layer.get("groups", 1))
         _set_weights(m, layer, rng)
         return m
     if op == "up":
