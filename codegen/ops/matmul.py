@@ -149,7 +149,12 @@ def slice_alias(g, n) -> int | None:
     axis = n.attrs["axis"]
     if any(d != 1 for d in x.shape[:axis]) or x.qformat is None:
         return None
-    if n.inputs[0] in g.inputs or n.inputs[0] in g.outputs or n.outputs[0] in g.outputs:
+    root = n.inputs[0]  # the tensor whose bytes it would lie in: through reshapes and aliased slices
+    producers = {o: m for m in g.nodes for o in m.outputs}
+    while root in producers and (producers[root].op is Op.RESHAPE or (
+            producers[root].op is Op.SLICE and slice_alias(g, producers[root]) is not None)):
+        root = producers[root].inputs[0]
+    if {n.inputs[0], root} & set(g.inputs + g.outputs) or n.outputs[0] in g.outputs:
         return None
     from ..passes.concat_in_place import in_place_offsets
 

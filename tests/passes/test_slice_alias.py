@@ -96,3 +96,31 @@ def test_aliased_slices_lower_the_arena():
     finally:
         plan_memory.slice_offsets = saved
     assert g.arena_size < plan_memory._arena_end(copying)
+
+
+class InputSplit(nn.Module):
+    """Ranges of the flattened model input (a reshape of the caller's buffer): never aliased, copied, so no
+    target needs a view at an offset inside the caller's input (the pure MicroPython module reads it whole)."""
+
+    def __init__(self):
+        super().__init__()
+        self.h1, self.h2 = nn.Linear(8, 3), nn.Linear(6, 3)
+
+    def forward(self, x):
+        rows = x.view(1, 4, 4)  # a reshape of the caller's buffer; rows of it are contiguous runs
+        return self.h1(rows[:, 0:2].flatten(1)) + self.h2(rows[:, 2:4].flatten(1)[:, :6])
+
+
+def test_slices_of_a_reshaped_model_input_are_copied(tmp_path):
+    r, calib = _compile(InputSplit(), (1, 16))
+    g = r.graph
+    slices = [n for n in g.nodes if n.op is Op.SLICE]
+    assert len(slices) == 3, g  # two row ranges of the input, one range of a copied (arena) row range
+    assert all(g.memory[n.outputs[0]][0] == "arena" for n in slices), g.memory  # never inside the input
+    assert sum(slice_alias(g, n) is None for n in slices) == 2, g
+    from codegen.emit.micropython import render_micropython
+
+    src = render_micropython(g, "inp", ["test"])["inp.py"]
+    assert src.count("_slice(") >= 2  # the pure module copies them out of its input
+    check = r.verify(calib[:4])
+    assert check.exact, str(check)
