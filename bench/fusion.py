@@ -3,6 +3,7 @@
 
     python bench/fusion.py            # trains everything (CPU, seeded, ~ a few minutes), writes bench/FUSION.md
     python bench/fusion.py --quick    # fewer epochs: a smoke run (numbers not for the table)
+    python bench/fusion.py --width-sweep   # only the width sweep (~1-2 min): replaces its section of FUSION.md
 
 For each task, two MCU-sized architectures: an MLP (no BatchNorm: REPAIR rescales its hidden layers) and a
 small CNN with BatchNorm (statistics re-estimated). For each:
@@ -46,9 +47,9 @@ NOTES = """## Reading
   for the MLPs) matters most for the BatchNorm CNNs.
 - For these MCU-sized (narrow: 16-128 units per layer) networks the aligned merge of 3 independent models with
   uniform coefficients stays 2-37 points below the best member. Permutation alignment is known to close the gap
-  only for wide networks (Ainsworth et al. 2023; Jordan et al. 2023), and 3-way merges are harder than 2-way
-  (mnist1d CNN, 2 of the 3 members, measured apart: 82 %). One epoch of training after the merge recovers much
-  of the rest (a short fine-tune, not a pure merge).
+  only for wide networks (Ainsworth et al. 2023; Jordan et al. 2023; the width sweep below measures it on digits),
+  and 3-way merges are harder than 2-way (mnist1d CNN, 2 of the 3 members, measured apart: 82 %). One epoch of
+  training after the merge recovers much of the rest (a short fine-tune, not a pure merge).
 - Coefficients searched on the validation split: on the digits CNN the search finds a real merge (three non-zero
   coefficients) 5 test samples (1.0 point) below the best member, just outside the target; elsewhere it puts
   (nearly) all weight on one member (a coefficient >= 0.9): it selects rather than merges, and the targets
@@ -213,6 +214,89 @@ def run_arch(name, factory, data, shape, batch, epochs, log):
     return rows, n_ind, best_ind, best_ft
 
 
+SWEEP_BEGIN, SWEEP_END = "<!-- width-sweep: begin -->", "<!-- width-sweep: end -->"
+
+
+def digits_mlp_wide(width: int):
+    return lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                                 nn.Linear(width, 10))
+
+
+def digits_cnn_wide(k: int):
+    return lambda: nn.Sequential(nn.Conv2d(1, 16 * k, 3, padding=1), nn.BatchNorm2d(16 * k), nn.ReLU(),
+                                 nn.Conv2d(16 * k, 32 * k, 3, padding=1, stride=2), nn.BatchNorm2d(32 * k), nn.ReLU(),
+                                 nn.Flatten(), nn.Linear(32 * k * 16, 10))
+
+
+SWEEP = [("MLP 64-W-W-10", f"W = {w}", digits_mlp_wide(w)) for w in (64, 256, 512)] + \
+        [("CNN+BN (16k)-(32k)-10", f"k = {k} ({16 * k}/{32 * k} ch)", digits_cnn_wide(k)) for k in (1, 4)]
+
+
+def width_sweep(quick: bool, log) -> str:
+    """Aligned merges of 3 independent digits models as the hidden width grows (Git Re-Basin / REPAIR report the
+    gap closing only for wide networks): best member, naive average, aligned + re-estimation (activation matching
+    and weight matching, then BatchNorm re-estimation / REPAIR), float and int8, weight flash of one model."""
+    (xtr, ytr), (xva, yva), test = digits()
+    calib = xtr[:256]
+    start = time.perf_counter()
+    rows, verdicts = [], []
+    for arch, width, factory in SWEEP:
+        t0 = time.perf_counter()
+        members = []
+        for seed in range(3):
+            torch.manual_seed(100 + seed)
+            members.append(train(factory(), xtr, ytr, 4 if quick else 30, 3e-3, 64, seed))
+        floats = [accuracy(float_logits(m, test[0]), test[1]) for m in members]
+        best = int(np.argmax(floats))
+        cands = [("best member", members[best]),
+                 ("naive average", merge(members, repair=False)),
+                 ("aligned (activations) + re-estimation", merge(members, align="activations", calib_data=xtr)),
+                 ("aligned (weights) + re-estimation", merge(members, align="weights", calib_data=xtr))]
+        got = []
+        for label, model in cands:
+            acc = accuracy(float_logits(model, test[0]), test[1])
+            acc8, flash = int8_row(model, (1, 1, 8, 8), calib, test)
+            got.append((label, acc, acc8, flash))
+            rows.append(f"| {arch} | {width} | {label} | {acc:.2f} | {acc8:.2f} | "
+                        f"{acc - floats[best]:+.2f} | {flash:,} |")
+        verdicts.append((arch, width, got[2][1] - floats[best], got[3][1] - floats[best],
+                         got[2][2] - got[0][2], got[3][2] - got[0][2], got[0][3]))
+        log(f"  {arch} {width}: members {', '.join(f'{a:.2f}' for a in floats)}; "
+            + "; ".join(f"{g[0]} {g[1]:.2f}/{g[2]:.2f}" for g in got) + f" ({time.perf_counter() - t0:.0f} s)")
+    def met(i: int) -> str:
+        ok = [f"{a} {w}" for a, w, *gaps, _ in verdicts if gaps[i] >= -1.0]
+        return ", ".join(ok) if ok else "none"
+
+    lines = [SWEEP_BEGIN, "## Width sweep: does a wider network close the gap? (digits)", "",
+             f"Generated by `python bench/fusion.py --width-sweep`{' --quick (smoke run)' if quick else ''} in "
+             f"{time.perf_counter() - start:.0f} s. 3 models per width trained independently (seeds 0-2, 30 epochs, "
+             "as above); merged with uniform coefficients; re-estimation = BatchNorm statistics (CNN) / REPAIR "
+             "(MLP) on the 1000 training samples. Flash = one model's weights and tables (int8; the M4 512 KB "
+             "flash class holds ~300 KB of model). Members' accuracies in the log; 'vs best' = float, merged "
+             "minus the best member (target: >= -1).", "",
+             "| model | width | option | float % | int8 % | vs best (float) | flash B |",
+             "|---|---|---|---:|---:|---:|---:|", *rows, "",
+             "| model | width | one model's flash | aligned (activations) vs best: float / int8 | "
+             "aligned (weights) vs best: float / int8 |", "|---|---|---:|---:|---:|",
+             *[f"| {a} | {w} | {flash / 1024:.0f} KB | {fa:+.2f} / {ia:+.2f} | {fw:+.2f} / {iw:+.2f} |"
+               for a, w, fa, fw, ia, iw, flash in verdicts], "",
+             f"Within 1 point of the best member (float): aligned by activations (`align=True` with calib data): "
+             f"{met(0)}; aligned by weights (`align='weights'`): {met(1)}. The test split has 497 samples (1 sample "
+             "= 0.2 point) and each width is one draw of 3 seeds; the best member is the best on the test split.",
+             SWEEP_END]
+    return "\n".join(lines)
+
+
+def splice_sweep(text: str, sweep: str | None) -> str:
+    """Put the sweep section (or the one already in the file) at the end of the report."""
+    if sweep is None:
+        return text
+    if SWEEP_BEGIN in text:
+        head, rest = text.split(SWEEP_BEGIN, 1)
+        return head + sweep + rest.split(SWEEP_END, 1)[1]
+    return text.rstrip("\n") + "\n\n" + sweep + "\n"
+
+
 def markdown(results, quick: bool, seconds: float) -> str:
     lines = ["# Model fusion: one model from several (bench/fusion.py)", "",
              "Generated by `python bench/fusion.py`" + (" --quick (smoke run: NOT the table's numbers)" if quick
@@ -266,8 +350,19 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "bench" / "FUSION.md"))
     parser.add_argument("--tasks", default="digits,mnist1d")
+    parser.add_argument("--width-sweep", action="store_true", help="run only the width sweep and replace its section "
+                        "of --out (the rest of the file is kept)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # small models: threads cost more than they give on shared cores
+    out = Path(args.out)
+    old = out.read_text() if out.exists() else ""
+    if args.width_sweep:
+        sweep = width_sweep(args.quick, print)
+        out.write_text(splice_sweep(old, sweep))
+        print(sweep)
+        return 0
+    old_sweep = (SWEEP_BEGIN + old.split(SWEEP_BEGIN, 1)[1].split(SWEEP_END, 1)[0] + SWEEP_END
+                 if SWEEP_BEGIN in old else None)
     start = time.perf_counter()
     results = []
     for task in args.tasks.split(","):
@@ -278,8 +373,8 @@ def main() -> int:
             print(f"{task} / {arch}", flush=True)
             rows, n_ind, best_ind, best_ft = run_arch(arch, factory, data, shape, batch, epochs, print)
             results.append((task, arch, rows, n_ind, best_ind, best_ft))
-    text = markdown(results, args.quick, time.perf_counter() - start)
-    Path(args.out).write_text(text)
+    text = splice_sweep(markdown(results, args.quick, time.perf_counter() - start), old_sweep)
+    out.write_text(text)
     print(text)
     return 0
 
