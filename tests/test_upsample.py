@@ -403,11 +403,13 @@ def test_unet_through_the_optional_passes(what, tmp_path):
     grouped = what.startswith("grouped_")
     what = what.removeprefix("grouped_")
     model = TinyUNet("bilinear" if what == "int16_resize" else "convt_g2" if grouped else "convt").eval()
-    up = "mid" if what == "int16_resize" else "up"  # the layer whose output becomes int16
+    # the layers whose output becomes int16; for the resize also its 1x1 conv, which commute_resize runs first
+    up = ("mid", "up.1") if what == "int16_resize" else ("up",)
     calib = (torch.rand(32, 2, 8, 8) * 2 - 1).numpy()
     kw = {"equalize": {"equalize": True}, "bias_correction": {"bias_correction": True},
           "cluster": {"options": CompileOptions(compress=CompressOptions(cluster=4))},
-          "int16_resize": {"precision": {up: 16}}, "int16_convt": {"precision": {up: 16}}}[what]
+          "int16_resize": {"precision": dict.fromkeys(up, 16)},
+          "int16_convt": {"precision": dict.fromkeys(up, 16)}}[what]
     result = codegen.compile(model, torch.from_numpy(calib[:1]), calib, prefix="unet", **kw)
     node = next(n for n in result.graph.nodes if n.op in (Op.CONV_TRANSPOSE2D, Op.RESIZE))
     if grouped:
