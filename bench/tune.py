@@ -250,8 +250,8 @@ def markdown(doc: dict) -> str:
             caps = f", limits {lim['max_flash'] >> 10} KB flash / {lim['max_ram'] >> 10} KB RAM" \
                 if lim.get("max_flash") else ""
             lines += ["", f"### {task} on {bname} ({lim['board']}{caps})", "",
-                      f"{s['trials']} finished trials, {s['seconds'] / 60:.1f} min wall. Front (accuracy, weight "
-                      "flash, latency; feasible points only):", "",
+                      f"{s['trials']} finished trials, {s['seconds'] / 60:.1f} min wall. Front of accuracy vs weight "
+                      "flash among the points that fit the board, each counted under QEMU on its core:", "",
                       "| trial | accuracy | weight flash (B) | arena (B) | instr./inference | ms | options |",
                       "|---:|---:|---:|---:|---:|---:|---|"]
             for p in b["front"]:
