@@ -293,7 +293,7 @@ def markdown(doc: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scaling", action="store_true", help="only the 1- vs 2-worker wall time")
-    ap.add_argument("--scaling-trials", type=int, default=12)
+    ap.add_argument("--scaling-trials", type=int, default=48)  # 12: the cluster start-up dominates
     ap.add_argument("--trials", type=int, default=60)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--qemu", action="store_true", help="QEMU latency as an objective, one search per board")
