@@ -459,7 +459,14 @@ static QG_ALWAYS_INLINE void dw_pixel(const int8_t *x0, const int8_t *w0, int32_
     }
 }
 
-#if QG_DSP && !QG_MVE
+/* The depthwise DSP path is inline asm with 9+ register operands: GCC cannot allocate them unoptimised (at -O0 it
+ * loops or reports impossible constraints), so -O0 builds take the plain C path (same results). */
+#if QG_DSP && !QG_MVE && defined(__OPTIMIZE__)
+#define QG_DW_ASM 1
+#else
+#define QG_DW_ASM 0
+#endif
+#if QG_DW_ASM
 /* Scratch words per group of 4 channels before its taps: the 4 biases, then the 4 shifts - 1 as int8. */
 #define QG_DW_HEAD 5
 
@@ -777,7 +784,7 @@ void qg_depthwise_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_
         depthwise_generic(p, in, out);
         return;
     }
-#if QG_DSP && !QG_MVE
+#if QG_DW_ASM
     if (depthwise_dsp(p, in, out, (qg_word_t *)(void *)scratch, kind)) { /* scratch: 4-byte aligned */
         return;
     }

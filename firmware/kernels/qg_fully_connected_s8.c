@@ -16,7 +16,7 @@ int32_t qg_fully_connected_s8_buffer_size(const qg_fully_connected_params_t *p)
     return 0;
 }
 
-#if QG_DSP && !QG_MVE
+#if QG_DSP && !QG_MVE && defined(__OPTIMIZE__) /* inline asm: GCC cannot allocate its operands at -O0 */
 /* Rows [0, rows4) (a multiple of 4) of w (k values each) against x: requantised into out. */
 static void fc_rows4_dsp(const int8_t *x, const int8_t *w, int32_t k, int32_t rows4, const int32_t *bias,
                          const int8_t *shift, int32_t act_min, int32_t act_max, int8_t *out)
@@ -75,7 +75,7 @@ void qg_fully_connected_s8(const qg_fully_connected_params_t *p, const int8_t *r
 {
     int32_t rows4 = 0;
     (void)scratch;
-#if QG_DSP && !QG_MVE
+#if QG_DSP && !QG_MVE && defined(__OPTIMIZE__) /* inline asm: GCC cannot allocate its operands at -O0 */
     rows4 = p->out_features & ~3;
     fc_rows4_dsp(in, p->weights, p->in_features, rows4, p->bias, p->shift, p->act_min, p->act_max, out);
 #endif
