@@ -105,10 +105,11 @@ FLAG_FIELDS = {
     "prune": "compress.prune", "prune_scope": "compress.prune_scope", "importance": "compress.importance",
     "channels": "compress.channels", "rank": ("compress.rank", "compress.rank_energy"),
     "cluster": "compress.cluster", "finetune_epochs": "compress.finetune_epochs",
+    "prune_steps": "compress.prune_steps",
 }
 FLAG_INPUTS = {"model", "input_shape", "calib", "out", "verify", "split_at", "boards", "eval", "eval_labels",
                "train", "labels", "cmake", "arduino", "quiet"}
-API_ONLY_FIELDS = {"limits.board", "compress.prune_layers", "compress.channel_criterion", "compress.prune_steps",
+API_ONLY_FIELDS = {"limits.board", "compress.prune_layers", "compress.channel_criterion",
                    "compress.lr", "compress.batch", "compress.seed"}
 
 
@@ -120,7 +121,13 @@ def compile_options(args):
 
     compressed = compress.parse_cli(prune=args.prune, channels=args.channels, rank=args.rank, cluster=args.cluster,
                                     prune_scope=args.prune_scope, importance=args.importance,
-                                    finetune_epochs=args.finetune_epochs)
+                                    finetune_epochs=args.finetune_epochs, prune_steps=args.prune_steps)
+    if args.prune_steps != 1 and args.prune is None:
+        raise UserError(f"--prune-steps {args.prune_steps} is gradual unstructured pruning; give --prune (e.g. "
+                        f"--prune 0.8 --prune-steps {args.prune_steps} --finetune-epochs 5)")
+    if args.prune_steps != 1 and not args.finetune_epochs:
+        raise UserError(f"--prune-steps {args.prune_steps} prunes in {args.prune_steps} rounds of prune + "
+                        "fine-tune; give --finetune-epochs N (and --train/--labels), or drop --prune-steps")
     max_flash, max_ram = _split_limits(args)
     return CompileOptions(
         quant=QuantOptions(calibration=args.calibration, percentile=args.percentile,
@@ -534,6 +541,8 @@ def add_compress_args(cmd) -> None:
     g = cmd.add_argument_group("compression (stored compactly in the generated C)")
     g.add_argument("--prune", type=float, help="unstructured sparsity, e.g. 0.8 (zero weights are not stored)")
     g.add_argument("--prune-scope", default="layer", choices=["layer", "global"])
+    g.add_argument("--prune-steps", type=int, default=1, metavar="N",
+                   help="gradual pruning: reach --prune in N rounds of prune + fine-tune (needs --finetune-epochs)")
     g.add_argument("--importance", default="magnitude", choices=["magnitude", "gradient"])
     g.add_argument("--channels", type=float, help="fraction of output channels to remove, e.g. 0.5")
     g.add_argument("--rank", help="low-rank factorisation: energy:0.95 or an explicit rank")

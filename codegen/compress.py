@@ -75,7 +75,8 @@ def validate(opts: CompressOptions) -> None:
     if opts.cluster is not None:
         cluster.check_bits(opts.cluster)
     if not isinstance(opts.prune_steps, int) or opts.prune_steps < 1:
-        raise UserError(f"prune_steps must be >= 1, got {opts.prune_steps!r}")
+        raise UserError(f"gradual pruning steps (--prune-steps / prune_steps) must be an integer >= 1, got "
+                        f"{opts.prune_steps!r}")
     if opts.finetune_epochs < 0:
         raise UserError(f"fine-tuning epochs must be >= 0, got {opts.finetune_epochs}")
 

@@ -83,3 +83,22 @@ def test_gradient_importance_and_compile_with_all_techniques():
     assert len(compress.summary_lines(result.graph)) == 2 + len(compress.summary(result.graph))
     check = result.verify(x[:32])
     assert check.exact, str(check)
+
+
+def test_prune_steps_flag_and_its_errors(capsys):
+    from codegen import cli
+
+    parse = lambda *a: cli.compile_options(cli.build_parser().parse_args(["compile", "m.pt2", *a]))  # noqa: E731
+    o = parse("--prune", "0.8", "--prune-steps", "2", "--finetune-epochs", "1").compress
+    assert o.prune_steps == 2
+    names = [name for name, _ in compress.passes(o, train=_task(8))]
+    assert names == ["prune_magnitude_1", "finetune_sparse_1", "prune_magnitude_2", "finetune_sparse_2"]
+    assert parse("--prune", "0.8").compress.prune_steps == 1
+    for args, match in [(("--prune", "0.8", "--prune-steps", "0", "--finetune-epochs", "1"),
+                         "--prune-steps / prune_steps\\) must be an integer >= 1, got 0"),
+                        (("--prune-steps", "2", "--finetune-epochs", "1"), "--prune-steps 2 is gradual .*give --prune"),
+                        (("--prune", "0.8", "--prune-steps", "3"), "give --finetune-epochs N")]:
+        with pytest.raises(UserError, match=match):
+            parse(*args)
+        assert cli.main(["compile", "missing.pt2", *args]) == 1
+        assert "Traceback" not in capsys.readouterr().err
