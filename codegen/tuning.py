@@ -89,6 +89,8 @@ def suggest(trial, spec: TuneSpec) -> dict:
         trial.suggest_categorical("prune_scope", ("layer", "global"))
         if spec.train is not None:
             trial.suggest_categorical("importance", ("magnitude", "gradient"))
+            if spec.finetune_max > 0:  # gradual pruning (--prune-steps): rounds of prune + fine-tune
+                trial.suggest_int("prune_steps", 1, 3)
     if trial.suggest_categorical("channels_on", (False, True)):
         compressed = True
         trial.suggest_float("channels", 0.1, 0.6, step=0.05)
@@ -115,19 +117,24 @@ def suggest(trial, spec: TuneSpec) -> dict:
 
 def preset_params(spec: TuneSpec) -> list[dict]:
     """The first trials of a new study: the default compile, then qgen's standard single techniques (the settings
-    of bench/COMPRESSION.md, fine-tuned for finetune_max epochs), so that the search starts from what a person
-    would try first and the front is never worse than those. Complete parameter sets, as suggest() draws them."""
+    of bench/COMPRESSION.md, fine-tuned for finetune_max epochs: pruning 50%, 80% and 90% (the last two gradual, in
+    2 steps), channels 25/50%, low rank at energy 0.95, clustering 4 bits, int4 weights), so that the search starts
+    from what a person would try first and the front is never worse than those. Complete parameter sets, as
+    suggest() draws them."""
     ft = {"finetune_epochs": spec.finetune_max} if spec.train is not None and spec.finetune_max > 0 else {}
     imp = {"importance": "magnitude"} if spec.train is not None else {}
+    steps = lambda n: {"prune_steps": n} if ft else {}  # noqa: E731 - prune_steps is suggested with fine-tuning only
     int8 = {f"precision:{n}": "int8" for n in spec.layers}  # per-layer choices exist without prune/cluster/rank
     plain = {"calibration": "minmax", "bias_correction": False, "equalize": False, "prune_on": False,
              "channels_on": False, "rank_on": False, "cluster_on": False, "weights": "int8",
              **({"qat": False} if spec.qat and spec.train is not None else {})}
     return [{**plain, **int8},  # the baseline: the default compile
-            {**plain, "prune_on": True, "prune": 0.5, "prune_scope": "layer", **imp, **ft},
-            {**plain, "prune_on": True, "prune": 0.8, "prune_scope": "layer", **imp, **ft},
+            {**plain, "prune_on": True, "prune": 0.5, "prune_scope": "layer", **imp, **steps(1), **ft},
+            {**plain, "prune_on": True, "prune": 0.8, "prune_scope": "layer", **imp, **steps(2), **ft},
+            {**plain, "prune_on": True, "prune": 0.9, "prune_scope": "layer", **imp, **steps(2), **ft},
             {**plain, "channels_on": True, "channels": 0.25, **int8, **ft},
             {**plain, "channels_on": True, "channels": 0.5, **int8, **ft},
+            {**plain, "rank_on": True, "rank_energy": 0.95, **ft},
             {**plain, "cluster_on": True, "cluster": 4, **ft},
             {**plain, "weights": "int4", **int8}]
 
@@ -149,6 +156,8 @@ def options_from_params(params: dict, prefix: str = "model"):
                                rank_energy=p.get("rank_energy") if p.get("rank_on") else None,
                                cluster=p.get("cluster") if p.get("cluster_on") else None,
                                finetune_epochs=0 if p.get("qat") else int(p.get("finetune_epochs", 0)))
+    if compress.prune is not None and compress.finetune_epochs > 0:  # steps without fine-tuning: one prune
+        compress = dataclasses.replace(compress, prune_steps=int(p.get("prune_steps", 1)))
     return CompileOptions(quant=quant, compress=compress, emit=EmitOptions(prefix=prefix))
 
 
@@ -179,6 +188,7 @@ def command_line(spec: TuneSpec, params: dict, out: str = "build/tuned") -> str 
         args += ["--weights", q.weights]
     if c.prune is not None:
         args += ["--prune", repr(c.prune), "--prune-scope", c.prune_scope, "--importance", c.importance]
+        args += ["--prune-steps", str(c.prune_steps)] if c.prune_steps != 1 else []
     if c.channels is not None:
         args += ["--channels", repr(c.channels)]
     if c.rank_energy is not None:
@@ -398,7 +408,9 @@ def describe(params: dict) -> str:
         out[0] += f" {p.get('percentile')}"
     out += ["bias-corr"] * bool(p.get("bias_correction")) + ["equalize"] * bool(p.get("equalize"))
     if p.get("prune_on"):
-        out.append(f"prune {p['prune']:.2f} {p.get('prune_scope', 'layer')} {p.get('importance', 'magnitude')}")
+        out.append(f"prune {p['prune']:.2f} {p.get('prune_scope', 'layer')} {p.get('importance', 'magnitude')}"
+                   + (f" in {p['prune_steps']} steps" if p.get("prune_steps", 1) > 1 and p.get("finetune_epochs")
+                      else ""))
     if p.get("channels_on"):
         out.append(f"channels {p['channels']:.2f}")
     if p.get("rank_on"):

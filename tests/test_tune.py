@@ -66,17 +66,20 @@ def test_options_and_command_line_of_a_point():
     params = {"calibration": "percentile", "percentile": 99.9, "bias_correction": True, "equalize": False,
               "prune_on": True, "prune": 0.30000000000000004, "prune_scope": "global", "importance": "magnitude",
               "channels_on": False, "rank_on": False, "cluster_on": True, "cluster": 4, "weights": "int4",
-              "precision:0": "int16", "finetune_epochs": 2}
+              "precision:0": "int16", "finetune_epochs": 2, "prune_steps": 2}
     opts = qtune.options_from_params(params)
     assert opts.quant.calibration == "percentile" and opts.quant.percentile == 99.9 and opts.quant.bias_correction
     assert opts.quant.precision == {"0": 16} and opts.quant.weights == "int4"
     assert opts.compress.prune == 0.3 and opts.compress.cluster == 4 and opts.compress.finetune_epochs == 2
+    assert opts.compress.prune_steps == 2  # gradual pruning: --prune-steps (only with fine-tuning)
+    assert qtune.options_from_params({**params, "finetune_epochs": 0}).compress.prune_steps == 1
     spec = qtune.TuneSpec(model="m.pt2", input_shape=None, board="stm32f446", calib=np.zeros((1, 8)),
                           eval_x=np.zeros((1, 8)), eval_y=np.zeros(1), data_dir="S.d")
     args = shlex.split(qtune.command_line(spec, params, "out"))
     assert args[:3] == ["qgen", "compile", "m.pt2"]
     for flag in (["--calibration", "percentile"], ["--percentile", "99.9"], ["--prune", "0.3"],
                  ["--cluster", "4"], ["--weights", "int4"], ["--precision", "0=int16"], ["--finetune-epochs", "2"],
+                 ["--prune-steps", "2"],
                  ["--train", "S.d/train_x.npy"], ["--labels", "S.d/train_y.npy"], ["--out", "out"]):
         i = args.index(flag[0])
         assert args[i + 1] == flag[1], flag
@@ -90,13 +93,15 @@ def test_options_and_command_line_of_a_point():
 
 def test_front_point_command_reproduces_accuracy_and_flash(tiny, tmp_path, monkeypatch):
     study = tmp_path / "s.journal"
-    result = _tune(tiny, study, fixed={"prune_on": True, "prune": 0.5, "finetune_epochs": 1, "cluster_on": False})
+    result = _tune(tiny, study, fixed={"prune_on": True, "prune": 0.5, "prune_steps": 2, "finetune_epochs": 1,
+                                       "cluster_on": False})
     assert len(result.trials) == 3 and result.points  # no trial refused
     assert result.trials[0].params["prune_on"] is False  # the baseline (default compile) is trial 0, enqueued
     assert result.trials[0].params["precision:0"] == "int8"
     point = next(p for p in result.points if p.params.get("prune_on"))
     monkeypatch.chdir(tmp_path)  # the command writes build/tuned/trialN here
     args = shlex.split(point.command)
+    assert args[args.index("--prune-steps") + 1] == "2"
     assert cli.main(args[1:] + ["--quiet"]) == 0
     out = load_compiled(args[args.index("--out") + 1])
     ev = tiny[2]
@@ -226,10 +231,12 @@ def test_tune_with_qemu_latency(tiny, tmp_path, capsys, monkeypatch):
 
 def test_presets_start_a_new_study(tiny, tmp_path):
     """The default compile, then the standard single techniques, as complete parameter sets (nothing sampled)."""
-    result = _tune(tiny, tmp_path / "p.journal", trials=7, presets=True)
     spec = qtune.TuneSpec(model="", input_shape=None, board="", calib=np.zeros(1), eval_x=np.zeros(1),
                           eval_y=np.zeros(1), train=tiny[1], layers=("0",), finetune_max=1)
-    assert [p.params for p in result.trials] == qtune.preset_params(spec)
+    presets = qtune.preset_params(spec)
+    assert {"prune": 0.9, "prune_steps": 2}.items() <= presets[3].items() and presets[6]["rank_energy"] == 0.95
+    result = _tune(tiny, tmp_path / "p.journal", trials=len(presets), presets=True)
+    assert [p.params for p in result.trials] == presets
     assert all(p.command for p in result.trials)
 
 
