@@ -38,6 +38,7 @@ def test_every_core_has_a_board():
 
 @pytest.mark.parametrize("name, flash_kb, ram_kb, clock_mhz, core", [
     ("rp2040", 2048, 264, 133, "cortex-m0plus"),
+    ("atsamd21g18a", 256, 32, 48, "cortex-m0plus"),
     ("stm32f446", 512, 128, 180, "cortex-m4"),
     ("nrf52840", 1024, 256, 64, "cortex-m4"),
     ("stm32h743", 2048, 512, 480, "cortex-m7"),

@@ -130,6 +130,7 @@ def test_every_board_has_a_real_map_and_known_probes():
 @pytest.mark.parametrize("name, flash, ram, ram_kb", [
     ("stm32f446", 0x08000000, 0x20000000, 128), ("stm32h743", 0x08000000, 0x24000000, 512),
     ("nrf52840", 0x00000000, 0x20000000, 256), ("rp2040", 0x10000000, 0x20000000, 264),
+    ("atsamd21g18a", 0x00000000, 0x20000000, 32),
     ("mps2-an505", 0x10000000, 0x38000000, 2048), ("mps3-an547", 0x00000000, 0x20000000, 512)])
 def test_real_memory_maps(name, flash, ram, ram_kb):
     image = load_board(name).image
