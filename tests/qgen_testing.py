@@ -90,6 +90,34 @@ def assert_c_equals_reference(g: Graph, host: HostModel, x_i8: np.ndarray) -> No
                              f"reference {expect[tuple(bad)]}\n{g}")
 
 
+def first_difference(graph: Graph, got: np.ndarray, want: np.ndarray, where: str = "", describe=None) -> str:
+    """Where two (samples, output columns) arrays of `graph` first differ: the output's name and shape, the sample,
+    the element (the byte, when int16 outputs were read back as bytes) and both values; `describe(name, index)`
+    may add what the element means for the op (a time step, a unit)."""
+    sample, at = (int(v) for v in np.argwhere(got != want)[0])
+    sizes = [graph.tensors[n].size for n in graph.outputs]
+    unit = "element"
+    if got.shape[1] != sum(sizes):  # outputs read back as bytes: an int16 element is two
+        sizes = [graph.tensors[n].size * (2 if graph.tensors[n].dtype == "int16" else 1) for n in graph.outputs]
+        unit = "byte"
+    prefix = f"{where}: " if where else ""
+    index = at
+    for name, size in zip(graph.outputs, sizes):
+        if index < size:
+            extra = f" ({describe(name, index)})" if describe else ""
+            return (f"{prefix}output '{name}' {graph.tensors[name].shape}, sample {sample}, {unit} {index}{extra}: "
+                    f"got {got[sample, at]}, reference {want[sample, at]}")
+        index -= size
+    return f"{prefix}sample {sample}, column {at}: got {got[sample, at]}, reference {want[sample, at]}"
+
+
+def assert_outputs_equal(got: np.ndarray, want: np.ndarray, graph: Graph, where: str = "", describe=None) -> None:
+    """The target's outputs equal the reference's exactly; otherwise fail naming the first difference."""
+    assert got.shape == want.shape, f"{where}: outputs {got.shape}, reference {want.shape}"
+    if not np.array_equal(got, want):
+        raise AssertionError(first_difference(graph, got, want, where, describe))
+
+
 def edge_inputs(rng, shape, n_random: int = 6) -> np.ndarray:
     """All -128, all 127, alternating extremes, zeros, then random int8 samples."""
     size = int(np.prod(shape))

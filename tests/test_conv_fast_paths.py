@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from qgen_testing import act, const, edge_inputs, finish, safe_bias
+from qgen_testing import act, assert_outputs_equal, const, edge_inputs, finish, safe_bias
 
 from codegen.emit.c import render, write_atomic
 from codegen.hostcheck import reference_outputs
@@ -119,12 +119,4 @@ def test_grouped_and_dilated_gather_bit_exact_on_core(core, models, tmp_path):
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(run, models))
     for graph, got, expect in results:
-        if not np.array_equal(got, expect):
-            sample, index = np.argwhere(got != expect)[0]
-            for name in graph.outputs:
-                size = graph.tensors[name].size
-                if index < size:
-                    break
-                index -= size
-            pytest.fail(f"{core}: output '{name}' sample {sample} element {index}: "
-                        f"target {got[sample, index]}, reference {expect[sample, index]}")
+        assert_outputs_equal(got, expect, graph, core)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from qgen_testing import act, const, edge_inputs, finish, safe_bias
+from qgen_testing import act, assert_outputs_equal, const, edge_inputs, finish, safe_bias
 
 from codegen.emit.c import render, write_atomic
 from codegen.fixed import QFormat
@@ -103,17 +103,6 @@ def model(tmp_path_factory):
     return graph, out, x, reference_outputs(graph, run_int(graph, x))
 
 
-def _first_difference(graph: Graph, got: np.ndarray, expect: np.ndarray) -> str:
-    sample, at = np.argwhere(got != expect)[0]
-    index = at
-    for name in graph.outputs:
-        size = graph.tensors[name].size * (2 if graph.tensors[name].dtype == "int16" else 1)
-        if index < size:
-            return f"output '{name}', sample {sample}, byte {index}: C {got[sample, at]}, ref {expect[sample, at]}"
-        index -= size
-    return "?"
-
-
 # ---------------------------------------------------------------- the reference is PyTorch's convolution
 
 
@@ -153,8 +142,7 @@ def test_host_c_equals_reference_under_sanitizers(model, tmp_path):
     graph, out, x, expect = model
     exe = build_native(out, "gd", tmp_path / "gd_asan", SANITIZE_FLAGS)
     got = run_native(exe, x.reshape(len(x), -1), expect.shape[1])
-    if not np.array_equal(got, expect):
-        raise AssertionError(_first_difference(graph, got, expect))
+    assert_outputs_equal(got, expect, graph, "host C")
 
 
 def test_grouped_conv_takes_no_overlap_and_dilated_does(model):
@@ -179,8 +167,7 @@ def test_bit_exact_on_core(core, model, tmp_path):
     elf = build_elf(board, sources, [out, out / "kernels"], "gd", tmp_path,
                     extra_cflags=("-std=c99", "-Werror", "-Wconversion"))
     result = run_qemu(board, elf, x.reshape(len(x), -1), expect.shape[1], count_instructions=False)
-    if not np.array_equal(result.outputs, expect):
-        raise AssertionError(f"{core}: " + _first_difference(graph, result.outputs, expect))
+    assert_outputs_equal(result.outputs, expect, graph, core)
 
 
 # ---------------------------------------------------------------- end to end from PyTorch

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from qgen_testing import act, const, edge_inputs, finish
+from qgen_testing import act, assert_outputs_equal, const, edge_inputs, finish
 
 from codegen.emit.c import render, write_atomic
 from codegen.hostcheck import reference_outputs
@@ -91,14 +91,4 @@ def test_depthwise_dsp_path_bit_exact_on_core(core, models, tmp_path):
     elf = build_elf(BOARDS[core], sources, [out, out / "kernels"], "dw", tmp_path,
                     extra_cflags=("-std=c99", "-Werror", "-Wconversion"))
     result = run_qemu(BOARDS[core], elf, x.reshape(len(x), -1), expect.shape[1], plugin=build_plugin())
-    assert result.outputs.shape == expect.shape
-    if not np.array_equal(result.outputs, expect):
-        sample, flat = np.argwhere(result.outputs != expect)[0]
-        index = flat
-        for name in graph.outputs:
-            size = graph.tensors[name].size
-            if index < size:
-                break
-            index -= size
-        raise AssertionError(f"{core}: output '{name}' sample {sample} element {index}: "
-                             f"target {result.outputs[sample, flat]}, reference {expect[sample, flat]}")
+    assert_outputs_equal(result.outputs, expect, graph, core)

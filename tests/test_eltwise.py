@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from qgen_testing import act, const, edge_inputs, finish
+from qgen_testing import act, assert_outputs_equal, const, edge_inputs, finish
 from torch import nn
 
 from codegen.fixed import QFormat, requantize, round_shift
@@ -150,17 +150,6 @@ def model(tmp_path_factory):
     return g, out, x, reference_outputs(g, run_int(g, x))
 
 
-def _first_difference(g: Graph, got: np.ndarray, expect: np.ndarray) -> str:
-    sample, index = np.argwhere(got != expect)[0]
-    for name in g.outputs:
-        size = g.tensors[name].size
-        if index < size:
-            return f"output '{name}', sample {sample}, element {index}: C {got[sample, index]}, " \
-                   f"reference {expect[sample, index]}"
-        index -= size
-    return "?"
-
-
 def test_every_variant_is_exercised(model):
     from codegen.kernels import select
 
@@ -179,7 +168,7 @@ def test_c_equals_reference_on_host(model, flags, tmp_path):
     g, out, x, expect = model
     exe = build_native(out, "ew", tmp_path / "ew", SANITIZE_FLAGS if flags == "sanitizers" else ["-O2"])
     got = run_native(exe, x.reshape(len(x), -1), expect.shape[1])
-    assert np.array_equal(got, expect), _first_difference(g, got, expect)
+    assert_outputs_equal(got, expect, g, f"host C, {flags}")
 
 
 QEMU_BOARDS = {"cortex-m0plus": "rp2040", "cortex-m4": "mps2-an386"}
@@ -198,7 +187,7 @@ def test_bit_exact_on_core(model, core, tmp_path):
                     extra_cflags=("-std=c99", "-Werror", "-Wconversion"), count_layers=True)
     result = run_qemu(QEMU_BOARDS[core], elf, x.reshape(len(x), -1), expect.shape[1], plugin=build_plugin())
     assert result.outputs.shape == expect.shape
-    assert np.array_equal(result.outputs, expect), f"{core}: " + _first_difference(g, result.outputs, expect)
+    assert_outputs_equal(result.outputs, expect, g, core)
     for n, count in zip(g.nodes, result.instructions_per_layer or []):  # the note reports M4's
         print(f"{core} {n.name}: {count / g.tensors[n.outputs[0]].size:.1f} instructions/element")
 
@@ -470,7 +459,7 @@ def test_micropython_kernels_equal_the_reference(model, tmp_path):
     x = model[2]
     expect = reference_outputs(g, run_int(g, x))
     got = np.array([np.frombuffer(module.predict(v.tobytes()), dtype=np.int8) for v in x])
-    assert np.array_equal(got, expect), _first_difference(g, got, expect)
+    assert_outputs_equal(got, expect, g, "MicroPython")
 
 
 class PerChannelConstants(nn.Module):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from qgen_testing import act, const, edge_inputs, finish
+from qgen_testing import act, assert_outputs_equal, const, edge_inputs, finish
 
 from codegen.emit.c import render, write_atomic
 from codegen.hostcheck import reference_outputs
@@ -61,14 +61,4 @@ def test_fully_connected_dsp_path_bit_exact_on_m4(tmp_path):
     elf = build_elf("mps2-an386", sources, [out, out / "kernels"], "fc", tmp_path / "build",
                     extra_cflags=("-std=c99", "-Werror", "-Wconversion"))
     result = run_qemu("mps2-an386", elf, x.reshape(len(x), -1), expect.shape[1], plugin=build_plugin())
-    assert result.outputs.shape == expect.shape
-    if not np.array_equal(result.outputs, expect):
-        sample, flat = np.argwhere(result.outputs != expect)[0]
-        index = flat
-        for name in graph.outputs:
-            size = graph.tensors[name].size
-            if index < size:
-                break
-            index -= size
-        raise AssertionError(f"output '{name}' sample {sample} element {index}: "
-                             f"target {result.outputs[sample, flat]}, reference {expect[sample, flat]}")
+    assert_outputs_equal(result.outputs, expect, graph, "cortex-m4")

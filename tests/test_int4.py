@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from qgen_testing import GraphBuilder, assert_no_writable_static_data, edge_inputs, finish, safe_bias
+from qgen_testing import (
+    GraphBuilder,
+    assert_no_writable_static_data,
+    assert_outputs_equal,
+    edge_inputs,
+    finish,
+    safe_bias,
+)
 
 from codegen.emit.c import render, write_atomic
 from codegen.errors import UserError
@@ -77,17 +84,6 @@ def model(tmp_path_factory):
     write_atomic(render(graph, "i4", ["test"]), out)
     x = edge_inputs(rng, SHAPE, n_random=4)
     return graph, out, x, reference_outputs(graph, run_int(graph, x))
-
-
-def _first_difference(graph: Graph, got: np.ndarray, expect: np.ndarray) -> str:
-    sample, index = np.argwhere(got != expect)[0]
-    for name in graph.outputs:
-        size = graph.tensors[name].size
-        if index < size:
-            return (f"output '{name}' {graph.tensors[name].shape}, sample {sample}, element {index}: "
-                    f"C {got[sample, index]}, reference {expect[sample, index]}")
-        index -= size
-    return "?"
 
 
 # ---------------------------------------------------------------- storage
@@ -164,8 +160,7 @@ def test_host_c_equals_reference_under_sanitizers(model, tmp_path):
     graph, out, x, expect = model
     exe = build_native(out, "i4", tmp_path / "i4_asan", SANITIZE_FLAGS)
     got = run_native(exe, x.reshape(len(x), -1), expect.shape[1])
-    if not np.array_equal(got, expect):
-        raise AssertionError(_first_difference(graph, got, expect))
+    assert_outputs_equal(got, expect, graph, "host C")
 
 
 @pytest.mark.qemu
@@ -182,8 +177,7 @@ def test_firmware_equals_reference_on_core(model, core, tmp_path):
     elf = build_elf(board, sources, [out, out / "kernels"], "i4", tmp_path,
                     extra_cflags=("-std=c99", "-Werror", "-Wconversion"))
     result = run_qemu(board, elf, x.reshape(len(x), -1), expect.shape[1], count_instructions=False)
-    if not np.array_equal(result.outputs, expect):
-        raise AssertionError(f"{core}: " + _first_difference(graph, result.outputs, expect))
+    assert_outputs_equal(result.outputs, expect, graph, core)
 
 
 # ---------------------------------------------------------------- choosing int4

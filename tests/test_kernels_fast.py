@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qgen_testing import act, const, edge_inputs, finish, safe_bias
+from qgen_testing import act, assert_outputs_equal, const, edge_inputs, finish, safe_bias
 
 from codegen.emit.c import render, write_atomic
 from codegen.hostcheck import reference_outputs
@@ -98,17 +98,6 @@ def _build_and_run(core: str, model, work: Path, plugin: Path):
     return run_qemu(BOARD_FOR_CORE[core], elf, x.reshape(len(x), -1), expect.shape[1], plugin=plugin), expect
 
 
-def _first_difference(graph: Graph, got: np.ndarray, expect: np.ndarray) -> str:
-    sample, index = np.argwhere(got != expect)[0]
-    for name in graph.outputs:
-        size = graph.tensors[name].size
-        if index < size:
-            return (f"output '{name}' {graph.tensors[name].shape}, sample {sample}, element {index}: "
-                    f"target {got[sample, index]}, reference {expect[sample, index]}")
-        index -= size
-    return "?"
-
-
 @pytest.mark.parametrize("core", list(BOARD_FOR_CORE))
 def test_kernels_bit_exact_on_core(core, models, tmp_path):
     plugin = build_plugin()
@@ -117,10 +106,7 @@ def test_kernels_bit_exact_on_core(core, models, tmp_path):
                 for name, model in models.items()}
         for name, job in runs.items():
             result, expect = job.result()
-            assert result.outputs.shape == expect.shape
-            if not np.array_equal(result.outputs, expect):
-                raise AssertionError(f"{core}, {name} model: " + _first_difference(models[name][0], result.outputs,
-                                                                                    expect))
+            assert_outputs_equal(result.outputs, expect, models[name][0], f"{core}, {name} model")
 
 
 REQUANT_MODEL_C = r"""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from qgen_testing import GraphBuilder, const, edge_inputs, finish, safe_bias
+from qgen_testing import GraphBuilder, assert_outputs_equal, const, edge_inputs, finish, safe_bias
 
 from codegen.emit.c import render, write_atomic
 from codegen.fixed import AVG_SHIFT, QFormat, avg_multiplier
@@ -191,18 +191,6 @@ def int16_cases(b: Builder, i: int, c: int, src: str, vec: str) -> None:
         b.weighted(f"w16_{kind}_fine_c{c}", op, h, w_of(n1, n2), shift=_fine_shift(k_of(n2), x_std=I16_STD), **kw)
 
 
-def _first_difference(graph: Graph, got: np.ndarray, expect: np.ndarray) -> str:
-    sample, flat = np.argwhere(got != expect)[0]
-    index = flat
-    for name in graph.outputs:
-        size = graph.tensors[name].size
-        if index < size:
-            return (f"output '{name}' {graph.tensors[name].shape}, sample {sample}, element {index}: "
-                    f"target {got[sample, flat]}, reference {expect[sample, flat]}")
-        index -= size
-    return "?"
-
-
 def test_mve_kernels_bit_exact_on_cortex_m55(tmp_path):
     rng = np.random.default_rng(55)
     graph = mve_graph(rng)
@@ -215,6 +203,4 @@ def test_mve_kernels_bit_exact_on_cortex_m55(tmp_path):
     elf = build_elf(BOARD, sources, [out, out / "kernels"], "mv", tmp_path / "build",
                     extra_cflags=("-std=c99", "-Werror", "-Wconversion"))
     result = run_qemu(BOARD, elf, x.reshape(len(x), -1), expect.shape[1], count_instructions=False)
-    assert result.outputs.shape == expect.shape
-    if not np.array_equal(result.outputs, expect):
-        raise AssertionError("cortex-m55: " + _first_difference(graph, result.outputs, expect))
+    assert_outputs_equal(result.outputs, expect, graph, "cortex-m55")

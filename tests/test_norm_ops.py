@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from qgen_testing import act, const, edge_inputs, finish
+from qgen_testing import act, assert_outputs_equal, const, edge_inputs, finish
 from torch import nn
 
 from codegen.fixed import QFormat, dequantize, quantize
@@ -314,10 +314,7 @@ def test_c_equals_reference_under_sanitizers(which, tmp_path):
     x = _inputs(g, 1)
     expect = reference_outputs(g, run_int(g, x))
     got = run_native(exe, x.reshape(len(x), -1), expect.shape[1])
-    if not np.array_equal(got, expect):
-        sample, index = np.argwhere(got != expect)[0]
-        raise AssertionError(f"{which}: sample {sample} element {index}: C {got[sample, index]}, "
-                             f"reference {expect[sample, index]}\n{g}")
+    assert_outputs_equal(got, expect, g, which)
 
 
 # ---------------------------------------------------------------------------------------- QEMU
@@ -343,11 +340,7 @@ def test_bit_exact_on_core(core, tmp_path):
     x = _inputs(g, 2)
     expect = reference_outputs(g, run_int(g, x))
     result = run_qemu(QEMU_BOARDS[core], elf, x.reshape(len(x), -1), expect.shape[1], plugin=build_plugin())
-    assert result.outputs.shape == expect.shape
-    if not np.array_equal(result.outputs, expect):
-        sample, index = np.argwhere(result.outputs != expect)[0]
-        raise AssertionError(f"{core}: sample {sample} element {index}: target {result.outputs[sample, index]}, "
-                             f"reference {expect[sample, index]}")
+    assert_outputs_equal(result.outputs, expect, g, core)
     if result.instructions_per_layer:  # instructions per element of each norm layer (the note reports M4's)
         for n, count in zip(g.nodes, result.instructions_per_layer):
             if n.op is not Op.RESHAPE:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from qgen_testing import act, edge_inputs, finish
+from qgen_testing import act, assert_outputs_equal, edge_inputs, finish
 from torch import nn
 
 from codegen.fixed import AVG_SHIFT, avg_multiplier, requantize
@@ -292,17 +292,6 @@ def _inputs(g: Graph, seed: int) -> np.ndarray:
     return edge_inputs(rng, g.tensors[g.inputs[0]].shape, n_random=4)
 
 
-def _first_difference(g: Graph, got: np.ndarray, want: np.ndarray, where: str) -> str:
-    sample, index = np.argwhere(got != want)[0]
-    for name in g.outputs:
-        size = g.tensors[name].size
-        if index < size:
-            return (f"{where}: output '{name}' {g.tensors[name].shape}, sample {sample}, element {index}: "
-                    f"{got[sample, index]}, reference {want[sample, index]}")
-        index -= size
-    return where
-
-
 def test_c_equals_reference_under_sanitizers(tmp_path):
     from codegen.emit.c import render, write_atomic
     from codegen.hostcheck import SANITIZE_FLAGS, build_native, reference_outputs, run_native
@@ -314,8 +303,7 @@ def test_c_equals_reference_under_sanitizers(tmp_path):
     x = _inputs(g, 1)
     want = reference_outputs(g, run_int(g, x))
     got = run_native(exe, x.reshape(len(x), -1), want.shape[1])
-    if not np.array_equal(got, want):
-        raise AssertionError(_first_difference(g, got, want, "host C"))
+    assert_outputs_equal(got, want, g, "host C")
     assert want.min() == -128 and want.max() == 127  # the extremes went through
 
 
@@ -357,7 +345,7 @@ def test_int16_windows_and_reduce_equal_reference(tmp_path):
     exe = build_native(tmp_path / "w16", "w16", tmp_path / "w16_asan", SANITIZE_FLAGS)
     want = reference_outputs(r.graph, run_int(r.graph, x))
     got = run_native(exe, x.reshape(len(x), -1), want.shape[1])
-    assert np.array_equal(got, want), _first_difference(r.graph, got, want, "int16 host C")
+    assert_outputs_equal(got, want, r.graph, "int16 host C")
 
 
 # ---------------------------------------------------------------------------------------- QEMU
@@ -394,9 +382,7 @@ def test_bit_exact_on_core(core, tmp_path):
     x = _inputs(g, 4)
     want = reference_outputs(g, run_int(g, x))
     result = run_qemu(QEMU_BOARDS[core], elf, x.reshape(len(x), -1), want.shape[1], plugin=build_plugin())
-    assert result.outputs.shape == want.shape
-    if not np.array_equal(result.outputs, want):
-        raise AssertionError(_first_difference(g, result.outputs, want, core))
+    assert_outputs_equal(result.outputs, want, g, core)
     if result.instructions_per_layer:  # instructions per window element of each layer (the note reports M4's)
         for n, count in zip(g.nodes, result.instructions_per_layer):
             if n.op in (Op.CONCAT, Op.SLICE):  # the edge cases' channel counts

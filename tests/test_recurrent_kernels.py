@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 import pytest
-from qgen_testing import edge_inputs, finish
+from qgen_testing import assert_outputs_equal, edge_inputs, finish
 from test_recurrent_ref import recurrent_graph
 
 from codegen.emit.c import render, write_atomic
@@ -90,16 +90,12 @@ def model(tmp_path_factory):
     return g, out, x, reference_outputs(g, run_int(g, x))
 
 
-def _first_difference(g: Graph, got: np.ndarray, expect: np.ndarray) -> str:
-    sample, index = np.argwhere(got != expect)[0]
-    for name in g.outputs:
-        size = g.tensors[name].size
-        if index < size:
-            t, j = divmod(int(index), g.tensors[name].shape[2])
-            return (f"case '{name}' {g.nodes[[n.name for n in g.nodes].index(name)].attrs}, sample {sample}, "
-                    f"step {t}, unit {j}: C {got[sample, index]}, reference {expect[sample, index]}")
-        index -= size
-    return "?"
+def _step_and_unit(g: Graph):
+    """What an output element of a recurrent case is: the case's attributes, its time step and unit."""
+    def describe(name: str, index: int) -> str:
+        t, j = divmod(index, g.tensors[name].shape[2])
+        return f"{g.nodes[[n.name for n in g.nodes].index(name)].attrs}, step {t}, unit {j}"
+    return describe
 
 
 def test_table_in_c_is_the_spec():
@@ -114,7 +110,7 @@ def test_c_equals_reference_on_host_under_sanitizers(model, tmp_path):
     g, out, x, expect = model
     exe = build_native(out, "rk", tmp_path / "rk_asan", SANITIZE_FLAGS)
     got = run_native(exe, x.reshape(len(x), -1), expect.shape[1])
-    assert np.array_equal(got, expect), _first_difference(g, got, expect)
+    assert_outputs_equal(got, expect, g, "host C", _step_and_unit(g))
 
 
 def test_cases_cover_the_edges(model):
@@ -142,7 +138,7 @@ def test_c_equals_reference_on_core(model, core, tmp_path):
     elf = build_elf(board, sources, [out, out / "kernels"], "rk", tmp_path,
                     extra_cflags=("-std=c99", "-Werror", "-Wconversion"))
     result = run_qemu(board, elf, x.reshape(len(x), -1), expect.shape[1], count_instructions=False)
-    assert np.array_equal(result.outputs, expect), f"{core}: " + _first_difference(g, result.outputs, expect)
+    assert_outputs_equal(result.outputs, expect, g, core, _step_and_unit(g))
 
 
 def test_scratch_matches_the_c_buffer_size(model):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from qgen_testing import act, const, edge_inputs, finish, safe_bias
+from qgen_testing import act, assert_outputs_equal, const, edge_inputs, finish, safe_bias
 from torch import nn
 
 from codegen.fixed import QFormat
@@ -210,17 +210,6 @@ def model(tmp_path_factory):
     return g, out, x, reference_outputs(g, run_int(g, x))
 
 
-def _first_difference(g: Graph, got: np.ndarray, expect: np.ndarray) -> str:
-    sample, index = np.argwhere(got != expect)[0]
-    for name in g.outputs:
-        size = g.tensors[name].size
-        if index < size:
-            return (f"output '{name}' {g.tensors[name].shape}, sample {sample}, element {index}: "
-                    f"C {got[sample, index]}, reference {expect[sample, index]}")
-        index -= size
-    return "?"
-
-
 def test_reference_saturates_and_stays_in_range(model):
     """The cases reach the extremes (so the C comparison tests saturation) and resize stays in its input range."""
     g, _, x, expect = model
@@ -238,7 +227,7 @@ def test_c_equals_reference_on_host_with_sanitizers(model, tmp_path):
     g, out, x, expect = model
     exe = build_native(out, "up", tmp_path / "up_asan", SANITIZE_FLAGS)
     got = run_native(exe, x.reshape(len(x), -1), expect.shape[1])
-    assert np.array_equal(got, expect), _first_difference(g, got, expect)
+    assert_outputs_equal(got, expect, g, "host C")
 
 
 @pytest.mark.parametrize("core,board", [("cortex-m0plus", "rp2040"), ("cortex-m4", "mps2-an386")])
@@ -252,7 +241,7 @@ def test_c_equals_reference_under_qemu(model, core, board, tmp_path):
     elf = build_elf(board, sources, [out, out / "kernels"], "up", tmp_path,
                     extra_cflags=("-std=c99", "-Werror", "-Wconversion"))
     got = run_qemu(board, elf, x.reshape(len(x), -1), expect.shape[1], count_instructions=False).outputs
-    assert np.array_equal(got, expect), f"{core}: " + _first_difference(g, got, expect)
+    assert_outputs_equal(got, expect, g, core)
 
 
 # ------------------------------------------------------------------ end to end: a tiny U-Net through the API
