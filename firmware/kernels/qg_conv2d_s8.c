@@ -219,6 +219,168 @@ static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int
     }
 }
 
+/* RGB stem (3x3 window, 3 input channels, K = 27, groups 1, no dilation): the general DSP block gathers each
+ * column through im2col_s8 (byte copies of 9-byte rows) and widens it, which cost more than the MACs (3.5
+ * instructions per MAC). Here a window row is 9 input bytes: its first 8 are 2 words, widened straight from the
+ * input (the pixel's window inside the image) or from the zero-padded int8 column (border pixels); the rows' ninth
+ * bytes form a seventh group ((x8, x17), (x26, 0)). A weight row (27 int8 in flash) is read in the same order: words
+ * at 0, 4, 9, 13, 18, 22, then (w8, w17) and w26 (whose upper half meets the column's 0). 4 pixels x 1 channel per
+ * pass (the block of qg_dot_s8.h): 7 x (4 LDRD + 8 SMLAD) + 22 weight instructions per 108 MACs. */
+static QG_BLOCK_INLINE void stem_fill_row(int16_t *dst, const int8_t *row)
+{
+    const int32_t v0 = qg_load_s8x4(row), v1 = qg_load_s8x4(row + 4);
+    qg_store_s16x2(dst, qg_sxtb16(v0));
+    qg_store_s16x2(dst + 2, qg_sxtb16_ror8(v0));
+    qg_store_s16x2(dst + QG_GROUP, qg_sxtb16(v1));
+    qg_store_s16x2(dst + QG_GROUP + 2, qg_sxtb16_ror8(v1));
+}
+
+static QG_BLOCK_INLINE void stem_fill(int16_t *dst, const int8_t *r0, const int8_t *r1, const int8_t *r2)
+{
+    stem_fill_row(dst, r0);
+    stem_fill_row(dst + 2 * QG_GROUP, r1);
+    stem_fill_row(dst + 4 * QG_GROUP, r2);
+    qg_store_s16x2(dst + 6 * QG_GROUP, qg_pkhbt(r0[8], r1[8]));
+    qg_store_s16x2(dst + 6 * QG_GROUP + 2, (int32_t)(uint16_t)r2[8]);
+}
+
+static QG_BLOCK_INLINE void stem_rows(const int8_t *w, const int16_t *cols, int32_t n_valid, int32_t rows,
+                                      const int32_t *bias, const int8_t *shift, int32_t kind, int32_t act_min,
+                                      int32_t act_max, int8_t *out, int32_t step)
+{
+    const int8_t *const w_end = w + 27 * rows;
+    int32_t i, s;
+    for (; w != w_end; w += 27, out++) {
+        const qg_word_t *x = (const qg_word_t *)(const void *)cols;
+        int32_t a0 = *bias++, a1 = a0, a2 = a0, a3 = a0, wv;
+        wv = qg_load_s8x4(w);
+        QG_SMLAD_4COLS(qg_sxtb16(wv), qg_sxtb16_ror8(wv), x, a0, a1, a2, a3);
+        wv = qg_load_s8x4(w + 4);
+        QG_SMLAD_4COLS(qg_sxtb16(wv), qg_sxtb16_ror8(wv), x, a0, a1, a2, a3);
+        wv = qg_load_s8x4(w + 9);
+        QG_SMLAD_4COLS(qg_sxtb16(wv), qg_sxtb16_ror8(wv), x, a0, a1, a2, a3);
+        wv = qg_load_s8x4(w + 13);
+        QG_SMLAD_4COLS(qg_sxtb16(wv), qg_sxtb16_ror8(wv), x, a0, a1, a2, a3);
+        wv = qg_load_s8x4(w + 18);
+        QG_SMLAD_4COLS(qg_sxtb16(wv), qg_sxtb16_ror8(wv), x, a0, a1, a2, a3);
+        wv = qg_load_s8x4(w + 22);
+        QG_SMLAD_4COLS(qg_sxtb16(wv), qg_sxtb16_ror8(wv), x, a0, a1, a2, a3);
+        QG_SMLAD_4COLS(qg_pkhbt(w[8], w[17]), (int32_t)w[26], x, a0, a1, a2, a3);
+        s = *shift++;
+        if (kind >= 0 && s > 0) {
+            int8_t *o = out;
+            *o = qg_requantize_pos_s8(a0, s - 1, kind, act_min, act_max);
+            o += step;
+            *o = qg_requantize_pos_s8(a1, s - 1, kind, act_min, act_max);
+            o += step;
+            *o = qg_requantize_pos_s8(a2, s - 1, kind, act_min, act_max);
+            o += step;
+            *o = qg_requantize_pos_s8(a3, s - 1, kind, act_min, act_max);
+        } else {
+            const int32_t acc[QG_COLS] = {a0, a1, a2, a3};
+            const int32_t n = kind >= 0 ? QG_COLS : n_valid;
+            for (i = 0; i < n; i++) {
+                out[i * step] = qg_requantize_s8(acc[i], s, act_min, act_max);
+            }
+        }
+    }
+}
+
+static QG_BLOCK_NOINLINE void stem_block(const int8_t *w, const int16_t *cols, int32_t n_valid, int32_t rows,
+                                         const int32_t *bias, const int8_t *shift, int32_t act_min, int32_t act_max,
+                                         int8_t *out, int32_t step)
+{
+    const int32_t kind = n_valid == QG_COLS ? qg_clamp_kind(act_min, act_max) : -1;
+    if (kind == QG_CLAMP_S8) {
+        stem_rows(w, cols, n_valid, rows, bias, shift, QG_CLAMP_S8, act_min, act_max, out, step);
+    } else if (kind == QG_CLAMP_RELU) {
+        stem_rows(w, cols, n_valid, rows, bias, shift, QG_CLAMP_RELU, act_min, act_max, out, step);
+    } else {
+        stem_rows(w, cols, n_valid, rows, bias, shift, -1, act_min, act_max, out, step);
+    }
+}
+
+static void conv2d_stem_dsp(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, int8_t *scratch)
+{
+    const int32_t out_w = p->out_w, n_pix = p->out_h * out_w, in_w = p->in_w, in_h = p->in_h;
+    const int32_t out_stride = p->out_stride ? p->out_stride : p->out_c, row_bytes = 3 * in_w;
+    int16_t *cols = (int16_t *)(void *)scratch;
+    int8_t *stage = scratch + 2 * QG_COLS * 28;
+    int32_t pix, c, oy = 0, ox = 0;
+    for (pix = 0; pix < n_pix; pix += QG_COLS) {
+        const int32_t n_valid = n_pix - pix < QG_COLS ? n_pix - pix : QG_COLS;
+        for (c = 0; c < QG_COLS; c++) { /* past the last pixel, slots repeat it: computed, not stored */
+            const int32_t iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left;
+            if (iy0 >= 0 && iy0 + 3 <= in_h && ix0 >= 0 && ix0 + 3 <= in_w) {
+                const int8_t *r0 = in + (iy0 * in_w + ix0) * 3;
+                stem_fill(cols + 4 * c, r0, r0 + row_bytes, r0 + 2 * row_bytes);
+            } else {
+                im2col_s8(p, in, oy, ox, 0, 3, stage);
+                stem_fill(cols + 4 * c, stage, stage + 9, stage + 18);
+            }
+            if (c + 1 < n_valid && ++ox == out_w) {
+                ox = 0;
+                oy++;
+            }
+        }
+        stem_block(p->weights, cols, n_valid, p->out_c, p->bias, p->shift, p->act_min, p->act_max,
+                   out + pix * out_stride, out_stride);
+        if (++ox == out_w) {
+            ox = 0;
+            oy++;
+        }
+    }
+}
+
+/* 1x1 convolution without padding, groups 1, in_c a multiple of 4 (MobileNet's pointwise layers): a pixel's column
+ * is its input channels, widened straight from the input into its slot (no window walk, no bounds tests). */
+static void conv2d_pointwise_dsp(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, int8_t *scratch)
+{
+    const int32_t out_w = p->out_w, n_pix = p->out_h * out_w, in_c = p->in_c, in_w = p->in_w;
+    const int32_t out_stride = p->out_stride ? p->out_stride : p->out_c;
+    const int32_t x_step = p->stride_w * in_c, row_skip = (p->stride_h * in_w - out_w * p->stride_w) * in_c;
+    int16_t *cols = (int16_t *)(void *)scratch;
+    const int8_t *x = in;
+    int32_t pix, c, g, ox = 0;
+    for (pix = 0; pix < n_pix; pix += QG_COLS) {
+        const int32_t n_valid = n_pix - pix < QG_COLS ? n_pix - pix : QG_COLS;
+        if (n_valid <= 2) { /* the last 1 or 2 pixels one at a time (a 4-pixel block would compute 2 or 3 more) */
+            for (c = 0; c < n_valid; c++) {
+                qg_dot_rows_s8(x, p->weights, in_c, p->out_c, p->bias, p->shift, p->act_min, p->act_max,
+                               out + (pix + c) * out_stride);
+                x += x_step;
+                if (++ox == out_w) {
+                    ox = 0;
+                    x += row_skip;
+                }
+            }
+            break;
+        }
+        for (c = 0; c < QG_COLS; c++) { /* past the last pixel, slots repeat it: computed, not stored */
+            int16_t *dst = cols + 4 * c;
+            for (g = 0; g < in_c; g += 4, dst += QG_GROUP) {
+                const int32_t v = qg_load_s8x4(x + g);
+                qg_store_s16x2(dst, qg_sxtb16(v));
+                qg_store_s16x2(dst + 2, qg_sxtb16_ror8(v));
+            }
+            if (c + 1 < n_valid) {
+                x += x_step;
+                if (++ox == out_w) {
+                    ox = 0;
+                    x += row_skip;
+                }
+            }
+        }
+        qg_block_1x4_s8(p->weights, in_c, cols, n_valid, p->out_c, p->bias, p->shift, p->act_min, p->act_max,
+                        out + pix * out_stride, out_stride);
+        x += x_step;
+        if (++ox == out_w) {
+            ox = 0;
+            x += row_skip;
+        }
+    }
+}
+
 #endif /* QG_DSP && !QG_MVE */
 
 #if QG_MVE
@@ -279,6 +441,15 @@ void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, in
 #if QG_DSP && !QG_MVE
     int16_t *cols = (int16_t *)(void *)scratch;
     int8_t *stage = scratch + 2 * QG_COLS * round_up4(k);
+    if (p->in_c == 3 && p->k_h == 3 && p->k_w == 3 && groups == 1 && p->dil_h == 1 && p->dil_w == 1) {
+        conv2d_stem_dsp(p, in, out, scratch);
+        return;
+    }
+    if (k == p->in_c && (k & 3) == 0 && p->pad_top == 0 && p->pad_left == 0 /* 1x1, groups 1: every pixel inside */
+        && (p->out_h - 1) * p->stride_h < p->in_h && (p->out_w - 1) * p->stride_w < p->in_w) {
+        conv2d_pointwise_dsp(p, in, out, scratch);
+        return;
+    }
     for (pix = 0; pix < n_pix; pix += QG_COLS) {
         const int32_t n_valid = n_pix - pix < QG_COLS ? n_pix - pix : QG_COLS;
         const int32_t oy0 = oy, ox0 = ox;
