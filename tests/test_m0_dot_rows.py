@@ -6,8 +6,9 @@ byte equal to codegen.reference.run_int. It runs the fully connected kernel and 
 Cases: fully connected with k = 390, 1, 2, 3, 5 and 4..17 rows (every rows % 4, the 1-3-row tails alone), a row of
 all -128 weights against all -128 inputs (the largest accumulator, 390 * 2^14), shifts -3..14 with biases that
 saturate and fine shifts whose outputs stay inside the int8 range, the int8 / ReLU / other clamps; convolutions
-3x3 with padding over 13 channels (K = 117, the gathered column), 3 channels (K = 27, the RGB stem), 1x1 (the
-column read from the input in place), stride 2, and grouped (5 rows per group: one 4-row pass + 1). The DSP and
+3x3 with padding over 13 channels (K = 117, the gathered column, byte copies), 8 channels (word copies and zeroed
+rows, ARMv6-M's im2col), 3 channels (K = 27, the RGB stem), 1x1 (the column read from the input in place), stride 2,
+asymmetric padding, and grouped (5 rows per group: one 4-row pass + 1). The DSP and
 Helium paths are checked by test_kernels_fast.py, test_fully_connected_dsp.py and test_kernels_mve.py.
 """
 from __future__ import annotations
@@ -73,9 +74,12 @@ def m0_graph(rng) -> Graph:
     same = {"stride": (1, 1), "padding": (1, 1, 1, 1)}
     c3 = b.node("x_c3", Op.SLICE, ["x"], output=False, axis=2, start=0, length=3)
     c12 = b.node("x_c12", Op.SLICE, ["x"], output=False, axis=2, start=1, length=12)
+    c8 = b.node("x_c8", Op.SLICE, ["x"], output=False, axis=2, start=5, length=8)
     for rows in (4, 7, 9):
         b.weighted(f"conv3x3_c13_{rows}", Op.CONV2D, "x", (rows, 3, 3, 13), CLAMPS[rows % 3], **same)
         b.weighted(f"conv3x3_c13_{rows}_fine", Op.CONV2D, "x", (rows, 3, 3, 13), fine=_fine(117), **same)
+    b.weighted("conv3x3_c8_12", Op.CONV2D, c8, (12, 3, 3, 8), fine=_fine(72), **same)  # word-aligned column rows
+    b.weighted("conv3x2_c8_s2_5", Op.CONV2D, c8, (5, 3, 2, 8), (-37, 90), stride=(2, 2), padding=(2, 1, 0, 1))
     b.weighted("stem_c3_16", Op.CONV2D, c3, (16, 3, 3, 3), (0, 127), fine=_fine(27), **same)
     b.weighted("conv3x3_c13_s2_6", Op.CONV2D, "x", (6, 3, 3, 13), stride=(2, 2), padding=(1, 1, 1, 1))
     b.weighted("conv1x1_c13_12", Op.CONV2D, "x", (12, 1, 1, 13), fine=_fine(13), stride=(1, 1),

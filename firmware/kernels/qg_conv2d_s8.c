@@ -52,11 +52,38 @@ int32_t qg_conv2d_s8_buffer_size(const qg_conv2d_params_t *p)
     return 8 * k4 + ((cg & 3) != 0 ? k4 : 0);
 }
 
+/* ARMv6-M (strict alignment): memcpy(&v, p, 4) is a library call there (two per word, the plain conv's im2col
+ * took ~1 instruction per MAC of a 16-channel 3x3 conv), and GCC turns byte loops into memcpy/memset calls: copies
+ * and zeros of a column run as aligned word moves, or byte loops (9-byte rows of an RGB stem). */
+#if defined(__ARM_ARCH_6M__) && (defined(__GNUC__) || defined(__clang__))
+#define QG_M0_COPY 1
+#if defined(__GNUC__) && !defined(__clang__)
+#define QG_M0_COPY_ATTR __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define QG_M0_COPY_ATTR
+#endif
+#else
+#define QG_M0_COPY 0
+#define QG_M0_COPY_ATTR
+#endif
+
 /* Copy n int8 values; word copies when n and both addresses allow them (Helium: 16 bytes per vector). */
-static void copy_s8(int8_t *restrict dst, const int8_t *restrict src, int32_t n)
+QG_M0_COPY_ATTR static void copy_s8(int8_t *restrict dst, const int8_t *restrict src, int32_t n)
 {
 #if QG_MVE
     qg_mve_copy_s8(dst, src, n);
+#elif QG_M0_COPY
+    if (((n | (int32_t)(uintptr_t)dst | (int32_t)(uintptr_t)src) & 3) == 0) {
+        const qg_word_t *s = (const qg_word_t *)(const void *)src;
+        qg_word_t *d = (qg_word_t *)(void *)dst;
+        for (n >>= 2; n > 0; n--) {
+            *d++ = *s++;
+        }
+    } else {
+        for (; n > 0; n--) {
+            *dst++ = *src++;
+        }
+    }
 #else
     int32_t i;
     if (((n | (int32_t)(uintptr_t)dst | (int32_t)(uintptr_t)src) & 3) == 0) {
@@ -73,10 +100,21 @@ static void copy_s8(int8_t *restrict dst, const int8_t *restrict src, int32_t n)
 #endif
 }
 
-static void zero_s8(int8_t *dst, int32_t n)
+QG_M0_COPY_ATTR static void zero_s8(int8_t *dst, int32_t n)
 {
 #if QG_MVE
     qg_mve_zero_s8(dst, n);
+#elif QG_M0_COPY
+    if (((n | (int32_t)(uintptr_t)dst) & 3) == 0) {
+        qg_word_t *d = (qg_word_t *)(void *)dst;
+        for (n >>= 2; n > 0; n--) {
+            *d++ = 0;
+        }
+    } else {
+        for (; n > 0; n--) {
+            *dst++ = 0;
+        }
+    }
 #else
     int32_t i;
     for (i = 0; i < n; i++) {
