@@ -530,10 +530,13 @@ def cmd_tune(args) -> int:
                            trials=args.trials, study=args.study, workers=args.workers, scheduler=args.scheduler,
                            qemu=not args.no_qemu, max_latency_ms=args.max_latency_ms, max_flash=args.max_flash,
                            max_ram=args.max_ram, sampler=args.sampler, seed=args.seed,
-                           finetune_epochs=args.finetune_epochs, qat=args.qat, presets=not args.no_presets)
+                           finetune_epochs=args.finetune_epochs, qat=args.qat, presets=not args.no_presets,
+                           objective=args.objective)
     print(result.table())
     if args.plot:
         print(f"wrote {tune.plot(result, args.plot)}")
+    if args.html:
+        print(f"wrote {tune.write_html(result, args.html)}")
     return 0
 
 
@@ -767,6 +770,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "not also from the standard single techniques (prune 50/80%%, channels 25/50%%, cluster 4, int4)")
     t.add_argument("--show", metavar="STUDY", help="list the Pareto front of a stored study and exit")
     t.add_argument("--plot", metavar="PNG", help="also plot accuracy vs flash (needs matplotlib)")
+    t.add_argument("--html", metavar="HTML", help="also write the front as one self-contained HTML page (table, "
+                   "each point's qgen compile command, the plot when matplotlib is installed)")
+    t.add_argument("--objective", default="pareto", choices=["pareto", "accuracy"],
+                   help="pareto (default): accuracy, weight flash, arena and latency together, the Pareto front; "
+                   "accuracy: the best accuracy under the flash/RAM/latency limits, with an Optuna MedianPruner "
+                   "stopping trials whose accuracy after a fine-tuning epoch is below the earlier trials' median")
     t.set_defaults(fn=cmd_tune)
     for cmd in sub.choices.values():  # also after the command: `qgen compile ... --quiet`
         cmd.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)

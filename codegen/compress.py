@@ -15,6 +15,8 @@ works the same after any structural change and on every model QAT runs (1-D incl
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import partial
 
 import numpy as np
@@ -168,6 +170,21 @@ def gradient_importance(graph: Graph, x: np.ndarray, y: np.ndarray, batch: int =
     return out
 
 
+_EPOCH_HOOK: ContextVar[Callable | None] = ContextVar("qgen_finetune_epoch_hook", default=None)
+
+
+@contextmanager
+def epoch_hook(fn: Callable):
+    """Call fn(module, graph) after every fine-tuning epoch inside this block (codegen.tuning reports the accuracy
+    to an Optuna pruner; an exception from fn stops the compile). It must not change the module or draw from
+    torch's random generator: the result stays that of the same compile without the hook."""
+    token = _EPOCH_HOOK.set(fn)
+    try:
+        yield
+    finally:
+        _EPOCH_HOOK.reset(token)
+
+
 def finetune(graph: Graph, train: tuple[np.ndarray, np.ndarray], opts: CompressOptions) -> Graph:
     """A few epochs of Adam on the float IR (cross-entropy on class labels). Weights that are exactly
     zero (pruned) stay zero. Run it before clustering (as `passes` does): training would undo sharing."""
@@ -203,6 +220,10 @@ def finetune(graph: Graph, train: tuple[np.ndarray, np.ndarray], opts: CompressO
                 loss_sum += float(loss.detach()) * len(idx)
                 bar.advance()
             bar.note(f"epoch {epoch + 1}/{epochs} loss {loss_sum / max(1, len(xt)):.4f}")
+            hook = _EPOCH_HOOK.get()
+            if hook is not None:
+                with torch.no_grad():
+                    hook(module, graph)
     module.write_back()
     return graph
 

@@ -19,8 +19,13 @@ Design (the parts are off-the-shelf; qgen writes only the objective and the glue
 - Resume: trials a killed driver left RUNNING are failed and enqueued again with the same parameters; finished
   trials are never repeated. One driver per study at a time (a lock file beside the journal).
 - Pruners: Optuna's pruners stop a trial on intermediate values of a single objective; Optuna refuses
-  `trial.report` in multi-objective studies. The cheap early stop here is structural instead: a point whose
-  flash or arena already breaks the board's limits after compiling skips the QEMU run.
+  `trial.report` in multi-objective studies. So the default (objective="pareto", four objectives) has a structural
+  early stop only: a point whose flash or arena already breaks the board's limits after compiling skips the QEMU
+  run. objective="accuracy" is a single-objective study (the integer accuracy, maximised under the same flash /
+  RAM / latency constraints) with an Optuna pruner (MedianPruner by default) on the fine-tuning epochs: the
+  float accuracy on the evaluation data after each epoch is reported, and a trial below the median of the earlier
+  trials at that epoch stops there (state PRUNED). The pruner runs on the worker, on an in-memory Optuna study
+  holding the finished trials' intermediate values as the driver saw them when it submitted the trial.
 - Every trial records the `qgen compile` command line that rebuilds its point bit for bit (the data it needs is
   saved beside the study, in STUDY.d/); a QAT point or one fine-tuned by a user training function is rebuilt by
   `codegen.tuning.compile_trial(study, number, out_dir)`.
@@ -45,6 +50,7 @@ from .errors import UserError
 STUDY_NAME = "qgen-tune"
 OBJECTIVES = ("accuracy", "flash_bytes", "arena_bytes", "latency_ms")  # latency_ms: "macs" when QEMU is off
 DIRECTIONS = ("maximize", "minimize", "minimize", "minimize")
+OBJECTIVE_MODES = ("pareto", "accuracy")  # four objectives (the default) / accuracy alone, with a pruner
 CALIBRATIONS = ("minmax", "percentile", "mse", "kl")
 LAYER_CHOICES = ("int8", "int16")  # --precision LAYER=int16: int16 output activations
 QEMU_SAMPLES = 2
@@ -293,22 +299,39 @@ def _compile_qat(spec: TuneSpec, params: dict, options, target: str, out_dir):
     return qat.compile(qm, out_dir=out_dir, eval_data=spec.calib[:64])
 
 
-def evaluate(spec: TuneSpec, params: dict, limits: dict | None = None) -> dict:
+class _Pruned(Exception):
+    """Raised from the fine-tuning epoch hook when the pruner stops the trial."""
+
+
+def evaluate(spec: TuneSpec, params: dict, limits: dict | None = None, pruning: tuple | None = None) -> dict:
     """One trial: compile, accuracy of the integer reference on the evaluation data, QEMU instructions.
 
     A pure function of (spec, params): Dask may run it again after losing a worker. `limits` ({"flash", "ram"}
-    bytes) skips the QEMU run of a point that does not fit anyway. Returns the metrics (a JSON-ready dict); a
-    point qgen refuses to compile returns {"error": message}."""
+    bytes) skips the QEMU run of a point that does not fit anyway. pruning: (Optuna pruner, finished trials) in
+    the accuracy mode: the float accuracy after each fine-tuning epoch goes to the pruner ("intermediate"), which
+    may stop the trial ({"pruned": epoch}). Returns the metrics (a JSON-ready dict); a point qgen refuses to
+    compile returns {"error": message}."""
     start = time.perf_counter()
+    steps: dict[int, float] = {}
     try:
-        result = compile_point(spec, params)
+        if pruning is None or params.get("qat") or spec.train_fn is not None:  # QAT / user loops: not hooked
+            result = compile_point(spec, params)
+        else:
+            from . import compress
+
+            with compress.epoch_hook(_pruning_hook(spec, pruning, steps)):
+                result = compile_point(spec, params)
     except UserError as exc:
         return {"error": str(exc), "seconds": time.perf_counter() - start}
+    except _Pruned:
+        return {"pruned": max(steps), "intermediate": steps, "seconds": time.perf_counter() - start}
     pred = result.predict(spec.eval_x)
     accuracy = float(np.mean(np.argmax(pred.reshape(len(pred), -1), axis=1) == spec.eval_y))
     rep = result.report
     out = {"accuracy": accuracy, "flash_bytes": int(rep["flash_bytes"]), "arena_bytes": int(rep["arena_bytes"]),
            "macs": int(rep["macs"]), "instructions": None, "latency_ms": None}
+    if steps:
+        out["intermediate"] = steps
     fits = limits is None or (out["flash_bytes"] <= limits["flash"] and out["arena_bytes"] <= limits["ram"])
     if spec.qemu and fits:
         from .target import load_board
@@ -318,6 +341,33 @@ def evaluate(spec: TuneSpec, params: dict, limits: dict | None = None) -> dict:
         out["latency_ms"] = out["instructions"] / (board.clock_mhz * 1e3)
     out["seconds"] = time.perf_counter() - start
     return out
+
+
+def _pruning_hook(spec: TuneSpec, pruning: tuple, steps: dict) -> Callable:
+    """The fine-tuning epoch hook of the accuracy mode: the float accuracy on the evaluation data after each epoch
+    (steps 1, 2, ... over every fine-tuning round of the compile), reported to an in-memory Optuna study that holds
+    the finished trials; raises _Pruned when its pruner says so."""
+    import optuna
+    import torch
+
+    from .compress import _torch_batch
+
+    pruner, history = pruning
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    study.add_trials(history)
+    trial = study.ask()
+    ys = torch.as_tensor(spec.eval_y)
+
+    def hook(module, graph) -> None:
+        out = module(_torch_batch(spec.eval_x, graph))
+        step = len(steps) + 1
+        steps[step] = float((out.reshape(len(out), -1).argmax(1) == ys).float().mean())
+        trial.report(steps[step], step)
+        if trial.should_prune():
+            raise _Pruned(step)
+
+    return hook
 
 
 def qemu_instructions(result, board) -> float:
@@ -458,19 +508,20 @@ def _sampler(name: str, seed: int, fixed: dict | None):
     return optuna.samplers.PartialFixedSampler(fixed, base) if fixed else base
 
 
-def _open_study(study: str | Path, sampler=None):
+def _open_study(study: str | Path, sampler=None, objective: str = "pareto"):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(storage=_storage(study), study_name=STUDY_NAME, directions=list(DIRECTIONS),
+    directions = list(DIRECTIONS) if objective == "pareto" else ["maximize"]
+    return optuna.create_study(storage=_storage(study), study_name=STUDY_NAME, directions=directions,
                                sampler=sampler, load_if_exists=True)
 
 
 def _finished(study) -> list:
     from optuna.trial import TrialState
 
-    return [t for t in study.get_trials(deepcopy=False)
-            if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "error" in t.user_attrs)]
+    return [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            or (t.state == TrialState.FAIL and "error" in t.user_attrs)]
 
 
 def recover_interrupted(study) -> int:
@@ -500,10 +551,20 @@ def _tell(study, trial, metrics: dict, limits: dict, command: str | None) -> Non
         trial.set_user_attr("error", metrics["error"])
         study.tell(trial, state=TrialState.FAIL)
         return
+    for step, value in sorted(metrics.get("intermediate", {}).items()):  # the accuracy mode's epochs
+        trial.report(value, int(step))
+    if "pruned" in metrics:
+        trial.set_user_attr("pruned_at_epoch", metrics["pruned"])
+        study.tell(trial, state=TrialState.PRUNED)
+        return
     for k, v in metrics.items():
-        trial.set_user_attr(k, v)
+        if k != "intermediate":  # reported above
+            trial.set_user_attr(k, v)
     trial.set_user_attr("command", command)
     trial.set_user_attr("constraints", _constraints(metrics, limits))
+    if len(study.directions) == 1:  # objective="accuracy": the limits stay constraints
+        study.tell(trial, metrics["accuracy"])
+        return
     fourth = metrics["latency_ms"] if limits.get("qemu") else float(metrics["macs"])
     study.tell(trial, [metrics["accuracy"], float(metrics["flash_bytes"]), float(metrics["arena_bytes"]),
                        float("inf") if fourth is None else float(fourth)])
@@ -658,7 +719,7 @@ def tune(model: Any, *, board: str, data: Any, eval: Any, input_shape: tuple[int
          qemu: bool = True, max_latency_ms: float | None = None, max_flash: int | None = None,
          max_ram: int | None = None, sampler: str = "nsga2", seed: int = 0, finetune_epochs: int = 2,
          qat: bool = False, train_fn: Callable | None = None, fixed: dict | None = None,
-         presets: bool = True) -> TuneResult:
+         presets: bool = True, objective: str = "pareto", pruner: Any = True) -> TuneResult:
     """Search compile options for `board` (see the module docstring); returns the Pareto front.
 
     model: a `qgen compile` target ('file.py:factory', 'model.pt2') or an nn.Module / ExportedProgram (saved as
@@ -675,8 +736,13 @@ def tune(model: Any, *, board: str, data: Any, eval: Any, input_shape: tuple[int
     fixed: {parameter: value} held fixed (e.g. {"calibration": "minmax"}).
     presets: a new study starts with the default compile and qgen's standard single techniques (preset_params);
         False: with the default compile only.
+    objective: "pareto" (the default): four objectives (accuracy; weight flash, arena, latency or MACs), the
+        Pareto front. "accuracy": the integer accuracy alone, maximised under the same limits (constraints), with
+        `pruner` stopping trials early on their float accuracy after each fine-tuning epoch (True: Optuna's
+        MedianPruner(n_startup_trials=5); an optuna.pruners object; False: none). The result's points are then the
+        feasible trials no other dominates, best accuracy first, as in the pareto mode.
     """
-    import optuna  # noqa: F401 - a clear error below if the extra is missing
+    import optuna  # the `tune` extra
 
     from . import limits as limits_mod
     from .target import load_board
@@ -688,6 +754,9 @@ def tune(model: Any, *, board: str, data: Any, eval: Any, input_shape: tuple[int
         raise UserError(f"--max-latency-ms must be positive, got {max_latency_ms}")
     if trials < 1:
         raise UserError(f"--trials must be >= 1, got {trials}")
+    if objective not in OBJECTIVE_MODES:
+        raise UserError(f"objective '{objective}' is unknown; use pareto (accuracy, flash, arena and latency: the "
+                        "Pareto front) or accuracy (the best accuracy under the limits, with an Optuna pruner)")
     lim = limits_mod.limits(max_flash, max_ram, b.name)
     limits = {"flash": lim.flash, "ram": lim.ram, "latency_ms": max_latency_ms, "qemu": qemu}
     study = Path(study)
@@ -713,19 +782,25 @@ def tune(model: Any, *, board: str, data: Any, eval: Any, input_shape: tuple[int
                         calib=calib, eval_x=eval_xy[0], eval_y=eval_xy[1], train=train, qemu=qemu, layers=layers,
                         finetune_max=finetune_epochs, qat=qat, train_fn=train_fn, model_bytes=model_bytes,
                         data_dir=str(d), fixed=dict(fixed or {}))
-        opened = _open_study(study, _sampler(sampler, seed, fixed))
-        _check_same_study(opened, spec, limits, presets)
-        _run(opened, spec, limits, trials, workers, scheduler)
+        opened = _open_study(study, _sampler(sampler, seed, fixed), objective)
+        _check_same_study(opened, spec, limits, presets, objective)
+        if objective == "pareto" or pruner is False or pruner is None:
+            pruner = None  # Optuna refuses trial.report in multi-objective studies
+        elif pruner is True:
+            pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+        _run(opened, spec, limits, trials, workers, scheduler, pruner)
         return _result(opened, study, b.name, limits, spec, require_feasible=True)
     finally:
         lock.release()
 
 
-def _check_same_study(study, spec: TuneSpec, limits: dict, use_presets: bool = True) -> None:
+def _check_same_study(study, spec: TuneSpec, limits: dict, use_presets: bool = True,
+                      objective: str = "pareto") -> None:
     """A new study records what it tunes; a resumed one must tune the same model, board and data."""
     key = {"model": spec.model, "board": spec.board, "qemu": spec.qemu, "layers": list(spec.layers),
            "input_shape": list(spec.input_shape or []),
-           "data": hashlib.sha256(spec.calib.tobytes() + spec.eval_x.tobytes()).hexdigest()[:16]}
+           "data": hashlib.sha256(spec.calib.tobytes() + spec.eval_x.tobytes()).hexdigest()[:16],
+           "objective": objective}
     old = study.user_attrs.get("spec")
     if old is None:
         study.set_user_attr("spec", key)
@@ -734,15 +809,16 @@ def _check_same_study(study, spec: TuneSpec, limits: dict, use_presets: bool = T
         for i, params in enumerate(preset_params(spec)[:None if use_presets else 1]):
             study.enqueue_trial(params, user_attrs={"preset": i})  # trial 0, the default compile, always
         return
-    diff = [k for k in key if old.get(k) != key[k]]
+    diff = [k for k in key if old.get(k, "pareto" if k == "objective" else None) != key[k]]
     if diff:
         was = ", ".join(f"{k}={old.get(k)}" for k in diff)
         raise UserError(f"the study was made for another {', '.join(diff)} ({was}); "
-                        "resume it with the same model, board and data, or give a new --study")
+                        "resume it with the same model, board, data and --objective, or give a new --study")
     study.set_user_attr("limits", limits)
 
 
-def _run(study, spec: TuneSpec, limits: dict, trials: int, workers: int, scheduler: str | None) -> None:
+def _run(study, spec: TuneSpec, limits: dict, trials: int, workers: int, scheduler: str | None,
+         pruner=None) -> None:
     """The driver: ask Optuna for parameters, run each trial's evaluate() on the executor, tell the results as
     they complete, until the study holds `trials` finished trials."""
     recovered = recover_interrupted(study)
@@ -760,7 +836,8 @@ def _run(study, spec: TuneSpec, limits: dict, trials: int, workers: int, schedul
                 while done + len(pending) < trials and len(pending) < executor.slots:
                     trial = study.ask()
                     params = suggest(trial, spec)
-                    pending[executor.submit(evaluate, spec, params, limits)] = (trial, params)
+                    pruning = None if pruner is None else (pruner, _pruner_history(study))
+                    pending[executor.submit(evaluate, spec, params, limits, pruning)] = (trial, params)
                 if not pending:
                     break
                 fut = executor.next_done()
@@ -780,9 +857,20 @@ def _run(study, spec: TuneSpec, limits: dict, trials: int, workers: int, schedul
         executor.close()
 
 
+def _pruner_history(study) -> list:
+    """The finished trials a worker's pruner compares with (those with fine-tuning epochs reported)."""
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            if t.intermediate_values]
+
+
 def _note(number: int, m: dict, limits: dict) -> str:
     if "error" in m:
         return f"trial {number}: refused: {m['error'].splitlines()[0][:120]}"
+    if "pruned" in m:
+        return (f"trial {number}: pruned after fine-tuning epoch {m['pruned']} "
+                f"(float accuracy {100 * m['intermediate'][m['pruned']]:.2f}%)")
     fits = all(c <= 0 for c in _constraints(m, limits))
     lat = f", {m['latency_ms']:.2f} ms" if m.get("latency_ms") is not None else ""
     return (f"trial {number}: {100 * m['accuracy']:.2f}%, {m['flash_bytes']:,} B flash, {m['arena_bytes']:,} B "
@@ -800,12 +888,26 @@ def _result(study, path: Path, board: str, limits: dict, spec: TuneSpec | None,
     from optuna.trial import TrialState
 
     done = [_point(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    front_numbers = {t.number for t in study.best_trials}
+    if len(study.directions) == 1:  # objective="accuracy": the front of the feasible trials all the same
+        front_numbers = {p.number for p in _pareto([p for p in done if p.feasible], limits)}
+    else:
+        front_numbers = {t.number for t in study.best_trials}
     front = sorted((p for p in done if p.number in front_numbers and p.feasible),
                    key=lambda p: (-p.accuracy, p.flash_bytes, p.number))
     if require_feasible and done and not front:
         raise UserError(_infeasible_message(done, limits))
     return TuneResult(path, board, front, done, limits)
+
+
+def _pareto(points: list[Point], limits: dict) -> list[Point]:
+    """The points no other point dominates in (accuracy max; flash, arena, latency or MACs min)."""
+    def key(p: Point) -> tuple:
+        fourth = p.latency_ms if limits.get("qemu") else p.macs
+        return (-p.accuracy, p.flash_bytes, p.arena_bytes, float("inf") if fourth is None else fourth)
+
+    keys = {p.number: key(p) for p in points}
+    return [p for p in points if not any(all(a <= b for a, b in zip(keys[q.number], keys[p.number]))
+                                         and keys[q.number] != keys[p.number] for q in points)]
 
 
 def _infeasible_message(done: list[Point], limits: dict) -> str:
@@ -865,7 +967,18 @@ def compile_trial(study: str | Path, number: int, out_dir: str | Path | None = N
 
 def plot(result: TuneResult, path: str | Path) -> Path:
     """PNG: accuracy vs weight flash of every finished trial, the front highlighted, colour = latency (needs
-    matplotlib)."""
+    matplotlib). Written atomically."""
+    from .output import write_file_atomic
+
+    path = Path(path)
+    write_file_atomic(path, plot_png(result))
+    return path
+
+
+def plot_png(result: TuneResult) -> bytes:
+    """The plot of `plot` as PNG bytes (UserError without matplotlib)."""
+    import io
+
     try:
         import matplotlib
 
@@ -890,7 +1003,48 @@ def plot(result: TuneResult, path: str | Path) -> Path:
     fig.colorbar(sc, label="latency (ms)" if result.limits.get("qemu") else "MACs")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    return buf.getvalue()
+
+
+def html_page(result: TuneResult) -> str:
+    """The study as one self-contained HTML page (templates/report/tune.html.j2, autoescaped: option text, paths
+    and command lines are data): the limits, the front with each point's command, the plot as a data URI when
+    matplotlib is installed."""
+    import base64
+
+    import jinja2
+
+    from .resources import data_dir
+
+    try:
+        png = "data:image/png;base64," + base64.b64encode(plot_png(result)).decode() if result.trials else None
+    except UserError:  # no matplotlib: the page without the plot
+        png = None
+    lim = result.limits
+    rows = [{"trial": p.number, "accuracy": f"{100 * p.accuracy:.2f}%", "flash": f"{p.flash_bytes:,}",
+             "arena": f"{p.arena_bytes:,}", "macs": f"{p.macs:,}",
+             "instructions": f"{p.instructions:,.0f}" if p.instructions is not None else "-",
+             "ms": f"{p.latency_ms:.3f}" if p.latency_ms is not None else "-", "options": describe(p.params),
+             "command": p.command or _api_hint(result.study_path, p.number)} for p in result.points]
+    data = {"study": str(result.study_path), "board": result.board, "rows": rows, "png": png,
+            "finished": len(result.trials),
+            "limits": [f"flash {lim['flash']:,} B" if lim.get("flash") else None,
+                       f"RAM {lim['ram']:,} B" if lim.get("ram") else None,
+                       f"latency {lim['latency_ms']} ms" if lim.get("latency_ms") else None],
+            "latency": "QEMU instructions at the board's clock" if lim.get("qemu") else "MACs (no QEMU)"}
+    data["limits"] = ", ".join(x for x in data["limits"] if x) or "none recorded"
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates"))), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env.get_template("report/tune.html.j2").render(d=data)
+
+
+def write_html(result: TuneResult, path: str | Path) -> Path:
+    """`qgen tune ... --html PATH`: html_page(result), written atomically."""
+    from .output import write_file_atomic
+
+    path = Path(path)
+    write_file_atomic(path, html_page(result).encode())
     return path

@@ -249,3 +249,82 @@ def test_one_driver_per_study(tiny, tmp_path):
     finally:
         held.release()
     assert len(_tune(tiny, study, trials=1).trials) == 1
+
+
+GOOD = {"calibration": "minmax", "bias_correction": False, "equalize": False, "prune_on": True, "prune": 0.3,
+        "prune_scope": "layer", "importance": "magnitude", "prune_steps": 1, "channels_on": False, "rank_on": False,
+        "cluster_on": False, "weights": "int8", "finetune_epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def accuracy_study(tiny, tmp_path_factory):
+    """objective="accuracy": a fine-tuned trial, then a hopeless one (95% pruned, 60% of the channels cut) that the
+    MedianPruner stops after its first fine-tuning epoch, then one more."""
+    import optuna
+
+    study = tmp_path_factory.mktemp("acc") / "a.journal"
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    kw = dict(objective="accuracy", pruner=pruner, finetune_epochs=2, fixed=GOOD)
+    _tune(tiny, study, trials=2, **kw)  # the baseline (no fine-tuning: nothing reported), a good trial
+    opened = qtune._open_study(study, objective="accuracy")
+    opened.enqueue_trial({**GOOD, "prune": 0.95, "channels_on": True, "channels": 0.6})
+    result = _tune(tiny, study, trials=4, **kw)  # the hopeless trial, then one more: the study goes on
+    return study, result, opened
+
+
+def test_accuracy_objective_prunes_a_trial_and_completes(tiny, accuracy_study):
+    from optuna.trial import TrialState
+
+    study, result, opened = accuracy_study
+    trials = opened.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED, TrialState.COMPLETE]
+    assert opened.directions == [optuna_direction("maximize")]
+    assert trials[2].user_attrs["pruned_at_epoch"] == 1 and list(trials[2].intermediate_values) == [1]
+    assert "accuracy" not in trials[2].user_attrs  # stopped before its compile finished
+    assert list(trials[1].intermediate_values) == [1, 2]  # the float accuracy after each fine-tuning epoch
+    assert len(result.trials) == 3 and result.points and all(p.feasible for p in result.points)
+    assert result.points[0].accuracy == max(p.accuracy for p in result.trials)
+    # the epoch hook does not change the compile: a rebuild without it gives the same accuracy
+    ev = tiny[2]
+    rebuilt = qtune.compile_trial(study, 1)
+    assert float(np.mean(rebuilt.predict(ev[0]).argmax(1) == ev[1])) == trials[1].user_attrs["accuracy"]
+    # resuming with the other objective is refused
+    with pytest.raises(UserError, match="another objective"):
+        _tune(tiny, study, trials=5)
+    with pytest.raises(UserError, match="objective 'loss' is unknown"):
+        _tune(tiny, study, trials=5, objective="loss")
+
+
+def optuna_direction(name: str):
+    import optuna
+
+    return getattr(optuna.study.StudyDirection, name.upper())
+
+
+def test_show_html_page(accuracy_study, tmp_path, capsys):
+    study, result, _ = accuracy_study
+    out = tmp_path / "tune.html"
+    assert cli.main(["tune", "--show", str(study), "--html", str(out), "--quiet"]) == 0
+    page = out.read_text()
+    assert page.count('<tr class="point"') == len(result.points) >= 1
+    for p in result.points:
+        assert f'data-trial="{p.number}"' in page
+        assert (p.command or "").replace('"', "&#34;").replace("'", "&#39;") in page  # escaped, as data
+    try:
+        import matplotlib  # noqa: F401
+
+        assert 'src="data:image/png;base64,' in page
+    except ImportError:
+        assert 'id="noplot"' in page
+    assert not list(tmp_path.glob(".*tmp"))  # written atomically
+    # user text is data: a command line with markup is escaped
+    hostile = qtune.TuneResult(result.study_path, "<b>board</b>", [qtune.Point(
+        **{**result.points[0].__dict__, "command": "qgen compile '<script>alert(1)</script>' --out x&y"})],
+        result.trials, result.limits)
+    page = qtune.html_page(hostile)
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "x&amp;y" in page
+    assert "<b>board</b>" not in page
+    # a directory that does not exist: exit 1, nothing written
+    capsys.readouterr()
+    assert cli.main(["tune", "--show", str(study), "--html", str(tmp_path / "no" / "t.html"), "--quiet"]) == 1
+    assert "does not exist" in capsys.readouterr().err
