@@ -77,7 +77,8 @@ def conv_transpose(x: torch.Tensor, w: torch.Tensor, node: Node) -> torch.Tensor
     gr = int(node.attrs.get("groups", 1))
     cout, kh, kw, cg = w.shape  # torch's weight: (Cin, Cout/groups, KH, KW)
     w_t = w.reshape(gr, cout // gr, kh, kw, cg).permute(0, 4, 1, 2, 3).reshape(gr * cg, cout // gr, kh, kw)
-    y = F.conv_transpose2d(x.permute(0, 3, 1, 2), w_t, stride=tuple(node.attrs["stride"]), groups=gr)
+    y = F.conv_transpose2d(x.permute(0, 3, 1, 2), w_t, stride=tuple(node.attrs["stride"]), groups=gr,
+                           dilation=tuple(node.attrs.get("dilation", (1, 1))))
     y = F.pad(y, (0, max(0, -right), 0, max(0, -bottom)))
     return y[:, :, top:y.shape[2] - max(0, bottom), left:y.shape[3] - max(0, right)].permute(0, 2, 3, 1)
 

@@ -42,6 +42,11 @@ FLOAT_CASES = {
                                (1, 6, 4, 5)),
     "ct2d_groups3_k2_s2_x2": (nn.ConvTranspose2d(3, 6, 2, stride=2, groups=3), (1, 3, 4, 5)),
     "ct1d_groups2_k3_s2": (nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, groups=2), (1, 4, 8)),
+    "ct2d_dil2_k3_s2_p2_op1": (nn.ConvTranspose2d(3, 4, 3, stride=2, padding=2, output_padding=1, dilation=2),
+                               (1, 3, 4, 5)),
+    "ct2d_dil2x3_k2x3_s3x2_g2": (nn.ConvTranspose2d(4, 6, (2, 3), stride=(3, 2), output_padding=(1, 2),
+                                                    dilation=(2, 3), groups=2), (1, 4, 4, 5)),
+    "ct1d_dil3_k3_s1_p1": (nn.ConvTranspose1d(3, 4, 3, padding=1, dilation=3), (1, 3, 8)),
     "nearest_x2": (nn.Upsample(scale_factor=2, mode="nearest"), (1, 3, 4, 5)),
     "nearest_size": (_Fn(lambda x: F.interpolate(x, size=(7, 9), mode="nearest")), (1, 3, 4, 5)),
     "nearest_1.7": (_Fn(lambda x: F.interpolate(x, scale_factor=1.7, mode="nearest")), (1, 3, 4, 5)),
@@ -167,6 +172,15 @@ def upsample_graph(rng, wide: bool = True) -> Graph:
     _weighted(g, rng, "ct_g7_k2_s2_cg1_relu", ct, "x", (14, 2, 2, 1), act_range=(0, 127), stride=(2, 2),
               crop=(0, 0, 0, 0), groups=7)
     _weighted(g, rng, "ct1d_g2_k3_s2_cg4", ct, c8, (4, 1, 3, 4), stride=(1, 2), crop=(0, 1, 0, 0), groups=2)
+    # dilation: gcd(d, s) = 2 (odd rows and columns: bias only), gcd 1 with k0 > 0 (tap rows below the phase's
+    # first output: qy < 0), stride 1, grouped, 1-D (TCN-style)
+    _weighted(g, rng, "ct_d2_k3_s2_c8", ct, c8, (5, 3, 3, 8), stride=(2, 2), crop=(1, 1, 0, 0), dilation=(2, 2))
+    _weighted(g, rng, "ct_d3x2_k3x2_s2x1_c7_any", ct, "x", (4, 3, 2, 7), act_range=(-50, 90), stride=(2, 1),
+              crop=(2, 1, -1, 0), dilation=(3, 2))
+    _weighted(g, rng, "ct_d2_k4_s3_c8", ct, c8, (3, 4, 4, 8), stride=(3, 3), crop=(2, 0, 0, -1), dilation=(2, 2))
+    _weighted(g, rng, "ct_g2_d2_k3_s1_cg4_relu", ct, c8, (6, 3, 3, 4), act_range=(0, 127), stride=(1, 1),
+              crop=(2, 2, 2, 2), groups=2, dilation=(2, 2))
+    _weighted(g, rng, "ct1d_d3_k3_s2_c7", ct, seq, (4, 1, 3, 7), stride=(1, 2), crop=(0, 1, 0, 0), dilation=(1, 3))
     if not wide:
         return finish(g)
     # int16: conv to int16, resize at int16, conv back to int8 (qg_resize_s16)
@@ -195,6 +209,12 @@ def upsample_graph(rng, wide: bool = True) -> Graph:
                         groups=7)
     g.outputs.remove(ct8_16g)
     _weighted(g, rng, "ct_s8_to_s16_g7_to_s8", Op.CONV2D, ct8_16g, (3, 1, 1, 7), **one)
+    _weighted(g, rng, "ct_s16_to_s8_d2x3_k3_s2", ct, to16, (5, 3, 3, 4), stride=(2, 2), crop=(1, 1, 0, -1),
+              dilation=(2, 3))
+    ct8_16d = _weighted(g, rng, "ct_s8_to_s16_d3_k2_s2", ct, "x", (4, 2, 2, 7), **wide16, stride=(2, 2),
+                        crop=(0, 2, 0, 0), dilation=(3, 3))
+    g.outputs.remove(ct8_16d)
+    _weighted(g, rng, "ct_s8_to_s16_d3_to_s8", Op.CONV2D, ct8_16d, (3, 1, 1, 4), **one)
     return finish(g)
 
 
@@ -254,7 +274,9 @@ class TinyUNet(nn.Module):
         super().__init__()
         self.enc = nn.Conv2d(2, 6, 3, padding=1)
         self.mid = nn.Conv2d(6, 8, 3, padding=1)
-        if up.startswith("convt"):  # convt_g2: a grouped one (2 groups of 4 -> 3 channels)
+        if up == "convt_d2":  # a dilated one: 3x3, dilation 2, stride 2 (4 -> 8 pixels)
+            self.up = nn.ConvTranspose2d(8, 6, 3, stride=2, padding=2, output_padding=1, dilation=2)
+        elif up.startswith("convt"):  # convt_g2: a grouped one (2 groups of 4 -> 3 channels)
             self.up = nn.ConvTranspose2d(8, 6, 2, stride=2, groups=2 if up == "convt_g2" else 1)
         else:
             self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode=up), nn.Conv2d(8, 6, 1))
@@ -267,7 +289,7 @@ class TinyUNet(nn.Module):
         return self.dec(torch.cat([y, skip], 1))
 
 
-@pytest.mark.parametrize("up", ["convt", "nearest", "bilinear"])
+@pytest.mark.parametrize("up", ["convt", "convt_d2", "nearest", "bilinear"])
 def test_tiny_unet_end_to_end(up, tmp_path):
     import codegen
 
@@ -276,7 +298,7 @@ def test_tiny_unet_end_to_end(up, tmp_path):
     calib = torch.rand(32, 2, 8, 8) * 2 - 1
     result = codegen.compile(model, calib[:1], calib.numpy(), prefix="unet", out_dir=tmp_path / "unet")
     ops = {n.op for n in result.graph.nodes}
-    assert (Op.CONV_TRANSPOSE2D if up == "convt" else Op.RESIZE) in ops
+    assert (Op.CONV_TRANSPOSE2D if up.startswith("convt") else Op.RESIZE) in ops
     assert result.verify(calib.numpy()[:8]).exact  # C (host) == integer reference, byte for byte
     want = model(calib[:8]).detach().numpy()
     err = np.abs(result.predict(calib.numpy()[:8]) - want).max() / np.abs(want).max()
@@ -330,11 +352,10 @@ def _onnx_export(model, x, path) -> None:
         torch.onnx.export(model, (x,), str(path))
 
 
-@pytest.mark.parametrize("case", ["2d", "1d", "dilated"])
+@pytest.mark.parametrize("case", ["2d", "1d", "dilated", "dilated_1d"])
 def test_onnx_grouped_conv_transpose(case, tmp_path):
-    """ConvTranspose with group > 1 (2-D, 1-D) imports and equals torch; dilations > 1 is refused by name."""
+    """ConvTranspose with group > 1 (2-D, 1-D) and dilations > 1 imports and equals torch."""
     pytest.importorskip("onnx", reason="the ONNX front end needs the `onnx` package")
-    from codegen.errors import UserError
     from codegen.frontend.onnx_import import from_onnx_file
     from codegen.reference import run_float, to_qgen_layout, to_torch_layout
 
@@ -342,20 +363,21 @@ def test_onnx_grouped_conv_transpose(case, tmp_path):
     layer, x = {"2d": (nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1, groups=2),
                        torch.randn(1, 6, 4, 5)),
                 "1d": (nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, groups=2), torch.randn(1, 4, 8)),
-                "dilated": (nn.ConvTranspose2d(4, 4, 3, stride=2, dilation=2, groups=2), torch.randn(1, 4, 4, 5))}[case]
+                "dilated": (nn.ConvTranspose2d(4, 4, 3, stride=2, dilation=(2, 3), groups=2, padding=1,
+                                               output_padding=1), torch.randn(1, 4, 4, 5)),
+                "dilated_1d": (nn.ConvTranspose1d(3, 4, 3, stride=1, dilation=4), torch.randn(1, 3, 8))}[case]
     model = nn.Sequential(layer).eval()
     _onnx_export(model, x, tmp_path / "ct.onnx")
-    if case == "dilated":
-        with pytest.raises(UserError, match=re.escape("dilations=[2, 2]")):
-            from_onnx_file(str(tmp_path / "ct.onnx"))
-        return
     g = from_onnx_file(str(tmp_path / "ct.onnx"))
-    assert [n.attrs.get("groups") for n in g.nodes if n.op is Op.CONV_TRANSPOSE2D] == [2]
+    node = next(n for n in g.nodes if n.op is Op.CONV_TRANSPOSE2D)
+    assert node.attrs.get("groups", 1) == layer.groups
+    assert node.attrs.get("dilation", (1, 1)) == {"2d": (1, 1), "1d": (1, 1), "dilated": (2, 3),
+                                                  "dilated_1d": (1, 4)}[case]
     got = to_torch_layout(run_float(g, to_qgen_layout(g, x.numpy()))[g.outputs[0]], g.io_layout[g.outputs[0]])
     np.testing.assert_allclose(got, model(x).detach().numpy(), atol=2e-6)
 
 
-@pytest.mark.parametrize("up", ["convt", "convt_g2", "nearest", "bilinear"])
+@pytest.mark.parametrize("up", ["convt", "convt_g2", "convt_d2", "nearest", "bilinear"])
 def test_qat_twin_is_exact_and_trains(up):
     """QAT's fake-quantised twin (ops' qat rules) in eval mode == the integer reference, exactly; the train
     path has gradients through the up-sampling."""
@@ -422,9 +444,11 @@ def test_refusals_name_the_layer_and_the_way_out():
     from codegen.errors import UserError
 
     x = torch.zeros(1, 4, 6, 6)
-    for layer, words in ((nn.ConvTranspose2d(4, 4, 3, stride=2, groups=2, dilation=2), "dilation=[2, 2]"),
-                         (nn.ConvTranspose2d(4, 4, 3, stride=2, dilation=2), "dilation=[2, 2]"),
-                         (nn.Upsample(scale_factor=2, mode="bicubic"), "upsample_bicubic2d")):
+    for layer, words in ((nn.ConvTranspose2d(4, 4, 3, stride=2, dilation=(300, 2)), "dilation=[300, 2]"),
+                         (nn.Upsample(scale_factor=2, mode="bicubic"), "upsample_bicubic2d"),
+                         (nn.ConvTranspose1d(4, 4, 3, dilation=256), "dilation=[256]")):
+        if isinstance(layer, nn.ConvTranspose1d):
+            x = torch.zeros(1, 4, 6)
         with pytest.raises(UserError, match=re.escape(words)):
             codegen.compile(nn.Sequential(layer).eval(), x)
 

@@ -1003,7 +1003,7 @@ def _lut(fn: str) -> Callable[[_Importer, Any], _Act]:
 
 
 def _conv_transpose(imp: _Importer, node) -> _Act:
-    """ConvTranspose (any group, dilation 1, explicit pads) -> conv_transpose2d (codegen/ops/upsample.py)."""
+    """ConvTranspose (any group, any dilations, explicit pads) -> conv_transpose2d (codegen/ops/upsample.py)."""
     from ..ops.upsample import weight_from_torch
 
     x = imp.input_act(node)
@@ -1013,10 +1013,10 @@ def _conv_transpose(imp: _Importer, node) -> _Act:
     strides = [int(v) for v in imp.attr(node, "strides") or [1] * n_sp]
     pads = [int(v) for v in imp.attr(node, "pads") or [0] * (2 * n_sp)]
     out_pad = [int(v) for v in imp.attr(node, "output_padding") or [0] * n_sp]
-    dil, group = [int(d) for d in imp.attr(node, "dilations") or []], int(imp.attr(node, "group", 1))
-    if any(d != 1 for d in dil):
-        raise imp.err(node, f"dilations={dil}; qgen's transposed convolution supports dilation 1 (the same layer: "
-                            "dilation 1 and a (k-1)*dilation+1 kernel with zeros between the trained taps)")
+    dil, group = [int(d) for d in imp.attr(node, "dilations") or [1] * n_sp], int(imp.attr(node, "group", 1))
+    if len(dil) != n_sp or not 1 <= min(dil) <= max(dil) <= 255:
+        raise imp.err(node, f"dilations={dil}; qgen's transposed convolution supports one dilation per spatial "
+                            "axis, 1 to 255")
     if group < 1 or w.shape[0] % group or imp.shape_of(x.name)[-1] != w.shape[0]:
         raise imp.err(node, f"group={group} with a ({', '.join(map(str, w.shape))}) weight; group must divide the "
                             "input channels (the weight's first axis)")
@@ -1024,18 +1024,21 @@ def _conv_transpose(imp: _Importer, node) -> _Act:
         raise imp.err(node, "auto_pad / output_shape; qgen needs explicit pads and output_padding")
     if x.rank == 3 and w.ndim == 3:  # ConvTranspose1d: a 1 x K image kernel
         w, strides, pads, out_pad = w[:, :, None, :], [1, strides[0]], [0, pads[0], 0, pads[1]], [0, out_pad[0]]
+        dil = [1, dil[0]]
     elif x.rank != 4 or w.ndim != 4:
         raise imp.err(node, f"transposed convolution of a {x.rank}-D input; qgen supports 1-D and 2-D")
     h, wd, _ = imp.shape_of(x.name)
     _, og, kh, kw = w.shape
     cout = og * group
     crop = (pads[0], pads[1], pads[2] - out_pad[0], pads[3] - out_pad[1])
-    oh, ow = (h - 1) * strides[0] + kh - crop[0] - crop[2], (wd - 1) * strides[1] + kw - crop[1] - crop[3]
+    oh = (h - 1) * strides[0] + (kh - 1) * dil[0] + 1 - crop[0] - crop[2]
+    ow = (wd - 1) * strides[1] + (kw - 1) * dil[1] + 1 - crop[1] - crop[3]
     base = imp.base_name(node)
     wname = imp.const(f"{base}_w", weight_from_torch(w, group))  # (Cout, KH, KW, Cin/group)
     bname = imp.const(f"{base}_b", np.asarray(b, np.float64) if b is not None else np.zeros(cout))
     out = imp.add(node, Op.CONV_TRANSPOSE2D, [x.name, wname, bname], (oh, ow, cout), stride=tuple(strides),
-                  crop=crop, **({"groups": group} if group != 1 else {}))
+                  crop=crop, **({"groups": group} if group != 1 else {}),
+                  **({"dilation": tuple(dil)} if tuple(dil) != (1, 1) else {}))
     return _Act(out, x.rank)
 
 

@@ -1461,21 +1461,21 @@ def _conv_transpose(lw: _Lowering, n) -> str:
     if one_d:
         stride, pad, opad, dil = (1, stride[1]), (0, pad[1]), (0, opad[1]), (1, dil[1])
     groups = int(groups or 1)
-    if dil != (1, 1):
-        raise _err(lw, n, f"dilation={list(dil)}; qgen's transposed convolution supports dilation 1 (the same "
-                          "layer: dilation=1 and a (k-1)*dilation+1 kernel with zeros between the trained taps)")
     h, wd, cin = lw.shape_of(xin)
     _, og, kh, kw = w.shape
     cout = og * groups
     crop = (pad[0], pad[1], pad[0] - opad[0], pad[1] - opad[1])
-    oh, ow = (h - 1) * stride[0] + kh - crop[0] - crop[2], (wd - 1) * stride[1] + kw - crop[1] - crop[3]
-    if max(stride) > 255 or max(crop[:2]) > 255 or max(kh, kw) > 255:
-        raise _err(lw, n, f"kernel {kh}x{kw}, stride {list(stride)}, padding {list(pad)}: qgen supports up to 255")
+    oh = (h - 1) * stride[0] + (kh - 1) * dil[0] + 1 - crop[0] - crop[2]
+    ow = (wd - 1) * stride[1] + (kw - 1) * dil[1] + 1 - crop[1] - crop[3]
+    if max(stride) > 255 or max(crop[:2]) > 255 or max(kh, kw) > 255 or max(dil) > 255:
+        shown = [dil[1]] if one_d else list(dil)
+        raise _err(lw, n, f"kernel {kh}x{kw}, stride {list(stride)}, padding {list(pad)}, dilation={shown}: qgen "
+                          "supports up to 255 each")
     _check_shape(lw, n, (oh, ow, cout))
     bias = lw.param(n, b_arg)
     wname = lw.const(f"{n.name}_w", weight_from_torch(w, groups))  # (Cout, KH, KW, Cin/groups) as conv2d
     bname = lw.const(f"{n.name}_b", bias if bias is not None else np.zeros(cout))
-    attrs = {"groups": groups} if groups != 1 else {}
+    attrs = ({"groups": groups} if groups != 1 else {}) | ({"dilation": tuple(dil)} if dil != (1, 1) else {})
     return lw.add(n, Op.CONV_TRANSPOSE2D, [xin, wname, bname], (oh, ow, cout), stride=tuple(stride), crop=crop,
                   **attrs)
 

@@ -1,16 +1,20 @@
 """conv_transpose2d, resize: ops that make an image larger (1-D as H=1), channels last.
 
-conv_transpose2d (ConvTranspose1d/2d, any groups, dilation 1): weights (Cout, KH, KW, Cin / groups) like
-conv2d, attrs groups (absent = 1), stride (sh, sw) and crop (top, left, bottom, right) = torch's padding, less
-output_padding at the bottom/right (so bottom/right may be negative: rows that only the bias reaches). Output
-  out[oy, ox, o] = bias[o] + sum over ky, kx, i with oy + top = iy * sh + ky, ox + left = ix * sw + kx
+conv_transpose2d (ConvTranspose1d/2d, any groups, any dilation): weights (Cout, KH, KW, Cin / groups) like
+conv2d, attrs groups (absent = 1), dilation (dh, dw) (absent = (1, 1)), stride (sh, sw) and crop (top, left,
+bottom, right) = torch's padding, less output_padding at the bottom/right (so bottom/right may be negative: rows
+that only the bias reaches). Output
+  out[oy, ox, o] = bias[o] + sum over ky, kx, i with oy + top = iy * sh + ky * dh, ox + left = ix * sw + kx * dw
                    (iy, ix inside the input) of x[iy, ix, gi * cg + i] * w[o, ky, kx, i],
 with cg = Cin / groups input channels per group, gi = o // (Cout / groups) the output channel's group,
 requantised per output channel like conv2d (acc + bias, round_shift by shift[o], clamp to act_min/act_max).
-The kernels gather: output row oy reads the taps ky = (oy + top) % sh + j * sh only, so no zero is ever
-multiplied for a stride (MACs count only the taps that land on an output pixel). The C weights are stored
-in phase order (`phase_weights`): for each phase (ry, rx) of (oy + top, ox + left) modulo the stride, the
-(Cout, its ky, its kx, Cin) block, so one output pixel is one contiguous dot product per output channel.
+The kernels gather: output row oy (t = oy + top) meets only the taps with ky * dh = t (mod sh). With
+g = gcd(dh, sh), a phase r = t % sh that is not a multiple of g gets no tap (the bias alone); the others get
+ky = k0(r), k0(r) + sh / g, ... (`phase_geometry`) at input rows iy = (t - k0 * dh) / sh - j * dh / g. So no zero
+is ever multiplied for a stride or a dilation (MACs count only the taps that land on an output pixel); dilation 1
+is k0 = r, taps sh apart, input rows one apart. The C weights are stored in phase order (`phase_weights`): for
+each phase (ry, rx) of (oy + top, ox + left) modulo the stride, the (Cout, its ky, its kx, Cin) block, so one
+output pixel is one contiguous dot product per output channel.
 
 resize (Upsample / F.interpolate, nearest, nearest-exact, bilinear / linear with align_corners False or
 True, scale_factor or size): the source coordinates are computed here once, in torch's float32 arithmetic,
@@ -24,6 +28,8 @@ fits int32: s = 10 for int8 activations (|acc| <= 2^7 * 2^20), s = 7 for int16 o
 """
 from __future__ import annotations
 
+from math import gcd
+
 import numpy as np
 
 from . import Op, OpSpec, Trait, VerifyError
@@ -32,15 +38,19 @@ from .window import clip
 # ================================================================ conv_transpose2d
 
 
-def conv_transpose_size(size: int, kernel: int, stride: int, crop_lo: int, crop_hi: int) -> int:
-    return (size - 1) * stride + kernel - crop_lo - crop_hi
+def conv_transpose_size(size: int, kernel: int, stride: int, crop_lo: int, crop_hi: int, dil: int = 1) -> int:
+    return (size - 1) * stride + (kernel - 1) * dil + 1 - crop_lo - crop_hi
+
+
+def dilation(n) -> tuple[int, int]:
+    return tuple(int(d) for d in n.attrs.get("dilation", (1, 1)))
 
 
 def conv_transpose_shape(g, n) -> tuple[int, ...]:
     h, w, _ = g.tensors[n.inputs[0]].shape
     cout, kh, kw, _ = g.tensors[n.inputs[1]].shape
-    (sh, sw), (top, left, bottom, right) = n.attrs["stride"], n.attrs["crop"]
-    return (conv_transpose_size(h, kh, sh, top, bottom), conv_transpose_size(w, kw, sw, left, right), cout)
+    (sh, sw), (top, left, bottom, right), (dh, dw) = n.attrs["stride"], n.attrs["crop"], dilation(n)
+    return (conv_transpose_size(h, kh, sh, top, bottom, dh), conv_transpose_size(w, kw, sw, left, right, dw), cout)
 
 
 def groups(n) -> int:
@@ -55,30 +65,35 @@ def check_conv_transpose(g, n) -> None:
     (sh, sw), (top, left, _, _) = n.attrs["stride"], n.attrs["crop"]
     if min(sh, sw) < 1 or min(top, left) < 0:
         raise VerifyError(f"{n.where()}: stride {n.attrs['stride']} / crop {n.attrs['crop']} out of range")
+    if len(dilation(n)) != 2 or not 1 <= min(dilation(n)) <= max(dilation(n)) <= 255:
+        raise VerifyError(f"{n.where()}: dilation {dilation(n)} must be two integers in [1, 255]")
 
 
-def conv_transpose_acc(x: np.ndarray, w: np.ndarray, stride, crop, groups: int = 1) -> np.ndarray:
+def conv_transpose_acc(x: np.ndarray, w: np.ndarray, stride, crop, groups: int = 1, dil=(1, 1)) -> np.ndarray:
     """Transposed-convolution sums (N, OH, OW, Cout) of x (N,H,W,Cin) with w (Cout,KH,KW,Cin/groups): the scatter
-    form (every input pixel adds x . w[:, ky, kx] at (iy*sh + ky, ix*sw + kx)), then the crop; groups: output
-    group gi reads input group gi. Exact in float64 for integer inputs (as conv2d_acc)."""
+    form (every input pixel adds x . w[:, ky, kx] at (iy*sh + ky*dh, ix*sw + kx*dw)), then the crop; groups:
+    output group gi reads input group gi. Exact in float64 for integer inputs (as conv2d_acc)."""
     if groups > 1:
         cg, og = x.shape[-1] // groups, w.shape[0] // groups
         return np.concatenate([conv_transpose_acc(x[..., gi * cg:(gi + 1) * cg], w[gi * og:(gi + 1) * og], stride,
-                                                  crop) for gi in range(groups)], axis=-1)
+                                                  crop, 1, dil) for gi in range(groups)], axis=-1)
     n, h, wd, _ = x.shape
     cout, kh, kw, _ = w.shape
-    sh, sw = stride
+    (sh, sw), (dh, dw) = stride, dil
     top, left, bottom, right = crop
-    full = np.zeros((n, (h - 1) * sh + kh + max(0, -bottom), (wd - 1) * sw + kw + max(0, -right), cout))
+    full = np.zeros((n, (h - 1) * sh + (kh - 1) * dh + 1 + max(0, -bottom),
+                     (wd - 1) * sw + (kw - 1) * dw + 1 + max(0, -right), cout))
     xf, wf = x.astype(np.float64), w.astype(np.float64)
     for ky in range(kh):
         for kx in range(kw):
-            full[:, ky:ky + (h - 1) * sh + 1:sh, kx:kx + (wd - 1) * sw + 1:sw] += xf @ wf[:, ky, kx, :].T
+            y0, x0 = ky * dh, kx * dw
+            full[:, y0:y0 + (h - 1) * sh + 1:sh, x0:x0 + (wd - 1) * sw + 1:sw] += xf @ wf[:, ky, kx, :].T
     return full[:, top:full.shape[1] - max(0, bottom), left:full.shape[2] - max(0, right)]
 
 
 def f_conv_transpose(g, n, xs):
-    acc = conv_transpose_acc(xs[0], g.tensors[n.inputs[1]].data, n.attrs["stride"], n.attrs["crop"], groups(n))
+    acc = conv_transpose_acc(xs[0], g.tensors[n.inputs[1]].data, n.attrs["stride"], n.attrs["crop"], groups(n),
+                             dilation(n))
     return clip(acc + g.tensors[n.inputs[2]].data, *n.attrs.get("act", (None, None)))
 
 
@@ -86,7 +101,7 @@ def i_conv_transpose(g, n, xs):
     from .conv import requantize_acc
 
     return requantize_acc(g, n, conv_transpose_acc(xs[0], g.tensors[n.inputs[1]].data, n.attrs["stride"],
-                                                    n.attrs["crop"], groups(n)))
+                                                    n.attrs["crop"], groups(n), dilation(n)))
 
 
 def quantize_conv_transpose(g, n, act) -> None:
@@ -96,9 +111,9 @@ def quantize_conv_transpose(g, n, act) -> None:
     quantize_weighted(g, n, act)
 
 
-def _taps_per_axis(size: int, out: int, kernel: int, stride: int, crop_lo: int) -> int:
+def _taps_per_axis(size: int, out: int, kernel: int, stride: int, crop_lo: int, dil: int = 1) -> int:
     """Number of (input index, kernel index) pairs of one axis that land inside the output."""
-    i = np.arange(size)[:, None] * stride + np.arange(kernel)[None, :] - crop_lo
+    i = np.arange(size)[:, None] * stride + np.arange(kernel)[None, :] * dil - crop_lo
     return int(((i >= 0) & (i < out)).sum())
 
 
@@ -107,8 +122,8 @@ def macs_conv_transpose(g, n) -> int:
     h, w, _ = g.tensors[n.inputs[0]].shape
     cout, kh, kw, cg = g.tensors[n.inputs[1]].shape
     oh, ow, _ = g.tensors[n.outputs[0]].shape
-    (sh, sw), (top, left, _, _) = n.attrs["stride"], n.attrs["crop"]
-    return _taps_per_axis(h, oh, kh, sh, top) * _taps_per_axis(w, ow, kw, sw, left) * cg * cout
+    (sh, sw), (top, left, _, _), (dh, dw) = n.attrs["stride"], n.attrs["crop"], dilation(n)
+    return _taps_per_axis(h, oh, kh, sh, top, dh) * _taps_per_axis(w, ow, kw, sw, left, dw) * cg * cout
 
 
 def torch_conv_transpose(node, xs, const):
@@ -118,9 +133,22 @@ def torch_conv_transpose(node, xs, const):
     return torch_ir.clamp(y, *node.attrs.get("act", (None, None)))
 
 
-def phase_taps(kernel: int, stride: int, phase: int) -> int:
-    """Kernel taps k = phase, phase + stride, ... < kernel of one axis."""
-    return max(0, -(-(kernel - phase) // stride))
+def phase_geometry(kernel: int, stride: int, dil: int, phase: int) -> tuple[int, int, int, int]:
+    """One axis, output positions t = phase (mod stride): (k0, taps, k_step, in_step). The taps k with
+    k * dil = phase (mod stride) are k0, k0 + k_step, ... < kernel (k_step = stride / g, g = gcd(dil, stride));
+    tap j reads input index (t - k0 * dil) / stride - j * in_step (in_step = dil / g). No tap if g does not
+    divide the phase. Dilation 1: k0 = phase, k_step = stride, in_step = 1."""
+    g = gcd(dil, stride)
+    k_step, in_step = stride // g, dil // g
+    if phase % g:
+        return 0, 0, k_step, in_step
+    k0 = next(k for k in range(k_step) if k * dil % stride == phase)
+    return k0, max(0, -(-(kernel - k0) // k_step)), k_step, in_step
+
+
+def phase_taps(kernel: int, stride: int, phase: int, dil: int = 1) -> int:
+    """Number of kernel taps of one axis in a phase (dilation 1: k = phase, phase + stride, ... < kernel)."""
+    return phase_geometry(kernel, stride, dil, phase)[1]
 
 
 def weight_from_torch(w: np.ndarray, groups: int) -> np.ndarray:
@@ -131,20 +159,28 @@ def weight_from_torch(w: np.ndarray, groups: int) -> np.ndarray:
     return w.reshape(groups, cg, og, kh, kw).transpose(0, 2, 3, 4, 1).reshape(groups * og, kh, kw, cg)
 
 
-def phase_weights(w: np.ndarray, stride) -> np.ndarray:
+def phase_weights(w: np.ndarray, stride, dil=(1, 1)) -> np.ndarray:
     """(Cout, KH, KW, Cin) -> the C kernel's order: phases (ry, rx) in row-major order, each the block
-    w[:, ry::sh, rx::sw, :] (Cout, its taps, Cin), flattened (same values, another order)."""
-    sh, sw = stride
-    return np.concatenate([w[:, ry::sh, rx::sw, :].reshape(-1) for ry in range(sh) for rx in range(sw)]
-                          + [np.zeros(0, w.dtype)])
+    w[:, ky0::ky_step, kx0::kx_step, :] of its taps (`phase_geometry`; dilation 1: w[:, ry::sh, rx::sw, :]),
+    (Cout, its taps, Cin) flattened (same values, another order: every tap is in exactly one phase)."""
+    (sh, sw), (dh, dw) = stride, dil
+    _, kh, kw, _ = w.shape
+    blocks = []
+    for ry in range(sh):
+        ky0, nty, ky_step, _ = phase_geometry(kh, sh, dh, ry)
+        for rx in range(sw):
+            kx0, ntx, kx_step, _ = phase_geometry(kw, sw, dw, rx)
+            if nty and ntx:
+                blocks.append(w[:, ky0::ky_step, kx0::kx_step, :].reshape(-1))
+    return np.concatenate(blocks + [np.zeros(0, w.dtype)])
 
 
 def conv_transpose_scratch(g, n) -> int:
     """qg_conv_transpose2d_s8_buffer_size: 4 int16 columns + one int8 column of the largest phase (K = taps * one
     group's channels, rounded up to 4); the plain path uses the first K bytes."""
     _, kh, kw, cin = g.tensors[n.inputs[1]].shape
-    sh, sw = n.attrs["stride"]
-    k4 = (phase_taps(kh, sh, 0) * phase_taps(kw, sw, 0) * cin + 3) & ~3
+    (sh, sw), (dh, dw) = n.attrs["stride"], dilation(n)
+    k4 = (phase_taps(kh, sh, 0, dh) * phase_taps(kw, sw, 0, dw) * cin + 3) & ~3  # phase 0 (k0 = 0) has the most
     return 9 * k4
 
 
@@ -164,15 +200,19 @@ def _conv_transpose_fields(b, io, n) -> list[tuple[str, object]]:
     _, kh, kw, _ = w_t.shape
     (sh, sw), (top, left, _, _) = n.attrs["stride"], n.attrs["crop"]
     data = w_t.data
-    weights = b.array(f"{io.sym}_weights", phase_weights(data, (sh, sw)), "int8",
-                      f"weights {list(w_t.shape)} int8 {w_t.qformat} in phase order (stride {sh}x{sw}), values "
+    dil = dilation(n)
+    weights = b.array(f"{io.sym}_weights", phase_weights(data, (sh, sw), dil), "int8",
+                      f"weights {list(w_t.shape)} int8 {w_t.qformat} in phase order (stride {sh}x{sw}"
+                      + (f", dilation {dil[0]}x{dil[1]}" if dil != (1, 1) else "") + "), values "
                       f"[{int(data.min()) if data.size else 0}, {int(data.max()) if data.size else 0}]")
     bias = b.const_tensor(io.sym, n.inputs[2], "bias")
     shift = b.array(f"{io.sym}_shift", np.array(n.attrs["shift"]), "int8", "requantisation shift per output channel")
-    return [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
-            ("k_h", kh), ("k_w", kw), ("stride_h", sh), ("stride_w", sw), ("pad_top", top), ("pad_left", left),
-            ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]),
-            ("weights", weights), ("bias", bias), ("shift", shift)] + ([("groups", groups(n))] if groups(n) > 1 else [])
+    return ([("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
+             ("k_h", kh), ("k_w", kw), ("stride_h", sh), ("stride_w", sw), ("pad_top", top), ("pad_left", left),
+             ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]),
+             ("weights", weights), ("bias", bias), ("shift", shift)]
+            + ([("groups", groups(n))] if groups(n) > 1 else [])
+            + ([("dil_h", dil[0]), ("dil_w", dil[1])] if dil != (1, 1) else []))  # absent (0) means 1
 
 
 def c_conv_transpose(b, index: int, n):
@@ -190,7 +230,7 @@ def c_conv_transpose_wide(b, index: int, n):
     """C, an int16 input or output: qg_conv_transpose2d_s8_to_s16 / _s16_to_s8 / _s16 (acc64 for int64 sums)."""
     io = b.io(index, n, wide=True)
     base = _conv_transpose_fields(b, io, n)
-    fields = [*base[:12], ("acc64", int(bool(n.attrs.get("acc64")))), *io.act, *base[14:]]  # groups last, if > 1
+    fields = [*base[:12], ("acc64", int(bool(n.attrs.get("acc64")))), *io.act, *base[14:]]  # groups, dil_*: last
     return ("qg_conv2d_wide_params_t", fields,
             f"qg_conv_transpose2d_{io.suffix}(&{io.struct}, {io.ins[0]}, {io.out_expr});")
 
@@ -207,7 +247,8 @@ def py_conv_transpose(b, n, index: int):
     params = [("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc), ("k_h", kh),
               ("k_w", kw), ("stride_h", sh), ("stride_w", sw), ("crop_top", top), ("crop_left", left),
               ("weights", weights), ("bias", bias), ("mul", mul), ("rnd", rnd), ("shr", shr),
-              ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]), ("groups", groups(n))]
+              ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]), ("groups", groups(n)),
+              ("dil_h", dilation(n)[0]), ("dil_w", dilation(n)[1])]
     return "_conv_transpose2d", params, ""
 
 
@@ -442,11 +483,11 @@ SPECS = [
     OpSpec(Op.CONV_TRANSPOSE2D, "upsample", Trait.WEIGHTED | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT | Trait.STRIDED_OUT,
            conv_transpose_shape, check_conv_transpose, f_conv_transpose, i_conv_transpose, quantize_conv_transpose,
            macs_conv_transpose, torch_conv_transpose,
-           "ConvTranspose1d/2d (any groups, dilation 1)", ("ConvTranspose",),
+           "ConvTranspose1d/2d (any groups, any dilation)", ("ConvTranspose",),
            ("qg_conv_transpose2d_s8", "qg_conv_transpose2d_s8_to_s16", "qg_conv_transpose2d_s16_to_s8",
             "qg_conv_transpose2d_s16"),
-           "transposed convolution (stride, padding, output_padding), gather form: no zero MACs, per-channel "
-           "shift, fused clamp", kernel=kernel_conv_transpose,
+           "transposed convolution (stride, padding, output_padding, dilation), gather form: no zero MACs, "
+           "per-channel shift, fused clamp", kernel=kernel_conv_transpose,
            emit_py=py_conv_transpose, emit_c=c_conv_transpose, emit_c_wide=c_conv_transpose_wide,
            qat=qat_conv_transpose),
     OpSpec(Op.RESIZE, "upsample", Trait.KEEPS_FORMAT | Trait.CHANNELWISE,

@@ -41,9 +41,9 @@ def _sums(node: Node, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     if node.op is Op.LINEAR:
         return x.astype(np.float64) @ w.T.astype(np.float64)
     if node.op is Op.CONV_TRANSPOSE2D:
-        from ..ops.upsample import conv_transpose_acc
+        from ..ops.upsample import conv_transpose_acc, dilation, groups
 
-        return conv_transpose_acc(x, w, node.attrs["stride"], node.attrs["crop"], int(node.attrs.get("groups", 1)))
+        return conv_transpose_acc(x, w, node.attrs["stride"], node.attrs["crop"], groups(node), dilation(node))
     from ..ops.conv import dilation, groups
 
     if node.op is Op.CONV2D:

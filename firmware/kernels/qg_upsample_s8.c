@@ -5,7 +5,11 @@
  *   out[oy, ox, o] = bias[o] + sum x[iy, ix, i] * w[o, ky, kx, i] over oy + pad_top = iy * stride_h + ky,
  *   ox + pad_left = ix * stride_w + kx. Output row oy meets the taps ky = ry, ry + stride_h, ... with
  *   ry = (oy + pad_top) % stride_h, at input rows iy = qy, qy - 1, ... (qy = (oy + pad_top) / stride_h);
- *   the same for columns. The generator stores the weights in phase order (ops/upsample.py
+ *   the same for columns. Dilation (dil_h, dil_w; 0 means 1): output row t = oy + pad_top meets the taps
+ *   ky * dil_h = t (mod stride_h): with g = gcd(dil_h, stride_h), none when g does not divide ry (the bias
+ *   alone), else ky = k0, k0 + stride_h / g, ... at input rows qy, qy - dil_h / g, ... with
+ *   qy = (t - k0 * dil_h) / stride_h (phase_axis; dilation 1 is k0 = ry, input rows one apart): still no
+ *   zero multiplied. The generator stores the weights in phase order (ops/upsample.py
  *   phase_weights): for each phase (ry, rx) the block (out_c, its ky's, its kx's, in_c), so one output
  *   pixel is, per output channel, one dot product of K = taps * in_c values with a gathered column (the
  *   input pixels its taps read, zeros for the taps that fall outside the input at the borders).
@@ -32,36 +36,71 @@ static int32_t round_up4(int32_t n)
     return (n + 3) & ~3;
 }
 
-/* taps k = phase, phase + stride, ... < kernel */
-static int32_t phase_taps(int32_t kernel, int32_t stride, int32_t phase)
-{
-    return phase < kernel ? (kernel - phase + stride - 1) / stride : 0;
-}
-
-/* groups (0, as emitted for groups = 1, means 1) */
+/* groups (0, as emitted for groups = 1, means 1); a dilation the same */
 static int32_t n_groups(uint16_t groups)
 {
     return groups > 1 ? (int32_t)groups : 1;
 }
 
+static int32_t gcd32(int32_t a, int32_t b)
+{
+    while (b) {
+        const int32_t r = a % b;
+        a = b;
+        b = r;
+    }
+    return a;
+}
+
+/* One axis of a phase (ops/upsample.py phase_geometry): positions t = phase (mod stride) meet the taps
+ * k0, k0 + stride / g, ... < kernel (g = gcd(dil, stride)), tap j at input index (t - k0 * dil) / stride -
+ * j * in_step, in_step = dil / g; no tap when g does not divide the phase. */
+typedef struct {
+    int32_t k0, taps, in_step;
+} ct_axis_t;
+
+static ct_axis_t phase_axis(int32_t kernel, int32_t stride, int32_t dil, int32_t phase)
+{
+    const int32_t g = dil == 1 ? 1 : gcd32(dil, stride), k_step = stride / g;
+    ct_axis_t a;
+    a.k0 = 0;
+    a.taps = 0;
+    a.in_step = dil / g;
+    if (phase % g == 0) {
+        a.k0 = dil == 1 ? phase : 0;
+        while ((a.k0 * dil) % stride != phase) { /* k0 < stride / g: dil / g is invertible modulo stride / g */
+            a.k0++;
+        }
+        a.taps = a.k0 < kernel ? (kernel - a.k0 + k_step - 1) / k_step : 0;
+    }
+    return a;
+}
+
+/* The taps of one row phase and one column phase: output pixel (qy, qx) reads input pixel
+ * (qy - j * step_y, qx - i * step_x) with weight tap (j, i), j < nty, i < ntx. */
+typedef struct {
+    int32_t nty, ntx, step_y, step_x;
+} ct_taps_t;
+
 int32_t qg_conv_transpose2d_s8_buffer_size(const qg_conv2d_params_t *p)
 {
-    const int32_t cg = p->in_c / n_groups(p->groups);
-    const int32_t k4 = round_up4(phase_taps(p->k_h, p->stride_h, 0) * phase_taps(p->k_w, p->stride_w, 0) * cg);
+    const int32_t cg = p->in_c / n_groups(p->groups); /* phase 0 (k0 = 0) has the most taps */
+    const int32_t k4 = round_up4(phase_axis(p->k_h, p->stride_h, n_groups(p->dil_h), 0).taps *
+                                 phase_axis(p->k_w, p->stride_w, n_groups(p->dil_w), 0).taps * cg);
     return 9 * k4;
 }
 
 /* The int8 column of output pixel (qy, qx) of a phase with nty x ntx taps: the cg channels at `in` (one group's)
- * of input pixel (qy - j, qx - i) for tap (j, i), zeros outside the input. */
+ * of input pixel (qy - j * step_y, qx - i * step_x) for tap (j, i), zeros outside the input. */
 static void gather_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t cg, int32_t qy, int32_t qx,
-                      int32_t nty, int32_t ntx, int8_t *restrict col)
+                      const ct_taps_t *tp, int8_t *restrict col)
 {
-    const int32_t in_c = p->in_c, in_h = p->in_h, in_w = p->in_w;
+    const int32_t in_c = p->in_c, in_h = p->in_h, in_w = p->in_w, nty = tp->nty, ntx = tp->ntx;
     int32_t j, i, c;
     for (j = 0; j < nty; j++) {
-        const int32_t iy = qy - j;
+        const int32_t iy = qy - j * tp->step_y;
         for (i = 0; i < ntx; i++, col += cg) {
-            const int32_t ix = qx - i;
+            const int32_t ix = qx - i * tp->step_x;
             if (iy < 0 || iy >= in_h || ix < 0 || ix >= in_w) {
                 for (c = 0; c < cg; c++) {
                     col[c] = 0;
@@ -83,10 +122,10 @@ static void gather_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, in
 /* Column slot of output pixel (qy, qx) (nty x ntx taps), cg not a multiple of 4: gathered into `stage`, then
  * widened. */
 static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t cg, int32_t qy, int32_t qx,
-                     int32_t nty, int32_t ntx, int16_t *dst, int8_t *stage)
+                     const ct_taps_t *tp, int16_t *dst, int8_t *stage)
 {
-    gather_s8(p, in, cg, qy, qx, nty, ntx, stage);
-    qg_widen_s16(dst, stage, nty * ntx * cg);
+    gather_s8(p, in, cg, qy, qx, tp, stage);
+    qg_widen_s16(dst, stage, tp->nty * tp->ntx * cg);
 }
 
 /* The 4 column slots of the output pixels (qy, qx0 + c), c < n_valid (the others repeat the last one), nty x ntx
@@ -94,16 +133,16 @@ static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int
  * tap for the 4 slots together, the input geometry in locals: a phase of a stride-2 transposed conv has 1-4 taps,
  * so the set-up per slot and per tap was a third of the work outside the dot products (convT 3x3 s2, 16 ch). */
 static void fill_block(const int8_t *restrict in, int32_t in_c, int32_t cg, int32_t in_h, int32_t in_w, int32_t qy,
-                       int32_t qx0, int32_t n_valid, int32_t nty, int32_t ntx, int16_t *cols)
+                       int32_t qx0, int32_t n_valid, const ct_taps_t *tp, int16_t *cols)
 {
-    const int32_t cell = (cg >> 2) * QG_CT_GROUP, last = qx0 + n_valid - 1;
+    const int32_t cell = (cg >> 2) * QG_CT_GROUP, last = qx0 + n_valid - 1, nty = tp->nty, ntx = tp->ntx;
     int32_t j, i, c;
     for (j = 0; j < nty; j++) {
-        const int32_t iy = qy - j, row_inside = iy >= 0 && iy < in_h;
+        const int32_t iy = qy - j * tp->step_y, row_inside = iy >= 0 && iy < in_h;
         const int32_t row = iy * in_w;
         for (i = 0; i < ntx; i++, cols += cell) {
             for (c = 0; c < QG_CT_COLS; c++) {
-                const int32_t qx = qx0 + c <= last ? qx0 + c : last, ix = qx - i;
+                const int32_t qx = qx0 + c <= last ? qx0 + c : last, ix = qx - i * tp->step_x;
                 if (!row_inside || ix < 0 || ix >= in_w) {
                     qg_zero_s16(cols + 4 * c, cg >> 2);
                 } else {
@@ -116,13 +155,14 @@ static void fill_block(const int8_t *restrict in, int32_t in_c, int32_t cg, int3
 
 #endif /* QG_DSP */
 
-/* Output pixels ox = ox0, ox0 + stride_w, ... < out_w of row oy, phase (nty x ntx taps, weights w), the out_c
- * rows of one group (its channels at in, out_row, bias, shift; cg of them in). */
+/* Output pixels ox = ox0, ox0 + stride_w, ... < out_w of row oy, phase (taps tp, weights w), the out_c rows of one
+ * group (its channels at in, out_row, bias, shift; cg of them in). Pixel ox reads qx = (ox + left) / stride_w,
+ * left = pad_left less the phase's first column tap k0 * dil_w. */
 static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t cg, int32_t out_c,
-                      int8_t *restrict out_row, int32_t qy, int32_t ox0, int32_t nty, int32_t ntx, const int8_t *w,
-                      const int32_t *bias, const int8_t *shift, int8_t *restrict scratch)
+                      int8_t *restrict out_row, int32_t qy, int32_t ox0, int32_t left, const ct_taps_t *tp,
+                      const int8_t *w, const int32_t *bias, const int8_t *shift, int8_t *restrict scratch)
 {
-    const int32_t sw = p->stride_w, out_w = p->out_w, k = nty * ntx * cg;
+    const int32_t sw = p->stride_w, out_w = p->out_w, k = tp->nty * tp->ntx * cg;
     const int32_t ps = p->out_stride ? p->out_stride : p->out_c; /* pixel stride: wider in a concat's slice */
     const int32_t act_min = p->act_min, act_max = p->act_max;
     int32_t ox, oc;
@@ -138,17 +178,16 @@ static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, in
     {
         int16_t *cols = (int16_t *)(void *)scratch;
         int8_t *stage = scratch + 2 * QG_CT_COLS * round_up4(k);
-        const int32_t left = p->pad_left;
         for (ox = ox0; ox < out_w; ox += QG_CT_COLS * sw) {
             const int32_t left_px = (out_w - ox + sw - 1) / sw;
             const int32_t n_valid = left_px < QG_CT_COLS ? left_px : QG_CT_COLS;
             int32_t c;
             if ((cg & 3) == 0) { /* past the last pixel, slots repeat it: their results are computed and dropped */
-                fill_block(in, p->in_c, cg, p->in_h, p->in_w, qy, (ox + left) / sw, n_valid, nty, ntx, cols);
+                fill_block(in, p->in_c, cg, p->in_h, p->in_w, qy, (ox + left) / sw, n_valid, tp, cols);
             } else {
                 for (c = 0; c < QG_CT_COLS; c++) {
                     const int32_t oxc = ox + (c < n_valid ? c : n_valid - 1) * sw;
-                    fill_col(p, in, cg, qy, (oxc + left) / sw, nty, ntx, cols + 4 * c, stage);
+                    fill_col(p, in, cg, qy, (oxc + left) / sw, tp, cols + 4 * c, stage);
                 }
             }
             qg_block_1x4_s8(w, k, cols, n_valid, out_c, bias, shift, act_min, act_max, out_row + ox * ps, sw * ps);
@@ -156,10 +195,9 @@ static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, in
     }
 #else
     {
-        const int32_t left = p->pad_left;
         for (ox = ox0; ox < out_w; ox += sw) {
             int8_t *o = out_row + ox * ps;
-            gather_s8(p, in, cg, qy, (ox + left) / sw, nty, ntx, scratch);
+            gather_s8(p, in, cg, qy, (ox + left) / sw, tp, scratch);
             qg_dot_rows_s8(scratch, w, k, out_c, bias, shift, act_min, act_max, o);
         }
     }
@@ -170,32 +208,36 @@ void qg_conv_transpose2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict 
                             int8_t *restrict scratch)
 {
     const int32_t sh = p->stride_h, sw = p->stride_w, k_h = p->k_h, k_w = p->k_w, groups = n_groups(p->groups);
+    const int32_t dh = n_groups(p->dil_h), dw = n_groups(p->dil_w);
     const int32_t cg = p->in_c / groups, og = p->out_c / groups;
     const int32_t block = (int32_t)p->out_c * cg; /* weights per tap pair, all output channels */
     const int32_t ps = p->out_stride ? p->out_stride : p->out_c;
     int32_t oy, gi;
     for (oy = 0; oy < p->out_h; oy++) {
-        const int32_t ry = (oy + p->pad_top) % sh, qy = (oy + p->pad_top) / sh, nty = phase_taps(k_h, sh, ry);
+        const int32_t t = oy + p->pad_top, ry = t % sh;
+        const ct_axis_t ay = phase_axis(k_h, sh, dh, ry);
+        const int32_t qy = (t - ay.k0 * dh) / sh; /* exact: k0 * dh = t (mod sh); negative when the taps start below */
         const int8_t *w;
         int32_t r, rx, before = 0;
-        for (r = 0; r < ry; r++) { /* the phases before (ry, 0): every ky with ky % sh < ry, times every kx */
-            before += phase_taps(k_h, sh, r);
+        for (r = 0; r < ry; r++) { /* the phases before (ry, 0): their ky's, times every kx (each kx in one phase) */
+            before += phase_axis(k_h, sh, dh, r).taps;
         }
         w = p->weights + before * k_w * block;
         for (rx = 0; rx < sw; rx++) {
-            const int32_t ntx = phase_taps(k_w, sw, rx);
+            const ct_axis_t ax = phase_axis(k_w, sw, dw, rx);
+            const ct_taps_t tp = {ay.taps, ax.taps, ay.in_step, ax.in_step};
             /* first ox with (ox + pad_left) % sw == rx */
-            const int32_t ox0 = ((rx - p->pad_left) % sw + sw) % sw;
-            const int32_t kg = nty * ntx * cg; /* one group's weights per output channel */
+            const int32_t ox0 = ((rx - p->pad_left) % sw + sw) % sw, left = p->pad_left - ax.k0 * dw;
+            const int32_t kg = ay.taps * ax.taps * cg; /* one group's weights per output channel */
             if (groups == 1) { /* the dense layer: its own copy of the phase row (no per-group arithmetic) */
-                phase_row(p, in, p->in_c, p->out_c, out + oy * p->out_w * ps, qy, ox0, nty, ntx, w, p->bias, p->shift,
-                          scratch);
+                phase_row(p, in, p->in_c, p->out_c, out + oy * p->out_w * ps, qy, ox0, left, &tp, w, p->bias,
+                          p->shift, scratch);
             }
             for (gi = 0; groups > 1 && gi < groups; gi++) { /* group gi: input channels gi * cg.., rows gi * og.. */
-                phase_row(p, in + gi * cg, cg, og, out + oy * p->out_w * ps + gi * og, qy, ox0, nty, ntx,
+                phase_row(p, in + gi * cg, cg, og, out + oy * p->out_w * ps + gi * og, qy, ox0, left, &tp,
                           w + gi * og * kg, p->bias + gi * og, p->shift + gi * og, scratch);
             }
-            w += nty * ntx * block;
+            w += ay.taps * ax.taps * block;
         }
     }
 }
@@ -209,29 +251,35 @@ void qg_conv_transpose2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict 
         const int32_t sh = p->stride_h, sw = p->stride_w, k_h = p->k_h, k_w = p->k_w, in_c = p->in_c;       \
         const int32_t in_h = p->in_h, in_w = p->in_w, out_w = p->out_w, out_c = p->out_c;                   \
         const int32_t cg = in_c / n_groups(p->groups), og = out_c / n_groups(p->groups);                     \
+        const int32_t dh = n_groups(p->dil_h), dw = n_groups(p->dil_w);                                      \
         const int32_t block = out_c * cg;                                                                    \
         int32_t oy, ox, oc, r, rx, j, i, c;                                                                  \
         for (oy = 0; oy < p->out_h; oy++) {                                                                  \
-            const int32_t ry = (oy + p->pad_top) % sh, qy = (oy + p->pad_top) / sh;                          \
-            const int32_t nty = phase_taps(k_h, sh, ry);                                                     \
-            const int32_t j0 = qy - in_h + 1 > 0 ? qy - in_h + 1 : 0, j1 = qy + 1 < nty ? qy + 1 : nty;      \
+            const int32_t t = oy + p->pad_top;                                                               \
+            const ct_axis_t ay = phase_axis(k_h, sh, dh, t % sh);                                            \
+            const int32_t qy = (t - ay.k0 * dh) / sh, nty = ay.taps, sty = ay.in_step;                       \
+            /* taps j with 0 <= qy - j * sty < in_h */                                                       \
+            const int32_t j0 = qy - in_h + 1 > 0 ? (qy - in_h + sty) / sty : 0;                              \
+            const int32_t j1 = qy < 0 ? 0 : (qy / sty + 1 < nty ? qy / sty + 1 : nty);                       \
             const int8_t *w_ph;                                                                              \
             int32_t before = 0;                                                                              \
-            for (r = 0; r < ry; r++) {                                                                       \
-                before += phase_taps(k_h, sh, r);                                                            \
+            for (r = 0; r < t % sh; r++) {                                                                   \
+                before += phase_axis(k_h, sh, dh, r).taps;                                                   \
             }                                                                                                \
             w_ph = p->weights + before * k_w * block;                                                        \
             for (rx = 0; rx < sw; rx++) {                                                                    \
-                const int32_t ntx = phase_taps(k_w, sw, rx);                                                 \
+                const ct_axis_t ax = phase_axis(k_w, sw, dw, rx);                                            \
+                const int32_t ntx = ax.taps, stx = ax.in_step;                                               \
                 for (ox = ((rx - p->pad_left) % sw + sw) % sw; ox < out_w; ox += sw) {                       \
-                    const int32_t qx = (ox + p->pad_left) / sw;                                              \
-                    const int32_t i0 = qx - in_w + 1 > 0 ? qx - in_w + 1 : 0, i1 = qx + 1 < ntx ? qx + 1 : ntx; \
+                    const int32_t qx = (ox + p->pad_left - ax.k0 * dw) / sw;                                 \
+                    const int32_t i0 = qx - in_w + 1 > 0 ? (qx - in_w + stx) / stx : 0;                      \
+                    const int32_t i1 = qx < 0 ? 0 : (qx / stx + 1 < ntx ? qx / stx + 1 : ntx);               \
                     OUT_T *o = out + (oy * out_w + ox) * out_c;                                              \
                     for (oc = 0; oc < out_c; oc++) {                                                         \
                         ACC_T acc = qg_w32(&p->bias[oc]);                                                    \
                         for (j = j0; j < j1; j++) {                                                          \
                             for (i = i0; i < i1; i++) {                                                      \
-                                const IN_T *x = in + ((qy - j) * in_w + qx - i) * in_c + oc / og * cg;       \
+                                const IN_T *x = in + ((qy - j * sty) * in_w + qx - i * stx) * in_c + oc / og * cg; \
                                 const int8_t *w = w_ph + ((oc * nty + j) * ntx + i) * cg;                    \
                                 for (c = 0; c < cg; c++) {                                                   \
                                     acc += (ACC_T)x[c] * qg_w8(&w[c]);                                       \
@@ -279,15 +327,17 @@ void qg_conv_transpose2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *re
 /* ------------------------------------------------------------------------------------------ resize */
 
 /* Nearest: a copy per output pixel. T the element type; parameters are read into locals (stores through T
- * pointers may alias them). */
+ * pointers may alias them). Both forms write output pixels `out_stride` elements apart when it is set (the
+ * resize writes its channels of a concat output: codegen/passes/concat_in_place.py). */
 #define QG_RESIZE_NEAREST(T)                                                                               \
     {                                                                                                      \
         const int32_t c_n = p->channels, in_row = (int32_t)p->in_w * p->channels, out_w = p->out_w;         \
+        const int32_t o_s = p->out_stride ? p->out_stride : c_n;                                            \
         const int16_t *y0 = p->y0, *x0 = p->x0;                                                             \
         int32_t oy, ox, c;                                                                                  \
         for (oy = 0; oy < p->out_h; oy++) {                                                                 \
             const T *r0 = in + qg_w16(&y0[oy]) * in_row;                                                    \
-            for (ox = 0; ox < out_w; ox++, out += c_n) {                                                    \
+            for (ox = 0; ox < out_w; ox++, out += o_s) {                                                    \
                 const T *src = r0 + qg_w16(&x0[ox]) * c_n;                                                  \
                 for (c = 0; c < c_n; c++) {                                                                 \
                     out[c] = src[c];                                                                        \
@@ -304,12 +354,13 @@ void qg_conv_transpose2d_s16(const qg_conv2d_wide_params_t *p, const int16_t *re
     {                                                                                                      \
         const int32_t c_n = p->channels, in_row = (int32_t)p->in_w * p->channels, out_w = p->out_w;         \
         const int32_t s = (S), half = (int32_t)1 << (2 * s - 1);                                            \
+        const int32_t o_s = p->out_stride ? p->out_stride : c_n;                                            \
         const int16_t *y0 = p->y0, *x0 = p->x0, *y1 = p->y1, *x1 = p->x1, *wy = p->wy, *wx = p->wx;         \
         int32_t oy, ox, c;                                                                                  \
         for (oy = 0; oy < p->out_h; oy++) {                                                                 \
             const T *r0 = in + qg_w16(&y0[oy]) * in_row, *r1 = in + qg_w16(&y1[oy]) * in_row;               \
             const int32_t wy1 = qg_w16(&wy[oy]);                                                            \
-            for (ox = 0; ox < out_w; ox++, out += c_n) {                                                    \
+            for (ox = 0; ox < out_w; ox++, out += o_s) {                                                    \
                 const T *a = r0 + qg_w16(&x0[ox]) * c_n, *b = r0 + qg_w16(&x1[ox]) * c_n;                   \
                 const T *d = r1 + qg_w16(&x0[ox]) * c_n, *e = r1 + qg_w16(&x1[ox]) * c_n;                   \
                 const int32_t wx1 = qg_w16(&wx[ox]);                                                        \

@@ -221,27 +221,26 @@ def _linear(x, y, p, s):
 
 
 def _conv_transpose2d(x, y, p):
-    # gather form (as qg_conv_transpose2d_s8): output row oy meets the taps ky = (oy + pt) % sh, + sh, ...
-    # at input row (oy + pt - ky) // sh; the window's input pixels are listed once per output pixel;
+    # gather form (as qg_conv_transpose2d_s8): output row oy meets the taps ky with (oy + pt - ky * dh) % sh
+    # == 0, at input row (oy + pt - ky * dh) // sh; the window's input pixels are listed once per output pixel;
     # output channel co reads the cg input channels of its group (co // og)
     (h, w, cin, oh, ow, cout, kh, kw, sh, sw, pt, pl,
-     weights, bias, mul, rnd, shr, lo, hi, groups) = p
+     weights, bias, mul, rnd, shr, lo, hi, groups, dh, dw) = p
     cg, og = cin // groups, cout // groups
     yo = 0
     for oy in range(oh):
+        rows = []  # (input row, ky) of the taps of output row oy
+        for ky in range(kh):
+            t = oy + pt - ky * dh
+            if t % sh == 0 and 0 <= t // sh < h:
+                rows.append((t // sh, ky))
         for ox in range(ow):
             taps = []  # (x index, weight index) of each input pixel the output pixel reads
-            ky = (oy + pt) % sh
-            while ky < kh:
-                iy = (oy + pt - ky) // sh
-                if 0 <= iy < h:
-                    kx = (ox + pl) % sw
-                    while kx < kw:
-                        ix = (ox + pl - kx) // sw
-                        if 0 <= ix < w:
-                            taps.append(((iy * w + ix) * cin, (ky * kw + kx) * cg))
-                        kx += sw
-                ky += sh
+            for iy, ky in rows:
+                for kx in range(kw):
+                    t = ox + pl - kx * dw
+                    if t % sw == 0 and 0 <= t // sw < w:
+                        taps.append(((iy * w + t // sw) * cin, (ky * kw + kx) * cg))
             for co in range(cout):
                 wr = weights[co]
                 acc = bias[co]

@@ -256,11 +256,13 @@ def specs(draw, lim: Limits = QUICK) -> dict:
             elif op == "convt":  # ConvTranspose2d: output (h - 1) * s - 2 p + k + output_padding
                 k = [draw(st.integers(1, 4)), draw(st.integers(1, 4))]
                 s = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
-                p = [draw(st.integers(0, (k[i] - 1) // 2)) for i in range(2)]
-                op_ = [draw(st.integers(0, s[i] - 1)) for i in range(2)]
+                dil = [draw(st.sampled_from([1, 1, 2, 3])) if k[i] > 1 else 1 for i in range(2)]
+                p = [draw(st.integers(0, (dil[i] * (k[i] - 1)) // 2)) for i in range(2)]
+                op_ = [draw(st.integers(0, max(s[i], dil[i]) - 1)) for i in range(2)]  # torch: < max(stride, dil)
                 gr = draw(st.sampled_from([d for d in (1, 1, 1, 2, 3, shape[0]) if shape[0] % d == 0]))
                 layer = {"op": "convt", "out": gr * draw(st.integers(1, max(1, lim.max_ch // gr))), "k": k,
-                         "stride": s, "pad": p, "opad": op_, **draw(_weights()), **({"groups": gr} if gr > 1 else {})}
+                         "stride": s, "pad": p, "opad": op_, **draw(_weights()), **({"groups": gr} if gr > 1 else {}),
+                         **({"dil": dil} if dil != [1, 1] else {})}
                 new = layer_shape(layer, shape)
                 if min(new[1:]) < 1 or new[1] * new[2] > 4 * lim.max_hw * lim.max_hw:
                     continue
@@ -408,8 +410,9 @@ def layer_shape(layer: dict, shape: tuple[int, ...]) -> tuple[int, ...]:
     if op == "creduce":
         return (1, *shape[1:])
     if op == "convt":
-        return (layer["out"], *((shape[1 + i] - 1) * layer["stride"][i] - 2 * layer["pad"][i] + layer["k"][i]
-                                + layer["opad"][i] for i in range(2)))
+        dil = layer.get("dil", [1, 1])
+        return (layer["out"], *((shape[1 + i] - 1) * layer["stride"][i] - 2 * layer["pad"][i]
+                                + dil[i] * (layer["k"][i] - 1) + 1 + layer["opad"][i] for i in range(2)))
     if op == "up":
         if "size" in layer:
             return (shape[0], *layer["size"])
@@ -635,7 +638,7 @@ def _module(layer: dict, shape: tuple[int, ...], rng: np.random.Generator) -> nn
     if op == "convt":
         m = nn.ConvTranspose2d(shape[0], layer["out"], tuple(layer["k"]), tuple(layer["stride"]),
                                tuple(layer["pad"]), tuple(layer["opad"]), bias=layer["bias"],
-                               groups=layer.get("groups", 1))
+                               groups=layer.get("groups", 1), dilation=tuple(layer.get("dil", [1, 1])))
         _set_weights(m, layer, rng)
         return m
     if op == "up":
