@@ -12,7 +12,10 @@ import torch.nn as nn
 from codegen.errors import UserError
 from codegen.fuse import merge
 from codegen.fuse.weight_merge import (
+    _activations,
+    _match,
     activation_matching,
+    activation_merge_many,
     align_states,
     perm_spec,
     permute_state,
@@ -125,6 +128,62 @@ def test_merge_many_aligns_three_permuted_copies():
     _, c = _permuted_copy(m, x, seed=2)
     aligned = align_states(spec, [_state(m), _state(b), _state(c)])
     assert all(torch.equal(a[k], v) for a in aligned for k, v in _state(m).items())
+
+
+def test_activation_merge_many_aligns_three_permuted_copies():
+    # MergeMany with activation matching (each model re-matched to the sum of the others' aligned activations)
+    m = rescnn(0)
+    x = torch.randn(32, 1, 8, 8)
+    spec, b = _permuted_copy(m, x, seed=1)
+    _, c = _permuted_copy(m, x, seed=2)
+    gm = traced(m, x[:1])
+    aligned = align_states(spec, [_state(m), _state(b), _state(c)], gm=gm, calib=x)
+    assert all(torch.equal(a[k], v) for a in aligned for k, v in _state(m).items())
+    # independent models: at the end each one's permutation is the best match to the sum of the others' aligned
+    # activations (a fixed point; matching each to the first only is not)
+    x = torch.randn(64, 8)
+    models = [mlp(s) for s in range(3)]
+    gm = traced(models[0], x[:1])
+    spec = perm_spec(gm)
+    states = [_state(m) for m in models]
+    acts = [_activations(gm, spec, s, x) for s in states]
+
+    def fixed_point(perms) -> bool:
+        return all(all(np.array_equal(found[g], perms[i][g]) for g in found)
+                   for i in range(3) for found in [_match({g: [sum(acts[j][g][k][:, perms[j][g]] for j in range(3)
+                                                                   if j != i) for k in range(len(acts[i][g]))]
+                                                           for g in spec.sizes}, acts[i], spec.sizes)])
+
+    assert fixed_point(activation_merge_many(gm, spec, states, x))
+    assert not fixed_point(activation_merge_many(gm, spec, states, x, rounds=0))
+
+
+def test_reference_model_and_auto_alignment():
+    m = mlp(0)
+    x = torch.randn(64, 8)
+    spec, b = _permuted_copy(m, x, seed=1)
+    _, c = _permuted_copy(m, x, seed=2)
+    for align, ref, want in (("weights", 1, b), ("activations", 2, c)):  # aligned to the reference's unit order
+        got = merge([m, b, c], align=align, reference=ref, calib_data=x, repair=False)
+        assert all(torch.allclose(got.state_dict()[k], v, atol=1e-6) for k, v in _state(want).items()), (align, ref)
+    # "best": the member with the best held-out accuracy (here the labels are model 2's predictions)
+    models = [mlp(0), mlp(1), mlp(2)]
+    with torch.no_grad():
+        y = models[2](x).argmax(1).numpy()
+    best, info = merge(models, align="weights", reference="best", eval_data=x, labels=y, repair=False,
+                       return_info=True)
+    third = merge(models, align="weights", reference=2, example_input=x[:1], repair=False)
+    assert info.member_accuracy[2] == 100.0 and max(info.member_accuracy[:2]) < 100
+    assert all(torch.equal(best.state_dict()[k], v) for k, v in third.state_dict().items())
+    # auto: both alignments tried, the better on the held-out data kept (and reported); align=True with calib
+    # and held-out data is auto
+    scores = {}
+    for how in ("weights", "activations"):
+        scores[how] = merge(models, align=how, calib_data=x, eval_data=x, labels=y, return_info=True)[1].accuracy
+    auto, info = merge(models, align="auto", calib_data=x, eval_data=x, labels=y, return_info=True)
+    assert info.align_method == max(scores, key=lambda k: (scores[k], k == "activations"))
+    assert info.accuracy == max(scores.values()) and f"aligned by {info.align_method}" in info.summary()
+    assert merge(models, align=True, calib_data=x, return_info=True)[1].align_method == "activations"
 
 
 def test_uniform_and_coefficients_exact():
@@ -282,6 +341,15 @@ def test_errors():
         merge([a, b], repair=True)
     with pytest.raises(UserError, match="align='activations' matches hidden units by their outputs: give calib_data"):
         merge([a, b], align="activations")
+    with pytest.raises(UserError, match="align='auto' tries weight and activation matching.*give calib_data, "
+                       "eval_data and labels"):
+        merge([a, b], align="auto", calib_data=np.zeros((4, 8), np.float32))
+    with pytest.raises(UserError, match=r"reference=5: give a model index 0..1 or 'best'"):
+        merge([a, b], align=True, reference=5, calib_data=np.zeros((4, 8), np.float32))
+    with pytest.raises(UserError, match="reference='best' picks the member with the best held-out accuracy"):
+        merge([a, b], align=True, reference="best", calib_data=np.zeros((4, 8), np.float32))
+    with pytest.raises(UserError, match="rounds=-1: give a number of MergeMany rounds >= 0"):
+        merge([a, b], align=True, rounds=-1, calib_data=np.zeros((4, 8), np.float32))
     with pytest.raises(UserError, match="align='yes'"):
         merge([a, b], align="yes", calib_data=np.zeros((4, 8), np.float32))
     with pytest.raises(UserError, match="give example_input"):
@@ -390,6 +458,14 @@ def test_cli_merge_then_compile(tmp_path, capsys):
     assert main(["merge", factory, *paths, "--uniform", "--align", "--calib", str(tmp_path / "calib.npy"),
                  "-o", str(tmp_path / "merged.pt")]) == 0
     assert set(torch.load(tmp_path / "merged.pt")) == set(states[0])
+    # alignment chosen on held-out data, matched to the best member / to a given one
+    np.savez(tmp_path / "val.npz", x=calib, y=np.arange(32) % 3)
+    assert main(["merge", factory, *paths, "--align", "--reference", "best", "--calib", str(tmp_path / "calib.npy"),
+                 "--eval", str(tmp_path / "val.npz"), "-o", str(tmp_path / "auto.pt")]) == 0
+    assert "aligned by " in capsys.readouterr().out
+    assert main(["merge", factory, *paths, "--align-by", "weights", "--reference", "3", "--input-shape", "1,8",
+                 "-o", str(tmp_path / "w.pt")]) == 0
+    assert "aligned by weights" in capsys.readouterr().out
     # the merged program is what qgen compile takes
     assert main(["compile", str(out), "--calib", str(tmp_path / "calib.npy"), "--out", str(tmp_path / "c"),
                  "--verify"]) == 0
@@ -415,6 +491,8 @@ def test_cli_merge_errors(tmp_path, capsys):
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     assert main(["merge", factory, paths[0], str(tmp_path / "junk.pt"), "-o", str(out)]) == 1
     assert "cannot read" in capsys.readouterr().err
+    assert main(["merge", factory, *paths, "--align", "--reference", "4", "-o", str(out)]) == 1
+    assert "--reference 4: give a model position 1..3 or 'best'" in capsys.readouterr().err
     assert main(["merge", factory, *paths, "--greedy", "-o", str(out)]) == 1
     assert "--greedy" in capsys.readouterr().err
     assert main(["merge", factory, *paths, "-o", str(tmp_path / "x.onnx")]) == 1

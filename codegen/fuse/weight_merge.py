@@ -43,6 +43,7 @@ class MergeInfo:
     coeffs: list[float]
     method: str
     aligned: bool
+    align_method: str | None = None  # "weights" / "activations" (the one "auto" kept)
     repaired: list[str] = field(default_factory=list)  # BatchNorm nodes re-estimated, layers rescaled (REPAIR)
     member_accuracy: list[float] | None = None
     accuracy: float | None = None
@@ -50,7 +51,7 @@ class MergeInfo:
 
     def summary(self) -> str:
         parts = [f"coefficients {', '.join(f'{c:.4g}' for c in self.coeffs)} ({self.method}"
-                 + (", aligned" if self.aligned else "") + ")"]
+                 + (f", aligned by {self.align_method}" if self.aligned else "") + ")"]
         if self.repaired:
             parts.append(f"statistics re-estimated at {len(self.repaired)} layers")
         if self.member_accuracy is not None:
@@ -534,29 +535,68 @@ def weight_matching(spec: PermSpec, state_ref: dict[str, Any], state: dict[str, 
     return perms
 
 
+def _activations(gm, spec: PermSpec, state: dict[str, Any], calib) -> dict[int, list[np.ndarray]]:
+    """Per group, the standardised values (samples, units) of every layer writing it, at its output and after its
+    BatchNorm and activation (what the next layer reads), on the calibration data."""
+    at = {name: (name, _after_activation(gm, name)) for name in spec.hidden_outputs}
+    linear = {name: _op_name(next(n for n in gm.graph.nodes if n.name == name)) == "linear" for name in at}
+    axes = {node: -1 if linear[name] else 1 for name, nodes in at.items() for node in nodes}
+    recorded = _run_with_stats(gm, state, calib, reset_bn=[], record=list(axes), keep=True, channels=axes)[2]
+    out: dict[int, list[np.ndarray]] = {g: [] for g in spec.sizes}
+    for name, g in spec.hidden_outputs.items():
+        for node in dict.fromkeys(at[name]):  # once each, in order
+            out[g].append(_standardised(recorded[node]))
+    return out
+
+
+def _match(acts_ref: dict[int, list[np.ndarray]], acts: dict[int, list[np.ndarray]], sizes: dict[int, int],
+           perms_ref: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
+    """Per group, the assignment of `acts`' units to the reference's (units permuted by perms_ref) maximising the
+    summed correlation. Groups no weighted layer writes keep their order."""
+    from scipy.optimize import linear_sum_assignment
+
+    perms = {g: np.arange(n) for g, n in sizes.items()}
+    for g, n in sizes.items():
+        corr = np.zeros((n, n))
+        for a, b in zip(acts_ref[g], acts[g]):
+            a = a if perms_ref is None else a[:, perms_ref[g]]
+            corr += a.T @ b / len(a)
+        if corr.any():
+            perms[g] = linear_sum_assignment(corr, maximize=True)[1]
+    return perms
+
+
 def activation_matching(gm, spec: PermSpec, state_ref: dict[str, Any], state: dict[str, Any], calib) \
         -> dict[int, np.ndarray]:
     """Permutations that make `state`'s hidden units match `state_ref`'s by the correlation of their values on
     calibration data (Ainsworth et al. 2023, activation matching; Jordan et al. 2023): per group, the summed
     correlation matrices of every layer writing it, at its output and after its BatchNorm and activation (what
     the next layer reads), solved as a linear assignment. Groups no weighted layer writes keep their order."""
-    from scipy.optimize import linear_sum_assignment
+    return _match(_activations(gm, spec, state_ref, calib), _activations(gm, spec, state, calib), spec.sizes)
 
-    # each layer's output and what the next layer reads (after its BatchNorm and activation)
-    at = {name: (name, _after_activation(gm, name)) for name in spec.hidden_outputs}
-    linear = {name: _op_name(next(n for n in gm.graph.nodes if n.name == name)) == "linear" for name in at}
-    axes = {node: -1 if linear[name] else 1 for name, nodes in at.items() for node in nodes}
-    acts = [_run_with_stats(gm, s, calib, reset_bn=[], record=list(axes), keep=True, channels=axes)[2]
-            for s in (state_ref, state)]
-    perms = {g: np.arange(n) for g, n in spec.sizes.items()}
-    for g, n in spec.sizes.items():
-        corr = np.zeros((n, n))
-        for name in (name for name, group in spec.hidden_outputs.items() if group == g):
-            for node in dict.fromkeys(at[name]):  # once each, in order
-                a, b = (_standardised(act[node]) for act in acts)
-                corr += a.T @ b / len(a)
-        if corr.any():
-            perms[g] = linear_sum_assignment(corr, maximize=True)[1]
+
+def activation_merge_many(gm, spec: PermSpec, states: list[dict[str, Any]], calib, *, rounds: int = 5) \
+        -> list[dict[int, np.ndarray]]:
+    """Permutations of every state: first each matched to state 0 by activations, then (3 or more models) each
+    re-matched to the sum of the others' aligned activations (MergeMany with activation matching) until no
+    permutation changes (at most `rounds` rounds). A permutation leaves a model's function unchanged, so each
+    model's activations are recorded once and only their columns move."""
+    acts = [_activations(gm, spec, s, calib) for s in states]
+    perms = [{g: np.arange(n) for g, n in spec.sizes.items()}]
+    perms += [_match(acts[0], a, spec.sizes) for a in acts[1:]]
+    if len(states) < 3:
+        return perms
+    for _ in range(rounds):
+        changed = False
+        for i in range(len(states)):
+            others = {g: [sum(acts[j][g][k][:, perms[j][g]] for j in range(len(states)) if j != i)
+                          for k in range(len(acts[i][g]))] for g in spec.sizes}
+            found = _match(others, acts[i], spec.sizes)
+            if any(not np.array_equal(found[g], perms[i][g]) for g in found):
+                changed = True
+            perms[i] = found
+        if not changed:
+            break
     return perms
 
 
@@ -580,12 +620,13 @@ def _standardised(values) -> np.ndarray:
 
 def align_states(spec: PermSpec, states: list[dict[str, Any]], *, rounds: int = 5, seed: int = 0,
                  gm=None, calib=None) -> list[dict[str, Any]]:
-    """Each state permuted to match the first. With calibration data (gm, calib): by activation matching.
-    Otherwise by weight matching; with 3 or more, then each re-matched to the average of the others (MergeMany,
-    Ainsworth et al. 2023, appendix) until no permutation changes (at most `rounds` rounds)."""
+    """Each state permuted to match the others. With calibration data (gm, calib): by activation matching.
+    Otherwise by weight matching. Either way, with 3 or more models, each is then re-matched to the others (the
+    average of their weights / the sum of their activations; MergeMany, Ainsworth et al. 2023, appendix) until
+    no permutation changes (at most `rounds` rounds); rounds=0: each matched to the first only."""
     if calib is not None:
-        return [states[0]] + [permute_state(s, spec, activation_matching(gm, spec, states[0], s, calib))
-                              for s in states[1:]]
+        perms = activation_merge_many(gm, spec, states, calib, rounds=rounds)
+        return [permute_state(s, spec, p) for s, p in zip(states, perms)]
     aligned = [states[0]] + [permute_state(s, spec, weight_matching(spec, states[0], s, seed=seed + i))
                              for i, s in enumerate(states[1:], start=1)]
     if len(states) < 3:
@@ -802,7 +843,8 @@ def _tensor(data, what: str):
 def merge(models: list[Any], coeffs: list[float] | None = None, *, method: str = "uniform",
           align: bool | str = False,
           repair: bool | str = "auto", calib_data: Any = None, eval_data: Any = None, labels: Any = None,
-          example_input: Any = None, seed: int = 0, return_info: bool = False):
+          example_input: Any = None, seed: int = 0, reference: int | str = 0, rounds: int = 5,
+          return_info: bool = False):
     """Merge models of one architecture into one: W = sum_i C_i W_i.
 
     models: nn.Modules (or ExportedPrograms) with the same parameter names and shapes.
@@ -811,9 +853,14 @@ def merge(models: list[Any], coeffs: list[float] | None = None, *, method: str =
         average's held-out accuracy does not drop; Wortsman et al. 2022); "search": coordinate search on the
         simplex from the uniform point, maximising held-out accuracy (ties: lower loss). greedy and search need
         eval_data and labels.
-    align: permute each model's hidden units to match model 1 first (for independently trained models):
-        "activations" (by the correlation of their outputs on calib_data), "weights" (weight matching, no data
-        needed), True = activations when calib_data is given, else weights.
+    align: permute each model's hidden units to match the reference model first (for independently trained
+        models): "activations" (by the correlation of their outputs on calib_data), "weights" (weight matching, no
+        data needed), "auto" (both, keeping the one whose merged model scores better on the held-out data: needs
+        calib_data, eval_data and labels), True = "auto" when all three are given, else activations when
+        calib_data is given, else weights. With 3 or more models each is then re-matched to the others
+        (MergeMany) for up to `rounds` rounds (0: each matched to the reference only).
+    reference: the model the others are aligned to first: its index (default 0, the first) or "best" (the best
+        on the held-out data). The merged model is a copy of the first model either way.
     repair: re-estimate BatchNorm statistics and rescale hidden layers without BatchNorm (REPAIR) on calib_data;
         "auto" = when calib_data is given.
     calib_data: float samples in the model's input layout, (N, C, H, W) / (N, F), run as one batch.
@@ -848,10 +895,24 @@ def merge(models: list[Any], coeffs: list[float] | None = None, *, method: str =
             raise UserError(f"{len(y_eval)} labels for {len(x_eval)} evaluation samples")
     if method in ("greedy", "search") and y_eval is None:
         raise UserError(f"method='{method}' chooses coefficients by held-out accuracy: give eval_data and labels")
-    if align not in (True, False, "weights", "activations"):
-        raise UserError(f"align={align!r}: give True, False, 'weights' or 'activations'")
+    if align not in (True, False, "weights", "activations", "auto"):
+        raise UserError(f"align={align!r}: give True, False, 'weights', 'activations' or 'auto'")
     if align == "activations" and calib is None:
         raise UserError("align='activations' matches hidden units by their outputs: give calib_data")
+    if align == "auto" and (calib is None or y_eval is None):
+        raise UserError("align='auto' tries weight and activation matching and keeps the better on held-out data: "
+                        "give calib_data, eval_data and labels")
+    if align is True:
+        align = "auto" if calib is not None and y_eval is not None else "activations" if calib is not None \
+            else "weights"
+    if reference != "best" and (isinstance(reference, bool) or not isinstance(reference, (int, np.integer))
+                                or not 0 <= reference < n):
+        raise UserError(f"reference={reference!r}: give a model index 0..{n - 1} or 'best'")
+    if reference == "best" and y_eval is None:
+        raise UserError("reference='best' picks the member with the best held-out accuracy: give eval_data and "
+                        "labels")
+    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 0:
+        raise UserError(f"rounds={rounds!r}: give a number of MergeMany rounds >= 0")
     do_repair = (calib is not None) if repair == "auto" else bool(repair)
     if do_repair and calib is None:
         raise UserError("repair needs calibration data (calib_data: samples the merged model's statistics are "
@@ -869,10 +930,6 @@ def merge(models: list[Any], coeffs: list[float] | None = None, *, method: str =
         example = _tensor(example, "example input")
         gm = traced(models[0], example)
         spec = perm_spec(gm, strict=align)
-
-    if align:
-        by_activations = align == "activations" or (align is True and calib is not None)
-        states = align_states(spec, states, seed=seed, gm=gm, calib=calib if by_activations else None)
 
     def build(c: list[float]) -> tuple[dict[str, Any], list[str]]:
         merged = combine(states, c)
@@ -892,6 +949,27 @@ def merge(models: list[Any], coeffs: list[float] | None = None, *, method: str =
         return acc, -loss
 
     member_acc = [evaluate(s)[0] for s in states] if y_eval is not None else None
+    align_method = align or None
+    if align:
+        ref = int(np.argmax(member_acc)) if reference == "best" else int(reference)  # first of the best on ties
+        order = [ref] + [i for i in range(n) if i != ref]
+
+        def aligned_states(by_activations: bool) -> list[dict[str, Any]]:
+            got = align_states(spec, [states[i] for i in order], seed=seed, rounds=int(rounds), gm=gm,
+                               calib=calib if by_activations else None)
+            return [got[order.index(i)] for i in range(n)]
+
+        if align == "auto":  # both; the better merged model (given / uniform coefficients) on the held-out data
+            trial = weights or [1.0 / n] * n
+            candidates = {m: aligned_states(m == "activations") for m in ("activations", "weights")}
+            scores = {}
+            for m, cand in candidates.items():
+                states = cand
+                scores[m] = evaluate(build(trial)[0])
+            align_method = max(scores, key=lambda m: scores[m])  # ties: activations (listed first)
+            states = candidates[align_method]
+        else:
+            states = aligned_states(align == "activations")
     if weights is None:
         if method == "uniform":
             weights = [1.0 / n] * n
@@ -906,6 +984,7 @@ def merge(models: list[Any], coeffs: list[float] | None = None, *, method: str =
         result = copy.deepcopy(first)
     result.load_state_dict(state, strict=True)
     info = MergeInfo(coeffs=weights, method="coeffs" if coeffs is not None else method, aligned=bool(align),
+                     align_method=align_method,
                      repaired=repaired, member_accuracy=member_acc, accuracy=accuracy,
                      permutations=len(spec.sizes) if align and spec is not None else 0)
     return (result, info) if return_info else result
