@@ -455,8 +455,12 @@ def cmd_merge(args) -> int:
         import torch
 
         example = torch.as_tensor(calib[:1], dtype=torch.float32)
-    merged, info = merge(models, coeffs, method=method, align=args.align, repair=not args.no_repair and "auto",
-                         calib_data=calib, eval_data=eval_x, labels=eval_y, example_input=example,
+    if args.reference != "best" and not (args.reference.isdigit() and 1 <= int(args.reference) <= len(models)):
+        raise UserError(f"--reference {args.reference}: give a model position 1..{len(models)} or 'best'")
+    merged, info = merge(models, coeffs, method=method, align=args.align_by or args.align,
+                         repair=not args.no_repair and "auto", calib_data=calib, eval_data=eval_x, labels=eval_y,
+                         example_input=example,
+                         reference="best" if args.reference == "best" else int(args.reference) - 1,
                          return_info=True)
     save_merged(merged, example, args.out)
     print(info.summary())
@@ -725,9 +729,14 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--greedy", action="store_true", help="greedy soup: add a model only if held-out accuracy "
                      "does not drop (needs --eval)")
     how.add_argument("--search", action="store_true", help="coefficients searched on held-out accuracy (--eval)")
-    mg.add_argument("--align", action="store_true", help="permute each model's hidden units to match the first "
-                    "(independently trained models): with --calib by the correlation of their outputs, else by "
-                    "weight matching")
+    mg.add_argument("--align", action="store_true", help="permute each model's hidden units to match the "
+                    "reference model (independently trained models): with --calib and --eval by weight matching or "
+                    "by the correlation of their outputs on --calib, whichever merges better on --eval; with --calib "
+                    "only by the correlation; else by weight matching")
+    mg.add_argument("--align-by", choices=("auto", "weights", "activations"), help="implies --align: the matching "
+                    "to use (auto: both, the better on --eval)")
+    mg.add_argument("--reference", default="1", help="with --align: the model the others are matched to, its "
+                    "position 1..n (default 1) or 'best' (best on --eval)")
     mg.add_argument("--calib", help="samples (.npy, or .npz with x) for BatchNorm re-estimation / REPAIR")
     mg.add_argument("--no-repair", action="store_true", help="keep the averaged statistics (no re-estimation)")
     mg.add_argument("--eval", help="held-out samples: .npz with x and y, or .npy with --eval-labels")
