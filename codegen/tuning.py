@@ -52,7 +52,9 @@ OBJECTIVES = ("accuracy", "flash_bytes", "arena_bytes", "latency_ms")  # latency
 DIRECTIONS = ("maximize", "minimize", "minimize", "minimize")
 OBJECTIVE_MODES = ("pareto", "accuracy")  # four objectives (the default) / accuracy alone, with a pruner
 CALIBRATIONS = ("minmax", "percentile", "mse", "kl")
-LAYER_CHOICES = ("int8", "int16")  # --precision LAYER=int16: int16 output activations
+LAYER_CHOICES = ("int8", "int16", "w4")  # --precision LAYER=int16 (int16 output activations) / LAYER=w4 (int4 weights)
+AFTER_INT16 = ("int8", "int16")  # a layer after an int16 one: int4 weights take int8 activations only
+SPACE_VERSION = 2  # 2: gradual pruning steps, per-layer int4 (a study of another space cannot be resumed)
 QEMU_SAMPLES = 2
 CALIB_SAMPLES = 512
 
@@ -108,13 +110,19 @@ def suggest(trial, spec: TuneSpec) -> dict:
     if cluster:
         compressed = True
         trial.suggest_int("cluster", 2, 6)
-    # int4 weights everywhere the activations are int8 (--weights int4), int16 activations per layer
-    # (--precision LAYER=int16). Sparse and clustered weight kernels take int8 activations only, and low rank
-    # renames the layers it factorises: with those, the global choice only.
+    # int4 weights everywhere the activations are int8 (--weights int4), int16 activations or int4 weights per
+    # layer (--precision LAYER=int16 / LAYER=w4). Sparse and clustered weight kernels take int8 activations only, and
+    # low rank renames the layers it factorises: with those, the global choice only. A layer after an int16 one (in
+    # call order: its input, in a chain) is offered no w4 (its own parameter name: Optuna's choices are fixed per
+    # name); in a branching graph a w4 layer reading int16 is refused by the compile (a failed trial).
     trial.suggest_categorical("weights", ("int8", "int4"))
     per_layer = not (rank or cluster or trial.params["prune_on"])
+    after_int16 = False
     for layer in spec.layers if per_layer else ():
-        trial.suggest_categorical(f"precision:{layer}", LAYER_CHOICES)
+        if after_int16:
+            after_int16 = trial.suggest_categorical(f"precision:{layer}:after-int16", AFTER_INT16) == "int16"
+        else:
+            after_int16 = trial.suggest_categorical(f"precision:{layer}", LAYER_CHOICES) == "int16"
     qat = spec.qat and spec.train is not None and trial.suggest_categorical("qat", (False, True))
     if spec.train is not None and spec.finetune_max > 0 and (compressed or qat):
         trial.suggest_int("finetune_epochs", 1 if qat else 0, spec.finetune_max)
@@ -149,7 +157,7 @@ def options_from_params(params: dict, prefix: str = "model"):
     """The CompileOptions of a point of the search space."""
     from .options import CompileOptions, CompressOptions, EmitOptions, QuantOptions
 
-    precision = {k.split(":", 1)[1]: 16 for k, v in params.items() if k.startswith("precision:") and v == "int16"}
+    precision = {layer: {"int16": 16, "w4": 4}[v] for layer, v in _layer_precision(params).items() if v != "int8"}
     quant = QuantOptions(calibration=params.get("calibration", "minmax"),
                          percentile=float(params.get("percentile", 99.99)),
                          bias_correction=bool(params.get("bias_correction", False)),
@@ -165,6 +173,11 @@ def options_from_params(params: dict, prefix: str = "model"):
     if compress.prune is not None and compress.finetune_epochs > 0:  # steps without fine-tuning: one prune
         compress = dataclasses.replace(compress, prune_steps=int(p.get("prune_steps", 1)))
     return CompileOptions(quant=quant, compress=compress, emit=EmitOptions(prefix=prefix))
+
+
+def _layer_precision(params: dict) -> dict[str, str]:
+    """{layer: "int8" | "int16" | "w4"} of a point's per-layer parameters ('precision:LAYER[:after-int16]')."""
+    return {k.split(":")[1]: v for k, v in params.items() if k.startswith("precision:")}
 
 
 def _needs_train(options) -> bool:
@@ -189,7 +202,7 @@ def command_line(spec: TuneSpec, params: dict, out: str = "build/tuned") -> str 
         args += ["--percentile", repr(q.percentile)]
     args += ["--bias-correction"] * q.bias_correction + ["--equalize"] * q.equalize
     if q.precision:
-        args += ["--precision", ",".join(f"{k}=int16" for k in sorted(q.precision))]
+        args += ["--precision", ",".join(f"{k}={'int16' if b == 16 else 'w4'}" for k, b in sorted(q.precision.items()))]
     if q.weights != "int8":
         args += ["--weights", q.weights]
     if c.prune is not None:
@@ -471,9 +484,10 @@ def describe(params: dict) -> str:
         out.append(f"{'QAT' if p.get('qat') else 'ft'} {p['finetune_epochs']} ep")
     if p.get("weights", "int8") != "int8":
         out.append(f"{p['weights']} weights")
-    layers = [k.split(":", 1)[1] for k, v in p.items() if k.startswith("precision:") and v == "int16"]
-    if layers:
-        out.append(f"int16: {' '.join(layers)}")
+    for kind in ("int16", "w4"):
+        layers = [layer for layer, v in _layer_precision(p).items() if v == kind]
+        if layers:
+            out.append(f"{kind}: {' '.join(layers)}")
     return ", ".join(out)
 
 
@@ -800,7 +814,7 @@ def _check_same_study(study, spec: TuneSpec, limits: dict, use_presets: bool = T
     key = {"model": spec.model, "board": spec.board, "qemu": spec.qemu, "layers": list(spec.layers),
            "input_shape": list(spec.input_shape or []),
            "data": hashlib.sha256(spec.calib.tobytes() + spec.eval_x.tobytes()).hexdigest()[:16],
-           "objective": objective}
+           "objective": objective, "space": SPACE_VERSION}
     old = study.user_attrs.get("spec")
     if old is None:
         study.set_user_attr("spec", key)
@@ -809,11 +823,12 @@ def _check_same_study(study, spec: TuneSpec, limits: dict, use_presets: bool = T
         for i, params in enumerate(preset_params(spec)[:None if use_presets else 1]):
             study.enqueue_trial(params, user_attrs={"preset": i})  # trial 0, the default compile, always
         return
-    diff = [k for k in key if old.get(k, "pareto" if k == "objective" else None) != key[k]]
+    diff = [k for k in key if old.get(k, {"objective": "pareto", "space": 1}.get(k)) != key[k]]
     if diff:
         was = ", ".join(f"{k}={old.get(k)}" for k in diff)
         raise UserError(f"the study was made for another {', '.join(diff)} ({was}); "
-                        "resume it with the same model, board, data and --objective, or give a new --study")
+                        "resume it with the same model, board, data, --objective and qgen version (search space), "
+                        "or give a new --study")
     study.set_user_attr("limits", limits)
 
 

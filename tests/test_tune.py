@@ -328,3 +328,29 @@ def test_show_html_page(accuracy_study, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["tune", "--show", str(study), "--html", str(tmp_path / "no" / "t.html"), "--quiet"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_per_layer_int4_in_the_space(tiny):
+    """--precision LAYER=w4 per layer; a layer after an int16 one is offered int8/int16 only (its own name)."""
+    import optuna
+
+    spec = qtune.TuneSpec(model=tiny[0], input_shape=None, board="stm32f446", calib=tiny[1][0][:64],
+                          eval_x=tiny[2][0], eval_y=tiny[2][1], layers=("a", "b", "c"), data_dir="S.d")
+    base = {"calibration": "minmax", "bias_correction": False, "equalize": False, "weights": "int8", **NO_COMPRESSION}
+    drawn = qtune.suggest(optuna.trial.FixedTrial(
+        {**base, "precision:a": "w4", "precision:b": "int16", "precision:c:after-int16": "int8"}), spec)
+    assert {k: v for k, v in drawn.items() if k.startswith("precision")} == {
+        "precision:a": "w4", "precision:b": "int16", "precision:c:after-int16": "int8"}
+    with pytest.raises(ValueError):  # after an int16 layer, "precision:c" (with w4) is not drawn
+        qtune.suggest(optuna.trial.FixedTrial({**base, "precision:a": "int16", "precision:b": "w4",
+                                               "precision:c": "w4"}), spec)
+    opts = qtune.options_from_params(drawn)
+    assert opts.quant.precision == {"a": 4, "b": 16}
+    args = shlex.split(qtune.command_line(spec, drawn, "out"))
+    assert args[args.index("--precision") + 1] == "a=w4,b=int16"
+    assert cli.compile_options(cli.build_parser().parse_args(args[1:])) == opts
+    assert "w4: a" in qtune.describe(drawn) and "int16: b" in qtune.describe(drawn)
+    # the tiny MLP's hidden layer ('0') with int4 weights: compiles, less flash than int8
+    spec = qtune.TuneSpec(**{**spec.__dict__, "layers": ("0",)})
+    w4, w8 = (qtune.evaluate(spec, {**base, "precision:0": v}) for v in ("w4", "int8"))
+    assert w4["flash_bytes"] < w8["flash_bytes"] and w4["accuracy"] > 0.8
