@@ -1,9 +1,10 @@
-"""The ARMv6-M dot product (qg_dot_s8.h qg_m0_dot_4rows: four weight rows per input load, accumulators in r8-r11,
+"""The ARMv6-M dot product (qg_dot_s8.h qg_m0_dot_rows4: four weight rows per input load, accumulators in r8-r11,
 one negative index counting up to 0) under QEMU on the Cortex-M0+ build: one firmware holding every case, byte for
 byte equal to codegen.reference.run_int. It runs the fully connected kernel and the plain path of the convolution
 (qg_dot_rows_s8), four rows per pass, then the rows % 4 last rows in C.
 
-Cases: fully connected with k = 390, 1, 2, 3, 5 and 4..17 rows (every rows % 4, the 1-3-row tails alone), a row of
+Cases: fully connected with k = 390, 1, 2, 3, 5 and 4..17, 36 and 70 rows (every rows % 4, the 1-3-row tails alone,
+more rows than one call's 32), shifts 1, 2, 3 (ARMv6-M requantises shifts >= 2 its own way), a row of
 all -128 weights against all -128 inputs (the largest accumulator, 390 * 2^14), shifts -3..14 with biases that
 saturate and fine shifts whose outputs stay inside the int8 range, the int8 / ReLU / other clamps; convolutions
 3x3 with padding over 13 channels (K = 117, the gathered column, byte copies), 8 channels (word copies and zeroed
@@ -67,10 +68,14 @@ def m0_graph(rng) -> Graph:
         b.weighted(f"fc{k}_{rows}", Op.LINEAR, flat, (rows, k), clamp)
         b.weighted(f"fc{k}_{rows}_fine", Op.LINEAR, flat, (rows, k), clamp, fine=_fine(k))
     b.weighted(f"fc{k}_8_all_min_row", Op.LINEAR, flat, (8, k), fine=24, all_min_row=True)
+    b.weighted(f"fc{k}_70", Op.LINEAR, flat, (70, k), (-37, 90), fine=_fine(k))  # 32 + 32 + 4 rows, then 2
+    b.weighted(f"fc{k}_36", Op.LINEAR, flat, (36, k))
     for n in (1, 2, 3, 5):
         vec = b.node(f"v{n}", Op.SLICE, [flat], output=False, axis=0, start=n, length=n)
         b.weighted(f"fc{n}_9", Op.LINEAR, vec, (9, n), CLAMPS[n % 3])
         b.weighted(f"fc{n}_3", Op.LINEAR, vec, (3, n), CLAMPS[(n + 1) % 3], fine=_fine(n))
+        for s in (1, 2, 3):  # around ARMv6-M's requantisation of shifts >= 2
+            b.weighted(f"fc{n}_8_shift{s}", Op.LINEAR, vec, (8, n), CLAMPS[s % 3], fine=s + 6 * (n - 1))
     same = {"stride": (1, 1), "padding": (1, 1, 1, 1)}
     c3 = b.node("x_c3", Op.SLICE, ["x"], output=False, axis=2, start=0, length=3)
     c12 = b.node("x_c12", Op.SLICE, ["x"], output=False, axis=2, start=1, length=12)

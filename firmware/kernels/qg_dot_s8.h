@@ -8,7 +8,7 @@
  * (qg_simd.h). Without it, plain C: each input is loaded once for all rows. On ARMv6-M, LDRSB has
  * only a register offset, so a loop with one shared index and no unrolling is the shortest code
  * GCC finds (an unrolled loop needs a MOVS per constant offset); optimised ARMv6-M builds run four
- * rows per pass in assembly instead (qg_m0_dot_4rows). With Helium (QG_MVE, Cortex-M55) the
+ * rows per pass in assembly instead (qg_m0_dot_rows4). With Helium (QG_MVE, Cortex-M55) the
  * dot products are qg_mve.h's: 16 MACs per VMLADAVA, four rows per input load, a predicated tail.
  */
 #ifndef QG_DOT_S8_H
@@ -20,14 +20,16 @@
 #include "qg_mve.h"
 #include "qg_simd.h"
 
-/* ARMv6-M (Cortex-M0/M0+): acc[r] += x . (w + r * k), r = 0..3 (qg_dot_rows_s8's four-row pass). ARMv6-M has 8 low
- * registers for loads and MULS, and LDRSB takes a register offset only; GCC's loop over two rows spent 11
- * instructions per 2 MACs (a base kept in a high register and copied back every step). Here the four accumulators
- * live in r8-r11 (ADD reaches high registers), the input and the four rows are addressed from their ends by one
- * negative index counting up to 0 (its ADDS sets the loop's flags), so one input load serves four rows: 5 LDRSB +
- * 4 MULS + 4 ADD + ADDS + BNE = 15 instructions per 4 MACs (3.75 per MAC). A naked function (its whole body is
- * assembly: no operand constraints for GCC to allocate), only in optimised GCC/Clang builds for ARMv6-M; elsewhere
- * QG_M0_ASM is 0 and the C loops run. */
+/* ARMv6-M (Cortex-M0/M0+): sums[r] = bias[r] + x . (w + r * k) for rows r in [0, rows), rows a multiple of 4 and
+ * k >= 1 (qg_dot_rows_s8's four-row passes; it requantises the sums). ARMv6-M has 8 low registers for loads and
+ * MULS, and LDRSB takes a register offset only; GCC's loop over two rows spent 11 instructions per 2 MACs (a base
+ * kept in a high register and copied back every step). Here the four accumulators of a pass live in r8-r11 (ADD
+ * reaches high registers), the input and the four rows are addressed from their ends by one negative index
+ * counting up to 0 (its ADDS sets the loop's flags), so one input load serves four rows: 5 LDRSB + 4 MULS + 4 ADD +
+ * ADDS + BNE = 15 instructions per 4 MACs (3.75 per MAC), and ~23 per pass around it (biases by LDM, sums by STM;
+ * the next pass's rows start where row 3 ended). A naked function (its whole body is assembly: no operand
+ * constraints for GCC to allocate), only in optimised GCC/Clang builds for ARMv6-M; elsewhere QG_M0_ASM is 0 and
+ * the C loops run. */
 #if defined(__ARM_ARCH_6M__) && defined(__OPTIMIZE__) && (defined(__GNUC__) || defined(__clang__))
 #define QG_M0_ASM 1
 #else
@@ -35,11 +37,13 @@
 #endif
 
 #if QG_M0_ASM
-/* acc[r] += x . (w + r * k) over k values, r = 0..3. */
-#define QG_M0_ARG __attribute__((unused)) /* read by the assembly (r0-r3), not by C */
-__attribute__((naked, noinline, unused)) static void qg_m0_dot_4rows(QG_M0_ARG const int8_t *x,
+#define QG_M0_CHUNK 32 /* rows per call (the caller's int32 sums on its stack) */
+#define QG_M0_ARG __attribute__((unused)) /* read by the assembly (r0-r3, then the stack), not by C */
+__attribute__((naked, noinline, unused)) static void qg_m0_dot_rows4(QG_M0_ARG const int8_t *x,
                                                                       QG_M0_ARG const int8_t *w,
-                                                                      QG_M0_ARG int32_t k, QG_M0_ARG int32_t *acc)
+                                                                      QG_M0_ARG int32_t k, QG_M0_ARG int32_t rows,
+                                                                      QG_M0_ARG const int32_t *bias,
+                                                                      QG_M0_ARG int32_t *sums)
 {
     __asm__(".syntax unified\n\t"
             "push   {r4, r5, r6, r7, lr}\n\t"
@@ -48,20 +52,32 @@ __attribute__((naked, noinline, unused)) static void qg_m0_dot_4rows(QG_M0_ARG c
             "mov    r6, r10\n\t"
             "mov    r7, r11\n\t"
             "push   {r4, r5, r6, r7}\n\t"
-            "mov    ip, r3\n\t"            /* acc */
-            "ldm    r3!, {r4, r5, r6, r7}\n\t"
-            "mov    r8, r4\n\t"
-            "mov    r9, r5\n\t"
-            "mov    r10, r6\n\t"
-            "mov    r11, r7\n\t"
-            "negs   r5, r2\n\t"            /* i = -k */
-            "beq    2f\n\t"                /* k == 0 */
-            "adds   r0, r0, r2\n\t"        /* the ends: x, rows 0, 1, 2, 3 */
-            "adds   r1, r1, r2\n\t"
-            "adds   r3, r1, r2\n\t"
-            "adds   r4, r3, r2\n\t"
-            "adds   r2, r4, r2\n\t"
+            "ldr    r4, [sp, #36]\n\t"     /* bias (the fifth argument) */
+            "ldr    r5, [sp, #40]\n\t"     /* sums */
+            "mov    ip, r4\n\t"
+            "mov    lr, r5\n\t"
+            "lsls   r3, r3, #2\n\t"
+            "adds   r3, r5, r3\n\t"        /* the end of sums */
+            "sub    sp, #8\n\t"
+            "str    r2, [sp, #0]\n\t"      /* k */
+            "str    r3, [sp, #4]\n\t"
+            "adds   r0, r0, r2\n\t"        /* the end of x */
+            "movs   r2, r1\n\t"            /* row 0 of the pass */
             "1:\n\t"
+            "mov    r7, ip\n\t"
+            "ldm    r7!, {r3, r4, r5, r6}\n\t"
+            "mov    ip, r7\n\t"
+            "mov    r8, r3\n\t"
+            "mov    r9, r4\n\t"
+            "mov    r10, r5\n\t"
+            "mov    r11, r6\n\t"
+            "ldr    r6, [sp, #0]\n\t"
+            "negs   r5, r6\n\t"            /* i = -k */
+            "adds   r1, r2, r6\n\t"        /* the ends of rows 0, 1, 2, 3 */
+            "adds   r3, r1, r6\n\t"
+            "adds   r4, r3, r6\n\t"
+            "adds   r2, r4, r6\n\t"
+            "2:\n\t"
             "ldrsb  r6, [r0, r5]\n\t"
             "ldrsb  r7, [r1, r5]\n\t"
             "muls   r7, r6, r7\n\t"
@@ -76,20 +92,35 @@ __attribute__((naked, noinline, unused)) static void qg_m0_dot_4rows(QG_M0_ARG c
             "muls   r7, r6, r7\n\t"
             "add    r11, r7\n\t"
             "adds   r5, r5, #1\n\t"
+            "bne    2b\n\t"
+            "mov    r3, r8\n\t"
+            "mov    r4, r9\n\t"
+            "mov    r5, r10\n\t"
+            "mov    r6, r11\n\t"
+            "mov    r7, lr\n\t"
+            "stm    r7!, {r3, r4, r5, r6}\n\t"
+            "mov    lr, r7\n\t"
+            "ldr    r6, [sp, #4]\n\t"
+            "cmp    r7, r6\n\t"
             "bne    1b\n\t"
-            "2:\n\t"
-            "mov    r3, ip\n\t"
-            "mov    r4, r8\n\t"
-            "mov    r5, r9\n\t"
-            "mov    r6, r10\n\t"
-            "mov    r7, r11\n\t"
-            "stm    r3!, {r4, r5, r6, r7}\n\t"
+            "add    sp, #8\n\t"
             "pop    {r4, r5, r6, r7}\n\t"
             "mov    r8, r4\n\t"
             "mov    r9, r5\n\t"
             "mov    r10, r6\n\t"
             "mov    r11, r7\n\t"
             "pop    {r4, r5, r6, r7, pc}\n\t");
+}
+
+/* qg_requantize_s8 with the right shifts >= 2 as ((acc >> (s - 1)) + 1) >> 1 (the rounding rule: floor((acc +
+ * 2^(s-1)) / 2^s); no overflow, |acc >> 1| < 2^30), one compare per clamp side; other shifts the general code. */
+static inline int8_t qg_m0_requantize(int32_t acc, int32_t shift, int32_t act_min, int32_t act_max)
+{
+    if (shift > 1) {
+        acc = ((acc >> (shift - 1)) + 1) >> 1;
+        return (int8_t)(acc < act_min ? act_min : (acc > act_max ? act_max : acc));
+    }
+    return qg_requantize_s8(acc, shift, act_min, act_max);
 }
 #endif
 
@@ -194,18 +225,19 @@ static inline void qg_dot_rows_s8(const int8_t *x, const int8_t *w, int32_t k, i
     }
 #else
     int32_t r = 0;
-#if QG_M0_ASM /* ARMv6-M: four rows per input load (qg_m0_dot_4rows) */
-    for (; r + 3 < rows; r += 4, w += 4 * k) {
-        int32_t acc[4];
-        acc[0] = bias[r];
-        acc[1] = bias[r + 1];
-        acc[2] = bias[r + 2];
-        acc[3] = bias[r + 3];
-        qg_m0_dot_4rows(x, w, k, acc);
-        out[r] = qg_requantize_s8(acc[0], shift[r], act_min, act_max);
-        out[r + 1] = qg_requantize_s8(acc[1], shift[r + 1], act_min, act_max);
-        out[r + 2] = qg_requantize_s8(acc[2], shift[r + 2], act_min, act_max);
-        out[r + 3] = qg_requantize_s8(acc[3], shift[r + 3], act_min, act_max);
+#if QG_M0_ASM /* ARMv6-M: four rows per input load (qg_m0_dot_rows4), up to QG_M0_CHUNK rows per call */
+    if (k > 0) {
+        int32_t sums[QG_M0_CHUNK];
+        const int32_t rows4 = rows & ~3;
+        while (r < rows4) {
+            const int32_t n = rows4 - r < QG_M0_CHUNK ? rows4 - r : QG_M0_CHUNK;
+            int32_t j;
+            qg_m0_dot_rows4(x, w, k, n, bias + r, sums);
+            for (j = 0; j < n; j++, r++) {
+                out[r] = qg_m0_requantize(sums[j], shift[r], act_min, act_max);
+            }
+            w += n * k;
+        }
     }
 #endif
     for (; r + 1 < rows; r += 2, w += 2 * k) {
