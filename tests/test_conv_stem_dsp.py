@@ -7,7 +7,8 @@ Cases: stride 2 with pad 1 (VWW's stem) and with TensorFlow's asymmetric pad, st
 padding, mixed strides and pads, odd output channel counts, pixel counts with every remainder mod 4, the three
 clamp kinds, shifts <= 0 (generic store), weights of -128 in every channel and inputs of -128 / 127 (edge_inputs);
 pointwise 1x1 on 8 and 12 channels with strides 1, 2, (3, 4) and a 1-wide output (its last 2 pixels on 2 rows),
-and a 1x1 with bottom/right padding (general path).
+a 1x1 with bottom/right padding and a 3x3
+on a 2-row image (general paths).
 """
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ def stem_graph(rng) -> Graph:
     _conv(g, rng, "pw_c12_any_clamp", c12, 5, 1, padding=(0, 0, 0, 0), act_range=(-50, 50))  # 99
     _conv(g, rng, "pw_c8_pad_bottom_right", c8, 6, 1, padding=(0, 0, 1, 1))  # general path: 8x10
     _conv(g, rng, "pw_c8_shift0", c8, 4, 1, padding=(0, 0, 0, 0), shifts=(-3, 1))
+    flat = _conv(g, rng, "to_2x11_c3", "x", 3, 1, stride=(5, 1), padding=(0, 0, 0, 0), shifts=(8, 10))
+    _conv(g, rng, "stem_on_2_rows", flat, 6, 3)  # fewer rows than the window: the general path
     tall = _conv(g, rng, "stem_pad_top2_bottom1", "x", 8, 3, padding=(2, 0, 1, 0), shifts=(8, 10))  # 10x9
     _conv(g, rng, "pw_c8_one_wide", tall, 5, 1, stride=(1, 10), padding=(0, 0, 0, 0))  # 10x1: the last 2 wrap
     return finish(g)

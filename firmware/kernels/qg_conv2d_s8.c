@@ -338,35 +338,41 @@ static QG_BLOCK_NOINLINE void stem_block(const int8_t *w, const int16_t *cols, i
     }
 }
 
-static void conv2d_stem_dsp(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, int8_t *scratch)
+static QG_BLOCK_NOINLINE void conv2d_stem_dsp(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out,
+                                              int8_t *scratch)
 {
     const int32_t out_w = p->out_w, n_pix = p->out_h * out_w, in_w = p->in_w, in_h = p->in_h;
     const int32_t out_stride = p->out_stride ? p->out_stride : p->out_c, row_bytes = 3 * in_w;
+    const int32_t stride_h = p->stride_h, stride_w = p->stride_w, x_step = 3 * stride_w;
     int16_t *cols = (int16_t *)(void *)scratch;
     int8_t *stage = scratch + 2 * QG_COLS * 28;
-    int32_t pix, c, oy = 0, ox = 0;
+    int32_t pix, c, oy = 0, ox = 0, iy0 = -p->pad_top, ix0 = -p->pad_left;
+    int32_t x = (iy0 * in_w + ix0) * 3; /* offset of pixel (oy, ox)'s window origin in the input (maybe outside) */
     for (pix = 0; pix < n_pix; pix += QG_COLS) {
         const int32_t n_valid = n_pix - pix < QG_COLS ? n_pix - pix : QG_COLS;
         for (c = 0; c < QG_COLS; c++) { /* past the last pixel, slots repeat it: computed, not stored */
-            const int32_t iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left;
-            if (iy0 >= 0 && iy0 + 3 <= in_h && ix0 >= 0 && ix0 + 3 <= in_w) {
-                const int8_t *r0 = in + (iy0 * in_w + ix0) * 3;
+            /* the window inside the input (in_h, in_w >= 3: the caller's test) */
+            if ((uint32_t)iy0 <= (uint32_t)(in_h - 3) && (uint32_t)ix0 <= (uint32_t)(in_w - 3)) {
+                const int8_t *r0 = in + x;
                 stem_fill(cols + 4 * c, r0, r0 + row_bytes, r0 + 2 * row_bytes);
             } else {
                 im2col_s8(p, in, oy, ox, 0, 3, stage);
                 stem_fill(cols + 4 * c, stage, stage + 9, stage + 18);
             }
-            if (c + 1 < n_valid && ++ox == out_w) {
-                ox = 0;
-                oy++;
+            if (c + 1 < n_valid || c + 1 == QG_COLS) { /* the next pixel */
+                ix0 += stride_w;
+                x += x_step;
+                if (++ox == out_w) {
+                    ox = 0;
+                    oy++;
+                    iy0 += stride_h;
+                    ix0 = -p->pad_left;
+                    x = (iy0 * in_w + ix0) * 3;
+                }
             }
         }
         stem_block(p->weights, cols, n_valid, p->out_c, p->bias, p->shift, p->act_min, p->act_max,
                    out + pix * out_stride, out_stride);
-        if (++ox == out_w) {
-            ox = 0;
-            oy++;
-        }
     }
 }
 
@@ -479,7 +485,8 @@ void qg_conv2d_s8(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, in
 #if QG_DSP && !QG_MVE
     int16_t *cols = (int16_t *)(void *)scratch;
     int8_t *stage = scratch + 2 * QG_COLS * round_up4(k);
-    if (p->in_c == 3 && p->k_h == 3 && p->k_w == 3 && groups == 1 && p->dil_h == 1 && p->dil_w == 1) {
+    if (p->in_c == 3 && p->k_h == 3 && p->k_w == 3 && groups == 1 && p->dil_h == 1 && p->dil_w == 1 &&
+        p->in_h >= 3 && p->in_w >= 3) {
         conv2d_stem_dsp(p, in, out, scratch);
         return;
     }
