@@ -68,10 +68,14 @@ def from_onnx_model(model: Any, source: str = "") -> Graph:
 
 
 class _Act:
-    """An activation: its IR tensor and the rank it has in ONNX (4: NCHW, 3: NCL, 2: NF)."""
+    """An activation: its IR tensor and the rank it has in ONNX (4: NCHW, 3: NCL, 2: NF). natural (rank 3 only):
+    the IR holds ONNX (1, A, B) as (1, A, B), B innermost, instead of the convention (1, B, A) = (1, L, C) of an
+    (N, C, L) sequence: a transformer's (1, L, D) tokens, where LayerNormalization, MatMul with a weight and
+    Softmax work over the last ONNX axis. Only the handlers in NATURAL_OK read natural values; the importer
+    gives every other handler the conventional layout (one TRANSPOSE, cached)."""
 
-    def __init__(self, name: str, rank: int):
-        self.name, self.rank = name, rank
+    def __init__(self, name: str, rank: int, natural: bool = False):
+        self.name, self.rank, self.natural = name, rank, natural and rank == 3
 
 
 VALUES = (_Act, onnx_recurrent._Seq)  # computed values (not constants to fold)
@@ -111,6 +115,7 @@ class _Importer:
         self.group_norms: dict[int, tuple[Any, Any, Any]] = {}
         self.index = -1  # the node being lowered
         self.users: dict[str, list[Any]] = {}
+        self.conventional: dict[str, _Act] = {}  # natural value's IR name -> its copy in the convention
         for init in model.graph.initializer:
             self.values[init.name] = numpy_helper.to_array(init)
         for node in model.graph.node:
@@ -199,6 +204,22 @@ class _Importer:
                                  "must be a computed tensor; qgen does not compute on constants")
         return value
 
+    def in_convention(self, node, x: _Act) -> _Act:
+        """x in the conventional layout: a natural (1, A, B) value transposed to (1, B, A) once (cached)."""
+        if not x.natural:
+            return x
+        if x.name not in self.conventional:
+            _, a, b = self.shape_of(x.name)
+            self.conventional[x.name] = _Act(self.add(node, Op.TRANSPOSE, [x.name], (1, b, a), perm=(0, 2, 1)), 3)
+        return self.conventional[x.name]
+
+    def in_natural(self, node, x: _Act) -> _Act:
+        """A rank-3 x in the natural layout (ONNX (1, A, B) as IR (1, A, B)): a conventional one transposed."""
+        if x.natural:
+            return x
+        _, b, a = self.shape_of(x.name)
+        return _Act(self.add(node, Op.TRANSPOSE, [x.name], (1, a, b), perm=(0, 2, 1)), 3, natural=True)
+
     def input_const(self, node, index: int, what: str) -> np.ndarray | None:
         if index >= len(node.input) or node.input[index] == "":
             return None
@@ -251,7 +272,11 @@ class _Importer:
             handler = onnx_recurrent.route(self, node, HANDLERS.get(node.op_type))  # sequences around GRU/LSTM/RNN
             if handler is None:
                 raise self.unsupported(node)
+            natural = {} if node.op_type in NATURAL_OK else {
+                i: v for i in node.input if isinstance(v := self.values.get(i), _Act) and v.natural}
+            self.values.update({i: self.in_convention(node, v) for i, v in natural.items()})
             out = handler(self, node)
+            self.values.update(natural)
             self.values[node.output[0]] = out
         for out in g.output:
             self.output(out)
@@ -287,6 +312,11 @@ class _Importer:
             self.graph.io_layout[name] = "nlc"
             self.values[value_info.name] = onnx_recurrent.input_sequence(self, name, tuple(shape))
             return
+        if len(shape) == 3 and _reads_tokens(self, value_info.name):  # (1, L, D) tokens: IR (1, L, D)
+            self.graph.tensors[name] = Tensor(name, tuple(shape))
+            self.graph.io_layout[name] = "nlc"
+            self.values[value_info.name] = _Act(name, 3, natural=True)
+            return
         self.graph.tensors[name] = Tensor(name, ir_shape_of(tuple(shape)))
         self.graph.io_layout[name] = LAYOUTS[len(shape)]
         self.values[value_info.name] = _Act(name, len(shape))
@@ -307,7 +337,7 @@ class _Importer:
         if value.name in self.graph.outputs:
             raise UserError(f"ONNX output '{value_info.name}' is listed twice")
         self.graph.outputs.append(value.name)
-        self.graph.io_layout[value.name] = LAYOUTS.get(value.rank, "nf")
+        self.graph.io_layout[value.name] = "nlc" if value.natural else LAYOUTS.get(value.rank, "nf")
 
     def find_patterns(self) -> None:
         """x * Sigmoid(x) (SiLU as exported) becomes one LUT: skip the Sigmoid, the Mul does it. torch.onnx's
@@ -530,7 +560,40 @@ def _matmul(imp: _Importer, node) -> _Act:
     w = np.asarray(imp.input_const(node, 1, "the second operand"), np.float64)
     if w.ndim != 2:
         raise imp.err(node, f"MatMul with a {w.ndim}-D constant; qgen supports x @ W with a 2-D W")
+    if x.rank == 3:
+        return _linear_tokens(imp, node, x, w)
+    x = imp.in_convention(node, x)
     return _linear_core(imp, node, x, w.T, np.zeros(w.shape[1]))
+
+
+def _linear_tokens(imp: _Importer, node, x: _Act, w: np.ndarray) -> _Act:
+    """(1, L, D) @ W (D, O) [+ b (O,), the exporter's Add, folded]: a 1x1 CONV2D over the L tokens as pixels, D
+    innermost (the natural layout; a conventional input is transposed once). The result is natural (1, L, O)."""
+    x = imp.in_natural(node, x)
+    _, length, d = imp.shape_of(x.name)
+    if w.shape[0] != d:
+        raise imp.err(node, f"MatMul of a (1, {length}, {d}) activation with a {list(w.shape)} weight; the weight "
+                            f"must have {d} rows")
+    bias, users = np.zeros(w.shape[1]), imp.users.get(node.output[0], [])
+    if len(users) == 1 and users[0].op_type == "Add":  # the Linear's bias
+        add = users[0]
+        other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        b = imp.values.get(other)
+        if b is not None and not isinstance(b, VALUES) and np.asarray(b).size == w.shape[1] and \
+                np.asarray(b).shape[-1:] == (w.shape[1],):
+            bias = np.asarray(b, np.float64).reshape(-1)
+            imp.skip.add(list(imp.model.graph.node).index(add))
+        else:
+            add = None
+    else:
+        add = None
+    base = imp.base_name(node)
+    wname, bname = imp.const(f"{base}_w", w.T[:, None, None, :]), imp.const(f"{base}_b", bias)
+    out = _Act(imp.add(node, Op.CONV2D, [x.name, wname, bname], (1, length, w.shape[1]), stride=(1, 1),
+                       padding=(0, 0, 0, 0)), 3, natural=True)
+    if add is not None:
+        imp.values[add.output[0]] = out
+    return out
 
 
 def _linear_core(imp: _Importer, node, x: _Act, w: np.ndarray, bias: np.ndarray) -> _Act:
@@ -565,8 +628,21 @@ def _batch_norm(imp: _Importer, node) -> _Act:
 def _layer_norm(imp: _Importer, node) -> _Act:
     """LayerNormalization over ONNX axes [axis, rank): they must be qgen's innermost IR axes (as in PyTorch)."""
     x = imp.input_act(node)
+    axis = int(imp.attr(node, "axis", -1)) % x.rank
+    if x.rank == 3 and axis == 2:  # the last axis of (1, L, D) tokens: innermost in the natural layout
+        x = imp.in_natural(node, x)
+    elif x.natural:
+        x = imp.in_convention(node, x)
     rank, ir = x.rank, imp.shape_of(x.name)
-    axis = int(imp.attr(node, "axis", -1)) % rank
+    if x.natural:
+        d = ir[2]
+        gamma = np.asarray(imp.input_const(node, 1, "Scale"), np.float64).reshape(-1)
+        beta = imp.input_const(node, 2, "B")
+        beta = np.zeros(d) if beta is None else np.asarray(beta, np.float64).reshape(-1)
+        base = imp.base_name(node)
+        gname, bname = imp.const(f"{base}_gamma", gamma), imp.const(f"{base}_beta", beta)
+        eps = _f32(imp.attr(node, "epsilon", 1e-5))
+        return _Act(imp.add(node, Op.LAYER_NORM, [x.name, gname, bname], ir, axes=1, eps=eps), 3, natural=True)
     dims = list(range(axis, rank))
     axes = [ir_axis(d, rank) for d in dims] if rank > 2 else [0]
     if axis == 0 or sorted(axes) != list(range(len(ir) - len(axes), len(ir))) or len(set(axes)) != len(axes):
@@ -815,10 +891,12 @@ def _add(imp: _Importer, node) -> _Act:
     if not (isinstance(a, _Act) and isinstance(b, _Act)):
         raise imp.err(node, "add of a constant; qgen supports adding two activations (residual add). "
                             "Fold the constant into a bias.")
+    if a.natural != b.natural:  # one layout for both: the natural one if either is (tokens stay tokens)
+        a, b = imp.in_natural(node, a), imp.in_natural(node, b)
     if imp.shape_of(a.name) != imp.shape_of(b.name) or a.rank != b.rank:
         raise imp.err(node, f"add of shapes {imp.shape_of(a.name)} and {imp.shape_of(b.name)}; broadcasting is "
                             "not supported")
-    return _Act(imp.add(node, Op.ADD, [a.name, b.name], imp.shape_of(a.name)), a.rank)
+    return _Act(imp.add(node, Op.ADD, [a.name, b.name], imp.shape_of(a.name)), a.rank, a.natural)
 
 
 def _mul(imp: _Importer, node) -> _Act:
@@ -846,14 +924,17 @@ def _scalar(value) -> float | None:
 
 
 def _affine(imp: _Importer, node, x: _Act, scale: float, offset: float) -> _Act:
+    """x * scale + offset, element-wise: in whatever layout x has."""
     return _Act(imp.add(node, Op.AFFINE, [x.name], imp.shape_of(x.name), scale=float(scale), offset=float(offset)),
-                x.rank)
+                x.rank, x.natural)
 
 
 def _two_activations(imp: _Importer, node, op: Op) -> _Act:
     from ..ops.eltwise import broadcasts
 
     a, b = (imp.values.get(i) for i in node.input)
+    if isinstance(a, _Act) and isinstance(b, _Act) and (a.natural or b.natural):  # binary ops read the convention
+        a, b = imp.in_convention(node, a), imp.in_convention(node, b)
     if not (isinstance(a, _Act) and isinstance(b, _Act)):
         raise imp.err(node, f"{op.value} with a constant tensor of more than one element; qgen supports {op.value} "
                             "of two activations or of an activation and a scalar. Fold the constant into a "
@@ -974,6 +1055,9 @@ def _concat(imp: _Importer, node) -> _Act:
 def _softmax(imp: _Importer, node) -> _Act:
     x = imp.input_act(node)
     axis = int(imp.attr(node, "axis", -1))
+    if x.natural and axis % 3 == 2:  # attention scores (1, M, N) over N: innermost
+        return _Act(imp.add(node, Op.SOFTMAX, [x.name], imp.shape_of(x.name)), 3, natural=True)
+    x = imp.in_convention(node, x)
     try:
         last = ir_axis(axis, x.rank) == len(imp.shape_of(x.name)) - 1
     except ValueError:
@@ -1178,6 +1262,9 @@ def _transpose(imp: _Importer, node) -> _Act:
     """Transpose of an activation, batch first: TRANSPOSE in qgen's layout (none when the IR order is kept)."""
     x = imp.input_act(node)
     perm = [int(p) % x.rank for p in (imp.attr(node, "perm") or range(x.rank - 1, -1, -1))]
+    if x.rank == 3 and perm == [0, 2, 1]:  # (1, A, B) -> (1, B, A): the same bytes, read in the other layout
+        return _Act(x.name, 3, natural=not x.natural)
+    x = imp.in_convention(node, x)
     if perm[0] != 0:
         raise _batch_dim(imp, node, f"Transpose perm {perm} moves a dimension")
     onnx_out = tuple(torch_shape_of(imp.shape_of(x.name), x.rank)[p] for p in perm)
@@ -1222,6 +1309,9 @@ def _matmul_activations(imp: _Importer, node) -> _Act:
     from ..ops.matmul import MAX_K
 
     a, b = imp.input_act(node, 0), imp.input_act(node, 1)
+    if a.rank == 3 and b.rank == 3 and (a.natural or b.natural):
+        return _matmul_tokens(imp, node, a, b)
+    a, b = imp.in_convention(node, a), imp.in_convention(node, b)
     sa, sb = (torch_shape_of(imp.shape_of(v.name), v.rank) for v in (a, b))
     if a.rank != b.rank or a.rank not in (3, 4) or sa[:-2] != sb[:-2] or sa[-1] != sb[-2]:
         raise imp.err(node, f"MatMul of activations {list(sa)} and {list(sb)}; qgen multiplies (1, M, K) @ (1, K, N) "
@@ -1239,6 +1329,34 @@ def _matmul_activations(imp: _Importer, node) -> _Act:
     y = imp.add(node, Op.MATMUL, [xa, xb], (batch, m, n))
     out = ir_shape_of((1, m, n) if a.rank == 3 else (1, batch, m, n))
     return _Act(imp.add(node, Op.TRANSPOSE, [y], out, perm=back), a.rank)
+
+
+def _matmul_tokens(imp: _Importer, node, a: _Act, b: _Act) -> _Act:
+    """(1, M, K) @ (1, K, N) with an operand in the natural layout (attention: q @ k^T, softmax(.) @ v): MATMUL
+    of A (1, M, K) and B^T (1, N, K), K innermost in both. A natural A lies right; B^T is a conventional B as it
+    lies (q @ Transpose(k): no copy), a natural B transposed once (softmax(.) @ v). The product is natural."""
+    from ..ops.matmul import MAX_K
+
+    a = imp.in_natural(node, a)
+    _, m, k = imp.shape_of(a.name)
+    bt = b.name if not b.natural else imp.in_convention(node, b).name  # IR (1, N, K)
+    _, n, kb = imp.shape_of(bt)
+    if kb != k:
+        raise imp.err(node, f"MatMul of activations (1, {m}, {k}) and (1, {kb}, {n}); the inner sizes must agree")
+    if k > MAX_K:
+        raise imp.err(node, f"MatMul over K = {k} products; qgen's int32 sums hold at most {MAX_K}")
+    return _Act(imp.add(node, Op.MATMUL, [a.name, bt], (1, m, n)), 3, natural=True)
+
+
+def _reads_tokens(imp: _Importer, name: str) -> bool:
+    """A (1, L, D) input read as tokens: some user normalises or multiplies its last axis (LayerNormalization,
+    MatMul with a 2-D weight), so it is held (1, L, D) (io_layout nlc) rather than as an (N, C, L) sequence."""
+    for u in imp.users.get(name, []):
+        if u.op_type == "LayerNormalization" and int(imp.attr(u, "axis", -1)) % 3 == 2:
+            return True
+        if u.op_type == "MatMul" and u.input[0] == name and np.ndim(imp.values.get(u.input[1])) == 2:
+            return True
+    return False
 
 
 HANDLERS: dict[str, Callable[[_Importer, Any], Any]] = {
@@ -1290,3 +1408,5 @@ HANDLERS: dict[str, Callable[[_Importer, Any], Any]] = {
     "LSTM": onnx_recurrent.recurrent,
     "RNN": onnx_recurrent.recurrent,
 }
+# handlers that read natural-layout values themselves (_Act.natural); every other one gets the convention
+NATURAL_OK = frozenset({"MatMul", "LayerNormalization", "Softmax", "Transpose", "Add", "Sub", "Mul", "Div"})
