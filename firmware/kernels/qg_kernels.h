@@ -180,6 +180,7 @@ typedef struct {
     uint16_t in_h, in_w, channels;
     uint16_t out_h, out_w;
     uint8_t bilinear, frac_bits;
+    uint16_t out_stride;    /* elements from one output pixel to the next (0: channels; a concat's slice: wider) */
     const int16_t *y0, *x0; /* source row / column per output row / column */
     const int16_t *y1, *x1; /* bilinear: the second source row / column (NULL for nearest) */
     const int16_t *wy, *wx; /* bilinear: Q frac_bits weight of y1 / x1 (NULL for nearest) */
