@@ -9,7 +9,8 @@ all -128 weights against all -128 inputs (the largest accumulator, 390 * 2^14), 
 saturate and fine shifts whose outputs stay inside the int8 range, the int8 / ReLU / other clamps; convolutions
 3x3 with padding over 13 channels (K = 117, the gathered column, byte copies), 8 channels (word copies and zeroed
 rows, ARMv6-M's im2col), 3 channels (K = 27, the RGB stem), 1x1 (the column read from the input in place), stride 2,
-asymmetric padding, and grouped (5 rows per group: one 4-row pass + 1). The DSP and
+asymmetric padding, and grouped (5 rows per group: one 4-row pass + 1). Residual adds (qg_add_s8's ARMv6-M
+loops) with alignments by left and right shifts, at the limits of those loops and past them. The DSP and
 Helium paths are checked by test_kernels_fast.py, test_fully_connected_dsp.py and test_kernels_mve.py.
 """
 from __future__ import annotations
@@ -28,6 +29,10 @@ pytestmark = pytest.mark.skipif(bool(missing_tools()), reason=f"missing tools: {
 
 SHAPE = (6, 5, 13)  # H, W, C
 CLAMPS = ((-128, 127), (0, 127), (-37, 90))
+# (shift_a, shift_b, shift) of the adds: a ResNet's residual adds, right and left alignments, the limits of the
+# ARMv6-M loops (-22, 30; 1, 30) and just past them (the general loop)
+ADD_SHIFTS = ((0, -2, 2), (0, -1, 1), (-1, 0, 1), (2, -3, 5), (3, 1, 2), (-22, 0, 22), (0, -22, 30), (30, 30, 1),
+              (-23, 0, 24), (0, 31, 1), (0, 0, 31), (0, 0, 0), (3, 0, -2), (-3, -2, 3))
 
 
 class Builder(GraphBuilder):
@@ -91,6 +96,12 @@ def m0_graph(rng) -> Graph:
                padding=(0, 0, 0, 0))
     b.weighted("conv1x1_c13_s2_9", Op.CONV2D, "x", (9, 1, 1, 13), (-37, 90), stride=(2, 2), padding=(0, 0, 0, 0))
     b.weighted("conv3x3_c12_g2_10", Op.CONV2D, c12, (10, 3, 3, 6), (0, 127), fine=_fine(54), groups=2, **same)
+    # residual adds (qg_add_s8's ARMv6-M loops: shifts_a/b in [-22, 30], shift in [1, 30]; others the general loop)
+    mix = b.weighted("conv1x1_c13_13", Op.CONV2D, "x", (13, 1, 1, 13), fine=_fine(13), output=False, stride=(1, 1),
+                     padding=(0, 0, 0, 0))
+    for i, (sa, sb, s) in enumerate(ADD_SHIFTS):
+        clamp = CLAMPS[i % 3]
+        b.node(f"add_{i}", Op.ADD, ["x", mix], shift_a=sa, shift_b=sb, shift=s, act_min=clamp[0], act_max=clamp[1])
     return finish(b.g)
 
 
