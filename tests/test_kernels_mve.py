@@ -10,7 +10,10 @@ clamps the three kinds, and the inputs include all -128 (edge_inputs); "fine" tw
 shift sized to the sums show every product instead of a clamped result.
 The same firmware holds the packed-int4 layers (qg_conv2d_s4.c: 32 weights per vector, 4-pixel conv blocks whose
 last block is partial) and int16-activation chains int8 -> int16 -> int16 -> int8 (qg_wide.c: 8 int16 lanes for the
-dot products, 4 int32 lanes for depthwise, int32 and int64 accumulators).
+dot products, 4 int32 lanes for depthwise, int32 and int64 accumulators), sub / maximum / minimum (int16 lanes for
+alignment shifts >= -7, int32 lanes below), scalar affine, PReLU and channel affine (4 channels a vector, one channel:
+4 elements a vector) with extreme slopes / scales / offsets / shifts, and int16 max / average pooling (uniform and
+windows kernels, every tail of 8 and 4 lanes, small- and full-range int16 values).
 """
 from __future__ import annotations
 
@@ -112,6 +115,9 @@ def mve_graph(rng) -> Graph:
         b.node(f"matmul_c{c}", Op.MATMUL, [src, dw], shift=int(rng.choice([0, 5, 9, 14])), act_min=a[0],
                act_max=a[1])
         int4_cases(b, i, c, src, vec)
+        eltwise_cases(b, i, c, src, f"dw3x3_fine_c{c}")
+        if c <= 9 or c in (16, 17, 33):  # every tail of the 8 int16 lanes (max) and of two 4-lane vectors (average)
+            pool16_cases(b, i, c, src)
         if c <= 9 or c in (16, 17, 33):  # every tail of the 8 int16 lanes (FC) and of the 4 int32 lanes (depthwise)
             int16_cases(b, i, c, src, vec)
     # k < 16: output channels in the lanes; shifts that keep the outputs inside the int8 range (no clamp hides a sum)
@@ -128,6 +134,12 @@ def mve_graph(rng) -> Graph:
     b.weighted("conv1x1_c7_pad", Op.CONV2D, "x_c7", (9, 1, 1, 7), shift=8, stride=(2, 1), padding=(1, 0, 0, 1))
     b.weighted("dw3x3_c17_s2", Op.DEPTHWISE_CONV2D, "x_c17", (17, 3, 3, 1), stride=(2, 2), padding=(1, 1, 1, 1))
     b.weighted("dw3x3_c5_mult2", Op.DEPTHWISE_CONV2D, "x_c5", (10, 3, 3, 1), **same)
+    # one channel over many pixels (PReLU / channel affine: 4 elements a step, not 4 channels of a pixel)
+    col = b.node("x_col", Op.RESHAPE, [flat], output=False, shape=(int(np.prod(SHAPE)), 1))
+    prelu(b, "prelu_col", col, np.array([-32768]), slope_frac=14, shift=14, act_min=-128, act_max=127)
+    prelu(b, "prelu_col_left", col, np.array([-3]), slope_frac=1, shift=-2, act_min=-128, act_max=127)
+    channel_affine(b, "caff_col", col, np.array([-32768]), np.array([2**31 - 2**22 - 1]), [22])
+    channel_affine(b, "caff_col_fine", col, np.array([-23456]), np.array([-2**20]), [15])
     # int4: a 2-pixel output (one partial block), a padded 1x1 (gathered), grouped + dilated, dilated taps, long rows
     b.weighted("s4_conv3x3_s2", Op.CONV2D, "x", (7, 3, 3, 33), bits=4, stride=(2, 2), padding=(0, 0, 0, 0))
     b.weighted("s4_conv1x1_pad", Op.CONV2D, "x_c9", (6, 1, 1, 9), bits=4, stride=(1, 1), padding=(1, 0, 0, 1))
@@ -154,6 +166,98 @@ def mve_graph(rng) -> Graph:
     b.weighted("w16_dw_s2_fine", Op.DEPTHWISE_CONV2D, h, (5, 3, 3, 1), shift=_fine_shift(9, x_std=I16_STD),
                stride=(2, 2), padding=(1, 1, 1, 1))
     return finish(b.g)
+
+
+AFFINES = ((16384, 3 << 17, 15, 0, 96), (-32768, 0, 14, -128, 127), (21845, -(1 << 29) + 1, 20, -128, 127),
+           (12345, 777, -3, -128, 127), (32767, (1 << 29) - 1, 23, -100, 100), (-20000, -5, 12, 0, 127),
+           (-32768, 5, -31, -128, 127), (7, -3, 31, -128, 127))  # (mult, bias, shift, act_min, act_max)
+
+
+def prelu(b: Builder, name: str, src: str, slope: np.ndarray, **attrs) -> str:
+    b.g.tensors[f"{name}_slope"] = const(f"{name}_slope", slope, 16, attrs["slope_frac"])
+    return b.node(name, Op.PRELU, [src, f"{name}_slope"], alpha=(0.25,), **attrs)
+
+
+def channel_affine(b: Builder, name: str, src: str, scale: np.ndarray, offset: np.ndarray, shift, act=(-128, 127)):
+    c = len(scale)
+    b.g.tensors[f"{name}_s"] = const(f"{name}_s", scale, 16, (3,) * c)
+    b.g.tensors[f"{name}_o"] = const(f"{name}_o", offset, 32, (6,) * c)
+    return b.node(name, Op.CHANNEL_AFFINE, [src, f"{name}_s", f"{name}_o"], shift=[int(v) for v in shift],
+                  act_min=act[0], act_max=act[1])
+
+
+def eltwise_cases(b: Builder, i: int, c: int, src: str, other: str) -> None:
+    """sub / maximum / minimum over 15 * c elements (every tail of 8 and of 4): even counts with alignment shifts
+    >= -7 (the int16-lane path; -7 on both sides reaches |x - y| = 255 * 2^7), odd counts with one below (int32 lanes);
+    scalar affine; PReLU and channel affine over c channels (every tail of 4 channels) with extreme slopes, scales,
+    offsets and shifts, and fine twins whose shifts keep every value inside int8."""
+    rng, a = b.rng, ACTS[i % 3]
+    if i % 2 == 0:
+        shifts = [(-7, -7), (int(rng.integers(-7, 6)), int(rng.integers(-7, 6))), (-7, 3)][i % 3]
+    else:
+        shifts = [(-8, 0), (int(rng.integers(-22, -8)), int(rng.integers(-7, 6))), (2, -22)][i % 3]
+    for k, op in enumerate((Op.SUB, Op.MAXIMUM, Op.MINIMUM)):
+        x, y = (src, other) if k != 1 else (other, src)
+        b.node(f"{op.value}_c{c}", op, [x, y], shift_a=shifts[0], shift_b=shifts[1],
+               shift=int(rng.choice([-31, -2, 0, 1, 3, 9, 31] if k == i % 3 else range(-min(shifts),
+                                                                                        -min(shifts) + 3))),
+               act_min=a[0], act_max=a[1])
+    mult, bias, shift, lo, hi = AFFINES[i % len(AFFINES)]
+    b.node(f"affine_c{c}", Op.AFFINE, [src], scale=1.0, offset=0.0, mult=mult, bias=bias, shift=shift, act_min=lo,
+           act_max=hi)
+    b.node(f"affine_fine_c{c}", Op.AFFINE, [src], scale=1.0, offset=0.0, mult=int(rng.integers(-32768, 32768)),
+           bias=int(rng.integers(-2**14, 2**14)), shift=15, act_min=a[0], act_max=a[1])
+    slopes = rng.integers(-32768, 32768, c)
+    slopes[:2] = [-32768, 32767][:c]
+    frac = int(rng.integers(0, 15))
+    prelu(b, f"prelu_c{c}", src, slopes, slope_frac=frac, shift=int(rng.choice(EXTREME_SHIFTS)), act_min=a[0],
+          act_max=a[1])
+    prelu(b, f"prelu_fine_c{c}", src, slopes, slope_frac=frac, shift=frac if i % 2 else 15,
+          act_min=-128, act_max=127)
+    scale = rng.integers(-32768, 32768, c)
+    scale[0] = -32768
+    offset = rng.integers(-2**20, 2**20, c)
+    offset[c // 2] = (2**31 - 2**22 - 1) * (1 if i % 2 else -1)
+    shift = rng.integers(-3, 24, c)
+    shift[rng.random(c) < 0.3] = rng.choice(EXTREME_SHIFTS)
+    channel_affine(b, f"caff_c{c}", src, scale, offset, shift, a)
+    channel_affine(b, f"caff_fine_c{c}", src, scale, rng.integers(-2**14, 2**14, c), np.full(c, 15))
+
+
+def pool16_cases(b: Builder, i: int, c: int, src: str) -> None:
+    """int16 max / average pooling (qg_wide.c uniform windows, padded and clipped; qg_pool2d_s16.c windows: a
+    count_include_pad=False average, adaptive max) on a small-range int16 input (|x| <= 128: each pooled value is
+    an int8 model output through an exact copy) and on a full-range one (|x| ~ 2^15: the 64-bit product's high
+    word; seen through a rounding shift by 8)."""
+    def wide(name: str, x: str, **attrs) -> str:
+        name = b.node(name, Op.AFFINE, [x], output=False, scale=1.0, offset=0.0, **attrs)
+        b.g.tensors[name] = Tensor(name, b.g.tensors[name].shape, "int16", QFormat(16, 3))
+        return name
+
+    def out8(name: str, x: str, shift: int) -> None:
+        b.node(name, Op.AFFINE, [x], scale=1.0, offset=0.0, mult=1, bias=0, shift=shift, act_min=-128, act_max=127)
+
+    small = wide(f"w16_small_c{c}", src, mult=1, bias=0, shift=0, act_min=-32768, act_max=32767)
+    big = wide(f"w16_big_c{c}", src, mult=-29000 if i % 2 else 32767, bias=777, shift=7, act_min=-32768,
+               act_max=32767)
+    lo, hi = ((-32768, 32767), (-32768, 32767), (-100, 90))[i % 3]
+    for x, tag, shift in ((small, "small", 0), (big, "big", 8)):
+        lo, hi = (lo, hi) if tag == "small" or lo == -32768 else (256 * lo, 256 * hi)
+        pools = [("max", Op.MAXPOOL2D, dict(kernel=(2, 3), stride=(1, 2), padding=(1, 1, 0, 1))),
+                 ("avg3", Op.AVGPOOL2D, dict(kernel=(3, 3), stride=(1, 1), padding=(1, 1, 1, 1),
+                                             avg_mult=avg_multiplier(9), avg_shift=AVG_SHIFT, act_min=lo, act_max=hi)),
+                 ("avg_win", Op.AVGPOOL2D, dict(kernel=(3, 3), stride=(2, 2), padding=(1, 1, 1, 1),
+                                                count_pad=(0, 0, 0, 0), avg_shift=AVG_SHIFT, act_min=lo, act_max=hi))]
+        if tag == "small":
+            pools += [("avg2_pow2", Op.AVGPOOL2D, dict(kernel=(2, 2), stride=(1, 2), padding=(0, 0, 0, 0), avg_mult=1,
+                                                       avg_shift=2, act_min=lo, act_max=hi)),
+                      ("avg1", Op.AVGPOOL2D, dict(kernel=(1, 1), stride=(2, 2), padding=(0, 0, 0, 0), avg_mult=1,
+                                                  avg_shift=0, act_min=lo, act_max=hi)),
+                      ("max_adaptive", Op.MAXPOOL2D, dict(adaptive=(2, 3)))]
+        for kind, op, attrs in pools:
+            name = b.node(f"p16_{kind}_{tag}_c{c}", op, [x], output=False, **attrs)
+            b.g.tensors[name] = Tensor(name, b.g.tensors[name].shape, "int16", QFormat(16, 3))
+            out8(f"{name}_8", name, shift)
 
 
 def int4_cases(b: Builder, i: int, c: int, src: str, vec: str) -> None:

@@ -77,19 +77,87 @@ QG_SPECIALISED void aligned_binary_s8(const qg_add_params_t *p, const int8_t *a,
     }
 }
 
+#if QG_MVE
+/* Helium, alignment shifts >= -7 (each aligned value within 127 * 2^7, their difference within int16): 8 elements
+ * in int16 lanes (VLDRB.S16; the first `left` under a VCTP predicate when `full` is 0, a constant). VRSHL by -shift
+ * is qg_round_shift for either sign (computed without overflow, an exact left shift), then the op, VQRSHL (a
+ * rounding right shift, or a left shift saturating to int16: after the clamp to the int8 sub-range
+ * [act_min, act_max] the same value as qg_requantize_s8's clamp-then-shift) and the clamp. */
+QG_MVE_INLINE void binary_8_mve(const int8_t *a, const int8_t *b, int8_t *out, int16x8_t neg_a, int16x8_t neg_b,
+                                int16x8_t neg_shift, int16x8_t lo, int16x8_t hi, int32_t op, int32_t left, int32_t full)
+{
+    const mve_pred16_t p = vctp16q((uint32_t)left);
+    const int16x8_t x = vrshlq_s16(full ? vldrbq_s16(a) : vldrbq_z_s16(a, p), neg_a);
+    const int16x8_t y = vrshlq_s16(full ? vldrbq_s16(b) : vldrbq_z_s16(b, p), neg_b);
+    const int16x8_t r_i16 = op == QG_SUB ? vsubq_s16(x, y) : (op == QG_MAXIMUM ? vmaxq_s16(x, y) : vminq_s16(x, y));
+    const int16x8_t r = vminq_s16(vmaxq_s16(vqrshlq_s16(r_i16, neg_shift), lo), hi);
+    if (full) {
+        vstrbq_s16(out, r);
+    } else {
+        vstrbq_p_s16(out, r, p);
+    }
+}
+
+/* The same in int32 lanes, 4 elements, for any alignment (|aligned| <= 2^29, as the C rule). */
+QG_MVE_INLINE void binary_4_mve(const int8_t *a, const int8_t *b, int8_t *out, int32x4_t neg_a, int32x4_t neg_b,
+                                int32x4_t neg_shift, int32x4_t lo, int32x4_t hi, int32_t op, int32_t left, int32_t full)
+{
+    const mve_pred16_t p = vctp32q((uint32_t)left);
+    const int32x4_t x = vrshlq_s32(full ? vldrbq_s32(a) : vldrbq_z_s32(a, p), neg_a);
+    const int32x4_t y = vrshlq_s32(full ? vldrbq_s32(b) : vldrbq_z_s32(b, p), neg_b);
+    const int32x4_t r_i32 = op == QG_SUB ? vsubq_s32(x, y) : (op == QG_MAXIMUM ? vmaxq_s32(x, y) : vminq_s32(x, y));
+    const int32x4_t r = vminq_s32(vmaxq_s32(vqrshlq_s32(r_i32, neg_shift), lo), hi);
+    if (full) {
+        vstrbq_s32(out, r);
+    } else {
+        vstrbq_p_s32(out, r, p);
+    }
+}
+
+/* Elements are read before they are written, 8 (or 4) at a time: out may be a or b. */
+QG_MVE_INLINE void binary_mve(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out, int32_t op)
+{
+    const int32_t size = p->size;
+    int32_t i = 0;
+    if (p->shift_a >= -7 && p->shift_b >= -7) {
+        const int16x8_t neg_a = vdupq_n_s16((int16_t)-p->shift_a), neg_b = vdupq_n_s16((int16_t)-p->shift_b);
+        const int16x8_t neg_shift = vdupq_n_s16((int16_t)-p->shift);
+        const int16x8_t lo = vdupq_n_s16(p->act_min), hi = vdupq_n_s16(p->act_max);
+        for (; i + 7 < size; i += 8) {
+            binary_8_mve(a + i, b + i, out + i, neg_a, neg_b, neg_shift, lo, hi, op, 8, 1);
+        }
+        if (i < size) {
+            binary_8_mve(a + i, b + i, out + i, neg_a, neg_b, neg_shift, lo, hi, op, size - i, 0);
+        }
+    } else {
+        const int32x4_t neg_a = vdupq_n_s32(-p->shift_a), neg_b = vdupq_n_s32(-p->shift_b);
+        const int32x4_t neg_shift = vdupq_n_s32(-p->shift), lo = vdupq_n_s32(p->act_min), hi = vdupq_n_s32(p->act_max);
+        for (; i + 3 < size; i += 4) {
+            binary_4_mve(a + i, b + i, out + i, neg_a, neg_b, neg_shift, lo, hi, op, 4, 1);
+        }
+        if (i < size) {
+            binary_4_mve(a + i, b + i, out + i, neg_a, neg_b, neg_shift, lo, hi, op, size - i, 0);
+        }
+    }
+}
+#define QG_BINARY(p, a, b, out, op) binary_mve(p, a, b, out, op)
+#else
+#define QG_BINARY(p, a, b, out, op) aligned_binary_s8(p, a, b, out, op)
+#endif
+
 void qg_sub_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out)
 {
-    aligned_binary_s8(p, a, b, out, QG_SUB);
+    QG_BINARY(p, a, b, out, QG_SUB);
 }
 
 void qg_maximum_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out)
 {
-    aligned_binary_s8(p, a, b, out, QG_MAXIMUM);
+    QG_BINARY(p, a, b, out, QG_MAXIMUM);
 }
 
 void qg_minimum_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_t *out)
 {
-    aligned_binary_s8(p, a, b, out, QG_MINIMUM);
+    QG_BINARY(p, a, b, out, QG_MINIMUM);
 }
 
 #if QG_MVE
@@ -161,8 +229,36 @@ QG_SPECIALISED void affine_s8(const qg_affine_params_t *p, const int8_t *in, int
     }
 }
 
+#if QG_MVE
+/* Helium: 4 elements of x * mult + bias (VMLAS: one instruction), requantised by VQRSHL and the clamp. */
+QG_MVE_INLINE void affine_4_mve(const int8_t *in, int8_t *out, int32x4_t mult, int32_t bias, int32x4_t neg_shift,
+                                int32x4_t lo, int32x4_t hi, int32_t left, int32_t full)
+{
+    const mve_pred16_t p = vctp32q((uint32_t)left);
+    const int32x4_t acc = vmlasq_n_s32(full ? vldrbq_s32(in) : vldrbq_z_s32(in, p), mult, bias);
+    const int32x4_t r = vminq_s32(vmaxq_s32(vqrshlq_s32(acc, neg_shift), lo), hi);
+    if (full) {
+        vstrbq_s32(out, r);
+    } else {
+        vstrbq_p_s32(out, r, p);
+    }
+}
+#endif
+
 void qg_affine_s8(const qg_affine_params_t *p, const int8_t *in, int8_t *out)
 {
+#if QG_MVE
+    const int32_t size = p->size, bias = p->bias;
+    const int32x4_t mult = vdupq_n_s32(p->mult), neg_shift = vdupq_n_s32(-p->shift);
+    const int32x4_t lo = vdupq_n_s32(p->act_min), hi = vdupq_n_s32(p->act_max);
+    int32_t i = 0;
+    for (; i + 3 < size; i += 4) {
+        affine_4_mve(in + i, out + i, mult, bias, neg_shift, lo, hi, 4, 1);
+    }
+    if (i < size) {
+        affine_4_mve(in + i, out + i, mult, bias, neg_shift, lo, hi, size - i, 0);
+    }
+#else
     const int32_t kind = p->shift < 1 ? -1 : qg_clamp_kind(p->act_min, p->act_max);
     if (kind == QG_CLAMP_S8) {
         affine_s8(p, in, out, QG_CLAMP_S8);
@@ -173,6 +269,7 @@ void qg_affine_s8(const qg_affine_params_t *p, const int8_t *in, int8_t *out)
     } else {
         affine_s8(p, in, out, -1);
     }
+#endif
 }
 
 /* Both branches are exact in int32 (|x| * 2^14 and |x| * 2^15) and share one requantisation. */
@@ -192,8 +289,59 @@ QG_SPECIALISED void prelu_s8(const qg_prelu_params_t *p, const int8_t *in, int8_
     }
 }
 
+#if QG_MVE
+/* Helium PReLU: channels c..c+3 (the first `left` under a VCTP predicate when `full` is 0, a constant) of `n`
+ * pixels `step` elements apart, the 4 slopes and the shift in registers: x * (x >= 0 ? one : slope[c]) =
+ * x * one + min(x, 0) * (slope[c] - one) (VMIN, VMUL, VMLA by the scalar one = 2^slope_frac; every term within
+ * 128 * 49152: exact in int32), requantised by VQRSHL and the clamp. (A VCMP + VPSEL select costs GCC 12 three more
+ * instructions: it sign-extends the predicate through a core register.) */
+QG_MVE_INLINE void prelu_4_mve(const int8_t *in, int8_t *out, int32_t n, int32_t step, int32x4_t slope, int32_t one,
+                               int32x4_t neg_shift, int32x4_t lo, int32x4_t hi, int32_t left, int32_t full)
+{
+    const mve_pred16_t p = vctp32q((uint32_t)left);
+    const int32x4_t zero = vdupq_n_s32(0), slope_minus_one = vsubq_n_s32(slope, one);
+    for (; n > 0; n--, in += step, out += step) {
+        const int32x4_t x = full ? vldrbq_s32(in) : vldrbq_z_s32(in, p);
+        const int32x4_t acc = vmlaq_n_s32(vmulq_s32(vminq_s32(x, zero), slope_minus_one), x, one);
+        const int32x4_t r = vminq_s32(vmaxq_s32(vqrshlq_s32(acc, neg_shift), lo), hi);
+        if (full) {
+            vstrbq_s32(out, r);
+        } else {
+            vstrbq_p_s32(out, r, p);
+        }
+    }
+}
+#endif
+
 void qg_prelu_s8(const qg_prelu_params_t *p, const int8_t *in, int8_t *out)
 {
+#if QG_MVE
+    /* channel-major: each 4 channels' slopes are loaded once; one channel (a single slope): 4 elements a step.
+     * Each element is read before it is written: out may be in. */
+    const int32_t size = p->size, channels = p->channels;
+    const int32_t one = (int32_t)1 << p->slope_frac;
+    const int32x4_t neg_shift = vdupq_n_s32(-p->shift);
+    const int32x4_t lo = vdupq_n_s32(p->act_min), hi = vdupq_n_s32(p->act_max);
+    int32_t c;
+    if (channels == 1) {
+        const int32x4_t slope = vdupq_n_s32(p->slope[0]);
+        prelu_4_mve(in, out, size >> 2, 4, slope, one, neg_shift, lo, hi, 4, 1);
+        if (size & 3) {
+            c = size & ~3;
+            prelu_4_mve(in + c, out + c, 1, 4, slope, one, neg_shift, lo, hi, size & 3, 0);
+        }
+        return;
+    }
+    for (c = 0; c + 3 < channels; c += 4) {
+        prelu_4_mve(in + c, out + c, size / channels, channels, vldrhq_s32(p->slope + c), one, neg_shift, lo, hi, 4,
+                    1);
+    }
+    if (c < channels) {
+        const mve_pred16_t tail = vctp32q((uint32_t)(channels - c));
+        prelu_4_mve(in + c, out + c, size / channels, channels, vldrhq_z_s32(p->slope + c, tail), one, neg_shift, lo,
+                    hi, channels - c, 0);
+    }
+#else
     const int32_t kind = p->shift < 1 ? -1 : qg_clamp_kind(p->act_min, p->act_max);
     if (kind == QG_CLAMP_S8) {
         prelu_s8(p, in, out, QG_CLAMP_S8);
@@ -204,4 +352,5 @@ void qg_prelu_s8(const qg_prelu_params_t *p, const int8_t *in, int8_t *out)
     } else {
         prelu_s8(p, in, out, -1);
     }
+#endif
 }

@@ -276,6 +276,97 @@ static inline void qg_mve_zero_s8(int8_t *dst, int32_t n)
         vstrbq_p_s8(dst, z, vctp8q((uint32_t)n));
     }
 }
+
+/* int16 pooling (qg_wide.c, qg_pool2d_s16.c) over one clipped window: n_rows x width cells, x its first cell, `row`
+ * elements from one window row to the next, `ch` from one cell to the next (the channel count). */
+
+/* The max of channels [0, n) (8 lanes; n < 8 under a VCTP predicate when `full` is 0, a constant): VMAX per cell. */
+QG_MVE_INLINE void qg_mve_max_8_s16(const int16_t *x, int32_t n_rows, int32_t width, int32_t row, int32_t ch,
+                                    int16_t *out, int32_t n, int32_t full)
+{
+    const mve_pred16_t p = vctp16q((uint32_t)n);
+    int16x8_t max_s16x8 = vdupq_n_s16(-32768);
+    int32_t y, i;
+    for (y = 0; y < n_rows; y++, x += row) {
+        const int16_t *cell = x;
+        for (i = 0; i < width; i++, cell += ch) {
+            max_s16x8 = vmaxq_s16(max_s16x8, full ? vldrhq_s16(cell) : vldrhq_z_s16(cell, p));
+        }
+    }
+    if (full) {
+        vstrhq_s16(out, max_s16x8);
+    } else {
+        vstrhq_p_s16(out, max_s16x8, p);
+    }
+}
+
+static inline void qg_mve_max_window_s16(const int16_t *x, int32_t n_rows, int32_t width, int32_t row, int32_t ch,
+                                         int16_t *out)
+{
+    int32_t c;
+    for (c = 0; c + 7 < ch; c += 8) {
+        qg_mve_max_8_s16(x + c, n_rows, width, row, ch, out + c, 8, 1);
+    }
+    if (c < ch) {
+        qg_mve_max_8_s16(x + c, n_rows, width, row, ch, out + c, ch - c, 0);
+    }
+}
+
+/* out[0..3] (lanes of p) = qg_requantize_wide(sum * mult, shift, lo, hi) for 0 <= shift <= 31 and a result inside
+ * int32 (an average): the 64-bit product as its high word (VMULH) and low word (VMUL); round_shift(P, shift) =
+ * high * 2^(32 - shift) + round_shift(low as unsigned, shift) (VRSHL.U32: computed without overflow), exact
+ * modulo 2^32, hence exact. */
+QG_MVE_INLINE void qg_mve_avg_out_4_s16(int32x4_t sum, int32x4_t mult, int32_t shift, int32x4_t lo, int32x4_t hi,
+                                        int16_t *out, mve_pred16_t p, int32_t full)
+{
+    const int32x4_t high = vshlq_r_s32(vmulhq_s32(sum, mult), 32 - shift);
+    const uint32x4_t low = vrshlq_n_u32(vreinterpretq_u32_s32(vmulq_s32(sum, mult)), -shift);
+    const int32x4_t r = vminq_s32(vmaxq_s32(vaddq_s32(high, vreinterpretq_s32_u32(low)), lo), hi);
+    if (full) {
+        vstrhq_s32(out, r);
+    } else {
+        vstrhq_p_s32(out, r, p);
+    }
+}
+
+/* The average of channels [0, n) (8 = two int32 vectors of 4; n < 8 under VCTP predicates when `full` is 0) over a
+ * window of at most 65535 cells (|sum| < 2^31): VLDRH.S32 + VADD per 4 channels per cell. */
+QG_MVE_INLINE void qg_mve_avg_8_s16(const int16_t *x, int32_t n_rows, int32_t width, int32_t row, int32_t ch,
+                                    int32x4_t mult, int32_t shift, int32x4_t lo, int32x4_t hi, int16_t *out, int32_t n,
+                                    int32_t full)
+{
+    const mve_pred16_t p0 = vctp32q((uint32_t)n), p1 = vctp32q((uint32_t)(n > 4 ? n - 4 : 0));
+    int32x4_t s0 = vdupq_n_s32(0), s1 = vdupq_n_s32(0);
+    int32_t y, i;
+    for (y = 0; y < n_rows; y++, x += row) {
+        const int16_t *cell = x;
+        for (i = 0; i < width; i++, cell += ch) {
+            s0 = vaddq_s32(s0, full ? vldrhq_s32(cell) : vldrhq_z_s32(cell, p0));
+            s1 = vaddq_s32(s1, full ? vldrhq_s32(cell + 4) : vldrhq_z_s32(cell + 4, p1));
+        }
+    }
+    qg_mve_avg_out_4_s16(s0, mult, shift, lo, hi, out, p0, full);
+    qg_mve_avg_out_4_s16(s1, mult, shift, lo, hi, out + 4, p1, full);
+}
+
+/* 1 when qg_mve_avg_window_s16 computes this window (else the caller's int64 loop). */
+static inline int32_t qg_mve_avg_fits_s16(int32_t n_rows, int32_t width, int32_t shift)
+{
+    return shift >= 0 && shift <= 31 && (int64_t)n_rows * width <= 65535;
+}
+
+static inline void qg_mve_avg_window_s16(const int16_t *x, int32_t n_rows, int32_t width, int32_t row, int32_t ch,
+                                         int32_t mult, int32_t shift, int32_t act_min, int32_t act_max, int16_t *out)
+{
+    const int32x4_t m = vdupq_n_s32(mult), lo = vdupq_n_s32(act_min), hi = vdupq_n_s32(act_max);
+    int32_t c;
+    for (c = 0; c + 7 < ch; c += 8) {
+        qg_mve_avg_8_s16(x + c, n_rows, width, row, ch, m, shift, lo, hi, out + c, 8, 1);
+    }
+    if (c < ch) {
+        qg_mve_avg_8_s16(x + c, n_rows, width, row, ch, m, shift, lo, hi, out + c, ch - c, 0);
+    }
+}
 #endif /* QG_MVE */
 
 #endif /* QG_MVE_H */

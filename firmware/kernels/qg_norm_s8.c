@@ -2,6 +2,7 @@
  * affine of a BatchNorm that cannot be folded. The integer rules, Q formats and bounds are written in
  * codegen/ops/norm.py (norm_int, affine_int): this file computes the same integers. */
 #include "qg_kernels.h"
+#include "qg_mve.h"
 
 /* floor(sqrt(v)) for any uint64 v (the same value as Python's math.isqrt): digit by digit, two bits of v
  * per step from the top. The first 16 steps read the high word, where root < 2^16 and the remainder
@@ -181,6 +182,55 @@ void qg_norm_wide(const qg_norm_params_t *p, const void *in, void *out)
     }
 }
 
+#if QG_MVE
+/* Helium: channels c..c+3 (the first `left` under a VCTP predicate when `full` is 0, a constant) of `n` pixels `step`
+ * elements apart, their scales, offsets and shifts in registers: x * scale + offset (VMUL + VADD, exact in int32:
+ * affine_int's bound), requantised by VQRSHL by -shift (qg_mve.h: with the clamp, qg_requantize_s8) and the clamp. */
+QG_MVE_INLINE void channel_affine_4_mve(const int8_t *in, int8_t *out, int32_t n, int32_t step, int32x4_t scale,
+                                        int32x4_t offset, int32x4_t neg_shift, int32x4_t lo, int32x4_t hi,
+                                        int32_t left, int32_t full)
+{
+    const mve_pred16_t p = vctp32q((uint32_t)left);
+    for (; n > 0; n--, in += step, out += step) {
+        const int32x4_t acc = vaddq_s32(vmulq_s32(full ? vldrbq_s32(in) : vldrbq_z_s32(in, p), scale), offset);
+        const int32x4_t r = vminq_s32(vmaxq_s32(vqrshlq_s32(acc, neg_shift), lo), hi);
+        if (full) {
+            vstrbq_s32(out, r);
+        } else {
+            vstrbq_p_s32(out, r, p);
+        }
+    }
+}
+
+/* Channel-major (each 4 channels' parameters loaded once, then every pixel); one channel: 4 elements a step. Each
+ * element is read before it is written: out may be in. */
+void qg_channel_affine_s8(const qg_channel_affine_params_t *p, const int8_t *in, int8_t *out)
+{
+    const int32_t size = p->size, channels = p->channels;
+    const int32x4_t lo = vdupq_n_s32(p->act_min), hi = vdupq_n_s32(p->act_max);
+    int32_t c;
+    if (channels == 1) {
+        const int32x4_t scale = vdupq_n_s32(p->scale[0]), offset = vdupq_n_s32(p->offset[0]);
+        const int32x4_t neg_shift = vdupq_n_s32(-p->shift[0]);
+        channel_affine_4_mve(in, out, size >> 2, 4, scale, offset, neg_shift, lo, hi, 4, 1);
+        if (size & 3) {
+            c = size & ~3;
+            channel_affine_4_mve(in + c, out + c, 1, 4, scale, offset, neg_shift, lo, hi, size & 3, 0);
+        }
+        return;
+    }
+    for (c = 0; c + 3 < channels; c += 4) {
+        channel_affine_4_mve(in + c, out + c, size / channels, channels, vldrhq_s32(p->scale + c),
+                             vldrwq_s32(p->offset + c), vnegq_s32(vldrbq_s32(p->shift + c)), lo, hi, 4, 1);
+    }
+    if (c < channels) {
+        const mve_pred16_t tail = vctp32q((uint32_t)(channels - c));
+        channel_affine_4_mve(in + c, out + c, size / channels, channels, vldrhq_z_s32(p->scale + c, tail),
+                             vldrwq_z_s32(p->offset + c, tail), vnegq_s32(vldrbq_z_s32(p->shift + c, tail)), lo, hi,
+                             channels - c, 0);
+    }
+}
+#else
 void qg_channel_affine_s8(const qg_channel_affine_params_t *p, const int8_t *in, int8_t *out)
 {
     const int32_t size = p->size, channels = p->channels, act_min = p->act_min, act_max = p->act_max;
@@ -195,3 +245,4 @@ void qg_channel_affine_s8(const qg_channel_affine_params_t *p, const int8_t *in,
         }
     }
 }
+#endif

@@ -454,13 +454,19 @@ QG_DISPATCH(fully_connected_s16)
 void qg_maxpool2d_s16(const qg_pool2d_s16_params_t *p, const int16_t *restrict in, int16_t *restrict out)
 {
     const int32_t ch = p->channels, in_w = p->in_w;
-    int32_t oy, ox, c, ky, kx, ky0, ky1, kx0, kx1;
+    int32_t oy, ox, ky0, ky1, kx0, kx1;
+#if !QG_MVE
+    int32_t c, ky, kx;
+#endif
     for (oy = 0; oy < p->out_h; oy++) {
         const int32_t iy0 = oy * p->stride_h - p->pad_top;
         qg_clip_window(iy0, (int32_t)p->k_h, (int32_t)p->in_h, &ky0, &ky1);
         for (ox = 0; ox < p->out_w; ox++, out += ch) {
             const int32_t ix0 = ox * p->stride_w - p->pad_left;
             qg_clip_window(ix0, (int32_t)p->k_w, in_w, &kx0, &kx1);
+#if QG_MVE
+            qg_mve_max_window_s16(in + ((iy0 + ky0) * in_w + ix0 + kx0) * ch, ky1 - ky0, kx1 - kx0, in_w * ch, ch, out);
+#else
             for (c = 0; c < ch; c++) {
                 int32_t max_i32 = -32768;
                 for (ky = ky0; ky < ky1; ky++) {
@@ -471,6 +477,7 @@ void qg_maxpool2d_s16(const qg_pool2d_s16_params_t *p, const int16_t *restrict i
                 }
                 out[c] = (int16_t)max_i32;
             }
+#endif
         }
     }
 }
@@ -487,6 +494,13 @@ void qg_avgpool2d_s16(const qg_pool2d_s16_params_t *p, const int16_t *restrict i
         for (ox = 0; ox < p->out_w; ox++, out += ch) {
             const int32_t ix0 = ox * p->stride_w - p->pad_left;
             qg_clip_window(ix0, (int32_t)p->k_w, in_w, &kx0, &kx1);
+#if QG_MVE
+            if (qg_mve_avg_fits_s16(ky1 - ky0, kx1 - kx0, p->avg_shift)) {
+                qg_mve_avg_window_s16(in + ((iy0 + ky0) * in_w + ix0 + kx0) * ch, ky1 - ky0, kx1 - kx0, in_w * ch, ch,
+                                      p->avg_mult, p->avg_shift, p->act_min, p->act_max, out);
+                continue;
+            }
+#endif
             for (c = 0; c < ch; c++) {
                 int64_t sum = 0; /* up to 255 * 255 values of |x| <= 2^15: wider than int32 */
                 for (ky = ky0; ky < ky1; ky++) {
