@@ -57,9 +57,9 @@ def kernel_structs() -> dict[str, dict[str, str]]:
     return parse_structs((kernel_dir() / HEADER).read_text())
 
 
-DSP_CORES = frozenset({"cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55"})  # __ARM_FEATURE_DSP
+DSP_CORES = frozenset({"cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55", "cortex-m85"})  # __ARM_FEATURE_DSP
 PLAIN_CORES = frozenset({"cortex-m0", "cortex-m0plus", "cortex-m3", "host"})  # the plain-C paths
-MVE_CORES = frozenset({"cortex-m55"})  # __ARM_FEATURE_MVE: the Helium kernels of qg_mve.h (also DSP cores)
+MVE_CORES = frozenset({"cortex-m55", "cortex-m85"})  # __ARM_FEATURE_MVE: the Helium kernels of qg_mve.h (also DSP)
 MVE_BLOCK_MIN_K = 5  # QG_MVE_BLOCK_MIN_K (qg_mve.h): from this K on, the Helium conv runs 4-pixel blocks
 
 

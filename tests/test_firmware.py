@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shu
                                 reason="needs arm-none-eabi-gcc and qemu-system-arm (scripts/setup.sh installs them)")
 
 BOARD_PER_CORE = {"cortex-m0plus": "rp2040", "cortex-m3": "mps2-an385", "cortex-m4": "stm32f446",
-                  "cortex-m7": "stm32h743", "cortex-m33": "mps2-an505", "cortex-m55": "mps3-an547"}
+                  "cortex-m7": "stm32h743", "cortex-m33": "mps2-an505", "cortex-m55": "mps3-an547",
+                  "cortex-m85": "ra8m1"}  # ra8m1: the M85 runs under QEMU's M55 machine (mps3-an547)
 
 
 @pytest.fixture(scope="module")

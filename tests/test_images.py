@@ -131,7 +131,8 @@ def test_every_board_has_a_real_map_and_known_probes():
     ("stm32f446", 0x08000000, 0x20000000, 128), ("stm32h743", 0x08000000, 0x24000000, 512),
     ("nrf52840", 0x00000000, 0x20000000, 256), ("rp2040", 0x10000000, 0x20000000, 264),
     ("atsamd21g18a", 0x00000000, 0x20000000, 32),
-    ("mps2-an505", 0x10000000, 0x38000000, 2048), ("mps3-an547", 0x00000000, 0x20000000, 512)])
+    ("mps2-an505", 0x10000000, 0x38000000, 2048), ("mps3-an547", 0x00000000, 0x20000000, 512),
+    ("ra8m1", 0x02000000, 0x22000000, 896)])
 def test_real_memory_maps(name, flash, ram, ram_kb):
     image = load_board(name).image
     assert (image.flash_origin, image.ram_origin, image.ram_kb) == (flash, ram, ram_kb)

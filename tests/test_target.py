@@ -33,6 +33,7 @@ BOARD_FOR_CORE = {
     "cortex-m7": "stm32h743",
     "cortex-m33": "mps2-an505",
     "cortex-m55": "mps3-an547",
+    "cortex-m85": "ra8m1",  # runs on QEMU's mps3-an547 (M55): QEMU has no M85
 }
 
 IN_SIZE, N_ROWS = 32, 8

@@ -61,6 +61,7 @@ from codegen.target.common import (  # noqa: F401 (re-exported)
     INSTALL_HINT,
     LAYER_MARKER,
     LINK_FLAGS,
+    MARCH_FOR_CORE,
     MARKERS,
     MODEL_WARNINGS,
     OUTPUT_FILE,

@@ -14,7 +14,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
 
 from codegen.errors import UserError
 from codegen.resources import data_dir
-from codegen.target.common import CORES, DEFAULT_STACK_KB, FLOAT_ABIS
+from codegen.target.common import CORES, DEFAULT_STACK_KB, FLOAT_ABIS, MARCH_FOR_CORE
 
 # ------------------------------------------------------------------------------------ boards
 
@@ -131,7 +131,8 @@ def board_problems(board: Board) -> list[str]:
         problems.append(f"float_abi '{board.float_abi}' is not one of {', '.join(FLOAT_ABIS)}")
     if not board.has_fpu and board.float_abi != "soft":
         problems.append("a board without FPU must use float_abi 'soft'")
-    expected = [f"-mcpu={board.core}", "-mthumb", f"-mfloat-abi={board.float_abi}"]
+    cpu = f"-march={MARCH_FOR_CORE[board.core]}" if board.core in MARCH_FOR_CORE else f"-mcpu={board.core}"
+    expected = [cpu, "-mthumb", f"-mfloat-abi={board.float_abi}"]
     expected += [f"-mfpu={board.fpu}"] if board.has_fpu else []
     problems += [f"cflags lack '{flag}'" for flag in expected if flag not in board.cflags]
     if board.stack_kb >= min(board.ram_kb, board.qemu.ram_kb):

@@ -4,7 +4,12 @@ Moved unchanged from codegen/target.py; `codegen.target` re-exports every name.
 """
 from __future__ import annotations
 
-CORES = ("cortex-m0plus", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55")
+CORES = ("cortex-m0plus", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55", "cortex-m85")
+# Cores the cross compiler cannot name with -mcpu (GCC 12.2 has no cortex-m85; GCC 13 does): a board of such a core
+# gives this -march instead, the same instruction set without what GCC 12 lacks (the M85's PACBTI, which qgen's code
+# does not use). Armv8.1-M Mainline + integer/float MVE + double-precision FPU: __ARM_FEATURE_MVE and
+# __ARM_FEATURE_DSP as with -mcpu=cortex-m55, so the kernels take their Helium paths.
+MARCH_FOR_CORE = {"cortex-m85": "armv8.1-m.main+mve.fp+fp.dp"}
 FLOAT_ABIS = ("soft", "softfp", "hard")
 DEFAULT_STACK_KB = 8
 
