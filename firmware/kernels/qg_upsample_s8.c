@@ -59,28 +59,37 @@ typedef struct {
     int32_t k0, taps, in_step;
 } ct_axis_t;
 
-static ct_axis_t phase_axis(int32_t kernel, int32_t stride, int32_t dil, int32_t phase)
+/* The per-pixel helpers take the group's channels and the tap steps as arguments and are forced inline: the
+ * dense layer (groups = 1, dilation 1) calls them with cg = in_c and unit steps, folded to the loops it had
+ * before groups and dilation (conv_transpose_dense); grouped or dilated layers go through conv_transpose_any. phase_axis too: it runs per row
+ * and phase and returns a struct. */
+#if defined(__GNUC__) || defined(__clang__)
+#define QG_CT_INLINE static inline __attribute__((always_inline))
+#else
+#define QG_CT_INLINE static inline
+#endif
+
+QG_CT_INLINE ct_axis_t phase_axis(int32_t kernel, int32_t stride, int32_t dil, int32_t phase)
 {
-    const int32_t g = dil == 1 ? 1 : gcd32(dil, stride), k_step = stride / g;
     ct_axis_t a;
-    a.k0 = 0;
-    a.taps = 0;
-    a.in_step = dil / g;
-    if (phase % g == 0) {
-        a.k0 = dil == 1 ? phase : 0;
-        while ((a.k0 * dil) % stride != phase) { /* k0 < stride / g: dil / g is invertible modulo stride / g */
-            a.k0++;
+    if (dil == 1) { /* taps phase, phase + stride, ... */
+        a.k0 = phase;
+        a.taps = phase < kernel ? (kernel - phase + stride - 1) / stride : 0;
+        a.in_step = 1;
+    } else {
+        const int32_t g = gcd32(dil, stride), k_step = stride / g;
+        a.k0 = 0;
+        a.taps = 0;
+        a.in_step = dil / g;
+        if (phase % g == 0) {
+            while ((a.k0 * dil) % stride != phase) { /* k0 < stride / g: dil / g is invertible modulo stride / g */
+                a.k0++;
+            }
+            a.taps = a.k0 < kernel ? (kernel - a.k0 + k_step - 1) / k_step : 0;
         }
-        a.taps = a.k0 < kernel ? (kernel - a.k0 + k_step - 1) / k_step : 0;
     }
     return a;
 }
-
-/* The taps of one row phase and one column phase: output pixel (qy, qx) reads input pixel
- * (qy - j * step_y, qx - i * step_x) with weight tap (j, i), j < nty, i < ntx. */
-typedef struct {
-    int32_t nty, ntx, step_y, step_x;
-} ct_taps_t;
 
 int32_t qg_conv_transpose2d_s8_buffer_size(const qg_conv2d_params_t *p)
 {
@@ -91,16 +100,16 @@ int32_t qg_conv_transpose2d_s8_buffer_size(const qg_conv2d_params_t *p)
 }
 
 /* The int8 column of output pixel (qy, qx) of a phase with nty x ntx taps: the cg channels at `in` (one group's)
- * of input pixel (qy - j * step_y, qx - i * step_x) for tap (j, i), zeros outside the input. */
-static void gather_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t cg, int32_t qy, int32_t qx,
-                      const ct_taps_t *tp, int8_t *restrict col)
+ * of input pixel (qy - j * sty, qx - i * stx) for tap (j, i), zeros outside the input. */
+QG_CT_INLINE void gather_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t cg, int32_t qy,
+                            int32_t qx, int32_t nty, int32_t ntx, int32_t sty, int32_t stx, int8_t *restrict col)
 {
-    const int32_t in_c = p->in_c, in_h = p->in_h, in_w = p->in_w, nty = tp->nty, ntx = tp->ntx;
+    const int32_t in_c = p->in_c, in_h = p->in_h, in_w = p->in_w;
     int32_t j, i, c;
     for (j = 0; j < nty; j++) {
-        const int32_t iy = qy - j * tp->step_y;
+        const int32_t iy = qy - j * sty;
         for (i = 0; i < ntx; i++, col += cg) {
-            const int32_t ix = qx - i * tp->step_x;
+            const int32_t ix = qx - i * stx;
             if (iy < 0 || iy >= in_h || ix < 0 || ix >= in_w) {
                 for (c = 0; c < cg; c++) {
                     col[c] = 0;
@@ -119,30 +128,23 @@ static void gather_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, in
 #define QG_CT_COLS QG_BLOCK_COLS
 #define QG_CT_GROUP QG_BLOCK_GROUP /* int16 values per group of 4 k's, all pixels (qg_dot_s8.h) */
 
-/* Column slot of output pixel (qy, qx) (nty x ntx taps), cg not a multiple of 4: gathered into `stage`, then
- * widened. */
-static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t cg, int32_t qy, int32_t qx,
-                     const ct_taps_t *tp, int16_t *dst, int8_t *stage)
-{
-    gather_s8(p, in, cg, qy, qx, tp, stage);
-    qg_widen_s16(dst, stage, tp->nty * tp->ntx * cg);
-}
-
 /* The 4 column slots of the output pixels (qy, qx0 + c), c < n_valid (the others repeat the last one), nty x ntx
- * taps, the cg channels at `in` (pixel stride in_c), cg a multiple of 4: each tap is whole groups, widened straight from the input (zeros outside it). Tap by
- * tap for the 4 slots together, the input geometry in locals: a phase of a stride-2 transposed conv has 1-4 taps,
- * so the set-up per slot and per tap was a third of the work outside the dot products (convT 3x3 s2, 16 ch). */
-static void fill_block(const int8_t *restrict in, int32_t in_c, int32_t cg, int32_t in_h, int32_t in_w, int32_t qy,
-                       int32_t qx0, int32_t n_valid, const ct_taps_t *tp, int16_t *cols)
+ * taps sty / stx input pixels apart, the cg channels at `in` (pixel stride in_c), cg a multiple of 4: each tap is
+ * whole groups, widened straight from the input (zeros outside it). Tap by tap for the 4 slots together, the input
+ * geometry in locals: a phase of a stride-2 transposed conv has 1-4 taps, so the set-up per slot and per tap was a
+ * third of the work outside the dot products (convT 3x3 s2, 16 ch). */
+QG_CT_INLINE void fill_block(const int8_t *restrict in, int32_t in_c, int32_t cg, int32_t in_h, int32_t in_w,
+                             int32_t qy, int32_t qx0, int32_t n_valid, int32_t nty, int32_t ntx, int32_t sty,
+                             int32_t stx, int16_t *cols)
 {
-    const int32_t cell = (cg >> 2) * QG_CT_GROUP, last = qx0 + n_valid - 1, nty = tp->nty, ntx = tp->ntx;
+    const int32_t cell = (cg >> 2) * QG_CT_GROUP, last = qx0 + n_valid - 1;
     int32_t j, i, c;
     for (j = 0; j < nty; j++) {
-        const int32_t iy = qy - j * tp->step_y, row_inside = iy >= 0 && iy < in_h;
+        const int32_t iy = qy - j * sty, row_inside = iy >= 0 && iy < in_h;
         const int32_t row = iy * in_w;
         for (i = 0; i < ntx; i++, cols += cell) {
             for (c = 0; c < QG_CT_COLS; c++) {
-                const int32_t qx = qx0 + c <= last ? qx0 + c : last, ix = qx - i * tp->step_x;
+                const int32_t qx = qx0 + c <= last ? qx0 + c : last, ix = qx - i * stx;
                 if (!row_inside || ix < 0 || ix >= in_w) {
                     qg_zero_s16(cols + 4 * c, cg >> 2);
                 } else {
@@ -155,14 +157,15 @@ static void fill_block(const int8_t *restrict in, int32_t in_c, int32_t cg, int3
 
 #endif /* QG_DSP */
 
-/* Output pixels ox = ox0, ox0 + stride_w, ... < out_w of row oy, phase (taps tp, weights w), the out_c rows of one
- * group (its channels at in, out_row, bias, shift; cg of them in). Pixel ox reads qx = (ox + left) / stride_w,
- * left = pad_left less the phase's first column tap k0 * dil_w. */
-static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t cg, int32_t out_c,
-                      int8_t *restrict out_row, int32_t qy, int32_t ox0, int32_t left, const ct_taps_t *tp,
-                      const int8_t *w, const int32_t *bias, const int8_t *shift, int8_t *restrict scratch)
+/* Output pixels ox = ox0, ox0 + stride_w, ... < out_w of row oy, phase (nty x ntx taps sty / stx input pixels
+ * apart, weights w), the out_c rows of one group (its channels at in, out_row, bias, shift; cg of them in). Pixel
+ * ox reads qx = (ox + left) / stride_w, left = pad_left less the phase's first column tap k0 * dil_w (exact). */
+QG_CT_INLINE void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t cg, int32_t out_c,
+                            int8_t *restrict out_row, int32_t qy, int32_t ox0, int32_t left, int32_t nty, int32_t ntx,
+                            int32_t sty, int32_t stx, const int8_t *w, const int32_t *bias, const int8_t *shift,
+                            int8_t *restrict scratch)
 {
-    const int32_t sw = p->stride_w, out_w = p->out_w, k = tp->nty * tp->ntx * cg;
+    const int32_t sw = p->stride_w, out_w = p->out_w, k = nty * ntx * cg;
     const int32_t ps = p->out_stride ? p->out_stride : p->out_c; /* pixel stride: wider in a concat's slice */
     const int32_t act_min = p->act_min, act_max = p->act_max;
     int32_t ox, oc;
@@ -183,11 +186,12 @@ static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, in
             const int32_t n_valid = left_px < QG_CT_COLS ? left_px : QG_CT_COLS;
             int32_t c;
             if ((cg & 3) == 0) { /* past the last pixel, slots repeat it: their results are computed and dropped */
-                fill_block(in, p->in_c, cg, p->in_h, p->in_w, qy, (ox + left) / sw, n_valid, tp, cols);
-            } else {
+                fill_block(in, p->in_c, cg, p->in_h, p->in_w, qy, (ox + left) / sw, n_valid, nty, ntx, sty, stx, cols);
+            } else { /* each slot gathered into `stage`, then widened */
                 for (c = 0; c < QG_CT_COLS; c++) {
                     const int32_t oxc = ox + (c < n_valid ? c : n_valid - 1) * sw;
-                    fill_col(p, in, cg, qy, (oxc + left) / sw, tp, cols + 4 * c, stage);
+                    gather_s8(p, in, cg, qy, (oxc + left) / sw, nty, ntx, sty, stx, stage);
+                    qg_widen_s16(cols + 4 * c, stage, k);
                 }
             }
             qg_block_1x4_s8(w, k, cols, n_valid, out_c, bias, shift, act_min, act_max, out_row + ox * ps, sw * ps);
@@ -197,18 +201,22 @@ static void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict in, in
     {
         for (ox = ox0; ox < out_w; ox += sw) {
             int8_t *o = out_row + ox * ps;
-            gather_s8(p, in, cg, qy, (ox + left) / sw, tp, scratch);
+            gather_s8(p, in, cg, qy, (ox + left) / sw, nty, ntx, sty, stx, scratch);
             qg_dot_rows_s8(scratch, w, k, out_c, bias, shift, act_min, act_max, o);
         }
     }
 #endif
 }
 
-void qg_conv_transpose2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
-                            int8_t *restrict scratch)
+/* The layer: per output row its row phase, per column phase its taps and weights, one phase row per group.
+ * `dense` is a constant at both call sites: 1 (groups = 1, dilation 1) folds the group loop, the tap steps and
+ * the phase geometry to the plain stride walk. */
+QG_CT_INLINE void conv_transpose_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+                                    int8_t *restrict scratch, int32_t dense)
 {
-    const int32_t sh = p->stride_h, sw = p->stride_w, k_h = p->k_h, k_w = p->k_w, groups = n_groups(p->groups);
-    const int32_t dh = n_groups(p->dil_h), dw = n_groups(p->dil_w);
+    const int32_t sh = p->stride_h, sw = p->stride_w, k_h = p->k_h, k_w = p->k_w;
+    const int32_t groups = dense ? 1 : n_groups(p->groups);
+    const int32_t dh = dense ? 1 : n_groups(p->dil_h), dw = dense ? 1 : n_groups(p->dil_w);
     const int32_t cg = p->in_c / groups, og = p->out_c / groups;
     const int32_t block = (int32_t)p->out_c * cg; /* weights per tap pair, all output channels */
     const int32_t ps = p->out_stride ? p->out_stride : p->out_c;
@@ -217,6 +225,7 @@ void qg_conv_transpose2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict 
         const int32_t t = oy + p->pad_top, ry = t % sh;
         const ct_axis_t ay = phase_axis(k_h, sh, dh, ry);
         const int32_t qy = (t - ay.k0 * dh) / sh; /* exact: k0 * dh = t (mod sh); negative when the taps start below */
+        int8_t *out_row = out + oy * p->out_w * ps;
         const int8_t *w;
         int32_t r, rx, before = 0;
         for (r = 0; r < ry; r++) { /* the phases before (ry, 0): their ky's, times every kx (each kx in one phase) */
@@ -225,21 +234,51 @@ void qg_conv_transpose2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict 
         w = p->weights + before * k_w * block;
         for (rx = 0; rx < sw; rx++) {
             const ct_axis_t ax = phase_axis(k_w, sw, dw, rx);
-            const ct_taps_t tp = {ay.taps, ax.taps, ay.in_step, ax.in_step};
             /* first ox with (ox + pad_left) % sw == rx */
             const int32_t ox0 = ((rx - p->pad_left) % sw + sw) % sw, left = p->pad_left - ax.k0 * dw;
             const int32_t kg = ay.taps * ax.taps * cg; /* one group's weights per output channel */
-            if (groups == 1) { /* the dense layer: its own copy of the phase row (no per-group arithmetic) */
-                phase_row(p, in, p->in_c, p->out_c, out + oy * p->out_w * ps, qy, ox0, left, &tp, w, p->bias,
-                          p->shift, scratch);
-            }
-            for (gi = 0; groups > 1 && gi < groups; gi++) { /* group gi: input channels gi * cg.., rows gi * og.. */
-                phase_row(p, in + gi * cg, cg, og, out + oy * p->out_w * ps + gi * og, qy, ox0, left, &tp,
-                          w + gi * og * kg, p->bias + gi * og, p->shift + gi * og, scratch);
+            for (gi = 0; gi < groups; gi++) { /* group gi: input channels gi * cg.., rows gi * og.. */
+                phase_row(p, in + gi * cg, cg, og, out_row + gi * og, qy, ox0, left, ay.taps, ax.taps, ay.in_step,
+                          ax.in_step, w + gi * og * kg, p->bias + gi * og, p->shift + gi * og, scratch);
             }
             w += ay.taps * ax.taps * block;
         }
     }
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+#define QG_CT_NOINLINE __attribute__((noinline))
+#else
+#define QG_CT_NOINLINE
+#endif
+
+#if QG_DSP
+/* groups = 1, dilation 1: its own copy of the loops (the grouped / dilated arithmetic folded away) */
+static QG_CT_NOINLINE void conv_transpose_dense(const qg_conv2d_params_t *p, const int8_t *restrict in,
+                                                int8_t *restrict out, int8_t *restrict scratch)
+{
+    conv_transpose_s8(p, in, out, scratch, 1);
+}
+#endif
+
+static QG_CT_NOINLINE void conv_transpose_any(const qg_conv2d_params_t *p, const int8_t *restrict in,
+                                              int8_t *restrict out, int8_t *restrict scratch)
+{
+    conv_transpose_s8(p, in, out, scratch, 0);
+}
+
+/* DSP cores: the dense layer takes its own copy. Plain cores (M0+) keep one copy: a second one would leave
+ * qg_dot_rows_s8 two call sites and GCC out of line (+1-3 % on the dense rows), for less than it saves. */
+void qg_conv_transpose2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+                            int8_t *restrict scratch)
+{
+#if QG_DSP
+    if (n_groups(p->groups) == 1 && n_groups(p->dil_h) == 1 && n_groups(p->dil_w) == 1) {
+        conv_transpose_dense(p, in, out, scratch);
+        return;
+    }
+#endif
+    conv_transpose_any(p, in, out, scratch);
 }
 
 /* int16 activations on either side (mixed precision, qg_conv2d_wide_params_t): the same phase walk in plain C,
