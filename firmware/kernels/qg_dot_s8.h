@@ -130,15 +130,25 @@ __attribute__((naked, noinline, unused)) static void qg_m0_dot_rows4(QG_M0_ARG c
             "pop    {r4, r5, r6, r7, pc}\n\t");
 }
 
-/* qg_requantize_s8 with the right shifts >= 2 as ((acc >> (s - 1)) + 1) >> 1 (the rounding rule: floor((acc +
- * 2^(s-1)) / 2^s); no overflow, |acc >> 1| < 2^30), one compare per clamp side; other shifts the general code. */
-static inline int8_t qg_m0_requantize(int32_t acc, int32_t shift, int32_t act_min, int32_t act_max)
+/* out[j] = qg_requantize_s8(sums[j], shift[j], act_min, act_max) for j in [0, n): the right shifts >= 2 as
+ * ((acc >> (s - 1)) + 1) >> 1 (the rounding rule: floor((acc + 2^(s-1)) / 2^s); no overflow, |acc >> 1| < 2^30), one
+ * compare per clamp side; other shifts the general code. A function of its own: inlined into the conv, GCC spilled
+ * its registers (~22 instructions per output). */
+__attribute__((noinline, unused)) static void qg_m0_requantize_rows(const int32_t *sums, const int8_t *shift,
+                                                                    int32_t n, int32_t act_min, int32_t act_max,
+                                                                    int8_t *out)
 {
-    if (shift > 1) {
-        acc = ((acc >> (shift - 1)) + 1) >> 1;
-        return (int8_t)(acc < act_min ? act_min : (acc > act_max ? act_max : acc));
+    const int8_t *const end = shift + n;
+    while (shift != end) {
+        int32_t acc = *sums++;
+        const int32_t s = *shift++;
+        if (s > 1) {
+            acc = ((acc >> (s - 1)) + 1) >> 1;
+            *out++ = (int8_t)(acc < act_min ? act_min : (acc > act_max ? act_max : acc));
+        } else {
+            *out++ = qg_requantize_s8(acc, s, act_min, act_max);
+        }
     }
-    return qg_requantize_s8(acc, shift, act_min, act_max);
 }
 #endif
 
@@ -249,11 +259,9 @@ static inline void qg_dot_rows_s8(const int8_t *x, const int8_t *w, int32_t k, i
         const int32_t rows4 = rows & ~3;
         while (r < rows4) {
             const int32_t n = rows4 - r < QG_M0_CHUNK ? rows4 - r : QG_M0_CHUNK;
-            int32_t j;
             qg_m0_dot_rows4(x, w, k, n, bias + r, sums);
-            for (j = 0; j < n; j++, r++) {
-                out[r] = qg_m0_requantize(sums[j], shift[r], act_min, act_max);
-            }
+            qg_m0_requantize_rows(sums, shift + r, n, act_min, act_max, out + r);
+            r += n;
             w += n * k;
         }
     }
