@@ -36,16 +36,21 @@ class Builder(GraphBuilder):
         super().__init__(rng, SHAPE)
 
     def weighted(self, name: str, op: Op, src: str, w_shape: tuple, act_range=(-128, 127), output: bool = True,
-                 **attrs) -> str:
+                 fine: bool = False, **attrs) -> str:
+        """fine: a shift that maps ~3 standard deviations of the sums onto the int8 range and small biases, so that
+        the outputs show every product instead of a clamped value."""
         rng, cout = self.rng, w_shape[0]
         w = rng.integers(-8, 8, w_shape)
         w.flat[0], w.flat[-1] = -8, 7
         w[0] = -8  # a whole row at the extreme
         self.g.tensors[f"{name}_w"] = Tensor(f"{name}_w", w.shape, "int8", QFormat(4, (3,) * cout), w.astype(np.int8))
-        b = safe_bias(rng, w)
+        b = safe_bias(rng, w) if not fine else rng.integers(-64, 64, cout)
         self.g.tensors[f"{name}_b"] = Tensor(f"{name}_b", b.shape, "int32", QFormat(32, (7,) * cout),
                                              b.astype(np.int32))
         shift = rng.integers(-3, 12, cout)
+        if fine:
+            k = int(np.prod(w_shape[1:]))
+            shift[:] = max(int(np.ceil(np.log2(3 * 74 * 4.6 * np.sqrt(k) / 127))), 0)
         attrs.update(shift=[int(s) for s in shift], act_min=act_range[0], act_max=act_range[1])
         return self.node(name, op, [src, f"{name}_w", f"{name}_b"], output, **attrs)
 
@@ -73,6 +78,8 @@ def int4_graph(rng) -> Graph:
     for k, rows, a in ((33, 17, ACTS[0]), (33, 8, ACTS[1]), (16, 3, ACTS[2]), (1, 2, ACTS[0]), (9, 5, ACTS[1])):
         vec = b.node(f"v_{k}_{rows}", Op.SLICE, [flat], output=False, axis=0, start=rows, length=k)
         b.weighted(f"fc_{k}_{rows}", Op.LINEAR, vec, (rows, k), a)
+        b.weighted(f"fc_fine_{k}_{rows}", Op.LINEAR, vec, (rows, k), fine=True)  # every product shows
+    b.weighted("fc_fine_210_7", Op.LINEAR, flat, (7, 210), fine=True)
     return finish(b.g)
 
 

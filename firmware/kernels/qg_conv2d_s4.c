@@ -309,6 +309,48 @@ static void s4_fc_dsp(const qg_conv2d_s4_params_t *p, const int8_t *restrict in,
         const int8_t *w0 = w, *w1 = two ? w + row_bytes : w;
         const qg_word_t *x = (const qg_word_t *)(const void *)xw;
         int32_t a0 = 0, a1 = 0, t0 = bias[r], t1 = two ? bias[r + 1] : 0, i;
+#if defined(__OPTIMIZE__) /* inline asm: GCC cannot allocate its operands at -O0 */
+        if (groups8 > 0) {
+            /* s4_mac8 for both rows in one loop GCC cannot spill from (it kept the row pointers on the stack: ~35
+             * instructions per 16 MACs, here 28): per group of 8, the two weight words, the input's (x0, x4),
+             * (x2, x6) words for the low nibbles (VLSL #4, mask) of both rows, then (x1, x5), (x3, x7) for the high
+             * nibbles (mask). */
+            int32_t n = groups8, v0, v1, xa, xb, t, u;
+            __asm__("1:\n\t"
+                    "ldr %[v0], [%[w0]], #4\n\t"
+                    "ldr %[v1], [%[w1]], #4\n\t"
+                    "ldrd %[xa], %[xb], [%[xp]], #8\n\t"
+                    "lsl %[t], %[v0], #4\n\t"
+                    "and %[t], %[t], #0xF0F0F0F0\n\t"
+                    "sxtb16 %[u], %[t]\n\t"
+                    "smlad %[a0], %[u], %[xa], %[a0]\n\t"
+                    "sxtb16 %[t], %[t], ror #8\n\t"
+                    "smlad %[a0], %[t], %[xb], %[a0]\n\t"
+                    "lsl %[t], %[v1], #4\n\t"
+                    "and %[t], %[t], #0xF0F0F0F0\n\t"
+                    "sxtb16 %[u], %[t]\n\t"
+                    "smlad %[a1], %[u], %[xa], %[a1]\n\t"
+                    "sxtb16 %[t], %[t], ror #8\n\t"
+                    "smlad %[a1], %[t], %[xb], %[a1]\n\t"
+                    "ldrd %[xa], %[xb], [%[xp]], #8\n\t"
+                    "and %[t], %[v0], #0xF0F0F0F0\n\t"
+                    "sxtb16 %[u], %[t]\n\t"
+                    "smlad %[a0], %[u], %[xa], %[a0]\n\t"
+                    "sxtb16 %[t], %[t], ror #8\n\t"
+                    "smlad %[a0], %[t], %[xb], %[a0]\n\t"
+                    "and %[t], %[v1], #0xF0F0F0F0\n\t"
+                    "sxtb16 %[u], %[t]\n\t"
+                    "smlad %[a1], %[u], %[xa], %[a1]\n\t"
+                    "sxtb16 %[t], %[t], ror #8\n\t"
+                    "smlad %[a1], %[t], %[xb], %[a1]\n\t"
+                    "subs %[n], %[n], #1\n\t"
+                    "bne 1b"
+                    : [a0] "+r"(a0), [a1] "+r"(a1), [xp] "+r"(x), [w0] "+r"(w0), [w1] "+r"(w1), [n] "+r"(n),
+                      [v0] "=&r"(v0), [v1] "=&r"(v1), [xa] "=&r"(xa), [xb] "=&r"(xb), [t] "=&r"(t), [u] "=&r"(u)
+                    :
+                    : "cc", "memory");
+        }
+#else
         for (g = groups8; g > 0; g--) {
             const int32_t v0 = qg_load_s8x4(w0), v1 = qg_load_s8x4(w1);
             int32_t x04, x26, x15, x37;
@@ -319,6 +361,7 @@ static void s4_fc_dsp(const qg_conv2d_s4_params_t *p, const int8_t *restrict in,
             a0 = s4_mac8(v0, x04, x26, x15, x37, a0);
             a1 = s4_mac8(v1, x04, x26, x15, x37, a1);
         }
+#endif
         for (i = 0; i < tail; i++) {
             t0 += x_tail[i] * nib_at(w0, i);
             t1 += x_tail[i] * nib_at(w1, i);
