@@ -189,8 +189,8 @@ def concat_overlap(g: Graph, n: Node) -> int | None:
     if x0.is_const or x0.dtype != out.dtype:
         return None
     outer = functools.reduce(lambda a, b: a * b, out.shape[:n.attrs["axis"]], 1)
-    block, block0 = out.nbytes // outer, x0.nbytes // outer
-    return (outer - 1) * (block - block0) + block0
+    block, block0 = n.attrs.get("out_stride", out.nbytes // outer), x0.nbytes // outer  # out_stride: written into
+    return (outer - 1) * (block - block0) + block0  # a wider concat output (concat_in_place; int8: elements = bytes)
 
 
 def select(g: Graph, n: Node, core: str | None = None) -> KernelCall:

@@ -34,7 +34,7 @@ def build(g: Graph, float_graph: Graph, x_float_hwc: np.ndarray, x_i8: np.ndarra
     for index, (node, cl) in enumerate(zip(g.nodes, cm.layers)):
         out = g.tensors[node.outputs[0]]
         deq = dequantize(ivals[out.name], out.qformat)
-        ref = fvals[out.name]
+        ref = fvals[out.name if out.name in fvals else node.inputs[0]]  # an early copy (concat_in_place): its input's
         wbytes = sum(b for name, b in array_bytes.items() if name.startswith(f"{prefix}_l{index}_"))
         layers.append({
             "index": index, "name": node.name, "op": node.op.value, "source": node.source,

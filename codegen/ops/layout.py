@@ -166,7 +166,8 @@ def c_concat(b, index: int, n):
     outer, blocks = _concat_blocks(b.g, n, io.xs, io.out)
     block_arr = b.array(f"{io.sym}_block_size", np.array(blocks), "int32", "bytes per input block")
     shift_arr = b.array(f"{io.sym}_shift", np.array(n.attrs["shifts"]), "int8", "requantisation shift per input")
-    fields = [("n_inputs", len(io.xs)), ("outer", outer), ("out_block", sum(blocks)), ("block_size", block_arr),
+    out_block = n.attrs.get("out_stride", sum(blocks))  # passes/concat_in_place: written into a wider concat
+    fields = [("n_inputs", len(io.xs)), ("outer", outer), ("out_block", out_block), ("block_size", block_arr),
               ("shift", shift_arr)]
     in_place = n.attrs.get("in_place") or [False] * len(io.xs)  # passes/concat_in_place: already there
     if all(in_place):
@@ -224,7 +225,8 @@ SPECS = [
            "zero padding (folded into a following conv/avgpool where possible)", kernel=kernel_pad,
            no_py=_NO_PY_LAYOUT, emit_c=c_pad, emit_c_wide=c_pad_wide,
            qat=qat_pad),
-    OpSpec(Op.CONCAT, "layout", Trait.CHOOSES_FORMAT, concat_shape, check_concat, f_concat, i_concat, q_concat,
+    OpSpec(Op.CONCAT, "layout", Trait.CHOOSES_FORMAT | Trait.STRIDED_OUT, concat_shape, check_concat, f_concat,
+           i_concat, q_concat,
            _zero_macs, torch_concat, "torch.cat", ("Concat",), ("qg_concat_s8", "qg_concat_wide"),
            "concatenation along any axis, each input requantised to the output format", kernel=kernel_concat,
            emit_py=py_concat, emit_c=c_concat, emit_c_wide=c_concat_wide,

@@ -446,6 +446,8 @@ def _resize_fields(b, io, n) -> list[tuple[str, object]]:
             fields.append((key, b.array(f"{io.sym}_{key}", t[key], "int16", f"{what} per output index")))
         else:
             fields.append((key, "0"))  # a null pointer (weights.c includes no <stddef.h>)
+    if "out_stride" in n.attrs:  # writes its channels of a wider concat output (passes/concat_in_place)
+        fields.append(("out_stride", n.attrs["out_stride"]))
     return fields
 
 
@@ -490,7 +492,7 @@ SPECS = [
            "per-channel shift, fused clamp", kernel=kernel_conv_transpose,
            emit_py=py_conv_transpose, emit_c=c_conv_transpose, emit_c_wide=c_conv_transpose_wide,
            qat=qat_conv_transpose),
-    OpSpec(Op.RESIZE, "upsample", Trait.KEEPS_FORMAT | Trait.CHANNELWISE,
+    OpSpec(Op.RESIZE, "upsample", Trait.KEEPS_FORMAT | Trait.CHANNELWISE | Trait.STRIDED_OUT,
            resize_shape, check_resize, f_resize, i_resize, quantize_resize, macs_resize, torch_resize,
            "Upsample/F.interpolate (nearest, nearest-exact, bilinear/linear)", ("Resize", "Upsample"),
            ("qg_resize_s8", "qg_resize_s16"),

@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..ir import Graph, Op
 from ..kernel_abi import overlap_distance, scratch_bytes
 from ..ops import Trait, with_trait
-from .concat_in_place import in_place_offsets
+from .concat_in_place import as_copying, in_place_offsets
 
 ALIGN = 4
 
@@ -159,13 +159,16 @@ def lifetimes(graph: Graph) -> list[Buffer]:
             groups[scratch_key(step)] = Buffer([scratch_key(step)], size, step, step)
     pinned = {owner[t] for t in graph.inputs + graph.outputs}
     inside = in_place_offsets(graph)
+    sub = sub_offsets(graph) if inside else {}
     for step, node in enumerate(graph.nodes):
         distance = overlap_distance(graph, node)
         if distance is None:
             continue
         src, dst = owner[node.inputs[0]], owner[node.outputs[0]]
-        if node.outputs[0] in inside:  # written into a concat's slice: no overlap with its input
-            continue
+        if node.outputs[0] in inside:  # written into a concat's slice: no overlap with its input, but for a
+            if node.op is not Op.CONCAT:  # copy (concat_overlap: distance from its output's start, which lies
+                continue                  # sub bytes above its storage group's)
+            distance += sub[node.outputs[0]]
         if any(owner.get(t) == src for t in node.inputs[1:]):  # another input lies in the same bytes (cat([x, x]))
             continue
         if src not in pinned and dst not in pinned and groups[src].last == step and groups[dst].first == step:
@@ -212,38 +215,19 @@ def _plan(graph: Graph) -> tuple[dict[str, tuple[str, int]], list[Buffer]]:
 def run(graph: Graph) -> Graph:
     """Plan the arena. A concat written in place (concat_in_place) keeps its output alive from its first
     producer's step, which can raise the peak (a producer with a large input); each such concat is tried
-    with copies too, and the copy is kept where the arena is smaller."""
+    with copies too (its early copy nodes removed), and the copy is kept where the arena is smaller."""
     memory, placed = _plan(graph)
-    for node in graph.nodes:
-        if not node.attrs.get("in_place"):
-            continue
-        saved = _copy_instead(graph, node)
+    for node in [n for n in graph.nodes if n.attrs.get("in_place")]:
+        restore = as_copying(graph, node)
         trial = _plan(graph)
         if _arena_end(trial[1]) < _arena_end(placed):
             memory, placed = trial
         else:
-            _restore(graph, node, saved)
+            restore()
     check_overlap(placed)
     graph.memory = memory
     graph.arena_size = _arena_end(placed)
     return graph
-
-
-def _copy_instead(graph: Graph, concat) -> tuple[list[bool], dict[str, int]]:
-    """Turn a concat written in place back into a copying one; returns what _restore needs."""
-    strides = {}
-    for t, flag in zip(concat.inputs, concat.attrs["in_place"]):
-        producer = graph.producer(t)
-        if flag and "out_stride" in producer.attrs:
-            strides[t] = producer.attrs.pop("out_stride")
-    return concat.attrs.pop("in_place"), strides
-
-
-def _restore(graph: Graph, concat, saved: tuple[list[bool], dict[str, int]]) -> None:
-    flags, strides = saved
-    concat.attrs["in_place"] = flags
-    for t, stride in strides.items():
-        graph.producer(t).attrs["out_stride"] = stride
 
 
 # Orders the greedy tries (the smallest arena wins). chains_first: ties among equal sizes go by first
@@ -254,12 +238,22 @@ def _restore(graph: Graph, concat, saved: tuple[list[bool], dict[str, int]]) -> 
 # outputs_first: an output that may overlap its (larger) input is placed just before that input, as if it
 # were as large: the input then lands `distance` above it, overlapping (a stride-2 pool after a big first
 # convolution: SqueezeNet's arena is the convolution's output plus 32 bytes instead of both buffers).
+# grid: offsets rounded up to 32 or 64 bytes instead of 4, so that two overlap chains whose distances differ by a
+# few bytes line up (U-Net: a skip connection lies inside the concat output 528 B above the next conv's output,
+# the previous concat 544 B above its conv's; on the 4-byte grid the 16 B difference pushed a 32 KB buffer above
+# the peak). small_last: activations under 64 B (a classifier's logits, an ensemble member's output waiting for
+# the combine) after everything else, scratch included: when they live long they would otherwise sit under each
+# later peak and push it up.
 STRATEGIES = [{"chains_first": c, "scratch_last": s, "outputs_first": o}
               for o in (False, True) for s in (False, True) for c in (False, True)]
+STRATEGIES += [{"chains_first": True, "scratch_last": True, "outputs_first": True, "grid": grid}
+               for grid in (32, 64)]
+STRATEGIES += [{"chains_first": True, "scratch_last": True, "outputs_first": o, "small_last": 64}
+               for o in (False, True)]
 
 
-def _place(buffers: list[Buffer], chains_first: bool, scratch_last: bool, outputs_first: bool = False
-           ) -> list[Buffer]:
+def _place(buffers: list[Buffer], chains_first: bool, scratch_last: bool, outputs_first: bool = False,
+           grid: int = ALIGN, small_last: int = 0) -> list[Buffer]:
     """Greedy: largest first (see STRATEGIES), each at its lowest free offset."""
     rank, size = {}, {}
     for buf in sorted(buffers, key=lambda b: b.first):
@@ -269,10 +263,12 @@ def _place(buffers: list[Buffer], chains_first: bool, scratch_last: bool, output
         grow = outputs_first and src is not None and src.size > buf.size
         size[buf.tensors[0]] = (src.size, 0) if grow else (buf.size, 1)
     placed: list[Buffer] = []
-    is_scratch = {b.tensors[0]: scratch_last and b.tensors[0].startswith(SCRATCH) for b in buffers}
-    for buf in sorted(buffers, key=lambda b: (is_scratch[b.tensors[0]], -size[b.tensors[0]][0],
+    scratch = {b.tensors[0]: b.tensors[0].startswith(SCRATCH) for b in buffers}
+    tier = {name: 2 if not is_scratch and b.size < small_last else int(scratch_last and is_scratch)
+            for b in buffers for name, is_scratch in [(b.tensors[0], scratch[b.tensors[0]])]}
+    for buf in sorted(buffers, key=lambda b: (tier[b.tensors[0]], -size[b.tensors[0]][0],
                                               size[b.tensors[0]][1], rank[b.tensors[0]])):
-        placed.append(Buffer(buf.tensors, buf.size, buf.first, buf.last, _lowest_free_offset(buf, placed),
+        placed.append(Buffer(buf.tensors, buf.size, buf.first, buf.last, _lowest_free_offset(buf, placed, grid),
                              buf.over, buf.distance))
     return placed
 
@@ -303,19 +299,19 @@ def _forbidden(buf: Buffer, p: Buffer) -> tuple[int, int]:
     return p.offset - buf.size, p.offset + p.size
 
 
-def _lowest_free_offset(buf: Buffer, placed: list[Buffer]) -> int:
+def _lowest_free_offset(buf: Buffer, placed: list[Buffer], grid: int = ALIGN) -> int:
     intervals = [_forbidden(buf, p) for p in placed if _alive_together(p, buf)]
     offset, moved = 0, True
     while moved:
         moved = False
         for lo, hi in intervals:
             if lo < offset < hi:
-                offset, moved = _align(hi), True
+                offset, moved = _align(hi, grid), True
     return offset
 
 
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
+def _align(n: int, grid: int = ALIGN) -> int:
+    return (n + grid - 1) // grid * grid
 
 
 def check_overlap(buffers: list[Buffer]) -> None:

@@ -75,11 +75,14 @@ def test_producers_write_in_place_and_the_result_is_exact(model, shape, monkeypa
 
 def test_an_input_read_elsewhere_is_copied_the_others_are_not():
     r, calib = _compile(SharedBranch(), (1, 6))
-    concat = next(n for n in r.graph.nodes if n.op.value == "concat")
-    names = [r.graph.producer(t).name for t in concat.inputs]
-    flags = dict(zip(names, concat.attrs["in_place"]))
-    assert flags["a"] is False and flags["b"] is True, flags
-    assert "NULL" in r.files["model_model.c"]  # the copy skips the part written in place
+    g = r.graph
+    concat = [n for n in g.nodes if n.op.value == "concat"][-1]
+    assert concat.attrs["in_place"] == [True, True, True]
+    producers = [g.producer(t) for t in concat.inputs]
+    # y (read by the head too) is copied by an early copy node; b(x) and relu(y) write in place
+    assert [p.attrs.get(concat_in_place.EARLY_COPY) for p in producers] == [0, None, None]
+    assert g.producer(producers[0].inputs[0]).name == "a" and producers[1].name == "b"
+    assert r.files["model_model.c"].count("qg_concat_s8(") == 1  # the copy; the concat itself: no call
     check = r.verify(calib[:4])
     assert check.exact, str(check)
 
@@ -167,8 +170,9 @@ def test_transposed_conv_writes_in_place_beside_a_copied_skip(board, tmp_path):
     torch.manual_seed(0)
     calib = np.random.default_rng(0).standard_normal((16, 3, 8, 6)).astype(np.float32)
     r = codegen.compile(UpSkip().eval(), torch.zeros(1, 3, 8, 6), calib, out_dir=tmp_path / "up")
-    concat = next(n for n in r.graph.nodes if n.op.value == "concat")
-    assert concat.attrs["in_place"] == [False, True]
+    concat = [n for n in r.graph.nodes if n.op.value == "concat"][-1]
+    assert concat.attrs["in_place"] == [True, True]  # the skip through an early copy node
+    assert r.graph.producer(concat.inputs[0]).attrs[concat_in_place.EARLY_COPY] == 0
     assert r.graph.producer(concat.inputs[1]).attrs["out_stride"] == 12
     x = np.concatenate([calib[:3], 4 * calib[3:5]])
     if board is None:
@@ -177,3 +181,152 @@ def test_transposed_conv_writes_in_place_beside_a_copied_skip(board, tmp_path):
     else:
         run = deploy.run(tmp_path / "up", board, r.quantize_input(x))
         assert run.exact, run.first_mismatch
+
+
+# ------------------------------------------------------------------ early copies (a skip beside an in-place input)
+
+
+class UpsampleSkips(nn.Module):
+    """Two U-Net decoder steps without a 1x1 conv after the upsampling (so commute_resize leaves them): a bilinear
+    and a nearest resize each write their channels straight into a concat output (`out_stride`); the skip (also
+    read by the next layer) is copied by an early copy node before the resize runs, so it may lie inside the
+    concat output, and the concat itself has no code."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.down = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 8, 3, stride=2, padding=1)
+        self.up1 = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.mid, self.down2 = nn.Conv2d(14, 6, 3, padding=1), nn.Conv2d(6, 5, 3, stride=2, padding=1)
+        self.up2 = nn.Upsample(scale_factor=2, mode="nearest")
+        self.head = nn.Conv2d(11, 4, 3, padding=1)
+
+    def forward(self, x):
+        skip = torch.relu(self.enc(x))
+        y = torch.relu(self.mid(torch.cat([skip, self.up1(torch.relu(self.down(skip)))], 1)))
+        return self.head(torch.cat([y, self.up2(torch.relu(self.down2(y)))], 1))
+
+
+SKIPS_SHAPE = (1, 3, 8, 10)
+
+
+def _skips(out_dir=None):
+    torch.manual_seed(0)
+    calib = np.random.default_rng(0).standard_normal((16, *SKIPS_SHAPE[1:])).astype(np.float32)
+    return codegen.compile(UpsampleSkips().eval(), torch.zeros(SKIPS_SHAPE), calib, out_dir=out_dir), calib
+
+
+@pytest.fixture(scope="module")
+def skips(tmp_path_factory):
+    out = tmp_path_factory.mktemp("skips") / "m"
+    r, calib = _skips(out)
+    return r, calib, out
+
+
+def test_resizes_write_in_place_and_the_skips_are_copied_early(skips):
+    from codegen.ir import Op
+
+    r, calib, _ = skips
+    g = r.graph
+    concats = [n for n in g.nodes if n.op is Op.CONCAT and len(n.inputs) == 2]
+    assert len(concats) == 2
+    inside = []
+    for cat in concats:
+        assert cat.attrs["in_place"] == [True, True]
+        copy, resize = (g.producer(t) for t in cat.inputs)
+        assert copy.op is Op.CONCAT and copy.attrs[concat_in_place.EARLY_COPY] == 0 and len(copy.inputs) == 1
+        assert resize.op is Op.RESIZE and resize.attrs["out_stride"] == g.tensors[cat.outputs[0]].shape[-1]
+        assert g.nodes.index(copy) == g.nodes.index(resize) - 1  # just before the in-place producer
+        skip, out = g.memory[copy.inputs[0]], g.memory[cat.outputs[0]]
+        inside.append(skip[0] == out[0] == "arena" and out[1] < skip[1] < out[1] + g.tensors[cat.outputs[0]].nbytes)
+    assert inside[0], inside  # the first skip dies at its copy and lies inside the concat output
+    assert r.files["model_weights.c"].count(".out_stride = ") == 2  # the resizes (the copies: .out_block)
+    assert r.files["model_model.c"].count("qg_concat_s8(") == 2  # the copies; the concats themselves: no call
+    check = r.verify(np.concatenate([calib[:3], 4 * calib[3:5]]))
+    assert check.exact, str(check)
+
+
+def _unet_arena(up: str) -> int:
+    from examples.zoo.models import UNet
+
+    torch.manual_seed(0)
+    calib = np.random.default_rng(0).standard_normal((8, 1, 16, 16)).astype(np.float32)
+    return codegen.compile(UNet(base=4, up=up).eval(), torch.zeros(1, 1, 16, 16), calib).report["arena_bytes"]
+
+
+@pytest.mark.parametrize("up", ["bilinear", "transpose"])
+def test_early_copies_shrink_the_arena(up, monkeypatch):
+    """The zoo's U-Net at 16x16, 4 channels: without early copies the skip is copied at the concat's step, after
+    the upsampling wrote into the output, so it lives beside the whole output (or the planner copies both)."""
+    after = _unet_arena(up)
+    with monkeypatch.context() as mp:
+        mp.setattr(concat_in_place, "_early_copies", lambda g, n: None)
+        before = _unet_arena(up)
+    assert after < before, (after, before)
+
+
+def test_grid_strategies_line_up_overlap_chains(monkeypatch):
+    """plan_memory's 32/64-byte grid placements: the skip inside one concat output and the previous concat
+    inside the decoder conv's output line up (16 B apart on the 4-byte grid, which put a buffer above the peak)."""
+    from codegen.passes import plan_memory
+
+    after = _unet_arena("bilinear")
+    monkeypatch.setattr(plan_memory, "STRATEGIES", [s for s in plan_memory.STRATEGIES if "grid" not in s])
+    assert after < _unet_arena("bilinear")
+
+
+def test_early_copies_under_sanitizers_and_in_micropython(skips, tmp_path):
+    import sys
+    from pathlib import Path
+
+    from codegen.hostcheck import SANITIZE_FLAGS, build_native, run_native
+
+    r, calib, out = skips
+    x = np.concatenate([calib[:3], 4 * calib[3:5]])
+    check = r.verify(x)
+    exe = build_native(out, r.prefix, tmp_path / "asan", SANITIZE_FLAGS)
+    xi = r.quantize_input(x)
+    assert np.array_equal(run_native(exe, xi.reshape(len(xi), -1), check.outputs.shape[1]), check.outputs)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_micropython import check_graph
+
+    check_graph(r.graph, xi, tmp_path, mpy=False)  # the pure module copies every part (no strides)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("board", ["rp2040", "mps2-an386"])  # plain C (Cortex-M0+) and the DSP path (M4)
+def test_early_copies_bit_exact_on_the_cores(skips, board):
+    from codegen import deploy
+    from codegen.target import missing_tools
+
+    if missing_tools():
+        pytest.skip(f"missing tools: {missing_tools()}")
+    r, calib, out = skips
+    run = deploy.run(out, board, r.quantize_input(np.concatenate([calib[:3], 4 * calib[3:5]])))
+    assert run.exact, run.first_mismatch
+
+
+class OutputConcat(nn.Module):
+    """The model output is a concat (an ensemble's `--combine concat`): the branches write straight into the
+    caller's output buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.a, self.b = nn.Linear(12, 32), nn.Linear(32, 10), nn.Linear(32, 6)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return torch.cat([self.a(h), self.b(h)], 1)
+
+
+def test_a_concat_output_is_written_in_place_into_the_callers_buffer(monkeypatch):
+    r, calib = _compile(OutputConcat(), (1, 12))
+    g = r.graph
+    cat = next(n for n in g.nodes if n.op.value == "concat")
+    assert cat.attrs["in_place"] == [True, True]
+    assert [g.memory[t] for t in cat.inputs] == [("output", 0), ("output", 10)]
+    assert "qg_concat_s8" not in r.files["model_model.c"]
+    check = r.verify(np.concatenate([calib[:3], 4 * calib[3:5]]))
+    assert check.exact, str(check)
+    with monkeypatch.context() as mp:
+        copying, _ = _compile(OutputConcat(), (1, 12), mp, disable=True)
+    assert r.report["arena_bytes"] < copying.report["arena_bytes"]
