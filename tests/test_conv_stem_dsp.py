@@ -6,9 +6,9 @@ holding every case, byte for byte equal to codegen.reference.run_int. M0+ runs t
 Cases: stride 2 with pad 1 (VWW's stem) and with TensorFlow's asymmetric pad, stride 1 pad 1 (ResNet stems), no
 padding, mixed strides and pads, odd output channel counts, pixel counts with every remainder mod 4, the three
 clamp kinds, shifts <= 0 (generic store), weights of -128 in every channel and inputs of -128 / 127 (edge_inputs);
-pointwise 1x1 on 8 and 12 channels with strides 1, 2, (3, 4) and a 1-wide output (its last 2 pixels on 2 rows),
-a 1x1 with bottom/right padding and a 3x3
-on a 2-row image (general paths).
+pointwise 1x1 on 8, 12 and 16 channels (k = 8 / 16: the assembly rows, int8 and ReLU clamps) with strides 1, 2,
+(3, 4) and a 1-wide output (its last 2 pixels on 2 rows), a 1x1 with bottom/right padding and a 3x3 on a 2-row
+image (general paths).
 """
 from __future__ import annotations
 
@@ -64,6 +64,10 @@ def stem_graph(rng) -> Graph:
     _conv(g, rng, "pw_c12_any_clamp", c12, 5, 1, padding=(0, 0, 0, 0), act_range=(-50, 50))  # 99
     _conv(g, rng, "pw_c8_pad_bottom_right", c8, 6, 1, padding=(0, 0, 1, 1))  # general path: 8x10
     _conv(g, rng, "pw_c8_shift0", c8, 4, 1, padding=(0, 0, 0, 0), shifts=(-3, 1))
+    c16 = _conv(g, rng, "stem_c16_s2", "x", 16, 3, stride=(2, 2), shifts=(8, 10))  # 5x6
+    _conv(g, rng, "pw_c16_relu", c16, 12, 1, padding=(0, 0, 0, 0), act_range=(0, 127))
+    _conv(g, rng, "pw_c16_s8_odd_out", c16, 5, 1, padding=(0, 0, 0, 0))
+    _conv(g, rng, "pw_c8_relu_to_16", c8, 16, 1, padding=(0, 0, 0, 0), act_range=(0, 127))  # 63 pixels
     flat = _conv(g, rng, "to_2x11_c3", "x", 3, 1, stride=(5, 1), padding=(0, 0, 0, 0), shifts=(8, 10))
     _conv(g, rng, "stem_on_2_rows", flat, 6, 3)  # fewer rows than the window: the general path
     tall = _conv(g, rng, "stem_pad_top2_bottom1", "x", 8, 3, padding=(2, 0, 1, 0), shifts=(8, 10))  # 10x9

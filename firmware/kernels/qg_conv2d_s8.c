@@ -376,6 +376,96 @@ static QG_BLOCK_NOINLINE void conv2d_stem_dsp(const qg_conv2d_params_t *p, const
     }
 }
 
+/* Pointwise rows for k = 8 and 16 (VWW's 8- and 16-channel layers), all 4 pixels valid, every shift >= 1, int8 or
+ * ReLU clamp: GCC's row loop around the short SMLAD steps spent ~44 instructions per row on the bias, the
+ * requantisation and spilled pointers (76 per row for k = 8). Here one naked function per (k, clamp) with the whole
+ * row loop in assembly (no operand constraints for GCC to allocate; optimised GCC/Clang builds only, else the C
+ * block): per row the bias, per group of 4 k one weight word unpacked (SXTB16) and 4 LDRD + 8 SMLAD against the 4
+ * interleaved columns (the block layout of qg_dot_s8.h), then for each pixel qg_requantize_pos_s8's ASR, QADD 1,
+ * SSAT/USAT with ASR #1, STRB: 54 instructions per row for k = 8. Registers: r0 w, r1 cols, r2 bias, r3 shift,
+ * r4 out, r5 step, r6-r9 the 4 accumulators, r10/r11 the unpacked weights, r12/lr a column pair; the end of the
+ * weights on the stack. */
+#if QG_DSP && !QG_MVE && defined(__OPTIMIZE__) && (defined(__GNUC__) || defined(__clang__))
+#define QG_PW_ASM 1
+#define QG_PW_ARG __attribute__((unused)) /* read by the assembly */
+#define QG_PW_STR(x) #x
+#define QG_PW_ACC(a, off) \
+    "ldrd   r12, lr, [r1, #" QG_PW_STR(off) "]\n\t" \
+    "smlad  " a ", r10, r12, " a "\n\t" \
+    "smlad  " a ", r11, lr, " a "\n\t"
+#define QG_PW_GROUP(o0, o1, o2, o3) /* a group after the first: its 4 pixels' column pairs at these offsets */ \
+    "ldr    r10, [r0], #4\n\t" \
+    "sxtb16 r11, r10, ror #8\n\t" \
+    "sxtb16 r10, r10\n\t" \
+    QG_PW_ACC("r6", o0) QG_PW_ACC("r7", o1) QG_PW_ACC("r8", o2) QG_PW_ACC("r9", o3)
+#define QG_PW_ROWS(name, k_shift, more_groups, sat) \
+    __attribute__((naked, noinline)) static void name(QG_PW_ARG const int8_t *w, QG_PW_ARG const int16_t *cols, \
+                                                      QG_PW_ARG const int32_t *bias, QG_PW_ARG const int8_t *shift, \
+                                                      QG_PW_ARG int8_t *out, QG_PW_ARG int32_t step, \
+                                                      QG_PW_ARG int32_t rows) \
+    { \
+        __asm__(".syntax unified\n\t" \
+                "push   {r4, r5, r6, r7, r8, r9, r10, r11, lr}\n\t" \
+                "ldr    r4, [sp, #36]\n\t" \
+                "ldr    r5, [sp, #40]\n\t" \
+                "ldr    r6, [sp, #44]\n\t" \
+                "add    r6, r0, r6, lsl #" QG_PW_STR(k_shift) "\n\t" \
+                "sub    sp, sp, #8\n\t" \
+                "str    r6, [sp]\n\t" \
+                "1:\n\t" \
+                "ldr    r6, [r2], #4\n\t" \
+                "ldr    r10, [r0], #4\n\t" \
+                "ldrd   r12, lr, [r1, #8]\n\t" \
+                "sxtb16 r11, r10, ror #8\n\t" \
+                "sxtb16 r10, r10\n\t" \
+                "smlad  r7, r10, r12, r6\n\t" \
+                "smlad  r7, r11, lr, r7\n\t" \
+                "ldrd   r12, lr, [r1, #16]\n\t" \
+                "smlad  r8, r10, r12, r6\n\t" \
+                "smlad  r8, r11, lr, r8\n\t" \
+                "ldrd   r12, lr, [r1, #24]\n\t" \
+                "smlad  r9, r10, r12, r6\n\t" \
+                "smlad  r9, r11, lr, r9\n\t" \
+                "ldrd   r12, lr, [r1, #0]\n\t" \
+                "smlad  r6, r10, r12, r6\n\t" \
+                "smlad  r6, r11, lr, r6\n\t" \
+                more_groups \
+                "ldrsb  r10, [r3], #1\n\t" \
+                "subs   r10, r10, #1\n\t" \
+                "asr    r6, r6, r10\n\t" \
+                "asr    r7, r7, r10\n\t" \
+                "asr    r8, r8, r10\n\t" \
+                "asr    r9, r9, r10\n\t" \
+                "movs   r11, #1\n\t" \
+                "qadd   r6, r6, r11\n\t" \
+                "qadd   r7, r7, r11\n\t" \
+                "qadd   r8, r8, r11\n\t" \
+                "qadd   r9, r9, r11\n\t" \
+                sat("r6") sat("r7") sat("r8") sat("r9") \
+                "strb   r6, [r4]\n\t" \
+                "strb   r7, [r4, r5]\n\t" \
+                "add    r12, r4, r5, lsl #1\n\t" \
+                "strb   r8, [r12]\n\t" \
+                "strb   r9, [r12, r5]\n\t" \
+                "adds   r4, r4, #1\n\t" \
+                "ldr    r12, [sp]\n\t" \
+                "cmp    r0, r12\n\t" \
+                "bne    1b\n\t" \
+                "add    sp, sp, #8\n\t" \
+                "pop    {r4, r5, r6, r7, r8, r9, r10, r11, pc}\n\t"); \
+    }
+#define QG_PW_SSAT(r) "ssat   " r ", #8, " r ", asr #1\n\t"
+#define QG_PW_USAT(r) "usat   " r ", #7, " r ", asr #1\n\t"
+#define QG_PW_G1 QG_PW_GROUP(32, 40, 48, 56)
+#define QG_PW_G123 QG_PW_G1 QG_PW_GROUP(64, 72, 80, 88) QG_PW_GROUP(96, 104, 112, 120)
+QG_PW_ROWS(pw8_rows_s8, 3, QG_PW_G1, QG_PW_SSAT)
+QG_PW_ROWS(pw8_rows_relu, 3, QG_PW_G1, QG_PW_USAT)
+QG_PW_ROWS(pw16_rows_s8, 4, QG_PW_G123, QG_PW_SSAT)
+QG_PW_ROWS(pw16_rows_relu, 4, QG_PW_G123, QG_PW_USAT)
+#else
+#define QG_PW_ASM 0
+#endif
+
 /* 1x1 convolution without padding, groups 1, in_c a multiple of 4 (MobileNet's pointwise layers): a pixel's column
  * is its input channels, widened straight from the input into its slot (no window walk, no bounds tests). */
 static void conv2d_pointwise_dsp(const qg_conv2d_params_t *p, const int8_t *in, int8_t *out, int8_t *scratch)
@@ -386,6 +476,19 @@ static void conv2d_pointwise_dsp(const qg_conv2d_params_t *p, const int8_t *in, 
     int16_t *cols = (int16_t *)(void *)scratch;
     const int8_t *x = in;
     int32_t pix, c, g, ox = 0;
+#if QG_PW_ASM
+    /* k = 8 / 16 rows in assembly when every shift is >= 1 and the clamp is int8 or ReLU */
+    void (*asm_rows)(const int8_t *, const int16_t *, const int32_t *, const int8_t *, int8_t *, int32_t, int32_t) = 0;
+    const int32_t kind = qg_clamp_kind(p->act_min, p->act_max);
+    if ((in_c == 8 || in_c == 16) && kind != QG_CLAMP_ANY) {
+        for (c = 0; c < p->out_c && p->shift[c] > 0; c++) {
+        }
+        if (c == p->out_c) {
+            asm_rows = in_c == 8 ? (kind == QG_CLAMP_RELU ? pw8_rows_relu : pw8_rows_s8)
+                                 : (kind == QG_CLAMP_RELU ? pw16_rows_relu : pw16_rows_s8);
+        }
+    }
+#endif
     for (pix = 0; pix < n_pix; pix += QG_COLS) {
         const int32_t n_valid = n_pix - pix < QG_COLS ? n_pix - pix : QG_COLS;
         if (n_valid <= 2) { /* the last 1 or 2 pixels one at a time (a 4-pixel block would compute 2 or 3 more) */
@@ -415,8 +518,15 @@ static void conv2d_pointwise_dsp(const qg_conv2d_params_t *p, const int8_t *in, 
                 }
             }
         }
-        qg_block_1x4_s8(p->weights, in_c, cols, n_valid, p->out_c, p->bias, p->shift, p->act_min, p->act_max,
-                        out + pix * out_stride, out_stride);
+#if QG_PW_ASM
+        if (n_valid == QG_COLS && asm_rows != 0) {
+            asm_rows(p->weights, cols, p->bias, p->shift, out + pix * out_stride, out_stride, p->out_c);
+        } else
+#endif
+        {
+            qg_block_1x4_s8(p->weights, in_c, cols, n_valid, p->out_c, p->bias, p->shift, p->act_min, p->act_max,
+                            out + pix * out_stride, out_stride);
+        }
         x += x_step;
         if (++ox == out_w) {
             ox = 0;
