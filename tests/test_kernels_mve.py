@@ -187,7 +187,7 @@ def channel_affine(b: Builder, name: str, src: str, scale: np.ndarray, offset: n
 
 
 def eltwise_cases(b: Builder, i: int, c: int, src: str, other: str) -> None:
-    """sub / maximum / minimum over 15 * c elements (every tail of 8 and of 4): even counts with alignment shifts
+    """sub / maximum / minimum / add over 15 * c elements (every tail of 8 and of 4): even counts with alignment shifts
     >= -7 (the int16-lane path; -7 on both sides reaches |x - y| = 255 * 2^7), odd counts with one below (int32 lanes);
     scalar affine; PReLU and channel affine over c channels (every tail of 4 channels) with extreme slopes, scales,
     offsets and shifts, and fine twins whose shifts keep every value inside int8."""
@@ -196,9 +196,9 @@ def eltwise_cases(b: Builder, i: int, c: int, src: str, other: str) -> None:
         shifts = [(-7, -7), (int(rng.integers(-7, 6)), int(rng.integers(-7, 6))), (-7, 3)][i % 3]
     else:
         shifts = [(-8, 0), (int(rng.integers(-22, -8)), int(rng.integers(-7, 6))), (2, -22)][i % 3]
-    for k, op in enumerate((Op.SUB, Op.MAXIMUM, Op.MINIMUM)):
-        x, y = (src, other) if k != 1 else (other, src)
-        b.node(f"{op.value}_c{c}", op, [x, y], shift_a=shifts[0], shift_b=shifts[1],
+    for k, op in enumerate((Op.SUB, Op.MAXIMUM, Op.MINIMUM, Op.ADD)):
+        x, y = (other, src) if op is Op.MAXIMUM else (src, other)  # add: -128 * 2^8 + a negative b leaves int16
+        b.node(f"{op.value}_al_c{c}", op, [x, y], shift_a=shifts[0], shift_b=shifts[1],
                shift=int(rng.choice([-31, -2, 0, 1, 3, 9, 31] if k == i % 3 else range(-min(shifts),
                                                                                         -min(shifts) + 3))),
                act_min=a[0], act_max=a[1])

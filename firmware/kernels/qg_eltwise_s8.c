@@ -5,6 +5,22 @@
 #include "qg_simd.h"
 
 #if QG_MVE
+/* Helium, alignment shifts >= -7: 8 elements in int16 lanes (each aligned value within 128 * 2^7, their sum within
+ * int16), as add_4_mve below; VQRSHL.S16's saturating left shift and the clamp give the int8 result of the rule. */
+QG_MVE_INLINE void add_8_mve(const int8_t *a, const int8_t *b, int8_t *out, int16x8_t neg_a, int16x8_t neg_b,
+                             int16x8_t neg_shift, int16x8_t lo, int16x8_t hi, int32_t left, int32_t full)
+{
+    const mve_pred16_t p = vctp16q((uint32_t)left);
+    const int16x8_t x = full ? vldrbq_s16(a) : vldrbq_z_s16(a, p), y = full ? vldrbq_s16(b) : vldrbq_z_s16(b, p);
+    const int16x8_t sum_i16 = vaddq_s16(vrshlq_s16(x, neg_a), vrshlq_s16(y, neg_b));
+    const int16x8_t r = vminq_s16(vmaxq_s16(vqrshlq_s16(sum_i16, neg_shift), lo), hi);
+    if (full) {
+        vstrbq_s16(out, r);
+    } else {
+        vstrbq_p_s16(out, r, p);
+    }
+}
+
 /* Helium: 4 elements of add (the first `left` under a VCTP predicate when `full` is 0, a constant): VRSHL by
  * -shift is qg_round_shift for either sign (a rounding right shift, or an exact left shift), then the rule. */
 QG_MVE_INLINE void add_4_mve(const int8_t *a, const int8_t *b, int8_t *out, int32x4_t neg_a, int32x4_t neg_b,
@@ -61,13 +77,28 @@ void qg_add_s8(const qg_add_params_t *p, const int8_t *a, const int8_t *b, int8_
 #endif
 #if QG_MVE
     const int32_t size = p->size;
-    const int32x4_t neg_a = vdupq_n_s32(-p->shift_a), neg_b = vdupq_n_s32(-p->shift_b);
-    const int32x4_t neg_shift = vdupq_n_s32(-p->shift), lo = vdupq_n_s32(p->act_min), hi = vdupq_n_s32(p->act_max);
-    for (; i + 3 < size; i += 4) {
-        add_4_mve(a + i, b + i, out + i, neg_a, neg_b, neg_shift, lo, hi, 4, 1);
+    if (p->shift_a >= -7 && p->shift_b >= -7) {
+        const int16x8_t neg_a = vdupq_n_s16((int16_t)-p->shift_a), neg_b = vdupq_n_s16((int16_t)-p->shift_b);
+        const int16x8_t neg_shift = vdupq_n_s16((int16_t)-p->shift);
+        const int16x8_t lo = vdupq_n_s16(p->act_min), hi = vdupq_n_s16(p->act_max);
+        for (; i + 7 < size; i += 8) {
+            add_8_mve(a + i, b + i, out + i, neg_a, neg_b, neg_shift, lo, hi, 8, 1);
+        }
+        if (i < size) {
+            add_8_mve(a + i, b + i, out + i, neg_a, neg_b, neg_shift, lo, hi, size - i, 0);
+        }
+        return;
     }
-    if (i < size) {
-        add_4_mve(a + i, b + i, out + i, neg_a, neg_b, neg_shift, lo, hi, size - i, 0);
+    {
+        const int32x4_t neg_a = vdupq_n_s32(-p->shift_a), neg_b = vdupq_n_s32(-p->shift_b);
+        const int32x4_t neg_shift = vdupq_n_s32(-p->shift), lo = vdupq_n_s32(p->act_min);
+        const int32x4_t hi = vdupq_n_s32(p->act_max);
+        for (; i + 3 < size; i += 4) {
+            add_4_mve(a + i, b + i, out + i, neg_a, neg_b, neg_shift, lo, hi, 4, 1);
+        }
+        if (i < size) {
+            add_4_mve(a + i, b + i, out + i, neg_a, neg_b, neg_shift, lo, hi, size - i, 0);
+        }
     }
 #else
     for (; i < p->size; i++) {
