@@ -27,10 +27,9 @@
  * reaches high registers), the input and the four rows are addressed from their ends by one negative index
  * counting up to 0 (its ADDS sets the loop's flags), so one input load serves four rows: 5 LDRSB + 4 MULS + 4 ADD +
  * ADDS per 4 MACs, the loop unrolled twice (an odd k enters at its second half), so 29 instructions per 8 MACs
- * (3.6 per MAC), and ~25 per pass around it (biases by LDM, sums by STM;
- * the next pass's rows start where row 3 ended). A naked function (its whole body is assembly: no operand
- * constraints for GCC to allocate), only in optimised GCC/Clang builds for ARMv6-M; elsewhere QG_M0_ASM is 0 and
- * the C loops run. */
+ * (3.6 per MAC), and ~25 per pass around it (biases by LDM, sums by STM; the next pass's rows start where row 3
+ * ended). A naked function (its whole body is assembly: no operand constraints for GCC to allocate), only in
+ * optimised GCC/Clang builds for ARMv6-M; elsewhere QG_M0_ASM is 0 and the C loops run. */
 #if defined(__ARM_ARCH_6M__) && defined(__OPTIMIZE__) && (defined(__GNUC__) || defined(__clang__))
 #define QG_M0_ASM 1
 #else
