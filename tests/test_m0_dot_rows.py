@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from qgen_testing import GraphBuilder, const, edge_inputs, finish, safe_bias
+from qgen_testing import GraphBuilder, assert_outputs_equal, const, edge_inputs, finish, safe_bias
 
 from codegen.emit.c import render, write_atomic
 from codegen.hostcheck import reference_outputs
@@ -116,17 +116,7 @@ def test_m0_dot_rows_bit_exact_on_cortex_m0plus(tmp_path):
     elf = build_elf("rp2040", sources, [out, out / "kernels"], "m0", tmp_path / "build",
                     extra_cflags=("-std=c99", "-Werror", "-Wconversion"))
     result = run_qemu("rp2040", elf, x.reshape(len(x), -1), expect.shape[1], plugin=build_plugin())
-    assert result.outputs.shape == expect.shape
-    if not np.array_equal(result.outputs, expect):
-        sample, flat = np.argwhere(result.outputs != expect)[0]
-        index = int(flat)
-        for name in graph.outputs:
-            size = graph.tensors[name].size
-            if index < size:
-                break
-            index -= size
-        raise AssertionError(f"output '{name}' sample {sample} element {index}: "
-                             f"target {result.outputs[sample, flat]}, reference {expect[sample, flat]}")
+    assert_outputs_equal(result.outputs, expect, graph, "cortex-m0plus")
     # the fine-shift outputs are not all saturated: a wrong product shows there
     fine = np.concatenate([run_int(graph, x[-1:])[n].ravel() for n in graph.outputs if n.endswith("_fine")])
     assert np.mean(np.abs(fine.astype(int)) < 127) > 0.5
