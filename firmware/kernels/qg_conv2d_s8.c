@@ -8,7 +8,8 @@
  *   qg_simd.h and interleaved, times one weight row: each weight word is loaded and unpacked once
  *   for 4 pixels, i.e. 16 MACs per 1 weight load + 2 unpacks + 4 LDRD + 8 SMLAD (+ loop test).
  *   Plain C (M0+/M3/host): one int8 column (pointing straight into the input for an unpadded 1x1
- *   convolution) times two weight rows at a time (qg_dot_s8.h).
+ *   convolution) times two weight rows at a time (qg_dot_s8.h); optimised ARMv6-M builds four rows per pass in
+ *   assembly (qg_m0_dot_rows4) and gather the column with word moves (copy_s8 / zero_s8).
  *   Helium (M55, QG_MVE), K >= QG_MVE_BLOCK_MIN_K (5): 4 output pixels per block (conv2d_blocks_mve): the 4
  *   int8 columns side by side in 16-value blocks, each weight row loaded once for the 4 (16 MACs per VMLADAVA,
  *   64 per 9 instructions), the row's 4 results requantised as one vector; K < 5: the plain path's structure

@@ -1,6 +1,7 @@
 /* Fully connected layer, int8 x int8 -> int32 -> int8.
  *
- * Plain C and Helium: two output rows (Helium four) share each input load (qg_dot_s8.h).
+ * Plain C and Helium: two output rows (Helium and optimised ARMv6-M builds four) share each input load
+ * (qg_dot_s8.h).
  * DSP (M4/M7/M33): four rows per pass, one asm block per 4 inputs (fc_rows4_dsp): the input word is unpacked
  * once into (x0, x2) (x1, x3) for the 4 rows, each row's word unpacked and multiplied with 2 SMLAD: 23
  * instructions per 16 MACs. Written in C, GCC 12 spills the row pointers and accumulators in the inner loop
