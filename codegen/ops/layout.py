@@ -163,15 +163,15 @@ def _concat_blocks(g, n, xs: list[str], out: str) -> tuple[int, list[int]]:
 
 def c_concat(b, index: int, n):
     io = b.io(index, n)
+    in_place = n.attrs.get("in_place") or [False] * len(io.xs)  # passes/concat_in_place: already there
+    if all(in_place):
+        return None, [], None  # no call, and no parameter data either
     outer, blocks = _concat_blocks(b.g, n, io.xs, io.out)
     block_arr = b.array(f"{io.sym}_block_size", np.array(blocks), "int32", "bytes per input block")
     shift_arr = b.array(f"{io.sym}_shift", np.array(n.attrs["shifts"]), "int8", "requantisation shift per input")
     out_block = n.attrs.get("out_stride", sum(blocks))  # passes/concat_in_place: written into a wider concat
     fields = [("n_inputs", len(io.xs)), ("outer", outer), ("out_block", out_block), ("block_size", block_arr),
               ("shift", shift_arr)]
-    in_place = n.attrs.get("in_place") or [False] * len(io.xs)  # passes/concat_in_place: already there
-    if all(in_place):
-        return None, [], None
     parts = ["NULL" if flag else expr for flag, expr in zip(in_place, io.ins)]
     call = (f"{{ const int8_t *const parts[{len(io.xs)}] = {{{', '.join(parts)}}}; "
             f"qg_concat_s8(&{io.struct}, parts, {io.out_expr}); }}")
