@@ -81,12 +81,10 @@ Which numbers meet which target, by which method (float, test split; 3 draws in 
 - Why: permutation alignment closes the barrier between independently trained networks only when they are wide
   (Ainsworth et al. 2023; Jordan et al. 2023); at 16-128 units per layer it does not, and 3-way merges are
   harder than 2-way. The mnist1d MLP does not close it at 512 units either (sweep below: -3.0 at W = 512,
-  members overfitted at ~65-69 % test accuracy); the digits MLP does at 256.
+  members overfitted at ~65-70 % test accuracy); the digits MLP does at 256.
 - The ensemble (qgen fuse, all members kept) is the most accurate option for independently trained models,
   at n models' flash. int8 accuracy follows float accuracy for every option: merged weights quantise like a
   member's.
-- The digits width sweep section below was generated before MergeMany with activation matching (its
-  activation-matching rows match each model to model 1 only); not rerun.
 """
 
 
