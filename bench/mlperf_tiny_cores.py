@@ -1,9 +1,18 @@
 """MLPerf Tiny models layer by layer on one or more cores: qgen's instructions next to CMSIS-NN's for the same layer
-shapes, and the whole-model ratio qgen / CMSIS-NN (issue 18's targets: M0+ <= 0.85x, M4/M7 <= 0.8x).
+shapes, and the whole-model ratio qgen / CMSIS-NN (issue 18's targets: M0+ <= 0.85x, M4/M7 <= 0.8x, M55 <= 1.0x).
 
     python bench/mlperf_tiny_cores.py --cmsis-nn /tmp/CMSIS-NN                      # Cortex-M0+, all four models
-    python bench/mlperf_tiny_cores.py --cmsis-nn /tmp/CMSIS-NN --cores cortex-m0plus cortex-m4 --models ic_resnet8
-Writes bench/MLPERF_TINY_CORES.md (and prints it).
+    python bench/mlperf_tiny_cores.py --cmsis-nn /tmp/CMSIS-NN --cores cortex-m0plus cortex-m4 cortex-m7 cortex-m55
+    python bench/mlperf_tiny_cores.py --cmsis-nn /tmp/CMSIS-NN --cores cortex-m4 --models ic_resnet8 --no-write
+Writes bench/MLPERF_TINY_CORES.md (and prints it). One core at a time, then one table:
+
+    for c in cortex-m0plus cortex-m4 cortex-m7 cortex-m55; do
+        python bench/mlperf_tiny_cores.py --cmsis-nn /tmp/CMSIS-NN --cores $c --json /tmp/mt_$c.json --no-write
+    done
+    python bench/mlperf_tiny_cores.py --merge /tmp/mt_cortex-m0plus.json /tmp/mt_cortex-m4.json ...
+
+`--cache FILE` keeps CMSIS-NN's counts (keyed by board, layer shapes, weights and the CMSIS-NN commit): they do
+not depend on qgen, so a re-run after a qgen kernel change only measures qgen.
 
 qgen: the model compiled as bench/mlperf_tiny.py does (same random weights and calibration), run under QEMU with
 per-layer counting (codegen.deploy.run(per_layer=True)), checked bit-exact against the reference. CMSIS-NN: each
@@ -16,6 +25,8 @@ the sum of CMSIS-NN's layers (what the issue's ratios mean) and "same layers" co
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -57,7 +68,24 @@ def peer_layer(g, n, rng) -> PeerLayer | None:
     return None
 
 
-def run_model(name: str, cores: list[str], checkout: Path, work: Path, plugin: Path) -> dict:
+def cached_measure(peer: PeerLayer, board: str, checkout: Path, work: Path, plugin: Path, cache: dict | None) -> float:
+    """CMSIS-NN's count for `peer` on `board`, from `cache` when it holds the same layer (shapes, weights, bias,
+    board and CMSIS-NN commit), else measured (and stored in `cache`)."""
+    if cache is None:
+        return measure_cmsis(peer, board, checkout, work, plugin)
+    h = hashlib.sha256(repr((board, describe(checkout), peer.kind, peer.in_shape, peer.out_shape, peer.kernel,
+                             peer.stride, peer.padding, peer.bits)).encode())
+    for a in (peer.w, peer.b):
+        if a is not None:
+            h.update(np.ascontiguousarray(a, np.int64).tobytes())
+    key = h.hexdigest()
+    if key not in cache:
+        cache[key] = measure_cmsis(peer, board, checkout, work, plugin)
+    return cache[key]
+
+
+def run_model(name: str, cores: list[str], checkout: Path, work: Path, plugin: Path,
+              cache: dict | None = None) -> dict:
     model, example = MODELS[name]()
     calib = calibration(example)
     result = qcompile(model, example, calib, prefix=name.split("_")[0], out_dir=work / name)
@@ -73,7 +101,8 @@ def run_model(name: str, cores: list[str], checkout: Path, work: Path, plugin: P
             peer = peer_layer(g, n, rng)
             theirs = None
             if peer is not None:
-                theirs = measure_cmsis(peer, board, checkout, work / f"cmsis_{name}_{core}_{len(layers)}", plugin)
+                theirs = cached_measure(peer, board, checkout, work / f"cmsis_{name}_{core}_{len(layers)}", plugin,
+                                        cache)
             layers.append((label, n.op.value, macs, count, theirs))
             print(f"{name} {core} {label}: qgen {count:,.0f}, CMSIS-NN {theirs}", flush=True)
         rows[core] = {"total": run.instructions_per_inference, "exact": run.exact, "layers": layers}
@@ -119,16 +148,45 @@ def main() -> None:
     ap.add_argument("--cores", nargs="+", default=["cortex-m0plus"], choices=sorted(BOARDS))
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=sorted(MODELS))
     ap.add_argument("--out", default=str(Path(__file__).with_name("MLPERF_TINY_CORES.md")))
+    ap.add_argument("--no-write", action="store_true", help="print the tables, do not write --out")
+    ap.add_argument("--json", type=Path, default=None, help="also save the measured counts as JSON (for --merge)")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="no run: the tables of earlier --json files (e.g. one per core), in the order given")
+    ap.add_argument("--cache", type=Path, default=None, help="a JSON file of CMSIS-NN counts, read and updated")
     args = ap.parse_args()
-    checkout = find_checkout(args.cmsis_nn)
-    if checkout is None:
-        raise SystemExit(HOW_TO_GET)
-    plugin = build_plugin()
-    with tempfile.TemporaryDirectory() as tmp:
-        results = {name: run_model(name, args.cores, checkout, Path(tmp), plugin) for name in args.models}
-    text = tables(results, args.cores, describe(checkout))
+    if args.merge:
+        saved = [json.loads(p.read_text()) for p in args.merge]
+        cores = [c for s in saved for c in s["cores"]]
+        models = [m for m in MODELS if any(m in s["results"] for s in saved)]
+        results = {m: {c: r for s in saved for c, r in s["results"].get(m, {}).items()} for m in models}
+        missing = [f"{m} on {c}" for m in models for c in cores if c not in results[m]]
+        if missing:
+            raise SystemExit(f"--merge: no counts for {', '.join(missing)}")
+        peers = {s["peer"] for s in saved}
+        if len(peers) != 1:
+            raise SystemExit(f"--merge: the files were measured against different CMSIS-NN versions: {peers}")
+        peer = peers.pop()
+    else:
+        checkout = find_checkout(args.cmsis_nn)
+        if checkout is None:
+            raise SystemExit(HOW_TO_GET)
+        cache = json.loads(args.cache.read_text()) if args.cache is not None and args.cache.is_file() else (
+            {} if args.cache is not None else None)
+        plugin = build_plugin()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                results = {name: run_model(name, args.cores, checkout, Path(tmp), plugin, cache)
+                           for name in args.models}
+        finally:
+            if args.cache is not None:
+                args.cache.write_text(json.dumps(cache, indent=0))
+        cores, peer = args.cores, describe(checkout)
+        if args.json is not None:
+            args.json.write_text(json.dumps({"cores": cores, "peer": peer, "results": results}))
+    text = tables(results, cores, peer)
     print(text)
-    Path(args.out).write_text(text)
+    if not args.no_write:
+        Path(args.out).write_text(text)
 
 
 if __name__ == "__main__":
