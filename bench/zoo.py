@@ -115,12 +115,36 @@ def table(rows: dict, tflm_note: str) -> str:
     return "\n".join(out + notes) + "\n"
 
 
+def tflm_columns(path: Path) -> dict:
+    """{model: {"flatbuffer_bytes", "arena_bytes"} or {"error"}} read back from an earlier ZOO.md table."""
+    lines = [line for line in path.read_text().splitlines() if line.startswith("| ")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    fb, ar = head.index("TFLM flatbuffer B"), head.index("TFLM arena B")
+    out = {}
+    for line in lines[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[ar] != "-":
+            out[cells[0]] = {"flatbuffer_bytes": int(cells[fb].replace(",", "")),
+                             "arena_bytes": int(cells[ar].replace(",", ""))}
+        else:
+            out[cells[0]] = {"error": cells[fb]}
+    return out
+
+
+def tflm_note_of(path: Path) -> str:
+    note = next((line for line in path.read_text().splitlines() if line.startswith("- TFLM: ")), "- TFLM: ")
+    return note[len("- TFLM: "):]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tflm-python", help="Python interpreter with litert-torch and tflite-micro installed")
     ap.add_argument("--out", default=str(Path(__file__).with_name("ZOO.md")))
     ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--tflm-from", metavar="ZOO_MD", help="reuse the TFLM columns of an earlier table (they depend "
+                    "on the model only) instead of running TFLM")
     args = ap.parse_args()
+    reused = tflm_columns(Path(args.tflm_from)) if args.tflm_from else {}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -131,6 +155,8 @@ def main() -> None:
                 rows[name] = {"qgen": {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"}}
             if args.tflm_python:
                 rows[name]["tflm"] = run_peer(args.tflm_python, name, work / "tflm", "examples.zoo.models", 3600)
+            elif name in reused:
+                rows[name]["tflm"] = reused[name]
             print(name, json.dumps(rows[name], default=float), flush=True)
     if args.tflm_python:
         note = ("same PyTorch model converted with litert-torch 0.10.0 (PT2E int8, per-channel weights, "
@@ -138,6 +164,9 @@ def main() -> None:
                 "0.dev20261023182759 runs it (probed in child processes; its 64-bit Python runtime keeps larger "
                 "bookkeeping than a 32-bit MCU). Where the converter leaves an op in float (e.g. a gate it "
                 "does not quantise) the flatbuffer and arena grow accordingly: that is what a TFLM user gets.")
+    elif reused:
+        note = (f"columns reused from the earlier {Path(args.tflm_from).name} (`--tflm-from`; they depend on the "
+                "model only): " + tflm_note_of(Path(args.tflm_from)))
     else:
         note = "not run (pass --tflm-python)."
     text = ("# Architecture zoo: qgen vs TensorFlow Lite Micro\n\n"
