@@ -253,7 +253,11 @@ def pool16_cases(b: Builder, i: int, c: int, src: str) -> None:
                                                        avg_shift=2, act_min=lo, act_max=hi)),
                       ("avg1", Op.AVGPOOL2D, dict(kernel=(1, 1), stride=(2, 2), padding=(0, 0, 0, 0), avg_mult=1,
                                                   avg_shift=0, act_min=lo, act_max=hi)),
-                      ("max_adaptive", Op.MAXPOOL2D, dict(adaptive=(2, 3)))]
+                      ("max_adaptive", Op.MAXPOOL2D, dict(adaptive=(2, 3))),
+                      # not an average (sum * mult / 2 leaves int32): the kernels' int64 loop, not the Helium one
+                      ("avg2_big_mult", Op.AVGPOOL2D, dict(kernel=(2, 2), stride=(1, 1), padding=(0, 0, 0, 0),
+                                                           avg_mult=(1 << 30) - 1, avg_shift=1, act_min=lo,
+                                                           act_max=hi))]
         for kind, op, attrs in pools:
             name = b.node(f"p16_{kind}_{tag}_c{c}", op, [x], output=False, **attrs)
             b.g.tensors[name] = Tensor(name, b.g.tensors[name].shape, "int16", QFormat(16, 3))

@@ -349,10 +349,14 @@ QG_MVE_INLINE void qg_mve_avg_8_s16(const int16_t *x, int32_t n_rows, int32_t wi
     qg_mve_avg_out_4_s16(s1, mult, shift, lo, hi, out + 4, p1, full);
 }
 
-/* 1 when qg_mve_avg_window_s16 computes this window (else the caller's int64 loop). */
-static inline int32_t qg_mve_avg_fits_s16(int32_t n_rows, int32_t width, int32_t shift)
+/* 1 when qg_mve_avg_window_s16 computes this window exactly (else the caller's int64 loop): |sum| < 2^31 (at most
+ * 65535 cells) and |sum * mult| < 2^(31 + shift), so that the rounded result fits int32 (always so for an average:
+ * mult = round(2^shift / d); checked for any parameters). */
+static inline int32_t qg_mve_avg_fits_s16(int32_t n_rows, int32_t width, int32_t mult, int32_t shift)
 {
-    return shift >= 0 && shift <= 31 && (int64_t)n_rows * width <= 65535;
+    const int64_t cells = (int64_t)n_rows * width;
+    return shift >= 0 && shift <= 31 && cells <= 65535 && mult >= 0 &&
+           cells * 32768 * mult < ((int64_t)1 << (31 + shift));
 }
 
 static inline void qg_mve_avg_window_s16(const int16_t *x, int32_t n_rows, int32_t width, int32_t row, int32_t ch,

@@ -51,7 +51,7 @@ void qg_avgpool2d_windows_s16(const qg_pool2d_windows_params_t *p, const int16_t
 #if QG_MVE
             const int32_t y0 = qg_w16(&row[0]), x0 = qg_w16(&col[0]);
             const int32_t n_rows = qg_w16(&row[1]) - y0, width = qg_w16(&col[1]) - x0;
-            if (qg_mve_avg_fits_s16(n_rows, width, p->avg_shift)) {
+            if (qg_mve_avg_fits_s16(n_rows, width, (int32_t)mult, p->avg_shift)) {
                 qg_mve_avg_window_s16(in + (y0 * in_w + x0) * ch, n_rows, width, in_w * ch, ch, (int32_t)mult,
                                       p->avg_shift, p->act_min, p->act_max, out);
                 continue;

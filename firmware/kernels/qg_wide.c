@@ -488,6 +488,9 @@ void qg_avgpool2d_s16(const qg_pool2d_s16_params_t *p, const int16_t *restrict i
 {
     const int32_t ch = p->channels, in_w = p->in_w;
     int32_t oy, ox, c, ky, kx, ky0, ky1, kx0, kx1;
+#if QG_MVE
+    const int32_t vector = qg_mve_avg_fits_s16(p->k_h, p->k_w, p->avg_mult, p->avg_shift); /* every clipped window */
+#endif
     for (oy = 0; oy < p->out_h; oy++) {
         const int32_t iy0 = oy * p->stride_h - p->pad_top;
         qg_clip_window(iy0, (int32_t)p->k_h, (int32_t)p->in_h, &ky0, &ky1);
@@ -495,7 +498,7 @@ void qg_avgpool2d_s16(const qg_pool2d_s16_params_t *p, const int16_t *restrict i
             const int32_t ix0 = ox * p->stride_w - p->pad_left;
             qg_clip_window(ix0, (int32_t)p->k_w, in_w, &kx0, &kx1);
 #if QG_MVE
-            if (qg_mve_avg_fits_s16(ky1 - ky0, kx1 - kx0, p->avg_shift)) {
+            if (vector) {
                 qg_mve_avg_window_s16(in + ((iy0 + ky0) * in_w + ix0 + kx0) * ch, ky1 - ky0, kx1 - kx0, in_w * ch, ch,
                                       p->avg_mult, p->avg_shift, p->act_min, p->act_max, out);
                 continue;
