@@ -113,7 +113,8 @@ def passes(opts: CompressOptions, train: tuple[np.ndarray, np.ndarray] | None = 
         for step in range(1, steps + 1):
             sparsity = opts.prune * step / steps
             suffix = f"_{step}" if steps > 1 else ""
-            result.append((f"prune_magnitude{suffix}", partial(_prune, sparsity=sparsity, opts=opts, train=train)))
+            result.append((f"prune_magnitude{suffix}", partial(_prune, sparsity=sparsity, opts=opts, train=train,
+                                                                final=step == steps)))
             if tune:
                 result.append((f"finetune_sparse{suffix}", partial(finetune, train=train, opts=opts)))
     if opts.cluster is not None:
@@ -121,9 +122,13 @@ def passes(opts: CompressOptions, train: tuple[np.ndarray, np.ndarray] | None = 
     return result
 
 
-def _prune(graph: Graph, sparsity: float, opts: CompressOptions, train) -> Graph:
+def _prune(graph: Graph, sparsity: float, opts: CompressOptions, train, final: bool = True) -> Graph:
     imp = gradient_importance(graph, *train, batch=opts.batch) if opts.importance == "gradient" else None
     layers = list(opts.prune_layers) if opts.prune_layers is not None else None
+    if layers is None and not final and not any(prune_magnitude.pays_off(graph, n, sparsity)
+                                                for n in graph.nodes if n.op in prune_magnitude.PRUNABLE):
+        # an early gradual step whose sparsity alone shrinks no layer: prune the layers the final sparsity prunes
+        layers = [n.name for n in prune_magnitude.prunable_nodes(graph, None, opts.prune)]
     return prune_magnitude.run(graph, sparsity, opts.prune_scope, imp, layers)
 
 

@@ -102,3 +102,13 @@ def test_prune_steps_flag_and_its_errors(capsys):
             parse(*args)
         assert cli.main(["compile", "missing.pt2", *args]) == 1
         assert "Traceback" not in capsys.readouterr().err
+
+
+def test_gradual_pruning_from_a_low_sparsity():
+    """--prune 0.3 --prune-steps 3: the first step (10%) shrinks no layer's storage on its own; it prunes the layers
+    the final sparsity prunes instead of refusing the model."""
+    torch.manual_seed(0)
+    x, y = _task(64)
+    opts = compress.parse_cli(prune=0.3, prune_steps=3, finetune_epochs=1)
+    result = qcompile(MLP().eval(), torch.randn(1, 20), x, extra_passes=compress.passes(opts, train=(x, y)))
+    assert compress.totals(result.graph)["bytes"] < compress.totals(result.graph)["dense_bytes"]
