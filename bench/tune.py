@@ -15,8 +15,8 @@ Tasks (offline data):
            here (30 epochs, bench/sequence.py's loop) on mnist1d (PyPI mnist1d==0.0.2.post1, generated
            procedurally), 6000 train signals; accuracy on the first 1000 test signals. (The TCN of
            examples/sequence is 30x the MACs: too slow to tune on a shared 2-core machine.)
-Boards: an M0+ with 256 KB flash / 32 KB RAM (rp2040's core and clock, limits --max-flash 256K --max-ram 32K: the
-SAMD21-class part) and an M4 with 512 KB flash (stm32f446).
+Boards: an M0+ with 256 KB flash / 32 KB RAM (atsamd21g18a: Arduino Zero / MKR, 48 MHz) and an M4 with 512 KB flash
+(stm32f446, 180 MHz).
 
 Hand-picked: every row of bench/COMPRESSION.md's table (same settings: 5 fine-tuning epochs per step, gradual
 pruning in 2 steps), compiled here with the tuner's calibration samples (the first 512 training samples) and
@@ -37,8 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from codegen import tuning  # noqa: E402
 
-BOARDS = {"M0+": dict(board="rp2040", max_flash=256 << 10, max_ram=32 << 10),
-          "M4": dict(board="stm32f446")}
+BOARDS = {"M0+": dict(board="atsamd21g18a"), "M4": dict(board="stm32f446")}
 FT_EPOCHS = 5  # as bench/compression.py
 HAND_PICKED = [("int8 dense", {}),
                ("magnitude pruning 80%, no ft", {"prune": 0.8}),
@@ -55,7 +54,7 @@ HAND_PICKED = [("int8 dense", {}),
                ("clustering 2 bits", {"cluster": 2}),
                ("pruning 80% + ft + clustering 4 bits", dict(prune=0.8, prune_steps=2, cluster=4,
                                                              finetune_epochs=FT_EPOCHS))]
-N_PRESETS = 7  # trials 0-6 of a new study: the default compile and the standard techniques (tuning.preset_params)
+N_PRESETS = 9  # trials 0-8 of a new study: the default compile and the standard techniques (tuning.preset_params)
 OUT_JSON = ROOT / "bench" / "tune.json"
 OUT_MD = ROOT / "bench" / "TUNE.md"
 WORK = Path("build") / "bench-tune"  # relative to the repository root (main() runs there): command lines
@@ -147,14 +146,21 @@ def _point_dict(p: tuning.Point) -> dict:
 
 
 def search(task: str, program, shape, train, ev, board: str, limits: dict, trials: int, qemu: bool,
-           workers: int) -> dict:
+           workers: int, fresh: bool = False) -> dict:
     study = WORK / f"{task}-{board}{'-qemu' if qemu else ''}.journal"
+    if fresh:  # a new search (the search space or the presets changed): drop the stored study
+        for f in WORK.glob(f"{study.name}*"):
+            if f.is_file():
+                f.unlink()
     start = time.perf_counter()
     result = tuning.tune(program, board=limits["board"], data=train, eval=ev, input_shape=shape, trials=trials,
                          study=study, workers=workers, qemu=qemu, max_flash=limits.get("max_flash"),
                          max_ram=limits.get("max_ram"), finetune_epochs=FT_EPOCHS)
     return {"study": str(study), "seconds": time.perf_counter() - start, "trials": len(result.trials),
             "all": [_point_dict(p) for p in result.trials]}
+
+
+_COMPILED: dict = {}  # (study, trial) -> CompileResult, shared by the boards' fronts
 
 
 def board_front(points: list[dict], limits: dict, board_name: str, study: str) -> list[dict]:
@@ -168,8 +174,10 @@ def board_front(points: list[dict], limits: dict, board_name: str, study: str) -
     front2 = pareto(fits)
     for p in front2:
         if p["instructions"] is None:
-            compiled = tuning.compile_trial(ROOT / study, p["trial"])
-            p["instructions"] = tuning.qemu_instructions(compiled, board)
+            key = (study, p["trial"])  # one compile per trial for every board (fine-tuning is the slow part)
+            if key not in _COMPILED:
+                _COMPILED[key] = tuning.compile_trial(ROOT / study, p["trial"])
+            p["instructions"] = tuning.qemu_instructions(_COMPILED[key], board)
             p["latency_ms"] = p["instructions"] / (board.clock_mhz * 1e3)
     return sorted(front2, key=lambda p: -p["accuracy"])
 
@@ -189,7 +197,7 @@ def run_fronts(args) -> dict:
             print(f"[{task}] tuning for {bname} ({limits['board']})", flush=True)
             if args.qemu or shared is None:
                 s = search(task, program, shape, train, ev, "shared" if not args.qemu else bname, limits,
-                           args.trials, args.qemu, args.workers)
+                           args.trials, args.qemu, args.workers, args.fresh)
                 shared = s if not args.qemu else None
             else:
                 s = shared
@@ -224,6 +232,40 @@ def run_scaling(args) -> dict:
             "cpus": os.cpu_count(), "load": os.getloadavg()[0], "note": args.note}
 
 
+def _fit(lim: dict) -> tuple[int, int]:
+    """(flash, RAM) bytes a point may use on the board (the tuner's constraints: board RAM less its stack)."""
+    from codegen.limits import limits as board_limits
+
+    b = board_limits(lim.get("max_flash"), lim.get("max_ram"), lim["board"])
+    return b.flash, b.ram
+
+
+def _matches(entry: dict, lim: dict) -> list[str]:
+    """For every hand-picked configuration: the tuner's point that dominates or equals it (accuracy and flash),
+    among all the trials that fit the board, and among the searched ones (the presets left out)."""
+    fl, ram = _fit(lim)
+    fits = [p for p in entry.get("all", []) if p["flash_bytes"] <= fl and p["arena_bytes"] <= ram]
+    searched = [p for p in fits if p["trial"] >= N_PRESETS]
+    hand = entry["hand_picked"]
+    on_front = {h["name"] for h in pareto(hand)}
+    cell = lambda p: (f"trial {p['trial']}: {100 * p['accuracy']:.2f}%, {p['flash_bytes']:,} B"  # noqa: E731
+                      if p else "**not reached**")
+    rows, n_all, n_front, s_front = [], 0, 0, 0
+    for h in hand:
+        any_p, s_p = dominated_by(h, fits), dominated_by(h, searched)
+        n_all += any_p is not None
+        n_front += h["name"] in on_front and any_p is not None
+        s_front += h["name"] in on_front and s_p is not None
+        rows.append(f"| {h['name']}{' (Pareto)' * (h['name'] in on_front)} | {100 * h['accuracy']:.2f}% | "
+                    f"{h['flash_bytes']:,} | {cell(any_p)} | {cell(s_p)} |")
+    return ["", f"Every hand-picked configuration against the tuner's trials that fit the board (a tuner point with "
+            f"accuracy >= and weight flash <=; the one with the least flash): **{n_all} of {len(hand)}** dominated "
+            f"or equalled; of the hand-picked Pareto points (accuracy, flash) **{n_front} of {len(on_front)}** "
+            f"({s_front} of {len(on_front)} by a searched trial, the presets 0-{N_PRESETS - 1} left out).", "",
+            "| hand-picked | accuracy | weight flash (B) | tuner's point (any trial) | searched trial only |",
+            "|---|---:|---:|---|---|", *rows]
+
+
 def markdown(doc: dict) -> str:
     lines = ["# qgen tune: the front found vs the hand-picked configurations", "",
              "Generated by `python bench/tune.py` (the fronts) and `python bench/tune.py --scaling` (wall time); do "
@@ -247,8 +289,8 @@ def markdown(doc: dict) -> str:
         for bname, b in entry["boards"].items():
             lim = b["limits"]
             s = b["search"]
-            caps = f", limits {lim['max_flash'] >> 10} KB flash / {lim['max_ram'] >> 10} KB RAM" \
-                if lim.get("max_flash") else ""
+            fl, ram = _fit(lim)
+            caps = f", limits {fl >> 10} KB flash / {ram >> 10} KB RAM after the stack reserve"
             lines += ["", f"### {task} on {bname} ({lim['board']}{caps})", "",
                       f"{s['trials']} finished trials, {s['seconds'] / 60:.1f} min wall. Front of accuracy vs weight "
                       "flash among the points that fit the board, each counted under QEMU on its core:", "",
@@ -258,19 +300,7 @@ def markdown(doc: dict) -> str:
                 lines.append(f"| {p['trial']} | {100 * p['accuracy']:.2f}% | {p['flash_bytes']:,} | "
                              f"{p['arena_bytes']:,} | {p['instructions']:,.0f} | {p['latency_ms']:.3f} | "
                              f"{p['options']} |")
-            met = b["hand_front_met"]
-            n_met = sum(v is not None for v in met.values())
-            searched = pareto([p for p in entry.get("all", []) if p["trial"] >= N_PRESETS
-                               and p["flash_bytes"] <= lim.get("max_flash", 1 << 40)
-                               and p["arena_bytes"] <= lim.get("max_ram", 1 << 40)])
-            by_search = {h["name"]: (dominated_by(h, searched) or {}).get("trial")
-                         for h in pareto(entry["hand_picked"])}
-            lines += ["", f"Hand-picked Pareto points (accuracy, flash) dominated or equalled by a tuner point: "
-                      f"**{n_met} of {len(met)}** (by a searched point, presets 0-{N_PRESETS - 1} left out: "
-                      f"{sum(v is not None for v in by_search.values())} of {len(by_search)})"]
-            lines += [f"- {name}: " + (f"trial {t}" if t is not None else "not reached")
-                      + (f" (searched: trial {by_search[name]})" if by_search.get(name) is not None else
-                         " (searched: not reached)") for name, t in met.items()]
+            lines += _matches(entry, lim)
         cmds = [p for p in next(iter(entry["boards"].values()))["front"] if p.get("command")][:3]
         if cmds:
             lines += ["", "Reproduce a point (paths relative to the repository root):", ""]
@@ -300,6 +330,7 @@ def main() -> None:
     ap.add_argument("--task", choices=sorted(TASKS), help="one task only (the other's results are kept)")
     ap.add_argument("--note", default="", help="a remark recorded with the numbers (e.g. the machine's load)")
     ap.add_argument("--rehand", action="store_true", help="measure the hand-picked settings again")
+    ap.add_argument("--fresh", action="store_true", help="start the searches anew (default: resume the stored ones)")
     ap.add_argument("--markdown-only", action="store_true", help="rewrite bench/TUNE.md from bench/tune.json")
     args = ap.parse_args()
     from codegen import progress
