@@ -783,6 +783,80 @@ def _matmul(lw: _Lowering, n) -> str:
     return lw.bind(n, out, layout.from_order(_torch_sizes(n), tuple(range(r))))
 
 
+def _weight_norm(lw: _Lowering, n) -> np.ndarray:
+    """torch.nn.utils.weight_norm / parametrizations.weight_norm: w = g * v / ||v|| (the norm over every dim
+    but `dim`; dim -1: the whole tensor), folded into the constant weight the conv or Linear then reads."""
+    v, g = lw.value(n.args[0]), lw.value(n.args[1])
+    dim = int(n.args[2]) if len(n.args) > 2 else int(n.kwargs.get("dim", 0))
+    if not (isinstance(v, np.ndarray) and isinstance(g, np.ndarray)):
+        raise _err(lw, n, "weight_norm of a computed tensor; qgen folds weight_norm of constant weight_v and "
+                          "weight_g (parameters) into the weight. Keep g and v parameters of the layer.")
+    axes = tuple(a for a in range(v.ndim) if dim == -1 or a != dim % v.ndim)
+    norm = np.sqrt(np.sum(v * v, axis=axes, keepdims=True))
+    return v * (g / norm)
+
+
+def _steps(lw: _Lowering, n) -> Callable[..., Any]:
+    """A decomposition's builder: step(suffix, aten_op, args, torch_sizes) lowers one scratch FX node (the user's
+    program is not changed) through that op's handler, with n's call site and module for names and errors."""
+    graph = torch.fx.Graph()
+
+    def step(suffix: str, target, args, shape) -> torch.fx.Node:
+        node = graph.create_node("call_function", target, args, {}, name=f"{n.name}_{suffix}")
+        node.meta = {**n.meta, "val": torch.empty(shape, device="meta")}
+        result = lw.env[node.name] = HANDLERS[target](lw, node)
+        if node.name not in lw.lay and isinstance(result, str) and not lw.graph.tensors[result].is_const:
+            lw.lay[node.name] = layout.canonical(tuple(shape))  # as run() records a handler that used lw.add
+        return node
+    return step
+
+
+def _glu(lw: _Lowering, n) -> str:
+    """F.glu / nn.GLU: a * sigmoid(b) with (a, b) the halves of x along dim: two slices (no copy where a half is
+    a contiguous run), a sigmoid table and a mul, as x.chunk(2, dim) written by hand."""
+    x, dim = n.args[0], int(n.args[1]) if len(n.args) > 1 else int(n.kwargs.get("dim", -1))
+    sizes = _torch_sizes(x)
+    dim %= len(sizes)  # an odd size is refused by torch.export already
+    half = sizes[dim] // 2
+    shape = sizes[:dim] + (half,) + sizes[dim + 1:]
+    step = _steps(lw, n)
+    a = step("a", aten.slice.Tensor, (x, dim, 0, half), shape)
+    b = step("b", aten.slice.Tensor, (x, dim, half, 2 * half), shape)
+    gate = step("gate", aten.sigmoid.default, (b,), shape)
+    out = step("out", aten.mul.Tensor, (a, gate), shape)
+    lw.lay[n.name] = lw.lay[out.name]
+    return lw.env[out.name]
+
+
+def _sdpa(lw: _Lowering, n) -> str:
+    """F.scaled_dot_product_attention (nn.MultiheadAttention with need_weights=False, nn.TransformerEncoderLayer
+    in eval): softmax(q @ k^T * scale) @ v, lowered as the matmul, scalar multiply and softmax nodes a user
+    writing attention by hand gets (the same IR and C); no mask, no dropout, no causal masking."""
+    q, k, v = n.args[:3]
+    names = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    opts = {**{"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False},
+            **dict(zip(names, n.args[3:])), **n.kwargs}
+    if opts["attn_mask"] is not None or opts["is_causal"]:
+        raise _err(lw, n, "attention with a mask (attn_mask / key_padding_mask / is_causal); qgen supports "
+                          "unmasked scaled dot-product attention. Drop the mask, or open an issue for masked "
+                          "attention")
+    if opts["enable_gqa"]:
+        raise _err(lw, n, "grouped-query attention (enable_gqa=True); qgen supports equal heads in q, k and v")
+    sq, sk = _torch_sizes(q), _torch_sizes(k)
+    if sq is None or sk is None:
+        raise _err(lw, n, "attention on inputs of unknown shape")
+    scale = float(opts["scale"]) if opts["scale"] is not None else 1.0 / float(np.sqrt(sq[-1]))
+    step = _steps(lw, n)
+    kt = step("kt", aten.transpose.int, (k, -2, -1), sk[:-2] + (sk[-1], sk[-2]))
+    scores = sq[:-1] + (sk[-2],)
+    s = step("scores", aten.matmul.default, (q, kt), scores)
+    s = step("scaled", aten.mul.Tensor, (s, scale), scores)
+    p = step("softmax", aten._softmax.default, (s, -1, False), scores)
+    out = step("out", aten.matmul.default, (p, v), _torch_sizes(n))
+    lw.lay[n.name] = lw.lay[out.name]
+    return lw.env[out.name]
+
+
 def _batch_norm(lw: _Lowering, n) -> str:
     x, gamma, beta, mean, var = (n.args + (None,) * 5)[:5]
     if n.target is aten._native_batch_norm_legit_no_training.default:
@@ -1602,6 +1676,9 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.unbind.int: _split,
     aten.matmul.default: _matmul,
     aten.bmm.default: _matmul,
+    aten.scaled_dot_product_attention.default: _sdpa,
+    aten._weight_norm.default: _weight_norm,
+    aten.glu.default: _glu,
     aten.mm.default: _matmul,
     aten.expand.default: _same,
     aten.add.Tensor: _add,

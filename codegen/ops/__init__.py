@@ -158,7 +158,8 @@ def with_trait(trait: Trait) -> tuple[Op, ...]:
 
 def supported_torch() -> str:
     """The PyTorch side of the op table, for the front end's 'Supported:' message."""
-    return ", ".join(s.torch for s in SPEC.values() if s.torch) + ", Dropout (eval)"
+    return ", ".join(s.torch for s in SPEC.values() if s.torch) + (
+        ", Dropout (eval), weight_norm (folded into the weights), F.glu/nn.GLU, scaled_dot_product_attention (no mask)")
 
 
 def supported_table_markdown() -> str:
