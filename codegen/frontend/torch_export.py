@@ -1114,6 +1114,61 @@ def _adaptive_pool(op: Op):
     return handler
 
 
+def _manual_norm(lw: _Lowering, n, dims: list[int]) -> bool:
+    """LayerNorm written out, as ConvNeXt's channels_first LayerNorm: u = x.mean(D, keepdim=True);
+    s = (x - u).pow(2).mean(D, keepdim=True); y = (x - u) / torch.sqrt(s + eps) (or `* torch.rsqrt(s + eps)`,
+    `d * d`). n is the first mean; on a match the chain becomes one layer_norm over D (the dims moved innermost by
+    free permutes), y's value is set ahead in lw.ready, the chain's other nodes lower to nothing; True."""
+    x = n.args[0]
+
+    def users(v) -> list:
+        return list(v.users)
+
+    def fn(v, *targets) -> bool:
+        return isinstance(v, torch.fx.Node) and v.op == "call_function" and v.target in targets
+
+    subs = users(n)
+    if not subs or not all(fn(d, aten.sub.Tensor) and d.args[0] is x and d.args[1] is n and len(d.args) == 2
+                           and not d.kwargs for d in subs):
+        return False
+    sq = [u for d in subs for u in users(d) if (fn(u, aten.pow.Tensor_Scalar) and u.args[1] == 2)
+          or (fn(u, aten.mul.Tensor) and u.args[0] is d and u.args[1] is d)]
+    if len(sq) != 1 or len(users(sq[0])) != 1:
+        return False
+    var = users(sq[0])[0]
+    vdims = var.args[1] if len(var.args) > 1 else var.kwargs.get("dim")
+    rank = len(_torch_sizes(x))
+    if not (fn(var, aten.mean.dim) and len(var.args) > 2 and var.args[2] is True and vdims is not None
+            and sorted({int(d) % rank for d in ([vdims] if isinstance(vdims, int) else vdims)}) == dims
+            and len(users(var)) == 1):
+        return False
+    add = users(var)[0]
+    if not (fn(add, aten.add.Tensor, aten.add.Scalar) and add.args[0] is var and isinstance(add.args[1], (int, float))
+            and float(add.args[1]) > 0 and len(users(add)) == 1):
+        return False
+    root = users(add)[0]
+    if not ((fn(root, aten.sqrt.default) or fn(root, aten.rsqrt.default)) and len(users(root)) == 1):
+        return False
+    out = users(root)[0]
+    num = out.args[0] if isinstance(out.args[0], torch.fx.Node) and out.args[0] in subs else out.args[1]
+    want = aten.div.Tensor if root.target is aten.sqrt.default else aten.mul.Tensor
+    if not (fn(out, want) and num in subs and out.args[1 if out.args[0] is num else 0] is root and not out.kwargs
+            and all(set(users(d)) <= {sq[0], out} for d in subs)):
+        return False
+    sizes = _torch_sizes(x)
+    perm = [d for d in range(rank) if d not in dims] + dims
+    inv = [int(i) for i in np.argsort(perm)]
+    moved = tuple(sizes[d] for d in perm)
+    step = _steps(lw, n)
+    inner = step("ln_in", aten.permute.default, (x, perm), moved)
+    ln = step("ln", aten.layer_norm.default, (inner, [sizes[d] for d in dims], None, None, float(add.args[1])), moved)
+    y = step("ln_out", aten.permute.default, (ln, inv), sizes)
+    for v in [*subs, sq[0], var, add, root]:
+        lw.ready[v.name] = (None, None)
+    lw.ready[out.name] = (lw.env[y.name], lw.lay.get(y.name))
+    return True
+
+
 def _reduce(kind: str):
     """mean (aten.mean.dim), amax, max.dim: pooling over H and/or W, REDUCE over the channels."""
     def handler(lw: _Lowering, n) -> Any:
@@ -1126,6 +1181,8 @@ def _reduce(kind: str):
         what = f"{'mean' if kind == 'mean' else 'max'} over dims {dims}"
         if 0 in dims:
             raise _err(lw, n, f"{what} reduces the batch dimension; qgen reduces C, H, W or L")
+        if kind == "mean" and keepdim and _manual_norm(lw, n, dims):  # LayerNorm written out: one layer_norm
+            return None
         xin = lw.value(n.args[0])
         out = _reduce_axes(lw, n, kind, xin, {ir_axis(d, rank) if rank > 2 else 0 for d in dims})
         if not keepdim and rank - len(dims) < 2:
@@ -1341,13 +1398,40 @@ def _per_channel(lw: _Lowering, n, x, k) -> np.ndarray | None:
     shape = (1,) * (rank - value.ndim) + tuple(value.shape)
     sizes = lw.lay[x.name].sizes
     if len(shape) != rank or rank < 2 or shape[1] != sizes[1] or any(d != 1 for i, d in enumerate(shape) if i != 1):
-        return None
+        return value.reshape(-1).astype(np.float64) if _inner_dim(lw, x, shape) is not None else None
     return value.reshape(-1).astype(np.float64)
+
+
+def _inner_dim(lw: _Lowering, x, shape: tuple[int, ...]) -> int | None:
+    """The PyTorch dim d (not 1) a constant of (padded) `shape` varies along, when it is x's innermost physical
+    axis as qgen holds x (a layer scale `gamma * x` or a bias over the last dim of a channels-last (1, H, W, C)):
+    the constant then scales x's IR channels where x lies, no copy; None otherwise."""
+    sizes, lay = lw.lay[x.name].sizes, lw.lay[x.name]
+    varying = [i for i, d in enumerate(shape) if d != 1]
+    ir = lw.env.get(x.name)
+    if len(varying) != 1 or varying[0] in (0, 1) or shape[varying[0]] != sizes[varying[0]]:
+        return None
+    d = varying[0]
+    if lay.innermost_dim() != d or not isinstance(ir, str) or lw.shape_of(ir)[-1] != sizes[d]:
+        return None
+    return d
 
 
 def _channelwise(lw: _Lowering, n, x, scale, offset) -> str:
     """x * scale[c] + offset[c] with constant tensors: a BatchNorm node, which fold_bn folds into the conv or
-    Linear producing x, or lowers (depthwise 1x1 on images, channel_affine on vectors): (x - mean) / std."""
+    Linear producing x, or lowers (depthwise 1x1 on images, channel_affine on vectors): (x - mean) / std.
+    A constant along x's innermost physical dim (not PyTorch's dim 1) scales x where it lies."""
+    k = n.args[1] if n.args[0] is x else n.args[0]
+    value = lw.env.get(k.name) if isinstance(k, torch.fx.Node) else None
+    if isinstance(value, np.ndarray) and x.name in lw.lay:
+        rank = len(lw.lay[x.name].sizes)
+        if value.ndim <= rank and _inner_dim(lw, x, (1,) * (rank - value.ndim) + tuple(value.shape)) is not None:
+            x_ir, lay = lw.raw(x)
+            c = lw.shape_of(x_ir)[-1]
+            scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), (c,)).copy()
+            offset = np.broadcast_to(np.asarray(offset, dtype=np.float64), (c,)).copy()
+            return lw.bind(n, lw.add(n, Op.BATCH_NORM, [x_ir, lw.const(f"{n.name}_scale", scale),
+                                                        lw.const(f"{n.name}_shift", offset)], lw.shape_of(x_ir)), lay)
     xin = lw.value(x)
     c = lw.shape_of(xin)[-1]
     scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), (c,)).copy()
