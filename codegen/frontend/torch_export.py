@@ -1109,9 +1109,29 @@ def _adaptive_pool(op: Op):
             oh, ow = int(oh if oh is not None else h), int(ow if ow is not None else w)
         if op is Op.AVGPOOL2D:  # adaptive max returns (values, indices): no single shape to check
             _check_shape(lw, n, (oh, ow, c))
-        out = lw.add(n, op, [xin], (oh, ow, c), **adaptive_attrs(h, w, oh, ow))
+        out = _long_pool(lw, n, op, xin, oh, ow)
+        if out is None:
+            out = lw.add(n, op, [xin], (oh, ow, c), **adaptive_attrs(h, w, oh, ow))
         return out if op is Op.AVGPOOL2D else (out, None)  # max: (values, indices), _getitem picks
     return handler
+
+
+def _long_pool(lw: _Lowering, n, op: Op, xin: str, oh: int, ow: int) -> str | None:
+    """A global mean/max over more than 255 steps (x.mean(-1) of a (1, C, 1000) ECG window, AdaptiveAvgPool1d(1)
+    over L=256): each output's window is a contiguous run of `length` pixels, so the (h, w, c) buffer is viewed
+    (free) as (rows * a, b, c) with a * b = length, both <= 255 (the kernel's window fields), and pooled with one
+    a x b window per output: the same cells, the same divisor, the same sum, so the same integers as one 1 x L
+    window. None where there is nothing to do or no such a, b (a prime L > 255 keeps the kernel's refusal)."""
+    h, w, c = lw.shape_of(xin)
+    if ow != 1 or oh not in (1, h) or max(w, h if oh == 1 else 1) <= 255:
+        return None
+    rows, length = (h, w) if oh == h else (1, h * w)
+    b = next((d for d in range(min(255, length), 0, -1) if length % d == 0 and length // d <= 255), None)
+    if b is None:
+        return None
+    a = length // b
+    flat = _reshape_to(lw, n, xin, (rows * a, b, c))
+    return lw.add(n, op, [flat], (rows, 1, c), kernel=(a, b), stride=(a, b), padding=(0, 0, 0, 0))
 
 
 def _manual_norm(lw: _Lowering, n, dims: list[int]) -> bool:
@@ -1211,7 +1231,10 @@ def _reduce_axes(lw: _Lowering, n, kind: str, xin: str, axes: set[int]) -> str:
         kh, kw = (h if 0 in axes else 1), (w if 1 in axes else 1)
         if kh * kw > 1:
             op = Op.AVGPOOL2D if kind == "mean" else Op.MAXPOOL2D
-            out = lw.add(n, op, [xin], (h // kh, w // kw, c), kernel=(kh, kw), stride=(kh, kw), padding=(0, 0, 0, 0))
+            out = _long_pool(lw, n, op, xin, h // kh, w // kw)
+            if out is None:
+                out = lw.add(n, op, [xin], (h // kh, w // kw, c), kernel=(kh, kw), stride=(kh, kw),
+                             padding=(0, 0, 0, 0))
     if len(shape) - 1 in axes and shape[-1] > 1:
         out = lw.add(n, Op.REDUCE, [out], lw.shape_of(out)[:-1] + (1,), kind=kind)
     return out

@@ -146,3 +146,44 @@ def test_conformer_spellings_are_bit_exact_in_c():
     calib = np.random.default_rng(3).standard_normal((8, 6, 5)).astype(np.float32)
     result = codegen.compile(model.eval(), torch.zeros(1, 6, 5), calib, prefix="conf")
     assert result.verify(calib[:3]).exact
+
+
+class LongPool(nn.Module):
+    """Global pooling over more than 255 steps, as ECG / audio models write it."""
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv1d(2, 6, 5, padding=2)
+        self.gap = nn.AdaptiveAvgPool1d(1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        if self.how == "mean":
+            s = x.mean(-1)
+        elif self.how == "amax":
+            s = torch.amax(x, dim=2)
+        else:
+            s = self.gap(x).view(x.size(0), -1)
+        return self.fc(s)
+
+
+@pytest.mark.parametrize("how,length", [("mean", 300), ("amax", 510), ("adaptive", 256)])
+def test_global_pool_over_more_than_255_steps(how, length):
+    torch.manual_seed(4)
+    g = _float_matches(LongPool(how), torch.randn(3, 2, length))
+    pool = next(n for n in g.nodes if n.op in (Op.AVGPOOL2D, Op.MAXPOOL2D))
+    assert max(pool.attrs["kernel"]) <= 255 and int(np.prod(pool.attrs["kernel"])) == length
+
+
+def test_global_pool_over_a_long_sequence_is_bit_exact_in_c():
+    torch.manual_seed(5)
+    calib = np.random.default_rng(5).standard_normal((8, 2, 1000)).astype(np.float32)
+    result = codegen.compile(LongPool("mean").eval(), torch.zeros(1, 2, 1000), calib, prefix="ecg")
+    assert result.verify(calib[:3]).exact
+
+
+def test_global_pool_over_a_prime_length_above_255_is_refused_clearly():
+    with pytest.raises(UserError, match="k_w = 257"):
+        codegen.compile(LongPool("mean").eval(), torch.zeros(1, 2, 257),
+                        np.random.default_rng(0).standard_normal((4, 2, 257)).astype(np.float32))
