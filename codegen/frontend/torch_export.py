@@ -1289,6 +1289,16 @@ def _same(lw: _Lowering, n) -> str:
     return lw.bind(n, x_ir, lay)
 
 
+def _to(lw: _Lowering, n) -> Any:
+    """x.to(device) / .to(x.device) / .float() / .to(torch.float32) (an initial state made with
+    torch.zeros(...).to(x.device)): the same tensor; a cast to an integer type is refused."""
+    val = n.meta.get("val")
+    if isinstance(val, torch.Tensor) and not val.dtype.is_floating_point:
+        raise _err(lw, n, f"casts to {val.dtype}; qgen computes float tensors (quantised by the compiler). "
+                          "Remove the cast")
+    return _same(lw, n)
+
+
 def _slice_of(lw: _Lowering, n, x, dim: int, start: int, length: int) -> str:
     """x[..., start:start + length, ...] along PyTorch dim `dim`: one SLICE copy along the physical axis that
     is that dim (the canonical layout's if it spans several); none for the whole dim."""
@@ -1786,6 +1796,11 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.scaled_dot_product_attention.default: _sdpa,
     aten._weight_norm.default: _weight_norm,
     aten.glu.default: _glu,
+    aten._assert_tensor_metadata.default: lambda lw, n: None,  # .to(x.device) / .to(dtype): a check
+    aten.to.dtype_layout: _to,
+    aten.to.device: _to,
+    aten.to.dtype: _to,
+    aten._to_copy.default: _to,
     aten.mm.default: _matmul,
     aten.expand.default: _same,
     aten.add.Tensor: _add,

@@ -187,3 +187,30 @@ def test_global_pool_over_a_prime_length_above_255_is_refused_clearly():
     with pytest.raises(UserError, match="k_w = 257"):
         codegen.compile(LongPool("mean").eval(), torch.zeros(1, 2, 257),
                         np.random.default_rng(0).standard_normal((4, 2, 257)).astype(np.float32))
+
+
+class LSTMZeroState(nn.Module):
+    """The tutorial LSTM: explicit zero initial states moved to the input's device."""
+    def __init__(self, cast: str = ""):
+        super().__init__()
+        self.cast = cast
+        self.lstm = nn.LSTM(3, 8, num_layers=2, batch_first=True)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h0 = torch.zeros(2, x.size(0), 8).to(x.device)
+        c0 = torch.zeros(2, x.size(0), 8, device=x.device).to(torch.float32)
+        x = x.to(torch.long).to(torch.float32) if self.cast == "long" else x.to(x.device)
+        out, _ = self.lstm(x, (h0, c0))
+        return self.fc(out[:, -1, :])
+
+
+def test_zero_initial_state_moved_to_the_device():
+    torch.manual_seed(6)
+    g = _float_matches(LSTMZeroState(), torch.randn(3, 10, 3))
+    assert [n.op for n in g.nodes].count(Op.LSTM) == 2
+
+
+def test_integer_cast_names_the_call_site():
+    with pytest.raises(UserError, match=r"test_seq_spellings.py:\d+.*casts to torch.int64"):
+        from_module(LSTMZeroState("long").eval(), torch.randn(1, 10, 3))
