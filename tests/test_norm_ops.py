@@ -608,3 +608,44 @@ def test_a_written_out_channels_first_layer_norm_and_layer_scale_compile(rsqrt):
     got = r.predict(x.numpy())
     sqnr = 10 * np.log10((want**2).sum() / ((got - want) ** 2).sum())
     assert sqnr > 20, f"integer model vs PyTorch SQNR {sqnr:.1f} dB"
+
+
+class PatchTransformer(nn.Module):
+    """MobileViT's unfolding (apple/ml-cvnets): (1, C, H, W) -> (P, N, C) with the patch pixels P = 4 in the leading
+    dim, a pre-norm attention + LayerNorm over those (P, N, C) rows, folded back to (1, C, H, W)."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.norm, self.qkv, self.proj, self.norm2 = nn.LayerNorm(c), nn.Linear(c, 3 * c), nn.Linear(c, c), \
+            nn.LayerNorm(c)
+
+    def forward(self, x):
+        fm = self.conv(x)
+        _, c, h, w = fm.shape
+        p = fm.reshape(c * (h // 2), 2, w // 2, 2).transpose(1, 2).reshape(1, c, (h // 2) * (w // 2), 4)
+        p = p.transpose(1, 3).reshape(4, (h // 2) * (w // 2), c)
+        q, k, v = self.qkv(self.norm(p)).chunk(3, dim=-1)
+        attn = torch.softmax(q @ k.transpose(-1, -2) * c ** -0.5, dim=-1)
+        p = self.norm2(p + self.proj(attn @ v))
+        p = p.contiguous().view(1, 4, (h // 2) * (w // 2), c).transpose(1, 3)
+        fm = p.reshape(c * (h // 2), w // 2, 2, 2).transpose(1, 2).reshape(1, c, h, w)
+        return fm
+
+
+def test_layer_norm_over_rows_with_a_leading_dim_above_one():
+    """LayerNorm over the last dim of MobileViT's (B * P, N, C) patches normalises rows: the leading dim is data
+    there, not a batch (was refused: 'qgen normalises within one sample (batch 1, not over the batch dim)')."""
+    import codegen
+
+    torch.manual_seed(0)
+    model = PatchTransformer().eval()
+    _randomize(model, 1)
+    x = torch.randn(16, 3, 8, 8)
+    r = codegen.compile(model, x[:1], x.numpy())
+    assert [n.op for n in r.graph.nodes].count(Op.LAYER_NORM) == 2
+    with torch.no_grad():
+        want = torch.cat([model(x[i:i + 1]) for i in range(len(x))]).numpy()
+    got = r.predict(x.numpy())
+    sqnr = 10 * np.log10((want**2).sum() / ((got - want) ** 2).sum())
+    assert sqnr > 20, f"integer model vs PyTorch SQNR {sqnr:.1f} dB"

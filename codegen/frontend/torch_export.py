@@ -900,15 +900,15 @@ def _layer_norm(lw: _Lowering, n) -> str:
     torch_shape = tuple(int(s) for s in x.meta["val"].shape)
     rank, k, ir = len(torch_shape), len(norm_shape), layout.canonical_shape(torch_shape)
     gamma, beta = _norm_affine(lw, n, w_arg, b_arg, norm_shape)
-    if rank < 2 or torch_shape[0] != 1 or k >= rank:
+    lay = lw.lay.get(x.name)
+    if rank < 2 or (torch_shape[0] != 1 and (rank < 3 or lay is None)) or k >= rank:
         raise _err(lw, n, f"LayerNorm{list(norm_shape)} on an input of shape {list(torch_shape)}; qgen normalises "
                           "within one sample (batch 1, not over the batch dim)")
     dims = list(range(rank - k, rank))
     axes = [ir_axis(d, rank) for d in dims] if rank > 2 else [0]
-    lay = lw.lay.get(x.name)
     if lay is not None and rank > 2:  # the normalised dims innermost, row-major: a copy only if they lie otherwise
-        inner = layout.move_dims_innermost(lay, dims)
-        if inner == lay or sorted(axes) != list(range(len(ir) - len(set(axes)), len(ir))):
+        inner = layout.move_dims_innermost(lay, dims)  # (a leading dim > 1, MobileViT's (B*P, N, C) patches: rows)
+        if inner == lay or torch_shape[0] != 1 or sorted(axes) != list(range(len(ir) - len(set(axes)), len(ir))):
             span = int(np.prod(norm_shape))
             xin = lw.value_in(x, inner, (lay.size // span, span))
             gname, bname = lw.const(f"{n.name}_gamma", gamma.reshape(-1)), lw.const(f"{n.name}_beta", beta.reshape(-1))
