@@ -1326,6 +1326,15 @@ def _slice(lw: _Lowering, n) -> str:
     """aten.slice.Tensor(x, dim, start, end, step) (x[:, a:b]), aten.narrow(x, dim, start, length)."""
     x = n.args[0]
     a = list(n.args) + [None] * (5 - len(n.args))
+    if isinstance(lw.env.get(x.name), np.ndarray):  # a constant (self.pe[:, :x.size(1)]): sliced here
+        value = lw.env[x.name]
+        dim = int(a[1] if a[1] is not None else n.kwargs.get("dim", 0)) % value.ndim
+        if n.target is aten.narrow.default:
+            return np.take(value, range(int(a[2]) % value.shape[dim], int(a[2]) % value.shape[dim] + int(a[3])),
+                           axis=dim)
+        cut = slice(a[2] if a[2] is not None else n.kwargs.get("start"),
+                    a[3] if a[3] is not None else n.kwargs.get("end"), a[4] if a[4] is not None else None)
+        return value[(slice(None),) * dim + (cut,)]
     sizes = lw.lay[x.name].sizes
     dim = int(a[1] if a[1] is not None else n.kwargs.get("dim", 0)) % len(sizes)
     if n.target is aten.narrow.default:
@@ -1388,7 +1397,11 @@ def _add(lw: _Lowering, n) -> str:
         raise _err(lw, n, "add of a constant (or with alpha); qgen supports adding two activations "
                           "(residual add). Fold the constant into a bias.")
     if a.name not in lw.lay or b.name not in lw.lay:
-        raise _err(lw, n, "add with a parameter tensor; fold it into the preceding layer's bias")
+        const = lw.env[(b if a.name in lw.lay else a).name]
+        shape = list(np.shape(const)) if isinstance(const, np.ndarray) else "?"
+        raise _err(lw, n, f"add of a constant tensor of shape {shape} (a positional encoding or embedding?); qgen "
+                          "adds a scalar or one constant per channel (a bias). Fold a per-channel constant into the "
+                          "preceding layer's bias; a constant that varies along time or space is not supported yet")
     if lw.lay[a.name].sizes != lw.lay[b.name].sizes:
         raise _err(lw, n, f"add of shapes {list(lw.lay[a.name].sizes)} and {list(lw.lay[b.name].sizes)}; "
                           "broadcasting is not supported")

@@ -214,3 +214,20 @@ def test_zero_initial_state_moved_to_the_device():
 def test_integer_cast_names_the_call_site():
     with pytest.raises(UserError, match=r"test_seq_spellings.py:\d+.*casts to torch.int64"):
         from_module(LSTMZeroState("long").eval(), torch.randn(1, 10, 3))
+
+
+class PositionalEncoding(nn.Module):
+    def __init__(self, d: int, max_len: int = 32):
+        super().__init__()
+        self.register_buffer("pe", torch.randn(1, max_len, d))
+
+    def forward(self, x):
+        return x + self.pe[:, :x.size(1)]
+
+
+def test_positional_encoding_slice_is_folded_and_the_add_refused_by_name():
+    """self.pe[:, :x.size(1)] slices the constant (it was an internal KeyError); the add of a time-varying constant
+    is refused naming the module and the constant's shape."""
+    model = nn.Sequential(nn.Linear(3, 16), PositionalEncoding(16), nn.Linear(16, 2))
+    with pytest.raises(UserError, match=r"PositionalEncoding '1' at .*constant tensor of shape \[1, 7, 16\]"):
+        from_module(model.eval(), torch.randn(1, 7, 3))
