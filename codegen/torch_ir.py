@@ -122,6 +122,10 @@ def lut_function(attrs: dict) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda v: F.leaky_relu(v, attrs["alpha"])
     if fn == "elu":
         return lambda v: F.elu(v, attrs["alpha"])
+    if fn == "exp":
+        return torch.exp
+    if fn == "softplus":
+        return lambda v: F.softplus(v, attrs.get("beta", 1.0), attrs.get("threshold", 20.0))
     raise UserError(f"no torch function for LUT '{fn}'")
 
 

@@ -1401,6 +1401,8 @@ HANDLERS: dict[str, Callable[[_Importer, Any], Any]] = {
     "Gelu": _lut("gelu"),
     "LeakyRelu": _lut("leaky_relu"),
     "Elu": _lut("elu"),
+    "Exp": _lut("exp"),
+    "Softplus": _lut("softplus"),
     "Identity": _identity,
     "Dropout": _dropout,
     "Shape": _shape,

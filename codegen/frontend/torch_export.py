@@ -1638,6 +1638,9 @@ def _lut(fn: str, **params):
             attrs["alpha"] = float(n.args[1]) if len(n.args) > 1 else 0.01
         if fn == "elu":
             attrs["alpha"] = float(n.args[1]) if len(n.args) > 1 else 1.0
+        if fn == "softplus":
+            attrs["beta"] = float(n.args[1]) if len(n.args) > 1 else 1.0
+            attrs["threshold"] = float(n.args[2]) if len(n.args) > 2 else 20.0
         if fn == "gelu":
             approx = n.kwargs.get("approximate", "none")
             attrs["approximate"] = approx
@@ -1745,6 +1748,8 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.gelu.default: _lut("gelu"),
     aten.leaky_relu.default: _lut("leaky_relu"),
     aten.elu.default: _lut("elu"),
+    aten.exp.default: _lut("exp"),
+    aten.softplus.default: _lut("softplus"),
     aten.conv2d.padding: _conv2d,
     aten.conv_transpose2d.input: _conv_transpose,
     aten.conv_transpose1d.default: _conv_transpose,

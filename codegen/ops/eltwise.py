@@ -439,6 +439,11 @@ def lut_function(attrs: dict) -> Callable[[np.ndarray], np.ndarray]:
         return lambda v: np.where(v >= 0, v, v * attrs["alpha"])
     if fn == "elu":
         return lambda v: np.where(v >= 0, v, attrs["alpha"] * (np.exp(np.minimum(v, 0)) - 1.0))
+    if fn == "exp":
+        return np.exp
+    if fn == "softplus":  # log(1 + exp(beta x)) / beta, linear above threshold (PyTorch's rule)
+        beta, threshold = attrs.get("beta", 1.0), attrs.get("threshold", 20.0)
+        return lambda v: np.where(v * beta > threshold, v, np.logaddexp(0.0, v * beta) / beta)
     raise KeyError(fn)
 
 
@@ -653,8 +658,9 @@ SPECS = [
     OpSpec(Op.LUT, "eltwise",
            Trait.IN_PLACE | Trait.CHANNELWISE | Trait.KEEPS_ORDER | Trait.INT8_ONLY | Trait.TABLE,
            same_shape, _no_check, f_lut, i_lut, q_lut, _zero_macs, torch_lut,
-           "sigmoid, tanh, hardsigmoid, hardswish, SiLU, GELU, LeakyReLU, ELU",
-           ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "LeakyRelu", "Elu"), ("qg_lut_s8",),
+           "sigmoid, tanh, hardsigmoid, hardswish, SiLU, GELU, LeakyReLU, ELU, exp, Softplus",
+           ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "LeakyRelu", "Elu", "Exp", "Softplus"),
+           ("qg_lut_s8",),
            "any element-wise function through a 256-entry int8 table", kernel=kernel_lut,
            no_py=_NO_PY_TABLE, emit_c=c_lut,
            qat=qat_lut),

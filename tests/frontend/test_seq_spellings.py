@@ -231,3 +231,25 @@ def test_positional_encoding_slice_is_folded_and_the_add_refused_by_name():
     model = nn.Sequential(nn.Linear(3, 16), PositionalEncoding(16), nn.Linear(16, 2))
     with pytest.raises(UserError, match=r"PositionalEncoding '1' at .*constant tensor of shape \[1, 7, 16\]"):
         from_module(model.eval(), torch.randn(1, 7, 3))
+
+
+class ExpSoftplus(nn.Module):
+    """A VAE's std = exp(0.5 * logvar) and a softplus scale head: 256-entry tables."""
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 8)
+        self.sp = nn.Softplus(beta=2.0, threshold=1.5)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return torch.exp(0.5 * h) + self.sp(h) + F.softplus(h)
+
+
+def test_exp_and_softplus_are_tables():
+    torch.manual_seed(7)
+    model = ExpSoftplus().eval()
+    g = _float_matches(model, torch.randn(5, 6))
+    assert sorted(n.attrs["fn"] for n in g.nodes if n.op is Op.LUT) == ["exp", "softplus", "softplus"]
+    calib = np.random.default_rng(7).standard_normal((8, 6)).astype(np.float32)
+    result = codegen.compile(model, torch.zeros(1, 6), calib, prefix="sp")
+    assert result.verify(calib[:3]).exact
