@@ -125,9 +125,16 @@ QG_M0_COPY_ATTR static void zero_s8(int8_t *dst, int32_t n)
 }
 
 /* Gather the receptive field of output pixel (oy, ox) into col (K int8 values): the cg channels from c0
- * of each tap (cg = in_c / groups). */
-static void im2col_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t oy, int32_t ox,
-                      int32_t c0, int32_t cg, int8_t *restrict col)
+ * of each tap (cg = in_c / groups). The body is forced inline into the DSP block's column fill (fill_col: once
+ * per pixel of a conv on few channels, where a call cost ~20 instructions a pixel: the demo's 1-channel conv
+ * +4 %); the other callers share the out-of-line im2col_s8. */
+#if QG_DSP && !QG_MVE && (defined(__GNUC__) || defined(__clang__))
+#define QG_IM2COL_INLINE inline __attribute__((always_inline))
+#else
+#define QG_IM2COL_INLINE /* other cores: GCC's choice, as before */
+#endif
+static QG_IM2COL_INLINE void im2col_body(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t oy,
+                                         int32_t ox, int32_t c0, int32_t cg, int8_t *restrict col)
 {
     const int32_t in_c = p->in_c, k_w = p->k_w, dil_h = p->dil_h, dil_w = p->dil_w, row_len = k_w * cg;
     const int32_t iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left;
@@ -162,6 +169,12 @@ static void im2col_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, in
             }
         }
     }
+}
+
+static void im2col_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int32_t oy, int32_t ox,
+                      int32_t c0, int32_t cg, int8_t *restrict col)
+{
+    im2col_body(p, in, oy, ox, c0, cg, col);
 }
 
 #if QG_DSP && !QG_MVE
@@ -250,7 +263,7 @@ static void fill_col(const qg_conv2d_params_t *p, const int8_t *restrict in, int
         }
     } else {
         if (cg == in_c && p->dil_w == 1) {
-            im2col_s8(p, in, oy, ox, c0, cg, stage);
+            im2col_body(p, in, oy, ox, c0, cg, stage);
         } else {
             gather_taps_s8(p, in, oy, ox, c0, cg, stage);
         }
