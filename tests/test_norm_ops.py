@@ -569,35 +569,39 @@ class ConvNeXtStyleBlock(nn.Module):
     """ConvNeXt's official code (issue 16): the channels_first LayerNorm written out with mean/pow/sqrt (or
     rsqrt), then a channels-last block whose layer scale `gamma * x` varies along the last PyTorch dim."""
 
-    def __init__(self, dim: int = 8, rsqrt: bool = False):
+    def __init__(self, dim: int = 8, spelling: str = "sqrt"):
         super().__init__()
         self.conv = nn.Conv2d(3, dim, 3, padding=1)
         self.weight, self.bias = nn.Parameter(torch.rand(dim) + 0.5), nn.Parameter(torch.randn(dim) * 0.1)
         self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
         self.pwconv1, self.act, self.pwconv2 = nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)
         self.gamma = nn.Parameter(torch.rand(dim) * 0.8 + 0.2)
-        self.rsqrt = rsqrt
+        self.spelling = spelling
 
     def forward(self, x):
         x = self.conv(x)
         u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
-        x = (x - u) * torch.rsqrt(s + 1e-6) if self.rsqrt else (x - u) / torch.sqrt(s + 1e-6)
+        if self.spelling == "var":
+            x = (x - u) / (x.var(1, keepdim=True, unbiased=False) + 1e-6).sqrt()
+        else:
+            s = (x - u).pow(2).mean(1, keepdim=True)
+            x = (x - u) * torch.rsqrt(s + 1e-6) if self.spelling == "rsqrt" else (x - u) / torch.sqrt(s + 1e-6)
         x = self.weight[:, None, None] * x + self.bias[:, None, None]
         y = self.dwconv(x).permute(0, 2, 3, 1)
         y = self.gamma * self.pwconv2(self.act(self.pwconv1(y)))
         return x + y.permute(0, 3, 1, 2)
 
 
-@pytest.mark.parametrize("rsqrt", [False, True])
-def test_a_written_out_channels_first_layer_norm_and_layer_scale_compile(rsqrt):
-    """The mean/sub/pow/mean/add/sqrt/div chain (or `* rsqrt`) over dim 1 lowers to one layer_norm over the
-    channels (was: 'sub of IR shapes (16, 16, 16) and (16, 16, 1)'); `gamma * x` over the last dim of a
-    channels-last (1, H, W, C) scales the channels where they lie (was: 'mul with a constant tensor')."""
+@pytest.mark.parametrize("spelling", ["sqrt", "rsqrt", "var"])
+def test_a_written_out_channels_first_layer_norm_and_layer_scale_compile(spelling):
+    """The mean/sub/pow/mean/add/sqrt/div chain (or `* rsqrt`, or `x.var(unbiased=False)`) over dim 1 lowers to
+    one layer_norm over the channels (was: 'sub of IR shapes (16, 16, 16) and (16, 16, 1)'); `gamma * x` over the
+    last dim of a channels-last (1, H, W, C) scales the channels where they lie (was: 'mul with a constant
+    tensor')."""
     import codegen
 
     torch.manual_seed(0)
-    model = ConvNeXtStyleBlock(rsqrt=rsqrt).eval()
+    model = ConvNeXtStyleBlock(spelling=spelling).eval()
     x = torch.randn(16, 3, 8, 8)
     r = codegen.compile(model, x[:1], x.numpy())
     ops = [n.op for n in r.graph.nodes]

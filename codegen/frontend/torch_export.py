@@ -1137,8 +1137,9 @@ def _long_pool(lw: _Lowering, n, op: Op, xin: str, oh: int, ow: int) -> str | No
 def _manual_norm(lw: _Lowering, n, dims: list[int]) -> bool:
     """LayerNorm written out, as ConvNeXt's channels_first LayerNorm: u = x.mean(D, keepdim=True);
     s = (x - u).pow(2).mean(D, keepdim=True); y = (x - u) / torch.sqrt(s + eps) (or `* torch.rsqrt(s + eps)`,
-    `d * d`). n is the first mean; on a match the chain becomes one layer_norm over D (the dims moved innermost by
-    free permutes), y's value is set ahead in lw.ready, the chain's other nodes lower to nothing; True."""
+    `d * d`, `x.var(D, keepdim=True, unbiased=False)`). n is the first mean; on a match the chain becomes one
+    layer_norm over D (the dims moved innermost by free permutes), y's value is set ahead in lw.ready, the chain's
+    other nodes lower to nothing; True."""
     x = n.args[0]
 
     def users(v) -> list:
@@ -1153,15 +1154,26 @@ def _manual_norm(lw: _Lowering, n, dims: list[int]) -> bool:
         return False
     sq = [u for d in subs for u in users(d) if (fn(u, aten.pow.Tensor_Scalar) and u.args[1] == 2)
           or (fn(u, aten.mul.Tensor) and u.args[0] is d and u.args[1] is d)]
-    if len(sq) != 1 or len(users(sq[0])) != 1:
-        return False
-    var = users(sq[0])[0]
-    vdims = var.args[1] if len(var.args) > 1 else var.kwargs.get("dim")
     rank = len(_torch_sizes(x))
-    if not (fn(var, aten.mean.dim) and len(var.args) > 2 and var.args[2] is True and vdims is not None
-            and sorted({int(d) % rank for d in ([vdims] if isinstance(vdims, int) else vdims)}) == dims
-            and len(users(var)) == 1):
-        return False
+
+    def over(v, keep: int | None) -> bool:  # reduces exactly dims, keepdim=True
+        vd, a = (v.args[1] if len(v.args) > 1 else v.kwargs.get("dim")), list(v.args) + [None] * 4
+        kd = a[keep] if keep is not None and a[keep] is not None else v.kwargs.get("keepdim", False)
+        return (vd is not None and kd is True and len(users(v)) == 1
+                and sorted({int(d) % rank for d in ([vd] if isinstance(vd, int) else vd)}) == dims)
+
+    if sq:  # (x - u).pow(2).mean(D, keepdim=True)
+        if len(sq) != 1 or len(users(sq[0])) != 1:
+            return False
+        var = users(sq[0])[0]
+        if not (fn(var, aten.mean.dim) and over(var, 2)):
+            return False
+    else:  # x.var(D, keepdim=True, unbiased=False) / correction=0: the biased variance
+        var = next((v for v in users(x) if (fn(v, aten.var.dim) and len(v.args) > 2 and v.args[2] is False
+                                             and over(v, 3))
+                    or (fn(v, aten.var.correction) and v.kwargs.get("correction") == 0 and over(v, None))), None)
+        if var is None:
+            return False
     add = users(var)[0]
     if not (fn(add, aten.add.Tensor, aten.add.Scalar) and add.args[0] is var and isinstance(add.args[1], (int, float))
             and float(add.args[1]) > 0 and len(users(add)) == 1):
@@ -1173,7 +1185,7 @@ def _manual_norm(lw: _Lowering, n, dims: list[int]) -> bool:
     num = out.args[0] if isinstance(out.args[0], torch.fx.Node) and out.args[0] in subs else out.args[1]
     want = aten.div.Tensor if root.target is aten.sqrt.default else aten.mul.Tensor
     if not (fn(out, want) and num in subs and out.args[1 if out.args[0] is num else 0] is root and not out.kwargs
-            and all(set(users(d)) <= {sq[0], out} for d in subs)):
+            and all(set(users(d)) <= {*sq, out} for d in subs)):
         return False
     sizes = _torch_sizes(x)
     perm = [d for d in range(rank) if d not in dims] + dims
@@ -1183,7 +1195,7 @@ def _manual_norm(lw: _Lowering, n, dims: list[int]) -> bool:
     inner = step("ln_in", aten.permute.default, (x, perm), moved)
     ln = step("ln", aten.layer_norm.default, (inner, [sizes[d] for d in dims], None, None, float(add.args[1])), moved)
     y = step("ln_out", aten.permute.default, (ln, inv), sizes)
-    for v in [*subs, sq[0], var, add, root]:
+    for v in [*subs, *sq, var, add, root]:
         lw.ready[v.name] = (None, None)
     lw.ready[out.name] = (lw.env[y.name], lw.lay.get(y.name))
     return True
