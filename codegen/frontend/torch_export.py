@@ -1613,7 +1613,10 @@ def _cat(lw: _Lowering, n) -> str:
     dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
     rank = len(n.meta["val"].shape)
     if not all(isinstance(p, str) for p in parts):
-        raise _err(lw, n, "concatenation with a constant tensor is not supported")
+        const = next(p for p in parts if not isinstance(p, str))
+        raise _err(lw, n, f"concatenation with a constant tensor of shape {list(np.shape(const))} (a cls token?); "
+                          "qgen concatenates activations only. Drop the constant (e.g. pool over time instead of a "
+                          "cls token), or open an issue")
     try:
         axis = ir_axis(int(dim), rank)
     except ValueError:

@@ -253,3 +253,18 @@ def test_exp_and_softplus_are_tables():
     calib = np.random.default_rng(7).standard_normal((8, 6)).astype(np.float32)
     result = codegen.compile(model, torch.zeros(1, 6), calib, prefix="sp")
     assert result.verify(calib[:3]).exact
+
+
+def test_cls_token_concat_is_refused_with_its_shape():
+    class Cls(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(3, 8)
+            self.cls_token = nn.Parameter(torch.randn(1, 1, 8))
+
+        def forward(self, x):
+            x = self.embed(x)
+            return torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)[:, 0]
+
+    with pytest.raises(UserError, match=r"seq_spellings.py:\d+.*constant tensor of shape \[1, 1, 8\].*activations"):
+        from_module(Cls().eval(), torch.randn(1, 5, 3))
