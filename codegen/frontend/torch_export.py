@@ -811,6 +811,48 @@ def _steps(lw: _Lowering, n) -> Callable[..., Any]:
     return step
 
 
+def _patches(lw: _Lowering, n, what: str, kernel, dilation, padding, stride, hw) -> tuple[int, int, int, int]:
+    """F.unfold / F.fold of non-overlapping patches (kernel == stride, no padding or dilation: MobileViTv2's
+    unfolding): (kh, kw, rows, cols) of patches; anything else is refused (overlapping windows sum or repeat)."""
+    kh, kw = (int(k) for k in kernel)
+    if [int(s) for s in stride] != [kh, kw] or any(int(d) != 1 for d in dilation) or any(int(p) for p in padding) \
+            or hw[0] % kh or hw[1] % kw:
+        raise _err(lw, n, f"{what}(kernel_size={list(kernel)}, dilation={list(dilation)}, padding={list(padding)}, "
+                          f"stride={list(stride)}) over {hw[0]}x{hw[1]}; qgen supports non-overlapping patches "
+                          "(stride == kernel_size, no padding or dilation, sizes that divide the image), a reshape. "
+                          "Use a Conv2d for overlapping windows.")
+    return kh, kw, hw[0] // kh, hw[1] // kw
+
+
+def _im2col(lw: _Lowering, n) -> str:
+    """F.unfold(x, k, stride=k) / nn.Unfold: (1, C, H, W) -> (1, C*kh*kw, L), a view and a permute (a layout
+    change: one copy where the next op needs it), as x.reshape(1, C, H/kh, kh, W/kw, kw).permute(0, 1, 3, 5, 2, 4)."""
+    x, kernel, dilation, padding, stride = n.args[:5]
+    b, c, h, w = _torch_sizes(x)
+    kh, kw, ph, pw = _patches(lw, n, "F.unfold", kernel, dilation, padding, stride, (h, w))
+    step = _steps(lw, n)
+    v = step("split", aten.view.default, (x, [b, c, ph, kh, pw, kw]), (b, c, ph, kh, pw, kw))
+    p = step("order", aten.permute.default, (v, [0, 1, 3, 5, 2, 4]), (b, c, kh, kw, ph, pw))
+    out = step("cols", aten.reshape.default, (p, [b, c * kh * kw, ph * pw]), (b, c * kh * kw, ph * pw))
+    lw.lay[n.name] = lw.lay[out.name]
+    return lw.env[out.name]
+
+
+def _col2im(lw: _Lowering, n) -> str:
+    """F.fold(x, (H, W), k, stride=k) / nn.Fold of non-overlapping patches: the inverse view and permute."""
+    x, size, kernel, dilation, padding, stride = n.args[:6]
+    b, ckk, _ = _torch_sizes(x)
+    h, w = (int(s) for s in size)
+    kh, kw, ph, pw = _patches(lw, n, "F.fold", kernel, dilation, padding, stride, (h, w))
+    c = ckk // (kh * kw)
+    step = _steps(lw, n)
+    v = step("split", aten.view.default, (x, [b, c, kh, kw, ph, pw]), (b, c, kh, kw, ph, pw))
+    p = step("order", aten.permute.default, (v, [0, 1, 4, 2, 5, 3]), (b, c, ph, kh, pw, kw))
+    out = step("image", aten.reshape.default, (p, [b, c, h, w]), (b, c, h, w))
+    lw.lay[n.name] = lw.lay[out.name]
+    return lw.env[out.name]
+
+
 def _glu(lw: _Lowering, n) -> str:
     """F.glu / nn.GLU: a * sigmoid(b) with (a, b) the halves of x along dim: two slices (no copy where a half is
     a contiguous run), a sigmoid table and a mul, as x.chunk(2, dim) written by hand."""
@@ -1829,6 +1871,8 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.scaled_dot_product_attention.default: _sdpa,
     aten._weight_norm.default: _weight_norm,
     aten.glu.default: _glu,
+    aten.im2col.default: _im2col,
+    aten.col2im.default: _col2im,
     aten._assert_tensor_metadata.default: lambda lw, n: None,  # .to(x.device) / .to(dtype): a check
     aten.to.dtype_layout: _to,
     aten.to.device: _to,
