@@ -76,7 +76,8 @@ class AllOps(nn.Module):
             _, h = self.gru(seq)
             r, _ = self.rnn(self.lstm(seq)[0])
             z = z + self.fc_seq(torch.cat([h[-1], r[:, -1]], 1))
-        return torch.softmax(self.ln(self.bn1d(torch.relu(z))), 1)
+        h = self.ln(self.bn1d(torch.relu(z)))
+        return torch.cat([torch.softmax(h, 1), torch.log_softmax(h, 1)], 1)
 
 
 def _model():
@@ -246,9 +247,9 @@ def test_trait_queries_are_what_the_passes_use():
     from codegen.passes import assign_precision, fuse_activation, plan_memory
 
     assert fuse_activation.FUSABLE == ops.with_trait(Trait.FUSES_ACT)
-    assert set(plan_memory.IN_PLACE_OPS) == {Op.RELU, Op.LUT, Op.ADD, Op.SOFTMAX, Op.MUL, Op.SUB, Op.MAXIMUM,
-                                             Op.MINIMUM, Op.AFFINE, Op.PRELU, Op.CHANNEL_AFFINE, Op.LAYER_NORM,
-                                             Op.GROUP_NORM}
+    assert set(plan_memory.IN_PLACE_OPS) == {Op.RELU, Op.LUT, Op.ADD, Op.SOFTMAX, Op.LOG_SOFTMAX, Op.MUL, Op.SUB,
+                                             Op.MAXIMUM, Op.MINIMUM, Op.AFFINE, Op.PRELU, Op.CHANNEL_AFFINE,
+                                             Op.LAYER_NORM, Op.GROUP_NORM}
     assert set(assign_precision.FOLLOW_OPS) == {Op.RELU, Op.MAXPOOL2D, Op.AVGPOOL2D, Op.RESHAPE, Op.PAD,
                                                  Op.TRANSPOSE, Op.SLICE, Op.RESIZE,
                                                  Op.REDUCE, Op.HISTORY}

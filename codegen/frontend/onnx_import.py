@@ -1052,19 +1052,24 @@ def _concat(imp: _Importer, node) -> _Act:
     return _Act(imp.add(node, Op.CONCAT, [p.name for p in parts], tuple(shape), axis=axis), rank)
 
 
-def _softmax(imp: _Importer, node) -> _Act:
+def _softmax(imp: _Importer, node, op: Op = Op.SOFTMAX) -> _Act:
     x = imp.input_act(node)
     axis = int(imp.attr(node, "axis", -1))
     if x.natural and axis % 3 == 2:  # attention scores (1, M, N) over N: innermost
-        return _Act(imp.add(node, Op.SOFTMAX, [x.name], imp.shape_of(x.name)), 3, natural=True)
+        return _Act(imp.add(node, op, [x.name], imp.shape_of(x.name)), 3, natural=True)
     x = imp.in_convention(node, x)
     try:
         last = ir_axis(axis, x.rank) == len(imp.shape_of(x.name)) - 1
     except ValueError:
         last = False
     if not last:
-        raise imp.err(node, f"softmax over axis {axis}; qgen supports softmax over the channel/feature axis")
-    return _Act(imp.add(node, Op.SOFTMAX, [x.name], imp.shape_of(x.name)), x.rank)
+        name = "log_softmax" if op is Op.LOG_SOFTMAX else "softmax"
+        raise imp.err(node, f"{name} over axis {axis}; qgen supports {name} over the channel/feature axis")
+    return _Act(imp.add(node, op, [x.name], imp.shape_of(x.name)), x.rank)
+
+
+def _log_softmax(imp: _Importer, node) -> _Act:
+    return _softmax(imp, node, Op.LOG_SOFTMAX)
 
 
 def _lut(fn: str) -> Callable[[_Importer, Any], _Act]:
@@ -1394,6 +1399,7 @@ HANDLERS: dict[str, Callable[[_Importer, Any], Any]] = {
     "Split": _split,
     "Transpose": _transpose,
     "Softmax": _softmax,
+    "LogSoftmax": _log_softmax,
     "Sigmoid": _lut("sigmoid"),
     "Tanh": _lut("tanh"),
     "HardSigmoid": _lut("hardsigmoid"),

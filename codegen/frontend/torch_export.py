@@ -1669,9 +1669,9 @@ def _cat(lw: _Lowering, n) -> str:
     return lw.add(n, Op.CONCAT, parts, tuple(shape), axis=axis)
 
 
-def _softmax(lw: _Lowering, n) -> str:
-    """Softmax over any dim: SOFTMAX runs over the innermost physical axis, so that dim is made innermost
-    (no copy if it already is: attention scores)."""
+def _softmax(lw: _Lowering, n, op: Op = Op.SOFTMAX) -> str:
+    """Softmax (and log_softmax: op) over any dim: SOFTMAX runs over the innermost physical axis, so that dim
+    is made innermost (no copy if it already is: attention scores)."""
     x_ir, lay = lw.raw(n.args[0])
     dim = int(n.args[1]) % len(lay.sizes)
     if lay.sizes[dim] > 1 and lay.innermost_dim() == dim:
@@ -1685,7 +1685,11 @@ def _softmax(lw: _Lowering, n) -> str:
         else:
             out_lay = layout.move_innermost(lay, dim)
             xin = lw.value_in(n.args[0], out_lay, out_lay.phys)
-    return lw.bind(n, lw.add(n, Op.SOFTMAX, [xin], lw.shape_of(xin)), out_lay)
+    return lw.bind(n, lw.add(n, op, [xin], lw.shape_of(xin)), out_lay)
+
+
+def _log_softmax(lw: _Lowering, n) -> str:
+    return _softmax(lw, n, Op.LOG_SOFTMAX)
 
 
 def _lut(fn: str, **params):
@@ -1797,6 +1801,8 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.concatenate.default: _cat,
     aten.softmax.int: _softmax,
     aten._softmax.default: _softmax,
+    aten.log_softmax.int: _log_softmax,
+    aten._log_softmax.default: _log_softmax,
     aten.sigmoid.default: _lut("sigmoid"),
     aten.tanh.default: _lut("tanh"),
     aten.hardsigmoid.default: _lut("hardsigmoid"),

@@ -34,6 +34,7 @@ class Op(str, enum.Enum):
     PAD = "pad"  # zero padding (top, left, bottom, right); folded into a following conv where possible
     CONCAT = "concat"  # along attrs["axis"] of the (batch-less) IR shape
     SOFTMAX = "softmax"  # over the last IR axis (channels / features)
+    LOG_SOFTMAX = "log_softmax"  # over the last IR axis, through softmax's exp table and an integer ln
     LUT = "lut"  # element-wise function through a 256-entry int8 table (sigmoid, tanh, ...)
     REDUCE = "reduce"  # mean / max over the last IR axis (channels), kept with size 1: attrs["kind"]
     MUL = "mul"  # product of two activations; inputs[1] may be (1, 1, C) against (H, W, C) (broadcast)

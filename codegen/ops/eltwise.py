@@ -508,6 +508,125 @@ def torch_softmax(node, xs, const):
     return torch.softmax(xs[0], dim=-1)
 
 
+# ---------------------------------------------------------------- log_softmax
+
+LN_TABLE_Q16 = np.floor(np.log1p(np.arange(33) / 32.0) * 65536 + 0.5).astype(np.int64)  # ln(1 + i/32), Q16
+LN2_Q16 = 45426  # round(ln 2 * 2^16) == LN_TABLE_Q16[32]
+LOG_SOFTMAX_MAX_ROW = 65536  # the Q14 exp sum stays below 2^31
+
+
+def f_log_softmax(g, n, xs):
+    x = xs[0]
+    z = x - x.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def ln_sum_q16(total: np.ndarray) -> np.ndarray:
+    """ln(total / 2^14) in Q16 for integers 2^14 <= total < 2^31: k = position of the leading bit, the mantissa
+    total / 2^k in [1, 2) normalised to Q30, its top 5 fraction bits index LN_TABLE_Q16 and the next 16
+    interpolate linearly (floor); (k - 14) * LN2_Q16 + that. Exact integers (qg_log_softmax.c: qg_ln_sum_q16)."""
+    t = total.astype(np.int64)
+    k = np.full(t.shape, 14, dtype=np.int64)
+    for _ in range(16):
+        k = np.where((k < 30) & ((t >> (k + 1)) != 0), k + 1, k)
+    m30 = t << (30 - k)
+    idx = (m30 >> 25) & 31
+    rem = (m30 >> 9) & 0xFFFF
+    lo = LN_TABLE_Q16[idx]
+    return (k - 14) * LN2_Q16 + lo + (((LN_TABLE_Q16[idx + 1] - lo) * rem) >> 16)
+
+
+def log_softmax_shifts(fin: int, fout: int) -> tuple[int, int, int]:
+    """(d_shift, l_shift, out_shift): the common scale 2^(16 + a) with a = max(fin, 0) of (max - x) and the Q16 ln."""
+    a = max(fin, 0)
+    return 16 + a - fin, a, 16 + a - fout
+
+
+def i_log_softmax(g, n, xs):
+    """Integer log_softmax over the last axis; output s8.f4 (LOG_SOFTMAX_FRAC).
+
+    d = max - x (0..255), e = exp_table[d] (softmax's Q14 table of exp(-d * 2^-f_in)), S = sum(e) (>= 2^14),
+    L = ln(S / 2^14) in Q16 (ln_sum_q16). With a = max(f_in, 0) and s = 16 + a - f_out:
+    neg = d * 2^(16 + a - f_in) + L * 2^a (the value -(x - max) * 2^-f_in + ln(sum) at scale 2^(16 + a)),
+    out = -floor((neg + 2^(s-1) - 1) / 2^s) = round_half_up(-neg / 2^s), saturated at -128 (never above 0).
+    """
+    x = xs[0].astype(np.int64)
+    table = g.tensors[n.inputs[1]].data.astype(np.int64)
+    fin = g.tensors[n.inputs[0]].qformat.frac
+    fout = g.tensors[n.outputs[0]].qformat.frac
+    d_shift, l_shift, out_shift = log_softmax_shifts(fin, fout)
+    d = x.max(axis=-1, keepdims=True) - x
+    total = table[d].sum(axis=-1, keepdims=True)
+    neg = (d << d_shift) + (ln_sum_q16(total) << l_shift)
+    q = (neg + (1 << (out_shift - 1)) - 1) >> out_shift
+    return np.maximum(-q, -128)
+
+
+def q_log_softmax(g, n, act) -> None:
+    from ..errors import UserError
+    from ..passes import quantize as q
+
+    out = g.tensors[n.outputs[0]]
+    if out.shape[-1] > LOG_SOFTMAX_MAX_ROW:
+        raise UserError(f"{n.where()}: log_softmax over {out.shape[-1]} values; qgen supports up to "
+                        f"{LOG_SOFTMAX_MAX_ROW} (split the dim or use softmax)")
+    fin = g.tensors[n.inputs[0]].qformat.frac
+    q._set_act(out, act(out.name, q.LOG_SOFTMAX_FRAC))
+    q._add_table(g, n, "exp_table", q.softmax_exp_table(fin), 16, q.EXP_TABLE_FRAC)
+
+
+def torch_log_softmax(node, xs, const):
+    import torch
+
+    return torch.log_softmax(xs[0], dim=-1)
+
+
+def kernel_log_softmax(variant: str) -> tuple[str, str]:
+    if variant != "s8":
+        raise ValueError(f"log_softmax has only an int8 kernel, not {variant} (Trait.INT8_ONLY)")
+    return "qg_log_softmax_s8", "qg_log_softmax_params_t"
+
+
+def c_log_softmax(b, index: int, n):
+    io = b.io(index, n)
+    shape = b.g.tensors[io.out].shape
+    table = b.const_tensor(io.sym, n.inputs[1], "exp_table")
+    fin = b.g.tensors[n.inputs[0]].qformat.frac
+    d_shift, l_shift, out_shift = log_softmax_shifts(fin, b.g.tensors[io.out].qformat.frac)
+    fields = [("rows", b.g.tensors[io.out].size // shape[-1]), ("row_size", shape[-1]), ("d_shift", d_shift),
+              ("l_shift", l_shift), ("out_shift", out_shift), ("exp_table", table)]
+    return "qg_log_softmax_params_t", fields, f"qg_log_softmax_s8(&{io.struct}, {io.ins[0]}, {io.out_expr});"
+
+
+def qat_log_softmax(q, i: int, n, xs, s):
+    """exact: the integer rule above in int64 torch; training: float log_softmax, fake-quantised to s8.f4."""
+    import torch
+
+    from ..qat import pow2, requant
+
+    x = xs[0]
+    if s.exact:
+        table = q._tables[n.outputs[0]]
+        lt = torch.as_tensor(LN_TABLE_Q16, device=x.device)
+        d_shift, l_shift, out_shift = log_softmax_shifts(s.fin, s.fout)
+        xi = x.to(torch.int64)
+        d = xi.max(dim=-1, keepdim=True).values - xi
+        t = table[d].to(torch.int64).sum(dim=-1, keepdim=True)
+        k = torch.full_like(t, 14)
+        for _ in range(16):
+            k = torch.where((k < 30) & ((t >> (k + 1)) != 0), k + 1, k)
+        m30 = t << (30 - k)
+        idx = (m30 >> 25) & 31
+        rem = (m30 >> 9) & 0xFFFF
+        lo = lt[idx]
+        ln = (k - 14) * LN2_Q16 + lo + (((lt[idx + 1] - lo) * rem) >> 16)
+        neg = (d << d_shift) + (ln << l_shift)
+        qv = (neg + (1 << (out_shift - 1)) - 1) >> out_shift
+        return torch.clamp(-qv, min=-128).to(s.dtype)
+    y = torch.log_softmax(x * pow2(-s.fin), dim=-1)
+    return requant(y * pow2(s.fout), -128, 127, s.ste)
+
+
 def kernel_relu(variant: str) -> tuple[str, None]:
     return ("qg_clamp_s8" if variant == "s8" else "qg_clamp_s16"), None  # scalar arguments
 
@@ -655,6 +774,12 @@ SPECS = [
            "softmax over the last axis through a Q14 exp table, output s8.f7", kernel=kernel_softmax,
            no_py=_NO_PY_TABLE, emit_c=c_softmax,
            qat=qat_softmax),
+    OpSpec(Op.LOG_SOFTMAX, "eltwise", Trait.IN_PLACE | Trait.KEEPS_ORDER | Trait.INT8_ONLY | Trait.TABLE,
+           same_shape, _no_check, f_log_softmax, i_log_softmax, q_log_softmax, _zero_macs, torch_log_softmax,
+           "log_softmax, LogSoftmax", ("LogSoftmax",), ("qg_log_softmax_s8",),
+           "log_softmax over the last axis: softmax's Q14 exp sum and an integer ln, output s8.f4",
+           kernel=kernel_log_softmax, no_py=_NO_PY_TABLE, emit_c=c_log_softmax,
+           qat=qat_log_softmax),
     OpSpec(Op.LUT, "eltwise",
            Trait.IN_PLACE | Trait.CHANNELWISE | Trait.KEEPS_ORDER | Trait.INT8_ONLY | Trait.TABLE,
            same_shape, _no_check, f_lut, i_lut, q_lut, _zero_macs, torch_lut,

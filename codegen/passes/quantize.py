@@ -61,6 +61,7 @@ def run(graph: Graph) -> Graph:
 
 SOFTMAX_FRAC = 7  # softmax output s8.f7: probabilities in [0, 127/128]
 EXP_TABLE_FRAC = 14  # exp table entries are Q14 (16384 = 1.0), int16
+LOG_SOFTMAX_FRAC = 4  # log_softmax output s8.f4: log-probabilities in [-8, 0], saturated at -128 (-8.0)
 LUT_OUTPUT_FRAC = {"sigmoid": 7, "tanh": 7, "hardsigmoid": 7}  # bounded functions: fixed output format
 
 

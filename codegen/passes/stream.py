@@ -143,8 +143,8 @@ def _per_frame(g, n, ax):
         raise _refuse(n, "normalises over the whole window", "Use LayerNorm over the channels")
     if n.op is Op.LAYER_NORM and len(x) - n.attrs["axes"] <= ax:
         raise _refuse(n, "normalises over the time axis", "Normalise over the channels only (LayerNorm(C))")
-    if (n.op is Op.SOFTMAX) and ax == len(x) - 1:
-        raise _refuse(n, "takes its softmax over the time axis", "Take it over the channels")
+    if (n.op is Op.SOFTMAX or n.op is Op.LOG_SOFTMAX) and ax == len(x) - 1:
+        raise _refuse(n, f"takes its {n.op.value} over the time axis", "Take it over the channels")
     shapes = {tuple(g.tensors[t].shape) for t in n.inputs if not g.tensors[t].is_const}
     if len(shapes) > 1:
         raise _refuse(n, f"broadcasts operands {sorted(shapes)} over time", "Give both operands the full sequence")
@@ -238,7 +238,7 @@ def _reduce(g, n, ax):
 _RULES = {Op.CONV2D: _conv, Op.DEPTHWISE_CONV2D: _conv, Op.SLICE: _slice, Op.RESHAPE: _reshape, Op.CONCAT: _concat,
           Op.GRU: _recurrent, Op.LSTM: _recurrent, Op.RNN: _recurrent, Op.PAD: _pad,
           Op.MAXPOOL2D: _pool, Op.AVGPOOL2D: _pool, Op.REDUCE: _reduce, Op.SOFTMAX: _per_frame,
-          Op.LAYER_NORM: _per_frame, Op.GROUP_NORM: _per_frame}
+          Op.LOG_SOFTMAX: _per_frame, Op.LAYER_NORM: _per_frame, Op.GROUP_NORM: _per_frame}
 
 
 def _spans(g: Graph) -> dict[str, int | None]:

@@ -168,6 +168,15 @@ typedef struct {
 } qg_softmax_params_t;
 void qg_softmax_s8(const qg_softmax_params_t *p, const int8_t *in, int8_t *out);
 
+/* log_softmax over `rows` rows of `row_size` (<= 65536) int8 values: out = round_half_up(2^out_frac *
+ * ((x - max) * 2^-in_frac - ln(sum exp_table[max - x] / 2^14))), saturated at -128 (qg_log_softmax.c) */
+typedef struct {
+    int32_t rows, row_size;
+    int32_t d_shift, l_shift, out_shift; /* 16 + a - in_frac, a, 16 + a - out_frac with a = max(in_frac, 0) */
+    const int16_t *exp_table;            /* exp(-k * 2^-in_frac) in Q14, k = 0..255 */
+} qg_log_softmax_params_t;
+void qg_log_softmax_s8(const qg_log_softmax_params_t *p, const int8_t *in, int8_t *out);
+
 /* Ops that make an image larger (qg_upsample_s8.c; the integer rules are in codegen/ops/upsample.py).
  * Transposed convolution, gather form (no zero MACs): the conv parameters with pad_top/pad_left = the crop
  * (torch's padding) and the weights in phase order (ops/upsample.py phase_weights). */
