@@ -21,7 +21,7 @@ from torch import nn
 
 from codegen.hostcheck import SANITIZE_FLAGS, build_native, reference_outputs, run_native
 from codegen.ir import Graph, Node, Op
-from codegen.ops.eltwise import ln_sum_q16
+from codegen.ops.eltwise import LN2_Q16, LN_TABLE_Q16, ln_sum_q16
 from codegen.passes.quantize import EXP_TABLE_FRAC, LOG_SOFTMAX_FRAC, softmax_exp_table
 from codegen.reference import run_int
 
@@ -88,6 +88,16 @@ def test_ln_of_the_sum_is_close_to_math_log():
     assert np.all(np.diff(ln_sum_q16(total)) >= 0)  # monotone
 
 
+def test_c_ln_table_is_the_reference_table():
+    import re
+    from pathlib import Path
+
+    src = (Path(__file__).parents[1] / "firmware" / "kernels" / "qg_log_softmax.c").read_text()
+    body = re.search(r"qg_ln_table_q16\[33\] QG_CONST = \{([^}]*)\}", src).group(1)
+    assert [int(v) for v in body.replace("\n", " ").split(",")] == LN_TABLE_Q16.tolist()
+    assert LN_TABLE_Q16[32] == LN2_Q16 == 45426 and "45426" in src
+
+
 def test_rule_is_close_to_the_exact_log_softmax_and_keeps_argmax():
     g = _graph()
     rng = np.random.default_rng(3)
@@ -136,6 +146,17 @@ def test_bit_exact_on_core(model, core, tmp_path):
                     extra_cflags=("-std=c99", "-Werror", "-Wconversion"))
     result = run_qemu(QEMU_BOARDS[core], elf, x.reshape(len(x), -1), expect.shape[1])
     assert_outputs_equal(result.outputs, expect, g, core)
+
+
+def test_bit_exact_on_atmega2560(model, tmp_path):
+    """16-bit int and the exp / ln tables in flash (QG_CONST, read through qg_w16 / qg_w32)."""
+    from codegen.target.avr import avr_missing_tools, run_avr
+
+    if avr_missing_tools():
+        pytest.skip(f"missing tools: {avr_missing_tools()}")
+    g, out, x, expect = model
+    run = run_avr("atmega2560", out, "ls", x, tmp_path / "avr", expect.shape[1])
+    assert_outputs_equal(run.outputs, expect, g, "atmega2560")
 
 
 # ------------------------------------------------------------------ front ends, QAT

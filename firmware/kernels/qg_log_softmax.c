@@ -3,8 +3,9 @@
  * with linear interpolation on the mantissa) and one rounding into the output format. */
 #include "qg_kernels.h"
 
-/* round(ln(1 + i / 32) * 2^16), i = 0..32; the last entry is ln 2 */
-static const int32_t qg_ln_table_q16[33] = {
+/* eltwise.LN_TABLE_Q16: round(ln(1 + i / 32) * 2^16), i = 0..32 (the last entry is ln 2; tests/test_log_softmax.py
+ * compares). QG_CONST: in flash on AVR, read with qg_w32 (qg_kernels.h). */
+static const int32_t qg_ln_table_q16[33] QG_CONST = {
     0,     2017,  3973,  5873,  7719,  9515,  11262, 12965, 14624, 16242, 17821,
     19364, 20870, 22343, 23783, 25193, 26573, 27924, 29248, 30546, 31818, 33067,
     34292, 35494, 36675, 37835, 38975, 40095, 41196, 42280, 43345, 44394, 45426};
@@ -20,8 +21,8 @@ static int32_t qg_ln_sum_q16(int32_t sum)
     m30 = (uint32_t)sum << (30 - k); /* in [2^30, 2^31) */
     idx = (int32_t)((m30 >> 25) & 31u);
     rem = (m30 >> 9) & 0xFFFFu;
-    lo = qg_ln_table_q16[idx];
-    return (k - 14) * 45426 + lo + (int32_t)(((uint32_t)(qg_ln_table_q16[idx + 1] - lo) * rem) >> 16);
+    lo = qg_w32(&qg_ln_table_q16[idx]);
+    return (k - 14) * 45426 + lo + (int32_t)(((uint32_t)(qg_w32(&qg_ln_table_q16[idx + 1]) - lo) * rem) >> 16);
 }
 
 void qg_log_softmax_s8(const qg_log_softmax_params_t *p, const int8_t *in, int8_t *out)
