@@ -119,6 +119,16 @@ def test_rule_is_close_to_the_exact_log_softmax_and_keeps_argmax():
         assert np.array_equal(np.take_along_axis(outs[f"y{i}"], top[..., None], -1)[..., 0], outs[f"y{i}"].max(-1))
 
 
+def test_rows_over_65536_values_are_a_clear_user_error():
+    from codegen.errors import UserError
+    from codegen.ops.eltwise import q_log_softmax
+
+    g = Graph({"x": act("x", (65537,), 3), "y": act("y", (65537,), 4)}, [Node("y", Op.LOG_SOFTMAX, ["x"], ["y"], {})],
+              ["x"], ["y"], source="test")
+    with pytest.raises(UserError, match="log_softmax over 65537 values; qgen supports up to 65536"):
+        q_log_softmax(g, g.nodes[0], None)
+
+
 # ------------------------------------------------------------------ the kernel
 
 
