@@ -363,6 +363,8 @@ def specs(draw, lim: Limits = QUICK) -> dict:
                 if draw(st.booleans()):
                     body.append(_act_layer(draw))
                 layers.append({"op": "res", "body": body, "relu": draw(st.booleans())})
+    if not layers and len(shape) > 1:  # every image-layer draw was skipped: a Linear needs a flat vector
+        layers.append({"op": "flatten"})
     if not layers or layers[-1]["op"] == "flatten":  # a flatten alone computes nothing
         layers.append({"op": "linear", "out": draw(st.integers(1, 10)), **draw(_weights())})
     if len(layers) > 1 and draw(st.integers(0, 4)) == 0:  # a second output: an intermediate tensor
