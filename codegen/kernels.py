@@ -122,8 +122,10 @@ def scratch_for(fn: str | None, g: Graph, n: Node, core: str | None) -> int:
         fully_connected_buffer_size,
     )
 
-    if fn in ("qg_conv2d_s8", "qg_depthwise_conv2d_s8"):
+    if fn in ("qg_conv2d_s8", "qg_depthwise_conv2d_s8", "qg_conv_transpose2d_pointwise_s8"):
         cout, kh, kw, _ = g.tensors[n.inputs[1]].shape
+        if fn == "qg_conv_transpose2d_pointwise_s8":  # qg_conv2d_s8 per row: 1x1, in_c -> stride_w * cout
+            cout, kh, kw = cout * n.attrs["stride"][1], 1, 1
         cin = g.tensors[n.inputs[0]].shape[2]
         if fn == "qg_depthwise_conv2d_s8":
             if core in PLAIN_CORES or core in MVE_CORES:  # int8 weights there, int16 on the DSP path

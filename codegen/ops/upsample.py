@@ -184,15 +184,33 @@ def conv_transpose_scratch(g, n) -> int:
     return 9 * k4
 
 
+def pointwise_form(g, n) -> bool:
+    """Kernel == stride, no crop (padding 0, output_padding 0), dilation 1, groups 1 (the U-Net decoder's
+    ConvTranspose2d(k=2, stride=2)): every output gets exactly one tap and the input pixels' output blocks do not
+    overlap, so each (input row, tap row) is a 1x1 conv Cin -> stride_w * Cout writing one contiguous run of an
+    output row (qg_conv_transpose2d_pointwise_s8: qg_conv2d_s8 per row; same integers, one tap, one rounding)."""
+    cout, kh, kw, _ = g.tensors[n.inputs[1]].shape
+    (sh, sw), crop = n.attrs["stride"], n.attrs["crop"]
+    return ((kh, kw) == (sh, sw) and tuple(crop) == (0, 0, 0, 0) and dilation(n) == (1, 1) and groups(n) == 1
+            and sw * max(cout, n.attrs.get("out_stride", 0)) <= 0xFFFF)  # uint16 out_c / out_stride of a row call
+
+
+def form_conv_transpose(g, n, variant: str) -> str:
+    return "s8_pointwise" if variant == "s8" and pointwise_form(g, n) else variant
+
+
 def kernel_conv_transpose(variant: str) -> tuple[str, str]:
     if variant == "s8":
         return "qg_conv_transpose2d_s8", "qg_conv2d_params_t"
+    if variant == "s8_pointwise":
+        return "qg_conv_transpose2d_pointwise_s8", "qg_conv2d_params_t"
     if variant in ("s8_to_s16", "s16_to_s8", "s16"):
         return f"qg_conv_transpose2d_{variant}", "qg_conv2d_wide_params_t"
     raise ValueError(f"conv_transpose2d has dense kernels only, not {variant} (no sparse or clustered storage)")
 
 
-def _conv_transpose_fields(b, io, n) -> list[tuple[str, object]]:
+def _conv_transpose_fields(b, io, n, repeat: int = 1) -> list[tuple[str, object]]:
+    """The qg_conv2d_params_t fields; repeat > 1: bias and shift repeated that many times (pointwise_form)."""
     g = b.g
     h, w, c = g.tensors[io.xs[0]].shape
     oh, ow, oc = g.tensors[io.out].shape
@@ -205,8 +223,17 @@ def _conv_transpose_fields(b, io, n) -> list[tuple[str, object]]:
                       f"weights {list(w_t.shape)} int8 {w_t.qformat} in phase order (stride {sh}x{sw}"
                       + (f", dilation {dil[0]}x{dil[1]}" if dil != (1, 1) else "") + "), values "
                       f"[{int(data.min()) if data.size else 0}, {int(data.max()) if data.size else 0}]")
-    bias = b.const_tensor(io.sym, n.inputs[2], "bias")
-    shift = b.array(f"{io.sym}_shift", np.array(n.attrs["shift"]), "int8", "requantisation shift per output channel")
+    if repeat == 1:
+        bias = b.const_tensor(io.sym, n.inputs[2], "bias")
+        shift = b.array(f"{io.sym}_shift", np.array(n.attrs["shift"]), "int8",
+                        "requantisation shift per output channel")
+    else:
+        b_t = g.tensors[n.inputs[2]]
+        bias = b.array(f"{io.sym}_bias", np.tile(b_t.data, repeat), b_t.dtype,
+                       f"bias {list(b_t.shape)} {b_t.dtype} {b_t.qformat} repeated {repeat} times (stride), values "
+                       f"[{int(b_t.data.min()) if b_t.data.size else 0}, {int(b_t.data.max()) if b_t.data.size else 0}]")
+        shift = b.array(f"{io.sym}_shift", np.tile(np.array(n.attrs["shift"]), repeat), "int8",
+                        f"requantisation shift per output channel, repeated {repeat} times (stride)")
     return ([("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
              ("k_h", kh), ("k_w", kw), ("stride_h", sh), ("stride_w", sw), ("pad_top", top), ("pad_left", left),
              ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]),
@@ -216,14 +243,18 @@ def _conv_transpose_fields(b, io, n) -> list[tuple[str, object]]:
 
 
 def c_conv_transpose(b, index: int, n):
-    """C, int8: qg_conv_transpose2d_s8 (weights in phase order, crop top/left as pad_top/pad_left)."""
-    io = b.io(index, n)
-    fields = _conv_transpose_fields(b, io, n)
+    """C, int8: qg_conv_transpose2d_s8 (weights in phase order, crop top/left as pad_top/pad_left), or for
+    kernel == stride (pointwise_form) qg_conv_transpose2d_pointwise_s8 (the same weights; bias and shift repeated
+    stride_w times, in the (dx, channel) order of its row convolutions' output channels)."""
+    from ..kernels import scratch_for
+
+    io, pointwise = b.io(index, n), pointwise_form(b.g, n)
+    fields = _conv_transpose_fields(b, io, n, n.attrs["stride"][1] if pointwise else 1)
     if "out_stride" in n.attrs:  # writes its channels of a wider concat output (passes/concat_in_place)
         fields.append(("out_stride", n.attrs["out_stride"]))
-    b.check_scratch(index, n, conv_transpose_scratch(b.g, n))
-    return ("qg_conv2d_params_t", fields,
-            f"qg_conv_transpose2d_s8(&{io.struct}, {io.ins[0]}, {io.out_expr}, {io.scratch});")
+    fn = "qg_conv_transpose2d_pointwise_s8" if pointwise else "qg_conv_transpose2d_s8"
+    b.check_scratch(index, n, scratch_for(fn, b.g, n, None) if pointwise else conv_transpose_scratch(b.g, n))
+    return "qg_conv2d_params_t", fields, f"{fn}(&{io.struct}, {io.ins[0]}, {io.out_expr}, {io.scratch});"
 
 
 def c_conv_transpose_wide(b, index: int, n):
@@ -486,12 +517,12 @@ SPECS = [
            conv_transpose_shape, check_conv_transpose, f_conv_transpose, i_conv_transpose, quantize_conv_transpose,
            macs_conv_transpose, torch_conv_transpose,
            "ConvTranspose1d/2d (any groups, any dilation)", ("ConvTranspose",),
-           ("qg_conv_transpose2d_s8", "qg_conv_transpose2d_s8_to_s16", "qg_conv_transpose2d_s16_to_s8",
-            "qg_conv_transpose2d_s16"),
+           ("qg_conv_transpose2d_s8", "qg_conv_transpose2d_pointwise_s8", "qg_conv_transpose2d_s8_to_s16",
+            "qg_conv_transpose2d_s16_to_s8", "qg_conv_transpose2d_s16"),
            "transposed convolution (stride, padding, output_padding, dilation), gather form: no zero MACs, "
            "per-channel shift, fused clamp", kernel=kernel_conv_transpose,
            emit_py=py_conv_transpose, emit_c=c_conv_transpose, emit_c_wide=c_conv_transpose_wide,
-           qat=qat_conv_transpose),
+           qat=qat_conv_transpose, form=form_conv_transpose),
     OpSpec(Op.RESIZE, "upsample", Trait.KEEPS_FORMAT | Trait.CHANNELWISE | Trait.STRIDED_OUT,
            resize_shape, check_resize, f_resize, i_resize, quantize_resize, macs_resize, torch_resize,
            "Upsample/F.interpolate (nearest, nearest-exact, bilinear/linear)", ("Resize", "Upsample"),

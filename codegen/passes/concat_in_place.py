@@ -41,7 +41,8 @@ from ..kernels import select
 from ..ops import Trait, has
 
 # they honour `out_stride` (qg_concat_s8: its out_block; a copying concat, or an early copy, written strided)
-STRIDED_OUT_KERNELS = frozenset({"qg_conv2d_s8", "qg_conv_transpose2d_s8", "qg_resize_s8", "qg_concat_s8"})
+STRIDED_OUT_KERNELS = frozenset({"qg_conv2d_s8", "qg_conv_transpose2d_s8", "qg_conv_transpose2d_pointwise_s8",
+                                 "qg_resize_s8", "qg_concat_s8"})
 EARLY_COPY = "early_copy"  # attribute of a copy node made by `run` (its concat's input index)
 
 

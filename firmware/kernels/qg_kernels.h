@@ -183,6 +183,11 @@ void qg_log_softmax_s8(const qg_log_softmax_params_t *p, const int8_t *in, int8_
 void qg_conv_transpose2d_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
                             int8_t *restrict scratch);
 int32_t qg_conv_transpose2d_s8_buffer_size(const qg_conv2d_params_t *p);
+/* kernel == stride, no crop, dilation 1, groups 1 (qg_conv_transpose_pw_s8.c): qg_conv2d_s8's 1x1 paths per input
+ * row and tap row; bias and shift hold stride_w * out_c values (the per-channel ones repeated stride_w times). */
+void qg_conv_transpose2d_pointwise_s8(const qg_conv2d_params_t *p, const int8_t *restrict in, int8_t *restrict out,
+                                      int8_t *restrict scratch);
+int32_t qg_conv_transpose2d_pointwise_s8_buffer_size(const qg_conv2d_params_t *p);
 /* Nearest: out = x[y0[oy], x0[ox]]; bilinear: round_shift(wy0 * (wx0 * x[y0, x0] + wx1 * x[y0, x1]) +
  * wy1 * (wx0 * x[y1, x0] + wx1 * x[y1, x1]), 2 * frac_bits), w0 = 2^frac_bits - w1; same format out. */
 typedef struct {
