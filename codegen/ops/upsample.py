@@ -229,9 +229,10 @@ def _conv_transpose_fields(b, io, n, repeat: int = 1) -> list[tuple[str, object]
                         "requantisation shift per output channel")
     else:
         b_t = g.tensors[n.inputs[2]]
+        lo, hi = (int(b_t.data.min()), int(b_t.data.max())) if b_t.data.size else (0, 0)
         bias = b.array(f"{io.sym}_bias", np.tile(b_t.data, repeat), b_t.dtype,
                        f"bias {list(b_t.shape)} {b_t.dtype} {b_t.qformat} repeated {repeat} times (stride), values "
-                       f"[{int(b_t.data.min()) if b_t.data.size else 0}, {int(b_t.data.max()) if b_t.data.size else 0}]")
+                       f"[{lo}, {hi}]")
         shift = b.array(f"{io.sym}_shift", np.tile(np.array(n.attrs["shift"]), repeat), "int8",
                         f"requantisation shift per output channel, repeated {repeat} times (stride)")
     return ([("in_h", h), ("in_w", w), ("in_c", c), ("out_h", oh), ("out_w", ow), ("out_c", oc),
