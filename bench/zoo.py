@@ -35,7 +35,8 @@ BOARD = "mps2-an386"  # Cortex-M4F under QEMU with 4 MB of RAM: every zoo model 
 CLOCK_MHZ = 120       # which real board it fits
 SIZED_FOR = {"mobilenet_v2": "STM32H743", "mobilenet_v3_small": "STM32F746", "shufflenet_v2": "STM32F746",
              "squeezenet": "STM32F746", "mnasnet_se": "STM32F746", "tcn": "nRF52840", "unet": "STM32F746",
-             "unet_bilinear": "STM32F746", "vit_block": "nRF52840"}
+             "unet_bilinear": "STM32F746", "vit_block": "nRF52840", "convnext_atto": "STM32F411",
+             "mobilevit_xxs": "STM32F746"}
 
 
 def params_of(model) -> int:
@@ -91,6 +92,9 @@ def table(rows: dict, tflm_note: str) -> str:
             "arena vs TFLM"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
+        if "line" in r:  # a row kept verbatim from the earlier table (--update)
+            out.append(r["line"])
+            continue
         q, t = r["qgen"], r.get("tflm", {})
         if "error" in q:
             out.append(f"| {name} | {SIZED_FOR[name]} | " + " | ".join(["-"] * 9) + f" | {q['error']} |" + " - |" * 4)
@@ -131,6 +135,11 @@ def tflm_columns(path: Path) -> dict:
     return out
 
 
+def table_lines(path: Path) -> dict:
+    """{model: its row line} of an earlier ZOO.md table."""
+    return {line.split("|")[1].strip(): line for line in path.read_text().splitlines()[4:] if line.startswith("| ")}
+
+
 def tflm_note_of(path: Path) -> str:
     note = next((line for line in path.read_text().splitlines() if line.startswith("- TFLM: ")), "- TFLM: ")
     return note[len("- TFLM: "):]
@@ -143,7 +152,10 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--tflm-from", metavar="ZOO_MD", help="reuse the TFLM columns of an earlier table (they depend "
                     "on the model only) instead of running TFLM")
+    ap.add_argument("--update", action="store_true", help="measure only --models; keep the other rows (and the "
+                    "TFLM note, unless --tflm-python is given) of the existing --out table")
     args = ap.parse_args()
+    kept = table_lines(Path(args.out)) if args.update else {}
     reused = tflm_columns(Path(args.tflm_from)) if args.tflm_from else {}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,7 +170,10 @@ def main() -> None:
             elif name in reused:
                 rows[name]["tflm"] = reused[name]
             print(name, json.dumps(rows[name], default=float), flush=True)
-    if args.tflm_python:
+    rows = {name: rows.get(name) or {"line": kept[name]} for name in MODELS if name in rows or name in kept}
+    if args.update and not args.tflm_python:
+        note = tflm_note_of(Path(args.out))
+    elif args.tflm_python:
         note = ("same PyTorch model converted with litert-torch 0.10.0 (PT2E int8, per-channel weights, "
                 "calibrated on the same samples), arena = smallest size with which tflite-micro "
                 "0.dev20261023182759 runs it (probed in child processes; its 64-bit Python runtime keeps larger "

@@ -3,7 +3,8 @@
 Each factory returns (model, example_input) with random weights and randomised BatchNorm statistics (no
 downloads). They are written the way public model zoos write them — in-place activations, `F.*` calls,
 `torch.cat`, `chunk`, `view`/`transpose` channel shuffles, ceil-mode pooling, squeeze-and-excitation gates,
-Chomp1d slicing — because that is what qgen has to accept without a rewrite.
+Chomp1d slicing, ConvNeXt's written-out channels-first LayerNorm and layer scale, MobileViT's unfolding into
+patches by reshape/transpose — because that is what qgen has to accept without a rewrite.
 
 | factory            | paper layer list                       | input   | board it is sized for                |
 |--------------------|----------------------------------------|---------|--------------------------------------|
@@ -15,6 +16,8 @@ Chomp1d slicing — because that is what qgen has to accept without a rewrite.
 | tcn                | Bai et al. 2018, 4 levels, k=3         | 10x49   | nRF52840 (1 MB flash, 256 KB RAM)    |
 | unet               | Ronneberger et al. 2015, 3 levels, 8ch | 1x64x64 | STM32F746 (its arena is > 100 KB)    |
 | vit_block          | Dosovitskiy et al. 2021, 1 block       | 1x32x32 | nRF52840                             |
+| convnext_atto      | Liu et al. 2022, atto, width 0.3       | 3x64x64 | STM32F411 (512 KB flash, 128 KB RAM) |
+| mobilevit_xxs      | Mehta & Rastegari 2022, XXS, L=1       | 3x96x96 | STM32F746                            |
 
 All end in two classes (or two segmentation classes for the U-Net).
 """
@@ -405,6 +408,217 @@ class ViTBlock(nn.Module):
         return self.head(self.norm(x.mean(dim=1)))
 
 
+# ------------------------------------------------------------------------------------------------ ConvNeXt
+
+
+def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
+    """Stochastic depth as timm writes it: identity in eval(), a per-sample Bernoulli mask in training."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1 - drop_prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class DropPath(nn.Module):
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x):
+        return drop_path(x, self.drop_prob, self.training)
+
+
+class ConvNeXtLayerNorm(nn.Module):
+    """The official ConvNeXt LayerNorm: F.layer_norm for channels-last, written out over dim 1 for channels-first."""
+
+    def __init__(self, c: int, eps: float = 1e-6, data_format: str = "channels_last"):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(c))
+        self.bias = nn.Parameter(torch.zeros(c))
+        self.eps, self.data_format, self.normalized_shape = eps, data_format, (c,)
+
+    def forward(self, x):
+        if self.data_format == "channels_last":
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class ConvNeXtBlock(nn.Module):
+    """dw 7x7 -> permute to channels-last -> LayerNorm -> Linear 4x -> GELU -> Linear -> layer scale -> permute
+    back -> DropPath residual (Liu et al. 2022, figure 4)."""
+
+    def __init__(self, dim: int, drop_path: float = 0.0, layer_scale_init: float = 1e-6):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = ConvNeXtLayerNorm(dim)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(layer_scale_init * torch.ones(dim))
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x):
+        inp = x
+        x = self.dwconv(x).permute(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
+        x = self.pwconv2(self.act(self.pwconv1(self.norm(x))))
+        x = (self.gamma * x).permute(0, 3, 1, 2)
+        return inp + self.drop_path(x)
+
+
+class ConvNeXt(nn.Module):
+    """ConvNeXt-atto's stage depths (2, 2, 6, 2) (timm convnext_atto, dims 40-80-160-320) at width 0.3: patchify
+    stem (conv 4x4 stride 4 + LayerNorm), channels-first LayerNorm + conv 2x2 stride 2 between stages, mean
+    pool, LayerNorm, head."""
+
+    def __init__(self, depths=(2, 2, 6, 2), dims=(12, 24, 48, 96), drop_path_rate: float = 0.1, n_classes: int = 2):
+        super().__init__()
+        self.downsample_layers = nn.ModuleList([nn.Sequential(
+            nn.Conv2d(3, dims[0], kernel_size=4, stride=4), ConvNeXtLayerNorm(dims[0], data_format="channels_first"))])
+        for i in range(3):
+            self.downsample_layers.append(nn.Sequential(ConvNeXtLayerNorm(dims[i], data_format="channels_first"),
+                                                        nn.Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2)))
+        rates = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths))]
+        self.stages, cur = nn.ModuleList(), 0
+        for depth, dim in zip(depths, dims):
+            self.stages.append(nn.Sequential(*[ConvNeXtBlock(dim, rates[cur + j]) for j in range(depth)]))
+            cur += depth
+        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
+        self.head = nn.Linear(dims[-1], n_classes)
+
+    def forward(self, x):
+        for down, stage in zip(self.downsample_layers, self.stages):
+            x = stage(down(x))
+        return self.head(self.norm(x.mean([-2, -1])))
+
+
+# ----------------------------------------------------------------------------------------------- MobileViT
+
+
+class ConvLayer(nn.Sequential):
+    """ml-cvnets' ConvLayer: conv (+ BatchNorm) (+ SiLU)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True,
+                 norm: bool = True):
+        layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=not norm)]
+        if norm:
+            layers.append(nn.BatchNorm2d(cout))
+        if act:
+            layers.append(nn.SiLU())
+        super().__init__(*layers)
+
+
+class MV2Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int = 2):
+        super().__init__()
+        hidden = cin * expand
+        self.block = nn.Sequential(ConvLayer(cin, hidden, 1), ConvLayer(hidden, hidden, 3, stride, groups=hidden),
+                                   ConvLayer(hidden, cout, 1, act=False))
+        self.use_res_connect = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.block(x) if self.use_res_connect else self.block(x)
+
+
+class MultiHeadAttention(nn.Module):
+    """ml-cvnets' MultiHeadAttention: one qkv projection reshaped and transposed into heads, scaled query."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.qkv_proj = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+        self.heads, self.scaling = heads, (dim // heads) ** -0.5
+        self.softmax = nn.Softmax(dim=-1)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        qkv = self.qkv_proj(x).reshape(b, n, 3, self.heads, -1).transpose(1, 3).contiguous()
+        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        attn = self.softmax(torch.matmul(query * self.scaling, key.transpose(-1, -2)))
+        out = torch.matmul(attn, value).transpose(1, 2).reshape(b, n, -1)
+        return self.out_proj(out)
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, dim: int, ffn_dim: int, heads: int):
+        super().__init__()
+        self.pre_norm_mha = nn.Sequential(nn.LayerNorm(dim), MultiHeadAttention(dim, heads), nn.Dropout(0.1))
+        self.pre_norm_ffn = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, ffn_dim), nn.SiLU(), nn.Dropout(0.0),
+                                          nn.Linear(ffn_dim, dim), nn.Dropout(0.1))
+
+    def forward(self, x):
+        x = x + self.pre_norm_mha(x)
+        return x + self.pre_norm_ffn(x)
+
+
+class MobileViTBlock(nn.Module):
+    """Local 3x3 + 1x1, unfold into 2x2 patches by reshape/transpose ((B*P, N, d): pixel p of every patch is one
+    sequence), L pre-norm transformer layers, fold back, 1x1 projection, fusion 3x3 over cat(input, result)
+    (Mehta & Rastegari 2022, figure 1b; ml-cvnets' unfolding/folding)."""
+
+    def __init__(self, c: int, dim: int, ffn_dim: int, n_layers: int, head_dim: int = 16, patch: int = 2):
+        super().__init__()
+        self.local_rep = nn.Sequential(ConvLayer(c, c, 3), ConvLayer(c, dim, 1, act=False, norm=False))
+        self.global_rep = nn.Sequential(*[TransformerEncoder(dim, ffn_dim, dim // head_dim) for _ in range(n_layers)],
+                                        nn.LayerNorm(dim))
+        self.conv_proj = ConvLayer(dim, c, 1)
+        self.fusion = ConvLayer(2 * c, c, 3)
+        self.patch = patch
+
+    def unfolding(self, fm):
+        p = self.patch
+        b, c, h, w = fm.shape
+        new_h, new_w = math.ceil(h / p) * p, math.ceil(w / p) * p
+        if (new_h, new_w) != (h, w):  # ml-cvnets resizes a map that the patches do not tile (3x3 at 96x96)
+            fm = F.interpolate(fm, size=(new_h, new_w), mode="bilinear", align_corners=False)
+        nh, nw = new_h // p, new_w // p
+        fm = fm.reshape(b * c * nh, p, nw, p).transpose(1, 2)  # (B*C*nh, nw, p, p)
+        fm = fm.reshape(b, c, nh * nw, p * p).transpose(1, 3)  # (B, P, N, C)
+        return fm.reshape(b * p * p, nh * nw, -1), (b, nh, nw, (h, w))
+
+    def folding(self, patches, info):
+        p = self.patch
+        b, nh, nw, size = info
+        patches = patches.contiguous().view(b, p * p, nh * nw, -1).transpose(1, 3)  # (B, C, N, P)
+        c = patches.shape[1]
+        fm = patches.reshape(b * c * nh, nw, p, p).transpose(1, 2)
+        fm = fm.reshape(b, c, nh * p, nw * p)
+        if fm.shape[-2:] != size:
+            fm = F.interpolate(fm, size=size, mode="bilinear", align_corners=False)
+        return fm
+
+    def forward(self, x):
+        patches, info = self.unfolding(self.local_rep(x))
+        fm = self.conv_proj(self.folding(self.global_rep(patches), info))
+        return self.fusion(torch.cat((x, fm), dim=1))
+
+
+class MobileViT(nn.Module):
+    """MobileViT-XXS's layer list (Mehta & Rastegari 2022, table 4: channels 16-16-24-48-64-80-320, MobileViT
+    blocks d = 64 / 80 / 96 with L = 2 / 4 / 3, FFN 2d, MV2 expansion 2) with L = 1 per block, d = 48 / 64 / 80
+    (heads of 16) and a 240-channel head: 0.54 M parameters instead of 1.3 M. At 96x96 the last block's 3x3 map
+    is resized to 4x4 and back, as ml-cvnets does for maps the 2x2 patches do not tile."""
+
+    def __init__(self, n_classes: int = 2, layers=(1, 1, 1)):
+        super().__init__()
+        self.conv_1 = ConvLayer(3, 16, 3, 2)
+        self.layer_1 = MV2Block(16, 16, 1)
+        self.layer_2 = nn.Sequential(MV2Block(16, 24, 2), MV2Block(24, 24, 1), MV2Block(24, 24, 1))
+        self.layer_3 = nn.Sequential(MV2Block(24, 48, 2), MobileViTBlock(48, 48, 96, layers[0]))
+        self.layer_4 = nn.Sequential(MV2Block(48, 64, 2), MobileViTBlock(64, 64, 128, layers[1]))
+        self.layer_5 = nn.Sequential(MV2Block(64, 80, 2), MobileViTBlock(80, 80, 160, layers[2]))
+        self.conv_1x1_exp = ConvLayer(80, 240, 1)
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1),
+                                        nn.Linear(240, n_classes))
+
+    def forward(self, x):
+        x = self.layer_5(self.layer_4(self.layer_3(self.layer_2(self.layer_1(self.conv_1(x))))))
+        return self.classifier(self.conv_1x1_exp(x))
+
+
 # ---------------------------------------------------------------------------------------------- factories
 
 
@@ -418,9 +632,11 @@ def _randomised(model: nn.Module, seed: int) -> nn.Module:
             m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
             m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
-        if isinstance(m, nn.LayerNorm):
+        if isinstance(m, (nn.LayerNorm, ConvNeXtLayerNorm)):
             m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) * 0.5 + 0.75)
             m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+        if isinstance(m, ConvNeXtBlock):  # a trained layer scale, not the 1e-6 it starts from
+            m.gamma.data.copy_(torch.rand(m.gamma.shape, generator=g) * 0.8 + 0.2)
     return model.eval()
 
 
@@ -441,7 +657,10 @@ tcn = _make(TCN, 15, (1, 10, 49))
 unet = _make(UNet, 16, (1, 1, 64, 64))
 unet_bilinear = _make(UNet, 17, (1, 1, 64, 64), up="bilinear")
 vit_block = _make(ViTBlock, 18, (1, 1, 32, 32))
+convnext_atto = _make(ConvNeXt, 19, (1, 3, 64, 64))
+mobilevit_xxs = _make(MobileViT, 20, (1, 3, 96, 96))
 
 MODELS = {"mobilenet_v2": mobilenet_v2, "mobilenet_v3_small": mobilenet_v3_small, "shufflenet_v2": shufflenet_v2,
           "squeezenet": squeezenet, "mnasnet_se": mnasnet_se, "tcn": tcn, "unet": unet,
-          "unet_bilinear": unet_bilinear, "vit_block": vit_block}
+          "unet_bilinear": unet_bilinear, "vit_block": vit_block, "convnext_atto": convnext_atto,
+          "mobilevit_xxs": mobilevit_xxs}
