@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from qgen_testing import act, const, finish, safe_bias  # noqa: E402
 
-BOARDS = {"cortex-m4": "mps2-an386", "cortex-m0plus": "rp2040"}
+BOARDS = {"cortex-m4": "mps2-an386", "cortex-m0plus": "rp2040", "cortex-m55": "mps3-an547"}
 N_INPUTS = 2
 
 

@@ -169,10 +169,16 @@ QG_CT_INLINE void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict 
     const int32_t ps = p->out_stride ? p->out_stride : p->out_c; /* pixel stride: wider in a concat's slice */
     const int32_t act_min = p->act_min, act_max = p->act_max;
     int32_t ox, oc;
-    if (k == 0) { /* no tap reaches this phase: the bias alone */
-        for (ox = ox0; ox < out_w; ox += sw) {
+    if (k == 0) { /* no tap reaches this phase: the bias alone, requantised once, copied to the row's other pixels */
+        if (ox0 < out_w) {
+            const int8_t *first = out_row + ox0 * ps;
             for (oc = 0; oc < out_c; oc++) {
-                out_row[ox * ps + oc] = qg_requantize_s8(qg_w32(&bias[oc]), qg_w8(&shift[oc]), act_min, act_max);
+                out_row[ox0 * ps + oc] = qg_requantize_s8(qg_w32(&bias[oc]), qg_w8(&shift[oc]), act_min, act_max);
+            }
+            for (ox = ox0 + sw; ox < out_w; ox += sw) {
+                for (oc = 0; oc < out_c; oc++) {
+                    out_row[ox * ps + oc] = first[oc];
+                }
             }
         }
         return;
