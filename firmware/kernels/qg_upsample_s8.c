@@ -157,6 +157,32 @@ QG_CT_INLINE void fill_block(const int8_t *restrict in, int32_t in_c, int32_t cg
 
 #endif /* QG_DSP */
 
+#if defined(__GNUC__) || defined(__clang__)
+#define QG_CT_NOINLINE __attribute__((noinline))
+#else
+#define QG_CT_NOINLINE
+#endif
+
+/* n output pixels from `o`, `step` values apart, of a phase no tap reaches (dilation with gcd(dil, stride) > 1, a
+ * kernel smaller than the stride): the bias requantised once into the first, copied to the others. Out of line:
+ * phase_row's code for the phases with taps stays as it was. */
+static QG_CT_NOINLINE void bias_row(int8_t *restrict o, int32_t step, int32_t n, int32_t out_c, const int32_t *bias,
+                                    const int8_t *shift, int32_t act_min, int32_t act_max)
+{
+    int32_t i, oc;
+    if (n <= 0) {
+        return;
+    }
+    for (oc = 0; oc < out_c; oc++) {
+        o[oc] = qg_requantize_s8(qg_w32(&bias[oc]), qg_w8(&shift[oc]), act_min, act_max);
+    }
+    for (i = 1; i < n; i++) {
+        for (oc = 0; oc < out_c; oc++) {
+            o[i * step + oc] = o[oc];
+        }
+    }
+}
+
 /* Output pixels ox = ox0, ox0 + stride_w, ... < out_w of row oy, phase (nty x ntx taps sty / stx input pixels
  * apart, weights w), the out_c rows of one group (its channels at in, out_row, bias, shift; cg of them in). Pixel
  * ox reads qx = (ox + left) / stride_w, left = pad_left less the phase's first column tap k0 * dil_w (exact). */
@@ -168,19 +194,9 @@ QG_CT_INLINE void phase_row(const qg_conv2d_params_t *p, const int8_t *restrict 
     const int32_t sw = p->stride_w, out_w = p->out_w, k = nty * ntx * cg;
     const int32_t ps = p->out_stride ? p->out_stride : p->out_c; /* pixel stride: wider in a concat's slice */
     const int32_t act_min = p->act_min, act_max = p->act_max;
-    int32_t ox, oc;
-    if (k == 0) { /* no tap reaches this phase: the bias alone, requantised once, copied to the row's other pixels */
-        if (ox0 < out_w) {
-            const int8_t *first = out_row + ox0 * ps;
-            for (oc = 0; oc < out_c; oc++) {
-                out_row[ox0 * ps + oc] = qg_requantize_s8(qg_w32(&bias[oc]), qg_w8(&shift[oc]), act_min, act_max);
-            }
-            for (ox = ox0 + sw; ox < out_w; ox += sw) {
-                for (oc = 0; oc < out_c; oc++) {
-                    out_row[ox * ps + oc] = first[oc];
-                }
-            }
-        }
+    int32_t ox;
+    if (k == 0) { /* no tap reaches this phase: the bias alone */
+        bias_row(out_row + ox0 * ps, sw * ps, (out_w - ox0 + sw - 1) / sw, out_c, bias, shift, act_min, act_max);
         return;
     }
 #if QG_DSP
@@ -251,12 +267,6 @@ QG_CT_INLINE void conv_transpose_s8(const qg_conv2d_params_t *p, const int8_t *r
         }
     }
 }
-
-#if defined(__GNUC__) || defined(__clang__)
-#define QG_CT_NOINLINE __attribute__((noinline))
-#else
-#define QG_CT_NOINLINE
-#endif
 
 #if QG_DSP
 /* groups = 1, dilation 1: its own copy of the loops (the grouped / dilated arithmetic folded away) */
