@@ -126,6 +126,16 @@ def lut_function(attrs: dict) -> Callable[[torch.Tensor], torch.Tensor]:
         return torch.exp
     if fn == "softplus":
         return lambda v: F.softplus(v, attrs.get("beta", 1.0), attrs.get("threshold", 20.0))
+    if fn in ("mish", "selu", "log_sigmoid"):
+        return {"mish": F.mish, "selu": F.selu, "log_sigmoid": F.logsigmoid}[fn]
+    if fn == "celu":
+        return lambda v: F.celu(v, attrs["alpha"])
+    if fn in ("hardshrink", "softshrink"):
+        return lambda v: getattr(F, fn)(v, attrs["lambd"])
+    if fn == "threshold":
+        return lambda v: F.threshold(v, attrs["threshold"], attrs["value"])
+    if fn == "abs":
+        return torch.abs
     raise UserError(f"no torch function for LUT '{fn}'")
 
 

@@ -167,6 +167,12 @@ def from_module(model: torch.nn.Module, example: torch.Tensor) -> Graph:
     keeps its training flags (every submodule's)."""
     import logging
 
+    from .torch_spellings import as_float32, forward_arity_error, scripted_program
+
+    model = as_float32(model)  # .half() / .double(): a float32 copy
+    if isinstance(model, torch.jit.ScriptModule):  # torch.jit.script / trace / jit.load: converted by torch
+        return from_exported_program(scripted_program(model, example), source=model.original_name,
+                                     modules=dict(model.named_modules()))
     training = {m: m.training for m in model.modules()}
     fake_log = logging.getLogger("torch._subclasses.fake_tensor")
     level = fake_log.level
@@ -180,7 +186,7 @@ def from_module(model: torch.nn.Module, example: torch.Tensor) -> Graph:
         raise UserError(f"{type(model).__name__}.forward called sys.exit({exc.code!r}) while torch.export traced "
                         "it; the model's forward must return its output") from None
     except Exception as exc:
-        mismatch = _shape_mismatch(model, example)
+        mismatch = forward_arity_error(model) or _shape_mismatch(model, example)
         if mismatch:
             raise UserError(mismatch) from None
         msg = str(exc).strip().splitlines()
@@ -439,8 +445,11 @@ class _Lowering:
                 for o in outs:
                     sizes = _torch_sizes(o) if isinstance(o, torch.fx.Node) else None
                     if sizes is not None and not (len(sizes) in LAYOUTS and sizes[0] == 1):
-                        raise UserError(f"model output '{o.name}' has shape {list(sizes)}; qgen returns (1, C, H, W), "
-                                        "(1, C, L) or (1, F) outputs. Reshape it to one of these before returning.")
+                        squeezed = " (the batch dim squeezed away? x.squeeze() drops it from a batch of one: use " \
+                            "torch.flatten(x, 1) or x.squeeze(-1))" if len(sizes) < 2 else ""
+                        raise UserError(f"model output '{o.name}' has shape {list(sizes)}{squeezed}; qgen returns "
+                                        "(1, C, H, W), (1, C, L) or (1, F) outputs. Reshape it to one of these before "
+                                        "returning.")
                     if sizes is not None and len(sizes) == 3 and o.name in self.lay and _time_major(self.lay[o.name]):
                         # a sequence lying (L, C) (a recurrent layer's output): returned as it lies, io_layout nlc
                         name = self.alias(self.env[o.name], (1, sizes[1], sizes[2]), source_of(o))
@@ -1913,6 +1922,9 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
 from .torch_recurrent import HANDLERS as _RECURRENT  # noqa: E402 (it imports this module's helpers)
 
 HANDLERS.update(_RECURRENT)
+from .torch_spellings import HANDLERS as _SPELLINGS  # noqa: E402 (pad modes, strided slices, tables ...)
+
+HANDLERS.update(_SPELLINGS)
 
 try:  # getitem comes from the operator module in FX graphs
     import operator

@@ -160,7 +160,9 @@ def with_trait(trait: Trait) -> tuple[Op, ...]:
 def supported_torch() -> str:
     """The PyTorch side of the op table, for the front end's 'Supported:' message."""
     return ", ".join(s.torch for s in SPEC.values() if s.torch) + (
-        ", Dropout (eval), weight_norm (folded into the weights), F.glu/nn.GLU, scaled_dot_product_attention (no mask)"
+        ", Dropout/Dropout2d/AlphaDropout (eval), PixelShuffle/pixel_unshuffle, x[..., ::2, ::2]"
+        ", reflect/replicate/circular padding"
+        ", weight_norm (folded into the weights), F.glu/nn.GLU, scaled_dot_product_attention (no mask)"
         ", F.unfold/F.fold of non-overlapping patches")
 
 

@@ -444,6 +444,24 @@ def lut_function(attrs: dict) -> Callable[[np.ndarray], np.ndarray]:
     if fn == "softplus":  # log(1 + exp(beta x)) / beta, linear above threshold (PyTorch's rule)
         beta, threshold = attrs.get("beta", 1.0), attrs.get("threshold", 20.0)
         return lambda v: np.where(v * beta > threshold, v, np.logaddexp(0.0, v * beta) / beta)
+    if fn == "mish":  # x * tanh(softplus(x))
+        return lambda v: v * np.tanh(np.logaddexp(0.0, v))
+    if fn == "selu":
+        alpha, scale = 1.6732632423543772, 1.0507009873554805
+        return lambda v: scale * np.where(v > 0, v, alpha * (np.exp(np.minimum(v, 0)) - 1.0))
+    if fn == "celu":
+        return lambda v: np.where(v > 0, v, attrs["alpha"] * (np.exp(np.minimum(v, 0) / attrs["alpha"]) - 1.0))
+    if fn == "log_sigmoid":
+        return lambda v: -np.logaddexp(0.0, -v)
+    if fn == "hardshrink":
+        return lambda v: np.where(np.abs(v) > attrs["lambd"], v, 0.0)
+    if fn == "softshrink":
+        return lambda v: np.where(v > attrs["lambd"], v - attrs["lambd"],
+                                  np.where(v < -attrs["lambd"], v + attrs["lambd"], 0.0))
+    if fn == "threshold":
+        return lambda v: np.where(v > attrs["threshold"], v, attrs["value"])
+    if fn == "abs":
+        return np.abs
     raise KeyError(fn)
 
 
@@ -783,7 +801,8 @@ SPECS = [
     OpSpec(Op.LUT, "eltwise",
            Trait.IN_PLACE | Trait.CHANNELWISE | Trait.KEEPS_ORDER | Trait.INT8_ONLY | Trait.TABLE,
            same_shape, _no_check, f_lut, i_lut, q_lut, _zero_macs, torch_lut,
-           "sigmoid, tanh, hardsigmoid, hardswish, SiLU, GELU, LeakyReLU, ELU, exp, Softplus",
+           "sigmoid, tanh, hardsigmoid, hardswish, SiLU, GELU, LeakyReLU, ELU, exp, Softplus, Mish, SELU, CELU, "
+           "LogSigmoid, Hardshrink, Softshrink, Threshold, RReLU (eval), abs",
            ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "LeakyRelu", "Elu", "Exp", "Softplus"),
            ("qg_lut_s8",),
            "any element-wise function through a 256-entry int8 table", kernel=kernel_lut,
