@@ -51,6 +51,7 @@ class AllOps(nn.Module):
         self.lstm = nn.LSTM(9, 3, batch_first=True)
         self.rnn = nn.RNN(3, 2, batch_first=True)
         self.fc_seq = nn.Linear(4 + 2, 5)
+        self.register_buffer("keep", torch.tensor([[1.0, 1.0, 0.0, 1.0, 1.0]]))  # masked_softmax
 
     def forward(self, x):
         y = torch.relu(self.conv(self.pad(x)))
@@ -76,6 +77,7 @@ class AllOps(nn.Module):
             _, h = self.gru(seq)
             r, _ = self.rnn(self.lstm(seq)[0])
             z = z + self.fc_seq(torch.cat([h[-1], r[:, -1]], 1))
+            z = z + torch.softmax(z.masked_fill(self.keep == 0, float("-inf")), 1)  # masked_softmax
         h = self.ln(self.bn1d(torch.relu(z)))
         return torch.cat([torch.softmax(h, 1), torch.log_softmax(h, 1)], 1)
 
@@ -247,7 +249,8 @@ def test_trait_queries_are_what_the_passes_use():
     from codegen.passes import assign_precision, fuse_activation, plan_memory
 
     assert fuse_activation.FUSABLE == ops.with_trait(Trait.FUSES_ACT)
-    assert set(plan_memory.IN_PLACE_OPS) == {Op.RELU, Op.LUT, Op.ADD, Op.SOFTMAX, Op.LOG_SOFTMAX, Op.MUL, Op.SUB,
+    assert set(plan_memory.IN_PLACE_OPS) == {Op.RELU, Op.LUT, Op.ADD, Op.SOFTMAX, Op.LOG_SOFTMAX, Op.MASKED_SOFTMAX,
+                                             Op.MUL, Op.SUB,
                                              Op.MAXIMUM, Op.MINIMUM, Op.AFFINE, Op.PRELU, Op.CHANNEL_AFFINE,
                                              Op.LAYER_NORM, Op.GROUP_NORM}
     assert set(assign_precision.FOLLOW_OPS) == {Op.RELU, Op.MAXPOOL2D, Op.AVGPOOL2D, Op.RESHAPE, Op.PAD,

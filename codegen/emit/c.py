@@ -42,6 +42,7 @@ FLASH_READERS = frozenset({
     "qg_conv2d_cluster_s8", "qg_depthwise_conv2d_cluster_s8", "qg_fully_connected_cluster_s8", "qg_recurrent_s8",
     "qg_conv2d_s4", "qg_fully_connected_s4", "qg_depthwise_conv2d_s4", "qg_log_softmax_s8",
     "qg_conv_transpose2d_pointwise_s8",  # through qg_conv2d_s8
+    "qg_masked_softmax_s8",
 })
 
 

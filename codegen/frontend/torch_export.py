@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..ir import Graph, Node, Op, Tensor
 from ..ops import supported_torch
 from ..ops.matmul import MAX_RANK as MAX_TRANSPOSE_RANK
-from . import layout
+from . import layout, masks
 from .layout import Layout
 
 aten = torch.ops.aten
@@ -269,6 +269,7 @@ class _Lowering:
         # fx node name -> (value, Layout or None) lowered ahead by a producer that reads its users (a recurrent
         # layer builds only what its getitems, h_n[k] and out[:, -1] read: frontend/torch_recurrent.py)
         self.ready: dict[str, tuple[Any, Layout | None]] = {}
+        self.masked: dict[str, np.ndarray] = {}  # fx node -> keep mask pending for its softmax (frontend/masks.py)
 
     # -- helpers
     def const(self, base: str, array: np.ndarray) -> str:
@@ -423,6 +424,8 @@ class _Lowering:
                 self.env[fx_node.name], lay = self.ready.pop(fx_node.name)
                 if lay is not None:
                     self.lay[fx_node.name] = lay
+            elif fx_node.op == "call_function" and masks.foldable(self, fx_node):  # a mask built from constants
+                self.env[fx_node.name] = masks.fold(self, fx_node)
             elif fx_node.op == "call_function":
                 handler = HANDLERS.get(fx_node.target)
                 functional = _functional_of(fx_node.target) if handler is None else None
@@ -882,26 +885,29 @@ def _glu(lw: _Lowering, n) -> str:
 def _sdpa(lw: _Lowering, n) -> str:
     """F.scaled_dot_product_attention (nn.MultiheadAttention with need_weights=False, nn.TransformerEncoderLayer
     in eval): softmax(q @ k^T * scale) @ v, lowered as the matmul, scalar multiply and softmax nodes a user
-    writing attention by hand gets (the same IR and C); no mask, no dropout, no causal masking."""
+    writing attention by hand gets (the same IR and C). A constant mask (is_causal, a bool or 0/-inf attn_mask, a
+    constant key_padding_mask merged into it) makes the softmax a masked softmax (frontend/masks.py); a finite
+    float attn_mask is added to the scores."""
     q, k, v = n.args[:3]
     names = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
     opts = {**{"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False},
             **dict(zip(names, n.args[3:])), **n.kwargs}
-    if opts["attn_mask"] is not None or opts["is_causal"]:
-        raise _err(lw, n, "attention with a mask (attn_mask / key_padding_mask / is_causal); qgen supports "
-                          "unmasked scaled dot-product attention. Drop the mask, or open an issue for masked "
-                          "attention")
     if opts["enable_gqa"]:
         raise _err(lw, n, "grouped-query attention (enable_gqa=True); qgen supports equal heads in q, k and v")
     sq, sk = _torch_sizes(q), _torch_sizes(k)
     if sq is None or sk is None:
         raise _err(lw, n, "attention on inputs of unknown shape")
     scale = float(opts["scale"]) if opts["scale"] is not None else 1.0 / float(np.sqrt(sq[-1]))
+    keep, bias = masks.sdpa_keep(lw, n, sq, sk, opts["attn_mask"], bool(opts["is_causal"]))
     step = _steps(lw, n)
     kt = step("kt", aten.transpose.int, (k, -2, -1), sk[:-2] + (sk[-1], sk[-2]))
     scores = sq[:-1] + (sk[-2],)
     s = step("scores", aten.matmul.default, (q, kt), scores)
     s = step("scaled", aten.mul.Tensor, (s, scale), scores)
+    if bias is not None:  # a finite additive float mask
+        s = step("bias", aten.add.Tensor, (s, bias), scores)
+    if keep is not None:
+        lw.masked[s.name] = keep
     p = step("softmax", aten._softmax.default, (s, -1, False), scores)
     out = step("out", aten.matmul.default, (p, v), _torch_sizes(n))
     lw.lay[n.name] = lw.lay[out.name]
@@ -1450,6 +1456,9 @@ def _add(lw: _Lowering, n) -> str:
     a, b = n.args[0], n.args[1]
     alpha = n.kwargs.get("alpha", 1)
     ka, kb = _scalar(lw, a), _scalar(lw, b)
+    masked = masks.additive(lw, n, a, b) if alpha == 1 else None  # scores + a 0/-inf mask, before softmax
+    if masked is not None:
+        return masked
     if (ka is None) != (kb is None) and isinstance(alpha, (int, float)):  # x + c, c + x: an affine op
         return _affine(lw, n, a, 1.0, kb * alpha) if kb is not None else _affine(lw, n, b, alpha, ka)
     if isinstance(alpha, (int, float)) and _per_channel(lw, n, a, b) is not None:  # x + k[c]: a bias
@@ -1694,7 +1703,10 @@ def _softmax(lw: _Lowering, n, op: Op = Op.SOFTMAX) -> str:
         else:
             out_lay = layout.move_innermost(lay, dim)
             xin = lw.value_in(n.args[0], out_lay, out_lay.phys)
-    return lw.bind(n, lw.add(n, op, [xin], lw.shape_of(xin)), out_lay)
+    out = lw.add(n, op, [xin], lw.shape_of(xin))
+    if masks.pending(lw, n.args[0]) is not None:  # a constant mask before it: masked softmax (frontend/masks.py)
+        masks.apply(lw, n, out, out_lay)
+    return lw.bind(n, out, out_lay)
 
 
 def _log_softmax(lw: _Lowering, n) -> str:
@@ -1884,6 +1896,12 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.matmul.default: _matmul,
     aten.bmm.default: _matmul,
     aten.scaled_dot_product_attention.default: _sdpa,
+    aten.masked_fill.Scalar: masks.masked_fill,
+    aten.masked_fill_.Scalar: masks.masked_fill,
+    aten.masked_fill.Tensor: masks.masked_fill,
+    aten.masked_fill_.Tensor: masks.masked_fill,
+    aten.baddbmm.default: masks.baddbmm,
+    **{op: masks.compare for op in masks.COMPARISONS},
     aten._weight_norm.default: _weight_norm,
     aten.glu.default: _glu,
     aten.im2col.default: _im2col,

@@ -35,6 +35,7 @@ class Op(str, enum.Enum):
     CONCAT = "concat"  # along attrs["axis"] of the (batch-less) IR shape
     SOFTMAX = "softmax"  # over the last IR axis (channels / features)
     LOG_SOFTMAX = "log_softmax"  # over the last IR axis, through softmax's exp table and an integer ln
+    MASKED_SOFTMAX = "masked_softmax"  # softmax over the last IR axis after a constant mask (attention.py)
     LUT = "lut"  # element-wise function through a 256-entry int8 table (sigmoid, tanh, ...)
     REDUCE = "reduce"  # mean / max over the last IR axis (channels), kept with size 1: attrs["kind"]
     MUL = "mul"  # product of two activations; inputs[1] may be (1, 1, C) against (H, W, C) (broadcast)
@@ -140,9 +141,9 @@ def _no_check(g, n) -> None:
     return None
 
 
-from . import combine, conv, eltwise, layout, matmul, norm, pool, recurrent, stream, upsample  # noqa: E402  (the families register below)
+from . import attention, combine, conv, eltwise, layout, matmul, norm, pool, recurrent, stream, upsample  # noqa: E402  (the families register below)
 
-FAMILIES = (conv, norm, eltwise, pool, layout, upsample, matmul, recurrent, stream, combine)
+FAMILIES = (conv, norm, eltwise, pool, layout, upsample, matmul, recurrent, stream, combine, attention)
 SPEC: dict[Op, OpSpec] = {s.op: s for family in FAMILIES for s in family.SPECS}
 assert set(SPEC) == set(Op), set(Op) - set(SPEC)
 SPEC = {op: SPEC[op] for op in Op}  # enum order
@@ -162,7 +163,7 @@ def supported_torch() -> str:
     return ", ".join(s.torch for s in SPEC.values() if s.torch) + (
         ", Dropout/Dropout2d/AlphaDropout (eval), PixelShuffle/pixel_unshuffle, x[..., ::2, ::2]"
         ", reflect/replicate/circular padding"
-        ", weight_norm (folded into the weights), F.glu/nn.GLU, scaled_dot_product_attention (no mask)"
+        ", weight_norm (folded into the weights), F.glu/nn.GLU, scaled_dot_product_attention"
         ", F.unfold/F.fold of non-overlapping patches")
 
 

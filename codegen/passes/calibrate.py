@@ -155,7 +155,8 @@ def format_source(graph: Graph, name: str) -> str | None:
     while node is not None and has(node.op, Trait.KEEPS_FORMAT):
         name = node.inputs[0]
         node = graph.producer(name)
-    fixed = node is not None and (node.op is Op.SOFTMAX or node.op is Op.LOG_SOFTMAX)
+    fixed = node is not None and (node.op is Op.SOFTMAX or node.op is Op.LOG_SOFTMAX
+                                  or node.op is Op.MASKED_SOFTMAX)
     if fixed or (node is not None and (node.op is Op.LUT and node.attrs.get("fn") in LUT_OUTPUT_FRAC)):
         return None
     return name

@@ -168,6 +168,15 @@ typedef struct {
 } qg_softmax_params_t;
 void qg_softmax_s8(const qg_softmax_params_t *p, const int8_t *in, int8_t *out);
 
+/* softmax after a constant mask: row r keeps entry j where bit j % 8 of keep[(r % mask_rows) * ceil(row_size / 8)
+ * + j / 8] is set; masked entries add 0 to the exp sum and output 0 (qg_masked_softmax_s8.c); output s8.f7 */
+typedef struct {
+    int32_t rows, row_size, mask_rows; /* row_size <= 65535 */
+    const int16_t *exp_table;          /* exp(-k * 2^-in_frac) in Q14, k = 0..255 */
+    const uint8_t *keep;               /* bitmap, mask_rows rows of ceil(row_size / 8) bytes */
+} qg_masked_softmax_params_t;
+void qg_masked_softmax_s8(const qg_masked_softmax_params_t *p, const int8_t *in, int8_t *out);
+
 /* log_softmax over `rows` rows of `row_size` (<= 65536) int8 values: out = round_half_up(2^out_frac *
  * ((x - max) * 2^-in_frac - ln(sum exp_table[max - x] / 2^14))), saturated at -128 (qg_log_softmax.c) */
 typedef struct {

@@ -1,6 +1,7 @@
 """Sequence-model spellings users bring (issue 16): weight_norm'ed convs (the locuslab TCN), F.glu / nn.GLU
 (conformer conv modules), F.scaled_dot_product_attention (nn.MultiheadAttention with need_weights=False,
-nn.TransformerEncoderLayer in eval) lower to the ops a hand-written version gets; masks are refused by name."""
+nn.TransformerEncoderLayer in eval) lower to the ops a hand-written version gets; a mask computed from the input is
+refused by name (constant masks: tests/frontend/test_masked_attention.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -101,6 +102,8 @@ class Attention(nn.Module):
             x = x + self.att(x, x, x, need_weights=False)[0]
         elif self.how == "causal":
             x = x + self.att(x, x, x, need_weights=False, attn_mask=self.mask)[0]
+        elif self.how == "data_mask":  # a mask computed from the input (constant masks compile: test_masked_attention)
+            x = x + self.att(x, x, x, need_weights=False, attn_mask=(x @ x.transpose(1, 2))[0])[0]
         return self.fc(x.mean(dim=1))
 
 
@@ -113,8 +116,9 @@ def test_scaled_dot_product_attention_lowers_to_matmul_softmax(how):
 
 
 def test_masked_attention_names_the_layer():
-    with pytest.raises(UserError, match=r"nn.MultiheadAttention 'att'.*test_seq_spellings.py:\d+.*with a mask"):
-        from_module(Attention("causal").eval(), torch.randn(1, 7, 6))
+    with pytest.raises(UserError, match=r"nn.MultiheadAttention 'att'.*test_seq_spellings.py:\d+.*attn_mask .*computed "
+                                        r"from the model's input; qgen supports constant masks"):
+        from_module(Attention("data_mask").eval(), torch.randn(1, 7, 6))
 
 
 class ConformerConv(nn.Module):
