@@ -6,7 +6,8 @@ convolutions per input row (codegen/ops/upsample.py pointwise_form, firmware/ker
   cortex-m0plus (plain C / 4-row assembly), cortex-m4 (DSP pointwise block and its assembly rows, the im2col
   path for in_c not a multiple of 4) and cortex-m55 (Helium blocks): k2s2 and k3s3, asymmetric k = s (2x3),
   odd sizes and channel counts, 8 and 16 input channels (the assembly rows), saturation, zero bias, fused ReLU
-  and clamps, 1-D, and written in place into a channels-last concat (out_stride: one call per tap column).
+  and clamps, 1-D, and written in place into a channels-last concat (out_stride: one call per tap column);
+- the same on an 8-bit AVR (atmega2560 under simavr: parameters in flash, 16-bit int).
 """
 from __future__ import annotations
 
@@ -141,3 +142,31 @@ def test_c_equals_reference_under_qemu(model, core, board, tmp_path):
                     extra_cflags=("-std=c99", "-Werror", "-Wconversion"))
     got = run_qemu(board, elf, x.reshape(len(x), -1), expect.shape[1], count_instructions=False).outputs
     assert_outputs_equal(got, expect, g, core)
+
+
+def test_c_equals_reference_on_atmega2560(tmp_path):
+    """AVR: the parameters in flash (QG_CONST), the row convolutions' struct built in RAM by the kernel, its
+    weights, bias and shift read through qg_w* by qg_conv2d_s8; 16-bit int."""
+    from codegen.emit.c import render, write_atomic
+    from codegen.target.avr import avr_missing_tools, run_avr
+
+    if avr_missing_tools():
+        pytest.skip(f"missing tools: {avr_missing_tools()}")
+    rng = np.random.default_rng(3)
+    g = Graph({"x": act("x", (3, 3, 8), 3)}, [], ["x"], [], source="test")
+    none = (0, 0, 0, 0)
+    _weighted(g, rng, "k2s2_relu", CT, "x", (5, 2, 2, 8), act_range=(0, 127), shifts=(1, 15), stride=(2, 2),
+              crop=none)
+    _weighted(g, rng, "k3s3", CT, "x", (3, 3, 3, 8), stride=(3, 3), crop=none)
+    up = _weighted(g, rng, "up", CT, "x", (6, 2, 2, 8), stride=(2, 2), crop=none, output=False)
+    skip = _node(g, "skip", Op.RESIZE, ["x"], output=False, mode="nearest", align_corners=False, size=(6, 6),
+                 scales=(2.0, 2.0), frac_bits=10)
+    _node(g, "cat", Op.CONCAT, [up, skip], axis=2, shifts=[0, 0])
+    g = finish(concat_in_place.run(g))
+    assert {n.name for n in g.nodes if select(g, n).fn == POINTWISE} == {"k2s2_relu", "k3s3", "up"}
+    assert next(n for n in g.nodes if n.name == "up").attrs["out_stride"] == 14
+    write_atomic(render(g, "avr", ["test"]), tmp_path / "model")
+    x = edge_inputs(rng, g.tensors["x"].shape, n_random=2)
+    expect = reference_outputs(g, run_int(g, x))
+    run = run_avr("atmega2560", tmp_path / "model", "avr", x, tmp_path / "avr", expect.shape[1])
+    assert_outputs_equal(run.outputs, expect, g, "atmega2560")

@@ -49,7 +49,7 @@ static qg_conv2d_params_t row_conv(const qg_conv2d_params_t *p, int32_t rows, in
 
 int32_t qg_conv_transpose2d_pointwise_s8_buffer_size(const qg_conv2d_params_t *p)
 {
-    const qg_conv2d_params_t pw = row_conv(p, p->stride_w * p->out_c, 0);
+    const qg_conv2d_params_t pw = row_conv(p, (int32_t)p->stride_w * p->out_c, 0);
     return qg_conv2d_s8_buffer_size(&pw);
 }
 
