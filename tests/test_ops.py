@@ -298,7 +298,7 @@ def test_kernel_rule_names_only_listed_kernels(op):
     spec = SPEC[op]
     chosen = set()
     for variant in ("s8", "s8_to_s16", "s16_to_s8", "s16", "wide", "bitmap", "index", "cluster", "int4",
-                    "s8_windows", "s16_windows", "s8_pointwise"):
+                    "s8_windows", "s16_windows", "s8_pointwise", "s8_bcast", "wide_bcast"):
         try:
             fn, struct = spec.kernel(variant)
         except ValueError:

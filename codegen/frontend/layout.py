@@ -297,3 +297,14 @@ def single_axis(lay: Layout, dim: int) -> int | None:
     """The physical axis that is PyTorch dim `dim`, or None (size 1, or several axes)."""
     g = lay.dims[dim % len(lay.dims)]
     return g[0] if len(g) == 1 else None
+
+
+def broadcast_of(lay: Layout, sizes: tuple[int, ...]) -> Layout:
+    """The layout of an operand of `sizes` (each lay.sizes[d] or 1) read as broadcast against a tensor lying in
+    `lay`: lay's physical axes in their order, those of the dims the operand has size 1 along dropped."""
+    order, size_of, groups = _tokens(lay)
+    for d, g in enumerate(groups):
+        if sizes[d] == 1:
+            for t in g:
+                size_of[t] = 1
+    return _build(order, size_of, groups)

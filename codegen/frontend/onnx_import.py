@@ -893,9 +893,8 @@ def _add(imp: _Importer, node) -> _Act:
                             "Fold the constant into a bias.")
     if a.natural != b.natural:  # one layout for both: the natural one if either is (tokens stay tokens)
         a, b = imp.in_natural(node, a), imp.in_natural(node, b)
-    if imp.shape_of(a.name) != imp.shape_of(b.name) or a.rank != b.rank:
-        raise imp.err(node, f"add of shapes {imp.shape_of(a.name)} and {imp.shape_of(b.name)}; broadcasting is "
-                            "not supported")
+    if imp.shape_of(a.name) != imp.shape_of(b.name) or a.rank != b.rank:  # broadcasting
+        return _two_activations(imp, node, Op.ADD)
     return _Act(imp.add(node, Op.ADD, [a.name, b.name], imp.shape_of(a.name)), a.rank, a.natural)
 
 
@@ -930,7 +929,7 @@ def _affine(imp: _Importer, node, x: _Act, scale: float, offset: float) -> _Act:
 
 
 def _two_activations(imp: _Importer, node, op: Op) -> _Act:
-    from ..ops.eltwise import broadcasts
+    from ..ops.eltwise import COMMUTATIVE, bcast_plan, broadcasts
 
     a, b = (imp.values.get(i) for i in node.input)
     if isinstance(a, _Act) and isinstance(b, _Act) and (a.natural or b.natural):  # binary ops read the convention
@@ -942,11 +941,15 @@ def _two_activations(imp: _Importer, node, op: Op) -> _Act:
     sa, sb = imp.shape_of(a.name), imp.shape_of(b.name)
     if op is Op.MUL and broadcasts(sb, sa):  # gate * x: the full-size operand first
         a, b, sa, sb = b, a, sb, sa
-    if (sa != sb or a.rank != b.rank) and not (op is Op.MUL and broadcasts(sa, sb) and a.rank == b.rank):
-        extra = " or one (1, C, 1, 1) gate against (1, C, H, W)" if op is Op.MUL else ""
+    out = tuple(max(x, y) for x, y in zip(sa, sb))
+    if op in COMMUTATIVE and sb == out != sa:  # the full operand first
+        a, b, sa, sb = b, a, sb, sa
+    if (sa != sb or a.rank != b.rank) and (a.rank != b.rank or bcast_plan(sa, sb) is None):
         raise imp.err(node, f"{op.value} of shapes {list(torch_shape_of(sa, a.rank))} and "
-                            f"{list(torch_shape_of(sb, b.rank))}; qgen supports equal shapes{extra}")
-    return _Act(imp.add(node, op, [a.name, b.name], sa), a.rank)
+                            f"{list(torch_shape_of(sb, b.rank))}; qgen supports equal shapes or NumPy broadcasting "
+                            "between operands of the same rank (each dim equal or 1)")
+    return _Act(imp.add(node, op, [a.name, b.name], out if len(sa) == len(sb) else sa), a.rank)
+
 
 
 def _div(imp: _Importer, node) -> _Act:

@@ -1290,6 +1290,32 @@ def _reduce(kind: str):
     return handler
 
 
+def _sum(lw: _Lowering, n) -> str:
+    """torch.sum / x.sum(dim, keepdim) (aten.sum.dim_IntList, aten.sum.default): the summed dims moved innermost
+    (a copy only if they lie otherwise), one REDUCE kind "sum" over them: the exact integer sum requantised once
+    to the sum's own calibrated format (codegen/ops/pool.py)."""
+    x = n.args[0]
+    if x.name not in lw.lay:
+        raise _err(lw, n, "sum of a constant; qgen computes on activations (fold the constant)")
+    a = list(n.args) + [None] * 3
+    dims = a[1] if a[1] is not None else n.kwargs.get("dim")
+    keepdim = bool(a[2] if a[2] is not None else n.kwargs.get("keepdim", False))
+    sizes = lw.lay[x.name].sizes
+    rank = len(sizes)
+    dims = sorted({int(d) % rank for d in ([dims] if isinstance(dims, int) else (dims or range(rank)))})
+    dims = [d for d in dims if sizes[d] > 1] or dims[-1:]
+    lay = layout.move_dims_innermost(lw.lay[x.name], dims)
+    inner = int(np.prod([sizes[d] for d in dims]))
+    xin = lw.value_in(x, lay, (lay.size // inner, inner))
+    out = lw.add(n, Op.REDUCE, [xin], (lay.size // inner, 1), kind="sum")
+    kept = layout.broadcast_of(lay, tuple(1 if d in dims else s for d, s in enumerate(sizes)))
+    if keepdim:
+        return lw.bind(n, out, kept)
+    new = layout.view(kept, _torch_sizes(n))
+    assert new is not None, (kept, _torch_sizes(n))
+    return lw.bind(n, out, new)
+
+
 def _reduce_axes(lw: _Lowering, n, kind: str, xin: str, axes: set[int]) -> str:
     """Mean or max of IR tensor xin over IR axes (0: H, 1: W, 2: channels; a vector's only axis is its last),
     keeping them with size 1: one global pooling over H/W, then one REDUCE over the last axis."""
@@ -1352,10 +1378,17 @@ def _same(lw: _Lowering, n) -> str:
     if n.args[0].name not in lw.lay:  # a constant written in forward(), torch.tensor(2.0).detach_(): itself
         return lw.env[n.args[0].name]
     x_ir, lay = lw.raw(n.args[0])
+    if _torch_sizes(n) != lay.sizes and n.users and all(u.target in _BROADCASTING for u in n.users):
+        return lw.bind(n, x_ir, lay)  # x.expand_as(y) read only by ops that broadcast: x itself (_broadcast)
     if _torch_sizes(n) != lay.sizes:
         raise _err(lw, n, f"expands {list(lay.sizes)} to {list(_torch_sizes(n))}; qgen supports broadcasting only "
-                          "where an op does it itself")
+                          "where an op does it itself (add, sub, mul, maximum, minimum of two activations)")
     return lw.bind(n, x_ir, lay)
+
+
+# binary element-wise ops that broadcast their operands (_broadcast): an expand() read only by these is free
+_BROADCASTING = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.maximum.default, aten.minimum.default,
+                 aten.max.other, aten.min.other, aten.mul_.Tensor, aten.add_.Tensor, aten.sub_.Tensor}
 
 
 def _to(lw: _Lowering, n) -> Any:
@@ -1474,9 +1507,8 @@ def _add(lw: _Lowering, n) -> str:
         raise _err(lw, n, f"add of a constant tensor of shape {shape} (a positional encoding or embedding?); qgen "
                           "adds a scalar or one constant per channel (a bias). Fold a per-channel constant into the "
                           "preceding layer's bias; a constant that varies along time or space is not supported yet")
-    if lw.lay[a.name].sizes != lw.lay[b.name].sizes:
-        raise _err(lw, n, f"add of shapes {list(lw.lay[a.name].sizes)} and {list(lw.lay[b.name].sizes)}; "
-                          "broadcasting is not supported")
+    if lw.lay[a.name].sizes != lw.lay[b.name].sizes:  # broadcasting
+        return _broadcast(lw, n, Op.ADD, a, b)
     an, bn, lay = lw.pair(n, a, b)
     return lw.bind(n, lw.add(n, Op.ADD, [an, bn], lw.shape_of(an)), lay)
 
@@ -1563,9 +1595,48 @@ def _constant(lw: _Lowering, n) -> Any:
     return lw.value(n.args[0])
 
 
+def _broadcast(lw: _Lowering, n, op: Op, a, b) -> str:
+    """A binary element-wise op of two activations whose PyTorch sizes differ and broadcast (key * scores over
+    the channels, a (1, C, H, 1) row gate, (T, 1) * (1, D)): the output lies as the full-size operand (or
+    canonically if both broadcast); each operand is read in that layout with its broadcast dims' axes of size 1
+    (IR shapes of equal rank, dims equal or 1: the op's "bcast" kernel form), no copy of the full operand."""
+    from ..ops.eltwise import COMMUTATIVE, bcast_plan
+
+    sizes = [lw.lay[x.name].sizes for x in (a, b)]
+    try:
+        out_sizes = tuple(torch.broadcast_shapes(*sizes))
+    except RuntimeError:
+        raise _err(lw, n, f"{op.value} of shapes {list(sizes[0])} and {list(sizes[1])}, which do not broadcast") \
+            from None
+    if out_sizes != _torch_sizes(n):  # an operand .expand()ed and not broadcast back by the other: no free view
+        raise _err(lw, n, f"{op.value} of shapes {list(sizes[0])} and {list(sizes[1])} (after a free expand) gives "
+                          f"{list(out_sizes)}, not {list(_torch_sizes(n))}; expand a tensor only where the "
+                          "other operand has the full size")
+    rank = len(out_sizes)
+    lays = [Layout(lw.lay[x.name].phys, ((),) * (rank - len(s)) + lw.lay[x.name].dims) for x, s in zip((a, b), sizes)]
+    full = [lay.sizes == out_sizes for lay in lays]
+    if op in COMMUTATIVE and full[1] and not full[0]:  # the full operand first
+        a, b, lays, full = b, a, lays[::-1], full[::-1]
+    out_lay = lays[0] if full[0] else lays[1] if full[1] else layout.canonical(out_sizes)
+    out_shape = out_lay.phys or (1,)
+    ins = []
+    for x, lay in zip((a, b), lays):
+        drop = {ax for d, g in enumerate(out_lay.dims) if lay.sizes[d] == 1 for ax in g}
+        shape = tuple(1 if ax in drop else s for ax, s in enumerate(out_lay.phys)) or (1,)
+        ins.append(lw.relayout(lw.env[x.name], lay, layout.broadcast_of(out_lay, lay.sizes), shape, source_of(x)))
+    if bcast_plan(*(lw.shape_of(t) for t in ins)) is None:
+        raise _err(lw, n, f"{op.value} of shapes {list(sizes[0])} and {list(sizes[1])} alternates broadcast and "
+                          "full dims more than qgen's broadcasting kernels hold (4 runs); reshape the operands so "
+                          "that the broadcast dims are adjacent")
+    return lw.bind(n, lw.add(n, op, ins, out_shape), out_lay)
+
+
 def _two_activations(lw: _Lowering, n, op: Op, a, b) -> str:
     from ..ops.eltwise import broadcasts
 
+    if (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node) and a.name in lw.lay and b.name in lw.lay
+            and lw.lay[a.name].sizes != lw.lay[b.name].sizes):
+        return _broadcast(lw, n, op, a, b)
     an, bn = lw.value(a), lw.value(b)
     if not (isinstance(an, str) and isinstance(bn, str)):
         raise _err(lw, n, f"{op.value} with a constant tensor of more than one element; qgen supports {op.value} of "
@@ -1870,6 +1941,8 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.adaptive_max_pool2d.default: _adaptive_pool(Op.MAXPOOL2D),
     aten.adaptive_max_pool1d.default: _adaptive_pool(Op.MAXPOOL2D),
     aten.mean.dim: _reduce("mean"),
+    aten.sum.dim_IntList: _sum,
+    aten.sum.default: _sum,
     aten.amax.default: _reduce("max"),
     aten.max.dim: _reduce("max"),
     aten.flatten.using_ints: _view,
@@ -1913,6 +1986,7 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten._to_copy.default: _to,
     aten.mm.default: _matmul,
     aten.expand.default: _same,
+    aten.expand_as.default: _same,
     aten.add.Tensor: _add,
     aten.add.Scalar: _add,
     aten.mul.Tensor: _mul,

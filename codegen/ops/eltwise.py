@@ -58,9 +58,123 @@ def torch_relu(node, xs, const):
 
 
 def check_add(g, n) -> None:
-    t = g.tensors
-    if t[n.inputs[0]].shape != t[n.inputs[1]].shape:
-        raise VerifyError(f"{n.where()}: {n.op.value} of shapes {t[n.inputs[0]].shape} and {t[n.inputs[1]].shape}")
+    a, b = (g.tensors[t].shape for t in n.inputs[:2])
+    if a != b and bcast_plan(a, b) is None:
+        raise VerifyError(f"{n.where()}: {n.op.value} of shapes {a} and {b}: not the same rank with each dim equal "
+                          f"or 1, or more than {BCAST_RANK} axes after merging")
+
+
+# ---------------------------------------------------------------- broadcasting (add, sub, mul, maximum, minimum)
+
+BCAST_RANK = 4  # depth of the broadcasting kernels' loop nest (qg_bcast_s8.c)
+
+
+def bcast_shape(g, n) -> tuple[int, ...]:
+    """Output shape of a binary element-wise op: the broadcast of its two inputs (equal ranks)."""
+    a, b = (g.tensors[t].shape for t in n.inputs[:2])
+    if len(a) != len(b):
+        return a
+    return tuple(max(x, y) for x, y in zip(a, b))
+
+
+def bcast_plan(a: tuple, b: tuple) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
+    """(dims, a's strides, b's strides) of out = broadcast(a, b) as a BCAST_RANK-deep row-major loop nest:
+    axes of size 1 dropped, neighbours that both operands read alike (each full or each broadcast) merged,
+    padded with outer 1s; strides in elements, 0 where the operand broadcasts. None: ranks differ, a dim
+    pair neither equal nor 1, or more than BCAST_RANK axes remain."""
+    if len(a) != len(b) or any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
+        return None
+    axes: list[list] = []  # [size, (a full, b full)]
+    for x, y in zip(a, b):
+        size = max(x, y)
+        if size == 1:
+            continue
+        key = (x == size, y == size)
+        if axes and axes[-1][1] == key:
+            axes[-1][0] *= size
+        else:
+            axes.append([size, key])
+    if len(axes) > BCAST_RANK:
+        return None
+    axes = [[1, (False, False)]] * (BCAST_RANK - len(axes)) + axes
+
+    def strides(which: int) -> tuple[int, ...]:
+        out, run = [], 1
+        for size, key in reversed(axes):
+            out.append(run if key[which] else 0)
+            run *= size if key[which] else 1
+        return tuple(reversed(out))
+
+    return tuple(int(s) for s, _ in axes), strides(0), strides(1)
+
+
+def is_bcast(g, n) -> bool:
+    """Inputs of different shapes, other than mul's (1, 1, C) gate (qg_mul_s8's own form)."""
+    a, b = (g.tensors[t].shape for t in n.inputs[:2])
+    return a != b and not (n.op is Op.MUL and broadcasts(a, b))
+
+
+def form_bcast(g, n, var: str) -> str:
+    return f"{var}_bcast" if is_bcast(g, n) else var
+
+
+def kernel_rule(op: str, same: Callable[[str], tuple[str, str]]) -> Callable[[str], tuple[str, str]]:
+    """The op's kernels: `same` for equal shapes, qg_<op>_bcast_s8 / _wide for the "bcast" form."""
+    def rule(variant: str) -> tuple[str, str]:
+        if variant.endswith("_bcast"):
+            return (f"qg_{op}_bcast_s8" if variant == "s8_bcast" else f"qg_{op}_bcast_wide"), "qg_bcast_params_t"
+        return same(variant)
+    return rule
+
+
+_BCAST_OP = {"add": 0, "sub": 1, "mul": 2, "maximum": 3, "minimum": 4}  # qg_bcast_s8.c / _kernels.py _bcast
+
+
+def _bcast_fields(b, n, bits: dict | None = None) -> list[tuple[str, int]]:
+    g = b.g
+    dims, sa, sb = bcast_plan(*(g.tensors[t].shape for t in n.inputs[:2]))
+    fields = [*((f"n{i}", d) for i, d in enumerate(dims)), *((f"a_s{i}", s) for i, s in enumerate(sa)),
+              *((f"b_s{i}", s) for i, s in enumerate(sb))]
+    if bits is not None:
+        fields += [("a_bits", bits[n.inputs[0]]), ("b_bits", bits[n.inputs[1]]), ("out_bits", bits[n.outputs[0]])]
+    else:
+        fields += [("a_bits", 8), ("b_bits", 8), ("out_bits", 8)]
+    return fields + [("shift_a", n.attrs.get("shift_a", 0)), ("shift_b", n.attrs.get("shift_b", 0)),
+                     ("shift", n.attrs["shift"]), ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+
+
+def c_bcast(b, index: int, n):
+    io = b.io(index, n)
+    return ("qg_bcast_params_t", _bcast_fields(b, n),
+            f"qg_{n.op.value}_bcast_s8(&{io.struct}, {io.ins[0]}, {io.ins[1]}, {io.out_expr});")
+
+
+def c_bcast_wide(b, index: int, n):
+    io = b.io(index, n, wide=True)
+    return ("qg_bcast_params_t", _bcast_fields(b, n, io.bits),
+            f"qg_{n.op.value}_bcast_wide(&{io.struct}, {io.raw[0]}, {io.raw[1]}, {io.out_raw});")
+
+
+def py_bcast(b, n, index: int):
+    dims, sa, sb = bcast_plan(*(b.g.tensors[t].shape for t in n.inputs[:2]))
+    (ma,), (ra,), (sha,) = b.triples([n.attrs.get("shift_a", 0)])
+    (mb,), (rb,), (shb,) = b.triples([n.attrs.get("shift_b", 0)])
+    (mo,), (ro,), (so,) = b.triples([n.attrs["shift"]])
+    params = [("op", _BCAST_OP[n.op.value]), ("dims", dims), ("a_strides", sa), ("b_strides", sb),
+              ("mul_a", ma), ("rnd_a", ra), ("shr_a", sha), ("mul_b", mb), ("rnd_b", rb), ("shr_b", shb),
+              ("mul", mo), ("rnd", ro), ("shr", so), ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"])]
+    return "_bcast", params, ""
+
+
+def bcast_or(same: Callable) -> Callable:
+    """An emitter that takes the "bcast" form's (c_bcast, c_bcast_wide, py_bcast) when the inputs broadcast."""
+    form = {c_add: c_bcast, c_add_wide: c_bcast_wide, py_add: py_bcast, c_mul: c_bcast, c_mul_wide: c_bcast_wide,
+            py_mul: py_bcast, c_binary: c_bcast, c_binary_wide: c_bcast_wide, py_binary: py_bcast}
+
+    def emit(b, *args):
+        n = args[0] if not isinstance(args[0], int) else args[1]
+        return (form[same] if is_bcast(b.g, n) else same)(b, *args)
+    return emit
 
 
 def f_add(g, n, xs):
@@ -118,7 +232,7 @@ def torch_binary(node, xs, const):
 def kernel_binary(op: str) -> Callable[[str], tuple[str, str]]:
     def rule(variant: str) -> tuple[str, str]:
         return (f"qg_{op}_s8", "qg_add_params_t") if variant == "s8" else (f"qg_{op}_wide", "qg_add_wide_params_t")
-    return rule
+    return kernel_rule(op, rule)
 
 
 def py_binary(b, n, index: int):
@@ -158,8 +272,7 @@ def broadcasts(a: tuple, b: tuple) -> bool:
 def check_mul(g, n) -> None:
     a, b = (g.tensors[t].shape for t in n.inputs[:2])
     if a != b and not broadcasts(a, b):
-        raise VerifyError(f"{n.where()}: mul of shapes {a} and {b}; the second input must have the first's shape "
-                          "or be (1, 1, C)")
+        check_add(g, n)
 
 
 def f_mul(g, n, xs):
@@ -769,6 +882,7 @@ def qat_lut(q, i: int, n, xs, s):
 
 
 TWO_INPUTS = (Op.ADD, Op.SUB, Op.MUL, Op.MAXIMUM, Op.MINIMUM)  # element-wise ops of two activations
+COMMUTATIVE = (Op.ADD, Op.MUL, Op.MAXIMUM, Op.MINIMUM)  # the front ends put a broadcast operand second
 
 _NO_PY_TABLE = "its table kernel is not written in MicroPython (the C target and the natmod module run it)"
 
@@ -781,11 +895,11 @@ SPECS = [
            emit_py=py_relu, emit_c=c_relu, emit_c_wide=c_relu_wide,
            qat=qat_relu),
     OpSpec(Op.ADD, "eltwise", Trait.IN_PLACE | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT,
-           same_shape, check_add, f_add, i_add, q_add, _zero_macs, torch_add,
-           "residual add", ("Add",), ("qg_add_s8", "qg_add_wide"),
-           "sum of two activations, each aligned by a shift, requantised", kernel=kernel_add,
-           emit_py=py_add, emit_c=c_add, emit_c_wide=c_add_wide,
-           qat=qat_add),
+           bcast_shape, check_add, f_add, i_add, q_add, _zero_macs, torch_add,
+           "residual add, broadcasting", ("Add",), ("qg_add_s8", "qg_add_wide", "qg_add_bcast_s8", "qg_add_bcast_wide"),
+           "sum of two activations, each aligned by a shift, requantised", kernel=kernel_rule("add", kernel_add),
+           emit_py=bcast_or(py_add), emit_c=bcast_or(c_add), emit_c_wide=bcast_or(c_add_wide),
+           qat=qat_add, form=form_bcast),
     OpSpec(Op.SOFTMAX, "eltwise", Trait.IN_PLACE | Trait.KEEPS_ORDER | Trait.INT8_ONLY | Trait.TABLE,
            same_shape, _no_check, f_softmax, i_softmax, q_softmax, _zero_macs, torch_softmax,
            "softmax", ("Softmax",), ("qg_softmax_s8",),
@@ -809,25 +923,33 @@ SPECS = [
            no_py=_NO_PY_TABLE, emit_c=c_lut,
            qat=qat_lut),
     OpSpec(Op.MUL, "eltwise", Trait.IN_PLACE | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT,
-           same_shape, check_mul, f_mul, i_mul, q_mul, macs_elements, torch_mul,
-           "mul of two activations (x * gate, (1, C, 1, 1) broadcast)", ("Mul",), ("qg_mul_s8", "qg_mul_wide"),
-           "product of two activations (the second may be one (1, 1, C) pixel), requantised once",
-           kernel=kernel_mul, emit_py=py_mul, emit_c=c_mul, emit_c_wide=c_mul_wide, qat=qat_mul),
+           bcast_shape, check_mul, f_mul, i_mul, q_mul, macs_elements, torch_mul,
+           "mul of two activations (x * gate, broadcasting)", ("Mul",),
+           ("qg_mul_s8", "qg_mul_wide", "qg_mul_bcast_s8", "qg_mul_bcast_wide"),
+           "product of two activations (either may broadcast), requantised once",
+           kernel=kernel_rule("mul", kernel_mul), emit_py=bcast_or(py_mul), emit_c=bcast_or(c_mul),
+           emit_c_wide=bcast_or(c_mul_wide), qat=qat_mul, form=form_bcast),
     OpSpec(Op.SUB, "eltwise", Trait.IN_PLACE | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT,
-           same_shape, check_add, f_binary, i_binary, q_add, _zero_macs, torch_binary,
-           "sub of two activations", ("Sub",), ("qg_sub_s8", "qg_sub_wide"),
+           bcast_shape, check_add, f_binary, i_binary, q_add, _zero_macs, torch_binary,
+           "sub of two activations", ("Sub",), ("qg_sub_s8", "qg_sub_wide", "qg_sub_bcast_s8",
+            "qg_sub_bcast_wide"),
            "difference of two activations, each aligned by a shift, requantised", kernel=kernel_binary("sub"),
-           emit_py=py_binary, emit_c=c_binary, emit_c_wide=c_binary_wide, qat=qat_binary),
+           emit_py=bcast_or(py_binary), emit_c=bcast_or(c_binary),
+           emit_c_wide=bcast_or(c_binary_wide), qat=qat_binary, form=form_bcast),
     OpSpec(Op.MAXIMUM, "eltwise", Trait.IN_PLACE | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT,
-           same_shape, check_add, f_binary, i_binary, q_add, _zero_macs, torch_binary,
-           "torch.maximum/max(a, b)", ("Max",), ("qg_maximum_s8", "qg_maximum_wide"),
+           bcast_shape, check_add, f_binary, i_binary, q_add, _zero_macs, torch_binary,
+           "torch.maximum/max(a, b)", ("Max",), ("qg_maximum_s8", "qg_maximum_wide", "qg_maximum_bcast_s8",
+            "qg_maximum_bcast_wide"),
            "element-wise max of two activations in the output format", kernel=kernel_binary("maximum"),
-           emit_py=py_binary, emit_c=c_binary, emit_c_wide=c_binary_wide, qat=qat_binary),
+           emit_py=bcast_or(py_binary), emit_c=bcast_or(c_binary),
+           emit_c_wide=bcast_or(c_binary_wide), qat=qat_binary, form=form_bcast),
     OpSpec(Op.MINIMUM, "eltwise", Trait.IN_PLACE | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT,
-           same_shape, check_add, f_binary, i_binary, q_add, _zero_macs, torch_binary,
-           "torch.minimum/min(a, b)", ("Min",), ("qg_minimum_s8", "qg_minimum_wide"),
+           bcast_shape, check_add, f_binary, i_binary, q_add, _zero_macs, torch_binary,
+           "torch.minimum/min(a, b)", ("Min",), ("qg_minimum_s8", "qg_minimum_wide", "qg_minimum_bcast_s8",
+            "qg_minimum_bcast_wide"),
            "element-wise min of two activations in the output format", kernel=kernel_binary("minimum"),
-           emit_py=py_binary, emit_c=c_binary, emit_c_wide=c_binary_wide, qat=qat_binary),
+           emit_py=bcast_or(py_binary), emit_c=bcast_or(c_binary),
+           emit_c_wide=bcast_or(c_binary_wide), qat=qat_binary, form=form_bcast),
     OpSpec(Op.AFFINE, "eltwise",
            Trait.IN_PLACE | Trait.FUSES_ACT | Trait.CHOOSES_FORMAT | Trait.CHANNELWISE | Trait.KEEPS_ORDER,
            same_shape, _no_check, f_affine, i_affine, q_affine, macs_elements, torch_affine,

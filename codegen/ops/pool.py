@@ -332,8 +332,10 @@ def qat_avgpool(q, i: int, n, xs, s):
 
 
 # ------------------------------------------------------------------------------------------ reduce
-# attrs kind = "mean" | "max": over the last IR axis (channels / features), the axis kept with size 1.
+# attrs kind = "mean" | "max" | "sum": over the last IR axis (channels / features), the axis kept with size 1.
 # mean: the average rule with d = the axis length (one avg_mult, avg_shift); max keeps the values.
+# sum (torch.sum): the exact int32 sum at the input frac fi requantised once to the output's own calibrated
+# format fo: avg_mult = 1, avg_shift = fi - fo (|sum| <= 255 * 128 * 255: int32), output keeps the input's width.
 
 
 def reduce_shape(g, n) -> tuple[int, ...]:
@@ -341,12 +343,14 @@ def reduce_shape(g, n) -> tuple[int, ...]:
 
 
 def check_reduce(g, n) -> None:
-    if n.attrs.get("kind") not in ("mean", "max"):
-        raise VerifyError(f"{n.where()}: reduce kind {n.attrs.get('kind')!r} (mean or max)")
+    if n.attrs.get("kind") not in ("mean", "max", "sum"):
+        raise VerifyError(f"{n.where()}: reduce kind {n.attrs.get('kind')!r} (mean, max or sum)")
 
 
 def f_reduce(g, n, xs):
     x = xs[0].astype(np.float64)
+    if n.attrs["kind"] == "sum":
+        return x.sum(axis=-1, keepdims=True)
     return x.max(axis=-1, keepdims=True) if n.attrs["kind"] == "max" else x.mean(axis=-1, keepdims=True)
 
 
@@ -363,6 +367,14 @@ def q_reduce(g, n, act) -> None:
     from ..passes import quantize as q
 
     x, out = g.tensors[n.inputs[0]], g.tensors[n.outputs[0]]
+    if n.attrs["kind"] == "sum":  # its own range; requantised once from the input frac
+        from ..fixed import MAX_SHIFT
+
+        fo = max(x.qformat.frac - MAX_SHIFT, min(act(out.name).frac, x.qformat.frac + MAX_SHIFT))
+        q._set_act(out, act(out.name, fo))
+        n.attrs.update(act_min=out.qformat.min_int, act_max=out.qformat.max_int, avg_mult=1,
+                       avg_shift=int(x.qformat.frac - out.qformat.frac))
+        return
     q._set_act(out, act(out.name, x.qformat.frac))
     n.attrs.update(act_min=out.qformat.min_int, act_max=out.qformat.max_int)
     if n.attrs["kind"] == "mean":
@@ -371,6 +383,8 @@ def q_reduce(g, n, act) -> None:
 
 def torch_reduce(node, xs, const):
     x = xs[0]
+    if node.attrs["kind"] == "sum":
+        return x.sum(dim=-1, keepdim=True)
     return x.amax(dim=-1, keepdim=True) if node.attrs["kind"] == "max" else x.mean(dim=-1, keepdim=True)
 
 
@@ -381,7 +395,7 @@ def kernel_reduce(variant: str) -> tuple[str, str]:
 
 def _reduce_fields(g, n) -> list[tuple[str, int]]:
     x = g.tensors[n.inputs[0]]
-    mean = n.attrs["kind"] == "mean"
+    mean = n.attrs["kind"] != "max"  # mean and sum: requantise(sum * avg_mult, avg_shift)
     return [("rows", x.size // x.shape[-1]), ("size", x.shape[-1]), ("is_max", 0 if mean else 1),
             ("act_min", n.attrs["act_min"]), ("act_max", n.attrs["act_max"]),
             ("avg_mult", n.attrs["avg_mult"] if mean else 0), ("avg_shift", n.attrs["avg_shift"] if mean else 0)]
@@ -434,7 +448,8 @@ SPECS = [
            "average pooling, sum * mult(d) >> shift per window divisor d", kernel=kernel_avgpool,
            emit_py=py_pool, emit_c=c_pool, emit_c_wide=c_pool_wide, qat=qat_avgpool, form=_form),
     OpSpec(Op.REDUCE, "pool", Trait.KEEPS_FORMAT, reduce_shape, check_reduce, f_reduce, i_reduce, q_reduce,
-           _zero_macs, torch_reduce, "mean / amax / max(dim) over channels", ("ReduceMean", "ReduceMax"),
-           ("qg_reduce_s8", "qg_reduce_s16"), "mean or max over the last IR axis (channels)",
+           _zero_macs, torch_reduce, "mean / amax / max(dim) over channels, torch.sum(dim)",
+           ("ReduceMean", "ReduceMax"), ("qg_reduce_s8", "qg_reduce_s16"),
+           "mean, max or sum over the last IR axis (channels)",
            kernel=kernel_reduce, emit_py=py_reduce, emit_c=c_reduce, emit_c_wide=c_reduce_wide, qat=qat_reduce),
 ]

@@ -225,6 +225,29 @@ typedef struct {
     int8_t act_min, act_max;
 } qg_mul_params_t;
 void qg_mul_s8(const qg_mul_params_t *p, const int8_t *a, const int8_t *b, int8_t *out);
+/* Broadcasting add, sub, mul, maximum, minimum of two activations (qg_bcast_s8.c): out is the row-major
+ * (n0, n1, n2, n3) array, a and b are read at i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3 with their own element
+ * strides (0 along a dim the operand broadcasts over). add/sub/maximum/minimum align by shift_a / shift_b as
+ * qg_add_params_t; mul multiplies (shift_a = shift_b = 0). out may be a full-size operand, never a broadcast one.
+ * _s8: int8 operands (a_bits, b_bits, out_bits unused); _wide: any mix of QG_S8 / QG_S16 operands. */
+typedef struct {
+    int32_t n0, n1, n2, n3;
+    int32_t a_s0, a_s1, a_s2, a_s3;
+    int32_t b_s0, b_s1, b_s2, b_s3;
+    uint8_t a_bits, b_bits, out_bits;
+    int8_t shift_a, shift_b, shift;
+    int16_t act_min, act_max;
+} qg_bcast_params_t;
+void qg_add_bcast_s8(const qg_bcast_params_t *p, const int8_t *a, const int8_t *b, int8_t *out);
+void qg_sub_bcast_s8(const qg_bcast_params_t *p, const int8_t *a, const int8_t *b, int8_t *out);
+void qg_mul_bcast_s8(const qg_bcast_params_t *p, const int8_t *a, const int8_t *b, int8_t *out);
+void qg_maximum_bcast_s8(const qg_bcast_params_t *p, const int8_t *a, const int8_t *b, int8_t *out);
+void qg_minimum_bcast_s8(const qg_bcast_params_t *p, const int8_t *a, const int8_t *b, int8_t *out);
+void qg_add_bcast_wide(const qg_bcast_params_t *p, const void *a, const void *b, void *out);
+void qg_sub_bcast_wide(const qg_bcast_params_t *p, const void *a, const void *b, void *out);
+void qg_mul_bcast_wide(const qg_bcast_params_t *p, const void *a, const void *b, void *out);
+void qg_maximum_bcast_wide(const qg_bcast_params_t *p, const void *a, const void *b, void *out);
+void qg_minimum_bcast_wide(const qg_bcast_params_t *p, const void *a, const void *b, void *out);
 /* out = requantise(x * mult + bias, shift): x * scale + offset for scalar constants */
 typedef struct {
     int32_t size;

@@ -524,6 +524,35 @@ def _mul(a, b, y, p):
             y[i + c] = lo if acc < lo else (hi if acc > hi else acc)
 
 
+def _bcast(a, b, y, p):
+    # add/sub/mul/maximum/minimum (op 0..4) of operands that broadcast: the output is the row-major
+    # (n0, n1, n2, n3) nest, a and b read at their own strides (0 along a broadcast dim); mul aligns by 0
+    op, dims, sa, sb, mul_a, rnd_a, shr_a, mul_b, rnd_b, shr_b, mul, rnd, shr, lo, hi = p
+    n0, n1, n2, n3 = dims
+    o = 0
+    for i0 in range(n0):
+        for i1 in range(n1):
+            for i2 in range(n2):
+                ja = i0 * sa[0] + i1 * sa[1] + i2 * sa[2]
+                jb = i0 * sb[0] + i1 * sb[1] + i2 * sb[2]
+                for k in range(n3):
+                    va = (a[ja + k * sa[3]] * mul_a + rnd_a) >> shr_a
+                    vb = (b[jb + k * sb[3]] * mul_b + rnd_b) >> shr_b
+                    if op == 0:
+                        r = va + vb
+                    elif op == 1:
+                        r = va - vb
+                    elif op == 2:
+                        r = va * vb
+                    elif op == 3:
+                        r = va if va > vb else vb
+                    else:
+                        r = va if va < vb else vb
+                    acc = (r * mul + rnd) >> shr
+                    y[o] = lo if acc < lo else (hi if acc > hi else acc)
+                    o += 1
+
+
 def _affine(x, y, p):
     n, mult, bias, mul, rnd, shr, lo, hi = p
     for i in range(n):
