@@ -170,3 +170,32 @@ def test_c_equals_reference_on_atmega2560(tmp_path):
     expect = reference_outputs(g, run_int(g, x))
     run = run_avr("atmega2560", tmp_path / "model", "avr", x, tmp_path / "avr", expect.shape[1])
     assert_outputs_equal(run.outputs, expect, g, "atmega2560")
+
+
+def test_scratch_equals_the_c_buffer_size(model, tmp_path):
+    """The planner's scratch (codegen.kernels.select, any core) == qg_conv_transpose2d_pointwise_s8_buffer_size."""
+    import shutil
+    import subprocess
+
+    from codegen.resources import kernel_dir
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no host C compiler")
+    g = model[0]
+    nodes = [n for n in g.nodes if select(g, n).fn == POINTWISE]
+    lines = []
+    for n in nodes:
+        (h, w, c), (cout, kh, kw, _) = g.tensors[n.inputs[0]].shape, g.tensors[n.inputs[1]].shape
+        lines.append(f"p.in_h = {h}; p.in_w = {w}; p.in_c = {c}; p.out_c = {cout}; p.k_h = {kh}; p.k_w = {kw}; "
+                     f"p.stride_h = {kh}; p.stride_w = {kw}; "
+                     "printf(\"%ld\\n\", (long)qg_conv_transpose2d_pointwise_s8_buffer_size(&p));")
+    main = tmp_path / "main.c"
+    main.write_text('#include <stdio.h>\n#include "qg_kernels.h"\nint main(void) {\n    qg_conv2d_params_t p = {0};\n'
+                    + "\n".join(f"    {line}" for line in lines) + "\n    return 0;\n}\n")
+    exe = tmp_path / "sizes"
+    kernels = kernel_dir()
+    subprocess.run([cc, "-std=c99", "-O1", f"-I{kernels}", str(main), str(kernels / "qg_conv_transpose_pw_s8.c"),
+                    str(kernels / "qg_conv2d_s8.c"), "-o", str(exe)], check=True)
+    got = [int(v) for v in subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()]
+    assert got == [select(g, n).scratch for n in nodes]
