@@ -118,7 +118,7 @@ class FromInput(nn.Module):
     def forward(self, x):
         if self.how == "masked_fill":  # padding from the data: steps whose features are all zero
             scores = x @ x.transpose(-2, -1)
-            return F.softmax(scores.masked_fill(x.abs().sum(-1, keepdim=True) == 0, float("-inf")), -1) @ x
+            return F.softmax(scores.masked_fill(x[:, :, :1] == 0, float("-inf")), -1) @ x
         if self.how == "sdpa":
             return F.scaled_dot_product_attention(x, x, x, attn_mask=x @ x.transpose(-2, -1))
         if self.how == "full_row":  # query 0 attends to nothing
