@@ -30,7 +30,7 @@ Layer specs (`op` and its fields):
     cat       body: y = torch.cat([x, body(x)], dim=1) (channels / features double)
     pad       pad [left, right, top, bottom] (F.pad, zeros)
     lut       fn: sigmoid | tanh | hardsigmoid | hardswish | silu | gelu | gelu_tanh | leaky_relu | elu
-    softmax   over channels (images) or features (vectors)
+    softmax   over channels (images) or features (vectors); log: log_softmax instead
     rnn       kind (gru | lstm | rnn_tanh | rnn_relu), hidden, layers (1-2), bi, bias, h0 (a constant initial
               state buffer), wexp, read (out: the sequence (T, D*H) | last: out[:, -1] | h_n: h_n[-1]), on a
               sequence input [T, F] (PyTorch (1, T, F), batch_first)
@@ -309,7 +309,7 @@ def specs(draw, lim: Limits = QUICK) -> dict:
                 layers.append({"op": "pad", "pad": pad})
                 shape = (c, h + pad[2] + pad[3], w + pad[0] + pad[1])
             elif op == "softmax":
-                layers.append({"op": "softmax"})
+                layers.append({"op": "softmax", "log": draw(st.booleans())})
             elif op == "shuffle":  # channel shuffle: view to 5-D, transpose, view back (one TRANSPOSE)
                 groups = [g for g in range(2, c) if c % g == 0]  # g = c or 1: no shuffle
                 if not groups:
@@ -350,7 +350,7 @@ def specs(draw, lim: Limits = QUICK) -> dict:
             elif op == "act":
                 layers.append(_act_layer(draw))
             elif op == "softmax":
-                layers.append({"op": "softmax"})
+                layers.append({"op": "softmax", "log": draw(st.booleans())})
             elif op == "cat" and 2 * f <= 4 * lim.max_f:
                 layers.append({"op": "cat", "body": [_act_layer(draw)] if draw(st.booleans()) else []})
                 shape = (2 * f,)
@@ -500,8 +500,12 @@ class Pad(nn.Module):
 
 
 class Softmax(nn.Module):
+    def __init__(self, log: bool = False):
+        super().__init__()
+        self.log = log
+
     def forward(self, x):
-        return torch.softmax(x, dim=1)
+        return torch.log_softmax(x, dim=1) if self.log else torch.softmax(x, dim=1)
 
 
 class ChannelShuffle(nn.Module):
@@ -698,7 +702,7 @@ def _module(layer: dict, shape: tuple[int, ...], rng: np.random.Generator) -> nn
     if op == "pad":
         return Pad(layer["pad"])
     if op == "softmax":
-        return Softmax()
+        return Softmax(layer.get("log", False))
     if op == "shuffle":
         return ChannelShuffle(layer["groups"])
     if op == "split":
