@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..ir import Graph, Node, Op, Tensor, verify
-from . import onnx_recurrent
+from . import onnx_cells, onnx_recurrent
 from .torch_export import LAYOUTS, ir_axis, ir_shape_of, reject_non_finite, source_of_trace
 
 OPSETS = range(13, 22)  # default-domain opsets qgen reads
@@ -271,7 +271,8 @@ class _Importer:
                 continue
             handler = onnx_recurrent.route(self, node, HANDLERS.get(node.op_type))  # sequences around GRU/LSTM/RNN
             if handler is None:
-                raise self.unsupported(node)
+                hint = onnx_cells.unrolled_cell_hint(self, node)  # nn.LSTMCell in a loop: ONNX unrolls it
+                raise UserError(hint) if hint else self.unsupported(node)
             natural = {} if node.op_type in NATURAL_OK else {
                 i: v for i in node.input if isinstance(v := self.values.get(i), _Act) and v.natural}
             self.values.update({i: self.in_convention(node, v) for i, v in natural.items()})

@@ -269,6 +269,7 @@ class _Lowering:
         # fx node name -> (value, Layout or None) lowered ahead by a producer that reads its users (a recurrent
         # layer builds only what its getitems, h_n[k] and out[:, -1] read: frontend/torch_recurrent.py)
         self.ready: dict[str, tuple[Any, Layout | None]] = {}
+        self.cells: dict[str, Any] = {}  # cell step fx node name -> its unrolled chain (frontend/torch_cells.py)
         self.masked: dict[str, np.ndarray] = {}  # fx node -> keep mask pending for its softmax (frontend/masks.py)
 
     # -- helpers
@@ -412,6 +413,7 @@ class _Lowering:
         consts = dict(getattr(self.program, "constants", {}) or {})
         lifted = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
                   **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
+        _cells.prepare(self)  # nn.LSTMCell & co. unrolled in forward: found before lowering (torch_cells.py)
         for fx_node in self.program.graph.nodes:
             if fx_node.op == "placeholder":
                 if fx_node.name in lifted:
@@ -480,7 +482,7 @@ class _Lowering:
                             "compile the model's factory with --input-shape.")
         if self.graph.inputs:
             raise UserError(f"the model has more than one input ('{self.graph.inputs[0]}', '{fx_node.name}'); "
-                            "qgen compiles single-input models")
+                            f"qgen compiles single-input models{_cells.state_input_hint(fx_node, self.modules)}")
         if len(shape) == 3 and shape[0] != 1 and shape[1] == 1:
             from .torch_recurrent import KINDS
 
@@ -528,7 +530,7 @@ def _wants_time_major(fx_node) -> bool:
         if u.target in KINDS:
             flag = u.args[8] if len(u.args) > 8 else False
             return u.args[0] is node and bool(flag) == batch_first
-        return False
+        return _cells.reads_steps(u, node, 1 if batch_first else 0)  # x[:, t] into unrolled nn.LSTMCell steps
 
     users = list(fx_node.users)
     return bool(users) and all(
@@ -2014,6 +2016,9 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
 from .torch_recurrent import HANDLERS as _RECURRENT  # noqa: E402 (it imports this module's helpers)
 
 HANDLERS.update(_RECURRENT)
+from . import torch_cells as _cells  # noqa: E402 (nn.LSTMCell & co. unrolled in forward)
+
+HANDLERS.update(_cells.HANDLERS)
 from .torch_spellings import HANDLERS as _SPELLINGS  # noqa: E402 (pad modes, strided slices, tables ...)
 
 HANDLERS.update(_SPELLINGS)
