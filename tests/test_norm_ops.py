@@ -580,10 +580,14 @@ class ConvNeXtStyleBlock(nn.Module):
 
     def forward(self, x):
         x = self.conv(x)
-        u = x.mean(1, keepdim=True)
-        if self.spelling == "var":
+        if self.spelling == "var_first":  # the variance written before the mean in forward()
+            v = x.var(1, keepdim=True, unbiased=False)
+            x = (x - x.mean(1, keepdim=True)) / torch.sqrt(v + 1e-6)
+        elif self.spelling == "var":
+            u = x.mean(1, keepdim=True)
             x = (x - u) / (x.var(1, keepdim=True, unbiased=False) + 1e-6).sqrt()
         else:
+            u = x.mean(1, keepdim=True)
             s = (x - u).pow(2).mean(1, keepdim=True)
             x = (x - u) * torch.rsqrt(s + 1e-6) if self.spelling == "rsqrt" else (x - u) / torch.sqrt(s + 1e-6)
         x = self.weight[:, None, None] * x + self.bias[:, None, None]
@@ -592,9 +596,10 @@ class ConvNeXtStyleBlock(nn.Module):
         return x + y.permute(0, 3, 1, 2)
 
 
-@pytest.mark.parametrize("spelling", ["sqrt", "rsqrt", "var"])
+@pytest.mark.parametrize("spelling", ["sqrt", "rsqrt", "var", "var_first"])
 def test_a_written_out_channels_first_layer_norm_and_layer_scale_compile(spelling):
-    """The mean/sub/pow/mean/add/sqrt/div chain (or `* rsqrt`, or `x.var(unbiased=False)`) over dim 1 lowers to
+    """The mean/sub/pow/mean/add/sqrt/div chain (or `* rsqrt`, or `x.var(unbiased=False)`, also written before the
+    mean: was 'aten.var.dim, which qgen does not support') over dim 1 lowers to
     one layer_norm over the channels (was: 'sub of IR shapes (16, 16, 16) and (16, 16, 1)'); `gamma * x` over the
     last dim of a channels-last (1, H, W, C) scales the channels where they lie (was: 'mul with a constant
     tensor')."""
@@ -653,3 +658,15 @@ def test_layer_norm_over_rows_with_a_leading_dim_above_one():
     got = r.predict(x.numpy())
     sqnr = 10 * np.log10((want**2).sum() / ((got - want) ** 2).sum())
     assert sqnr > 20, f"integer model vs PyTorch SQNR {sqnr:.1f} dB"
+
+
+def test_a_variance_outside_a_written_out_layer_norm_is_refused_naming_it():
+    from codegen.errors import UserError
+    from codegen.frontend import from_module
+
+    class M(nn.Module):
+        def forward(self, x):
+            return x * x.var(1, keepdim=True, unbiased=False)
+
+    with pytest.raises(UserError, match=r"computes a variance \(x.var\) outside a LayerNorm written out"):
+        from_module(M().eval(), torch.randn(1, 3, 4, 4))

@@ -1260,6 +1260,27 @@ def _manual_norm(lw: _Lowering, n, dims: list[int]) -> bool:
     return True
 
 
+def _var(lw: _Lowering, n) -> None:
+    """x.var(D, keepdim=True, unbiased=False) written BEFORE the x.mean(D, keepdim=True) of a LayerNorm written
+    out: the chain is matched from that mean (_manual_norm), so the order in forward() does not matter; the mean
+    and the chain then lower to nothing. A variance outside such a chain is refused."""
+    x = n.args[0]
+    rank = len(_torch_sizes(x))
+    for m in list(x.users):
+        a = list(m.args) + [None] * 3
+        dims = a[1] if a[1] is not None else m.kwargs.get("dim")
+        keepdim = a[2] if a[2] is not None else m.kwargs.get("keepdim", False)
+        if m.target is not aten.mean.dim or keepdim is not True or dims is None:
+            continue
+        dims = sorted({int(d) % rank for d in ([dims] if isinstance(dims, int) else dims)})
+        if m.name not in lw.ready and _manual_norm(lw, m, dims):
+            lw.ready[m.name] = (None, None)
+            return None
+    raise _err(lw, n, "computes a variance (x.var) outside a LayerNorm written out; qgen supports x.var(D, "
+                      "keepdim=True, unbiased=False) as the variance of u = x.mean(D, keepdim=True); (x - u) / "
+                      "torch.sqrt(var + eps). Use nn.LayerNorm / nn.GroupNorm, or write the norm out in full")
+
+
 def _reduce(kind: str):
     """mean (aten.mean.dim), amax, max.dim: pooling over H and/or W, REDUCE over the channels."""
     def handler(lw: _Lowering, n) -> Any:
@@ -1943,6 +1964,8 @@ HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.adaptive_max_pool2d.default: _adaptive_pool(Op.MAXPOOL2D),
     aten.adaptive_max_pool1d.default: _adaptive_pool(Op.MAXPOOL2D),
     aten.mean.dim: _reduce("mean"),
+    aten.var.dim: _var,
+    aten.var.correction: _var,
     aten.sum.dim_IntList: _sum,
     aten.sum.default: _sum,
     aten.amax.default: _reduce("max"),
