@@ -77,7 +77,7 @@ class AllOps(nn.Module):
             _, h = self.gru(seq)
             r, _ = self.rnn(self.lstm(seq)[0])
             z = z + self.fc_seq(torch.cat([h[-1], r[:, -1]], 1))
-            z = z + torch.softmax(z.masked_fill(self.keep == 0, float("-inf")), 1)  # masked_softmax
+        z = z + torch.softmax(z.masked_fill(self.keep == 0, float("-inf")), 1)  # masked_softmax (ONNX: Where)
         h = self.ln(self.bn1d(torch.relu(z)))
         return torch.cat([torch.softmax(h, 1), torch.log_softmax(h, 1)], 1)
 

@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import UserError
 from ..ir import Graph, Node, Op, Tensor, verify
 from . import onnx_cells, onnx_recurrent
+from . import onnx_masks
 from .torch_export import LAYOUTS, ir_axis, ir_shape_of, reject_non_finite, source_of_trace
 
 OPSETS = range(13, 22)  # default-domain opsets qgen reads
@@ -884,6 +885,9 @@ def _add(imp: _Importer, node) -> _Act:
     if imp.index in imp.group_norms:
         return _group_norm_pattern(imp, node)
     a, b = (imp.values.get(i) for i in node.input)
+    masked = onnx_masks.additive(imp, node, a, b)  # scores + a 0/-inf mask before Softmax
+    if masked is not None:
+        return masked
     ka, kb = _scalar(a), _scalar(b)
     if isinstance(a, _Act) and kb is not None:
         return _affine(imp, node, a, 1.0, kb)
@@ -1059,8 +1063,15 @@ def _concat(imp: _Importer, node) -> _Act:
 def _softmax(imp: _Importer, node, op: Op = Op.SOFTMAX) -> _Act:
     x = imp.input_act(node)
     axis = int(imp.attr(node, "axis", -1))
+    masked = isinstance(x, onnx_masks.MaskedAct)  # Where(mask, -inf, scores) / scores + mask before it
+    if masked and (op is not Op.SOFTMAX or not ((x.natural and axis % 3 == 2) or (x.rank == 2 and axis % 2 == 1))):
+        raise imp.err(node, "a masked input; qgen supports a constant mask before Softmax over the last axis of "
+                            "(1, M, N) attention scores or of a (1, F) vector")
     if x.natural and axis % 3 == 2:  # attention scores (1, M, N) over N: innermost
-        return _Act(imp.add(node, op, [x.name], imp.shape_of(x.name)), 3, natural=True)
+        out = imp.add(node, op, [x.name], imp.shape_of(x.name))
+        if masked:
+            onnx_masks.apply(imp, node, x, out)
+        return _Act(out, 3, natural=True)
     x = imp.in_convention(node, x)
     try:
         last = ir_axis(axis, x.rank) == len(imp.shape_of(x.name)) - 1
@@ -1403,6 +1414,7 @@ HANDLERS: dict[str, Callable[[_Importer, Any], Any]] = {
     "Split": _split,
     "Transpose": _transpose,
     "Softmax": _softmax,
+    "Where": onnx_masks.where,
     "LogSoftmax": _log_softmax,
     "Sigmoid": _lut("sigmoid"),
     "Tanh": _lut("tanh"),
@@ -1421,4 +1433,4 @@ HANDLERS: dict[str, Callable[[_Importer, Any], Any]] = {
     "RNN": onnx_recurrent.recurrent,
 }
 # handlers that read natural-layout values themselves (_Act.natural); every other one gets the convention
-NATURAL_OK = frozenset({"MatMul", "LayerNormalization", "Softmax", "Transpose", "Add", "Sub", "Mul", "Div"})
+NATURAL_OK = frozenset({"MatMul", "LayerNormalization", "Softmax", "Transpose", "Add", "Sub", "Mul", "Div", "Where"})

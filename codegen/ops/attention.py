@@ -158,7 +158,7 @@ SPECS = [
            same_shape, check, f_masked_softmax, i_masked_softmax, q_masked_softmax, _zero_macs,
            torch_masked_softmax,
            "softmax after a constant mask: is_causal, attn_mask, constant key_padding_mask, masked_fill(-inf)",
-           (), ("qg_masked_softmax_s8",),
+           ("Where",), ("qg_masked_softmax_s8",),
            "softmax whose masked entries (a constant bitmap in flash) add 0 to the exp sum and output 0",
            kernel=kernel_masked_softmax, no_py="its table kernel is not written in MicroPython (the C target and "
                                                "the natmod module run it)",

@@ -316,3 +316,31 @@ def test_qat_twin_equals_the_reference():
     with torch.no_grad():
         fake = qm.eval()(torch.from_numpy(calib)).numpy()
     assert np.array_equal(fake, result.predict(calib))
+
+
+# ------------------------------------------------------------------ ONNX
+
+
+@pytest.mark.parametrize("how", ["masked_fill", "additive"])
+def test_onnx_where_or_add_of_a_constant_mask_before_softmax(how, tmp_path):
+    """What torch.onnx.export writes: Where(mask, -inf, scores) / Add(scores, float_mask) -> Softmax."""
+    pytest.importorskip("onnx")
+    import contextlib
+    import io
+    import warnings
+
+    from codegen.frontend.onnx_import import from_onnx_file
+
+    torch.manual_seed(1)
+    model = Spelling(how).eval()
+    x = torch.randn(4, T, 5)
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x[:1],), str(path), dynamo=False)
+    g = from_onnx_file(str(path))
+    assert Op.MASKED_SOFTMAX in {n.op for n in g.nodes}, g
+    with torch.no_grad():
+        want = np.concatenate([model(xi[None]).numpy() for xi in x])
+    np.testing.assert_allclose(_float_of(g, x).reshape(want.shape), want, rtol=1e-4, atol=1e-5)
