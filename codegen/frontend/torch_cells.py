@@ -83,22 +83,13 @@ def _follows(cell, prev) -> bool:
     return all(s is not None and s is o for s, o in zip(_state(cell), _outs(prev)))
 
 
-def _used(node, memo: dict) -> bool:
-    """Some chain of users of `node` reaches the model's output (iterative: a loop of 1000 steps is deep)."""
-    if node.name in memo:
-        return memo[node.name]
-    stack, seen, found = [node], set(), False
-    while stack and not found:
-        v = stack.pop()
-        for u in v.users:
-            if u.op == "output" or memo.get(u.name):
-                found = True
-                break
-            if u.name not in seen:
-                seen.add(u.name)
-                stack.append(u)
-    memo[node.name] = found
-    return found
+def _reaching_output(graph) -> set[str]:
+    """Names of the fx nodes some chain of users of which reaches the model's output (one pass, last node first)."""
+    reach: set[str] = set()
+    for v in reversed(list(graph.nodes)):
+        if any(u.op == "output" or u.name in reach for u in v.users):
+            reach.add(v.name)
+    return reach
 
 
 def _skip(lw, node) -> None:
@@ -386,7 +377,7 @@ def _cell(lw, n):
     pos = (lambda k: steps - 1 - k) if reverse else (lambda k: k)
     hs = [_outs(c)[0] for c in chain.cells]
     by_pos = [hs[steps - 1 - p] if reverse else hs[p] for p in range(steps)]
-    memo: dict = {}
+    reach = _reaching_output(lw.program.graph)
     followers = {r.cells[k].name for r in chain.readers for k in range(steps)}
     real: dict[int, list] = {}
     gathers: dict[str, tuple] = {}
@@ -397,7 +388,7 @@ def _cell(lw, n):
             for u in (cell_out.users if cell_out is not None else ()):
                 if k + 1 < steps and u is chain.cells[k + 1]:
                     continue
-                if u.op != "output" and not _used(u, memo):
+                if u.op != "output" and u.name not in reach:
                     _skip(lw, u)
                     continue
                 if _feeds_module(u, _weights(n)):
@@ -411,7 +402,7 @@ def _cell(lw, n):
         for u in (h.users if h is not None else ()):
             if k + 1 < steps and u is chain.cells[k + 1] and u.args[0] is not h:
                 continue  # the next step's state
-            if u.op != "output" and not _used(u, memo):
+            if u.op != "output" and u.name not in reach:
                 _skip(lw, u)
             elif u.name in followers:
                 need_full = True
