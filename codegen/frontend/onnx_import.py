@@ -1080,7 +1080,10 @@ def _softmax(imp: _Importer, node, op: Op = Op.SOFTMAX) -> _Act:
     if not last:
         name = "log_softmax" if op is Op.LOG_SOFTMAX else "softmax"
         raise imp.err(node, f"{name} over axis {axis}; qgen supports {name} over the channel/feature axis")
-    return _Act(imp.add(node, op, [x.name], imp.shape_of(x.name)), x.rank)
+    out = imp.add(node, op, [x.name], imp.shape_of(x.name))
+    if masked:  # a (1, F) vector
+        onnx_masks.apply(imp, node, imp.values[node.input[0]], out)
+    return _Act(out, x.rank)
 
 
 def _log_softmax(imp: _Importer, node) -> _Act:
