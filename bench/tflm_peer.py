@@ -94,7 +94,10 @@ def run_peer(python: str, name: str, work: Path, models_module: str = "examples.
 def main() -> None:
     name, work = sys.argv[1], Path(sys.argv[2])
     work.mkdir(parents=True, exist_ok=True)
-    model = convert(name, work, *sys.argv[3:4])
+    try:
+        model = convert(name, work, *sys.argv[3:4])
+    except Exception as exc:  # noqa: BLE001 - the converter's own failure is the answer: one line for run_peer
+        sys.exit(f"litert-torch cannot convert it: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
     print(json.dumps({"flatbuffer_bytes": model.stat().st_size, "arena_bytes": smallest_arena(model)}))
 
 
