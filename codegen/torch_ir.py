@@ -136,6 +136,8 @@ def lut_function(attrs: dict) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda v: F.threshold(v, attrs["threshold"], attrs["value"])
     if fn == "abs":
         return torch.abs
+    if fn == "softsign":
+        return F.softsign
     raise UserError(f"no torch function for LUT '{fn}'")
 
 

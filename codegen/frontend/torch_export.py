@@ -1901,7 +1901,8 @@ def _dropout(lw: _Lowering, n) -> Any:
     return _same(lw, n)
 
 
-VALUES_AND_INDICES = {aten.adaptive_max_pool2d.default, aten.adaptive_max_pool1d.default, aten.max.dim}
+VALUES_AND_INDICES = {aten.adaptive_max_pool2d.default, aten.adaptive_max_pool1d.default, aten.max.dim,
+                      aten.max_pool2d_with_indices.default}
 
 HANDLERS: dict[Any, Callable[[_Lowering, Any], Any]] = {
     aten.conv2d.default: _conv2d,

@@ -12,6 +12,8 @@
 - `aten.convolution` (a `torch.jit.trace`d conv after torch's TorchScript conversion): the conv handlers.
 - `torch.max(x, torch.zeros_like(x))` / `torch.minimum(x, torch.ones_like(x))`: a constant operand whose
   elements are all equal is a scalar, so the max / min is a clamp.
+- `nn.ChannelShuffle`, `torch.stack` (unsqueeze + cat), `x ** 2` (x * x), `nn.Softsign` (matched as export writes
+  it, x / (1 + |x|): one table), `nn.MaxPool2d(return_indices=True)` when only the values are read.
 - `F.normalize` / `torch.norm` (an L2 norm): refused by name with what to do.
 
 Decompositions build scratch FX nodes (`_steps`): the user's program is untouched; names and errors carry the
@@ -190,6 +192,76 @@ def _convolution(lw, n) -> Any:
     return lw.env[out.name]
 
 
+def _channel_shuffle(lw, n) -> Any:
+    """nn.ChannelShuffle(g) / F.channel_shuffle: x.view(N, g, C/g, H, W).transpose(1, 2).reshape(N, C, H, W), as
+    torchvision's ShuffleNetV2 writes it (a layout change)."""
+    x, groups = n.args[0], int(n.args[1])
+    sizes = _torch_sizes(x)
+    b, c, rest = sizes[0], sizes[1], list(sizes[2:])
+    step = _steps(lw, n)
+    v = step("split", aten.view.default, (x, [b, groups, c // groups] + rest), (b, groups, c // groups, *rest))
+    order = [0, 2, 1] + list(range(3, 3 + len(rest)))
+    p = step("order", aten.permute.default, (v, order), (b, c // groups, groups, *rest))
+    out = step("merge", aten.reshape.default, (p, list(sizes)), sizes)
+    lw.lay[n.name] = lw.lay[out.name]
+    return lw.env[out.name]
+
+
+def _stack(lw, n) -> Any:
+    """torch.stack(xs, dim): each x unsqueezed at dim, then one torch.cat along dim."""
+    xs, dim = n.args[0], int(_arg(n, 1, "dim", 0))
+    sizes = list(_torch_sizes(n))
+    dim %= len(sizes)
+    if len(sizes) > 4:
+        raise _err(lw, n, f"torch.stack makes a rank-{len(sizes)} tensor {sizes}; qgen's tensors have at most 4 dims "
+                          "(N, C, H, W). Concatenate along an existing dim (torch.cat) instead")
+    one = tuple(sizes[:dim] + [1] + sizes[dim + 1:])
+    step = _steps(lw, n)
+    parts = [step(f"part{i}", aten.unsqueeze.default, (x, dim), one) for i, x in enumerate(xs)]
+    out = step("cat", aten.cat.default, (parts, dim), tuple(sizes))
+    lw.lay[n.name] = lw.lay[out.name]
+    return lw.env[out.name]
+
+
+def _pow(lw, n) -> Any:
+    """x ** 2 (YOLOv5's (y * 2) ** 2 box decode): x * x, a mul of two activations; x ** 1: x. Other exponents of an
+    activation are refused with what to do (a constant is raised here)."""
+    x, e = n.args[0], n.args[1]
+    if x.name not in lw.lay:
+        return np.power(lw.env[x.name], e)
+    if e == 1:
+        return _same(lw, n)
+    if e != 2:
+        raise _err(lw, n, f"x ** {e}; qgen computes x ** 2 (as x * x) and x ** 1. Write a higher integer power as "
+                          "products (x * x * x), or replace the op")
+    out = _steps(lw, n)("square", aten.mul.Tensor, (x, x), _torch_sizes(n))
+    lw.lay[n.name] = lw.lay[out.name]
+    return lw.env[out.name]
+
+
+def _softsign(lw, n) -> Any:
+    """F.softsign / nn.Softsign, which export writes x / (1 + |x|): matched at the abs, one softsign table; the
+    add and the div are filled ahead (lw.ready). Any other use of abs is the abs table."""
+    x = n.args[0]
+    add = next(iter(n.users)) if len(n.users) == 1 else None
+    ok = add is not None and add.target in (aten.add.Tensor, aten.add.Scalar) and list(add.args) == [n, 1] \
+        and len(add.users) == 1
+    div = next(iter(add.users)) if ok else None
+    if not (ok and div.target is aten.div.Tensor and list(div.args) == [x, add] and not div.kwargs):
+        return _unary(lw, n, Op.LUT, fn="abs")
+    out = _unary(lw, n, Op.LUT, fn="softsign")
+    lw.ready[add.name] = (None, None)
+    lw.ready[div.name] = (out, lw.lay[n.name])
+    return out
+
+
+def _max_pool_values(lw, n) -> Any:
+    """F.max_pool2d(..., return_indices=True) / nn.MaxPool2d(return_indices=True): the values are a max pooling
+    (the indices, for MaxUnpool2d, are refused where they are read)."""
+    out = _steps(lw, n)("values", aten.max_pool2d.default, tuple(n.args), _torch_sizes(n))
+    return (lw.env[out.name], None)  # read by getitem (VALUES_AND_INDICES), as max.dim's pair
+
+
 def _uniform(lw, arg) -> float | None:
     """The value of a constant tensor whose elements are all equal (torch.zeros_like(x)); None otherwise."""
     value = lw.env.get(arg.name) if isinstance(arg, torch.fx.Node) and arg.name not in lw.lay else None
@@ -232,7 +304,7 @@ HANDLERS: dict[Any, Callable] = {
     aten.log_sigmoid.default: _table("log_sigmoid"),
     aten.hardshrink.default: _table("hardshrink", lambd=(1, "lambd", 0.5)),
     aten.softshrink.default: _table("softshrink", lambd=(1, "lambd", 0.5)),
-    aten.abs.default: _table("abs"),
+    aten.abs.default: _softsign,
     aten.rrelu.default: _rrelu,
     aten.threshold.default: _threshold,
     aten.pixel_shuffle.default: _pixel_shuffle,
@@ -244,6 +316,11 @@ HANDLERS: dict[Any, Callable] = {
     aten.new_ones.default: _filled,
     aten.new_full.default: _filled,
     aten.convolution.default: _convolution,
+    aten.channel_shuffle.default: _channel_shuffle,
+    aten.native_channel_shuffle.default: _channel_shuffle,
+    aten.stack.default: _stack,
+    aten.pow.Tensor_Scalar: _pow,
+    aten.max_pool2d_with_indices.default: _max_pool_values,
     aten.maximum.default: _bounded(Op.MAXIMUM),
     aten.max.other: _bounded(Op.MAXIMUM),
     aten.minimum.default: _bounded(Op.MINIMUM),

@@ -575,6 +575,8 @@ def lut_function(attrs: dict) -> Callable[[np.ndarray], np.ndarray]:
         return lambda v: np.where(v > attrs["threshold"], v, attrs["value"])
     if fn == "abs":
         return np.abs
+    if fn == "softsign":
+        return lambda v: v / (1.0 + np.abs(v))
     raise KeyError(fn)
 
 
@@ -916,7 +918,7 @@ SPECS = [
            Trait.IN_PLACE | Trait.CHANNELWISE | Trait.KEEPS_ORDER | Trait.INT8_ONLY | Trait.TABLE,
            same_shape, _no_check, f_lut, i_lut, q_lut, _zero_macs, torch_lut,
            "sigmoid, tanh, hardsigmoid, hardswish, SiLU, GELU, LeakyReLU, ELU, exp, Softplus, Mish, SELU, CELU, "
-           "LogSigmoid, Hardshrink, Softshrink, Threshold, RReLU (eval), abs",
+           "LogSigmoid, Hardshrink, Softshrink, Threshold, RReLU (eval), abs, Softsign",
            ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "LeakyRelu", "Elu", "Exp", "Softplus"),
            ("qg_lut_s8",),
            "any element-wise function through a 256-entry int8 table", kernel=kernel_lut,

@@ -1,7 +1,8 @@
 """Spellings outside MCU models use (issue 16, probe8: torchvision, Edge Impulse ports, tiny-YOLO heads, anomaly
 autoencoders) that lower to existing ops (codegen/frontend/torch_spellings.py): edge padding modes, strided
 slices (space-to-depth), pixel (un)shuffle, max/min with a uniform constant (ones_like / zeros_like), Dropout2d /
-AlphaDropout, RReLU / Threshold and the table activations (Mish, SELU, CELU, LogSigmoid, Hard/Softshrink, abs);
+AlphaDropout, ChannelShuffle, stack, x ** 2, MaxPool2d(return_indices) values, RReLU / Threshold and the table
+activations (Mish, SELU, CELU, LogSigmoid, Hard/Softshrink, abs, Softsign);
 half / double / TorchScript modules; and clear refusals (two inputs, F.normalize, a squeezed-away batch)."""
 from __future__ import annotations
 
@@ -78,6 +79,10 @@ SPELLINGS = {
     "nn.RReLU": nn.RReLU(0.1, 0.3),
     "nn.Threshold(0.1, -2)": nn.Threshold(0.1, -2.0),
     "nn.Threshold(0, 0)": nn.Threshold(0.0, 0.0),
+    "nn.ChannelShuffle(2)": nn.ChannelShuffle(2),
+    "torch.stack(rows, 2)": lambda x: torch.stack([x[:, :, 0], F.relu(x[:, :, 3])], 2),
+    "(x * 2) ** 2": lambda x: (x * 2) ** 2,
+    "MaxPool2d(return_indices)[0]": lambda x: nn.MaxPool2d(2, return_indices=True)(x)[0],
 }
 
 
@@ -98,7 +103,8 @@ def test_spellings_lower_to_existing_ops(name):
 TABLES = {"nn.Mish": (nn.Mish(), "mish"), "nn.SELU": (nn.SELU(), "selu"), "nn.CELU(0.5)": (nn.CELU(0.5), "celu"),
           "nn.LogSigmoid": (nn.LogSigmoid(), "log_sigmoid"), "nn.Hardshrink": (nn.Hardshrink(0.3), "hardshrink"),
           "nn.Softshrink": (nn.Softshrink(0.3), "softshrink"), "torch.abs": (torch.abs, "abs"),
-          "nn.Threshold(0.1, -2)": (nn.Threshold(0.1, -2.0), "threshold")}
+          "nn.Threshold(0.1, -2)": (nn.Threshold(0.1, -2.0), "threshold"), "nn.Softsign": (nn.Softsign(), "softsign"),
+          "F.softsign": (F.softsign, "softsign")}
 
 
 @pytest.mark.parametrize("name", TABLES)
@@ -204,12 +210,33 @@ class ChannelStep(nn.Module):
         return self.c(x)[:, ::2]
 
 
+class Stack5d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.c(x)
+        return torch.stack([y, y.relu()], 1).mean(1)
+
+
+class Unpool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.p, self.u = nn.Conv2d(3, 4, 3), nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2)
+
+    def forward(self, x):
+        return self.u(*self.p(self.c(x)))
+
+
 @pytest.mark.parametrize("model, shape, match", [
     (TwoInputs(), (1, 3, 5, 5), r"TwoInputs.forward takes 2 inputs \(img, meta\); qgen compiles a model with one "
                                 r"input tensor.*Wrap it"),
     (Normalized(), (1, 6), r"test_probe8_spellings.py:\d+.*L2 norm \(F.normalize.*division by constants only.*"
                            r"Return the un-normalised"),
     (Squeezed(), (1, 3, 5, 5), r"shape \[4\] \(the batch dim squeezed away\?.*torch.flatten\(x, 1\)"),
+    (Unpool(), (1, 3, 6, 6), r"nn.MaxPool2d 'p' .*uses the indices output.*values only"),
+    (Stack5d(), (1, 3, 5, 5), r"torch.stack.*rank-5.*qgen's tensors have at most 4 dims"),
     (ChannelStep(), (1, 3, 5, 5), r"test_probe8_spellings.py:\d+.*step 2 along dim 1.*along H or W"),
 ])
 def test_refusals_say_what_to_do(model, shape, match):
