@@ -27,8 +27,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..ir import Graph, Node, Op, Tensor, verify
-from . import onnx_cells, onnx_recurrent
-from . import onnx_masks
+from . import onnx_cells, onnx_masks, onnx_recurrent
 from .torch_export import LAYOUTS, ir_axis, ir_shape_of, reject_non_finite, source_of_trace
 
 OPSETS = range(13, 22)  # default-domain opsets qgen reads

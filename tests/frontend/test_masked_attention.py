@@ -69,13 +69,21 @@ class Spelling(nn.Module):
             scores = self.q(x) @ self.k(x).transpose(-2, -1) * D ** -0.5
             scores = scores.masked_fill(self.tril[:t, :t] == 0, float("-inf"))
             y = F.softmax(scores, dim=-1) @ x
+        elif how == "nanogpt":  # karpathy/nanoGPT CausalSelfAttention (slow path), -1e9 instead of -inf
+            b, t, c = x.shape
+            q = self.q(x).view(b, t, 2, c // 2).transpose(1, 2)
+            k = self.k(x).view(b, t, 2, c // 2).transpose(1, 2)
+            v = x.view(b, t, 2, c // 2).transpose(1, 2)
+            att = (q @ k.transpose(-2, -1)) * (1.0 / (k.size(-1) ** 0.5))
+            att = att.masked_fill(self.tril.view(1, 1, 16, 16)[:, :, :t, :t] == 0, -1e9)
+            y = (F.softmax(att, dim=-1) @ v).transpose(1, 2).contiguous().view(b, t, c)
         elif how == "additive":
             y = (self.q(x) @ self.k(x).transpose(-2, -1) + self.float_mask).softmax(-1) @ x
         return self.fc(x + y).mean(1)
 
 
 SPELLINGS = ["sdpa_causal", "sdpa_bool", "mha_float", "mha_bool", "mha_padding", "mha_weights", "encoder_causal",
-             "encoder_padding", "masked_fill", "additive"]
+             "encoder_padding", "masked_fill", "nanogpt", "additive"]
 
 
 def _float_of(g, x: torch.Tensor) -> np.ndarray:
@@ -341,6 +349,37 @@ def test_onnx_where_or_add_of_a_constant_mask_before_softmax(how, tmp_path):
         torch.onnx.export(model, (x[:1],), str(path), dynamo=False)
     g = from_onnx_file(str(path))
     assert Op.MASKED_SOFTMAX in {n.op for n in g.nodes}, g
+    with torch.no_grad():
+        want = np.concatenate([model(xi[None]).numpy() for xi in x])
+    np.testing.assert_allclose(_float_of(g, x).reshape(want.shape), want, rtol=1e-4, atol=1e-5)
+
+
+def test_pure_micropython_refuses_it_like_softmax(sensor):
+    """Table ops (softmax, LUTs) have no pure MicroPython kernel; the masked softmax is refused the same way."""
+    from codegen.emit.micropython import render_micropython
+
+    with pytest.raises(UserError, match="no MicroPython kernel for op masked_softmax"):
+        render_micropython(sensor[2].graph, "cs", ["test"])
+
+
+@pytest.mark.skipif(not hasattr(Op, "CONST"), reason="a finite additive mask is a constant operand (Op.CONST)")
+def test_a_finite_float_mask_is_an_added_constant():
+    """ALiBi-style bias as attn_mask: no -inf, so no masking; the scores get a constant added (CONST + add)."""
+    class Biased(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Linear(4, 4)
+            self.register_buffer("bias", -0.3 * (torch.arange(5)[:, None] - torch.arange(5)).abs().float())
+
+        def forward(self, x):
+            return (x + F.scaled_dot_product_attention(self.q(x), x, x, attn_mask=self.bias)).mean(1)
+
+    torch.manual_seed(0)
+    model = Biased().eval()
+    x = torch.randn(3, 5, 4)
+    g = from_module(model, x[:1])
+    ops = {n.op for n in g.nodes}
+    assert Op.SOFTMAX in ops and Op.CONST in ops and Op.MASKED_SOFTMAX not in ops, g
     with torch.no_grad():
         want = np.concatenate([model(xi[None]).numpy() for xi in x])
     np.testing.assert_allclose(_float_of(g, x).reshape(want.shape), want, rtol=1e-4, atol=1e-5)
