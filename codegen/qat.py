@@ -234,8 +234,8 @@ class QATModel(nn.Module):
         rule = SPEC[node.op].qat  # codegen/ops: each op's fake-quantised integer twin
         if rule is None:
             raise UserError(f"{node.where()}: QAT does not support op {node.op.value}")
-        step = QATStep(self._attrs[i], self._frac[node.inputs[0]], self._frac[node.outputs[0]], not exact, exact,
-                       dtype)
+        step = QATStep(self._attrs[i], self._frac.get(node.inputs[0], 0), self._frac[node.outputs[0]], not exact,
+                       exact, dtype)  # fin 0: a const node has no activation input
         return rule(self, i, node, xs, step)
 
     def _weighted(self, i: int, node: Node, x: torch.Tensor, fin: int, fout: int, attrs: dict,

@@ -25,7 +25,7 @@ def run_float(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
     values = {g.inputs[0]: np.asarray(x, dtype=np.float64)}
     for n in g.nodes:
         xs = [values[t] for t in n.inputs if not g.tensors[t].is_const]
-        values[n.outputs[0]] = SPEC[n.op].ref_float(g, n, xs)
+        values[n.outputs[0]] = _batch(SPEC[n.op].ref_float(g, n, xs), xs, len(x))
     return values
 
 
@@ -40,8 +40,13 @@ def run_int(g: Graph, x_q: np.ndarray) -> dict[str, np.ndarray]:
         rule = SPEC[n.op].ref_int
         if rule is None:
             raise KeyError(f"{n.where()}: {n.op.value} has no integer semantics (fold it before quantising)")
-        values[n.outputs[0]] = rule(g, n, xs).astype(np.int64)
+        values[n.outputs[0]] = _batch(rule(g, n, xs).astype(np.int64), xs, len(x_q))
     return values
+
+
+def _batch(out: np.ndarray, xs: list, n: int) -> np.ndarray:
+    """A node without activation inputs (const) gives batch 1: repeated for the batch."""
+    return out if xs else np.repeat(out, n, axis=0)
 
 
 def to_qgen_layout(g: Graph, x: np.ndarray) -> np.ndarray:

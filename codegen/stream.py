@@ -61,6 +61,7 @@ class StreamRunner:
                 out, self.state[n.name] = int_run(g, n, xs[0], self.state[n.name])
             else:
                 out = SPEC[n.op].ref_int(g, n, xs)
+                out = out if xs else np.repeat(out, self.batch, axis=0)  # const: batch 1
             values[n.outputs[0]] = np.asarray(out).astype(np.int64)
         return values
 

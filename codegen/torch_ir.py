@@ -57,7 +57,9 @@ def execute(graph: Graph, x: torch.Tensor, evaluate: Callable[[int, Node, list[t
     """Run `graph` on `x` (IR layout): evaluate(index, node, activation inputs) gives each node's output."""
     values = {graph.inputs[0]: x}
     for i, node in enumerate(graph.nodes):
-        values[node.outputs[0]] = evaluate(i, node, [values[t] for t in node.inputs if not graph.tensors[t].is_const])
+        xs = [values[t] for t in node.inputs if not graph.tensors[t].is_const]
+        y = evaluate(i, node, xs)
+        values[node.outputs[0]] = y if xs else y.expand(x.shape[0], *y.shape[1:])  # const: batch 1
     return values[graph.outputs[0]]
 
 

@@ -52,13 +52,14 @@ class AllOps(nn.Module):
         self.rnn = nn.RNN(3, 2, batch_first=True)
         self.fc_seq = nn.Linear(4 + 2, 5)
         self.register_buffer("keep", torch.tensor([[1.0, 1.0, 0.0, 1.0, 1.0]]))  # masked_softmax
+        self.register_buffer("pos", torch.randn(1, 4, 8, 8) * 0.1)  # const: a (1, C, H, W) constant added
 
     def forward(self, x):
         y = torch.relu(self.conv(self.pad(x)))
         y = y + self.up(nn.functional.interpolate(nn.functional.max_pool2d(y, 4), scale_factor=2))  # resize
         gate = torch.sigmoid(y.mean((2, 3), keepdim=True))  # mul of a (1, C, 1, 1) gate, sub, max, min, affine
         y = self.prelu(torch.maximum(y, y * 0.5) - torch.minimum(y, 1 - y)) * gate
-        y = self.bn(self.dw(y) + y)
+        y = self.bn(self.dw(y) + y) + self.pos
         if self.layout:  # channel shuffle: one transpose; chunk: two slices; (1, C, H, W) @ (1, C, W, H)
             y = y.view(1, 2, 2, *y.shape[2:]).transpose(1, 2).reshape(y.shape)
             a, b = y.chunk(2, 1)  # two slices

@@ -256,7 +256,7 @@ class _Builder:
         ins = [self.view(t) for t in n.inputs if not g.tensors[t].is_const]
         y = self.view(n.outputs[0])
         pname = f"_L{index}"
-        call = f"{fn}({', '.join(ins)}, {y}, {pname}{extra})"
+        call = f"{fn}({', '.join(ins + [y, pname])}{extra})"  # const: no activation input
         return PyLayer(index, n.where(), shapes, pname, [(k, str(v)) for k, v in params], call)
 
 

@@ -892,6 +892,8 @@ def _add(imp: _Importer, node) -> _Act:
         return _affine(imp, node, a, 1.0, kb)
     if isinstance(b, _Act) and ka is not None:
         return _affine(imp, node, b, 1.0, ka)
+    if isinstance(a, _Act) != isinstance(b, _Act) and (a if isinstance(b, _Act) else b) is not None:
+        return _with_const(imp, node, Op.ADD, a, b)  # x + C: a positional embedding, a (1, C, H, W) bias
     if not (isinstance(a, _Act) and isinstance(b, _Act)):
         raise imp.err(node, "add of a constant; qgen supports adding two activations (residual add). "
                             "Fold the constant into a bias.")
@@ -936,6 +938,8 @@ def _two_activations(imp: _Importer, node, op: Op) -> _Act:
     from ..ops.eltwise import COMMUTATIVE, bcast_plan, broadcasts
 
     a, b = (imp.values.get(i) for i in node.input)
+    if isinstance(a, _Act) != isinstance(b, _Act) and (a if isinstance(b, _Act) else b) is not None:
+        return _with_const(imp, node, op, a, b)  # x - C, C * x: a const operand
     if isinstance(a, _Act) and isinstance(b, _Act) and (a.natural or b.natural):  # binary ops read the convention
         a, b = imp.in_convention(node, a), imp.in_convention(node, b)
     if not (isinstance(a, _Act) and isinstance(b, _Act)):
@@ -954,6 +958,39 @@ def _two_activations(imp: _Importer, node, op: Op) -> _Act:
                             "between operands of the same rank (each dim equal or 1)")
     return _Act(imp.add(node, op, [a.name, b.name], out if len(sa) == len(sb) else sa), a.rank)
 
+
+
+def _const_node(imp: _Importer, node, data: np.ndarray) -> str:
+    """A CONST node (codegen/ops/const.py) holding `data` (IR shape and order) as an activation."""
+    out = imp.act(node, data.shape, f"{imp.base_name(node)}_const")
+    value = imp.const(f"{out}_value", np.asarray(data, dtype=np.float64))
+    imp.graph.nodes.append(Node(out, Op.CONST, [value], [out], {}, imp.names(node)[2]))
+    return out
+
+
+def _with_const(imp: _Importer, node, op: Op, a, b) -> _Act:
+    """`op` of an activation and a constant initializer that is not a scalar (Add of a positional embedding,
+    Mul by a (1, C, H, W) map): the constant, broadcast to the activation's ONNX shape and laid out as the
+    activation lies, becomes a CONST node (as the PyTorch front end's _with_const)."""
+    from .layout import canonical
+
+    x, value, const_first = (b, a, True) if isinstance(b, _Act) else (a, b, False)
+    shape = imp.shape_of(x.name)
+    sizes = (1, *shape[1:]) if x.natural else torch_shape_of(shape, x.rank)
+    value = np.asarray(value, dtype=np.float64)
+    try:
+        ok = np.broadcast_shapes(value.shape, sizes) == tuple(sizes)
+    except ValueError:
+        ok = False
+    if not ok or not np.all(np.isfinite(value)):
+        raise imp.err(node, f"{op.value} of an activation of shape {list(sizes)} and a constant of shape "
+                            f"{list(value.shape)}; qgen supports a finite constant that broadcasts to the activation's "
+                            "shape (the activation itself is not broadcast)")
+    full = np.broadcast_to(value, sizes)
+    data = full.reshape(shape) if x.natural else full.reshape(-1)[canonical(sizes).torch_index()].reshape(shape)
+    c = _const_node(imp, node, data)
+    inputs = [c, x.name] if const_first and op is Op.SUB else [x.name, c]  # C - x; else x first
+    return _Act(imp.add(node, op, inputs, shape), x.rank, x.natural)
 
 
 def _div(imp: _Importer, node) -> _Act:
@@ -1047,9 +1084,22 @@ def _pad(imp: _Importer, node) -> _Act:
 
 def _concat(imp: _Importer, node) -> _Act:
     parts = [imp.values.get(i) for i in node.input]
-    if not all(isinstance(p, _Act) for p in parts):
-        raise imp.err(node, "concatenation with a constant tensor is not supported")
-    rank = parts[0].rank
+    acts = [p for p in parts if isinstance(p, _Act)]
+    if not acts or any(p is None for p in parts):
+        raise imp.err(node, "concatenation of constants only; qgen computes on activations")
+    rank = acts[0].rank
+    for i, p in enumerate(parts):  # a constant part (a cls token): a CONST node in the conventional layout
+        if isinstance(p, _Act):
+            parts[i] = imp.in_convention(node, p)
+            continue
+        from .layout import canonical, canonical_shape
+
+        p = np.asarray(p, dtype=np.float64)
+        if p.ndim != rank or p.shape[0] != 1 or not np.all(np.isfinite(p)):
+            raise imp.err(node, f"concatenation with a constant of shape {list(p.shape)}; qgen concatenates a finite "
+                                f"constant of the result's rank {rank} and batch 1")
+        data = p.reshape(-1)[canonical(p.shape).torch_index()].reshape(canonical_shape(p.shape))
+        parts[i] = _Act(_const_node(imp, node, data), rank)
     try:
         axis = ir_axis(int(imp.attr(node, "axis")), rank)
     except ValueError:

@@ -1399,7 +1399,10 @@ def _permute(lw: _Lowering, n) -> str:
 def _same(lw: _Lowering, n) -> str:
     """clone/contiguous/alias/detach/dropout (eval), expand to the same sizes: the same tensor."""
     if n.args[0].name not in lw.lay:  # a constant written in forward(), torch.tensor(2.0).detach_(): itself
-        return lw.env[n.args[0].name]
+        value, sizes = lw.env[n.args[0].name], _torch_sizes(n)
+        if isinstance(value, np.ndarray) and sizes is not None and value.shape != sizes:  # cls.expand(b, -1, -1)
+            return np.broadcast_to(value, sizes).copy()
+        return value
     x_ir, lay = lw.raw(n.args[0])
     if _torch_sizes(n) != lay.sizes and n.users and all(u.target in _BROADCASTING for u in n.users):
         return lw.bind(n, x_ir, lay)  # x.expand_as(y) read only by ops that broadcast: x itself (_broadcast)
@@ -1524,12 +1527,8 @@ def _add(lw: _Lowering, n) -> str:
     if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)) or alpha != 1:
         raise _err(lw, n, "add of a constant (or with alpha); qgen supports adding two activations "
                           "(residual add). Fold the constant into a bias.")
-    if a.name not in lw.lay or b.name not in lw.lay:
-        const = lw.env[(b if a.name in lw.lay else a).name]
-        shape = list(np.shape(const)) if isinstance(const, np.ndarray) else "?"
-        raise _err(lw, n, f"add of a constant tensor of shape {shape} (a positional encoding or embedding?); qgen "
-                          "adds a scalar or one constant per channel (a bias). Fold a per-channel constant into the "
-                          "preceding layer's bias; a constant that varies along time or space is not supported yet")
+    if a.name not in lw.lay or b.name not in lw.lay:  # x + C: C a const operand (positional encoding)
+        return _with_const(lw, n, Op.ADD, a, b)
     if lw.lay[a.name].sizes != lw.lay[b.name].sizes:  # broadcasting
         return _broadcast(lw, n, Op.ADD, a, b)
     an, bn, lay = lw.pair(n, a, b)
@@ -1613,6 +1612,46 @@ def _channelwise(lw: _Lowering, n, x, scale, offset) -> str:
                   lw.shape_of(xin))
 
 
+def _const_value(lw: _Lowering, arg) -> np.ndarray | None:
+    """The value of a constant tensor argument (a buffer, a Parameter, sliced or expanded); None otherwise."""
+    value = lw.env.get(arg.name) if isinstance(arg, torch.fx.Node) and arg.name not in lw.lay else None
+    return value if isinstance(value, np.ndarray) else None
+
+
+def _const_node(lw: _Lowering, n, data: np.ndarray) -> str:
+    """A CONST node (codegen/ops/const.py) holding `data` (IR shape and order) as an activation."""
+    return lw._inserted(f"{n.name}_const", Op.CONST, lw.const(f"{n.name}_value", data), tuple(data.shape),
+                        source_of(n))
+
+
+def _with_const(lw: _Lowering, n, op: Op, a, b) -> str:
+    """`op` of an activation and a constant tensor that is neither a scalar nor per-channel (a positional
+    encoding (1, T, D), a (1, C, H, W) bias, a (T, 1) scale): the constant, broadcast to the activation's sizes
+    and laid out as the activation lies (no copy of the activation), becomes a CONST node; `op` then reads two
+    activations. A constant the activation would have to be broadcast to is refused."""
+    (x, k), const_first = ((b, a), True) if _const_value(lw, a) is not None else ((a, b), False)
+    value = _const_value(lw, k)
+    if _const_value(lw, x) is not None:
+        raise _err(lw, n, f"{op.value} of two constants; qgen computes on activations (fold the constants)")
+    x_ir, lay = lw.raw(x)
+    sizes = tuple(lay.sizes)
+    try:
+        broadcast = np.broadcast_shapes(np.shape(value), sizes)
+    except ValueError:
+        broadcast = None
+    if broadcast != sizes:
+        raise _err(lw, n, f"{op.value} of an activation of shape {list(sizes)} and a constant of shape "
+                          f"{list(np.shape(value))}; qgen supports a constant that broadcasts to the activation's "
+                          "shape (the activation itself is not broadcast). Expand the activation first.")
+    if not np.all(np.isfinite(value)):
+        raise _err(lw, n, f"{op.value} with a constant of shape {list(np.shape(value))} holding inf or NaN; qgen "
+                          "quantises constants to int8: use a large finite value (e.g. -1e4 for a mask)")
+    full = np.broadcast_to(np.asarray(value, dtype=np.float64), sizes).reshape(-1)[lay.torch_index()]
+    c_ir = _const_node(lw, n, full.reshape(lw.shape_of(x_ir)))
+    inputs = [c_ir, x_ir] if const_first and op is Op.SUB else [x_ir, c_ir]  # C - x; else x first
+    return lw.bind(n, lw.add(n, op, inputs, lw.shape_of(x_ir)), lay)
+
+
 def _constant(lw: _Lowering, n) -> Any:
     """torch.tensor(...) written in forward(): the lifted constant itself."""
     return lw.value(n.args[0])
@@ -1660,11 +1699,9 @@ def _two_activations(lw: _Lowering, n, op: Op, a, b) -> str:
     if (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node) and a.name in lw.lay and b.name in lw.lay
             and lw.lay[a.name].sizes != lw.lay[b.name].sizes):
         return _broadcast(lw, n, op, a, b)
+    if _const_value(lw, a) is not None or _const_value(lw, b) is not None:  # x - C, C * x: a const operand
+        return _with_const(lw, n, op, a, b)
     an, bn = lw.value(a), lw.value(b)
-    if not (isinstance(an, str) and isinstance(bn, str)):
-        raise _err(lw, n, f"{op.value} with a constant tensor of more than one element; qgen supports {op.value} of "
-                          "two activations or of an activation and a scalar. Fold the constant into a neighbouring "
-                          "layer's weights.")
     sa, sb = lw.shape_of(an), lw.shape_of(bn)
     if op is Op.MUL and broadcasts(sb, sa):  # gate * x: the full-size operand first
         an, bn, sa, sb = bn, an, sb, sa
@@ -1766,11 +1803,17 @@ def _cat(lw: _Lowering, n) -> str:
     parts = [lw.value(t) for t in n.args[0]]
     dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
     rank = len(n.meta["val"].shape)
-    if not all(isinstance(p, str) for p in parts):
-        const = next(p for p in parts if not isinstance(p, str))
-        raise _err(lw, n, f"concatenation with a constant tensor of shape {list(np.shape(const))} (a cls token?); "
-                          "qgen concatenates activations only. Drop the constant (e.g. pool over time instead of a "
-                          "cls token), or open an issue")
+    if all(isinstance(p, np.ndarray) for p in parts):
+        raise _err(lw, n, "concatenation of constants only; qgen computes on activations (fold the constants)")
+    for i, p in enumerate(parts):  # a constant part (a cls token): a CONST node in the canonical layout
+        if isinstance(p, np.ndarray):
+            if p.ndim != rank or not all(np.isfinite(p.reshape(-1))) or (rank > 1 and p.shape[0] != 1):
+                raise _err(lw, n, f"concatenation with a constant tensor of shape {list(p.shape)} to a rank-{rank} "
+                                  "result; qgen concatenates a finite constant of the result's rank and batch 1 "
+                                  "(expand a cls token to (1, 1, D) first)")
+            canon = layout.canonical(p.shape)
+            data = np.asarray(p, dtype=np.float64).reshape(-1)[canon.torch_index()]
+            parts[i] = _const_node(lw, n, data.reshape(layout.canonical_shape(p.shape)))
     try:
         axis = ir_axis(int(dim), rank)
     except ValueError:

@@ -55,6 +55,7 @@ class Op(str, enum.Enum):
     HISTORY = "history"  # streaming only: the last attrs["frames"] frames of its input (codegen/ops/stream.py)
     MEAN = "mean"  # average of n same-shape activations (an ensemble's members, codegen/ops/combine.py)
     VOTE = "vote"  # per-class vote counts of n members' argmax (codegen/ops/combine.py)
+    CONST = "const"  # a constant tensor as an activation (no activation input): codegen/ops/const.py
 
 
 class Trait(enum.Flag):
@@ -141,9 +142,9 @@ def _no_check(g, n) -> None:
     return None
 
 
-from . import attention, combine, conv, eltwise, layout, matmul, norm, pool, recurrent, stream, upsample  # noqa: E402  (the families register below)
+from . import attention, combine, const, conv, eltwise, layout, matmul, norm, pool, recurrent, stream, upsample  # noqa: E402  (the families register below)
 
-FAMILIES = (conv, norm, eltwise, pool, layout, upsample, matmul, recurrent, stream, combine, attention)
+FAMILIES = (conv, norm, eltwise, pool, layout, upsample, matmul, recurrent, stream, combine, attention, const)
 SPEC: dict[Op, OpSpec] = {s.op: s for family in FAMILIES for s in family.SPECS}
 assert set(SPEC) == set(Op), set(Op) - set(SPEC)
 SPEC = {op: SPEC[op] for op in Op}  # enum order

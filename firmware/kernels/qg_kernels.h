@@ -160,6 +160,12 @@ typedef struct {
     const int8_t *table; /* 256 entries */
 } qg_lut_params_t;
 void qg_lut_s8(const qg_lut_params_t *p, const int8_t *in, int8_t *out);
+/* out[i] = data[i]: a constant tensor (positional encoding, cls token) copied from flash into the arena */
+typedef struct {
+    int32_t size;
+    const int8_t *data;
+} qg_const_params_t;
+void qg_const_s8(const qg_const_params_t *p, int8_t *out);
 
 /* softmax over `rows` rows of `row_size` int8 values; output s8.f7 */
 typedef struct {

@@ -743,6 +743,13 @@ def _sat16(v):
     return -32768 if v < -32768 else (32767 if v > 32767 else v)
 
 
+def _const(y, p):
+    # a constant tensor (codegen/ops/const.py): its int8 values copied into the arena
+    data = p[0]
+    for i in range(len(data)):
+        y[i] = data[i]
+
+
 def _clamp(x, y, p):
     n, lo, hi = p
     for i in range(n):

@@ -162,8 +162,9 @@ def test_unsupported_attribute_and_constant_add_errors():
     with pytest.raises(UserError, match=r"ONNX node 'grp' \(Conv, opset 17\): group=3 with 4 input and 6 output"):
         from_onnx_model(_model([conv], {"w": w}, [1, 4, 8, 8], [1, 6, 6, 6]))
     add = helper.make_node("Add", ["x", "k"], ["y"], name="bias_add")
-    with pytest.raises(UserError, match="'bias_add' .*add of a constant"):
-        from_onnx_model(_model([add], {"k": np.ones((1, 4))}, [1, 4], [1, 4]))
+    with pytest.raises(UserError, match=r"'bias_add' .*add of an activation of shape \[1, 4\] and a constant of "
+                                        r"shape \[3, 4\]"):
+        from_onnx_model(_model([add], {"k": np.ones((3, 4))}, [1, 4], [3, 4]))
 
 
 def test_missing_or_corrupt_file(tmp_path):
