@@ -6,6 +6,7 @@
 - `nn.PixelShuffle` / `F.pixel_unshuffle`: a view, a permute and a view (as `F.unfold` of patches is).
 - `padding_mode='reflect' | 'replicate' | 'circular'` (Conv1d/Conv2d) and `F.pad(mode=...)`: the edges are
   slices of the tensor concatenated around it (data movement only: bit-exact).
+- `F.pad` with negative amounts (U-Net's crop): slices, then the zero padding of the positive amounts.
 - a slice with a step along H, W or L (`x[..., ::2, ::2]`, YOLOv5's Focus space-to-depth): the contiguous part
   then a 1 x 1 max pooling with that stride (a pick, no arithmetic).
 - `torch.ones_like(x)`, `full_like`, `new_ones`, `new_full` in forward: constants (as `zeros_like` is).
@@ -97,6 +98,9 @@ def _edge_pad(lw, n) -> Any:
     along each padded dim, slices of x concatenated before and after it (reflect: x[1], ..., x[p] mirrored;
     replicate: x[0] repeated; circular: the last p and the first p). Other modes go to the zero-padding handler."""
     mode = _arg(n, 2, "mode", "constant")
+    if n.args[0].name in lw.lay and min(int(p) for p in n.args[1]) < 0 and len(n.args[1]) <= 2 * (
+            len(_torch_sizes(n.args[0])) - 2):
+        return _crop(lw, n)
     if n.target is not aten.pad.default or mode not in EDGE_MODES:
         return _pad(lw, n)
     x, pad = n.args[0], [int(p) for p in n.args[1]]
@@ -130,6 +134,29 @@ def _edge_pad(lw, n) -> Any:
             tail = [cut(f"after{i}", size - 1 - i, 1) for i in range(1, after + 1)]
         sizes[dim] = size + before + after
         cur = step(f"d{dim}_{mode}", aten.cat.default, (head + [cur] + tail, dim), tuple(sizes))
+    lw.lay[n.name] = lw.lay[cur.name]
+    return lw.env[cur.name]
+
+
+def _crop(lw, n) -> Any:
+    """F.pad with negative amounts (U-Net's crop, F.pad(x, (-1, -1, -2, -1))): slices of the cropped dims, then
+    the zero padding of the positive amounts, if any."""
+    pad = [int(p) for p in n.args[1]]
+    sizes = list(_torch_sizes(n.args[0]))
+    step = _steps(lw, n)
+    cur = n.args[0]
+    for k in range(len(pad) // 2):
+        dim, (before, after) = len(sizes) - 1 - k, (pad[2 * k], pad[2 * k + 1])
+        cut_before, cut_after = max(-before, 0), max(-after, 0)
+        if cut_before or cut_after:
+            length = sizes[dim] - cut_before - cut_after
+            if length <= 0:
+                raise _err(lw, n, f"padding {pad} crops dim {dim} of size {sizes[dim]} to nothing")
+            sizes[dim] = length
+            cur = step(f"crop{dim}", aten.slice.Tensor, (cur, dim, cut_before, cut_before + length), tuple(sizes))
+    rest = [max(p, 0) for p in pad]
+    if any(rest):
+        cur = step("pad", aten.pad.default, (cur, rest) + tuple(n.args[2:]), _torch_sizes(n))
     lw.lay[n.name] = lw.lay[cur.name]
     return lw.env[cur.name]
 

@@ -64,6 +64,13 @@ def test_edge_padding_modes_are_slices_and_a_concat(name):
     assert Op.CONCAT in {n.op for n in g.nodes} and Op.PAD not in {n.op for n in g.nodes}
 
 
+@pytest.mark.parametrize("pad", [(-1, -1, -2, -1), (-1, 2, 1, -1), (0, 0, -3, 0)])
+def test_negative_padding_crops(pad):
+    torch.manual_seed(5)
+    g = _float_matches(Fn(nn.ZeroPad2d(pad)), torch.randn(2, 3, 7, 6))
+    assert Op.SLICE in {n.op for n in g.nodes}
+
+
 SPELLINGS = {
     "x[..., ::2, ::2] (Focus)": lambda x: torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2],
                                                     x[..., 1::2, 1::2]], 1),
