@@ -1787,7 +1787,8 @@ def _pad(lw: _Lowering, n) -> str:
     if n.target is aten.constant_pad_nd.default:
         mode, value = "constant", n.args[2] if len(n.args) > 2 else 0.0
     if mode != "constant" or (value or 0.0) != 0.0:
-        raise _err(lw, n, f"padding mode '{mode}' with value {value}; qgen supports zero padding")
+        raise _err(lw, n, f"padding mode '{mode}' with value {value}; qgen pads with zeros (and reflect / replicate / "
+                          "circular). Pad with value=0, or pad x - value and add the value back after the pad")
     shape = lw.shape_of(xin)
     pad = pad + [0] * (4 - len(pad))
     left, right, top, bottom = (int(p) for p in pad[:4])

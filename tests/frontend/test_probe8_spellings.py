@@ -227,6 +227,15 @@ class Stack5d(nn.Module):
         return torch.stack([y, y.relu()], 1).mean(1)
 
 
+class PadValue(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.p = nn.Conv2d(3, 4, 3), nn.ConstantPad2d(1, 0.5)
+
+    def forward(self, x):
+        return self.p(self.c(x))
+
+
 class Unpool(nn.Module):
     def __init__(self):
         super().__init__()
@@ -242,6 +251,8 @@ class Unpool(nn.Module):
     (Normalized(), (1, 6), r"test_probe8_spellings.py:\d+.*L2 norm \(F.normalize.*division by constants only.*"
                            r"Return the un-normalised"),
     (Squeezed(), (1, 3, 5, 5), r"shape \[4\] \(the batch dim squeezed away\?.*torch.flatten\(x, 1\)"),
+    (PadValue(), (1, 3, 5, 5), r"nn.ConstantPad2d 'p' .*value 0.5; qgen pads with zeros.*Pad with value=0, or pad "
+                               r"x - value"),
     (Unpool(), (1, 3, 6, 6), r"nn.MaxPool2d 'p' .*uses the indices output.*values only"),
     (Stack5d(), (1, 3, 5, 5), r"torch.stack.*rank-5.*qgen's tensors have at most 4 dims"),
     (ChannelStep(), (1, 3, 5, 5), r"test_probe8_spellings.py:\d+.*step 2 along dim 1.*along H or W"),
