@@ -121,6 +121,44 @@ def test_probe_shapes_compile_bit_exact(compiled):
     np.testing.assert_allclose(got[:, 5:], want[:, 5:], atol=0.1)
 
 
+class ProbeTransformer(nn.Module):
+    """The two probe models of issue 16 (probeseq7): a sinusoidal PE buffer before nn.TransformerEncoder, and a
+    ViT-style cls token + learned pos_embedding before nn.TransformerEncoderLayer, reading x[:, 0]."""
+
+    def __init__(self, cls: bool, n_feat: int = 9, d: int = 32, t: int = 16):
+        super().__init__()
+        self.cls = cls
+        self.embed = nn.Linear(n_feat, d)
+        self.register_buffer("pe", sinusoidal(64, d))
+        self.cls_token = nn.Parameter(torch.randn(1, 1, d))
+        self.pos_embedding = nn.Parameter(torch.randn(1, t + 1, d))
+        self.enc = nn.TransformerEncoderLayer(d, 4, 64, batch_first=True)
+        self.head = nn.Linear(d, 6)
+
+    def forward(self, x):
+        x = self.embed(x)
+        if self.cls:
+            x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embedding
+            return self.head(self.enc(x)[:, 0])
+        x = x * math.sqrt(32) + self.pe[:, :x.size(1)]
+        return self.head(self.enc(x).mean(dim=1))
+
+
+@pytest.mark.parametrize("cls", [False, True], ids=["pe_buffer", "cls_token"])
+def test_probe_transformers_compile_bit_exact(cls):
+    import codegen
+
+    torch.manual_seed(0)
+    model = ProbeTransformer(cls).eval()
+    calib = np.random.default_rng(0).standard_normal((32, 16, 9)).astype(np.float32)
+    result = codegen.compile(model, torch.from_numpy(calib[:1]), calib)
+    assert Op.CONST in {n.op for n in result.graph.nodes}
+    assert result.verify(calib[:4]).exact
+    with torch.no_grad():
+        want = np.concatenate([model(torch.from_numpy(calib[i:i + 1])).numpy() for i in range(len(calib))])
+    assert (result.predict(calib).argmax(1) == want.argmax(1)).mean() >= 0.9
+
+
 def _quantised_inputs(result) -> np.ndarray:
     from codegen.reference import quantize_input
 
@@ -215,8 +253,8 @@ def _edge_graph() -> Graph:
 
 
 def test_edge_constants_c_equals_reference_on_host(tmp_path):
-    from codegen.hostcheck import SANITIZE_FLAGS, build_native, reference_outputs, run_native
     from codegen.emit.c import render, write_atomic
+    from codegen.hostcheck import SANITIZE_FLAGS, build_native, reference_outputs, run_native
 
     g = _edge_graph()
     rng = np.random.default_rng(2)
