@@ -8,7 +8,8 @@
   a bias are refused by name.
 - Kernel: one quantised graph of masked softmax cases (causal over odd T, one kept entry per row, a random mask
   repeating every 3 rows, 1 and 37 keys) on edge inputs: generated C == codegen.reference.run_int byte for byte
-  on the host (strict and ASan/UBSan) and on Cortex-M0+ and M4 under QEMU (one firmware per core).
+  on the host (strict and ASan/UBSan), on Cortex-M0+ and M4 under QEMU (one firmware per core) and on an
+  ATmega2560 under simavr (tables and bitmap in flash).
 - A causal sensor model compiles bit-exact in host C with argmax equal to torch's; QAT's twin equals the reference.
 """
 from __future__ import annotations
@@ -264,6 +265,17 @@ def test_bit_exact_on_core(kernel_model, core, tmp_path):
                     extra_cflags=("-std=c99", "-Werror", "-Wconversion"))
     result = run_qemu(QEMU_BOARDS[core], elf, x.reshape(len(x), -1), expect.shape[1])
     assert_outputs_equal(result.outputs, expect, g, core)
+
+
+def test_bit_exact_on_atmega2560(kernel_model, tmp_path):
+    """16-bit int; the exp table and the keep bitmap in flash (QG_CONST, read through qg_w16 / qg_wu8)."""
+    from codegen.target.avr import avr_missing_tools, run_avr
+
+    if avr_missing_tools():
+        pytest.skip(f"missing tools: {avr_missing_tools()}")
+    g, out, x, expect = kernel_model
+    run = run_avr("atmega2560", out, "ms", x, tmp_path / "avr", expect.shape[1])
+    assert_outputs_equal(run.outputs, expect, g, "atmega2560")
 
 
 # ------------------------------------------------------------------ a model, end to end
