@@ -62,18 +62,52 @@ def _weights(cell) -> tuple:
     return tuple(a[2:4]) + biases
 
 
+def _call(v, target) -> bool:
+    return getattr(v, "op", None) == "call_function" and v.target is target
+
+
+def _squeeze0(v) -> bool:
+    """v is y.squeeze(0)."""
+    if _call(v, aten.squeeze.dim):
+        return int(v.args[1]) == 0
+    return _call(v, aten.squeeze.dims) and [int(d) for d in v.args[1]] == [0]
+
+
+def _unsqueeze0(v) -> bool:
+    """v is y.unsqueeze(0): how a cell called on unbatched (F,) / (H,) tensors batches its input and state."""
+    return _call(v, aten.unsqueeze.default) and int(v.args[1]) == 0
+
+
+def _unview(v):
+    """An unbatched step's input or state: unsqueeze(0) of the previous step's squeeze(0) is that squeeze."""
+    return v.args[0] if _unsqueeze0(v) and _squeeze0(v.args[0]) else v
+
+
 def _state(cell) -> list:
-    """The state arguments: [h, c] of an LSTM step, [h] of the others."""
+    """The state arguments: [h, c] of an LSTM step, [h] of the others (as the previous step gave them)."""
     hx = cell.args[1] if len(cell.args) > 1 else cell.kwargs.get("hx")
-    return list(hx) if isinstance(hx, (list, tuple)) else [hx]
+    return [_unview(v) for v in (hx if isinstance(hx, (list, tuple)) else [hx])]
 
 
-def _outs(cell) -> list:
+def _raw_outs(cell) -> list:
     """The fx nodes of a step's new state: [h, c] (the getitems, None where absent) of an LSTM step, [the step]."""
     if CELLS[cell.target][0] is not Op.LSTM:
         return [cell]
     got = {int(u.args[1]): u for u in cell.users if u.target is operator.getitem}
     return [got.get(0), got.get(1)]
+
+
+def _outs(cell) -> list:
+    """A step's new state as the model sees it: [h, c] / [h], the squeeze(0) of an unbatched step's."""
+    return [next(iter(o.users)) if o is not None and len(o.users) == 1 and _squeeze0(next(iter(o.users))) else o
+            for o in _raw_outs(cell)]
+
+
+def _takes_state(u, cell, value) -> bool:
+    """u passes `value` to `cell` as its state only: u is the step itself, or the unsqueeze(0) of an unbatched step."""
+    if u is cell:
+        return cell.args[0] is not value
+    return _unsqueeze0(u) and all(v is cell and v.args[0] is not u for v in u.users)
 
 
 def _follows(cell, prev) -> bool:
@@ -101,9 +135,12 @@ def _skip(lw, node) -> None:
 
 
 def _step_parts(x):
-    """(X, dim, t) if x is X[..., t, ...] (aten.select) or the t-th part of X.unbind(dim), else None."""
+    """(X, dim, t) if x is X[..., t, ...] (aten.select) or the t-th part of X.unbind(dim) (unsqueeze(0) of it for
+    an unbatched step), else None."""
     if getattr(x, "op", None) != "call_function":
         return None
+    if _unsqueeze0(x) and len(x.args[0].users) == 1:
+        x = x.args[0]
     if x.target is aten.select.int and isinstance(x.args[0], torch.fx.Node):
         sizes = _torch_sizes(x.args[0])
         if sizes is None:
@@ -158,8 +195,9 @@ def prepare(lw) -> None:
         chain = Chain([n])
         while True:
             prev = chain.cells[-1]
-            nxt = list(dict.fromkeys(u for o in _outs(prev) if o is not None for u in o.users
-                                     if is_cell(u) and _follows(u, prev)))
+            readers = [v for o in _outs(prev) if o is not None for u in o.users
+                       for v in ([u] + (list(u.users) if _unsqueeze0(u) else []))]
+            nxt = list(dict.fromkeys(u for u in readers if is_cell(u) and _follows(u, prev)))
             if len(nxt) > 1:
                 chain.error = (f"the state of step {len(chain.cells) - 1} of this cell feeds {len(nxt)} steps; qgen "
                                "maps a cell unrolled over time (each step taking the previous step's state) onto one "
@@ -195,8 +233,8 @@ def _source(lw, chain: Chain) -> None:
                            "over consecutive steps (x[:, t] for t = 0, 1, ..., T-1, or T-1 down to 0) onto one "
                            f"recurrent layer. Loop over consecutive steps, or use {what}")
         return
-    producers = [lw.cells.get(x.args[0].name if getattr(x, "target", None) is operator.getitem else x.name)
-                 if isinstance(x, torch.fx.Node) else None for x in xs]
+    xs = [_unview(x) for x in xs]  # an unbatched step reads another's squeeze(0) through unsqueeze(0)
+    producers = [lw.cells.get(_producer(x).name) if isinstance(x, torch.fx.Node) else None for x in xs]
     other = producers[0]
     if (other is not None and other is not chain and all(p is other for p in producers)
             and len(other.cells) == steps and all(_outs(c)[0] is x for c, x in zip(other.cells, xs))):
@@ -212,6 +250,12 @@ def _source(lw, chain: Chain) -> None:
                    f"(e.g. one Linear over the whole sequence) and index it with x[:, t], or use {what}")
 
 
+def _producer(x):
+    """The cell step whose (visible) output x may be: x, getitem(x), squeeze(0) of either."""
+    x = x.args[0] if _squeeze0(x) else x
+    return x.args[0] if _call(x, operator.getitem) else x
+
+
 def _mark(lw, chain: Chain) -> None:
     for c in chain.cells[1:]:
         lw.ready[c.name] = (None, None)
@@ -221,6 +265,8 @@ def _mark(lw, chain: Chain) -> None:
             x = c.args[0]
             if all(u in cells for u in x.users):
                 lw.ready[x.name] = (None, None)
+                if _unsqueeze0(x) and len(x.args[0].users) == 1:  # the select under an unbatched step's unsqueeze
+                    lw.ready[x.args[0].name] = (None, None)
 
 
 # ------------------------------------------------------------------------------ lowering a chain
@@ -386,7 +432,8 @@ def _cell(lw, n):
         if op is Op.LSTM:
             cell_out = _outs(c)[1]
             for u in (cell_out.users if cell_out is not None else ()):
-                if k + 1 < steps and u is chain.cells[k + 1]:
+                if k + 1 < steps and _takes_state(u, chain.cells[k + 1], cell_out):
+                    lw.ready[u.name] = (None, None)
                     continue
                 if u.op != "output" and u.name not in reach:
                     _skip(lw, u)
@@ -400,8 +447,9 @@ def _cell(lw, n):
             if cell_out is not None:
                 lw.ready[cell_out.name] = (None, None)
         for u in (h.users if h is not None else ()):
-            if k + 1 < steps and u is chain.cells[k + 1] and u.args[0] is not h:
-                continue  # the next step's state
+            if k + 1 < steps and _takes_state(u, chain.cells[k + 1], h):
+                lw.ready[u.name] = (None, None)  # the next step's state
+                continue
             if u.op != "output" and u.name not in reach:
                 _skip(lw, u)
             elif u.name in followers:
@@ -436,6 +484,10 @@ def _cell(lw, n):
         for v in hidden_nodes:
             lw.ready[v.name] = (None, None)
         lw.ready[name] = (out, lay)
+    for c in chain.cells:  # an unbatched step's raw outputs under the squeeze(0) the model reads
+        for raw, seen in zip(_raw_outs(c), _outs(c)):
+            if raw is not None and raw is not seen and raw is not n:
+                lw.ready[raw.name] = (None, None)
     result = None
     for k, h in enumerate(hs):
         if h is None:

@@ -182,6 +182,30 @@ class Part(nn.Module):
         return h
 
 
+class Unbatched(nn.Module):
+    """Cells on unbatched (F,) steps: torch wraps each step in unsqueeze(0) / squeeze(0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = nn.LSTMCell(F, H)
+
+    def forward(self, x):
+        x, state, outs = x.squeeze(0), None, []
+        for t in range(x.size(0)):
+            state = self.cell(x[t], state)
+            outs.append(state[0])
+        return torch.stack(outs).unsqueeze(0)
+
+
+def test_unbatched_steps_are_one_layer():
+    torch.manual_seed(0)
+    model = Unbatched()
+    g = _lower(model)
+    rec, other = _summary(g)
+    assert rec == [("lstm", False, False)] and "slice" not in other, g
+    _float_matches(model, g)
+
+
 def test_stacked_cells_are_two_layers_each_reading_the_other_as_it_lies():
     torch.manual_seed(0)
     model = Stacked()
