@@ -35,29 +35,70 @@ QG_BC_INLINE int32_t bc_combine(int32_t x, int32_t y, int32_t op)
     return x < y ? x : y;
 }
 
-/* One innermost row of n elements, x and y stepping xs and ys elements (0: one value for the whole row, aligned
- * once). mul has shift_a = shift_b = 0: qg_round_shift by 0 is the value itself. */
+/* The innermost dim of the plan is one run of axes that each operand reads whole (stride 1) or not at all
+ * (stride 0): a row is x[k] op y (y broadcast), x op y[k] (x broadcast) or x[k] op y[k]. */
+#define QG_BC_ROW(EXPR_X, EXPR_Y, STORE)                                                                           \
+    do {                                                                                                           \
+        if (ys == 0) {                                                                                             \
+            const int32_t y_i32 = EXPR_Y(*y);                                                                      \
+            for (k = 0; k < n; k++) {                                                                              \
+                out[k] = STORE(bc_combine(EXPR_X(x[k]), y_i32, op));                                               \
+            }                                                                                                      \
+        } else if (xs == 0) {                                                                                      \
+            const int32_t x_i32 = EXPR_X(*x);                                                                      \
+            for (k = 0; k < n; k++) {                                                                              \
+                out[k] = STORE(bc_combine(x_i32, EXPR_Y(y[k]), op));                                               \
+            }                                                                                                      \
+        } else {                                                                                                   \
+            for (k = 0; k < n; k++) {                                                                              \
+                out[k] = STORE(bc_combine(EXPR_X(x[k]), EXPR_Y(y[k]), op));                                        \
+            }                                                                                                      \
+        }                                                                                                          \
+    } while (0)
+
+/* The common case (qg_binary_s8.c's aligned_fast_s8): both alignments exact left shifts (multipliers 2^-shift_a,
+ * 2^-shift_b; none for mul), a right requantisation shift, the clamp kind a constant (qg_simd.h). */
+QG_BC_INLINE void bc_row_fast_s8(const int8_t *x, const int8_t *y, int8_t *out, int32_t n, int32_t xs, int32_t ys,
+                                 int32_t mul_a, int32_t mul_b, int32_t shift_m1, int32_t lo, int32_t hi, int32_t op,
+                                 int32_t kind)
+{
+    int32_t k;
+#define QG_BC_A(v) (op == QG_BC_MUL ? (int32_t)(v) : (v) * mul_a)
+#define QG_BC_B(v) (op == QG_BC_MUL ? (int32_t)(v) : (v) * mul_b)
+#define QG_BC_STORE(r) qg_requantize_pos_s8((r), shift_m1, kind, lo, hi)
+    QG_BC_ROW(QG_BC_A, QG_BC_B, QG_BC_STORE);
+#undef QG_BC_A
+#undef QG_BC_B
+#undef QG_BC_STORE
+}
+
+/* Any shifts: qg_round_shift aligns (mul: by 0, the value itself), qg_requantize_s8 requantises. */
 QG_BC_INLINE void bc_row_s8(const qg_bcast_params_t *p, const int8_t *x, const int8_t *y, int8_t *out, int32_t n,
                             int32_t xs, int32_t ys, int32_t op)
 {
     const int32_t sa = p->shift_a, sb = p->shift_b, shift = p->shift, lo = p->act_min, hi = p->act_max;
     int32_t k;
-    if (ys == 0) {
-        const int32_t y_i32 = qg_round_shift(*y, sb);
-        for (k = 0; k < n; k++) {
-            out[k] = qg_requantize_s8(bc_combine(qg_round_shift(x[k * xs], sa), y_i32, op), shift, lo, hi);
-        }
-    } else if (xs == 0) {
-        const int32_t x_i32 = qg_round_shift(*x, sa);
-        for (k = 0; k < n; k++) {
-            out[k] = qg_requantize_s8(bc_combine(x_i32, qg_round_shift(y[k * ys], sb), op), shift, lo, hi);
-        }
-    } else {
-        for (k = 0; k < n; k++) {
-            const int32_t r_i32 = bc_combine(qg_round_shift(x[k * xs], sa), qg_round_shift(y[k * ys], sb), op);
-            out[k] = qg_requantize_s8(r_i32, shift, lo, hi);
+    if (sa <= 0 && sb <= 0 && shift >= 1) {
+        const int32_t mul_a = (int32_t)1 << -sa, mul_b = (int32_t)1 << -sb;
+        switch (qg_clamp_kind(lo, hi)) {
+        case QG_CLAMP_S8:
+            bc_row_fast_s8(x, y, out, n, xs, ys, mul_a, mul_b, shift - 1, lo, hi, op, QG_CLAMP_S8);
+            return;
+        case QG_CLAMP_RELU:
+            bc_row_fast_s8(x, y, out, n, xs, ys, mul_a, mul_b, shift - 1, lo, hi, op, QG_CLAMP_RELU);
+            return;
+        default:
+            bc_row_fast_s8(x, y, out, n, xs, ys, mul_a, mul_b, shift - 1, lo, hi, op, QG_CLAMP_ANY);
+            return;
         }
     }
+#define QG_BC_A(v) qg_round_shift((v), sa)
+#define QG_BC_B(v) qg_round_shift((v), sb)
+#define QG_BC_STORE(r) qg_requantize_s8((r), shift, lo, hi)
+    QG_BC_ROW(QG_BC_A, QG_BC_B, QG_BC_STORE);
+#undef QG_BC_A
+#undef QG_BC_B
+#undef QG_BC_STORE
 }
 
 QG_BC_INLINE void bcast_s8(const qg_bcast_params_t *p, const int8_t *a, const int8_t *b, int8_t *out, int32_t op)

@@ -176,7 +176,9 @@ def _arith_layer(draw, shape: tuple[int, ...], lim: Limits) -> dict:
             body = [{"op": "linear", "out": shape[0], **draw(_weights())}] if draw(st.booleans()) else []
             body += [_act_layer(draw)] if draw(st.booleans()) else []
         return {"op": "bin", "fn": draw(st.sampled_from(["mul", "mul", "sub", "max", "min"])), "body": body,
-                "relu": draw(st.booleans())}
+                "relu": draw(st.booleans()),  # bcast: the branch averaged over a dim (keepdim), broadcast back
+                "bcast": draw(st.sampled_from([None, None, 1] + ([2, 3] if len(shape) == 3 else []))),
+                "first": draw(st.booleans())}
     if kind == "scalar":
         return {"op": "scalar", "fn": draw(st.sampled_from(["mul", "div", "add", "rsub", "neg"])),
                 "c": draw(st.sampled_from([0.5, 2.0, 6.0, 3.0, -1.5, 1 / 3, 100.0, 1e-3]))}
@@ -543,13 +545,16 @@ LUT_MODULES = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "hardsigmoid": nn.Hardsig
 
 
 class Binary(nn.Module):
-    def __init__(self, body: nn.Sequential, fn: str, relu: bool):
+    def __init__(self, body: nn.Sequential, fn: str, relu: bool, bcast: int | None = None, first: bool = False):
         super().__init__()
-        self.body, self.fn, self.relu = body, fn, relu
+        self.body, self.fn, self.relu, self.bcast, self.first = body, fn, relu, bcast, first
 
     def forward(self, x):
         fn = {"mul": torch.mul, "sub": torch.sub, "max": torch.maximum, "min": torch.minimum}[self.fn]
-        y = fn(x, self.body(x))
+        b = self.body(x)
+        if self.bcast is not None:  # broadcasting: (1, 1, H, W), (1, C, 1, W), (1, C, H, 1); (1, 1) of a vector
+            b = b.mean(self.bcast, keepdim=True)
+        y = fn(b, x) if self.bcast is not None and self.first else fn(x, b)
         return torch.relu(y) if self.relu else y
 
 
@@ -716,7 +721,7 @@ def _module(layer: dict, shape: tuple[int, ...], rng: np.random.Generator) -> nn
         for sub_layer in layer["body"]:
             body.append(_module(sub_layer, inner, rng))
             inner = layer_shape(sub_layer, inner)
-        return Binary(nn.Sequential(*body), layer["fn"], layer["relu"])
+        return Binary(nn.Sequential(*body), layer["fn"], layer["relu"], layer.get("bcast"), layer.get("first", False))
     if op == "scalar":
         return Scalar(layer["fn"], layer["c"])
     if op == "se":
