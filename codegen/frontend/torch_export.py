@@ -1399,10 +1399,7 @@ def _permute(lw: _Lowering, n) -> str:
 def _same(lw: _Lowering, n) -> str:
     """clone/contiguous/alias/detach/dropout (eval), expand to the same sizes: the same tensor."""
     if n.args[0].name not in lw.lay:  # a constant written in forward(), torch.tensor(2.0).detach_(): itself
-        value, sizes = lw.env[n.args[0].name], _torch_sizes(n)
-        if isinstance(value, np.ndarray) and sizes is not None and value.shape != sizes:  # cls.expand(b, -1, -1)
-            return np.broadcast_to(value, sizes).copy()
-        return value
+        return lw.env[n.args[0].name]  # an expanded constant stays small: its reader broadcasts it (_cat too)
     x_ir, lay = lw.raw(n.args[0])
     if _torch_sizes(n) != lay.sizes and n.users and all(u.target in _BROADCASTING for u in n.users):
         return lw.bind(n, x_ir, lay)  # x.expand_as(y) read only by ops that broadcast: x itself (_broadcast)
@@ -1806,9 +1803,12 @@ def _cat(lw: _Lowering, n) -> str:
     rank = len(n.meta["val"].shape)
     if all(isinstance(p, np.ndarray) for p in parts):
         raise _err(lw, n, "concatenation of constants only; qgen computes on activations (fold the constants)")
-    for i, p in enumerate(parts):  # a constant part (a cls token): a CONST node in the canonical layout
+    for i, (arg, p) in enumerate(zip(n.args[0], parts)):  # a constant part (a cls token): a CONST node
         if isinstance(p, np.ndarray):
-            if p.ndim != rank or not all(np.isfinite(p.reshape(-1))) or (rank > 1 and p.shape[0] != 1):
+            sizes = _torch_sizes(arg) if isinstance(arg, torch.fx.Node) else None
+            if sizes is not None and p.shape != sizes and np.broadcast_shapes(p.shape, sizes) == sizes:
+                p = np.broadcast_to(p, sizes)  # cls.expand(1, T, -1): the constant as expanded
+            if p.ndim != rank or not np.all(np.isfinite(p)) or (rank > 1 and p.shape[0] != 1):
                 raise _err(lw, n, f"concatenation with a constant tensor of shape {list(p.shape)} to a rank-{rank} "
                                   "result; qgen concatenates a finite constant of the result's rank and batch 1 "
                                   "(expand a cls token to (1, 1, D) first)")

@@ -319,6 +319,10 @@ class Spelling(nn.Module):
             return torch.maximum(t, self.c)
         if k == "cls_last":
             return torch.cat([t, self.cls.expand(t.shape[0], -1, -1)], 1)
+        if k == "cls_two":  # the constant expanded to two rows
+            return torch.cat([self.cls.expand(t.shape[0], 2, -1), t], 1)
+        if k == "expand_as":  # stays the channel affine (the expanded constant is not materialised)
+            return t * self.per_feature.expand_as(t)
         if k == "cls_plain":  # batch 1 (the ONNX exporter writes expand(t.shape[0]) as shape arithmetic)
             return torch.cat([t, self.cls], 1)
         if k == "cls_features":
@@ -326,7 +330,8 @@ class Spelling(nn.Module):
         raise AssertionError(k)
 
 
-KINDS = ["add", "radd", "sub", "rsub", "mul", "per_time", "per_feature", "max", "cls_last", "cls_features"]
+KINDS = ["add", "radd", "sub", "rsub", "mul", "per_time", "per_feature", "max", "cls_last", "cls_two", "cls_features",
+         "expand_as"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -346,7 +351,7 @@ def test_spellings_float_ir_equals_torch_and_reference_runs(kind):
 
     np.testing.assert_allclose(to_torch_layout(got, g.io_layout[g.outputs[0]]), want, rtol=1e-5, atol=1e-5)
     # (1, 1, D) and (T, 1) vary along one PyTorch dim: the existing channel affine, no CONST
-    assert (Op.CONST in {n.op for n in g.nodes}) == (kind not in ("per_feature", "per_time")), g
+    assert (Op.CONST in {n.op for n in g.nodes}) == (kind not in ("per_feature", "per_time", "expand_as")), g
     result = codegen.compile(model, torch.from_numpy(calib[:1]), calib)
     pred = result.predict(calib)
     assert np.abs(pred - want).max() < 0.1 * np.abs(want).max() + 0.1
