@@ -479,6 +479,8 @@ CONST_FOLD: dict[str, Callable[[_Importer, Any], list]] = {
     "Add": _np_binary(np.add),
     "Sub": _np_binary(np.subtract),
     "Div": _np_binary(lambda a, b: a // b if a.dtype.kind in "iu" and b.dtype.kind in "iu" else a / b),
+    "Equal": _np_binary(np.equal),  # with Where: torch.onnx's expand(B, -1, -1) of a constant (a cls token)
+    "Where": lambda imp, node: [np.where(*(np.asarray(imp.values[i]) for i in node.input))],
 }
 
 

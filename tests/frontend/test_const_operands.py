@@ -379,7 +379,7 @@ def _onnx(model, x, path):
         torch.onnx.export(model, (x,), str(path), dynamo=False)
 
 
-@pytest.mark.parametrize("kind", ["add", "rsub", "mul", "cls_plain"])
+@pytest.mark.parametrize("kind", ["add", "rsub", "mul", "cls_plain", "cls_last"])  # cls_last: Equal/Where/Expand
 def test_onnx_initializer_operands(kind, tmp_path):
     pytest.importorskip("onnx")
     from codegen.frontend.onnx_import import from_onnx_file
