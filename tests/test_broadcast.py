@@ -287,6 +287,39 @@ def test_onnx_broadcasting(tmp_path):
     np.testing.assert_allclose(got.reshape(-1), want.transpose(0, 2, 3, 1).reshape(-1), rtol=1e-5, atol=1e-5)
 
 
+def test_onnx_reduce_sum_over_the_channels_and_a_channel_broadcast(tmp_path):
+    pytest.importorskip("onnx")
+    import contextlib
+    import io
+    import warnings
+
+    from codegen.frontend.onnx_import import from_onnx_file
+    from codegen.reference import run_float, to_qgen_layout
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y * torch.sum(y, dim=1, keepdim=True)
+
+    torch.manual_seed(0)
+    model, x = M().eval(), torch.randn(1, 3, 5, 7)
+    path = tmp_path / "sum.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path))
+    g = from_onnx_file(str(path))
+    assert [n.attrs.get("kind") for n in g.nodes if n.op is Op.REDUCE] == ["sum"]
+    got = run_float(g, to_qgen_layout(None, x.numpy()))[g.outputs[0]]
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(got.reshape(-1), want.transpose(0, 2, 3, 1).reshape(-1), rtol=1e-5, atol=1e-5)
+
+
 def test_qat_twin_equals_the_reference():
     from codegen import qat
 
@@ -378,3 +411,27 @@ def select_fn(g, n):
     from codegen.kernels import select
 
     return select(g, n).fn
+
+
+def test_channel_pruning_freezes_an_add_broadcasting_over_the_channels():
+    import codegen
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.score, self.mid, self.head = (nn.Conv2d(3, 8, 1), nn.Conv2d(8, 1, 1), nn.Conv2d(8, 6, 1),
+                                                          nn.Conv2d(6, 4, 1))
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.head(self.mid(y + self.score(y)))  # (1, 8, H, W) + (1, 1, H, W)
+
+    torch.manual_seed(0)
+    calib = torch.randn(8, 3, 5, 7)
+    from codegen.options import CompileOptions, CompressOptions
+
+    result = codegen.compile(M().eval(), calib[:1], calib.numpy(),
+                             options=CompileOptions(compress=CompressOptions(channels=0.5)))
+    shapes = [result.graph.tensors[n.outputs[0]].shape[-1] for n in result.graph.nodes if n.op is Op.CONV2D]
+    assert shapes == [8, 1, 3, 4], shapes  # the add's space frozen, mid's 6 channels pruned to 3
+    assert result.verify(calib[:2].numpy()).exact

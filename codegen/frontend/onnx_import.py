@@ -794,7 +794,8 @@ def _torch_order(ir_shape: tuple[int, ...], rank: int) -> np.ndarray:
 
 
 def _reduce(imp: _Importer, node) -> _Act:
-    """ReduceMean / ReduceMax over any axes but the batch: pooling over H and/or W, REDUCE over channels."""
+    """ReduceMean / ReduceMax over any axes but the batch: pooling over H and/or W, REDUCE over channels;
+    ReduceSum over the channels (REDUCE kind sum: one rounding)."""
     x = imp.input_act(node)
     axes = _axes(imp, node)
     keepdims = int(imp.attr(node, "keepdims", 1))
@@ -802,9 +803,12 @@ def _reduce(imp: _Importer, node) -> _Act:
     if 0 in axes and not keepdims:
         raise imp.err(node, f"{node.op_type} over axes {axes} drops the batch axis; set keepdims=1")
     axes = [a for a in axes if a != 0]  # the batch is 1: reducing it changes nothing
-    kind = "mean" if node.op_type == "ReduceMean" else "max"
+    kind = {"ReduceMean": "mean", "ReduceSum": "sum"}.get(node.op_type, "max")
     ir_axes = {ir_axis(a, x.rank) for a in axes} if x.rank > 2 else {0}
     shape = imp.shape_of(x.name)
+    if kind == "sum" and ir_axes - {len(shape) - 1}:
+        raise imp.err(node, f"ReduceSum over axes {axes}; qgen's ONNX front end sums over the channels (axis 1) "
+                            "only. Sum over the channels, or export from PyTorch (torch.sum over any dims)")
     out = x.name
     if len(shape) == 3 and ir_axes & {0, 1}:
         h, w, c = shape
@@ -1451,6 +1455,7 @@ HANDLERS: dict[str, Callable[[_Importer, Any], Any]] = {
     "GlobalAveragePool": _global_pool,
     "GlobalMaxPool": _global_pool,
     "ReduceMean": _reduce,
+    "ReduceSum": _reduce,
     "ReduceMax": _reduce,
     "Reshape": _reshape,
     "Flatten": _flatten,

@@ -84,7 +84,8 @@ def channel_spaces(graph: Graph) -> list[Space]:
             continue
         if n.op in PRODUCERS:
             continue
-        if n.op in PASSTHROUGH or n.op is Op.ADD:
+        if n.op in PASSTHROUGH or (n.op is Op.ADD and t[acts[0]].shape[-1] == t[acts[1]].shape[-1]):
+            # (an add broadcasting over the channels, (H, W, 1) + (H, W, C), has no channel space: frozen below)
             for a in acts:
                 uf.union(a, out)
         elif n.op is Op.DEPTHWISE_CONV2D and t[n.inputs[1]].shape[0] == t[acts[0]].shape[-1] or n.op is Op.RESHAPE and len(t[acts[0]].shape) == 1 and len(t[out].shape) == 1:
