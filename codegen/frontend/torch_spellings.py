@@ -13,6 +13,7 @@
 - `aten.convolution` (a `torch.jit.trace`d conv after torch's TorchScript conversion): the conv handlers.
 - `torch.max(x, torch.zeros_like(x))` / `torch.minimum(x, torch.ones_like(x))`: a constant operand whose
   elements are all equal is a scalar, so the max / min is a clamp.
+- `torch.cat` of rank-5 tensors (YOLO heads): viewed as rank 4 around the cat dim, one cat, viewed back.
 - `nn.ChannelShuffle`, `torch.stack` (unsqueeze + cat), `x ** 2` (x * x), `nn.Softsign` (matched as export writes
   it, x / (1 + |x|): one table), `nn.MaxPool2d(return_indices=True)` when only the values are read.
 - `F.normalize` / `torch.norm` (an L2 norm): refused by name with what to do.
@@ -29,6 +30,7 @@ import torch
 
 from ..errors import UserError
 from ..ir import Op
+from .torch_export import _cat as _cat4
 from .torch_export import _err, _extremum, _pad, _same, _slice, _steps, _torch_sizes, _unary
 
 aten = torch.ops.aten
@@ -289,6 +291,29 @@ def _max_pool_values(lw, n) -> Any:
     return (lw.env[out.name], None)  # read by getitem (VALUES_AND_INDICES), as max.dim's pair
 
 
+def _cat(lw, n) -> Any:
+    """torch.cat of rank-5+ tensors (a YOLO head's (N, anchors, H, W, 5 + classes) parts): each part viewed as
+    (N, dims before, its dim, dims after) -> one rank-4 cat along dim 2 -> viewed back; rank <= 4: the cat handler."""
+    parts, dim = list(n.args[0]), int(_arg(n, 1, "dim", 0))
+    sizes = _torch_sizes(n)
+    if sizes is None or len(sizes) <= 4 or any(x.name not in lw.lay for x in parts):
+        return _cat4(lw, n)
+    dim %= len(sizes)
+    if dim == 0:
+        return _cat4(lw, n)  # refused there (the batch dim)
+    before, after = int(np.prod(sizes[1:dim])), int(np.prod(sizes[dim + 1:]))
+    step = _steps(lw, n)
+    flat = []
+    for i, x in enumerate(parts):
+        d = _torch_sizes(x)[dim]
+        shape = (sizes[0], before, d, after)
+        flat.append(step(f"part{i}", aten.view.default, (x, list(shape)), shape))
+    joined = step("cat", aten.cat.default, (flat, 2), (sizes[0], before, sizes[dim], after))
+    out = step("back", aten.view.default, (joined, list(sizes)), sizes)
+    lw.lay[n.name] = lw.lay[out.name]
+    return lw.env[out.name]
+
+
 def _uniform(lw, arg) -> float | None:
     """The value of a constant tensor whose elements are all equal (torch.zeros_like(x)); None otherwise."""
     value = lw.env.get(arg.name) if isinstance(arg, torch.fx.Node) and arg.name not in lw.lay else None
@@ -346,6 +371,9 @@ HANDLERS: dict[Any, Callable] = {
     aten.channel_shuffle.default: _channel_shuffle,
     aten.native_channel_shuffle.default: _channel_shuffle,
     aten.stack.default: _stack,
+    aten.cat.default: _cat,
+    aten.concat.default: _cat,
+    aten.concatenate.default: _cat,
     aten.pow.Tensor_Scalar: _pow,
     aten.max_pool2d_with_indices.default: _max_pool_values,
     aten.maximum.default: _bounded(Op.MAXIMUM),

@@ -1,9 +1,9 @@
 """Spellings outside MCU models use (issue 16, probe8: torchvision, Edge Impulse ports, tiny-YOLO heads, anomaly
 autoencoders) that lower to existing ops (codegen/frontend/torch_spellings.py): edge padding modes, strided
-slices (space-to-depth), pixel (un)shuffle, max/min with a uniform constant (ones_like / zeros_like), Dropout2d /
-AlphaDropout, ChannelShuffle, stack, x ** 2, MaxPool2d(return_indices) values, RReLU / Threshold and the table
-activations (Mish, SELU, CELU, LogSigmoid, Hard/Softshrink, abs, Softsign);
-half / double / TorchScript modules; and clear refusals (two inputs, F.normalize, a squeezed-away batch)."""
+slices (space-to-depth), pixel (un)shuffle, max/min with a uniform constant (ones_like / zeros_like),
+Dropout2d / AlphaDropout, ChannelShuffle, stack, rank-5 cat, x ** 2, MaxPool2d(return_indices) values, RReLU /
+Threshold and the table activations (Mish, SELU, CELU, LogSigmoid, Hard/Softshrink, abs, Softsign); half / double /
+TorchScript modules; and clear refusals (two inputs, F.normalize, a squeezed-away batch)."""
 from __future__ import annotations
 
 import numpy as np
@@ -120,6 +120,29 @@ def test_activations_are_tables(name):
     fn, table = TABLES[name]
     g = _float_matches(Fn(fn), torch.randn(2, 3, 5, 5))
     assert [n.attrs["fn"] for n in g.nodes if n.op is Op.LUT] == [table]
+
+
+class YoloHead(nn.Module):
+    """YOLOv5's Detect head with the box decode in the model: a rank-5 view + permute, sigmoid, slices of the last
+    dim, (y * 2) ** 2, and a cat of rank-5 parts."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.m = nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 3 * 7, 1)
+
+    def forward(self, x):
+        x = self.m(F.silu(self.c(x)))
+        bs, _, ny, nx = x.shape
+        y = x.view(bs, 3, 7, ny, nx).permute(0, 1, 3, 4, 2).contiguous().sigmoid()
+        xy = y[..., 0:2] * 2 - 0.5
+        wh = (y[..., 2:4] * 2) ** 2
+        return torch.cat((xy, wh, y[..., 4:]), -1).view(bs, -1, 7)
+
+
+def test_yolo_head_with_a_rank5_cat():
+    torch.manual_seed(6)
+    g = _float_matches(YoloHead(), torch.randn(2, 3, 8, 10))
+    assert [n for n in g.nodes if n.op is Op.CONCAT]
 
 
 class Detector(nn.Module):
