@@ -61,6 +61,12 @@ class Spelling(nn.Module):
             y = self.att(x, x, x, need_weights=False, key_padding_mask=self.padding)[0]
         elif how == "mha_weights":  # need_weights=True (the default): baddbmm(mask, q, k^T) then softmax
             y = self.att(x, x, x, attn_mask=self.bool_mask)[0]
+        elif how == "mask_in_forward":  # the mask made in forward(): folded at compile time
+            mask = nn.Transformer.generate_square_subsequent_mask(x.size(1))
+            y = self.att(x, x, x, need_weights=False, attn_mask=mask)[0]
+        elif how == "bool_in_forward":
+            mask = torch.triu(torch.ones(x.size(1), x.size(1), dtype=torch.bool), diagonal=1)
+            y = self.att(x, x, x, attn_mask=mask)[0]
         elif how == "encoder_causal":
             y = self.enc(x, src_mask=self.float_mask, is_causal=True)
         elif how == "encoder_padding":
@@ -83,7 +89,8 @@ class Spelling(nn.Module):
         return self.fc(x + y).mean(1)
 
 
-SPELLINGS = ["sdpa_causal", "sdpa_bool", "mha_float", "mha_bool", "mha_padding", "mha_weights", "encoder_causal",
+SPELLINGS = ["sdpa_causal", "sdpa_bool", "mha_float", "mha_bool", "mha_padding", "mha_weights", "mask_in_forward",
+             "bool_in_forward", "encoder_causal",
              "encoder_padding", "masked_fill", "nanogpt", "additive"]
 
 
