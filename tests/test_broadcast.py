@@ -170,6 +170,17 @@ def test_micropython_kernel_equals_reference(tmp_path):
     check_graph(g, _inputs(np.random.default_rng(6), g.tensors["x"].size)[:5], tmp_path, prefix="bc")
 
 
+def test_bit_exact_on_atmega2560(model, tmp_path):
+    """16-bit int: every product and alignment widened to int32 before it is formed."""
+    from codegen.target.avr import avr_missing_tools, run_avr
+
+    if avr_missing_tools():
+        pytest.skip(f"missing tools: {avr_missing_tools()}")
+    g, out, x, expect = model
+    run = run_avr("atmega2560", out, "bc", x[:3], tmp_path / "avr", expect.shape[1])
+    assert_outputs_equal(run.outputs, expect[:3], g, "atmega2560")
+
+
 # ------------------------------------------------------------------ front ends, QAT, MicroPython
 
 
@@ -435,3 +446,14 @@ def test_channel_pruning_freezes_an_add_broadcasting_over_the_channels():
     shapes = [result.graph.tensors[n.outputs[0]].shape[-1] for n in result.graph.nodes if n.op is Op.CONV2D]
     assert shapes == [8, 1, 3, 4], shapes  # the add's space frozen, mid's 6 channels pruned to 3
     assert result.verify(calib[:2].numpy()).exact
+
+
+def test_a_sum_output_is_its_own_format_source():
+    """Calibration's guard and concat format sharing treat the sum's range as its own (not its input's, as for a
+    mean, which keeps its input's format)."""
+    from codegen.passes.calibrate import format_source
+
+    g = Graph({"x": act("x", (4, 37), 5), "s": act("s", (4, 1), 1), "m": act("m", (4, 1), 5)},
+              [Node("s", Op.REDUCE, ["x"], ["s"], {"kind": "sum"}), Node("m", Op.REDUCE, ["x"], ["m"], {"kind": "mean"})],
+              ["x"], ["s", "m"], source="test")
+    assert format_source(g, "s") == "s" and format_source(g, "m") == "x"

@@ -37,7 +37,7 @@ class Op(str, enum.Enum):
     LOG_SOFTMAX = "log_softmax"  # over the last IR axis, through softmax's exp table and an integer ln
     MASKED_SOFTMAX = "masked_softmax"  # softmax over the last IR axis after a constant mask (attention.py)
     LUT = "lut"  # element-wise function through a 256-entry int8 table (sigmoid, tanh, ...)
-    REDUCE = "reduce"  # mean / max over the last IR axis (channels), kept with size 1: attrs["kind"]
+    REDUCE = "reduce"  # mean / max / sum over the last IR axis (channels), kept with size 1: attrs["kind"]
     MUL = "mul"  # product of two activations; inputs[1] may be (1, 1, C) against (H, W, C) (broadcast)
     SUB = "sub"  # difference of two activations (aligned like add)
     MAXIMUM = "maximum"  # element-wise max of two activations (aligned like add)

@@ -147,12 +147,13 @@ def guard(values: np.ndarray, top: float, chosen: float,
 
 def format_source(graph: Graph, name: str) -> str | None:
     """The tensor whose calibrated range decides `name`'s format (mirrors quantize.py): itself for the
-    input, conv/linear, add, concat and free-range LUT outputs; the input's source through pooling,
-    reshape, pad and ReLU (they keep their input's format); None for fixed formats (softmax, bounded LUTs)."""
+    input, conv/linear, add, concat, free-range LUT and torch.sum (REDUCE kind sum) outputs; the input's source
+    through pooling, reshape, pad and ReLU (they keep their input's format); None for fixed formats (softmax,
+    bounded LUTs)."""
     from .quantize import LUT_OUTPUT_FRAC
 
     node = graph.producer(name)
-    while node is not None and has(node.op, Trait.KEEPS_FORMAT):
+    while node is not None and has(node.op, Trait.KEEPS_FORMAT) and node.attrs.get("kind") != "sum":
         name = node.inputs[0]
         node = graph.producer(name)
     fixed = node is not None and (node.op is Op.SOFTMAX or node.op is Op.LOG_SOFTMAX
