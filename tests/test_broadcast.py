@@ -453,7 +453,7 @@ def test_a_sum_output_is_its_own_format_source():
     mean, which keeps its input's format)."""
     from codegen.passes.calibrate import format_source
 
-    g = Graph({"x": act("x", (4, 37), 5), "s": act("s", (4, 1), 1), "m": act("m", (4, 1), 5)},
-              [Node("s", Op.REDUCE, ["x"], ["s"], {"kind": "sum"}), Node("m", Op.REDUCE, ["x"], ["m"], {"kind": "mean"})],
-              ["x"], ["s", "m"], source="test")
+    nodes = [Node("s", Op.REDUCE, ["x"], ["s"], {"kind": "sum"}), Node("m", Op.REDUCE, ["x"], ["m"], {"kind": "mean"})]
+    g = Graph({"x": act("x", (4, 37), 5), "s": act("s", (4, 1), 1), "m": act("m", (4, 1), 5)}, nodes, ["x"], ["s", "m"],
+              source="test")
     assert format_source(g, "s") == "s" and format_source(g, "m") == "x"
