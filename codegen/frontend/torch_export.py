@@ -1552,6 +1552,8 @@ def _affine(lw: _Lowering, n, x, scale: float, offset: float) -> str:
         return lw.bind(n, lw.add(n, Op.AFFINE, [x_ir], lw.shape_of(x_ir), scale=float(scale),
                                  offset=float(offset)), lay)
     xin = lw.value(x)
+    if isinstance(xin, np.ndarray):  # 0.5 * self.pos_embedding: folded here (a constant the model computes)
+        return np.asarray(xin, dtype=np.float64) * scale + offset
     if not isinstance(xin, str):
         raise _err(lw, n, "arithmetic on constants only; qgen computes on activations (fold the constant)")
     return lw.add(n, Op.AFFINE, [xin], lw.shape_of(xin), scale=float(scale), offset=float(offset))
@@ -1628,8 +1630,10 @@ def _with_const(lw: _Lowering, n, op: Op, a, b) -> str:
     activations. A constant the activation would have to be broadcast to is refused."""
     (x, k), const_first = ((b, a), True) if _const_value(lw, a) is not None else ((a, b), False)
     value = _const_value(lw, k)
-    if _const_value(lw, x) is not None:
-        raise _err(lw, n, f"{op.value} of two constants; qgen computes on activations (fold the constants)")
+    if _const_value(lw, x) is not None:  # self.pos * 2 + self.bias: folded here (a constant the model computes)
+        fold = {Op.ADD: np.add, Op.SUB: np.subtract, Op.MUL: np.multiply, Op.MAXIMUM: np.maximum,
+                Op.MINIMUM: np.minimum}[op]
+        return fold(_const_value(lw, a), _const_value(lw, b))
     x_ir, lay = lw.raw(x)
     sizes = tuple(lay.sizes)
     try:

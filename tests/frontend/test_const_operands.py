@@ -323,6 +323,8 @@ class Spelling(nn.Module):
             return torch.cat([self.cls.expand(t.shape[0], 2, -1), t], 1)
         if k == "expand_as":  # stays the channel affine (the expanded constant is not materialised)
             return t * self.per_feature.expand_as(t)
+        if k == "folded":  # arithmetic of constants only: folded at compile time, then one const
+            return t * (0.5 * self.c + 1.0) + torch.maximum(self.c, self.c * -1.0) - self.c
         if k == "cls_plain":  # batch 1 (the ONNX exporter writes expand(t.shape[0]) as shape arithmetic)
             return torch.cat([t, self.cls], 1)
         if k == "cls_features":
@@ -331,7 +333,7 @@ class Spelling(nn.Module):
 
 
 KINDS = ["add", "radd", "sub", "rsub", "mul", "per_time", "per_feature", "max", "cls_last", "cls_two", "cls_features",
-         "expand_as"]
+         "expand_as", "folded"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
