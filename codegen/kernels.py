@@ -94,7 +94,8 @@ def variant(g: Graph, n: Node) -> str:
     if all(b == 8 for b in bits.values()):
         var = "s8"
     else:
-        var = {(8, 16): "s8_to_s16", (16, 8): "s16_to_s8", (16, 16): "s16"}.get((bits[xs[0]], bits[n.outputs[0]]),
+        first = bits[xs[0]] if xs else bits[n.outputs[0]]  # const: no activation input
+        var = {(8, 16): "s8_to_s16", (16, 8): "s16_to_s8", (16, 16): "s16"}.get((first, bits[n.outputs[0]]),
                                                                                  "wide")
     form = SPEC[n.op].form  # the node's own refinement (pool: clipped or adaptive windows)
     return form(g, n, var) if form is not None else var

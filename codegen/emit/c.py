@@ -40,7 +40,7 @@ FLASH_READERS = frozenset({
     "qg_lut_s8", "qg_softmax_s8", "qg_resize_s8", "qg_resize_s16", "qg_prelu_s8", "qg_prelu_wide", "qg_norm_s8",
     "qg_norm_wide", "qg_channel_affine_s8", "qg_conv2d_sparse_s8", "qg_fully_connected_sparse_s8",
     "qg_conv2d_cluster_s8", "qg_depthwise_conv2d_cluster_s8", "qg_fully_connected_cluster_s8", "qg_recurrent_s8",
-    "qg_conv2d_s4", "qg_fully_connected_s4", "qg_depthwise_conv2d_s4", "qg_log_softmax_s8", "qg_const_s8",
+    "qg_conv2d_s4", "qg_fully_connected_s4", "qg_depthwise_conv2d_s4", "qg_log_softmax_s8", "qg_const_s8", "qg_const_s16",
     "qg_conv_transpose2d_pointwise_s8",  # through qg_conv2d_s8
     "qg_masked_softmax_s8",
 })

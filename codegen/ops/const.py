@@ -2,13 +2,14 @@
 concatenated to it, a learned (1, C, H, W) bias): the op has no activation input; its one input is the
 constant, its output an ordinary arena tensor that add / sub / mul / concat / matmul read like any other.
 
-Q-format rule: the constant gets its own format from its values, like a weight tensor: int8, frac =
-fixed.frac_for_range(max|C|) (the largest frac at which max|C| does not saturate, kept within the activation
-frac range), integers = fixed.quantize(C) (round half up, saturate). Calibration does not choose it (the
+Q-format rule: the constant gets its own format from its values, like a weight tensor: int8 (int16 where
+--precision names the const node: `Trait.CHOOSES_FORMAT`), frac = fixed.frac_for_range(max|C|, bits) (the largest
+frac at which max|C| does not saturate, kept within the activation frac range), integers = fixed.quantize(C)
+(round half up, saturate). Calibration does not choose it (the
 constant's range is exact). The op that reads it aligns it like any operand (add/sub: both operands to a
 common frac, one rounding into the output format; concat: each part requantised to the output format).
-Integer semantics: the output is those integers; C `qg_const_s8` copies the array (QG_CONST, read through
-qg_w8: in flash on AVR) into the arena. The front end broadcasts the constant to the shape it meets and lays it
+Integer semantics: the output is those integers; C `qg_const_s8` / `qg_const_s16` copies the array (QG_CONST,
+read through qg_w8 / qg_w16: in flash on AVR) into the arena. The front end broadcasts the constant to the shape it meets and lays it
 out as that activation lies (frontend/torch_export.py `_const_operand`).
 """
 from __future__ import annotations
@@ -59,10 +60,11 @@ def q_const(g, n, act) -> None:
     from ..passes import quantize as q
 
     value = _float_value(g, n)  # a graph quantised again (QAT convert): from the integers' values
-    fmt = const_format(value)
+    fmt = const_format(value, 16 if n.attrs.get("out_bits") == 16 else 8)
     old = n.inputs[0]
     name = g.fresh_name(f"{n.outputs[0]}_value")
-    g.tensors[name] = Tensor(name, tuple(value.shape), "int8", fmt, quantize(value, fmt).astype(np.int8))
+    dtype = {8: "int8", 16: "int16"}[fmt.bits]
+    g.tensors[name] = Tensor(name, tuple(value.shape), dtype, fmt, quantize(value, fmt).astype(dtype))
     if not any(old in m.inputs for m in g.nodes if m is not n):
         del g.tensors[old]
     n.inputs = [name]
@@ -74,9 +76,11 @@ def torch_const(node, xs, const):
 
 
 def kernel_const(variant: str) -> tuple[str, str]:
-    if variant != "s8":
-        raise ValueError(f"const has only an int8 kernel, not {variant}")
-    return "qg_const_s8", "qg_const_params_t"
+    if variant == "s8":
+        return "qg_const_s8", "qg_const_params_t"
+    if variant == "s16":
+        return "qg_const_s16", "qg_const_s16_params_t"
+    raise ValueError(f"const has int8 and int16 kernels, not {variant}")
 
 
 def c_const(b, index: int, n):
@@ -84,6 +88,13 @@ def c_const(b, index: int, n):
     data = b.const_tensor(io.sym, n.inputs[0], "value")
     return ("qg_const_params_t", [("size", b.g.tensors[io.out].size), ("data", data)],
             f"qg_const_s8(&{io.struct}, {io.out_expr});")
+
+
+def c_const_wide(b, index: int, n):
+    io = b.io(index, n, wide=True)
+    data = b.const_tensor(io.sym, n.inputs[0], "value")
+    return ("qg_const_s16_params_t", [("size", b.g.tensors[io.out].size), ("data", data)],
+            f"qg_const_s16(&{io.struct}, {io.out_expr});")
 
 
 def py_const(b, n, index: int):
@@ -97,13 +108,14 @@ def qat_const(q, i: int, n, xs, s):
     from ..fixed import QFormat, quantize
 
     value = q._graph.tensors[n.inputs[0]].data
-    return torch.tensor(quantize(np.asarray(value, dtype=np.float64), QFormat(8, s.fout)), dtype=s.dtype)[None]
+    bits = 16 if s.attrs.get("out_bits") == 16 else 8
+    return torch.tensor(quantize(np.asarray(value, dtype=np.float64), QFormat(bits, s.fout)), dtype=s.dtype)[None]
 
 
 SPECS = [
-    OpSpec(Op.CONST, "const", Trait.NONE, const_shape, check_const, f_const, i_const, q_const, _zero_macs,
+    OpSpec(Op.CONST, "const", Trait.CHOOSES_FORMAT, const_shape, check_const, f_const, i_const, q_const, _zero_macs,
            torch_const, "a constant tensor (buffer / Parameter) added to, multiplied with or concatenated to "
-           "activations", ("Add", "Sub", "Mul", "Concat"), ("qg_const_s8",),
-           "a constant tensor in its own int8 format, copied from flash into the arena", kernel=kernel_const,
-           emit_py=py_const, emit_c=c_const, qat=qat_const),
+           "activations", ("Add", "Sub", "Mul", "Concat"), ("qg_const_s8", "qg_const_s16"),
+           "a constant tensor in its own int8 (or int16) format, copied from flash into the arena", kernel=kernel_const,
+           emit_py=py_const, emit_c=c_const, emit_c_wide=c_const_wide, qat=qat_const),
 ]

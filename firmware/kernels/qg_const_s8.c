@@ -10,3 +10,12 @@ void qg_const_s8(const qg_const_params_t *p, int8_t *out)
         out[i] = qg_w8(&data[i]);
     }
 }
+
+void qg_const_s16(const qg_const_s16_params_t *p, int16_t *out)
+{
+    const int16_t *data = p->data;
+    int32_t i;
+    for (i = 0; i < p->size; i++) {
+        out[i] = qg_w16(&data[i]);
+    }
+}

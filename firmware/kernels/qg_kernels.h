@@ -166,6 +166,11 @@ typedef struct {
     const int8_t *data;
 } qg_const_params_t;
 void qg_const_s8(const qg_const_params_t *p, int8_t *out);
+typedef struct {
+    int32_t size;
+    const int16_t *data;
+} qg_const_s16_params_t;
+void qg_const_s16(const qg_const_s16_params_t *p, int16_t *out);
 
 /* softmax over `rows` rows of `row_size` int8 values; output s8.f7 */
 typedef struct {

@@ -216,9 +216,10 @@ def test_const_format_is_frac_for_range_rounded_half_up():
     assert quantize(values, const_format(values)).tolist() == [64, -64, 1, 0, 0]  # s8.f6, half up
 
 
-def _edge_graph() -> Graph:
+def _edge_graph(wide: bool = True) -> Graph:
     """x (int8 s8.f7, |x| < 1) with constants at the top of their format and a constant 2^10 times larger:
-    add, sub (constant first), mul, concat (a constant part on either side)."""
+    add, sub (constant first), mul, concat (a constant part on either side); wide: an int16 constant (codes
+    -32768 / 32767) added to x through qg_add_wide."""
     rng = np.random.default_rng(11)
     g = Graph({}, [], [], [], source="test")
     g.tensors["x"] = act("x", (1, 6, 8), 7)
@@ -243,6 +244,15 @@ def _edge_graph() -> Graph:
             n.attrs.update(shift=fa + fb - g.tensors[n.outputs[0]].qformat.frac, act_min=-128, act_max=127)
         elif n.op is not Op.CONST:
             q._quantize_add(g, n, QFormat(8, g.tensors[n.outputs[0]].qformat.frac))
+    if wide:
+        from codegen.ir import Tensor
+
+        g.tensors["w16_v"] = const("w16_v", np.where(top > 0, 32767, -32768), 16, 13)
+        g.tensors["w16_c"] = Tensor("w16_c", top.shape, "int16", QFormat(16, 13))
+        g.tensors["w16"] = act("w16", top.shape, 5)
+        g.nodes += [Node("w16_c", Op.CONST, ["w16_v"], ["w16_c"], {}), Node("w16", Op.ADD, ["x", "w16_c"], ["w16"], {})]
+        q._quantize_add(g, g.nodes[-1], QFormat(8, 5))
+        g.outputs.append("w16")
     g.tensors["cls_v"] = const("cls_v", np.array([[[127], [-128], [0], [1], [-1], [64]]]), 8, 2)
     g.tensors["cls"] = act("cls", (1, 6, 1), 2)
     g.nodes.append(Node("cls", Op.CONST, ["cls_v"], ["cls"], {}))
@@ -360,14 +370,16 @@ def test_spellings_float_ir_equals_torch_and_reference_runs(kind):
 
 
 def test_spellings_host_c_bit_exact():
-    """A few spellings through the host C check (cffi): one build each."""
+    """A few spellings through the host C check (cffi): one build each; an int16 constant (--precision)."""
     import codegen
 
     torch.manual_seed(0)
     calib = np.random.default_rng(1).standard_normal((16, 7, 5)).astype(np.float32)
-    for kind in ("rsub", "cls_features"):
-        result = codegen.compile(Spelling(kind).eval(), torch.from_numpy(calib[:1]), calib)
+    for kind, precision in (("rsub", {"sub_const": 16}), ("cls_features", None)):
+        result = codegen.compile(Spelling(kind).eval(), torch.from_numpy(calib[:1]), calib, precision=precision)
         assert result.verify(calib[:4]).exact, kind
+        if precision:
+            assert result.graph.tensors["sub_const"].qformat.bits == 16
 
 
 def _onnx(model, x, path):
@@ -425,7 +437,7 @@ def test_micropython_module_is_bit_exact(tmp_path):
     from test_micropython import check_graph
 
     x = np.stack([np.full((1, 6, 8), -128), np.random.default_rng(3).integers(-128, 128, (1, 6, 8))]).astype(np.int8)
-    check_graph(_edge_graph(), x, tmp_path, "ed")
+    check_graph(_edge_graph(wide=False), x, tmp_path, "ed")  # the pure module is int8 only
 
 
 class Refused(nn.Module):
