@@ -192,8 +192,12 @@ class Forms(nn.Module):
         self.kind = kind
         self.conv = nn.Conv2d(3, 8, 1)
         self.fc = nn.Linear(5, 6)
+        self.conv1d = nn.Conv1d(5, 6, 3, padding=1)
 
     def forward(self, x):
+        if self.kind == "conv1d":  # a (1, C, L) sequence: (1, 1, L) and (1, C, 1) operands
+            y = self.conv1d(x)
+            return y * y.mean(1, keepdim=True).sigmoid() - y.amax(2, keepdim=True)
         if self.kind in ("tokens", "tokens_sum"):  # (1, T, D) tokens from a (1, 5, T) sequence
             y = self.fc(x.transpose(1, 2))
             if self.kind == "tokens_sum":
@@ -222,12 +226,12 @@ class Forms(nn.Module):
 
 def _sample(kind: str):
     rng = np.random.default_rng(1)
-    shape = (1, 5, 9) if kind.startswith("tokens") else (1, 3, 5, 7)
+    shape = (1, 5, 9) if kind.startswith("tokens") or kind == "conv1d" else (1, 3, 5, 7)
     return rng.standard_normal((24, *shape[1:])).astype(np.float32)
 
 
 @pytest.mark.parametrize("kind", ["channel", "row", "column", "gate_first", "broadcast_first", "both", "expand",
-                                  "sum", "tokens", "tokens_sum"])
+                                  "sum", "tokens", "tokens_sum", "conv1d"])
 def test_pytorch_forms_compile_bit_exact(kind):
     import codegen
 
