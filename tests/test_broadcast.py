@@ -461,3 +461,27 @@ def test_a_sum_output_is_its_own_format_source():
     g = Graph({"x": act("x", (4, 37), 5), "s": act("s", (4, 1), 1), "m": act("m", (4, 1), 5)}, nodes, ["x"], ["s", "m"],
               source="test")
     assert format_source(g, "s") == "s" and format_source(g, "m") == "x"
+
+
+def test_int16_broadcasting_layers_compile_bit_exact():
+    """precision= raises the broadcasting mul / sub / maximum to int16: their _wide kernels, bit-exact."""
+    import codegen
+    from codegen.kernels import select
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.c1(x)
+            z = y * y.mean(1, keepdim=True) - y.amax(3, keepdim=True)
+            return self.c2(torch.maximum(z, z.mean(2, keepdim=True)))
+
+    torch.manual_seed(0)
+    calib = np.random.default_rng(0).standard_normal((16, 3, 5, 7)).astype(np.float32)
+    result = codegen.compile(M().eval(), torch.from_numpy(calib[:1]), calib,
+                             precision={"mul": 16, "sub": 16, "maximum": 16})
+    fns = {select(result.graph, n).fn for n in result.graph.nodes}
+    assert {"qg_mul_bcast_wide", "qg_sub_bcast_wide", "qg_maximum_bcast_wide"} <= fns, fns
+    assert result.verify(calib[:3]).exact
