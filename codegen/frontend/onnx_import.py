@@ -1155,6 +1155,22 @@ def _lut(fn: str) -> Callable[[_Importer, Any], _Act]:
             attrs["alpha"] = _f32(imp.attr(node, "alpha", 1.0))
         if fn == "gelu":
             attrs["approximate"] = imp.attr(node, "approximate", "none")
+        if fn == "celu":
+            attrs["alpha"] = _f32(imp.attr(node, "alpha", 1.0))
+        if fn == "selu":  # ONNX's defaults are PyTorch's constants rounded to float32
+            alpha, gamma = imp.attr(node, "alpha", 1.6732632423543772), imp.attr(node, "gamma", 1.0507009873554805)
+            if abs(alpha - 1.6732632423543772) > 1e-6 or abs(gamma - 1.0507009873554805) > 1e-6:
+                raise imp.err(node, f"Selu with alpha={alpha:.6g}, gamma={gamma:.6g}; qgen supports PyTorch's SELU "
+                                    "(alpha=1.67326, gamma=1.0507)")
+        if fn == "threshold":  # ThresholdedRelu: x if x > alpha else 0
+            attrs["threshold"], attrs["value"] = _f32(imp.attr(node, "alpha", 1.0)), 0.0
+        if fn == "shrink":  # x - bias above lambd, x + bias below -lambd, else 0: Hard- (bias 0) or Softshrink
+            lambd, bias = _f32(imp.attr(node, "lambd", 0.5)), _f32(imp.attr(node, "bias", 0.0))
+            if bias not in (0.0, lambd):
+                raise imp.err(node, f"Shrink with lambd={lambd:.6g}, bias={bias:.6g}; qgen supports bias=0 "
+                                    "(Hardshrink) and bias=lambd (Softshrink)")
+            shrink = "hardshrink" if bias == 0.0 else "softshrink"
+            return _Act(imp.add(node, Op.LUT, [x.name], imp.shape_of(x.name), fn=shrink, lambd=lambd), x.rank)
         if fn == "hardsigmoid":
             alpha, beta = imp.attr(node, "alpha", 0.2), imp.attr(node, "beta", 0.5)
             if abs(alpha - 1 / 6) > 1e-6 or abs(beta - 0.5) > 1e-7:
@@ -1484,6 +1500,13 @@ HANDLERS: dict[str, Callable[[_Importer, Any], Any]] = {
     "Elu": _lut("elu"),
     "Exp": _lut("exp"),
     "Softplus": _lut("softplus"),
+    "Mish": _lut("mish"),
+    "Selu": _lut("selu"),
+    "Celu": _lut("celu"),
+    "Abs": _lut("abs"),
+    "Softsign": _lut("softsign"),
+    "ThresholdedRelu": _lut("threshold"),
+    "Shrink": _lut("shrink"),
     "Identity": _identity,
     "Dropout": _dropout,
     "Shape": _shape,

@@ -919,7 +919,8 @@ SPECS = [
            same_shape, _no_check, f_lut, i_lut, q_lut, _zero_macs, torch_lut,
            "sigmoid, tanh, hardsigmoid, hardswish, SiLU, GELU, LeakyReLU, ELU, exp, Softplus, Mish, SELU, CELU, "
            "LogSigmoid, Hardshrink, Softshrink, Threshold, RReLU (eval), abs, Softsign",
-           ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "LeakyRelu", "Elu", "Exp", "Softplus"),
+           ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "LeakyRelu", "Elu", "Exp", "Softplus", "Mish",
+            "Selu", "Celu", "Abs", "Softsign", "ThresholdedRelu", "Shrink"),
            ("qg_lut_s8",),
            "any element-wise function through a 256-entry int8 table", kernel=kernel_lut,
            no_py=_NO_PY_TABLE, emit_c=c_lut,

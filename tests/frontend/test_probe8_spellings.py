@@ -283,3 +283,32 @@ class Unpool(nn.Module):
 def test_refusals_say_what_to_do(model, shape, match):
     with pytest.raises(UserError, match=match):
         from_module(model.eval(), torch.zeros(shape))
+
+
+ONNX_TABLES = {"Mish": ({}, "mish", 18), "Selu": ({}, "selu", 17), "Celu": ({"alpha": 0.5}, "celu", 17),
+               "Abs": ({}, "abs", 17), "Softsign": ({}, "softsign", 17),
+               "ThresholdedRelu": ({"alpha": 0.3}, "threshold", 17),
+               "Shrink": ({"lambd": 0.4}, "hardshrink", 17), "Shrink(bias=lambd)": ({"lambd": 0.4, "bias": 0.4},
+                                                                                  "softshrink", 17)}
+
+
+@pytest.mark.parametrize("name", ONNX_TABLES)
+def test_onnx_activations_are_tables(name):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    from codegen.frontend.onnx_import import from_onnx_model
+
+    attrs, table, opset = ONNX_TABLES[name]
+    node = helper.make_node(name.split("(")[0], ["x"], ["y"], name="act", **attrs)
+    graph = helper.make_graph([node], "hand", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 5])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model)
+    g = from_onnx_model(model)
+    assert [n.attrs["fn"] for n in g.nodes if n.op is Op.LUT] == [table]
+    x = np.random.default_rng(8).standard_normal((1, 3, 4, 5)).astype(np.float32) * 2
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    got = to_torch_layout(run_float(g, to_qgen_layout(g, x.astype(np.float64)))[g.outputs[0]])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
