@@ -19,6 +19,8 @@ Layer specs (`op` and its fields):
     bin       fn (mul | sub | max | min), body, relu: x OP body(x) (codegen/ops/eltwise.py)
     se        hidden, gate (sigmoid | hardsigmoid), weights: x * gate(1x1 conv(relu(1x1 conv(mean(x)))))
     scalar    fn (mul | div | add | rsub | neg), c: x * c, x / c, x + c, c - x, -x (an affine op)
+    const     fn (add | rsub | mul | max), kind (normal | extreme: +-127/64 | huge | tiny), bcast: x + C, C - x,
+              x * C, max(x, C) with a constant buffer of x's shape (bcast, images: (1, 1, H, W)); codegen/ops/const.py
     prelu     per_channel, kind (normal | negative | big): nn.PReLU slopes
     relu | relu6 | hardtanh lo hi | clamp lo hi
     maxpool   k, stride, pad, ceil      avgpool  k, stride, pad, include_pad, ceil (ceil_mode; absent: False)
@@ -168,7 +170,11 @@ def _image_body(draw, shape: tuple[int, int, int], lim: Limits) -> list[dict]:
 def _arith_layer(draw, shape: tuple[int, ...], lim: Limits) -> dict:
     """Arithmetic of activations (codegen/ops/eltwise.py): mul/sub/max/min of x and a branch, an SE gate, a
     scalar affine, PReLU."""
-    kind = draw(st.sampled_from(["bin", "bin", "scalar", "prelu"] + (["se", "se"] if len(shape) == 3 else [])))
+    kind = draw(st.sampled_from(["bin", "bin", "scalar", "prelu", "const"] + (["se", "se"] if len(shape) == 3 else [])))
+    if kind == "const":
+        return {"op": "const", "fn": draw(st.sampled_from(["add", "add", "rsub", "mul", "max"])),
+                "kind": draw(st.sampled_from(["normal", "normal", "extreme", "huge", "tiny"])),
+                "bcast": len(shape) == 3 and draw(st.booleans())}
     if kind == "bin":
         if len(shape) == 3:
             body = draw(_image_body(shape, lim))
@@ -569,6 +575,24 @@ class Scalar(nn.Module):
                 "neg": lambda: -x}[self.fn]()
 
 
+class ConstOperand(nn.Module):
+    """x OP C with C a constant buffer (a positional-encoding-like tensor): codegen/ops/const.py."""
+
+    def __init__(self, shape: tuple[int, ...], layer: dict, rng: np.random.Generator):
+        super().__init__()
+        self.fn = layer["fn"]
+        size = (1, 1, *shape[1:]) if layer["bcast"] else (1, *shape)
+        value = {"normal": lambda: rng.standard_normal(size),
+                 "extreme": lambda: np.where(rng.random(size) < 0.5, -1.0, 1.0) * 127 / 64,
+                 "huge": lambda: rng.standard_normal(size) * 1e3, "tiny": lambda: rng.standard_normal(size) * 1e-4}
+        self.register_buffer("c", torch.from_numpy(value[layer["kind"]]()).float())
+
+    def forward(self, x):
+        c = self.c
+        return {"add": lambda: x + c, "rsub": lambda: c - x, "mul": lambda: x * c,
+                "max": lambda: torch.maximum(x, c)}[self.fn]()
+
+
 class SqueezeExcite(nn.Module):
     def __init__(self, c: int, hidden: int, gate: str, bias: bool):
         super().__init__()
@@ -724,6 +748,8 @@ def _module(layer: dict, shape: tuple[int, ...], rng: np.random.Generator) -> nn
         return Binary(nn.Sequential(*body), layer["fn"], layer["relu"], layer.get("bcast"), layer.get("first", False))
     if op == "scalar":
         return Scalar(layer["fn"], layer["c"])
+    if op == "const":
+        return ConstOperand(shape, layer, rng)
     if op == "se":
         m = SqueezeExcite(shape[0], layer["hidden"], layer["gate"], layer["bias"])
         _set_weights(m.fc1, layer, rng)
