@@ -1062,15 +1062,48 @@ def _dropout(imp: _Importer, node) -> _Act:
     return imp.input_act(node)
 
 
+EDGE_MODES = ("reflect", "edge", "wrap")
+
+
+def _edge_pad(imp: _Importer, node, x: _Act, begin: list[int], end: list[int], mode: str) -> _Act:
+    """Pad mode reflect / edge / wrap (torch's padding_mode reflect / replicate / circular) of H and W: slices of x
+    concatenated before and after it along each padded dim (data movement only), as the torch front end does."""
+    cur = x
+    for dim in (2, 3):
+        before, after, axis = begin[dim], end[dim], ir_axis(dim, 4)
+        if not (before or after):
+            continue
+        size = imp.shape_of(cur.name)[axis]
+        if mode == "reflect" and max(before, after) >= size:
+            raise imp.err(node, f"reflect padding of {max(before, after)} on a dim of size {size}; needs padding "
+                                "< size")
+
+        def cut(start: int, length: int, src: _Act = cur, dim: int = dim) -> _Act:
+            return _slice_act(imp, node, src, dim, start, length)
+
+        if mode == "wrap":
+            head = [cut(size - before, before)] if before else []
+            tail = [cut(0, after)] if after else []
+        elif mode == "edge":
+            head, tail = [cut(0, 1)] * before, [cut(size - 1, 1)] * after
+        else:  # reflect: x[before], ..., x[1] | x | x[size - 2], ..., x[size - 1 - after]
+            head = [cut(i, 1) for i in range(before, 0, -1)]
+            tail = [cut(size - 1 - i, 1) for i in range(1, after + 1)]
+        shape = list(imp.shape_of(cur.name))
+        shape[axis] = size + before + after
+        cur = _Act(imp.add(node, Op.CONCAT, [p.name for p in head + [cur] + tail], tuple(shape), axis=axis), 4)
+    return cur
+
+
 def _pad(imp: _Importer, node) -> _Act:
     x = imp.input_act(node)
     pads = [int(p) for p in np.asarray(imp.input_const(node, 1, "pads")).reshape(-1)]
     value = imp.input_const(node, 2, "constant_value")
     axes = imp.input_const(node, 3, "axes") if imp.opset >= 18 else None
     mode = imp.attr(node, "mode", "constant")
-    if mode != "constant" or (value is not None and np.any(np.asarray(value) != 0)):
+    if mode not in EDGE_MODES + ("constant",) or (value is not None and np.any(np.asarray(value) != 0)):
         raise imp.err(node, f"padding mode '{mode}' with value {value if value is None else np.asarray(value).tolist()};"
-                            " qgen supports zero padding")
+                            " qgen supports zero padding and modes reflect, edge, wrap")
     rank = x.rank
     if axes is not None:
         full = [0] * (2 * rank)
@@ -1081,6 +1114,8 @@ def _pad(imp: _Importer, node) -> _Act:
     begin, end = pads[:rank], pads[rank:]
     if rank != 4 or begin[:2] != [0, 0] or end[:2] != [0, 0] or min(pads) < 0:
         raise imp.err(node, f"pads {pads}; qgen supports non-negative zero padding of H and W of (1, C, H, W)")
+    if mode in EDGE_MODES:
+        return _edge_pad(imp, node, x, begin, end, mode)
     top, left, bottom, right = begin[2], begin[3], end[2], end[3]
     h, w, c = imp.shape_of(x.name)
     out = imp.add(node, Op.PAD, [x.name], (h + top + bottom, w + left + right, c),

@@ -312,3 +312,29 @@ def test_onnx_activations_are_tables(name):
     want = ReferenceEvaluator(model).run(None, {"x": x})[0]
     got = to_torch_layout(run_float(g, to_qgen_layout(g, x.astype(np.float64)))[g.outputs[0]])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode, pads", [("reflect", [0, 0, 2, 1, 0, 0, 1, 2]), ("edge", [0, 0, 1, 0, 0, 0, 2, 1]),
+                                        ("wrap", [0, 0, 0, 2, 0, 0, 1, 1])])
+def test_onnx_pad_modes_are_slices_and_a_concat(mode, pads):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    from codegen.frontend.onnx_import import from_onnx_model
+
+    w = np.random.default_rng(9).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Pad", ["c", "pads"], ["y"], name="pad", mode=mode)]
+    out = [1, 4, 5 + pads[2] + pads[6], 6 + pads[3] + pads[7]]
+    graph = helper.make_graph(nodes, "hand", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(pads), "pads")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    g = from_onnx_model(model)
+    assert Op.CONCAT in {n.op for n in g.nodes} and Op.PAD not in {n.op for n in g.nodes}
+    x = np.random.default_rng(10).standard_normal((1, 3, 5, 6)).astype(np.float32)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    got = to_torch_layout(run_float(g, to_qgen_layout(g, x.astype(np.float64)))[g.outputs[0]])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
