@@ -485,3 +485,26 @@ def test_int16_broadcasting_layers_compile_bit_exact():
     fns = {select(result.graph, n).fn for n in result.graph.nodes}
     assert {"qg_mul_bcast_wide", "qg_sub_bcast_wide", "qg_maximum_bcast_wide"} <= fns, fns
     assert result.verify(calib[:3]).exact
+
+
+def test_a_gate_on_a_one_row_map_keeps_the_gate_kernel_and_canonical_shapes():
+    """x * gate and gate * x on a (1, C, 1, W) map: IR (1, W, C) * (1, 1, C), qg_mul_s8 as before broadcasting."""
+    import codegen
+    from codegen.kernels import select
+
+    class SE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            gate = torch.sigmoid(self.fc(y.mean((2, 3), keepdim=True)))
+            return y * gate + gate * y
+
+    calib = np.random.default_rng(0).standard_normal((8, 3, 1, 9)).astype(np.float32)
+    result = codegen.compile(SE().eval(), torch.from_numpy(calib[:1]), calib)
+    muls = [n for n in result.graph.nodes if n.op is Op.MUL]
+    assert [[result.graph.tensors[t].shape for t in n.inputs] for n in muls] == [[(1, 9, 8), (1, 1, 8)]] * 2
+    assert {select(result.graph, n).fn for n in muls} == {"qg_mul_s8"}
+    assert result.verify(calib[:2]).exact

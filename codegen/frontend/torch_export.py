@@ -1681,11 +1681,14 @@ def _broadcast(lw: _Lowering, n, op: Op, a, b) -> str:
     if op in COMMUTATIVE and full[1] and not full[0]:  # the full operand first
         a, b, lays, full = b, a, lays[::-1], full[::-1]
     out_lay = lays[0] if full[0] else lays[1] if full[1] else layout.canonical(out_sizes)
-    out_shape = out_lay.phys or (1,)
+    canonical = out_lay == layout.canonical(out_sizes) and out_sizes[0] == 1 and 2 <= rank <= 4
+    out_shape = layout.canonical_shape(out_sizes) if canonical else out_lay.phys or (1,)
     ins = []
     for x, lay in zip((a, b), lays):
         drop = {ax for d, g in enumerate(out_lay.dims) if lay.sizes[d] == 1 for ax in g}
         shape = tuple(1 if ax in drop else s for ax, s in enumerate(out_lay.phys)) or (1,)
+        if canonical:  # qgen's IR shapes ((H, W, C), (1, L, C), (F,)): a (1, C, 1, 1) gate stays (1, 1, C)
+            shape = layout.canonical_shape(lay.sizes)
         ins.append(lw.relayout(lw.env[x.name], lay, layout.broadcast_of(out_lay, lay.sizes), shape, source_of(x)))
     if bcast_plan(*(lw.shape_of(t) for t in ins)) is None:
         raise _err(lw, n, f"{op.value} of shapes {list(sizes[0])} and {list(sizes[1])} alternates broadcast and "
