@@ -1112,6 +1112,17 @@ def _pad(imp: _Importer, node) -> _Act:
             full[a], full[rank + a] = pads[i], pads[len(ax) + i]
         pads = full
     begin, end = pads[:rank], pads[rank:]
+    if rank == 4 and begin[:2] == [0, 0] and end[:2] == [0, 0] and min(pads) < 0 and mode == "constant":
+        for dim in (2, 3):  # negative pads crop (U-Net): slices, then the zero padding of the positive pads
+            cut_begin, cut_end = max(-begin[dim], 0), max(-end[dim], 0)
+            size = imp.shape_of(x.name)[ir_axis(dim, 4)]
+            if cut_begin + cut_end >= size:
+                raise imp.err(node, f"pads {pads} crop dim {dim} of size {size} to nothing")
+            x = _slice_act(imp, node, x, dim, cut_begin, size - cut_begin - cut_end)
+        begin, end = [max(p, 0) for p in begin], [max(p, 0) for p in end]
+        pads = begin + end
+        if not any(pads):
+            return x
     if rank != 4 or begin[:2] != [0, 0] or end[:2] != [0, 0] or min(pads) < 0:
         raise imp.err(node, f"pads {pads}; qgen supports non-negative zero padding of H and W of (1, C, H, W)")
     if mode in EDGE_MODES:
@@ -1342,11 +1353,19 @@ def _slice(imp: _Importer, node) -> _Act:
     for a, s0, e, step in zip(axes, starts, ends, steps):
         a %= x.rank
         start, stop, _ = slice(s0, e, 1).indices(onnx_shape[a])
-        if step != 1:
-            raise imp.err(node, f"Slice with step {step} along dim {a}; qgen slices with step 1. Use a strided "
-                                "convolution or pooling to subsample")
+        if step != 1 and not (x.rank == 4 and a in (2, 3) and step > 1):
+            raise imp.err(node, f"Slice with step {step} along dim {a}; qgen slices with step 1, and with a positive "
+                                "step along H or W of (1, C, H, W). Use a strided convolution or pooling to subsample")
         if stop <= start:
             raise imp.err(node, f"Slice [{s0}, {e}) of dim {a} (size {onnx_shape[a]}) is empty")
+        if step != 1:  # x[..., a:b:s] along H / W (space-to-depth): the contiguous part, then a 1 x 1 max pool
+            x = _slice_act(imp, node, x, a, start, stop - start)
+            h, w, c = imp.shape_of(x.name)
+            axis = ir_axis(a, 4)
+            out = (-(-h // step), w, c) if axis == 0 else (h, -(-w // step), c)
+            x = _Act(imp.add(node, Op.MAXPOOL2D, [x.name], out, kernel=(1, 1),
+                             stride=(step, 1) if axis == 0 else (1, step), padding=(0, 0, 0, 0)), 4)
+            continue
         if a == 0:
             if (start, stop) != (0, 1):
                 raise _batch_dim(imp, node, "Slice")

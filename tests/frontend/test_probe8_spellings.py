@@ -338,3 +338,35 @@ def test_onnx_pad_modes_are_slices_and_a_concat(mode, pads):
     want = ReferenceEvaluator(model).run(None, {"x": x})[0]
     got = to_torch_layout(run_float(g, to_qgen_layout(g, x.astype(np.float64)))[g.outputs[0]])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("node_args", [
+    ("Slice", {"starts": [1, 0], "ends": [5, 6], "axes": [2, 3], "steps": [2, 3]}),
+    ("Pad", {"pads": [0, 0, -1, 2, 0, 0, 1, -2]}),
+    ("Pad", {"pads": [0, 0, -2, -1, 0, 0, -1, -1]}),
+])
+def test_onnx_strided_slice_and_negative_pad(node_args):
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    from codegen.frontend.onnx_import import from_onnx_model
+
+    op, inputs = node_args
+    w = np.random.default_rng(11).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    consts = [numpy_helper.from_array(w, "w")] + [numpy_helper.from_array(np.array(v), k) for k, v in inputs.items()]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node(op, ["c", *inputs], ["y"], name="op")]
+    x = np.random.default_rng(12).standard_normal((1, 3, 6, 7)).astype(np.float32)
+    graph = helper.make_graph(nodes, "hand", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if op == "Slice":
+        want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    else:  # the reference evaluator refuses negative pads: torch's F.pad crops the same way
+        t, left, b, r = (inputs["pads"][i] for i in (2, 3, 6, 7))
+        want = F.pad(F.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1), (left, r, t, b)).numpy()
+    graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, list(want.shape)))
+    g = from_onnx_model(model)
+    got = to_torch_layout(run_float(g, to_qgen_layout(g, x.astype(np.float64)))[g.outputs[0]])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
