@@ -1647,10 +1647,43 @@ def _with_const(lw: _Lowering, n, op: Op, a, b) -> str:
     if not np.all(np.isfinite(value)):
         raise _err(lw, n, f"{op.value} with a constant of shape {list(np.shape(value))} holding inf or NaN; qgen "
                           "quantises constants to int8: use a large finite value (e.g. -1e4 for a mask)")
+    small = _small_const(lw, n, op, x, np.asarray(value, dtype=np.float64), const_first)
+    if small is not None:
+        return small
     full = np.broadcast_to(np.asarray(value, dtype=np.float64), sizes).reshape(-1)[lay.torch_index()]
     c_ir = _const_node(lw, n, full.reshape(lw.shape_of(x_ir)))
     inputs = [c_ir, x_ir] if const_first and op is Op.SUB else [x_ir, c_ir]  # C - x; else x first
     return lw.bind(n, lw.add(n, op, inputs, lw.shape_of(x_ir)), lay)
+
+
+def _small_const(lw: _Lowering, n, op: Op, x, value: np.ndarray, const_first: bool) -> str | None:
+    """A constant at most half the activation's size ((1, 1, H, W) against (1, C, H, W), (1, T, 1) against
+    (1, T, D) rows...) kept at its own sizes: a CONST node in the canonical layout read by the op's broadcasting
+    form (_broadcast), so flash and arena hold the small constant. None (nothing added) where that form cannot take
+    it: the caller stores the constant at the activation's size."""
+    import types
+
+    sizes = tuple(lw.lay[x.name].sizes)
+    value = value.reshape((1,) * (len(sizes) - value.ndim) + value.shape)
+    if value.ndim != len(sizes) or value.shape[0] != 1 or 2 * value.size > int(np.prod(sizes)):
+        return None
+    nodes, tensors, used = len(lw.graph.nodes), set(lw.graph.tensors), set(lw.used_names)
+    key = f"{n.name}__small_const"
+    canon = layout.canonical(value.shape)
+    data = value.reshape(-1)[canon.torch_index()].reshape(layout.canonical_shape(value.shape))
+    lw.env[key], lw.lay[key] = _const_node(lw, n, data), canon
+    stand_in = types.SimpleNamespace(name=key, meta=n.meta)
+    try:
+        return _broadcast(lw, n, op, *((stand_in, x) if const_first else (x, stand_in)))
+    except UserError:  # more broadcast runs than the kernels hold: undo, the caller stores it full size
+        del lw.graph.nodes[nodes:]
+        for t in set(lw.graph.tensors) - tensors:
+            del lw.graph.tensors[t]
+        lw.used_names.intersection_update(used)
+        return None
+    finally:
+        lw.env.pop(key)
+        lw.lay.pop(key)
 
 
 def _constant(lw: _Lowering, n) -> Any:

@@ -5,12 +5,13 @@ constant, its output an ordinary arena tensor that add / sub / mul / concat / ma
 Q-format rule: the constant gets its own format from its values, like a weight tensor: int8 (int16 where
 --precision names the const node: `Trait.CHOOSES_FORMAT`), frac = fixed.frac_for_range(max|C|, bits) (the largest
 frac at which max|C| does not saturate, kept within the activation frac range), integers = fixed.quantize(C)
-(round half up, saturate). Calibration does not choose it (the
-constant's range is exact). The op that reads it aligns it like any operand (add/sub: both operands to a
-common frac, one rounding into the output format; concat: each part requantised to the output format).
-Integer semantics: the output is those integers; C `qg_const_s8` / `qg_const_s16` copies the array (QG_CONST,
-read through qg_w8 / qg_w16: in flash on AVR) into the arena. The front end broadcasts the constant to the shape it meets and lays it
-out as that activation lies (frontend/torch_export.py `_const_operand`).
+(round half up, saturate). Calibration does not choose it (the constant's range is exact). The op that reads it
+aligns it like any operand (add/sub: both operands to a common frac, one rounding into the output format; concat:
+each part requantised to the output format).
+Integer semantics: the output is those integers; C `qg_const_s8` / `qg_const_s16` copies the array (QG_CONST, read
+through qg_w8 / qg_w16: in flash on AVR) into the arena. The front end (frontend/torch_export.py `_with_const`) keeps
+a constant at most half the activation's size at its own sizes, read by the op's broadcasting form; otherwise it
+broadcasts the constant to the activation's shape and lays it out as the activation lies.
 """
 from __future__ import annotations
 

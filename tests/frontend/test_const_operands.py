@@ -102,6 +102,9 @@ def test_every_spelling_is_a_const_node_and_the_float_ir_is_torch():
     assert len(consts) == 10, g
     readers = {m.op for n in consts for m in g.consumers(n.outputs[0])}
     assert readers == {Op.ADD, Op.SUB, Op.MUL, Op.CONCAT}, readers
+    # the (1, 1, H, W) gain stays 3 x 3 (the mul's broadcasting form reads it), the (1, C, H, W) bias is full size
+    shapes = [g.tensors[n.outputs[0]].shape for n in consts]
+    assert (3, 3, 1) in shapes and (3, 3, 6) in shapes, shapes
     got = run_float(g, to_qgen_layout(g, calib))[g.outputs[0]]
     with torch.no_grad():
         want = model(torch.from_numpy(calib)).numpy()
@@ -199,6 +202,23 @@ def test_bit_exact_on_core(compiled, core, tmp_path):
                     extra_cflags=("-std=c99", "-Werror", "-Wconversion"))
     run = run_qemu(QEMU_BOARDS[core], elf, x.reshape(len(x), -1), expect.shape[1])
     assert_outputs_equal(run.outputs, expect, g, core)
+
+
+def test_a_constant_the_broadcasting_form_cannot_take_is_stored_full_size(monkeypatch):
+    """When the op's broadcasting form refuses the operands (more broadcast runs than its kernels hold), the nodes
+    it added are undone and the constant is stored at the activation's size."""
+    from codegen.frontend import from_module
+    from codegen.ops import eltwise
+
+    model, calib = _model(), _calib(2)
+    monkeypatch.setattr(eltwise, "bcast_plan", lambda *shapes: None)
+    g = from_module(model, torch.from_numpy(calib[:1]))
+    gain = next(n for n in g.nodes if n.op is Op.CONST and g.consumers(n.outputs[0])[0].op is Op.MUL)
+    assert g.tensors[gain.outputs[0]].shape == (3, 3, 6), g
+    assert all(g.consumers(n.outputs[0]) or n.outputs[0] in g.outputs for n in g.nodes), "an undone node is left"
+    got = run_float(g, to_qgen_layout(g, calib))[g.outputs[0]]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(torch.from_numpy(calib)).numpy(), rtol=1e-5, atol=1e-4)
 
 
 # ------------------------------------------------------------------ the Q-format rule and edge values
