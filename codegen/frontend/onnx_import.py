@@ -965,7 +965,6 @@ def _two_activations(imp: _Importer, node, op: Op) -> _Act:
     return _Act(imp.add(node, op, [a.name, b.name], out if len(sa) == len(sb) else sa), a.rank)
 
 
-
 def _const_node(imp: _Importer, node, data: np.ndarray) -> str:
     """A CONST node (codegen/ops/const.py) holding `data` (IR shape and order) as an activation."""
     out = imp.act(node, data.shape, f"{imp.base_name(node)}_const")
